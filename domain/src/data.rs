@@ -1,0 +1,186 @@
+//! Reading properties out of an event's `data` object by JSON path, exactly.
+//!
+//! Paths are `$.a.b` (object keys only). Numbers are read from their JSON text straight into
+//! a `Decimal`; no value ever passes through a float. This module knows nothing of meters.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// A path into `data`: `$.usage.input_tokens` is `["usage", "input_tokens"]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct JsonPath(Vec<String>);
+
+/// Why a path or a value was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DataError {
+    #[error("JSON path {0:?} must look like `$.key` or `$.key.nested`")]
+    BadPath(String),
+    #[error("`data` is not a JSON object")]
+    NotObject,
+    #[error("property {path} is missing")]
+    Missing { path: String },
+    #[error("property {path} is {found}, expected a number or a numeric string")]
+    NotNumber { path: String, found: String },
+    #[error("property {path} is a nested object or array, expected a scalar")]
+    NotScalar { path: String },
+}
+
+impl JsonPath {
+    pub fn parse(s: &str) -> Result<Self, DataError> {
+        let rest = s.strip_prefix("$.").ok_or_else(|| DataError::BadPath(s.to_owned()))?;
+        let segments: Vec<String> = rest.split('.').map(str::to_owned).collect();
+        if segments.iter().any(|seg| seg.is_empty()) {
+            return Err(DataError::BadPath(s.to_owned()));
+        }
+        Ok(JsonPath(segments))
+    }
+}
+
+impl TryFrom<String> for JsonPath {
+    type Error = DataError;
+    fn try_from(s: String) -> Result<Self, DataError> {
+        JsonPath::parse(&s)
+    }
+}
+
+impl From<JsonPath> for String {
+    fn from(p: JsonPath) -> String {
+        p.to_string()
+    }
+}
+
+impl fmt::Display for JsonPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "$.{}", self.0.join("."))
+    }
+}
+
+type Object<'a> = HashMap<String, &'a RawValue>;
+
+/// A parsed view of one event's `data` object; parse once, read many properties.
+pub struct DataView<'a> {
+    top: Object<'a>,
+}
+
+impl<'a> DataView<'a> {
+    pub fn new(data: &'a RawValue) -> Result<Self, DataError> {
+        let top: Object<'a> = serde_json::from_str(data.get()).map_err(|_| DataError::NotObject)?;
+        Ok(DataView { top })
+    }
+
+    /// The raw JSON text at `path`, if present and not `null`.
+    pub fn raw(&self, path: &JsonPath) -> Option<&'a RawValue> {
+        let (first, rest) = path.0.split_first()?;
+        let mut cur: &'a RawValue = self.top.get(first)?;
+        for seg in rest {
+            let obj: Object<'a> = serde_json::from_str(cur.get()).ok()?;
+            cur = obj.get(seg.as_str())?;
+        }
+        (cur.get() != "null").then_some(cur)
+    }
+
+    /// The exact decimal at `path`: a JSON number, or a string holding one.
+    pub fn decimal(&self, path: &JsonPath) -> Result<Decimal, DataError> {
+        let raw = self.raw(path).ok_or_else(|| DataError::Missing { path: path.to_string() })?;
+        let not_number = || DataError::NotNumber { path: path.to_string(), found: shorten(raw.get()) };
+        let text = raw.get();
+        let number_text: String = if text.starts_with('"') {
+            serde_json::from_str::<String>(text).map_err(|_| not_number())?
+        } else {
+            text.to_owned()
+        };
+        parse_decimal(number_text.trim()).ok_or_else(not_number)
+    }
+
+    /// The scalar at `path` as text (strings unquoted, numbers and booleans as written);
+    /// `None` when absent or `null`.
+    pub fn text(&self, path: &JsonPath) -> Result<Option<String>, DataError> {
+        let Some(raw) = self.raw(path) else { return Ok(None) };
+        let text = raw.get();
+        match text.as_bytes().first() {
+            Some(b'"') => serde_json::from_str::<String>(text)
+                .map(Some)
+                .map_err(|_| DataError::NotScalar { path: path.to_string() }),
+            Some(b'{') | Some(b'[') => Err(DataError::NotScalar { path: path.to_string() }),
+            _ => Ok(Some(text.to_owned())),
+        }
+    }
+}
+
+/// Parses a decimal in plain (`12.5`) or scientific (`1.25e1`) notation, exactly.
+pub fn parse_decimal(s: &str) -> Option<Decimal> {
+    if s.is_empty() || s.starts_with('+') {
+        return None;
+    }
+    if s.contains(['e', 'E']) {
+        Decimal::from_scientific(s).ok()
+    } else {
+        Decimal::from_str(s).ok()
+    }
+}
+
+fn shorten(s: &str) -> String {
+    if s.len() <= 40 {
+        s.to_owned()
+    } else {
+        let cut = (0..=40).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0);
+        format!("{}...", &s[..cut])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.to_owned()).unwrap()
+    }
+
+    fn p(s: &str) -> JsonPath {
+        JsonPath::parse(s).unwrap()
+    }
+
+    #[test]
+    fn paths_must_start_with_dollar_dot() {
+        assert!(JsonPath::parse("$.a.b").is_ok());
+        assert!(JsonPath::parse("a.b").is_err());
+        assert!(JsonPath::parse("$.").is_err());
+        assert!(JsonPath::parse("$.a..b").is_err());
+    }
+
+    #[test]
+    fn numbers_are_exact_never_floats() {
+        let d = raw(r#"{"a":0.1,"b":"0.2","c":{"d":12345678901234567890.123456789},"e":1e3}"#);
+        let v = DataView::new(&d).unwrap();
+        assert_eq!(v.decimal(&p("$.a")).unwrap().to_string(), "0.1");
+        assert_eq!(v.decimal(&p("$.b")).unwrap().to_string(), "0.2");
+        assert_eq!(v.decimal(&p("$.c.d")).unwrap().to_string(), "12345678901234567890.123456789");
+        assert_eq!(v.decimal(&p("$.e")).unwrap(), Decimal::from(1000));
+    }
+
+    #[test]
+    fn bad_quantities_name_the_path() {
+        let d = raw(r#"{"a":"x","b":true,"n":null}"#);
+        let v = DataView::new(&d).unwrap();
+        assert!(matches!(v.decimal(&p("$.a")), Err(DataError::NotNumber { .. })));
+        assert!(matches!(v.decimal(&p("$.b")), Err(DataError::NotNumber { .. })));
+        assert!(matches!(v.decimal(&p("$.n")), Err(DataError::Missing { .. })));
+        assert!(matches!(v.decimal(&p("$.zz")), Err(DataError::Missing { .. })));
+    }
+
+    #[test]
+    fn text_reads_scalars() {
+        let d = raw(r#"{"m":"gpt-4o","n":3,"o":{"x":1}}"#);
+        let v = DataView::new(&d).unwrap();
+        assert_eq!(v.text(&p("$.m")).unwrap().as_deref(), Some("gpt-4o"));
+        assert_eq!(v.text(&p("$.n")).unwrap().as_deref(), Some("3"));
+        assert_eq!(v.text(&p("$.missing")).unwrap(), None);
+        assert!(v.text(&p("$.o")).is_err());
+    }
+}

@@ -1,0 +1,220 @@
+//! The usage event: a CloudEvents 1.0 JSON object in structured mode (DESIGN.md section 2).
+//!
+//! [`UsageEvent::parse`] is the single place an event's envelope is validated. It checks the
+//! envelope only; what a meter reads out of `data` is checked by [`crate::meter`]. It never
+//! converts a number through a float: `data` is kept as raw JSON text.
+
+use std::borrow::Cow;
+
+use chrono::DateTime;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::ids::{AgentId, CustomerId, EventId, IdError};
+use crate::reason::Reason;
+
+/// Why an event envelope was refused; [`EventError::reason`] maps it to a public code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    #[error("event is {len} bytes, at most {max} allowed")]
+    TooLarge { len: usize, max: usize },
+    #[error("event is not a JSON object: {detail}")]
+    NotJson { detail: String },
+    #[error("attribute `{field}` is missing")]
+    Missing { field: &'static str },
+    #[error("attribute `specversion` is {found:?}, expected \"1.0\"")]
+    SpecVersion { found: String },
+    #[error("attribute `{field}`: {source}")]
+    BadId { field: &'static str, source: IdError },
+    #[error("attribute `type` must be 1 to 128 printable characters")]
+    BadType,
+    #[error("attribute `time` is {found:?}, expected an RFC 3339 timestamp")]
+    BadTime { found: String },
+    #[error("attribute `data` must be a JSON object")]
+    DataNotObject,
+    #[error("attribute `{field}` is {found:?} but the NATS subject says {expected:?}")]
+    SubjectMismatch { field: &'static str, found: String, expected: String },
+}
+
+impl EventError {
+    /// The public reason code for this error.
+    pub fn reason(&self) -> Reason {
+        match self {
+            EventError::TooLarge { .. } => Reason::TooLarge,
+            EventError::SubjectMismatch { .. } => Reason::SubjectMismatch,
+            _ => Reason::Malformed,
+        }
+    }
+
+    /// The offending CloudEvents attribute, when there is one.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            EventError::Missing { field } | EventError::BadId { field, .. } => Some(field),
+            EventError::SubjectMismatch { field, .. } => Some(field),
+            EventError::SpecVersion { .. } => Some("specversion"),
+            EventError::BadType => Some("type"),
+            EventError::BadTime { .. } => Some("time"),
+            EventError::DataNotObject => Some("data"),
+            EventError::TooLarge { .. } | EventError::NotJson { .. } => None,
+        }
+    }
+}
+
+/// A validated usage event.
+#[derive(Debug, Clone)]
+pub struct UsageEvent {
+    pub id: EventId,
+    /// CloudEvent `subject`.
+    pub customer: CustomerId,
+    /// CloudEvent `source`.
+    pub agent: AgentId,
+    /// CloudEvent `type`, what meters select on.
+    pub event_type: String,
+    /// Event time in milliseconds since the Unix epoch, UTC (sub-millisecond digits dropped).
+    pub time_ms: i64,
+    /// The `data` object as raw JSON text (`{}` when absent).
+    pub data: Box<RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    specversion: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    source: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    subject: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "type")]
+    event_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    time: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+}
+
+fn required<'a>(v: Option<Cow<'a, str>>, field: &'static str) -> Result<Cow<'a, str>, EventError> {
+    v.ok_or(EventError::Missing { field })
+}
+
+impl UsageEvent {
+    /// The largest `type` accepted, in characters.
+    pub const TYPE_MAX_LEN: usize = 128;
+
+    /// Parses and validates one structured-mode CloudEvent of at most `max_bytes` bytes.
+    pub fn parse(bytes: &[u8], max_bytes: usize) -> Result<UsageEvent, EventError> {
+        if bytes.len() > max_bytes {
+            return Err(EventError::TooLarge { len: bytes.len(), max: max_bytes });
+        }
+        let env: Envelope<'_> =
+            serde_json::from_slice(bytes).map_err(|e| EventError::NotJson { detail: e.to_string() })?;
+        let spec = required(env.specversion, "specversion")?;
+        if spec != "1.0" {
+            return Err(EventError::SpecVersion { found: spec.into_owned() });
+        }
+        let id = EventId::new(required(env.id, "id")?.into_owned())
+            .map_err(|source| EventError::BadId { field: "id", source })?;
+        let customer = CustomerId::new(required(env.subject, "subject")?.into_owned())
+            .map_err(|source| EventError::BadId { field: "subject", source })?;
+        let agent = AgentId::new(required(env.source, "source")?.into_owned())
+            .map_err(|source| EventError::BadId { field: "source", source })?;
+        let event_type = required(env.event_type, "type")?;
+        let type_ok = !event_type.is_empty()
+            && event_type.chars().count() <= Self::TYPE_MAX_LEN
+            && event_type.chars().all(|c| c.is_ascii_graphic());
+        if !type_ok {
+            return Err(EventError::BadType);
+        }
+        let time = required(env.time, "time")?;
+        let time_ms = DateTime::parse_from_rfc3339(&time)
+            .map_err(|_| EventError::BadTime { found: time.to_string() })?
+            .timestamp_millis();
+        let data = match env.data {
+            None => RawValue::from_string("{}".to_owned()).expect("literal is valid JSON"),
+            Some(raw) if raw.get().trim_start().starts_with('{') => raw.to_owned(),
+            Some(_) => return Err(EventError::DataNotObject),
+        };
+        Ok(UsageEvent { id, customer, agent, event_type: event_type.into_owned(), time_ms, data })
+    }
+
+    /// Checks the body against the NATS subject's customer and agent tokens.
+    pub fn check_subject(&self, customer: &str, agent: &str) -> Result<(), EventError> {
+        if self.customer.as_str() != customer {
+            return Err(EventError::SubjectMismatch {
+                field: "subject",
+                found: self.customer.to_string(),
+                expected: customer.to_owned(),
+            });
+        }
+        if self.agent.as_str() != agent {
+            return Err(EventError::SubjectMismatch {
+                field: "source",
+                found: self.agent.to_string(),
+                expected: agent.to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{"specversion":"1.0","id":"e1","source":"bot-7","subject":"acme",
+        "type":"llm.tokens","time":"2026-11-26T21:00:00.123Z",
+        "data":{"tokens":1234,"model":"gpt-4o","kind":"output"}}"#;
+
+    #[test]
+    fn parses_the_contract_example() {
+        let e = UsageEvent::parse(GOOD.as_bytes(), 4096).unwrap();
+        assert_eq!(e.id.as_str(), "e1");
+        assert_eq!(e.customer.as_str(), "acme");
+        assert_eq!(e.agent.as_str(), "bot-7");
+        assert_eq!(e.event_type, "llm.tokens");
+        assert_eq!(e.time_ms, 1_795_726_800_123);
+        assert!(e.data.get().contains("gpt-4o"));
+    }
+
+    #[test]
+    fn time_offsets_are_normalised_to_utc() {
+        let body = GOOD.replace("2026-11-26T21:00:00.123Z", "2026-11-26T22:00:00.123+01:00");
+        assert_eq!(UsageEvent::parse(body.as_bytes(), 4096).unwrap().time_ms, 1_795_726_800_123);
+    }
+
+    #[test]
+    fn each_bad_attribute_is_named() {
+        let cases = [
+            (GOOD.replace("\"1.0\"", "\"0.3\""), Some("specversion")),
+            (GOOD.replace("\"id\":\"e1\",", ""), Some("id")),
+            (GOOD.replace("\"acme\"", "\"ac me\""), Some("subject")),
+            (GOOD.replace("\"bot-7\"", "\"bot.7\""), Some("source")),
+            (GOOD.replace("2026-11-26T21:00:00.123Z", "yesterday"), Some("time")),
+            (GOOD.replace("\"llm.tokens\"", "\"\""), Some("type")),
+            (GOOD.replace(r#"{"tokens":1234,"model":"gpt-4o","kind":"output"}"#, "[1]"), Some("data")),
+            ("not json".to_owned(), None),
+        ];
+        for (body, field) in cases {
+            let err = UsageEvent::parse(body.as_bytes(), 4096).unwrap_err();
+            assert_eq!(err.field(), field, "{body}: {err}");
+            assert_eq!(err.reason(), Reason::Malformed);
+        }
+    }
+
+    #[test]
+    fn oversized_events_are_refused_before_parsing() {
+        let err = UsageEvent::parse(GOOD.as_bytes(), 10).unwrap_err();
+        assert_eq!(err.reason(), Reason::TooLarge);
+    }
+
+    #[test]
+    fn subject_tokens_must_match_the_body() {
+        let e = UsageEvent::parse(GOOD.as_bytes(), 4096).unwrap();
+        assert!(e.check_subject("acme", "bot-7").is_ok());
+        let err = e.check_subject("evil", "bot-7").unwrap_err();
+        assert_eq!(err.reason(), Reason::SubjectMismatch);
+        assert_eq!(err.field(), Some("subject"));
+        assert_eq!(e.check_subject("acme", "bot-8").unwrap_err().field(), Some("source"));
+    }
+}
