@@ -1,0 +1,35 @@
+//! `tally-migrate`: applies the ClickHouse migrations to the configured database.
+//! Usage: `tally-migrate [--config FILE]` (default `TALLY_CONFIG` or `config/tally.toml`).
+
+use anyhow::Context;
+use serde::Deserialize;
+use tally_platform::{config, migrate, ClickHouseConfig, TelemetryConfig};
+
+#[derive(Deserialize)]
+struct Config {
+    #[serde(default)]
+    clickhouse: ClickHouseConfig,
+    #[serde(default)]
+    telemetry: TelemetryConfig,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let path = match std::env::args().skip(1).collect::<Vec<_>>().as_slice() {
+        [] => config::default_path(),
+        [flag, p] if flag == "--config" => p.into(),
+        other => anyhow::bail!("usage: tally-migrate [--config FILE], got {other:?}"),
+    };
+    let cfg: Config = config::load(&path)?;
+    cfg.clickhouse.validate()?;
+    tally_platform::telemetry::init_logs(&cfg.telemetry);
+    let applied = migrate::apply(&cfg.clickhouse)
+        .await
+        .with_context(|| format!("migrating database {} at {}", cfg.clickhouse.database, cfg.clickhouse.url))?;
+    if applied.is_empty() {
+        println!("database {}: up to date ({} migrations)", cfg.clickhouse.database, migrate::MIGRATIONS.len());
+    } else {
+        println!("database {}: applied migrations {:?}", cfg.clickhouse.database, applied);
+    }
+    Ok(())
+}

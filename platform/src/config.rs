@@ -1,0 +1,288 @@
+//! Configuration: one TOML file (default `config/tally.toml`, or `TALLY_CONFIG`), then
+//! environment overrides, then validation, all before any I/O.
+//!
+//! An override is `TALLY_<SECTION>__<KEY>=value`, for example
+//! `TALLY_CLICKHOUSE__DATABASE=tally_test` or `TALLY_AGGREGATOR__BATCH_MAX_EVENTS=1000`; the
+//! value is read as a TOML scalar (number, boolean) and otherwise as a string. Every error
+//! names the setting it is about.
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+/// The top-level sections a configuration file may have; anything else is a typo.
+pub const SECTIONS: &[&str] =
+    &["nats", "clickhouse", "telemetry", "aggregator", "rater", "invoicer", "ingest", "meters", "plans", "subscriptions"];
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("configuration file {path} is not valid TOML: {detail}")]
+    Syntax { path: PathBuf, detail: String },
+    #[error("unknown configuration section `{0}`; known sections are {list}", list = SECTIONS.join(", "))]
+    UnknownSection(String),
+    #[error("environment variable {var}: {detail}")]
+    Env { var: String, detail: String },
+    #[error("setting `{setting}`: {detail}")]
+    Invalid { setting: String, detail: String },
+}
+
+impl ConfigError {
+    pub fn invalid(setting: impl Into<String>, detail: impl ToString) -> Self {
+        ConfigError::Invalid { setting: setting.into(), detail: detail.to_string() }
+    }
+}
+
+/// `[nats]`: where the broker is and which streams hold usage.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Server URL. Default `nats://127.0.0.1:4222`.
+    #[serde(default = "default_nats_url")]
+    pub url: String,
+    /// Usage stream name. Default `USAGE`.
+    #[serde(default = "default_stream")]
+    pub stream: String,
+    /// First subject token: events go to `<subject_prefix>.<customer>.<agent>`. Default `usage`.
+    #[serde(default = "default_subject_prefix")]
+    pub subject_prefix: String,
+    /// Dead-letter stream name. Default `USAGE_DLQ`.
+    #[serde(default = "default_dlq_stream")]
+    pub dlq_stream: String,
+    /// Dead-letter subjects are `<dlq_subject_prefix>.<reason>`. Default `usage_dlq`.
+    #[serde(default = "default_dlq_prefix")]
+    pub dlq_subject_prefix: String,
+    /// JetStream's duplicate window for `Nats-Msg-Id`, in seconds. Default 120.
+    #[serde(default = "default_duplicate_window_secs")]
+    pub duplicate_window_secs: u64,
+    /// Maximum age of messages kept in the usage stream, in seconds. Default 7 days.
+    #[serde(default = "default_max_age_secs")]
+    pub max_age_secs: u64,
+}
+
+fn default_nats_url() -> String {
+    "nats://127.0.0.1:4222".into()
+}
+fn default_stream() -> String {
+    "USAGE".into()
+}
+fn default_subject_prefix() -> String {
+    "usage".into()
+}
+fn default_dlq_stream() -> String {
+    "USAGE_DLQ".into()
+}
+fn default_dlq_prefix() -> String {
+    "usage_dlq".into()
+}
+const fn default_duplicate_window_secs() -> u64 {
+    120
+}
+const fn default_max_age_secs() -> u64 {
+    7 * 24 * 3600
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: default_nats_url(),
+            stream: default_stream(),
+            subject_prefix: default_subject_prefix(),
+            dlq_stream: default_dlq_stream(),
+            dlq_subject_prefix: default_dlq_prefix(),
+            duplicate_window_secs: default_duplicate_window_secs(),
+            max_age_secs: default_max_age_secs(),
+        }
+    }
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+impl NatsConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, v) in [
+            ("nats.stream", &self.stream),
+            ("nats.subject_prefix", &self.subject_prefix),
+            ("nats.dlq_stream", &self.dlq_stream),
+            ("nats.dlq_subject_prefix", &self.dlq_subject_prefix),
+        ] {
+            if !is_token(v) {
+                return Err(ConfigError::invalid(name, format!("{v:?} must match [A-Za-z0-9_-]+")));
+            }
+        }
+        if self.subject_prefix == self.dlq_subject_prefix {
+            return Err(ConfigError::invalid("nats.dlq_subject_prefix", "must differ from nats.subject_prefix"));
+        }
+        if self.duplicate_window_secs == 0 {
+            return Err(ConfigError::invalid("nats.duplicate_window_secs", "must be positive"));
+        }
+        Ok(())
+    }
+}
+
+/// `[clickhouse]`: the HTTP endpoint and database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClickHouseConfig {
+    /// HTTP URL. Default `http://127.0.0.1:8123`.
+    #[serde(default = "default_ch_url")]
+    pub url: String,
+    /// Database holding Tally's tables. Default `tally`.
+    #[serde(default = "default_ch_database")]
+    pub database: String,
+    /// User. Default `default`.
+    #[serde(default = "default_ch_user")]
+    pub user: String,
+    /// Password. Default empty. Prefer `TALLY_CLICKHOUSE__PASSWORD` over the file.
+    #[serde(default)]
+    pub password: String,
+}
+
+fn default_ch_url() -> String {
+    "http://127.0.0.1:8123".into()
+}
+fn default_ch_database() -> String {
+    "tally".into()
+}
+fn default_ch_user() -> String {
+    "default".into()
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        ClickHouseConfig { url: default_ch_url(), database: default_ch_database(), user: default_ch_user(), password: String::new() }
+    }
+}
+
+impl ClickHouseConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            return Err(ConfigError::invalid("clickhouse.url", format!("{:?} must start with http:// or https://", self.url)));
+        }
+        let ok = !self.database.is_empty()
+            && self.database.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !self.database.starts_with(|c: char| c.is_ascii_digit());
+        if !ok {
+            return Err(ConfigError::invalid("clickhouse.database", format!("{:?} must match [A-Za-z_][A-Za-z0-9_]*", self.database)));
+        }
+        Ok(())
+    }
+}
+
+/// `[telemetry]`: logs and metrics.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Log filter in `tracing` syntax. Default `info` (or `RUST_LOG`).
+    #[serde(default)]
+    pub log: Option<String>,
+}
+
+/// The configuration file path: `TALLY_CONFIG`, else `config/tally.toml`.
+pub fn default_path() -> PathBuf {
+    std::env::var_os("TALLY_CONFIG").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("config/tally.toml"))
+}
+
+/// Reads `path`, applies `TALLY_*__*` overrides from the process environment and deserializes.
+pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    from_str_with_env(&text, path, std::env::vars())
+}
+
+/// Like [`load`], from text and an explicit environment (for tests).
+pub fn from_str_with_env<T: DeserializeOwned>(
+    text: &str,
+    path: &Path,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<T, ConfigError> {
+    let mut table: toml::Table =
+        toml::from_str(text).map_err(|e| ConfigError::Syntax { path: path.to_owned(), detail: e.to_string() })?;
+    if let Some(unknown) = table.keys().find(|k| !SECTIONS.contains(&k.as_str())) {
+        return Err(ConfigError::UnknownSection(unknown.clone()));
+    }
+    for (var, value) in env {
+        apply_override(&mut table, &var, &value)?;
+    }
+    let value = toml::Value::Table(table);
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let setting = e.path().to_string();
+        ConfigError::Invalid { setting, detail: e.into_inner().to_string() }
+    })
+}
+
+fn apply_override(table: &mut toml::Table, var: &str, value: &str) -> Result<(), ConfigError> {
+    let Some(rest) = var.strip_prefix("TALLY_") else { return Ok(()) };
+    let Some((section, key)) = rest.split_once("__") else { return Ok(()) };
+    let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+    let env_err = |detail: String| ConfigError::Env { var: var.to_owned(), detail };
+    if !SECTIONS.contains(&section.as_str()) || key.is_empty() {
+        return Err(env_err(format!("no section `{section}` or empty key")));
+    }
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .filter(|v| !v.is_table() && !v.is_array())
+        .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+    let entry = table.entry(section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let Some(section_table) = entry.as_table_mut() else {
+        return Err(env_err(format!("section `{section}` is not a table")));
+    };
+    section_table.insert(key, parsed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Sample {
+        #[serde(default)]
+        nats: NatsConfig,
+        #[serde(default)]
+        clickhouse: ClickHouseConfig,
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_apply_and_env_overrides_win() {
+        let s: Sample = from_str_with_env(
+            "[clickhouse]\ndatabase = \"a\"\n",
+            Path::new("x.toml"),
+            env(&[("TALLY_CLICKHOUSE__DATABASE", "b"), ("TALLY_NATS__DUPLICATE_WINDOW_SECS", "30"), ("OTHER", "1")]),
+        )
+        .unwrap();
+        assert_eq!(s.clickhouse.database, "b");
+        assert_eq!(s.nats.duplicate_window_secs, 30);
+        assert_eq!(s.nats.stream, "USAGE");
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let err = from_str_with_env::<Sample>("[nats]\nduplicate_window_secs = \"soon\"\n", Path::new("x"), vec![]).unwrap_err();
+        assert!(err.to_string().contains("nats.duplicate_window_secs"), "{err}");
+        let err = from_str_with_env::<Sample>("[nats]\nurll = \"x\"\n", Path::new("x"), vec![]).unwrap_err();
+        assert!(err.to_string().contains("urll"), "{err}");
+        let err = from_str_with_env::<Sample>("[natz]\n", Path::new("x"), vec![]).unwrap_err();
+        assert!(matches!(err, ConfigError::UnknownSection(s) if s == "natz"));
+    }
+
+    #[test]
+    fn validation_names_the_setting() {
+        let mut n = NatsConfig::default();
+        n.subject_prefix = "a.b".into();
+        assert!(n.validate().unwrap_err().to_string().contains("nats.subject_prefix"));
+        let mut c = ClickHouseConfig::default();
+        c.database = "drop table".into();
+        assert!(c.validate().unwrap_err().to_string().contains("clickhouse.database"));
+    }
+}

@@ -1,0 +1,25 @@
+//! The plumbing every Tally stage shares, so no stage writes it twice.
+//!
+//! It owns: loading configuration (file plus `TALLY_...` environment overrides, with errors that
+//! name the setting), the ClickHouse client and the numbered migrations, the JetStream stream
+//! declarations, logging and the Prometheus exporter, and the one shutdown signal.
+//!
+//! It does not own any business rule: what an event means, how usage is priced or invoiced
+//! lives in the domain crate and in the stage crates.
+//!
+//! # Layout
+//! - [`config`]: the shared sections (`[nats]`, `[clickhouse]`, `[telemetry]`) and the loader.
+//! - [`store`]: connecting to ClickHouse.
+//! - [`migrate`]: the embedded, numbered migrations and the runner that applies them.
+//! - [`streams`]: declaring the `USAGE` and dead-letter streams.
+//! - [`telemetry`]: logs and the Prometheus endpoint.
+//! - [`shutdown`]: SIGTERM/SIGINT to a cancellation token.
+
+pub mod config;
+pub mod migrate;
+pub mod shutdown;
+pub mod store;
+pub mod streams;
+pub mod telemetry;
+
+pub use config::{ClickHouseConfig, ConfigError, NatsConfig, TelemetryConfig};

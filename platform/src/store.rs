@@ -1,0 +1,77 @@
+//! Connecting to ClickHouse, and the column encodings every stage shares.
+//!
+//! The client runs with row validation off: ClickHouse 18.16 lacks
+//! `RowBinaryWithNamesAndTypes`, so row structs must list columns in table order. Decimal
+//! columns are `Decimal(38, 9)`, carried as `i128` scaled by 10^9 ([`dec9`]); timestamps are
+//! `DateTime` (`u32` seconds) plus an `Int64` milliseconds column where precision matters.
+
+use clickhouse::Client;
+
+use crate::config::ClickHouseConfig;
+
+/// A client bound to the configured database.
+pub fn connect(cfg: &ClickHouseConfig) -> Client {
+    server(cfg).with_database(&cfg.database)
+}
+
+/// A client for server-level statements (creating the database).
+pub fn server(cfg: &ClickHouseConfig) -> Client {
+    Client::default()
+        .with_url(&cfg.url)
+        .with_user(&cfg.user)
+        .with_password(&cfg.password)
+        .with_validation(false)
+}
+
+/// Serde adapter for `Decimal(38, 9)` columns: a `rust_decimal::Decimal` as `i128` units of
+/// 10^-9. Values with more than 9 decimal places are refused, never rounded silently.
+pub mod dec9 {
+    use rust_decimal::Decimal;
+    use serde::{de::Error as _, ser::Error as _, Deserialize, Deserializer, Serializer};
+
+    pub const SCALE: u32 = 9;
+
+    /// `value` as i128 units of 10^-9, if it has at most 9 decimal places.
+    pub fn to_units(value: Decimal) -> Option<i128> {
+        let mut v = value.normalize();
+        if v.scale() > SCALE {
+            return None;
+        }
+        v.rescale(SCALE);
+        (v.scale() == SCALE).then(|| v.mantissa())
+    }
+
+    /// i128 units of 10^-9 back to a decimal.
+    pub fn from_units(units: i128) -> Option<Decimal> {
+        Decimal::try_from_i128_with_scale(units, SCALE).ok().map(|d| d.normalize())
+    }
+
+    pub fn serialize<S: Serializer>(value: &Decimal, s: S) -> Result<S::Ok, S::Error> {
+        let units = to_units(*value).ok_or_else(|| S::Error::custom(format!("{value} has more than 9 decimal places")))?;
+        s.serialize_i128(units)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+        let units = i128::deserialize(d)?;
+        from_units(units).ok_or_else(|| D::Error::custom(format!("decimal {units}e-9 out of range")))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn round_trips_and_refuses_excess_precision() {
+            let d = Decimal::new(12345, 3);
+            assert_eq!(to_units(d), Some(12_345_000_000));
+            assert_eq!(from_units(12_345_000_000), Some(d));
+            assert_eq!(to_units(Decimal::new(1, 10)), None);
+            assert_eq!(to_units(Decimal::new(10, 10)), Some(1));
+        }
+    }
+}
+
+/// Converts milliseconds since the epoch to a `DateTime` column value (seconds, floored).
+pub fn datetime_secs(ms: i64) -> u32 {
+    u32::try_from(ms.div_euclid(1000)).unwrap_or(if ms < 0 { 0 } else { u32::MAX })
+}

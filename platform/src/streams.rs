@@ -1,0 +1,53 @@
+//! Declaring the JetStream streams of the storage contract: `USAGE` over
+//! `<subject_prefix>.>` and the dead-letter stream over `<dlq_subject_prefix>.>`, both file
+//! storage with limits retention. Declaring is idempotent; an existing stream is left as is.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+
+use crate::config::NatsConfig;
+
+/// A failure to reach NATS or declare a stream.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("cannot connect to NATS at {url}: {detail}")]
+    Connect { url: String, detail: String },
+    #[error("cannot declare stream {stream}: {detail}")]
+    Declare { stream: String, detail: String },
+}
+
+/// Connects to the configured NATS server.
+pub async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client, StreamError> {
+    async_nats::ConnectOptions::new()
+        .name("tally")
+        .connect(&cfg.url)
+        .await
+        .map_err(|e| StreamError::Connect { url: cfg.url.clone(), detail: e.to_string() })
+}
+
+/// Creates the usage and dead-letter streams if they do not exist; returns the usage stream.
+pub async fn ensure(js: &jetstream::Context, cfg: &NatsConfig) -> Result<stream::Stream, StreamError> {
+    let usage = declare(js, &cfg.stream, &cfg.subject_prefix, cfg).await?;
+    declare(js, &cfg.dlq_stream, &cfg.dlq_subject_prefix, cfg).await?;
+    Ok(usage)
+}
+
+async fn declare(
+    js: &jetstream::Context,
+    name: &str,
+    prefix: &str,
+    cfg: &NatsConfig,
+) -> Result<stream::Stream, StreamError> {
+    js.get_or_create_stream(stream::Config {
+        name: name.to_owned(),
+        subjects: vec![format!("{prefix}.>")],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        duplicate_window: Duration::from_secs(cfg.duplicate_window_secs),
+        max_age: Duration::from_secs(cfg.max_age_secs),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| StreamError::Declare { stream: name.to_owned(), detail: e.to_string() })
+}
