@@ -286,3 +286,8 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("clickhouse.database"));
     }
 }
+
+/// The configuration path: `--config FILE` if given, else [`default_path`].
+pub fn path(args: &crate::args::Args) -> PathBuf {
+    args.raw("config").map(PathBuf::from).unwrap_or_else(default_path)
+}

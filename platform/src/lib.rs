@@ -8,6 +8,7 @@
 //! lives in the domain crate and in the stage crates.
 //!
 //! # Layout
+//! - [`args`]: `--name value` flags for the binaries.
 //! - [`config`]: the shared sections (`[nats]`, `[clickhouse]`, `[telemetry]`) and the loader.
 //! - [`store`]: connecting to ClickHouse.
 //! - [`migrate`]: the embedded, numbered migrations and the runner that applies them.
@@ -15,6 +16,7 @@
 //! - [`telemetry`]: logs and the Prometheus endpoint.
 //! - [`shutdown`]: SIGTERM/SIGINT to a cancellation token.
 
+pub mod args;
 pub mod config;
 pub mod migrate;
 pub mod shutdown;

@@ -15,11 +15,8 @@ struct Config {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    let path = match std::env::args().skip(1).collect::<Vec<_>>().as_slice() {
-        [] => config::default_path(),
-        [flag, p] if flag == "--config" => p.into(),
-        other => anyhow::bail!("usage: tally-migrate [--config FILE], got {other:?}"),
-    };
+    let args = tally_platform::args::Args::parse(std::env::args().skip(1), &["config"])?;
+    let path = config::path(&args);
     let cfg: Config = config::load(&path)?;
     cfg.clickhouse.validate()?;
     tally_platform::telemetry::init_logs(&cfg.telemetry);

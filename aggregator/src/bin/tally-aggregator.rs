@@ -1,0 +1,42 @@
+//! `tally-aggregator`: runs the aggregator until SIGTERM.
+//! Usage: `tally-aggregator [--config FILE]`.
+
+use anyhow::Context;
+use serde::Deserialize;
+use tally_aggregator::AggregatorConfig;
+use tally_domain::meter::{validate_meters, MeterSpec};
+use tally_platform::args::Args;
+use tally_platform::{config, shutdown, store, streams, telemetry, ClickHouseConfig, NatsConfig, TelemetryConfig};
+
+#[derive(Deserialize)]
+struct Config {
+    #[serde(default)]
+    nats: NatsConfig,
+    #[serde(default)]
+    clickhouse: ClickHouseConfig,
+    #[serde(default)]
+    telemetry: TelemetryConfig,
+    #[serde(default)]
+    aggregator: AggregatorConfig,
+    #[serde(default)]
+    meters: Vec<MeterSpec>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse(std::env::args().skip(1), &["config"])?;
+    let path = config::path(&args);
+    let cfg: Config = config::load(&path)?;
+    cfg.nats.validate()?;
+    cfg.clickhouse.validate()?;
+    cfg.aggregator.validate()?;
+    let meters = validate_meters(cfg.meters).context("setting `meters`")?;
+    anyhow::ensure!(!meters.is_empty(), "setting `meters`: no meter is declared, every event would be refused");
+    telemetry::init_logs(&cfg.telemetry);
+    telemetry::serve_metrics(cfg.aggregator.metrics_addr.parse()?)?;
+    let nats = streams::connect(&cfg.nats).await?;
+    let db = store::connect(&cfg.clickhouse);
+    let stop = shutdown::on_signals();
+    tally_aggregator::run(nats, db, &cfg.nats, &cfg.aggregator, meters, stop).await?;
+    Ok(())
+}

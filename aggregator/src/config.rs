@@ -1,0 +1,149 @@
+//! The `[aggregator]` configuration section, validated before any I/O.
+
+use serde::Deserialize;
+use tally_platform::ConfigError;
+
+/// `[aggregator]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregatorConfig {
+    /// Durable consumer name. Default `aggregator`.
+    #[serde(default = "default_consumer")]
+    pub consumer: String,
+    /// Only consume subjects matching this filter (a partition of the subject space, for
+    /// scale-out), e.g. `usage.acme.>`. Default: the whole stream.
+    #[serde(default)]
+    pub filter_subject: Option<String>,
+    /// Flush after this many messages. Default 5000.
+    #[serde(default = "default_batch_max_events")]
+    pub batch_max_events: usize,
+    /// Flush at least this often while messages are waiting, in milliseconds. Default 250.
+    #[serde(default = "default_batch_max_wait_ms")]
+    pub batch_max_wait_ms: u64,
+    /// Tumbling window size in seconds. Default 60.
+    #[serde(default = "default_window_secs")]
+    pub window_secs: u32,
+    /// How far behind the clock an event time may be, in seconds. Default 3600.
+    #[serde(default = "default_allowed_lateness_secs")]
+    pub allowed_lateness_secs: u64,
+    /// How far ahead of the clock an event time may be, in seconds. Default 300.
+    #[serde(default = "default_future_tolerance_secs")]
+    pub future_tolerance_secs: u64,
+    /// How long an id is remembered after it was committed, in seconds. Default 86400.
+    /// Must be at least `allowed_lateness_secs + future_tolerance_secs`.
+    #[serde(default = "default_dedup_horizon_secs")]
+    pub dedup_horizon_secs: u64,
+    /// Largest accepted event, in bytes. Default 65536.
+    #[serde(default = "default_max_event_bytes")]
+    pub max_event_bytes: usize,
+    /// JetStream AckWait for the consumer, in seconds. Default 60.
+    #[serde(default = "default_ack_wait_secs")]
+    pub ack_wait_secs: u64,
+    /// Prometheus endpoint. Default `127.0.0.1:9101`.
+    #[serde(default = "default_metrics_addr")]
+    pub metrics_addr: String,
+}
+
+fn default_consumer() -> String {
+    "aggregator".into()
+}
+const fn default_batch_max_events() -> usize {
+    5000
+}
+const fn default_batch_max_wait_ms() -> u64 {
+    250
+}
+const fn default_window_secs() -> u32 {
+    60
+}
+const fn default_allowed_lateness_secs() -> u64 {
+    3600
+}
+const fn default_future_tolerance_secs() -> u64 {
+    300
+}
+const fn default_dedup_horizon_secs() -> u64 {
+    86_400
+}
+const fn default_max_event_bytes() -> usize {
+    65_536
+}
+const fn default_ack_wait_secs() -> u64 {
+    60
+}
+fn default_metrics_addr() -> String {
+    "127.0.0.1:9101".into()
+}
+
+impl Default for AggregatorConfig {
+    fn default() -> Self {
+        AggregatorConfig {
+            consumer: default_consumer(),
+            filter_subject: None,
+            batch_max_events: default_batch_max_events(),
+            batch_max_wait_ms: default_batch_max_wait_ms(),
+            window_secs: default_window_secs(),
+            allowed_lateness_secs: default_allowed_lateness_secs(),
+            future_tolerance_secs: default_future_tolerance_secs(),
+            dedup_horizon_secs: default_dedup_horizon_secs(),
+            max_event_bytes: default_max_event_bytes(),
+            ack_wait_secs: default_ack_wait_secs(),
+            metrics_addr: default_metrics_addr(),
+        }
+    }
+}
+
+impl AggregatorConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = |name: &str, v: u64| {
+            if v == 0 {
+                Err(ConfigError::invalid(format!("aggregator.{name}"), "must be positive"))
+            } else {
+                Ok(())
+            }
+        };
+        positive("batch_max_events", self.batch_max_events as u64)?;
+        positive("batch_max_wait_ms", self.batch_max_wait_ms)?;
+        positive("window_secs", u64::from(self.window_secs))?;
+        positive("max_event_bytes", self.max_event_bytes as u64)?;
+        positive("ack_wait_secs", self.ack_wait_secs)?;
+        if self.batch_max_events > 100_000 {
+            return Err(ConfigError::invalid("aggregator.batch_max_events", "at most 100000"));
+        }
+        let needed = self.allowed_lateness_secs + self.future_tolerance_secs;
+        if self.dedup_horizon_secs < needed {
+            return Err(ConfigError::invalid(
+                "aggregator.dedup_horizon_secs",
+                format!(
+                    "is {} but must be at least allowed_lateness_secs + future_tolerance_secs = {needed}, \
+                     or an id re-sent after the horizon could be counted twice",
+                    self.dedup_horizon_secs
+                ),
+            ));
+        }
+        if self.consumer.is_empty() || !self.consumer.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            return Err(ConfigError::invalid("aggregator.consumer", "must match [A-Za-z0-9_-]+"));
+        }
+        self.metrics_addr
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| ConfigError::invalid("aggregator.metrics_addr", e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        AggregatorConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn horizon_must_cover_lateness() {
+        let cfg = AggregatorConfig { dedup_horizon_secs: 100, ..Default::default() };
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("aggregator.dedup_horizon_secs"), "{err}");
+    }
+}

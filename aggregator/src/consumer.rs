@@ -1,0 +1,287 @@
+//! The consume-fold-flush-ack loop: one task per aggregator (per partition).
+//!
+//! Messages come from a durable pull consumer with explicit acks. Each message is classified,
+//! deduplicated and folded into the batch in flight. The batch is flushed when it holds
+//! `batch_max_events` messages or `batch_max_wait_ms` after its first message: dead letters
+//! first, then the ClickHouse commit (retried with capped backoff under a new batch id),
+//! then the dedup set, then the acks. While a flush runs, no message is pulled, so a slow
+//! ClickHouse slows consumption and memory stays bounded by one batch. On shutdown the batch
+//! in flight is flushed; if that cannot finish, its messages are left unacked for
+//! redelivery.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, Message};
+use clickhouse::Client;
+use futures::StreamExt;
+use tally_domain::{Meter, Reason};
+use tally_platform::shutdown::Shutdown;
+use tally_platform::store::datetime_secs;
+use tally_platform::{streams, NatsConfig};
+
+use crate::batch::{Batch, Rejected};
+use crate::classify::{Classifier, Rejection};
+use crate::config::AggregatorConfig;
+use crate::dedup::{Dedup, Seen};
+use crate::{dead_letter, metrics, recovery, sink};
+
+/// Why the aggregator stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Streams(#[from] streams::StreamError),
+    #[error("consumer {consumer}: {detail}")]
+    Consumer { consumer: String, detail: String },
+    #[error("shut down before the batch in flight could be committed; its messages will be redelivered")]
+    ShutdownDuringFlush,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const EXPIRE_EVERY: Duration = Duration::from_secs(60);
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+struct Aggregator<'a> {
+    cfg: &'a AggregatorConfig,
+    nats_cfg: &'a NatsConfig,
+    nats: async_nats::Client,
+    js: jetstream::Context,
+    db: Client,
+    classifier: Classifier,
+    dedup: Dedup,
+    shutdown: Shutdown,
+    last_expiry: Instant,
+}
+
+/// Runs the aggregator until `shutdown` is cancelled, then flushes and returns.
+pub async fn run(
+    nats: async_nats::Client,
+    db: Client,
+    nats_cfg: &NatsConfig,
+    cfg: &AggregatorConfig,
+    meters: Vec<Meter>,
+    shutdown: Shutdown,
+) -> Result<(), RunError> {
+    let js = jetstream::new(nats.clone());
+    let stream = streams::ensure(&js, nats_cfg).await?;
+    let consumer_err = |e: &dyn std::fmt::Display| RunError::Consumer { consumer: cfg.consumer.clone(), detail: e.to_string() };
+    let consumer = stream
+        .get_or_create_consumer(
+            &cfg.consumer,
+            pull::Config {
+                durable_name: Some(cfg.consumer.clone()),
+                filter_subject: cfg.filter_subject.clone().unwrap_or_default(),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(cfg.ack_wait_secs),
+                max_ack_pending: i64::try_from(cfg.batch_max_events * 2).unwrap_or(i64::MAX),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| consumer_err(&e))?;
+    let mut agg = Aggregator {
+        cfg,
+        nats_cfg,
+        nats,
+        js,
+        db,
+        classifier: Classifier::new(meters, &nats_cfg.subject_prefix, cfg),
+        dedup: Dedup::new(),
+        shutdown: shutdown.clone(),
+        last_expiry: Instant::now(),
+    };
+    agg.recover().await?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(cfg.batch_max_events)
+        .messages()
+        .await
+        .map_err(|e| consumer_err(&e))?;
+    tracing::info!(consumer = %cfg.consumer, stream = %nats_cfg.stream, "aggregator consuming");
+
+    let mut batch = Batch::default();
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let flush_due = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = sleep_until(deadline) => true,
+            next = messages.next() => match next {
+                Some(Ok(msg)) => {
+                    agg.handle(&mut batch, msg);
+                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + Duration::from_millis(cfg.batch_max_wait_ms));
+                    batch.len() >= cfg.batch_max_events
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "consumer stream error");
+                    false
+                }
+                None => break,
+            },
+        };
+        if flush_due {
+            agg.flush(std::mem::take(&mut batch)).await?;
+            deadline = None;
+        }
+    }
+    agg.flush(batch).await?;
+    tracing::info!("aggregator stopped");
+    Ok(())
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Aggregator<'_> {
+    /// Rebuilds the committed dedup set, retrying until ClickHouse answers.
+    async fn recover(&mut self) -> Result<(), RunError> {
+        let since = datetime_secs(now_ms()).saturating_sub(u32::try_from(self.cfg.dedup_horizon_secs).unwrap_or(u32::MAX));
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            match recovery::load(&self.db, since).await {
+                Ok(dedup) => {
+                    tracing::info!(ids = dedup.committed_len(), "dedup set recovered");
+                    metrics::dedup_ids(dedup.committed_len());
+                    self.dedup = dedup;
+                    return Ok(());
+                }
+                Err(e) => tracing::warn!(error = %e, "dedup recovery failed, retrying"),
+            }
+            self.pause(&mut backoff).await.ok_or(RunError::ShutdownDuringFlush)?;
+        }
+    }
+
+    /// Sleeps the backoff (doubling it); `None` if shutdown came first.
+    async fn pause(&self, backoff: &mut Duration) -> Option<()> {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => None,
+            _ = tokio::time::sleep(*backoff) => {
+                *backoff = (*backoff * 2).min(BACKOFF_MAX);
+                Some(())
+            }
+        }
+    }
+
+    fn handle(&mut self, batch: &mut Batch, msg: Message) {
+        let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+        let subject = msg.subject.to_string();
+        let payload = msg.payload.clone();
+        let reject = |batch: &mut Batch, rejection: Rejection| {
+            metrics::events("rejected", 1);
+            metrics::rejected(rejection.reason);
+            batch.add_rejected(Rejected { rejection, subject: subject.clone(), stream_seq: seq, payload: payload.clone() });
+        };
+        match self.classifier.classify(&subject, &payload, now_ms()) {
+            Err(rejection) => reject(batch, rejection),
+            Ok(acc) => {
+                let (key, hash) = (acc.key, acc.payload_hash);
+                match self.dedup.check(key, hash) {
+                    Seen::New => match batch.add_accepted(acc, seq, self.cfg.window_secs) {
+                        Ok(()) => {
+                            self.dedup.reserve(key, hash);
+                            metrics::events("accepted", 1);
+                        }
+                        Err(e) => reject(batch, Rejection { reason: Reason::InvalidQuantity, field: Some("data".into()), detail: e.to_string() }),
+                    },
+                    Seen::Committed | Seen::Pending => metrics::events("duplicate", 1),
+                    Seen::Conflict => reject(
+                        batch,
+                        Rejection {
+                            reason: Reason::ConflictingDuplicate,
+                            field: Some("id".into()),
+                            detail: "this id was already accepted with a different type, time or data".into(),
+                        },
+                    ),
+                }
+            }
+        }
+        batch.track(msg, seq);
+    }
+
+    /// Dead letters, commit, dedup, acks — in that order.
+    async fn flush(&mut self, batch: Batch) -> Result<(), RunError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut backoff = BACKOFF_MIN;
+        while !batch.rejected.is_empty() {
+            match dead_letter::publish_all(&self.js, &self.nats_cfg.dlq_subject_prefix, &self.nats_cfg.stream, &batch.rejected).await {
+                Ok(()) => break,
+                Err(e) => tracing::warn!(error = %e, "dead-letter publish failed, retrying"),
+            }
+            self.pause(&mut backoff).await.ok_or(RunError::ShutdownDuringFlush)?;
+        }
+        if !batch.events.is_empty() {
+            self.commit(&batch).await?;
+            if let Some(oldest) = batch.events.iter().map(|e| e.event.time_ms).min() {
+                metrics::event_to_commit((now_ms() - oldest).max(0) as f64 / 1000.0);
+            }
+        }
+        self.dedup.commit_pending(datetime_secs(now_ms()));
+        for msg in &batch.to_ack {
+            if let Err(e) = msg.ack().await {
+                tracing::warn!(error = %e, "ack failed; the message will be redelivered and deduplicated");
+            }
+        }
+        if let Err(e) = self.nats.flush().await {
+            tracing::warn!(error = %e, "flushing acks failed");
+        }
+        metrics::flushed(batch.len(), started.elapsed());
+        self.expire_if_due();
+        Ok(())
+    }
+
+    /// Commits the batch's rows, retrying under a new batch id until the marker is durable.
+    async fn commit(&mut self, batch: &Batch) -> Result<(), RunError> {
+        let meters = self.classifier.meters();
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let batch_id = uuid::Uuid::new_v4().to_string();
+            let result = sink::commit(&self.db, batch, meters, &batch_id, &self.cfg.consumer, self.cfg.window_secs, now_ms()).await;
+            match result {
+                Ok(()) => return Ok(()),
+                Err(sink::CommitError::InDoubt { batch_id, source }) => {
+                    tracing::warn!(%batch_id, error = %source, "commit in doubt, asking ClickHouse");
+                    if self.resolve_in_doubt(&batch_id).await? {
+                        return Ok(());
+                    }
+                }
+                Err(e) => {
+                    metrics::commit_failed();
+                    tracing::warn!(error = %e, "commit failed, retrying under a new batch id");
+                }
+            }
+            self.pause(&mut backoff).await.ok_or(RunError::ShutdownDuringFlush)?;
+        }
+    }
+
+    /// Polls until ClickHouse says whether the marker of `batch_id` exists.
+    async fn resolve_in_doubt(&self, batch_id: &str) -> Result<bool, RunError> {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            if let Ok(exists) = sink::marker_exists(&self.db, batch_id).await {
+                return Ok(exists);
+            }
+            self.pause(&mut backoff).await.ok_or(RunError::ShutdownDuringFlush)?;
+        }
+    }
+
+    fn expire_if_due(&mut self) {
+        if self.last_expiry.elapsed() < EXPIRE_EVERY {
+            return;
+        }
+        self.last_expiry = Instant::now();
+        let horizon = u32::try_from(self.cfg.dedup_horizon_secs).unwrap_or(u32::MAX);
+        let dropped = self.dedup.expire(datetime_secs(now_ms()), horizon);
+        tracing::debug!(dropped, "dedup ids expired");
+        metrics::dedup_ids(self.dedup.committed_len());
+    }
+}

@@ -1,0 +1,143 @@
+//! Deduplication by (customer, event id), with a pending set for the batch in flight and a
+//! committed set bounded by the horizon.
+//!
+//! An id moves from pending to committed only when its batch's commit marker is durable
+//! ([`Dedup::commit_pending`]); it is never marked seen earlier. Keys are 128-bit xxh3 hashes
+//! of (customer, id), payloads 64-bit hashes of what the event says, so a retry (same
+//! payload) and a conflict (same id, different payload) are told apart. Memory per committed
+//! id is one map entry of a 16-byte key and a 12-byte value.
+
+use std::collections::HashMap;
+
+use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
+
+/// The dedup key of (customer, id).
+pub fn event_key(customer: &str, id: &str) -> u128 {
+    let mut buf = Vec::with_capacity(customer.len() + id.len() + 1);
+    buf.extend_from_slice(customer.as_bytes());
+    buf.push(0);
+    buf.extend_from_slice(id.as_bytes());
+    xxh3_128(&buf)
+}
+
+/// A stable hash of what an event says (stored with raw events, compared after restarts).
+pub fn payload_hash(event_type: &str, time_ms: i64, data: &str) -> u64 {
+    let mut buf = Vec::with_capacity(event_type.len() + data.len() + 9);
+    buf.extend_from_slice(event_type.as_bytes());
+    buf.push(0);
+    buf.extend_from_slice(&time_ms.to_le_bytes());
+    buf.extend_from_slice(data.as_bytes());
+    xxh3_64(&buf)
+}
+
+/// What the dedup set says about an id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// Never seen: count it.
+    New,
+    /// Seen with the same payload and already committed: ack, count nothing.
+    Committed,
+    /// Seen with the same payload in the batch in flight: count nothing, ack with the batch.
+    Pending,
+    /// Seen with a different payload: count nothing, report.
+    Conflict,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    payload_hash: u64,
+    committed_at_secs: u32,
+}
+
+/// The pending and committed id sets.
+#[derive(Debug, Default)]
+pub struct Dedup {
+    committed: HashMap<u128, Entry>,
+    pending: HashMap<u128, u64>,
+}
+
+impl Dedup {
+    pub fn new() -> Self {
+        Dedup::default()
+    }
+
+    /// Looks an id up without changing anything.
+    pub fn check(&self, key: u128, payload_hash: u64) -> Seen {
+        if let Some(h) = self.pending.get(&key) {
+            return if *h == payload_hash { Seen::Pending } else { Seen::Conflict };
+        }
+        match self.committed.get(&key) {
+            Some(e) if e.payload_hash == payload_hash => Seen::Committed,
+            Some(_) => Seen::Conflict,
+            None => Seen::New,
+        }
+    }
+
+    /// Reserves a new id for the batch in flight.
+    pub fn reserve(&mut self, key: u128, payload_hash: u64) {
+        debug_assert_eq!(self.check(key, payload_hash), Seen::New);
+        self.pending.insert(key, payload_hash);
+    }
+
+    /// The batch's marker is durable: its ids become committed at `now_secs`.
+    pub fn commit_pending(&mut self, now_secs: u32) {
+        for (key, payload_hash) in self.pending.drain() {
+            self.committed.insert(key, Entry { payload_hash, committed_at_secs: now_secs });
+        }
+    }
+
+    /// Records an id known to be committed (recovery at start).
+    pub fn insert_committed(&mut self, key: u128, payload_hash: u64, committed_at_secs: u32) {
+        self.committed.insert(key, Entry { payload_hash, committed_at_secs });
+    }
+
+    /// Forgets committed ids older than `horizon_secs` at `now_secs`; returns how many.
+    pub fn expire(&mut self, now_secs: u32, horizon_secs: u32) -> usize {
+        let before = self.committed.len();
+        let cutoff = now_secs.saturating_sub(horizon_secs);
+        self.committed.retain(|_, e| e.committed_at_secs >= cutoff);
+        before - self.committed.len()
+    }
+
+    pub fn committed_len(&self) -> usize {
+        self.committed.len()
+    }
+
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_per_customer() {
+        assert_ne!(event_key("a", "1"), event_key("b", "1"));
+        assert_ne!(event_key("a1", ""), event_key("a", "1"));
+    }
+
+    #[test]
+    fn pending_then_committed_then_expired() {
+        let mut d = Dedup::new();
+        let (k, h) = (event_key("acme", "e1"), payload_hash("t", 1, "{}"));
+        assert_eq!(d.check(k, h), Seen::New);
+        d.reserve(k, h);
+        assert_eq!(d.check(k, h), Seen::Pending);
+        assert_eq!(d.check(k, h ^ 1), Seen::Conflict);
+        d.commit_pending(100);
+        assert_eq!(d.check(k, h), Seen::Committed);
+        assert_eq!(d.check(k, h ^ 1), Seen::Conflict);
+        assert_eq!(d.expire(150, 100), 0);
+        assert_eq!(d.expire(201, 100), 1);
+        assert_eq!(d.check(k, h), Seen::New);
+    }
+
+    #[test]
+    fn payload_hash_distinguishes_fields() {
+        assert_ne!(payload_hash("t", 1, "{}"), payload_hash("t", 2, "{}"));
+        assert_ne!(payload_hash("t", 1, "{}"), payload_hash("u", 1, "{}"));
+        assert_ne!(payload_hash("t", 1, r#"{"a":1}"#), payload_hash("t", 1, r#"{"a":2}"#));
+    }
+}

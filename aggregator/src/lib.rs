@@ -1,0 +1,57 @@
+//! The aggregator: the stage that turns a stream of usage events into committed usage.
+//!
+//! It owns consuming the `USAGE` JetStream stream with a durable pull consumer, validating
+//! each event against the contract and the declared meters, deduplicating by
+//! (customer, event id), folding accepted events into tumbling windows per (customer, agent,
+//! meter, group-by values), writing raw events and rollups to ClickHouse in batches, sending
+//! rejected events to the dead-letter stream with a reason, and acknowledging messages only
+//! once what they contributed is durable. It does not price or invoice anything.
+//!
+//! # Exactly once in effect
+//! 1. **Commit markers.** Every batch gets a fresh `batch_id`. Its raw events and rollups are
+//!    inserted first, then one row in `usage_batches` (the marker). Readers count only rows
+//!    whose `batch_id` has a marker (the public view `v_usage` does so), so a crash or a failed
+//!    insert before the marker leaves rows that never count; the retry writes them again under
+//!    a new `batch_id`.
+//! 2. **Ambiguous marker writes.** If the marker insert fails, the aggregator asks ClickHouse
+//!    whether the marker exists before retrying, so a marker that was written despite an error
+//!    is never followed by a second copy of the batch.
+//! 3. **Ack after commit.** Messages (accepted, duplicate or rejected) are acknowledged only
+//!    after the marker is durable and every dead-letter record is acknowledged by JetStream.
+//!    A crash before that redelivers them.
+//! 4. **Dedup after commit.** An id joins the committed dedup set only after its batch's
+//!    marker is durable; while its batch is in flight it is *pending* and a second copy waits
+//!    for the batch. On start the set is rebuilt from committed raw events younger than the
+//!    horizon, so a message redelivered after a crash (marker written, ack lost) is recognised
+//!    as a duplicate and contributes nothing.
+//! 5. **Horizon covers lateness.** Configuration requires `dedup_horizon_secs >=
+//!    allowed_lateness_secs + future_tolerance_secs`; an id re-sent after the horizon is
+//!    therefore always older than the allowed lateness and refused as `too_late`, so no id is
+//!    ever counted twice, however late it comes back.
+//!
+//! One consumer is active per partition of the subject space (DESIGN.md section 6): two live
+//! instances on one partition would each keep their own dedup set.
+//!
+//! # Layout
+//! - [`config`]: the `[aggregator]` section.
+//! - [`classify`]: one message to an accepted event with meter readings, or a rejection.
+//! - [`dedup`]: the pending and committed id sets.
+//! - [`batch`]: the in-memory batch: events, rollups and the messages to ack.
+//! - [`sink`]: ClickHouse rows and the insert-then-mark commit.
+//! - [`dead_letter`]: dead-letter records.
+//! - [`recovery`]: rebuilding the dedup set at start.
+//! - [`consumer`]: the consume-fold-flush-ack loop.
+//! - [`metrics`]: every metric this crate emits.
+
+pub mod batch;
+pub mod classify;
+pub mod config;
+pub mod consumer;
+pub mod dead_letter;
+pub mod dedup;
+pub mod metrics;
+pub mod recovery;
+pub mod sink;
+
+pub use config::AggregatorConfig;
+pub use consumer::{run, RunError};

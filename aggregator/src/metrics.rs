@@ -1,0 +1,44 @@
+//! Every metric the aggregator emits, in one place. Names follow Prometheus conventions
+//! (`_total`, `_seconds`); labels are bounded (outcome, reason code, table).
+
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use tally_domain::Reason;
+
+/// Messages by outcome: `accepted`, `duplicate`, `rejected`.
+pub fn events(outcome: &'static str, n: u64) {
+    counter!("tally_aggregator_events_total", "outcome" => outcome).increment(n);
+}
+
+/// Rejections by reason code.
+pub fn rejected(reason: Reason) {
+    counter!("tally_aggregator_rejected_total", "reason" => reason.code()).increment(1);
+}
+
+/// A committed batch: its size and how long the commit took.
+pub fn flushed(messages: usize, took: Duration) {
+    counter!("tally_aggregator_batches_total").increment(1);
+    histogram!("tally_aggregator_batch_messages").record(messages as f64);
+    histogram!("tally_aggregator_flush_seconds").record(took.as_secs_f64());
+}
+
+/// One ClickHouse insert.
+pub fn insert_seconds(table: &'static str, took: Duration) {
+    histogram!("tally_aggregator_insert_seconds", "table" => table).record(took.as_secs_f64());
+}
+
+/// A failed commit attempt (it is retried).
+pub fn commit_failed() {
+    counter!("tally_aggregator_commit_errors_total").increment(1);
+}
+
+/// Event time to commit, per accepted event (recorded per batch from its oldest event).
+pub fn event_to_commit(seconds: f64) {
+    histogram!("tally_aggregator_event_to_commit_seconds").record(seconds);
+}
+
+/// Current size of the dedup set.
+pub fn dedup_ids(n: usize) {
+    gauge!("tally_aggregator_dedup_ids").set(n as f64);
+}

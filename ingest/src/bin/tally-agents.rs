@@ -1,0 +1,73 @@
+//! `tally-agents`: synthetic agents publishing usage for a while.
+//! Usage: `tally-agents [--config FILE] [--customers 3] [--agents 2] [--seconds 5]
+//! [--rate 400] [--duplicate-share 0.05] [--seed 1] [--run-id ID]`.
+//! `--rate` is events per second over the whole fleet; `--duplicate-share` of the publishes
+//! re-send an earlier event with the same id (what a retrying agent does).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Deserialize;
+use tally_ingest::synthetic::Fleet;
+use tally_ingest::Publisher;
+use tally_platform::args::Args;
+use tally_platform::{config, streams, telemetry, NatsConfig, TelemetryConfig};
+
+#[derive(Deserialize)]
+struct Config {
+    #[serde(default)]
+    nats: NatsConfig,
+    #[serde(default)]
+    telemetry: TelemetryConfig,
+}
+
+const FLAGS: &[&str] = &["config", "customers", "agents", "seconds", "rate", "duplicate-share", "seed", "run-id"];
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse(std::env::args().skip(1), FLAGS)?;
+    let cfg: Config = config::load(&config::path(&args))?;
+    cfg.nats.validate()?;
+    telemetry::init_logs(&cfg.telemetry);
+    let customers: usize = args.get("customers", 3)?;
+    let agents: usize = args.get("agents", 2)?;
+    let seconds: f64 = args.get("seconds", 5.0)?;
+    let rate: f64 = args.get("rate", 400.0)?;
+    let dup_share: f64 = args.get("duplicate-share", 0.05)?;
+    anyhow::ensure!((0.0..1.0).contains(&dup_share), "flag --duplicate-share must be in [0, 1)");
+    anyhow::ensure!(rate > 0.0 && seconds > 0.0, "flags --rate and --seconds must be positive");
+    let seed: u64 = args.get("seed", 1)?;
+    let default_run = format!("run{}", chrono::Utc::now().timestamp_millis());
+    let run_id = args.raw("run-id").unwrap_or(&default_run).to_owned();
+
+    let mut fleet = Fleet::new("customer", customers, agents, &run_id, seed).context("building the fleet")?;
+    let nats = streams::connect(&cfg.nats).await?;
+    let js = async_nats::jetstream::new(nats);
+    streams::ensure(&js, &cfg.nats).await?;
+    let mut publisher = Publisher::new(js, &cfg.nats.subject_prefix, 256);
+    let started = Instant::now();
+    let total = (rate * seconds).round() as u64;
+    let mut sent = Vec::new();
+    let mut resent = 0u64;
+    for i in 0..total {
+        let due = started + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(due.into()).await;
+        if !sent.is_empty() && fleet.chance(dup_share) {
+            resent += 1;
+            let idx = fleet.pick(sent.len());
+            publisher.publish(&sent[idx]).await?;
+        } else {
+            let event = fleet.next_event(chrono::Utc::now());
+            publisher.publish(&event).await?;
+            sent.push(event);
+        }
+    }
+    let stats = publisher.flush().await?;
+    println!(
+        "published {total} events ({resent} re-sent with an earlier id) in {:.1}s: {} stored by JetStream, {} recognised as duplicates",
+        started.elapsed().as_secs_f64(),
+        stats.stored,
+        stats.duplicates
+    );
+    Ok(())
+}

@@ -1,0 +1,18 @@
+//! Ingest: how usage gets into the `USAGE` stream.
+//!
+//! It owns the agent-side publisher (CloudEvents 1.0 JSON to `usage.<customer>.<agent>` with
+//! `Nats-Msg-Id` set to the event id, asynchronous with a bounded number of unacknowledged
+//! publishes) and the synthetic agents that drive the demo and the tests. It does not
+//! validate against meters or count anything: the aggregator does.
+//!
+//! # Layout
+//! - [`event`]: building an outgoing CloudEvent.
+//! - [`publisher`]: the bounded in-flight JetStream publisher.
+//! - [`synthetic`]: deterministic synthetic agents (LLM tokens and tool calls).
+
+pub mod event;
+pub mod publisher;
+pub mod synthetic;
+
+pub use event::OutgoingEvent;
+pub use publisher::{PublishError, PublishStats, Publisher};

@@ -1,0 +1,79 @@
+//! Minimal `--name value` argument parsing for the binaries: every flag is declared with a
+//! default, unknown flags and bad values are refused naming the flag.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+/// Parsed flags.
+#[derive(Debug, Default)]
+pub struct Args {
+    values: BTreeMap<String, String>,
+}
+
+/// A bad command line.
+#[derive(Debug, thiserror::Error)]
+pub enum ArgsError {
+    #[error("unknown flag {flag}; known flags: {known}")]
+    Unknown { flag: String, known: String },
+    #[error("flag {0} needs a value")]
+    MissingValue(String),
+    #[error("flag --{flag}: {value:?} is not valid: {detail}")]
+    Invalid { flag: String, value: String, detail: String },
+}
+
+impl Args {
+    /// Parses `args` (without the program name); `known` lists the accepted flag names.
+    pub fn parse(args: impl IntoIterator<Item = String>, known: &[&str]) -> Result<Args, ArgsError> {
+        let mut values = BTreeMap::new();
+        let mut it = args.into_iter();
+        while let Some(flag) = it.next() {
+            let name = flag.strip_prefix("--").filter(|n| known.contains(n)).ok_or_else(|| ArgsError::Unknown {
+                flag: flag.clone(),
+                known: known.iter().map(|k| format!("--{k}")).collect::<Vec<_>>().join(" "),
+            })?;
+            let value = it.next().ok_or_else(|| ArgsError::MissingValue(flag.clone()))?;
+            values.insert(name.to_owned(), value);
+        }
+        Ok(Args { values })
+    }
+
+    /// The value of `--name`, or `default`.
+    pub fn get<T: FromStr>(&self, name: &str, default: T) -> Result<T, ArgsError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.values.get(name) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|e: T::Err| ArgsError::Invalid { flag: name.to_owned(), value: v.clone(), detail: e.to_string() }),
+        }
+    }
+
+    /// The raw value of `--name`, if given.
+    pub fn raw(&self, name: &str) -> Option<&str> {
+        self.values.get(name).map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Args, ArgsError> {
+        Args::parse(s.split_whitespace().map(str::to_owned), &["config", "seconds"])
+    }
+
+    #[test]
+    fn parses_known_flags_with_defaults() {
+        let a = parse("--seconds 5").unwrap();
+        assert_eq!(a.get("seconds", 1u64).unwrap(), 5);
+        assert_eq!(a.get("other", 7u64).unwrap(), 7);
+        assert!(a.raw("config").is_none());
+    }
+
+    #[test]
+    fn refuses_bad_lines() {
+        assert!(matches!(parse("--nope 1"), Err(ArgsError::Unknown { .. })));
+        assert!(matches!(parse("--seconds"), Err(ArgsError::MissingValue(_))));
+        assert!(matches!(parse("--seconds x").unwrap().get("seconds", 1u64), Err(ArgsError::Invalid { .. })));
+    }
+}
