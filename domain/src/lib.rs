@@ -11,6 +11,7 @@
 //! # Layout
 //! - [`ids`]: validated newtypes for customers, agents, event ids and meter slugs.
 //! - [`reason`]: the stable rejection reason codes (dead-letter and HTTP errors).
+//! - [`exact`]: exact decimals from configuration (strings or integers, never floats).
 //! - [`event`]: parsing and validating a CloudEvents usage event from bytes.
 //! - [`data`]: reading properties out of an event's `data` by JSON path, exactly.
 //! - [`meter`]: declared meters: which events they select, the value and group-by values.
@@ -23,6 +24,7 @@
 pub mod aggregation;
 pub mod data;
 pub mod event;
+pub mod exact;
 pub mod ids;
 pub mod meter;
 pub mod money;

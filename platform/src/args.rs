@@ -37,6 +37,23 @@ impl Args {
         Ok(Args { values })
     }
 
+    /// Parses `<command> [--flag value]...`; the command must be one of `commands` and defaults
+    /// to the first one when the line starts with a flag or is empty.
+    pub fn parse_command(args: impl IntoIterator<Item = String>, commands: &[&str], known: &[&str]) -> Result<(String, Args), ArgsError> {
+        let mut it = args.into_iter().peekable();
+        let command = match it.peek() {
+            Some(first) if !first.starts_with("--") => {
+                let c = it.next().unwrap_or_default();
+                if !commands.contains(&c.as_str()) {
+                    return Err(ArgsError::Unknown { flag: c, known: commands.join(" ") });
+                }
+                c
+            }
+            _ => commands.first().copied().unwrap_or_default().to_owned(),
+        };
+        Ok((command, Args::parse(it, known)?))
+    }
+
     /// The value of `--name`, or `default`.
     pub fn get<T: FromStr>(&self, name: &str, default: T) -> Result<T, ArgsError>
     where
@@ -68,6 +85,15 @@ mod tests {
         assert_eq!(a.get("seconds", 1u64).unwrap(), 5);
         assert_eq!(a.get("other", 7u64).unwrap(), 7);
         assert!(a.raw("config").is_none());
+    }
+
+    #[test]
+    fn commands_come_first() {
+        let (c, a) = Args::parse_command(["once".to_owned(), "--seconds".to_owned(), "2".to_owned()], &["serve", "once"], &["seconds"]).unwrap();
+        assert_eq!((c.as_str(), a.get("seconds", 0u32).unwrap()), ("once", 2));
+        let (c, _) = Args::parse_command(Vec::<String>::new(), &["serve", "once"], &[]).unwrap();
+        assert_eq!(c, "serve");
+        assert!(Args::parse_command(["bogus".to_owned()], &["serve"], &[]).is_err());
     }
 
     #[test]

@@ -1,0 +1,25 @@
+//! The invoicer: turns charges into invoices, one per customer and billing period.
+//!
+//! It owns invoice identity (a deterministic id per customer and period), building lines
+//! from the latest charges (each line links to its charge and repeats its plan version,
+//! price model, tiers, quantity and amount), totals in minor units, the draft/finalized
+//! status (draft until the period has ended and its grace period passed), storing invoices
+//! append-only, and rendering them as JSON. A finalized invoice is never rewritten. It never
+//! prices usage: amounts come from the rater's charges, already rounded.
+//!
+//! # Layout
+//! - [`config`]: the `[invoicer]` section.
+//! - [`invoice`]: the invoice document and how it is built from charges (pure).
+//! - [`store`]: reading charges and existing invoices, writing invoices and lines.
+//! - [`run`]: one invoicing pass and the schedule.
+//! - [`metrics`]: every metric this crate emits.
+
+pub mod config;
+pub mod invoice;
+pub mod metrics;
+pub mod run;
+pub mod store;
+
+pub use config::InvoicerConfig;
+pub use invoice::{Invoice, InvoiceLine, Status};
+pub use run::{invoice_once, InvoiceError};

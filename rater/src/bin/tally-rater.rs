@@ -1,0 +1,59 @@
+//! `tally-rater`: prices committed usage into charges.
+//! Usage: `tally-rater [serve|once] [--config FILE] [--at RFC3339]`.
+//! `serve` (default) rates every `rater.interval_secs` until SIGTERM; `once` runs one pass
+//! (as of `--at`, default now) and prints the charges as JSON lines.
+
+use anyhow::Context;
+use serde::Deserialize;
+use tally_domain::meter::{validate_meters, MeterSpec};
+use tally_platform::args::Args;
+use tally_platform::{config, shutdown, store, telemetry, ClickHouseConfig, TelemetryConfig};
+use tally_rater::config::{PlanSpec, SubscriptionSpec};
+use tally_rater::{Catalog, RaterConfig};
+
+#[derive(Deserialize)]
+struct Config {
+    #[serde(default)]
+    clickhouse: ClickHouseConfig,
+    #[serde(default)]
+    telemetry: TelemetryConfig,
+    #[serde(default)]
+    rater: RaterConfig,
+    #[serde(default)]
+    meters: Vec<MeterSpec>,
+    #[serde(default)]
+    plans: Vec<PlanSpec>,
+    #[serde(default)]
+    subscriptions: Vec<SubscriptionSpec>,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let (command, args) = Args::parse_command(std::env::args().skip(1), &["serve", "once"], &["config", "at"])?;
+    let cfg: Config = config::load(&config::path(&args))?;
+    cfg.clickhouse.validate()?;
+    cfg.rater.validate()?;
+    let meters = validate_meters(cfg.meters).context("setting `meters`")?;
+    let catalog = Catalog::new(cfg.plans, cfg.subscriptions, &cfg.rater, &meters)?;
+    telemetry::init_logs(&cfg.telemetry);
+    let db = store::connect(&cfg.clickhouse);
+    if command == "once" {
+        let at = match args.raw("at") {
+            Some(t) => chrono::DateTime::parse_from_rfc3339(t).context("flag --at")?.timestamp_millis(),
+            None => now_ms(),
+        };
+        let report = tally_rater::rate_once(&db, &catalog, &cfg.rater, at).await?;
+        for c in &report.charges {
+            println!("{}", serde_json::to_string(c)?);
+        }
+        eprintln!("rated {} usage windows into {} charges", report.usage_rows, report.charges.len());
+        return Ok(());
+    }
+    telemetry::serve_metrics(cfg.rater.metrics_addr.parse()?)?;
+    tally_rater::run::run(db, catalog, cfg.rater, shutdown::on_signals(), now_ms).await;
+    Ok(())
+}

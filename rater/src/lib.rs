@@ -1,0 +1,35 @@
+//! The rater: turns committed usage into charges.
+//!
+//! It owns the price plans (immutable versions with an effective date), the subscriptions
+//! that bind customers to plans and billing cycles, the pricing models, and computing
+//! period-to-date charges from the public usage view `v_usage`. Charges are written with a
+//! deterministic id per (customer, period, meter, group, plan version) and a rising version,
+//! so running the rater twice, or two raters at once, yields the same charges. It never
+//! reads raw events, never writes usage and never issues invoices.
+//!
+//! **Rounding**: a charge's amount is computed at full precision from quantity and prices
+//! and rounded once, to the currency's minor units, half away from zero
+//! ([`tally_domain::Currency::round`]).
+//!
+//! # Layout
+//! - [`config`]: the `[rater]`, `[[plans]]` and `[[subscriptions]]` sections.
+//! - [`catalog`]: validated plans and subscriptions; which plan applies to whom, when.
+//! - [`pricing`]: the pricing models, one file each.
+//! - [`charge`]: a charge and how it is computed from usage (pure).
+//! - [`usage`]: reading committed usage per customer, meter and period.
+//! - [`store`]: writing charges.
+//! - [`run`]: one rating pass and the schedule.
+//! - [`metrics`]: every metric this crate emits.
+
+pub mod catalog;
+pub mod charge;
+pub mod config;
+pub mod metrics;
+pub mod pricing;
+pub mod run;
+pub mod store;
+pub mod usage;
+
+pub use catalog::Catalog;
+pub use config::RaterConfig;
+pub use run::{rate_once, RateError, RateReport};

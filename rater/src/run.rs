@@ -1,0 +1,85 @@
+//! One rating pass, and the schedule that repeats it.
+//!
+//! A pass reads committed usage for every billing period overlapping
+//! `[now - lookback, now]`, prices each (customer, period, meter) with the plan version
+//! effective at the period start, and appends the charges. Passes are idempotent: the same
+//! usage gives the same charge ids and amounts.
+
+use std::time::{Duration, Instant};
+
+use clickhouse::Client;
+use tally_platform::shutdown::Shutdown;
+
+use crate::catalog::Catalog;
+use crate::charge::{compute, Charge, ChargeError};
+use crate::config::RaterConfig;
+use crate::{metrics, store, usage};
+
+/// Why a pass failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RateError {
+    #[error("clickhouse: {0}")]
+    ClickHouse(#[from] clickhouse::error::Error),
+    #[error(transparent)]
+    Charge(#[from] ChargeError),
+}
+
+/// What one pass did.
+#[derive(Debug, Default, Clone)]
+pub struct RateReport {
+    pub charges: Vec<Charge>,
+    pub usage_rows: usize,
+    pub skipped: usage::Skipped,
+    /// (customer, meter) pairs with usage but no price in the plan.
+    pub unpriced_meters: u64,
+}
+
+const MONTH_MS: i64 = 31 * 86_400_000;
+
+/// Rates every period overlapping `[now - lookback, now]` and writes the charges.
+pub async fn rate_once(db: &Client, catalog: &Catalog, cfg: &RaterConfig, now_ms: i64) -> Result<RateReport, RateError> {
+    let started = Instant::now();
+    let lookback_ms = i64::try_from(cfg.lookback_secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2);
+    let horizon_ms = now_ms - lookback_ms;
+    let rows = usage::read(db, horizon_ms - MONTH_MS, now_ms + 86_400_000).await?;
+    let (usages, skipped) = usage::fold(&rows, catalog);
+    let mut report = RateReport { usage_rows: rows.len(), skipped, ..Default::default() };
+    for ((customer, period, _), u) in &usages {
+        if period.end_ms <= horizon_ms {
+            continue;
+        }
+        let sub = catalog.subscription(customer).expect("fold keeps only customers with a subscription");
+        let Some(plan) = catalog.plan_at(&sub.plan, period.start_ms) else {
+            report.unpriced_meters += 1;
+            continue;
+        };
+        match compute(u, plan)? {
+            Some(charge) => report.charges.push(charge),
+            None => report.unpriced_meters += 1,
+        }
+    }
+    store::write(db, &report.charges, now_ms).await?;
+    metrics::unpriced("no_subscription", skipped.no_subscription);
+    metrics::unpriced("no_price", report.unpriced_meters);
+    metrics::pass(started.elapsed(), report.charges.len());
+    Ok(report)
+}
+
+/// Rates every `interval_secs` until shutdown; a failed pass is logged and retried next time.
+pub async fn run(db: Client, catalog: Catalog, cfg: RaterConfig, shutdown: Shutdown, now_ms: fn() -> i64) {
+    let mut tick = tokio::time::interval(Duration::from_secs(cfg.interval_secs));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        match rate_once(&db, &catalog, &cfg, now_ms()).await {
+            Ok(r) => tracing::info!(charges = r.charges.len(), usage_rows = r.usage_rows, "rating pass done"),
+            Err(e) => {
+                metrics::pass_failed();
+                tracing::warn!(error = %e, "rating pass failed");
+            }
+        }
+    }
+}
