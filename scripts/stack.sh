@@ -1,0 +1,446 @@
+#!/usr/bin/env bash
+# The local stack: NATS (JetStream) and ClickHouse from Debian's packages, data under .stack/.
+#
+# Usage: scripts/stack.sh up|down|status|migrate|reset
+#   up       install the servers if missing, start them unless something already answers on
+#            their ports, wait until both are healthy, apply the ClickHouse migrations
+#   down     stop the servers this script started (pid files under .stack/); data is kept
+#   status   for each server: answers or not, pid, port, data dir (exit 1 if one is down)
+#   migrate  apply the migrations only (the servers must be up)
+#   reset    down, then delete the servers' data and logs under .stack/
+#
+# Environment (all optional):
+#   TALLY_NATS_PORT (4222)  TALLY_NATS_MONITOR_PORT (8222)
+#   TALLY_CH_HTTP_PORT (8123)  TALLY_CH_TCP_PORT (9000)
+#   TALLY_STACK_WAIT_SECS (60): how long `up` waits for a server to become healthy
+#   TALLY_STACK_DIR (.stack): where pid files, logs and data go
+#   TALLY_CONFIG: configuration file for tally-migrate (default config/tally.toml)
+#
+# Idempotent: a server that already answers on its port (started by an earlier `up`, by CI or
+# by hand) is used as it is and never started twice. See docs/OPERATIONS.md.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+STACK_DIR="${TALLY_STACK_DIR:-$ROOT/.stack}"
+NATS_DIR="$STACK_DIR/nats"
+CH_DIR="$STACK_DIR/clickhouse"
+NATS_PID_FILE="$NATS_DIR/nats-server.pid"
+CH_PID_FILE="$CH_DIR/clickhouse-server.pid"
+NATS_LOG="$NATS_DIR/nats-server.log"
+CH_LOG="$CH_DIR/log/clickhouse-server.log"
+CH_ERR_LOG="$CH_DIR/log/clickhouse-server.err.log"
+CH_STDOUT_LOG="$CH_DIR/log/stdout.log"
+
+NATS_PORT="${TALLY_NATS_PORT:-4222}"
+NATS_MONITOR_PORT="${TALLY_NATS_MONITOR_PORT:-8222}"
+CH_HTTP_PORT="${TALLY_CH_HTTP_PORT:-8123}"
+CH_TCP_PORT="${TALLY_CH_TCP_PORT:-9000}"
+WAIT_SECS="${TALLY_STACK_WAIT_SECS:-60}"
+STOP_WAIT_SECS=60
+
+log() { echo "stack: $*"; }
+warn() { echo "stack: warning: $*" >&2; }
+die() { echo "stack: error: $*" >&2; exit 1; }
+
+for setting in TALLY_NATS_PORT:"$NATS_PORT" TALLY_NATS_MONITOR_PORT:"$NATS_MONITOR_PORT" \
+    TALLY_CH_HTTP_PORT:"$CH_HTTP_PORT" TALLY_CH_TCP_PORT:"$CH_TCP_PORT" TALLY_STACK_WAIT_SECS:"$WAIT_SECS"; do
+    value="${setting#*:}"
+    [[ "$value" =~ ^[0-9]+$ ]] && [ "$value" -gt 0 ] && [ "$value" -le 65535 ] \
+        || die "${setting%%:*}=$value is not a number between 1 and 65535"
+done
+
+# --- probes -------------------------------------------------------------------------------
+
+# True when something accepts TCP connections on 127.0.0.1:$1.
+port_open() {
+    timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null
+}
+
+# Prints the body of an HTTP GET, fails on connection errors and non-2xx answers.
+http_get() {
+    if command -v curl >/dev/null 2>&1; then
+        curl -fsS --max-time 3 "$1" 2>/dev/null
+    else
+        python3 - "$1" 2>/dev/null <<'PY'
+import sys, urllib.request
+with urllib.request.urlopen(sys.argv[1], timeout=3) as r:
+    sys.stdout.write(r.read().decode())
+PY
+    fi
+}
+
+# The INFO line a NATS server sends first on its client port (empty if none).
+nats_info() {
+    timeout 3 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1 && IFS= read -r -t 2 line <&3 && echo \"\$line\"" 2>/dev/null || true
+}
+
+ch_answers() {
+    [ "$(http_get "http://127.0.0.1:$CH_HTTP_PORT/ping" || true)" = "Ok." ]
+}
+
+nats_healthy() {
+    http_get "http://127.0.0.1:$NATS_MONITOR_PORT/healthz" | grep -q '"ok"'
+}
+
+# NATS "answers" when its client port greets with INFO; healthz is checked separately since
+# a server started elsewhere may run without the monitoring port.
+nats_answers() {
+    nats_info "$NATS_PORT" | grep -q '^INFO '
+}
+
+# Pid from a pid file when that process is alive and runs the expected program, else empty.
+live_pid() {
+    local file="$1" program="$2" pid
+    [ -f "$file" ] || return 0
+    pid="$(tr -dc '0-9' <"$file")"
+    [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 0
+    if tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$program"; then
+        echo "$pid"
+    fi
+}
+
+# --- installation -------------------------------------------------------------------------
+
+find_bin() {
+    command -v "$1" 2>/dev/null || { [ -x "/usr/sbin/$1" ] && echo "/usr/sbin/$1"; } || true
+}
+
+# Installs the given Debian packages (one `apt-get update`, one `apt-get install`).
+install_packages() {
+    [ $# -gt 0 ] || return 0
+    command -v apt-get >/dev/null 2>&1 || die "$* not installed and apt-get is not available; install them by hand"
+    local sudo=()
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null 2>&1 || die "$* not installed; run as root or install sudo"
+        sudo=(sudo)
+    fi
+    log "installing $* from Debian packages"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
+}
+
+# --- starting -----------------------------------------------------------------------------
+
+start_nats() {
+    local bin
+    bin="$(find_bin nats-server)"
+    mkdir -p "$NATS_DIR"
+    log "starting nats-server on 127.0.0.1:$NATS_PORT (monitoring $NATS_MONITOR_PORT, store $NATS_DIR)"
+    setsid "$bin" -js -sd "$NATS_DIR" -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MONITOR_PORT" \
+        -l "$NATS_LOG" </dev/null >>"$NATS_DIR/stdout.log" 2>&1 9>&- &
+    echo $! >"$NATS_PID_FILE"
+    echo "$NATS_PORT $NATS_MONITOR_PORT" >"$NATS_DIR/ports"
+}
+
+write_clickhouse_config() {
+    mkdir -p "$CH_DIR/data" "$CH_DIR/tmp" "$CH_DIR/user_files" "$CH_DIR/log"
+    cat >"$CH_DIR/config.xml" <<EOF
+<?xml version="1.0"?>
+<!-- Generated by scripts/stack.sh; edits are overwritten at the next start. -->
+<yandex>
+    <logger>
+        <level>information</level>
+        <log>$CH_LOG</log>
+        <errorlog>$CH_ERR_LOG</errorlog>
+        <size>100M</size>
+        <count>3</count>
+    </logger>
+    <listen_host>127.0.0.1</listen_host>
+    <http_port>$CH_HTTP_PORT</http_port>
+    <tcp_port>$CH_TCP_PORT</tcp_port>
+    <path>$CH_DIR/data/</path>
+    <tmp_path>$CH_DIR/tmp/</tmp_path>
+    <user_files_path>$CH_DIR/user_files/</user_files_path>
+    <users_config>$CH_DIR/users.xml</users_config>
+    <default_profile>default</default_profile>
+    <default_database>default</default_database>
+    <timezone>UTC</timezone>
+    <max_concurrent_queries>100</max_concurrent_queries>
+    <mark_cache_size>536870912</mark_cache_size>
+    <uncompressed_cache_size>1073741824</uncompressed_cache_size>
+    <mlock_executable>false</mlock_executable>
+</yandex>
+EOF
+    cat >"$CH_DIR/users.xml" <<'EOF'
+<?xml version="1.0"?>
+<!-- Generated by scripts/stack.sh; edits are overwritten at the next start. -->
+<yandex>
+    <profiles>
+        <default>
+            <max_memory_usage>4000000000</max_memory_usage>
+            <use_uncompressed_cache>0</use_uncompressed_cache>
+            <load_balancing>random</load_balancing>
+        </default>
+    </profiles>
+    <users>
+        <default>
+            <password></password>
+            <networks>
+                <ip>127.0.0.1</ip>
+                <ip>::1</ip>
+            </networks>
+            <profile>default</profile>
+            <quota>default</quota>
+        </default>
+    </users>
+    <quotas>
+        <default>
+            <interval>
+                <duration>3600</duration>
+                <queries>0</queries>
+                <errors>0</errors>
+                <result_rows>0</result_rows>
+                <read_rows>0</read_rows>
+                <execution_time>0</execution_time>
+            </interval>
+        </default>
+    </quotas>
+</yandex>
+EOF
+}
+
+start_clickhouse() {
+    local bin
+    bin="$(find_bin clickhouse-server)"
+    write_clickhouse_config
+    log "starting clickhouse-server on 127.0.0.1:$CH_HTTP_PORT (tcp $CH_TCP_PORT, data $CH_DIR/data)"
+    setsid "$bin" --config-file="$CH_DIR/config.xml" </dev/null >>"$CH_STDOUT_LOG" 2>&1 9>&- &
+    echo $! >"$CH_PID_FILE"
+    echo "$CH_HTTP_PORT $CH_TCP_PORT" >"$CH_DIR/ports"
+}
+
+# wait_for NAME PROBE PID_FILE PROGRAM LOG...: polls PROBE once a second for WAIT_SECS.
+wait_for() {
+    local name="$1" probe="$2" pid_file="$3" program="$4"
+    shift 4
+    local deadline=$((SECONDS + WAIT_SECS))
+    while [ "$SECONDS" -lt "$deadline" ]; do
+        if "$probe"; then
+            return 0
+        fi
+        if [ -f "$pid_file" ] && [ -z "$(live_pid "$pid_file" "$program")" ]; then
+            fail_with_logs "$name exited during start-up" "$@"
+        fi
+        sleep 1
+    done
+    fail_with_logs "$name did not become healthy within ${WAIT_SECS}s" "$@"
+}
+
+fail_with_logs() {
+    local msg="$1"
+    shift
+    echo "stack: error: $msg" >&2
+    local f
+    for f in "$@"; do
+        if [ -s "$f" ]; then
+            echo "--- last lines of $f ---" >&2
+            tail -n 30 "$f" >&2
+        fi
+    done
+    exit 1
+}
+
+# Fails when the server this script started from $STACK_DIR listens on other ports than asked:
+# one data dir serves one server at a time.
+same_ports() {
+    local file="$1" wanted="$2" name="$3" recorded
+    recorded="$(cat "$file" 2>/dev/null || echo unknown)"
+    if [ "$recorded" != "$wanted" ]; then
+        die "$name from $STACK_DIR is already running on ports $recorded (asked for $wanted); run scripts/stack.sh down with the same TALLY_* ports first, or set TALLY_STACK_DIR"
+    fi
+}
+
+# Decides what to do with one server: "running", "starting" (our process, not healthy yet)
+# or "start". Fails when the port is taken by something that is not the expected server.
+plan_nats() {
+    if nats_answers; then
+        require_jetstream
+        echo running
+    elif [ -n "$(live_pid "$NATS_PID_FILE" nats-server)" ]; then
+        same_ports "$NATS_DIR/ports" "$NATS_PORT $NATS_MONITOR_PORT" nats-server
+        echo starting
+    elif port_open "$NATS_PORT"; then
+        die "port $NATS_PORT is in use but does not answer like a NATS server; set TALLY_NATS_PORT"
+    elif port_open "$NATS_MONITOR_PORT"; then
+        die "monitoring port $NATS_MONITOR_PORT is in use by something else; set TALLY_NATS_MONITOR_PORT"
+    else
+        echo start
+    fi
+}
+
+plan_clickhouse() {
+    if ch_answers; then
+        echo running
+    elif [ -n "$(live_pid "$CH_PID_FILE" clickhouse-server)" ]; then
+        same_ports "$CH_DIR/ports" "$CH_HTTP_PORT $CH_TCP_PORT" clickhouse-server
+        echo starting
+    elif port_open "$CH_HTTP_PORT"; then
+        die "port $CH_HTTP_PORT is in use but does not answer like ClickHouse (/ping); set TALLY_CH_HTTP_PORT"
+    elif port_open "$CH_TCP_PORT"; then
+        die "port $CH_TCP_PORT is in use by something else; set TALLY_CH_TCP_PORT"
+    else
+        echo start
+    fi
+}
+
+require_jetstream() {
+    if ! nats_info "$NATS_PORT" | grep -q '"jetstream":true'; then
+        die "the NATS server on port $NATS_PORT runs without JetStream; stop it or set TALLY_NATS_PORT"
+    fi
+}
+
+# --- migrations ---------------------------------------------------------------------------
+
+# The configuration tally-migrate reads: TALLY_CONFIG, config/tally.toml, or a minimal file
+# generated under .stack/ when the repository has none yet.
+migrate_config() {
+    if [ -n "${TALLY_CONFIG:-}" ]; then
+        echo "$TALLY_CONFIG"
+    elif [ -f "$ROOT/config/tally.toml" ]; then
+        echo "$ROOT/config/tally.toml"
+    else
+        mkdir -p "$STACK_DIR"
+        cat >"$STACK_DIR/tally.toml" <<EOF
+# Generated by scripts/stack.sh because config/tally.toml does not exist.
+[clickhouse]
+url = "http://127.0.0.1:$CH_HTTP_PORT"
+database = "tally"
+
+[nats]
+url = "nats://127.0.0.1:$NATS_PORT"
+EOF
+        echo "$STACK_DIR/tally.toml"
+    fi
+}
+
+cmd_migrate() {
+    ch_answers || die "ClickHouse does not answer on port $CH_HTTP_PORT; run scripts/stack.sh up"
+    local config
+    config="$(migrate_config)"
+    log "applying migrations (config $config, clickhouse http://127.0.0.1:$CH_HTTP_PORT)"
+    TALLY_CONFIG="$config" TALLY_CLICKHOUSE__URL="http://127.0.0.1:$CH_HTTP_PORT" \
+        cargo run --quiet -p tally-platform --bin tally-migrate
+}
+
+# --- commands -----------------------------------------------------------------------------
+
+cmd_up() {
+    mkdir -p "$STACK_DIR"
+    exec 9>"$STACK_DIR/stack.lock"
+    flock -w 120 9 || die "another scripts/stack.sh holds $STACK_DIR/stack.lock"
+
+    local nats_plan ch_plan missing=()
+    nats_plan="$(plan_nats)"
+    ch_plan="$(plan_clickhouse)"
+    if [ "$nats_plan" = start ] && [ -z "$(find_bin nats-server)" ]; then missing+=(nats-server); fi
+    if [ "$ch_plan" = start ] && [ -z "$(find_bin clickhouse-server)" ]; then missing+=(clickhouse-server); fi
+    install_packages "${missing[@]}"
+
+    case "$nats_plan" in
+        running) log "nats-server already answers on port $NATS_PORT; not starting another" ;;
+        starting) log "nats-server (pid $(live_pid "$NATS_PID_FILE" nats-server)) is starting" ;;
+        start) start_nats ;;
+    esac
+    case "$ch_plan" in
+        running) log "clickhouse-server already answers on port $CH_HTTP_PORT; not starting another" ;;
+        starting) log "clickhouse-server (pid $(live_pid "$CH_PID_FILE" clickhouse-server)) is starting" ;;
+        start) start_clickhouse ;;
+    esac
+
+    wait_for "nats-server" nats_answers "$NATS_PID_FILE" nats-server "$NATS_LOG" "$NATS_DIR/stdout.log"
+    require_jetstream
+    wait_for "nats-server monitoring on port $NATS_MONITOR_PORT" nats_healthy "$NATS_PID_FILE" nats-server "$NATS_LOG"
+    log "nats-server healthy: nats://127.0.0.1:$NATS_PORT, http://127.0.0.1:$NATS_MONITOR_PORT/healthz"
+    wait_for "clickhouse-server" ch_answers "$CH_PID_FILE" clickhouse-server "$CH_ERR_LOG" "$CH_STDOUT_LOG"
+    log "clickhouse-server healthy: http://127.0.0.1:$CH_HTTP_PORT ($(http_get "http://127.0.0.1:$CH_HTTP_PORT/?query=SELECT%20version()" || echo '?'))"
+
+    flock -u 9
+    cmd_migrate
+    log "up"
+}
+
+# stop NAME PID_FILE PROGRAM PORT
+stop_server() {
+    local name="$1" pid_file="$2" program="$3" port="$4" pid
+    pid="$(live_pid "$pid_file" "$program")"
+    if [ -z "$pid" ]; then
+        rm -f "$pid_file"
+        if port_open "$port"; then
+            log "$name on port $port was not started by stack.sh; leaving it running"
+        else
+            log "$name is not running"
+        fi
+        return 0
+    fi
+    log "stopping $name (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    local deadline=$((SECONDS + STOP_WAIT_SECS))
+    while [ -d "/proc/$pid" ] && [ "$SECONDS" -lt "$deadline" ]; do
+        # A zombie (our own child in an interactive shell) counts as stopped.
+        grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null && break
+        sleep 0.5
+    done
+    if [ -d "/proc/$pid" ] && ! grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null; then
+        warn "$name (pid $pid) did not stop within ${STOP_WAIT_SECS}s; sending SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$pid_file"
+}
+
+cmd_down() {
+    stop_server nats-server "$NATS_PID_FILE" nats-server "$NATS_PORT"
+    stop_server clickhouse-server "$CH_PID_FILE" clickhouse-server "$CH_HTTP_PORT"
+}
+
+# status_line NAME ANSWERS PID_FILE PROGRAM PORTS DATA
+status_line() {
+    local name="$1" answers="$2" pid_file="$3" program="$4" ports="$5" data="$6" pid
+    pid="$(live_pid "$pid_file" "$program")"
+    printf '%-18s %-8s pid %-16s %-28s data %s\n' "$name" "$answers" "${pid:-"-"}${pid:+" (stack.sh)"}" "$ports" "$data"
+}
+
+cmd_status() {
+    local ok=0 nats="down" ch="down" pid
+    if nats_answers; then
+        nats="up"
+        nats_healthy || nats="up (no healthz)"
+    else
+        ok=1
+    fi
+    if ch_answers; then ch="up"; else ok=1; fi
+    status_line nats-server "$nats" "$NATS_PID_FILE" nats-server \
+        "port $NATS_PORT, monitor $NATS_MONITOR_PORT" "$NATS_DIR/jetstream"
+    status_line clickhouse-server "$ch" "$CH_PID_FILE" clickhouse-server \
+        "http $CH_HTTP_PORT, tcp $CH_TCP_PORT" "$CH_DIR/data"
+    for pair in "nats-server:$NATS_PID_FILE:$NATS_PORT" "clickhouse-server:$CH_PID_FILE:$CH_HTTP_PORT"; do
+        IFS=: read -r name file port <<<"$pair"
+        pid="$(live_pid "$file" "$name")"
+        if [ -z "$pid" ] && port_open "$port"; then
+            echo "  note: $name on port $port was not started by stack.sh (data dir unknown)"
+        fi
+    done
+    return "$ok"
+}
+
+cmd_reset() {
+    cmd_down
+    if nats_answers || ch_answers; then
+        die "a server still answers on the stack's ports (not started by stack.sh); not deleting data"
+    fi
+    log "deleting $NATS_DIR and $CH_DIR"
+    rm -rf "$NATS_DIR" "$CH_DIR" "$STACK_DIR/tally.toml"
+}
+
+case "${1:-}" in
+    up) cmd_up ;;
+    down) cmd_down ;;
+    status) cmd_status ;;
+    migrate) cmd_migrate ;;
+    reset) cmd_reset ;;
+    *)
+        sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2
+        exit 2
+        ;;
+esac
