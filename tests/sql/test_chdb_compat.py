@@ -1,0 +1,499 @@
+"""The migrations and the public views run, with the same results, on both ClickHouse engines.
+
+DESIGN.md section 3: the SQL must run on ClickHouse 18.16 (Debian's package, what CI and the
+local stack use) and on current releases (the docker-compose image). This test applies every
+`migrations/*.sql` file, split into statements exactly like the Rust runner
+(`platform/src/migrate.rs`), to
+
+- chdb (the `chdb-core` package: a current ClickHouse in process), and
+- the ClickHouse server at TALLY_TEST_CLICKHOUSE_URL (default http://127.0.0.1:8123, the
+  18.16 server that scripts/stack.sh starts), in a fresh database dropped at the end;
+
+then inserts a small fixed data set into the usage and billing tables and reads every view
+declared in the migrations (`CREATE VIEW IF NOT EXISTS <name>`, so new views are covered
+without editing this file) in TabSeparatedWithNames with an ORDER BY on every column. Both
+engines must return identical text, and the known views must return the hand-computed values
+below. The server half is skipped, saying why, only when no server answers.
+
+Run: python3 -m unittest discover -s tests/sql -v
+"""
+
+import os
+import random
+import re
+import shutil
+import tempfile
+import unittest
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+MIGRATIONS_DIR = ROOT / "migrations"
+SERVER_URL = os.environ.get("TALLY_TEST_CLICKHOUSE_URL", "http://127.0.0.1:8123").rstrip("/")
+
+# --- migrations, as the Rust runner reads them ----------------------------------------------
+
+
+def migration_files():
+    return sorted(MIGRATIONS_DIR.glob("*.sql"))
+
+
+def statements(sql):
+    """Mirror of `migrate::statements`: strip `--` comments per line; a statement ends at a
+    line ending with `;`."""
+    out, cur = [], []
+    for line in sql.splitlines():
+        code = line.split("--", 1)[0].rstrip()
+        if not code.strip():
+            continue
+        cur.append(code)
+        if code.endswith(";"):
+            stmt = "\n".join(cur).strip().rstrip(";").strip()
+            if stmt:
+                out.append(stmt)
+            cur = []
+    rest = "\n".join(cur).strip()
+    if rest:
+        out.append(rest)
+    return out
+
+
+def all_statements():
+    return [(path.name, stmt) for path in migration_files() for stmt in statements(path.read_text())]
+
+
+CREATE_TABLE = re.compile(r"^\s*CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)\s*\((.*)\)\s*ENGINE\b", re.S | re.I)
+CREATE_VIEW = re.compile(r"^\s*CREATE\s+(?:OR\s+REPLACE\s+)?VIEW\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", re.I)
+DROP_VIEW = re.compile(r"^\s*DROP\s+(?:VIEW|TABLE)\s+(?:IF\s+EXISTS\s+)?(\w+)", re.I)
+
+
+def split_top_level(text):
+    """Splits a column list on commas outside parentheses (`Decimal(38, 9)` stays whole)."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    return [p.strip() for p in parts if p.strip()]
+
+
+def table_columns():
+    """{table: [(column, type)]} from every CREATE TABLE in the migrations."""
+    tables = {}
+    for _, stmt in all_statements():
+        m = CREATE_TABLE.match(stmt)
+        if not m:
+            continue
+        cols = []
+        for part in split_top_level(m.group(2)):
+            name, _, ctype = part.partition(" ")
+            cols.append((name.strip("`"), ctype.strip()))
+        tables[m.group(1)] = cols
+    return tables
+
+
+def view_names():
+    """Views the migrations leave in place, in the order they are created."""
+    views = []
+    for _, stmt in all_statements():
+        m = CREATE_VIEW.match(stmt)
+        if m and m.group(1) not in views:
+            views.append(m.group(1))
+        d = DROP_VIEW.match(stmt)
+        if d and d.group(1) in views:
+            views.remove(d.group(1))
+    return views
+
+
+# --- the fixed data set ------------------------------------------------------------------------
+
+W1 = "2026-11-01 10:00:00"  # an hourly window: two committed batches and an uncommitted one
+W2 = "2026-11-01 11:00:00"  # only uncommitted rows: must not appear at all
+M1 = "2026-11-01 10:00:00"  # a one-minute window of another customer
+TOKENS = dict(group_names=["model", "kind"], group_values=["gpt-4o", "output"], group_key="model=gpt-4o,kind=output")
+
+
+def rollup(batch, window_start, meter, aggregation, events, vsum, vmin, vmax, customer="acme", window_secs=3600, **extra):
+    row = dict(
+        window_start=window_start, window_secs=window_secs, customer=customer, agent="support-bot-7",
+        meter=meter, aggregation=aggregation, group_names=[], group_values=[], group_key="",
+        events=events, value_sum=vsum, value_min=vmin, value_max=vmax, batch_id=batch,
+        inserted_at="2026-11-01 12:00:00",
+    )
+    row.update(extra)
+    return row
+
+
+# Each inner list is one INSERT (one data part), so FINAL and the views must merge across parts.
+FIXTURE = {
+    "usage_batches": [
+        [dict(batch_id="b1", consumer="aggregator", first_seq=1, last_seq=7, events=7, rollups=5, committed_at="2026-11-01 10:30:00")],
+        [dict(batch_id="b2", consumer="aggregator", first_seq=8, last_seq=14, events=7, rollups=5, committed_at="2026-11-01 10:59:00")],
+        # b3 has rollups but no marker: a crash between the two writes. It must count nowhere.
+    ],
+    "usage_rollups": [
+        [
+            rollup("b1", W1, "tokens", "SUM", 3, "10.5", "1.5", "6", **TOKENS),
+            rollup("b1", W1, "tool_calls", "COUNT", 4, "4", "1", "1"),
+            rollup("b1", W1, "latency_ms", "MIN", 2, "52.5", "12.5", "40"),
+            rollup("b1", W1, "context_tokens", "MAX", 1, "128000", "128000", "128000"),
+        ],
+        [
+            rollup("b2", W1, "tokens", "SUM", 2, "4.25", "0.25", "4", **TOKENS),
+            rollup("b2", W1, "tool_calls", "COUNT", 3, "3", "1", "1"),
+            rollup("b2", W1, "latency_ms", "MIN", 2, "97.125", "7.125", "90"),
+            rollup("b2", W1, "context_tokens", "MAX", 1, "64000", "64000", "64000"),
+            rollup("b2", M1, "tokens", "SUM", 1, "0.000000001", "0.000000001", "0.000000001", customer="globex", window_secs=60),
+        ],
+        [
+            rollup("b3", W1, "tokens", "SUM", 100, "1000", "0.001", "999", **TOKENS),
+            rollup("b3", W2, "tokens", "SUM", 5, "50", "10", "10", **TOKENS),
+        ],
+    ],
+    "charges": [
+        [
+            dict(charge_id="ch-tokens", customer="acme", period_start="2026-11-01 00:00:00", period_end="2026-12-01 00:00:00",
+                 meter="tokens", plan_id="ai-standard", plan_version=1, price_model="per_unit", currency="USD",
+                 quantity="14.75", unit_price="0.02", amount_minor=30, windows=1, version=1, **TOKENS),
+            dict(charge_id="ch-calls", customer="acme", period_start="2026-11-01 00:00:00", period_end="2026-12-01 00:00:00",
+                 meter="tool_calls", plan_id="ai-standard", plan_version=1, price_model="graduated", currency="USD",
+                 quantity="7", tiers='[{"up_to":"5","unit_price":"0.10"},{"unit_price":"0.05"}]', amount_minor=60,
+                 windows=1, version=1),
+        ],
+        [
+            # A recomputation after late usage: same id, higher version. Only this one is visible.
+            dict(charge_id="ch-tokens", customer="acme", period_start="2026-11-01 00:00:00", period_end="2026-12-01 00:00:00",
+                 meter="tokens", plan_id="ai-standard", plan_version=2, price_model="per_unit", currency="USD",
+                 quantity="16.75", unit_price="0.02", amount_minor=34, windows=2, version=2, **TOKENS),
+        ],
+    ],
+    "invoices": [
+        [dict(invoice_id="INV-000001", customer="acme", period_start="2026-11-01 00:00:00", period_end="2026-12-01 00:00:00",
+              status="draft", currency="USD", subtotal_minor=90, total_minor=90, line_count=2, plan_id="ai-standard",
+              plan_version=1, issued_at="2026-12-01 00:05:00", version=1)],
+        [dict(invoice_id="INV-000001", customer="acme", period_start="2026-11-01 00:00:00", period_end="2026-12-01 00:00:00",
+              status="issued", currency="USD", subtotal_minor=94, total_minor=94, line_count=2, plan_id="ai-standard",
+              plan_version=2, issued_at="2026-12-01 00:10:00", version=2)],
+    ],
+    "invoice_lines": [
+        [
+            dict(invoice_id="INV-000001", line_no=1, charge_id="ch-tokens", meter="tokens", description="Tokens", quantity="14.75",
+                 amount_minor=30, currency="USD", version=1),
+            dict(invoice_id="INV-000001", line_no=2, charge_id="ch-calls", meter="tool_calls", description="Tool calls",
+                 quantity="7", amount_minor=60, currency="USD", version=1),
+        ],
+        [dict(invoice_id="INV-000001", line_no=1, charge_id="ch-tokens", meter="tokens", description="Tokens", quantity="16.75",
+              amount_minor=34, currency="USD", version=2)],
+    ],
+}
+
+# Hand-computed: what each known view must show (selected columns; the rest are compared
+# between engines). Decimals are Decimal(38, 9) printed with all nine places.
+EXPECTED = {
+    "v_usage": {
+        "columns": ["customer", "meter", "aggregation", "window_start", "window_end", "group_key", "quantity", "event_count"],
+        "rows": [
+            # Ordered by every column, window_end (second) first decides: globex's 60 s window.
+            ["globex", "tokens", "SUM", M1, "2026-11-01 10:01:00", "", "0.000000001", "1"],
+            # b1 + b2; b3's 100 events and 1000 tokens are not committed.
+            ["acme", "context_tokens", "MAX", W1, "2026-11-01 11:00:00", "", "128000.000000000", "2"],  # max(128000, 64000)
+            ["acme", "latency_ms", "MIN", W1, "2026-11-01 11:00:00", "", "7.125000000", "4"],  # min(12.5, 7.125)
+            ["acme", "tokens", "SUM", W1, "2026-11-01 11:00:00", "model=gpt-4o,kind=output", "14.750000000", "5"],  # 10.5 + 4.25
+            ["acme", "tool_calls", "COUNT", W1, "2026-11-01 11:00:00", "", "7.000000000", "7"],  # 4 + 3 events
+        ],
+    },
+    "v_charges": {
+        "columns": ["charge_id", "version", "plan_version", "quantity", "amount_minor", "windows", "tiers"],
+        "rows": [
+            ["ch-calls", "1", "1", "7.000000000", "60", "1", '[{"up_to":"5","unit_price":"0.10"},{"unit_price":"0.05"}]'],
+            ["ch-tokens", "2", "2", "16.750000000", "34", "2", ""],  # version 1 is superseded
+        ],
+    },
+    "v_invoices": {
+        "columns": ["invoice_id", "status", "subtotal_minor", "total_minor", "version"],
+        "rows": [["INV-000001", "issued", "94", "94", "2"]],
+    },
+    "v_invoice_lines": {
+        "columns": ["invoice_id", "line_no", "charge_id", "quantity", "amount_minor", "version"],
+        "rows": [
+            ["INV-000001", "1", "ch-tokens", "16.750000000", "34", "2"],
+            ["INV-000001", "2", "ch-calls", "7.000000000", "60", "1"],
+        ],
+    },
+}
+
+
+def sql_literal(value, ctype):
+    """A VALUES literal for `value` in a column of type `ctype`."""
+    if ctype.startswith("Array("):
+        inner = ctype[len("Array("):-1]
+        return "[" + ", ".join(sql_literal(v, inner) for v in value) + "]"
+    if ctype.startswith(("String", "DateTime", "Date", "Decimal")):
+        # Decimals go in as strings: parsed exactly, never through a float.
+        s = str(value).replace("\\", "\\\\").replace("'", "\\'")
+        return f"'{s}'"
+    if re.match(r"^U?Int\d+$", ctype):
+        return str(int(value))
+    raise AssertionError(f"no literal rule for column type {ctype}")
+
+
+def default_for(ctype):
+    if ctype.startswith("Array("):
+        return []
+    if ctype.startswith("DateTime"):
+        return "2026-11-01 00:00:00"
+    if ctype.startswith("Decimal"):
+        return "0"
+    if re.match(r"^U?Int\d+$", ctype):
+        return 0
+    return ""
+
+
+def insert_statements():
+    """INSERTs of FIXTURE, with every column the migrations define (defaults for the rest)."""
+    tables = table_columns()
+    out = []
+    for table, parts in FIXTURE.items():
+        if table not in tables:
+            raise AssertionError(f"fixture table {table} is not created by any migration")
+        cols = tables[table]
+        known = {name for name, _ in cols}
+        for rows in parts:
+            values = []
+            for row in rows:
+                unknown = set(row) - known
+                if unknown:
+                    raise AssertionError(f"fixture columns {sorted(unknown)} are not in table {table}")
+                values.append("(" + ", ".join(sql_literal(row.get(n, default_for(t)), t) for n, t in cols) + ")")
+            names = ", ".join(n for n, _ in cols)
+            out.append(f"INSERT INTO {table} ({names}) VALUES " + ", ".join(values))
+    return out
+
+
+# --- engines ------------------------------------------------------------------------------------
+
+
+class EngineError(Exception):
+    pass
+
+
+class ChdbEngine:
+    """ClickHouse in process (chdb-core). A session keeps `USE` and `SET` between queries."""
+
+    name = "chdb"
+
+    def __init__(self, database):
+        import chdb.session
+
+        self.dir = tempfile.mkdtemp(prefix="tally-chdb-")
+        self.session = chdb.session.Session(self.dir)
+        self.database = database
+        self.run(f"CREATE DATABASE IF NOT EXISTS {database}")
+        self.run(f"USE {database}")
+        current = self.query("SELECT currentDatabase()").strip()
+        if current != database:
+            raise EngineError(f"chdb session did not keep `USE {database}` (current database {current!r})")
+        # Print decimals with all their places, like 18.16 does (current releases trim zeros),
+        # and read/print DateTime in UTC like the stack's server.
+        self.run("SET output_format_decimal_trailing_zeros = 1")
+        self.run("SET session_timezone = 'UTC'")
+
+    def run(self, sql):
+        return self.query(sql, "TabSeparated")
+
+    def query(self, sql, fmt="TabSeparated"):
+        try:
+            return str(self.session.query(sql, fmt))
+        except Exception as e:  # chdb raises its own ChdbError
+            raise EngineError(f"chdb: {e}\n--- statement ---\n{sql}") from None
+
+    def version(self):
+        return self.query("SELECT version()").strip()
+
+    def close(self):
+        self.session.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class HttpEngine:
+    """A ClickHouse server over HTTP, in its own database."""
+
+    name = "server"
+
+    def __init__(self, url, database):
+        self.url = url
+        self.database = database
+        self._post(f"CREATE DATABASE {database}", database=None)
+
+    def _post(self, sql, database):
+        params = {"database": database} if database else {}
+        req = urllib.request.Request(f"{self.url}/?{urllib.parse.urlencode(params)}", data=sql.encode(), method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.read().decode()
+        except urllib.error.HTTPError as e:
+            raise EngineError(f"server {self.url}: HTTP {e.code}: {e.read().decode().strip()}\n--- statement ---\n{sql}") from None
+
+    def run(self, sql):
+        return self._post(sql, self.database)
+
+    def query(self, sql, fmt="TabSeparated"):
+        return self._post(f"{sql}\nFORMAT {fmt}", self.database)
+
+    def version(self):
+        return self.query("SELECT version()").strip()
+
+    def close(self):
+        self._post(f"DROP DATABASE IF EXISTS {self.database}", database=None)
+
+
+def server_answers(url):
+    try:
+        with urllib.request.urlopen(f"{url}/ping", timeout=3) as r:
+            return r.read().decode().strip() == "Ok."
+    except OSError:
+        return False
+
+
+def load(engine):
+    """Applies every migration statement, then the fixture."""
+    for name, stmt in all_statements():
+        try:
+            engine.run(stmt)
+        except EngineError as e:
+            raise EngineError(f"{name}: {e}") from None
+    for stmt in insert_statements():
+        engine.run(stmt)
+
+
+def read_view(engine, view):
+    """The view's rows as TabSeparatedWithNames text, ordered by every column."""
+    described = engine.query(f"DESCRIBE TABLE {view}")
+    columns = [line.split("\t")[0] for line in described.splitlines() if line.strip()]
+    if not columns:
+        raise EngineError(f"{engine.name}: DESCRIBE TABLE {view} returned no columns")
+    order = ", ".join(columns)
+    return engine.query(f"SELECT * FROM {view} ORDER BY {order}", "TabSeparatedWithNames")
+
+
+def parse_tsv_with_names(text):
+    lines = text.rstrip("\n").split("\n")
+    header = lines[0].split("\t")
+    return [dict(zip(header, line.split("\t"))) for line in lines[1:] if line]
+
+
+def describe(engine, view):
+    """(name, type) of each view column."""
+    text = engine.query(f"DESCRIBE TABLE {view}")
+    return [tuple(line.split("\t")[:2]) for line in text.splitlines() if line.strip()]
+
+
+# --- tests --------------------------------------------------------------------------------------
+
+
+class MigrationParsing(unittest.TestCase):
+    def test_statements_split_like_the_rust_runner(self):
+        # The same case as platform/src/migrate.rs `statements_split_on_line_final_semicolons`.
+        got = statements("-- header\nCREATE TABLE a (x String) -- c\nENGINE = Memory;\n\nSELECT ';';\nSELECT 1")
+        self.assertEqual(got, ["CREATE TABLE a (x String)\nENGINE = Memory", "SELECT ';'", "SELECT 1"])
+
+    def test_the_public_views_are_discovered(self):
+        views = view_names()
+        for view in EXPECTED:
+            self.assertIn(view, views)
+
+    def test_the_fixture_fits_the_schema(self):
+        self.assertEqual(len(insert_statements()), sum(len(parts) for parts in FIXTURE.values()))
+
+
+class Compat(unittest.TestCase):
+    """Loads both engines once; each test reads from them."""
+
+    engines = {}
+    server_skip = None
+
+    @classmethod
+    def setUpClass(cls):
+        cls.engines = {}
+        try:
+            import chdb.session  # noqa: F401
+        except ImportError:
+            raise unittest.SkipTest("chdb is not installed: pip install chdb-core") from None
+        db = f"compat_{os.getpid()}_{random.randrange(16**8):08x}"
+        chdb_engine = ChdbEngine(db)
+        cls.engines["chdb"] = chdb_engine
+        load(chdb_engine)
+        if server_answers(SERVER_URL):
+            server = HttpEngine(SERVER_URL, db)
+            cls.engines["server"] = server
+            load(server)
+        else:
+            cls.server_skip = f"no ClickHouse server answers at {SERVER_URL}/ping (run scripts/stack.sh up)"
+
+    @classmethod
+    def tearDownClass(cls):
+        for engine in cls.engines.values():
+            engine.close()
+        cls.engines = {}
+
+    def engine(self, name):
+        if name == "server" and "server" not in self.engines:
+            self.skipTest(self.server_skip)
+        return self.engines[name]
+
+    def check_expected(self, engine, view):
+        rows = parse_tsv_with_names(read_view(engine, view))
+        spec = EXPECTED[view]
+        got = [[row[c] for c in spec["columns"]] for row in rows]
+        self.assertEqual(got, spec["rows"], f"{engine.name} ({engine.version()}): {view}")
+
+    def test_chdb_views_return_the_expected_values(self):
+        chdb_engine = self.engine("chdb")
+        for view in EXPECTED:
+            with self.subTest(view=view):
+                self.check_expected(chdb_engine, view)
+
+    def test_server_views_return_the_expected_values(self):
+        server = self.engine("server")
+        for view in EXPECTED:
+            with self.subTest(view=view):
+                self.check_expected(server, view)
+
+    def test_every_view_returns_identical_text_on_both_engines(self):
+        chdb_engine, server = self.engine("chdb"), self.engine("server")
+        views = view_names()
+        self.assertTrue(views, "no CREATE VIEW found in migrations/")
+        for view in views:
+            with self.subTest(view=view):
+                a, b = read_view(chdb_engine, view), read_view(server, view)
+                self.assertEqual(
+                    a, b, f"{view} differs: chdb {chdb_engine.version()} vs server {server.version()}")
+                self.assertGreater(len(parse_tsv_with_names(a)), 0, f"{view} returned no rows for the fixture")
+
+    def test_every_view_has_the_same_columns_and_types_on_both_engines(self):
+        chdb_engine, server = self.engine("chdb"), self.engine("server")
+        for view in view_names():
+            with self.subTest(view=view):
+                self.assertEqual(describe(chdb_engine, view), describe(server, view))
+
+    def test_uncommitted_batches_count_nowhere(self):
+        for name in ("chdb", "server"):
+            with self.subTest(engine=name):
+                engine = self.engine(name)
+                text = engine.query(f"SELECT count() FROM v_usage WHERE window_start = '{W2}'")
+                self.assertEqual(text.strip(), "0")
+                total = engine.query("SELECT sum(event_count) FROM v_usage")
+                self.assertEqual(total.strip(), str(2 + 4 + 5 + 7 + 1))
+
+
+if __name__ == "__main__":
+    unittest.main()
