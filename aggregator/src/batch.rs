@@ -75,7 +75,12 @@ impl Batch {
     }
 
     /// Folds an accepted event into its windows. On overflow nothing is changed.
-    pub fn add_accepted(&mut self, acc: Accepted, stream_seq: u64, window_secs: u32) -> Result<(), Overflow> {
+    pub fn add_accepted(
+        &mut self,
+        acc: Accepted,
+        stream_seq: u64,
+        window_secs: u32,
+    ) -> Result<(), Overflow> {
         let window = Window::containing(acc.event.time_ms, window_secs);
         let mut updated = Vec::with_capacity(acc.readings.len());
         for (meter, reading) in &acc.readings {
@@ -87,11 +92,17 @@ impl Batch {
                 group_values: reading.group_values.clone(),
             };
             let mut partial = self.rollups.get(&key).copied().unwrap_or_default();
-            partial.fold(reading.value).ok_or(Overflow { meter: *meter })?;
+            partial
+                .fold(reading.value)
+                .ok_or(Overflow { meter: *meter })?;
             updated.push((key, partial));
         }
         self.rollups.extend(updated);
-        self.events.push(AcceptedEvent { event: acc.event, payload_hash: acc.payload_hash, stream_seq });
+        self.events.push(AcceptedEvent {
+            event: acc.event,
+            payload_hash: acc.payload_hash,
+            stream_seq,
+        });
         Ok(())
     }
 

@@ -40,7 +40,11 @@ pub struct Rejection {
 
 impl Rejection {
     fn new(reason: Reason, field: Option<String>, detail: impl ToString) -> Self {
-        Rejection { reason, field, detail: detail.to_string() }
+        Rejection {
+            reason,
+            field,
+            detail: detail.to_string(),
+        }
     }
 }
 
@@ -65,8 +69,10 @@ impl Classifier {
             by_type,
             subject_prefix: subject_prefix.to_owned(),
             max_event_bytes: cfg.max_event_bytes,
-            lateness_ms: i64::try_from(cfg.allowed_lateness_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
-            tolerance_ms: i64::try_from(cfg.future_tolerance_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+            lateness_ms: i64::try_from(cfg.allowed_lateness_secs.saturating_mul(1000))
+                .unwrap_or(i64::MAX),
+            tolerance_ms: i64::try_from(cfg.future_tolerance_secs.saturating_mul(1000))
+                .unwrap_or(i64::MAX),
         }
     }
 
@@ -75,40 +81,76 @@ impl Classifier {
     }
 
     /// Classifies the message published on `subject` with `payload`, at `now_ms`.
-    pub fn classify(&self, subject: &str, payload: &[u8], now_ms: i64) -> Result<Accepted, Rejection> {
+    pub fn classify(
+        &self,
+        subject: &str,
+        payload: &[u8],
+        now_ms: i64,
+    ) -> Result<Accepted, Rejection> {
         let event = UsageEvent::parse(payload, self.max_event_bytes)
             .map_err(|e| Rejection::new(e.reason(), e.field().map(str::to_owned), &e))?;
         let Some((customer, agent)) = split_usage_subject(&self.subject_prefix, subject) else {
             return Err(Rejection::new(
                 Reason::SubjectMismatch,
                 None,
-                format!("subject {subject:?} is not {}.<customer>.<agent>", self.subject_prefix),
+                format!(
+                    "subject {subject:?} is not {}.<customer>.<agent>",
+                    self.subject_prefix
+                ),
             ));
         };
-        event.check_subject(customer, agent).map_err(|e| Rejection::new(e.reason(), e.field().map(str::to_owned), &e))?;
+        event
+            .check_subject(customer, agent)
+            .map_err(|e| Rejection::new(e.reason(), e.field().map(str::to_owned), &e))?;
         if event.time_ms < now_ms.saturating_sub(self.lateness_ms) {
-            let detail = format!("event time is {} ms behind the clock, allowed lateness is {} ms", now_ms - event.time_ms, self.lateness_ms);
+            let detail = format!(
+                "event time is {} ms behind the clock, allowed lateness is {} ms",
+                now_ms - event.time_ms,
+                self.lateness_ms
+            );
             return Err(Rejection::new(Reason::TooLate, Some("time".into()), detail));
         }
         if event.time_ms > now_ms.saturating_add(self.tolerance_ms) {
-            let detail = format!("event time is {} ms ahead of the clock, tolerance is {} ms", event.time_ms - now_ms, self.tolerance_ms);
-            return Err(Rejection::new(Reason::TooEarly, Some("time".into()), detail));
+            let detail = format!(
+                "event time is {} ms ahead of the clock, tolerance is {} ms",
+                event.time_ms - now_ms,
+                self.tolerance_ms
+            );
+            return Err(Rejection::new(
+                Reason::TooEarly,
+                Some("time".into()),
+                detail,
+            ));
         }
         let Some(meter_ids) = self.by_type.get(&event.event_type) else {
             let detail = format!("no meter selects event type {:?}", event.event_type);
-            return Err(Rejection::new(Reason::UnknownMeter, Some("type".into()), detail));
+            return Err(Rejection::new(
+                Reason::UnknownMeter,
+                Some("type".into()),
+                detail,
+            ));
         };
-        let view = DataView::new(&event.data).map_err(|e| Rejection::new(Reason::Malformed, Some("data".into()), e))?;
+        let view = DataView::new(&event.data)
+            .map_err(|e| Rejection::new(Reason::Malformed, Some("data".into()), e))?;
         let mut readings = Vec::with_capacity(meter_ids.len());
         for &i in meter_ids {
             let reading = self.meters[i].read(&view).map_err(|e| {
-                Rejection::new(Reason::InvalidQuantity, Some("data".into()), format!("meter {}: {e}", self.meters[i].slug))
+                Rejection::new(
+                    Reason::InvalidQuantity,
+                    Some("data".into()),
+                    format!("meter {}: {e}", self.meters[i].slug),
+                )
             })?;
             readings.push((i, reading));
         }
         let key = event_key(event.customer.as_str(), event.id.as_str());
         let payload_hash = payload_hash(&event.event_type, event.time_ms, event.data.get());
-        Ok(Accepted { event, readings, key, payload_hash })
+        Ok(Accepted {
+            event,
+            readings,
+            key,
+            payload_hash,
+        })
     }
 }
 
@@ -126,11 +168,17 @@ mod tests {
                 {"slug":"tool_calls","event_type":"tool.call","aggregation":"COUNT"}]"#,
         )
         .unwrap();
-        Classifier::new(validate_meters(specs).unwrap(), "usage", &AggregatorConfig::default())
+        Classifier::new(
+            validate_meters(specs).unwrap(),
+            "usage",
+            &AggregatorConfig::default(),
+        )
     }
 
     fn event(time: &str, ty: &str, data: &str) -> String {
-        format!(r#"{{"specversion":"1.0","id":"e1","source":"bot","subject":"acme","type":"{ty}","time":"{time}","data":{data}}}"#)
+        format!(
+            r#"{{"specversion":"1.0","id":"e1","source":"bot","subject":"acme","type":"{ty}","time":"{time}","data":{data}}}"#
+        )
     }
 
     fn reason(r: Result<Accepted, Rejection>) -> Reason {
@@ -140,7 +188,18 @@ mod tests {
     #[test]
     fn accepts_and_reads_every_meter_of_the_type() {
         let c = classifier();
-        let a = c.classify("usage.acme.bot", event("2026-11-26T20:59:00Z", "llm.tokens", r#"{"tokens":5,"model":"m"}"#).as_bytes(), NOW).unwrap();
+        let a = c
+            .classify(
+                "usage.acme.bot",
+                event(
+                    "2026-11-26T20:59:00Z",
+                    "llm.tokens",
+                    r#"{"tokens":5,"model":"m"}"#,
+                )
+                .as_bytes(),
+                NOW,
+            )
+            .unwrap();
         assert_eq!(a.readings.len(), 2);
         assert_eq!(a.readings[0].1.value.to_string(), "5");
         assert_eq!(a.readings[0].1.group_values, vec!["m"]);
@@ -150,17 +209,38 @@ mod tests {
     fn each_rule_has_its_reason() {
         let c = classifier();
         let ok = event("2026-11-26T20:59:00Z", "tool.call", "{}");
-        assert_eq!(reason(c.classify("usage.other.bot", ok.as_bytes(), NOW)), Reason::SubjectMismatch);
-        assert_eq!(reason(c.classify("usage.acme", ok.as_bytes(), NOW)), Reason::SubjectMismatch);
-        assert_eq!(reason(c.classify("usage.acme.bot", b"{", NOW)), Reason::Malformed);
+        assert_eq!(
+            reason(c.classify("usage.other.bot", ok.as_bytes(), NOW)),
+            Reason::SubjectMismatch
+        );
+        assert_eq!(
+            reason(c.classify("usage.acme", ok.as_bytes(), NOW)),
+            Reason::SubjectMismatch
+        );
+        assert_eq!(
+            reason(c.classify("usage.acme.bot", b"{", NOW)),
+            Reason::Malformed
+        );
         let late = event("2026-11-26T19:59:59Z", "tool.call", "{}");
-        assert_eq!(reason(c.classify("usage.acme.bot", late.as_bytes(), NOW)), Reason::TooLate);
+        assert_eq!(
+            reason(c.classify("usage.acme.bot", late.as_bytes(), NOW)),
+            Reason::TooLate
+        );
         let early = event("2026-11-26T21:05:01Z", "tool.call", "{}");
-        assert_eq!(reason(c.classify("usage.acme.bot", early.as_bytes(), NOW)), Reason::TooEarly);
+        assert_eq!(
+            reason(c.classify("usage.acme.bot", early.as_bytes(), NOW)),
+            Reason::TooEarly
+        );
         let unknown = event("2026-11-26T20:59:00Z", "nope", "{}");
-        assert_eq!(reason(c.classify("usage.acme.bot", unknown.as_bytes(), NOW)), Reason::UnknownMeter);
+        assert_eq!(
+            reason(c.classify("usage.acme.bot", unknown.as_bytes(), NOW)),
+            Reason::UnknownMeter
+        );
         let bad_qty = event("2026-11-26T20:59:00Z", "llm.tokens", r#"{"tokens":"lots"}"#);
-        assert_eq!(reason(c.classify("usage.acme.bot", bad_qty.as_bytes(), NOW)), Reason::InvalidQuantity);
+        assert_eq!(
+            reason(c.classify("usage.acme.bot", bad_qty.as_bytes(), NOW)),
+            Reason::InvalidQuantity
+        );
     }
 
     #[test]

@@ -97,7 +97,10 @@ impl AggregatorConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let positive = |name: &str, v: u64| {
             if v == 0 {
-                Err(ConfigError::invalid(format!("aggregator.{name}"), "must be positive"))
+                Err(ConfigError::invalid(
+                    format!("aggregator.{name}"),
+                    "must be positive",
+                ))
             } else {
                 Ok(())
             }
@@ -108,7 +111,10 @@ impl AggregatorConfig {
         positive("max_event_bytes", self.max_event_bytes as u64)?;
         positive("ack_wait_secs", self.ack_wait_secs)?;
         if self.batch_max_events > 100_000 {
-            return Err(ConfigError::invalid("aggregator.batch_max_events", "at most 100000"));
+            return Err(ConfigError::invalid(
+                "aggregator.batch_max_events",
+                "at most 100000",
+            ));
         }
         let needed = self.allowed_lateness_secs + self.future_tolerance_secs;
         if self.dedup_horizon_secs < needed {
@@ -121,8 +127,16 @@ impl AggregatorConfig {
                 ),
             ));
         }
-        if self.consumer.is_empty() || !self.consumer.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-            return Err(ConfigError::invalid("aggregator.consumer", "must match [A-Za-z0-9_-]+"));
+        if self.consumer.is_empty()
+            || !self
+                .consumer
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(ConfigError::invalid(
+                "aggregator.consumer",
+                "must match [A-Za-z0-9_-]+",
+            ));
         }
         self.metrics_addr
             .parse::<std::net::SocketAddr>()
@@ -142,7 +156,10 @@ mod tests {
 
     #[test]
     fn horizon_must_cover_lateness() {
-        let cfg = AggregatorConfig { dedup_horizon_secs: 100, ..Default::default() };
+        let cfg = AggregatorConfig {
+            dedup_horizon_secs: 100,
+            ..Default::default()
+        };
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains("aggregator.dedup_horizon_secs"), "{err}");
     }

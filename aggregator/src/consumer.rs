@@ -32,7 +32,9 @@ pub enum RunError {
     Streams(#[from] streams::StreamError),
     #[error("consumer {consumer}: {detail}")]
     Consumer { consumer: String, detail: String },
-    #[error("shut down before the batch in flight could be committed; its messages will be redelivered")]
+    #[error(
+        "shut down before the batch in flight could be committed; its messages will be redelivered"
+    )]
     ShutdownDuringFlush,
 }
 
@@ -41,7 +43,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const EXPIRE_EVERY: Duration = Duration::from_secs(60);
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 struct Aggregator<'a> {
@@ -67,7 +72,10 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let js = jetstream::new(nats.clone());
     let stream = streams::ensure(&js, nats_cfg).await?;
-    let consumer_err = |e: &dyn std::fmt::Display| RunError::Consumer { consumer: cfg.consumer.clone(), detail: e.to_string() };
+    let consumer_err = |e: &dyn std::fmt::Display| RunError::Consumer {
+        consumer: cfg.consumer.clone(),
+        detail: e.to_string(),
+    };
     let consumer = stream
         .get_or_create_consumer(
             &cfg.consumer,
@@ -142,7 +150,8 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 impl Aggregator<'_> {
     /// Rebuilds the committed dedup set, retrying until ClickHouse answers.
     async fn recover(&mut self) -> Result<(), RunError> {
-        let since = datetime_secs(now_ms()).saturating_sub(u32::try_from(self.cfg.dedup_horizon_secs).unwrap_or(u32::MAX));
+        let since = datetime_secs(now_ms())
+            .saturating_sub(u32::try_from(self.cfg.dedup_horizon_secs).unwrap_or(u32::MAX));
         let mut backoff = BACKOFF_MIN;
         loop {
             match recovery::load(&self.db, since).await {
@@ -154,7 +163,9 @@ impl Aggregator<'_> {
                 }
                 Err(e) => tracing::warn!(error = %e, "dedup recovery failed, retrying"),
             }
-            self.pause(&mut backoff).await.ok_or(RunError::ShutdownDuringFlush)?;
+            self.pause(&mut backoff)
+                .await
+                .ok_or(RunError::ShutdownDuringFlush)?;
         }
     }
 
@@ -176,7 +187,12 @@ impl Aggregator<'_> {
         let reject = |batch: &mut Batch, rejection: Rejection| {
             metrics::events("rejected", 1);
             metrics::rejected(rejection.reason);
-            batch.add_rejected(Rejected { rejection, subject: subject.clone(), stream_seq: seq, payload: payload.clone() });
+            batch.add_rejected(Rejected {
+                rejection,
+                subject: subject.clone(),
+                stream_seq: seq,
+                payload: payload.clone(),
+            });
         };
         match self.classifier.classify(&subject, &payload, now_ms()) {
             Err(rejection) => reject(batch, rejection),
@@ -188,7 +204,14 @@ impl Aggregator<'_> {
                             self.dedup.reserve(key, hash);
                             metrics::events("accepted", 1);
                         }
-                        Err(e) => reject(batch, Rejection { reason: Reason::InvalidQuantity, field: Some("data".into()), detail: e.to_string() }),
+                        Err(e) => reject(
+                            batch,
+                            Rejection {
+                                reason: Reason::InvalidQuantity,
+                                field: Some("data".into()),
+                                detail: e.to_string(),
+                            },
+                        ),
                     },
                     Seen::Committed | Seen::Pending => metrics::events("duplicate", 1),
                     Seen::Conflict => reject(
@@ -196,7 +219,9 @@ impl Aggregator<'_> {
                         Rejection {
                             reason: Reason::ConflictingDuplicate,
                             field: Some("id".into()),
-                            detail: "this id was already accepted with a different type, time or data".into(),
+                            detail:
+                                "this id was already accepted with a different type, time or data"
+                                    .into(),
                         },
                     ),
                 }
@@ -213,11 +238,20 @@ impl Aggregator<'_> {
         let started = Instant::now();
         let mut backoff = BACKOFF_MIN;
         while !batch.rejected.is_empty() {
-            match dead_letter::publish_all(&self.js, &self.nats_cfg.dlq_subject_prefix, &self.nats_cfg.stream, &batch.rejected).await {
+            match dead_letter::publish_all(
+                &self.js,
+                &self.nats_cfg.dlq_subject_prefix,
+                &self.nats_cfg.stream,
+                &batch.rejected,
+            )
+            .await
+            {
                 Ok(()) => break,
                 Err(e) => tracing::warn!(error = %e, "dead-letter publish failed, retrying"),
             }
-            self.pause(&mut backoff).await.ok_or(RunError::ShutdownDuringFlush)?;
+            self.pause(&mut backoff)
+                .await
+                .ok_or(RunError::ShutdownDuringFlush)?;
         }
         if !batch.events.is_empty() {
             self.commit(&batch).await?;
@@ -245,7 +279,16 @@ impl Aggregator<'_> {
         let mut backoff = BACKOFF_MIN;
         loop {
             let batch_id = uuid::Uuid::new_v4().to_string();
-            let result = sink::commit(&self.db, batch, meters, &batch_id, &self.cfg.consumer, self.cfg.window_secs, now_ms()).await;
+            let result = sink::commit(
+                &self.db,
+                batch,
+                meters,
+                &batch_id,
+                &self.cfg.consumer,
+                self.cfg.window_secs,
+                now_ms(),
+            )
+            .await;
             match result {
                 Ok(()) => return Ok(()),
                 Err(sink::CommitError::InDoubt { batch_id, source }) => {
@@ -259,7 +302,9 @@ impl Aggregator<'_> {
                     tracing::warn!(error = %e, "commit failed, retrying under a new batch id");
                 }
             }
-            self.pause(&mut backoff).await.ok_or(RunError::ShutdownDuringFlush)?;
+            self.pause(&mut backoff)
+                .await
+                .ok_or(RunError::ShutdownDuringFlush)?;
         }
     }
 
@@ -270,7 +315,9 @@ impl Aggregator<'_> {
             if let Ok(exists) = sink::marker_exists(&self.db, batch_id).await {
                 return Ok(exists);
             }
-            self.pause(&mut backoff).await.ok_or(RunError::ShutdownDuringFlush)?;
+            self.pause(&mut backoff)
+                .await
+                .ok_or(RunError::ShutdownDuringFlush)?;
         }
     }
 

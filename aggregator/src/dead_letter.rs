@@ -29,7 +29,12 @@ pub struct DeadLetter<'a> {
 pub struct DeadLetterError(String);
 
 /// Publishes every rejection of a batch and waits for JetStream's acks.
-pub async fn publish_all(js: &jetstream::Context, dlq_prefix: &str, stream: &str, rejected: &[Rejected]) -> Result<(), DeadLetterError> {
+pub async fn publish_all(
+    js: &jetstream::Context,
+    dlq_prefix: &str,
+    stream: &str,
+    rejected: &[Rejected],
+) -> Result<(), DeadLetterError> {
     let mut acks = Vec::with_capacity(rejected.len());
     for r in rejected {
         let record = DeadLetter {
@@ -42,10 +47,16 @@ pub async fn publish_all(js: &jetstream::Context, dlq_prefix: &str, stream: &str
         };
         let body = serde_json::to_vec(&record).map_err(|e| DeadLetterError(e.to_string()))?;
         let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", format!("dlq-{stream}-{}", r.stream_seq).as_str());
+        headers.insert(
+            "Nats-Msg-Id",
+            format!("dlq-{stream}-{}", r.stream_seq).as_str(),
+        );
         headers.insert("Tally-Reason", r.rejection.reason.code());
         let subject = format!("{dlq_prefix}.{}", r.rejection.reason.code());
-        let ack = js.publish_with_headers(subject, headers, body.into()).await.map_err(|e| DeadLetterError(e.to_string()))?;
+        let ack = js
+            .publish_with_headers(subject, headers, body.into())
+            .await
+            .map_err(|e| DeadLetterError(e.to_string()))?;
         acks.push(ack);
     }
     for ack in acks {

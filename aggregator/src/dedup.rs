@@ -64,7 +64,11 @@ impl Dedup {
     /// Looks an id up without changing anything.
     pub fn check(&self, key: u128, payload_hash: u64) -> Seen {
         if let Some(h) = self.pending.get(&key) {
-            return if *h == payload_hash { Seen::Pending } else { Seen::Conflict };
+            return if *h == payload_hash {
+                Seen::Pending
+            } else {
+                Seen::Conflict
+            };
         }
         match self.committed.get(&key) {
             Some(e) if e.payload_hash == payload_hash => Seen::Committed,
@@ -82,13 +86,25 @@ impl Dedup {
     /// The batch's marker is durable: its ids become committed at `now_secs`.
     pub fn commit_pending(&mut self, now_secs: u32) {
         for (key, payload_hash) in self.pending.drain() {
-            self.committed.insert(key, Entry { payload_hash, committed_at_secs: now_secs });
+            self.committed.insert(
+                key,
+                Entry {
+                    payload_hash,
+                    committed_at_secs: now_secs,
+                },
+            );
         }
     }
 
     /// Records an id known to be committed (recovery at start).
     pub fn insert_committed(&mut self, key: u128, payload_hash: u64, committed_at_secs: u32) {
-        self.committed.insert(key, Entry { payload_hash, committed_at_secs });
+        self.committed.insert(
+            key,
+            Entry {
+                payload_hash,
+                committed_at_secs,
+            },
+        );
     }
 
     /// Forgets committed ids older than `horizon_secs` at `now_secs`; returns how many.
@@ -138,6 +154,9 @@ mod tests {
     fn payload_hash_distinguishes_fields() {
         assert_ne!(payload_hash("t", 1, "{}"), payload_hash("t", 2, "{}"));
         assert_ne!(payload_hash("t", 1, "{}"), payload_hash("u", 1, "{}"));
-        assert_ne!(payload_hash("t", 1, r#"{"a":1}"#), payload_hash("t", 1, r#"{"a":2}"#));
+        assert_ne!(
+            payload_hash("t", 1, r#"{"a":1}"#),
+            payload_hash("t", 1, r#"{"a":2}"#)
+        );
     }
 }

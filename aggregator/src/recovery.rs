@@ -26,7 +26,11 @@ pub async fn load(db: &Client, since_secs: u32) -> Result<Dedup, clickhouse::err
         .fetch::<SeenRow>()?;
     let mut dedup = Dedup::new();
     while let Some(row) = cursor.next().await? {
-        dedup.insert_committed(event_key(&row.customer, &row.event_id), row.payload_hash, row.received_at);
+        dedup.insert_committed(
+            event_key(&row.customer, &row.event_id),
+            row.payload_hash,
+            row.received_at,
+        );
     }
     Ok(dedup)
 }

@@ -68,21 +68,31 @@ struct MarkerRow<'a> {
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
     #[error("insert into {table}: {source}")]
-    Insert { table: &'static str, source: clickhouse::error::Error },
+    Insert {
+        table: &'static str,
+        source: clickhouse::error::Error,
+    },
     #[error("marker for batch {batch_id} in doubt: {source}")]
-    InDoubt { batch_id: String, source: clickhouse::error::Error },
+    InDoubt {
+        batch_id: String,
+        source: clickhouse::error::Error,
+    },
 }
 
 /// The canonical text of a group: a JSON object of name to value, names sorted.
 pub fn group_key(names: &[String], values: &[String]) -> String {
-    let map: BTreeMap<&str, &str> = names.iter().map(String::as_str).zip(values.iter().map(String::as_str)).collect();
+    let map: BTreeMap<&str, &str> = names
+        .iter()
+        .map(String::as_str)
+        .zip(values.iter().map(String::as_str))
+        .collect();
     serde_json::to_string(&map).unwrap_or_default()
 }
 
 async fn insert_rows<'r, T: clickhouse::RowWrite>(
     db: &Client,
     table: &'static str,
-    rows: impl IntoIterator<Item = T::Value<'r>>,
+    rows: Vec<T::Value<'r>>,
 ) -> Result<(), CommitError> {
     let err = |source| CommitError::Insert { table, source };
     let started = Instant::now();
@@ -97,43 +107,59 @@ async fn insert_rows<'r, T: clickhouse::RowWrite>(
 
 /// Writes the batch's events and rollups under `batch_id`, then its marker. `Ok` means the
 /// batch is durably committed and visible.
-pub async fn commit(db: &Client, batch: &Batch, meters: &[Meter], batch_id: &str, consumer: &str, window_secs: u32, now_ms: i64) -> Result<(), CommitError> {
+pub async fn commit(
+    db: &Client,
+    batch: &Batch,
+    meters: &[Meter],
+    batch_id: &str,
+    consumer: &str,
+    window_secs: u32,
+    now_ms: i64,
+) -> Result<(), CommitError> {
     let now = datetime_secs(now_ms);
-    let events = batch.events.iter().map(|a| EventRow {
-        customer: a.event.customer.as_str(),
-        agent: a.event.agent.as_str(),
-        event_id: a.event.id.as_str(),
-        event_type: &a.event.event_type,
-        time: datetime_secs(a.event.time_ms),
-        time_ms: a.event.time_ms,
-        data: a.event.data.get(),
-        payload_hash: a.payload_hash,
-        batch_id,
-        stream_seq: a.stream_seq,
-        received_at: now,
-    });
-    insert_rows::<EventRow<'static>>(db, "usage_events", events).await?;
-    let rollups = batch.rollups.iter().map(|(k, p)| {
-        let meter = &meters[k.meter];
-        let names = meter.group_names();
-        RollupRow {
-            window_start: datetime_secs(k.window_start_ms),
-            window_secs,
-            customer: k.customer.as_str(),
-            agent: k.agent.as_str(),
-            meter: meter.slug.as_str(),
-            aggregation: meter.aggregation.as_str(),
-            group_key: group_key(&names, &k.group_values),
-            group_names: names,
-            group_values: &k.group_values,
-            events: p.count,
-            value_sum: p.sum,
-            value_min: p.min,
-            value_max: p.max,
+    let events: Vec<EventRow<'_>> = batch
+        .events
+        .iter()
+        .map(|a| EventRow {
+            customer: a.event.customer.as_str(),
+            agent: a.event.agent.as_str(),
+            event_id: a.event.id.as_str(),
+            event_type: &a.event.event_type,
+            time: datetime_secs(a.event.time_ms),
+            time_ms: a.event.time_ms,
+            data: a.event.data.get(),
+            payload_hash: a.payload_hash,
             batch_id,
-            inserted_at: now,
-        }
-    });
+            stream_seq: a.stream_seq,
+            received_at: now,
+        })
+        .collect();
+    insert_rows::<EventRow<'static>>(db, "usage_events", events).await?;
+    let rollups: Vec<RollupRow<'_>> = batch
+        .rollups
+        .iter()
+        .map(|(k, p)| {
+            let meter = &meters[k.meter];
+            let names = meter.group_names();
+            RollupRow {
+                window_start: datetime_secs(k.window_start_ms),
+                window_secs,
+                customer: k.customer.as_str(),
+                agent: k.agent.as_str(),
+                meter: meter.slug.as_str(),
+                aggregation: meter.aggregation.as_str(),
+                group_key: group_key(&names, &k.group_values),
+                group_names: names,
+                group_values: &k.group_values,
+                events: p.count,
+                value_sum: p.sum,
+                value_min: p.min,
+                value_max: p.max,
+                batch_id,
+                inserted_at: now,
+            }
+        })
+        .collect();
     insert_rows::<RollupRow<'static>>(db, "usage_rollups", rollups).await?;
     let marker = MarkerRow {
         batch_id,
@@ -144,7 +170,7 @@ pub async fn commit(db: &Client, batch: &Batch, meters: &[Meter], batch_id: &str
         rollups: u32::try_from(batch.rollups.len()).unwrap_or(u32::MAX),
         committed_at: now,
     };
-    match insert_rows::<MarkerRow<'static>>(db, "usage_batches", [marker]).await {
+    match insert_rows::<MarkerRow<'static>>(db, "usage_batches", vec![marker]).await {
         Ok(()) => Ok(()),
         Err(e) => match marker_exists(db, batch_id).await {
             Ok(true) => {
@@ -152,14 +178,21 @@ pub async fn commit(db: &Client, batch: &Batch, meters: &[Meter], batch_id: &str
                 Ok(())
             }
             Ok(false) => Err(e),
-            Err(source) => Err(CommitError::InDoubt { batch_id: batch_id.to_owned(), source }),
+            Err(source) => Err(CommitError::InDoubt {
+                batch_id: batch_id.to_owned(),
+                source,
+            }),
         },
     }
 }
 
 /// Whether the marker of `batch_id` is durable.
 pub async fn marker_exists(db: &Client, batch_id: &str) -> Result<bool, clickhouse::error::Error> {
-    let n: u64 = db.query("SELECT count() FROM usage_batches WHERE batch_id = ?").bind(batch_id).fetch_one().await?;
+    let n: u64 = db
+        .query("SELECT count() FROM usage_batches WHERE batch_id = ?")
+        .bind(batch_id)
+        .fetch_one()
+        .await?;
     Ok(n > 0)
 }
 
@@ -171,7 +204,10 @@ mod tests {
     fn group_keys_are_canonical_json() {
         let names = vec!["kind".to_owned(), "model".to_owned()];
         let values = vec!["output".to_owned(), "gpt-4o".to_owned()];
-        assert_eq!(group_key(&names, &values), r#"{"kind":"output","model":"gpt-4o"}"#);
+        assert_eq!(
+            group_key(&names, &values),
+            r#"{"kind":"output","model":"gpt-4o"}"#
+        );
         assert_eq!(group_key(&[], &[]), "{}");
     }
 }

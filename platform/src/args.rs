@@ -18,20 +18,36 @@ pub enum ArgsError {
     #[error("flag {0} needs a value")]
     MissingValue(String),
     #[error("flag --{flag}: {value:?} is not valid: {detail}")]
-    Invalid { flag: String, value: String, detail: String },
+    Invalid {
+        flag: String,
+        value: String,
+        detail: String,
+    },
 }
 
 impl Args {
     /// Parses `args` (without the program name); `known` lists the accepted flag names.
-    pub fn parse(args: impl IntoIterator<Item = String>, known: &[&str]) -> Result<Args, ArgsError> {
+    pub fn parse(
+        args: impl IntoIterator<Item = String>,
+        known: &[&str],
+    ) -> Result<Args, ArgsError> {
         let mut values = BTreeMap::new();
         let mut it = args.into_iter();
         while let Some(flag) = it.next() {
-            let name = flag.strip_prefix("--").filter(|n| known.contains(n)).ok_or_else(|| ArgsError::Unknown {
-                flag: flag.clone(),
-                known: known.iter().map(|k| format!("--{k}")).collect::<Vec<_>>().join(" "),
-            })?;
-            let value = it.next().ok_or_else(|| ArgsError::MissingValue(flag.clone()))?;
+            let name = flag
+                .strip_prefix("--")
+                .filter(|n| known.contains(n))
+                .ok_or_else(|| ArgsError::Unknown {
+                    flag: flag.clone(),
+                    known: known
+                        .iter()
+                        .map(|k| format!("--{k}"))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                })?;
+            let value = it
+                .next()
+                .ok_or_else(|| ArgsError::MissingValue(flag.clone()))?;
             values.insert(name.to_owned(), value);
         }
         Ok(Args { values })
@@ -39,13 +55,20 @@ impl Args {
 
     /// Parses `<command> [--flag value]...`; the command must be one of `commands` and defaults
     /// to the first one when the line starts with a flag or is empty.
-    pub fn parse_command(args: impl IntoIterator<Item = String>, commands: &[&str], known: &[&str]) -> Result<(String, Args), ArgsError> {
+    pub fn parse_command(
+        args: impl IntoIterator<Item = String>,
+        commands: &[&str],
+        known: &[&str],
+    ) -> Result<(String, Args), ArgsError> {
         let mut it = args.into_iter().peekable();
         let command = match it.peek() {
             Some(first) if !first.starts_with("--") => {
                 let c = it.next().unwrap_or_default();
                 if !commands.contains(&c.as_str()) {
-                    return Err(ArgsError::Unknown { flag: c, known: commands.join(" ") });
+                    return Err(ArgsError::Unknown {
+                        flag: c,
+                        known: commands.join(" "),
+                    });
                 }
                 c
             }
@@ -61,7 +84,11 @@ impl Args {
     {
         match self.values.get(name) {
             None => Ok(default),
-            Some(v) => v.parse().map_err(|e: T::Err| ArgsError::Invalid { flag: name.to_owned(), value: v.clone(), detail: e.to_string() }),
+            Some(v) => v.parse().map_err(|e: T::Err| ArgsError::Invalid {
+                flag: name.to_owned(),
+                value: v.clone(),
+                detail: e.to_string(),
+            }),
         }
     }
 
@@ -76,7 +103,10 @@ mod tests {
     use super::*;
 
     fn parse(s: &str) -> Result<Args, ArgsError> {
-        Args::parse(s.split_whitespace().map(str::to_owned), &["config", "seconds"])
+        Args::parse(
+            s.split_whitespace().map(str::to_owned),
+            &["config", "seconds"],
+        )
     }
 
     #[test]
@@ -89,7 +119,12 @@ mod tests {
 
     #[test]
     fn commands_come_first() {
-        let (c, a) = Args::parse_command(["once".to_owned(), "--seconds".to_owned(), "2".to_owned()], &["serve", "once"], &["seconds"]).unwrap();
+        let (c, a) = Args::parse_command(
+            ["once".to_owned(), "--seconds".to_owned(), "2".to_owned()],
+            &["serve", "once"],
+            &["seconds"],
+        )
+        .unwrap();
         assert_eq!((c.as_str(), a.get("seconds", 0u32).unwrap()), ("once", 2));
         let (c, _) = Args::parse_command(Vec::<String>::new(), &["serve", "once"], &[]).unwrap();
         assert_eq!(c, "serve");
@@ -99,7 +134,13 @@ mod tests {
     #[test]
     fn refuses_bad_lines() {
         assert!(matches!(parse("--nope 1"), Err(ArgsError::Unknown { .. })));
-        assert!(matches!(parse("--seconds"), Err(ArgsError::MissingValue(_))));
-        assert!(matches!(parse("--seconds x").unwrap().get("seconds", 1u64), Err(ArgsError::Invalid { .. })));
+        assert!(matches!(
+            parse("--seconds"),
+            Err(ArgsError::MissingValue(_))
+        ));
+        assert!(matches!(
+            parse("--seconds x").unwrap().get("seconds", 1u64),
+            Err(ArgsError::Invalid { .. })
+        ));
     }
 }

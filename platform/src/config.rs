@@ -12,14 +12,27 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 /// The top-level sections a configuration file may have; anything else is a typo.
-pub const SECTIONS: &[&str] =
-    &["nats", "clickhouse", "telemetry", "aggregator", "rater", "invoicer", "ingest", "meters", "plans", "subscriptions"];
+pub const SECTIONS: &[&str] = &[
+    "nats",
+    "clickhouse",
+    "telemetry",
+    "aggregator",
+    "rater",
+    "invoicer",
+    "ingest",
+    "meters",
+    "plans",
+    "subscriptions",
+];
 
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read configuration file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("configuration file {path} is not valid TOML: {detail}")]
     Syntax { path: PathBuf, detail: String },
     #[error("unknown configuration section `{0}`; known sections are {list}", list = SECTIONS.join(", "))]
@@ -32,7 +45,10 @@ pub enum ConfigError {
 
 impl ConfigError {
     pub fn invalid(setting: impl Into<String>, detail: impl ToString) -> Self {
-        ConfigError::Invalid { setting: setting.into(), detail: detail.to_string() }
+        ConfigError::Invalid {
+            setting: setting.into(),
+            detail: detail.to_string(),
+        }
     }
 }
 
@@ -100,7 +116,9 @@ impl Default for NatsConfig {
 }
 
 fn is_token(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 impl NatsConfig {
@@ -112,14 +130,23 @@ impl NatsConfig {
             ("nats.dlq_subject_prefix", &self.dlq_subject_prefix),
         ] {
             if !is_token(v) {
-                return Err(ConfigError::invalid(name, format!("{v:?} must match [A-Za-z0-9_-]+")));
+                return Err(ConfigError::invalid(
+                    name,
+                    format!("{v:?} must match [A-Za-z0-9_-]+"),
+                ));
             }
         }
         if self.subject_prefix == self.dlq_subject_prefix {
-            return Err(ConfigError::invalid("nats.dlq_subject_prefix", "must differ from nats.subject_prefix"));
+            return Err(ConfigError::invalid(
+                "nats.dlq_subject_prefix",
+                "must differ from nats.subject_prefix",
+            ));
         }
         if self.duplicate_window_secs == 0 {
-            return Err(ConfigError::invalid("nats.duplicate_window_secs", "must be positive"));
+            return Err(ConfigError::invalid(
+                "nats.duplicate_window_secs",
+                "must be positive",
+            ));
         }
         Ok(())
     }
@@ -155,20 +182,34 @@ fn default_ch_user() -> String {
 
 impl Default for ClickHouseConfig {
     fn default() -> Self {
-        ClickHouseConfig { url: default_ch_url(), database: default_ch_database(), user: default_ch_user(), password: String::new() }
+        ClickHouseConfig {
+            url: default_ch_url(),
+            database: default_ch_database(),
+            user: default_ch_user(),
+            password: String::new(),
+        }
     }
 }
 
 impl ClickHouseConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
-            return Err(ConfigError::invalid("clickhouse.url", format!("{:?} must start with http:// or https://", self.url)));
+            return Err(ConfigError::invalid(
+                "clickhouse.url",
+                format!("{:?} must start with http:// or https://", self.url),
+            ));
         }
         let ok = !self.database.is_empty()
-            && self.database.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && self
+                .database
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
             && !self.database.starts_with(|c: char| c.is_ascii_digit());
         if !ok {
-            return Err(ConfigError::invalid("clickhouse.database", format!("{:?} must match [A-Za-z_][A-Za-z0-9_]*", self.database)));
+            return Err(ConfigError::invalid(
+                "clickhouse.database",
+                format!("{:?} must match [A-Za-z_][A-Za-z0-9_]*", self.database),
+            ));
         }
         Ok(())
     }
@@ -185,12 +226,17 @@ pub struct TelemetryConfig {
 
 /// The configuration file path: `TALLY_CONFIG`, else `config/tally.toml`.
 pub fn default_path() -> PathBuf {
-    std::env::var_os("TALLY_CONFIG").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("config/tally.toml"))
+    std::env::var_os("TALLY_CONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("config/tally.toml"))
 }
 
 /// Reads `path`, applies `TALLY_*__*` overrides from the process environment and deserializes.
 pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
     from_str_with_env(&text, path, std::env::vars())
 }
 
@@ -200,8 +246,10 @@ pub fn from_str_with_env<T: DeserializeOwned>(
     path: &Path,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<T, ConfigError> {
-    let mut table: toml::Table =
-        toml::from_str(text).map_err(|e| ConfigError::Syntax { path: path.to_owned(), detail: e.to_string() })?;
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+        path: path.to_owned(),
+        detail: e.to_string(),
+    })?;
     if let Some(unknown) = table.keys().find(|k| !SECTIONS.contains(&k.as_str())) {
         return Err(ConfigError::UnknownSection(unknown.clone()));
     }
@@ -211,15 +259,25 @@ pub fn from_str_with_env<T: DeserializeOwned>(
     let value = toml::Value::Table(table);
     serde_path_to_error::deserialize(value).map_err(|e| {
         let setting = e.path().to_string();
-        ConfigError::Invalid { setting, detail: e.into_inner().to_string() }
+        ConfigError::Invalid {
+            setting,
+            detail: e.into_inner().to_string(),
+        }
     })
 }
 
 fn apply_override(table: &mut toml::Table, var: &str, value: &str) -> Result<(), ConfigError> {
-    let Some(rest) = var.strip_prefix("TALLY_") else { return Ok(()) };
-    let Some((section, key)) = rest.split_once("__") else { return Ok(()) };
+    let Some(rest) = var.strip_prefix("TALLY_") else {
+        return Ok(());
+    };
+    let Some((section, key)) = rest.split_once("__") else {
+        return Ok(());
+    };
     let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
-    let env_err = |detail: String| ConfigError::Env { var: var.to_owned(), detail };
+    let env_err = |detail: String| ConfigError::Env {
+        var: var.to_owned(),
+        detail,
+    };
     if !SECTIONS.contains(&section.as_str()) || key.is_empty() {
         return Err(env_err(format!("no section `{section}` or empty key")));
     }
@@ -228,7 +286,9 @@ fn apply_override(table: &mut toml::Table, var: &str, value: &str) -> Result<(),
         .and_then(|mut t| t.remove("v"))
         .filter(|v| !v.is_table() && !v.is_array())
         .unwrap_or_else(|| toml::Value::String(value.to_owned()));
-    let entry = table.entry(section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let entry = table
+        .entry(section.clone())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
     let Some(section_table) = entry.as_table_mut() else {
         return Err(env_err(format!("section `{section}` is not a table")));
     };
@@ -250,7 +310,10 @@ mod tests {
     }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -258,7 +321,11 @@ mod tests {
         let s: Sample = from_str_with_env(
             "[clickhouse]\ndatabase = \"a\"\n",
             Path::new("x.toml"),
-            env(&[("TALLY_CLICKHOUSE__DATABASE", "b"), ("TALLY_NATS__DUPLICATE_WINDOW_SECS", "30"), ("OTHER", "1")]),
+            env(&[
+                ("TALLY_CLICKHOUSE__DATABASE", "b"),
+                ("TALLY_NATS__DUPLICATE_WINDOW_SECS", "30"),
+                ("OTHER", "1"),
+            ]),
         )
         .unwrap();
         assert_eq!(s.clickhouse.database, "b");
@@ -268,9 +335,18 @@ mod tests {
 
     #[test]
     fn errors_name_the_setting() {
-        let err = from_str_with_env::<Sample>("[nats]\nduplicate_window_secs = \"soon\"\n", Path::new("x"), vec![]).unwrap_err();
-        assert!(err.to_string().contains("nats.duplicate_window_secs"), "{err}");
-        let err = from_str_with_env::<Sample>("[nats]\nurll = \"x\"\n", Path::new("x"), vec![]).unwrap_err();
+        let err = from_str_with_env::<Sample>(
+            "[nats]\nduplicate_window_secs = \"soon\"\n",
+            Path::new("x"),
+            vec![],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("nats.duplicate_window_secs"),
+            "{err}"
+        );
+        let err = from_str_with_env::<Sample>("[nats]\nurll = \"x\"\n", Path::new("x"), vec![])
+            .unwrap_err();
         assert!(err.to_string().contains("urll"), "{err}");
         let err = from_str_with_env::<Sample>("[natz]\n", Path::new("x"), vec![]).unwrap_err();
         assert!(matches!(err, ConfigError::UnknownSection(s) if s == "natz"));
@@ -280,14 +356,24 @@ mod tests {
     fn validation_names_the_setting() {
         let mut n = NatsConfig::default();
         n.subject_prefix = "a.b".into();
-        assert!(n.validate().unwrap_err().to_string().contains("nats.subject_prefix"));
+        assert!(n
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("nats.subject_prefix"));
         let mut c = ClickHouseConfig::default();
         c.database = "drop table".into();
-        assert!(c.validate().unwrap_err().to_string().contains("clickhouse.database"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("clickhouse.database"));
     }
 }
 
 /// The configuration path: `--config FILE` if given, else [`default_path`].
 pub fn path(args: &crate::args::Args) -> PathBuf {
-    args.raw("config").map(PathBuf::from).unwrap_or_else(default_path)
+    args.raw("config")
+        .map(PathBuf::from)
+        .unwrap_or_else(default_path)
 }

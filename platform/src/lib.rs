@@ -15,6 +15,7 @@
 //! - [`streams`]: declaring the `USAGE` and dead-letter streams.
 //! - [`telemetry`]: logs and the Prometheus endpoint.
 //! - [`shutdown`]: SIGTERM/SIGINT to a cancellation token.
+//! - [`testkit`]: per-test streams and databases for tests against the real servers.
 
 pub mod args;
 pub mod config;
@@ -23,5 +24,6 @@ pub mod shutdown;
 pub mod store;
 pub mod streams;
 pub mod telemetry;
+pub mod testkit;
 
 pub use config::{ClickHouseConfig, ConfigError, NatsConfig, TelemetryConfig};

@@ -22,7 +22,11 @@ pub struct Migration {
 
 macro_rules! migration {
     ($version:literal, $file:literal) => {
-        Migration { version: $version, name: $file, sql: include_str!(concat!("../../migrations/", $file)) }
+        Migration {
+            version: $version,
+            name: $file,
+            sql: include_str!(concat!("../../migrations/", $file)),
+        }
     };
 }
 
@@ -37,9 +41,17 @@ pub const MIGRATIONS: &[Migration] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
     #[error("clickhouse: {context}: {source}")]
-    ClickHouse { context: String, source: clickhouse::error::Error },
+    ClickHouse {
+        context: String,
+        source: clickhouse::error::Error,
+    },
     #[error("migration {version} ({name}) was applied with checksum {applied} but the file now has {current}; add a new migration instead of editing an applied one")]
-    Changed { version: u32, name: String, applied: String, current: String },
+    Changed {
+        version: u32,
+        name: String,
+        applied: String,
+        current: String,
+    },
 }
 
 /// The statements of one migration file, comments stripped.
@@ -141,12 +153,26 @@ pub async fn apply(cfg: &ClickHouseConfig) -> Result<Vec<u32>, MigrateError> {
 
 async fn apply_one(db: &Client, m: &Migration, checksum: String) -> Result<(), MigrateError> {
     for (i, stmt) in statements(m.sql).iter().enumerate() {
-        db.query(stmt).execute().await.map_err(ch(format!("{} statement {}", m.name, i + 1)))?;
+        db.query(stmt)
+            .execute()
+            .await
+            .map_err(ch(format!("{} statement {}", m.name, i + 1)))?;
     }
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let mut insert = db.insert::<AppliedRow<'_>>("schema_migrations").await.map_err(ch("record migration"))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut insert = db
+        .insert::<AppliedRow<'_>>("schema_migrations")
+        .await
+        .map_err(ch("record migration"))?;
     insert
-        .write(&AppliedRow { version: m.version, name: m.name, checksum, applied_at: u32::try_from(now).unwrap_or(u32::MAX) })
+        .write(&AppliedRow {
+            version: m.version,
+            name: m.name,
+            checksum,
+            applied_at: u32::try_from(now).unwrap_or(u32::MAX),
+        })
         .await
         .map_err(ch("record migration"))?;
     insert.end().await.map_err(ch("record migration"))?;
@@ -177,7 +203,16 @@ mod tests {
 
     #[test]
     fn statements_split_on_line_final_semicolons() {
-        let s = statements("-- header\nCREATE TABLE a (x String) -- c\nENGINE = Memory;\n\nSELECT ';';\nSELECT 1");
-        assert_eq!(s, vec!["CREATE TABLE a (x String)\nENGINE = Memory", "SELECT ';'", "SELECT 1"]);
+        let s = statements(
+            "-- header\nCREATE TABLE a (x String) -- c\nENGINE = Memory;\n\nSELECT ';';\nSELECT 1",
+        );
+        assert_eq!(
+            s,
+            vec![
+                "CREATE TABLE a (x String)\nENGINE = Memory",
+                "SELECT ';'",
+                "SELECT 1"
+            ]
+        );
     }
 }

@@ -43,17 +43,21 @@ pub mod dec9 {
 
     /// i128 units of 10^-9 back to a decimal.
     pub fn from_units(units: i128) -> Option<Decimal> {
-        Decimal::try_from_i128_with_scale(units, SCALE).ok().map(|d| d.normalize())
+        Decimal::try_from_i128_with_scale(units, SCALE)
+            .ok()
+            .map(|d| d.normalize())
     }
 
     pub fn serialize<S: Serializer>(value: &Decimal, s: S) -> Result<S::Ok, S::Error> {
-        let units = to_units(*value).ok_or_else(|| S::Error::custom(format!("{value} has more than 9 decimal places")))?;
+        let units = to_units(*value)
+            .ok_or_else(|| S::Error::custom(format!("{value} has more than 9 decimal places")))?;
         s.serialize_i128(units)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
         let units = i128::deserialize(d)?;
-        from_units(units).ok_or_else(|| D::Error::custom(format!("decimal {units}e-9 out of range")))
+        from_units(units)
+            .ok_or_else(|| D::Error::custom(format!("decimal {units}e-9 out of range")))
     }
 
     #[cfg(test)]

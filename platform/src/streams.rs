@@ -23,11 +23,17 @@ pub async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client, StreamError
         .name("tally")
         .connect(&cfg.url)
         .await
-        .map_err(|e| StreamError::Connect { url: cfg.url.clone(), detail: e.to_string() })
+        .map_err(|e| StreamError::Connect {
+            url: cfg.url.clone(),
+            detail: e.to_string(),
+        })
 }
 
 /// Creates the usage and dead-letter streams if they do not exist; returns the usage stream.
-pub async fn ensure(js: &jetstream::Context, cfg: &NatsConfig) -> Result<stream::Stream, StreamError> {
+pub async fn ensure(
+    js: &jetstream::Context,
+    cfg: &NatsConfig,
+) -> Result<stream::Stream, StreamError> {
     let usage = declare(js, &cfg.stream, &cfg.subject_prefix, cfg).await?;
     declare(js, &cfg.dlq_stream, &cfg.dlq_subject_prefix, cfg).await?;
     Ok(usage)
@@ -49,5 +55,8 @@ async fn declare(
         ..Default::default()
     })
     .await
-    .map_err(|e| StreamError::Declare { stream: name.to_owned(), detail: e.to_string() })
+    .map_err(|e| StreamError::Declare {
+        stream: name.to_owned(),
+        detail: e.to_string(),
+    })
 }

@@ -7,7 +7,10 @@ use crate::config::TelemetryConfig;
 
 /// Starts logging: `RUST_LOG`, else the configured filter, else `info`.
 pub fn init_logs(cfg: &TelemetryConfig) {
-    let filter = std::env::var("RUST_LOG").ok().or_else(|| cfg.log.clone()).unwrap_or_else(|| "info".into());
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .or_else(|| cfg.log.clone())
+        .unwrap_or_else(|| "info".into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)

@@ -6,7 +6,9 @@ use serde::Deserialize;
 use tally_aggregator::AggregatorConfig;
 use tally_domain::meter::{validate_meters, MeterSpec};
 use tally_platform::args::Args;
-use tally_platform::{config, shutdown, store, streams, telemetry, ClickHouseConfig, NatsConfig, TelemetryConfig};
+use tally_platform::{
+    config, shutdown, store, streams, telemetry, ClickHouseConfig, NatsConfig, TelemetryConfig,
+};
 
 #[derive(Deserialize)]
 struct Config {
@@ -31,7 +33,10 @@ async fn main() -> anyhow::Result<()> {
     cfg.clickhouse.validate()?;
     cfg.aggregator.validate()?;
     let meters = validate_meters(cfg.meters).context("setting `meters`")?;
-    anyhow::ensure!(!meters.is_empty(), "setting `meters`: no meter is declared, every event would be refused");
+    anyhow::ensure!(
+        !meters.is_empty(),
+        "setting `meters`: no meter is declared, every event would be refused"
+    );
     telemetry::init_logs(&cfg.telemetry);
     telemetry::serve_metrics(cfg.aggregator.metrics_addr.parse()?)?;
     let nats = streams::connect(&cfg.nats).await?;

@@ -20,13 +20,23 @@ async fn main() -> anyhow::Result<()> {
     let cfg: Config = config::load(&path)?;
     cfg.clickhouse.validate()?;
     tally_platform::telemetry::init_logs(&cfg.telemetry);
-    let applied = migrate::apply(&cfg.clickhouse)
-        .await
-        .with_context(|| format!("migrating database {} at {}", cfg.clickhouse.database, cfg.clickhouse.url))?;
+    let applied = migrate::apply(&cfg.clickhouse).await.with_context(|| {
+        format!(
+            "migrating database {} at {}",
+            cfg.clickhouse.database, cfg.clickhouse.url
+        )
+    })?;
     if applied.is_empty() {
-        println!("database {}: up to date ({} migrations)", cfg.clickhouse.database, migrate::MIGRATIONS.len());
+        println!(
+            "database {}: up to date ({} migrations)",
+            cfg.clickhouse.database,
+            migrate::MIGRATIONS.len()
+        );
     } else {
-        println!("database {}: applied migrations {:?}", cfg.clickhouse.database, applied);
+        println!(
+            "database {}: applied migrations {:?}",
+            cfg.clickhouse.database, applied
+        );
     }
     Ok(())
 }

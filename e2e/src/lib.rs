@@ -1,0 +1,121 @@
+//! Support for the end-to-end tests in `tests/`: the meters and catalog the tests run with,
+//! starting an aggregator in-process, and waiting for the stream to drain. The expected
+//! results themselves are computed inside each test, independently of the pipeline's code.
+
+use std::time::Duration;
+
+use tally_aggregator::AggregatorConfig;
+use tally_domain::meter::{validate_meters, MeterSpec};
+use tally_domain::Meter;
+use tally_platform::shutdown::Shutdown;
+use tally_platform::testkit::TestEnv;
+use tally_rater::config::{PlanSpec, SubscriptionSpec};
+use tally_rater::{Catalog, RaterConfig};
+
+/// `llm_tokens` (SUM of `$.tokens` by model and kind) and `tool_calls` (COUNT by tool).
+pub fn meters() -> Vec<Meter> {
+    let specs: Vec<MeterSpec> = serde_json::from_value(serde_json::json!([
+        {"slug": "llm_tokens", "event_type": "llm.tokens", "aggregation": "SUM",
+         "value_property": "$.tokens", "group_by": {"model": "$.model", "kind": "$.kind"}},
+        {"slug": "tool_calls", "event_type": "tool.call", "aggregation": "COUNT", "group_by": {"tool": "$.tool"}}
+    ]))
+    .expect("meter specs are valid JSON");
+    validate_meters(specs).expect("meters are valid")
+}
+
+/// Plans as in `config/tally.toml`: `ai-standard` in USD (0.000003 per token; tool calls
+/// graduated 0.02 up to 100, 0.015 up to 1000, then 0.01) for everyone, and `ai-yen` in JPY
+/// (0.0004 per token; tool calls 3 up to 500, then 1.5) for `yen_customer`.
+pub fn catalog(yen_customer: &str) -> Catalog {
+    #[derive(serde::Deserialize)]
+    struct File {
+        plans: Vec<PlanSpec>,
+        subscriptions: Vec<SubscriptionSpec>,
+    }
+    let text = format!(
+        r#"
+        [[plans]]
+        id = "ai-standard"
+        version = 1
+        currency = "USD"
+        effective_from = "2020-01-01T00:00:00Z"
+        prices = [
+          {{ model = "per_unit", meter = "llm_tokens", unit_price = "0.000003" }},
+          {{ model = "graduated", meter = "tool_calls", tiers = [
+             {{ up_to = "100", unit_price = "0.02" }}, {{ up_to = "1000", unit_price = "0.015" }}, {{ unit_price = "0.01" }} ] }},
+        ]
+        [[plans]]
+        id = "ai-yen"
+        version = 1
+        currency = "JPY"
+        effective_from = "2020-01-01T00:00:00Z"
+        prices = [
+          {{ model = "per_unit", meter = "llm_tokens", unit_price = "0.0004" }},
+          {{ model = "graduated", meter = "tool_calls", tiers = [ {{ up_to = "500", unit_price = "3" }}, {{ unit_price = "1.5" }} ] }},
+        ]
+        [[subscriptions]]
+        customer = "{yen_customer}"
+        plan = "ai-yen"
+        "#
+    );
+    let file: File = toml::from_str(&text).expect("catalog text is valid");
+    let rater = RaterConfig {
+        default_plan: Some("ai-standard".into()),
+        ..RaterConfig::default()
+    };
+    Catalog::new(file.plans, file.subscriptions, &rater, &meters()).expect("catalog is valid")
+}
+
+/// Aggregator settings for tests: small batches, short waits.
+pub fn aggregator_config() -> AggregatorConfig {
+    AggregatorConfig {
+        batch_max_events: 1000,
+        batch_max_wait_ms: 100,
+        ..AggregatorConfig::default()
+    }
+}
+
+/// Starts an aggregator on `env` in a task; cancel `stop` and await the handle to stop it.
+pub async fn start_aggregator(
+    env: &TestEnv,
+    cfg: AggregatorConfig,
+    stop: Shutdown,
+) -> tokio::task::JoinHandle<Result<(), tally_aggregator::RunError>> {
+    let client = async_nats::connect(&env.nats.url)
+        .await
+        .expect("NATS answers");
+    let db = env.db();
+    let nats_cfg = env.nats.clone();
+    tokio::spawn(
+        async move { tally_aggregator::run(client, db, &nats_cfg, &cfg, meters(), stop).await },
+    )
+}
+
+/// Waits until the consumer has nothing pending and nothing unacknowledged.
+pub async fn wait_drained(env: &TestEnv, consumer: &str, timeout: Duration) {
+    let client = async_nats::connect(&env.nats.url)
+        .await
+        .expect("NATS answers");
+    let js = async_nats::jetstream::new(client);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let mut stream = js
+            .get_stream(&env.nats.stream)
+            .await
+            .expect("stream exists");
+        let stream_msgs = stream.info().await.expect("stream info").state.messages;
+        if let Ok(info) = stream.consumer_info(consumer).await {
+            if info.num_pending == 0
+                && info.num_ack_pending == 0
+                && info.ack_floor.stream_sequence >= stream_msgs
+            {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "consumer {consumer} did not drain within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
