@@ -51,7 +51,9 @@ impl FromStr for Aggregation {
             "COUNT" => Ok(Aggregation::Count),
             "MIN" => Ok(Aggregation::Min),
             "MAX" => Ok(Aggregation::Max),
-            other => Err(format!("unknown aggregation {other:?}, expected SUM, COUNT, MIN or MAX")),
+            other => Err(format!(
+                "unknown aggregation {other:?}, expected SUM, COUNT, MIN or MAX"
+            )),
         }
     }
 }
@@ -68,14 +70,24 @@ pub struct Partial {
 
 impl Default for Partial {
     fn default() -> Self {
-        Partial { count: 0, sum: Decimal::ZERO, min: Decimal::ZERO, max: Decimal::ZERO }
+        Partial {
+            count: 0,
+            sum: Decimal::ZERO,
+            min: Decimal::ZERO,
+            max: Decimal::ZERO,
+        }
     }
 }
 
 impl Partial {
     /// The state of a single event with `value` (1 for COUNT meters).
     pub fn of(value: Decimal) -> Partial {
-        Partial { count: 1, sum: value, min: value, max: value }
+        Partial {
+            count: 1,
+            sum: value,
+            min: value,
+            max: value,
+        }
     }
 
     /// Adds one event's value. `None` if the sum would overflow.

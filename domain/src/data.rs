@@ -33,7 +33,9 @@ pub enum DataError {
 
 impl JsonPath {
     pub fn parse(s: &str) -> Result<Self, DataError> {
-        let rest = s.strip_prefix("$.").ok_or_else(|| DataError::BadPath(s.to_owned()))?;
+        let rest = s
+            .strip_prefix("$.")
+            .ok_or_else(|| DataError::BadPath(s.to_owned()))?;
         let segments: Vec<String> = rest.split('.').map(str::to_owned).collect();
         if segments.iter().any(|seg| seg.is_empty()) {
             return Err(DataError::BadPath(s.to_owned()));
@@ -87,8 +89,13 @@ impl<'a> DataView<'a> {
 
     /// The exact decimal at `path`: a JSON number, or a string holding one.
     pub fn decimal(&self, path: &JsonPath) -> Result<Decimal, DataError> {
-        let raw = self.raw(path).ok_or_else(|| DataError::Missing { path: path.to_string() })?;
-        let not_number = || DataError::NotNumber { path: path.to_string(), found: shorten(raw.get()) };
+        let raw = self.raw(path).ok_or_else(|| DataError::Missing {
+            path: path.to_string(),
+        })?;
+        let not_number = || DataError::NotNumber {
+            path: path.to_string(),
+            found: shorten(raw.get()),
+        };
         let text = raw.get();
         let number_text: String = if text.starts_with('"') {
             serde_json::from_str::<String>(text).map_err(|_| not_number())?
@@ -101,13 +108,21 @@ impl<'a> DataView<'a> {
     /// The scalar at `path` as text (strings unquoted, numbers and booleans as written);
     /// `None` when absent or `null`.
     pub fn text(&self, path: &JsonPath) -> Result<Option<String>, DataError> {
-        let Some(raw) = self.raw(path) else { return Ok(None) };
+        let Some(raw) = self.raw(path) else {
+            return Ok(None);
+        };
         let text = raw.get();
         match text.as_bytes().first() {
-            Some(b'"') => serde_json::from_str::<String>(text)
-                .map(Some)
-                .map_err(|_| DataError::NotScalar { path: path.to_string() }),
-            Some(b'{') | Some(b'[') => Err(DataError::NotScalar { path: path.to_string() }),
+            Some(b'"') => {
+                serde_json::from_str::<String>(text)
+                    .map(Some)
+                    .map_err(|_| DataError::NotScalar {
+                        path: path.to_string(),
+                    })
+            }
+            Some(b'{') | Some(b'[') => Err(DataError::NotScalar {
+                path: path.to_string(),
+            }),
             _ => Ok(Some(text.to_owned())),
         }
     }
@@ -160,7 +175,10 @@ mod tests {
         let v = DataView::new(&d).unwrap();
         assert_eq!(v.decimal(&p("$.a")).unwrap().to_string(), "0.1");
         assert_eq!(v.decimal(&p("$.b")).unwrap().to_string(), "0.2");
-        assert_eq!(v.decimal(&p("$.c.d")).unwrap().to_string(), "12345678901234567890.123456789");
+        assert_eq!(
+            v.decimal(&p("$.c.d")).unwrap().to_string(),
+            "12345678901234567890.123456789"
+        );
         assert_eq!(v.decimal(&p("$.e")).unwrap(), Decimal::from(1000));
     }
 
@@ -168,10 +186,22 @@ mod tests {
     fn bad_quantities_name_the_path() {
         let d = raw(r#"{"a":"x","b":true,"n":null}"#);
         let v = DataView::new(&d).unwrap();
-        assert!(matches!(v.decimal(&p("$.a")), Err(DataError::NotNumber { .. })));
-        assert!(matches!(v.decimal(&p("$.b")), Err(DataError::NotNumber { .. })));
-        assert!(matches!(v.decimal(&p("$.n")), Err(DataError::Missing { .. })));
-        assert!(matches!(v.decimal(&p("$.zz")), Err(DataError::Missing { .. })));
+        assert!(matches!(
+            v.decimal(&p("$.a")),
+            Err(DataError::NotNumber { .. })
+        ));
+        assert!(matches!(
+            v.decimal(&p("$.b")),
+            Err(DataError::NotNumber { .. })
+        ));
+        assert!(matches!(
+            v.decimal(&p("$.n")),
+            Err(DataError::Missing { .. })
+        ));
+        assert!(matches!(
+            v.decimal(&p("$.zz")),
+            Err(DataError::Missing { .. })
+        ));
     }
 
     #[test]

@@ -25,7 +25,10 @@ pub enum EventError {
     #[error("attribute `specversion` is {found:?}, expected \"1.0\"")]
     SpecVersion { found: String },
     #[error("attribute `{field}`: {source}")]
-    BadId { field: &'static str, source: IdError },
+    BadId {
+        field: &'static str,
+        source: IdError,
+    },
     #[error("attribute `type` must be 1 to 128 printable characters")]
     BadType,
     #[error("attribute `time` is {found:?}, expected an RFC 3339 timestamp")]
@@ -33,7 +36,11 @@ pub enum EventError {
     #[error("attribute `data` must be a JSON object")]
     DataNotObject,
     #[error("attribute `{field}` is {found:?} but the NATS subject says {expected:?}")]
-    SubjectMismatch { field: &'static str, found: String, expected: String },
+    SubjectMismatch {
+        field: &'static str,
+        found: String,
+        expected: String,
+    },
 }
 
 impl EventError {
@@ -105,20 +112,40 @@ impl UsageEvent {
     /// Parses and validates one structured-mode CloudEvent of at most `max_bytes` bytes.
     pub fn parse(bytes: &[u8], max_bytes: usize) -> Result<UsageEvent, EventError> {
         if bytes.len() > max_bytes {
-            return Err(EventError::TooLarge { len: bytes.len(), max: max_bytes });
+            return Err(EventError::TooLarge {
+                len: bytes.len(),
+                max: max_bytes,
+            });
         }
-        let env: Envelope<'_> =
-            serde_json::from_slice(bytes).map_err(|e| EventError::NotJson { detail: e.to_string() })?;
+        let env: Envelope<'_> = serde_json::from_slice(bytes).map_err(|e| EventError::NotJson {
+            detail: e.to_string(),
+        })?;
         let spec = required(env.specversion, "specversion")?;
         if spec != "1.0" {
-            return Err(EventError::SpecVersion { found: spec.into_owned() });
+            return Err(EventError::SpecVersion {
+                found: spec.into_owned(),
+            });
         }
-        let id = EventId::new(required(env.id, "id")?.into_owned())
-            .map_err(|source| EventError::BadId { field: "id", source })?;
-        let customer = CustomerId::new(required(env.subject, "subject")?.into_owned())
-            .map_err(|source| EventError::BadId { field: "subject", source })?;
-        let agent = AgentId::new(required(env.source, "source")?.into_owned())
-            .map_err(|source| EventError::BadId { field: "source", source })?;
+        let id = EventId::new(required(env.id, "id")?.into_owned()).map_err(|source| {
+            EventError::BadId {
+                field: "id",
+                source,
+            }
+        })?;
+        let customer =
+            CustomerId::new(required(env.subject, "subject")?.into_owned()).map_err(|source| {
+                EventError::BadId {
+                    field: "subject",
+                    source,
+                }
+            })?;
+        let agent =
+            AgentId::new(required(env.source, "source")?.into_owned()).map_err(|source| {
+                EventError::BadId {
+                    field: "source",
+                    source,
+                }
+            })?;
         let event_type = required(env.event_type, "type")?;
         let type_ok = !event_type.is_empty()
             && event_type.chars().count() <= Self::TYPE_MAX_LEN
@@ -128,14 +155,23 @@ impl UsageEvent {
         }
         let time = required(env.time, "time")?;
         let time_ms = DateTime::parse_from_rfc3339(&time)
-            .map_err(|_| EventError::BadTime { found: time.to_string() })?
+            .map_err(|_| EventError::BadTime {
+                found: time.to_string(),
+            })?
             .timestamp_millis();
         let data = match env.data {
             None => RawValue::from_string("{}".to_owned()).expect("literal is valid JSON"),
             Some(raw) if raw.get().trim_start().starts_with('{') => raw.to_owned(),
             Some(_) => return Err(EventError::DataNotObject),
         };
-        Ok(UsageEvent { id, customer, agent, event_type: event_type.into_owned(), time_ms, data })
+        Ok(UsageEvent {
+            id,
+            customer,
+            agent,
+            event_type: event_type.into_owned(),
+            time_ms,
+            data,
+        })
     }
 
     /// Checks the body against the NATS subject's customer and agent tokens.
@@ -180,7 +216,10 @@ mod tests {
     #[test]
     fn time_offsets_are_normalised_to_utc() {
         let body = GOOD.replace("2026-11-26T21:00:00.123Z", "2026-11-26T22:00:00.123+01:00");
-        assert_eq!(UsageEvent::parse(body.as_bytes(), 4096).unwrap().time_ms, 1_795_726_800_123);
+        assert_eq!(
+            UsageEvent::parse(body.as_bytes(), 4096).unwrap().time_ms,
+            1_795_726_800_123
+        );
     }
 
     #[test]
@@ -190,9 +229,15 @@ mod tests {
             (GOOD.replace("\"id\":\"e1\",", ""), Some("id")),
             (GOOD.replace("\"acme\"", "\"ac me\""), Some("subject")),
             (GOOD.replace("\"bot-7\"", "\"bot.7\""), Some("source")),
-            (GOOD.replace("2026-11-26T21:00:00.123Z", "yesterday"), Some("time")),
+            (
+                GOOD.replace("2026-11-26T21:00:00.123Z", "yesterday"),
+                Some("time"),
+            ),
             (GOOD.replace("\"llm.tokens\"", "\"\""), Some("type")),
-            (GOOD.replace(r#"{"tokens":1234,"model":"gpt-4o","kind":"output"}"#, "[1]"), Some("data")),
+            (
+                GOOD.replace(r#"{"tokens":1234,"model":"gpt-4o","kind":"output"}"#, "[1]"),
+                Some("data"),
+            ),
             ("not json".to_owned(), None),
         ];
         for (body, field) in cases {
@@ -215,6 +260,9 @@ mod tests {
         let err = e.check_subject("evil", "bot-7").unwrap_err();
         assert_eq!(err.reason(), Reason::SubjectMismatch);
         assert_eq!(err.field(), Some("subject"));
-        assert_eq!(e.check_subject("acme", "bot-8").unwrap_err().field(), Some("source"));
+        assert_eq!(
+            e.check_subject("acme", "bot-8").unwrap_err().field(),
+            Some("source")
+        );
     }
 }

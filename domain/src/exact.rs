@@ -30,7 +30,9 @@ impl Visitor<'_> for ExactVisitor {
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Decimal, E> {
-        Err(E::custom(format!("{v} is a float; write exact decimals as strings, e.g. \"{v}\"")))
+        Err(E::custom(format!(
+            "{v} is a float; write exact decimals as strings, e.g. \"{v}\""
+        )))
     }
 }
 
@@ -57,8 +59,14 @@ mod tests {
 
     #[test]
     fn strings_and_integers_but_no_floats() {
-        assert_eq!(serde_json::from_str::<P>(r#"{"v":"0.1"}"#).unwrap().v, Decimal::new(1, 1));
-        assert_eq!(serde_json::from_str::<P>(r#"{"v":7}"#).unwrap().v, Decimal::from(7));
+        assert_eq!(
+            serde_json::from_str::<P>(r#"{"v":"0.1"}"#).unwrap().v,
+            Decimal::new(1, 1)
+        );
+        assert_eq!(
+            serde_json::from_str::<P>(r#"{"v":7}"#).unwrap().v,
+            Decimal::from(7)
+        );
         assert!(serde_json::from_str::<P>(r#"{"v":0.1}"#).is_err());
         assert!(serde_json::from_str::<P>(r#"{"v":"abc"}"#).is_err());
     }

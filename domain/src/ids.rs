@@ -14,12 +14,26 @@ pub enum IdError {
     #[error("{kind} is empty")]
     Empty { kind: &'static str },
     #[error("{kind} is {len} characters long, at most {max} allowed")]
-    TooLong { kind: &'static str, len: usize, max: usize },
+    TooLong {
+        kind: &'static str,
+        len: usize,
+        max: usize,
+    },
     #[error("{kind} contains the character {ch:?}, allowed are {allowed}")]
-    BadChar { kind: &'static str, ch: char, allowed: &'static str },
+    BadChar {
+        kind: &'static str,
+        ch: char,
+        allowed: &'static str,
+    },
 }
 
-fn check(kind: &'static str, s: &str, max: usize, ok: fn(char) -> bool, allowed: &'static str) -> Result<(), IdError> {
+fn check(
+    kind: &'static str,
+    s: &str,
+    max: usize,
+    ok: fn(char) -> bool,
+    allowed: &'static str,
+) -> Result<(), IdError> {
     if s.is_empty() {
         return Err(IdError::Empty { kind });
     }
@@ -115,11 +129,25 @@ mod tests {
     #[test]
     fn customer_ids_follow_subject_token_rules() {
         assert!(CustomerId::new("acme-1_B").is_ok());
-        assert_eq!(CustomerId::new(""), Err(IdError::Empty { kind: "customer id" }));
-        assert!(matches!(CustomerId::new("a.b"), Err(IdError::BadChar { ch: '.', .. })));
-        assert!(matches!(CustomerId::new("a*"), Err(IdError::BadChar { ch: '*', .. })));
+        assert_eq!(
+            CustomerId::new(""),
+            Err(IdError::Empty {
+                kind: "customer id"
+            })
+        );
+        assert!(matches!(
+            CustomerId::new("a.b"),
+            Err(IdError::BadChar { ch: '.', .. })
+        ));
+        assert!(matches!(
+            CustomerId::new("a*"),
+            Err(IdError::BadChar { ch: '*', .. })
+        ));
         assert!(CustomerId::new("x".repeat(64)).is_ok());
-        assert!(matches!(CustomerId::new("x".repeat(65)), Err(IdError::TooLong { len: 65, .. })));
+        assert!(matches!(
+            CustomerId::new("x".repeat(65)),
+            Err(IdError::TooLong { len: 65, .. })
+        ));
     }
 
     #[test]

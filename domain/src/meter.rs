@@ -87,30 +87,47 @@ impl TryFrom<MeterSpec> for Meter {
     type Error = MeterError;
 
     fn try_from(spec: MeterSpec) -> Result<Meter, MeterError> {
-        let invalid = |detail: String| MeterError::Invalid { slug: spec.slug.clone(), detail };
+        let invalid = |detail: String| MeterError::Invalid {
+            slug: spec.slug.clone(),
+            detail,
+        };
         let slug = MeterSlug::new(spec.slug.clone()).map_err(|e| invalid(format!("slug: {e}")))?;
         if spec.event_type.is_empty() {
             return Err(invalid("event_type is empty".into()));
         }
         let value_property = match (&spec.value_property, spec.aggregation.needs_value()) {
-            (Some(p), _) => Some(JsonPath::parse(p).map_err(|e| invalid(format!("value_property: {e}")))?),
+            (Some(p), _) => {
+                Some(JsonPath::parse(p).map_err(|e| invalid(format!("value_property: {e}")))?)
+            }
             (None, true) => {
-                return Err(invalid(format!("aggregation {} needs a value_property", spec.aggregation)))
+                return Err(invalid(format!(
+                    "aggregation {} needs a value_property",
+                    spec.aggregation
+                )))
             }
             (None, false) => None,
         };
         if spec.group_by.len() > GROUP_BY_MAX {
-            return Err(invalid(format!("at most {GROUP_BY_MAX} group_by properties")));
+            return Err(invalid(format!(
+                "at most {GROUP_BY_MAX} group_by properties"
+            )));
         }
         let mut group_by = Vec::with_capacity(spec.group_by.len());
         for (name, path) in &spec.group_by {
             if name.is_empty() {
                 return Err(invalid("group_by has an empty name".into()));
             }
-            let path = JsonPath::parse(path).map_err(|e| invalid(format!("group_by.{name}: {e}")))?;
+            let path =
+                JsonPath::parse(path).map_err(|e| invalid(format!("group_by.{name}: {e}")))?;
             group_by.push((name.clone(), path));
         }
-        Ok(Meter { slug, event_type: spec.event_type, aggregation: spec.aggregation, value_property, group_by })
+        Ok(Meter {
+            slug,
+            event_type: spec.event_type,
+            aggregation: spec.aggregation,
+            value_property,
+            group_by,
+        })
     }
 }
 
@@ -130,25 +147,39 @@ impl Meter {
         for (_, path) in &self.group_by {
             let v = data.text(path)?.unwrap_or_default();
             if v.len() > GROUP_VALUE_MAX_BYTES {
-                return Err(ReadError::GroupValueTooLong { path: path.to_string() });
+                return Err(ReadError::GroupValueTooLong {
+                    path: path.to_string(),
+                });
             }
             group_values.push(v);
         }
-        Ok(MeterReading { value, group_values })
+        Ok(MeterReading {
+            value,
+            group_values,
+        })
     }
 }
 
 fn checked_quantity(path: &JsonPath, value: Decimal) -> Result<Decimal, ReadError> {
     let path = || path.to_string();
     if value.is_sign_negative() && !value.is_zero() {
-        return Err(ReadError::Negative { path: path(), value });
+        return Err(ReadError::Negative {
+            path: path(),
+            value,
+        });
     }
     let value = value.normalize();
     if value.scale() > QUANTITY_SCALE_MAX {
-        return Err(ReadError::TooPrecise { path: path(), value });
+        return Err(ReadError::TooPrecise {
+            path: path(),
+            value,
+        });
     }
     if value > QUANTITY_MAX {
-        return Err(ReadError::TooLarge { path: path(), value });
+        return Err(ReadError::TooLarge {
+            path: path(),
+            value,
+        });
     }
     Ok(value)
 }
@@ -159,7 +190,10 @@ pub fn validate_meters(specs: Vec<MeterSpec>) -> Result<Vec<Meter>, MeterError> 
     for spec in specs {
         let meter = Meter::try_from(spec)?;
         if meters.iter().any(|m| m.slug == meter.slug) {
-            return Err(MeterError::Invalid { slug: meter.slug.to_string(), detail: "declared twice".into() });
+            return Err(MeterError::Invalid {
+                slug: meter.slug.to_string(),
+                detail: "declared twice".into(),
+            });
         }
         meters.push(meter);
     }
@@ -211,16 +245,34 @@ mod tests {
     #[test]
     fn bad_quantities_are_refused() {
         let m = tokens_meter();
-        assert!(matches!(read(&m, r#"{"tokens":-1}"#), Err(ReadError::Negative { .. })));
-        assert!(matches!(read(&m, r#"{"tokens":0.0000000001}"#), Err(ReadError::TooPrecise { .. })));
-        assert!(matches!(read(&m, r#"{"tokens":1e16}"#), Err(ReadError::TooLarge { .. })));
-        assert!(matches!(read(&m, r#"{"model":"x"}"#), Err(ReadError::Data(DataError::Missing { .. }))));
-        assert!(read(&m, r#"{"tokens":1.500000000}"#).is_ok(), "trailing zeros are not precision");
+        assert!(matches!(
+            read(&m, r#"{"tokens":-1}"#),
+            Err(ReadError::Negative { .. })
+        ));
+        assert!(matches!(
+            read(&m, r#"{"tokens":0.0000000001}"#),
+            Err(ReadError::TooPrecise { .. })
+        ));
+        assert!(matches!(
+            read(&m, r#"{"tokens":1e16}"#),
+            Err(ReadError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            read(&m, r#"{"model":"x"}"#),
+            Err(ReadError::Data(DataError::Missing { .. }))
+        ));
+        assert!(
+            read(&m, r#"{"tokens":1.500000000}"#).is_ok(),
+            "trailing zeros are not precision"
+        );
     }
 
     #[test]
     fn count_meters_need_no_value() {
-        let m = Meter::try_from(toml_like(r#"{"slug":"tool_calls","event_type":"tool.call","aggregation":"COUNT"}"#)).unwrap();
+        let m = Meter::try_from(toml_like(
+            r#"{"slug":"tool_calls","event_type":"tool.call","aggregation":"COUNT"}"#,
+        ))
+        .unwrap();
         assert_eq!(read(&m, "{}").unwrap().value, Decimal::ONE);
     }
 
@@ -228,7 +280,9 @@ mod tests {
     fn declarations_are_validated() {
         let no_value = toml_like(r#"{"slug":"x","event_type":"t","aggregation":"SUM"}"#);
         assert!(Meter::try_from(no_value).is_err());
-        let bad_path = toml_like(r#"{"slug":"x","event_type":"t","aggregation":"SUM","value_property":"tokens"}"#);
+        let bad_path = toml_like(
+            r#"{"slug":"x","event_type":"t","aggregation":"SUM","value_property":"tokens"}"#,
+        );
         assert!(Meter::try_from(bad_path).is_err());
         let dup = vec![
             toml_like(r#"{"slug":"x","event_type":"t","aggregation":"COUNT"}"#),

@@ -22,11 +22,34 @@ pub enum MoneyError {
 
 /// ISO 4217 codes and their minor units. Add rows here; nothing else needs to change.
 const KNOWN: &[(&str, u32)] = &[
-    ("USD", 2), ("EUR", 2), ("GBP", 2), ("CHF", 2), ("CAD", 2), ("AUD", 2), ("SEK", 2),
-    ("NOK", 2), ("DKK", 2), ("PLN", 2), ("INR", 2), ("CNY", 2), ("BRL", 2), ("MXN", 2),
-    ("SGD", 2), ("HKD", 2), ("NZD", 2), ("ZAR", 2),
-    ("JPY", 0), ("KRW", 0), ("ISK", 0), ("CLP", 0), ("VND", 0),
-    ("BHD", 3), ("KWD", 3), ("OMR", 3), ("JOD", 3), ("TND", 3),
+    ("USD", 2),
+    ("EUR", 2),
+    ("GBP", 2),
+    ("CHF", 2),
+    ("CAD", 2),
+    ("AUD", 2),
+    ("SEK", 2),
+    ("NOK", 2),
+    ("DKK", 2),
+    ("PLN", 2),
+    ("INR", 2),
+    ("CNY", 2),
+    ("BRL", 2),
+    ("MXN", 2),
+    ("SGD", 2),
+    ("HKD", 2),
+    ("NZD", 2),
+    ("ZAR", 2),
+    ("JPY", 0),
+    ("KRW", 0),
+    ("ISK", 0),
+    ("CLP", 0),
+    ("VND", 0),
+    ("BHD", 3),
+    ("KWD", 3),
+    ("OMR", 3),
+    ("JOD", 3),
+    ("TND", 3),
 ];
 
 /// A currency with its minor units.
@@ -56,7 +79,9 @@ impl Currency {
     pub fn to_minor(&self, amount: Decimal) -> Result<i64, MoneyError> {
         debug_assert_eq!(self.round(amount), amount, "to_minor takes rounded amounts");
         let scaled = amount.checked_mul(Decimal::from(10i64.pow(self.minor_units)));
-        scaled.and_then(|s| i64::try_from(s.trunc()).ok()).ok_or(MoneyError::Overflow(amount))
+        scaled
+            .and_then(|s| i64::try_from(s.trunc()).ok())
+            .ok_or(MoneyError::Overflow(amount))
     }
 
     /// Minor units back to a decimal amount with the currency's scale.
@@ -71,7 +96,10 @@ impl FromStr for Currency {
         KNOWN
             .iter()
             .find(|(code, _)| *code == s)
-            .map(|(code, minor_units)| Currency { code, minor_units: *minor_units })
+            .map(|(code, minor_units)| Currency {
+                code,
+                minor_units: *minor_units,
+            })
             .ok_or_else(|| MoneyError::UnknownCurrency(s.to_owned()))
     }
 }
@@ -118,7 +146,10 @@ mod tests {
         assert_eq!(cur("USD").round(Decimal::new(4999, 5)), Decimal::new(5, 2));
         assert_eq!(cur("USD").round(Decimal::new(-5, 3)), Decimal::new(-1, 2));
         assert_eq!(cur("JPY").round(Decimal::new(25, 1)), Decimal::from(3));
-        assert_eq!(cur("BHD").round(Decimal::new(12345, 4)), Decimal::new(1235, 3));
+        assert_eq!(
+            cur("BHD").round(Decimal::new(12345, 4)),
+            Decimal::new(1235, 3)
+        );
     }
 
     #[test]

@@ -45,7 +45,9 @@ impl Period {
 }
 
 fn rfc3339(ms: i64) -> String {
-    DateTime::<Utc>::from_timestamp_millis(ms).map(|t| t.to_rfc3339()).unwrap_or_else(|| ms.to_string())
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339())
+        .unwrap_or_else(|| ms.to_string())
 }
 
 impl BillingCycle {
@@ -70,7 +72,10 @@ impl BillingCycle {
             start = anchor_in(y, m, anchor_day);
         }
         let (ny, nm) = next_month(y, m);
-        Period { start_ms: start, end_ms: anchor_in(ny, nm, anchor_day) }
+        Period {
+            start_ms: start,
+            end_ms: anchor_in(ny, nm, anchor_day),
+        }
     }
 
     /// The period right after `period`.
@@ -80,11 +85,19 @@ impl BillingCycle {
 }
 
 fn next_month(y: i32, m: u32) -> (i32, u32) {
-    if m == 12 { (y + 1, 1) } else { (y, m + 1) }
+    if m == 12 {
+        (y + 1, 1)
+    } else {
+        (y, m + 1)
+    }
 }
 
 fn prev_month(y: i32, m: u32) -> (i32, u32) {
-    if m == 1 { (y - 1, 12) } else { (y, m - 1) }
+    if m == 1 {
+        (y - 1, 12)
+    } else {
+        (y, m - 1)
+    }
 }
 
 fn last_day(y: i32, m: u32) -> u32 {
@@ -96,7 +109,10 @@ fn last_day(y: i32, m: u32) -> u32 {
 /// Midnight UTC of the anchor day in month `m` of year `y`, clamped to the month's last day.
 fn anchor_in(y: i32, m: u32, anchor_day: u32) -> i64 {
     let d = anchor_day.min(last_day(y, m));
-    Utc.with_ymd_and_hms(y, m, d, 0, 0, 0).single().expect("UTC midnight exists").timestamp_millis()
+    Utc.with_ymd_and_hms(y, m, d, 0, 0, 0)
+        .single()
+        .expect("UTC midnight exists")
+        .timestamp_millis()
 }
 
 #[cfg(test)]

@@ -69,7 +69,10 @@ mod tests {
     #[test]
     fn codes_match_serde_names() {
         for r in Reason::ALL {
-            assert_eq!(serde_json::to_string(&r).unwrap(), format!("\"{}\"", r.code()));
+            assert_eq!(
+                serde_json::to_string(&r).unwrap(),
+                format!("\"{}\"", r.code())
+            );
         }
     }
 }

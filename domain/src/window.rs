@@ -16,7 +16,10 @@ impl Window {
     pub fn containing(time_ms: i64, size_secs: u32) -> Window {
         debug_assert!(size_secs > 0, "window size must be positive");
         let size_ms = i64::from(size_secs) * 1000;
-        Window { start_ms: time_ms - time_ms.rem_euclid(size_ms), size_ms }
+        Window {
+            start_ms: time_ms - time_ms.rem_euclid(size_ms),
+            size_ms,
+        }
     }
 
     /// The first millisecond after the window.

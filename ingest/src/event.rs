@@ -58,7 +58,9 @@ mod tests {
             customer: CustomerId::new("acme").unwrap(),
             agent: AgentId::new("bot").unwrap(),
             event_type: "llm.tokens".into(),
-            time: DateTime::parse_from_rfc3339("2026-11-26T21:00:00.123Z").unwrap().with_timezone(&Utc),
+            time: DateTime::parse_from_rfc3339("2026-11-26T21:00:00.123Z")
+                .unwrap()
+                .with_timezone(&Utc),
             data: serde_json::json!({"tokens": 12, "model": "m"}),
         };
         let parsed = UsageEvent::parse(&e.to_json(), 65536).unwrap();

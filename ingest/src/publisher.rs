@@ -64,14 +64,22 @@ impl Publisher {
             .js
             .publish_with_headers(subject, headers, event.to_json().into())
             .await
-            .map_err(|e| PublishError::Publish { id: event.id.to_string(), detail: e.to_string() })?;
+            .map_err(|e| PublishError::Publish {
+                id: event.id.to_string(),
+                detail: e.to_string(),
+            })?;
         self.in_flight.push_back((event.id.to_string(), ack));
         Ok(())
     }
 
     async fn settle_oldest(&mut self) -> Result<(), PublishError> {
-        let Some((id, ack)) = self.in_flight.pop_front() else { return Ok(()) };
-        let ack = ack.await.map_err(|e| PublishError::Ack { id, detail: e.to_string() })?;
+        let Some((id, ack)) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        let ack = ack.await.map_err(|e| PublishError::Ack {
+            id,
+            detail: e.to_string(),
+        })?;
         if ack.duplicate {
             self.stats.duplicates += 1;
         } else {

@@ -27,7 +27,13 @@ pub struct Fleet {
 impl Fleet {
     /// `customers` customers named `<customer_prefix>-<n>`, each with `agents` agents named
     /// `agent-<n>`; event ids are `<run_id>-<seq>`.
-    pub fn new(customer_prefix: &str, customers: usize, agents: usize, run_id: &str, seed: u64) -> Result<Fleet, IdError> {
+    pub fn new(
+        customer_prefix: &str,
+        customers: usize,
+        agents: usize,
+        run_id: &str,
+        seed: u64,
+    ) -> Result<Fleet, IdError> {
         let mut all = Vec::with_capacity(customers * agents);
         for c in 1..=customers {
             let customer = CustomerId::new(format!("{customer_prefix}-{c}"))?;
@@ -36,24 +42,40 @@ impl Fleet {
             }
         }
         EventId::new(format!("{run_id}-0"))?;
-        Ok(Fleet { agents: all, run_id: run_id.to_owned(), rng: StdRng::seed_from_u64(seed), next_seq: 0 })
+        Ok(Fleet {
+            agents: all,
+            run_id: run_id.to_owned(),
+            rng: StdRng::seed_from_u64(seed),
+            next_seq: 0,
+        })
     }
 
     /// The next event, stamped `time`: 70% LLM token usage, 30% tool calls.
     pub fn next_event(&mut self, time: DateTime<Utc>) -> OutgoingEvent {
         let (customer, agent) = self.agents[self.rng.random_range(0..self.agents.len())].clone();
         self.next_seq += 1;
-        let id = EventId::new(format!("{}-{}", self.run_id, self.next_seq)).expect("run id was validated");
+        let id = EventId::new(format!("{}-{}", self.run_id, self.next_seq))
+            .expect("run id was validated");
         let (event_type, data) = if self.rng.random_bool(0.7) {
             let tokens: u32 = self.rng.random_range(1..=4000);
             let model = MODELS[self.rng.random_range(0..MODELS.len())];
             let kind = KINDS[self.rng.random_range(0..KINDS.len())];
-            ("llm.tokens", serde_json::json!({"tokens": tokens, "model": model, "kind": kind}))
+            (
+                "llm.tokens",
+                serde_json::json!({"tokens": tokens, "model": model, "kind": kind}),
+            )
         } else {
             let tool = TOOLS[self.rng.random_range(0..TOOLS.len())];
             ("tool.call", serde_json::json!({"tool": tool}))
         };
-        OutgoingEvent { id, customer, agent, event_type: event_type.to_owned(), time, data }
+        OutgoingEvent {
+            id,
+            customer,
+            agent,
+            event_type: event_type.to_owned(),
+            time,
+            data,
+        }
     }
 
     /// A random number in `0..n`, from the fleet's seeded generator.
@@ -84,7 +106,9 @@ mod tests {
     #[test]
     fn ids_are_unique_and_valid() {
         let mut f = Fleet::new("cust", 3, 2, "run-1", 1).unwrap();
-        let ids: std::collections::HashSet<String> = (0..1000).map(|_| f.next_event(Utc::now()).id.to_string()).collect();
+        let ids: std::collections::HashSet<String> = (0..1000)
+            .map(|_| f.next_event(Utc::now()).id.to_string())
+            .collect();
         assert_eq!(ids.len(), 1000);
         assert!(Fleet::new("bad prefix", 1, 1, "r", 1).is_err());
     }

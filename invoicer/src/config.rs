@@ -57,12 +57,20 @@ impl Default for InvoicerConfig {
 impl InvoicerConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.interval_secs == 0 {
-            return Err(ConfigError::invalid("invoicer.interval_secs", "must be positive"));
+            return Err(ConfigError::invalid(
+                "invoicer.interval_secs",
+                "must be positive",
+            ));
         }
         if self.lookback_secs <= self.grace_secs {
-            return Err(ConfigError::invalid("invoicer.lookback_secs", "must be greater than invoicer.grace_secs"));
+            return Err(ConfigError::invalid(
+                "invoicer.lookback_secs",
+                "must be greater than invoicer.grace_secs",
+            ));
         }
-        self.metrics_addr.parse::<std::net::SocketAddr>().map_err(|e| ConfigError::invalid("invoicer.metrics_addr", e))?;
+        self.metrics_addr
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| ConfigError::invalid("invoicer.metrics_addr", e))?;
         Ok(())
     }
 }

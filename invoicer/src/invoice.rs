@@ -90,35 +90,64 @@ pub struct Invoice {
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error("invoice for {customer}: charges in several currencies ({0:?})", .currencies)]
-    MixedCurrencies { customer: String, currencies: Vec<String> },
+    MixedCurrencies {
+        customer: String,
+        currencies: Vec<String>,
+    },
     #[error("invoice for {customer}: {source}")]
-    Currency { customer: String, source: MoneyError },
+    Currency {
+        customer: String,
+        source: MoneyError,
+    },
     #[error("invoice for {customer}: total overflows")]
     Overflow { customer: String },
 }
 
 /// The deterministic id of a customer's invoice for a period.
 pub fn invoice_id(customer: &str, period_start_ms: i64) -> String {
-    format!("inv_{:032x}", xxh3_128(format!("{customer}\0{period_start_ms}").as_bytes()))
+    format!(
+        "inv_{:032x}",
+        xxh3_128(format!("{customer}\0{period_start_ms}").as_bytes())
+    )
 }
 
 fn rfc3339(ms: i64) -> String {
-    DateTime::<Utc>::from_timestamp_millis(ms).map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)).unwrap_or_default()
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
+        .unwrap_or_default()
 }
 
 /// Builds the invoice of `charges` (all of one customer and period, non-empty) at `now_ms`.
-pub fn build(charges: &[ChargeLine], now_ms: i64, grace_ms: i64, payment_terms_days: u32) -> Result<Invoice, BuildError> {
-    let first = charges.first().expect("an invoice needs at least one charge");
+pub fn build(
+    charges: &[ChargeLine],
+    now_ms: i64,
+    grace_ms: i64,
+    payment_terms_days: u32,
+) -> Result<Invoice, BuildError> {
+    let first = charges
+        .first()
+        .expect("an invoice needs at least one charge");
     let customer = first.customer.clone();
     let mut currencies: Vec<String> = charges.iter().map(|c| c.currency.clone()).collect();
     currencies.sort();
     currencies.dedup();
     if currencies.len() > 1 {
-        return Err(BuildError::MixedCurrencies { customer, currencies });
+        return Err(BuildError::MixedCurrencies {
+            customer,
+            currencies,
+        });
     }
-    let currency: Currency = first.currency.parse().map_err(|source| BuildError::Currency { customer: customer.clone(), source })?;
+    let currency: Currency = first
+        .currency
+        .parse()
+        .map_err(|source| BuildError::Currency {
+            customer: customer.clone(),
+            source,
+        })?;
     let mut sorted: Vec<&ChargeLine> = charges.iter().collect();
-    sorted.sort_by(|a, b| (&a.meter, &a.group_key, &a.charge_id).cmp(&(&b.meter, &b.group_key, &b.charge_id)));
+    sorted.sort_by(|a, b| {
+        (&a.meter, &a.group_key, &a.charge_id).cmp(&(&b.meter, &b.group_key, &b.charge_id))
+    });
     let lines: Vec<InvoiceLine> = sorted
         .iter()
         .enumerate()
@@ -141,9 +170,15 @@ pub fn build(charges: &[ChargeLine], now_ms: i64, grace_ms: i64, payment_terms_d
     let subtotal_minor = lines
         .iter()
         .try_fold(0i64, |acc, l| acc.checked_add(l.amount_minor))
-        .ok_or_else(|| BuildError::Overflow { customer: customer.clone() })?;
+        .ok_or_else(|| BuildError::Overflow {
+            customer: customer.clone(),
+        })?;
     let period = first.period;
-    let status = if now_ms >= period.end_ms + grace_ms { Status::Finalized } else { Status::Draft };
+    let status = if now_ms >= period.end_ms + grace_ms {
+        Status::Finalized
+    } else {
+        Status::Draft
+    };
     Ok(Invoice {
         invoice_id: invoice_id(&customer, period.start_ms),
         customer,
@@ -153,7 +188,9 @@ pub fn build(charges: &[ChargeLine], now_ms: i64, grace_ms: i64, payment_terms_d
         period_end: rfc3339(period.end_ms),
         period,
         issued_at: rfc3339(now_ms),
-        due_date: rfc3339(period.end_ms + Duration::days(i64::from(payment_terms_days)).num_milliseconds()),
+        due_date: rfc3339(
+            period.end_ms + Duration::days(i64::from(payment_terms_days)).num_milliseconds(),
+        ),
         plan_id: first.plan_id.clone(),
         plan_version: first.plan_version,
         lines,
@@ -165,10 +202,24 @@ pub fn build(charges: &[ChargeLine], now_ms: i64, grace_ms: i64, payment_terms_d
 }
 
 fn describe(c: &ChargeLine) -> String {
-    let group = if c.group_key == "{}" { String::new() } else { format!(" {}", c.group_key) };
+    let group = if c.group_key == "{}" {
+        String::new()
+    } else {
+        format!(" {}", c.group_key)
+    };
     match c.price_model.as_str() {
-        "per_unit" => format!("{}{group}: {} units at {} {}", c.meter, c.quantity.normalize(), c.unit_price, c.currency),
-        model => format!("{}{group}: {} units, {model} tiers", c.meter, c.quantity.normalize()),
+        "per_unit" => format!(
+            "{}{group}: {} units at {} {}",
+            c.meter,
+            c.quantity.normalize(),
+            c.unit_price,
+            c.currency
+        ),
+        model => format!(
+            "{}{group}: {} units, {model} tiers",
+            c.meter,
+            c.quantity.normalize()
+        ),
     }
 }
 
@@ -180,7 +231,10 @@ mod tests {
         ChargeLine {
             charge_id: format!("chg_{meter}"),
             customer: "acme".into(),
-            period: Period { start_ms: 0, end_ms: 1_000 },
+            period: Period {
+                start_ms: 0,
+                end_ms: 1_000,
+            },
             meter: meter.into(),
             group_key: "{}".into(),
             plan_id: "p".into(),
@@ -197,7 +251,13 @@ mod tests {
     #[test]
     fn totals_are_sums_of_lines_in_minor_units() {
         let inv = build(&[charge("b", 250), charge("a", 1)], 500, 0, 30).unwrap();
-        assert_eq!(inv.lines.iter().map(|l| l.meter.as_str()).collect::<Vec<_>>(), vec!["a", "b"]);
+        assert_eq!(
+            inv.lines
+                .iter()
+                .map(|l| l.meter.as_str())
+                .collect::<Vec<_>>(),
+            vec!["a", "b"]
+        );
         assert_eq!(inv.subtotal_minor, 251);
         assert_eq!(inv.total, Decimal::new(251, 2));
         assert_eq!(inv.lines[1].amount, Decimal::new(250, 2));
@@ -207,14 +267,23 @@ mod tests {
 
     #[test]
     fn finalized_after_the_grace_period() {
-        assert_eq!(build(&[charge("a", 1)], 1_999, 1_000, 30).unwrap().status, Status::Draft);
-        assert_eq!(build(&[charge("a", 1)], 2_000, 1_000, 30).unwrap().status, Status::Finalized);
+        assert_eq!(
+            build(&[charge("a", 1)], 1_999, 1_000, 30).unwrap().status,
+            Status::Draft
+        );
+        assert_eq!(
+            build(&[charge("a", 1)], 2_000, 1_000, 30).unwrap().status,
+            Status::Finalized
+        );
     }
 
     #[test]
     fn mixed_currencies_are_refused() {
         let mut eur = charge("b", 1);
         eur.currency = "EUR".into();
-        assert!(matches!(build(&[charge("a", 1), eur], 0, 0, 30), Err(BuildError::MixedCurrencies { .. })));
+        assert!(matches!(
+            build(&[charge("a", 1), eur], 0, 0, 30),
+            Err(BuildError::MixedCurrencies { .. })
+        ));
     }
 }

@@ -26,7 +26,11 @@ pub enum InvoiceError {
 
 /// Builds and stores every invoice due at `now_ms`; returns them, sorted by customer and
 /// period (finalized invoices left untouched are not returned).
-pub async fn invoice_once(db: &Client, cfg: &InvoicerConfig, now_ms: i64) -> Result<Vec<Invoice>, InvoiceError> {
+pub async fn invoice_once(
+    db: &Client,
+    cfg: &InvoicerConfig,
+    now_ms: i64,
+) -> Result<Vec<Invoice>, InvoiceError> {
     let started = Instant::now();
     let lookback_ms = i64::try_from(cfg.lookback_secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2);
     let grace_ms = i64::try_from(cfg.grace_secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2);
@@ -34,7 +38,10 @@ pub async fn invoice_once(db: &Client, cfg: &InvoicerConfig, now_ms: i64) -> Res
     let finalized = store::finalized_ids(db).await?;
     let mut groups: BTreeMap<(String, i64), Vec<ChargeLine>> = BTreeMap::new();
     for c in charges {
-        groups.entry((c.customer.clone(), c.period.start_ms)).or_default().push(c);
+        groups
+            .entry((c.customer.clone(), c.period.start_ms))
+            .or_default()
+            .push(c);
     }
     let mut invoices = Vec::with_capacity(groups.len());
     for group in groups.values() {

@@ -32,7 +32,10 @@ struct ChargeRow {
 }
 
 /// The latest charges of every period ending after `since_ms`.
-pub async fn charges_since(db: &Client, since_ms: i64) -> Result<Vec<ChargeLine>, clickhouse::error::Error> {
+pub async fn charges_since(
+    db: &Client,
+    since_ms: i64,
+) -> Result<Vec<ChargeLine>, clickhouse::error::Error> {
     let rows: Vec<ChargeRow> = db
         .query(
             "SELECT charge_id, customer, toUInt32(period_start), toUInt32(period_end), meter, group_key, plan_id, \
@@ -47,7 +50,10 @@ pub async fn charges_since(db: &Client, since_ms: i64) -> Result<Vec<ChargeLine>
         .map(|r| ChargeLine {
             charge_id: r.charge_id,
             customer: r.customer,
-            period: Period { start_ms: i64::from(r.period_start) * 1000, end_ms: i64::from(r.period_end) * 1000 },
+            period: Period {
+                start_ms: i64::from(r.period_start) * 1000,
+                end_ms: i64::from(r.period_end) * 1000,
+            },
             meter: r.meter,
             group_key: r.group_key,
             plan_id: r.plan_id,
@@ -64,7 +70,10 @@ pub async fn charges_since(db: &Client, since_ms: i64) -> Result<Vec<ChargeLine>
 
 /// Ids of invoices already finalized (never to be rewritten).
 pub async fn finalized_ids(db: &Client) -> Result<HashSet<String>, clickhouse::error::Error> {
-    let ids: Vec<String> = db.query("SELECT invoice_id FROM v_invoices WHERE status = 'finalized'").fetch_all().await?;
+    let ids: Vec<String> = db
+        .query("SELECT invoice_id FROM v_invoices WHERE status = 'finalized'")
+        .fetch_all()
+        .await?;
     Ok(ids.into_iter().collect())
 }
 
@@ -107,7 +116,11 @@ struct LineRow<'a> {
 }
 
 /// Appends the invoices (lines first, then headers) as version `now_ms`.
-pub async fn write(db: &Client, invoices: &[Invoice], now_ms: i64) -> Result<(), clickhouse::error::Error> {
+pub async fn write(
+    db: &Client,
+    invoices: &[Invoice],
+    now_ms: i64,
+) -> Result<(), clickhouse::error::Error> {
     if invoices.is_empty() {
         return Ok(());
     }

@@ -39,53 +39,104 @@ pub struct Catalog {
 
 impl Catalog {
     /// Validates the configuration against the declared meters.
-    pub fn new(plans: Vec<PlanSpec>, subs: Vec<SubscriptionSpec>, rater: &RaterConfig, meters: &[Meter]) -> Result<Catalog, ConfigError> {
+    pub fn new(
+        plans: Vec<PlanSpec>,
+        subs: Vec<SubscriptionSpec>,
+        rater: &RaterConfig,
+        meters: &[Meter],
+    ) -> Result<Catalog, ConfigError> {
         let mut by_id: HashMap<String, Vec<Plan>> = HashMap::new();
         for (i, spec) in plans.into_iter().enumerate() {
             let plan = validate_plan(spec, i, meters)?;
             let versions = by_id.entry(plan.id.clone()).or_default();
             if versions.iter().any(|p| p.version == plan.version) {
-                return Err(ConfigError::invalid(format!("plans[{i}].version"), format!("plan {} version {} is declared twice", plan.id, plan.version)));
+                return Err(ConfigError::invalid(
+                    format!("plans[{i}].version"),
+                    format!(
+                        "plan {} version {} is declared twice",
+                        plan.id, plan.version
+                    ),
+                ));
             }
             versions.push(plan);
         }
         for versions in by_id.values_mut() {
             versions.sort_by_key(|p| p.effective_from_ms);
             if versions.windows(2).any(|w| w[1].version <= w[0].version) {
-                return Err(ConfigError::invalid("plans", format!("plan {}: a later effective_from needs a higher version", versions[0].id)));
+                return Err(ConfigError::invalid(
+                    "plans",
+                    format!(
+                        "plan {}: a later effective_from needs a higher version",
+                        versions[0].id
+                    ),
+                ));
             }
         }
         let mut subscriptions = HashMap::new();
         for (i, s) in subs.into_iter().enumerate() {
             let setting = |f: &str| format!("subscriptions[{i}].{f}");
-            let customer = CustomerId::new(s.customer).map_err(|e| ConfigError::invalid(setting("customer"), e))?;
+            let customer = CustomerId::new(s.customer)
+                .map_err(|e| ConfigError::invalid(setting("customer"), e))?;
             if !by_id.contains_key(&s.plan) {
-                return Err(ConfigError::invalid(setting("plan"), format!("no plan {:?}", s.plan)));
+                return Err(ConfigError::invalid(
+                    setting("plan"),
+                    format!("no plan {:?}", s.plan),
+                ));
             }
-            let cycle = BillingCycle::Monthly { anchor_day: s.billing_anchor_day };
-            cycle.validate().map_err(|e| ConfigError::invalid(setting("billing_anchor_day"), e))?;
-            if subscriptions.insert(customer.clone(), Subscription { plan: s.plan, cycle }).is_some() {
-                return Err(ConfigError::invalid(setting("customer"), format!("{customer} has two subscriptions")));
+            let cycle = BillingCycle::Monthly {
+                anchor_day: s.billing_anchor_day,
+            };
+            cycle
+                .validate()
+                .map_err(|e| ConfigError::invalid(setting("billing_anchor_day"), e))?;
+            if subscriptions
+                .insert(
+                    customer.clone(),
+                    Subscription {
+                        plan: s.plan,
+                        cycle,
+                    },
+                )
+                .is_some()
+            {
+                return Err(ConfigError::invalid(
+                    setting("customer"),
+                    format!("{customer} has two subscriptions"),
+                ));
             }
         }
         if let Some(p) = &rater.default_plan {
             if !by_id.contains_key(p) {
-                return Err(ConfigError::invalid("rater.default_plan", format!("no plan {p:?}")));
+                return Err(ConfigError::invalid(
+                    "rater.default_plan",
+                    format!("no plan {p:?}"),
+                ));
             }
         }
-        Ok(Catalog { plans: by_id, subscriptions, default_plan: rater.default_plan.clone() })
+        Ok(Catalog {
+            plans: by_id,
+            subscriptions,
+            default_plan: rater.default_plan.clone(),
+        })
     }
 
     /// The customer's subscription, or the default plan on a calendar-month cycle.
     pub fn subscription(&self, customer: &CustomerId) -> Option<Subscription> {
         self.subscriptions.get(customer).cloned().or_else(|| {
-            self.default_plan.clone().map(|plan| Subscription { plan, cycle: BillingCycle::default() })
+            self.default_plan.clone().map(|plan| Subscription {
+                plan,
+                cycle: BillingCycle::default(),
+            })
         })
     }
 
     /// The version of `plan` effective at `at_ms`.
     pub fn plan_at(&self, plan: &str, at_ms: i64) -> Option<&Plan> {
-        self.plans.get(plan)?.iter().rev().find(|p| p.effective_from_ms <= at_ms)
+        self.plans
+            .get(plan)?
+            .iter()
+            .rev()
+            .find(|p| p.effective_from_ms <= at_ms)
     }
 }
 
@@ -94,7 +145,10 @@ fn validate_plan(spec: PlanSpec, i: usize, meters: &[Meter]) -> Result<Plan, Con
     if spec.id.is_empty() {
         return Err(ConfigError::invalid(setting("id"), "is empty"));
     }
-    let currency: Currency = spec.currency.parse().map_err(|e| ConfigError::invalid(setting("currency"), e))?;
+    let currency: Currency = spec
+        .currency
+        .parse()
+        .map_err(|e| ConfigError::invalid(setting("currency"), e))?;
     let mut prices = HashMap::new();
     for (j, p) in spec.prices.into_iter().enumerate() {
         let setting = |f: &str| format!("plans[{i}].prices[{j}].{f}");
@@ -106,18 +160,31 @@ fn validate_plan(spec: PlanSpec, i: usize, meters: &[Meter]) -> Result<Plan, Con
                 (meter, PriceModel::PerUnit { unit_price })
             }
             PriceSpec::Graduated { meter, tiers } => {
-                graduated::validate(&tiers).map_err(|e| ConfigError::invalid(setting("tiers"), e))?;
+                graduated::validate(&tiers)
+                    .map_err(|e| ConfigError::invalid(setting("tiers"), e))?;
                 (meter, PriceModel::Graduated { tiers })
             }
         };
         let Some(m) = meters.iter().find(|m| m.slug.as_str() == meter) else {
-            return Err(ConfigError::invalid(setting("meter"), format!("no meter {meter:?} is declared")));
+            return Err(ConfigError::invalid(
+                setting("meter"),
+                format!("no meter {meter:?} is declared"),
+            ));
         };
         if prices.insert(m.slug.clone(), model).is_some() {
-            return Err(ConfigError::invalid(setting("meter"), format!("meter {meter} is priced twice")));
+            return Err(ConfigError::invalid(
+                setting("meter"),
+                format!("meter {meter} is priced twice"),
+            ));
         }
     }
-    Ok(Plan { id: spec.id, version: spec.version, currency, effective_from_ms: spec.effective_from.timestamp_millis(), prices })
+    Ok(Plan {
+        id: spec.id,
+        version: spec.version,
+        currency,
+        effective_from_ms: spec.effective_from.timestamp_millis(),
+        prices,
+    })
 }
 
 #[cfg(test)]
@@ -126,7 +193,9 @@ mod tests {
     use tally_domain::meter::{validate_meters, MeterSpec};
 
     fn meters() -> Vec<Meter> {
-        let specs: Vec<MeterSpec> = serde_json::from_str(r#"[{"slug":"calls","event_type":"c","aggregation":"COUNT"}]"#).unwrap();
+        let specs: Vec<MeterSpec> =
+            serde_json::from_str(r#"[{"slug":"calls","event_type":"c","aggregation":"COUNT"}]"#)
+                .unwrap();
         validate_meters(specs).unwrap()
     }
 
@@ -155,27 +224,47 @@ mod tests {
 
     #[test]
     fn version_effective_at_period_start_applies() {
-        let rater = RaterConfig { default_plan: Some("p".into()), ..Default::default() };
+        let rater = RaterConfig {
+            default_plan: Some("p".into()),
+            ..Default::default()
+        };
         let c = Catalog::new(plans(TWO_VERSIONS), vec![], &rater, &meters()).unwrap();
-        let may = chrono::DateTime::parse_from_rfc3339("2026-05-01T00:00:00Z").unwrap().timestamp_millis();
-        let june = chrono::DateTime::parse_from_rfc3339("2026-06-01T00:00:00Z").unwrap().timestamp_millis();
+        let may = chrono::DateTime::parse_from_rfc3339("2026-05-01T00:00:00Z")
+            .unwrap()
+            .timestamp_millis();
+        let june = chrono::DateTime::parse_from_rfc3339("2026-06-01T00:00:00Z")
+            .unwrap()
+            .timestamp_millis();
         assert_eq!(c.plan_at("p", may).unwrap().version, 1);
         assert_eq!(c.plan_at("p", june).unwrap().version, 2);
         assert!(c.plan_at("p", 0).is_none());
-        assert_eq!(c.subscription(&CustomerId::new("x").unwrap()).unwrap().plan, "p");
+        assert_eq!(
+            c.subscription(&CustomerId::new("x").unwrap()).unwrap().plan,
+            "p"
+        );
     }
 
     #[test]
     fn bad_catalogs_name_the_setting() {
         let rater = RaterConfig::default();
         let bad_meter = TWO_VERSIONS.replacen("meter = \"calls\"", "meter = \"nope\"", 1);
-        let err = Catalog::new(plans(&bad_meter), vec![], &rater, &meters()).unwrap_err().to_string();
+        let err = Catalog::new(plans(&bad_meter), vec![], &rater, &meters())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("plans[0].prices[0].meter"), "{err}");
         let bad_cur = TWO_VERSIONS.replacen("USD", "XYZ", 1);
-        let err = Catalog::new(plans(&bad_cur), vec![], &rater, &meters()).unwrap_err().to_string();
+        let err = Catalog::new(plans(&bad_cur), vec![], &rater, &meters())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("plans[0].currency"), "{err}");
-        let sub = SubscriptionSpec { customer: "acme".into(), plan: "missing".into(), billing_anchor_day: 1 };
-        let err = Catalog::new(plans(TWO_VERSIONS), vec![sub], &rater, &meters()).unwrap_err().to_string();
+        let sub = SubscriptionSpec {
+            customer: "acme".into(),
+            plan: "missing".into(),
+            billing_anchor_day: 1,
+        };
+        let err = Catalog::new(plans(TWO_VERSIONS), vec![sub], &rater, &meters())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("subscriptions[0].plan"), "{err}");
     }
 }

@@ -33,7 +33,11 @@ impl MeterUsage {
             Aggregation::Min => self.quantity.min(quantity),
             Aggregation::Max => self.quantity.max(quantity),
         };
-        self.first_window_ms = if self.windows == 0 { start_ms } else { self.first_window_ms.min(start_ms) };
+        self.first_window_ms = if self.windows == 0 {
+            start_ms
+        } else {
+            self.first_window_ms.min(start_ms)
+        };
         self.last_window_end_ms = self.last_window_end_ms.max(end_ms);
         self.windows += 1;
     }
@@ -67,25 +71,55 @@ pub struct Charge {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChargeError {
     #[error("charge for {customer}/{meter}: {detail}")]
-    Overflow { customer: String, meter: String, detail: String },
+    Overflow {
+        customer: String,
+        meter: String,
+        detail: String,
+    },
 }
 
 /// The deterministic id of a charge: the same inputs always name the same charge.
-pub fn charge_id(customer: &str, period_start_ms: i64, meter: &str, group_key: &str, plan_id: &str, plan_version: u32) -> String {
-    let text = format!("{customer}\0{period_start_ms}\0{meter}\0{group_key}\0{plan_id}\0{plan_version}");
+pub fn charge_id(
+    customer: &str,
+    period_start_ms: i64,
+    meter: &str,
+    group_key: &str,
+    plan_id: &str,
+    plan_version: u32,
+) -> String {
+    let text =
+        format!("{customer}\0{period_start_ms}\0{meter}\0{group_key}\0{plan_id}\0{plan_version}");
     format!("chg_{:032x}", xxh3_128(text.as_bytes()))
 }
 
 /// Prices `usage` with `plan`; `None` when the plan has no price for the meter.
 pub fn compute(usage: &MeterUsage, plan: &Plan) -> Result<Option<Charge>, ChargeError> {
-    let Some(model) = plan.prices.get(&usage.meter) else { return Ok(None) };
-    let overflow = |detail: String| ChargeError::Overflow { customer: usage.customer.to_string(), meter: usage.meter.to_string(), detail };
-    let priced = model.price(usage.quantity).map_err(|e| overflow(e.to_string()))?;
+    let Some(model) = plan.prices.get(&usage.meter) else {
+        return Ok(None);
+    };
+    let overflow = |detail: String| ChargeError::Overflow {
+        customer: usage.customer.to_string(),
+        meter: usage.meter.to_string(),
+        detail,
+    };
+    let priced = model
+        .price(usage.quantity)
+        .map_err(|e| overflow(e.to_string()))?;
     let amount = plan.currency.round(priced.amount);
-    let amount_minor = plan.currency.to_minor(amount).map_err(|e| overflow(e.to_string()))?;
+    let amount_minor = plan
+        .currency
+        .to_minor(amount)
+        .map_err(|e| overflow(e.to_string()))?;
     let group_key = "{}".to_owned();
     Ok(Some(Charge {
-        charge_id: charge_id(usage.customer.as_str(), usage.period.start_ms, usage.meter.as_str(), &group_key, &plan.id, plan.version),
+        charge_id: charge_id(
+            usage.customer.as_str(),
+            usage.period.start_ms,
+            usage.meter.as_str(),
+            &group_key,
+            &plan.id,
+            plan.version,
+        ),
         customer: usage.customer.to_string(),
         period: usage.period,
         meter: usage.meter.to_string(),
@@ -118,13 +152,22 @@ mod tests {
     fn plan(currency: &str, model: PriceModel) -> Plan {
         let mut prices = HashMap::new();
         prices.insert(MeterSlug::new("m").unwrap(), model);
-        Plan { id: "p".into(), version: 3, currency: currency.parse().unwrap(), effective_from_ms: 0, prices }
+        Plan {
+            id: "p".into(),
+            version: 3,
+            currency: currency.parse().unwrap(),
+            effective_from_ms: 0,
+            prices,
+        }
     }
 
     fn usage(q: &str) -> MeterUsage {
         MeterUsage {
             customer: CustomerId::new("acme").unwrap(),
-            period: Period { start_ms: 0, end_ms: 1000 },
+            period: Period {
+                start_ms: 0,
+                end_ms: 1000,
+            },
             meter: MeterSlug::new("m").unwrap(),
             aggregation: Aggregation::Sum,
             quantity: d(q),
@@ -137,18 +180,35 @@ mod tests {
     #[test]
     fn rounds_once_per_currency() {
         let per_unit = |p: &str| PriceModel::PerUnit { unit_price: d(p) };
-        let c = compute(&usage("1234567"), &plan("USD", per_unit("0.000002"))).unwrap().unwrap();
+        let c = compute(&usage("1234567"), &plan("USD", per_unit("0.000002")))
+            .unwrap()
+            .unwrap();
         assert_eq!((c.amount, c.amount_minor), (d("2.47"), 247)); // 2.469134 -> 2.47
-        let c = compute(&usage("3"), &plan("JPY", per_unit("0.5"))).unwrap().unwrap();
+        let c = compute(&usage("3"), &plan("JPY", per_unit("0.5")))
+            .unwrap()
+            .unwrap();
         assert_eq!((c.amount, c.amount_minor), (d("2"), 2)); // 1.5 -> 2, half away from zero
-        let c = compute(&usage("1"), &plan("BHD", per_unit("0.0125"))).unwrap().unwrap();
+        let c = compute(&usage("1"), &plan("BHD", per_unit("0.0125")))
+            .unwrap()
+            .unwrap();
         assert_eq!((c.amount, c.amount_minor), (d("0.013"), 13));
     }
 
     #[test]
     fn graduated_charges_keep_their_tiers() {
-        let tiers = vec![Tier { up_to: Some(d("10")), unit_price: d("1") }, Tier { up_to: None, unit_price: d("0.5") }];
-        let c = compute(&usage("15"), &plan("USD", PriceModel::Graduated { tiers })).unwrap().unwrap();
+        let tiers = vec![
+            Tier {
+                up_to: Some(d("10")),
+                unit_price: d("1"),
+            },
+            Tier {
+                up_to: None,
+                unit_price: d("0.5"),
+            },
+        ];
+        let c = compute(&usage("15"), &plan("USD", PriceModel::Graduated { tiers }))
+            .unwrap()
+            .unwrap();
         assert_eq!(c.amount, d("12.5"));
         assert_eq!(c.tiers.len(), 2);
         assert_eq!(c.price_model, "graduated");
@@ -157,9 +217,18 @@ mod tests {
 
     #[test]
     fn ids_are_deterministic_and_distinct() {
-        assert_eq!(charge_id("a", 0, "m", "{}", "p", 1), charge_id("a", 0, "m", "{}", "p", 1));
-        assert_ne!(charge_id("a", 0, "m", "{}", "p", 1), charge_id("a", 0, "m", "{}", "p", 2));
-        assert_ne!(charge_id("a", 0, "m", "{}", "p", 1), charge_id("b", 0, "m", "{}", "p", 1));
+        assert_eq!(
+            charge_id("a", 0, "m", "{}", "p", 1),
+            charge_id("a", 0, "m", "{}", "p", 1)
+        );
+        assert_ne!(
+            charge_id("a", 0, "m", "{}", "p", 1),
+            charge_id("a", 0, "m", "{}", "p", 2)
+        );
+        assert_ne!(
+            charge_id("a", 0, "m", "{}", "p", 1),
+            charge_id("b", 0, "m", "{}", "p", 1)
+        );
     }
 
     #[test]
@@ -171,6 +240,9 @@ mod tests {
         u.add_window(d("7"), 60_000, 120_000);
         u.add_window(d("5"), 120_000, 180_000);
         assert_eq!(u.quantity, d("7"));
-        assert_eq!((u.windows, u.first_window_ms, u.last_window_end_ms), (3, 0, 180_000));
+        assert_eq!(
+            (u.windows, u.first_window_ms, u.last_window_end_ms),
+            (3, 0, 180_000)
+        );
     }
 }

@@ -54,12 +54,20 @@ impl Default for RaterConfig {
 impl RaterConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.interval_secs == 0 {
-            return Err(ConfigError::invalid("rater.interval_secs", "must be positive"));
+            return Err(ConfigError::invalid(
+                "rater.interval_secs",
+                "must be positive",
+            ));
         }
         if self.lookback_secs == 0 {
-            return Err(ConfigError::invalid("rater.lookback_secs", "must be positive"));
+            return Err(ConfigError::invalid(
+                "rater.lookback_secs",
+                "must be positive",
+            ));
         }
-        self.metrics_addr.parse::<std::net::SocketAddr>().map_err(|e| ConfigError::invalid("rater.metrics_addr", e))?;
+        self.metrics_addr
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| ConfigError::invalid("rater.metrics_addr", e))?;
         Ok(())
     }
 }

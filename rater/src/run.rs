@@ -37,18 +37,29 @@ pub struct RateReport {
 const MONTH_MS: i64 = 31 * 86_400_000;
 
 /// Rates every period overlapping `[now - lookback, now]` and writes the charges.
-pub async fn rate_once(db: &Client, catalog: &Catalog, cfg: &RaterConfig, now_ms: i64) -> Result<RateReport, RateError> {
+pub async fn rate_once(
+    db: &Client,
+    catalog: &Catalog,
+    cfg: &RaterConfig,
+    now_ms: i64,
+) -> Result<RateReport, RateError> {
     let started = Instant::now();
     let lookback_ms = i64::try_from(cfg.lookback_secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2);
     let horizon_ms = now_ms - lookback_ms;
     let rows = usage::read(db, horizon_ms - MONTH_MS, now_ms + 86_400_000).await?;
     let (usages, skipped) = usage::fold(&rows, catalog);
-    let mut report = RateReport { usage_rows: rows.len(), skipped, ..Default::default() };
+    let mut report = RateReport {
+        usage_rows: rows.len(),
+        skipped,
+        ..Default::default()
+    };
     for ((customer, period, _), u) in &usages {
         if period.end_ms <= horizon_ms {
             continue;
         }
-        let sub = catalog.subscription(customer).expect("fold keeps only customers with a subscription");
+        let sub = catalog
+            .subscription(customer)
+            .expect("fold keeps only customers with a subscription");
         let Some(plan) = catalog.plan_at(&sub.plan, period.start_ms) else {
             report.unpriced_meters += 1;
             continue;
@@ -66,7 +77,13 @@ pub async fn rate_once(db: &Client, catalog: &Catalog, cfg: &RaterConfig, now_ms
 }
 
 /// Rates every `interval_secs` until shutdown; a failed pass is logged and retried next time.
-pub async fn run(db: Client, catalog: Catalog, cfg: RaterConfig, shutdown: Shutdown, now_ms: fn() -> i64) {
+pub async fn run(
+    db: Client,
+    catalog: Catalog,
+    cfg: RaterConfig,
+    shutdown: Shutdown,
+    now_ms: fn() -> i64,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(cfg.interval_secs));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -75,7 +92,11 @@ pub async fn run(db: Client, catalog: Catalog, cfg: RaterConfig, shutdown: Shutd
             _ = tick.tick() => {}
         }
         match rate_once(&db, &catalog, &cfg, now_ms()).await {
-            Ok(r) => tracing::info!(charges = r.charges.len(), usage_rows = r.usage_rows, "rating pass done"),
+            Ok(r) => tracing::info!(
+                charges = r.charges.len(),
+                usage_rows = r.usage_rows,
+                "rating pass done"
+            ),
             Err(e) => {
                 metrics::pass_failed();
                 tracing::warn!(error = %e, "rating pass failed");

@@ -35,7 +35,11 @@ struct ChargeRow<'a> {
 }
 
 /// Appends `charges` computed at `now_ms` (also their version).
-pub async fn write(db: &Client, charges: &[Charge], now_ms: i64) -> Result<(), clickhouse::error::Error> {
+pub async fn write(
+    db: &Client,
+    charges: &[Charge],
+    now_ms: i64,
+) -> Result<(), clickhouse::error::Error> {
     if charges.is_empty() {
         return Ok(());
     }

@@ -24,7 +24,11 @@ pub struct UsageRow {
 }
 
 /// Committed usage windows starting in `[from_ms, to_ms)`.
-pub async fn read(db: &Client, from_ms: i64, to_ms: i64) -> Result<Vec<UsageRow>, clickhouse::error::Error> {
+pub async fn read(
+    db: &Client,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Vec<UsageRow>, clickhouse::error::Error> {
     db.query(
         "SELECT customer, meter, aggregation, quantity, toUInt32(window_start), toUInt32(window_end) FROM v_usage \
          WHERE window_start >= toDateTime(?) AND window_start < toDateTime(?)",
@@ -46,13 +50,21 @@ pub struct Skipped {
 
 /// Folds usage windows into one [`MeterUsage`] per (customer, period, meter), using each
 /// customer's billing cycle. Sorted, so passes are deterministic.
-pub fn fold(rows: &[UsageRow], catalog: &Catalog) -> (BTreeMap<(CustomerId, Period, MeterSlug), MeterUsage>, Skipped) {
+pub fn fold(
+    rows: &[UsageRow],
+    catalog: &Catalog,
+) -> (
+    BTreeMap<(CustomerId, Period, MeterSlug), MeterUsage>,
+    Skipped,
+) {
     let mut out: BTreeMap<(CustomerId, Period, MeterSlug), MeterUsage> = BTreeMap::new();
     let mut skipped = Skipped::default();
     for row in rows {
-        let (Ok(customer), Ok(meter), Ok(aggregation)) =
-            (CustomerId::new(row.customer.clone()), MeterSlug::new(row.meter.clone()), row.aggregation.parse::<Aggregation>())
-        else {
+        let (Ok(customer), Ok(meter), Ok(aggregation)) = (
+            CustomerId::new(row.customer.clone()),
+            MeterSlug::new(row.meter.clone()),
+            row.aggregation.parse::<Aggregation>(),
+        ) else {
             skipped.unreadable += 1;
             continue;
         };
@@ -62,16 +74,18 @@ pub fn fold(rows: &[UsageRow], catalog: &Catalog) -> (BTreeMap<(CustomerId, Peri
         };
         let start_ms = i64::from(row.window_start) * 1000;
         let period = sub.cycle.period_containing(start_ms);
-        let entry = out.entry((customer.clone(), period, meter.clone())).or_insert_with(|| MeterUsage {
-            customer,
-            period,
-            meter,
-            aggregation,
-            quantity: Decimal::ZERO,
-            windows: 0,
-            first_window_ms: start_ms,
-            last_window_end_ms: start_ms,
-        });
+        let entry = out
+            .entry((customer.clone(), period, meter.clone()))
+            .or_insert_with(|| MeterUsage {
+                customer,
+                period,
+                meter,
+                aggregation,
+                quantity: Decimal::ZERO,
+                windows: 0,
+                first_window_ms: start_ms,
+                last_window_end_ms: start_ms,
+            });
         entry.add_window(row.quantity, start_ms, i64::from(row.window_end) * 1000);
     }
     (out, skipped)

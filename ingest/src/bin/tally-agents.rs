@@ -21,7 +21,16 @@ struct Config {
     telemetry: TelemetryConfig,
 }
 
-const FLAGS: &[&str] = &["config", "customers", "agents", "seconds", "rate", "duplicate-share", "seed", "run-id"];
+const FLAGS: &[&str] = &[
+    "config",
+    "customers",
+    "agents",
+    "seconds",
+    "rate",
+    "duplicate-share",
+    "seed",
+    "run-id",
+];
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
@@ -34,13 +43,20 @@ async fn main() -> anyhow::Result<()> {
     let seconds: f64 = args.get("seconds", 5.0)?;
     let rate: f64 = args.get("rate", 400.0)?;
     let dup_share: f64 = args.get("duplicate-share", 0.05)?;
-    anyhow::ensure!((0.0..1.0).contains(&dup_share), "flag --duplicate-share must be in [0, 1)");
-    anyhow::ensure!(rate > 0.0 && seconds > 0.0, "flags --rate and --seconds must be positive");
+    anyhow::ensure!(
+        (0.0..1.0).contains(&dup_share),
+        "flag --duplicate-share must be in [0, 1)"
+    );
+    anyhow::ensure!(
+        rate > 0.0 && seconds > 0.0,
+        "flags --rate and --seconds must be positive"
+    );
     let seed: u64 = args.get("seed", 1)?;
     let default_run = format!("run{}", chrono::Utc::now().timestamp_millis());
     let run_id = args.raw("run-id").unwrap_or(&default_run).to_owned();
 
-    let mut fleet = Fleet::new("customer", customers, agents, &run_id, seed).context("building the fleet")?;
+    let mut fleet =
+        Fleet::new("customer", customers, agents, &run_id, seed).context("building the fleet")?;
     let nats = streams::connect(&cfg.nats).await?;
     let js = async_nats::jetstream::new(nats);
     streams::ensure(&js, &cfg.nats).await?;

@@ -26,7 +26,11 @@ fn now_ms() -> i64 {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    let (command, args) = Args::parse_command(std::env::args().skip(1), &["serve", "once"], &["config", "at", "out"])?;
+    let (command, args) = Args::parse_command(
+        std::env::args().skip(1),
+        &["serve", "once"],
+        &["config", "at", "out"],
+    )?;
     let cfg: Config = config::load(&config::path(&args))?;
     cfg.clickhouse.validate()?;
     cfg.invoicer.validate()?;
@@ -34,7 +38,9 @@ async fn main() -> anyhow::Result<()> {
     let db = store::connect(&cfg.clickhouse);
     if command == "once" {
         let at = match args.raw("at") {
-            Some(t) => chrono::DateTime::parse_from_rfc3339(t).context("flag --at")?.timestamp_millis(),
+            Some(t) => chrono::DateTime::parse_from_rfc3339(t)
+                .context("flag --at")?
+                .timestamp_millis(),
             None => now_ms(),
         };
         let invoices = tally_invoicer::invoice_once(&db, &cfg.invoicer, at).await?;
@@ -42,7 +48,8 @@ async fn main() -> anyhow::Result<()> {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {dir}"))?;
             for inv in &invoices {
                 let path = std::path::Path::new(dir).join(format!("{}.json", inv.invoice_id));
-                std::fs::write(&path, serde_json::to_vec_pretty(inv)?).with_context(|| format!("writing {}", path.display()))?;
+                std::fs::write(&path, serde_json::to_vec_pretty(inv)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
             }
         }
         println!("{}", serde_json::to_string_pretty(&invoices)?);

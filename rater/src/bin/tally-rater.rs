@@ -33,7 +33,11 @@ fn now_ms() -> i64 {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    let (command, args) = Args::parse_command(std::env::args().skip(1), &["serve", "once"], &["config", "at"])?;
+    let (command, args) = Args::parse_command(
+        std::env::args().skip(1),
+        &["serve", "once"],
+        &["config", "at"],
+    )?;
     let cfg: Config = config::load(&config::path(&args))?;
     cfg.clickhouse.validate()?;
     cfg.rater.validate()?;
@@ -43,14 +47,20 @@ async fn main() -> anyhow::Result<()> {
     let db = store::connect(&cfg.clickhouse);
     if command == "once" {
         let at = match args.raw("at") {
-            Some(t) => chrono::DateTime::parse_from_rfc3339(t).context("flag --at")?.timestamp_millis(),
+            Some(t) => chrono::DateTime::parse_from_rfc3339(t)
+                .context("flag --at")?
+                .timestamp_millis(),
             None => now_ms(),
         };
         let report = tally_rater::rate_once(&db, &catalog, &cfg.rater, at).await?;
         for c in &report.charges {
             println!("{}", serde_json::to_string(c)?);
         }
-        eprintln!("rated {} usage windows into {} charges", report.usage_rows, report.charges.len());
+        eprintln!(
+            "rated {} usage windows into {} charges",
+            report.usage_rows,
+            report.charges.len()
+        );
         return Ok(());
     }
     telemetry::serve_metrics(cfg.rater.metrics_addr.parse()?)?;

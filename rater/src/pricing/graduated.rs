@@ -28,10 +28,18 @@ pub fn validate(tiers: &[Tier]) -> Result<(), String> {
     for (i, t) in tiers.iter().enumerate() {
         let last = i + 1 == tiers.len();
         match (t.up_to, last) {
-            (None, false) => return Err(format!("tier {} has no up_to but is not the last tier", i + 1)),
+            (None, false) => {
+                return Err(format!(
+                    "tier {} has no up_to but is not the last tier",
+                    i + 1
+                ))
+            }
             (Some(_), true) => return Err(format!("the last tier ({}) must have no up_to", i + 1)),
             (Some(b), false) if b <= prev => {
-                return Err(format!("tier {} up_to {b} must be greater than {prev}", i + 1))
+                return Err(format!(
+                    "tier {} up_to {b} must be greater than {prev}",
+                    i + 1
+                ))
             }
             _ => {}
         }
@@ -55,10 +63,20 @@ pub fn price(tiers: &[Tier], quantity: Decimal) -> Option<Priced> {
         let q = top - from;
         let amount = q.checked_mul(t.unit_price)?;
         total = total.checked_add(amount)?;
-        out.push(TierUse { tier: i + 1, from, up_to: t.up_to, quantity: q, unit_price: t.unit_price, amount });
+        out.push(TierUse {
+            tier: i + 1,
+            from,
+            up_to: t.up_to,
+            quantity: q,
+            unit_price: t.unit_price,
+            amount,
+        });
         from = top;
     }
-    Some(Priced { amount: total, tiers: out })
+    Some(Priced {
+        amount: total,
+        tiers: out,
+    })
 }
 
 #[cfg(test)]
@@ -72,9 +90,18 @@ mod tests {
 
     fn tiers() -> Vec<Tier> {
         vec![
-            Tier { up_to: Some(d("100")), unit_price: d("0.05") },
-            Tier { up_to: Some(d("1000")), unit_price: d("0.03") },
-            Tier { up_to: None, unit_price: d("0.01") },
+            Tier {
+                up_to: Some(d("100")),
+                unit_price: d("0.05"),
+            },
+            Tier {
+                up_to: Some(d("1000")),
+                unit_price: d("0.03"),
+            },
+            Tier {
+                up_to: None,
+                unit_price: d("0.01"),
+            },
         ]
     }
 

@@ -63,8 +63,14 @@ impl PriceModel {
             PriceModel::Graduated { tiers } => graduated::price(tiers, quantity),
         }
         .ok_or(PriceOverflow { quantity })?;
-        debug_assert_eq!(priced.tiers.iter().map(|t| t.amount).sum::<Decimal>(), priced.amount);
-        debug_assert_eq!(priced.tiers.iter().map(|t| t.quantity).sum::<Decimal>(), quantity);
+        debug_assert_eq!(
+            priced.tiers.iter().map(|t| t.amount).sum::<Decimal>(),
+            priced.amount
+        );
+        debug_assert_eq!(
+            priced.tiers.iter().map(|t| t.quantity).sum::<Decimal>(),
+            quantity
+        );
         Ok(priced)
     }
 
