@@ -97,25 +97,10 @@ pub async fn wait_drained(env: &TestEnv, consumer: &str, timeout: Duration) {
         .await
         .expect("NATS answers");
     let js = async_nats::jetstream::new(client);
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let mut stream = js
-            .get_stream(&env.nats.stream)
-            .await
-            .expect("stream exists");
-        let stream_msgs = stream.info().await.expect("stream info").state.messages;
-        if let Ok(info) = stream.consumer_info(consumer).await {
-            if info.num_pending == 0
-                && info.num_ack_pending == 0
-                && info.ack_floor.stream_sequence >= stream_msgs
-            {
-                return;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "consumer {consumer} did not drain within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let drained =
+        tally_platform::streams::wait_drained(&js, &env.nats.stream, consumer, timeout).await;
+    assert!(
+        drained,
+        "consumer {consumer} did not drain within {timeout:?}"
+    );
 }

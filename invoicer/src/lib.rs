@@ -10,6 +10,7 @@
 //! # Layout
 //! - [`config`]: the `[invoicer]` section.
 //! - [`invoice`]: the invoice document and how it is built from charges (pure).
+//! - [`render`]: invoices for people (text).
 //! - [`store`]: reading charges and existing invoices, writing invoices and lines.
 //! - [`run`]: one invoicing pass and the schedule.
 //! - [`metrics`]: every metric this crate emits.
@@ -17,6 +18,7 @@
 pub mod config;
 pub mod invoice;
 pub mod metrics;
+pub mod render;
 pub mod run;
 pub mod store;
 

@@ -60,3 +60,35 @@ async fn declare(
         detail: e.to_string(),
     })
 }
+
+/// Waits until the durable `consumer` of `stream` has acknowledged every message in the
+/// stream (nothing pending, nothing unacknowledged). `false` on timeout.
+pub async fn wait_drained(
+    js: &jetstream::Context,
+    stream: &str,
+    consumer: &str,
+    timeout: Duration,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Ok(mut s) = js.get_stream(stream).await {
+            let last_seq = s
+                .info()
+                .await
+                .map(|i| i.state.last_sequence)
+                .unwrap_or(u64::MAX);
+            if let Ok(info) = s.consumer_info(consumer).await {
+                if info.num_pending == 0
+                    && info.num_ack_pending == 0
+                    && info.ack_floor.stream_sequence >= last_seq
+                {
+                    return true;
+                }
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -3,6 +3,8 @@
 //! [--rate 400] [--duplicate-share 0.05] [--seed 1] [--run-id ID]`.
 //! `--rate` is events per second over the whole fleet; `--duplicate-share` of the publishes
 //! re-send an earlier event with the same id (what a retrying agent does).
+//! `--wait-for-consumer NAME` then waits (up to 60 s) until that durable consumer, e.g. the
+//! aggregator, has acknowledged everything in the stream.
 
 use std::time::{Duration, Instant};
 
@@ -30,6 +32,7 @@ const FLAGS: &[&str] = &[
     "duplicate-share",
     "seed",
     "run-id",
+    "wait-for-consumer",
 ];
 
 #[tokio::main(flavor = "current_thread")]
@@ -60,7 +63,7 @@ async fn main() -> anyhow::Result<()> {
     let nats = streams::connect(&cfg.nats).await?;
     let js = async_nats::jetstream::new(nats);
     streams::ensure(&js, &cfg.nats).await?;
-    let mut publisher = Publisher::new(js, &cfg.nats.subject_prefix, 256);
+    let mut publisher = Publisher::new(js.clone(), &cfg.nats.subject_prefix, 256);
     let started = Instant::now();
     let total = (rate * seconds).round() as u64;
     let mut sent = Vec::new();
@@ -85,5 +88,14 @@ async fn main() -> anyhow::Result<()> {
         stats.stored,
         stats.duplicates
     );
+    if let Some(consumer) = args.raw("wait-for-consumer") {
+        let drained =
+            streams::wait_drained(&js, &cfg.nats.stream, consumer, Duration::from_secs(60)).await;
+        anyhow::ensure!(
+            drained,
+            "consumer {consumer} did not acknowledge the stream within 60 s; is it running?"
+        );
+        println!("consumer {consumer} has committed and acknowledged every event");
+    }
     Ok(())
 }

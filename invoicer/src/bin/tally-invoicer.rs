@@ -1,5 +1,5 @@
 //! `tally-invoicer`: turns charges into invoices.
-//! Usage: `tally-invoicer [serve|once] [--config FILE] [--at RFC3339] [--out DIR]`.
+//! Usage: `tally-invoicer [serve|once] [--config FILE] [--at RFC3339] [--out DIR] [--format json|text]`.
 //! `serve` (default) invoices every `invoicer.interval_secs` until SIGTERM; `once` runs one
 //! pass as of `--at` (default now), prints the invoices as JSON and, with `--out`, writes
 //! one `<invoice_id>.json` file each.
@@ -29,7 +29,7 @@ async fn main() -> anyhow::Result<()> {
     let (command, args) = Args::parse_command(
         std::env::args().skip(1),
         &["serve", "once"],
-        &["config", "at", "out"],
+        &["config", "at", "out", "format"],
     )?;
     let cfg: Config = config::load(&config::path(&args))?;
     cfg.clickhouse.validate()?;
@@ -52,7 +52,13 @@ async fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("writing {}", path.display()))?;
             }
         }
-        println!("{}", serde_json::to_string_pretty(&invoices)?);
+        match args.raw("format").unwrap_or("json") {
+            "json" => println!("{}", serde_json::to_string_pretty(&invoices)?),
+            "text" => invoices
+                .iter()
+                .for_each(|inv| println!("{}", tally_invoicer::render::text(inv))),
+            other => anyhow::bail!("flag --format: {other:?} is not json or text"),
+        }
         return Ok(());
     }
     telemetry::serve_metrics(cfg.invoicer.metrics_addr.parse()?)?;
