@@ -1,0 +1,29 @@
+//! `tally-bench`: runs the in-process benchmarks and prints a markdown table.
+//! Usage: `cargo run --release -p tally-benches --bin tally-bench [--events 1000000] [--ids 1000000]`.
+
+use tally_benches::{aggregator_cpu, alloc};
+use tally_platform::args::Args;
+
+#[global_allocator]
+static ALLOC: alloc::Counting = alloc::Counting;
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse(std::env::args().skip(1), &["events", "ids"])?;
+    let events: usize = args.get("events", 1_000_000)?;
+    let ids: usize = args.get("ids", 1_000_000)?;
+    let cpu = aggregator_cpu::run(events, 5000);
+    let bytes = aggregator_cpu::dedup_bytes_per_id(ids);
+    println!("| scenario | figure | target |");
+    println!("|---|---|---|");
+    println!(
+        "| aggregator CPU: parse + validate + dedup + window, 1 thread, {} events of {} bytes | {:.0} events/s; per {}-event batch p50 {} us, p99 {} us, p99.9 {} us | >= 750,000 events/s per core |",
+        cpu.events, cpu.mean_event_bytes, cpu.events_per_sec, cpu.batch, cpu.batch_us.0, cpu.batch_us.1, cpu.batch_us.2
+    );
+    println!(
+        "| dedup memory, {} committed ids | {:.1} bytes/id = {:.1} MiB per million ids | <= 48 MiB per million |",
+        ids,
+        bytes,
+        bytes * 1_000_000.0 / 1_048_576.0
+    );
+    Ok(())
+}

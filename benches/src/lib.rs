@@ -1,0 +1,11 @@
+//! Benchmarks of Tally, reported as figures plus hdrhistogram percentiles. This crate holds
+//! the measurements; `src/bin/tally-bench.rs` is the command that runs them. Benchmarks never
+//! run inside the test suite: timings on shared machines are noisy, so every figure is
+//! reported next to what limits it (see docs/BENCHMARKS.md).
+//!
+//! # Layout
+//! - [`alloc`]: a counting global allocator, for bytes-per-id figures.
+//! - [`aggregator_cpu`]: parse + validate + dedup + window per event, in process.
+
+pub mod aggregator_cpu;
+pub mod alloc;
