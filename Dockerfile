@@ -1,0 +1,31 @@
+# syntax=docker/dockerfile:1
+# Tally's binaries in one image; docker-compose.yml runs each service from it with a different
+# command. Build: docker build -t tally:local .
+
+# --- build ---------------------------------------------------------------------------------
+FROM rust:1.89-bookworm AS builder
+WORKDIR /src
+COPY . .
+# The cache mounts keep the registry and target/ between builds (BuildKit).
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bins \
+    && mkdir -p /out \
+    && for bin in tally-migrate tally-aggregator tally-rater tally-invoicer tally-agents; do \
+           cp "target/release/$bin" /out/; \
+       done
+
+# --- runtime -------------------------------------------------------------------------------
+FROM debian:bookworm-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home-dir /app tally
+WORKDIR /app
+COPY --from=builder /out/ /usr/local/bin/
+# The binaries embed the migrations; the files are here for reference and for operators.
+COPY config/ /app/config/
+COPY migrations/ /app/migrations/
+ENV TALLY_CONFIG=/app/config/tally.toml
+USER tally
+CMD ["tally-aggregator"]
