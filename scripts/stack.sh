@@ -47,8 +47,9 @@ die() { echo "stack: error: $*" >&2; exit 1; }
 for setting in TALLY_NATS_PORT:"$NATS_PORT" TALLY_NATS_MONITOR_PORT:"$NATS_MONITOR_PORT" \
     TALLY_CH_HTTP_PORT:"$CH_HTTP_PORT" TALLY_CH_TCP_PORT:"$CH_TCP_PORT" TALLY_STACK_WAIT_SECS:"$WAIT_SECS"; do
     value="${setting#*:}"
-    [[ "$value" =~ ^[0-9]+$ ]] && [ "$value" -gt 0 ] && [ "$value" -le 65535 ] \
-        || die "${setting%%:*}=$value is not a number between 1 and 65535"
+    if ! [[ "$value" =~ ^[0-9]+$ ]] || [ "$value" -lt 1 ] || [ "$value" -gt 65535 ]; then
+        die "${setting%%:*}=$value is not a number between 1 and 65535"
+    fi
 done
 
 # --- probes -------------------------------------------------------------------------------
