@@ -110,6 +110,12 @@ impl AggregatorConfig {
         positive("window_secs", u64::from(self.window_secs))?;
         positive("max_event_bytes", self.max_event_bytes as u64)?;
         positive("ack_wait_secs", self.ack_wait_secs)?;
+        if 86_400 % self.window_secs != 0 {
+            return Err(ConfigError::invalid(
+                "aggregator.window_secs",
+                format!("{} does not divide a day (86400 s); windows must never straddle a billing period", self.window_secs),
+            ));
+        }
         if self.batch_max_events > 100_000 {
             return Err(ConfigError::invalid(
                 "aggregator.batch_max_events",
@@ -152,6 +158,24 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         AggregatorConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn windows_divide_a_day() {
+        assert!(AggregatorConfig {
+            window_secs: 300,
+            ..Default::default()
+        }
+        .validate()
+        .is_ok());
+        let err = AggregatorConfig {
+            window_secs: 7,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("aggregator.window_secs"), "{err}");
     }
 
     #[test]
