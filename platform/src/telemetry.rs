@@ -17,10 +17,25 @@ pub fn init_logs(cfg: &TelemetryConfig) {
         .try_init();
 }
 
+/// Histogram buckets for every `*_seconds` metric: 1 ms to 60 s.
+pub const SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+/// Histogram buckets for size metrics (messages per batch and the like).
+pub const SIZE_BUCKETS: &[f64] = &[
+    1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 50000.0, 100000.0,
+];
+
 /// Serves Prometheus metrics on `addr` (every path answers with the exposition text).
+/// Histograms are exported as Prometheus histograms (`_bucket` series), so percentiles
+/// aggregate across instances with `histogram_quantile`.
 pub fn serve_metrics(addr: SocketAddr) -> anyhow::Result<()> {
+    use metrics_exporter_prometheus::Matcher;
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(addr)
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+        .and_then(|b| b.set_buckets(SIZE_BUCKETS))
+        .map_err(|e| anyhow::anyhow!("metric buckets: {e}"))?
         .install()
         .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))
 }
