@@ -35,6 +35,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(1, "0001_usage.sql"),
     migration!(2, "0002_billing.sql"),
     migration!(3, "0003_public_views.sql"),
+    migration!(4, "0004_usage_readings.sql"),
 ];
 
 /// Why migrating failed.
