@@ -1,29 +1,28 @@
-//! The batch in flight: accepted events, their rollups, dead-letter records and every
-//! message waiting for its ack. Bounded by `batch_max_events` messages; nothing here is
-//! durable and nothing here is visible to readers until the sink commits it.
-
-use std::collections::HashMap;
+//! The batch in flight: accepted events with their meter readings assigned to tumbling
+//! windows, dead-letter records, and every message waiting for its ack. Bounded by
+//! `batch_max_events` messages; nothing here is durable and nothing here is visible to
+//! readers until the sink commits it.
 
 use async_nats::jetstream::Message;
-use tally_domain::{AgentId, CustomerId, Partial, UsageEvent, Window};
+use tally_domain::meter::MeterReading;
+use tally_domain::{UsageEvent, Window};
 
 use crate::classify::{Accepted, Rejection};
 
-/// The identity of one rollup row within a batch.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct RollupKey {
-    pub window_start_ms: i64,
-    pub customer: CustomerId,
-    pub agent: AgentId,
+/// One meter's reading of an accepted event, in its window.
+#[derive(Debug)]
+pub struct WindowedReading {
     /// Index into the classifier's meters.
     pub meter: usize,
-    pub group_values: Vec<String>,
+    pub window: Window,
+    pub reading: MeterReading,
 }
 
-/// An accepted event and where it came from.
+/// An accepted event, its readings and where it came from.
 #[derive(Debug)]
 pub struct AcceptedEvent {
     pub event: UsageEvent,
+    pub readings: Vec<WindowedReading>,
     pub payload_hash: u64,
     pub stream_seq: u64,
 }
@@ -41,7 +40,6 @@ pub struct Rejected {
 #[derive(Default)]
 pub struct Batch {
     pub events: Vec<AcceptedEvent>,
-    pub rollups: HashMap<RollupKey, Partial>,
     pub rejected: Vec<Rejected>,
     /// Every message of the batch, acked only after the commit.
     pub to_ack: Vec<Message>,
@@ -49,14 +47,8 @@ pub struct Batch {
     pub last_seq: u64,
 }
 
-/// A rollup sum overflowed; the event must be refused rather than miscounted.
-#[derive(Debug, thiserror::Error)]
-#[error("rollup for meter {meter} overflowed")]
-pub struct Overflow {
-    pub meter: usize,
-}
-
 impl Batch {
+    /// Messages in the batch (accepted, duplicate and rejected).
     pub fn len(&self) -> usize {
         self.to_ack.len()
     }
@@ -65,45 +57,43 @@ impl Batch {
         self.to_ack.is_empty()
     }
 
+    /// Readings in the batch.
+    pub fn readings(&self) -> usize {
+        self.events.iter().map(|e| e.readings.len()).sum()
+    }
+
     /// Records a message's stream sequence and keeps it for acking.
     pub fn track(&mut self, msg: Message, stream_seq: u64) {
-        if self.to_ack.is_empty() || stream_seq < self.first_seq {
-            self.first_seq = stream_seq;
-        }
-        self.last_seq = self.last_seq.max(stream_seq);
+        self.note_seq(stream_seq);
         self.to_ack.push(msg);
     }
 
-    /// Folds an accepted event into its windows. On overflow nothing is changed.
-    pub fn add_accepted(
-        &mut self,
-        acc: Accepted,
-        stream_seq: u64,
-        window_secs: u32,
-    ) -> Result<(), Overflow> {
-        let window = Window::containing(acc.event.time_ms, window_secs);
-        let mut updated = Vec::with_capacity(acc.readings.len());
-        for (meter, reading) in &acc.readings {
-            let key = RollupKey {
-                window_start_ms: window.start_ms,
-                customer: acc.event.customer.clone(),
-                agent: acc.event.agent.clone(),
-                meter: *meter,
-                group_values: reading.group_values.clone(),
-            };
-            let mut partial = self.rollups.get(&key).copied().unwrap_or_default();
-            partial
-                .fold(reading.value)
-                .ok_or(Overflow { meter: *meter })?;
-            updated.push((key, partial));
+    fn note_seq(&mut self, stream_seq: u64) {
+        if self.first_seq == 0 || stream_seq < self.first_seq {
+            self.first_seq = stream_seq;
         }
-        self.rollups.extend(updated);
+        self.last_seq = self.last_seq.max(stream_seq);
+    }
+
+    /// Assigns an accepted event's readings to their tumbling windows and keeps it.
+    pub fn add_accepted(&mut self, acc: Accepted, stream_seq: u64, window_secs: u32) {
+        let window = Window::containing(acc.event.time_ms, window_secs);
+        let readings = acc
+            .readings
+            .into_iter()
+            .map(|(meter, reading)| WindowedReading {
+                meter,
+                window,
+                reading,
+            })
+            .collect();
+        self.note_seq(stream_seq);
         self.events.push(AcceptedEvent {
             event: acc.event,
+            readings,
             payload_hash: acc.payload_hash,
             stream_seq,
         });
-        Ok(())
     }
 
     pub fn add_rejected(&mut self, rejected: Rejected) {

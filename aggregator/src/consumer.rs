@@ -199,20 +199,11 @@ impl Aggregator<'_> {
             Ok(acc) => {
                 let (key, hash) = (acc.key, acc.payload_hash);
                 match self.dedup.check(key, hash) {
-                    Seen::New => match batch.add_accepted(acc, seq, self.cfg.window_secs) {
-                        Ok(()) => {
-                            self.dedup.reserve(key, hash);
-                            metrics::events("accepted", 1);
-                        }
-                        Err(e) => reject(
-                            batch,
-                            Rejection {
-                                reason: Reason::InvalidQuantity,
-                                field: Some("data".into()),
-                                detail: e.to_string(),
-                            },
-                        ),
-                    },
+                    Seen::New => {
+                        batch.add_accepted(acc, seq, self.cfg.window_secs);
+                        self.dedup.reserve(key, hash);
+                        metrics::events("accepted", 1);
+                    }
                     Seen::Committed | Seen::Pending => metrics::events("duplicate", 1),
                     Seen::Conflict => reject(
                         batch,

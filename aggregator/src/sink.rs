@@ -1,4 +1,4 @@
-//! Committing a batch to ClickHouse: raw events, then rollups, then the commit marker.
+//! Committing a batch to ClickHouse: raw events, then meter readings, then the commit marker.
 //!
 //! Rows are written under a fresh `batch_id` per attempt and count only once the marker row
 //! exists (see the crate docs). This module never acks anything and never touches the dedup
@@ -32,23 +32,21 @@ struct EventRow<'a> {
 }
 
 #[derive(clickhouse::Row, Serialize)]
-struct RollupRow<'a> {
-    window_start: u32,
-    window_secs: u32,
+struct ReadingRow<'a> {
     customer: &'a str,
     agent: &'a str,
+    event_id: &'a str,
     meter: &'a str,
     aggregation: &'a str,
-    group_names: Vec<String>,
+    window_start: u32,
+    window_secs: u32,
+    time_ms: i64,
+    group_names: &'a [String],
     group_values: &'a [String],
     group_key: String,
-    events: u64,
     #[serde(with = "dec9")]
-    value_sum: Decimal,
-    #[serde(with = "dec9")]
-    value_min: Decimal,
-    #[serde(with = "dec9")]
-    value_max: Decimal,
+    value: Decimal,
+    unique_value: &'a str,
     batch_id: &'a str,
     inserted_at: u32,
 }
@@ -60,6 +58,7 @@ struct MarkerRow<'a> {
     first_seq: u64,
     last_seq: u64,
     events: u32,
+    /// Readings written (the column predates readings and keeps its name).
     rollups: u32,
     committed_at: u32,
 }
@@ -105,7 +104,7 @@ async fn insert_rows<'r, T: clickhouse::RowWrite>(
     Ok(())
 }
 
-/// Writes the batch's events and rollups under `batch_id`, then its marker. `Ok` means the
+/// Writes the batch's events and readings under `batch_id`, then its marker. `Ok` means the
 /// batch is durably committed and visible.
 pub async fn commit(
     db: &Client,
@@ -135,39 +134,41 @@ pub async fn commit(
         })
         .collect();
     insert_rows::<EventRow<'static>>(db, "usage_events", events).await?;
-    let rollups: Vec<RollupRow<'_>> = batch
-        .rollups
+    let group_names: Vec<Vec<String>> = meters.iter().map(Meter::group_names).collect();
+    let readings: Vec<ReadingRow<'_>> = batch
+        .events
         .iter()
-        .map(|(k, p)| {
-            let meter = &meters[k.meter];
-            let names = meter.group_names();
-            RollupRow {
-                window_start: datetime_secs(k.window_start_ms),
-                window_secs,
-                customer: k.customer.as_str(),
-                agent: k.agent.as_str(),
+        .flat_map(|a| a.readings.iter().map(move |r| (a, r)))
+        .map(|(a, r)| {
+            let meter = &meters[r.meter];
+            ReadingRow {
+                customer: a.event.customer.as_str(),
+                agent: a.event.agent.as_str(),
+                event_id: a.event.id.as_str(),
                 meter: meter.slug.as_str(),
                 aggregation: meter.aggregation.as_str(),
-                group_key: group_key(&names, &k.group_values),
-                group_names: names,
-                group_values: &k.group_values,
-                events: p.count,
-                value_sum: p.sum,
-                value_min: p.min,
-                value_max: p.max,
+                window_start: datetime_secs(r.window.start_ms),
+                window_secs,
+                time_ms: a.event.time_ms,
+                group_names: &group_names[r.meter],
+                group_values: &r.reading.group_values,
+                group_key: group_key(&group_names[r.meter], &r.reading.group_values),
+                value: r.reading.value,
+                unique_value: &r.reading.unique_value,
                 batch_id,
                 inserted_at: now,
             }
         })
         .collect();
-    insert_rows::<RollupRow<'static>>(db, "usage_rollups", rollups).await?;
+    let reading_count = readings.len();
+    insert_rows::<ReadingRow<'static>>(db, "usage_readings", readings).await?;
     let marker = MarkerRow {
         batch_id,
         consumer,
         first_seq: batch.first_seq,
         last_seq: batch.last_seq,
         events: u32::try_from(batch.events.len()).unwrap_or(u32::MAX),
-        rollups: u32::try_from(batch.rollups.len()).unwrap_or(u32::MAX),
+        rollups: u32::try_from(reading_count).unwrap_or(u32::MAX),
         committed_at: now,
     };
     match insert_rows::<MarkerRow<'static>>(db, "usage_batches", vec![marker]).await {

@@ -33,7 +33,11 @@ fn classifier() -> Classifier {
         {"slug": "tool_calls", "event_type": "tool.call", "aggregation": "COUNT", "group_by": {"tool": "$.tool"}}
     ]))
     .expect("meter specs");
-    Classifier::new(validate_meters(specs).expect("meters"), "usage", &AggregatorConfig::default())
+    Classifier::new(
+        validate_meters(specs).expect("meters"),
+        "usage",
+        &AggregatorConfig::default(),
+    )
 }
 
 /// Runs `events` synthetic events (10 customers, 10 agents each) through the hot path.
@@ -56,22 +60,29 @@ pub fn run(events: usize, batch: usize) -> CpuReport {
         let t = Instant::now();
         let mut b = Batch::default();
         for (seq, (subject, payload)) in chunk.iter().enumerate() {
-            let acc = classifier.classify(subject, payload, now_ms).expect("synthetic events are valid");
+            let acc = classifier
+                .classify(subject, payload, now_ms)
+                .expect("synthetic events are valid");
             if dedup.check(acc.key, acc.payload_hash) == Seen::New {
                 let (key, hash) = (acc.key, acc.payload_hash);
-                b.add_accepted(acc, seq as u64, 60).expect("no overflow");
+                b.add_accepted(acc, seq as u64, 60);
                 dedup.reserve(key, hash);
             }
         }
         dedup.commit_pending((now_ms / 1000) as u32);
         std::hint::black_box(&b);
-        hist.record(t.elapsed().as_micros() as u64).expect("in range");
+        hist.record(t.elapsed().as_micros() as u64)
+            .expect("in range");
     }
     let secs = started.elapsed().as_secs_f64();
     CpuReport {
         events,
         events_per_sec: events as f64 / secs,
-        batch_us: (hist.value_at_quantile(0.5), hist.value_at_quantile(0.99), hist.value_at_quantile(0.999)),
+        batch_us: (
+            hist.value_at_quantile(0.5),
+            hist.value_at_quantile(0.99),
+            hist.value_at_quantile(0.999),
+        ),
         batch,
         mean_event_bytes,
     }

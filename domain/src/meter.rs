@@ -31,7 +31,7 @@ pub struct MeterSpec {
     pub slug: String,
     /// The CloudEvent `type` this meter selects.
     pub event_type: String,
-    /// SUM, COUNT, MIN or MAX.
+    /// SUM, COUNT, MIN, MAX, UNIQUE_COUNT or LATEST.
     pub aggregation: Aggregation,
     /// JSON path of the quantity in `data`; required unless the aggregation is COUNT.
     #[serde(default)]
@@ -62,8 +62,10 @@ pub enum MeterError {
 /// What a meter read out of one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MeterReading {
-    /// The quantity (1 for COUNT).
+    /// The quantity (1 for COUNT and UNIQUE_COUNT).
     pub value: Decimal,
+    /// For UNIQUE_COUNT, the value property as text; empty otherwise.
+    pub unique_value: String,
     /// Group-by values in the meter's group-by order; an absent property is an empty string.
     pub group_values: Vec<String>,
 }
@@ -81,6 +83,10 @@ pub enum ReadError {
     TooLarge { path: String, value: Decimal },
     #[error("group-by property {path} is longer than {GROUP_VALUE_MAX_BYTES} bytes")]
     GroupValueTooLong { path: String },
+    #[error("property {path} is missing")]
+    MissingValue { path: String },
+    #[error("property {path} is longer than {GROUP_VALUE_MAX_BYTES} bytes")]
+    UniqueValueTooLong { path: String },
 }
 
 impl TryFrom<MeterSpec> for Meter {
@@ -139,9 +145,21 @@ impl Meter {
 
     /// Reads the quantity and group-by values from one event's data.
     pub fn read(&self, data: &DataView<'_>) -> Result<MeterReading, ReadError> {
+        let mut unique_value = String::new();
         let value = match (&self.value_property, self.aggregation) {
-            (_, Aggregation::Count) | (None, _) => Decimal::ONE,
-            (Some(path), _) => checked_quantity(path, data.decimal(path)?)?,
+            (Some(path), Aggregation::UniqueCount) => {
+                unique_value = data.text(path)?.ok_or_else(|| ReadError::MissingValue {
+                    path: path.to_string(),
+                })?;
+                if unique_value.len() > GROUP_VALUE_MAX_BYTES {
+                    return Err(ReadError::UniqueValueTooLong {
+                        path: path.to_string(),
+                    });
+                }
+                Decimal::ONE
+            }
+            (Some(path), a) if a.reads_decimal() => checked_quantity(path, data.decimal(path)?)?,
+            _ => Decimal::ONE,
         };
         let mut group_values = Vec::with_capacity(self.group_by.len());
         for (_, path) in &self.group_by {
@@ -155,6 +173,7 @@ impl Meter {
         }
         Ok(MeterReading {
             value,
+            unique_value,
             group_values,
         })
     }
@@ -265,6 +284,30 @@ mod tests {
             read(&m, r#"{"tokens":1.500000000}"#).is_ok(),
             "trailing zeros are not precision"
         );
+    }
+
+    #[test]
+    fn unique_count_reads_text_and_latest_reads_decimals() {
+        let uniq = Meter::try_from(toml_like(
+            r#"{"slug":"users","event_type":"t","aggregation":"UNIQUE_COUNT","value_property":"$.user"}"#,
+        ))
+        .unwrap();
+        let r = read(&uniq, r#"{"user":"u-1"}"#).unwrap();
+        assert_eq!((r.value, r.unique_value.as_str()), (Decimal::ONE, "u-1"));
+        assert_eq!(read(&uniq, r#"{"user":42}"#).unwrap().unique_value, "42");
+        assert!(matches!(
+            read(&uniq, "{}"),
+            Err(ReadError::MissingValue { .. })
+        ));
+        let latest = Meter::try_from(toml_like(
+            r#"{"slug":"seats","event_type":"t","aggregation":"LATEST","value_property":"$.seats"}"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            read(&latest, r#"{"seats":"12.5"}"#).unwrap().value,
+            Decimal::new(125, 1)
+        );
+        assert!(read(&latest, r#"{"seats":"x"}"#).is_err());
     }
 
     #[test]

@@ -28,10 +28,20 @@ impl MeterUsage {
     /// Merges one window's quantity according to the meter's aggregation.
     pub fn add_window(&mut self, quantity: Decimal, start_ms: i64, end_ms: i64) {
         self.quantity = match self.aggregation {
-            Aggregation::Sum | Aggregation::Count => self.quantity + quantity,
-            Aggregation::Min if self.windows == 0 => quantity,
+            // UNIQUE_COUNT rows each stand for one distinct value of the period
+            Aggregation::Sum | Aggregation::Count | Aggregation::UniqueCount => {
+                self.quantity + quantity
+            }
+            Aggregation::Min | Aggregation::Max | Aggregation::Latest if self.windows == 0 => {
+                quantity
+            }
             Aggregation::Min => self.quantity.min(quantity),
             Aggregation::Max => self.quantity.max(quantity),
+            // the latest window wins; windows ending together (other agents or groups) keep
+            // the greater value, so the result does not depend on row order
+            Aggregation::Latest if end_ms > self.last_window_end_ms => quantity,
+            Aggregation::Latest if end_ms == self.last_window_end_ms => self.quantity.max(quantity),
+            Aggregation::Latest => self.quantity,
         };
         self.first_window_ms = if self.windows == 0 {
             start_ms
@@ -229,6 +239,17 @@ mod tests {
             charge_id("a", 0, "m", "{}", "p", 1),
             charge_id("b", 0, "m", "{}", "p", 1)
         );
+    }
+
+    #[test]
+    fn latest_meters_take_the_latest_window() {
+        let mut u = usage("0");
+        u.aggregation = Aggregation::Latest;
+        u.windows = 0;
+        u.add_window(d("3"), 60_000, 120_000);
+        u.add_window(d("9"), 0, 60_000);
+        u.add_window(d("5"), 60_000, 120_000);
+        assert_eq!(u.quantity, d("5"));
     }
 
     #[test]

@@ -1,7 +1,12 @@
-//! Reading committed usage from the public view `v_usage` and folding it per customer,
-//! billing period and meter. Only committed batches are visible through the view.
+//! Reading committed usage from the public views and folding it per customer, billing period
+//! and meter. Only committed batches are visible through the views. Window quantities from
+//! `v_usage` merge into period quantities for every aggregation but UNIQUE_COUNT, whose period
+//! quantity is the number of distinct values over the whole period: for those meters the rows
+//! come from `v_usage_readings`, one per distinct (customer, meter, day, value) (periods start
+//! at midnight UTC, so a day never straddles two), and the fold counts each value once per
+//! period.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use clickhouse::Client;
 use rust_decimal::Decimal;
@@ -21,6 +26,8 @@ pub struct UsageRow {
     pub quantity: Decimal,
     pub window_start: u32,
     pub window_end: u32,
+    /// For UNIQUE_COUNT rows, the distinct value; empty otherwise.
+    pub unique_value: String,
 }
 
 /// Committed usage windows starting in `[from_ms, to_ms)`.
@@ -29,12 +36,21 @@ pub async fn read(
     from_ms: i64,
     to_ms: i64,
 ) -> Result<Vec<UsageRow>, clickhouse::error::Error> {
+    let (from, to) = (from_ms.div_euclid(1000), to_ms.div_euclid(1000));
     db.query(
-        "SELECT customer, meter, aggregation, quantity, toUInt32(window_start), toUInt32(window_end) FROM v_usage \
-         WHERE window_start >= toDateTime(?) AND window_start < toDateTime(?)",
+        "SELECT customer, meter, aggregation, quantity, toUInt32(window_start), toUInt32(window_end), '' \
+         FROM v_usage \
+         WHERE aggregation != 'UNIQUE_COUNT' AND window_start >= toDateTime(?) AND window_start < toDateTime(?) \
+         UNION ALL \
+         SELECT DISTINCT customer, meter, aggregation, toDecimal128(1, 9), toUInt32(toStartOfDay(window_start)), \
+                toUInt32(toUInt32(toStartOfDay(window_start)) + 86400), unique_value \
+         FROM v_usage_readings \
+         WHERE aggregation = 'UNIQUE_COUNT' AND window_start >= toDateTime(?) AND window_start < toDateTime(?)",
     )
-    .bind(from_ms.div_euclid(1000))
-    .bind(to_ms.div_euclid(1000))
+    .bind(from)
+    .bind(to)
+    .bind(from)
+    .bind(to)
     .fetch_all()
     .await
 }
@@ -59,6 +75,7 @@ pub fn fold(
 ) {
     let mut out: BTreeMap<(CustomerId, Period, MeterSlug), MeterUsage> = BTreeMap::new();
     let mut skipped = Skipped::default();
+    let mut unique_seen: HashSet<(CustomerId, Period, MeterSlug, &str)> = HashSet::new();
     for row in rows {
         let (Ok(customer), Ok(meter), Ok(aggregation)) = (
             CustomerId::new(row.customer.clone()),
@@ -86,7 +103,63 @@ pub fn fold(
                 first_window_ms: start_ms,
                 last_window_end_ms: start_ms,
             });
+        if entry.aggregation == Aggregation::UniqueCount
+            && !unique_seen.insert((
+                entry.customer.clone(),
+                period,
+                entry.meter.clone(),
+                row.unique_value.as_str(),
+            ))
+        {
+            continue; // the value was already counted in this period
+        }
         entry.add_window(row.quantity, start_ms, i64::from(row.window_end) * 1000);
     }
     (out, skipped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RaterConfig;
+    use tally_domain::meter::{validate_meters, MeterSpec};
+
+    fn catalog() -> Catalog {
+        let specs: Vec<MeterSpec> = serde_json::from_str(
+            r#"[{"slug":"users","event_type":"u","aggregation":"UNIQUE_COUNT","value_property":"$.user"}]"#,
+        )
+        .unwrap();
+        let plans: Vec<crate::config::PlanSpec> = serde_json::from_str(
+            r#"[{"id":"p","version":1,"currency":"USD","effective_from":"2020-01-01T00:00:00Z",
+                 "prices":[{"model":"per_unit","meter":"users","unit_price":"1"}]}]"#,
+        )
+        .unwrap();
+        let rater = RaterConfig {
+            default_plan: Some("p".into()),
+            ..Default::default()
+        };
+        Catalog::new(plans, vec![], &rater, &validate_meters(specs).unwrap()).unwrap()
+    }
+
+    fn row(day: u32, value: &str) -> UsageRow {
+        UsageRow {
+            customer: "acme".into(),
+            meter: "users".into(),
+            aggregation: "UNIQUE_COUNT".into(),
+            quantity: Decimal::ONE,
+            window_start: 1_795_651_200 + day * 86_400, // 2026-11-26 + day
+            window_end: 1_795_651_200 + (day + 1) * 86_400,
+            unique_value: value.into(),
+        }
+    }
+
+    #[test]
+    fn unique_values_count_once_per_period_across_days() {
+        // u-1 on two days of November, u-2 once, u-1 again in December (a new period)
+        let rows = vec![row(0, "u-1"), row(1, "u-1"), row(1, "u-2"), row(5, "u-1")];
+        let (usages, skipped) = fold(&rows, &catalog());
+        assert_eq!(skipped, Skipped::default());
+        let quantities: Vec<Decimal> = usages.values().map(|u| u.quantity).collect();
+        assert_eq!(quantities, vec![Decimal::from(2), Decimal::from(1)]);
+    }
 }
