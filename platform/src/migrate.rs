@@ -36,6 +36,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(2, "0002_billing.sql"),
     migration!(3, "0003_public_views.sql"),
     migration!(4, "0004_usage_readings.sql"),
+    migration!(5, "0005_api_keys.sql"),
 ];
 
 /// Why migrating failed.
