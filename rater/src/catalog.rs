@@ -5,21 +5,11 @@
 
 use std::collections::HashMap;
 
-use tally_domain::{BillingCycle, Currency, CustomerId, Meter, MeterSlug};
+use tally_domain::{BillingCycle, CustomerId, Meter};
 use tally_platform::ConfigError;
 
-use crate::config::{PlanSpec, PriceSpec, RaterConfig, SubscriptionSpec};
-use crate::pricing::{graduated, PriceModel};
-
-/// One immutable plan version.
-#[derive(Debug, Clone)]
-pub struct Plan {
-    pub id: String,
-    pub version: u32,
-    pub currency: Currency,
-    pub effective_from_ms: i64,
-    pub prices: HashMap<MeterSlug, PriceModel>,
-}
+use crate::config::{PlanSpec, RaterConfig, SubscriptionSpec};
+pub use crate::plan::Plan;
 
 /// A customer's subscription.
 #[derive(Debug, Clone)]
@@ -45,21 +35,38 @@ impl Catalog {
         rater: &RaterConfig,
         meters: &[Meter],
     ) -> Result<Catalog, ConfigError> {
-        let mut by_id: HashMap<String, Vec<Plan>> = HashMap::new();
+        let mut by_id: HashMap<String, Vec<(usize, Plan)>> = HashMap::new();
         for (i, spec) in plans.into_iter().enumerate() {
-            let plan = validate_plan(spec, i, meters)?;
+            let plan = crate::plan::validate(spec, i, meters)?;
             let versions = by_id.entry(plan.id.clone()).or_default();
-            if versions.iter().any(|p| p.version == plan.version) {
+            if let Some((first, _)) = versions.iter().find(|(_, p)| p.version == plan.version) {
                 return Err(ConfigError::invalid(
                     format!("plans[{i}].version"),
                     format!(
-                        "plan {} version {} is declared twice",
+                        "plan {} version {} is already declared by plans[{first}]; versions are \
+                         immutable, a change must be a new version",
                         plan.id, plan.version
                     ),
                 ));
             }
-            versions.push(plan);
+            if let Some((first, _)) = versions
+                .iter()
+                .find(|(_, p)| p.effective_from_ms == plan.effective_from_ms)
+            {
+                return Err(ConfigError::invalid(
+                    format!("plans[{i}].effective_from"),
+                    format!(
+                        "plan {} version {} takes effect at the same instant as plans[{first}]",
+                        plan.id, plan.version
+                    ),
+                ));
+            }
+            versions.push((i, plan));
         }
+        let mut by_id: HashMap<String, Vec<Plan>> = by_id
+            .into_iter()
+            .map(|(id, v)| (id, v.into_iter().map(|(_, p)| p).collect()))
+            .collect();
         for versions in by_id.values_mut() {
             versions.sort_by_key(|p| p.effective_from_ms);
             if versions.windows(2).any(|w| w[1].version <= w[0].version) {
@@ -138,53 +145,6 @@ impl Catalog {
             .rev()
             .find(|p| p.effective_from_ms <= at_ms)
     }
-}
-
-fn validate_plan(spec: PlanSpec, i: usize, meters: &[Meter]) -> Result<Plan, ConfigError> {
-    let setting = |f: &str| format!("plans[{i}].{f}");
-    if spec.id.is_empty() {
-        return Err(ConfigError::invalid(setting("id"), "is empty"));
-    }
-    let currency: Currency = spec
-        .currency
-        .parse()
-        .map_err(|e| ConfigError::invalid(setting("currency"), e))?;
-    let mut prices = HashMap::new();
-    for (j, p) in spec.prices.into_iter().enumerate() {
-        let setting = |f: &str| format!("plans[{i}].prices[{j}].{f}");
-        let (meter, model) = match p {
-            PriceSpec::PerUnit { meter, unit_price } => {
-                if unit_price.is_sign_negative() && !unit_price.is_zero() {
-                    return Err(ConfigError::invalid(setting("unit_price"), "is negative"));
-                }
-                (meter, PriceModel::PerUnit { unit_price })
-            }
-            PriceSpec::Graduated { meter, tiers } => {
-                graduated::validate(&tiers)
-                    .map_err(|e| ConfigError::invalid(setting("tiers"), e))?;
-                (meter, PriceModel::Graduated { tiers })
-            }
-        };
-        let Some(m) = meters.iter().find(|m| m.slug.as_str() == meter) else {
-            return Err(ConfigError::invalid(
-                setting("meter"),
-                format!("no meter {meter:?} is declared"),
-            ));
-        };
-        if prices.insert(m.slug.clone(), model).is_some() {
-            return Err(ConfigError::invalid(
-                setting("meter"),
-                format!("meter {meter} is priced twice"),
-            ));
-        }
-    }
-    Ok(Plan {
-        id: spec.id,
-        version: spec.version,
-        currency,
-        effective_from_ms: spec.effective_from.timestamp_millis(),
-        prices,
-    })
 }
 
 #[cfg(test)]
@@ -266,5 +226,108 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("subscriptions[0].plan"), "{err}");
+    }
+
+    fn refused(toml_text: &str) -> String {
+        Catalog::new(plans(toml_text), vec![], &RaterConfig::default(), &meters())
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn a_plan_version_that_changes_an_existing_one_is_refused() {
+        let changed = TWO_VERSIONS.replacen("version = 2", "version = 1", 1);
+        let err = refused(&changed);
+        assert!(err.contains("plans[1].version"), "{err}");
+        assert!(err.contains("already declared by plans[0]"), "{err}");
+        let same_instant = TWO_VERSIONS.replacen("2026-06-01", "2026-01-01", 1);
+        assert!(refused(&same_instant).contains("plans[1].effective_from"));
+        let older_higher = TWO_VERSIONS.replacen("2026-06-01", "2025-06-01", 1);
+        assert!(refused(&older_higher).contains("a later effective_from needs a higher version"));
+    }
+
+    #[test]
+    fn bad_prices_are_refused_naming_the_field() {
+        let price = |p: &str| {
+            format!(
+                "[[plans]]\nid = \"p\"\nversion = 1\ncurrency = \"USD\"\n\
+                 effective_from = \"2026-01-01T00:00:00Z\"\nprices = [{{ meter = \"calls\", {p} }}]\n"
+            )
+        };
+        for (spec, field, says) in [
+            (
+                r#"model = "per_unit", unit_price = "-0.01""#,
+                "plans[0].prices[0].unit_price",
+                "negative",
+            ),
+            (
+                r#"model = "per_unit""#,
+                "plans[0].prices[0].unit_price",
+                "required",
+            ),
+            (
+                r#"model = "per_unit", unit_price = "1", tiers = []"#,
+                "plans[0].prices[0].tiers",
+                "not used",
+            ),
+            (
+                r#"model = "graduated", tiers = [{ up_to = "100", unit_price = "1" }, { up_to = "50", unit_price = "1" }, { unit_price = "1" }]"#,
+                "plans[0].prices[0].tiers",
+                "tiers[1].up_to 50 overlaps",
+            ),
+            (
+                r#"model = "volume", tiers = [{ up_to = "10", unit_price = "1" }]"#,
+                "plans[0].prices[0].tiers",
+                "last tier",
+            ),
+            (
+                r#"model = "package", package_size = "0", package_price = "1""#,
+                "plans[0].prices[0].package_size",
+                "positive",
+            ),
+            (
+                r#"model = "flat", amount = "-5""#,
+                "plans[0].prices[0].amount",
+                "negative",
+            ),
+            (
+                r#"model = "per_unit", unit_price = "1", minimum = "10", maximum = "5""#,
+                "plans[0].prices[0].maximum",
+                "below",
+            ),
+            (
+                r#"model = "per_unit", unit_price = "1", free_units = "-1""#,
+                "plans[0].prices[0].free_units",
+                "negative",
+            ),
+            (
+                r#"model = "dimensional", dimensions = ["model"], rates = [{ values = ["x"], unit_price = "1" }]"#,
+                "plans[0].prices[0].dimensions[0]",
+                "not a group-by",
+            ),
+            (
+                r#"model = "tiered", unit_price = "1""#,
+                "plans[0].prices[0].model",
+                "unknown model",
+            ),
+        ] {
+            let err = refused(&price(spec));
+            assert!(err.contains(field) && err.contains(says), "{spec}: {err}");
+        }
+        let unknown_currency =
+            price(r#"model = "per_unit", unit_price = "1""#).replace("USD", "ABC");
+        assert!(refused(&unknown_currency).contains("plans[0].currency"));
+    }
+
+    #[test]
+    fn floats_in_prices_are_refused_at_parse_time() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct F {
+            plans: Vec<PlanSpec>,
+        }
+        let text = TWO_VERSIONS.replacen("unit_price = \"0.10\"", "unit_price = 0.10", 1);
+        let err = toml::from_str::<F>(&text).unwrap_err().to_string();
+        assert!(err.contains("float"), "{err}");
     }
 }

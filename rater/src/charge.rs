@@ -8,15 +8,21 @@ use tally_domain::{Aggregation, CustomerId, MeterSlug, Period};
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::catalog::Plan;
-use crate::pricing::TierUse;
+use crate::pricing::{Measured, PriceError, TierUse};
 
-/// One customer's committed usage of one meter in one period.
+/// One customer's committed usage of one meter in one period: of the whole meter
+/// (`group_key` `{}`), or of one group-by value when the meter's price is per group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MeterUsage {
     pub customer: CustomerId,
     pub period: Period,
     pub meter: MeterSlug,
     pub aggregation: Aggregation,
+    /// Canonical JSON of the group-by values (`{}`: all groups together).
+    pub group_key: String,
+    /// Group-by names (sorted) and values; empty for `{}`.
+    pub group_names: Vec<String>,
+    pub group_values: Vec<String>,
     pub quantity: Decimal,
     /// Windows (per agent and group) that contributed.
     pub windows: u32,
@@ -28,7 +34,7 @@ impl MeterUsage {
     /// Merges one window's quantity according to the meter's aggregation.
     pub fn add_window(&mut self, quantity: Decimal, start_ms: i64, end_ms: i64) {
         self.quantity = match self.aggregation {
-            // UNIQUE_COUNT rows each stand for one distinct value of the period
+            // UNIQUE_COUNT rows each stand for one distinct value of the period (see usage.rs)
             Aggregation::Sum | Aggregation::Count | Aggregation::UniqueCount => {
                 self.quantity + quantity
             }
@@ -62,6 +68,8 @@ pub struct Charge {
     pub meter: String,
     /// Canonical group-by values the charge covers (`{}`: the whole meter).
     pub group_key: String,
+    pub group_names: Vec<String>,
+    pub group_values: Vec<String>,
     pub plan_id: String,
     pub plan_version: u32,
     pub price_model: &'static str,
@@ -102,9 +110,10 @@ pub fn charge_id(
     format!("chg_{:032x}", xxh3_128(text.as_bytes()))
 }
 
-/// Prices `usage` with `plan`; `None` when the plan has no price for the meter.
+/// Prices `usage` with `plan`; `None` when the plan has no price for the meter (or, for a
+/// price book, no rate for the group).
 pub fn compute(usage: &MeterUsage, plan: &Plan) -> Result<Option<Charge>, ChargeError> {
-    let Some(model) = plan.prices.get(&usage.meter) else {
+    let Some(price) = plan.prices.get(&usage.meter) else {
         return Ok(None);
     };
     let overflow = |detail: String| ChargeError::Overflow {
@@ -112,34 +121,43 @@ pub fn compute(usage: &MeterUsage, plan: &Plan) -> Result<Option<Charge>, Charge
         meter: usage.meter.to_string(),
         detail,
     };
-    let priced = model
-        .price(usage.quantity)
-        .map_err(|e| overflow(e.to_string()))?;
+    let measured = Measured {
+        quantity: usage.quantity,
+        group_names: &usage.group_names,
+        group_values: &usage.group_values,
+    };
+    let priced = match price.price(measured) {
+        Ok(p) => p,
+        Err(PriceError::NoRate { .. }) => return Ok(None),
+        Err(e) => return Err(overflow(e.to_string())),
+    };
+    // The one rounding point: the charge's full-precision amount, to minor units.
     let amount = plan.currency.round(priced.amount);
     let amount_minor = plan
         .currency
         .to_minor(amount)
         .map_err(|e| overflow(e.to_string()))?;
-    let group_key = "{}".to_owned();
     Ok(Some(Charge {
         charge_id: charge_id(
             usage.customer.as_str(),
             usage.period.start_ms,
             usage.meter.as_str(),
-            &group_key,
+            &usage.group_key,
             &plan.id,
             plan.version,
         ),
         customer: usage.customer.to_string(),
         period: usage.period,
         meter: usage.meter.to_string(),
-        group_key,
+        group_key: usage.group_key.clone(),
+        group_names: usage.group_names.clone(),
+        group_values: usage.group_values.clone(),
         plan_id: plan.id.clone(),
         plan_version: plan.version,
-        price_model: model.name(),
+        price_model: price.model.name(),
         currency: plan.currency.code(),
         quantity: usage.quantity,
-        unit_price: model.unit_price(),
+        unit_price: price.model.unit_price(measured),
         tiers: priced.tiers,
         amount,
         amount_minor,
@@ -152,7 +170,7 @@ pub fn compute(usage: &MeterUsage, plan: &Plan) -> Result<Option<Charge>, Charge
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pricing::{PriceModel, Tier};
+    use crate::pricing::{Price, PriceModel, Tier};
     use std::collections::HashMap;
 
     fn d(s: &str) -> Decimal {
@@ -161,7 +179,7 @@ mod tests {
 
     fn plan(currency: &str, model: PriceModel) -> Plan {
         let mut prices = HashMap::new();
-        prices.insert(MeterSlug::new("m").unwrap(), model);
+        prices.insert(MeterSlug::new("m").unwrap(), Price::plain(model));
         Plan {
             id: "p".into(),
             version: 3,
@@ -180,6 +198,9 @@ mod tests {
             },
             meter: MeterSlug::new("m").unwrap(),
             aggregation: Aggregation::Sum,
+            group_key: "{}".into(),
+            group_names: vec![],
+            group_values: vec![],
             quantity: d(q),
             windows: 1,
             first_window_ms: 0,

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use tally_domain::exact;
 use tally_platform::ConfigError;
 
-use crate::pricing::Tier;
+use crate::pricing::{Rate, Tier};
 
 /// `[rater]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -85,19 +85,46 @@ pub struct PlanSpec {
     pub prices: Vec<PriceSpec>,
 }
 
-/// `[[plans.prices]]`: the price of one meter.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "model", rename_all = "snake_case", deny_unknown_fields)]
-pub enum PriceSpec {
-    PerUnit {
-        meter: String,
-        #[serde(deserialize_with = "exact::decimal")]
-        unit_price: Decimal,
-    },
-    Graduated {
-        meter: String,
-        tiers: Vec<Tier>,
-    },
+/// `[[plans.prices]]`: the price of one meter. Which fields a model needs (see
+/// docs/PRICING.md); a field a model does not use is refused:
+/// - `per_unit`: `unit_price`
+/// - `graduated`, `volume`: `tiers = [{up_to, unit_price}, ..., {unit_price}]`
+/// - `package`: `package_size`, `package_price`
+/// - `flat`: `amount`
+/// - `dimensional`: `dimensions`, `rates = [{values, unit_price}]`, optional `default_unit_price`
+///
+/// Every model also takes `free_units`, `minimum` and `maximum`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceSpec {
+    pub model: String,
+    pub meter: String,
+    #[serde(default, deserialize_with = "exact::opt_decimal")]
+    pub unit_price: Option<Decimal>,
+    #[serde(default)]
+    pub tiers: Option<Vec<Tier>>,
+    #[serde(default, deserialize_with = "exact::opt_decimal")]
+    pub package_size: Option<Decimal>,
+    #[serde(default, deserialize_with = "exact::opt_decimal")]
+    pub package_price: Option<Decimal>,
+    /// The flat fee per period.
+    #[serde(default, deserialize_with = "exact::opt_decimal")]
+    pub amount: Option<Decimal>,
+    #[serde(default)]
+    pub dimensions: Option<Vec<String>>,
+    #[serde(default)]
+    pub rates: Option<Vec<Rate>>,
+    #[serde(default, deserialize_with = "exact::opt_decimal")]
+    pub default_unit_price: Option<Decimal>,
+    /// Units free each period before the model applies.
+    #[serde(default, deserialize_with = "exact::opt_decimal")]
+    pub free_units: Option<Decimal>,
+    /// The line's amount is trued up to at least this.
+    #[serde(default, deserialize_with = "exact::opt_decimal")]
+    pub minimum: Option<Decimal>,
+    /// The line's amount is capped at this.
+    #[serde(default, deserialize_with = "exact::opt_decimal")]
+    pub maximum: Option<Decimal>,
 }
 
 /// `[[subscriptions]]`: a customer on a plan.

@@ -13,6 +13,7 @@
 //!
 //! # Layout
 //! - [`config`]: the `[rater]`, `[[plans]]` and `[[subscriptions]]` sections.
+//! - [`plan`]: one plan version and the validation of its prices.
 //! - [`catalog`]: validated plans and subscriptions; which plan applies to whom, when.
 //! - [`pricing`]: the pricing models, one file each.
 //! - [`charge`]: a charge and how it is computed from usage (pure).
@@ -25,6 +26,7 @@ pub mod catalog;
 pub mod charge;
 pub mod config;
 pub mod metrics;
+pub mod plan;
 pub mod pricing;
 pub mod run;
 pub mod store;

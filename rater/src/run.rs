@@ -53,7 +53,7 @@ pub async fn rate_once(
         skipped,
         ..Default::default()
     };
-    for ((customer, period, _), u) in &usages {
+    for ((customer, period, _, _), u) in &usages {
         if period.end_ms <= horizon_ms {
             continue;
         }

@@ -1,10 +1,11 @@
-//! Reading committed usage from the public views and folding it per customer, billing period
-//! and meter. Only committed batches are visible through the views. Window quantities from
-//! `v_usage` merge into period quantities for every aggregation but UNIQUE_COUNT, whose period
-//! quantity is the number of distinct values over the whole period: for those meters the rows
-//! come from `v_usage_readings`, one per distinct (customer, meter, day, value) (periods start
-//! at midnight UTC, so a day never straddles two), and the fold counts each value once per
-//! period.
+//! Reading committed usage from the public views and folding it per customer, billing period,
+//! meter and (for prices per group-by value) group. Only committed batches are visible
+//! through the views. Folding is independent of the order rows arrive in. Window quantities
+//! from `v_usage` merge into period quantities for every aggregation but UNIQUE_COUNT, whose
+//! period quantity is the number of distinct values over the whole period: for those meters
+//! the rows come from `v_usage_readings`, one per distinct (customer, meter, group, day, value)
+//! (periods start at midnight UTC, so a day never straddles two), and the fold counts each
+//! value once per period.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -17,11 +18,15 @@ use tally_platform::store::dec9;
 use crate::catalog::Catalog;
 use crate::charge::MeterUsage;
 
-#[derive(Debug, clickhouse::Row, Deserialize)]
+/// One row of `v_usage`.
+#[derive(Debug, Clone, clickhouse::Row, Deserialize)]
 pub struct UsageRow {
     pub customer: String,
     pub meter: String,
     pub aggregation: String,
+    pub group_key: String,
+    pub group_names: Vec<String>,
+    pub group_values: Vec<String>,
     #[serde(with = "dec9")]
     pub quantity: Decimal,
     pub window_start: u32,
@@ -38,12 +43,13 @@ pub async fn read(
 ) -> Result<Vec<UsageRow>, clickhouse::error::Error> {
     let (from, to) = (from_ms.div_euclid(1000), to_ms.div_euclid(1000));
     db.query(
-        "SELECT customer, meter, aggregation, quantity, toUInt32(window_start), toUInt32(window_end), '' \
+        "SELECT customer, meter, aggregation, group_key, group_names, group_values, quantity, \
+                toUInt32(window_start), toUInt32(window_end), '' \
          FROM v_usage \
          WHERE aggregation != 'UNIQUE_COUNT' AND window_start >= toDateTime(?) AND window_start < toDateTime(?) \
          UNION ALL \
-         SELECT DISTINCT customer, meter, aggregation, toDecimal128(1, 9), toUInt32(toStartOfDay(window_start)), \
-                toUInt32(toUInt32(toStartOfDay(window_start)) + 86400), unique_value \
+         SELECT DISTINCT customer, meter, aggregation, group_key, group_names, group_values, toDecimal128(1, 9), \
+                toUInt32(toStartOfDay(window_start)), toUInt32(toUInt32(toStartOfDay(window_start)) + 86400), unique_value \
          FROM v_usage_readings \
          WHERE aggregation = 'UNIQUE_COUNT' AND window_start >= toDateTime(?) AND window_start < toDateTime(?)",
     )
@@ -64,18 +70,17 @@ pub struct Skipped {
     pub unreadable: u64,
 }
 
+/// The fold's key: customer, period, meter, group key.
+pub type UsageKey = (CustomerId, Period, MeterSlug, String);
+
 /// Folds usage windows into one [`MeterUsage`] per (customer, period, meter), using each
-/// customer's billing cycle. Sorted, so passes are deterministic.
-pub fn fold(
-    rows: &[UsageRow],
-    catalog: &Catalog,
-) -> (
-    BTreeMap<(CustomerId, Period, MeterSlug), MeterUsage>,
-    Skipped,
-) {
-    let mut out: BTreeMap<(CustomerId, Period, MeterSlug), MeterUsage> = BTreeMap::new();
+/// customer's billing cycle; when the plan version effective at the period's start prices
+/// the meter per group-by value (a price book), per (customer, period, meter, group).
+/// Sorted, so passes are deterministic.
+pub fn fold(rows: &[UsageRow], catalog: &Catalog) -> (BTreeMap<UsageKey, MeterUsage>, Skipped) {
+    let mut out: BTreeMap<UsageKey, MeterUsage> = BTreeMap::new();
     let mut skipped = Skipped::default();
-    let mut unique_seen: HashSet<(CustomerId, Period, MeterSlug, &str)> = HashSet::new();
+    let mut unique_seen: HashSet<(UsageKey, &str)> = HashSet::new();
     for row in rows {
         let (Ok(customer), Ok(meter), Ok(aggregation)) = (
             CustomerId::new(row.customer.clone()),
@@ -91,27 +96,44 @@ pub fn fold(
         };
         let start_ms = i64::from(row.window_start) * 1000;
         let period = sub.cycle.period_containing(start_ms);
+        let per_group = catalog
+            .plan_at(&sub.plan, period.start_ms)
+            .and_then(|p| p.prices.get(&meter))
+            .is_some_and(|p| p.model.per_group());
+        let (group_key, names, values) = if per_group {
+            (
+                row.group_key.clone(),
+                row.group_names.clone(),
+                row.group_values.clone(),
+            )
+        } else {
+            ("{}".to_owned(), vec![], vec![])
+        };
         let entry = out
-            .entry((customer.clone(), period, meter.clone()))
+            .entry((customer.clone(), period, meter.clone(), group_key.clone()))
             .or_insert_with(|| MeterUsage {
                 customer,
                 period,
                 meter,
                 aggregation,
+                group_key,
+                group_names: names,
+                group_values: values,
                 quantity: Decimal::ZERO,
                 windows: 0,
                 first_window_ms: start_ms,
                 last_window_end_ms: start_ms,
             });
-        if entry.aggregation == Aggregation::UniqueCount
-            && !unique_seen.insert((
+        if entry.aggregation == Aggregation::UniqueCount {
+            let key = (
                 entry.customer.clone(),
                 period,
                 entry.meter.clone(),
-                row.unique_value.as_str(),
-            ))
-        {
-            continue; // the value was already counted in this period
+                entry.group_key.clone(),
+            );
+            if !unique_seen.insert((key, row.unique_value.as_str())) {
+                continue; // the value was already counted in this period
+            }
         }
         entry.add_window(row.quantity, start_ms, i64::from(row.window_end) * 1000);
     }
@@ -146,6 +168,9 @@ mod tests {
             customer: "acme".into(),
             meter: "users".into(),
             aggregation: "UNIQUE_COUNT".into(),
+            group_key: "{}".into(),
+            group_names: vec![],
+            group_values: vec![],
             quantity: Decimal::ONE,
             window_start: 1_795_651_200 + day * 86_400, // 2026-11-26 + day
             window_end: 1_795_651_200 + (day + 1) * 86_400,

@@ -6,7 +6,7 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 use tally_domain::exact;
 
-use super::{Priced, TierUse};
+use super::TierUse;
 
 /// One tier.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -19,10 +19,12 @@ pub struct Tier {
     pub unit_price: Decimal,
 }
 
-/// Checks that bounds rise strictly, only the last tier is unbounded, prices are not negative.
+/// Checks that bounds rise strictly (tiers never overlap), only the last tier is unbounded
+/// and prices are not negative. Shared by [`super::volume`]. Errors name the tier
+/// (`tiers[1].up_to`, 0-based like the configuration).
 pub fn validate(tiers: &[Tier]) -> Result<(), String> {
     if tiers.is_empty() {
-        return Err("graduated price needs at least one tier".into());
+        return Err("needs at least one tier".into());
     }
     let mut prev = Decimal::ZERO;
     for (i, t) in tiers.iter().enumerate() {
@@ -30,31 +32,35 @@ pub fn validate(tiers: &[Tier]) -> Result<(), String> {
         match (t.up_to, last) {
             (None, false) => {
                 return Err(format!(
-                    "tier {} has no up_to but is not the last tier",
-                    i + 1
+                    "tiers[{i}].up_to is missing but only the last tier may be unbounded"
                 ))
             }
-            (Some(_), true) => return Err(format!("the last tier ({}) must have no up_to", i + 1)),
+            (Some(_), true) => {
+                return Err(format!("tiers[{i}].up_to must be absent on the last tier"))
+            }
             (Some(b), false) if b <= prev => {
                 return Err(format!(
-                    "tier {} up_to {b} must be greater than {prev}",
-                    i + 1
-                ))
+                "tiers[{i}].up_to {b} overlaps the previous tier: it must be greater than {prev}"
+            ))
             }
             _ => {}
         }
         if t.unit_price.is_sign_negative() && !t.unit_price.is_zero() {
-            return Err(format!("tier {} unit_price is negative", i + 1));
+            return Err(format!(
+                "tiers[{i}].unit_price {} is negative",
+                t.unit_price
+            ));
         }
         prev = t.up_to.unwrap_or(prev);
     }
     Ok(())
 }
 
-pub fn price(tiers: &[Tier], quantity: Decimal) -> Option<Priced> {
+/// Each tier prices the part of `quantity` inside it; one line per tier used. `None` on
+/// overflow.
+pub fn price(tiers: &[Tier], quantity: Decimal) -> Option<Vec<TierUse>> {
     let mut out = Vec::new();
     let mut from = Decimal::ZERO;
-    let mut total = Decimal::ZERO;
     for (i, t) in tiers.iter().enumerate() {
         if quantity <= from {
             break;
@@ -62,7 +68,6 @@ pub fn price(tiers: &[Tier], quantity: Decimal) -> Option<Priced> {
         let top = t.up_to.map_or(quantity, |b| b.min(quantity));
         let q = top - from;
         let amount = q.checked_mul(t.unit_price)?;
-        total = total.checked_add(amount)?;
         out.push(TierUse {
             tier: i + 1,
             from,
@@ -70,17 +75,16 @@ pub fn price(tiers: &[Tier], quantity: Decimal) -> Option<Priced> {
             quantity: q,
             unit_price: t.unit_price,
             amount,
+            billed_units: None,
+            kind: None,
         });
         from = top;
     }
-    Some(Priced {
-        amount: total,
-        tiers: out,
-    })
+    Some(out)
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -88,7 +92,7 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn tiers() -> Vec<Tier> {
+    pub(crate) fn three_tiers() -> Vec<Tier> {
         vec![
             Tier {
                 up_to: Some(d("100")),
@@ -105,47 +109,97 @@ mod tests {
         ]
     }
 
+    fn amount(tiers: &[Tier], q: Decimal) -> Decimal {
+        price(tiers, q).unwrap().iter().map(|t| t.amount).sum()
+    }
+
     #[test]
-    fn table_including_exact_boundaries() {
-        let t = tiers();
-        for (qty, amount, used) in [
+    fn each_tier_prices_only_its_part_up_to_and_including_its_bound() {
+        let t = three_tiers();
+        for (qty, expected, used) in [
             ("0", "0", 0),
             ("1", "0.05", 1),
             ("100", "5", 1),       // the boundary belongs to tier 1
-            ("100.5", "5.015", 2), // just past it
+            ("100.5", "5.015", 2), // just past it: 100 x 0.05 + 0.5 x 0.03
             ("101", "5.03", 2),
-            ("1000", "32", 2),
+            ("1000", "32", 2), // 5 + 900 x 0.03
             ("1001", "32.01", 3),
-            ("2500", "47", 3),
+            ("2500", "47", 3),                   // 32 + 1500 x 0.01
+            ("1000000000000", "10000000022", 3), // 10^12: 32 + (10^12 - 1000) x 0.01
+            ("0.000000001", "0.00000000005", 1), // the smallest stored quantity
         ] {
-            let p = price(&t, d(qty)).unwrap();
-            assert_eq!(p.amount, d(amount), "quantity {qty}");
-            assert_eq!(p.tiers.len(), used, "quantity {qty}");
+            let lines = price(&t, d(qty)).unwrap();
+            assert_eq!(amount(&t, d(qty)), d(expected), "quantity {qty}");
+            assert_eq!(lines.len(), used, "quantity {qty}");
         }
     }
 
     #[test]
-    fn validation() {
-        assert!(validate(&tiers()).is_ok());
-        let mut bad = tiers();
+    fn overlapping_unbounded_or_negative_tiers_are_refused_naming_the_tier() {
+        assert!(validate(&three_tiers()).is_ok());
+        let mut bad = three_tiers();
         bad[1].up_to = Some(d("50"));
-        assert!(validate(&bad).is_err());
-        let mut bad = tiers();
+        assert!(validate(&bad)
+            .unwrap_err()
+            .contains("tiers[1].up_to 50 overlaps"));
+        let mut bad = three_tiers();
+        bad[1].up_to = Some(d("100"));
+        assert!(validate(&bad).unwrap_err().contains("tiers[1].up_to"));
+        let mut bad = three_tiers();
         bad[2].up_to = Some(d("5000"));
-        assert!(validate(&bad).is_err());
+        assert!(validate(&bad).unwrap_err().contains("tiers[2].up_to"));
+        let mut bad = three_tiers();
+        bad[0].up_to = None;
+        assert!(validate(&bad).unwrap_err().contains("tiers[0].up_to"));
+        let mut bad = three_tiers();
+        bad[2].unit_price = d("-0.01");
+        assert!(validate(&bad).unwrap_err().contains("tiers[2].unit_price"));
         assert!(validate(&[]).is_err());
+    }
+
+    /// The oracle: walk the quantity one unit (or the fractional rest) at a time, pricing
+    /// each step at the tier that holds its upper end.
+    fn brute_force(tiers: &[Tier], q: Decimal) -> Decimal {
+        let mut total = Decimal::ZERO;
+        let mut at = Decimal::ZERO;
+        while at < q {
+            let step = (q - at).min(Decimal::ONE);
+            let top = at + step;
+            let tier = tiers
+                .iter()
+                .find(|t| t.up_to.is_none_or(|b| top <= b))
+                .unwrap();
+            total += step * tier.unit_price;
+            at = top;
+        }
+        total
     }
 
     proptest! {
         #[test]
-        fn tiers_partition_the_quantity(units in 0i64..10_000_000, scale in 0u32..4) {
+        fn graduated_equals_a_unit_by_unit_walk_over_the_tiers(
+            units in 0i64..3_000, scale in 0u32..3,
+            b1 in 1i64..50, b2 in 1i64..50,
+        ) {
+            // integer bounds so every unit step lands on whole numbers around them
+            let tiers = vec![
+                Tier { up_to: Some(Decimal::from(b1)), unit_price: d("0.07") },
+                Tier { up_to: Some(Decimal::from(b1 + b2)), unit_price: d("0.05") },
+                Tier { up_to: None, unit_price: d("0.01") },
+            ];
             let q = Decimal::new(units, scale);
-            let p = price(&tiers(), q).unwrap();
-            prop_assert_eq!(p.tiers.iter().map(|t| t.quantity).sum::<Decimal>(), q);
-            prop_assert_eq!(p.tiers.iter().map(|t| t.amount).sum::<Decimal>(), p.amount);
-            // graduated pricing is monotone: more usage never costs less
-            let more = price(&tiers(), q + Decimal::ONE).unwrap();
-            prop_assert!(more.amount >= p.amount);
+            prop_assert_eq!(amount(&tiers, q), brute_force(&tiers, q));
+        }
+
+        #[test]
+        fn tiers_partition_the_quantity_and_more_usage_never_costs_less(
+            units in 0i64..10_000_000, scale in 0u32..4,
+        ) {
+            let q = Decimal::new(units, scale);
+            let lines = price(&three_tiers(), q).unwrap();
+            prop_assert_eq!(lines.iter().map(|t| t.quantity).sum::<Decimal>(), q);
+            let more = amount(&three_tiers(), q + Decimal::new(1, scale));
+            prop_assert!(more >= amount(&three_tiers(), q));
         }
     }
 }

@@ -1,35 +1,129 @@
-//! Pricing models: from a quantity to an unrounded amount with its tier arithmetic. One file
-//! per model. Tier boundaries follow one convention: a tier with `up_to = N` covers
-//! quantities *up to and including* N. Models never round; [`crate::charge`] rounds once.
+//! Pricing models: from a quantity to an unrounded amount with its arithmetic, one line per
+//! step. One file per model ([`per_unit`], [`graduated`], [`volume`], [`package`], [`flat`],
+//! [`dimensional`]) and one per modifier that wraps any model ([`allowance`]: free units
+//! first; [`commitment`]: minimum true-up and maximum cap).
+//!
+//! Conventions, documented in docs/PRICING.md:
+//! - Tier boundaries: a tier with `up_to = N` covers quantities *up to and including* N.
+//! - Every line satisfies `amount = billed_units × unit_price` (`billed_units` defaults to
+//!   `quantity`), the lines' quantities sum to the priced quantity and their amounts to the
+//!   unrounded amount.
+//! - Models never round; [`crate::charge`] rounds once.
 
+pub mod allowance;
+pub mod commitment;
+pub mod dimensional;
+pub mod flat;
 pub mod graduated;
+pub mod package;
 pub mod per_unit;
+pub mod volume;
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+pub use dimensional::{Dimensional, Rate};
 pub use graduated::Tier;
 
-/// A validated price for one meter.
+/// What a price is computed from: a quantity and the group-by values it was measured under.
+#[derive(Debug, Clone, Copy)]
+pub struct Measured<'a> {
+    pub quantity: Decimal,
+    /// Group-by names, sorted, and their values (same length).
+    pub group_names: &'a [String],
+    pub group_values: &'a [String],
+}
+
+impl<'a> Measured<'a> {
+    /// A quantity measured without group-by values.
+    pub fn ungrouped(quantity: Decimal) -> Measured<'static> {
+        Measured {
+            quantity,
+            group_names: &[],
+            group_values: &[],
+        }
+    }
+}
+
+/// A validated pricing model for one meter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PriceModel {
     PerUnit { unit_price: Decimal },
     Graduated { tiers: Vec<Tier> },
+    Volume { tiers: Vec<Tier> },
+    Package { size: Decimal, price: Decimal },
+    Flat { amount: Decimal },
+    Dimensional(Dimensional),
 }
 
-/// One tier's share of a quantity (for per-unit prices, the single line).
+/// A validated price: a model plus the modifiers every model accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Price {
+    pub model: PriceModel,
+    /// Units free in each period before the model applies (zero: none).
+    pub free_units: Decimal,
+    /// The line never costs less than this (a true-up line makes up the difference).
+    pub minimum: Option<Decimal>,
+    /// The line never costs more than this (a cap line takes off the excess).
+    pub maximum: Option<Decimal>,
+}
+
+/// What a line of the arithmetic is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LineKind {
+    /// Units given free by the allowance (unit price zero).
+    FreeAllowance,
+    /// The true-up to the minimum (quantity zero, one billed unit).
+    Minimum,
+    /// The cap to the maximum (quantity zero, one billed unit, negative price).
+    Maximum,
+}
+
+/// One line of a price's arithmetic: a tier's share of a quantity, a package count, a fee,
+/// a free allowance or a commitment adjustment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TierUse {
-    /// 1-based tier number.
+    /// 1-based tier number (1 for single-rate models and adjustments).
     pub tier: usize,
     /// The tier covers quantities above `from` ...
     pub from: Decimal,
     /// ... up to and including `up_to` (`None`: unbounded).
     pub up_to: Option<Decimal>,
+    /// The part of the measured quantity this line covers.
     pub quantity: Decimal,
     pub unit_price: Decimal,
-    /// `quantity * unit_price`, unrounded.
+    /// `billed_units × unit_price` (or `quantity × unit_price` without billed units), unrounded.
     pub amount: Decimal,
+    /// Units billed when they differ from `quantity`: packages, one flat fee, one adjustment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billed_units: Option<Decimal>,
+    /// Absent for the model's own lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<LineKind>,
+}
+
+impl TierUse {
+    /// A single-rate line: `quantity × unit_price`.
+    pub fn single(quantity: Decimal, unit_price: Decimal, amount: Decimal) -> TierUse {
+        TierUse {
+            tier: 1,
+            from: Decimal::ZERO,
+            up_to: None,
+            quantity,
+            unit_price,
+            amount,
+            billed_units: None,
+            kind: None,
+        }
+    }
+
+    /// `billed_units` (or `quantity`) × `unit_price`: what `amount` must equal.
+    pub fn expected_amount(&self) -> Option<Decimal> {
+        self.billed_units
+            .unwrap_or(self.quantity)
+            .checked_mul(self.unit_price)
+    }
 }
 
 /// An unrounded price and how it was reached.
@@ -39,11 +133,24 @@ pub struct Priced {
     pub tiers: Vec<TierUse>,
 }
 
-/// A price that overflowed the decimal range.
+impl Priced {
+    fn from_lines(tiers: Vec<TierUse>) -> Option<Priced> {
+        let mut amount = Decimal::ZERO;
+        for t in &tiers {
+            amount = amount.checked_add(t.amount)?;
+        }
+        Some(Priced { amount, tiers })
+    }
+}
+
+/// Why a quantity could not be priced.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("amount overflows for quantity {quantity}")]
-pub struct PriceOverflow {
-    pub quantity: Decimal,
+pub enum PriceError {
+    #[error("amount overflows for quantity {quantity}")]
+    Overflow { quantity: Decimal },
+    /// A dimensional price has no rate for these group-by values.
+    #[error("no rate for group {group}")]
+    NoRate { group: String },
 }
 
 impl PriceModel {
@@ -52,33 +159,88 @@ impl PriceModel {
         match self {
             PriceModel::PerUnit { .. } => "per_unit",
             PriceModel::Graduated { .. } => "graduated",
+            PriceModel::Volume { .. } => "volume",
+            PriceModel::Package { .. } => "package",
+            PriceModel::Flat { .. } => "flat",
+            PriceModel::Dimensional(_) => "dimensional",
         }
     }
 
-    /// Prices `quantity` (non-negative).
-    pub fn price(&self, quantity: Decimal) -> Result<Priced, PriceOverflow> {
-        debug_assert!(!quantity.is_sign_negative() || quantity.is_zero());
-        let priced = match self {
-            PriceModel::PerUnit { unit_price } => per_unit::price(*unit_price, quantity),
-            PriceModel::Graduated { tiers } => graduated::price(tiers, quantity),
-        }
-        .ok_or(PriceOverflow { quantity })?;
-        debug_assert_eq!(
-            priced.tiers.iter().map(|t| t.amount).sum::<Decimal>(),
-            priced.amount
-        );
-        debug_assert_eq!(
-            priced.tiers.iter().map(|t| t.quantity).sum::<Decimal>(),
-            quantity
-        );
-        Ok(priced)
+    /// Whether charges are computed per group-by value (else per meter).
+    pub fn per_group(&self) -> bool {
+        matches!(self, PriceModel::Dimensional(_))
+    }
+
+    /// Prices `quantity` (non-negative) with the model alone; `Ok(None)` only for a
+    /// dimensional price without a rate for the group.
+    fn lines(&self, m: Measured<'_>) -> Result<Option<Vec<TierUse>>, PriceError> {
+        let q = m.quantity;
+        let lines = match self {
+            PriceModel::PerUnit { unit_price } => per_unit::price(*unit_price, q),
+            PriceModel::Graduated { tiers } => graduated::price(tiers, q),
+            PriceModel::Volume { tiers } => volume::price(tiers, q),
+            PriceModel::Package { size, price } => package::price(*size, *price, q),
+            PriceModel::Flat { amount } => Some(vec![flat::price(*amount, q)]),
+            PriceModel::Dimensional(d) => match d.rate(m.group_names, m.group_values) {
+                Some(unit_price) => per_unit::price(unit_price, q),
+                None => {
+                    return Err(PriceError::NoRate {
+                        group: dimensional::describe(m.group_names, m.group_values),
+                    })
+                }
+            },
+        };
+        lines.map(Some).ok_or(PriceError::Overflow { quantity: q })
     }
 
     /// The unit price to show for the whole line, when there is a single one.
-    pub fn unit_price(&self) -> Option<Decimal> {
+    pub fn unit_price(&self, m: Measured<'_>) -> Option<Decimal> {
         match self {
             PriceModel::PerUnit { unit_price } => Some(*unit_price),
-            PriceModel::Graduated { .. } => None,
+            PriceModel::Dimensional(d) => d.rate(m.group_names, m.group_values),
+            _ => None,
         }
+    }
+}
+
+impl Price {
+    /// A price with no allowance and no commitment.
+    pub fn plain(model: PriceModel) -> Price {
+        Price {
+            model,
+            free_units: Decimal::ZERO,
+            minimum: None,
+            maximum: None,
+        }
+    }
+
+    /// Prices a measured quantity: the free allowance first, then the model on the rest,
+    /// then the minimum and maximum on the model's subtotal.
+    pub fn price(&self, m: Measured<'_>) -> Result<Priced, PriceError> {
+        debug_assert!(!m.quantity.is_sign_negative() || m.quantity.is_zero());
+        let overflow = PriceError::Overflow {
+            quantity: m.quantity,
+        };
+        let (free, billable) = allowance::split(self.free_units, m.quantity);
+        let mut lines: Vec<TierUse> = free.into_iter().collect();
+        let billable_m = Measured {
+            quantity: billable,
+            ..m
+        };
+        lines.extend(self.model.lines(billable_m)?.unwrap_or_default());
+        let subtotal = Priced::from_lines(lines.clone())
+            .ok_or(overflow.clone())?
+            .amount;
+        lines.extend(commitment::adjust(subtotal, self.minimum, self.maximum));
+        let priced = Priced::from_lines(lines).ok_or(overflow)?;
+        debug_assert_eq!(
+            priced.tiers.iter().map(|t| t.quantity).sum::<Decimal>(),
+            m.quantity
+        );
+        debug_assert!(priced
+            .tiers
+            .iter()
+            .all(|t| t.expected_amount() == Some(t.amount)));
+        Ok(priced)
     }
 }

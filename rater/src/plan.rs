@@ -1,0 +1,172 @@
+//! One plan version and how its configuration is validated: every price checked against
+//! the declared meters, every error naming the field (`plans[0].prices[1].tiers`). Pure.
+
+use std::collections::HashMap;
+
+use rust_decimal::Decimal;
+use tally_domain::{Currency, Meter, MeterSlug};
+use tally_platform::ConfigError;
+
+use crate::config::{PlanSpec, PriceSpec};
+use crate::pricing::{graduated, Dimensional, Price, PriceModel};
+
+/// One immutable plan version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub id: String,
+    pub version: u32,
+    pub currency: Currency,
+    pub effective_from_ms: i64,
+    pub prices: HashMap<MeterSlug, Price>,
+}
+
+/// Validates `plans[i]`.
+pub fn validate(spec: PlanSpec, i: usize, meters: &[Meter]) -> Result<Plan, ConfigError> {
+    let setting = |f: &str| format!("plans[{i}].{f}");
+    if spec.id.is_empty() {
+        return Err(ConfigError::invalid(setting("id"), "is empty"));
+    }
+    if spec.version == 0 {
+        return Err(ConfigError::invalid(
+            setting("version"),
+            "must be at least 1",
+        ));
+    }
+    let currency: Currency = spec
+        .currency
+        .parse()
+        .map_err(|e| ConfigError::invalid(setting("currency"), e))?;
+    let mut prices = HashMap::new();
+    for (j, p) in spec.prices.into_iter().enumerate() {
+        let field = |f: &str| format!("plans[{i}].prices[{j}].{f}");
+        let Some(meter) = meters.iter().find(|m| m.slug.as_str() == p.meter) else {
+            return Err(ConfigError::invalid(
+                field("meter"),
+                format!("no meter {:?} is declared", p.meter),
+            ));
+        };
+        let price =
+            validate_price(p, meter).map_err(|(f, d)| ConfigError::invalid(field(&f), d))?;
+        if prices.insert(meter.slug.clone(), price).is_some() {
+            return Err(ConfigError::invalid(
+                field("meter"),
+                format!("meter {} is priced twice", meter.slug),
+            ));
+        }
+    }
+    Ok(Plan {
+        id: spec.id,
+        version: spec.version,
+        currency,
+        effective_from_ms: spec.effective_from.timestamp_millis(),
+        prices,
+    })
+}
+
+type FieldError = (String, String);
+
+fn validate_price(p: PriceSpec, meter: &Meter) -> Result<Price, FieldError> {
+    let model = validate_model(&p, meter)?;
+    let free_units = non_negative("free_units", p.free_units)?.unwrap_or(Decimal::ZERO);
+    let minimum = non_negative("minimum", p.minimum)?;
+    let maximum = non_negative("maximum", p.maximum)?;
+    if let (Some(min), Some(max)) = (minimum, maximum) {
+        if min > max {
+            return Err((
+                "maximum".into(),
+                format!("{max} is below the minimum {min}"),
+            ));
+        }
+    }
+    Ok(Price {
+        model,
+        free_units,
+        minimum,
+        maximum,
+    })
+}
+
+fn validate_model(p: &PriceSpec, meter: &Meter) -> Result<PriceModel, FieldError> {
+    let allowed: &[&str] = match p.model.as_str() {
+        "per_unit" => &["unit_price"],
+        "graduated" | "volume" => &["tiers"],
+        "package" => &["package_size", "package_price"],
+        "flat" => &["amount"],
+        "dimensional" => &["dimensions", "rates", "default_unit_price"],
+        other => {
+            return Err((
+                "model".into(),
+                format!(
+                "unknown model {other:?} (per_unit, graduated, volume, package, flat, dimensional)"
+            ),
+            ))
+        }
+    };
+    for (name, present) in [
+        ("unit_price", p.unit_price.is_some()),
+        ("tiers", p.tiers.is_some()),
+        ("package_size", p.package_size.is_some()),
+        ("package_price", p.package_price.is_some()),
+        ("amount", p.amount.is_some()),
+        ("dimensions", p.dimensions.is_some()),
+        ("rates", p.rates.is_some()),
+        ("default_unit_price", p.default_unit_price.is_some()),
+    ] {
+        if present && !allowed.contains(&name) {
+            return Err((name.into(), format!("is not used by model {}", p.model)));
+        }
+    }
+    let model = match p.model.as_str() {
+        "per_unit" => PriceModel::PerUnit {
+            unit_price: required("unit_price", non_negative("unit_price", p.unit_price)?)?,
+        },
+        "graduated" | "volume" => {
+            let tiers = required("tiers", p.tiers.clone())?;
+            graduated::validate(&tiers).map_err(|e| ("tiers".to_owned(), e))?;
+            if p.model == "volume" {
+                PriceModel::Volume { tiers }
+            } else {
+                PriceModel::Graduated { tiers }
+            }
+        }
+        "package" => {
+            let size = required("package_size", p.package_size)?;
+            if size <= Decimal::ZERO {
+                return Err(("package_size".into(), format!("{size} must be positive")));
+            }
+            PriceModel::Package {
+                size,
+                price: required(
+                    "package_price",
+                    non_negative("package_price", p.package_price)?,
+                )?,
+            }
+        }
+        "flat" => PriceModel::Flat {
+            amount: required("amount", non_negative("amount", p.amount)?)?,
+        },
+        _ => {
+            let group_by: Vec<String> = meter.group_by.iter().map(|(n, _)| n.clone()).collect();
+            PriceModel::Dimensional(Dimensional::new(
+                required("dimensions", p.dimensions.clone())?,
+                required("rates", p.rates.clone())?,
+                p.default_unit_price,
+                &group_by,
+            )?)
+        }
+    };
+    Ok(model)
+}
+
+fn required<T>(field: &str, v: Option<T>) -> Result<T, FieldError> {
+    v.ok_or_else(|| (field.to_owned(), "is required by this model".to_owned()))
+}
+
+fn non_negative(field: &str, v: Option<Decimal>) -> Result<Option<Decimal>, FieldError> {
+    match v {
+        Some(d) if d.is_sign_negative() && !d.is_zero() => {
+            Err((field.to_owned(), format!("{d} is negative")))
+        }
+        _ => Ok(v),
+    }
+}

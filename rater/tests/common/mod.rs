@@ -1,0 +1,90 @@
+//! Building catalogs and usage for the rater's pure tests.
+#![allow(dead_code)]
+
+use rust_decimal::Decimal;
+use tally_domain::meter::{validate_meters, MeterSpec};
+use tally_domain::{Aggregation, CustomerId, Meter, MeterSlug, Period};
+use tally_rater::catalog::Plan;
+use tally_rater::charge::MeterUsage;
+use tally_rater::config::{PlanSpec, SubscriptionSpec};
+use tally_rater::usage::UsageRow;
+use tally_rater::{Catalog, RaterConfig};
+
+pub const JAN_2026_MS: i64 = 1_767_225_600_000;
+
+pub fn d(s: &str) -> Decimal {
+    s.parse().expect("a decimal literal")
+}
+
+/// `tokens` (SUM, by model and kind) and `calls` (COUNT).
+pub fn meters() -> Vec<Meter> {
+    let specs: Vec<MeterSpec> = serde_json::from_str(
+        r#"[{"slug":"tokens","event_type":"t","aggregation":"SUM","value_property":"$.n",
+             "group_by":{"model":"$.model","kind":"$.kind"}},
+            {"slug":"calls","event_type":"c","aggregation":"COUNT"}]"#,
+    )
+    .expect("meters");
+    validate_meters(specs).expect("valid meters")
+}
+
+/// A catalog whose only plan, `p` version 1 in `currency`, prices `tokens` with `price`
+/// (the inside of a TOML inline table, without the meter); every customer is on it.
+pub fn catalog(currency: &str, price: &str) -> Catalog {
+    #[derive(serde::Deserialize)]
+    struct F {
+        plans: Vec<PlanSpec>,
+        #[serde(default)]
+        subscriptions: Vec<SubscriptionSpec>,
+    }
+    let text = format!(
+        "[[plans]]\nid = \"p\"\nversion = 1\ncurrency = \"{currency}\"\n\
+         effective_from = \"2026-01-01T00:00:00Z\"\nprices = [{{ meter = \"tokens\", {price} }}]\n"
+    );
+    let f: F = toml::from_str(&text).expect("plan TOML");
+    let rater = RaterConfig {
+        default_plan: Some("p".into()),
+        ..Default::default()
+    };
+    Catalog::new(f.plans, f.subscriptions, &rater, &meters()).expect("valid catalog")
+}
+
+pub fn plan(c: &Catalog) -> &Plan {
+    c.plan_at("p", JAN_2026_MS).expect("plan p")
+}
+
+/// January 2026 usage of `tokens` by `acme`, all groups together.
+pub fn usage(quantity: Decimal) -> MeterUsage {
+    MeterUsage {
+        customer: CustomerId::new("acme").expect("id"),
+        period: Period {
+            start_ms: JAN_2026_MS,
+            end_ms: JAN_2026_MS + 31 * 86_400_000,
+        },
+        meter: MeterSlug::new("tokens").expect("slug"),
+        aggregation: Aggregation::Sum,
+        group_key: "{}".into(),
+        group_names: vec![],
+        group_values: vec![],
+        quantity,
+        windows: 1,
+        first_window_ms: JAN_2026_MS,
+        last_window_end_ms: JAN_2026_MS + 60_000,
+    }
+}
+
+/// One committed window of `tokens` for `customer`, `minute` minutes into January 2026.
+pub fn row(customer: &str, model: &str, kind: &str, minute: u32, quantity: &str) -> UsageRow {
+    let start = (JAN_2026_MS / 1000) as u32 + minute * 60;
+    UsageRow {
+        customer: customer.into(),
+        meter: "tokens".into(),
+        aggregation: "SUM".into(),
+        group_key: format!(r#"{{"kind":"{kind}","model":"{model}"}}"#),
+        group_names: vec!["kind".into(), "model".into()],
+        group_values: vec![kind.into(), model.into()],
+        quantity: d(quantity),
+        window_start: start,
+        window_end: start + 60,
+        unique_value: String::new(),
+    }
+}
