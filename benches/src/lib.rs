@@ -6,6 +6,8 @@
 //! # Layout
 //! - [`alloc`]: a counting global allocator, for bytes-per-id figures.
 //! - [`aggregator_cpu`]: parse + validate + dedup + window per event, in process.
+//! - [`rating`]: usage rows folded and priced into charges per second, in process.
 
 pub mod aggregator_cpu;
 pub mod alloc;
+pub mod rating;

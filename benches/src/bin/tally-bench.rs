@@ -1,13 +1,17 @@
 //! `tally-bench`: runs the in-process benchmarks and prints a markdown table.
-//! Usage: `cargo run --release -p tally-benches --bin tally-bench [--events 1000000] [--ids 1000000]`.
+//! Usage: `cargo run --release -p tally-benches --bin tally-bench [--events 1000000] [--ids 1000000]`,
+//! or `... --bin tally-bench rating [--rows 1000000] [--customers 1000]` for rating throughput.
 
-use tally_benches::{aggregator_cpu, alloc};
+use tally_benches::{aggregator_cpu, alloc, rating};
 use tally_platform::args::Args;
 
 #[global_allocator]
 static ALLOC: alloc::Counting = alloc::Counting;
 
 fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("rating") {
+        return rating_bench();
+    }
     let args = Args::parse(std::env::args().skip(1), &["events", "ids"])?;
     let events: usize = args.get("events", 1_000_000)?;
     let ids: usize = args.get("ids", 1_000_000)?;
@@ -24,6 +28,21 @@ fn main() -> anyhow::Result<()> {
         ids,
         bytes,
         bytes * 1_000_000.0 / 1_048_576.0
+    );
+    Ok(())
+}
+
+/// `tally-bench rating`: usage rows rated per second on one thread.
+fn rating_bench() -> anyhow::Result<()> {
+    let args = Args::parse(std::env::args().skip(2), &["rows", "customers"])?;
+    let rows: usize = args.get("rows", 1_000_000)?;
+    let customers: usize = args.get("customers", 1000)?;
+    let r = rating::run(rows, customers)?;
+    println!("| scenario | figure |");
+    println!("|---|---|");
+    println!(
+        "| rating: fold + price, 1 thread, {} usage rows of {} customers into {} charges | {:.0} usage rows/s |",
+        r.rows, customers, r.charges, r.rows_per_sec
     );
     Ok(())
 }

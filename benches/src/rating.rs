@@ -1,0 +1,121 @@
+//! Rating throughput: committed usage rows folded per (customer, period, meter, group) and
+//! priced into charges, in process, one thread. The catalog is the AI-agent shape: a price
+//! book per model and token kind for tokens (one charge per group) and graduated tiers with a
+//! free allowance and a minimum for tool calls (one charge per meter). No ClickHouse: this
+//! measures the rater's own CPU cost per usage row, what a pass adds on top of reading
+//! `v_usage` and inserting charges.
+
+use std::time::Instant;
+
+use rust_decimal::Decimal;
+use tally_domain::meter::{validate_meters, MeterSpec};
+use tally_rater::charge::compute;
+use tally_rater::config::{PlanSpec, SubscriptionSpec};
+use tally_rater::usage::{fold, UsageRow};
+use tally_rater::{Catalog, RaterConfig};
+
+/// What one run measured.
+pub struct RatingFigures {
+    pub rows: usize,
+    pub charges: usize,
+    pub rows_per_sec: f64,
+}
+
+const MODELS: [&str; 4] = ["gpt-4o", "gpt-4o-mini", "claude-sonnet", "claude-haiku"];
+const KINDS: [&str; 2] = ["input", "output"];
+
+fn catalog() -> anyhow::Result<Catalog> {
+    let meters: Vec<MeterSpec> = serde_json::from_str(
+        r#"[{"slug":"llm_tokens","event_type":"llm.tokens","aggregation":"SUM","value_property":"$.tokens",
+             "group_by":{"model":"$.model","kind":"$.kind"}},
+            {"slug":"tool_calls","event_type":"tool.call","aggregation":"COUNT","group_by":{"tool":"$.tool"}}]"#,
+    )?;
+    let plans: Vec<PlanSpec> = serde_json::from_str(
+        r#"[{"id":"ai","version":1,"currency":"USD","effective_from":"2020-01-01T00:00:00Z","prices":[
+            {"model":"dimensional","meter":"llm_tokens","dimensions":["model","kind"],"default_unit_price":"0.000001",
+             "rates":[{"values":["gpt-4o","input"],"unit_price":"0.0000025"},{"values":["gpt-4o","output"],"unit_price":"0.00001"},
+                      {"values":["gpt-4o-mini","input"],"unit_price":"0.00000015"},{"values":["gpt-4o-mini","output"],"unit_price":"0.0000006"},
+                      {"values":["claude-sonnet","input"],"unit_price":"0.000003"},{"values":["claude-sonnet","output"],"unit_price":"0.000015"}]},
+            {"model":"graduated","meter":"tool_calls","free_units":"100","minimum":"5",
+             "tiers":[{"up_to":"1000","unit_price":"0.02"},{"up_to":"10000","unit_price":"0.015"},{"unit_price":"0.01"}]}]}]"#,
+    )?;
+    let meters = validate_meters(meters)?;
+    let rater = RaterConfig {
+        default_plan: Some("ai".into()),
+        ..Default::default()
+    };
+    let subs: Vec<SubscriptionSpec> = vec![];
+    Ok(Catalog::new(plans, subs, &rater, &meters)?)
+}
+
+/// `rows` usage rows: `customers` customers, windows of one minute from 2026-11-01, each
+/// row one (customer, agent, meter, group) window.
+fn usage_rows(rows: usize, customers: usize) -> Vec<UsageRow> {
+    let start = 1_793_491_200u32; // 2026-11-01T00:00:00Z
+    (0..rows)
+        .map(|i| {
+            let customer = format!("customer-{}", i % customers);
+            let j = i / customers; // the customer's j-th row
+            let minute = (j / 10) as u32 % 40_000;
+            let window_start = start + minute * 60;
+            let (meter, aggregation, names, values) = if j % 5 == 4 {
+                let tool = format!("tool-{}", j % 7);
+                ("tool_calls", "COUNT", vec!["tool".to_owned()], vec![tool])
+            } else {
+                let (m, k) = (MODELS[j % 4], KINDS[(j / 4) % 2]);
+                let names = vec!["kind".to_owned(), "model".to_owned()];
+                ("llm_tokens", "SUM", names, vec![k.to_owned(), m.to_owned()])
+            };
+            let group_key = format!(
+                "{{{}}}",
+                names
+                    .iter()
+                    .zip(&values)
+                    .map(|(n, v)| format!("\"{n}\":\"{v}\""))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            UsageRow {
+                customer,
+                meter: meter.into(),
+                aggregation: aggregation.into(),
+                group_key,
+                group_names: names,
+                group_values: values,
+                quantity: Decimal::new((i as i64 % 5000) * 7 + 1, if i % 3 == 0 { 0 } else { 2 }),
+                window_start,
+                window_end: window_start + 60,
+                unique_value: String::new(),
+            }
+        })
+        .collect()
+}
+
+/// Folds and prices `rows` usage rows of `customers` customers, timing only the rating.
+pub fn run(rows: usize, customers: usize) -> anyhow::Result<RatingFigures> {
+    let catalog = catalog()?;
+    let input = usage_rows(rows, customers.max(1));
+    let started = Instant::now();
+    let (usages, _) = fold(&input, &catalog);
+    let mut charges = 0usize;
+    let mut total_minor = 0i64;
+    for u in usages.values() {
+        let Some(sub) = catalog.subscription(&u.customer) else {
+            continue;
+        };
+        let Some(plan) = catalog.plan_at(&sub.plan, u.period.start_ms) else {
+            continue;
+        };
+        if let Some(c) = compute(u, plan)? {
+            charges += 1;
+            total_minor = total_minor.saturating_add(c.amount_minor);
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    std::hint::black_box(total_minor);
+    Ok(RatingFigures {
+        rows,
+        charges,
+        rows_per_sec: rows as f64 / secs.max(1e-9),
+    })
+}
