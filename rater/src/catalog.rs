@@ -5,17 +5,30 @@
 
 use std::collections::HashMap;
 
-use tally_domain::{BillingCycle, CustomerId, Meter};
+use tally_domain::{BillingCycle, CustomerId, Meter, MeterSlug, Period};
 use tally_platform::ConfigError;
 
 use crate::config::{PlanSpec, RaterConfig, SubscriptionSpec};
 pub use crate::plan::Plan;
+use crate::pricing::discount::Coupon;
 
 /// A customer's subscription.
 #[derive(Debug, Clone)]
 pub struct Subscription {
     pub plan: String,
     pub cycle: BillingCycle,
+    /// In declaration order, the order they apply in.
+    pub coupons: Vec<Coupon>,
+}
+
+impl Subscription {
+    /// The coupons that discount charges of `meter` in `period`.
+    pub fn coupons_for(&self, period: &Period, meter: &MeterSlug) -> Vec<&Coupon> {
+        self.coupons
+            .iter()
+            .filter(|c| c.applies(&self.cycle, period, meter))
+            .collect()
+    }
 }
 
 /// Plans and subscriptions.
@@ -96,12 +109,23 @@ impl Catalog {
             cycle
                 .validate()
                 .map_err(|e| ConfigError::invalid(setting("billing_anchor_day"), e))?;
+            let coupons = s
+                .coupons
+                .into_iter()
+                .enumerate()
+                .map(|(j, c)| {
+                    crate::plan::validate_coupon(c, meters).map_err(|(f, d)| {
+                        ConfigError::invalid(setting(&format!("coupons[{j}].{f}")), d)
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             if subscriptions
                 .insert(
                     customer.clone(),
                     Subscription {
                         plan: s.plan,
                         cycle,
+                        coupons,
                     },
                 )
                 .is_some()
@@ -133,6 +157,7 @@ impl Catalog {
             self.default_plan.clone().map(|plan| Subscription {
                 plan,
                 cycle: BillingCycle::default(),
+                coupons: vec![],
             })
         })
     }
@@ -221,6 +246,7 @@ mod tests {
             customer: "acme".into(),
             plan: "missing".into(),
             billing_anchor_day: 1,
+            coupons: vec![],
         };
         let err = Catalog::new(plans(TWO_VERSIONS), vec![sub], &rater, &meters())
             .unwrap_err()
@@ -317,6 +343,53 @@ mod tests {
         let unknown_currency =
             price(r#"model = "per_unit", unit_price = "1""#).replace("USD", "ABC");
         assert!(refused(&unknown_currency).contains("plans[0].currency"));
+    }
+
+    #[test]
+    fn bad_coupons_are_refused_naming_the_field() {
+        let rater = RaterConfig::default();
+        for (coupon, field) in [
+            (
+                r#"id = "x", percent_off = "150", starts = "2026-01-01T00:00:00Z", duration = "once""#,
+                "coupons[0].percent_off",
+            ),
+            (
+                r#"id = "x", percent_off = "10", amount_off = "1", starts = "2026-01-01T00:00:00Z", duration = "once""#,
+                "coupons[0].percent_off",
+            ),
+            (
+                r#"id = "x", amount_off = "5", starts = "2026-01-01T00:00:00Z", duration = "once""#,
+                "coupons[0].meter",
+            ),
+            (
+                r#"id = "x", amount_off = "5", meter = "nope", starts = "2026-01-01T00:00:00Z", duration = "once""#,
+                "coupons[0].meter",
+            ),
+            (
+                r#"id = "x", percent_off = "10", starts = "2026-01-01T00:00:00Z", duration = "repeating""#,
+                "coupons[0].periods",
+            ),
+            (
+                r#"id = "x", percent_off = "10", starts = "2026-01-01T00:00:00Z", duration = "weekly""#,
+                "coupons[0].duration",
+            ),
+        ] {
+            #[derive(serde::Deserialize)]
+            struct S {
+                subscriptions: Vec<SubscriptionSpec>,
+            }
+            let text = format!(
+                "[[subscriptions]]\ncustomer = \"acme\"\nplan = \"p\"\ncoupons = [{{ {coupon} }}]\n"
+            );
+            let subs = toml::from_str::<S>(&text).unwrap().subscriptions;
+            let err = Catalog::new(plans(TWO_VERSIONS), subs, &rater, &meters())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("subscriptions[0].{field}")),
+                "{coupon}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -8,7 +8,8 @@ use tally_domain::{Aggregation, CustomerId, MeterSlug, Period};
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::catalog::Plan;
-use crate::pricing::{Measured, PriceError, TierUse};
+use crate::pricing::discount::Coupon;
+use crate::pricing::{LineKind, Measured, PriceError, TierUse};
 
 /// One customer's committed usage of one meter in one period: of the whole meter
 /// (`group_key` `{}`), or of one group-by value when the meter's price is per group.
@@ -77,9 +78,12 @@ pub struct Charge {
     pub quantity: Decimal,
     pub unit_price: Option<Decimal>,
     pub tiers: Vec<TierUse>,
-    /// Rounded once, to the currency's minor units, half away from zero.
+    /// Rounded once, to the currency's minor units, half away from zero; after discounts.
     pub amount: Decimal,
     pub amount_minor: i64,
+    /// The amount without the discount lines, rounded the same way; the discount is
+    /// `amount_minor - amount_before_discounts_minor`.
+    pub amount_before_discounts_minor: i64,
     pub windows: u32,
     pub usage_from_ms: i64,
     pub usage_to_ms: i64,
@@ -113,6 +117,15 @@ pub fn charge_id(
 /// Prices `usage` with `plan`; `None` when the plan has no price for the meter (or, for a
 /// price book, no rate for the group).
 pub fn compute(usage: &MeterUsage, plan: &Plan) -> Result<Option<Charge>, ChargeError> {
+    compute_discounted(usage, plan, &[])
+}
+
+/// [`compute`] with the subscription's coupons that apply to this charge.
+pub fn compute_discounted(
+    usage: &MeterUsage,
+    plan: &Plan,
+    coupons: &[&Coupon],
+) -> Result<Option<Charge>, ChargeError> {
     let Some(price) = plan.prices.get(&usage.meter) else {
         return Ok(None);
     };
@@ -126,7 +139,7 @@ pub fn compute(usage: &MeterUsage, plan: &Plan) -> Result<Option<Charge>, Charge
         group_names: &usage.group_names,
         group_values: &usage.group_values,
     };
-    let priced = match price.price(measured) {
+    let priced = match price.price_discounted(measured, coupons) {
         Ok(p) => p,
         Err(PriceError::NoRate { .. }) => return Ok(None),
         Err(e) => return Err(overflow(e.to_string())),
@@ -136,6 +149,16 @@ pub fn compute(usage: &MeterUsage, plan: &Plan) -> Result<Option<Charge>, Charge
     let amount_minor = plan
         .currency
         .to_minor(amount)
+        .map_err(|e| overflow(e.to_string()))?;
+    let before_discounts: Decimal = priced
+        .tiers
+        .iter()
+        .filter(|t| t.kind != Some(LineKind::Discount))
+        .map(|t| t.amount)
+        .sum();
+    let amount_before_discounts_minor = plan
+        .currency
+        .to_minor(plan.currency.round(before_discounts))
         .map_err(|e| overflow(e.to_string()))?;
     Ok(Some(Charge {
         charge_id: charge_id(
@@ -161,6 +184,7 @@ pub fn compute(usage: &MeterUsage, plan: &Plan) -> Result<Option<Charge>, Charge
         tiers: priced.tiers,
         amount,
         amount_minor,
+        amount_before_discounts_minor,
         windows: usage.windows,
         usage_from_ms: usage.first_window_ms,
         usage_to_ms: usage.last_window_end_ms,

@@ -136,6 +136,33 @@ pub struct SubscriptionSpec {
     /// Day of the month billing periods start (1 to 31; 31 means the last day). Default 1.
     #[serde(default = "default_anchor")]
     pub billing_anchor_day: u32,
+    /// Discounts on this customer's charges.
+    #[serde(default)]
+    pub coupons: Vec<CouponSpec>,
+}
+
+/// `[[subscriptions.coupons]]`: a discount for a number of billing periods.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CouponSpec {
+    /// Shown on the discount line.
+    pub id: String,
+    /// Percent off each charge (above 0, at most 100); or `amount_off`.
+    #[serde(default, deserialize_with = "exact::opt_decimal")]
+    pub percent_off: Option<Decimal>,
+    /// Fixed amount off per period, in the plan's currency; needs `meter`.
+    #[serde(default, deserialize_with = "exact::opt_decimal")]
+    pub amount_off: Option<Decimal>,
+    /// Only charges of this meter. Default: every meter (percent_off only).
+    #[serde(default)]
+    pub meter: Option<String>,
+    /// RFC 3339; the coupon starts with the billing period containing this instant.
+    pub starts: DateTime<Utc>,
+    /// `once`, `repeating` (with `periods`) or `forever`.
+    pub duration: String,
+    /// Billing periods a `repeating` coupon lasts.
+    #[serde(default)]
+    pub periods: Option<u32>,
 }
 
 const fn default_anchor() -> u32 {

@@ -7,7 +7,8 @@ use rust_decimal::Decimal;
 use tally_domain::{Currency, Meter, MeterSlug};
 use tally_platform::ConfigError;
 
-use crate::config::{PlanSpec, PriceSpec};
+use crate::config::{CouponSpec, PlanSpec, PriceSpec};
+use crate::pricing::discount::{Coupon, Duration, Off, PERIODS_MAX};
 use crate::pricing::{graduated, Dimensional, Price, PriceModel};
 
 /// One immutable plan version.
@@ -169,4 +170,68 @@ fn non_negative(field: &str, v: Option<Decimal>) -> Result<Option<Decimal>, Fiel
         }
         _ => Ok(v),
     }
+}
+
+/// Validates one coupon of a subscription; errors name the field within the coupon.
+pub fn validate_coupon(c: CouponSpec, meters: &[Meter]) -> Result<Coupon, FieldError> {
+    if c.id.is_empty() {
+        return Err(("id".into(), "is empty".into()));
+    }
+    let off = match (c.percent_off, c.amount_off) {
+        (Some(p), None) if p > Decimal::ZERO && p <= Decimal::ONE_HUNDRED => Off::Percent(p),
+        (Some(p), None) => {
+            return Err((
+                "percent_off".into(),
+                format!("{p} is not above 0 and at most 100"),
+            ))
+        }
+        (None, Some(a)) if a > Decimal::ZERO => Off::Amount(a),
+        (None, Some(a)) => return Err(("amount_off".into(), format!("{a} must be positive"))),
+        _ => {
+            return Err((
+                "percent_off".into(),
+                "give exactly one of percent_off and amount_off".into(),
+            ))
+        }
+    };
+    let meter = match &c.meter {
+        None if matches!(off, Off::Amount(_)) => {
+            return Err(("meter".into(), "is required with amount_off".into()))
+        }
+        None => None,
+        Some(m) => Some(
+            meters
+                .iter()
+                .find(|x| x.slug.as_str() == m)
+                .map(|x| x.slug.clone())
+                .ok_or_else(|| ("meter".to_owned(), format!("no meter {m:?} is declared")))?,
+        ),
+    };
+    let duration = match (c.duration.as_str(), c.periods) {
+        ("once", None) => Duration::Once,
+        ("forever", None) => Duration::Forever,
+        ("repeating", Some(n)) if (1..=PERIODS_MAX).contains(&n) => Duration::Periods(n),
+        ("repeating", _) => {
+            return Err((
+                "periods".into(),
+                format!("a repeating coupon needs periods from 1 to {PERIODS_MAX}"),
+            ))
+        }
+        ("once" | "forever", Some(_)) => {
+            return Err(("periods".into(), "is only for a repeating coupon".into()))
+        }
+        (other, _) => {
+            return Err((
+                "duration".into(),
+                format!("{other:?} is not once, repeating or forever"),
+            ))
+        }
+    };
+    Ok(Coupon {
+        id: c.id,
+        off,
+        meter,
+        starts_ms: c.starts.timestamp_millis(),
+        duration,
+    })
 }

@@ -11,7 +11,7 @@ use clickhouse::Client;
 use tally_platform::shutdown::Shutdown;
 
 use crate::catalog::Catalog;
-use crate::charge::{compute, Charge, ChargeError};
+use crate::charge::{compute_discounted, Charge, ChargeError};
 use crate::config::RaterConfig;
 use crate::{metrics, store, usage};
 
@@ -64,7 +64,8 @@ pub async fn rate_once(
             report.unpriced_meters += 1;
             continue;
         };
-        match compute(u, plan)? {
+        let coupons = sub.coupons_for(period, &u.meter);
+        match compute_discounted(u, plan, &coupons)? {
             Some(charge) => report.charges.push(charge),
             None => report.unpriced_meters += 1,
         }

@@ -155,3 +155,63 @@ fn prices_per_meter_fold_every_group_into_one_charge() {
     let u = usages.values().next().expect("one");
     assert_eq!((u.group_key.as_str(), u.quantity), ("{}", d("150")));
 }
+
+#[test]
+fn coupons_discount_charges_for_their_duration_and_record_the_amount_before() {
+    #[derive(serde::Deserialize)]
+    struct F {
+        plans: Vec<tally_rater::config::PlanSpec>,
+        subscriptions: Vec<tally_rater::config::SubscriptionSpec>,
+    }
+    let f: F = toml::from_str(
+        r#"
+        [[plans]]
+        id = "p"
+        version = 1
+        currency = "JPY"
+        effective_from = "2026-01-01T00:00:00Z"
+        prices = [{ model = "per_unit", meter = "tokens", unit_price = "1" }]
+        [[subscriptions]]
+        customer = "acme"
+        plan = "p"
+        coupons = [
+          { id = "WELCOME15", percent_off = "15", starts = "2026-01-20T00:00:00Z", duration = "repeating", periods = 2 },
+          { id = "LAUNCH", amount_off = "100", meter = "tokens", starts = "2026-01-01T00:00:00Z", duration = "once" },
+        ]
+        "#,
+    )
+    .expect("TOML");
+    let c = tally_rater::Catalog::new(
+        f.plans,
+        f.subscriptions,
+        &Default::default(),
+        &common::meters(),
+    )
+    .expect("valid");
+    let (jan, feb, mar) = (0, 31 * 1440, 59 * 1440);
+    let rows: Vec<_> = [jan, feb, mar]
+        .map(|minute| row("acme", "m", "input", minute, "1001"))
+        .into();
+    let (usages, _) = fold(&rows, &c);
+    let sub = c
+        .subscription(&tally_domain::CustomerId::new("acme").expect("id"))
+        .expect("subscribed");
+    let got: Vec<(i64, i64)> = usages
+        .values()
+        .map(|u| {
+            let coupons = sub.coupons_for(&u.period, &u.meter);
+            let ch = tally_rater::charge::compute_discounted(u, plan(&c), &coupons)
+                .expect("prices")
+                .expect("priced");
+            (ch.amount_before_discounts_minor, ch.amount_minor)
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (1001, 751),  // 1001 - 15% = 850.85, - 100 = 750.85 -> 751
+            (1001, 851),  // 850.85 -> 851
+            (1001, 1001), // both coupons are over
+        ]
+    );
+}

@@ -23,6 +23,7 @@ pub fn split(free_units: Decimal, quantity: Decimal) -> (Option<TierUse>, Decima
         amount: Decimal::ZERO,
         billed_units: None,
         kind: Some(LineKind::FreeAllowance),
+        label: None,
     };
     (Some(line), quantity - free)
 }

@@ -28,6 +28,7 @@ pub fn adjust(
         amount: delta,
         billed_units: Some(Decimal::ONE),
         kind: Some(kind),
+        label: None,
     })
 }
 

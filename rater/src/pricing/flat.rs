@@ -18,6 +18,7 @@ pub fn price(fee: Decimal, quantity: Decimal) -> TierUse {
         amount: fee,
         billed_units: Some(Decimal::ONE),
         kind: None,
+        label: None,
     }
 }
 

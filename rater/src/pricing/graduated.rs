@@ -77,6 +77,7 @@ pub fn price(tiers: &[Tier], quantity: Decimal) -> Option<Vec<TierUse>> {
             amount,
             billed_units: None,
             kind: None,
+            label: None,
         });
         from = top;
     }

@@ -1,7 +1,8 @@
 //! Pricing models: from a quantity to an unrounded amount with its arithmetic, one line per
 //! step. One file per model ([`per_unit`], [`graduated`], [`volume`], [`package`], [`flat`],
 //! [`dimensional`]) and one per modifier that wraps any model ([`allowance`]: free units
-//! first; [`commitment`]: minimum true-up and maximum cap).
+//! first; [`commitment`]: minimum true-up and maximum cap; [`discount`]: a subscription's
+//! coupons, last).
 //!
 //! Conventions, documented in docs/PRICING.md:
 //! - Tier boundaries: a tier with `up_to = N` covers quantities *up to and including* N.
@@ -13,6 +14,7 @@
 pub mod allowance;
 pub mod commitment;
 pub mod dimensional;
+pub mod discount;
 pub mod flat;
 pub mod graduated;
 pub mod package;
@@ -78,6 +80,8 @@ pub enum LineKind {
     Minimum,
     /// The cap to the maximum (quantity zero, one billed unit, negative price).
     Maximum,
+    /// A coupon (quantity zero, one billed unit, negative price; `label` names the coupon).
+    Discount,
 }
 
 /// One line of a price's arithmetic: a tier's share of a quantity, a package count, a fee,
@@ -101,6 +105,9 @@ pub struct TierUse {
     /// Absent for the model's own lines.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<LineKind>,
+    /// The coupon of a discount line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
 }
 
 impl TierUse {
@@ -115,6 +122,7 @@ impl TierUse {
             amount,
             billed_units: None,
             kind: None,
+            label: None,
         }
     }
 
@@ -217,6 +225,15 @@ impl Price {
     /// Prices a measured quantity: the free allowance first, then the model on the rest,
     /// then the minimum and maximum on the model's subtotal.
     pub fn price(&self, m: Measured<'_>) -> Result<Priced, PriceError> {
+        self.price_discounted(m, &[])
+    }
+
+    /// [`Price::price`], then `coupons` (already known to apply) on the result.
+    pub fn price_discounted(
+        &self,
+        m: Measured<'_>,
+        coupons: &[&discount::Coupon],
+    ) -> Result<Priced, PriceError> {
         debug_assert!(!m.quantity.is_sign_negative() || m.quantity.is_zero());
         let overflow = PriceError::Overflow {
             quantity: m.quantity,
@@ -232,6 +249,10 @@ impl Price {
             .ok_or(overflow.clone())?
             .amount;
         lines.extend(commitment::adjust(subtotal, self.minimum, self.maximum));
+        let before_discounts = Priced::from_lines(lines.clone())
+            .ok_or(overflow.clone())?
+            .amount;
+        lines.extend(discount::lines(before_discounts, coupons));
         let priced = Priced::from_lines(lines).ok_or(overflow)?;
         debug_assert_eq!(
             priced.tiers.iter().map(|t| t.quantity).sum::<Decimal>(),

@@ -23,6 +23,7 @@ pub fn price(size: Decimal, package_price: Decimal, quantity: Decimal) -> Option
         amount: packages.checked_mul(package_price)?,
         billed_units: Some(packages),
         kind: None,
+        label: None,
     }])
 }
 

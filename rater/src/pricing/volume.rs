@@ -23,6 +23,7 @@ pub fn price(tiers: &[Tier], quantity: Decimal) -> Option<Vec<TierUse>> {
                 amount: quantity.checked_mul(t.unit_price)?,
                 billed_units: None,
                 kind: None,
+                label: None,
             }]);
         }
         from = t.up_to.unwrap_or(from);
