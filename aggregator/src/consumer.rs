@@ -71,25 +71,6 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> Result<(), RunError> {
     let js = jetstream::new(nats.clone());
-    let stream = streams::ensure(&js, nats_cfg).await?;
-    let consumer_err = |e: &dyn std::fmt::Display| RunError::Consumer {
-        consumer: cfg.consumer.clone(),
-        detail: e.to_string(),
-    };
-    let consumer = stream
-        .get_or_create_consumer(
-            &cfg.consumer,
-            pull::Config {
-                durable_name: Some(cfg.consumer.clone()),
-                filter_subject: cfg.filter_subject.clone().unwrap_or_default(),
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(cfg.ack_wait_secs),
-                max_ack_pending: i64::try_from(cfg.batch_max_events * 2).unwrap_or(i64::MAX),
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| consumer_err(&e))?;
     let mut agg = Aggregator {
         cfg,
         nats_cfg,
@@ -102,37 +83,37 @@ pub async fn run(
         last_expiry: Instant::now(),
     };
     agg.recover().await?;
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(cfg.batch_max_events)
-        .messages()
-        .await
-        .map_err(|e| consumer_err(&e))?;
     tracing::info!(consumer = %cfg.consumer, stream = %nats_cfg.stream, "aggregator consuming");
 
     let mut batch = Batch::default();
     let mut deadline: Option<tokio::time::Instant> = None;
-    loop {
-        let flush_due = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            _ = sleep_until(deadline) => true,
-            next = messages.next() => match next {
-                Some(Ok(msg)) => {
-                    agg.handle(&mut batch, msg);
-                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + Duration::from_millis(cfg.batch_max_wait_ms));
-                    batch.len() >= cfg.batch_max_events
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "consumer stream error");
-                    false
-                }
-                None => break,
-            },
-        };
-        if flush_due {
-            agg.flush(std::mem::take(&mut batch)).await?;
-            deadline = None;
+    'session: while !shutdown.is_cancelled() {
+        let mut messages = agg.open_messages().await?;
+        loop {
+            let flush_due = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break 'session,
+                _ = sleep_until(deadline) => true,
+                next = messages.next() => match next {
+                    Some(Ok(msg)) => {
+                        agg.handle(&mut batch, msg);
+                        deadline.get_or_insert_with(|| tokio::time::Instant::now() + Duration::from_millis(cfg.batch_max_wait_ms));
+                        batch.len() >= cfg.batch_max_events
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "consumer stream error");
+                        false
+                    }
+                    None => {
+                        tracing::warn!("consumer stream ended; opening a new one");
+                        break;
+                    }
+                },
+            };
+            if flush_due {
+                agg.flush(std::mem::take(&mut batch)).await?;
+                deadline = None;
+            }
         }
     }
     agg.flush(batch).await?;
@@ -148,6 +129,50 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 }
 
 impl Aggregator<'_> {
+    /// Declares the streams and the durable consumer and opens its message stream, retrying
+    /// with backoff while NATS is unavailable.
+    async fn open_messages(&self) -> Result<pull::Stream, RunError> {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            match self.try_open_messages().await {
+                Ok(messages) => return Ok(messages),
+                Err(e) => tracing::warn!(error = %e, "cannot open the consumer, retrying"),
+            }
+            self.pause(&mut backoff)
+                .await
+                .ok_or(RunError::ShutdownDuringFlush)?;
+        }
+    }
+
+    async fn try_open_messages(&self) -> Result<pull::Stream, RunError> {
+        let (cfg, nats_cfg) = (self.cfg, self.nats_cfg);
+        let consumer_err = |e: &dyn std::fmt::Display| RunError::Consumer {
+            consumer: cfg.consumer.clone(),
+            detail: e.to_string(),
+        };
+        let stream = streams::ensure(&self.js, nats_cfg).await?;
+        let consumer = stream
+            .get_or_create_consumer(
+                &cfg.consumer,
+                pull::Config {
+                    durable_name: Some(cfg.consumer.clone()),
+                    filter_subject: cfg.filter_subject.clone().unwrap_or_default(),
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(cfg.ack_wait_secs),
+                    max_ack_pending: i64::try_from(cfg.batch_max_events * 2).unwrap_or(i64::MAX),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| consumer_err(&e))?;
+        consumer
+            .stream()
+            .max_messages_per_batch(cfg.batch_max_events)
+            .messages()
+            .await
+            .map_err(|e| consumer_err(&e))
+    }
+
     /// Rebuilds the committed dedup set, retrying until ClickHouse answers.
     async fn recover(&mut self) -> Result<(), RunError> {
         let since = datetime_secs(now_ms())

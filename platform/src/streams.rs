@@ -21,6 +21,7 @@ pub enum StreamError {
 pub async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client, StreamError> {
     async_nats::ConnectOptions::new()
         .name("tally")
+        .retry_on_initial_connect()
         .connect(&cfg.url)
         .await
         .map_err(|e| StreamError::Connect {

@@ -1,0 +1,295 @@
+//! Private servers for fault-injection tests: a nats-server and a clickhouse-server of the
+//! test's own, on free loopback ports with data in a temporary folder, so a test can kill and
+//! restart them without touching the shared local stack other tests run against. Both are
+//! killed and their folder removed on drop.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (bound and released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not come up within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn port_open(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+fn http_ok(port: u16, path: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf.starts_with("HTTP/1.0 200") || buf.starts_with("HTTP/1.1 200")
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "tally-{tag}-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// A nats-server with JetStream.
+pub struct Nats {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Nats {
+    pub fn start() -> Nats {
+        let mut n = Nats {
+            port: free_port(),
+            dir: temp_dir("nats"),
+            child: None,
+        };
+        n.spawn();
+        n
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.dir.join("nats.log")).expect("log");
+        let child = Command::new("nats-server")
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(self.dir.join("store"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("nats-server is installed (scripts/stack.sh up installs it)");
+        self.child = Some(child);
+        let port = self.port;
+        wait_until("nats-server", Duration::from_secs(20), || port_open(port));
+    }
+
+    /// Kills the server (SIGKILL) and starts it again on the same port and store.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A clickhouse-server (18.16 from Debian in CI).
+pub struct ClickHouse {
+    pub http_port: u16,
+    tcp_port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl ClickHouse {
+    pub fn start() -> ClickHouse {
+        let mut c = ClickHouse {
+            http_port: free_port(),
+            tcp_port: free_port(),
+            dir: temp_dir("clickhouse"),
+            child: None,
+        };
+        c.write_config();
+        c.spawn();
+        c
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    fn write_config(&self) {
+        let d = &self.dir;
+        let path = |p: &str| d.join(p).display().to_string();
+        let config = format!(
+            r#"<?xml version="1.0"?>
+<yandex>
+    <logger><level>warning</level><log>{log}</log><errorlog>{err}</errorlog></logger>
+    <listen_host>127.0.0.1</listen_host>
+    <http_port>{http}</http_port>
+    <tcp_port>{tcp}</tcp_port>
+    <path>{data}/</path>
+    <tmp_path>{tmp}/</tmp_path>
+    <user_files_path>{files}/</user_files_path>
+    <users_config>{users}</users_config>
+    <default_profile>default</default_profile>
+    <default_database>default</default_database>
+    <timezone>UTC</timezone>
+    <mark_cache_size>268435456</mark_cache_size>
+    <mlock_executable>false</mlock_executable>
+</yandex>
+"#,
+            log = path("server.log"),
+            err = path("server.err.log"),
+            http = self.http_port,
+            tcp = self.tcp_port,
+            data = path("data"),
+            tmp = path("tmp"),
+            files = path("user_files"),
+            users = path("users.xml"),
+        );
+        let users = r#"<?xml version="1.0"?>
+<yandex>
+    <profiles><default></default></profiles>
+    <users><default><password></password><networks><ip>127.0.0.1</ip><ip>::1</ip></networks><profile>default</profile><quota>default</quota></default></users>
+    <quotas><default></default></quotas>
+</yandex>
+"#;
+        std::fs::write(d.join("config.xml"), config).expect("config");
+        std::fs::write(d.join("users.xml"), users).expect("users");
+    }
+
+    fn spawn(&mut self) {
+        let config = self.dir.join("config.xml");
+        let child = Command::new(clickhouse_server())
+            .arg(format!("--config-file={}", config.display()))
+            .current_dir(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("clickhouse-server is installed (scripts/stack.sh up installs it)");
+        self.child = Some(child);
+        let port = self.http_port;
+        wait_until("clickhouse-server", Duration::from_secs(60), || {
+            http_ok(port, "/ping")
+        });
+    }
+
+    /// Kills the server (SIGKILL) and starts it again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let port = self.http_port;
+        wait_until("clickhouse-server to stop", Duration::from_secs(30), || {
+            !port_open(port)
+        });
+    }
+}
+
+fn clickhouse_server() -> &'static Path {
+    ["/usr/bin/clickhouse-server", "/usr/sbin/clickhouse-server"]
+        .iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("clickhouse-server"))
+}
+
+impl Drop for ClickHouse {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An aggregator process (the real binary), killable with SIGKILL and pausable.
+pub struct AggregatorProcess {
+    child: Child,
+}
+
+impl AggregatorProcess {
+    pub fn start(binary: &str, config: &Path, log: &Path) -> AggregatorProcess {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log");
+        let child = Command::new(binary)
+            .args(["--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("aggregator binary");
+        AggregatorProcess { child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `kill -9`.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends a signal by name (`STOP`, `CONT`, `TERM`).
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status();
+    }
+
+    /// SIGTERM, then waits for the exit; true if it exited successfully.
+    pub fn terminate(mut self) -> bool {
+        self.signal("TERM");
+        self.child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+}
+
+impl Drop for AggregatorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
