@@ -7,11 +7,17 @@
 //!
 //! # Layout
 //! - [`event`]: building an outgoing CloudEvent.
+//! - [`gateway`]: the HTTP gateway (API keys, limits, per-event answers).
+//! - [`nats_auth`]: nats-server authorization confining each customer's agents.
+//! - [`sdk`]: the agent SDK: batched, bounded, retrying publishing with a graceful flush.
 //! - [`publisher`]: the bounded in-flight JetStream publisher.
 //! - [`synthetic`]: deterministic synthetic agents (LLM tokens and tool calls).
 
 pub mod event;
+pub mod gateway;
+pub mod nats_auth;
 pub mod publisher;
+pub mod sdk;
 pub mod synthetic;
 
 pub use event::OutgoingEvent;

@@ -1,0 +1,166 @@
+//! `tally-gateway`: the HTTP ingest gateway and its key management.
+//!
+//! ```text
+//! tally-gateway [serve] [--config FILE]
+//! tally-gateway keys-create --customer ID [--agents a,b] [--label TEXT] [--config FILE]
+//! tally-gateway keys-list [--config FILE]
+//! tally-gateway keys-revoke --key-id ID [--config FILE]
+//! tally-gateway nats-config --customers a,b [--service-user tally] [--out-dir DIR] [--config FILE]
+//! ```
+//! `serve` reads `[nats]`, `[clickhouse]`, `[telemetry]` and `[ingest]`; SIGTERM stops
+//! accepting, finishes in-flight requests and exits.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use serde::Deserialize;
+use tally_ingest::gateway::admin::KeyView;
+use tally_ingest::gateway::{self, key_store, IngestConfig};
+use tally_ingest::nats_auth;
+use tally_platform::args::Args;
+use tally_platform::{
+    config, shutdown, store, streams, telemetry, ClickHouseConfig, NatsConfig, TelemetryConfig,
+};
+
+#[derive(Deserialize)]
+struct Config {
+    #[serde(default)]
+    nats: NatsConfig,
+    #[serde(default)]
+    clickhouse: ClickHouseConfig,
+    #[serde(default)]
+    telemetry: TelemetryConfig,
+    #[serde(default)]
+    ingest: IngestConfig,
+}
+
+const COMMANDS: &[&str] = &[
+    "serve",
+    "keys-create",
+    "keys-list",
+    "keys-revoke",
+    "nats-config",
+];
+const FLAGS: &[&str] = &[
+    "config",
+    "customer",
+    "agents",
+    "label",
+    "key-id",
+    "customers",
+    "service-user",
+    "out-dir",
+];
+
+fn list(raw: Option<&str>) -> Vec<String> {
+    raw.unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let (command, args) = Args::parse_command(std::env::args().skip(1), COMMANDS, FLAGS)?;
+    let cfg: Config = config::load(&config::path(&args))?;
+    cfg.nats.validate()?;
+    cfg.clickhouse.validate()?;
+    cfg.ingest.validate()?;
+    telemetry::init_logs(&cfg.telemetry);
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    match command.as_str() {
+        "serve" => serve(cfg).await,
+        "keys-create" => {
+            let customer = args
+                .raw("customer")
+                .context("flag --customer is required")?;
+            let label = args.raw("label").unwrap_or("");
+            let scope = key_store::scope_from(customer, &list(args.raw("agents")), label)?;
+            let db = store::connect(&cfg.clickhouse);
+            let (token, record) = key_store::create(&db, scope, label, now_ms).await?;
+            let mut view = KeyView::from(&record);
+            view.key = Some(token);
+            println!("{}", serde_json::to_string_pretty(&view)?);
+            eprintln!("store the key now: only its hash is kept");
+            Ok(())
+        }
+        "keys-list" => {
+            let db = store::connect(&cfg.clickhouse);
+            for r in key_store::load(&db).await? {
+                println!("{}", serde_json::to_string(&KeyView::from(&r))?);
+            }
+            Ok(())
+        }
+        "keys-revoke" => {
+            let key_id = args.raw("key-id").context("flag --key-id is required")?;
+            let db = store::connect(&cfg.clickhouse);
+            let r = key_store::revoke(&db, key_id, now_ms).await?;
+            println!("{}", serde_json::to_string(&KeyView::from(&r))?);
+            Ok(())
+        }
+        "nats-config" => nats_config(&cfg, &args),
+        other => anyhow::bail!("unknown command {other}"),
+    }
+}
+
+fn nats_config(cfg: &Config, args: &Args) -> anyhow::Result<()> {
+    let customers = list(args.raw("customers"));
+    anyhow::ensure!(!customers.is_empty(), "flag --customers a,b is required");
+    let refs: Vec<&str> = customers.iter().map(String::as_str).collect();
+    let users = nats_auth::users(args.raw("service-user").unwrap_or("tally"), &refs)?;
+    let dir = std::path::PathBuf::from(args.raw("out-dir").unwrap_or("."));
+    let conf = dir.join("nats-auth.conf");
+    let creds = dir.join("nats-credentials.txt");
+    write_private(&conf, &nats_auth::render(&users, &cfg.nats.subject_prefix))?;
+    let lines: String = users
+        .iter()
+        .map(|u| format!("{} {}\n", u.user, u.password))
+        .collect();
+    write_private(&creds, &lines)?;
+    println!(
+        "wrote {} and {} (user password per line)",
+        conf.display(),
+        creds.display()
+    );
+    Ok(())
+}
+
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    telemetry::serve_metrics(cfg.ingest.metrics_addr.parse()?)?;
+    let nats = streams::connect(&cfg.nats).await?;
+    let js = async_nats::jetstream::new(nats);
+    streams::ensure(&js, &cfg.nats).await?;
+    let db = store::connect(&cfg.clickhouse);
+    let addr = cfg.ingest.listen()?;
+    let gw = Arc::new(gateway::Gateway::new(
+        cfg.ingest,
+        js,
+        &cfg.nats.subject_prefix,
+        Some(db),
+    ));
+    let keys = gateway::server::load_keys(&gw)
+        .await
+        .context("loading API keys (run tally-migrate first)")?;
+    let stop = shutdown::on_signals();
+    let running = gateway::start(gw, addr, stop.clone()).await?;
+    tracing::info!(addr = %running.addr, keys, "gateway listening");
+    stop.cancelled().await;
+    running.stop().await;
+    tracing::info!("gateway stopped");
+    Ok(())
+}

@@ -1,0 +1,221 @@
+//! `[ingest]`: the HTTP gateway's settings and limits, validated before any I/O.
+//!
+//! Every field has a default (the `const fn default_*` below, repeated in docs/INGEST.md);
+//! every limit is a bound the gateway enforces, never a hint.
+
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+use tally_platform::ConfigError;
+
+/// `[ingest]` in the configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Where the gateway listens for HTTP. Default `127.0.0.1:8088`.
+    #[serde(default = "default_listen_addr")]
+    pub listen_addr: String,
+    /// Where Prometheus metrics are served. Default `127.0.0.1:9104`.
+    #[serde(default = "default_metrics_addr")]
+    pub metrics_addr: String,
+    /// Bearer token for `/v1/admin/*`. Default empty: the admin API is disabled. Prefer
+    /// `TALLY_INGEST__ADMIN_TOKEN` over the file; at least 24 characters.
+    #[serde(default)]
+    pub admin_token: String,
+    /// Largest request body, compressed or not, and largest body after gzip decoding, in
+    /// bytes (413 above). Default 1 MiB.
+    #[serde(default = "default_body_max_bytes")]
+    pub body_max_bytes: usize,
+    /// Largest single event in bytes (rejected `too_large`). Default 64 KiB.
+    #[serde(default = "default_event_max_bytes")]
+    pub event_max_bytes: usize,
+    /// Most events in one batch (413 above). Default 1000.
+    #[serde(default = "default_batch_max_events")]
+    pub batch_max_events: usize,
+    /// Deepest nesting of arrays and objects in an event, the envelope being depth 1
+    /// (rejected `malformed`, field `data`). Default 8.
+    #[serde(default = "default_depth_max")]
+    pub depth_max: usize,
+    /// Longest JSON string (key or value) in an event, in bytes as sent (rejected
+    /// `malformed`). Default 1024.
+    #[serde(default = "default_string_max_bytes")]
+    pub string_max_bytes: usize,
+    /// Sustained events per second per API key. Default 5000.
+    #[serde(default = "default_rate_per_key_per_sec")]
+    pub rate_per_key_per_sec: u32,
+    /// Events a key may send in a burst above the sustained rate; at least
+    /// `batch_max_events`. Default 10000.
+    #[serde(default = "default_burst_per_key")]
+    pub burst_per_key: u32,
+    /// Time a client has to send a request's headers, in milliseconds (also the idle
+    /// keep-alive limit between requests). Default 10000.
+    #[serde(default = "default_header_timeout_ms")]
+    pub header_timeout_ms: u64,
+    /// Time a client has to send a request's body, in milliseconds (408 after). Default 30000.
+    #[serde(default = "default_body_timeout_ms")]
+    pub body_timeout_ms: u64,
+    /// Most open connections; further ones wait in the listen backlog. Default 1024.
+    #[serde(default = "default_connections_max")]
+    pub connections_max: usize,
+    /// Seconds between reloads of the API keys from ClickHouse. Default 10.
+    #[serde(default = "default_key_refresh_secs")]
+    pub key_refresh_secs: u64,
+}
+
+fn default_listen_addr() -> String {
+    "127.0.0.1:8088".into()
+}
+fn default_metrics_addr() -> String {
+    "127.0.0.1:9104".into()
+}
+const fn default_body_max_bytes() -> usize {
+    1 << 20
+}
+const fn default_event_max_bytes() -> usize {
+    64 << 10
+}
+const fn default_batch_max_events() -> usize {
+    1000
+}
+const fn default_depth_max() -> usize {
+    8
+}
+const fn default_string_max_bytes() -> usize {
+    1024
+}
+const fn default_rate_per_key_per_sec() -> u32 {
+    5000
+}
+const fn default_burst_per_key() -> u32 {
+    10_000
+}
+const fn default_header_timeout_ms() -> u64 {
+    10_000
+}
+const fn default_body_timeout_ms() -> u64 {
+    30_000
+}
+const fn default_connections_max() -> usize {
+    1024
+}
+const fn default_key_refresh_secs() -> u64 {
+    10
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            listen_addr: default_listen_addr(),
+            metrics_addr: default_metrics_addr(),
+            admin_token: String::new(),
+            body_max_bytes: default_body_max_bytes(),
+            event_max_bytes: default_event_max_bytes(),
+            batch_max_events: default_batch_max_events(),
+            depth_max: default_depth_max(),
+            string_max_bytes: default_string_max_bytes(),
+            rate_per_key_per_sec: default_rate_per_key_per_sec(),
+            burst_per_key: default_burst_per_key(),
+            header_timeout_ms: default_header_timeout_ms(),
+            body_timeout_ms: default_body_timeout_ms(),
+            connections_max: default_connections_max(),
+            key_refresh_secs: default_key_refresh_secs(),
+        }
+    }
+}
+
+/// The admin token's shortest accepted length.
+pub const ADMIN_TOKEN_MIN_CHARS: usize = 24;
+
+impl IngestConfig {
+    /// Checks every setting; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, addr) in [
+            ("ingest.listen_addr", &self.listen_addr),
+            ("ingest.metrics_addr", &self.metrics_addr),
+        ] {
+            addr.parse::<SocketAddr>()
+                .map_err(|e| ConfigError::invalid(name, format!("{addr:?}: {e}")))?;
+        }
+        if !self.admin_token.is_empty() && self.admin_token.chars().count() < ADMIN_TOKEN_MIN_CHARS
+        {
+            return Err(ConfigError::invalid(
+                "ingest.admin_token",
+                format!(
+                    "must be empty (admin API off) or at least {ADMIN_TOKEN_MIN_CHARS} characters"
+                ),
+            ));
+        }
+        let positive = [
+            ("ingest.body_max_bytes", self.body_max_bytes as u64),
+            ("ingest.event_max_bytes", self.event_max_bytes as u64),
+            ("ingest.batch_max_events", self.batch_max_events as u64),
+            ("ingest.depth_max", self.depth_max as u64),
+            ("ingest.string_max_bytes", self.string_max_bytes as u64),
+            (
+                "ingest.rate_per_key_per_sec",
+                u64::from(self.rate_per_key_per_sec),
+            ),
+            ("ingest.header_timeout_ms", self.header_timeout_ms),
+            ("ingest.body_timeout_ms", self.body_timeout_ms),
+            ("ingest.connections_max", self.connections_max as u64),
+            ("ingest.key_refresh_secs", self.key_refresh_secs),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(ConfigError::invalid(*name, "must be positive"));
+        }
+        if self.event_max_bytes > self.body_max_bytes {
+            return Err(ConfigError::invalid(
+                "ingest.event_max_bytes",
+                "must not exceed ingest.body_max_bytes",
+            ));
+        }
+        if (self.burst_per_key as usize) < self.batch_max_events {
+            return Err(ConfigError::invalid(
+                "ingest.burst_per_key",
+                format!(
+                    "{} is below ingest.batch_max_events ({}): a full batch could never pass",
+                    self.burst_per_key, self.batch_max_events
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The listen address (call [`IngestConfig::validate`] first).
+    pub fn listen(&self) -> Result<SocketAddr, ConfigError> {
+        self.listen_addr
+            .parse()
+            .map_err(|e| ConfigError::invalid("ingest.listen_addr", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        IngestConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn each_bad_setting_is_named() {
+        let cases: Vec<(fn(&mut IngestConfig), &str)> = vec![
+            (|c| c.listen_addr = "nowhere".into(), "ingest.listen_addr"),
+            (|c| c.admin_token = "short".into(), "ingest.admin_token"),
+            (|c| c.body_max_bytes = 0, "ingest.body_max_bytes"),
+            (|c| c.event_max_bytes = 2 << 20, "ingest.event_max_bytes"),
+            (|c| c.burst_per_key = 10, "ingest.burst_per_key"),
+            (
+                |c| c.rate_per_key_per_sec = 0,
+                "ingest.rate_per_key_per_sec",
+            ),
+        ];
+        for (edit, name) in cases {
+            let mut c = IngestConfig::default();
+            edit(&mut c);
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(name), "{name}: {err}");
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! Every metric the gateway emits, in one place. Labels are bounded: HTTP status codes,
+//! event outcomes and the fixed reason codes, never a key, customer or event id.
+
+use std::time::Duration;
+
+/// One answered request.
+pub fn request(status: u16, elapsed: Duration) {
+    metrics::counter!("tally_gateway_requests_total", "status" => status.to_string()).increment(1);
+    metrics::histogram!("tally_gateway_request_seconds").record(elapsed.as_secs_f64());
+}
+
+/// Events of one request by outcome; `reasons` are the codes of rejected ones.
+pub fn events(accepted: usize, duplicates: usize, failed: usize, reasons: &[&'static str]) {
+    metrics::counter!("tally_gateway_events_total", "status" => "accepted")
+        .increment(accepted as u64);
+    metrics::counter!("tally_gateway_events_total", "status" => "duplicate")
+        .increment(duplicates as u64);
+    metrics::counter!("tally_gateway_events_total", "status" => "failed").increment(failed as u64);
+    for reason in reasons {
+        metrics::counter!("tally_gateway_rejected_events_total", "reason" => *reason).increment(1);
+    }
+    let total = accepted + duplicates + failed + reasons.len();
+    metrics::histogram!("tally_gateway_batch_events").record(total as f64);
+}
+
+/// A request refused as a whole, by stable code.
+pub fn refused(code: &'static str) {
+    metrics::counter!("tally_gateway_refused_requests_total", "code" => code).increment(1);
+}
+
+/// Keys loaded by the last refresh.
+pub fn keys_loaded(n: usize) {
+    metrics::gauge!("tally_gateway_api_keys").set(n as f64);
+}

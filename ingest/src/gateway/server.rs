@@ -1,0 +1,294 @@
+//! The HTTP/1.1 server: accepting connections (at most `connections_max` at once), keep-alive,
+//! header and body timeouts for slow clients, routing, bounded body reads, and turning every
+//! outcome into a JSON response. Graceful shutdown: stop accepting, let in-flight requests
+//! finish (their events are published and acked), then return.
+//!
+//! It owns no validation and no auth rules: [`super::events`] and [`super::admin`] do.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::auth::KeyRing;
+use super::config::IngestConfig;
+use super::decode::Limits;
+use super::error::RequestError;
+use super::rate_limit::RateLimiter;
+use super::response::ErrorBody;
+use super::{admin, events, key_store, metrics};
+
+/// Everything a request handler needs, shared by all connections.
+pub struct Gateway {
+    pub cfg: IngestConfig,
+    pub limits: Limits,
+    pub js: jetstream::Context,
+    pub subject_prefix: String,
+    /// Where API keys live; `None` runs without a store (tests that preload keys).
+    pub db: Option<clickhouse::Client>,
+    pub keys: Arc<KeyRing>,
+    pub limiter: RateLimiter,
+}
+
+impl Gateway {
+    pub fn new(
+        cfg: IngestConfig,
+        js: jetstream::Context,
+        subject_prefix: &str,
+        db: Option<clickhouse::Client>,
+    ) -> Self {
+        let limits = Limits {
+            body_max_bytes: cfg.body_max_bytes,
+            event_max_bytes: cfg.event_max_bytes,
+            batch_max_events: cfg.batch_max_events,
+            depth_max: cfg.depth_max,
+            string_max_bytes: cfg.string_max_bytes,
+        };
+        let limiter = RateLimiter::new(cfg.rate_per_key_per_sec, cfg.burst_per_key);
+        Gateway {
+            cfg,
+            limits,
+            js,
+            subject_prefix: subject_prefix.to_owned(),
+            db,
+            keys: Arc::new(KeyRing::default()),
+            limiter,
+        }
+    }
+}
+
+/// The headers handlers read, copied out of the request.
+#[derive(Debug, Default)]
+pub struct RequestParts {
+    pub authorization: Option<String>,
+    pub content_type: Option<String>,
+    pub content_encoding: Option<String>,
+}
+
+/// A running gateway, for binaries and tests.
+pub struct Running {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, waits for in-flight requests, returns.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Binds `addr` and serves until `shutdown` is cancelled; reloads keys from the store every
+/// `key_refresh_secs` when there is one.
+pub async fn start(
+    gw: Arc<Gateway>,
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+) -> std::io::Result<Running> {
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    if gw.db.is_some() {
+        tokio::spawn(refresh_keys(gw.clone(), shutdown.clone()));
+    }
+    let task = tokio::spawn(accept_loop(gw, listener, shutdown.clone()));
+    Ok(Running {
+        addr,
+        shutdown,
+        task,
+    })
+}
+
+/// Loads the keys once (callers do this before serving so the first request sees them).
+pub async fn load_keys(gw: &Gateway) -> Result<usize, key_store::KeyStoreError> {
+    let Some(db) = &gw.db else {
+        return Ok(gw.keys.len());
+    };
+    let records = key_store::load(db).await?;
+    let n = records.len();
+    gw.keys.replace(records);
+    metrics::keys_loaded(n);
+    Ok(n)
+}
+
+async fn refresh_keys(gw: Arc<Gateway>, shutdown: CancellationToken) {
+    let period = Duration::from_secs(gw.cfg.key_refresh_secs);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        if let Err(e) = load_keys(&gw).await {
+            tracing::warn!(error = %e, "reloading API keys failed; keeping the previous set");
+        }
+    }
+}
+
+async fn accept_loop(gw: Arc<Gateway>, listener: TcpListener, shutdown: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(gw.cfg.connections_max));
+    let tracker = TaskTracker::new();
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            s = listener.accept() => match s {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let gw = gw.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let _permit = permit;
+            serve_connection(gw, stream, shutdown).await;
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+}
+
+async fn serve_connection(
+    gw: Arc<Gateway>,
+    stream: tokio::net::TcpStream,
+    shutdown: CancellationToken,
+) {
+    let header_timeout = Duration::from_millis(gw.cfg.header_timeout_ms);
+    let service = hyper::service::service_fn(move |req| {
+        let gw = gw.clone();
+        async move { Ok::<_, Infallible>(route(&gw, req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        }
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+async fn route(gw: &Gateway, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let started = Instant::now();
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let result = match (method, path.as_str()) {
+        (Method::POST, "/v1/events") => events_route(gw, req).await,
+        (_, "/v1/events") => Err(RequestError::MethodNotAllowed),
+        (Method::GET, "/healthz") => Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
+        (_, p) if p.starts_with("/v1/admin/") => admin::route(gw, req).await,
+        _ => Err(RequestError::NotFound),
+    };
+    let response = result.unwrap_or_else(|e| error_response(&e));
+    metrics::request(response.status().as_u16(), started.elapsed());
+    response
+}
+
+async fn events_route(
+    gw: &Gateway,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, RequestError> {
+    let (head, body) = req.into_parts();
+    let header = |name| {
+        head.headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let parts = RequestParts {
+        authorization: header(hyper::header::AUTHORIZATION),
+        content_type: header(CONTENT_TYPE),
+        content_encoding: header(hyper::header::CONTENT_ENCODING),
+    };
+    // Authenticate before reading a body a stranger sent.
+    gw.keys.authenticate(parts.authorization.as_deref())?;
+    let body = read_body(gw, &head.headers, body).await?;
+    let response = events::handle(gw, &parts, body).await?;
+    Ok(json(response.status(), &response))
+}
+
+/// Reads at most `body_max_bytes` within `body_timeout_ms`.
+pub async fn read_body(
+    gw: &Gateway,
+    headers: &hyper::HeaderMap,
+    body: Incoming,
+) -> Result<Bytes, RequestError> {
+    let max = gw.limits.body_max_bytes;
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(RequestError::BodyTooLarge { max });
+    }
+    let ms = gw.cfg.body_timeout_ms;
+    let collected =
+        tokio::time::timeout(Duration::from_millis(ms), Limited::new(body, max).collect())
+            .await
+            .map_err(|_| RequestError::BodyTimeout { ms })?;
+    match collected {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(RequestError::BodyTooLarge { max })
+        }
+        Err(e) => Err(RequestError::MalformedJson {
+            detail: format!("reading the body: {e}"),
+        }),
+    }
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, body: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    let mut r = Response::new(Full::new(Bytes::from(bytes)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error_response(e: &RequestError) -> Response<Full<Bytes>> {
+    metrics::refused(e.code());
+    let mut r = json(e.status(), &ErrorBody::from(e));
+    if let RequestError::RateLimited { retry_after_secs } = e {
+        r.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+    }
+    if matches!(
+        e,
+        RequestError::BodyTooLarge { .. } | RequestError::BodyTimeout { .. }
+    ) {
+        // The rest of the body was not read: the connection cannot be reused.
+        r.headers_mut()
+            .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}

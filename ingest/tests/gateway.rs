@@ -1,0 +1,474 @@
+//! The HTTP gateway over real NATS JetStream and ClickHouse: what agents send, what they get
+//! back, and what lands in the stream.
+
+mod support;
+
+use support::{event, event_with, outcomes, Harness, ADMIN};
+
+fn o(
+    status: &str,
+    code: Option<&str>,
+    field: Option<&str>,
+) -> (String, Option<String>, Option<String>) {
+    (
+        status.to_owned(),
+        code.map(str::to_owned),
+        field.map(str::to_owned),
+    )
+}
+
+#[tokio::test]
+async fn a_single_event_is_stored_under_its_customer_and_agent_with_its_id_as_msg_id() {
+    let h = Harness::start("gw_single", |_| {}).await;
+    let key = h.key("acme", &[]).await;
+    let mut http = h.http().await;
+    let a = http
+        .events(
+            &key,
+            "application/cloudevents+json",
+            event("e-1", "acme", "bot-1"),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    assert_eq!(outcomes(&a), vec![o("accepted", None, None)]);
+    assert_eq!(a.json["results"][0]["id"], "e-1");
+    let stream = h.js.get_stream(&h.env.nats.stream).await.unwrap();
+    let msg = stream.get_raw_message(1).await.unwrap();
+    assert_eq!(
+        msg.subject.as_str(),
+        format!("{}.acme.bot-1", h.env.nats.subject_prefix)
+    );
+    assert_eq!(
+        msg.headers.get("Nats-Msg-Id").map(|v| v.as_str()),
+        Some("e-1")
+    );
+    assert_eq!(&msg.payload[..], event("e-1", "acme", "bot-1").as_bytes());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_batch_is_answered_per_event_and_a_resent_batch_is_all_duplicates_on_one_connection() {
+    let h = Harness::start("gw_batch", |_| {}).await;
+    let key = h.key("acme", &[]).await;
+    let mut http = h.http().await;
+    let batch: Vec<String> = (0..3)
+        .map(|i| event(&format!("b-{i}"), "acme", "bot"))
+        .collect();
+    let first = http.batch(&key, &batch).await;
+    assert_eq!(first.status, 200, "{}", first.json);
+    assert_eq!(first.json["accepted"], 3);
+    let again = http.batch(&key, &batch).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(outcomes(&again), vec![o("duplicate", None, None); 3]);
+    assert_eq!(again.json["duplicates"], 3);
+    assert_eq!(h.stored().await, 3);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn gzip_bodies_are_accepted() {
+    use std::io::Write;
+    let h = Harness::start("gw_gzip", |_| {}).await;
+    let key = h.key("acme", &[]).await;
+    let body = format!(
+        "[{},{}]",
+        event("z-1", "acme", "bot"),
+        event("z-2", "acme", "bot")
+    );
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(body.as_bytes()).unwrap();
+    let gz = enc.finish().unwrap();
+    let auth = format!("Bearer {key}");
+    let a = h
+        .http()
+        .await
+        .send(
+            "POST",
+            "/v1/events",
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/cloudevents-batch+json"),
+                ("content-encoding", "gzip"),
+            ],
+            gz,
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.json["accepted"].as_u64()),
+        (200, Some(2)),
+        "{}",
+        a.json
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn every_rejection_names_its_reason_and_field_and_good_events_still_pass() {
+    let h = Harness::start("gw_reject", |c| {
+        c.event_max_bytes = 2048;
+        c.depth_max = 4;
+        c.string_max_bytes = 100;
+    })
+    .await;
+    let key = h.key("acme", &["bot", "bot-2"]).await;
+    let batch = vec![
+        event("ok-1", "acme", "bot"),
+        event("r-1", "acme", "bot").replace("2026-11-26T21:00:00.123Z", "yesterday"),
+        event("r-2", "acme", "bot").replace("\"1.0\"", "\"0.3\""),
+        event("r-3", "acme", "bot").replace("\"id\":\"r-3\",", ""),
+        event("r-4", "acme", "bot").replace("llm.tokens", ""),
+        event_with("r-5", "acme", "bot", "[1]"),
+        "42".to_owned(),
+        event_with(
+            "r-6",
+            "acme",
+            "bot",
+            &format!("{{\"pad\":\"{}\"}}", "x".repeat(90)),
+        ),
+        event_with("r-7", "acme", "bot", r#"{"a":{"b":{"c":{"d":1}}}}"#),
+        event_with(
+            "r-8",
+            "acme",
+            "bot",
+            &format!("{{\"s\":\"{}\"}}", "y".repeat(101)),
+        ),
+        event_with(
+            "r-9",
+            "acme",
+            "bot",
+            &format!("{{\"s\":[{}]}}", vec!["\"aaaaaaaaaa\""; 200].join(",")),
+        ),
+        event("r-10", "globex", "bot"),
+        event("r-11", "acme", "bot-3"),
+        event("r-12", "acme", "bad.agent"),
+        event("ok-2", "acme", "bot-2"),
+    ];
+    let a = http_batch(&h, &key, &batch).await;
+    assert_eq!(a.status, 400, "{}", a.json);
+    let got = outcomes(&a);
+    let malformed = |f: Option<&str>| o("rejected", Some("malformed"), f);
+    assert_eq!(got[0], o("accepted", None, None));
+    assert_eq!(got[1], malformed(Some("time")));
+    assert_eq!(got[2], malformed(Some("specversion")));
+    assert_eq!(got[3], malformed(Some("id")));
+    assert_eq!(got[4], malformed(Some("type")));
+    assert_eq!(got[5], malformed(Some("data")));
+    assert_eq!(got[6], malformed(None));
+    assert_eq!(
+        got[7],
+        o("accepted", None, None),
+        "a string just under the limit passes"
+    );
+    assert_eq!(
+        got[8],
+        malformed(Some("data")),
+        "nesting deeper than depth_max"
+    );
+    assert_eq!(
+        got[9],
+        malformed(Some("data")),
+        "a string longer than string_max_bytes"
+    );
+    assert_eq!(got[10], o("rejected", Some("too_large"), None));
+    assert_eq!(
+        got[11],
+        o("rejected", Some("subject_mismatch"), Some("subject"))
+    );
+    assert_eq!(
+        got[12],
+        o("rejected", Some("subject_mismatch"), Some("source"))
+    );
+    assert_eq!(got[13], malformed(Some("source")));
+    assert_eq!(got[14], o("accepted", None, None));
+    assert_eq!(
+        (a.json["accepted"].as_u64(), a.json["rejected"].as_u64()),
+        (Some(3), Some(12))
+    );
+    assert_eq!(h.stored().await, 3);
+    h.stop().await;
+}
+
+async fn http_batch(h: &Harness, key: &str, batch: &[String]) -> support::Answer {
+    h.http().await.batch(key, batch).await
+}
+
+#[tokio::test]
+async fn missing_wrong_and_revoked_keys_are_refused_before_anything_is_published() {
+    let h = Harness::start("gw_auth", |_| {}).await;
+    let mut http = h.http().await;
+    let body = event("a-1", "acme", "bot");
+    let a = http
+        .send(
+            "POST",
+            "/v1/events",
+            &[("content-type", "application/cloudevents+json")],
+            body.clone(),
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.json["error"]["code"].as_str()),
+        (401, Some("missing_key"))
+    );
+    let fake = format!("tk_{}_{}", "0".repeat(16), "1".repeat(64));
+    let a = http
+        .events(&fake, "application/cloudevents+json", body.clone())
+        .await;
+    assert_eq!(
+        (a.status, a.json["error"]["code"].as_str()),
+        (401, Some("invalid_key"))
+    );
+
+    // Created and revoked through the admin API.
+    let admin = format!("Bearer {ADMIN}");
+    let created = http
+        .send(
+            "POST",
+            "/v1/admin/keys",
+            &[("authorization", &admin)],
+            r#"{"customer":"acme","label":"ci"}"#,
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.json);
+    let key = created.json["key"].as_str().unwrap().to_owned();
+    let key_id = created.json["key_id"].as_str().unwrap().to_owned();
+    let mut wrong_secret = key.clone();
+    wrong_secret.replace_range(key.len() - 4.., "abcd");
+    let a = http
+        .events(&wrong_secret, "application/cloudevents+json", body.clone())
+        .await;
+    assert_eq!(a.json["error"]["code"], "invalid_key");
+    let a = http
+        .events(&key, "application/cloudevents+json", body.clone())
+        .await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    let revoked = http
+        .send(
+            "POST",
+            &format!("/v1/admin/keys/{key_id}/revoke"),
+            &[("authorization", &admin)],
+            "",
+        )
+        .await;
+    assert_eq!(
+        (revoked.status, revoked.json["revoked"].as_bool()),
+        (200, Some(true))
+    );
+    let a = http
+        .events(
+            &key,
+            "application/cloudevents+json",
+            event("a-2", "acme", "bot"),
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.json["error"]["code"].as_str()),
+        (401, Some("revoked_key"))
+    );
+
+    // A key for acme cannot publish for globex.
+    let acme = h.key("acme", &[]).await;
+    let a = http
+        .events(
+            &acme,
+            "application/cloudevents+json",
+            event("a-3", "globex", "bot"),
+        )
+        .await;
+    assert_eq!(a.status, 400);
+    assert_eq!(
+        outcomes(&a),
+        vec![o("rejected", Some("subject_mismatch"), Some("subject"))]
+    );
+    assert_eq!(h.stored().await, 1);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn the_admin_api_needs_its_token_and_revocation_survives_a_reload() {
+    let h = Harness::start("gw_admin", |_| {}).await;
+    let mut http = h.http().await;
+    let a = http
+        .send(
+            "GET",
+            "/v1/admin/keys",
+            &[("authorization", "Bearer nope")],
+            "",
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.json["error"]["code"].as_str()),
+        (401, Some("invalid_admin_token"))
+    );
+    let admin = format!("Bearer {ADMIN}");
+    let a = http
+        .send(
+            "POST",
+            "/v1/admin/keys",
+            &[("authorization", &admin)],
+            r#"{"customer":"no such"}"#,
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.json["error"]["field"].as_str()),
+        (400, Some("customer"))
+    );
+    let a = http
+        .send(
+            "POST",
+            "/v1/admin/keys",
+            &[("authorization", &admin)],
+            r#"{"customer":"acme","agents":["bot-1"]}"#,
+        )
+        .await;
+    let key_id = a.json["key_id"].as_str().unwrap().to_owned();
+    http.send(
+        "POST",
+        &format!("/v1/admin/keys/{key_id}/revoke"),
+        &[("authorization", &admin)],
+        "",
+    )
+    .await;
+    let listed = http
+        .send("GET", "/v1/admin/keys", &[("authorization", &admin)], "")
+        .await;
+    let keys = listed.json["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(
+        (keys[0]["revoked"].as_bool(), keys[0]["agents"][0].as_str()),
+        (Some(true), Some("bot-1"))
+    );
+    assert!(keys[0].get("key").is_none() && !listed.json.to_string().contains("sha256"));
+    // A fresh instance loading from ClickHouse sees the key revoked.
+    h.gw.keys.replace(vec![]);
+    tally_ingest::gateway::server::load_keys(&h.gw)
+        .await
+        .unwrap();
+    let a = http
+        .send("GET", "/v1/admin/keys/x", &[("authorization", &admin)], "")
+        .await;
+    assert_eq!(a.status, 404);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_bodies_and_batches_are_413() {
+    let h = Harness::start("gw_413", |c| {
+        c.body_max_bytes = 4096;
+        c.event_max_bytes = 1024;
+        c.batch_max_events = 3;
+    })
+    .await;
+    let key = h.key("acme", &[]).await;
+    let big: Vec<String> = (0..30)
+        .map(|i| event(&format!("x-{i}"), "acme", "bot"))
+        .collect();
+    let a = h.http().await.batch(&key, &big).await;
+    assert_eq!(
+        (a.status, a.json["error"]["code"].as_str()),
+        (413, Some("body_too_large"))
+    );
+    let four: Vec<String> = (0..4)
+        .map(|i| event(&format!("y-{i}"), "acme", "bot"))
+        .collect();
+    let a = h.http().await.batch(&key, &four).await;
+    assert_eq!(
+        (a.status, a.json["error"]["code"].as_str()),
+        (413, Some("batch_too_large"))
+    );
+    assert_eq!(h.stored().await, 0);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_key_over_its_rate_gets_429_with_retry_after() {
+    let h = Harness::start("gw_429", |c| {
+        c.rate_per_key_per_sec = 1;
+        c.burst_per_key = 3;
+        c.batch_max_events = 3;
+    })
+    .await;
+    let key = h.key("acme", &[]).await;
+    let other = h.key("globex", &[]).await;
+    let mut http = h.http().await;
+    let three: Vec<String> = (0..3)
+        .map(|i| event(&format!("r-{i}"), "acme", "bot"))
+        .collect();
+    assert_eq!(http.batch(&key, &three).await.status, 200);
+    let a = http.batch(&key, &[event("r-9", "acme", "bot")]).await;
+    assert_eq!(
+        (a.status, a.json["error"]["code"].as_str()),
+        (429, Some("rate_limited"))
+    );
+    let retry: u64 = a.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=3).contains(&retry), "{retry}");
+    assert_eq!(
+        http.batch(&other, &[event("g-1", "globex", "bot")])
+            .await
+            .status,
+        200,
+        "other keys are not limited"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stalls_its_body_is_timed_out_with_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start("gw_slow", |c| c.body_timeout_ms = 300).await;
+    let key = h.key("acme", &[]).await;
+    let mut s = tokio::net::TcpStream::connect(h.running.addr)
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\ncontent-type: application/cloudevents+json\r\ncontent-length: 100\r\n\r\n{{\"spec"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let read =
+        tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "the gateway must answer and close, not wait forever"
+    );
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("request_timeout"), "{text}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_media_types_methods_and_paths_have_stable_codes() {
+    let h = Harness::start("gw_misc", |_| {}).await;
+    let key = h.key("acme", &[]).await;
+    let mut http = h.http().await;
+    let a = http.events(&key, "text/plain", "x").await;
+    assert_eq!(
+        (a.status, a.json["error"]["code"].as_str()),
+        (415, Some("unsupported_media_type"))
+    );
+    let a = http
+        .events(
+            &key,
+            "application/cloudevents-batch+json",
+            "{\"not\":\"array\"}",
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.json["error"]["code"].as_str()),
+        (400, Some("malformed_batch"))
+    );
+    let a = http
+        .events(&key, "application/cloudevents-batch+json", "[]")
+        .await;
+    assert_eq!(a.json["error"]["code"], "empty_batch");
+    let a = http.send("GET", "/v1/events", &[], "").await;
+    assert_eq!(a.status, 405);
+    let a = http.send("GET", "/nope", &[], "").await;
+    assert_eq!(
+        (a.status, a.json["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    let a = http.send("GET", "/healthz", &[], "").await;
+    assert_eq!(a.status, 200);
+    h.stop().await;
+}
