@@ -23,6 +23,7 @@ pub const SECTIONS: &[&str] = &[
     "meters",
     "plans",
     "subscriptions",
+    "tax_rates",
 ];
 
 /// A configuration that cannot be used.

@@ -37,6 +37,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(3, "0003_public_views.sql"),
     migration!(4, "0004_usage_readings.sql"),
     migration!(5, "0005_api_keys.sql"),
+    migration!(6, "0006_charge_discounts_and_tax.sql"),
 ];
 
 /// Why migrating failed.

@@ -8,9 +8,11 @@ use std::collections::HashMap;
 use tally_domain::{BillingCycle, CustomerId, Meter, MeterSlug, Period};
 use tally_platform::ConfigError;
 
+use crate::charge::Terms;
 use crate::config::{PlanSpec, RaterConfig, SubscriptionSpec};
 pub use crate::plan::Plan;
 use crate::pricing::discount::Coupon;
+use crate::tax::TaxTable;
 
 /// A customer's subscription.
 #[derive(Debug, Clone)]
@@ -19,6 +21,9 @@ pub struct Subscription {
     pub cycle: BillingCycle,
     /// In declaration order, the order they apply in.
     pub coupons: Vec<Coupon>,
+    /// None: charges carry no tax.
+    pub tax_region: Option<String>,
+    pub tax_exempt: bool,
 }
 
 impl Subscription {
@@ -38,6 +43,7 @@ pub struct Catalog {
     plans: HashMap<String, Vec<Plan>>,
     subscriptions: HashMap<CustomerId, Subscription>,
     default_plan: Option<String>,
+    taxes: TaxTable,
 }
 
 impl Catalog {
@@ -126,6 +132,8 @@ impl Catalog {
                         plan: s.plan,
                         cycle,
                         coupons,
+                        tax_region: s.tax_region,
+                        tax_exempt: s.tax_exempt,
                     },
                 )
                 .is_some()
@@ -148,7 +156,62 @@ impl Catalog {
             plans: by_id,
             subscriptions,
             default_plan: rater.default_plan.clone(),
+            taxes: TaxTable::default(),
         })
+    }
+
+    /// Adds the tax rates, checking that every taxed subscription's region has a rate for
+    /// every tax code its plan's versions use (errors name the subscription).
+    pub fn with_taxes(mut self, taxes: TaxTable) -> Result<Catalog, ConfigError> {
+        let mut subs: Vec<(&CustomerId, &Subscription)> = self.subscriptions.iter().collect();
+        subs.sort_by_key(|(c, _)| *c);
+        for (customer, sub) in subs {
+            let Some(region) = &sub.tax_region else {
+                continue;
+            };
+            let versions = self.plans.get(&sub.plan).map_or(&[][..], Vec::as_slice);
+            for price in versions.iter().flat_map(|p| p.prices.values()) {
+                if !taxes.knows(region, &price.tax_code) {
+                    return Err(ConfigError::invalid(
+                        format!("subscriptions.{customer}.tax_region"),
+                        format!(
+                            "no tax_rates entry for region {region:?} and code {:?} (plan {})",
+                            price.tax_code, sub.plan
+                        ),
+                    ));
+                }
+            }
+        }
+        self.taxes = taxes;
+        Ok(self)
+    }
+
+    /// What applies to one charge beyond its price: the subscription's coupons and tax.
+    pub fn terms<'a>(
+        &self,
+        sub: &'a Subscription,
+        plan: &Plan,
+        period: &Period,
+        meter: &MeterSlug,
+    ) -> Terms<'a> {
+        let tax = match (&sub.tax_region, plan.prices.get(meter)) {
+            (Some(region), Some(price)) => {
+                let rate = self.taxes.rate_at(region, &price.tax_code, period.start_ms);
+                match (rate, sub.tax_exempt) {
+                    (Some(mut r), true) => {
+                        r.rate_percent = rust_decimal::Decimal::ZERO;
+                        r.code = format!("{}:exempt", r.code);
+                        Some(r)
+                    }
+                    (r, _) => r,
+                }
+            }
+            _ => None,
+        };
+        Terms {
+            coupons: sub.coupons_for(period, meter),
+            tax,
+        }
     }
 
     /// The customer's subscription, or the default plan on a calendar-month cycle.
@@ -158,6 +221,8 @@ impl Catalog {
                 plan,
                 cycle: BillingCycle::default(),
                 coupons: vec![],
+                tax_region: None,
+                tax_exempt: false,
             })
         })
     }
@@ -247,6 +312,8 @@ mod tests {
             plan: "missing".into(),
             billing_anchor_day: 1,
             coupons: vec![],
+            tax_region: None,
+            tax_exempt: false,
         };
         let err = Catalog::new(plans(TWO_VERSIONS), vec![sub], &rater, &meters())
             .unwrap_err()

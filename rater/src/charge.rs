@@ -10,6 +10,7 @@ use xxhash_rust::xxh3::xxh3_128;
 use crate::catalog::Plan;
 use crate::pricing::discount::Coupon;
 use crate::pricing::{LineKind, Measured, PriceError, TierUse};
+use crate::tax::{tax_on, AppliedRate};
 
 /// One customer's committed usage of one meter in one period: of the whole meter
 /// (`group_key` `{}`), or of one group-by value when the meter's price is per group.
@@ -84,6 +85,15 @@ pub struct Charge {
     /// The amount without the discount lines, rounded the same way; the discount is
     /// `amount_minor - amount_before_discounts_minor`.
     pub amount_before_discounts_minor: i64,
+    /// Tax region and code (`<code>:exempt` for an exempt customer); empty without tax.
+    pub tax_region: String,
+    pub tax_code: String,
+    /// Percent; none without tax.
+    pub tax_rate: Option<Decimal>,
+    /// Tax on `amount`, rounded by the same rule.
+    pub tax_minor: i64,
+    /// `amount_minor + tax_minor`.
+    pub amount_with_tax_minor: i64,
     pub windows: u32,
     pub usage_from_ms: i64,
     pub usage_to_ms: i64,
@@ -114,17 +124,26 @@ pub fn charge_id(
     format!("chg_{:032x}", xxh3_128(text.as_bytes()))
 }
 
+/// What applies to a charge beyond its price ([`crate::Catalog::terms`]).
+#[derive(Debug, Clone, Default)]
+pub struct Terms<'a> {
+    /// Coupons that apply, in order.
+    pub coupons: Vec<&'a Coupon>,
+    /// None: no tax.
+    pub tax: Option<AppliedRate>,
+}
+
 /// Prices `usage` with `plan`; `None` when the plan has no price for the meter (or, for a
 /// price book, no rate for the group).
 pub fn compute(usage: &MeterUsage, plan: &Plan) -> Result<Option<Charge>, ChargeError> {
-    compute_discounted(usage, plan, &[])
+    compute_with(usage, plan, &Terms::default())
 }
 
-/// [`compute`] with the subscription's coupons that apply to this charge.
-pub fn compute_discounted(
+/// [`compute`] with the subscription's coupons and tax for this charge.
+pub fn compute_with(
     usage: &MeterUsage,
     plan: &Plan,
-    coupons: &[&Coupon],
+    terms: &Terms<'_>,
 ) -> Result<Option<Charge>, ChargeError> {
     let Some(price) = plan.prices.get(&usage.meter) else {
         return Ok(None);
@@ -139,7 +158,7 @@ pub fn compute_discounted(
         group_names: &usage.group_names,
         group_values: &usage.group_values,
     };
-    let priced = match price.price_discounted(measured, coupons) {
+    let priced = match price.price_discounted(measured, &terms.coupons) {
         Ok(p) => p,
         Err(PriceError::NoRate { .. }) => return Ok(None),
         Err(e) => return Err(overflow(e.to_string())),
@@ -159,6 +178,15 @@ pub fn compute_discounted(
     let amount_before_discounts_minor = plan
         .currency
         .to_minor(plan.currency.round(before_discounts))
+        .map_err(|e| overflow(e.to_string()))?;
+    let tax = terms
+        .tax
+        .as_ref()
+        .map(|r| plan.currency.round(tax_on(amount, r.rate_percent)))
+        .unwrap_or_default();
+    let tax_minor = plan
+        .currency
+        .to_minor(tax)
         .map_err(|e| overflow(e.to_string()))?;
     Ok(Some(Charge {
         charge_id: charge_id(
@@ -185,6 +213,19 @@ pub fn compute_discounted(
         amount,
         amount_minor,
         amount_before_discounts_minor,
+        tax_region: terms
+            .tax
+            .as_ref()
+            .map(|r| r.region.clone())
+            .unwrap_or_default(),
+        tax_code: terms
+            .tax
+            .as_ref()
+            .map(|r| r.code.clone())
+            .unwrap_or_default(),
+        tax_rate: terms.tax.as_ref().map(|r| r.rate_percent),
+        tax_minor,
+        amount_with_tax_minor: amount_minor.saturating_add(tax_minor),
         windows: usage.windows,
         usage_from_ms: usage.first_window_ms,
         usage_to_ms: usage.last_window_end_ms,

@@ -125,6 +125,9 @@ pub struct PriceSpec {
     /// The line's amount is capped at this.
     #[serde(default, deserialize_with = "exact::opt_decimal")]
     pub maximum: Option<Decimal>,
+    /// Tax code of the price (see `[[tax_rates]]`). Default `standard`.
+    #[serde(default)]
+    pub tax_code: Option<String>,
 }
 
 /// `[[subscriptions]]`: a customer on a plan.
@@ -139,6 +142,12 @@ pub struct SubscriptionSpec {
     /// Discounts on this customer's charges.
     #[serde(default)]
     pub coupons: Vec<CouponSpec>,
+    /// Tax region (see `[[tax_rates]]`); none: charges carry no tax.
+    #[serde(default)]
+    pub tax_region: Option<String>,
+    /// The customer is exempt from tax (its charges record the region, with zero tax).
+    #[serde(default)]
+    pub tax_exempt: bool,
 }
 
 /// `[[subscriptions.coupons]]`: a discount for a number of billing periods.

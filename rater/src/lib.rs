@@ -17,6 +17,7 @@
 //! - [`catalog`]: validated plans and subscriptions; which plan applies to whom, when.
 //! - [`pricing`]: the pricing models, one file each.
 //! - [`charge`]: a charge and how it is computed from usage (pure).
+//! - [`tax`]: tax rates by region and code, with effective dates.
 //! - [`usage`]: reading committed usage per customer, meter and period.
 //! - [`store`]: writing charges.
 //! - [`run`]: one rating pass and the schedule.
@@ -30,6 +31,7 @@ pub mod plan;
 pub mod pricing;
 pub mod run;
 pub mod store;
+pub mod tax;
 pub mod usage;
 
 pub use catalog::Catalog;

@@ -79,11 +79,17 @@ fn validate_price(p: PriceSpec, meter: &Meter) -> Result<Price, FieldError> {
             ));
         }
     }
+    let tax_code = match p.tax_code {
+        Some(c) if c.is_empty() => return Err(("tax_code".into(), "is empty".into())),
+        Some(c) => c,
+        None => crate::tax::DEFAULT_TAX_CODE.to_owned(),
+    };
     Ok(Price {
         model,
         free_units,
         minimum,
         maximum,
+        tax_code,
     })
 }
 

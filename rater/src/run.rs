@@ -11,7 +11,7 @@ use clickhouse::Client;
 use tally_platform::shutdown::Shutdown;
 
 use crate::catalog::Catalog;
-use crate::charge::{compute_discounted, Charge, ChargeError};
+use crate::charge::{compute_with, Charge, ChargeError};
 use crate::config::RaterConfig;
 use crate::{metrics, store, usage};
 
@@ -64,8 +64,8 @@ pub async fn rate_once(
             report.unpriced_meters += 1;
             continue;
         };
-        let coupons = sub.coupons_for(period, &u.meter);
-        match compute_discounted(u, plan, &coupons)? {
+        let terms = catalog.terms(&sub, plan, period, &u.meter);
+        match compute_with(u, plan, &terms)? {
             Some(charge) => report.charges.push(charge),
             None => report.unpriced_meters += 1,
         }

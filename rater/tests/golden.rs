@@ -199,8 +199,8 @@ fn coupons_discount_charges_for_their_duration_and_record_the_amount_before() {
     let got: Vec<(i64, i64)> = usages
         .values()
         .map(|u| {
-            let coupons = sub.coupons_for(&u.period, &u.meter);
-            let ch = tally_rater::charge::compute_discounted(u, plan(&c), &coupons)
+            let terms = c.terms(&sub, plan(&c), &u.period, &u.meter);
+            let ch = tally_rater::charge::compute_with(u, plan(&c), &terms)
                 .expect("prices")
                 .expect("priced");
             (ch.amount_before_discounts_minor, ch.amount_minor)
@@ -212,6 +212,97 @@ fn coupons_discount_charges_for_their_duration_and_record_the_amount_before() {
             (1001, 751),  // 1001 - 15% = 850.85, - 100 = 750.85 -> 751
             (1001, 851),  // 850.85 -> 851
             (1001, 1001), // both coupons are over
+        ]
+    );
+}
+
+/// A catalog with taxes: plan `p` in USD at 0.01 per token; `acme` in region DE (19%, 16%
+/// from July 2026), `exempt-co` in DE but exempt, `nowhere` without a region.
+fn taxed_catalog() -> Result<tally_rater::Catalog, tally_platform::ConfigError> {
+    #[derive(serde::Deserialize)]
+    struct F {
+        plans: Vec<tally_rater::config::PlanSpec>,
+        subscriptions: Vec<tally_rater::config::SubscriptionSpec>,
+        tax_rates: Vec<tally_rater::tax::TaxRateSpec>,
+    }
+    let f: F = toml::from_str(
+        r#"
+        [[plans]]
+        id = "p"
+        version = 1
+        currency = "USD"
+        effective_from = "2026-01-01T00:00:00Z"
+        prices = [{ model = "per_unit", meter = "tokens", unit_price = "0.01" }]
+        [[subscriptions]]
+        customer = "acme"
+        plan = "p"
+        tax_region = "DE"
+        coupons = [{ id = "HALF", percent_off = "50", starts = "2026-07-01T00:00:00Z", duration = "once" }]
+        [[subscriptions]]
+        customer = "exempt-co"
+        plan = "p"
+        tax_region = "DE"
+        tax_exempt = true
+        [[subscriptions]]
+        customer = "nowhere"
+        plan = "p"
+        [[tax_rates]]
+        region = "DE"
+        rate_percent = "19"
+        effective_from = "2020-01-01T00:00:00Z"
+        [[tax_rates]]
+        region = "DE"
+        rate_percent = "16"
+        effective_from = "2026-07-01T00:00:00Z"
+        "#,
+    )
+    .expect("TOML");
+    tally_rater::Catalog::new(
+        f.plans,
+        f.subscriptions,
+        &Default::default(),
+        &common::meters(),
+    )?
+    .with_taxes(tally_rater::tax::TaxTable::new(f.tax_rates)?)
+}
+
+#[test]
+fn tax_is_per_line_by_region_and_date_on_the_discounted_amount() {
+    let c = taxed_catalog().expect("valid");
+    let july = 181 * 1440; // 2026-07-01, in minutes from January 1st
+    let rows = vec![
+        row("acme", "m", "input", 0, "999"), // 9.99, 19% = 1.8981 -> 1.90
+        row("acme", "m", "input", july, "999"), // 9.99 - 50% = 4.995 -> 5.00, 16% = 0.80
+        row("exempt-co", "m", "input", 0, "999"), // exempt: 0
+        row("nowhere", "m", "input", 0, "999"), // no region: no tax
+    ];
+    let (usages, _) = fold(&rows, &c);
+    let got: Vec<(String, i64, i64, i64, String)> = usages
+        .values()
+        .map(|u| {
+            let sub = c.subscription(&u.customer).expect("subscribed");
+            let terms = c.terms(&sub, plan(&c), &u.period, &u.meter);
+            let ch = tally_rater::charge::compute_with(u, plan(&c), &terms)
+                .expect("prices")
+                .expect("priced");
+            assert_eq!(ch.amount_with_tax_minor, ch.amount_minor + ch.tax_minor);
+            (
+                ch.customer,
+                ch.amount_minor,
+                ch.tax_minor,
+                ch.amount_with_tax_minor,
+                ch.tax_code,
+            )
+        })
+        .collect();
+    let s = |x: &str| x.to_owned();
+    assert_eq!(
+        got,
+        vec![
+            (s("acme"), 999, 190, 1189, s("standard")),
+            (s("acme"), 500, 80, 580, s("standard")),
+            (s("exempt-co"), 999, 0, 999, s("standard:exempt")),
+            (s("nowhere"), 999, 0, 999, s("")),
         ]
     );
 }

@@ -9,6 +9,7 @@ use tally_domain::meter::{validate_meters, MeterSpec};
 use tally_platform::args::Args;
 use tally_platform::{config, shutdown, store, telemetry, ClickHouseConfig, TelemetryConfig};
 use tally_rater::config::{PlanSpec, SubscriptionSpec};
+use tally_rater::tax::{TaxRateSpec, TaxTable};
 use tally_rater::{Catalog, RaterConfig};
 
 #[derive(Deserialize)]
@@ -25,6 +26,8 @@ struct Config {
     plans: Vec<PlanSpec>,
     #[serde(default)]
     subscriptions: Vec<SubscriptionSpec>,
+    #[serde(default)]
+    tax_rates: Vec<TaxRateSpec>,
 }
 
 fn now_ms() -> i64 {
@@ -42,7 +45,8 @@ async fn main() -> anyhow::Result<()> {
     cfg.clickhouse.validate()?;
     cfg.rater.validate()?;
     let meters = validate_meters(cfg.meters).context("setting `meters`")?;
-    let catalog = Catalog::new(cfg.plans, cfg.subscriptions, &cfg.rater, &meters)?;
+    let catalog = Catalog::new(cfg.plans, cfg.subscriptions, &cfg.rater, &meters)?
+        .with_taxes(TaxTable::new(cfg.tax_rates)?)?;
     telemetry::init_logs(&cfg.telemetry);
     let db = store::connect(&cfg.clickhouse);
     if command == "once" {

@@ -68,6 +68,8 @@ pub struct Price {
     pub minimum: Option<Decimal>,
     /// The line never costs more than this (a cap line takes off the excess).
     pub maximum: Option<Decimal>,
+    /// Tax code of the price.
+    pub tax_code: String,
 }
 
 /// What a line of the arithmetic is.
@@ -219,6 +221,7 @@ impl Price {
             free_units: Decimal::ZERO,
             minimum: None,
             maximum: None,
+            tax_code: crate::tax::DEFAULT_TAX_CODE.to_owned(),
         }
     }
 
