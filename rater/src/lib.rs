@@ -20,12 +20,14 @@
 //! - [`tax`]: tax rates by region and code, with effective dates.
 //! - [`usage`]: reading committed usage per customer, meter and period.
 //! - [`store`]: writing charges.
+//! - [`explain`]: one charge's usage, arithmetic, rounding, discounts and tax, checked.
 //! - [`run`]: one rating pass and the schedule.
 //! - [`metrics`]: every metric this crate emits.
 
 pub mod catalog;
 pub mod charge;
 pub mod config;
+pub mod explain;
 pub mod metrics;
 pub mod plan;
 pub mod pricing;

@@ -1,16 +1,20 @@
 //! `tally-rater`: prices committed usage into charges.
-//! Usage: `tally-rater [serve|once] [--config FILE] [--at RFC3339]`.
+//! Usage: `tally-rater [serve|once] [--config FILE] [--at RFC3339]`, or
+//! `tally-rater explain <charge_id> [--format text|json]`.
 //! `serve` (default) rates every `rater.interval_secs` until SIGTERM; `once` runs one pass
-//! (as of `--at`, default now) and prints the charges as JSON lines.
+//! (as of `--at`, default now) and prints the charges as JSON lines; `explain` prints one
+//! charge's usage windows, line arithmetic, rounding, discounts and tax, and exits non-zero
+//! if they do not sum to the stored amounts.
 
 use anyhow::Context;
 use serde::Deserialize;
 use tally_domain::meter::{validate_meters, MeterSpec};
+use tally_domain::Aggregation;
 use tally_platform::args::Args;
 use tally_platform::{config, shutdown, store, telemetry, ClickHouseConfig, TelemetryConfig};
 use tally_rater::config::{PlanSpec, SubscriptionSpec};
 use tally_rater::tax::{TaxRateSpec, TaxTable};
-use tally_rater::{Catalog, RaterConfig};
+use tally_rater::{explain, Catalog, RaterConfig};
 
 #[derive(Deserialize)]
 struct Config {
@@ -36,10 +40,16 @@ fn now_ms() -> i64 {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
+    let mut argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some("explain")
+        && argv.get(1).is_some_and(|a| !a.starts_with("--"))
+    {
+        argv.insert(1, "--charge".into()); // `explain <charge_id>`
+    }
     let (command, args) = Args::parse_command(
-        std::env::args().skip(1),
-        &["serve", "once"],
-        &["config", "at"],
+        argv,
+        &["serve", "once", "explain"],
+        &["config", "at", "charge", "format"],
     )?;
     let cfg: Config = config::load(&config::path(&args))?;
     cfg.clickhouse.validate()?;
@@ -49,6 +59,30 @@ async fn main() -> anyhow::Result<()> {
         .with_taxes(TaxTable::new(cfg.tax_rates)?)?;
     telemetry::init_logs(&cfg.telemetry);
     let db = store::connect(&cfg.clickhouse);
+    if command == "explain" {
+        let id = args.raw("charge").context("explain needs a charge id")?;
+        let (charge, windows) = explain::load(&db, id).await?;
+        let sums = meters
+            .iter()
+            .find(|m| m.slug.as_str() == charge.meter)
+            .is_some_and(|m| matches!(m.aggregation, Aggregation::Sum | Aggregation::Count));
+        let e = explain::explain(&charge, windows, sums)?;
+        if args.raw("format") == Some("json") {
+            println!("{}", serde_json::to_string_pretty(&e)?);
+        } else {
+            for w in &e.windows {
+                println!(
+                    "  window {} agent {} {}: {}",
+                    w.window_start, w.agent, w.group_key, w.quantity
+                );
+            }
+            for line in &e.lines {
+                println!("{line}");
+            }
+        }
+        anyhow::ensure!(e.balanced, "charge {id} does not balance");
+        return Ok(());
+    }
     if command == "once" {
         let at = match args.raw("at") {
             Some(t) => chrono::DateTime::parse_from_rfc3339(t)
