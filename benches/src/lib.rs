@@ -6,8 +6,10 @@
 //! # Layout
 //! - [`alloc`]: a counting global allocator, for bytes-per-id figures.
 //! - [`aggregator_cpu`]: parse + validate + dedup + window per event, in process.
+//! - [`gateway`]: HTTP gateway batches into JetStream against the direct publisher.
 //! - [`rating`]: usage rows folded and priced into charges per second, in process.
 
 pub mod aggregator_cpu;
 pub mod alloc;
+pub mod gateway;
 pub mod rating;

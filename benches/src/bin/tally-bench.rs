@@ -1,8 +1,10 @@
 //! `tally-bench`: runs the in-process benchmarks and prints a markdown table.
 //! Usage: `cargo run --release -p tally-benches --bin tally-bench [--events 1000000] [--ids 1000000]`,
-//! or `... --bin tally-bench rating [--rows 1000000] [--customers 1000]` for rating throughput.
+//! or `... --bin tally-bench rating [--rows 1000000] [--customers 1000]` for rating throughput,
+//! or `... --bin tally-bench gateway [--events 200000] [--batch 100] [--connections 4]` for
+//! ingest throughput through the HTTP gateway against the direct publisher (needs the stack).
 
-use tally_benches::{aggregator_cpu, alloc, rating};
+use tally_benches::{aggregator_cpu, alloc, gateway, rating};
 use tally_platform::args::Args;
 
 #[global_allocator]
@@ -11,6 +13,9 @@ static ALLOC: alloc::Counting = alloc::Counting;
 fn main() -> anyhow::Result<()> {
     if std::env::args().nth(1).as_deref() == Some("rating") {
         return rating_bench();
+    }
+    if std::env::args().nth(1).as_deref() == Some("gateway") {
+        return gateway_bench();
     }
     let args = Args::parse(std::env::args().skip(1), &["events", "ids"])?;
     let events: usize = args.get("events", 1_000_000)?;
@@ -43,6 +48,27 @@ fn rating_bench() -> anyhow::Result<()> {
     println!(
         "| rating: fold + price, 1 thread, {} usage rows of {} customers into {} charges | {:.0} usage rows/s |",
         r.rows, customers, r.charges, r.rows_per_sec
+    );
+    Ok(())
+}
+
+/// `tally-bench gateway`: events per second through HTTP into JetStream vs the direct publisher.
+fn gateway_bench() -> anyhow::Result<()> {
+    let args = Args::parse(std::env::args().skip(2), &["events", "batch", "connections"])?;
+    let r = gateway::run(
+        args.get("events", 200_000)?,
+        args.get("batch", 100)?,
+        args.get("connections", 4)?,
+    )?;
+    println!("| scenario | figure |");
+    println!("|---|---|");
+    println!(
+        "| direct JetStream publisher, 256 in flight, {} events of {} bytes | {:.0} events/s |",
+        r.events, r.mean_event_bytes, r.direct_events_per_sec
+    );
+    println!(
+        "| HTTP gateway, batches of {} over {} keep-alive connections, {} events | {:.0} events/s; per batch p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms |",
+        r.batch, r.connections, r.events, r.gateway_events_per_sec, r.batch_ms.0, r.batch_ms.1, r.batch_ms.2
     );
     Ok(())
 }
