@@ -8,7 +8,23 @@ use std::time::Duration;
 
 use tally_ingest::nats_auth::{render, users, NatsUser};
 
-const NATS_SERVER: &str = "/usr/sbin/nats-server";
+/// The nats-server binary: Debian's (`scripts/stack.sh up` installs it) or one on `PATH`.
+fn nats_server() -> PathBuf {
+    let candidates = ["/usr/sbin/nats-server", "/usr/bin/nats-server"];
+    let on_path = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("nats-server"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    candidates
+        .iter()
+        .map(PathBuf::from)
+        .chain(on_path)
+        .find(|p| p.exists())
+        .expect("nats-server is missing: run scripts/stack.sh up (it installs it)")
+}
 
 /// A nats-server on a free port with its data in a temporary directory; killed on drop.
 struct Server {
@@ -47,7 +63,7 @@ async fn start(users: &[NatsUser]) -> Server {
         dir.join("js").display()
     );
     std::fs::write(dir.join("nats.conf"), main).unwrap();
-    let child = Command::new(NATS_SERVER)
+    let child = Command::new(nats_server())
         .arg("-c")
         .arg(dir.join("nats.conf"))
         .stdout(Stdio::null())
@@ -102,9 +118,6 @@ async fn publish(
 
 #[tokio::test]
 async fn an_agent_can_publish_only_to_its_own_customers_subjects() {
-    if !std::path::Path::new(NATS_SERVER).exists() {
-        panic!("{NATS_SERVER} is missing: run scripts/stack.sh up (it installs nats-server)");
-    }
     let users = users("tally", &["acme", "globex"]).unwrap();
     let server = start(&users).await;
     let service = login(&server, &users[0]).await;

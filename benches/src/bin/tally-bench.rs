@@ -54,7 +54,10 @@ fn rating_bench() -> anyhow::Result<()> {
 
 /// `tally-bench gateway`: events per second through HTTP into JetStream vs the direct publisher.
 fn gateway_bench() -> anyhow::Result<()> {
-    let args = Args::parse(std::env::args().skip(2), &["events", "batch", "connections"])?;
+    let args = Args::parse(
+        std::env::args().skip(2),
+        &["events", "batch", "connections"],
+    )?;
     let r = gateway::run(
         args.get("events", 200_000)?,
         args.get("batch", 100)?,
