@@ -24,6 +24,10 @@ pub struct Subscription {
     /// None: charges carry no tax.
     pub tax_region: Option<String>,
     pub tax_exempt: bool,
+    /// The subscription covers usage windows starting in `[from_ms, to_ms)`: from its
+    /// `effective_from` (or the beginning) to the customer's next subscription (or forever).
+    pub from_ms: i64,
+    pub to_ms: i64,
 }
 
 impl Subscription {
@@ -41,7 +45,8 @@ impl Subscription {
 pub struct Catalog {
     /// Versions per plan id, sorted by `effective_from_ms`.
     plans: HashMap<String, Vec<Plan>>,
-    subscriptions: HashMap<CustomerId, Subscription>,
+    /// Per customer, sorted by `from_ms`, contiguous.
+    subscriptions: HashMap<CustomerId, Vec<Subscription>>,
     default_plan: Option<String>,
     taxes: TaxTable,
 }
@@ -98,7 +103,7 @@ impl Catalog {
                 ));
             }
         }
-        let mut subscriptions = HashMap::new();
+        let mut subscriptions: HashMap<CustomerId, Vec<Subscription>> = HashMap::new();
         for (i, s) in subs.into_iter().enumerate() {
             let setting = |f: &str| format!("subscriptions[{i}].{f}");
             let customer = CustomerId::new(s.customer)
@@ -125,23 +130,28 @@ impl Catalog {
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            if subscriptions
-                .insert(
-                    customer.clone(),
-                    Subscription {
-                        plan: s.plan,
-                        cycle,
-                        coupons,
-                        tax_region: s.tax_region,
-                        tax_exempt: s.tax_exempt,
-                    },
-                )
-                .is_some()
-            {
+            let from_ms = s.effective_from.map_or(i64::MIN, |t| t.timestamp_millis());
+            let list = subscriptions.entry(customer.clone()).or_default();
+            if list.iter().any(|o| o.from_ms == from_ms) {
                 return Err(ConfigError::invalid(
-                    setting("customer"),
-                    format!("{customer} has two subscriptions"),
+                    setting("effective_from"),
+                    format!("{customer} already has a subscription from this instant"),
                 ));
+            }
+            list.push(Subscription {
+                plan: s.plan,
+                cycle,
+                coupons,
+                tax_region: s.tax_region,
+                tax_exempt: s.tax_exempt,
+                from_ms,
+                to_ms: i64::MAX,
+            });
+        }
+        for list in subscriptions.values_mut() {
+            list.sort_by_key(|s| s.from_ms);
+            for k in 1..list.len() {
+                list[k - 1].to_ms = list[k].from_ms;
             }
         }
         if let Some(p) = &rater.default_plan {
@@ -163,7 +173,11 @@ impl Catalog {
     /// Adds the tax rates, checking that every taxed subscription's region has a rate for
     /// every tax code its plan's versions use (errors name the subscription).
     pub fn with_taxes(mut self, taxes: TaxTable) -> Result<Catalog, ConfigError> {
-        let mut subs: Vec<(&CustomerId, &Subscription)> = self.subscriptions.iter().collect();
+        let mut subs: Vec<(&CustomerId, &Subscription)> = self
+            .subscriptions
+            .iter()
+            .flat_map(|(c, l)| l.iter().map(move |s| (c, s)))
+            .collect();
         subs.sort_by_key(|(c, _)| *c);
         for (customer, sub) in subs {
             let Some(region) = &sub.tax_region else {
@@ -214,16 +228,29 @@ impl Catalog {
         }
     }
 
-    /// The customer's subscription, or the default plan on a calendar-month cycle.
+    /// The customer's latest subscription, or the default plan.
     pub fn subscription(&self, customer: &CustomerId) -> Option<Subscription> {
-        self.subscriptions.get(customer).cloned().or_else(|| {
-            self.default_plan.clone().map(|plan| Subscription {
-                plan,
-                cycle: BillingCycle::default(),
-                coupons: vec![],
-                tax_region: None,
-                tax_exempt: false,
-            })
+        self.subscription_at(customer, i64::MAX)
+    }
+
+    /// The subscription covering `at_ms`; before a customer's first subscription (or without
+    /// one), the default plan on a calendar-month cycle, untaxed.
+    pub fn subscription_at(&self, customer: &CustomerId, at_ms: i64) -> Option<Subscription> {
+        let list = self
+            .subscriptions
+            .get(customer)
+            .map_or(&[][..], Vec::as_slice);
+        if let Some(s) = list.iter().rev().find(|s| s.from_ms <= at_ms) {
+            return Some(s.clone());
+        }
+        self.default_plan.clone().map(|plan| Subscription {
+            plan,
+            cycle: BillingCycle::default(),
+            coupons: vec![],
+            tax_region: None,
+            tax_exempt: false,
+            from_ms: i64::MIN,
+            to_ms: list.first().map_or(i64::MAX, |s| s.from_ms),
         })
     }
 
@@ -314,6 +341,7 @@ mod tests {
             coupons: vec![],
             tax_region: None,
             tax_exempt: false,
+            effective_from: None,
         };
         let err = Catalog::new(plans(TWO_VERSIONS), vec![sub], &rater, &meters())
             .unwrap_err()

@@ -25,6 +25,9 @@ pub struct MeterUsage {
     /// Group-by names (sorted) and values; empty for `{}`.
     pub group_names: Vec<String>,
     pub group_values: Vec<String>,
+    /// Where the charge's part of the period starts: the period start, or the instant a
+    /// subscription change inside the period took effect.
+    pub segment_from_ms: i64,
     pub quantity: Decimal,
     /// Windows (per agent and group) that contributed.
     pub windows: u32,
@@ -133,6 +136,16 @@ pub struct Terms<'a> {
     pub tax: Option<AppliedRate>,
 }
 
+/// The group key, plus the segment start for a period split by a subscription change (so a
+/// charge of an unsplit period keeps the id it always had).
+fn segment_key(usage: &MeterUsage) -> String {
+    if usage.segment_from_ms == usage.period.start_ms {
+        usage.group_key.clone()
+    } else {
+        format!("{}@{}", usage.group_key, usage.segment_from_ms)
+    }
+}
+
 /// Prices `usage` with `plan`; `None` when the plan has no price for the meter (or, for a
 /// price book, no rate for the group).
 pub fn compute(usage: &MeterUsage, plan: &Plan) -> Result<Option<Charge>, ChargeError> {
@@ -193,7 +206,7 @@ pub fn compute_with(
             usage.customer.as_str(),
             usage.period.start_ms,
             usage.meter.as_str(),
-            &usage.group_key,
+            &segment_key(usage),
             &plan.id,
             plan.version,
         ),
@@ -266,6 +279,7 @@ mod tests {
             group_key: "{}".into(),
             group_names: vec![],
             group_values: vec![],
+            segment_from_ms: 0,
             quantity: d(q),
             windows: 1,
             first_window_ms: 0,

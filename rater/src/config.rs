@@ -148,6 +148,11 @@ pub struct SubscriptionSpec {
     /// The customer is exempt from tax (its charges record the region, with zero tax).
     #[serde(default)]
     pub tax_exempt: bool,
+    /// RFC 3339; the subscription applies to usage from this instant until the customer's
+    /// next subscription starts. Default: from the beginning. A change inside a billing
+    /// period splits that period's charges at this instant.
+    #[serde(default)]
+    pub effective_from: Option<DateTime<Utc>>,
 }
 
 /// `[[subscriptions.coupons]]`: a discount for a number of billing periods.

@@ -35,6 +35,10 @@ pub struct StoredCharge {
     pub tax_rate: String,
     pub tax_minor: i64,
     pub amount_with_tax_minor: i64,
+    /// The first window's start and the last window's end (a split period's charges
+    /// cover disjoint ranges).
+    pub usage_from: u32,
+    pub usage_to: u32,
 }
 
 impl From<&Charge> for StoredCharge {
@@ -59,6 +63,8 @@ impl From<&Charge> for StoredCharge {
             tax_rate: c.tax_rate.map(|r| r.to_string()).unwrap_or_default(),
             tax_minor: c.tax_minor,
             amount_with_tax_minor: c.amount_with_tax_minor,
+            usage_from: u32::try_from(c.usage_from_ms / 1000).unwrap_or(0),
+            usage_to: u32::try_from(c.usage_to_ms / 1000).unwrap_or(0),
         }
     }
 }
@@ -88,7 +94,8 @@ pub enum ExplainError {
     },
 }
 
-/// Reads the latest version of a charge and the usage windows of its period.
+/// Reads the latest version of a charge and the usage windows it covers (of its period, from
+/// its first window to its last).
 pub async fn load(
     db: &Client,
     charge_id: &str,
@@ -97,7 +104,8 @@ pub async fn load(
         .query(
             "SELECT charge_id, customer, toUInt32(period_start), toUInt32(period_end), meter, group_key, \
              plan_id, plan_version, price_model, currency, quantity, tiers, amount_minor, \
-             amount_before_discounts_minor, tax_region, tax_code, tax_rate, tax_minor, amount_with_tax_minor \
+             amount_before_discounts_minor, tax_region, tax_code, tax_rate, tax_minor, amount_with_tax_minor, \
+             toUInt32(usage_from), toUInt32(usage_to) \
              FROM v_charges WHERE charge_id = ? LIMIT 1",
         )
         .bind(charge_id)
@@ -112,8 +120,8 @@ pub async fn load(
         )
         .bind(&charge.customer)
         .bind(&charge.meter)
-        .bind(charge.period_start)
-        .bind(charge.period_end)
+        .bind(charge.period_start.max(charge.usage_from))
+        .bind(charge.period_end.min(charge.usage_to))
         .bind(&charge.group_key)
         .bind(&charge.group_key)
         .fetch_all::<WindowUsage>()

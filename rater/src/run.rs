@@ -53,14 +53,14 @@ pub async fn rate_once(
         skipped,
         ..Default::default()
     };
-    for ((customer, period, _, _), u) in &usages {
+    for ((customer, period, segment_from_ms, _, _), u) in &usages {
         if period.end_ms <= horizon_ms {
             continue;
         }
         let sub = catalog
-            .subscription(customer)
+            .subscription_at(customer, *segment_from_ms)
             .expect("fold keeps only customers with a subscription");
-        let Some(plan) = catalog.plan_at(&sub.plan, period.start_ms) else {
+        let Some(plan) = catalog.plan_at(&sub.plan, *segment_from_ms) else {
             report.unpriced_meters += 1;
             continue;
         };

@@ -70,8 +70,8 @@ pub struct Skipped {
     pub unreadable: u64,
 }
 
-/// The fold's key: customer, period, meter, group key.
-pub type UsageKey = (CustomerId, Period, MeterSlug, String);
+/// The fold's key: customer, period, segment start, meter, group key.
+pub type UsageKey = (CustomerId, Period, i64, MeterSlug, String);
 
 /// Folds usage windows into one [`MeterUsage`] per (customer, period, meter), using each
 /// customer's billing cycle; when the plan version effective at the period's start prices
@@ -90,14 +90,16 @@ pub fn fold(rows: &[UsageRow], catalog: &Catalog) -> (BTreeMap<UsageKey, MeterUs
             skipped.unreadable += 1;
             continue;
         };
-        let Some(sub) = catalog.subscription(&customer) else {
+        let start_ms = i64::from(row.window_start) * 1000;
+        let Some(sub) = catalog.subscription_at(&customer, start_ms) else {
             skipped.no_subscription += 1;
             continue;
         };
-        let start_ms = i64::from(row.window_start) * 1000;
         let period = sub.cycle.period_containing(start_ms);
+        // a subscription change inside the period splits it at the change
+        let segment_from_ms = period.start_ms.max(sub.from_ms);
         let per_group = catalog
-            .plan_at(&sub.plan, period.start_ms)
+            .plan_at(&sub.plan, segment_from_ms)
             .and_then(|p| p.prices.get(&meter))
             .is_some_and(|p| p.model.per_group());
         let (group_key, names, values) = if per_group {
@@ -110,7 +112,13 @@ pub fn fold(rows: &[UsageRow], catalog: &Catalog) -> (BTreeMap<UsageKey, MeterUs
             ("{}".to_owned(), vec![], vec![])
         };
         let entry = out
-            .entry((customer.clone(), period, meter.clone(), group_key.clone()))
+            .entry((
+                customer.clone(),
+                period,
+                segment_from_ms,
+                meter.clone(),
+                group_key.clone(),
+            ))
             .or_insert_with(|| MeterUsage {
                 customer,
                 period,
@@ -119,6 +127,7 @@ pub fn fold(rows: &[UsageRow], catalog: &Catalog) -> (BTreeMap<UsageKey, MeterUs
                 group_key,
                 group_names: names,
                 group_values: values,
+                segment_from_ms,
                 quantity: Decimal::ZERO,
                 windows: 0,
                 first_window_ms: start_ms,
@@ -128,6 +137,7 @@ pub fn fold(rows: &[UsageRow], catalog: &Catalog) -> (BTreeMap<UsageKey, MeterUs
             let key = (
                 entry.customer.clone(),
                 period,
+                entry.segment_from_ms,
                 entry.meter.clone(),
                 entry.group_key.clone(),
             );

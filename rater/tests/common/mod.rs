@@ -65,6 +65,7 @@ pub fn usage(quantity: Decimal) -> MeterUsage {
         group_key: "{}".into(),
         group_names: vec![],
         group_values: vec![],
+        segment_from_ms: JAN_2026_MS,
         quantity,
         windows: 1,
         first_window_ms: JAN_2026_MS,
