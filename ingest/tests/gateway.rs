@@ -472,3 +472,62 @@ async fn wrong_media_types_methods_and_paths_have_stable_codes() {
     assert_eq!(a.status, 200);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_key_created_elsewhere_works_at_once_through_a_reload_on_an_unknown_id() {
+    let h = Harness::start("gw_reload", |c| c.key_refresh_secs = 3600).await;
+    let scope = tally_ingest::gateway::key_store::scope_from("acme", &[], "cli").unwrap();
+    let (key, _) = tally_ingest::gateway::key_store::create(&h.env.db(), scope, "cli", 0)
+        .await
+        .unwrap();
+    assert!(h.gw.keys.is_empty(), "the gateway has not seen the key yet");
+    let a = h
+        .http()
+        .await
+        .events(
+            &key,
+            "application/cloudevents+json",
+            event("c-1", "acme", "bot"),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stalls_its_headers_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start("gw_slow_headers", |c| c.header_timeout_ms = 300).await;
+    let mut s = tokio::net::TcpStream::connect(h.running.addr)
+        .await
+        .unwrap();
+    s.write_all(b"POST /v1/events HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read =
+        tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "the gateway must drop a client that never finishes its headers"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start("gw_idle", |c| c.header_timeout_ms = 300).await;
+    let mut s = tokio::net::TcpStream::connect(h.running.addr)
+        .await
+        .unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read =
+        tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "an idle connection must be closed");
+    assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"));
+    h.stop().await;
+}

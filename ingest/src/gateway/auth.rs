@@ -175,6 +175,14 @@ impl KeyRing {
             .insert(record.key_id.clone(), record);
     }
 
+    /// Whether a key with this id is known (revoked or not).
+    pub fn contains(&self, key_id: &str) -> bool {
+        self.keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(key_id)
+    }
+
     pub fn len(&self) -> usize {
         self.keys.read().unwrap_or_else(|p| p.into_inner()).len()
     }

@@ -199,6 +199,21 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_configuration_file_has_a_valid_ingest_section() {
+        #[derive(Deserialize)]
+        struct File {
+            ingest: IngestConfig,
+        }
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/tally.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let file: File =
+            tally_platform::config::from_str_with_env(&text, std::path::Path::new(path), vec![])
+                .unwrap();
+        file.ingest.validate().unwrap();
+        assert_eq!(file.ingest.body_max_bytes, default_body_max_bytes());
+    }
+
+    #[test]
     fn each_bad_setting_is_named() {
         let cases: Vec<(fn(&mut IngestConfig), &str)> = vec![
             (|c| c.listen_addr = "nowhere".into(), "ingest.listen_addr"),

@@ -40,7 +40,13 @@ pub struct Gateway {
     pub db: Option<clickhouse::Client>,
     pub keys: Arc<KeyRing>,
     pub limiter: RateLimiter,
+    /// When an unknown key id last triggered a reload: at most one such reload per
+    /// [`MISS_RELOAD_INTERVAL`], so random key ids cannot hammer ClickHouse.
+    last_miss_reload: tokio::sync::Mutex<Option<Instant>>,
 }
+
+/// Shortest time between two reloads triggered by unknown key ids.
+pub const MISS_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Gateway {
     pub fn new(
@@ -65,7 +71,42 @@ impl Gateway {
             db,
             keys: Arc::new(KeyRing::default()),
             limiter,
+            last_miss_reload: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// Authenticates `authorization`; a well-formed key whose id is not in the ring (created
+    /// by the CLI or another instance since the last refresh) triggers one reload first.
+    pub async fn authenticate(
+        &self,
+        authorization: Option<&str>,
+    ) -> Result<(String, super::auth::Scope), RequestError> {
+        let first = self.keys.authenticate(authorization);
+        let unknown_id = match (
+            &first,
+            authorization.and_then(|h| h.strip_prefix("Bearer ")),
+        ) {
+            (Err(RequestError::InvalidKey), Some(raw)) => super::auth::Token::parse(raw.trim())
+                .ok()
+                .filter(|t| !self.keys.contains(t.key_id))
+                .is_some(),
+            _ => false,
+        };
+        if !unknown_id || self.db.is_none() {
+            return first;
+        }
+        {
+            let mut last = self.last_miss_reload.lock().await;
+            if last.is_some_and(|t| t.elapsed() < MISS_RELOAD_INTERVAL) {
+                return first;
+            }
+            *last = Some(Instant::now());
+        }
+        if let Err(e) = load_keys(self).await {
+            tracing::warn!(error = %e, "reloading API keys for an unknown key id failed");
+            return first;
+        }
+        self.keys.authenticate(authorization)
     }
 }
 
@@ -229,7 +270,7 @@ async fn events_route(
         content_encoding: header(hyper::header::CONTENT_ENCODING),
     };
     // Authenticate before reading a body a stranger sent.
-    gw.keys.authenticate(parts.authorization.as_deref())?;
+    gw.authenticate(parts.authorization.as_deref()).await?;
     let body = read_body(gw, &head.headers, body).await?;
     let response = events::handle(gw, &parts, body).await?;
     Ok(json(response.status(), &response))
