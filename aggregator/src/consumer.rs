@@ -11,7 +11,9 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, Message};
+use async_nats::jetstream::{
+    self, consumer::pull, consumer::AckPolicy, consumer::Consumer, Message,
+};
 use clickhouse::Client;
 use futures::StreamExt;
 use tally_domain::{Meter, Reason};
@@ -41,6 +43,7 @@ pub enum RunError {
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const EXPIRE_EVERY: Duration = Duration::from_secs(60);
+const LAG_EVERY: Duration = Duration::from_secs(5);
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -87,8 +90,9 @@ pub async fn run(
 
     let mut batch = Batch::default();
     let mut deadline: Option<tokio::time::Instant> = None;
+    let mut last_lag = Instant::now();
     'session: while !shutdown.is_cancelled() {
-        let mut messages = agg.open_messages().await?;
+        let (mut consumer, mut messages) = agg.open_messages().await?;
         loop {
             let flush_due = tokio::select! {
                 biased;
@@ -113,6 +117,12 @@ pub async fn run(
             if flush_due {
                 agg.flush(std::mem::take(&mut batch)).await?;
                 deadline = None;
+                if last_lag.elapsed() >= LAG_EVERY {
+                    last_lag = Instant::now();
+                    if let Ok(info) = consumer.info().await {
+                        metrics::lag(info.num_pending, info.num_ack_pending);
+                    }
+                }
             }
         }
     }
@@ -131,7 +141,7 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 impl Aggregator<'_> {
     /// Declares the streams and the durable consumer and opens its message stream, retrying
     /// with backoff while NATS is unavailable.
-    async fn open_messages(&self) -> Result<pull::Stream, RunError> {
+    async fn open_messages(&self) -> Result<(Consumer<pull::Config>, pull::Stream), RunError> {
         let mut backoff = BACKOFF_MIN;
         loop {
             match self.try_open_messages().await {
@@ -144,7 +154,7 @@ impl Aggregator<'_> {
         }
     }
 
-    async fn try_open_messages(&self) -> Result<pull::Stream, RunError> {
+    async fn try_open_messages(&self) -> Result<(Consumer<pull::Config>, pull::Stream), RunError> {
         let (cfg, nats_cfg) = (self.cfg, self.nats_cfg);
         let consumer_err = |e: &dyn std::fmt::Display| RunError::Consumer {
             consumer: cfg.consumer.clone(),
@@ -165,12 +175,13 @@ impl Aggregator<'_> {
             )
             .await
             .map_err(|e| consumer_err(&e))?;
-        consumer
+        let messages = consumer
             .stream()
             .max_messages_per_batch(cfg.batch_max_events)
             .messages()
             .await
-            .map_err(|e| consumer_err(&e))
+            .map_err(|e| consumer_err(&e))?;
+        Ok((consumer, messages))
     }
 
     /// Rebuilds the committed dedup set, retrying until ClickHouse answers.
@@ -182,7 +193,7 @@ impl Aggregator<'_> {
             match recovery::load(&self.db, since).await {
                 Ok(dedup) => {
                     tracing::info!(ids = dedup.committed_len(), "dedup set recovered");
-                    metrics::dedup_ids(dedup.committed_len());
+                    metrics::dedup_size(dedup.committed_len(), dedup.committed_bytes());
                     self.dedup = dedup;
                     return Ok(());
                 }
@@ -271,6 +282,7 @@ impl Aggregator<'_> {
         }
         if !batch.events.is_empty() {
             self.commit(&batch).await?;
+            metrics::committed(batch.events.len(), batch.readings());
             if let Some(oldest) = batch.events.iter().map(|e| e.event.time_ms).min() {
                 metrics::event_to_commit((now_ms() - oldest).max(0) as f64 / 1000.0);
             }
@@ -345,6 +357,6 @@ impl Aggregator<'_> {
         let horizon = u32::try_from(self.cfg.dedup_horizon_secs).unwrap_or(u32::MAX);
         let dropped = self.dedup.expire(datetime_secs(now_ms()), horizon);
         tracing::debug!(dropped, "dedup ids expired");
-        metrics::dedup_ids(self.dedup.committed_len());
+        metrics::dedup_size(self.dedup.committed_len(), self.dedup.committed_bytes());
     }
 }

@@ -4,30 +4,57 @@
 //! An id moves from pending to committed only when its batch's commit marker is durable
 //! ([`Dedup::commit_pending`]); it is never marked seen earlier. Keys are 128-bit xxh3 hashes
 //! of (customer, id), payloads 64-bit hashes of what the event says, so a retry (same
-//! payload) and a conflict (same id, different payload) are told apart. Memory per committed
-//! id is one map entry of a 16-byte key and a 12-byte value.
+//! payload) and a conflict (same id, different payload) are told apart. The committed set is
+//! an [`IdSet`] of 24-byte slots keeping the low 32 bits of the payload hash (a conflict that
+//! collides in those bits is treated as a plain retry: still never billed twice, only not
+//! reported).
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
-use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
+use crate::idset::IdSet;
+
+use xxhash_rust::xxh3::Xxh3;
 
 /// The dedup key of (customer, id).
 pub fn event_key(customer: &str, id: &str) -> u128 {
-    let mut buf = Vec::with_capacity(customer.len() + id.len() + 1);
-    buf.extend_from_slice(customer.as_bytes());
-    buf.push(0);
-    buf.extend_from_slice(id.as_bytes());
-    xxh3_128(&buf)
+    let mut h = Xxh3::new();
+    h.update(customer.as_bytes());
+    h.update(&[0]);
+    h.update(id.as_bytes());
+    h.digest128()
 }
 
 /// A stable hash of what an event says (stored with raw events, compared after restarts).
 pub fn payload_hash(event_type: &str, time_ms: i64, data: &str) -> u64 {
-    let mut buf = Vec::with_capacity(event_type.len() + data.len() + 9);
-    buf.extend_from_slice(event_type.as_bytes());
-    buf.push(0);
-    buf.extend_from_slice(&time_ms.to_le_bytes());
-    buf.extend_from_slice(data.as_bytes());
-    xxh3_64(&buf)
+    let mut h = Xxh3::new();
+    h.update(event_type.as_bytes());
+    h.update(&[0]);
+    h.update(&time_ms.to_le_bytes());
+    h.update(data.as_bytes());
+    h.digest()
+}
+
+/// Keys are already uniform 128-bit hashes: hashing them again would only cost time.
+#[derive(Default)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
+        }
+    }
+
+    fn write_u128(&mut self, v: u128) {
+        self.0 = (v as u64) ^ ((v >> 64) as u64);
+    }
 }
 
 /// What the dedup set says about an id.
@@ -43,17 +70,11 @@ pub enum Seen {
     Conflict,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    payload_hash: u64,
-    committed_at_secs: u32,
-}
-
 /// The pending and committed id sets.
 #[derive(Debug, Default)]
 pub struct Dedup {
-    committed: HashMap<u128, Entry>,
-    pending: HashMap<u128, u64>,
+    committed: IdSet,
+    pending: HashMap<u128, u64, BuildHasherDefault<KeyHasher>>,
 }
 
 impl Dedup {
@@ -70,8 +91,8 @@ impl Dedup {
                 Seen::Conflict
             };
         }
-        match self.committed.get(&key) {
-            Some(e) if e.payload_hash == payload_hash => Seen::Committed,
+        match self.committed.get(key) {
+            Some((h, _)) if h == payload_hash as u32 => Seen::Committed,
             Some(_) => Seen::Conflict,
             None => Seen::New,
         }
@@ -86,37 +107,29 @@ impl Dedup {
     /// The batch's marker is durable: its ids become committed at `now_secs`.
     pub fn commit_pending(&mut self, now_secs: u32) {
         for (key, payload_hash) in self.pending.drain() {
-            self.committed.insert(
-                key,
-                Entry {
-                    payload_hash,
-                    committed_at_secs: now_secs,
-                },
-            );
+            self.committed.insert(key, payload_hash as u32, now_secs);
         }
     }
 
     /// Records an id known to be committed (recovery at start).
     pub fn insert_committed(&mut self, key: u128, payload_hash: u64, committed_at_secs: u32) {
-        self.committed.insert(
-            key,
-            Entry {
-                payload_hash,
-                committed_at_secs,
-            },
-        );
+        self.committed
+            .insert(key, payload_hash as u32, committed_at_secs);
     }
 
     /// Forgets committed ids older than `horizon_secs` at `now_secs`; returns how many.
     pub fn expire(&mut self, now_secs: u32, horizon_secs: u32) -> usize {
-        let before = self.committed.len();
         let cutoff = now_secs.saturating_sub(horizon_secs);
-        self.committed.retain(|_, e| e.committed_at_secs >= cutoff);
-        before - self.committed.len()
+        self.committed.retain_by_time(|at| at >= cutoff)
     }
 
     pub fn committed_len(&self) -> usize {
         self.committed.len()
+    }
+
+    /// Heap bytes of the committed set.
+    pub fn committed_bytes(&self) -> usize {
+        self.committed.bytes()
     }
 
     pub fn pending_len(&self) -> usize {

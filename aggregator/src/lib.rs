@@ -36,6 +36,7 @@
 //! - [`config`]: the `[aggregator]` section.
 //! - [`classify`]: one message to an accepted event with meter readings, or a rejection.
 //! - [`dedup`]: the pending and committed id sets.
+//! - [`idset`]: the compact table behind the committed set.
 //! - [`batch`]: the in-memory batch: events, rollups and the messages to ack.
 //! - [`sink`]: ClickHouse rows and the insert-then-mark commit.
 //! - [`dead_letter`]: dead-letter records.
@@ -49,6 +50,7 @@ pub mod config;
 pub mod consumer;
 pub mod dead_letter;
 pub mod dedup;
+pub mod idset;
 pub mod metrics;
 pub mod recovery;
 pub mod sink;

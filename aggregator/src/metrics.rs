@@ -38,7 +38,20 @@ pub fn event_to_commit(seconds: f64) {
     histogram!("tally_aggregator_event_to_commit_seconds").record(seconds);
 }
 
-/// Current size of the dedup set.
-pub fn dedup_ids(n: usize) {
-    gauge!("tally_aggregator_dedup_ids").set(n as f64);
+/// Current size of the committed dedup set: ids and heap bytes.
+pub fn dedup_size(ids: usize, bytes: usize) {
+    gauge!("tally_aggregator_dedup_ids").set(ids as f64);
+    gauge!("tally_aggregator_dedup_bytes").set(bytes as f64);
+}
+
+/// Events and meter readings durably committed by a batch.
+pub fn committed(events: usize, readings: usize) {
+    counter!("tally_aggregator_committed_events_total").increment(events as u64);
+    counter!("tally_aggregator_committed_readings_total").increment(readings as u64);
+}
+
+/// Consumer lag: messages not yet delivered, and delivered but not yet acknowledged.
+pub fn lag(pending: u64, ack_pending: usize) {
+    gauge!("tally_aggregator_consumer_pending_messages").set(pending as f64);
+    gauge!("tally_aggregator_consumer_ack_pending_messages").set(ack_pending as f64);
 }

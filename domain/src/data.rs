@@ -3,7 +3,7 @@
 //! Paths are `$.a.b` (object keys only). Numbers are read from their JSON text straight into
 //! a `Decimal`; no value ever passes through a float. This module knows nothing of meters.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
@@ -63,7 +63,70 @@ impl fmt::Display for JsonPath {
     }
 }
 
-type Object<'a> = HashMap<String, &'a RawValue>;
+/// A JSON object's members as raw values, keys borrowed from the input when they have no
+/// escapes. Objects in usage events are small, so lookup is a linear scan.
+struct Object<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'a> Object<'a> {
+    fn parse(text: &'a str) -> Option<Object<'a>> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let obj = Object::deserialize(&mut de).ok()?;
+        de.end().ok()?;
+        Some(obj)
+    }
+
+    fn get(&self, key: &str) -> Option<&'a RawValue> {
+        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+}
+
+impl<'de> Deserialize<'de> for Object<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Object<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Object<'de>, A::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(4));
+                while let Some(key) = map.next_key::<CowStr<'de>>()? {
+                    members.push((key.0, map.next_value::<&'de RawValue>()?));
+                }
+                Ok(Object(members))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// A string that borrows from the input unless it has escapes.
+struct CowStr<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for CowStr<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = CowStr<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<CowStr<'de>, E> {
+                Ok(CowStr(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<CowStr<'de>, E> {
+                Ok(CowStr(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
 
 /// A parsed view of one event's `data` object; parse once, read many properties.
 pub struct DataView<'a> {
@@ -72,7 +135,7 @@ pub struct DataView<'a> {
 
 impl<'a> DataView<'a> {
     pub fn new(data: &'a RawValue) -> Result<Self, DataError> {
-        let top: Object<'a> = serde_json::from_str(data.get()).map_err(|_| DataError::NotObject)?;
+        let top = Object::parse(data.get()).ok_or(DataError::NotObject)?;
         Ok(DataView { top })
     }
 
@@ -81,8 +144,7 @@ impl<'a> DataView<'a> {
         let (first, rest) = path.0.split_first()?;
         let mut cur: &'a RawValue = self.top.get(first)?;
         for seg in rest {
-            let obj: Object<'a> = serde_json::from_str(cur.get()).ok()?;
-            cur = obj.get(seg.as_str())?;
+            cur = Object::parse(cur.get())?.get(seg)?;
         }
         (cur.get() != "null").then_some(cur)
     }

@@ -37,14 +37,18 @@ fn check(
     if s.is_empty() {
         return Err(IdError::Empty { kind });
     }
-    let len = s.chars().count();
-    if len > max {
-        return Err(IdError::TooLong { kind, len, max });
+    if let Some(ch) = s.chars().find(|c| !ok(*c)) {
+        return Err(IdError::BadChar { kind, ch, allowed });
     }
-    match s.chars().find(|c| !ok(*c)) {
-        Some(ch) => Err(IdError::BadChar { kind, ch, allowed }),
-        None => Ok(()),
+    // every allowed character is ASCII, so bytes are characters
+    if s.len() > max {
+        return Err(IdError::TooLong {
+            kind,
+            len: s.len(),
+            max,
+        });
     }
+    Ok(())
 }
 
 fn is_token_char(c: char) -> bool {
