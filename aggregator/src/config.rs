@@ -14,6 +14,11 @@ pub struct AggregatorConfig {
     /// scale-out), e.g. `usage.acme.>`. Default: the whole stream.
     #[serde(default)]
     pub filter_subject: Option<String>,
+    /// The partition this instance consumes when `nats.partitions` > 0 (0-based). Each
+    /// partition has its own durable consumer `<consumer>-p<partition>`; run exactly one
+    /// active instance per partition. Default none.
+    #[serde(default)]
+    pub partition: Option<u32>,
     /// Flush after this many messages. Default 5000.
     #[serde(default = "default_batch_max_events")]
     pub batch_max_events: usize,
@@ -80,6 +85,7 @@ impl Default for AggregatorConfig {
         AggregatorConfig {
             consumer: default_consumer(),
             filter_subject: None,
+            partition: None,
             batch_max_events: default_batch_max_events(),
             batch_max_wait_ms: default_batch_max_wait_ms(),
             window_secs: default_window_secs(),
@@ -94,6 +100,38 @@ impl Default for AggregatorConfig {
 }
 
 impl AggregatorConfig {
+    /// Checks the settings that depend on `[nats]`: with partitions, exactly one valid
+    /// partition; without, none.
+    pub fn validate_with(&self, nats: &tally_platform::NatsConfig) -> Result<(), ConfigError> {
+        match (nats.partitions, self.partition) {
+            (0, Some(_)) => Err(ConfigError::invalid(
+                "aggregator.partition",
+                "is set but nats.partitions is 0",
+            )),
+            (n, None) if n > 0 => Err(ConfigError::invalid(
+                "aggregator.partition",
+                format!("must be set: nats.partitions is {n}"),
+            )),
+            (n, Some(p)) if p >= n => Err(ConfigError::invalid(
+                "aggregator.partition",
+                format!("is {p}, must be below nats.partitions = {n}"),
+            )),
+            (n, _) if n > 0 && self.filter_subject.is_some() => Err(ConfigError::invalid(
+                "aggregator.filter_subject",
+                "cannot be combined with partitions",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The durable consumer name: `<consumer>`, or `<consumer>-p<partition>`.
+    pub fn consumer_name(&self) -> String {
+        match self.partition {
+            Some(p) => format!("{}-p{p}", self.consumer),
+            None => self.consumer.clone(),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let positive = |name: &str, v: u64| {
             if v == 0 {

@@ -73,6 +73,11 @@ pub async fn run(
     meters: Vec<Meter>,
     shutdown: Shutdown,
 ) -> Result<(), RunError> {
+    cfg.validate_with(nats_cfg)
+        .map_err(|e| RunError::Consumer {
+            consumer: cfg.consumer_name(),
+            detail: e.to_string(),
+        })?;
     let js = jetstream::new(nats.clone());
     let mut agg = Aggregator {
         cfg,
@@ -80,13 +85,13 @@ pub async fn run(
         nats,
         js,
         db,
-        classifier: Classifier::new(meters, &nats_cfg.subject_prefix, cfg),
+        classifier: Classifier::new(meters, &nats_cfg.partition_root(cfg.partition), cfg),
         dedup: Dedup::new(),
         shutdown: shutdown.clone(),
         last_expiry: Instant::now(),
     };
     agg.recover().await?;
-    tracing::info!(consumer = %cfg.consumer, stream = %nats_cfg.stream, "aggregator consuming");
+    tracing::info!(consumer = %cfg.consumer_name(), stream = %nats_cfg.stream, "aggregator consuming");
 
     let mut batch = Batch::default();
     let mut deadline: Option<tokio::time::Instant> = None;
@@ -157,16 +162,22 @@ impl Aggregator<'_> {
     async fn try_open_messages(&self) -> Result<(Consumer<pull::Config>, pull::Stream), RunError> {
         let (cfg, nats_cfg) = (self.cfg, self.nats_cfg);
         let consumer_err = |e: &dyn std::fmt::Display| RunError::Consumer {
-            consumer: cfg.consumer.clone(),
+            consumer: cfg.consumer_name(),
             detail: e.to_string(),
         };
         let stream = streams::ensure(&self.js, nats_cfg).await?;
+        let name = cfg.consumer_name();
+        let filter_subject = if nats_cfg.partitions > 0 {
+            format!("{}.>", nats_cfg.partition_root(cfg.partition))
+        } else {
+            cfg.filter_subject.clone().unwrap_or_default()
+        };
         let consumer = stream
             .get_or_create_consumer(
-                &cfg.consumer,
+                &name,
                 pull::Config {
-                    durable_name: Some(cfg.consumer.clone()),
-                    filter_subject: cfg.filter_subject.clone().unwrap_or_default(),
+                    durable_name: Some(name.clone()),
+                    filter_subject,
                     ack_policy: AckPolicy::Explicit,
                     ack_wait: Duration::from_secs(cfg.ack_wait_secs),
                     max_ack_pending: i64::try_from(cfg.batch_max_events * 2).unwrap_or(i64::MAX),
@@ -312,7 +323,7 @@ impl Aggregator<'_> {
                 batch,
                 meters,
                 &batch_id,
-                &self.cfg.consumer,
+                &self.cfg.consumer_name(),
                 self.cfg.window_secs,
                 now_ms(),
             )

@@ -24,6 +24,7 @@ pub const SECTIONS: &[&str] = &[
     "plans",
     "subscriptions",
     "tax_rates",
+    "fx_rates",
 ];
 
 /// A configuration that cannot be used.
@@ -78,6 +79,12 @@ pub struct NatsConfig {
     /// Maximum age of messages kept in the usage stream, in seconds. Default 7 days.
     #[serde(default = "default_max_age_secs")]
     pub max_age_secs: u64,
+    /// Partitions of the subject space for scale-out (0: one partition, no mapping). With N
+    /// partitions the NATS server maps `<subject_prefix>.*.*` to
+    /// `<subject_prefix>_p.<partition by customer>.<customer>.<agent>` (see
+    /// [`NatsConfig::partition_mapping`]) and each aggregator consumes one partition. Default 0.
+    #[serde(default)]
+    pub partitions: u32,
 }
 
 fn default_nats_url() -> String {
@@ -112,6 +119,7 @@ impl Default for NatsConfig {
             dlq_subject_prefix: default_dlq_prefix(),
             duplicate_window_secs: default_duplicate_window_secs(),
             max_age_secs: default_max_age_secs(),
+            partitions: 0,
         }
     }
 }
@@ -149,7 +157,42 @@ impl NatsConfig {
                 "must be positive",
             ));
         }
+        if self.partitions > 1024 {
+            return Err(ConfigError::invalid("nats.partitions", "at most 1024"));
+        }
         Ok(())
+    }
+
+    /// The subjects the usage stream captures: `<subject_prefix>.>`, or with partitions the
+    /// mapped `<subject_prefix>_p.>`.
+    pub fn stream_subjects(&self) -> String {
+        if self.partitions == 0 {
+            format!("{}.>", self.subject_prefix)
+        } else {
+            format!("{}_p.>", self.subject_prefix)
+        }
+    }
+
+    /// The subject root of one partition's events, `<root>.<customer>.<agent>`:
+    /// `<subject_prefix>` without partitions, else `<subject_prefix>_p.<partition>`.
+    pub fn partition_root(&self, partition: Option<u32>) -> String {
+        match (self.partitions, partition) {
+            (0, _) | (_, None) => self.subject_prefix.clone(),
+            (_, Some(p)) => format!("{}_p.{p}", self.subject_prefix),
+        }
+    }
+
+    /// The `mappings` entry the NATS server needs for partitions, in nats-server config
+    /// syntax (partitioned by the customer token, so a customer's events, and so its dedup
+    /// and windows, always stay in one partition). `None` without partitions.
+    pub fn partition_mapping(&self) -> Option<String> {
+        (self.partitions > 0).then(|| {
+            format!(
+                "mappings = {{ \"{p}.*.*\": \"{p}_p.{{{{partition({n},1)}}}}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}\" }}",
+                p = self.subject_prefix,
+                n = self.partitions
+            )
+        })
     }
 }
 

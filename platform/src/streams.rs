@@ -1,5 +1,5 @@
 //! Declaring the JetStream streams of the storage contract: `USAGE` over
-//! `<subject_prefix>.>` and the dead-letter stream over `<dlq_subject_prefix>.>`, both file
+//! `<subject_prefix>.>` (with partitions, the mapped `<subject_prefix>_p.>`) and the dead-letter stream over `<dlq_subject_prefix>.>`, both file
 //! storage with limits retention. Declaring is idempotent; an existing stream is left as is.
 
 use std::time::Duration;
@@ -35,20 +35,26 @@ pub async fn ensure(
     js: &jetstream::Context,
     cfg: &NatsConfig,
 ) -> Result<stream::Stream, StreamError> {
-    let usage = declare(js, &cfg.stream, &cfg.subject_prefix, cfg).await?;
-    declare(js, &cfg.dlq_stream, &cfg.dlq_subject_prefix, cfg).await?;
+    let usage = declare(js, &cfg.stream, cfg.stream_subjects(), cfg).await?;
+    declare(
+        js,
+        &cfg.dlq_stream,
+        format!("{}.>", cfg.dlq_subject_prefix),
+        cfg,
+    )
+    .await?;
     Ok(usage)
 }
 
 async fn declare(
     js: &jetstream::Context,
     name: &str,
-    prefix: &str,
+    subjects: String,
     cfg: &NatsConfig,
 ) -> Result<stream::Stream, StreamError> {
     js.get_or_create_stream(stream::Config {
         name: name.to_owned(),
-        subjects: vec![format!("{prefix}.>")],
+        subjects: vec![subjects],
         storage: stream::StorageType::File,
         retention: stream::RetentionPolicy::Limits,
         duplicate_window: Duration::from_secs(cfg.duplicate_window_secs),

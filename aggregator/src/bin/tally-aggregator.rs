@@ -32,6 +32,7 @@ async fn main() -> anyhow::Result<()> {
     cfg.nats.validate()?;
     cfg.clickhouse.validate()?;
     cfg.aggregator.validate()?;
+    cfg.aggregator.validate_with(&cfg.nats)?;
     let meters = validate_meters(cfg.meters).context("setting `meters`")?;
     anyhow::ensure!(
         !meters.is_empty(),

@@ -65,14 +65,22 @@ pub struct Nats {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Extra nats-server configuration (e.g. subject mappings).
+    extra: String,
 }
 
 impl Nats {
     pub fn start() -> Nats {
+        Nats::start_with("")
+    }
+
+    /// Starts a server whose configuration file ends with `extra`.
+    pub fn start_with(extra: &str) -> Nats {
         let mut n = Nats {
             port: free_port(),
             dir: temp_dir("nats"),
             child: None,
+            extra: extra.to_owned(),
         };
         n.spawn();
         n
@@ -84,16 +92,18 @@ impl Nats {
 
     fn spawn(&mut self) {
         let log = std::fs::File::create(self.dir.join("nats.log")).expect("log");
+        let conf = self.dir.join("nats.conf");
+        let store = self.dir.join("store");
+        let text = format!(
+            "listen: \"127.0.0.1:{}\"\njetstream {{ store_dir: \"{}\" }}\n{}\n",
+            self.port,
+            store.display(),
+            self.extra
+        );
+        std::fs::write(&conf, text).expect("nats.conf");
         let child = Command::new("nats-server")
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-sd",
-            ])
-            .arg(self.dir.join("store"))
+            .arg("-c")
+            .arg(&conf)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

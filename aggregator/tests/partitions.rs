@@ -1,0 +1,128 @@
+//! Scale-out: with `nats.partitions = 2` the NATS server maps `usage.<customer>.<agent>` to
+//! `usage_p.<partition>.<customer>.<agent>` (partitioned by customer), and two aggregators,
+//! one per partition, split the work. Usage stays exact, and every customer's events are
+//! committed by exactly one partition's consumer.
+
+mod support;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use tally_domain::meter::{validate_meters, MeterSpec};
+use tally_ingest::synthetic::Fleet;
+use tally_ingest::Publisher;
+use tally_platform::shutdown::Shutdown;
+use tally_platform::testkit::TestEnv;
+use tally_platform::{streams, NatsConfig};
+
+fn meters() -> Vec<tally_domain::Meter> {
+    let specs: Vec<MeterSpec> = serde_json::from_value(serde_json::json!([
+        {"slug": "llm_tokens", "event_type": "llm.tokens", "aggregation": "SUM", "value_property": "$.tokens"},
+        {"slug": "tool_calls", "event_type": "tool.call", "aggregation": "COUNT"}
+    ]))
+    .unwrap();
+    validate_meters(specs).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_partitions_split_customers_and_count_exactly() {
+    let mut env = TestEnv::new("partitions").await;
+    let nats_cfg = NatsConfig {
+        partitions: 2,
+        ..env.nats.clone()
+    };
+    let server = support::Nats::start_with(&nats_cfg.partition_mapping().expect("a mapping"));
+    env.nats = NatsConfig {
+        url: server.url(),
+        ..nats_cfg
+    };
+
+    let stop = Shutdown::new();
+    let mut tasks = Vec::new();
+    for p in 0..2 {
+        let cfg = tally_aggregator::AggregatorConfig {
+            partition: Some(p),
+            batch_max_events: 500,
+            batch_max_wait_ms: 100,
+            ..Default::default()
+        };
+        let client = async_nats::connect(&env.nats.url).await.unwrap();
+        let (db, nats_cfg, stop) = (env.db(), env.nats.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            tally_aggregator::run(client, db, &nats_cfg, &cfg, meters(), stop).await
+        }));
+    }
+
+    let client = async_nats::connect(&env.nats.url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    streams::ensure(&js, &env.nats).await.unwrap();
+    let mut fleet = Fleet::new("cust", 6, 2, "part", 3).unwrap();
+    let events: Vec<_> = (0..3000).map(|_| fleet.next_event(Utc::now())).collect();
+    let mut publisher = Publisher::new(js.clone(), &env.nats.subject_prefix, 256);
+    for e in &events {
+        publisher.publish(e).await.unwrap();
+    }
+    for e in events.iter().take(300) {
+        publisher.publish(e).await.unwrap(); // retries, caught by JetStream
+    }
+    publisher.flush().await.unwrap();
+    for p in 0..2 {
+        assert!(
+            streams::wait_drained(
+                &js,
+                &env.nats.stream,
+                &format!("aggregator-p{p}"),
+                Duration::from_secs(60)
+            )
+            .await
+        );
+    }
+
+    let tokens: u64 = events
+        .iter()
+        .filter_map(|e| e.data["tokens"].as_u64())
+        .sum();
+    let db = env.db();
+    let (q, n): (String, u64) = db
+        .query("SELECT toString(sum(quantity)), sum(event_count) FROM v_usage WHERE meter = 'llm_tokens'")
+        .fetch_one()
+        .await
+        .unwrap();
+    let q: rust_decimal::Decimal = q.parse().unwrap();
+    assert_eq!(q, rust_decimal::Decimal::from(tokens));
+    let calls = events
+        .iter()
+        .filter(|e| e.event_type == "tool.call")
+        .count() as u64;
+    assert_eq!(n, events.len() as u64 - calls);
+    let per_customer: Vec<(String, u64)> = db
+        .query(
+            "SELECT e.customer, uniqExact(b.consumer) FROM usage_events AS e \
+             ANY INNER JOIN (SELECT batch_id, consumer FROM usage_batches) AS b USING batch_id \
+             GROUP BY e.customer ORDER BY e.customer",
+        )
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(per_customer.len(), 6);
+    assert!(
+        per_customer.iter().all(|(_, consumers)| *consumers == 1),
+        "{per_customer:?}"
+    );
+    let consumers: Vec<String> = db
+        .query("SELECT DISTINCT consumer FROM usage_batches ORDER BY consumer")
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(
+        consumers,
+        vec!["aggregator-p0", "aggregator-p1"],
+        "both partitions did work"
+    );
+
+    stop.cancel();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    env.cleanup().await;
+}
