@@ -38,6 +38,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(4, "0004_usage_readings.sql"),
     migration!(5, "0005_api_keys.sql"),
     migration!(6, "0006_charge_discounts_and_tax.sql"),
+    migration!(7, "0007_charge_fx.sql"),
 ];
 
 /// Why migrating failed.

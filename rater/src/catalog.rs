@@ -5,11 +5,12 @@
 
 use std::collections::HashMap;
 
-use tally_domain::{BillingCycle, CustomerId, Meter, MeterSlug, Period};
+use tally_domain::{BillingCycle, Currency, CustomerId, Meter, MeterSlug, Period};
 use tally_platform::ConfigError;
 
-use crate::charge::Terms;
+use crate::charge::{Fx, Terms};
 use crate::config::{PlanSpec, RaterConfig, SubscriptionSpec};
+use crate::fx::FxTable;
 pub use crate::plan::Plan;
 use crate::pricing::discount::Coupon;
 use crate::tax::TaxTable;
@@ -28,6 +29,8 @@ pub struct Subscription {
     /// `effective_from` (or the beginning) to the customer's next subscription (or forever).
     pub from_ms: i64,
     pub to_ms: i64,
+    /// Billing currency; none: the plan's.
+    pub currency: Option<Currency>,
 }
 
 impl Subscription {
@@ -49,6 +52,7 @@ pub struct Catalog {
     subscriptions: HashMap<CustomerId, Vec<Subscription>>,
     default_plan: Option<String>,
     taxes: TaxTable,
+    fx: FxTable,
 }
 
 impl Catalog {
@@ -131,6 +135,11 @@ impl Catalog {
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let from_ms = s.effective_from.map_or(i64::MIN, |t| t.timestamp_millis());
+            let currency = s
+                .currency
+                .map(|c| c.parse::<Currency>())
+                .transpose()
+                .map_err(|e| ConfigError::invalid(setting("currency"), e))?;
             let list = subscriptions.entry(customer.clone()).or_default();
             if list.iter().any(|o| o.from_ms == from_ms) {
                 return Err(ConfigError::invalid(
@@ -146,6 +155,7 @@ impl Catalog {
                 tax_exempt: s.tax_exempt,
                 from_ms,
                 to_ms: i64::MAX,
+                currency,
             });
         }
         for list in subscriptions.values_mut() {
@@ -167,7 +177,39 @@ impl Catalog {
             subscriptions,
             default_plan: rater.default_plan.clone(),
             taxes: TaxTable::default(),
+            fx: FxTable::default(),
         })
+    }
+
+    /// Adds the FX rates, checking that every subscription billed in another currency than
+    /// a version of its plan has rates for that pair (errors name the subscription).
+    pub fn with_fx(mut self, fx: FxTable) -> Result<Catalog, ConfigError> {
+        let mut subs: Vec<(&CustomerId, &Subscription)> = self
+            .subscriptions
+            .iter()
+            .flat_map(|(c, l)| l.iter().map(move |s| (c, s)))
+            .collect();
+        subs.sort_by_key(|(c, s)| (*c, s.from_ms));
+        for (customer, sub) in subs {
+            let Some(to) = sub.currency else { continue };
+            let versions = self.plans.get(&sub.plan).map_or(&[][..], Vec::as_slice);
+            for p in versions.iter().filter(|p| p.currency != to) {
+                if !fx.knows(p.currency, to) {
+                    return Err(ConfigError::invalid(
+                        format!("subscriptions.{customer}.currency"),
+                        format!(
+                            "plan {} v{} is priced in {} and no fx_rates entry converts it to {}",
+                            p.id,
+                            p.version,
+                            p.currency.code(),
+                            to.code()
+                        ),
+                    ));
+                }
+            }
+        }
+        self.fx = fx;
+        Ok(self)
     }
 
     /// Adds the tax rates, checking that every taxed subscription's region has a rate for
@@ -222,9 +264,15 @@ impl Catalog {
             }
             _ => None,
         };
+        let at_ms = period.start_ms.max(sub.from_ms);
+        let fx = sub.currency.filter(|c| *c != plan.currency).map(|to| Fx {
+            to,
+            rate: self.fx.rate_at(plan.currency, to, at_ms),
+        });
         Terms {
             coupons: sub.coupons_for(period, meter),
             tax,
+            fx,
         }
     }
 
@@ -251,6 +299,7 @@ impl Catalog {
             tax_exempt: false,
             from_ms: i64::MIN,
             to_ms: list.first().map_or(i64::MAX, |s| s.from_ms),
+            currency: None,
         })
     }
 
@@ -342,6 +391,7 @@ mod tests {
             tax_region: None,
             tax_exempt: false,
             effective_from: None,
+            currency: None,
         };
         let err = Catalog::new(plans(TWO_VERSIONS), vec![sub], &rater, &meters())
             .unwrap_err()

@@ -4,7 +4,7 @@
 
 use rust_decimal::Decimal;
 use serde::Serialize;
-use tally_domain::{Aggregation, CustomerId, MeterSlug, Period};
+use tally_domain::{Aggregation, Currency, CustomerId, MeterSlug, Period};
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::catalog::Plan;
@@ -78,7 +78,12 @@ pub struct Charge {
     pub plan_id: String,
     pub plan_version: u32,
     pub price_model: &'static str,
+    /// The billing currency of `amount` (the plan's, unless converted).
     pub currency: &'static str,
+    /// The currency of the unit prices and lines (the plan's).
+    pub price_currency: &'static str,
+    /// The FX rate the lines were converted with; none when not converted.
+    pub fx_rate: Option<Decimal>,
     pub quantity: Decimal,
     pub unit_price: Option<Decimal>,
     pub tiers: Vec<TierUse>,
@@ -134,6 +139,17 @@ pub struct Terms<'a> {
     pub coupons: Vec<&'a Coupon>,
     /// None: no tax.
     pub tax: Option<AppliedRate>,
+    /// None: billed in the plan's currency.
+    pub fx: Option<Fx>,
+}
+
+/// Billing in another currency than the plan's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fx {
+    pub to: Currency,
+    /// Units of `to` per unit of the plan's currency; none: no rate is effective yet (the
+    /// charge is left unpriced).
+    pub rate: Option<Decimal>,
 }
 
 /// The group key, plus the segment start for a period split by a subscription change (so a
@@ -176,10 +192,18 @@ pub fn compute_with(
         Err(PriceError::NoRate { .. }) => return Ok(None),
         Err(e) => return Err(overflow(e.to_string())),
     };
+    let (currency, rate) = match terms.fx {
+        None => (plan.currency, Decimal::ONE),
+        Some(Fx { rate: None, .. }) => return Ok(None),
+        Some(Fx { to, rate: Some(r) }) => (to, r),
+    };
+    let convert = |d: Decimal| {
+        d.checked_mul(rate)
+            .ok_or_else(|| overflow(format!("converting {d} at {rate}")))
+    };
     // The one rounding point: the charge's full-precision amount, to minor units.
-    let amount = plan.currency.round(priced.amount);
-    let amount_minor = plan
-        .currency
+    let amount = currency.round(convert(priced.amount)?);
+    let amount_minor = currency
         .to_minor(amount)
         .map_err(|e| overflow(e.to_string()))?;
     let before_discounts: Decimal = priced
@@ -188,17 +212,15 @@ pub fn compute_with(
         .filter(|t| t.kind != Some(LineKind::Discount))
         .map(|t| t.amount)
         .sum();
-    let amount_before_discounts_minor = plan
-        .currency
-        .to_minor(plan.currency.round(before_discounts))
+    let amount_before_discounts_minor = currency
+        .to_minor(currency.round(convert(before_discounts)?))
         .map_err(|e| overflow(e.to_string()))?;
     let tax = terms
         .tax
         .as_ref()
-        .map(|r| plan.currency.round(tax_on(amount, r.rate_percent)))
+        .map(|r| currency.round(tax_on(amount, r.rate_percent)))
         .unwrap_or_default();
-    let tax_minor = plan
-        .currency
+    let tax_minor = currency
         .to_minor(tax)
         .map_err(|e| overflow(e.to_string()))?;
     Ok(Some(Charge {
@@ -219,7 +241,9 @@ pub fn compute_with(
         plan_id: plan.id.clone(),
         plan_version: plan.version,
         price_model: price.model.name(),
-        currency: plan.currency.code(),
+        currency: currency.code(),
+        price_currency: plan.currency.code(),
+        fx_rate: terms.fx.and(Some(rate)),
         quantity: usage.quantity,
         unit_price: price.model.unit_price(measured),
         tiers: priced.tiers,

@@ -153,6 +153,10 @@ pub struct SubscriptionSpec {
     /// period splits that period's charges at this instant.
     #[serde(default)]
     pub effective_from: Option<DateTime<Utc>>,
+    /// ISO 4217 code the customer is billed in; default: the plan's currency. A plan in
+    /// another currency is converted with `[[fx_rates]]`.
+    #[serde(default)]
+    pub currency: Option<String>,
 }
 
 /// `[[subscriptions.coupons]]`: a discount for a number of billing periods.

@@ -39,6 +39,9 @@ pub struct StoredCharge {
     /// cover disjoint ranges).
     pub usage_from: u32,
     pub usage_to: u32,
+    /// The plan's currency of the lines, and the rate to `currency` (empty: not converted).
+    pub price_currency: String,
+    pub fx_rate: String,
 }
 
 impl From<&Charge> for StoredCharge {
@@ -65,6 +68,8 @@ impl From<&Charge> for StoredCharge {
             amount_with_tax_minor: c.amount_with_tax_minor,
             usage_from: u32::try_from(c.usage_from_ms / 1000).unwrap_or(0),
             usage_to: u32::try_from(c.usage_to_ms / 1000).unwrap_or(0),
+            price_currency: c.price_currency.to_owned(),
+            fx_rate: c.fx_rate.map(|r| r.to_string()).unwrap_or_default(),
         }
     }
 }
@@ -105,7 +110,7 @@ pub async fn load(
             "SELECT charge_id, customer, toUInt32(period_start), toUInt32(period_end), meter, group_key, \
              plan_id, plan_version, price_model, currency, quantity, tiers, amount_minor, \
              amount_before_discounts_minor, tax_region, tax_code, tax_rate, tax_minor, amount_with_tax_minor, \
-             toUInt32(usage_from), toUInt32(usage_to) \
+             toUInt32(usage_from), toUInt32(usage_to), price_currency, fx_rate \
              FROM v_charges WHERE charge_id = ? LIMIT 1",
         )
         .bind(charge_id)
@@ -188,6 +193,22 @@ pub fn explain(
         if t.kind != Some(LineKind::Discount) {
             before_discounts += t.amount;
         }
+    }
+    let rate: Decimal = if c.fx_rate.is_empty() {
+        Decimal::ONE
+    } else {
+        c.fx_rate
+            .parse()
+            .map_err(|e: rust_decimal::Error| unreadable("fx_rate", e.to_string()))?
+    };
+    if !c.fx_rate.is_empty() {
+        out.push(format!(
+            "converted from {} at {rate}: {total} x {rate} = {}",
+            c.price_currency,
+            total * rate
+        ));
+        total *= rate;
+        before_discounts *= rate;
     }
     let rounded = currency.round(total);
     let minor = currency.to_minor(rounded).unwrap_or(i64::MIN);

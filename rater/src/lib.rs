@@ -18,6 +18,7 @@
 //! - [`pricing`]: the pricing models, one file each.
 //! - [`charge`]: a charge and how it is computed from usage (pure).
 //! - [`tax`]: tax rates by region and code, with effective dates.
+//! - [`fx`]: dated FX rates for billing in a currency a plan lacks.
 //! - [`usage`]: reading committed usage per customer, meter and period.
 //! - [`store`]: writing charges.
 //! - [`explain`]: one charge's usage, arithmetic, rounding, discounts and tax, checked.
@@ -28,6 +29,7 @@ pub mod catalog;
 pub mod charge;
 pub mod config;
 pub mod explain;
+pub mod fx;
 pub mod metrics;
 pub mod plan;
 pub mod pricing;

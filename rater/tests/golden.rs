@@ -306,3 +306,109 @@ fn tax_is_per_line_by_region_and_date_on_the_discounted_amount() {
         ]
     );
 }
+
+#[test]
+fn a_plan_is_billed_in_another_currency_at_the_dated_rate_then_rounded_once() {
+    #[derive(serde::Deserialize)]
+    struct F {
+        plans: Vec<tally_rater::config::PlanSpec>,
+        subscriptions: Vec<tally_rater::config::SubscriptionSpec>,
+        fx_rates: Vec<tally_rater::fx::FxRateSpec>,
+    }
+    let f: F = toml::from_str(
+        r#"
+        [[plans]]
+        id = "p"
+        version = 1
+        currency = "USD"
+        effective_from = "2026-01-01T00:00:00Z"
+        prices = [{ model = "per_unit", meter = "tokens", unit_price = "0.000003" }]
+        [[subscriptions]]
+        customer = "tokyo-co"
+        plan = "p"
+        currency = "JPY"
+        [[subscriptions]]
+        customer = "manama-co"
+        plan = "p"
+        currency = "BHD"
+        [[fx_rates]]
+        from = "USD"
+        to = "JPY"
+        rate = "156.37"
+        effective_from = "2026-01-01T00:00:00Z"
+        [[fx_rates]]
+        from = "USD"
+        to = "BHD"
+        rate = "0.376"
+        effective_from = "2026-02-01T00:00:00Z"
+        "#,
+    )
+    .expect("TOML");
+    let c = tally_rater::Catalog::new(
+        f.plans,
+        f.subscriptions,
+        &Default::default(),
+        &common::meters(),
+    )
+    .expect("valid")
+    .with_fx(tally_rater::fx::FxTable::new(f.fx_rates).expect("rates"))
+    .expect("every pair has rates");
+    let feb = 31 * 1440;
+    let rows = vec![
+        row("tokyo-co", "m", "input", 0, "1234567"), // 3.703701 USD x 156.37 = 579.1477... -> 579 JPY
+        row("manama-co", "m", "input", 0, "1234567"), // no USD->BHD rate in January: unpriced
+        row("manama-co", "m", "input", feb, "1234567"), // 3.703701 x 0.376 = 1.392591576 -> 1.393 BHD
+    ];
+    let (usages, _) = fold(&rows, &c);
+    let got: Vec<Option<(&str, &str, i64)>> = usages
+        .values()
+        .map(|u| {
+            let sub = c
+                .subscription_at(&u.customer, u.segment_from_ms)
+                .expect("subscribed");
+            let terms = c.terms(&sub, plan(&c), &u.period, &u.meter);
+            tally_rater::charge::compute_with(u, plan(&c), &terms)
+                .expect("prices")
+                .map(|ch| (ch.currency, ch.price_currency, ch.amount_minor))
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![None, Some(("BHD", "USD", 1393)), Some(("JPY", "USD", 579))]
+    );
+    // a billing currency no rate converts to is refused at start, naming the subscription
+    let mut sub = tally_rater::config::SubscriptionSpec {
+        customer: "paris-co".into(),
+        plan: "p".into(),
+        billing_anchor_day: 1,
+        coupons: vec![],
+        tax_region: None,
+        tax_exempt: false,
+        effective_from: None,
+        currency: Some("EUR".into()),
+    };
+    let plans = || {
+        toml::from_str::<F>(
+            "subscriptions = []\nfx_rates = []\n[[plans]]\nid = \"p\"\nversion = 1\ncurrency = \"USD\"\n\
+             effective_from = \"2026-01-01T00:00:00Z\"\nprices = []\n",
+        )
+        .expect("TOML")
+        .plans
+    };
+    let err = tally_rater::Catalog::new(
+        plans(),
+        vec![sub.clone()],
+        &Default::default(),
+        &common::meters(),
+    )
+    .expect("valid")
+    .with_fx(tally_rater::fx::FxTable::default())
+    .expect_err("no USD->EUR rate")
+    .to_string();
+    assert!(err.contains("subscriptions.paris-co.currency"), "{err}");
+    sub.currency = Some("EURO".into());
+    let err = tally_rater::Catalog::new(plans(), vec![sub], &Default::default(), &common::meters())
+        .expect_err("unknown currency")
+        .to_string();
+    assert!(err.contains("subscriptions[0].currency"), "{err}");
+}

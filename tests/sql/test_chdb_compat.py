@@ -215,11 +215,12 @@ EXPECTED = {
         # amount_before_discounts_minor and amount_with_tax_minor (migration 0006) default to
         # amount_minor for rows written without them; tax_minor to 0
         "columns": ["charge_id", "version", "plan_version", "quantity", "amount_minor", "windows", "tiers",
-                    "amount_before_discounts_minor", "tax_minor", "amount_with_tax_minor"],
+                    "amount_before_discounts_minor", "tax_minor", "amount_with_tax_minor",
+                    "price_currency", "fx_rate"],
         "rows": [
             ["ch-calls", "1", "1", "7.000000000", "60", "1", '[{"up_to":"5","unit_price":"0.10"},{"unit_price":"0.05"}]',
-             "60", "0", "60"],
-            ["ch-tokens", "2", "2", "16.750000000", "34", "2", "", "34", "0", "34"],  # version 1 is superseded
+             "60", "0", "60", "USD", ""],
+            ["ch-tokens", "2", "2", "16.750000000", "34", "2", "", "34", "0", "34", "USD", ""],  # version 1 is superseded
         ],
     },
     "v_invoices": {

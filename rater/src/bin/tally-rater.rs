@@ -13,6 +13,7 @@ use tally_domain::Aggregation;
 use tally_platform::args::Args;
 use tally_platform::{config, shutdown, store, telemetry, ClickHouseConfig, TelemetryConfig};
 use tally_rater::config::{PlanSpec, SubscriptionSpec};
+use tally_rater::fx::{FxRateSpec, FxTable};
 use tally_rater::tax::{TaxRateSpec, TaxTable};
 use tally_rater::{explain, Catalog, RaterConfig};
 
@@ -32,6 +33,8 @@ struct Config {
     subscriptions: Vec<SubscriptionSpec>,
     #[serde(default)]
     tax_rates: Vec<TaxRateSpec>,
+    #[serde(default)]
+    fx_rates: Vec<FxRateSpec>,
 }
 
 fn now_ms() -> i64 {
@@ -56,7 +59,8 @@ async fn main() -> anyhow::Result<()> {
     cfg.rater.validate()?;
     let meters = validate_meters(cfg.meters).context("setting `meters`")?;
     let catalog = Catalog::new(cfg.plans, cfg.subscriptions, &cfg.rater, &meters)?
-        .with_taxes(TaxTable::new(cfg.tax_rates)?)?;
+        .with_taxes(TaxTable::new(cfg.tax_rates)?)?
+        .with_fx(FxTable::new(cfg.fx_rates)?)?;
     telemetry::init_logs(&cfg.telemetry);
     let db = store::connect(&cfg.clickhouse);
     if command == "explain" {
