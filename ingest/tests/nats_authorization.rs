@@ -2,68 +2,31 @@
 //! one): an agent user may publish to its customer's usage subjects and get JetStream acks,
 //! and cannot publish to another customer's subjects or anywhere else.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use tally_ingest::nats_auth::{render, users, NatsUser};
+use tally_platform::own_server::{find_binary, free_port, temp_dir, OwnServer};
 
-/// The nats-server binary: Debian's (`scripts/stack.sh up` installs it) or one on `PATH`.
-fn nats_server() -> PathBuf {
-    let candidates = ["/usr/sbin/nats-server", "/usr/bin/nats-server"];
-    let on_path = std::env::var_os("PATH")
-        .map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("nats-server"))
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
-    candidates
-        .iter()
-        .map(PathBuf::from)
-        .chain(on_path)
-        .find(|p| p.exists())
-        .expect("nats-server is missing: run scripts/stack.sh up (it installs it)")
-}
-
-/// A nats-server on a free port with its data in a temporary directory; killed on drop.
+/// A nats-server of this test's own and its URL.
 struct Server {
-    child: Child,
-    dir: PathBuf,
+    _process: OwnServer,
     url: String,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn start(users: &[NatsUser]) -> Server {
-    let dir = std::env::temp_dir().join(format!(
-        "tally-nats-auth-{}-{}",
-        std::process::id(),
-        free_port()
-    ));
+    let dir = temp_dir("nats-auth").unwrap();
     std::fs::create_dir_all(dir.join("js")).unwrap();
     std::fs::write(dir.join("nats-auth.conf"), render(users, "usage")).unwrap();
-    let port = free_port();
+    let port = free_port().unwrap();
     let main = format!(
         "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: \"{}\" }}\ninclude \"nats-auth.conf\"\n",
         dir.join("js").display()
     );
     std::fs::write(dir.join("nats.conf"), main).unwrap();
-    let child = Command::new(nats_server())
+    let binary = find_binary("nats-server")
+        .expect("nats-server is missing: run scripts/stack.sh up (it installs it)");
+    let child = Command::new(binary)
         .arg("-c")
         .arg(dir.join("nats.conf"))
         .stdout(Stdio::null())
@@ -71,8 +34,7 @@ async fn start(users: &[NatsUser]) -> Server {
         .spawn()
         .expect("starting nats-server");
     let server = Server {
-        child,
-        dir,
+        _process: OwnServer { child, dir },
         url: format!("nats://127.0.0.1:{port}"),
     };
     for _ in 0..100 {

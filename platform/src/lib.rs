@@ -8,6 +8,9 @@
 //! lives in the domain crate and in the stage crates.
 //!
 //! # Layout
+//! - [`access`]: one ClickHouse user per service with least rights (SQL RBAC or 18.16 users.xml).
+//! - [`own_server`]: servers a test starts for itself (binary lookup, free ports, cleanup).
+//! - [`private_file`]: writing generated credentials with mode 0600.
 //! - [`args`]: `--name value` flags for the binaries.
 //! - [`config`]: the shared sections (`[nats]`, `[clickhouse]`, `[telemetry]`) and the loader.
 //! - [`store`]: connecting to ClickHouse.
@@ -17,9 +20,12 @@
 //! - [`shutdown`]: SIGTERM/SIGINT to a cancellation token.
 //! - [`testkit`]: per-test streams and databases for tests against the real servers.
 
+pub mod access;
 pub mod args;
 pub mod config;
 pub mod migrate;
+pub mod own_server;
+pub mod private_file;
 pub mod shutdown;
 pub mod store;
 pub mod streams;

@@ -18,6 +18,7 @@ use tally_ingest::gateway::admin::KeyView;
 use tally_ingest::gateway::{self, key_store, IngestConfig};
 use tally_ingest::nats_auth;
 use tally_platform::args::Args;
+use tally_platform::private_file::write_private;
 use tally_platform::{
     config, shutdown, store, streams, telemetry, ClickHouseConfig, NatsConfig, TelemetryConfig,
 };
@@ -113,30 +114,18 @@ fn nats_config(cfg: &Config, args: &Args) -> anyhow::Result<()> {
     let dir = std::path::PathBuf::from(args.raw("out-dir").unwrap_or("."));
     let conf = dir.join("nats-auth.conf");
     let creds = dir.join("nats-credentials.txt");
-    write_private(&conf, &nats_auth::render(&users, &cfg.nats.subject_prefix))?;
+    write_private(&conf, &nats_auth::render(&users, &cfg.nats.subject_prefix))
+        .with_context(|| format!("writing {}", conf.display()))?;
     let lines: String = users
         .iter()
         .map(|u| format!("{} {}\n", u.user, u.password))
         .collect();
-    write_private(&creds, &lines)?;
+    write_private(&creds, &lines).with_context(|| format!("writing {}", creds.display()))?;
     println!(
         "wrote {} and {} (user password per line)",
         conf.display(),
         creds.display()
     );
-    Ok(())
-}
-
-fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(text.as_bytes())?;
     Ok(())
 }
 

@@ -1,0 +1,54 @@
+//! Servers a test starts for itself (a nats-server or clickhouse-server with a special
+//! configuration), never the shared ones: finding the binary, free ports, and a guard that
+//! kills the process and removes its data directory on drop.
+
+use std::path::PathBuf;
+use std::process::Child;
+
+/// A server process and its temporary directory; both go away on drop.
+pub struct OwnServer {
+    pub child: Child,
+    pub dir: PathBuf,
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A port nothing listens on right now (the OS picks it).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// `name` in `/usr/sbin`, `/usr/bin` (where Debian installs the servers) or on `PATH`.
+pub fn find_binary(name: &str) -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(name))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    ["/usr/sbin", "/usr/bin"]
+        .iter()
+        .map(|d| PathBuf::from(d).join(name))
+        .chain(on_path)
+        .find(|p| p.exists())
+}
+
+/// A fresh temporary directory named after `tag`, this process and a free port number.
+pub fn temp_dir(tag: &str) -> std::io::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "tally-{tag}-{}-{}",
+        std::process::id(),
+        free_port()?
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
