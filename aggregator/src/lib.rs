@@ -2,17 +2,18 @@
 //!
 //! It owns consuming the `USAGE` JetStream stream with a durable pull consumer, validating
 //! each event against the contract and the declared meters, deduplicating by
-//! (customer, event id), folding accepted events into tumbling windows per (customer, agent,
-//! meter, group-by values), writing raw events and rollups to ClickHouse in batches, sending
-//! rejected events to the dead-letter stream with a reason, and acknowledging messages only
-//! once what they contributed is durable. It does not price or invoice anything.
+//! (customer, event id), assigning each meter reading to its tumbling window per (customer,
+//! agent, meter, group-by values), writing raw events and readings to ClickHouse in batches
+//! (the public views fold readings into per-window usage), sending rejected events to the
+//! dead-letter stream with a reason, and acknowledging messages only once what they
+//! contributed is durable. It does not price or invoice anything.
 //!
 //! # Exactly once in effect
-//! 1. **Commit markers.** Every batch gets a fresh `batch_id`. Its raw events and rollups are
-//!    inserted first, then one row in `usage_batches` (the marker). Readers count only rows
-//!    whose `batch_id` has a marker (the public view `v_usage` does so), so a crash or a failed
-//!    insert before the marker leaves rows that never count; the retry writes them again under
-//!    a new `batch_id`.
+//! 1. **Commit markers.** Every batch gets a fresh `batch_id`. Its raw events and meter
+//!    readings are inserted first, then one row in `usage_batches` (the marker). Readers
+//!    count only rows whose `batch_id` has a marker (the public views do so), so a crash or a
+//!    failed insert before the marker (even one that wrote only some partitions) leaves rows
+//!    that never count; the retry writes them again under a new `batch_id`.
 //! 2. **Ambiguous marker writes.** If the marker insert fails, the aggregator asks ClickHouse
 //!    whether the marker exists before retrying, so a marker that was written despite an error
 //!    is never followed by a second copy of the batch.
@@ -24,20 +25,26 @@
 //!    for the batch. On start the set is rebuilt from committed raw events younger than the
 //!    horizon, so a message redelivered after a crash (marker written, ack lost) is recognised
 //!    as a duplicate and contributes nothing.
-//! 5. **Horizon covers lateness.** Configuration requires `dedup_horizon_secs >=
+//! 5. **Deterministic identity.** A reading's identity is (customer, event id, meter), and
+//!    `v_usage_readings` / `v_usage` count each identity once across committed batches. So
+//!    even when two instances commit the same event (one paused past AckWait while its
+//!    messages were redelivered to the other, then resumed), it counts once. The fault test
+//!    (`tests/faults.rs`) shows such doubles being written and absorbed.
+//! 6. **Horizon covers lateness.** Configuration requires `dedup_horizon_secs >=
 //!    allowed_lateness_secs + future_tolerance_secs`; an id re-sent after the horizon is
 //!    therefore always older than the allowed lateness and refused as `too_late`, so no id is
 //!    ever counted twice, however late it comes back.
 //!
-//! One consumer is active per partition of the subject space (DESIGN.md section 6): two live
-//! instances on one partition would each keep their own dedup set.
+//! Scale-out partitions the subject space by customer (`nats.partitions`, a NATS server
+//! mapping) with one consumer per partition, so a customer's dedup set and windows live in one
+//! instance. See docs/RELIABILITY.md.
 //!
 //! # Layout
 //! - [`config`]: the `[aggregator]` section.
 //! - [`classify`]: one message to an accepted event with meter readings, or a rejection.
 //! - [`dedup`]: the pending and committed id sets.
 //! - [`idset`]: the compact table behind the committed set.
-//! - [`batch`]: the in-memory batch: events, rollups and the messages to ack.
+//! - [`batch`]: the in-memory batch: events, windowed readings and the messages to ack.
 //! - [`sink`]: ClickHouse rows and the insert-then-mark commit.
 //! - [`dead_letter`]: dead-letter records.
 //! - [`recovery`]: rebuilding the dedup set at start.

@@ -247,6 +247,23 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = UsageEvent::parse(&bytes, 4096);
+        }
+
+        #[test]
+        fn mutated_events_never_panic(cut in 0usize..400, insert in "[\\PC]{0,8}") {
+            let mut text = GOOD.to_owned();
+            let at = (0..=cut.min(text.len())).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+            text.insert_str(at, &insert);
+            if let Ok(e) = UsageEvent::parse(text.as_bytes(), 4096) {
+                let _ = e.check_subject("acme", "bot-7");
+            }
+        }
+    }
+
     #[test]
     fn oversized_events_are_refused_before_parsing() {
         let err = UsageEvent::parse(GOOD.as_bytes(), 10).unwrap_err();
