@@ -276,6 +276,19 @@ impl Catalog {
         }
     }
 
+    /// Every plan version, by id then version.
+    pub fn plans(&self) -> impl Iterator<Item = &Plan> {
+        let mut ids: Vec<&String> = self.plans.keys().collect();
+        ids.sort();
+        ids.into_iter()
+            .flat_map(|id| self.plans.get(id).into_iter().flatten())
+    }
+
+    /// A customer's subscriptions, oldest first (empty: the default plan applies).
+    pub fn subscriptions_of(&self, customer: &CustomerId) -> &[Subscription] {
+        self.subscriptions.get(customer).map_or(&[], Vec::as_slice)
+    }
+
     /// The customer's latest subscription, or the default plan.
     pub fn subscription(&self, customer: &CustomerId) -> Option<Subscription> {
         self.subscription_at(customer, i64::MAX)

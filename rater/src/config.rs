@@ -28,6 +28,10 @@ pub struct RaterConfig {
     /// Prometheus endpoint. Default `127.0.0.1:9102`.
     #[serde(default = "default_metrics_addr")]
     pub metrics_addr: String,
+    /// Where `tally-rater serve` answers the HTTP API (catalog, explain); none: no API.
+    /// Default none.
+    #[serde(default)]
+    pub api_addr: Option<String>,
 }
 
 const fn default_interval_secs() -> u64 {
@@ -47,6 +51,7 @@ impl Default for RaterConfig {
             interval_secs: default_interval_secs(),
             lookback_secs: default_lookback_secs(),
             metrics_addr: default_metrics_addr(),
+            api_addr: None,
         }
     }
 }
@@ -68,6 +73,10 @@ impl RaterConfig {
         self.metrics_addr
             .parse::<std::net::SocketAddr>()
             .map_err(|e| ConfigError::invalid("rater.metrics_addr", e))?;
+        if let Some(a) = &self.api_addr {
+            a.parse::<std::net::SocketAddr>()
+                .map_err(|e| ConfigError::invalid("rater.api_addr", e))?;
+        }
         Ok(())
     }
 }

@@ -6,7 +6,7 @@
 use clickhouse::Client;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use tally_domain::Currency;
+use tally_domain::{Aggregation, Currency, Meter};
 use tally_platform::store::dec9;
 
 use crate::charge::Charge;
@@ -132,6 +132,14 @@ pub async fn load(
         .fetch_all::<WindowUsage>()
         .await?;
     Ok((charge, windows))
+}
+
+/// Whether a charge's windows must sum to its quantity: SUM and COUNT meters.
+pub fn windows_sum_to_quantity(meters: &[Meter], meter: &str) -> bool {
+    meters
+        .iter()
+        .find(|m| m.slug.as_str() == meter)
+        .is_some_and(|m| matches!(m.aggregation, Aggregation::Sum | Aggregation::Count))
 }
 
 /// A charge explained: readable lines and whether every sum checks out.

@@ -23,8 +23,10 @@
 //! - [`store`]: writing charges.
 //! - [`explain`]: one charge's usage, arithmetic, rounding, discounts and tax, checked.
 //! - [`run`]: one rating pass and the schedule.
+//! - [`api`]: the read-only HTTP API (catalog, explain) and its OpenAPI document.
 //! - [`metrics`]: every metric this crate emits.
 
+pub mod api;
 pub mod catalog;
 pub mod charge;
 pub mod config;

@@ -9,13 +9,12 @@
 use anyhow::Context;
 use serde::Deserialize;
 use tally_domain::meter::{validate_meters, MeterSpec};
-use tally_domain::Aggregation;
 use tally_platform::args::Args;
 use tally_platform::{config, shutdown, store, telemetry, ClickHouseConfig, TelemetryConfig};
 use tally_rater::config::{PlanSpec, SubscriptionSpec};
 use tally_rater::fx::{FxRateSpec, FxTable};
 use tally_rater::tax::{TaxRateSpec, TaxTable};
-use tally_rater::{explain, Catalog, RaterConfig};
+use tally_rater::{api, explain, Catalog, RaterConfig};
 
 #[derive(Deserialize)]
 struct Config {
@@ -66,10 +65,7 @@ async fn main() -> anyhow::Result<()> {
     if command == "explain" {
         let id = args.raw("charge").context("explain needs a charge id")?;
         let (charge, windows) = explain::load(&db, id).await?;
-        let sums = meters
-            .iter()
-            .find(|m| m.slug.as_str() == charge.meter)
-            .is_some_and(|m| matches!(m.aggregation, Aggregation::Sum | Aggregation::Count));
+        let sums = explain::windows_sum_to_quantity(&meters, &charge.meter);
         let e = explain::explain(&charge, windows, sums)?;
         if args.raw("format") == Some("json") {
             println!("{}", serde_json::to_string_pretty(&e)?);
@@ -106,6 +102,18 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     telemetry::serve_metrics(cfg.rater.metrics_addr.parse()?)?;
-    tally_rater::run::run(db, catalog, cfg.rater, shutdown::on_signals(), now_ms).await;
+    let shutdown = shutdown::on_signals();
+    if let Some(addr) = &cfg.rater.api_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("setting `rater.api_addr`: binding {addr}"))?;
+        let state = std::sync::Arc::new(api::ApiState {
+            catalog: catalog.clone(),
+            meters: meters.clone(),
+            db: db.clone(),
+        });
+        tokio::spawn(api::serve(listener, state, shutdown.clone()));
+    }
+    tally_rater::run::run(db, catalog, cfg.rater, shutdown, now_ms).await;
     Ok(())
 }

@@ -5,11 +5,11 @@
 //! unpriced (and counted, like usage without a plan).
 
 use rust_decimal::Decimal;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tally_domain::exact;
 
 /// One rate of a price book.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rate {
     /// One value per dimension, in the order of `dimensions`.
@@ -19,7 +19,7 @@ pub struct Rate {
 }
 
 /// A validated price book.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Dimensional {
     /// Group-by names the rates are keyed by.
     pub dimensions: Vec<String>,

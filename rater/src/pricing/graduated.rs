@@ -3,13 +3,13 @@
 //! the last tier is unbounded.
 
 use rust_decimal::Decimal;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tally_domain::exact;
 
 use super::TierUse;
 
 /// One tier.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tier {
     /// Inclusive upper bound; absent on the last tier.

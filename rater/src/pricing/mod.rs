@@ -47,20 +47,35 @@ impl<'a> Measured<'a> {
     }
 }
 
-/// A validated pricing model for one meter.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A validated pricing model for one meter (serialized as in the configuration).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "model", rename_all = "snake_case")]
 pub enum PriceModel {
-    PerUnit { unit_price: Decimal },
-    Graduated { tiers: Vec<Tier> },
-    Volume { tiers: Vec<Tier> },
-    Package { size: Decimal, price: Decimal },
-    Flat { amount: Decimal },
+    PerUnit {
+        unit_price: Decimal,
+    },
+    Graduated {
+        tiers: Vec<Tier>,
+    },
+    Volume {
+        tiers: Vec<Tier>,
+    },
+    Package {
+        #[serde(rename = "package_size")]
+        size: Decimal,
+        #[serde(rename = "package_price")]
+        price: Decimal,
+    },
+    Flat {
+        amount: Decimal,
+    },
     Dimensional(Dimensional),
 }
 
 /// A validated price: a model plus the modifiers every model accepts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Price {
+    #[serde(flatten)]
     pub model: PriceModel,
     /// Units free in each period before the model applies (zero: none).
     pub free_units: Decimal,

@@ -1,0 +1,250 @@
+//! The rater's HTTP API, version 1, JSON: the catalog as the rater validated it (plan
+//! versions, a customer's subscriptions) and the explanation of one charge. Read-only: the
+//! catalog is loaded from the configuration file (see docs/PRICING.md). The OpenAPI document
+//! is served at `/v1/openapi.json`.
+//!
+//! Routes: `GET /v1/plans`, `GET /v1/plans/{id}`, `GET /v1/customers/{id}/subscriptions`,
+//! `GET /v1/charges/{charge_id}/explain`, `GET /v1/openapi.json`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clickhouse::Client;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use tally_domain::{CustomerId, Meter};
+use tally_platform::shutdown::Shutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::catalog::{Catalog, Plan, Subscription};
+use crate::explain::{self, ExplainError};
+use crate::pricing::Price;
+
+/// Connections served at once; more wait to be accepted.
+pub const CONNECTIONS_MAX: usize = 64;
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What requests are answered from.
+pub struct ApiState {
+    pub catalog: Catalog,
+    pub meters: Vec<Meter>,
+    pub db: Client,
+}
+
+/// Serves until `shutdown`.
+pub async fn serve(listener: TcpListener, state: Arc<ApiState>, shutdown: Shutdown) {
+    let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            s = listener.accept() => match s {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "api accept failed");
+                    continue;
+                }
+            },
+        };
+        let state = state.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(&state, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => if let Err(e) = r {
+                    tracing::debug!(error = %e, "api connection ended with an error");
+                },
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+}
+
+/// A plan version as the API shows it.
+#[derive(Serialize)]
+struct PlanView<'a> {
+    id: &'a str,
+    version: u32,
+    currency: &'static str,
+    effective_from: String,
+    prices: Vec<PriceView<'a>>,
+}
+
+#[derive(Serialize)]
+struct PriceView<'a> {
+    meter: &'a str,
+    #[serde(flatten)]
+    price: &'a Price,
+}
+
+fn plan_view(p: &Plan) -> PlanView<'_> {
+    let mut prices: Vec<PriceView<'_>> = p
+        .prices
+        .iter()
+        .map(|(m, price)| PriceView {
+            meter: m.as_str(),
+            price,
+        })
+        .collect();
+    prices.sort_by_key(|v| v.meter);
+    PlanView {
+        id: &p.id,
+        version: p.version,
+        currency: p.currency.code(),
+        effective_from: rfc3339(p.effective_from_ms),
+        prices,
+    }
+}
+
+#[derive(Serialize)]
+struct SubscriptionView<'a> {
+    plan: &'a str,
+    billing_anchor_day: u32,
+    effective_from: Option<String>,
+    effective_to: Option<String>,
+    currency: Option<&'static str>,
+    tax_region: Option<&'a str>,
+    tax_exempt: bool,
+    coupons: Vec<&'a str>,
+}
+
+fn subscription_view(s: &Subscription) -> SubscriptionView<'_> {
+    let tally_domain::BillingCycle::Monthly { anchor_day } = s.cycle;
+    SubscriptionView {
+        plan: &s.plan,
+        billing_anchor_day: anchor_day,
+        effective_from: (s.from_ms != i64::MIN).then(|| rfc3339(s.from_ms)),
+        effective_to: (s.to_ms != i64::MAX).then(|| rfc3339(s.to_ms)),
+        currency: s.currency.map(|c| c.code()),
+        tax_region: s.tax_region.as_deref(),
+        tax_exempt: s.tax_exempt,
+        coupons: s.coupons.iter().map(|c| c.id.as_str()).collect(),
+    }
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}
+
+#[derive(Serialize)]
+struct ApiError<'a> {
+    code: &'a str,
+    detail: String,
+}
+
+fn json(status: StatusCode, body: &impl Serialize) -> Response<Full<Bytes>> {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    let mut r = Response::new(Full::new(Bytes::from(bytes)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(status: StatusCode, code: &str, detail: impl ToString) -> Response<Full<Bytes>> {
+    json(
+        status,
+        &ApiError {
+            code,
+            detail: detail.to_string(),
+        },
+    )
+}
+
+async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET {
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "read-only API: GET",
+        );
+    }
+    let path: Vec<&str> = req.uri().path().trim_matches('/').split('/').collect();
+    match path.as_slice() {
+        ["v1", "openapi.json"] => {
+            let doc: serde_json::Value =
+                serde_json::from_str(OPENAPI).unwrap_or(serde_json::Value::Null);
+            json(StatusCode::OK, &doc)
+        }
+        ["v1", "plans"] => {
+            let plans: Vec<PlanView<'_>> = state.catalog.plans().map(plan_view).collect();
+            json(StatusCode::OK, &plans)
+        }
+        ["v1", "plans", id] => {
+            let plans: Vec<PlanView<'_>> = state
+                .catalog
+                .plans()
+                .filter(|p| p.id == *id)
+                .map(plan_view)
+                .collect();
+            if plans.is_empty() {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("no plan {id:?}"),
+                );
+            }
+            json(StatusCode::OK, &plans)
+        }
+        ["v1", "customers", customer, "subscriptions"] => {
+            let Ok(customer) = CustomerId::new((*customer).to_owned()) else {
+                return error(StatusCode::BAD_REQUEST, "invalid_customer", customer);
+            };
+            let subs: Vec<SubscriptionView<'_>> = state
+                .catalog
+                .subscriptions_of(&customer)
+                .iter()
+                .map(subscription_view)
+                .collect();
+            json(StatusCode::OK, &subs)
+        }
+        ["v1", "charges", charge_id, "explain"] => explain_charge(state, charge_id).await,
+        _ => error(StatusCode::NOT_FOUND, "not_found", req.uri().path()),
+    }
+}
+
+async fn explain_charge(state: &ApiState, charge_id: &str) -> Response<Full<Bytes>> {
+    let (charge, windows) = match explain::load(&state.db, charge_id).await {
+        Ok(x) => x,
+        Err(ExplainError::NotFound(id)) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no charge {id}"),
+            )
+        }
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
+    };
+    let sums = explain::windows_sum_to_quantity(&state.meters, &charge.meter);
+    match explain::explain(&charge, windows, sums) {
+        Ok(e) => json(StatusCode::OK, &e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "unreadable_charge", e),
+    }
+}
+
+/// The OpenAPI 3.0 document of this API.
+pub const OPENAPI: &str = include_str!("api_openapi.json");
