@@ -1,23 +1,39 @@
-//! NATS authorization for agents that publish directly: generates the `authorization` block of
-//! a nats-server configuration in which each customer's agents log in as their own user that
-//! may publish only to `<prefix>.<customer>.>` (and receive JetStream acks on `_INBOX.>`),
-//! while the Tally service user keeps full rights. Include the file from the server's main
-//! configuration (`include "nats-auth.conf"`); see docs/SECURITY.md.
+//! NATS authorization: generates the `authorization` block of a nats-server configuration with
+//! one user per Tally service and one per customer's agents, each allowed only the subjects
+//! its duties need. Include the file from the server's main configuration
+//! (`include "nats-auth.conf"`); see docs/SECURITY.md.
 //!
-//! It owns the rendering only; it never starts or reconfigures a server. Passwords are 32
-//! hex digits from the OS's CSPRNG (128 bits), so they need no quoting or escaping.
+//! | user | may publish | may not |
+//! |---|---|---|
+//! | `agent-<customer>` | `<prefix>.<customer>.>` | any other customer, the JetStream API, the DLQ |
+//! | `tally-gateway` | `<prefix>.>`, stream info/create/update | consume, delete or purge streams |
+//! | `tally-aggregator` | consumer API, acks, `<dlq prefix>.>`, stream info/create/update | forge usage on `<prefix>.>`, delete or purge streams |
+//! | `tally-admin` | everything | |
+//!
+//! Everyone may subscribe only to `_INBOX.>` (replies and JetStream acks), except the admin.
+//! It owns the rendering only; it never starts or reconfigures a server. Passwords are 32 hex
+//! digits from the OS's CSPRNG (128 bits), so they need no quoting or escaping.
 
 use ring::rand::SecureRandom;
 use tally_domain::CustomerId;
+
+/// What a NATS user is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Operators and `tally-migrate`-style tooling: every subject.
+    Admin,
+    Aggregator,
+    Gateway,
+    /// A customer's agents publishing directly.
+    Agent(CustomerId),
+}
 
 /// One NATS user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NatsUser {
     pub user: String,
     pub password: String,
-    /// `None`: the service user (publish and subscribe everywhere). `Some`: an agent user
-    /// limited to that customer's subjects.
-    pub customer: Option<CustomerId>,
+    pub role: Role,
 }
 
 /// Why generating failed.
@@ -37,42 +53,87 @@ fn password() -> Result<String, NatsAuthError> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// The service user `service_user` plus one agent user `agent-<customer>` per customer, with
-/// fresh passwords.
-pub fn users(service_user: &str, customers: &[&str]) -> Result<Vec<NatsUser>, NatsAuthError> {
-    let mut out = vec![NatsUser {
-        user: service_user.to_owned(),
-        password: password()?,
-        customer: None,
-    }];
+/// `tally-admin`, `tally-aggregator`, `tally-gateway` and one `agent-<customer>` per customer,
+/// with fresh passwords.
+pub fn users(customers: &[&str]) -> Result<Vec<NatsUser>, NatsAuthError> {
+    let mut out = Vec::with_capacity(customers.len() + 3);
+    for (user, role) in [
+        ("tally-admin", Role::Admin),
+        ("tally-aggregator", Role::Aggregator),
+        ("tally-gateway", Role::Gateway),
+    ] {
+        out.push(NatsUser {
+            user: user.to_owned(),
+            password: password()?,
+            role,
+        });
+    }
     for c in customers {
         let customer = CustomerId::new(*c)?;
         out.push(NatsUser {
             user: format!("agent-{customer}"),
             password: password()?,
-            customer: Some(customer),
+            role: Role::Agent(customer),
         });
     }
     Ok(out)
 }
 
-/// The `authorization { users = [...] }` block for `users`, with agents confined to
-/// `<subject_prefix>.<customer>.>`.
-pub fn render(users: &[NatsUser], subject_prefix: &str) -> String {
+fn list(subjects: &[String]) -> String {
+    let quoted: Vec<String> = subjects.iter().map(|s| format!("\"{s}\"")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// The permissions of `role`; `prefix` and `dlq_prefix` are `nats.subject_prefix` and
+/// `nats.dlq_subject_prefix`.
+fn permissions(role: &Role, prefix: &str, dlq_prefix: &str) -> String {
+    let streams = [
+        "$JS.API.INFO",
+        "$JS.API.STREAM.INFO.*",
+        "$JS.API.STREAM.CREATE.*",
+        "$JS.API.STREAM.UPDATE.*",
+    ]
+    .map(String::from);
+    let (allow, deny): (Vec<String>, Vec<String>) = match role {
+        Role::Admin => return "{ publish: \">\", subscribe: \">\" }".to_owned(),
+        Role::Agent(c) => (vec![format!("{prefix}.{c}.>")], vec![]),
+        Role::Gateway => {
+            let mut allow = vec![format!("{prefix}.>")];
+            allow.extend(streams);
+            (allow, vec![])
+        }
+        Role::Aggregator => {
+            let mut allow = vec![
+                "$JS.API.CONSUMER.>".to_owned(),
+                "$JS.ACK.>".to_owned(),
+                format!("{dlq_prefix}.>"),
+            ];
+            allow.extend(streams);
+            (allow, vec![format!("{prefix}.>")])
+        }
+    };
+    let deny = if deny.is_empty() {
+        String::new()
+    } else {
+        format!(", deny: {}", list(&deny))
+    };
+    format!(
+        "{{ publish: {{ allow: {}{deny} }}, subscribe: {{ allow: [\"_INBOX.>\"] }} }}",
+        list(&allow)
+    )
+}
+
+/// The `authorization { users = [...] }` block for `users`.
+pub fn render(users: &[NatsUser], prefix: &str, dlq_prefix: &str) -> String {
     let mut out = String::from(
-        "# Generated by `tally-gateway nats-config`: one user per customer's agents.\n",
+        "# Generated by `tally-gateway nats-config`: one user per Tally service and per customer's agents.\nauthorization {\n  users = [\n",
     );
-    out.push_str("# Agents may publish only to their customer's usage subjects.\nauthorization {\n  users = [\n");
     for u in users {
-        let permissions = match &u.customer {
-            None => "{ publish: \">\", subscribe: \">\" }".to_owned(),
-            Some(c) => format!(
-                "{{ publish: {{ allow: [\"{subject_prefix}.{c}.>\"] }}, subscribe: {{ allow: [\"_INBOX.>\"] }} }}"
-            ),
-        };
         out.push_str(&format!(
             "    {{ user: \"{}\", password: \"{}\", permissions: {} }}\n",
-            u.user, u.password, permissions
+            u.user,
+            u.password,
+            permissions(&u.role, prefix, dlq_prefix)
         ));
     }
     out.push_str("  ]\n}\n");
@@ -85,18 +146,36 @@ mod tests {
 
     #[test]
     fn agents_may_publish_only_to_their_customer() {
-        let users = users("tally", &["acme", "globex"]).unwrap();
-        let conf = render(&users, "usage");
+        let users = users(&["acme", "globex"]).unwrap();
+        let conf = render(&users, "usage", "usage_dlq");
         assert!(conf.contains(r#"user: "agent-acme""#));
         assert!(conf.contains(r#"publish: { allow: ["usage.acme.>"] }"#));
         assert!(conf.contains(r#"publish: { allow: ["usage.globex.>"] }"#));
-        assert_eq!(conf.matches("publish: \">\"").count(), 1);
-        assert_ne!(users[1].password, users[2].password);
+        assert_eq!(
+            conf.matches("publish: \">\"").count(),
+            1,
+            "only the admin has every subject"
+        );
+        assert_ne!(users[3].password, users[4].password);
+    }
+
+    #[test]
+    fn the_aggregator_cannot_forge_usage_and_nobody_may_delete_streams() {
+        let conf = render(&users(&[]).unwrap(), "usage", "usage_dlq");
+        let aggregator = conf
+            .lines()
+            .find(|l| l.contains("tally-aggregator"))
+            .unwrap();
+        assert!(aggregator.contains(r#"deny: ["usage.>"]"#), "{aggregator}");
+        assert!(aggregator.contains("\"usage_dlq.>\""));
+        assert!(!conf.contains("STREAM.DELETE") && !conf.contains("STREAM.PURGE"));
+        let gateway = conf.lines().find(|l| l.contains("tally-gateway")).unwrap();
+        assert!(!gateway.contains("CONSUMER"), "{gateway}");
     }
 
     #[test]
     fn customer_ids_are_validated() {
-        assert!(users("tally", &["a.b"]).is_err());
-        assert!(users("tally", &["*"]).is_err());
+        assert!(users(&["a.b"]).is_err());
+        assert!(users(&["*"]).is_err());
     }
 }

@@ -79,6 +79,12 @@ pub struct NatsConfig {
     /// Maximum age of messages kept in the usage stream, in seconds. Default 7 days.
     #[serde(default = "default_max_age_secs")]
     pub max_age_secs: u64,
+    /// NATS user (one per service, see docs/SECURITY.md). Default empty: no authentication.
+    #[serde(default)]
+    pub user: String,
+    /// Password of `user`. Default empty. Prefer `TALLY_NATS__PASSWORD` over the file.
+    #[serde(default)]
+    pub password: String,
     /// Partitions of the subject space for scale-out (0: one partition, no mapping). With N
     /// partitions the NATS server maps `<subject_prefix>.*.*` to
     /// `<subject_prefix>_p.<partition by customer>.<customer>.<agent>` (see
@@ -119,6 +125,8 @@ impl Default for NatsConfig {
             dlq_subject_prefix: default_dlq_prefix(),
             duplicate_window_secs: default_duplicate_window_secs(),
             max_age_secs: default_max_age_secs(),
+            user: String::new(),
+            password: String::new(),
             partitions: 0,
         }
     }

@@ -17,9 +17,14 @@ pub enum StreamError {
     Declare { stream: String, detail: String },
 }
 
-/// Connects to the configured NATS server.
+/// Connects to the configured NATS server, as `nats.user` when one is set.
 pub async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client, StreamError> {
-    async_nats::ConnectOptions::new()
+    let options = if cfg.user.is_empty() {
+        async_nats::ConnectOptions::new()
+    } else {
+        async_nats::ConnectOptions::with_user_and_password(cfg.user.clone(), cfg.password.clone())
+    };
+    options
         .name("tally")
         .retry_on_initial_connect()
         .connect(&cfg.url)

@@ -5,7 +5,7 @@
 //! tally-gateway keys-create --customer ID [--agents a,b] [--label TEXT] [--config FILE]
 //! tally-gateway keys-list [--config FILE]
 //! tally-gateway keys-revoke --key-id ID [--config FILE]
-//! tally-gateway nats-config --customers a,b [--service-user tally] [--out-dir DIR] [--config FILE]
+//! tally-gateway nats-config --customers a,b [--out-dir DIR] [--config FILE]
 //! ```
 //! `serve` reads `[nats]`, `[clickhouse]`, `[telemetry]` and `[ingest]`; SIGTERM stops
 //! accepting, finishes in-flight requests and exits.
@@ -49,7 +49,6 @@ const FLAGS: &[&str] = &[
     "label",
     "key-id",
     "customers",
-    "service-user",
     "out-dir",
 ];
 
@@ -110,12 +109,19 @@ fn nats_config(cfg: &Config, args: &Args) -> anyhow::Result<()> {
     let customers = list(args.raw("customers"));
     anyhow::ensure!(!customers.is_empty(), "flag --customers a,b is required");
     let refs: Vec<&str> = customers.iter().map(String::as_str).collect();
-    let users = nats_auth::users(args.raw("service-user").unwrap_or("tally"), &refs)?;
+    let users = nats_auth::users(&refs)?;
     let dir = std::path::PathBuf::from(args.raw("out-dir").unwrap_or("."));
     let conf = dir.join("nats-auth.conf");
     let creds = dir.join("nats-credentials.txt");
-    write_private(&conf, &nats_auth::render(&users, &cfg.nats.subject_prefix))
-        .with_context(|| format!("writing {}", conf.display()))?;
+    write_private(
+        &conf,
+        &nats_auth::render(
+            &users,
+            &cfg.nats.subject_prefix,
+            &cfg.nats.dlq_subject_prefix,
+        ),
+    )
+    .with_context(|| format!("writing {}", conf.display()))?;
     let lines: String = users
         .iter()
         .map(|u| format!("{} {}\n", u.user, u.password))
