@@ -39,6 +39,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(5, "0005_api_keys.sql"),
     migration!(6, "0006_charge_discounts_and_tax.sql"),
     migration!(7, "0007_charge_fx.sql"),
+    migration!(8, "0008_catalog.sql"),
 ];
 
 /// Why migrating failed.

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tally_domain::exact;
 use tally_platform::ConfigError;
 
@@ -16,6 +16,7 @@ use crate::pricing::{Rate, Tier};
 pub struct RaterConfig {
     /// Plan for customers without a subscription; none: such usage is left unpriced (and
     /// counted in `tally_rater_unpriced_usage_total`). Default none.
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[serde(default)]
     pub default_plan: Option<String>,
     /// Seconds between rating passes when running continuously. Default 30.
@@ -30,6 +31,7 @@ pub struct RaterConfig {
     pub metrics_addr: String,
     /// Where `tally-rater serve` answers the HTTP API (catalog, explain); none: no API.
     /// Default none.
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[serde(default)]
     pub api_addr: Option<String>,
 }
@@ -82,7 +84,7 @@ impl RaterConfig {
 }
 
 /// `[[plans]]`: one immutable plan version.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlanSpec {
     pub id: String,
@@ -103,44 +105,56 @@ pub struct PlanSpec {
 /// - `dimensional`: `dimensions`, `rates = [{values, unit_price}]`, optional `default_unit_price`
 ///
 /// Every model also takes `free_units`, `minimum` and `maximum`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PriceSpec {
     pub model: String,
     pub meter: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[serde(default, deserialize_with = "exact::opt_decimal")]
     pub unit_price: Option<Decimal>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[serde(default)]
     pub tiers: Option<Vec<Tier>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[serde(default, deserialize_with = "exact::opt_decimal")]
     pub package_size: Option<Decimal>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[serde(default, deserialize_with = "exact::opt_decimal")]
     pub package_price: Option<Decimal>,
     /// The flat fee per period.
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[serde(default, deserialize_with = "exact::opt_decimal")]
     pub amount: Option<Decimal>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[serde(default)]
     pub dimensions: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[serde(default)]
     pub rates: Option<Vec<Rate>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[serde(default, deserialize_with = "exact::opt_decimal")]
     pub default_unit_price: Option<Decimal>,
     /// Units free each period before the model applies.
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[serde(default, deserialize_with = "exact::opt_decimal")]
     pub free_units: Option<Decimal>,
     /// The line's amount is trued up to at least this.
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[serde(default, deserialize_with = "exact::opt_decimal")]
     pub minimum: Option<Decimal>,
     /// The line's amount is capped at this.
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[serde(default, deserialize_with = "exact::opt_decimal")]
     pub maximum: Option<Decimal>,
     /// Tax code of the price (see `[[tax_rates]]`). Default `standard`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[serde(default)]
     pub tax_code: Option<String>,
 }
 
 /// `[[subscriptions]]`: a customer on a plan.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionSpec {
     pub customer: String,
@@ -152,6 +166,7 @@ pub struct SubscriptionSpec {
     #[serde(default)]
     pub coupons: Vec<CouponSpec>,
     /// Tax region (see `[[tax_rates]]`); none: charges carry no tax.
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[serde(default)]
     pub tax_region: Option<String>,
     /// The customer is exempt from tax (its charges record the region, with zero tax).
@@ -160,27 +175,32 @@ pub struct SubscriptionSpec {
     /// RFC 3339; the subscription applies to usage from this instant until the customer's
     /// next subscription starts. Default: from the beginning. A change inside a billing
     /// period splits that period's charges at this instant.
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[serde(default)]
     pub effective_from: Option<DateTime<Utc>>,
     /// ISO 4217 code the customer is billed in; default: the plan's currency. A plan in
     /// another currency is converted with `[[fx_rates]]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[serde(default)]
     pub currency: Option<String>,
 }
 
 /// `[[subscriptions.coupons]]`: a discount for a number of billing periods.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CouponSpec {
     /// Shown on the discount line.
     pub id: String,
     /// Percent off each charge (above 0, at most 100); or `amount_off`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[serde(default, deserialize_with = "exact::opt_decimal")]
     pub percent_off: Option<Decimal>,
     /// Fixed amount off per period, in the plan's currency; needs `meter`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[serde(default, deserialize_with = "exact::opt_decimal")]
     pub amount_off: Option<Decimal>,
     /// Only charges of this meter. Default: every meter (percent_off only).
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[serde(default)]
     pub meter: Option<String>,
     /// RFC 3339; the coupon starts with the billing period containing this instant.
@@ -188,6 +208,7 @@ pub struct CouponSpec {
     /// `once`, `repeating` (with `periods`) or `forever`.
     pub duration: String,
     /// Billing periods a `repeating` coupon lasts.
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[serde(default)]
     pub periods: Option<u32>,
 }

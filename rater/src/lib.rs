@@ -15,6 +15,7 @@
 //! - [`config`]: the `[rater]`, `[[plans]]` and `[[subscriptions]]` sections.
 //! - [`plan`]: one plan version and the validation of its prices.
 //! - [`catalog`]: validated plans and subscriptions; which plan applies to whom, when.
+//! - [`catalog_store`]: the catalog in ClickHouse, append-only, bootstrapped from the file.
 //! - [`pricing`]: the pricing models, one file each.
 //! - [`charge`]: a charge and how it is computed from usage (pure).
 //! - [`tax`]: tax rates by region and code, with effective dates.
@@ -28,6 +29,7 @@
 
 pub mod api;
 pub mod catalog;
+pub mod catalog_store;
 pub mod charge;
 pub mod config;
 pub mod explain;

@@ -28,6 +28,29 @@ fn the_shipped_configuration_has_a_valid_catalog_with_a_price_book() {
     .try_into()
     .expect("catalog sections");
     let meters = validate_meters(sections.meters).expect("meters");
+    // what the catalog store keeps (JSON) reads back as the same catalog
+    let plans_json = serde_json::to_string(&sections.plans).expect("plans serialize");
+    let subs_json =
+        serde_json::to_string(&sections.subscriptions).expect("subscriptions serialize");
+    let stored = Catalog::new(
+        serde_json::from_str(&plans_json).expect("plans read back"),
+        serde_json::from_str(&subs_json).expect("subscriptions read back"),
+        &sections.rater,
+        &meters,
+    )
+    .expect("the stored form is valid");
+    assert_eq!(
+        stored.plans().collect::<Vec<_>>(),
+        Catalog::new(
+            sections.plans.clone(),
+            sections.subscriptions.clone(),
+            &sections.rater,
+            &meters
+        )
+        .expect("valid")
+        .plans()
+        .collect::<Vec<_>>()
+    );
     let catalog = Catalog::new(
         sections.plans,
         sections.subscriptions,

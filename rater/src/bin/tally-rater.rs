@@ -4,7 +4,9 @@
 //! `serve` (default) rates every `rater.interval_secs` until SIGTERM; `once` runs one pass
 //! (as of `--at`, default now) and prints the charges as JSON lines; `explain` prints one
 //! charge's usage windows, line arithmetic, rounding, discounts and tax, and exits non-zero
-//! if they do not sum to the stored amounts.
+//! if they do not sum to the stored amounts. `serve` and `once` first append the file's plan
+//! versions and subscriptions to the stored catalog (refusing changed ones) and rate with
+//! everything stored.
 
 use anyhow::Context;
 use serde::Deserialize;
@@ -14,7 +16,7 @@ use tally_platform::{config, shutdown, store, telemetry, ClickHouseConfig, Telem
 use tally_rater::config::{PlanSpec, SubscriptionSpec};
 use tally_rater::fx::{FxRateSpec, FxTable};
 use tally_rater::tax::{TaxRateSpec, TaxTable};
-use tally_rater::{api, explain, Catalog, RaterConfig};
+use tally_rater::{api, catalog_store, explain, Catalog, RaterConfig};
 
 #[derive(Deserialize)]
 struct Config {
@@ -57,11 +59,34 @@ async fn main() -> anyhow::Result<()> {
     cfg.clickhouse.validate()?;
     cfg.rater.validate()?;
     let meters = validate_meters(cfg.meters).context("setting `meters`")?;
-    let catalog = Catalog::new(cfg.plans, cfg.subscriptions, &cfg.rater, &meters)?
-        .with_taxes(TaxTable::new(cfg.tax_rates)?)?
-        .with_fx(FxTable::new(cfg.fx_rates)?)?;
+    let taxes = TaxTable::new(cfg.tax_rates)?;
+    let fx = FxTable::new(cfg.fx_rates)?;
+    // the file alone must be valid (its errors name its settings) before it is stored
+    Catalog::new(
+        cfg.plans.clone(),
+        cfg.subscriptions.clone(),
+        &cfg.rater,
+        &meters,
+    )?
+    .with_taxes(taxes.clone())?
+    .with_fx(fx.clone())?;
     telemetry::init_logs(&cfg.telemetry);
     let db = store::connect(&cfg.clickhouse);
+    let catalog = if command == "explain" {
+        Catalog::default()
+    } else {
+        let added = catalog_store::bootstrap(&db, &cfg.plans, &cfg.subscriptions, now_ms()).await?;
+        tracing::info!(
+            plans = added.plans_appended,
+            subscriptions = added.subscriptions_appended,
+            "catalog bootstrapped from the file"
+        );
+        let (plans, subscriptions) = catalog_store::load(&db).await?;
+        Catalog::new(plans, subscriptions, &cfg.rater, &meters)
+            .context("the stored catalog")?
+            .with_taxes(taxes)?
+            .with_fx(fx)?
+    };
     if command == "explain" {
         let id = args.raw("charge").context("explain needs a charge id")?;
         let (charge, windows) = explain::load(&db, id).await?;

@@ -13,7 +13,11 @@ use super::TierUse;
 #[serde(deny_unknown_fields)]
 pub struct Tier {
     /// Inclusive upper bound; absent on the last tier.
-    #[serde(default, deserialize_with = "exact::opt_decimal")]
+    #[serde(
+        default,
+        deserialize_with = "exact::opt_decimal",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub up_to: Option<Decimal>,
     #[serde(deserialize_with = "exact::decimal")]
     pub unit_price: Decimal,

@@ -1,0 +1,209 @@
+//! The catalog in ClickHouse, append-only (`catalog_plans`, `catalog_subscriptions`,
+//! migration 0008). The configuration file bootstraps it: each plan version and subscription
+//! of the file is appended unless the same identity is already stored with the same body; a
+//! stored identity with a different body is refused (versions are immutable; a change is a
+//! new version). The rater then builds its catalog from what is stored, so entries appended
+//! by earlier files (or other tools) stay in force.
+
+use std::collections::BTreeMap;
+
+use clickhouse::Client;
+use serde::{Deserialize, Serialize};
+use tally_platform::store::datetime_secs;
+
+use crate::config::{PlanSpec, SubscriptionSpec};
+
+/// Why the stored catalog cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogStoreError {
+    #[error("clickhouse: {0}")]
+    ClickHouse(#[from] clickhouse::error::Error),
+    /// The file changes an entry already stored.
+    #[error("setting `{setting}`: {detail}")]
+    Conflict { setting: String, detail: String },
+    /// A stored body no longer parses.
+    #[error("stored catalog entry {identity}: {detail}")]
+    Unreadable { identity: String, detail: String },
+}
+
+#[derive(clickhouse::Row, Serialize, Deserialize)]
+struct PlanRow {
+    plan_id: String,
+    version: u32,
+    body: String,
+}
+
+#[derive(clickhouse::Row, Serialize)]
+struct PlanInsert<'a> {
+    plan_id: &'a str,
+    version: u32,
+    body: &'a str,
+    recorded_at: u32,
+}
+
+#[derive(clickhouse::Row, Serialize, Deserialize)]
+struct SubscriptionRow {
+    customer: String,
+    effective_from: String,
+    body: String,
+}
+
+#[derive(clickhouse::Row, Serialize)]
+struct SubscriptionInsert<'a> {
+    customer: &'a str,
+    effective_from: &'a str,
+    body: &'a str,
+    recorded_at: u32,
+}
+
+/// What a bootstrap appended.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Bootstrapped {
+    pub plans_appended: usize,
+    pub subscriptions_appended: usize,
+}
+
+fn body<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+fn subscription_identity(s: &SubscriptionSpec) -> (String, String) {
+    let from = s
+        .effective_from
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default();
+    (s.customer.clone(), from)
+}
+
+/// Appends the file's entries that are not stored yet; refuses changed ones.
+pub async fn bootstrap(
+    db: &Client,
+    plans: &[PlanSpec],
+    subscriptions: &[SubscriptionSpec],
+    now_ms: i64,
+) -> Result<Bootstrapped, CatalogStoreError> {
+    let stored_plans: BTreeMap<(String, u32), String> = db
+        .query("SELECT DISTINCT plan_id, version, body FROM catalog_plans")
+        .fetch_all::<PlanRow>()
+        .await?
+        .into_iter()
+        .map(|r| ((r.plan_id, r.version), r.body))
+        .collect();
+    let stored_subs: BTreeMap<(String, String), String> = db
+        .query("SELECT DISTINCT customer, effective_from, body FROM catalog_subscriptions")
+        .fetch_all::<SubscriptionRow>()
+        .await?
+        .into_iter()
+        .map(|r| ((r.customer, r.effective_from), r.body))
+        .collect();
+    let mut new_plans = Vec::new();
+    for (i, p) in plans.iter().enumerate() {
+        let b = body(p);
+        match stored_plans.get(&(p.id.clone(), p.version)) {
+            Some(stored) if *stored == b => {}
+            Some(_) => {
+                return Err(CatalogStoreError::Conflict {
+                    setting: format!("plans[{i}]"),
+                    detail: format!(
+                        "plan {} version {} is already stored with different content; versions \
+                         are immutable, a change must be a new version",
+                        p.id, p.version
+                    ),
+                })
+            }
+            None => new_plans.push((p, b)),
+        }
+    }
+    let mut new_subs = Vec::new();
+    for (i, s) in subscriptions.iter().enumerate() {
+        let b = body(s);
+        let id = subscription_identity(s);
+        match stored_subs.get(&id) {
+            Some(stored) if *stored == b => {}
+            Some(_) => {
+                return Err(CatalogStoreError::Conflict {
+                    setting: format!("subscriptions[{i}]"),
+                    detail: format!(
+                        "the subscription of {} from {:?} is already stored with different \
+                         content; add one with a later effective_from instead",
+                        id.0, id.1
+                    ),
+                })
+            }
+            None => new_subs.push((id, b)),
+        }
+    }
+    let recorded_at = datetime_secs(now_ms);
+    if !new_plans.is_empty() {
+        let mut insert = db.insert::<PlanInsert<'_>>("catalog_plans").await?;
+        for (p, b) in &new_plans {
+            insert
+                .write(&PlanInsert {
+                    plan_id: &p.id,
+                    version: p.version,
+                    body: b,
+                    recorded_at,
+                })
+                .await?;
+        }
+        insert.end().await?;
+    }
+    if !new_subs.is_empty() {
+        let mut insert = db
+            .insert::<SubscriptionInsert<'_>>("catalog_subscriptions")
+            .await?;
+        for ((customer, from), b) in &new_subs {
+            insert
+                .write(&SubscriptionInsert {
+                    customer,
+                    effective_from: from,
+                    body: b,
+                    recorded_at,
+                })
+                .await?;
+        }
+        insert.end().await?;
+    }
+    Ok(Bootstrapped {
+        plans_appended: new_plans.len(),
+        subscriptions_appended: new_subs.len(),
+    })
+}
+
+/// Every stored plan version and subscription (identical re-appends read once), in a stable
+/// order; validate them with [`crate::Catalog::new`] (which refuses two different bodies for
+/// one identity, e.g. from two conflicting writers).
+pub async fn load(
+    db: &Client,
+) -> Result<(Vec<PlanSpec>, Vec<SubscriptionSpec>), CatalogStoreError> {
+    let plans = db
+        .query("SELECT DISTINCT plan_id, version, body FROM catalog_plans ORDER BY plan_id, version, body")
+        .fetch_all::<PlanRow>()
+        .await?
+        .into_iter()
+        .map(|r| {
+            serde_json::from_str::<PlanSpec>(&r.body).map_err(|e| CatalogStoreError::Unreadable {
+                identity: format!("plan {} v{}", r.plan_id, r.version),
+                detail: e.to_string(),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let subs = db
+        .query(
+            "SELECT DISTINCT customer, effective_from, body FROM catalog_subscriptions \
+             ORDER BY customer, effective_from, body",
+        )
+        .fetch_all::<SubscriptionRow>()
+        .await?
+        .into_iter()
+        .map(|r| {
+            serde_json::from_str::<SubscriptionSpec>(&r.body).map_err(|e| {
+                CatalogStoreError::Unreadable {
+                    identity: format!("subscription of {} from {:?}", r.customer, r.effective_from),
+                    detail: e.to_string(),
+                }
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((plans, subs))
+}
