@@ -90,14 +90,23 @@ pub async fn run(
         shutdown: shutdown.clone(),
         last_expiry: Instant::now(),
     };
-    agg.recover().await?;
+    match agg.recover().await {
+        // stopped before consuming anything: nothing is in flight
+        Err(RunError::ShutdownDuringFlush) => return Ok(()),
+        other => other?,
+    }
     tracing::info!(consumer = %cfg.consumer_name(), stream = %nats_cfg.stream, "aggregator consuming");
 
     let mut batch = Batch::default();
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut last_lag = Instant::now();
     'session: while !shutdown.is_cancelled() {
-        let (mut consumer, mut messages) = agg.open_messages().await?;
+        let (mut consumer, mut messages) = match agg.open_messages().await {
+            Ok(opened) => opened,
+            // stopped while NATS was unreachable: flush what was consumed before, if anything
+            Err(RunError::ShutdownDuringFlush) => break 'session,
+            Err(e) => return Err(e),
+        };
         loop {
             let flush_due = tokio::select! {
                 biased;

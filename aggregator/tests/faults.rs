@@ -274,8 +274,8 @@ async fn kills_restarts_and_zombies_neither_lose_nor_double_count() {
     };
     chaos.start();
 
-    // Phase 1 over ~20 s, with kills every ~2 s, a zombie, a NATS and a ClickHouse restart.
-    let per_sec = phase1.len() as f64 / 20.0;
+    // Phase 1 over ~40 s, with kills every ~2 s, a zombie, a ClickHouse outage, a NATS restart.
+    let per_sec = phase1.len() as f64 / 40.0;
     let publisher = {
         let js = js.clone();
         let prefix = nats_cfg.subject_prefix.clone();
@@ -283,10 +283,13 @@ async fn kills_restarts_and_zombies_neither_lose_nor_double_count() {
         tokio::spawn(async move { publish_all(&js, &prefix, &events, per_sec).await })
     };
     let mut zombies = 0;
+    let (mut outage_ack_pending_max, mut outage_rss_kib_max) = (0usize, 0u64);
     let mut restarts = Vec::new();
     for step in 0..10 {
         tokio::time::sleep(Duration::from_millis(rng.random_range(1200..2800))).await;
-        chaos.kill9_and_restart();
+        if step != 3 {
+            chaos.kill9_and_restart(); // step 3 keeps the consuming instance for the outage
+        }
         match step {
             2 => {
                 // a second instance takes messages, is paused past AckWait, then resumes
@@ -303,9 +306,28 @@ async fn kills_restarts_and_zombies_neither_lose_nor_double_count() {
                 nats.restart();
                 restarts.push("nats");
             }
-            7 => {
-                ch.restart();
-                restarts.push("clickhouse");
+            3 => {
+                // ClickHouse down for 6 s while agents keep publishing: consumption stalls
+                // with a bounded number of unacknowledged messages and bounded memory
+                ch.stop();
+                let mut consumer = js
+                    .get_stream(&nats_cfg.stream)
+                    .await
+                    .unwrap()
+                    .get_consumer::<jetstream::consumer::pull::Config>("aggregator")
+                    .await
+                    .unwrap();
+                for _ in 0..6 {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if let Ok(info) = consumer.info().await {
+                        outage_ack_pending_max = outage_ack_pending_max.max(info.num_ack_pending);
+                    }
+                    if let Some(rss) = chaos.current.as_ref().and_then(|p| p.rss_kib()) {
+                        outage_rss_kib_max = outage_rss_kib_max.max(rss);
+                    }
+                }
+                ch.start_again();
+                restarts.push("clickhouse (6 s outage)");
             }
             _ => {}
         }
@@ -328,10 +350,19 @@ async fn kills_restarts_and_zombies_neither_lose_nor_double_count() {
     let sent2 = publisher.await.unwrap();
     wait_drained_or_panic(&js, &nats_cfg.stream, "phase 2").await;
     let kills = chaos.kills;
-    let last = chaos.current.take().expect("an aggregator runs");
     assert!(
-        last.terminate(),
-        "SIGTERM: the aggregator flushes and exits cleanly"
+        outage_ack_pending_max <= 2 * 1000,
+        "unacknowledged messages bounded by max_ack_pending: {outage_ack_pending_max}"
+    );
+    assert!(
+        outage_rss_kib_max < 512 * 1024,
+        "aggregator memory bounded during the outage: {outage_rss_kib_max} KiB"
+    );
+    let last = chaos.current.take().expect("an aggregator runs");
+    let status = last.terminate();
+    assert!(
+        status.success(),
+        "SIGTERM: the aggregator flushes and exits cleanly, got {status:?}"
     );
 
     // Committed usage equals the oracle of the unique events, window by window.
@@ -391,7 +422,8 @@ async fn kills_restarts_and_zombies_neither_lose_nor_double_count() {
     println!(
         "fault report: seed {seed}; events sent {}, unique {events_n}, billed {billed}; duplicates injected {injected} \
          ({} conflicting), billed twice 0, missing 0; faults: {kills} kill -9, {zombies} zombie pause past AckWait, \
-         restarts {restarts:?}; committed reading rows {rows} for {distinct} distinct; {:.0}s",
+         restarts {restarts:?} (during the outage: at most {outage_ack_pending_max} unacknowledged, RSS at most {outage_rss_kib_max} KiB); \
+         committed reading rows {rows} for {distinct} distinct; {:.0}s",
         sent1 + sent2,
         conflicting_ids.len(),
         started.elapsed().as_secs_f64()

@@ -39,10 +39,11 @@ async fn main() -> anyhow::Result<()> {
         "setting `meters`: no meter is declared, every event would be refused"
     );
     telemetry::init_logs(&cfg.telemetry);
+    // before any I/O, so a SIGTERM during start-up is a clean stop too
+    let stop = shutdown::on_signals();
     telemetry::serve_metrics(cfg.aggregator.metrics_addr.parse()?)?;
     let nats = streams::connect(&cfg.nats).await?;
     let db = store::connect(&cfg.clickhouse);
-    let stop = shutdown::on_signals();
     tally_aggregator::run(nats, db, &cfg.nats, &cfg.aggregator, meters, stop).await?;
     Ok(())
 }

@@ -222,6 +222,15 @@ impl ClickHouse {
         self.spawn();
     }
 
+    /// Kills the server (SIGKILL); [`ClickHouse::start_again`] brings it back.
+    pub fn stop(&mut self) {
+        self.kill();
+    }
+
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -276,6 +285,13 @@ impl AggregatorProcess {
         self.child.id()
     }
 
+    /// Resident memory in KiB, from /proc.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
     /// `kill -9`.
     pub fn kill9(mut self) {
         let _ = self.child.kill();
@@ -290,10 +306,10 @@ impl AggregatorProcess {
             .status();
     }
 
-    /// SIGTERM, then waits for the exit; true if it exited successfully.
-    pub fn terminate(mut self) -> bool {
+    /// SIGTERM, then waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
         self.signal("TERM");
-        self.child.wait().map(|s| s.success()).unwrap_or(false)
+        self.child.wait().expect("wait for the aggregator")
     }
 }
 
