@@ -4,7 +4,6 @@
 //! refused outside them: the aggregator cannot forge usage or delete the stream, the gateway
 //! cannot consume it.
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,46 +12,11 @@ use tally_e2e::{aggregator_config, meters};
 use tally_ingest::gateway::{self, key_store, Gateway, IngestConfig};
 use tally_ingest::nats_auth::{render, users, NatsUser};
 use tally_ingest::sdk::{Agent, SdkConfig};
-use tally_platform::own_server::{find_binary, free_port, temp_dir, OwnServer};
+use tally_platform::own_server::start_nats;
 use tally_platform::shutdown::Shutdown;
 use tally_platform::streams;
 use tally_platform::testkit::TestEnv;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-async fn start_nats(env: &TestEnv, users: &[NatsUser]) -> (OwnServer, u16) {
-    let dir = temp_dir("nats-services").unwrap();
-    let port = free_port().unwrap();
-    let conf = render(
-        users,
-        &env.nats.subject_prefix,
-        &env.nats.dlq_subject_prefix,
-    );
-    std::fs::write(dir.join("nats-auth.conf"), conf).unwrap();
-    let main = format!(
-        "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: \"{}\" }}\ninclude \"nats-auth.conf\"\n",
-        dir.join("js").display()
-    );
-    std::fs::write(dir.join("nats.conf"), main).unwrap();
-    let binary = find_binary("nats-server").expect("nats-server: run scripts/stack.sh up");
-    let child = Command::new(binary)
-        .arg("-c")
-        .arg(dir.join("nats.conf"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = OwnServer { child, dir };
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return (server, port);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("nats-server did not start");
-}
 
 /// Connects as `u` the way every service does: `nats.user` and `nats.password`.
 async fn connect(port: u16, u: &NatsUser) -> async_nats::Client {
@@ -96,7 +60,12 @@ async fn post(addr: std::net::SocketAddr, key: &str, body: &str) -> u16 {
 async fn each_service_works_with_its_own_nats_user_and_is_refused_outside_it() {
     let env = TestEnv::new("e2e_nats_services").await;
     let users = users(&["acme"]).unwrap();
-    let (_server, port) = start_nats(&env, &users).await;
+    let auth = render(
+        &users,
+        &env.nats.subject_prefix,
+        &env.nats.dlq_subject_prefix,
+    );
+    let (_server, port) = start_nats(&auth).await.expect("starting nats-server");
     let admin_js = async_nats::jetstream::new(connect(port, user(&users, "tally-admin")).await);
 
     // The gateway declares the streams and publishes for acme.

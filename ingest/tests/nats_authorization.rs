@@ -2,11 +2,10 @@
 //! one): an agent user may publish to its customer's usage subjects and get JetStream acks,
 //! and cannot publish to another customer's subjects or anywhere else.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use tally_ingest::nats_auth::{render, users, NatsUser};
-use tally_platform::own_server::{find_binary, free_port, temp_dir, OwnServer};
+use tally_platform::own_server::{start_nats, OwnServer};
 
 /// A nats-server of this test's own and its URL.
 struct Server {
@@ -15,42 +14,13 @@ struct Server {
 }
 
 async fn start(users: &[NatsUser]) -> Server {
-    let dir = temp_dir("nats-auth").unwrap();
-    std::fs::create_dir_all(dir.join("js")).unwrap();
-    std::fs::write(
-        dir.join("nats-auth.conf"),
-        render(users, "usage", "usage_dlq"),
-    )
-    .unwrap();
-    let port = free_port().unwrap();
-    let main = format!(
-        "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: \"{}\" }}\ninclude \"nats-auth.conf\"\n",
-        dir.join("js").display()
-    );
-    std::fs::write(dir.join("nats.conf"), main).unwrap();
-    let binary = find_binary("nats-server")
-        .expect("nats-server is missing: run scripts/stack.sh up (it installs it)");
-    let child = Command::new(binary)
-        .arg("-c")
-        .arg(dir.join("nats.conf"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
+    let (process, port) = start_nats(&render(users, "usage", "usage_dlq"))
+        .await
         .expect("starting nats-server");
-    let server = Server {
-        _process: OwnServer { child, dir },
+    Server {
+        _process: process,
         url: format!("nats://127.0.0.1:{port}"),
-    };
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return server;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("nats-server did not start on port {port}");
 }
 
 async fn login(server: &Server, user: &NatsUser) -> async_nats::jetstream::Context {

@@ -52,3 +52,41 @@ pub fn temp_dir(tag: &str) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
+
+/// Starts a nats-server with JetStream on a free port, with `extra` (for example a generated
+/// `authorization` block) in its configuration; returns once it accepts connections.
+pub async fn start_nats(extra: &str) -> std::io::Result<(OwnServer, u16)> {
+    let dir = temp_dir("nats")?;
+    let port = free_port()?;
+    let conf = format!(
+        "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: \"{}\" }}\n{extra}\n",
+        dir.join("js").display()
+    );
+    std::fs::write(dir.join("nats.conf"), conf)?;
+    let binary = find_binary("nats-server").ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "nats-server is missing: run scripts/stack.sh up (it installs it)",
+        )
+    })?;
+    let child = std::process::Command::new(binary)
+        .arg("-c")
+        .arg(dir.join("nats.conf"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let server = OwnServer { child, dir };
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Ok((server, port));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("nats-server did not start on port {port}"),
+    ))
+}
