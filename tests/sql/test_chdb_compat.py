@@ -122,12 +122,12 @@ M1 = "2026-11-01 10:00:00"  # a one-minute window of another customer
 TOKENS = dict(group_names=["model", "kind"], group_values=["gpt-4o", "output"], group_key="model=gpt-4o,kind=output")
 
 
-def rollup(batch, window_start, meter, aggregation, events, vsum, vmin, vmax, customer="acme", window_secs=3600, **extra):
+def reading(batch, event_id, window_start, meter, aggregation, value, customer="acme", window_secs=3600,
+            time_ms=0, unique_value="", **extra):
     row = dict(
-        window_start=window_start, window_secs=window_secs, customer=customer, agent="support-bot-7",
-        meter=meter, aggregation=aggregation, group_names=[], group_values=[], group_key="",
-        events=events, value_sum=vsum, value_min=vmin, value_max=vmax, batch_id=batch,
-        inserted_at="2026-11-01 12:00:00",
+        customer=customer, agent="support-bot-7", event_id=event_id, meter=meter, aggregation=aggregation,
+        window_start=window_start, window_secs=window_secs, time_ms=time_ms, group_names=[], group_values=[],
+        group_key="", value=value, unique_value=unique_value, batch_id=batch, inserted_at="2026-11-01 12:00:00",
     )
     row.update(extra)
     return row
@@ -138,25 +138,39 @@ FIXTURE = {
     "usage_batches": [
         [dict(batch_id="b1", consumer="aggregator", first_seq=1, last_seq=7, events=7, rollups=5, committed_at="2026-11-01 10:30:00")],
         [dict(batch_id="b2", consumer="aggregator", first_seq=8, last_seq=14, events=7, rollups=5, committed_at="2026-11-01 10:59:00")],
-        # b3 has rollups but no marker: a crash between the two writes. It must count nowhere.
     ],
-    "usage_rollups": [
+    "usage_readings": [
         [
-            rollup("b1", W1, "tokens", "SUM", 3, "10.5", "1.5", "6", **TOKENS),
-            rollup("b1", W1, "tool_calls", "COUNT", 4, "4", "1", "1"),
-            rollup("b1", W1, "latency_ms", "MIN", 2, "52.5", "12.5", "40"),
-            rollup("b1", W1, "context_tokens", "MAX", 1, "128000", "128000", "128000"),
+            reading("b1", "e1", W1, "tokens", "SUM", "1.5", **TOKENS),
+            reading("b1", "e2", W1, "tokens", "SUM", "3", **TOKENS),
+            reading("b1", "e3", W1, "tokens", "SUM", "6", **TOKENS),
+            *[reading("b1", f"c{i}", W1, "tool_calls", "COUNT", "1") for i in range(1, 5)],
+            reading("b1", "l1", W1, "latency_ms", "MIN", "12.5"),
+            reading("b1", "l2", W1, "latency_ms", "MIN", "40"),
+            reading("b1", "x1", W1, "context_tokens", "MAX", "128000"),
+            reading("b1", "u1", W1, "users", "UNIQUE_COUNT", "1", unique_value="alice"),
+            reading("b1", "u2", W1, "users", "UNIQUE_COUNT", "1", unique_value="bob"),
+            reading("b1", "s1", W1, "seats", "LATEST", "5", time_ms=1000),
+            reading("b1", "s2", W1, "seats", "LATEST", "9", time_ms=3000),
         ],
         [
-            rollup("b2", W1, "tokens", "SUM", 2, "4.25", "0.25", "4", **TOKENS),
-            rollup("b2", W1, "tool_calls", "COUNT", 3, "3", "1", "1"),
-            rollup("b2", W1, "latency_ms", "MIN", 2, "97.125", "7.125", "90"),
-            rollup("b2", W1, "context_tokens", "MAX", 1, "64000", "64000", "64000"),
-            rollup("b2", M1, "tokens", "SUM", 1, "0.000000001", "0.000000001", "0.000000001", customer="globex", window_secs=60),
+            reading("b2", "e4", W1, "tokens", "SUM", "0.25", **TOKENS),
+            reading("b2", "e5", W1, "tokens", "SUM", "4", **TOKENS),
+            # e2 committed again by a second batch (a resumed zombie instance): counts once
+            reading("b2", "e2", W1, "tokens", "SUM", "3", **TOKENS),
+            *[reading("b2", f"c{i}", W1, "tool_calls", "COUNT", "1") for i in range(5, 8)],
+            reading("b2", "l3", W1, "latency_ms", "MIN", "7.125"),
+            reading("b2", "l4", W1, "latency_ms", "MIN", "90"),
+            reading("b2", "x2", W1, "context_tokens", "MAX", "64000"),
+            reading("b2", "u3", W1, "users", "UNIQUE_COUNT", "1", unique_value="alice"),
+            reading("b2", "s3", W1, "seats", "LATEST", "7", time_ms=2000),
+            reading("b2", "g1", M1, "tokens", "SUM", "0.000000001", customer="globex", window_secs=60),
         ],
         [
-            rollup("b3", W1, "tokens", "SUM", 100, "1000", "0.001", "999", **TOKENS),
-            rollup("b3", W2, "tokens", "SUM", 5, "50", "10", "10", **TOKENS),
+            # b3 has readings but no marker: a crash between the two writes. It counts nowhere.
+            reading("b3", "e9", W1, "tokens", "SUM", "1000", **TOKENS),
+            reading("b3", "w1", W2, "tokens", "SUM", "50", **TOKENS),
+            reading("b3", "s4", W1, "seats", "LATEST", "99", time_ms=9000),
         ],
     ],
     "charges": [
@@ -204,11 +218,13 @@ EXPECTED = {
         "rows": [
             # Ordered by every column, window_end (second) first decides: globex's 60 s window.
             ["globex", "tokens", "SUM", M1, "2026-11-01 10:01:00", "", "0.000000001", "1"],
-            # b1 + b2; b3's 100 events and 1000 tokens are not committed.
+            # b1 + b2; b3's readings are not committed.
             ["acme", "context_tokens", "MAX", W1, "2026-11-01 11:00:00", "", "128000.000000000", "2"],  # max(128000, 64000)
-            ["acme", "latency_ms", "MIN", W1, "2026-11-01 11:00:00", "", "7.125000000", "4"],  # min(12.5, 7.125)
-            ["acme", "tokens", "SUM", W1, "2026-11-01 11:00:00", "model=gpt-4o,kind=output", "14.750000000", "5"],  # 10.5 + 4.25
+            ["acme", "latency_ms", "MIN", W1, "2026-11-01 11:00:00", "", "7.125000000", "4"],  # min(12.5, 40, 7.125, 90)
+            ["acme", "seats", "LATEST", W1, "2026-11-01 11:00:00", "", "9.000000000", "3"],  # the value at time 3000
+            ["acme", "tokens", "SUM", W1, "2026-11-01 11:00:00", "model=gpt-4o,kind=output", "14.750000000", "5"],  # 1.5+3+6+0.25+4, e2 once
             ["acme", "tool_calls", "COUNT", W1, "2026-11-01 11:00:00", "", "7.000000000", "7"],  # 4 + 3 events
+            ["acme", "users", "UNIQUE_COUNT", W1, "2026-11-01 11:00:00", "", "2.000000000", "3"],  # alice, bob, alice
         ],
     },
     "v_charges": {
@@ -497,7 +513,9 @@ class Compat(unittest.TestCase):
                 text = engine.query(f"SELECT count() FROM v_usage WHERE window_start = '{W2}'")
                 self.assertEqual(text.strip(), "0")
                 total = engine.query("SELECT sum(event_count) FROM v_usage")
-                self.assertEqual(total.strip(), str(2 + 4 + 5 + 7 + 1))
+                self.assertEqual(total.strip(), str(1 + 2 + 4 + 3 + 5 + 7 + 3))
+                distinct = engine.query("SELECT count() FROM v_usage_readings")
+                self.assertEqual(distinct.strip(), "25", "each committed (customer, event_id, meter) once")
 
 
 if __name__ == "__main__":
