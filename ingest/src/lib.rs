@@ -9,6 +9,7 @@
 //! - [`event`]: building an outgoing CloudEvent.
 //! - [`gateway`]: the HTTP gateway (API keys, limits, per-event answers).
 //! - [`nats_auth`]: nats-server authorization confining each customer's agents.
+//! - [`pseudonym`]: replacing customer and agent ids by keyed hashes before storage.
 //! - [`sdk`]: the agent SDK: batched, bounded, retrying publishing with a graceful flush.
 //! - [`publisher`]: the bounded in-flight JetStream publisher.
 //! - [`synthetic`]: deterministic synthetic agents (LLM tokens and tool calls).
@@ -16,6 +17,7 @@
 pub mod event;
 pub mod gateway;
 pub mod nats_auth;
+pub mod pseudonym;
 pub mod publisher;
 pub mod sdk;
 pub mod synthetic;

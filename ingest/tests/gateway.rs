@@ -531,3 +531,54 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
     assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"));
     h.stop().await;
 }
+
+#[tokio::test]
+async fn with_a_pseudonym_key_only_keyed_hashes_of_customer_and_agent_are_stored() {
+    use tally_ingest::pseudonym::Pseudonymizer;
+    let key = [7u8; 32];
+    let h = Harness::start_mapped(
+        "gw_pseudonyms",
+        |_| {},
+        |gw| gw.with_pseudonyms(Pseudonymizer::new(&key).unwrap()),
+    )
+    .await;
+    let api_key = h.key("acme", &[]).await;
+    let body = event_with(
+        "p-1",
+        "acme",
+        "bot-1",
+        r#"{"tokens":"12.5","model":"gpt-4o"}"#,
+    );
+    let a = h
+        .http()
+        .await
+        .events(&api_key, "application/cloudevents+json", body)
+        .await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    let p = Pseudonymizer::new(&key).unwrap();
+    let acme = tally_domain::CustomerId::new("acme").unwrap();
+    let (customer, agent) = (
+        p.customer(&acme),
+        p.agent(&acme, &tally_domain::AgentId::new("bot-1").unwrap()),
+    );
+    let msg =
+        h.js.get_stream(&h.env.nats.stream)
+            .await
+            .unwrap()
+            .get_raw_message(1)
+            .await
+            .unwrap();
+    let stored = String::from_utf8(msg.payload.to_vec()).unwrap();
+    assert_eq!(
+        msg.subject.as_str(),
+        format!("{}.{customer}.{agent}", h.env.nats.subject_prefix)
+    );
+    assert!(
+        !stored.contains("acme") && !stored.contains("bot-1"),
+        "{stored}"
+    );
+    let e = tally_domain::UsageEvent::parse(stored.as_bytes(), 65536).unwrap();
+    assert_eq!((e.customer, e.agent), (customer, agent));
+    assert_eq!(e.data.get(), r#"{"tokens":"12.5","model":"gpt-4o"}"#);
+    h.stop().await;
+}

@@ -142,12 +142,18 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     streams::ensure(&js, &cfg.nats).await?;
     let db = store::connect(&cfg.clickhouse);
     let addr = cfg.ingest.listen()?;
-    let gw = Arc::new(gateway::Gateway::new(
-        cfg.ingest,
-        js,
-        &cfg.nats.subject_prefix,
-        Some(db),
-    ));
+    let pseudonyms = match cfg.ingest.pseudonym_key_file.as_str() {
+        "" => None,
+        path => Some(tally_ingest::pseudonym::Pseudonymizer::from_file(
+            std::path::Path::new(path),
+        )?),
+    };
+    let mut gw = gateway::Gateway::new(cfg.ingest, js, &cfg.nats.subject_prefix, Some(db));
+    if let Some(p) = pseudonyms {
+        tracing::info!("customer and agent ids are pseudonymized before publishing");
+        gw = gw.with_pseudonyms(p);
+    }
+    let gw = Arc::new(gw);
     let keys = gateway::server::load_keys(&gw)
         .await
         .context("loading API keys (run tally-migrate first)")?;

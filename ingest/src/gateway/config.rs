@@ -60,6 +60,11 @@ pub struct IngestConfig {
     /// Seconds between reloads of the API keys from ClickHouse. Default 10.
     #[serde(default = "default_key_refresh_secs")]
     pub key_refresh_secs: u64,
+    /// A file holding a hex key (at least 32 bytes): when set, customer and agent ids are
+    /// replaced by keyed hashes before publishing (see `tally_ingest::pseudonym`). Default
+    /// empty: ids are stored as sent.
+    #[serde(default)]
+    pub pseudonym_key_file: String,
 }
 
 fn default_listen_addr() -> String {
@@ -119,6 +124,7 @@ impl Default for IngestConfig {
             body_timeout_ms: default_body_timeout_ms(),
             connections_max: default_connections_max(),
             key_refresh_secs: default_key_refresh_secs(),
+            pseudonym_key_file: String::new(),
         }
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! One bad event never takes the others down: each gets its own result. Publishing awaits
 //! JetStream's ack for every event before answering, so `accepted` means stored and
-//! `duplicate` is the broker's own duplicate flag. It never alters an event's bytes.
+//! `duplicate` is the broker's own duplicate flag. It never alters an event's bytes, except
+//! `subject` and `source` when pseudonymization is on.
 
 use std::time::Instant;
 
@@ -110,13 +111,37 @@ async fn publish_one(
             e.to_string(),
         )
     })?;
-    let subject = usage_subject(&gw.subject_prefix, &event.customer, &event.agent);
+    let (subject, body) = match &gw.pseudonyms {
+        None => (
+            usage_subject(&gw.subject_prefix, &event.customer, &event.agent),
+            Bytes::copy_from_slice(raw),
+        ),
+        Some(p) => {
+            let (customer, agent) = (
+                p.customer(&event.customer),
+                p.agent(&event.customer, &event.agent),
+            );
+            let body = crate::pseudonym::rewrite(raw, &customer, &agent).map_err(|e| {
+                EventResult::rejected(
+                    index,
+                    Some(id.clone()),
+                    tally_domain::Reason::Malformed.code(),
+                    None,
+                    e.to_string(),
+                )
+            })?;
+            (
+                usage_subject(&gw.subject_prefix, &customer, &agent),
+                Bytes::from(body),
+            )
+        }
+    };
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", id.as_str());
     headers.insert("Content-Type", decode::SINGLE);
     let ack = gw
         .js
-        .publish_with_headers(subject, headers, Bytes::copy_from_slice(raw))
+        .publish_with_headers(subject, headers, body)
         .await
         .map_err(|e| EventResult {
             index,

@@ -40,6 +40,8 @@ pub struct Gateway {
     pub db: Option<clickhouse::Client>,
     pub keys: Arc<KeyRing>,
     pub limiter: RateLimiter,
+    /// Replaces customer and agent ids before publishing, when configured.
+    pub pseudonyms: Option<crate::pseudonym::Pseudonymizer>,
     /// When an unknown key id last triggered a reload: at most one such reload per
     /// [`MISS_RELOAD_INTERVAL`], so random key ids cannot hammer ClickHouse.
     last_miss_reload: tokio::sync::Mutex<Option<Instant>>,
@@ -71,8 +73,15 @@ impl Gateway {
             db,
             keys: Arc::new(KeyRing::default()),
             limiter,
+            pseudonyms: None,
             last_miss_reload: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// Publishes under keyed-hash pseudonyms of customer and agent ids.
+    pub fn with_pseudonyms(mut self, p: crate::pseudonym::Pseudonymizer) -> Self {
+        self.pseudonyms = Some(p);
+        self
     }
 
     /// Authenticates `authorization`; a well-formed key whose id is not in the ring (created

@@ -25,6 +25,15 @@ pub struct Harness {
 
 impl Harness {
     pub async fn start(test: &str, edit: impl FnOnce(&mut IngestConfig)) -> Harness {
+        Self::start_mapped(test, edit, |gw| gw).await
+    }
+
+    /// Like [`Harness::start`], with `map` applied to the gateway before it serves.
+    pub async fn start_mapped(
+        test: &str,
+        edit: impl FnOnce(&mut IngestConfig),
+        map: impl FnOnce(Gateway) -> Gateway,
+    ) -> Harness {
         let env = TestEnv::new(test).await;
         let mut cfg = IngestConfig {
             listen_addr: "127.0.0.1:0".into(),
@@ -37,12 +46,12 @@ impl Harness {
         let js = async_nats::jetstream::new(nats);
         streams::ensure(&js, &env.nats).await.expect("streams");
         let addr = cfg.listen().expect("addr");
-        let gw = Arc::new(Gateway::new(
+        let gw = Arc::new(map(Gateway::new(
             cfg,
             js.clone(),
             &env.nats.subject_prefix,
             Some(env.db()),
-        ));
+        )));
         let running = gateway::start(gw.clone(), addr, Shutdown::new())
             .await
             .expect("start");
