@@ -1,9 +1,10 @@
-//! The rater's HTTP API, version 1, JSON: the catalog as the rater validated it (plan
-//! versions, a customer's subscriptions) and the explanation of one charge. Read-only: the
-//! catalog is loaded from the configuration file (see docs/PRICING.md). The OpenAPI document
-//! is served at `/v1/openapi.json`.
+//! The rater's HTTP API, version 1, JSON: the stored catalog (plan versions, a customer's
+//! subscriptions, read per request), adding a plan version, and the explanation of one
+//! charge. The OpenAPI document is served at `/v1/openapi.json`.
 //!
-//! Routes: `GET /v1/plans`, `GET /v1/plans/{id}`, `GET /v1/customers/{id}/subscriptions`,
+//! Routes: `GET /v1/plans`, `POST /v1/plans` (a new plan version, validated against the
+//! stored catalog and appended; an identical re-post is 200, a changed existing version 409),
+//! `GET /v1/plans/{id}`, `GET /v1/customers/{id}/subscriptions`,
 //! `GET /v1/charges/{charge_id}/explain`, `GET /v1/openapi.json`.
 
 use std::convert::Infallible;
@@ -12,17 +13,19 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clickhouse::Client;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
-use tally_domain::{CustomerId, Meter};
+use tally_domain::CustomerId;
 use tally_platform::shutdown::Shutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::catalog::{Catalog, Plan, Subscription};
+use crate::catalog_store::{CatalogSource, CatalogStoreError};
+use crate::config::PlanSpec;
 use crate::explain::{self, ExplainError};
 use crate::pricing::Price;
 
@@ -30,11 +33,15 @@ use crate::pricing::Price;
 pub const CONNECTIONS_MAX: usize = 64;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What requests are answered from.
+/// Largest request body accepted (a plan version as JSON).
+pub const BODY_BYTES_MAX: usize = 1 << 20;
+
+/// What requests are answered from: the stored catalog, read per request.
 pub struct ApiState {
-    pub catalog: Catalog,
-    pub meters: Vec<Meter>,
+    pub source: CatalogSource,
     pub db: Client,
+    /// The clock for `recorded_at` of appended entries.
+    pub now_ms: fn() -> i64,
 }
 
 /// Serves until `shutdown`.
@@ -176,27 +183,43 @@ fn error(status: StatusCode, code: &str, detail: impl ToString) -> Response<Full
 }
 
 async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET {
-        return error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "read-only API: GET",
-        );
-    }
-    let path: Vec<&str> = req.uri().path().trim_matches('/').split('/').collect();
-    match path.as_slice() {
-        ["v1", "openapi.json"] => {
+    let path: Vec<String> = req
+        .uri()
+        .path()
+        .trim_matches('/')
+        .split('/')
+        .map(str::to_owned)
+        .collect();
+    let path: Vec<&str> = path.iter().map(String::as_str).collect();
+    match (req.method(), path.as_slice()) {
+        (&Method::POST, ["v1", "plans"]) => add_plan(state, req).await,
+        (&Method::GET, ["v1", "openapi.json"]) => {
             let doc: serde_json::Value =
                 serde_json::from_str(OPENAPI).unwrap_or(serde_json::Value::Null);
             json(StatusCode::OK, &doc)
         }
+        (&Method::GET, ["v1", "charges", charge_id, "explain"]) => {
+            explain_charge(state, charge_id).await
+        }
+        (&Method::GET, ["v1", ..]) => match state.source.current(&state.db).await {
+            Ok(catalog) => catalog_route(&catalog, &path),
+            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
+        },
+        (m, _) if m != Method::GET => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", m)
+        }
+        _ => error(StatusCode::NOT_FOUND, "not_found", req.uri().path()),
+    }
+}
+
+fn catalog_route(catalog: &Catalog, path: &[&str]) -> Response<Full<Bytes>> {
+    match path {
         ["v1", "plans"] => {
-            let plans: Vec<PlanView<'_>> = state.catalog.plans().map(plan_view).collect();
+            let plans: Vec<PlanView<'_>> = catalog.plans().map(plan_view).collect();
             json(StatusCode::OK, &plans)
         }
         ["v1", "plans", id] => {
-            let plans: Vec<PlanView<'_>> = state
-                .catalog
+            let plans: Vec<PlanView<'_>> = catalog
                 .plans()
                 .filter(|p| p.id == *id)
                 .map(plan_view)
@@ -214,16 +237,50 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>
             let Ok(customer) = CustomerId::new((*customer).to_owned()) else {
                 return error(StatusCode::BAD_REQUEST, "invalid_customer", customer);
             };
-            let subs: Vec<SubscriptionView<'_>> = state
-                .catalog
+            let subs: Vec<SubscriptionView<'_>> = catalog
                 .subscriptions_of(&customer)
                 .iter()
                 .map(subscription_view)
                 .collect();
             json(StatusCode::OK, &subs)
         }
-        ["v1", "charges", charge_id, "explain"] => explain_charge(state, charge_id).await,
-        _ => error(StatusCode::NOT_FOUND, "not_found", req.uri().path()),
+        _ => error(StatusCode::NOT_FOUND, "not_found", path.join("/")),
+    }
+}
+
+async fn add_plan(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let limited = http_body_util::Limited::new(req.into_body(), BODY_BYTES_MAX);
+    let bytes = match limited.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body_unreadable", e),
+    };
+    let plan: PlanSpec = match serde_json::from_slice(&bytes) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_plan", e),
+    };
+    let (id, version) = (plan.id.clone(), plan.version);
+    match state
+        .source
+        .add_plan(&state.db, plan, (state.now_ms)())
+        .await
+    {
+        Ok(added) => {
+            let appended = added.plans_appended == 1;
+            let status = if appended {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            json(
+                status,
+                &serde_json::json!({"id": id, "version": version, "appended": appended}),
+            )
+        }
+        Err(CatalogStoreError::Conflict { detail, .. }) => {
+            error(StatusCode::CONFLICT, "version_exists", detail)
+        }
+        Err(CatalogStoreError::Invalid(e)) => error(StatusCode::BAD_REQUEST, "invalid_plan", e),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
     }
 }
 
@@ -239,7 +296,7 @@ async fn explain_charge(state: &ApiState, charge_id: &str) -> Response<Full<Byte
         }
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
     };
-    let sums = explain::windows_sum_to_quantity(&state.meters, &charge.meter);
+    let sums = explain::windows_sum_to_quantity(&state.source.meters, &charge.meter);
     match explain::explain(&charge, windows, sums) {
         Ok(e) => json(StatusCode::OK, &e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "unreadable_charge", e),

@@ -11,7 +11,13 @@ use clickhouse::Client;
 use serde::{Deserialize, Serialize};
 use tally_platform::store::datetime_secs;
 
-use crate::config::{PlanSpec, SubscriptionSpec};
+use tally_domain::Meter;
+use tally_platform::ConfigError;
+
+use crate::catalog::Catalog;
+use crate::config::{PlanSpec, RaterConfig, SubscriptionSpec};
+use crate::fx::FxTable;
+use crate::tax::TaxTable;
 
 /// Why the stored catalog cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +27,9 @@ pub enum CatalogStoreError {
     /// The file changes an entry already stored.
     #[error("setting `{setting}`: {detail}")]
     Conflict { setting: String, detail: String },
+    /// The stored catalog (or an addition to it) is not valid.
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
     /// A stored body no longer parses.
     #[error("stored catalog entry {identity}: {detail}")]
     Unreadable { identity: String, detail: String },
@@ -206,4 +215,71 @@ pub async fn load(
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok((plans, subs))
+}
+
+/// What a catalog is built from besides the stored entries: the settings, meters and rates of
+/// the configuration file.
+#[derive(Debug, Clone)]
+pub struct CatalogSource {
+    pub rater: RaterConfig,
+    pub meters: Vec<Meter>,
+    pub taxes: TaxTable,
+    pub fx: FxTable,
+}
+
+impl CatalogSource {
+    /// The catalog as stored now.
+    pub async fn current(&self, db: &Client) -> Result<Catalog, CatalogStoreError> {
+        let (plans, subscriptions) = load(db).await?;
+        self.build(plans, subscriptions)
+    }
+
+    fn build(
+        &self,
+        plans: Vec<PlanSpec>,
+        subscriptions: Vec<SubscriptionSpec>,
+    ) -> Result<Catalog, CatalogStoreError> {
+        Ok(
+            Catalog::new(plans, subscriptions, &self.rater, &self.meters)?
+                .with_taxes(self.taxes.clone())?
+                .with_fx(self.fx.clone())?,
+        )
+    }
+
+    /// Appends a new plan version after checking it against everything stored (errors name
+    /// the field as `plan.prices[0].tiers`); an identical re-post is accepted as is.
+    pub async fn add_plan(
+        &self,
+        db: &Client,
+        plan: PlanSpec,
+        now_ms: i64,
+    ) -> Result<Bootstrapped, CatalogStoreError> {
+        let (mut plans, subscriptions) = load(db).await?;
+        let stored = plans
+            .iter()
+            .find(|p| p.id == plan.id && p.version == plan.version);
+        if stored.is_some_and(|p| body(p) != body(&plan)) {
+            return Err(CatalogStoreError::Conflict {
+                setting: "plan".into(),
+                detail: format!(
+                    "plan {} version {} is already stored with different content; versions are \
+                     immutable, a change must be a new version",
+                    plan.id, plan.version
+                ),
+            });
+        }
+        if stored.is_none() {
+            plans.insert(0, plan.clone());
+            self.build(plans, subscriptions).map_err(|e| match e {
+                CatalogStoreError::Invalid(ConfigError::Invalid { setting, detail }) => {
+                    CatalogStoreError::Invalid(ConfigError::Invalid {
+                        setting: setting.replacen("plans[0]", "plan", 1),
+                        detail,
+                    })
+                }
+                other => other,
+            })?;
+        }
+        bootstrap(db, std::slice::from_ref(&plan), &[], now_ms).await
+    }
 }

@@ -11,6 +11,7 @@ use clickhouse::Client;
 use tally_platform::shutdown::Shutdown;
 
 use crate::catalog::Catalog;
+use crate::catalog_store::CatalogSource;
 use crate::charge::{compute_with, Charge, ChargeError};
 use crate::config::RaterConfig;
 use crate::{metrics, store, usage};
@@ -77,10 +78,13 @@ pub async fn rate_once(
     Ok(report)
 }
 
-/// Rates every `interval_secs` until shutdown; a failed pass is logged and retried next time.
+/// Rates every `interval_secs` until shutdown, with the catalog as stored at each pass (so
+/// plan versions added through the API apply without a restart; if the stored catalog cannot
+/// be read, the last one is kept); a failed pass is logged and retried next time.
 pub async fn run(
     db: Client,
-    catalog: Catalog,
+    mut catalog: Catalog,
+    source: CatalogSource,
     cfg: RaterConfig,
     shutdown: Shutdown,
     now_ms: fn() -> i64,
@@ -91,6 +95,10 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {}
+        }
+        match source.current(&db).await {
+            Ok(c) => catalog = c,
+            Err(e) => tracing::warn!(error = %e, "keeping the last catalog"),
         }
         match rate_once(&db, &catalog, &cfg, now_ms()).await {
             Ok(r) => tracing::info!(

@@ -12,10 +12,24 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// GET `path`; (status, JSON body).
 async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, serde_json::Value) {
+    request(addr, "GET", path, "").await
+}
+
+/// `method` `path` with a JSON `body`; (status, JSON body).
+async fn request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
         .expect("connects");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
     s.write_all(req.as_bytes()).await.expect("writes");
     let mut text = String::new();
     s.read_to_string(&mut text).await.expect("reads");
@@ -31,10 +45,20 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, serde_json::Value)
 async fn the_api_shows_the_catalog_and_explains_a_stored_charge() {
     let env = tally_platform::testkit::TestEnv::new("rater_api").await;
     let db = env.db();
-    let c = catalog(
-        "USD",
-        r#"model = "graduated", tiers = [{ up_to = "100", unit_price = "0.02" }, { unit_price = "0.01" }]"#,
+    let price = r#"model = "graduated", tiers = [{ up_to = "100", unit_price = "0.02" }, { unit_price = "0.01" }]"#;
+    let c = catalog("USD", price);
+    let spec_text = format!(
+        "[[plans]]\nid = \"p\"\nversion = 1\ncurrency = \"USD\"\n\
+         effective_from = \"2026-01-01T00:00:00Z\"\nprices = [{{ meter = \"tokens\", {price} }}]\n"
     );
+    #[derive(serde::Deserialize)]
+    struct F {
+        plans: Vec<tally_rater::config::PlanSpec>,
+    }
+    let specs = toml::from_str::<F>(&spec_text).expect("TOML").plans;
+    tally_rater::catalog_store::bootstrap(&db, &specs, &[], 0)
+        .await
+        .expect("stored catalog");
     let charge = compute(&usage(d("150")), plan(&c))
         .expect("prices")
         .expect("priced");
@@ -47,9 +71,14 @@ async fn the_api_shows_the_catalog_and_explains_a_stored_charge() {
     let addr = listener.local_addr().expect("an address");
     let stop = tally_platform::shutdown::Shutdown::new();
     let state = Arc::new(ApiState {
-        catalog: c,
-        meters: common::meters(),
+        source: tally_rater::catalog_store::CatalogSource {
+            rater: tally_rater::RaterConfig::default(),
+            meters: common::meters(),
+            taxes: Default::default(),
+            fx: Default::default(),
+        },
         db,
+        now_ms: || 0,
     });
     let server = tokio::spawn(serve(listener, state, stop.clone()));
 
@@ -82,6 +111,47 @@ async fn the_api_shows_the_catalog_and_explains_a_stored_charge() {
         get(addr, "/v1/customers/acme/subscriptions").await.1,
         serde_json::json!([])
     );
+    // a new version through the API: validated against the stored catalog, appended once
+    let mut v2 = serde_json::to_value(&specs[0]).expect("JSON");
+    v2["version"] = 2.into();
+    v2["effective_from"] = "2026-06-01T00:00:00Z".into();
+    let (status, body) = request(addr, "POST", "/v1/plans", &v2.to_string()).await;
+    assert_eq!(
+        (status, &body["appended"]),
+        (201, &serde_json::json!(true)),
+        "{body}"
+    );
+    assert_eq!(
+        request(addr, "POST", "/v1/plans", &v2.to_string()).await.0,
+        200
+    );
+    assert_eq!(
+        get(addr, "/v1/plans/p").await.1.as_array().map(Vec::len),
+        Some(2)
+    );
+    let mut changed = v2.clone();
+    changed["prices"][0]["tiers"][0]["unit_price"] = "0.03".into();
+    let (status, body) = request(addr, "POST", "/v1/plans", &changed.to_string()).await;
+    assert_eq!(
+        (status, &body["code"]),
+        (409, &serde_json::json!("version_exists")),
+        "{body}"
+    );
+    let mut overlapping = v2.clone();
+    overlapping["version"] = 3.into();
+    overlapping["effective_from"] = "2026-07-01T00:00:00Z".into();
+    overlapping["prices"][0]["tiers"] = serde_json::json!([
+        {"up_to": "100", "unit_price": "1"}, {"up_to": "50", "unit_price": "1"}, {"unit_price": "1"}
+    ]);
+    let (status, body) = request(addr, "POST", "/v1/plans", &overlapping.to_string()).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("plan.prices[0].tiers")),
+        "{body}"
+    );
+
     let (status, doc) = get(addr, "/v1/openapi.json").await;
     assert_eq!((status, doc["openapi"].as_str()), (200, Some("3.0.3")));
 

@@ -72,6 +72,12 @@ async fn main() -> anyhow::Result<()> {
     .with_fx(fx.clone())?;
     telemetry::init_logs(&cfg.telemetry);
     let db = store::connect(&cfg.clickhouse);
+    let source = catalog_store::CatalogSource {
+        rater: cfg.rater.clone(),
+        meters: meters.clone(),
+        taxes: taxes.clone(),
+        fx: fx.clone(),
+    };
     let catalog = if command == "explain" {
         Catalog::default()
     } else {
@@ -81,11 +87,7 @@ async fn main() -> anyhow::Result<()> {
             subscriptions = added.subscriptions_appended,
             "catalog bootstrapped from the file"
         );
-        let (plans, subscriptions) = catalog_store::load(&db).await?;
-        Catalog::new(plans, subscriptions, &cfg.rater, &meters)
-            .context("the stored catalog")?
-            .with_taxes(taxes)?
-            .with_fx(fx)?
+        source.current(&db).await.context("the stored catalog")?
     };
     if command == "explain" {
         let id = args.raw("charge").context("explain needs a charge id")?;
@@ -133,12 +135,12 @@ async fn main() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("setting `rater.api_addr`: binding {addr}"))?;
         let state = std::sync::Arc::new(api::ApiState {
-            catalog: catalog.clone(),
-            meters: meters.clone(),
+            source: source.clone(),
             db: db.clone(),
+            now_ms,
         });
         tokio::spawn(api::serve(listener, state, shutdown.clone()));
     }
-    tally_rater::run::run(db, catalog, cfg.rater, shutdown, now_ms).await;
+    tally_rater::run::run(db, catalog, source, cfg.rater, shutdown, now_ms).await;
     Ok(())
 }
