@@ -44,6 +44,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const EXPIRE_EVERY: Duration = Duration::from_secs(60);
 const LAG_EVERY: Duration = Duration::from_secs(5);
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -141,6 +143,10 @@ pub async fn run(
         }
     }
     agg.flush(batch).await?;
+    // unsubscribe cleanly so the server stops delivering to this instance
+    if let Err(e) = agg.nats.drain().await {
+        tracing::debug!(error = %e, "draining the NATS connection");
+    }
     tracing::info!("aggregator stopped");
     Ok(())
 }
@@ -198,6 +204,10 @@ impl Aggregator<'_> {
         let messages = consumer
             .stream()
             .max_messages_per_batch(cfg.batch_max_events)
+            // short-lived pull requests: one left behind by a stopped instance soon expires
+            // instead of swallowing new messages until AckWait
+            .expires(PULL_EXPIRES)
+            .heartbeat(PULL_HEARTBEAT)
             .messages()
             .await
             .map_err(|e| consumer_err(&e))?;

@@ -268,3 +268,274 @@ async fn a_batch_committed_before_a_crash_is_not_counted_again() {
     agg.await.unwrap().unwrap();
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_spanning_two_partitions_counts_in_both_or_in_neither() {
+    let env = TestEnv::new("agg_two_partitions").await;
+    let p = env.nats.subject_prefix.clone();
+    let cfg = aggregator_config();
+    let classifier = Classifier::new(meters(), &p, &cfg);
+    // 00:00:30 on December 1st: one event from November's last minute, one from December's first
+    let now = chrono::DateTime::parse_from_rfc3339("2026-12-01T00:00:30Z")
+        .unwrap()
+        .timestamp_millis();
+    let body = |id: &str, time: &str, n: u32| {
+        event(
+            id,
+            "acme",
+            "bot",
+            "llm.tokens",
+            time,
+            &format!(r#"{{"tokens":{n},"model":"m","kind":"input"}}"#),
+        )
+    };
+    let mut batch = Batch::default();
+    for (i, b) in [
+        body("nov", "2026-11-30T23:59:45Z", 7),
+        body("dec", "2026-12-01T00:00:10Z", 11),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let acc = classifier
+            .classify(&format!("{p}.acme.bot"), b.as_bytes(), now)
+            .unwrap();
+        batch.add_accepted(acc, i as u64 + 1, cfg.window_secs);
+    }
+    let db = env.db();
+    // first attempt: rows land in both monthly partitions, then the marker is lost
+    sink::commit(
+        &db,
+        &batch,
+        classifier.meters(),
+        "attempt-1",
+        "aggregator",
+        cfg.window_secs,
+        now,
+    )
+    .await
+    .unwrap();
+    db.query("ALTER TABLE usage_batches DELETE WHERE batch_id = 'attempt-1'")
+        .execute()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let months = || async {
+        db.query("SELECT toString(toYYYYMM(window_start)), toString(sum(quantity)) FROM v_usage GROUP BY window_start ORDER BY window_start")
+            .fetch_all::<(String, String)>()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(m, q)| (m, q.parse::<rust_decimal::Decimal>().unwrap().normalize().to_string()))
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        months().await.is_empty(),
+        "neither month counts without the marker"
+    );
+    // the retry under a new batch id commits both
+    sink::commit(
+        &db,
+        &batch,
+        classifier.meters(),
+        "attempt-2",
+        "aggregator",
+        cfg.window_secs,
+        now,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        months().await,
+        vec![
+            ("202611".to_owned(), "7".to_owned()),
+            ("202612".to_owned(), "11".to_owned())
+        ]
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unique_count_and_latest_are_exact_across_windows_batches_and_restarts() {
+    use tally_domain::meter::{validate_meters, MeterSpec};
+    let env = TestEnv::new("agg_unique_latest").await;
+    let specs: Vec<MeterSpec> = serde_json::from_value(serde_json::json!([
+        {"slug": "active_users", "event_type": "session", "aggregation": "UNIQUE_COUNT", "value_property": "$.user"},
+        {"slug": "seats", "event_type": "seats", "aggregation": "LATEST", "value_property": "$.seats"}
+    ]))
+    .unwrap();
+    let meters = validate_meters(specs).unwrap();
+    let client = async_nats::connect(&env.nats.url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    tally_platform::streams::ensure(&js, &env.nats)
+        .await
+        .unwrap();
+    let p = env.nats.subject_prefix.clone();
+    let ten_min_ago = (Utc::now() - chrono::Duration::minutes(10)).timestamp();
+    let base =
+        chrono::DateTime::from_timestamp(ten_min_ago - ten_min_ago.rem_euclid(60), 0).unwrap(); // a window start
+    let at = |min: i64, sec: i64| {
+        (base + chrono::Duration::minutes(min) + chrono::Duration::seconds(sec)).to_rfc3339()
+    };
+    // users across three windows (u1 in all of them), seats changing; the last seats event is sent first
+    let sends = [
+        (
+            "s1",
+            event(
+                "s1",
+                "acme",
+                "bot",
+                "session",
+                &at(0, 1),
+                r#"{"user":"u1"}"#,
+            ),
+        ),
+        (
+            "s2",
+            event(
+                "s2",
+                "acme",
+                "bot",
+                "session",
+                &at(0, 2),
+                r#"{"user":"u2"}"#,
+            ),
+        ),
+        (
+            "s3",
+            event(
+                "s3",
+                "acme",
+                "bot",
+                "session",
+                &at(1, 1),
+                r#"{"user":"u1"}"#,
+            ),
+        ),
+        (
+            "s4",
+            event(
+                "s4",
+                "acme",
+                "bot",
+                "session",
+                &at(2, 1),
+                r#"{"user":"u1"}"#,
+            ),
+        ),
+        (
+            "s5",
+            event(
+                "s5",
+                "acme",
+                "bot",
+                "session",
+                &at(2, 2),
+                r#"{"user":"u3"}"#,
+            ),
+        ),
+        (
+            "k3",
+            event(
+                "k3",
+                "acme",
+                "bot",
+                "seats",
+                &at(0, 50),
+                r#"{"seats":"12"}"#,
+            ),
+        ),
+        (
+            "k1",
+            event("k1", "acme", "bot", "seats", &at(0, 10), r#"{"seats":"5"}"#),
+        ),
+        (
+            "k2",
+            event(
+                "k2",
+                "acme",
+                "bot",
+                "seats",
+                &at(0, 30),
+                r#"{"seats":"8.5"}"#,
+            ),
+        ),
+    ];
+    let run = |stop: Shutdown| {
+        let (db, nats_cfg, meters, url) = (
+            env.db(),
+            env.nats.clone(),
+            meters.clone(),
+            env.nats.url.clone(),
+        );
+        tokio::spawn(async move {
+            let client = async_nats::connect(&url).await.unwrap();
+            let cfg = tally_aggregator::AggregatorConfig {
+                ack_wait_secs: 5,
+                ..aggregator_config()
+            };
+            tally_aggregator::run(client, db, &nats_cfg, &cfg, meters, stop).await
+        })
+    };
+    // half the events, a restart, the rest and a re-send of each
+    for (id, body) in &sends[..4] {
+        publish_raw(&js, format!("{p}.acme.bot"), id, body.clone()).await;
+    }
+    let stop = Shutdown::new();
+    let first = run(stop.clone());
+    wait_drained(&env, "aggregator", Duration::from_secs(30)).await;
+    stop.cancel();
+    first.await.unwrap().unwrap();
+    for (id, body) in sends[4..].iter().chain(sends.iter()) {
+        publish_raw(
+            &js,
+            format!("{p}.acme.bot"),
+            &format!("{id}-again-{}", body.len()),
+            body.clone(),
+        )
+        .await;
+    }
+    let stop = Shutdown::new();
+    let second = run(stop.clone());
+    wait_drained(&env, "aggregator", Duration::from_secs(30)).await;
+
+    let db = env.db();
+    let users: u64 = db
+        .query("SELECT uniqExact(unique_value) FROM v_usage_readings WHERE meter = 'active_users'")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(users, 3, "u1, u2, u3 over the period");
+    let per_window: Vec<String> = db
+        .query("SELECT toString(quantity) FROM v_usage WHERE meter = 'active_users' ORDER BY window_start")
+        .fetch_all()
+        .await
+        .unwrap();
+    let per_window: Vec<String> = per_window
+        .iter()
+        .map(|q| {
+            q.parse::<rust_decimal::Decimal>()
+                .unwrap()
+                .normalize()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(per_window, vec!["2", "1", "2"], "distinct users per window");
+    let seats: String = db
+        .query("SELECT toString(quantity) FROM v_usage WHERE meter = 'seats'")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(
+        seats
+            .parse::<rust_decimal::Decimal>()
+            .unwrap()
+            .normalize()
+            .to_string(),
+        "12",
+        "the latest by event time"
+    );
+    stop.cancel();
+    second.await.unwrap().unwrap();
+    env.cleanup().await;
+}
