@@ -294,6 +294,26 @@ impl Catalog {
         self.subscription_at(customer, i64::MAX)
     }
 
+    /// The plan, billing cycle and start of the subscription covering `at_ms`, without
+    /// copying it (the fold's per-row lookup); same rules as [`Catalog::subscription_at`].
+    pub fn coverage_at(
+        &self,
+        customer: &CustomerId,
+        at_ms: i64,
+    ) -> Option<(&str, BillingCycle, i64)> {
+        let list = self
+            .subscriptions
+            .get(customer)
+            .map_or(&[][..], Vec::as_slice);
+        match list.iter().rev().find(|s| s.from_ms <= at_ms) {
+            Some(s) => Some((s.plan.as_str(), s.cycle, s.from_ms)),
+            None => self
+                .default_plan
+                .as_deref()
+                .map(|p| (p, BillingCycle::default(), i64::MIN)),
+        }
+    }
+
     /// The subscription covering `at_ms`; before a customer's first subscription (or without
     /// one), the default plan on a calendar-month cycle, untaxed.
     pub fn subscription_at(&self, customer: &CustomerId, at_ms: i64) -> Option<Subscription> {

@@ -91,15 +91,15 @@ pub fn fold(rows: &[UsageRow], catalog: &Catalog) -> (BTreeMap<UsageKey, MeterUs
             continue;
         };
         let start_ms = i64::from(row.window_start) * 1000;
-        let Some(sub) = catalog.subscription_at(&customer, start_ms) else {
+        let Some((plan_id, cycle, sub_from_ms)) = catalog.coverage_at(&customer, start_ms) else {
             skipped.no_subscription += 1;
             continue;
         };
-        let period = sub.cycle.period_containing(start_ms);
+        let period = cycle.period_containing(start_ms);
         // a subscription change inside the period splits it at the change
-        let segment_from_ms = period.start_ms.max(sub.from_ms);
+        let segment_from_ms = period.start_ms.max(sub_from_ms);
         let per_group = catalog
-            .plan_at(&sub.plan, segment_from_ms)
+            .plan_at(plan_id, segment_from_ms)
             .and_then(|p| p.prices.get(&meter))
             .is_some_and(|p| p.model.per_group());
         let (group_key, names, values) = if per_group {
