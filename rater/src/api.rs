@@ -4,6 +4,7 @@
 //!
 //! Routes: `GET /v1/plans`, `POST /v1/plans` (a new plan version, validated against the
 //! stored catalog and appended; an identical re-post is 200, a changed existing version 409),
+//! `POST /v1/subscriptions` (likewise; identity: customer and `effective_from`),
 //! `GET /v1/plans/{id}`, `GET /v1/customers/{id}/subscriptions`,
 //! `GET /v1/charges/{charge_id}/explain`, `GET /v1/openapi.json`.
 
@@ -24,8 +25,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::catalog::{Catalog, Plan, Subscription};
-use crate::catalog_store::{CatalogSource, CatalogStoreError};
-use crate::config::PlanSpec;
+use crate::catalog_store::{Bootstrapped, CatalogSource, CatalogStoreError};
+use crate::config::{PlanSpec, SubscriptionSpec};
 use crate::explain::{self, ExplainError};
 use crate::pricing::Price;
 
@@ -193,6 +194,7 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>
     let path: Vec<&str> = path.iter().map(String::as_str).collect();
     match (req.method(), path.as_slice()) {
         (&Method::POST, ["v1", "plans"]) => add_plan(state, req).await,
+        (&Method::POST, ["v1", "subscriptions"]) => add_subscription(state, req).await,
         (&Method::GET, ["v1", "openapi.json"]) => {
             let doc: serde_json::Value =
                 serde_json::from_str(OPENAPI).unwrap_or(serde_json::Value::Null);
@@ -248,24 +250,30 @@ fn catalog_route(catalog: &Catalog, path: &[&str]) -> Response<Full<Bytes>> {
     }
 }
 
-async fn add_plan(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// Reads a JSON body of at most [`BODY_BYTES_MAX`].
+async fn read_json<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+    code: &str,
+) -> Result<T, Response<Full<Bytes>>> {
     let limited = http_body_util::Limited::new(req.into_body(), BODY_BYTES_MAX);
-    let bytes = match limited.collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body_unreadable", e),
-    };
-    let plan: PlanSpec = match serde_json::from_slice(&bytes) {
-        Ok(p) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_plan", e),
-    };
-    let (id, version) = (plan.id.clone(), plan.version);
-    match state
-        .source
-        .add_plan(&state.db, plan, (state.now_ms)())
+    let bytes = limited
+        .collect()
         .await
-    {
+        .map_err(|e| error(StatusCode::PAYLOAD_TOO_LARGE, "body_unreadable", e))?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|e| error(StatusCode::BAD_REQUEST, code, e))
+}
+
+/// 201 when appended, 200 when an identical entry was stored; 409 on a changed entry.
+fn added_response(
+    added: Result<Bootstrapped, CatalogStoreError>,
+    appended_now: impl Fn(&Bootstrapped) -> bool,
+    invalid_code: &str,
+    identity: serde_json::Value,
+) -> Response<Full<Bytes>> {
+    match added {
         Ok(added) => {
-            let appended = added.plans_appended == 1;
+            let appended = appended_now(&added);
             let status = if appended {
                 StatusCode::CREATED
             } else {
@@ -273,15 +281,47 @@ async fn add_plan(state: &ApiState, req: Request<Incoming>) -> Response<Full<Byt
             };
             json(
                 status,
-                &serde_json::json!({"id": id, "version": version, "appended": appended}),
+                &serde_json::json!({"entry": identity, "appended": appended}),
             )
         }
         Err(CatalogStoreError::Conflict { detail, .. }) => {
             error(StatusCode::CONFLICT, "version_exists", detail)
         }
-        Err(CatalogStoreError::Invalid(e)) => error(StatusCode::BAD_REQUEST, "invalid_plan", e),
+        Err(CatalogStoreError::Invalid(e)) => error(StatusCode::BAD_REQUEST, invalid_code, e),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
     }
+}
+
+async fn add_plan(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let plan: PlanSpec = match read_json(req, "invalid_plan").await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let identity = serde_json::json!({"id": plan.id, "version": plan.version});
+    let added = state
+        .source
+        .add_plan(&state.db, plan, (state.now_ms)())
+        .await;
+    added_response(added, |a| a.plans_appended == 1, "invalid_plan", identity)
+}
+
+async fn add_subscription(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let sub: SubscriptionSpec = match read_json(req, "invalid_subscription").await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let identity =
+        serde_json::json!({"customer": sub.customer, "effective_from": sub.effective_from});
+    let added = state
+        .source
+        .add_subscription(&state.db, sub, (state.now_ms)())
+        .await;
+    added_response(
+        added,
+        |a| a.subscriptions_appended == 1,
+        "invalid_subscription",
+        identity,
+    )
 }
 
 async fn explain_charge(state: &ApiState, charge_id: &str) -> Response<Full<Bytes>> {

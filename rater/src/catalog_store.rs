@@ -246,6 +246,45 @@ impl CatalogSource {
         )
     }
 
+    /// Appends a subscription (a customer's plan from `effective_from` on) after checking it
+    /// against everything stored (errors name the field as `subscription.plan`); an identical
+    /// re-post is accepted as is.
+    pub async fn add_subscription(
+        &self,
+        db: &Client,
+        sub: SubscriptionSpec,
+        now_ms: i64,
+    ) -> Result<Bootstrapped, CatalogStoreError> {
+        let (plans, mut subscriptions) = load(db).await?;
+        let id = subscription_identity(&sub);
+        let stored = subscriptions
+            .iter()
+            .find(|s| subscription_identity(s) == id);
+        if stored.is_some_and(|s| body(s) != body(&sub)) {
+            return Err(CatalogStoreError::Conflict {
+                setting: "subscription".into(),
+                detail: format!(
+                    "the subscription of {} from {:?} is already stored with different content; \
+                     add one with a later effective_from instead",
+                    id.0, id.1
+                ),
+            });
+        }
+        if stored.is_none() {
+            subscriptions.insert(0, sub.clone());
+            self.build(plans, subscriptions).map_err(|e| match e {
+                CatalogStoreError::Invalid(ConfigError::Invalid { setting, detail }) => {
+                    CatalogStoreError::Invalid(ConfigError::Invalid {
+                        setting: setting.replacen("subscriptions[0]", "subscription", 1),
+                        detail,
+                    })
+                }
+                other => other,
+            })?;
+        }
+        bootstrap(db, &[], std::slice::from_ref(&sub), now_ms).await
+    }
+
     /// Appends a new plan version after checking it against everything stored (errors name
     /// the field as `plan.prices[0].tiers`); an identical re-post is accepted as is.
     pub async fn add_plan(

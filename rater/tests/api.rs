@@ -152,6 +152,35 @@ async fn the_api_shows_the_catalog_and_explains_a_stored_charge() {
         "{body}"
     );
 
+    // subscriptions likewise: validated against the stored plans, appended, immutable
+    let sub = serde_json::json!({"customer": "acme", "plan": "p",
+        "effective_from": "2026-03-01T00:00:00Z", "tax_exempt": false});
+    assert_eq!(
+        request(addr, "POST", "/v1/subscriptions", &sub.to_string())
+            .await
+            .0,
+        201
+    );
+    let subs = get(addr, "/v1/customers/acme/subscriptions").await.1;
+    assert_eq!(subs[0]["plan"], "p");
+    assert_eq!(subs[0]["effective_from"], "2026-03-01T00:00:00Z");
+    let mut other_plan = sub.clone();
+    other_plan["plan"] = "nope".into();
+    let (status, body) = request(addr, "POST", "/v1/subscriptions", &other_plan.to_string()).await;
+    assert_eq!(
+        status, 409,
+        "same customer and instant, different content: {body}"
+    );
+    other_plan["effective_from"] = "2026-04-01T00:00:00Z".into();
+    let (status, body) = request(addr, "POST", "/v1/subscriptions", &other_plan.to_string()).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("subscription.plan")),
+        "{body}"
+    );
+
     let (status, doc) = get(addr, "/v1/openapi.json").await;
     assert_eq!((status, doc["openapi"].as_str()), (200, Some("3.0.3")));
 
