@@ -272,15 +272,8 @@ impl CatalogSource {
         }
         if stored.is_none() {
             subscriptions.insert(0, sub.clone());
-            self.build(plans, subscriptions).map_err(|e| match e {
-                CatalogStoreError::Invalid(ConfigError::Invalid { setting, detail }) => {
-                    CatalogStoreError::Invalid(ConfigError::Invalid {
-                        setting: setting.replacen("subscriptions[0]", "subscription", 1),
-                        detail,
-                    })
-                }
-                other => other,
-            })?;
+            self.build(plans, subscriptions)
+                .map_err(|e| renamed(e, "subscriptions[0]", "subscription"))?;
         }
         bootstrap(db, &[], std::slice::from_ref(&sub), now_ms).await
     }
@@ -309,16 +302,23 @@ impl CatalogSource {
         }
         if stored.is_none() {
             plans.insert(0, plan.clone());
-            self.build(plans, subscriptions).map_err(|e| match e {
-                CatalogStoreError::Invalid(ConfigError::Invalid { setting, detail }) => {
-                    CatalogStoreError::Invalid(ConfigError::Invalid {
-                        setting: setting.replacen("plans[0]", "plan", 1),
-                        detail,
-                    })
-                }
-                other => other,
-            })?;
+            self.build(plans, subscriptions)
+                .map_err(|e| renamed(e, "plans[0]", "plan"))?;
         }
         bootstrap(db, std::slice::from_ref(&plan), &[], now_ms).await
+    }
+}
+
+/// An error about the entry validated at index 0 of the stored list, renamed after the
+/// request body (`plans[0].prices[1].tiers` -> `plan.prices[1].tiers`).
+fn renamed(e: CatalogStoreError, from: &str, to: &str) -> CatalogStoreError {
+    match e {
+        CatalogStoreError::Invalid(ConfigError::Invalid { setting, detail }) => {
+            CatalogStoreError::Invalid(ConfigError::Invalid {
+                setting: setting.replacen(from, to, 1),
+                detail,
+            })
+        }
+        other => other,
     }
 }
