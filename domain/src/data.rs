@@ -159,10 +159,10 @@ impl<'a> DataView<'a> {
             found: shorten(raw.get()),
         };
         let text = raw.get();
-        let number_text: String = if text.starts_with('"') {
-            serde_json::from_str::<String>(text).map_err(|_| not_number())?
+        let number_text: Cow<'_, str> = if text.starts_with('"') {
+            unquote(text).ok_or_else(not_number)?
         } else {
-            text.to_owned()
+            Cow::Borrowed(text)
         };
         parse_decimal(number_text.trim()).ok_or_else(not_number)
     }
@@ -176,9 +176,9 @@ impl<'a> DataView<'a> {
         let text = raw.get();
         match text.as_bytes().first() {
             Some(b'"') => {
-                serde_json::from_str::<String>(text)
-                    .map(Some)
-                    .map_err(|_| DataError::NotScalar {
+                unquote(text)
+                    .map(|t| Some(t.into_owned()))
+                    .ok_or_else(|| DataError::NotScalar {
                         path: path.to_string(),
                     })
             }
@@ -187,6 +187,16 @@ impl<'a> DataView<'a> {
             }),
             _ => Ok(Some(text.to_owned())),
         }
+    }
+}
+
+/// The contents of a JSON string literal: borrowed when it has no escapes.
+fn unquote(text: &str) -> Option<Cow<'_, str>> {
+    let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+    if inner.contains('\\') {
+        serde_json::from_str::<String>(text).ok().map(Cow::Owned)
+    } else {
+        Some(Cow::Borrowed(inner))
     }
 }
 
@@ -264,6 +274,14 @@ mod tests {
             v.decimal(&p("$.zz")),
             Err(DataError::Missing { .. })
         ));
+    }
+
+    #[test]
+    fn escaped_strings_are_decoded() {
+        let d = raw(r#"{"m":"a\"b\u00e9","q":"1\u0035"}"#);
+        let v = DataView::new(&d).unwrap();
+        assert_eq!(v.text(&p("$.m")).unwrap().as_deref(), Some("a\"b\u{e9}"));
+        assert_eq!(v.decimal(&p("$.q")).unwrap(), Decimal::from(15));
     }
 
     #[test]
