@@ -128,6 +128,7 @@ fn plan_view(p: &Plan) -> PlanView<'_> {
 struct SubscriptionView<'a> {
     plan: &'a str,
     billing_anchor_day: u32,
+    time_zone: &'static str,
     effective_from: Option<String>,
     effective_to: Option<String>,
     currency: Option<&'static str>,
@@ -137,10 +138,11 @@ struct SubscriptionView<'a> {
 }
 
 fn subscription_view(s: &Subscription) -> SubscriptionView<'_> {
-    let tally_domain::BillingCycle::Monthly { anchor_day } = s.cycle;
+    let tally_domain::BillingCycle::Monthly { anchor_day } = s.cycle.cycle;
     SubscriptionView {
         plan: &s.plan,
         billing_anchor_day: anchor_day,
+        time_zone: s.cycle.zone.map_or("UTC", |z| z.name()),
         effective_from: (s.from_ms != i64::MIN).then(|| rfc3339(s.from_ms)),
         effective_to: (s.to_ms != i64::MAX).then(|| rfc3339(s.to_ms)),
         currency: s.currency.map(|c| c.code()),

@@ -14,12 +14,14 @@ use crate::fx::FxTable;
 pub use crate::plan::Plan;
 use crate::pricing::discount::Coupon;
 use crate::tax::TaxTable;
+use crate::zone::ZonedCycle;
 
 /// A customer's subscription.
 #[derive(Debug, Clone)]
 pub struct Subscription {
     pub plan: String,
-    pub cycle: BillingCycle,
+    /// The billing cycle in the subscription's time zone.
+    pub cycle: ZonedCycle,
     /// In declaration order, the order they apply in.
     pub coupons: Vec<Coupon>,
     /// None: charges carry no tax.
@@ -124,6 +126,18 @@ impl Catalog {
             cycle
                 .validate()
                 .map_err(|e| ConfigError::invalid(setting("billing_anchor_day"), e))?;
+            let zone = s
+                .time_zone
+                .map(|z| {
+                    z.parse::<chrono_tz::Tz>().map_err(|_| {
+                        ConfigError::invalid(
+                            setting("time_zone"),
+                            format!("{z:?} is not an IANA time zone (e.g. Europe/Berlin)"),
+                        )
+                    })
+                })
+                .transpose()?;
+            let cycle = ZonedCycle { cycle, zone };
             let coupons = s
                 .coupons
                 .into_iter()
@@ -300,7 +314,7 @@ impl Catalog {
         &self,
         customer: &CustomerId,
         at_ms: i64,
-    ) -> Option<(&str, BillingCycle, i64)> {
+    ) -> Option<(&str, ZonedCycle, i64)> {
         let list = self
             .subscriptions
             .get(customer)
@@ -310,7 +324,7 @@ impl Catalog {
             None => self
                 .default_plan
                 .as_deref()
-                .map(|p| (p, BillingCycle::default(), i64::MIN)),
+                .map(|p| (p, BillingCycle::default().into(), i64::MIN)),
         }
     }
 
@@ -326,7 +340,7 @@ impl Catalog {
         }
         self.default_plan.clone().map(|plan| Subscription {
             plan,
-            cycle: BillingCycle::default(),
+            cycle: BillingCycle::default().into(),
             coupons: vec![],
             tax_region: None,
             tax_exempt: false,
@@ -425,6 +439,7 @@ mod tests {
             tax_exempt: false,
             effective_from: None,
             currency: None,
+            time_zone: None,
         };
         let err = Catalog::new(plans(TWO_VERSIONS), vec![sub], &rater, &meters())
             .unwrap_err()

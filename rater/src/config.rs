@@ -183,6 +183,10 @@ pub struct SubscriptionSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[serde(default)]
     pub currency: Option<String>,
+    /// IANA time zone of the billing periods (`Asia/Tokyo`); default UTC.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
+    pub time_zone: Option<String>,
 }
 
 /// `[[subscriptions.coupons]]`: a discount for a number of billing periods.

@@ -20,6 +20,7 @@
 //! - [`charge`]: a charge and how it is computed from usage (pure).
 //! - [`tax`]: tax rates by region and code, with effective dates.
 //! - [`fx`]: dated FX rates for billing in a currency a plan lacks.
+//! - [`zone`]: billing periods in a subscription's time zone.
 //! - [`usage`]: reading committed usage per customer, meter and period.
 //! - [`store`]: writing charges.
 //! - [`explain`]: one charge's usage, arithmetic, rounding, discounts and tax, checked.
@@ -41,6 +42,7 @@ pub mod run;
 pub mod store;
 pub mod tax;
 pub mod usage;
+pub mod zone;
 
 pub use catalog::Catalog;
 pub use config::RaterConfig;

@@ -386,6 +386,7 @@ fn a_plan_is_billed_in_another_currency_at_the_dated_rate_then_rounded_once() {
         tax_exempt: false,
         effective_from: None,
         currency: Some("EUR".into()),
+        time_zone: None,
     };
     let plans = || {
         toml::from_str::<F>(

@@ -134,3 +134,37 @@ fn two_subscriptions_from_the_same_instant_are_refused() {
     .to_string();
     assert!(err.contains("subscriptions[1].effective_from"), "{err}");
 }
+
+#[test]
+fn periods_follow_the_subscription_time_zone() {
+    let c = catalog(
+        r#"
+        [[subscriptions]]
+        customer = "acme"
+        plan = "basic"
+        time_zone = "Asia/Tokyo"
+        "#,
+    )
+    .expect("valid");
+    // 2026-01-31T15:00Z is February 1st, 00:00 in Tokyo: a new period
+    let jan_31_15h = 30 * 1440 + 15 * 60;
+    let rows = vec![
+        row("acme", "m", "input", jan_31_15h - 1, "1"),
+        row("acme", "m", "input", jan_31_15h, "1"),
+    ];
+    let (usages, _) = fold(&rows, &c);
+    let starts: Vec<i64> = usages.values().map(|u| u.period.start_ms).collect();
+    let tokyo_feb_1 = JAN_2026_MS + 31 * 86_400_000 - 9 * 3_600_000;
+    assert_eq!(starts, vec![JAN_2026_MS - 9 * 3_600_000, tokyo_feb_1]);
+    let err = catalog(
+        r#"
+        [[subscriptions]]
+        customer = "acme"
+        plan = "basic"
+        time_zone = "Mars/Olympus"
+        "#,
+    )
+    .expect_err("unknown zone")
+    .to_string();
+    assert!(err.contains("subscriptions[0].time_zone"), "{err}");
+}

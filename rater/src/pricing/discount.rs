@@ -6,9 +6,10 @@
 //! (one charge per meter, or each group of a price book).
 
 use rust_decimal::Decimal;
-use tally_domain::{BillingCycle, MeterSlug, Period};
+use tally_domain::{MeterSlug, Period};
 
 use super::{LineKind, TierUse};
+use crate::zone::ZonedCycle;
 
 /// How much a coupon takes off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +44,7 @@ pub const PERIODS_MAX: u32 = 1200;
 
 impl Coupon {
     /// Whether the coupon discounts charges of `meter` in `period` of `cycle`.
-    pub fn applies(&self, cycle: &BillingCycle, period: &Period, meter: &MeterSlug) -> bool {
+    pub fn applies(&self, cycle: &ZonedCycle, period: &Period, meter: &MeterSlug) -> bool {
         if self.meter.as_ref().is_some_and(|m| m != meter) {
             return false;
         }
@@ -134,7 +135,7 @@ mod tests {
 
     #[test]
     fn durations_count_billing_periods_from_the_one_containing_the_start() {
-        let cycle = BillingCycle::default();
+        let cycle: ZonedCycle = tally_domain::BillingCycle::default().into();
         let jan = cycle.period_containing(1_768_000_000_000);
         let feb = cycle.next(&jan);
         let mar = cycle.next(&feb);
