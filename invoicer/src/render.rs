@@ -21,18 +21,9 @@ pub fn text(inv: &Invoice) -> String {
     );
     for l in &inv.lines {
         let arithmetic = match l.tiers.as_array() {
-            Some(tiers) if l.price_model != "per_unit" => tiers
-                .iter()
-                .map(|t| {
-                    format!(
-                        "{} x {} = {}",
-                        field(t, "quantity"),
-                        field(t, "unit_price"),
-                        field(t, "amount")
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(" + "),
+            Some(parts) if !parts.is_empty() => {
+                parts.iter().map(part).collect::<Vec<_>>().join(" + ")
+            }
             _ => format!("{} x {}", l.quantity.normalize(), l.unit_price),
         };
         let _ = writeln!(
@@ -47,6 +38,27 @@ pub fn text(inv: &Invoice) -> String {
         "total", inv.total, inv.currency, inv.due_date
     );
     out
+}
+
+/// One step of a line's arithmetic: a tier (`quantity x price = amount`) or an adjustment
+/// such as a discount (`LAUNCH10 -19.45`).
+fn part(t: &serde_json::Value) -> String {
+    match t.get("kind").and_then(|k| k.as_str()) {
+        Some(kind) => {
+            let label = t
+                .get("label")
+                .and_then(|l| l.as_str())
+                .filter(|l| !l.is_empty())
+                .unwrap_or(kind);
+            format!("{label} {}", field(t, "amount"))
+        }
+        None => format!(
+            "{} x {} = {}",
+            field(t, "quantity"),
+            field(t, "unit_price"),
+            field(t, "amount")
+        ),
+    }
 }
 
 fn field(v: &serde_json::Value, name: &str) -> String {
@@ -86,5 +98,29 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("2.75 USD"), "{text}");
+    }
+
+    #[test]
+    fn shows_discounts_by_their_label() {
+        let charge = ChargeLine {
+            charge_id: "chg_2".into(),
+            customer: "acme".into(),
+            period: Period { start_ms: 0, end_ms: 1000 },
+            meter: "llm_tokens".into(),
+            group_key: "{}".into(),
+            plan_id: "p".into(),
+            plan_version: 1,
+            price_model: "per_unit".into(),
+            currency: "JPY".into(),
+            quantity: Decimal::from(486_197),
+            unit_price: "0.0004".into(),
+            tiers_json: r#"[{"quantity":"486197","unit_price":"0.0004","amount":"194.4788"},{"kind":"discount","label":"LAUNCH10","quantity":"0","unit_price":"-19.447880","amount":"-19.447880"}]"#.into(),
+            amount_minor: 175,
+        };
+        let text = text(&build(&[charge], 0, 0, 30).unwrap());
+        assert!(
+            text.contains("486197 x 0.0004 = 194.4788 + LAUNCH10 -19.447880"),
+            "{text}"
+        );
     }
 }
