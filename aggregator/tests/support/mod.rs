@@ -5,18 +5,15 @@
 
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use tally_platform::own_server;
 
-/// A free TCP port on 127.0.0.1 (bound and released).
+/// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    own_server::free_port().expect("a free port")
 }
 
 fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
@@ -51,13 +48,7 @@ fn http_ok(port: u16, path: &str) -> bool {
 }
 
 fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "tally-{tag}-{}-{}",
-        std::process::id(),
-        free_port()
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
+    own_server::temp_dir(tag).expect("temp dir")
 }
 
 /// A nats-server with JetStream.
@@ -101,7 +92,9 @@ impl Nats {
             self.extra
         );
         std::fs::write(&conf, text).expect("nats.conf");
-        let child = Command::new("nats-server")
+        let binary =
+            own_server::find_binary("nats-server").unwrap_or_else(|| PathBuf::from("nats-server"));
+        let child = Command::new(binary)
             .arg("-c")
             .arg(&conf)
             .stdout(Stdio::null())
@@ -243,12 +236,9 @@ impl ClickHouse {
     }
 }
 
-fn clickhouse_server() -> &'static Path {
-    ["/usr/bin/clickhouse-server", "/usr/sbin/clickhouse-server"]
-        .iter()
-        .map(Path::new)
-        .find(|p| p.exists())
-        .unwrap_or(Path::new("clickhouse-server"))
+fn clickhouse_server() -> PathBuf {
+    own_server::find_binary("clickhouse-server")
+        .unwrap_or_else(|| PathBuf::from("clickhouse-server"))
 }
 
 impl Drop for ClickHouse {
