@@ -9,20 +9,14 @@ use tally_domain::{UsageEvent, Window};
 
 use crate::classify::{Accepted, Rejection};
 
-/// One meter's reading of an accepted event, in its window.
-#[derive(Debug)]
-pub struct WindowedReading {
-    /// Index into the classifier's meters.
-    pub meter: usize,
-    pub window: Window,
-    pub reading: MeterReading,
-}
-
 /// An accepted event, its readings and where it came from.
 #[derive(Debug)]
 pub struct AcceptedEvent {
     pub event: UsageEvent,
-    pub readings: Vec<WindowedReading>,
+    /// The tumbling window of the event time (every reading of the event lies in it).
+    pub window: Window,
+    /// `(index into the classifier's meters, reading)`.
+    pub readings: Vec<(usize, MeterReading)>,
     pub payload_hash: u64,
     pub stream_seq: u64,
 }
@@ -78,19 +72,11 @@ impl Batch {
     /// Assigns an accepted event's readings to their tumbling windows and keeps it.
     pub fn add_accepted(&mut self, acc: Accepted, stream_seq: u64, window_secs: u32) {
         let window = Window::containing(acc.event.time_ms, window_secs);
-        let readings = acc
-            .readings
-            .into_iter()
-            .map(|(meter, reading)| WindowedReading {
-                meter,
-                window,
-                reading,
-            })
-            .collect();
         self.note_seq(stream_seq);
         self.events.push(AcceptedEvent {
             event: acc.event,
-            readings,
+            window,
+            readings: acc.readings,
             payload_hash: acc.payload_hash,
             stream_seq,
         });

@@ -138,23 +138,23 @@ pub async fn commit(
     let readings: Vec<ReadingRow<'_>> = batch
         .events
         .iter()
-        .flat_map(|a| a.readings.iter().map(move |r| (a, r)))
-        .map(|(a, r)| {
-            let meter = &meters[r.meter];
+        .flat_map(|a| a.readings.iter().map(move |(m, r)| (a, *m, r)))
+        .map(|(a, m, r)| {
+            let meter = &meters[m];
             ReadingRow {
                 customer: a.event.customer.as_str(),
                 agent: a.event.agent.as_str(),
                 event_id: a.event.id.as_str(),
                 meter: meter.slug.as_str(),
                 aggregation: meter.aggregation.as_str(),
-                window_start: datetime_secs(r.window.start_ms),
+                window_start: datetime_secs(a.window.start_ms),
                 window_secs,
                 time_ms: a.event.time_ms,
-                group_names: &group_names[r.meter],
-                group_values: &r.reading.group_values,
-                group_key: group_key(&group_names[r.meter], &r.reading.group_values),
-                value: r.reading.value,
-                unique_value: &r.reading.unique_value,
+                group_names: &group_names[m],
+                group_values: &r.group_values,
+                group_key: group_key(&group_names[m], &r.group_values),
+                value: r.value,
+                unique_value: &r.unique_value,
                 batch_id,
                 inserted_at: now,
             }

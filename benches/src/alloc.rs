@@ -1,7 +1,10 @@
-//! A global allocator wrapper that counts live heap bytes, so a benchmark can measure what a
+//! A global allocator wrapper (over mimalloc, as in the services) that counts live heap bytes, so a benchmark can measure what a
 //! data structure really holds (capacity and hash-table overhead included).
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
+
+/// The allocator the services use (see `tally-aggregator`), so figures match production.
+use mimalloc::MiMalloc as Inner;
 use std::sync::atomic::{AtomicIsize, Ordering};
 
 /// Counts live bytes allocated through it; install with `#[global_allocator]`.
@@ -12,14 +15,14 @@ static LIVE: AtomicIsize = AtomicIsize::new(0);
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.alloc(layout) }
+        // SAFETY: forwarded unchanged to the inner allocator.
+        unsafe { Inner.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.dealloc(ptr, layout) }
+        // SAFETY: forwarded unchanged to the inner allocator.
+        unsafe { Inner.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
@@ -27,8 +30,8 @@ unsafe impl GlobalAlloc for Counting {
             new_size as isize - layout.size() as isize,
             Ordering::Relaxed,
         );
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.realloc(ptr, layout, new_size) }
+        // SAFETY: forwarded unchanged to the inner allocator.
+        unsafe { Inner.realloc(ptr, layout, new_size) }
     }
 }
 
