@@ -90,12 +90,14 @@ pub fn run(events: usize, batch: usize) -> CpuReport {
 
 /// Live heap bytes the committed dedup set holds per id, for `ids` ids.
 pub fn dedup_bytes_per_id(ids: usize) -> f64 {
+    crate::alloc::counting(true);
     let before = crate::alloc::live_bytes();
     let mut dedup = Dedup::new();
     for i in 0..ids {
         dedup.insert_committed(event_key("customer-1", &format!("id-{i}")), i as u64, 0);
     }
     let after = crate::alloc::live_bytes();
+    crate::alloc::counting(false);
     std::hint::black_box(&dedup);
     (after - before) as f64 / ids as f64
 }

@@ -5,31 +5,42 @@ use std::alloc::{GlobalAlloc, Layout};
 
 /// The allocator the services use (see `tally-aggregator`), so figures match production.
 use mimalloc::MiMalloc as Inner;
-use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 
 /// Counts live bytes allocated through it; install with `#[global_allocator]`.
 pub struct Counting;
 
 static LIVE: AtomicIsize = AtomicIsize::new(0);
+/// Counting costs an atomic read-modify-write per allocation, so it is on only while a
+/// memory figure is measured ([`counting`]), never during timed runs.
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Turns counting on or off.
+pub fn counting(on: bool) {
+    ENABLED.store(on, Ordering::SeqCst);
+}
+
+fn add(bytes: isize) {
+    if ENABLED.load(Ordering::Relaxed) {
+        LIVE.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        add(layout.size() as isize);
         // SAFETY: forwarded unchanged to the inner allocator.
         unsafe { Inner.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        add(-(layout.size() as isize));
         // SAFETY: forwarded unchanged to the inner allocator.
         unsafe { Inner.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
+        add(new_size as isize - layout.size() as isize);
         // SAFETY: forwarded unchanged to the inner allocator.
         unsafe { Inner.realloc(ptr, layout, new_size) }
     }
