@@ -104,17 +104,17 @@ async fn insert_rows<'r, T: clickhouse::RowWrite>(
     Ok(())
 }
 
-/// Writes the batch's events and readings under `batch_id`, then its marker. `Ok` means the
-/// batch is durably committed and visible.
-pub async fn commit(
+/// Writes the batch's events and readings under `batch_id`, without a marker, so they do not
+/// count yet; returns the number of readings. [`commit`] calls it before writing the marker;
+/// the insert benchmark uses it as the plain-insert baseline.
+pub async fn write_rows(
     db: &Client,
     batch: &Batch,
     meters: &[Meter],
     batch_id: &str,
-    consumer: &str,
     window_secs: u32,
     now_ms: i64,
-) -> Result<(), CommitError> {
+) -> Result<usize, CommitError> {
     let now = datetime_secs(now_ms);
     let events: Vec<EventRow<'_>> = batch
         .events
@@ -162,6 +162,22 @@ pub async fn commit(
         .collect();
     let reading_count = readings.len();
     insert_rows::<ReadingRow<'static>>(db, "usage_readings", readings).await?;
+    Ok(reading_count)
+}
+
+/// Writes the batch's events and readings under `batch_id`, then its marker. `Ok` means the
+/// batch is durably committed and visible.
+pub async fn commit(
+    db: &Client,
+    batch: &Batch,
+    meters: &[Meter],
+    batch_id: &str,
+    consumer: &str,
+    window_secs: u32,
+    now_ms: i64,
+) -> Result<(), CommitError> {
+    let reading_count = write_rows(db, batch, meters, batch_id, window_secs, now_ms).await?;
+    let now = datetime_secs(now_ms);
     let marker = MarkerRow {
         batch_id,
         consumer,

@@ -8,12 +8,14 @@
 //! - [`aggregator_cpu`]: parse + validate + dedup + window per event, in process.
 //! - [`pipeline`]: end-to-end throughput against raw JetStream, and latency to `v_usage`.
 //! - [`invoicing`]: one invoicing pass over many customers.
+//! - [`insert`]: the aggregator's ClickHouse commit against a plain insert of the same rows.
 //! - [`gateway`]: HTTP gateway batches into JetStream against the direct publisher.
 //! - [`rating`]: usage rows folded and priced into charges per second, in process.
 
 pub mod aggregator_cpu;
 pub mod alloc;
 pub mod gateway;
+pub mod insert;
 pub mod invoicing;
 pub mod pipeline;
 pub mod rating;

@@ -57,7 +57,8 @@ pub fn messages(prefix: &str, n: usize, duplicate_share: f64) -> Vec<Message> {
     out
 }
 
-fn meters() -> Vec<tally_domain::Meter> {
+/// The AI-agent meters of `config/tally.toml`: tokens by model and kind, tool calls by tool.
+pub fn meters() -> Vec<tally_domain::Meter> {
     let specs: Vec<MeterSpec> = serde_json::from_value(serde_json::json!([
         {"slug": "llm_tokens", "event_type": "llm.tokens", "aggregation": "SUM",
          "value_property": "$.tokens", "group_by": {"model": "$.model", "kind": "$.kind"}},

@@ -5,9 +5,11 @@
 //! ingest throughput through the HTTP gateway against the direct publisher (needs the stack),
 //! or `... pipeline [--events 200000] [--duplicate-share 0.05] [--latency-events 20000]` for
 //! end-to-end throughput against raw JetStream and publish-to-visible latency (needs the
-//! stack), or `... invoicer [--customers 10000] [--meters 10]` for one invoicing pass.
+//! stack), or `... invoicer [--customers 10000] [--meters 10]` for one invoicing pass, or
+//! `... insert [--events 100000] [--batch 5000]` for the ClickHouse commit against a plain
+//! insert of the same rows (needs the stack).
 
-use tally_benches::{aggregator_cpu, alloc, gateway, invoicing, pipeline, rating};
+use tally_benches::{aggregator_cpu, alloc, gateway, insert, invoicing, pipeline, rating};
 use tally_platform::args::Args;
 
 #[global_allocator]
@@ -25,6 +27,9 @@ fn main() -> anyhow::Result<()> {
     }
     if std::env::args().nth(1).as_deref() == Some("invoicer") {
         return invoicer_bench();
+    }
+    if std::env::args().nth(1).as_deref() == Some("insert") {
+        return insert_bench();
     }
     let args = Args::parse(std::env::args().skip(1), &["events", "ids"])?;
     let events: usize = args.get("events", 1_000_000)?;
@@ -135,6 +140,26 @@ fn invoicer_bench() -> anyhow::Result<()> {
         println!("| scenario | figure | target |");
         println!("|---|---|---|");
         println!("| invoicer: {customers} customers x {meters} meters, one period | {invoices} invoices in {secs:.2} s | <= 10 s |");
+        Ok::<_, anyhow::Error>(())
+    })
+}
+
+/// `tally-bench insert`: the aggregator's commit against a plain insert of the same rows.
+fn insert_bench() -> anyhow::Result<()> {
+    let args = Args::parse(std::env::args().skip(2), &["events", "batch"])?;
+    let events: usize = args.get("events", 100_000)?;
+    let batch: usize = args.get("batch", 5000)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let env = tally_platform::testkit::TestEnv::new("bench_insert").await;
+        let (plain, ours, rows) = insert::run(&env, events, batch).await?;
+        env.cleanup().await;
+        println!("| scenario | baseline | ours | ratio |");
+        println!("|---|---|---|---|");
+        println!(
+            "| ClickHouse insert, {events} events = {rows} event and reading rows in batches of {batch} | plain insert, no marker: {plain:.0} rows/s | commit with marker: {ours:.0} rows/s | {:.2} |",
+            ours / plain
+        );
         Ok::<_, anyhow::Error>(())
     })
 }
