@@ -6,6 +6,20 @@
 //! new migration instead). Statements are separated by `;` at the end of a line and must be
 //! idempotent (`IF NOT EXISTS`), so two runners racing are harmless. The SQL must run on
 //! ClickHouse 18.16 and on current releases (see DESIGN.md section 3).
+//!
+//! # Engine-conditional migrations
+//! A migration whose first line is `-- requires: <capability>` is applied only on servers that
+//! have the capability; elsewhere it is recorded in `schema_migrations_skipped` (version, name,
+//! checksum, reason, time) and not in `schema_migrations`, so a later run against a server that
+//! has it (an upgrade) applies it then. The one capability is [`Requirement::SqlRbac`]
+//! (`sql_rbac`): SQL users, roles and grants, ClickHouse 20.5 and later, judged from
+//! `SELECT version()`. An unknown capability is an error, never a silent skip.
+//!
+//! # Placeholders
+//! Statements run in the configured database, so tables are named unqualified. Where a
+//! statement must name the database itself (`GRANT ... ON tally.*`), the file writes
+//! `{database}` and the runner substitutes the configured name (validated as
+//! `[A-Za-z_][A-Za-z0-9_]*`) before executing; the checksum covers the file as written.
 
 use clickhouse::Client;
 
@@ -40,7 +54,71 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(6, "0006_charge_discounts_and_tax.sql"),
     migration!(7, "0007_charge_fx.sql"),
     migration!(8, "0008_catalog.sql"),
+    migration!(9, "0009_service_roles.sql"),
 ];
+
+/// A capability a migration needs from the server (its `-- requires:` header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requirement {
+    /// SQL users, roles and grants: ClickHouse 20.5 and later (18.16 has only users.xml).
+    SqlRbac,
+}
+
+impl Requirement {
+    /// The name used in the header.
+    pub fn name(self) -> &'static str {
+        match self {
+            Requirement::SqlRbac => "sql_rbac",
+        }
+    }
+
+    /// Whether a server of `version` has the capability.
+    pub fn met_by(self, version: ServerVersion) -> bool {
+        match self {
+            Requirement::SqlRbac => (version.major, version.minor) >= (20, 5),
+        }
+    }
+}
+
+/// A ClickHouse server's `major.minor`, from `SELECT version()` (`18.16.1`, `26.9.2.1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerVersion {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl ServerVersion {
+    /// Parses the text of `SELECT version()`; `None` when it is not `<major>.<minor>...`.
+    pub fn parse(text: &str) -> Option<ServerVersion> {
+        let mut parts = text.trim().split('.');
+        let major = parts.next()?.parse().ok()?;
+        let minor = parts.next()?.parse().ok()?;
+        Some(ServerVersion { major, minor })
+    }
+}
+
+/// The header prefix that makes a migration conditional.
+pub const REQUIRES_HEADER: &str = "-- requires:";
+
+/// The capability `sql` requires, from its first line (`-- requires: sql_rbac`), if any.
+pub fn requirement(name: &str, sql: &str) -> Result<Option<Requirement>, MigrateError> {
+    let first = sql.lines().next().unwrap_or("").trim();
+    let Some(value) = first.strip_prefix(REQUIRES_HEADER) else {
+        return Ok(None);
+    };
+    match value.trim() {
+        "sql_rbac" => Ok(Some(Requirement::SqlRbac)),
+        other => Err(MigrateError::UnknownRequirement {
+            name: name.to_owned(),
+            requirement: other.to_owned(),
+        }),
+    }
+}
+
+/// `stmt` with every `{database}` replaced by `database`.
+pub fn substitute(stmt: &str, database: &str) -> String {
+    stmt.replace("{database}", database)
+}
 
 /// Why migrating failed.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +135,10 @@ pub enum MigrateError {
         applied: String,
         current: String,
     },
+    #[error("migration {name} requires {requirement:?}, which is not a known capability (known: sql_rbac)")]
+    UnknownRequirement { name: String, requirement: String },
+    #[error("the server's version {0:?} is not <major>.<minor>...")]
+    Version(String),
 }
 
 /// The statements of one migration file, comments stripped.
@@ -109,14 +191,30 @@ struct AppliedRow<'a> {
     applied_at: u32,
 }
 
+#[derive(clickhouse::Row, serde::Serialize)]
+struct SkippedRow<'a> {
+    version: u32,
+    name: &'a str,
+    checksum: String,
+    reason: String,
+    skipped_at: u32,
+}
+
 fn ch(context: impl Into<String>) -> impl FnOnce(clickhouse::error::Error) -> MigrateError {
     let context = context.into();
     move |source| MigrateError::ClickHouse { context, source }
 }
 
-/// Creates the database if needed and applies every pending migration. Returns the versions
-/// applied by this call (empty when already up to date).
-pub async fn apply(cfg: &ClickHouseConfig) -> Result<Vec<u32>, MigrateError> {
+fn now_secs() -> u32 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    u32::try_from(now).unwrap_or(u32::MAX)
+}
+
+/// Creates the database and the bookkeeping tables if needed.
+async fn prepare(cfg: &ClickHouseConfig) -> Result<Client, MigrateError> {
     let server = store::server(cfg);
     server
         .query(&format!("CREATE DATABASE IF NOT EXISTS {}", cfg.database))
@@ -131,11 +229,41 @@ pub async fn apply(cfg: &ClickHouseConfig) -> Result<Vec<u32>, MigrateError> {
     .execute()
     .await
     .map_err(ch("create schema_migrations"))?;
+    db.query(
+        "CREATE TABLE IF NOT EXISTS schema_migrations_skipped (version UInt32, name String, checksum String, reason String, skipped_at DateTime) \
+         ENGINE = MergeTree() ORDER BY version",
+    )
+    .execute()
+    .await
+    .map_err(ch("create schema_migrations_skipped"))?;
+    Ok(db)
+}
+
+async fn server_version(db: &Client) -> Result<ServerVersion, MigrateError> {
+    let text: String = db
+        .query("SELECT version()")
+        .fetch_one()
+        .await
+        .map_err(ch("read the server version"))?;
+    ServerVersion::parse(&text).ok_or(MigrateError::Version(text))
+}
+
+/// Creates the database if needed and applies every pending migration. Returns the versions
+/// applied by this call (empty when already up to date); migrations skipped because the
+/// server lacks what they require are recorded in `schema_migrations_skipped` and logged.
+pub async fn apply(cfg: &ClickHouseConfig) -> Result<Vec<u32>, MigrateError> {
+    let db = prepare(cfg).await?;
     let applied: Vec<Applied> = db
         .query("SELECT version, any(checksum) FROM schema_migrations GROUP BY version ORDER BY version")
         .fetch_all()
         .await
         .map_err(ch("read schema_migrations"))?;
+    let skipped: Vec<u32> = db
+        .query("SELECT DISTINCT version FROM schema_migrations_skipped ORDER BY version")
+        .fetch_all()
+        .await
+        .map_err(ch("read schema_migrations_skipped"))?;
+    let mut version = None;
     let mut done = Vec::new();
     for m in MIGRATIONS {
         let current = checksum(m.sql);
@@ -150,23 +278,68 @@ pub async fn apply(cfg: &ClickHouseConfig) -> Result<Vec<u32>, MigrateError> {
             }
             continue;
         }
-        apply_one(&db, m, current).await?;
+        if let Some(req) = requirement(m.name, m.sql)? {
+            let v = match version {
+                Some(v) => v,
+                None => *version.insert(server_version(&db).await?),
+            };
+            if !req.met_by(v) {
+                if !skipped.contains(&m.version) {
+                    record_skipped(&db, m, current, req, v).await?;
+                }
+                continue;
+            }
+        }
+        apply_one(&db, &cfg.database, m, current).await?;
         done.push(m.version);
     }
     Ok(done)
 }
 
-async fn apply_one(db: &Client, m: &Migration, checksum: String) -> Result<(), MigrateError> {
+async fn record_skipped(
+    db: &Client,
+    m: &Migration,
+    checksum: String,
+    req: Requirement,
+    v: ServerVersion,
+) -> Result<(), MigrateError> {
+    let reason = format!(
+        "not applicable: requires {} and the server is {}.{}",
+        req.name(),
+        v.major,
+        v.minor
+    );
+    let mut insert = db
+        .insert::<SkippedRow<'_>>("schema_migrations_skipped")
+        .await
+        .map_err(ch("record skipped migration"))?;
+    insert
+        .write(&SkippedRow {
+            version: m.version,
+            name: m.name,
+            checksum,
+            reason: reason.clone(),
+            skipped_at: now_secs(),
+        })
+        .await
+        .map_err(ch("record skipped migration"))?;
+    insert.end().await.map_err(ch("record skipped migration"))?;
+    tracing::info!(version = m.version, name = m.name, %reason, "migration skipped");
+    Ok(())
+}
+
+async fn apply_one(
+    db: &Client,
+    database: &str,
+    m: &Migration,
+    checksum: String,
+) -> Result<(), MigrateError> {
     for (i, stmt) in statements(m.sql).iter().enumerate() {
-        db.query(stmt)
+        db.query(&substitute(stmt, database))
             .execute()
             .await
             .map_err(ch(format!("{} statement {}", m.name, i + 1)))?;
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
     let mut insert = db
         .insert::<AppliedRow<'_>>("schema_migrations")
         .await
@@ -176,7 +349,7 @@ async fn apply_one(db: &Client, m: &Migration, checksum: String) -> Result<(), M
             version: m.version,
             name: m.name,
             checksum,
-            applied_at: u32::try_from(now).unwrap_or(u32::MAX),
+            applied_at: now_secs(),
         })
         .await
         .map_err(ch("record migration"))?;
@@ -218,6 +391,46 @@ mod tests {
                 "SELECT ';'",
                 "SELECT 1"
             ]
+        );
+    }
+
+    #[test]
+    fn sql_rbac_is_met_from_clickhouse_20_5_on() {
+        let v = |t: &str| ServerVersion::parse(t).unwrap();
+        assert!(!Requirement::SqlRbac.met_by(v("18.16.1")));
+        assert!(!Requirement::SqlRbac.met_by(v("20.4.9.110")));
+        assert!(Requirement::SqlRbac.met_by(v("20.5.2.7")));
+        assert!(Requirement::SqlRbac.met_by(v("26.9.2.1")));
+        assert_eq!(ServerVersion::parse("unknown"), None);
+        assert_eq!(ServerVersion::parse("18"), None);
+    }
+
+    #[test]
+    fn only_a_first_line_header_makes_a_migration_conditional() {
+        let req = |sql: &str| requirement("x.sql", sql);
+        assert_eq!(
+            req("-- requires: sql_rbac\nCREATE ROLE r;").unwrap(),
+            Some(Requirement::SqlRbac)
+        );
+        assert_eq!(req("-- a comment\n-- requires: sql_rbac\n").unwrap(), None);
+        assert_eq!(
+            req("CREATE TABLE t (x UInt8) ENGINE = Memory;").unwrap(),
+            None
+        );
+        assert!(matches!(
+            req("-- requires: time_travel\n"),
+            Err(MigrateError::UnknownRequirement { .. })
+        ));
+        for m in MIGRATIONS {
+            requirement(m.name, m.sql).expect("every migration's header is known");
+        }
+    }
+
+    #[test]
+    fn the_database_placeholder_is_substituted() {
+        assert_eq!(
+            substitute("GRANT SELECT ON {database}.* TO r", "tally"),
+            "GRANT SELECT ON tally.* TO r"
         );
     }
 }

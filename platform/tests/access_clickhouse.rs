@@ -2,84 +2,14 @@
 //! this test's own configured with the generated `users.xml`: the migrator may create tables;
 //! a service may read and insert in the Tally database but cannot drop, alter, create or
 //! truncate a table nor touch another database; the reader cannot write; a wrong password does
-//! not log in.
+//! not log in. The roles migration (`-- requires: sql_rbac`) is recorded as skipped there, not
+//! applied, and a second run changes nothing.
 
-use std::process::{Command, Stdio};
-use std::time::Duration;
+mod support;
 
-use tally_platform::access::{users_xml, Service};
-use tally_platform::own_server::{find_binary, free_port, temp_dir, OwnServer};
+use support::{as_user, run, start};
+use tally_platform::access::Service;
 use tally_platform::{migrate, ClickHouseConfig};
-
-/// A clickhouse-server of this test's own and its HTTP URL.
-struct Server {
-    _process: OwnServer,
-    url: String,
-}
-
-async fn start(users: &[(Service, String)]) -> Server {
-    let (http, tcp) = (free_port().unwrap(), free_port().unwrap());
-    let dir = temp_dir("ch-access").unwrap();
-    for sub in ["data", "tmp", "user_files", "log"] {
-        std::fs::create_dir_all(dir.join(sub)).unwrap();
-    }
-    let d = dir.display();
-    let config = format!(
-        r#"<?xml version="1.0"?>
-<yandex>
-    <logger><level>warning</level><log>{d}/log/server.log</log><errorlog>{d}/log/err.log</errorlog></logger>
-    <listen_host>127.0.0.1</listen_host>
-    <http_port>{http}</http_port>
-    <tcp_port>{tcp}</tcp_port>
-    <path>{d}/data/</path>
-    <tmp_path>{d}/tmp/</tmp_path>
-    <user_files_path>{d}/user_files/</user_files_path>
-    <users_config>{d}/users.xml</users_config>
-    <default_profile>default</default_profile>
-    <default_database>default</default_database>
-    <timezone>UTC</timezone>
-    <mark_cache_size>67108864</mark_cache_size>
-    <mlock_executable>false</mlock_executable>
-</yandex>
-"#
-    );
-    std::fs::write(dir.join("config.xml"), config).unwrap();
-    std::fs::write(dir.join("users.xml"), users_xml("tally", users)).unwrap();
-    let binary = find_binary("clickhouse-server")
-        .expect("clickhouse-server is missing: run scripts/stack.sh up (it installs it)");
-    let child = Command::new(binary)
-        .arg(format!("--config-file={d}/config.xml"))
-        .current_dir(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting clickhouse-server");
-    let server = Server {
-        _process: OwnServer { child, dir },
-        url: format!("http://127.0.0.1:{http}"),
-    };
-    for _ in 0..300 {
-        let probe = clickhouse::Client::default().with_url(&server.url);
-        if probe.query("SELECT 1").execute().await.is_ok() {
-            return server;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("clickhouse-server did not start on port {http}");
-}
-
-fn as_user(server: &Server, user: &str, password: &str) -> clickhouse::Client {
-    clickhouse::Client::default()
-        .with_url(&server.url)
-        .with_user(user)
-        .with_password(password)
-        .with_database("tally")
-        .with_validation(false)
-}
-
-async fn run(c: &clickhouse::Client, sql: &str) -> Result<(), String> {
-    c.query(sql).execute().await.map_err(|e| e.to_string())
-}
 
 #[tokio::test]
 async fn each_service_is_refused_outside_its_rights() {
@@ -104,9 +34,33 @@ async fn each_service_is_refused_outside_its_rights() {
         user: Service::Migrate.user().into(),
         password: pw(Service::Migrate),
     };
-    migrate::apply(&migrator)
+    let applied = migrate::apply(&migrator)
         .await
         .expect("the migrator creates the schema");
+    assert!(!applied.contains(&9), "18.16 has no SQL RBAC: {applied:?}");
+    assert_eq!(applied.len(), migrate::MIGRATIONS.len() - 1);
+    let admin_db = admin.clone().with_database("tally").with_validation(false);
+    let skipped: Vec<(u32, String)> = admin_db
+        .query("SELECT version, reason FROM schema_migrations_skipped")
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert_eq!(skipped[0].0, 9);
+    assert!(
+        skipped[0]
+            .1
+            .contains("requires sql_rbac and the server is 18.16"),
+        "{skipped:?}"
+    );
+    let again = migrate::apply(&migrator).await.expect("a second run");
+    assert!(again.is_empty(), "{again:?}");
+    let recorded: u64 = admin_db
+        .query("SELECT count() FROM schema_migrations_skipped")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(recorded, 1, "a skip is recorded once");
 
     let aggregator = as_user(
         &server,

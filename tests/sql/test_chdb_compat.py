@@ -15,6 +15,13 @@ without editing this file) in TabSeparatedWithNames with an ORDER BY on every co
 engines must return identical text, and the known views must return the hand-computed values
 below. The server half is skipped, saying why, only when no server answers.
 
+Engine-conditional migrations follow the runner's rule: a file whose first line is
+`-- requires: sql_rbac` is applied only where SQL RBAC exists (ClickHouse 20.5 and later, from
+`SELECT version()`), and `{database}` is replaced by the database name. So on 18.16 it is
+skipped. On chdb (26.9) the version qualifies, but chdb may have no writeable access storage
+(its only user directory is a read-only users.xml): then the test says so and checks instead
+that every statement of such a migration parses (`EXPLAIN AST`).
+
 Run: python3 -m unittest discover -s tests/sql -v
 """
 
@@ -62,6 +69,33 @@ def statements(sql):
 
 def all_statements():
     return [(path.name, stmt) for path in migration_files() for stmt in statements(path.read_text())]
+
+
+REQUIRES_HEADER = "-- requires:"
+KNOWN_REQUIREMENTS = {"sql_rbac": (20, 5)}  # capability: the first (major, minor) that has it
+
+
+def requirement(sql):
+    """Mirror of `migrate::requirement`: the capability named on the first line, or None."""
+    lines = sql.splitlines()
+    first = lines[0].strip() if lines else ""
+    if not first.startswith(REQUIRES_HEADER):
+        return None
+    name = first[len(REQUIRES_HEADER):].strip()
+    if name not in KNOWN_REQUIREMENTS:
+        raise AssertionError(f"unknown requirement {name!r} (known: {sorted(KNOWN_REQUIREMENTS)})")
+    return name
+
+
+def server_version(text):
+    """(major, minor) from `SELECT version()`."""
+    major, minor = text.strip().split(".")[:2]
+    return int(major), int(minor)
+
+
+def substitute(stmt, database):
+    """Mirror of `migrate::substitute`."""
+    return stmt.replace("{database}", database)
 
 
 CREATE_TABLE = re.compile(r"^\s*CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)\s*\((.*)\)\s*ENGINE\b", re.S | re.I)
@@ -340,6 +374,19 @@ class ChdbEngine:
     def version(self):
         return self.query("SELECT version()").strip()
 
+    def lacks(self, req):
+        """Why this engine cannot run a migration requiring `req` although its version
+        qualifies, or None. chdb embeds ClickHouse without a writeable access storage."""
+        if req != "sql_rbac":
+            return None
+        probe = f"tally_probe_{random.randrange(16**8):08x}"
+        try:
+            self.run(f"CREATE ROLE IF NOT EXISTS {probe}")
+        except EngineError as e:
+            return f"chdb {self.version()} cannot create roles: {str(e).splitlines()[0]}"
+        self.run(f"DROP ROLE IF EXISTS {probe}")
+        return None
+
     def close(self):
         self.session.close()
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -373,6 +420,9 @@ class HttpEngine:
     def version(self):
         return self.query("SELECT version()").strip()
 
+    def lacks(self, req):
+        return None  # a server at the qualifying version has it
+
     def close(self):
         self._post(f"DROP DATABASE IF EXISTS {self.database}", database=None)
 
@@ -386,12 +436,29 @@ def server_answers(url):
 
 
 def load(engine):
-    """Applies every migration statement, then the fixture."""
-    for name, stmt in all_statements():
-        try:
-            engine.run(stmt)
-        except EngineError as e:
-            raise EngineError(f"{name}: {e}") from None
+    """Applies every migration by the runner's rules, then the fixture. Sets
+    `engine.outcomes`: {file: "applied" | "skipped: ..." | "parsed only: ..."}."""
+    engine.outcomes = {}
+    version = server_version(engine.version())
+    for path in migration_files():
+        sql = path.read_text()
+        req = requirement(sql)
+        stmts = [substitute(s, engine.database) for s in statements(sql)]
+        if req and version < KNOWN_REQUIREMENTS[req]:
+            engine.outcomes[path.name] = f"skipped: requires {req}, the server is {version[0]}.{version[1]}"
+            continue
+        missing = engine.lacks(req) if req else None
+        if missing:
+            for stmt in stmts:
+                engine.query(f"EXPLAIN AST {stmt}")
+            engine.outcomes[path.name] = f"parsed only: {missing}"
+            continue
+        for stmt in stmts:
+            try:
+                engine.run(stmt)
+            except EngineError as e:
+                raise EngineError(f"{path.name}: {e}") from None
+        engine.outcomes[path.name] = "applied"
     for stmt in insert_statements():
         engine.run(stmt)
 
@@ -431,6 +498,18 @@ class MigrationParsing(unittest.TestCase):
         views = view_names()
         for view in EXPECTED:
             self.assertIn(view, views)
+
+    def test_the_requires_header_is_read_like_the_rust_runner(self):
+        # The same cases as platform/src/migrate.rs `only_a_first_line_header_makes_a_migration_conditional`.
+        self.assertEqual(requirement("-- requires: sql_rbac\nCREATE ROLE r;"), "sql_rbac")
+        self.assertIsNone(requirement("-- a comment\n-- requires: sql_rbac\n"))
+        self.assertIsNone(requirement("CREATE TABLE t (x UInt8) ENGINE = Memory;"))
+        with self.assertRaises(AssertionError):
+            requirement("-- requires: time_travel\n")
+        self.assertEqual(server_version("18.16.1"), (18, 16))
+        self.assertEqual(server_version("26.9.2.1"), (26, 9))
+        conditional = [p.name for p in migration_files() if requirement(p.read_text())]
+        self.assertIn("0009_service_roles.sql", conditional)
 
     def test_the_fixture_fits_the_schema(self):
         self.assertEqual(len(insert_statements()), sum(len(parts) for parts in FIXTURE.values()))
@@ -505,6 +584,24 @@ class Compat(unittest.TestCase):
         for view in view_names():
             with self.subTest(view=view):
                 self.assertEqual(describe(chdb_engine, view), describe(server, view))
+
+    def test_conditional_migrations_follow_the_header_rule(self):
+        for name in ("chdb", "server"):
+            with self.subTest(engine=name):
+                engine = self.engine(name)
+                version = server_version(engine.version())
+                for path in migration_files():
+                    req = requirement(path.read_text())
+                    outcome = engine.outcomes[path.name]
+                    if not req:
+                        self.assertEqual(outcome, "applied", path.name)
+                    elif version < KNOWN_REQUIREMENTS[req]:
+                        self.assertTrue(outcome.startswith("skipped: requires sql_rbac"), outcome)
+                    else:
+                        self.assertTrue(outcome == "applied" or outcome.startswith("parsed only: "), outcome)
+                        if outcome != "applied":
+                            # Said explicitly: the grants were parsed, not executed, on this engine.
+                            print(f"\n{engine.name}: {path.name} {outcome}")
 
     def test_uncommitted_batches_count_nowhere(self):
         for name in ("chdb", "server"):

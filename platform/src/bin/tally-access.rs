@@ -3,7 +3,11 @@
 //! ```text
 //! tally-access sql       [--config FILE] [--out-dir DIR]   # SQL RBAC for current ClickHouse
 //! tally-access users-xml [--config FILE] [--out-dir DIR]   # users.xml for ClickHouse 18.16
+//! tally-access roles-migration                             # prints the roles migration
 //! ```
+//! `sql` creates the roles (empty) and the users bound to them; the roles' grants come from
+//! the migration `migrations/0009_service_roles.sql`, applied by `tally-migrate` (as
+//! `tally_migrate`) after it. `roles-migration` prints what that file must contain.
 //! Writes the rendering and `clickhouse-credentials.txt` (one `user password` per line, fresh
 //! random passwords) into DIR (default `.`), both mode 0600. Each service then connects with
 //! `TALLY_CLICKHOUSE__USER` and `TALLY_CLICKHOUSE__PASSWORD`.
@@ -35,9 +39,13 @@ fn password() -> anyhow::Result<String> {
 fn main() -> anyhow::Result<()> {
     let (command, args) = Args::parse_command(
         std::env::args().skip(1),
-        &["sql", "users-xml"],
+        &["sql", "users-xml", "roles-migration"],
         &["config", "out-dir"],
     )?;
+    if command == "roles-migration" {
+        print!("{}", access::roles_migration());
+        return Ok(());
+    }
     let cfg: Config = config::load(&config::path(&args))?;
     cfg.clickhouse.validate()?;
     let users = Service::ALL
