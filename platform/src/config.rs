@@ -21,6 +21,7 @@ pub const SECTIONS: &[&str] = &[
     "invoicer",
     "ingest",
     "meters",
+    "customers",
     "plans",
     "subscriptions",
     "tax_rates",

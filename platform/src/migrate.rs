@@ -55,6 +55,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(7, "0007_charge_fx.sql"),
     migration!(8, "0008_catalog.sql"),
     migration!(9, "0009_service_roles.sql"),
+    migration!(10, "0010_catalog_customers_agents_meters.sql"),
 ];
 
 /// A capability a migration needs from the server (its `-- requires:` header).

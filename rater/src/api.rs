@@ -1,12 +1,15 @@
 //! The rater's HTTP API, version 1, JSON: the stored catalog (plan versions, a customer's
 //! subscriptions, read per request), adding a plan version, and the explanation of one
-//! charge. The OpenAPI document is served at `/v1/openapi.json`.
+//! charge. Customers, agents and meters are served by [`crate::api_registry`]. The OpenAPI
+//! document is served at `/v1/openapi.json`.
 //!
 //! Routes: `GET /v1/plans`, `POST /v1/plans` (a new plan version, validated against the
 //! stored catalog and appended; an identical re-post is 200, a changed existing version 409),
 //! `POST /v1/subscriptions` (likewise; identity: customer and `effective_from`),
 //! `GET /v1/plans/{id}`, `GET /v1/customers/{id}/subscriptions`,
-//! `GET /v1/charges/{charge_id}/explain`, `GET /v1/openapi.json`.
+//! `GET /v1/charges/{charge_id}/explain`, `GET /v1/openapi.json`; and (in
+//! [`crate::api_registry`]) `GET`/`POST /v1/customers`, `GET /v1/customers/{id}`,
+//! `GET`/`POST /v1/customers/{id}/agents`, `GET`/`POST /v1/meters`, `GET /v1/meters/{slug}`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -164,7 +167,7 @@ struct ApiError<'a> {
     detail: String,
 }
 
-fn json(status: StatusCode, body: &impl Serialize) -> Response<Full<Bytes>> {
+pub(crate) fn json(status: StatusCode, body: &impl Serialize) -> Response<Full<Bytes>> {
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
     let mut r = Response::new(Full::new(Bytes::from(bytes)));
     *r.status_mut() = status;
@@ -175,7 +178,11 @@ fn json(status: StatusCode, body: &impl Serialize) -> Response<Full<Bytes>> {
     r
 }
 
-fn error(status: StatusCode, code: &str, detail: impl ToString) -> Response<Full<Bytes>> {
+pub(crate) fn error(
+    status: StatusCode,
+    code: &str,
+    detail: impl ToString,
+) -> Response<Full<Bytes>> {
     json(
         status,
         &ApiError {
@@ -201,6 +208,9 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>
             let doc: serde_json::Value =
                 serde_json::from_str(OPENAPI).unwrap_or(serde_json::Value::Null);
             json(StatusCode::OK, &doc)
+        }
+        (_, p) if crate::api_registry::handles(p) => {
+            crate::api_registry::route(state, req, p).await
         }
         (&Method::GET, ["v1", "charges", charge_id, "explain"]) => {
             explain_charge(state, charge_id).await
@@ -253,7 +263,7 @@ fn catalog_route(catalog: &Catalog, path: &[&str]) -> Response<Full<Bytes>> {
 }
 
 /// Reads a JSON body of at most [`BODY_BYTES_MAX`].
-async fn read_json<T: serde::de::DeserializeOwned>(
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
     req: Request<Incoming>,
     code: &str,
 ) -> Result<T, Response<Full<Bytes>>> {
@@ -338,7 +348,11 @@ async fn explain_charge(state: &ApiState, charge_id: &str) -> Response<Full<Byte
         }
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
     };
-    let sums = explain::windows_sum_to_quantity(&state.source.meters, &charge.meter);
+    let meters = match crate::registry_store::load(&state.db).await {
+        Ok(r) => r.meters(),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
+    };
+    let sums = explain::windows_sum_to_quantity(&meters, &charge.meter);
     match explain::explain(&charge, windows, sums) {
         Ok(e) => json(StatusCode::OK, &e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "unreadable_charge", e),

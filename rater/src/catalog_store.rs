@@ -3,7 +3,8 @@
 //! of the file is appended unless the same identity is already stored with the same body; a
 //! stored identity with a different body is refused (versions are immutable; a change is a
 //! new version). The rater then builds its catalog from what is stored, so entries appended
-//! by earlier files (or other tools) stay in force.
+//! by earlier files (or other tools) stay in force, validated against the stored meters
+//! ([`crate::registry_store`]).
 
 use std::collections::BTreeMap;
 
@@ -30,6 +31,9 @@ pub enum CatalogStoreError {
     /// The stored catalog (or an addition to it) is not valid.
     #[error(transparent)]
     Invalid(#[from] ConfigError),
+    /// The entry an addition refers to is not stored (an agent's customer).
+    #[error("{0}")]
+    NotFound(String),
     /// A stored body no longer parses.
     #[error("stored catalog entry {identity}: {detail}")]
     Unreadable { identity: String, detail: String },
@@ -217,12 +221,12 @@ pub async fn load(
     Ok((plans, subs))
 }
 
-/// What a catalog is built from besides the stored entries: the settings, meters and rates of
-/// the configuration file.
+/// What a catalog is built from besides the stored entries: the settings and rates of the
+/// configuration file. The meters are the stored ones ([`crate::registry_store`]): the latest
+/// version of each, so a plan naming a meter that is not stored is refused.
 #[derive(Debug, Clone)]
 pub struct CatalogSource {
     pub rater: RaterConfig,
-    pub meters: Vec<Meter>,
     pub taxes: TaxTable,
     pub fx: FxTable,
 }
@@ -230,20 +234,21 @@ pub struct CatalogSource {
 impl CatalogSource {
     /// The catalog as stored now.
     pub async fn current(&self, db: &Client) -> Result<Catalog, CatalogStoreError> {
+        let meters = crate::registry_store::load(db).await?.meters();
         let (plans, subscriptions) = load(db).await?;
-        self.build(plans, subscriptions)
+        self.build(plans, subscriptions, &meters)
     }
 
-    fn build(
+    /// The catalog of these entries, validated against `meters`.
+    pub fn build(
         &self,
         plans: Vec<PlanSpec>,
         subscriptions: Vec<SubscriptionSpec>,
+        meters: &[Meter],
     ) -> Result<Catalog, CatalogStoreError> {
-        Ok(
-            Catalog::new(plans, subscriptions, &self.rater, &self.meters)?
-                .with_taxes(self.taxes.clone())?
-                .with_fx(self.fx.clone())?,
-        )
+        Ok(Catalog::new(plans, subscriptions, &self.rater, meters)?
+            .with_taxes(self.taxes.clone())?
+            .with_fx(self.fx.clone())?)
     }
 
     /// Appends a subscription (a customer's plan from `effective_from` on) after checking it
@@ -255,6 +260,7 @@ impl CatalogSource {
         sub: SubscriptionSpec,
         now_ms: i64,
     ) -> Result<Bootstrapped, CatalogStoreError> {
+        let meters = crate::registry_store::load(db).await?.meters();
         let (plans, mut subscriptions) = load(db).await?;
         let id = subscription_identity(&sub);
         let stored = subscriptions
@@ -272,7 +278,7 @@ impl CatalogSource {
         }
         if stored.is_none() {
             subscriptions.insert(0, sub.clone());
-            self.build(plans, subscriptions)
+            self.build(plans, subscriptions, &meters)
                 .map_err(|e| renamed(e, "subscriptions[0]", "subscription"))?;
         }
         bootstrap(db, &[], std::slice::from_ref(&sub), now_ms).await
@@ -286,6 +292,7 @@ impl CatalogSource {
         plan: PlanSpec,
         now_ms: i64,
     ) -> Result<Bootstrapped, CatalogStoreError> {
+        let meters = crate::registry_store::load(db).await?.meters();
         let (mut plans, subscriptions) = load(db).await?;
         let stored = plans
             .iter()
@@ -302,7 +309,7 @@ impl CatalogSource {
         }
         if stored.is_none() {
             plans.insert(0, plan.clone());
-            self.build(plans, subscriptions)
+            self.build(plans, subscriptions, &meters)
                 .map_err(|e| renamed(e, "plans[0]", "plan"))?;
         }
         bootstrap(db, std::slice::from_ref(&plan), &[], now_ms).await

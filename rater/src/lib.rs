@@ -1,7 +1,8 @@
 //! The rater: turns committed usage into charges.
 //!
-//! It owns the price plans (immutable versions with an effective date), the subscriptions
-//! that bind customers to plans and billing cycles, the pricing models, and computing
+//! It owns the catalog (customers and their agents, meters, price plans as immutable versions
+//! with an effective date, subscriptions that bind customers to plans and billing cycles),
+//! the pricing models, and computing
 //! period-to-date charges from the public usage view `v_usage`. Charges are written with a
 //! deterministic id per (customer, period, meter, group, plan version) and a rising version,
 //! so running the rater twice, or two raters at once, yields the same charges. It never
@@ -13,6 +14,10 @@
 //!
 //! # Layout
 //! - [`config`]: the `[rater]`, `[[plans]]` and `[[subscriptions]]` sections.
+//! - [`customers`]: `[[customers]]` and their agents, validated (pure).
+//! - [`meters`]: a meter version of the catalog, validated (pure).
+//! - [`registry`]: the stored versions of customers, agents and meters, and how one is added.
+//! - [`registry_store`]: customers, agents and meters in ClickHouse, bootstrapped from the file.
 //! - [`plan`]: one plan version and the validation of its prices.
 //! - [`catalog`]: validated plans and subscriptions; which plan applies to whom, when.
 //! - [`catalog_store`]: the catalog in ClickHouse, append-only, bootstrapped from the file.
@@ -25,19 +30,25 @@
 //! - [`store`]: writing charges.
 //! - [`explain`]: one charge's usage, arithmetic, rounding, discounts and tax, checked.
 //! - [`run`]: one rating pass and the schedule.
-//! - [`api`]: the read-only HTTP API (catalog, explain) and its OpenAPI document.
+//! - [`api`]: the HTTP API (catalog, explain) and its OpenAPI document; [`api_registry`]: its
+//!   customer, agent and meter routes.
 //! - [`metrics`]: every metric this crate emits.
 
 pub mod api;
+pub mod api_registry;
 pub mod catalog;
 pub mod catalog_store;
 pub mod charge;
 pub mod config;
+pub mod customers;
 pub mod explain;
 pub mod fx;
+pub mod meters;
 pub mod metrics;
 pub mod plan;
 pub mod pricing;
+pub mod registry;
+pub mod registry_store;
 pub mod run;
 pub mod store;
 pub mod tax;

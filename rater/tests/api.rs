@@ -3,43 +3,9 @@
 
 mod common;
 
-use std::sync::Arc;
-
+use common::http::{get, request, start};
 use common::{catalog, d, plan, usage};
-use tally_rater::api::{serve, ApiState};
 use tally_rater::charge::compute;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// GET `path`; (status, JSON body).
-async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, serde_json::Value) {
-    request(addr, "GET", path, "").await
-}
-
-/// `method` `path` with a JSON `body`; (status, JSON body).
-async fn request(
-    addr: std::net::SocketAddr,
-    method: &str,
-    path: &str,
-    body: &str,
-) -> (u16, serde_json::Value) {
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connects");
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.expect("writes");
-    let mut text = String::new();
-    s.read_to_string(&mut text).await.expect("reads");
-    let status: u16 = text[9..12].parse().expect("a status");
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
-    (
-        status,
-        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_shows_the_catalog_and_explains_a_stored_charge() {
@@ -56,6 +22,9 @@ async fn the_api_shows_the_catalog_and_explains_a_stored_charge() {
         plans: Vec<tally_rater::config::PlanSpec>,
     }
     let specs = toml::from_str::<F>(&spec_text).expect("TOML").plans;
+    tally_rater::registry_store::bootstrap(&db, &[], &common::meter_specs(), 0)
+        .await
+        .expect("stored meters");
     tally_rater::catalog_store::bootstrap(&db, &specs, &[], 0)
         .await
         .expect("stored catalog");
@@ -65,22 +34,7 @@ async fn the_api_shows_the_catalog_and_explains_a_stored_charge() {
     tally_rater::store::write(&db, std::slice::from_ref(&charge), common::JAN_2026_MS)
         .await
         .expect("stored");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("binds");
-    let addr = listener.local_addr().expect("an address");
-    let stop = tally_platform::shutdown::Shutdown::new();
-    let state = Arc::new(ApiState {
-        source: tally_rater::catalog_store::CatalogSource {
-            rater: tally_rater::RaterConfig::default(),
-            meters: common::meters(),
-            taxes: Default::default(),
-            fx: Default::default(),
-        },
-        db,
-        now_ms: || 0,
-    });
-    let server = tokio::spawn(serve(listener, state, stop.clone()));
+    let (addr, stop, server) = start(db).await;
 
     let (status, plans) = get(addr, "/v1/plans").await;
     assert_eq!(status, 200);

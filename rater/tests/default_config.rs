@@ -3,6 +3,8 @@
 use serde::Deserialize;
 use tally_domain::meter::{validate_meters, MeterSpec};
 use tally_rater::config::{PlanSpec, SubscriptionSpec};
+use tally_rater::customers::CustomerSpec;
+use tally_rater::registry::Registry;
 use tally_rater::tax::{TaxRateSpec, TaxTable};
 use tally_rater::{Catalog, RaterConfig};
 
@@ -13,6 +15,7 @@ struct CatalogSections {
     plans: Vec<PlanSpec>,
     subscriptions: Vec<SubscriptionSpec>,
     tax_rates: Vec<TaxRateSpec>,
+    customers: Vec<CustomerSpec>,
 }
 
 #[test]
@@ -21,13 +24,30 @@ fn the_shipped_configuration_has_a_valid_catalog_with_a_price_book() {
     let text = std::fs::read_to_string(path).expect("config/tally.toml");
     let table: toml::Table = toml::from_str(&text).expect("TOML");
     let sections: CatalogSections = toml::Table::from_iter(
-        ["rater", "meters", "plans", "subscriptions", "tax_rates"]
-            .into_iter()
-            .filter_map(|k| table.get(k).map(|v| (k.to_owned(), v.clone()))),
+        [
+            "rater",
+            "meters",
+            "plans",
+            "subscriptions",
+            "tax_rates",
+            "customers",
+        ]
+        .into_iter()
+        .filter_map(|k| table.get(k).map(|v| (k.to_owned(), v.clone()))),
     )
     .try_into()
     .expect("catalog sections");
     let meters = validate_meters(sections.meters).expect("meters");
+    let mut registry = Registry::default();
+    for (i, c) in sections.customers.iter().enumerate() {
+        registry
+            .add_customer(c, &format!("customers[{i}]"))
+            .expect("valid customers");
+    }
+    assert!(
+        !sections.customers.is_empty(),
+        "the demo declares a customer"
+    );
     // what the catalog store keeps (JSON) reads back as the same catalog
     let plans_json = serde_json::to_string(&sections.plans).expect("plans serialize");
     let subs_json =

@@ -4,8 +4,9 @@
 //! `serve` (default) rates every `rater.interval_secs` until SIGTERM; `once` runs one pass
 //! (as of `--at`, default now) and prints the charges as JSON lines; `explain` prints one
 //! charge's usage windows, line arithmetic, rounding, discounts and tax, and exits non-zero
-//! if they do not sum to the stored amounts. `serve` and `once` first append the file's plan
-//! versions and subscriptions to the stored catalog (refusing changed ones) and rate with
+//! if they do not sum to the stored amounts. `serve` and `once` first append the file's
+//! meters, customers (with agents), plan versions and subscriptions to the stored catalog
+//! (refusing changed ones, and file meters that differ from the stored ones) and rate with
 //! everything stored.
 
 use anyhow::Context;
@@ -14,9 +15,11 @@ use tally_domain::meter::{validate_meters, MeterSpec};
 use tally_platform::args::Args;
 use tally_platform::{config, shutdown, store, telemetry, ClickHouseConfig, TelemetryConfig};
 use tally_rater::config::{PlanSpec, SubscriptionSpec};
+use tally_rater::customers::CustomerSpec;
 use tally_rater::fx::{FxRateSpec, FxTable};
+use tally_rater::registry::Registry;
 use tally_rater::tax::{TaxRateSpec, TaxTable};
-use tally_rater::{api, catalog_store, explain, Catalog, RaterConfig};
+use tally_rater::{api, catalog_store, explain, registry_store, Catalog, RaterConfig};
 
 #[derive(Deserialize)]
 struct Config {
@@ -28,6 +31,8 @@ struct Config {
     rater: RaterConfig,
     #[serde(default)]
     meters: Vec<MeterSpec>,
+    #[serde(default)]
+    customers: Vec<CustomerSpec>,
     #[serde(default)]
     plans: Vec<PlanSpec>,
     #[serde(default)]
@@ -58,7 +63,11 @@ async fn main() -> anyhow::Result<()> {
     let cfg: Config = config::load(&config::path(&args))?;
     cfg.clickhouse.validate()?;
     cfg.rater.validate()?;
-    let meters = validate_meters(cfg.meters).context("setting `meters`")?;
+    let meters = validate_meters(cfg.meters.clone()).context("setting `meters`")?;
+    let mut declared = Registry::default();
+    for (i, c) in cfg.customers.iter().enumerate() {
+        declared.add_customer(c, &format!("customers[{i}]"))?;
+    }
     let taxes = TaxTable::new(cfg.tax_rates)?;
     let fx = FxTable::new(cfg.fx_rates)?;
     // the file alone must be valid (its errors name its settings) before it is stored
@@ -74,13 +83,20 @@ async fn main() -> anyhow::Result<()> {
     let db = store::connect(&cfg.clickhouse);
     let source = catalog_store::CatalogSource {
         rater: cfg.rater.clone(),
-        meters: meters.clone(),
         taxes: taxes.clone(),
         fx: fx.clone(),
     };
     let catalog = if command == "explain" {
         Catalog::default()
     } else {
+        let registered =
+            registry_store::bootstrap(&db, &cfg.customers, &cfg.meters, now_ms()).await?;
+        tracing::info!(
+            meters = registered.meters,
+            customers = registered.customers,
+            agents = registered.agents,
+            "customers and meters bootstrapped from the file"
+        );
         let added = catalog_store::bootstrap(&db, &cfg.plans, &cfg.subscriptions, now_ms()).await?;
         tracing::info!(
             plans = added.plans_appended,

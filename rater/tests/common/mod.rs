@@ -1,6 +1,8 @@
 //! Building catalogs and usage for the rater's pure tests.
 #![allow(dead_code)]
 
+pub mod http;
+
 use rust_decimal::Decimal;
 use tally_domain::meter::{validate_meters, MeterSpec};
 use tally_domain::{Aggregation, CustomerId, Meter, MeterSlug, Period};
@@ -16,15 +18,19 @@ pub fn d(s: &str) -> Decimal {
     s.parse().expect("a decimal literal")
 }
 
-/// `tokens` (SUM, by model and kind) and `calls` (COUNT).
-pub fn meters() -> Vec<Meter> {
-    let specs: Vec<MeterSpec> = serde_json::from_str(
+/// `tokens` (SUM, by model and kind) and `calls` (COUNT), as declared in a file.
+pub fn meter_specs() -> Vec<MeterSpec> {
+    serde_json::from_str(
         r#"[{"slug":"tokens","event_type":"t","aggregation":"SUM","value_property":"$.n",
              "group_by":{"model":"$.model","kind":"$.kind"}},
             {"slug":"calls","event_type":"c","aggregation":"COUNT"}]"#,
     )
-    .expect("meters");
-    validate_meters(specs).expect("valid meters")
+    .expect("meters")
+}
+
+/// [`meter_specs`], validated.
+pub fn meters() -> Vec<Meter> {
+    validate_meters(meter_specs()).expect("valid meters")
 }
 
 /// A catalog whose only plan, `p` version 1 in `currency`, prices `tokens` with `price`

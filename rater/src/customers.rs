@@ -1,0 +1,217 @@
+//! Customers and their agents in the catalog: the `[[customers]]` entries of the file (and the
+//! bodies of `POST /v1/customers` and `POST /v1/customers/{id}/agents`), validated with every
+//! error naming the field (`customers[0].agents[1].id`, `customer.name`). Pure.
+//!
+//! Each customer and each agent is a sequence of immutable versions (1, 2, ...); the current
+//! one is the highest. A customer's name is for people (the API, invoices); billing terms
+//! (plan, currency, tax region and exemption) stay on its subscriptions, which are dated.
+//! Usage is not refused for customers or agents missing here: the catalog describes them,
+//! the gateway's API keys and NATS permissions decide who may send.
+
+use serde::{Deserialize, Serialize};
+use tally_domain::{AgentId, CustomerId};
+use tally_platform::ConfigError;
+
+/// The longest display name, in bytes.
+pub const NAME_BYTES_MAX: usize = 256;
+
+/// `[[customers]]`: one version of a customer, with its agents.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerSpec {
+    /// The customer id of its events (`[A-Za-z0-9_-]{1,64}`).
+    pub id: String,
+    /// 1, 2, ...: a change is a new, higher version. Default 1.
+    #[serde(default = "first_version")]
+    pub version: u32,
+    /// Display name.
+    pub name: String,
+    /// The customer's agents; each is stored as its own versioned entry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agents: Vec<AgentSpec>,
+}
+
+/// `[[customers.agents]]`: one version of an agent of a customer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSpec {
+    /// The agent id of its events (`[A-Za-z0-9_-]{1,64}`).
+    pub id: String,
+    /// 1, 2, ...: a change is a new, higher version. Default 1.
+    #[serde(default = "first_version")]
+    pub version: u32,
+    /// Display name; default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+pub(crate) const fn first_version() -> u32 {
+    1
+}
+
+/// A validated customer version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Customer {
+    pub id: CustomerId,
+    pub version: u32,
+    pub name: String,
+}
+
+/// A validated agent version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Agent {
+    pub customer: CustomerId,
+    pub id: AgentId,
+    pub version: u32,
+    pub name: Option<String>,
+}
+
+impl CustomerSpec {
+    /// The stored body of this version: the entry without its agents (stored apart).
+    pub fn body(&self) -> String {
+        let alone = CustomerSpec {
+            agents: vec![],
+            ..self.clone()
+        };
+        serde_json::to_string(&alone).unwrap_or_default()
+    }
+}
+
+impl AgentSpec {
+    /// The stored body of this version.
+    pub fn body(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Validates a customer and its agents; `at` names the entry (`customers[0]`, `customer`).
+pub fn validate_customer(
+    spec: &CustomerSpec,
+    at: &str,
+) -> Result<(Customer, Vec<Agent>), ConfigError> {
+    let id = CustomerId::new(spec.id.clone())
+        .map_err(|e| ConfigError::invalid(format!("{at}.id"), e))?;
+    check_version(spec.version, &format!("{at}.version"))?;
+    check_name(&spec.name, &format!("{at}.name"))?;
+    let mut agents: Vec<Agent> = Vec::with_capacity(spec.agents.len());
+    for (j, a) in spec.agents.iter().enumerate() {
+        let agent = validate_agent(&id, a, &format!("{at}.agents[{j}]"))?;
+        if agents
+            .iter()
+            .any(|o| o.id == agent.id && o.version == agent.version)
+        {
+            return Err(ConfigError::invalid(
+                format!("{at}.agents[{j}].id"),
+                format!(
+                    "agent {} version {} is declared twice",
+                    agent.id, agent.version
+                ),
+            ));
+        }
+        agents.push(agent);
+    }
+    let customer = Customer {
+        id,
+        version: spec.version,
+        name: spec.name.clone(),
+    };
+    Ok((customer, agents))
+}
+
+/// Validates one agent of `customer`; `at` names the entry (`agent`, `customers[0].agents[1]`).
+pub fn validate_agent(
+    customer: &CustomerId,
+    spec: &AgentSpec,
+    at: &str,
+) -> Result<Agent, ConfigError> {
+    let id =
+        AgentId::new(spec.id.clone()).map_err(|e| ConfigError::invalid(format!("{at}.id"), e))?;
+    check_version(spec.version, &format!("{at}.version"))?;
+    if let Some(name) = &spec.name {
+        check_name(name, &format!("{at}.name"))?;
+    }
+    Ok(Agent {
+        customer: customer.clone(),
+        id,
+        version: spec.version,
+        name: spec.name.clone(),
+    })
+}
+
+pub(crate) fn check_version(version: u32, setting: &str) -> Result<(), ConfigError> {
+    if version == 0 {
+        return Err(ConfigError::invalid(setting, "versions start at 1"));
+    }
+    Ok(())
+}
+
+fn check_name(name: &str, setting: &str) -> Result<(), ConfigError> {
+    if name.trim().is_empty() {
+        return Err(ConfigError::invalid(setting, "is empty"));
+    }
+    if name.len() > NAME_BYTES_MAX {
+        return Err(ConfigError::invalid(
+            setting,
+            format!(
+                "is {} bytes long, at most {NAME_BYTES_MAX} allowed",
+                name.len()
+            ),
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(ConfigError::invalid(
+            setting,
+            "contains a control character",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: &str) -> CustomerSpec {
+        serde_json::from_str(json).expect("a customer")
+    }
+
+    #[test]
+    fn a_customer_defaults_to_version_1_and_its_body_leaves_out_the_agents() {
+        let s = spec(r#"{"id":"acme","name":"Acme","agents":[{"id":"bot-1"}]}"#);
+        let (c, agents) = validate_customer(&s, "customers[0]").expect("valid");
+        assert_eq!((c.version, agents.len()), (1, 1));
+        assert_eq!(agents[0].version, 1);
+        assert_eq!(s.body(), r#"{"id":"acme","version":1,"name":"Acme"}"#);
+    }
+
+    #[test]
+    fn bad_customers_and_agents_are_refused_naming_the_field() {
+        for (json, field) in [
+            (r#"{"id":"ac me","name":"A"}"#, "customers[0].id"),
+            (r#"{"id":"acme","name":" "}"#, "customers[0].name"),
+            (
+                r#"{"id":"acme","version":0,"name":"A"}"#,
+                "customers[0].version",
+            ),
+            (
+                r#"{"id":"acme","name":"A","agents":[{"id":"bot.1"}]}"#,
+                "customers[0].agents[0].id",
+            ),
+            (
+                r#"{"id":"acme","name":"A","agents":[{"id":"b","name":"x\ny"}]}"#,
+                "customers[0].agents[0].name",
+            ),
+            (
+                r#"{"id":"acme","name":"A","agents":[{"id":"b"},{"id":"b"}]}"#,
+                "customers[0].agents[1].id",
+            ),
+        ] {
+            let err = validate_customer(&spec(json), "customers[0]")
+                .expect_err(json)
+                .to_string();
+            assert!(err.contains(&format!("`{field}`")), "{json}: {err}");
+        }
+        let unknown = serde_json::from_str::<CustomerSpec>(r#"{"id":"a","name":"A","tax":"x"}"#);
+        assert!(unknown.is_err());
+    }
+}

@@ -1,0 +1,315 @@
+//! Customers, agents and meters in ClickHouse, append-only and versioned
+//! (`catalog_customers`, `catalog_agents`, `catalog_meters`, migration 0010), with the rules
+//! of [`crate::registry`].
+//!
+//! The file bootstraps them: `[[customers]]` entries (and their agents) not stored yet are
+//! appended, identical ones skipped, changed ones refused. A `[[meters]]` entry has no version:
+//! it is appended as version 1 of a meter not stored yet, and must otherwise equal the
+//! meter's latest stored version (the rater prices with the stored meters and the aggregator
+//! meters with the file's, so they must agree; a change is first posted as a new version).
+//!
+//! Two writers adding the same new identity with different bodies at once may both append;
+//! reading then refuses that identity (naming it) until an operator resolves it, as for plans.
+
+use clickhouse::Client;
+use serde::{Deserialize, Serialize};
+use tally_domain::meter::MeterSpec;
+use tally_domain::CustomerId;
+use tally_platform::store::datetime_secs;
+
+use crate::catalog_store::{CatalogSource, CatalogStoreError};
+use crate::customers::{AgentSpec, CustomerSpec};
+use crate::meters::MeterEntry;
+use crate::registry::{Novelty, Registry};
+
+/// How many versions an operation appended.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub customers: usize,
+    pub agents: usize,
+    pub meters: usize,
+}
+
+impl Appended {
+    pub fn any(&self) -> bool {
+        self.customers + self.agents + self.meters > 0
+    }
+}
+
+/// One stored version: `scope` is the customer of an agent, empty otherwise.
+#[derive(clickhouse::Row, Deserialize)]
+struct StoredRow {
+    scope: String,
+    id: String,
+    version: u32,
+    body: String,
+}
+
+#[derive(clickhouse::Row, Serialize)]
+struct CustomerInsert<'a> {
+    customer: &'a str,
+    version: u32,
+    body: &'a str,
+    recorded_at: u32,
+}
+
+#[derive(clickhouse::Row, Serialize)]
+struct AgentInsert<'a> {
+    customer: &'a str,
+    agent: &'a str,
+    version: u32,
+    body: &'a str,
+    recorded_at: u32,
+}
+
+#[derive(clickhouse::Row, Serialize)]
+struct MeterInsert<'a> {
+    meter: &'a str,
+    version: u32,
+    body: &'a str,
+    recorded_at: u32,
+}
+
+async fn rows(db: &Client, sql: &str) -> Result<Vec<StoredRow>, CatalogStoreError> {
+    Ok(db.query(sql).fetch_all::<StoredRow>().await?)
+}
+
+fn unreadable(identity: String, detail: impl ToString) -> CatalogStoreError {
+    CatalogStoreError::Unreadable {
+        identity,
+        detail: detail.to_string(),
+    }
+}
+
+/// Everything stored. Identical re-appends read once; two different bodies for one identity
+/// (or a body that no longer validates) are refused, naming the identity.
+pub async fn load(db: &Client) -> Result<Registry, CatalogStoreError> {
+    let mut r = Registry::default();
+    let meters = rows(
+        db,
+        "SELECT DISTINCT '' AS scope, meter AS id, version, body FROM catalog_meters \
+         ORDER BY id, version, body",
+    )
+    .await?;
+    for row in meters {
+        let identity = format!("meter {} v{}", row.id, row.version);
+        let entry: MeterEntry =
+            serde_json::from_str(&row.body).map_err(|e| unreadable(identity.clone(), e))?;
+        if entry.slug != row.id || entry.version != row.version {
+            return Err(unreadable(identity, "the body names another identity"));
+        }
+        r.add_meter(&entry, "meter")
+            .map_err(|e| unreadable(identity, e))?;
+    }
+    let customers = rows(
+        db,
+        "SELECT DISTINCT '' AS scope, customer AS id, version, body FROM catalog_customers \
+         ORDER BY id, version, body",
+    )
+    .await?;
+    for row in customers {
+        let identity = format!("customer {} v{}", row.id, row.version);
+        let spec: CustomerSpec =
+            serde_json::from_str(&row.body).map_err(|e| unreadable(identity.clone(), e))?;
+        if spec.id != row.id || spec.version != row.version || !spec.agents.is_empty() {
+            return Err(unreadable(identity, "the body names another identity"));
+        }
+        r.add_customer(&spec, "customer")
+            .map_err(|e| unreadable(identity, e))?;
+    }
+    let agents = rows(
+        db,
+        "SELECT DISTINCT customer AS scope, agent AS id, version, body FROM catalog_agents \
+         ORDER BY scope, id, version, body",
+    )
+    .await?;
+    for row in agents {
+        let identity = format!("agent {} of {} v{}", row.id, row.scope, row.version);
+        let spec: AgentSpec =
+            serde_json::from_str(&row.body).map_err(|e| unreadable(identity.clone(), e))?;
+        let customer = CustomerId::new(row.scope).map_err(|e| unreadable(identity.clone(), e))?;
+        if spec.id != row.id || spec.version != row.version {
+            return Err(unreadable(identity, "the body names another identity"));
+        }
+        r.add_agent(&customer, &spec, "agent")
+            .map_err(|e| unreadable(identity, e))?;
+    }
+    Ok(r)
+}
+
+/// What to append, collected before writing anything.
+#[derive(Default)]
+struct Pending {
+    customers: Vec<CustomerSpec>,
+    agents: Vec<(String, AgentSpec)>,
+    meters: Vec<MeterEntry>,
+}
+
+impl Pending {
+    fn customer(&mut self, spec: &CustomerSpec, (n, agents): (Novelty, Vec<Novelty>)) {
+        if n == Novelty::New {
+            self.customers.push(spec.clone());
+        }
+        for (a, n) in spec.agents.iter().zip(agents) {
+            if n == Novelty::New {
+                self.agents.push((spec.id.clone(), a.clone()));
+            }
+        }
+    }
+
+    async fn write(self, db: &Client, now_ms: i64) -> Result<Appended, CatalogStoreError> {
+        let recorded_at = datetime_secs(now_ms);
+        if !self.meters.is_empty() {
+            let mut insert = db.insert::<MeterInsert<'_>>("catalog_meters").await?;
+            for m in &self.meters {
+                let body = m.body();
+                insert
+                    .write(&MeterInsert {
+                        meter: &m.slug,
+                        version: m.version,
+                        body: &body,
+                        recorded_at,
+                    })
+                    .await?;
+            }
+            insert.end().await?;
+        }
+        if !self.customers.is_empty() {
+            let mut insert = db.insert::<CustomerInsert<'_>>("catalog_customers").await?;
+            for c in &self.customers {
+                let body = c.body();
+                insert
+                    .write(&CustomerInsert {
+                        customer: &c.id,
+                        version: c.version,
+                        body: &body,
+                        recorded_at,
+                    })
+                    .await?;
+            }
+            insert.end().await?;
+        }
+        if !self.agents.is_empty() {
+            let mut insert = db.insert::<AgentInsert<'_>>("catalog_agents").await?;
+            for (customer, a) in &self.agents {
+                let body = a.body();
+                insert
+                    .write(&AgentInsert {
+                        customer,
+                        agent: &a.id,
+                        version: a.version,
+                        body: &body,
+                        recorded_at,
+                    })
+                    .await?;
+            }
+            insert.end().await?;
+        }
+        Ok(Appended {
+            customers: self.customers.len(),
+            agents: self.agents.len(),
+            meters: self.meters.len(),
+        })
+    }
+}
+
+/// Appends the file's meters and customers (with their agents) that are not stored yet;
+/// refuses changed ones, naming the entry (`meters[0]`, `customers[1].agents[0].id`).
+pub async fn bootstrap(
+    db: &Client,
+    customers: &[CustomerSpec],
+    meters: &[MeterSpec],
+    now_ms: i64,
+) -> Result<Appended, CatalogStoreError> {
+    let mut r = load(db).await?;
+    let mut pending = Pending::default();
+    for (i, spec) in meters.iter().enumerate() {
+        let at = format!("meters[{i}]");
+        let latest = r.meter_versions(&spec.slug).last().map(|e| (*e).clone());
+        match latest {
+            None => {
+                let entry = MeterEntry::from_spec(spec, 1);
+                r.add_meter(&entry, &at)?;
+                pending.meters.push(entry);
+            }
+            Some(latest) if latest.same_definition(&MeterEntry::from_spec(spec, 1)) => {}
+            Some(latest) => {
+                return Err(CatalogStoreError::Conflict {
+                    setting: at,
+                    detail: format!(
+                        "meter {} differs from its latest stored version {}; the rater prices \
+                         with the stored meters, so post the new definition as version {} \
+                         (POST /v1/meters) before changing the file",
+                        spec.slug,
+                        latest.version,
+                        latest.version.saturating_add(1)
+                    ),
+                })
+            }
+        }
+    }
+    for (i, spec) in customers.iter().enumerate() {
+        let added = r.add_customer(spec, &format!("customers[{i}]"))?;
+        pending.customer(spec, added);
+    }
+    pending.write(db, now_ms).await
+}
+
+/// Appends a customer version and its agents (`POST /v1/customers`; errors name
+/// `customer.*`); an identical re-post appends nothing.
+pub async fn add_customer(
+    db: &Client,
+    spec: &CustomerSpec,
+    now_ms: i64,
+) -> Result<Appended, CatalogStoreError> {
+    let mut r = load(db).await?;
+    let added = r.add_customer(spec, "customer")?;
+    let mut pending = Pending::default();
+    pending.customer(spec, added);
+    pending.write(db, now_ms).await
+}
+
+/// Appends an agent version of a stored customer (`POST /v1/customers/{id}/agents`; errors
+/// name `agent.*`; an unknown customer is [`CatalogStoreError::NotFound`]).
+pub async fn add_agent(
+    db: &Client,
+    customer: &CustomerId,
+    spec: &AgentSpec,
+    now_ms: i64,
+) -> Result<Appended, CatalogStoreError> {
+    let mut r = load(db).await?;
+    let mut pending = Pending::default();
+    if r.add_agent(customer, spec, "agent")? == Novelty::New {
+        pending.agents.push((customer.to_string(), spec.clone()));
+    }
+    pending.write(db, now_ms).await
+}
+
+/// Appends a meter version (`POST /v1/meters`; errors name `meter.*`) after checking that
+/// every stored plan and subscription is still valid with it (a plan's dimensions must stay
+/// group-by names of the meter).
+pub async fn add_meter(
+    db: &Client,
+    source: &CatalogSource,
+    entry: &MeterEntry,
+    now_ms: i64,
+) -> Result<Appended, CatalogStoreError> {
+    let mut r = load(db).await?;
+    let mut pending = Pending::default();
+    if r.add_meter(entry, "meter")? == Novelty::New {
+        let (plans, subscriptions) = crate::catalog_store::load(db).await?;
+        source
+            .build(plans, subscriptions, &r.meters())
+            .map_err(|e| {
+                CatalogStoreError::Invalid(tally_platform::ConfigError::invalid(
+                    "meter",
+                    format!(
+                        "meter {} version {} would invalidate the stored catalog: {e}",
+                        entry.slug, entry.version
+                    ),
+                ))
+            })?;
+        pending.meters.push(entry.clone());
+    }
+    pending.write(db, now_ms).await
+}
