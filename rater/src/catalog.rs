@@ -308,23 +308,23 @@ impl Catalog {
         self.subscription_at(customer, i64::MAX)
     }
 
-    /// The plan, billing cycle and start of the subscription covering `at_ms`, without
+    /// The plan, billing cycle, start and end of the subscription covering `at_ms`, without
     /// copying it (the fold's per-row lookup); same rules as [`Catalog::subscription_at`].
     pub fn coverage_at(
         &self,
         customer: &CustomerId,
         at_ms: i64,
-    ) -> Option<(&str, ZonedCycle, i64)> {
+    ) -> Option<(&str, ZonedCycle, i64, i64)> {
         let list = self
             .subscriptions
             .get(customer)
             .map_or(&[][..], Vec::as_slice);
         match list.iter().rev().find(|s| s.from_ms <= at_ms) {
-            Some(s) => Some((s.plan.as_str(), s.cycle, s.from_ms)),
-            None => self
-                .default_plan
-                .as_deref()
-                .map(|p| (p, BillingCycle::default().into(), i64::MIN)),
+            Some(s) => Some((s.plan.as_str(), s.cycle, s.from_ms, s.to_ms)),
+            None => self.default_plan.as_deref().map(|p| {
+                let to_ms = list.first().map_or(i64::MAX, |s| s.from_ms);
+                (p, BillingCycle::default().into(), i64::MIN, to_ms)
+            }),
         }
     }
 

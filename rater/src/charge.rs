@@ -28,6 +28,8 @@ pub struct MeterUsage {
     /// Where the charge's part of the period starts: the period start, or the instant a
     /// subscription change inside the period took effect.
     pub segment_from_ms: i64,
+    /// Where the part ends: the period end, or the instant the next subscription takes effect.
+    pub segment_to_ms: i64,
     pub quantity: Decimal,
     /// Windows (per agent and group) that contributed.
     pub windows: u32,
@@ -36,6 +38,20 @@ pub struct MeterUsage {
 }
 
 impl MeterUsage {
+    /// The part's time share of its period, `(segment_to - segment_from) / (period end -
+    /// period start)`: exactly 1 for a whole period; flat fees and minimums are prorated by it.
+    pub fn share(&self) -> Decimal {
+        let period_ms = self.period.end_ms - self.period.start_ms;
+        let part_ms = self.segment_to_ms.min(self.period.end_ms)
+            - self.segment_from_ms.max(self.period.start_ms);
+        if part_ms >= period_ms || period_ms <= 0 {
+            return Decimal::ONE;
+        }
+        Decimal::from(part_ms.max(0))
+            .checked_div(Decimal::from(period_ms))
+            .unwrap_or(Decimal::ONE)
+    }
+
     /// Merges one window's quantity according to the meter's aggregation.
     pub fn add_window(&mut self, quantity: Decimal, start_ms: i64, end_ms: i64) {
         self.quantity = match self.aggregation {
@@ -184,6 +200,7 @@ pub fn compute_with(
     };
     let measured = Measured {
         quantity: usage.quantity,
+        share: usage.share(),
         group_names: &usage.group_names,
         group_values: &usage.group_values,
     };
@@ -304,6 +321,7 @@ mod tests {
             group_names: vec![],
             group_values: vec![],
             segment_from_ms: 0,
+            segment_to_ms: 1000,
             quantity: d(q),
             windows: 1,
             first_window_ms: 0,

@@ -271,7 +271,10 @@ fn describe(t: &TierUse) -> String {
         (Some(LineKind::FreeAllowance), _) => {
             format!("free allowance: {} units = 0", t.quantity)
         }
-        (Some(LineKind::Minimum), _) => format!("minimum true-up: + {}", t.amount),
+        (Some(LineKind::Minimum), _) => match &t.label {
+            Some(label) => format!("minimum true-up ({label}): + {}", t.amount),
+            None => format!("minimum true-up: + {}", t.amount),
+        },
         (Some(LineKind::Maximum), _) => format!("maximum cap: {}", t.amount),
         (Some(LineKind::Discount), _) => {
             format!("coupon {}: {}", t.label.as_deref().unwrap_or("?"), t.amount)

@@ -91,13 +91,16 @@ pub fn fold(rows: &[UsageRow], catalog: &Catalog) -> (BTreeMap<UsageKey, MeterUs
             continue;
         };
         let start_ms = i64::from(row.window_start) * 1000;
-        let Some((plan_id, cycle, sub_from_ms)) = catalog.coverage_at(&customer, start_ms) else {
+        let Some((plan_id, cycle, sub_from_ms, sub_to_ms)) =
+            catalog.coverage_at(&customer, start_ms)
+        else {
             skipped.no_subscription += 1;
             continue;
         };
         let period = cycle.period_containing(start_ms);
         // a subscription change inside the period splits it at the change
         let segment_from_ms = period.start_ms.max(sub_from_ms);
+        let segment_to_ms = period.end_ms.min(sub_to_ms);
         let per_group = catalog
             .plan_at(plan_id, segment_from_ms)
             .and_then(|p| p.prices.get(&meter))
@@ -128,6 +131,7 @@ pub fn fold(rows: &[UsageRow], catalog: &Catalog) -> (BTreeMap<UsageKey, MeterUs
                 group_names: names,
                 group_values: values,
                 segment_from_ms,
+                segment_to_ms,
                 quantity: Decimal::ZERO,
                 windows: 0,
                 first_window_ms: start_ms,

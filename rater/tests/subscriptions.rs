@@ -1,6 +1,7 @@
 //! Subscriptions over time: a plan change inside a billing period splits that period's
-//! charges at the instant of the change (each part priced by its own plan, tiers and
-//! minimums applying per part); whole periods keep their usual charge ids.
+//! charges at the instant of the change (each part priced by its own plan, tiers applying
+//! per part, flat fees and minimums prorated: tests/proration.rs); whole periods keep their
+//! usual charge ids.
 
 mod common;
 

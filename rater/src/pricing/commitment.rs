@@ -2,10 +2,22 @@
 //! is capped at it). Both compare the unrounded subtotal of the model's lines; the
 //! adjustment is its own line (quantity zero, one billed unit), so the arithmetic still
 //! sums to the amount.
+//!
+//! In a part of a period split by a subscription change, the minimum is prorated by the
+//! part's time share ([`prorated`]); the maximum is not (each part is capped at it).
 
 use rust_decimal::Decimal;
 
 use super::{LineKind, TierUse};
+
+/// The minimum owed by a part covering `share` of its period (1: the whole minimum),
+/// unrounded; `None` on overflow.
+pub fn prorated(minimum: Decimal, share: Decimal) -> Option<Decimal> {
+    if share == Decimal::ONE {
+        return Some(minimum);
+    }
+    minimum.checked_mul(share)
+}
 
 /// The adjustment line for `subtotal`, if the commitment applies.
 pub fn adjust(

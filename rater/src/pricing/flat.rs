@@ -2,24 +2,30 @@
 //! attached to a meter and charged for every period in which the customer has committed
 //! usage windows of that meter (even windows with quantity zero): the rater learns of a
 //! customer's period only from usage.
+//!
+//! In a part of a period split by a subscription change, the fee is prorated by the part's
+//! time share (`share`, see [`crate::charge::MeterUsage::share`]): the line bills `share`
+//! units of the fee, so `amount = share × fee`, unrounded (the charge rounds once).
 
 use rust_decimal::Decimal;
 
 use super::TierUse;
 
-/// One line: one fee covering the whole quantity.
-pub fn price(fee: Decimal, quantity: Decimal) -> TierUse {
-    TierUse {
+/// One line: the fee times the period share (1 for a whole period), covering the whole
+/// quantity; `None` on overflow.
+pub fn price(fee: Decimal, quantity: Decimal, share: Decimal) -> Option<TierUse> {
+    debug_assert!(!share.is_sign_negative() && share <= Decimal::ONE);
+    Some(TierUse {
         tier: 1,
         from: Decimal::ZERO,
         up_to: None,
         quantity,
         unit_price: fee,
-        amount: fee,
-        billed_units: Some(Decimal::ONE),
+        amount: share.checked_mul(fee)?,
+        billed_units: Some(share),
         kind: None,
         label: None,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -30,9 +36,22 @@ mod tests {
     fn the_fee_does_not_depend_on_the_quantity() {
         let fee: Decimal = "49.99".parse().unwrap();
         for qty in ["0", "1", "1000000000000", "0.5"] {
-            let line = price(fee, qty.parse().unwrap());
+            let line = price(fee, qty.parse().unwrap(), Decimal::ONE).unwrap();
             assert_eq!(line.amount, fee, "{qty}");
             assert_eq!(line.expected_amount(), Some(fee));
         }
+    }
+
+    #[test]
+    fn a_part_of_a_period_pays_its_time_share() {
+        let line = price(
+            "30".parse().unwrap(),
+            Decimal::ZERO,
+            "0.25".parse().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(line.amount, "7.50".parse::<Decimal>().unwrap());
+        assert_eq!(line.billed_units, Some("0.25".parse().unwrap()));
+        assert_eq!(line.expected_amount(), Some(line.amount));
     }
 }

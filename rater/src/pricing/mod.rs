@@ -31,6 +31,10 @@ pub use graduated::Tier;
 #[derive(Debug, Clone, Copy)]
 pub struct Measured<'a> {
     pub quantity: Decimal,
+    /// The time share of the billing period the quantity was measured in (1: the whole
+    /// period; less for a part of a period split by a subscription change). Flat fees and
+    /// minimums are prorated by it; tiers, free units and maximums are not.
+    pub share: Decimal,
     /// Group-by names, sorted, and their values (same length).
     pub group_names: &'a [String],
     pub group_values: &'a [String],
@@ -41,6 +45,7 @@ impl<'a> Measured<'a> {
     pub fn ungrouped(quantity: Decimal) -> Measured<'static> {
         Measured {
             quantity,
+            share: Decimal::ONE,
             group_names: &[],
             group_values: &[],
         }
@@ -205,7 +210,7 @@ impl PriceModel {
             PriceModel::Graduated { tiers } => graduated::price(tiers, q),
             PriceModel::Volume { tiers } => volume::price(tiers, q),
             PriceModel::Package { size, price } => package::price(*size, *price, q),
-            PriceModel::Flat { amount } => Some(vec![flat::price(*amount, q)]),
+            PriceModel::Flat { amount } => flat::price(*amount, q, m.share).map(|l| vec![l]),
             PriceModel::Dimensional(d) => match d.rate(m.group_names, m.group_values) {
                 Some(unit_price) => per_unit::price(unit_price, q),
                 None => {
@@ -266,7 +271,17 @@ impl Price {
         let subtotal = Priced::from_lines(lines.clone())
             .ok_or(overflow.clone())?
             .amount;
-        lines.extend(commitment::adjust(subtotal, self.minimum, self.maximum));
+        let minimum = match self.minimum {
+            Some(min) => Some(commitment::prorated(min, m.share).ok_or(overflow.clone())?),
+            None => None,
+        };
+        let mut adjustment = commitment::adjust(subtotal, minimum, self.maximum);
+        if let (Some(line), Some(min)) = (adjustment.as_mut(), self.minimum) {
+            if line.kind == Some(LineKind::Minimum) && m.share != Decimal::ONE {
+                line.label = Some(format!("minimum {min} prorated x {}", m.share));
+            }
+        }
+        lines.extend(adjustment);
         let before_discounts = Priced::from_lines(lines.clone())
             .ok_or(overflow.clone())?
             .amount;

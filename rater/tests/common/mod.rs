@@ -72,6 +72,7 @@ pub fn usage(quantity: Decimal) -> MeterUsage {
         group_names: vec![],
         group_values: vec![],
         segment_from_ms: JAN_2026_MS,
+        segment_to_ms: JAN_2026_MS + 31 * 86_400_000,
         quantity,
         windows: 1,
         first_window_ms: JAN_2026_MS,
