@@ -378,88 +378,18 @@ async fn unique_count_and_latest_are_exact_across_windows_batches_and_restarts()
         (base + chrono::Duration::minutes(min) + chrono::Duration::seconds(sec)).to_rfc3339()
     };
     // users across three windows (u1 in all of them), seats changing; the last seats event is sent first
+    let acme = |id: &'static str, ty: &str, min: i64, sec: i64, data: &str| {
+        (id, event(id, "acme", "bot", ty, &at(min, sec), data))
+    };
     let sends = [
-        (
-            "s1",
-            event(
-                "s1",
-                "acme",
-                "bot",
-                "session",
-                &at(0, 1),
-                r#"{"user":"u1"}"#,
-            ),
-        ),
-        (
-            "s2",
-            event(
-                "s2",
-                "acme",
-                "bot",
-                "session",
-                &at(0, 2),
-                r#"{"user":"u2"}"#,
-            ),
-        ),
-        (
-            "s3",
-            event(
-                "s3",
-                "acme",
-                "bot",
-                "session",
-                &at(1, 1),
-                r#"{"user":"u1"}"#,
-            ),
-        ),
-        (
-            "s4",
-            event(
-                "s4",
-                "acme",
-                "bot",
-                "session",
-                &at(2, 1),
-                r#"{"user":"u1"}"#,
-            ),
-        ),
-        (
-            "s5",
-            event(
-                "s5",
-                "acme",
-                "bot",
-                "session",
-                &at(2, 2),
-                r#"{"user":"u3"}"#,
-            ),
-        ),
-        (
-            "k3",
-            event(
-                "k3",
-                "acme",
-                "bot",
-                "seats",
-                &at(0, 50),
-                r#"{"seats":"12"}"#,
-            ),
-        ),
-        (
-            "k1",
-            event("k1", "acme", "bot", "seats", &at(0, 10), r#"{"seats":"5"}"#),
-        ),
-        (
-            "k2",
-            event(
-                "k2",
-                "acme",
-                "bot",
-                "seats",
-                &at(0, 30),
-                r#"{"seats":"8.5"}"#,
-            ),
-        ),
+        acme("s1", "session", 0, 1, r#"{"user":"u1"}"#),
+        acme("s2", "session", 0, 2, r#"{"user":"u2"}"#),
+        acme("s3", "session", 1, 1, r#"{"user":"u1"}"#),
+        acme("s4", "session", 2, 1, r#"{"user":"u1"}"#),
+        acme("s5", "session", 2, 2, r#"{"user":"u3"}"#),
+        acme("k3", "seats", 0, 50, r#"{"seats":"12"}"#),
+        acme("k1", "seats", 0, 10, r#"{"seats":"5"}"#),
+        acme("k2", "seats", 0, 30, r#"{"seats":"8.5"}"#),
     ];
     let run = |stop: Shutdown| {
         let (db, nats_cfg, meters, url) = (

@@ -107,7 +107,14 @@ pub fn grants(service: Service) -> Grants {
             Service::Rater => (
                 false,
                 &["*"],
-                &["charges", "catalog_plans", "catalog_subscriptions"],
+                &[
+                    "charges",
+                    "catalog_plans",
+                    "catalog_subscriptions",
+                    "catalog_customers",
+                    "catalog_agents",
+                    "catalog_meters",
+                ],
             ),
             Service::Invoicer => (false, &["*"], &["invoices", "invoice_lines"]),
             Service::Gateway => (false, &["api_keys"], &["api_keys"]),
@@ -132,7 +139,7 @@ pub fn password_sha256(password: &str) -> String {
 /// The file name of the latest roles migration, which must equal [`roles_migration`]. Each
 /// roles migration is a full snapshot (`REVOKE ALL` then the grants): to change rights, edit
 /// [`grants`], add the new rendering as the next migration and point this at it.
-pub const ROLES_MIGRATION: &str = "0009_service_roles.sql";
+pub const ROLES_MIGRATION: &str = "0011_service_roles_catalog.sql";
 
 /// `GRANT` statements giving `grantee` the table rights of `g` in `database`.
 fn table_grants(database: &str, g: &Grants, grantee: &str) -> Vec<String> {

@@ -56,6 +56,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(8, "0008_catalog.sql"),
     migration!(9, "0009_service_roles.sql"),
     migration!(10, "0010_catalog_customers_agents_meters.sql"),
+    migration!(11, "0011_service_roles_catalog.sql"),
 ];
 
 /// A capability a migration needs from the server (its `-- requires:` header).
