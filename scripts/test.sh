@@ -26,9 +26,9 @@ fi
 logs="$(mktemp -d)"
 trap 'rm -rf "$logs"' EXIT
 
-log "cargo test --workspace"
+log "cargo test --workspace --no-fail-fast"
 set +e
-cargo test --workspace 2>&1 | tee "$logs/cargo.log"
+cargo test --workspace --no-fail-fast 2>&1 | tee "$logs/cargo.log"
 cargo_status=${PIPESTATUS[0]}
 log "python3 -m unittest discover -s tests/sql -v"
 python3 -m unittest discover -s tests/sql -v 2>&1 | tee "$logs/sql.log"

@@ -31,6 +31,8 @@ struct Config {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // first, so a SIGTERM at any point after start-up begins is a clean stop
+    let stop = shutdown::on_signals();
     let args = Args::parse(std::env::args().skip(1), &["config"])?;
     let path = config::path(&args);
     let cfg: Config = config::load(&path)?;
@@ -44,8 +46,6 @@ async fn main() -> anyhow::Result<()> {
         "setting `meters`: no meter is declared, every event would be refused"
     );
     telemetry::init_logs(&cfg.telemetry);
-    // before any I/O, so a SIGTERM during start-up is a clean stop too
-    let stop = shutdown::on_signals();
     telemetry::serve_metrics(cfg.aggregator.metrics_addr.parse()?)?;
     let nats = streams::connect(&cfg.nats).await?;
     let db = store::connect(&cfg.clickhouse);

@@ -297,7 +297,23 @@ impl AggregatorProcess {
     }
 
     /// SIGTERM, then waits for the exit status.
+    /// Whether the process has installed its SIGTERM handler (bit 15 of `SigCgt` in /proc).
+    pub fn catches_sigterm(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .ok()
+            .and_then(|s| {
+                let mask = s.lines().find_map(|l| l.strip_prefix("SigCgt:"))?;
+                u64::from_str_radix(mask.trim(), 16).ok()
+            })
+            .is_some_and(|mask| mask & (1 << 14) != 0)
+    }
+
+    /// SIGTERM once the process catches it (a process still being exec'd would just die), then
+    /// waits for the exit.
     pub fn terminate(mut self) -> std::process::ExitStatus {
+        wait_until("the aggregator's SIGTERM handler", Duration::from_secs(30), || {
+            self.catches_sigterm()
+        });
         self.signal("TERM");
         self.child.wait().expect("wait for the aggregator")
     }
