@@ -19,6 +19,7 @@
 //! - [`window`]: tumbling window arithmetic.
 //! - [`money`]: currencies, minor units and the one rounding rule.
 //! - [`period`]: billing periods (half-open UTC intervals).
+//! - [`invoice_status`]: the invoice lifecycle and its allowed transitions.
 //! - [`subject`]: the NATS subject layout `usage.<customer>.<agent>`.
 
 pub mod aggregation;
@@ -26,6 +27,7 @@ pub mod data;
 pub mod event;
 pub mod exact;
 pub mod ids;
+pub mod invoice_status;
 pub mod meter;
 pub mod money;
 pub mod period;
@@ -36,6 +38,7 @@ pub mod window;
 pub use aggregation::{Aggregation, Partial};
 pub use event::{EventError, UsageEvent};
 pub use ids::{AgentId, CustomerId, EventId, IdError, MeterSlug};
+pub use invoice_status::{InvoiceStatus, StatusError};
 pub use meter::{Meter, MeterError, MeterReading};
 pub use money::{Currency, MoneyError};
 pub use period::{BillingCycle, Period};

@@ -10,6 +10,7 @@
 //! # Layout
 //! - [`config`]: the `[invoicer]` section.
 //! - [`invoice`]: the invoice document and how it is built from charges (pure).
+//! - [`lifecycle`]: appending and reading lifecycle transitions (who, when, why).
 //! - [`render`]: invoices for people (text).
 //! - [`store`]: reading charges and existing invoices, writing invoices and lines.
 //! - [`run`]: one invoicing pass and the schedule.
@@ -17,6 +18,7 @@
 
 pub mod config;
 pub mod invoice;
+pub mod lifecycle;
 pub mod metrics;
 pub mod render;
 pub mod run;

@@ -26,6 +26,10 @@ pub const SECTIONS: &[&str] = &[
     "subscriptions",
     "tax_rates",
     "fx_rates",
+    "features",
+    "payments",
+    "portal",
+    "dunning",
 ];
 
 /// A configuration that cannot be used.

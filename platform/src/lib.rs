@@ -13,6 +13,7 @@
 //! - [`private_file`]: writing generated credentials with mode 0600.
 //! - [`args`]: `--name value` flags for the binaries.
 //! - [`config`]: the shared sections (`[nats]`, `[clickhouse]`, `[telemetry]`) and the loader.
+//! - [`features`]: billing feature flags (`[features]`).
 //! - [`store`]: connecting to ClickHouse.
 //! - [`migrate`]: the embedded, numbered migrations and the runner that applies them.
 //! - [`streams`]: declaring the `USAGE` and dead-letter streams.
@@ -23,6 +24,7 @@
 pub mod access;
 pub mod args;
 pub mod config;
+pub mod features;
 pub mod migrate;
 pub mod own_server;
 pub mod private_file;
@@ -33,3 +35,4 @@ pub mod telemetry;
 pub mod testkit;
 
 pub use config::{ClickHouseConfig, ConfigError, NatsConfig, TelemetryConfig};
+pub use features::Features;

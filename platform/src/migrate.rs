@@ -57,6 +57,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(9, "0009_service_roles.sql"),
     migration!(10, "0010_catalog_customers_agents_meters.sql"),
     migration!(11, "0011_service_roles_catalog.sql"),
+    migration!(12, "0012_invoice_transitions.sql"),
 ];
 
 /// A capability a migration needs from the server (its `-- requires:` header).

@@ -69,7 +69,10 @@ mod tests {
     async fn the_handler_is_installed_before_returning() {
         let token = on_signals();
         // no await between the call and the check: the spawned task has not run yet
-        assert!(sigterm_caught(), "SIGTERM is caught as soon as on_signals returns");
+        assert!(
+            sigterm_caught(),
+            "SIGTERM is caught as soon as on_signals returns"
+        );
         assert!(!token.is_cancelled());
     }
 }

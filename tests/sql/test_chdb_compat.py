@@ -242,6 +242,22 @@ FIXTURE = {
         [dict(invoice_id="INV-000001", line_no=1, charge_id="ch-tokens", meter="tokens", description="Tokens", quantity="16.75",
               amount_minor=34, currency="USD", version=2)],
     ],
+    # the same finalization appended twice (a retried append): the earliest record wins
+    "invoice_transitions": [
+        [
+            dict(transition_id="INV-000001:finalized", invoice_id="INV-000001", seq=1, from_status="draft",
+                 to_status="finalized", actor="invoicer:a", reason="grace period passed", at_ms=1764547200000,
+                 at="2025-12-01 00:00:00"),
+        ],
+        [
+            dict(transition_id="INV-000001:finalized", invoice_id="INV-000001", seq=1, from_status="draft",
+                 to_status="finalized", actor="invoicer:b", reason="grace period passed", at_ms=1764547201000,
+                 at="2025-12-01 00:00:01"),
+            dict(transition_id="INV-000001:paid", invoice_id="INV-000001", seq=2, from_status="finalized",
+                 to_status="paid", actor="payments:webhook", reason="evt_1", at_ms=1764633600000,
+                 at="2025-12-02 00:00:00"),
+        ],
+    ],
 }
 
 # Hand-computed: what each known view must show (selected columns; the rest are compared
@@ -276,6 +292,13 @@ EXPECTED = {
     "v_invoices": {
         "columns": ["invoice_id", "status", "subtotal_minor", "total_minor", "version"],
         "rows": [["INV-000001", "issued", "94", "94", "2"]],
+    },
+    "v_invoice_transitions": {
+        "columns": ["transition_id", "to_status", "actor", "at_ms"],
+        "rows": [
+            ["INV-000001:finalized", "finalized", "invoicer:a", "1764547200000"],
+            ["INV-000001:paid", "paid", "payments:webhook", "1764633600000"],
+        ],
     },
     "v_invoice_lines": {
         "columns": ["invoice_id", "line_no", "charge_id", "quantity", "amount_minor", "version"],

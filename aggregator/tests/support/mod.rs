@@ -311,9 +311,11 @@ impl AggregatorProcess {
     /// SIGTERM once the process catches it (a process still being exec'd would just die), then
     /// waits for the exit.
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        wait_until("the aggregator's SIGTERM handler", Duration::from_secs(30), || {
-            self.catches_sigterm()
-        });
+        wait_until(
+            "the aggregator's SIGTERM handler",
+            Duration::from_secs(30),
+            || self.catches_sigterm(),
+        );
         self.signal("TERM");
         self.child.wait().expect("wait for the aggregator")
     }
