@@ -337,6 +337,14 @@ cmd_up() {
     ch_plan="$(plan_clickhouse)"
     if [ "$nats_plan" = start ] && [ -z "$(find_bin nats-server)" ]; then missing+=(nats-server); fi
     if [ "$ch_plan" = start ] && [ -z "$(find_bin clickhouse-server)" ]; then missing+=(clickhouse-server); fi
+    # The test suite's tools (TALLY_TEST_TOOLS=1, set by scripts/test.sh): Prometheus and
+    # promtool for the metrics and alert-rule tests, headless Chromium for the portal test,
+    # pdftotext for the invoice PDF test. Same single apt-get run as the servers.
+    if [ "${TALLY_TEST_TOOLS:-0}" = 1 ]; then
+        [ -n "$(find_bin promtool)" ] || missing+=(prometheus)
+        [ -n "$(find_bin chromium)" ] || missing+=(chromium)
+        [ -n "$(find_bin pdftotext)" ] || missing+=(poppler-utils)
+    fi
     install_packages "${missing[@]}"
 
     case "$nats_plan" in

@@ -11,7 +11,7 @@ cd "$ROOT"
 log() { echo "test: $*"; }
 
 log "bringing up the local stack"
-scripts/stack.sh up
+TALLY_TEST_TOOLS=1 scripts/stack.sh up
 
 export TALLY_TEST_NATS_URL="nats://127.0.0.1:${TALLY_NATS_PORT:-4222}"
 export TALLY_TEST_CLICKHOUSE_URL="http://127.0.0.1:${TALLY_CH_HTTP_PORT:-8123}"
