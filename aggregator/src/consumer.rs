@@ -80,6 +80,7 @@ pub async fn run(
             consumer: cfg.consumer_name(),
             detail: e.to_string(),
         })?;
+    metrics::init();
     let js = jetstream::new(nats.clone());
     let mut agg = Aggregator {
         cfg,
@@ -137,6 +138,11 @@ pub async fn run(
                     last_lag = Instant::now();
                     if let Ok(info) = consumer.info().await {
                         metrics::lag(info.num_pending, info.num_ack_pending);
+                    }
+                    if let Ok(mut dlq) = agg.js.get_stream(&nats_cfg.dlq_stream).await {
+                        if let Ok(info) = dlq.info().await {
+                            metrics::dead_letter_depth(info.state.messages);
+                        }
                     }
                 }
             }

@@ -1,10 +1,26 @@
 //! Every metric the aggregator emits, in one place. Names follow Prometheus conventions
-//! (`_total`, `_seconds`); labels are bounded (outcome, reason code, table).
+//! (`tally_aggregator_<what>_<unit>`, counters `_total`, `_seconds`, `_bytes`); labels are
+//! bounded (outcome, reason code, table), never an event, customer or agent id. The dashboards
+//! and alert rules in dashboards/ query these names (tests/ops checks they exist).
 
 use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
 use tally_domain::Reason;
+
+/// Declares every counter at zero (each outcome, each reason code), so `rate()` and the alert
+/// rules see a series from the start instead of nothing until the first failure.
+pub fn init() {
+    for outcome in ["accepted", "duplicate", "rejected"] {
+        events(outcome, 0);
+    }
+    for reason in Reason::ALL {
+        counter!("tally_aggregator_rejected_events_total", "reason" => reason.code()).absolute(0);
+    }
+    counter!("tally_aggregator_batches_total").absolute(0);
+    counter!("tally_aggregator_commit_errors_total").absolute(0);
+    committed(0, 0);
+}
 
 /// Messages by outcome: `accepted`, `duplicate`, `rejected`.
 pub fn events(outcome: &'static str, n: u64) {
@@ -13,7 +29,7 @@ pub fn events(outcome: &'static str, n: u64) {
 
 /// Rejections by reason code.
 pub fn rejected(reason: Reason) {
-    counter!("tally_aggregator_rejected_total", "reason" => reason.code()).increment(1);
+    counter!("tally_aggregator_rejected_events_total", "reason" => reason.code()).increment(1);
 }
 
 /// A committed batch: its size and how long the commit took.
@@ -54,4 +70,9 @@ pub fn committed(events: usize, readings: usize) {
 pub fn lag(pending: u64, ack_pending: usize) {
     gauge!("tally_aggregator_consumer_pending_messages").set(pending as f64);
     gauge!("tally_aggregator_consumer_ack_pending_messages").set(ack_pending as f64);
+}
+
+/// Messages in the dead-letter stream (its depth; limits retention ages them out).
+pub fn dead_letter_depth(messages: u64) {
+    gauge!("tally_aggregator_dead_letter_messages").set(messages as f64);
 }

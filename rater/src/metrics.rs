@@ -1,13 +1,30 @@
-//! Every metric the rater emits.
+//! Every metric the rater emits, in one place: `tally_rater_<what>_<unit>` (counters `_total`,
+//! durations `_seconds`); labels are bounded (the cause of unpriced usage), never a customer id.
+//! The dashboards and alert rules in dashboards/ query these names.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use metrics::{counter, histogram};
+use metrics::{counter, gauge, histogram};
 
-/// One rating pass: how long it took and how many charges it wrote.
+/// Declares every counter at zero, so `rate()` and the alert rules see a series from the start.
+pub fn init() {
+    counter!("tally_rater_charges_written_total").absolute(0);
+    counter!("tally_rater_pass_errors_total").absolute(0);
+    for cause in ["no_subscription", "no_price"] {
+        unpriced(cause, 0);
+    }
+}
+
+/// One rating pass: how long it took, how many charges it wrote, and when it finished (for the
+/// "rating stalled" alert).
 pub fn pass(took: Duration, charges: usize) {
     histogram!("tally_rater_pass_seconds").record(took.as_secs_f64());
     counter!("tally_rater_charges_written_total").increment(charges as u64);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    gauge!("tally_rater_last_success_timestamp_seconds").set(now);
 }
 
 /// A failed pass.

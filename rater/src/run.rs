@@ -89,6 +89,7 @@ pub async fn run(
     shutdown: Shutdown,
     now_ms: fn() -> i64,
 ) {
+    metrics::init();
     let mut tick = tokio::time::interval(Duration::from_secs(cfg.interval_secs));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

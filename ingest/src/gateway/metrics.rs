@@ -3,6 +3,18 @@
 
 use std::time::Duration;
 
+/// Declares the event counters at zero (each outcome, each reason code), so `rate()` and the
+/// alert rules see a series from the start.
+pub fn init() {
+    for status in ["accepted", "duplicate", "failed"] {
+        metrics::counter!("tally_gateway_events_total", "status" => status).absolute(0);
+    }
+    for reason in tally_domain::Reason::ALL {
+        metrics::counter!("tally_gateway_rejected_events_total", "reason" => reason.code())
+            .absolute(0);
+    }
+}
+
 /// One answered request.
 pub fn request(status: u16, elapsed: Duration) {
     metrics::counter!("tally_gateway_requests_total", "status" => status.to_string()).increment(1);

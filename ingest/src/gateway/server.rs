@@ -151,6 +151,7 @@ pub async fn start(
 ) -> std::io::Result<Running> {
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
+    metrics::init();
     if gw.db.is_some() {
         tokio::spawn(refresh_keys(gw.clone(), shutdown.clone()));
     }

@@ -1,0 +1,82 @@
+//! Readiness for `/readyz`: a process is ready unless a component said it is not, or it is
+//! draining after a shutdown signal. Liveness (`/healthz`) needs no state: answering is alive.
+//!
+//! Components mark themselves with [`set_ready`] (for example `set_ready("consumer", false)`
+//! before a consumer is bound, `true` after). This module holds switches only; it never probes
+//! anything itself.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+static DRAINING: AtomicBool = AtomicBool::new(false);
+/// Components that are not ready, by name (bounded by the code: names are `&'static str`).
+static NOT_READY: Mutex<BTreeMap<&'static str, ()>> = Mutex::new(BTreeMap::new());
+
+/// Marks `component` ready or not ready.
+pub fn set_ready(component: &'static str, ready: bool) {
+    let mut not_ready = NOT_READY.lock().unwrap_or_else(|p| p.into_inner());
+    if ready {
+        not_ready.remove(component);
+    } else {
+        not_ready.insert(component, ());
+    }
+}
+
+/// Marks the whole process as draining: `/readyz` answers 503 from now on.
+pub fn set_draining() {
+    DRAINING.store(true, Ordering::SeqCst);
+}
+
+/// `Ok(())` when ready, else the reasons (`draining`, then the components not ready).
+pub fn readiness() -> Result<(), Vec<&'static str>> {
+    let mut reasons = Vec::new();
+    if DRAINING.load(Ordering::SeqCst) {
+        reasons.push("draining");
+    }
+    let not_ready = NOT_READY.lock().unwrap_or_else(|p| p.into_inner());
+    reasons.extend(not_ready.keys().copied());
+    if reasons.is_empty() {
+        Ok(())
+    } else {
+        Err(reasons)
+    }
+}
+
+/// Flips to draining on SIGTERM or SIGINT, next to the handlers of `shutdown::on_signals`
+/// (Tokio delivers a signal to every listener), so load balancers stop sending work while the
+/// service flushes.
+pub(super) fn drain_on_signals() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                set_draining();
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_component_not_ready_is_named_until_it_is_ready() {
+        set_ready("test-component", false);
+        let reasons = readiness().unwrap_err();
+        assert!(reasons.contains(&"test-component"));
+        set_ready("test-component", true);
+        assert!(readiness()
+            .err()
+            .is_none_or(|r| !r.contains(&"test-component")));
+    }
+}
