@@ -3,6 +3,8 @@
 use serde::Deserialize;
 use tally_platform::ConfigError;
 
+use crate::invoice::Issuer;
+
 /// `[invoicer]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -21,6 +23,10 @@ pub struct InvoicerConfig {
     /// Days from the period end to the due date. Default 30.
     #[serde(default = "default_payment_terms_days")]
     pub payment_terms_days: u32,
+    /// `[invoicer.issuer]`: who issues the invoices (`id`, `name`, `address` lines, `tax_id`);
+    /// invoice numbers are sequential per issuer `id`. Default id `tally`, name `Tally`.
+    #[serde(default = "default_issuer")]
+    pub issuer: Issuer,
     /// Prometheus endpoint. Default `127.0.0.1:9103`.
     #[serde(default = "default_metrics_addr")]
     pub metrics_addr: String,
@@ -38,6 +44,14 @@ const fn default_lookback_secs() -> u64 {
 const fn default_payment_terms_days() -> u32 {
     30
 }
+fn default_issuer() -> Issuer {
+    Issuer {
+        id: "tally".into(),
+        name: "Tally".into(),
+        address: Vec::new(),
+        tax_id: String::new(),
+    }
+}
 fn default_metrics_addr() -> String {
     "127.0.0.1:9103".into()
 }
@@ -49,6 +63,7 @@ impl Default for InvoicerConfig {
             grace_secs: default_grace_secs(),
             lookback_secs: default_lookback_secs(),
             payment_terms_days: default_payment_terms_days(),
+            issuer: default_issuer(),
             metrics_addr: default_metrics_addr(),
         }
     }

@@ -1,6 +1,11 @@
 //! The invoice document and how it is built from one customer's charges for one period.
-//! Pure: the caller passes the charges and `now`. Amounts are the charges' already-rounded
-//! minor units; totals are their sums, so nothing is rounded here.
+//! Pure: the caller passes the charges, the terms and `now`. Amounts are the charges'
+//! already-rounded minor units; every total is a sum of them, so nothing is rounded here.
+//!
+//! Totals: `subtotal` (before discounts) − `discount` = `net` (the lines' amounts), plus the
+//! tax of every line (grouped per rate) = `total`; prepaid credits then lower the `amount_due`
+//! (never below zero). A line is a charge of the period (`usage`) or an `adjustment`: late usage
+//! of an earlier, already finalized period (see [`crate::late`]).
 
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use rust_decimal::Decimal;
@@ -8,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tally_domain::{Currency, MoneyError, Period};
 use xxhash_rust::xxh3::xxh3_128;
 
-/// An invoice's status.
+/// An invoice's status as the invoicer builds it (payment states live in the lifecycle).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
@@ -27,6 +32,15 @@ impl Status {
     }
 }
 
+/// Who issues the invoice (`[invoicer.issuer]`); numbers are sequential per issuer id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Issuer {
+    pub id: String,
+    pub name: String,
+    pub address: Vec<String>,
+    pub tax_id: String,
+}
+
 /// A charge as the invoicer reads it from `v_charges`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChargeLine {
@@ -35,6 +49,8 @@ pub struct ChargeLine {
     pub period: Period,
     pub meter: String,
     pub group_key: String,
+    pub group_names: Vec<String>,
+    pub group_values: Vec<String>,
     pub plan_id: String,
     pub plan_version: u32,
     pub price_model: String,
@@ -42,53 +58,141 @@ pub struct ChargeLine {
     pub quantity: Decimal,
     pub unit_price: String,
     pub tiers_json: String,
+    /// After discounts, before tax.
     pub amount_minor: i64,
+    pub amount_before_discounts_minor: i64,
+    /// Percent as the rater wrote it; empty when untaxed.
+    pub tax_rate: String,
+    pub tax_minor: i64,
+}
+
+/// Whether a line bills the period's own usage or corrects an earlier period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LineKind {
+    #[default]
+    Usage,
+    /// The difference between a finalized period's latest charge and what its invoice billed.
+    Adjustment,
 }
 
 /// One invoice line.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InvoiceLine {
     pub line_no: u32,
+    #[serde(default)]
+    pub kind: LineKind,
     pub charge_id: String,
     pub meter: String,
     pub group_key: String,
+    #[serde(default)]
+    pub group_names: Vec<String>,
+    #[serde(default)]
+    pub group_values: Vec<String>,
     pub description: String,
     pub quantity: Decimal,
     pub price_model: String,
     /// Empty for tiered prices; see `tiers`.
     pub unit_price: String,
+    /// The rater's arithmetic: tiers, then discount steps (`kind: discount`).
     pub tiers: serde_json::Value,
     pub plan_id: String,
     pub plan_version: u32,
+    #[serde(default)]
+    pub amount_before_discounts_minor: i64,
+    #[serde(default)]
+    pub discount_minor: i64,
     pub amount: Decimal,
+    /// After discounts, before tax.
     pub amount_minor: i64,
+    #[serde(default)]
+    pub tax_rate: String,
+    #[serde(default)]
+    pub tax_minor: i64,
+    /// For an adjustment: the finalized invoice it corrects.
+    #[serde(default)]
+    pub adjusts_invoice_id: Option<String>,
+}
+
+/// The tax of the lines at one rate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaxAmount {
+    /// Percent, e.g. `19`; empty for untaxed lines (not listed).
+    pub rate_percent: String,
+    pub taxable_minor: i64,
+    pub tax_minor: i64,
 }
 
 /// One invoice.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Invoice {
     pub invoice_id: String,
+    /// Assigned once, at finalization (`None` on drafts).
+    #[serde(default)]
+    pub number: Option<String>,
+    #[serde(default)]
+    pub issuer: Issuer,
     pub customer: String,
     pub status: Status,
     pub currency: String,
     pub period_start: String,
     pub period_end: String,
-    #[serde(skip)]
     pub period: Period,
     pub issued_at: String,
     pub due_date: String,
+    #[serde(default)]
+    pub due_at_ms: i64,
+    #[serde(default)]
+    pub payment_terms_days: u32,
     pub plan_id: String,
     pub plan_version: u32,
     pub lines: Vec<InvoiceLine>,
+    /// Before discounts.
     pub subtotal: Decimal,
     pub subtotal_minor: i64,
+    #[serde(default)]
+    pub discount_minor: i64,
+    /// After discounts, before tax: the sum of the lines' amounts.
+    #[serde(default)]
+    pub net_minor: i64,
+    #[serde(default)]
+    pub taxes: Vec<TaxAmount>,
+    #[serde(default)]
+    pub tax_minor: i64,
     pub total: Decimal,
     pub total_minor: i64,
+    /// Prepaid credits applied to this invoice.
+    #[serde(default)]
+    pub credits_applied_minor: i64,
+    #[serde(default)]
+    pub amount_due: Decimal,
+    #[serde(default)]
+    pub amount_due_minor: i64,
+}
+
+impl Invoice {
+    pub fn currency(&self) -> Option<Currency> {
+        self.currency.parse().ok()
+    }
+}
+
+/// What an invoice is built with besides its charges.
+#[derive(Debug, Clone, Default)]
+pub struct Terms {
+    /// How long after the period end the invoice stays a draft.
+    pub grace_ms: i64,
+    /// Days from the period end to the due date.
+    pub payment_terms_days: u32,
+    pub issuer: Issuer,
+    /// Prepaid credit still available to the customer, in the invoice's currency.
+    pub credit_available_minor: i64,
 }
 
 /// Why an invoice cannot be built.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    #[error("invoice for {customer}: no charges")]
+    Empty { customer: String },
     #[error("invoice for {customer}: charges in several currencies ({0:?})", .currencies)]
     MixedCurrencies {
         customer: String,
@@ -103,7 +207,9 @@ pub enum BuildError {
     Overflow { customer: String },
 }
 
-/// The deterministic id of a customer's invoice for a period.
+/// The deterministic id of a subscription's invoice for a period. A customer has one
+/// subscription at a time (the catalog's subscription versions are per customer), so the
+/// subscription is named by its customer.
 pub fn invoice_id(customer: &str, period_start_ms: i64) -> String {
     format!(
         "inv_{:032x}",
@@ -111,98 +217,167 @@ pub fn invoice_id(customer: &str, period_start_ms: i64) -> String {
     )
 }
 
-fn rfc3339(ms: i64) -> String {
+/// RFC 3339 (seconds, `Z`) of an instant in ms.
+pub fn rfc3339(ms: i64) -> String {
     DateTime::<Utc>::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
         .unwrap_or_default()
 }
 
-/// Builds the invoice of `charges` (all of one customer and period, non-empty) at `now_ms`.
+/// Builds the invoice of `charges` (all of one customer and period) at `now_ms`; adjustment
+/// lines (already built, see [`crate::late`]) follow the period's own lines.
 pub fn build(
     charges: &[ChargeLine],
+    adjustments: Vec<InvoiceLine>,
+    terms: &Terms,
     now_ms: i64,
-    grace_ms: i64,
-    payment_terms_days: u32,
 ) -> Result<Invoice, BuildError> {
-    let first = charges
-        .first()
-        .expect("an invoice needs at least one charge");
+    let first = charges.first().ok_or_else(|| BuildError::Empty {
+        customer: String::new(),
+    })?;
     let customer = first.customer.clone();
-    let mut currencies: Vec<String> = charges.iter().map(|c| c.currency.clone()).collect();
-    currencies.sort();
-    currencies.dedup();
-    if currencies.len() > 1 {
-        return Err(BuildError::MixedCurrencies {
-            customer,
-            currencies,
-        });
-    }
-    let currency: Currency = first
-        .currency
-        .parse()
-        .map_err(|source| BuildError::Currency {
-            customer: customer.clone(),
-            source,
-        })?;
+    let currency = one_currency(charges, &customer)?;
     let mut sorted: Vec<&ChargeLine> = charges.iter().collect();
     sorted.sort_by(|a, b| {
         (&a.meter, &a.group_key, &a.charge_id).cmp(&(&b.meter, &b.group_key, &b.charge_id))
     });
-    let lines: Vec<InvoiceLine> = sorted
-        .iter()
-        .enumerate()
-        .map(|(i, c)| InvoiceLine {
-            line_no: i as u32 + 1,
-            charge_id: c.charge_id.clone(),
-            meter: c.meter.clone(),
-            group_key: c.group_key.clone(),
-            description: describe(c),
-            quantity: c.quantity,
-            price_model: c.price_model.clone(),
-            unit_price: c.unit_price.clone(),
-            tiers: serde_json::from_str(&c.tiers_json).unwrap_or(serde_json::Value::Null),
-            plan_id: c.plan_id.clone(),
-            plan_version: c.plan_version,
-            amount: currency.from_minor(c.amount_minor),
-            amount_minor: c.amount_minor,
-        })
-        .collect();
-    let subtotal_minor = lines
-        .iter()
-        .try_fold(0i64, |acc, l| acc.checked_add(l.amount_minor))
-        .ok_or_else(|| BuildError::Overflow {
-            customer: customer.clone(),
-        })?;
+    let mut lines: Vec<InvoiceLine> = sorted.iter().map(|c| line(c, currency)).collect();
+    lines.extend(adjustments);
+    for (i, l) in lines.iter_mut().enumerate() {
+        l.line_no = i as u32 + 1;
+    }
     let period = first.period;
-    let status = if now_ms >= period.end_ms + grace_ms {
+    let status = if now_ms >= period.end_ms + terms.grace_ms {
         Status::Finalized
     } else {
         Status::Draft
     };
-    Ok(Invoice {
+    let due_at_ms =
+        period.end_ms + Duration::days(i64::from(terms.payment_terms_days)).num_milliseconds();
+    let mut inv = Invoice {
         invoice_id: invoice_id(&customer, period.start_ms),
-        customer,
+        number: None,
+        issuer: terms.issuer.clone(),
+        customer: customer.clone(),
         status,
         currency: currency.code().to_owned(),
         period_start: rfc3339(period.start_ms),
         period_end: rfc3339(period.end_ms),
         period,
         issued_at: rfc3339(now_ms),
-        due_date: rfc3339(
-            period.end_ms + Duration::days(i64::from(payment_terms_days)).num_milliseconds(),
-        ),
+        due_date: rfc3339(due_at_ms),
+        due_at_ms,
+        payment_terms_days: terms.payment_terms_days,
         plan_id: first.plan_id.clone(),
         plan_version: first.plan_version,
         lines,
-        subtotal: currency.from_minor(subtotal_minor),
-        subtotal_minor,
-        total: currency.from_minor(subtotal_minor),
-        total_minor: subtotal_minor,
-    })
+        subtotal: Decimal::ZERO,
+        subtotal_minor: 0,
+        discount_minor: 0,
+        net_minor: 0,
+        taxes: Vec::new(),
+        tax_minor: 0,
+        total: Decimal::ZERO,
+        total_minor: 0,
+        credits_applied_minor: 0,
+        amount_due: Decimal::ZERO,
+        amount_due_minor: 0,
+    };
+    totals(&mut inv, currency, terms.credit_available_minor)
+        .ok_or(BuildError::Overflow { customer })?;
+    Ok(inv)
+}
+
+fn one_currency(charges: &[ChargeLine], customer: &str) -> Result<Currency, BuildError> {
+    let mut currencies: Vec<String> = charges.iter().map(|c| c.currency.clone()).collect();
+    currencies.sort();
+    currencies.dedup();
+    if currencies.len() > 1 {
+        return Err(BuildError::MixedCurrencies {
+            customer: customer.to_owned(),
+            currencies,
+        });
+    }
+    currencies
+        .first()
+        .map(String::as_str)
+        .unwrap_or_default()
+        .parse()
+        .map_err(|source| BuildError::Currency {
+            customer: customer.to_owned(),
+            source,
+        })
+}
+
+/// The line of one charge (line number set by the caller).
+pub fn line(c: &ChargeLine, currency: Currency) -> InvoiceLine {
+    InvoiceLine {
+        line_no: 0,
+        kind: LineKind::Usage,
+        charge_id: c.charge_id.clone(),
+        meter: c.meter.clone(),
+        group_key: c.group_key.clone(),
+        group_names: c.group_names.clone(),
+        group_values: c.group_values.clone(),
+        description: describe(c),
+        quantity: c.quantity,
+        price_model: c.price_model.clone(),
+        unit_price: c.unit_price.clone(),
+        tiers: serde_json::from_str(&c.tiers_json).unwrap_or(serde_json::Value::Null),
+        plan_id: c.plan_id.clone(),
+        plan_version: c.plan_version,
+        amount_before_discounts_minor: c.amount_before_discounts_minor,
+        discount_minor: c.amount_before_discounts_minor - c.amount_minor,
+        amount: currency.from_minor(c.amount_minor),
+        amount_minor: c.amount_minor,
+        tax_rate: c.tax_rate.clone(),
+        tax_minor: c.tax_minor,
+        adjusts_invoice_id: None,
+    }
+}
+
+/// Fills the totals from the lines; `None` on overflow.
+fn totals(inv: &mut Invoice, currency: Currency, credit_available_minor: i64) -> Option<()> {
+    let sum = |f: fn(&InvoiceLine) -> i64| {
+        inv.lines
+            .iter()
+            .try_fold(0i64, |acc, l| acc.checked_add(f(l)))
+    };
+    inv.subtotal_minor = sum(|l| l.amount_before_discounts_minor)?;
+    inv.net_minor = sum(|l| l.amount_minor)?;
+    inv.discount_minor = inv.subtotal_minor.checked_sub(inv.net_minor)?;
+    inv.tax_minor = sum(|l| l.tax_minor)?;
+    let mut taxes: Vec<TaxAmount> = Vec::new();
+    for l in inv.lines.iter().filter(|l| !l.tax_rate.is_empty()) {
+        match taxes.iter_mut().find(|t| t.rate_percent == l.tax_rate) {
+            Some(t) => {
+                t.taxable_minor = t.taxable_minor.checked_add(l.amount_minor)?;
+                t.tax_minor = t.tax_minor.checked_add(l.tax_minor)?;
+            }
+            None => taxes.push(TaxAmount {
+                rate_percent: l.tax_rate.clone(),
+                taxable_minor: l.amount_minor,
+                tax_minor: l.tax_minor,
+            }),
+        }
+    }
+    taxes.sort_by(|a, b| a.rate_percent.cmp(&b.rate_percent));
+    inv.taxes = taxes;
+    inv.total_minor = inv.net_minor.checked_add(inv.tax_minor)?;
+    inv.credits_applied_minor = credit_available_minor.clamp(0, inv.total_minor.max(0));
+    inv.amount_due_minor = inv.total_minor - inv.credits_applied_minor;
+    inv.subtotal = currency.from_minor(inv.subtotal_minor);
+    inv.total = currency.from_minor(inv.total_minor);
+    inv.amount_due = currency.from_minor(inv.amount_due_minor);
+    debug_assert_eq!(
+        inv.subtotal_minor - inv.discount_minor + inv.tax_minor - inv.credits_applied_minor,
+        inv.amount_due_minor
+    );
+    Some(())
 }
 
 fn describe(c: &ChargeLine) -> String {
-    let group = if c.group_key == "{}" {
+    let group = if c.group_key == "{}" || c.group_key.is_empty() {
         String::new()
     } else {
         format!(" {}", c.group_key)
@@ -216,7 +391,7 @@ fn describe(c: &ChargeLine) -> String {
             c.currency
         ),
         model => format!(
-            "{}{group}: {} units, {model} tiers",
+            "{}{group}: {} units, {model}",
             c.meter,
             c.quantity.normalize()
         ),
@@ -224,10 +399,10 @@ fn describe(c: &ChargeLine) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn charge(meter: &str, minor: i64) -> ChargeLine {
+    pub(crate) fn charge(meter: &str, minor: i64) -> ChargeLine {
         ChargeLine {
             charge_id: format!("chg_{meter}"),
             customer: "acme".into(),
@@ -237,6 +412,8 @@ mod tests {
             },
             meter: meter.into(),
             group_key: "{}".into(),
+            group_names: vec![],
+            group_values: vec![],
             plan_id: "p".into(),
             plan_version: 2,
             price_model: "per_unit".into(),
@@ -245,12 +422,23 @@ mod tests {
             unit_price: "0.5".into(),
             tiers_json: "[]".into(),
             amount_minor: minor,
+            amount_before_discounts_minor: minor,
+            tax_rate: String::new(),
+            tax_minor: 0,
+        }
+    }
+
+    fn terms(grace_ms: i64) -> Terms {
+        Terms {
+            grace_ms,
+            payment_terms_days: 30,
+            ..Terms::default()
         }
     }
 
     #[test]
     fn totals_are_sums_of_lines_in_minor_units() {
-        let inv = build(&[charge("b", 250), charge("a", 1)], 500, 0, 30).unwrap();
+        let inv = build(&[charge("b", 250), charge("a", 1)], vec![], &terms(0), 500).unwrap();
         assert_eq!(
             inv.lines
                 .iter()
@@ -260,19 +448,69 @@ mod tests {
         );
         assert_eq!(inv.subtotal_minor, 251);
         assert_eq!(inv.total, Decimal::new(251, 2));
+        assert_eq!(inv.amount_due_minor, 251);
         assert_eq!(inv.lines[1].amount, Decimal::new(250, 2));
         assert_eq!(inv.status, Status::Draft);
         assert_eq!(inv.invoice_id, invoice_id("acme", 0));
     }
 
     #[test]
+    fn discounts_tax_per_rate_and_credits() {
+        let mut a = charge("a", 900);
+        a.amount_before_discounts_minor = 1000;
+        a.tax_rate = "19".into();
+        a.tax_minor = 171;
+        let mut b = charge("b", 500);
+        b.tax_rate = "7".into();
+        b.tax_minor = 35;
+        let mut c = charge("c", 100);
+        c.tax_rate = "19".into();
+        c.tax_minor = 19;
+        let mut t = terms(0);
+        t.credit_available_minor = 600;
+        let inv = build(&[a, b, c], vec![], &t, 0).unwrap();
+        assert_eq!(inv.subtotal_minor, 1600);
+        assert_eq!(inv.discount_minor, 100);
+        assert_eq!(inv.net_minor, 1500);
+        assert_eq!(
+            inv.taxes,
+            vec![
+                TaxAmount {
+                    rate_percent: "19".into(),
+                    taxable_minor: 1000,
+                    tax_minor: 190
+                },
+                TaxAmount {
+                    rate_percent: "7".into(),
+                    taxable_minor: 500,
+                    tax_minor: 35
+                }
+            ]
+        );
+        assert_eq!(inv.tax_minor, 225);
+        assert_eq!(inv.total_minor, 1725);
+        assert_eq!(inv.credits_applied_minor, 600);
+        assert_eq!(inv.amount_due_minor, 1125);
+        t.credit_available_minor = 5000;
+        let covered = build(&[charge("a", 10)], vec![], &t, 0).unwrap();
+        assert_eq!(
+            (covered.credits_applied_minor, covered.amount_due_minor),
+            (10, 0)
+        );
+    }
+
+    #[test]
     fn finalized_after_the_grace_period() {
         assert_eq!(
-            build(&[charge("a", 1)], 1_999, 1_000, 30).unwrap().status,
+            build(&[charge("a", 1)], vec![], &terms(1_000), 1_999)
+                .unwrap()
+                .status,
             Status::Draft
         );
         assert_eq!(
-            build(&[charge("a", 1)], 2_000, 1_000, 30).unwrap().status,
+            build(&[charge("a", 1)], vec![], &terms(1_000), 2_000)
+                .unwrap()
+                .status,
             Status::Finalized
         );
     }
@@ -282,7 +520,7 @@ mod tests {
         let mut eur = charge("b", 1);
         eur.currency = "EUR".into();
         assert!(matches!(
-            build(&[charge("a", 1), eur], 0, 0, 30),
+            build(&[charge("a", 1), eur], vec![], &terms(0), 0),
             Err(BuildError::MixedCurrencies { .. })
         ));
     }

@@ -12,7 +12,7 @@ use clickhouse::Client;
 use tally_platform::shutdown::Shutdown;
 
 use crate::config::InvoicerConfig;
-use crate::invoice::{build, BuildError, ChargeLine, Invoice};
+use crate::invoice::{build, BuildError, ChargeLine, Invoice, Terms};
 use crate::{metrics, store};
 
 /// Why a pass failed.
@@ -43,9 +43,15 @@ pub async fn invoice_once(
             .or_default()
             .push(c);
     }
+    let terms = Terms {
+        grace_ms,
+        payment_terms_days: cfg.payment_terms_days,
+        issuer: cfg.issuer.clone(),
+        credit_available_minor: 0,
+    };
     let mut invoices = Vec::with_capacity(groups.len());
     for group in groups.values() {
-        let invoice = build(group, now_ms, grace_ms, cfg.payment_terms_days)?;
+        let invoice = build(group, vec![], &terms, now_ms)?;
         if !finalized.contains(&invoice.invoice_id) {
             invoices.push(invoice);
         }

@@ -20,6 +20,8 @@ struct ChargeRow {
     period_end: u32,
     meter: String,
     group_key: String,
+    group_names: Vec<String>,
+    group_values: Vec<String>,
     plan_id: String,
     plan_version: u32,
     price_model: String,
@@ -29,6 +31,9 @@ struct ChargeRow {
     unit_price: String,
     tiers: String,
     amount_minor: i64,
+    amount_before_discounts_minor: i64,
+    tax_rate: String,
+    tax_minor: i64,
 }
 
 /// The latest charges of every period ending after `since_ms`.
@@ -38,8 +43,9 @@ pub async fn charges_since(
 ) -> Result<Vec<ChargeLine>, clickhouse::error::Error> {
     let rows: Vec<ChargeRow> = db
         .query(
-            "SELECT charge_id, customer, toUInt32(period_start), toUInt32(period_end), meter, group_key, plan_id, \
-             plan_version, price_model, currency, quantity, unit_price, tiers, amount_minor \
+            "SELECT charge_id, customer, toUInt32(period_start), toUInt32(period_end), meter, group_key, group_names, \
+             group_values, plan_id, plan_version, price_model, currency, quantity, unit_price, tiers, amount_minor, \
+             amount_before_discounts_minor, tax_rate, tax_minor \
              FROM v_charges WHERE period_end > toDateTime(?)",
         )
         .bind(since_ms.div_euclid(1000))
@@ -56,6 +62,8 @@ pub async fn charges_since(
             },
             meter: r.meter,
             group_key: r.group_key,
+            group_names: r.group_names,
+            group_values: r.group_values,
             plan_id: r.plan_id,
             plan_version: r.plan_version,
             price_model: r.price_model,
@@ -64,6 +72,9 @@ pub async fn charges_since(
             unit_price: r.unit_price,
             tiers_json: r.tiers,
             amount_minor: r.amount_minor,
+            amount_before_discounts_minor: r.amount_before_discounts_minor,
+            tax_rate: r.tax_rate,
+            tax_minor: r.tax_minor,
         })
         .collect())
 }
