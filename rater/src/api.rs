@@ -9,7 +9,8 @@
 //! `GET /v1/plans/{id}`, `GET /v1/customers/{id}/subscriptions`,
 //! `GET /v1/charges/{charge_id}/explain`, `GET /v1/openapi.json`; and (in
 //! [`crate::api_registry`]) `GET`/`POST /v1/customers`, `GET /v1/customers/{id}`,
-//! `GET`/`POST /v1/customers/{id}/agents`, `GET`/`POST /v1/meters`, `GET /v1/meters/{slug}`.
+//! `GET`/`POST /v1/customers/{id}/agents`, `GET`/`POST /v1/meters`, `GET /v1/meters/{slug}`;
+//! and (in [`crate::api_rates`]) `GET`/`POST /v1/tax_rates`, `GET`/`POST /v1/fx_rates`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -28,7 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::catalog::{Catalog, Plan, Subscription};
-use crate::catalog_store::{Bootstrapped, CatalogSource, CatalogStoreError};
+use crate::catalog_store::{CatalogSource, CatalogStoreError};
 use crate::config::{PlanSpec, SubscriptionSpec};
 use crate::explain::{self, ExplainError};
 use crate::pricing::Price;
@@ -212,6 +213,7 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>
         (_, p) if crate::api_registry::handles(p) => {
             crate::api_registry::route(state, req, p).await
         }
+        (_, p) if crate::api_rates::handles(p) => crate::api_rates::route(state, req, p).await,
         (&Method::GET, ["v1", "charges", charge_id, "explain"]) => {
             explain_charge(state, charge_id).await
         }
@@ -276,16 +278,16 @@ pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(&bytes).map_err(|e| error(StatusCode::BAD_REQUEST, code, e))
 }
 
-/// 201 when appended, 200 when an identical entry was stored; 409 on a changed entry.
-fn added_response(
-    added: Result<Bootstrapped, CatalogStoreError>,
-    appended_now: impl Fn(&Bootstrapped) -> bool,
+/// The answer to a POST that appends catalog entries: 201 when it appended something, 200
+/// when everything was stored already (an identical re-post), 409 `version_exists` on a
+/// changed entry, 400 `invalid_code` naming the field, 404 for a missing referent.
+pub(crate) fn appended_reply(
+    appended: Result<bool, CatalogStoreError>,
     invalid_code: &str,
     identity: serde_json::Value,
 ) -> Response<Full<Bytes>> {
-    match added {
-        Ok(added) => {
-            let appended = appended_now(&added);
+    match appended {
+        Ok(appended) => {
             let status = if appended {
                 StatusCode::CREATED
             } else {
@@ -296,10 +298,13 @@ fn added_response(
                 &serde_json::json!({"entry": identity, "appended": appended}),
             )
         }
-        Err(CatalogStoreError::Conflict { detail, .. }) => {
-            error(StatusCode::CONFLICT, "version_exists", detail)
-        }
+        Err(CatalogStoreError::Conflict { setting, detail }) => error(
+            StatusCode::CONFLICT,
+            "version_exists",
+            format!("{setting}: {detail}"),
+        ),
         Err(CatalogStoreError::Invalid(e)) => error(StatusCode::BAD_REQUEST, invalid_code, e),
+        Err(CatalogStoreError::NotFound(what)) => error(StatusCode::NOT_FOUND, "not_found", what),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
     }
 }
@@ -314,7 +319,11 @@ async fn add_plan(state: &ApiState, req: Request<Incoming>) -> Response<Full<Byt
         .source
         .add_plan(&state.db, plan, (state.now_ms)())
         .await;
-    added_response(added, |a| a.plans_appended == 1, "invalid_plan", identity)
+    appended_reply(
+        added.map(|a| a.plans_appended == 1),
+        "invalid_plan",
+        identity,
+    )
 }
 
 async fn add_subscription(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -328,9 +337,8 @@ async fn add_subscription(state: &ApiState, req: Request<Incoming>) -> Response<
         .source
         .add_subscription(&state.db, sub, (state.now_ms)())
         .await;
-    added_response(
-        added,
-        |a| a.subscriptions_appended == 1,
+    appended_reply(
+        added.map(|a| a.subscriptions_appended == 1),
         "invalid_subscription",
         identity,
     )

@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use tally_domain::CustomerId;
 
-use crate::api::{error, json, read_json, ApiState};
+use crate::api::{appended_reply, error, json, read_json, ApiState};
 use crate::catalog_store::CatalogStoreError;
 use crate::customers::{AgentSpec, CustomerSpec};
 use crate::meters::MeterEntry;
@@ -102,31 +102,12 @@ fn show(r: &Registry, path: &[&str]) -> Reply {
     }
 }
 
-/// 201 when appended, 200 when everything was stored already, else the error's status.
 fn answer(
     added: Result<Appended, CatalogStoreError>,
     invalid_code: &str,
     identity: serde_json::Value,
 ) -> Reply {
-    match added {
-        Ok(a) => {
-            let status = if a.any() {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
-            json(
-                status,
-                &serde_json::json!({"entry": identity, "appended": a.any()}),
-            )
-        }
-        Err(CatalogStoreError::Conflict { detail, .. }) => {
-            error(StatusCode::CONFLICT, "version_exists", detail)
-        }
-        Err(CatalogStoreError::Invalid(e)) => error(StatusCode::BAD_REQUEST, invalid_code, e),
-        Err(CatalogStoreError::NotFound(what)) => error(StatusCode::NOT_FOUND, "not_found", what),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
-    }
+    appended_reply(added.map(|a| a.any()), invalid_code, identity)
 }
 
 async fn post_customer(state: &ApiState, req: Request<Incoming>) -> Reply {

@@ -17,8 +17,7 @@ use tally_platform::ConfigError;
 
 use crate::catalog::Catalog;
 use crate::config::{PlanSpec, RaterConfig, SubscriptionSpec};
-use crate::fx::FxTable;
-use crate::tax::TaxTable;
+use crate::rates::Rates;
 
 /// Why the stored catalog cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -221,34 +220,53 @@ pub async fn load(
     Ok((plans, subs))
 }
 
-/// What a catalog is built from besides the stored entries: the settings and rates of the
+/// What a catalog is built from besides the stored entries: the `[rater]` settings of the
 /// configuration file. The meters are the stored ones ([`crate::registry_store`]): the latest
-/// version of each, so a plan naming a meter that is not stored is refused.
+/// version of each, so a plan naming a meter that is not stored is refused; the tax and FX
+/// rates are the stored ones ([`crate::rates_store`]).
 #[derive(Debug, Clone)]
 pub struct CatalogSource {
     pub rater: RaterConfig,
-    pub taxes: TaxTable,
-    pub fx: FxTable,
+}
+
+/// The stored entries a catalog is validated against: the meters and the rates.
+#[derive(Debug, Clone, Default)]
+pub struct Stored {
+    pub meters: Vec<Meter>,
+    pub rates: Rates,
+}
+
+impl Stored {
+    /// The meters and rates as stored now.
+    pub async fn load(db: &Client) -> Result<Stored, CatalogStoreError> {
+        Ok(Stored {
+            meters: crate::registry_store::load(db).await?.meters(),
+            rates: crate::rates_store::load(db).await?,
+        })
+    }
 }
 
 impl CatalogSource {
     /// The catalog as stored now.
     pub async fn current(&self, db: &Client) -> Result<Catalog, CatalogStoreError> {
-        let meters = crate::registry_store::load(db).await?.meters();
+        let stored = Stored::load(db).await?;
         let (plans, subscriptions) = load(db).await?;
-        self.build(plans, subscriptions, &meters)
+        self.build(plans, subscriptions, &stored)
     }
 
-    /// The catalog of these entries, validated against `meters`.
+    /// The catalog of these entries, validated against the stored meters and priced with the
+    /// stored rates.
     pub fn build(
         &self,
         plans: Vec<PlanSpec>,
         subscriptions: Vec<SubscriptionSpec>,
-        meters: &[Meter],
+        stored: &Stored,
     ) -> Result<Catalog, CatalogStoreError> {
-        Ok(Catalog::new(plans, subscriptions, &self.rater, meters)?
-            .with_taxes(self.taxes.clone())?
-            .with_fx(self.fx.clone())?)
+        Ok(
+            Catalog::new(plans, subscriptions, &self.rater, &stored.meters)?
+                .with_taxes(stored.rates.tax_table())?
+                .with_fx(stored.rates.fx_table())?,
+        )
     }
 
     /// Appends a subscription (a customer's plan from `effective_from` on) after checking it
@@ -260,7 +278,7 @@ impl CatalogSource {
         sub: SubscriptionSpec,
         now_ms: i64,
     ) -> Result<Bootstrapped, CatalogStoreError> {
-        let meters = crate::registry_store::load(db).await?.meters();
+        let kept = Stored::load(db).await?;
         let (plans, mut subscriptions) = load(db).await?;
         let id = subscription_identity(&sub);
         let stored = subscriptions
@@ -278,7 +296,7 @@ impl CatalogSource {
         }
         if stored.is_none() {
             subscriptions.insert(0, sub.clone());
-            self.build(plans, subscriptions, &meters)
+            self.build(plans, subscriptions, &kept)
                 .map_err(|e| renamed(e, "subscriptions[0]", "subscription"))?;
         }
         bootstrap(db, &[], std::slice::from_ref(&sub), now_ms).await
@@ -292,7 +310,7 @@ impl CatalogSource {
         plan: PlanSpec,
         now_ms: i64,
     ) -> Result<Bootstrapped, CatalogStoreError> {
-        let meters = crate::registry_store::load(db).await?.meters();
+        let kept = Stored::load(db).await?;
         let (mut plans, subscriptions) = load(db).await?;
         let stored = plans
             .iter()
@@ -309,7 +327,7 @@ impl CatalogSource {
         }
         if stored.is_none() {
             plans.insert(0, plan.clone());
-            self.build(plans, subscriptions, &meters)
+            self.build(plans, subscriptions, &kept)
                 .map_err(|e| renamed(e, "plans[0]", "plan"))?;
         }
         bootstrap(db, std::slice::from_ref(&plan), &[], now_ms).await

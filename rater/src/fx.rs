@@ -9,12 +9,13 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tally_domain::{exact, Currency};
 use tally_platform::ConfigError;
 
-/// `[[fx_rates]]`: one rate, from a date.
-#[derive(Debug, Clone, Deserialize)]
+/// `[[fx_rates]]` (and the body of `POST /v1/fx_rates`): one rate, from a date. Its identity
+/// is (from, to, effective_from); equal rates compare numerically.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FxRateSpec {
     /// ISO 4217 code of the plan's currency.
@@ -37,42 +38,30 @@ pub struct FxTable {
 impl FxTable {
     /// Validates `fx_rates`; errors name the entry (`fx_rates[1].rate`).
     pub fn new(specs: Vec<FxRateSpec>) -> Result<FxTable, ConfigError> {
-        let mut rates: HashMap<(Currency, Currency), Vec<(i64, Decimal)>> = HashMap::new();
-        for (i, s) in specs.into_iter().enumerate() {
-            let field = |f: &str| format!("fx_rates[{i}].{f}");
-            let from: Currency = s
-                .from
-                .parse()
-                .map_err(|e| ConfigError::invalid(field("from"), e))?;
-            let to: Currency =
-                s.to.parse()
-                    .map_err(|e| ConfigError::invalid(field("to"), e))?;
-            if from == to {
+        let mut table = FxTable::default();
+        for (i, s) in specs.iter().enumerate() {
+            let at = format!("fx_rates[{i}]");
+            let (from, to) = validate_fx_rate(s, &at)?;
+            if !table.push(from, to, s) {
                 return Err(ConfigError::invalid(
-                    field("to"),
-                    "is the same currency as from",
-                ));
-            }
-            if s.rate <= Decimal::ZERO {
-                return Err(ConfigError::invalid(
-                    field("rate"),
-                    format!("{} must be positive", s.rate),
-                ));
-            }
-            let at = s.effective_from.timestamp_millis();
-            let list = rates.entry((from, to)).or_default();
-            if list.iter().any(|(t, _)| *t == at) {
-                return Err(ConfigError::invalid(
-                    field("effective_from"),
+                    format!("{at}.effective_from"),
                     "another rate of this pair starts at the same instant",
                 ));
             }
-            list.push((at, s.rate));
         }
-        for list in rates.values_mut() {
-            list.sort_by_key(|(t, _)| *t);
+        Ok(table)
+    }
+
+    /// Adds a validated rate; false if the pair has one from the same instant.
+    pub(crate) fn push(&mut self, from: Currency, to: Currency, s: &FxRateSpec) -> bool {
+        let at = s.effective_from.timestamp_millis();
+        let list = self.rates.entry((from, to)).or_default();
+        if list.iter().any(|(t, _)| *t == at) {
+            return false;
         }
-        Ok(FxTable { rates })
+        let i = list.partition_point(|(t, _)| *t < at);
+        list.insert(i, (at, s.rate));
+        true
     }
 
     /// Whether any rate converts `from` to `to`.
@@ -88,6 +77,31 @@ impl FxTable {
             .find(|(t, _)| *t <= at_ms)
             .map(|(_, r)| *r)
     }
+}
+
+/// Checks one rate; its currencies. Errors name `at` and the field (`fx_rate.to`).
+pub fn validate_fx_rate(s: &FxRateSpec, at: &str) -> Result<(Currency, Currency), ConfigError> {
+    let field = |f: &str| format!("{at}.{f}");
+    let from: Currency = s
+        .from
+        .parse()
+        .map_err(|e| ConfigError::invalid(field("from"), e))?;
+    let to: Currency =
+        s.to.parse()
+            .map_err(|e| ConfigError::invalid(field("to"), e))?;
+    if from == to {
+        return Err(ConfigError::invalid(
+            field("to"),
+            "is the same currency as from",
+        ));
+    }
+    if s.rate <= Decimal::ZERO {
+        return Err(ConfigError::invalid(
+            field("rate"),
+            format!("{} must be positive", s.rate),
+        ));
+    }
+    Ok((from, to))
 }
 
 #[cfg(test)]

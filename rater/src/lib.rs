@@ -1,8 +1,8 @@
 //! The rater: turns committed usage into charges.
 //!
 //! It owns the catalog (customers and their agents, meters, price plans as immutable versions
-//! with an effective date, subscriptions that bind customers to plans and billing cycles),
-//! the pricing models, and computing
+//! with an effective date, subscriptions that bind customers to plans and billing cycles,
+//! dated tax and FX rates), the pricing models, and computing
 //! period-to-date charges from the public usage view `v_usage`. Charges are written with a
 //! deterministic id per (customer, period, meter, group, plan version) and a rising version,
 //! so running the rater twice, or two raters at once, yields the same charges. It never
@@ -25,16 +25,19 @@
 //! - [`charge`]: a charge and how it is computed from usage (pure).
 //! - [`tax`]: tax rates by region and code, with effective dates.
 //! - [`fx`]: dated FX rates for billing in a currency a plan lacks.
+//! - [`rates`]: the stored tax and FX rate entries, and how one is added.
+//! - [`rates_store`]: tax and FX rates in ClickHouse, bootstrapped from the file.
 //! - [`zone`]: billing periods in a subscription's time zone.
 //! - [`usage`]: reading committed usage per customer, meter and period.
 //! - [`store`]: writing charges.
 //! - [`explain`]: one charge's usage, arithmetic, rounding, discounts and tax, checked.
 //! - [`run`]: one rating pass and the schedule.
 //! - [`api`]: the HTTP API (catalog, explain) and its OpenAPI document; [`api_registry`]: its
-//!   customer, agent and meter routes.
+//!   customer, agent and meter routes; [`api_rates`]: its tax and FX rate routes.
 //! - [`metrics`]: every metric this crate emits.
 
 pub mod api;
+pub mod api_rates;
 pub mod api_registry;
 pub mod catalog;
 pub mod catalog_store;
@@ -47,6 +50,8 @@ pub mod meters;
 pub mod metrics;
 pub mod plan;
 pub mod pricing;
+pub mod rates;
+pub mod rates_store;
 pub mod registry;
 pub mod registry_store;
 pub mod run;

@@ -298,17 +298,19 @@ pub async fn add_meter(
     let mut pending = Pending::default();
     if r.add_meter(entry, "meter")? == Novelty::New {
         let (plans, subscriptions) = crate::catalog_store::load(db).await?;
-        source
-            .build(plans, subscriptions, &r.meters())
-            .map_err(|e| {
-                CatalogStoreError::Invalid(tally_platform::ConfigError::invalid(
-                    "meter",
-                    format!(
-                        "meter {} version {} would invalidate the stored catalog: {e}",
-                        entry.slug, entry.version
-                    ),
-                ))
-            })?;
+        let stored = crate::catalog_store::Stored {
+            meters: r.meters(),
+            rates: crate::rates_store::load(db).await?,
+        };
+        source.build(plans, subscriptions, &stored).map_err(|e| {
+            CatalogStoreError::Invalid(tally_platform::ConfigError::invalid(
+                "meter",
+                format!(
+                    "meter {} version {} would invalidate the stored catalog: {e}",
+                    entry.slug, entry.version
+                ),
+            ))
+        })?;
         pending.meters.push(entry.clone());
     }
     pending.write(db, now_ms).await

@@ -10,15 +10,17 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tally_domain::exact;
 use tally_platform::ConfigError;
 
 /// The tax code of a price that names none.
 pub const DEFAULT_TAX_CODE: &str = "standard";
 
-/// `[[tax_rates]]`: one rate, from a date.
-#[derive(Debug, Clone, Deserialize)]
+/// `[[tax_rates]]` (and the body of `POST /v1/tax_rates`): one rate, from a date. Its
+/// identity is (region, code, effective_from); equal values compare numerically (`"19"` and
+/// `"19.0"` are the same rate).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaxRateSpec {
     /// A tax region, e.g. `DE` or `US-NY`.
@@ -54,35 +56,33 @@ pub struct TaxTable {
 impl TaxTable {
     /// Validates `tax_rates`; errors name the entry (`tax_rates[2].rate_percent`).
     pub fn new(specs: Vec<TaxRateSpec>) -> Result<TaxTable, ConfigError> {
-        let mut rates: HashMap<(String, String), Vec<(i64, Decimal)>> = HashMap::new();
-        for (i, s) in specs.into_iter().enumerate() {
-            let field = |f: &str| format!("tax_rates[{i}].{f}");
-            if s.region.is_empty() {
-                return Err(ConfigError::invalid(field("region"), "is empty"));
-            }
-            if s.code.is_empty() {
-                return Err(ConfigError::invalid(field("code"), "is empty"));
-            }
-            if s.rate_percent < Decimal::ZERO || s.rate_percent > Decimal::ONE_HUNDRED {
+        let mut table = TaxTable::default();
+        for (i, s) in specs.iter().enumerate() {
+            let at = format!("tax_rates[{i}]");
+            validate_tax_rate(s, &at)?;
+            if !table.push(s) {
                 return Err(ConfigError::invalid(
-                    field("rate_percent"),
-                    format!("{} is not from 0 to 100", s.rate_percent),
-                ));
-            }
-            let from_ms = s.effective_from.timestamp_millis();
-            let list = rates.entry((s.region, s.code)).or_default();
-            if list.iter().any(|(t, _)| *t == from_ms) {
-                return Err(ConfigError::invalid(
-                    field("effective_from"),
+                    format!("{at}.effective_from"),
                     "another rate of this region and code starts at the same instant",
                 ));
             }
-            list.push((from_ms, s.rate_percent));
         }
-        for list in rates.values_mut() {
-            list.sort_by_key(|(t, _)| *t);
+        Ok(table)
+    }
+
+    /// Adds a validated rate; false if its (region, code) has one from the same instant.
+    pub(crate) fn push(&mut self, s: &TaxRateSpec) -> bool {
+        let from_ms = s.effective_from.timestamp_millis();
+        let list = self
+            .rates
+            .entry((s.region.clone(), s.code.clone()))
+            .or_default();
+        if list.iter().any(|(t, _)| *t == from_ms) {
+            return false;
         }
-        Ok(TaxTable { rates })
+        let at = list.partition_point(|(t, _)| *t < from_ms);
+        list.insert(at, (from_ms, s.rate_percent));
+        true
     }
 
     /// Whether any rate exists for (region, code).
@@ -101,6 +101,24 @@ impl TaxTable {
             rate_percent: *rate,
         })
     }
+}
+
+/// Checks one rate; errors name `at` and the field (`tax_rate.rate_percent`).
+pub fn validate_tax_rate(s: &TaxRateSpec, at: &str) -> Result<(), ConfigError> {
+    let field = |f: &str| format!("{at}.{f}");
+    if s.region.is_empty() {
+        return Err(ConfigError::invalid(field("region"), "is empty"));
+    }
+    if s.code.is_empty() {
+        return Err(ConfigError::invalid(field("code"), "is empty"));
+    }
+    if s.rate_percent < Decimal::ZERO || s.rate_percent > Decimal::ONE_HUNDRED {
+        return Err(ConfigError::invalid(
+            field("rate_percent"),
+            format!("{} is not from 0 to 100", s.rate_percent),
+        ));
+    }
+    Ok(())
 }
 
 /// The unrounded tax on a (rounded) net amount.

@@ -49,8 +49,6 @@ fn file(text: &str) -> F {
 fn source() -> CatalogSource {
     CatalogSource {
         rater: tally_rater::RaterConfig::default(),
-        taxes: Default::default(),
-        fx: Default::default(),
     }
 }
 

@@ -5,9 +5,9 @@
 //! (as of `--at`, default now) and prints the charges as JSON lines; `explain` prints one
 //! charge's usage windows, line arithmetic, rounding, discounts and tax, and exits non-zero
 //! if they do not sum to the stored amounts. `serve` and `once` first append the file's
-//! meters, customers (with agents), plan versions and subscriptions to the stored catalog
-//! (refusing changed ones, and file meters that differ from the stored ones) and rate with
-//! everything stored.
+//! meters, customers (with agents), tax and FX rates, plan versions and subscriptions to the
+//! stored catalog (refusing changed ones, and file meters that differ from the stored ones)
+//! and rate with everything stored.
 
 use anyhow::Context;
 use serde::Deserialize;
@@ -19,7 +19,7 @@ use tally_rater::customers::CustomerSpec;
 use tally_rater::fx::{FxRateSpec, FxTable};
 use tally_rater::registry::Registry;
 use tally_rater::tax::{TaxRateSpec, TaxTable};
-use tally_rater::{api, catalog_store, explain, registry_store, Catalog, RaterConfig};
+use tally_rater::{api, catalog_store, explain, rates_store, registry_store, Catalog, RaterConfig};
 
 #[derive(Deserialize)]
 struct Config {
@@ -68,23 +68,21 @@ async fn main() -> anyhow::Result<()> {
     for (i, c) in cfg.customers.iter().enumerate() {
         declared.add_customer(c, &format!("customers[{i}]"))?;
     }
-    let taxes = TaxTable::new(cfg.tax_rates)?;
-    let fx = FxTable::new(cfg.fx_rates)?;
-    // the file alone must be valid (its errors name its settings) before it is stored
+    TaxTable::new(cfg.tax_rates.clone())?;
+    FxTable::new(cfg.fx_rates.clone())?;
+    // the file alone must be valid (its errors name its settings) before it is stored; that
+    // taxed and converted subscriptions have rates is checked against the stored rates, which
+    // the API may have completed
     Catalog::new(
         cfg.plans.clone(),
         cfg.subscriptions.clone(),
         &cfg.rater,
         &meters,
-    )?
-    .with_taxes(taxes.clone())?
-    .with_fx(fx.clone())?;
+    )?;
     telemetry::init_logs(&cfg.telemetry);
     let db = store::connect(&cfg.clickhouse);
     let source = catalog_store::CatalogSource {
         rater: cfg.rater.clone(),
-        taxes: taxes.clone(),
-        fx: fx.clone(),
     };
     let catalog = if command == "explain" {
         Catalog::default()
@@ -96,6 +94,12 @@ async fn main() -> anyhow::Result<()> {
             customers = registered.customers,
             agents = registered.agents,
             "customers and meters bootstrapped from the file"
+        );
+        let rates = rates_store::bootstrap(&db, &cfg.tax_rates, &cfg.fx_rates, now_ms()).await?;
+        tracing::info!(
+            tax_rates = rates.tax_rates,
+            fx_rates = rates.fx_rates,
+            "tax and fx rates bootstrapped from the file"
         );
         let added = catalog_store::bootstrap(&db, &cfg.plans, &cfg.subscriptions, now_ms()).await?;
         tracing::info!(

@@ -63,8 +63,6 @@ pub async fn start(
     let state = Arc::new(ApiState {
         source: CatalogSource {
             rater: tally_rater::RaterConfig::default(),
-            taxes: Default::default(),
-            fx: Default::default(),
         },
         db,
         now_ms: || 0,

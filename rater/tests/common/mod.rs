@@ -96,3 +96,9 @@ pub fn row(customer: &str, model: &str, kind: &str, minute: u32, quantity: &str)
         unique_value: String::new(),
     }
 }
+
+/// The usage of one committed window, folded as a rating pass folds it.
+pub fn fold_one(c: &Catalog, r: UsageRow) -> MeterUsage {
+    let (usages, _) = tally_rater::usage::fold(&[r], c);
+    usages.into_values().next().expect("the window is rated")
+}

@@ -1,0 +1,74 @@
+//! The API's tax rate and FX rate routes (version 1, JSON), read from and appended to the
+//! stored rates ([`crate::rates_store`]) per request:
+//!
+//! - `GET /v1/tax_rates` (every entry, by region, code and date), `POST /v1/tax_rates` (a
+//!   `[[tax_rates]]` entry);
+//! - `GET /v1/fx_rates` (every entry, by pair and date), `POST /v1/fx_rates` (a `[[fx_rates]]`
+//!   entry).
+//!
+//! A POST answers 201 when it appended the entry, 200 for an identical re-post, 409
+//! `version_exists` for another rate at a stored (region, code, effective_from) or (from, to,
+//! effective_from), 400 `invalid_tax_rate` / `invalid_fx_rate` naming the field. The rater
+//! prices with the stored entries from its next pass on.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+
+use crate::api::{appended_reply, error, json, read_json, ApiState};
+use crate::fx::FxRateSpec;
+use crate::rates::effective_from_text;
+use crate::rates_store;
+use crate::tax::TaxRateSpec;
+
+type Reply = Response<Full<Bytes>>;
+
+/// Whether `path` is one of this module's routes.
+pub(crate) fn handles(path: &[&str]) -> bool {
+    matches!(path, ["v1", "tax_rates"] | ["v1", "fx_rates"])
+}
+
+pub(crate) async fn route(state: &ApiState, req: Request<Incoming>, path: &[&str]) -> Reply {
+    let method = req.method().clone();
+    match (method, path) {
+        (Method::POST, ["v1", "tax_rates"]) => post_tax_rate(state, req).await,
+        (Method::POST, ["v1", "fx_rates"]) => post_fx_rate(state, req).await,
+        (Method::GET, _) => match rates_store::load(&state.db).await {
+            Ok(r) if path == ["v1", "tax_rates"] => {
+                json(StatusCode::OK, &r.tax_rates().collect::<Vec<_>>())
+            }
+            Ok(r) => json(StatusCode::OK, &r.fx_rates().collect::<Vec<_>>()),
+            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
+        },
+        (m, _) => error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", m),
+    }
+}
+
+async fn post_tax_rate(state: &ApiState, req: Request<Incoming>) -> Reply {
+    let spec: TaxRateSpec = match read_json(req, "invalid_tax_rate").await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let identity = serde_json::json!({
+        "region": spec.region,
+        "code": spec.code,
+        "effective_from": effective_from_text(&spec.effective_from),
+    });
+    let added = rates_store::add_tax_rate(&state.db, &spec, (state.now_ms)()).await;
+    appended_reply(added.map(|a| a.any()), "invalid_tax_rate", identity)
+}
+
+async fn post_fx_rate(state: &ApiState, req: Request<Incoming>) -> Reply {
+    let spec: FxRateSpec = match read_json(req, "invalid_fx_rate").await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let identity = serde_json::json!({
+        "from": spec.from,
+        "to": spec.to,
+        "effective_from": effective_from_text(&spec.effective_from),
+    });
+    let added = rates_store::add_fx_rate(&state.db, &spec, (state.now_ms)()).await;
+    appended_reply(added.map(|a| a.any()), "invalid_fx_rate", identity)
+}
