@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # Tally's binaries in one image; docker-compose.yml runs each service from it with a different
 # command. Build: docker build -t tally:local .
+# curl is for the compose healthchecks (GET /readyz on each service's metrics port).
 
 # --- build ---------------------------------------------------------------------------------
 FROM rust:1.89-bookworm AS builder
@@ -11,14 +12,15 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bins \
     && mkdir -p /out \
-    && for bin in tally-migrate tally-aggregator tally-rater tally-invoicer tally-agents; do \
+    && for bin in tally-migrate tally-access tally-aggregator tally-gateway tally-rater tally-invoicer \
+               tally-payments tally-agents; do \
            cp "target/release/$bin" /out/; \
        done
 
 # --- runtime -------------------------------------------------------------------------------
 FROM debian:bookworm-slim
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates \
+    && apt-get install -y --no-install-recommends ca-certificates curl \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /app tally
 WORKDIR /app
@@ -26,6 +28,7 @@ COPY --from=builder /out/ /usr/local/bin/
 # The binaries embed the migrations; the files are here for reference and for operators.
 COPY config/ /app/config/
 COPY migrations/ /app/migrations/
-ENV TALLY_CONFIG=/app/config/tally.toml
+# The dev profile by default; docker-compose.yml picks config/profiles/<TALLY_PROFILE>.toml.
+ENV TALLY_CONFIG=/app/config/profiles/dev.toml
 USER tally
 CMD ["tally-aggregator"]

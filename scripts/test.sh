@@ -33,6 +33,11 @@ cargo_status=${PIPESTATUS[0]}
 log "python3 -m unittest discover -s tests/sql -v"
 python3 -m unittest discover -s tests/sql -v 2>&1 | tee "$logs/sql.log"
 sql_status=${PIPESTATUS[0]}
+# tests/ops: docker-compose.yml against the Compose schema, dashboards and alert rules (promtool),
+# every dashboard query on ClickHouse, every PromQL expression against the running services.
+log "python3 -m unittest discover -s tests/ops -v"
+python3 -m unittest discover -s tests/ops -v 2>&1 | tee "$logs/ops.log"
+ops_status=${PIPESTATUS[0]}
 set -e
 
 # One summary for both runners: cargo's "test result:" lines and unittest's closing lines.
@@ -42,20 +47,27 @@ cargo_counts="$(awk '/^test result:/ {
         }
     } END { printf "%d %d %d", p, f, s }' "$logs/cargo.log")"
 read -r cargo_passed cargo_failed cargo_ignored <<<"$cargo_counts"
-sql_ran="$(sed -n 's/^Ran \([0-9]*\) tests\{0,1\} in .*/\1/p' "$logs/sql.log" | tail -n 1)"
-sql_tail="$(grep -E '^(OK|FAILED)' "$logs/sql.log" | tail -n 1 || true)"
-count() {
-    local v
-    v="$(sed -n "s/.*$1=\([0-9]*\).*/\1/p" <<<"$sql_tail")"
-    echo "${v:-0}"
+# unittest's closing lines of one log: "<passed> <failed> <skipped>"
+unittest_counts() {
+    local ran tail
+    ran="$(sed -n 's/^Ran \([0-9]*\) tests\{0,1\} in .*/\1/p' "$1" | tail -n 1)"
+    tail="$(grep -E '^(OK|FAILED)' "$1" | tail -n 1 || true)"
+    count() {
+        local v
+        v="$(sed -n "s/.*$1=\([0-9]*\).*/\1/p" <<<"$tail")"
+        echo "${v:-0}"
+    }
+    local failed=$(( $(count failures) + $(count errors) )) skipped
+    skipped="$(count skipped)"
+    echo "$(( ${ran:-0} - failed - skipped )) $failed $skipped"
 }
-sql_failed=$(( $(count failures) + $(count errors) ))
-sql_skipped="$(count skipped)"
-sql_passed=$(( ${sql_ran:-0} - sql_failed - sql_skipped ))
+read -r sql_passed sql_failed sql_skipped <<<"$(unittest_counts "$logs/sql.log")"
+read -r ops_passed ops_failed ops_skipped <<<"$(unittest_counts "$logs/ops.log")"
 
 echo
 log "cargo test: $cargo_passed passed, $cargo_failed failed, $cargo_ignored ignored (exit $cargo_status)"
 log "sql compat: $sql_passed passed, $sql_failed failed, $sql_skipped skipped (exit $sql_status)"
+log "ops: $ops_passed passed, $ops_failed failed, $ops_skipped skipped (exit $ops_status)"
 if [ "$cargo_status" -ne 0 ] && [ "$cargo_failed" -eq 0 ]; then
     log "cargo test failed before running every test (build error?); see the output above"
     cargo_failed=1
@@ -63,5 +75,8 @@ fi
 if [ "$sql_status" -ne 0 ] && [ "$sql_failed" -eq 0 ]; then
     sql_failed=1
 fi
-echo "$((cargo_passed + sql_passed)) passed, $((cargo_failed + sql_failed)) failed, $((cargo_ignored + sql_skipped)) skipped"
-[ "$cargo_status" -eq 0 ] && [ "$sql_status" -eq 0 ]
+if [ "$ops_status" -ne 0 ] && [ "$ops_failed" -eq 0 ]; then
+    ops_failed=1
+fi
+echo "$((cargo_passed + sql_passed + ops_passed)) passed, $((cargo_failed + sql_failed + ops_failed)) failed, $((cargo_ignored + sql_skipped + ops_skipped)) skipped"
+[ "$cargo_status" -eq 0 ] && [ "$sql_status" -eq 0 ] && [ "$ops_status" -eq 0 ]
