@@ -58,6 +58,8 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(10, "0010_catalog_customers_agents_meters.sql"),
     migration!(11, "0011_service_roles_catalog.sql"),
     migration!(12, "0012_invoice_transitions.sql"),
+    migration!(16, "0016_payments_ledger.sql"),
+    migration!(17, "0017_dunning.sql"),
     migration!(19, "0019_catalog_tax_and_fx_rates.sql"),
 ];
 
