@@ -1,0 +1,181 @@
+//! `tally-payments`: payments, ledger, dunning and the customer portal.
+//!
+//! Usage: `tally-payments [serve|trial-balance|sync-ledger|dunning-once|portal-link|collect-request]
+//! [--config FILE] [--customer ID] [--invoice ID]`.
+//! - `serve` (default): the HTTP server (webhooks, API, portal), the ledger sync every
+//!   `payments.ledger_sync_secs` and, with the `dunning` feature, the dunning scheduler.
+//! - `trial-balance`: prints debits and credits per currency and account; exits 1 unless
+//!   every currency's difference is zero.
+//! - `sync-ledger`: posts what the ledger is missing once (finalized invoices, voids, credit notes).
+//! - `dunning-once`: one dunning pass (notices decided and delivered), printed as JSON.
+//! - `portal-link --customer ID`: prints a signed portal link.
+//! - `collect-request --invoice ID`: prints the Stripe PaymentIntent request that collects it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+use tally_payments::config::{DunningConfig, PaymentsConfig, PortalConfig};
+use tally_payments::gateway::stripe::Stripe;
+use tally_payments::gateway::{Collect, Gateway};
+use tally_payments::http::{self, AppState};
+use tally_payments::settle::Settler;
+use tally_payments::signature::Secret;
+use tally_payments::{dunning, portal, store};
+use tally_platform::args::Args;
+use tally_platform::shutdown::Shutdown;
+use tally_platform::{config, shutdown, telemetry, ClickHouseConfig, Features, TelemetryConfig};
+
+#[derive(Deserialize)]
+struct Config {
+    #[serde(default)]
+    clickhouse: ClickHouseConfig,
+    #[serde(default)]
+    telemetry: TelemetryConfig,
+    #[serde(default)]
+    features: Features,
+    #[serde(default)]
+    payments: PaymentsConfig,
+    #[serde(default)]
+    portal: PortalConfig,
+    #[serde(default)]
+    dunning: DunningConfig,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let stop = shutdown::on_signals();
+    let (command, args) = Args::parse_command(
+        std::env::args().skip(1),
+        &[
+            "serve",
+            "trial-balance",
+            "sync-ledger",
+            "dunning-once",
+            "portal-link",
+            "collect-request",
+        ],
+        &["config", "customer", "invoice"],
+    )?;
+    let cfg: Config = config::load(&config::path(&args))?;
+    cfg.clickhouse.validate()?;
+    telemetry::init_logs(&cfg.telemetry);
+    let db = tally_platform::store::connect(&cfg.clickhouse);
+    match command.as_str() {
+        "trial-balance" => {
+            let tb = store::trial_balance(&db)
+                .await
+                .context("reading the ledger")?;
+            print!("{}", tb.render());
+            if !tb.is_balanced() {
+                anyhow::bail!("the ledger is not balanced");
+            }
+            Ok(())
+        }
+        "sync-ledger" => {
+            let n = Settler::new(db).sync_ledger(now_ms()).await?;
+            println!("{n} journals posted");
+            Ok(())
+        }
+        "dunning-once" => {
+            cfg.dunning.validate()?;
+            let r = dunning::pass(&db, &cfg.dunning, now_ms()).await?;
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
+        "portal-link" => {
+            cfg.portal.validate()?;
+            let customer = args
+                .raw("customer")
+                .context("portal-link needs --customer")?;
+            let expires = now_ms().div_euclid(1000) + cfg.portal.link_ttl_secs;
+            let secret = Secret::new(cfg.portal.signing_secret.expose());
+            let token = portal::link::token(&secret, customer, expires)
+                .context("--customer must be [A-Za-z0-9_-]{1,64}")?;
+            println!(
+                "{}/portal/{token}",
+                cfg.portal.base_url.trim_end_matches('/')
+            );
+            Ok(())
+        }
+        "collect-request" => {
+            let id = args
+                .raw("invoice")
+                .context("collect-request needs --invoice")?;
+            let inv = store::invoice(&db, id).await?.context("no such invoice")?;
+            let stripe = Stripe::new(cfg.payments.stripe_webhook_secret.expose(), 300);
+            let req = stripe.collect_request(&Collect {
+                invoice_id: &inv.invoice_id,
+                customer: &inv.customer,
+                amount_minor: inv.amount_due_minor,
+                currency: &inv.currency,
+                attempt: 0,
+            });
+            println!("{}", serde_json::to_string_pretty(&req)?);
+            Ok(())
+        }
+        _ => serve(cfg, db, stop).await,
+    }
+}
+
+async fn serve(cfg: Config, db: clickhouse::Client, stop: Shutdown) -> anyhow::Result<()> {
+    cfg.payments.validate()?;
+    if cfg.features.portal {
+        cfg.portal.validate()?;
+    }
+    if cfg.features.dunning {
+        cfg.dunning.validate()?;
+    }
+    telemetry::serve_metrics(cfg.payments.metrics_addr.parse()?)?;
+    let listener = tokio::net::TcpListener::bind(&cfg.payments.listen_addr)
+        .await
+        .with_context(|| format!("binding payments.listen_addr {}", cfg.payments.listen_addr))?;
+    tracing::info!(addr = %cfg.payments.listen_addr, portal = cfg.features.portal,
+        dunning = cfg.features.dunning, "tally-payments serving");
+    let state = Arc::new(AppState {
+        settler: Settler::new(db.clone()),
+        stripe: Stripe::new(
+            cfg.payments.stripe_webhook_secret.expose(),
+            cfg.payments.webhook_tolerance_secs,
+        ),
+        api_token: cfg.payments.api_token.clone(),
+        portal_secret: cfg
+            .features
+            .portal
+            .then(|| Secret::new(cfg.portal.signing_secret.expose())),
+        portal: cfg.portal.clone(),
+        now_ms,
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(http::serve(listener, state.clone(), stop.clone()));
+    tasks.spawn(ledger_sync(
+        state,
+        cfg.payments.ledger_sync_secs,
+        stop.clone(),
+    ));
+    if cfg.features.dunning {
+        tasks.spawn(dunning::run(db, cfg.dunning, stop.clone(), now_ms));
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn ledger_sync(state: Arc<AppState>, every_secs: u64, stop: Shutdown) {
+    let mut tick = tokio::time::interval(Duration::from_secs(every_secs));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        match state.settler.sync_ledger(now_ms()).await {
+            Ok(n) => tracing::debug!(journals = n, "ledger sync done"),
+            Err(e) => tracing::warn!(error = %e, "ledger sync failed"),
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! Reading the invoicer's credit notes (`v_credit_notes`) that the ledger has not posted yet.
+//! The view is the invoicer's; when it does not exist (an older schema) there are none.
+
+use std::collections::HashSet;
+
+use clickhouse::Client;
+use serde::Deserialize;
+
+use crate::ledger::Operation;
+use crate::store;
+
+/// A credit note to post.
+pub struct Unposted {
+    pub op: Operation,
+    pub currency: String,
+    pub customer: String,
+}
+
+#[derive(clickhouse::Row, Deserialize)]
+struct Row {
+    credit_note_id: String,
+    invoice_id: String,
+    customer: String,
+    currency: String,
+    amount_minor: i64,
+    tax_minor: i64,
+}
+
+/// Credit notes whose journal (`cn:<id>`) is not in `posted`.
+pub async fn unposted(
+    db: &Client,
+    posted: &HashSet<String>,
+) -> Result<Vec<Unposted>, clickhouse::error::Error> {
+    if !store::exists(db, "v_credit_notes").await? {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<Row> = db
+        .query(
+            "SELECT credit_note_id, invoice_id, customer, currency, toInt64(amount_minor), \
+             toInt64(tax_minor) FROM v_credit_notes ORDER BY credit_note_id",
+        )
+        .fetch_all()
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Unposted {
+            op: Operation::CreditNote {
+                credit_note_id: r.credit_note_id,
+                invoice_id: r.invoice_id,
+                amount_minor: r.amount_minor,
+                tax_minor: r.tax_minor,
+            },
+            currency: r.currency,
+            customer: r.customer,
+        })
+        .filter(|u| !posted.contains(&u.op.journal_id()))
+        .collect())
+}

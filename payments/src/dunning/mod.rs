@@ -1,0 +1,202 @@
+//! Dunning: payment retries and overdue reminders for invoices still owed, sent as signed
+//! notifications to each customer's URL, with retried deliveries and a delivery log.
+//!
+//! A pass (every `dunning.interval_secs`) is stateless: it reads the open invoices, their
+//! payments and the logs, decides the notices due ([`schedule`]), appends each new one with
+//! its exact body, then attempts every undelivered notice whose backoff has passed, appending
+//! one log row per attempt ([`log`]). A crash between steps repeats nothing that was logged.
+//! This module never sends to a customer without a configured URL, never sends unsigned, and
+//! never decides a notice for a paid, void or fully credited invoice.
+
+pub mod deliver;
+pub mod log;
+pub mod schedule;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use clickhouse::Client;
+use tally_domain::InvoiceStatus;
+use tally_platform::shutdown::Shutdown;
+
+use crate::config::DunningConfig;
+use crate::signature::Secret;
+use crate::{metrics, store, Error};
+use schedule::{DueNotice, Kind, Owed};
+
+/// The actor of dunning's notices.
+pub const ACTOR: &str = "payments:dunning";
+
+/// What one pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PassReport {
+    pub decided: usize,
+    pub delivered: usize,
+    pub failed_attempts: usize,
+    pub without_url: usize,
+}
+
+/// Invoices still owed: lifecycle open, amount due minus payments positive.
+pub async fn owed(db: &Client) -> Result<Vec<Owed>, Error> {
+    let statuses = store::statuses(db).await?;
+    let mut paid: HashMap<String, i64> = HashMap::new();
+    let mut first_failure: HashMap<String, i64> = HashMap::new();
+    for p in store::all_payments(db).await? {
+        match p.kind.as_str() {
+            "payment" => *paid.entry(p.invoice_id).or_default() += p.amount_minor,
+            "attempt" => {
+                let f = first_failure.entry(p.invoice_id).or_insert(p.at_ms);
+                *f = (*f).min(p.at_ms);
+            }
+            _ => {}
+        }
+    }
+    Ok(store::finalized_invoices(db)
+        .await?
+        .into_iter()
+        .filter(|inv| {
+            statuses
+                .get(&inv.invoice_id)
+                .copied()
+                .unwrap_or(InvoiceStatus::Finalized)
+                .is_open()
+        })
+        .map(|inv| Owed {
+            outstanding_minor: inv.amount_due_minor
+                - paid.get(&inv.invoice_id).copied().unwrap_or(0),
+            first_failure_ms: first_failure.get(&inv.invoice_id).copied(),
+            due_at_ms: inv.due_at_ms,
+            invoice_id: inv.invoice_id,
+            customer: inv.customer,
+            currency: inv.currency,
+        })
+        .collect())
+}
+
+fn body(n: &DueNotice, o: &Owed, now_ms: i64) -> String {
+    serde_json::json!({
+        "id": n.notification_id,
+        "type": n.kind.as_str(),
+        "created": now_ms.div_euclid(1000),
+        "data": {
+            "invoice_id": o.invoice_id,
+            "customer": o.customer,
+            "currency": o.currency,
+            "amount_due_minor": o.outstanding_minor,
+            "due_at_ms": o.due_at_ms,
+            "step": n.step,
+            "retry_attempt": (n.kind == Kind::PaymentRetry).then_some(n.step + 1),
+        }
+    })
+    .to_string()
+}
+
+/// One dunning pass at `now_ms`.
+pub async fn pass(db: &Client, cfg: &DunningConfig, now_ms: i64) -> Result<PassReport, Error> {
+    let mut report = PassReport::default();
+    let decided = log::notification_ids(db).await?;
+    for o in owed(db).await? {
+        for n in schedule::due(
+            &o,
+            &cfg.retry_schedule_secs,
+            &cfg.reminder_schedule_secs,
+            now_ms,
+        ) {
+            if decided.contains(&n.notification_id) {
+                continue;
+            }
+            let Some(url) = cfg.endpoints.get(&n.customer) else {
+                report.without_url += 1;
+                tracing::debug!(customer = %n.customer, notification_id = %n.notification_id,
+                    "no notification URL for the customer; notice not sent");
+                continue;
+            };
+            let record = log::Notification {
+                notification_id: n.notification_id.clone(),
+                customer: n.customer.clone(),
+                invoice_id: n.invoice_id.clone(),
+                kind: n.kind.as_str().to_owned(),
+                step: n.step,
+                url: url.clone(),
+                body: body(&n, &o, now_ms),
+                actor: ACTOR.to_owned(),
+                created_at_ms: now_ms,
+                created_at: tally_platform::store::datetime_secs(now_ms),
+            };
+            log::append_notification(db, &record).await?;
+            metrics::notification(n.kind.as_str());
+            tracing::info!(notification_id = %n.notification_id, customer = %n.customer,
+                invoice_id = %n.invoice_id, actor = ACTOR, at_ms = now_ms, "dunning notice decided");
+            report.decided += 1;
+        }
+    }
+    deliver_due(db, cfg, now_ms, &mut report).await?;
+    Ok(report)
+}
+
+async fn deliver_due(
+    db: &Client,
+    cfg: &DunningConfig,
+    now_ms: i64,
+    report: &mut PassReport,
+) -> Result<(), Error> {
+    let secret = Secret::new(cfg.signing_secret.expose());
+    let attempts = log::attempts(db).await?;
+    let timeout = Duration::from_millis(cfg.delivery_timeout_ms);
+    for n in log::undelivered(db).await? {
+        let (done, last_ms) = attempts.get(&n.notification_id).copied().unwrap_or((0, 0));
+        if done >= cfg.delivery_attempts_max
+            || schedule::next_attempt_ms(done, last_ms, cfg.delivery_backoff_secs) > now_ms
+        {
+            continue;
+        }
+        let started = Instant::now();
+        let a = deliver::post(
+            &n.url,
+            &n.notification_id,
+            &n.body,
+            &secret,
+            now_ms.div_euclid(1000),
+            timeout,
+        )
+        .await;
+        metrics::delivery(
+            if a.delivered { "delivered" } else { "failed" },
+            started.elapsed(),
+        );
+        log::append_delivery(
+            db,
+            &log::Delivery::new(&n.notification_id, done + 1, &n.url, &a, now_ms),
+        )
+        .await?;
+        if a.delivered {
+            report.delivered += 1;
+        } else {
+            report.failed_attempts += 1;
+            tracing::warn!(notification_id = %n.notification_id, attempt = done + 1,
+                error = %a.error, "notification delivery failed");
+        }
+    }
+    Ok(())
+}
+
+/// Runs passes every `interval_secs` until shutdown; a failed pass is logged and retried.
+pub async fn run(db: Client, cfg: DunningConfig, shutdown: Shutdown, now_ms: fn() -> i64) {
+    let mut tick = tokio::time::interval(Duration::from_secs(cfg.interval_secs));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        match pass(&db, &cfg, now_ms()).await {
+            Ok(r) => tracing::info!(
+                decided = r.decided,
+                delivered = r.delivered,
+                failed = r.failed_attempts,
+                "dunning pass done"
+            ),
+            Err(e) => tracing::warn!(error = %e, "dunning pass failed"),
+        }
+    }
+}

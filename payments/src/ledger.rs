@@ -1,0 +1,472 @@
+//! The double-entry ledger's rules: which accounts an operation debits and credits, and the
+//! trial balance. Pure: no I/O, no clock.
+//!
+//! | operation          | debit                                    | credit                          |
+//! |--------------------|------------------------------------------|---------------------------------|
+//! | invoice finalized  | receivable (amount due), customer credit (prepaid part) | revenue (net), tax payable |
+//! | payment            | cash                                     | receivable                      |
+//! | refund             | refunds (contra-revenue)                 | cash                            |
+//! | credit note        | revenue (net), tax payable               | receivable                      |
+//! | write-off          | bad debt                                 | receivable                      |
+//! | void               | revenue (net), tax payable, (customer credit returned) | receivable, customer credit |
+//!
+//! Every journal is balanced in its one currency by construction (asserted), so any sequence
+//! of journals is balanced in every currency. Journal ids are deterministic (one per invoice,
+//! payment, refund or credit note), so posting the same operation twice posts nothing new.
+//! This module must never post an unbalanced journal or a negative amount.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// A ledger account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Account {
+    Receivable,
+    Revenue,
+    TaxPayable,
+    Cash,
+    /// Prepaid credits the customer holds (a liability).
+    CustomerCredit,
+    /// Money returned to customers (contra-revenue).
+    Refunds,
+    BadDebt,
+}
+
+impl Account {
+    pub const ALL: [Account; 7] = [
+        Account::Receivable,
+        Account::Revenue,
+        Account::TaxPayable,
+        Account::Cash,
+        Account::CustomerCredit,
+        Account::Refunds,
+        Account::BadDebt,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Account::Receivable => "receivable",
+            Account::Revenue => "revenue",
+            Account::TaxPayable => "tax_payable",
+            Account::Cash => "cash",
+            Account::CustomerCredit => "customer_credit",
+            Account::Refunds => "refunds",
+            Account::BadDebt => "bad_debt",
+        }
+    }
+}
+
+/// What a journal records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operation {
+    InvoiceFinalized {
+        invoice_id: String,
+        total_minor: i64,
+        tax_minor: i64,
+        /// What the customer owes after prepaid credits (`<= total_minor`).
+        amount_due_minor: i64,
+    },
+    Payment {
+        payment_id: String,
+        invoice_id: String,
+        amount_minor: i64,
+    },
+    Refund {
+        refund_id: String,
+        invoice_id: String,
+        amount_minor: i64,
+    },
+    CreditNote {
+        credit_note_id: String,
+        invoice_id: String,
+        /// Gross, tax included.
+        amount_minor: i64,
+        tax_minor: i64,
+    },
+    WriteOff {
+        invoice_id: String,
+        amount_minor: i64,
+    },
+    Void {
+        invoice_id: String,
+        total_minor: i64,
+        tax_minor: i64,
+        amount_due_minor: i64,
+    },
+}
+
+impl Operation {
+    /// The stable name stored in `ledger_entries.kind`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Operation::InvoiceFinalized { .. } => "invoice_finalized",
+            Operation::Payment { .. } => "payment",
+            Operation::Refund { .. } => "refund",
+            Operation::CreditNote { .. } => "credit_note",
+            Operation::WriteOff { .. } => "write_off",
+            Operation::Void { .. } => "void",
+        }
+    }
+
+    /// The deterministic journal id: the same operation always gets the same id.
+    pub fn journal_id(&self) -> String {
+        match self {
+            Operation::InvoiceFinalized { invoice_id, .. } => format!("fin:{invoice_id}"),
+            Operation::Payment { payment_id, .. } => format!("pay:{payment_id}"),
+            Operation::Refund { refund_id, .. } => format!("ref:{refund_id}"),
+            Operation::CreditNote { credit_note_id, .. } => format!("cn:{credit_note_id}"),
+            Operation::WriteOff { invoice_id, .. } => format!("wo:{invoice_id}"),
+            Operation::Void { invoice_id, .. } => format!("void:{invoice_id}"),
+        }
+    }
+
+    pub fn invoice_id(&self) -> &str {
+        match self {
+            Operation::InvoiceFinalized { invoice_id, .. }
+            | Operation::Payment { invoice_id, .. }
+            | Operation::Refund { invoice_id, .. }
+            | Operation::CreditNote { invoice_id, .. }
+            | Operation::WriteOff { invoice_id, .. }
+            | Operation::Void { invoice_id, .. } => invoice_id,
+        }
+    }
+}
+
+/// One side of a journal line: exactly one of debit and credit is non-zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Line {
+    pub account: Account,
+    pub debit_minor: i64,
+    pub credit_minor: i64,
+}
+
+/// A balanced set of lines in one currency.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Journal {
+    pub journal_id: String,
+    pub kind: &'static str,
+    pub currency: String,
+    pub invoice_id: String,
+    pub lines: Vec<Line>,
+}
+
+/// An operation that cannot be posted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LedgerError {
+    #[error("{journal}: {field} is negative ({value})")]
+    Negative {
+        journal: String,
+        field: &'static str,
+        value: i64,
+    },
+    #[error("{journal}: {field} ({value}) exceeds {limit_field} ({limit})")]
+    Exceeds {
+        journal: String,
+        field: &'static str,
+        value: i64,
+        limit_field: &'static str,
+        limit: i64,
+    },
+}
+
+fn non_negative(journal: &str, field: &'static str, value: i64) -> Result<i64, LedgerError> {
+    if value < 0 {
+        return Err(LedgerError::Negative {
+            journal: journal.to_owned(),
+            field,
+            value,
+        });
+    }
+    Ok(value)
+}
+
+fn at_most(
+    journal: &str,
+    (field, value): (&'static str, i64),
+    (limit_field, limit): (&'static str, i64),
+) -> Result<(), LedgerError> {
+    if value > limit {
+        return Err(LedgerError::Exceeds {
+            journal: journal.to_owned(),
+            field,
+            value,
+            limit_field,
+            limit,
+        });
+    }
+    Ok(())
+}
+
+fn dr(account: Account, minor: i64) -> Line {
+    Line {
+        account,
+        debit_minor: minor,
+        credit_minor: 0,
+    }
+}
+
+fn cr(account: Account, minor: i64) -> Line {
+    Line {
+        account,
+        debit_minor: 0,
+        credit_minor: minor,
+    }
+}
+
+/// The journal of `op` in `currency`. Zero lines are dropped; a journal may end up empty
+/// (a zero invoice), which is still balanced.
+pub fn post(op: &Operation, currency: &str) -> Result<Journal, LedgerError> {
+    let id = op.journal_id();
+    let lines = match op {
+        Operation::InvoiceFinalized {
+            total_minor,
+            tax_minor,
+            amount_due_minor,
+            ..
+        }
+        | Operation::Void {
+            total_minor,
+            tax_minor,
+            amount_due_minor,
+            ..
+        } => {
+            let total = non_negative(&id, "total_minor", *total_minor)?;
+            let tax = non_negative(&id, "tax_minor", *tax_minor)?;
+            let due = non_negative(&id, "amount_due_minor", *amount_due_minor)?;
+            at_most(&id, ("tax_minor", tax), ("total_minor", total))?;
+            at_most(&id, ("amount_due_minor", due), ("total_minor", total))?;
+            let finalized = vec![
+                dr(Account::Receivable, due),
+                dr(Account::CustomerCredit, total - due),
+                cr(Account::Revenue, total - tax),
+                cr(Account::TaxPayable, tax),
+            ];
+            if matches!(op, Operation::Void { .. }) {
+                finalized.iter().map(reverse).collect()
+            } else {
+                finalized
+            }
+        }
+        Operation::Payment { amount_minor, .. } => {
+            let a = non_negative(&id, "amount_minor", *amount_minor)?;
+            vec![dr(Account::Cash, a), cr(Account::Receivable, a)]
+        }
+        Operation::Refund { amount_minor, .. } => {
+            let a = non_negative(&id, "amount_minor", *amount_minor)?;
+            vec![dr(Account::Refunds, a), cr(Account::Cash, a)]
+        }
+        Operation::CreditNote {
+            amount_minor,
+            tax_minor,
+            ..
+        } => {
+            let a = non_negative(&id, "amount_minor", *amount_minor)?;
+            let tax = non_negative(&id, "tax_minor", *tax_minor)?;
+            at_most(&id, ("tax_minor", tax), ("amount_minor", a))?;
+            vec![
+                dr(Account::Revenue, a - tax),
+                dr(Account::TaxPayable, tax),
+                cr(Account::Receivable, a),
+            ]
+        }
+        Operation::WriteOff { amount_minor, .. } => {
+            let a = non_negative(&id, "amount_minor", *amount_minor)?;
+            vec![dr(Account::BadDebt, a), cr(Account::Receivable, a)]
+        }
+    };
+    let journal = Journal {
+        journal_id: id,
+        kind: op.kind(),
+        currency: currency.to_owned(),
+        invoice_id: op.invoice_id().to_owned(),
+        lines: lines
+            .into_iter()
+            .filter(|l| l.debit_minor != 0 || l.credit_minor != 0)
+            .collect(),
+    };
+    debug_assert!(is_balanced(&journal.lines), "unbalanced {journal:?}");
+    Ok(journal)
+}
+
+fn reverse(l: &Line) -> Line {
+    Line {
+        account: l.account,
+        debit_minor: l.credit_minor,
+        credit_minor: l.debit_minor,
+    }
+}
+
+/// Debits equal credits (in i128, so no sum overflows).
+pub fn is_balanced(lines: &[Line]) -> bool {
+    let (d, c) = lines.iter().fold((0i128, 0i128), |(d, c), l| {
+        (
+            d + i128::from(l.debit_minor),
+            c + i128::from(l.credit_minor),
+        )
+    });
+    d == c
+}
+
+/// One account's totals in one currency.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct AccountTotals {
+    pub debit_minor: i128,
+    pub credit_minor: i128,
+}
+
+impl AccountTotals {
+    /// Debit minus credit.
+    pub fn balance_minor(&self) -> i128 {
+        self.debit_minor - self.credit_minor
+    }
+}
+
+/// Totals per currency and account.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TrialBalance {
+    pub currencies: BTreeMap<String, BTreeMap<Account, AccountTotals>>,
+}
+
+impl TrialBalance {
+    pub fn add(&mut self, currency: &str, line: &Line) {
+        let t = self
+            .currencies
+            .entry(currency.to_owned())
+            .or_default()
+            .entry(line.account)
+            .or_default();
+        t.debit_minor += i128::from(line.debit_minor);
+        t.credit_minor += i128::from(line.credit_minor);
+    }
+
+    pub fn add_journal(&mut self, j: &Journal) {
+        for l in &j.lines {
+            self.add(&j.currency, l);
+        }
+    }
+
+    /// Total debits minus total credits of `currency` (zero when balanced).
+    pub fn difference_minor(&self, currency: &str) -> i128 {
+        self.currencies.get(currency).map_or(0, |accounts| {
+            accounts.values().map(|t| t.balance_minor()).sum()
+        })
+    }
+
+    /// Whether every currency's difference is zero.
+    pub fn is_balanced(&self) -> bool {
+        self.currencies
+            .keys()
+            .all(|c| self.difference_minor(c) == 0)
+    }
+
+    /// The table `tally-payments trial-balance` prints.
+    pub fn render(&self) -> String {
+        let mut out = String::from(
+            "currency account           debit_minor     credit_minor     balance_minor\n",
+        );
+        for (currency, accounts) in &self.currencies {
+            let (mut d, mut c) = (0i128, 0i128);
+            for (account, t) in accounts {
+                d += t.debit_minor;
+                c += t.credit_minor;
+                out.push_str(&format!(
+                    "{currency:<8} {:<16} {:>12} {:>16} {:>17}\n",
+                    account.as_str(),
+                    t.debit_minor,
+                    t.credit_minor,
+                    t.balance_minor()
+                ));
+            }
+            out.push_str(&format!(
+                "{currency:<8} {:<16} {d:>12} {c:>16} {:>17}  difference {}\n",
+                "TOTAL",
+                d - c,
+                d - c
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_finalized_invoice_books_receivable_revenue_and_tax() {
+        let j = post(
+            &Operation::InvoiceFinalized {
+                invoice_id: "inv_1".into(),
+                total_minor: 1_190,
+                tax_minor: 190,
+                amount_due_minor: 1_000,
+            },
+            "EUR",
+        )
+        .unwrap();
+        assert_eq!(j.journal_id, "fin:inv_1");
+        assert_eq!(
+            j.lines,
+            vec![
+                dr(Account::Receivable, 1_000),
+                dr(Account::CustomerCredit, 190),
+                cr(Account::Revenue, 1_000),
+                cr(Account::TaxPayable, 190),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_void_reverses_the_finalization() {
+        let fin = Operation::InvoiceFinalized {
+            invoice_id: "i".into(),
+            total_minor: 500,
+            tax_minor: 50,
+            amount_due_minor: 500,
+        };
+        let void = Operation::Void {
+            invoice_id: "i".into(),
+            total_minor: 500,
+            tax_minor: 50,
+            amount_due_minor: 500,
+        };
+        let mut tb = TrialBalance::default();
+        tb.add_journal(&post(&fin, "USD").unwrap());
+        tb.add_journal(&post(&void, "USD").unwrap());
+        assert!(tb.currencies["USD"]
+            .values()
+            .all(|t| t.balance_minor() == 0));
+    }
+
+    #[test]
+    fn bad_amounts_are_refused_naming_the_field() {
+        let e = post(
+            &Operation::CreditNote {
+                credit_note_id: "cn".into(),
+                invoice_id: "i".into(),
+                amount_minor: 10,
+                tax_minor: 11,
+            },
+            "USD",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("tax_minor (11) exceeds amount_minor (10)"),
+            "{e}"
+        );
+        assert!(matches!(
+            post(
+                &Operation::Payment {
+                    payment_id: "p".into(),
+                    invoice_id: "i".into(),
+                    amount_minor: -1
+                },
+                "USD"
+            ),
+            Err(LedgerError::Negative { .. })
+        ));
+    }
+}

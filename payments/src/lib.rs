@@ -1,0 +1,48 @@
+//! Payments: money moving against invoices, the books that record it, reminding customers
+//! who have not paid, and the page where a customer sees usage, invoices and payments.
+//!
+//! It owns: the gateway adapters and verified inbound webhooks, payments and refunds, the
+//! append-only double-entry ledger and its trial balance, dunning (payment retries and overdue
+//! reminders as signed notifications with a delivery log) and the customer portal (signed,
+//! expiring links). It does not own invoices or their numbers, lines and totals (the
+//! invoicer's); it moves an invoice's lifecycle only through `tally_invoicer::lifecycle`.
+//!
+//! # Layout
+//! - [`config`]: the `[payments]`, `[portal]` and `[dunning]` sections (secrets redacted).
+//! - [`signature`]: HMAC-SHA256 `t=...,v1=...` signatures (Stripe's scheme).
+//! - [`gateway`]: the adapter trait, [`gateway::stripe`] and [`gateway::manual`].
+//! - [`ledger`]: posting rules and the trial balance (pure).
+//! - [`settle`]: applying payment events, refunds, write-offs and the ledger sync.
+//! - [`credit_notes`]: the invoicer's credit notes still to post.
+//! - [`store`]: ClickHouse reads and appends.
+//! - [`dunning`]: retry and reminder schedules, signed notifications, the delivery log.
+//! - [`portal`]: link tokens, the customer page, its usage chart.
+//! - [`http`]: the HTTP server and its routes.
+//! - [`metrics`]: every metric this crate emits.
+
+pub mod config;
+pub mod credit_notes;
+pub mod dunning;
+pub mod gateway;
+pub mod http;
+pub mod ledger;
+pub mod metrics;
+pub mod portal;
+pub mod settle;
+pub mod signature;
+pub mod store;
+
+/// Why a payments operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("clickhouse: {0}")]
+    Store(#[from] clickhouse::error::Error),
+    #[error(transparent)]
+    Lifecycle(#[from] tally_invoicer::lifecycle::LifecycleError),
+    #[error(transparent)]
+    Ledger(#[from] ledger::LedgerError),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("stored data is not valid: {0}")]
+    Corrupt(String),
+}

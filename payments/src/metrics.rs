@@ -1,0 +1,49 @@
+//! Every metric tally-payments emits. Labels are bounded (outcomes, kinds, status classes),
+//! never a customer or an invoice id.
+
+use std::time::Duration;
+
+/// A webhook or manual payment event processed, by outcome.
+pub fn webhook(outcome: &str) {
+    metrics::counter!("tally_payments_events_total", "outcome" => outcome.to_owned()).increment(1);
+}
+
+/// A webhook refused before it was processed (bad signature, bad payload).
+pub fn webhook_refused(reason: &'static str) {
+    metrics::counter!("tally_payments_webhooks_refused_total", "reason" => reason).increment(1);
+}
+
+/// A ledger journal posted, by kind.
+pub fn journal(kind: &'static str) {
+    metrics::counter!("tally_payments_journals_total", "kind" => kind).increment(1);
+}
+
+/// A notification delivery attempt, by result (`delivered`, `failed`).
+pub fn delivery(result: &'static str, took: Duration) {
+    metrics::counter!("tally_payments_notification_deliveries_total", "result" => result)
+        .increment(1);
+    metrics::histogram!("tally_payments_notification_delivery_seconds").record(took.as_secs_f64());
+}
+
+/// A notification decided by dunning, by kind.
+pub fn notification(kind: &'static str) {
+    metrics::counter!("tally_payments_notifications_total", "kind" => kind).increment(1);
+}
+
+/// An HTTP request answered, by route group and status class.
+pub fn request(route: &'static str, status: u16, took: Duration) {
+    let class = match status {
+        200..=299 => "2xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    metrics::counter!("tally_payments_requests_total", "route" => route, "status" => class)
+        .increment(1);
+    metrics::histogram!("tally_payments_request_seconds", "route" => route)
+        .record(took.as_secs_f64());
+}
+
+/// The trial balance difference summed over currencies (always 0 unless the ledger is broken).
+pub fn trial_balance_difference(minor: i128) {
+    metrics::gauge!("tally_payments_trial_balance_difference_minor").set(minor as f64);
+}

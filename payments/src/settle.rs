@@ -1,0 +1,455 @@
+//! What a verified payment event does, whatever gateway sent it: record the payment, post the
+//! ledger journal, move the invoice's lifecycle. Also write-offs and the ledger sync that posts
+//! finalized invoices, voids and credit notes.
+//!
+//! Safety argument. Every effect has a deterministic id (payment id from the gateway's
+//! reference, journal id from the operation, lifecycle transition id from the target status),
+//! so applying an event twice appends nothing the views do not collapse; the event id is
+//! recorded last, and a delivery whose id is already recorded returns at once. Lifecycle
+//! moves only forward (`paid` is terminal), so a late `payment_failed` after `succeeded`
+//! records the failed attempt and leaves the invoice paid. Within one process all changes are
+//! serialized by one mutex. This module never trusts an event that was not verified by its
+//! adapter, and never edits a row.
+
+use clickhouse::Client;
+use tally_domain::InvoiceStatus;
+use tally_invoicer::lifecycle::{self, Recorded};
+use tokio::sync::Mutex;
+
+use crate::gateway::{Effect, GatewayEvent};
+use crate::ledger::{self, Operation};
+use crate::store::{self, InvoiceFacts, PaymentRow};
+use crate::{metrics, Error};
+
+/// The actor of the changes the ledger sync makes on its own.
+pub const SYNC_ACTOR: &str = "payments:sync";
+
+/// Applies events and operator actions one at a time.
+pub struct Settler {
+    pub db: Client,
+    lock: Mutex<()>,
+}
+
+/// What applying an event did (stored as `webhook_events.outcome`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Applied {
+    pub outcome: String,
+    pub invoice_id: String,
+    pub duplicate: bool,
+}
+
+impl Settler {
+    pub fn new(db: Client) -> Settler {
+        Settler {
+            db,
+            lock: Mutex::new(()),
+        }
+    }
+
+    /// Applies a verified event from `gateway` on behalf of `actor`.
+    pub async fn apply(
+        &self,
+        gateway: &str,
+        actor: &str,
+        event: &GatewayEvent,
+        payload: &str,
+        now_ms: i64,
+    ) -> Result<Applied, Error> {
+        let _guard = self.lock.lock().await;
+        if let Some(outcome) = store::event_outcome(&self.db, gateway, &event.event_id).await? {
+            metrics::webhook("duplicate");
+            tracing::info!(gateway, event_id = %event.event_id, %outcome, "duplicate event ignored");
+            return Ok(Applied {
+                outcome,
+                invoice_id: String::new(),
+                duplicate: true,
+            });
+        }
+        let (outcome, invoice_id) = match &event.effect {
+            None => ("ignored_type".to_owned(), String::new()),
+            Some(effect) => self.effect(gateway, actor, event, effect, now_ms).await?,
+        };
+        store::append_event(
+            &self.db,
+            &store::EventRecord {
+                event_id: &event.event_id,
+                gateway,
+                event_type: &event.event_type,
+                invoice_id: &invoice_id,
+                outcome: &outcome,
+                payload,
+            },
+            now_ms,
+        )
+        .await?;
+        metrics::webhook(&outcome);
+        tracing::info!(gateway, actor, event_id = %event.event_id, event_type = %event.event_type,
+            invoice_id = %invoice_id, %outcome, at_ms = now_ms, "payment event applied");
+        Ok(Applied {
+            outcome,
+            invoice_id,
+            duplicate: false,
+        })
+    }
+
+    async fn effect(
+        &self,
+        gateway: &str,
+        actor: &str,
+        event: &GatewayEvent,
+        effect: &Effect,
+        now_ms: i64,
+    ) -> Result<(String, String), Error> {
+        match effect {
+            Effect::PaymentSucceeded {
+                payment_ref,
+                invoice_id,
+                amount_minor,
+                currency,
+            } => {
+                let Some(inv) = store::invoice(&self.db, invoice_id).await? else {
+                    return Ok(("unknown_invoice".into(), invoice_id.clone()));
+                };
+                if &inv.currency != currency {
+                    return Ok(("currency_mismatch".into(), inv.invoice_id));
+                }
+                let row = self.row(
+                    gateway,
+                    actor,
+                    event,
+                    &inv,
+                    now_ms,
+                    payment_ref,
+                    *amount_minor,
+                );
+                let outcome = self.pay(&inv, row, actor, now_ms).await?;
+                Ok((outcome, inv.invoice_id))
+            }
+            Effect::PaymentFailed {
+                payment_ref,
+                invoice_id,
+                amount_minor,
+                currency,
+                reason,
+            } => {
+                let Some(inv) = store::invoice(&self.db, invoice_id).await? else {
+                    return Ok(("unknown_invoice".into(), invoice_id.clone()));
+                };
+                let status = lifecycle::status(&self.db, &inv.invoice_id).await?;
+                let mut row = self.row(
+                    gateway,
+                    actor,
+                    event,
+                    &inv,
+                    now_ms,
+                    payment_ref,
+                    *amount_minor,
+                );
+                row.payment_id = format!("{gateway}:{payment_ref}:failed:{}", event.event_id);
+                row.kind = "attempt".into();
+                row.status = "failed".into();
+                row.currency = currency.clone();
+                row.failure_reason = reason.clone();
+                store::append_payment(&self.db, &row).await?;
+                let outcome = if status.is_open() || status == InvoiceStatus::Draft {
+                    "payment_failed"
+                } else {
+                    // a late failure after success, or on a void invoice: logged, no effect
+                    "payment_failed_ignored_invoice_closed"
+                };
+                Ok((outcome.into(), inv.invoice_id))
+            }
+            Effect::Refunded {
+                refund_ref,
+                payment_ref,
+                amount_minor,
+                currency,
+            } => {
+                let Some(paid) = store::payment_by_ref(&self.db, gateway, payment_ref).await?
+                else {
+                    return Ok(("refund_of_unknown_payment".into(), String::new()));
+                };
+                let refund = PaymentRow {
+                    payment_id: format!("{gateway}:{refund_ref}"),
+                    gateway_ref: refund_ref.clone(),
+                    kind: "refund".into(),
+                    status: "refunded".into(),
+                    amount_minor: *amount_minor,
+                    currency: currency.clone(),
+                    event_id: event.event_id.clone(),
+                    actor: actor.to_owned(),
+                    at_ms: now_ms,
+                    at: tally_platform::store::datetime_secs(now_ms),
+                    ..paid
+                };
+                self.refund(refund).await
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn row(
+        &self,
+        gateway: &str,
+        actor: &str,
+        event: &GatewayEvent,
+        inv: &InvoiceFacts,
+        now_ms: i64,
+        payment_ref: &str,
+        amount_minor: i64,
+    ) -> PaymentRow {
+        PaymentRow {
+            payment_id: format!("{gateway}:{payment_ref}"),
+            invoice_id: inv.invoice_id.clone(),
+            customer: inv.customer.clone(),
+            gateway: gateway.to_owned(),
+            gateway_ref: payment_ref.to_owned(),
+            kind: "payment".into(),
+            status: "succeeded".into(),
+            amount_minor,
+            currency: inv.currency.clone(),
+            failure_reason: String::new(),
+            event_id: event.event_id.clone(),
+            actor: actor.to_owned(),
+            at_ms: now_ms,
+            at: tally_platform::store::datetime_secs(now_ms),
+        }
+    }
+
+    /// Records a successful payment, posts cash/receivable and marks the invoice paid once
+    /// the payments cover the amount due.
+    async fn pay(
+        &self,
+        inv: &InvoiceFacts,
+        row: PaymentRow,
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<String, Error> {
+        let status = ensure_finalized(&self.db, inv, now_ms).await?;
+        let payments = store::payments_of(&self.db, &inv.invoice_id).await?;
+        if !payments.iter().any(|p| p.payment_id == row.payment_id) {
+            store::append_payment(&self.db, &row).await?;
+        }
+        let op = Operation::Payment {
+            payment_id: row.payment_id.clone(),
+            invoice_id: inv.invoice_id.clone(),
+            amount_minor: row.amount_minor,
+        };
+        post(&self.db, &op, &inv.currency, &inv.customer, actor, now_ms).await?;
+        let paid_minor: i64 = payments
+            .iter()
+            .filter(|p| p.kind == "payment" && p.payment_id != row.payment_id)
+            .map(|p| p.amount_minor)
+            .sum::<i64>()
+            + row.amount_minor;
+        if paid_minor < inv.amount_due_minor {
+            return Ok("partially_paid".into());
+        }
+        if !(status.is_open()) {
+            return Ok(format!("payment_recorded_invoice_{status}"));
+        }
+        let reason = format!("payment {} via {}", row.gateway_ref, row.gateway);
+        let r = lifecycle::record(
+            &self.db,
+            &inv.invoice_id,
+            InvoiceStatus::Paid,
+            actor,
+            &reason,
+            now_ms,
+        )
+        .await?;
+        if let Recorded::Applied(t) = &r {
+            tracing::info!(invoice_id = %t.invoice_id, from = %t.from, to = %t.to, actor = %t.actor,
+                at_ms = t.at_ms, "invoice status changed");
+        }
+        Ok("paid".into())
+    }
+
+    /// Records a refund of a recorded payment and posts refunds/cash. The invoice keeps its
+    /// status (a refund is money moving, not a reopened invoice).
+    pub async fn refund(&self, refund: PaymentRow) -> Result<(String, String), Error> {
+        let existing = store::payments_of(&self.db, &refund.invoice_id).await?;
+        let paid: i64 = existing
+            .iter()
+            .filter(|p| p.kind == "payment" && p.gateway_ref != refund.gateway_ref)
+            .map(|p| p.amount_minor)
+            .sum();
+        let refunded: i64 = existing
+            .iter()
+            .filter(|p| p.kind == "refund" && p.payment_id != refund.payment_id)
+            .map(|p| p.amount_minor)
+            .sum();
+        if refund.amount_minor <= 0 || refunded + refund.amount_minor > paid {
+            return Ok(("refund_exceeds_payments".into(), refund.invoice_id));
+        }
+        if !existing.iter().any(|p| p.payment_id == refund.payment_id) {
+            store::append_payment(&self.db, &refund).await?;
+        }
+        let op = Operation::Refund {
+            refund_id: refund.payment_id.clone(),
+            invoice_id: refund.invoice_id.clone(),
+            amount_minor: refund.amount_minor,
+        };
+        post(
+            &self.db,
+            &op,
+            &refund.currency,
+            &refund.customer,
+            &refund.actor,
+            refund.at_ms,
+        )
+        .await?;
+        Ok(("refunded".into(), refund.invoice_id))
+    }
+
+    /// Marks an open invoice uncollectible and writes off what is still owed.
+    pub async fn write_off(
+        &self,
+        invoice_id: &str,
+        actor: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<i64, Error> {
+        let _guard = self.lock.lock().await;
+        let inv = store::invoice(&self.db, invoice_id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("invoice {invoice_id}")))?;
+        ensure_finalized(&self.db, &inv, now_ms).await?;
+        let paid: i64 = store::payments_of(&self.db, invoice_id)
+            .await?
+            .iter()
+            .filter(|p| p.kind == "payment")
+            .map(|p| p.amount_minor)
+            .sum();
+        lifecycle::record(
+            &self.db,
+            invoice_id,
+            InvoiceStatus::Uncollectible,
+            actor,
+            reason,
+            now_ms,
+        )
+        .await?;
+        let outstanding = (inv.amount_due_minor - paid).max(0);
+        let op = Operation::WriteOff {
+            invoice_id: invoice_id.to_owned(),
+            amount_minor: outstanding,
+        };
+        post(&self.db, &op, &inv.currency, &inv.customer, actor, now_ms).await?;
+        tracing::info!(
+            invoice_id,
+            actor,
+            reason,
+            outstanding_minor = outstanding,
+            at_ms = now_ms,
+            "invoice written off"
+        );
+        Ok(outstanding)
+    }
+
+    /// Serialized manual refund (the API's entry point).
+    pub async fn refund_locked(&self, refund: PaymentRow) -> Result<(String, String), Error> {
+        let _guard = self.lock.lock().await;
+        self.refund(refund).await
+    }
+
+    /// Posts what the ledger is missing: finalizations of finalized invoices, voids of voided
+    /// ones and credit notes (when `v_credit_notes` exists). Returns the journals posted.
+    pub async fn sync_ledger(&self, now_ms: i64) -> Result<usize, Error> {
+        let _guard = self.lock.lock().await;
+        let posted = store::journal_ids(&self.db).await?;
+        let mut n = 0;
+        for inv in store::finalized_invoices(&self.db).await? {
+            let status = if posted.contains(&format!("fin:{}", inv.invoice_id)) {
+                lifecycle::status(&self.db, &inv.invoice_id).await?
+            } else {
+                n += 1;
+                ensure_finalized(&self.db, &inv, now_ms).await?
+            };
+            let void = Operation::Void {
+                invoice_id: inv.invoice_id.clone(),
+                total_minor: inv.total_minor,
+                tax_minor: inv.tax_minor,
+                amount_due_minor: inv.amount_due_minor,
+            };
+            if status == InvoiceStatus::Void && !posted.contains(&void.journal_id()) {
+                post(
+                    &self.db,
+                    &void,
+                    &inv.currency,
+                    &inv.customer,
+                    SYNC_ACTOR,
+                    now_ms,
+                )
+                .await?;
+                n += 1;
+            }
+        }
+        for cn in crate::credit_notes::unposted(&self.db, &posted).await? {
+            post(
+                &self.db,
+                &cn.op,
+                &cn.currency,
+                &cn.customer,
+                SYNC_ACTOR,
+                now_ms,
+            )
+            .await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// Posts `op` unless its journal is already posted.
+async fn post(
+    db: &Client,
+    op: &Operation,
+    currency: &str,
+    customer: &str,
+    actor: &str,
+    now_ms: i64,
+) -> Result<(), Error> {
+    let journal = ledger::post(op, currency)?;
+    if store::journal_exists(db, &journal.journal_id).await? {
+        return Ok(());
+    }
+    store::append_journal(db, &journal, customer, actor, now_ms).await?;
+    metrics::journal(journal.kind);
+    tracing::info!(journal_id = %journal.journal_id, kind = journal.kind, customer, actor,
+        at_ms = now_ms, "ledger journal posted");
+    Ok(())
+}
+
+/// Makes sure a finalized invoice is finalized in the lifecycle (recording the invoicer's
+/// finalization when only `v_invoices` shows it) and its receivable is booked; returns the
+/// lifecycle status.
+pub async fn ensure_finalized(
+    db: &Client,
+    inv: &InvoiceFacts,
+    now_ms: i64,
+) -> Result<InvoiceStatus, Error> {
+    let mut status = lifecycle::status(db, &inv.invoice_id).await?;
+    if status == InvoiceStatus::Draft && inv.invoicer_status == "finalized" {
+        lifecycle::record(
+            db,
+            &inv.invoice_id,
+            InvoiceStatus::Finalized,
+            SYNC_ACTOR,
+            "finalized in v_invoices by the invoicer",
+            now_ms,
+        )
+        .await?;
+        status = InvoiceStatus::Finalized;
+    }
+    if status != InvoiceStatus::Draft {
+        let op = Operation::InvoiceFinalized {
+            invoice_id: inv.invoice_id.clone(),
+            total_minor: inv.total_minor,
+            tax_minor: inv.tax_minor,
+            amount_due_minor: inv.amount_due_minor,
+        };
+        post(db, &op, &inv.currency, &inv.customer, SYNC_ACTOR, now_ms).await?;
+    }
+    Ok(status)
+}

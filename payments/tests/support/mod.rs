@@ -1,0 +1,294 @@
+//! Shared by the integration tests: invoices built and stored by the real invoicer code, the
+//! payments server started on a free port over the test's ClickHouse database, a small HTTP
+//! client, a local receiver for notifications, and Stripe-signed webhook bodies.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use rust_decimal::Decimal;
+use tally_domain::Period;
+use tally_invoicer::invoice::{build, ChargeLine, Terms};
+use tally_invoicer::Invoice;
+use tally_payments::config::{PortalConfig, SecretString};
+use tally_payments::gateway::stripe::Stripe;
+use tally_payments::http::{serve, AppState};
+use tally_payments::settle::Settler;
+use tally_payments::signature::{self, Secret};
+use tally_platform::shutdown::Shutdown;
+use tokio::net::{TcpListener, TcpStream};
+
+pub const WEBHOOK_SECRET: &str = "whsec_test_0123456789";
+pub const API_TOKEN: &str = "tok_test_api";
+pub const PORTAL_SECRET: &str = "portal_test_secret";
+pub const DAY_MS: i64 = 86_400_000;
+
+/// 2026-11-01T00:00:00Z.
+pub const NOV_1_MS: i64 = 1_793_491_200_000;
+
+/// A finalized invoice of `customer` for the period starting at `start_ms` (30 days), one line
+/// per `(meter, amount_minor, tax_minor)`, built and stored by the invoicer.
+pub async fn invoice(
+    db: &clickhouse::Client,
+    customer: &str,
+    currency: &str,
+    start_ms: i64,
+    lines: &[(&str, i64, i64)],
+    now_ms: i64,
+) -> Invoice {
+    let period = Period {
+        start_ms,
+        end_ms: start_ms + 30 * DAY_MS,
+    };
+    let charges: Vec<ChargeLine> = lines
+        .iter()
+        .map(|(meter, minor, tax)| ChargeLine {
+            charge_id: format!("chg_{customer}_{meter}_{start_ms}"),
+            customer: customer.into(),
+            period,
+            meter: (*meter).into(),
+            group_key: "{}".into(),
+            group_names: vec![],
+            group_values: vec![],
+            plan_id: "standard".into(),
+            plan_version: 1,
+            price_model: "per_unit".into(),
+            currency: currency.into(),
+            quantity: Decimal::from(*minor),
+            unit_price: "0.01".into(),
+            tiers_json: "[]".into(),
+            amount_minor: *minor,
+            amount_before_discounts_minor: *minor,
+            tax_rate: if *tax > 0 { "10".into() } else { String::new() },
+            tax_minor: *tax,
+        })
+        .collect();
+    let terms = Terms {
+        grace_ms: 0,
+        payment_terms_days: 14,
+        ..Terms::default()
+    };
+    let inv = build(&charges, vec![], &terms, now_ms).expect("invoice builds");
+    tally_invoicer::store::write(db, std::slice::from_ref(&inv))
+        .await
+        .expect("invoice stored");
+    inv
+}
+
+/// A running payments server.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    pub shutdown: Shutdown,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Starts the payments HTTP server on a free loopback port, with the clock `now_ms`.
+pub async fn start(db: clickhouse::Client, now_ms: fn() -> i64) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let state = Arc::new(AppState {
+        settler: Settler::new(db),
+        stripe: Stripe::new(WEBHOOK_SECRET, 300),
+        api_token: SecretString::new(API_TOKEN),
+        portal_secret: Some(Secret::new(PORTAL_SECRET)),
+        portal: PortalConfig {
+            signing_secret: SecretString::new(PORTAL_SECRET),
+            base_url: format!("http://{addr}"),
+            ..PortalConfig::default()
+        },
+        now_ms,
+    });
+    let shutdown = Shutdown::new();
+    tokio::spawn(serve(listener, state.clone(), shutdown.clone()));
+    Server {
+        addr,
+        state,
+        shutdown,
+    }
+}
+
+/// Sends one request; returns the status and the body.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: Vec<u8>,
+) -> (StatusCode, Vec<u8>) {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, v.as_str());
+    }
+    let resp = sender
+        .send_request(req.body(Full::new(Bytes::from(body))).expect("request"))
+        .await
+        .expect("response");
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, bytes.to_vec())
+}
+
+/// Posts a JSON body to the API with the bearer token.
+pub async fn api(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> (StatusCode, serde_json::Value) {
+    let (status, bytes) = request(
+        addr,
+        method,
+        path,
+        &[("authorization", format!("Bearer {API_TOKEN}"))],
+        if body.is_null() {
+            Vec::new()
+        } else {
+            body.to_string().into_bytes()
+        },
+    )
+    .await;
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// A Stripe event body.
+pub fn stripe_event(id: &str, kind: &str, object: serde_json::Value, created: i64) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "id": id, "object": "event", "api_version": "2024-06-20", "type": kind,
+        "created": created, "livemode": false, "data": {"object": object}
+    }))
+    .expect("json")
+}
+
+/// A PaymentIntent object for `invoice_id`.
+pub fn payment_intent(
+    pi: &str,
+    invoice_id: &str,
+    amount: i64,
+    currency: &str,
+) -> serde_json::Value {
+    serde_json::json!({
+        "id": pi, "object": "payment_intent", "amount": amount, "amount_received": amount,
+        "currency": currency.to_ascii_lowercase(), "status": "succeeded",
+        "metadata": {"invoice_id": invoice_id},
+        "last_payment_error": {"code": "card_declined", "message": "Your card was declined."}
+    })
+}
+
+/// Posts `body` to the webhook endpoint signed at `t` with `secret`.
+pub async fn post_webhook(
+    addr: SocketAddr,
+    body: &[u8],
+    secret: &str,
+    t: i64,
+) -> (StatusCode, serde_json::Value) {
+    let header = signature::header(&Secret::new(secret), t, body);
+    post_webhook_raw(addr, body, Some(header)).await
+}
+
+pub async fn post_webhook_raw(
+    addr: SocketAddr,
+    body: &[u8],
+    header: Option<String>,
+) -> (StatusCode, serde_json::Value) {
+    let headers: Vec<(&str, String)> = header
+        .map(|h| ("stripe-signature", h))
+        .into_iter()
+        .collect();
+    let (status, bytes) = request(addr, "POST", "/webhooks/stripe", &headers, body.to_vec()).await;
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// What the receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub signature: String,
+    pub notification_id: String,
+    pub body: Vec<u8>,
+}
+
+/// A local HTTP receiver for notifications: answers 500 to the first `fail_first` requests,
+/// then 200; records every request.
+pub async fn receiver(fail_first: usize) -> (SocketAddr, Arc<Mutex<Vec<Received>>>, Shutdown) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let got: Arc<Mutex<Vec<Received>>> = Arc::default();
+    let shutdown = Shutdown::new();
+    let (g, stop) = (got.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                _ = stop.cancelled() => break,
+                s = listener.accept() => match s { Ok((s, _)) => s, Err(_) => continue },
+            };
+            let g = g.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let g = g.clone();
+                        async move {
+                            let header = |n: &str| {
+                                req.headers()
+                                    .get(n)
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or_default()
+                                    .to_owned()
+                            };
+                            let (signature, notification_id) =
+                                (header("tally-signature"), header("tally-notification-id"));
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|c| c.to_bytes().to_vec())
+                                .unwrap_or_default();
+                            let n = {
+                                let mut v = g.lock().expect("lock");
+                                v.push(Received {
+                                    signature,
+                                    notification_id,
+                                    body,
+                                });
+                                v.len()
+                            };
+                            let status = if n <= fail_first { 500 } else { 200 };
+                            Ok::<_, std::convert::Infallible>(
+                                Response::builder()
+                                    .status(status)
+                                    .body(Full::new(Bytes::from_static(b"ok")))
+                                    .expect("response"),
+                            )
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, got, shutdown)
+}
