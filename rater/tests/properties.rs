@@ -123,3 +123,83 @@ fn volume_tiers_have_a_documented_cliff_at_the_boundary() {
     assert_eq!(charge(&c, d("100")).amount_minor, 200);
     assert_eq!(charge(&c, d("101")).amount_minor, 152);
 }
+
+/// A catalog where every term applies: a graduated USD plan billed in JPY (156.37 per USD),
+/// a 15% coupon and 0.50 off for ever, and 19% tax.
+fn terms_catalog() -> Catalog {
+    #[derive(serde::Deserialize)]
+    struct F {
+        plans: Vec<tally_rater::config::PlanSpec>,
+        subscriptions: Vec<tally_rater::config::SubscriptionSpec>,
+        tax_rates: Vec<tally_rater::tax::TaxRateSpec>,
+        fx_rates: Vec<tally_rater::fx::FxRateSpec>,
+    }
+    let f: F = toml::from_str(
+        r#"
+        [[plans]]
+        id = "p"
+        version = 1
+        currency = "USD"
+        effective_from = "2026-01-01T00:00:00Z"
+        prices = [{ model = "graduated", meter = "tokens", tiers = [{ up_to = "1000", unit_price = "0.002" }, { unit_price = "0.0015" }] }]
+        [[subscriptions]]
+        customer = "acme"
+        plan = "p"
+        currency = "JPY"
+        tax_region = "DE"
+        coupons = [
+          { id = "P15", percent_off = "15", starts = "2026-01-01T00:00:00Z", duration = "forever" },
+          { id = "OFF", amount_off = "0.50", meter = "tokens", starts = "2026-01-01T00:00:00Z", duration = "forever" },
+        ]
+        [[tax_rates]]
+        region = "DE"
+        rate_percent = "19"
+        effective_from = "2020-01-01T00:00:00Z"
+        [[fx_rates]]
+        from = "USD"
+        to = "JPY"
+        rate = "156.37"
+        effective_from = "2020-01-01T00:00:00Z"
+        "#,
+    )
+    .expect("TOML");
+    Catalog::new(
+        f.plans,
+        f.subscriptions,
+        &Default::default(),
+        &common::meters(),
+    )
+    .and_then(|c| c.with_taxes(tally_rater::tax::TaxTable::new(f.tax_rates)?))
+    .and_then(|c| c.with_fx(tally_rater::fx::FxTable::new(f.fx_rates)?))
+    .expect("valid")
+}
+
+fn charge_with_terms(c: &Catalog, q: Decimal) -> Charge {
+    let u = usage(q);
+    let sub = c.subscription(&u.customer).expect("subscribed");
+    let p = plan(c);
+    let terms = c.terms(&sub, p, &u.period, &u.meter);
+    tally_rater::charge::compute_with(&u, p, &terms)
+        .expect("prices")
+        .expect("priced")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn with_coupons_fx_and_tax_more_usage_never_costs_less_and_tax_adds_up(
+        q in quantity(), extra in quantity(),
+    ) {
+        let c = terms_catalog();
+        let (a, b) = (charge_with_terms(&c, q), charge_with_terms(&c, q + extra));
+        prop_assert!(b.amount_minor >= a.amount_minor);
+        prop_assert!(b.amount_with_tax_minor >= a.amount_with_tax_minor);
+        for ch in [&a, &b] {
+            prop_assert_eq!(ch.currency, "JPY");
+            prop_assert!(ch.amount_minor <= ch.amount_before_discounts_minor);
+            prop_assert!(ch.amount_minor >= 0);
+            prop_assert_eq!(ch.amount_with_tax_minor, ch.amount_minor + ch.tax_minor);
+        }
+    }
+}
