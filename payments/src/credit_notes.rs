@@ -1,5 +1,6 @@
 //! Reading the invoicer's credit notes (`v_credit_notes`) that the ledger has not posted yet.
-//! The view is the invoicer's; when it does not exist (an older schema) there are none.
+//! The view is the invoicer's; when it does not exist (an older schema) there are none. The
+//! view's `amount_minor` is before tax; the ledger credits the receivable with amount plus tax.
 
 use std::collections::HashSet;
 
@@ -47,7 +48,7 @@ pub async fn unposted(
             op: Operation::CreditNote {
                 credit_note_id: r.credit_note_id,
                 invoice_id: r.invoice_id,
-                amount_minor: r.amount_minor,
+                amount_minor: r.amount_minor.saturating_add(r.tax_minor),
                 tax_minor: r.tax_minor,
             },
             currency: r.currency,

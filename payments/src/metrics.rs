@@ -47,3 +47,19 @@ pub fn request(route: &'static str, status: u16, took: Duration) {
 pub fn trial_balance_difference(minor: i128) {
     metrics::gauge!("tally_payments_trial_balance_difference_minor").set(minor as f64);
 }
+
+/// Declares the counters at zero and the trial-balance gauge, so dashboards and alerts see
+/// the series before the first event.
+pub fn declare() {
+    for outcome in ["paid", "duplicate", "payment_failed"] {
+        metrics::counter!("tally_payments_events_total", "outcome" => outcome).absolute(0);
+    }
+    for reason in ["signature", "payload"] {
+        metrics::counter!("tally_payments_webhooks_refused_total", "reason" => reason).absolute(0);
+    }
+    for result in ["delivered", "failed"] {
+        metrics::counter!("tally_payments_notification_deliveries_total", "result" => result)
+            .absolute(0);
+    }
+    metrics::gauge!("tally_payments_trial_balance_difference_minor").set(0.0);
+}

@@ -22,7 +22,7 @@ use tally_payments::gateway::{Collect, Gateway};
 use tally_payments::http::{self, AppState};
 use tally_payments::settle::Settler;
 use tally_payments::signature::Secret;
-use tally_payments::{dunning, portal, store};
+use tally_payments::{dunning, metrics, portal, store};
 use tally_platform::args::Args;
 use tally_platform::shutdown::Shutdown;
 use tally_platform::{config, shutdown, telemetry, ClickHouseConfig, Features, TelemetryConfig};
@@ -132,6 +132,7 @@ async fn serve(cfg: Config, db: clickhouse::Client, stop: Shutdown) -> anyhow::R
         cfg.dunning.validate()?;
     }
     telemetry::serve_metrics(cfg.payments.metrics_addr.parse()?)?;
+    metrics::declare();
     let listener = tokio::net::TcpListener::bind(&cfg.payments.listen_addr)
         .await
         .with_context(|| format!("binding payments.listen_addr {}", cfg.payments.listen_addr))?;
@@ -176,6 +177,20 @@ async fn ledger_sync(state: Arc<AppState>, every_secs: u64, stop: Shutdown) {
         match state.settler.sync_ledger(now_ms()).await {
             Ok(n) => tracing::debug!(journals = n, "ledger sync done"),
             Err(e) => tracing::warn!(error = %e, "ledger sync failed"),
+        }
+        match store::trial_balance(&state.settler.db).await {
+            Ok(tb) => {
+                let total: i128 = tb
+                    .currencies
+                    .keys()
+                    .map(|c| tb.difference_minor(c).abs())
+                    .sum();
+                metrics::trial_balance_difference(total);
+                if total != 0 {
+                    tracing::error!(difference_minor = %total, "the ledger is not balanced");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading the trial balance failed"),
         }
     }
 }

@@ -1,0 +1,131 @@
+//! The ledger sync over the real ClickHouse: an invoice the invoicer finalized is booked
+//! (receivable / revenue / tax payable) and its lifecycle finalization recorded; a credit note
+//! the invoicer issued is booked against revenue, tax and the receivable; a voided invoice's
+//! booking is reversed; a second sync posts nothing; the trial balance stays at zero.
+
+mod support;
+
+use support::*;
+use tally_domain::InvoiceStatus;
+use tally_invoicer::credit_notes::{self, CreditNote};
+use tally_invoicer::lifecycle;
+use tally_payments::ledger::Account;
+use tally_payments::settle::Settler;
+use tally_payments::store;
+use tally_platform::testkit::TestEnv;
+
+fn wall_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[tokio::test]
+async fn finalizations_credit_notes_and_voids_are_booked_once_and_balance() {
+    let env = TestEnv::new("ledger_sync").await;
+    let db = env.db();
+    let now = wall_ms();
+    let kept = invoice(
+        &db,
+        "acme",
+        "EUR",
+        NOV_1_MS - 60 * DAY_MS,
+        &[("tokens", 1_000, 100)],
+        now,
+    )
+    .await;
+    let voided = invoice(
+        &db,
+        "acme",
+        "EUR",
+        NOV_1_MS - 30 * DAY_MS,
+        &[("tokens", 400, 40)],
+        now,
+    )
+    .await;
+    let settler = Settler::new(db.clone());
+
+    assert_eq!(
+        settler.sync_ledger(now).await.unwrap(),
+        2,
+        "two finalizations"
+    );
+    assert_eq!(
+        lifecycle::status(&db, &kept.invoice_id).await.unwrap(),
+        InvoiceStatus::Finalized
+    );
+
+    let note = CreditNote {
+        credit_note_id: credit_notes::id(&["test", &kept.invoice_id]),
+        invoice_id: kept.invoice_id.clone(),
+        charge_id: String::new(),
+        customer: "acme".into(),
+        currency: "EUR".into(),
+        amount_minor: 200,
+        tax_minor: 20,
+        reason: "goodwill".into(),
+        lines: "[]".into(),
+        actor: "api:carol".into(),
+        issued_at_ms: now,
+    };
+    credit_notes::issue(&db, std::slice::from_ref(&note))
+        .await
+        .unwrap();
+    lifecycle::record(
+        &db,
+        &voided.invoice_id,
+        InvoiceStatus::Void,
+        "api:carol",
+        "billed in error",
+        now,
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(
+        settler.sync_ledger(now + 1).await.unwrap(),
+        2,
+        "one credit note, one void"
+    );
+    assert_eq!(
+        settler.sync_ledger(now + 2).await.unwrap(),
+        0,
+        "nothing twice"
+    );
+
+    let lines: Vec<(String, String, i64, i64)> = store::entries_of(&db, &kept.invoice_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.kind, e.account, e.debit_minor, e.credit_minor))
+        .collect();
+    assert_eq!(
+        &lines[3..],
+        &[
+            ("credit_note".to_owned(), "revenue".to_owned(), 200, 0),
+            ("credit_note".into(), "tax_payable".into(), 20, 0),
+            ("credit_note".into(), "receivable".into(), 0, 220),
+        ]
+    );
+    let void_kinds: Vec<(String, String, i64, i64)> = store::entries_of(&db, &voided.invoice_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "void")
+        .map(|e| (e.kind, e.account, e.debit_minor, e.credit_minor))
+        .collect();
+    assert_eq!(
+        void_kinds,
+        vec![
+            ("void".to_owned(), "receivable".to_owned(), 0, 440),
+            ("void".into(), "revenue".into(), 400, 0),
+            ("void".into(), "tax_payable".into(), 40, 0),
+        ]
+    );
+
+    let tb = store::trial_balance(&db).await.unwrap();
+    assert!(tb.is_balanced(), "{}", tb.render());
+    let eur = &tb.currencies["EUR"];
+    assert_eq!(eur[&Account::Receivable].balance_minor(), 1_100 - 220);
+    assert_eq!(eur[&Account::Revenue].balance_minor(), -(1_000 - 200));
+    assert_eq!(eur[&Account::TaxPayable].balance_minor(), -(100 - 20));
+    env.cleanup().await;
+}
