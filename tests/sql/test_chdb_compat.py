@@ -258,6 +258,37 @@ FIXTURE = {
                  at="2025-12-02 00:00:00"),
         ],
     ],
+    # tally-payments (migration 0016): a failed attempt, then the payment; the payment and one
+    # ledger line appended twice (a retried append): the earliest record wins
+    "payments": [
+        [dict(payment_id="stripe:pi_1:failed:evt_0", invoice_id="INV-000001", customer="acme", gateway="stripe",
+              gateway_ref="pi_1", kind="attempt", status="failed", amount_minor=94, currency="USD",
+              failure_reason="card_declined", event_id="evt_0", actor="payments:stripe", at_ms=1764630000000,
+              at="2025-12-01 23:00:00"),
+         dict(payment_id="stripe:pi_1", invoice_id="INV-000001", customer="acme", gateway="stripe", gateway_ref="pi_1",
+              kind="payment", status="succeeded", amount_minor=94, currency="USD", event_id="evt_1",
+              actor="payments:stripe", at_ms=1764633600000, at="2025-12-02 00:00:00")],
+        [dict(payment_id="stripe:pi_1", invoice_id="INV-000001", customer="acme", gateway="stripe", gateway_ref="pi_1",
+              kind="payment", status="succeeded", amount_minor=94, currency="USD", event_id="evt_1",
+              actor="payments:retry", at_ms=1764633605000, at="2025-12-02 00:00:05")],
+    ],
+    "ledger_entries": [
+        [dict(entry_id="fin:INV-000001#1", journal_id="fin:INV-000001", line_no=1, kind="invoice_finalized",
+              account="receivable", currency="USD", debit_minor=94, credit_minor=0, invoice_id="INV-000001",
+              customer="acme", actor="payments:sync", at_ms=1764547200000, at="2025-12-01 00:00:00"),
+         dict(entry_id="fin:INV-000001#2", journal_id="fin:INV-000001", line_no=2, kind="invoice_finalized",
+              account="revenue", currency="USD", debit_minor=0, credit_minor=94, invoice_id="INV-000001",
+              customer="acme", actor="payments:sync", at_ms=1764547200000, at="2025-12-01 00:00:00"),
+         dict(entry_id="pay:stripe:pi_1#1", journal_id="pay:stripe:pi_1", line_no=1, kind="payment", account="cash",
+              currency="USD", debit_minor=94, credit_minor=0, invoice_id="INV-000001", customer="acme",
+              actor="payments:stripe", at_ms=1764633600000, at="2025-12-02 00:00:00"),
+         dict(entry_id="pay:stripe:pi_1#2", journal_id="pay:stripe:pi_1", line_no=2, kind="payment",
+              account="receivable", currency="USD", debit_minor=0, credit_minor=94, invoice_id="INV-000001",
+              customer="acme", actor="payments:stripe", at_ms=1764633600000, at="2025-12-02 00:00:00")],
+        [dict(entry_id="pay:stripe:pi_1#1", journal_id="pay:stripe:pi_1", line_no=1, kind="payment", account="cash",
+              currency="USD", debit_minor=94, credit_minor=0, invoice_id="INV-000001", customer="acme",
+              actor="payments:retry", at_ms=1764633605000, at="2025-12-02 00:00:05")],
+    ],
 }
 
 # Hand-computed: what each known view must show (selected columns; the rest are compared
@@ -305,6 +336,22 @@ EXPECTED = {
         "rows": [
             ["INV-000001", "1", "ch-tokens", "16.750000000", "34", "2"],
             ["INV-000001", "2", "ch-calls", "7.000000000", "60", "1"],
+        ],
+    },
+    "v_payments": {
+        "columns": ["payment_id", "kind", "status", "amount_minor", "failure_reason", "actor", "at_ms"],
+        "rows": [
+            ["stripe:pi_1", "payment", "succeeded", "94", "", "payments:stripe", "1764633600000"],
+            ["stripe:pi_1:failed:evt_0", "attempt", "failed", "94", "card_declined", "payments:stripe", "1764630000000"],
+        ],
+    },
+    "v_ledger_entries": {
+        "columns": ["entry_id", "kind", "account", "debit_minor", "credit_minor", "actor", "at_ms"],
+        "rows": [
+            ["fin:INV-000001#1", "invoice_finalized", "receivable", "94", "0", "payments:sync", "1764547200000"],
+            ["fin:INV-000001#2", "invoice_finalized", "revenue", "0", "94", "payments:sync", "1764547200000"],
+            ["pay:stripe:pi_1#1", "payment", "cash", "94", "0", "payments:stripe", "1764633600000"],
+            ["pay:stripe:pi_1#2", "payment", "receivable", "0", "94", "payments:stripe", "1764633600000"],
         ],
     },
 }
