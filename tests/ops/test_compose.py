@@ -125,7 +125,7 @@ class ComposeFile(unittest.TestCase):
             if name in INFRA:
                 continue
             env = svc.get("environment") or {}
-            addrs = {k: v for k, v in env.items() if k.endswith(("__METRICS_ADDR", "__LISTEN_ADDR"))}
+            addrs = {k: v for k, v in env.items() if k.endswith(("__METRICS_ADDR", "__LISTEN_ADDR", "__API_ADDR"))}
             published = {host_port(p)[1] for p in svc.get("ports", [])}
             with self.subTest(service=name):
                 for var, addr in addrs.items():

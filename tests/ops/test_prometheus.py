@@ -1,0 +1,236 @@
+"""Every Prometheus expression of a dashboard panel or an alert rule is valid and returns series
+scraped from the real services.
+
+Starts the real binaries (tally-migrate, then tally-aggregator, tally-gateway, tally-rater,
+tally-invoicer and tally-payments) with the production profile (config/profiles/production.toml)
+on free ports, their own ClickHouse database and JetStream streams; drives usage through them
+(synthetic agents over NATS, and good and bad events over the gateway's HTTP API); starts
+Prometheus (Debian's `prometheus` package) scraping every service each second with the alert
+rules of dashboards/alerts/ loaded; then, through Prometheus' HTTP API:
+
+- every dashboard panel expression must evaluate and return at least one series;
+- every alert expression must evaluate, every metric it names must have series, and Prometheus
+  must report the rule's health as `ok`;
+- every service answers `/healthz` and `/readyz` with 200 on its metrics address.
+
+A metric its owner emits only on a failure (its crate does not declare it at zero) has no series
+on a healthy stack; those few are listed in ONLY_ON_FAILURE with the file that declares them, and
+are checked to be declared there instead. Skipped, saying why, when prometheus, NATS or
+ClickHouse is missing.
+
+Run: python3 -m unittest discover -s tests/ops -v
+"""
+
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+import unittest
+import urllib.parse
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+import dashboards as d
+import services
+from workspace import ROOT
+
+# metric -> the file that declares it; emitted on the first failure only (not declared at zero).
+ONLY_ON_FAILURE = {
+    "tally_invoicer_pass_errors_total": "invoicer/src/metrics.rs",
+}
+SCRAPE_SECS = 1
+SETTLE_TIMEOUT_SECS = 90
+
+
+def prometheus_binary():
+    return shutil.which("prometheus") or ("/usr/bin/prometheus" if Path("/usr/bin/prometheus").exists() else None)
+
+
+class Prometheus:
+    def __init__(self, stack, workdir):
+        self.port = services.free_port()
+        config = {
+            "global": {"scrape_interval": f"{SCRAPE_SECS}s", "evaluation_interval": f"{SCRAPE_SECS}s"},
+            "rule_files": [str(p) for p in d.rule_files()],
+            "scrape_configs": [
+                {"job_name": f"tally-{service}", "static_configs": [
+                    {"targets": [f"127.0.0.1:{port}"], "labels": {"service": service}}]}
+                for service, port in stack.ports.items()
+            ],
+        }
+        path = Path(workdir) / "prometheus.yml"
+        path.write_text(yaml.safe_dump(config))
+        self.log = open(Path(workdir) / "prometheus.log", "w")
+        self.proc = subprocess.Popen([
+            prometheus_binary(), f"--config.file={path}", f"--storage.tsdb.path={Path(workdir) / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+        ], stdout=self.log, stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout=60):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"prometheus exited {self.proc.returncode}")
+            if services.reachable(f"{self.url}/-/ready"):
+                return
+            time.sleep(0.2)
+        raise RuntimeError("prometheus not ready in time")
+
+    def api(self, path, **params):
+        status, body = services.http(f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params)}", timeout=10)
+        return status, json.loads(body)
+
+    def query(self, expr):
+        """(status, [series]) of an instant query."""
+        status, body = self.api("query", query=expr)
+        return body.get("status"), body.get("data", {}).get("result", []), body.get("error")
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def event(customer, agent, n, tokens="12"):
+    return {"specversion": "1.0", "id": f"ops-{n}-{time.time_ns()}", "source": agent, "subject": customer,
+            "type": "llm.tokens", "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "data": {"tokens": tokens, "model": "gpt-4o", "kind": "output"}}
+
+
+class PrometheusAgainstTheServices(unittest.TestCase):
+    stack = prom = None
+
+    @classmethod
+    def setUpClass(cls):
+        if prometheus_binary() is None:
+            raise unittest.SkipTest("prometheus is not installed (scripts/stack.sh installs it with TALLY_TEST_TOOLS=1)")
+        if not services.nats_answers():
+            raise unittest.SkipTest(f"no NATS server at {services.NATS_URL}")
+        if not services.reachable(f"{services.CLICKHOUSE_URL}/ping"):
+            raise unittest.SkipTest(f"no ClickHouse server at {services.CLICKHOUSE_URL}")
+        services.build()
+        cls.workdir = tempfile.mkdtemp(prefix="tally-prom-")
+        cls.stack = services.Stack("prom", profile="production")
+        try:
+            cls.stack.migrate()
+            cls.stack.start()
+            cls.stack.wait_ready()
+            cls.drive_usage()
+            cls.prom = Prometheus(cls.stack, cls.workdir)
+            cls.prom.wait_ready()
+            cls.settle()
+        except Exception:
+            cls.tearDownClass()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.prom:
+            cls.prom.stop()
+        if cls.stack:
+            cls.stack.cleanup()
+        shutil.rmtree(getattr(cls, "workdir", ""), ignore_errors=True)
+
+    @classmethod
+    def drive_usage(cls):
+        """Agents over NATS for a while (so the aggregator flushes after its 5 s lag sampling
+        period), and good, duplicate and bad events over the gateway."""
+        cls.agents = cls.stack.agents(seconds=10, rate=200)
+        key = cls.stack.gateway_key("ops-acme")
+        url = f"http://127.0.0.1:{cls.stack.gateway_port}/v1/events"
+        headers = {"authorization": f"Bearer {key}", "content-type": "application/cloudevents-batch+json"}
+        deadline = time.monotonic() + 30
+        good = [event("ops-acme", "bot-1", i) for i in range(5)]
+        while True:  # the gateway loads new keys every key_refresh_secs (1 s here)
+            status, body = services.http(url, data=json.dumps(good).encode(), headers=headers)
+            if status == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        cls.gateway_answer = (status, body)
+        bad = [good[0], {**event("ops-acme", "bot-1", 99), "time": "yesterday"}]
+        cls.gateway_bad = services.http(url, data=json.dumps(bad).encode(), headers=headers)
+
+    @classmethod
+    def settle(cls):
+        """Waits until every panel expression has series (or the timeout: the tests then show
+        which have none), and until the agents are done."""
+        exprs = [e for _, _, e in d.targets(d.PROMETHEUS_UID)]
+        deadline = time.monotonic() + SETTLE_TIMEOUT_SECS
+        while time.monotonic() < deadline:
+            missing = [e for e in exprs if not cls.prom.query(e)[1]]
+            if not missing and cls.agents.poll() is not None:
+                break
+            time.sleep(1)
+        # two more evaluations so every rule has been evaluated on the final data
+        time.sleep(2 * SCRAPE_SECS + 1)
+
+    def test_the_gateway_accepted_and_refused_events(self):
+        status, body = self.gateway_answer
+        self.assertEqual(200, status, body)
+        self.assertEqual(5, json.loads(body)["accepted"])
+        status, body = self.gateway_bad
+        answer = json.loads(body)
+        self.assertEqual(1, answer["duplicates"], body)
+        self.assertEqual(1, answer["rejected"], body)
+
+    def test_every_service_is_scraped(self):
+        status, result, _ = self.prom.query('up{job=~"tally-.*"} == 1')
+        self.assertEqual("success", status)
+        self.assertEqual({f"tally-{s}" for s in self.stack.SERVICES}, {r["metric"]["job"] for r in result})
+
+    def test_every_service_answers_healthz_and_readyz(self):
+        for service in self.stack.SERVICES:
+            with self.subTest(service=service):
+                self.assertEqual((200, "ok\n"), services.http(self.stack.metrics_url(service, "/healthz")))
+                self.assertEqual((200, "ready\n"), services.http(self.stack.metrics_url(service, "/readyz")))
+                self.assertEqual(404, services.http(self.stack.metrics_url(service, "/nothing"))[0])
+
+    def test_every_dashboard_expression_is_valid_and_returns_series(self):
+        exprs = list(d.targets(d.PROMETHEUS_UID))
+        self.assertGreater(len(exprs), 20)
+        for name, title, expr in exprs:
+            with self.subTest(dashboard=name, panel=title, expr=expr):
+                status, result, error = self.prom.query(expr)
+                self.assertEqual("success", status, error)
+                self.assertTrue(result, "no series")
+
+    def test_every_alert_expression_is_valid_and_its_metrics_have_series(self):
+        for _, alert, expr, _ in d.alert_rules():
+            with self.subTest(alert=alert, expr=expr):
+                status, _, error = self.prom.query(expr)
+                self.assertEqual("success", status, error)
+                for metric in d.metric_names(expr):
+                    if metric in ONLY_ON_FAILURE:
+                        declared = (ROOT / ONLY_ON_FAILURE[metric]).read_text()
+                        self.assertIn(f'"{metric}"', declared)
+                        continue
+                    self.assertTrue(self.prom.query(metric)[1], f"{metric} has no series")
+
+    def test_prometheus_evaluates_every_rule_without_error(self):
+        _, body = self.prom.api("rules")
+        rules = {r["name"]: r for g in body["data"]["groups"] for r in g["rules"]}
+        self.assertEqual({a for _, a, _, _ in d.alert_rules()}, set(rules))
+        for name, rule in rules.items():
+            with self.subTest(alert=name):
+                self.assertEqual("ok", rule["health"], rule.get("lastError"))
+
+    def test_a_healthy_stack_fires_no_alert(self):
+        _, body = self.prom.api("alerts")
+        firing = [a["labels"]["alertname"] for a in body["data"]["alerts"] if a["state"] in ("pending", "firing")]
+        self.assertEqual([], firing)
+
+    def test_the_aggregator_committed_the_agents_usage(self):
+        status, result, _ = self.prom.query("sum(tally_aggregator_committed_events_total)")
+        self.assertGreater(float(result[0]["value"][1]), 100)
+        status, result, _ = self.prom.query('sum(tally_aggregator_events_total{outcome="accepted"})')
+        self.assertGreater(float(result[0]["value"][1]), 100)
+
+
+if __name__ == "__main__":
+    unittest.main()
