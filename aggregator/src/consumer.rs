@@ -19,6 +19,7 @@ use futures::StreamExt;
 use tally_domain::{Meter, Reason};
 use tally_platform::shutdown::Shutdown;
 use tally_platform::store::datetime_secs;
+use tally_platform::telemetry::health;
 use tally_platform::{streams, NatsConfig};
 
 use crate::batch::{Batch, Rejected};
@@ -81,6 +82,8 @@ pub async fn run(
             detail: e.to_string(),
         })?;
     metrics::init();
+    // `/readyz` says 503 until the dedup set is rebuilt and the consumer is bound
+    health::set_ready("consumer", false);
     let js = jetstream::new(nats.clone());
     let mut agg = Aggregator {
         cfg,
@@ -99,6 +102,7 @@ pub async fn run(
         other => other?,
     }
     tracing::info!(consumer = %cfg.consumer_name(), stream = %nats_cfg.stream, "aggregator consuming");
+    health::set_ready("consumer", true);
 
     let mut batch = Batch::default();
     let mut deadline: Option<tokio::time::Instant> = None;

@@ -75,3 +75,49 @@ pub fn serve_metrics(addr: SocketAddr) -> anyhow::Result<()> {
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        answer
+    }
+
+    /// The one test that installs the global recorder (a process has one).
+    #[tokio::test]
+    async fn the_metrics_address_serves_metrics_liveness_and_readiness() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        super::serve_metrics(addr).unwrap();
+        metrics::counter!("tally_test_things_total").increment(3);
+
+        let metrics = get(addr, "/metrics").await;
+        assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+        assert!(metrics.contains("tally_test_things_total 3"), "{metrics}");
+        assert!(get(addr, "/healthz").await.ends_with("\r\n\r\nok\n"));
+
+        super::health::set_ready("warming-up", false);
+        let not_ready = get(addr, "/readyz").await;
+        assert!(not_ready.starts_with("HTTP/1.1 503"), "{not_ready}");
+        assert!(not_ready.contains("not ready: warming-up"), "{not_ready}");
+        super::health::set_ready("warming-up", true);
+        let ready = get(addr, "/readyz").await;
+        assert!(
+            ready.starts_with("HTTP/1.1 200") && ready.ends_with("ready\n"),
+            "{ready}"
+        );
+
+        assert!(get(addr, "/other").await.starts_with("HTTP/1.1 404"));
+        let taken = super::serve_metrics(addr).unwrap_err().to_string();
+        assert!(taken.contains("cannot serve metrics"), "{taken}");
+    }
+}

@@ -64,19 +64,3 @@ pub(super) fn drain_on_signals() {
         }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_component_not_ready_is_named_until_it_is_ready() {
-        set_ready("test-component", false);
-        let reasons = readiness().unwrap_err();
-        assert!(reasons.contains(&"test-component"));
-        set_ready("test-component", true);
-        assert!(readiness()
-            .err()
-            .is_none_or(|r| !r.contains(&"test-component")));
-    }
-}
