@@ -1,16 +1,18 @@
 //! Rating throughput: committed usage rows folded per (customer, period, meter, group) and
 //! priced into charges, in process, one thread. The catalog is the AI-agent shape: a price
 //! book per model and token kind for tokens (one charge per group) and graduated tiers with a
-//! free allowance and a minimum for tool calls (one charge per meter). No ClickHouse: this
-//! measures the rater's own CPU cost per usage row, what a pass adds on top of reading
-//! `v_usage` and inserting charges.
+//! free allowance and a minimum for tool calls (one charge per meter). Every customer has a
+//! subscription taxed at 19% with a 10% coupon for ever, and each charge is priced with its
+//! terms as a rating pass does (`rate_once`). No ClickHouse: this measures the rater's own CPU
+//! cost per usage row, what a pass adds on top of reading `v_usage` and inserting charges.
 
 use std::time::Instant;
 
 use rust_decimal::Decimal;
 use tally_domain::meter::{validate_meters, MeterSpec};
-use tally_rater::charge::compute;
+use tally_rater::charge::compute_with;
 use tally_rater::config::{PlanSpec, SubscriptionSpec};
+use tally_rater::tax::{TaxRateSpec, TaxTable};
 use tally_rater::usage::{fold, UsageRow};
 use tally_rater::{Catalog, RaterConfig};
 
@@ -24,7 +26,7 @@ pub struct RatingFigures {
 const MODELS: [&str; 4] = ["gpt-4o", "gpt-4o-mini", "claude-sonnet", "claude-haiku"];
 const KINDS: [&str; 2] = ["input", "output"];
 
-fn catalog() -> anyhow::Result<Catalog> {
+fn catalog(customers: usize) -> anyhow::Result<Catalog> {
     let meters: Vec<MeterSpec> = serde_json::from_str(
         r#"[{"slug":"llm_tokens","event_type":"llm.tokens","aggregation":"SUM","value_property":"$.tokens",
              "group_by":{"model":"$.model","kind":"$.kind"}},
@@ -44,8 +46,19 @@ fn catalog() -> anyhow::Result<Catalog> {
         default_plan: Some("ai".into()),
         ..Default::default()
     };
-    let subs: Vec<SubscriptionSpec> = vec![];
-    Ok(Catalog::new(plans, subs, &rater, &meters)?)
+    let subs = (0..customers)
+        .map(|i| {
+            serde_json::from_value::<SubscriptionSpec>(serde_json::json!({
+                "customer": format!("customer-{i}"), "plan": "ai", "tax_region": "DE",
+                "coupons": [{"id": "TEN", "percent_off": "10", "starts": "2020-01-01T00:00:00Z",
+                             "duration": "forever"}]
+            }))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let taxes: Vec<TaxRateSpec> = serde_json::from_str(
+        r#"[{"region":"DE","rate_percent":"19","effective_from":"2020-01-01T00:00:00Z"}]"#,
+    )?;
+    Ok(Catalog::new(plans, subs, &rater, &meters)?.with_taxes(TaxTable::new(taxes)?)?)
 }
 
 /// `rows` usage rows: `customers` customers, windows of one minute from 2026-11-01, each
@@ -93,22 +106,23 @@ fn usage_rows(rows: usize, customers: usize) -> Vec<UsageRow> {
 
 /// Folds and prices `rows` usage rows of `customers` customers, timing only the rating.
 pub fn run(rows: usize, customers: usize) -> anyhow::Result<RatingFigures> {
-    let catalog = catalog()?;
+    let catalog = catalog(customers.max(1))?;
     let input = usage_rows(rows, customers.max(1));
     let started = Instant::now();
     let (usages, _) = fold(&input, &catalog);
     let mut charges = 0usize;
     let mut total_minor = 0i64;
     for u in usages.values() {
-        let Some(sub) = catalog.subscription(&u.customer) else {
+        let Some(sub) = catalog.subscription_at(&u.customer, u.segment_from_ms) else {
             continue;
         };
-        let Some(plan) = catalog.plan_at(&sub.plan, u.period.start_ms) else {
+        let Some(plan) = catalog.plan_at(&sub.plan, u.segment_from_ms) else {
             continue;
         };
-        if let Some(c) = compute(u, plan)? {
+        let terms = catalog.terms(&sub, plan, &u.period, &u.meter);
+        if let Some(c) = compute_with(u, plan, &terms)? {
             charges += 1;
-            total_minor = total_minor.saturating_add(c.amount_minor);
+            total_minor = total_minor.saturating_add(c.amount_with_tax_minor);
         }
     }
     let secs = started.elapsed().as_secs_f64();
