@@ -76,6 +76,15 @@ pub enum LineKind {
     Adjustment,
 }
 
+impl LineKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LineKind::Usage => "usage",
+            LineKind::Adjustment => "adjustment",
+        }
+    }
+}
+
 /// One invoice line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InvoiceLine {
@@ -139,6 +148,9 @@ pub struct Invoice {
     pub period_end: String,
     pub period: Period,
     pub issued_at: String,
+    /// When this version was built; also the stored row's version.
+    #[serde(default)]
+    pub issued_at_ms: i64,
     pub due_date: String,
     #[serde(default)]
     pub due_at_ms: i64,
@@ -265,6 +277,7 @@ pub fn build(
         period_end: rfc3339(period.end_ms),
         period,
         issued_at: rfc3339(now_ms),
+        issued_at_ms: now_ms,
         due_date: rfc3339(due_at_ms),
         due_at_ms,
         payment_terms_days: terms.payment_terms_days,

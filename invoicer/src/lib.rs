@@ -16,14 +16,21 @@
 //! - [`run`]: one invoicing pass and the schedule.
 //! - [`metrics`]: every metric this crate emits.
 
+pub mod api;
 pub mod config;
+pub mod credit_notes;
 pub mod invoice;
+pub mod late;
 pub mod lifecycle;
+pub mod lineage;
 pub mod metrics;
+pub mod numbering;
+pub mod reconcile;
 pub mod render;
 pub mod run;
+pub mod schedule;
 pub mod store;
 
 pub use config::InvoicerConfig;
 pub use invoice::{Invoice, InvoiceLine, Status};
-pub use run::{invoice_once, InvoiceError};
+pub use run::{invoice_once, invoice_pass, InvoiceError};

@@ -183,3 +183,54 @@ pub async fn record(
     insert.end().await?;
     Ok(Recorded::Applied(t))
 }
+
+/// Appends `draft → finalized` for invoices just finalized by the invoicer, in one insert,
+/// without reading first: the transition id is deterministic, so an invoice finalized again
+/// (a rerun, a racing instance) collapses to its earliest record in the view. Only for
+/// invoices that had no transition yet (the invoicer's own finalization).
+pub async fn record_finalized(
+    db: &Client,
+    invoice_ids: &[String],
+    actor: &str,
+    reason: &str,
+    at_ms: i64,
+) -> Result<(), LifecycleError> {
+    if invoice_ids.is_empty() {
+        return Ok(());
+    }
+    let mut insert = db.insert::<NewRow<'_>>("invoice_transitions").await?;
+    for id in invoice_ids {
+        let transition_id = transition_id(id, InvoiceStatus::Finalized);
+        insert
+            .write(&NewRow {
+                transition_id: &transition_id,
+                invoice_id: id,
+                seq: 1,
+                from_status: InvoiceStatus::Draft.as_str(),
+                to_status: InvoiceStatus::Finalized.as_str(),
+                actor,
+                reason,
+                at_ms,
+                at: datetime_secs(at_ms),
+            })
+            .await?;
+    }
+    insert.end().await?;
+    Ok(())
+}
+
+/// Ids of invoices whose finalization was recorded at or after `since_ms`.
+pub async fn finalized_since(
+    db: &Client,
+    since_ms: i64,
+) -> Result<std::collections::HashSet<String>, LifecycleError> {
+    let ids: Vec<String> = db
+        .query(
+            "SELECT DISTINCT invoice_id FROM invoice_transitions \
+             WHERE to_status = 'finalized' AND at_ms >= ?",
+        )
+        .bind(since_ms)
+        .fetch_all()
+        .await?;
+    Ok(ids.into_iter().collect())
+}

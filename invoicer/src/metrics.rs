@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use metrics::{counter, histogram};
+use metrics::{counter, gauge, histogram};
 
 /// One invoicing pass.
 pub fn pass(took: Duration, invoices: usize) {
@@ -13,4 +13,21 @@ pub fn pass(took: Duration, invoices: usize) {
 /// A failed pass.
 pub fn pass_failed() {
     counter!("tally_invoicer_pass_errors_total").increment(1);
+}
+
+/// A numbering compare-and-set lost to another writer (retried).
+pub fn numbering_conflict() {
+    counter!("tally_invoicer_numbering_conflicts_total").increment(1);
+}
+
+/// Invoices finalized (numbered and frozen) in a pass.
+pub fn finalized(n: usize) {
+    counter!("tally_invoicer_invoices_finalized_total").increment(n as u64);
+}
+
+/// The last reconciliation: unexplained money difference (minor units, summed over
+/// currencies as absolute values) and (customer, meter, period) quantity mismatches.
+pub fn reconciliation(difference_minor: i64, quantity_mismatches: usize) {
+    gauge!("tally_invoicer_reconciliation_difference_minor").set(difference_minor as f64);
+    gauge!("tally_invoicer_reconciliation_quantity_mismatches").set(quantity_mismatches as f64);
 }

@@ -1,19 +1,28 @@
 //! One invoicing pass, and the schedule that repeats it.
 //!
 //! A pass reads the latest charges of every period that ended less than `lookback_secs` ago
-//! (or is still open), groups them per (customer, period), builds each invoice and appends
-//! it, skipping invoices already finalized. The same charges always give the same invoice
-//! ids, lines and totals.
+//! (or is still open), groups them per (customer, period) and builds each invoice. Drafts
+//! (period open or in its grace period) are appended as new versions. Invoices whose period
+//! ended and whose grace passed are finalized exactly once: numbered and frozen in NATS KV
+//! ([`crate::numbering`]; a racing or later finalizer gets the first document back), written,
+//! then their `draft → finalized` transition appended (actor `invoicer`). An invoice whose
+//! finalization is recorded is never rebuilt. Late usage of a finalized period becomes an
+//! adjustment line on the customer's next invoice ([`crate::late`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use clickhouse::Client;
 use tally_platform::shutdown::Shutdown;
 
 use crate::config::InvoicerConfig;
-use crate::invoice::{build, BuildError, ChargeLine, Invoice, Terms};
-use crate::{metrics, store};
+use crate::invoice::{build, BuildError, ChargeLine, Invoice, Status, Terms};
+use crate::lifecycle::{self, LifecycleError};
+use crate::numbering::{self, NumberingError, Numbers};
+use crate::{late, metrics, store};
+
+/// The actor of the invoicer's own lifecycle records.
+pub const ACTOR: &str = "invoicer";
 
 /// Why a pass failed.
 #[derive(Debug, thiserror::Error)]
@@ -22,20 +31,37 @@ pub enum InvoiceError {
     ClickHouse(#[from] clickhouse::error::Error),
     #[error(transparent)]
     Build(#[from] BuildError),
+    #[error(transparent)]
+    Numbering(#[from] NumberingError),
+    #[error(transparent)]
+    Lifecycle(#[from] LifecycleError),
+    #[error("{count} invoices are due for finalization but no numbering bucket is configured")]
+    NoNumbering { count: usize },
 }
 
-/// Builds and stores every invoice due at `now_ms`; returns them, sorted by customer and
-/// period (finalized invoices left untouched are not returned).
+/// Builds and stores every draft due at `now_ms`, without finalizing (no numbering): for
+/// callers that only look at open periods. See [`invoice_pass`].
 pub async fn invoice_once(
     db: &Client,
     cfg: &InvoicerConfig,
     now_ms: i64,
 ) -> Result<Vec<Invoice>, InvoiceError> {
+    invoice_pass(db, None, cfg, now_ms).await
+}
+
+/// Builds, finalizes and stores every invoice due at `now_ms`; returns them (drafts and the
+/// frozen documents of invoices finalized by this pass), sorted by customer and period.
+pub async fn invoice_pass(
+    db: &Client,
+    numbers: Option<&Numbers>,
+    cfg: &InvoicerConfig,
+    now_ms: i64,
+) -> Result<Vec<Invoice>, InvoiceError> {
     let started = Instant::now();
-    let lookback_ms = i64::try_from(cfg.lookback_secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2);
-    let grace_ms = i64::try_from(cfg.grace_secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2);
+    let lookback_ms = ms(cfg.lookback_secs);
+    let grace_ms = ms(cfg.grace_secs);
     let charges = store::charges_since(db, now_ms - lookback_ms).await?;
-    let finalized = store::finalized_ids(db).await?;
+    let done = lifecycle::finalized_since(db, now_ms - lookback_ms - grace_ms).await?;
     let mut groups: BTreeMap<(String, i64), Vec<ChargeLine>> = BTreeMap::new();
     for c in charges {
         groups
@@ -43,34 +69,93 @@ pub async fn invoice_once(
             .or_default()
             .push(c);
     }
-    let terms = Terms {
-        grace_ms,
-        payment_terms_days: cfg.payment_terms_days,
-        issuer: cfg.issuer.clone(),
-        credit_available_minor: 0,
-    };
-    let mut invoices = Vec::with_capacity(groups.len());
-    for group in groups.values() {
-        let invoice = build(group, vec![], &terms, now_ms)?;
-        if !finalized.contains(&invoice.invoice_id) {
-            invoices.push(invoice);
+    let mut credits = store::credit_balances(db).await?;
+    let mut adjustments = late::pending(db, cfg, now_ms).await?;
+    let mut drafts = Vec::new();
+    let mut due = Vec::new();
+    for ((customer, start_ms), group) in &groups {
+        if done.contains(&crate::invoice::invoice_id(customer, *start_ms)) {
+            continue;
+        }
+        let currency = group[0].currency.clone();
+        let credit = credits
+            .get(&(customer.clone(), currency.clone()))
+            .copied()
+            .unwrap_or(0);
+        let terms = Terms {
+            grace_ms,
+            payment_terms_days: cfg.payment_terms_days,
+            issuer: cfg.issuer.clone(),
+            credit_available_minor: credit,
+        };
+        let adj = late::take_for(&mut adjustments, customer, &currency, group[0].period);
+        let invoice = build(group, adj, &terms, now_ms)?;
+        match invoice.status {
+            Status::Draft => drafts.push(invoice),
+            Status::Finalized => {
+                if let Some(c) = credits.get_mut(&(customer.clone(), currency)) {
+                    *c -= invoice.credits_applied_minor;
+                }
+                due.push(invoice);
+            }
         }
     }
-    store::write(db, &invoices, now_ms).await?;
-    metrics::pass(started.elapsed(), invoices.len());
-    Ok(invoices)
+    let finalized = finalize(numbers, cfg, due).await?;
+    store::write(db, &drafts).await?;
+    store::write(db, &finalized).await?;
+    let ids: Vec<String> = finalized.iter().map(|i| i.invoice_id.clone()).collect();
+    lifecycle::record_finalized(db, &ids, ACTOR, "period ended and grace passed", now_ms).await?;
+    metrics::pass(started.elapsed(), drafts.len() + finalized.len());
+    metrics::finalized(finalized.len());
+    let mut all = drafts;
+    all.extend(finalized);
+    all.sort_by(|a, b| (&a.customer, a.period.start_ms).cmp(&(&b.customer, b.period.start_ms)));
+    Ok(all)
 }
 
-/// Invoices every `interval_secs` until shutdown; a failed pass is logged and retried.
-pub async fn run(db: Client, cfg: InvoicerConfig, shutdown: Shutdown, now_ms: fn() -> i64) {
-    let mut tick = tokio::time::interval(Duration::from_secs(cfg.interval_secs));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Numbers (in period-end, customer order) and freezes the invoices due for finalization.
+async fn finalize(
+    numbers: Option<&Numbers>,
+    cfg: &InvoicerConfig,
+    mut due: Vec<Invoice>,
+) -> Result<Vec<Invoice>, InvoiceError> {
+    if due.is_empty() {
+        return Ok(due);
+    }
+    let Some(numbers) = numbers else {
+        return Err(InvoiceError::NoNumbering { count: due.len() });
+    };
+    due.sort_by(|a, b| (a.period.end_ms, &a.customer).cmp(&(b.period.end_ms, &b.customer)));
+    let ids: Vec<String> = due.iter().map(|i| i.invoice_id.clone()).collect();
+    let assigned: HashMap<String, u64> = numbers.assign(&cfg.issuer.id, &ids).await?;
+    for inv in &mut due {
+        inv.number = assigned
+            .get(&inv.invoice_id)
+            .map(|n| numbering::format(&cfg.number_prefix, *n));
+    }
+    Ok(numbers.freeze(due).await?)
+}
+
+fn ms(secs: u64) -> i64 {
+    i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX / 4)
+}
+
+/// Invoices on every tick of the schedule until shutdown; a failed pass is logged and
+/// retried at the next tick.
+pub async fn run(
+    db: Client,
+    numbers: Numbers,
+    cfg: InvoicerConfig,
+    shutdown: Shutdown,
+    now_ms: fn() -> i64,
+) {
     loop {
+        let wait = cfg.schedule.until_next(now_ms());
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tick.tick() => {}
+            _ = tokio::time::sleep(wait) => {}
         }
-        match invoice_once(&db, &cfg, now_ms()).await {
+        match invoice_pass(&db, Some(&numbers), &cfg, now_ms()).await {
             Ok(invoices) => tracing::info!(invoices = invoices.len(), "invoicing pass done"),
             Err(e) => {
                 metrics::pass_failed();
@@ -78,4 +163,9 @@ pub async fn run(db: Client, cfg: InvoicerConfig, shutdown: Shutdown, now_ms: fn
             }
         }
     }
+}
+
+/// How long until `at_ms` (zero when past).
+pub fn until(at_ms: i64, now_ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(at_ms - now_ms).unwrap_or(0))
 }

@@ -2,7 +2,7 @@
 //! lines. Invoices are versioned rows: a draft is rewritten by appending a higher version
 //! with the same id; `v_invoices` and `v_invoice_lines` show the latest.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use clickhouse::Client;
 use rust_decimal::Decimal;
@@ -104,6 +104,14 @@ struct InvoiceRow<'a> {
     issued_at: u32,
     document: String,
     version: u64,
+    number: &'a str,
+    issuer: &'a str,
+    discount_minor: i64,
+    tax_minor: i64,
+    credits_applied_minor: i64,
+    amount_due_minor: i64,
+    due_at: u32,
+    payment_terms_days: u32,
 }
 
 #[derive(clickhouse::Row, Serialize)]
@@ -124,20 +132,25 @@ struct LineRow<'a> {
     plan_id: &'a str,
     plan_version: u32,
     version: u64,
+    kind: &'a str,
+    group_names: &'a [String],
+    group_values: &'a [String],
+    amount_before_discounts_minor: i64,
+    discount_minor: i64,
+    tax_rate: &'a str,
+    tax_minor: i64,
+    adjusts_invoice_id: &'a str,
 }
 
-/// Appends the invoices (lines first, then headers) as version `now_ms`.
-pub async fn write(
-    db: &Client,
-    invoices: &[Invoice],
-    now_ms: i64,
-) -> Result<(), clickhouse::error::Error> {
+/// Appends the invoices (lines first, then headers), each as version `issued_at_ms`: a
+/// finalized invoice rewritten from its frozen document gives identical rows.
+pub async fn write(db: &Client, invoices: &[Invoice]) -> Result<(), clickhouse::error::Error> {
     if invoices.is_empty() {
         return Ok(());
     }
-    let version = u64::try_from(now_ms).unwrap_or(0);
     let mut lines = db.insert::<LineRow<'_>>("invoice_lines").await?;
     for inv in invoices {
+        let version = u64::try_from(inv.issued_at_ms).unwrap_or(0);
         for l in &inv.lines {
             lines
                 .write(&LineRow {
@@ -156,6 +169,14 @@ pub async fn write(
                     plan_id: &l.plan_id,
                     plan_version: l.plan_version,
                     version,
+                    kind: l.kind.as_str(),
+                    group_names: &l.group_names,
+                    group_values: &l.group_values,
+                    amount_before_discounts_minor: l.amount_before_discounts_minor,
+                    discount_minor: l.discount_minor,
+                    tax_rate: &l.tax_rate,
+                    tax_minor: l.tax_minor,
+                    adjusts_invoice_id: l.adjusts_invoice_id.as_deref().unwrap_or_default(),
                 })
                 .await?;
         }
@@ -163,6 +184,7 @@ pub async fn write(
     lines.end().await?;
     let mut headers = db.insert::<InvoiceRow<'_>>("invoices").await?;
     for inv in invoices {
+        let version = u64::try_from(inv.issued_at_ms).unwrap_or(0);
         headers
             .write(&InvoiceRow {
                 invoice_id: &inv.invoice_id,
@@ -176,11 +198,92 @@ pub async fn write(
                 line_count: inv.lines.len() as u32,
                 plan_id: &inv.plan_id,
                 plan_version: inv.plan_version,
-                issued_at: datetime_secs(now_ms),
+                issued_at: datetime_secs(inv.issued_at_ms),
                 document: serde_json::to_string(inv).unwrap_or_default(),
                 version,
+                number: inv.number.as_deref().unwrap_or_default(),
+                issuer: &inv.issuer.id,
+                discount_minor: inv.discount_minor,
+                tax_minor: inv.tax_minor,
+                credits_applied_minor: inv.credits_applied_minor,
+                amount_due_minor: inv.amount_due_minor,
+                due_at: datetime_secs(inv.due_at_ms),
+                payment_terms_days: inv.payment_terms_days,
             })
             .await?;
     }
     headers.end().await
+}
+
+#[derive(clickhouse::Row, Deserialize)]
+struct BalanceRow {
+    customer: String,
+    currency: String,
+    minor: i64,
+}
+
+/// Prepaid credit left per (customer, currency): grants minus what finalized invoices
+/// (not voided) applied.
+pub async fn credit_balances(
+    db: &Client,
+) -> Result<HashMap<(String, String), i64>, clickhouse::error::Error> {
+    let granted: Vec<BalanceRow> = db
+        .query(
+            "SELECT customer, currency, toInt64(sum(amount_minor)) AS granted \
+             FROM credit_grants FINAL GROUP BY customer, currency",
+        )
+        .fetch_all()
+        .await?;
+    let used: Vec<BalanceRow> = db
+        .query(
+            "SELECT customer, currency, toInt64(sum(credits_applied_minor)) AS used FROM v_invoices \
+             WHERE status NOT IN ('draft', 'void') AND credits_applied_minor != 0 \
+             GROUP BY customer, currency",
+        )
+        .fetch_all()
+        .await?;
+    let mut out: HashMap<(String, String), i64> = HashMap::new();
+    for r in granted {
+        *out.entry((r.customer, r.currency)).or_default() += r.minor;
+    }
+    for r in used {
+        *out.entry((r.customer, r.currency)).or_default() -= r.minor;
+    }
+    Ok(out)
+}
+
+#[derive(clickhouse::Row, Serialize)]
+struct GrantRow<'a> {
+    grant_id: &'a str,
+    customer: &'a str,
+    currency: &'a str,
+    amount_minor: i64,
+    reason: &'a str,
+    granted_at_ms: i64,
+    granted_at: u32,
+}
+
+/// Records a prepaid credit grant (idempotent per `grant_id`).
+pub async fn grant_credit(
+    db: &Client,
+    grant_id: &str,
+    customer: &str,
+    currency: &str,
+    amount_minor: i64,
+    reason: &str,
+    at_ms: i64,
+) -> Result<(), clickhouse::error::Error> {
+    let mut insert = db.insert::<GrantRow<'_>>("credit_grants").await?;
+    insert
+        .write(&GrantRow {
+            grant_id,
+            customer,
+            currency,
+            amount_minor,
+            reason,
+            granted_at_ms: at_ms,
+            granted_at: datetime_secs(at_ms),
+        })
+        .await?;
+    insert.end().await
 }

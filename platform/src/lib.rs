@@ -25,6 +25,7 @@ pub mod access;
 pub mod args;
 pub mod config;
 pub mod features;
+pub mod http;
 pub mod migrate;
 pub mod own_server;
 pub mod private_file;

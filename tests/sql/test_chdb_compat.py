@@ -242,6 +242,14 @@ FIXTURE = {
         [dict(invoice_id="INV-000001", line_no=1, charge_id="ch-tokens", meter="tokens", description="Tokens", quantity="16.75",
               amount_minor=34, currency="USD", version=2)],
     ],
+    "credit_notes": [
+        [dict(credit_note_id="cn_1", invoice_id="INV-000001", customer="acme", currency="USD", amount_minor=20,
+              tax_minor=2, reason="late usage correction", lines="[]", actor="invoicer", issued_at_ms=1764720000000,
+              issued_at="2025-12-03 00:00:00")],
+        [dict(credit_note_id="cn_1", invoice_id="INV-000001", customer="acme", currency="USD", amount_minor=20,
+              tax_minor=2, reason="retried", lines="[]", actor="invoicer", issued_at_ms=1764720005000,
+              issued_at="2025-12-03 00:00:05")],
+    ],
     # the same finalization appended twice (a retried append): the earliest record wins
     "invoice_transitions": [
         [
@@ -321,8 +329,17 @@ EXPECTED = {
         ],
     },
     "v_invoices": {
-        "columns": ["invoice_id", "status", "subtotal_minor", "total_minor", "version"],
-        "rows": [["INV-000001", "issued", "94", "94", "2"]],
+        # status from the lifecycle once recorded (paid, invoice_transitions below); the new
+        # columns of migration 0013 default (amount_due_minor to total_minor)
+        "columns": ["invoice_id", "status", "subtotal_minor", "total_minor", "version", "number", "tax_minor",
+                    "amount_due_minor"],
+        "rows": [["INV-000001", "paid", "94", "94", "2", "", "0", "94"]],
+    },
+    "v_credit_notes": {
+        # a retried write of the same credit note collapses: the earliest record wins
+        "columns": ["credit_note_id", "invoice_id", "customer", "currency", "amount_minor", "tax_minor", "reason",
+                    "issued_at_ms"],
+        "rows": [["cn_1", "INV-000001", "acme", "USD", "20", "2", "late usage correction", "1764720000000"]],
     },
     "v_invoice_transitions": {
         "columns": ["transition_id", "to_status", "actor", "at_ms"],

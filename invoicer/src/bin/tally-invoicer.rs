@@ -1,19 +1,29 @@
 //! `tally-invoicer`: turns charges into invoices.
-//! Usage: `tally-invoicer [serve|once] [--config FILE] [--at RFC3339] [--out DIR] [--format json|text]`.
-//! `serve` (default) invoices every `invoicer.interval_secs` until SIGTERM; `once` runs one
-//! pass as of `--at` (default now), prints the invoices as JSON and, with `--out`, writes
-//! one `<invoice_id>.json` file each.
+//! Usage: `tally-invoicer [serve|once|reconcile] [--config FILE] [--at RFC3339] [--out DIR]
+//! [--format json|text]`.
+//! `serve` (default) runs a pass on every tick of `invoicer.schedule` and serves the API on
+//! `invoicer.api_addr` until SIGTERM; `once` runs one pass as of `--at` (default now), prints
+//! the invoices and, with `--out`, writes `<invoice_id>.json`, `.html` and `.pdf` for each; `reconcile` prints the usage → charges → invoice lines report as JSON and
+//! exits non-zero when money differences are unexplained.
+
+use std::sync::Arc;
 
 use anyhow::Context;
 use serde::Deserialize;
-use tally_invoicer::InvoicerConfig;
+use tally_invoicer::api::{self, ApiState};
+use tally_invoicer::numbering::Numbers;
+use tally_invoicer::{render, Invoice, InvoicerConfig};
 use tally_platform::args::Args;
-use tally_platform::{config, shutdown, store, telemetry, ClickHouseConfig, TelemetryConfig};
+use tally_platform::{
+    config, shutdown, store, streams, telemetry, ClickHouseConfig, NatsConfig, TelemetryConfig,
+};
 
 #[derive(Deserialize)]
 struct Config {
     #[serde(default)]
     clickhouse: ClickHouseConfig,
+    #[serde(default)]
+    nats: NatsConfig,
     #[serde(default)]
     telemetry: TelemetryConfig,
     #[serde(default)]
@@ -26,9 +36,10 @@ fn now_ms() -> i64 {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
+    let shutdown = shutdown::on_signals();
     let (command, args) = Args::parse_command(
         std::env::args().skip(1),
-        &["serve", "once"],
+        &["serve", "once", "reconcile"],
         &["config", "at", "out", "format"],
     )?;
     let cfg: Config = config::load(&config::path(&args))?;
@@ -36,32 +47,69 @@ async fn main() -> anyhow::Result<()> {
     cfg.invoicer.validate()?;
     telemetry::init_logs(&cfg.telemetry);
     let db = store::connect(&cfg.clickhouse);
-    if command == "once" {
-        let at = match args.raw("at") {
-            Some(t) => chrono::DateTime::parse_from_rfc3339(t)
-                .context("flag --at")?
-                .timestamp_millis(),
-            None => now_ms(),
-        };
-        let invoices = tally_invoicer::invoice_once(&db, &cfg.invoicer, at).await?;
-        if let Some(dir) = args.raw("out") {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {dir}"))?;
-            for inv in &invoices {
-                let path = std::path::Path::new(dir).join(format!("{}.json", inv.invoice_id));
-                std::fs::write(&path, serde_json::to_vec_pretty(inv)?)
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
+    let at = match args.raw("at") {
+        Some(t) => chrono::DateTime::parse_from_rfc3339(t)
+            .context("flag --at")?
+            .timestamp_millis(),
+        None => now_ms(),
+    };
+    if command == "reconcile" {
+        let since = at - 400 * 86_400_000;
+        let report = tally_invoicer::reconcile::run(&db, since).await?;
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        if report.difference_minor != 0 {
+            anyhow::bail!(
+                "reconciliation: {} minor units unexplained",
+                report.difference_minor
+            );
         }
-        match args.raw("format").unwrap_or("json") {
+        return Ok(());
+    }
+    let nats = streams::connect(&cfg.nats).await?;
+    let numbers = Numbers::open(nats, &cfg.invoicer.numbers_bucket).await?;
+    if command == "once" {
+        let invoices = tally_invoicer::invoice_pass(&db, Some(&numbers), &cfg.invoicer, at).await?;
+        let format = args.raw("format").unwrap_or("json");
+        if let Some(dir) = args.raw("out") {
+            write_files(dir, &invoices)?;
+        }
+        match format {
             "json" => println!("{}", serde_json::to_string_pretty(&invoices)?),
             "text" => invoices
                 .iter()
-                .for_each(|inv| println!("{}", tally_invoicer::render::text(inv))),
+                .for_each(|inv| println!("{}", render::text(inv))),
             other => anyhow::bail!("flag --format: {other:?} is not json or text"),
         }
         return Ok(());
     }
     telemetry::serve_metrics(cfg.invoicer.metrics_addr.parse()?)?;
-    tally_invoicer::run::run(db, cfg.invoicer, shutdown::on_signals(), now_ms).await;
+    let listener = tokio::net::TcpListener::bind(&cfg.invoicer.api_addr)
+        .await
+        .with_context(|| format!("binding invoicer.api_addr {}", cfg.invoicer.api_addr))?;
+    let state = Arc::new(ApiState {
+        db: db.clone(),
+        numbers: numbers.clone(),
+        cfg: cfg.invoicer.clone(),
+        now_ms,
+    });
+    let api = tokio::spawn(api::serve(listener, state, shutdown.clone()));
+    tally_invoicer::run::run(db, numbers, cfg.invoicer, shutdown, now_ms).await;
+    let _ = api.await;
+    Ok(())
+}
+
+fn write_files(dir: &str, invoices: &[Invoice]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {dir}"))?;
+    for inv in invoices {
+        let files = [
+            ("json", serde_json::to_vec_pretty(inv)?),
+            ("html", render::html(inv).into_bytes()),
+            ("pdf", render::pdf(inv)?),
+        ];
+        for (ext, bytes) in files {
+            let path = std::path::Path::new(dir).join(format!("{}.{ext}", inv.invoice_id));
+            std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
     Ok(())
 }

@@ -1,0 +1,235 @@
+//! Late usage: charges of a period whose invoice is already finalized that changed after it
+//! was finalized (the rater recomputes a period when late events land in it).
+//!
+//! For every charge of a finalized period (within `adjustment_lookback_secs`), what was billed
+//! is the sum of its lines on non-draft invoices (the finalized invoice and adjustments on
+//! later ones) minus the late-usage credit notes issued for it. A difference that raises the
+//! amount becomes an adjustment line on the customer's next invoice (same currency, a later
+//! period), naming the invoice it corrects and the charge; one that lowers it becomes a
+//! credit note against the finalized invoice. The finalized invoice is never changed. The
+//! events behind an adjustment are the charge's usage readings committed after the corrected
+//! invoice was finalized (see the lineage API).
+
+use std::collections::HashMap;
+
+use clickhouse::Client;
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use tally_domain::{Currency, Period};
+use tally_platform::store::dec9;
+
+use crate::config::InvoicerConfig;
+use crate::credit_notes::{self, CreditNote};
+use crate::invoice::{self, ChargeLine, InvoiceLine, LineKind};
+use crate::store;
+
+/// An adjustment waiting for the customer's next invoice.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub customer: String,
+    pub currency: String,
+    /// The corrected (finalized) period.
+    pub period: Period,
+    pub line: InvoiceLine,
+}
+
+#[derive(clickhouse::Row, Deserialize)]
+struct Billed {
+    charge_id: String,
+    #[serde(with = "dec9")]
+    quantity: Decimal,
+    amount_minor: i64,
+    before_minor: i64,
+    tax_minor: i64,
+}
+
+#[derive(clickhouse::Row, Deserialize)]
+struct Credited {
+    charge_id: String,
+    amount_minor: i64,
+    tax_minor: i64,
+}
+
+/// What was billed for a charge so far.
+#[derive(Debug, Default, Clone, Copy)]
+struct SoFar {
+    quantity: Decimal,
+    amount_minor: i64,
+    before_minor: i64,
+    tax_minor: i64,
+}
+
+/// Finds late usage at `now_ms`: issues the credit notes (lowered charges) and returns the
+/// adjustments (raised charges) for the customers' next invoices.
+pub async fn pending(
+    db: &Client,
+    cfg: &InvoicerConfig,
+    now_ms: i64,
+) -> Result<Vec<Pending>, clickhouse::error::Error> {
+    let since_ms =
+        now_ms - i64::try_from(cfg.adjustment_lookback_secs.saturating_mul(1000)).unwrap_or(0);
+    let finalized: HashMap<String, ()> = db
+        .query(
+            "SELECT invoice_id FROM v_invoices WHERE status != 'draft' AND period_end > toDateTime(?)",
+        )
+        .bind(since_ms.div_euclid(1000))
+        .fetch_all::<String>()
+        .await?
+        .into_iter()
+        .map(|id| (id, ()))
+        .collect();
+    if finalized.is_empty() {
+        return Ok(Vec::new());
+    }
+    let charges: Vec<ChargeLine> = store::charges_since(db, since_ms)
+        .await?
+        .into_iter()
+        .filter(|c| finalized.contains_key(&invoice::invoice_id(&c.customer, c.period.start_ms)))
+        .collect();
+    let so_far = billed(db, since_ms).await?;
+    let mut out = Vec::new();
+    let mut notes = Vec::new();
+    for c in &charges {
+        let was = so_far.get(&c.charge_id).copied().unwrap_or_default();
+        let (d_amount, d_tax) = (
+            c.amount_minor - was.amount_minor,
+            c.tax_minor - was.tax_minor,
+        );
+        if d_amount == 0 && d_tax == 0 {
+            continue;
+        }
+        let corrected = invoice::invoice_id(&c.customer, c.period.start_ms);
+        if d_amount + d_tax < 0 || (d_amount <= 0 && d_tax <= 0) {
+            notes.push(credit_note(c, &corrected, was, now_ms));
+            continue;
+        }
+        let Ok(currency) = c.currency.parse::<Currency>() else {
+            continue;
+        };
+        let mut line = invoice::line(c, currency);
+        line.kind = LineKind::Adjustment;
+        line.quantity = c.quantity - was.quantity;
+        line.amount_before_discounts_minor = c.amount_before_discounts_minor - was.before_minor;
+        line.amount_minor = d_amount;
+        line.discount_minor = line.amount_before_discounts_minor - d_amount;
+        line.amount = currency.from_minor(d_amount);
+        line.tax_minor = d_tax;
+        line.description = format!(
+            "late usage of {} to {}: {}",
+            &invoice::rfc3339(c.period.start_ms)[..10],
+            &invoice::rfc3339(c.period.end_ms)[..10],
+            line.description
+        );
+        line.adjusts_invoice_id = Some(corrected);
+        out.push(Pending {
+            customer: c.customer.clone(),
+            currency: c.currency.clone(),
+            period: c.period,
+            line,
+        });
+    }
+    credit_notes::issue(db, &notes).await?;
+    Ok(out)
+}
+
+fn credit_note(c: &ChargeLine, invoice_id: &str, was: SoFar, now_ms: i64) -> CreditNote {
+    let (amount, tax) = (
+        was.amount_minor - c.amount_minor,
+        was.tax_minor - c.tax_minor,
+    );
+    CreditNote {
+        credit_note_id: credit_notes::id(&[
+            "late",
+            &c.charge_id,
+            &c.amount_minor.to_string(),
+            &c.tax_minor.to_string(),
+        ]),
+        invoice_id: invoice_id.to_owned(),
+        charge_id: c.charge_id.clone(),
+        customer: c.customer.clone(),
+        currency: c.currency.clone(),
+        amount_minor: amount,
+        tax_minor: tax,
+        reason: format!("late usage lowered charge {} of {}", c.charge_id, c.meter),
+        lines: serde_json::json!({
+            "charge_id": c.charge_id,
+            "meter": c.meter,
+            "group_key": c.group_key,
+            "billed_minor": was.amount_minor,
+            "latest_minor": c.amount_minor,
+            "billed_tax_minor": was.tax_minor,
+            "latest_tax_minor": c.tax_minor,
+        })
+        .to_string(),
+        actor: crate::run::ACTOR.to_owned(),
+        issued_at_ms: now_ms,
+    }
+}
+
+/// Billed so far per charge: lines of the latest version of non-draft invoices, minus
+/// late-usage credit notes.
+async fn billed(
+    db: &Client,
+    since_ms: i64,
+) -> Result<HashMap<String, SoFar>, clickhouse::error::Error> {
+    let lines: Vec<Billed> = db
+        .query(
+            "SELECT charge_id, sum(quantity) AS q, toInt64(sum(amount_minor)) AS a, \
+                    toInt64(sum(amount_before_discounts_minor)) AS b, toInt64(sum(tax_minor)) AS t \
+             FROM v_invoice_lines \
+             WHERE (invoice_id, version) IN \
+                   (SELECT invoice_id, version FROM v_invoices WHERE status != 'draft' AND period_end > toDateTime(?)) \
+             GROUP BY charge_id",
+        )
+        .bind(since_ms.div_euclid(1000))
+        .fetch_all()
+        .await?;
+    let credited: Vec<Credited> = db
+        .query(
+            "SELECT charge_id, toInt64(sum(amount_minor)) AS a, toInt64(sum(tax_minor)) AS t \
+             FROM v_credit_notes WHERE charge_id != '' GROUP BY charge_id",
+        )
+        .fetch_all()
+        .await?;
+    let mut out: HashMap<String, SoFar> = lines
+        .into_iter()
+        .map(|b| {
+            (
+                b.charge_id,
+                SoFar {
+                    quantity: b.quantity,
+                    amount_minor: b.amount_minor,
+                    before_minor: b.before_minor,
+                    tax_minor: b.tax_minor,
+                },
+            )
+        })
+        .collect();
+    for c in credited {
+        let e = out.entry(c.charge_id).or_default();
+        e.amount_minor -= c.amount_minor;
+        e.before_minor -= c.amount_minor;
+        e.tax_minor -= c.tax_minor;
+    }
+    Ok(out)
+}
+
+/// Takes the adjustments for the customer's invoice of `period` (same currency, corrected
+/// periods before it).
+pub fn take_for(
+    pending: &mut Vec<Pending>,
+    customer: &str,
+    currency: &str,
+    period: Period,
+) -> Vec<InvoiceLine> {
+    let mut taken = Vec::new();
+    pending.retain(|p| {
+        let mine =
+            p.customer == customer && p.currency == currency && p.period.end_ms <= period.start_ms;
+        if mine {
+            taken.push(p.line.clone());
+        }
+        !mine
+    });
+    taken
+}

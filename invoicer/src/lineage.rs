@@ -1,0 +1,168 @@
+//! Where an invoice line comes from: its charge, the committed usage windows of that charge's
+//! customer, meter, group and period (`v_usage`), and the events behind them (committed
+//! `usage_readings`), each with when it was committed. For an adjustment line the events
+//! committed after the corrected invoice was finalized are marked late. Read-only; results
+//! are bounded by [`ROWS_MAX`] (`truncated` says when more exist).
+
+use clickhouse::Client;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use tally_platform::store::dec9;
+
+use crate::invoice::{rfc3339, InvoiceLine, LineKind};
+
+/// The most windows and the most events listed for one line.
+pub const ROWS_MAX: usize = 1_000;
+
+/// The lineage of one line.
+#[derive(Debug, Serialize)]
+pub struct Lineage {
+    pub invoice_id: String,
+    pub line_no: u32,
+    pub kind: LineKind,
+    pub charge_id: String,
+    pub customer: String,
+    pub meter: String,
+    pub group_key: String,
+    pub period_start: String,
+    pub period_end: String,
+    pub plan_id: String,
+    pub plan_version: u32,
+    pub adjusts_invoice_id: Option<String>,
+    pub windows: Vec<Window>,
+    pub events: Vec<Event>,
+    /// Events committed after the corrected invoice was finalized (adjustment lines).
+    pub late_event_ids: Vec<String>,
+    pub truncated: bool,
+}
+
+/// One committed usage window.
+#[derive(Debug, Serialize, Deserialize, clickhouse::Row)]
+pub struct Window {
+    pub window_start: u32,
+    pub window_end: u32,
+    pub agent: String,
+    pub group_key: String,
+    #[serde(with = "dec9")]
+    pub quantity: Decimal,
+    pub event_count: u64,
+}
+
+/// One event behind the line.
+#[derive(Debug, Serialize, Deserialize, clickhouse::Row)]
+pub struct Event {
+    pub event_id: String,
+    pub agent: String,
+    pub time_ms: i64,
+    pub window_start: u32,
+    #[serde(with = "dec9")]
+    pub value: Decimal,
+    /// When the aggregator committed it (unix seconds).
+    pub committed_at: u32,
+}
+
+#[derive(Deserialize, clickhouse::Row)]
+struct ChargeScope {
+    customer: String,
+    period_start: u32,
+    period_end: u32,
+}
+
+/// The lineage of `line` of `invoice_id`; `None` when its charge is unknown.
+pub async fn of_line(
+    db: &Client,
+    invoice_id: &str,
+    line: &InvoiceLine,
+) -> Result<Option<Lineage>, clickhouse::error::Error> {
+    let scope: Option<ChargeScope> = db
+        .query(
+            "SELECT customer, toUInt32(period_start), toUInt32(period_end) FROM v_charges WHERE charge_id = ? LIMIT 1",
+        )
+        .bind(&line.charge_id)
+        .fetch_optional()
+        .await?;
+    let Some(scope) = scope else {
+        return Ok(None);
+    };
+    let group = if line.group_key == "{}" {
+        ""
+    } else {
+        line.group_key.as_str()
+    };
+    let limit = ROWS_MAX as u64 + 1;
+    let mut windows: Vec<Window> = db
+        .query(
+            "SELECT toUInt32(window_start), toUInt32(window_end), agent, group_key, quantity, event_count FROM v_usage \
+             WHERE customer = ? AND meter = ? AND window_start >= toDateTime(?) AND window_start < toDateTime(?) \
+               AND (? = '' OR group_key = ?) \
+             ORDER BY window_start, agent, group_key LIMIT ?",
+        )
+        .bind(&scope.customer)
+        .bind(&line.meter)
+        .bind(scope.period_start)
+        .bind(scope.period_end)
+        .bind(group)
+        .bind(group)
+        .bind(limit)
+        .fetch_all()
+        .await?;
+    let mut events: Vec<Event> = db
+        .query(
+            "SELECT event_id, any(agent), any(time_ms) AS t, any(toUInt32(window_start)), any(value), \
+                    toUInt32(min(inserted_at)) \
+             FROM usage_readings \
+             WHERE batch_id IN (SELECT batch_id FROM usage_batches) AND customer = ? AND meter = ? \
+               AND window_start >= toDateTime(?) AND window_start < toDateTime(?) AND (? = '' OR group_key = ?) \
+             GROUP BY event_id ORDER BY t, event_id LIMIT ?",
+        )
+        .bind(&scope.customer)
+        .bind(&line.meter)
+        .bind(scope.period_start)
+        .bind(scope.period_end)
+        .bind(group)
+        .bind(group)
+        .bind(limit)
+        .fetch_all()
+        .await?;
+    let truncated = windows.len() > ROWS_MAX || events.len() > ROWS_MAX;
+    windows.truncate(ROWS_MAX);
+    events.truncate(ROWS_MAX);
+    let late_event_ids = match &line.adjusts_invoice_id {
+        Some(corrected) => {
+            let finalized_at_ms: i64 = db
+                .query(
+                    "SELECT toInt64(min(at_ms)) FROM invoice_transitions \
+                     WHERE invoice_id = ? AND to_status = 'finalized'",
+                )
+                .bind(corrected)
+                .fetch_one()
+                .await?;
+            events
+                .iter()
+                .filter(|e| {
+                    i64::from(e.committed_at) * 1000 >= finalized_at_ms.div_euclid(1000) * 1000
+                })
+                .map(|e| e.event_id.clone())
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    Ok(Some(Lineage {
+        invoice_id: invoice_id.to_owned(),
+        line_no: line.line_no,
+        kind: line.kind,
+        charge_id: line.charge_id.clone(),
+        customer: scope.customer,
+        meter: line.meter.clone(),
+        group_key: line.group_key.clone(),
+        period_start: rfc3339(i64::from(scope.period_start) * 1000),
+        period_end: rfc3339(i64::from(scope.period_end) * 1000),
+        plan_id: line.plan_id.clone(),
+        plan_version: line.plan_version,
+        adjusts_invoice_id: line.adjusts_invoice_id.clone(),
+        windows,
+        events,
+        late_event_ids,
+        truncated,
+    }))
+}

@@ -1,0 +1,340 @@
+//! Gapless, sequential invoice numbers per issuer, assigned exactly once, and the frozen
+//! documents of finalized invoices, both in a NATS KV bucket.
+//!
+//! Keys (bucket `[invoicer] numbers_bucket`):
+//! - `counter.<issuer>`: `{"last": n, "ids": [...]}`: the last number given, and the invoices
+//!   that got the numbers `n - len + 1 ..= n` in the batch that set it. Changed only by
+//!   compare-and-set on its revision (`update`).
+//! - `number.<invoice_id>`: the invoice's number, written create-only.
+//! - `invoice.<invoice_id>`: the finalized document (JSON, with its number), create-only: the
+//!   first finalizer's document is the invoice forever; a racing or later one reads it back.
+//!
+//! Why gapless and exactly once: an assigner first completes the `number.` keys of the batch
+//! the counter names (a crash between the counter update and those writes leaves them for
+//! the next assigner), then re-reads the numbers of its own invoices, and only for those
+//! still without one moves the counter forward by compare-and-set, naming them. A lost race
+//! retries from the start. So every number the counter passed belongs to exactly one invoice
+//! and no invoice is named by two batches. This module never deletes or overwrites a key.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use futures::future::join_all;
+use serde::{Deserialize, Serialize};
+
+use crate::invoice::Invoice;
+
+/// The most compare-and-set attempts for one batch before giving up.
+const MAX_ATTEMPTS: usize = 64;
+/// Invoices numbered per counter update (bounds the counter's value size).
+const BATCH_MAX: usize = 2_000;
+/// KV requests in flight at once.
+const IN_FLIGHT: usize = 256;
+
+/// Why numbers could not be assigned or documents frozen.
+#[derive(Debug, thiserror::Error)]
+pub enum NumberingError {
+    #[error("nats kv bucket {bucket}: {message}")]
+    Bucket { bucket: String, message: String },
+    #[error("nats kv key {key}: {message}")]
+    Kv { key: String, message: String },
+    #[error("nats kv key {key}: stored value is not valid: {message}")]
+    Corrupt { key: String, message: String },
+    #[error("issuer {issuer}: the counter stayed contended after {attempts} attempts")]
+    Contended { issuer: String, attempts: usize },
+    #[error("issuer id {0:?}: use 1 to 64 of [A-Za-z0-9_-]")]
+    BadIssuer(String),
+}
+
+/// The counter's value.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Counter {
+    last: u64,
+    ids: Vec<String>,
+}
+
+/// Numbers and frozen documents for one bucket.
+#[derive(Clone)]
+pub struct Numbers {
+    kv: kv::Store,
+}
+
+impl Numbers {
+    /// Opens (or creates) the bucket. The bucket's stream is declared directly, with the
+    /// settings of a KV bucket (`KV_<bucket>` on `$KV.<bucket>.>`, one value per key, rollups
+    /// allowed, deletes denied, discard new, direct gets): the client's `create_key_value`
+    /// first asks for account info, which it cannot parse from NATS 2.9.
+    pub async fn open(client: async_nats::Client, bucket: &str) -> Result<Self, NumberingError> {
+        let js = jetstream::new(client);
+        let err = |e: &dyn std::fmt::Display| NumberingError::Bucket {
+            bucket: bucket.to_owned(),
+            message: e.to_string(),
+        };
+        if let Ok(kv) = js.get_key_value(bucket).await {
+            return Ok(Numbers { kv });
+        }
+        js.get_or_create_stream(jetstream::stream::Config {
+            name: format!("KV_{bucket}"),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_message_size: 1 << 20,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: jetstream::stream::DiscardPolicy::New,
+            num_replicas: 1,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| err(&e))?;
+        let kv = js.get_key_value(bucket).await.map_err(|e| err(&e))?;
+        Ok(Numbers { kv })
+    }
+
+    /// The numbers of `ids` (invoices of `issuer`), assigning the next ones in order of
+    /// `ids` to those that have none yet.
+    pub async fn assign(
+        &self,
+        issuer: &str,
+        ids: &[String],
+    ) -> Result<HashMap<String, u64>, NumberingError> {
+        check_issuer(issuer)?;
+        let mut out = self.known(ids).await?;
+        let missing: Vec<String> = ids
+            .iter()
+            .filter(|id| !out.contains_key(*id))
+            .cloned()
+            .collect();
+        for chunk in missing.chunks(BATCH_MAX) {
+            out.extend(self.assign_batch(issuer, chunk).await?);
+        }
+        Ok(out)
+    }
+
+    async fn assign_batch(
+        &self,
+        issuer: &str,
+        ids: &[String],
+    ) -> Result<HashMap<String, u64>, NumberingError> {
+        let key = format!("counter.{issuer}");
+        for attempt in 0..MAX_ATTEMPTS {
+            let (counter, revision) = self.counter(&key).await?;
+            self.complete(&counter).await?;
+            let mut numbers = self.known(ids).await?;
+            let todo: Vec<String> = ids
+                .iter()
+                .filter(|id| !numbers.contains_key(*id))
+                .cloned()
+                .collect();
+            if todo.is_empty() {
+                return Ok(numbers);
+            }
+            let next = Counter {
+                last: counter.last + todo.len() as u64,
+                ids: todo,
+            };
+            let body = serde_json::to_vec(&next).unwrap_or_default();
+            match self.kv.update(&key, body.into(), revision).await {
+                Ok(_) => {
+                    self.complete(&next).await?;
+                    let first = next.last + 1 - next.ids.len() as u64;
+                    for (i, id) in next.ids.into_iter().enumerate() {
+                        numbers.insert(id, first + i as u64);
+                    }
+                    return Ok(numbers);
+                }
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    crate::metrics::numbering_conflict();
+                    tokio::time::sleep(Duration::from_millis(1 + (attempt as u64 % 8))).await;
+                }
+                Err(e) => {
+                    return Err(NumberingError::Kv {
+                        key,
+                        message: e.to_string(),
+                    })
+                }
+            }
+        }
+        Err(NumberingError::Contended {
+            issuer: issuer.to_owned(),
+            attempts: MAX_ATTEMPTS,
+        })
+    }
+
+    /// The counter and its revision (0: never set, so `update` creates it).
+    async fn counter(&self, key: &str) -> Result<(Counter, u64), NumberingError> {
+        let entry = self.kv.entry(key).await.map_err(|e| NumberingError::Kv {
+            key: key.to_owned(),
+            message: e.to_string(),
+        })?;
+        match entry {
+            Some(e) if e.operation == kv::Operation::Put => {
+                let c =
+                    serde_json::from_slice(&e.value).map_err(|err| NumberingError::Corrupt {
+                        key: key.to_owned(),
+                        message: err.to_string(),
+                    })?;
+                Ok((c, e.revision))
+            }
+            Some(e) => Ok((Counter::default(), e.revision)),
+            None => Ok((Counter::default(), 0)),
+        }
+    }
+
+    /// Writes the `number.` keys of the counter's batch that are missing.
+    async fn complete(&self, c: &Counter) -> Result<(), NumberingError> {
+        if c.ids.is_empty() {
+            return Ok(());
+        }
+        let first = c.last + 1 - c.ids.len() as u64;
+        let known = self.known(&c.ids).await?;
+        let todo: Vec<(String, u64)> = c
+            .ids
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| !known.contains_key(*id))
+            .map(|(i, id)| (id.clone(), first + i as u64))
+            .collect();
+        for chunk in todo.chunks(IN_FLIGHT) {
+            let results = join_all(chunk.iter().map(|(id, n)| {
+                let key = format!("number.{id}");
+                async move {
+                    let r = self.kv.create(&key, n.to_string().into()).await;
+                    (key, r)
+                }
+            }))
+            .await;
+            for (key, r) in results {
+                match r {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                    Err(e) => {
+                        return Err(NumberingError::Kv {
+                            key,
+                            message: e.to_string(),
+                        })
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The numbers already stored for `ids`.
+    async fn known(&self, ids: &[String]) -> Result<HashMap<String, u64>, NumberingError> {
+        let mut out = HashMap::new();
+        for chunk in ids.chunks(IN_FLIGHT) {
+            let results = join_all(chunk.iter().map(|id| async move {
+                let key = format!("number.{id}");
+                (id, self.kv.get(&key).await.map_err(|e| (key, e)))
+            }))
+            .await;
+            for (id, r) in results {
+                match r {
+                    Ok(Some(v)) => {
+                        let n = std::str::from_utf8(&v)
+                            .ok()
+                            .and_then(|s| s.parse::<u64>().ok())
+                            .ok_or_else(|| NumberingError::Corrupt {
+                                key: format!("number.{id}"),
+                                message: "not a number".into(),
+                            })?;
+                        out.insert(id.clone(), n);
+                    }
+                    Ok(None) => {}
+                    Err((key, e)) => {
+                        return Err(NumberingError::Kv {
+                            key,
+                            message: e.to_string(),
+                        })
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Freezes each finalized document (create-only) and returns what is frozen: the given
+    /// document, or the one an earlier or racing finalizer stored first.
+    pub async fn freeze(&self, docs: Vec<Invoice>) -> Result<Vec<Invoice>, NumberingError> {
+        let mut out = Vec::with_capacity(docs.len());
+        let mut docs = docs.into_iter().peekable();
+        while docs.peek().is_some() {
+            let chunk: Vec<Invoice> = docs.by_ref().take(IN_FLIGHT).collect();
+            let results = join_all(chunk.into_iter().map(|doc| self.freeze_one(doc))).await;
+            for r in results {
+                out.push(r?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn freeze_one(&self, doc: Invoice) -> Result<Invoice, NumberingError> {
+        let key = format!("invoice.{}", doc.invoice_id);
+        let kv_err = |message: String| NumberingError::Kv {
+            key: key.clone(),
+            message,
+        };
+        let body = serde_json::to_vec(&doc).map_err(|e| kv_err(e.to_string()))?;
+        match self.kv.create(&key, body.into()).await {
+            Ok(_) => Ok(doc),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => self
+                .frozen(&doc.invoice_id)
+                .await?
+                .ok_or_else(|| kv_err("exists but cannot be read".into())),
+            Err(e) => Err(kv_err(e.to_string())),
+        }
+    }
+
+    /// The frozen document of a finalized invoice, if any.
+    pub async fn frozen(&self, invoice_id: &str) -> Result<Option<Invoice>, NumberingError> {
+        let key = format!("invoice.{invoice_id}");
+        let v = self.kv.get(&key).await.map_err(|e| NumberingError::Kv {
+            key: key.clone(),
+            message: e.to_string(),
+        })?;
+        v.map(|v| {
+            serde_json::from_slice(&v).map_err(|e| NumberingError::Corrupt {
+                key,
+                message: e.to_string(),
+            })
+        })
+        .transpose()
+    }
+}
+
+/// The printed number: `<prefix><n, at least 6 digits>`, e.g. `INV-000042`.
+pub fn format(prefix: &str, n: u64) -> String {
+    format!("{prefix}{n:06}")
+}
+
+fn check_issuer(issuer: &str) -> Result<(), NumberingError> {
+    let ok = (1..=64).contains(&issuer.len())
+        && issuer
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(NumberingError::BadIssuer(issuer.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_zero_padded_with_the_prefix() {
+        assert_eq!(format("INV-", 42), "INV-000042");
+        assert_eq!(format("", 1_234_567), "1234567");
+    }
+
+    #[test]
+    fn issuer_ids_fit_kv_keys() {
+        assert!(check_issuer("tally-eu_1").is_ok());
+        assert!(check_issuer("a.b").is_err());
+        assert!(check_issuer("").is_err());
+    }
+}

@@ -1,0 +1,190 @@
+//! Reconciliation: per billing period, committed usage → charges → invoice lines, reporting
+//! every difference. Read-only.
+//!
+//! - usage → charges: for additive meters (SUM, COUNT), the committed quantity of
+//!   (customer, meter, period) in `v_usage` against the quantity of its charges.
+//! - charges → invoices: for every invoice (latest version), the charges of its period
+//!   against its usage lines; for a finalized invoice, what changed since (late usage) must be
+//!   covered by adjustment lines on later non-draft invoices, pending adjustments (reported
+//!   as such) and late-usage credit notes.
+//!
+//! The metric `tally_invoicer_reconciliation_difference_minor` is the sum of the absolute
+//! unexplained money differences of the last reconciliation.
+
+use std::collections::BTreeMap;
+
+use clickhouse::Client;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use tally_platform::store::dec9;
+
+/// One (customer, meter, period) whose charged quantity differs from committed usage.
+#[derive(Debug, Clone, Serialize, Deserialize, clickhouse::Row, PartialEq)]
+pub struct QuantityDifference {
+    pub customer: String,
+    pub meter: String,
+    pub period_start: u32,
+    #[serde(with = "dec9")]
+    pub usage_quantity: Decimal,
+    #[serde(with = "dec9")]
+    pub charged_quantity: Decimal,
+}
+
+/// One invoice whose lines differ from its period's charges.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MoneyDifference {
+    pub invoice_id: String,
+    pub customer: String,
+    pub status: String,
+    pub period_start: u32,
+    pub charges_minor: i64,
+    pub invoiced_minor: i64,
+    /// Adjustment lines on later non-draft invoices correcting this one.
+    pub adjusted_minor: i64,
+    /// Late-usage credit notes against this invoice.
+    pub credited_minor: i64,
+    /// `charges - invoiced - adjusted + credited`: late usage not yet on any invoice.
+    pub unexplained_minor: i64,
+}
+
+/// A reconciliation report.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Report {
+    pub periods_checked: usize,
+    pub invoices_checked: usize,
+    pub quantity_differences: Vec<QuantityDifference>,
+    pub money_differences: Vec<MoneyDifference>,
+    /// Sum of `|unexplained_minor|`.
+    pub difference_minor: i64,
+}
+
+#[derive(Deserialize, clickhouse::Row)]
+struct InvoiceSums {
+    invoice_id: String,
+    customer: String,
+    status: String,
+    period_start: u32,
+    invoiced_minor: i64,
+}
+
+#[derive(Deserialize, clickhouse::Row)]
+struct Sum {
+    key: String,
+    minor: i64,
+}
+
+/// Reconciles every period that ended after `since_ms` (or is open).
+pub async fn run(db: &Client, since_ms: i64) -> Result<Report, clickhouse::error::Error> {
+    let since = since_ms.div_euclid(1000);
+    let usage = usage_vs_charges(db, since).await?;
+    let invoices = invoice_sums(db, since).await?;
+    let charges = sums(
+        db,
+        "SELECT concat(customer, '\\0', toString(toUInt32(period_start))) AS k, toInt64(sum(amount_minor)) \
+         FROM v_charges WHERE period_end > toDateTime(?) GROUP BY k",
+        since,
+    )
+    .await?;
+    let adjusted = sums(
+        db,
+        "SELECT adjusts_invoice_id AS k, toInt64(sum(amount_minor)) FROM v_invoice_lines \
+         WHERE kind = 'adjustment' AND (invoice_id, version) IN \
+               (SELECT invoice_id, version FROM v_invoices WHERE status != 'draft' AND period_end > toDateTime(?)) \
+         GROUP BY k",
+        since,
+    )
+    .await?;
+    let credited = sums(
+        db,
+        "SELECT invoice_id AS k, toInt64(sum(amount_minor)) FROM v_credit_notes \
+         WHERE charge_id != '' GROUP BY k",
+        since,
+    )
+    .await?;
+    let mut report = Report {
+        periods_checked: charges.len(),
+        invoices_checked: invoices.len(),
+        quantity_differences: usage,
+        ..Report::default()
+    };
+    for inv in invoices {
+        let key = format!("{}\0{}", inv.customer, inv.period_start);
+        let charged = charges.get(&key).copied().unwrap_or(0);
+        let adjusted = adjusted.get(&inv.invoice_id).copied().unwrap_or(0);
+        let credited = credited.get(&inv.invoice_id).copied().unwrap_or(0);
+        let unexplained = if inv.status == "draft" {
+            charged - inv.invoiced_minor
+        } else {
+            charged - inv.invoiced_minor - adjusted + credited
+        };
+        if charged != inv.invoiced_minor || unexplained != 0 {
+            report.difference_minor += unexplained.abs();
+            report.money_differences.push(MoneyDifference {
+                invoice_id: inv.invoice_id,
+                customer: inv.customer,
+                status: inv.status,
+                period_start: inv.period_start,
+                charges_minor: charged,
+                invoiced_minor: inv.invoiced_minor,
+                adjusted_minor: adjusted,
+                credited_minor: credited,
+                unexplained_minor: unexplained,
+            });
+        }
+    }
+    crate::metrics::reconciliation(report.difference_minor, report.quantity_differences.len());
+    Ok(report)
+}
+
+async fn usage_vs_charges(
+    db: &Client,
+    since: i64,
+) -> Result<Vec<QuantityDifference>, clickhouse::error::Error> {
+    db.query(
+        "SELECT customer, meter, ps, usage_q, charged_q FROM \
+         (SELECT customer, meter, toUInt32(period_start) AS ps, toUInt32(period_end) AS pe, sum(quantity) AS charged_q \
+          FROM v_charges WHERE period_end > toDateTime(?) GROUP BY customer, meter, period_start, period_end) AS c \
+         ALL INNER JOIN \
+         (SELECT customer, meter, toUInt32(window_start) AS ws, quantity AS wq FROM v_usage \
+          WHERE aggregation IN ('SUM', 'COUNT') AND window_end > toDateTime(?)) AS u \
+         USING customer, meter \
+         WHERE ws >= ps AND ws < pe \
+         GROUP BY customer, meter, ps, charged_q \
+         HAVING sum(wq) != charged_q",
+    )
+    .bind(since)
+    .bind(since)
+    .fetch_all()
+    .await
+}
+
+async fn invoice_sums(
+    db: &Client,
+    since: i64,
+) -> Result<Vec<InvoiceSums>, clickhouse::error::Error> {
+    db.query(
+        "SELECT invoice_id, customer, status, ps, invoiced FROM \
+         (SELECT invoice_id, version, customer, status, toUInt32(period_start) AS ps FROM v_invoices \
+          WHERE period_end > toDateTime(?)) AS i \
+         ANY LEFT JOIN \
+         (SELECT invoice_id, version, toInt64(sumIf(amount_minor, kind != 'adjustment')) AS invoiced \
+          FROM v_invoice_lines GROUP BY invoice_id, version) AS l \
+         USING invoice_id, version",
+    )
+    .bind(since)
+    .fetch_all()
+    .await
+}
+
+async fn sums(
+    db: &Client,
+    sql: &str,
+    since: i64,
+) -> Result<BTreeMap<String, i64>, clickhouse::error::Error> {
+    let mut q = db.query(sql);
+    if sql.contains('?') {
+        q = q.bind(since);
+    }
+    let rows: Vec<Sum> = q.fetch_all().await?;
+    Ok(rows.into_iter().map(|r| (r.key, r.minor)).collect())
+}

@@ -1,0 +1,134 @@
+//! A small HTTP/1 API server for the services' JSON APIs: bounded connections, a header
+//! timeout, graceful shutdown, and the response helpers every API uses (JSON bodies, errors
+//! as `{"code", "detail"}`, bounded request bodies). It knows no routes: the service passes a
+//! handler. It never buffers a request body past the limit the caller gives.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::shutdown::Shutdown;
+
+/// A response body.
+pub type Body = Full<Bytes>;
+
+/// Connections served at once; more wait to be accepted.
+pub const CONNECTIONS_MAX: usize = 64;
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `handler` on `listener` until `shutdown`; open connections finish their request.
+pub async fn serve<H, F>(listener: TcpListener, handler: H, shutdown: Shutdown)
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            s = listener.accept() => match s {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "api accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let handler = handler.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = hyper::service::service_fn(move |req| {
+                let handler = handler.clone();
+                async move { Ok::<_, Infallible>(handler(req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => if let Err(e) = r {
+                    tracing::debug!(error = %e, "api connection ended with an error");
+                },
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+}
+
+/// A response with `body` and its content type.
+pub fn bytes(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, body: &impl Serialize) -> Response<Body> {
+    let body = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    bytes(status, "application/json", body)
+}
+
+#[derive(Serialize)]
+struct ApiError<'a> {
+    code: &'a str,
+    detail: String,
+}
+
+/// An error as `{"code": ..., "detail": ...}`.
+pub fn error(status: StatusCode, code: &str, detail: impl ToString) -> Response<Body> {
+    json(
+        status,
+        &ApiError {
+            code,
+            detail: detail.to_string(),
+        },
+    )
+}
+
+/// The request body as JSON of type `T`, at most `max_bytes`; a 4xx response naming the
+/// problem (and the field, for JSON errors) otherwise.
+pub async fn read_json<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+    max_bytes: usize,
+) -> Result<T, Response<Body>> {
+    let body = Limited::new(req.into_body(), max_bytes)
+        .collect()
+        .await
+        .map_err(|e| {
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("request body: {e} (limit {max_bytes} bytes)"),
+            )
+        })?
+        .to_bytes();
+    let de = &mut serde_json::Deserializer::from_slice(&body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!("field {}: {}", e.path(), e.inner()),
+        )
+    })
+}
