@@ -2,8 +2,10 @@
 //! started at the same moment, then a third run, write the same charges exactly once (the
 //! hand-computed ones, taxed and converted with the rates the file bootstrapped into the
 //! stored catalog), and `tally-rater explain` prints, for every charge, lines that sum exactly
-//! to its amount. Committed usage is written as the aggregator commits it: rollup rows and
+//! to its amount, as does `GET /v1/charges/{id}/explain`. Committed usage is written as the aggregator commits it: rollup rows and
 //! their batch marker.
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::process::{Command, Output, Stdio};
@@ -291,6 +293,28 @@ async fn two_rater_processes_at_once_and_a_rerun_write_the_same_charges_and_each
         let e: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
         assert_eq!(e["balanced"], true, "{e}");
     }
+    // the API explains the same charges with the same lines
+    let (addr, stop, server) = common::http::start(db.clone()).await;
+    for s in &stored {
+        let (status, e) =
+            common::http::get(addr, &format!("/v1/charges/{}/explain", s.charge_id)).await;
+        assert_eq!(
+            (status, &e["balanced"]),
+            (200, &serde_json::json!(true)),
+            "{e}"
+        );
+        let cli = rater(
+            &env,
+            &config,
+            &["explain", &s.charge_id, "--format", "json"],
+        )
+        .output()
+        .expect("explain runs");
+        let cli: serde_json::Value = serde_json::from_slice(&cli.stdout).expect("JSON");
+        assert_eq!(e["lines"], cli["lines"]);
+    }
+    stop.cancel();
+    server.await.expect("the server stops");
     let euro = stored.iter().find(|s| s.customer == "euro").expect("euro");
     let out = rater(&env, &config, &["explain", &euro.charge_id])
         .output()
