@@ -4,11 +4,13 @@ scraped from the real services.
 Starts the real binaries (tally-migrate, then tally-aggregator, tally-gateway, tally-rater,
 tally-invoicer and tally-payments) with the production profile (config/profiles/production.toml)
 on free ports, their own ClickHouse database and JetStream streams; drives usage through them
-(synthetic agents over NATS, and good and bad events over the gateway's HTTP API); starts
+(synthetic agents over NATS, good and bad events over the gateway's HTTP API, and a forged
+webhook to tally-payments); starts
 Prometheus (Debian's `prometheus` package) scraping every service each second with the alert
 rules of dashboards/alerts/ loaded; then, through Prometheus' HTTP API:
 
-- every dashboard panel expression must evaluate and return at least one series;
+- every dashboard panel expression must evaluate and return at least one series, and every
+  metric it names must have series or be declared in a crate's metrics.rs;
 - every alert expression must evaluate, every metric it names must have series, and Prometheus
   must report the rule's health as `ok`;
 - every service answers `/healthz` and `/readyz` with 200 on its metrics address.
@@ -155,6 +157,10 @@ class PrometheusAgainstTheServices(unittest.TestCase):
         cls.gateway_answer = (status, body)
         bad = [good[0], {**event("ops-acme", "bot-1", 99), "time": "yesterday"}]
         cls.gateway_bad = services.http(url, data=json.dumps(bad).encode(), headers=headers)
+        payments = f"http://127.0.0.1:{cls.stack.payments_port}"
+        cls.payments_health = services.http(f"{payments}/healthz")
+        cls.payments_forged = services.http(f"{payments}/webhooks/stripe", data=b'{"id":"evt_forged"}',
+                                            headers={"stripe-signature": "t=1,v1=00"})
 
     @classmethod
     def settle(cls):
@@ -178,6 +184,24 @@ class PrometheusAgainstTheServices(unittest.TestCase):
         answer = json.loads(body)
         self.assertEqual(1, answer["duplicates"], body)
         self.assertEqual(1, answer["rejected"], body)
+
+    def test_payments_answered_and_refused_a_forged_webhook(self):
+        self.assertEqual(200, self.payments_health[0], self.payments_health)
+        self.assertEqual(400, self.payments_forged[0], self.payments_forged)
+        _, result, _ = self.prom.query('sum(tally_payments_webhooks_refused_total{reason="signature"})')
+        self.assertEqual(1.0, float(result[0]["value"][1]))
+
+    def test_every_metric_a_panel_names_is_exported_or_declared(self):
+        """A panel may read a counter its owner declares on first use only (`or vector(0)`);
+        its name must then still be declared in a metrics.rs, so a typo cannot hide."""
+        declared = "".join(p.read_text() for p in ROOT.glob("*/src/**/metrics.rs"))
+        for name, title, expr in d.targets(d.PROMETHEUS_UID):
+            for metric in d.metric_names(expr):
+                if metric == "up" or self.prom.query(metric)[1]:
+                    continue
+                with self.subTest(dashboard=name, panel=title, metric=metric):
+                    base = metric.removesuffix("_bucket").removesuffix("_count").removesuffix("_sum")
+                    self.assertIn(f'"{base}"', declared, f"{metric}: no series and declared nowhere")
 
     def test_every_service_is_scraped(self):
         status, result, _ = self.prom.query('up{job=~"tally-.*"} == 1')
