@@ -332,3 +332,53 @@ async fn two_rater_processes_at_once_and_a_rerun_write_the_same_charges_and_each
     let _ = std::fs::remove_dir_all(&dir);
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_rates_on_its_schedule_until_sigterm() {
+    let env = TestEnv::new("rater_serve").await;
+    let db = env.db();
+    commit_usage(&db, &[("euro", "calls", "COUNT", None, 101, "0")]).await;
+    let dir = tally_platform::own_server::temp_dir("rater-serve").expect("a temp dir");
+    let config = dir.join("rater.toml");
+    std::fs::write(&config, FILE).expect("config written");
+    let port = tally_platform::own_server::free_port().expect("a port");
+    let child = rater(&env, &config, &["serve"])
+        .env("TALLY_RATER__INTERVAL_SECS", "1")
+        // January 2026 is still within the lookback from today
+        .env("TALLY_RATER__LOOKBACK_SECS", "63072000")
+        .env("TALLY_RATER__METRICS_ADDR", format!("127.0.0.1:{port}"))
+        .spawn()
+        .expect("serve starts");
+    let mut amounts = vec![];
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        amounts = db
+            .query("SELECT amount_minor FROM v_charges")
+            .fetch_all::<i64>()
+            .await
+            .expect("charges");
+        if !amounts.is_empty() {
+            break;
+        }
+    }
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(term.success());
+    let out = child.wait_with_output().expect("serve ends");
+    assert!(
+        out.status.success(),
+        "serve stops cleanly on SIGTERM: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // 101 calls: 2.01 USD x 0.9 = 1.809 EUR -> 1.81
+    assert_eq!(
+        amounts,
+        vec![181],
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    env.cleanup().await;
+}
