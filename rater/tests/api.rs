@@ -106,6 +106,34 @@ async fn the_api_shows_the_catalog_and_explains_a_stored_charge() {
         "{body}"
     );
 
+    for (field, value, named) in [
+        ("currency", serde_json::json!("XYZ"), "plan.currency"),
+        (
+            "prices",
+            serde_json::json!([{"model": "graduated", "meter": "tokens",
+            "tiers": [{"up_to": "100", "unit_price": "-0.02"}, {"unit_price": "0.01"}]}]),
+            "plan.prices[0].tiers",
+        ),
+        (
+            "prices",
+            serde_json::json!([{"model": "per_unit", "meter": "tokens", "unit_price": "-1"}]),
+            "plan.prices[0].unit_price",
+        ),
+    ] {
+        let mut bad = overlapping.clone();
+        bad[field] = value;
+        let (status, body) = request(addr, "POST", "/v1/plans", &bad.to_string()).await;
+        assert_eq!(
+            (status, &body["code"]),
+            (400, &serde_json::json!("invalid_plan")),
+            "{body}"
+        );
+        assert!(
+            body["detail"].as_str().is_some_and(|d| d.contains(named)),
+            "{named}: {body}"
+        );
+    }
+
     // subscriptions likewise: validated against the stored plans, appended, immutable
     let sub = serde_json::json!({"customer": "acme", "plan": "p",
         "effective_from": "2026-03-01T00:00:00Z", "tax_exempt": false});
