@@ -57,6 +57,14 @@ pub struct PaymentsConfig {
     /// default tolerance). Default 300.
     #[serde(default = "default_tolerance_secs")]
     pub webhook_tolerance_secs: i64,
+    /// Base URL of the Stripe API that payment retries are sent to. Default
+    /// `https://api.stripe.com`.
+    #[serde(default = "default_stripe_api_base")]
+    pub stripe_api_base: String,
+    /// Stripe secret key (`sk_...`) for payment retries; when empty, retries are notices to the
+    /// customer only. Env: `TALLY_PAYMENTS__STRIPE_API_KEY`.
+    #[serde(default)]
+    pub stripe_api_key: SecretString,
     /// Seconds between ledger syncs (finalized invoices and credit notes posted). Default 30.
     #[serde(default = "default_ledger_sync_secs")]
     pub ledger_sync_secs: u64,
@@ -118,6 +126,9 @@ fn default_listen_addr() -> String {
 fn default_metrics_addr() -> String {
     "127.0.0.1:9105".into()
 }
+fn default_stripe_api_base() -> String {
+    "https://api.stripe.com".into()
+}
 const fn default_tolerance_secs() -> i64 {
     300
 }
@@ -157,6 +168,8 @@ impl Default for PaymentsConfig {
             api_token: SecretString::default(),
             stripe_webhook_secret: SecretString::default(),
             webhook_tolerance_secs: default_tolerance_secs(),
+            stripe_api_base: default_stripe_api_base(),
+            stripe_api_key: SecretString::default(),
             ledger_sync_secs: default_ledger_sync_secs(),
         }
     }
@@ -220,6 +233,14 @@ impl PaymentsConfig {
         ] {
             addr.parse::<std::net::SocketAddr>()
                 .map_err(|e| ConfigError::invalid(name, e))?;
+        }
+        if !(self.stripe_api_base.starts_with("https://")
+            || self.stripe_api_base.starts_with("http://"))
+        {
+            return Err(ConfigError::invalid(
+                "payments.stripe_api_base",
+                format!("{:?} is not an http(s):// URL", self.stripe_api_base),
+            ));
         }
         if self.webhook_tolerance_secs <= 0 || self.ledger_sync_secs == 0 {
             return Err(ConfigError::invalid(

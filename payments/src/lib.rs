@@ -18,6 +18,7 @@
 //! - [`dunning`]: retry and reminder schedules, signed notifications, the delivery log.
 //! - [`portal`]: link tokens, the customer page, its usage chart.
 //! - [`http`]: the HTTP server and its routes.
+//! - [`outbound`]: outgoing HTTP(S) requests (notifications, gateway API calls).
 //! - [`metrics`]: every metric this crate emits.
 
 pub mod config;
@@ -27,6 +28,7 @@ pub mod gateway;
 pub mod http;
 pub mod ledger;
 pub mod metrics;
+pub mod outbound;
 pub mod portal;
 pub mod settle;
 pub mod signature;

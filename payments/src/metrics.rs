@@ -63,3 +63,8 @@ pub fn declare() {
     }
     metrics::gauge!("tally_payments_trial_balance_difference_minor").set(0.0);
 }
+
+/// A payment retry request sent to a gateway, by result (`succeeded`, `failed`).
+pub fn gateway_request(result: &'static str) {
+    metrics::counter!("tally_payments_gateway_requests_total", "result" => result).increment(1);
+}

@@ -106,6 +106,7 @@ impl Settler {
                 invoice_id,
                 amount_minor,
                 currency,
+                payment_method,
             } => {
                 let Some(inv) = store::invoice(&self.db, invoice_id).await? else {
                     return Ok(("unknown_invoice".into(), invoice_id.clone()));
@@ -113,7 +114,7 @@ impl Settler {
                 if &inv.currency != currency {
                     return Ok(("currency_mismatch".into(), inv.invoice_id));
                 }
-                let row = self.row(
+                let mut row = self.row(
                     gateway,
                     actor,
                     event,
@@ -122,6 +123,7 @@ impl Settler {
                     payment_ref,
                     *amount_minor,
                 );
+                row.payment_method = payment_method.clone();
                 let outcome = self.pay(&inv, row, actor, now_ms).await?;
                 Ok((outcome, inv.invoice_id))
             }
@@ -131,6 +133,7 @@ impl Settler {
                 amount_minor,
                 currency,
                 reason,
+                payment_method,
             } => {
                 let Some(inv) = store::invoice(&self.db, invoice_id).await? else {
                     return Ok(("unknown_invoice".into(), invoice_id.clone()));
@@ -150,6 +153,7 @@ impl Settler {
                 row.status = "failed".into();
                 row.currency = currency.clone();
                 row.failure_reason = reason.clone();
+                row.payment_method = payment_method.clone();
                 store::append_payment(&self.db, &row).await?;
                 let outcome = if status.is_open() || status == InvoiceStatus::Draft {
                     "payment_failed"
@@ -213,6 +217,7 @@ impl Settler {
             actor: actor.to_owned(),
             at_ms: now_ms,
             at: tally_platform::store::datetime_secs(now_ms),
+            payment_method: String::new(),
         }
     }
 

@@ -135,11 +135,13 @@ pub struct PaymentRow {
     pub actor: String,
     pub at_ms: i64,
     pub at: u32,
+    /// The provider's payment method (Stripe `pm_...`), empty when unknown.
+    pub payment_method: String,
 }
 
 const PAYMENT_COLUMNS: &str = "SELECT payment_id, invoice_id, customer, gateway, gateway_ref, \
-     kind, status, amount_minor, currency, failure_reason, event_id, actor, at_ms, toUInt32(at) \
-     FROM v_payments";
+     kind, status, amount_minor, currency, failure_reason, event_id, actor, at_ms, toUInt32(at), \
+     payment_method FROM v_payments";
 
 pub async fn append_payment(db: &Client, row: &PaymentRow) -> Result<()> {
     let mut insert = db.insert::<PaymentRow>("payments").await?;

@@ -11,6 +11,8 @@ use hyper::StatusCode;
 use support::*;
 use tally_payments::config::{DunningConfig, SecretString};
 use tally_payments::dunning;
+use tally_payments::dunning::retry::GatewayApi;
+use tally_payments::gateway::stripe::Stripe;
 use tally_payments::signature::{self, Secret};
 use tally_platform::testkit::TestEnv;
 
@@ -54,6 +56,14 @@ async fn retries_and_reminders_are_signed_retried_and_logged() {
         ..DunningConfig::default()
     };
     cfg.validate().expect("valid dunning config");
+    // Stripe's API, played by a second local receiver
+    let (stripe_addr, stripe_got, stripe_stop) = receiver(0).await;
+    let stripe_api = GatewayApi {
+        gateway: Box::new(Stripe::new(WEBHOOK_SECRET, 300)),
+        base_url: format!("http://{stripe_addr}"),
+        api_key: SecretString::new("sk_test_dunning"),
+        timeout: std::time::Duration::from_secs(5),
+    };
 
     // the card is declined
     let t0_secs = wall_ms() / 1000;
@@ -73,7 +83,9 @@ async fn retries_and_reminders_are_signed_retried_and_logged() {
 
     // the due date is weeks past: the latest reminder step (7 days) is due; the retry is not
     // yet. The receiver answers 500 to the first delivery.
-    let r = dunning::pass(&db, &cfg, t0 + 10_000).await.unwrap();
+    let r = dunning::pass(&db, &cfg, Some(&stripe_api), t0 + 10_000)
+        .await
+        .unwrap();
     assert_eq!(
         (r.decided, r.delivered, r.failed_attempts),
         (1, 0, 1),
@@ -81,14 +93,17 @@ async fn retries_and_reminders_are_signed_retried_and_logged() {
     );
     assert!(r.without_url >= 1, "globex has no URL: {r:?}");
     // inside the backoff nothing is sent again
-    let r = dunning::pass(&db, &cfg, t0 + 30_000).await.unwrap();
+    assert_eq!(r.retries_sent, 0, "no retry before the first step");
+    let r = dunning::pass(&db, &cfg, Some(&stripe_api), t0 + 30_000)
+        .await
+        .unwrap();
     assert_eq!(
         (r.decided, r.delivered, r.failed_attempts),
         (0, 0, 0),
         "{r:?}"
     );
     // an hour after the failure: the first retry is due; the reminder is delivered again
-    let r = dunning::pass(&db, &cfg, t0 + 3_600_000 + 1_000)
+    let r = dunning::pass(&db, &cfg, Some(&stripe_api), t0 + 3_600_000 + 1_000)
         .await
         .unwrap();
     assert_eq!(
@@ -96,11 +111,35 @@ async fn retries_and_reminders_are_signed_retried_and_logged() {
         (1, 2, 0),
         "{r:?}"
     );
+    assert_eq!(r.retries_sent, 1, "{r:?}");
     // nothing more until the next step
-    let r = dunning::pass(&db, &cfg, t0 + 3_600_000 + 2_000)
+    let r = dunning::pass(&db, &cfg, Some(&stripe_api), t0 + 3_600_000 + 2_000)
         .await
         .unwrap();
-    assert_eq!((r.decided, r.delivered), (0, 0));
+    assert_eq!((r.decided, r.delivered, r.retries_sent), (0, 0, 0));
+
+    // the retry asked Stripe to confirm the failed PaymentIntent again with its card
+    let calls = stripe_got.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].path, "/v1/payment_intents/pi_d/confirm");
+    assert_eq!(
+        String::from_utf8_lossy(&calls[0].body),
+        "payment_method=pm_card_visa&off_session=true"
+    );
+    assert_eq!(calls[0].authorization, "Bearer sk_test_dunning");
+    assert_eq!(
+        calls[0].idempotency_key,
+        format!("tally-{}-retry-0", acme.invoice_id)
+    );
+    let logged: u64 = db
+        .query(
+            "SELECT count() FROM gateway_requests WHERE succeeded = 1 AND attempt = 1 \
+             AND path = '/v1/payment_intents/pi_d/confirm' AND actor = 'payments:dunning'",
+        )
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(logged, 1);
 
     let got = received.lock().unwrap().clone();
     assert_eq!(got.len(), 3);
@@ -204,7 +243,9 @@ async fn retries_and_reminders_are_signed_retried_and_logged() {
             .1["outcome"],
         "paid"
     );
-    let r = dunning::pass(&db, &cfg, t0 + 30 * DAY_MS).await.unwrap();
+    let r = dunning::pass(&db, &cfg, Some(&stripe_api), t0 + 30 * DAY_MS)
+        .await
+        .unwrap();
     assert_eq!((r.decided, r.delivered), (0, 0), "{r:?}");
     assert_eq!(received.lock().unwrap().len(), 3);
     let owed: Vec<String> = dunning::owed(&db)
@@ -215,7 +256,13 @@ async fn retries_and_reminders_are_signed_retried_and_logged() {
         .collect();
     assert_eq!(owed, vec![globex.invoice_id.clone()]);
 
+    assert_eq!(
+        stripe_got.lock().unwrap().len(),
+        1,
+        "no retry for a paid invoice"
+    );
     rx_stop.cancel();
+    stripe_stop.cancel();
     drop(server);
     env.cleanup().await;
 }

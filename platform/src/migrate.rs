@@ -63,6 +63,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(15, "0015_prepaid_credits.sql"),
     migration!(16, "0016_payments_ledger.sql"),
     migration!(17, "0017_dunning.sql"),
+    migration!(18, "0018_payment_retries.sql"),
     migration!(19, "0019_catalog_tax_and_fx_rates.sql"),
 ];
 

@@ -7,7 +7,8 @@
 //! - `trial-balance`: prints debits and credits per currency and account; exits 1 unless
 //!   every currency's difference is zero.
 //! - `sync-ledger`: posts what the ledger is missing once (finalized invoices, voids, credit notes).
-//! - `dunning-once`: one dunning pass (notices decided and delivered), printed as JSON.
+//! - `dunning-once`: one dunning pass (notices decided and delivered; with
+//!   `payments.stripe_api_key`, due payment retries sent to Stripe), printed as JSON.
 //! - `portal-link --customer ID`: prints a signed portal link.
 //! - `collect-request --invoice ID`: prints the Stripe PaymentIntent request that collects it.
 
@@ -84,7 +85,8 @@ async fn main() -> anyhow::Result<()> {
         }
         "dunning-once" => {
             cfg.dunning.validate()?;
-            let r = dunning::pass(&db, &cfg.dunning, now_ms()).await?;
+            let api = retry_api(&cfg.payments);
+            let r = dunning::pass(&db, &cfg.dunning, api.as_ref(), now_ms()).await?;
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }
@@ -160,10 +162,24 @@ async fn serve(cfg: Config, db: clickhouse::Client, stop: Shutdown) -> anyhow::R
         stop.clone(),
     ));
     if cfg.features.dunning {
-        tasks.spawn(dunning::run(db, cfg.dunning, stop.clone(), now_ms));
+        let api = retry_api(&cfg.payments);
+        tasks.spawn(dunning::run(db, cfg.dunning, api, stop.clone(), now_ms));
     }
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+/// The Stripe API for payment retries, when a secret key is configured.
+fn retry_api(cfg: &PaymentsConfig) -> Option<dunning::retry::GatewayApi> {
+    (!cfg.stripe_api_key.is_empty()).then(|| dunning::retry::GatewayApi {
+        gateway: Box::new(Stripe::new(
+            cfg.stripe_webhook_secret.expose(),
+            cfg.webhook_tolerance_secs,
+        )),
+        base_url: cfg.stripe_api_base.clone(),
+        api_key: cfg.stripe_api_key.clone(),
+        timeout: Duration::from_secs(10),
+    })
 }
 
 async fn ledger_sync(state: Arc<AppState>, every_secs: u64, stop: Shutdown) {

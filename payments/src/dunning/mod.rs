@@ -10,6 +10,7 @@
 
 pub mod deliver;
 pub mod log;
+pub mod retry;
 pub mod schedule;
 
 use std::collections::HashMap;
@@ -34,6 +35,9 @@ pub struct PassReport {
     pub delivered: usize,
     pub failed_attempts: usize,
     pub without_url: usize,
+    /// Gateway retry requests accepted (2xx) and refused or failed.
+    pub retries_sent: usize,
+    pub retries_failed: usize,
 }
 
 /// Invoices still owed: lifecycle open, amount due minus payments positive.
@@ -41,12 +45,27 @@ pub async fn owed(db: &Client) -> Result<Vec<Owed>, Error> {
     let statuses = store::statuses(db).await?;
     let mut paid: HashMap<String, i64> = HashMap::new();
     let mut first_failure: HashMap<String, i64> = HashMap::new();
+    let mut last_failure: HashMap<String, schedule::Failure> = HashMap::new();
     for p in store::all_payments(db).await? {
         match p.kind.as_str() {
             "payment" => *paid.entry(p.invoice_id).or_default() += p.amount_minor,
             "attempt" => {
-                let f = first_failure.entry(p.invoice_id).or_insert(p.at_ms);
+                let f = first_failure.entry(p.invoice_id.clone()).or_insert(p.at_ms);
                 *f = (*f).min(p.at_ms);
+                let later = last_failure
+                    .get(&p.invoice_id)
+                    .is_none_or(|l| l.at_ms <= p.at_ms);
+                if later {
+                    last_failure.insert(
+                        p.invoice_id,
+                        schedule::Failure {
+                            gateway: p.gateway,
+                            payment_ref: p.gateway_ref,
+                            payment_method: p.payment_method,
+                            at_ms: p.at_ms,
+                        },
+                    );
+                }
             }
             _ => {}
         }
@@ -65,6 +84,7 @@ pub async fn owed(db: &Client) -> Result<Vec<Owed>, Error> {
             outstanding_minor: inv.amount_due_minor
                 - paid.get(&inv.invoice_id).copied().unwrap_or(0),
             first_failure_ms: first_failure.get(&inv.invoice_id).copied(),
+            last_failure: last_failure.remove(&inv.invoice_id),
             due_at_ms: inv.due_at_ms,
             invoice_id: inv.invoice_id,
             customer: inv.customer,
@@ -91,13 +111,22 @@ fn body(n: &DueNotice, o: &Owed, now_ms: i64) -> String {
     .to_string()
 }
 
-/// One dunning pass at `now_ms`.
-pub async fn pass(db: &Client, cfg: &DunningConfig, now_ms: i64) -> Result<PassReport, Error> {
+/// One dunning pass at `now_ms`; with `api`, due payment retries are also sent to the gateway.
+pub async fn pass(
+    db: &Client,
+    cfg: &DunningConfig,
+    api: Option<&retry::GatewayApi>,
+    now_ms: i64,
+) -> Result<PassReport, Error> {
     let mut report = PassReport::default();
     let decided = log::notification_ids(db).await?;
-    for o in owed(db).await? {
+    let owed = owed(db).await?;
+    if let Some(api) = api {
+        retry::pass(db, api, cfg, &owed, now_ms, &mut report).await?;
+    }
+    for o in &owed {
         for n in schedule::due(
-            &o,
+            o,
             &cfg.retry_schedule_secs,
             &cfg.reminder_schedule_secs,
             now_ms,
@@ -118,7 +147,7 @@ pub async fn pass(db: &Client, cfg: &DunningConfig, now_ms: i64) -> Result<PassR
                 kind: n.kind.as_str().to_owned(),
                 step: n.step,
                 url: url.clone(),
-                body: body(&n, &o, now_ms),
+                body: body(&n, o, now_ms),
                 actor: ACTOR.to_owned(),
                 created_at_ms: now_ms,
                 created_at: tally_platform::store::datetime_secs(now_ms),
@@ -181,7 +210,13 @@ async fn deliver_due(
 }
 
 /// Runs passes every `interval_secs` until shutdown; a failed pass is logged and retried.
-pub async fn run(db: Client, cfg: DunningConfig, shutdown: Shutdown, now_ms: fn() -> i64) {
+pub async fn run(
+    db: Client,
+    cfg: DunningConfig,
+    api: Option<retry::GatewayApi>,
+    shutdown: Shutdown,
+    now_ms: fn() -> i64,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(cfg.interval_secs));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -189,7 +224,7 @@ pub async fn run(db: Client, cfg: DunningConfig, shutdown: Shutdown, now_ms: fn(
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
-        match pass(&db, &cfg, now_ms()).await {
+        match pass(&db, &cfg, api.as_ref(), now_ms()).await {
             Ok(r) => tracing::info!(
                 decided = r.decided,
                 delivered = r.delivered,

@@ -36,6 +36,17 @@ pub struct Owed {
     pub due_at_ms: Option<i64>,
     /// The first failed payment attempt, if any.
     pub first_failure_ms: Option<i64>,
+    /// The latest failed attempt (what a gateway retry tries again).
+    pub last_failure: Option<Failure>,
+}
+
+/// A failed payment attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub gateway: String,
+    pub payment_ref: String,
+    pub payment_method: String,
+    pub at_ms: i64,
 }
 
 /// A notification to create.
@@ -103,6 +114,7 @@ mod tests {
             outstanding_minor: 100,
             due_at_ms: Some(10 * DAY),
             first_failure_ms: Some(2 * DAY),
+            last_failure: None,
         }
     }
 

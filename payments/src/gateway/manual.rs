@@ -5,7 +5,7 @@
 
 use serde::Deserialize;
 
-use super::{Collect, Effect, Gateway, GatewayError, GatewayEvent, GatewayRequest};
+use super::{Collect, Effect, Gateway, GatewayError, GatewayEvent, GatewayRequest, Retry};
 
 /// The adapter (no secret of its own: the API token guards it).
 #[derive(Debug, Clone, Copy, Default)]
@@ -70,6 +70,7 @@ impl Manual {
                 invoice_id: p.invoice_id,
                 amount_minor: p.amount_minor,
                 currency,
+                payment_method: String::new(),
             }),
         };
         Ok((event, format!("api:{}", p.recorded_by)))
@@ -83,6 +84,11 @@ impl Gateway for Manual {
 
     /// None: the customer pays by transfer quoting the invoice id.
     fn collect_request(&self, _c: &Collect<'_>) -> Option<GatewayRequest> {
+        None
+    }
+
+    /// None: a transfer is not retried by request; dunning reminds the customer.
+    fn retry_request(&self, _r: &Retry<'_>) -> Option<GatewayRequest> {
         None
     }
 }

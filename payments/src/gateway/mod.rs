@@ -23,6 +23,8 @@ pub enum Effect {
         invoice_id: String,
         amount_minor: i64,
         currency: String,
+        /// The provider's payment method, empty when unknown.
+        payment_method: String,
     },
     /// A payment attempt failed; the invoice stays open and dunning retries it.
     PaymentFailed {
@@ -31,6 +33,8 @@ pub enum Effect {
         amount_minor: i64,
         currency: String,
         reason: String,
+        /// The payment method that failed (a retry confirms it again), empty when unknown.
+        payment_method: String,
     },
     /// Money returned for a payment (the invoice is found from the payment's reference).
     Refunded {
@@ -108,6 +112,18 @@ pub struct Collect<'a> {
     pub attempt: u32,
 }
 
+/// A failed payment to try again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retry<'a> {
+    pub invoice_id: &'a str,
+    /// The provider's id of the failed payment (Stripe: the PaymentIntent).
+    pub payment_ref: &'a str,
+    /// The payment method that failed, empty when unknown.
+    pub payment_method: &'a str,
+    /// The dunning retry step (0 for the first retry).
+    pub step: u32,
+}
+
 /// A payment provider.
 pub trait Gateway: Send + Sync {
     /// The stored name (`payments.gateway`) and the actor suffix (`payments:<name>`).
@@ -116,6 +132,9 @@ pub trait Gateway: Send + Sync {
     /// The request that collects `c`, if this provider is asked by request (a bank transfer
     /// is not: the customer sends money and it is recorded through the API).
     fn collect_request(&self, c: &Collect<'_>) -> Option<GatewayRequest>;
+
+    /// The request that tries a failed payment again, if this provider retries by request.
+    fn retry_request(&self, r: &Retry<'_>) -> Option<GatewayRequest>;
 
     /// Who the ledger and the lifecycle name as the cause of this gateway's changes.
     fn actor(&self) -> String {

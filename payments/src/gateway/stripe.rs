@@ -10,7 +10,7 @@
 
 use serde::Deserialize;
 
-use super::{Collect, Effect, Gateway, GatewayError, GatewayEvent, GatewayRequest};
+use super::{Collect, Effect, Gateway, GatewayError, GatewayEvent, GatewayRequest, Retry};
 use crate::signature::{self, Secret};
 
 /// The adapter, holding the endpoint secret.
@@ -46,6 +46,9 @@ struct PaymentIntent {
     metadata: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     last_payment_error: Option<PaymentError>,
+    /// An id, or the expanded object.
+    #[serde(default)]
+    payment_method: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -54,6 +57,21 @@ struct PaymentError {
     code: Option<String>,
     #[serde(default)]
     message: Option<String>,
+    #[serde(default)]
+    payment_method: Option<serde_json::Value>,
+}
+
+/// The id of a payment method given as an id or as an object with `id`.
+fn method_id(v: Option<&serde_json::Value>) -> String {
+    match v {
+        Some(serde_json::Value::String(id)) => id.clone(),
+        Some(o) => o
+            .get("id")
+            .and_then(|i| i.as_str())
+            .unwrap_or_default()
+            .to_owned(),
+        None => String::new(),
+    }
 }
 
 #[derive(Deserialize)]
@@ -121,11 +139,17 @@ impl Stripe {
                         invoice_id,
                         amount_minor: pi.amount_received.unwrap_or(pi.amount),
                         currency,
+                        payment_method: method_id(pi.payment_method.as_ref()),
                     }
                 } else {
-                    let reason = pi
-                        .last_payment_error
-                        .map(|e| e.code.or(e.message).unwrap_or_default())
+                    let error = pi.last_payment_error.as_ref();
+                    let payment_method = method_id(
+                        error
+                            .and_then(|e| e.payment_method.as_ref())
+                            .or(pi.payment_method.as_ref()),
+                    );
+                    let reason = error
+                        .and_then(|e| e.code.clone().or_else(|| e.message.clone()))
                         .unwrap_or_default();
                     Effect::PaymentFailed {
                         payment_ref: pi.id,
@@ -133,6 +157,7 @@ impl Stripe {
                         amount_minor: pi.amount,
                         currency,
                         reason,
+                        payment_method,
                     }
                 })
             }
@@ -190,6 +215,22 @@ impl Gateway for Stripe {
             ],
         })
     }
+
+    /// `POST /v1/payment_intents/{id}/confirm` with the payment method that failed and
+    /// `off_session=true`: Stripe charges it again; the outcome arrives as a webhook. One
+    /// idempotency key per dunning step, so a resent step never charges twice.
+    fn retry_request(&self, r: &Retry<'_>) -> Option<GatewayRequest> {
+        let mut form = vec![("off_session".to_owned(), "true".to_owned())];
+        if !r.payment_method.is_empty() {
+            form.insert(0, ("payment_method".into(), r.payment_method.to_owned()));
+        }
+        Some(GatewayRequest {
+            method: "POST",
+            path: format!("/v1/payment_intents/{}/confirm", r.payment_ref),
+            idempotency_key: format!("tally-{}-retry-{}", r.invoice_id, r.step),
+            form,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -220,13 +261,30 @@ mod tests {
                 payment_ref: "pi_1".into(),
                 invoice_id: "inv_1".into(),
                 amount_minor: 1250,
-                currency: "USD".into()
+                currency: "USD".into(),
+                payment_method: String::new(),
             })
         );
         assert!(matches!(
             s.decode(Some(&h), &body, 1_700_000_400),
             Err(GatewayError::Signature(_))
         ));
+    }
+
+    #[test]
+    fn a_retry_confirms_the_failed_payment_intent_with_its_card() {
+        let s = Stripe::new("whsec_x", 300);
+        let r = s
+            .retry_request(&Retry {
+                invoice_id: "inv_1",
+                payment_ref: "pi_9",
+                payment_method: "pm_1",
+                step: 1,
+            })
+            .unwrap();
+        assert_eq!(r.path, "/v1/payment_intents/pi_9/confirm");
+        assert_eq!(r.idempotency_key, "tally-inv_1-retry-1");
+        assert_eq!(r.body(), "payment_method=pm_1&off_session=true");
     }
 
     #[test]

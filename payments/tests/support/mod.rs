@@ -194,7 +194,8 @@ pub fn payment_intent(
         "id": pi, "object": "payment_intent", "amount": amount, "amount_received": amount,
         "currency": currency.to_ascii_lowercase(), "status": "succeeded",
         "metadata": {"invoice_id": invoice_id},
-        "last_payment_error": {"code": "card_declined", "message": "Your card was declined."}
+        "last_payment_error": {"code": "card_declined", "message": "Your card was declined.",
+            "payment_method": {"id": "pm_card_visa", "object": "payment_method"}}
     })
 }
 
@@ -228,8 +229,11 @@ pub async fn post_webhook_raw(
 /// What the receiver got.
 #[derive(Debug, Clone)]
 pub struct Received {
+    pub path: String,
     pub signature: String,
     pub notification_id: String,
+    pub authorization: String,
+    pub idempotency_key: String,
     pub body: Vec<u8>,
 }
 
@@ -260,8 +264,11 @@ pub async fn receiver(fail_first: usize) -> (SocketAddr, Arc<Mutex<Vec<Received>
                                     .unwrap_or_default()
                                     .to_owned()
                             };
+                            let path = req.uri().path().to_owned();
                             let (signature, notification_id) =
                                 (header("tally-signature"), header("tally-notification-id"));
+                            let (authorization, idempotency_key) =
+                                (header("authorization"), header("idempotency-key"));
                             let body = req
                                 .into_body()
                                 .collect()
@@ -271,6 +278,9 @@ pub async fn receiver(fail_first: usize) -> (SocketAddr, Arc<Mutex<Vec<Received>
                             let n = {
                                 let mut v = g.lock().expect("lock");
                                 v.push(Received {
+                                    path,
+                                    authorization,
+                                    idempotency_key,
                                     signature,
                                     notification_id,
                                     body,
