@@ -158,12 +158,7 @@ fn prices_per_meter_fold_every_group_into_one_charge() {
 
 #[test]
 fn coupons_discount_charges_for_their_duration_and_record_the_amount_before() {
-    #[derive(serde::Deserialize)]
-    struct F {
-        plans: Vec<tally_rater::config::PlanSpec>,
-        subscriptions: Vec<tally_rater::config::SubscriptionSpec>,
-    }
-    let f: F = toml::from_str(
+    let c = common::file_catalog(
         r#"
         [[plans]]
         id = "p"
@@ -179,13 +174,6 @@ fn coupons_discount_charges_for_their_duration_and_record_the_amount_before() {
           { id = "LAUNCH", amount_off = "100", meter = "tokens", starts = "2026-01-01T00:00:00Z", duration = "once" },
         ]
         "#,
-    )
-    .expect("TOML");
-    let c = tally_rater::Catalog::new(
-        f.plans,
-        f.subscriptions,
-        &Default::default(),
-        &common::meters(),
     )
     .expect("valid");
     let (jan, feb, mar) = (0, 31 * 1440, 59 * 1440);
@@ -219,13 +207,7 @@ fn coupons_discount_charges_for_their_duration_and_record_the_amount_before() {
 /// A catalog with taxes: plan `p` in USD at 0.01 per token; `acme` in region DE (19%, 16%
 /// from July 2026), `exempt-co` in DE but exempt, `nowhere` without a region.
 fn taxed_catalog() -> Result<tally_rater::Catalog, tally_platform::ConfigError> {
-    #[derive(serde::Deserialize)]
-    struct F {
-        plans: Vec<tally_rater::config::PlanSpec>,
-        subscriptions: Vec<tally_rater::config::SubscriptionSpec>,
-        tax_rates: Vec<tally_rater::tax::TaxRateSpec>,
-    }
-    let f: F = toml::from_str(
+    common::file_catalog(
         r#"
         [[plans]]
         id = "p"
@@ -256,14 +238,6 @@ fn taxed_catalog() -> Result<tally_rater::Catalog, tally_platform::ConfigError> 
         effective_from = "2026-07-01T00:00:00Z"
         "#,
     )
-    .expect("TOML");
-    tally_rater::Catalog::new(
-        f.plans,
-        f.subscriptions,
-        &Default::default(),
-        &common::meters(),
-    )?
-    .with_taxes(tally_rater::tax::TaxTable::new(f.tax_rates)?)
 }
 
 #[test]

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{catalog, d, plan, row, usage};
+use common::{catalog, d, file_catalog, plan, row, usage};
 use tally_rater::charge::{compute, compute_with};
 use tally_rater::usage::fold;
 
@@ -143,12 +143,7 @@ fn a_price_book_at_its_edges_in_bhd_and_jpy() {
 
 #[test]
 fn coupons_of_every_duration_in_usd_and_bhd() {
-    #[derive(serde::Deserialize)]
-    struct F {
-        plans: Vec<tally_rater::config::PlanSpec>,
-        subscriptions: Vec<tally_rater::config::SubscriptionSpec>,
-    }
-    let f: F = toml::from_str(
+    let c = file_catalog(
         r#"
         [[plans]]
         id = "usd"
@@ -174,13 +169,6 @@ fn coupons_of_every_duration_in_usd_and_bhd() {
           { id = "TWO", percent_off = "10", starts = "2026-02-01T00:00:00Z", duration = "repeating", periods = 1 },
         ]
         "#,
-    )
-    .expect("TOML");
-    let c = tally_rater::Catalog::new(
-        f.plans,
-        f.subscriptions,
-        &Default::default(),
-        &common::meters(),
     )
     .expect("valid");
     let (feb, mar) = (31 * 1440, 59 * 1440);

@@ -127,14 +127,7 @@ fn volume_tiers_have_a_documented_cliff_at_the_boundary() {
 /// A catalog where every term applies: a graduated USD plan billed in JPY (156.37 per USD),
 /// a 15% coupon and 0.50 off for ever, and 19% tax.
 fn terms_catalog() -> Catalog {
-    #[derive(serde::Deserialize)]
-    struct F {
-        plans: Vec<tally_rater::config::PlanSpec>,
-        subscriptions: Vec<tally_rater::config::SubscriptionSpec>,
-        tax_rates: Vec<tally_rater::tax::TaxRateSpec>,
-        fx_rates: Vec<tally_rater::fx::FxRateSpec>,
-    }
-    let f: F = toml::from_str(
+    common::file_catalog(
         r#"
         [[plans]]
         id = "p"
@@ -162,15 +155,6 @@ fn terms_catalog() -> Catalog {
         effective_from = "2020-01-01T00:00:00Z"
         "#,
     )
-    .expect("TOML");
-    Catalog::new(
-        f.plans,
-        f.subscriptions,
-        &Default::default(),
-        &common::meters(),
-    )
-    .and_then(|c| c.with_taxes(tally_rater::tax::TaxTable::new(f.tax_rates)?))
-    .and_then(|c| c.with_fx(tally_rater::fx::FxTable::new(f.fx_rates)?))
     .expect("valid")
 }
 

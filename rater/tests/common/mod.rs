@@ -102,3 +102,23 @@ pub fn fold_one(c: &Catalog, r: UsageRow) -> MeterUsage {
     let (usages, _) = tally_rater::usage::fold(&[r], c);
     usages.into_values().next().expect("the window is rated")
 }
+
+/// The catalog of a file's `[[plans]]`, `[[subscriptions]]`, `[[tax_rates]]` and
+/// `[[fx_rates]]` (each optional), validated against [`meters`] with no default plan.
+pub fn file_catalog(text: &str) -> Result<Catalog, tally_platform::ConfigError> {
+    #[derive(serde::Deserialize)]
+    struct F {
+        #[serde(default)]
+        plans: Vec<PlanSpec>,
+        #[serde(default)]
+        subscriptions: Vec<SubscriptionSpec>,
+        #[serde(default)]
+        tax_rates: Vec<tally_rater::tax::TaxRateSpec>,
+        #[serde(default)]
+        fx_rates: Vec<tally_rater::fx::FxRateSpec>,
+    }
+    let f: F = toml::from_str(text).expect("catalog TOML");
+    Catalog::new(f.plans, f.subscriptions, &RaterConfig::default(), &meters())?
+        .with_taxes(tally_rater::tax::TaxTable::new(f.tax_rates)?)?
+        .with_fx(tally_rater::fx::FxTable::new(f.fx_rates)?)
+}
