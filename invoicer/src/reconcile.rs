@@ -19,14 +19,12 @@ use serde::{Deserialize, Serialize};
 use tally_platform::store::dec9;
 
 /// One (customer, meter, period) whose charged quantity differs from committed usage.
-#[derive(Debug, Clone, Serialize, Deserialize, clickhouse::Row, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct QuantityDifference {
     pub customer: String,
     pub meter: String,
     pub period_start: u32,
-    #[serde(with = "dec9")]
     pub usage_quantity: Decimal,
-    #[serde(with = "dec9")]
     pub charged_quantity: Decimal,
 }
 
@@ -136,26 +134,77 @@ pub async fn run(db: &Client, since_ms: i64) -> Result<Report, clickhouse::error
     Ok(report)
 }
 
+#[derive(Deserialize, clickhouse::Row)]
+struct Charged {
+    customer: String,
+    meter: String,
+    period_start: u32,
+    period_end: u32,
+    #[serde(with = "dec9")]
+    quantity: Decimal,
+}
+
+#[derive(Deserialize, clickhouse::Row)]
+struct Used {
+    customer: String,
+    meter: String,
+    window_start: u32,
+    #[serde(with = "dec9")]
+    quantity: Decimal,
+}
+
+/// Committed usage against charged quantity per (customer, meter, period), summed here: no
+/// Decimal is ever a GROUP BY key (that crashes ClickHouse 18.16).
 async fn usage_vs_charges(
     db: &Client,
     since: i64,
 ) -> Result<Vec<QuantityDifference>, clickhouse::error::Error> {
-    db.query(
-        "SELECT customer, meter, ps, usage_q, charged_q FROM \
-         (SELECT customer, meter, toUInt32(period_start) AS ps, toUInt32(period_end) AS pe, sum(quantity) AS charged_q \
-          FROM v_charges WHERE period_end > toDateTime(?) GROUP BY customer, meter, period_start, period_end) AS c \
-         ALL INNER JOIN \
-         (SELECT customer, meter, toUInt32(window_start) AS ws, quantity AS wq FROM v_usage \
-          WHERE aggregation IN ('SUM', 'COUNT') AND window_end > toDateTime(?)) AS u \
-         USING customer, meter \
-         WHERE ws >= ps AND ws < pe \
-         GROUP BY customer, meter, ps, charged_q \
-         HAVING sum(wq) != charged_q",
-    )
-    .bind(since)
-    .bind(since)
-    .fetch_all()
-    .await
+    let charged: Vec<Charged> = db
+        .query(
+            "SELECT customer, meter, toUInt32(period_start), toUInt32(period_end), sum(quantity) \
+             FROM v_charges WHERE period_end > toDateTime(?) GROUP BY customer, meter, period_start, period_end",
+        )
+        .bind(since)
+        .fetch_all()
+        .await?;
+    let used: Vec<Used> = db
+        .query(
+            "SELECT customer, meter, toUInt32(window_start), quantity FROM v_usage \
+             WHERE aggregation IN ('SUM', 'COUNT') AND window_end > toDateTime(?)",
+        )
+        .bind(since)
+        .fetch_all()
+        .await?;
+    let mut windows: BTreeMap<(&str, &str), Vec<(u32, Decimal)>> = BTreeMap::new();
+    for u in &used {
+        windows
+            .entry((u.customer.as_str(), u.meter.as_str()))
+            .or_default()
+            .push((u.window_start, u.quantity));
+    }
+    let mut out = Vec::new();
+    for c in charged {
+        let usage: Decimal = windows
+            .get(&(c.customer.as_str(), c.meter.as_str()))
+            .map(|w| {
+                w.iter()
+                    .filter(|(start, _)| (c.period_start..c.period_end).contains(start))
+                    .map(|(_, q)| *q)
+                    .sum()
+            })
+            .unwrap_or_default();
+        let known_meter = windows.contains_key(&(c.customer.as_str(), c.meter.as_str()));
+        if known_meter && usage != c.quantity {
+            out.push(QuantityDifference {
+                customer: c.customer,
+                meter: c.meter,
+                period_start: c.period_start,
+                usage_quantity: usage,
+                charged_quantity: c.quantity,
+            });
+        }
+    }
+    Ok(out)
 }
 
 async fn invoice_sums(
