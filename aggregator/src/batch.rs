@@ -5,14 +5,15 @@
 
 use async_nats::jetstream::Message;
 use tally_domain::meter::MeterReading;
-use tally_domain::{UsageEvent, Window};
+use tally_domain::Window;
 
 use crate::classify::{Accepted, Rejection};
+use crate::payload::EventText;
 
 /// An accepted event, its readings and where it came from.
 #[derive(Debug)]
 pub struct AcceptedEvent {
-    pub event: UsageEvent,
+    pub event: EventText,
     /// The tumbling window of the event time (every reading of the event lies in it).
     pub window: Window,
     /// `(index into the classifier's meters, reading)`.
@@ -42,6 +43,16 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// An empty batch with room for `events` accepted events, so filling it never grows
+    /// (and copies) its vectors.
+    pub fn with_capacity(events: usize) -> Batch {
+        Batch {
+            events: Vec::with_capacity(events),
+            to_ack: Vec::with_capacity(events),
+            ..Batch::default()
+        }
+    }
+
     /// Messages in the batch (accepted, duplicate and rejected).
     pub fn len(&self) -> usize {
         self.to_ack.len()

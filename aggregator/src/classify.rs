@@ -12,15 +12,17 @@ use serde::Serialize;
 use tally_domain::data::DataView;
 use tally_domain::meter::MeterReading;
 use tally_domain::subject::split_usage_subject;
-use tally_domain::{Meter, Reason, UsageEvent};
+use tally_domain::{EventView, Meter, Reason};
 
 use crate::config::AggregatorConfig;
 use crate::dedup::{event_key, payload_hash};
+use crate::payload::{EventText, Payload};
 
 /// An event that passed every check.
 #[derive(Debug)]
 pub struct Accepted {
-    pub event: UsageEvent,
+    /// Its attributes, kept as ranges of the message payload.
+    pub event: EventText,
     /// `(index into the classifier's meters, reading)` for every meter selecting the event.
     pub readings: Vec<(usize, MeterReading)>,
     /// Dedup key of (customer, id).
@@ -80,14 +82,15 @@ impl Classifier {
         &self.meters
     }
 
-    /// Classifies the message published on `subject` with `payload`, at `now_ms`.
-    pub fn classify(
+    /// Classifies the message published on `subject` with `payload`, at `now_ms`. An
+    /// accepted event keeps a shared handle on the payload (no copy when it is `Bytes`).
+    pub fn classify<P: Payload + ?Sized>(
         &self,
         subject: &str,
-        payload: &[u8],
+        payload: &P,
         now_ms: i64,
     ) -> Result<Accepted, Rejection> {
-        let event = UsageEvent::parse(payload, self.max_event_bytes)
+        let event = EventView::parse(payload.bytes(), self.max_event_bytes)
             .map_err(|e| Rejection::new(e.reason(), e.field().map(str::to_owned), &e))?;
         let Some((customer, agent)) = split_usage_subject(&self.subject_prefix, subject) else {
             return Err(Rejection::new(
@@ -122,7 +125,7 @@ impl Classifier {
                 detail,
             ));
         }
-        let Some(meter_ids) = self.by_type.get(&event.event_type) else {
+        let Some(meter_ids) = self.by_type.get(event.event_type.as_ref()) else {
             let detail = format!("no meter selects event type {:?}", event.event_type);
             return Err(Rejection::new(
                 Reason::UnknownMeter,
@@ -130,7 +133,7 @@ impl Classifier {
                 detail,
             ));
         };
-        let view = DataView::new(&event.data)
+        let view = DataView::new(event.data)
             .map_err(|e| Rejection::new(Reason::Malformed, Some("data".into()), e))?;
         let mut readings = Vec::with_capacity(meter_ids.len());
         for &i in meter_ids {
@@ -143,10 +146,10 @@ impl Classifier {
             })?;
             readings.push((i, reading));
         }
-        let key = event_key(event.customer.as_str(), event.id.as_str());
+        let key = event_key(&event.customer, &event.id);
         let payload_hash = payload_hash(&event.event_type, event.time_ms, event.data.get());
         Ok(Accepted {
-            event,
+            event: EventText::new(payload.shared(), &event),
             readings,
             key,
             payload_hash,

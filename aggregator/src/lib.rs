@@ -42,6 +42,7 @@
 //! # Layout
 //! - [`config`]: the `[aggregator]` section.
 //! - [`classify`]: one message to an accepted event with meter readings, or a rejection.
+//! - [`payload`]: an accepted event's text, kept as ranges of its message payload.
 //! - [`dedup`]: the pending and committed id sets.
 //! - [`idset`]: the compact table behind the committed set.
 //! - [`batch`]: the in-memory batch: events, windowed readings and the messages to ack.
@@ -59,6 +60,7 @@ pub mod dead_letter;
 pub mod dedup;
 pub mod idset;
 pub mod metrics;
+pub mod payload;
 pub mod recovery;
 pub mod sink;
 

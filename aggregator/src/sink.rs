@@ -120,13 +120,13 @@ pub async fn write_rows(
         .events
         .iter()
         .map(|a| EventRow {
-            customer: a.event.customer.as_str(),
-            agent: a.event.agent.as_str(),
-            event_id: a.event.id.as_str(),
-            event_type: &a.event.event_type,
+            customer: a.event.customer(),
+            agent: a.event.agent(),
+            event_id: a.event.id(),
+            event_type: a.event.event_type(),
             time: datetime_secs(a.event.time_ms),
             time_ms: a.event.time_ms,
-            data: a.event.data.get(),
+            data: a.event.data(),
             payload_hash: a.payload_hash,
             batch_id,
             stream_seq: a.stream_seq,
@@ -142,9 +142,9 @@ pub async fn write_rows(
         .map(|(a, m, r)| {
             let meter = &meters[m];
             ReadingRow {
-                customer: a.event.customer.as_str(),
-                agent: a.event.agent.as_str(),
-                event_id: a.event.id.as_str(),
+                customer: a.event.customer(),
+                agent: a.event.agent(),
+                event_id: a.event.id(),
                 meter: meter.slug.as_str(),
                 aggregation: meter.aggregation.as_str(),
                 window_start: datetime_secs(a.window.start_ms),

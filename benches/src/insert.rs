@@ -5,15 +5,36 @@
 use std::time::Instant;
 
 use chrono::Utc;
+use hdrhistogram::Histogram;
 use tally_aggregator::batch::Batch;
 use tally_aggregator::classify::Classifier;
 use tally_aggregator::{sink, AggregatorConfig};
 use tally_ingest::synthetic::Fleet;
 use tally_platform::testkit::TestEnv;
 
-/// Event and reading rows per second: (plain insert, aggregator commit including its marker),
-/// over `events` events in batches of `batch` events.
-pub async fn run(env: &TestEnv, events: usize, batch: usize) -> anyhow::Result<(f64, f64, usize)> {
+/// What one run measured.
+#[derive(Debug)]
+pub struct InsertFigures {
+    /// Event and reading rows written.
+    pub rows: usize,
+    /// Rows per second of the plain insert (events and readings, no marker).
+    pub plain: f64,
+    /// Rows per second of the aggregator's commit (the same rows, then the marker).
+    pub ours: f64,
+    /// Milliseconds per batch, plain: p50, p99, max.
+    pub plain_ms: (f64, f64, f64),
+    /// Milliseconds per batch, ours: p50, p99, max.
+    pub ours_ms: (f64, f64, f64),
+}
+
+fn ms(hist: &Histogram<u64>) -> (f64, f64, f64) {
+    let at = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    (at(0.5), at(0.99), hist.max() as f64 / 1000.0)
+}
+
+/// Event and reading rows per second of a plain insert and of the aggregator's commit
+/// including its marker, over `events` events in batches of `batch` events.
+pub async fn run(env: &TestEnv, events: usize, batch: usize) -> anyhow::Result<InsertFigures> {
     let cfg = AggregatorConfig::default();
     let classifier = Classifier::new(crate::pipeline::meters(), "usage", &cfg);
     let mut fleet = Fleet::new(
@@ -42,6 +63,7 @@ pub async fn run(env: &TestEnv, events: usize, batch: usize) -> anyhow::Result<(
     // alternate per batch, so both see the same server state (merges, caches)
     let db = env.db();
     let (mut plain_secs, mut ours_secs) = (0.0, 0.0);
+    let (mut plain_hist, mut ours_hist) = (Histogram::<u64>::new(3)?, Histogram::<u64>::new(3)?);
     for (i, b) in batches.iter().enumerate() {
         let t = Instant::now();
         sink::write_rows(
@@ -54,6 +76,7 @@ pub async fn run(env: &TestEnv, events: usize, batch: usize) -> anyhow::Result<(
         )
         .await?;
         plain_secs += t.elapsed().as_secs_f64();
+        plain_hist.record(t.elapsed().as_micros() as u64)?;
         let t = Instant::now();
         sink::commit(
             &db,
@@ -66,8 +89,13 @@ pub async fn run(env: &TestEnv, events: usize, batch: usize) -> anyhow::Result<(
         )
         .await?;
         ours_secs += t.elapsed().as_secs_f64();
+        ours_hist.record(t.elapsed().as_micros() as u64)?;
     }
-    let plain = rows as f64 / plain_secs;
-    let ours = rows as f64 / ours_secs;
-    Ok((plain, ours, rows))
+    Ok(InsertFigures {
+        rows,
+        plain: rows as f64 / plain_secs,
+        ours: rows as f64 / ours_secs,
+        plain_ms: ms(&plain_hist),
+        ours_ms: ms(&ours_hist),
+    })
 }

@@ -1,9 +1,12 @@
 //! Benchmarks of Tally, reported as figures plus hdrhistogram percentiles. This crate holds
 //! the measurements; `src/bin/tally-bench.rs` is the command that runs them. Benchmarks never
-//! run inside the test suite: timings on shared machines are noisy, so every figure is
-//! reported next to what limits it (see docs/BENCHMARKS.md).
+//! decide a test outcome: timings on shared machines are noisy, so every figure is reported
+//! next to a baseline of the same run and what limits it (see docs/BENCHMARKS.md); the only
+//! test (`tests/report.rs`) runs the report at tiny sizes and checks its shape.
 //!
 //! # Layout
+//! - [`report`]: every scenario with its same-run baseline, as markdown and JSON.
+//! - [`cputime`]: wall and thread CPU time of a measured section.
 //! - [`alloc`]: a counting global allocator, for bytes-per-id figures.
 //! - [`aggregator_cpu`]: parse + validate + dedup + window per event, in process.
 //! - [`pipeline`]: end-to-end throughput against raw JetStream, and latency to `v_usage`.
@@ -14,8 +17,10 @@
 
 pub mod aggregator_cpu;
 pub mod alloc;
+pub mod cputime;
 pub mod gateway;
 pub mod insert;
 pub mod invoicing;
 pub mod pipeline;
 pub mod rating;
+pub mod report;

@@ -101,9 +101,12 @@ async fn publish(
     Ok(sent_at)
 }
 
-/// Baseline: raw publish of `msgs` and a concurrent pull consumer acking each message.
-/// Returns messages per second (first publish to last ack).
-pub async fn baseline(env: &TestEnv, msgs: &[Message]) -> anyhow::Result<f64> {
+/// A raw stream of the run (own names, next to the pipeline's) with a pull consumer that
+/// acks explicitly, and `msgs` re-addressed to it.
+async fn raw_stream(
+    env: &TestEnv,
+    msgs: &[Message],
+) -> anyhow::Result<(jetstream::Context, NatsConfig, pull::Stream, Vec<Message>)> {
     let client = async_nats::connect(&env.nats.url).await?;
     let js = jetstream::new(client);
     let cfg = NatsConfig {
@@ -122,6 +125,11 @@ pub async fn baseline(env: &TestEnv, msgs: &[Message]) -> anyhow::Result<f64> {
             ..Default::default()
         })
         .await?;
+    let messages = consumer
+        .stream()
+        .max_messages_per_batch(5000)
+        .messages()
+        .await?;
     let raw: Vec<Message> = msgs
         .iter()
         .map(|(s, id, b)| {
@@ -132,33 +140,104 @@ pub async fn baseline(env: &TestEnv, msgs: &[Message]) -> anyhow::Result<f64> {
             )
         })
         .collect();
+    Ok((js, cfg, messages, raw))
+}
+
+async fn drop_raw_stream(js: &jetstream::Context, cfg: &NatsConfig) {
+    let _ = js.delete_stream(&cfg.stream).await;
+    let _ = js.delete_stream(&cfg.dlq_stream).await;
+}
+
+/// Reads `expected` messages, acking each; returns each one's `Nats-Msg-Id` index in `ids`
+/// with the instant it arrived.
+async fn read_raw(
+    mut messages: pull::Stream,
+    expected: usize,
+    ids: std::collections::HashMap<String, usize>,
+) -> anyhow::Result<Vec<(usize, Instant)>> {
+    let mut arrived = Vec::with_capacity(expected);
+    while arrived.len() < expected {
+        match messages.next().await {
+            Some(Ok(m)) => {
+                let at = Instant::now();
+                let index = m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("Nats-Msg-Id"))
+                    .and_then(|id| ids.get(id.as_str()).copied())
+                    .unwrap_or(usize::MAX);
+                m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                arrived.push((index, at));
+            }
+            Some(Err(e)) => return Err(anyhow::anyhow!("{e}")),
+            None => break,
+        }
+    }
+    Ok(arrived)
+}
+
+/// Each distinct id's first index in `msgs`.
+fn first_index(msgs: &[Message]) -> std::collections::HashMap<String, usize> {
+    let mut ids = std::collections::HashMap::with_capacity(msgs.len());
+    for (i, m) in msgs.iter().enumerate() {
+        ids.entry(m.1.clone()).or_insert(i);
+    }
+    ids
+}
+
+/// Baseline: raw publish of `msgs` and a concurrent pull consumer acking each message.
+/// Returns messages per second (first publish to last ack).
+pub async fn baseline(env: &TestEnv, msgs: &[Message]) -> anyhow::Result<f64> {
+    let (js, cfg, messages, raw) = raw_stream(env, msgs).await?;
     let expected = raw_len_unique(&raw);
     let started = Instant::now();
-    let reader = tokio::spawn(async move {
-        let mut messages = consumer
-            .stream()
-            .max_messages_per_batch(5000)
-            .messages()
-            .await?;
-        let mut seen = 0usize;
-        while seen < expected {
-            match messages.next().await {
-                Some(Ok(m)) => {
-                    m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-                    seen += 1;
-                }
-                Some(Err(e)) => return Err(anyhow::anyhow!("{e}")),
-                None => break,
-            }
-        }
-        Ok::<_, anyhow::Error>(())
-    });
+    let reader = tokio::spawn(read_raw(messages, expected, Default::default()));
     publish(&js, &raw, None).await?;
     reader.await??;
     let rate = expected as f64 / started.elapsed().as_secs_f64();
-    let _ = js.delete_stream(&cfg.stream).await;
-    let _ = js.delete_stream(&cfg.dlq_stream).await;
+    drop_raw_stream(&js, &cfg).await;
     Ok(rate)
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Latency {
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+    pub samples: u64,
+}
+
+impl Latency {
+    fn of(hist: &Histogram<u64>) -> Latency {
+        let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+        Latency {
+            p50: ms(0.5),
+            p99: ms(0.99),
+            p999: ms(0.999),
+            max: hist.max() as f64 / 1000.0,
+            samples: hist.len(),
+        }
+    }
+}
+
+/// Baseline latency: `msgs` published at `per_sec` into a raw stream, publish until a pull
+/// consumer receives it (acking each), no processing.
+pub async fn raw_latency(env: &TestEnv, msgs: &[Message], per_sec: f64) -> anyhow::Result<Latency> {
+    let (js, cfg, messages, raw) = raw_stream(env, msgs).await?;
+    let ids = first_index(&raw);
+    let reader = tokio::spawn(read_raw(messages, ids.len(), ids));
+    let sent_at = publish(&js, &raw, Some(per_sec)).await?;
+    let arrived = reader.await??;
+    drop_raw_stream(&js, &cfg).await;
+    let mut hist = Histogram::<u64>::new(3)?;
+    for (index, at) in arrived {
+        if let Some(sent) = sent_at.get(index) {
+            hist.record(at.saturating_duration_since(*sent).as_micros() as u64)?;
+        }
+    }
+    Ok(Latency::of(&hist))
 }
 
 /// Messages JetStream stores: one per distinct id (re-sends inside its window are dropped).
@@ -206,12 +285,8 @@ pub async fn throughput(env: &TestEnv, msgs: &[Message]) -> anyhow::Result<f64> 
     Ok(rate)
 }
 
-/// Latency percentiles (p50, p99, p99.9) in milliseconds, publishing at `per_sec`.
-pub async fn latency(
-    env: &TestEnv,
-    msgs: &[Message],
-    per_sec: f64,
-) -> anyhow::Result<(f64, f64, f64, u64)> {
+/// Publish to visible in `v_usage`, publishing at `per_sec`.
+pub async fn latency(env: &TestEnv, msgs: &[Message], per_sec: f64) -> anyhow::Result<Latency> {
     let client = async_nats::connect(&env.nats.url).await?;
     let js = jetstream::new(client.clone());
     streams::ensure(&js, &env.nats).await?;
@@ -259,6 +334,5 @@ pub async fn latency(
     }
     stop.cancel();
     agg.await??;
-    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
-    Ok((ms(0.5), ms(0.99), ms(0.999), hist.len()))
+    Ok(Latency::of(&hist))
 }

@@ -6,8 +6,6 @@
 //! terms as a rating pass does (`rate_once`). No ClickHouse: this measures the rater's own CPU
 //! cost per usage row, what a pass adds on top of reading `v_usage` and inserting charges.
 
-use std::time::Instant;
-
 use rust_decimal::Decimal;
 use tally_domain::meter::{validate_meters, MeterSpec};
 use tally_rater::charge::compute_with;
@@ -15,6 +13,8 @@ use tally_rater::config::{PlanSpec, SubscriptionSpec};
 use tally_rater::tax::{TaxRateSpec, TaxTable};
 use tally_rater::usage::{fold, UsageRow};
 use tally_rater::{Catalog, RaterConfig};
+
+use crate::cputime::timed;
 
 /// What one run measured.
 pub struct RatingFigures {
@@ -104,12 +104,33 @@ fn usage_rows(rows: usize, customers: usize) -> Vec<UsageRow> {
         .collect()
 }
 
-/// Folds and prices `rows` usage rows of `customers` customers, timing only the rating.
+/// Baseline: summing the quantities (`Decimal`) of the same usage rows, in rows per second
+/// on one thread; the least any per-row rating can cost.
+pub fn baseline(rows: usize, customers: usize) -> f64 {
+    let input = usage_rows(rows, customers.max(1));
+    let (total, t) = timed(|| input.iter().map(|r| r.quantity).sum::<Decimal>());
+    std::hint::black_box(total);
+    t.per_core(rows)
+}
+
+/// Folds and prices `rows` usage rows of `customers` customers, timing only the rating (per
+/// second of this thread's CPU time).
 pub fn run(rows: usize, customers: usize) -> anyhow::Result<RatingFigures> {
     let catalog = catalog(customers.max(1))?;
     let input = usage_rows(rows, customers.max(1));
-    let started = Instant::now();
-    let (usages, _) = fold(&input, &catalog);
+    let (priced, t) = timed(|| price(&input, &catalog));
+    let (charges, total_minor) = priced?;
+    std::hint::black_box(total_minor);
+    Ok(RatingFigures {
+        rows,
+        charges,
+        rows_per_sec: t.per_core(rows),
+    })
+}
+
+/// Folds and prices `input`: (charges, their total in minor units).
+fn price(input: &[UsageRow], catalog: &Catalog) -> anyhow::Result<(usize, i64)> {
+    let (usages, _) = fold(input, catalog);
     let mut charges = 0usize;
     let mut total_minor = 0i64;
     for u in usages.values() {
@@ -125,11 +146,5 @@ pub fn run(rows: usize, customers: usize) -> anyhow::Result<RatingFigures> {
             total_minor = total_minor.saturating_add(c.amount_with_tax_minor);
         }
     }
-    let secs = started.elapsed().as_secs_f64();
-    std::hint::black_box(total_minor);
-    Ok(RatingFigures {
-        rows,
-        charges,
-        rows_per_sec: rows as f64 / secs.max(1e-9),
-    })
+    Ok((charges, total_minor))
 }

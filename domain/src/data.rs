@@ -103,28 +103,26 @@ impl<'de> Deserialize<'de> for Object<'de> {
     }
 }
 
-/// A string that borrows from the input unless it has escapes.
-struct CowStr<'a>(Cow<'a, str>);
+/// A string that borrows from the input unless it has escapes. (serde's own `Cow<str>`
+/// borrows only as a direct `#[serde(borrow)]` field, never inside an `Option`.)
+pub(crate) struct CowStr<'a>(pub(crate) Cow<'a, str>);
 
-impl<'de> Deserialize<'de> for CowStr<'de> {
+impl<'de: 'a, 'a> Deserialize<'de> for CowStr<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = CowStr<'de>;
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = CowStr<'a>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a string")
             }
-            fn visit_borrowed_str<E: serde::de::Error>(
-                self,
-                v: &'de str,
-            ) -> Result<CowStr<'de>, E> {
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<CowStr<'a>, E> {
                 Ok(CowStr(Cow::Borrowed(v)))
             }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<CowStr<'de>, E> {
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<CowStr<'a>, E> {
                 Ok(CowStr(Cow::Owned(v.to_owned())))
             }
         }
-        d.deserialize_str(V)
+        d.deserialize_str(V(std::marker::PhantomData))
     }
 }
 

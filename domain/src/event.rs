@@ -1,8 +1,10 @@
 //! The usage event: a CloudEvents 1.0 JSON object in structured mode (DESIGN.md section 2).
 //!
-//! [`UsageEvent::parse`] is the single place an event's envelope is validated. It checks the
-//! envelope only; what a meter reads out of `data` is checked by [`crate::meter`]. It never
-//! converts a number through a float: `data` is kept as raw JSON text.
+//! [`EventView::parse`] is the single place an event's envelope is validated; it borrows the
+//! strings from the message bytes (the aggregator's hot path keeps them there), and
+//! [`UsageEvent::parse`] is the same check returning owned values. It checks the envelope
+//! only; what a meter reads out of `data` is checked by [`crate::meter`]. It never converts a
+//! number through a float: `data` is kept as raw JSON text.
 
 use std::borrow::Cow;
 
@@ -10,6 +12,7 @@ use chrono::DateTime;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::data::CowStr;
 use crate::ids::{AgentId, CustomerId, EventId, IdError};
 use crate::reason::Reason;
 
@@ -83,41 +86,67 @@ pub struct UsageEvent {
     pub data: Box<RawValue>,
 }
 
+/// A validated usage event borrowing from the bytes it was parsed from: strings are
+/// `Cow::Borrowed` unless the JSON wrote them with escapes. Same rules as [`UsageEvent`].
+#[derive(Debug, Clone)]
+pub struct EventView<'a> {
+    pub id: Cow<'a, str>,
+    /// CloudEvent `subject`.
+    pub customer: Cow<'a, str>,
+    /// CloudEvent `source`.
+    pub agent: Cow<'a, str>,
+    /// CloudEvent `type`.
+    pub event_type: Cow<'a, str>,
+    /// Event time in milliseconds since the Unix epoch, UTC (sub-millisecond digits dropped).
+    pub time_ms: i64,
+    /// The `data` object as raw JSON text (`{}` when absent).
+    pub data: &'a RawValue,
+}
+
+/// The envelope's attributes, borrowed from the input unless escaped ([`CowStr`]: serde's
+/// `Cow<str>` inside an `Option` would always copy).
 #[derive(Deserialize)]
 struct Envelope<'a> {
     #[serde(borrow)]
-    specversion: Option<Cow<'a, str>>,
+    specversion: Option<CowStr<'a>>,
     #[serde(borrow)]
-    id: Option<Cow<'a, str>>,
+    id: Option<CowStr<'a>>,
     #[serde(borrow)]
-    source: Option<Cow<'a, str>>,
+    source: Option<CowStr<'a>>,
     #[serde(borrow)]
-    subject: Option<Cow<'a, str>>,
+    subject: Option<CowStr<'a>>,
     #[serde(borrow, rename = "type")]
-    event_type: Option<Cow<'a, str>>,
+    event_type: Option<CowStr<'a>>,
     #[serde(borrow)]
-    time: Option<Cow<'a, str>>,
+    time: Option<CowStr<'a>>,
     #[serde(borrow)]
     data: Option<&'a RawValue>,
 }
 
-fn required<'a>(v: Option<Cow<'a, str>>, field: &'static str) -> Result<Cow<'a, str>, EventError> {
-    v.ok_or(EventError::Missing { field })
+fn required<'a>(v: Option<CowStr<'a>>, field: &'static str) -> Result<Cow<'a, str>, EventError> {
+    v.map(|s| s.0).ok_or(EventError::Missing { field })
 }
 
-impl UsageEvent {
-    /// The largest `type` accepted, in characters.
-    pub const TYPE_MAX_LEN: usize = 128;
+fn validate_id<'a>(
+    v: Option<CowStr<'a>>,
+    field: &'static str,
+    validate: fn(&str) -> Result<(), IdError>,
+) -> Result<Cow<'a, str>, EventError> {
+    let v = required(v, field)?;
+    validate(&v).map_err(|source| EventError::BadId { field, source })?;
+    Ok(v)
+}
 
+impl<'a> EventView<'a> {
     /// Parses and validates one structured-mode CloudEvent of at most `max_bytes` bytes.
-    pub fn parse(bytes: &[u8], max_bytes: usize) -> Result<UsageEvent, EventError> {
+    pub fn parse(bytes: &'a [u8], max_bytes: usize) -> Result<EventView<'a>, EventError> {
         if bytes.len() > max_bytes {
             return Err(EventError::TooLarge {
                 len: bytes.len(),
                 max: max_bytes,
             });
         }
-        let env: Envelope<'_> = serde_json::from_slice(bytes).map_err(|e| EventError::NotJson {
+        let env: Envelope<'a> = serde_json::from_slice(bytes).map_err(|e| EventError::NotJson {
             detail: e.to_string(),
         })?;
         let spec = required(env.specversion, "specversion")?;
@@ -126,30 +155,14 @@ impl UsageEvent {
                 found: spec.into_owned(),
             });
         }
-        let id = EventId::new(required(env.id, "id")?.into_owned()).map_err(|source| {
-            EventError::BadId {
-                field: "id",
-                source,
-            }
-        })?;
-        let customer =
-            CustomerId::new(required(env.subject, "subject")?.into_owned()).map_err(|source| {
-                EventError::BadId {
-                    field: "subject",
-                    source,
-                }
-            })?;
-        let agent =
-            AgentId::new(required(env.source, "source")?.into_owned()).map_err(|source| {
-                EventError::BadId {
-                    field: "source",
-                    source,
-                }
-            })?;
+        let id = validate_id(env.id, "id", EventId::validate)?;
+        let customer = validate_id(env.subject, "subject", CustomerId::validate)?;
+        let agent = validate_id(env.source, "source", AgentId::validate)?;
         let event_type = required(env.event_type, "type")?;
+        // every accepted character is ASCII, so bytes are characters
         let type_ok = !event_type.is_empty()
-            && event_type.chars().count() <= Self::TYPE_MAX_LEN
-            && event_type.chars().all(|c| c.is_ascii_graphic());
+            && event_type.len() <= UsageEvent::TYPE_MAX_LEN
+            && event_type.bytes().all(|b| b.is_ascii_graphic());
         if !type_ok {
             return Err(EventError::BadType);
         }
@@ -160,37 +173,73 @@ impl UsageEvent {
             })?
             .timestamp_millis();
         let data = match env.data {
-            None => RawValue::from_string("{}".to_owned()).expect("literal is valid JSON"),
-            Some(raw) if raw.get().trim_start().starts_with('{') => raw.to_owned(),
+            None => serde_json::from_str::<&'static RawValue>("{}").expect("literal is valid JSON"),
+            Some(raw) if raw.get().trim_start().starts_with('{') => raw,
             Some(_) => return Err(EventError::DataNotObject),
         };
-        Ok(UsageEvent {
+        Ok(EventView {
             id,
             customer,
             agent,
-            event_type: event_type.into_owned(),
+            event_type,
             time_ms,
             data,
         })
     }
 
+    /// The same event owning its values.
+    pub fn into_owned(self) -> UsageEvent {
+        UsageEvent {
+            id: EventId::validated(self.id.into_owned()),
+            customer: CustomerId::validated(self.customer.into_owned()),
+            agent: AgentId::validated(self.agent.into_owned()),
+            event_type: self.event_type.into_owned(),
+            time_ms: self.time_ms,
+            data: self.data.to_owned(),
+        }
+    }
+
     /// Checks the body against the NATS subject's customer and agent tokens.
     pub fn check_subject(&self, customer: &str, agent: &str) -> Result<(), EventError> {
-        if self.customer.as_str() != customer {
-            return Err(EventError::SubjectMismatch {
-                field: "subject",
-                found: self.customer.to_string(),
-                expected: customer.to_owned(),
-            });
-        }
-        if self.agent.as_str() != agent {
-            return Err(EventError::SubjectMismatch {
-                field: "source",
-                found: self.agent.to_string(),
-                expected: agent.to_owned(),
-            });
-        }
-        Ok(())
+        check_subject(&self.customer, &self.agent, customer, agent)
+    }
+}
+
+fn check_subject(
+    found_customer: &str,
+    found_agent: &str,
+    customer: &str,
+    agent: &str,
+) -> Result<(), EventError> {
+    if found_customer != customer {
+        return Err(EventError::SubjectMismatch {
+            field: "subject",
+            found: found_customer.to_owned(),
+            expected: customer.to_owned(),
+        });
+    }
+    if found_agent != agent {
+        return Err(EventError::SubjectMismatch {
+            field: "source",
+            found: found_agent.to_owned(),
+            expected: agent.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+impl UsageEvent {
+    /// The largest `type` accepted, in characters.
+    pub const TYPE_MAX_LEN: usize = 128;
+
+    /// Parses and validates one structured-mode CloudEvent of at most `max_bytes` bytes.
+    pub fn parse(bytes: &[u8], max_bytes: usize) -> Result<UsageEvent, EventError> {
+        EventView::parse(bytes, max_bytes).map(EventView::into_owned)
+    }
+
+    /// Checks the body against the NATS subject's customer and agent tokens.
+    pub fn check_subject(&self, customer: &str, agent: &str) -> Result<(), EventError> {
+        check_subject(self.customer.as_str(), self.agent.as_str(), customer, agent)
     }
 }
 
@@ -211,6 +260,18 @@ mod tests {
         assert_eq!(e.event_type, "llm.tokens");
         assert_eq!(e.time_ms, 1_795_726_800_123);
         assert!(e.data.get().contains("gpt-4o"));
+    }
+
+    #[test]
+    fn the_view_borrows_unescaped_attributes_from_the_input() {
+        let v = EventView::parse(GOOD.as_bytes(), 4096).unwrap();
+        for s in [&v.id, &v.customer, &v.agent, &v.event_type] {
+            assert!(matches!(s, Cow::Borrowed(_)), "{s} was copied");
+        }
+        let escaped = GOOD.replace("\"e1\"", "\"e\\u0031\"");
+        let v = EventView::parse(escaped.as_bytes(), 4096).unwrap();
+        assert_eq!(v.id, "e1");
+        assert!(matches!(v.id, Cow::Owned(_)));
     }
 
     #[test]

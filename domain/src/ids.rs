@@ -73,8 +73,20 @@ macro_rules! id_type {
             /// Validates and wraps `s`.
             pub fn new(s: impl Into<String>) -> Result<Self, IdError> {
                 let s = s.into();
-                check($kind, &s, $max, $ok, $allowed)?;
+                Self::validate(&s)?;
                 Ok(Self(s))
+            }
+
+            /// Checks `s` against this id's rules without copying it.
+            pub fn validate(s: &str) -> Result<(), IdError> {
+                check($kind, s, $max, $ok, $allowed)
+            }
+
+            /// Wraps `s`, already checked by [`Self::validate`].
+            #[allow(dead_code)] // not every id type is built from a parsed event
+            pub(crate) fn validated(s: String) -> Self {
+                debug_assert!(Self::validate(&s).is_ok());
+                Self(s)
             }
 
             pub fn as_str(&self) -> &str {

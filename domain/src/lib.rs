@@ -36,7 +36,7 @@ pub mod subject;
 pub mod window;
 
 pub use aggregation::{Aggregation, Partial};
-pub use event::{EventError, UsageEvent};
+pub use event::{EventError, EventView, UsageEvent};
 pub use ids::{AgentId, CustomerId, EventId, IdError, MeterSlug};
 pub use invoice_status::{InvoiceStatus, StatusError};
 pub use meter::{Meter, MeterError, MeterReading};

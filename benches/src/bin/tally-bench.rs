@@ -1,5 +1,12 @@
-//! `tally-bench`: runs the in-process benchmarks and prints a markdown table.
-//! Usage: `cargo run --release -p tally-benches --bin tally-bench [--events 1000000] [--ids 1000000]`,
+//! `tally-bench`: runs the benchmarks and prints markdown tables.
+//!
+//! `tally-bench report [--quick] [--out docs/bench]` runs all seven scenarios of the
+//! benchmarks issue in one run, each next to its baseline, and writes `report.md` and
+//! `report.json` into `--out` (needs the local stack; see docs/BENCHMARKS.md). `--quick` runs
+//! everything tiny, to check the harness.
+//!
+//! Single scenarios:
+//! `cargo run --release -p tally-benches --bin tally-bench [--events 1000000] [--ids 1000000]`,
 //! or `... --bin tally-bench rating [--rows 1000000] [--customers 1000]` for rating throughput,
 //! or `... --bin tally-bench gateway [--events 200000] [--batch 100] [--connections 4]` for
 //! ingest throughput through the HTTP gateway against the direct publisher (needs the stack),
@@ -9,13 +16,16 @@
 //! `... insert [--events 100000] [--batch 5000]` for the ClickHouse commit against a plain
 //! insert of the same rows (needs the stack).
 
-use tally_benches::{aggregator_cpu, alloc, gateway, insert, invoicing, pipeline, rating};
+use tally_benches::{aggregator_cpu, alloc, gateway, insert, invoicing, pipeline, rating, report};
 use tally_platform::args::Args;
 
 #[global_allocator]
 static ALLOC: alloc::Counting = alloc::Counting;
 
 fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("report") {
+        return report_bench();
+    }
     if std::env::args().nth(1).as_deref() == Some("rating") {
         return rating_bench();
     }
@@ -48,6 +58,24 @@ fn main() -> anyhow::Result<()> {
         bytes,
         bytes * 1_000_000.0 / 1_048_576.0
     );
+    Ok(())
+}
+
+/// `tally-bench report`: every scenario with its baseline, into report.md and report.json.
+fn report_bench() -> anyhow::Result<()> {
+    let rest: Vec<String> = std::env::args().skip(2).collect();
+    let quick = rest.iter().any(|a| a == "--quick");
+    let args = Args::parse(rest.into_iter().filter(|a| a != "--quick"), &["out"])?;
+    let out: String = args.get("out", "docs/bench".to_owned())?;
+    let sizes = if quick {
+        report::Sizes::quick()
+    } else {
+        report::Sizes::full()
+    };
+    let r = report::run(sizes, quick)?;
+    let (md, json) = r.write(std::path::Path::new(&out))?;
+    print!("{}", r.to_markdown());
+    eprintln!("wrote {} and {}", md.display(), json.display());
     Ok(())
 }
 
@@ -111,7 +139,7 @@ fn pipeline_bench() -> anyhow::Result<()> {
         let env = tally_platform::testkit::TestEnv::new("bench_latency").await;
         let probe = pipeline::messages(&env.nats.subject_prefix, latency_n, 0.0);
         let rate = ours / 2.0;
-        let (p50, p99, p999, samples) = pipeline::latency(&env, &probe, rate).await?;
+        let l = pipeline::latency(&env, &probe, rate).await?;
         env.cleanup().await;
         println!("| scenario | baseline | ours | ratio | target |");
         println!("|---|---|---|---|---|");
@@ -121,7 +149,8 @@ fn pipeline_bench() -> anyhow::Result<()> {
             ours / base
         );
         println!(
-            "| latency publish -> visible in v_usage at {rate:.0} events/s ({samples} events) | | p50 {p50:.0} ms, p99 {p99:.0} ms, p99.9 {p999:.0} ms | | p99 <= 1000 ms |"
+            "| latency publish -> visible in v_usage at {rate:.0} events/s ({} events) | | p50 {:.0} ms, p99 {:.0} ms, p99.9 {:.0} ms | | p99 <= 1000 ms |",
+            l.samples, l.p50, l.p99, l.p999
         );
         Ok::<_, anyhow::Error>(())
     })
@@ -152,7 +181,8 @@ fn insert_bench() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let env = tally_platform::testkit::TestEnv::new("bench_insert").await;
-        let (plain, ours, rows) = insert::run(&env, events, batch).await?;
+        let r = insert::run(&env, events, batch).await?;
+        let (plain, ours, rows) = (r.plain, r.ours, r.rows);
         env.cleanup().await;
         println!("| scenario | baseline | ours | ratio |");
         println!("|---|---|---|---|");
