@@ -9,7 +9,8 @@
 //! A POST answers 201 when it appended the entry, 200 for an identical re-post, 409
 //! `version_exists` for another rate at a stored (region, code, effective_from) or (from, to,
 //! effective_from), 400 `invalid_tax_rate` / `invalid_fx_rate` naming the field. The rater
-//! prices with the stored entries from its next pass on.
+//! prices with the stored entries from its next pass on. These routes never change or remove
+//! a stored entry.
 
 use bytes::Bytes;
 use http_body_util::Full;
