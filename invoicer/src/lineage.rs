@@ -36,29 +36,49 @@ pub struct Lineage {
     pub truncated: bool,
 }
 
-/// One committed usage window.
-#[derive(Debug, Serialize, Deserialize, clickhouse::Row)]
+/// One committed usage window (times in unix seconds).
+#[derive(Debug, Serialize)]
 pub struct Window {
     pub window_start: u32,
     pub window_end: u32,
     pub agent: String,
     pub group_key: String,
-    #[serde(with = "dec9")]
     pub quantity: Decimal,
     pub event_count: u64,
 }
 
 /// One event behind the line.
-#[derive(Debug, Serialize, Deserialize, clickhouse::Row)]
+#[derive(Debug, Serialize)]
 pub struct Event {
     pub event_id: String,
     pub agent: String,
     pub time_ms: i64,
     pub window_start: u32,
-    #[serde(with = "dec9")]
     pub value: Decimal,
     /// When the aggregator committed it (unix seconds).
     pub committed_at: u32,
+}
+
+#[derive(Deserialize, clickhouse::Row)]
+struct WindowRow {
+    window_start: u32,
+    window_end: u32,
+    agent: String,
+    group_key: String,
+    #[serde(with = "dec9")]
+    quantity: Decimal,
+    event_count: u64,
+}
+
+#[derive(Deserialize, clickhouse::Row)]
+struct EventRow {
+    event_id: String,
+    agent: String,
+    time_ms: i64,
+    window_start: u32,
+    #[serde(with = "dec9")]
+    value: Decimal,
+    committed_at: u32,
 }
 
 #[derive(Deserialize, clickhouse::Row)]
@@ -90,7 +110,7 @@ pub async fn of_line(
         line.group_key.as_str()
     };
     let limit = ROWS_MAX as u64 + 1;
-    let mut windows: Vec<Window> = db
+    let windows: Vec<WindowRow> = db
         .query(
             "SELECT toUInt32(window_start), toUInt32(window_end), agent, group_key, quantity, event_count FROM v_usage \
              WHERE customer = ? AND meter = ? AND window_start >= toDateTime(?) AND window_start < toDateTime(?) \
@@ -106,7 +126,7 @@ pub async fn of_line(
         .bind(limit)
         .fetch_all()
         .await?;
-    let mut events: Vec<Event> = db
+    let events: Vec<EventRow> = db
         .query(
             "SELECT event_id, any(agent), any(time_ms) AS t, any(toUInt32(window_start)), any(value), \
                     toUInt32(min(inserted_at)) \
@@ -125,8 +145,30 @@ pub async fn of_line(
         .fetch_all()
         .await?;
     let truncated = windows.len() > ROWS_MAX || events.len() > ROWS_MAX;
-    windows.truncate(ROWS_MAX);
-    events.truncate(ROWS_MAX);
+    let windows: Vec<Window> = windows
+        .into_iter()
+        .take(ROWS_MAX)
+        .map(|w| Window {
+            window_start: w.window_start,
+            window_end: w.window_end,
+            agent: w.agent,
+            group_key: w.group_key,
+            quantity: w.quantity.normalize(),
+            event_count: w.event_count,
+        })
+        .collect();
+    let events: Vec<Event> = events
+        .into_iter()
+        .take(ROWS_MAX)
+        .map(|e| Event {
+            event_id: e.event_id,
+            agent: e.agent,
+            time_ms: e.time_ms,
+            window_start: e.window_start,
+            value: e.value.normalize(),
+            committed_at: e.committed_at,
+        })
+        .collect();
     let late_event_ids = match &line.adjusts_invoice_id {
         Some(corrected) => {
             let finalized_at_ms: i64 = db

@@ -1,0 +1,255 @@
+//! The invoicer's HTTP API over the real ClickHouse and NATS: a manual run finalizes and
+//! numbers an invoice; the invoice reads back as JSON (with its lifecycle), HTML and PDF;
+//! a line's lineage lists its usage windows and event ids; credit notes are idempotent and
+//! bounded by the invoice total; lifecycle changes are appended and refused when not allowed.
+
+use std::sync::Arc;
+
+use tally_invoicer::api::{self, ApiState};
+use tally_invoicer::numbering::Numbers;
+use tally_invoicer::InvoicerConfig;
+use tally_platform::shutdown::Shutdown;
+use tally_platform::testkit::TestEnv;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const DAY: i64 = 86_400;
+
+/// One HTTP/1.1 request; the status and the body.
+async fn call(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, Vec<u8>) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.expect("read");
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("headers end");
+    let head = String::from_utf8_lossy(&out[..split]).to_string();
+    let status: u16 = head[9..12].parse().expect("status");
+    let mut body = out[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    (status, body)
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let n = usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap_or("0").trim(), 16)
+            .unwrap_or(0);
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + n]);
+        b = &b[eol + 2 + n + 2..];
+    }
+}
+
+fn json(body: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(body)))
+}
+
+#[tokio::test]
+async fn api_serves_invoices_renderings_lineage_credit_notes_and_lifecycle() {
+    let env = TestEnv::new("invoicer_api").await;
+    let db = env.db();
+    let now = chrono::Utc::now().timestamp();
+    let (start, end) = (now - 32 * DAY, now - 2 * DAY);
+    let window = start + 3_600;
+    // committed usage (two events in one window) and the charge the rater made of it
+    db.query(&format!(
+        "INSERT INTO usage_readings (customer, agent, event_id, meter, aggregation, window_start, window_secs, time_ms, \
+         group_names, group_values, group_key, value, unique_value, batch_id, inserted_at) VALUES \
+         ('acme', 'bot-1', 'evt-1', 'llm_tokens', 'SUM', toDateTime({window}), 3600, {w1}, [], [], '', toDecimal128(600, 9), '', 'b1', now()), \
+         ('acme', 'bot-1', 'evt-2', 'llm_tokens', 'SUM', toDateTime({window}), 3600, {w2}, [], [], '', toDecimal128(400, 9), '', 'b1', now())",
+        w1 = window * 1000 + 5,
+        w2 = window * 1000 + 9,
+    ))
+    .execute()
+    .await
+    .expect("readings");
+    db.query("INSERT INTO usage_batches (batch_id, consumer, first_seq, last_seq, events, rollups, committed_at) VALUES ('b1', 't', 1, 2, 2, 0, now())")
+        .execute()
+        .await
+        .expect("marker");
+    db.query(&format!(
+        "INSERT INTO charges (charge_id, customer, period_start, period_end, meter, group_key, plan_id, plan_version, \
+         price_model, currency, quantity, unit_price, tiers, amount_minor, amount_before_discounts_minor, tax_rate, tax_minor, \
+         windows, usage_from, usage_to, computed_at, version) VALUES \
+         ('chg-1', 'acme', toDateTime({start}), toDateTime({end}), 'llm_tokens', '{{}}', 'ai', 2, 'per_unit', 'EUR', \
+          toDecimal128(1000, 9), '0.01', '[]', 1000, 1000, '19', 190, 1, toDateTime({start}), toDateTime({end}), now(), 1)"
+    ))
+    .execute()
+    .await
+    .expect("charge");
+
+    let bucket = format!("N{}", env.nats.stream);
+    let client = async_nats::connect(&env.nats.url).await.expect("nats");
+    let numbers = Numbers::open(client.clone(), &bucket)
+        .await
+        .expect("bucket");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let stop = Shutdown::new();
+    let state = Arc::new(ApiState {
+        db: db.clone(),
+        numbers,
+        cfg: InvoicerConfig::default(),
+        now_ms: || chrono::Utc::now().timestamp_millis(),
+    });
+    let server = tokio::spawn(api::serve(listener, state, stop.clone()));
+
+    let (status, body) = call(addr, "POST", "/v1/runs", "").await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let run = json(&body);
+    assert_eq!(run["finalized"], 1);
+    let id = run["invoice_ids"][0].as_str().expect("id").to_owned();
+
+    let (status, body) = call(addr, "GET", "/v1/invoices?customer=acme", "").await;
+    assert_eq!(status, 200);
+    let list = json(&body);
+    assert_eq!(list[0]["number"], "INV-000001");
+    assert_eq!(list[0]["total_minor"], 1190);
+    assert_eq!(list[0]["tax_minor"], 190);
+
+    let (status, body) = call(addr, "GET", &format!("/v1/invoices/{id}"), "").await;
+    assert_eq!(status, 200);
+    let doc = json(&body);
+    assert_eq!(doc["lifecycle_status"], "finalized");
+    assert_eq!(doc["transitions"][0]["actor"], "invoicer");
+    assert_eq!(doc["lines"][0]["charge_id"], "chg-1");
+    assert_eq!(doc["lines"][0]["plan_version"], 2);
+    assert_eq!(doc["taxes"][0]["rate_percent"], "19");
+
+    let (status, html) = call(addr, "GET", &format!("/v1/invoices/{id}.html"), "").await;
+    assert_eq!(status, 200);
+    let html = String::from_utf8_lossy(&html);
+    assert!(
+        html.contains("Invoice INV-000001") && html.contains("11.90 EUR"),
+        "{html}"
+    );
+    let (status, pdf) = call(addr, "GET", &format!("/v1/invoices/{id}.pdf"), "").await;
+    assert_eq!(status, 200);
+    assert!(pdf.starts_with(b"%PDF-"));
+
+    let (status, body) = call(
+        addr,
+        "GET",
+        &format!("/v1/invoices/{id}/lines/1/lineage"),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let lineage = json(&body);
+    assert_eq!(lineage["windows"].as_array().map(Vec::len), Some(1));
+    assert_eq!(lineage["windows"][0]["quantity"], "1000");
+    let events: Vec<&str> = lineage["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["event_id"].as_str())
+        .collect();
+    assert_eq!(events, vec!["evt-1", "evt-2"]);
+    let (status, _) = call(
+        addr,
+        "GET",
+        &format!("/v1/invoices/{id}/lines/9/lineage"),
+        "",
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    let note =
+        r#"{"key":"k1","amount_minor":100,"tax_minor":19,"reason":"goodwill","actor":"api:ops"}"#;
+    let (status, body) = call(
+        addr,
+        "POST",
+        &format!("/v1/invoices/{id}/credit_notes"),
+        note,
+    )
+    .await;
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    let first = json(&body);
+    let (status, body) = call(
+        addr,
+        "POST",
+        &format!("/v1/invoices/{id}/credit_notes"),
+        note,
+    )
+    .await;
+    assert_eq!(status, 200, "the same key issues once");
+    assert_eq!(json(&body)["credit_note_id"], first["credit_note_id"]);
+    let too_much = r#"{"key":"k2","amount_minor":1100,"reason":"x","actor":"api:ops"}"#;
+    let (status, _) = call(
+        addr,
+        "POST",
+        &format!("/v1/invoices/{id}/credit_notes"),
+        too_much,
+    )
+    .await;
+    assert_eq!(status, 409);
+    let bad = r#"{"amount_minor":"ten","reason":"x","actor":"a"}"#;
+    let (status, body) = call(
+        addr,
+        "POST",
+        &format!("/v1/invoices/{id}/credit_notes"),
+        bad,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("amount_minor"));
+
+    let paid = r#"{"status":"paid","actor":"payments:bank","reason":"transfer 42"}"#;
+    let (status, body) = call(addr, "POST", &format!("/v1/invoices/{id}/status"), paid).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let (status, _) = call(
+        addr,
+        "POST",
+        &format!("/v1/invoices/{id}/status"),
+        r#"{"status":"void","actor":"api:ops"}"#,
+    )
+    .await;
+    assert_eq!(status, 409, "a paid invoice cannot be voided");
+    let (status, _) = call(
+        addr,
+        "POST",
+        &format!("/v1/invoices/{id}/status"),
+        r#"{"status":"draft","actor":"api:ops"}"#,
+    )
+    .await;
+    assert_eq!(status, 400);
+    let st: String = db
+        .query("SELECT status FROM v_invoices WHERE invoice_id = ?")
+        .bind(&id)
+        .fetch_one()
+        .await
+        .expect("status");
+    assert_eq!(st, "paid");
+
+    let (status, body) = call(addr, "GET", "/v1/openapi.json", "").await;
+    assert_eq!(status, 200);
+    assert!(json(&body)["paths"]["/v1/invoices/{id}/lines/{n}/lineage"].is_object());
+    let (status, _) = call(addr, "GET", "/v1/nothing", "").await;
+    assert_eq!(status, 404);
+
+    stop.cancel();
+    let _ = server.await;
+    let _ = async_nats::jetstream::new(client)
+        .delete_key_value(&bucket)
+        .await;
+    env.cleanup().await;
+}
