@@ -157,6 +157,9 @@ class PrometheusAgainstTheServices(unittest.TestCase):
         cls.gateway_answer = (status, body)
         bad = [good[0], {**event("ops-acme", "bot-1", 99), "time": "yesterday"}]
         cls.gateway_bad = services.http(url, data=json.dumps(bad).encode(), headers=headers)
+        # what docker-compose.yml's reconciler does every 10 minutes
+        invoicer_api = f"http://{cls.stack.env['TALLY_INVOICER__API_ADDR']}"
+        cls.reconciliation = services.http(f"{invoicer_api}/v1/reconciliation", timeout=30)
         payments = f"http://127.0.0.1:{cls.stack.payments_port}"
         cls.payments_health = services.http(f"{payments}/healthz")
         cls.payments_forged = services.http(f"{payments}/webhooks/stripe", data=b'{"id":"evt_forged"}',
@@ -184,6 +187,11 @@ class PrometheusAgainstTheServices(unittest.TestCase):
         answer = json.loads(body)
         self.assertEqual(1, answer["duplicates"], body)
         self.assertEqual(1, answer["rejected"], body)
+
+    def test_the_invoicer_reconciled_without_difference(self):
+        self.assertEqual(200, self.reconciliation[0], self.reconciliation)
+        _, result, _ = self.prom.query("max(tally_invoicer_reconciliation_difference_minor)")
+        self.assertEqual(0.0, float(result[0]["value"][1]))
 
     def test_payments_answered_and_refused_a_forged_webhook(self):
         self.assertEqual(200, self.payments_health[0], self.payments_health)
