@@ -27,24 +27,8 @@ async fn retries_and_reminders_are_signed_retried_and_logged() {
     let env = TestEnv::new("dunning").await;
     let db = env.db();
     let (rx_addr, received, rx_stop) = receiver(1).await;
-    let acme = invoice(
-        &db,
-        "acme",
-        "USD",
-        NOV_1_MS - 60 * DAY_MS,
-        &[("tokens", 4_200, 0)],
-        wall_ms(),
-    )
-    .await;
-    let globex = invoice(
-        &db,
-        "globex",
-        "USD",
-        NOV_1_MS - 60 * DAY_MS,
-        &[("tokens", 100, 0)],
-        wall_ms(),
-    )
-    .await;
+    let acme = past_invoice(&db, "acme", "USD", &[("tokens", 4_200, 0)]).await;
+    let globex = past_invoice(&db, "globex", "USD", &[("tokens", 100, 0)]).await;
     let server = start(db.clone(), wall_ms).await;
     let cfg = DunningConfig {
         signing_secret: SecretString::new(SIGNING),

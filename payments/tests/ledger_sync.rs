@@ -23,15 +23,7 @@ async fn finalizations_credit_notes_and_voids_are_booked_once_and_balance() {
     let env = TestEnv::new("ledger_sync").await;
     let db = env.db();
     let now = wall_ms();
-    let kept = invoice(
-        &db,
-        "acme",
-        "EUR",
-        NOV_1_MS - 60 * DAY_MS,
-        &[("tokens", 1_000, 100)],
-        now,
-    )
-    .await;
+    let kept = past_invoice(&db, "acme", "EUR", &[("tokens", 1_000, 100)]).await;
     let voided = invoice(
         &db,
         "acme",

@@ -67,24 +67,14 @@ async fn a_customer_sees_its_invoices_usage_and_pdf_and_nothing_else() {
         now,
     )
     .await;
-    let open = invoice(
+    let open = past_invoice(
         &db,
         "acme",
         "USD",
-        NOV_1_MS - 60 * DAY_MS,
         &[("tokens", 777, 0), ("tool_calls", 300, 0)],
-        now,
     )
     .await;
-    let foreign = invoice(
-        &db,
-        "globex",
-        "USD",
-        NOV_1_MS - 60 * DAY_MS,
-        &[("tokens", 999_999, 0)],
-        now,
-    )
-    .await;
+    let foreign = past_invoice(&db, "globex", "USD", &[("tokens", 999_999, 0)]).await;
     let m = month_start_ms(now);
     usage(
         &db,

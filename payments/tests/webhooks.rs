@@ -43,15 +43,7 @@ async fn assert_balanced(db: &clickhouse::Client) {
 async fn a_valid_payment_webhook_marks_the_invoice_paid_and_books_cash() {
     let env = TestEnv::new("pay_valid").await;
     let db = env.db();
-    let inv = invoice(
-        &db,
-        "acme",
-        "USD",
-        NOV_1_MS - 60 * DAY_MS,
-        &[("tokens", 1_000, 100)],
-        wall_ms(),
-    )
-    .await;
+    let inv = past_invoice(&db, "acme", "USD", &[("tokens", 1_000, 100)]).await;
     assert_eq!(
         (inv.total_minor, inv.tax_minor, inv.amount_due_minor),
         (1_100, 100, 1_100)
@@ -111,15 +103,7 @@ async fn a_valid_payment_webhook_marks_the_invoice_paid_and_books_cash() {
 async fn a_duplicate_or_replayed_delivery_changes_nothing() {
     let env = TestEnv::new("pay_dup").await;
     let db = env.db();
-    let inv = invoice(
-        &db,
-        "acme",
-        "EUR",
-        NOV_1_MS - 60 * DAY_MS,
-        &[("tokens", 5_000, 0)],
-        wall_ms(),
-    )
-    .await;
+    let inv = past_invoice(&db, "acme", "EUR", &[("tokens", 5_000, 0)]).await;
     let server = start(db.clone(), wall_ms).await;
     let body = stripe_event(
         "evt_dup",
@@ -181,15 +165,7 @@ async fn a_duplicate_or_replayed_delivery_changes_nothing() {
 async fn tampered_expired_unsigned_and_wrongly_signed_webhooks_are_refused_with_400() {
     let env = TestEnv::new("pay_bad_sig").await;
     let db = env.db();
-    let inv = invoice(
-        &db,
-        "acme",
-        "USD",
-        NOV_1_MS - 60 * DAY_MS,
-        &[("tokens", 2_000, 0)],
-        wall_ms(),
-    )
-    .await;
+    let inv = past_invoice(&db, "acme", "USD", &[("tokens", 2_000, 0)]).await;
     let server = start(db.clone(), wall_ms).await;
     let body = stripe_event(
         "evt_bad",
@@ -260,15 +236,7 @@ async fn tampered_expired_unsigned_and_wrongly_signed_webhooks_are_refused_with_
 async fn a_late_payment_failed_after_succeeded_does_not_reopen_the_invoice() {
     let env = TestEnv::new("pay_order").await;
     let db = env.db();
-    let inv = invoice(
-        &db,
-        "acme",
-        "JPY",
-        NOV_1_MS - 60 * DAY_MS,
-        &[("tokens", 900, 90)],
-        wall_ms(),
-    )
-    .await;
+    let inv = past_invoice(&db, "acme", "JPY", &[("tokens", 900, 90)]).await;
     let other = invoice(
         &db,
         "acme",
@@ -366,33 +334,9 @@ async fn a_late_payment_failed_after_succeeded_does_not_reopen_the_invoice() {
 async fn refunds_transfers_and_write_offs_keep_the_ledger_balanced() {
     let env = TestEnv::new("pay_refund").await;
     let db = env.db();
-    let paid = invoice(
-        &db,
-        "acme",
-        "USD",
-        NOV_1_MS - 60 * DAY_MS,
-        &[("tokens", 3_000, 300)],
-        wall_ms(),
-    )
-    .await;
-    let transfer = invoice(
-        &db,
-        "globex",
-        "BHD",
-        NOV_1_MS - 60 * DAY_MS,
-        &[("calls", 12_345, 0)],
-        wall_ms(),
-    )
-    .await;
-    let lost = invoice(
-        &db,
-        "initech",
-        "USD",
-        NOV_1_MS - 60 * DAY_MS,
-        &[("calls", 800, 0)],
-        wall_ms(),
-    )
-    .await;
+    let paid = past_invoice(&db, "acme", "USD", &[("tokens", 3_000, 300)]).await;
+    let transfer = past_invoice(&db, "globex", "BHD", &[("calls", 12_345, 0)]).await;
+    let lost = past_invoice(&db, "initech", "USD", &[("calls", 800, 0)]).await;
     let server = start(db.clone(), wall_ms).await;
 
     let pay = stripe_event(

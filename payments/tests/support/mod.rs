@@ -82,6 +82,17 @@ pub async fn invoice(
     inv
 }
 
+/// A finalized invoice for the period that started 60 days before 2026-11-01, stored now.
+pub async fn past_invoice(
+    db: &clickhouse::Client,
+    customer: &str,
+    currency: &str,
+    lines: &[(&str, i64, i64)],
+) -> Invoice {
+    let now = chrono::Utc::now().timestamp_millis();
+    invoice(db, customer, currency, NOV_1_MS - 60 * DAY_MS, lines, now).await
+}
+
 /// A running payments server.
 pub struct Server {
     pub addr: SocketAddr,
