@@ -10,7 +10,7 @@
 //! adjustment line on the customer's next invoice ([`crate::late`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use clickhouse::Client;
 use tally_platform::shutdown::Shutdown;
@@ -140,8 +140,8 @@ fn ms(secs: u64) -> i64 {
     i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX / 4)
 }
 
-/// Invoices on every tick of the schedule until shutdown; a failed pass is logged and
-/// retried at the next tick.
+/// Invoices on every tick of the schedule until shutdown, then reconciles; a failed pass is
+/// logged and retried at the next tick.
 pub async fn run(
     db: Client,
     numbers: Numbers,
@@ -155,17 +155,25 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(wait) => {}
         }
-        match invoice_pass(&db, Some(&numbers), &cfg, now_ms()).await {
+        let now = now_ms();
+        match invoice_pass(&db, Some(&numbers), &cfg, now).await {
             Ok(invoices) => tracing::info!(invoices = invoices.len(), "invoicing pass done"),
             Err(e) => {
                 metrics::pass_failed();
                 tracing::warn!(error = %e, "invoicing pass failed");
             }
         }
+        // keeps tally_invoicer_reconciliation_difference_minor current for the periods a
+        // pass can still touch
+        let since = now - ms(cfg.adjustment_lookback_secs.max(cfg.lookback_secs));
+        match crate::reconcile::run(&db, since).await {
+            Ok(r) if r.difference_minor != 0 => tracing::warn!(
+                difference_minor = r.difference_minor,
+                invoices = r.money_differences.len(),
+                "reconciliation found unexplained differences"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "reconciliation failed"),
+        }
     }
-}
-
-/// How long until `at_ms` (zero when past).
-pub fn until(at_ms: i64, now_ms: i64) -> Duration {
-    Duration::from_millis(u64::try_from(at_ms - now_ms).unwrap_or(0))
 }

@@ -283,3 +283,51 @@ async fn late_usage_after_finalization_becomes_adjustment_or_credit_note() {
     kv.delete().await;
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn the_schedule_runs_passes_until_shutdown() {
+    let env = TestEnv::new("schedule_loop").await;
+    let db = env.db();
+    let kv = numbers(&env).await;
+    let now = chrono::Utc::now().timestamp();
+    charges(
+        &db,
+        &[("s-1", "acme", now - 32 * DAY, now - 2 * DAY, "m", 700, 1)],
+    )
+    .await;
+    let cfg = InvoicerConfig {
+        schedule: tally_invoicer::schedule::Schedule::parse("* * * * * *").expect("every second"),
+        ..cfg()
+    };
+    let stop = tally_platform::shutdown::Shutdown::new();
+    let task = tokio::spawn(tally_invoicer::run::run(
+        db.clone(),
+        kv.another().await,
+        cfg,
+        stop.clone(),
+        || chrono::Utc::now().timestamp_millis(),
+    ));
+    let mut numbered = String::new();
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        numbered = db
+            .query("SELECT any(number) FROM v_invoices WHERE customer = 'acme'")
+            .fetch_one()
+            .await
+            .expect("read");
+        if !numbered.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(
+        numbered, "INV-000001",
+        "a scheduled pass finalized the invoice"
+    );
+    stop.cancel();
+    tokio::time::timeout(std::time::Duration::from_secs(5), task)
+        .await
+        .expect("the loop stops on shutdown")
+        .expect("task");
+    kv.delete().await;
+    env.cleanup().await;
+}
