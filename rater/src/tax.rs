@@ -47,10 +47,11 @@ pub struct AppliedRate {
     pub rate_percent: Decimal,
 }
 
-/// Validated rates: per (region, code), sorted by `effective_from`.
+/// Validated rates: per region, then code (looked up without allocating), sorted by
+/// `effective_from`.
 #[derive(Debug, Clone, Default)]
 pub struct TaxTable {
-    rates: HashMap<(String, String), Vec<(i64, Decimal)>>,
+    rates: HashMap<String, HashMap<String, Vec<(i64, Decimal)>>>,
 }
 
 impl TaxTable {
@@ -75,7 +76,9 @@ impl TaxTable {
         let from_ms = s.effective_from.timestamp_millis();
         let list = self
             .rates
-            .entry((s.region.clone(), s.code.clone()))
+            .entry(s.region.clone())
+            .or_default()
+            .entry(s.code.clone())
             .or_default();
         if list.iter().any(|(t, _)| *t == from_ms) {
             return false;
@@ -87,13 +90,12 @@ impl TaxTable {
 
     /// Whether any rate exists for (region, code).
     pub fn knows(&self, region: &str, code: &str) -> bool {
-        self.rates
-            .contains_key(&(region.to_owned(), code.to_owned()))
+        self.rates.get(region).is_some_and(|c| c.contains_key(code))
     }
 
     /// The rate for (region, code) effective at `at_ms`; none before the first one.
     pub fn rate_at(&self, region: &str, code: &str, at_ms: i64) -> Option<AppliedRate> {
-        let list = self.rates.get(&(region.to_owned(), code.to_owned()))?;
+        let list = self.rates.get(region)?.get(code)?;
         let (_, rate) = list.iter().rev().find(|(t, _)| *t <= at_ms)?;
         Some(AppliedRate {
             region: region.to_owned(),

@@ -7,6 +7,7 @@
 //! (periods start at midnight UTC, so a day never straddles two), and the fold counts each
 //! value once per period.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashSet};
 
 use clickhouse::Client;
@@ -105,38 +106,38 @@ pub fn fold(rows: &[UsageRow], catalog: &Catalog) -> (BTreeMap<UsageKey, MeterUs
             .plan_at(plan_id, segment_from_ms)
             .and_then(|p| p.prices.get(&meter))
             .is_some_and(|p| p.model.per_group());
-        let (group_key, names, values) = if per_group {
-            (
-                row.group_key.clone(),
-                row.group_names.clone(),
-                row.group_values.clone(),
-            )
+        let group_key = if per_group {
+            row.group_key.clone()
         } else {
-            ("{}".to_owned(), vec![], vec![])
+            "{}".to_owned()
         };
-        let entry = out
-            .entry((
-                customer.clone(),
-                period,
-                segment_from_ms,
-                meter.clone(),
-                group_key.clone(),
-            ))
-            .or_insert_with(|| MeterUsage {
-                customer,
-                period,
-                meter,
-                aggregation,
-                group_key,
-                group_names: names,
-                group_values: values,
-                segment_from_ms,
-                segment_to_ms,
-                quantity: Decimal::ZERO,
-                windows: 0,
-                first_window_ms: start_ms,
-                last_window_end_ms: start_ms,
-            });
+        // the key owns the ids; a new entry clones them, an existing one allocates nothing more
+        let entry = match out.entry((customer, period, segment_from_ms, meter, group_key)) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(v) => {
+                let (customer, _, _, meter, group_key) = v.key().clone();
+                let (group_names, group_values) = if per_group {
+                    (row.group_names.clone(), row.group_values.clone())
+                } else {
+                    (vec![], vec![])
+                };
+                v.insert(MeterUsage {
+                    customer,
+                    period,
+                    meter,
+                    aggregation,
+                    group_key,
+                    group_names,
+                    group_values,
+                    segment_from_ms,
+                    segment_to_ms,
+                    quantity: Decimal::ZERO,
+                    windows: 0,
+                    first_window_ms: start_ms,
+                    last_window_end_ms: start_ms,
+                })
+            }
+        };
         if entry.aggregation == Aggregation::UniqueCount {
             let key = (
                 entry.customer.clone(),
