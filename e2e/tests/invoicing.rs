@@ -94,13 +94,16 @@ fn t(s: &str) -> i64 {
 /// One committed reading: (customer, event id, window start ms, tokens).
 type Reading = (String, String, i64, i64);
 
-async fn insert(db: &clickhouse::Client, batch: &str, readings: &[Reading]) {
+/// Inserts committed readings as the aggregator would have at `committed_at` (RFC 3339).
+async fn insert(db: &clickhouse::Client, batch: &str, readings: &[Reading], committed_at: &str) {
+    let committed = t(committed_at) / 1000;
     let values: Vec<String> = readings
         .iter()
         .map(|(customer, id, ms, tokens)| {
             format!(
                 "('{customer}', 'bot-1', '{id}', 'llm_tokens', 'SUM', toDateTime({}), 3600, {}, ['model', 'kind'], \
-                 ['gpt-4o', 'output'], 'model=gpt-4o,kind=output', toDecimal128({tokens}, 9), '', '{batch}', now())",
+                 ['gpt-4o', 'output'], 'model=gpt-4o,kind=output', toDecimal128({tokens}, 9), '', '{batch}', \
+                 toDateTime({committed}))",
                 ms / 1000,
                 ms + 1
             )
@@ -185,7 +188,7 @@ async fn a_month_of_usage_closes_into_numbered_invoices_with_late_adjustments() 
         readings.push((c.into(), format!("{c}-b3"), t("2026-10-30T22:00:00Z"), 110));
         readings.push((c.into(), format!("{c}-b4"), t("2026-10-30T23:00:00Z"), 130));
     }
-    insert(&db, "b-month", &readings).await;
+    insert(&db, "b-month", &readings, "2026-11-10T00:00:00Z").await;
 
     // periods: local midnight of the anchor day in the subscription's zone, half-open
     let periods: BTreeMap<&str, [(i64, i64); 2]> = [
@@ -326,7 +329,7 @@ async fn a_month_of_usage_closes_into_numbered_invoices_with_late_adjustments() 
             1_000,
         ),
     ];
-    insert(&db, "b-late", &late).await;
+    insert(&db, "b-late", &late, "2026-11-10T12:30:00Z").await;
     let later = now + 3_600_000;
     tally_rater::rate_once(&db, &catalog(), &rater_cfg(), later)
         .await
@@ -351,6 +354,16 @@ async fn a_month_of_usage_closes_into_numbered_invoices_with_late_adjustments() 
     assert_eq!(
         adj[0].adjusts_invoice_id.as_deref(),
         Some(oct_utc.invoice_id.as_str())
+    );
+    // the adjustment line links to the late events
+    let lineage = tally_invoicer::lineage::of_line(&db, &nov_utc.invoice_id, adj[0])
+        .await
+        .expect("lineage")
+        .expect("charge known");
+    assert_eq!(lineage.late_event_ids, vec!["late-1", "late-2"]);
+    assert!(
+        lineage.events.len() > 100,
+        "the corrected period's events are listed too"
     );
     let now_oct: Vec<Stored> = stored(&db).await;
     let still: Invoice = serde_json::from_str(

@@ -5,8 +5,8 @@
 //!   (customer, meter, period) in `v_usage` against the quantity of its charges.
 //! - charges → invoices: for every invoice (latest version), the charges of its period
 //!   against its usage lines; for a finalized invoice, what changed since (late usage) must be
-//!   covered by adjustment lines on later non-draft invoices, pending adjustments (reported
-//!   as such) and late-usage credit notes.
+//!   covered by adjustment lines on later invoices (finalized, or pending on a draft; both
+//!   reported) and late-usage credit notes.
 //!
 //! The metric `tally_invoicer_reconciliation_difference_minor` is the sum of the absolute
 //! unexplained money differences of the last reconciliation.
@@ -39,9 +39,11 @@ pub struct MoneyDifference {
     pub invoiced_minor: i64,
     /// Adjustment lines on later non-draft invoices correcting this one.
     pub adjusted_minor: i64,
+    /// Adjustment lines on drafts (the customer's next invoice, not yet finalized).
+    pub pending_minor: i64,
     /// Late-usage credit notes against this invoice.
     pub credited_minor: i64,
-    /// `charges - invoiced - adjusted + credited`: late usage not yet on any invoice.
+    /// `charges - invoiced - adjusted - pending + credited`: late usage on no invoice yet.
     pub unexplained_minor: i64,
 }
 
@@ -83,15 +85,8 @@ pub async fn run(db: &Client, since_ms: i64) -> Result<Report, clickhouse::error
         since,
     )
     .await?;
-    let adjusted = sums(
-        db,
-        "SELECT adjusts_invoice_id AS k, toInt64(sum(amount_minor)) FROM v_invoice_lines \
-         WHERE kind = 'adjustment' AND (invoice_id, version) IN \
-               (SELECT invoice_id, version FROM v_invoices WHERE status != 'draft' AND period_end > toDateTime(?)) \
-         GROUP BY k",
-        since,
-    )
-    .await?;
+    let adjusted = sums(db, &adjustments_sql("status != 'draft'"), since).await?;
+    let pending = sums(db, &adjustments_sql("status = 'draft'"), since).await?;
     let credited = sums(
         db,
         "SELECT invoice_id AS k, toInt64(sum(amount_minor)) FROM v_credit_notes \
@@ -109,11 +104,12 @@ pub async fn run(db: &Client, since_ms: i64) -> Result<Report, clickhouse::error
         let key = format!("{}\0{}", inv.customer, inv.period_start);
         let charged = charges.get(&key).copied().unwrap_or(0);
         let adjusted = adjusted.get(&inv.invoice_id).copied().unwrap_or(0);
+        let pending = pending.get(&inv.invoice_id).copied().unwrap_or(0);
         let credited = credited.get(&inv.invoice_id).copied().unwrap_or(0);
         let unexplained = if inv.status == "draft" {
             charged - inv.invoiced_minor
         } else {
-            charged - inv.invoiced_minor - adjusted + credited
+            charged - inv.invoiced_minor - adjusted - pending + credited
         };
         if charged != inv.invoiced_minor || unexplained != 0 {
             report.difference_minor += unexplained.abs();
@@ -125,6 +121,7 @@ pub async fn run(db: &Client, since_ms: i64) -> Result<Report, clickhouse::error
                 charges_minor: charged,
                 invoiced_minor: inv.invoiced_minor,
                 adjusted_minor: adjusted,
+                pending_minor: pending,
                 credited_minor: credited,
                 unexplained_minor: unexplained,
             });
@@ -223,6 +220,16 @@ async fn invoice_sums(
     .bind(since)
     .fetch_all()
     .await
+}
+
+/// Adjustment amounts per corrected invoice, on invoices (latest versions) matching `status`.
+fn adjustments_sql(status: &str) -> String {
+    format!(
+        "SELECT adjusts_invoice_id AS k, toInt64(sum(amount_minor)) FROM v_invoice_lines \
+         WHERE kind = 'adjustment' AND (invoice_id, version) IN \
+               (SELECT invoice_id, version FROM v_invoices WHERE {status} AND period_end > toDateTime(?)) \
+         GROUP BY k"
+    )
 }
 
 async fn sums(

@@ -222,6 +222,13 @@ async fn late_usage_after_finalization_becomes_adjustment_or_credit_note() {
         ],
     )
     .await;
+    let before = tally_invoicer::reconcile::run(&db, (now - 60 * DAY) * 1000)
+        .await
+        .expect("reconcile");
+    assert_eq!(
+        before.difference_minor, 200,
+        "late usage not yet on any invoice: +250 - 50"
+    );
     let second = invoice_pass(&db, Some(&kv.numbers), &cfg, now * 1000 + 1_000)
         .await
         .expect("pass");
@@ -269,6 +276,16 @@ async fn late_usage_after_finalization_becomes_adjustment_or_credit_note() {
         .expect("doc");
     let stored: tally_invoicer::Invoice = serde_json::from_str(&doc).expect("json");
     assert_eq!(stored, finalized);
+    let after = tally_invoicer::reconcile::run(&db, (now - 60 * DAY) * 1000)
+        .await
+        .expect("reconcile");
+    assert_eq!(after.difference_minor, 0, "{after:#?}");
+    let covered = after
+        .money_differences
+        .iter()
+        .find(|d| d.invoice_id == finalized.invoice_id)
+        .expect("the corrected invoice is reported");
+    assert_eq!((covered.pending_minor, covered.credited_minor), (250, 50));
     // passing again issues nothing twice
     let third = invoice_pass(&db, Some(&kv.numbers), &cfg, now * 1000 + 2_000)
         .await
@@ -328,6 +345,92 @@ async fn the_schedule_runs_passes_until_shutdown() {
         .await
         .expect("the loop stops on shutdown")
         .expect("task");
+    kv.delete().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn prepaid_credits_lower_the_amount_due_once() {
+    let env = TestEnv::new("prepaid_credits").await;
+    let db = env.db();
+    let kv = numbers(&env).await;
+    let now = chrono::Utc::now().timestamp();
+    let (p0, p1, p2) = (now - 62 * DAY, now - 32 * DAY, now - 2 * DAY);
+    tally_invoicer::store::grant_credit(&db, "g-1", "acme", "USD", 1_000, "prepaid", now * 1000)
+        .await
+        .expect("grant");
+    charges(
+        &db,
+        &[
+            ("c-1", "acme", p0, p1, "m", 700, 1),
+            ("c-2", "acme", p1, p2, "m", 500, 1),
+        ],
+    )
+    .await;
+    let cfg = InvoicerConfig {
+        lookback_secs: 70 * DAY as u64,
+        ..cfg()
+    };
+    let pass = invoice_pass(&db, Some(&kv.numbers), &cfg, now * 1000)
+        .await
+        .expect("pass");
+    let due: Vec<(i64, i64, i64)> = pass
+        .iter()
+        .map(|i| (i.total_minor, i.credits_applied_minor, i.amount_due_minor))
+        .collect();
+    assert_eq!(due, vec![(700, 700, 0), (500, 300, 200)]);
+    // a new period later finds the credit used up
+    charges(&db, &[("c-3", "acme", p2, now + 28 * DAY, "m", 100, 1)]).await;
+    let later = invoice_pass(&db, Some(&kv.numbers), &cfg, now * 1000 + 1_000)
+        .await
+        .expect("pass");
+    assert_eq!(later.len(), 1);
+    assert_eq!(
+        (later[0].credits_applied_minor, later[0].amount_due_minor),
+        (0, 100)
+    );
+    kv.delete().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_crash_after_numbering_is_completed_by_the_next_pass_with_the_same_number() {
+    let env = TestEnv::new("crash_numbering").await;
+    let db = env.db();
+    let kv = numbers(&env).await;
+    let now = chrono::Utc::now().timestamp();
+    let (start, end) = (now - 32 * DAY, now - 2 * DAY);
+    charges(
+        &db,
+        &[
+            ("x-1", "acme", start, end, "m", 100, 1),
+            ("x-2", "globex", start, end, "m", 200, 1),
+        ],
+    )
+    .await;
+    // an earlier run numbered globex's invoice and died before writing anything else
+    let globex = tally_invoicer::invoice::invoice_id("globex", start * 1000);
+    let taken = kv
+        .numbers
+        .assign("tally", std::slice::from_ref(&globex))
+        .await
+        .expect("assign");
+    assert_eq!(taken[&globex], 1);
+    let pass = invoice_pass(&db, Some(&kv.numbers), &cfg(), now * 1000)
+        .await
+        .expect("pass");
+    let numbers: Vec<(String, Option<String>)> = pass
+        .iter()
+        .map(|i| (i.customer.clone(), i.number.clone()))
+        .collect();
+    assert_eq!(
+        numbers,
+        vec![
+            ("acme".into(), Some("INV-000002".into())),
+            ("globex".into(), Some("INV-000001".into()))
+        ],
+        "the number given before the crash is reused; the next one follows without a gap"
+    );
     kv.delete().await;
     env.cleanup().await;
 }
