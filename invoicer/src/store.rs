@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use tally_domain::Period;
 use tally_platform::store::{datetime_secs, dec9};
 
-use crate::invoice::{ChargeLine, Invoice};
+use crate::invoice::{ChargeLine, Invoice, Status};
 
 #[derive(clickhouse::Row, Deserialize)]
 struct ChargeRow {
@@ -142,15 +142,28 @@ struct LineRow<'a> {
     adjusts_invoice_id: &'a str,
 }
 
-/// Appends the invoices (lines first, then headers), each as version `issued_at_ms`: a
-/// finalized invoice rewritten from its frozen document gives identical rows.
+/// Rows of finalized invoices rank above every draft row, whatever the clocks of the instances
+/// that wrote them: a lagging instance's late draft never hides a finalized invoice.
+const FINALIZED_VERSION_BASE: u64 = 1 << 62;
+
+/// The stored row version of an invoice: `issued_at_ms`, plus [`FINALIZED_VERSION_BASE`] once
+/// finalized (a finalized invoice rewritten from its frozen document gives identical rows).
+pub fn row_version(inv: &Invoice) -> u64 {
+    let at = u64::try_from(inv.issued_at_ms).unwrap_or(0);
+    match inv.status {
+        Status::Draft => at,
+        Status::Finalized => FINALIZED_VERSION_BASE + at,
+    }
+}
+
+/// Appends the invoices (lines first, then headers), each as version [`row_version`].
 pub async fn write(db: &Client, invoices: &[Invoice]) -> Result<(), clickhouse::error::Error> {
     if invoices.is_empty() {
         return Ok(());
     }
     let mut lines = db.insert::<LineRow<'_>>("invoice_lines").await?;
     for inv in invoices {
-        let version = u64::try_from(inv.issued_at_ms).unwrap_or(0);
+        let version = row_version(inv);
         for l in &inv.lines {
             lines
                 .write(&LineRow {
@@ -184,7 +197,7 @@ pub async fn write(db: &Client, invoices: &[Invoice]) -> Result<(), clickhouse::
     lines.end().await?;
     let mut headers = db.insert::<InvoiceRow<'_>>("invoices").await?;
     for inv in invoices {
-        let version = u64::try_from(inv.issued_at_ms).unwrap_or(0);
+        let version = row_version(inv);
         headers
             .write(&InvoiceRow {
                 invoice_id: &inv.invoice_id,

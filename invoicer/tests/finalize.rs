@@ -179,6 +179,23 @@ async fn two_invoicers_racing_finalize_each_period_once() {
         .await
         .expect("count");
     assert_eq!(transitions, 25);
+    // a lagging instance (its clock behind) writing a draft of a finalized invoice later
+    // never hides the finalized rows
+    let mut stale = a.first().or(b.first()).expect("an invoice").clone();
+    stale.status = tally_invoicer::Status::Draft;
+    stale.number = None;
+    stale.issued_at_ms += 3_600_000;
+    tally_invoicer::store::write(&db, std::slice::from_ref(&stale))
+        .await
+        .expect("write");
+    let (status, number): (String, String) = db
+        .query("SELECT status, number FROM v_invoices WHERE invoice_id = ?")
+        .bind(&stale.invoice_id)
+        .fetch_one()
+        .await
+        .expect("read");
+    assert_eq!(status, "finalized");
+    assert!(number.starts_with("INV-"));
     // a rerun, later, finds nothing to do and changes nothing
     let rerun = invoice_pass(&db, Some(&kv.numbers), &cfg, now * 1000 + 60_000)
         .await
