@@ -55,13 +55,7 @@ pub async fn serve(
 const OPENAPI: &str = include_str!("api_openapi.json");
 
 async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
-    let path: Vec<String> = req
-        .uri()
-        .path()
-        .trim_matches('/')
-        .split('/')
-        .map(str::to_owned)
-        .collect();
+    let path = http::segments(req.uri());
     let parts: Vec<&str> = path.iter().map(String::as_str).collect();
     let method = req.method().clone();
     match (&method, parts.as_slice()) {

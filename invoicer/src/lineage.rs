@@ -104,46 +104,28 @@ pub async fn of_line(
     let Some(scope) = scope else {
         return Ok(None);
     };
-    let group = if line.group_key == "{}" {
-        ""
-    } else {
-        line.group_key.as_str()
-    };
-    let limit = ROWS_MAX as u64 + 1;
-    let windows: Vec<WindowRow> = db
-        .query(
-            "SELECT toUInt32(window_start), toUInt32(window_end), agent, group_key, quantity, event_count FROM v_usage \
-             WHERE customer = ? AND meter = ? AND window_start >= toDateTime(?) AND window_start < toDateTime(?) \
-               AND (? = '' OR group_key = ?) \
-             ORDER BY window_start, agent, group_key LIMIT ?",
-        )
-        .bind(&scope.customer)
-        .bind(&line.meter)
-        .bind(scope.period_start)
-        .bind(scope.period_end)
-        .bind(group)
-        .bind(group)
-        .bind(limit)
-        .fetch_all()
-        .await?;
-    let events: Vec<EventRow> = db
-        .query(
-            "SELECT event_id, any(agent), any(time_ms) AS t, any(toUInt32(window_start)), any(value), \
-                    toUInt32(min(inserted_at)) \
-             FROM usage_readings \
-             WHERE batch_id IN (SELECT batch_id FROM usage_batches) AND customer = ? AND meter = ? \
-               AND window_start >= toDateTime(?) AND window_start < toDateTime(?) AND (? = '' OR group_key = ?) \
-             GROUP BY event_id ORDER BY t, event_id LIMIT ?",
-        )
-        .bind(&scope.customer)
-        .bind(&line.meter)
-        .bind(scope.period_start)
-        .bind(scope.period_end)
-        .bind(group)
-        .bind(group)
-        .bind(limit)
-        .fetch_all()
-        .await?;
+    let windows: Vec<WindowRow> = scoped(
+        db,
+        "SELECT toUInt32(window_start), toUInt32(window_end), agent, group_key, quantity, event_count FROM v_usage \
+         WHERE customer = ? AND meter = ? AND window_start >= toDateTime(?) AND window_start < toDateTime(?) \
+           AND (? = '' OR group_key = ?) \
+         ORDER BY window_start, agent, group_key LIMIT ?",
+        &scope,
+        line,
+    )
+    .await?;
+    let events: Vec<EventRow> = scoped(
+        db,
+        "SELECT event_id, any(agent), any(time_ms) AS t, any(toUInt32(window_start)), any(value), \
+                toUInt32(min(inserted_at)) \
+         FROM usage_readings \
+         WHERE batch_id IN (SELECT batch_id FROM usage_batches) AND customer = ? AND meter = ? \
+           AND window_start >= toDateTime(?) AND window_start < toDateTime(?) AND (? = '' OR group_key = ?) \
+         GROUP BY event_id ORDER BY t, event_id LIMIT ?",
+        &scope,
+        line,
+    )
+    .await?;
     let truncated = windows.len() > ROWS_MAX || events.len() > ROWS_MAX;
     let windows: Vec<Window> = windows
         .into_iter()
@@ -207,4 +189,32 @@ pub async fn of_line(
         late_event_ids,
         truncated,
     }))
+}
+
+/// Rows of `sql` for the line's customer, meter, period and group (binds in that order:
+/// customer, meter, period start, period end, group twice, limit), at most `ROWS_MAX + 1`.
+async fn scoped<T>(
+    db: &Client,
+    sql: &str,
+    scope: &ChargeScope,
+    line: &InvoiceLine,
+) -> Result<Vec<T>, clickhouse::error::Error>
+where
+    T: clickhouse::RowOwned + clickhouse::RowRead,
+{
+    let group = if line.group_key == "{}" {
+        ""
+    } else {
+        line.group_key.as_str()
+    };
+    db.query(sql)
+        .bind(&scope.customer)
+        .bind(&line.meter)
+        .bind(scope.period_start)
+        .bind(scope.period_end)
+        .bind(group)
+        .bind(group)
+        .bind(ROWS_MAX as u64 + 1)
+        .fetch_all()
+        .await
 }

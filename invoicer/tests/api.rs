@@ -40,6 +40,11 @@ async fn call(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) 
     (status, body)
 }
 
+/// `POST /v1/invoices/{id}/{what}`.
+async fn post(addr: std::net::SocketAddr, id: &str, what: &str, body: &str) -> (u16, Vec<u8>) {
+    call(addr, "POST", &format!("/v1/invoices/{id}/{what}"), body).await
+}
+
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
@@ -175,59 +180,35 @@ async fn api_serves_invoices_renderings_lineage_credit_notes_and_lifecycle() {
 
     let note =
         r#"{"key":"k1","amount_minor":100,"tax_minor":19,"reason":"goodwill","actor":"api:ops"}"#;
-    let (status, body) = call(
-        addr,
-        "POST",
-        &format!("/v1/invoices/{id}/credit_notes"),
-        note,
-    )
-    .await;
+    let (status, body) = post(addr, &id, "credit_notes", note).await;
     assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
     let first = json(&body);
-    let (status, body) = call(
-        addr,
-        "POST",
-        &format!("/v1/invoices/{id}/credit_notes"),
-        note,
-    )
-    .await;
+    let (status, body) = post(addr, &id, "credit_notes", note).await;
     assert_eq!(status, 200, "the same key issues once");
     assert_eq!(json(&body)["credit_note_id"], first["credit_note_id"]);
     let too_much = r#"{"key":"k2","amount_minor":1100,"reason":"x","actor":"api:ops"}"#;
-    let (status, _) = call(
-        addr,
-        "POST",
-        &format!("/v1/invoices/{id}/credit_notes"),
-        too_much,
-    )
-    .await;
+    let (status, _) = post(addr, &id, "credit_notes", too_much).await;
     assert_eq!(status, 409);
     let bad = r#"{"amount_minor":"ten","reason":"x","actor":"a"}"#;
-    let (status, body) = call(
-        addr,
-        "POST",
-        &format!("/v1/invoices/{id}/credit_notes"),
-        bad,
-    )
-    .await;
+    let (status, body) = post(addr, &id, "credit_notes", bad).await;
     assert_eq!(status, 400);
     assert!(String::from_utf8_lossy(&body).contains("amount_minor"));
 
     let paid = r#"{"status":"paid","actor":"payments:bank","reason":"transfer 42"}"#;
-    let (status, body) = call(addr, "POST", &format!("/v1/invoices/{id}/status"), paid).await;
+    let (status, body) = post(addr, &id, "status", paid).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    let (status, _) = call(
+    let (status, _) = post(
         addr,
-        "POST",
-        &format!("/v1/invoices/{id}/status"),
+        &id,
+        "status",
         r#"{"status":"void","actor":"api:ops"}"#,
     )
     .await;
     assert_eq!(status, 409, "a paid invoice cannot be voided");
-    let (status, _) = call(
+    let (status, _) = post(
         addr,
-        "POST",
-        &format!("/v1/invoices/{id}/status"),
+        &id,
+        "status",
         r#"{"status":"draft","actor":"api:ops"}"#,
     )
     .await;

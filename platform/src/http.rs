@@ -74,6 +74,15 @@ where
     }
 }
 
+/// The path's segments (`/v1/invoices/x` → `["v1", "invoices", "x"]`), for matching routes.
+pub fn segments(uri: &hyper::Uri) -> Vec<String> {
+    uri.path()
+        .trim_matches('/')
+        .split('/')
+        .map(str::to_owned)
+        .collect()
+}
+
 /// A response with `body` and its content type.
 pub fn bytes(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
