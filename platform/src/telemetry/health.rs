@@ -5,13 +5,13 @@
 //! before a consumer is bound, `true` after). This module holds switches only; it never probes
 //! anything itself.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 static DRAINING: AtomicBool = AtomicBool::new(false);
 /// Components that are not ready, by name (bounded by the code: names are `&'static str`).
-static NOT_READY: Mutex<BTreeMap<&'static str, ()>> = Mutex::new(BTreeMap::new());
+static NOT_READY: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
 
 /// Marks `component` ready or not ready.
 pub fn set_ready(component: &'static str, ready: bool) {
@@ -19,7 +19,7 @@ pub fn set_ready(component: &'static str, ready: bool) {
     if ready {
         not_ready.remove(component);
     } else {
-        not_ready.insert(component, ());
+        not_ready.insert(component);
     }
 }
 
@@ -35,7 +35,7 @@ pub fn readiness() -> Result<(), Vec<&'static str>> {
         reasons.push("draining");
     }
     let not_ready = NOT_READY.lock().unwrap_or_else(|p| p.into_inner());
-    reasons.extend(not_ready.keys().copied());
+    reasons.extend(not_ready.iter().copied());
     if reasons.is_empty() {
         Ok(())
     } else {
