@@ -2,8 +2,9 @@
 # The test command: brings up the local stack (scripts/stack.sh up), runs the Rust workspace's
 # tests against it, then the SQL compatibility test (tests/sql: the migrations and public views
 # on chdb and on the stack's ClickHouse 18.16) and the operations tests (tests/ops: compose file,
-# dashboards, alert rules, Prometheus against the real services). Runs every suite even when one fails; exits
-# non-zero when any failed. Ports follow scripts/stack.sh (TALLY_NATS_PORT, TALLY_CH_HTTP_PORT).
+# dashboards, alert rules, Prometheus against the real services). Runs every suite even when one
+# fails; exits non-zero when any failed. Ports follow scripts/stack.sh (TALLY_NATS_PORT,
+# TALLY_CH_HTTP_PORT).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
