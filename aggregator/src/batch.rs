@@ -40,6 +40,8 @@ pub struct Batch {
     pub to_ack: Vec<Message>,
     pub first_seq: u64,
     pub last_seq: u64,
+    /// Messages whose id was already committed or pending (counted, never written).
+    pub duplicates: u64,
 }
 
 impl Batch {
@@ -51,6 +53,17 @@ impl Batch {
             to_ack: Vec::with_capacity(events),
             ..Batch::default()
         }
+    }
+
+    /// Empties the batch and keeps its vectors' room, so the next batch neither allocates
+    /// nor touches fresh memory.
+    pub fn clear(&mut self) {
+        self.events.clear();
+        self.rejected.clear();
+        self.to_ack.clear();
+        self.first_seq = 0;
+        self.last_seq = 0;
+        self.duplicates = 0;
     }
 
     /// Messages in the batch (accepted, duplicate and rejected).

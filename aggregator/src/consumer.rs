@@ -104,7 +104,8 @@ pub async fn run(
     tracing::info!(consumer = %cfg.consumer_name(), stream = %nats_cfg.stream, "aggregator consuming");
     health::set_ready("consumer", true);
 
-    let mut batch = Batch::default();
+    // one batch reused across flushes: its vectors keep their room (no allocation per batch)
+    let mut batch = Batch::with_capacity(cfg.batch_max_events);
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut last_lag = Instant::now();
     'session: while !shutdown.is_cancelled() {
@@ -136,7 +137,8 @@ pub async fn run(
                 },
             };
             if flush_due {
-                agg.flush(std::mem::take(&mut batch)).await?;
+                agg.flush(&batch).await?;
+                batch.clear();
                 deadline = None;
                 if last_lag.elapsed() >= LAG_EVERY {
                     last_lag = Instant::now();
@@ -152,7 +154,7 @@ pub async fn run(
             }
         }
     }
-    agg.flush(batch).await?;
+    agg.flush(&batch).await?;
     // unsubscribe cleanly so the server stops delivering to this instance
     if let Err(e) = agg.nats.drain().await {
         tracing::debug!(error = %e, "draining the NATS connection");
@@ -258,19 +260,19 @@ impl Aggregator<'_> {
 
     fn handle(&mut self, batch: &mut Batch, msg: Message) {
         let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
-        let subject = msg.subject.to_string();
-        let payload = msg.payload.clone();
+        let subject: &str = &msg.subject;
+        let payload = &msg.payload;
         let reject = |batch: &mut Batch, rejection: Rejection| {
             metrics::events("rejected", 1);
             metrics::rejected(rejection.reason);
             batch.add_rejected(Rejected {
                 rejection,
-                subject: subject.clone(),
+                subject: subject.to_owned(),
                 stream_seq: seq,
                 payload: payload.clone(),
             });
         };
-        match self.classifier.classify(&subject, &payload, now_ms()) {
+        match self.classifier.classify(subject, payload, now_ms()) {
             Err(rejection) => reject(batch, rejection),
             Ok(acc) => {
                 let (key, hash) = (acc.key, acc.payload_hash);
@@ -278,9 +280,9 @@ impl Aggregator<'_> {
                     Seen::New => {
                         batch.add_accepted(acc, seq, self.cfg.window_secs);
                         self.dedup.reserve(key, hash);
-                        metrics::events("accepted", 1);
                     }
-                    Seen::Committed | Seen::Pending => metrics::events("duplicate", 1),
+                    // accepted and duplicates are counted per batch at its flush
+                    Seen::Committed | Seen::Pending => batch.duplicates += 1,
                     Seen::Conflict => reject(
                         batch,
                         Rejection {
@@ -298,11 +300,13 @@ impl Aggregator<'_> {
     }
 
     /// Dead letters, commit, dedup, acks — in that order.
-    async fn flush(&mut self, batch: Batch) -> Result<(), RunError> {
+    async fn flush(&mut self, batch: &Batch) -> Result<(), RunError> {
         if batch.is_empty() {
             return Ok(());
         }
         let started = Instant::now();
+        metrics::events("accepted", batch.events.len() as u64);
+        metrics::events("duplicate", batch.duplicates);
         let mut backoff = BACKOFF_MIN;
         while !batch.rejected.is_empty() {
             match dead_letter::publish_all(
@@ -321,7 +325,7 @@ impl Aggregator<'_> {
                 .ok_or(RunError::ShutdownDuringFlush)?;
         }
         if !batch.events.is_empty() {
-            self.commit(&batch).await?;
+            self.commit(batch).await?;
             metrics::committed(batch.events.len(), batch.readings());
             if let Some(oldest) = batch.events.iter().map(|e| e.event.time_ms).min() {
                 metrics::event_to_commit((now_ms() - oldest).max(0) as f64 / 1000.0);

@@ -109,17 +109,12 @@ impl IdSet {
             self.resize((self.slots.len() * 3 / 2).max(MIN_CAPACITY));
         }
         let (hi, lo) = split(key);
-        let i = self.find(hi, lo);
-        if self.tags[i] == 0 {
-            self.len += 1;
-            self.tags[i] = tag(lo);
-        }
-        self.slots[i] = Slot {
+        self.place(Slot {
             hi,
             lo,
             payload,
             at_secs,
-        };
+        });
     }
 
     /// Keeps only the ids for which `keep(at_secs)` is true; returns how many were dropped.
@@ -132,20 +127,24 @@ impl IdSet {
             .filter(|(s, t)| **t != 0 && keep(s.at_secs))
             .map(|(s, _)| *s)
             .collect();
-        let capacity = (kept.len() * LOAD_DEN / LOAD_NUM + 1).max(MIN_CAPACITY);
+        // the load right after a growth (53%), not 80%: a table rebuilt full would grow
+        // (a second rebuild) at the next insert
+        let capacity = (kept.len() * LOAD_DEN / LOAD_NUM * 3 / 2 + 1).max(MIN_CAPACITY);
         self.rebuild(capacity, kept);
         before - self.len
     }
 
     fn resize(&mut self, capacity: usize) {
-        let tags = std::mem::take(&mut self.tags);
-        let old: Vec<Slot> = std::mem::take(&mut self.slots)
-            .into_iter()
-            .zip(tags)
-            .filter(|(_, t)| *t != 0)
-            .map(|(s, _)| s)
-            .collect();
-        self.rebuild(capacity, old);
+        let old_slots = std::mem::take(&mut self.slots);
+        let old_tags = std::mem::take(&mut self.tags);
+        self.slots = vec![Slot::default(); capacity];
+        self.tags = vec![0; capacity];
+        self.len = 0;
+        for (s, t) in old_slots.iter().zip(&old_tags) {
+            if *t != 0 {
+                self.place(*s);
+            }
+        }
     }
 
     fn rebuild(&mut self, capacity: usize, entries: Vec<Slot>) {
@@ -154,13 +153,18 @@ impl IdSet {
         self.tags = vec![0; capacity];
         self.len = 0;
         for s in entries {
-            let i = self.find(s.hi, s.lo);
-            if self.tags[i] == 0 {
-                self.len += 1;
-                self.tags[i] = tag(s.lo);
-            }
-            self.slots[i] = s;
+            self.place(s);
         }
+    }
+
+    /// Puts `s` into a table with room, as [`IdSet::insert`] does without the growth check.
+    fn place(&mut self, s: Slot) {
+        let i = self.find(s.hi, s.lo);
+        if self.tags[i] == 0 {
+            self.len += 1;
+            self.tags[i] = tag(s.lo);
+        }
+        self.slots[i] = s;
     }
 }
 

@@ -248,9 +248,15 @@ fn raw_len_unique(msgs: &[Message]) -> usize {
         .len()
 }
 
+/// Events per aggregator batch in these runs (the shipped default, `batch_max_events`),
+/// unless `TALLY_BENCH_BATCH` says otherwise (to compare batch sizes in one build).
 fn aggregator_config() -> AggregatorConfig {
+    let batch = std::env::var("TALLY_BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(AggregatorConfig::default().batch_max_events);
     AggregatorConfig {
-        batch_max_events: 5000,
+        batch_max_events: batch,
         batch_max_wait_ms: 100,
         ..AggregatorConfig::default()
     }
