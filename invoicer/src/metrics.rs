@@ -4,6 +4,18 @@ use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
 
+/// Declares the counters at zero, so dashboards and alerts see them before the first event.
+pub fn declare() {
+    for name in [
+        "tally_invoicer_invoices_written_total",
+        "tally_invoicer_invoices_finalized_total",
+        "tally_invoicer_pass_errors_total",
+        "tally_invoicer_numbering_conflicts_total",
+    ] {
+        counter!(name).absolute(0);
+    }
+}
+
 /// One invoicing pass.
 pub fn pass(took: Duration, invoices: usize) {
     histogram!("tally_invoicer_pass_seconds").record(took.as_secs_f64());

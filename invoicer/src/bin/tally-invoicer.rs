@@ -83,6 +83,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     telemetry::serve_metrics(cfg.invoicer.metrics_addr.parse()?)?;
+    tally_invoicer::metrics::declare();
     let listener = tokio::net::TcpListener::bind(&cfg.invoicer.api_addr)
         .await
         .with_context(|| format!("binding invoicer.api_addr {}", cfg.invoicer.api_addr))?;
