@@ -342,7 +342,7 @@ async fn the_schedule_runs_passes_until_shutdown() {
         || chrono::Utc::now().timestamp_millis(),
     ));
     let mut numbered = String::new();
-    for _ in 0..50 {
+    for _ in 0..150 {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         numbered = db
             .query("SELECT any(number) FROM v_invoices WHERE customer = 'acme'")
