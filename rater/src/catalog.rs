@@ -3,6 +3,7 @@
 //! subscription's plan that is effective at the period's start (the latest `effective_from`
 //! at or before it); a new version takes effect from the next period on.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use tally_domain::{BillingCycle, Currency, CustomerId, Meter, MeterSlug, Period};
@@ -304,7 +305,7 @@ impl Catalog {
     }
 
     /// The customer's latest subscription, or the default plan.
-    pub fn subscription(&self, customer: &CustomerId) -> Option<Subscription> {
+    pub fn subscription(&self, customer: &CustomerId) -> Option<Cow<'_, Subscription>> {
         self.subscription_at(customer, i64::MAX)
     }
 
@@ -328,25 +329,32 @@ impl Catalog {
         }
     }
 
-    /// The subscription covering `at_ms`; before a customer's first subscription (or without
-    /// one), the default plan on a calendar-month cycle, untaxed.
-    pub fn subscription_at(&self, customer: &CustomerId, at_ms: i64) -> Option<Subscription> {
+    /// The subscription covering `at_ms` (borrowed: a pass looks it up once per charge);
+    /// before a customer's first subscription (or without one), the default plan on a
+    /// calendar-month cycle, untaxed.
+    pub fn subscription_at(
+        &self,
+        customer: &CustomerId,
+        at_ms: i64,
+    ) -> Option<Cow<'_, Subscription>> {
         let list = self
             .subscriptions
             .get(customer)
             .map_or(&[][..], Vec::as_slice);
         if let Some(s) = list.iter().rev().find(|s| s.from_ms <= at_ms) {
-            return Some(s.clone());
+            return Some(Cow::Borrowed(s));
         }
-        self.default_plan.clone().map(|plan| Subscription {
-            plan,
-            cycle: BillingCycle::default().into(),
-            coupons: vec![],
-            tax_region: None,
-            tax_exempt: false,
-            from_ms: i64::MIN,
-            to_ms: list.first().map_or(i64::MAX, |s| s.from_ms),
-            currency: None,
+        self.default_plan.clone().map(|plan| {
+            Cow::Owned(Subscription {
+                plan,
+                cycle: BillingCycle::default().into(),
+                coupons: vec![],
+                tax_region: None,
+                tax_exempt: false,
+                from_ms: i64::MIN,
+                to_ms: list.first().map_or(i64::MAX, |s| s.from_ms),
+                currency: None,
+            })
         })
     }
 
