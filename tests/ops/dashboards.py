@@ -55,6 +55,17 @@ def alert_rules():
                     yield path.name, rule["alert"], rule["expr"], rule
 
 
+def recording_rules():
+    """(file, recorded name, expr) for every recording rule."""
+    import yaml
+
+    for path in rule_files():
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            for rule in group["rules"]:
+                if "record" in rule:
+                    yield path.name, rule["record"], rule["expr"]
+
+
 METRIC = re.compile(r"\b(tally_[a-z0-9_]+|up)\b")
 
 

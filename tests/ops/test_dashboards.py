@@ -124,6 +124,12 @@ class AlertRules(unittest.TestCase):
             out = subprocess.run([promtool(), "check", "rules", f.name], capture_output=True, text=True)
             self.assertNotEqual(0, out.returncode)
 
+    def test_recorded_names_follow_the_level_metric_operations_convention(self):
+        records = [r for _, r, _ in d.recording_rules()]
+        self.assertTrue(records)
+        for record in records:
+            self.assertRegex(record, r"^tally:[a-z0-9_]+:[a-z0-9_]+$")
+
     def test_the_issue_s_alerts_exist(self):
         names = {name for _, name, _, _ in d.alert_rules()}
         for wanted in ["TallyConsumerLagHigh", "TallyDeadLetterGrowth", "TallyInvoiceRunLate", "TallyInvoiceRunFailed",

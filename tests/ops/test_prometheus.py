@@ -247,10 +247,18 @@ class PrometheusAgainstTheServices(unittest.TestCase):
     def test_prometheus_evaluates_every_rule_without_error(self):
         _, body = self.prom.api("rules")
         rules = {r["name"]: r for g in body["data"]["groups"] for r in g["rules"]}
-        self.assertEqual({a for _, a, _, _ in d.alert_rules()}, set(rules))
+        expected = {a for _, a, _, _ in d.alert_rules()} | {r for _, r, _ in d.recording_rules()}
+        self.assertEqual(expected, set(rules))
         for name, rule in rules.items():
             with self.subTest(alert=name):
                 self.assertEqual("ok", rule["health"], rule.get("lastError"))
+
+    def test_the_slo_indicators_are_met_on_a_healthy_stack(self):
+        for _, record, _ in d.recording_rules():
+            with self.subTest(record=record):
+                _, result, _ = self.prom.query(record)
+                self.assertTrue(result, f"{record}: no series")
+                self.assertGreaterEqual(float(result[0]["value"][1]), 0.99)
 
     def test_a_healthy_stack_fires_no_alert(self):
         _, body = self.prom.api("alerts")
