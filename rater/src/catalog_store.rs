@@ -4,7 +4,8 @@
 //! stored identity with a different body is refused (versions are immutable; a change is a
 //! new version). The rater then builds its catalog from what is stored, so entries appended
 //! by earlier files (or other tools) stay in force, validated against the stored meters
-//! ([`crate::registry_store`]).
+//! ([`crate::registry_store`]) and priced with the stored tax and FX rates
+//! ([`crate::rates_store`]). It never updates or deletes a stored row.
 
 use std::collections::BTreeMap;
 
