@@ -1,5 +1,5 @@
 //! Where an invoice line comes from: its charge, the committed usage windows of that charge's
-//! customer, meter, group and period (`v_usage`), and the events behind them (committed
+//! customer, meter and group within the charge's usage span in its period (`v_usage`), and the events behind them (committed
 //! `usage_readings`), each with when it was committed. For an adjustment line the events
 //! committed after the corrected invoice was finalized are marked late. Read-only; results
 //! are bounded by [`ROWS_MAX`] (`truncated` says when more exist).
@@ -86,6 +86,11 @@ struct ChargeScope {
     customer: String,
     period_start: u32,
     period_end: u32,
+    /// The charge's own usage span within the period (`usage_from` .. `usage_to`, its first
+    /// window's start and last window's end): a period split by a plan change has one charge
+    /// per part, each with its own span.
+    usage_from: u32,
+    usage_to: u32,
 }
 
 /// The lineage of `line` of `invoice_id`; `None` when its charge is unknown.
@@ -96,7 +101,10 @@ pub async fn of_line(
 ) -> Result<Option<Lineage>, clickhouse::error::Error> {
     let scope: Option<ChargeScope> = db
         .query(
-            "SELECT customer, toUInt32(period_start), toUInt32(period_end) FROM v_charges WHERE charge_id = ? LIMIT 1",
+            "SELECT customer, toUInt32(period_start), toUInt32(period_end), \
+                    toUInt32(greatest(period_start, usage_from)), \
+                    toUInt32(if(usage_to > usage_from, least(period_end, usage_to), greatest(period_start, usage_from))) \
+             FROM v_charges WHERE charge_id = ? LIMIT 1",
         )
         .bind(&line.charge_id)
         .fetch_optional()
@@ -191,8 +199,8 @@ pub async fn of_line(
     }))
 }
 
-/// Rows of `sql` for the line's customer, meter, period and group (binds in that order:
-/// customer, meter, period start, period end, group twice, limit), at most `ROWS_MAX + 1`.
+/// Rows of `sql` for the line's customer, meter, usage span and group (binds in that order:
+/// customer, meter, span start, span end, group twice, limit), at most `ROWS_MAX + 1`.
 async fn scoped<T>(
     db: &Client,
     sql: &str,
@@ -210,8 +218,8 @@ where
     db.query(sql)
         .bind(&scope.customer)
         .bind(&line.meter)
-        .bind(scope.period_start)
-        .bind(scope.period_end)
+        .bind(scope.usage_from)
+        .bind(scope.usage_to)
         .bind(group)
         .bind(group)
         .bind(ROWS_MAX as u64 + 1)
