@@ -180,7 +180,44 @@ pub(crate) mod tests {
         total
     }
 
+    /// The oracle for any bounds: walk one unit at a time, but never across a tier bound (a
+    /// step ends at the bound it would cross), pricing each step at the tier that holds it.
+    fn bounded_walk(tiers: &[Tier], q: Decimal) -> Decimal {
+        let mut total = Decimal::ZERO;
+        let mut at = Decimal::ZERO;
+        while at < q {
+            let tier = tiers
+                .iter()
+                .find(|t| t.up_to.is_none_or(|b| at < b))
+                .unwrap();
+            let mut top = (at + Decimal::ONE).min(q);
+            if let Some(b) = tier.up_to {
+                top = top.min(b);
+            }
+            total += (top - at) * tier.unit_price;
+            at = top;
+        }
+        total
+    }
+
     proptest! {
+        #[test]
+        fn graduated_equals_a_walk_over_fractional_tier_bounds(
+            units in 0i64..50_000, scale in 0u32..3,
+            b1 in 1i64..5_000, b2 in 1i64..5_000, bound_scale in 0u32..3,
+            p1 in 0i64..100_000, p2 in 0i64..100_000, p3 in 0i64..100_000,
+        ) {
+            // bounds like 12.34 and prices like 0.00567: steps stop at every bound
+            let (b1, b2) = (Decimal::new(b1, bound_scale), Decimal::new(b2, bound_scale));
+            let tiers = vec![
+                Tier { up_to: Some(b1), unit_price: Decimal::new(p1, 5) },
+                Tier { up_to: Some(b1 + b2), unit_price: Decimal::new(p2, 5) },
+                Tier { up_to: None, unit_price: Decimal::new(p3, 5) },
+            ];
+            let q = Decimal::new(units, scale);
+            prop_assert_eq!(amount(&tiers, q), bounded_walk(&tiers, q));
+        }
+
         #[test]
         fn graduated_equals_a_unit_by_unit_walk_over_the_tiers(
             units in 0i64..3_000, scale in 0u32..3,
