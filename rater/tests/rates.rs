@@ -120,6 +120,26 @@ async fn the_file_bootstraps_tax_and_fx_rates_once_and_changes_are_refused() {
             "DE/standard 2026-07-01 00:00:00 UTC 16",
         ]
     );
+
+    // two writers racing with different rates for one identity: reading refuses it, by name
+    db.query(
+        "INSERT INTO catalog_tax_rates (region, code, effective_from, body, recorded_at) VALUES \
+         ('DE', 'standard', '2026-07-01T00:00:00.000Z', \
+          '{\"region\":\"DE\",\"code\":\"standard\",\"rate_percent\":\"17\",\"effective_from\":\"2026-07-01T00:00:00Z\"}', now())",
+    )
+    .execute()
+    .await
+    .expect("a conflicting row");
+    match load(&db).await {
+        Err(CatalogStoreError::Unreadable { identity, detail }) => {
+            assert_eq!(
+                identity,
+                "tax rate DE/standard from 2026-07-01T00:00:00.000Z"
+            );
+            assert!(detail.contains("already stored as 16%"), "{detail}");
+        }
+        other => panic!("two rates for one identity must be refused: {other:?}"),
+    }
     env.cleanup().await;
 }
 
