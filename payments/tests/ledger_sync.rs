@@ -28,7 +28,7 @@ async fn finalizations_credit_notes_and_voids_are_booked_once_and_balance() {
         &db,
         "acme",
         "EUR",
-        NOV_1_MS - 30 * DAY_MS,
+        days_ago_ms(60),
         &[("tokens", 400, 40)],
         now,
     )

@@ -62,7 +62,7 @@ async fn a_customer_sees_its_invoices_usage_and_pdf_and_nothing_else() {
         &db,
         "acme",
         "USD",
-        NOV_1_MS - 90 * DAY_MS,
+        days_ago_ms(120),
         &[("tokens", 12_345, 1_234)],
         now,
     )

@@ -241,7 +241,7 @@ async fn a_late_payment_failed_after_succeeded_does_not_reopen_the_invoice() {
         &db,
         "acme",
         "JPY",
-        NOV_1_MS - 30 * DAY_MS,
+        days_ago_ms(60),
         &[("tokens", 500, 0)],
         wall_ms(),
     )

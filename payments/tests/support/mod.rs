@@ -30,8 +30,12 @@ pub const API_TOKEN: &str = "tok_test_api";
 pub const PORTAL_SECRET: &str = "portal_test_secret";
 pub const DAY_MS: i64 = 86_400_000;
 
-/// 2026-11-01T00:00:00Z.
-pub const NOV_1_MS: i64 = 1_793_491_200_000;
+/// Midnight UTC `days` days before now: invoice periods are placed relative to the clock, so
+/// they are over (finalized, past due) whenever the tests run.
+pub fn days_ago_ms(days: i64) -> i64 {
+    let now = chrono::Utc::now().timestamp_millis();
+    now - now.rem_euclid(DAY_MS) - days * DAY_MS
+}
 
 /// A finalized invoice of `customer` for the period starting at `start_ms` (30 days), one line
 /// per `(meter, amount_minor, tax_minor)`, built and stored by the invoicer.
@@ -82,7 +86,7 @@ pub async fn invoice(
     inv
 }
 
-/// A finalized invoice for the period that started 60 days before 2026-11-01, stored now.
+/// A finalized invoice for the 30-day period that started 90 days ago, stored now.
 pub async fn past_invoice(
     db: &clickhouse::Client,
     customer: &str,
@@ -90,7 +94,7 @@ pub async fn past_invoice(
     lines: &[(&str, i64, i64)],
 ) -> Invoice {
     let now = chrono::Utc::now().timestamp_millis();
-    invoice(db, customer, currency, NOV_1_MS - 60 * DAY_MS, lines, now).await
+    invoice(db, customer, currency, days_ago_ms(90), lines, now).await
 }
 
 /// A running payments server.
