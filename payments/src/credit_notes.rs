@@ -1,6 +1,7 @@
 //! Reading the invoicer's credit notes (`v_credit_notes`) that the ledger has not posted yet.
 //! The view is the invoicer's; when it does not exist (an older schema) there are none. The
 //! view's `amount_minor` is before tax; the ledger credits the receivable with amount plus tax.
+//! It never writes: credit notes are the invoicer's; only their journals are posted here.
 
 use std::collections::HashSet;
 

@@ -6,6 +6,7 @@
 //! reminders as signed notifications with a delivery log) and the customer portal (signed,
 //! expiring links). It does not own invoices or their numbers, lines and totals (the
 //! invoicer's); it moves an invoice's lifecycle only through `tally_invoicer::lifecycle`.
+//! It never updates or deletes a stored row: every change is an appended record with its actor.
 //!
 //! # Layout
 //! - [`config`]: the `[payments]`, `[portal]` and `[dunning]` sections (secrets redacted).

@@ -2,9 +2,9 @@
 //! Append-only: nothing here updates or deletes a row. Every id written is deterministic, so
 //! a retried append collapses in `v_payments` and `v_ledger_entries`.
 //!
-//! Invoice facts the invoicer does not (yet) store as columns (tax, amount due after prepaid
-//! credits, due date, number) are read from the stored invoice document, with the total as
-//! the amount due and no tax when the document has none.
+//! Invoice facts beyond the header columns (tax, amount due after prepaid credits, due date,
+//! number) are read from the invoice document the invoicer stored (frozen at finalization),
+//! with the total as the amount due and no tax when an older document has none.
 
 use std::collections::HashSet;
 

@@ -11,6 +11,8 @@
 //!   `payments.stripe_api_key`, due payment retries sent to Stripe), printed as JSON.
 //! - `portal-link --customer ID`: prints a signed portal link.
 //! - `collect-request --invoice ID`: prints the Stripe PaymentIntent request that collects it.
+//!
+//! It never prints a secret: configuration errors name the setting only.
 
 use std::sync::Arc;
 use std::time::Duration;

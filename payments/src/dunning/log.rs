@@ -1,4 +1,5 @@
 //! The notifications decided and the delivery log, in ClickHouse (append-only).
+//! It never updates or deletes a row.
 
 use std::collections::HashMap;
 

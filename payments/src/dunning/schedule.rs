@@ -6,6 +6,7 @@
 //! `reminder_schedule_secs[k]` after the due date of an invoice still open. Only the latest
 //! due step of each kind is returned (after an outage the customer gets one notice, not a
 //! burst). Ids are deterministic (`<kind>:<invoice>:<step>`), so a step is decided once.
+//! It never performs I/O or reads the clock.
 
 use serde::Serialize;
 

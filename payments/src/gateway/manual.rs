@@ -2,6 +2,7 @@
 //! through the payments API by an authenticated operator. The request names the invoice, the
 //! amount and the bank reference; the reference is the idempotency key, so recording the same
 //! transfer twice changes nothing.
+//! It never accepts a payment without a reference, a positive amount and a known currency.
 
 use serde::Deserialize;
 

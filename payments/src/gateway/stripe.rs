@@ -7,6 +7,7 @@
 //! id travels in the PaymentIntent's `metadata[invoice_id]`, set by [`Stripe::collect_request`])
 //! and `charge.refunded` (the newest refund in `refunds.data`, matched to the payment by
 //! `payment_intent`). Every other type is accepted and ignored. No network call is made here.
+//! It never interprets a payload whose signature did not verify, and never calls Stripe.
 
 use serde::Deserialize;
 

@@ -1,8 +1,9 @@
 //! The HTTP surface of tally-payments: gateway webhooks (`POST /webhooks/stripe`), the
 //! payments API (`/v1/...`, bearer token), the customer portal (`/portal/<token>...`) and
-//! `/healthz`.
+//! `/healthz`. No route changes state without a verified signature or a bearer token, and no
+//! portal page opens without a signed link.
 //!
-//! - [`server`]: the accept loop and response helpers.
+//! - [`server`]: serving through the shared server; response helpers.
 //! - [`routes`]: the state and the routing table; webhooks.
 //! - [`api`]: the operator API (manual payments, refunds, write-offs, links, ledger).
 //! - [`portal`]: the portal pages and documents.

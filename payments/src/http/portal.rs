@@ -1,6 +1,7 @@
 //! Portal routes: `/portal/<token>` (the page), `/portal/<token>/invoices/<id>` (the invoice
 //! as HTML) and `/portal/<token>/invoices/<id>.pdf` (download). A refused link is 403 with a
 //! page that says only that; an invoice of another customer is 404, as if it did not exist.
+//! It never serves a page or document of a customer other than the link's.
 
 use hyper::header::HeaderValue;
 use hyper::{Response, StatusCode};

@@ -1,7 +1,7 @@
 //! Routing, and the Stripe webhook endpoint. A webhook is verified (signature, tolerance)
 //! before its payload is read; a refused one is answered 400 and logged without the secret
 //! or the signature. Processing errors are 500 so the gateway delivers again (processing is
-//! idempotent).
+//! idempotent). It never stores or acts on a webhook whose signature did not verify.
 
 use std::time::Instant;
 

@@ -1,6 +1,7 @@
 //! Serving: the shared `tally_platform::http` server (bounded connections, header timeout,
 //! graceful shutdown) with this service's router, plus the response helpers the routes use
 //! beyond the shared ones (raw bodies for signature checks, portal HTML with a strict policy).
+//! It never buffers a request body past `BODY_BYTES_MAX`.
 
 use std::sync::Arc;
 

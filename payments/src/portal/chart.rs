@@ -1,6 +1,7 @@
 //! The usage chart: an inline SVG bar chart per meter, one bar per day of the period. Bar
 //! heights are computed in exact decimals and rounded to whole pixels only at the end; no
 //! script, font or external resource.
+//! It never uses floats for quantities.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;

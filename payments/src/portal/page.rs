@@ -2,6 +2,7 @@
 //! and meter with a chart, invoices with status and PDF download, payments. Self-contained
 //! HTML (inline CSS and SVG; no script, no external resource). Every value is escaped. The
 //! page shows only what [`super::CustomerView`] holds, which is loaded for one customer.
+//! It never emits a script, an external URL or an unescaped value.
 
 use std::fmt::Write;
 

@@ -2,6 +2,7 @@
 //! billing period, per agent and meter, and per meter and day for the chart. Quantities are
 //! exact decimals; a meter's windows combine by its aggregation (SUM and COUNT add up, MAX
 //! and MIN take the extreme; other aggregations show the largest window's value).
+//! It never reads another customer's rows and never rounds a quantity.
 
 use std::collections::BTreeMap;
 
