@@ -4,9 +4,11 @@
 //! interpreted.
 //!
 //! Events acted on: `payment_intent.succeeded`, `payment_intent.payment_failed` (the invoice
-//! id travels in the PaymentIntent's `metadata[invoice_id]`, set by [`Stripe::collect_request`])
-//! and `charge.refunded` (the newest refund in `refunds.data`, matched to the payment by
-//! `payment_intent`). Every other type is accepted and ignored. No network call is made here.
+//! id travels in the PaymentIntent's `metadata[invoice_id]`, set by [`Stripe::collect_request`]),
+//! `refund.created` and `charge.refunded` when it lists `refunds.data` (older API versions);
+//! a refund is matched to the payment by `payment_intent`, and the refund id is the
+//! idempotency key, so both events for one refund book it once. Every other type is accepted
+//! and ignored. No network call is made here.
 //! It never interprets a payload whose signature did not verify, and never calls Stripe.
 
 use serde::Deserialize;
@@ -93,6 +95,17 @@ struct Refund {
     amount: i64,
 }
 
+/// A Refund object (`refund.created`).
+#[derive(Deserialize)]
+struct RefundObject {
+    id: String,
+    amount: i64,
+    currency: String,
+    payment_intent: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+}
+
 fn payload<T: serde::de::DeserializeOwned>(
     v: serde_json::Value,
     what: &str,
@@ -163,22 +176,34 @@ impl Stripe {
                 })
             }
             "charge.refunded" => {
+                // API versions since 2022-11-15 no longer include `refunds` in the charge:
+                // then this event is only acknowledged, and `refund.created` carries the refund
                 let ch: Charge = payload(event.data.object, "charge")?;
-                let refund = ch
-                    .refunds
-                    .and_then(|r| r.data.into_iter().next())
-                    .ok_or_else(|| {
-                        GatewayError::Payload("charge.refunded without refunds.data".into())
-                    })?;
-                let payment_ref = ch.payment_intent.ok_or_else(|| {
-                    GatewayError::Payload("charge.refunded without payment_intent".into())
+                match (
+                    ch.refunds.and_then(|r| r.data.into_iter().next()),
+                    ch.payment_intent,
+                ) {
+                    (Some(refund), Some(payment_ref)) => Some(Effect::Refunded {
+                        refund_ref: refund.id,
+                        payment_ref,
+                        amount_minor: refund.amount,
+                        currency: ch.currency.to_ascii_uppercase(),
+                    }),
+                    _ => None,
+                }
+            }
+            "refund.created" => {
+                let r: RefundObject = payload(event.data.object, "refund")?;
+                let payment_ref = r.payment_intent.ok_or_else(|| {
+                    GatewayError::Payload(format!("refund {}: no payment_intent", r.id))
                 })?;
-                Some(Effect::Refunded {
-                    refund_ref: refund.id,
-                    payment_ref,
-                    amount_minor: refund.amount,
-                    currency: ch.currency.to_ascii_uppercase(),
-                })
+                (r.status.as_deref() != Some("failed") && r.status.as_deref() != Some("canceled"))
+                    .then(|| Effect::Refunded {
+                        refund_ref: r.id,
+                        payment_ref,
+                        amount_minor: r.amount,
+                        currency: r.currency.to_ascii_uppercase(),
+                    })
             }
             _ => None,
         };
@@ -270,6 +295,38 @@ mod tests {
             s.decode(Some(&h), &body, 1_700_000_400),
             Err(GatewayError::Signature(_))
         ));
+    }
+
+    #[test]
+    fn refunds_decode_from_refund_created_and_old_style_charge_refunded() {
+        let s = Stripe::new("whsec_x", 300);
+        let decode = |kind: &str, object: serde_json::Value| {
+            let body = event(kind, object);
+            let h = signature::header(&Secret::new("whsec_x"), 1_700_000_000, &body);
+            s.decode(Some(&h), &body, 1_700_000_000).unwrap().effect
+        };
+        let expected = Some(Effect::Refunded {
+            refund_ref: "re_1".into(),
+            payment_ref: "pi_1".into(),
+            amount_minor: 300,
+            currency: "USD".into(),
+        });
+        let refund = serde_json::json!({"id": "re_1", "object": "refund", "amount": 300,
+            "currency": "usd", "payment_intent": "pi_1", "status": "succeeded"});
+        assert_eq!(decode("refund.created", refund), expected);
+        let old = serde_json::json!({"id": "ch_1", "currency": "usd", "payment_intent": "pi_1",
+            "refunds": {"data": [{"id": "re_1", "amount": 300}]}});
+        assert_eq!(decode("charge.refunded", old), expected);
+        let new = serde_json::json!({"id": "ch_1", "currency": "usd", "payment_intent": "pi_1",
+            "amount_refunded": 300});
+        assert_eq!(
+            decode("charge.refunded", new),
+            None,
+            "acknowledged, booked by refund.created"
+        );
+        let failed = serde_json::json!({"id": "re_2", "amount": 300, "currency": "usd",
+            "payment_intent": "pi_1", "status": "failed"});
+        assert_eq!(decode("refund.created", failed), None);
     }
 
     #[test]
