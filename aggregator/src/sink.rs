@@ -1,4 +1,5 @@
-//! Committing a batch to ClickHouse: raw events, then meter readings, then the commit marker.
+//! Committing a batch to ClickHouse: raw events and meter readings (concurrently), then the
+//! commit marker.
 //!
 //! Rows are written under a fresh `batch_id` per attempt and count only once the marker row
 //! exists (see the crate docs). This module never acks anything and never touches the dedup
@@ -104,8 +105,8 @@ async fn insert_rows<'r, T: clickhouse::RowWrite>(
     Ok(())
 }
 
-/// Writes the batch's events and readings under `batch_id`, without a marker, so they do not
-/// count yet; returns the number of readings. [`commit`] calls it before writing the marker;
+/// Writes the batch's events and readings under `batch_id` (two concurrent inserts), without a
+/// marker, so they do not count yet; returns the number of readings. [`commit`] calls it before writing the marker;
 /// the insert benchmark uses it as the plain-insert baseline.
 pub async fn write_rows(
     db: &Client,
@@ -133,7 +134,6 @@ pub async fn write_rows(
             received_at: now,
         })
         .collect();
-    insert_rows::<EventRow<'static>>(db, "usage_events", events).await?;
     let group_names: Vec<Vec<String>> = meters.iter().map(Meter::group_names).collect();
     let readings: Vec<ReadingRow<'_>> = batch
         .events
@@ -161,7 +161,13 @@ pub async fn write_rows(
         })
         .collect();
     let reading_count = readings.len();
-    insert_rows::<ReadingRow<'static>>(db, "usage_readings", readings).await?;
+    // both inserts at once: the marker waits for both, so a failure of either (even after the
+    // other succeeded) leaves rows that never count, exactly as when they ran one by one
+    futures::future::try_join(
+        insert_rows::<EventRow<'static>>(db, "usage_events", events),
+        insert_rows::<ReadingRow<'static>>(db, "usage_readings", readings),
+    )
+    .await?;
     Ok(reading_count)
 }
 
