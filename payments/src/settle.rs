@@ -230,7 +230,7 @@ impl Settler {
         actor: &str,
         now_ms: i64,
     ) -> Result<String, Error> {
-        let status = ensure_finalized(&self.db, inv, now_ms).await?;
+        let (status, _) = ensure_finalized(&self.db, inv, now_ms).await?;
         let payments = store::payments_of(&self.db, &inv.invoice_id).await?;
         if !payments.iter().any(|p| p.payment_id == row.payment_id) {
             store::append_payment(&self.db, &row).await?;
@@ -365,11 +365,12 @@ impl Settler {
         let posted = store::journal_ids(&self.db).await?;
         let mut n = 0;
         for inv in store::finalized_invoices(&self.db).await? {
-            let status = if posted.contains(&format!("fin:{}", inv.invoice_id)) {
-                lifecycle::status(&self.db, &inv.invoice_id).await?
+            let (status, booked) = if posted.contains(&format!("fin:{}", inv.invoice_id)) {
+                (lifecycle::status(&self.db, &inv.invoice_id).await?, true)
             } else {
-                n += 1;
-                ensure_finalized(&self.db, &inv, now_ms).await?
+                let (status, booked) = ensure_finalized(&self.db, &inv, now_ms).await?;
+                n += usize::from(booked);
+                (status, booked)
             };
             let void = Operation::Void {
                 invoice_id: inv.invoice_id.clone(),
@@ -377,7 +378,8 @@ impl Settler {
                 tax_minor: inv.tax_minor,
                 amount_due_minor: inv.amount_due_minor,
             };
-            if status == InvoiceStatus::Void && !posted.contains(&void.journal_id()) {
+            // a draft voided before finalization was never booked: nothing to reverse
+            if booked && status == InvoiceStatus::Void && !posted.contains(&void.journal_id()) {
                 post(
                     &self.db,
                     &void,
@@ -428,13 +430,22 @@ async fn post(
 
 /// Makes sure a finalized invoice is finalized in the lifecycle (recording the invoicer's
 /// finalization when only `v_invoices` shows it) and its receivable is booked; returns the
-/// lifecycle status.
+/// lifecycle status and whether the invoice was ever finalized (and so is booked). A draft,
+/// or a draft voided before finalization, is not booked.
 pub async fn ensure_finalized(
     db: &Client,
     inv: &InvoiceFacts,
     now_ms: i64,
-) -> Result<InvoiceStatus, Error> {
-    let mut status = lifecycle::status(db, &inv.invoice_id).await?;
+) -> Result<(InvoiceStatus, bool), Error> {
+    let history = lifecycle::history(db, &inv.invoice_id).await?;
+    // the same fold as the lifecycle's, noting whether it passed through `finalized`
+    let (mut status, mut finalized) = (InvoiceStatus::Draft, false);
+    for t in &history {
+        if status.can_become(t.to) {
+            status = t.to;
+            finalized |= t.to == InvoiceStatus::Finalized;
+        }
+    }
     if status == InvoiceStatus::Draft && inv.invoicer_status == "finalized" {
         lifecycle::record(
             db,
@@ -446,8 +457,9 @@ pub async fn ensure_finalized(
         )
         .await?;
         status = InvoiceStatus::Finalized;
+        finalized = true;
     }
-    if status != InvoiceStatus::Draft {
+    if finalized {
         let op = Operation::InvoiceFinalized {
             invoice_id: inv.invoice_id.clone(),
             total_minor: inv.total_minor,
@@ -456,5 +468,5 @@ pub async fn ensure_finalized(
         };
         post(db, &op, &inv.currency, &inv.customer, SYNC_ACTOR, now_ms).await?;
     }
-    Ok(status)
+    Ok((status, finalized))
 }

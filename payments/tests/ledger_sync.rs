@@ -1,7 +1,7 @@
 //! The ledger sync over the real ClickHouse: an invoice the invoicer finalized is booked
 //! (receivable / revenue / tax payable) and its lifecycle finalization recorded; a credit note
 //! the invoicer issued is booked against revenue, tax and the receivable; a voided invoice's
-//! booking is reversed; a second sync posts nothing; the trial balance stays at zero.
+//! booking is reversed and a draft voided before finalization books nothing; a second sync posts nothing; the trial balance stays at zero.
 
 mod support;
 
@@ -33,6 +33,17 @@ async fn finalizations_credit_notes_and_voids_are_booked_once_and_balance() {
         now,
     )
     .await;
+    // still in its period: a draft, voided before it is ever finalized
+    let draft = invoice(
+        &db,
+        "acme",
+        "EUR",
+        days_ago_ms(10),
+        &[("tokens", 999, 0)],
+        now,
+    )
+    .await;
+    assert_eq!(draft.status, tally_invoicer::Status::Draft);
     let settler = Settler::new(db.clone());
 
     assert_eq!(
@@ -72,10 +83,27 @@ async fn finalizations_credit_notes_and_voids_are_booked_once_and_balance() {
     .await
     .unwrap();
 
+    lifecycle::record(
+        &db,
+        &draft.invoice_id,
+        InvoiceStatus::Void,
+        "api:carol",
+        "duplicate",
+        now,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         settler.sync_ledger(now + 1).await.unwrap(),
         2,
         "one credit note, one void"
+    );
+    assert!(
+        store::entries_of(&db, &draft.invoice_id)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a draft voided before finalization was never booked"
     );
     assert_eq!(
         settler.sync_ledger(now + 2).await.unwrap(),
