@@ -176,6 +176,32 @@ async fn each_service_works_with_its_own_nats_user_and_is_refused_outside_it() {
         .await;
     assert!(consumer.is_err(), "the gateway may not consume the stream");
 
+    // The invoicer numbers invoices in its KV bucket as tally-invoicer, and nothing else.
+    let inv_client = connect(port, user(&users, "tally-invoicer")).await;
+    let numbers = tally_invoicer::numbering::Numbers::open(
+        inv_client.clone(),
+        tally_ingest::nats_auth::DEFAULT_INVOICE_BUCKET,
+    )
+    .await
+    .expect("the invoicer may declare and open its bucket");
+    let assigned = numbers
+        .assign("acme-issuer", &["inv-a".to_owned(), "inv-b".to_owned()])
+        .await
+        .expect("the invoicer may number invoices");
+    let mut got: Vec<u64> = assigned.values().copied().collect();
+    got.sort_unstable();
+    assert_eq!(got, vec![1, 2]);
+    let mut inv_js = async_nats::jetstream::new(inv_client);
+    inv_js.set_timeout(Duration::from_secs(2));
+    assert!(
+        !acked(&inv_js, format!("{p}.acme.bot")).await,
+        "the invoicer forged usage"
+    );
+    assert!(
+        inv_js.delete_stream(&env.nats.stream).await.is_err(),
+        "the invoicer deleted the usage stream"
+    );
+
     agg.abort();
     running.stop().await;
     // The streams live on the test's own server, gone with it; drop the database.

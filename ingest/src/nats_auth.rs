@@ -8,6 +8,7 @@
 //! | `agent-<customer>` | `<prefix>.<customer>.>` | any other customer, the JetStream API, the DLQ |
 //! | `tally-gateway` | `<prefix>.>`, stream info/create/update | consume, delete or purge streams |
 //! | `tally-aggregator` | consumer API, acks, `<dlq prefix>.>`, stream info/create/update | forge usage on `<prefix>.>`, delete or purge streams |
+//! | `tally-invoicer` | its invoice-number KV bucket (`$KV.<bucket>.>`, get, create/info of `KV_<bucket>`) | usage, consumers, any other stream |
 //! | `tally-admin` | everything | |
 //!
 //! Everyone may subscribe only to `_INBOX.>` (replies and JetStream acks), except the admin.
@@ -24,6 +25,10 @@ pub enum Role {
     Admin,
     Aggregator,
     Gateway,
+    /// The invoicer: its invoice-number KV bucket only.
+    Invoicer {
+        bucket: String,
+    },
     /// A customer's agents publishing directly.
     Agent(CustomerId),
 }
@@ -43,6 +48,8 @@ pub enum NatsAuthError {
     Random,
     #[error("field `customers`: {0}")]
     Customer(#[from] tally_domain::IdError),
+    #[error("field `invoice_bucket`: {0:?} is not a KV bucket name (letters, digits, `_`, `-`)")]
+    Bucket(String),
 }
 
 fn password() -> Result<String, NatsAuthError> {
@@ -53,14 +60,38 @@ fn password() -> Result<String, NatsAuthError> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// `tally-admin`, `tally-aggregator`, `tally-gateway` and one `agent-<customer>` per customer,
-/// with fresh passwords.
+/// The invoicer's default KV bucket (`[invoicer] numbers_bucket`).
+pub const DEFAULT_INVOICE_BUCKET: &str = "INVOICE_NUMBERS";
+
+/// `tally-admin`, `tally-aggregator`, `tally-gateway`, `tally-invoicer` (bucket
+/// [`DEFAULT_INVOICE_BUCKET`]) and one `agent-<customer>` per customer, with fresh passwords.
 pub fn users(customers: &[&str]) -> Result<Vec<NatsUser>, NatsAuthError> {
-    let mut out = Vec::with_capacity(customers.len() + 3);
+    users_with_bucket(customers, DEFAULT_INVOICE_BUCKET)
+}
+
+/// Like [`users`], with the invoicer's KV bucket named.
+pub fn users_with_bucket(
+    customers: &[&str],
+    invoice_bucket: &str,
+) -> Result<Vec<NatsUser>, NatsAuthError> {
+    if invoice_bucket.is_empty()
+        || !invoice_bucket
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(NatsAuthError::Bucket(invoice_bucket.to_owned()));
+    }
+    let mut out = Vec::with_capacity(customers.len() + 4);
     for (user, role) in [
         ("tally-admin", Role::Admin),
         ("tally-aggregator", Role::Aggregator),
         ("tally-gateway", Role::Gateway),
+        (
+            "tally-invoicer",
+            Role::Invoicer {
+                bucket: invoice_bucket.to_owned(),
+            },
+        ),
     ] {
         out.push(NatsUser {
             user: user.to_owned(),
@@ -102,6 +133,18 @@ fn permissions(role: &Role, prefix: &str, dlq_prefix: &str) -> String {
             allow.extend(streams);
             (allow, vec![])
         }
+        Role::Invoicer { bucket } => (
+            vec![
+                "$JS.API.INFO".to_owned(),
+                format!("$KV.{bucket}.>"),
+                format!("$JS.API.STREAM.INFO.KV_{bucket}"),
+                format!("$JS.API.STREAM.CREATE.KV_{bucket}"),
+                format!("$JS.API.STREAM.MSG.GET.KV_{bucket}"),
+                format!("$JS.API.DIRECT.GET.KV_{bucket}"),
+                format!("$JS.API.DIRECT.GET.KV_{bucket}.>"),
+            ],
+            vec![],
+        ),
         Role::Aggregator => {
             let mut allow = vec![
                 "$JS.API.CONSUMER.>".to_owned(),
@@ -156,7 +199,7 @@ mod tests {
             1,
             "only the admin has every subject"
         );
-        assert_ne!(users[3].password, users[4].password);
+        assert_ne!(users[4].password, users[5].password);
     }
 
     #[test]
@@ -171,6 +214,24 @@ mod tests {
         assert!(!conf.contains("STREAM.DELETE") && !conf.contains("STREAM.PURGE"));
         let gateway = conf.lines().find(|l| l.contains("tally-gateway")).unwrap();
         assert!(!gateway.contains("CONSUMER"), "{gateway}");
+    }
+
+    #[test]
+    fn the_invoicer_may_use_only_its_bucket() {
+        let conf = render(
+            &users_with_bucket(&[], "NUMS").unwrap(),
+            "usage",
+            "usage_dlq",
+        );
+        let invoicer = conf.lines().find(|l| l.contains("tally-invoicer")).unwrap();
+        assert!(invoicer.contains("\"$KV.NUMS.>\""), "{invoicer}");
+        assert!(invoicer.contains("STREAM.CREATE.KV_NUMS\""), "{invoicer}");
+        assert!(
+            !invoicer.contains("usage") && !invoicer.contains("CONSUMER"),
+            "{invoicer}"
+        );
+        assert!(users_with_bucket(&[], "a.b").is_err());
+        assert!(users_with_bucket(&[], "").is_err());
     }
 
     #[test]

@@ -65,14 +65,22 @@ async fn an_agent_can_publish_only_to_its_own_customers_subjects() {
         })
         .await
         .unwrap();
-    let acme = login(&server, &users[3]).await;
+    let acme = login(
+        &server,
+        users.iter().find(|u| u.user == "agent-acme").unwrap(),
+    )
+    .await;
     assert_eq!(publish(&acme, "usage.acme.bot-1", "a-1").await, Ok(()));
     assert!(
         publish(&acme, "usage.globex.bot-1", "a-2").await.is_err(),
         "acme published as globex"
     );
     assert!(publish(&acme, "usage_dlq.malformed", "a-3").await.is_err());
-    let globex = login(&server, &users[4]).await;
+    let globex = login(
+        &server,
+        users.iter().find(|u| u.user == "agent-globex").unwrap(),
+    )
+    .await;
     assert_eq!(publish(&globex, "usage.globex.bot-1", "g-1").await, Ok(()));
 
     let mut stream = service.get_stream("USAGE").await.unwrap();

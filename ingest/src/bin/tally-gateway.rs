@@ -5,7 +5,7 @@
 //! tally-gateway keys-create --customer ID [--agents a,b] [--label TEXT] [--config FILE]
 //! tally-gateway keys-list [--config FILE]
 //! tally-gateway keys-revoke --key-id ID [--config FILE]
-//! tally-gateway nats-config --customers a,b [--out-dir DIR] [--config FILE]
+//! tally-gateway nats-config --customers a,b [--invoice-bucket NAME] [--out-dir DIR] [--config FILE]
 //! ```
 //! `serve` reads `[nats]`, `[clickhouse]`, `[telemetry]` and `[ingest]`; SIGTERM stops
 //! accepting, finishes in-flight requests and exits.
@@ -50,6 +50,7 @@ const FLAGS: &[&str] = &[
     "key-id",
     "customers",
     "out-dir",
+    "invoice-bucket",
 ];
 
 fn list(raw: Option<&str>) -> Vec<String> {
@@ -109,7 +110,10 @@ fn nats_config(cfg: &Config, args: &Args) -> anyhow::Result<()> {
     let customers = list(args.raw("customers"));
     anyhow::ensure!(!customers.is_empty(), "flag --customers a,b is required");
     let refs: Vec<&str> = customers.iter().map(String::as_str).collect();
-    let users = nats_auth::users(&refs)?;
+    let bucket = args
+        .raw("invoice-bucket")
+        .unwrap_or(nats_auth::DEFAULT_INVOICE_BUCKET);
+    let users = nats_auth::users_with_bucket(&refs, bucket)?;
     let dir = std::path::PathBuf::from(args.raw("out-dir").unwrap_or("."));
     let conf = dir.join("nats-auth.conf");
     let creds = dir.join("nats-credentials.txt");
