@@ -14,6 +14,8 @@
 //! - [`gateway`]: the adapter trait, [`gateway::stripe`] and [`gateway::manual`].
 //! - [`ledger`]: posting rules and the trial balance (pure).
 //! - [`settle`]: applying payment events, refunds, write-offs and the ledger sync.
+//! - [`collect`]: the first charge of a finalized invoice through the customer's gateway.
+//! - [`profiles`]: how each customer pays (gateway, saved payment method), append-only.
 //! - [`credit_notes`]: the invoicer's credit notes still to post.
 //! - [`store`]: ClickHouse reads and appends.
 //! - [`dunning`]: retry and reminder schedules, signed notifications, the delivery log.
@@ -22,6 +24,7 @@
 //! - [`outbound`]: outgoing HTTP(S) requests (notifications, gateway API calls).
 //! - [`metrics`]: every metric this crate emits.
 
+pub mod collect;
 pub mod config;
 pub mod credit_notes;
 pub mod dunning;
@@ -31,6 +34,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod outbound;
 pub mod portal;
+pub mod profiles;
 pub mod settle;
 pub mod signature;
 pub mod store;

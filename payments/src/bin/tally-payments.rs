@@ -1,14 +1,17 @@
 //! `tally-payments`: payments, ledger, dunning and the customer portal.
 //!
-//! Usage: `tally-payments [serve|trial-balance|sync-ledger|dunning-once|portal-link|collect-request]
+//! Usage: `tally-payments [serve|trial-balance|sync-ledger|dunning-once|collect-once|portal-link|collect-request]
 //! [--config FILE] [--customer ID] [--invoice ID]`.
 //! - `serve` (default): the HTTP server (webhooks, API, portal), the ledger sync every
-//!   `payments.ledger_sync_secs` and, with the `dunning` feature, the dunning scheduler.
+//!   `payments.ledger_sync_secs` (followed, with `payments.stripe_api_key`, by a collection
+//!   pass) and, with the `dunning` feature, the dunning scheduler.
 //! - `trial-balance`: prints debits and credits per currency and account; exits 1 unless
 //!   every currency's difference is zero.
 //! - `sync-ledger`: posts what the ledger is missing once (finalized invoices, voids, credit notes).
 //! - `dunning-once`: one dunning pass (notices decided and delivered; with
 //!   `payments.stripe_api_key`, due payment retries sent to Stripe), printed as JSON.
+//! - `collect-once`: one collection pass (PaymentIntents created for finalized invoices of
+//!   customers with a Stripe payment profile), printed as JSON; needs `payments.stripe_api_key`.
 //! - `portal-link --customer ID`: prints a signed portal link.
 //! - `collect-request --invoice ID`: prints the Stripe PaymentIntent request that collects it.
 //!
@@ -25,7 +28,7 @@ use tally_payments::gateway::{Collect, Gateway};
 use tally_payments::http::{self, AppState};
 use tally_payments::settle::Settler;
 use tally_payments::signature::Secret;
-use tally_payments::{dunning, metrics, portal, store};
+use tally_payments::{collect, dunning, metrics, portal, profiles, store};
 use tally_platform::args::Args;
 use tally_platform::shutdown::Shutdown;
 use tally_platform::{config, shutdown, telemetry, ClickHouseConfig, Features, TelemetryConfig};
@@ -60,6 +63,7 @@ async fn main() -> anyhow::Result<()> {
             "trial-balance",
             "sync-ledger",
             "dunning-once",
+            "collect-once",
             "portal-link",
             "collect-request",
         ],
@@ -92,6 +96,14 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }
+        "collect-once" => {
+            let api = retry_api(&cfg.payments).context(
+                "collect-once needs payments.stripe_api_key (TALLY_PAYMENTS__STRIPE_API_KEY)",
+            )?;
+            let r = collect::pass(&db, &api, collect_policy(&cfg.dunning), now_ms()).await?;
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
         "portal-link" => {
             cfg.portal.validate()?;
             let customer = args
@@ -112,6 +124,11 @@ async fn main() -> anyhow::Result<()> {
                 .raw("invoice")
                 .context("collect-request needs --invoice")?;
             let inv = store::invoice(&db, id).await?.context("no such invoice")?;
+            let profile = profiles::of(&db, &inv.customer).await?;
+            let (pc, pm) = profile
+                .as_ref()
+                .map(|p| (p.provider_customer.as_str(), p.payment_method.as_str()))
+                .unwrap_or_default();
             let stripe = Stripe::new(cfg.payments.stripe_webhook_secret.expose(), 300);
             let req = stripe.collect_request(&Collect {
                 invoice_id: &inv.invoice_id,
@@ -119,6 +136,8 @@ async fn main() -> anyhow::Result<()> {
                 amount_minor: inv.amount_due_minor,
                 currency: &inv.currency,
                 attempt: 0,
+                provider_customer: pc,
+                payment_method: pm,
             });
             println!("{}", serde_json::to_string_pretty(&req)?);
             Ok(())
@@ -161,6 +180,7 @@ async fn serve(cfg: Config, db: clickhouse::Client, stop: Shutdown) -> anyhow::R
     tasks.spawn(ledger_sync(
         state,
         cfg.payments.ledger_sync_secs,
+        retry_api(&cfg.payments).map(|api| (api, collect_policy(&cfg.dunning))),
         stop.clone(),
     ));
     if cfg.features.dunning {
@@ -184,7 +204,21 @@ fn retry_api(cfg: &PaymentsConfig) -> Option<dunning::retry::GatewayApi> {
     })
 }
 
-async fn ledger_sync(state: Arc<AppState>, every_secs: u64, stop: Shutdown) {
+/// Collection retries a failed request with the notification backoff and attempt limit.
+fn collect_policy(d: &DunningConfig) -> collect::Policy {
+    collect::Policy {
+        attempts_max: d.delivery_attempts_max,
+        backoff_secs: d.delivery_backoff_secs,
+    }
+}
+
+/// The ledger sync and, with a Stripe API key, the collection pass after it.
+async fn ledger_sync(
+    state: Arc<AppState>,
+    every_secs: u64,
+    collection: Option<(dunning::retry::GatewayApi, collect::Policy)>,
+    stop: Shutdown,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(every_secs));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -209,6 +243,12 @@ async fn ledger_sync(state: Arc<AppState>, every_secs: u64, stop: Shutdown) {
                 }
             }
             Err(e) => tracing::warn!(error = %e, "reading the trial balance failed"),
+        }
+        if let Some((api, policy)) = &collection {
+            match collect::pass(&state.settler.db, api, *policy, now_ms()).await {
+                Ok(r) => tracing::debug!(sent = r.sent, failed = r.failed, "collection pass done"),
+                Err(e) => tracing::warn!(error = %e, "collection pass failed"),
+            }
         }
     }
 }

@@ -50,7 +50,10 @@ struct Tried {
     ok: u8,
 }
 
-async fn tried(db: &Client) -> Result<HashMap<String, (u32, i64, bool)>, clickhouse::error::Error> {
+/// Per idempotency key: attempts logged, the last attempt's time, whether one succeeded.
+pub(crate) async fn tried(
+    db: &Client,
+) -> Result<HashMap<String, (u32, i64, bool)>, clickhouse::error::Error> {
     let rows: Vec<Tried> = db
         .query(
             "SELECT idempotency_key, count() AS n, max(at_ms) AS last, max(succeeded) AS ok \
@@ -103,6 +106,20 @@ fn due<'a>(
     out
 }
 
+/// The attempt number to send `key` as at `now_ms`, or `None` when it already succeeded, ran
+/// out of attempts or is inside its backoff (`log` from [`tried`]).
+pub(crate) fn next_attempt(
+    log: &HashMap<String, (u32, i64, bool)>,
+    key: &str,
+    attempts_max: u32,
+    backoff_secs: i64,
+    now_ms: i64,
+) -> Option<u32> {
+    let (done, last_ms, ok) = log.get(key).copied().unwrap_or((0, 0, false));
+    let wait = schedule::next_attempt_ms(done, last_ms, backoff_secs) > now_ms;
+    (!ok && done < attempts_max && !wait).then_some(done + 1)
+}
+
 /// Sends the retry requests that are due and logs each attempt.
 pub async fn pass(
     db: &Client,
@@ -114,73 +131,16 @@ pub async fn pass(
 ) -> Result<(), Error> {
     let log = tried(db).await?;
     for (o, req) in due(api, cfg, owed, now_ms) {
-        let (done, last_ms, ok) = log
-            .get(&req.idempotency_key)
-            .copied()
-            .unwrap_or((0, 0, false));
-        if ok
-            || done >= cfg.delivery_attempts_max
-            || schedule::next_attempt_ms(done, last_ms, cfg.delivery_backoff_secs) > now_ms
-        {
+        let Some(attempt) = next_attempt(
+            &log,
+            &req.idempotency_key,
+            cfg.delivery_attempts_max,
+            cfg.delivery_backoff_secs,
+            now_ms,
+        ) else {
             continue;
-        }
-        let url = format!("{}{}", api.base_url.trim_end_matches('/'), req.path);
-        let headers = [
-            ("Authorization", format!("Bearer {}", api.api_key.expose())),
-            ("Idempotency-Key", req.idempotency_key.clone()),
-        ];
-        let result = outbound::post(
-            &url,
-            "application/x-www-form-urlencoded",
-            &headers,
-            req.body().into_bytes(),
-            api.timeout,
-        )
-        .await;
-        let (status_code, response_ref, error) = match &result {
-            Ok(r) => {
-                let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
-                let id = v
-                    .get("id")
-                    .and_then(|i| i.as_str())
-                    .unwrap_or_default()
-                    .to_owned();
-                let err = if (200..300).contains(&r.status) {
-                    String::new()
-                } else {
-                    let detail = v
-                        .pointer("/error/code")
-                        .and_then(|c| c.as_str())
-                        .unwrap_or_default();
-                    format!("HTTP {} {detail}", r.status).trim_end().to_owned()
-                };
-                (r.status, id, err)
-            }
-            Err(e) => (0, String::new(), e.clone()),
         };
-        let succeeded = (200..300).contains(&status_code);
-        let mut insert = db.insert::<LogRow<'_>>("gateway_requests").await?;
-        insert
-            .write(&LogRow {
-                idempotency_key: &req.idempotency_key,
-                invoice_id: &o.invoice_id,
-                customer: &o.customer,
-                gateway: api.gateway.name(),
-                path: &req.path,
-                attempt: done + 1,
-                status_code,
-                succeeded: u8::from(succeeded),
-                response_ref: &response_ref,
-                error: &error,
-                actor: super::ACTOR,
-                at_ms: now_ms,
-                at: datetime_secs(now_ms),
-            })
-            .await?;
-        insert.end().await?;
-        crate::metrics::gateway_request(if succeeded { "succeeded" } else { "failed" });
-        tracing::info!(invoice_id = %o.invoice_id, gateway = api.gateway.name(), path = %req.path,
-            attempt = done + 1, status_code, %error, actor = super::ACTOR, at_ms = now_ms, "payment retry sent");
+        let succeeded = send_logged(db, api, o, &req, attempt, super::ACTOR, now_ms).await?;
         if succeeded {
             report.retries_sent += 1;
         } else {
@@ -188,4 +148,75 @@ pub async fn pass(
         }
     }
     Ok(())
+}
+
+/// Sends `req` to the gateway's API (bearer key, `Idempotency-Key`) as attempt `attempt` and
+/// appends the attempt to `gateway_requests`; true when the gateway answered 2xx.
+pub(crate) async fn send_logged(
+    db: &Client,
+    api: &GatewayApi,
+    o: &Owed,
+    req: &GatewayRequest,
+    attempt: u32,
+    actor: &str,
+    now_ms: i64,
+) -> Result<bool, Error> {
+    let url = format!("{}{}", api.base_url.trim_end_matches('/'), req.path);
+    let headers = [
+        ("Authorization", format!("Bearer {}", api.api_key.expose())),
+        ("Idempotency-Key", req.idempotency_key.clone()),
+    ];
+    let result = outbound::post(
+        &url,
+        "application/x-www-form-urlencoded",
+        &headers,
+        req.body().into_bytes(),
+        api.timeout,
+    )
+    .await;
+    let (status_code, response_ref, error) = match &result {
+        Ok(r) => {
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+            let id = v
+                .get("id")
+                .and_then(|i| i.as_str())
+                .unwrap_or_default()
+                .to_owned();
+            let err = if (200..300).contains(&r.status) {
+                String::new()
+            } else {
+                let detail = v
+                    .pointer("/error/code")
+                    .and_then(|c| c.as_str())
+                    .unwrap_or_default();
+                format!("HTTP {} {detail}", r.status).trim_end().to_owned()
+            };
+            (r.status, id, err)
+        }
+        Err(e) => (0, String::new(), e.clone()),
+    };
+    let succeeded = (200..300).contains(&status_code);
+    let mut insert = db.insert::<LogRow<'_>>("gateway_requests").await?;
+    insert
+        .write(&LogRow {
+            idempotency_key: &req.idempotency_key,
+            invoice_id: &o.invoice_id,
+            customer: &o.customer,
+            gateway: api.gateway.name(),
+            path: &req.path,
+            attempt,
+            status_code,
+            succeeded: u8::from(succeeded),
+            response_ref: &response_ref,
+            error: &error,
+            actor,
+            at_ms: now_ms,
+            at: datetime_secs(now_ms),
+        })
+        .await?;
+    insert.end().await?;
+    crate::metrics::gateway_request(if succeeded { "succeeded" } else { "failed" });
+    tracing::info!(invoice_id = %o.invoice_id, gateway = api.gateway.name(), path = %req.path,
+        attempt, status_code, %error, actor, at_ms = now_ms, "gateway request sent");
+    Ok(succeeded)
 }

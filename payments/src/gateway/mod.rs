@@ -110,6 +110,10 @@ pub struct Collect<'a> {
     pub currency: &'a str,
     /// 0 for the first attempt, then the dunning retry step.
     pub attempt: u32,
+    /// The provider's customer (Stripe: `cus_...`), empty when unknown.
+    pub provider_customer: &'a str,
+    /// The customer's saved payment method (Stripe: `pm_...`), empty when unknown.
+    pub payment_method: &'a str,
 }
 
 /// A failed payment to try again.

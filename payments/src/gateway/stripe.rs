@@ -225,20 +225,33 @@ impl Gateway for Stripe {
     /// so the customer's saved payment method is charged; retries use a new idempotency key
     /// per step so each is a real new attempt, while a resent step never charges twice.
     fn collect_request(&self, c: &Collect<'_>) -> Option<GatewayRequest> {
+        let mut form: Vec<(String, String)> = vec![
+            ("amount".into(), c.amount_minor.to_string()),
+            ("currency".into(), c.currency.to_ascii_lowercase()),
+        ];
+        for (k, v) in [
+            ("customer", c.provider_customer),
+            ("payment_method", c.payment_method),
+        ] {
+            if !v.is_empty() {
+                form.push((k.into(), v.to_owned()));
+            }
+        }
         Some(GatewayRequest {
             method: "POST",
             path: "/v1/payment_intents".into(),
             idempotency_key: format!("tally-{}-{}", c.invoice_id, c.attempt),
-            form: vec![
-                ("amount".into(), c.amount_minor.to_string()),
-                ("currency".into(), c.currency.to_ascii_lowercase()),
-                ("confirm".into(), "true".into()),
-                ("off_session".into(), "true".into()),
-                ("description".into(), format!("Invoice {}", c.invoice_id)),
-                ("metadata[invoice_id]".into(), c.invoice_id.to_owned()),
-                ("metadata[customer]".into(), c.customer.to_owned()),
-                ("metadata[attempt]".into(), c.attempt.to_string()),
-            ],
+            form: form
+                .into_iter()
+                .chain([
+                    ("confirm".into(), "true".into()),
+                    ("off_session".into(), "true".into()),
+                    ("description".into(), format!("Invoice {}", c.invoice_id)),
+                    ("metadata[invoice_id]".into(), c.invoice_id.to_owned()),
+                    ("metadata[customer]".into(), c.customer.to_owned()),
+                    ("metadata[attempt]".into(), c.attempt.to_string()),
+                ])
+                .collect(),
         })
     }
 
@@ -355,13 +368,15 @@ mod tests {
                 amount_minor: 995,
                 currency: "EUR",
                 attempt: 2,
+                provider_customer: "cus_1",
+                payment_method: "pm_1",
             })
             .unwrap();
         assert_eq!(r.path, "/v1/payment_intents");
         assert_eq!(r.idempotency_key, "tally-inv_1-2");
-        assert!(r
-            .body()
-            .starts_with("amount=995&currency=eur&confirm=true&off_session=true"));
+        assert!(r.body().starts_with(
+            "amount=995&currency=eur&customer=cus_1&payment_method=pm_1&confirm=true&off_session=true"
+        ));
         assert!(r.body().contains("metadata%5Binvoice_id%5D=inv_1"));
     }
 }

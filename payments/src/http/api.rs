@@ -16,7 +16,7 @@ use super::server::{self, Body};
 use crate::gateway::manual::Manual;
 use crate::gateway::Gateway;
 use crate::portal::link;
-use crate::{store, Error};
+use crate::{profiles, store, Error};
 
 fn authorized(state: &AppState, req: &Request<Incoming>) -> bool {
     let given = req
@@ -77,6 +77,8 @@ pub async fn route(state: &AppState, req: Request<Incoming>, segments: &[&str]) 
             Ok(super::routes::deliveries(state, c).await)
         }
         (Method::POST, ["portal-links"]) => portal_link(state, &body),
+        (Method::PUT, ["customers", c, "payment-profile"]) => set_profile(state, c, &body).await,
+        (Method::GET, ["customers", c, "payment-profile"]) => get_profile(state, c).await,
         _ => Err(server::error(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -247,4 +249,56 @@ fn portal_link(state: &AppState, body: &[u8]) -> Answer {
             "expires_at": expires,
         }),
     ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileRequest {
+    /// `stripe` or `manual`.
+    gateway: String,
+    #[serde(default)]
+    provider_customer: String,
+    #[serde(default)]
+    payment_method: String,
+    recorded_by: String,
+}
+
+/// Records how `customer` pays from now on (append-only; the latest record is in force).
+async fn set_profile(state: &AppState, customer: &str, body: &[u8]) -> Answer {
+    let r: ProfileRequest = parse(body)?;
+    if r.recorded_by.trim().is_empty() {
+        return Err(server::error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "recorded_by is required",
+        ));
+    }
+    let p = profiles::Profile {
+        customer: customer.to_owned(),
+        gateway: r.gateway,
+        provider_customer: r.provider_customer,
+        payment_method: r.payment_method,
+        actor: format!("api:{}", r.recorded_by),
+        at_ms: (state.now_ms)(),
+    };
+    p.validate()
+        .map_err(|e| server::error(StatusCode::BAD_REQUEST, "bad_request", e))?;
+    profiles::append(&state.settler.db, &p)
+        .await
+        .map_err(|e| failed(e.into()))?;
+    tracing::info!(customer, gateway = %p.gateway, actor = %p.actor, at_ms = p.at_ms,
+        "payment profile recorded");
+    Ok(server::json(StatusCode::OK, &p))
+}
+
+async fn get_profile(state: &AppState, customer: &str) -> Answer {
+    match profiles::of(&state.settler.db, customer).await {
+        Ok(Some(p)) => Ok(server::json(StatusCode::OK, &p)),
+        Ok(None) => Err(server::error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no payment profile for {customer}"),
+        )),
+        Err(e) => Err(failed(e.into())),
+    }
 }

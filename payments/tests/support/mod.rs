@@ -252,7 +252,35 @@ pub struct Received {
     pub body: Vec<u8>,
 }
 
-/// A local HTTP receiver for notifications: answers 500 to the first `fail_first` requests,
+/// Stripe's answer to the last request when it created a PaymentIntent (`POST
+/// /v1/payment_intents`): like Stripe, requests with the same `Idempotency-Key` get the same
+/// PaymentIntent, so its id is numbered by the distinct keys seen.
+fn payment_intent_created(got: &[Received]) -> Option<Bytes> {
+    let last = got.last().filter(|r| r.path == "/v1/payment_intents")?;
+    let mut keys: Vec<&str> = Vec::new();
+    for r in got.iter().filter(|r| r.path == "/v1/payment_intents") {
+        if !keys.contains(&r.idempotency_key.as_str()) {
+            keys.push(&r.idempotency_key);
+        }
+    }
+    let n = keys.iter().position(|k| *k == last.idempotency_key)? + 1;
+    let body = serde_json::json!({"id": format!("pi_standin_{n}"), "object": "payment_intent"});
+    Some(Bytes::from(body.to_string()))
+}
+
+/// Distinct PaymentIntents a stand-in created (distinct idempotency keys of creations).
+pub fn payment_intents_created(got: &[Received]) -> Vec<Received> {
+    let mut out: Vec<Received> = Vec::new();
+    for r in got.iter().filter(|r| r.path == "/v1/payment_intents") {
+        if !out.iter().any(|o| o.idempotency_key == r.idempotency_key) {
+            out.push(r.clone());
+        }
+    }
+    out
+}
+
+/// A local HTTP receiver for notifications (and Stripe's API stand-in: a creation of a
+/// PaymentIntent is answered with its id, the same id for a repeated idempotency key): answers 500 to the first `fail_first` requests,
 /// then 200; records every request.
 pub async fn receiver(fail_first: usize) -> (SocketAddr, Arc<Mutex<Vec<Received>>>, Shutdown) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -303,10 +331,12 @@ pub async fn receiver(fail_first: usize) -> (SocketAddr, Arc<Mutex<Vec<Received>
                                 v.len()
                             };
                             let status = if n <= fail_first { 500 } else { 200 };
+                            let body = payment_intent_created(&g.lock().expect("lock"))
+                                .unwrap_or_else(|| Bytes::from_static(b"ok"));
                             Ok::<_, std::convert::Infallible>(
                                 Response::builder()
                                     .status(status)
-                                    .body(Full::new(Bytes::from_static(b"ok")))
+                                    .body(Full::new(body))
                                     .expect("response"),
                             )
                         }
