@@ -3,7 +3,10 @@
 //!
 //! | operation          | debit                                    | credit                          |
 //! |--------------------|------------------------------------------|---------------------------------|
-//! | invoice finalized  | receivable (amount due), customer credit (prepaid part) | revenue (net), tax payable |
+//! | invoice finalized  | receivable (total)                       | revenue (net), tax payable      |
+//! | credit applied     | customer credit (prepaid part of an invoice) | receivable                  |
+//! | credit granted     | credit source (what the grant came from) | customer credit                 |
+//! | grant reduced      | customer credit                          | credit source                   |
 //! | payment            | cash                                     | receivable                      |
 //! | refund             | refunds (contra-revenue)                 | cash                            |
 //! | credit note        | revenue (net), tax payable               | receivable                      |
@@ -12,7 +15,11 @@
 //!
 //! Every journal is balanced in its one currency by construction (asserted), so any sequence
 //! of journals is balanced in every currency. Journal ids are deterministic (one per invoice,
-//! payment, refund or credit note), so posting the same operation twice posts nothing new.
+//! payment, refund, credit note, or grant version), so posting the same operation twice posts
+//! nothing new. `customer_credit` is a liability: its credit balance is the prepaid credit
+//! customers still hold; `credit_source` is the clearing account grants are booked against
+//! (cash received for bought credits, or promotional expense for free ones: `credit_grants`
+//! does not say which).
 //! This module must never post an unbalanced journal or a negative amount.
 
 use std::collections::BTreeMap;
@@ -32,10 +39,12 @@ pub enum Account {
     /// Money returned to customers (contra-revenue).
     Refunds,
     BadDebt,
+    /// Where prepaid credit grants come from (a clearing account, see the module doc).
+    CreditSource,
 }
 
 impl Account {
-    pub const ALL: [Account; 7] = [
+    pub const ALL: [Account; 8] = [
         Account::Receivable,
         Account::Revenue,
         Account::TaxPayable,
@@ -43,6 +52,7 @@ impl Account {
         Account::CustomerCredit,
         Account::Refunds,
         Account::BadDebt,
+        Account::CreditSource,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +64,7 @@ impl Account {
             Account::CustomerCredit => "customer_credit",
             Account::Refunds => "refunds",
             Account::BadDebt => "bad_debt",
+            Account::CreditSource => "credit_source",
         }
     }
 }
@@ -95,6 +106,18 @@ pub enum Operation {
         tax_minor: i64,
         amount_due_minor: i64,
     },
+    /// Prepaid credit used on a finalized invoice (its `total - amount_due`).
+    CreditApplied {
+        invoice_id: String,
+        amount_minor: i64,
+    },
+    /// A version of a prepaid credit grant: `delta_minor` is its amount minus what earlier
+    /// versions of the same grant booked (negative: the grant was lowered).
+    CreditGranted {
+        grant_id: String,
+        version_ms: i64,
+        delta_minor: i64,
+    },
 }
 
 impl Operation {
@@ -107,6 +130,8 @@ impl Operation {
             Operation::CreditNote { .. } => "credit_note",
             Operation::WriteOff { .. } => "write_off",
             Operation::Void { .. } => "void",
+            Operation::CreditApplied { .. } => "credit_applied",
+            Operation::CreditGranted { .. } => "credit_grant",
         }
     }
 
@@ -119,6 +144,12 @@ impl Operation {
             Operation::CreditNote { credit_note_id, .. } => format!("cn:{credit_note_id}"),
             Operation::WriteOff { invoice_id, .. } => format!("wo:{invoice_id}"),
             Operation::Void { invoice_id, .. } => format!("void:{invoice_id}"),
+            Operation::CreditApplied { invoice_id, .. } => format!("app:{invoice_id}"),
+            Operation::CreditGranted {
+                grant_id,
+                version_ms,
+                ..
+            } => format!("grant:{grant_id}:{version_ms}"),
         }
     }
 
@@ -129,7 +160,9 @@ impl Operation {
             | Operation::Refund { invoice_id, .. }
             | Operation::CreditNote { invoice_id, .. }
             | Operation::WriteOff { invoice_id, .. }
-            | Operation::Void { invoice_id, .. } => invoice_id,
+            | Operation::Void { invoice_id, .. }
+            | Operation::CreditApplied { invoice_id, .. } => invoice_id,
+            Operation::CreditGranted { .. } => "",
         }
     }
 }
@@ -237,16 +270,34 @@ pub fn post(op: &Operation, currency: &str) -> Result<Journal, LedgerError> {
             let due = non_negative(&id, "amount_due_minor", *amount_due_minor)?;
             at_most(&id, ("tax_minor", tax), ("total_minor", total))?;
             at_most(&id, ("amount_due_minor", due), ("total_minor", total))?;
-            let finalized = vec![
-                dr(Account::Receivable, due),
-                dr(Account::CustomerCredit, total - due),
-                cr(Account::Revenue, total - tax),
-                cr(Account::TaxPayable, tax),
-            ];
             if matches!(op, Operation::Void { .. }) {
-                finalized.iter().map(reverse).collect()
+                // the finalization and the credit application reversed: the credit returns
+                vec![
+                    cr(Account::Receivable, due),
+                    cr(Account::CustomerCredit, total - due),
+                    dr(Account::Revenue, total - tax),
+                    dr(Account::TaxPayable, tax),
+                ]
             } else {
-                finalized
+                vec![
+                    dr(Account::Receivable, total),
+                    cr(Account::Revenue, total - tax),
+                    cr(Account::TaxPayable, tax),
+                ]
+            }
+        }
+        Operation::CreditApplied { amount_minor, .. } => {
+            let a = non_negative(&id, "amount_minor", *amount_minor)?;
+            vec![dr(Account::CustomerCredit, a), cr(Account::Receivable, a)]
+        }
+        Operation::CreditGranted { delta_minor, .. } => {
+            // i64::MIN has no positive counterpart: refused like any negative amount
+            let a = non_negative(&id, "delta_minor", delta_minor.checked_abs().unwrap_or(-1))?;
+            let granted = vec![dr(Account::CreditSource, a), cr(Account::CustomerCredit, a)];
+            if *delta_minor < 0 {
+                granted.iter().map(reverse).collect()
+            } else {
+                granted
             }
         }
         Operation::Payment { amount_minor, .. } => {
@@ -410,12 +461,49 @@ mod tests {
         assert_eq!(
             j.lines,
             vec![
-                dr(Account::Receivable, 1_000),
-                dr(Account::CustomerCredit, 190),
+                dr(Account::Receivable, 1_190),
                 cr(Account::Revenue, 1_000),
                 cr(Account::TaxPayable, 190),
             ]
         );
+    }
+
+    #[test]
+    fn grants_and_their_use_move_the_credit_liability() {
+        let mut tb = TrialBalance::default();
+        for op in [
+            Operation::CreditGranted {
+                grant_id: "g1".into(),
+                version_ms: 1,
+                delta_minor: 500,
+            },
+            Operation::CreditGranted {
+                grant_id: "g1".into(),
+                version_ms: 2,
+                delta_minor: -200,
+            },
+            Operation::InvoiceFinalized {
+                invoice_id: "i".into(),
+                total_minor: 1_000,
+                tax_minor: 0,
+                amount_due_minor: 700,
+            },
+            Operation::CreditApplied {
+                invoice_id: "i".into(),
+                amount_minor: 300,
+            },
+        ] {
+            tb.add_journal(&post(&op, "USD").unwrap());
+        }
+        let usd = &tb.currencies["USD"];
+        assert_eq!(
+            usd[&Account::CustomerCredit].balance_minor(),
+            0,
+            "300 granted, 300 used"
+        );
+        assert_eq!(usd[&Account::CreditSource].balance_minor(), 300);
+        assert_eq!(usd[&Account::Receivable].balance_minor(), 700);
+        assert!(tb.is_balanced());
     }
 
     #[test]
@@ -435,6 +523,29 @@ mod tests {
         let mut tb = TrialBalance::default();
         tb.add_journal(&post(&fin, "USD").unwrap());
         tb.add_journal(&post(&void, "USD").unwrap());
+        assert!(tb.currencies["USD"]
+            .values()
+            .all(|t| t.balance_minor() == 0));
+        // with prepaid credit applied, the void returns the credit
+        let fin = Operation::InvoiceFinalized {
+            invoice_id: "j".into(),
+            total_minor: 500,
+            tax_minor: 50,
+            amount_due_minor: 120,
+        };
+        let app = Operation::CreditApplied {
+            invoice_id: "j".into(),
+            amount_minor: 380,
+        };
+        let void = Operation::Void {
+            invoice_id: "j".into(),
+            total_minor: 500,
+            tax_minor: 50,
+            amount_due_minor: 120,
+        };
+        for op in [fin, app, void] {
+            tb.add_journal(&post(&op, "USD").unwrap());
+        }
         assert!(tb.currencies["USD"]
             .values()
             .all(|t| t.balance_minor() == 0));

@@ -16,6 +16,7 @@
 //! - [`settle`]: applying payment events, refunds, write-offs and the ledger sync.
 //! - [`collect`]: the first charge of a finalized invoice through the customer's gateway.
 //! - [`profiles`]: how each customer pays (gateway, saved payment method), append-only.
+//! - [`grants`]: the invoicer's prepaid credit grants still to post.
 //! - [`credit_notes`]: the invoicer's credit notes still to post.
 //! - [`store`]: ClickHouse reads and appends.
 //! - [`dunning`]: retry and reminder schedules, signed notifications, the delivery log.
@@ -29,6 +30,7 @@ pub mod config;
 pub mod credit_notes;
 pub mod dunning;
 pub mod gateway;
+pub mod grants;
 pub mod http;
 pub mod ledger;
 pub mod metrics;

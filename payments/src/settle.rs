@@ -358,12 +358,24 @@ impl Settler {
         self.refund(refund).await
     }
 
-    /// Posts what the ledger is missing: finalizations of finalized invoices, voids of voided
-    /// ones and credit notes (when `v_credit_notes` exists). Returns the journals posted.
+    /// Posts what the ledger is missing: prepaid credit grants, finalizations of finalized
+    /// invoices (and the prepaid credit they applied), voids of voided ones and credit notes (when `v_credit_notes` exists). Returns the journals posted.
     pub async fn sync_ledger(&self, now_ms: i64) -> Result<usize, Error> {
         let _guard = self.lock.lock().await;
         let posted = store::journal_ids(&self.db).await?;
         let mut n = 0;
+        for g in crate::grants::unposted(&self.db).await? {
+            post(
+                &self.db,
+                &g.op,
+                &g.currency,
+                &g.customer,
+                SYNC_ACTOR,
+                now_ms,
+            )
+            .await?;
+            n += 1;
+        }
         for inv in store::finalized_invoices(&self.db).await? {
             let (status, booked) = if posted.contains(&format!("fin:{}", inv.invoice_id)) {
                 (lifecycle::status(&self.db, &inv.invoice_id).await?, true)
@@ -372,6 +384,23 @@ impl Settler {
                 n += usize::from(booked);
                 (status, booked)
             };
+            // a crash between the finalization and its credit application: post the latter
+            let applied = inv.total_minor - inv.amount_due_minor;
+            if booked && applied > 0 && !posted.contains(&format!("app:{}", inv.invoice_id)) {
+                let op = Operation::CreditApplied {
+                    invoice_id: inv.invoice_id.clone(),
+                    amount_minor: applied,
+                };
+                post(
+                    &self.db,
+                    &op,
+                    &inv.currency,
+                    &inv.customer,
+                    SYNC_ACTOR,
+                    now_ms,
+                )
+                .await?;
+            }
             let void = Operation::Void {
                 invoice_id: inv.invoice_id.clone(),
                 total_minor: inv.total_minor,
@@ -467,6 +496,19 @@ pub async fn ensure_finalized(
             amount_due_minor: inv.amount_due_minor,
         };
         post(db, &op, &inv.currency, &inv.customer, SYNC_ACTOR, now_ms).await?;
+        let applied = Operation::CreditApplied {
+            invoice_id: inv.invoice_id.clone(),
+            amount_minor: inv.total_minor - inv.amount_due_minor,
+        };
+        post(
+            db,
+            &applied,
+            &inv.currency,
+            &inv.customer,
+            SYNC_ACTOR,
+            now_ms,
+        )
+        .await?;
     }
     Ok((status, finalized))
 }

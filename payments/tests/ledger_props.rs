@@ -1,6 +1,8 @@
 //! Property: whatever sequence of operations is posted (finalizations, payments, refunds,
-//! credit notes, write-offs, voids, in several currencies, with replays), the ledger is
-//! balanced in every currency, and cash equals payments minus refunds.
+//! credit notes, write-offs, voids, prepaid credit grants (raised and lowered) and their
+//! application on invoices, in several currencies, with replays), the ledger is balanced in
+//! every currency, cash equals payments minus refunds (grants never touch cash), and the credit
+//! source equals what the grants added.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -79,6 +81,25 @@ fn operation() -> impl Strategy<Value = (usize, Operation)> {
                 },
             )
         }),
+        (currency.clone(), inv.clone(), amount.clone()).prop_map(|(c, i, a)| {
+            (
+                c,
+                Operation::CreditApplied {
+                    invoice_id: i,
+                    amount_minor: a,
+                },
+            )
+        }),
+        (currency.clone(), 0u8..6, -1_000_000i64..1_000_000, 0i64..4).prop_map(|(c, g, d, v)| {
+            (
+                c,
+                Operation::CreditGranted {
+                    grant_id: format!("grant_{g}"),
+                    version_ms: v,
+                    delta_minor: d,
+                },
+            )
+        }),
         (currency, inv, amount, 0u32..=100).prop_map(|(c, i, total, tax_pct)| {
             (
                 c,
@@ -103,6 +124,7 @@ proptest! {
         let mut tb = TrialBalance::default();
         let mut posted = HashSet::new();
         let mut cash: BTreeMap<&str, i128> = BTreeMap::new();
+        let mut source: BTreeMap<&str, i128> = BTreeMap::new();
         for (c, op) in &ops {
             let currency = CURRENCIES[*c];
             let journal = post(op, currency).expect("generated operations are valid");
@@ -114,6 +136,7 @@ proptest! {
             match op {
                 Operation::Payment { amount_minor, .. } => *cash.entry(currency).or_default() += i128::from(*amount_minor),
                 Operation::Refund { amount_minor, .. } => *cash.entry(currency).or_default() -= i128::from(*amount_minor),
+                Operation::CreditGranted { delta_minor, .. } => *source.entry(currency).or_default() += i128::from(*delta_minor),
                 _ => {}
             }
             tb.add_journal(&journal);
@@ -123,6 +146,8 @@ proptest! {
         for c in CURRENCIES {
             let booked = tb.currencies.get(c).and_then(|a| a.get(&Account::Cash)).map_or(0, |t| t.balance_minor());
             prop_assert_eq!(booked, cash.get(c).copied().unwrap_or(0));
+            let granted = tb.currencies.get(c).and_then(|a| a.get(&Account::CreditSource)).map_or(0, |t| t.balance_minor());
+            prop_assert_eq!(granted, source.get(c).copied().unwrap_or(0));
         }
     }
 }

@@ -149,3 +149,155 @@ async fn finalizations_credit_notes_and_voids_are_booked_once_and_balance() {
     assert_eq!(eur[&Account::TaxPayable].balance_minor(), -(100 - 20));
     env.cleanup().await;
 }
+
+fn balance(tb: &tally_payments::ledger::TrialBalance, currency: &str, account: Account) -> i128 {
+    tb.currencies
+        .get(currency)
+        .and_then(|a| a.get(&account))
+        .map_or(0, |t| t.balance_minor())
+}
+
+#[tokio::test]
+async fn prepaid_credit_grants_and_their_use_are_booked_once_per_currency() {
+    let env = TestEnv::new("ledger_grants").await;
+    let db = env.db();
+    let now = wall_ms();
+    let grant = |id: &'static str, currency: &'static str, amount: i64, at: i64| {
+        let db = db.clone();
+        async move {
+            tally_invoicer::store::grant_credit(
+                &db,
+                id,
+                "beta",
+                currency,
+                amount,
+                "prepaid pack",
+                at,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    grant("g_usd", "USD", 300, now - 5_000).await;
+    grant("g_jpy", "JPY", 5_000, now - 5_000).await;
+    // the invoicer applied what was available: 300 of 1 100 in USD, all of ¥1 650 in JPY
+    let usd = invoice_with_credit(
+        &db,
+        "beta",
+        "USD",
+        days_ago_ms(90),
+        &[("tokens", 1_000, 100)],
+        300,
+        now,
+    )
+    .await;
+    let jpy = invoice_with_credit(
+        &db,
+        "beta",
+        "JPY",
+        days_ago_ms(120),
+        &[("tokens", 1_500, 150)],
+        5_000,
+        now,
+    )
+    .await;
+    assert_eq!(
+        (usd.credits_applied_minor, usd.amount_due_minor),
+        (300, 800)
+    );
+    assert_eq!(
+        (jpy.credits_applied_minor, jpy.amount_due_minor),
+        (1_650, 0)
+    );
+
+    let settler = Settler::new(db.clone());
+    assert_eq!(
+        settler.sync_ledger(now).await.unwrap(),
+        4,
+        "two grants, two finalizations"
+    );
+    assert_eq!(
+        settler.sync_ledger(now + 1).await.unwrap(),
+        0,
+        "nothing twice"
+    );
+
+    let lines = |id: String| {
+        let db = db.clone();
+        async move {
+            store::entries_of(&db, &id)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.kind, e.account, e.debit_minor, e.credit_minor))
+                .collect::<Vec<_>>()
+        }
+    };
+    fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
+        v.sort();
+        v
+    }
+    assert_eq!(
+        sorted(lines(usd.invoice_id.clone()).await),
+        sorted(vec![
+            (
+                "invoice_finalized".to_owned(),
+                "receivable".to_owned(),
+                1_100,
+                0
+            ),
+            ("invoice_finalized".into(), "revenue".into(), 0, 1_000),
+            ("invoice_finalized".into(), "tax_payable".into(), 0, 100),
+            ("credit_applied".into(), "customer_credit".into(), 300, 0),
+            ("credit_applied".into(), "receivable".into(), 0, 300),
+        ])
+    );
+    let tb = store::trial_balance(&db).await.unwrap();
+    assert!(tb.is_balanced(), "{}", tb.render());
+    // customer credit is a liability: its credit balance is what beta still holds
+    assert_eq!(balance(&tb, "USD", Account::CustomerCredit), 0);
+    assert_eq!(balance(&tb, "USD", Account::CreditSource), 300);
+    assert_eq!(balance(&tb, "USD", Account::Receivable), 800);
+    assert_eq!(
+        balance(&tb, "JPY", Account::CustomerCredit),
+        -(5_000 - 1_650)
+    );
+    assert_eq!(balance(&tb, "JPY", Account::CreditSource), 5_000);
+    assert_eq!(balance(&tb, "JPY", Account::Receivable), 0);
+    assert_eq!(
+        balance(&tb, "USD", Account::Cash),
+        0,
+        "a grant is not cash received"
+    );
+
+    // the grant is re-sent raised to 450, then lowered to 250: one journal per version, for
+    // the difference; replays post nothing
+    grant("g_usd", "USD", 450, now + 10).await;
+    assert_eq!(settler.sync_ledger(now + 20).await.unwrap(), 1);
+    assert_eq!(settler.sync_ledger(now + 21).await.unwrap(), 0);
+    grant("g_usd", "USD", 250, now + 30).await;
+    assert_eq!(settler.sync_ledger(now + 40).await.unwrap(), 1);
+    assert_eq!(settler.sync_ledger(now + 41).await.unwrap(), 0);
+    let tb = store::trial_balance(&db).await.unwrap();
+    assert!(tb.is_balanced(), "{}", tb.render());
+    assert_eq!(balance(&tb, "USD", Account::CreditSource), 250);
+    assert_eq!(balance(&tb, "USD", Account::CustomerCredit), 300 - 250);
+
+    // voiding the USD invoice returns its credit
+    lifecycle::record(
+        &db,
+        &usd.invoice_id,
+        InvoiceStatus::Void,
+        "api:carol",
+        "billed in error",
+        now,
+    )
+    .await
+    .unwrap();
+    assert_eq!(settler.sync_ledger(now + 50).await.unwrap(), 1, "the void");
+    let tb = store::trial_balance(&db).await.unwrap();
+    assert!(tb.is_balanced(), "{}", tb.render());
+    assert_eq!(balance(&tb, "USD", Account::CustomerCredit), -250);
+    assert_eq!(balance(&tb, "USD", Account::Receivable), 0);
+    env.cleanup().await;
+}

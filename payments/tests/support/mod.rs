@@ -47,6 +47,19 @@ pub async fn invoice(
     lines: &[(&str, i64, i64)],
     now_ms: i64,
 ) -> Invoice {
+    invoice_with_credit(db, customer, currency, start_ms, lines, 0, now_ms).await
+}
+
+/// As [`invoice`], with `credit_minor` of prepaid credit available to apply.
+pub async fn invoice_with_credit(
+    db: &clickhouse::Client,
+    customer: &str,
+    currency: &str,
+    start_ms: i64,
+    lines: &[(&str, i64, i64)],
+    credit_minor: i64,
+    now_ms: i64,
+) -> Invoice {
     let period = Period {
         start_ms,
         end_ms: start_ms + 30 * DAY_MS,
@@ -77,6 +90,7 @@ pub async fn invoice(
     let terms = Terms {
         grace_ms: 0,
         payment_terms_days: 14,
+        credit_available_minor: credit_minor,
         ..Terms::default()
     };
     let inv = build(&charges, vec![], &terms, now_ms).expect("invoice builds");
