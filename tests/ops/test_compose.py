@@ -26,8 +26,6 @@ SOURCE = ROOT / "tests" / "ops" / "schema" / "SOURCE.md"
 PROMETHEUS = ROOT / "dashboards" / "prometheus.yml"
 # Third-party services: image only, no Tally binary.
 INFRA = {"nats", "clickhouse", "prometheus", "grafana"}
-# A shell loop in the Tally image calling another service's API (checked on its own).
-SIDECARS = {"reconciler"}
 # What each service needs up, at least.
 REQUIRED = {"nats", "clickhouse", "prometheus", "grafana", "migrate", "aggregator", "gateway",
             "rater", "invoicer", "payments", "agents"}
@@ -80,7 +78,7 @@ class ComposeFile(unittest.TestCase):
         bins = workspace.binaries()
         in_image = set(workspace.dockerfile_binaries())
         for name, svc in compose()["services"].items():
-            if name in INFRA | SIDECARS:
+            if name in INFRA:
                 continue
             with self.subTest(service=name):
                 self.assertEqual(".", svc.get("build"), "Tally services are built from the workspace")
@@ -93,19 +91,6 @@ class ComposeFile(unittest.TestCase):
                         self.assertRegex(source, rf'"{re.escape(arg[2:])}"', f"{binary} has no flag {arg}")
                     elif not re.fullmatch(r"[0-9.]+", arg):
                         self.assertRegex(source, rf'"{re.escape(arg)}"', f"{binary} has no command {arg}")
-
-    def test_the_reconciler_calls_the_invoicer_api_on_its_port(self):
-        services = compose()["services"]
-        script = services["reconciler"]["command"][-1]
-        m = re.search(r"http://(\w+):(\d+)(/v1/reconciliation)", script)
-        self.assertIsNotNone(m, script)
-        host, port, path = m.groups()
-        self.assertEqual("invoicer", host)
-        self.assertEqual(f"0.0.0.0:{port}", services["invoicer"]["environment"]["TALLY_INVOICER__API_ADDR"])
-        api = (ROOT / "invoicer" / "src" / "api.rs").read_text()
-        self.assertIn('["v1", "reconciliation"]', api, "the invoicer has no GET /v1/reconciliation")
-        self.assertEqual("tally:local", services["reconciler"]["image"])
-        self.assertIn("curl", (ROOT / "Dockerfile").read_text())
 
     def test_every_binary_in_the_image_exists(self):
         bins = workspace.binaries()
@@ -125,7 +110,7 @@ class ComposeFile(unittest.TestCase):
 
     def test_the_configuration_file_is_a_profile_in_the_repository(self):
         for name, svc in compose()["services"].items():
-            if name in INFRA | SIDECARS:
+            if name in INFRA:
                 continue
             with self.subTest(service=name):
                 profile = env_profile(svc["environment"]["TALLY_CONFIG"])
