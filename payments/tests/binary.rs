@@ -1,7 +1,8 @@
 //! The `tally-payments serve` binary: starts from a configuration file plus `TALLY_*`
 //! environment secrets, answers `/healthz` and a signed webhook, exports its metrics (the
 //! trial-balance gauge at 0 after the first ledger sync), refuses to start without its secrets
-//! (naming the setting, never printing a secret), and exits 0 on SIGTERM.
+//! (naming the setting, never printing a secret), and exits 0 on SIGTERM; with a Stripe API
+//! key it charges a finalized invoice once.
 
 mod support;
 
@@ -115,6 +116,85 @@ async fn serve_starts_from_config_and_env_answers_and_stops_on_sigterm() {
     ] {
         assert!(!stderr.contains(secret), "a secret was logged:\n{stderr}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
+    env.cleanup().await;
+}
+
+/// With a Stripe API key, `serve` charges a finalized invoice of a customer with a Stripe
+/// payment profile after its ledger sync: one PaymentIntent, sent to the configured API base,
+/// the key never logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_collects_finalized_invoices_through_the_stripe_api() {
+    let env = TestEnv::new("payments_binary_collect").await;
+    let db = env.db();
+    let inv = past_invoice(&db, "acme", "EUR", &[("tokens", 1_234, 0)]).await;
+    let profile = tally_payments::profiles::Profile {
+        customer: "acme".into(),
+        gateway: "stripe".into(),
+        provider_customer: "cus_bin".into(),
+        payment_method: "pm_bin".into(),
+        actor: "api:test".into(),
+        at_ms: chrono::Utc::now().timestamp_millis(),
+    };
+    tally_payments::profiles::append(&db, &profile)
+        .await
+        .unwrap();
+    let (stripe_addr, stripe_got, stripe_stop) = receiver(0).await;
+    let dir = temp_dir("payments-binary-collect").expect("temp dir");
+    let config = dir.join("tally.toml");
+    let (port, metrics_port) = (free_port().unwrap(), free_port().unwrap());
+    std::fs::write(
+        &config,
+        format!(
+            "[payments]\nlisten_addr = \"127.0.0.1:{port}\"\nmetrics_addr = \"127.0.0.1:{metrics_port}\"\n\
+             ledger_sync_secs = 1\nstripe_api_base = \"http://{stripe_addr}\"\n\
+             [features]\ndunning = false\nportal = false\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tally-payments"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .env("TALLY_CLICKHOUSE__URL", &env.clickhouse.url)
+        .env("TALLY_CLICKHOUSE__DATABASE", &env.clickhouse.database)
+        .env("TALLY_PAYMENTS__API_TOKEN", API_TOKEN)
+        .env("TALLY_PAYMENTS__STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET)
+        .env("TALLY_PAYMENTS__STRIPE_API_KEY", "sk_test_binary_collect")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while payment_intents_created(&stripe_got.lock().unwrap()).is_empty() {
+        assert!(Instant::now() < deadline, "no PaymentIntent was created");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // a few more syncs: still one request
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{status:?}\n{stderr}");
+    let got = stripe_got.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(
+        got[0].idempotency_key,
+        format!("tally-{}-0", inv.invoice_id)
+    );
+    assert_eq!(got[0].authorization, "Bearer sk_test_binary_collect");
+    let body = String::from_utf8_lossy(&got[0].body).into_owned();
+    assert!(
+        body.starts_with("amount=1234&currency=eur&customer=cus_bin&payment_method=pm_bin&confirm=true&off_session=true"),
+        "{body}"
+    );
+    assert!(
+        !stderr.contains("sk_test_binary_collect"),
+        "the key was logged:\n{stderr}"
+    );
+    stripe_stop.cancel();
     let _ = std::fs::remove_dir_all(&dir);
     env.cleanup().await;
 }
