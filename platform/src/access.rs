@@ -30,6 +30,8 @@ pub enum Service {
     Aggregator,
     Rater,
     Invoicer,
+    /// Payments, ledger, dunning and the customer portal.
+    Payments,
     /// The ingest gateway: API keys.
     Gateway,
     /// Dashboards and BI tools: reads only.
@@ -37,11 +39,12 @@ pub enum Service {
 }
 
 impl Service {
-    pub const ALL: [Service; 6] = [
+    pub const ALL: [Service; 7] = [
         Service::Migrate,
         Service::Aggregator,
         Service::Rater,
         Service::Invoicer,
+        Service::Payments,
         Service::Gateway,
         Service::Reader,
     ];
@@ -53,6 +56,7 @@ impl Service {
             Service::Aggregator => "tally_aggregator",
             Service::Rater => "tally_rater",
             Service::Invoicer => "tally_invoicer",
+            Service::Payments => "tally_payments",
             Service::Gateway => "tally_gateway",
             Service::Reader => "tally_reader",
         }
@@ -66,6 +70,7 @@ impl Service {
             Service::Aggregator => Some("tally_aggregator_role"),
             Service::Rater => Some("tally_rater_role"),
             Service::Invoicer => Some("tally_invoicer_role"),
+            Service::Payments => Some("tally_payments_role"),
             Service::Gateway => Some("tally_gateway_role"),
             Service::Reader => Some("tally_reader_role"),
         }
@@ -114,9 +119,38 @@ pub fn grants(service: Service) -> Grants {
                     "catalog_customers",
                     "catalog_agents",
                     "catalog_meters",
+                    "catalog_tax_rates",
+                    "catalog_fx_rates",
                 ],
             ),
-            Service::Invoicer => (false, &["*"], &["invoices", "invoice_lines"]),
+            // invoices, their lifecycle, credit notes and prepaid credits (append-only)
+            Service::Invoicer => (
+                false,
+                &["*"],
+                &[
+                    "invoices",
+                    "invoice_lines",
+                    "invoice_transitions",
+                    "credit_notes",
+                    "credit_grants",
+                ],
+            ),
+            // payments, webhooks, the ledger, notifications; marks invoices paid / void /
+            // uncollectible through the lifecycle
+            Service::Payments => (
+                false,
+                &["*"],
+                &[
+                    "invoice_transitions",
+                    "webhook_events",
+                    "payments",
+                    "ledger_entries",
+                    "notifications",
+                    "notification_deliveries",
+                    "gateway_requests",
+                    "customer_payment_profiles",
+                ],
+            ),
             Service::Gateway => (false, &["api_keys"], &["api_keys"]),
             Service::Reader => (false, &["*"], &[]),
         };
@@ -139,7 +173,7 @@ pub fn password_sha256(password: &str) -> String {
 /// The file name of the latest roles migration, which must equal [`roles_migration`]. Each
 /// roles migration is a full snapshot (`REVOKE ALL` then the grants): to change rights, edit
 /// [`grants`], add the new rendering as the next migration and point this at it.
-pub const ROLES_MIGRATION: &str = "0011_service_roles_catalog.sql";
+pub const ROLES_MIGRATION: &str = "0021_service_roles_billing.sql";
 
 /// `GRANT` statements giving `grantee` the table rights of `g` in `database`.
 fn table_grants(database: &str, g: &Grants, grantee: &str) -> Vec<String> {
@@ -254,7 +288,15 @@ mod tests {
         assert!(!roles.contains("PASSWORD") && !roles.contains("IDENTIFIED"));
         let xml = users_xml("tally", &all_users());
         assert!(xml.contains("<tally_aggregator><password_sha256_hex>"));
-        assert_eq!(xml.matches("<database>tally</database>").count(), 6);
+        assert_eq!(
+            xml.matches("<database>tally</database>").count(),
+            Service::ALL.len()
+        );
+        assert!(roles.contains("GRANT INSERT ON {database}.ledger_entries TO tally_payments_role;"));
+        assert!(roles
+            .contains("GRANT INSERT ON {database}.invoice_transitions TO tally_invoicer_role;"));
+        assert!(!roles.contains("INSERT ON {database}.ledger_entries TO tally_invoicer_role"));
+        assert!(!roles.contains("INSERT ON {database}.charges TO tally_payments_role"));
     }
 
     #[test]

@@ -66,6 +66,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(18, "0018_payment_retries.sql"),
     migration!(19, "0019_catalog_tax_and_fx_rates.sql"),
     migration!(20, "0020_payment_profiles.sql"),
+    migration!(21, "0021_service_roles_billing.sql"),
 ];
 
 /// A capability a migration needs from the server (its `-- requires:` header).
