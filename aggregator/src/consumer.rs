@@ -5,20 +5,18 @@
 //! `batch_max_events` messages or `batch_max_wait_ms` after its first message: dead letters
 //! first, then the ClickHouse commit (retried with capped backoff under a new batch id),
 //! then the dedup set, then the acks. While a flush runs, the consumer keeps receiving the
-//! next messages into a buffer of at most `batch_max_events`, so NATS and ClickHouse work at
-//! the same time. Buffered messages are classified on receipt (parse, validation, meters,
-//! windows: a pure function of the message, the clock and the meters), but checked against
-//! the dedup set and folded into the next batch only once the flush has returned, i.e. after
-//! the batch before them is durable and its ids are committed. Memory stays bounded by two
-//! batches (also the consumer's `max_ack_pending`). If a flush cannot finish (shutdown during
-//! a ClickHouse outage), neither its messages nor the buffered ones are acked and all are
-//! redelivered. On shutdown the batch in flight (with whatever was buffered) is flushed.
+//! next messages into a buffer of at most `batch_max_events` (so NATS and ClickHouse work at
+//! the same time), but it never classifies them then: they are classified against the dedup
+//! set only once the flush has returned, i.e. after the batch before them is durable and its
+//! ids are committed. Memory stays bounded by two batches (also the consumer's
+//! `max_ack_pending`). If a flush cannot finish (shutdown during a ClickHouse outage), neither
+//! its messages nor the buffered ones are acked and all are redelivered. On shutdown the
+//! batch in flight (with whatever was buffered) is flushed.
 //!
-//! It must never check or reserve an id in the dedup set while the batch before it is being
-//! committed: the id would be compared with a set that does not yet hold that batch's ids.
+//! It must never classify a message while the batch before it is being committed: an id
+//! would be checked against a dedup set that does not yet hold that batch's ids.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{
@@ -33,7 +31,7 @@ use tally_platform::telemetry::health;
 use tally_platform::{streams, NatsConfig};
 
 use crate::batch::{Batch, Rejected};
-use crate::classify::{Accepted, Classifier, Rejection};
+use crate::classify::{Classifier, Rejection};
 use crate::config::AggregatorConfig;
 use crate::dedup::{Dedup, Seen};
 use crate::{dead_letter, metrics, recovery, sink};
@@ -71,7 +69,7 @@ struct Aggregator<'a> {
     nats: async_nats::Client,
     js: jetstream::Context,
     db: Client,
-    classifier: Arc<Classifier>,
+    classifier: Classifier,
     dedup: Dedup,
     shutdown: Shutdown,
     last_expiry: Instant,
@@ -101,11 +99,7 @@ pub async fn run(
         nats,
         js,
         db,
-        classifier: Arc::new(Classifier::new(
-            meters,
-            &nats_cfg.partition_root(cfg.partition),
-            cfg,
-        )),
+        classifier: Classifier::new(meters, &nats_cfg.partition_root(cfg.partition), cfg),
         dedup: Dedup::new(),
         shutdown: shutdown.clone(),
         last_expiry: Instant::now(),
@@ -162,8 +156,8 @@ pub async fn run(
                     tokio::time::Instant::from_std(at)
                         + Duration::from_millis(cfg.batch_max_wait_ms)
                 });
-                for (msg, classified) in buffer.take() {
-                    agg.fold(&mut batch, msg, classified);
+                for msg in buffer.take() {
+                    agg.handle(&mut batch, msg);
                 }
                 flush_due = batch.len() >= cfg.batch_max_events;
                 if last_lag.elapsed() >= LAG_EVERY {
@@ -195,7 +189,7 @@ pub async fn run(
 
 /// Messages received while a flush runs, in arrival order, at most `cap` of them.
 struct Buffer {
-    messages: VecDeque<(Message, Classified)>,
+    messages: VecDeque<Message>,
     cap: usize,
     /// when the first buffered message arrived: the next batch's wait starts there
     first_at: Option<Instant>,
@@ -214,27 +208,25 @@ impl Buffer {
         self.messages.len() < self.cap
     }
 
-    fn push(&mut self, msg: Message, classified: Classified) {
+    fn push(&mut self, msg: Message) {
         self.first_at.get_or_insert_with(Instant::now);
-        self.messages.push_back((msg, classified));
+        self.messages.push_back(msg);
     }
 
-    fn take(&mut self) -> std::collections::vec_deque::Drain<'_, (Message, Classified)> {
+    fn take(&mut self) -> std::collections::vec_deque::Drain<'_, Message> {
         self.first_at = None;
         self.messages.drain(..)
     }
 }
 
-/// Flushes `batch` while receiving further messages into `buffer` until it is full. They are
-/// classified on receipt but not checked against the dedup set nor folded: that waits for
-/// the flush. Returns whether the message stream is still open.
+/// Flushes `batch` while receiving further messages into `buffer` (unclassified) until it is
+/// full. Returns whether the message stream is still open.
 async fn flush_receiving(
     agg: &mut Aggregator<'_>,
     batch: &Batch,
     messages: &mut pull::Stream,
     buffer: &mut Buffer,
 ) -> Result<bool, RunError> {
-    let classifier = Arc::clone(&agg.classifier);
     let flush = agg.flush(batch);
     tokio::pin!(flush);
     let mut open = true;
@@ -243,10 +235,7 @@ async fn flush_receiving(
             biased;
             flushed = &mut flush => return flushed.map(|()| open),
             next = messages.next(), if open && buffer.has_room() => match next {
-                Some(Ok(msg)) => {
-                    let classified = classify(&classifier, &msg);
-                    buffer.push(msg, classified);
-                }
+                Some(Ok(msg)) => buffer.push(msg),
                 Some(Err(e)) => tracing::warn!(error = %e, "consumer stream error"),
                 None => open = false,
             },
@@ -258,20 +247,6 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
-    }
-}
-
-/// A message's classification: a pure function of its subject, payload, receipt time and the
-/// meters, so it may run while a flush is in flight (the dedup check may not).
-struct Classified {
-    seq: u64,
-    result: Result<Accepted, Rejection>,
-}
-
-fn classify(classifier: &Classifier, msg: &Message) -> Classified {
-    Classified {
-        seq: msg.info().map(|i| i.stream_sequence).unwrap_or(0),
-        result: classifier.classify(&msg.subject, &msg.payload, now_ms()),
     }
 }
 
@@ -364,25 +339,20 @@ impl Aggregator<'_> {
     }
 
     fn handle(&mut self, batch: &mut Batch, msg: Message) {
-        let classified = classify(&self.classifier, &msg);
-        self.fold(batch, msg, classified);
-    }
-
-    /// Checks a classified message against the dedup set and folds it into `batch`. Never
-    /// called while a flush runs (see the module doc).
-    fn fold(&mut self, batch: &mut Batch, msg: Message, classified: Classified) {
-        let Classified { seq, result } = classified;
+        let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+        let subject: &str = &msg.subject;
+        let payload = &msg.payload;
         let reject = |batch: &mut Batch, rejection: Rejection| {
             metrics::events("rejected", 1);
             metrics::rejected(rejection.reason);
             batch.add_rejected(Rejected {
                 rejection,
-                subject: msg.subject.to_string(),
+                subject: subject.to_owned(),
                 stream_seq: seq,
-                payload: msg.payload.clone(),
+                payload: payload.clone(),
             });
         };
-        match result {
+        match self.classifier.classify(subject, payload, now_ms()) {
             Err(rejection) => reject(batch, rejection),
             Ok(acc) => {
                 let (key, hash) = (acc.key, acc.payload_hash);
