@@ -104,23 +104,24 @@ pub struct EventView<'a> {
 }
 
 /// The envelope's attributes, borrowed from the input unless escaped ([`CowStr`]: serde's
-/// `Cow<str>` inside an `Option` would always copy).
-#[derive(Deserialize)]
-struct Envelope<'a> {
+/// `Cow<str>` inside an `Option` would always copy). Filled by [`crate::envelope::scan`] or,
+/// for anything it leaves alone, by serde (the reference path).
+#[derive(Deserialize, Default)]
+pub(crate) struct Envelope<'a> {
     #[serde(borrow)]
-    specversion: Option<CowStr<'a>>,
+    pub(crate) specversion: Option<CowStr<'a>>,
     #[serde(borrow)]
-    id: Option<CowStr<'a>>,
+    pub(crate) id: Option<CowStr<'a>>,
     #[serde(borrow)]
-    source: Option<CowStr<'a>>,
+    pub(crate) source: Option<CowStr<'a>>,
     #[serde(borrow)]
-    subject: Option<CowStr<'a>>,
+    pub(crate) subject: Option<CowStr<'a>>,
     #[serde(borrow, rename = "type")]
-    event_type: Option<CowStr<'a>>,
+    pub(crate) event_type: Option<CowStr<'a>>,
     #[serde(borrow)]
-    time: Option<CowStr<'a>>,
+    pub(crate) time: Option<CowStr<'a>>,
     #[serde(borrow)]
-    data: Option<&'a RawValue>,
+    pub(crate) data: Option<&'a RawValue>,
 }
 
 fn required<'a>(v: Option<CowStr<'a>>, field: &'static str) -> Result<Cow<'a, str>, EventError> {
@@ -137,6 +138,12 @@ fn validate_id<'a>(
     Ok(v)
 }
 
+fn reference_envelope(bytes: &[u8]) -> Result<Envelope<'_>, EventError> {
+    serde_json::from_slice(bytes).map_err(|e| EventError::NotJson {
+        detail: e.to_string(),
+    })
+}
+
 impl<'a> EventView<'a> {
     /// Parses and validates one structured-mode CloudEvent of at most `max_bytes` bytes.
     pub fn parse(bytes: &'a [u8], max_bytes: usize) -> Result<EventView<'a>, EventError> {
@@ -146,9 +153,29 @@ impl<'a> EventView<'a> {
                 max: max_bytes,
             });
         }
-        let env: Envelope<'a> = serde_json::from_slice(bytes).map_err(|e| EventError::NotJson {
-            detail: e.to_string(),
-        })?;
+        let env = match crate::envelope::scan(bytes) {
+            Some(env) => env,
+            None => reference_envelope(bytes)?,
+        };
+        Self::validate(env)
+    }
+
+    /// The same check through serde only: the reference the fast path is tested against.
+    #[cfg(test)]
+    pub(crate) fn parse_reference(
+        bytes: &'a [u8],
+        max_bytes: usize,
+    ) -> Result<EventView<'a>, EventError> {
+        if bytes.len() > max_bytes {
+            return Err(EventError::TooLarge {
+                len: bytes.len(),
+                max: max_bytes,
+            });
+        }
+        Self::validate(reference_envelope(bytes)?)
+    }
+
+    fn validate(env: Envelope<'a>) -> Result<EventView<'a>, EventError> {
         let spec = required(env.specversion, "specversion")?;
         if spec != "1.0" {
             return Err(EventError::SpecVersion {
@@ -323,6 +350,178 @@ mod tests {
                 let _ = e.check_subject("acme", "bot-7");
             }
         }
+    }
+
+    /// The fast path and the serde reference agree on the outcome, the error and the values.
+    fn assert_same_as_reference(bytes: &[u8]) {
+        let fast = EventView::parse(bytes, 4096);
+        let reference = EventView::parse_reference(bytes, 4096);
+        match (&fast, &reference) {
+            (Ok(a), Ok(b)) => {
+                assert_eq!(
+                    (&a.id, &a.customer, &a.agent, &a.event_type, a.time_ms),
+                    (&b.id, &b.customer, &b.agent, &b.event_type, b.time_ms)
+                );
+                assert_eq!(a.data.get(), b.data.get());
+                assert_eq!(a.data.get().as_ptr(), b.data.get().as_ptr());
+            }
+            (Err(a), Err(b)) => assert_eq!(a, b),
+            _ => panic!(
+                "{:?}: fast {fast:?} reference {reference:?}",
+                String::from_utf8_lossy(bytes)
+            ),
+        }
+    }
+
+    /// A JSON value for an attribute: plain, escaped, unicode, null, number, object, odd.
+    fn attr_value() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            "[a-z0-9_-]{0,12}".prop_map(|v| format!("\"{v}\"")),
+            Just("\"1.0\"".to_owned()),
+            Just("\"2026-11-26T21:00:00.123Z\"".to_owned()),
+            Just("\"e\\u0031\"".to_owned()),
+            Just("\"a\\\"b\"".to_owned()),
+            Just("\"\\ud800\"".to_owned()),
+            "\\PC{0,6}".prop_map(|v| serde_json::to_string(&v).unwrap()),
+            Just("null".to_owned()),
+            Just("1.0".to_owned()),
+            Just("-0.5e+3".to_owned()),
+            Just("012".to_owned()),
+            Just("true".to_owned()),
+            Just("{\"a\":[1,{\"b\":\"c\"}],\"t\":\"12\"}".to_owned()),
+            Just("[]".to_owned()),
+            Just("\"tab\there\"".to_owned()),
+        ]
+    }
+
+    fn data_value() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(r#"{"tokens":1234,"model":"gpt-4o","kind":"output"}"#.to_owned()),
+            Just(r#"{"tokens":"1234.50","n":{"deep":[1,2,{"x":null}]},"e":-1.5E-7}"#.to_owned()),
+            Just(r#" { "k" : "caf\u00e9" , "u":"日本" } "#.to_owned()),
+            Just("{}".to_owned()),
+            Just("null".to_owned()),
+            Just("[1]".to_owned()),
+            Just("\"x\"".to_owned()),
+            Just("{\"a\":01}".to_owned()),
+            Just("{\"a\":1.}".to_owned()),
+            Just("{\"a\":[1,]}".to_owned()),
+            Just(format!("{}1{}", "[".repeat(130), "]".repeat(130))),
+            Just(format!("{{\"a\":{}1{}}}", "[".repeat(70), "]".repeat(70))),
+            attr_value(),
+        ]
+    }
+
+    fn event_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let keys = [
+            "specversion",
+            "id",
+            "source",
+            "subject",
+            "type",
+            "time",
+            "data",
+            "datacontenttype",
+            "traceparent",
+            "i\\u0064",
+        ];
+        let member = (0..keys.len(), attr_value(), data_value()).prop_map(move |(k, v, d)| {
+            let value = if keys[k] == "data" { d } else { v };
+            format!("\"{}\":{value}", keys[k])
+        });
+        let good = [
+            r#""specversion":"1.0""#,
+            r#""id":"e1""#,
+            r#""source":"bot-7""#,
+            r#""subject":"acme""#,
+            r#""type":"llm.tokens""#,
+            r#""time":"2026-11-26T21:00:00.123Z""#,
+            r#""data":{"tokens":1234,"model":"gpt-4o","kind":"output"}"#,
+        ];
+        (
+            proptest::sample::subsequence(good.to_vec(), 0..=good.len()),
+            proptest::collection::vec((member, 0..8usize), 0..3),
+            prop_oneof![Just(""), Just(" "), Just("\n\t "), Just("\u{a0}")],
+        )
+            .prop_map(|(mut members, extra, ws)| {
+                let mut members: Vec<String> = members.drain(..).map(str::to_owned).collect();
+                for (m, at) in extra {
+                    members.insert(at.min(members.len()), m);
+                }
+                format!("{ws}{{{ws}{}{ws}}}{ws}", members.join(&format!("{ws},")))
+            })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn the_fast_path_agrees_with_serde_on_generated_events(text in event_text()) {
+            assert_same_as_reference(text.as_bytes());
+        }
+
+        #[test]
+        fn the_fast_path_agrees_with_serde_on_mutated_events(
+            text in event_text(),
+            cut in 0usize..600,
+            op in 0u8..4,
+            byte in proptest::prelude::any::<u8>(),
+        ) {
+            let mut bytes = text.into_bytes();
+            let at = cut.min(bytes.len());
+            match op {
+                0 => bytes.truncate(at),
+                1 => bytes.insert(at, byte),
+                2 if at < bytes.len() => bytes[at] = byte,
+                _ => { bytes.insert(at, 0xc3); }
+            }
+            assert_same_as_reference(&bytes);
+        }
+
+        #[test]
+        fn the_fast_path_agrees_with_serde_on_arbitrary_bytes(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)
+        ) {
+            assert_same_as_reference(&bytes);
+        }
+    }
+
+    #[test]
+    fn the_fast_path_agrees_with_serde_on_known_cases() {
+        let cases = [
+            GOOD.to_owned(),
+            GOOD.replace("\"id\":\"e1\",", "\"id\":\"e1\",\"id\":\"e2\","),
+            GOOD.replace("\"id\":\"e1\",", "\"id\":null,\"id\":\"e2\","),
+            GOOD.replace("\"id\":\"e1\",", "\"x\":1,\"x\":2,\"id\":\"e1\","),
+            GOOD.replace("\"e1\"", "1"),
+            GOOD.replace("\"e1\"", "null"),
+            GOOD.replace("\"data\":", "\"data\":null,\"d\":"),
+            GOOD.replace("}}", "},\"data\":{}}"),
+            GOOD.replace("}}", "}} x"),
+            GOOD.replace("}}", "},}"),
+            GOOD.replace("\"acme\"", "\"acmé\""),
+            GOOD[..GOOD.len() - 1].to_owned(),
+            format!("[{GOOD}]"),
+            "[\"1.0\",\"e1\",\"bot\",\"acme\",\"t\",\"2026-11-26T21:00:00Z\"]".to_owned(),
+            "{}".to_owned(),
+            String::new(),
+        ];
+        for case in cases {
+            assert_same_as_reference(case.as_bytes());
+        }
+        assert_same_as_reference(b"{\"id\":\"\xff\"}");
+        assert!(
+            crate::envelope::scan(GOOD.as_bytes()).is_some(),
+            "the fast path is taken"
+        );
+        let escaped = GOOD.replace("\"e1\"", "\"e\\u0031\"");
+        assert!(
+            crate::envelope::scan(escaped.as_bytes()).is_none(),
+            "escapes go to serde"
+        );
     }
 
     #[test]

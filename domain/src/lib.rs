@@ -24,6 +24,7 @@
 
 pub mod aggregation;
 pub mod data;
+mod envelope;
 pub mod event;
 pub mod exact;
 pub mod ids;
