@@ -1,7 +1,9 @@
 //! The usage event: a CloudEvents 1.0 JSON object in structured mode (DESIGN.md section 2).
 //!
 //! [`EventView::parse`] is the single place an event's envelope is validated; it borrows the
-//! strings from the message bytes (the aggregator's hot path keeps them there), and
+//! strings from the message bytes (the aggregator's hot path keeps them there), reading plain
+//! input with the one-pass scanner in `envelope.rs` and anything else with serde (the
+//! reference the scanner is tested against), and
 //! [`UsageEvent::parse`] is the same check returning owned values. It checks the envelope
 //! only; what a meter reads out of `data` is checked by [`crate::meter`]. It never converts a
 //! number through a float: `data` is kept as raw JSON text.
