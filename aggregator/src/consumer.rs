@@ -4,19 +4,11 @@
 //! deduplicated and folded into the batch in flight. The batch is flushed when it holds
 //! `batch_max_events` messages or `batch_max_wait_ms` after its first message: dead letters
 //! first, then the ClickHouse commit (retried with capped backoff under a new batch id),
-//! then the dedup set, then the acks. While a flush runs, the consumer keeps receiving the
-//! next messages into a buffer of at most `batch_max_events` (so NATS and ClickHouse work at
-//! the same time), but it never classifies them then: they are classified against the dedup
-//! set only once the flush has returned, i.e. after the batch before them is durable and its
-//! ids are committed. Memory stays bounded by two batches (also the consumer's
-//! `max_ack_pending`). If a flush cannot finish (shutdown during a ClickHouse outage), neither
-//! its messages nor the buffered ones are acked and all are redelivered. On shutdown the
-//! batch in flight (with whatever was buffered) is flushed.
-//!
-//! It must never classify a message while the batch before it is being committed: an id
-//! would be checked against a dedup set that does not yet hold that batch's ids.
+//! then the dedup set, then the acks. While a flush runs, no message is pulled, so a slow
+//! ClickHouse slows consumption and memory stays bounded by one batch. On shutdown the batch
+//! in flight is flushed; if that cannot finish, its messages are left unacked for
+//! redelivery.
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{
@@ -114,8 +106,6 @@ pub async fn run(
 
     // one batch reused across flushes: its vectors keep their room (no allocation per batch)
     let mut batch = Batch::with_capacity(cfg.batch_max_events);
-    // messages received while a flush runs, classified only after it
-    let mut buffer = Buffer::with_capacity(cfg.batch_max_events);
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut last_lag = Instant::now();
     'session: while !shutdown.is_cancelled() {
@@ -126,7 +116,7 @@ pub async fn run(
             Err(e) => return Err(e),
         };
         loop {
-            let mut flush_due = tokio::select! {
+            let flush_due = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break 'session,
                 _ = sleep_until(deadline) => true,
@@ -146,20 +136,10 @@ pub async fn run(
                     }
                 },
             };
-            let mut stream_open = true;
-            while flush_due {
-                stream_open &=
-                    flush_receiving(&mut agg, &batch, &mut messages, &mut buffer).await?;
+            if flush_due {
+                agg.flush(&batch).await?;
                 batch.clear();
-                // the batch before them is durable and its ids committed: classify now
-                deadline = buffer.first_at.map(|at| {
-                    tokio::time::Instant::from_std(at)
-                        + Duration::from_millis(cfg.batch_max_wait_ms)
-                });
-                for msg in buffer.take() {
-                    agg.handle(&mut batch, msg);
-                }
-                flush_due = batch.len() >= cfg.batch_max_events;
+                deadline = None;
                 if last_lag.elapsed() >= LAG_EVERY {
                     last_lag = Instant::now();
                     if let Ok(info) = consumer.info().await {
@@ -172,10 +152,6 @@ pub async fn run(
                     }
                 }
             }
-            if !stream_open {
-                tracing::warn!("consumer stream ended during a flush; opening a new one");
-                break;
-            }
         }
     }
     agg.flush(&batch).await?;
@@ -185,62 +161,6 @@ pub async fn run(
     }
     tracing::info!("aggregator stopped");
     Ok(())
-}
-
-/// Messages received while a flush runs, in arrival order, at most `cap` of them.
-struct Buffer {
-    messages: VecDeque<Message>,
-    cap: usize,
-    /// when the first buffered message arrived: the next batch's wait starts there
-    first_at: Option<Instant>,
-}
-
-impl Buffer {
-    fn with_capacity(cap: usize) -> Buffer {
-        Buffer {
-            messages: VecDeque::with_capacity(cap),
-            cap,
-            first_at: None,
-        }
-    }
-
-    fn has_room(&self) -> bool {
-        self.messages.len() < self.cap
-    }
-
-    fn push(&mut self, msg: Message) {
-        self.first_at.get_or_insert_with(Instant::now);
-        self.messages.push_back(msg);
-    }
-
-    fn take(&mut self) -> std::collections::vec_deque::Drain<'_, Message> {
-        self.first_at = None;
-        self.messages.drain(..)
-    }
-}
-
-/// Flushes `batch` while receiving further messages into `buffer` (unclassified) until it is
-/// full. Returns whether the message stream is still open.
-async fn flush_receiving(
-    agg: &mut Aggregator<'_>,
-    batch: &Batch,
-    messages: &mut pull::Stream,
-    buffer: &mut Buffer,
-) -> Result<bool, RunError> {
-    let flush = agg.flush(batch);
-    tokio::pin!(flush);
-    let mut open = true;
-    loop {
-        tokio::select! {
-            biased;
-            flushed = &mut flush => return flushed.map(|()| open),
-            next = messages.next(), if open && buffer.has_room() => match next {
-                Some(Ok(msg)) => buffer.push(msg),
-                Some(Err(e)) => tracing::warn!(error = %e, "consumer stream error"),
-                None => open = false,
-            },
-        }
-    }
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
