@@ -56,6 +56,8 @@ pub struct Catalog {
     default_plan: Option<String>,
     taxes: TaxTable,
     fx: FxTable,
+    /// `[features] tax = false`: no charge carries tax.
+    tax_off: bool,
 }
 
 impl Catalog {
@@ -193,6 +195,7 @@ impl Catalog {
             default_plan: rater.default_plan.clone(),
             taxes: TaxTable::default(),
             fx: FxTable::default(),
+            tax_off: false,
         })
     }
 
@@ -257,6 +260,13 @@ impl Catalog {
         Ok(self)
     }
 
+    /// The same catalog with taxes switched off (`[features] tax = false`): charges carry no
+    /// tax line, whatever the subscriptions' tax regions.
+    pub fn without_tax(mut self) -> Catalog {
+        self.tax_off = true;
+        self
+    }
+
     /// What applies to one charge beyond its price: the subscription's coupons and tax.
     pub fn terms<'a>(
         &self,
@@ -266,6 +276,7 @@ impl Catalog {
         meter: &MeterSlug,
     ) -> Terms<'a> {
         let tax = match (&sub.tax_region, plan.prices.get(meter)) {
+            _ if self.tax_off => None,
             (Some(region), Some(price)) => {
                 let rate = self.taxes.rate_at(region, &price.tax_code, period.start_ms);
                 match (rate, sub.tax_exempt) {

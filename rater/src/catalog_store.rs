@@ -228,6 +228,8 @@ pub async fn load(
 #[derive(Debug, Clone)]
 pub struct CatalogSource {
     pub rater: RaterConfig,
+    /// `[features]`: with `tax = false` the catalog prices without tax.
+    pub features: tally_platform::Features,
 }
 
 /// The stored entries a catalog is validated against: the meters and the rates.
@@ -263,11 +265,14 @@ impl CatalogSource {
         subscriptions: Vec<SubscriptionSpec>,
         stored: &Stored,
     ) -> Result<Catalog, CatalogStoreError> {
-        Ok(
-            Catalog::new(plans, subscriptions, &self.rater, &stored.meters)?
-                .with_taxes(stored.rates.tax_table())?
-                .with_fx(stored.rates.fx_table())?,
-        )
+        let catalog = Catalog::new(plans, subscriptions, &self.rater, &stored.meters)?
+            .with_taxes(stored.rates.tax_table())?
+            .with_fx(stored.rates.fx_table())?;
+        Ok(if self.features.tax {
+            catalog
+        } else {
+            catalog.without_tax()
+        })
     }
 
     /// Appends a subscription (a customer's plan from `effective_from` on) after checking it

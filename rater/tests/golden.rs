@@ -282,6 +282,35 @@ fn tax_is_per_line_by_region_and_date_on_the_discounted_amount() {
 }
 
 #[test]
+fn with_the_tax_feature_off_no_charge_carries_tax() {
+    let c = taxed_catalog().expect("valid").without_tax();
+    let rows = vec![
+        row("acme", "m", "input", 0, "999"),
+        row("exempt-co", "m", "input", 0, "999"),
+    ];
+    let (usages, _) = fold(&rows, &c);
+    assert_eq!(usages.len(), 2);
+    for u in usages.values() {
+        let sub = c.subscription(&u.customer).expect("subscribed");
+        let terms = c.terms(&sub, plan(&c), &u.period, &u.meter);
+        let ch = tally_rater::charge::compute_with(u, plan(&c), &terms)
+            .expect("prices")
+            .expect("priced");
+        assert_eq!(
+            (
+                ch.amount_minor,
+                ch.tax_minor,
+                ch.amount_with_tax_minor,
+                ch.tax_code.as_str()
+            ),
+            (999, 0, 999, ""),
+            "{}",
+            ch.customer
+        );
+    }
+}
+
+#[test]
 fn a_plan_is_billed_in_another_currency_at_the_dated_rate_then_rounded_once() {
     #[derive(serde::Deserialize)]
     struct F {

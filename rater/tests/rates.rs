@@ -308,6 +308,7 @@ async fn the_api_manages_rates_and_the_rater_prices_with_the_stored_ones() {
     // the rater's catalog, as each pass reads it, prices with the stored rates
     let source = CatalogSource {
         rater: tally_rater::RaterConfig::default(),
+        features: tally_platform::Features::default(),
     };
     let catalog = source.current(&db).await.expect("the stored catalog");
     let july_minute = 181 * 1440; // 2026-07-01, in minutes from January 1st

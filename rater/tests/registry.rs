@@ -49,6 +49,7 @@ fn file(text: &str) -> F {
 fn source() -> CatalogSource {
     CatalogSource {
         rater: tally_rater::RaterConfig::default(),
+        features: tally_platform::Features::default(),
     }
 }
 

@@ -41,6 +41,8 @@ struct Config {
     tax_rates: Vec<TaxRateSpec>,
     #[serde(default)]
     fx_rates: Vec<FxRateSpec>,
+    #[serde(default)]
+    features: tally_platform::Features,
 }
 
 fn now_ms() -> i64 {
@@ -83,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
     let db = store::connect(&cfg.clickhouse);
     let source = catalog_store::CatalogSource {
         rater: cfg.rater.clone(),
+        features: cfg.features,
     };
     let catalog = if command == "explain" {
         Catalog::default()

@@ -63,6 +63,7 @@ pub async fn start(
     let state = Arc::new(ApiState {
         source: CatalogSource {
             rater: tally_rater::RaterConfig::default(),
+            features: tally_platform::Features::default(),
         },
         db,
         now_ms: || 0,
