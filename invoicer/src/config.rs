@@ -48,6 +48,11 @@ pub struct InvoicerConfig {
     /// Prometheus endpoint. Default `127.0.0.1:9103`.
     #[serde(default = "default_metrics_addr")]
     pub metrics_addr: String,
+    /// The `[features]` section (not a key of `[invoicer]`): the binary copies it in. With
+    /// `late_usage_adjustments = false` late usage of finalized periods is left alone (no
+    /// adjustment lines, no credit notes); reconciliation still reports it.
+    #[serde(skip)]
+    pub features: tally_platform::Features,
 }
 
 fn default_schedule() -> Schedule {
@@ -99,6 +104,7 @@ impl Default for InvoicerConfig {
             adjustment_lookback_secs: default_adjustment_lookback_secs(),
             api_addr: default_api_addr(),
             metrics_addr: default_metrics_addr(),
+            features: tally_platform::Features::default(),
         }
     }
 }

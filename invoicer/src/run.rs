@@ -70,7 +70,11 @@ pub async fn invoice_pass(
             .push(c);
     }
     let mut credits = store::credit_balances(db).await?;
-    let mut adjustments = late::pending(db, cfg, now_ms).await?;
+    let mut adjustments = if cfg.features.late_usage_adjustments {
+        late::pending(db, cfg, now_ms).await?
+    } else {
+        Vec::new()
+    };
     let mut drafts = Vec::new();
     let mut due = Vec::new();
     for ((customer, start_ms), group) in &groups {

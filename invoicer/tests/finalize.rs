@@ -319,6 +319,54 @@ async fn late_usage_after_finalization_becomes_adjustment_or_credit_note() {
 }
 
 #[tokio::test]
+async fn with_late_usage_adjustments_off_late_usage_is_only_reported() {
+    let env = TestEnv::new("late_usage_off").await;
+    let db = env.db();
+    let kv = numbers(&env).await;
+    let now = chrono::Utc::now().timestamp();
+    let (p0, p1, p2) = (now - 32 * DAY, now - 2 * DAY, now + 28 * DAY);
+    charges(&db, &[("up-old", "acme", p0, p1, "tokens", 1_000, 1)]).await;
+    let mut cfg = cfg();
+    cfg.features.late_usage_adjustments = false;
+    let first = invoice_pass(&db, Some(&kv.numbers), &cfg, now * 1000)
+        .await
+        .expect("pass");
+    assert_eq!(first.len(), 1);
+    charges(
+        &db,
+        &[
+            ("up-old", "acme", p0, p1, "tokens", 1_250, 2),
+            ("cur", "acme", p1, p2, "tokens", 300, 1),
+        ],
+    )
+    .await;
+    let second = invoice_pass(&db, Some(&kv.numbers), &cfg, now * 1000 + 1_000)
+        .await
+        .expect("pass");
+    assert_eq!(second.len(), 1);
+    assert!(
+        second[0]
+            .lines
+            .iter()
+            .all(|l| l.kind != tally_invoicer::invoice::LineKind::Adjustment),
+        "no adjustment line with the feature off"
+    );
+    assert_eq!(second[0].total_minor, 300);
+    let notes: u64 = db
+        .query("SELECT count() FROM v_credit_notes")
+        .fetch_one()
+        .await
+        .expect("count");
+    assert_eq!(notes, 0);
+    let r = tally_invoicer::reconcile::run(&db, (now - 60 * DAY) * 1000)
+        .await
+        .expect("reconcile");
+    assert_eq!(r.difference_minor, 250, "the late usage is still reported");
+    kv.delete().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
 async fn the_schedule_runs_passes_until_shutdown() {
     let env = TestEnv::new("schedule_loop").await;
     let db = env.db();

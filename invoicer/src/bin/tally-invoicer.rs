@@ -28,6 +28,8 @@ struct Config {
     telemetry: TelemetryConfig,
     #[serde(default)]
     invoicer: InvoicerConfig,
+    #[serde(default)]
+    features: tally_platform::Features,
 }
 
 fn now_ms() -> i64 {
@@ -42,7 +44,8 @@ async fn main() -> anyhow::Result<()> {
         &["serve", "once", "reconcile"],
         &["config", "at", "out", "format"],
     )?;
-    let cfg: Config = config::load(&config::path(&args))?;
+    let mut cfg: Config = config::load(&config::path(&args))?;
+    cfg.invoicer.features = cfg.features;
     cfg.clickhouse.validate()?;
     cfg.invoicer.validate()?;
     telemetry::init_logs(&cfg.telemetry);
