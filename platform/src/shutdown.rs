@@ -1,4 +1,5 @@
-//! The one shutdown path: SIGTERM or Ctrl-C cancels a token that every task watches.
+//! The one shutdown path: SIGTERM or Ctrl-C cancels a token that every task watches and
+//! marks the service as draining (`/readyz` answers 503).
 //! Tasks finish their current unit of work (flush, commit, ack) and return.
 //!
 //! The handlers are registered before [`on_signals`] returns (not lazily in a spawned task), so
@@ -27,6 +28,8 @@ pub fn on_signals() -> CancellationToken {
                         _ = int.recv() => {}
                     }
                     tracing::info!("shutdown signal received");
+                    // /readyz answers 503 from now on, so load balancers stop sending work
+                    crate::telemetry::health::set_draining();
                     t.cancel();
                 });
             }
@@ -38,6 +41,7 @@ pub fn on_signals() -> CancellationToken {
                 );
                 tokio::spawn(async move {
                     let _ = tokio::signal::ctrl_c().await;
+                    crate::telemetry::health::set_draining();
                     t.cancel();
                 });
             }

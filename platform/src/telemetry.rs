@@ -70,7 +70,6 @@ pub fn serve_metrics(addr: SocketAddr) -> anyhow::Result<()> {
             upkeep.run_upkeep();
         }
     });
-    health::drain_on_signals();
     tokio::spawn(http::serve(listener, handle));
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
     Ok(())

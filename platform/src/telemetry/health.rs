@@ -42,25 +42,3 @@ pub fn readiness() -> Result<(), Vec<&'static str>> {
         Err(reasons)
     }
 }
-
-/// Flips to draining on SIGTERM or SIGINT, next to the handlers of `shutdown::on_signals`
-/// (Tokio delivers a signal to every listener), so load balancers stop sending work while the
-/// service flushes.
-pub(super) fn drain_on_signals() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-                set_draining();
-            });
-        }
-    }
-}
