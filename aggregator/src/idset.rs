@@ -137,18 +137,15 @@ impl IdSet {
     fn resize(&mut self, capacity: usize) {
         let old_slots = std::mem::take(&mut self.slots);
         let old_tags = std::mem::take(&mut self.tags);
-        self.slots = vec![Slot::default(); capacity];
-        self.tags = vec![0; capacity];
-        self.len = 0;
-        for (s, t) in old_slots.iter().zip(&old_tags) {
-            if *t != 0 {
-                self.place(*s);
-            }
-        }
+        let occupied = old_slots
+            .into_iter()
+            .zip(old_tags)
+            .filter(|(_, t)| *t != 0)
+            .map(|(s, _)| s);
+        self.rebuild(capacity, occupied);
     }
 
-    fn rebuild(&mut self, capacity: usize, entries: Vec<Slot>) {
-        debug_assert!(entries.len() * LOAD_DEN <= capacity * LOAD_NUM + LOAD_DEN);
+    fn rebuild(&mut self, capacity: usize, entries: impl IntoIterator<Item = Slot>) {
         self.slots = vec![Slot::default(); capacity];
         self.tags = vec![0; capacity];
         self.len = 0;
