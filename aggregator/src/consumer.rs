@@ -145,10 +145,9 @@ pub async fn run(
                     if let Ok(info) = consumer.info().await {
                         metrics::lag(info.num_pending, info.num_ack_pending);
                     }
-                    if let Ok(mut dlq) = agg.js.get_stream(&nats_cfg.dlq_stream).await {
-                        if let Ok(info) = dlq.info().await {
-                            metrics::dead_letter_depth(info.state.messages);
-                        }
+                    // get_stream is itself a STREAM.INFO request: its answer is the depth
+                    if let Ok(dlq) = agg.js.get_stream(&nats_cfg.dlq_stream).await {
+                        metrics::dead_letter_depth(dlq.cached_info().state.messages);
                     }
                 }
             }
