@@ -105,14 +105,14 @@ pub async fn invoice_pass(
         }
     }
     let finalized = finalize(numbers, cfg, due).await?;
-    store::write(db, &drafts).await?;
-    store::write(db, &finalized).await?;
     let ids: Vec<String> = finalized.iter().map(|i| i.invoice_id.clone()).collect();
-    lifecycle::record_finalized(db, &ids, ACTOR, "period ended and grace passed", now_ms).await?;
-    metrics::pass(started.elapsed(), drafts.len() + finalized.len());
-    metrics::finalized(finalized.len());
     let mut all = drafts;
     all.extend(finalized);
+    // one insert per table for the whole pass
+    store::write(db, &all).await?;
+    lifecycle::record_finalized(db, &ids, ACTOR, "period ended and grace passed", now_ms).await?;
+    metrics::pass(started.elapsed(), all.len());
+    metrics::finalized(ids.len());
     all.sort_by(|a, b| (&a.customer, a.period.start_ms).cmp(&(&b.customer, b.period.start_ms)));
     Ok(all)
 }
