@@ -51,3 +51,100 @@ pub fn timed<T>(f: impl FnOnce() -> T) -> (T, Timing) {
     };
     (out, Timing { wall, cpu, waited })
 }
+
+/// CPU seconds used so far by the processes a pipeline run involves: NATS, ClickHouse (found
+/// by name in `/proc`, so only when they run on this machine) and this process. Differences
+/// of two samples say where a run's CPU went; a figure is `None` when its process is not
+/// visible.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessCpu {
+    pub nats: Option<f64>,
+    pub clickhouse: Option<f64>,
+    pub this: Option<f64>,
+}
+
+impl ProcessCpu {
+    /// Reads `/proc` now.
+    pub fn sample() -> ProcessCpu {
+        let (mut nats, mut clickhouse) = (None, None);
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            for entry in dir.flatten() {
+                let path = entry.path();
+                let Ok(comm) = std::fs::read_to_string(path.join("comm")) else {
+                    continue;
+                };
+                // the kernel truncates names to 15 bytes: "clickhouse-serv"
+                let slot = match comm.trim() {
+                    "nats-server" => &mut nats,
+                    c if c.starts_with("clickhouse-serv") => &mut clickhouse,
+                    _ => continue,
+                };
+                if let Some(s) = stat_seconds(&path.join("stat")) {
+                    *slot = Some(slot.unwrap_or(0.0) + s);
+                }
+            }
+        }
+        ProcessCpu {
+            nats,
+            clickhouse,
+            this: stat_seconds(std::path::Path::new("/proc/self/stat")),
+        }
+    }
+
+    /// CPU seconds each used between `earlier` and `self`.
+    pub fn since(&self, earlier: &ProcessCpu) -> ProcessCpu {
+        let d = |a: Option<f64>, b: Option<f64>| Some((a? - b?).max(0.0));
+        ProcessCpu {
+            nats: d(self.nats, earlier.nats),
+            clickhouse: d(self.clickhouse, earlier.clickhouse),
+            this: d(self.this, earlier.this),
+        }
+    }
+
+    /// The sum of the known figures.
+    pub fn total(&self) -> f64 {
+        [self.nats, self.clickhouse, self.this]
+            .iter()
+            .flatten()
+            .sum()
+    }
+}
+
+/// utime + stime of a `/proc/<pid>/stat` file, in seconds (clock ticks of 1/100 s, the value
+/// of `CLK_TCK` on every Linux we run on).
+fn stat_seconds(path: &std::path::Path) -> Option<f64> {
+    parse_stat_seconds(&std::fs::read_to_string(path).ok()?)
+}
+
+fn parse_stat_seconds(s: &str) -> Option<f64> {
+    // the command name in parentheses may hold spaces: fields count from after it
+    let rest = &s[s.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines_give_user_plus_system_seconds() {
+        // pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime ...
+        let line = "42 (tokio (rt) w) S 1 42 42 0 -1 4194560 10 0 0 0 250 75 0 0 20 0 9 0";
+        assert_eq!(parse_stat_seconds(line), Some(3.25));
+        assert_eq!(parse_stat_seconds("42 (x) S 1"), None);
+        assert_eq!(parse_stat_seconds("no parenthesis"), None);
+    }
+
+    #[test]
+    fn this_process_is_always_visible_and_differences_never_go_negative() {
+        let a = ProcessCpu::sample();
+        assert!(a.this.is_some(), "/proc/self/stat is readable on Linux");
+        let b = ProcessCpu::sample();
+        let d = b.since(&a);
+        assert!(d.this.is_some_and(|s| s >= 0.0));
+        assert!(a.since(&b).total() >= 0.0);
+    }
+}

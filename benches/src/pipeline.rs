@@ -11,6 +11,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::cputime::ProcessCpu;
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy};
 use chrono::Utc;
 use futures::StreamExt;
@@ -185,18 +186,42 @@ fn first_index(msgs: &[Message]) -> std::collections::HashMap<String, usize> {
     ids
 }
 
+/// One throughput run: its rate and where its CPU went.
+#[derive(Debug, Clone, Copy)]
+pub struct Run {
+    /// Messages (baseline) or committed events (ours) per second.
+    pub per_sec: f64,
+    /// Distinct events the run carried.
+    pub events: usize,
+    /// CPU seconds of NATS, ClickHouse and this process during the run.
+    pub cpu: ProcessCpu,
+}
+
+impl Run {
+    /// CPU microseconds per event of one process's figure.
+    pub fn micros_per_event(&self, seconds: Option<f64>) -> Option<f64> {
+        Some(seconds? * 1e6 / self.events.max(1) as f64)
+    }
+}
+
 /// Baseline: raw publish of `msgs` and a concurrent pull consumer acking each message.
-/// Returns messages per second (first publish to last ack).
-pub async fn baseline(env: &TestEnv, msgs: &[Message]) -> anyhow::Result<f64> {
+/// Messages per second from the first publish to the last ack.
+pub async fn baseline(env: &TestEnv, msgs: &[Message]) -> anyhow::Result<Run> {
     let (js, cfg, messages, raw) = raw_stream(env, msgs).await?;
     let expected = raw_len_unique(&raw);
+    let cpu = ProcessCpu::sample();
     let started = Instant::now();
     let reader = tokio::spawn(read_raw(messages, expected, Default::default()));
     publish(&js, &raw, None).await?;
     reader.await??;
-    let rate = expected as f64 / started.elapsed().as_secs_f64();
+    let per_sec = expected as f64 / started.elapsed().as_secs_f64();
+    let cpu = ProcessCpu::sample().since(&cpu);
     drop_raw_stream(&js, &cfg).await;
-    Ok(rate)
+    Ok(Run {
+        per_sec,
+        events: expected,
+        cpu,
+    })
 }
 
 /// Latency percentiles in milliseconds.
@@ -248,22 +273,27 @@ fn raw_len_unique(msgs: &[Message]) -> usize {
         .len()
 }
 
-/// Events per aggregator batch in these runs (the shipped default, `batch_max_events`),
-/// unless `TALLY_BENCH_BATCH` says otherwise (to compare batch sizes in one build).
+/// The aggregator's settings in these runs: the shipped defaults of `batch_max_events` and
+/// `batch_max_wait_ms`, unless `TALLY_BENCH_BATCH` or `TALLY_BENCH_WAIT_MS` say otherwise (to
+/// compare batch sizes in one build).
 fn aggregator_config() -> AggregatorConfig {
     let batch = std::env::var("TALLY_BENCH_BATCH")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(AggregatorConfig::default().batch_max_events);
+    let wait_ms = std::env::var("TALLY_BENCH_WAIT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(AggregatorConfig::default().batch_max_wait_ms);
     AggregatorConfig {
         batch_max_events: batch,
-        batch_max_wait_ms: 100,
+        batch_max_wait_ms: wait_ms,
         ..AggregatorConfig::default()
     }
 }
 
 /// Ours: the same messages through the aggregator; events committed per second.
-pub async fn throughput(env: &TestEnv, msgs: &[Message]) -> anyhow::Result<f64> {
+pub async fn throughput(env: &TestEnv, msgs: &[Message]) -> anyhow::Result<Run> {
     let client = async_nats::connect(&env.nats.url).await?;
     let js = jetstream::new(client.clone());
     streams::ensure(&js, &env.nats).await?;
@@ -273,6 +303,7 @@ pub async fn throughput(env: &TestEnv, msgs: &[Message]) -> anyhow::Result<f64> 
         tally_aggregator::run(client, db, &nats_cfg, &aggregator_config(), meters(), stop2).await
     });
     tokio::time::sleep(Duration::from_millis(500)).await; // consumer up
+    let cpu = ProcessCpu::sample();
     let started = Instant::now();
     publish(&js, msgs, None).await?;
     anyhow::ensure!(
@@ -285,10 +316,16 @@ pub async fn throughput(env: &TestEnv, msgs: &[Message]) -> anyhow::Result<f64> 
         .await,
         "not drained"
     );
-    let rate = raw_len_unique(msgs) as f64 / started.elapsed().as_secs_f64();
+    let events = raw_len_unique(msgs);
+    let per_sec = events as f64 / started.elapsed().as_secs_f64();
+    let cpu = ProcessCpu::sample().since(&cpu);
     stop.cancel();
     agg.await??;
-    Ok(rate)
+    Ok(Run {
+        per_sec,
+        events,
+        cpu,
+    })
 }
 
 /// Publish to visible in `v_usage`, publishing at `per_sec`.

@@ -59,7 +59,7 @@ impl Pseudonymizer {
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let hex: String = text.chars().filter(|c| !c.is_whitespace()).collect();
-        if hex.len() % 2 != 0 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        if !hex.len().is_multiple_of(2) || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(err("must hold the key as hex digits".into()));
         }
         let bytes: Vec<u8> = (0..hex.len())

@@ -15,6 +15,10 @@
 //! stack), or `... invoicer [--customers 10000] [--meters 10]` for one invoicing pass, or
 //! `... insert [--events 100000] [--batch 5000]` for the ClickHouse commit against a plain
 //! insert of the same rows (needs the stack).
+//!
+//! In `pipeline` and `report`, the aggregator runs with its shipped `batch_max_events` and
+//! `batch_max_wait_ms` unless `TALLY_BENCH_BATCH` / `TALLY_BENCH_WAIT_MS` say otherwise; both
+//! print the CPU microseconds per event that NATS, ClickHouse and this process spent.
 
 use tally_benches::{aggregator_cpu, alloc, gateway, insert, invoicing, pipeline, rating, report};
 use tally_platform::args::Args;
@@ -23,6 +27,17 @@ use tally_platform::args::Args;
 static ALLOC: alloc::Counting = alloc::Counting;
 
 fn main() -> anyhow::Result<()> {
+    if std::env::args().any(|a| a == "--help" || a == "-h") {
+        // the usage is this file's module documentation
+        let usage = include_str!("tally-bench.rs")
+            .lines()
+            .take_while(|l| l.starts_with("//!"))
+            .map(|l| l.trim_start_matches("//!").trim_start())
+            .collect::<Vec<_>>()
+            .join("\n");
+        println!("{usage}");
+        return Ok(());
+    }
     if std::env::args().nth(1).as_deref() == Some("report") {
         return report_bench();
     }
@@ -139,6 +154,8 @@ fn pipeline_bench() -> anyhow::Result<()> {
         env.cleanup().await;
         let env = tally_platform::testkit::TestEnv::new("bench_latency").await;
         let probe = pipeline::messages(&env.nats.subject_prefix, latency_n, 0.0);
+        let (base_run, ours_run) = (base, ours);
+        let (base, ours) = (base.per_sec, ours.per_sec);
         let rate = ours / 2.0;
         let l = pipeline::latency(&env, &probe, rate).await?;
         env.cleanup().await;
@@ -153,6 +170,19 @@ fn pipeline_bench() -> anyhow::Result<()> {
             "| latency publish -> visible in v_usage at {rate:.0} events/s ({} events) | | p50 {:.0} ms, p99 {:.0} ms, p99.9 {:.0} ms | | p99 <= 1000 ms |",
             l.samples, l.p50, l.p99, l.p999
         );
+        println!();
+        println!("| CPU microseconds per event | NATS | ClickHouse | this process | total |");
+        println!("|---|---|---|---|---|");
+        for (name, run) in [("raw JetStream", base_run), ("ours", ours_run)] {
+            let us = |s| run.micros_per_event(s).map_or("-".into(), |v| format!("{v:.1}"));
+            println!(
+                "| {name} | {} | {} | {} | {} |",
+                us(run.cpu.nats),
+                us(run.cpu.clickhouse),
+                us(run.cpu.this),
+                us(Some(run.cpu.total()))
+            );
+        }
         Ok::<_, anyhow::Error>(())
     })
 }
