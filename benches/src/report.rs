@@ -517,7 +517,7 @@ fn dedup_memory(sizes: &Sizes) -> Scenario {
         unit: "MiB per million ids",
         baseline_label: "std HashMap<u128, (u64, u32)>, same keys".into(),
         baseline: base,
-        ours_label: "IdSet (24-byte slots)".into(),
+        ours_label: "IdSet (24-byte slots + 1-byte tags)".into(),
         ours,
         better: Better::Lower,
         target: "<= 48 MiB per million".into(),

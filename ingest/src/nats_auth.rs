@@ -61,7 +61,7 @@ fn password() -> Result<String, NatsAuthError> {
 }
 
 /// The invoicer's default KV bucket (`[invoicer] numbers_bucket`).
-pub const DEFAULT_INVOICE_BUCKET: &str = "INVOICE_NUMBERS";
+pub use tally_platform::streams::DEFAULT_INVOICE_NUMBER_BUCKET as DEFAULT_INVOICE_BUCKET;
 
 /// `tally-admin`, `tally-aggregator`, `tally-gateway`, `tally-invoicer` (bucket
 /// [`DEFAULT_INVOICE_BUCKET`]) and one `agent-<customer>` per customer, with fresh passwords.

@@ -62,7 +62,7 @@ fn default_number_prefix() -> String {
     "INV-".into()
 }
 fn default_numbers_bucket() -> String {
-    "INVOICE_NUMBERS".into()
+    tally_platform::streams::DEFAULT_INVOICE_NUMBER_BUCKET.into()
 }
 const fn default_adjustment_lookback_secs() -> u64 {
     90 * 86_400

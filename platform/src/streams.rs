@@ -8,6 +8,10 @@ use async_nats::jetstream::{self, stream};
 
 use crate::config::NatsConfig;
 
+/// The default name of the invoicer's KV bucket of invoice numbers (`[invoicer]
+/// numbers_bucket`), which the NATS users of `tally-gateway users` are scoped to.
+pub const DEFAULT_INVOICE_NUMBER_BUCKET: &str = "INVOICE_NUMBERS";
+
 /// A failure to reach NATS or declare a stream.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
