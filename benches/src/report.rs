@@ -25,6 +25,8 @@ pub struct Sizes {
     pub dedup_ids: usize,
     pub e2e_events: usize,
     pub e2e_rounds: usize,
+    /// Alternating passes of the CPU scenario; the best of each is reported.
+    pub cpu_rounds: usize,
     pub duplicate_share: f64,
     pub latency_events: usize,
     pub rating_rows: usize,
@@ -44,6 +46,7 @@ impl Sizes {
             dedup_ids: 1_000_000,
             e2e_events: 200_000,
             e2e_rounds: 3,
+            cpu_rounds: 3,
             duplicate_share: 0.05,
             latency_events: 20_000,
             rating_rows: 1_000_000,
@@ -64,6 +67,7 @@ impl Sizes {
             dedup_ids: 50_000,
             e2e_events: 4000,
             e2e_rounds: 1,
+            cpu_rounds: 1,
             duplicate_share: 0.05,
             latency_events: 1000,
             rating_rows: 20_000,
@@ -462,13 +466,27 @@ fn cpu(sizes: &Sizes) -> Scenario {
     let warm = &msgs[..msgs.len().min(20_000)];
     aggregator_cpu::baseline_value_parse(warm);
     aggregator_cpu::run_on(warm, sizes.cpu_batch);
-    let base = aggregator_cpu::baseline_value_parse(&msgs);
-    let ours = aggregator_cpu::run_on(&msgs, sizes.cpu_batch);
+    // alternating passes, best of each: the host's other tenants slow a whole pass (run to
+    // run spread 480k to 1M events per CPU-second on this VM), so the fastest pass is the
+    // one least disturbed, for both
+    let mut base = 0.0f64;
+    let mut ours: Option<aggregator_cpu::CpuReport> = None;
+    for _ in 0..sizes.cpu_rounds.max(1) {
+        base = base.max(aggregator_cpu::baseline_value_parse(&msgs));
+        let pass = aggregator_cpu::run_on(&msgs, sizes.cpu_batch);
+        if ours
+            .as_ref()
+            .is_none_or(|best| pass.events_per_sec > best.events_per_sec)
+        {
+            ours = Some(pass);
+        }
+    }
+    let ours = ours.expect("at least one pass ran");
     Scenario {
         id: "aggregator_cpu",
         title: format!(
-            "aggregator CPU: parse + validate + dedup + window, 1 thread, {} events of {} bytes",
-            ours.events, ours.mean_event_bytes
+            "aggregator CPU: parse + validate + dedup + window, 1 thread, {} events of {} bytes (best of {} alternating passes)",
+            ours.events, ours.mean_event_bytes, sizes.cpu_rounds.max(1)
         ),
         unit: "events per CPU-second (1 thread)",
         baseline_label: "serde_json::from_slice into a Value".into(),

@@ -63,19 +63,34 @@ impl fmt::Display for JsonPath {
     }
 }
 
-/// A JSON object's members as raw values, keys borrowed from the input when they have no
-/// escapes. Objects in usage events are small, so lookup is a linear scan.
-struct Object<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+/// A JSON object's members as raw value texts, keys borrowed from the input when they have no
+/// escapes. Objects in usage events are small, so lookup is a linear scan; a repeated key
+/// reads as its last value (as serde_json's maps do).
+struct Object<'a>(Vec<(Cow<'a, str>, &'a str)>);
 
 impl<'a> Object<'a> {
+    /// The single-pass scanner when the text is plain (it almost always is), else serde.
     fn parse(text: &'a str) -> Option<Object<'a>> {
+        if let Some(members) = crate::envelope::members(text) {
+            return Some(Object(
+                members
+                    .into_iter()
+                    .map(|(k, v)| (Cow::Borrowed(k), v))
+                    .collect(),
+            ));
+        }
+        Object::parse_reference(text)
+    }
+
+    /// serde_json's reading of the object: the reference the scanner is checked against.
+    fn parse_reference(text: &'a str) -> Option<Object<'a>> {
         let mut de = serde_json::Deserializer::from_str(text);
         let obj = Object::deserialize(&mut de).ok()?;
         de.end().ok()?;
         Some(obj)
     }
 
-    fn get(&self, key: &str) -> Option<&'a RawValue> {
+    fn get(&self, key: &str) -> Option<&'a str> {
         self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| *v)
     }
 }
@@ -94,7 +109,7 @@ impl<'de> Deserialize<'de> for Object<'de> {
             ) -> Result<Object<'de>, A::Error> {
                 let mut members = Vec::with_capacity(map.size_hint().unwrap_or(4));
                 while let Some(key) = map.next_key::<CowStr<'de>>()? {
-                    members.push((key.0, map.next_value::<&'de RawValue>()?));
+                    members.push((key.0, map.next_value::<&'de RawValue>()?.get()));
                 }
                 Ok(Object(members))
             }
@@ -138,13 +153,13 @@ impl<'a> DataView<'a> {
     }
 
     /// The raw JSON text at `path`, if present and not `null`.
-    pub fn raw(&self, path: &JsonPath) -> Option<&'a RawValue> {
+    pub fn raw(&self, path: &JsonPath) -> Option<&'a str> {
         let (first, rest) = path.0.split_first()?;
-        let mut cur: &'a RawValue = self.top.get(first)?;
+        let mut cur: &'a str = self.top.get(first)?;
         for seg in rest {
-            cur = Object::parse(cur.get())?.get(seg)?;
+            cur = Object::parse(cur)?.get(seg)?;
         }
-        (cur.get() != "null").then_some(cur)
+        (cur != "null").then_some(cur)
     }
 
     /// The exact decimal at `path`: a JSON number, or a string holding one.
@@ -154,9 +169,9 @@ impl<'a> DataView<'a> {
         })?;
         let not_number = || DataError::NotNumber {
             path: path.to_string(),
-            found: shorten(raw.get()),
+            found: shorten(raw),
         };
-        let text = raw.get();
+        let text = raw;
         let number_text: Cow<'_, str> = if text.starts_with('"') {
             unquote(text).ok_or_else(not_number)?
         } else {
@@ -171,7 +186,7 @@ impl<'a> DataView<'a> {
         let Some(raw) = self.raw(path) else {
             return Ok(None);
         };
-        let text = raw.get();
+        let text = raw;
         match text.as_bytes().first() {
             Some(b'"') => {
                 unquote(text)
@@ -290,5 +305,95 @@ mod tests {
         assert_eq!(v.text(&p("$.n")).unwrap().as_deref(), Some("3"));
         assert_eq!(v.text(&p("$.missing")).unwrap(), None);
         assert!(v.text(&p("$.o")).is_err());
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::Object;
+
+    fn value() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            Just("1234".to_owned()),
+            Just("-1.5E-7".to_owned()),
+            Just("\"1234.50\"".to_owned()),
+            Just("\"caf\\u00e9\"".to_owned()),
+            Just("\"日本\"".to_owned()),
+            Just("null".to_owned()),
+            Just("true".to_owned()),
+            Just("01".to_owned()),
+            Just("1.".to_owned()),
+            Just("\"tab\there\"".to_owned()),
+            "[a-z0-9 ]{0,8}".prop_map(|s| format!("\"{s}\"")),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|v| format!("[{}]", v.join(","))),
+                prop::collection::vec(("[a-z]{1,3}", inner), 0..4).prop_map(|m| {
+                    let members: Vec<String> =
+                        m.into_iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                    format!("{{{}}}", members.join(","))
+                }),
+            ]
+        })
+    }
+
+    fn object() -> impl Strategy<Value = String> {
+        let key = prop_oneof![
+            "[a-z]{1,3}",
+            Just("tokens".to_owned()),
+            Just("k\\u0065y".to_owned()),
+        ];
+        (
+            prop::collection::vec((key, value(), " ?", " ?"), 0..6),
+            " ?",
+            prop_oneof![
+                Just(String::new()),
+                Just(",".to_owned()),
+                Just("x".to_owned())
+            ],
+        )
+            .prop_map(|(members, ws, tail)| {
+                let members: Vec<String> = members
+                    .into_iter()
+                    .map(|(k, v, a, b)| format!("{a}\"{k}\"{b}:{a}{v}{b}"))
+                    .collect();
+                format!("{ws}{{{}}}{ws}{tail}", members.join(","))
+            })
+    }
+
+    #[test]
+    fn plain_objects_take_the_scanner() {
+        let text = r#" {"tokens": 12.5, "n":{"x":[1,"a"]}, "model":"gpt-4o"} "#;
+        assert_eq!(
+            crate::envelope::members(text),
+            Some(vec![
+                ("tokens", "12.5"),
+                ("n", r#"{"x":[1,"a"]}"#),
+                ("model", "\"gpt-4o\"")
+            ])
+        );
+        assert_eq!(crate::envelope::members(r#"{"k\u0065y":1}"#), None);
+    }
+
+    proptest! {
+        /// The scanner either defers to serde or reads exactly what serde reads: the same
+        /// keys in the same order with the same value texts, and never accepts what serde
+        /// refuses.
+        #[test]
+        fn scanned_members_equal_serde_members(text in object()) {
+            let reference = Object::parse_reference(&text);
+            if let Some(scanned) = crate::envelope::members(&text) {
+                let reference = reference.expect("the scanner accepted what serde refuses");
+                let want: Vec<(&str, &str)> =
+                    reference.0.iter().map(|(k, v)| (k.as_ref(), *v)).collect();
+                prop_assert_eq!(scanned, want);
+            }
+            let parsed = Object::parse(&text).map(|o| o.0);
+            prop_assert_eq!(parsed, Object::parse_reference(&text).map(|o| o.0));
+        }
     }
 }

@@ -71,6 +71,40 @@ pub(crate) fn scan(bytes: &[u8]) -> Option<Envelope<'_>> {
     (s.pos == s.b.len()).then_some(env)
 }
 
+/// The top-level members of the JSON object `text` as (key, raw value text) pairs in input
+/// order, borrowed, with the same strictness as [`scan`] (a key with an escape, for one, gives
+/// `None`): the fast path of `data::DataView`, whose input is already valid JSON. `None` means
+/// the reference path (serde) must decide.
+pub(crate) fn members(text: &str) -> Option<Vec<(&str, &str)>> {
+    let mut s = Scanner {
+        text,
+        b: text.as_bytes(),
+        pos: 0,
+    };
+    let mut out = Vec::with_capacity(4);
+    s.ws();
+    s.eat(b'{')?;
+    s.ws();
+    if s.peek() == Some(b'}') {
+        s.pos += 1;
+    } else {
+        loop {
+            let key = s.string()?;
+            s.ws();
+            s.eat(b':')?;
+            s.ws();
+            let start = s.pos;
+            s.value(1)?;
+            out.push((key, text.get(start..s.pos)?));
+            if s.after_member(b'}')? {
+                break;
+            }
+        }
+    }
+    s.ws();
+    (s.pos == s.b.len()).then_some(out)
+}
+
 struct Scanner<'a> {
     text: &'a str,
     b: &'a [u8],
