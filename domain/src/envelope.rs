@@ -20,55 +20,36 @@ const MAX_DEPTH: usize = 64;
 /// Scans `bytes` as an envelope, or `None` when the reference path must decide.
 pub(crate) fn scan(bytes: &[u8]) -> Option<Envelope<'_>> {
     let text = std::str::from_utf8(bytes).ok()?;
-    let mut s = Scanner {
-        text,
-        b: bytes,
-        pos: 0,
-    };
     let mut env = Envelope::default();
     let mut seen = 0u8;
-    s.ws();
-    s.eat(b'{')?;
-    s.ws();
-    if s.peek() == Some(b'}') {
-        s.pos += 1;
-    } else {
-        loop {
-            let key = s.string()?;
-            s.ws();
-            s.eat(b':')?;
-            s.ws();
-            let slot = match key {
-                "specversion" => Some((0, &mut env.specversion)),
-                "id" => Some((1, &mut env.id)),
-                "source" => Some((2, &mut env.source)),
-                "subject" => Some((3, &mut env.subject)),
-                "type" => Some((4, &mut env.event_type)),
-                "time" => Some((5, &mut env.time)),
-                _ => None,
-            };
-            if let Some((bit, field)) = slot {
-                if seen & (1 << bit) != 0 {
-                    return None;
-                }
-                seen |= 1 << bit;
-                *field = s.optional_string()?;
-            } else if key == "data" {
-                if seen & (1 << 6) != 0 {
-                    return None;
-                }
-                seen |= 1 << 6;
-                env.data = s.optional_raw()?;
-            } else {
-                s.value(1)?;
+    Scanner::new(text).whole_object(|s, key| {
+        let slot = match key {
+            "specversion" => Some((0, &mut env.specversion)),
+            "id" => Some((1, &mut env.id)),
+            "source" => Some((2, &mut env.source)),
+            "subject" => Some((3, &mut env.subject)),
+            "type" => Some((4, &mut env.event_type)),
+            "time" => Some((5, &mut env.time)),
+            _ => None,
+        };
+        if let Some((bit, field)) = slot {
+            if seen & (1 << bit) != 0 {
+                return None;
             }
-            if s.after_member(b'}')? {
-                break;
+            seen |= 1 << bit;
+            *field = s.optional_string()?;
+        } else if key == "data" {
+            if seen & (1 << 6) != 0 {
+                return None;
             }
+            seen |= 1 << 6;
+            env.data = s.optional_raw()?;
+        } else {
+            s.value(1)?;
         }
-    }
-    s.ws();
-    (s.pos == s.b.len()).then_some(env)
+        Some(())
+    })?;
+    Some(env)
 }
 
 /// The top-level members of the JSON object `text` as (key, raw value text) pairs in input
@@ -76,33 +57,14 @@ pub(crate) fn scan(bytes: &[u8]) -> Option<Envelope<'_>> {
 /// `None`): the fast path of `data::DataView`, whose input is already valid JSON. `None` means
 /// the reference path (serde) must decide.
 pub(crate) fn members(text: &str) -> Option<Vec<(&str, &str)>> {
-    let mut s = Scanner {
-        text,
-        b: text.as_bytes(),
-        pos: 0,
-    };
     let mut out = Vec::with_capacity(4);
-    s.ws();
-    s.eat(b'{')?;
-    s.ws();
-    if s.peek() == Some(b'}') {
-        s.pos += 1;
-    } else {
-        loop {
-            let key = s.string()?;
-            s.ws();
-            s.eat(b':')?;
-            s.ws();
-            let start = s.pos;
-            s.value(1)?;
-            out.push((key, text.get(start..s.pos)?));
-            if s.after_member(b'}')? {
-                break;
-            }
-        }
-    }
-    s.ws();
-    (s.pos == s.b.len()).then_some(out)
+    Scanner::new(text).whole_object(|s, key| {
+        let start = s.pos;
+        s.value(1)?;
+        out.push((key, text.get(start..s.pos)?));
+        Some(())
+    })?;
+    Some(out)
 }
 
 struct Scanner<'a> {
@@ -112,6 +74,41 @@ struct Scanner<'a> {
 }
 
 impl<'a> Scanner<'a> {
+    fn new(text: &'a str) -> Scanner<'a> {
+        Scanner {
+            text,
+            b: text.as_bytes(),
+            pos: 0,
+        }
+    }
+
+    /// The whole input as one object (whitespace around it): `member` reads each member's
+    /// value, positioned after its key and colon.
+    fn whole_object(
+        mut self,
+        mut member: impl FnMut(&mut Scanner<'a>, &'a str) -> Option<()>,
+    ) -> Option<()> {
+        self.ws();
+        self.eat(b'{')?;
+        self.ws();
+        if self.peek() == Some(b'}') {
+            self.pos += 1;
+        } else {
+            loop {
+                let key = self.string()?;
+                self.ws();
+                self.eat(b':')?;
+                self.ws();
+                member(&mut self, key)?;
+                if self.after_member(b'}')? {
+                    break;
+                }
+            }
+        }
+        self.ws();
+        (self.pos == self.b.len()).then_some(())
+    }
+
     fn peek(&self) -> Option<u8> {
         self.b.get(self.pos).copied()
     }
