@@ -44,7 +44,7 @@ pub enum RunError {
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const EXPIRE_EVERY: Duration = Duration::from_secs(60);
-const LAG_EVERY: Duration = Duration::from_secs(5);
+const GAUGES_EVERY: Duration = Duration::from_secs(5);
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
 const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
 
@@ -107,7 +107,10 @@ pub async fn run(
     // one batch reused across flushes: its vectors keep their room (no allocation per batch)
     let mut batch = Batch::with_capacity(cfg.batch_max_events);
     let mut deadline: Option<tokio::time::Instant> = None;
-    let mut last_lag = Instant::now();
+    // the lag and dead-letter gauges are sampled on their own clock, so they stay true while
+    // the aggregator is idle (sampled only after flushes, they froze at the last busy moment)
+    let mut gauges = tokio::time::interval(GAUGES_EVERY);
+    gauges.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     'session: while !shutdown.is_cancelled() {
         let (mut consumer, mut messages) = match agg.open_messages().await {
             Ok(opened) => opened,
@@ -120,6 +123,10 @@ pub async fn run(
                 biased;
                 _ = shutdown.cancelled() => break 'session,
                 _ = sleep_until(deadline) => true,
+                _ = gauges.tick() => {
+                    agg.sample_gauges(&mut consumer).await;
+                    false
+                }
                 next = messages.next() => match next {
                     Some(Ok(msg)) => {
                         agg.handle(&mut batch, msg);
@@ -140,16 +147,6 @@ pub async fn run(
                 agg.flush(&batch).await?;
                 batch.clear();
                 deadline = None;
-                if last_lag.elapsed() >= LAG_EVERY {
-                    last_lag = Instant::now();
-                    if let Ok(info) = consumer.info().await {
-                        metrics::lag(info.num_pending, info.num_ack_pending);
-                    }
-                    // get_stream is itself a STREAM.INFO request: its answer is the depth
-                    if let Ok(dlq) = agg.js.get_stream(&nats_cfg.dlq_stream).await {
-                        metrics::dead_letter_depth(dlq.cached_info().state.messages);
-                    }
-                }
             }
         }
     }
@@ -223,6 +220,18 @@ impl Aggregator<'_> {
             .await
             .map_err(|e| consumer_err(&e))?;
         Ok((consumer, messages))
+    }
+
+    /// Consumer lag and dead-letter depth, each one request to NATS; a failed request leaves
+    /// its gauge as it was (the next tick retries).
+    async fn sample_gauges(&self, consumer: &mut Consumer<pull::Config>) {
+        if let Ok(info) = consumer.info().await {
+            metrics::lag(info.num_pending, info.num_ack_pending);
+        }
+        // get_stream is itself a STREAM.INFO request: its answer is the depth
+        if let Ok(dlq) = self.js.get_stream(&self.nats_cfg.dlq_stream).await {
+            metrics::dead_letter_depth(dlq.cached_info().state.messages);
+        }
     }
 
     /// Rebuilds the committed dedup set, retrying until ClickHouse answers.

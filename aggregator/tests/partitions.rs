@@ -8,21 +8,11 @@ mod support;
 use std::time::Duration;
 
 use chrono::Utc;
-use tally_domain::meter::{validate_meters, MeterSpec};
 use tally_ingest::synthetic::Fleet;
 use tally_ingest::Publisher;
 use tally_platform::shutdown::Shutdown;
 use tally_platform::testkit::TestEnv;
 use tally_platform::{streams, NatsConfig};
-
-fn meters() -> Vec<tally_domain::Meter> {
-    let specs: Vec<MeterSpec> = serde_json::from_value(serde_json::json!([
-        {"slug": "llm_tokens", "event_type": "llm.tokens", "aggregation": "SUM", "value_property": "$.tokens"},
-        {"slug": "tool_calls", "event_type": "tool.call", "aggregation": "COUNT"}
-    ]))
-    .unwrap();
-    validate_meters(specs).unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_partitions_split_customers_and_count_exactly() {
@@ -49,7 +39,7 @@ async fn two_partitions_split_customers_and_count_exactly() {
         let client = async_nats::connect(&env.nats.url).await.unwrap();
         let (db, nats_cfg, stop) = (env.db(), env.nats.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
-            tally_aggregator::run(client, db, &nats_cfg, &cfg, meters(), stop).await
+            tally_aggregator::run(client, db, &nats_cfg, &cfg, support::meters(), stop).await
         }));
     }
 

@@ -11,6 +11,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tally_platform::own_server;
 
+/// Two meters over the synthetic fleet's events: tokens summed, tool calls counted.
+pub fn meters() -> Vec<tally_domain::Meter> {
+    let specs: Vec<tally_domain::meter::MeterSpec> = serde_json::from_value(serde_json::json!([
+        {"slug": "llm_tokens", "event_type": "llm.tokens", "aggregation": "SUM", "value_property": "$.tokens"},
+        {"slug": "tool_calls", "event_type": "tool.call", "aggregation": "COUNT"}
+    ]))
+    .expect("meter specs");
+    tally_domain::meter::validate_meters(specs).expect("valid meters")
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     own_server::free_port().expect("a free port")
