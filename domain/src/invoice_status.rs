@@ -121,10 +121,36 @@ pub fn fold(
         .fold(start, |at, to| if at.can_become(to) { to } else { at })
 }
 
+/// The statuses [`fold`] passes through, in order (the start excluded): the targets it
+/// accepts. Its last element, if any, is what `fold` returns.
+pub fn path(
+    start: InvoiceStatus,
+    targets: impl IntoIterator<Item = InvoiceStatus>,
+) -> Vec<InvoiceStatus> {
+    let mut at = start;
+    let mut out = Vec::new();
+    for to in targets {
+        if at.can_become(to) {
+            at = to;
+            out.push(to);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use InvoiceStatus::*;
+
+    #[test]
+    fn the_path_is_what_the_fold_accepts() {
+        let targets = [Finalized, Draft, Void, Paid, Finalized];
+        assert_eq!(path(Draft, targets), vec![Finalized, Void]);
+        assert_eq!(fold(Draft, targets), Void);
+        assert_eq!(path(Draft, [Paid]), vec![]);
+        assert_eq!(fold(Draft, [Paid]), Draft);
+    }
 
     #[test]
     fn names_round_trip() {

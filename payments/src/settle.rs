@@ -363,6 +363,8 @@ impl Settler {
     pub async fn sync_ledger(&self, now_ms: i64) -> Result<usize, Error> {
         let _guard = self.lock.lock().await;
         let posted = store::journal_ids(&self.db).await?;
+        // every invoice's lifecycle status in one query (not one query per invoice)
+        let statuses = store::statuses(&self.db).await?;
         let mut n = 0;
         for g in crate::grants::unposted(&self.db).await? {
             post(
@@ -378,7 +380,8 @@ impl Settler {
         }
         for inv in store::finalized_invoices(&self.db).await? {
             let (status, booked) = if posted.contains(&format!("fin:{}", inv.invoice_id)) {
-                (lifecycle::status(&self.db, &inv.invoice_id).await?, true)
+                let status = statuses.get(&inv.invoice_id).copied();
+                (status.unwrap_or(InvoiceStatus::Draft), true)
             } else {
                 let (status, booked) = ensure_finalized(&self.db, &inv, now_ms).await?;
                 n += usize::from(booked);
@@ -467,14 +470,11 @@ pub async fn ensure_finalized(
     now_ms: i64,
 ) -> Result<(InvoiceStatus, bool), Error> {
     let history = lifecycle::history(db, &inv.invoice_id).await?;
-    // the same fold as the lifecycle's, noting whether it passed through `finalized`
-    let (mut status, mut finalized) = (InvoiceStatus::Draft, false);
-    for t in &history {
-        if status.can_become(t.to) {
-            status = t.to;
-            finalized |= t.to == InvoiceStatus::Finalized;
-        }
-    }
+    // the lifecycle's fold, step by step: whether it ever passed through `finalized`
+    let path =
+        tally_domain::invoice_status::path(InvoiceStatus::Draft, history.iter().map(|t| t.to));
+    let mut status = path.last().copied().unwrap_or(InvoiceStatus::Draft);
+    let mut finalized = path.contains(&InvoiceStatus::Finalized);
     if status == InvoiceStatus::Draft && inv.invoicer_status == "finalized" {
         lifecycle::record(
             db,
