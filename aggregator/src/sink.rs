@@ -94,15 +94,100 @@ async fn insert_rows<'r, T: clickhouse::RowWrite>(
     table: &'static str,
     rows: Vec<T::Value<'r>>,
 ) -> Result<(), CommitError> {
-    let err = |source| CommitError::Insert { table, source };
     let started = Instant::now();
-    let mut insert = db.insert::<T>(table).await.map_err(err)?;
+    let mut insert = open::<T>(db, table).await?;
     for row in rows {
-        insert.write(&row).await.map_err(err)?;
+        insert.write(&row).await.map_err(insert_error(table))?;
     }
-    insert.end().await.map_err(err)?;
+    finish(insert, table, started).await
+}
+
+fn insert_error(table: &'static str) -> impl Fn(clickhouse::error::Error) -> CommitError {
+    move |source| CommitError::Insert { table, source }
+}
+
+async fn open<T: clickhouse::Row>(
+    db: &Client,
+    table: &'static str,
+) -> Result<clickhouse::insert::Insert<T>, CommitError> {
+    db.insert::<T>(table).await.map_err(insert_error(table))
+}
+
+async fn finish<T>(
+    insert: clickhouse::insert::Insert<T>,
+    table: &'static str,
+    started: Instant,
+) -> Result<(), CommitError> {
+    insert.end().await.map_err(insert_error(table))?;
     metrics::insert_seconds(table, started.elapsed());
     Ok(())
+}
+
+/// The batch's raw events, one row each, written as they are built (a batch's rows are never
+/// collected into a vector of their own: megabytes per flush at the default batch size).
+async fn insert_events(
+    db: &Client,
+    batch: &Batch,
+    batch_id: &str,
+    now: u32,
+) -> Result<(), CommitError> {
+    let (table, started) = ("usage_events", Instant::now());
+    let mut insert = open::<EventRow<'static>>(db, table).await?;
+    for a in &batch.events {
+        let row = EventRow {
+            customer: a.event.customer(),
+            agent: a.event.agent(),
+            event_id: a.event.id(),
+            event_type: a.event.event_type(),
+            time: datetime_secs(a.event.time_ms),
+            time_ms: a.event.time_ms,
+            data: a.event.data(),
+            payload_hash: a.payload_hash,
+            batch_id,
+            stream_seq: a.stream_seq,
+            received_at: now,
+        };
+        insert.write(&row).await.map_err(insert_error(table))?;
+    }
+    finish(insert, table, started).await
+}
+
+/// The batch's meter readings, one row per (event, meter), written as they are built.
+async fn insert_readings(
+    db: &Client,
+    batch: &Batch,
+    meters: &[Meter],
+    batch_id: &str,
+    window_secs: u32,
+    now: u32,
+) -> Result<(), CommitError> {
+    let (table, started) = ("usage_readings", Instant::now());
+    let group_names: Vec<Vec<String>> = meters.iter().map(Meter::group_names).collect();
+    let mut insert = open::<ReadingRow<'static>>(db, table).await?;
+    for a in &batch.events {
+        for (m, r) in &a.readings {
+            let meter = &meters[*m];
+            let row = ReadingRow {
+                customer: a.event.customer(),
+                agent: a.event.agent(),
+                event_id: a.event.id(),
+                meter: meter.slug.as_str(),
+                aggregation: meter.aggregation.as_str(),
+                window_start: datetime_secs(a.window.start_ms),
+                window_secs,
+                time_ms: a.event.time_ms,
+                group_names: &group_names[*m],
+                group_values: &r.group_values,
+                group_key: group_key(&group_names[*m], &r.group_values),
+                value: r.value,
+                unique_value: &r.unique_value,
+                batch_id,
+                inserted_at: now,
+            };
+            insert.write(&row).await.map_err(insert_error(table))?;
+        }
+    }
+    finish(insert, table, started).await
 }
 
 /// Writes the batch's events and readings under `batch_id` (two concurrent inserts), without a
@@ -117,57 +202,14 @@ pub async fn write_rows(
     now_ms: i64,
 ) -> Result<usize, CommitError> {
     let now = datetime_secs(now_ms);
-    let events: Vec<EventRow<'_>> = batch
-        .events
-        .iter()
-        .map(|a| EventRow {
-            customer: a.event.customer(),
-            agent: a.event.agent(),
-            event_id: a.event.id(),
-            event_type: a.event.event_type(),
-            time: datetime_secs(a.event.time_ms),
-            time_ms: a.event.time_ms,
-            data: a.event.data(),
-            payload_hash: a.payload_hash,
-            batch_id,
-            stream_seq: a.stream_seq,
-            received_at: now,
-        })
-        .collect();
-    let group_names: Vec<Vec<String>> = meters.iter().map(Meter::group_names).collect();
-    let readings: Vec<ReadingRow<'_>> = batch
-        .events
-        .iter()
-        .flat_map(|a| a.readings.iter().map(move |(m, r)| (a, *m, r)))
-        .map(|(a, m, r)| {
-            let meter = &meters[m];
-            ReadingRow {
-                customer: a.event.customer(),
-                agent: a.event.agent(),
-                event_id: a.event.id(),
-                meter: meter.slug.as_str(),
-                aggregation: meter.aggregation.as_str(),
-                window_start: datetime_secs(a.window.start_ms),
-                window_secs,
-                time_ms: a.event.time_ms,
-                group_names: &group_names[m],
-                group_values: &r.group_values,
-                group_key: group_key(&group_names[m], &r.group_values),
-                value: r.value,
-                unique_value: &r.unique_value,
-                batch_id,
-                inserted_at: now,
-            }
-        })
-        .collect();
-    let reading_count = readings.len();
     // both inserts at once: the marker waits for both, so a failure of either (even after the
     // other succeeded) leaves rows that never count, exactly as when they ran one by one
     futures::future::try_join(
-        insert_rows::<EventRow<'static>>(db, "usage_events", events),
-        insert_rows::<ReadingRow<'static>>(db, "usage_readings", readings),
+        insert_events(db, batch, batch_id, now),
+        insert_readings(db, batch, meters, batch_id, window_secs, now),
     )
     .await?;
+    let reading_count = batch.readings();
     Ok(reading_count)
 }
 
