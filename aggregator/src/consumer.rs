@@ -45,6 +45,7 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const EXPIRE_EVERY: Duration = Duration::from_secs(60);
 const GAUGES_EVERY: Duration = Duration::from_secs(5);
+const GAUGES_TIMEOUT: Duration = Duration::from_secs(1);
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
 const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
 
@@ -124,7 +125,8 @@ pub async fn run(
                 _ = shutdown.cancelled() => break 'session,
                 _ = sleep_until(deadline) => true,
                 _ = gauges.tick() => {
-                    agg.sample_gauges(&mut consumer).await;
+                    // bounded: an unanswered request must not hold a due flush or a SIGTERM
+                    let _ = tokio::time::timeout(GAUGES_TIMEOUT, agg.sample_gauges(&mut consumer)).await;
                     false
                 }
                 next = messages.next() => match next {
