@@ -243,7 +243,7 @@ impl Stored {
     /// The meters and rates as stored now.
     pub async fn load(db: &Client) -> Result<Stored, CatalogStoreError> {
         Ok(Stored {
-            meters: crate::registry_store::load(db).await?.meters(),
+            meters: crate::registry_store::meters(db).await?,
             rates: crate::rates_store::load(db).await?,
         })
     }

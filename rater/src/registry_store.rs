@@ -81,10 +81,15 @@ fn unreadable(identity: String, detail: impl ToString) -> CatalogStoreError {
     }
 }
 
-/// Everything stored. Identical re-appends read once; two different bodies for one identity
-/// (or a body that no longer validates) are refused, naming the identity.
-pub async fn load(db: &Client) -> Result<Registry, CatalogStoreError> {
+/// The stored meters alone (what a rating pass validates plans against), read like
+/// [`load`] reads them; the customers and agents are not read.
+pub async fn meters(db: &Client) -> Result<Vec<tally_domain::Meter>, CatalogStoreError> {
     let mut r = Registry::default();
+    load_meters(db, &mut r).await?;
+    Ok(r.meters())
+}
+
+async fn load_meters(db: &Client, r: &mut Registry) -> Result<(), CatalogStoreError> {
     let meters = rows(
         db,
         "SELECT DISTINCT '' AS scope, meter AS id, version, body FROM catalog_meters \
@@ -101,6 +106,14 @@ pub async fn load(db: &Client) -> Result<Registry, CatalogStoreError> {
         r.add_meter(&entry, "meter")
             .map_err(|e| unreadable(identity, e))?;
     }
+    Ok(())
+}
+
+/// Everything stored. Identical re-appends read once; two different bodies for one identity
+/// (or a body that no longer validates) are refused, naming the identity.
+pub async fn load(db: &Client) -> Result<Registry, CatalogStoreError> {
+    let mut r = Registry::default();
+    load_meters(db, &mut r).await?;
     let customers = rows(
         db,
         "SELECT DISTINCT '' AS scope, customer AS id, version, body FROM catalog_customers \
