@@ -356,8 +356,8 @@ async fn explain_charge(state: &ApiState, charge_id: &str) -> Response<Full<Byte
         }
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
     };
-    let meters = match crate::registry_store::load(&state.db).await {
-        Ok(r) => r.meters(),
+    let meters = match crate::registry_store::meters(&state.db).await {
+        Ok(m) => m,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
     };
     let sums = explain::windows_sum_to_quantity(&meters, &charge.meter);

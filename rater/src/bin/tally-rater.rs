@@ -115,7 +115,12 @@ async fn main() -> anyhow::Result<()> {
     if command == "explain" {
         let id = args.raw("charge").context("explain needs a charge id")?;
         let (charge, windows) = explain::load(&db, id).await?;
-        let sums = explain::windows_sum_to_quantity(&meters, &charge.meter);
+        // the stored meters, as the API's explain reads them (the file's were bootstrapped
+        // into the store above, but another process may have stored newer versions)
+        let stored = registry_store::meters(&db)
+            .await
+            .context("the stored meters")?;
+        let sums = explain::windows_sum_to_quantity(&stored, &charge.meter);
         let e = explain::explain(&charge, windows, sums)?;
         if args.raw("format") == Some("json") {
             println!("{}", serde_json::to_string_pretty(&e)?);
