@@ -12,31 +12,23 @@
 //! `GET`/`POST /v1/customers/{id}/agents`, `GET`/`POST /v1/meters`, `GET /v1/meters/{slug}`;
 //! and (in [`crate::api_rates`]) `GET`/`POST /v1/tax_rates`, `GET`/`POST /v1/fx_rates`.
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use clickhouse::Client;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tally_domain::CustomerId;
 use tally_platform::shutdown::Shutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 use crate::catalog::{Catalog, Plan, Subscription};
 use crate::catalog_store::{CatalogSource, CatalogStoreError};
 use crate::config::{PlanSpec, SubscriptionSpec};
 use crate::explain::{self, ExplainError};
 use crate::pricing::Price;
-
-/// Connections served at once; more wait to be accepted.
-pub const CONNECTIONS_MAX: usize = 64;
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Largest request body accepted (a plan version as JSON).
 pub const BODY_BYTES_MAX: usize = 1 << 20;
@@ -49,47 +41,14 @@ pub struct ApiState {
     pub now_ms: fn() -> i64,
 }
 
-/// Serves until `shutdown`.
+/// Serves until `shutdown` (the shared server of `tally_platform::http`: bounded
+/// connections, header timeout, graceful shutdown).
 pub async fn serve(listener: TcpListener, state: Arc<ApiState>, shutdown: Shutdown) {
-    let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
-    loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            break;
-        };
-        let stream = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            s = listener.accept() => match s {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "api accept failed");
-                    continue;
-                }
-            },
-        };
+    let handler = move |req| {
         let state = state.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let service = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&state, req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => if let Err(e) = r {
-                    tracing::debug!(error = %e, "api connection ended with an error");
-                },
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-        });
-    }
+        async move { route(&state, req).await }
+    };
+    tally_platform::http::serve(listener, handler, shutdown).await;
 }
 
 /// A plan version as the API shows it.
@@ -162,45 +121,10 @@ fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-#[derive(Serialize)]
-struct ApiError<'a> {
-    code: &'a str,
-    detail: String,
-}
-
-pub(crate) fn json(status: StatusCode, body: &impl Serialize) -> Response<Full<Bytes>> {
-    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
-    let mut r = Response::new(Full::new(Bytes::from(bytes)));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-pub(crate) fn error(
-    status: StatusCode,
-    code: &str,
-    detail: impl ToString,
-) -> Response<Full<Bytes>> {
-    json(
-        status,
-        &ApiError {
-            code,
-            detail: detail.to_string(),
-        },
-    )
-}
+pub(crate) use tally_platform::http::{error, json};
 
 async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let path: Vec<String> = req
-        .uri()
-        .path()
-        .trim_matches('/')
-        .split('/')
-        .map(str::to_owned)
-        .collect();
+    let path = tally_platform::http::segments(req.uri());
     let path: Vec<&str> = path.iter().map(String::as_str).collect();
     match (req.method(), path.as_slice()) {
         (&Method::POST, ["v1", "plans"]) => add_plan(state, req).await,
