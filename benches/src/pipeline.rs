@@ -276,19 +276,23 @@ fn raw_len_unique(msgs: &[Message]) -> usize {
 /// The aggregator's settings in these runs: the shipped defaults of `batch_max_events` and
 /// `batch_max_wait_ms`, unless `TALLY_BENCH_BATCH` or `TALLY_BENCH_WAIT_MS` say otherwise (to
 /// compare batch sizes in one build).
-fn aggregator_config() -> AggregatorConfig {
-    let batch = std::env::var("TALLY_BENCH_BATCH")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(AggregatorConfig::default().batch_max_events);
-    let wait_ms = std::env::var("TALLY_BENCH_WAIT_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(AggregatorConfig::default().batch_max_wait_ms);
-    AggregatorConfig {
-        batch_max_events: batch,
-        batch_max_wait_ms: wait_ms,
-        ..AggregatorConfig::default()
+fn aggregator_config() -> anyhow::Result<AggregatorConfig> {
+    let defaults = AggregatorConfig::default();
+    Ok(AggregatorConfig {
+        batch_max_events: env_or("TALLY_BENCH_BATCH", defaults.batch_max_events)?,
+        batch_max_wait_ms: env_or("TALLY_BENCH_WAIT_MS", defaults.batch_max_wait_ms)?,
+        ..defaults
+    })
+}
+
+/// The variable `name` parsed, `default` when unset; a value that does not parse is an error
+/// naming the variable (never silently the default).
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{name}={v:?} is not a number")),
+        Err(_) => Ok(default),
     }
 }
 
@@ -299,8 +303,9 @@ pub async fn throughput(env: &TestEnv, msgs: &[Message]) -> anyhow::Result<Run> 
     streams::ensure(&js, &env.nats).await?;
     let stop = Shutdown::new();
     let (db, nats_cfg, stop2) = (env.db(), env.nats.clone(), stop.clone());
+    let cfg = aggregator_config()?;
     let agg = tokio::spawn(async move {
-        tally_aggregator::run(client, db, &nats_cfg, &aggregator_config(), meters(), stop2).await
+        tally_aggregator::run(client, db, &nats_cfg, &cfg, meters(), stop2).await
     });
     tokio::time::sleep(Duration::from_millis(500)).await; // consumer up
     let cpu = ProcessCpu::sample();
@@ -335,8 +340,9 @@ pub async fn latency(env: &TestEnv, msgs: &[Message], per_sec: f64) -> anyhow::R
     streams::ensure(&js, &env.nats).await?;
     let stop = Shutdown::new();
     let (db, nats_cfg, stop2) = (env.db(), env.nats.clone(), stop.clone());
+    let cfg = aggregator_config()?;
     let agg = tokio::spawn(async move {
-        tally_aggregator::run(client, db, &nats_cfg, &aggregator_config(), meters(), stop2).await
+        tally_aggregator::run(client, db, &nats_cfg, &cfg, meters(), stop2).await
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let db = env.db();

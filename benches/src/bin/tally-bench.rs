@@ -149,13 +149,12 @@ fn pipeline_bench() -> anyhow::Result<()> {
         let env = tally_platform::testkit::TestEnv::new("bench_pipeline").await;
         let msgs = pipeline::messages(&env.nats.subject_prefix, n, dup);
         let bytes = msgs.iter().map(|m| m.2.len()).sum::<usize>() / msgs.len().max(1);
-        let base = pipeline::baseline(&env, &msgs).await?;
-        let ours = pipeline::throughput(&env, &msgs).await?;
+        let base_run = pipeline::baseline(&env, &msgs).await?;
+        let ours_run = pipeline::throughput(&env, &msgs).await?;
+        let (base, ours) = (base_run.per_sec, ours_run.per_sec);
         env.cleanup().await;
         let env = tally_platform::testkit::TestEnv::new("bench_latency").await;
         let probe = pipeline::messages(&env.nats.subject_prefix, latency_n, 0.0);
-        let (base_run, ours_run) = (base, ours);
-        let (base, ours) = (base.per_sec, ours.per_sec);
         let rate = ours / 2.0;
         let l = pipeline::latency(&env, &probe, rate).await?;
         env.cleanup().await;
