@@ -1,7 +1,8 @@
 //! The invoicer's prepaid credit grants (`credit_grants`, latest version of each grant id
-//! wins, as the invoicer reads them) still to post: for each grant whose current amount
+//! per (customer, grant id), as the invoicer reads them) still to post: for each grant whose current amount
 //! differs from what the ledger booked for it, one `credit_grant` journal for the difference,
-//! its id naming the grant and the version (`grant:<grant_id>:<granted_at_ms>`), so a sync
+//! its id naming the customer, the grant and the version
+//! (`grant:<customer>:<grant_id>:<granted_at_ms>`), so a sync
 //! run twice, or by two instances, posts each version once. It never changes a grant.
 
 use std::collections::HashMap;
@@ -21,8 +22,8 @@ pub struct Unposted {
 
 #[derive(clickhouse::Row, Deserialize)]
 struct Grant {
-    grant_id: String,
     customer: String,
+    grant_id: String,
     currency: String,
     amount_minor: i64,
     version_ms: i64,
@@ -30,50 +31,64 @@ struct Grant {
 
 #[derive(clickhouse::Row, Deserialize)]
 struct Booked {
+    customer: String,
     journal_id: String,
     held: i64,
 }
 
-/// Grant versions the ledger is missing.
+/// Grant versions the ledger is missing. A grant is identified by (customer, grant id), as
+/// in `credit_grants` (its sort key) and the invoicer's balances.
 pub async fn unposted(db: &Client) -> Result<Vec<Unposted>, clickhouse::error::Error> {
     let grants: Vec<Grant> = db
         .query(
-            "SELECT grant_id, argMax(customer, granted_at_ms) AS c, \
-             argMax(currency, granted_at_ms) AS cur, argMax(amount_minor, granted_at_ms) AS a, \
-             max(granted_at_ms) AS v FROM credit_grants GROUP BY grant_id ORDER BY grant_id",
+            // aliases differ from the columns: ClickHouse 18.16 cannot alias an aggregate to
+            // the name of a column it reads
+            "SELECT customer, grant_id, argMax(currency, granted_at_ms) AS last_currency, \
+             argMax(amount_minor, granted_at_ms) AS last_amount_minor, \
+             max(granted_at_ms) AS version_ms FROM credit_grants \
+             GROUP BY customer, grant_id ORDER BY customer, grant_id",
         )
         .fetch_all()
         .await?;
     let booked_rows: Vec<Booked> = db
         .query(
-            "SELECT journal_id, toInt64(sum(credit_minor)) - toInt64(sum(debit_minor)) AS held \
+            "SELECT customer, journal_id, \
+             toInt64(sum(credit_minor)) - toInt64(sum(debit_minor)) AS held \
              FROM v_ledger_entries WHERE kind = 'credit_grant' AND account = 'customer_credit' \
-             GROUP BY journal_id",
+             GROUP BY customer, journal_id",
         )
         .fetch_all()
         .await?;
-    let mut booked: HashMap<String, i64> = HashMap::new();
+    // journal ids are `grant:<customer>:<grant_id>:<version_ms>`; the customer column says
+    // where the grant id starts, so ids holding ':' cannot be misread
+    let mut booked: HashMap<(String, String), i64> = HashMap::new();
     for b in booked_rows {
+        let prefix = format!("grant:{}:", b.customer);
         if let Some((grant, _version)) = b
             .journal_id
-            .strip_prefix("grant:")
+            .strip_prefix(&prefix)
             .and_then(|rest| rest.rsplit_once(':'))
         {
-            *booked.entry(grant.to_owned()).or_default() += b.held;
+            *booked
+                .entry((b.customer.clone(), grant.to_owned()))
+                .or_default() += b.held;
         }
     }
     Ok(grants
         .into_iter()
         .filter_map(|g| {
-            let delta = g.amount_minor - booked.get(&g.grant_id).copied().unwrap_or(0);
+            let key = (g.customer, g.grant_id);
+            let delta = g.amount_minor - booked.get(&key).copied().unwrap_or(0);
+            let (customer, grant_id) = key;
             (delta != 0).then_some(Unposted {
                 op: Operation::CreditGranted {
-                    grant_id: g.grant_id,
+                    customer: customer.clone(),
+                    grant_id,
                     version_ms: g.version_ms,
                     delta_minor: delta,
                 },
                 currency: g.currency,
-                customer: g.customer,
+                customer,
             })
         })
         .collect())

@@ -114,6 +114,7 @@ pub enum Operation {
     /// A version of a prepaid credit grant: `delta_minor` is its amount minus what earlier
     /// versions of the same grant booked (negative: the grant was lowered).
     CreditGranted {
+        customer: String,
         grant_id: String,
         version_ms: i64,
         delta_minor: i64,
@@ -146,10 +147,11 @@ impl Operation {
             Operation::Void { invoice_id, .. } => format!("void:{invoice_id}"),
             Operation::CreditApplied { invoice_id, .. } => format!("app:{invoice_id}"),
             Operation::CreditGranted {
+                customer,
                 grant_id,
                 version_ms,
                 ..
-            } => format!("grant:{grant_id}:{version_ms}"),
+            } => format!("grant:{customer}:{grant_id}:{version_ms}"),
         }
     }
 
@@ -473,11 +475,13 @@ mod tests {
         let mut tb = TrialBalance::default();
         for op in [
             Operation::CreditGranted {
+                customer: "c1".into(),
                 grant_id: "g1".into(),
                 version_ms: 1,
                 delta_minor: 500,
             },
             Operation::CreditGranted {
+                customer: "c1".into(),
                 grant_id: "g1".into(),
                 version_ms: 2,
                 delta_minor: -200,

@@ -94,6 +94,7 @@ fn operation() -> impl Strategy<Value = (usize, Operation)> {
             (
                 c,
                 Operation::CreditGranted {
+                    customer: "customer".into(),
                     grant_id: format!("grant_{g}"),
                     version_ms: v,
                     delta_minor: d,

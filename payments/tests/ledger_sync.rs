@@ -299,5 +299,17 @@ async fn prepaid_credit_grants_and_their_use_are_booked_once_per_currency() {
     assert!(tb.is_balanced(), "{}", tb.render());
     assert_eq!(balance(&tb, "USD", Account::CustomerCredit), -250);
     assert_eq!(balance(&tb, "USD", Account::Receivable), 0);
+
+    // another customer's grant under the same grant id is another grant (the invoicer keys
+    // grants by customer and id): booked on its own, beta's untouched
+    tally_invoicer::store::grant_credit(&db, "g_usd", "gamma", "USD", 70, "pack", now + 60)
+        .await
+        .unwrap();
+    assert_eq!(settler.sync_ledger(now + 70).await.unwrap(), 1);
+    assert_eq!(settler.sync_ledger(now + 71).await.unwrap(), 0);
+    let tb = store::trial_balance(&db).await.unwrap();
+    assert!(tb.is_balanced(), "{}", tb.render());
+    assert_eq!(balance(&tb, "USD", Account::CreditSource), 250 + 70);
+    assert_eq!(balance(&tb, "USD", Account::CustomerCredit), -250 - 70);
     env.cleanup().await;
 }
