@@ -380,6 +380,24 @@ impl Settler {
         }
         for inv in store::finalized_invoices(&self.db).await? {
             let (status, booked) = if posted.contains(&format!("fin:{}", inv.invoice_id)) {
+                // a crash between the finalization and its credit application: post the
+                // latter (ensure_finalized below posts both itself)
+                let applied = inv.total_minor - inv.amount_due_minor;
+                if applied > 0 && !posted.contains(&format!("app:{}", inv.invoice_id)) {
+                    let op = Operation::CreditApplied {
+                        invoice_id: inv.invoice_id.clone(),
+                        amount_minor: applied,
+                    };
+                    post(
+                        &self.db,
+                        &op,
+                        &inv.currency,
+                        &inv.customer,
+                        SYNC_ACTOR,
+                        now_ms,
+                    )
+                    .await?;
+                }
                 let status = statuses.get(&inv.invoice_id).copied();
                 (status.unwrap_or(InvoiceStatus::Draft), true)
             } else {
@@ -387,23 +405,6 @@ impl Settler {
                 n += usize::from(booked);
                 (status, booked)
             };
-            // a crash between the finalization and its credit application: post the latter
-            let applied = inv.total_minor - inv.amount_due_minor;
-            if booked && applied > 0 && !posted.contains(&format!("app:{}", inv.invoice_id)) {
-                let op = Operation::CreditApplied {
-                    invoice_id: inv.invoice_id.clone(),
-                    amount_minor: applied,
-                };
-                post(
-                    &self.db,
-                    &op,
-                    &inv.currency,
-                    &inv.customer,
-                    SYNC_ACTOR,
-                    now_ms,
-                )
-                .await?;
-            }
             let void = Operation::Void {
                 invoice_id: inv.invoice_id.clone(),
                 total_minor: inv.total_minor,
@@ -450,7 +451,9 @@ async fn post(
     now_ms: i64,
 ) -> Result<(), Error> {
     let journal = ledger::post(op, currency)?;
-    if store::journal_exists(db, &journal.journal_id).await? {
+    // a zero amount (no credit applied, say) has no lines: nothing to store, and storing
+    // nothing must not count or log as a posting
+    if journal.lines.is_empty() || store::journal_exists(db, &journal.journal_id).await? {
         return Ok(());
     }
     store::append_journal(db, &journal, customer, actor, now_ms).await?;
