@@ -457,8 +457,48 @@ mod tests {
             })
     }
 
+    /// Plain, valid events (attributes in any order, JSON whitespace, plain data): inputs the
+    /// scanner must read itself rather than defer.
+    fn plain_event_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        (
+            "[a-z0-9-]{1,12}",
+            0u64..10_000_000,
+            "[a-z0-9.-]{1,10}",
+            prop_oneof![Just("input"), Just("output")],
+            prop_oneof![Just(""), Just(" "), Just("\n\t"), Just("\r\n  ")],
+            any::<bool>(),
+        )
+            .prop_flat_map(|(id, tokens, model, kind, ws, extra)| {
+                let mut members = vec![
+                    r#""specversion":"1.0""#.to_owned(),
+                    format!(r#""id":"{id}""#),
+                    r#""source":"bot-7""#.to_owned(),
+                    r#""subject":"acme""#.to_owned(),
+                    r#""type":"llm.tokens""#.to_owned(),
+                    r#""time":"2026-11-26T21:00:00.123Z""#.to_owned(),
+                    format!(
+                        r#""data":{{{ws}"tokens":{ws}{tokens},"model":"{model}",{ws}"kind":"{kind}","n":{{"x":[1,-2.5e3,true,null]}}}}"#
+                    ),
+                ];
+                if extra {
+                    members.push(r#""traceparent":"00-abc-01""#.to_owned());
+                }
+                Just(members).prop_shuffle().prop_map(move |m| {
+                    format!("{ws}{{{ws}{}{ws}}}{ws}", m.join(&format!("{ws},{ws}")))
+                })
+            })
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn plain_events_take_the_fast_path_and_agree_with_serde(text in plain_event_text()) {
+            proptest::prop_assert!(crate::envelope::scan(text.as_bytes()).is_some(), "deferred: {}", text);
+            proptest::prop_assert!(EventView::parse(text.as_bytes(), 4096).is_ok(), "refused: {}", text);
+            assert_same_as_reference(text.as_bytes());
+        }
 
         #[test]
         fn the_fast_path_agrees_with_serde_on_generated_events(text in event_text()) {

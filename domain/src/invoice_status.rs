@@ -116,9 +116,7 @@ pub fn fold(
     start: InvoiceStatus,
     targets: impl IntoIterator<Item = InvoiceStatus>,
 ) -> InvoiceStatus {
-    targets
-        .into_iter()
-        .fold(start, |at, to| if at.can_become(to) { to } else { at })
+    path(start, targets).last().copied().unwrap_or(start)
 }
 
 /// The statuses [`fold`] passes through, in order (the start excluded): the targets it
