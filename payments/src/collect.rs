@@ -55,13 +55,9 @@ pub async fn pass(
     let owed = dunning::owed(db).await?;
     let profiles = profiles::all(db).await?;
     let log = retry::tried(db).await?;
-    let mut touched = std::collections::HashSet::new();
-    for p in crate::store::all_payments(db).await? {
-        touched.insert(p.invoice_id);
-    }
     for o in owed
         .iter()
-        .filter(|o| o.outstanding_minor > 0 && !touched.contains(&o.invoice_id))
+        .filter(|o| o.outstanding_minor > 0 && !o.has_payment_records)
     {
         let Some(profile) = profiles.get(&o.customer) else {
             report.without_profile += 1;

@@ -46,7 +46,11 @@ pub async fn owed(db: &Client) -> Result<Vec<Owed>, Error> {
     let mut paid: HashMap<String, i64> = HashMap::new();
     let mut first_failure: HashMap<String, i64> = HashMap::new();
     let mut last_failure: HashMap<String, schedule::Failure> = HashMap::new();
+    let mut recorded: std::collections::HashSet<String> = std::collections::HashSet::new();
     for p in store::all_payments(db).await? {
+        if !recorded.contains(&p.invoice_id) {
+            recorded.insert(p.invoice_id.clone());
+        }
         match p.kind.as_str() {
             "payment" => *paid.entry(p.invoice_id).or_default() += p.amount_minor,
             "attempt" => {
@@ -85,6 +89,7 @@ pub async fn owed(db: &Client) -> Result<Vec<Owed>, Error> {
                 - paid.get(&inv.invoice_id).copied().unwrap_or(0),
             first_failure_ms: first_failure.get(&inv.invoice_id).copied(),
             last_failure: last_failure.remove(&inv.invoice_id),
+            has_payment_records: recorded.contains(&inv.invoice_id),
             due_at_ms: inv.due_at_ms,
             invoice_id: inv.invoice_id,
             customer: inv.customer,

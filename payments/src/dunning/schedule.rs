@@ -39,6 +39,9 @@ pub struct Owed {
     pub first_failure_ms: Option<i64>,
     /// The latest failed attempt (what a gateway retry tries again).
     pub last_failure: Option<Failure>,
+    /// Whether any payment record (payment, attempt, refund) names the invoice: collection
+    /// starts only for invoices nothing was tried on yet.
+    pub has_payment_records: bool,
 }
 
 /// A failed payment attempt.
@@ -116,6 +119,7 @@ mod tests {
             due_at_ms: Some(10 * DAY),
             first_failure_ms: Some(2 * DAY),
             last_failure: None,
+            has_payment_records: true,
         }
     }
 
