@@ -359,7 +359,9 @@ impl Settler {
     }
 
     /// Posts what the ledger is missing: prepaid credit grants, finalizations of finalized
-    /// invoices (and the prepaid credit they applied), voids of voided ones and credit notes (when `v_credit_notes` exists). Returns the journals posted.
+    /// invoices (and the prepaid credit they applied), voids of voided ones and credit notes (when
+    /// `v_credit_notes` exists). Returns the journals stored, not counting credit applications
+    /// (they go with their finalization).
     pub async fn sync_ledger(&self, now_ms: i64) -> Result<usize, Error> {
         let _guard = self.lock.lock().await;
         let posted = store::journal_ids(&self.db).await?;
@@ -367,16 +369,8 @@ impl Settler {
         let statuses = store::statuses(&self.db).await?;
         let mut n = 0;
         for g in crate::grants::unposted(&self.db).await? {
-            post(
-                &self.db,
-                &g.op,
-                &g.currency,
-                &g.customer,
-                SYNC_ACTOR,
-                now_ms,
-            )
-            .await?;
-            n += 1;
+            let (op, currency, customer) = (&g.op, &g.currency, &g.customer);
+            n += usize::from(post(&self.db, op, currency, customer, SYNC_ACTOR, now_ms).await?);
         }
         for inv in store::finalized_invoices(&self.db).await? {
             let (status, booked) = if posted.contains(&format!("fin:{}", inv.invoice_id)) {
@@ -413,29 +407,15 @@ impl Settler {
             };
             // a draft voided before finalization was never booked: nothing to reverse
             if booked && status == InvoiceStatus::Void && !posted.contains(&void.journal_id()) {
-                post(
-                    &self.db,
-                    &void,
-                    &inv.currency,
-                    &inv.customer,
-                    SYNC_ACTOR,
-                    now_ms,
-                )
-                .await?;
-                n += 1;
+                let (currency, customer) = (&inv.currency, &inv.customer);
+                n += usize::from(
+                    post(&self.db, &void, currency, customer, SYNC_ACTOR, now_ms).await?,
+                );
             }
         }
         for cn in crate::credit_notes::unposted(&self.db, &posted).await? {
-            post(
-                &self.db,
-                &cn.op,
-                &cn.currency,
-                &cn.customer,
-                SYNC_ACTOR,
-                now_ms,
-            )
-            .await?;
-            n += 1;
+            let (op, currency, customer) = (&cn.op, &cn.currency, &cn.customer);
+            n += usize::from(post(&self.db, op, currency, customer, SYNC_ACTOR, now_ms).await?);
         }
         Ok(n)
     }
@@ -449,18 +429,18 @@ async fn post(
     customer: &str,
     actor: &str,
     now_ms: i64,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let journal = ledger::post(op, currency)?;
     // a zero amount (no credit applied, say) has no lines: nothing to store, and storing
     // nothing must not count or log as a posting
     if journal.lines.is_empty() || store::journal_exists(db, &journal.journal_id).await? {
-        return Ok(());
+        return Ok(false);
     }
     store::append_journal(db, &journal, customer, actor, now_ms).await?;
     metrics::journal(journal.kind);
     tracing::info!(journal_id = %journal.journal_id, kind = journal.kind, customer, actor,
         at_ms = now_ms, "ledger journal posted");
-    Ok(())
+    Ok(true)
 }
 
 /// Makes sure a finalized invoice is finalized in the lifecycle (recording the invoicer's
