@@ -1,8 +1,10 @@
 //! The whole path over the real servers: synthetic agents publish 10,000 events (3 customers,
 //! 2 agents each, 2 meters, out of order) plus 500 re-sends of earlier ids (half inside
 //! JetStream's duplicate window, half after it); the aggregator commits them; the rater and
-//! the invoicer price and invoice them. Usage totals and invoice amounts are compared with
-//! values this test computes on its own, in integer arithmetic, from the events it sent.
+//! the invoicer price and invoice them. Usage totals and every invoice line (meter, quantity,
+//! unit price or tier steps, amount, plan and version) and total are compared with values this
+//! test computes on its own, in integer arithmetic, from the events it sent and the plans
+//! written down by hand (never through the rater's pricing code).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,6 +13,7 @@ use chrono::{DateTime, Datelike, TimeZone, Utc};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
+use rust_decimal::Decimal;
 use serde::Deserialize;
 use tally_e2e::{aggregator_config, catalog, start_aggregator, wait_drained};
 use tally_ingest::synthetic::Fleet;
@@ -52,23 +55,152 @@ fn round_half_up(num: u64, den: u64) -> u64 {
     (2 * num + den) / (2 * den)
 }
 
-/// Minor units a customer owes for `tokens` and `calls`, computed by hand from the plans.
-fn expected_minor(yen: bool, tokens: u64, calls: u64) -> i64 {
-    let (token_minor, tool_minor) = if yen {
-        // 0.0004 JPY per token; tool calls 3 JPY up to 500, then 1.5 JPY (in half-yen).
-        let half_yen = 6 * calls.min(500) + 3 * calls.saturating_sub(500);
-        (
-            round_half_up(tokens * 4, 10_000),
-            round_half_up(half_yen, 2),
-        )
-    } else {
-        // 0.000003 USD per token = 3 micro-dollars; tiers in tenths of a cent.
-        let tenths = 20 * calls.min(100)
-            + 15 * (calls.min(1000).saturating_sub(100))
-            + 10 * calls.saturating_sub(1000);
-        (round_half_up(tokens * 3, 10_000), round_half_up(tenths, 10))
-    };
-    (token_minor + tool_minor) as i64
+/// One meter's price in a plan, written down by hand from the catalog in `tally_e2e`:
+/// graduated tiers `(inclusive upper bound, unit price)`, the last unbounded; a per-unit price
+/// is one unbounded tier. Unit prices are integers in `10^-scale` of the currency.
+struct HandPrice {
+    meter: &'static str,
+    model: &'static str,
+    scale: u32,
+    tiers: &'static [(Option<u64>, u64)],
+}
+
+/// A plan written down by hand.
+struct HandPlan {
+    id: &'static str,
+    version: u32,
+    currency: &'static str,
+    minor_digits: u32,
+    prices: [HandPrice; 2],
+}
+
+/// 0.000003 USD per token; tool calls 0.02 USD up to 100, 0.015 up to 1000, then 0.01.
+const STANDARD: HandPlan = HandPlan {
+    id: "ai-standard",
+    version: 1,
+    currency: "USD",
+    minor_digits: 2,
+    prices: [
+        HandPrice {
+            meter: "llm_tokens",
+            model: "per_unit",
+            scale: 6,
+            tiers: &[(None, 3)],
+        },
+        HandPrice {
+            meter: "tool_calls",
+            model: "graduated",
+            scale: 3,
+            tiers: &[(Some(100), 20), (Some(1000), 15), (None, 10)],
+        },
+    ],
+};
+
+/// 0.0004 JPY per token; tool calls 3 JPY up to 500, then 1.5 JPY.
+const YEN: HandPlan = HandPlan {
+    id: "ai-yen",
+    version: 1,
+    currency: "JPY",
+    minor_digits: 0,
+    prices: [
+        HandPrice {
+            meter: "llm_tokens",
+            model: "per_unit",
+            scale: 4,
+            tiers: &[(None, 4)],
+        },
+        HandPrice {
+            meter: "tool_calls",
+            model: "graduated",
+            scale: 1,
+            tiers: &[(Some(500), 30), (None, 15)],
+        },
+    ],
+};
+
+/// One step of a line's arithmetic, as the invoice JSON names it (`tiers`).
+#[derive(Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TierStep {
+    tier: u32,
+    from: Decimal,
+    up_to: Option<Decimal>,
+    quantity: Decimal,
+    unit_price: Decimal,
+    amount: Decimal,
+}
+
+/// The parts of an invoice line this test checks (decimals compare by value).
+#[derive(Debug, PartialEq)]
+struct LineCheck {
+    meter: String,
+    quantity: Decimal,
+    price_model: String,
+    /// `unit_price` of the line; none (empty) for graduated prices.
+    unit_price: Option<Decimal>,
+    tiers: Vec<TierStep>,
+    plan: (String, u32),
+    amount_before_discounts_minor: i64,
+    discount_minor: i64,
+    amount: Decimal,
+    amount_minor: i64,
+}
+
+impl LineCheck {
+    fn of(l: &tally_invoicer::InvoiceLine) -> LineCheck {
+        LineCheck {
+            meter: l.meter.clone(),
+            quantity: l.quantity,
+            price_model: l.price_model.clone(),
+            unit_price: (!l.unit_price.is_empty())
+                .then(|| l.unit_price.parse().expect("unit_price is a decimal")),
+            tiers: serde_json::from_value(l.tiers.clone()).expect("tiers are tier steps"),
+            plan: (l.plan_id.clone(), l.plan_version),
+            amount_before_discounts_minor: l.amount_before_discounts_minor,
+            discount_minor: l.discount_minor,
+            amount: l.amount,
+            amount_minor: l.amount_minor,
+        }
+    }
+}
+
+/// The line `price` of `plan` must produce for `quantity`, computed in integers: each tier
+/// takes the part of the quantity above the previous bound up to its own, its amount is
+/// `part x unit price` unrounded, and the line rounds their sum once to minor units.
+fn expected_line(plan: &HandPlan, price: &HandPrice, quantity: u64) -> LineCheck {
+    let dec = |mantissa: u64, scale: u32| Decimal::new(mantissa as i64, scale);
+    let mut tiers = Vec::new();
+    let mut from = 0;
+    let mut sum = 0;
+    for (i, &(up_to, unit)) in price.tiers.iter().enumerate() {
+        if quantity <= from {
+            break;
+        }
+        let part = up_to.map_or(quantity, |b| b.min(quantity)) - from;
+        sum += part * unit;
+        tiers.push(TierStep {
+            tier: i as u32 + 1,
+            from: dec(from, 0),
+            up_to: up_to.map(|b| dec(b, 0)),
+            quantity: dec(part, 0),
+            unit_price: dec(unit, price.scale),
+            amount: dec(part * unit, price.scale),
+        });
+        from = up_to.unwrap_or(u64::MAX);
+    }
+    let minor = round_half_up(sum, 10u64.pow(price.scale - plan.minor_digits)) as i64;
+    LineCheck {
+        meter: price.meter.to_owned(),
+        quantity: dec(quantity, 0),
+        price_model: price.model.to_owned(),
+        unit_price: (price.model == "per_unit").then(|| dec(price.tiers[0].1, price.scale)),
+        tiers,
+        plan: (plan.id.to_owned(), plan.version),
+        amount_before_discounts_minor: minor,
+        discount_minor: 0,
+        amount: Decimal::new(minor, plan.minor_digits),
+        amount_minor: minor,
+    }
 }
 
 fn month_start(t: DateTime<Utc>) -> String {
@@ -159,11 +291,7 @@ async fn ten_thousand_events_with_resends_bill_exactly() {
         .map(|r| {
             (
                 (r.customer.clone(), r.agent.clone(), r.meter.clone()),
-                r.quantity
-                    .parse::<rust_decimal::Decimal>()
-                    .unwrap()
-                    .try_into()
-                    .unwrap(),
+                r.quantity.parse::<Decimal>().unwrap().try_into().unwrap(),
             )
         })
         .collect();
@@ -225,23 +353,48 @@ async fn ten_thousand_events_with_resends_bill_exactly() {
     );
     for inv in &first {
         let (tokens, calls) = want[&(inv.customer.clone(), inv.period_start.clone())];
-        let yen = inv.customer == "cust-3";
-        assert_eq!(inv.currency, if yen { "JPY" } else { "USD" });
+        let plan = if inv.customer == "cust-3" {
+            &YEN
+        } else {
+            &STANDARD
+        };
+        let want_lines: Vec<LineCheck> = plan
+            .prices
+            .iter()
+            .map(|p| {
+                let quantity = if p.meter == "llm_tokens" {
+                    tokens
+                } else {
+                    calls
+                };
+                expected_line(plan, p, quantity)
+            })
+            .collect();
+        let mut got_lines: Vec<LineCheck> = inv.lines.iter().map(LineCheck::of).collect();
+        got_lines.sort_by(|a, b| a.meter.cmp(&b.meter));
         assert_eq!(
-            inv.total_minor,
-            expected_minor(yen, tokens, calls),
-            "invoice total of {}",
+            got_lines, want_lines,
+            "lines of {} for {}",
+            inv.customer, inv.period_start
+        );
+        let total: i64 = want_lines.iter().map(|l| l.amount_minor).sum();
+        assert_eq!(inv.currency, plan.currency);
+        assert_eq!(
+            (inv.subtotal_minor, inv.discount_minor, inv.net_minor),
+            (total, 0, total),
+            "subtotal, discounts and net of {}",
             inv.customer
         );
-        assert_eq!(inv.lines.len(), 2);
         assert_eq!(
-            inv.lines.iter().map(|l| l.amount_minor).sum::<i64>(),
-            inv.total_minor
+            (inv.tax_minor, inv.total_minor),
+            (0, total),
+            "invoice total of {}",
+            inv.customer
         );
         assert_eq!(inv.status, Status::Draft, "the period is still open");
         assert_eq!(
             (inv.plan_id.as_str(), inv.plan_version),
-            (if yen { "ai-yen" } else { "ai-standard" }, 1)
+            (plan.id, plan.version)
         );
     }
     let totals = |v: &[tally_invoicer::Invoice]| {
