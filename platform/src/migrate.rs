@@ -3,9 +3,29 @@
 //! Migrations are the SQL files in `migrations/` at the workspace root, embedded at build
 //! time. Each is applied once per database, in order, and recorded in `schema_migrations`
 //! with a checksum; an applied migration whose file changed afterwards is an error (write a
-//! new migration instead). Statements are separated by `;` at the end of a line and must be
-//! idempotent (`IF NOT EXISTS`), so two runners racing are harmless. The SQL must run on
-//! ClickHouse 18.16 and on current releases (see DESIGN.md section 3).
+//! new migration instead). Statements are separated by `;` at the end of a line. The SQL must
+//! run on ClickHouse 18.16 and on current releases (see DESIGN.md section 3).
+//!
+//! # Re-running and racing
+//! A migration is recorded only after all its statements succeeded, so a run that stops in
+//! between (a crash, a lost connection) leaves it unrecorded and the next run applies it again
+//! from its first statement; two runners on one database both apply what they find pending.
+//! Both are safe because every statement may run again:
+//! - `CREATE ... IF NOT EXISTS` and `DROP ... IF EXISTS` are no-ops the second time;
+//! - `ALTER TABLE <t> ADD COLUMN ...` (18.16 does not parse `ADD COLUMN IF NOT EXISTS`) counts
+//!   as already applied when the server refuses it with code 44 ILLEGAL_COLUMN ("Cannot add
+//!   column c: column with this name already exists") and every column it adds exists in the
+//!   table (by name; types are not compared). ClickHouse applies one ALTER's columns all or
+//!   none, so an interrupted run cannot leave only some. Only an ALTER whose every clause is
+//!   `ADD COLUMN` is treated so; any other failed statement stops the run with its error.
+//!
+//! What is guaranteed: a re-run after an interruption, and each of several runners racing on
+//! one database, finishes without error and records every migration it applied (a racing
+//! migration may be recorded once per runner; readers group by version). Once all runners
+//! have returned, the schema is the one the migrations describe: each recreates a view with
+//! `DROP` then `CREATE`, and every runner's last `CREATE` of it is the newest definition.
+//! While they race, such a view may be missing or older for a moment. Statements of another
+//! kind (`INSERT`, other `ALTER`s) would not be safe to repeat: do not write them.
 //!
 //! # Engine-conditional migrations
 //! A migration whose first line is `-- requires: <capability>` is applied only on servers that
@@ -347,10 +367,20 @@ async fn apply_one(
     checksum: String,
 ) -> Result<(), MigrateError> {
     for (i, stmt) in statements(m.sql).iter().enumerate() {
-        db.query(&substitute(stmt, database))
-            .execute()
-            .await
-            .map_err(ch(format!("{} statement {}", m.name, i + 1)))?;
+        let context = format!("{} statement {}", m.name, i + 1);
+        let sql = substitute(stmt, database);
+        let Err(err) = db.query(&sql).execute().await else {
+            continue;
+        };
+        if !columns_already_added(db, &sql, &err).await? {
+            return Err(ch(context)(err));
+        }
+        tracing::info!(
+            version = m.version,
+            name = m.name,
+            statement = i + 1,
+            "columns already added (an earlier or concurrent run); statement counted as applied"
+        );
     }
     let mut insert = db
         .insert::<AppliedRow<'_>>("schema_migrations")
@@ -368,6 +398,103 @@ async fn apply_one(
     insert.end().await.map_err(ch("record migration"))?;
     tracing::info!(version = m.version, name = m.name, "migration applied");
     Ok(())
+}
+
+/// ClickHouse's ILLEGAL_COLUMN, the code of "Cannot add column c: column with this name
+/// already exists" on 18.16 and on current releases.
+pub const ILLEGAL_COLUMN: u32 = 44;
+
+/// The code of a ClickHouse exception (`Code: 44, e.displayText() = ...` on 18.16,
+/// `Code: 44. DB::Exception: ...` later); `None` for other errors.
+pub fn exception_code(err: &clickhouse::error::Error) -> Option<u32> {
+    let clickhouse::error::Error::BadResponse(text) = err else {
+        return None;
+    };
+    let (_, rest) = text.split_once("Code: ")?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// The table and the columns of `ALTER TABLE <table> ADD COLUMN <c> <type> [, ADD COLUMN ...]`;
+/// `None` for any other statement, including an ALTER with another kind of clause.
+pub fn added_columns(stmt: &str) -> Option<(String, Vec<String>)> {
+    let keyword = |w: Option<&str>, k: &str| w.is_some_and(|w| w.eq_ignore_ascii_case(k));
+    let (alter, rest) = first_word(stmt);
+    let (table_word, rest) = first_word(rest);
+    let (table, clauses) = first_word(rest);
+    if !keyword(Some(alter), "ALTER") || !keyword(Some(table_word), "TABLE") || table.is_empty() {
+        return None;
+    }
+    let mut columns = Vec::new();
+    for clause in split_top_level(clauses) {
+        let mut words = clause.split_whitespace();
+        if !keyword(words.next(), "ADD") || !keyword(words.next(), "COLUMN") {
+            return None;
+        }
+        match words.next() {
+            Some(name) if !name.eq_ignore_ascii_case("IF") => columns.push(name.replace('`', "")),
+            _ => return None,
+        }
+    }
+    Some((table.replace('`', ""), columns))
+}
+
+/// The first whitespace-separated word of `text` and what follows it.
+fn first_word(text: &str) -> (&str, &str) {
+    let text = text.trim_start();
+    text.split_at(text.find(char::is_whitespace).unwrap_or(text.len()))
+}
+
+/// `text` split on the commas outside parentheses and quotes.
+fn split_top_level(text: &str) -> Vec<&str> {
+    let (mut parts, mut depth, mut quote, mut start) = (Vec::new(), 0i32, None, 0);
+    for (i, c) in text.char_indices() {
+        match (c, quote) {
+            ('\'' | '`' | '"', None) => quote = Some(c),
+            (c, Some(q)) if c == q => quote = None,
+            (_, Some(_)) => {}
+            ('(', None) => depth += 1,
+            (')', None) => depth -= 1,
+            (',', None) if depth == 0 => {
+                parts.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&text[start..]);
+    parts
+}
+
+/// Whether `err`, the failure of `sql`, means its columns were already added: an `ADD COLUMN`
+/// ALTER refused with [`ILLEGAL_COLUMN`] while every column it adds exists.
+async fn columns_already_added(
+    db: &Client,
+    sql: &str,
+    err: &clickhouse::error::Error,
+) -> Result<bool, MigrateError> {
+    if exception_code(err) != Some(ILLEGAL_COLUMN) {
+        return Ok(false);
+    }
+    let Some((table, columns)) = added_columns(sql) else {
+        return Ok(false);
+    };
+    let read = ch(format!("read the columns of {table}"));
+    let existing: Vec<String> = match table.split_once('.') {
+        Some((database, table)) => db
+            .query("SELECT name FROM system.columns WHERE database = ? AND table = ?")
+            .bind(database)
+            .bind(table),
+        None => db
+            .query(
+                "SELECT name FROM system.columns WHERE database = currentDatabase() AND table = ?",
+            )
+            .bind(table.as_str()),
+    }
+    .fetch_all()
+    .await
+    .map_err(read)?;
+    Ok(columns.iter().all(|c| existing.contains(c)))
 }
 
 #[cfg(test)]
@@ -444,5 +571,49 @@ mod tests {
             substitute("GRANT SELECT ON {database}.* TO r", "tally"),
             "GRANT SELECT ON tally.* TO r"
         );
+    }
+
+    #[test]
+    fn add_column_alters_name_their_table_and_columns() {
+        let (table, columns) = added_columns(
+            "alter table `t`\n    ADD COLUMN a Int64 DEFAULT f(x, 'a,b'),\n    ADD COLUMN `b` Array(Tuple(String, UInt8))",
+        )
+        .unwrap();
+        assert_eq!(table, "t");
+        assert_eq!(columns, vec!["a", "b"]);
+        assert_eq!(
+            added_columns("alter table tally.payments add column m String"),
+            Some(("tally.payments".into(), vec!["m".into()]))
+        );
+        for other in [
+            "ALTER TABLE t ADD COLUMN a String, DROP COLUMN b",
+            "ALTER TABLE t MODIFY COLUMN a String",
+            "ALTER TABLE t DELETE WHERE 1",
+            "CREATE TABLE IF NOT EXISTS t (a String) ENGINE = Memory",
+            "ALTER TABLE t ADD COLUMN IF NOT EXISTS a String",
+        ] {
+            assert_eq!(added_columns(other), None, "{other}");
+        }
+        let adding: Vec<u32> = MIGRATIONS
+            .iter()
+            .filter(|m| statements(m.sql).iter().any(|s| added_columns(s).is_some()))
+            .map(|m| m.version)
+            .collect();
+        assert_eq!(adding, vec![6, 7, 13, 18]);
+    }
+
+    #[test]
+    fn exception_codes_are_read_from_old_and_new_server_messages() {
+        let bad = |t: &str| clickhouse::error::Error::BadResponse(t.into());
+        assert_eq!(
+            exception_code(&bad("Code: 44, e.displayText() = DB::Exception: Cannot add column b: column with this name already exists, e.what() = DB::Exception")),
+            Some(ILLEGAL_COLUMN)
+        );
+        assert_eq!(
+            exception_code(&bad("Code: 44. DB::Exception: Cannot add column `b`: column with this name already exists. (ILLEGAL_COLUMN) (version 24.8.1.1)")),
+            Some(ILLEGAL_COLUMN)
+        );
+        assert_eq!(exception_code(&bad("Bad Gateway")), None);
+        assert_eq!(exception_code(&clickhouse::error::Error::TimedOut), None);
     }
 }
