@@ -321,16 +321,28 @@ mod tests {
 
     #[test]
     fn declarations_are_validated() {
-        let no_value = toml_like(r#"{"slug":"x","event_type":"t","aggregation":"SUM"}"#);
-        assert!(Meter::try_from(no_value).is_err());
-        let bad_path = toml_like(
-            r#"{"slug":"x","event_type":"t","aggregation":"SUM","value_property":"tokens"}"#,
+        let err = |json: &str| Meter::try_from(toml_like(json)).unwrap_err().to_string();
+        let msg = err(r#"{"slug":"x","event_type":"t","aggregation":"SUM"}"#);
+        assert!(
+            msg.starts_with(r#"meter "x": "#) && msg.contains("needs a value_property"),
+            "{msg}"
         );
-        assert!(Meter::try_from(bad_path).is_err());
+        let msg =
+            err(r#"{"slug":"x","event_type":"t","aggregation":"SUM","value_property":"tokens"}"#);
+        assert!(msg.starts_with(r#"meter "x": value_property: "#), "{msg}");
+        let msg = err(r#"{"slug":"x","event_type":"","aggregation":"COUNT"}"#);
+        assert!(msg.starts_with(r#"meter "x": event_type"#), "{msg}");
+        let msg = err(
+            r#"{"slug":"x","event_type":"t","aggregation":"COUNT","group_by":{"model":"model"}}"#,
+        );
+        assert!(msg.starts_with(r#"meter "x": group_by.model: "#), "{msg}");
+        let msg = err(r#"{"slug":"no spaces","event_type":"t","aggregation":"COUNT"}"#);
+        assert!(msg.starts_with(r#"meter "no spaces": slug: "#), "{msg}");
         let dup = vec![
             toml_like(r#"{"slug":"x","event_type":"t","aggregation":"COUNT"}"#),
             toml_like(r#"{"slug":"x","event_type":"u","aggregation":"COUNT"}"#),
         ];
-        assert!(validate_meters(dup).is_err());
+        let msg = validate_meters(dup).unwrap_err().to_string();
+        assert_eq!(msg, r#"meter "x": declared twice"#);
     }
 }

@@ -353,6 +353,13 @@ fn apply_override(table: &mut toml::Table, var: &str, value: &str) -> Result<(),
     Ok(())
 }
 
+/// The configuration path: `--config FILE` if given, else [`default_path`].
+pub fn path(args: &crate::args::Args) -> PathBuf {
+    args.raw("config")
+        .map(PathBuf::from)
+        .unwrap_or_else(default_path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -404,33 +411,45 @@ mod tests {
         );
         let err = from_str_with_env::<Sample>("[nats]\nurll = \"x\"\n", Path::new("x"), vec![])
             .unwrap_err();
-        assert!(err.to_string().contains("urll"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("setting `nats.urll`: unknown field"),
+            "{err}"
+        );
+        let err = from_str_with_env::<Sample>(
+            "",
+            Path::new("x"),
+            env(&[("TALLY_CLICKHOUSE__DATABSE", "tally")]),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("setting `clickhouse.databse`: unknown field"),
+            "{err}"
+        );
         let err = from_str_with_env::<Sample>("[natz]\n", Path::new("x"), vec![]).unwrap_err();
         assert!(matches!(err, ConfigError::UnknownSection(s) if s == "natz"));
     }
 
     #[test]
     fn validation_names_the_setting() {
-        let mut n = NatsConfig::default();
-        n.subject_prefix = "a.b".into();
+        let n = NatsConfig {
+            subject_prefix: "a.b".into(),
+            ..NatsConfig::default()
+        };
         assert!(n
             .validate()
             .unwrap_err()
             .to_string()
             .contains("nats.subject_prefix"));
-        let mut c = ClickHouseConfig::default();
-        c.database = "drop table".into();
+        let c = ClickHouseConfig {
+            database: "drop table".into(),
+            ..ClickHouseConfig::default()
+        };
         assert!(c
             .validate()
             .unwrap_err()
             .to_string()
             .contains("clickhouse.database"));
     }
-}
-
-/// The configuration path: `--config FILE` if given, else [`default_path`].
-pub fn path(args: &crate::args::Args) -> PathBuf {
-    args.raw("config")
-        .map(PathBuf::from)
-        .unwrap_or_else(default_path)
 }
