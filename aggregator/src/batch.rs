@@ -6,6 +6,7 @@
 use async_nats::jetstream::Message;
 use tally_domain::meter::MeterReading;
 use tally_domain::Window;
+use tally_platform::store::datetime_secs;
 
 use crate::classify::{Accepted, Rejection};
 use crate::payload::EventText;
@@ -20,6 +21,8 @@ pub struct AcceptedEvent {
     pub readings: Vec<(usize, MeterReading)>,
     pub payload_hash: u64,
     pub stream_seq: u64,
+    /// When JetStream stored it (seconds since the epoch): `usage_events.received_at`.
+    pub received_at: u32,
 }
 
 /// A rejected message and where it came from.
@@ -103,6 +106,7 @@ impl Batch {
             readings: acc.readings,
             payload_hash: acc.payload_hash,
             stream_seq,
+            received_at: datetime_secs(acc.received_ms),
         });
     }
 

@@ -29,6 +29,9 @@ pub struct Accepted {
     pub key: u128,
     /// Hash of what the event says (type, time, data), to tell a retry from a conflict.
     pub payload_hash: u64,
+    /// When JetStream stored the message (ms since the epoch): the time lateness and
+    /// tolerance were judged against, and the time the dedup horizon counts from.
+    pub received_ms: i64,
 }
 
 /// Why a message was refused.
@@ -82,13 +85,17 @@ impl Classifier {
         &self.meters
     }
 
-    /// Classifies the message published on `subject` with `payload`, at `now_ms`. An
-    /// accepted event keeps a shared handle on the payload (no copy when it is `Bytes`).
+    /// Classifies the message published on `subject` with `payload`, which JetStream stored
+    /// at `received_ms`. Lateness and future tolerance are judged against that time, not
+    /// against the moment the aggregator reads the message: a backlog (the aggregator or
+    /// ClickHouse down for longer than the allowed lateness) never turns events that were on
+    /// time into `too_late`, and a redelivered message is judged exactly as the first time.
+    /// An accepted event keeps a shared handle on the payload (no copy when it is `Bytes`).
     pub fn classify<P: Payload + ?Sized>(
         &self,
         subject: &str,
         payload: &P,
-        now_ms: i64,
+        received_ms: i64,
     ) -> Result<Accepted, Rejection> {
         let event = EventView::parse(payload.bytes(), self.max_event_bytes)
             .map_err(|e| Rejection::new(e.reason(), e.field().map(str::to_owned), &e))?;
@@ -105,18 +112,18 @@ impl Classifier {
         event
             .check_subject(customer, agent)
             .map_err(|e| Rejection::new(e.reason(), e.field().map(str::to_owned), &e))?;
-        if event.time_ms < now_ms.saturating_sub(self.lateness_ms) {
+        if event.time_ms < received_ms.saturating_sub(self.lateness_ms) {
             let detail = format!(
-                "event time is {} ms behind the clock, allowed lateness is {} ms",
-                now_ms - event.time_ms,
+                "event time is {} ms before the stream received it, allowed lateness is {} ms",
+                received_ms - event.time_ms,
                 self.lateness_ms
             );
             return Err(Rejection::new(Reason::TooLate, Some("time".into()), detail));
         }
-        if event.time_ms > now_ms.saturating_add(self.tolerance_ms) {
+        if event.time_ms > received_ms.saturating_add(self.tolerance_ms) {
             let detail = format!(
-                "event time is {} ms ahead of the clock, tolerance is {} ms",
-                event.time_ms - now_ms,
+                "event time is {} ms after the stream received it, tolerance is {} ms",
+                event.time_ms - received_ms,
                 self.tolerance_ms
             );
             return Err(Rejection::new(
@@ -153,6 +160,7 @@ impl Classifier {
             readings,
             key,
             payload_hash,
+            received_ms,
         })
     }
 }

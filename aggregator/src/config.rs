@@ -34,13 +34,17 @@ pub struct AggregatorConfig {
     /// Tumbling window size in seconds. Default 60.
     #[serde(default = "default_window_secs")]
     pub window_secs: u32,
-    /// How far behind the clock an event time may be, in seconds. Default 3600.
+    /// How far an event time may be behind the time JetStream received the event, in seconds
+    /// (the stream's timestamp, not the time the aggregator reads it, so a backlog in the
+    /// stream never makes events late). Default 3600.
     #[serde(default = "default_allowed_lateness_secs")]
     pub allowed_lateness_secs: u64,
-    /// How far ahead of the clock an event time may be, in seconds. Default 300.
+    /// How far an event time may be ahead of the time JetStream received the event, in
+    /// seconds. Default 300.
     #[serde(default = "default_future_tolerance_secs")]
     pub future_tolerance_secs: u64,
-    /// How long an id is remembered after it was committed, in seconds. Default 86400.
+    /// How long an id is remembered, in seconds of received time (JetStream's timestamps):
+    /// a copy received within this long of the first is a duplicate. Default 86400.
     /// Must be at least `allowed_lateness_secs + future_tolerance_secs`.
     #[serde(default = "default_dedup_horizon_secs")]
     pub dedup_horizon_secs: u64,

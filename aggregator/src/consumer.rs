@@ -25,6 +25,7 @@ use tally_platform::{streams, NatsConfig};
 use crate::batch::{Batch, Rejected};
 use crate::classify::{Classifier, Rejection};
 use crate::config::AggregatorConfig;
+use crate::crash::{self, CrashPoint};
 use crate::dedup::{Dedup, Seen};
 use crate::{dead_letter, metrics, recovery, sink};
 
@@ -66,6 +67,11 @@ struct Aggregator<'a> {
     dedup: Dedup,
     shutdown: Shutdown,
     last_expiry: Instant,
+    /// The dedup set holds every committed id received since this time (seconds).
+    loaded_since: u32,
+    /// The newest time JetStream received a message this instance has read (seconds): the
+    /// dedup horizon counts back from it.
+    newest_received: u32,
 }
 
 /// Runs the aggregator until `shutdown` is cancelled, then flushes and returns.
@@ -96,6 +102,8 @@ pub async fn run(
         dedup: Dedup::new(),
         shutdown: shutdown.clone(),
         last_expiry: Instant::now(),
+        loaded_since: u32::MAX,
+        newest_received: 0,
     };
     match agg.recover().await {
         // stopped before consuming anything: nothing is in flight
@@ -131,7 +139,10 @@ pub async fn run(
                 }
                 next = messages.next() => match next {
                     Some(Ok(msg)) => {
-                        agg.handle(&mut batch, msg);
+                        if agg.handle(&mut batch, msg).await.is_err() {
+                            // stopped while loading older ids: the message stays unacked
+                            break 'session;
+                        }
                         deadline.get_or_insert_with(|| tokio::time::Instant::now() + Duration::from_millis(cfg.batch_max_wait_ms));
                         batch.len() >= cfg.batch_max_events
                     }
@@ -236,10 +247,13 @@ impl Aggregator<'_> {
         }
     }
 
+    fn horizon_secs(&self) -> u32 {
+        u32::try_from(self.cfg.dedup_horizon_secs).unwrap_or(u32::MAX)
+    }
+
     /// Rebuilds the committed dedup set, retrying until ClickHouse answers.
     async fn recover(&mut self) -> Result<(), RunError> {
-        let since = datetime_secs(now_ms())
-            .saturating_sub(u32::try_from(self.cfg.dedup_horizon_secs).unwrap_or(u32::MAX));
+        let since = datetime_secs(now_ms()).saturating_sub(self.horizon_secs());
         let mut backoff = BACKOFF_MIN;
         loop {
             match recovery::load(&self.db, since).await {
@@ -247,9 +261,42 @@ impl Aggregator<'_> {
                     tracing::info!(ids = dedup.committed_len(), "dedup set recovered");
                     metrics::dedup_size(dedup.committed_len(), dedup.committed_bytes());
                     self.dedup = dedup;
+                    self.loaded_since = since;
                     return Ok(());
                 }
                 Err(e) => tracing::warn!(error = %e, "dedup recovery failed, retrying"),
+            }
+            self.pause(&mut backoff)
+                .await
+                .ok_or(RunError::ShutdownDuringFlush)?;
+        }
+    }
+
+    /// Makes sure the dedup set holds every committed id a message received at `received`
+    /// may repeat: those received since `received - horizon`. Recovery loads the horizon
+    /// before the wall clock; a backlog (messages received long before they are read, after
+    /// an outage) needs older ones, loaded here once per backlog.
+    async fn cover(&mut self, received: u32) -> Result<(), RunError> {
+        let needed = received.saturating_sub(self.horizon_secs());
+        if needed >= self.loaded_since {
+            return Ok(());
+        }
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            match recovery::load_range(&self.db, &mut self.dedup, needed, self.loaded_since).await {
+                Ok(rows) => {
+                    tracing::info!(
+                        rows,
+                        from = needed,
+                        "older committed ids loaded for a backlog"
+                    );
+                    metrics::dedup_size(self.dedup.committed_len(), self.dedup.committed_bytes());
+                    self.loaded_since = needed;
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "loading older committed ids failed, retrying")
+                }
             }
             self.pause(&mut backoff)
                 .await
@@ -268,8 +315,21 @@ impl Aggregator<'_> {
         }
     }
 
-    fn handle(&mut self, batch: &mut Batch, msg: Message) {
-        let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+    /// Classifies, deduplicates and folds one message into the batch. Fails only when
+    /// shutdown comes while older committed ids are being loaded (the message is then not in
+    /// the batch and will be redelivered).
+    async fn handle(&mut self, batch: &mut Batch, msg: Message) -> Result<(), RunError> {
+        // when JetStream stored the message: what lateness and the horizon are measured from
+        let (seq, received_ms) = msg
+            .info()
+            .map(|i| {
+                let ms = i.published.unix_timestamp_nanos() / 1_000_000;
+                (i.stream_sequence, i64::try_from(ms).unwrap_or(i64::MAX))
+            })
+            .unwrap_or_else(|_| (0, now_ms()));
+        let received = datetime_secs(received_ms);
+        self.cover(received).await?;
+        self.newest_received = self.newest_received.max(received);
         let subject: &str = &msg.subject;
         let payload = &msg.payload;
         let reject = |batch: &mut Batch, rejection: Rejection| {
@@ -282,14 +342,14 @@ impl Aggregator<'_> {
                 payload: payload.clone(),
             });
         };
-        match self.classifier.classify(subject, payload, now_ms()) {
+        match self.classifier.classify(subject, payload, received_ms) {
             Err(rejection) => reject(batch, rejection),
             Ok(acc) => {
                 let (key, hash) = (acc.key, acc.payload_hash);
                 match self.dedup.check(key, hash) {
                     Seen::New => {
                         batch.add_accepted(acc, seq, self.cfg.window_secs);
-                        self.dedup.reserve(key, hash);
+                        self.dedup.reserve(key, hash, received);
                     }
                     // accepted and duplicates are counted per batch at its flush
                     Seen::Committed | Seen::Pending => batch.duplicates += 1,
@@ -307,6 +367,7 @@ impl Aggregator<'_> {
             }
         }
         batch.track(msg, seq);
+        Ok(())
     }
 
     /// Dead letters, commit, dedup, acks — in that order.
@@ -334,6 +395,9 @@ impl Aggregator<'_> {
                 .await
                 .ok_or(RunError::ShutdownDuringFlush)?;
         }
+        if !batch.rejected.is_empty() {
+            crash::point(CrashPoint::AfterDeadLetters);
+        }
         if !batch.events.is_empty() {
             self.commit(batch).await?;
             metrics::committed(batch.events.len(), batch.readings());
@@ -341,8 +405,15 @@ impl Aggregator<'_> {
                 metrics::event_to_commit((now_ms() - oldest).max(0) as f64 / 1000.0);
             }
         }
-        self.dedup.commit_pending(datetime_secs(now_ms()));
-        for msg in &batch.to_ack {
+        crash::point(CrashPoint::AfterMarker);
+        self.dedup.commit_pending();
+        let half = batch.to_ack.len() / 2;
+        for (i, msg) in batch.to_ack.iter().enumerate() {
+            if i == half && i > 0 {
+                // the acks sent so far must reach the server before the crash they test
+                let _ = self.nats.flush().await;
+                crash::point(CrashPoint::MidAck);
+            }
             if let Err(e) = msg.ack().await {
                 tracing::warn!(error = %e, "ack failed; the message will be redelivered and deduplicated");
             }
@@ -408,8 +479,13 @@ impl Aggregator<'_> {
             return;
         }
         self.last_expiry = Instant::now();
-        let horizon = u32::try_from(self.cfg.dedup_horizon_secs).unwrap_or(u32::MAX);
-        let dropped = self.dedup.expire(datetime_secs(now_ms()), horizon);
+        let horizon = self.horizon_secs();
+        let dropped = self.dedup.expire(self.newest_received, horizon);
+        // ids received before the cutoff are gone: a redelivered message that needs them
+        // loads them again (`cover`)
+        self.loaded_since = self
+            .loaded_since
+            .max(self.newest_received.saturating_sub(horizon));
         tracing::debug!(dropped, "dedup ids expired");
         metrics::dedup_size(self.dedup.committed_len(), self.dedup.committed_bytes());
     }

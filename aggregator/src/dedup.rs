@@ -2,7 +2,10 @@
 //! committed set bounded by the horizon.
 //!
 //! An id moves from pending to committed only when its batch's commit marker is durable
-//! ([`Dedup::commit_pending`]); it is never marked seen earlier. Keys are 128-bit xxh3 hashes
+//! ([`Dedup::commit_pending`]); it is never marked seen earlier. Every id carries the time
+//! JetStream received it, and expiry counts the horizon back from the newest received time
+//! the aggregator has read (not from the wall clock), so a backlog keeps the ids its re-sends
+//! need. Keys are 128-bit xxh3 hashes
 //! of (customer, id), payloads 64-bit hashes of what the event says, so a retry (same
 //! payload) and a conflict (same id, different payload) are told apart. The committed set is
 //! an [`IdSet`] of 24-byte slots keeping the low 32 bits of the payload hash (a conflict that
@@ -74,7 +77,8 @@ pub enum Seen {
 #[derive(Debug, Default)]
 pub struct Dedup {
     committed: IdSet,
-    pending: HashMap<u128, u64, BuildHasherDefault<KeyHasher>>,
+    /// key -> (payload hash, received at)
+    pending: HashMap<u128, (u64, u32), BuildHasherDefault<KeyHasher>>,
 }
 
 impl Dedup {
@@ -84,7 +88,7 @@ impl Dedup {
 
     /// Looks an id up without changing anything.
     pub fn check(&self, key: u128, payload_hash: u64) -> Seen {
-        if let Some(h) = self.pending.get(&key) {
+        if let Some((h, _)) = self.pending.get(&key) {
             return if *h == payload_hash {
                 Seen::Pending
             } else {
@@ -98,28 +102,30 @@ impl Dedup {
         }
     }
 
-    /// Reserves a new id for the batch in flight.
-    pub fn reserve(&mut self, key: u128, payload_hash: u64) {
+    /// Reserves a new id, received at `received_secs`, for the batch in flight.
+    pub fn reserve(&mut self, key: u128, payload_hash: u64, received_secs: u32) {
         debug_assert_eq!(self.check(key, payload_hash), Seen::New);
-        self.pending.insert(key, payload_hash);
+        self.pending.insert(key, (payload_hash, received_secs));
     }
 
-    /// The batch's marker is durable: its ids become committed at `now_secs`.
-    pub fn commit_pending(&mut self, now_secs: u32) {
-        for (key, payload_hash) in self.pending.drain() {
-            self.committed.insert(key, payload_hash as u32, now_secs);
+    /// The batch's marker is durable: its ids become committed.
+    pub fn commit_pending(&mut self) {
+        for (key, (payload_hash, received_secs)) in self.pending.drain() {
+            self.committed
+                .insert(key, payload_hash as u32, received_secs);
         }
     }
 
-    /// Records an id known to be committed (recovery at start).
-    pub fn insert_committed(&mut self, key: u128, payload_hash: u64, committed_at_secs: u32) {
+    /// Records an id known to be committed (recovery), received at `received_secs`.
+    pub fn insert_committed(&mut self, key: u128, payload_hash: u64, received_secs: u32) {
         self.committed
-            .insert(key, payload_hash as u32, committed_at_secs);
+            .insert(key, payload_hash as u32, received_secs);
     }
 
-    /// Forgets committed ids older than `horizon_secs` at `now_secs`; returns how many.
-    pub fn expire(&mut self, now_secs: u32, horizon_secs: u32) -> usize {
-        let cutoff = now_secs.saturating_sub(horizon_secs);
+    /// Forgets committed ids received more than `horizon_secs` before `newest_secs` (the
+    /// newest received time read so far); returns how many.
+    pub fn expire(&mut self, newest_secs: u32, horizon_secs: u32) -> usize {
+        let cutoff = newest_secs.saturating_sub(horizon_secs);
         self.committed.retain_by_time(|at| at >= cutoff)
     }
 
@@ -152,10 +158,10 @@ mod tests {
         let mut d = Dedup::new();
         let (k, h) = (event_key("acme", "e1"), payload_hash("t", 1, "{}"));
         assert_eq!(d.check(k, h), Seen::New);
-        d.reserve(k, h);
+        d.reserve(k, h, 100);
         assert_eq!(d.check(k, h), Seen::Pending);
         assert_eq!(d.check(k, h ^ 1), Seen::Conflict);
-        d.commit_pending(100);
+        d.commit_pending();
         assert_eq!(d.check(k, h), Seen::Committed);
         assert_eq!(d.check(k, h ^ 1), Seen::Conflict);
         assert_eq!(d.expire(150, 100), 0);

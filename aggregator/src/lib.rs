@@ -22,18 +22,26 @@
 //!    A crash before that redelivers them.
 //! 4. **Dedup after commit.** An id joins the committed dedup set only after its batch's
 //!    marker is durable; while its batch is in flight it is *pending* and a second copy waits
-//!    for the batch. On start the set is rebuilt from committed raw events younger than the
-//!    horizon, so a message redelivered after a crash (marker written, ack lost) is recognised
+//!    for the batch. On start the set is rebuilt from committed raw events received within the
+//!    horizon (and, when a backlog is read, from older ones as far back as its messages
+//!    need), so a message redelivered after a crash (marker written, ack lost) is recognised
 //!    as a duplicate and contributes nothing.
 //! 5. **Deterministic identity.** A reading's identity is (customer, event id, meter), and
 //!    `v_usage_readings` / `v_usage` count each identity once across committed batches. So
 //!    even when two instances commit the same event (one paused past AckWait while its
 //!    messages were redelivered to the other, then resumed), it counts once. The fault test
 //!    (`tests/faults.rs`) shows such doubles being written and absorbed.
-//! 6. **Horizon covers lateness.** Configuration requires `dedup_horizon_secs >=
-//!    allowed_lateness_secs + future_tolerance_secs`; an id re-sent after the horizon is
-//!    therefore always older than the allowed lateness and refused as `too_late`, so no id is
-//!    ever counted twice, however late it comes back.
+//! 6. **Horizon covers lateness.** Every time here is the time JetStream *received* the
+//!    message (its stream timestamp), not the time the aggregator reads it: lateness and
+//!    future tolerance are judged against it (so a backlog after an outage never turns events
+//!    that were on time into `too_late`, and a redelivery is judged as the first delivery was),
+//!    and the dedup set keeps an id for `dedup_horizon_secs` of received time. Configuration
+//!    requires `dedup_horizon_secs >= allowed_lateness_secs + future_tolerance_secs`. A copy
+//!    received within the horizon of the first one finds it in the set; a copy received later
+//!    than that is refused as `too_late`, because the first copy was received at most
+//!    `future_tolerance_secs` before the event time, so the event time is more than the
+//!    allowed lateness before the second copy's. So no id is ever counted twice, however
+//!    late it comes back.
 //!
 //! Scale-out partitions the subject space by customer (`nats.partitions`, a NATS server
 //! mapping) with one consumer per partition, so a customer's dedup set and windows live in one
@@ -48,6 +56,7 @@
 //! - [`batch`]: the in-memory batch: events, windowed readings and the messages to ack.
 //! - [`sink`]: ClickHouse rows and the insert-then-mark commit.
 //! - [`dead_letter`]: dead-letter records.
+//! - [`crash`]: crash points the fault tests arm to kill the process between two commit steps.
 //! - [`recovery`]: rebuilding the dedup set at start.
 //! - [`consumer`]: the consume-fold-flush-ack loop.
 //! - [`metrics`]: every metric this crate emits.
@@ -56,6 +65,7 @@ pub mod batch;
 pub mod classify;
 pub mod config;
 pub mod consumer;
+pub mod crash;
 pub mod dead_letter;
 pub mod dedup;
 pub mod idset;

@@ -1,6 +1,6 @@
-//! Rebuilding the committed dedup set at start from ClickHouse: the (customer, id, payload
-//! hash) of every raw event of a committed batch received within the horizon. Rows of
-//! uncommitted batches are ignored, exactly as readers ignore them.
+//! Rebuilding the committed dedup set from ClickHouse: the (customer, id, payload hash) of
+//! every raw event of a committed batch that JetStream received within the horizon. Rows of
+//! uncommitted batches are ignored, exactly as readers ignore them. Never writes anything.
 
 use clickhouse::Client;
 use serde::Deserialize;
@@ -17,20 +17,36 @@ struct SeenRow {
 
 /// Loads every committed id received at or after `since_secs` into a fresh dedup set.
 pub async fn load(db: &Client, since_secs: u32) -> Result<Dedup, clickhouse::error::Error> {
+    let mut dedup = Dedup::new();
+    load_range(db, &mut dedup, since_secs, u32::MAX).await?;
+    Ok(dedup)
+}
+
+/// Adds every committed id received in `[from_secs, until_secs)` to `dedup`; returns how many
+/// rows were read.
+pub async fn load_range(
+    db: &Client,
+    dedup: &mut Dedup,
+    from_secs: u32,
+    until_secs: u32,
+) -> Result<usize, clickhouse::error::Error> {
     let mut cursor = db
         .query(
             "SELECT customer, event_id, payload_hash, received_at FROM usage_events \
-             WHERE received_at >= ? AND batch_id IN (SELECT batch_id FROM usage_batches)",
+             WHERE received_at >= ? AND received_at < ? \
+             AND batch_id IN (SELECT batch_id FROM usage_batches)",
         )
-        .bind(since_secs)
+        .bind(from_secs)
+        .bind(until_secs)
         .fetch::<SeenRow>()?;
-    let mut dedup = Dedup::new();
+    let mut rows = 0;
     while let Some(row) = cursor.next().await? {
         dedup.insert_committed(
             event_key(&row.customer, &row.event_id),
             row.payload_hash,
             row.received_at,
         );
+        rows += 1;
     }
-    Ok(dedup)
+    Ok(rows)
 }

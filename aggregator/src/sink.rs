@@ -15,6 +15,7 @@ use tally_domain::Meter;
 use tally_platform::store::{datetime_secs, dec9};
 
 use crate::batch::Batch;
+use crate::crash::{self, CrashPoint};
 use crate::metrics;
 
 #[derive(clickhouse::Row, Serialize)]
@@ -125,12 +126,7 @@ async fn finish<T>(
 
 /// The batch's raw events, one row each, written as they are built (a batch's rows are never
 /// collected into a vector of their own: megabytes per flush at the default batch size).
-async fn insert_events(
-    db: &Client,
-    batch: &Batch,
-    batch_id: &str,
-    now: u32,
-) -> Result<(), CommitError> {
+async fn insert_events(db: &Client, batch: &Batch, batch_id: &str) -> Result<(), CommitError> {
     let (table, started) = ("usage_events", Instant::now());
     let mut insert = open::<EventRow<'static>>(db, table).await?;
     for a in &batch.events {
@@ -145,7 +141,7 @@ async fn insert_events(
             payload_hash: a.payload_hash,
             batch_id,
             stream_seq: a.stream_seq,
-            received_at: now,
+            received_at: a.received_at,
         };
         insert.write(&row).await.map_err(insert_error(table))?;
     }
@@ -205,7 +201,7 @@ pub async fn write_rows(
     // both inserts at once: the marker waits for both, so a failure of either (even after the
     // other succeeded) leaves rows that never count, exactly as when they ran one by one
     futures::future::try_join(
-        insert_events(db, batch, batch_id, now),
+        insert_events(db, batch, batch_id),
         insert_readings(db, batch, meters, batch_id, window_secs, now),
     )
     .await?;
@@ -225,6 +221,7 @@ pub async fn commit(
     now_ms: i64,
 ) -> Result<(), CommitError> {
     let reading_count = write_rows(db, batch, meters, batch_id, window_secs, now_ms).await?;
+    crash::point(CrashPoint::AfterRows);
     let now = datetime_secs(now_ms);
     let marker = MarkerRow {
         batch_id,

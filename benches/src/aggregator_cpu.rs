@@ -105,10 +105,10 @@ pub fn run_on(msgs: &[(String, Bytes)], batch: usize) -> CpuReport {
                 if dedup.check(acc.key, acc.payload_hash) == Seen::New {
                     let (key, hash) = (acc.key, acc.payload_hash);
                     b.add_accepted(acc, seq as u64, 60);
-                    dedup.reserve(key, hash);
+                    dedup.reserve(key, hash, (now_ms / 1000) as u32);
                 }
             }
-            dedup.commit_pending((now_ms / 1000) as u32);
+            dedup.commit_pending();
             std::hint::black_box(&b);
             hist.record(t.elapsed().as_micros() as u64)
                 .expect("in range");

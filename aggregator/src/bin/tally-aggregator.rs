@@ -46,6 +46,7 @@ async fn main() -> anyhow::Result<()> {
         "setting `meters`: no meter is declared, every event would be refused"
     );
     telemetry::init_logs(&cfg.telemetry);
+    tally_aggregator::crash::arm_from_env();
     telemetry::serve_metrics(cfg.aggregator.metrics_addr.parse()?)?;
     let nats = streams::connect(&cfg.nats).await?;
     let db = store::connect(&cfg.clickhouse);

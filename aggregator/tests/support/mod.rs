@@ -265,20 +265,7 @@ pub struct AggregatorProcess {
 
 impl AggregatorProcess {
     pub fn start(binary: &str, config: &Path, log: &Path) -> AggregatorProcess {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("log");
-        let child = Command::new(binary)
-            .args(["--config"])
-            .arg(config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("aggregator binary");
-        AggregatorProcess { child }
+        Self::start_with_env(binary, config, log, "RUST_LOG", "warn")
     }
 
     pub fn pid(&self) -> u32 {
@@ -335,5 +322,47 @@ impl Drop for AggregatorProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl AggregatorProcess {
+    /// Starts the binary with one more environment variable (a crash point, for example).
+    pub fn start_with_env(
+        binary: &str,
+        config: &Path,
+        log: &Path,
+        var: &str,
+        value: &str,
+    ) -> AggregatorProcess {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log");
+        let child = Command::new(binary)
+            .args(["--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .env(var, value)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("aggregator binary");
+        AggregatorProcess { child }
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; `None` if it is still running
+    /// (it is then killed when dropped).
+    pub fn wait_exit(mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
