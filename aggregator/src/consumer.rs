@@ -172,6 +172,14 @@ pub async fn run(
     Ok(())
 }
 
+/// Whether `customer`'s events come to the instance of `partition`.
+fn owns(nats_cfg: &NatsConfig, partition: Option<u32>, customer: &str) -> bool {
+    match nats_cfg.partition_of(customer) {
+        Some(p) => partition == Some(p),
+        None => true,
+    }
+}
+
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
@@ -247,6 +255,11 @@ impl Aggregator<'_> {
         }
     }
 
+    /// Whether `customer`'s events come to this instance (always, without partitions).
+    fn owns(&self, customer: &str) -> bool {
+        owns(self.nats_cfg, self.cfg.partition, customer)
+    }
+
     fn horizon_secs(&self) -> u32 {
         u32::try_from(self.cfg.dedup_horizon_secs).unwrap_or(u32::MAX)
     }
@@ -256,7 +269,8 @@ impl Aggregator<'_> {
         let since = datetime_secs(now_ms()).saturating_sub(self.horizon_secs());
         let mut backoff = BACKOFF_MIN;
         loop {
-            match recovery::load(&self.db, since).await {
+            let mine = |customer: &str| self.owns(customer);
+            match recovery::load(&self.db, since, &mine).await {
                 Ok(dedup) => {
                     tracing::info!(ids = dedup.committed_len(), "dedup set recovered");
                     metrics::dedup_size(dedup.committed_len(), dedup.committed_bytes());
@@ -283,7 +297,11 @@ impl Aggregator<'_> {
         }
         let mut backoff = BACKOFF_MIN;
         loop {
-            match recovery::load_range(&self.db, &mut self.dedup, needed, self.loaded_since).await {
+            let (nats_cfg, partition) = (self.nats_cfg, self.cfg.partition);
+            let mine = move |customer: &str| owns(nats_cfg, partition, customer);
+            let loaded =
+                recovery::load_range(&self.db, &mut self.dedup, needed, self.loaded_since, &mine);
+            match loaded.await {
                 Ok(rows) => {
                     tracing::info!(
                         rows,

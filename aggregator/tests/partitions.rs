@@ -99,6 +99,25 @@ async fn two_partitions_split_customers_and_count_exactly() {
         per_customer.iter().all(|(_, consumers)| *consumers == 1),
         "{per_customer:?}"
     );
+    // the server's partition of each customer is the one NatsConfig::partition_of computes
+    // (recovery keeps only its own partition's ids by it)
+    let by_server: Vec<(String, String)> = db
+        .query(
+            "SELECT e.customer, any(b.consumer) FROM usage_events AS e \
+             ANY INNER JOIN (SELECT batch_id, consumer FROM usage_batches) AS b USING batch_id \
+             GROUP BY e.customer ORDER BY e.customer",
+        )
+        .fetch_all()
+        .await
+        .unwrap();
+    for (customer, consumer) in &by_server {
+        let p = env.nats.partition_of(customer).expect("partitions");
+        assert_eq!(
+            consumer,
+            &format!("aggregator-p{p}"),
+            "partition of {customer}"
+        );
+    }
     let consumers: Vec<String> = db
         .query("SELECT DISTINCT consumer FROM usage_batches ORDER BY consumer")
         .fetch_all()
@@ -113,6 +132,24 @@ async fn two_partitions_split_customers_and_count_exactly() {
     stop.cancel();
     for t in tasks {
         t.await.unwrap().unwrap();
+    }
+
+    // a restarted instance rebuilds only its own partition's ids
+    for p in 0..2 {
+        let mine = |customer: &str| env.nats.partition_of(customer) == Some(p);
+        let dedup = tally_aggregator::recovery::load(&db, 0, &mine)
+            .await
+            .unwrap();
+        let expected = events.iter().filter(|e| mine(e.customer.as_str())).count();
+        assert!(
+            expected > 0 && expected < events.len(),
+            "both partitions hold customers"
+        );
+        assert_eq!(
+            dedup.committed_len(),
+            expected,
+            "ids recovered by partition {p}"
+        );
     }
     env.cleanup().await;
 }

@@ -195,6 +195,20 @@ impl NatsConfig {
         }
     }
 
+    /// The partition the NATS server maps `customer`'s events to (its `partition(n,1)`
+    /// transform: FNV-1a 32 of the customer token, modulo the partitions); `None` without
+    /// partitions. Checked against a real server by the aggregator's partitions test.
+    pub fn partition_of(&self, customer: &str) -> Option<u32> {
+        (self.partitions > 0).then(|| {
+            let mut h: u32 = 0x811c_9dc5;
+            for b in customer.as_bytes() {
+                h ^= u32::from(*b);
+                h = h.wrapping_mul(0x0100_0193);
+            }
+            h % self.partitions
+        })
+    }
+
     /// The `mappings` entry the NATS server needs for partitions, in nats-server config
     /// syntax (partitioned by the customer token, so a customer's events, and so its dedup
     /// and windows, always stay in one partition). `None` without partitions.
