@@ -57,6 +57,10 @@ pub struct AggregatorConfig {
     /// Prometheus endpoint. Default `127.0.0.1:9101`.
     #[serde(default = "default_metrics_addr")]
     pub metrics_addr: String,
+    /// How often final windows are sealed into `usage_rollups`, in seconds (by the instance
+    /// of partition 0, or the only one). Default 30.
+    #[serde(default = "default_seal_every_secs")]
+    pub seal_every_secs: u64,
 }
 
 fn default_consumer() -> String {
@@ -86,6 +90,9 @@ const fn default_max_event_bytes() -> usize {
 const fn default_ack_wait_secs() -> u64 {
     60
 }
+const fn default_seal_every_secs() -> u64 {
+    30
+}
 fn default_metrics_addr() -> String {
     "127.0.0.1:9101".into()
 }
@@ -105,6 +112,7 @@ impl Default for AggregatorConfig {
             max_event_bytes: default_max_event_bytes(),
             ack_wait_secs: default_ack_wait_secs(),
             metrics_addr: default_metrics_addr(),
+            seal_every_secs: default_seal_every_secs(),
         }
     }
 }
@@ -134,6 +142,21 @@ impl AggregatorConfig {
         }
     }
 
+    /// Every durable consumer the aggregators of this deployment use: one per partition.
+    pub fn all_consumer_names(&self, nats: &tally_platform::NatsConfig) -> Vec<String> {
+        if nats.partitions == 0 {
+            return vec![self.consumer.clone()];
+        }
+        (0..nats.partitions)
+            .map(|p| format!("{}-p{p}", self.consumer))
+            .collect()
+    }
+
+    /// Whether this instance seals windows: partition 0's, or the only one.
+    pub fn seals(&self) -> bool {
+        self.partition.unwrap_or(0) == 0
+    }
+
     /// The durable consumer name: `<consumer>`, or `<consumer>-p<partition>`.
     pub fn consumer_name(&self) -> String {
         match self.partition {
@@ -158,6 +181,7 @@ impl AggregatorConfig {
         positive("window_secs", u64::from(self.window_secs))?;
         positive("max_event_bytes", self.max_event_bytes as u64)?;
         positive("ack_wait_secs", self.ack_wait_secs)?;
+        positive("seal_every_secs", self.seal_every_secs)?;
         if 86_400 % self.window_secs != 0 {
             return Err(ConfigError::invalid(
                 "aggregator.window_secs",

@@ -27,7 +27,7 @@ use crate::classify::{Classifier, Rejection};
 use crate::config::AggregatorConfig;
 use crate::crash::{self, CrashPoint};
 use crate::dedup::{Dedup, Seen};
-use crate::{dead_letter, metrics, recovery, sink};
+use crate::{dead_letter, metrics, recovery, seal, sink};
 
 /// Why the aggregator stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +50,12 @@ const GAUGES_TIMEOUT: Duration = Duration::from_secs(1);
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
 const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
 
-fn now_ms() -> i64 {
+/// Nanoseconds since the epoch (NATS timestamps) to milliseconds.
+pub(crate) fn ms_from_nanos(nanos: i128) -> i64 {
+    i64::try_from(nanos / 1_000_000).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -110,6 +115,23 @@ pub async fn run(
         Err(RunError::ShutdownDuringFlush) => return Ok(()),
         other => other?,
     }
+    // stopped with the loop, on every way out of this function
+    let _sealer = cfg.seals().then(|| {
+        let seal_cfg = seal::SealConfig {
+            stream: nats_cfg.stream.clone(),
+            consumers: cfg.all_consumer_names(nats_cfg),
+            lateness_secs: cfg.allowed_lateness_secs,
+            label: format!("sealer:{}", cfg.consumer),
+        };
+        let every = Duration::from_secs(cfg.seal_every_secs);
+        AbortOnDrop(tokio::spawn(seal::run(
+            agg.db.clone(),
+            agg.js.clone(),
+            seal_cfg,
+            every,
+            shutdown.clone(),
+        )))
+    });
     tracing::info!(consumer = %cfg.consumer_name(), stream = %nats_cfg.stream, "aggregator consuming");
     health::set_ready("consumer", true);
 
@@ -177,6 +199,15 @@ fn owns(nats_cfg: &NatsConfig, partition: Option<u32>, customer: &str) -> bool {
     match nats_cfg.partition_of(customer) {
         Some(p) => partition == Some(p),
         None => true,
+    }
+}
+
+/// A spawned task that stops when its owner goes.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -341,8 +372,8 @@ impl Aggregator<'_> {
         let (seq, received_ms) = msg
             .info()
             .map(|i| {
-                let ms = i.published.unix_timestamp_nanos() / 1_000_000;
-                (i.stream_sequence, i64::try_from(ms).unwrap_or(i64::MAX))
+                let ms = ms_from_nanos(i.published.unix_timestamp_nanos());
+                (i.stream_sequence, ms)
             })
             .unwrap_or_else(|_| (0, now_ms()));
         let received = datetime_secs(received_ms);

@@ -58,6 +58,7 @@
 //! - [`dead_letter`]: dead-letter records.
 //! - [`crash`]: crash points the fault tests arm to kill the process between two commit steps.
 //! - [`recovery`]: rebuilding the dedup set at start.
+//! - [`seal`]: writing the rollups of windows that can no longer change.
 //! - [`consumer`]: the consume-fold-flush-ack loop.
 //! - [`metrics`]: every metric this crate emits.
 
@@ -72,6 +73,7 @@ pub mod idset;
 pub mod metrics;
 pub mod payload;
 pub mod recovery;
+pub mod seal;
 pub mod sink;
 
 pub use config::AggregatorConfig;

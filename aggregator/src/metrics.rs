@@ -20,6 +20,7 @@ pub fn init() {
     counter!("tally_aggregator_batches_total").absolute(0);
     counter!("tally_aggregator_commit_errors_total").absolute(0);
     committed(0, 0);
+    sealed(0);
 }
 
 /// Messages by outcome: `accepted`, `duplicate`, `rejected`.
@@ -75,4 +76,9 @@ pub fn lag(pending: u64, ack_pending: usize) {
 /// Messages in the dead-letter stream (its depth; limits retention ages them out).
 pub fn dead_letter_depth(messages: u64) {
     gauge!("tally_aggregator_dead_letter_messages").set(messages as f64);
+}
+
+/// Rollup rows written by sealing final windows.
+pub fn sealed(rows: u64) {
+    counter!("tally_aggregator_sealed_rollups_total").increment(rows);
 }

@@ -248,6 +248,27 @@ pub async fn commit(
     }
 }
 
+/// Writes the marker of a seal (`seal.rs`): `rollups` rows written under `batch_id` by
+/// `consumer`, counted from now on.
+pub async fn mark_seal(
+    db: &Client,
+    batch_id: &str,
+    consumer: &str,
+    rollups: u64,
+    now_ms: i64,
+) -> Result<(), CommitError> {
+    let marker = MarkerRow {
+        batch_id,
+        consumer,
+        first_seq: 0,
+        last_seq: 0,
+        events: 0,
+        rollups: u32::try_from(rollups).unwrap_or(u32::MAX),
+        committed_at: datetime_secs(now_ms),
+    };
+    insert_rows::<MarkerRow<'static>>(db, "usage_batches", vec![marker]).await
+}
+
 /// Whether the marker of `batch_id` is durable.
 pub async fn marker_exists(db: &Client, batch_id: &str) -> Result<bool, clickhouse::error::Error> {
     let n: u64 = db

@@ -87,6 +87,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(19, "0019_catalog_tax_and_fx_rates.sql"),
     migration!(20, "0020_payment_profiles.sql"),
     migration!(21, "0021_service_roles_billing.sql"),
+    migration!(22, "0022_sealed_rollups.sql"),
 ];
 
 /// A capability a migration needs from the server (its `-- requires:` header).

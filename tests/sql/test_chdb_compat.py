@@ -99,6 +99,8 @@ def substitute(stmt, database):
 
 
 CREATE_TABLE = re.compile(r"^\s*CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)\s*\((.*)\)\s*ENGINE\b", re.S | re.I)
+ALTER_ADD = re.compile(r"^\s*ALTER\s+TABLE\s+(\w+)\s+(ADD\s+COLUMN\b.*)$", re.S | re.I)
+ADD_COLUMN = re.compile(r"^ADD\s+COLUMN\s+(\w+)\s+(.+)$", re.S | re.I)
 CREATE_VIEW = re.compile(r"^\s*CREATE\s+(?:OR\s+REPLACE\s+)?VIEW\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", re.I)
 DROP_VIEW = re.compile(r"^\s*DROP\s+(?:VIEW|TABLE)\s+(?:IF\s+EXISTS\s+)?(\w+)", re.I)
 
@@ -135,6 +137,22 @@ def table_columns():
     return tables
 
 
+def added_columns():
+    """{table: [(column, type)]} from every `ALTER TABLE ... ADD COLUMN` in the migrations
+    (types without their DEFAULT expressions)."""
+    added = {}
+    for _, stmt in all_statements():
+        m = ALTER_ADD.match(stmt)
+        if not m:
+            continue
+        for clause in split_top_level(m.group(2)):
+            c = ADD_COLUMN.match(clause.strip())
+            if c:
+                ctype = re.split(r"\s+DEFAULT\s+", c.group(2).strip(), flags=re.I)[0].strip()
+                added.setdefault(m.group(1), []).append((c.group(1), ctype))
+    return added
+
+
 def view_names():
     """Views the migrations leave in place, in the order they are created."""
     views = []
@@ -152,8 +170,19 @@ def view_names():
 
 W1 = "2026-11-01 10:00:00"  # an hourly window: two committed batches and an uncommitted one
 W2 = "2026-11-01 11:00:00"  # only uncommitted rows: must not appear at all
+W3 = "2026-11-01 09:00:00"  # a sealed window: read from its rollup rows, not its readings
 M1 = "2026-11-01 10:00:00"  # a one-minute window of another customer
 TOKENS = dict(group_names=["model", "kind"], group_values=["gpt-4o", "output"], group_key="model=gpt-4o,kind=output")
+
+
+def rollup(batch, window_start, meter, aggregation, quantity, events, customer="acme", window_secs=3600, **extra):
+    row = dict(
+        window_start=window_start, window_secs=window_secs, customer=customer, agent="support-bot-7", meter=meter,
+        aggregation=aggregation, group_names=[], group_values=[], group_key="", events=events, batch_id=batch,
+        inserted_at="2026-11-01 12:00:00", quantity=quantity, sealed=1,
+    )
+    row.update(extra)
+    return row
 
 
 def reading(batch, event_id, window_start, meter, aggregation, value, customer="acme", window_secs=3600,
@@ -172,6 +201,24 @@ FIXTURE = {
     "usage_batches": [
         [dict(batch_id="b1", consumer="aggregator", first_seq=1, last_seq=7, events=7, rollups=5, committed_at="2026-11-01 10:30:00")],
         [dict(batch_id="b2", consumer="aggregator", first_seq=8, last_seq=14, events=7, rollups=5, committed_at="2026-11-01 10:59:00")],
+        [dict(batch_id="b0", consumer="aggregator", first_seq=0, last_seq=0, events=2, rollups=2, committed_at="2026-11-01 10:00:00"),
+         dict(batch_id="seal-a", consumer="sealer:aggregator", first_seq=0, last_seq=0, events=0, rollups=2, committed_at="2026-11-01 10:01:00"),
+         dict(batch_id="seal-b", consumer="sealer:aggregator", first_seq=0, last_seq=0, events=0, rollups=2, committed_at="2026-11-01 10:01:00")],
+    ],
+    "usage_rollups": [
+        [
+            # W3 sealed twice (two sealers racing): only seal-a, the smaller batch id, is read
+            rollup("seal-a", W3, "tokens", "SUM", "2.5", 2, **TOKENS),
+            rollup("seal-a", W3, "tool_calls", "COUNT", "1", 1),
+        ],
+        [
+            rollup("seal-b", W3, "tokens", "SUM", "2.5", 2, **TOKENS),
+            rollup("seal-b", W3, "tool_calls", "COUNT", "1", 1),
+            # a seal of W1 that never got its marker (the sealer crashed): W1 stays live
+            rollup("seal-z", W1, "tokens", "SUM", "777", 9, **TOKENS),
+            # a row written before sealing existed (sealed = 0): never read
+            rollup("b1", W1, "tokens", "SUM", "555", 5, sealed=0, **TOKENS),
+        ],
     ],
     "usage_readings": [
         [
@@ -199,6 +246,14 @@ FIXTURE = {
             reading("b2", "u3", W1, "users", "UNIQUE_COUNT", "1", unique_value="alice"),
             reading("b2", "s3", W1, "seats", "LATEST", "7", time_ms=2000),
             reading("b2", "g1", M1, "tokens", "SUM", "0.000000001", customer="globex", window_secs=60),
+        ],
+        [
+            # W3's readings, committed by b0 and sealed into the rollups above...
+            reading("b0", "h1", W3, "tokens", "SUM", "1", **TOKENS),
+            reading("b0", "h2", W3, "tokens", "SUM", "1.5", **TOKENS),
+            reading("b0", "h3", W3, "tool_calls", "COUNT", "1"),
+            # ...and a reading committed into W3 after its seal: a sealed window no longer changes
+            reading("b2", "h4", W3, "tokens", "SUM", "1000", **TOKENS),
         ],
         [
             # b3 has readings but no marker: a crash between the two writes. It counts nowhere.
@@ -305,6 +360,9 @@ EXPECTED = {
     "v_usage": {
         "columns": ["customer", "meter", "aggregation", "window_start", "window_end", "group_key", "quantity", "event_count"],
         "rows": [
+            # W3 (09:00) first. Sealed: from seal-a's rows (1 + 1.5, and one call), not b2's later reading, not seal-b twice
+            ["acme", "tokens", "SUM", W3, W1, "model=gpt-4o,kind=output", "2.500000000", "2"],
+            ["acme", "tool_calls", "COUNT", W3, W1, "", "1.000000000", "1"],
             # Ordered by every column, window_end (second) first decides: globex's 60 s window.
             ["globex", "tokens", "SUM", M1, "2026-11-01 10:01:00", "", "0.000000001", "1"],
             # b1 + b2; b3's readings are not committed.
@@ -401,15 +459,19 @@ def default_for(ctype):
 
 
 def insert_statements():
-    """INSERTs of FIXTURE, with every column the migrations define (defaults for the rest)."""
+    """INSERTs of FIXTURE, with every column the table was created with (defaults for the rest)
+    plus the columns later migrations added that the part's rows name (the others keep their
+    DEFAULT expressions)."""
     tables = table_columns()
+    added = added_columns()
     out = []
     for table, parts in FIXTURE.items():
         if table not in tables:
             raise AssertionError(f"fixture table {table} is not created by any migration")
-        cols = tables[table]
-        known = {name for name, _ in cols}
         for rows in parts:
+            named = {n for row in rows for n in row}
+            cols = tables[table] + [(n, t) for n, t in added.get(table, []) if n in named]
+            known = {name for name, _ in cols}
             values = []
             for row in rows:
                 unknown = set(row) - known
@@ -697,9 +759,9 @@ class Compat(unittest.TestCase):
                 text = engine.query(f"SELECT count() FROM v_usage WHERE window_start = '{W2}'")
                 self.assertEqual(text.strip(), "0")
                 total = engine.query("SELECT sum(event_count) FROM v_usage")
-                self.assertEqual(total.strip(), str(1 + 2 + 4 + 3 + 5 + 7 + 3))
+                self.assertEqual(total.strip(), str(1 + 2 + 4 + 3 + 5 + 7 + 3 + 2 + 1))
                 distinct = engine.query("SELECT count() FROM v_usage_readings")
-                self.assertEqual(distinct.strip(), "25", "each committed (customer, event_id, meter) once")
+                self.assertEqual(distinct.strip(), "29", "each committed (customer, event_id, meter) once")
 
 
 if __name__ == "__main__":

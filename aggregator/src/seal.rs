@@ -1,0 +1,194 @@
+//! Sealing: once a tumbling window can no longer change, its usage is written into
+//! `usage_rollups` (one row per customer, agent, meter, window and group, `sealed = 1`) under
+//! a fresh batch id, then a marker in `usage_batches`. From then on `v_usage` reads the window
+//! from those rows instead of folding its readings (migration 0022), so a copy of an event
+//! committed later (a paused instance resuming) cannot change it, and readers fold fewer rows.
+//!
+//! When a window is final: an event is accepted only if JetStream received it at most the
+//! allowed lateness after its time, so every event of a window ending at `end` was received
+//! by `end + lateness`. Messages are acknowledged only after they are committed, and JetStream
+//! received them in stream order. So once the oldest message not yet acknowledged (by any of
+//! the aggregator's consumers) was received after `end + lateness`, every event of the window
+//! is committed. [`final_until`] finds that bound; with nothing unacknowledged it is the time
+//! the newest message in the stream was received (any later message is received after it, by
+//! the same server clock: no skew between machines enters).
+//!
+//! A seal that stops half-way (a crash, a refused insert) has no marker and counts nowhere;
+//! the next pass seals the same windows under a new id. Two sealers racing are harmless: the
+//! view reads one seal per (customer, window), the smallest batch id, and both hold the same
+//! numbers. This module never seals a window that can still change and never edits a row.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use clickhouse::Client;
+use tally_platform::shutdown::Shutdown;
+use tally_platform::store::datetime_secs;
+
+use crate::consumer::ms_from_nanos;
+use crate::{metrics, sink};
+
+/// Why a sealing pass did not finish (the next pass tries again).
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    #[error("reading consumer {consumer} of stream {stream}: {detail}")]
+    Consumer {
+        stream: String,
+        consumer: String,
+        detail: String,
+    },
+    #[error("sealing in ClickHouse: {0}")]
+    ClickHouse(#[from] clickhouse::error::Error),
+    #[error("writing the seal marker: {0}")]
+    Marker(#[from] sink::CommitError),
+}
+
+/// Where the sealer looks and what it may seal.
+#[derive(Debug, Clone)]
+pub struct SealConfig {
+    /// The usage stream.
+    pub stream: String,
+    /// Every durable consumer the aggregators consume the stream with (one per partition).
+    pub consumers: Vec<String>,
+    /// `aggregator.allowed_lateness_secs`.
+    pub lateness_secs: u64,
+    /// The marker's `consumer` column: `sealer:<consumer>`.
+    pub label: String,
+}
+
+/// The time (ms) before which JetStream received every message the aggregators have not yet
+/// acknowledged, and after which it receives every message still to come: every window whose
+/// end plus the lateness lies before it is final. `None` while the stream is empty or a
+/// consumer does not exist yet (nothing can be known about its messages).
+pub async fn final_until(
+    js: &jetstream::Context,
+    stream_name: &str,
+    consumers: &[String],
+) -> Result<Option<i64>, SealError> {
+    let err = |consumer: &str, detail: &dyn std::fmt::Display| SealError::Consumer {
+        stream: stream_name.to_owned(),
+        consumer: consumer.to_owned(),
+        detail: detail.to_string(),
+    };
+    let mut stream = js.get_stream(stream_name).await.map_err(|e| err("-", &e))?;
+    let state = &stream.info().await.map_err(|e| err("-", &e))?.state;
+    if state.messages == 0 {
+        return Ok(None);
+    }
+    let first_seq = state.first_sequence;
+    // received by the server clock: every message still to come is received after it
+    let mut bound = ms_from_nanos(state.last_timestamp.unix_timestamp_nanos());
+    for name in consumers {
+        let Ok(info) = stream.consumer_info(name).await else {
+            return Ok(None);
+        };
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            continue;
+        }
+        // the first message above the ack floor: not acknowledged, or (with a filter) another
+        // partition's message received no later than this consumer's first unacknowledged one
+        let seq = (info.ack_floor.stream_sequence + 1).max(first_seq);
+        let msg = stream
+            .get_raw_message(seq)
+            .await
+            .map_err(|e| err(name, &e))?;
+        bound = bound.min(ms_from_nanos(msg.time.unix_timestamp_nanos()));
+    }
+    Ok(Some(bound))
+}
+
+/// Writes the rollup rows of every committed, not yet sealed window ending at or before
+/// `until_secs`, under `batch_id` (no marker: they count nowhere yet); returns how many.
+pub async fn write_rollups(
+    db: &Client,
+    batch_id: &str,
+    until_secs: u32,
+) -> Result<u64, clickhouse::error::Error> {
+    db.query(
+        "INSERT INTO usage_rollups (window_start, window_secs, customer, agent, meter, \
+         aggregation, group_names, group_values, group_key, events, batch_id, inserted_at, \
+         quantity, sealed) \
+         SELECT window_start, toUInt32(window_end - window_start), customer, agent, meter, \
+         aggregation, group_names, group_values, group_key, event_count, ?, now(), quantity, 1 \
+         FROM v_usage \
+         WHERE window_end <= toDateTime(?) AND (customer, window_start) NOT IN ( \
+           SELECT customer, window_start FROM usage_rollups \
+           WHERE sealed = 1 AND batch_id IN (SELECT batch_id FROM usage_batches))",
+    )
+    .bind(batch_id)
+    .bind(until_secs)
+    .execute()
+    .await?;
+    db.query("SELECT count() FROM usage_rollups WHERE batch_id = ?")
+        .bind(batch_id)
+        .fetch_one::<u64>()
+        .await
+}
+
+/// Seals every committed window ending at or before `until_secs` that is not sealed yet;
+/// returns the rollup rows written (0: nothing to seal, no marker).
+pub async fn seal(
+    db: &Client,
+    label: &str,
+    until_secs: u32,
+    now_ms: i64,
+) -> Result<u64, SealError> {
+    let batch_id = uuid::Uuid::new_v4().to_string();
+    let rows = write_rollups(db, &batch_id, until_secs).await?;
+    if rows > 0 {
+        sink::mark_seal(db, &batch_id, label, rows, now_ms).await?;
+    }
+    Ok(rows)
+}
+
+/// One pass: finds how far windows are final and seals them.
+pub async fn pass(
+    db: &Client,
+    js: &jetstream::Context,
+    cfg: &SealConfig,
+    now_ms: i64,
+) -> Result<u64, SealError> {
+    let Some(received_before) = final_until(js, &cfg.stream, &cfg.consumers).await? else {
+        return Ok(0);
+    };
+    let lateness_ms = i64::try_from(cfg.lateness_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    // a window is final when its end plus the lateness is before every unacknowledged
+    // message's receipt: end < received_before - lateness (one second less for DateTime's
+    // whole seconds)
+    let until = datetime_secs(
+        received_before
+            .saturating_sub(lateness_ms)
+            .saturating_sub(1000),
+    );
+    let rows = seal(db, &cfg.label, until, now_ms).await?;
+    metrics::sealed(rows);
+    Ok(rows)
+}
+
+/// Runs a pass every `every` until `shutdown`; a failed pass is logged and retried at the
+/// next one. Stopping mid-pass leaves an unmarked seal, which counts nowhere.
+pub async fn run(
+    db: Client,
+    js: jetstream::Context,
+    cfg: SealConfig,
+    every: Duration,
+    shutdown: Shutdown,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now_ms = crate::consumer::now_ms();
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            result = pass(&db, &js, &cfg, now_ms) => match result {
+                Ok(0) => {}
+                Ok(rows) => tracing::info!(rows, "windows sealed"),
+                Err(e) => tracing::warn!(error = %e, "sealing pass failed; retrying at the next"),
+            }
+        }
+    }
+}
