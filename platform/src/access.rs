@@ -93,6 +93,7 @@ pub fn grants(service: Service) -> Grants {
     let (all, select, insert): (bool, &'static [&'static str], &'static [&'static str]) =
         match service {
             Service::Migrate => (true, &["*"], &[]),
+            // the views too: sealing reads v_usage to write the rollups of final windows
             Service::Aggregator => (
                 false,
                 &[
@@ -100,6 +101,8 @@ pub fn grants(service: Service) -> Grants {
                     "usage_readings",
                     "usage_rollups",
                     "usage_batches",
+                    "v_usage_readings",
+                    "v_usage",
                 ],
                 &[
                     "usage_events",
@@ -173,7 +176,7 @@ pub fn password_sha256(password: &str) -> String {
 /// The file name of the latest roles migration, which must equal [`roles_migration`]. Each
 /// roles migration is a full snapshot (`REVOKE ALL` then the grants): to change rights, edit
 /// [`grants`], add the new rendering as the next migration and point this at it.
-pub const ROLES_MIGRATION: &str = "0021_service_roles_billing.sql";
+pub const ROLES_MIGRATION: &str = "0023_service_roles_sealing.sql";
 
 /// `GRANT` statements giving `grantee` the table rights of `g` in `database`.
 fn table_grants(database: &str, g: &Grants, grantee: &str) -> Vec<String> {

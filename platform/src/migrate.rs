@@ -88,6 +88,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(20, "0020_payment_profiles.sql"),
     migration!(21, "0021_service_roles_billing.sql"),
     migration!(22, "0022_sealed_rollups.sql"),
+    migration!(23, "0023_service_roles_sealing.sql"),
 ];
 
 /// A capability a migration needs from the server (its `-- requires:` header).
@@ -600,7 +601,7 @@ mod tests {
             .filter(|m| statements(m.sql).iter().any(|s| added_columns(s).is_some()))
             .map(|m| m.version)
             .collect();
-        assert_eq!(adding, vec![6, 7, 13, 18]);
+        assert_eq!(adding, vec![6, 7, 13, 18, 22]);
     }
 
     #[test]
