@@ -262,4 +262,68 @@ mod tests {
         let edge = event("2026-11-26T21:05:00Z", "tool.call", "{}");
         assert!(c.classify("usage.acme.bot", edge.as_bytes(), NOW).is_ok());
     }
+
+    /// Any JSON value, nested a few levels (numbers as text so floats, huge and negative
+    /// quantities all appear).
+    fn json_value() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just("null".to_owned()),
+            Just("true".to_owned()),
+            "-?[0-9]{1,30}(\\.[0-9]{0,12})?([eE][+-]?[0-9]{1,3})?",
+            "\"[a-z0-9 .\\\\\"\\u{0}-\\u{1f}\\u{7f}-\\u{2fff}]{0,12}\"",
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|v| format!("[{}]", v.join(","))),
+                proptest::collection::vec(
+                    (
+                        prop_oneof![Just("tokens"), Just("model"), Just("x"), Just("")],
+                        inner
+                    ),
+                    0..4
+                )
+                .prop_map(|kv| {
+                    let members: Vec<String> = kv
+                        .into_iter()
+                        .map(|(k, v)| format!("\"{k}\":{v}"))
+                        .collect();
+                    format!("{{{}}}", members.join(","))
+                }),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// The whole classification (envelope, subject, lateness, meter reads over any data)
+        /// never panics: every input is accepted or refused with a reason.
+        #[test]
+        fn classifying_any_event_never_panics(
+            ty in proptest::prop_oneof![
+                proptest::strategy::Just("llm.tokens"),
+                proptest::strategy::Just("tool.call"),
+                proptest::strategy::Just("other")
+            ],
+            data in json_value(),
+            // mostly the event's own subject, so the meters read the data
+            subject in proptest::prop_oneof![
+                3 => proptest::strategy::Just("usage.acme.bot".to_owned()),
+                1 => "usage(\\.[a-z*>]{0,6}){0,4}",
+            ],
+            time in "2026-11-26T2[0-1]:[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})",
+        ) {
+            let c = classifier();
+            if let Ok(acc) = c.classify(&subject, event(&time, ty, &data).as_bytes(), NOW) {
+                proptest::prop_assert!(!acc.readings.is_empty());
+            }
+        }
+
+        /// Arbitrary bytes on a valid subject never panic either.
+        #[test]
+        fn classifying_any_bytes_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let c = classifier();
+            let _ = c.classify("usage.acme.bot", bytes.as_slice(), NOW);
+        }
+    }
 }
