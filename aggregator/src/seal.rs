@@ -141,15 +141,50 @@ pub async fn seal(
     Ok(rows)
 }
 
-/// One pass: finds how far windows are final and seals them.
+/// Whether any reading lies in a window ending in `(after_secs, until_secs]` (windows are at
+/// most a day long): a cheap look at one column, so a pass with nothing newly final skips
+/// folding the readings.
+async fn newly_final(
+    db: &Client,
+    after_secs: u32,
+    until_secs: u32,
+) -> Result<bool, clickhouse::error::Error> {
+    let n: u64 = db
+        .query(
+            "SELECT count() FROM usage_readings \
+             WHERE window_start < toDateTime(?) AND window_start >= toDateTime(?)",
+        )
+        .bind(until_secs)
+        .bind(after_secs.saturating_sub(86_400))
+        .fetch_one()
+        .await?;
+    Ok(n > 0)
+}
+
+/// What a pass did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sealed {
+    /// Rollup rows written.
+    pub rows: u64,
+    /// Windows ending at or before this (seconds) are sealed, if they have usage.
+    pub until: u32,
+}
+
+/// One pass: finds how far windows are final and seals them. Windows ending at or before
+/// `after_secs` were sealed by an earlier pass (0 at start: all of history is looked at).
 pub async fn pass(
     db: &Client,
     js: &jetstream::Context,
     cfg: &SealConfig,
+    after_secs: u32,
     now_ms: i64,
-) -> Result<u64, SealError> {
+) -> Result<Sealed, SealError> {
+    let nothing = Sealed {
+        rows: 0,
+        until: after_secs,
+    };
     let Some(received_before) = final_until(js, &cfg.stream, &cfg.consumers).await? else {
-        return Ok(0);
+        return Ok(nothing);
     };
     let lateness_ms = i64::try_from(cfg.lateness_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
     // a window is final when its end plus the lateness is before every unacknowledged
@@ -160,9 +195,15 @@ pub async fn pass(
             .saturating_sub(lateness_ms)
             .saturating_sub(1000),
     );
+    if until <= after_secs || !newly_final(db, after_secs, until).await? {
+        return Ok(Sealed {
+            rows: 0,
+            until: until.max(after_secs),
+        });
+    }
     let rows = seal(db, &cfg.label, until, now_ms).await?;
     metrics::sealed(rows);
-    Ok(rows)
+    Ok(Sealed { rows, until })
 }
 
 /// Runs a pass every `every` until `shutdown`; a failed pass is logged and retried at the
@@ -176,6 +217,7 @@ pub async fn run(
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sealed_until = 0;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -184,9 +226,13 @@ pub async fn run(
         let now_ms = crate::consumer::now_ms();
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            result = pass(&db, &js, &cfg, now_ms) => match result {
-                Ok(0) => {}
-                Ok(rows) => tracing::info!(rows, "windows sealed"),
+            result = pass(&db, &js, &cfg, sealed_until, now_ms) => match result {
+                Ok(done) => {
+                    if done.rows > 0 {
+                        tracing::info!(rows = done.rows, until = done.until, "windows sealed");
+                    }
+                    sealed_until = done.until;
+                }
                 Err(e) => tracing::warn!(error = %e, "sealing pass failed; retrying at the next"),
             }
         }

@@ -274,12 +274,18 @@ async fn a_window_with_an_unacknowledged_message_is_not_sealed() {
         lateness_secs: cfg.allowed_lateness_secs,
         label: "sealer:aggregator".into(),
     };
-    let rows = seal::pass(&db, &js, &seal_cfg, Utc::now().timestamp_millis())
+    let done = seal::pass(&db, &js, &seal_cfg, 0, Utc::now().timestamp_millis())
         .await
         .expect("pass");
     assert_eq!(
-        rows, 0,
+        done.rows, 0,
         "nothing is final while the first message is unacknowledged"
     );
+    let sealed: u64 = db
+        .query("SELECT count() FROM usage_rollups")
+        .fetch_one()
+        .await
+        .expect("rollups");
+    assert_eq!(sealed, 0);
     env.cleanup().await;
 }
