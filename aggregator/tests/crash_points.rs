@@ -489,3 +489,106 @@ async fn a_resend_read_after_a_backlog_finds_its_first_copy() {
     case.assert_exact(&published).await;
     case.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealing_under_kill_9_seals_each_window_once_and_loses_nothing() {
+    // two-second windows final a few seconds after they close, sealed every second, while the
+    // aggregator (and its sealer) is killed every second and a half
+    let case = Case::new(
+        "seal_kills",
+        "window_secs = 2\nallowed_lateness_secs = 1\nfuture_tolerance_secs = 1\n\
+         dedup_horizon_secs = 2\nseal_every_secs = 1\nbatch_max_events = 200\n\
+         batch_max_wait_ms = 500\nack_wait_secs = 5",
+    )
+    .await;
+    // a killed instance's batch stays unacknowledged for the five seconds of AckWait while
+    // later messages are committed: sealing by the newest message alone would seal its
+    // windows before their events are in
+    let mut current = Some(case.start());
+    let publisher = {
+        let js = case.js.clone();
+        let prefix = case.env.nats.subject_prefix.clone();
+        tokio::spawn(async move {
+            let mut fleet = Fleet::new("sk", 3, 2, "sk", 13).expect("fleet");
+            let mut publisher = Publisher::new(js, &prefix, 256);
+            let mut events = Vec::new();
+            for _ in 0..24 {
+                for _ in 0..50 {
+                    let e = fleet.next_event(Utc::now());
+                    publisher.publish(&e).await.expect("publish");
+                    events.push(e);
+                }
+                publisher.flush().await.expect("acks");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            events
+        })
+    };
+    let mut kills = 0;
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        if let Some(p) = current.take() {
+            p.kill9();
+            kills += 1;
+        }
+        current = Some(case.start());
+    }
+    let mut events = publisher.await.expect("publisher");
+    let published_by = Utc::now().timestamp() as u32;
+
+    // later events move the stream on until every window of the published ones is final
+    let db = case.env.db();
+    let mut ticks = Fleet::new("sktick", 1, 1, "sktick", 14).expect("fleet");
+    let mut publisher = Publisher::new(case.js.clone(), &case.env.nats.subject_prefix, 1);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let tick = ticks.next_event(Utc::now());
+        publisher.publish(&tick).await.expect("tick");
+        publisher.flush().await.expect("ack");
+        events.push(tick);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let unsealed: u64 = db
+            .query(
+                "SELECT count() FROM v_usage_readings \
+                 WHERE window_start + window_secs < toDateTime(?) \
+                 AND (customer, window_start) NOT IN (SELECT customer, window_start \
+                 FROM usage_rollups WHERE sealed = 1 \
+                 AND batch_id IN (SELECT batch_id FROM usage_batches))",
+            )
+            .bind(published_by)
+            .fetch_one()
+            .await
+            .expect("unsealed");
+        if unsealed == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{unsealed} readings of published windows unsealed"
+        );
+    }
+    case.wait_drained(Duration::from_secs(60)).await;
+    if let Some(p) = current.take() {
+        assert!(p.terminate().success());
+    }
+    assert!(kills >= 8);
+    case.assert_exact(&Published {
+        events,
+        rejected: 0,
+    })
+    .await;
+    // each window sealed by exactly one committed seal (a killed seal has no marker)
+    let (sealed, sealed_twice): (u64, u64) = db
+        .query(
+            "SELECT count(), countIf(seals > 1) FROM (SELECT customer, window_start, \
+             uniqExact(batch_id) AS seals FROM usage_rollups WHERE sealed = 1 \
+             AND batch_id IN (SELECT batch_id FROM usage_batches) \
+             GROUP BY customer, window_start)",
+        )
+        .fetch_one()
+        .await
+        .expect("seals");
+    assert!(sealed > 0, "windows were sealed");
+    assert_eq!(sealed_twice, 0, "no window sealed twice");
+    case.cleanup().await;
+}
