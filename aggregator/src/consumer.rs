@@ -6,8 +6,9 @@
 //! first, then the ClickHouse commit (retried with capped backoff under a new batch id),
 //! then the dedup set, then the acks. While a flush runs, no message is pulled, so a slow
 //! ClickHouse slows consumption and memory stays bounded by one batch. On shutdown the batch
-//! in flight is flushed; if that cannot finish, its messages are left unacked for
-//! redelivery.
+//! in flight, with every message already delivered to this instance, is flushed and acked (and
+//! the acks confirmed by a request on the same connection); if that cannot finish, its
+//! messages are left unacked for redelivery.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -49,6 +50,8 @@ const GAUGES_EVERY: Duration = Duration::from_secs(5);
 const GAUGES_TIMEOUT: Duration = Duration::from_secs(1);
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
 const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
+/// At shutdown, delivered messages are taken until none arrives for this long.
+const DELIVERED_IDLE: Duration = Duration::from_millis(100);
 
 /// Nanoseconds since the epoch (NATS timestamps) to milliseconds.
 pub(crate) fn ms_from_nanos(nanos: i128) -> i64 {
@@ -152,7 +155,12 @@ pub async fn run(
         loop {
             let flush_due = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => break 'session,
+                _ = shutdown.cancelled() => {
+                    // what the server already delivered to this instance is in flight too:
+                    // fold it into the last batch rather than leave it for AckWait
+                    agg.take_delivered(&mut batch, &mut messages).await;
+                    break 'session;
+                }
                 _ = sleep_until(deadline) => true,
                 _ = gauges.tick() => {
                     // bounded: an unanswered request must not hold a due flush or a SIGTERM
@@ -186,6 +194,12 @@ pub async fn run(
         }
     }
     agg.flush(&batch).await?;
+    // the acks are written to the socket, not necessarily read by the server: closing now
+    // could lose them (a close with unread input resets the connection). A request answered
+    // on the same connection shows the server has read everything sent before it.
+    if let Err(e) = agg.js.get_stream(&nats_cfg.stream).await {
+        tracing::warn!(error = %e, "confirming the last acks; unconfirmed ones will be redelivered and deduplicated");
+    }
     // unsubscribe cleanly so the server stops delivering to this instance
     if let Err(e) = agg.nats.drain().await {
         tracing::debug!(error = %e, "draining the NATS connection");
@@ -417,6 +431,17 @@ impl Aggregator<'_> {
         }
         batch.track(msg, seq);
         Ok(())
+    }
+
+    /// At shutdown: takes into `batch` every message already delivered to this instance,
+    /// until none arrives for a moment. Bounded: the server delivers at most
+    /// `max_ack_pending` unacknowledged messages, and nothing is acknowledged meanwhile.
+    async fn take_delivered(&mut self, batch: &mut Batch, messages: &mut pull::Stream) {
+        while let Ok(Some(Ok(msg))) = tokio::time::timeout(DELIVERED_IDLE, messages.next()).await {
+            if self.handle(batch, msg).await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Dead letters, commit, dedup, acks — in that order.
