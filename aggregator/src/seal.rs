@@ -28,6 +28,10 @@ use tally_platform::store::datetime_secs;
 use crate::consumer::ms_from_nanos;
 use crate::{metrics, sink};
 
+/// The INSERT that writes the rollups (shared with the SQL compatibility tests, which run it
+/// on ClickHouse 18.16 and a current release).
+pub const SEAL_ROLLUPS_SQL: &str = include_str!("../sql/seal_rollups.sql");
+
 /// Why a sealing pass did not finish (the next pass tries again).
 #[derive(Debug, thiserror::Error)]
 pub enum SealError {
@@ -104,21 +108,11 @@ pub async fn write_rollups(
     batch_id: &str,
     until_secs: u32,
 ) -> Result<u64, clickhouse::error::Error> {
-    db.query(
-        "INSERT INTO usage_rollups (window_start, window_secs, customer, agent, meter, \
-         aggregation, group_names, group_values, group_key, events, batch_id, inserted_at, \
-         quantity, sealed) \
-         SELECT window_start, toUInt32(window_end - window_start), customer, agent, meter, \
-         aggregation, group_names, group_values, group_key, event_count, ?, now(), quantity, 1 \
-         FROM v_usage \
-         WHERE window_end <= toDateTime(?) AND (customer, window_start) NOT IN ( \
-           SELECT customer, window_start FROM usage_rollups \
-           WHERE sealed = 1 AND batch_id IN (SELECT batch_id FROM usage_batches))",
-    )
-    .bind(batch_id)
-    .bind(until_secs)
-    .execute()
-    .await?;
+    db.query(SEAL_ROLLUPS_SQL)
+        .bind(batch_id)
+        .bind(until_secs)
+        .execute()
+        .await?;
     db.query("SELECT count() FROM usage_rollups WHERE batch_id = ?")
         .bind(batch_id)
         .fetch_one::<u64>()

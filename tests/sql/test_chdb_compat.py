@@ -764,5 +764,57 @@ class Compat(unittest.TestCase):
                 self.assertEqual(distinct.strip(), "29", "each committed (customer, event_id, meter) once")
 
 
+
+SEAL_SQL = ROOT / "aggregator" / "sql" / "seal_rollups.sql"
+
+
+def seal_statement(batch_id, until):
+    """The aggregator's sealing INSERT with its two `?` bound: the batch id and a DateTime."""
+    sql = "\n".join(line for line in SEAL_SQL.read_text().splitlines() if not line.startswith("--"))
+    first, rest = sql.split("?", 1)
+    second, tail = rest.split("?", 1)
+    return f"{first}'{batch_id}'{second}toUnixTimestamp('{until}'){tail}"
+
+
+class Sealing(unittest.TestCase):
+    """The aggregator's sealing SQL (aggregator/sql/seal_rollups.sql) on both engines, over the
+    fixture: sealing every final window leaves v_usage exactly as it was, then reads it from the
+    rollups; a second seal finds nothing left to seal."""
+
+    def check(self, engine):
+        try:
+            load(engine)
+            before = read_view(engine, "v_usage")
+            engine.run(seal_statement("seal-all", "2026-11-02 00:00:00"))
+            written = int(engine.query("SELECT count() FROM usage_rollups WHERE batch_id = 'seal-all'").strip())
+            # W1's six meters and globex's minute; W3 was sealed already; W2 has no committed row
+            self.assertEqual(written, 7, "rows sealed")
+            engine.run("INSERT INTO usage_batches (batch_id, consumer) VALUES ('seal-all', 'sealer:test')")
+            self.assertEqual(read_view(engine, "v_usage"), before, "sealing changes no usage")
+            live = engine.query(
+                "SELECT count() FROM v_usage_readings WHERE (customer, window_start) NOT IN "
+                "(SELECT customer, window_start FROM usage_rollups WHERE sealed = 1 "
+                "AND batch_id IN (SELECT batch_id FROM usage_batches))"
+            )
+            self.assertEqual(live.strip(), "0", "every committed window is sealed")
+            engine.run(seal_statement("seal-again", "2026-11-02 00:00:00"))
+            again = engine.query("SELECT count() FROM usage_rollups WHERE batch_id = 'seal-again'")
+            self.assertEqual(again.strip(), "0", "nothing is sealed twice")
+        finally:
+            engine.close()
+
+    def test_sealing_on_chdb(self):
+        try:
+            import chdb.session  # noqa: F401
+        except ImportError:
+            self.skipTest("chdb is not installed: pip install chdb-core")
+        self.check(ChdbEngine(f"seal_{os.getpid()}_{random.randrange(16**8):08x}"))
+
+    def test_sealing_on_the_server(self):
+        if not server_answers(SERVER_URL):
+            self.skipTest(f"no ClickHouse server answers at {SERVER_URL}/ping (run scripts/stack.sh up)")
+        self.check(HttpEngine(SERVER_URL, f"seal_{os.getpid()}_{random.randrange(16**8):08x}"))
+
+
 if __name__ == "__main__":
     unittest.main()
