@@ -152,9 +152,11 @@ impl AggregatorConfig {
             .collect()
     }
 
-    /// Whether this instance seals windows: partition 0's, or the only one.
+    /// Whether this instance seals windows: partition 0's, or the only one. Not with a
+    /// hand-made `filter_subject`: the sealer could not know the other filters' consumers
+    /// before they exist (usage is then always read from the readings).
     pub fn seals(&self) -> bool {
-        self.partition.unwrap_or(0) == 0
+        self.partition.unwrap_or(0) == 0 && self.filter_subject.is_none()
     }
 
     /// The durable consumer name: `<consumer>`, or `<consumer>-p<partition>`.

@@ -7,9 +7,9 @@
 //! When a window is final: an event is accepted only if JetStream received it at most the
 //! allowed lateness after its time, so every event of a window ending at `end` was received
 //! by `end + lateness`. Messages are acknowledged only after they are committed, and JetStream
-//! received them in stream order. So once the oldest message not yet acknowledged (by any of
-//! the aggregator's consumers) was received after `end + lateness`, every event of the window
-//! is committed. [`final_until`] finds that bound; with nothing unacknowledged it is the time
+//! received them in stream order. So once the oldest message not yet acknowledged (by any
+//! consumer of the stream, and every aggregator's consumer exists) was received after
+//! `end + lateness`, every event of the window is committed. [`final_until`] finds that bound; with nothing unacknowledged it is the time
 //! the newest message in the stream was received (any later message is received after it, by
 //! the same server clock: no skew between machines enters).
 //!
@@ -19,6 +19,8 @@
 //! numbers. This module never seals a window that can still change and never edits a row.
 
 use std::time::Duration;
+
+use futures::TryStreamExt;
 
 use async_nats::jetstream;
 use clickhouse::Client;
@@ -52,7 +54,8 @@ pub enum SealError {
 pub struct SealConfig {
     /// The usage stream.
     pub stream: String,
-    /// Every durable consumer the aggregators consume the stream with (one per partition).
+    /// The consumers that must exist before anything is sealed: the aggregators' (one per
+    /// partition). Every other consumer on the stream counts too once it exists.
     pub consumers: Vec<String>,
     /// `aggregator.allowed_lateness_secs`.
     pub lateness_secs: u64,
@@ -60,14 +63,16 @@ pub struct SealConfig {
     pub label: String,
 }
 
-/// The time (ms) before which JetStream received every message the aggregators have not yet
-/// acknowledged, and after which it receives every message still to come: every window whose
-/// end plus the lateness lies before it is final. `None` while the stream is empty or a
-/// consumer does not exist yet (nothing can be known about its messages).
+/// The time (ms) before which JetStream received every message not yet acknowledged by any
+/// consumer of the stream, and after which it receives every message still to come: every
+/// window whose end plus the lateness lies before it is final. Every consumer on the stream
+/// counts (the aggregators' and any other: a lagging one only delays sealing), and each of
+/// `required` must exist. `None` while the stream is empty or a required consumer does not
+/// exist yet (nothing can be known about the messages it will take).
 pub async fn final_until(
     js: &jetstream::Context,
     stream_name: &str,
-    consumers: &[String],
+    required: &[String],
 ) -> Result<Option<i64>, SealError> {
     let err = |consumer: &str, detail: &dyn std::fmt::Display| SealError::Consumer {
         stream: stream_name.to_owned(),
@@ -82,10 +87,19 @@ pub async fn final_until(
     let first_seq = state.first_sequence;
     // received by the server clock: every message still to come is received after it
     let mut bound = ms_from_nanos(state.last_timestamp.unix_timestamp_nanos());
-    for name in consumers {
-        let Ok(info) = stream.consumer_info(name).await else {
-            return Ok(None);
-        };
+    let names: Vec<String> = stream
+        .consumer_names()
+        .try_collect()
+        .await
+        .map_err(|e| err("-", &e))?;
+    if required.iter().any(|r| !names.contains(r)) {
+        return Ok(None);
+    }
+    for name in &names {
+        let info = stream
+            .consumer_info(name)
+            .await
+            .map_err(|e| err(name, &e))?;
         if info.num_pending == 0 && info.num_ack_pending == 0 {
             continue;
         }
