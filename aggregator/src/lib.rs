@@ -44,12 +44,12 @@
 //!    late it comes back.
 //!
 //! 7. **Sealing.** Once every event of a window is committed (the first message not
-//!    acknowledged by any aggregator was received after the window's end plus the allowed
-//!    lateness, so no event of the window is still to come), the window's usage is written
-//!    into `usage_rollups` under a fresh batch id and a marker, and `v_usage` reads the window
-//!    from those rows (one seal per customer and window) instead of folding its readings. A
-//!    seal without marker counts nowhere, and a copy committed into a sealed window later
-//!    changes nothing. See [`seal`].
+//!    acknowledged by any consumer of the stream was received after the window's end plus the
+//!    allowed lateness, so no event of the window is still to come), the window's usage is
+//!    written into `usage_rollups` under a fresh batch id and a marker: its final record
+//!    (one seal per customer, window start and size). Billing does not read it: `v_usage`
+//!    folds the committed readings, so a seal, a crashed seal or two racing sealers never
+//!    change billed usage. See [`seal`].
 //!
 //! Scale-out partitions the subject space by customer (`nats.partitions`, a NATS server
 //! mapping) with one consumer per partition, so a customer's dedup set and windows live in one

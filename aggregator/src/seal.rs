@@ -1,22 +1,25 @@
 //! Sealing: once a tumbling window can no longer change, its usage is written into
 //! `usage_rollups` (one row per customer, agent, meter, window and group, `sealed = 1`) under
-//! a fresh batch id, then a marker in `usage_batches`. From then on `v_usage` reads the window
-//! from those rows instead of folding its readings (migration 0022), so a copy of an event
-//! committed later (a paused instance resuming) cannot change it, and readers fold fewer rows.
+//! a fresh batch id, then a marker in `usage_batches`: the window's final record (migration
+//! 0022). A window is (customer, window start, window size). Billing never depends on it:
+//! `v_usage` keeps folding the committed readings (one read of the markers per query, and an
+//! event accepted into a sealed window, which only a configuration change or a JetStream clock
+//! step could allow, still counts).
 //!
 //! When a window is final: an event is accepted only if JetStream received it at most the
 //! allowed lateness after its time, so every event of a window ending at `end` was received
 //! by `end + lateness`. Messages are acknowledged only after they are committed, and JetStream
 //! received them in stream order. So once the oldest message not yet acknowledged (by any
 //! consumer of the stream, and every aggregator's consumer exists) was received after
-//! `end + lateness`, every event of the window is committed. [`final_until`] finds that bound; with nothing unacknowledged it is the time
-//! the newest message in the stream was received (any later message is received after it, by
-//! the same server clock: no skew between machines enters).
+//! `end + lateness`, every event of the window is committed. [`final_until`] finds that
+//! bound; with nothing unacknowledged it is the time the newest message in the stream was
+//! received (any later message is received after it, as long as the stream leader's clock
+//! does not step back).
 //!
-//! A seal that stops half-way (a crash, a refused insert) has no marker and counts nowhere;
-//! the next pass seals the same windows under a new id. Two sealers racing are harmless: the
-//! view reads one seal per (customer, window), the smallest batch id, and both hold the same
-//! numbers. This module never seals a window that can still change and never edits a row.
+//! A seal that stops half-way (a crash, a refused insert) has no marker and is not part of the
+//! record; the next pass seals the same windows under a new id. Two sealers racing write the
+//! same numbers; the record is the seal with the smallest batch id. This module never seals a
+//! window that can still change under the configured lateness, and never edits a row.
 
 use std::time::Duration;
 

@@ -536,8 +536,12 @@ async fn sealing_under_kill_9_seals_each_window_once_and_loses_nothing() {
     }
     let mut events = publisher.await.expect("publisher");
     let published_by = Utc::now().timestamp() as u32;
+    let published = Published {
+        events: events.clone(),
+        rejected: 0,
+    };
 
-    // later events move the stream on until every window of the published ones is final
+    // later events move the stream on until every window holding a published event is sealed
     let db = case.env.db();
     let mut ticks = Fleet::new("sktick", 1, 1, "sktick", 14).expect("fleet");
     let mut publisher = Publisher::new(case.js.clone(), &case.env.nats.subject_prefix, 1);
@@ -551,8 +555,9 @@ async fn sealing_under_kill_9_seals_each_window_once_and_loses_nothing() {
         let unsealed: u64 = db
             .query(
                 "SELECT count() FROM v_usage_readings \
-                 WHERE window_start + window_secs < toDateTime(?) \
-                 AND (customer, window_start) NOT IN (SELECT customer, window_start \
+                 WHERE window_start <= toDateTime(?) \
+                 AND (customer, window_start, window_secs) NOT IN \
+                 (SELECT customer, window_start, window_secs \
                  FROM usage_rollups WHERE sealed = 1 \
                  AND batch_id IN (SELECT batch_id FROM usage_batches))",
             )
@@ -584,12 +589,32 @@ async fn sealing_under_kill_9_seals_each_window_once_and_loses_nothing() {
             "SELECT count(), countIf(seals > 1) FROM (SELECT customer, window_start, \
              uniqExact(batch_id) AS seals FROM usage_rollups WHERE sealed = 1 \
              AND batch_id IN (SELECT batch_id FROM usage_batches) \
-             GROUP BY customer, window_start)",
+             GROUP BY customer, window_start, window_secs)",
         )
         .fetch_one()
         .await
         .expect("seals");
     assert!(sealed > 0, "windows were sealed");
     assert_eq!(sealed_twice, 0, "no window sealed twice");
+    // and the record is complete: no window was sealed before all of its events were in
+    let rows: Vec<(String, String, String, String, u64)> = db
+        .query(
+            "SELECT customer, agent, meter, toString(sum(quantity)), sum(events) \
+             FROM usage_rollups WHERE sealed = 1 AND customer LIKE 'sk-%' \
+             AND batch_id IN (SELECT batch_id FROM usage_batches) \
+             GROUP BY customer, agent, meter",
+        )
+        .fetch_all()
+        .await
+        .expect("sealed record");
+    let record: Totals = rows
+        .into_iter()
+        .map(|(c, a, m, q, n)| ((c, a, m), (q.parse().expect("decimal"), n)))
+        .collect();
+    assert_eq!(
+        record,
+        published.expected(),
+        "the sealed record of the published events"
+    );
     case.cleanup().await;
 }

@@ -1,7 +1,7 @@
 //! Sealing over the real servers: windows whose every event is committed are written into
-//! `usage_rollups` once and `v_usage` reads them from there; a window that can still receive
-//! an event is never sealed; a seal without its marker, two sealers racing, and a reading
-//! committed into a sealed window change nothing.
+//! `usage_rollups` once, as `v_usage` shows them; a window that can still receive an event is
+//! never sealed; a seal without its marker and two sealers racing change no billed usage, and a
+//! reading committed into a sealed window still counts.
 
 mod support;
 
@@ -63,7 +63,7 @@ async fn usage(db: &clickhouse::Client) -> Totals {
 async fn unsealed_readings(db: &clickhouse::Client) -> u64 {
     db.query(
         "SELECT count() FROM v_usage_readings WHERE customer != 'tick' \
-         AND (customer, window_start) NOT IN (SELECT customer, window_start FROM usage_rollups \
+         AND (customer, window_start, window_secs) NOT IN (SELECT customer, window_start, window_secs FROM usage_rollups \
          WHERE sealed = 1 AND batch_id IN (SELECT batch_id FROM usage_batches))",
     )
     .fetch_one()
@@ -80,7 +80,7 @@ async fn publish(js: &jetstream::Context, prefix: &str, events: &[OutgoingEvent]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn final_windows_are_sealed_once_and_read_from_their_rollups() {
+async fn final_windows_are_sealed_once_as_their_final_record() {
     let env = TestEnv::new("sealing").await;
     let cfg = AggregatorConfig {
         window_secs: 2,
@@ -127,7 +127,23 @@ async fn final_windows_are_sealed_once_and_read_from_their_rollups() {
         publish(&js, &env.nats.subject_prefix, &[tick]).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert_eq!(usage(&db).await, expected(&events), "read from the rollups");
+    assert_eq!(usage(&db).await, expected(&events), "after sealing");
+    // the record: one committed seal per window, holding what v_usage showed
+    let rows: Vec<(String, String, String, String, u64)> = db
+        .query(
+            "SELECT customer, agent, meter, toString(sum(quantity)), sum(events) \
+             FROM usage_rollups WHERE sealed = 1 AND customer != 'tick' \
+             AND batch_id IN (SELECT batch_id FROM usage_batches) \
+             GROUP BY customer, agent, meter",
+        )
+        .fetch_all()
+        .await
+        .expect("sealed record");
+    let record: Totals = rows
+        .into_iter()
+        .map(|(c, a, m, q, n)| ((c, a, m), (q.parse().expect("decimal"), n)))
+        .collect();
+    assert_eq!(record, expected(&events), "the sealed record");
     let (seals, sealed_rows, by_sealer): (u64, u64, u64) = db
         .query(
             "SELECT uniqExact(batch_id), count(), countIf(batch_id IN \
@@ -146,8 +162,8 @@ async fn final_windows_are_sealed_once_and_read_from_their_rollups() {
         "every rollup row has its seal's marker"
     );
 
-    // a reading committed into a sealed window later (a paused instance resuming with a
-    // message that was redelivered and counted elsewhere) changes nothing
+    // a reading committed into a sealed window later (only a lateness raised after the seal, or
+    // a JetStream clock step back, could let one in) still counts in billed usage
     let (customer, window_start): (String, u32) = db
         .query(
             "SELECT customer, toUInt32(window_start) FROM usage_rollups \
@@ -170,13 +186,18 @@ async fn final_windows_are_sealed_once_and_read_from_their_rollups() {
         .execute()
         .await
         .expect("zombie marker");
+    let mut with_late = expected(&events);
+    with_late.insert(
+        (customer.clone(), "late-agent".into(), "llm_tokens".into()),
+        (Decimal::from(1_000_000), 1),
+    );
     assert_eq!(
         usage(&db).await,
-        expected(&events),
+        with_late,
         "after a commit into a sealed window"
     );
 
-    // a seal that stopped before its marker counts nowhere; sealers racing read once
+    // a seal that stopped before its marker, and sealers racing, change no billed usage
     let far = u32::MAX - 1;
     seal::write_rollups(&db, "crashed-seal", far)
         .await
@@ -190,7 +211,7 @@ async fn final_windows_are_sealed_once_and_read_from_their_rollups() {
     b.expect("sealer b");
     assert_eq!(
         usage(&db).await,
-        expected(&events),
+        with_late,
         "after a crashed seal and two racing sealers"
     );
 

@@ -170,7 +170,7 @@ def view_names():
 
 W1 = "2026-11-01 10:00:00"  # an hourly window: two committed batches and an uncommitted one
 W2 = "2026-11-01 11:00:00"  # only uncommitted rows: must not appear at all
-W3 = "2026-11-01 09:00:00"  # a sealed window: read from its rollup rows, not its readings
+W3 = "2026-11-01 09:00:00"  # a sealed window: v_usage still folds its readings
 M1 = "2026-11-01 10:00:00"  # a one-minute window of another customer
 TOKENS = dict(group_names=["model", "kind"], group_values=["gpt-4o", "output"], group_key="model=gpt-4o,kind=output")
 
@@ -207,16 +207,17 @@ FIXTURE = {
     ],
     "usage_rollups": [
         [
-            # W3 sealed twice (two sealers racing): only seal-a, the smaller batch id, is read
+            # W3 sealed twice (two sealers racing): seal-a, the smaller batch id, is the record;
+            # none of these rows changes v_usage, which folds the readings
             rollup("seal-a", W3, "tokens", "SUM", "2.5", 2, **TOKENS),
             rollup("seal-a", W3, "tool_calls", "COUNT", "1", 1),
         ],
         [
             rollup("seal-b", W3, "tokens", "SUM", "2.5", 2, **TOKENS),
             rollup("seal-b", W3, "tool_calls", "COUNT", "1", 1),
-            # a seal of W1 that never got its marker (the sealer crashed): W1 stays live
+            # a seal of W1 that never got its marker (the sealer crashed): W1 is not sealed
             rollup("seal-z", W1, "tokens", "SUM", "777", 9, **TOKENS),
-            # a row written before sealing existed (sealed = 0): never read
+            # a row written before sealing existed (sealed = 0): not a seal
             rollup("b1", W1, "tokens", "SUM", "555", 5, sealed=0, **TOKENS),
         ],
     ],
@@ -252,7 +253,7 @@ FIXTURE = {
             reading("b0", "h1", W3, "tokens", "SUM", "1", **TOKENS),
             reading("b0", "h2", W3, "tokens", "SUM", "1.5", **TOKENS),
             reading("b0", "h3", W3, "tool_calls", "COUNT", "1"),
-            # ...and a reading committed into W3 after its seal: a sealed window no longer changes
+            # ...and a reading committed into W3 after its seal: billed usage still counts it
             reading("b2", "h4", W3, "tokens", "SUM", "1000", **TOKENS),
         ],
         [
@@ -360,8 +361,8 @@ EXPECTED = {
     "v_usage": {
         "columns": ["customer", "meter", "aggregation", "window_start", "window_end", "group_key", "quantity", "event_count"],
         "rows": [
-            # W3 (09:00) first. Sealed: from seal-a's rows (1 + 1.5, and one call), not b2's later reading, not seal-b twice
-            ["acme", "tokens", "SUM", W3, W1, "model=gpt-4o,kind=output", "2.500000000", "2"],
+            # W3 (09:00) first: its readings (1 + 1.5 + 1000, and one call), whatever the seals say
+            ["acme", "tokens", "SUM", W3, W1, "model=gpt-4o,kind=output", "1002.500000000", "3"],
             ["acme", "tool_calls", "COUNT", W3, W1, "", "1.000000000", "1"],
             # Ordered by every column, window_end (second) first decides: globex's 60 s window.
             ["globex", "tokens", "SUM", M1, "2026-11-01 10:01:00", "", "0.000000001", "1"],
@@ -759,7 +760,7 @@ class Compat(unittest.TestCase):
                 text = engine.query(f"SELECT count() FROM v_usage WHERE window_start = '{W2}'")
                 self.assertEqual(text.strip(), "0")
                 total = engine.query("SELECT sum(event_count) FROM v_usage")
-                self.assertEqual(total.strip(), str(1 + 2 + 4 + 3 + 5 + 7 + 3 + 2 + 1))
+                self.assertEqual(total.strip(), str(1 + 2 + 4 + 3 + 5 + 7 + 3 + 3 + 1))
                 distinct = engine.query("SELECT count() FROM v_usage_readings")
                 self.assertEqual(distinct.strip(), "29", "each committed (customer, event_id, meter) once")
 
@@ -778,8 +779,8 @@ def seal_statement(batch_id, until):
 
 class Sealing(unittest.TestCase):
     """The aggregator's sealing SQL (aggregator/sql/seal_rollups.sql) on both engines, over the
-    fixture: sealing every final window leaves v_usage exactly as it was, then reads it from the
-    rollups; a second seal finds nothing left to seal."""
+    fixture: sealing every final window writes each window's usage as v_usage shows it and
+    leaves v_usage exactly as it was; a second seal finds nothing left to seal."""
 
     def check(self, engine):
         try:
@@ -791,9 +792,14 @@ class Sealing(unittest.TestCase):
             self.assertEqual(written, 7, "rows sealed")
             engine.run("INSERT INTO usage_batches (batch_id, consumer) VALUES ('seal-all', 'sealer:test')")
             self.assertEqual(read_view(engine, "v_usage"), before, "sealing changes no usage")
+            sealed = engine.query(
+                "SELECT toString(sum(quantity)), sum(events) FROM usage_rollups WHERE batch_id = 'seal-all'")
+            shown = engine.query(
+                f"SELECT toString(sum(quantity)), sum(event_count) FROM v_usage WHERE window_start = '{W1}'")
+            self.assertEqual(sealed, shown, "the record holds what v_usage shows for the sealed windows")
             live = engine.query(
-                "SELECT count() FROM v_usage_readings WHERE (customer, window_start) NOT IN "
-                "(SELECT customer, window_start FROM usage_rollups WHERE sealed = 1 "
+                "SELECT count() FROM v_usage_readings WHERE (customer, window_start, window_secs) NOT IN "
+                "(SELECT customer, window_start, window_secs FROM usage_rollups WHERE sealed = 1 "
                 "AND batch_id IN (SELECT batch_id FROM usage_batches))"
             )
             self.assertEqual(live.strip(), "0", "every committed window is sealed")
