@@ -389,6 +389,8 @@ impl Aggregator<'_> {
                 let ms = ms_from_nanos(i.published.unix_timestamp_nanos());
                 (i.stream_sequence, ms)
             })
+            // every message of a JetStream consumer has its metadata; the clock is only a
+            // fallback for a message without it, which never reaches this loop in practice
             .unwrap_or_else(|_| (0, now_ms()));
         let received = datetime_secs(received_ms);
         self.cover(received).await?;
