@@ -208,7 +208,8 @@ pub async fn run(
     Ok(())
 }
 
-/// Whether `customer`'s events come to the instance of `partition`.
+/// Whether `customer`'s events come to the instance of `partition` (always, without
+/// partitions).
 fn owns(nats_cfg: &NatsConfig, partition: Option<u32>, customer: &str) -> bool {
     match nats_cfg.partition_of(customer) {
         Some(p) => partition == Some(p),
@@ -300,11 +301,6 @@ impl Aggregator<'_> {
         }
     }
 
-    /// Whether `customer`'s events come to this instance (always, without partitions).
-    fn owns(&self, customer: &str) -> bool {
-        owns(self.nats_cfg, self.cfg.partition, customer)
-    }
-
     fn horizon_secs(&self) -> u32 {
         u32::try_from(self.cfg.dedup_horizon_secs).unwrap_or(u32::MAX)
     }
@@ -314,7 +310,8 @@ impl Aggregator<'_> {
         let since = datetime_secs(now_ms()).saturating_sub(self.horizon_secs());
         let mut backoff = BACKOFF_MIN;
         loop {
-            let mine = |customer: &str| self.owns(customer);
+            let (nats_cfg, partition) = (self.nats_cfg, self.cfg.partition);
+            let mine = move |customer: &str| owns(nats_cfg, partition, customer);
             match recovery::load(&self.db, since, &mine).await {
                 Ok(dedup) => {
                     tracing::info!(ids = dedup.committed_len(), "dedup set recovered");

@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -19,44 +18,15 @@ use tally_platform::shutdown::Shutdown;
 use tally_platform::streams;
 use tally_platform::testkit::TestEnv;
 
-/// (customer, agent, meter) -> (quantity, events)
-type Totals = BTreeMap<(String, String, String), (Decimal, u64)>;
-
-fn expected(events: &[OutgoingEvent]) -> Totals {
-    let mut t = Totals::new();
-    for e in events {
-        let (meter, q) = match e.event_type.as_str() {
-            "llm.tokens" => (
-                "llm_tokens",
-                Decimal::from(e.data["tokens"].as_u64().expect("integer tokens")),
-            ),
-            _ => ("tool_calls", Decimal::ONE),
-        };
-        let entry = t
-            .entry((
-                e.customer.to_string(),
-                e.agent.to_string(),
-                meter.to_owned(),
-            ))
-            .or_default();
-        entry.0 += q;
-        entry.1 += 1;
-    }
-    t
-}
+use support::{expected_totals, fetch_totals, Totals};
 
 async fn usage(db: &clickhouse::Client) -> Totals {
-    let rows: Vec<(String, String, String, String, u64)> = db
-        .query(
-            "SELECT customer, agent, meter, toString(sum(quantity)), sum(event_count) \
-             FROM v_usage WHERE customer != 'tick' GROUP BY customer, agent, meter",
-        )
-        .fetch_all()
-        .await
-        .expect("v_usage");
-    rows.into_iter()
-        .map(|(c, a, m, q, n)| ((c, a, m), (q.parse().expect("decimal"), n)))
-        .collect()
+    fetch_totals(
+        db,
+        "SELECT customer, agent, meter, toString(sum(quantity)), sum(event_count) \
+         FROM v_usage WHERE customer != 'tick' GROUP BY customer, agent, meter",
+    )
+    .await
 }
 
 /// Committed readings in windows not sealed yet.
@@ -115,7 +85,7 @@ async fn final_windows_are_sealed_once_as_their_final_record() {
     let consumer = cfg.consumer_name();
     assert!(streams::wait_drained(&js, &env.nats.stream, &consumer, Duration::from_secs(30)).await);
     let db = env.db();
-    assert_eq!(usage(&db).await, expected(&events), "before sealing");
+    assert_eq!(usage(&db).await, expected_totals(&events), "before sealing");
 
     // the last windows become final once a later message shows the stream has moved on
     let mut ticks = Fleet::new("tick", 1, 1, "tick", 6).expect("fleet");
@@ -127,23 +97,17 @@ async fn final_windows_are_sealed_once_as_their_final_record() {
         publish(&js, &env.nats.subject_prefix, &[tick]).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert_eq!(usage(&db).await, expected(&events), "after sealing");
+    assert_eq!(usage(&db).await, expected_totals(&events), "after sealing");
     // the record: one committed seal per window, holding what v_usage showed
-    let rows: Vec<(String, String, String, String, u64)> = db
-        .query(
-            "SELECT customer, agent, meter, toString(sum(quantity)), sum(events) \
-             FROM usage_rollups WHERE sealed = 1 AND customer != 'tick' \
-             AND batch_id IN (SELECT batch_id FROM usage_batches) \
-             GROUP BY customer, agent, meter",
-        )
-        .fetch_all()
-        .await
-        .expect("sealed record");
-    let record: Totals = rows
-        .into_iter()
-        .map(|(c, a, m, q, n)| ((c, a, m), (q.parse().expect("decimal"), n)))
-        .collect();
-    assert_eq!(record, expected(&events), "the sealed record");
+    let record = fetch_totals(
+        &db,
+        "SELECT customer, agent, meter, toString(sum(quantity)), sum(events) \
+         FROM usage_rollups WHERE sealed = 1 AND customer != 'tick' \
+         AND batch_id IN (SELECT batch_id FROM usage_batches) \
+         GROUP BY customer, agent, meter",
+    )
+    .await;
+    assert_eq!(record, expected_totals(&events), "the sealed record");
     let (seals, sealed_rows, by_sealer): (u64, u64, u64) = db
         .query(
             "SELECT uniqExact(batch_id), count(), countIf(batch_id IN \
@@ -186,7 +150,7 @@ async fn final_windows_are_sealed_once_as_their_final_record() {
         .execute()
         .await
         .expect("zombie marker");
-    let mut with_late = expected(&events);
+    let mut with_late = expected_totals(&events);
     with_late.insert(
         (customer.clone(), "late-agent".into(), "llm_tokens".into()),
         (Decimal::from(1_000_000), 1),

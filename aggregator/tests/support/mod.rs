@@ -366,3 +366,42 @@ impl AggregatorProcess {
         }
     }
 }
+
+/// Usage per (customer, agent, meter): (quantity, events), for the two meters of [`meters`].
+pub type Totals =
+    std::collections::BTreeMap<(String, String, String), (rust_decimal::Decimal, u64)>;
+
+/// What [`meters`] bill for `events`, computed here (tokens summed, tool calls counted).
+pub fn expected_totals(events: &[tally_ingest::OutgoingEvent]) -> Totals {
+    use rust_decimal::Decimal;
+    let mut t = Totals::new();
+    for e in events {
+        let (meter, q) = match e.event_type.as_str() {
+            "llm.tokens" => (
+                "llm_tokens",
+                Decimal::from(e.data["tokens"].as_u64().expect("integer tokens")),
+            ),
+            _ => ("tool_calls", Decimal::ONE),
+        };
+        let entry = t
+            .entry((
+                e.customer.to_string(),
+                e.agent.to_string(),
+                meter.to_owned(),
+            ))
+            .or_default();
+        entry.0 += q;
+        entry.1 += 1;
+    }
+    t
+}
+
+/// Runs `sql`, which selects (customer, agent, meter, toString(quantity), events) grouped by
+/// the first three, into [`Totals`].
+pub async fn fetch_totals(db: &clickhouse::Client, sql: &str) -> Totals {
+    let rows: Vec<(String, String, String, String, u64)> =
+        db.query(sql).fetch_all().await.expect(sql);
+    rows.into_iter()
+        .map(|(c, a, m, q, n)| ((c, a, m), (q.parse().expect("decimal"), n)))
+        .collect()
+}
