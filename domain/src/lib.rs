@@ -10,6 +10,7 @@
 //!
 //! # Layout
 //! - [`ids`]: validated newtypes for customers, agents, event ids and meter slugs.
+//! - [`identity`]: an event's identity (customer, source, id) and its `Nats-Msg-Id`.
 //! - [`reason`]: the stable rejection reason codes (dead-letter and HTTP errors).
 //! - [`exact`]: exact decimals from configuration (strings or integers, never floats).
 //! - [`event`]: parsing and validating a CloudEvents usage event from bytes.
@@ -27,6 +28,7 @@ pub mod data;
 mod envelope;
 pub mod event;
 pub mod exact;
+pub mod identity;
 pub mod ids;
 pub mod invoice_status;
 pub mod meter;
@@ -38,6 +40,7 @@ pub mod window;
 
 pub use aggregation::{Aggregation, Partial};
 pub use event::{EventError, EventView, UsageEvent};
+pub use identity::nats_msg_id;
 pub use ids::{AgentId, CustomerId, EventId, IdError, MeterSlug};
 pub use invoice_status::{InvoiceStatus, StatusError};
 pub use meter::{Meter, MeterError, MeterReading};

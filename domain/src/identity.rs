@@ -1,0 +1,64 @@
+//! An event's identity: (customer, source, id). CloudEvents promises only that (source, id)
+//! is unique, and JetStream deduplicates `Nats-Msg-Id` across the whole stream, so the
+//! identity names all three and the message id is derived from all three: no customer's id
+//! can suppress another customer's event, and no agent's id another agent's.
+//!
+//! The message id is `<customer>:<agent>:<id>`. Customer and agent ids never contain `:`
+//! (`[A-Za-z0-9_-]`), so the text splits back into exactly one identity: two different
+//! identities never share a message id. Pure text; owns nothing else.
+
+/// The `Nats-Msg-Id` header value every publisher sets for the event `id` of `agent` of
+/// `customer` (the gateway, the SDKs, and direct NATS publishers, as the README says).
+pub fn nats_msg_id(customer: &str, agent: &str, id: &str) -> String {
+    let mut s = String::with_capacity(customer.len() + agent.len() + id.len() + 2);
+    s.push_str(customer);
+    s.push(':');
+    s.push_str(agent);
+    s.push(':');
+    s.push_str(id);
+    s
+}
+
+/// Whether `header` is the message id of (customer, agent, id), without building it.
+pub fn is_nats_msg_id(header: &str, customer: &str, agent: &str, id: &str) -> bool {
+    header.len() == customer.len() + agent.len() + id.len() + 2
+        && header.starts_with(customer)
+        && header[customer.len()..].starts_with(':')
+        && header[customer.len() + 1..].starts_with(agent)
+        && header[customer.len() + 1 + agent.len()..].starts_with(':')
+        && header.ends_with(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_ids_name_the_whole_identity() {
+        assert_eq!(
+            nats_msg_id("acme", "bot-1", "order-42"),
+            "acme:bot-1:order-42"
+        );
+        assert_ne!(
+            nats_msg_id("customer-1", "agent-1", "order-42"),
+            nats_msg_id("customer-2", "agent-1", "order-42")
+        );
+        assert_ne!(
+            nats_msg_id("c", "agent-1", "x"),
+            nats_msg_id("c", "agent-2", "x")
+        );
+        // an id may contain ':', but customer and agent cannot: still one reading
+        assert_ne!(nats_msg_id("a", "b", "c:d"), nats_msg_id("a", "b:c", "d"));
+    }
+
+    #[test]
+    fn headers_are_checked_against_the_identity() {
+        let h = nats_msg_id("acme", "bot", "e:1");
+        assert!(is_nats_msg_id(&h, "acme", "bot", "e:1"));
+        assert!(!is_nats_msg_id("e:1", "acme", "bot", "e:1"));
+        assert!(!is_nats_msg_id("acme:bot:e:2", "acme", "bot", "e:1"));
+        assert!(!is_nats_msg_id("acme:bos:e:1", "acme", "bot", "e:1"));
+        assert!(!is_nats_msg_id("acmeXbotXe:1", "acme", "bot", "e:1"));
+        assert!(!is_nats_msg_id("", "acme", "bot", "e:1"));
+    }
+}
