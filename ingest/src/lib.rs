@@ -1,7 +1,7 @@
 //! Ingest: how usage gets into the `USAGE` stream.
 //!
 //! It owns the agent-side publisher (CloudEvents 1.0 JSON to `usage.<customer>.<agent>` with
-//! `Nats-Msg-Id` set to the event id, asynchronous with a bounded number of unacknowledged
+//! `Nats-Msg-Id` set to the event's identity `<customer>:<agent>:<id>`, asynchronous with a bounded number of unacknowledged
 //! publishes) and the synthetic agents that drive the demo and the tests. It does not
 //! validate against meters or count anything: the aggregator does.
 //!

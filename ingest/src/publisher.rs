@@ -1,5 +1,6 @@
 //! The agent-side publisher: each event goes to `<prefix>.<customer>.<agent>` with
-//! `Nats-Msg-Id` = event id, so JetStream drops a retried publish inside its duplicate
+//! `Nats-Msg-Id` = `<customer>:<agent>:<id>` (the whole identity: no other customer's or
+//! agent's event can share it), so JetStream drops a retried publish inside its duplicate
 //! window and the aggregator drops it after that. Publishing is asynchronous: at most
 //! `max_in_flight` publishes wait for their JetStream ack at once; the next publish waits
 //! for the oldest ack. [`Publisher::flush`] waits for every ack.
@@ -8,6 +9,7 @@ use std::collections::VecDeque;
 
 use async_nats::jetstream::{self, context::PublishAckFuture};
 use async_nats::HeaderMap;
+use tally_domain::nats_msg_id;
 use tally_domain::subject::usage_subject;
 
 use crate::event::OutgoingEvent;
@@ -58,7 +60,12 @@ impl Publisher {
         }
         let subject = usage_subject(&self.prefix, &event.customer, &event.agent);
         let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", event.id.as_str());
+        let msg_id = nats_msg_id(
+            event.customer.as_ref(),
+            event.agent.as_ref(),
+            event.id.as_ref(),
+        );
+        headers.insert("Nats-Msg-Id", msg_id.as_str());
         headers.insert("Content-Type", "application/cloudevents+json");
         let ack = self
             .js

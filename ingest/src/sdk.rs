@@ -3,7 +3,7 @@
 //! [`Agent::record`] puts an event on a bounded queue (it waits when the queue is full: that
 //! is the backpressure, nothing is dropped); a background task takes up to `batch_max`
 //! events at a time, publishes them to `<prefix>.<customer>.<agent>` with `Nats-Msg-Id` =
-//! event id, at most `in_flight_max` unacknowledged at once, and retries the ones JetStream
+//! `<customer>:<agent>:<id>` (the whole identity, `tally_domain::nats_msg_id`), at most `in_flight_max` unacknowledged at once, and retries the ones JetStream
 //! did not acknowledge with the same bytes and id (so a retry of a publish that was in fact
 //! stored is a duplicate JetStream drops), with exponential backoff, at most `retries_max`
 //! times. [`Agent::close`] is the graceful flush: it waits until every queued event is
@@ -17,6 +17,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, context::PublishAckFuture};
 use async_nats::HeaderMap;
 use bytes::Bytes;
+use tally_domain::nats_msg_id;
 use tally_domain::subject::usage_subject;
 use tally_domain::{AgentId, CustomerId, EventId};
 use tokio::sync::mpsc;
@@ -155,7 +156,10 @@ impl Recorder<'_> {
 /// One event ready to (re)send: the same subject, id and bytes on every attempt.
 struct Wire {
     subject: String,
+    /// The event id (for logs and the caller's failure list).
     id: String,
+    /// `Nats-Msg-Id`: the whole identity, `<customer>:<agent>:<id>`.
+    msg_id: String,
     body: Bytes,
 }
 
@@ -173,6 +177,7 @@ async fn run(
             .map(|e| Wire {
                 subject: usage_subject(&prefix, &e.customer, &e.agent),
                 id: e.id.to_string(),
+                msg_id: nats_msg_id(e.customer.as_ref(), e.agent.as_ref(), e.id.as_ref()),
                 body: e.to_json().into(),
             })
             .collect();
@@ -233,7 +238,7 @@ async fn send_once(
             }
         }
         let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", wire.id.as_str());
+        headers.insert("Nats-Msg-Id", wire.msg_id.as_str());
         headers.insert("Content-Type", "application/cloudevents+json");
         match js
             .publish_with_headers(wire.subject.clone(), headers, wire.body.clone())

@@ -18,7 +18,7 @@ fn o(
 }
 
 #[tokio::test]
-async fn a_single_event_is_stored_under_its_customer_and_agent_with_its_id_as_msg_id() {
+async fn a_single_event_is_stored_under_its_customer_and_agent_with_its_identity_as_msg_id() {
     let h = Harness::start("gw_single", |_| {}).await;
     let key = h.key("acme", &[]).await;
     let mut http = h.http().await;
@@ -40,9 +40,52 @@ async fn a_single_event_is_stored_under_its_customer_and_agent_with_its_id_as_ms
     );
     assert_eq!(
         msg.headers.get("Nats-Msg-Id").map(|v| v.as_str()),
-        Some("e-1")
+        Some("acme:bot-1:e-1")
     );
     assert_eq!(&msg.payload[..], event("e-1", "acme", "bot-1").as_bytes());
+    h.stop().await;
+}
+
+/// Issue 16, finding 1: one customer's event id used to suppress another customer's event
+/// (and another agent's) inside JetStream's duplicate window, answered `duplicate`.
+#[tokio::test]
+async fn the_same_id_from_another_customer_or_agent_is_its_own_event() {
+    let h = Harness::start("gw_ident", |_| {}).await;
+    let mut http = h.http().await;
+    for (customer, agent) in [
+        ("customer-1", "agent-1"),
+        ("customer-2", "agent-1"),
+        ("customer-1", "agent-2"),
+    ] {
+        let key = h.key(customer, &[]).await;
+        let a = http
+            .events(
+                &key,
+                "application/cloudevents+json",
+                event("order-42", customer, agent),
+            )
+            .await;
+        assert_eq!(a.status, 200, "{}", a.json);
+        assert_eq!(
+            outcomes(&a),
+            vec![o("accepted", None, None)],
+            "{customer}/{agent}"
+        );
+    }
+    let stream = h.js.get_stream(&h.env.nats.stream).await.unwrap();
+    let mut ids = Vec::new();
+    for seq in 1..=3 {
+        let msg = stream.get_raw_message(seq).await.unwrap();
+        ids.push(msg.headers.get("Nats-Msg-Id").unwrap().as_str().to_owned());
+    }
+    assert_eq!(
+        ids,
+        [
+            "customer-1:agent-1:order-42",
+            "customer-2:agent-1:order-42",
+            "customer-1:agent-2:order-42"
+        ]
+    );
     h.stop().await;
 }
 

@@ -77,7 +77,7 @@ async fn unacknowledged_events_are_retried_with_the_same_id_until_stored() {
         let msg = stream.get_raw_message(seq).await.unwrap();
         let id = msg.headers.get("Nats-Msg-Id").unwrap().as_str().to_owned();
         assert!(
-            ids.iter().any(|i| i.as_str() == id),
+            ids.iter().any(|i| format!("acme:bot:{i}") == id),
             "{id} was not recorded"
         );
     }

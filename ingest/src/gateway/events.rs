@@ -11,6 +11,7 @@ use std::time::Instant;
 use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::HeaderMap;
 use bytes::Bytes;
+use tally_domain::nats_msg_id;
 use tally_domain::subject::usage_subject;
 
 use super::decode::{self, Shape};
@@ -111,10 +112,12 @@ async fn publish_one(
             e.to_string(),
         )
     })?;
-    let (subject, body) = match &gw.pseudonyms {
+    // the message id names the identity as published (pseudonyms when they are on)
+    let (subject, body, msg_id) = match &gw.pseudonyms {
         None => (
             usage_subject(&gw.subject_prefix, &event.customer, &event.agent),
             Bytes::copy_from_slice(raw),
+            nats_msg_id(event.customer.as_ref(), event.agent.as_ref(), &id),
         ),
         Some(p) => {
             let (customer, agent) = (
@@ -133,11 +136,12 @@ async fn publish_one(
             (
                 usage_subject(&gw.subject_prefix, &customer, &agent),
                 Bytes::from(body),
+                nats_msg_id(customer.as_ref(), agent.as_ref(), &id),
             )
         }
     };
     let mut headers = HeaderMap::new();
-    headers.insert("Nats-Msg-Id", id.as_str());
+    headers.insert("Nats-Msg-Id", msg_id.as_str());
     headers.insert("Content-Type", decode::SINGLE);
     let ack = gw
         .js
