@@ -2,8 +2,9 @@
 //! rejection with its public reason code. Pure: the clock is an argument, nothing is stored.
 //!
 //! Checks, in order: size and envelope (`too_large`, `malformed`), subject tokens
-//! (`subject_mismatch`), event time (`too_late`, `too_early`), meters (`unknown_meter`),
-//! quantities (`invalid_quantity`). An event is all or nothing: if one meter cannot read it,
+//! (`subject_mismatch`), the `Nats-Msg-Id` header against the identity (`msg_id_mismatch`),
+//! event time (`too_late`, `too_early`), meters (`unknown_meter`), quantities
+//! (`invalid_quantity`). An event is all or nothing: if one meter cannot read it,
 //! no meter counts it.
 
 use std::collections::HashMap;
@@ -11,6 +12,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 use tally_domain::data::DataView;
 use tally_domain::meter::MeterReading;
+use tally_domain::identity::{is_nats_msg_id, nats_msg_id};
 use tally_domain::subject::split_usage_subject;
 use tally_domain::{EventView, Meter, Reason};
 
@@ -25,7 +27,7 @@ pub struct Accepted {
     pub event: EventText,
     /// `(index into the classifier's meters, reading)` for every meter selecting the event.
     pub readings: Vec<(usize, MeterReading)>,
-    /// Dedup key of (customer, id).
+    /// Dedup key of the identity (customer, source, id).
     pub key: u128,
     /// Hash of what the event says (type, time, data), to tell a retry from a conflict.
     pub payload_hash: u64,
@@ -61,6 +63,9 @@ pub struct Classifier {
     max_event_bytes: usize,
     lateness_ms: i64,
     tolerance_ms: i64,
+    /// `aggregator.accept_legacy_msg_ids`: also accept a missing header or the bare event id
+    /// (publishers of versions before the identity was namespaced), for an upgrade.
+    accept_legacy_msg_ids: bool,
 }
 
 impl Classifier {
@@ -78,6 +83,7 @@ impl Classifier {
                 .unwrap_or(i64::MAX),
             tolerance_ms: i64::try_from(cfg.future_tolerance_secs.saturating_mul(1000))
                 .unwrap_or(i64::MAX),
+            accept_legacy_msg_ids: cfg.accept_legacy_msg_ids,
         }
     }
 
@@ -85,8 +91,10 @@ impl Classifier {
         &self.meters
     }
 
-    /// Classifies the message published on `subject` with `payload`, which JetStream stored
-    /// at `received_ms`. Lateness and future tolerance are judged against that time, not
+    /// Classifies the message published on `subject` with header `Nats-Msg-Id` = `msg_id` and
+    /// `payload`, which JetStream stored at `received_ms`. The header must name the event's
+    /// whole identity (`tally_domain::nats_msg_id`): JetStream deduplicates it across the
+    /// stream, so any other value lets one customer's or agent's id suppress another's. Lateness and future tolerance are judged against that time, not
     /// against the moment the aggregator reads the message: a backlog (the aggregator or
     /// ClickHouse down for longer than the allowed lateness) never turns events that were on
     /// time into `too_late`, and a redelivered message is judged exactly as the first time.
@@ -94,6 +102,7 @@ impl Classifier {
     pub fn classify<P: Payload + ?Sized>(
         &self,
         subject: &str,
+        msg_id: Option<&str>,
         payload: &P,
         received_ms: i64,
     ) -> Result<Accepted, Rejection> {
@@ -112,6 +121,7 @@ impl Classifier {
         event
             .check_subject(customer, agent)
             .map_err(|e| Rejection::new(e.reason(), e.field().map(str::to_owned), &e))?;
+        self.check_msg_id(msg_id, customer, agent, &event.id)?;
         if event.time_ms < received_ms.saturating_sub(self.lateness_ms) {
             let detail = format!(
                 "event time is {} ms before the stream received it, allowed lateness is {} ms",
@@ -153,7 +163,7 @@ impl Classifier {
             })?;
             readings.push((i, reading));
         }
-        let key = event_key(&event.customer, &event.id);
+        let key = event_key(&event.customer, &event.agent, &event.id);
         let payload_hash = payload_hash(&event.event_type, event.time_ms, event.data.get());
         Ok(Accepted {
             event: EventText::new(payload.shared(), &event),
@@ -165,12 +175,39 @@ impl Classifier {
     }
 }
 
+impl Classifier {
+    fn check_msg_id(
+        &self,
+        msg_id: Option<&str>,
+        customer: &str,
+        agent: &str,
+        id: &str,
+    ) -> Result<(), Rejection> {
+        let legacy = self.accept_legacy_msg_ids && msg_id.is_none_or(|h| h == id);
+        if legacy || msg_id.is_some_and(|h| is_nats_msg_id(h, customer, agent, id)) {
+            return Ok(());
+        }
+        let expected = nats_msg_id(customer, agent, id);
+        let detail = match msg_id {
+            None => format!("header Nats-Msg-Id is missing, expected {expected:?}"),
+            Some(h) => format!("header Nats-Msg-Id is {h:?}, expected {expected:?} (customer:agent:id)"),
+        };
+        Err(Rejection::new(
+            Reason::MsgIdMismatch,
+            Some("Nats-Msg-Id".into()),
+            detail,
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tally_domain::meter::{validate_meters, MeterSpec};
 
     const NOW: i64 = 1_795_726_800_000; // 2026-11-26T21:00:00Z
+    /// The `Nats-Msg-Id` of the test event `e1` of agent `bot` of customer `acme`.
+    const ID: Option<&str> = Some("acme:bot:e1");
 
     fn classifier() -> Classifier {
         let specs: Vec<MeterSpec> = serde_json::from_str(
@@ -202,6 +239,7 @@ mod tests {
         let a = c
             .classify(
                 "usage.acme.bot",
+                ID,
                 event(
                     "2026-11-26T20:59:00Z",
                     "llm.tokens",
@@ -221,46 +259,87 @@ mod tests {
         let c = classifier();
         let ok = event("2026-11-26T20:59:00Z", "tool.call", "{}");
         assert_eq!(
-            reason(c.classify("usage.other.bot", ok.as_bytes(), NOW)),
+            reason(c.classify("usage.other.bot", ID, ok.as_bytes(), NOW)),
             Reason::SubjectMismatch
         );
         assert_eq!(
-            reason(c.classify("usage.acme", ok.as_bytes(), NOW)),
+            reason(c.classify("usage.acme", ID, ok.as_bytes(), NOW)),
             Reason::SubjectMismatch
         );
         assert_eq!(
-            reason(c.classify("usage.acme.bot", b"{", NOW)),
+            reason(c.classify("usage.acme.bot", ID, b"{", NOW)),
             Reason::Malformed
         );
         let late = event("2026-11-26T19:59:59Z", "tool.call", "{}");
         assert_eq!(
-            reason(c.classify("usage.acme.bot", late.as_bytes(), NOW)),
+            reason(c.classify("usage.acme.bot", ID, late.as_bytes(), NOW)),
             Reason::TooLate
         );
         let early = event("2026-11-26T21:05:01Z", "tool.call", "{}");
         assert_eq!(
-            reason(c.classify("usage.acme.bot", early.as_bytes(), NOW)),
+            reason(c.classify("usage.acme.bot", ID, early.as_bytes(), NOW)),
             Reason::TooEarly
         );
         let unknown = event("2026-11-26T20:59:00Z", "nope", "{}");
         assert_eq!(
-            reason(c.classify("usage.acme.bot", unknown.as_bytes(), NOW)),
+            reason(c.classify("usage.acme.bot", ID, unknown.as_bytes(), NOW)),
             Reason::UnknownMeter
         );
         let bad_qty = event("2026-11-26T20:59:00Z", "llm.tokens", r#"{"tokens":"lots"}"#);
         assert_eq!(
-            reason(c.classify("usage.acme.bot", bad_qty.as_bytes(), NOW)),
+            reason(c.classify("usage.acme.bot", ID, bad_qty.as_bytes(), NOW)),
             Reason::InvalidQuantity
         );
+    }
+
+    /// Issue 16, finding 1: the header must name the whole identity; a bare id (which
+    /// JetStream would deduplicate against every other customer's) is refused.
+    #[test]
+    fn the_msg_id_header_must_name_the_identity() {
+        let c = classifier();
+        let ok = event("2026-11-26T20:59:00Z", "tool.call", "{}");
+        for bad in [None, Some("e1"), Some("other:bot:e1"), Some("acme:bot2:e1"), Some("acme:bot:e2")] {
+            let r = c.classify("usage.acme.bot", bad, ok.as_bytes(), NOW).unwrap_err();
+            assert_eq!(r.reason, Reason::MsgIdMismatch, "{bad:?}");
+            assert_eq!(r.field.as_deref(), Some("Nats-Msg-Id"));
+            assert!(r.detail.contains("acme:bot:e1"), "{}", r.detail);
+        }
+        let legacy = Classifier::new(
+            c.meters().to_vec(),
+            "usage",
+            &AggregatorConfig {
+                accept_legacy_msg_ids: true,
+                ..AggregatorConfig::default()
+            },
+        );
+        for old in [None, Some("e1"), ID] {
+            assert!(legacy.classify("usage.acme.bot", old, ok.as_bytes(), NOW).is_ok(), "{old:?}");
+        }
+        assert!(legacy.classify("usage.acme.bot", Some("x"), ok.as_bytes(), NOW).is_err());
+    }
+
+    #[test]
+    fn identities_differ_by_customer_and_agent() {
+        let c = classifier();
+        let on = |subject: &str, customer: &str, agent: &str| {
+            let body = format!(
+                r#"{{"specversion":"1.0","id":"order-42","source":"{agent}","subject":"{customer}","type":"tool.call","time":"2026-11-26T20:59:00Z","data":{{}}}}"#
+            );
+            let id = nats_msg_id(customer, agent, "order-42");
+            c.classify(subject, Some(&id), body.as_bytes(), NOW).unwrap().key
+        };
+        let a = on("usage.customer-1.agent-1", "customer-1", "agent-1");
+        assert_ne!(a, on("usage.customer-2.agent-1", "customer-2", "agent-1"));
+        assert_ne!(a, on("usage.customer-1.agent-2", "customer-1", "agent-2"));
     }
 
     #[test]
     fn lateness_limits_are_inclusive() {
         let c = classifier();
         let edge = event("2026-11-26T20:00:00Z", "tool.call", "{}");
-        assert!(c.classify("usage.acme.bot", edge.as_bytes(), NOW).is_ok());
+        assert!(c.classify("usage.acme.bot", ID, edge.as_bytes(), NOW).is_ok());
         let edge = event("2026-11-26T21:05:00Z", "tool.call", "{}");
-        assert!(c.classify("usage.acme.bot", edge.as_bytes(), NOW).is_ok());
+        assert!(c.classify("usage.acme.bot", ID, edge.as_bytes(), NOW).is_ok());
     }
 
     /// Any JSON value, nested a few levels (numbers as text so floats, huge and negative
@@ -314,7 +393,7 @@ mod tests {
             time in "2026-11-26T2[0-1]:[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})",
         ) {
             let c = classifier();
-            if let Ok(acc) = c.classify(&subject, event(&time, ty, &data).as_bytes(), NOW) {
+            if let Ok(acc) = c.classify(&subject, ID, event(&time, ty, &data).as_bytes(), NOW) {
                 proptest::prop_assert!(!acc.readings.is_empty());
             }
         }
@@ -323,7 +402,7 @@ mod tests {
         #[test]
         fn classifying_any_bytes_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
             let c = classifier();
-            let _ = c.classify("usage.acme.bot", bytes.as_slice(), NOW);
+            let _ = c.classify("usage.acme.bot", ID, bytes.as_slice(), NOW);
         }
     }
 }

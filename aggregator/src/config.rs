@@ -57,10 +57,25 @@ pub struct AggregatorConfig {
     /// Prometheus endpoint. Default `127.0.0.1:9101`.
     #[serde(default = "default_metrics_addr")]
     pub metrics_addr: String,
-    /// How often final windows are sealed into `usage_rollups`, in seconds (by the instance
-    /// of partition 0, or the only one). Default 30.
+    /// How often each instance looks for days of its partition that became final and seals
+    /// them into `usage_days` (between two batches), in seconds. Default 30.
     #[serde(default = "default_seal_every_secs")]
     pub seal_every_secs: u64,
+    /// Days sealed at most per look, so a first start over a long history never holds
+    /// consumption for long. Default 4.
+    #[serde(default = "default_seal_days_max")]
+    pub seal_days_max: u32,
+    /// The partition lease: an instance that has not renewed it for this long has lost its
+    /// partition (a standby takes over; the old one is fenced), in seconds. A restarted
+    /// instance waits this long after a kill -9 of its predecessor; a clean stop releases the
+    /// lease at once. Default 10.
+    #[serde(default = "default_lease_secs")]
+    pub lease_secs: u64,
+    /// Also accept events whose `Nats-Msg-Id` is missing or is the bare event id (publishers
+    /// from before the identity was namespaced as `<customer>:<agent>:<id>`), during an
+    /// upgrade. Default false: such events are dead-lettered as `msg_id_mismatch`.
+    #[serde(default)]
+    pub accept_legacy_msg_ids: bool,
 }
 
 fn default_consumer() -> String {
@@ -93,6 +108,12 @@ const fn default_ack_wait_secs() -> u64 {
 const fn default_seal_every_secs() -> u64 {
     30
 }
+const fn default_seal_days_max() -> u32 {
+    4
+}
+const fn default_lease_secs() -> u64 {
+    10
+}
 fn default_metrics_addr() -> String {
     "127.0.0.1:9101".into()
 }
@@ -113,6 +134,9 @@ impl Default for AggregatorConfig {
             ack_wait_secs: default_ack_wait_secs(),
             metrics_addr: default_metrics_addr(),
             seal_every_secs: default_seal_every_secs(),
+            seal_days_max: default_seal_days_max(),
+            lease_secs: default_lease_secs(),
+            accept_legacy_msg_ids: false,
         }
     }
 }
@@ -152,11 +176,16 @@ impl AggregatorConfig {
             .collect()
     }
 
-    /// Whether this instance seals windows: partition 0's, or the only one. Not with a
-    /// hand-made `filter_subject`: the sealer could not know the other filters' consumers
-    /// before they exist (usage is then always read from the readings).
+    /// The partition number written with every row (`part`): the partition, or 0.
+    pub fn part(&self) -> u32 {
+        self.partition.unwrap_or(0)
+    }
+
+    /// Whether this instance seals its partition's days. Not with a hand-made
+    /// `filter_subject`: several such instances would share `part` 0, and each would seal the
+    /// others' rows (billing then reads their partials, which is exact, only slower).
     pub fn seals(&self) -> bool {
-        self.partition.unwrap_or(0) == 0 && self.filter_subject.is_none()
+        self.filter_subject.is_none()
     }
 
     /// The durable consumer name: `<consumer>`, or `<consumer>-p<partition>`.
@@ -184,6 +213,8 @@ impl AggregatorConfig {
         positive("max_event_bytes", self.max_event_bytes as u64)?;
         positive("ack_wait_secs", self.ack_wait_secs)?;
         positive("seal_every_secs", self.seal_every_secs)?;
+        positive("seal_days_max", u64::from(self.seal_days_max))?;
+        positive("lease_secs", self.lease_secs)?;
         if 86_400 % self.window_secs != 0 {
             return Err(ConfigError::invalid(
                 "aggregator.window_secs",

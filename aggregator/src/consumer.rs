@@ -1,20 +1,32 @@
-//! The consume-fold-flush-ack loop: one task per aggregator (per partition).
+//! The consume-fold-flush-ack loop: one per aggregator instance, for the partition it holds.
+//!
+//! [`run`] waits as a standby until it holds its partition's lease (`lease.rs`), takes the
+//! partition over (`takeover.rs`), then consumes until SIGTERM or until it finds itself
+//! fenced (another instance took the partition over), in which case it drops what it holds,
+//! acknowledges nothing and becomes a standby again.
 //!
 //! Messages come from a durable pull consumer with explicit acks. Each message is classified,
 //! deduplicated and folded into the batch in flight. The batch is flushed when it holds
 //! `batch_max_events` messages or `batch_max_wait_ms` after its first message: dead letters
-//! first, then the ClickHouse commit (retried with capped backoff under a new batch id),
-//! then the dedup set, then the acks. While a flush runs, no message is pulled, so a slow
-//! ClickHouse slows consumption and memory stays bounded by one batch. On shutdown the batch
-//! in flight, with every message already delivered to this instance, is flushed and acked (and
-//! the acks confirmed by a request on the same connection); if that cannot finish, its
-//! messages are left unacked for redelivery.
+//! first, then the commit (intent in the lease, rows, commit in the lease; a failed attempt is
+//! aborted and retried under a new batch id, with capped backoff), then the dedup set, then
+//! the acks. While a flush runs, no message is pulled, so a slow ClickHouse slows consumption
+//! and memory stays bounded by one batch. Between batches, every `seal_every_secs`, the days
+//! of the partition that became final are sealed (`seal.rs`).
+//!
+//! Messages are read in stream order: a takeover recreates the consumer at its ack floor, and
+//! a delivery lost in transit (a gap in the consumer's delivery sequence) makes the loop
+//! flush what came before it and recreate the consumer the same way, so the first copy of an
+//! event JetStream received is always the one decided first.
+//!
+//! On shutdown the batch in flight, with every message already delivered to this instance,
+//! is flushed and acked (the acks confirmed by a request on the same connection), and the
+//! lease is released; if that cannot finish, its messages are left unacked for redelivery.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use async_nats::jetstream::{
-    self, consumer::pull, consumer::AckPolicy, consumer::Consumer, Message,
-};
+use async_nats::jetstream::{self, consumer::pull, consumer::Consumer, Message};
 use clickhouse::Client;
 use futures::StreamExt;
 use tally_domain::{Meter, Reason};
@@ -28,7 +40,8 @@ use crate::classify::{Classifier, Rejection};
 use crate::config::AggregatorConfig;
 use crate::crash::{self, CrashPoint};
 use crate::dedup::{Dedup, Seen};
-use crate::{dead_letter, metrics, recovery, seal, sink};
+use crate::lease::{Lease, LeaseConfig, LeaseError};
+use crate::{dead_letter, metrics, recovery, seal, sink, takeover};
 
 /// Why the aggregator stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -41,9 +54,24 @@ pub enum RunError {
         "shut down before the batch in flight could be committed; its messages will be redelivered"
     )]
     ShutdownDuringFlush,
+    #[error("fenced: another instance took the partition over; nothing in flight was acknowledged")]
+    Fenced,
 }
 
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
+impl From<LeaseError> for RunError {
+    fn from(e: LeaseError) -> RunError {
+        match e {
+            LeaseError::Fenced { .. } => RunError::Fenced,
+            LeaseError::Shutdown => RunError::ShutdownDuringFlush,
+            other => RunError::Consumer {
+                consumer: String::new(),
+                detail: other.to_string(),
+            },
+        }
+    }
+}
+
+pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const EXPIRE_EVERY: Duration = Duration::from_secs(60);
 const GAUGES_EVERY: Duration = Duration::from_secs(5);
@@ -61,25 +89,47 @@ pub(crate) fn ms_from_nanos(nanos: i128) -> i64 {
 pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
 
-struct Aggregator<'a> {
-    cfg: &'a AggregatorConfig,
-    nats_cfg: &'a NatsConfig,
-    nats: async_nats::Client,
-    js: jetstream::Context,
-    db: Client,
-    classifier: Classifier,
-    dedup: Dedup,
-    shutdown: Shutdown,
+/// The state of one session: from a takeover until shutdown or fencing.
+pub(crate) struct Aggregator<'a> {
+    pub(crate) cfg: &'a AggregatorConfig,
+    pub(crate) nats_cfg: &'a NatsConfig,
+    pub(crate) nats: async_nats::Client,
+    pub(crate) js: jetstream::Context,
+    pub(crate) db: Client,
+    pub(crate) classifier: &'a Classifier,
+    pub(crate) meters: &'a sink::Meters<'a>,
+    pub(crate) lease: Arc<Lease>,
+    pub(crate) dedup: Dedup,
+    pub(crate) shutdown: Shutdown,
     last_expiry: Instant,
     /// The dedup set holds every committed id received since this time (seconds).
-    loaded_since: u32,
+    pub(crate) loaded_since: u32,
     /// The newest time JetStream received a message this instance has read (seconds): the
     /// dedup horizon counts back from it.
     newest_received: u32,
+    /// Attempts whose intent was written but which did not commit: aborted before (or with)
+    /// the next write.
+    pending_aborts: Vec<String>,
+    /// The newest sealed day of this partition (its start, seconds): events of it and of
+    /// earlier days are refused as `window_sealed`.
+    pub(crate) sealed_through: Option<u32>,
+    /// Where sealing starts when nothing is sealed yet (the first partial's time).
+    pub(crate) first_data: Option<u32>,
+    /// The consumer delivery sequence of the last message handled (0: none since the
+    /// consumer was opened); a jump means a delivery was lost.
+    last_delivery: u64,
+}
+
+/// A message could not be handled now.
+enum Unhandled {
+    /// A delivery before it was lost: flush, recreate the consumer, read on in order.
+    Gap,
+    /// Shutdown came while older ids were being loaded.
+    Stopped,
 }
 
 /// Runs the aggregator until `shutdown` is cancelled, then flushes and returns.
@@ -97,107 +147,64 @@ pub async fn run(
             detail: e.to_string(),
         })?;
     metrics::init();
-    // `/readyz` says 503 until the dedup set is rebuilt and the consumer is bound
+    // `/readyz` says 503 until the partition is taken over and the consumer is bound
     health::set_ready("consumer", false);
     let js = jetstream::new(nats.clone());
-    let mut agg = Aggregator {
-        cfg,
-        nats_cfg,
-        nats,
-        js,
-        db,
-        classifier: Classifier::new(meters, &nats_cfg.partition_root(cfg.partition), cfg),
-        dedup: Dedup::new(),
-        shutdown: shutdown.clone(),
-        last_expiry: Instant::now(),
-        loaded_since: u32::MAX,
-        newest_received: 0,
+    let classifier = Classifier::new(meters, &nats_cfg.partition_root(cfg.partition), cfg);
+    let meter_names = sink::Meters::new(classifier.meters());
+    let holder = format!("{}/{}", cfg.consumer_name(), uuid::Uuid::new_v4());
+    let lease_cfg = LeaseConfig {
+        bucket: format!("{}_AGGREGATORS", nats_cfg.stream),
+        key: cfg.consumer_name(),
+        ttl: Duration::from_secs(cfg.lease_secs),
+        replicas: 1,
     };
-    match agg.recover().await {
-        // stopped before consuming anything: nothing is in flight
-        Err(RunError::ShutdownDuringFlush) => return Ok(()),
-        other => other?,
-    }
-    // stopped with the loop, on every way out of this function
-    let _sealer = cfg.seals().then(|| {
-        let seal_cfg = seal::SealConfig {
-            stream: nats_cfg.stream.clone(),
-            consumers: cfg.all_consumer_names(nats_cfg),
-            lateness_secs: cfg.allowed_lateness_secs,
-            label: format!("sealer:{}", cfg.consumer),
-        };
-        let every = Duration::from_secs(cfg.seal_every_secs);
-        AbortOnDrop(tokio::spawn(seal::run(
-            agg.db.clone(),
-            agg.js.clone(),
-            seal_cfg,
-            every,
-            shutdown.clone(),
-        )))
-    });
-    tracing::info!(consumer = %cfg.consumer_name(), stream = %nats_cfg.stream, "aggregator consuming");
-    health::set_ready("consumer", true);
-
-    // one batch reused across flushes: its vectors keep their room (no allocation per batch)
-    let mut batch = Batch::with_capacity(cfg.batch_max_events);
-    let mut deadline: Option<tokio::time::Instant> = None;
-    // the lag and dead-letter gauges are sampled on their own clock, so they stay true while
-    // the aggregator is idle (sampled only after flushes, they froze at the last busy moment)
-    let mut gauges = tokio::time::interval(GAUGES_EVERY);
-    gauges.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    'session: while !shutdown.is_cancelled() {
-        let (mut consumer, mut messages) = match agg.open_messages().await {
-            Ok(opened) => opened,
-            // stopped while NATS was unreachable: flush what was consumed before, if anything
-            Err(RunError::ShutdownDuringFlush) => break 'session,
-            Err(e) => return Err(e),
-        };
-        loop {
-            let flush_due = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => {
-                    // what the server already delivered to this instance is in flight too:
-                    // fold it into the last batch rather than leave it for AckWait
-                    agg.take_delivered(&mut batch, &mut messages).await;
-                    break 'session;
+    loop {
+        tracing::info!(partition = %lease_cfg.key, %holder, "waiting for the partition lease");
+        let (lease, takeover) =
+            match Lease::acquire(&js, lease_cfg.clone(), holder.clone(), &shutdown).await {
+                Ok(held) => held,
+                Err(LeaseError::Shutdown) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reach the lease bucket, retrying");
+                    tokio::time::sleep(BACKOFF_MAX).await;
+                    continue;
                 }
-                _ = sleep_until(deadline) => true,
-                _ = gauges.tick() => {
-                    // bounded: an unanswered request must not hold a due flush or a SIGTERM
-                    let _ = tokio::time::timeout(GAUGES_TIMEOUT, agg.sample_gauges(&mut consumer)).await;
-                    false
-                }
-                next = messages.next() => match next {
-                    Some(Ok(msg)) => {
-                        if agg.handle(&mut batch, msg).await.is_err() {
-                            // stopped while loading older ids: the message stays unacked
-                            break 'session;
-                        }
-                        deadline.get_or_insert_with(|| tokio::time::Instant::now() + Duration::from_millis(cfg.batch_max_wait_ms));
-                        batch.len() >= cfg.batch_max_events
-                    }
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "consumer stream error");
-                        false
-                    }
-                    None => {
-                        tracing::warn!("consumer stream ended; opening a new one");
-                        break;
-                    }
-                },
             };
-            if flush_due {
-                agg.flush(&batch).await?;
-                batch.clear();
-                deadline = None;
+        tracing::info!(previous = ?takeover.previous, unfinished = takeover.unfinished.len(), "partition lease held");
+        let lease = Arc::new(lease);
+        let renewing = Shutdown::new();
+        let _renewer = AbortOnDrop(tokio::spawn({
+            let (lease, stop) = (lease.clone(), renewing.clone());
+            async move { lease.keep_renewed(stop).await }
+        }));
+        let mut agg = Aggregator::new(cfg, nats_cfg, &nats, &db, &classifier, &meter_names, lease.clone(), &shutdown);
+        let result = agg.session(takeover).await;
+        renewing.cancel();
+        health::set_ready("consumer", false);
+        match result {
+            Ok(()) => {
+                lease.release().await;
+                finish(&agg).await;
+                return Ok(());
             }
+            // stopped before anything could be committed: nothing in flight is acked
+            Err(RunError::ShutdownDuringFlush) if shutdown.is_cancelled() => return Ok(()),
+            Err(RunError::Fenced) => {
+                tracing::warn!("fenced: dropping the batch in flight unacknowledged; standing by");
+                continue;
+            }
+            Err(e) => return Err(e),
         }
     }
-    agg.flush(&batch).await?;
+}
+
+/// After the last flush: confirms the acks and drains the connection.
+async fn finish(agg: &Aggregator<'_>) {
     // the acks are written to the socket, not necessarily read by the server: closing now
     // could lose them (a close with unread input resets the connection). A request answered
     // on the same connection shows the server has read everything sent before it.
-    if let Err(e) = agg.js.get_stream(&nats_cfg.stream).await {
+    if let Err(e) = agg.js.get_stream(&agg.nats_cfg.stream).await {
         tracing::warn!(error = %e, "confirming the last acks; unconfirmed ones will be redelivered and deduplicated");
     }
     // unsubscribe cleanly so the server stops delivering to this instance
@@ -205,12 +212,11 @@ pub async fn run(
         tracing::debug!(error = %e, "draining the NATS connection");
     }
     tracing::info!("aggregator stopped");
-    Ok(())
 }
 
 /// Whether `customer`'s events come to the instance of `partition` (always, without
 /// partitions).
-fn owns(nats_cfg: &NatsConfig, partition: Option<u32>, customer: &str) -> bool {
+pub(crate) fn owns(nats_cfg: &NatsConfig, partition: Option<u32>, customer: &str) -> bool {
     match nats_cfg.partition_of(customer) {
         Some(p) => partition == Some(p),
         None => true,
@@ -218,9 +224,9 @@ fn owns(nats_cfg: &NatsConfig, partition: Option<u32>, customer: &str) -> bool {
 }
 
 /// A spawned task that stops when its owner goes.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
-impl Drop for AbortOnDrop {
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
@@ -233,9 +239,128 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-impl Aggregator<'_> {
-    /// Declares the streams and the durable consumer and opens its message stream, retrying
-    /// with backoff while NATS is unavailable.
+impl<'a> Aggregator<'a> {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        cfg: &'a AggregatorConfig,
+        nats_cfg: &'a NatsConfig,
+        nats: &async_nats::Client,
+        db: &Client,
+        classifier: &'a Classifier,
+        meters: &'a sink::Meters<'a>,
+        lease: Arc<Lease>,
+        shutdown: &Shutdown,
+    ) -> Aggregator<'a> {
+        Aggregator {
+            cfg,
+            nats_cfg,
+            nats: nats.clone(),
+            js: jetstream::new(nats.clone()),
+            db: db.clone(),
+            classifier,
+            meters,
+            lease,
+            dedup: Dedup::new(),
+            shutdown: shutdown.clone(),
+            last_expiry: Instant::now(),
+            loaded_since: u32::MAX,
+            newest_received: 0,
+            pending_aborts: Vec::new(),
+            sealed_through: None,
+            first_data: None,
+            last_delivery: 0,
+        }
+    }
+
+    /// Takes the partition over, then consumes until shutdown (`Ok`) or fencing.
+    async fn session(&mut self, takeover: crate::lease::Takeover) -> Result<(), RunError> {
+        takeover::run(self, takeover).await?;
+        tracing::info!(consumer = %self.cfg.consumer_name(), stream = %self.nats_cfg.stream, "aggregator consuming");
+        health::set_ready("consumer", true);
+        let fenced = self.lease.fenced();
+        // one batch reused across flushes: its vectors keep their room (no allocation per batch)
+        let mut batch = Batch::with_capacity(self.cfg.batch_max_events);
+        let mut deadline: Option<tokio::time::Instant> = None;
+        // the lag and dead-letter gauges are sampled on their own clock, so they stay true
+        // while the aggregator is idle
+        let mut gauges = tokio::time::interval(GAUGES_EVERY);
+        gauges.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sealing = tokio::time::interval(Duration::from_secs(self.cfg.seal_every_secs));
+        sealing.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        'session: while !self.shutdown.is_cancelled() {
+            let (mut consumer, mut messages) = match self.open_messages().await {
+                Ok(opened) => opened,
+                // stopped while NATS was unreachable: flush what was consumed before, if anything
+                Err(RunError::ShutdownDuringFlush) => break 'session,
+                Err(e) => return Err(e),
+            };
+            self.last_delivery = 0;
+            loop {
+                let mut reset = false;
+                let flush_due = tokio::select! {
+                    biased;
+                    _ = fenced.cancelled() => return Err(RunError::Fenced),
+                    _ = self.shutdown.cancelled() => {
+                        // what the server already delivered to this instance is in flight
+                        // too: fold it into the last batch rather than leave it for AckWait
+                        self.take_delivered(&mut batch, &mut messages).await;
+                        break 'session;
+                    }
+                    _ = sleep_until(deadline) => true,
+                    _ = gauges.tick() => {
+                        // bounded: an unanswered request must not hold a due flush or a SIGTERM
+                        let _ = tokio::time::timeout(GAUGES_TIMEOUT, self.sample_gauges(&mut consumer)).await;
+                        false
+                    }
+                    _ = sealing.tick(), if self.cfg.seals() => {
+                        // between batches only: nothing in flight can add to a day being sealed
+                        self.flush(&batch).await?;
+                        batch.clear();
+                        deadline = None;
+                        self.seal_final_days().await?;
+                        false
+                    }
+                    next = messages.next() => match next {
+                        Some(Ok(msg)) => match self.handle(&mut batch, msg).await {
+                            Ok(()) => {
+                                deadline.get_or_insert_with(|| tokio::time::Instant::now() + Duration::from_millis(self.cfg.batch_max_wait_ms));
+                                batch.len() >= self.cfg.batch_max_events
+                            }
+                            Err(Unhandled::Gap) => {
+                                reset = true;
+                                true
+                            }
+                            // stopped while loading older ids: the message stays unacked
+                            Err(Unhandled::Stopped) => break 'session,
+                        },
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "consumer stream error");
+                            false
+                        }
+                        None => {
+                            tracing::warn!("consumer stream ended; opening a new one");
+                            break;
+                        }
+                    },
+                };
+                if flush_due {
+                    self.flush(&batch).await?;
+                    batch.clear();
+                    deadline = None;
+                }
+                if reset {
+                    tracing::warn!("a delivery was lost in transit; reading again from the ack floor, in stream order");
+                    takeover::reset_consumer(self).await?;
+                    break;
+                }
+            }
+        }
+        self.flush(&batch).await?;
+        Ok(())
+    }
+
+    /// Declares the streams and opens the durable consumer's message stream, retrying with
+    /// backoff while NATS is unavailable.
     async fn open_messages(&self) -> Result<(Consumer<pull::Config>, pull::Stream), RunError> {
         let mut backoff = BACKOFF_MIN;
         loop {
@@ -250,43 +375,25 @@ impl Aggregator<'_> {
     }
 
     async fn try_open_messages(&self) -> Result<(Consumer<pull::Config>, pull::Stream), RunError> {
-        let (cfg, nats_cfg) = (self.cfg, self.nats_cfg);
-        let consumer_err = |e: &dyn std::fmt::Display| RunError::Consumer {
-            consumer: cfg.consumer_name(),
-            detail: e.to_string(),
-        };
-        let stream = streams::ensure(&self.js, nats_cfg).await?;
-        let name = cfg.consumer_name();
-        let filter_subject = if nats_cfg.partitions > 0 {
-            format!("{}.>", nats_cfg.partition_root(cfg.partition))
-        } else {
-            cfg.filter_subject.clone().unwrap_or_default()
-        };
-        let consumer = stream
-            .get_or_create_consumer(
-                &name,
-                pull::Config {
-                    durable_name: Some(name.clone()),
-                    filter_subject,
-                    ack_policy: AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(cfg.ack_wait_secs),
-                    max_ack_pending: i64::try_from(cfg.batch_max_events * 2).unwrap_or(i64::MAX),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| consumer_err(&e))?;
+        let consumer = takeover::consumer(self, None).await?;
         let messages = consumer
             .stream()
-            .max_messages_per_batch(cfg.batch_max_events)
+            .max_messages_per_batch(self.cfg.batch_max_events)
             // short-lived pull requests: one left behind by a stopped instance soon expires
             // instead of swallowing new messages until AckWait
             .expires(PULL_EXPIRES)
             .heartbeat(PULL_HEARTBEAT)
             .messages()
             .await
-            .map_err(|e| consumer_err(&e))?;
+            .map_err(|e| self.consumer_err(&e))?;
         Ok((consumer, messages))
+    }
+
+    pub(crate) fn consumer_err(&self, e: &dyn std::fmt::Display) -> RunError {
+        RunError::Consumer {
+            consumer: self.cfg.consumer_name(),
+            detail: e.to_string(),
+        }
     }
 
     /// Consumer lag and dead-letter depth, each one request to NATS; a failed request leaves
@@ -301,35 +408,12 @@ impl Aggregator<'_> {
         }
     }
 
-    fn horizon_secs(&self) -> u32 {
+    pub(crate) fn horizon_secs(&self) -> u32 {
         u32::try_from(self.cfg.dedup_horizon_secs).unwrap_or(u32::MAX)
     }
 
-    /// Rebuilds the committed dedup set, retrying until ClickHouse answers.
-    async fn recover(&mut self) -> Result<(), RunError> {
-        let since = datetime_secs(now_ms()).saturating_sub(self.horizon_secs());
-        let mut backoff = BACKOFF_MIN;
-        loop {
-            let (nats_cfg, partition) = (self.nats_cfg, self.cfg.partition);
-            let mine = move |customer: &str| owns(nats_cfg, partition, customer);
-            match recovery::load(&self.db, since, &mine).await {
-                Ok(dedup) => {
-                    tracing::info!(ids = dedup.committed_len(), "dedup set recovered");
-                    metrics::dedup_size(dedup.committed_len(), dedup.committed_bytes());
-                    self.dedup = dedup;
-                    self.loaded_since = since;
-                    return Ok(());
-                }
-                Err(e) => tracing::warn!(error = %e, "dedup recovery failed, retrying"),
-            }
-            self.pause(&mut backoff)
-                .await
-                .ok_or(RunError::ShutdownDuringFlush)?;
-        }
-    }
-
     /// Makes sure the dedup set holds every committed id a message received at `received`
-    /// may repeat: those received since `received - horizon`. Recovery loads the horizon
+    /// may repeat: those received since `received - horizon`. The takeover loads the horizon
     /// before the wall clock; a backlog (messages received long before they are read, after
     /// an outage) needs older ones, loaded here once per backlog.
     async fn cover(&mut self, received: u32) -> Result<(), RunError> {
@@ -338,18 +422,21 @@ impl Aggregator<'_> {
             return Ok(());
         }
         let mut backoff = BACKOFF_MIN;
+        let horizon = self.horizon_secs();
         loop {
             let (nats_cfg, partition) = (self.nats_cfg, self.cfg.partition);
             let mine = move |customer: &str| owns(nats_cfg, partition, customer);
-            let loaded =
-                recovery::load_range(&self.db, &mut self.dedup, needed, self.loaded_since, &mine);
+            let loaded = recovery::load_range(
+                &self.db,
+                &mut self.dedup,
+                needed,
+                self.loaded_since,
+                horizon,
+                &mine,
+            );
             match loaded.await {
                 Ok(rows) => {
-                    tracing::info!(
-                        rows,
-                        from = needed,
-                        "older committed ids loaded for a backlog"
-                    );
+                    tracing::info!(rows, from = needed, "older committed ids loaded for a backlog");
                     metrics::dedup_size(self.dedup.committed_len(), self.dedup.committed_bytes());
                     self.loaded_since = needed;
                     return Ok(());
@@ -364,10 +451,12 @@ impl Aggregator<'_> {
         }
     }
 
-    /// Sleeps the backoff (doubling it); `None` if shutdown came first.
-    async fn pause(&self, backoff: &mut Duration) -> Option<()> {
+    /// Sleeps the backoff (doubling it); `None` if shutdown or fencing came first.
+    pub(crate) async fn pause(&self, backoff: &mut Duration) -> Option<()> {
+        let fenced = self.lease.fenced();
         tokio::select! {
             _ = self.shutdown.cancelled() => None,
+            _ = fenced.cancelled() => None,
             _ = tokio::time::sleep(*backoff) => {
                 *backoff = (*backoff * 2).min(BACKOFF_MAX);
                 Some(())
@@ -375,22 +464,33 @@ impl Aggregator<'_> {
         }
     }
 
-    /// Classifies, deduplicates and folds one message into the batch. Fails only when
-    /// shutdown comes while older committed ids are being loaded (the message is then not in
-    /// the batch and will be redelivered).
-    async fn handle(&mut self, batch: &mut Batch, msg: Message) -> Result<(), RunError> {
+    /// The error to return when [`Aggregator::pause`] gave up.
+    pub(crate) fn stopped(&self) -> RunError {
+        if self.lease.fenced().is_cancelled() {
+            RunError::Fenced
+        } else {
+            RunError::ShutdownDuringFlush
+        }
+    }
+
+    /// Classifies, deduplicates and folds one message into the batch.
+    async fn handle(&mut self, batch: &mut Batch, msg: Message) -> Result<(), Unhandled> {
         // when JetStream stored the message: what lateness and the horizon are measured from
-        let (seq, received_ms) = msg
+        let (seq, delivery, received_ms) = msg
             .info()
             .map(|i| {
                 let ms = ms_from_nanos(i.published.unix_timestamp_nanos());
-                (i.stream_sequence, ms)
+                (i.stream_sequence, i.consumer_sequence, ms)
             })
             // every message of a JetStream consumer has its metadata; the clock is only a
             // fallback for a message without it, which never reaches this loop in practice
-            .unwrap_or_else(|_| (0, now_ms()));
+            .unwrap_or_else(|_| (0, 0, now_ms()));
+        if self.last_delivery != 0 && delivery != self.last_delivery + 1 {
+            return Err(Unhandled::Gap);
+        }
+        self.last_delivery = delivery;
         let received = datetime_secs(received_ms);
-        self.cover(received).await?;
+        self.cover(received).await.map_err(|_| Unhandled::Stopped)?;
         self.newest_received = self.newest_received.max(received);
         let subject: &str = &msg.subject;
         let payload = &msg.payload;
@@ -404,8 +504,14 @@ impl Aggregator<'_> {
                 payload: payload.clone(),
             });
         };
-        match self.classifier.classify(subject, payload, received_ms) {
+        let msg_id = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+            .map(|v| v.as_str());
+        match self.classifier.classify(subject, msg_id, payload, received_ms) {
             Err(rejection) => reject(batch, rejection),
+            Ok(acc) if self.is_sealed(acc.event.time_ms) => reject(batch, self.sealed_rejection()),
             Ok(acc) => {
                 let (key, hash) = (acc.key, acc.payload_hash);
                 match self.dedup.check(key, hash) {
@@ -430,6 +536,24 @@ impl Aggregator<'_> {
         }
         batch.track(msg, seq);
         Ok(())
+    }
+
+    /// Whether an event at `time_ms` falls in a sealed day of this partition.
+    fn is_sealed(&self, time_ms: i64) -> bool {
+        self.sealed_through
+            .is_some_and(|day| time_ms < (i64::from(day) + 86_400) * 1000)
+    }
+
+    fn sealed_rejection(&self) -> Rejection {
+        Rejection {
+            reason: Reason::WindowSealed,
+            field: Some("time".into()),
+            detail: format!(
+                "the event's UTC day is sealed: every day through the one starting {} is final \
+                 for this partition, and its usage can no longer change",
+                tally_domain::period::rfc3339(i64::from(self.sealed_through.unwrap_or(0)) * 1000)
+            ),
+        }
     }
 
     /// At shutdown: takes into `batch` every message already delivered to this instance,
@@ -464,9 +588,7 @@ impl Aggregator<'_> {
                 Ok(()) => break,
                 Err(e) => tracing::warn!(error = %e, "dead-letter publish failed, retrying"),
             }
-            self.pause(&mut backoff)
-                .await
-                .ok_or(RunError::ShutdownDuringFlush)?;
+            self.pause(&mut backoff).await.ok_or_else(|| self.stopped())?;
         }
         if !batch.rejected.is_empty() {
             crash::point(CrashPoint::AfterDeadLetters);
@@ -499,52 +621,127 @@ impl Aggregator<'_> {
         Ok(())
     }
 
-    /// Commits the batch's rows, retrying under a new batch id until the marker is durable.
-    async fn commit(&mut self, batch: &Batch) -> Result<(), RunError> {
-        let meters = self.classifier.meters();
+    /// Runs `write` as one op under the lease: intent (carrying the attempts still to abort),
+    /// those aborts, the rows, commit. A failed write is aborted and retried under a new id
+    /// until it commits; a lost lease stops everything (`Fenced`), with nothing acknowledged.
+    pub(crate) async fn under_lease<F, Fut>(&mut self, what: &str, mut write: F) -> Result<String, RunError>
+    where
+        F: FnMut(Client, String) -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
         let mut backoff = BACKOFF_MIN;
         loop {
-            let batch_id = uuid::Uuid::new_v4().to_string();
-            let result = sink::commit(
-                &self.db,
-                batch,
-                meters,
-                &batch_id,
-                &self.cfg.consumer_name(),
-                self.cfg.window_secs,
-                now_ms(),
-            )
+            let id = uuid::Uuid::new_v4().to_string();
+            self.write_intent(&id).await?;
+            let written = async {
+                sink::abort(&self.db, &self.pending_aborts, self.cfg.part(), "failed_attempt", now_ms())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                write(self.db.clone(), id.clone()).await
+            }
             .await;
-            match result {
-                Ok(()) => return Ok(()),
-                Err(sink::CommitError::InDoubt { batch_id, source }) => {
-                    tracing::warn!(%batch_id, error = %source, "commit in doubt, asking ClickHouse");
-                    if self.resolve_in_doubt(&batch_id).await? {
-                        return Ok(());
-                    }
+            match written {
+                Ok(()) => {
+                    self.pending_aborts.clear();
+                    crash::point(CrashPoint::AfterRows);
+                    self.write_commit().await?;
+                    return Ok(id);
                 }
                 Err(e) => {
                     metrics::commit_failed();
-                    tracing::warn!(error = %e, "commit failed, retrying under a new batch id");
+                    tracing::warn!(op = what, error = %e, "write failed; aborting the attempt and retrying under a new id");
+                    self.pending_aborts.push(id);
                 }
             }
-            self.pause(&mut backoff)
-                .await
-                .ok_or(RunError::ShutdownDuringFlush)?;
+            self.pause(&mut backoff).await.ok_or_else(|| self.stopped())?;
         }
     }
 
-    /// Polls until ClickHouse says whether the marker of `batch_id` exists.
-    async fn resolve_in_doubt(&self, batch_id: &str) -> Result<bool, RunError> {
+    /// The intent in the lease, retried while NATS cannot be reached.
+    async fn write_intent(&mut self, id: &str) -> Result<(), RunError> {
         let mut backoff = BACKOFF_MIN;
         loop {
-            if let Ok(exists) = sink::marker_exists(&self.db, batch_id).await {
-                return Ok(exists);
+            match self.lease.intent(id, &self.pending_aborts).await {
+                Ok(()) => return Ok(()),
+                Err(LeaseError::Fenced { .. }) => return Err(RunError::Fenced),
+                Err(e) => tracing::warn!(error = %e, "writing the intent, retrying"),
             }
-            self.pause(&mut backoff)
-                .await
-                .ok_or(RunError::ShutdownDuringFlush)?;
+            self.pause(&mut backoff).await.ok_or_else(|| self.stopped())?;
         }
+    }
+
+    /// The commit in the lease, retried while NATS cannot be reached (the rows are durable;
+    /// if the partition is taken over meanwhile, the new holder aborts them).
+    async fn write_commit(&mut self) -> Result<(), RunError> {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            match self.lease.commit().await {
+                Ok(()) => return Ok(()),
+                Err(LeaseError::Fenced { .. }) => return Err(RunError::Fenced),
+                Err(e) => tracing::warn!(error = %e, "writing the commit, retrying"),
+            }
+            self.pause(&mut backoff).await.ok_or_else(|| self.stopped())?;
+        }
+    }
+
+    /// Commits the batch's rows under the lease.
+    async fn commit(&mut self, batch: &Batch) -> Result<(), RunError> {
+        let (meters, cfg) = (self.meters, self.cfg);
+        let consumer = cfg.consumer_name();
+        self.under_lease("batch", |db, id| {
+            let consumer = consumer.clone();
+            async move {
+                let target = sink::Target {
+                    batch_id: &id,
+                    part: cfg.part(),
+                    consumer: &consumer,
+                    window_secs: cfg.window_secs,
+                    now_ms: now_ms(),
+                };
+                sink::write(&db, batch, meters, target)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Seals, in order, the days of this partition that became final (at most
+    /// `seal_days_max`). A failed look is logged and retried at the next one.
+    async fn seal_final_days(&mut self) -> Result<(), RunError> {
+        let until = match seal::final_until(&self.js, &self.nats_cfg.stream, &self.cfg.consumer_name()).await {
+            Ok(until) => until,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot tell which days are final; retrying at the next look");
+                return Ok(());
+            }
+        };
+        let last_final = until.and_then(|u| seal::last_final_day(u, self.cfg.allowed_lateness_secs));
+        let days = seal::days_to_seal(self.sealed_through, self.first_data, last_final, self.cfg.seal_days_max);
+        for day in days {
+            let part = self.cfg.part();
+            let rows = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let counted = rows.clone();
+            self.under_lease("seal", move |db, id| {
+                let counted = counted.clone();
+                async move {
+                    let n = seal::seal_day(&db, &id, part, day, now_ms())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    counted.store(n, std::sync::atomic::Ordering::Relaxed);
+                    Ok(())
+                }
+            })
+            .await?;
+            self.sealed_through = Some(day);
+            let n = rows.load(std::sync::atomic::Ordering::Relaxed);
+            metrics::sealed(1, n);
+            metrics::sealed_through(day);
+            tracing::info!(day, rows = n, "day sealed");
+        }
+        Ok(())
     }
 
     fn expire_if_due(&mut self) {

@@ -1,4 +1,4 @@
-//! Deduplication by (customer, event id), with a pending set for the batch in flight and a
+//! Deduplication by identity (customer, source, event id), with a pending set for the batch in flight and a
 //! committed set bounded by the horizon.
 //!
 //! An id moves from pending to committed only when its batch's commit marker is durable
@@ -6,7 +6,7 @@
 //! JetStream received it, and expiry counts the horizon back from the newest received time
 //! the aggregator has read (not from the wall clock), so a backlog keeps the ids its re-sends
 //! need. Keys are 128-bit xxh3 hashes
-//! of (customer, id), payloads 64-bit hashes of what the event says, so a retry (same
+//! of (customer, source, id), payloads 64-bit hashes of what the event says, so a retry (same
 //! payload) and a conflict (same id, different payload) are told apart. The committed set is
 //! an [`IdSet`] of 24-byte slots keeping the low 32 bits of the payload hash (a conflict that
 //! collides in those bits is treated as a plain retry: still never billed twice, only not
@@ -19,10 +19,13 @@ use crate::idset::IdSet;
 
 use xxhash_rust::xxh3::Xxh3;
 
-/// The dedup key of (customer, id).
-pub fn event_key(customer: &str, id: &str) -> u128 {
+/// The dedup key of the identity (customer, source, id). Customer and agent ids never
+/// contain a NUL byte, so the separators make the hashed text unambiguous.
+pub fn event_key(customer: &str, agent: &str, id: &str) -> u128 {
     let mut h = Xxh3::new();
     h.update(customer.as_bytes());
+    h.update(&[0]);
+    h.update(agent.as_bytes());
     h.update(&[0]);
     h.update(id.as_bytes());
     h.digest128()
@@ -149,14 +152,15 @@ mod tests {
 
     #[test]
     fn ids_are_per_customer() {
-        assert_ne!(event_key("a", "1"), event_key("b", "1"));
-        assert_ne!(event_key("a1", ""), event_key("a", "1"));
+        assert_ne!(event_key("a", "x", "1"), event_key("b", "x", "1"));
+        assert_ne!(event_key("a", "x", "1"), event_key("a", "y", "1"));
+        assert_ne!(event_key("a1", "x", ""), event_key("a", "x", "1"));
     }
 
     #[test]
     fn pending_then_committed_then_expired() {
         let mut d = Dedup::new();
-        let (k, h) = (event_key("acme", "e1"), payload_hash("t", 1, "{}"));
+        let (k, h) = (event_key("acme", "bot", "e1"), payload_hash("t", 1, "{}"));
         assert_eq!(d.check(k, h), Seen::New);
         d.reserve(k, h, 100);
         assert_eq!(d.check(k, h), Seen::Pending);

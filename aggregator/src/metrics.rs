@@ -20,7 +20,11 @@ pub fn init() {
     counter!("tally_aggregator_batches_total").absolute(0);
     counter!("tally_aggregator_commit_errors_total").absolute(0);
     committed(0, 0);
-    sealed(0);
+    sealed(0, 0);
+    counter!("tally_aggregator_lease_acquired_total").absolute(0);
+    counter!("tally_aggregator_fenced_total").absolute(0);
+    counter!("tally_aggregator_aborted_batches_total").absolute(0);
+    counter!("tally_aggregator_consumer_resets_total").absolute(0);
 }
 
 /// Messages by outcome: `accepted`, `duplicate`, `rejected`.
@@ -78,7 +82,34 @@ pub fn dead_letter_depth(messages: u64) {
     gauge!("tally_aggregator_dead_letter_messages").set(messages as f64);
 }
 
-/// Rollup rows written by sealing final windows.
-pub fn sealed(rows: u64) {
+/// A day sealed: its rows written into `usage_days`.
+pub fn sealed(days: u64, rows: u64) {
+    counter!("tally_aggregator_sealed_days_total").increment(days);
     counter!("tally_aggregator_sealed_rollups_total").increment(rows);
+}
+
+/// The newest sealed day (seconds since the epoch of its start).
+pub fn sealed_through(day_start_secs: u32) {
+    gauge!("tally_aggregator_sealed_through_seconds").set(f64::from(day_start_secs));
+}
+
+/// This instance took its partition (at start or from a silent holder).
+pub fn lease_acquired() {
+    counter!("tally_aggregator_lease_acquired_total").increment(1);
+}
+
+/// This instance found its partition taken over and stopped consuming.
+pub fn fenced() {
+    counter!("tally_aggregator_fenced_total").increment(1);
+}
+
+/// Batch or seal ids recorded as aborted (a failed attempt, or unfinished at a takeover).
+pub fn aborted(n: usize) {
+    counter!("tally_aggregator_aborted_batches_total").increment(n as u64);
+}
+
+/// The consumer was recreated from its ack floor (a takeover, or a lost delivery), so
+/// messages are read again in stream order.
+pub fn consumer_reset() {
+    counter!("tally_aggregator_consumer_resets_total").increment(1);
 }

@@ -1,9 +1,10 @@
-//! Committing a batch to ClickHouse: raw events and meter readings (concurrently), then the
-//! commit marker.
+//! Writing a batch to ClickHouse: raw events, meter readings and window partials under the
+//! batch's id (three concurrent inserts), a row in the batch log, and abort records.
 //!
-//! Rows are written under a fresh `batch_id` per attempt and count only once the marker row
-//! exists (see the crate docs). This module never acks anything and never touches the dedup
-//! set; the consumer does both after [`commit`] returns `Ok`.
+//! Rows of a batch count unless the batch id is in `usage_aborts`; the consumer writes them
+//! only between the batch's intent and its commit in the partition lease (`lease.rs`), and
+//! aborts an attempt that failed before retrying under a new id. This module never acks
+//! anything, never touches the dedup set and never decides whether a batch counts.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -15,11 +16,11 @@ use tally_domain::Meter;
 use tally_platform::store::{datetime_secs, dec9};
 
 use crate::batch::Batch;
-use crate::crash::{self, CrashPoint};
 use crate::metrics;
+use crate::partials;
 
 #[derive(clickhouse::Row, Serialize)]
-struct EventRow<'a> {
+struct RawRow<'a> {
     customer: &'a str,
     agent: &'a str,
     event_id: &'a str,
@@ -28,9 +29,10 @@ struct EventRow<'a> {
     time_ms: i64,
     data: &'a str,
     payload_hash: u64,
-    batch_id: &'a str,
     stream_seq: u64,
     received_at: u32,
+    batch_id: &'a str,
+    part: u32,
 }
 
 #[derive(clickhouse::Row, Serialize)]
@@ -45,39 +47,80 @@ struct ReadingRow<'a> {
     time_ms: i64,
     group_names: &'a [String],
     group_values: &'a [String],
-    group_key: String,
+    group_key: &'a str,
     #[serde(with = "dec9")]
     value: Decimal,
     unique_value: &'a str,
+    stream_seq: u64,
     batch_id: &'a str,
-    inserted_at: u32,
+    part: u32,
 }
 
 #[derive(clickhouse::Row, Serialize)]
-struct MarkerRow<'a> {
+struct PartialRow<'a> {
+    window_start: u32,
+    window_secs: u32,
+    customer: &'a str,
+    agent: &'a str,
+    meter: &'a str,
+    aggregation: &'a str,
+    group_names: &'a [String],
+    group_values: &'a [String],
+    group_key: &'a str,
+    events: u64,
+    #[serde(with = "dec9")]
+    value_sum: Decimal,
+    #[serde(with = "dec9")]
+    value_min: Decimal,
+    #[serde(with = "dec9")]
+    value_max: Decimal,
+    #[serde(with = "dec9")]
+    latest_value: Decimal,
+    latest_time_ms: i64,
+    latest_event_id: &'a str,
+    unique_values: Vec<&'a str>,
+    batch_id: &'a str,
+    part: u32,
+    inserted_at: u32,
+}
+
+/// The batch log (`usage_batches`): one row per attempt, for audit and the dashboards.
+#[derive(clickhouse::Row, Serialize)]
+struct LogRow<'a> {
     batch_id: &'a str,
     consumer: &'a str,
     first_seq: u64,
     last_seq: u64,
     events: u32,
-    /// Readings written (the column predates readings and keeps its name).
+    /// Readings written (the column keeps its old name).
     rollups: u32,
     committed_at: u32,
 }
 
-/// Why a commit attempt failed; the batch is safe to retry under a new id.
+#[derive(clickhouse::Row, Serialize)]
+struct AbortRow<'a> {
+    batch_id: &'a str,
+    part: u32,
+    reason: &'a str,
+    aborted_at: u32,
+}
+
+/// Why writing failed; the attempt must be aborted and the batch retried under a new id.
 #[derive(Debug, thiserror::Error)]
-pub enum CommitError {
-    #[error("insert into {table}: {source}")]
-    Insert {
-        table: &'static str,
-        source: clickhouse::error::Error,
-    },
-    #[error("marker for batch {batch_id} in doubt: {source}")]
-    InDoubt {
-        batch_id: String,
-        source: clickhouse::error::Error,
-    },
+#[error("insert into {table}: {source}")]
+pub struct InsertError {
+    pub table: &'static str,
+    pub source: clickhouse::error::Error,
+}
+
+/// Where a batch is written: its id, the writing instance's partition and consumer.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub batch_id: &'a str,
+    pub part: u32,
+    pub consumer: &'a str,
+    pub window_secs: u32,
+    pub now_ms: i64,
 }
 
 /// The canonical text of a group: a JSON object of name to value, names sorted.
@@ -90,47 +133,19 @@ pub fn group_key(names: &[String], values: &[String]) -> String {
     serde_json::to_string(&map).unwrap_or_default()
 }
 
-async fn insert_rows<'r, T: clickhouse::RowWrite>(
-    db: &Client,
-    table: &'static str,
-    rows: Vec<T::Value<'r>>,
-) -> Result<(), CommitError> {
-    let started = Instant::now();
-    let mut insert = open::<T>(db, table).await?;
-    for row in rows {
-        insert.write(&row).await.map_err(insert_error(table))?;
-    }
-    finish(insert, table, started).await
+fn insert_error(table: &'static str) -> impl Fn(clickhouse::error::Error) -> InsertError {
+    move |source| InsertError { table, source }
 }
 
-fn insert_error(table: &'static str) -> impl Fn(clickhouse::error::Error) -> CommitError {
-    move |source| CommitError::Insert { table, source }
-}
-
-async fn open<T: clickhouse::Row>(
-    db: &Client,
-    table: &'static str,
-) -> Result<clickhouse::insert::Insert<T>, CommitError> {
-    db.insert::<T>(table).await.map_err(insert_error(table))
-}
-
-async fn finish<T>(
-    insert: clickhouse::insert::Insert<T>,
-    table: &'static str,
-    started: Instant,
-) -> Result<(), CommitError> {
-    insert.end().await.map_err(insert_error(table))?;
-    metrics::insert_seconds(table, started.elapsed());
-    Ok(())
-}
-
-/// The batch's raw events, one row each, written as they are built (a batch's rows are never
-/// collected into a vector of their own: megabytes per flush at the default batch size).
-async fn insert_events(db: &Client, batch: &Batch, batch_id: &str) -> Result<(), CommitError> {
-    let (table, started) = ("usage_events", Instant::now());
-    let mut insert = open::<EventRow<'static>>(db, table).await?;
+/// The batch's raw events, one row each.
+async fn insert_raw(db: &Client, batch: &Batch, t: Target<'_>) -> Result<(), InsertError> {
+    let (table, started) = ("usage_raw", Instant::now());
+    let mut ins = db
+        .insert::<RawRow<'static>>(table)
+        .await
+        .map_err(insert_error(table))?;
     for a in &batch.events {
-        let row = EventRow {
+        let row = RawRow {
             customer: a.event.customer(),
             agent: a.event.agent(),
             event_id: a.event.id(),
@@ -139,30 +154,34 @@ async fn insert_events(db: &Client, batch: &Batch, batch_id: &str) -> Result<(),
             time_ms: a.event.time_ms,
             data: a.event.data(),
             payload_hash: a.payload_hash,
-            batch_id,
             stream_seq: a.stream_seq,
             received_at: a.received_at,
+            batch_id: t.batch_id,
+            part: t.part,
         };
-        insert.write(&row).await.map_err(insert_error(table))?;
+        ins.write(&row).await.map_err(insert_error(table))?;
     }
-    finish(insert, table, started).await
+    ins.end().await.map_err(insert_error(table))?;
+    metrics::insert_seconds(table, started.elapsed());
+    Ok(())
 }
 
-/// The batch's meter readings, one row per (event, meter), written as they are built.
+/// The batch's meter readings, one row per (event, meter).
 async fn insert_readings(
     db: &Client,
     batch: &Batch,
-    meters: &[Meter],
-    batch_id: &str,
-    window_secs: u32,
-    now: u32,
-) -> Result<(), CommitError> {
-    let (table, started) = ("usage_readings", Instant::now());
-    let group_names: Vec<Vec<String>> = meters.iter().map(Meter::group_names).collect();
-    let mut insert = open::<ReadingRow<'static>>(db, table).await?;
+    meters: &Meters<'_>,
+    t: Target<'_>,
+) -> Result<(), InsertError> {
+    let (table, started) = ("usage_meter_readings", Instant::now());
+    let mut ins = db
+        .insert::<ReadingRow<'static>>(table)
+        .await
+        .map_err(insert_error(table))?;
     for a in &batch.events {
         for (m, r) in &a.readings {
-            let meter = &meters[*m];
+            let meter = &meters.list[*m];
+            let key = group_key(&meters.group_names[*m], &r.group_values);
             let row = ReadingRow {
                 customer: a.event.customer(),
                 agent: a.event.agent(),
@@ -170,113 +189,152 @@ async fn insert_readings(
                 meter: meter.slug.as_str(),
                 aggregation: meter.aggregation.as_str(),
                 window_start: datetime_secs(a.window.start_ms),
-                window_secs,
+                window_secs: t.window_secs,
                 time_ms: a.event.time_ms,
-                group_names: &group_names[*m],
+                group_names: &meters.group_names[*m],
                 group_values: &r.group_values,
-                group_key: group_key(&group_names[*m], &r.group_values),
+                group_key: &key,
                 value: r.value,
                 unique_value: &r.unique_value,
-                batch_id,
-                inserted_at: now,
+                stream_seq: a.stream_seq,
+                batch_id: t.batch_id,
+                part: t.part,
             };
-            insert.write(&row).await.map_err(insert_error(table))?;
+            ins.write(&row).await.map_err(insert_error(table))?;
         }
     }
-    finish(insert, table, started).await
+    ins.end().await.map_err(insert_error(table))?;
+    metrics::insert_seconds(table, started.elapsed());
+    Ok(())
 }
 
-/// Writes the batch's events and readings under `batch_id` (two concurrent inserts), without a
-/// marker, so they do not count yet; returns the number of readings. [`commit`] calls it before writing the marker;
-/// the insert benchmark uses it as the plain-insert baseline.
-pub async fn write_rows(
+/// The batch's partials, one row per (customer, agent, meter, group, window).
+async fn insert_partials(
     db: &Client,
     batch: &Batch,
-    meters: &[Meter],
-    batch_id: &str,
-    window_secs: u32,
-    now_ms: i64,
-) -> Result<usize, CommitError> {
-    let now = datetime_secs(now_ms);
-    // both inserts at once: the marker waits for both, so a failure of either (even after the
-    // other succeeded) leaves rows that never count, exactly as when they ran one by one
-    futures::future::try_join(
-        insert_events(db, batch, batch_id),
-        insert_readings(db, batch, meters, batch_id, window_secs, now),
-    )
-    .await?;
-    let reading_count = batch.readings();
-    Ok(reading_count)
+    meters: &Meters<'_>,
+    t: Target<'_>,
+) -> Result<usize, InsertError> {
+    let (table, started) = ("usage_partials", Instant::now());
+    let rows = partials::fold(&batch.events, meters.list);
+    let now = datetime_secs(t.now_ms);
+    let mut ins = db
+        .insert::<PartialRow<'static>>(table)
+        .await
+        .map_err(insert_error(table))?;
+    for p in &rows {
+        let meter = &meters.list[p.meter];
+        let key = group_key(&meters.group_names[p.meter], p.group_values);
+        let row = PartialRow {
+            window_start: datetime_secs(p.window_start_ms),
+            window_secs: t.window_secs,
+            customer: p.customer,
+            agent: p.agent,
+            meter: meter.slug.as_str(),
+            aggregation: meter.aggregation.as_str(),
+            group_names: &meters.group_names[p.meter],
+            group_values: p.group_values,
+            group_key: &key,
+            events: p.events,
+            value_sum: p.sum,
+            value_min: p.min,
+            value_max: p.max,
+            latest_value: p.latest,
+            latest_time_ms: p.latest_time_ms,
+            latest_event_id: p.latest_event_id,
+            unique_values: p.unique_values.iter().copied().collect(),
+            batch_id: t.batch_id,
+            part: t.part,
+            inserted_at: now,
+        };
+        ins.write(&row).await.map_err(insert_error(table))?;
+    }
+    ins.end().await.map_err(insert_error(table))?;
+    metrics::insert_seconds(table, started.elapsed());
+    Ok(rows.len())
 }
 
-/// Writes the batch's events and readings under `batch_id`, then its marker. `Ok` means the
-/// batch is durably committed and visible.
-pub async fn commit(
-    db: &Client,
-    batch: &Batch,
-    meters: &[Meter],
-    batch_id: &str,
-    consumer: &str,
-    window_secs: u32,
-    now_ms: i64,
-) -> Result<(), CommitError> {
-    let reading_count = write_rows(db, batch, meters, batch_id, window_secs, now_ms).await?;
-    crash::point(CrashPoint::AfterRows);
-    let now = datetime_secs(now_ms);
-    let marker = MarkerRow {
-        batch_id,
-        consumer,
+/// The meters and their group-by names, computed once per aggregator.
+pub struct Meters<'a> {
+    pub list: &'a [Meter],
+    pub group_names: Vec<Vec<String>>,
+}
+
+impl<'a> Meters<'a> {
+    pub fn new(list: &'a [Meter]) -> Meters<'a> {
+        Meters {
+            list,
+            group_names: list.iter().map(Meter::group_names).collect(),
+        }
+    }
+}
+
+async fn insert_log(db: &Client, batch: &Batch, t: Target<'_>) -> Result<(), InsertError> {
+    let table = "usage_batches";
+    let row = LogRow {
+        batch_id: t.batch_id,
+        consumer: t.consumer,
         first_seq: batch.first_seq,
         last_seq: batch.last_seq,
         events: u32::try_from(batch.events.len()).unwrap_or(u32::MAX),
-        rollups: u32::try_from(reading_count).unwrap_or(u32::MAX),
-        committed_at: now,
+        rollups: u32::try_from(batch.readings()).unwrap_or(u32::MAX),
+        committed_at: datetime_secs(t.now_ms),
     };
-    match insert_rows::<MarkerRow<'static>>(db, "usage_batches", vec![marker]).await {
-        Ok(()) => Ok(()),
-        Err(e) => match marker_exists(db, batch_id).await {
-            Ok(true) => {
-                tracing::warn!(batch_id, error = %e, "marker insert reported an error but the marker is durable");
-                Ok(())
-            }
-            Ok(false) => Err(e),
-            Err(source) => Err(CommitError::InDoubt {
-                batch_id: batch_id.to_owned(),
-                source,
-            }),
-        },
-    }
+    let mut ins = db
+        .insert::<LogRow<'static>>(table)
+        .await
+        .map_err(insert_error(table))?;
+    ins.write(&row).await.map_err(insert_error(table))?;
+    ins.end().await.map_err(insert_error(table))
 }
 
-/// Writes the marker of a seal (`seal.rs`): `rollups` rows written under `batch_id` by
-/// `consumer`, counted from now on.
-pub async fn mark_seal(
+/// Writes the batch's raw events, readings and partials under `t.batch_id`, and its log row
+/// (four concurrent inserts). `Ok` means every row is durable; on `Err` some may be, and the
+/// attempt must be aborted. Returns the number of partial rows.
+pub async fn write(
     db: &Client,
-    batch_id: &str,
-    consumer: &str,
-    rollups: u64,
-    now_ms: i64,
-) -> Result<(), CommitError> {
-    let marker = MarkerRow {
-        batch_id,
-        consumer,
-        first_seq: 0,
-        last_seq: 0,
-        events: 0,
-        rollups: u32::try_from(rollups).unwrap_or(u32::MAX),
-        committed_at: datetime_secs(now_ms),
-    };
-    insert_rows::<MarkerRow<'static>>(db, "usage_batches", vec![marker]).await
+    batch: &Batch,
+    meters: &Meters<'_>,
+    t: Target<'_>,
+) -> Result<usize, InsertError> {
+    let (_, _, partials, _) = futures::future::try_join4(
+        insert_raw(db, batch, t),
+        insert_readings(db, batch, meters, t),
+        insert_partials(db, batch, meters, t),
+        insert_log(db, batch, t),
+    )
+    .await?;
+    Ok(partials)
 }
 
-/// Whether the marker of `batch_id` is durable.
-pub async fn marker_exists(db: &Client, batch_id: &str) -> Result<bool, clickhouse::error::Error> {
-    let n: u64 = db
-        .query("SELECT count() FROM usage_batches WHERE batch_id = ?")
-        .bind(batch_id)
-        .fetch_one()
-        .await?;
-    Ok(n > 0)
+/// Records `ids` (batches or seals of partition `part`) as aborted: their rows never count.
+pub async fn abort(
+    db: &Client,
+    ids: &[String],
+    part: u32,
+    reason: &str,
+    now_ms: i64,
+) -> Result<(), InsertError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let table = "usage_aborts";
+    let mut ins = db
+        .insert::<AbortRow<'static>>(table)
+        .await
+        .map_err(insert_error(table))?;
+    for id in ids {
+        let row = AbortRow {
+            batch_id: id,
+            part,
+            reason,
+            aborted_at: datetime_secs(now_ms),
+        };
+        ins.write(&row).await.map_err(insert_error(table))?;
+    }
+    ins.end().await.map_err(insert_error(table))?;
+    metrics::aborted(ids.len());
+    Ok(())
 }
 
 #[cfg(test)]

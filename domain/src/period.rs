@@ -44,7 +44,8 @@ impl Period {
     }
 }
 
-fn rfc3339(ms: i64) -> String {
+/// RFC 3339 text of an instant in milliseconds since the epoch (UTC), for messages.
+pub fn rfc3339(ms: i64) -> String {
     DateTime::<Utc>::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339())
         .unwrap_or_else(|| ms.to_string())

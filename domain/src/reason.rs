@@ -24,13 +24,18 @@ pub enum Reason {
     TooLate,
     /// The event time is further in the future than the clock tolerance.
     TooEarly,
-    /// The same (customer, id) arrived again with a different payload.
+    /// The same (customer, source, id) arrived again with a different payload.
     ConflictingDuplicate,
+    /// The `Nats-Msg-Id` header is missing or is not `<customer>:<agent>:<id>` of the event.
+    MsgIdMismatch,
+    /// The event's UTC day is already sealed for its partition (only possible after the
+    /// allowed lateness was raised): its usage is final and is not changed.
+    WindowSealed,
 }
 
 impl Reason {
     /// Every reason, for metric pre-registration and documentation.
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 10] = [
         Reason::Malformed,
         Reason::TooLarge,
         Reason::SubjectMismatch,
@@ -39,6 +44,8 @@ impl Reason {
         Reason::TooLate,
         Reason::TooEarly,
         Reason::ConflictingDuplicate,
+        Reason::MsgIdMismatch,
+        Reason::WindowSealed,
     ];
 
     /// The stable code.
@@ -52,6 +59,8 @@ impl Reason {
             Reason::TooLate => "too_late",
             Reason::TooEarly => "too_early",
             Reason::ConflictingDuplicate => "conflicting_duplicate",
+            Reason::MsgIdMismatch => "msg_id_mismatch",
+            Reason::WindowSealed => "window_sealed",
         }
     }
 }

@@ -77,7 +77,9 @@ impl Service {
     }
 }
 
-/// What a service may do in the Tally database.
+/// What a service may do in the Tally database. No service inserts into `api_tokens`: tokens
+/// of the HTTP APIs are created by `tally-access tokens-create` as the migrator, so a
+/// compromised service cannot mint one. The APIs append to `api_audit` (who changed what).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grants {
     /// DDL and everything else (migrations only).
@@ -93,22 +95,31 @@ pub fn grants(service: Service) -> Grants {
     let (all, select, insert): (bool, &'static [&'static str], &'static [&'static str]) =
         match service {
             Service::Migrate => (true, &["*"], &[]),
-            // the views too: sealing reads v_usage to write the rollups of final windows
+            // the storage of 0024 (raw events, readings, partials, sealed days, seals, aborts,
+            // the batch log) and, for the one-time upgrade copy, the tables before it
             Service::Aggregator => (
                 false,
                 &[
                     "usage_events",
                     "usage_readings",
-                    "usage_rollups",
                     "usage_batches",
+                    "usage_raw",
+                    "usage_meter_readings",
+                    "usage_partials",
+                    "usage_days",
+                    "usage_seals",
+                    "usage_aborts",
                     "v_usage_readings",
                     "v_usage",
                 ],
                 &[
-                    "usage_events",
-                    "usage_readings",
-                    "usage_rollups",
                     "usage_batches",
+                    "usage_raw",
+                    "usage_meter_readings",
+                    "usage_partials",
+                    "usage_days",
+                    "usage_seals",
+                    "usage_aborts",
                 ],
             ),
             // the catalog: plan versions and subscriptions written through the rater's API
@@ -124,6 +135,7 @@ pub fn grants(service: Service) -> Grants {
                     "catalog_meters",
                     "catalog_tax_rates",
                     "catalog_fx_rates",
+                    "api_audit",
                 ],
             ),
             // invoices, their lifecycle, credit notes and prepaid credits (append-only)
@@ -136,6 +148,7 @@ pub fn grants(service: Service) -> Grants {
                     "invoice_transitions",
                     "credit_notes",
                     "credit_grants",
+                    "api_audit",
                 ],
             ),
             // payments, webhooks, the ledger, notifications; marks invoices paid / void /
@@ -152,9 +165,15 @@ pub fn grants(service: Service) -> Grants {
                     "notification_deliveries",
                     "gateway_requests",
                     "customer_payment_profiles",
+                    "api_audit",
                 ],
             ),
-            Service::Gateway => (false, &["api_keys"], &["api_keys"]),
+            // its customers' API keys, and the admin API's tokens (read) and audit (append)
+            Service::Gateway => (
+                false,
+                &["api_keys", "api_tokens"],
+                &["api_keys", "api_audit"],
+            ),
             Service::Reader => (false, &["*"], &[]),
         };
     Grants {
@@ -176,7 +195,7 @@ pub fn password_sha256(password: &str) -> String {
 /// The file name of the latest roles migration, which must equal [`roles_migration`]. Each
 /// roles migration is a full snapshot (`REVOKE ALL` then the grants): to change rights, edit
 /// [`grants`], add the new rendering as the next migration and point this at it.
-pub const ROLES_MIGRATION: &str = "0023_service_roles_sealing.sql";
+pub const ROLES_MIGRATION: &str = "0041_service_roles_api_auth.sql";
 
 /// `GRANT` statements giving `grantee` the table rights of `g` in `database`.
 fn table_grants(database: &str, g: &Grants, grantee: &str) -> Vec<String> {
@@ -300,6 +319,9 @@ mod tests {
             .contains("GRANT INSERT ON {database}.invoice_transitions TO tally_invoicer_role;"));
         assert!(!roles.contains("INSERT ON {database}.ledger_entries TO tally_invoicer_role"));
         assert!(!roles.contains("INSERT ON {database}.charges TO tally_payments_role"));
+        assert!(roles.contains("GRANT SELECT ON {database}.api_tokens TO tally_gateway_role;"));
+        assert!(roles.contains("GRANT INSERT ON {database}.api_audit TO tally_invoicer_role;"));
+        assert!(!roles.contains("INSERT ON {database}.api_tokens"), "no service mints tokens");
     }
 
     #[test]

@@ -1,0 +1,222 @@
+//! Taking a partition over, once its lease is held (`lease.rs`), before consuming:
+//!
+//! 1. Abort what the previous holder left unfinished (the batch or seal its last intent
+//!    named, and earlier attempts it had not recorded yet), then wait a moment
+//!    ([`ABORT_SETTLE`]), so no reader that read the abort list before it changed is still
+//!    choosing its rows when batches of this instance start to count.
+//! 2. The upgrade from the storage of migrations 0001-0023 (`upgrade.rs`): partition 0 copies
+//!    the legacy rows once; the other partitions wait until it has.
+//! 3. Register the partition with the readers (once) and read how far it is sealed
+//!    (`seal.rs`).
+//! 4. Rebuild the dedup set from the raw events that count (`recovery.rs`).
+//! 5. Recreate the durable consumer at its ack floor, so every message not yet acknowledged
+//!    is delivered again now and in stream order (not after AckWait, behind newer ones): the
+//!    first copy JetStream received of an event is decided before any later copy, whatever
+//!    crashed in between.
+//!
+//! Each step retries while ClickHouse or NATS is unavailable, and stops on shutdown or when
+//! the instance is fenced meanwhile.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, Consumer, DeliverPolicy};
+use tally_platform::streams;
+
+use crate::consumer::{now_ms, owns, Aggregator, RunError, BACKOFF_MIN};
+use crate::lease::Takeover;
+use crate::{metrics, recovery, seal, sink, upgrade};
+
+/// How long a takeover waits after recording aborts before its own batches may count.
+pub const ABORT_SETTLE: Duration = Duration::from_secs(1);
+
+/// The takeover steps, in order.
+pub(crate) async fn run(agg: &mut Aggregator<'_>, takeover: Takeover) -> Result<(), RunError> {
+    abort_unfinished(agg, &takeover.unfinished).await?;
+    upgrade_legacy(agg).await?;
+    load_seals(agg).await?;
+    recover(agg).await?;
+    reset_consumer(agg).await
+}
+
+/// Retries `step` with backoff until it succeeds, or shutdown / fencing.
+async fn retry<T, F, Fut>(agg: &Aggregator<'_>, what: &str, mut step: F) -> Result<T, RunError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        match step().await {
+            Ok(v) => return Ok(v),
+            Err(e) => tracing::warn!(step = what, error = %e, "takeover step failed, retrying"),
+        }
+        agg.pause(&mut backoff).await.ok_or_else(|| agg.stopped())?;
+    }
+}
+
+async fn abort_unfinished(agg: &mut Aggregator<'_>, ids: &[String]) -> Result<(), RunError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let (db, part) = (agg.db.clone(), agg.cfg.part());
+    retry(agg, "abort", || {
+        let db = db.clone();
+        async move {
+            sink::abort(&db, ids, part, "takeover", now_ms())
+                .await
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await?;
+    tracing::warn!(?ids, "aborted what the previous holder left unfinished");
+    tokio::time::sleep(ABORT_SETTLE).await;
+    Ok(())
+}
+
+async fn upgrade_legacy(agg: &mut Aggregator<'_>) -> Result<(), RunError> {
+    let db = agg.db.clone();
+    let state = || {
+        let db = db.clone();
+        async move { upgrade::state(&db).await.map_err(|e| e.to_string()) }
+    };
+    if retry(agg, "upgrade state", state).await? == upgrade::State::Done {
+        return Ok(());
+    }
+    if agg.cfg.part() != 0 {
+        // partition 0 copies the legacy ids; they must be in this partition's dedup set
+        tracing::info!("waiting for partition 0 to copy the legacy usage");
+        loop {
+            let s = retry(agg, "upgrade state", state).await?;
+            if s == upgrade::State::Done {
+                return Ok(());
+            }
+            let mut wait = Duration::from_secs(2);
+            agg.pause(&mut wait).await.ok_or_else(|| agg.stopped())?;
+        }
+    }
+    tracing::info!("copying the usage of the storage before migration 0024 (once)");
+    let id = agg
+        .under_lease("upgrade", |db, id| async move {
+            let now = tally_platform::store::datetime_secs(now_ms());
+            upgrade::copy(&db, &id, now).await.map_err(|e| e.to_string())
+        })
+        .await?;
+    tracing::info!(batch_id = %id, "legacy usage copied");
+    Ok(())
+}
+
+async fn load_seals(agg: &mut Aggregator<'_>) -> Result<(), RunError> {
+    let (db, part) = (agg.db.clone(), agg.cfg.part());
+    let (through, first) = retry(agg, "seals", || {
+        let db = db.clone();
+        async move {
+            seal::register(&db, part, now_ms()).await.map_err(|e| e.to_string())?;
+            let through = seal::sealed_through(&db, part).await.map_err(|e| e.to_string())?;
+            let first = match through {
+                Some(_) => None,
+                None => seal::first_data(&db, part).await.map_err(|e| e.to_string())?,
+            };
+            Ok((through, first))
+        }
+    })
+    .await?;
+    agg.sealed_through = through;
+    agg.first_data = first;
+    if let Some(day) = through {
+        metrics::sealed_through(day);
+    }
+    Ok(())
+}
+
+/// Rebuilds the committed dedup set (ids received within the horizon of the wall clock).
+async fn recover(agg: &mut Aggregator<'_>) -> Result<(), RunError> {
+    let horizon = agg.horizon_secs();
+    let since = tally_platform::store::datetime_secs(now_ms()).saturating_sub(horizon);
+    let (db, nats_cfg, partition) = (agg.db.clone(), agg.nats_cfg, agg.cfg.partition);
+    let dedup = retry(agg, "dedup recovery", || {
+        let db = db.clone();
+        async move {
+            let mine = move |customer: &str| owns(nats_cfg, partition, customer);
+            recovery::load(&db, since, horizon, &mine)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await?;
+    tracing::info!(ids = dedup.committed_len(), "dedup set recovered");
+    metrics::dedup_size(dedup.committed_len(), dedup.committed_bytes());
+    agg.dedup = dedup;
+    agg.loaded_since = since;
+    Ok(())
+}
+
+/// The durable consumer's configuration, starting at `start` when it is created.
+fn config(agg: &Aggregator<'_>, start: Option<u64>) -> pull::Config {
+    let (cfg, nats_cfg) = (agg.cfg, agg.nats_cfg);
+    let name = cfg.consumer_name();
+    let filter_subject = if nats_cfg.partitions > 0 {
+        format!("{}.>", nats_cfg.partition_root(cfg.partition))
+    } else {
+        cfg.filter_subject.clone().unwrap_or_default()
+    };
+    pull::Config {
+        durable_name: Some(name),
+        filter_subject,
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(cfg.ack_wait_secs),
+        max_ack_pending: i64::try_from(cfg.batch_max_events * 2).unwrap_or(i64::MAX),
+        deliver_policy: match start {
+            Some(s) if s > 1 => DeliverPolicy::ByStartSequence { start_sequence: s },
+            _ => DeliverPolicy::All,
+        },
+        ..Default::default()
+    }
+}
+
+/// The durable consumer, declaring the streams and creating it (at `start`) if missing.
+pub(crate) async fn consumer(
+    agg: &Aggregator<'_>,
+    start: Option<u64>,
+) -> Result<Consumer<pull::Config>, RunError> {
+    let stream = streams::ensure(&agg.js, agg.nats_cfg).await?;
+    stream
+        .get_or_create_consumer(&agg.cfg.consumer_name(), config(agg, start))
+        .await
+        .map_err(|e| agg.consumer_err(&e))
+}
+
+/// Recreates the durable consumer at its ack floor: everything not yet acknowledged is
+/// delivered again, now, in stream order (acknowledged messages above the floor come back
+/// too and are duplicates of the dedup set).
+pub(crate) async fn reset_consumer(agg: &mut Aggregator<'_>) -> Result<(), RunError> {
+    let name = agg.cfg.consumer_name();
+    let js = agg.js.clone();
+    let nats_cfg = agg.nats_cfg;
+    let start = retry(agg, "consumer reset", || {
+        let (js, name) = (js.clone(), name.clone());
+        async move {
+            let stream = streams::ensure(&js, nats_cfg).await.map_err(|e| e.to_string())?;
+            let floor = match stream.consumer_info(&name).await {
+                Ok(info) => Some(info.ack_floor.stream_sequence),
+                Err(_) => None,
+            };
+            if floor.is_some() {
+                stream
+                    .delete_consumer(&name)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(floor.map(|f| f + 1))
+        }
+    })
+    .await?;
+    retry(agg, "consumer create", || async {
+        consumer(agg, start).await.map(|_| ()).map_err(|e| e.to_string())
+    })
+    .await?;
+    if start.is_some() {
+        metrics::consumer_reset();
+    }
+    tracing::info!(consumer = %name, from = ?start, "consumer reading from its ack floor in stream order");
+    Ok(())
+}

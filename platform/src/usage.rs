@@ -1,0 +1,283 @@
+//! Reading committed usage for a time range, at a cost that follows the range, not history.
+//!
+//! The aggregator writes per-window partials under batch ids (`usage_partials`; a batch
+//! counts unless its id is in `usage_aborts`) and seals each partition's days that can no
+//! longer change into `usage_days` (a seal counts once its row is in `usage_seals`). A read:
+//! 1. [`plan`]: one small query for how far each partition is sealed (`usage_seals`, bounded
+//!    by the range, plus one registration row per partition);
+//! 2. [`read`]: one query with those bounds as constants: sealed days of the range from
+//!    `usage_days`, everything else from the partials, each filtered on its table's sorting
+//!    key (hour, then customer), folded server-side per (customer, [agent,] meter, group, day
+//!    or window).
+//!
+//! Because the bounds are constants of the second query, both halves agree on where the
+//! sealed part ends, whatever is sealed meanwhile (a day sealed after the plan is read from
+//! its partials, which a seal never changes). `split` days are read at window resolution even
+//! when sealed: a billing period or subscription change that starts inside a UTC day (a
+//! customer's midnight in Tokyo, a plan change at 10:37) is cut exactly at its window.
+//!
+//! Quantities come back as raw `Decimal(38, 9)` units ([`Units`]), never failing the read:
+//! a value too large for the caller is that caller's (and that customer's) problem. This
+//! module owns no business rule: it does not know periods, plans or prices.
+
+use clickhouse::Client;
+use rust_decimal::Decimal;
+use serde::Deserialize;
+
+const DAY: u32 = 86_400;
+
+/// A `Decimal(38, 9)` column as read: units of 10^-9.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(transparent)]
+pub struct Units(pub i128);
+
+impl Units {
+    /// The decimal, if it fits rust_decimal with 9 places (|x| < 7.9 * 10^19).
+    pub fn decimal(self) -> Option<Decimal> {
+        crate::store::dec9::from_units(self.0)
+    }
+}
+
+/// How far each partition is sealed, for one read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// (partition, start of the newest sealed day at or after the range start; 0 when none).
+    pub sealed: Vec<(u32, u32)>,
+}
+
+impl Plan {
+    /// The time (seconds) from which the partials must be read: the earliest unsealed day
+    /// of any partition, never before `from`.
+    fn partials_from(&self, from: u32) -> u32 {
+        self.sealed
+            .iter()
+            .map(|&(_, through)| if through == 0 { from } else { through + DAY })
+            .min()
+            .unwrap_or(from)
+            .max(from)
+    }
+}
+
+/// Reads the sealing state that a read of `[from, ...)` needs.
+pub async fn plan(db: &Client, from: u32) -> Result<Plan, clickhouse::error::Error> {
+    // day 0 rows register a partition (written at its first takeover), so a partition
+    // without any seal in the range is known and read from its partials
+    let sealed: Vec<(u32, u32)> = db
+        .query(
+            "SELECT part, toUInt32(max(day)) * 86400 FROM usage_seals \
+             WHERE (day >= toDate(intDiv(?, 86400)) OR day = toDate(0)) \
+             AND seal_id NOT IN (SELECT batch_id FROM usage_aborts) \
+             GROUP BY part ORDER BY part",
+        )
+        .bind(from)
+        .fetch_all()
+        .await?;
+    Ok(Plan { sealed })
+}
+
+/// Which customers a read covers.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    All,
+    Customer(&'a str),
+}
+
+/// What a read returns per row: the source's resolution (a sealed day, or a window).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    /// Sealed days as day rows, the rest as window rows.
+    Days,
+    /// Window rows only (the partials, sealed or not).
+    Windows,
+}
+
+/// One read.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub from: u32,
+    pub to: u32,
+    pub scope: Scope<'a>,
+    /// Keep agents apart (`false`: `agent` is empty and agents are summed).
+    pub by_agent: bool,
+    pub resolution: Resolution,
+    /// (customer, day start) read at window resolution even when sealed.
+    pub split: &'a [(String, u32)],
+}
+
+/// Usage of one (customer, [agent,] meter, group) over `[start, end)`: a sealed day or a
+/// window.
+#[derive(Debug, Clone, clickhouse::Row, Deserialize)]
+pub struct UsageRow {
+    pub customer: String,
+    pub agent: String,
+    pub meter: String,
+    pub aggregation: String,
+    pub group_key: String,
+    pub group_names: Vec<String>,
+    pub group_values: Vec<String>,
+    pub start: u32,
+    pub end: u32,
+    pub events: u64,
+    pub sum: Units,
+    pub min: Units,
+    pub max: Units,
+    pub latest: Units,
+    pub latest_time_ms: i64,
+    pub latest_event_id: String,
+    /// UNIQUE_COUNT meters: the distinct values; empty otherwise.
+    pub unique_values: Vec<String>,
+}
+
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// `(customer, day) IN (...)` for the split days, or `0`.
+fn split_sql(split: &[(String, u32)], day_expr: &str) -> String {
+    if split.is_empty() {
+        return "0".into();
+    }
+    let tuples: Vec<String> = split
+        .iter()
+        .map(|(c, d)| format!("({}, {})", quote(c), d - d % DAY))
+        .collect();
+    format!("(customer, {day_expr}) IN ({})", tuples.join(", "))
+}
+
+/// `transform(part, [parts], [first unsealed second], 0)`: where each partition's unsealed
+/// time starts (0: nothing sealed).
+fn unsealed_sql(plan: &Plan) -> String {
+    if plan.sealed.is_empty() {
+        return "toUInt32(0)".into();
+    }
+    let parts: Vec<String> = plan.sealed.iter().map(|(p, _)| p.to_string()).collect();
+    let starts: Vec<String> = plan
+        .sealed
+        .iter()
+        .map(|&(_, t)| if t == 0 { "0".into() } else { (t + DAY).to_string() })
+        .collect();
+    format!(
+        "transform(part, [{}], [{}], toUInt32(0))",
+        parts.join(","),
+        starts.join(",")
+    )
+}
+
+/// A filter on `col` (a DateTime whose sorting-key column is `toStartOfHour(col)`) to
+/// `[from, to)`, written so the primary index applies on any server.
+fn range_sql(col: &str, from: u32, to: u32) -> String {
+    format!(
+        "(toStartOfHour({col}) >= toStartOfHour(toDateTime({from})) AND {col} >= toDateTime({from}) \
+         AND toStartOfHour({col}) <= toStartOfHour(toDateTime({to})) AND {col} < toDateTime({to}))"
+    )
+}
+
+/// The SQL of a read (exposed for the tests that run it on both engines).
+///
+/// Per (partition, customer, day), exactly one source: a day row when the day is sealed,
+/// wholly inside the range and not split; the day's partials otherwise. (A sealed day's
+/// partials never change, so both sources hold the same usage.)
+pub fn read_sql(plan: &Plan, req: &Request<'_>) -> String {
+    let (from, to) = (req.from, req.to.max(req.from));
+    let customer = match req.scope {
+        Scope::All => String::new(),
+        Scope::Customer(c) => format!(" AND customer = {}", quote(c)),
+    };
+    let agent = if req.by_agent { "agent" } else { "''" };
+    let aborts = "SELECT batch_id FROM usage_aborts";
+    let sum_cols = "sum(events), sum(value_sum), min(value_min), max(value_max), \
+        argMax(latest_value, (latest_time_ms, latest_event_id, agent)), max(latest_time_ms), \
+        argMax(latest_event_id, (latest_time_ms, latest_event_id, agent)), \
+        groupUniqArrayArray(unique_values)";
+    let partials_select = |filter: &str| {
+        format!(
+            "SELECT customer, {agent} AS a, meter, aggregation, group_key, any(group_names), \
+                any(group_values), toUInt32(window_start) AS s, \
+                toUInt32(window_start) + any(window_secs), {sum_cols} \
+             FROM usage_partials \
+             WHERE {filter}{customer} AND batch_id NOT IN ({aborts}) \
+             GROUP BY customer, a, meter, aggregation, group_key, s"
+        )
+    };
+    if req.resolution == Resolution::Windows {
+        return partials_select(&range_sql("window_start", from, to));
+    }
+    // the whole days inside the range
+    let (first_day, end_day) = (from.div_ceil(DAY) * DAY, to - to % DAY);
+    let unsealed = unsealed_sql(plan);
+    // partials: the unsealed time, the range's partial first and last days, the split days
+    let pday = "toUInt32(intDiv(toUInt32(window_start), 86400) * 86400)";
+    let mut ranges = vec![range_sql("window_start", plan.partials_from(from), to)];
+    if first_day > from {
+        ranges.push(range_sql("window_start", from, first_day.min(to)));
+    }
+    if end_day < to && end_day >= first_day {
+        ranges.push(range_sql("window_start", end_day, to));
+    }
+    let split_days: std::collections::BTreeSet<u32> =
+        req.split.iter().map(|(_, d)| d - d % DAY).collect();
+    for d in &split_days {
+        if *d + DAY > from && *d < to {
+            ranges.push(range_sql("window_start", (*d).max(from), (*d + DAY).min(to)));
+        }
+    }
+    let split_partials = split_sql(req.split, pday);
+    let live = partials_select(&format!(
+        "({ranges}) AND toUInt32(window_start) >= {from} AND toUInt32(window_start) < {to} \
+         AND (toUInt32(window_start) >= {unsealed} OR {pday} < {first_day} OR {pday} >= {end_day} \
+              OR {split_partials})",
+        ranges = ranges.join(" OR "),
+    ));
+    if first_day >= end_day {
+        return live;
+    }
+    let day_col = "toUInt32(day) * 86400";
+    let split_days_sql = split_sql(req.split, day_col);
+    let days = format!(
+        "SELECT customer, {agent} AS a, meter, aggregation, group_key, any(group_names), \
+            any(group_values), {day_col} AS s, {day_col} + 86400, {sum_cols} \
+         FROM usage_days \
+         WHERE day >= toDate(intDiv({first_day}, 86400)) AND day < toDate(intDiv({end_day}, 86400)){customer} \
+           AND {day_col} < {unsealed} AND NOT {split_days_sql} \
+           AND seal_id NOT IN ({aborts}) \
+         GROUP BY customer, a, meter, aggregation, group_key, day"
+    );
+    format!("{days} UNION ALL {live}")
+}
+
+/// Reads committed usage of `req` (see the module docs); rows in no particular order.
+pub async fn read(
+    db: &Client,
+    plan: &Plan,
+    req: &Request<'_>,
+) -> Result<Vec<UsageRow>, clickhouse::error::Error> {
+    db.query(&read_sql(plan, req)).fetch_all().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partials_start_at_the_earliest_unsealed_day() {
+        let d = 1_795_651_200; // 2026-11-26
+        let plan = Plan {
+            sealed: vec![(0, d), (1, d - DAY)],
+        };
+        assert_eq!(plan.partials_from(d - 10 * DAY), d);
+        let unsealed = Plan {
+            sealed: vec![(0, d), (1, 0)],
+        };
+        assert_eq!(unsealed.partials_from(d - 10 * DAY), d - 10 * DAY);
+        assert_eq!(Plan::default().partials_from(5), 5);
+    }
+
+    #[test]
+    fn split_days_are_quoted() {
+        let split = vec![("o'brien".to_owned(), 86_400 + 5)];
+        assert_eq!(
+            split_sql(&split, "d"),
+            r"(customer, d) IN (('o\'brien', 86400))"
+        );
+    }
+}
