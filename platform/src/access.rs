@@ -321,7 +321,10 @@ mod tests {
         assert!(!roles.contains("INSERT ON {database}.charges TO tally_payments_role"));
         assert!(roles.contains("GRANT SELECT ON {database}.api_tokens TO tally_gateway_role;"));
         assert!(roles.contains("GRANT INSERT ON {database}.api_audit TO tally_invoicer_role;"));
-        assert!(!roles.contains("INSERT ON {database}.api_tokens"), "no service mints tokens");
+        assert!(
+            !roles.contains("INSERT ON {database}.api_tokens"),
+            "no service mints tokens"
+        );
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub const SECTIONS: &[&str] = &[
     "payments",
     "portal",
     "dunning",
+    "security",
 ];
 
 /// A configuration that cannot be used.
@@ -293,6 +294,68 @@ pub struct TelemetryConfig {
     /// Log filter in `tracing` syntax. Default `info` (or `RUST_LOG`).
     #[serde(default)]
     pub log: Option<String>,
+}
+
+/// Which deployment a process runs in. Only `dev` relaxes the secret checks
+/// ([`crate::secrets`]): there any non-empty secret, published demo values included, is
+/// accepted and payments makes up the ones left unset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    Dev,
+    Staging,
+    /// The default: a file that does not say otherwise is held to production's rules.
+    #[default]
+    Production,
+}
+
+impl Profile {
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Dev => "dev",
+            Profile::Staging => "staging",
+            Profile::Production => "production",
+        }
+    }
+}
+
+/// `[security]`: the profile the secret checks apply, and how API tokens are kept fresh.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// `dev`, `staging` or `production`. Default `production`: weak secrets and the values
+    /// published in this repository are refused everywhere but in `dev`.
+    #[serde(default)]
+    pub profile: Profile,
+    /// Seconds between reloads of the API tokens (`api_tokens`) by each API: a revoked token
+    /// stops working within this. Default 10.
+    #[serde(default = "default_token_refresh_secs")]
+    pub token_refresh_secs: u64,
+}
+
+const fn default_token_refresh_secs() -> u64 {
+    10
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            profile: Profile::default(),
+            token_refresh_secs: default_token_refresh_secs(),
+        }
+    }
+}
+
+impl SecurityConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.token_refresh_secs == 0 || self.token_refresh_secs > 3600 {
+            return Err(ConfigError::invalid(
+                "security.token_refresh_secs",
+                "must be 1 to 3600",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The configuration file path: `TALLY_CONFIG`, else `config/tally.toml`.

@@ -1,13 +1,16 @@
 //! The plumbing every Tally stage shares, so no stage writes it twice.
 //!
 //! It owns: loading configuration (file plus `TALLY_...` environment overrides, with errors that
-//! name the setting), the ClickHouse client and the numbered migrations, the JetStream stream
-//! declarations, logging and the Prometheus exporter, and the one shutdown signal.
+//! name the setting), the authentication of every HTTP API and the judging of secrets, the
+//! ClickHouse client and the numbered migrations, the JetStream stream declarations, logging
+//! and the Prometheus exporter, and the one shutdown signal.
 //!
 //! It does not own any business rule: what an event means, how usage is priced or invoiced
 //! lives in the domain crate and in the stage crates.
 //!
 //! # Layout
+//! - [`auth`]: bearer tokens, roles and the audit of changes, for every HTTP API.
+//! - [`secrets`]: secrets in configuration: never printed, weak ones refused outside `dev`.
 //! - [`access`]: one ClickHouse user per service with least rights (SQL RBAC or 18.16 users.xml).
 //! - [`own_server`]: servers a test starts for itself (binary lookup, free ports, cleanup).
 //! - [`private_file`]: writing generated credentials with mode 0600.
@@ -23,17 +26,21 @@
 
 pub mod access;
 pub mod args;
+pub mod auth;
 pub mod config;
 pub mod features;
 pub mod http;
 pub mod migrate;
 pub mod own_server;
 pub mod private_file;
+pub mod secrets;
 pub mod shutdown;
 pub mod store;
 pub mod streams;
 pub mod telemetry;
 pub mod testkit;
 
-pub use config::{ClickHouseConfig, ConfigError, NatsConfig, TelemetryConfig};
+pub use config::{
+    ClickHouseConfig, ConfigError, NatsConfig, Profile, SecurityConfig, TelemetryConfig,
+};
 pub use features::Features;

@@ -520,7 +520,11 @@ mod tests {
         assert_eq!(files, listed);
         // versions increase; a range may be left free for migrations landing in parallel
         for (i, m) in MIGRATIONS.iter().enumerate() {
-            assert!(i == 0 || m.version > MIGRATIONS[i - 1].version, "{}", m.name);
+            assert!(
+                i == 0 || m.version > MIGRATIONS[i - 1].version,
+                "{}",
+                m.name
+            );
             assert!(m.name.starts_with(&format!("{:04}_", m.version)));
         }
     }

@@ -4,7 +4,15 @@
 //! tally-access sql       [--config FILE] [--out-dir DIR]   # SQL RBAC for current ClickHouse
 //! tally-access users-xml [--config FILE] [--out-dir DIR]   # users.xml for ClickHouse 18.16
 //! tally-access roles-migration                             # prints the roles migration
+//! tally-access tokens-create --actor NAME --role ROLE [--config FILE]
+//! tally-access tokens-list [--config FILE]
+//! tally-access tokens-revoke --token-id ID [--config FILE]
 //! ```
+//! `tokens-*` manage the bearer tokens of the HTTP APIs (`api_tokens`, see
+//! `tally_platform::auth`); run them with the migrator's ClickHouse user
+//! (`TALLY_CLICKHOUSE__USER=tally_migrate`), the only one that may insert tokens.
+//! `tokens-create` prints the token once (only its SHA-256 is stored); roles are `reader`,
+//! `catalog_editor`, `invoice_operator`, `payments_operator`, `key_admin` and `admin`.
 //! `sql` creates the roles (empty) and the users bound to them; the roles' grants come from
 //! the migration `migrations/0009_service_roles.sql`, applied by `tally-migrate` (as
 //! `tally_migrate`) after it. `roles-migration` prints what that file must contain.
@@ -19,8 +27,9 @@ use ring::rand::SecureRandom;
 use serde::Deserialize;
 use tally_platform::access::{self, Service};
 use tally_platform::args::Args;
+use tally_platform::auth::{self, Role, TokenRecord};
 use tally_platform::private_file::write_private;
-use tally_platform::{config, ClickHouseConfig};
+use tally_platform::{config, store, ClickHouseConfig};
 
 #[derive(Deserialize)]
 struct Config {
@@ -36,11 +45,82 @@ fn password() -> anyhow::Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// A token as listed: never its secret or hash.
+fn token_view(r: &TokenRecord) -> serde_json::Value {
+    serde_json::json!({
+        "token_id": r.token_id,
+        "actor": r.actor,
+        "role": r.role.name(),
+        "created_ms": r.created_ms,
+        "created_by": r.created_by,
+        "revoked": r.revoked,
+    })
+}
+
+/// Who runs the command, for `changed_by`: `$USER`, else `tally-access`.
+fn operator() -> String {
+    std::env::var("USER")
+        .ok()
+        .filter(|u| auth::store::validate_actor(u).is_ok())
+        .unwrap_or_else(|| "tally-access".into())
+}
+
+fn tokens(command: &str, args: &Args, db: &clickhouse::Client) -> anyhow::Result<()> {
+    let now_ms = now_ms();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        match command {
+            "tokens-create" => {
+                let actor = args.raw("actor").context("flag --actor NAME is required")?;
+                let role: Role = args
+                    .raw("role")
+                    .context("flag --role ROLE is required")?
+                    .parse()?;
+                let (bearer, record) =
+                    auth::store::create(db, actor, role, &operator(), now_ms).await?;
+                let mut view = token_view(&record);
+                view["token"] = serde_json::Value::String(bearer);
+                println!("{}", serde_json::to_string_pretty(&view)?);
+                eprintln!("store the token now: only its hash is kept");
+            }
+            "tokens-list" => {
+                for r in auth::store::load(db).await? {
+                    println!("{}", token_view(&r));
+                }
+            }
+            _ => {
+                let id = args
+                    .raw("token-id")
+                    .context("flag --token-id ID is required")?;
+                let r = auth::store::revoke(db, id, &operator(), now_ms).await?;
+                println!("{}", token_view(&r));
+            }
+        }
+        Ok(())
+    })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
 fn main() -> anyhow::Result<()> {
     let (command, args) = Args::parse_command(
         std::env::args().skip(1),
-        &["sql", "users-xml", "roles-migration"],
-        &["config", "out-dir"],
+        &[
+            "sql",
+            "users-xml",
+            "roles-migration",
+            "tokens-create",
+            "tokens-list",
+            "tokens-revoke",
+        ],
+        &["config", "out-dir", "actor", "role", "token-id"],
     )?;
     if command == "roles-migration" {
         print!("{}", access::roles_migration());
@@ -48,6 +128,9 @@ fn main() -> anyhow::Result<()> {
     }
     let cfg: Config = config::load(&config::path(&args))?;
     cfg.clickhouse.validate()?;
+    if command.starts_with("tokens-") {
+        return tokens(&command, &args, &store::connect(&cfg.clickhouse));
+    }
     let users = Service::ALL
         .iter()
         .map(|s| Ok((*s, password()?)))

@@ -1,0 +1,96 @@
+//! The two calls an HTTP router makes (the thin hook; a tower middleware later wraps the
+//! same functions): [`authorize`] before routing, answering 401/403 as `{"code", "detail"}`
+//! with a `WWW-Authenticate` challenge, and [`audited`] around the handler of a request that
+//! may change state.
+
+use std::future::Future;
+
+use hyper::header::{HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
+use hyper::{Request, Response, StatusCode};
+
+use super::audit::{self, AuditRow};
+use super::authenticator::{AuthError, Authenticator, Principal};
+use super::role::{self, Permission};
+use crate::http::{self, Body};
+
+/// The refusal as a response: the error's status and code, and the challenge.
+pub fn refusal(e: &AuthError) -> Response<Body> {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+    let mut r = http::error(status, e.code(), e);
+    let challenge = match e {
+        AuthError::Forbidden { .. } => "Bearer realm=\"tally\", error=\"insufficient_scope\"",
+        AuthError::Missing => "Bearer realm=\"tally\"",
+        _ => "Bearer realm=\"tally\", error=\"invalid_token\"",
+    };
+    r.headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+    r
+}
+
+/// Who `req` is, if its role may make it on an API whose changes need `writes` (reads need
+/// [`Permission::Read`]: see [`role::needed`]); the refusal otherwise.
+pub async fn authorize<B>(
+    auth: &Authenticator,
+    req: &Request<B>,
+    writes: Permission,
+) -> Result<Principal, Response<Body>> {
+    let header = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let needed = role::needed(req.method().as_str(), writes);
+    auth.authorize(header, needed).await.map_err(|e| {
+        tracing::info!(service = auth.service(), path = %req.uri().path(), code = e.code(), "api request refused");
+        refusal(&e)
+    })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Runs `handler` for `who`; when `method` may change state, records the request in the
+/// audit first (503 `audit_unavailable`, and `handler` never runs, when that fails) and its
+/// answer after.
+pub async fn audited<F>(
+    auth: &Authenticator,
+    who: &Principal,
+    method: &str,
+    path: &str,
+    handler: F,
+) -> Response<Body>
+where
+    F: Future<Output = Response<Body>>,
+{
+    if role::is_safe(method) {
+        return handler.await;
+    }
+    let Some(db) = auth.db() else {
+        return http::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            "this API has no audit store: changes are refused",
+        );
+    };
+    let request_id = crate::secrets::generate_hex(8).unwrap_or_default();
+    let arrived = AuditRow::arrived(&request_id, auth.service(), who, method, path, now_ms());
+    if let Err(e) = audit::append(db, &arrived).await {
+        tracing::error!(service = auth.service(), error = %e, "writing the audit row failed; request refused");
+        return http::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            "the change could not be recorded, so it was not made; try again",
+        );
+    }
+    let response = handler.await;
+    let answered = arrived.answered(response.status().as_u16(), now_ms());
+    if let Err(e) = audit::append(db, &answered).await {
+        tracing::error!(service = auth.service(), request_id, error = %e, "writing the audit answer failed");
+    }
+    tracing::info!(service = auth.service(), actor = %who.actor_label(), role = who.role.name(),
+        method, path, status = response.status().as_u16(), "api change");
+    response
+}
