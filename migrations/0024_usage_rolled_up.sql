@@ -55,7 +55,8 @@ CREATE TABLE IF NOT EXISTS usage_meter_readings (
     unique_value String,
     stream_seq UInt64,
     batch_id String,
-    part UInt32
+    part UInt32,
+    inserted_at DateTime
 ) ENGINE = MergeTree()
 PARTITION BY toYYYYMM(window_start)
 ORDER BY (toStartOfHour(window_start), customer, meter, agent, event_id);

@@ -54,6 +54,7 @@ struct ReadingRow<'a> {
     stream_seq: u64,
     batch_id: &'a str,
     part: u32,
+    inserted_at: u32,
 }
 
 #[derive(clickhouse::Row, Serialize)]
@@ -199,6 +200,7 @@ async fn insert_readings(
                 stream_seq: a.stream_seq,
                 batch_id: t.batch_id,
                 part: t.part,
+                inserted_at: datetime_secs(t.now_ms),
             };
             ins.write(&row).await.map_err(insert_error(table))?;
         }

@@ -26,10 +26,10 @@ const COPY: [&str; 3] = [
      GROUP BY customer, event_id",
     "INSERT INTO usage_meter_readings (customer, agent, event_id, meter, aggregation, \
         window_start, window_secs, time_ms, group_names, group_values, group_key, value, \
-        unique_value, stream_seq, batch_id, part) \
+        unique_value, stream_seq, batch_id, part, inserted_at) \
      SELECT customer, any(agent), event_id, meter, any(aggregation), any(window_start), \
         any(window_secs), any(time_ms), any(group_names), any(group_values), any(group_key), \
-        any(value), any(unique_value), 0, ?, 0 \
+        any(value), any(unique_value), 0, ?, 0, min(inserted_at) \
      FROM usage_readings WHERE batch_id IN (SELECT batch_id FROM usage_batches) \
      GROUP BY customer, event_id, meter",
     "INSERT INTO usage_partials (window_start, window_secs, customer, agent, meter, \

@@ -111,7 +111,7 @@ async fn insert(db: &clickhouse::Client, batch: &str, readings: &[Reading], comm
         .collect();
     for chunk in values.chunks(2000) {
         db.query(&format!(
-            "INSERT INTO usage_readings (customer, agent, event_id, meter, aggregation, window_start, window_secs, \
+            "INSERT INTO usage_meter_readings (customer, agent, event_id, meter, aggregation, window_start, window_secs, \
              time_ms, group_names, group_values, group_key, value, unique_value, batch_id, inserted_at) VALUES {}",
             chunk.join(", ")
         ))
@@ -119,14 +119,7 @@ async fn insert(db: &clickhouse::Client, batch: &str, readings: &[Reading], comm
         .await
         .expect("insert readings");
     }
-    db.query(&format!(
-        "INSERT INTO usage_batches (batch_id, consumer, first_seq, last_seq, events, rollups, committed_at) \
-         VALUES ('{batch}', 'test', 1, 1, {}, 0, now())",
-        readings.len()
-    ))
-    .execute()
-    .await
-    .expect("commit marker");
+    tally_platform::testkit::fold_readings(db, batch).await;
 }
 
 /// The tokens of `customer` in `[start, end)`.

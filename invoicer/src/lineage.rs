@@ -1,6 +1,8 @@
 //! Where an invoice line comes from: its charge, the committed usage windows of that charge's
-//! customer, meter and group within the charge's usage span in its period (`v_usage`), and the events behind them (committed
-//! `usage_readings`), each with when it was committed. For an adjustment line the events
+//! customer, meter and group within the charge's usage span in its period (the partials, read
+//! through `tally_platform::usage`), and the events behind them (the counted
+//! `usage_meter_readings`), each with when it was committed. Every read is bounded by the
+//! customer and the charge's span on the tables' sorting keys. For an adjustment line the events
 //! committed after the corrected invoice was finalized are marked late. Read-only; results
 //! are bounded by [`ROWS_MAX`] (`truncated` says when more exist).
 
@@ -8,6 +10,7 @@ use clickhouse::Client;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use tally_platform::store::dec9;
+use tally_platform::usage;
 
 use crate::invoice::{rfc3339, InvoiceLine, LineKind};
 
@@ -59,13 +62,11 @@ pub struct Event {
     pub committed_at: u32,
 }
 
-#[derive(Deserialize, clickhouse::Row)]
 struct WindowRow {
     window_start: u32,
     window_end: u32,
     agent: String,
     group_key: String,
-    #[serde(with = "dec9")]
     quantity: Decimal,
     event_count: u64,
 }
@@ -112,24 +113,39 @@ pub async fn of_line(
     let Some(scope) = scope else {
         return Ok(None);
     };
-    let windows: Vec<WindowRow> = scoped(
-        db,
-        "SELECT toUInt32(window_start), toUInt32(window_end), agent, group_key, quantity, event_count FROM v_usage \
-         WHERE customer = ? AND meter = ? AND window_start >= toDateTime(?) AND window_start < toDateTime(?) \
-           AND (? = '' OR group_key = ?) \
-         ORDER BY window_start, agent, group_key LIMIT ?",
-        &scope,
-        line,
-    )
-    .await?;
+    let req = usage::Request {
+        from: scope.usage_from,
+        to: scope.usage_to,
+        scope: usage::Scope::Customer(&scope.customer),
+        meter: Some(&line.meter),
+        by_agent: true,
+        resolution: usage::Resolution::Windows,
+        split: &[],
+    };
+    let mut rows = usage::read(db, &usage::Plan::default(), &req).await?;
+    rows.retain(|r| line.group_key == "{}" || r.group_key == line.group_key);
+    rows.sort_by(|a, b| (a.start, &a.agent, &a.group_key).cmp(&(b.start, &b.agent, &b.group_key)));
+    let windows: Vec<WindowRow> = rows
+        .into_iter()
+        .take(ROWS_MAX + 1)
+        .map(|r| WindowRow {
+            window_start: r.start,
+            window_end: r.end,
+            quantity: r.quantity().unwrap_or_default(),
+            agent: r.agent,
+            group_key: r.group_key,
+            event_count: r.events,
+        })
+        .collect();
     let events: Vec<EventRow> = scoped(
         db,
-        "SELECT event_id, any(agent), any(time_ms) AS t, any(toUInt32(window_start)), any(value), \
-                toUInt32(min(inserted_at)) \
-         FROM usage_readings \
-         WHERE batch_id IN (SELECT batch_id FROM usage_batches) AND customer = ? AND meter = ? \
-           AND window_start >= toDateTime(?) AND window_start < toDateTime(?) AND (? = '' OR group_key = ?) \
-         GROUP BY event_id ORDER BY t, event_id LIMIT ?",
+        "SELECT event_id, agent, time_ms AS t, toUInt32(window_start), value, toUInt32(inserted_at) \
+         FROM usage_meter_readings \
+         WHERE customer = ? AND meter = ? \
+           AND toStartOfHour(window_start) >= toStartOfHour(toDateTime(?)) AND window_start >= toDateTime(?) \
+           AND toStartOfHour(window_start) <= toStartOfHour(toDateTime(?)) AND window_start < toDateTime(?) \
+           AND (? = '' OR group_key = ?) AND batch_id NOT IN (SELECT batch_id FROM usage_aborts) \
+         ORDER BY t, event_id, agent LIMIT ?",
         &scope,
         line,
     )
@@ -200,7 +216,8 @@ pub async fn of_line(
 }
 
 /// Rows of `sql` for the line's customer, meter, usage span and group (binds in that order:
-/// customer, meter, span start, span end, group twice, limit), at most `ROWS_MAX + 1`.
+/// customer, meter, span start twice, span end twice, group twice, limit), at most
+/// `ROWS_MAX + 1`.
 async fn scoped<T>(
     db: &Client,
     sql: &str,
@@ -219,6 +236,8 @@ where
         .bind(&scope.customer)
         .bind(&line.meter)
         .bind(scope.usage_from)
+        .bind(scope.usage_from)
+        .bind(scope.usage_to)
         .bind(scope.usage_to)
         .bind(group)
         .bind(group)

@@ -2,7 +2,8 @@
 //! every difference. Read-only.
 //!
 //! - usage → charges: for additive meters (SUM, COUNT), the committed quantity of
-//!   (customer, meter, period) in `v_usage` against the quantity of its charges.
+//!   (customer, meter, period) (read for the charges' periods only, `tally_platform::usage`)
+//!   against the quantity of its charges.
 //! - charges → invoices: for every invoice (latest version), the charges of its period
 //!   against its usage lines; for a finalized invoice, what changed since (late usage) must be
 //!   covered by adjustment lines on later invoices (finalized, or pending on a draft; both
@@ -17,6 +18,7 @@ use clickhouse::Client;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use tally_platform::store::dec9;
+use tally_platform::usage;
 
 /// One (customer, meter, period) whose charged quantity differs from committed usage.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -56,6 +58,9 @@ pub struct Report {
     pub money_differences: Vec<MoneyDifference>,
     /// Sum of `|unexplained_minor|`.
     pub difference_minor: i64,
+    /// Customers whose committed usage could not be read exactly (a quantity beyond what a
+    /// charge can hold): not compared, reported so they are looked at.
+    pub unreadable_usage: Vec<String>,
 }
 
 #[derive(Deserialize, clickhouse::Row)]
@@ -76,7 +81,8 @@ struct Sum {
 /// Reconciles every period that ended after `since_ms` (or is open).
 pub async fn run(db: &Client, since_ms: i64) -> Result<Report, clickhouse::error::Error> {
     let since = since_ms.div_euclid(1000);
-    let usage = usage_vs_charges(db, since).await?;
+    let mut unreadable = Vec::new();
+    let usage = usage_vs_charges(db, since, &mut unreadable).await?;
     let invoices = invoice_sums(db, since).await?;
     let charges = sums(
         db,
@@ -98,6 +104,7 @@ pub async fn run(db: &Client, since_ms: i64) -> Result<Report, clickhouse::error
         periods_checked: charges.len(),
         invoices_checked: invoices.len(),
         quantity_differences: usage,
+        unreadable_usage: unreadable,
         ..Report::default()
     };
     for inv in invoices {
@@ -141,20 +148,16 @@ struct Charged {
     quantity: Decimal,
 }
 
-#[derive(Deserialize, clickhouse::Row)]
-struct Used {
-    customer: String,
-    meter: String,
-    window_start: u32,
-    #[serde(with = "dec9")]
-    quantity: Decimal,
-}
-
 /// Committed usage against charged quantity per (customer, meter, period), summed here: no
-/// Decimal is ever a GROUP BY key (that crashes ClickHouse 18.16).
+/// Decimal is ever a GROUP BY key (that crashes ClickHouse 18.16). The usage is read for the
+/// charges' periods only (`tally_platform::usage`: sealed days, then the partials), and the
+/// days a period starts or ends inside are read per window, so every period is cut exactly.
+/// A customer whose usage cannot be represented (beyond 7.9 * 10^19) is reported in
+/// `unreadable`, never failing the run.
 async fn usage_vs_charges(
     db: &Client,
     since: i64,
+    unreadable: &mut Vec<String>,
 ) -> Result<Vec<QuantityDifference>, clickhouse::error::Error> {
     let charged: Vec<Charged> = db
         .query(
@@ -164,33 +167,62 @@ async fn usage_vs_charges(
         .bind(since)
         .fetch_all()
         .await?;
-    let used: Vec<Used> = db
-        .query(
-            "SELECT customer, meter, toUInt32(window_start), quantity FROM v_usage \
-             WHERE aggregation IN ('SUM', 'COUNT') AND window_end > toDateTime(?)",
-        )
-        .bind(since)
-        .fetch_all()
-        .await?;
+    let (Some(from), Some(to)) = (
+        charged.iter().map(|c| c.period_start).min(),
+        charged.iter().map(|c| c.period_end).max(),
+    ) else {
+        return Ok(Vec::new());
+    };
+    const DAY: u32 = 86_400;
+    let split: Vec<(String, u32)> = charged
+        .iter()
+        .flat_map(|c| [(c, c.period_start), (c, c.period_end)])
+        .filter(|(_, b)| b % DAY != 0)
+        .map(|(c, b)| (c.customer.clone(), b - b % DAY))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let req = usage::Request {
+        from: from - from % DAY,
+        to: to.div_ceil(DAY) * DAY,
+        scope: usage::Scope::All,
+        meter: None,
+        by_agent: false,
+        resolution: usage::Resolution::Days,
+        split: &split,
+    };
+    let plan = usage::plan(db, req.from).await?;
+    let used = usage::read(db, &plan, &req).await?;
     let mut windows: BTreeMap<(&str, &str), Vec<(u32, Decimal)>> = BTreeMap::new();
-    for u in &used {
+    for u in used.iter().filter(|u| matches!(u.aggregation.as_str(), "SUM" | "COUNT")) {
+        let Some(q) = u.quantity() else {
+            unreadable.push(u.customer.clone());
+            continue;
+        };
         windows
             .entry((u.customer.as_str(), u.meter.as_str()))
             .or_default()
-            .push((u.window_start, u.quantity));
+            .push((u.start, q));
     }
+    unreadable.sort();
+    unreadable.dedup();
     let mut out = Vec::new();
     for c in charged {
-        let usage: Decimal = windows
+        if unreadable.contains(&c.customer) {
+            continue;
+        }
+        let usage = windows
             .get(&(c.customer.as_str(), c.meter.as_str()))
             .map(|w| {
                 w.iter()
                     .filter(|(start, _)| (c.period_start..c.period_end).contains(start))
-                    .map(|(_, q)| *q)
-                    .sum()
-            })
-            .unwrap_or_default();
-        let known_meter = windows.contains_key(&(c.customer.as_str(), c.meter.as_str()));
+                    .try_fold(Decimal::ZERO, |acc, (_, q)| acc.checked_add(*q))
+            });
+        let known_meter = usage.is_some();
+        let Some(usage) = usage.unwrap_or(Some(Decimal::ZERO)) else {
+            unreadable.push(c.customer.clone());
+            continue;
+        };
         if known_meter && usage != c.quantity {
             out.push(QuantityDifference {
                 customer: c.customer,

@@ -30,19 +30,15 @@ async fn usage(db: &clickhouse::Client, customer: &str, rows: &[(i64, &str, &str
         })
         .collect();
     db.query(&format!(
-        "INSERT INTO usage_readings VALUES {}",
+        "INSERT INTO usage_meter_readings (customer, agent, event_id, meter, aggregation, \
+         window_start, window_secs, time_ms, group_names, group_values, group_key, value, \
+         unique_value, batch_id, inserted_at) VALUES {}",
         values.join(", ")
     ))
     .execute()
     .await
     .expect("usage readings");
-    db.query(&format!(
-        "INSERT INTO usage_batches VALUES ('b_{customer}', 'aggregator', 1, {n}, {n}, {n}, now())",
-        n = rows.len()
-    ))
-    .execute()
-    .await
-    .expect("batch marker");
+    tally_platform::testkit::fold_readings(db, &format!("b_{customer}")).await;
 }
 
 fn month_start_ms(now_ms: i64) -> i64 {

@@ -23,6 +23,7 @@
 //! - [`telemetry`]: logs and the Prometheus endpoint.
 //! - [`shutdown`]: SIGTERM/SIGINT to a cancellation token.
 //! - [`testkit`]: per-test streams and databases for tests against the real servers.
+//! - [`usage`]: reading committed usage for a range, bounded by what it asks for.
 
 pub mod access;
 pub mod args;
@@ -39,6 +40,7 @@ pub mod store;
 pub mod streams;
 pub mod telemetry;
 pub mod testkit;
+pub mod usage;
 
 pub use config::{
     ClickHouseConfig, ConfigError, NatsConfig, Profile, SecurityConfig, TelemetryConfig,

@@ -10,10 +10,24 @@ use crate::{migrate, store};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// The partials of one batch of readings (see [`fold_readings`]); shared with tests/sql.
+const FOLD_READINGS_SQL: &str = include_str!("../../tests/sql/fold_readings.sql");
+
 /// One test's private corner of NATS and ClickHouse.
 pub struct TestEnv {
     pub nats: NatsConfig,
     pub clickhouse: ClickHouseConfig,
+}
+
+/// Completes a batch of readings a fixture inserted into `usage_meter_readings` under
+/// `batch_id` the way the aggregator completes its batches: the batch's window partials
+/// (what billing reads). The batch counts from then on (it is not aborted).
+pub async fn fold_readings(db: &clickhouse::Client, batch_id: &str) {
+    db.query(FOLD_READINGS_SQL)
+        .bind(batch_id)
+        .execute()
+        .await
+        .unwrap_or_else(|e| panic!("folding the readings of batch {batch_id}: {e}"));
 }
 
 impl TestEnv {

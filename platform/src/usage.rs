@@ -31,6 +31,75 @@ const DAY: u32 = 86_400;
 #[serde(transparent)]
 pub struct Units(pub i128);
 
+impl UsageRow {
+    /// The row's quantity under its aggregation (`None`: an unknown aggregation, or a value
+    /// too large to represent). UNIQUE_COUNT: the row's distinct values.
+    pub fn quantity(&self) -> Option<Decimal> {
+        match self.aggregation.as_str() {
+            "SUM" => self.sum.decimal(),
+            "COUNT" => Some(Decimal::from(self.events)),
+            "MIN" => self.min.decimal(),
+            "MAX" => self.max.decimal(),
+            "LATEST" => self.latest.decimal(),
+            "UNIQUE_COUNT" => Some(Decimal::from(self.unique_values.len())),
+            _ => None,
+        }
+    }
+}
+
+/// Rows of one key merged by their aggregation, exactly: counts and sums add, MIN and MAX
+/// take the extremes, LATEST the value of the greatest (event time, event id), UNIQUE_COUNT
+/// counts each distinct value once.
+#[derive(Debug, Default, Clone)]
+pub struct Totals {
+    pub events: u64,
+    sum: Decimal,
+    min: Option<Decimal>,
+    max: Option<Decimal>,
+    latest: Option<(i64, String, Decimal)>,
+    unique: std::collections::HashSet<String>,
+}
+
+impl Totals {
+    /// Adds a row; `None` (and the totals unusable) when a value or the sum is too large to
+    /// represent exactly.
+    pub fn add(&mut self, row: &UsageRow) -> Option<()> {
+        let (sum, min, max, latest) = (
+            row.sum.decimal()?,
+            row.min.decimal()?,
+            row.max.decimal()?,
+            row.latest.decimal()?,
+        );
+        self.events = self.events.checked_add(row.events)?;
+        self.sum = self.sum.checked_add(sum)?;
+        self.min = Some(self.min.map_or(min, |m| m.min(min)));
+        self.max = Some(self.max.map_or(max, |m| m.max(max)));
+        let key = (row.latest_time_ms, row.latest_event_id.as_str());
+        if self
+            .latest
+            .as_ref()
+            .is_none_or(|(t, id, _)| key > (*t, id.as_str()))
+        {
+            self.latest = Some((row.latest_time_ms, row.latest_event_id.clone(), latest));
+        }
+        self.unique.extend(row.unique_values.iter().cloned());
+        Some(())
+    }
+
+    /// The quantity under `aggregation` (`SUM`, `COUNT`, ...); `None` for an unknown name.
+    pub fn quantity(&self, aggregation: &str) -> Option<Decimal> {
+        Some(match aggregation {
+            "SUM" => self.sum,
+            "COUNT" => Decimal::from(self.events),
+            "MIN" => self.min.unwrap_or_default(),
+            "MAX" => self.max.unwrap_or_default(),
+            "LATEST" => self.latest.as_ref().map_or(Decimal::ZERO, |l| l.2),
+            "UNIQUE_COUNT" => Decimal::from(self.unique.len()),
+            _ => return None,
+        })
+    }
+}
+
 impl Units {
     /// The decimal, if it fits rust_decimal with 9 places (|x| < 7.9 * 10^19).
     pub fn decimal(self) -> Option<Decimal> {
@@ -97,6 +166,8 @@ pub struct Request<'a> {
     pub from: u32,
     pub to: u32,
     pub scope: Scope<'a>,
+    /// Only this meter (`None`: every meter).
+    pub meter: Option<&'a str>,
     /// Keep agents apart (`false`: `agent` is empty and agents are summed).
     pub by_agent: bool,
     pub resolution: Resolution,
@@ -154,7 +225,13 @@ fn unsealed_sql(plan: &Plan) -> String {
     let starts: Vec<String> = plan
         .sealed
         .iter()
-        .map(|&(_, t)| if t == 0 { "0".into() } else { (t + DAY).to_string() })
+        .map(|&(_, t)| {
+            if t == 0 {
+                "0".into()
+            } else {
+                (t + DAY).to_string()
+            }
+        })
         .collect();
     format!(
         "transform(part, [{}], [{}], toUInt32(0))",
@@ -179,10 +256,13 @@ fn range_sql(col: &str, from: u32, to: u32) -> String {
 /// partials never change, so both sources hold the same usage.)
 pub fn read_sql(plan: &Plan, req: &Request<'_>) -> String {
     let (from, to) = (req.from, req.to.max(req.from));
-    let customer = match req.scope {
+    let mut customer = match req.scope {
         Scope::All => String::new(),
         Scope::Customer(c) => format!(" AND customer = {}", quote(c)),
     };
+    if let Some(m) = req.meter {
+        customer.push_str(&format!(" AND meter = {}", quote(m)));
+    }
     let agent = if req.by_agent { "agent" } else { "''" };
     let aborts = "SELECT batch_id FROM usage_aborts";
     let sum_cols = "sum(events), sum(value_sum), min(value_min), max(value_max), \
@@ -218,7 +298,11 @@ pub fn read_sql(plan: &Plan, req: &Request<'_>) -> String {
         req.split.iter().map(|(_, d)| d - d % DAY).collect();
     for d in &split_days {
         if *d + DAY > from && *d < to {
-            ranges.push(range_sql("window_start", (*d).max(from), (*d + DAY).min(to)));
+            ranges.push(range_sql(
+                "window_start",
+                (*d).max(from),
+                (*d + DAY).min(to),
+            ));
         }
     }
     let split_partials = split_sql(req.split, pday);

@@ -369,6 +369,36 @@ impl Catalog {
         })
     }
 
+    /// Every instant in `[from_ms, to_ms)` where a customer's billing changes: its
+    /// subscriptions' starts and ends and their periods' starts, per customer with a
+    /// subscription (customers on the default plan change at UTC month starts only).
+    pub fn boundaries(&self, from_ms: i64, to_ms: i64) -> Vec<(&CustomerId, Vec<i64>)> {
+        let mut out = Vec::new();
+        for (customer, subs) in &self.subscriptions {
+            let mut bounds = Vec::new();
+            for s in subs {
+                let (lo, hi) = (from_ms.max(s.from_ms), to_ms.min(s.to_ms));
+                bounds.extend([s.from_ms, s.to_ms].into_iter().filter(|b| (from_ms..to_ms).contains(b)));
+                if lo >= hi {
+                    continue;
+                }
+                let mut period = s.cycle.period_containing(lo);
+                // periods are at least a day long; the bound keeps a bad cycle from looping
+                for _ in 0..1000 {
+                    if period.start_ms >= hi {
+                        break;
+                    }
+                    if period.start_ms >= lo {
+                        bounds.push(period.start_ms);
+                    }
+                    period = s.cycle.next(&period);
+                }
+            }
+            out.push((customer, bounds));
+        }
+        out
+    }
+
     /// The version of `plan` effective at `at_ms`.
     pub fn plan_at(&self, plan: &str, at_ms: i64) -> Option<&Plan> {
         self.plans

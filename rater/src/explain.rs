@@ -8,6 +8,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use tally_domain::{Aggregation, Currency, Meter};
 use tally_platform::store::dec9;
+use tally_platform::usage;
 
 use crate::charge::Charge;
 use crate::pricing::{LineKind, TierUse};
@@ -117,20 +118,41 @@ pub async fn load(
         .fetch_optional::<StoredCharge>()
         .await?
         .ok_or_else(|| ExplainError::NotFound(charge_id.to_owned()))?;
-    let windows = db
-        .query(
-            "SELECT toUInt32(window_start), agent, group_key, quantity FROM v_usage \
-             WHERE customer = ? AND meter = ? AND window_start >= toDateTime(?) AND window_start < toDateTime(?) \
-             AND (? = '{}' OR group_key = ?) ORDER BY window_start, agent, group_key",
-        )
-        .bind(&charge.customer)
-        .bind(&charge.meter)
-        .bind(charge.period_start.max(charge.usage_from))
-        .bind(charge.period_end.min(charge.usage_to))
-        .bind(&charge.group_key)
-        .bind(&charge.group_key)
-        .fetch_all::<WindowUsage>()
-        .await?;
+    // the charge's windows only: one customer, one meter, its span (bounded reads)
+    let (from, to) = (
+        charge.period_start.max(charge.usage_from),
+        charge.period_end.min(charge.usage_to),
+    );
+    let req = usage::Request {
+        from,
+        to,
+        scope: usage::Scope::Customer(&charge.customer),
+        meter: Some(&charge.meter),
+        by_agent: true,
+        resolution: usage::Resolution::Windows,
+        split: &[],
+    };
+    let rows = usage::read(db, &usage::Plan::default(), &req).await?;
+    let mut windows = Vec::with_capacity(rows.len());
+    for r in rows {
+        if charge.group_key != "{}" && r.group_key != charge.group_key {
+            continue;
+        }
+        let quantity = r.quantity().ok_or_else(|| ExplainError::Unreadable {
+            charge_id: charge.charge_id.clone(),
+            field: "usage quantity",
+            detail: format!("window {} of agent {}: value out of range", r.start, r.agent),
+        })?;
+        windows.push(WindowUsage {
+            window_start: r.start,
+            agent: r.agent,
+            group_key: r.group_key,
+            quantity,
+        });
+    }
+    windows.sort_by(|a, b| {
+        (a.window_start, &a.agent, &a.group_key).cmp(&(b.window_start, &b.agent, &b.group_key))
+    });
     Ok((charge, windows))
 }
 

@@ -13,6 +13,15 @@ pub fn init() {
     for cause in ["no_subscription", "no_price"] {
         unpriced(cause, 0);
     }
+    for reason in ["quantity_overflow", "unreadable", "charge_overflow"] {
+        counter!("tally_rater_customer_failures_total", "reason" => reason).absolute(0);
+    }
+}
+
+/// A customer left out of a pass (its usage or pricing failed); the others were rated. The
+/// alert `RaterCustomerFailing` fires on it (docs/OPERATIONS.md has the runbook).
+pub fn customer_failed(reason: &'static str) {
+    counter!("tally_rater_customer_failures_total", "reason" => reason).increment(1);
 }
 
 /// One rating pass: how long it took, how many charges it wrote, and when it finished (for the

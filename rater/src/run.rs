@@ -5,6 +5,7 @@
 //! effective at the period start, and appends the charges. Passes are idempotent: the same
 //! usage gives the same charge ids and amounts.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use clickhouse::Client;
@@ -12,7 +13,7 @@ use tally_platform::shutdown::Shutdown;
 
 use crate::catalog::Catalog;
 use crate::catalog_store::CatalogSource;
-use crate::charge::{compute_with, Charge, ChargeError};
+use crate::charge::{compute_with, Charge};
 use crate::config::RaterConfig;
 use crate::{metrics, store, usage};
 
@@ -21,8 +22,6 @@ use crate::{metrics, store, usage};
 pub enum RateError {
     #[error("clickhouse: {0}")]
     ClickHouse(#[from] clickhouse::error::Error),
-    #[error(transparent)]
-    Charge(#[from] ChargeError),
 }
 
 /// What one pass did.
@@ -33,11 +32,15 @@ pub struct RateReport {
     pub skipped: usage::Skipped,
     /// (customer, meter) pairs with usage but no price in the plan.
     pub unpriced_meters: u64,
+    /// Customers left out of this pass and why (logged and counted; retried next pass).
+    pub failed: BTreeMap<String, usage::FailReason>,
 }
 
 const MONTH_MS: i64 = 31 * 86_400_000;
 
-/// Rates every period overlapping `[now - lookback, now]` and writes the charges.
+/// Rates every period overlapping `[now - lookback, now]` and writes the charges. A
+/// customer whose usage or pricing fails is left out (logged, counted in
+/// `tally_rater_customer_failures_total`, retried next pass); every other customer is rated.
 pub async fn rate_once(
     db: &Client,
     catalog: &Catalog,
@@ -47,15 +50,18 @@ pub async fn rate_once(
     let started = Instant::now();
     let lookback_ms = i64::try_from(cfg.lookback_secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2);
     let horizon_ms = now_ms - lookback_ms;
-    let rows = usage::read(db, horizon_ms - MONTH_MS, now_ms + 86_400_000).await?;
-    let (usages, skipped) = usage::fold(&rows, catalog);
+    let rows = usage::read(db, catalog, horizon_ms - MONTH_MS, now_ms + 86_400_000).await?;
+    let folded = usage::fold(&rows, catalog);
     let mut report = RateReport {
         usage_rows: rows.len(),
-        skipped,
+        skipped: folded.skipped,
+        failed: folded.failed,
         ..Default::default()
     };
-    for ((customer, period, segment_from_ms, _, _), u) in &usages {
-        if period.end_ms <= horizon_ms {
+    drop(rows);
+    let mut charges: BTreeMap<&str, Vec<Charge>> = BTreeMap::new();
+    for ((customer, period, segment_from_ms, _, _), u) in &folded.usages {
+        if period.end_ms <= horizon_ms || report.failed.contains_key(customer.as_ref()) {
             continue;
         }
         let sub = catalog
@@ -66,13 +72,29 @@ pub async fn rate_once(
             continue;
         };
         let terms = catalog.terms(&sub, plan, period, &u.meter);
-        match compute_with(u, plan, &terms)? {
-            Some(charge) => report.charges.push(charge),
-            None => report.unpriced_meters += 1,
+        match compute_with(u, plan, &terms) {
+            Ok(Some(charge)) => charges.entry(customer.as_ref()).or_default().push(charge),
+            Ok(None) => report.unpriced_meters += 1,
+            Err(e) => {
+                tracing::error!(%customer, error = %e, "customer left out of this rating pass");
+                report
+                    .failed
+                    .insert(customer.to_string(), usage::FailReason::ChargeOverflow);
+            }
         }
     }
+    // a customer with one failed charge gets none this pass: never a partial set
+    report.charges = charges
+        .into_iter()
+        .filter(|(c, _)| !report.failed.contains_key(*c))
+        .flat_map(|(_, v)| v)
+        .collect();
+    for (customer, reason) in &report.failed {
+        tracing::error!(%customer, reason = reason.code(), "customer not rated this pass; retried next pass");
+        metrics::customer_failed(reason.code());
+    }
     store::write(db, &report.charges, now_ms).await?;
-    metrics::unpriced("no_subscription", skipped.no_subscription);
+    metrics::unpriced("no_subscription", report.skipped.no_subscription);
     metrics::unpriced("no_price", report.unpriced_meters);
     metrics::pass(started.elapsed(), report.charges.len());
     Ok(report)

@@ -1,65 +1,58 @@
-//! Reading committed usage from the public views and folding it per customer, billing period,
-//! meter and (for prices per group-by value) group. Only committed batches are visible
-//! through the views. Folding is independent of the order rows arrive in. Window quantities
-//! from `v_usage` merge into period quantities for every aggregation but UNIQUE_COUNT, whose
-//! period quantity is the number of distinct values over the whole period: for those meters
-//! the rows come from `v_usage_readings`, one per distinct (customer, meter, group, day, value)
-//! (periods start at midnight UTC, so a day never straddles two), and the fold counts each
-//! value once per period.
+//! Reading committed usage for a rating pass and folding it per customer, billing period (or
+//! the part of it a subscription covers), meter and (for prices per group-by value) group.
+//!
+//! The read is [`tally_platform::usage`]'s: sealed days from the daily rollups, the rest
+//! from the window partials, bounded by the range. Days that a period or a subscription
+//! change cuts inside (a customer's midnight outside UTC, a plan change at 10:37) are read at
+//! window resolution ([`split_days`]), so every period boundary falls between two windows in
+//! any time zone. UNIQUE_COUNT meters come with their distinct values per row, and the fold
+//! counts each value once per period.
+//!
+//! One customer's bad data never stops the others: a quantity too large to represent (over
+//! [`quantity_max`]) or an unreadable row puts that customer in [`Folded::failed`], with the
+//! reason, and the fold goes on.
 
 use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use clickhouse::Client;
 use rust_decimal::Decimal;
-use serde::Deserialize;
 use tally_domain::{Aggregation, CustomerId, MeterSlug, Period};
-use tally_platform::store::dec9;
+pub use tally_platform::usage::UsageRow;
+use tally_platform::usage::{self, Request, Resolution, Scope, Totals};
 
 use crate::catalog::Catalog;
 use crate::charge::MeterUsage;
 
-/// One row of `v_usage`.
-#[derive(Debug, Clone, clickhouse::Row, Deserialize)]
-pub struct UsageRow {
-    pub customer: String,
-    pub meter: String,
-    pub aggregation: String,
-    pub group_key: String,
-    pub group_names: Vec<String>,
-    pub group_values: Vec<String>,
-    #[serde(with = "dec9")]
-    pub quantity: Decimal,
-    pub window_start: u32,
-    pub window_end: u32,
-    /// For UNIQUE_COUNT rows, the distinct value; empty otherwise.
-    pub unique_value: String,
+const DAY_MS: i64 = 86_400_000;
+
+/// The largest period quantity rated (10^19 units): beyond it the customer's usage for the
+/// pass is refused with `quantity_overflow` (a window or period that large is bad data; the
+/// decimal arithmetic of pricing has about 10^28 of room and must keep it for prices).
+pub fn quantity_max() -> Decimal {
+    Decimal::from(10_000_000_000_000_000_000u64)
 }
 
-/// Committed usage windows starting in `[from_ms, to_ms)`.
-pub async fn read(
-    db: &Client,
-    from_ms: i64,
-    to_ms: i64,
-) -> Result<Vec<UsageRow>, clickhouse::error::Error> {
-    let (from, to) = (from_ms.div_euclid(1000), to_ms.div_euclid(1000));
-    db.query(
-        "SELECT customer, meter, aggregation, group_key, group_names, group_values, quantity, \
-                toUInt32(window_start), toUInt32(window_end), '' \
-         FROM v_usage \
-         WHERE aggregation != 'UNIQUE_COUNT' AND window_start >= toDateTime(?) AND window_start < toDateTime(?) \
-         UNION ALL \
-         SELECT DISTINCT customer, meter, aggregation, group_key, group_names, group_values, toDecimal128(1, 9), \
-                toUInt32(toStartOfDay(window_start)), toUInt32(toUInt32(toStartOfDay(window_start)) + 86400), unique_value \
-         FROM v_usage_readings \
-         WHERE aggregation = 'UNIQUE_COUNT' AND window_start >= toDateTime(?) AND window_start < toDateTime(?)",
-    )
-    .bind(from)
-    .bind(to)
-    .bind(from)
-    .bind(to)
-    .fetch_all()
-    .await
+/// Why a customer was left out of a pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FailReason {
+    /// A window, day or period quantity above the limit.
+    QuantityOverflow,
+    /// A row whose customer id, meter or aggregation cannot be read.
+    Unreadable,
+    /// Pricing overflowed (quantity times price, tiers, tax).
+    ChargeOverflow,
+}
+
+impl FailReason {
+    /// The `reason` label of `tally_rater_customer_failures_total`.
+    pub fn code(self) -> &'static str {
+        match self {
+            FailReason::QuantityOverflow => "quantity_overflow",
+            FailReason::Unreadable => "unreadable",
+            FailReason::ChargeOverflow => "charge_overflow",
+        }
+    }
 }
 
 /// What folding skipped, by cause.
@@ -74,85 +67,157 @@ pub struct Skipped {
 /// The fold's key: customer, period, segment start, meter, group key.
 pub type UsageKey = (CustomerId, Period, i64, MeterSlug, String);
 
-/// Folds usage windows into one [`MeterUsage`] per (customer, period, meter), using each
+/// The result of a fold.
+#[derive(Debug, Default)]
+pub struct Folded {
+    pub usages: BTreeMap<UsageKey, MeterUsage>,
+    pub skipped: Skipped,
+    /// Customers left out of this pass, with why (their usages are not in `usages`).
+    pub failed: BTreeMap<String, FailReason>,
+}
+
+/// The (customer, UTC day) pairs that a period or subscription boundary cuts inside, within
+/// `[from_ms, to_ms)`: read at window resolution.
+pub fn split_days(catalog: &Catalog, from_ms: i64, to_ms: i64) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for (customer, bounds) in catalog.boundaries(from_ms, to_ms) {
+        let mut days: Vec<u32> = bounds
+            .into_iter()
+            .filter(|b| b.rem_euclid(DAY_MS) != 0 && *b > from_ms && *b < to_ms)
+            .filter_map(|b| u32::try_from((b - b.rem_euclid(DAY_MS)) / 1000).ok())
+            .collect();
+        days.sort_unstable();
+        days.dedup();
+        out.extend(days.into_iter().map(|d| (customer.to_string(), d)));
+    }
+    out
+}
+
+/// Committed usage starting in `[from_ms, to_ms)`, sealed days as day rows.
+pub async fn read(
+    db: &Client,
+    catalog: &Catalog,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Vec<UsageRow>, clickhouse::error::Error> {
+    // whole days, so the sealed days inside are read as days
+    let from_ms = from_ms - from_ms.rem_euclid(DAY_MS);
+    let to_ms = to_ms + (DAY_MS - to_ms.rem_euclid(DAY_MS)) % DAY_MS;
+    let secs = |ms: i64| u32::try_from(ms.div_euclid(1000)).unwrap_or(if ms < 0 { 0 } else { u32::MAX });
+    let split = split_days(catalog, from_ms, to_ms);
+    let plan = usage::plan(db, secs(from_ms)).await?;
+    let req = Request {
+        from: secs(from_ms),
+        to: secs(to_ms),
+        scope: Scope::All,
+        meter: None,
+        by_agent: false,
+        resolution: Resolution::Days,
+        split: &split,
+    };
+    usage::read(db, &plan, &req).await
+}
+
+/// Folds usage rows into one [`MeterUsage`] per (customer, period, meter), using each
 /// customer's billing cycle; when the plan version effective at the period's start prices
 /// the meter per group-by value (a price book), per (customer, period, meter, group).
 /// Sorted, so passes are deterministic.
-pub fn fold(rows: &[UsageRow], catalog: &Catalog) -> (BTreeMap<UsageKey, MeterUsage>, Skipped) {
-    let mut out: BTreeMap<UsageKey, MeterUsage> = BTreeMap::new();
-    let mut skipped = Skipped::default();
-    let mut unique_seen: HashSet<(UsageKey, &str)> = HashSet::new();
+pub fn fold(rows: &[UsageRow], catalog: &Catalog) -> Folded {
+    let mut out = Folded::default();
+    let mut accs: BTreeMap<UsageKey, Totals> = BTreeMap::new();
     for row in rows {
-        let (Ok(customer), Ok(meter), Ok(aggregation)) = (
-            CustomerId::new(row.customer.clone()),
-            MeterSlug::new(row.meter.clone()),
-            row.aggregation.parse::<Aggregation>(),
-        ) else {
-            skipped.unreadable += 1;
+        if out.failed.contains_key(&row.customer) {
             continue;
-        };
-        let start_ms = i64::from(row.window_start) * 1000;
-        let Some((plan_id, cycle, sub_from_ms, sub_to_ms)) =
-            catalog.coverage_at(&customer, start_ms)
-        else {
-            skipped.no_subscription += 1;
-            continue;
-        };
-        let period = cycle.period_containing(start_ms);
-        // a subscription change inside the period splits it at the change
-        let segment_from_ms = period.start_ms.max(sub_from_ms);
-        let segment_to_ms = period.end_ms.min(sub_to_ms);
-        let per_group = catalog
-            .plan_at(plan_id, segment_from_ms)
-            .and_then(|p| p.prices.get(&meter))
-            .is_some_and(|p| p.model.per_group());
-        let group_key = if per_group {
-            row.group_key.clone()
-        } else {
-            "{}".to_owned()
-        };
-        // the key owns the ids; a new entry clones them, an existing one allocates nothing more
-        let entry = match out.entry((customer, period, segment_from_ms, meter, group_key)) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(v) => {
-                let (customer, _, _, meter, group_key) = v.key().clone();
-                let (group_names, group_values) = if per_group {
-                    (row.group_names.clone(), row.group_values.clone())
-                } else {
-                    (vec![], vec![])
-                };
-                v.insert(MeterUsage {
-                    customer,
-                    period,
-                    meter,
-                    aggregation,
-                    group_key,
-                    group_names,
-                    group_values,
-                    segment_from_ms,
-                    segment_to_ms,
-                    quantity: Decimal::ZERO,
-                    windows: 0,
-                    first_window_ms: start_ms,
-                    last_window_end_ms: start_ms,
-                })
-            }
-        };
-        if entry.aggregation == Aggregation::UniqueCount {
-            let key = (
-                entry.customer.clone(),
-                period,
-                entry.segment_from_ms,
-                entry.meter.clone(),
-                entry.group_key.clone(),
-            );
-            if !unique_seen.insert((key, row.unique_value.as_str())) {
-                continue; // the value was already counted in this period
-            }
         }
-        entry.add_window(row.quantity, start_ms, i64::from(row.window_end) * 1000);
+        if let Err(reason) = fold_row(row, catalog, &mut out, &mut accs) {
+            out.failed.insert(row.customer.clone(), reason);
+        }
     }
-    (out, skipped)
+    for (key, acc) in accs {
+        if out.failed.contains_key(key.0.as_ref()) {
+            out.usages.remove(&key);
+            continue;
+        }
+        if let Some(u) = out.usages.get_mut(&key) {
+            u.quantity = acc.quantity(u.aggregation.as_str()).unwrap_or_default();
+        }
+    }
+    out
+}
+
+fn fold_row(
+    row: &UsageRow,
+    catalog: &Catalog,
+    out: &mut Folded,
+    accs: &mut BTreeMap<UsageKey, Totals>,
+) -> Result<(), FailReason> {
+    let (Ok(customer), Ok(meter), Ok(aggregation)) = (
+        CustomerId::new(row.customer.clone()),
+        MeterSlug::new(row.meter.clone()),
+        row.aggregation.parse::<Aggregation>(),
+    ) else {
+        out.skipped.unreadable += 1;
+        return Err(FailReason::Unreadable);
+    };
+    let start_ms = i64::from(row.start) * 1000;
+    let Some((plan_id, cycle, sub_from_ms, sub_to_ms)) = catalog.coverage_at(&customer, start_ms)
+    else {
+        out.skipped.no_subscription += 1;
+        return Ok(());
+    };
+    let period = cycle.period_containing(start_ms);
+    // a subscription change inside the period splits it at the change
+    let segment_from_ms = period.start_ms.max(sub_from_ms);
+    let segment_to_ms = period.end_ms.min(sub_to_ms);
+    let per_group = catalog
+        .plan_at(plan_id, segment_from_ms)
+        .and_then(|p| p.prices.get(&meter))
+        .is_some_and(|p| p.model.per_group());
+    let group_key = if per_group {
+        row.group_key.clone()
+    } else {
+        "{}".to_owned()
+    };
+    let key = (customer, period, segment_from_ms, meter, group_key);
+    let totals = accs.entry(key.clone()).or_default();
+    totals.add(row).ok_or(FailReason::QuantityOverflow)?;
+    let within = totals
+        .quantity(row.aggregation.as_str())
+        .is_some_and(|q| q.abs() <= quantity_max());
+    if !within {
+        return Err(FailReason::QuantityOverflow);
+    }
+    let end_ms = i64::from(row.end) * 1000;
+    let usage = match out.usages.entry(key) {
+        Entry::Occupied(e) => e.into_mut(),
+        Entry::Vacant(v) => {
+            let (customer, _, _, meter, group_key) = v.key().clone();
+            let (group_names, group_values) = if per_group {
+                (row.group_names.clone(), row.group_values.clone())
+            } else {
+                (vec![], vec![])
+            };
+            v.insert(MeterUsage {
+                customer,
+                period,
+                meter,
+                aggregation,
+                group_key,
+                group_names,
+                group_values,
+                segment_from_ms,
+                segment_to_ms,
+                quantity: Decimal::ZERO,
+                windows: 0,
+                first_window_ms: start_ms,
+                last_window_end_ms: end_ms,
+            })
+        }
+    };
+    usage.first_window_ms = usage.first_window_ms.min(start_ms);
+    usage.last_window_end_ms = usage.last_window_end_ms.max(end_ms);
+    usage.windows += 1;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -160,15 +225,18 @@ mod tests {
     use super::*;
     use crate::config::RaterConfig;
     use tally_domain::meter::{validate_meters, MeterSpec};
+    use tally_platform::usage::Units;
 
     fn catalog() -> Catalog {
         let specs: Vec<MeterSpec> = serde_json::from_str(
-            r#"[{"slug":"users","event_type":"u","aggregation":"UNIQUE_COUNT","value_property":"$.user"}]"#,
+            r#"[{"slug":"users","event_type":"u","aggregation":"UNIQUE_COUNT","value_property":"$.user"},
+                {"slug":"tokens","event_type":"t","aggregation":"SUM","value_property":"$.n"}]"#,
         )
         .unwrap();
         let plans: Vec<crate::config::PlanSpec> = serde_json::from_str(
             r#"[{"id":"p","version":1,"currency":"USD","effective_from":"2020-01-01T00:00:00Z",
-                 "prices":[{"model":"per_unit","meter":"users","unit_price":"1"}]}]"#,
+                 "prices":[{"model":"per_unit","meter":"users","unit_price":"1"},
+                           {"model":"per_unit","meter":"tokens","unit_price":"1"}]}]"#,
         )
         .unwrap();
         let rater = RaterConfig {
@@ -178,28 +246,68 @@ mod tests {
         Catalog::new(plans, vec![], &rater, &validate_meters(specs).unwrap()).unwrap()
     }
 
-    fn row(day: u32, value: &str) -> UsageRow {
+    const DAY: u32 = 86_400;
+    const NOV26: u32 = 1_795_651_200; // 2026-11-26
+
+    fn row(customer: &str, meter: &str, day: u32, units: i128, values: &[&str]) -> UsageRow {
+        let aggregation = if meter == "users" { "UNIQUE_COUNT" } else { "SUM" };
         UsageRow {
-            customer: "acme".into(),
-            meter: "users".into(),
-            aggregation: "UNIQUE_COUNT".into(),
+            customer: customer.into(),
+            agent: String::new(),
+            meter: meter.into(),
+            aggregation: aggregation.into(),
             group_key: "{}".into(),
             group_names: vec![],
             group_values: vec![],
-            quantity: Decimal::ONE,
-            window_start: 1_795_651_200 + day * 86_400, // 2026-11-26 + day
-            window_end: 1_795_651_200 + (day + 1) * 86_400,
-            unique_value: value.into(),
+            start: NOV26 + day * DAY,
+            end: NOV26 + (day + 1) * DAY,
+            events: 1,
+            sum: Units(units),
+            min: Units(units),
+            max: Units(units),
+            latest: Units(units),
+            latest_time_ms: 0,
+            latest_event_id: String::new(),
+            unique_values: values.iter().map(|v| v.to_string()).collect(),
         }
     }
 
     #[test]
     fn unique_values_count_once_per_period_across_days() {
         // u-1 on two days of November, u-2 once, u-1 again in December (a new period)
-        let rows = vec![row(0, "u-1"), row(1, "u-1"), row(1, "u-2"), row(5, "u-1")];
-        let (usages, skipped) = fold(&rows, &catalog());
-        assert_eq!(skipped, Skipped::default());
-        let quantities: Vec<Decimal> = usages.values().map(|u| u.quantity).collect();
+        let rows = vec![
+            row("acme", "users", 0, 0, &["u-1"]),
+            row("acme", "users", 1, 0, &["u-1", "u-2"]),
+            row("acme", "users", 5, 0, &["u-1"]),
+        ];
+        let folded = fold(&rows, &catalog());
+        assert_eq!(folded.skipped, Skipped::default());
+        let quantities: Vec<Decimal> = folded.usages.values().map(|u| u.quantity).collect();
         assert_eq!(quantities, vec![Decimal::from(2), Decimal::from(1)]);
+    }
+
+    /// Issue 14, requirement 6: one customer's window above the limit (8 * 10^19, what
+    /// 80,000 events at the per-event maximum make) used to fail every pass; now only that
+    /// customer is left out, with its reason.
+    #[test]
+    fn one_customers_overflowing_usage_leaves_the_others_rated() {
+        let huge = 80_000_000_000_000_000_000i128 * 1_000_000_000; // 8e19 in units of 1e-9
+        let rows = vec![
+            row("big", "tokens", 0, huge, &[]),
+            row("big", "tokens", 1, 5_000_000_000, &[]),
+            row("acme", "tokens", 0, 7_000_000_000, &[]),
+            // two rows that each fit but whose sum does not
+            row("twice", "tokens", 0, 6_000_000_000_000_000_000i128 * 1_000_000_000, &[]),
+            row("twice", "tokens", 1, 6_000_000_000_000_000_000i128 * 1_000_000_000, &[]),
+        ];
+        let folded = fold(&rows, &catalog());
+        assert_eq!(folded.failed.get("big"), Some(&FailReason::QuantityOverflow));
+        assert_eq!(folded.failed.get("twice"), Some(&FailReason::QuantityOverflow));
+        let rated: Vec<(String, Decimal)> = folded
+            .usages
+            .values()
+            .map(|u| (u.customer.to_string(), u.quantity))
+            .collect();
+        assert_eq!(rated, vec![("acme".to_owned(), Decimal::from(7))]);
     }
 }

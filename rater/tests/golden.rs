@@ -96,7 +96,7 @@ fn a_price_book_prices_each_model_and_token_kind_at_its_own_rate() {
         row("acme", "gpt-4o", "input", 0, "3000001"), // 7.5000025 -> 7.50
         row("acme", "mystery", "input", 0, "5"),      // no rate: unpriced
     ];
-    let (usages, skipped) = fold(&rows, &c);
+    let tally_rater::usage::Folded { usages, skipped, .. } = fold(&rows, &c);
     assert_eq!(skipped, Default::default());
     let charges: Vec<_> = usages
         .values()
@@ -130,7 +130,7 @@ fn a_price_book_with_a_default_rate_prices_every_group() {
         row("acme", "small", "input", 0, "499"),  // 0.499 -> 0
         row("acme", "small", "output", 0, "500"), // 0.5 -> 1
     ];
-    let (usages, _) = fold(&rows, &c);
+    let tally_rater::usage::Folded { usages, .. } = fold(&rows, &c);
     let minor: Vec<i64> = usages
         .values()
         .map(|u| {
@@ -150,7 +150,7 @@ fn prices_per_meter_fold_every_group_into_one_charge() {
         row("acme", "gpt-4o", "output", 0, "100"),
         row("acme", "gpt-4o", "input", 0, "50"),
     ];
-    let (usages, _) = fold(&rows, &c);
+    let tally_rater::usage::Folded { usages, .. } = fold(&rows, &c);
     assert_eq!(usages.len(), 1);
     let u = usages.values().next().expect("one");
     assert_eq!((u.group_key.as_str(), u.quantity), ("{}", d("150")));
@@ -180,7 +180,7 @@ fn coupons_discount_charges_for_their_duration_and_record_the_amount_before() {
     let rows: Vec<_> = [jan, feb, mar]
         .map(|minute| row("acme", "m", "input", minute, "1001"))
         .into();
-    let (usages, _) = fold(&rows, &c);
+    let tally_rater::usage::Folded { usages, .. } = fold(&rows, &c);
     let sub = c
         .subscription(&tally_domain::CustomerId::new("acme").expect("id"))
         .expect("subscribed");
@@ -250,7 +250,7 @@ fn tax_is_per_line_by_region_and_date_on_the_discounted_amount() {
         row("exempt-co", "m", "input", 0, "999"), // exempt: 0
         row("nowhere", "m", "input", 0, "999"), // no region: no tax
     ];
-    let (usages, _) = fold(&rows, &c);
+    let tally_rater::usage::Folded { usages, .. } = fold(&rows, &c);
     let got: Vec<(String, i64, i64, i64, String)> = usages
         .values()
         .map(|u| {
@@ -288,7 +288,7 @@ fn with_the_tax_feature_off_no_charge_carries_tax() {
         row("acme", "m", "input", 0, "999"),
         row("exempt-co", "m", "input", 0, "999"),
     ];
-    let (usages, _) = fold(&rows, &c);
+    let tally_rater::usage::Folded { usages, .. } = fold(&rows, &c);
     assert_eq!(usages.len(), 2);
     for u in usages.values() {
         let sub = c.subscription(&u.customer).expect("subscribed");
@@ -362,7 +362,7 @@ fn a_plan_is_billed_in_another_currency_at_the_dated_rate_then_rounded_once() {
         row("manama-co", "m", "input", 0, "1234567"), // no USD->BHD rate in January: unpriced
         row("manama-co", "m", "input", feb, "1234567"), // 3.703701 x 0.376 = 1.392591576 -> 1.393 BHD
     ];
-    let (usages, _) = fold(&rows, &c);
+    let tally_rater::usage::Folded { usages, .. } = fold(&rows, &c);
     let got: Vec<Option<(&str, &str, i64)>> = usages
         .values()
         .map(|u| {

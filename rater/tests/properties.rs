@@ -98,7 +98,7 @@ proptest! {
             })
             .collect();
         let rate = |rows: &[tally_rater::usage::UsageRow]| -> Vec<Charge> {
-            let (usages, _) = fold(rows, &c);
+            let tally_rater::usage::Folded { usages, .. } = fold(rows, &c);
             usages.values().filter_map(|u| compute(u, plan(&c)).expect("prices")).collect()
         };
         let in_order = rate(&rows);

@@ -26,6 +26,7 @@ Run: python3 -m unittest discover -s tests/sql -v
 """
 
 import os
+from decimal import Decimal
 import random
 import re
 import shutil
@@ -168,21 +169,11 @@ def view_names():
 
 # --- the fixed data set ------------------------------------------------------------------------
 
-W1 = "2026-11-01 10:00:00"  # an hourly window: two committed batches and an uncommitted one
-W2 = "2026-11-01 11:00:00"  # only uncommitted rows: must not appear at all
-W3 = "2026-11-01 09:00:00"  # a sealed window: v_usage still folds its readings
+W1 = "2026-11-01 10:00:00"  # an hourly window: two committed batches and an aborted one
+W2 = "2026-11-01 11:00:00"  # only rows of the aborted batch: must not appear at all
+W3 = "2026-11-01 09:00:00"  # an hourly window of a third batch
 M1 = "2026-11-01 10:00:00"  # a one-minute window of another customer
 TOKENS = dict(group_names=["model", "kind"], group_values=["gpt-4o", "output"], group_key="model=gpt-4o,kind=output")
-
-
-def rollup(batch, window_start, meter, aggregation, quantity, events, customer="acme", window_secs=3600, **extra):
-    row = dict(
-        window_start=window_start, window_secs=window_secs, customer=customer, agent="support-bot-7", meter=meter,
-        aggregation=aggregation, group_names=[], group_values=[], group_key="", events=events, batch_id=batch,
-        inserted_at="2026-11-01 12:00:00", quantity=quantity, sealed=1,
-    )
-    row.update(extra)
-    return row
 
 
 def reading(batch, event_id, window_start, meter, aggregation, value, customer="acme", window_secs=3600,
@@ -201,27 +192,13 @@ FIXTURE = {
     "usage_batches": [
         [dict(batch_id="b1", consumer="aggregator", first_seq=1, last_seq=7, events=7, rollups=5, committed_at="2026-11-01 10:30:00")],
         [dict(batch_id="b2", consumer="aggregator", first_seq=8, last_seq=14, events=7, rollups=5, committed_at="2026-11-01 10:59:00")],
-        [dict(batch_id="b0", consumer="aggregator", first_seq=0, last_seq=0, events=2, rollups=2, committed_at="2026-11-01 10:00:00"),
-         dict(batch_id="seal-a", consumer="sealer:aggregator", first_seq=0, last_seq=0, events=0, rollups=2, committed_at="2026-11-01 10:01:00"),
-         dict(batch_id="seal-b", consumer="sealer:aggregator", first_seq=0, last_seq=0, events=0, rollups=2, committed_at="2026-11-01 10:01:00")],
+        [dict(batch_id="b0", consumer="aggregator", first_seq=0, last_seq=0, events=2, rollups=2, committed_at="2026-11-01 10:00:00")],
     ],
-    "usage_rollups": [
-        [
-            # W3 sealed twice (two sealers racing): seal-a, the smaller batch id, is the record;
-            # none of these rows changes v_usage, which folds the readings
-            rollup("seal-a", W3, "tokens", "SUM", "2.5", 2, **TOKENS),
-            rollup("seal-a", W3, "tool_calls", "COUNT", "1", 1),
-        ],
-        [
-            rollup("seal-b", W3, "tokens", "SUM", "2.5", 2, **TOKENS),
-            rollup("seal-b", W3, "tool_calls", "COUNT", "1", 1),
-            # a seal of W1 that never got its marker (the sealer crashed): W1 is not sealed
-            rollup("seal-z", W1, "tokens", "SUM", "777", 9, **TOKENS),
-            # a row written before sealing existed (sealed = 0): not a seal
-            rollup("b1", W1, "tokens", "SUM", "555", 5, sealed=0, **TOKENS),
-        ],
-    ],
-    "usage_readings": [
+    # b3 was unfinished when its partition was taken over (or its insert failed): it counts
+    # nowhere, although its rows are in every table
+    "usage_aborts": [[dict(batch_id="b3", part=0, reason="takeover", aborted_at="2026-11-01 12:00:00")]],
+    # Each batch's partials are folded from its readings after the insert (fold_readings.sql).
+    "usage_meter_readings": [
         [
             reading("b1", "e1", W1, "tokens", "SUM", "1.5", **TOKENS),
             reading("b1", "e2", W1, "tokens", "SUM", "3", **TOKENS),
@@ -238,8 +215,8 @@ FIXTURE = {
         [
             reading("b2", "e4", W1, "tokens", "SUM", "0.25", **TOKENS),
             reading("b2", "e5", W1, "tokens", "SUM", "4", **TOKENS),
-            # e2 committed again by a second batch (a resumed zombie instance): counts once
-            reading("b2", "e2", W1, "tokens", "SUM", "3", **TOKENS),
+            # the same event id from another agent of the customer: another event
+            reading("b2", "e2", W1, "tokens", "SUM", "3", agent="support-bot-8", **TOKENS),
             *[reading("b2", f"c{i}", W1, "tool_calls", "COUNT", "1") for i in range(5, 8)],
             reading("b2", "l3", W1, "latency_ms", "MIN", "7.125"),
             reading("b2", "l4", W1, "latency_ms", "MIN", "90"),
@@ -249,15 +226,12 @@ FIXTURE = {
             reading("b2", "g1", M1, "tokens", "SUM", "0.000000001", customer="globex", window_secs=60),
         ],
         [
-            # W3's readings, committed by b0 and sealed into the rollups above...
             reading("b0", "h1", W3, "tokens", "SUM", "1", **TOKENS),
             reading("b0", "h2", W3, "tokens", "SUM", "1.5", **TOKENS),
             reading("b0", "h3", W3, "tool_calls", "COUNT", "1"),
-            # ...and a reading committed into W3 after its seal: billed usage still counts it
-            reading("b2", "h4", W3, "tokens", "SUM", "1000", **TOKENS),
         ],
         [
-            # b3 has readings but no marker: a crash between the two writes. It counts nowhere.
+            # b3: aborted. It counts nowhere.
             reading("b3", "e9", W1, "tokens", "SUM", "1000", **TOKENS),
             reading("b3", "w1", W2, "tokens", "SUM", "50", **TOKENS),
             reading("b3", "s4", W1, "seats", "LATEST", "99", time_ms=9000),
@@ -361,18 +335,20 @@ EXPECTED = {
     "v_usage": {
         "columns": ["customer", "meter", "aggregation", "window_start", "window_end", "group_key", "quantity", "event_count"],
         "rows": [
-            # W3 (09:00) first: its readings (1 + 1.5 + 1000, and one call), whatever the seals say
-            ["acme", "tokens", "SUM", W3, W1, "model=gpt-4o,kind=output", "1002.500000000", "3"],
+            # W3 (09:00) first: b0's partials (1 + 1.5, and one call)
+            ["acme", "tokens", "SUM", W3, W1, "model=gpt-4o,kind=output", "2.500000000", "2"],
             ["acme", "tool_calls", "COUNT", W3, W1, "", "1.000000000", "1"],
             # Ordered by every column, window_end (second) first decides: globex's 60 s window.
             ["globex", "tokens", "SUM", M1, "2026-11-01 10:01:00", "", "0.000000001", "1"],
-            # b1 + b2; b3's readings are not committed.
+            # b1 + b2 (agent support-bot-7); b3 is aborted.
             ["acme", "context_tokens", "MAX", W1, "2026-11-01 11:00:00", "", "128000.000000000", "2"],  # max(128000, 64000)
             ["acme", "latency_ms", "MIN", W1, "2026-11-01 11:00:00", "", "7.125000000", "4"],  # min(12.5, 40, 7.125, 90)
             ["acme", "seats", "LATEST", W1, "2026-11-01 11:00:00", "", "9.000000000", "3"],  # the value at time 3000
-            ["acme", "tokens", "SUM", W1, "2026-11-01 11:00:00", "model=gpt-4o,kind=output", "14.750000000", "5"],  # 1.5+3+6+0.25+4, e2 once
+            ["acme", "tokens", "SUM", W1, "2026-11-01 11:00:00", "model=gpt-4o,kind=output", "14.750000000", "5"],  # 1.5+3+6+0.25+4
             ["acme", "tool_calls", "COUNT", W1, "2026-11-01 11:00:00", "", "7.000000000", "7"],  # 4 + 3 events
             ["acme", "users", "UNIQUE_COUNT", W1, "2026-11-01 11:00:00", "", "2.000000000", "3"],  # alice, bob, alice
+            # agent support-bot-8 (ordered after support-bot-7): its own e2
+            ["acme", "tokens", "SUM", W1, "2026-11-01 11:00:00", "model=gpt-4o,kind=output", "3.000000000", "1"]
         ],
     },
     "v_charges": {
@@ -611,6 +587,25 @@ def load(engine):
         engine.outcomes[path.name] = "applied"
     for stmt in insert_statements():
         engine.run(stmt)
+    # every fixture batch gets its partials, as the aggregator writes them with its rows
+    batches = sorted({row["batch_id"] for part in FIXTURE["usage_meter_readings"] for row in part})
+    for batch in batches:
+        engine.run(bind(FOLD_SQL.read_text(), f"'{batch}'"))
+
+
+FOLD_SQL = ROOT / "tests" / "sql" / "fold_readings.sql"
+
+
+def bind(sql, *values):
+    """`sql` without its comment lines, each `?` replaced by the next of `values` (SQL text)."""
+    text = "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
+    parts = text.split("?")
+    if len(parts) != len(values) + 1:
+        raise AssertionError(f"{len(parts) - 1} parameters, {len(values)} values")
+    out = parts[0]
+    for value, rest in zip(values, parts[1:]):
+        out += str(value) + rest
+    return out
 
 
 def read_view(engine, view):
@@ -760,52 +755,57 @@ class Compat(unittest.TestCase):
                 text = engine.query(f"SELECT count() FROM v_usage WHERE window_start = '{W2}'")
                 self.assertEqual(text.strip(), "0")
                 total = engine.query("SELECT sum(event_count) FROM v_usage")
-                self.assertEqual(total.strip(), str(1 + 2 + 4 + 3 + 5 + 7 + 3 + 3 + 1))
-                distinct = engine.query("SELECT count() FROM v_usage_readings")
-                self.assertEqual(distinct.strip(), "29", "each committed (customer, event_id, meter) once")
+                self.assertEqual(total.strip(), str(2 + 1 + 1 + 2 + 4 + 3 + 1 + 5 + 7 + 3))
+                readings = engine.query("SELECT count() FROM v_usage_readings")
+                self.assertEqual(readings.strip(), "29", "each counted (customer, agent, event_id, meter) once")
 
 
 
-SEAL_SQL = ROOT / "aggregator" / "sql" / "seal_rollups.sql"
+SEAL_SQL = ROOT / "aggregator" / "sql" / "seal_day.sql"
+DAY = 1793491200  # 2026-11-01 00:00:00 UTC
 
 
-def seal_statement(batch_id, until):
-    """The aggregator's sealing INSERT with its two `?` bound: the batch id and a DateTime."""
-    sql = "\n".join(line for line in SEAL_SQL.read_text().splitlines() if not line.startswith("--"))
-    first, rest = sql.split("?", 1)
-    second, tail = rest.split("?", 1)
-    return f"{first}'{batch_id}'{second}toUnixTimestamp('{until}'){tail}"
+def seal_statement(seal_id, part, day):
+    """The aggregator's day seal with its parameters bound: seal id, partition, the day's
+    start twice and the next day's start twice."""
+    return bind(SEAL_SQL.read_text(), f"'{seal_id}'", part, day, day, day + 86400, day + 86400)
 
 
 class Sealing(unittest.TestCase):
-    """The aggregator's sealing SQL (aggregator/sql/seal_rollups.sql) on both engines, over the
-    fixture: sealing every final window writes each window's usage as v_usage shows it and
-    leaves v_usage exactly as it was; a second seal finds nothing left to seal."""
+    """The aggregator's day seal (aggregator/sql/seal_day.sql) on both engines, over the
+    fixture: the sealed day holds, per (customer, agent, meter, group), exactly what v_usage
+    shows for its windows (aborted batches left out, distinct values merged, LATEST by time),
+    and a day without usage seals nothing."""
 
     def check(self, engine):
         try:
             load(engine)
-            before = read_view(engine, "v_usage")
-            engine.run(seal_statement("seal-all", "2026-11-02 00:00:00"))
-            written = int(engine.query("SELECT count() FROM usage_rollups WHERE batch_id = 'seal-all'").strip())
-            # W1's six meters and globex's minute; W3 was sealed already; W2 has no committed row
-            self.assertEqual(written, 7, "rows sealed")
-            engine.run("INSERT INTO usage_batches (batch_id, consumer) VALUES ('seal-all', 'sealer:test')")
-            self.assertEqual(read_view(engine, "v_usage"), before, "sealing changes no usage")
-            sealed = engine.query(
-                "SELECT toString(sum(quantity)), sum(events) FROM usage_rollups WHERE batch_id = 'seal-all'")
-            shown = engine.query(
-                f"SELECT toString(sum(quantity)), sum(event_count) FROM v_usage WHERE window_start = '{W1}'")
-            self.assertEqual(sealed, shown, "the record holds what v_usage shows for the sealed windows")
-            live = engine.query(
-                "SELECT count() FROM v_usage_readings WHERE (customer, window_start, window_secs) NOT IN "
-                "(SELECT customer, window_start, window_secs FROM usage_rollups WHERE sealed = 1 "
-                "AND batch_id IN (SELECT batch_id FROM usage_batches))"
-            )
-            self.assertEqual(live.strip(), "0", "every committed window is sealed")
-            engine.run(seal_statement("seal-again", "2026-11-02 00:00:00"))
-            again = engine.query("SELECT count() FROM usage_rollups WHERE batch_id = 'seal-again'")
-            self.assertEqual(again.strip(), "0", "nothing is sealed twice")
+            engine.run(seal_statement("seal-1", 0, DAY))
+            written = int(engine.query("SELECT count() FROM usage_days WHERE seal_id = 'seal-1'").strip())
+            # acme: tokens x2 agents, tool_calls, latency, context, users, seats; globex: tokens
+            self.assertEqual(written, 8, "day rows")
+            day_rows = engine.query(
+                "SELECT customer, agent, meter, toString(value_sum), events, toString(value_min), toString(value_max), "
+                "toString(latest_value), arraySort(unique_values) FROM usage_days ORDER BY customer, agent, meter")
+            view_rows = engine.query(
+                "SELECT customer, agent, meter, toString(sum(value_sum)), sum(events), toString(min(value_min)), "
+                "toString(max(value_max)), toString(argMax(latest_value, (latest_time_ms, latest_event_id))), "
+                "arraySort(groupUniqArrayArray(unique_values)) FROM usage_partials "
+                "WHERE batch_id NOT IN (SELECT batch_id FROM usage_aborts) "
+                "GROUP BY customer, agent, meter ORDER BY customer, agent, meter")
+            self.assertEqual(day_rows, view_rows, "the day holds its counted partials, folded")
+            tokens = engine.query(
+                "SELECT toString(sum(value_sum)) FROM usage_days WHERE meter = 'tokens' AND customer = 'acme'")
+            self.assertEqual(Decimal(tokens.strip()), Decimal("20.25"), "2.5 + 14.75 + 3: the aborted 1050 left out")
+            users = engine.query("SELECT length(unique_values) FROM usage_days WHERE meter = 'users'")
+            self.assertEqual(users.strip(), "2", "alice and bob, once each")
+            engine.run(seal_statement("seal-2", 0, DAY + 86400))
+            again = engine.query("SELECT count() FROM usage_days WHERE seal_id = 'seal-2'")
+            self.assertEqual(again.strip(), "0", "a day without usage seals nothing")
+            other = engine.run(seal_statement("seal-3", 1, DAY))
+            self.assertEqual(engine.query("SELECT count() FROM usage_days WHERE seal_id = 'seal-3'").strip(), "0",
+                             "another partition's seal takes none of partition 0's rows")
+            del other
         finally:
             engine.close()
 

@@ -1,15 +1,14 @@
-//! The usage a customer sees in the portal: committed usage (`v_usage`) of the current
-//! billing period, per agent and meter, and per meter and day for the chart. Quantities are
-//! exact decimals; a meter's windows combine by its aggregation (SUM and COUNT add up, MAX
-//! and MIN take the extreme; other aggregations show the largest window's value).
+//! The usage a customer sees in the portal: committed usage of the current billing period
+//! (`tally_platform::usage`, bounded by the customer and the period), per agent and meter,
+//! and per meter and UTC day for the chart. Quantities are exact decimals; windows and days
+//! combine by the meter's aggregation (`usage::Totals`).
 //! It never reads another customer's rows and never rounds a quantity.
 
 use std::collections::BTreeMap;
 
 use clickhouse::Client;
 use rust_decimal::Decimal;
-use serde::Deserialize;
-use tally_platform::store::dec9;
+use tally_platform::usage::{self, Totals};
 
 /// Usage of one agent on one meter over the period.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,82 +27,64 @@ pub struct Usage {
     pub by_meter_day: BTreeMap<String, BTreeMap<i64, Decimal>>,
 }
 
-#[derive(clickhouse::Row, Deserialize)]
-struct Row {
-    day: u32,
-    agent: String,
-    meter: String,
-    aggregation: String,
-    #[serde(with = "dec9")]
-    s: Decimal,
-    #[serde(with = "dec9")]
-    mx: Decimal,
-    #[serde(with = "dec9")]
-    mn: Decimal,
-    n: u64,
-}
-
-fn combine(aggregation: &str, a: Decimal, b: Decimal) -> Decimal {
-    match aggregation {
-        "SUM" | "COUNT" => a + b,
-        "MIN" => a.min(b),
-        _ => a.max(b),
-    }
-}
-
-fn pick(aggregation: &str, r: &Row) -> Decimal {
-    match aggregation {
-        "SUM" | "COUNT" => r.s,
-        "MIN" => r.mn,
-        _ => r.mx,
-    }
-}
-
-/// Usage of `customer` in `[from_ms, to_ms)`.
+/// Usage of `customer` in `[from_ms, to_ms)`: one bounded read (this customer, this range;
+/// sealed days from the daily rollups, the rest from the partials), merged exactly per
+/// (agent, meter) and per (meter, UTC day). A quantity too large to represent is shown as
+/// zero and logged (it never fails the page).
 pub async fn load(
     db: &Client,
     customer: &str,
     from_ms: i64,
     to_ms: i64,
 ) -> Result<Usage, clickhouse::error::Error> {
-    let rows: Vec<Row> = db
-        .query(
-            "SELECT toUInt32(toStartOfDay(window_start)) AS day, agent, meter, aggregation, \
-             sum(quantity) AS s, max(quantity) AS mx, min(quantity) AS mn, sum(event_count) AS n \
-             FROM v_usage WHERE customer = ? AND window_start >= toDateTime(?) AND window_start < toDateTime(?) \
-             GROUP BY day, agent, meter, aggregation ORDER BY day, agent, meter",
-        )
-        .bind(customer)
-        .bind(from_ms.div_euclid(1000))
-        .bind(to_ms.div_euclid(1000))
-        .fetch_all()
-        .await?;
-    let mut per: BTreeMap<(String, String), (String, Decimal, u64)> = BTreeMap::new();
-    let mut days: BTreeMap<String, BTreeMap<i64, Decimal>> = BTreeMap::new();
+    let secs = |ms: i64| u32::try_from(ms.div_euclid(1000)).unwrap_or(0);
+    let req = usage::Request {
+        from: secs(from_ms),
+        to: secs(to_ms),
+        scope: usage::Scope::Customer(customer),
+        meter: None,
+        by_agent: true,
+        resolution: usage::Resolution::Days,
+        split: &[],
+    };
+    let plan = usage::plan(db, req.from).await?;
+    let rows = usage::read(db, &plan, &req).await?;
+    let mut per: BTreeMap<(String, String), (String, Totals)> = BTreeMap::new();
+    let mut days: BTreeMap<(String, i64), (String, Totals)> = BTreeMap::new();
     for r in &rows {
-        let q = pick(&r.aggregation, r);
-        per.entry((r.agent.clone(), r.meter.clone()))
-            .and_modify(|(agg, total, n)| {
-                *total = combine(agg, *total, q);
-                *n += r.n;
-            })
-            .or_insert((r.aggregation.clone(), q, r.n));
-        days.entry(r.meter.clone())
-            .or_default()
-            .entry(i64::from(r.day))
-            .and_modify(|v| *v = combine(&r.aggregation, *v, q))
-            .or_insert(q);
+        let day = i64::from(r.start - r.start % 86_400);
+        for totals in [
+            &mut per
+                .entry((r.agent.clone(), r.meter.clone()))
+                .or_insert_with(|| (r.aggregation.clone(), Totals::default()))
+                .1,
+            &mut days
+                .entry((r.meter.clone(), day))
+                .or_insert_with(|| (r.aggregation.clone(), Totals::default()))
+                .1,
+        ] {
+            if totals.add(r).is_none() {
+                tracing::warn!(customer, meter = %r.meter, "usage too large to show exactly");
+            }
+        }
+    }
+    let quantity = |(aggregation, t): &(String, Totals)| {
+        t.quantity(aggregation).unwrap_or_default().normalize()
+    };
+    let mut by_meter_day: BTreeMap<String, BTreeMap<i64, Decimal>> = BTreeMap::new();
+    for ((meter, day), v) in &days {
+        by_meter_day.entry(meter.clone()).or_default().insert(*day, quantity(v));
     }
     Ok(Usage {
         by_agent_meter: per
-            .into_iter()
-            .map(|((agent, meter), (_, quantity, events))| AgentMeter {
-                agent,
-                meter,
-                quantity: quantity.normalize(),
-                events,
+            .iter()
+            .map(|((agent, meter), v)| AgentMeter {
+                agent: agent.clone(),
+                meter: meter.clone(),
+                quantity: quantity(v),
+                events: v.1.events,
             })
             .collect(),
-        by_meter_day: days,
+        by_meter_day,
     })
 }

@@ -83,24 +83,34 @@ pub fn usage(quantity: Decimal) -> MeterUsage {
 /// One committed window of `tokens` for `customer`, `minute` minutes into January 2026.
 pub fn row(customer: &str, model: &str, kind: &str, minute: u32, quantity: &str) -> UsageRow {
     let start = (JAN_2026_MS / 1000) as u32 + minute * 60;
+    let units = tally_platform::usage::Units(
+        tally_platform::store::dec9::to_units(d(quantity)).expect("at most 9 decimal places"),
+    );
     UsageRow {
         customer: customer.into(),
+        agent: String::new(),
         meter: "tokens".into(),
         aggregation: "SUM".into(),
         group_key: format!(r#"{{"kind":"{kind}","model":"{model}"}}"#),
         group_names: vec!["kind".into(), "model".into()],
         group_values: vec![kind.into(), model.into()],
-        quantity: d(quantity),
-        window_start: start,
-        window_end: start + 60,
-        unique_value: String::new(),
+        start,
+        end: start + 60,
+        events: 1,
+        sum: units,
+        min: units,
+        max: units,
+        latest: units,
+        latest_time_ms: i64::from(start) * 1000,
+        latest_event_id: String::new(),
+        unique_values: vec![],
     }
 }
 
 /// The usage of one committed window, folded as a rating pass folds it.
 pub fn fold_one(c: &Catalog, r: UsageRow) -> MeterUsage {
-    let (usages, _) = tally_rater::usage::fold(&[r], c);
-    usages.into_values().next().expect("the window is rated")
+    let folded = tally_rater::usage::fold(&[r], c);
+    folded.usages.into_values().next().expect("the window is rated")
 }
 
 /// The catalog of a file's `[[plans]]`, `[[subscriptions]]`, `[[tax_rates]]` and
