@@ -11,6 +11,11 @@
 //! [`crate::api_registry`]) `GET`/`POST /v1/customers`, `GET /v1/customers/{id}`,
 //! `GET`/`POST /v1/customers/{id}/agents`, `GET`/`POST /v1/meters`, `GET /v1/meters/{slug}`;
 //! and (in [`crate::api_rates`]) `GET`/`POST /v1/tax_rates`, `GET`/`POST /v1/fx_rates`.
+//!
+//! Every route but the OpenAPI document needs `Authorization: Bearer <token>`
+//! ([`tally_platform::auth`]): reads any role with `read`, changes `edit_catalog`
+//! (`catalog_editor` or `admin`); 401/403 otherwise. Every change is recorded with its actor
+//! in `api_audit` before it is made.
 
 use std::sync::Arc;
 
@@ -21,6 +26,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 use tally_domain::CustomerId;
+use tally_platform::auth::{hook, Authenticator, Permission};
 use tally_platform::shutdown::Shutdown;
 use tokio::net::TcpListener;
 
@@ -39,6 +45,8 @@ pub struct ApiState {
     pub db: Client,
     /// The clock for `recorded_at` of appended entries.
     pub now_ms: fn() -> i64,
+    /// Who may call: every route but `/v1/openapi.json`.
+    pub auth: Arc<Authenticator>,
 }
 
 /// Serves until `shutdown` (the shared server of `tally_platform::http`: bounded
@@ -123,17 +131,27 @@ fn rfc3339(ms: i64) -> String {
 
 pub(crate) use tally_platform::http::{error, json};
 
+/// Authenticates, then routes; changes are audited.
 async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() == Method::GET && req.uri().path() == "/v1/openapi.json" {
+        let doc: serde_json::Value =
+            serde_json::from_str(OPENAPI).unwrap_or(serde_json::Value::Null);
+        return json(StatusCode::OK, &doc);
+    }
+    let who = match hook::authorize(&state.auth, &req, Permission::EditCatalog).await {
+        Ok(who) => who,
+        Err(refused) => return refused,
+    };
+    let (method, path) = (req.method().to_string(), req.uri().path().to_owned());
+    hook::audited(&state.auth, &who, &method, &path, dispatch(state, req)).await
+}
+
+async fn dispatch(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = tally_platform::http::segments(req.uri());
     let path: Vec<&str> = path.iter().map(String::as_str).collect();
     match (req.method(), path.as_slice()) {
         (&Method::POST, ["v1", "plans"]) => add_plan(state, req).await,
         (&Method::POST, ["v1", "subscriptions"]) => add_subscription(state, req).await,
-        (&Method::GET, ["v1", "openapi.json"]) => {
-            let doc: serde_json::Value =
-                serde_json::from_str(OPENAPI).unwrap_or(serde_json::Value::Null);
-            json(StatusCode::OK, &doc)
-        }
         (_, p) if crate::api_registry::handles(p) => {
             crate::api_registry::route(state, req, p).await
         }

@@ -7,12 +7,14 @@
 //! if they do not sum to the stored amounts. `serve` and `once` first append the file's
 //! meters, customers (with agents), tax and FX rates, plan versions and subscriptions to the
 //! stored catalog (refusing changed ones, and file meters that differ from the stored ones)
-//! and rate with everything stored.
+//! and rate with everything stored. The API (`rater.api_addr`) takes bearer tokens from
+//! `api_tokens` (`tally-access tokens-create`), reloaded every `security.token_refresh_secs`.
 
 use anyhow::Context;
 use serde::Deserialize;
 use tally_domain::meter::{validate_meters, MeterSpec};
 use tally_platform::args::Args;
+use tally_platform::auth::Authenticator;
 use tally_platform::{config, shutdown, store, telemetry, ClickHouseConfig, TelemetryConfig};
 use tally_rater::config::{PlanSpec, SubscriptionSpec};
 use tally_rater::customers::CustomerSpec;
@@ -43,6 +45,8 @@ struct Config {
     fx_rates: Vec<FxRateSpec>,
     #[serde(default)]
     features: tally_platform::Features,
+    #[serde(default)]
+    security: tally_platform::SecurityConfig,
 }
 
 fn now_ms() -> i64 {
@@ -65,6 +69,7 @@ async fn main() -> anyhow::Result<()> {
     let cfg: Config = config::load(&config::path(&args))?;
     cfg.clickhouse.validate()?;
     cfg.rater.validate()?;
+    cfg.security.validate()?;
     let meters = validate_meters(cfg.meters.clone()).context("setting `meters`")?;
     let mut declared = Registry::default();
     for (i, c) in cfg.customers.iter().enumerate() {
@@ -162,10 +167,19 @@ async fn main() -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("setting `rater.api_addr`: binding {addr}"))?;
+        let auth = std::sync::Arc::new(Authenticator::new("rater", db.clone()));
+        // without the tokens every request is refused (fail closed) until a refresh loads them
+        match auth.reload().await {
+            Ok(n) => tracing::info!(tokens = n, "api tokens loaded"),
+            Err(e) => tracing::warn!(error = %e, "loading api tokens failed; retrying"),
+        }
+        let refresh = std::time::Duration::from_secs(cfg.security.token_refresh_secs);
+        auth.refresh_every(refresh, shutdown.clone());
         let state = std::sync::Arc::new(api::ApiState {
             source: source.clone(),
             db: db.clone(),
             now_ms,
+            auth,
         });
         tokio::spawn(api::serve(listener, state, shutdown.clone()));
     }

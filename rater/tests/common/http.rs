@@ -1,19 +1,54 @@
 //! A minimal HTTP/1.1 client for the API tests, and a server on port 0 over a test database.
+//! [`start`] creates an `admin` token in the test's database; [`get`], [`post`] and
+//! [`request`] send the token of the server they talk to, [`request_as`] any other.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
+use tally_platform::auth::{self, Authenticator, Role};
 use tally_rater::api::{serve, ApiState};
 use tally_rater::catalog_store::CatalogSource;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The `admin` token of each server [`start`] started.
+static TOKENS: Mutex<BTreeMap<SocketAddr, String>> = Mutex::new(BTreeMap::new());
+
+fn token_of(addr: SocketAddr) -> Option<String> {
+    TOKENS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&addr)
+        .cloned()
+}
+
+/// A token of `role` for `actor`, stored in `db`.
+pub async fn token(db: &clickhouse::Client, actor: &str, role: Role) -> String {
+    auth::store::create(db, actor, role, "test", 0)
+        .await
+        .expect("token created")
+        .0
+}
 
 /// GET `path`; (status, JSON body).
 pub async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, serde_json::Value) {
     request(addr, "GET", path, "").await
 }
 
-/// `method` `path` with a JSON `body`; (status, JSON body).
+/// `method` `path` with a JSON `body`, as the server's admin; (status, JSON body).
 pub async fn request(
     addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    request_as(addr, token_of(addr).as_deref(), method, path, body).await
+}
+
+/// `method` `path` with a JSON `body` and `token` (none: no `Authorization`).
+pub async fn request_as(
+    addr: std::net::SocketAddr,
+    token: Option<&str>,
     method: &str,
     path: &str,
     body: &str,
@@ -21,8 +56,11 @@ pub async fn request(
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
         .expect("connects");
+    let authorization = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{authorization}\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
@@ -60,6 +98,13 @@ pub async fn start(
         .expect("binds");
     let addr = listener.local_addr().expect("an address");
     let stop = tally_platform::shutdown::Shutdown::new();
+    let admin = token(&db, "test-admin", Role::Admin).await;
+    TOKENS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(addr, admin);
+    let auth = Arc::new(Authenticator::new("rater", db.clone()));
+    auth.reload().await.expect("tokens load");
     let state = Arc::new(ApiState {
         source: CatalogSource {
             rater: tally_rater::RaterConfig::default(),
@@ -67,6 +112,7 @@ pub async fn start(
         },
         db,
         now_ms: || 0,
+        auth,
     });
     let server = tokio::spawn(serve(listener, state, stop.clone()));
     (addr, stop, server)
