@@ -7,6 +7,13 @@
 //! /v1/invoices/{id}/status` (`paid`, `void`, `uncollectible`), `GET`/`POST
 //! /v1/invoices/{id}/credit_notes`, `POST /v1/credits` (prepaid credit grant), `POST /v1/runs`
 //! (an invoicing pass now), `GET /v1/reconciliation`, `GET /v1/openapi.json`.
+//!
+//! Every route but the OpenAPI document needs `Authorization: Bearer <token>`
+//! ([`tally_platform::auth`]): reads any role with `read`, changes `operate_invoices`
+//! (`invoice_operator` or `admin`); 401/403 otherwise. The actor of a lifecycle change or a
+//! credit note is the token's (`api:<actor>`), never a name the client sends, and every
+//! change is recorded in `api_audit` before it is made. Money in bodies is checked: amounts
+//! whose sums overflow are refused 400 before anything is read or stored.
 
 use std::sync::Arc;
 
@@ -15,6 +22,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use tally_domain::InvoiceStatus;
+use tally_platform::auth::{hook, Authenticator, Permission, Principal};
 use tally_platform::http::{self, Body};
 
 use crate::config::InvoicerConfig;
@@ -27,12 +35,18 @@ use crate::{lineage, reconcile, render, run, store};
 /// Largest request body accepted.
 pub const BODY_BYTES_MAX: usize = 64 * 1024;
 
+/// Largest prepaid credit one grant may give (10^15 minor units): grants are summed per
+/// customer, and no sum of plausible grants may come near `i64::MAX`.
+pub const GRANT_MINOR_MAX: i64 = 1_000_000_000_000_000;
+
 /// What requests are answered from.
 pub struct ApiState {
     pub db: Client,
     pub numbers: Numbers,
     pub cfg: InvoicerConfig,
     pub now_ms: fn() -> i64,
+    /// Who may call: every route but `/v1/openapi.json`.
+    pub auth: Arc<Authenticator>,
 }
 
 /// Serves until `shutdown`.
@@ -54,16 +68,35 @@ pub async fn serve(
 
 const OPENAPI: &str = include_str!("api_openapi.json");
 
+/// Authenticates, then routes; changes are audited.
 async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
+    if req.method() == Method::GET && req.uri().path() == "/v1/openapi.json" {
+        return http::bytes(
+            StatusCode::OK,
+            "application/json",
+            OPENAPI.as_bytes().to_vec(),
+        );
+    }
+    let who = match hook::authorize(&state.auth, &req, Permission::OperateInvoices).await {
+        Ok(who) => who,
+        Err(refused) => return refused,
+    };
+    let (method, path) = (req.method().to_string(), req.uri().path().to_owned());
+    hook::audited(
+        &state.auth,
+        &who,
+        &method,
+        &path,
+        dispatch(state, req, &who),
+    )
+    .await
+}
+
+async fn dispatch(state: &ApiState, req: Request<Incoming>, who: &Principal) -> Response<Body> {
     let path = http::segments(req.uri());
     let parts: Vec<&str> = path.iter().map(String::as_str).collect();
     let method = req.method().clone();
     match (&method, parts.as_slice()) {
-        (&Method::GET, ["v1", "openapi.json"]) => http::bytes(
-            StatusCode::OK,
-            "application/json",
-            OPENAPI.as_bytes().to_vec(),
-        ),
         (&Method::GET, ["v1", "invoices"]) => list(state, req.uri().query()).await,
         (&Method::GET, ["v1", "invoices", id]) => show(state, id).await,
         (&Method::GET, ["v1", "invoices", id, "lines", n, "lineage"]) => {
@@ -71,7 +104,7 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
         }
         (&Method::POST, ["v1", "invoices", id, "status"]) => {
             let id = id.to_string();
-            set_status(state, &id, req).await
+            set_status(state, &id, req, who).await
         }
         (&Method::GET, ["v1", "invoices", id, "credit_notes"]) => {
             match credit_notes::of_invoice(&state.db, id).await {
@@ -81,7 +114,7 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
         }
         (&Method::POST, ["v1", "invoices", id, "credit_notes"]) => {
             let id = id.to_string();
-            credit(state, &id, req).await
+            credit(state, &id, req, who).await
         }
         (&Method::POST, ["v1", "credits"]) => grant(state, req).await,
         (&Method::POST, ["v1", "runs"]) => {
@@ -287,24 +320,20 @@ async fn line_lineage(state: &ApiState, id: &str, n: &str) -> Response<Body> {
 #[serde(deny_unknown_fields)]
 struct StatusBody {
     status: InvoiceStatus,
-    /// Who: e.g. `api:alice`, `payments:stripe`.
-    actor: String,
     #[serde(default)]
     reason: String,
 }
 
-async fn set_status(state: &ApiState, id: &str, req: Request<Incoming>) -> Response<Body> {
+async fn set_status(
+    state: &ApiState,
+    id: &str,
+    req: Request<Incoming>,
+    who: &Principal,
+) -> Response<Body> {
     let body: StatusBody = match http::read_json(req, BODY_BYTES_MAX).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    if body.actor.trim().is_empty() {
-        return http::error(
-            StatusCode::BAD_REQUEST,
-            "invalid_body",
-            "field actor: must not be empty",
-        );
-    }
     if matches!(body.status, InvoiceStatus::Draft | InvoiceStatus::Finalized) {
         return http::error(
             StatusCode::BAD_REQUEST,
@@ -318,7 +347,8 @@ async fn set_status(state: &ApiState, id: &str, req: Request<Incoming>) -> Respo
         Err(e) => return storage(e),
     }
     let at = (state.now_ms)();
-    match lifecycle::record(&state.db, id, body.status, &body.actor, &body.reason, at).await {
+    let actor = who.actor_label();
+    match lifecycle::record(&state.db, id, body.status, &actor, &body.reason, at).await {
         Ok(r) => http::json(StatusCode::OK, r.transition()),
         Err(e @ LifecycleError::Status { .. }) => {
             http::error(StatusCode::CONFLICT, "transition_not_allowed", e)
@@ -337,21 +367,35 @@ struct CreditBody {
     #[serde(default)]
     tax_minor: i64,
     reason: String,
-    actor: String,
 }
 
-async fn credit(state: &ApiState, id: &str, req: Request<Incoming>) -> Response<Body> {
+/// The amount a credit note takes off an invoice (`amount_minor + tax_minor`): both
+/// non-negative, not both zero, and their sum representable; the refusal names the field.
+fn credit_total(amount_minor: i64, tax_minor: i64) -> Result<i64, &'static str> {
+    if amount_minor < 0 || tax_minor < 0 {
+        return Err("field amount_minor: the credited amount and tax must be non-negative");
+    }
+    match amount_minor.checked_add(tax_minor) {
+        None => Err("field amount_minor: amount_minor + tax_minor exceeds the largest amount"),
+        Some(0) => Err("field amount_minor: the credited amount and tax must not both be zero"),
+        Some(total) => Ok(total),
+    }
+}
+
+async fn credit(
+    state: &ApiState,
+    id: &str,
+    req: Request<Incoming>,
+    who: &Principal,
+) -> Response<Body> {
     let body: CreditBody = match http::read_json(req, BODY_BYTES_MAX).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    if body.amount_minor < 0 || body.tax_minor < 0 || body.amount_minor + body.tax_minor == 0 {
-        return http::error(
-            StatusCode::BAD_REQUEST,
-            "invalid_body",
-            "field amount_minor: the credited amount and tax must be non-negative and not both zero",
-        );
-    }
+    let total = match credit_total(body.amount_minor, body.tax_minor) {
+        Ok(t) => t,
+        Err(detail) => return http::error(StatusCode::BAD_REQUEST, "invalid_body", detail),
+    };
     let (invoice, status) = match load(&state.db, id).await {
         Ok(Some(found)) => found,
         Ok(None) => return not_found(id),
@@ -368,7 +412,13 @@ async fn credit(state: &ApiState, id: &str, req: Request<Incoming>) -> Response<
         Ok(n) => n,
         Err(e) => return storage(e),
     };
-    let credited: i64 = prior.iter().map(|n| n.amount_minor + n.tax_minor).sum();
+    // stored notes were checked when issued; a sum that still overflows is corrupt data
+    let credited = prior.iter().try_fold(0i64, |acc, n| {
+        acc.checked_add(n.amount_minor)?.checked_add(n.tax_minor)
+    });
+    let Some(credited) = credited else {
+        return storage(format!("the credit notes of invoice {id} do not sum"));
+    };
     let key = if body.key.is_empty() {
         format!("{}", (state.now_ms)())
     } else {
@@ -378,7 +428,10 @@ async fn credit(state: &ApiState, id: &str, req: Request<Incoming>) -> Response<
     if let Some(existing) = prior.iter().find(|n| n.credit_note_id == note_id) {
         return http::json(StatusCode::OK, existing);
     }
-    if credited + body.amount_minor + body.tax_minor > invoice.total_minor {
+    if credited
+        .checked_add(total)
+        .is_none_or(|after| after > invoice.total_minor)
+    {
         return http::error(
             StatusCode::CONFLICT,
             "credit_exceeds_invoice",
@@ -398,7 +451,7 @@ async fn credit(state: &ApiState, id: &str, req: Request<Incoming>) -> Response<
         tax_minor: body.tax_minor,
         reason: body.reason,
         lines: "[]".into(),
-        actor: body.actor,
+        actor: who.actor_label(),
         issued_at_ms: (state.now_ms)(),
     };
     match credit_notes::issue(&state.db, std::slice::from_ref(&note)).await {
@@ -423,11 +476,11 @@ async fn grant(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
         Ok(b) => b,
         Err(r) => return r,
     };
-    if b.amount_minor <= 0 {
+    if !(1..=GRANT_MINOR_MAX).contains(&b.amount_minor) {
         return http::error(
             StatusCode::BAD_REQUEST,
             "invalid_body",
-            "field amount_minor: must be positive",
+            format!("field amount_minor: must be 1 to {GRANT_MINOR_MAX}"),
         );
     }
     if b.currency.parse::<tally_domain::Currency>().is_err() {
@@ -457,5 +510,22 @@ async fn grant(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
             &serde_json::json!({"grant_id": b.grant_id}),
         ),
         Err(e) => storage(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 16, finding 10: `i64::MAX + 1` wrapped to a negative total and passed both the
+    /// "not both zero" check and the "not above the invoice" check.
+    #[test]
+    fn a_credit_whose_amount_and_tax_overflow_is_refused() {
+        assert!(credit_total(i64::MAX, 1).is_err());
+        assert!(credit_total(i64::MAX, i64::MAX).is_err());
+        assert!(credit_total(-1, 2).is_err());
+        assert!(credit_total(0, 0).is_err());
+        assert_eq!(credit_total(i64::MAX - 1, 1), Ok(i64::MAX));
+        assert_eq!(credit_total(100, 19), Ok(119));
     }
 }

@@ -2,23 +2,89 @@
 //! numbers an invoice; the invoice reads back as JSON (with its lifecycle), HTML and PDF;
 //! a line's lineage lists its usage windows and event ids; credit notes are idempotent and
 //! bounded by the invoice total; lifecycle changes are appended and refused when not allowed.
+//! Every route but the OpenAPI document needs a bearer token whose role allows the request;
+//! changes carry the token's actor and are audited.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 use tally_invoicer::api::{self, ApiState};
 use tally_invoicer::numbering::Numbers;
 use tally_invoicer::InvoicerConfig;
+use tally_platform::auth::{self, audit, Authenticator, Role};
 use tally_platform::shutdown::Shutdown;
 use tally_platform::testkit::TestEnv;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const DAY: i64 = 86_400;
 
-/// One HTTP/1.1 request; the status and the body.
-async fn call(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, Vec<u8>) {
+/// The `admin` token of each server [`start`] started.
+static TOKENS: Mutex<BTreeMap<SocketAddr, String>> = Mutex::new(BTreeMap::new());
+
+/// A token of `role` for `actor`, stored in `db`.
+async fn token(db: &clickhouse::Client, actor: &str, role: Role) -> String {
+    auth::store::create(db, actor, role, "test", 0)
+        .await
+        .expect("token created")
+        .0
+}
+
+/// The API over `db` and `numbers` on a free port, with an `admin` token for [`call`].
+async fn start(
+    db: &clickhouse::Client,
+    numbers: Numbers,
+) -> (SocketAddr, Shutdown, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let admin = token(db, "test-admin", Role::Admin).await;
+    TOKENS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(addr, admin);
+    let auth = Arc::new(Authenticator::new("invoicer", db.clone()));
+    auth.reload().await.expect("tokens load");
+    let stop = Shutdown::new();
+    let state = Arc::new(ApiState {
+        db: db.clone(),
+        numbers,
+        cfg: InvoicerConfig::default(),
+        now_ms: || chrono::Utc::now().timestamp_millis(),
+        auth,
+    });
+    (
+        addr,
+        stop.clone(),
+        tokio::spawn(api::serve(listener, state, stop)),
+    )
+}
+
+/// One HTTP/1.1 request as the server's admin; the status and the body.
+async fn call(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Vec<u8>) {
+    let admin = TOKENS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&addr)
+        .cloned();
+    call_as(addr, admin.as_deref(), method, path, body).await
+}
+
+/// One HTTP/1.1 request with `token` (none: no `Authorization`); the status and the body.
+async fn call_as(
+    addr: SocketAddr,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, Vec<u8>) {
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let authorization = token
+        .map(|t| format!("authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nhost: test\r\n{authorization}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).await.expect("write");
@@ -105,18 +171,7 @@ async fn api_serves_invoices_renderings_lineage_credit_notes_and_lifecycle() {
     let numbers = Numbers::open(client.clone(), &bucket)
         .await
         .expect("bucket");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let stop = Shutdown::new();
-    let state = Arc::new(ApiState {
-        db: db.clone(),
-        numbers,
-        cfg: InvoicerConfig::default(),
-        now_ms: || chrono::Utc::now().timestamp_millis(),
-    });
-    let server = tokio::spawn(api::serve(listener, state, stop.clone()));
+    let (addr, stop, server) = self::start(&db, numbers).await;
 
     let (status, body) = call(addr, "POST", "/v1/runs", "").await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
@@ -178,40 +233,48 @@ async fn api_serves_invoices_renderings_lineage_credit_notes_and_lifecycle() {
     .await;
     assert_eq!(status, 404);
 
-    let note =
-        r#"{"key":"k1","amount_minor":100,"tax_minor":19,"reason":"goodwill","actor":"api:ops"}"#;
+    let note = r#"{"key":"k1","amount_minor":100,"tax_minor":19,"reason":"goodwill"}"#;
     let (status, body) = post(addr, &id, "credit_notes", note).await;
     assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
     let first = json(&body);
+    assert_eq!(
+        first["actor"], "api:test-admin",
+        "the token's actor, not the client's"
+    );
     let (status, body) = post(addr, &id, "credit_notes", note).await;
     assert_eq!(status, 200, "the same key issues once");
     assert_eq!(json(&body)["credit_note_id"], first["credit_note_id"]);
-    let too_much = r#"{"key":"k2","amount_minor":1100,"reason":"x","actor":"api:ops"}"#;
+    let too_much = r#"{"key":"k2","amount_minor":1100,"reason":"x"}"#;
     let (status, _) = post(addr, &id, "credit_notes", too_much).await;
     assert_eq!(status, 409);
-    let bad = r#"{"amount_minor":"ten","reason":"x","actor":"a"}"#;
+    // Issue 16, finding 10: i64::MAX + 1 wrapped negative and passed both guards (the
+    // "not both zero" and the "not above the invoice total" check): a note of 2^63 - 1
+    let overflow = r#"{"key":"k3","amount_minor":9223372036854775807,"tax_minor":1,"reason":"x"}"#;
+    let (status, body) = post(addr, &id, "credit_notes", overflow).await;
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(json(&body)["code"], "invalid_body");
+    let (_, body) = call(addr, "GET", &format!("/v1/invoices/{id}/credit_notes"), "").await;
+    assert_eq!(
+        json(&body).as_array().map(Vec::len),
+        Some(1),
+        "nothing was issued"
+    );
+    let claimed = r#"{"amount_minor":1,"reason":"x","actor":"payments:stripe"}"#;
+    let (status, body) = post(addr, &id, "credit_notes", claimed).await;
+    assert_eq!(status, 400, "an actor is not the client's to name");
+    assert!(String::from_utf8_lossy(&body).contains("actor"));
+    let bad = r#"{"amount_minor":"ten","reason":"x"}"#;
     let (status, body) = post(addr, &id, "credit_notes", bad).await;
     assert_eq!(status, 400);
     assert!(String::from_utf8_lossy(&body).contains("amount_minor"));
 
-    let paid = r#"{"status":"paid","actor":"payments:bank","reason":"transfer 42"}"#;
+    let paid = r#"{"status":"paid","reason":"transfer 42"}"#;
     let (status, body) = post(addr, &id, "status", paid).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    let (status, _) = post(
-        addr,
-        &id,
-        "status",
-        r#"{"status":"void","actor":"api:ops"}"#,
-    )
-    .await;
+    assert_eq!(json(&body)["actor"], "api:test-admin");
+    let (status, _) = post(addr, &id, "status", r#"{"status":"void"}"#).await;
     assert_eq!(status, 409, "a paid invoice cannot be voided");
-    let (status, _) = post(
-        addr,
-        &id,
-        "status",
-        r#"{"status":"draft","actor":"api:ops"}"#,
-    )
-    .await;
+    let (status, _) = post(addr, &id, "status", r#"{"status":"draft"}"#).await;
     assert_eq!(status, 400);
     let st: String = db
         .query("SELECT status FROM v_invoices WHERE invoice_id = ?")
@@ -226,6 +289,98 @@ async fn api_serves_invoices_renderings_lineage_credit_notes_and_lifecycle() {
     assert!(json(&body)["paths"]["/v1/invoices/{id}/lines/{n}/lineage"].is_object());
     let (status, _) = call(addr, "GET", "/v1/nothing", "").await;
     assert_eq!(status, 404);
+
+    stop.cancel();
+    let _ = server.await;
+    let _ = async_nats::jetstream::new(client)
+        .delete_key_value(&bucket)
+        .await;
+    env.cleanup().await;
+}
+
+/// Issue 16, finding 5: the invoicer's API listed every customer's invoices, granted credit
+/// and ran passes for anyone who reached it. Now a stranger gets 401, a token beyond its role
+/// 403, and what an invoice operator changes is audited under its actor.
+#[tokio::test]
+async fn only_a_token_whose_role_allows_it_reads_or_changes_invoices() {
+    let env = TestEnv::new("invoicer_api_auth").await;
+    let db = env.db();
+    let bucket = format!("N{}", env.nats.stream);
+    let client = async_nats::connect(&env.nats.url).await.expect("nats");
+    let numbers = Numbers::open(client.clone(), &bucket)
+        .await
+        .expect("bucket");
+    let reader = token(&db, "rita", Role::Reader).await;
+    let editor = token(&db, "erin", Role::CatalogEditor).await;
+    let payer = token(&db, "pat", Role::PaymentsOperator).await;
+    let operator = token(&db, "olga", Role::InvoiceOperator).await;
+    let (addr, stop, server) = start(&db, numbers).await;
+    let grant = r#"{"grant_id":"g-1","customer":"acme","currency":"EUR","amount_minor":5000}"#;
+
+    for (method, path, body) in [
+        ("GET", "/v1/invoices", ""),
+        ("GET", "/v1/invoices/inv_x.pdf", ""),
+        ("POST", "/v1/credits", grant),
+        ("POST", "/v1/runs", ""),
+        ("POST", "/v1/invoices/inv_x/status", r#"{"status":"void"}"#),
+    ] {
+        let (status, body) = call_as(addr, None, method, path, body).await;
+        assert_eq!(
+            (status, json(&body)["code"].as_str()),
+            (401, Some("missing_token")),
+            "{method} {path}"
+        );
+    }
+    let (status, _) = call_as(addr, Some(&reader), "GET", "/v1/invoices", "").await;
+    assert_eq!(status, 200, "a reader reads");
+    for (who, method, path, body) in [
+        (&reader, "POST", "/v1/credits", grant),
+        (&reader, "POST", "/v1/runs", ""),
+        (
+            &editor,
+            "POST",
+            "/v1/invoices/inv_x/status",
+            r#"{"status":"void"}"#,
+        ),
+        (&payer, "POST", "/v1/credits", grant),
+    ] {
+        let (status, body) = call_as(addr, Some(who), method, path, body).await;
+        assert_eq!(
+            (status, json(&body)["code"].as_str()),
+            (403, Some("forbidden")),
+            "{method} {path}"
+        );
+    }
+    let granted: u64 = db
+        .query("SELECT count() FROM credit_grants")
+        .fetch_one()
+        .await
+        .expect("grants");
+    assert_eq!(granted, 0, "no refused request granted credit");
+
+    let (status, body) = call_as(addr, Some(&operator), "POST", "/v1/credits", grant).await;
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    let rows = audit::of_service(&db, "invoicer").await.expect("audit");
+    let seen: Vec<(&str, &str, &str, u16)> = rows
+        .iter()
+        .map(|r| (r.actor.as_str(), r.role.as_str(), r.path.as_str(), r.status))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("api:olga", "invoice_operator", "/v1/credits", 0),
+            ("api:olga", "invoice_operator", "/v1/credits", 201),
+        ]
+    );
+
+    let (status, body) = call_as(addr, None, "GET", "/v1/openapi.json", "").await;
+    assert_eq!(status, 200);
+    let doc = json(&body);
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["type"],
+        "http"
+    );
+    assert_eq!(doc["security"][0]["bearer"], serde_json::json!([]));
 
     stop.cancel();
     let _ = server.await;

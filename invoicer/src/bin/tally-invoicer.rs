@@ -4,7 +4,8 @@
 //! `serve` (default) runs a pass on every tick of `invoicer.schedule` and serves the API on
 //! `invoicer.api_addr` until SIGTERM; `once` runs one pass as of `--at` (default now), prints
 //! the invoices and, with `--out`, writes `<invoice_id>.json`, `.html` and `.pdf` for each; `reconcile` prints the usage → charges → invoice lines report as JSON and
-//! exits non-zero when money differences are unexplained.
+//! exits non-zero when money differences are unexplained. The API takes bearer tokens from
+//! `api_tokens` (`tally-access tokens-create`), reloaded every `security.token_refresh_secs`.
 
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use tally_invoicer::api::{self, ApiState};
 use tally_invoicer::numbering::Numbers;
 use tally_invoicer::{render, Invoice, InvoicerConfig};
 use tally_platform::args::Args;
+use tally_platform::auth::Authenticator;
 use tally_platform::{
     config, shutdown, store, streams, telemetry, ClickHouseConfig, NatsConfig, TelemetryConfig,
 };
@@ -30,6 +32,8 @@ struct Config {
     invoicer: InvoicerConfig,
     #[serde(default)]
     features: tally_platform::Features,
+    #[serde(default)]
+    security: tally_platform::SecurityConfig,
 }
 
 fn now_ms() -> i64 {
@@ -48,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
     cfg.invoicer.features = cfg.features;
     cfg.clickhouse.validate()?;
     cfg.invoicer.validate()?;
+    cfg.security.validate()?;
     telemetry::init_logs(&cfg.telemetry);
     let db = store::connect(&cfg.clickhouse);
     let at = match args.raw("at") {
@@ -90,11 +95,20 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&cfg.invoicer.api_addr)
         .await
         .with_context(|| format!("binding invoicer.api_addr {}", cfg.invoicer.api_addr))?;
+    let auth = Arc::new(Authenticator::new("invoicer", db.clone()));
+    // without the tokens every request is refused (fail closed) until a refresh loads them
+    match auth.reload().await {
+        Ok(n) => tracing::info!(tokens = n, "api tokens loaded"),
+        Err(e) => tracing::warn!(error = %e, "loading api tokens failed; retrying"),
+    }
+    let refresh = std::time::Duration::from_secs(cfg.security.token_refresh_secs);
+    auth.refresh_every(refresh, shutdown.clone());
     let state = Arc::new(ApiState {
         db: db.clone(),
         numbers: numbers.clone(),
         cfg: cfg.invoicer.clone(),
         now_ms,
+        auth,
     });
     let api = tokio::spawn(api::serve(listener, state, shutdown.clone()));
     tally_invoicer::run::run(db, numbers, cfg.invoicer, shutdown, now_ms).await;
