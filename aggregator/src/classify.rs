@@ -11,8 +11,8 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 use tally_domain::data::DataView;
-use tally_domain::meter::MeterReading;
 use tally_domain::identity::{is_nats_msg_id, nats_msg_id};
+use tally_domain::meter::MeterReading;
 use tally_domain::subject::split_usage_subject;
 use tally_domain::{EventView, Meter, Reason};
 
@@ -190,7 +190,9 @@ impl Classifier {
         let expected = nats_msg_id(customer, agent, id);
         let detail = match msg_id {
             None => format!("header Nats-Msg-Id is missing, expected {expected:?}"),
-            Some(h) => format!("header Nats-Msg-Id is {h:?}, expected {expected:?} (customer:agent:id)"),
+            Some(h) => {
+                format!("header Nats-Msg-Id is {h:?}, expected {expected:?} (customer:agent:id)")
+            }
         };
         Err(Rejection::new(
             Reason::MsgIdMismatch,
@@ -298,8 +300,16 @@ mod tests {
     fn the_msg_id_header_must_name_the_identity() {
         let c = classifier();
         let ok = event("2026-11-26T20:59:00Z", "tool.call", "{}");
-        for bad in [None, Some("e1"), Some("other:bot:e1"), Some("acme:bot2:e1"), Some("acme:bot:e2")] {
-            let r = c.classify("usage.acme.bot", bad, ok.as_bytes(), NOW).unwrap_err();
+        for bad in [
+            None,
+            Some("e1"),
+            Some("other:bot:e1"),
+            Some("acme:bot2:e1"),
+            Some("acme:bot:e2"),
+        ] {
+            let r = c
+                .classify("usage.acme.bot", bad, ok.as_bytes(), NOW)
+                .unwrap_err();
             assert_eq!(r.reason, Reason::MsgIdMismatch, "{bad:?}");
             assert_eq!(r.field.as_deref(), Some("Nats-Msg-Id"));
             assert!(r.detail.contains("acme:bot:e1"), "{}", r.detail);
@@ -313,9 +323,16 @@ mod tests {
             },
         );
         for old in [None, Some("e1"), ID] {
-            assert!(legacy.classify("usage.acme.bot", old, ok.as_bytes(), NOW).is_ok(), "{old:?}");
+            assert!(
+                legacy
+                    .classify("usage.acme.bot", old, ok.as_bytes(), NOW)
+                    .is_ok(),
+                "{old:?}"
+            );
         }
-        assert!(legacy.classify("usage.acme.bot", Some("x"), ok.as_bytes(), NOW).is_err());
+        assert!(legacy
+            .classify("usage.acme.bot", Some("x"), ok.as_bytes(), NOW)
+            .is_err());
     }
 
     #[test]
@@ -326,7 +343,9 @@ mod tests {
                 r#"{{"specversion":"1.0","id":"order-42","source":"{agent}","subject":"{customer}","type":"tool.call","time":"2026-11-26T20:59:00Z","data":{{}}}}"#
             );
             let id = nats_msg_id(customer, agent, "order-42");
-            c.classify(subject, Some(&id), body.as_bytes(), NOW).unwrap().key
+            c.classify(subject, Some(&id), body.as_bytes(), NOW)
+                .unwrap()
+                .key
         };
         let a = on("usage.customer-1.agent-1", "customer-1", "agent-1");
         assert_ne!(a, on("usage.customer-2.agent-1", "customer-2", "agent-1"));
@@ -337,9 +356,13 @@ mod tests {
     fn lateness_limits_are_inclusive() {
         let c = classifier();
         let edge = event("2026-11-26T20:00:00Z", "tool.call", "{}");
-        assert!(c.classify("usage.acme.bot", ID, edge.as_bytes(), NOW).is_ok());
+        assert!(c
+            .classify("usage.acme.bot", ID, edge.as_bytes(), NOW)
+            .is_ok());
         let edge = event("2026-11-26T21:05:00Z", "tool.call", "{}");
-        assert!(c.classify("usage.acme.bot", ID, edge.as_bytes(), NOW).is_ok());
+        assert!(c
+            .classify("usage.acme.bot", ID, edge.as_bytes(), NOW)
+            .is_ok());
     }
 
     /// Any JSON value, nested a few levels (numbers as text so floats, huge and negative

@@ -54,7 +54,9 @@ pub enum RunError {
         "shut down before the batch in flight could be committed; its messages will be redelivered"
     )]
     ShutdownDuringFlush,
-    #[error("fenced: another instance took the partition over; nothing in flight was acknowledged")]
+    #[error(
+        "fenced: another instance took the partition over; nothing in flight was acknowledged"
+    )]
     Fenced,
 }
 
@@ -153,12 +155,7 @@ pub async fn run(
     let classifier = Classifier::new(meters, &nats_cfg.partition_root(cfg.partition), cfg);
     let meter_names = sink::Meters::new(classifier.meters());
     let holder = format!("{}/{}", cfg.consumer_name(), uuid::Uuid::new_v4());
-    let lease_cfg = LeaseConfig {
-        bucket: format!("{}_AGGREGATORS", nats_cfg.stream),
-        key: cfg.consumer_name(),
-        ttl: Duration::from_secs(cfg.lease_secs),
-        replicas: 1,
-    };
+    let lease_cfg = LeaseConfig::for_aggregator(nats_cfg, cfg);
     loop {
         tracing::info!(partition = %lease_cfg.key, %holder, "waiting for the partition lease");
         let (lease, takeover) =
@@ -178,7 +175,16 @@ pub async fn run(
             let (lease, stop) = (lease.clone(), renewing.clone());
             async move { lease.keep_renewed(stop).await }
         }));
-        let mut agg = Aggregator::new(cfg, nats_cfg, &nats, &db, &classifier, &meter_names, lease.clone(), &shutdown);
+        let mut agg = Aggregator::new(
+            cfg,
+            nats_cfg,
+            &nats,
+            &db,
+            &classifier,
+            &meter_names,
+            lease.clone(),
+            &shutdown,
+        );
         let result = agg.session(takeover).await;
         renewing.cancel();
         health::set_ready("consumer", false);
@@ -436,7 +442,11 @@ impl<'a> Aggregator<'a> {
             );
             match loaded.await {
                 Ok(rows) => {
-                    tracing::info!(rows, from = needed, "older committed ids loaded for a backlog");
+                    tracing::info!(
+                        rows,
+                        from = needed,
+                        "older committed ids loaded for a backlog"
+                    );
                     metrics::dedup_size(self.dedup.committed_len(), self.dedup.committed_bytes());
                     self.loaded_since = needed;
                     return Ok(());
@@ -509,7 +519,10 @@ impl<'a> Aggregator<'a> {
             .as_ref()
             .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
             .map(|v| v.as_str());
-        match self.classifier.classify(subject, msg_id, payload, received_ms) {
+        match self
+            .classifier
+            .classify(subject, msg_id, payload, received_ms)
+        {
             Err(rejection) => reject(batch, rejection),
             Ok(acc) if self.is_sealed(acc.event.time_ms) => reject(batch, self.sealed_rejection()),
             Ok(acc) => {
@@ -588,7 +601,9 @@ impl<'a> Aggregator<'a> {
                 Ok(()) => break,
                 Err(e) => tracing::warn!(error = %e, "dead-letter publish failed, retrying"),
             }
-            self.pause(&mut backoff).await.ok_or_else(|| self.stopped())?;
+            self.pause(&mut backoff)
+                .await
+                .ok_or_else(|| self.stopped())?;
         }
         if !batch.rejected.is_empty() {
             crash::point(CrashPoint::AfterDeadLetters);
@@ -624,7 +639,11 @@ impl<'a> Aggregator<'a> {
     /// Runs `write` as one op under the lease: intent (carrying the attempts still to abort),
     /// those aborts, the rows, commit. A failed write is aborted and retried under a new id
     /// until it commits; a lost lease stops everything (`Fenced`), with nothing acknowledged.
-    pub(crate) async fn under_lease<F, Fut>(&mut self, what: &str, mut write: F) -> Result<String, RunError>
+    pub(crate) async fn under_lease<F, Fut>(
+        &mut self,
+        what: &str,
+        mut write: F,
+    ) -> Result<String, RunError>
     where
         F: FnMut(Client, String) -> Fut,
         Fut: std::future::Future<Output = Result<(), String>>,
@@ -634,9 +653,15 @@ impl<'a> Aggregator<'a> {
             let id = uuid::Uuid::new_v4().to_string();
             self.write_intent(&id).await?;
             let written = async {
-                sink::abort(&self.db, &self.pending_aborts, self.cfg.part(), "failed_attempt", now_ms())
-                    .await
-                    .map_err(|e| e.to_string())?;
+                sink::abort(
+                    &self.db,
+                    &self.pending_aborts,
+                    self.cfg.part(),
+                    "failed_attempt",
+                    now_ms(),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
                 write(self.db.clone(), id.clone()).await
             }
             .await;
@@ -653,7 +678,9 @@ impl<'a> Aggregator<'a> {
                     self.pending_aborts.push(id);
                 }
             }
-            self.pause(&mut backoff).await.ok_or_else(|| self.stopped())?;
+            self.pause(&mut backoff)
+                .await
+                .ok_or_else(|| self.stopped())?;
         }
     }
 
@@ -666,7 +693,9 @@ impl<'a> Aggregator<'a> {
                 Err(LeaseError::Fenced { .. }) => return Err(RunError::Fenced),
                 Err(e) => tracing::warn!(error = %e, "writing the intent, retrying"),
             }
-            self.pause(&mut backoff).await.ok_or_else(|| self.stopped())?;
+            self.pause(&mut backoff)
+                .await
+                .ok_or_else(|| self.stopped())?;
         }
     }
 
@@ -680,7 +709,9 @@ impl<'a> Aggregator<'a> {
                 Err(LeaseError::Fenced { .. }) => return Err(RunError::Fenced),
                 Err(e) => tracing::warn!(error = %e, "writing the commit, retrying"),
             }
-            self.pause(&mut backoff).await.ok_or_else(|| self.stopped())?;
+            self.pause(&mut backoff)
+                .await
+                .ok_or_else(|| self.stopped())?;
         }
     }
 
@@ -711,15 +742,27 @@ impl<'a> Aggregator<'a> {
     /// Seals, in order, the days of this partition that became final (at most
     /// `seal_days_max`). A failed look is logged and retried at the next one.
     async fn seal_final_days(&mut self) -> Result<(), RunError> {
-        let until = match seal::final_until(&self.js, &self.nats_cfg.stream, &self.cfg.consumer_name()).await {
+        let until = match seal::final_until(
+            &self.js,
+            &self.nats_cfg.stream,
+            &self.cfg.consumer_name(),
+        )
+        .await
+        {
             Ok(until) => until,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot tell which days are final; retrying at the next look");
                 return Ok(());
             }
         };
-        let last_final = until.and_then(|u| seal::last_final_day(u, self.cfg.allowed_lateness_secs));
-        let days = seal::days_to_seal(self.sealed_through, self.first_data, last_final, self.cfg.seal_days_max);
+        let last_final =
+            until.and_then(|u| seal::last_final_day(u, self.cfg.allowed_lateness_secs));
+        let days = seal::days_to_seal(
+            self.sealed_through,
+            self.first_data,
+            last_final,
+            self.cfg.seal_days_max,
+        );
         for day in days {
             let part = self.cfg.part();
             let rows = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));

@@ -47,6 +47,22 @@ pub struct LeaseConfig {
     pub replicas: usize,
 }
 
+impl LeaseConfig {
+    /// The lease of the partition `cfg` consumes: bucket `<stream>_AGGREGATORS`, key the
+    /// partition's consumer name.
+    pub fn for_aggregator(
+        nats: &tally_platform::NatsConfig,
+        cfg: &crate::AggregatorConfig,
+    ) -> LeaseConfig {
+        LeaseConfig {
+            bucket: format!("{}_AGGREGATORS", nats.stream),
+            key: cfg.consumer_name(),
+            ttl: Duration::from_secs(cfg.lease_secs),
+            replicas: 1,
+        }
+    }
+}
+
 /// What the key says. Every value written carries the holder and a sequence number of its
 /// own, so a write whose answer was lost can be recognised when the key is read again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,24 +152,12 @@ pub struct Takeover {
 
 /// Opens (creating if needed) the lease bucket.
 pub async fn bucket(js: &jetstream::Context, cfg: &LeaseConfig) -> Result<kv::Store, LeaseError> {
-    let err = |e: &dyn std::fmt::Display| LeaseError::Nats {
-        bucket: cfg.bucket.clone(),
-        detail: e.to_string(),
-    };
-    match js.get_key_value(&cfg.bucket).await {
-        Ok(store) => Ok(store),
-        Err(_) => js
-            .create_key_value(kv::Config {
-                bucket: cfg.bucket.clone(),
-                description: "aggregator partition leases (aggregator/src/lease.rs)".into(),
-                history: 1,
-                storage: jetstream::stream::StorageType::File,
-                num_replicas: cfg.replicas.max(1),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| err(&e)),
-    }
+    tally_platform::streams::kv_bucket(js, &cfg.bucket, cfg.replicas)
+        .await
+        .map_err(|e| LeaseError::Nats {
+            bucket: cfg.bucket.clone(),
+            detail: e.to_string(),
+        })
 }
 
 impl Lease {
@@ -240,7 +244,10 @@ impl Lease {
             Ok(revision) => Ok(Some((
                 revision,
                 Takeover {
-                    unfinished: value.as_ref().map(LeaseValue::unfinished).unwrap_or_default(),
+                    unfinished: value
+                        .as_ref()
+                        .map(LeaseValue::unfinished)
+                        .unwrap_or_default(),
                     previous: value.map(|v| v.holder().to_owned()),
                 },
             ))),
@@ -274,7 +281,8 @@ impl Lease {
 
     /// Records that the op in flight finished (its rows count).
     pub async fn commit(&self) -> Result<(), LeaseError> {
-        self.write(|holder, seq| LeaseValue::Held { holder, seq }).await
+        self.write(|holder, seq| LeaseValue::Held { holder, seq })
+            .await
     }
 
     /// Renews the lease (the same value again, a new revision).
@@ -324,7 +332,11 @@ impl Lease {
     async fn cas(&self, held: &mut Held, next: LeaseValue) -> Result<(), LeaseError> {
         let bytes = next.to_bytes();
         for _ in 0..5 {
-            match self.kv.update(&self.cfg.key, bytes.clone(), held.revision).await {
+            match self
+                .kv
+                .update(&self.cfg.key, bytes.clone(), held.revision)
+                .await
+            {
                 Ok(revision) => {
                     held.revision = revision;
                     held.value = next;
@@ -367,7 +379,6 @@ impl Lease {
             key: self.cfg.key.clone(),
         }
     }
-
 }
 
 #[cfg(test)]

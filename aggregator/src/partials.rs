@@ -83,7 +83,13 @@ pub fn fold<'a>(events: &'a [AcceptedEvent], meters: &[Meter]) -> Vec<Partial<'a
     for e in events {
         let (customer, agent, id) = (e.event.customer(), e.event.agent(), e.event.id());
         for (m, reading) in &e.readings {
-            let key = (customer, agent, *m, reading.group_values.as_slice(), e.window.start_ms);
+            let key = (
+                customer,
+                agent,
+                *m,
+                reading.group_values.as_slice(),
+                e.window.start_ms,
+            );
             let unique = (meters[*m].aggregation == Aggregation::UniqueCount)
                 .then_some(reading.unique_value.as_str());
             out.entry(key)
@@ -93,13 +99,20 @@ pub fn fold<'a>(events: &'a [AcceptedEvent], meters: &[Meter]) -> Vec<Partial<'a
     }
     let mut rows: Vec<Partial<'a>> = out.into_values().collect();
     rows.sort_by(|a, b| {
-        (a.customer, a.agent, a.meter, a.group_values, a.window_start_ms).cmp(&(
-            b.customer,
-            b.agent,
-            b.meter,
-            b.group_values,
-            b.window_start_ms,
-        ))
+        (
+            a.customer,
+            a.agent,
+            a.meter,
+            a.group_values,
+            a.window_start_ms,
+        )
+            .cmp(&(
+                b.customer,
+                b.agent,
+                b.meter,
+                b.group_values,
+                b.window_start_ms,
+            ))
     });
     rows
 }
@@ -148,11 +161,41 @@ mod tests {
     fn a_batch_folds_into_one_partial_per_agent_meter_group_and_window() {
         let c = Classifier::new(meters(), "usage", &AggregatorConfig::default());
         let events = vec![
-            accepted(&c, "a", "e1", "2026-11-26T20:59:10Z", r#"{"n":5,"m":"x","u":"alice"}"#),
-            accepted(&c, "a", "e2", "2026-11-26T20:59:20Z", r#"{"n":"2.5","m":"x","u":"bob"}"#),
-            accepted(&c, "a", "e3", "2026-11-26T20:59:20Z", r#"{"n":1,"m":"y","u":"alice"}"#),
-            accepted(&c, "b", "e1", "2026-11-26T20:59:30Z", r#"{"n":7,"m":"x","u":"alice"}"#),
-            accepted(&c, "a", "e4", "2026-11-26T20:58:59Z", r#"{"n":9,"m":"x","u":"carol"}"#),
+            accepted(
+                &c,
+                "a",
+                "e1",
+                "2026-11-26T20:59:10Z",
+                r#"{"n":5,"m":"x","u":"alice"}"#,
+            ),
+            accepted(
+                &c,
+                "a",
+                "e2",
+                "2026-11-26T20:59:20Z",
+                r#"{"n":"2.5","m":"x","u":"bob"}"#,
+            ),
+            accepted(
+                &c,
+                "a",
+                "e3",
+                "2026-11-26T20:59:20Z",
+                r#"{"n":1,"m":"y","u":"alice"}"#,
+            ),
+            accepted(
+                &c,
+                "b",
+                "e1",
+                "2026-11-26T20:59:30Z",
+                r#"{"n":7,"m":"x","u":"alice"}"#,
+            ),
+            accepted(
+                &c,
+                "a",
+                "e4",
+                "2026-11-26T20:58:59Z",
+                r#"{"n":9,"m":"x","u":"carol"}"#,
+            ),
         ];
         let rows = fold(&events, c.meters());
         let tokens: Vec<(&str, &[String], i64, u64, String, String, String)> = rows
@@ -193,9 +236,15 @@ mod tests {
             .iter()
             .find(|p| p.meter == 2 && p.agent == "a" && p.window_start_ms == w(1))
             .unwrap();
-        assert_eq!((last.latest.to_string(), last.latest_event_id), ("1".into(), "e3"));
+        assert_eq!(
+            (last.latest.to_string(), last.latest_event_id),
+            ("1".into(), "e3")
+        );
         // the fold is exact: partial events sum to the readings
         let readings: usize = events.iter().map(|e| e.readings.len()).sum();
-        assert_eq!(rows.iter().map(|p| p.events).sum::<u64>() as usize, readings);
+        assert_eq!(
+            rows.iter().map(|p| p.events).sum::<u64>() as usize,
+            readings
+        );
     }
 }

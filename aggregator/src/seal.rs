@@ -115,7 +115,10 @@ pub fn days_to_seal(
 }
 
 /// The newest sealed day of partition `part` (its start), if any.
-pub async fn sealed_through(db: &Client, part: u32) -> Result<Option<u32>, clickhouse::error::Error> {
+pub async fn sealed_through(
+    db: &Client,
+    part: u32,
+) -> Result<Option<u32>, clickhouse::error::Error> {
     let (n, day): (u64, u32) = db
         .query(
             "SELECT count(), toUInt32(max(day)) * 86400 FROM usage_seals \
@@ -220,7 +223,10 @@ mod tests {
         // everything before D+1d+1h+1s committed, lateness 1 h: day D is final
         assert_eq!(last_final_day(ms(D + DAY_SECS + 3601), 3600), Some(D));
         // a second less: not yet
-        assert_eq!(last_final_day(ms(D + DAY_SECS + 3600), 3600), Some(D - DAY_SECS));
+        assert_eq!(
+            last_final_day(ms(D + DAY_SECS + 3600), 3600),
+            Some(D - DAY_SECS)
+        );
         assert_eq!(last_final_day(0, 3600), None);
     }
 

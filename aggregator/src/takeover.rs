@@ -98,7 +98,9 @@ async fn upgrade_legacy(agg: &mut Aggregator<'_>) -> Result<(), RunError> {
     let id = agg
         .under_lease("upgrade", |db, id| async move {
             let now = tally_platform::store::datetime_secs(now_ms());
-            upgrade::copy(&db, &id, now).await.map_err(|e| e.to_string())
+            upgrade::copy(&db, &id, now)
+                .await
+                .map_err(|e| e.to_string())
         })
         .await?;
     tracing::info!(batch_id = %id, "legacy usage copied");
@@ -110,11 +112,17 @@ async fn load_seals(agg: &mut Aggregator<'_>) -> Result<(), RunError> {
     let (through, first) = retry(agg, "seals", || {
         let db = db.clone();
         async move {
-            seal::register(&db, part, now_ms()).await.map_err(|e| e.to_string())?;
-            let through = seal::sealed_through(&db, part).await.map_err(|e| e.to_string())?;
+            seal::register(&db, part, now_ms())
+                .await
+                .map_err(|e| e.to_string())?;
+            let through = seal::sealed_through(&db, part)
+                .await
+                .map_err(|e| e.to_string())?;
             let first = match through {
                 Some(_) => None,
-                None => seal::first_data(&db, part).await.map_err(|e| e.to_string())?,
+                None => seal::first_data(&db, part)
+                    .await
+                    .map_err(|e| e.to_string())?,
             };
             Ok((through, first))
         }
@@ -195,7 +203,9 @@ pub(crate) async fn reset_consumer(agg: &mut Aggregator<'_>) -> Result<(), RunEr
     let start = retry(agg, "consumer reset", || {
         let (js, name) = (js.clone(), name.clone());
         async move {
-            let stream = streams::ensure(&js, nats_cfg).await.map_err(|e| e.to_string())?;
+            let stream = streams::ensure(&js, nats_cfg)
+                .await
+                .map_err(|e| e.to_string())?;
             let floor = match stream.consumer_info(&name).await {
                 Ok(info) => Some(info.ack_floor.stream_sequence),
                 Err(_) => None,
@@ -211,7 +221,10 @@ pub(crate) async fn reset_consumer(agg: &mut Aggregator<'_>) -> Result<(), RunEr
     })
     .await?;
     retry(agg, "consumer create", || async {
-        consumer(agg, start).await.map(|_| ()).map_err(|e| e.to_string())
+        consumer(agg, start)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     })
     .await?;
     if start.is_some() {

@@ -87,7 +87,11 @@ pub async fn state(db: &Client) -> Result<State, clickhouse::error::Error> {
 
 /// Copies every committed legacy event under `batch_id`, then logs the batch as the upgrade.
 /// Run between the batch's intent and commit; on error the attempt must be aborted.
-pub async fn copy(db: &Client, batch_id: &str, now_secs: u32) -> Result<(), clickhouse::error::Error> {
+pub async fn copy(
+    db: &Client,
+    batch_id: &str,
+    now_secs: u32,
+) -> Result<(), clickhouse::error::Error> {
     for sql in COPY {
         db.query(sql)
             .bind(batch_id)

@@ -50,28 +50,40 @@ fn classifier() -> Classifier {
 }
 
 /// `events` synthetic messages (10 customers, 10 agents each): subject and payload.
-pub fn messages(events: usize) -> Vec<(String, Bytes)> {
+pub fn messages(events: usize) -> Vec<Msg> {
     let mut fleet = Fleet::new("customer", 10, 10, "bench", 1).expect("fleet");
     let now = Utc::now();
     (0..events)
         .map(|_| {
             let e = fleet.next_event(now);
-            (
-                format!("usage.{}.{}", e.customer, e.agent),
-                Bytes::from(e.to_json()),
-            )
+            Msg {
+                subject: format!("usage.{}.{}", e.customer, e.agent),
+                msg_id: tally_domain::nats_msg_id(
+                    e.customer.as_ref(),
+                    e.agent.as_ref(),
+                    e.id.as_ref(),
+                ),
+                payload: Bytes::from(e.to_json()),
+            }
         })
         .collect()
+}
+
+/// One message as the aggregator receives it: subject, `Nats-Msg-Id`, payload.
+pub struct Msg {
+    pub subject: String,
+    pub msg_id: String,
+    pub payload: Bytes,
 }
 
 /// Baseline: `serde_json::from_slice` of the same payloads into a `serde_json::Value` (a
 /// generic parse that validates and allocates but checks, dedups and windows nothing), in
 /// events per second on one thread.
-pub fn baseline_value_parse(msgs: &[(String, Bytes)]) -> f64 {
+pub fn baseline_value_parse(msgs: &[Msg]) -> f64 {
     let (fields, t) = timed(|| {
         let mut fields = 0usize;
-        for (_, payload) in msgs {
-            let v: serde_json::Value = serde_json::from_slice(payload).expect("synthetic JSON");
+        for m in msgs {
+            let v: serde_json::Value = serde_json::from_slice(&m.payload).expect("synthetic JSON");
             fields += v.as_object().map_or(0, |o| o.len());
         }
         fields
@@ -86,10 +98,10 @@ pub fn run(events: usize, batch: usize) -> CpuReport {
 }
 
 /// Runs `msgs` through the hot path in batches of `batch` events.
-pub fn run_on(msgs: &[(String, Bytes)], batch: usize) -> CpuReport {
+pub fn run_on(msgs: &[Msg], batch: usize) -> CpuReport {
     let events = msgs.len();
     let now = Utc::now();
-    let mean_event_bytes = msgs.iter().map(|m| m.1.len()).sum::<usize>() / events.max(1);
+    let mean_event_bytes = msgs.iter().map(|m| m.payload.len()).sum::<usize>() / events.max(1);
     let classifier = classifier();
     let mut dedup = Dedup::new();
     let mut hist = Histogram::<u64>::new(3).expect("histogram");
@@ -98,9 +110,9 @@ pub fn run_on(msgs: &[(String, Bytes)], batch: usize) -> CpuReport {
         for chunk in msgs.chunks(batch) {
             let t = Instant::now();
             let mut b = Batch::with_capacity(batch);
-            for (seq, (subject, payload)) in chunk.iter().enumerate() {
+            for (seq, m) in chunk.iter().enumerate() {
                 let acc = classifier
-                    .classify(subject, payload, now_ms)
+                    .classify(&m.subject, Some(&m.msg_id), &m.payload, now_ms)
                     .expect("synthetic events are valid");
                 if dedup.check(acc.key, acc.payload_hash) == Seen::New {
                     let (key, hash) = (acc.key, acc.payload_hash);
@@ -156,7 +168,7 @@ pub fn hashmap_bytes_per_id(ids: usize) -> f64 {
 
 fn dedup_keys(ids: usize) -> Vec<u128> {
     (0..ids)
-        .map(|i| event_key("customer-1", &format!("id-{i}")))
+        .map(|i| event_key("customer-1", "agent-1", &format!("id-{i}")))
         .collect()
 }
 

@@ -1,6 +1,6 @@
-//! ClickHouse insert cost of the aggregator's commit (raw events, meter readings, then the
-//! commit marker) against a plain insert of the same rows with the `clickhouse` crate and no
-//! marker, in the same run, on the local stack.
+//! ClickHouse insert cost of the aggregator's commit (an intent in the partition lease, raw
+//! events, meter readings, window partials and the batch log, then the commit in the lease)
+//! against a plain insert of the same rows with no lease, in the same run, on the local stack.
 
 use std::time::Instant;
 
@@ -8,8 +8,10 @@ use chrono::Utc;
 use hdrhistogram::Histogram;
 use tally_aggregator::batch::Batch;
 use tally_aggregator::classify::Classifier;
+use tally_aggregator::lease::{Lease, LeaseConfig};
 use tally_aggregator::{sink, AggregatorConfig};
 use tally_ingest::synthetic::Fleet;
+use tally_platform::shutdown::Shutdown;
 use tally_platform::testkit::TestEnv;
 
 /// What one run measured.
@@ -52,8 +54,10 @@ pub async fn run(env: &TestEnv, events: usize, batch: usize) -> anyhow::Result<I
         for seq in chunk_start..(chunk_start + batch).min(events) {
             let e = fleet.next_event(Utc::now());
             let subject = format!("usage.{}.{}", e.customer, e.agent);
+            let msg_id =
+                tally_domain::nats_msg_id(e.customer.as_ref(), e.agent.as_ref(), e.id.as_ref());
             let acc = classifier
-                .classify(&subject, &e.to_json(), now)
+                .classify(&subject, Some(&msg_id), &e.to_json(), now)
                 .map_err(|r| anyhow::anyhow!("synthetic event refused: {}", r.detail))?;
             b.add_accepted(acc, seq as u64 + 1, cfg.window_secs);
         }
@@ -64,30 +68,29 @@ pub async fn run(env: &TestEnv, events: usize, batch: usize) -> anyhow::Result<I
     let db = env.db();
     let (mut plain_secs, mut ours_secs) = (0.0, 0.0);
     let (mut plain_hist, mut ours_hist) = (Histogram::<u64>::new(3)?, Histogram::<u64>::new(3)?);
+    let meters = sink::Meters::new(classifier.meters());
+    let js = async_nats::jetstream::new(async_nats::connect(&env.nats.url).await?);
+    let lease_cfg = LeaseConfig::for_aggregator(&env.nats, &cfg);
+    let (lease, _) = Lease::acquire(&js, lease_cfg, "bench".into(), &Shutdown::new()).await?;
     for (i, b) in batches.iter().enumerate() {
+        let target = |batch_id| sink::Target {
+            batch_id,
+            part: 0,
+            consumer: "bench",
+            window_secs: cfg.window_secs,
+            now_ms: now,
+        };
+        let plain = format!("plain-{i}");
         let t = Instant::now();
-        sink::write_rows(
-            &db,
-            b,
-            classifier.meters(),
-            &format!("plain-{i}"),
-            cfg.window_secs,
-            now,
-        )
-        .await?;
+        sink::write(&db, b, &meters, target(&plain)).await?;
         plain_secs += t.elapsed().as_secs_f64();
         plain_hist.record(t.elapsed().as_micros() as u64)?;
         let t = Instant::now();
-        sink::commit(
-            &db,
-            b,
-            classifier.meters(),
-            &format!("ours-{i}"),
-            "bench",
-            cfg.window_secs,
-            now,
-        )
-        .await?;
+        // the commit: intent in the partition lease, the same rows, commit in the lease
+        let id = format!("ours-{i}");
+        lease.intent(&id, &[]).await?;
+        sink::write(&db, b, &meters, target(&id)).await?;
+        lease.commit().await?;
         ours_secs += t.elapsed().as_secs_f64();
         ours_hist.record(t.elapsed().as_micros() as u64)?;
     }

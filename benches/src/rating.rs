@@ -8,6 +8,8 @@
 
 use rust_decimal::Decimal;
 use tally_domain::meter::{validate_meters, MeterSpec};
+use tally_platform::store::dec9;
+use tally_platform::usage::Units;
 use tally_rater::charge::compute_with;
 use tally_rater::config::{PlanSpec, SubscriptionSpec};
 use tally_rater::tax::{TaxRateSpec, TaxTable};
@@ -88,17 +90,26 @@ fn usage_rows(rows: usize, customers: usize) -> Vec<UsageRow> {
                     .collect::<Vec<_>>()
                     .join(",")
             );
+            let quantity = Decimal::new((i as i64 % 5000) * 7 + 1, if i % 3 == 0 { 0 } else { 2 });
+            let units = Units(dec9::to_units(quantity).unwrap_or_default());
             UsageRow {
                 customer,
+                agent: String::new(),
                 meter: meter.into(),
                 aggregation: aggregation.into(),
                 group_key,
                 group_names: names,
                 group_values: values,
-                quantity: Decimal::new((i as i64 % 5000) * 7 + 1, if i % 3 == 0 { 0 } else { 2 }),
-                window_start,
-                window_end: window_start + 60,
-                unique_value: String::new(),
+                start: window_start,
+                end: window_start + 60,
+                events: 1,
+                sum: units,
+                min: units,
+                max: units,
+                latest: units,
+                latest_time_ms: i64::from(window_start) * 1000,
+                latest_event_id: String::new(),
+                unique_values: vec![],
             }
         })
         .collect()
@@ -108,7 +119,12 @@ fn usage_rows(rows: usize, customers: usize) -> Vec<UsageRow> {
 /// on one thread; the least any per-row rating can cost.
 pub fn baseline(rows: usize, customers: usize) -> f64 {
     let input = usage_rows(rows, customers.max(1));
-    let (total, t) = timed(|| input.iter().map(|r| r.quantity).sum::<Decimal>());
+    let (total, t) = timed(|| {
+        input
+            .iter()
+            .filter_map(|r| r.sum.decimal())
+            .sum::<Decimal>()
+    });
     std::hint::black_box(total);
     t.per_core(rows)
 }
@@ -130,7 +146,7 @@ pub fn run(rows: usize, customers: usize) -> anyhow::Result<RatingFigures> {
 
 /// Folds and prices `input`: (charges, their total in minor units).
 fn price(input: &[UsageRow], catalog: &Catalog) -> anyhow::Result<(usize, i64)> {
-    let (usages, _) = fold(input, catalog);
+    let usages = fold(input, catalog).usages;
     let mut charges = 0usize;
     let mut total_minor = 0i64;
     for u in usages.values() {

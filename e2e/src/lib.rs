@@ -71,6 +71,8 @@ pub fn aggregator_config() -> AggregatorConfig {
     AggregatorConfig {
         batch_max_events: 1000,
         batch_max_wait_ms: 100,
+        // a restarted aggregator takes over from a killed one within a second
+        lease_secs: 1,
         ..AggregatorConfig::default()
     }
 }

@@ -8,6 +8,7 @@ use chrono::Utc;
 use futures::StreamExt;
 use tally_aggregator::batch::Batch;
 use tally_aggregator::classify::Classifier;
+use tally_aggregator::lease::{Lease, LeaseConfig};
 use tally_aggregator::sink;
 use tally_e2e::{aggregator_config, meters, start_aggregator, wait_drained};
 use tally_platform::shutdown::Shutdown;
@@ -19,9 +20,16 @@ fn event(id: &str, customer: &str, agent: &str, ty: &str, time: &str, data: &str
     )
 }
 
+/// Publishes `body` on `subject` (`<prefix>.<customer>.<agent>`) with the contract's
+/// `Nats-Msg-Id` for event `id`.
 async fn publish_raw(js: &async_nats::jetstream::Context, subject: String, id: &str, body: String) {
+    let mut tokens = subject.rsplit('.');
+    let (agent, customer) = (tokens.next().unwrap_or(""), tokens.next().unwrap_or(""));
     let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Msg-Id", id);
+    headers.insert(
+        "Nats-Msg-Id",
+        tally_domain::nats_msg_id(customer, agent, id).as_str(),
+    );
     js.publish_with_headers(subject, headers, body.into())
         .await
         .expect("publish")
@@ -48,7 +56,9 @@ async fn usage_total(env: &TestEnv) -> (String, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_events_reach_the_dead_letter_stream_with_their_reason() {
-    let env = TestEnv::new("agg_dead_letters").await;
+    let mut env = TestEnv::new("agg_dead_letters").await;
+    // a short duplicate window, so a re-send with another payload reaches the aggregator
+    env.nats.duplicate_window_secs = 1;
     let client = async_nats::connect(&env.nats.url).await.unwrap();
     let js = async_nats::jetstream::new(client);
     tally_platform::streams::ensure(&js, &env.nats)
@@ -110,14 +120,29 @@ async fn rejected_events_reach_the_dead_letter_stream_with_their_reason() {
     let stop = Shutdown::new();
     let agg = start_aggregator(&env, aggregator_config(), stop.clone()).await;
     wait_drained(&env, "aggregator", Duration::from_secs(30)).await;
-    // the same id again with another payload, after the first one is committed
+    // the same id again with another payload, after the first one is committed and after
+    // JetStream's duplicate window: conflicting_duplicate
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     publish_raw(
         &js,
         format!("{p}.acme.bot"),
-        "good-again",
+        "good",
         event("good", "acme", "bot", "llm.tokens", &now, &tokens("99")),
     )
     .await;
+    // a direct publisher that sets Nats-Msg-Id to the bare id (which JetStream deduplicates
+    // against every customer's ids): msg_id_mismatch, never counted
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "bare-id");
+    js.publish_with_headers(
+        format!("{p}.acme.bot"),
+        headers,
+        event("bare-id", "acme", "bot", "llm.tokens", &now, &tokens("5")).into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
     wait_drained(&env, "aggregator", Duration::from_secs(30)).await;
 
     assert_eq!(
@@ -160,6 +185,7 @@ async fn rejected_events_reach_the_dead_letter_stream_with_their_reason() {
         "invalid_quantity",
         "invalid_quantity",
         "malformed",
+        "msg_id_mismatch",
         "subject_mismatch",
         "too_early",
         "too_late",
@@ -200,61 +226,62 @@ async fn a_batch_committed_before_a_crash_is_not_counted_again() {
     for (id, body) in &bodies {
         publish_raw(&js, format!("{p}.acme.bot"), id, body.clone()).await;
     }
-    // An aggregator classified and committed the first 120 events, then died before acking.
+    // An aggregator held the partition, committed the first 120 events (intent, rows,
+    // commit), then started a batch with event 150 (intent, rows) and died before acking.
     let cfg = aggregator_config();
     let classifier = Classifier::new(meters(), &p, &cfg);
-    let mut batch = Batch::default();
-    for (i, (_, body)) in bodies.iter().take(120).enumerate() {
-        let acc = classifier
-            .classify(
-                &format!("{p}.acme.bot"),
-                body.as_bytes(),
-                Utc::now().timestamp_millis(),
-            )
-            .unwrap();
-        batch.add_accepted(acc, i as u64 + 1, cfg.window_secs);
-    }
-    sink::commit(
-        &env.db(),
-        &batch,
-        classifier.meters(),
-        "crashed-batch",
-        "aggregator",
-        cfg.window_secs,
-        Utc::now().timestamp_millis(),
-    )
-    .await
-    .unwrap();
-    // Rows of a batch without its marker (a crash between the inserts and the marker) never count.
-    let mut orphan = Batch::default();
-    let acc = classifier
-        .classify(
-            &format!("{p}.acme.bot"),
-            bodies[150].1.as_bytes(),
-            Utc::now().timestamp_millis(),
-        )
-        .unwrap();
-    orphan.add_accepted(acc, 151, cfg.window_secs);
-    sink::commit(
-        &env.db(),
-        &orphan,
-        classifier.meters(),
-        "orphan-batch",
-        "aggregator",
-        cfg.window_secs,
-        Utc::now().timestamp_millis(),
-    )
-    .await
-    .unwrap();
-    env.db()
-        .query("ALTER TABLE usage_batches DELETE WHERE batch_id = 'orphan-batch'")
-        .execute()
+    let lease_cfg = LeaseConfig::for_aggregator(&env.nats, &cfg);
+    let (dead, _) = Lease::acquire(&js, lease_cfg, "dead-holder".into(), &Shutdown::new())
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(usage_total(&env).await.1, 120);
+    let batch_of = |range: std::ops::Range<usize>| {
+        let mut batch = Batch::default();
+        for i in range {
+            let id = tally_domain::nats_msg_id("acme", "bot", &bodies[i].0);
+            let acc = classifier
+                .classify(
+                    &format!("{p}.acme.bot"),
+                    Some(&id),
+                    bodies[i].1.as_bytes(),
+                    Utc::now().timestamp_millis(),
+                )
+                .unwrap();
+            batch.add_accepted(acc, i as u64 + 1, cfg.window_secs);
+        }
+        batch
+    };
+    let meters = sink::Meters::new(classifier.meters());
+    let target = |batch_id| sink::Target {
+        batch_id,
+        part: 0,
+        consumer: "aggregator",
+        window_secs: cfg.window_secs,
+        now_ms: Utc::now().timestamp_millis(),
+    };
+    dead.intent("committed-batch", &[]).await.unwrap();
+    sink::write(
+        &env.db(),
+        &batch_of(0..120),
+        &meters,
+        target("committed-batch"),
+    )
+    .await
+    .unwrap();
+    dead.commit().await.unwrap();
+    // the unfinished batch's rows are written; it counts until a takeover aborts it
+    dead.intent("unfinished-batch", &[]).await.unwrap();
+    sink::write(
+        &env.db(),
+        &batch_of(150..151),
+        &meters,
+        target("unfinished-batch"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(usage_total(&env).await.1, 121);
 
-    // A fresh aggregator gets all 200 messages redelivered (none was acked).
+    // A fresh aggregator waits out the silent holder's lease, aborts the unfinished batch and
+    // gets all 200 messages redelivered (none was acked).
     let stop = Shutdown::new();
     let agg = start_aggregator(&env, cfg, stop.clone()).await;
     wait_drained(&env, "aggregator", Duration::from_secs(30)).await;
@@ -264,6 +291,11 @@ async fn a_batch_committed_before_a_crash_is_not_counted_again() {
         (want.to_string(), 200),
         "every event exactly once"
     );
+    // the dead holder, were it to wake up, is fenced: it can neither commit nor start a batch
+    assert!(matches!(
+        dead.commit().await,
+        Err(tally_aggregator::lease::LeaseError::Fenced { .. })
+    ));
     stop.cancel();
     agg.await.unwrap().unwrap();
     env.cleanup().await;
@@ -290,36 +322,36 @@ async fn a_batch_spanning_two_partitions_counts_in_both_or_in_neither() {
         )
     };
     let mut batch = Batch::default();
-    for (i, b) in [
-        body("nov", "2026-11-30T23:59:45Z", 7),
-        body("dec", "2026-12-01T00:00:10Z", 11),
+    for (i, (id, b)) in [
+        ("nov", body("nov", "2026-11-30T23:59:45Z", 7)),
+        ("dec", body("dec", "2026-12-01T00:00:10Z", 11)),
     ]
     .iter()
     .enumerate()
     {
+        let msg_id = tally_domain::nats_msg_id("acme", "bot", id);
         let acc = classifier
-            .classify(&format!("{p}.acme.bot"), b.as_bytes(), now)
+            .classify(&format!("{p}.acme.bot"), Some(&msg_id), b.as_bytes(), now)
             .unwrap();
         batch.add_accepted(acc, i as u64 + 1, cfg.window_secs);
     }
     let db = env.db();
-    // first attempt: rows land in both monthly partitions, then the marker is lost
-    sink::commit(
-        &db,
-        &batch,
-        classifier.meters(),
-        "attempt-1",
-        "aggregator",
-        cfg.window_secs,
-        now,
-    )
-    .await
-    .unwrap();
-    db.query("ALTER TABLE usage_batches DELETE WHERE batch_id = 'attempt-1'")
-        .execute()
+    let meters = sink::Meters::new(classifier.meters());
+    let target = |batch_id| sink::Target {
+        batch_id,
+        part: 0,
+        consumer: "aggregator",
+        window_secs: cfg.window_secs,
+        now_ms: now,
+    };
+    // first attempt: rows land in both monthly partitions, then the attempt is aborted (a
+    // failed insert elsewhere, or a takeover)
+    sink::write(&db, &batch, &meters, target("attempt-1"))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    sink::abort(&db, &["attempt-1".to_owned()], 0, "failed_attempt", now)
+        .await
+        .unwrap();
     let months = || async {
         db.query("SELECT toString(toYYYYMM(window_start)), toString(sum(quantity)) FROM v_usage GROUP BY window_start ORDER BY window_start")
             .fetch_all::<(String, String)>()
@@ -331,20 +363,12 @@ async fn a_batch_spanning_two_partitions_counts_in_both_or_in_neither() {
     };
     assert!(
         months().await.is_empty(),
-        "neither month counts without the marker"
+        "neither month counts once the attempt is aborted"
     );
-    // the retry under a new batch id commits both
-    sink::commit(
-        &db,
-        &batch,
-        classifier.meters(),
-        "attempt-2",
-        "aggregator",
-        cfg.window_secs,
-        now,
-    )
-    .await
-    .unwrap();
+    // the retry under a new batch id counts in both
+    sink::write(&db, &batch, &meters, target("attempt-2"))
+        .await
+        .unwrap();
     assert_eq!(
         months().await,
         vec![
@@ -358,7 +382,9 @@ async fn a_batch_spanning_two_partitions_counts_in_both_or_in_neither() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unique_count_and_latest_are_exact_across_windows_batches_and_restarts() {
     use tally_domain::meter::{validate_meters, MeterSpec};
-    let env = TestEnv::new("agg_unique_latest").await;
+    let mut env = TestEnv::new("agg_unique_latest").await;
+    // a short duplicate window, so the re-sends below reach the aggregator's dedup
+    env.nats.duplicate_window_secs = 1;
     let specs: Vec<MeterSpec> = serde_json::from_value(serde_json::json!([
         {"slug": "active_users", "event_type": "session", "aggregation": "UNIQUE_COUNT", "value_property": "$.user"},
         {"slug": "seats", "event_type": "seats", "aggregation": "LATEST", "value_property": "$.seats"}
@@ -416,14 +442,12 @@ async fn unique_count_and_latest_are_exact_across_windows_batches_and_restarts()
     wait_drained(&env, "aggregator", Duration::from_secs(30)).await;
     stop.cancel();
     first.await.unwrap().unwrap();
-    for (id, body) in sends[4..].iter().chain(sends.iter()) {
-        publish_raw(
-            &js,
-            format!("{p}.acme.bot"),
-            &format!("{id}-again-{}", body.len()),
-            body.clone(),
-        )
-        .await;
+    for (id, body) in &sends[4..] {
+        publish_raw(&js, format!("{p}.acme.bot"), id, body.clone()).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for (id, body) in &sends {
+        publish_raw(&js, format!("{p}.acme.bot"), id, body.clone()).await;
     }
     let stop = Shutdown::new();
     let second = run(stop.clone());

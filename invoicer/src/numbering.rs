@@ -61,34 +61,15 @@ pub struct Numbers {
 }
 
 impl Numbers {
-    /// Opens (or creates) the bucket. The bucket's stream is declared directly, with the
-    /// settings of a KV bucket (`KV_<bucket>` on `$KV.<bucket>.>`, one value per key, rollups
-    /// allowed, deletes denied, discard new, direct gets): the client's `create_key_value`
-    /// first asks for account info, which it cannot parse from NATS 2.9.
+    /// Opens (or creates) the bucket (`tally_platform::streams::kv_bucket`).
     pub async fn open(client: async_nats::Client, bucket: &str) -> Result<Self, NumberingError> {
         let js = jetstream::new(client);
-        let err = |e: &dyn std::fmt::Display| NumberingError::Bucket {
-            bucket: bucket.to_owned(),
-            message: e.to_string(),
-        };
-        if let Ok(kv) = js.get_key_value(bucket).await {
-            return Ok(Numbers { kv });
-        }
-        js.get_or_create_stream(jetstream::stream::Config {
-            name: format!("KV_{bucket}"),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: 1,
-            max_message_size: 1 << 20,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: jetstream::stream::DiscardPolicy::New,
-            num_replicas: 1,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| err(&e))?;
-        let kv = js.get_key_value(bucket).await.map_err(|e| err(&e))?;
+        let kv = tally_platform::streams::kv_bucket(&js, bucket, 1)
+            .await
+            .map_err(|e| NumberingError::Bucket {
+                bucket: bucket.to_owned(),
+                message: e.to_string(),
+            })?;
         Ok(Numbers { kv })
     }
 

@@ -194,7 +194,10 @@ async fn usage_vs_charges(
     let plan = usage::plan(db, req.from).await?;
     let used = usage::read(db, &plan, &req).await?;
     let mut windows: BTreeMap<(&str, &str), Vec<(u32, Decimal)>> = BTreeMap::new();
-    for u in used.iter().filter(|u| matches!(u.aggregation.as_str(), "SUM" | "COUNT")) {
+    for u in used
+        .iter()
+        .filter(|u| matches!(u.aggregation.as_str(), "SUM" | "COUNT"))
+    {
         let Some(q) = u.quantity() else {
             unreadable.push(u.customer.clone());
             continue;

@@ -77,6 +77,40 @@ async fn declare(
     })
 }
 
+/// Opens the KV bucket `bucket`, creating it if needed with the settings of a KV bucket
+/// (`KV_<bucket>` on `$KV.<bucket>.>`, one value per key, rollups allowed, deletes denied,
+/// discard new, direct gets, `replicas` copies). The stream is declared directly: the client's
+/// `create_key_value` first asks for account info, which it cannot parse from NATS 2.9.
+pub async fn kv_bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+    replicas: usize,
+) -> Result<jetstream::kv::Store, StreamError> {
+    if let Ok(kv) = js.get_key_value(bucket).await {
+        return Ok(kv);
+    }
+    let err = |e: &dyn std::fmt::Display| StreamError::Declare {
+        stream: format!("KV_{bucket}"),
+        detail: e.to_string(),
+    };
+    js.get_or_create_stream(stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_message_size: 1 << 20,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        num_replicas: replicas.max(1),
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| err(&e))?;
+    js.get_key_value(bucket).await.map_err(|e| err(&e))
+}
+
 /// Waits until the durable `consumer` of `stream` has acknowledged every message in the
 /// stream (nothing pending, nothing unacknowledged). `false` on timeout.
 pub async fn wait_drained(

@@ -378,7 +378,11 @@ impl Catalog {
             let mut bounds = Vec::new();
             for s in subs {
                 let (lo, hi) = (from_ms.max(s.from_ms), to_ms.min(s.to_ms));
-                bounds.extend([s.from_ms, s.to_ms].into_iter().filter(|b| (from_ms..to_ms).contains(b)));
+                bounds.extend(
+                    [s.from_ms, s.to_ms]
+                        .into_iter()
+                        .filter(|b| (from_ms..to_ms).contains(b)),
+                );
                 if lo >= hi {
                     continue;
                 }

@@ -141,7 +141,10 @@ pub async fn load(
         let quantity = r.quantity().ok_or_else(|| ExplainError::Unreadable {
             charge_id: charge.charge_id.clone(),
             field: "usage quantity",
-            detail: format!("window {} of agent {}: value out of range", r.start, r.agent),
+            detail: format!(
+                "window {} of agent {}: value out of range",
+                r.start, r.agent
+            ),
         })?;
         windows.push(WindowUsage {
             window_start: r.start,

@@ -103,7 +103,8 @@ pub async fn read(
     // whole days, so the sealed days inside are read as days
     let from_ms = from_ms - from_ms.rem_euclid(DAY_MS);
     let to_ms = to_ms + (DAY_MS - to_ms.rem_euclid(DAY_MS)) % DAY_MS;
-    let secs = |ms: i64| u32::try_from(ms.div_euclid(1000)).unwrap_or(if ms < 0 { 0 } else { u32::MAX });
+    let secs =
+        |ms: i64| u32::try_from(ms.div_euclid(1000)).unwrap_or(if ms < 0 { 0 } else { u32::MAX });
     let split = split_days(catalog, from_ms, to_ms);
     let plan = usage::plan(db, secs(from_ms)).await?;
     let req = Request {
@@ -250,7 +251,11 @@ mod tests {
     const NOV26: u32 = 1_795_651_200; // 2026-11-26
 
     fn row(customer: &str, meter: &str, day: u32, units: i128, values: &[&str]) -> UsageRow {
-        let aggregation = if meter == "users" { "UNIQUE_COUNT" } else { "SUM" };
+        let aggregation = if meter == "users" {
+            "UNIQUE_COUNT"
+        } else {
+            "SUM"
+        };
         UsageRow {
             customer: customer.into(),
             agent: String::new(),
@@ -297,12 +302,30 @@ mod tests {
             row("big", "tokens", 1, 5_000_000_000, &[]),
             row("acme", "tokens", 0, 7_000_000_000, &[]),
             // two rows that each fit but whose sum does not
-            row("twice", "tokens", 0, 6_000_000_000_000_000_000i128 * 1_000_000_000, &[]),
-            row("twice", "tokens", 1, 6_000_000_000_000_000_000i128 * 1_000_000_000, &[]),
+            row(
+                "twice",
+                "tokens",
+                0,
+                6_000_000_000_000_000_000i128 * 1_000_000_000,
+                &[],
+            ),
+            row(
+                "twice",
+                "tokens",
+                1,
+                6_000_000_000_000_000_000i128 * 1_000_000_000,
+                &[],
+            ),
         ];
         let folded = fold(&rows, &catalog());
-        assert_eq!(folded.failed.get("big"), Some(&FailReason::QuantityOverflow));
-        assert_eq!(folded.failed.get("twice"), Some(&FailReason::QuantityOverflow));
+        assert_eq!(
+            folded.failed.get("big"),
+            Some(&FailReason::QuantityOverflow)
+        );
+        assert_eq!(
+            folded.failed.get("twice"),
+            Some(&FailReason::QuantityOverflow)
+        );
         let rated: Vec<(String, Decimal)> = folded
             .usages
             .values()

@@ -96,7 +96,9 @@ fn a_price_book_prices_each_model_and_token_kind_at_its_own_rate() {
         row("acme", "gpt-4o", "input", 0, "3000001"), // 7.5000025 -> 7.50
         row("acme", "mystery", "input", 0, "5"),      // no rate: unpriced
     ];
-    let tally_rater::usage::Folded { usages, skipped, .. } = fold(&rows, &c);
+    let tally_rater::usage::Folded {
+        usages, skipped, ..
+    } = fold(&rows, &c);
     assert_eq!(skipped, Default::default());
     let charges: Vec<_> = usages
         .values()

@@ -134,7 +134,8 @@ fn a_price_book_at_its_edges_in_bhd_and_jpy() {
         "JPY",
         r#"model = "dimensional", dimensions = ["model"], rates = [{ values = ["big"], unit_price = "0.0004" }]"#,
     );
-    let tally_rater::usage::Folded { usages, .. } = fold(&[row("acme", "big", "input", 0, TERA)], &jpy);
+    let tally_rater::usage::Folded { usages, .. } =
+        fold(&[row("acme", "big", "input", 0, TERA)], &jpy);
     let ch = compute(usages.values().next().expect("one"), plan(&jpy))
         .expect("prices")
         .expect("priced");

@@ -93,7 +93,9 @@ fn catalog() -> Catalog {
 /// charge's lines balance.
 fn rate(rows: &[tally_rater::usage::UsageRow]) -> Vec<(String, String, i64)> {
     let c = catalog();
-    let tally_rater::usage::Folded { usages, skipped, .. } = fold(rows, &c);
+    let tally_rater::usage::Folded {
+        usages, skipped, ..
+    } = fold(rows, &c);
     assert_eq!(skipped, Default::default());
     usages
         .values()
@@ -167,7 +169,8 @@ fn a_minimum_is_prorated_by_the_time_share_of_each_part() {
 #[test]
 fn the_prorated_minimum_line_says_so_and_the_share_is_exact_for_a_whole_period() {
     let c = catalog();
-    let tally_rater::usage::Folded { usages, .. } = fold(&[row("acme", "m", "input", NOV_1 + 19 * DAY, "500")], &c);
+    let tally_rater::usage::Folded { usages, .. } =
+        fold(&[row("acme", "m", "input", NOV_1 + 19 * DAY, "500")], &c);
     let u = usages.values().next().expect("one part");
     assert_eq!(
         u.share(),
@@ -190,7 +193,8 @@ fn the_prorated_minimum_line_says_so_and_the_share_is_exact_for_a_whole_period()
             .is_some_and(|l| l.starts_with("minimum 15 prorated x 0.6666")),
         "{min:?}"
     );
-    let tally_rater::usage::Folded { usages: whole, .. } = fold(&[row("acme", "m", "input", DEC_1, "1")], &c);
+    let tally_rater::usage::Folded { usages: whole, .. } =
+        fold(&[row("acme", "m", "input", DEC_1, "1")], &c);
     assert_eq!(
         whole.values().next().expect("December").share(),
         rust_decimal::Decimal::ONE

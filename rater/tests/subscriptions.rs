@@ -51,7 +51,9 @@ fn rate(c: &Catalog) -> Vec<(String, i64, String)> {
         row("acme", "m", "input", jan_20, "1000"),
         row("acme", "m", "input", feb_1, "1000"),
     ];
-    let tally_rater::usage::Folded { usages, skipped, .. } = fold(&rows, c);
+    let tally_rater::usage::Folded {
+        usages, skipped, ..
+    } = fold(&rows, c);
     assert_eq!(skipped, Default::default());
     usages
         .values()

@@ -110,7 +110,11 @@ pub fn row(customer: &str, model: &str, kind: &str, minute: u32, quantity: &str)
 /// The usage of one committed window, folded as a rating pass folds it.
 pub fn fold_one(c: &Catalog, r: UsageRow) -> MeterUsage {
     let folded = tally_rater::usage::fold(&[r], c);
-    folded.usages.into_values().next().expect("the window is rated")
+    folded
+        .usages
+        .into_values()
+        .next()
+        .expect("the window is rated")
 }
 
 /// The catalog of a file's `[[plans]]`, `[[subscriptions]]`, `[[tax_rates]]` and
