@@ -121,7 +121,7 @@ pub async fn sealed_through(
 ) -> Result<Option<u32>, clickhouse::error::Error> {
     let (n, day): (u64, u32) = db
         .query(
-            "SELECT count(), toUInt32(max(day)) * 86400 FROM usage_seals \
+            "SELECT count(), toUInt32(toUInt32(max(day)) * 86400) FROM usage_seals \
              WHERE part = ? AND day > toDate(0) \
              AND seal_id NOT IN (SELECT batch_id FROM usage_aborts)",
         )

@@ -1,7 +1,8 @@
 //! The real `tally-aggregator` binary crashed exactly between two steps of a flush (not at a
-//! random moment, as in `faults.rs`), stopped with a batch in flight, refused its commit
-//! marker by a ClickHouse that is up, and started on a backlog older than the allowed
-//! lateness. Each case checks the committed usage against the published events: nothing
+//! random moment, as in `faults.rs`), stopped with a batch in flight, refused an insert by a
+//! ClickHouse that is up, started on a backlog older than the allowed lateness, killed between
+//! two copies of an event (the first copy in stream order must count), and killed while it
+//! seals days. Each case checks the committed usage against the published events: nothing
 //! missing, nothing written twice, every rejection recorded once.
 //!
 //! Runs against the shared local stack, each test in its own streams and database.
@@ -49,7 +50,15 @@ struct Case {
 
 impl Case {
     async fn new(name: &str, aggregator: &str) -> Case {
-        let env = TestEnv::new(name).await;
+        Case::with_window(name, aggregator, None).await
+    }
+
+    /// A case whose streams have a duplicate window of `window_secs` (default: 120 s).
+    async fn with_window(name: &str, aggregator: &str, window_secs: Option<u64>) -> Case {
+        let mut env = TestEnv::new(name).await;
+        if let Some(w) = window_secs {
+            env.nats.duplicate_window_secs = w;
+        }
         let dir = std::env::temp_dir().join(format!("tally-crash-{}", env.clickhouse.database));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let config = dir.join("aggregator.toml");
@@ -68,6 +77,7 @@ database = "{db}"
 
 [aggregator]
 metrics_addr = "127.0.0.1:0"
+lease_secs = 1
 {aggregator}
 
 [[meters]]
@@ -143,6 +153,18 @@ aggregation = "COUNT"
         );
     }
 
+    /// The state the partition lease names (`held`, `intent`, `released`).
+    async fn lease_state(&self) -> String {
+        let kv = self
+            .js
+            .get_key_value(format!("{}_AGGREGATORS", self.env.nats.stream))
+            .await
+            .expect("lease bucket");
+        let value = kv.get(&self.consumer).await.expect("lease").expect("a lease");
+        let v: serde_json::Value = serde_json::from_slice(&value).expect("lease JSON");
+        v["state"].as_str().unwrap_or_default().to_owned()
+    }
+
     async fn ack_pending(&self) -> u64 {
         let stream = self
             .js
@@ -165,14 +187,14 @@ aggregation = "COUNT"
         .await
     }
 
-    /// Raw events in committed batches (a batch committed twice would show here even though
-    /// the views count each event once) and raw events in all batches.
+    /// Raw events of batches that count (a batch committed twice would show here) and raw
+    /// events of all batches, aborted ones included.
     async fn raw_event_rows(&self) -> (u64, u64) {
         self.env
             .db()
             .query(
-                "SELECT countIf(batch_id IN (SELECT batch_id FROM usage_batches)), count() \
-                 FROM usage_events",
+                "SELECT countIf(batch_id NOT IN (SELECT batch_id FROM usage_aborts)), count() \
+                 FROM usage_raw",
             )
             .fetch_one()
             .await
@@ -268,9 +290,11 @@ async fn a_crash_at_each_step_of_a_flush_neither_loses_nor_double_counts() {
             CrashPoint::AfterRows => {
                 assert!(written_at_crash > 0, "rows written before the crash");
                 assert_eq!(
-                    committed_at_crash, 0,
-                    "but no marker, so none of them counts"
+                    case.lease_state().await,
+                    "intent",
+                    "but not committed: the lease still names the batch as unfinished"
                 );
+                let _ = committed_at_crash;
             }
             CrashPoint::AfterMarker | CrashPoint::MidAck => {
                 assert!(committed_at_crash > 0, "a batch committed before the crash");
@@ -280,6 +304,16 @@ async fn a_crash_at_each_step_of_a_flush_neither_loses_nor_double_counts() {
         case.wait_drained(Duration::from_secs(90)).await;
         assert!(second.terminate().success(), "{}: clean stop", point.name());
         case.assert_exact(&published).await;
+        if point == CrashPoint::AfterRows {
+            let aborted: u64 = case
+                .env
+                .db()
+                .query("SELECT count() FROM usage_aborts WHERE reason = 'takeover'")
+                .fetch_one()
+                .await
+                .expect("aborts");
+            assert_eq!(aborted, 1, "the takeover aborted the unfinished batch");
+        }
         case.cleanup().await;
     }
 }
@@ -328,9 +362,9 @@ async fn sigterm_with_a_batch_in_flight_flushes_commits_and_acks_before_exiting(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_marker_refused_by_a_running_clickhouse_is_retried_and_counts_once() {
+async fn an_insert_refused_by_a_running_clickhouse_is_aborted_retried_and_counts_once() {
     let case = Case::new(
-        "marker_refused",
+        "insert_refused",
         "batch_max_events = 200\nbatch_max_wait_ms = 100",
     )
     .await;
@@ -350,10 +384,11 @@ async fn a_marker_refused_by_a_running_clickhouse_is_retried_and_counts_once() {
         .await
         .expect("detach");
     let published = case.publish(1000, 100, "refused").await;
-    // rows go in, the marker is refused: nothing counts and nothing is acknowledged
-    eventually("rows written while the marker is refused", || async {
+    // the raw rows go in, the batch log is refused: each attempt is aborted, nothing is
+    // acknowledged
+    eventually("rows written while an insert is refused", || async {
         let written: u64 = db
-            .query("SELECT count() FROM usage_events")
+            .query("SELECT count() FROM usage_raw")
             .fetch_one()
             .await
             .expect("count");
@@ -363,7 +398,7 @@ async fn a_marker_refused_by_a_running_clickhouse_is_retried_and_counts_once() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
         case.ack_pending().await > 0,
-        "messages stay unacknowledged while the marker is refused"
+        "messages stay unacknowledged while an insert is refused"
     );
     db.query("ATTACH TABLE usage_batches")
         .execute()
@@ -375,7 +410,7 @@ async fn a_marker_refused_by_a_running_clickhouse_is_retried_and_counts_once() {
     let (committed, written) = case.raw_event_rows().await;
     assert!(
         written > committed,
-        "the refused attempts' rows ({written} written, {committed} committed) never count"
+        "the refused attempts' rows ({written} written, {committed} counted) never count"
     );
     case.cleanup().await;
 }
@@ -413,7 +448,7 @@ async fn a_backlog_older_than_the_allowed_lateness_is_still_billed() {
     let newest: u32 = case
         .env
         .db()
-        .query("SELECT toUInt32(max(received_at)) FROM usage_events")
+        .query("SELECT toUInt32(max(received_at)) FROM usage_raw")
         .fetch_one()
         .await
         .expect("received_at");
@@ -429,29 +464,24 @@ async fn a_resend_read_after_a_backlog_finds_its_first_copy() {
     // a horizon of three seconds of received time; the re-sends are received a moment after
     // their first copies but read after more than the horizon of wall time: the ids they need
     // are older than what recovery loads at start, and must be loaded for them
-    let case = Case::new(
+    let case = Case::with_window(
         "backlog_resend",
         "batch_max_events = 500\nbatch_max_wait_ms = 100\nallowed_lateness_secs = 2\n\
          future_tolerance_secs = 1\ndedup_horizon_secs = 3",
+        Some(1),
     )
     .await;
     let first = case.start();
     let published = case.publish(300, 0, "resend").await;
     case.wait_drained(Duration::from_secs(60)).await;
     assert!(first.terminate().success());
-    // the same events again, without Nats-Msg-Id so JetStream's own dedup lets them through
+    // the same events again, after JetStream's one-second duplicate window, so its own
+    // dedup lets them through
+    let mut publisher = Publisher::new(case.js.clone(), &case.env.nats.subject_prefix, 64);
     for e in published.events.iter().take(100) {
-        let subject = format!(
-            "{}.{}.{}",
-            case.env.nats.subject_prefix, e.customer, e.agent
-        );
-        case.js
-            .publish(subject, e.to_json().into())
-            .await
-            .expect("publish")
-            .await
-            .expect("ack");
+        publisher.publish(e).await.expect("publish");
     }
+    publisher.flush().await.expect("acks");
     tokio::time::sleep(Duration::from_secs(5)).await;
     let second = case.start();
     case.wait_drained(Duration::from_secs(60)).await;
@@ -460,121 +490,144 @@ async fn a_resend_read_after_a_backlog_finds_its_first_copy() {
     case.cleanup().await;
 }
 
+/// Issue 14, requirement 7: of two copies of an identity with different payloads, the one
+/// JetStream received first counts, whatever crashed between them. The first copy's batch is
+/// written and the aggregator dies before committing it (its messages stay unacknowledged
+/// for the whole 60 s AckWait); the second copy arrives after JetStream's duplicate window.
+/// Read in delivery order, the restarted aggregator would see the second copy first (the
+/// first comes back only after AckWait): it recreates its consumer at the ack floor and reads
+/// in stream order, so the first copy counts and the second is `conflicting_duplicate`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sealing_under_kill_9_seals_each_window_once_and_loses_nothing() {
-    // two-second windows final a few seconds after they close, sealed every second, while the
-    // aggregator (and its sealer) is killed every second and a half
-    let case = Case::new(
-        "seal_kills",
-        "window_secs = 2\nallowed_lateness_secs = 1\nfuture_tolerance_secs = 1\n\
-         dedup_horizon_secs = 2\nseal_every_secs = 1\nbatch_max_events = 200\n\
-         batch_max_wait_ms = 500\nack_wait_secs = 5",
+async fn the_first_copy_in_stream_order_counts_across_a_kill() {
+    let case = Case::with_window(
+        "stream_order",
+        "batch_max_events = 20\nbatch_max_wait_ms = 100\nack_wait_secs = 60",
+        Some(1),
     )
     .await;
-    // a killed instance's batch stays unacknowledged for the five seconds of AckWait while
-    // later messages are committed: sealing by the newest message alone would seal its
-    // windows before their events are in
+    let published = case.publish(10, 0, "order").await;
+    let first = case.start_crashing_at(CrashPoint::AfterRows);
+    let status = first
+        .wait_exit(Duration::from_secs(60))
+        .expect("the aggregator reached its crash point");
+    assert!(aborted(status), "exited with {status}, not by abort()");
+    // the conflicting copy: the same identity, other data, received after the first
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut conflicting = published.events[0].clone();
+    conflicting.data["tokens"] = serde_json::json!(999_999);
+    let mut publisher = Publisher::new(case.js.clone(), &case.env.nats.subject_prefix, 1);
+    publisher.publish(&conflicting).await.expect("publish");
+    publisher.flush().await.expect("ack");
+    let second = case.start();
+    // well inside AckWait: the first copies come back at once, not after 60 s
+    case.wait_drained(Duration::from_secs(20)).await;
+    assert!(second.terminate().success());
+    assert_eq!(
+        case.committed().await,
+        published.expected(),
+        "the first copies are billed, never the later conflicting one"
+    );
+    assert_eq!(case.dead_letters().await, published.rejected + 1);
+    case.cleanup().await;
+}
+
+/// Days sealed while the aggregator is killed every 0.7 s: each day is sealed exactly once
+/// (a killed seal is aborted by the next instance and done again), and the sealed days hold
+/// exactly the usage of their partials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealing_under_kill_9_seals_each_day_once_and_loses_nothing() {
+    let case = Case::new(
+        "seal_kills",
+        "allowed_lateness_secs = 1\nfuture_tolerance_secs = 1\ndedup_horizon_secs = 2\n\
+         seal_every_secs = 1\nseal_days_max = 1\nbatch_max_events = 200\nbatch_max_wait_ms = 100",
+    )
+    .await;
+    let db = case.env.db();
+    // eight past days of usage, committed by an earlier instance
+    const DAY: u32 = 86_400;
+    let today = Utc::now().timestamp() as u32 / DAY * DAY;
+    let first = today - 8 * DAY;
+    for d in 0..8 {
+        let day = first + d * DAY;
+        db.query(&format!(
+            "INSERT INTO usage_meter_readings (customer, agent, event_id, meter, aggregation, \
+             window_start, window_secs, time_ms, group_names, group_values, group_key, value, \
+             unique_value, batch_id, part, inserted_at) \
+             SELECT concat('sk', toString(number % 4)), 'bot', concat('d{d}_', toString(number)), \
+             'llm_tokens', 'SUM', toDateTime({day} + (number * 61) % 86400 - ((number * 61) % 86400) % 60), \
+             60, toInt64({day} + (number * 61) % 86400) * 1000, [], [], '{{}}', \
+             toDecimal128(number % 9 + 1, 9), '', 'past-{d}', 0, now() FROM system.numbers LIMIT 20000"
+        ))
+        .execute()
+        .await
+        .expect("readings");
+        tally_platform::testkit::fold_readings(&db, &format!("past-{d}")).await;
+    }
+    let partials = fetch_totals(
+        &db,
+        "SELECT customer, agent, meter, toString(sum(value_sum)), sum(events) FROM usage_partials \
+         GROUP BY customer, agent, meter",
+    )
+    .await;
+    let published = case.publish(50, 0, "sealnow").await;
     let mut current = Some(case.start());
-    let publisher = {
-        let js = case.js.clone();
-        let prefix = case.env.nats.subject_prefix.clone();
-        tokio::spawn(async move {
-            let mut fleet = Fleet::new("sk", 3, 2, "sk", 13).expect("fleet");
-            let mut publisher = Publisher::new(js, &prefix, 256);
-            let mut events = Vec::new();
-            for _ in 0..24 {
-                for _ in 0..50 {
-                    let e = fleet.next_event(Utc::now());
-                    publisher.publish(&e).await.expect("publish");
-                    events.push(e);
-                }
-                publisher.flush().await.expect("acks");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            events
-        })
+    let sealed = || async {
+        db.query(
+            "SELECT count() FROM usage_seals WHERE day > toDate(0) AND day < today() \
+             AND seal_id NOT IN (SELECT batch_id FROM usage_aborts)",
+        )
+        .fetch_one::<u64>()
+        .await
+        .expect("seals")
     };
-    for _ in 0..8 {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut kills = 0;
+    while sealed().await < 8 {
+        assert!(Instant::now() < deadline, "sealed {} of 8 days", sealed().await);
+        tokio::time::sleep(Duration::from_millis(700)).await;
         if let Some(p) = current.take() {
             p.kill9();
+            kills += 1;
         }
         current = Some(case.start());
     }
-    let mut events = publisher.await.expect("publisher");
-    let published_by = Utc::now().timestamp() as u32;
-    let published = Published {
-        events: events.clone(),
-        rejected: 0,
-    };
-
-    // later events move the stream on until every window holding a published event is sealed
-    let db = case.env.db();
-    let mut ticks = Fleet::new("sktick", 1, 1, "sktick", 14).expect("fleet");
-    let mut publisher = Publisher::new(case.js.clone(), &case.env.nats.subject_prefix, 1);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let tick = ticks.next_event(Utc::now());
-        publisher.publish(&tick).await.expect("tick");
-        publisher.flush().await.expect("ack");
-        events.push(tick);
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        let unsealed: u64 = db
-            .query(
-                "SELECT count() FROM v_usage_readings \
-                 WHERE window_start <= toDateTime(?) \
-                 AND (customer, window_start, window_secs) NOT IN \
-                 (SELECT customer, window_start, window_secs \
-                 FROM usage_rollups WHERE sealed = 1 \
-                 AND batch_id IN (SELECT batch_id FROM usage_batches))",
-            )
-            .bind(published_by)
-            .fetch_one()
-            .await
-            .expect("unsealed");
-        if unsealed == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{unsealed} readings of published windows unsealed"
-        );
-    }
+    assert!(kills >= 3, "killed {kills} times while sealing");
     case.wait_drained(Duration::from_secs(60)).await;
     if let Some(p) = current.take() {
         assert!(p.terminate().success());
     }
-    case.assert_exact(&Published {
-        events,
-        rejected: 0,
-    })
-    .await;
-    // each window sealed by exactly one committed seal (a killed seal has no marker)
-    let (sealed, sealed_twice): (u64, u64) = db
+    // each day once, holding exactly its partials
+    let per_day: Vec<(u32, u64)> = db
         .query(
-            "SELECT count(), countIf(seals > 1) FROM (SELECT customer, window_start, \
-             uniqExact(batch_id) AS seals FROM usage_rollups WHERE sealed = 1 \
-             AND batch_id IN (SELECT batch_id FROM usage_batches) \
-             GROUP BY customer, window_start, window_secs)",
+            "SELECT toUInt32(toUInt32(day) * 86400) AS d, count() FROM usage_seals WHERE day > toDate(0) \
+             AND seal_id NOT IN (SELECT batch_id FROM usage_aborts) GROUP BY d ORDER BY d",
         )
-        .fetch_one()
+        .fetch_all()
         .await
         .expect("seals");
-    assert!(sealed > 0, "windows were sealed");
-    assert_eq!(sealed_twice, 0, "no window sealed twice");
-    // and the record is complete: no window was sealed before all of its events were in
-    let record = fetch_totals(
+    assert_eq!(
+        per_day[..8],
+        (0..8).map(|d| (first + d * DAY, 1)).collect::<Vec<_>>()[..],
+        "every past day sealed exactly once"
+    );
+    let days = fetch_totals(
         &db,
-        "SELECT customer, agent, meter, toString(sum(quantity)), sum(events) \
-         FROM usage_rollups WHERE sealed = 1 AND customer LIKE 'sk-%' \
-         AND batch_id IN (SELECT batch_id FROM usage_batches) \
+        "SELECT customer, agent, meter, toString(sum(value_sum)), sum(events) FROM usage_days \
+         WHERE seal_id NOT IN (SELECT batch_id FROM usage_aborts) AND customer LIKE 'sk%' \
          GROUP BY customer, agent, meter",
     )
     .await;
-    assert_eq!(
-        record,
-        published.expected(),
-        "the sealed record of the published events"
-    );
+    let past: Totals = partials
+        .into_iter()
+        .filter(|((c, _, _), _)| c.starts_with("sk"))
+        .collect();
+    assert_eq!(days, past, "the sealed days hold their partials");
+    let now: Totals = case
+        .committed()
+        .await
+        .into_iter()
+        .filter(|((c, _, _), _)| !c.starts_with("sk"))
+        .collect();
+    assert_eq!(now, published.expected(), "today's events, exactly");
     case.cleanup().await;
 }

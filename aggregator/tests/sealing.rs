@@ -1,7 +1,9 @@
-//! Sealing over the real servers: windows whose every event is committed are written into
-//! `usage_rollups` once, as `v_usage` shows them; a window that can still receive an event is
-//! never sealed; a seal without its marker and two sealers racing change no billed usage, and a
-//! reading committed into a sealed window still counts.
+//! Sealing over the real servers: every day of a partition that can no longer change is
+//! folded into `usage_days` once, holding exactly what its partials hold; a bounded read that
+//! takes sealed days from there returns what the partials return; an event for a sealed day
+//! (after the lateness was raised) is refused as `window_sealed`; and a day is final only once
+//! the partition's consumer has acknowledged every message received up to its end plus the
+//! lateness.
 
 mod support;
 
@@ -9,268 +11,252 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use chrono::Utc;
-use rust_decimal::Decimal;
+use futures::StreamExt;
 use tally_aggregator::{seal, AggregatorConfig};
-use tally_domain::CustomerId;
 use tally_ingest::synthetic::Fleet;
-use tally_ingest::{OutgoingEvent, Publisher};
+use tally_ingest::Publisher;
 use tally_platform::shutdown::Shutdown;
 use tally_platform::streams;
-use tally_platform::testkit::TestEnv;
+use tally_platform::testkit::{fold_readings, TestEnv};
+use tally_platform::usage::{self, Request, Resolution, Scope, Totals};
 
-use support::{expected_totals, fetch_totals, Totals};
+const DAY: u32 = 86_400;
 
-async fn usage(db: &clickhouse::Client) -> Totals {
-    fetch_totals(
-        db,
-        "SELECT customer, agent, meter, toString(sum(quantity)), sum(event_count) \
-         FROM v_usage WHERE customer != 'tick' GROUP BY customer, agent, meter",
-    )
-    .await
+/// Readings of `n` token events per day for `days` whole days before today, written as a
+/// committed batch per day of partition 0 (as an earlier aggregator would have written them).
+async fn past_days(db: &clickhouse::Client, days: u32, n: u32) -> u32 {
+    let today = Utc::now().timestamp() as u32 / DAY * DAY;
+    let first = today - days * DAY;
+    for d in 0..days {
+        let day = first + d * DAY;
+        let batch = format!("past-{d}");
+        db.query(&format!(
+            "INSERT INTO usage_meter_readings (customer, agent, event_id, meter, aggregation, \
+             window_start, window_secs, time_ms, group_names, group_values, group_key, value, \
+             unique_value, batch_id, part, inserted_at) \
+             SELECT concat('c', toString(number % 3)), 'bot', concat('e{d}_', toString(number)), \
+             'llm_tokens', 'SUM', toDateTime({day} + intDiv(number * 997, {n}) % 86400 - \
+             (intDiv(number * 997, {n}) % 86400) % 60), 60, \
+             toInt64({day} + intDiv(number * 997, {n}) % 86400) * 1000, [], [], '{{}}', \
+             toDecimal128(number % 7 + 1, 9), '', '{batch}', 0, now() \
+             FROM system.numbers LIMIT {n}"
+        ))
+        .execute()
+        .await
+        .expect("readings");
+        fold_readings(db, &batch).await;
+    }
+    first
 }
 
-/// Committed readings in windows not sealed yet.
-async fn unsealed_readings(db: &clickhouse::Client) -> u64 {
+/// Per (customer, meter, day): (quantity, events) from `rows`.
+fn per_day(rows: &[usage::UsageRow]) -> std::collections::BTreeMap<(String, String, u32), (String, u64)> {
+    let mut totals: std::collections::BTreeMap<(String, String, u32), (String, Totals)> =
+        Default::default();
+    for r in rows {
+        let t = totals
+            .entry((r.customer.clone(), r.meter.clone(), r.start - r.start % DAY))
+            .or_insert_with(|| (r.aggregation.clone(), Totals::default()));
+        t.1.add(r).expect("representable");
+    }
+    totals
+        .into_iter()
+        .map(|(k, (agg, t))| (k, (t.quantity(&agg).unwrap().normalize().to_string(), t.events)))
+        .collect()
+}
+
+async fn sealed_days(db: &clickhouse::Client) -> Vec<(u32, u64)> {
     db.query(
-        "SELECT count() FROM v_usage_readings WHERE customer != 'tick' \
-         AND (customer, window_start, window_secs) NOT IN (SELECT customer, window_start, window_secs FROM usage_rollups \
-         WHERE sealed = 1 AND batch_id IN (SELECT batch_id FROM usage_batches))",
+        "SELECT toUInt32(toUInt32(day) * 86400) AS d, count() FROM usage_seals \
+         WHERE day > toDate(0) AND seal_id NOT IN (SELECT batch_id FROM usage_aborts) \
+         GROUP BY d ORDER BY d",
     )
-    .fetch_one()
+    .fetch_all()
     .await
-    .expect("readings")
+    .expect("seals")
 }
 
-async fn publish(js: &jetstream::Context, prefix: &str, events: &[OutgoingEvent]) {
-    let mut publisher = Publisher::new(js.clone(), prefix, 256);
-    for e in events {
-        publisher.publish(e).await.expect("publish");
+fn config() -> AggregatorConfig {
+    AggregatorConfig {
+        allowed_lateness_secs: 1,
+        future_tolerance_secs: 1,
+        dedup_horizon_secs: 2,
+        seal_every_secs: 1,
+        seal_days_max: 2,
+        batch_max_events: 200,
+        batch_max_wait_ms: 100,
+        lease_secs: 1,
+        ..AggregatorConfig::default()
+    }
+}
+
+async fn run(env: &TestEnv, cfg: AggregatorConfig, stop: Shutdown) -> tokio::task::JoinHandle<()> {
+    let client = async_nats::connect(&env.nats.url).await.expect("NATS");
+    let (db, nats_cfg) = (env.db(), env.nats.clone());
+    tokio::spawn(async move {
+        tally_aggregator::run(client, db, &nats_cfg, &cfg, support::meters(), stop)
+            .await
+            .expect("aggregator");
+    })
+}
+
+async fn publish_now(js: &jetstream::Context, prefix: &str, tag: &str, n: usize) {
+    let mut fleet = Fleet::new(tag, 2, 1, tag, 5).expect("fleet");
+    let mut publisher = Publisher::new(js.clone(), prefix, 64);
+    for _ in 0..n {
+        publisher.publish(&fleet.next_event(Utc::now())).await.expect("publish");
     }
     publisher.flush().await.expect("acks");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn final_windows_are_sealed_once_as_their_final_record() {
-    let env = TestEnv::new("sealing").await;
-    let cfg = AggregatorConfig {
-        window_secs: 2,
-        allowed_lateness_secs: 1,
-        future_tolerance_secs: 1,
-        dedup_horizon_secs: 2,
-        seal_every_secs: 1,
-        batch_max_events: 500,
-        batch_max_wait_ms: 100,
-        ..AggregatorConfig::default()
-    };
-    let client = async_nats::connect(&env.nats.url).await.expect("NATS");
-    let js = jetstream::new(client.clone());
-    streams::ensure(&js, &env.nats).await.expect("streams");
-    let stop = Shutdown::new();
-    let task = {
-        let (db, nats_cfg, cfg, stop) = (env.db(), env.nats.clone(), cfg.clone(), stop.clone());
-        tokio::spawn(async move {
-            tally_aggregator::run(client, db, &nats_cfg, &cfg, support::meters(), stop).await
-        })
-    };
-
-    // three seconds of usage across a few two-second windows
-    let mut fleet = Fleet::new("seal", 3, 2, "seal", 5).expect("fleet");
-    let mut events = Vec::new();
-    for _ in 0..6 {
-        let chunk: Vec<_> = (0..100).map(|_| fleet.next_event(Utc::now())).collect();
-        publish(&js, &env.nats.subject_prefix, &chunk).await;
-        events.extend(chunk);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let consumer = cfg.consumer_name();
-    assert!(streams::wait_drained(&js, &env.nats.stream, &consumer, Duration::from_secs(30)).await);
+async fn final_days_are_sealed_once_and_read_back_exactly() {
+    let env = TestEnv::new("sealing_days").await;
     let db = env.db();
-    assert_eq!(usage(&db).await, expected_totals(&events), "before sealing");
+    let first = past_days(&db, 3, 5000).await;
+    let js = jetstream::new(async_nats::connect(&env.nats.url).await.expect("NATS"));
+    streams::ensure(&js, &env.nats).await.expect("streams");
+    // the partials per day, before any seal
+    let everything = Request {
+        from: first,
+        to: first + 4 * DAY,
+        scope: Scope::All,
+        meter: None,
+        by_agent: false,
+        resolution: Resolution::Windows,
+        split: &[],
+    };
+    let before = per_day(&usage::read(&db, &usage::Plan::default(), &everything).await.unwrap());
+    assert_eq!(before.len(), 9, "3 customers x 3 days");
 
-    // the last windows become final once a later message shows the stream has moved on
-    let mut ticks = Fleet::new("tick", 1, 1, "tick", 6).expect("fleet");
+    let stop = Shutdown::new();
+    let agg = run(&env, config(), stop.clone()).await;
+    // a current event moves the stream on: every past day is final
+    publish_now(&js, &env.nats.subject_prefix, "now", 20).await;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while unsealed_readings(&db).await > 0 {
-        assert!(Instant::now() < deadline, "windows were not sealed");
-        let mut tick = ticks.next_event(Utc::now());
-        tick.customer = CustomerId::new("tick").expect("id");
-        publish(&js, &env.nats.subject_prefix, &[tick]).await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    while sealed_days(&db).await.len() < 3 {
+        assert!(Instant::now() < deadline, "days not sealed: {:?}", sealed_days(&db).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(usage(&db).await, expected_totals(&events), "after sealing");
-    // the record: one committed seal per window, holding what v_usage showed
-    let record = fetch_totals(
-        &db,
-        "SELECT customer, agent, meter, toString(sum(quantity)), sum(events) \
-         FROM usage_rollups WHERE sealed = 1 AND customer != 'tick' \
-         AND batch_id IN (SELECT batch_id FROM usage_batches) \
-         GROUP BY customer, agent, meter",
+    // each past day once, in order, from the first day with data
+    let sealed = sealed_days(&db).await;
+    assert_eq!(
+        sealed[..3],
+        [(first, 1), (first + DAY, 1), (first + 2 * DAY, 1)],
+        "every day sealed once"
+    );
+    // the daily rows hold exactly the day's partials
+    let days_read = Request {
+        resolution: Resolution::Days,
+        to: first + 3 * DAY,
+        ..everything.clone()
+    };
+    let plan = usage::plan(&db, first).await.unwrap();
+    assert!(plan.sealed.iter().any(|&(p, t)| p == 0 && t >= first + 2 * DAY), "{plan:?}");
+    let rows = usage::read(&db, &plan, &days_read).await.unwrap();
+    assert!(rows.iter().all(|r| r.end - r.start == DAY), "sealed days are read as day rows");
+    assert_eq!(per_day(&rows), before, "the sealed days hold what the partials hold");
+    // a day split for one customer (a period starting at 09:00 UTC) is read per window for it
+    let split = vec![("c1".to_owned(), first + DAY)];
+    let split_read = Request {
+        split: &split,
+        ..days_read.clone()
+    };
+    let rows = usage::read(&db, &plan, &split_read).await.unwrap();
+    assert!(rows
+        .iter()
+        .any(|r| r.customer == "c1" && r.start >= first + DAY && r.end - r.start == 60));
+    assert_eq!(per_day(&rows), before, "the same usage either way");
+
+    // raised lateness on a running system: an event of a sealed day is refused, not lost
+    stop.cancel();
+    agg.await.unwrap();
+    let stop = Shutdown::new();
+    let agg = run(
+        &env,
+        AggregatorConfig {
+            allowed_lateness_secs: 4 * 86_400,
+            dedup_horizon_secs: 4 * 86_400 + 1,
+            ..config()
+        },
+        stop.clone(),
     )
     .await;
-    assert_eq!(record, expected_totals(&events), "the sealed record");
-    let (seals, sealed_rows, by_sealer): (u64, u64, u64) = db
-        .query(
-            "SELECT uniqExact(batch_id), count(), countIf(batch_id IN \
-             (SELECT batch_id FROM usage_batches WHERE consumer = 'sealer:aggregator')) \
-             FROM usage_rollups WHERE sealed = 1 AND customer != 'tick'",
-        )
-        .fetch_one()
+    let mut fleet = Fleet::new("late", 1, 1, "late", 6).expect("fleet");
+    let mut late = fleet.next_event(Utc::now());
+    late.time = chrono::DateTime::from_timestamp(i64::from(first + DAY + 3600), 0).unwrap();
+    let mut publisher = Publisher::new(js.clone(), &env.nats.subject_prefix, 1);
+    publisher.publish(&late).await.expect("publish");
+    publisher.flush().await.expect("ack");
+    let dlq = js.get_stream(&env.nats.dlq_stream).await.expect("dlq");
+    let consumer = dlq
+        .create_consumer(jetstream::consumer::pull::Config::default())
         .await
-        .expect("rollups");
-    assert!(
-        seals >= 1 && sealed_rows > 0,
-        "{seals} seals, {sealed_rows} rows"
-    );
+        .expect("consumer");
+    let mut msgs = consumer
+        .fetch()
+        .max_messages(10)
+        .expires(Duration::from_secs(10))
+        .messages()
+        .await
+        .expect("fetch");
+    let msg = msgs.next().await.expect("a dead letter").expect("message");
+    let record: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+    assert_eq!(record["reason"], "window_sealed", "{record}");
+    let after = per_day(&usage::read(&db, &usage::Plan::default(), &everything).await.unwrap());
     assert_eq!(
-        by_sealer, sealed_rows,
-        "every rollup row has its seal's marker"
+        after.iter().filter(|((c, _, _), _)| c.starts_with('c')).collect::<Vec<_>>(),
+        before.iter().collect::<Vec<_>>(),
+        "sealed days unchanged"
     );
-
-    // a reading committed into a sealed window later (only a lateness raised after the seal, or
-    // a JetStream clock step back, could let one in) still counts in billed usage
-    let (customer, window_start): (String, u32) = db
-        .query(
-            "SELECT customer, toUInt32(window_start) FROM usage_rollups \
-             WHERE sealed = 1 AND meter = 'llm_tokens' AND customer != 'tick' LIMIT 1",
-        )
-        .fetch_one()
-        .await
-        .expect("a sealed window");
-    db.query(
-        "INSERT INTO usage_readings (customer, agent, event_id, meter, aggregation, \
-         window_start, window_secs, value, batch_id) \
-         VALUES (?, 'late-agent', 'zombie-copy', 'llm_tokens', 'SUM', toDateTime(?), 2, 1000000, 'zombie')",
-    )
-    .bind(&customer)
-    .bind(window_start)
-    .execute()
-    .await
-    .expect("zombie reading");
-    db.query("INSERT INTO usage_batches (batch_id, consumer) VALUES ('zombie', 'aggregator')")
-        .execute()
-        .await
-        .expect("zombie marker");
-    let mut with_late = expected_totals(&events);
-    with_late.insert(
-        (customer.clone(), "late-agent".into(), "llm_tokens".into()),
-        (Decimal::from(1_000_000), 1),
-    );
-    assert_eq!(
-        usage(&db).await,
-        with_late,
-        "after a commit into a sealed window"
-    );
-
-    // a seal that stopped before its marker, and sealers racing, change no billed usage
-    let far = u32::MAX - 1;
-    seal::write_rollups(&db, "crashed-seal", far)
-        .await
-        .expect("rollups without marker");
-    let now_ms = Utc::now().timestamp_millis();
-    let (a, b) = tokio::join!(
-        seal::seal(&db, "sealer:a", far, now_ms),
-        seal::seal(&db, "sealer:b", far, now_ms)
-    );
-    a.expect("sealer a");
-    b.expect("sealer b");
-    assert_eq!(
-        usage(&db).await,
-        with_late,
-        "after a crashed seal and two racing sealers"
-    );
-
     stop.cancel();
-    task.await.expect("join").expect("aggregator");
+    agg.await.unwrap();
     env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_window_with_an_unacknowledged_message_is_not_sealed() {
-    let env = TestEnv::new("sealing_pending").await;
-    let cfg = AggregatorConfig {
-        window_secs: 2,
-        allowed_lateness_secs: 1,
-        future_tolerance_secs: 1,
-        dedup_horizon_secs: 2,
-        ..AggregatorConfig::default()
-    };
-    let client = async_nats::connect(&env.nats.url).await.expect("NATS");
-    let js = jetstream::new(client);
-    streams::ensure(&js, &env.nats).await.expect("streams");
-    let consumers = cfg.all_consumer_names(&env.nats);
+async fn a_day_is_final_only_once_every_message_up_to_its_end_plus_lateness_is_acked() {
+    let env = TestEnv::new("sealing_final").await;
+    let js = jetstream::new(async_nats::connect(&env.nats.url).await.expect("NATS"));
+    let stream = streams::ensure(&js, &env.nats).await.expect("streams");
     assert_eq!(
-        seal::final_until(&js, &env.nats.stream, &consumers)
-            .await
-            .expect("bound"),
+        seal::final_until(&js, &env.nats.stream, "aggregator").await.ok().flatten(),
         None,
-        "an empty stream tells nothing"
+        "an empty stream says nothing"
     );
-    // the consumer exists (as after a first start) but nothing consumes: messages pend
-    let stream = js.get_stream(&env.nats.stream).await.expect("stream");
-    stream
+    publish_now(&js, &env.nats.subject_prefix, "held", 3).await;
+    let consumer = stream
         .create_consumer(jetstream::consumer::pull::Config {
-            durable_name: Some(cfg.consumer_name()),
+            durable_name: Some("aggregator".into()),
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(30),
             ..Default::default()
         })
         .await
         .expect("consumer");
-    let before_ms = Utc::now().timestamp_millis();
-    let mut fleet = Fleet::new("pend", 2, 1, "pend", 7).expect("fleet");
-    let first: Vec<_> = (0..50).map(|_| fleet.next_event(Utc::now())).collect();
-    publish(&js, &env.nats.subject_prefix, &first).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let later: Vec<_> = (0..50).map(|_| fleet.next_event(Utc::now())).collect();
-    publish(&js, &env.nats.subject_prefix, &later).await;
-
-    // bounded by the first unacknowledged message, not by the newest one
-    let bound = seal::final_until(&js, &env.nats.stream, &consumers)
-        .await
-        .expect("bound")
-        .expect("a consumer with messages");
-    assert!(
-        bound >= before_ms - 1000 && bound < before_ms + 2000,
-        "bound {bound} is not the first pending message's receipt (published from {before_ms})"
-    );
-    // even with those events committed (as if by an instance that has not acked yet), their
-    // windows stay live
-    let db = env.db();
-    for e in first.iter().chain(&later) {
-        db.query(
-            "INSERT INTO usage_readings (customer, agent, event_id, meter, aggregation, \
-             window_start, window_secs, value, batch_id) \
-             VALUES (?, ?, ?, 'tool_calls', 'COUNT', toDateTime(?), 2, 1, 'unacked')",
-        )
-        .bind(e.customer.as_str())
-        .bind(e.agent.as_str())
-        .bind(e.id.as_str())
-        .bind((e.time.timestamp() / 2 * 2) as u32)
-        .execute()
-        .await
-        .expect("reading");
+    let mut batch = consumer.fetch().max_messages(3).messages().await.expect("fetch");
+    let mut held = Vec::new();
+    while let Some(Ok(m)) = batch.next().await {
+        held.push(m);
     }
-    db.query("INSERT INTO usage_batches (batch_id, consumer) VALUES ('unacked', 'aggregator')")
-        .execute()
+    assert_eq!(held.len(), 3);
+    let first_received = held[0].info().unwrap().published.unix_timestamp_nanos() / 1_000_000;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    publish_now(&js, &env.nats.subject_prefix, "later", 1).await;
+    // the first message is delivered, not acknowledged: nothing received after it is final
+    let until = seal::final_until(&js, &env.nats.stream, "aggregator")
         .await
-        .expect("marker");
-    let seal_cfg = seal::SealConfig {
-        stream: env.nats.stream.clone(),
-        consumers,
-        lateness_secs: cfg.allowed_lateness_secs,
-        label: "sealer:aggregator".into(),
-    };
-    let done = seal::pass(&db, &js, &seal_cfg, 0, Utc::now().timestamp_millis())
+        .unwrap()
+        .unwrap();
+    assert_eq!(i128::from(until), first_received);
+    for m in &held {
+        m.double_ack().await.expect("ack");
+    }
+    // acknowledged (and the later message pending): the bound moves to the pending message
+    let until = seal::final_until(&js, &env.nats.stream, "aggregator")
         .await
-        .expect("pass");
-    assert_eq!(
-        done.rows, 0,
-        "nothing is final while the first message is unacknowledged"
-    );
-    let sealed: u64 = db
-        .query("SELECT count() FROM usage_rollups")
-        .fetch_one()
-        .await
-        .expect("rollups");
-    assert_eq!(sealed, 0);
+        .unwrap()
+        .unwrap();
+    assert!(i128::from(until) >= first_received + 1000, "{until}");
     env.cleanup().await;
 }

@@ -133,7 +133,7 @@ pub async fn plan(db: &Client, from: u32) -> Result<Plan, clickhouse::error::Err
     // without any seal in the range is known and read from its partials
     let sealed: Vec<(u32, u32)> = db
         .query(
-            "SELECT part, toUInt32(max(day)) * 86400 FROM usage_seals \
+            "SELECT part, toUInt32(toUInt32(max(day)) * 86400) FROM usage_seals \
              WHERE (day >= toDate(intDiv(?, 86400)) OR day = toDate(0)) \
              AND seal_id NOT IN (SELECT batch_id FROM usage_aborts) \
              GROUP BY part ORDER BY part",
@@ -273,7 +273,7 @@ pub fn read_sql(plan: &Plan, req: &Request<'_>) -> String {
         format!(
             "SELECT customer, {agent} AS a, meter, aggregation, group_key, any(group_names), \
                 any(group_values), toUInt32(window_start) AS s, \
-                toUInt32(window_start) + any(window_secs), {sum_cols} \
+                toUInt32(toUInt32(window_start) + any(window_secs)), {sum_cols} \
              FROM usage_partials \
              WHERE {filter}{customer} AND batch_id NOT IN ({aborts}) \
              GROUP BY customer, a, meter, aggregation, group_key, s"
@@ -315,11 +315,11 @@ pub fn read_sql(plan: &Plan, req: &Request<'_>) -> String {
     if first_day >= end_day {
         return live;
     }
-    let day_col = "toUInt32(day) * 86400";
+    let day_col = "toUInt32(toUInt32(day) * 86400)";
     let split_days_sql = split_sql(req.split, day_col);
     let days = format!(
         "SELECT customer, {agent} AS a, meter, aggregation, group_key, any(group_names), \
-            any(group_values), {day_col} AS s, {day_col} + 86400, {sum_cols} \
+            any(group_values), {day_col} AS s, toUInt32({day_col} + 86400), {sum_cols} \
          FROM usage_days \
          WHERE day >= toDate(intDiv({first_day}, 86400)) AND day < toDate(intDiv({end_day}, 86400)){customer} \
            AND {day_col} < {unsealed} AND NOT {split_days_sql} \
