@@ -89,7 +89,9 @@ class DashboardQueries(unittest.TestCase):
         self.assertEqual(self.run_all(self.engine("server")), self.run_all(self.engine("chdb")))
 
     def test_top_agents_by_cost_allocates_the_whole_charge(self):
-        """The fixture's acme charges (34 + 60 minor units, one agent) all go to that agent."""
+        """The fixture's acme charges (34 + 60 minor units) go to its two agents by their share
+        of the charged usage: the tool calls (60) and 17.25 of the 20.25 tokens to
+        support-bot-7, 3 tokens to support-bot-8; nothing is lost."""
         sql = next(q for _, t, q in queries() if t == "Top agents by cost")
         for name in ("server", "chdb"):
             if name not in self.engines:
@@ -97,7 +99,9 @@ class DashboardQueries(unittest.TestCase):
             rows = [line.split("\t") for line in self.engines[name].query(sql).splitlines() if line]
             with self.subTest(engine=name):
                 self.assertEqual(["support-bot-7", "acme", "USD"], rows[0][:3])
-                self.assertEqual(94, round(float(rows[0][3])))
+                self.assertEqual(["support-bot-8", "acme", "USD"], rows[1][:3])
+                self.assertAlmostEqual(60 + 34 * 17.25 / 20.25, float(rows[0][3]), places=3)
+                self.assertAlmostEqual(94, sum(float(r[3]) for r in rows), places=3)
 
     def test_unknown_macros_are_refused(self):
         with self.assertRaises(ValueError):
