@@ -110,7 +110,7 @@ def test_publishes_are_retried_with_the_same_id_until_the_stream_exists():
     async def go():
         nc = await nats.connect(NATS_URL)
         js = nc.jetstream()
-        pub = NatsPublisher(js, subject_prefix=prefix, timeout=1.0, max_attempts=10,
+        pub = NatsPublisher(js, subject_prefix=prefix, timeout=1.0, max_attempts=20,
                             backoff_initial=0.05, backoff_max=0.2)
         publishing = asyncio.ensure_future(pub.publish_many([event]))
         await asyncio.sleep(0.3)

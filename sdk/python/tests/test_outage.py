@@ -44,7 +44,7 @@ def later(seconds, fn):
 def test_retries_until_the_gateway_is_up_then_until_its_stream_is_back(own_gateway):
     gw = own_gateway
     key = gw.create_key_cli("acme")  # the key store, before any gateway runs
-    client = HttpClient(gw.url, key, max_attempts=12, backoff_initial=0.05, backoff_max=0.4)
+    client = HttpClient(gw.url, key, max_attempts=30, backoff_initial=0.05, backoff_max=0.5)
 
     # 1. connection refused until the gateway starts
     batch = events("acme", "down", 5)

@@ -280,7 +280,7 @@ test("NATS: publishes are retried with the same id until the stream exists", asy
   const nc = await connect({ servers: NATS_URL });
   try {
     const pub = new NatsPublisher(nc.jetstream(), {
-      subjectPrefix: prefix, timeoutMs: 1000, maxAttempts: 10, backoffInitialMs: 50, backoffMaxMs: 200,
+      subjectPrefix: prefix, timeoutMs: 1000, maxAttempts: 20, backoffInitialMs: 50, backoffMaxMs: 200,
     });
     const publishing = pub.publishMany([event]);
     await new Promise((r) => setTimeout(r, 300));
@@ -300,7 +300,7 @@ test("retries until the gateway is up, then until its stream is back", async () 
   const own = await Gateway.create("sdkts_outage");
   try {
     const key = await own.createKeyCli("acme"); // the key store, before any gateway runs
-    const client = new HttpClient(own.url, key, { maxAttempts: 12, backoffInitialMs: 50, backoffMaxMs: 400 });
+    const client = new HttpClient(own.url, key, { maxAttempts: 30, backoffInitialMs: 50, backoffMaxMs: 500 });
     const batch = (run: string, n: number) =>
       Array.from({ length: n }, (_, i) =>
         llmTokensEvent({ customer: "acme", agent: "bot", id: `${run}-${i}`, model: "gpt-4o", kind: "output", tokens: 10 + i, time: T }),
