@@ -1,39 +1,23 @@
 //! The `[payments]`, `[portal]` and `[dunning]` configuration sections, validated before any
-//! I/O. Secrets (webhook secret, API token, signing secrets) come from the file or from
-//! `TALLY_<SECTION>__<KEY>` variables; they are held as [`SecretString`], whose `Debug`
-//! prints nothing, so a logged config never shows them.
+//! I/O. Secrets (webhook secret, signing secrets, the Stripe API key) come from the file or
+//! from `TALLY_<SECTION>__<KEY>` variables; they are held as [`SecretString`], whose `Debug`
+//! prints nothing, so a logged config never shows them. Outside the `dev` profile
+//! (`[security] profile`) each is judged by [`tally_platform::secrets`]: 32 random bytes at
+//! least (the Stripe endpoint secret, whose format Stripe chooses, `whsec_` and 160 bits),
+//! never a value published in this repository, and notifications go to `https://` only.
+//! The payments API takes the bearer tokens every API takes (`tally_platform::auth`): it has
+//! no token of its own.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use tally_platform::ConfigError;
+use tally_platform::secrets;
+pub use tally_platform::secrets::SecretString;
+use tally_platform::{ConfigError, Profile};
 
-/// A secret string: deserialized like a string, never printed.
-#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct SecretString(String);
-
-impl SecretString {
-    pub fn new(s: impl Into<String>) -> SecretString {
-        SecretString(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl std::fmt::Debug for SecretString {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_empty() {
-            "<unset>"
-        } else {
-            "<redacted>"
-        })
-    }
-}
+/// Bits the Stripe endpoint secret must carry outside `dev`: Stripe's `whsec_` secrets carry
+/// about 190, and we do not choose their format.
+pub const STRIPE_WEBHOOK_SECRET_BITS_MIN: u32 = 160;
 
 /// `[payments]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -45,8 +29,8 @@ pub struct PaymentsConfig {
     /// Prometheus endpoint. Default `127.0.0.1:9105`.
     #[serde(default = "default_metrics_addr")]
     pub metrics_addr: String,
-    /// Bearer token of the payments API (manual payments, refunds, write-offs, portal links).
-    /// Required. Env: `TALLY_PAYMENTS__API_TOKEN`.
+    /// Replaced by the API tokens of every API (`tally-access tokens-create --role
+    /// payments_operator`); refused when set, so a deployment that still sets it learns so.
     #[serde(default)]
     pub api_token: SecretString,
     /// The Stripe endpoint secret (`whsec_...`) that signs webhooks. Required.
@@ -114,10 +98,17 @@ pub struct DunningConfig {
     /// Timeout of one delivery. Default 5000.
     #[serde(default = "default_timeout_ms")]
     pub delivery_timeout_ms: u64,
-    /// The notification URL of each customer (`http://` only). Customers without one get
-    /// no notifications (the pass logs them).
+    /// The notification URL of each customer: `https://` (the certificate verified against
+    /// the system's roots and `ca_file`); `http://` only in the `dev` profile. Each customer's
+    /// notifications are signed with its own secret, derived from `signing_secret`
+    /// (`tally-payments endpoint-secret --customer ID` prints it). Customers without a URL
+    /// get no notifications (the pass logs them).
     #[serde(default)]
     pub endpoints: BTreeMap<String, String>,
+    /// A PEM file of further root certificates that notification endpoints may chain to (a
+    /// private CA). Default empty: the system's roots only.
+    #[serde(default)]
+    pub ca_file: String,
 }
 
 fn default_listen_addr() -> String {
@@ -196,18 +187,9 @@ impl Default for DunningConfig {
             delivery_backoff_secs: default_backoff_secs(),
             delivery_timeout_ms: default_timeout_ms(),
             endpoints: BTreeMap::new(),
+            ca_file: String::new(),
         }
     }
-}
-
-fn required(setting: &str, s: &SecretString) -> Result<(), ConfigError> {
-    if s.is_empty() {
-        return Err(ConfigError::invalid(
-            setting,
-            "must be set (file or environment)",
-        ));
-    }
-    Ok(())
 }
 
 fn ascending(setting: &str, schedule: &[i64]) -> Result<(), ConfigError> {
@@ -221,12 +203,28 @@ fn ascending(setting: &str, schedule: &[i64]) -> Result<(), ConfigError> {
 }
 
 impl PaymentsConfig {
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        required("payments.api_token", &self.api_token)?;
-        required(
+    /// Checks every setting for `profile`; the error names the first bad one, never a secret.
+    pub fn validate(&self, profile: Profile) -> Result<(), ConfigError> {
+        if !self.api_token.is_empty() {
+            return Err(ConfigError::invalid(
+                "payments.api_token",
+                "is no longer used: the payments API takes API tokens (tally-access \
+                 tokens-create --role payments_operator); unset it",
+            ));
+        }
+        let webhook = &self.stripe_webhook_secret;
+        secrets::check_bits(
             "payments.stripe_webhook_secret",
-            &self.stripe_webhook_secret,
+            webhook,
+            profile,
+            STRIPE_WEBHOOK_SECRET_BITS_MIN,
         )?;
+        if profile != Profile::Dev && !webhook.expose().starts_with("whsec_") {
+            return Err(ConfigError::invalid(
+                "payments.stripe_webhook_secret",
+                "is not a Stripe endpoint secret (whsec_...)",
+            ));
+        }
         for (name, addr) in [
             ("payments.listen_addr", &self.listen_addr),
             ("payments.metrics_addr", &self.metrics_addr),
@@ -253,8 +251,9 @@ impl PaymentsConfig {
 }
 
 impl PortalConfig {
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        required("portal.signing_secret", &self.signing_secret)?;
+    /// Checks every setting for `profile`.
+    pub fn validate(&self, profile: Profile) -> Result<(), ConfigError> {
+        secrets::check("portal.signing_secret", &self.signing_secret, profile)?;
         if self.link_ttl_secs <= 0 {
             return Err(ConfigError::invalid(
                 "portal.link_ttl_secs",
@@ -266,8 +265,9 @@ impl PortalConfig {
 }
 
 impl DunningConfig {
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        required("dunning.signing_secret", &self.signing_secret)?;
+    /// Checks every setting for `profile`.
+    pub fn validate(&self, profile: Profile) -> Result<(), ConfigError> {
+        secrets::check("dunning.signing_secret", &self.signing_secret, profile)?;
         ascending("dunning.retry_schedule_secs", &self.retry_schedule_secs)?;
         ascending(
             "dunning.reminder_schedule_secs",
@@ -280,44 +280,162 @@ impl DunningConfig {
             ));
         }
         for (customer, url) in &self.endpoints {
-            if !url.starts_with("http://") {
-                return Err(ConfigError::invalid(
-                    format!("dunning.endpoints.{customer}"),
-                    format!("{url:?} is not an http:// URL"),
-                ));
-            }
+            endpoint_url(url, profile)
+                .map_err(|e| ConfigError::invalid(format!("dunning.endpoints.{customer}"), e))?;
+        }
+        if !self.ca_file.is_empty() {
+            crate::outbound::Trust::with_pem_file(std::path::Path::new(&self.ca_file))
+                .map_err(|e| ConfigError::invalid("dunning.ca_file", e))?;
         }
         Ok(())
     }
+}
+
+/// Whether `url` may receive notifications in `profile`: an `https://` URL with a host, or
+/// `http://` in `dev`.
+fn endpoint_url(url: &str, profile: Profile) -> Result<(), String> {
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("{url:?}: {e}"))?;
+    match (uri.scheme_str(), profile) {
+        (Some("https"), _) | (Some("http"), Profile::Dev) => {}
+        (Some("http"), _) => {
+            return Err(format!(
+                "{url:?}: notifications go over https:// only (http:// in the dev profile)"
+            ))
+        }
+        _ => return Err(format!("{url:?} is not an https:// URL")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("{url:?} has no host"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const STRONG: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    const WHSEC: &str = "whsec_Xq3rVbT9LmZ2pK8wNcY4hJ6dF0sA1gRe";
+
+    fn payments(webhook: &str) -> PaymentsConfig {
+        PaymentsConfig {
+            stripe_webhook_secret: SecretString::new(webhook),
+            ..PaymentsConfig::default()
+        }
+    }
+
+    fn dunning(secret: &str, url: &str) -> DunningConfig {
+        DunningConfig {
+            signing_secret: SecretString::new(secret),
+            endpoints: BTreeMap::from([("acme".to_owned(), url.to_owned())]),
+            ..DunningConfig::default()
+        }
+    }
+
     #[test]
     fn secrets_never_print() {
-        let cfg = PaymentsConfig {
-            api_token: SecretString::new("tok_very_secret"),
-            ..PaymentsConfig::default()
-        };
-        let shown = format!("{cfg:?}");
-        assert!(!shown.contains("tok_very_secret") && shown.contains("<redacted>"));
+        let shown = format!("{:?}", payments("whsec_very_secret"));
+        assert!(!shown.contains("whsec_very_secret") && shown.contains("<redacted>"));
     }
 
     #[test]
     fn missing_secrets_and_bad_schedules_are_named() {
         let e = PaymentsConfig::default()
-            .validate()
+            .validate(Profile::Dev)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("payments.api_token"), "{e}");
+        assert!(e.contains("payments.stripe_webhook_secret"), "{e}");
         let d = DunningConfig {
-            signing_secret: SecretString::new("s"),
             retry_schedule_secs: vec![10, 5],
-            ..DunningConfig::default()
+            ..dunning(STRONG, "https://billing.example/hooks")
         };
-        let e = d.validate().unwrap_err().to_string();
+        let e = d.validate(Profile::Production).unwrap_err().to_string();
         assert!(e.contains("dunning.retry_schedule_secs"), "{e}");
+    }
+
+    /// Issue 16, finding 7: `tally-payments` started in the production profile with
+    /// one-character secrets, and with the demo values docker-compose shipped.
+    #[test]
+    fn weak_and_published_secrets_are_refused_outside_dev() {
+        for profile in [Profile::Staging, Profile::Production] {
+            for weak in [
+                "s",
+                "whsec_demo_change_me",
+                "whsec_short",
+                &format!("whsec_{}", "a".repeat(40)),
+            ] {
+                let e = payments(weak).validate(profile).unwrap_err().to_string();
+                assert!(e.contains("payments.stripe_webhook_secret"), "{weak}: {e}");
+            }
+            let e = payments(STRONG).validate(profile).unwrap_err().to_string();
+            assert!(e.contains("whsec_"), "{e}");
+            payments(WHSEC)
+                .validate(profile)
+                .expect("a Stripe-shaped secret");
+            for weak in ["s", "demo-portal-signing-secret-change-me", "portal-secret"] {
+                let portal = PortalConfig {
+                    signing_secret: SecretString::new(weak),
+                    ..PortalConfig::default()
+                };
+                let e = portal.validate(profile).unwrap_err().to_string();
+                assert!(e.contains("portal.signing_secret"), "{weak}: {e}");
+            }
+            for weak in ["s", "demo-dunning-signing-secret-change-me"] {
+                let e = dunning(weak, "https://billing.example/hooks")
+                    .validate(profile)
+                    .unwrap_err()
+                    .to_string();
+                assert!(e.contains("dunning.signing_secret"), "{weak}: {e}");
+            }
+            dunning(STRONG, "https://billing.example/hooks")
+                .validate(profile)
+                .expect("a strong secret");
+        }
+        // dev keeps working with the demo values
+        payments("whsec_demo_change_me")
+            .validate(Profile::Dev)
+            .expect("dev");
+        dunning("s", "http://127.0.0.1:9999/hooks")
+            .validate(Profile::Dev)
+            .expect("dev");
+        // the old token of this API is refused, whatever the profile
+        let old = PaymentsConfig {
+            api_token: SecretString::new(STRONG),
+            ..payments(WHSEC)
+        };
+        let e = old.validate(Profile::Dev).unwrap_err().to_string();
+        assert!(
+            e.contains("payments.api_token") && e.contains("tokens-create"),
+            "{e}"
+        );
+    }
+
+    /// Issue 16, finding 11: notification URLs had to be `http://`.
+    #[test]
+    fn notification_endpoints_are_https_outside_dev() {
+        for url in [
+            "http://billing.example/hooks",
+            "ftp://billing.example/",
+            "https:///x",
+            "billing.example",
+        ] {
+            let e = dunning(STRONG, url)
+                .validate(Profile::Production)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("dunning.endpoints.acme"), "{url}: {e}");
+        }
+        dunning(STRONG, "https://billing.example:8443/hooks?x=1")
+            .validate(Profile::Production)
+            .expect("https");
+        let missing_ca = DunningConfig {
+            ca_file: "/nonexistent/ca.pem".into(),
+            ..dunning(STRONG, "https://billing.example/hooks")
+        };
+        let e = missing_ca
+            .validate(Profile::Production)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dunning.ca_file"), "{e}");
     }
 }

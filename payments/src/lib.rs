@@ -54,4 +54,10 @@ pub enum Error {
     NotFound(String),
     #[error("stored data is not valid: {0}")]
     Corrupt(String),
+    /// A request or event whose amounts cannot be applied (a sum that overflows); the API
+    /// answers 400.
+    #[error("invalid: {0}")]
+    Invalid(String),
+    #[error("configuration: {0}")]
+    Config(String),
 }

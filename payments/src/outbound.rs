@@ -1,7 +1,9 @@
 //! Outgoing HTTP requests (dunning notifications, gateway API calls): one `POST` per call,
-//! bounded by a timeout, over plain TCP for `http://` URLs and TLS (rustls, the system's root
-//! certificates) for `https://`. Returns the status and at most [`RESPONSE_BYTES_MAX`] of the
-//! body. Never logs headers: they carry signatures and API keys.
+//! bounded by a timeout, over plain TCP for `http://` URLs and TLS for `https://`: rustls,
+//! the peer's certificate verified (chain, name, validity) against the system's root
+//! certificates plus, for private CAs, those of a [`Trust`] file. Which URLs may be plain
+//! `http://` is the caller's configuration's decision. Returns the status and at most
+//! [`RESPONSE_BYTES_MAX`] of the body. Never logs headers: they carry signatures and API keys.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -23,21 +25,58 @@ pub struct Reply {
     pub body: Bytes,
 }
 
-/// Posts `body` to `url` with `headers`, within `timeout`.
+/// The certificates an `https://` peer must chain to.
+#[derive(Clone)]
+pub struct Trust(Arc<rustls::ClientConfig>);
+
+impl Trust {
+    /// The system's root certificates.
+    pub fn system() -> Result<Trust, String> {
+        static SYSTEM: OnceLock<Result<Trust, String>> = OnceLock::new();
+        SYSTEM
+            .get_or_init(|| client_config(system_roots()).map(Trust))
+            .clone()
+    }
+
+    /// The system's roots and every certificate of the PEM file `path` (a private CA).
+    pub fn with_pem_file(path: &std::path::Path) -> Result<Trust, String> {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = system_roots();
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{}: no certificate in the file", path.display()));
+        }
+        for c in certs {
+            roots
+                .add(c)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        client_config(roots).map(Trust)
+    }
+}
+
+/// Posts `body` to `url` with `headers`, within `timeout`; an `https://` peer must chain to
+/// `trust` (`None`: the system's roots).
 pub async fn post(
+    trust: Option<&Trust>,
     url: &str,
     content_type: &str,
     headers: &[(&str, String)],
     body: Vec<u8>,
     timeout: Duration,
 ) -> Result<Reply, String> {
-    match tokio::time::timeout(timeout, send(url, content_type, headers, body)).await {
+    let sent = send(trust, url, content_type, headers, body);
+    match tokio::time::timeout(timeout, sent).await {
         Ok(r) => r,
         Err(_) => Err(format!("timed out after {} ms", timeout.as_millis())),
     }
 }
 
 async fn send(
+    trust: Option<&Trust>,
     url: &str,
     content_type: &str,
     headers: &[(&str, String)],
@@ -76,7 +115,11 @@ async fn send(
     if tls {
         let name = rustls::pki_types::ServerName::try_from(host.clone())
             .map_err(|e| format!("tls name {host:?}: {e}"))?;
-        let stream = tokio_rustls::TlsConnector::from(tls_config()?)
+        let config = match trust {
+            Some(t) => t.0.clone(),
+            None => Trust::system()?.0,
+        };
+        let stream = tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
             .await
             .map_err(|e| format!("tls {host}:{port}: {e}"))?;
@@ -109,23 +152,26 @@ where
     Ok(Reply { status, body })
 }
 
-/// The client TLS configuration: the system's root certificates, ring as the provider.
-fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
-    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
-    CONFIG
+/// The system's root certificates (read once; empty when there are none).
+fn system_roots() -> rustls::RootCertStore {
+    static ROOTS: OnceLock<rustls::RootCertStore> = OnceLock::new();
+    ROOTS
         .get_or_init(|| {
             let mut roots = rustls::RootCertStore::empty();
             let found = rustls_native_certs::load_native_certs();
-            let (added, _) = roots.add_parsable_certificates(found.certs);
-            if added == 0 {
-                return Err("no system root certificates found".into());
-            }
-            rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .map(|b| Arc::new(b.with_root_certificates(roots).with_no_client_auth()))
-            .map_err(|e| format!("tls config: {e}"))
+            roots.add_parsable_certificates(found.certs);
+            roots
         })
         .clone()
+}
+
+/// A client configuration trusting `roots`, ring as the provider.
+fn client_config(roots: rustls::RootCertStore) -> Result<Arc<rustls::ClientConfig>, String> {
+    if roots.is_empty() {
+        return Err("no root certificates to verify https:// peers with".into());
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map(|b| Arc::new(b.with_root_certificates(roots).with_no_client_auth()))
+        .map_err(|e| format!("tls config: {e}"))
 }

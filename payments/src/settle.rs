@@ -8,8 +8,10 @@
 //! recorded last, and a delivery whose id is already recorded returns at once. Lifecycle
 //! moves only forward (`paid` is terminal), so a late `payment_failed` after `succeeded`
 //! records the failed attempt and leaves the invoice paid. Within one process all changes are
-//! serialized by one mutex. This module never trusts an event that was not verified by its
-//! adapter, and never edits a row.
+//! serialized by one mutex. Sums of amounts are checked (`checked_add`): an event or request
+//! whose amounts would overflow is refused with [`Error::Invalid`] before anything is stored.
+//! This module never trusts an event that was not verified by its adapter, and never edits a
+//! row.
 
 use clickhouse::Client;
 use tally_domain::InvoiceStatus;
@@ -23,6 +25,23 @@ use crate::{metrics, Error};
 
 /// The actor of the changes the ledger sync makes on its own.
 pub const SYNC_ACTOR: &str = "payments:sync";
+
+/// `amounts` summed, or [`Error::Invalid`] naming `what` when the sum overflows.
+pub fn checked_sum(what: &str, amounts: impl IntoIterator<Item = i64>) -> Result<i64, Error> {
+    amounts
+        .into_iter()
+        .try_fold(0i64, i64::checked_add)
+        .ok_or_else(|| Error::Invalid(format!("{what}: the sum overflows")))
+}
+
+/// Money received for an invoice so far: its `payment` rows, but the one with `except` id.
+fn paid_except(payments: &[PaymentRow], except: &str) -> Result<i64, Error> {
+    let received = payments
+        .iter()
+        .filter(|p| p.kind == "payment" && p.payment_id != except)
+        .map(|p| p.amount_minor);
+    checked_sum("the payments of the invoice", received)
+}
 
 /// Applies events and operator actions one at a time.
 pub struct Settler {
@@ -232,6 +251,15 @@ impl Settler {
     ) -> Result<String, Error> {
         let (status, _) = ensure_finalized(&self.db, inv, now_ms).await?;
         let payments = store::payments_of(&self.db, &inv.invoice_id).await?;
+        // checked before anything is stored: a payment that overflows the sum is refused
+        let paid_minor = paid_except(&payments, &row.payment_id)?
+            .checked_add(row.amount_minor)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "amount_minor {}: the invoice's payments would overflow",
+                    row.amount_minor
+                ))
+            })?;
         if !payments.iter().any(|p| p.payment_id == row.payment_id) {
             store::append_payment(&self.db, &row).await?;
         }
@@ -241,12 +269,6 @@ impl Settler {
             amount_minor: row.amount_minor,
         };
         post(&self.db, &op, &inv.currency, &inv.customer, actor, now_ms).await?;
-        let paid_minor: i64 = payments
-            .iter()
-            .filter(|p| p.kind == "payment" && p.payment_id != row.payment_id)
-            .map(|p| p.amount_minor)
-            .sum::<i64>()
-            + row.amount_minor;
         if paid_minor < inv.amount_due_minor {
             return Ok("partially_paid".into());
         }
@@ -274,17 +296,34 @@ impl Settler {
     /// status (a refund is money moving, not a reopened invoice).
     pub async fn refund(&self, refund: PaymentRow) -> Result<(String, String), Error> {
         let existing = store::payments_of(&self.db, &refund.invoice_id).await?;
-        let paid: i64 = existing
-            .iter()
-            .filter(|p| p.kind == "payment" && p.gateway_ref != refund.gateway_ref)
-            .map(|p| p.amount_minor)
-            .sum();
-        let refunded: i64 = existing
-            .iter()
-            .filter(|p| p.kind == "refund" && p.payment_id != refund.payment_id)
-            .map(|p| p.amount_minor)
-            .sum();
-        if refund.amount_minor <= 0 || refunded + refund.amount_minor > paid {
+        let paid = checked_sum(
+            "the payments of the invoice",
+            existing
+                .iter()
+                .filter(|p| p.kind == "payment" && p.gateway_ref != refund.gateway_ref)
+                .map(|p| p.amount_minor),
+        )?;
+        let refunded = checked_sum(
+            "the refunds of the invoice",
+            existing
+                .iter()
+                .filter(|p| p.kind == "refund" && p.payment_id != refund.payment_id)
+                .map(|p| p.amount_minor),
+        )?;
+        if refund.amount_minor <= 0 {
+            return Err(Error::Invalid(format!(
+                "amount_minor {}: a refund is positive",
+                refund.amount_minor
+            )));
+        }
+        // i64::MAX used to wrap `refunded + amount` negative, under any payment
+        let after = refunded.checked_add(refund.amount_minor).ok_or_else(|| {
+            Error::Invalid(format!(
+                "amount_minor {}: the invoice's refunds would overflow",
+                refund.amount_minor
+            ))
+        })?;
+        if after > paid {
             return Ok(("refund_exceeds_payments".into(), refund.invoice_id));
         }
         if !existing.iter().any(|p| p.payment_id == refund.payment_id) {
@@ -320,12 +359,13 @@ impl Settler {
             .await?
             .ok_or_else(|| Error::NotFound(format!("invoice {invoice_id}")))?;
         ensure_finalized(&self.db, &inv, now_ms).await?;
-        let paid: i64 = store::payments_of(&self.db, invoice_id)
-            .await?
-            .iter()
-            .filter(|p| p.kind == "payment")
-            .map(|p| p.amount_minor)
-            .sum();
+        let payments = store::payments_of(&self.db, invoice_id).await?;
+        let paid = paid_except(&payments, "")?;
+        let outstanding = inv
+            .amount_due_minor
+            .checked_sub(paid)
+            .ok_or_else(|| Error::Invalid("the outstanding amount overflows".into()))?
+            .max(0);
         lifecycle::record(
             &self.db,
             invoice_id,
@@ -335,7 +375,6 @@ impl Settler {
             now_ms,
         )
         .await?;
-        let outstanding = (inv.amount_due_minor - paid).max(0);
         let op = Operation::WriteOff {
             invoice_id: invoice_id.to_owned(),
             amount_minor: outstanding,

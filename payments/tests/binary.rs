@@ -1,8 +1,9 @@
 //! The `tally-payments serve` binary: starts from a configuration file plus `TALLY_*`
 //! environment secrets, answers `/healthz` and a signed webhook, exports its metrics (the
 //! trial-balance gauge at 0 after the first ledger sync), refuses to start without its secrets
-//! (naming the setting, never printing a secret), and exits 0 on SIGTERM; with a Stripe API
-//! key it charges a finalized invoice once.
+//! or with weak or published ones outside the dev profile (naming the setting, never printing
+//! a secret), makes up the missing ones in dev, and exits 0 on SIGTERM; with a Stripe API key
+//! it charges a finalized invoice once.
 
 mod support;
 
@@ -11,7 +12,23 @@ use std::time::{Duration, Instant};
 
 use support::*;
 use tally_platform::own_server::{free_port, temp_dir};
+use tally_platform::secrets::generate_hex;
 use tally_platform::testkit::TestEnv;
+
+/// Secrets of the production profile's strength, fresh for each run (never published).
+struct Secrets {
+    webhook: String,
+    portal: String,
+    dunning: String,
+}
+
+fn fresh() -> Secrets {
+    Secrets {
+        webhook: format!("whsec_{}", generate_hex(24).unwrap()),
+        portal: generate_hex(32).unwrap(),
+        dunning: generate_hex(32).unwrap(),
+    }
+}
 
 async fn get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
     let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
@@ -51,15 +68,15 @@ async fn serve_starts_from_config_and_env_answers_and_stops_on_sigterm() {
     base(&mut c);
     let out = c.stderr(Stdio::piped()).output().unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("payments.api_token"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("payments.stripe_webhook_secret"));
 
+    let secrets = fresh();
     let mut c = Command::new(bin);
     base(&mut c);
     let mut child = c
-        .env("TALLY_PAYMENTS__API_TOKEN", API_TOKEN)
-        .env("TALLY_PAYMENTS__STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET)
-        .env("TALLY_PORTAL__SIGNING_SECRET", PORTAL_SECRET)
-        .env("TALLY_DUNNING__SIGNING_SECRET", "dunning-secret-value")
+        .env("TALLY_PAYMENTS__STRIPE_WEBHOOK_SECRET", &secrets.webhook)
+        .env("TALLY_PORTAL__SIGNING_SECRET", &secrets.portal)
+        .env("TALLY_DUNNING__SIGNING_SECRET", &secrets.dunning)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -77,7 +94,7 @@ async fn serve_starts_from_config_and_env_answers_and_stops_on_sigterm() {
         payment_intent("pi_bin", &inv.invoice_id, 2_500, "usd"),
         now,
     );
-    let (status, reply) = post_webhook(addr, &body, WEBHOOK_SECRET, now).await;
+    let (status, reply) = post_webhook(addr, &body, &secrets.webhook, now).await;
     assert_eq!(
         (status.as_u16(), reply["outcome"].as_str()),
         (200, Some("paid")),
@@ -108,12 +125,7 @@ async fn serve_starts_from_config_and_env_answers_and_stops_on_sigterm() {
     let mut stderr = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert!(status.success(), "{status:?}\n{stderr}");
-    for secret in [
-        API_TOKEN,
-        WEBHOOK_SECRET,
-        PORTAL_SECRET,
-        "dunning-secret-value",
-    ] {
+    for secret in [&secrets.webhook, &secrets.portal, &secrets.dunning] {
         assert!(!stderr.contains(secret), "a secret was logged:\n{stderr}");
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -158,8 +170,7 @@ async fn serve_collects_finalized_invoices_through_the_stripe_api() {
         .arg(&config)
         .env("TALLY_CLICKHOUSE__URL", &env.clickhouse.url)
         .env("TALLY_CLICKHOUSE__DATABASE", &env.clickhouse.database)
-        .env("TALLY_PAYMENTS__API_TOKEN", API_TOKEN)
-        .env("TALLY_PAYMENTS__STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET)
+        .env("TALLY_PAYMENTS__STRIPE_WEBHOOK_SECRET", fresh().webhook)
         .env("TALLY_PAYMENTS__STRIPE_API_KEY", "sk_test_binary_collect")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -197,4 +208,124 @@ async fn serve_collects_finalized_invoices_through_the_stripe_api() {
     stripe_stop.cancel();
     let _ = std::fs::remove_dir_all(&dir);
     env.cleanup().await;
+}
+
+/// Issue 16, finding 7: `tally-payments` started in the production profile with one-character
+/// secrets, and with the fixed values docker-compose shipped. Each of these now stops it
+/// before it listens, naming the setting and never the secret; the dev profile still starts
+/// with no secret at all (it makes up random ones).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weak_or_published_secrets_stop_it_outside_dev_and_dev_starts_without_any() {
+    let profiles = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/profiles");
+    let run = |profile: &str, env: &[(&str, &str)]| {
+        let (port, metrics) = (free_port().unwrap(), free_port().unwrap());
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tally-payments"));
+        c.arg("serve")
+            .arg("--config")
+            .arg(format!("{profiles}/{profile}.toml"))
+            .env("TALLY_CLICKHOUSE__URL", "http://127.0.0.1:1")
+            .env("TALLY_PAYMENTS__LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env(
+                "TALLY_PAYMENTS__METRICS_ADDR",
+                format!("127.0.0.1:{metrics}"),
+            )
+            .env_remove("TALLY_SECURITY__PROFILE")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        (c, port)
+    };
+    let good = fresh();
+    let strong = [
+        (
+            "TALLY_PAYMENTS__STRIPE_WEBHOOK_SECRET",
+            good.webhook.as_str(),
+        ),
+        ("TALLY_PORTAL__SIGNING_SECRET", good.portal.as_str()),
+        ("TALLY_DUNNING__SIGNING_SECRET", good.dunning.as_str()),
+    ];
+    let one_char = [
+        ("TALLY_PAYMENTS__STRIPE_WEBHOOK_SECRET", "w"),
+        ("TALLY_PORTAL__SIGNING_SECRET", "p"),
+        ("TALLY_DUNNING__SIGNING_SECRET", "d"),
+    ];
+    let demo = [
+        (
+            "TALLY_PAYMENTS__STRIPE_WEBHOOK_SECRET",
+            "whsec_demo_change_me",
+        ),
+        (
+            "TALLY_PORTAL__SIGNING_SECRET",
+            "demo-portal-signing-secret-change-me",
+        ),
+        (
+            "TALLY_DUNNING__SIGNING_SECRET",
+            "demo-dunning-signing-secret-change-me",
+        ),
+    ];
+    let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+        (one_char.to_vec(), "payments.stripe_webhook_secret"),
+        (demo.to_vec(), "payments.stripe_webhook_secret"),
+        (
+            [&strong[..1], &one_char[1..]].concat(),
+            "portal.signing_secret",
+        ),
+        ([&strong[..1], &demo[1..]].concat(), "portal.signing_secret"),
+        (
+            [&strong[..2], &demo[2..]].concat(),
+            "dunning.signing_secret",
+        ),
+        (
+            [
+                &strong[..],
+                &[(
+                    "TALLY_PAYMENTS__API_TOKEN",
+                    "demo-payments-token-change-me-00",
+                )],
+            ]
+            .concat(),
+            "payments.api_token",
+        ),
+    ];
+    for profile in ["production", "staging"] {
+        for (env, setting) in &cases {
+            // staging keeps dunning off: its secret is not needed there
+            if profile == "staging" && *setting == "dunning.signing_secret" {
+                continue;
+            }
+            let (mut c, _) = run(profile, env);
+            let out = c.output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success(),
+                "{profile} {setting}: started\n{stderr}"
+            );
+            assert!(stderr.contains(setting), "{profile} {setting}:\n{stderr}");
+            for (_, secret) in env {
+                if secret.len() > 3 {
+                    assert!(!stderr.contains(secret), "a secret was printed:\n{stderr}");
+                }
+            }
+        }
+    }
+
+    // dev: no secret given, it starts (with random ones) and answers
+    let (mut c, port) = run("dev", &[]);
+    let mut child = c.spawn().unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(addr, "/healthz").await.map(|r| r.0) != Some(200) {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+            panic!("dev did not start: {status:?}\n{stderr}");
+        }
+        assert!(Instant::now() < deadline, "dev did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
 }

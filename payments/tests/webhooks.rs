@@ -10,6 +10,7 @@ use support::*;
 use tally_domain::InvoiceStatus;
 use tally_invoicer::lifecycle;
 use tally_payments::store;
+use tally_platform::auth::{audit, Role};
 use tally_platform::testkit::TestEnv;
 
 fn wall_ms() -> i64 {
@@ -365,20 +366,23 @@ async fn refunds_transfers_and_write_offs_keep_the_ledger_balanced() {
         InvoiceStatus::Paid
     );
 
-    // a bank transfer recorded by an operator, in two parts
+    // a bank transfer recorded by an operator (alice's token), in two parts
+    let alice = token(&db, "alice", Role::PaymentsOperator).await;
+    let bob = token(&db, "bob", Role::PaymentsOperator).await;
+    let as_alice = |body| api_as(server.addr, Some(&alice), "POST", "/v1/payments", body);
     let part = |amount: i64, reference: &str| {
         serde_json::json!({"invoice_id": transfer.invoice_id, "amount_minor": amount,
-        "currency": "BHD", "reference": reference, "recorded_by": "alice"})
+        "currency": "BHD", "reference": reference})
     };
-    let (s, reply) = api(server.addr, "POST", "/v1/payments", part(10_000, "BANK-1")).await;
+    let (s, reply) = as_alice(part(10_000, "BANK-1")).await;
     assert_eq!(
         (s, reply["outcome"].as_str()),
         (StatusCode::OK, Some("partially_paid")),
         "{reply}"
     );
-    let (_, reply) = api(server.addr, "POST", "/v1/payments", part(2_345, "BANK-2")).await;
+    let (_, reply) = as_alice(part(2_345, "BANK-2")).await;
     assert_eq!(reply["outcome"], "paid");
-    let (_, reply) = api(server.addr, "POST", "/v1/payments", part(2_345, "BANK-2")).await;
+    let (_, reply) = as_alice(part(2_345, "BANK-2")).await;
     assert_eq!(
         reply["duplicate"], true,
         "the same bank reference twice is one payment"
@@ -395,12 +399,13 @@ async fn refunds_transfers_and_write_offs_keep_the_ledger_balanced() {
     .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 
-    // a write-off of what initech never paid
-    let (s, reply) = api(
+    // a write-off of what initech never paid, by bob
+    let (s, reply) = api_as(
         server.addr,
+        Some(&bob),
         "POST",
         &format!("/v1/invoices/{}/write-off", lost.invoice_id),
-        serde_json::json!({"recorded_by": "bob", "reason": "customer insolvent"}),
+        serde_json::json!({"reason": "customer insolvent"}),
     )
     .await;
     assert_eq!(
@@ -412,6 +417,8 @@ async fn refunds_transfers_and_write_offs_keep_the_ledger_balanced() {
         lifecycle::status(&db, &lost.invoice_id).await.unwrap(),
         InvoiceStatus::Uncollectible
     );
+    let history = lifecycle::history(&db, &lost.invoice_id).await.unwrap();
+    assert_eq!(history.last().map(|t| t.actor.as_str()), Some("api:bob"));
 
     let tb = store::trial_balance(&db).await.unwrap();
     assert!(tb.is_balanced(), "{}", tb.render());
@@ -460,6 +467,194 @@ async fn refunds_transfers_and_write_offs_keep_the_ledger_balanced() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(text.matches("difference 0").count(), 2, "{text}");
+    drop(server);
+    env.cleanup().await;
+}
+
+/// Issue 16, finding 8: a `Stripe-Signature` with 30,000 `v1=` candidates over a large body
+/// cost one HMAC of the body per candidate (16.8 CPU-seconds, `/healthz` held 15.8 s). Now it
+/// is refused unread, at once, and the server keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_signature_header_is_refused_at_once_and_the_server_keeps_answering() {
+    let env = TestEnv::new("pay_sig_dos").await;
+    let db = env.db();
+    let server = start(db.clone(), wall_ms).await;
+    let body = vec![b' '; (1 << 20) - 1024];
+    let header = format!("t={},{}", now_secs(), "v1=00,".repeat(30_000));
+    let addr = server.addr;
+    let started = std::time::Instant::now();
+    let hostile = tokio::spawn(async move { post_webhook_raw(addr, &body, Some(header)).await });
+    let (health, _) = request(addr, "GET", "/healthz", &[], Vec::new()).await;
+    assert_eq!(health, StatusCode::OK);
+    let (s, reply) = hostile.await.unwrap();
+    assert_eq!(
+        (s, reply["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("bad_signature")),
+        "{reply}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(count(&db, "SELECT count() FROM webhook_events").await, 0);
+    drop(server);
+    env.cleanup().await;
+}
+
+/// Issue 16, finding 10: the refund guard summed `refunded + amount` unchecked, so a refund of
+/// i64::MAX after a refund of 1 wrapped negative and passed as within the payments; a payment
+/// of i64::MAX after a partial one likewise wrapped the paid sum. Both are 400 now, and
+/// nothing is stored.
+#[tokio::test]
+async fn refunds_and_payments_whose_sums_overflow_are_refused_with_400() {
+    let env = TestEnv::new("pay_overflow").await;
+    let db = env.db();
+    let refunded = past_invoice(&db, "acme", "USD", &[("calls", 1_000, 0)]).await;
+    let partial = past_invoice(&db, "globex", "USD", &[("calls", 5_000, 0)]).await;
+    let server = start(db.clone(), wall_ms).await;
+    let pay = |invoice: &str, amount: i64, reference: &str| {
+        serde_json::json!({"invoice_id": invoice, "amount_minor": amount,
+            "currency": "USD", "reference": reference})
+    };
+    let (s, reply) = api(
+        server.addr,
+        "POST",
+        "/v1/payments",
+        pay(&refunded.invoice_id, 1_000, "BANK-A"),
+    )
+    .await;
+    assert_eq!(
+        (s, reply["outcome"].as_str()),
+        (StatusCode::OK, Some("paid"))
+    );
+    let refund = |amount: i64, reference: &str| {
+        serde_json::json!({"payment_reference": "BANK-A", "amount_minor": amount,
+            "reference": reference})
+    };
+    let (s, reply) = api(server.addr, "POST", "/v1/refunds", refund(1, "RF-1")).await;
+    assert_eq!(
+        (s, reply["outcome"].as_str()),
+        (StatusCode::OK, Some("refunded"))
+    );
+    let (s, reply) = api(server.addr, "POST", "/v1/refunds", refund(i64::MAX, "RF-2")).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{reply}");
+    let (s, _) = api(server.addr, "POST", "/v1/refunds", refund(-5, "RF-3")).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+
+    let (s, reply) = api(
+        server.addr,
+        "POST",
+        "/v1/payments",
+        pay(&partial.invoice_id, 1_000, "BANK-B"),
+    )
+    .await;
+    assert_eq!(
+        (s, reply["outcome"].as_str()),
+        (StatusCode::OK, Some("partially_paid"))
+    );
+    let (s, reply) = api(
+        server.addr,
+        "POST",
+        "/v1/payments",
+        pay(&partial.invoice_id, i64::MAX, "BANK-C"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{reply}");
+
+    let stored = count(
+        &db,
+        "SELECT count() FROM payments WHERE gateway_ref IN ('RF-2', 'RF-3', 'BANK-C')",
+    )
+    .await;
+    assert_eq!(stored, 0, "nothing of the refused requests is stored");
+    assert_eq!(
+        lifecycle::status(&db, &partial.invoice_id).await.unwrap(),
+        InvoiceStatus::Finalized
+    );
+    assert_balanced(&db).await;
+    drop(server);
+    env.cleanup().await;
+}
+
+/// Issue 16, finding 5: the payments API had one shared token and took the actor from the
+/// body. Now it takes the tokens of every API: a reader reads, only a payments operator moves
+/// money, the actor is the token's and every change is audited.
+#[tokio::test]
+async fn only_a_payments_operator_moves_money_and_the_actor_is_the_tokens() {
+    let env = TestEnv::new("pay_roles").await;
+    let db = env.db();
+    let inv = past_invoice(&db, "acme", "USD", &[("calls", 700, 0)]).await;
+    let reader = token(&db, "rita", Role::Reader).await;
+    let invoices = token(&db, "olga", Role::InvoiceOperator).await;
+    let payer = token(&db, "pat", Role::PaymentsOperator).await;
+    let server = start(db.clone(), wall_ms).await;
+    let payment = serde_json::json!({"invoice_id": inv.invoice_id, "amount_minor": 700,
+        "currency": "USD", "reference": "BANK-R"});
+    let tb = "/v1/ledger/trial-balance";
+
+    let (s, reply) = api_as(server.addr, None, "GET", tb, serde_json::Value::Null).await;
+    assert_eq!(
+        (s, reply["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("missing_token"))
+    );
+    let (s, _) = api_as(
+        server.addr,
+        Some(&reader),
+        "GET",
+        tb,
+        serde_json::Value::Null,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    for who in [&reader, &invoices] {
+        let (s, reply) = api_as(
+            server.addr,
+            Some(who),
+            "POST",
+            "/v1/payments",
+            payment.clone(),
+        )
+        .await;
+        assert_eq!(
+            (s, reply["code"].as_str()),
+            (StatusCode::FORBIDDEN, Some("forbidden"))
+        );
+    }
+    assert_eq!(count(&db, "SELECT count() FROM payments").await, 0);
+    let mut claimed = payment.clone();
+    claimed["recorded_by"] = "payments:stripe".into();
+    let (s, _) = api_as(server.addr, Some(&payer), "POST", "/v1/payments", claimed).await;
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "the actor is not the body's to name"
+    );
+
+    let (s, reply) = api_as(server.addr, Some(&payer), "POST", "/v1/payments", payment).await;
+    assert_eq!(
+        (s, reply["outcome"].as_str()),
+        (StatusCode::OK, Some("paid"))
+    );
+    let history = lifecycle::history(&db, &inv.invoice_id).await.unwrap();
+    assert_eq!(history.last().map(|t| t.actor.as_str()), Some("api:pat"));
+    let rows = audit::of_service(&db, "payments").await.unwrap();
+    let mut changes: Vec<(&str, &str, u16)> = rows
+        .iter()
+        .map(|r| (r.actor.as_str(), r.path.as_str(), r.status))
+        .collect();
+    changes.sort();
+    // two changes asked for (the refused body too), each recorded on arrival and answer;
+    // the 401 and 403 were not changes
+    assert_eq!(
+        changes,
+        [
+            ("api:pat", "/v1/payments", 0),
+            ("api:pat", "/v1/payments", 0),
+            ("api:pat", "/v1/payments", 200),
+            ("api:pat", "/v1/payments", 400),
+        ]
+    );
     drop(server);
     env.cleanup().await;
 }

@@ -85,7 +85,7 @@ pub enum Weakness {
     Published,
     #[error("looks like a placeholder; generate a secret (openssl rand -hex 32)")]
     Placeholder,
-    #[error("repeats a short pattern; generate a secret (openssl rand -hex 32)")]
+    #[error("repeats a character or a short pattern; generate a secret (openssl rand -hex 32)")]
     Repetitive,
     #[error("carries at most {bits} bits; at least {min} are required (32 random bytes: openssl rand -hex 32)")]
     TooShort { bits: u32, min: u32 },
@@ -117,10 +117,18 @@ pub fn estimated_bits(s: &str) -> u32 {
     (len * f64::from(alphabet.max(1)).log2()).floor() as u32
 }
 
-/// Whether `s` is a shorter string repeated (`abab`, `0000`), which no generator makes.
+/// Whether `s` is a shorter string repeated (`abab`, `0000`), or one character makes more than
+/// a quarter of it (`whsec_aaaa...`): no generator makes either (in 64 random hex digits a
+/// digit's count above 16 is six standard deviations out).
 fn repetitive(s: &str) -> bool {
     let b = s.as_bytes();
-    (1..=b.len() / 2).any(|p| (p..b.len()).all(|i| b[i] == b[i - p]))
+    let periodic = (1..=b.len() / 2).any(|p| (p..b.len()).all(|i| b[i] == b[i - p]));
+    let mut counts = [0usize; 256];
+    for &c in b {
+        counts[usize::from(c)] += 1;
+    }
+    let dominated = b.len() >= 8 && counts.iter().any(|&n| n * 4 > b.len());
+    periodic || dominated
 }
 
 /// Judges `secret` for a profile: in `dev` only presence; elsewhere presence, published and
@@ -223,6 +231,7 @@ mod tests {
             ),
             (&"ab".repeat(64), "repeats"),
             (&"0".repeat(64), "repeats"),
+            (&format!("whsec_{}", "a".repeat(40)), "repeats"),
         ];
         for (secret, why) in cases {
             for profile in [Profile::Staging, Profile::Production] {

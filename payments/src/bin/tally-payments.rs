@@ -1,6 +1,6 @@
 //! `tally-payments`: payments, ledger, dunning and the customer portal.
 //!
-//! Usage: `tally-payments [serve|trial-balance|sync-ledger|dunning-once|collect-once|portal-link|collect-request]
+//! Usage: `tally-payments [serve|trial-balance|sync-ledger|dunning-once|collect-once|portal-link|collect-request|endpoint-secret]
 //! [--config FILE] [--customer ID] [--invoice ID]`.
 //! - `serve` (default): the HTTP server (webhooks, API, portal), the ledger sync every
 //!   `payments.ledger_sync_secs` (followed, with `payments.stripe_api_key`, by a collection
@@ -14,8 +14,15 @@
 //!   customers with a Stripe payment profile), printed as JSON; needs `payments.stripe_api_key`.
 //! - `portal-link --customer ID`: prints a signed portal link.
 //! - `collect-request --invoice ID`: prints the Stripe PaymentIntent request that collects it.
+//! - `endpoint-secret --customer ID`: prints the secret the customer's notification receiver
+//!   verifies `Tally-Signature` with (derived from `dunning.signing_secret`; hand it to that
+//!   customer only).
 //!
-//! It never prints a secret: configuration errors name the setting only.
+//! Secrets are judged for `[security] profile` before anything starts (weak or published ones
+//! refused outside `dev`); in `dev`, a webhook, portal or dunning secret left unset is made up
+//! at random for this process (and logged as such). The `/v1` API takes the API tokens of
+//! `tally-access tokens-create`. It never prints a secret but the one `endpoint-secret` is
+//! asked for: configuration errors name the setting only.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,8 +37,12 @@ use tally_payments::settle::Settler;
 use tally_payments::signature::Secret;
 use tally_payments::{collect, dunning, metrics, portal, profiles, store};
 use tally_platform::args::Args;
+use tally_platform::auth::Authenticator;
+use tally_platform::config::SecurityConfig;
+use tally_platform::secrets::{self, SecretString};
 use tally_platform::shutdown::Shutdown;
-use tally_platform::{config, shutdown, telemetry, ClickHouseConfig, Features, TelemetryConfig};
+use tally_platform::TelemetryConfig;
+use tally_platform::{config, shutdown, telemetry, ClickHouseConfig, Features, Profile};
 
 #[derive(Deserialize)]
 struct Config {
@@ -47,6 +58,23 @@ struct Config {
     portal: PortalConfig,
     #[serde(default)]
     dunning: DunningConfig,
+    #[serde(default)]
+    security: SecurityConfig,
+}
+
+/// In `dev`, a secret left unset is made up at random for this process (logged, never shown):
+/// the demo runs without published values. Elsewhere nothing is made up.
+fn dev_secret(profile: Profile, setting: &str, s: &mut SecretString) -> anyhow::Result<()> {
+    if profile == Profile::Dev && s.is_empty() {
+        let made = secrets::generate_hex(32)
+            .map_err(|_| anyhow::anyhow!("the OS random number generator failed"))?;
+        *s = SecretString::new(made);
+        tracing::warn!(
+            setting,
+            "dev profile: no secret set, a random one is used for this process"
+        );
+    }
+    Ok(())
 }
 
 fn now_ms() -> i64 {
@@ -66,11 +94,13 @@ async fn main() -> anyhow::Result<()> {
             "collect-once",
             "portal-link",
             "collect-request",
+            "endpoint-secret",
         ],
         &["config", "customer", "invoice"],
     )?;
     let cfg: Config = config::load(&config::path(&args))?;
     cfg.clickhouse.validate()?;
+    cfg.security.validate()?;
     telemetry::init_logs(&cfg.telemetry);
     let db = tally_platform::store::connect(&cfg.clickhouse);
     match command.as_str() {
@@ -90,7 +120,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         "dunning-once" => {
-            cfg.dunning.validate()?;
+            cfg.dunning.validate(cfg.security.profile)?;
             let api = retry_api(&cfg.payments);
             let r = dunning::pass(&db, &cfg.dunning, api.as_ref(), now_ms()).await?;
             println!("{}", serde_json::to_string(&r)?);
@@ -104,8 +134,26 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }
+        "endpoint-secret" => {
+            secrets::check(
+                "dunning.signing_secret",
+                &cfg.dunning.signing_secret,
+                cfg.security.profile,
+            )?;
+            let customer = args
+                .raw("customer")
+                .context("endpoint-secret needs --customer")?;
+            println!(
+                "{}",
+                dunning::deliver::endpoint_secret_hex(
+                    cfg.dunning.signing_secret.expose(),
+                    customer
+                )
+            );
+            Ok(())
+        }
         "portal-link" => {
-            cfg.portal.validate()?;
+            cfg.portal.validate(cfg.security.profile)?;
             let customer = args
                 .raw("customer")
                 .context("portal-link needs --customer")?;
@@ -146,13 +194,29 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn serve(cfg: Config, db: clickhouse::Client, stop: Shutdown) -> anyhow::Result<()> {
-    cfg.payments.validate()?;
+async fn serve(mut cfg: Config, db: clickhouse::Client, stop: Shutdown) -> anyhow::Result<()> {
+    let profile = cfg.security.profile;
+    dev_secret(
+        profile,
+        "payments.stripe_webhook_secret",
+        &mut cfg.payments.stripe_webhook_secret,
+    )?;
+    dev_secret(
+        profile,
+        "portal.signing_secret",
+        &mut cfg.portal.signing_secret,
+    )?;
+    dev_secret(
+        profile,
+        "dunning.signing_secret",
+        &mut cfg.dunning.signing_secret,
+    )?;
+    cfg.payments.validate(profile)?;
     if cfg.features.portal {
-        cfg.portal.validate()?;
+        cfg.portal.validate(profile)?;
     }
     if cfg.features.dunning {
-        cfg.dunning.validate()?;
+        cfg.dunning.validate(profile)?;
     }
     telemetry::serve_metrics(cfg.payments.metrics_addr.parse()?)?;
     metrics::declare();
@@ -161,13 +225,23 @@ async fn serve(cfg: Config, db: clickhouse::Client, stop: Shutdown) -> anyhow::R
         .with_context(|| format!("binding payments.listen_addr {}", cfg.payments.listen_addr))?;
     tracing::info!(addr = %cfg.payments.listen_addr, portal = cfg.features.portal,
         dunning = cfg.features.dunning, "tally-payments serving");
+    let auth = Arc::new(Authenticator::new("payments", db.clone()));
+    // without the tokens every API request is refused (fail closed) until a refresh loads them
+    match auth.reload().await {
+        Ok(n) => tracing::info!(tokens = n, "api tokens loaded"),
+        Err(e) => tracing::warn!(error = %e, "loading api tokens failed; retrying"),
+    }
+    auth.refresh_every(
+        Duration::from_secs(cfg.security.token_refresh_secs),
+        stop.clone(),
+    );
     let state = Arc::new(AppState {
         settler: Settler::new(db.clone()),
         stripe: Stripe::new(
             cfg.payments.stripe_webhook_secret.expose(),
             cfg.payments.webhook_tolerance_secs,
         ),
-        api_token: cfg.payments.api_token.clone(),
+        auth,
         portal_secret: cfg
             .features
             .portal

@@ -5,8 +5,9 @@
 //! payments and the logs, decides the notices due ([`schedule`]), appends each new one with
 //! its exact body, then attempts every undelivered notice whose backoff has passed, appending
 //! one log row per attempt ([`log`]). A crash between steps repeats nothing that was logged.
-//! This module never sends to a customer without a configured URL, never sends unsigned, and
-//! never decides a notice for a paid, void or fully credited invoice.
+//! This module never sends to a customer without a configured URL, never sends unsigned (each
+//! endpoint with its own secret, [`deliver::endpoint_secret`]), and never decides a notice for
+//! a paid, void or fully credited invoice.
 
 pub mod deliver;
 pub mod log;
@@ -21,7 +22,6 @@ use tally_domain::InvoiceStatus;
 use tally_platform::shutdown::Shutdown;
 
 use crate::config::DunningConfig;
-use crate::signature::Secret;
 use crate::{metrics, store, Error};
 use schedule::{DueNotice, Kind, Owed};
 
@@ -52,7 +52,12 @@ pub async fn owed(db: &Client) -> Result<Vec<Owed>, Error> {
             recorded.insert(p.invoice_id.clone());
         }
         match p.kind.as_str() {
-            "payment" => *paid.entry(p.invoice_id).or_default() += p.amount_minor,
+            "payment" => {
+                let sum = paid.entry(p.invoice_id).or_default();
+                // stored payments were checked when applied; a sum past i64::MAX counts as paid
+                // in full (no notice) rather than wrapping into a debt
+                *sum = sum.checked_add(p.amount_minor).unwrap_or(i64::MAX);
+            }
             "attempt" => {
                 let f = first_failure.entry(p.invoice_id.clone()).or_insert(p.at_ms);
                 *f = (*f).min(p.at_ms);
@@ -85,8 +90,9 @@ pub async fn owed(db: &Client) -> Result<Vec<Owed>, Error> {
                 .is_open()
         })
         .map(|inv| Owed {
-            outstanding_minor: inv.amount_due_minor
-                - paid.get(&inv.invoice_id).copied().unwrap_or(0),
+            outstanding_minor: inv
+                .amount_due_minor
+                .saturating_sub(paid.get(&inv.invoice_id).copied().unwrap_or(0)),
             first_failure_ms: first_failure.get(&inv.invoice_id).copied(),
             last_failure: last_failure.remove(&inv.invoice_id),
             has_payment_records: recorded.contains(&inv.invoice_id),
@@ -174,7 +180,13 @@ async fn deliver_due(
     now_ms: i64,
     report: &mut PassReport,
 ) -> Result<(), Error> {
-    let secret = Secret::new(cfg.signing_secret.expose());
+    let trust = match cfg.ca_file.as_str() {
+        "" => None,
+        path => Some(
+            crate::outbound::Trust::with_pem_file(std::path::Path::new(path))
+                .map_err(|e| Error::Config(format!("dunning.ca_file: {e}")))?,
+        ),
+    };
     let attempts = log::attempts(db).await?;
     let timeout = Duration::from_millis(cfg.delivery_timeout_ms);
     for n in log::undelivered(db).await? {
@@ -185,7 +197,9 @@ async fn deliver_due(
             continue;
         }
         let started = Instant::now();
+        let secret = deliver::endpoint_secret(cfg.signing_secret.expose(), &n.customer);
         let a = deliver::post(
+            trust.as_ref(),
             &n.url,
             &n.notification_id,
             &n.body,

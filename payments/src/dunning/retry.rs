@@ -167,6 +167,7 @@ pub(crate) async fn send_logged(
         ("Idempotency-Key", req.idempotency_key.clone()),
     ];
     let result = outbound::post(
+        None,
         &url,
         "application/x-www-form-urlencoded",
         &headers,

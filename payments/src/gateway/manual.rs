@@ -1,14 +1,14 @@
 //! The manual adapter: bank transfers (and any payment made outside a provider) recorded
-//! through the payments API by an authenticated operator. The request names the invoice, the
-//! amount and the bank reference; the reference is the idempotency key, so recording the same
-//! transfer twice changes nothing.
+//! through the payments API by an authenticated operator, whose token's actor is recorded
+//! with the payment. The request names the invoice, the amount and the bank reference; the
+//! reference is the idempotency key, so recording the same transfer twice changes nothing.
 //! It never accepts a payment without a reference, a positive amount and a known currency.
 
 use serde::Deserialize;
 
 use super::{Collect, Effect, Gateway, GatewayError, GatewayEvent, GatewayRequest, Retry};
 
-/// The adapter (no secret of its own: the API token guards it).
+/// The adapter (no secret of its own: the API's bearer tokens guard it).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Manual;
 
@@ -21,8 +21,6 @@ pub struct ManualPayment {
     pub currency: String,
     /// The bank's or operator's reference of the transfer; unique per payment.
     pub reference: String,
-    /// Who records it (the actor becomes `api:<recorded_by>`).
-    pub recorded_by: String,
 }
 
 fn field_ok(name: &str, value: &str) -> Result<(), GatewayError> {
@@ -42,16 +40,11 @@ fn field_ok(name: &str, value: &str) -> Result<(), GatewayError> {
 
 impl Manual {
     /// Validates the request into an event (`manual:<reference>`) at `now_secs`.
-    pub fn decode(
-        &self,
-        body: &[u8],
-        now_secs: i64,
-    ) -> Result<(GatewayEvent, String), GatewayError> {
+    pub fn decode(&self, body: &[u8], now_secs: i64) -> Result<GatewayEvent, GatewayError> {
         let p: ManualPayment =
             serde_json::from_slice(body).map_err(|e| GatewayError::Payload(e.to_string()))?;
         field_ok("reference", &p.reference)?;
         field_ok("invoice_id", &p.invoice_id)?;
-        field_ok("recorded_by", &p.recorded_by)?;
         if p.amount_minor <= 0 {
             return Err(GatewayError::Payload(format!(
                 "amount_minor: {} must be positive",
@@ -74,7 +67,7 @@ impl Manual {
                 payment_method: String::new(),
             }),
         };
-        Ok((event, format!("api:{}", p.recorded_by)))
+        Ok(event)
     }
 }
 
@@ -100,10 +93,10 @@ mod tests {
 
     #[test]
     fn a_transfer_becomes_a_payment_event_keyed_by_its_reference() {
-        let body = br#"{"invoice_id":"inv_1","amount_minor":500,"currency":"jpy","reference":"BANK-77","recorded_by":"alice"}"#;
-        let (e, actor) = Manual.decode(body, 10).unwrap();
+        let body =
+            br#"{"invoice_id":"inv_1","amount_minor":500,"currency":"jpy","reference":"BANK-77"}"#;
+        let e = Manual.decode(body, 10).unwrap();
         assert_eq!(e.event_id, "manual:BANK-77");
-        assert_eq!(actor, "api:alice");
         assert!(
             matches!(e.effect, Some(Effect::PaymentSucceeded { amount_minor: 500, ref currency, .. }) if currency == "JPY")
         );
@@ -111,17 +104,24 @@ mod tests {
 
     #[test]
     fn bad_fields_are_named() {
-        let body = br#"{"invoice_id":"inv_1","amount_minor":0,"currency":"USD","reference":"r","recorded_by":"a"}"#;
+        let body = br#"{"invoice_id":"inv_1","amount_minor":0,"currency":"USD","reference":"r"}"#;
         assert!(Manual
             .decode(body, 0)
             .unwrap_err()
             .to_string()
             .contains("amount_minor"));
-        let body = br#"{"invoice_id":"inv_1","amount_minor":1,"currency":"XXX","reference":"r","recorded_by":"a"}"#;
+        let body = br#"{"invoice_id":"inv_1","amount_minor":1,"currency":"XXX","reference":"r"}"#;
         assert!(Manual
             .decode(body, 0)
             .unwrap_err()
             .to_string()
             .contains("currency"));
+        // the actor is the token's: a body cannot name one
+        let body = br#"{"invoice_id":"inv_1","amount_minor":1,"currency":"USD","reference":"r","recorded_by":"stripe"}"#;
+        assert!(Manual
+            .decode(body, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("recorded_by"));
     }
 }

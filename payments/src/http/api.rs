@@ -1,15 +1,17 @@
-//! The operator API, behind `Authorization: Bearer <payments.api_token>` (compared in
-//! constant time): record a manual payment (bank transfer), refund a manual payment, write an
-//! invoice off, read an invoice's payments and ledger lines, the trial balance, the delivery
-//! log, and issue portal links. Every change names its actor (`api:<recorded_by>`).
+//! The operator API: record a manual payment (bank transfer), refund a manual payment, write
+//! an invoice off, read an invoice's payments and ledger lines, the trial balance, the
+//! delivery log, and issue portal links. Authenticated like every Tally API
+//! ([`tally_platform::auth`]): reads need a role with `read`, changes `operate_payments`
+//! (`payments_operator` or `admin`). Every change names its actor, the token's
+//! (`api:<actor>`), and is recorded in `api_audit` before it is made; a body cannot name one.
 
 // Handlers return `Err(response)` for early answers: one per request, never stored.
 #![allow(clippy::result_large_err)]
 
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use ring::hmac;
 use serde::Deserialize;
+use tally_platform::auth::{hook, Permission, Principal};
 
 use super::routes::AppState;
 use super::server::{self, Body};
@@ -18,24 +20,12 @@ use crate::gateway::Gateway;
 use crate::portal::link;
 use crate::{profiles, store, Error};
 
-fn authorized(state: &AppState, req: &Request<Incoming>) -> bool {
-    let given = req
-        .headers()
-        .get(hyper::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    // compare MACs of both under a fresh key: constant time whatever the lengths
-    let key = hmac::Key::new(hmac::HMAC_SHA256, b"tally-payments-api-token-compare");
-    let expected = hmac::sign(&key, state.api_token.expose().as_bytes());
-    !state.api_token.is_empty() && hmac::verify(&key, given.as_bytes(), expected.as_ref()).is_ok()
-}
-
 fn failed(e: Error) -> Response<Body> {
     match e {
         Error::NotFound(what) => server::error(StatusCode::NOT_FOUND, "not_found", what),
         Error::Lifecycle(e) => server::error(StatusCode::CONFLICT, "lifecycle", e),
         Error::Ledger(e) => server::error(StatusCode::UNPROCESSABLE_ENTITY, "ledger", e),
+        Error::Invalid(e) => server::error(StatusCode::BAD_REQUEST, "bad_request", e),
         e => {
             tracing::error!(error = %e, "payments api failed");
             server::error(
@@ -52,32 +42,42 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response<Body
         .map_err(|e| server::error(StatusCode::BAD_REQUEST, "bad_request", e))
 }
 
-/// Routes `/v1/<segments>`.
+/// Routes `/v1/<segments>`: authenticates, then answers; changes are audited.
 pub async fn route(state: &AppState, req: Request<Incoming>, segments: &[&str]) -> Response<Body> {
-    if !authorized(state, &req) {
-        tracing::warn!(path = %req.uri().path(), "payments api: missing or wrong token");
-        return server::error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a valid bearer token is required",
-        );
-    }
+    let who = match hook::authorize(&state.auth, &req, Permission::OperatePayments).await {
+        Ok(who) => who,
+        Err(refused) => return refused,
+    };
+    let (method, path) = (req.method().to_string(), req.uri().path().to_owned());
+    let answer = dispatch(state, req, segments, &who);
+    hook::audited(&state.auth, &who, &method, &path, answer).await
+}
+
+async fn dispatch(
+    state: &AppState,
+    req: Request<Incoming>,
+    segments: &[&str],
+    who: &Principal,
+) -> Response<Body> {
     let method = req.method().clone();
     let body = match server::body(req.into_body()).await {
         Ok(b) => b,
         Err(r) => return r,
     };
+    let actor = who.actor_label();
     let result = match (method, segments) {
-        (Method::POST, ["payments"]) => manual_payment(state, &body).await,
-        (Method::POST, ["refunds"]) => refund(state, &body).await,
-        (Method::POST, ["invoices", id, "write-off"]) => write_off(state, id, &body).await,
+        (Method::POST, ["payments"]) => manual_payment(state, &body, &actor).await,
+        (Method::POST, ["refunds"]) => refund(state, &body, &actor).await,
+        (Method::POST, ["invoices", id, "write-off"]) => write_off(state, id, &body, &actor).await,
         (Method::GET, ["invoices", id]) => invoice(state, id).await,
         (Method::GET, ["ledger", "trial-balance"]) => trial_balance(state).await,
         (Method::GET, ["customers", c, "notifications"]) => {
             Ok(super::routes::deliveries(state, c).await)
         }
-        (Method::POST, ["portal-links"]) => portal_link(state, &body),
-        (Method::PUT, ["customers", c, "payment-profile"]) => set_profile(state, c, &body).await,
+        (Method::POST, ["portal-links"]) => portal_link(state, &body, &actor),
+        (Method::PUT, ["customers", c, "payment-profile"]) => {
+            set_profile(state, c, &body, &actor).await
+        }
         (Method::GET, ["customers", c, "payment-profile"]) => get_profile(state, c).await,
         _ => Err(server::error(
             StatusCode::NOT_FOUND,
@@ -90,15 +90,15 @@ pub async fn route(state: &AppState, req: Request<Incoming>, segments: &[&str]) 
 
 type Answer = Result<Response<Body>, Response<Body>>;
 
-async fn manual_payment(state: &AppState, body: &[u8]) -> Answer {
+async fn manual_payment(state: &AppState, body: &[u8], actor: &str) -> Answer {
     let now_ms = (state.now_ms)();
-    let (event, actor) = Manual
+    let event = Manual
         .decode(body, now_ms.div_euclid(1000))
         .map_err(|e| server::error(StatusCode::BAD_REQUEST, "bad_request", e))?;
     let payload = String::from_utf8_lossy(body);
     let applied = state
         .settler
-        .apply(Manual.name(), &actor, &event, &payload, now_ms)
+        .apply(Manual.name(), actor, &event, &payload, now_ms)
         .await
         .map_err(failed)?;
     Ok(server::json(StatusCode::OK, &applied))
@@ -112,11 +112,17 @@ struct RefundRequest {
     amount_minor: i64,
     /// Unique reference of this refund.
     reference: String,
-    recorded_by: String,
 }
 
-async fn refund(state: &AppState, body: &[u8]) -> Answer {
+async fn refund(state: &AppState, body: &[u8], actor: &str) -> Answer {
     let r: RefundRequest = parse(body)?;
+    if r.amount_minor <= 0 {
+        return Err(server::error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "amount_minor: must be positive",
+        ));
+    }
     let db = &state.settler.db;
     let paid = store::payment_by_ref(db, "manual", &r.payment_reference)
         .await
@@ -136,7 +142,7 @@ async fn refund(state: &AppState, body: &[u8]) -> Answer {
         status: "refunded".into(),
         amount_minor: r.amount_minor,
         event_id: format!("manual:refund:{}", r.reference),
-        actor: format!("api:{}", r.recorded_by),
+        actor: actor.to_owned(),
         at_ms: now_ms,
         at: tally_platform::store::datetime_secs(now_ms),
         ..paid
@@ -156,16 +162,14 @@ async fn refund(state: &AppState, body: &[u8]) -> Answer {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WriteOff {
-    recorded_by: String,
     reason: String,
 }
 
-async fn write_off(state: &AppState, id: &str, body: &[u8]) -> Answer {
+async fn write_off(state: &AppState, id: &str, body: &[u8], actor: &str) -> Answer {
     let w: WriteOff = parse(body)?;
-    let actor = format!("api:{}", w.recorded_by);
     let minor = state
         .settler
-        .write_off(id, &actor, &w.reason, (state.now_ms)())
+        .write_off(id, actor, &w.reason, (state.now_ms)())
         .await
         .map_err(failed)?;
     Ok(server::json(
@@ -224,7 +228,7 @@ struct LinkRequest {
     customer: String,
 }
 
-fn portal_link(state: &AppState, body: &[u8]) -> Answer {
+fn portal_link(state: &AppState, body: &[u8], actor: &str) -> Answer {
     let r: LinkRequest = parse(body)?;
     let secret = state.portal_secret.as_ref().ok_or_else(|| {
         server::error(
@@ -241,7 +245,7 @@ fn portal_link(state: &AppState, body: &[u8]) -> Answer {
             "customer: must be [A-Za-z0-9_-]{1,64}",
         )
     })?;
-    tracing::info!(customer = %r.customer, expires, "portal link issued");
+    tracing::info!(customer = %r.customer, expires, actor, "portal link issued");
     Ok(server::json(
         StatusCode::OK,
         &serde_json::json!({
@@ -260,25 +264,17 @@ struct ProfileRequest {
     provider_customer: String,
     #[serde(default)]
     payment_method: String,
-    recorded_by: String,
 }
 
 /// Records how `customer` pays from now on (append-only; the latest record is in force).
-async fn set_profile(state: &AppState, customer: &str, body: &[u8]) -> Answer {
+async fn set_profile(state: &AppState, customer: &str, body: &[u8], actor: &str) -> Answer {
     let r: ProfileRequest = parse(body)?;
-    if r.recorded_by.trim().is_empty() {
-        return Err(server::error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "recorded_by is required",
-        ));
-    }
     let p = profiles::Profile {
         customer: customer.to_owned(),
         gateway: r.gateway,
         provider_customer: r.provider_customer,
         payment_method: r.payment_method,
-        actor: format!("api:{}", r.recorded_by),
+        actor: actor.to_owned(),
         at_ms: (state.now_ms)(),
     };
     p.validate()

@@ -1,7 +1,7 @@
 //! The HTTP surface of tally-payments: gateway webhooks (`POST /webhooks/stripe`), the
-//! payments API (`/v1/...`, bearer token), the customer portal (`/portal/<token>...`) and
-//! `/healthz`. No route changes state without a verified signature or a bearer token, and no
-//! portal page opens without a signed link.
+//! payments API (`/v1/...`, the API tokens of `tally_platform::auth`), the customer portal
+//! (`/portal/<token>...`) and `/healthz`. No route changes state without a verified signature
+//! or a bearer token whose role allows it, and no portal page opens without a signed link.
 //!
 //! - [`server`]: serving through the shared server; response helpers.
 //! - [`routes`]: the state and the routing table; webhooks.

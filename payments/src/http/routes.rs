@@ -8,8 +8,10 @@ use std::time::Instant;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 
+use tally_platform::auth::Authenticator;
+
 use super::server::{self, Body};
-use crate::config::{PortalConfig, SecretString};
+use crate::config::PortalConfig;
 use crate::gateway::stripe::Stripe;
 use crate::gateway::{Gateway, GatewayError};
 use crate::settle::Settler;
@@ -20,8 +22,8 @@ use crate::{dunning, metrics};
 pub struct AppState {
     pub settler: Settler,
     pub stripe: Stripe,
-    /// Bearer token of the `/v1` API.
-    pub api_token: SecretString,
+    /// Who may call the `/v1` API (the tokens of every Tally API).
+    pub auth: std::sync::Arc<Authenticator>,
     /// `None` when the portal feature is off.
     pub portal_secret: Option<Secret>,
     pub portal: PortalConfig,
@@ -93,6 +95,11 @@ async fn stripe_webhook(state: &AppState, req: Request<Incoming>) -> Response<Bo
         .await
     {
         Ok(applied) => server::json(StatusCode::OK, &applied),
+        Err(crate::Error::Invalid(why)) => {
+            metrics::webhook_refused("amount");
+            tracing::warn!(gateway = "stripe", event_id = %event.event_id, %why, "webhook refused");
+            server::error(StatusCode::BAD_REQUEST, "invalid_amount", why)
+        }
         Err(e) => {
             tracing::error!(gateway = "stripe", event_id = %event.event_id, error = %e, "webhook processing failed");
             server::error(

@@ -1,11 +1,13 @@
 //! Shared by the integration tests: invoices built and stored by the real invoicer code, the
-//! payments server started on a free port over the test's ClickHouse database, a small HTTP
-//! client, a local receiver for notifications, and Stripe-signed webhook bodies.
+//! payments server started on a free port over the test's ClickHouse database (with an `admin`
+//! API token for actor `ops@example.com`, which [`api`] sends), a small HTTP client, a local
+//! receiver for notifications, and Stripe-signed webhook bodies.
 
 #![allow(dead_code)]
 
 pub mod cdp;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -22,12 +24,25 @@ use tally_payments::gateway::stripe::Stripe;
 use tally_payments::http::{serve, AppState};
 use tally_payments::settle::Settler;
 use tally_payments::signature::{self, Secret};
+use tally_platform::auth::{self, Authenticator, Role};
 use tally_platform::shutdown::Shutdown;
 use tokio::net::{TcpListener, TcpStream};
 
 pub const WEBHOOK_SECRET: &str = "whsec_test_0123456789";
-pub const API_TOKEN: &str = "tok_test_api";
 pub const PORTAL_SECRET: &str = "portal_test_secret";
+/// The actor of the `admin` token [`start`] creates.
+pub const OPERATOR: &str = "ops@example.com";
+
+/// The `admin` token of each server [`start`] started.
+static TOKENS: Mutex<BTreeMap<SocketAddr, String>> = Mutex::new(BTreeMap::new());
+
+/// A token of `role` for `actor`, stored in `db`.
+pub async fn token(db: &clickhouse::Client, actor: &str, role: Role) -> String {
+    auth::store::create(db, actor, role, "test", 0)
+        .await
+        .expect("token created")
+        .0
+}
 pub const DAY_MS: i64 = 86_400_000;
 
 /// Midnight UTC `days` days before now: invoice periods are placed relative to the clock, so
@@ -128,10 +143,17 @@ impl Drop for Server {
 pub async fn start(db: clickhouse::Client, now_ms: fn() -> i64) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
+    let admin = token(&db, OPERATOR, Role::Admin).await;
+    TOKENS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(addr, admin);
+    let auth = Arc::new(Authenticator::new("payments", db.clone()));
+    auth.reload().await.expect("tokens load");
     let state = Arc::new(AppState {
         settler: Settler::new(db),
         stripe: Stripe::new(WEBHOOK_SECRET, 300),
-        api_token: SecretString::new(API_TOKEN),
+        auth,
         portal_secret: Some(Secret::new(PORTAL_SECRET)),
         portal: PortalConfig {
             signing_secret: SecretString::new(PORTAL_SECRET),
@@ -178,18 +200,39 @@ pub async fn request(
     (status, bytes.to_vec())
 }
 
-/// Posts a JSON body to the API with the bearer token.
+/// Sends a JSON body to the API as the server's `admin` ([`OPERATOR`]).
 pub async fn api(
     addr: SocketAddr,
     method: &str,
     path: &str,
     body: serde_json::Value,
 ) -> (StatusCode, serde_json::Value) {
+    let admin = TOKENS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&addr)
+        .cloned()
+        .unwrap_or_default();
+    api_as(addr, Some(&admin), method, path, body).await
+}
+
+/// Sends a JSON body to the API with `token` (none: no `Authorization`).
+pub async fn api_as(
+    addr: SocketAddr,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> (StatusCode, serde_json::Value) {
+    let headers: Vec<(&str, String)> = token
+        .map(|t| ("authorization", format!("Bearer {t}")))
+        .into_iter()
+        .collect();
     let (status, bytes) = request(
         addr,
         method,
         path,
-        &[("authorization", format!("Bearer {API_TOKEN}"))],
+        &headers,
         if body.is_null() {
             Vec::new()
         } else {
@@ -266,6 +309,49 @@ pub struct Received {
     pub body: Vec<u8>,
 }
 
+impl Received {
+    /// What a receiver records of `req`.
+    pub async fn read(req: Request<hyper::body::Incoming>) -> Received {
+        let header = |n: &str| {
+            req.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let (signature, notification_id) =
+            (header("tally-signature"), header("tally-notification-id"));
+        let (authorization, idempotency_key) = (header("authorization"), header("idempotency-key"));
+        let path = req.uri().path().to_owned();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes().to_vec())
+            .unwrap_or_default();
+        Received {
+            path,
+            signature,
+            notification_id,
+            authorization,
+            idempotency_key,
+            body,
+        }
+    }
+
+    /// Whether its `Tally-Signature` verifies with `secret` (at the header's own time).
+    pub fn verifies(&self, secret: &Secret) -> bool {
+        let t: i64 = self
+            .signature
+            .split(',')
+            .next()
+            .and_then(|p| p.strip_prefix("t="))
+            .and_then(|t| t.parse().ok())
+            .expect("t=");
+        signature::verify(secret, Some(&self.signature), &self.body, t, 300).is_ok()
+    }
+}
+
 /// Stripe's answer to the last request when it created a PaymentIntent (`POST
 /// /v1/payment_intents`): like Stripe, requests with the same `Idempotency-Key` get the same
 /// PaymentIntent, so its id is numbered by the distinct keys seen.
@@ -314,34 +400,10 @@ pub async fn receiver(fail_first: usize) -> (SocketAddr, Arc<Mutex<Vec<Received>
                     hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                         let g = g.clone();
                         async move {
-                            let header = |n: &str| {
-                                req.headers()
-                                    .get(n)
-                                    .and_then(|v| v.to_str().ok())
-                                    .unwrap_or_default()
-                                    .to_owned()
-                            };
-                            let path = req.uri().path().to_owned();
-                            let (signature, notification_id) =
-                                (header("tally-signature"), header("tally-notification-id"));
-                            let (authorization, idempotency_key) =
-                                (header("authorization"), header("idempotency-key"));
-                            let body = req
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(|c| c.to_bytes().to_vec())
-                                .unwrap_or_default();
+                            let received = Received::read(req).await;
                             let n = {
                                 let mut v = g.lock().expect("lock");
-                                v.push(Received {
-                                    path,
-                                    authorization,
-                                    idempotency_key,
-                                    signature,
-                                    notification_id,
-                                    body,
-                                });
+                                v.push(received);
                                 v.len()
                             };
                             let status = if n <= fail_first { 500 } else { 200 };
