@@ -7,8 +7,8 @@
 //!    by the range, plus one registration row per partition);
 //! 2. [`read`]: one query with those bounds as constants: sealed days of the range from
 //!    `usage_days`, everything else from the partials, each filtered on its table's sorting
-//!    key (hour, then customer), folded server-side per (customer, [agent,] meter, group, day
-//!    or window).
+//!    key (hour, then customer), folded server-side per (customer, [agent,] meter, group) and
+//!    UTC day, or window where a day is cut (a split day, the range's first or last day).
 //!
 //! Because the bounds are constants of the second query, both halves agree on where the
 //! sealed part ends, whatever is sealed meanwhile (a day sealed after the plan is read from
@@ -269,18 +269,22 @@ pub fn read_sql(plan: &Plan, req: &Request<'_>) -> String {
         argMax(latest_value, (latest_time_ms, latest_event_id, agent)), max(latest_time_ms), \
         argMax(latest_event_id, (latest_time_ms, latest_event_id, agent)), \
         groupUniqArrayArray(unique_values)";
-    let partials_select = |filter: &str| {
+    // `per_window`: rows at window resolution where it holds, else per UTC day
+    let partials_select = |filter: &str, per_window: &str| {
         format!(
             "SELECT customer, {agent} AS a, meter, aggregation, group_key, any(group_names), \
-                any(group_values), toUInt32(window_start) AS s, \
-                toUInt32(toUInt32(window_start) + any(window_secs)), {sum_cols} \
+                any(group_values), \
+                if({per_window}, toUInt32(window_start), \
+                   toUInt32(intDiv(toUInt32(window_start), 86400) * 86400)) AS s, \
+                toUInt32(max(if({per_window}, toUInt32(window_start) + window_secs, \
+                   toUInt32(intDiv(toUInt32(window_start), 86400) * 86400 + 86400)))), {sum_cols} \
              FROM usage_partials \
              WHERE {filter}{customer} AND batch_id NOT IN ({aborts}) \
              GROUP BY customer, a, meter, aggregation, group_key, s"
         )
     };
     if req.resolution == Resolution::Windows {
-        return partials_select(&range_sql("window_start", from, to));
+        return partials_select(&range_sql("window_start", from, to), "1");
     }
     // the whole days inside the range
     let (first_day, end_day) = (from.div_ceil(DAY) * DAY, to - to % DAY);
@@ -306,12 +310,16 @@ pub fn read_sql(plan: &Plan, req: &Request<'_>) -> String {
         }
     }
     let split_partials = split_sql(req.split, pday);
-    let live = partials_select(&format!(
-        "({ranges}) AND toUInt32(window_start) >= {from} AND toUInt32(window_start) < {to} \
-         AND (toUInt32(window_start) >= {unsealed} OR {pday} < {first_day} OR {pday} >= {end_day} \
-              OR {split_partials})",
-        ranges = ranges.join(" OR "),
-    ));
+    // windows where a day is cut (the range's edges, split days), whole days elsewhere
+    let per_window = format!("({pday} < {first_day} OR {pday} >= {end_day} OR {split_partials})");
+    let live = partials_select(
+        &format!(
+            "({ranges}) AND toUInt32(window_start) >= {from} AND toUInt32(window_start) < {to} \
+             AND (toUInt32(window_start) >= {unsealed} OR {per_window})",
+            ranges = ranges.join(" OR "),
+        ),
+        &per_window,
+    );
     if first_day >= end_day {
         return live;
     }
@@ -336,6 +344,23 @@ pub async fn read(
     req: &Request<'_>,
 ) -> Result<Vec<UsageRow>, clickhouse::error::Error> {
     db.query(&read_sql(plan, req)).fetch_all().await
+}
+
+/// [`read`], handing each row to `each` as it arrives (no row vector): for reads of many
+/// customers. Returns the number of rows.
+pub async fn read_each(
+    db: &Client,
+    plan: &Plan,
+    req: &Request<'_>,
+    mut each: impl FnMut(UsageRow),
+) -> Result<usize, clickhouse::error::Error> {
+    let mut cursor = db.query(&read_sql(plan, req)).fetch::<UsageRow>()?;
+    let mut n = 0;
+    while let Some(row) = cursor.next().await? {
+        each(row);
+        n += 1;
+    }
+    Ok(n)
 }
 
 #[cfg(test)]

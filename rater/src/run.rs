@@ -50,15 +50,14 @@ pub async fn rate_once(
     let started = Instant::now();
     let lookback_ms = i64::try_from(cfg.lookback_secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2);
     let horizon_ms = now_ms - lookback_ms;
-    let rows = usage::read(db, catalog, horizon_ms - MONTH_MS, now_ms + 86_400_000).await?;
-    let folded = usage::fold(&rows, catalog);
+    let (folded, rows) =
+        usage::read_and_fold(db, catalog, horizon_ms - MONTH_MS, now_ms + 86_400_000).await?;
     let mut report = RateReport {
-        usage_rows: rows.len(),
+        usage_rows: rows,
         skipped: folded.skipped,
         failed: folded.failed,
         ..Default::default()
     };
-    drop(rows);
     let mut charges: BTreeMap<&str, Vec<Charge>> = BTreeMap::new();
     for ((customer, period, segment_from_ms, _, _), u) in &folded.usages {
         if period.end_ms <= horizon_ms || report.failed.contains_key(customer.as_ref()) {

@@ -93,13 +93,15 @@ pub fn split_days(catalog: &Catalog, from_ms: i64, to_ms: i64) -> Vec<(String, u
     out
 }
 
-/// Committed usage starting in `[from_ms, to_ms)`, sealed days as day rows.
-pub async fn read(
+/// Reads committed usage starting in `[from_ms, to_ms)` (sealed days as day rows, whole
+/// unsealed days per day, cut days per window) and folds it as it arrives; returns the fold
+/// and the number of rows read.
+pub async fn read_and_fold(
     db: &Client,
     catalog: &Catalog,
     from_ms: i64,
     to_ms: i64,
-) -> Result<Vec<UsageRow>, clickhouse::error::Error> {
+) -> Result<(Folded, usize), clickhouse::error::Error> {
     // whole days, so the sealed days inside are read as days
     let from_ms = from_ms - from_ms.rem_euclid(DAY_MS);
     let to_ms = to_ms + (DAY_MS - to_ms.rem_euclid(DAY_MS)) % DAY_MS;
@@ -116,7 +118,50 @@ pub async fn read(
         resolution: Resolution::Days,
         split: &split,
     };
-    usage::read(db, &plan, &req).await
+    let mut folder = Folder::new(catalog);
+    let rows = usage::read_each(db, &plan, &req, |row| folder.add(&row)).await?;
+    Ok((folder.finish(), rows))
+}
+
+/// A fold in progress: rows are added one by one (from a cursor), never all held.
+pub struct Folder<'c> {
+    catalog: &'c Catalog,
+    out: Folded,
+    accs: BTreeMap<UsageKey, Totals>,
+}
+
+impl<'c> Folder<'c> {
+    pub fn new(catalog: &'c Catalog) -> Folder<'c> {
+        Folder {
+            catalog,
+            out: Folded::default(),
+            accs: BTreeMap::new(),
+        }
+    }
+
+    /// Adds one row (a failing customer is remembered and its later rows skipped).
+    pub fn add(&mut self, row: &UsageRow) {
+        if self.out.failed.contains_key(&row.customer) {
+            return;
+        }
+        if let Err(reason) = fold_row(row, self.catalog, &mut self.out, &mut self.accs) {
+            self.out.failed.insert(row.customer.clone(), reason);
+        }
+    }
+
+    /// The usages, with their quantities, of every customer that did not fail.
+    pub fn finish(mut self) -> Folded {
+        for (key, acc) in self.accs {
+            if self.out.failed.contains_key(key.0.as_ref()) {
+                self.out.usages.remove(&key);
+                continue;
+            }
+            if let Some(u) = self.out.usages.get_mut(&key) {
+                u.quantity = acc.quantity(u.aggregation.as_str()).unwrap_or_default();
+            }
+        }
+        self.out
+    }
 }
 
 /// Folds usage rows into one [`MeterUsage`] per (customer, period, meter), using each
@@ -124,26 +169,11 @@ pub async fn read(
 /// the meter per group-by value (a price book), per (customer, period, meter, group).
 /// Sorted, so passes are deterministic.
 pub fn fold(rows: &[UsageRow], catalog: &Catalog) -> Folded {
-    let mut out = Folded::default();
-    let mut accs: BTreeMap<UsageKey, Totals> = BTreeMap::new();
+    let mut folder = Folder::new(catalog);
     for row in rows {
-        if out.failed.contains_key(&row.customer) {
-            continue;
-        }
-        if let Err(reason) = fold_row(row, catalog, &mut out, &mut accs) {
-            out.failed.insert(row.customer.clone(), reason);
-        }
+        folder.add(row);
     }
-    for (key, acc) in accs {
-        if out.failed.contains_key(key.0.as_ref()) {
-            out.usages.remove(&key);
-            continue;
-        }
-        if let Some(u) = out.usages.get_mut(&key) {
-            u.quantity = acc.quantity(u.aggregation.as_str()).unwrap_or_default();
-        }
-    }
-    out
+    folder.finish()
 }
 
 fn fold_row(
