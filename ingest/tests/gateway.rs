@@ -3,7 +3,8 @@
 
 mod support;
 
-use support::{event, event_with, outcomes, Harness, ADMIN};
+use support::{event, event_with, outcomes, token, Harness};
+use tally_platform::auth::{audit, Role};
 
 fn o(
     status: &str,
@@ -261,9 +262,10 @@ async fn missing_wrong_and_revoked_keys_are_refused_before_anything_is_published
         (401, Some("invalid_key"))
     );
 
-    // Created and revoked through the admin API.
-    let admin = format!("Bearer {ADMIN}");
-    let created = http
+    // Created and revoked through the admin API, on its own listener.
+    let admin = h.admin.clone();
+    let mut admin_http = h.admin_http().await;
+    let created = admin_http
         .send(
             "POST",
             "/v1/admin/keys",
@@ -284,7 +286,7 @@ async fn missing_wrong_and_revoked_keys_are_refused_before_anything_is_published
         .events(&key, "application/cloudevents+json", body.clone())
         .await;
     assert_eq!(a.status, 200, "{}", a.json);
-    let revoked = http
+    let revoked = admin_http
         .send(
             "POST",
             &format!("/v1/admin/keys/{key_id}/revoke"),
@@ -326,23 +328,48 @@ async fn missing_wrong_and_revoked_keys_are_refused_before_anything_is_published
     h.stop().await;
 }
 
+/// Issue 16, finding 5: the admin API was served on the public listener behind one static
+/// token. Now it listens on its own address and takes API tokens of role `key_admin`; its
+/// changes are audited under the token's actor; revocation survives a reload.
 #[tokio::test]
-async fn the_admin_api_needs_its_token_and_revocation_survives_a_reload() {
+async fn the_admin_api_is_on_its_own_listener_for_key_admins_and_revocation_survives_a_reload() {
     let h = Harness::start("gw_admin", |_| {}).await;
-    let mut http = h.http().await;
-    let a = http
-        .send(
-            "GET",
-            "/v1/admin/keys",
-            &[("authorization", "Bearer nope")],
-            "",
-        )
+    let reader = token(&h.env.db(), "rita", Role::Reader).await;
+    let mut public = h.http().await;
+    let a = public
+        .send("GET", "/v1/admin/keys", &[("authorization", &h.admin)], "")
         .await;
-    assert_eq!(
-        (a.status, a.json["error"]["code"].as_str()),
-        (401, Some("invalid_admin_token"))
+    assert_eq!(a.status, 404, "not served where agents connect");
+    let mut http = h.admin_http().await;
+    let reader = format!("Bearer {reader}");
+    for (auth, status, code) in [
+        (None, 401, "missing_token"),
+        (Some("Bearer nope"), 401, "invalid_token"),
+        (
+            Some("Bearer admin-token-for-tests-0123456789"),
+            401,
+            "invalid_token",
+        ),
+        (Some(reader.as_str()), 403, "forbidden"),
+    ] {
+        let headers: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
+        let a = http
+            .send("POST", "/v1/admin/keys", &headers, r#"{"customer":"acme"}"#)
+            .await;
+        assert_eq!(
+            (a.status, a.json["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{auth:?}"
+        );
+    }
+    assert!(
+        tally_ingest::gateway::key_store::load(&h.env.db())
+            .await
+            .unwrap()
+            .is_empty(),
+        "no refused request created a key"
     );
-    let admin = format!("Bearer {ADMIN}");
+    let admin = h.admin.clone();
     let a = http
         .send(
             "POST",
@@ -381,6 +408,21 @@ async fn the_admin_api_needs_its_token_and_revocation_survives_a_reload() {
         (Some(true), Some("bot-1"))
     );
     assert!(keys[0].get("key").is_none() && !listed.json.to_string().contains("sha256"));
+    let rows = audit::of_service(&h.env.db(), "gateway").await.unwrap();
+    let mut changes: Vec<(&str, &str, u16)> = rows
+        .iter()
+        .filter(|r| r.status != 0)
+        .map(|r| (r.actor.as_str(), r.path.as_str(), r.status))
+        .collect();
+    changes.sort();
+    let revoke = format!("/v1/admin/keys/{key_id}/revoke");
+    let mut want = vec![
+        ("api:key-admin", "/v1/admin/keys", 400),
+        ("api:key-admin", "/v1/admin/keys", 201),
+        ("api:key-admin", revoke.as_str(), 200),
+    ];
+    want.sort();
+    assert_eq!(changes, want);
     // A fresh instance loading from ClickHouse sees the key revoked.
     h.gw.keys.replace(vec![]);
     tally_ingest::gateway::server::load_keys(&h.gw)

@@ -1,4 +1,6 @@
-//! The admin API for API keys, behind `Authorization: Bearer <ingest.admin_token>`:
+//! The admin API for API keys, on its own listener (`ingest.admin_addr`, never the public
+//! one), behind the API tokens of every Tally API ([`tally_platform::auth`]): role
+//! `key_admin` (or `admin`), whose actor every change is audited under.
 //!
 //! - `POST /v1/admin/keys` `{"customer", "agents"?: [..], "label"?}`: creates a key; the
 //!   answer carries the bearer token, shown this once.
@@ -6,18 +8,21 @@
 //! - `POST /v1/admin/keys/<key id>/revoke`: revokes a key, effective at once on this
 //!   instance and on others at their next refresh.
 //!
-//! Off (404) when no admin token is configured. It never returns a secret or a secret hash.
+//! A missing or bad token is 401 (`missing_token`, `invalid_token`, `revoked_token`), a token
+//! of another role 403 (`forbidden`). It never returns a secret or a secret hash.
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
+use tally_platform::auth::{hook, AuthError, Permission, Principal};
 
-use super::auth::{constant_time_eq, hash_secret, KeyRecord};
+use super::auth::KeyRecord;
 use super::error::RequestError;
 use super::key_store::{self, KeyStoreError};
-use super::server::{json, read_body, Gateway};
+use super::response::{ErrorBody, ErrorDetail};
+use super::server::{error_response, json, read_body, Gateway};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,33 +72,66 @@ fn store_error(e: KeyStoreError) -> RequestError {
     }
 }
 
-fn check_token(gw: &Gateway, req: &Request<Incoming>) -> Result<(), RequestError> {
-    if gw.cfg.admin_token.is_empty() {
-        return Err(RequestError::NotFound);
-    }
-    let presented = req
-        .headers()
-        .get(hyper::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(RequestError::InvalidAdminToken)?;
-    let ok = constant_time_eq(
-        hash_secret(presented).as_bytes(),
-        hash_secret(&gw.cfg.admin_token).as_bytes(),
+/// The refusal of an unauthenticated or unauthorized request, in the gateway's error shape.
+fn refusal(e: &AuthError) -> Response<Full<Bytes>> {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+    let mut r = json(
+        status,
+        &ErrorBody {
+            error: ErrorDetail {
+                code: e.code(),
+                message: e.to_string(),
+                field: Some("Authorization"),
+            },
+        },
     );
-    ok.then_some(()).ok_or(RequestError::InvalidAdminToken)
+    let challenge = hook::refusal(e);
+    if let Some(v) = challenge.headers().get(hyper::header::WWW_AUTHENTICATE) {
+        r.headers_mut()
+            .insert(hyper::header::WWW_AUTHENTICATE, v.clone());
+    }
+    r
 }
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// Routes `/v1/admin/...`.
+/// Routes `/v1/admin/...`: authenticates (role `key_admin`), then answers; changes are
+/// audited before they are made.
 pub async fn route(
     gw: &Gateway,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, RequestError> {
-    check_token(gw, &req)?;
+    let header = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let who = match gw
+        .auth
+        .authorize(header, Permission::ManageIngestKeys)
+        .await
+    {
+        Ok(who) => who,
+        Err(e) => {
+            tracing::info!(path = %req.uri().path(), code = e.code(), "admin request refused");
+            return Ok(refusal(&e));
+        }
+    };
+    let (method, path) = (req.method().to_string(), req.uri().path().to_owned());
+    let answer = async {
+        keys(gw, req, &who)
+            .await
+            .unwrap_or_else(|e| error_response(&e))
+    };
+    Ok(hook::audited(&gw.auth, &who, &method, &path, answer).await)
+}
+
+async fn keys(
+    gw: &Gateway,
+    req: Request<Incoming>,
+    who: &Principal,
+) -> Result<Response<Full<Bytes>>, RequestError> {
     let db = gw.db.as_ref().ok_or_else(|| RequestError::Unavailable {
         detail: "no key store configured".into(),
     })?;
@@ -113,6 +151,8 @@ pub async fn route(
                 .await
                 .map_err(store_error)?;
             gw.keys.upsert(record.clone());
+            tracing::info!(key_id = %record.key_id, customer = %record.scope.customer,
+                actor = %who.actor_label(), "api key created");
             let mut view = KeyView::from(&record);
             view.key = Some(token);
             Ok(json(StatusCode::CREATED, &view))
@@ -127,6 +167,7 @@ pub async fn route(
                 .await
                 .map_err(store_error)?;
             gw.keys.upsert(record.clone());
+            tracing::info!(key_id = %record.key_id, actor = %who.actor_label(), "api key revoked");
             Ok(json(StatusCode::OK, &KeyView::from(&record)))
         }
         (_, ["keys"]) | (_, ["keys", _, "revoke"]) => Err(RequestError::MethodNotAllowed),

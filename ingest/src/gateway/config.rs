@@ -18,8 +18,14 @@ pub struct IngestConfig {
     /// Where Prometheus metrics are served. Default `127.0.0.1:9104`.
     #[serde(default = "default_metrics_addr")]
     pub metrics_addr: String,
-    /// Bearer token for `/v1/admin/*`. Default empty: the admin API is disabled. Prefer
-    /// `TALLY_INGEST__ADMIN_TOKEN` over the file; at least 24 characters.
+    /// Where the admin API (`/v1/admin/keys`) listens: its own listener, never the public one,
+    /// and it takes API tokens of role `key_admin` (`tally-access tokens-create`). Bind it to
+    /// loopback or an internal address. Default empty: no admin API (manage keys with
+    /// `tally-gateway keys-*`).
+    #[serde(default)]
+    pub admin_addr: String,
+    /// Replaced by `admin_addr` and API tokens; refused when set, so a deployment that still
+    /// sets it learns so.
     #[serde(default)]
     pub admin_token: String,
     /// Largest request body, compressed or not, and largest body after gzip decoding, in
@@ -112,6 +118,7 @@ impl Default for IngestConfig {
         IngestConfig {
             listen_addr: default_listen_addr(),
             metrics_addr: default_metrics_addr(),
+            admin_addr: String::new(),
             admin_token: String::new(),
             body_max_bytes: default_body_max_bytes(),
             event_max_bytes: default_event_max_bytes(),
@@ -129,9 +136,6 @@ impl Default for IngestConfig {
     }
 }
 
-/// The admin token's shortest accepted length.
-pub const ADMIN_TOKEN_MIN_CHARS: usize = 24;
-
 impl IngestConfig {
     /// Checks every setting; the error names the first bad one.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -142,14 +146,20 @@ impl IngestConfig {
             addr.parse::<SocketAddr>()
                 .map_err(|e| ConfigError::invalid(name, format!("{addr:?}: {e}")))?;
         }
-        if !self.admin_token.is_empty() && self.admin_token.chars().count() < ADMIN_TOKEN_MIN_CHARS
-        {
+        if !self.admin_token.is_empty() {
             return Err(ConfigError::invalid(
                 "ingest.admin_token",
-                format!(
-                    "must be empty (admin API off) or at least {ADMIN_TOKEN_MIN_CHARS} characters"
-                ),
+                "is no longer used: the admin API listens on ingest.admin_addr and takes API \
+                 tokens of role key_admin (tally-access tokens-create); unset it",
             ));
+        }
+        if let Some(admin) = self.admin()? {
+            if self.listen_addr.parse::<SocketAddr>().ok() == Some(admin) && admin.port() != 0 {
+                return Err(ConfigError::invalid(
+                    "ingest.admin_addr",
+                    "must differ from ingest.listen_addr: the admin API has its own listener",
+                ));
+            }
         }
         let positive = [
             ("ingest.body_max_bytes", self.body_max_bytes as u64),
@@ -193,6 +203,16 @@ impl IngestConfig {
             .parse()
             .map_err(|e| ConfigError::invalid("ingest.listen_addr", e))
     }
+
+    /// The admin API's address; `None` when it is off.
+    pub fn admin(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        if self.admin_addr.is_empty() {
+            return Ok(None);
+        }
+        self.admin_addr.parse().map(Some).map_err(|e| {
+            ConfigError::invalid("ingest.admin_addr", format!("{:?}: {e}", self.admin_addr))
+        })
+    }
 }
 
 #[cfg(test)]
@@ -224,6 +244,15 @@ mod tests {
         let cases: Vec<(fn(&mut IngestConfig), &str)> = vec![
             (|c| c.listen_addr = "nowhere".into(), "ingest.listen_addr"),
             (|c| c.admin_token = "short".into(), "ingest.admin_token"),
+            (
+                |c| c.admin_token = "a-long-static-admin-token-0123456789".into(),
+                "ingest.admin_token",
+            ),
+            (|c| c.admin_addr = "nowhere".into(), "ingest.admin_addr"),
+            (
+                |c| c.admin_addr = c.listen_addr.clone(),
+                "ingest.admin_addr",
+            ),
             (|c| c.body_max_bytes = 0, "ingest.body_max_bytes"),
             (|c| c.event_max_bytes = 2 << 20, "ingest.event_max_bytes"),
             (|c| c.burst_per_key = 10, "ingest.burst_per_key"),

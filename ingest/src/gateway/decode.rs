@@ -39,19 +39,23 @@ pub enum Shape {
 /// `application/json` is read as a single event).
 pub fn shape(content_type: Option<&str>) -> Result<Shape, RequestError> {
     let raw = content_type.unwrap_or("");
-    let media = raw
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    match media.as_str() {
+    match media_type(raw).as_str() {
         SINGLE | "application/json" => Ok(Shape::Single),
         BATCH => Ok(Shape::Batch),
         _ => Err(RequestError::UnsupportedMediaType {
             found: raw.chars().take(100).collect(),
         }),
     }
+}
+
+/// The media type of a `Content-Type` value, lower-case, without parameters.
+pub fn media_type(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
 }
 
 /// Whether `Content-Encoding` asks for gzip decoding.

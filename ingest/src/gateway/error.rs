@@ -15,16 +15,22 @@ pub enum RequestError {
     MethodNotAllowed,
     #[error("header `Content-Type` is {found:?}; expected application/cloudevents+json or application/cloudevents-batch+json")]
     UnsupportedMediaType { found: String },
+    #[error("header `Content-Type` is {found:?}; OTLP traces are application/x-protobuf or application/json")]
+    UnsupportedOtlpMediaType { found: String },
     #[error("header `Content-Encoding` is {found:?}; only gzip and identity are accepted")]
     UnsupportedEncoding { found: String },
     #[error("request body exceeds {max} bytes (setting ingest.body_max_bytes)")]
     BodyTooLarge { max: usize },
     #[error("batch has more than {max} events (setting ingest.batch_max_events)")]
     BatchTooLarge { max: usize },
+    #[error("the spans make more than {max} usage events (setting ingest.burst_per_key); export fewer spans at once")]
+    TooManyUsageEvents { max: usize },
     #[error("batch is empty")]
     EmptyBatch,
     #[error("body is not a JSON array of events: {detail}")]
     MalformedBatch { detail: String },
+    #[error("{detail}")]
+    MalformedOtlp { detail: String },
     #[error("body is not valid gzip: {detail}")]
     MalformedGzip { detail: String },
     #[error("body is not valid JSON: {detail}")]
@@ -53,12 +59,16 @@ impl RequestError {
         match self {
             RequestError::NotFound => "not_found",
             RequestError::MethodNotAllowed => "method_not_allowed",
-            RequestError::UnsupportedMediaType { .. } => "unsupported_media_type",
+            RequestError::UnsupportedMediaType { .. }
+            | RequestError::UnsupportedOtlpMediaType { .. } => "unsupported_media_type",
             RequestError::UnsupportedEncoding { .. } => "unsupported_encoding",
             RequestError::BodyTooLarge { .. } => "body_too_large",
-            RequestError::BatchTooLarge { .. } => "batch_too_large",
+            RequestError::BatchTooLarge { .. } | RequestError::TooManyUsageEvents { .. } => {
+                "batch_too_large"
+            }
             RequestError::EmptyBatch => "empty_batch",
             RequestError::MalformedBatch { .. } => "malformed_batch",
+            RequestError::MalformedOtlp { .. } => "malformed_otlp",
             RequestError::MalformedGzip { .. } => "malformed_gzip",
             RequestError::MalformedJson { .. } => "malformed_json",
             RequestError::BodyTimeout { .. } => "request_timeout",
@@ -78,13 +88,15 @@ impl RequestError {
             RequestError::NotFound => StatusCode::NOT_FOUND,
             RequestError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             RequestError::UnsupportedMediaType { .. }
+            | RequestError::UnsupportedOtlpMediaType { .. }
             | RequestError::UnsupportedEncoding { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            RequestError::BodyTooLarge { .. } | RequestError::BatchTooLarge { .. } => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
+            RequestError::BodyTooLarge { .. }
+            | RequestError::BatchTooLarge { .. }
+            | RequestError::TooManyUsageEvents { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             RequestError::EmptyBatch
             | RequestError::MalformedBatch { .. }
             | RequestError::MalformedGzip { .. }
+            | RequestError::MalformedOtlp { .. }
             | RequestError::MalformedJson { .. }
             | RequestError::InvalidField { .. } => StatusCode::BAD_REQUEST,
             RequestError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
@@ -100,7 +112,8 @@ impl RequestError {
     /// The field the error is about, if any.
     pub fn field(&self) -> Option<&'static str> {
         match self {
-            RequestError::UnsupportedMediaType { .. } => Some("Content-Type"),
+            RequestError::UnsupportedMediaType { .. }
+            | RequestError::UnsupportedOtlpMediaType { .. } => Some("Content-Type"),
             RequestError::UnsupportedEncoding { .. } => Some("Content-Encoding"),
             RequestError::MissingKey | RequestError::InvalidKey | RequestError::RevokedKey => {
                 Some("Authorization")

@@ -43,10 +43,29 @@ pub async fn handle(
     gw.limiter
         .take(&key_id, raws.len(), Instant::now())
         .map_err(|retry_after_secs| RequestError::RateLimited { retry_after_secs })?;
+    let response = EventsResponse::from_results(publish_all(gw, &scope, &raws).await);
+    let reasons: Vec<&'static str> = response
+        .results
+        .iter()
+        .filter(|r| r.status == Status::Rejected)
+        .filter_map(|r| r.code)
+        .collect();
+    metrics::events(
+        response.accepted,
+        response.duplicates,
+        response.failed,
+        &reasons,
+    );
+    Ok(response)
+}
+
+/// Validates, scope-checks and publishes each raw event, then awaits every ack: one result
+/// per event, in order. `POST /v1/events` and `POST /v1/traces` both publish through here.
+pub(super) async fn publish_all(gw: &Gateway, scope: &Scope, raws: &[&[u8]]) -> Vec<EventResult> {
     let mut results = Vec::with_capacity(raws.len());
     let mut pending: Vec<(usize, PublishAckFuture)> = Vec::with_capacity(raws.len());
     for (index, raw) in raws.iter().enumerate() {
-        match publish_one(gw, &scope, index, raw).await {
+        match publish_one(gw, scope, index, raw).await {
             Ok((id, ack)) => {
                 pending.push((results.len(), ack));
                 results.push(pending_result(index, id));
@@ -66,20 +85,7 @@ pub async fn handle(
             }
         }
     }
-    let response = EventsResponse::from_results(results);
-    let reasons: Vec<&'static str> = response
-        .results
-        .iter()
-        .filter(|r| r.status == Status::Rejected)
-        .filter_map(|r| r.code)
-        .collect();
-    metrics::events(
-        response.accepted,
-        response.duplicates,
-        response.failed,
-        &reasons,
-    );
-    Ok(response)
+    results
 }
 
 fn pending_result(index: usize, id: String) -> EventResult {

@@ -13,6 +13,8 @@
 //! - [`key_store`]: API keys in ClickHouse (append-only) and their management.
 //! - [`rate_limit`]: per-key token buckets.
 //! - [`events`]: the `POST /v1/events` handler.
+//! - [`otlp`]: the `POST /v1/traces` handler: OpenTelemetry GenAI spans as usage (feature
+//!   `otlp`, on by default).
 //! - [`admin`]: the key management endpoints.
 //! - [`server`]: HTTP/1.1 serving, timeouts, routing, graceful shutdown.
 //! - [`response`], [`error`]: the JSON answers and stable codes.
@@ -26,6 +28,8 @@ pub mod error;
 pub mod events;
 pub mod key_store;
 pub mod metrics;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 pub mod rate_limit;
 pub mod response;
 pub mod server;

@@ -3,7 +3,10 @@
 //! outcome into a JSON response. Graceful shutdown: stop accepting, let in-flight requests
 //! finish (their events are published and acked), then return.
 //!
-//! It owns no validation and no auth rules: [`super::events`] and [`super::admin`] do.
+//! Two listeners: the public one (`ingest.listen_addr`: `/v1/events`, `/healthz`) and, when
+//! `ingest.admin_addr` is set, the admin one (`/v1/admin/keys`, `/healthz` only), so the key
+//! management is never reachable where agents are. It owns no validation and no auth rules:
+//! [`super::events`] and [`super::admin`] do.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -17,6 +20,7 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tally_platform::auth::Authenticator;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +43,9 @@ pub struct Gateway {
     /// Where API keys live; `None` runs without a store (tests that preload keys).
     pub db: Option<clickhouse::Client>,
     pub keys: Arc<KeyRing>,
+    /// Who may call the admin API: the API tokens of every Tally API (role `key_admin`), from
+    /// the same store as the keys.
+    pub auth: Arc<Authenticator>,
     pub limiter: RateLimiter,
     /// Replaces customer and agent ids before publishing, when configured.
     pub pseudonyms: Option<crate::pseudonym::Pseudonymizer>,
@@ -65,6 +72,10 @@ impl Gateway {
             string_max_bytes: cfg.string_max_bytes,
         };
         let limiter = RateLimiter::new(cfg.rate_per_key_per_sec, cfg.burst_per_key);
+        let auth = Arc::new(match &db {
+            Some(db) => Authenticator::new("gateway", db.clone()),
+            None => Authenticator::with_records("gateway", Vec::new()),
+        });
         Gateway {
             cfg,
             limits,
@@ -72,6 +83,7 @@ impl Gateway {
             subject_prefix: subject_prefix.to_owned(),
             db,
             keys: Arc::new(KeyRing::default()),
+            auth,
             limiter,
             pseudonyms: None,
             last_miss_reload: tokio::sync::Mutex::new(None),
@@ -130,36 +142,77 @@ pub struct RequestParts {
 /// A running gateway, for binaries and tests.
 pub struct Running {
     pub addr: SocketAddr,
+    /// The admin API's address, when `ingest.admin_addr` is set.
+    pub admin_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
     /// Stops accepting, waits for in-flight requests, returns.
     pub async fn stop(self) {
         self.shutdown.cancel();
-        let _ = self.task.await;
+        for task in self.tasks {
+            let _ = task.await;
+        }
     }
 }
 
-/// Binds `addr` and serves until `shutdown` is cancelled; reloads keys from the store every
-/// `key_refresh_secs` when there is one.
+/// Which listener a connection came in on: what it may route to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listener {
+    Public,
+    Admin,
+}
+
+/// Binds `addr` (and `ingest.admin_addr` when set) and serves until `shutdown` is cancelled;
+/// reloads keys and API tokens from the store every `key_refresh_secs` when there is one.
 pub async fn start(
     gw: Arc<Gateway>,
     addr: SocketAddr,
     shutdown: CancellationToken,
 ) -> std::io::Result<Running> {
+    let admin = gw
+        .cfg
+        .admin()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
+    let admin_listener = match admin {
+        Some(a) => Some(TcpListener::bind(a).await?),
+        None => None,
+    };
     metrics::init();
     if gw.db.is_some() {
         tokio::spawn(refresh_keys(gw.clone(), shutdown.clone()));
     }
-    let task = tokio::spawn(accept_loop(gw, listener, shutdown.clone()));
+    let mut tasks = vec![tokio::spawn(accept_loop(
+        gw.clone(),
+        listener,
+        Listener::Public,
+        shutdown.clone(),
+    ))];
+    let mut admin_addr = None;
+    if let Some(l) = admin_listener {
+        admin_addr = Some(l.local_addr()?);
+        if let Err(e) = gw.auth.reload().await {
+            tracing::warn!(error = %e, "loading API tokens failed; the admin API refuses everyone until a reload");
+        }
+        let period = Duration::from_secs(gw.cfg.key_refresh_secs);
+        gw.auth.refresh_every(period, shutdown.clone());
+        tasks.push(tokio::spawn(accept_loop(
+            gw,
+            l,
+            Listener::Admin,
+            shutdown.clone(),
+        )));
+        tracing::info!(addr = ?admin_addr, "admin API listening");
+    }
     Ok(Running {
         addr,
+        admin_addr,
         shutdown,
-        task,
+        tasks,
     })
 }
 
@@ -188,7 +241,12 @@ async fn refresh_keys(gw: Arc<Gateway>, shutdown: CancellationToken) {
     }
 }
 
-async fn accept_loop(gw: Arc<Gateway>, listener: TcpListener, shutdown: CancellationToken) {
+async fn accept_loop(
+    gw: Arc<Gateway>,
+    listener: TcpListener,
+    which: Listener,
+    shutdown: CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(gw.cfg.connections_max));
     let tracker = TaskTracker::new();
     loop {
@@ -211,7 +269,7 @@ async fn accept_loop(gw: Arc<Gateway>, listener: TcpListener, shutdown: Cancella
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
             let _permit = permit;
-            serve_connection(gw, stream, shutdown).await;
+            serve_connection(gw, stream, which, shutdown).await;
         });
     }
     tracker.close();
@@ -221,12 +279,13 @@ async fn accept_loop(gw: Arc<Gateway>, listener: TcpListener, shutdown: Cancella
 async fn serve_connection(
     gw: Arc<Gateway>,
     stream: tokio::net::TcpStream,
+    which: Listener,
     shutdown: CancellationToken,
 ) {
     let header_timeout = Duration::from_millis(gw.cfg.header_timeout_ms);
     let service = hyper::service::service_fn(move |req| {
         let gw = gw.clone();
-        async move { Ok::<_, Infallible>(route(&gw, req).await) }
+        async move { Ok::<_, Infallible>(route(&gw, which, req).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -247,15 +306,22 @@ async fn serve_connection(
     }
 }
 
-async fn route(gw: &Gateway, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(gw: &Gateway, which: Listener, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let started = Instant::now();
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
-    let result = match (method, path.as_str()) {
-        (Method::POST, "/v1/events") => events_route(gw, req).await,
-        (_, "/v1/events") => Err(RequestError::MethodNotAllowed),
-        (Method::GET, "/healthz") => Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
-        (_, p) if p.starts_with("/v1/admin/") => admin::route(gw, req).await,
+    let result = match (which, method, path.as_str()) {
+        (_, Method::GET, "/healthz") => {
+            Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"})))
+        }
+        (Listener::Public, Method::POST, "/v1/events") => events_route(gw, req).await,
+        (Listener::Public, _, "/v1/events") => Err(RequestError::MethodNotAllowed),
+        #[cfg(feature = "otlp")]
+        (Listener::Public, Method::POST, "/v1/traces") => Ok(super::otlp::route(gw, req).await),
+        #[cfg(feature = "otlp")]
+        (Listener::Public, _, "/v1/traces") => Err(RequestError::MethodNotAllowed),
+        (Listener::Admin, _, p) if p.starts_with("/v1/admin/") => admin::route(gw, req).await,
+        // the admin API is not served where agents connect
         _ => Err(RequestError::NotFound),
     };
     let response = result.unwrap_or_else(|e| error_response(&e));
@@ -326,7 +392,8 @@ pub fn json(status: StatusCode, body: &impl serde::Serialize) -> Response<Full<B
     r
 }
 
-fn error_response(e: &RequestError) -> Response<Full<Bytes>> {
+/// The response of a refused request (counted by its code).
+pub(crate) fn error_response(e: &RequestError) -> Response<Full<Bytes>> {
     metrics::refused(e.code());
     let mut r = json(e.status(), &ErrorBody::from(e));
     if let RequestError::RateLimited { retry_after_secs } = e {

@@ -1,5 +1,6 @@
-//! Shared by the gateway tests: a gateway on a free port over the test's own stream and
-//! database, a minimal HTTP/1.1 client (one keep-alive connection per [`Http`]), and events.
+//! Shared by the gateway tests: a gateway on a free port (and its admin API on another) over
+//! the test's own stream and database, with an API token of role `key_admin` for the admin
+//! API, a minimal HTTP/1.1 client (one keep-alive connection per [`Http`]), and events.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -10,17 +11,18 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tally_ingest::gateway::{self, auth::Scope, key_store, Gateway, IngestConfig, Running};
+use tally_platform::auth::{self, Role};
 use tally_platform::shutdown::Shutdown;
 use tally_platform::streams;
 use tally_platform::testkit::TestEnv;
-
-pub const ADMIN: &str = "admin-token-for-tests-0123456789";
 
 pub struct Harness {
     pub env: TestEnv,
     pub gw: Arc<Gateway>,
     pub running: Running,
     pub js: async_nats::jetstream::Context,
+    /// `Bearer <token>` of role `key_admin` (actor `key-admin`) for the admin API.
+    pub admin: String,
 }
 
 impl Harness {
@@ -37,7 +39,7 @@ impl Harness {
         let env = TestEnv::new(test).await;
         let mut cfg = IngestConfig {
             listen_addr: "127.0.0.1:0".into(),
-            admin_token: ADMIN.into(),
+            admin_addr: "127.0.0.1:0".into(),
             ..IngestConfig::default()
         };
         edit(&mut cfg);
@@ -46,6 +48,7 @@ impl Harness {
         let js = async_nats::jetstream::new(nats);
         streams::ensure(&js, &env.nats).await.expect("streams");
         let addr = cfg.listen().expect("addr");
+        let admin = token(&env.db(), "key-admin", Role::KeyAdmin).await;
         let gw = Arc::new(map(Gateway::new(
             cfg,
             js.clone(),
@@ -60,6 +63,7 @@ impl Harness {
             gw,
             running,
             js,
+            admin: format!("Bearer {admin}"),
         }
     }
 
@@ -78,6 +82,11 @@ impl Harness {
         Http::connect(self.running.addr).await
     }
 
+    /// A connection to the admin API's own listener.
+    pub async fn admin_http(&self) -> Http {
+        Http::connect(self.running.admin_addr.expect("the admin API listens")).await
+    }
+
     /// Number of messages in the test's usage stream.
     pub async fn stored(&self) -> u64 {
         let mut s = self
@@ -92,6 +101,14 @@ impl Harness {
         self.running.stop().await;
         self.env.cleanup().await;
     }
+}
+
+/// An API token of `role` for `actor`, stored in `db`: the bearer token.
+pub async fn token(db: &clickhouse::Client, actor: &str, role: Role) -> String {
+    auth::store::create(db, actor, role, "test", 0)
+        .await
+        .expect("token created")
+        .0
 }
 
 /// One keep-alive HTTP/1.1 connection.
