@@ -29,7 +29,6 @@ REPO = Path(__file__).resolve().parents[3]
 BIN_DIR = Path(os.environ.get("TALLY_BIN_DIR") or REPO / "target" / "debug")
 NATS_URL = os.environ.get("TALLY_TEST_NATS_URL", "nats://127.0.0.1:4222")
 CLICKHOUSE_URL = os.environ.get("TALLY_TEST_CLICKHOUSE_URL", "http://127.0.0.1:8123")
-ADMIN_TOKEN = "admin-token-for-sdk-tests-0123456789"
 
 
 def binary(name: str) -> Path:
@@ -73,11 +72,7 @@ class Gateway:
         self.database = f"test_{unique}"
         self.dir = Path(tempfile.mkdtemp(prefix=f"tally-sdk-{tag}-"))
         self.config = self.dir / "tally.toml"
-        settings = {
-            "metrics_addr": "127.0.0.1:0",
-            "admin_token": ADMIN_TOKEN,
-            **(ingest or {}),
-        }
+        settings = {"metrics_addr": "127.0.0.1:0", **(ingest or {})}
         ingest_lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in settings.items())
         self.config.write_text(
             f"""[nats]
@@ -99,6 +94,7 @@ log = "warn"
 """
         )
         self.port = free_port()
+        self.admin_port = free_port()
         self.proc: Optional[subprocess.Popen] = None
         self.log = self.dir / "gateway.log"
         migrate = subprocess.run(
@@ -109,15 +105,36 @@ log = "warn"
         )
         if migrate.returncode != 0:
             raise RuntimeError(f"tally-migrate failed: {migrate.stdout}{migrate.stderr}")
+        self.admin_token = self.api_token("sdk-tests", "key_admin")
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def admin_url(self) -> str:
+        """The admin API, on its own listener (``ingest.admin_addr``)."""
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def api_token(self, actor: str, role: str) -> str:
+        """An API token of ``role`` made by ``tally-access tokens-create``: the bearer token."""
+        out = subprocess.run(
+            [str(binary("tally-access")), "tokens-create", "--actor", actor, "--role", role,
+             "--config", str(self.config)],
+            capture_output=True, text=True, timeout=60,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"tokens-create failed: {out.stdout}{out.stderr}")
+        return json.loads(out.stdout)["token"]
+
     def start(self, wait: bool = True) -> None:
         """Starts the gateway on ``self.port`` (a fresh port if that one turns out taken)."""
         for _ in range(5):
-            env = {**os.environ, "TALLY_INGEST__LISTEN_ADDR": f"127.0.0.1:{self.port}"}
+            env = {
+                **os.environ,
+                "TALLY_INGEST__LISTEN_ADDR": f"127.0.0.1:{self.port}",
+                "TALLY_INGEST__ADMIN_ADDR": f"127.0.0.1:{self.admin_port}",
+            }
             with open(self.log, "ab") as log:
                 self.proc = subprocess.Popen(
                     [str(binary("tally-gateway")), "serve", "--config", str(self.config)],
@@ -132,7 +149,7 @@ log = "warn"
             text = self.log.read_text(errors="replace")
             if "in use" not in text.lower():
                 raise RuntimeError(f"tally-gateway did not start:\n{text}")
-            self.port = free_port()
+            self.port, self.admin_port = free_port(), free_port()
         raise RuntimeError("tally-gateway found no free port")
 
     def wait_ready(self, timeout: float = 30.0) -> bool:
@@ -165,10 +182,13 @@ log = "warn"
         """A key for ``customer`` through the admin API (docs/INGEST.md), the bearer token."""
         body = json.dumps({"customer": customer, "agents": list(agents), "label": "sdk test"})
         req = urllib.request.Request(
-            self.url + "/v1/admin/keys",
+            self.admin_url + "/v1/admin/keys",
             data=body.encode(),
             method="POST",
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"},
+            headers={
+                "Authorization": f"Bearer {self.admin_token}",
+                "Content-Type": "application/json",
+            },
         )
         with urllib.request.urlopen(req, timeout=10) as r:
             view = json.load(r)
@@ -190,10 +210,10 @@ log = "warn"
     def revoke_key(self, key: str) -> None:
         key_id = key.split("_")[1]
         req = urllib.request.Request(
-            f"{self.url}/v1/admin/keys/{key_id}/revoke",
+            f"{self.admin_url}/v1/admin/keys/{key_id}/revoke",
             data=b"",
             method="POST",
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            headers={"Authorization": f"Bearer {self.admin_token}"},
         )
         with urllib.request.urlopen(req, timeout=10) as r:
             assert json.load(r)["revoked"] is True
