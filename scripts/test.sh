@@ -56,19 +56,21 @@ if [ "$sdk_bins_status" -ne 0 ]; then
 fi
 
 # sdk/python: a virtualenv (git-ignored, sdk/python/.venv; the system python3 when venv is
-# missing) with pytest and nats-py from PyPI, the package installed from its source each run
-# (pip install ./sdk/python), then pytest.
+# missing) with pytest, nats-py, and the OpenTelemetry SDK and its OTLP/HTTP exporter (for
+# tests/test_otlp.py: real SDK spans sent to /v1/traces) from PyPI, the package installed from
+# its source each run (pip install ./sdk/python), then pytest.
 sdk_python() {
     local venv="$ROOT/sdk/python/.venv" py
+    local deps=(pytest nats-py opentelemetry-sdk opentelemetry-exporter-otlp-proto-http)
     if [ ! -x "$venv/bin/python" ] && ! python3 -m venv "$venv"; then
         rm -rf "$venv"
     fi
     py="$venv/bin/python"
     [ -x "$py" ] || py=python3
-    if ! "$py" -c "import pytest, nats" 2>/dev/null; then
-        log "installing pytest and nats-py (pip)"
-        "$py" -m pip install --quiet pytest nats-py \
-            || "$py" -m pip install --quiet --break-system-packages pytest nats-py || return 1
+    if ! "$py" -c "import pytest, nats, opentelemetry.sdk.trace, opentelemetry.exporter.otlp.proto.http" 2>/dev/null; then
+        log "installing ${deps[*]} (pip)"
+        "$py" -m pip install --quiet "${deps[@]}" \
+            || "$py" -m pip install --quiet --break-system-packages "${deps[@]}" || return 1
     fi
     "$py" -m pip install --quiet --force-reinstall --no-deps "$ROOT/sdk/python" \
         || "$py" -m pip install --quiet --break-system-packages --force-reinstall --no-deps "$ROOT/sdk/python" \
