@@ -14,11 +14,13 @@
 //! - [`insert`]: the aggregator's ClickHouse commit against a plain insert of the same rows.
 //! - [`gateway`]: HTTP gateway batches into JetStream against the direct publisher.
 //! - [`rating`]: usage rows folded and priced into charges per second, in process.
+//! - [`history`]: rating passes over a fixed period as stored history grows, and over a big month.
 
 pub mod aggregator_cpu;
 pub mod alloc;
 pub mod cputime;
 pub mod gateway;
+pub mod history;
 pub mod insert;
 pub mod invoicing;
 pub mod pipeline;

@@ -14,13 +14,18 @@
 //! end-to-end throughput against raw JetStream and publish-to-visible latency (needs the
 //! stack), or `... invoicer [--customers 10000] [--meters 10]` for one invoicing pass, or
 //! `... insert [--events 100000] [--batch 5000]` for the ClickHouse commit against a plain
-//! insert of the same rows (needs the stack).
+//! insert of the same rows (needs the stack), or `... history [--histories 1000000,10000000,
+//! 100000000] [--period 1000000] [--big 100000000] [--more 1000000] [--customers 10000]` for
+//! rating passes as stored history grows and over a big month (needs the stack; the full
+//! sizes write about 200M usage rows and take several minutes).
 //!
 //! In `pipeline` and `report`, the aggregator runs with its shipped `batch_max_events` and
 //! `batch_max_wait_ms` unless `TALLY_BENCH_BATCH` / `TALLY_BENCH_WAIT_MS` say otherwise; both
 //! print the CPU microseconds per event that NATS, ClickHouse and this process spent.
 
-use tally_benches::{aggregator_cpu, alloc, gateway, insert, invoicing, pipeline, rating, report};
+use tally_benches::{
+    aggregator_cpu, alloc, gateway, history, insert, invoicing, pipeline, rating, report,
+};
 use tally_platform::args::Args;
 
 #[global_allocator]
@@ -55,6 +60,9 @@ fn main() -> anyhow::Result<()> {
     }
     if std::env::args().nth(1).as_deref() == Some("insert") {
         return insert_bench();
+    }
+    if std::env::args().nth(1).as_deref() == Some("history") {
+        return history_bench();
     }
     let args = Args::parse(std::env::args().skip(1), &["events", "ids"])?;
     let events: usize = args.get("events", 1_000_000)?;
@@ -199,6 +207,51 @@ fn invoicer_bench() -> anyhow::Result<()> {
         println!("| scenario | figure | target |");
         println!("|---|---|---|");
         println!("| invoicer: {customers} customers x {meters} meters, one period | {invoices} invoices in {secs:.2} s | <= 10 s |");
+        Ok::<_, anyhow::Error>(())
+    })
+}
+
+/// `tally-bench history`: rating passes as stored history grows, and over a big month.
+fn history_bench() -> anyhow::Result<()> {
+    let args = Args::parse(
+        std::env::args().skip(2),
+        &["histories", "period", "big", "more", "customers"],
+    )?;
+    let histories: Vec<u64> = args
+        .raw("histories")
+        .unwrap_or("1000000,10000000,100000000")
+        .split(',')
+        .map(|s| s.trim().parse::<u64>())
+        .collect::<Result<_, _>>()?;
+    let period: u64 = args.get("period", 1_000_000)?;
+    let big: u64 = args.get("big", 100_000_000)?;
+    let more: u64 = args.get("more", 1_000_000)?;
+    let customers: u64 = args.get("customers", 10_000)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        println!("| scenario | rating pass | ClickHouse peak memory | charges | usage rows read |");
+        println!("|---|---|---|---|---|");
+        let env = tally_platform::testkit::TestEnv::new("bench_history").await;
+        let passes = history::history(&env, &histories, period, customers).await;
+        env.cleanup().await;
+        for (stored, p) in passes? {
+            println!(
+                "| history of {stored} events, period of {period} events of {customers} customers | {:.2} s | {:.1} MiB | {} | {} |",
+                p.seconds, p.peak_bytes as f64 / 1_048_576.0, p.charges, p.rows
+            );
+        }
+        if big > 0 {
+            let env = tally_platform::testkit::TestEnv::new("bench_big_period").await;
+            let r = history::big_period(&env, big, more, customers).await;
+            env.cleanup().await;
+            let (full, incremental) = r?;
+            for (what, p) in [("full pass", full), ("after more new events", incremental)] {
+                println!(
+                    "| month of {big} events of {customers} customers, {what} | {:.2} s | {:.1} MiB | {} | {} |",
+                    p.seconds, p.peak_bytes as f64 / 1_048_576.0, p.charges, p.rows
+                );
+            }
+        }
         Ok::<_, anyhow::Error>(())
     })
 }
