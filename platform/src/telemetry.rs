@@ -19,16 +19,28 @@ use std::time::Duration;
 
 use crate::config::TelemetryConfig;
 
-/// Starts logging: `RUST_LOG`, else the configured filter, else `info`.
+/// Starts logging to stderr: `RUST_LOG`, else the configured filter, else `info`. Colours
+/// only on a terminal (see [`ansi_colours`]), so logs redirected to a file or collected by a
+/// supervisor carry no escape codes.
 pub fn init_logs(cfg: &TelemetryConfig) {
+    use std::io::IsTerminal;
     let filter = std::env::var("RUST_LOG")
         .ok()
         .or_else(|| cfg.log.clone())
         .unwrap_or_else(|| "info".into());
+    let no_color = std::env::var_os("NO_COLOR");
+    let ansi = ansi_colours(std::io::stderr().is_terminal(), no_color.as_deref());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .try_init();
+}
+
+/// Whether log lines get ANSI colour codes: only when stderr is a terminal and `NO_COLOR`
+/// (no-color.org) is unset or empty.
+pub fn ansi_colours(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// Histogram buckets for every `*_seconds` metric: 1 ms to 60 s.
@@ -78,6 +90,15 @@ pub fn serve_metrics(addr: SocketAddr) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(super::ansi_colours(true, None));
+        assert!(super::ansi_colours(true, Some(OsStr::new(""))));
+        assert!(!super::ansi_colours(true, Some(OsStr::new("1"))));
+        assert!(!super::ansi_colours(false, None), "a file or a pipe");
+    }
 
     async fn get(addr: std::net::SocketAddr, path: &str) -> String {
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
