@@ -206,7 +206,8 @@ mod tests {
     fn a_hostile_header_costs_at_most_one_mac() {
         let s = Secret::new("whsec_test");
         let body = vec![b'x'; 1 << 20];
-        let many = format!("t=1000,{}", "v1=00,".repeat(30_000));
+        // no trailing comma: every part well formed, as the attack sent it
+        let many = format!("t=1000{}", ",v1=00".repeat(30_000));
         let started = std::time::Instant::now();
         assert_eq!(
             verify(&s, Some(&many), &body, 1_000, 300),

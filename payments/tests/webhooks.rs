@@ -480,7 +480,8 @@ async fn a_hostile_signature_header_is_refused_at_once_and_the_server_keeps_answ
     let db = env.db();
     let server = start(db.clone(), wall_ms).await;
     let body = vec![b' '; (1 << 20) - 1024];
-    let header = format!("t={},{}", now_secs(), "v1=00,".repeat(30_000));
+    // every part well formed (no trailing comma): the old code MAC'd the body 30,000 times
+    let header = format!("t={}{}", now_secs(), ",v1=00".repeat(30_000));
     let addr = server.addr;
     let started = std::time::Instant::now();
     let hostile = tokio::spawn(async move { post_webhook_raw(addr, &body, Some(header)).await });
