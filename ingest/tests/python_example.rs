@@ -1,6 +1,8 @@
 //! The documented Python example (`examples/python/send_events.py`, standard library only)
-//! against a real gateway: its batch is accepted, and running it again with the same run id
-//! is answered with duplicates, stored once.
+//! against a real gateway, run as docs/INGEST.md writes the command (the snippet marked
+//! `<!-- run: ingest/tests/python_example.rs -->`), with the gateway's URL and a key in the
+//! environment: its batch is accepted, and running it again with the same run id is answered
+//! with duplicates, stored once.
 
 mod support;
 
@@ -8,21 +10,39 @@ use std::process::Command;
 
 use support::Harness;
 
-fn run_example(url: &str, key: &str, run_id: &str) -> (bool, serde_json::Value) {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../examples/python/send_events.py"
+const MARKER: &str = "<!-- run: ingest/tests/python_example.rs -->";
+
+/// The documented command's words after its environment assignments, e.g. `python3
+/// examples/python/send_events.py --customer acme --agent support-bot-7`.
+fn documented_command() -> Vec<String> {
+    let doc = include_str!("../../docs/INGEST.md");
+    assert_eq!(doc.matches(MARKER).count(), 1, "one snippet is run here");
+    let after = &doc[doc.find(MARKER).unwrap() + MARKER.len()..];
+    let fence = after
+        .trim_start()
+        .strip_prefix("```sh\n")
+        .expect("the marker stands right before a sh fence");
+    let script = &fence[..fence.find("```").expect("the fence closes")];
+    let words: Vec<String> = script
+        .replace("\\\n", " ")
+        .split_whitespace()
+        .skip_while(|w| w.contains('='))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        words[..2],
+        ["python3", "examples/python/send_events.py"],
+        "{script}"
     );
-    let out = Command::new("python3")
-        .arg(script)
-        .args([
-            "--customer",
-            "acme",
-            "--agent",
-            "py-agent",
-            "--run-id",
-            run_id,
-        ])
+    words
+}
+
+fn run_example(url: &str, key: &str, run_id: &str) -> (bool, serde_json::Value) {
+    let words = documented_command();
+    let out = Command::new(&words[0])
+        .args(&words[1..])
+        .args(["--run-id", run_id])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .env("TALLY_GATEWAY_URL", url)
         .env("TALLY_API_KEY", key)
         .output()
