@@ -8,6 +8,7 @@ It never touches the shared `tally` database or the default streams."""
 import json
 import os
 import random
+import secrets
 import signal
 import socket
 import subprocess
@@ -112,10 +113,11 @@ class Stack:
             "TALLY_INGEST__LISTEN_ADDR": f"127.0.0.1:{self.gateway_port}",
             "TALLY_INGEST__KEY_REFRESH_SECS": "1",
             "TALLY_PAYMENTS__LISTEN_ADDR": f"127.0.0.1:{self.payments_port}",
-            "TALLY_PAYMENTS__API_TOKEN": "ops-test-payments-token-0123456789",
-            "TALLY_PAYMENTS__STRIPE_WEBHOOK_SECRET": "whsec_ops_test_secret",
-            "TALLY_PORTAL__SIGNING_SECRET": "ops-test-portal-signing-secret-0123",
-            "TALLY_DUNNING__SIGNING_SECRET": "ops-test-dunning-signing-secret-012",
+            # fresh secrets of production strength: staging and production refuse weak or
+            # published ones (docs/SECURITY.md)
+            "TALLY_PAYMENTS__STRIPE_WEBHOOK_SECRET": "whsec_" + secrets.token_hex(24),
+            "TALLY_PORTAL__SIGNING_SECRET": secrets.token_hex(32),
+            "TALLY_DUNNING__SIGNING_SECRET": secrets.token_hex(32),
         })
         for service, (_, _, section) in self.SERVICES.items():
             self.env[f"TALLY_{section}__METRICS_ADDR"] = f"127.0.0.1:{self.ports[service]}"
@@ -133,6 +135,11 @@ class Stack:
 
     def migrate(self):
         self.run("tally-migrate")
+
+    def api_token(self, role, actor="ops-tests"):
+        """A bearer token of `role` for the HTTP APIs (docs/SECURITY.md), shown once."""
+        out = self.run("tally-access", "tokens-create", "--actor", actor, "--role", role)
+        return json.loads(out)["token"]
 
     def start(self, services=None):
         for service in services or self.SERVICES:

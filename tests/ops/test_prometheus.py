@@ -154,7 +154,8 @@ class PrometheusAgainstTheServices(unittest.TestCase):
         cls.gateway_bad = services.http(url, data=json.dumps(bad).encode(), headers=headers)
         # the invoicer also reconciles after every pass; this is the operator's on-demand report
         invoicer_api = f"http://{cls.stack.env['TALLY_INVOICER__API_ADDR']}"
-        cls.reconciliation = services.http(f"{invoicer_api}/v1/reconciliation", timeout=30)
+        reader = {"Authorization": f"Bearer {cls.stack.api_token('reader')}"}
+        cls.reconciliation = services.http(f"{invoicer_api}/v1/reconciliation", headers=reader, timeout=30)
         payments = f"http://127.0.0.1:{cls.stack.payments_port}"
         cls.payments_health = services.http(f"{payments}/healthz")
         cls.payments_forged = services.http(f"{payments}/webhooks/stripe", data=b'{"id":"evt_forged"}',
