@@ -14,6 +14,42 @@ pub fn declare() {
     ] {
         counter!(name).absolute(0);
     }
+    for reason in BuildFailure::ALL {
+        counter!("tally_invoicer_invoice_failures_total", "reason" => reason.code()).absolute(0);
+    }
+}
+
+/// Why one invoice could not be built (the label of `tally_invoicer_invoice_failures_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuildFailure {
+    MixedCurrencies,
+    Currency,
+    Overflow,
+    Empty,
+}
+
+impl BuildFailure {
+    pub const ALL: [BuildFailure; 4] = [
+        BuildFailure::MixedCurrencies,
+        BuildFailure::Currency,
+        BuildFailure::Overflow,
+        BuildFailure::Empty,
+    ];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            BuildFailure::MixedCurrencies => "mixed_currencies",
+            BuildFailure::Currency => "currency",
+            BuildFailure::Overflow => "overflow",
+            BuildFailure::Empty => "empty",
+        }
+    }
+}
+
+/// One customer's invoice for one period could not be built this pass (the others were);
+/// alert `TallyInvoiceNotBuilt`.
+pub fn invoice_failed(reason: BuildFailure) {
+    counter!("tally_invoicer_invoice_failures_total", "reason" => reason.code()).increment(1);
 }
 
 /// One invoicing pass.

@@ -7,7 +7,9 @@
 //! ([`crate::numbering`]; a racing or later finalizer gets the first document back), written,
 //! then their `draft → finalized` transition appended (actor `invoicer`). An invoice whose
 //! finalization is recorded is never rebuilt. Late usage of a finalized period becomes an
-//! adjustment line on the customer's next invoice ([`crate::late`]).
+//! adjustment line on the customer's next invoice ([`crate::late`]). An invoice that cannot
+//! be built (charges in two currencies, an overflowing total) is logged, counted in
+//! `tally_invoicer_invoice_failures_total` and retried next pass; the others are built.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
@@ -93,7 +95,15 @@ pub async fn invoice_pass(
             credit_available_minor: credit,
         };
         let adj = late::take_for(&mut adjustments, customer, &currency, group[0].period);
-        let invoice = build(group, adj, &terms, now_ms)?;
+        // one customer's invoice that cannot be built never stops the others'
+        let invoice = match build(group, adj, &terms, now_ms) {
+            Ok(invoice) => invoice,
+            Err(e) => {
+                tracing::error!(%customer, period_start_ms = start_ms, error = %e, "invoice not built this pass; retried next pass");
+                metrics::invoice_failed(failure(&e));
+                continue;
+            }
+        };
         match invoice.status {
             Status::Draft => drafts.push(invoice),
             Status::Finalized => {
@@ -115,6 +125,15 @@ pub async fn invoice_pass(
     metrics::finalized(ids.len());
     all.sort_by(|a, b| (&a.customer, a.period.start_ms).cmp(&(&b.customer, b.period.start_ms)));
     Ok(all)
+}
+
+fn failure(e: &BuildError) -> metrics::BuildFailure {
+    match e {
+        BuildError::MixedCurrencies { .. } => metrics::BuildFailure::MixedCurrencies,
+        BuildError::Currency { .. } => metrics::BuildFailure::Currency,
+        BuildError::Overflow { .. } => metrics::BuildFailure::Overflow,
+        BuildError::Empty { .. } => metrics::BuildFailure::Empty,
+    }
 }
 
 /// Numbers (in period-end, customer order) and freezes the invoices due for finalization.

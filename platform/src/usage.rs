@@ -265,23 +265,34 @@ pub fn read_sql(plan: &Plan, req: &Request<'_>) -> String {
     }
     let agent = if req.by_agent { "agent" } else { "''" };
     let aborts = "SELECT batch_id FROM usage_aborts";
-    let sum_cols = "sum(events), sum(value_sum), min(value_min), max(value_max), \
+    let sums = "sum(events), sum(value_sum), min(value_min), max(value_max), \
         argMax(latest_value, (latest_time_ms, latest_event_id, agent)), max(latest_time_ms), \
-        argMax(latest_event_id, (latest_time_ms, latest_event_id, agent)), \
-        groupUniqArrayArray(unique_values)";
-    // `per_window`: rows at window resolution where it holds, else per UTC day
+        argMax(latest_event_id, (latest_time_ms, latest_event_id, agent))";
+    // `per_window`: rows at window resolution where it holds, else per UTC day. Two
+    // branches: only UNIQUE_COUNT meters carry a set of distinct values per group (a set state
+    // per group of every meter would cost hundreds of bytes per key for nothing)
     let partials_select = |filter: &str, per_window: &str| {
-        format!(
-            "SELECT customer, {agent} AS a, meter, aggregation, group_key, any(group_names), \
-                any(group_values), \
-                if({per_window}, toUInt32(window_start), \
-                   toUInt32(intDiv(toUInt32(window_start), 86400) * 86400)) AS s, \
-                toUInt32(max(if({per_window}, toUInt32(window_start) + window_secs, \
-                   toUInt32(intDiv(toUInt32(window_start), 86400) * 86400 + 86400)))), {sum_cols} \
-             FROM usage_partials \
-             WHERE {filter}{customer} AND batch_id NOT IN ({aborts}) \
-             GROUP BY customer, a, meter, aggregation, group_key, s"
-        )
+        let branch = |unique: bool| {
+            let (test, values) = if unique {
+                ("=", "groupUniqArrayArray(unique_values)")
+            } else {
+                ("!=", "emptyArrayString()")
+            };
+            format!(
+                "SELECT customer, {agent} AS a, meter, aggregation, group_key, any(group_names), \
+                    any(group_values), \
+                    if({per_window}, toUInt32(window_start), \
+                       toUInt32(intDiv(toUInt32(window_start), 86400) * 86400)) AS s, \
+                    toUInt32(max(if({per_window}, toUInt32(window_start) + window_secs, \
+                       toUInt32(intDiv(toUInt32(window_start), 86400) * 86400 + 86400)))), \
+                    {sums}, {values} \
+                 FROM usage_partials \
+                 WHERE {filter}{customer} AND aggregation {test} 'UNIQUE_COUNT' \
+                   AND batch_id NOT IN ({aborts}) \
+                 GROUP BY customer, a, meter, aggregation, group_key, s"
+            )
+        };
+        format!("{} UNION ALL {}", branch(false), branch(true))
     };
     if req.resolution == Resolution::Windows {
         return partials_select(&range_sql("window_start", from, to), "1");
@@ -325,14 +336,16 @@ pub fn read_sql(plan: &Plan, req: &Request<'_>) -> String {
     }
     let day_col = "toUInt32(toUInt32(day) * 86400)";
     let split_days_sql = split_sql(req.split, day_col);
+    // sealed day rows as stored, one per (customer, agent, meter, group, day): no grouping
+    // on the server (the caller merges agents as rows stream in), so no state per key
     let days = format!(
-        "SELECT customer, {agent} AS a, meter, aggregation, group_key, any(group_names), \
-            any(group_values), {day_col} AS s, toUInt32({day_col} + 86400), {sum_cols} \
+        "SELECT customer, {agent} AS a, meter, aggregation, group_key, group_names, \
+            group_values, {day_col} AS s, toUInt32({day_col} + 86400), events, value_sum, \
+            value_min, value_max, latest_value, latest_time_ms, latest_event_id, unique_values \
          FROM usage_days \
          WHERE day >= toDate(intDiv({first_day}, 86400)) AND day < toDate(intDiv({end_day}, 86400)){customer} \
            AND {day_col} < {unsealed} AND NOT {split_days_sql} \
-           AND seal_id NOT IN ({aborts}) \
-         GROUP BY customer, a, meter, aggregation, group_key, day"
+           AND seal_id NOT IN ({aborts})"
     );
     format!("{days} UNION ALL {live}")
 }
