@@ -68,7 +68,10 @@ async fn billing_reads_the_period_not_the_history() {
         .await
         .unwrap();
     assert_eq!(stored, HISTORY_EVENTS);
-    println!("history of {stored} events written in {:?}", started.elapsed());
+    println!(
+        "history of {stored} events written in {:?}",
+        started.elapsed()
+    );
 
     // a sealing pass over half of the history's days, each capped
     let capped = capped(&env);
@@ -126,17 +129,28 @@ async fn billing_reads_the_period_not_the_history() {
             (c.to_string(), Decimal::from(*t), cents as i64)
         })
         .collect();
-    assert_eq!(charged, want, "the period's exact usage, nothing of the history");
+    assert_eq!(
+        charged, want,
+        "the period's exact usage, nothing of the history"
+    );
 
     // reconciliation of the period
     let recon = tally_invoicer::reconcile::run(&capped, i64::from(period_start) * 1000)
         .await
         .unwrap_or_else(|e| panic!("reconciliation within {MEMORY_MAX} bytes: {e}"));
-    assert!(recon.quantity_differences.is_empty(), "{:?}", recon.quantity_differences);
+    assert!(
+        recon.quantity_differences.is_empty(),
+        "{:?}",
+        recon.quantity_differences
+    );
     assert!(recon.unreadable_usage.is_empty());
 
     // an explanation of one charge
-    let charge = report.charges.iter().find(|c| c.customer == "cur-2").unwrap();
+    let charge = report
+        .charges
+        .iter()
+        .find(|c| c.customer == "cur-2")
+        .unwrap();
     let (_, windows) = tally_rater::explain::load(&capped, &charge.charge_id)
         .await
         .unwrap_or_else(|e| panic!("explanation within {MEMORY_MAX} bytes: {e}"));
@@ -160,7 +174,9 @@ async fn billing_reads_the_period_not_the_history() {
     assert_eq!(usage.by_agent_meter[0].events, 2);
 
     // and a bounded read of a sealed stretch of the history is exact as well
-    let plan = tally_platform::usage::plan(&capped, history_first).await.unwrap();
+    let plan = tally_platform::usage::plan(&capped, history_first)
+        .await
+        .unwrap();
     let req = tally_platform::usage::Request {
         from: history_first,
         to: history_first + 60 * DAY,
@@ -170,7 +186,9 @@ async fn billing_reads_the_period_not_the_history() {
         resolution: tally_platform::usage::Resolution::Days,
         split: &[],
     };
-    let rows = tally_platform::usage::read(&capped, &plan, &req).await.unwrap();
+    let rows = tally_platform::usage::read(&capped, &plan, &req)
+        .await
+        .unwrap();
     let mut totals = tally_platform::usage::Totals::default();
     for r in &rows {
         totals.add(r).unwrap();

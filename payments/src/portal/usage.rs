@@ -73,7 +73,10 @@ pub async fn load(
     };
     let mut by_meter_day: BTreeMap<String, BTreeMap<i64, Decimal>> = BTreeMap::new();
     for ((meter, day), v) in &days {
-        by_meter_day.entry(meter.clone()).or_default().insert(*day, quantity(v));
+        by_meter_day
+            .entry(meter.clone())
+            .or_default()
+            .insert(*day, quantity(v));
     }
     Ok(Usage {
         by_agent_meter: per
