@@ -141,7 +141,7 @@ async fn api_serves_invoices_renderings_lineage_credit_notes_and_lifecycle() {
     let window = start + 3_600;
     // committed usage (two events in one window) and the charge the rater made of it
     db.query(&format!(
-        "INSERT INTO usage_readings (customer, agent, event_id, meter, aggregation, window_start, window_secs, time_ms, \
+        "INSERT INTO usage_meter_readings (customer, agent, event_id, meter, aggregation, window_start, window_secs, time_ms, \
          group_names, group_values, group_key, value, unique_value, batch_id, inserted_at) VALUES \
          ('acme', 'bot-1', 'evt-1', 'llm_tokens', 'SUM', toDateTime({window}), 3600, {w1}, [], [], '', toDecimal128(600, 9), '', 'b1', now()), \
          ('acme', 'bot-1', 'evt-2', 'llm_tokens', 'SUM', toDateTime({window}), 3600, {w2}, [], [], '', toDecimal128(400, 9), '', 'b1', now())",
@@ -151,10 +151,7 @@ async fn api_serves_invoices_renderings_lineage_credit_notes_and_lifecycle() {
     .execute()
     .await
     .expect("readings");
-    db.query("INSERT INTO usage_batches (batch_id, consumer, first_seq, last_seq, events, rollups, committed_at) VALUES ('b1', 't', 1, 2, 2, 0, now())")
-        .execute()
-        .await
-        .expect("marker");
+    tally_platform::testkit::fold_readings(&db, "b1").await;
     db.query(&format!(
         "INSERT INTO charges (charge_id, customer, period_start, period_end, meter, group_key, plan_id, plan_version, \
          price_model, currency, quantity, unit_price, tiers, amount_minor, amount_before_discounts_minor, tax_rate, tax_minor, \
