@@ -239,9 +239,12 @@ mod tests {
         assert_eq!(file.ingest.body_max_bytes, default_body_max_bytes());
     }
 
+    /// A change to the defaults, and the setting its error must name.
+    type Case = (fn(&mut IngestConfig), &'static str);
+
     #[test]
     fn each_bad_setting_is_named() {
-        let cases: Vec<(fn(&mut IngestConfig), &str)> = vec![
+        let cases: Vec<Case> = vec![
             (|c| c.listen_addr = "nowhere".into(), "ingest.listen_addr"),
             (|c| c.admin_token = "short".into(), "ingest.admin_token"),
             (
