@@ -26,7 +26,7 @@ use tally_platform::{streams, NatsConfig};
 /// Publishes in flight at most.
 const IN_FLIGHT: usize = 2048;
 
-/// One message: subject, id and body.
+/// One message: subject, `Nats-Msg-Id` (the event's identity) and body.
 pub type Message = (String, String, Vec<u8>);
 
 /// The benchmark's events: `n` messages of about 300 bytes from 10 customers with 10 agents
@@ -51,7 +51,7 @@ pub fn messages(prefix: &str, n: usize, duplicate_share: f64) -> Vec<Message> {
         e.data["trace"] = serde_json::Value::String("x".repeat(60)); // ~300-byte events
         out.push((
             format!("{prefix}.{}.{}", e.customer, e.agent),
-            e.id.to_string(),
+            tally_domain::nats_msg_id(e.customer.as_ref(), e.agent.as_ref(), e.id.as_ref()),
             e.to_json(),
         ));
     }

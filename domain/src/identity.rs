@@ -47,8 +47,11 @@ mod tests {
             nats_msg_id("c", "agent-1", "x"),
             nats_msg_id("c", "agent-2", "x")
         );
-        // an id may contain ':', but customer and agent cannot: still one reading
-        assert_ne!(nats_msg_id("a", "b", "c:d"), nats_msg_id("a", "b:c", "d"));
+        // an id may contain ':', but customer and agent cannot: the text still names one
+        // identity, read from the left
+        let h = nats_msg_id("a", "b", "c:d");
+        assert!(is_nats_msg_id(&h, "a", "b", "c:d"));
+        assert!(!is_nats_msg_id(&h, "a", "b", "c"));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tally_domain::{AgentId, CustomerId};
 use tally_e2e::{aggregator_config, meters};
 use tally_ingest::gateway::{self, key_store, Gateway, IngestConfig};
-use tally_ingest::nats_auth::{render, users, NatsUser};
+use tally_ingest::nats_auth::{render, users, Names, NatsUser};
 use tally_ingest::sdk::{Agent, SdkConfig};
 use tally_platform::own_server::start_nats;
 use tally_platform::shutdown::Shutdown;
@@ -62,8 +62,11 @@ async fn each_service_works_with_its_own_nats_user_and_is_refused_outside_it() {
     let users = users(&["acme"]).unwrap();
     let auth = render(
         &users,
-        &env.nats.subject_prefix,
-        &env.nats.dlq_subject_prefix,
+        &Names {
+            prefix: &env.nats.subject_prefix,
+            dlq_prefix: &env.nats.dlq_subject_prefix,
+            stream: &env.nats.stream,
+        },
     );
     let (_server, port) = start_nats(&auth).await.expect("starting nats-server");
     let admin_js = async_nats::jetstream::new(connect(port, user(&users, "tally-admin")).await);

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use tally_ingest::nats_auth::{render, users, NatsUser};
+use tally_ingest::nats_auth::{render, users, Names, NatsUser};
 use tally_platform::own_server::{start_nats, OwnServer};
 
 /// A nats-server of this test's own and its URL.
@@ -14,9 +14,16 @@ struct Server {
 }
 
 async fn start(users: &[NatsUser]) -> Server {
-    let (process, port) = start_nats(&render(users, "usage", "usage_dlq"))
-        .await
-        .expect("starting nats-server");
+    let (process, port) = start_nats(&render(
+        users,
+        &Names {
+            prefix: "usage",
+            dlq_prefix: "usage_dlq",
+            stream: "USAGE",
+        },
+    ))
+    .await
+    .expect("starting nats-server");
     Server {
         _process: process,
         url: format!("nats://127.0.0.1:{port}"),

@@ -128,7 +128,7 @@ async fn publish_usage(js: &async_nats::jetstream::Context, nats: &NatsConfig, n
         r#"{{"specversion":"1.0","id":"e1","source":"bot","subject":"acme","type":"llm.tokens","time":"{now}","data":{{"tokens":10,"model":"m","kind":"input"}}}}"#
     );
     let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Msg-Id", "e1");
+    headers.insert("Nats-Msg-Id", "acme:bot:e1");
     js.publish_with_headers(
         format!("{}.acme.bot", nats.subject_prefix),
         headers,

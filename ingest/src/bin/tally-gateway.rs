@@ -121,8 +121,11 @@ fn nats_config(cfg: &Config, args: &Args) -> anyhow::Result<()> {
         &conf,
         &nats_auth::render(
             &users,
-            &cfg.nats.subject_prefix,
-            &cfg.nats.dlq_subject_prefix,
+            &nats_auth::Names {
+                prefix: &cfg.nats.subject_prefix,
+                dlq_prefix: &cfg.nats.dlq_subject_prefix,
+                stream: &cfg.nats.stream,
+            },
         ),
     )
     .with_context(|| format!("writing {}", conf.display()))?;

@@ -25,7 +25,6 @@ export const REPO = resolve(PACKAGE_DIR, "..", "..");
 export const BIN_DIR = process.env.TALLY_BIN_DIR || join(REPO, "target", "debug");
 export const NATS_URL = process.env.TALLY_TEST_NATS_URL || "nats://127.0.0.1:4222";
 export const CLICKHOUSE_URL = process.env.TALLY_TEST_CLICKHOUSE_URL || "http://127.0.0.1:8123";
-const ADMIN_TOKEN = "admin-token-for-sdk-tests-0123456789";
 
 export function binary(name: string): string {
   const path = join(BIN_DIR, name);
@@ -119,6 +118,10 @@ export class Gateway {
   readonly config: string;
   readonly log: string;
   port = 0;
+  /** The admin API's own listener (`ingest.admin_addr`). */
+  adminPort = 0;
+  /** A `key_admin` API token made by `tally-access tokens-create`. */
+  adminToken = "";
   private proc: ChildProcess | undefined;
   private exited: Promise<void> | undefined;
 
@@ -133,7 +136,6 @@ export class Gateway {
     this.log = join(this.dir, "gateway.log");
     const settings: Record<string, string | number> = {
       metrics_addr: "127.0.0.1:0",
-      admin_token: ADMIN_TOKEN,
       ...ingest,
     };
     writeFileSync(
@@ -165,6 +167,13 @@ ${Object.entries(settings)
     const gw = new Gateway(tag, ingest);
     await run(binary("tally-migrate"), ["--config", gw.config], { timeout: 120_000 });
     gw.port = await freePort();
+    gw.adminPort = await freePort();
+    const { stdout } = await run(
+      binary("tally-access"),
+      ["tokens-create", "--actor", "sdk-tests", "--role", "key_admin", "--config", gw.config],
+      { timeout: 60_000 },
+    );
+    gw.adminToken = (JSON.parse(stdout) as { token: string }).token;
     return gw;
   }
 
@@ -172,12 +181,20 @@ ${Object.entries(settings)
     return `http://127.0.0.1:${this.port}`;
   }
 
+  get adminUrl(): string {
+    return `http://127.0.0.1:${this.adminPort}`;
+  }
+
   /** Starts the gateway on `port` (a fresh port if that one turns out taken). */
   async start(wait = true): Promise<void> {
     for (let i = 0; i < 5; i++) {
       const fd = openSync(this.log, "a");
       const proc = spawn(binary("tally-gateway"), ["serve", "--config", this.config], {
-        env: { ...process.env, TALLY_INGEST__LISTEN_ADDR: `127.0.0.1:${this.port}` },
+        env: {
+          ...process.env,
+          TALLY_INGEST__LISTEN_ADDR: `127.0.0.1:${this.port}`,
+          TALLY_INGEST__ADMIN_ADDR: `127.0.0.1:${this.adminPort}`,
+        },
         stdio: ["ignore", fd, fd],
       });
       closeSync(fd);
@@ -188,6 +205,7 @@ ${Object.entries(settings)
       const text = readFileSync(this.log, "utf8");
       if (!/in use/i.test(text)) throw new Error(`tally-gateway did not start:\n${text}`);
       this.port = await freePort();
+      this.adminPort = await freePort();
     }
     throw new Error("tally-gateway found no free port");
   }
@@ -220,9 +238,9 @@ ${Object.entries(settings)
 
   /** A key for `customer` through the admin API (docs/INGEST.md): the bearer token. */
   async createKey(customer: string, agents: string[] = []): Promise<string> {
-    const r = await fetch(`${this.url}/v1/admin/keys`, {
+    const r = await fetch(`${this.adminUrl}/v1/admin/keys`, {
       method: "POST",
-      headers: { authorization: `Bearer ${ADMIN_TOKEN}`, "content-type": "application/json" },
+      headers: { authorization: `Bearer ${this.adminToken}`, "content-type": "application/json" },
       body: JSON.stringify({ customer, agents, label: "sdk test" }),
     });
     const view = (await r.json()) as { customer: string; revoked: boolean; key: string };
@@ -244,9 +262,9 @@ ${Object.entries(settings)
 
   async revokeKey(key: string): Promise<void> {
     const keyId = key.split("_")[1];
-    const r = await fetch(`${this.url}/v1/admin/keys/${keyId}/revoke`, {
+    const r = await fetch(`${this.adminUrl}/v1/admin/keys/${keyId}/revoke`, {
       method: "POST",
-      headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+      headers: { authorization: `Bearer ${this.adminToken}` },
     });
     const view = (await r.json()) as { revoked: boolean };
     if (!view.revoked) throw new Error(`revocation: ${JSON.stringify(view)}`);
