@@ -130,9 +130,10 @@ async fn load_seals(agg: &mut Aggregator<'_>) -> Result<(), RunError> {
     .await?;
     agg.sealed_through = through;
     agg.first_data = first;
-    if let Some(day) = through {
-        metrics::sealed_through(day);
-    }
+    // nothing sealed yet: the clock starts at the takeover (the TallySealingBehind alert
+    // fires when three days pass without a seal)
+    let today = tally_platform::store::datetime_secs(now_ms());
+    metrics::sealed_through(through.unwrap_or(today - today % 86_400));
     Ok(())
 }
 

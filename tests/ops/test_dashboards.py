@@ -84,11 +84,19 @@ class DashboardJson(unittest.TestCase):
         self.assertIn("./dashboards/provisioning:/etc/grafana/provisioning:ro", mounts)
 
     def test_clickhouse_panels_read_only_public_views(self):
+        """Panels read the public views, or the usage partials bounded by the panel's range on
+        their sorting key (on ClickHouse 18.16 a filter never reaches inside a view, so a view
+        over usage would read all history: README, public SQL views)."""
         tables = re.compile(r"\b(?:FROM|JOIN)\s+([A-Za-z_][A-Za-z0-9_.]*)", re.I)
+        bounded = "toStartOfHour(window_start) >= toStartOfHour($__fromTime)"
         for name, title, sql in d.targets(d.CLICKHOUSE_UID):
             with self.subTest(dashboard=name, panel=title):
                 for table in tables.findall(sql):
-                    self.assertRegex(table, r"^v_[a-z_]+$")
+                    if table in ("usage_partials", "usage_aborts"):
+                        self.assertIn(bounded, sql, "usage_partials read without its range")
+                        self.assertIn("batch_id NOT IN (SELECT batch_id FROM usage_aborts)", sql)
+                    else:
+                        self.assertRegex(table, r"^v_[a-z_]+$")
 
     def test_panels_cover_what_the_issue_asks_for(self):
         titles = {t for p in d.dashboard_files() for t in (x.get("title") for x in d.panels(d.load(p)))}
