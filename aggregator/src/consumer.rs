@@ -344,8 +344,11 @@ impl<'a> Aggregator<'a> {
                             false
                         }
                         None => {
-                            tracing::warn!("consumer stream ended; opening a new one");
-                            break;
+                            // a delivery lost in the ended pull would not show as a gap in
+                            // a new one: read again from the ack floor, in stream order
+                            tracing::warn!("consumer stream ended; reading again from the ack floor");
+                            reset = true;
+                            true
                         }
                     },
                 };
@@ -381,7 +384,7 @@ impl<'a> Aggregator<'a> {
     }
 
     async fn try_open_messages(&self) -> Result<(Consumer<pull::Config>, pull::Stream), RunError> {
-        let consumer = takeover::consumer(self, None).await?;
+        let consumer = takeover::consumer(self).await?;
         let messages = consumer
             .stream()
             .max_messages_per_batch(self.cfg.batch_max_events)
@@ -524,10 +527,13 @@ impl<'a> Aggregator<'a> {
             .classify(subject, msg_id, payload, received_ms)
         {
             Err(rejection) => reject(batch, rejection),
-            Ok(acc) if self.is_sealed(acc.event.time_ms) => reject(batch, self.sealed_rejection()),
             Ok(acc) => {
                 let (key, hash) = (acc.key, acc.payload_hash);
                 match self.dedup.check(key, hash) {
+                    // a copy of a counted event is a duplicate even when its day is sealed
+                    Seen::New if self.is_sealed(acc.event.time_ms) => {
+                        reject(batch, self.sealed_rejection())
+                    }
                     Seen::New => {
                         batch.add_accepted(acc, seq, self.cfg.window_secs);
                         self.dedup.reserve(key, hash, received);
@@ -668,7 +674,10 @@ impl<'a> Aggregator<'a> {
             match written {
                 Ok(()) => {
                     self.pending_aborts.clear();
-                    crash::point(CrashPoint::AfterRows);
+                    // the crash points are a batch's steps (a seal's are the same code)
+                    if what == "batch" {
+                        crash::point(CrashPoint::AfterRows);
+                    }
                     self.write_commit().await?;
                     return Ok(id);
                 }
@@ -681,6 +690,34 @@ impl<'a> Aggregator<'a> {
             self.pause(&mut backoff)
                 .await
                 .ok_or_else(|| self.stopped())?;
+            // while the lease still names the failed attempt, record its abort before any new
+            // intent: the list an intent carries never grows past what one attempt left
+            self.abort_pending(&mut backoff).await?;
+        }
+    }
+
+    /// Writes the pending aborts, retrying with backoff until ClickHouse takes them.
+    async fn abort_pending(&mut self, backoff: &mut Duration) -> Result<(), RunError> {
+        loop {
+            let part = self.cfg.part();
+            match sink::abort(
+                &self.db,
+                &self.pending_aborts,
+                part,
+                "failed_attempt",
+                now_ms(),
+            )
+            .await
+            {
+                Ok(()) => {
+                    self.pending_aborts.clear();
+                    // as after a takeover: no read may mix the aborted rows with the retry's
+                    tokio::time::sleep(crate::takeover::ABORT_SETTLE).await;
+                    return Ok(());
+                }
+                Err(e) => tracing::warn!(error = %e, "recording an aborted attempt, retrying"),
+            }
+            self.pause(backoff).await.ok_or_else(|| self.stopped())?;
         }
     }
 
@@ -757,6 +794,18 @@ impl<'a> Aggregator<'a> {
         };
         let last_final =
             until.and_then(|u| seal::last_final_day(u, self.cfg.allowed_lateness_secs));
+        if self.sealed_through.is_none() {
+            // nothing sealed yet: start at the first day with data now (it may have arrived
+            // since the takeover), or at the last final day when there is none; every event
+            // still to come is for a later day, or is refused
+            match seal::first_data(&self.db, self.cfg.part()).await {
+                Ok(first) => self.first_data = first.or(last_final),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read where sealing starts; retrying at the next look");
+                    return Ok(());
+                }
+            }
+        }
         let days = seal::days_to_seal(
             self.sealed_through,
             self.first_data,

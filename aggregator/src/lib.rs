@@ -68,10 +68,14 @@
 //!    on the consumer refuses events for the day (`window_sealed`: only possible after the
 //!    lateness was raised), so the partials a seal folded are the day's partials forever and
 //!    a reader may take either. See [`seal`]. (`tests/sealing.rs`.)
-//! 8. **Readers take one snapshot of the abort list.** A reader reads `usage_aborts` (one
-//!    small subquery) before the rows; a takeover waits [`takeover::ABORT_SETTLE`] after
-//!    recording aborts before its own batches count, so no read mixes an aborted batch's rows
-//!    with its replacement's.
+//! 8. **An abort is durable before the replacement's rows exist.** A takeover records the
+//!    aborts before it consumes anything; a retry records the failed attempt's abort before it
+//!    writes the next intent; both then wait [`takeover::ABORT_SETTLE`]. A read takes the parts
+//!    it reads and the abort set within one query: if it sees the replacement's rows, the abort
+//!    was written before them, so (with the settle covering a set read before the parts) it
+//!    never counts the aborted batch and its replacement together. A read at the wrong moment
+//!    can miss a batch being aborted for a moment; the next read has it. Billing reads take
+//!    day rows only of the seals their plan saw (`platform/src/usage.rs`).
 //!
 //! Scale-out partitions the subject space by customer (`nats.partitions`, a NATS server
 //! mapping) with one consumer and one lease per partition, so a customer's dedup set, windows

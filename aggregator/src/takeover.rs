@@ -4,10 +4,12 @@
 //!    named, and earlier attempts it had not recorded yet), then wait a moment
 //!    ([`ABORT_SETTLE`]), so no reader that read the abort list before it changed is still
 //!    choosing its rows when batches of this instance start to count.
-//! 2. The upgrade from the storage of migrations 0001-0023 (`upgrade.rs`): partition 0 copies
-//!    the legacy rows once; the other partitions wait until it has.
-//! 3. Register the partition with the readers (once) and read how far it is sealed
-//!    (`seal.rs`).
+//! 2. Register the partition with the readers, then the upgrade from the storage of
+//!    migrations 0001-0023 (`upgrade.rs`): partition 0 copies the legacy rows once; the other
+//!    partitions wait until it has. Stop every aggregator of the old version first: it is not
+//!    fenced by the lease, and what it commits after the copy is not copied.
+//! 3. Read how far the partition is sealed (`seal.rs`); the partition was registered with
+//!    the readers (once) before the upgrade copy, so no reader skips its rows.
 //! 4. Rebuild the dedup set from the raw events that count (`recovery.rs`).
 //! 5. Recreate the durable consumer at its ack floor, so every message not yet acknowledged
 //!    is delivered again now and in stream order (not after AckWait, behind newer ones): the
@@ -20,6 +22,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, Consumer, DeliverPolicy};
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use tally_platform::streams;
 
 use crate::consumer::{now_ms, owns, Aggregator, RunError, BACKOFF_MIN};
@@ -32,6 +35,7 @@ pub const ABORT_SETTLE: Duration = Duration::from_secs(1);
 /// The takeover steps, in order.
 pub(crate) async fn run(agg: &mut Aggregator<'_>, takeover: Takeover) -> Result<(), RunError> {
     abort_unfinished(agg, &takeover.unfinished).await?;
+    register(agg).await?;
     upgrade_legacy(agg).await?;
     load_seals(agg).await?;
     recover(agg).await?;
@@ -107,14 +111,26 @@ async fn upgrade_legacy(agg: &mut Aggregator<'_>) -> Result<(), RunError> {
     Ok(())
 }
 
+/// Registers the partition with the readers before it writes anything (the upgrade copy
+/// included): a reader then reads all of its time from the partials until it seals.
+async fn register(agg: &mut Aggregator<'_>) -> Result<(), RunError> {
+    let (db, part) = (agg.db.clone(), agg.cfg.part());
+    retry(agg, "register", || {
+        let db = db.clone();
+        async move {
+            seal::register(&db, part, now_ms())
+                .await
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await
+}
+
 async fn load_seals(agg: &mut Aggregator<'_>) -> Result<(), RunError> {
     let (db, part) = (agg.db.clone(), agg.cfg.part());
     let (through, first) = retry(agg, "seals", || {
         let db = db.clone();
         async move {
-            seal::register(&db, part, now_ms())
-                .await
-                .map_err(|e| e.to_string())?;
             let through = seal::sealed_through(&db, part)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -182,14 +198,13 @@ fn config(agg: &Aggregator<'_>, start: Option<u64>) -> pull::Config {
     }
 }
 
-/// The durable consumer, declaring the streams and creating it (at `start`) if missing.
-pub(crate) async fn consumer(
-    agg: &Aggregator<'_>,
-    start: Option<u64>,
-) -> Result<Consumer<pull::Config>, RunError> {
+/// The durable consumer as [`reset_consumer`] created it. Never creates one: a consumer
+/// created elsewhere (by a fenced instance reopening its stream, say) would start at the
+/// beginning of the stream.
+pub(crate) async fn consumer(agg: &Aggregator<'_>) -> Result<Consumer<pull::Config>, RunError> {
     let stream = streams::ensure(&agg.js, agg.nats_cfg).await?;
     stream
-        .get_or_create_consumer(&agg.cfg.consumer_name(), config(agg, start))
+        .get_consumer(&agg.cfg.consumer_name())
         .await
         .map_err(|e| agg.consumer_err(&e))
 }
@@ -207,9 +222,12 @@ pub(crate) async fn reset_consumer(agg: &mut Aggregator<'_>) -> Result<(), RunEr
             let stream = streams::ensure(&js, nats_cfg)
                 .await
                 .map_err(|e| e.to_string())?;
+            // only a consumer that does not exist has no floor: any other error is retried
+            // (taking it for "none" would keep the old consumer and lose the stream order)
             let floor = match stream.consumer_info(&name).await {
                 Ok(info) => Some(info.ack_floor.stream_sequence),
-                Err(_) => None,
+                Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => None,
+                Err(e) => return Err(e.to_string()),
             };
             if floor.is_some() {
                 stream
@@ -221,11 +239,19 @@ pub(crate) async fn reset_consumer(agg: &mut Aggregator<'_>) -> Result<(), RunEr
         }
     })
     .await?;
-    retry(agg, "consumer create", || async {
-        consumer(agg, start)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+    let (js, cfg) = (agg.js.clone(), config(agg, start));
+    retry(agg, "consumer create", || {
+        let (js, name, cfg) = (js.clone(), name.clone(), cfg.clone());
+        async move {
+            let stream = streams::ensure(&js, nats_cfg)
+                .await
+                .map_err(|e| e.to_string())?;
+            stream
+                .get_or_create_consumer(&name, cfg)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
     })
     .await?;
     if start.is_some() {

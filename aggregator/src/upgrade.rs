@@ -2,8 +2,9 @@
 //! readings in `usage_readings`, commit markers in `usage_batches`, identity (customer, id)
 //! folded at read time) to the storage of 0024: every committed legacy event is copied once
 //! into `usage_raw`, `usage_meter_readings` and `usage_partials` under one batch id, folded
-//! exactly as the old views folded it (each (customer, id) once, each (customer, id, meter)
-//! once), so every event that counted before counts the same after.
+//! exactly as the old views folded it (each (customer, id, meter) once), so every event that
+//! counted before counts the same after. Raw events are copied per (customer, agent, id),
+//! so a re-send of a legacy event from any of the agents that sent it finds its id.
 //!
 //! Exactly once: the copy is a batch of partition 0 like any other, written between an
 //! intent and a commit in the partition lease; a copy that stops half-way is aborted by
@@ -20,10 +21,10 @@ pub const UPGRADE_CONSUMER: &str = "upgrade:0024";
 const COPY: [&str; 3] = [
     "INSERT INTO usage_raw (customer, agent, event_id, event_type, time, time_ms, data, \
         payload_hash, stream_seq, received_at, batch_id, part) \
-     SELECT customer, any(agent), event_id, any(event_type), any(time), any(time_ms), any(data), \
+     SELECT customer, agent, event_id, any(event_type), any(time), any(time_ms), any(data), \
         any(payload_hash), any(stream_seq), any(received_at), ?, 0 \
      FROM usage_events WHERE batch_id IN (SELECT batch_id FROM usage_batches) \
-     GROUP BY customer, event_id",
+     GROUP BY customer, agent, event_id",
     "INSERT INTO usage_meter_readings (customer, agent, event_id, meter, aggregation, \
         window_start, window_secs, time_ms, group_names, group_values, group_key, value, \
         unique_value, stream_seq, batch_id, part, inserted_at) \

@@ -160,7 +160,11 @@ aggregation = "COUNT"
             .get_key_value(format!("{}_AGGREGATORS", self.env.nats.stream))
             .await
             .expect("lease bucket");
-        let value = kv.get(&self.consumer).await.expect("lease").expect("a lease");
+        let value = kv
+            .get(&self.consumer)
+            .await
+            .expect("lease")
+            .expect("a lease");
         let v: serde_json::Value = serde_json::from_slice(&value).expect("lease JSON");
         v["state"].as_str().unwrap_or_default().to_owned()
     }
@@ -603,7 +607,11 @@ async fn sealing_under_kill_9_seals_each_day_once_and_loses_nothing() {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut kills = 0;
     while sealed().await < 8 {
-        assert!(Instant::now() < deadline, "sealed {} of 8 days", sealed().await);
+        assert!(
+            Instant::now() < deadline,
+            "sealed {} of 8 days",
+            sealed().await
+        );
         // each instance lives long enough to wait out its predecessor's one-second lease
         // and seal about a day before it is killed
         tokio::time::sleep(Duration::from_millis(2500)).await;

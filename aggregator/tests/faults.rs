@@ -302,7 +302,8 @@ async fn publish_all(url: &str, prefix: &str, events: &[OutgoingEvent], per_sec:
             let mut failed = false;
             for e in chunk {
                 let mut headers = async_nats::HeaderMap::new();
-                let msg_id = tally_domain::nats_msg_id(e.customer.as_ref(), e.agent.as_ref(), e.id.as_ref());
+                let msg_id =
+                    tally_domain::nats_msg_id(e.customer.as_ref(), e.agent.as_ref(), e.id.as_ref());
                 headers.insert("Nats-Msg-Id", msg_id.as_str());
                 let subject = format!("{prefix}.{}.{}", e.customer, e.agent);
                 let publish = js.publish_with_headers(subject, headers, e.to_json().into());
@@ -831,7 +832,10 @@ async fn kills_restarts_and_zombies_neither_lose_nor_double_count() {
         .fetch_one()
         .await
         .unwrap();
-    assert_eq!(counted_rows, distinct, "no (event, meter) counted twice in storage");
+    assert_eq!(
+        counted_rows, distinct,
+        "no (event, meter) counted twice in storage"
+    );
     let injected = immediate + late + conflicting;
     let sent = published1.calls + published2.calls;
     let retries = published1.retries + published2.retries;

@@ -50,7 +50,9 @@ async fn past_days(db: &clickhouse::Client, days: u32, n: u32) -> u32 {
 }
 
 /// Per (customer, meter, day): (quantity, events) from `rows`.
-fn per_day(rows: &[usage::UsageRow]) -> std::collections::BTreeMap<(String, String, u32), (String, u64)> {
+fn per_day(
+    rows: &[usage::UsageRow],
+) -> std::collections::BTreeMap<(String, String, u32), (String, u64)> {
     let mut totals: std::collections::BTreeMap<(String, String, u32), (String, Totals)> =
         Default::default();
     for r in rows {
@@ -61,7 +63,12 @@ fn per_day(rows: &[usage::UsageRow]) -> std::collections::BTreeMap<(String, Stri
     }
     totals
         .into_iter()
-        .map(|(k, (agg, t))| (k, (t.quantity(&agg).unwrap().normalize().to_string(), t.events)))
+        .map(|(k, (agg, t))| {
+            (
+                k,
+                (t.quantity(&agg).unwrap().normalize().to_string(), t.events),
+            )
+        })
         .collect()
 }
 
@@ -104,7 +111,10 @@ async fn publish_now(js: &jetstream::Context, prefix: &str, tag: &str, n: usize)
     let mut fleet = Fleet::new(tag, 2, 1, tag, 5).expect("fleet");
     let mut publisher = Publisher::new(js.clone(), prefix, 64);
     for _ in 0..n {
-        publisher.publish(&fleet.next_event(Utc::now())).await.expect("publish");
+        publisher
+            .publish(&fleet.next_event(Utc::now()))
+            .await
+            .expect("publish");
     }
     publisher.flush().await.expect("acks");
 }
@@ -125,8 +135,13 @@ async fn final_days_are_sealed_once_and_read_back_exactly() {
         by_agent: false,
         resolution: Resolution::Windows,
         split: &[],
+        months_except: None,
     };
-    let before = per_day(&usage::read(&db, &usage::Plan::default(), &everything).await.unwrap());
+    let before = per_day(
+        &usage::read(&db, &usage::Plan::default(), &everything)
+            .await
+            .unwrap(),
+    );
     assert_eq!(before.len(), 9, "3 customers x 3 days");
 
     let stop = Shutdown::new();
@@ -135,7 +150,11 @@ async fn final_days_are_sealed_once_and_read_back_exactly() {
     publish_now(&js, &env.nats.subject_prefix, "now", 20).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     while sealed_days(&db).await.len() < 3 {
-        assert!(Instant::now() < deadline, "days not sealed: {:?}", sealed_days(&db).await);
+        assert!(
+            Instant::now() < deadline,
+            "days not sealed: {:?}",
+            sealed_days(&db).await
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // each past day once, in order, from the first day with data
@@ -152,10 +171,22 @@ async fn final_days_are_sealed_once_and_read_back_exactly() {
         ..everything.clone()
     };
     let plan = usage::plan(&db, first).await.unwrap();
-    assert!(plan.sealed.iter().any(|&(p, t)| p == 0 && t >= first + 2 * DAY), "{plan:?}");
+    assert!(
+        plan.sealed
+            .iter()
+            .any(|&(p, t)| p == 0 && t >= first + 2 * DAY),
+        "{plan:?}"
+    );
     let rows = usage::read(&db, &plan, &days_read).await.unwrap();
-    assert!(rows.iter().all(|r| r.end - r.start == DAY), "sealed days are read as day rows");
-    assert_eq!(per_day(&rows), before, "the sealed days hold what the partials hold");
+    assert!(
+        rows.iter().all(|r| r.end - r.start == DAY),
+        "sealed days are read as day rows"
+    );
+    assert_eq!(
+        per_day(&rows),
+        before,
+        "the sealed days hold what the partials hold"
+    );
     // a day split for one customer (a period starting at 09:00 UTC) is read per window for it
     let split = vec![("c1".to_owned(), first + DAY)];
     let split_read = Request {
@@ -203,9 +234,16 @@ async fn final_days_are_sealed_once_and_read_back_exactly() {
     let msg = msgs.next().await.expect("a dead letter").expect("message");
     let record: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
     assert_eq!(record["reason"], "window_sealed", "{record}");
-    let after = per_day(&usage::read(&db, &usage::Plan::default(), &everything).await.unwrap());
+    let after = per_day(
+        &usage::read(&db, &usage::Plan::default(), &everything)
+            .await
+            .unwrap(),
+    );
     assert_eq!(
-        after.iter().filter(|((c, _, _), _)| c.starts_with('c')).collect::<Vec<_>>(),
+        after
+            .iter()
+            .filter(|((c, _, _), _)| c.starts_with('c'))
+            .collect::<Vec<_>>(),
         before.iter().collect::<Vec<_>>(),
         "sealed days unchanged"
     );
@@ -220,7 +258,10 @@ async fn a_day_is_final_only_once_every_message_up_to_its_end_plus_lateness_is_a
     let js = jetstream::new(async_nats::connect(&env.nats.url).await.expect("NATS"));
     let stream = streams::ensure(&js, &env.nats).await.expect("streams");
     assert_eq!(
-        seal::final_until(&js, &env.nats.stream, "aggregator").await.ok().flatten(),
+        seal::final_until(&js, &env.nats.stream, "aggregator")
+            .await
+            .ok()
+            .flatten(),
         None,
         "an empty stream says nothing"
     );
@@ -234,7 +275,12 @@ async fn a_day_is_final_only_once_every_message_up_to_its_end_plus_lateness_is_a
         })
         .await
         .expect("consumer");
-    let mut batch = consumer.fetch().max_messages(3).messages().await.expect("fetch");
+    let mut batch = consumer
+        .fetch()
+        .max_messages(3)
+        .messages()
+        .await
+        .expect("fetch");
     let mut held = Vec::new();
     while let Some(Ok(m)) = batch.next().await {
         held.push(m);

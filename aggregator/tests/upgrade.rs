@@ -27,9 +27,13 @@ fn legacy_rows(
     window: u32,
     tokens: u32,
 ) -> (String, String) {
+    // the payload hash the old aggregator stored: a re-send with the same payload is a plain
+    // duplicate of it
+    let data = format!("{{\"tokens\":{tokens}}}");
+    let hash = tally_aggregator::dedup::payload_hash("llm.tokens", i64::from(window) * 1000, &data);
     let event = format!(
         "('{customer}', 'bot', '{id}', 'llm.tokens', toDateTime({window}), {window}000, \
-         '{{\"tokens\":{tokens}}}', 7, '{batch}', 1, toDateTime({window}))"
+         '{data}', {hash}, '{batch}', 1, toDateTime({window}))"
     );
     let reading = format!(
         "('{customer}', 'bot', '{id}', 'llm_tokens', 'SUM', toDateTime({w}), 60, {window}000, \
@@ -147,6 +151,12 @@ async fn legacy_usage_is_copied_once_and_counts_exactly_once() {
         "the re-send is consumed"
     );
     assert_eq!(usage(&db).await, want, "the re-send counts nothing");
+    let mut dlq = js.get_stream(&env.nats.dlq_stream).await.expect("dlq");
+    let records = dlq.info().await.expect("dlq info").state.messages;
+    if records > 0 {
+        let m = dlq.get_raw_message(1).await.expect("record");
+        panic!("dead-lettered: {}", String::from_utf8_lossy(&m.payload));
+    }
 
     // a restart copies nothing again
     stop.cancel();

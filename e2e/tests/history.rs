@@ -2,7 +2,8 @@
 //! holding 5,000,000 committed events in the months before the period being rated (written
 //! straight into the tables with `INSERT ... SELECT ... FROM system.numbers`, half of its days
 //! sealed), and a small current period of known usage. Every read runs with
-//! `max_memory_usage` = 256 MiB (ClickHouse refuses a query that would use more): a sealing
+//! `max_memory_usage` = 256 MiB and `max_rows_to_read` = 1,000,000 (ClickHouse refuses a query
+//! that would use more memory or read more rows, a fifth of the history): a sealing
 //! pass, a rating pass, reconciliation, a charge's explanation and the portal's usage query
 //! all succeed and return the exact usage of the period.
 
@@ -15,6 +16,8 @@ use tally_platform::testkit::{fold_readings, TestEnv};
 const DAY: u32 = 86_400;
 const HISTORY_EVENTS: u64 = 5_000_000;
 const MEMORY_MAX: &str = "268435456";
+/// Rows a single query may read: a fifth of the history.
+const ROWS_MAX: &str = "1000000";
 
 /// `n` readings of `llm_tokens` (one per event) from `first_day` over `days` days, for
 /// `customers` customers and two models, in batches of at most 1,000,000 events, each batch
@@ -45,8 +48,13 @@ async fn history(db: &clickhouse::Client, first_day: u32, days: u32, n: u64) {
     }
 }
 
+/// Every read of the period is capped in memory and in rows: a query that scanned the
+/// history (5M readings, about as many partials) would be refused, however little memory it
+/// used while filtering.
 fn capped(env: &TestEnv) -> clickhouse::Client {
-    env.db().with_setting("max_memory_usage", MEMORY_MAX)
+    env.db()
+        .with_setting("max_memory_usage", MEMORY_MAX)
+        .with_setting("max_rows_to_read", ROWS_MAX)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,18 +181,19 @@ async fn billing_reads_the_period_not_the_history() {
     assert_eq!(usage.by_agent_meter[0].quantity, Decimal::from(1_000_000));
     assert_eq!(usage.by_agent_meter[0].events, 2);
 
-    // and a bounded read of a sealed stretch of the history is exact as well
+    // and a bounded read of the sealed stretch of the history is exact as well
     let plan = tally_platform::usage::plan(&capped, history_first)
         .await
         .unwrap();
     let req = tally_platform::usage::Request {
         from: history_first,
-        to: history_first + 60 * DAY,
+        to: history_first + 50 * DAY,
         scope: tally_platform::usage::Scope::Customer("hist-7"),
         meter: None,
         by_agent: false,
         resolution: tally_platform::usage::Resolution::Days,
         split: &[],
+        months_except: None,
     };
     let rows = tally_platform::usage::read(&capped, &plan, &req)
         .await
@@ -197,7 +206,7 @@ async fn billing_reads_the_period_not_the_history() {
         .query(&format!(
             "SELECT count(), toUInt64(sum(value)) FROM usage_meter_readings \
              WHERE customer = 'hist-7' AND window_start < toDateTime({})",
-            history_first + 60 * DAY
+            history_first + 50 * DAY
         ))
         .fetch_one()
         .await

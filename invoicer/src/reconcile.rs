@@ -190,6 +190,7 @@ async fn usage_vs_charges(
         by_agent: false,
         resolution: usage::Resolution::Days,
         split: &split,
+        months_except: None,
     };
     let plan = usage::plan(db, req.from).await?;
     let used = usage::read(db, &plan, &req).await?;

@@ -8,7 +8,8 @@
 //! 2. [`read`]: one query with those bounds as constants: sealed days of the range from
 //!    `usage_days`, everything else from the partials, each filtered on its table's sorting
 //!    key (hour, then customer), folded server-side per (customer, [agent,] meter, group) and
-//!    UTC day, or window where a day is cut (a split day, the range's first or last day).
+//!    UTC day, or window where a day is cut (a split day, the range's first or last day);
+//!    optionally sealed days per UTC calendar month for customers billed by calendar month.
 //!
 //! Because the bounds are constants of the second query, both halves agree on where the
 //! sealed part ends, whatever is sealed meanwhile (a day sealed after the plan is read from
@@ -112,6 +113,9 @@ impl Units {
 pub struct Plan {
     /// (partition, start of the newest sealed day at or after the range start; 0 when none).
     pub sealed: Vec<(u32, u32)>,
+    /// The seals (ids) of those days: the only day rows the read takes, so it reads exactly
+    /// the seals the plan saw, whatever is sealed or aborted meanwhile.
+    pub seals: Vec<String>,
 }
 
 impl Plan {
@@ -131,17 +135,27 @@ impl Plan {
 pub async fn plan(db: &Client, from: u32) -> Result<Plan, clickhouse::error::Error> {
     // day 0 rows register a partition (written at its first takeover), so a partition
     // without any seal in the range is known and read from its partials
-    let sealed: Vec<(u32, u32)> = db
+    let rows: Vec<(u32, u32, String)> = db
         .query(
-            "SELECT part, toUInt32(toUInt32(max(day)) * 86400) FROM usage_seals \
+            "SELECT part, toUInt32(toUInt32(day) * 86400), seal_id FROM usage_seals \
              WHERE (day >= toDate(intDiv(?, 86400)) OR day = toDate(0)) \
              AND seal_id NOT IN (SELECT batch_id FROM usage_aborts) \
-             GROUP BY part ORDER BY part",
+             ORDER BY part, day",
         )
         .bind(from)
         .fetch_all()
         .await?;
-    Ok(Plan { sealed })
+    let mut plan = Plan::default();
+    for (part, day, seal_id) in rows {
+        match plan.sealed.last_mut() {
+            Some((p, through)) if *p == part => *through = (*through).max(day),
+            _ => plan.sealed.push((part, day)),
+        }
+        if day > 0 {
+            plan.seals.push(seal_id);
+        }
+    }
+    Ok(plan)
 }
 
 /// Which customers a read covers.
@@ -173,6 +187,10 @@ pub struct Request<'a> {
     pub resolution: Resolution,
     /// (customer, day start) read at window resolution even when sealed.
     pub split: &'a [(String, u32)],
+    /// [`Resolution::Days`]: sealed days folded per UTC calendar month on the server, for
+    /// every customer but these (whose billing changes at other instants: other cycles, time
+    /// zones, subscription changes), who get a row per day. `None`: a row per day for all.
+    pub months_except: Option<&'a [String]>,
 }
 
 /// Usage of one (customer, [agent,] meter, group) over `[start, end)`: a sealed day or a
@@ -238,6 +256,15 @@ fn unsealed_sql(plan: &Plan) -> String {
         parts.join(","),
         starts.join(",")
     )
+}
+
+/// The plan's seal ids as an SQL list (`''` when none: matches no seal).
+fn seal_list(plan: &Plan) -> String {
+    if plan.seals.is_empty() {
+        return "''".into();
+    }
+    let quoted: Vec<String> = plan.seals.iter().map(|s| quote(s)).collect();
+    quoted.join(", ")
 }
 
 /// A filter on `col` (a DateTime whose sorting-key column is `toStartOfHour(col)`) to
@@ -336,18 +363,56 @@ pub fn read_sql(plan: &Plan, req: &Request<'_>) -> String {
     }
     let day_col = "toUInt32(toUInt32(day) * 86400)";
     let split_days_sql = split_sql(req.split, day_col);
+    let days_filter = format!(
+        "day >= toDate(intDiv({first_day}, 86400)) AND day < toDate(intDiv({end_day}, 86400)){customer} \
+         AND {day_col} < {unsealed} AND NOT {split_days_sql} AND seal_id IN ({seals})",
+        seals = seal_list(plan),
+    );
     // sealed day rows as stored, one per (customer, agent, meter, group, day): no grouping
     // on the server (the caller merges agents as rows stream in), so no state per key
-    let days = format!(
-        "SELECT customer, {agent} AS a, meter, aggregation, group_key, group_names, \
-            group_values, {day_col} AS s, toUInt32({day_col} + 86400), events, value_sum, \
-            value_min, value_max, latest_value, latest_time_ms, latest_event_id, unique_values \
-         FROM usage_days \
-         WHERE day >= toDate(intDiv({first_day}, 86400)) AND day < toDate(intDiv({end_day}, 86400)){customer} \
-           AND {day_col} < {unsealed} AND NOT {split_days_sql} \
-           AND seal_id NOT IN ({aborts})"
-    );
-    format!("{days} UNION ALL {live}")
+    let per_day = |extra: &str| {
+        format!(
+            "SELECT customer, {agent} AS a, meter, aggregation, group_key, group_names, \
+                group_values, {day_col} AS s, toUInt32({day_col} + 86400), events, value_sum, \
+                value_min, value_max, latest_value, latest_time_ms, latest_event_id, unique_values \
+             FROM usage_days WHERE {days_filter}{extra}"
+        )
+    };
+    let Some(except) = req.months_except else {
+        return format!("{} UNION ALL {live}", per_day(""));
+    };
+    let listed = if except.is_empty() {
+        "0".to_owned()
+    } else {
+        let quoted: Vec<String> = except.iter().map(|c| quote(c)).collect();
+        format!("customer IN ({})", quoted.join(", "))
+    };
+    // the others' sealed days folded per calendar month: a row per (customer, meter, group,
+    // month) whatever the number of days and agents; sets of distinct values only for
+    // UNIQUE_COUNT meters
+    let per_month = |unique: bool| {
+        let (test, values) = if unique {
+            ("=", "groupUniqArrayArray(unique_values)")
+        } else {
+            ("!=", "emptyArrayString()")
+        };
+        format!(
+            "SELECT customer, {agent} AS a, meter, aggregation, group_key, any(group_names), \
+                any(group_values), toUInt32(toUInt32(min(day)) * 86400) AS s, \
+                toUInt32(toUInt32(max(day)) * 86400 + 86400), sum(events), sum(value_sum), \
+                min(value_min), max(value_max), \
+                argMax(latest_value, (latest_time_ms, latest_event_id, agent)), max(latest_time_ms), \
+                argMax(latest_event_id, (latest_time_ms, latest_event_id, agent)), {values} \
+             FROM usage_days WHERE {days_filter} AND NOT {listed} AND aggregation {test} 'UNIQUE_COUNT' \
+             GROUP BY customer, a, meter, aggregation, group_key, toStartOfMonth(day)"
+        )
+    };
+    format!(
+        "{} UNION ALL {} UNION ALL {} UNION ALL {live}",
+        per_day(&format!(" AND {listed}")),
+        per_month(false),
+        per_month(true)
+    )
 }
 
 /// Reads committed usage of `req` (see the module docs); rows in no particular order.
@@ -385,10 +450,12 @@ mod tests {
         let d = 1_795_651_200; // 2026-11-26
         let plan = Plan {
             sealed: vec![(0, d), (1, d - DAY)],
+            seals: vec![],
         };
         assert_eq!(plan.partials_from(d - 10 * DAY), d);
         let unsealed = Plan {
             sealed: vec![(0, d), (1, 0)],
+            seals: vec![],
         };
         assert_eq!(unsealed.partials_from(d - 10 * DAY), d - 10 * DAY);
         assert_eq!(Plan::default().partials_from(5), 5);

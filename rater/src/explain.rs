@@ -131,6 +131,7 @@ pub async fn load(
         by_agent: true,
         resolution: usage::Resolution::Windows,
         split: &[],
+        months_except: None,
     };
     let rows = usage::read(db, &usage::Plan::default(), &req).await?;
     let mut windows = Vec::with_capacity(rows.len());

@@ -93,6 +93,27 @@ pub fn split_days(catalog: &Catalog, from_ms: i64, to_ms: i64) -> Vec<(String, u
     out
 }
 
+/// The customers whose billing changes within `[from_ms, to_ms)` at an instant that is not a
+/// UTC calendar month's start (another anchor day, a time zone, a subscription change): their
+/// sealed days are read one by one; every other customer's are folded per calendar month on
+/// the server (a period of theirs is always whole months of such days).
+pub fn not_calendar_monthly(catalog: &Catalog, from_ms: i64, to_ms: i64) -> Vec<String> {
+    use chrono::{Datelike, Timelike};
+    let month_start = |ms: i64| {
+        chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms).is_some_and(|t| {
+            t.day() == 1 && t.num_seconds_from_midnight() == 0 && t.timestamp_subsec_millis() == 0
+        })
+    };
+    let mut out: Vec<String> = catalog
+        .boundaries(from_ms, to_ms)
+        .into_iter()
+        .filter(|(_, bounds)| bounds.iter().any(|b| !month_start(*b)))
+        .map(|(c, _)| c.to_string())
+        .collect();
+    out.sort();
+    out
+}
+
 /// Reads committed usage starting in `[from_ms, to_ms)` (sealed days as day rows, whole
 /// unsealed days per day, cut days per window) and folds it as it arrives; returns the fold
 /// and the number of rows read.
@@ -108,6 +129,7 @@ pub async fn read_and_fold(
     let secs =
         |ms: i64| u32::try_from(ms.div_euclid(1000)).unwrap_or(if ms < 0 { 0 } else { u32::MAX });
     let split = split_days(catalog, from_ms, to_ms);
+    let by_day = not_calendar_monthly(catalog, from_ms, to_ms);
     let plan = usage::plan(db, secs(from_ms)).await?;
     let req = Request {
         from: secs(from_ms),
@@ -117,6 +139,7 @@ pub async fn read_and_fold(
         by_agent: false,
         resolution: Resolution::Days,
         split: &split,
+        months_except: Some(&by_day),
     };
     let mut folder = Folder::new(catalog);
     let rows = usage::read_each(db, &plan, &req, |row| folder.add(&row)).await?;

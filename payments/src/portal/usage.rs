@@ -46,6 +46,7 @@ pub async fn load(
         by_agent: true,
         resolution: usage::Resolution::Days,
         split: &[],
+        months_except: None,
     };
     let plan = usage::plan(db, req.from).await?;
     let rows = usage::read(db, &plan, &req).await?;
