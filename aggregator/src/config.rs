@@ -71,6 +71,11 @@ pub struct AggregatorConfig {
     /// lease at once. Default 10.
     #[serde(default = "default_lease_secs")]
     pub lease_secs: u64,
+    /// Replicas of the lease bucket (`<stream>_AGGREGATORS`): 3 on a NATS cluster, so the
+    /// lease and its compare-and-set survive a server. Used when the bucket is created.
+    /// Default 1.
+    #[serde(default = "default_lease_replicas")]
+    pub lease_replicas: usize,
     /// Also accept events whose `Nats-Msg-Id` is missing or is the bare event id (publishers
     /// from before the identity was namespaced as `<customer>:<agent>:<id>`), during an
     /// upgrade. Default false: such events are dead-lettered as `msg_id_mismatch`.
@@ -114,6 +119,9 @@ const fn default_seal_days_max() -> u32 {
 const fn default_lease_secs() -> u64 {
     10
 }
+const fn default_lease_replicas() -> usize {
+    1
+}
 fn default_metrics_addr() -> String {
     "127.0.0.1:9101".into()
 }
@@ -136,6 +144,7 @@ impl Default for AggregatorConfig {
             seal_every_secs: default_seal_every_secs(),
             seal_days_max: default_seal_days_max(),
             lease_secs: default_lease_secs(),
+            lease_replicas: default_lease_replicas(),
             accept_legacy_msg_ids: false,
         }
     }
@@ -215,6 +224,7 @@ impl AggregatorConfig {
         positive("seal_every_secs", self.seal_every_secs)?;
         positive("seal_days_max", u64::from(self.seal_days_max))?;
         positive("lease_secs", self.lease_secs)?;
+        positive("lease_replicas", self.lease_replicas as u64)?;
         if 86_400 % self.window_secs != 0 {
             return Err(ConfigError::invalid(
                 "aggregator.window_secs",
@@ -227,7 +237,9 @@ impl AggregatorConfig {
                 "at most 100000",
             ));
         }
-        let needed = self.allowed_lateness_secs + self.future_tolerance_secs;
+        let needed = self
+            .allowed_lateness_secs
+            .saturating_add(self.future_tolerance_secs);
         if self.dedup_horizon_secs < needed {
             return Err(ConfigError::invalid(
                 "aggregator.dedup_horizon_secs",

@@ -58,7 +58,7 @@ impl LeaseConfig {
             bucket: format!("{}_AGGREGATORS", nats.stream),
             key: cfg.consumer_name(),
             ttl: Duration::from_secs(cfg.lease_secs),
-            replicas: 1,
+            replicas: cfg.lease_replicas,
         }
     }
 }

@@ -182,32 +182,69 @@ async fn usage_vs_charges(
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
+    // customers whose periods are not UTC calendar months get their sealed days one by one;
+    // the others' come folded per month
+    let month_start = |secs: u32| {
+        chrono::DateTime::<chrono::Utc>::from_timestamp(i64::from(secs), 0).is_some_and(|t| {
+            use chrono::{Datelike, Timelike};
+            t.day() == 1 && t.num_seconds_from_midnight() == 0
+        })
+    };
+    let by_day: Vec<String> = charged
+        .iter()
+        .filter(|c| !month_start(c.period_start) || !month_start(c.period_end))
+        .map(|c| c.customer.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let req = usage::Request {
         from: from - from % DAY,
-        to: to.div_ceil(DAY) * DAY,
+        to: to.div_ceil(DAY).saturating_mul(DAY),
         scope: usage::Scope::All,
         meter: None,
         by_agent: false,
         resolution: usage::Resolution::Days,
         split: &split,
-        months_except: None,
+        months_except: Some(&by_day),
     };
-    let plan = usage::plan(db, req.from).await?;
-    let used = usage::read(db, &plan, &req).await?;
-    let mut windows: BTreeMap<(&str, &str), Vec<(u32, Decimal)>> = BTreeMap::new();
-    for u in used
-        .iter()
-        .filter(|u| matches!(u.aggregation.as_str(), "SUM" | "COUNT"))
-    {
-        let Some(q) = u.quantity() else {
-            unreadable.push(u.customer.clone());
-            continue;
-        };
-        windows
-            .entry((u.customer.as_str(), u.meter.as_str()))
+    // the charged periods of each (customer, meter); rows stream into them, so memory follows
+    // the charges, never the usage rows
+    let mut periods: BTreeMap<(String, String), Vec<(u32, u32, Option<Decimal>)>> = BTreeMap::new();
+    for c in &charged {
+        periods
+            .entry((c.customer.clone(), c.meter.clone()))
             .or_default()
-            .push((u.start, q));
+            .push((c.period_start, c.period_end, Some(Decimal::ZERO)));
     }
+    let mut bad: std::collections::BTreeSet<String> = Default::default();
+    // (customer, meter) with any committed usage in the range: only those are compared
+    let mut seen: std::collections::BTreeSet<(String, String)> = Default::default();
+    let plan = usage::plan(db, req.from).await?;
+    usage::read_each(db, &plan, &req, |u| {
+        if !matches!(u.aggregation.as_str(), "SUM" | "COUNT") {
+            return;
+        }
+        let key = (u.customer.clone(), u.meter.clone());
+        let Some(list) = periods.get_mut(&key) else {
+            return;
+        };
+        seen.insert(key);
+        let Some(slot) = list
+            .iter_mut()
+            .find(|(s, e, _)| (*s..*e).contains(&u.start))
+        else {
+            return;
+        };
+        slot.2 = match (slot.2, u.quantity()) {
+            (Some(total), Some(q)) => total.checked_add(q),
+            _ => None,
+        };
+        if slot.2.is_none() {
+            bad.insert(u.customer.clone());
+        }
+    })
+    .await?;
+    unreadable.extend(bad);
     unreadable.sort();
     unreadable.dedup();
     let mut out = Vec::new();
@@ -215,12 +252,14 @@ async fn usage_vs_charges(
         if unreadable.contains(&c.customer) {
             continue;
         }
-        let usage = windows
-            .get(&(c.customer.as_str(), c.meter.as_str()))
-            .map(|w| {
-                w.iter()
-                    .filter(|(start, _)| (c.period_start..c.period_end).contains(start))
-                    .try_fold(Decimal::ZERO, |acc, (_, q)| acc.checked_add(*q))
+        let key = (c.customer.clone(), c.meter.clone());
+        let usage = periods
+            .get(&key)
+            .filter(|_| seen.contains(&key))
+            .and_then(|list| {
+                list.iter()
+                    .find(|(s, e, _)| (*s, *e) == (c.period_start, c.period_end))
+                    .map(|p| p.2)
             });
         let known_meter = usage.is_some();
         let Some(usage) = usage.unwrap_or(Some(Decimal::ZERO)) else {

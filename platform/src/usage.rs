@@ -71,8 +71,13 @@ impl Totals {
             row.max.decimal()?,
             row.latest.decimal()?,
         );
-        self.events = self.events.checked_add(row.events)?;
-        self.sum = self.sum.checked_add(sum)?;
+        // both checked before either changes: a failed add leaves the totals as they were
+        let (events, total) = (
+            self.events.checked_add(row.events)?,
+            self.sum.checked_add(sum)?,
+        );
+        self.events = events;
+        self.sum = total;
         self.min = Some(self.min.map_or(min, |m| m.min(min)));
         self.max = Some(self.max.map_or(max, |m| m.max(max)));
         let key = (row.latest_time_ms, row.latest_event_id.as_str());
@@ -325,7 +330,7 @@ pub fn read_sql(plan: &Plan, req: &Request<'_>) -> String {
         return partials_select(&range_sql("window_start", from, to), "1");
     }
     // the whole days inside the range
-    let (first_day, end_day) = (from.div_ceil(DAY) * DAY, to - to % DAY);
+    let (first_day, end_day) = (from.div_ceil(DAY).saturating_mul(DAY), to - to % DAY);
     let unsealed = unsealed_sql(plan);
     // partials: the unsealed time, the range's partial first and last days, the split days
     let pday = "toUInt32(intDiv(toUInt32(window_start), 86400) * 86400)";
