@@ -1,7 +1,8 @@
 //! Classifying one message: either an accepted event with what each meter read from it, or a
 //! rejection with its public reason code. Pure: the clock is an argument, nothing is stored.
 //!
-//! Checks, in order: size and envelope (`too_large`, `malformed`), subject tokens
+//! Checks, in order: size, nesting and string lengths (the gateway's limits), and envelope
+//! (`too_large`, `malformed`), subject tokens
 //! (`subject_mismatch`), the `Nats-Msg-Id` header against the identity (`msg_id_mismatch`),
 //! event time (`too_late`, `too_early`), meters (`unknown_meter`), quantities
 //! (`invalid_quantity`). An event is all or nothing: if one meter cannot read it,
@@ -13,6 +14,7 @@ use serde::Serialize;
 use tally_domain::data::DataView;
 use tally_domain::identity::{is_nats_msg_id, nats_msg_id};
 use tally_domain::meter::MeterReading;
+use tally_domain::shape::check_shape;
 use tally_domain::subject::split_usage_subject;
 use tally_domain::{EventView, Meter, Reason};
 
@@ -61,6 +63,8 @@ pub struct Classifier {
     by_type: HashMap<String, Vec<usize>>,
     subject_prefix: String,
     max_event_bytes: usize,
+    depth_max: usize,
+    string_max_bytes: usize,
     lateness_ms: i64,
     tolerance_ms: i64,
     /// `aggregator.accept_legacy_msg_ids`: also accept a missing header or the bare event id
@@ -79,6 +83,8 @@ impl Classifier {
             by_type,
             subject_prefix: subject_prefix.to_owned(),
             max_event_bytes: cfg.max_event_bytes,
+            depth_max: cfg.depth_max,
+            string_max_bytes: cfg.string_max_bytes,
             lateness_ms: i64::try_from(cfg.allowed_lateness_secs.saturating_mul(1000))
                 .unwrap_or(i64::MAX),
             tolerance_ms: i64::try_from(cfg.future_tolerance_secs.saturating_mul(1000))
@@ -106,7 +112,13 @@ impl Classifier {
         payload: &P,
         received_ms: i64,
     ) -> Result<Accepted, Rejection> {
-        let event = EventView::parse(payload.bytes(), self.max_event_bytes)
+        let bytes = payload.bytes();
+        if bytes.len() <= self.max_event_bytes {
+            // the gateway's limits too, so an event it refuses is not billed from NATS
+            check_shape(bytes, self.depth_max, self.string_max_bytes)
+                .map_err(|e| Rejection::new(Reason::Malformed, e.field().map(str::to_owned), &e))?;
+        }
+        let event = EventView::parse(bytes, self.max_event_bytes)
             .map_err(|e| Rejection::new(e.reason(), e.field().map(str::to_owned), &e))?;
         let Some((customer, agent)) = split_usage_subject(&self.subject_prefix, subject) else {
             return Err(Rejection::new(
@@ -350,6 +362,34 @@ mod tests {
         let a = on("usage.customer-1.agent-1", "customer-1", "agent-1");
         assert_ne!(a, on("usage.customer-2.agent-1", "customer-2", "agent-1"));
         assert_ne!(a, on("usage.customer-1.agent-2", "customer-1", "agent-2"));
+    }
+
+    /// Issue 16, finding 3: a `data` object nested 1,000 deep was billed from NATS although
+    /// the gateway refuses nesting deeper than 8; one set of limits now.
+    #[test]
+    fn the_gateways_shape_limits_apply_on_nats_too() {
+        let c = classifier();
+        let deep = event(
+            "2026-11-26T20:59:00Z",
+            "tool.call",
+            &format!("{}1{}", "[".repeat(1000), "]".repeat(1000)),
+        );
+        let r = c
+            .classify("usage.acme.bot", ID, deep.as_bytes(), NOW)
+            .unwrap_err();
+        assert_eq!(
+            (r.reason, r.field.as_deref()),
+            (Reason::Malformed, Some("data"))
+        );
+        let long = event(
+            "2026-11-26T20:59:00Z",
+            "tool.call",
+            &format!(r#"{{"note":"{}"}}"#, "x".repeat(5000)),
+        );
+        assert_eq!(
+            reason(c.classify("usage.acme.bot", ID, long.as_bytes(), NOW)),
+            Reason::Malformed
+        );
     }
 
     #[test]

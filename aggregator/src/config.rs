@@ -51,6 +51,14 @@ pub struct AggregatorConfig {
     /// Largest accepted event, in bytes. Default 65536.
     #[serde(default = "default_max_event_bytes")]
     pub max_event_bytes: usize,
+    /// Deepest nesting of arrays and objects in an event (the gateway's `ingest.depth_max`,
+    /// the same default): deeper events are refused as `malformed`. Default 8.
+    #[serde(default = "default_depth_max")]
+    pub depth_max: usize,
+    /// Longest string in an event, in bytes (the gateway's `ingest.string_max_bytes`, the same
+    /// default): longer ones are refused as `malformed`. Default 1024.
+    #[serde(default = "default_string_max_bytes")]
+    pub string_max_bytes: usize,
     /// JetStream AckWait for the consumer, in seconds. Default 60.
     #[serde(default = "default_ack_wait_secs")]
     pub ack_wait_secs: u64,
@@ -107,6 +115,12 @@ const fn default_dedup_horizon_secs() -> u64 {
 const fn default_max_event_bytes() -> usize {
     65_536
 }
+const fn default_depth_max() -> usize {
+    tally_domain::shape::DEPTH_MAX
+}
+const fn default_string_max_bytes() -> usize {
+    tally_domain::shape::STRING_MAX_BYTES
+}
 const fn default_ack_wait_secs() -> u64 {
     60
 }
@@ -139,6 +153,8 @@ impl Default for AggregatorConfig {
             future_tolerance_secs: default_future_tolerance_secs(),
             dedup_horizon_secs: default_dedup_horizon_secs(),
             max_event_bytes: default_max_event_bytes(),
+            depth_max: default_depth_max(),
+            string_max_bytes: default_string_max_bytes(),
             ack_wait_secs: default_ack_wait_secs(),
             metrics_addr: default_metrics_addr(),
             seal_every_secs: default_seal_every_secs(),
@@ -220,6 +236,8 @@ impl AggregatorConfig {
         positive("batch_max_wait_ms", self.batch_max_wait_ms)?;
         positive("window_secs", u64::from(self.window_secs))?;
         positive("max_event_bytes", self.max_event_bytes as u64)?;
+        positive("depth_max", self.depth_max as u64)?;
+        positive("string_max_bytes", self.string_max_bytes as u64)?;
         positive("ack_wait_secs", self.ack_wait_secs)?;
         positive("seal_every_secs", self.seal_every_secs)?;
         positive("seal_days_max", u64::from(self.seal_days_max))?;

@@ -12,6 +12,7 @@
 //! - [`ids`]: validated newtypes for customers, agents, event ids and meter slugs.
 //! - [`identity`]: an event's identity (customer, source, id) and its `Nats-Msg-Id`.
 //! - [`reason`]: the stable rejection reason codes (dead-letter and HTTP errors).
+//! - [`shape`]: nesting and string limits every path applies before parsing an event.
 //! - [`exact`]: exact decimals from configuration (strings or integers, never floats).
 //! - [`event`]: parsing and validating a CloudEvents usage event from bytes.
 //! - [`data`]: reading properties out of an event's `data` by JSON path, exactly.
@@ -35,6 +36,7 @@ pub mod meter;
 pub mod money;
 pub mod period;
 pub mod reason;
+pub mod shape;
 pub mod subject;
 pub mod window;
 

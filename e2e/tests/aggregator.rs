@@ -493,3 +493,63 @@ async fn unique_count_and_latest_are_exact_across_windows_batches_and_restarts()
     second.await.unwrap().unwrap();
     env.cleanup().await;
 }
+
+/// Issue 16, finding 3: a 700 KB event of escaped quotes is refused as `too_large`, and its
+/// dead-letter record (the payload escaped inside JSON) used to exceed NATS's 1 MB payload
+/// limit: the aggregator retried that publish forever and the good events behind it were
+/// never counted. The record now carries a bounded excerpt and the size; the partition flows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_whose_record_would_not_fit_a_message_does_not_stall_the_partition() {
+    let env = TestEnv::new("agg_huge_reject").await;
+    let client = async_nats::connect(&env.nats.url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    tally_platform::streams::ensure(&js, &env.nats)
+        .await
+        .unwrap();
+    let p = env.nats.subject_prefix.clone();
+    let now = Utc::now().to_rfc3339();
+    let quotes = "\\\"".repeat(350_000); // 700 KB of escaped quotes
+    let huge = event(
+        "huge",
+        "acme",
+        "bot",
+        "llm.tokens",
+        &now,
+        &format!(r#"{{"tokens":1,"model":"m","kind":"input","note":"{quotes}"}}"#),
+    );
+    assert!(huge.len() > 700_000);
+    publish_raw(&js, format!("{p}.acme.bot"), "huge", huge).await;
+    for i in 0..10 {
+        let body = event(
+            &format!("ok-{i}"),
+            "acme",
+            "bot",
+            "llm.tokens",
+            &now,
+            r#"{"tokens":3,"model":"m","kind":"input"}"#,
+        );
+        publish_raw(&js, format!("{p}.acme.bot"), &format!("ok-{i}"), body).await;
+    }
+    let stop = Shutdown::new();
+    let agg = start_aggregator(&env, aggregator_config(), stop.clone()).await;
+    wait_drained(&env, "aggregator", Duration::from_secs(30)).await;
+    assert_eq!(
+        usage_total(&env).await,
+        ("30".to_owned(), 10),
+        "the good events count"
+    );
+    let dlq = js.get_stream(&env.nats.dlq_stream).await.unwrap();
+    let m = dlq.get_raw_message(1).await.expect("a dead-letter record");
+    assert!(
+        m.payload.len() < 16 * 1024,
+        "record of {} bytes",
+        m.payload.len()
+    );
+    let record: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+    assert_eq!(record["reason"], "too_large");
+    assert_eq!(record["truncated"], true);
+    assert!(record["payload_bytes"].as_u64().unwrap() > 700_000);
+    stop.cancel();
+    agg.await.unwrap().unwrap();
+    env.cleanup().await;
+}

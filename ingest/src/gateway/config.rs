@@ -89,10 +89,10 @@ const fn default_batch_max_events() -> usize {
     1000
 }
 const fn default_depth_max() -> usize {
-    8
+    tally_domain::shape::DEPTH_MAX
 }
 const fn default_string_max_bytes() -> usize {
-    1024
+    tally_domain::shape::STRING_MAX_BYTES
 }
 const fn default_rate_per_key_per_sec() -> u32 {
     5000

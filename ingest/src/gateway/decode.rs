@@ -136,10 +136,8 @@ pub fn split_batch(body: &[u8], max_events: usize) -> Result<Vec<&RawValue>, Req
 /// An event refused before or by the envelope parser.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EventRefusal {
-    #[error("arrays and objects nest deeper than {max} levels (setting ingest.depth_max)")]
-    TooDeep { field: Option<String>, max: usize },
-    #[error("a string is longer than {max} bytes (setting ingest.string_max_bytes)")]
-    StringTooLong { field: Option<String>, max: usize },
+    #[error("{0} (settings ingest.depth_max, ingest.string_max_bytes)")]
+    Shape(#[from] ShapeError),
     #[error(transparent)]
     Envelope(#[from] EventError),
 }
@@ -149,9 +147,7 @@ impl EventRefusal {
     pub fn code(&self) -> &'static str {
         match self {
             EventRefusal::Envelope(e) => e.reason().code(),
-            EventRefusal::TooDeep { .. } | EventRefusal::StringTooLong { .. } => {
-                tally_domain::Reason::Malformed.code()
-            }
+            EventRefusal::Shape(_) => tally_domain::Reason::Malformed.code(),
         }
     }
 
@@ -159,76 +155,13 @@ impl EventRefusal {
     pub fn field(&self) -> Option<String> {
         match self {
             EventRefusal::Envelope(e) => e.field().map(str::to_owned),
-            EventRefusal::TooDeep { field, .. } | EventRefusal::StringTooLong { field, .. } => {
-                field.clone()
-            }
+            EventRefusal::Shape(e) => e.field().map(str::to_owned),
         }
     }
 }
 
-/// Checks nesting depth and string lengths in one pass over the raw bytes, naming the
-/// top-level attribute they occur in. Works on any bytes (invalid JSON is left to the parser).
-pub fn check_shape(
-    raw: &[u8],
-    depth_max: usize,
-    string_max_bytes: usize,
-) -> Result<(), EventRefusal> {
-    let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    let mut start = 0usize;
-    let mut expect_key = false;
-    let mut field: Option<String> = None;
-    for (i, &b) in raw.iter().enumerate() {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-                if depth == 1 && expect_key {
-                    field = Some(String::from_utf8_lossy(&raw[start..i]).into_owned());
-                    expect_key = false;
-                }
-            }
-            if in_string && i - start >= string_max_bytes {
-                let field = if depth == 1 && expect_key {
-                    None
-                } else {
-                    field
-                };
-                return Err(EventRefusal::StringTooLong {
-                    field,
-                    max: string_max_bytes,
-                });
-            }
-            continue;
-        }
-        match b {
-            b'"' => {
-                in_string = true;
-                start = i + 1;
-            }
-            b'{' | b'[' => {
-                depth += 1;
-                if depth == 1 {
-                    expect_key = b == b'{';
-                }
-                if depth > depth_max {
-                    return Err(EventRefusal::TooDeep {
-                        field,
-                        max: depth_max,
-                    });
-                }
-            }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            b',' if depth == 1 => expect_key = true,
-            _ => {}
-        }
-    }
-    Ok(())
-}
+pub use tally_domain::shape::check_shape;
+use tally_domain::shape::ShapeError;
 
 /// Validates one raw event: size, shape limits, then the CloudEvents envelope.
 pub fn decode_event(raw: &[u8], limits: &Limits) -> Result<UsageEvent, EventRefusal> {
