@@ -10,7 +10,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use chrono::Utc;
+use chrono::{Datelike, Utc};
 use futures::StreamExt;
 use tally_aggregator::{seal, AggregatorConfig};
 use tally_ingest::synthetic::Fleet;
@@ -22,7 +22,21 @@ use tally_platform::usage::{self, Request, Resolution, Scope, Totals};
 
 const DAY: u32 = 86_400;
 
-/// Readings of `n` token events per day for `days` whole days before today, written as a
+/// The meters of the fixture: one of each kind of state a day row holds (sums, the latest
+/// event, a set of distinct values), as (slug, aggregation, value, unique value) in SQL over
+/// `number`. Users repeat across days, so a month's distinct count is not the sum of its days.
+const FIXTURE_METERS: [(&str, &str, &str, &str); 3] = [
+    ("llm_tokens", "SUM", "toDecimal128(number % 7 + 1, 9)", "''"),
+    ("seats", "LATEST", "toDecimal128(number % 13, 9)", "''"),
+    (
+        "active_users",
+        "UNIQUE_COUNT",
+        "toDecimal128(0, 9)",
+        "concat('u', toString(number % 40 + {d} * 10))",
+    ),
+];
+
+/// Readings of `n` events per meter and day for `days` whole days before today, written as a
 /// committed batch per day of partition 0 (as an earlier aggregator would have written them).
 async fn past_days(db: &clickhouse::Client, days: u32, n: u32) -> u32 {
     let today = Utc::now().timestamp() as u32 / DAY * DAY;
@@ -30,23 +44,79 @@ async fn past_days(db: &clickhouse::Client, days: u32, n: u32) -> u32 {
     for d in 0..days {
         let day = first + d * DAY;
         let batch = format!("past-{d}");
-        db.query(&format!(
-            "INSERT INTO usage_meter_readings (customer, agent, event_id, meter, aggregation, \
-             window_start, window_secs, time_ms, group_names, group_values, group_key, value, \
-             unique_value, batch_id, part, inserted_at) \
-             SELECT concat('c', toString(number % 3)), 'bot', concat('e{d}_', toString(number)), \
-             'llm_tokens', 'SUM', toDateTime({day} + intDiv(number * 997, {n}) % 86400 - \
-             (intDiv(number * 997, {n}) % 86400) % 60), 60, \
-             toInt64({day} + intDiv(number * 997, {n}) % 86400) * 1000, [], [], '{{}}', \
-             toDecimal128(number % 7 + 1, 9), '', '{batch}', 0, now() \
-             FROM system.numbers LIMIT {n}"
-        ))
-        .execute()
-        .await
-        .expect("readings");
+        for (meter, aggregation, value, unique) in FIXTURE_METERS {
+            let unique = unique.replace("{d}", &d.to_string());
+            db.query(&format!(
+                "INSERT INTO usage_meter_readings (customer, agent, event_id, meter, aggregation, \
+                 window_start, window_secs, time_ms, group_names, group_values, group_key, value, \
+                 unique_value, batch_id, part, inserted_at) \
+                 SELECT concat('c', toString(number % 3)), 'bot', \
+                 concat('{meter}{d}_', toString(number)), '{meter}', '{aggregation}', \
+                 toDateTime({day} + intDiv(number * 997, {n}) % 86400 - \
+                 (intDiv(number * 997, {n}) % 86400) % 60), 60, \
+                 toInt64({day} + intDiv(number * 997, {n}) % 86400) * 1000, [], [], '{{}}', \
+                 {value}, {unique}, '{batch}', 0, now() \
+                 FROM system.numbers LIMIT {n}"
+            ))
+            .execute()
+            .await
+            .expect("readings");
+        }
         fold_readings(db, &batch).await;
     }
     first
+}
+
+/// Per (customer, meter, UTC calendar month): the quantity straight from the readings (an
+/// oracle independent of partials, seals and the bounded read).
+async fn monthly_oracle(
+    db: &clickhouse::Client,
+) -> std::collections::BTreeMap<(String, String, u32), String> {
+    let rows: Vec<(String, String, u32, String)> = db
+        .query(
+            "SELECT customer, meter, toUInt32(toUInt32(toStartOfMonth(window_start)) * 86400), \
+             toString(multiIf(aggregation = 'SUM', sum(value), \
+                aggregation = 'LATEST', argMax(value, (time_ms, event_id)), \
+                toDecimal128(uniqExact(unique_value), 9))) \
+             FROM usage_meter_readings WHERE batch_id LIKE 'past-%' \
+             GROUP BY customer, meter, aggregation, toStartOfMonth(window_start)",
+        )
+        .fetch_all()
+        .await
+        .expect("oracle");
+    rows.into_iter()
+        .map(|(c, m, month, q)| {
+            let q: rust_decimal::Decimal = q.parse().expect("decimal");
+            ((c, m, month), q.normalize().to_string())
+        })
+        .collect()
+}
+
+/// Per (customer, meter, UTC calendar month): the quantity of `rows`.
+fn per_month(
+    rows: &[usage::UsageRow],
+) -> std::collections::BTreeMap<(String, String, u32), String> {
+    let mut totals: std::collections::BTreeMap<(String, String, u32), (String, Totals)> =
+        Default::default();
+    for r in rows {
+        let month = chrono::DateTime::from_timestamp(i64::from(r.start), 0)
+            .expect("time")
+            .date_naive()
+            .with_day(1)
+            .expect("day 1")
+            .and_hms_opt(0, 0, 0)
+            .expect("midnight")
+            .and_utc()
+            .timestamp() as u32;
+        let t = totals
+            .entry((r.customer.clone(), r.meter.clone(), month))
+            .or_insert_with(|| (r.aggregation.clone(), Totals::default()));
+        t.1.add(r).expect("representable");
+    }
+    totals
+        .into_iter()
+        .map(|(k, (agg, t))| (k, t.quantity(&agg).unwrap().normalize().to_string()))
+        .collect()
 }
 
 /// Per (customer, meter, day): (quantity, events) from `rows`.
@@ -142,7 +212,17 @@ async fn final_days_are_sealed_once_and_read_back_exactly() {
             .await
             .unwrap(),
     );
-    assert_eq!(before.len(), 9, "3 customers x 3 days");
+    assert_eq!(before.len(), 27, "3 customers x 3 meters x 3 days");
+    let oracle = monthly_oracle(&db).await;
+    assert_eq!(
+        per_month(
+            &usage::read(&db, &usage::Plan::default(), &everything)
+                .await
+                .unwrap()
+        ),
+        oracle,
+        "the partials hold what the readings hold"
+    );
 
     let stop = Shutdown::new();
     let agg = run(&env, config(), stop.clone()).await;
@@ -187,6 +267,22 @@ async fn final_days_are_sealed_once_and_read_back_exactly() {
         before,
         "the sealed days hold what the partials hold"
     );
+    // sealed days folded per calendar month on the server (all but c2, who gets day rows):
+    // the same quantities as the readings, distinct values and latest events included
+    let except = vec!["c2".to_owned()];
+    let monthly = Request {
+        months_except: Some(&except),
+        ..days_read.clone()
+    };
+    let rows = usage::read(&db, &plan, &monthly).await.unwrap();
+    assert!(rows
+        .iter()
+        .any(|r| r.customer == "c0" && r.end - r.start > DAY));
+    assert!(rows
+        .iter()
+        .filter(|r| r.customer == "c2")
+        .all(|r| r.end - r.start <= DAY));
+    assert_eq!(per_month(&rows), oracle, "months folded on the server");
     // a day split for one customer (a period starting at 09:00 UTC) is read per window for it
     let split = vec![("c1".to_owned(), first + DAY)];
     let split_read = Request {

@@ -263,6 +263,9 @@ fn unsealed_sql(plan: &Plan) -> String {
     )
 }
 
+/// The latest-event and distinct-value columns of rows of meters that read neither.
+const NO_LATEST: &str = "toDecimal128(0, 9), toInt64(0), '', emptyArrayString()";
+
 /// The plan's seal ids as an SQL list (`''` when none: matches no seal).
 fn seal_list(plan: &Plan) -> String {
     if plan.seals.is_empty() {
@@ -297,18 +300,23 @@ pub fn read_sql(plan: &Plan, req: &Request<'_>) -> String {
     }
     let agent = if req.by_agent { "agent" } else { "''" };
     let aborts = "SELECT batch_id FROM usage_aborts";
-    let sums = "sum(events), sum(value_sum), min(value_min), max(value_max), \
-        argMax(latest_value, (latest_time_ms, latest_event_id, agent)), max(latest_time_ms), \
+    let sums = "sum(events), sum(value_sum), min(value_min), max(value_max)";
+    let latest =
+        "argMax(latest_value, (latest_time_ms, latest_event_id, agent)), max(latest_time_ms), \
         argMax(latest_event_id, (latest_time_ms, latest_event_id, agent))";
     // `per_window`: rows at window resolution where it holds, else per UTC day. Two
-    // branches: only UNIQUE_COUNT meters carry a set of distinct values per group (a set state
-    // per group of every meter would cost hundreds of bytes per key for nothing)
+    // branches: only LATEST and UNIQUE_COUNT meters need the latest event (an argMax over a
+    // tuple with strings, the costliest part of the fold) and the set of distinct values; the
+    // other meters' rows skip both (their quantity never reads them)
     let partials_select = |filter: &str, per_window: &str| {
-        let branch = |unique: bool| {
-            let (test, values) = if unique {
-                ("=", "groupUniqArrayArray(unique_values)")
+        let branch = |special: bool| {
+            let (test, tail) = if special {
+                (
+                    "IN",
+                    format!("{latest}, groupUniqArrayArray(unique_values)"),
+                )
             } else {
-                ("!=", "emptyArrayString()")
+                ("NOT IN", NO_LATEST.to_owned())
             };
             format!(
                 "SELECT customer, {agent} AS a, meter, aggregation, group_key, any(group_names), \
@@ -317,9 +325,9 @@ pub fn read_sql(plan: &Plan, req: &Request<'_>) -> String {
                        toUInt32(intDiv(toUInt32(window_start), 86400) * 86400)) AS s, \
                     toUInt32(max(if({per_window}, toUInt32(window_start) + window_secs, \
                        toUInt32(intDiv(toUInt32(window_start), 86400) * 86400 + 86400)))), \
-                    {sums}, {values} \
+                    {sums}, {tail} \
                  FROM usage_partials \
-                 WHERE {filter}{customer} AND aggregation {test} 'UNIQUE_COUNT' \
+                 WHERE {filter}{customer} AND aggregation {test} ('LATEST', 'UNIQUE_COUNT') \
                    AND batch_id NOT IN ({aborts}) \
                  GROUP BY customer, a, meter, aggregation, group_key, s"
             )
@@ -393,28 +401,33 @@ pub fn read_sql(plan: &Plan, req: &Request<'_>) -> String {
         format!("customer IN ({})", quoted.join(", "))
     };
     // the others' sealed days folded per calendar month: a row per (customer, meter, group,
-    // month) whatever the number of days and agents; sets of distinct values only for
-    // UNIQUE_COUNT meters
-    let per_month = |unique: bool| {
-        let (test, values) = if unique {
-            ("=", "groupUniqArrayArray(unique_values)")
+    // month) whatever the number of days and agents; latest events and distinct values only
+    // for the meters that read them
+    let per_month = |special: bool| {
+        let (test, tail) = if special {
+            (
+                "IN",
+                format!("{latest}, groupUniqArrayArray(unique_values)"),
+            )
         } else {
-            ("!=", "emptyArrayString()")
+            ("NOT IN", NO_LATEST.to_owned())
         };
         format!(
             "SELECT customer, {agent} AS a, meter, aggregation, group_key, any(group_names), \
                 any(group_values), toUInt32(toUInt32(min(day)) * 86400) AS s, \
-                toUInt32(toUInt32(max(day)) * 86400 + 86400), sum(events), sum(value_sum), \
-                min(value_min), max(value_max), \
-                argMax(latest_value, (latest_time_ms, latest_event_id, agent)), max(latest_time_ms), \
-                argMax(latest_event_id, (latest_time_ms, latest_event_id, agent)), {values} \
-             FROM usage_days WHERE {days_filter} AND NOT {listed} AND aggregation {test} 'UNIQUE_COUNT' \
+                toUInt32(toUInt32(max(day)) * 86400 + 86400), {sums}, {tail} \
+             FROM usage_days WHERE {days_filter} AND NOT {listed} \
+               AND aggregation {test} ('LATEST', 'UNIQUE_COUNT') \
              GROUP BY customer, a, meter, aggregation, group_key, toStartOfMonth(day)"
         )
     };
+    let listed_days = if except.is_empty() {
+        String::new()
+    } else {
+        format!("{} UNION ALL ", per_day(&format!(" AND {listed}")))
+    };
     format!(
-        "{} UNION ALL {} UNION ALL {} UNION ALL {live}",
-        per_day(&format!(" AND {listed}")),
+        "{listed_days}{} UNION ALL {} UNION ALL {live}",
         per_month(false),
         per_month(true)
     )
