@@ -186,15 +186,18 @@ pub fn catalog() -> anyhow::Result<tally_rater::Catalog> {
     )?)
 }
 
-/// The big-period scenario: a month of `events` events of `customers` customers (all but
-/// the last two days sealed), a full rating pass, then `more` new events in the unsealed days
-/// and another pass. Returns (full, incremental).
+/// The big-period scenario at noon of the month's 30th day: a month of `events` events of
+/// `customers` customers with the last two days unsealed (36 hours: an allowed lateness above
+/// 12 hours), a full rating pass, then `more` new events in the unsealed days and another
+/// pass; then the 29th day sealed, as the shipped lateness (1 hour) has it by noon of the
+/// 30th (12 hours unsealed), and a third pass. Returns (full, incremental, incremental with
+/// the shipped lateness).
 pub async fn big_period(
     env: &TestEnv,
     events: u64,
     more: u64,
     customers: u64,
-) -> anyhow::Result<(Pass, Pass)> {
+) -> anyhow::Result<(Pass, Pass, Pass)> {
     let db = env.db();
     let period_start = 1_793_491_200u32; // 2026-11-01
     let now = period_start + 29 * DAY + 12 * 3600;
@@ -211,5 +214,7 @@ pub async fn big_period(
     )
     .await?;
     let incremental = rating_pass(env, now).await?;
-    Ok((full, incremental))
+    seal_days(&db, period_start + 28 * DAY, period_start + 29 * DAY).await?;
+    let shipped = rating_pass(env, now).await?;
+    Ok((full, incremental, shipped))
 }

@@ -244,8 +244,12 @@ fn history_bench() -> anyhow::Result<()> {
             let env = tally_platform::testkit::TestEnv::new("bench_big_period").await;
             let r = history::big_period(&env, big, more, customers).await;
             env.cleanup().await;
-            let (full, incremental) = r?;
-            for (what, p) in [("full pass", full), ("after more new events", incremental)] {
+            let (full, incremental, shipped) = r?;
+            for (what, p) in [
+                ("36 h unsealed, full pass", full),
+                ("36 h unsealed, after more new events", incremental),
+                ("12 h unsealed (shipped lateness), after more new events", shipped),
+            ] {
                 println!(
                     "| month of {big} events of {customers} customers, {what} | {:.2} s | {:.1} MiB | {} | {} |",
                     p.seconds, p.peak_bytes as f64 / 1_048_576.0, p.charges, p.rows
