@@ -40,7 +40,7 @@ use crate::classify::{Classifier, Rejection};
 use crate::config::AggregatorConfig;
 use crate::crash::{self, CrashPoint};
 use crate::dedup::{Dedup, Seen};
-use crate::lease::{Lease, LeaseConfig, LeaseError};
+use crate::lease::{Lease, LeaseError};
 use crate::{dead_letter, metrics, recovery, seal, sink, takeover};
 
 /// Why the aggregator stopped with an error.
@@ -155,7 +155,7 @@ pub async fn run(
     let classifier = Classifier::new(meters, &nats_cfg.partition_root(cfg.partition), cfg);
     let meter_names = sink::Meters::new(classifier.meters());
     let holder = format!("{}/{}", cfg.consumer_name(), uuid::Uuid::new_v4());
-    let lease_cfg = LeaseConfig::for_aggregator(nats_cfg, cfg);
+    let lease_cfg = crate::lease::for_aggregator(nats_cfg, cfg);
     loop {
         tracing::info!(partition = %lease_cfg.key, %holder, "waiting for the partition lease");
         let (lease, takeover) =
@@ -726,7 +726,7 @@ impl<'a> Aggregator<'a> {
         let mut backoff = BACKOFF_MIN;
         loop {
             match self.lease.intent(id, &self.pending_aborts).await {
-                Ok(()) => return Ok(()),
+                Ok(_) => return Ok(()),
                 Err(LeaseError::Fenced { .. }) => return Err(RunError::Fenced),
                 Err(e) => tracing::warn!(error = %e, "writing the intent, retrying"),
             }

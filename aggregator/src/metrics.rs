@@ -93,16 +93,6 @@ pub fn sealed_through(day_start_secs: u32) {
     gauge!("tally_aggregator_sealed_through_seconds").set(f64::from(day_start_secs));
 }
 
-/// This instance took its partition (at start or from a silent holder).
-pub fn lease_acquired() {
-    counter!("tally_aggregator_lease_acquired_total").increment(1);
-}
-
-/// This instance found its partition taken over and stopped consuming.
-pub fn fenced() {
-    counter!("tally_aggregator_fenced_total").increment(1);
-}
-
 /// Batch or seal ids recorded as aborted (a failed attempt, or unfinished at a takeover).
 pub fn aborted(n: usize) {
     counter!("tally_aggregator_aborted_batches_total").increment(n as u64);

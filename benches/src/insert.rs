@@ -8,7 +8,7 @@ use chrono::Utc;
 use hdrhistogram::Histogram;
 use tally_aggregator::batch::Batch;
 use tally_aggregator::classify::Classifier;
-use tally_aggregator::lease::{Lease, LeaseConfig};
+use tally_aggregator::lease::Lease;
 use tally_aggregator::{sink, AggregatorConfig};
 use tally_ingest::synthetic::Fleet;
 use tally_platform::shutdown::Shutdown;
@@ -70,7 +70,7 @@ pub async fn run(env: &TestEnv, events: usize, batch: usize) -> anyhow::Result<I
     let (mut plain_hist, mut ours_hist) = (Histogram::<u64>::new(3)?, Histogram::<u64>::new(3)?);
     let meters = sink::Meters::new(classifier.meters());
     let js = async_nats::jetstream::new(async_nats::connect(&env.nats.url).await?);
-    let lease_cfg = LeaseConfig::for_aggregator(&env.nats, &cfg);
+    let lease_cfg = tally_aggregator::lease::for_aggregator(&env.nats, &cfg);
     let (lease, _) = Lease::acquire(&js, lease_cfg, "bench".into(), &Shutdown::new()).await?;
     for (i, b) in batches.iter().enumerate() {
         let target = |batch_id| sink::Target {

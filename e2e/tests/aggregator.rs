@@ -8,7 +8,7 @@ use chrono::Utc;
 use futures::StreamExt;
 use tally_aggregator::batch::Batch;
 use tally_aggregator::classify::Classifier;
-use tally_aggregator::lease::{Lease, LeaseConfig};
+use tally_aggregator::lease::Lease;
 use tally_aggregator::sink;
 use tally_e2e::{aggregator_config, meters, start_aggregator, wait_drained};
 use tally_platform::shutdown::Shutdown;
@@ -230,7 +230,7 @@ async fn a_batch_committed_before_a_crash_is_not_counted_again() {
     // commit), then started a batch with event 150 (intent, rows) and died before acking.
     let cfg = aggregator_config();
     let classifier = Classifier::new(meters(), &p, &cfg);
-    let lease_cfg = LeaseConfig::for_aggregator(&env.nats, &cfg);
+    let lease_cfg = tally_aggregator::lease::for_aggregator(&env.nats, &cfg);
     let (dead, _) = Lease::acquire(&js, lease_cfg, "dead-holder".into(), &Shutdown::new())
         .await
         .unwrap();

@@ -20,6 +20,7 @@
 //! - [`store`]: connecting to ClickHouse.
 //! - [`migrate`]: the embedded, numbered migrations and the runner that applies them.
 //! - [`streams`]: declaring the `USAGE` and dead-letter streams.
+//! - [`lease`]: one active instance per partition: a compare-and-set key in NATS KV.
 //! - [`telemetry`]: logs and the Prometheus endpoint.
 //! - [`shutdown`]: SIGTERM/SIGINT to a cancellation token.
 //! - [`testkit`]: per-test streams and databases for tests against the real servers.
@@ -31,6 +32,7 @@ pub mod auth;
 pub mod config;
 pub mod features;
 pub mod http;
+pub mod lease;
 pub mod migrate;
 pub mod own_server;
 pub mod private_file;
