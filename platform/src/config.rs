@@ -97,6 +97,15 @@ pub struct NatsConfig {
     /// [`NatsConfig::partition_mapping`]) and each aggregator consumes one partition. Default 0.
     #[serde(default)]
     pub partitions: u32,
+    /// Copies of the usage and dead-letter streams, and of the KV buckets Tally creates
+    /// (invoice numbers; the aggregator's lease has `aggregator.lease_replicas`), when they are
+    /// created: 1 on one server, 3 on a NATS cluster (an existing stream keeps its own). Default 1.
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+}
+
+const fn default_replicas() -> usize {
+    1
 }
 
 fn default_nats_url() -> String {
@@ -134,6 +143,7 @@ impl Default for NatsConfig {
             user: String::new(),
             password: String::new(),
             partitions: 0,
+            replicas: default_replicas(),
         }
     }
 }
@@ -173,6 +183,9 @@ impl NatsConfig {
         }
         if self.partitions > 1024 {
             return Err(ConfigError::invalid("nats.partitions", "at most 1024"));
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return Err(ConfigError::invalid("nats.replicas", "must be 1 to 5"));
         }
         Ok(())
     }
@@ -240,6 +253,28 @@ pub struct ClickHouseConfig {
     /// Password. Default empty. Prefer `TALLY_CLICKHOUSE__PASSWORD` over the file.
     #[serde(default)]
     pub password: String,
+    /// The `<remote_servers>` cluster whose replicas hold Tally's tables (one shard; see
+    /// docs/RELIABILITY.md, "On a cluster"). Set, `tally-migrate` creates every table as a
+    /// `Replicated*MergeTree` `ON CLUSTER` ([`crate::migrate`]), and every statement runs with
+    /// `insert_quorum` and `select_sequential_consistency = 1`. Default none: one server.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// With `cluster`: how many replicas must have a write before it succeeds (ClickHouse's
+    /// `insert_quorum`); at least 2, and the number of replicas to let any replica serve any
+    /// read at once. Default 2.
+    #[serde(default = "default_insert_quorum")]
+    pub insert_quorum: u32,
+    /// With `cluster`: how long a write waits for its quorum before it fails (ClickHouse's
+    /// `insert_quorum_timeout`), in seconds. Default 30.
+    #[serde(default = "default_insert_quorum_timeout_secs")]
+    pub insert_quorum_timeout_secs: u64,
+}
+
+const fn default_insert_quorum() -> u32 {
+    2
+}
+const fn default_insert_quorum_timeout_secs() -> u64 {
+    30
 }
 
 fn default_ch_url() -> String {
@@ -259,6 +294,9 @@ impl Default for ClickHouseConfig {
             database: default_ch_database(),
             user: default_ch_user(),
             password: String::new(),
+            cluster: None,
+            insert_quorum: default_insert_quorum(),
+            insert_quorum_timeout_secs: default_insert_quorum_timeout_secs(),
         }
     }
 }
@@ -282,6 +320,26 @@ impl ClickHouseConfig {
                 "clickhouse.database",
                 format!("{:?} must match [A-Za-z_][A-Za-z0-9_]*", self.database),
             ));
+        }
+        if let Some(cluster) = &self.cluster {
+            if !is_token(cluster) {
+                return Err(ConfigError::invalid(
+                    "clickhouse.cluster",
+                    format!("{cluster:?} must match [A-Za-z0-9_-]+"),
+                ));
+            }
+            if self.insert_quorum < 2 {
+                return Err(ConfigError::invalid(
+                    "clickhouse.insert_quorum",
+                    "must be at least 2 on a cluster: a write on one replica only can be lost with it, or missed by a read on another (docs/RELIABILITY.md)",
+                ));
+            }
+            if !(1..=3600).contains(&self.insert_quorum_timeout_secs) {
+                return Err(ConfigError::invalid(
+                    "clickhouse.insert_quorum_timeout_secs",
+                    "must be 1 to 3600",
+                ));
+            }
         }
         Ok(())
     }
@@ -528,5 +586,35 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("clickhouse.database"));
+    }
+
+    #[test]
+    fn a_cluster_needs_a_quorum_of_two_replicas() {
+        let on = |quorum: u32| ClickHouseConfig {
+            cluster: Some("tally".into()),
+            insert_quorum: quorum,
+            ..ClickHouseConfig::default()
+        };
+        assert!(on(2).validate().is_ok());
+        let err = on(1).validate().unwrap_err().to_string();
+        assert!(err.contains("clickhouse.insert_quorum"), "{err}");
+        let bad_name = ClickHouseConfig {
+            cluster: Some("a b".into()),
+            ..ClickHouseConfig::default()
+        };
+        assert!(bad_name
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("clickhouse.cluster"));
+        let nats = NatsConfig {
+            replicas: 7,
+            ..NatsConfig::default()
+        };
+        assert!(nats
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("nats.replicas"));
     }
 }

@@ -40,6 +40,17 @@
 //! statement must name the database itself (`GRANT ... ON tally.*`), the file writes
 //! `{database}` and the runner substitutes the configured name (validated as
 //! `[A-Za-z_][A-Za-z0-9_]*`) before executing; the checksum covers the file as written.
+//!
+//! # On a cluster
+//! With `clickhouse.cluster` set, the same files produce the replicated schema: the database,
+//! the bookkeeping tables and every statement are rewritten by [`cluster::rewrite`] to run
+//! `ON CLUSTER` with `Replicated*MergeTree` engines (ZooKeeper path
+//! `/clickhouse/tables/{shard}/<database>/<table>`, replica `{replica}`), and the records in
+//! `schema_migrations` are quorum writes like every other ([`crate::store::cluster_settings`]).
+//! Every replica must be up while migrating: a distributed DDL waits for each host. Without a
+//! cluster the statements run exactly as written.
+
+pub mod cluster;
 
 use clickhouse::Client;
 
@@ -177,6 +188,8 @@ pub enum MigrateError {
     UnknownRequirement { name: String, requirement: String },
     #[error("the server's version {0:?} is not <major>.<minor>...")]
     Version(String),
+    #[error("on cluster: {0}")]
+    Cluster(#[from] cluster::ClusterRewriteError),
 }
 
 /// The statements of one migration file, comments stripped.
@@ -251,29 +264,48 @@ fn now_secs() -> u32 {
     u32::try_from(now).unwrap_or(u32::MAX)
 }
 
+/// `stmt` as it runs: `{database}` substituted and, on a cluster, rewritten to run on every
+/// replica ([`cluster::rewrite`]).
+pub fn prepared(stmt: &str, cfg: &ClickHouseConfig) -> Result<String, MigrateError> {
+    let sql = substitute(stmt, &cfg.database);
+    match &cfg.cluster {
+        Some(c) => Ok(cluster::rewrite(&sql, c, &cfg.database)?),
+        None => Ok(sql),
+    }
+}
+
 /// Creates the database and the bookkeeping tables if needed.
 async fn prepare(cfg: &ClickHouseConfig) -> Result<Client, MigrateError> {
     let server = store::server(cfg);
+    let create = prepared(
+        &format!("CREATE DATABASE IF NOT EXISTS {}", cfg.database),
+        cfg,
+    )?;
     server
-        .query(&format!("CREATE DATABASE IF NOT EXISTS {}", cfg.database))
+        .query(&create)
         .execute()
         .await
         .map_err(ch(format!("create database {}", cfg.database)))?;
     let db = store::connect(cfg);
-    db.query(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, name String, checksum String, applied_at DateTime) \
-         ENGINE = MergeTree() ORDER BY version",
-    )
-    .execute()
-    .await
-    .map_err(ch("create schema_migrations"))?;
-    db.query(
-        "CREATE TABLE IF NOT EXISTS schema_migrations_skipped (version UInt32, name String, checksum String, reason String, skipped_at DateTime) \
-         ENGINE = MergeTree() ORDER BY version",
-    )
-    .execute()
-    .await
-    .map_err(ch("create schema_migrations_skipped"))?;
+    for (table, columns) in [
+        (
+            "schema_migrations",
+            "version UInt32, name String, checksum String, applied_at DateTime",
+        ),
+        (
+            "schema_migrations_skipped",
+            "version UInt32, name String, checksum String, reason String, skipped_at DateTime",
+        ),
+    ] {
+        let sql = prepared(
+            &format!("CREATE TABLE IF NOT EXISTS {table} ({columns}) ENGINE = MergeTree() ORDER BY version"),
+            cfg,
+        )?;
+        db.query(&sql)
+            .execute()
+            .await
+            .map_err(ch(format!("create {table}")))?;
+    }
     Ok(db)
 }
 
@@ -328,7 +360,7 @@ pub async fn apply(cfg: &ClickHouseConfig) -> Result<Vec<u32>, MigrateError> {
                 continue;
             }
         }
-        apply_one(&db, &cfg.database, m, current).await?;
+        apply_one(&db, cfg, m, current).await?;
         done.push(m.version);
     }
     Ok(done)
@@ -368,17 +400,18 @@ async fn record_skipped(
 
 async fn apply_one(
     db: &Client,
-    database: &str,
+    cfg: &ClickHouseConfig,
     m: &Migration,
     checksum: String,
 ) -> Result<(), MigrateError> {
     for (i, stmt) in statements(m.sql).iter().enumerate() {
         let context = format!("{} statement {}", m.name, i + 1);
-        let sql = substitute(stmt, database);
+        let sql = prepared(stmt, cfg)?;
         let Err(err) = db.query(&sql).execute().await else {
             continue;
         };
-        if !columns_already_added(db, &sql, &err).await? {
+        // the columns are read from the statement as written (unqualified, no ON CLUSTER)
+        if !columns_already_added(db, &substitute(stmt, &cfg.database), &err).await? {
             return Err(ch(context)(err));
         }
         tracing::info!(

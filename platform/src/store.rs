@@ -14,13 +14,43 @@ pub fn connect(cfg: &ClickHouseConfig) -> Client {
     server(cfg).with_database(&cfg.database)
 }
 
-/// A client for server-level statements (creating the database).
+/// A client for server-level statements (creating the database). On a cluster
+/// (`clickhouse.cluster`), every statement it sends carries [`cluster_settings`].
 pub fn server(cfg: &ClickHouseConfig) -> Client {
-    Client::default()
+    let client = Client::default()
         .with_url(&cfg.url)
         .with_user(&cfg.user)
         .with_password(&cfg.password)
-        .with_validation(false)
+        .with_validation(false);
+    cluster_settings(cfg)
+        .into_iter()
+        .fold(client, |c, (name, value)| c.with_setting(name, value))
+}
+
+/// The settings that keep the exactly-once argument true on replicated tables (empty on one
+/// server; docs/RELIABILITY.md, "On a cluster"):
+/// - `insert_quorum`: a write succeeds only once `clickhouse.insert_quorum` replicas have it,
+///   so what the aggregator commits (and acknowledges to JetStream) survives the loss of a
+///   replica, and an abort recorded before a retry is on those replicas before the retry's
+///   rows exist anywhere;
+/// - `insert_quorum_timeout`: how long such a write waits (`insert_quorum_timeout_secs`); a
+///   write that times out fails with "unknown status" and is treated as failed (an
+///   aggregator batch is then aborted and retried under a new id);
+/// - `select_sequential_consistency = 1`: a read is served only by a replica that has every
+///   quorum write (else it fails and is retried), so a takeover's dedup rebuild, a seal and
+///   a billing read never miss a committed batch or an abort.
+pub fn cluster_settings(cfg: &ClickHouseConfig) -> Vec<(&'static str, String)> {
+    if cfg.cluster.is_none() {
+        return Vec::new();
+    }
+    vec![
+        ("insert_quorum", cfg.insert_quorum.to_string()),
+        (
+            "insert_quorum_timeout",
+            (cfg.insert_quorum_timeout_secs.saturating_mul(1000)).to_string(),
+        ),
+        ("select_sequential_consistency", "1".to_owned()),
+    ]
 }
 
 /// Serde adapter for `Decimal(38, 9)` columns: a `rust_decimal::Decimal` as `i128` units of
@@ -72,6 +102,30 @@ pub mod dec9 {
             assert_eq!(to_units(Decimal::new(1, 10)), None);
             assert_eq!(to_units(Decimal::new(10, 10)), Some(1));
         }
+    }
+}
+
+#[cfg(test)]
+mod cluster_tests {
+    use super::*;
+
+    #[test]
+    fn only_a_cluster_gets_quorum_settings() {
+        assert!(cluster_settings(&ClickHouseConfig::default()).is_empty());
+        let cfg = ClickHouseConfig {
+            cluster: Some("tally".into()),
+            insert_quorum: 3,
+            insert_quorum_timeout_secs: 20,
+            ..ClickHouseConfig::default()
+        };
+        assert_eq!(
+            cluster_settings(&cfg),
+            vec![
+                ("insert_quorum", "3".to_owned()),
+                ("insert_quorum_timeout", "20000".to_owned()),
+                ("select_sequential_consistency", "1".to_owned()),
+            ]
+        );
     }
 }
 

@@ -68,6 +68,7 @@ async fn declare(
         retention: stream::RetentionPolicy::Limits,
         duplicate_window: Duration::from_secs(cfg.duplicate_window_secs),
         max_age: Duration::from_secs(cfg.max_age_secs),
+        num_replicas: cfg.replicas.max(1),
         ..Default::default()
     })
     .await

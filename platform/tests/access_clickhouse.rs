@@ -33,6 +33,7 @@ async fn each_service_is_refused_outside_its_rights() {
         database: "tally".into(),
         user: Service::Migrate.user().into(),
         password: pw(Service::Migrate),
+        ..ClickHouseConfig::default()
     };
     let applied = migrate::apply(&migrator)
         .await

@@ -148,6 +148,7 @@ async fn the_aggregator_and_the_rater_work_as_their_own_users_within_their_right
         database: "tally".into(),
         user: Service::Migrate.user().into(),
         password: support::password(Service::Migrate),
+        ..ClickHouseConfig::default()
     };
     migrate::apply(&migrator).await.expect("migrations");
 
