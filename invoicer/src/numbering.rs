@@ -61,10 +61,20 @@ pub struct Numbers {
 }
 
 impl Numbers {
-    /// Opens (or creates) the bucket (`tally_platform::streams::kv_bucket`).
+    /// Opens (or creates, with one replica) the bucket (`tally_platform::streams::kv_bucket`).
     pub async fn open(client: async_nats::Client, bucket: &str) -> Result<Self, NumberingError> {
+        Numbers::open_replicated(client, bucket, 1).await
+    }
+
+    /// Opens the bucket, creating it with `replicas` copies if it does not exist (`nats.replicas`:
+    /// 3 on a NATS cluster, so numbering survives the loss of a node).
+    pub async fn open_replicated(
+        client: async_nats::Client,
+        bucket: &str,
+        replicas: usize,
+    ) -> Result<Self, NumberingError> {
         let js = jetstream::new(client);
-        let kv = tally_platform::streams::kv_bucket(&js, bucket, 1)
+        let kv = tally_platform::streams::kv_bucket(&js, bucket, replicas)
             .await
             .map_err(|e| NumberingError::Bucket {
                 bucket: bucket.to_owned(),
