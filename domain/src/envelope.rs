@@ -30,6 +30,7 @@ pub(crate) fn scan(bytes: &[u8]) -> Option<Envelope<'_>> {
             "subject" => Some((3, &mut env.subject)),
             "type" => Some((4, &mut env.event_type)),
             "time" => Some((5, &mut env.time)),
+            "holdid" => Some((7, &mut env.holdid)),
             _ => None,
         };
         if let Some((bit, field)) = slot {

@@ -7,6 +7,9 @@
 //! [`UsageEvent::parse`] is the same check returning owned values. It checks the envelope
 //! only; what a meter reads out of `data` is checked by [`crate::meter`]. It never converts a
 //! number through a float: `data` is kept as raw JSON text.
+//!
+//! One extension attribute is read: `holdid`, the spend hold (an allowed authorize request)
+//! the event's usage settles. It is optional, and validated like an event id.
 
 use std::borrow::Cow;
 
@@ -86,6 +89,8 @@ pub struct UsageEvent {
     pub time_ms: i64,
     /// The `data` object as raw JSON text (`{}` when absent).
     pub data: Box<RawValue>,
+    /// Extension `holdid`: the spend hold this usage settles.
+    pub hold_id: Option<EventId>,
 }
 
 /// A validated usage event borrowing from the bytes it was parsed from: strings are
@@ -103,6 +108,8 @@ pub struct EventView<'a> {
     pub time_ms: i64,
     /// The `data` object as raw JSON text (`{}` when absent).
     pub data: &'a RawValue,
+    /// Extension `holdid`: the spend hold this usage settles.
+    pub hold_id: Option<Cow<'a, str>>,
 }
 
 /// The envelope's attributes, borrowed from the input unless escaped ([`CowStr`]: serde's
@@ -124,6 +131,8 @@ pub(crate) struct Envelope<'a> {
     pub(crate) time: Option<CowStr<'a>>,
     #[serde(borrow)]
     pub(crate) data: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub(crate) holdid: Option<CowStr<'a>>,
 }
 
 fn required<'a>(v: Option<CowStr<'a>>, field: &'static str) -> Result<Cow<'a, str>, EventError> {
@@ -206,6 +215,10 @@ impl<'a> EventView<'a> {
             Some(raw) if raw.get().trim_start().starts_with('{') => raw,
             Some(_) => return Err(EventError::DataNotObject),
         };
+        let hold_id = match env.holdid {
+            None => None,
+            Some(h) => Some(validate_id(Some(h), "holdid", EventId::validate)?),
+        };
         Ok(EventView {
             id,
             customer,
@@ -213,6 +226,7 @@ impl<'a> EventView<'a> {
             event_type,
             time_ms,
             data,
+            hold_id,
         })
     }
 
@@ -225,6 +239,7 @@ impl<'a> EventView<'a> {
             event_type: self.event_type.into_owned(),
             time_ms: self.time_ms,
             data: self.data.to_owned(),
+            hold_id: self.hold_id.map(|h| EventId::validated(h.into_owned())),
         }
     }
 
@@ -301,6 +316,25 @@ mod tests {
         let v = EventView::parse(escaped.as_bytes(), 4096).unwrap();
         assert_eq!(v.id, "e1");
         assert!(matches!(v.id, Cow::Owned(_)));
+    }
+
+    #[test]
+    fn the_hold_extension_is_optional_read_and_validated_on_both_paths() {
+        let with = GOOD.replace("\"id\":\"e1\",", "\"id\":\"e1\",\"holdid\":\"h-42\",");
+        let bad = with.replace("h-42", "h 42");
+        let twice = with.replace("\"holdid\":\"h-42\",", "\"holdid\":\"a\",\"holdid\":\"b\",");
+        for parse in [EventView::parse, EventView::parse_reference] {
+            let v = parse(with.as_bytes(), 4096).unwrap();
+            assert_eq!(v.hold_id.as_deref(), Some("h-42"));
+            assert_eq!(parse(GOOD.as_bytes(), 4096).unwrap().hold_id, None);
+            assert_eq!(
+                parse(bad.as_bytes(), 4096).unwrap_err().field(),
+                Some("holdid")
+            );
+            assert!(parse(twice.as_bytes(), 4096).is_err(), "a repeated holdid is refused");
+        }
+        let owned = UsageEvent::parse(with.as_bytes(), 4096).unwrap();
+        assert_eq!(owned.hold_id.as_ref().map(EventId::as_str), Some("h-42"));
     }
 
     #[test]

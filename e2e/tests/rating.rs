@@ -78,6 +78,7 @@ async fn two_raters_at_once_price_a_price_book_exactly_once_and_every_charge_exp
             event_type: event_type.into(),
             time: at,
             data,
+            hold_id: None,
         });
     };
     for _ in 0..3 {

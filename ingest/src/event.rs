@@ -14,6 +14,9 @@ pub struct OutgoingEvent {
     pub time: DateTime<Utc>,
     /// Meter properties; quantities as JSON integers or decimal strings, never floats.
     pub data: serde_json::Value,
+    /// The spend hold this usage settles (extension attribute `holdid`): the `hold_id` of the
+    /// authorize answer that allowed the work this event reports.
+    pub hold_id: Option<EventId>,
 }
 
 #[derive(Serialize)]
@@ -27,6 +30,8 @@ struct CloudEvent<'a> {
     time: String,
     datacontenttype: &'static str,
     data: &'a serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    holdid: Option<&'a str>,
 }
 
 impl OutgoingEvent {
@@ -41,6 +46,7 @@ impl OutgoingEvent {
             time: self.time.to_rfc3339_opts(SecondsFormat::Millis, true),
             datacontenttype: "application/json",
             data: &self.data,
+            holdid: self.hold_id.as_ref().map(EventId::as_str),
         };
         serde_json::to_vec(&ce).expect("a CloudEvent of strings and a JSON value always serializes")
     }
@@ -62,11 +68,20 @@ mod tests {
                 .unwrap()
                 .with_timezone(&Utc),
             data: serde_json::json!({"tokens": 12, "model": "m"}),
+            hold_id: None,
         };
         let parsed = UsageEvent::parse(&e.to_json(), 65536).unwrap();
         assert_eq!(parsed.id, e.id);
         assert_eq!(parsed.customer, e.customer);
         assert_eq!(parsed.agent, e.agent);
         assert_eq!(parsed.time_ms, e.time.timestamp_millis());
+        assert_eq!(parsed.hold_id, None);
+        assert!(!String::from_utf8_lossy(&e.to_json()).contains("holdid"));
+        let held = OutgoingEvent {
+            hold_id: Some(EventId::new("h-1").unwrap()),
+            ..e
+        };
+        let parsed = UsageEvent::parse(&held.to_json(), 65536).unwrap();
+        assert_eq!(parsed.hold_id, held.hold_id, "holdid goes out as the extension");
     }
 }

@@ -127,6 +127,7 @@ impl Recorder<'_> {
             event_type: event_type.to_owned(),
             time: chrono::Utc::now(),
             data,
+            hold_id: None,
         }
     }
 

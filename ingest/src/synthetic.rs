@@ -75,6 +75,7 @@ impl Fleet {
             event_type: event_type.to_owned(),
             time,
             data,
+            hold_id: None,
         }
     }
 

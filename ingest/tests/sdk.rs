@@ -97,6 +97,7 @@ async fn an_event_recorded_twice_is_stored_once() {
         event_type: "tool.call".into(),
         time: chrono::Utc::now(),
         data: serde_json::json!({"tool": "search"}),
+        hold_id: None,
     };
     sdk.record(event.clone()).await.unwrap();
     sdk.record(event).await.unwrap();
