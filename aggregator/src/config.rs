@@ -84,6 +84,11 @@ pub struct AggregatorConfig {
     /// Default 1.
     #[serde(default = "default_lease_replicas")]
     pub lease_replicas: usize,
+    /// Publish each batch's partials to the live usage feed (`<stream>_FEED`, read by
+    /// `tally-spend` for live balances and authorize decisions) before its commit. Default
+    /// true; false saves a JetStream publish per batch where nothing uses live spend control.
+    #[serde(default = "default_live_feed")]
+    pub live_feed: bool,
     /// Also accept events whose `Nats-Msg-Id` is missing or is the bare event id (publishers
     /// from before the identity was namespaced as `<customer>:<agent>:<id>`), during an
     /// upgrade. Default false: such events are dead-lettered as `msg_id_mismatch`.
@@ -136,6 +141,9 @@ const fn default_lease_secs() -> u64 {
 const fn default_lease_replicas() -> usize {
     1
 }
+const fn default_live_feed() -> bool {
+    true
+}
 fn default_metrics_addr() -> String {
     "127.0.0.1:9101".into()
 }
@@ -161,6 +169,7 @@ impl Default for AggregatorConfig {
             seal_days_max: default_seal_days_max(),
             lease_secs: default_lease_secs(),
             lease_replicas: default_lease_replicas(),
+            live_feed: default_live_feed(),
             accept_legacy_msg_ids: false,
         }
     }

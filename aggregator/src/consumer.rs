@@ -41,6 +41,7 @@ use crate::config::AggregatorConfig;
 use crate::crash::{self, CrashPoint};
 use crate::dedup::{Dedup, Seen};
 use crate::lease::{Lease, LeaseError};
+use tally_platform::feed::FeedConfig;
 use crate::{dead_letter, metrics, recovery, seal, sink, takeover};
 
 /// Why the aggregator stopped with an error.
@@ -156,6 +157,15 @@ pub async fn run(
     let meter_names = sink::Meters::new(classifier.meters());
     let holder = format!("{}/{}", cfg.consumer_name(), uuid::Uuid::new_v4());
     let lease_cfg = crate::lease::for_aggregator(nats_cfg, cfg);
+    if cfg.live_feed {
+        // part of every commit from now on: declared before the first batch
+        tally_platform::feed::ensure(&js, &FeedConfig::for_nats(nats_cfg))
+            .await
+            .map_err(|e| RunError::Consumer {
+                consumer: cfg.consumer_name(),
+                detail: e.to_string(),
+            })?;
+    }
     loop {
         tracing::info!(partition = %lease_cfg.key, %holder, "waiting for the partition lease");
         let (lease, takeover) =
@@ -654,10 +664,24 @@ impl<'a> Aggregator<'a> {
         F: FnMut(Client, String) -> Fut,
         Fut: std::future::Future<Output = Result<(), String>>,
     {
+        self.under_lease_seq(what, |db, id, _| write(db, id)).await
+    }
+
+    /// [`Self::under_lease`], `write` also given the op's sequence (the lease revision of its
+    /// intent, `bseq`).
+    pub(crate) async fn under_lease_seq<F, Fut>(
+        &mut self,
+        what: &str,
+        mut write: F,
+    ) -> Result<String, RunError>
+    where
+        F: FnMut(Client, String, u64) -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
         let mut backoff = BACKOFF_MIN;
         loop {
             let id = uuid::Uuid::new_v4().to_string();
-            self.write_intent(&id).await?;
+            let seq = self.write_intent(&id).await?;
             let written = async {
                 sink::abort(
                     &self.db,
@@ -668,7 +692,7 @@ impl<'a> Aggregator<'a> {
                 )
                 .await
                 .map_err(|e| e.to_string())?;
-                write(self.db.clone(), id.clone()).await
+                write(self.db.clone(), id.clone(), seq).await
             }
             .await;
             match written {
@@ -721,12 +745,13 @@ impl<'a> Aggregator<'a> {
         }
     }
 
-    /// The intent in the lease, retried while NATS cannot be reached.
-    async fn write_intent(&mut self, id: &str) -> Result<(), RunError> {
+    /// The intent in the lease, retried while NATS cannot be reached; returns the op's
+    /// sequence.
+    async fn write_intent(&mut self, id: &str) -> Result<u64, RunError> {
         let mut backoff = BACKOFF_MIN;
         loop {
             match self.lease.intent(id, &self.pending_aborts).await {
-                Ok(_) => return Ok(()),
+                Ok(seq) => return Ok(seq),
                 Err(LeaseError::Fenced { .. }) => return Err(RunError::Fenced),
                 Err(e) => tracing::warn!(error = %e, "writing the intent, retrying"),
             }
@@ -752,24 +777,43 @@ impl<'a> Aggregator<'a> {
         }
     }
 
-    /// Commits the batch's rows under the lease.
+    /// Commits the batch's rows under the lease; with the live feed on, publishes the batch's
+    /// notice after its rows and before the commit (a notice of a batch that is then aborted
+    /// is discounted by readers like its rows: `platform::feed`).
     async fn commit(&mut self, batch: &Batch) -> Result<(), RunError> {
         let (meters, cfg) = (self.meters, self.cfg);
         let consumer = cfg.consumer_name();
-        self.under_lease("batch", |db, id| {
+        let feed = cfg
+            .live_feed
+            .then(|| (self.js.clone(), FeedConfig::for_nats(self.nats_cfg)));
+        self.under_lease_seq("batch", |db, id, bseq| {
             let consumer = consumer.clone();
+            let feed = feed.clone();
             async move {
                 let target = sink::Target {
                     batch_id: &id,
+                    bseq,
                     part: cfg.part(),
                     consumer: &consumer,
                     window_secs: cfg.window_secs,
                     now_ms: now_ms(),
                 };
-                sink::write(&db, batch, meters, target)
+                let partials = sink::write(&db, batch, meters, target)
                     .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| e.to_string())?;
+                if let Some((js, feed_cfg)) = feed {
+                    let notices = crate::feed::notices(
+                        batch,
+                        &partials,
+                        meters,
+                        cfg.window_secs,
+                        (cfg.part(), &id, bseq),
+                    );
+                    tally_platform::feed::publish(&js, &feed_cfg, &notices)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok(())
             }
         })
         .await

@@ -95,6 +95,7 @@
 //! - [`takeover`]: what an instance does when it takes a partition over.
 //! - [`upgrade`]: copying the usage of the storage before migration 0024, once.
 //! - [`dead_letter`]: dead-letter records.
+//! - [`feed`]: a batch's notice for the live usage feed (partials and settled holds).
 //! - [`crash`]: crash points the fault tests arm to kill the process between two commit steps.
 //! - [`recovery`]: rebuilding the dedup set.
 //! - [`seal`]: sealing the days that can no longer change.
@@ -108,6 +109,7 @@ pub mod consumer;
 pub mod crash;
 pub mod dead_letter;
 pub mod dedup;
+pub mod feed;
 pub mod idset;
 pub mod lease;
 pub mod metrics;

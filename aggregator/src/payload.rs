@@ -67,6 +67,8 @@ pub struct EventText {
     agent: Text,
     event_type: Text,
     data: Text,
+    /// Extension `holdid`, when the event settles a spend hold.
+    hold: Option<Text>,
     /// Event time in milliseconds since the Unix epoch, UTC.
     pub time_ms: i64,
 }
@@ -93,6 +95,7 @@ impl EventText {
             agent: text_of(&payload, &view.agent),
             event_type: text_of(&payload, &view.event_type),
             data: text_of(&payload, view.data.get()),
+            hold: view.hold_id.as_deref().map(|h| text_of(&payload, h)),
             time_ms: view.time_ms,
             payload,
         }
@@ -132,6 +135,11 @@ impl EventText {
     pub fn data(&self) -> &str {
         self.get(&self.data)
     }
+
+    /// Extension `holdid`: the spend hold this event settles.
+    pub fn hold_id(&self) -> Option<&str> {
+        self.hold.as_ref().map(|h| self.get(h))
+    }
 }
 
 #[cfg(test)]
@@ -156,5 +164,11 @@ mod tests {
         );
         let view = EventView::parse(&absent, 4096).unwrap();
         assert_eq!(EventText::new(absent.clone(), &view).data(), "{}");
+        assert_eq!(EventText::new(absent.clone(), &view).hold_id(), None);
+        let held = Bytes::from_static(
+            br#"{"specversion":"1.0","id":"e1","holdid":"h-1","source":"bot","subject":"acme","type":"t","time":"2026-11-26T21:00:00Z"}"#,
+        );
+        let view = EventView::parse(&held, 4096).unwrap();
+        assert_eq!(EventText::new(held.clone(), &view).hold_id(), Some("h-1"));
     }
 }

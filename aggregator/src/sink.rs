@@ -83,6 +83,7 @@ struct PartialRow<'a> {
     batch_id: &'a str,
     part: u32,
     inserted_at: u32,
+    bseq: u64,
 }
 
 /// The batch log (`usage_batches`): one row per attempt, for audit and the dashboards.
@@ -118,6 +119,8 @@ pub struct InsertError {
 #[derive(Debug, Clone, Copy)]
 pub struct Target<'a> {
     pub batch_id: &'a str,
+    /// The batch's sequence in its partition (the lease revision of its intent).
+    pub bseq: u64,
     pub part: u32,
     pub consumer: &'a str,
     pub window_secs: u32,
@@ -213,18 +216,17 @@ async fn insert_readings(
 /// The batch's partials, one row per (customer, agent, meter, group, window).
 async fn insert_partials(
     db: &Client,
-    batch: &Batch,
+    rows: &[partials::Partial<'_>],
     meters: &Meters<'_>,
     t: Target<'_>,
-) -> Result<usize, InsertError> {
+) -> Result<(), InsertError> {
     let (table, started) = ("usage_partials", Instant::now());
-    let rows = partials::fold(&batch.events, meters.list);
     let now = datetime_secs(t.now_ms);
     let mut ins = db
         .insert::<PartialRow<'static>>(table)
         .await
         .map_err(insert_error(table))?;
-    for p in &rows {
+    for p in rows {
         let meter = &meters.list[p.meter];
         let key = group_key(&meters.group_names[p.meter], p.group_values);
         let row = PartialRow {
@@ -248,12 +250,13 @@ async fn insert_partials(
             batch_id: t.batch_id,
             part: t.part,
             inserted_at: now,
+            bseq: t.bseq,
         };
         ins.write(&row).await.map_err(insert_error(table))?;
     }
     ins.end().await.map_err(insert_error(table))?;
     metrics::insert_seconds(table, started.elapsed());
-    Ok(rows.len())
+    Ok(())
 }
 
 /// The meters and their group-by names, computed once per aggregator.
@@ -292,21 +295,22 @@ async fn insert_log(db: &Client, batch: &Batch, t: Target<'_>) -> Result<(), Ins
 
 /// Writes the batch's raw events, readings and partials under `t.batch_id`, and its log row
 /// (four concurrent inserts). `Ok` means every row is durable; on `Err` some may be, and the
-/// attempt must be aborted. Returns the number of partial rows.
-pub async fn write(
+/// attempt must be aborted. Returns the partials written (the live feed publishes them).
+pub async fn write<'b>(
     db: &Client,
-    batch: &Batch,
+    batch: &'b Batch,
     meters: &Meters<'_>,
     t: Target<'_>,
-) -> Result<usize, InsertError> {
-    let (_, _, partials, _) = futures::future::try_join4(
+) -> Result<Vec<partials::Partial<'b>>, InsertError> {
+    let rows = partials::fold(&batch.events, meters.list);
+    futures::future::try_join4(
         insert_raw(db, batch, t),
         insert_readings(db, batch, meters, t),
-        insert_partials(db, batch, meters, t),
+        insert_partials(db, &rows, meters, t),
         insert_log(db, batch, t),
     )
     .await?;
-    Ok(partials)
+    Ok(rows)
 }
 
 /// Records `ids` (batches or seals of partition `part`) as aborted: their rows never count.

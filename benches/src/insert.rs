@@ -75,6 +75,7 @@ pub async fn run(env: &TestEnv, events: usize, batch: usize) -> anyhow::Result<I
     for (i, b) in batches.iter().enumerate() {
         let target = |batch_id| sink::Target {
             batch_id,
+            bseq: 0,
             part: 0,
             consumer: "bench",
             window_secs: cfg.window_secs,

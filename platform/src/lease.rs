@@ -114,7 +114,8 @@ impl LeaseValue {
         Bytes::from(serde_json::to_vec(self).unwrap_or_default())
     }
 
-    fn parse(bytes: &[u8]) -> Option<LeaseValue> {
+    /// The value of a lease key (`None`: not a lease value).
+    pub fn parse(bytes: &[u8]) -> Option<LeaseValue> {
         serde_json::from_slice(bytes).ok()
     }
 }

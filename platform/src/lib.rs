@@ -21,6 +21,7 @@
 //! - [`migrate`]: the embedded, numbered migrations and the runner that applies them.
 //! - [`streams`]: declaring the `USAGE` and dead-letter streams.
 //! - [`lease`]: one active instance per partition: a compare-and-set key in NATS KV.
+//! - [`feed`]: the live usage feed: each committed batch's partials, for the spend deciders.
 //! - [`telemetry`]: logs and the Prometheus endpoint.
 //! - [`shutdown`]: SIGTERM/SIGINT to a cancellation token.
 //! - [`testkit`]: per-test streams and databases for tests against the real servers.
@@ -31,6 +32,7 @@ pub mod args;
 pub mod auth;
 pub mod config;
 pub mod features;
+pub mod feed;
 pub mod http;
 pub mod lease;
 pub mod migrate;

@@ -70,7 +70,7 @@ impl TestEnv {
         store::connect(&self.clickhouse)
     }
 
-    /// Drops the database and deletes the streams.
+    /// Drops the database and deletes the streams (usage, dead letters, feed, lease bucket).
     pub async fn cleanup(self) {
         let _ = store::server(&self.clickhouse)
             .query(&format!(
@@ -83,6 +83,11 @@ impl TestEnv {
             let js = async_nats::jetstream::new(client);
             let _ = js.delete_stream(&self.nats.stream).await;
             let _ = js.delete_stream(&self.nats.dlq_stream).await;
+            let feed = crate::feed::FeedConfig::for_nats(&self.nats);
+            let _ = js.delete_stream(&feed.stream).await;
+            let _ = js
+                .delete_stream(format!("KV_{}_AGGREGATORS", self.nats.stream))
+                .await;
         }
     }
 }

@@ -23,12 +23,12 @@
 
 use clickhouse::Client;
 use rust_decimal::Decimal;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 const DAY: u32 = 86_400;
 
 /// A `Decimal(38, 9)` column as read: units of 10^-9.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(transparent)]
 pub struct Units(pub i128);
 
@@ -200,7 +200,7 @@ pub struct Request<'a> {
 
 /// Usage of one (customer, [agent,] meter, group) over `[start, end)`: a sealed day or a
 /// window.
-#[derive(Debug, Clone, clickhouse::Row, Deserialize)]
+#[derive(Debug, Clone, clickhouse::Row, Serialize, Deserialize)]
 pub struct UsageRow {
     pub customer: String,
     pub agent: String,
