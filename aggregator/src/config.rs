@@ -94,6 +94,25 @@ pub struct AggregatorConfig {
     /// upgrade. Default false: such events are dead-lettered as `msg_id_mismatch`.
     #[serde(default)]
     pub accept_legacy_msg_ids: bool,
+    /// New events per second one customer may send (on NATS as over HTTP: the gateway's
+    /// `ingest.rate_per_key_per_sec` bounds each key), judged per UTC minute of the time
+    /// JetStream received them: at most 60 times this many in each minute, the rest are
+    /// dead-lettered as `rate_limited`. Default 5000.
+    #[serde(default = "default_customer_events_per_sec")]
+    pub customer_events_per_sec: u64,
+    /// Distinct event ids one customer may have within the dedup horizon: its share of the
+    /// dedup memory (about 38 bytes an id; at most twice this many are held). Beyond it events
+    /// are dead-lettered as `too_many_ids`. Default 10000000.
+    #[serde(default = "default_customer_ids_max")]
+    pub customer_ids_max: u64,
+    /// Distinct series (agent and group-by values) per customer, meter and UTC day of event
+    /// time: an event adding one more is dead-lettered as `too_many_groups`. Default 10000.
+    #[serde(default = "default_groups_per_meter_day_max")]
+    pub groups_per_meter_day_max: usize,
+    /// Distinct values of a UNIQUE_COUNT meter per customer and UTC day of event time: an
+    /// event adding one more is dead-lettered as `too_many_values`. Default 100000.
+    #[serde(default = "default_unique_values_per_meter_day_max")]
+    pub unique_values_per_meter_day_max: usize,
 }
 
 fn default_consumer() -> String {
@@ -144,6 +163,18 @@ const fn default_lease_replicas() -> usize {
 const fn default_live_feed() -> bool {
     true
 }
+const fn default_customer_events_per_sec() -> u64 {
+    5_000
+}
+const fn default_customer_ids_max() -> u64 {
+    10_000_000
+}
+const fn default_groups_per_meter_day_max() -> usize {
+    10_000
+}
+const fn default_unique_values_per_meter_day_max() -> usize {
+    100_000
+}
 fn default_metrics_addr() -> String {
     "127.0.0.1:9101".into()
 }
@@ -171,6 +202,10 @@ impl Default for AggregatorConfig {
             lease_replicas: default_lease_replicas(),
             live_feed: default_live_feed(),
             accept_legacy_msg_ids: false,
+            customer_events_per_sec: default_customer_events_per_sec(),
+            customer_ids_max: default_customer_ids_max(),
+            groups_per_meter_day_max: default_groups_per_meter_day_max(),
+            unique_values_per_meter_day_max: default_unique_values_per_meter_day_max(),
         }
     }
 }
@@ -252,6 +287,16 @@ impl AggregatorConfig {
         positive("seal_days_max", u64::from(self.seal_days_max))?;
         positive("lease_secs", self.lease_secs)?;
         positive("lease_replicas", self.lease_replicas as u64)?;
+        positive("customer_events_per_sec", self.customer_events_per_sec)?;
+        positive("customer_ids_max", self.customer_ids_max)?;
+        positive(
+            "groups_per_meter_day_max",
+            self.groups_per_meter_day_max as u64,
+        )?;
+        positive(
+            "unique_values_per_meter_day_max",
+            self.unique_values_per_meter_day_max as u64,
+        )?;
         if 86_400 % self.window_secs != 0 {
             return Err(ConfigError::invalid(
                 "aggregator.window_secs",

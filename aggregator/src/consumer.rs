@@ -42,6 +42,7 @@ use crate::crash::{self, CrashPoint};
 use crate::dedup::{Dedup, Seen};
 use crate::lease::{Lease, LeaseError};
 use tally_platform::feed::FeedConfig;
+use crate::limits::{self, Bounds, Limits};
 use crate::{dead_letter, metrics, recovery, seal, sink, takeover};
 
 /// Why the aggregator stopped with an error.
@@ -107,6 +108,10 @@ pub(crate) struct Aggregator<'a> {
     pub(crate) meters: &'a sink::Meters<'a>,
     pub(crate) lease: Arc<Lease>,
     pub(crate) dedup: Dedup,
+    /// Per-customer bounds, judged against what was accepted before (`limits.rs`).
+    pub(crate) limits: Limits,
+    /// The limits hold every committed series and value of the days from this one on.
+    pub(crate) groups_from_day: u32,
     pub(crate) shutdown: Shutdown,
     last_expiry: Instant,
     /// The dedup set holds every committed id received since this time (seconds).
@@ -277,6 +282,8 @@ impl<'a> Aggregator<'a> {
             meters,
             lease,
             dedup: Dedup::new(),
+            limits: Limits::new(Bounds::from_config(cfg), classifier.meters()),
+            groups_from_day: u32::MAX,
             shutdown: shutdown.clone(),
             last_expiry: Instant::now(),
             loaded_since: u32::MAX,
@@ -324,6 +331,7 @@ impl<'a> Aggregator<'a> {
                     }
                     _ = sleep_until(deadline) => true,
                     _ = gauges.tick() => {
+                        metrics::limit_usage(self.limits.usage(datetime_secs(now_ms())));
                         // bounded: an unanswered request must not hold a due flush or a SIGTERM
                         let _ = tokio::time::timeout(GAUGES_TIMEOUT, self.sample_gauges(&mut consumer)).await;
                         false
@@ -424,6 +432,10 @@ impl<'a> Aggregator<'a> {
         // get_stream is itself a STREAM.INFO request: its answer is the depth
         if let Ok(dlq) = self.js.get_stream(&self.nats_cfg.dlq_stream).await {
             metrics::dead_letter_depth(dlq.cached_info().state.messages);
+            metrics::stream_size("dead_letter", dlq.cached_info());
+        }
+        if let Ok(usage) = self.js.get_stream(&self.nats_cfg.stream).await {
+            metrics::stream_size("usage", usage.cached_info());
         }
     }
 
@@ -436,7 +448,8 @@ impl<'a> Aggregator<'a> {
     /// before the wall clock; a backlog (messages received long before they are read, after
     /// an outage) needs older ones, loaded here once per backlog.
     async fn cover(&mut self, received: u32) -> Result<(), RunError> {
-        let needed = received.saturating_sub(self.horizon_secs());
+        // whole minutes, as the limits count them
+        let needed = limits::aligned(received.saturating_sub(self.horizon_secs()));
         if needed >= self.loaded_since {
             return Ok(());
         }
@@ -448,6 +461,7 @@ impl<'a> Aggregator<'a> {
             let loaded = recovery::load_range(
                 &self.db,
                 &mut self.dedup,
+                &mut self.limits,
                 needed,
                 self.loaded_since,
                 horizon,
@@ -462,7 +476,7 @@ impl<'a> Aggregator<'a> {
                     );
                     metrics::dedup_size(self.dedup.committed_len(), self.dedup.committed_bytes());
                     self.loaded_since = needed;
-                    return Ok(());
+                    return takeover::cover_days(self, limits::day_of_secs(needed)).await;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "loading older committed ids failed, retrying")
@@ -544,10 +558,19 @@ impl<'a> Aggregator<'a> {
                     Seen::New if self.is_sealed(acc.event.time_ms) => {
                         reject(batch, self.sealed_rejection())
                     }
-                    Seen::New => {
-                        batch.add_accepted(acc, seq, self.cfg.window_secs);
-                        self.dedup.reserve(key, hash, received);
-                    }
+                    Seen::New => match self.limits.admit(&limits::Candidate {
+                        customer: acc.event.customer(),
+                        agent: acc.event.agent(),
+                        time_ms: acc.event.time_ms,
+                        received_secs: received,
+                        readings: &acc.readings,
+                    }) {
+                        Ok(()) => {
+                            batch.add_accepted(acc, seq, self.cfg.window_secs);
+                            self.dedup.reserve(key, hash, received);
+                        }
+                        Err(rejection) => reject(batch, rejection),
+                    },
                     // accepted and duplicates are counted per batch at its flush
                     Seen::Committed | Seen::Pending => batch.duplicates += 1,
                     Seen::Conflict => reject(
@@ -886,12 +909,15 @@ impl<'a> Aggregator<'a> {
         }
         self.last_expiry = Instant::now();
         let horizon = self.horizon_secs();
-        let dropped = self.dedup.expire(self.newest_received, horizon);
+        // whole minutes, as the limits count them
+        let cutoff = limits::aligned(self.newest_received.saturating_sub(horizon));
+        let dropped = self.dedup.expire_before(cutoff);
         // ids received before the cutoff are gone: a redelivered message that needs them
         // loads them again (`cover`)
-        self.loaded_since = self
-            .loaded_since
-            .max(self.newest_received.saturating_sub(horizon));
+        self.loaded_since = self.loaded_since.max(cutoff);
+        self.groups_from_day = self.groups_from_day.max(limits::day_of_secs(cutoff));
+        let sealed = self.sealed_through.map(limits::day_of_secs);
+        self.limits.expire(cutoff, self.groups_from_day, sealed);
         tracing::debug!(dropped, "dedup ids expired");
         metrics::dedup_size(self.dedup.committed_len(), self.dedup.committed_bytes());
     }

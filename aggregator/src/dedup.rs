@@ -119,17 +119,24 @@ impl Dedup {
         }
     }
 
-    /// Records an id known to be committed (recovery), received at `received_secs`.
-    pub fn insert_committed(&mut self, key: u128, payload_hash: u64, received_secs: u32) {
+    /// Records an id known to be committed (recovery), received at `received_secs`; whether
+    /// it was not in the set yet.
+    pub fn insert_committed(&mut self, key: u128, payload_hash: u64, received_secs: u32) -> bool {
+        let new = self.committed.get(key).is_none();
         self.committed
             .insert(key, payload_hash as u32, received_secs);
+        new
     }
 
     /// Forgets committed ids received more than `horizon_secs` before `newest_secs` (the
     /// newest received time read so far); returns how many.
     pub fn expire(&mut self, newest_secs: u32, horizon_secs: u32) -> usize {
-        let cutoff = newest_secs.saturating_sub(horizon_secs);
-        self.committed.retain_by_time(|at| at >= cutoff)
+        self.expire_before(newest_secs.saturating_sub(horizon_secs))
+    }
+
+    /// Forgets committed ids received before `cutoff_secs`; returns how many.
+    pub fn expire_before(&mut self, cutoff_secs: u32) -> usize {
+        self.committed.retain_by_time(|at| at >= cutoff_secs)
     }
 
     pub fn committed_len(&self) -> usize {

@@ -87,6 +87,8 @@
 //! - [`classify`]: one message to an accepted event with meter readings, or a rejection.
 //! - [`payload`]: an accepted event's text, kept as ranges of its message payload.
 //! - [`dedup`]: the pending and committed id sets.
+//! - [`limits`]: the per-customer bounds (rate, ids, series, distinct values), judged against
+//!   what was accepted before, so a verdict survives a crash.
 //! - [`idset`]: the compact table behind the committed set.
 //! - [`batch`]: the in-memory batch: events, windowed readings and the messages to ack.
 //! - [`partials`]: a batch folded into per-window partials (pure).
@@ -112,6 +114,7 @@ pub mod dedup;
 pub mod feed;
 pub mod idset;
 pub mod lease;
+pub mod limits;
 pub mod metrics;
 pub mod partials;
 pub mod payload;

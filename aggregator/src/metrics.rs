@@ -25,6 +25,7 @@ pub fn init() {
     counter!("tally_aggregator_fenced_total").absolute(0);
     counter!("tally_aggregator_aborted_batches_total").absolute(0);
     counter!("tally_aggregator_consumer_resets_total").absolute(0);
+    limit_usage(crate::limits::Usage::default());
 }
 
 /// Messages by outcome: `accepted`, `duplicate`, `rejected`.
@@ -102,4 +103,40 @@ pub fn aborted(n: usize) {
 /// messages are read again in stream order.
 pub fn consumer_reset() {
     counter!("tally_aggregator_consumer_resets_total").increment(1);
+}
+
+/// The highest share of each per-customer bound any customer of this instance uses (0 to 1;
+/// 1 means some customer's events are being refused for it). One series per bound, never a
+/// customer label: the dead letters name the customer.
+pub fn limit_usage(u: crate::limits::Usage) {
+    for (limit, ratio) in [
+        ("events_per_minute", u.events_per_minute),
+        ("ids", u.ids),
+        ("groups", u.groups),
+        ("unique_values", u.unique_values),
+    ] {
+        gauge!("tally_aggregator_customer_limit_usage_ratio", "limit" => limit).set(ratio);
+    }
+}
+
+/// A stream's size and how full it is against its configured limits (`stream` is `usage` or
+/// `dead_letter`): the larger of bytes / `max_bytes` and messages / `max_msgs`, 0 without
+/// limits. The usage stream refuses new events when full (discard new); the dead-letter
+/// stream drops its oldest records.
+pub fn stream_size(stream: &'static str, info: &async_nats::jetstream::stream::Info) {
+    gauge!("tally_aggregator_stream_bytes", "stream" => stream).set(info.state.bytes as f64);
+    gauge!("tally_aggregator_stream_fill_ratio", "stream" => stream).set(fill_ratio(info));
+}
+
+/// The larger of bytes / `max_bytes` and messages / `max_messages`; 0 without limits.
+pub fn fill_ratio(info: &async_nats::jetstream::stream::Info) -> f64 {
+    let share = |n: u64, max: i64| {
+        if max > 0 {
+            n as f64 / max as f64
+        } else {
+            0.0
+        }
+    };
+    share(info.state.bytes, info.config.max_bytes)
+        .max(share(info.state.messages, info.config.max_messages))
 }

@@ -27,6 +27,7 @@ use tally_platform::streams;
 
 use crate::consumer::{now_ms, owns, Aggregator, RunError, BACKOFF_MIN};
 use crate::lease::Takeover;
+use crate::limits::{self, Limits};
 use crate::{metrics, recovery, seal, sink, upgrade};
 
 /// How long a takeover waits after recording aborts before its own batches may count.
@@ -153,26 +154,75 @@ async fn load_seals(agg: &mut Aggregator<'_>) -> Result<(), RunError> {
     Ok(())
 }
 
-/// Rebuilds the committed dedup set (ids received within the horizon of the wall clock).
+/// Rebuilds the committed dedup set (ids received within the horizon of the wall clock,
+/// from a whole minute on) and the per-customer limits from the same reads and from the
+/// partials of the days not sealed yet.
 async fn recover(agg: &mut Aggregator<'_>) -> Result<(), RunError> {
     let horizon = agg.horizon_secs();
-    let since = tally_platform::store::datetime_secs(now_ms()).saturating_sub(horizon);
+    let since =
+        limits::aligned(tally_platform::store::datetime_secs(now_ms()).saturating_sub(horizon));
     let (db, nats_cfg, partition) = (agg.db.clone(), agg.nats_cfg, agg.cfg.partition);
-    let dedup = retry(agg, "dedup recovery", || {
+    let (bounds, meters) = (agg.limits.bounds(), agg.classifier.meters());
+    // no event can be accepted for a sealed day: its series are not needed
+    let first_day = limits::day_of_secs(since)
+        .max(agg.sealed_through.map_or(0, |d| limits::day_of_secs(d) + 1));
+    let (dedup, state) = retry(agg, "dedup recovery", || {
         let db = db.clone();
         async move {
             let mine = move |customer: &str| owns(nats_cfg, partition, customer);
-            recovery::load(&db, since, horizon, &mine)
+            let mut state = Limits::new(bounds, meters);
+            let dedup = recovery::load(&db, since, horizon, &mine, &mut state)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            recovery::load_days(&db, &mut state, meters, first_day, NO_DAY, &mine)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok((dedup, state))
         }
     })
     .await?;
-    tracing::info!(ids = dedup.committed_len(), "dedup set recovered");
+    tracing::info!(
+        ids = dedup.committed_len(),
+        customers = state.customers(),
+        "dedup set and customer limits recovered"
+    );
     metrics::dedup_size(dedup.committed_len(), dedup.committed_bytes());
     agg.dedup = dedup;
+    agg.limits = state;
     agg.loaded_since = since;
+    agg.groups_from_day = limits::day_of_secs(since);
     Ok(())
+}
+
+/// A day after every day an event may have (2106).
+const NO_DAY: u32 = u32::MAX / 86_400;
+
+/// After a backlog made `cover` load older ids: loads the series and values of the days
+/// from `day` to the first one the limits already hold, so a message of the backlog is
+/// judged against every event accepted before it.
+pub(crate) async fn cover_days(agg: &mut Aggregator<'_>, day: u32) -> Result<(), RunError> {
+    if day >= agg.groups_from_day {
+        return Ok(());
+    }
+    let until = agg.groups_from_day;
+    let (nats_cfg, partition) = (agg.nats_cfg, agg.cfg.partition);
+    let mine = move |customer: &str| owns(nats_cfg, partition, customer);
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        // a failed read may have added some rows: adding them again changes nothing (sets)
+        let meters = agg.classifier.meters();
+        match recovery::load_days(&agg.db, &mut agg.limits, meters, day, until, &mine).await {
+            Ok(rows) => {
+                tracing::info!(rows, from_day = day, "older series loaded for a backlog");
+                agg.groups_from_day = day;
+                return Ok(());
+            }
+            Err(e) => tracing::warn!(error = %e, "loading older series failed, retrying"),
+        }
+        agg.pause(&mut backoff)
+            .await
+            .ok_or(RunError::ShutdownDuringFlush)?;
+    }
 }
 
 /// The durable consumer's configuration, starting at `start` when it is created.

@@ -60,46 +60,7 @@ impl Case {
             env.nats.duplicate_window_secs = w;
         }
         let dir = std::env::temp_dir().join(format!("tally-crash-{}", env.clickhouse.database));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let config = dir.join("aggregator.toml");
-        let text = format!(
-            r#"
-[nats]
-url = "{nats_url}"
-stream = "{stream}"
-subject_prefix = "{prefix}"
-dlq_stream = "{dlq}"
-dlq_subject_prefix = "{dlq_prefix}"
-
-[clickhouse]
-url = "{ch_url}"
-database = "{db}"
-
-[aggregator]
-metrics_addr = "127.0.0.1:0"
-lease_secs = 1
-{aggregator}
-
-[[meters]]
-slug = "llm_tokens"
-event_type = "llm.tokens"
-aggregation = "SUM"
-value_property = "$.tokens"
-
-[[meters]]
-slug = "tool_calls"
-event_type = "tool.call"
-aggregation = "COUNT"
-"#,
-            nats_url = env.nats.url,
-            stream = env.nats.stream,
-            prefix = env.nats.subject_prefix,
-            dlq = env.nats.dlq_stream,
-            dlq_prefix = env.nats.dlq_subject_prefix,
-            ch_url = env.clickhouse.url,
-            db = env.clickhouse.database,
-        );
-        std::fs::write(&config, text).expect("config file");
+        let config = support::write_config(&dir, &env, aggregator, support::METERS_TOML);
         let client = async_nats::connect(&env.nats.url).await.expect("NATS");
         let js = jetstream::new(client);
         streams::ensure(&js, &env.nats).await.expect("streams");

@@ -123,9 +123,23 @@ async fn two_partitions_split_customers_and_count_exactly() {
     // a restarted instance rebuilds only its own partition's ids
     for p in 0..2 {
         let mine = |customer: &str| env.nats.partition_of(customer) == Some(p);
-        let dedup = tally_aggregator::recovery::load(&db, 0, 86_400, &mine)
+        let mut limits = tally_aggregator::limits::Limits::new(
+            tally_aggregator::limits::Bounds::from_config(&Default::default()),
+            &support::meters(),
+        );
+        let dedup = tally_aggregator::recovery::load(&db, 0, 86_400, &mine, &mut limits)
             .await
             .unwrap();
+        assert_eq!(
+            limits.customers(),
+            events
+                .iter()
+                .filter(|e| mine(e.customer.as_str()))
+                .map(|e| e.customer.as_str())
+                .collect::<std::collections::HashSet<_>>()
+                .len(),
+            "the limits count only the partition's customers"
+        );
         let expected = events.iter().filter(|e| mine(e.customer.as_str())).count();
         assert!(
             expected > 0 && expected < events.len(),

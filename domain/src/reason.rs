@@ -31,11 +31,24 @@ pub enum Reason {
     /// The event's UTC day is already sealed for its partition (only possible after the
     /// allowed lateness was raised): its usage is final and is not changed.
     WindowSealed,
+    /// The customer's new events in this minute of received time reached
+    /// `aggregator.customer_events_per_sec` × 60 (the NATS-side rate; the gateway also limits
+    /// each key). Other customers are not affected.
+    RateLimited,
+    /// The customer's distinct event identities within the dedup horizon reached
+    /// `aggregator.customer_ids_max`: its share of the dedup memory is full.
+    TooManyIds,
+    /// The event would add a (agent, group-by values) series beyond
+    /// `aggregator.groups_per_meter_day_max` for its customer, meter and UTC day.
+    TooManyGroups,
+    /// The event would add a distinct value to a UNIQUE_COUNT meter beyond
+    /// `aggregator.unique_values_per_meter_day_max` for its customer, meter and UTC day.
+    TooManyValues,
 }
 
 impl Reason {
     /// Every reason, for metric pre-registration and documentation.
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 14] = [
         Reason::Malformed,
         Reason::TooLarge,
         Reason::SubjectMismatch,
@@ -46,6 +59,19 @@ impl Reason {
         Reason::ConflictingDuplicate,
         Reason::MsgIdMismatch,
         Reason::WindowSealed,
+        Reason::RateLimited,
+        Reason::TooManyIds,
+        Reason::TooManyGroups,
+        Reason::TooManyValues,
+    ];
+
+    /// The reasons that are a customer reaching one of its bounds (not a bad event): the
+    /// same event may pass later, and the `TallyCustomerLimited` alert watches them.
+    pub const CUSTOMER_LIMITS: [Reason; 4] = [
+        Reason::RateLimited,
+        Reason::TooManyIds,
+        Reason::TooManyGroups,
+        Reason::TooManyValues,
     ];
 
     /// The stable code.
@@ -61,6 +87,10 @@ impl Reason {
             Reason::ConflictingDuplicate => "conflicting_duplicate",
             Reason::MsgIdMismatch => "msg_id_mismatch",
             Reason::WindowSealed => "window_sealed",
+            Reason::RateLimited => "rate_limited",
+            Reason::TooManyIds => "too_many_ids",
+            Reason::TooManyGroups => "too_many_groups",
+            Reason::TooManyValues => "too_many_values",
         }
     }
 }

@@ -11,6 +11,66 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tally_platform::own_server;
 
+/// The synthetic fleet's meters as configuration: tokens summed, tool calls counted.
+pub const METERS_TOML: &str = r#"
+[[meters]]
+slug = "llm_tokens"
+event_type = "llm.tokens"
+aggregation = "SUM"
+value_property = "$.tokens"
+
+[[meters]]
+slug = "tool_calls"
+event_type = "tool.call"
+aggregation = "COUNT"
+"#;
+
+/// Writes `aggregator.toml` into `dir` for the real binary: the test's streams and database
+/// (every `[nats]` setting the test's own declaration used, so the binary finds the streams
+/// as configured and changes nothing), `[aggregator]` with `aggregator` added, then `meters`.
+pub fn write_config(
+    dir: &Path,
+    env: &tally_platform::testkit::TestEnv,
+    aggregator: &str,
+    meters: &str,
+) -> PathBuf {
+    let n = &env.nats;
+    let text = format!(
+        r#"
+[nats]
+url = "{url}"
+stream = "{stream}"
+subject_prefix = "{prefix}"
+dlq_stream = "{dlq}"
+dlq_subject_prefix = "{dlq_prefix}"
+duplicate_window_secs = {window}
+max_age_secs = {max_age}
+
+[clickhouse]
+url = "{ch_url}"
+database = "{db}"
+
+[aggregator]
+metrics_addr = "127.0.0.1:0"
+lease_secs = 1
+{aggregator}
+{meters}"#,
+        url = n.url,
+        stream = n.stream,
+        prefix = n.subject_prefix,
+        dlq = n.dlq_stream,
+        dlq_prefix = n.dlq_subject_prefix,
+        window = n.duplicate_window_secs,
+        max_age = n.max_age_secs,
+        ch_url = env.clickhouse.url,
+        db = env.clickhouse.database,
+    );
+    std::fs::create_dir_all(dir).expect("temp dir");
+    let config = dir.join("aggregator.toml");
+    std::fs::write(&config, text).expect("config file");
+    config
+}
+
 /// Two meters over the synthetic fleet's events: tokens summed, tool calls counted.
 pub fn meters() -> Vec<tally_domain::Meter> {
     let specs: Vec<tally_domain::meter::MeterSpec> = serde_json::from_value(serde_json::json!([
