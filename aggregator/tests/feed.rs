@@ -137,6 +137,7 @@ async fn every_batch_notice_is_what_storage_holds_under_the_same_sequence() {
         resolution: Resolution::Windows,
         split: &[],
         months_except: None,
+        through: None,
     };
     let in_storage = usage::read(&db, &usage::Plan::default(), &read)
         .await
@@ -149,6 +150,38 @@ async fn every_batch_notice_is_what_storage_holds_under_the_same_sequence() {
     assert!(
         stored.values().all(|&b| b <= join.committed_through),
         "storage holds every batch up to the join point: {join:?}"
+    );
+    // storage up to a sequence, plus the notices after it, is everything
+    let mid = notices[notices.len() / 2].bseq;
+    let upto = Request {
+        through: Some(usage::Through {
+            part: 0,
+            bseq_max: mid,
+        }),
+        ..read.clone()
+    };
+    let mut joined = usage::read(&db, &usage::Plan::default(), &upto)
+        .await
+        .expect("read up to");
+    let before = joined.len();
+    for n in notices.iter().filter(|n| n.bseq > mid) {
+        joined.extend(n.rows.iter().cloned());
+    }
+    assert!(before > 0 && joined.len() > before);
+    assert_eq!(totals(&joined), totals(&in_storage), "storage up to n + the feed after n");
+    let other = Request {
+        through: Some(usage::Through {
+            part: 1,
+            bseq_max: u64::MAX,
+        }),
+        ..read.clone()
+    };
+    assert!(
+        usage::read(&db, &usage::Plan::default(), &other)
+            .await
+            .expect("read")
+            .is_empty(),
+        "another partition's read holds nothing of partition 0"
     );
     stop.cancel();
     agg.await.expect("task").expect("aggregator");

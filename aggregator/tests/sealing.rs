@@ -206,6 +206,7 @@ async fn final_days_are_sealed_once_and_read_back_exactly() {
         resolution: Resolution::Windows,
         split: &[],
         months_except: None,
+        through: None,
     };
     let before = per_day(
         &usage::read(&db, &usage::Plan::default(), &everything)
@@ -272,6 +273,7 @@ async fn final_days_are_sealed_once_and_read_back_exactly() {
     let except = vec!["c2".to_owned()];
     let monthly = Request {
         months_except: Some(&except),
+        through: None,
         ..days_read.clone()
     };
     let rows = usage::read(&db, &plan, &monthly).await.unwrap();

@@ -253,6 +253,7 @@ async fn a_batch_committed_before_a_crash_is_not_counted_again() {
     let meters = sink::Meters::new(classifier.meters());
     let target = |batch_id| sink::Target {
         batch_id,
+        bseq: 0,
         part: 0,
         consumer: "aggregator",
         window_secs: cfg.window_secs,
@@ -339,6 +340,7 @@ async fn a_batch_spanning_two_partitions_counts_in_both_or_in_neither() {
     let meters = sink::Meters::new(classifier.meters());
     let target = |batch_id| sink::Target {
         batch_id,
+        bseq: 0,
         part: 0,
         consumer: "aggregator",
         window_secs: cfg.window_secs,

@@ -194,6 +194,7 @@ async fn billing_reads_the_period_not_the_history() {
         resolution: tally_platform::usage::Resolution::Days,
         split: &[],
         months_except: None,
+        through: None,
     };
     let rows = tally_platform::usage::read(&capped, &plan, &req)
         .await

@@ -122,6 +122,7 @@ pub async fn of_line(
         resolution: usage::Resolution::Windows,
         split: &[],
         months_except: None,
+        through: None,
     };
     let mut rows = usage::read(db, &usage::Plan::default(), &req).await?;
     rows.retain(|r| line.group_key == "{}" || r.group_key == line.group_key);

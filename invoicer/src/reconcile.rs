@@ -206,6 +206,7 @@ async fn usage_vs_charges(
         resolution: usage::Resolution::Days,
         split: &split,
         months_except: Some(&by_day),
+        through: None,
     };
     // the charged periods of each (customer, meter); rows stream into them, so memory follows
     // the charges, never the usage rows

@@ -196,6 +196,18 @@ pub struct Request<'a> {
     /// every customer but these (whose billing changes at other instants: other cycles, time
     /// zones, subscription changes), who get a row per day. `None`: a row per day for all.
     pub months_except: Option<&'a [String]>,
+    /// Only this partition, and of its partials only the batches up to a sequence: what a
+    /// spend decider reads from storage before it joins the live feed (`feed::join_point`).
+    /// `None`: every partition, every batch.
+    pub through: Option<Through>,
+}
+
+/// One partition's usage up to a batch sequence ([`Request::through`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Through {
+    pub part: u32,
+    /// The largest `bseq` of the partials read.
+    pub bseq_max: u64,
 }
 
 /// Usage of one (customer, [agent,] meter, group) over `[start, end)`: a sealed day or a
@@ -299,6 +311,13 @@ pub fn read_sql(plan: &Plan, req: &Request<'_>) -> String {
         customer.push_str(&format!(" AND meter = {}", quote(m)));
     }
     let agent = if req.by_agent { "agent" } else { "''" };
+    let (through_partials, through_days) = match req.through {
+        None => (String::new(), String::new()),
+        Some(t) => (
+            format!(" AND part = {} AND bseq <= {}", t.part, t.bseq_max),
+            format!(" AND part = {}", t.part),
+        ),
+    };
     let aborts = "SELECT batch_id FROM usage_aborts";
     let sums = "sum(events), sum(value_sum), min(value_min), max(value_max)";
     let latest =
@@ -327,7 +346,8 @@ pub fn read_sql(plan: &Plan, req: &Request<'_>) -> String {
                        toUInt32(intDiv(toUInt32(window_start), 86400) * 86400 + 86400)))), \
                     {sums}, {tail} \
                  FROM usage_partials \
-                 WHERE {filter}{customer} AND aggregation {test} ('LATEST', 'UNIQUE_COUNT') \
+                 WHERE {filter}{customer}{through_partials} \
+                   AND aggregation {test} ('LATEST', 'UNIQUE_COUNT') \
                    AND batch_id NOT IN ({aborts}) \
                  GROUP BY customer, a, meter, aggregation, group_key, s"
             )
@@ -377,7 +397,7 @@ pub fn read_sql(plan: &Plan, req: &Request<'_>) -> String {
     let day_col = "toUInt32(toUInt32(day) * 86400)";
     let split_days_sql = split_sql(req.split, day_col);
     let days_filter = format!(
-        "day >= toDate(intDiv({first_day}, 86400)) AND day < toDate(intDiv({end_day}, 86400)){customer} \
+        "day >= toDate(intDiv({first_day}, 86400)) AND day < toDate(intDiv({end_day}, 86400)){customer}{through_days} \
          AND {day_col} < {unsealed} AND NOT {split_days_sql} AND seal_id IN ({seals})",
         seals = seal_list(plan),
     );

@@ -132,6 +132,7 @@ pub async fn load(
         resolution: usage::Resolution::Windows,
         split: &[],
         months_except: None,
+        through: None,
     };
     let rows = usage::read(db, &usage::Plan::default(), &req).await?;
     let mut windows = Vec::with_capacity(rows.len());

@@ -140,6 +140,7 @@ pub async fn read_and_fold(
         resolution: Resolution::Days,
         split: &split,
         months_except: Some(&by_day),
+        through: None,
     };
     let mut folder = Folder::new(catalog);
     let rows = usage::read_each(db, &plan, &req, |row| folder.add(&row)).await?;

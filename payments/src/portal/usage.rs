@@ -47,6 +47,7 @@ pub async fn load(
         resolution: usage::Resolution::Days,
         split: &[],
         months_except: None,
+        through: None,
     };
     let plan = usage::plan(db, req.from).await?;
     let rows = usage::read(db, &plan, &req).await?;
