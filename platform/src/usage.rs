@@ -92,6 +92,34 @@ impl Totals {
         Some(())
     }
 
+    /// Adds everything `other` holds (as if its rows had been added here); `None` (and the
+    /// totals unchanged) when the sum would overflow.
+    pub fn merge(&mut self, other: &Totals) -> Option<()> {
+        let (events, sum) = (
+            self.events.checked_add(other.events)?,
+            self.sum.checked_add(other.sum)?,
+        );
+        self.events = events;
+        self.sum = sum;
+        if let Some(m) = other.min {
+            self.min = Some(self.min.map_or(m, |x| x.min(m)));
+        }
+        if let Some(m) = other.max {
+            self.max = Some(self.max.map_or(m, |x| x.max(m)));
+        }
+        if let Some((t, id, v)) = &other.latest {
+            if self
+                .latest
+                .as_ref()
+                .is_none_or(|(st, sid, _)| (*t, id.as_str()) > (*st, sid.as_str()))
+            {
+                self.latest = Some((*t, id.clone(), *v));
+            }
+        }
+        self.unique.extend(other.unique.iter().cloned());
+        Some(())
+    }
+
     /// The quantity under `aggregation` (`SUM`, `COUNT`, ...); `None` for an unknown name.
     pub fn quantity(&self, aggregation: &str) -> Option<Decimal> {
         Some(match aggregation {
@@ -497,6 +525,54 @@ mod tests {
         };
         assert_eq!(unsealed.partials_from(d - 10 * DAY), d - 10 * DAY);
         assert_eq!(Plan::default().partials_from(5), 5);
+    }
+
+    fn row(agg: &str, value: i128, time_ms: i64, id: &str, unique: &[&str]) -> UsageRow {
+        UsageRow {
+            customer: "c".into(),
+            agent: "a".into(),
+            meter: "m".into(),
+            aggregation: agg.into(),
+            group_key: "{}".into(),
+            group_names: vec![],
+            group_values: vec![],
+            start: 0,
+            end: 60,
+            events: 1,
+            sum: Units(value),
+            min: Units(value),
+            max: Units(value),
+            latest: Units(value),
+            latest_time_ms: time_ms,
+            latest_event_id: id.into(),
+            unique_values: unique.iter().map(|u| (*u).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn merging_totals_is_adding_their_rows() {
+        let rows = [
+            row("SUM", 5, 10, "b", &["u1", "u2"]),
+            row("SUM", 2, 30, "a", &["u2"]),
+            row("SUM", 9, 30, "c", &["u3"]),
+            row("SUM", 1, 5, "d", &[]),
+        ];
+        let mut all = Totals::default();
+        for r in &rows {
+            all.add(r).unwrap();
+        }
+        let (mut left, mut right) = (Totals::default(), Totals::default());
+        for r in &rows[..2] {
+            left.add(r).unwrap();
+        }
+        for r in &rows[2..] {
+            right.add(r).unwrap();
+        }
+        left.merge(&right).unwrap();
+        left.merge(&Totals::default()).unwrap();
+        for agg in ["SUM", "COUNT", "MIN", "MAX", "LATEST", "UNIQUE_COUNT"] {
+            assert_eq!(left.quantity(agg), all.quantity(agg), "{agg}");
+        }
     }
 
     #[test]

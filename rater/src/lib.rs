@@ -32,6 +32,8 @@
 //! - [`store`]: writing charges.
 //! - [`explain`]: one charge's usage, arithmetic, rounding, discounts and tax, checked.
 //! - [`run`]: one rating pass and the schedule.
+//! - [`live`]: live spend control: the live book of a partition, authorize decisions, holds,
+//!   budgets and their thresholds (`tally-spend`).
 //! - [`api`]: the HTTP API (catalog, explain) and its OpenAPI document; [`api_registry`]: its
 //!   customer, agent and meter routes; [`api_rates`]: its tax and FX rate routes.
 //! - [`metrics`]: every metric this crate emits.
@@ -46,6 +48,7 @@ pub mod config;
 pub mod customers;
 pub mod explain;
 pub mod fx;
+pub mod live;
 pub mod meters;
 pub mod metrics;
 pub mod plan;

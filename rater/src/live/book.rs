@@ -1,0 +1,645 @@
+//! The live book of one partition: per customer, the committed usage of the current billing
+//! period (per agent, meter and group), its cost as the rater prices it, the holds of allowed
+//! requests, and the decisions made from them.
+//!
+//! Pure: it is given usage rows, the catalog, the budgets and the time, and answers with
+//! decisions and the facts to make durable (hold records, threshold crossings); it never
+//! talks to NATS or ClickHouse. One book is owned by one task, so decisions are sequential
+//! and a request sees every hold placed before it: concurrent requests can never overshoot a
+//! budget together.
+//!
+//! Definitions (docs/SPEND.md):
+//! - **spend** of a customer: the current period's usage charges before tax, as the rater
+//!   would charge them now (the plan version in force, tiers, allowances, commitments,
+//!   coupons, in the billing currency); of a meter: that meter's charges; of an agent: its
+//!   share of each charge in proportion to its quantity of the charge's usage.
+//! - **held**: what allowed requests may still use: per hold, its quantity and the marginal
+//!   cost of that quantity when it was placed.
+//! - a request is allowed when, for every hard budget that covers its agent and meter,
+//!   spend + held + the request's marginal cost (or quantity) stays within the limit.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use tally_domain::{Aggregation, CustomerId, MeterSlug, Period};
+use tally_platform::usage::{Totals, UsageRow};
+
+use crate::catalog::Catalog;
+use crate::charge::{compute_with, MeterUsage};
+
+use super::budget::{Budget, Kind};
+use super::protocol::{Answer, Reason};
+
+/// An allowed request's reservation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    pub id: String,
+    pub customer: String,
+    pub agent: String,
+    pub meter: String,
+    /// The priced group (`{}` unless the meter's price is per group).
+    pub group_key: String,
+    pub quantity: Decimal,
+    /// The marginal cost of `quantity` when the hold was placed (billing currency).
+    pub amount: Decimal,
+    pub expires_at_ms: i64,
+}
+
+/// A budget threshold crossed by committed spend, to notify once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Crossing {
+    pub customer: String,
+    pub budget_id: String,
+    pub agent: Option<String>,
+    pub meter: Option<String>,
+    pub period_start_ms: i64,
+    pub period_end_ms: i64,
+    pub threshold: u8,
+    pub spent: Decimal,
+    pub limit: Decimal,
+    pub kind: Kind,
+    pub currency: Option<String>,
+}
+
+impl Crossing {
+    /// The crossing's identity: one notification per (customer, budget, period, threshold).
+    pub fn id(&self) -> String {
+        format!(
+            "{}.{}.{}.{}",
+            self.customer, self.budget_id, self.period_start_ms, self.threshold
+        )
+    }
+}
+
+/// Spend and quantity of a meter (or of one agent's use of it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Spent {
+    pub quantity: Decimal,
+    pub amount: Decimal,
+}
+
+/// One customer's priced spend of the period.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Costs {
+    pub currency: Option<String>,
+    pub total: Decimal,
+    pub meters: BTreeMap<String, Spent>,
+    /// Per (agent, meter).
+    pub agents: BTreeMap<(String, String), Spent>,
+    /// Set when pricing failed (overflow); the customer is then denied until it prices.
+    pub error: Option<String>,
+}
+
+/// Per (agent, meter, group key): the aggregation and totals.
+type Usage = BTreeMap<(String, String, String), (Aggregation, Vec<String>, Vec<String>, Totals)>;
+
+/// The current period of one customer.
+#[derive(Debug, Clone)]
+pub struct CustomerBook {
+    pub period: Period,
+    /// Where the current subscription's part of the period starts.
+    pub segment_from_ms: i64,
+    usage: Usage,
+    pub holds: BTreeMap<String, Hold>,
+    pub costs: Costs,
+    /// Crossings already notified (or found notified) this period: (budget, threshold).
+    notified: BTreeSet<(String, u8)>,
+}
+
+/// The live book of a partition.
+#[derive(Debug, Default)]
+pub struct Book {
+    pub customers: HashMap<String, CustomerBook>,
+    /// Declared meters: slug to aggregation.
+    pub meters: HashMap<String, Aggregation>,
+    /// Budgets per customer.
+    pub budgets: BTreeMap<String, Vec<Budget>>,
+}
+
+/// What a row of usage or a request is billed under at an instant: the period and segment.
+fn segment_at(catalog: &Catalog, customer: &CustomerId, at_ms: i64) -> Option<(Period, i64)> {
+    let (_, cycle, from_ms, _) = catalog.coverage_at(customer, at_ms)?;
+    let period = cycle.period_containing(at_ms);
+    Some((period, period.start_ms.max(from_ms)))
+}
+
+/// The quantity after adding `add` to `current` under `agg`: additive meters add, MAX and
+/// LATEST may rise to `add`, MIN never rises.
+fn projected(agg: Aggregation, current: Decimal, add: Decimal) -> Option<Decimal> {
+    match agg {
+        Aggregation::Sum | Aggregation::Count | Aggregation::UniqueCount => {
+            current.checked_add(add)
+        }
+        Aggregation::Max | Aggregation::Latest => Some(current.max(add)),
+        Aggregation::Min => Some(current),
+    }
+}
+
+impl CustomerBook {
+    fn new(period: Period, segment_from_ms: i64) -> CustomerBook {
+        CustomerBook {
+            period,
+            segment_from_ms,
+            usage: Usage::new(),
+            holds: BTreeMap::new(),
+            costs: Costs::default(),
+            notified: BTreeSet::new(),
+        }
+    }
+
+    /// Per priced key (meter, group key or `{}`): aggregation, group, totals over agents.
+    fn priced_totals(
+        &self,
+        per_group: impl Fn(&str) -> bool,
+    ) -> BTreeMap<(String, String), (Aggregation, Vec<String>, Vec<String>, Totals)> {
+        let mut out: BTreeMap<(String, String), (Aggregation, Vec<String>, Vec<String>, Totals)> =
+            BTreeMap::new();
+        for ((_, meter, gk), (agg, names, values, t)) in &self.usage {
+            let (key, names, values) = if per_group(meter) {
+                ((meter.clone(), gk.clone()), names.clone(), values.clone())
+            } else {
+                ((meter.clone(), "{}".to_owned()), vec![], vec![])
+            };
+            let e = out
+                .entry(key)
+                .or_insert_with(|| (*agg, names, values, Totals::default()));
+            // merging what was added before cannot overflow where adding it did not
+            let _ = e.3.merge(t);
+        }
+        out
+    }
+}
+
+/// Prices `quantity` of (customer, meter, group) in the segment: the charge amount before
+/// tax and its currency (`None`: the plan has no price for it).
+#[allow(clippy::too_many_arguments)]
+fn price(
+    catalog: &Catalog,
+    customer: &CustomerId,
+    book: &CustomerBook,
+    meter: &str,
+    aggregation: Aggregation,
+    group: (&str, &[String], &[String]),
+    quantity: Decimal,
+) -> Result<Option<(Decimal, String)>, String> {
+    let Some(sub) = catalog.subscription_at(customer, book.segment_from_ms) else {
+        return Ok(None);
+    };
+    let Some(plan) = catalog.plan_at(&sub.plan, book.segment_from_ms) else {
+        return Ok(None);
+    };
+    let Ok(slug) = MeterSlug::new(meter.to_owned()) else {
+        return Ok(None);
+    };
+    let usage = MeterUsage {
+        customer: customer.clone(),
+        period: book.period,
+        meter: slug.clone(),
+        aggregation,
+        group_key: group.0.to_owned(),
+        group_names: group.1.to_vec(),
+        group_values: group.2.to_vec(),
+        segment_from_ms: book.segment_from_ms,
+        segment_to_ms: book.period.end_ms.min(sub.to_ms),
+        quantity,
+        windows: 1,
+        first_window_ms: book.segment_from_ms,
+        last_window_end_ms: book.segment_from_ms,
+    };
+    let terms = catalog.terms(&sub, plan, &book.period, &slug);
+    match compute_with(&usage, plan, &terms) {
+        // unrounded (the charge rounds once, to minor units): a request smaller than a
+        // minor unit still costs what it costs, so many small ones cannot slip through
+        Ok(Some(c)) => {
+            let lines: Decimal = c.tiers.iter().map(|t| t.amount).sum();
+            let amount = lines
+                .checked_mul(c.fx_rate.unwrap_or(Decimal::ONE))
+                .ok_or("amount overflows")?;
+            Ok(Some((amount, c.currency.to_owned())))
+        }
+        Ok(None) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn per_group(catalog: &Catalog, customer: &CustomerId, book: &CustomerBook, meter: &str) -> bool {
+    let Some(sub) = catalog.subscription_at(customer, book.segment_from_ms) else {
+        return false;
+    };
+    let Ok(slug) = MeterSlug::new(meter.to_owned()) else {
+        return false;
+    };
+    catalog
+        .plan_at(&sub.plan, book.segment_from_ms)
+        .and_then(|p| p.prices.get(&slug))
+        .is_some_and(|p| p.model.per_group())
+}
+
+/// The customer's costs from its usage.
+fn costs(catalog: &Catalog, customer: &CustomerId, book: &CustomerBook) -> Costs {
+    let mut out = Costs::default();
+    let priced = book.priced_totals(|m| per_group(catalog, customer, book, m));
+    for ((meter, gk), (agg, names, values, totals)) in &priced {
+        let quantity = totals.quantity(agg.as_str()).unwrap_or_default();
+        let amount = match price(
+            catalog,
+            customer,
+            book,
+            meter,
+            *agg,
+            (gk, names, values),
+            quantity,
+        ) {
+            Ok(Some((amount, currency))) => {
+                out.currency = Some(currency);
+                amount
+            }
+            Ok(None) => Decimal::ZERO,
+            Err(e) => {
+                out.error = Some(e);
+                Decimal::ZERO
+            }
+        };
+        let m = out.meters.entry(meter.clone()).or_default();
+        m.quantity = m.quantity.saturating_add(quantity);
+        m.amount = m.amount.saturating_add(amount);
+        out.total = out.total.saturating_add(amount);
+        // each agent's share of this charge, in proportion to its quantity
+        let is_priced_key = |agent_gk: &str| gk == "{}" || gk == agent_gk;
+        let weights: Vec<(&String, Decimal)> = book
+            .usage
+            .iter()
+            .filter(|((_, m, g), _)| m == meter && is_priced_key(g))
+            .map(|((a, _, _), (agg, _, _, t))| (a, t.quantity(agg.as_str()).unwrap_or_default()))
+            .collect();
+        let weight_total: Decimal = weights.iter().map(|(_, w)| *w).sum();
+        for (agent, w) in weights {
+            let s = out
+                .agents
+                .entry((agent.clone(), meter.clone()))
+                .or_default();
+            s.quantity = s.quantity.saturating_add(w);
+            if !weight_total.is_zero() {
+                let share = amount
+                    .checked_mul(w)
+                    .and_then(|x| x.checked_div(weight_total))
+                    .unwrap_or_default();
+                s.amount = s.amount.saturating_add(share);
+            }
+        }
+    }
+    out
+}
+
+/// A budget's committed spend, held amount, and what a request on (agent, meter) adds.
+fn budget_use(b: &Budget, c: &CustomerBook) -> (Decimal, Decimal) {
+    let spent = match (b.kind, &b.agent, &b.meter) {
+        (Kind::Amount, None, None) => c.costs.total,
+        (Kind::Amount, None, Some(m)) => c.costs.meters.get(m).map_or(Decimal::ZERO, |s| s.amount),
+        (Kind::Quantity, None, Some(m)) => {
+            c.costs.meters.get(m).map_or(Decimal::ZERO, |s| s.quantity)
+        }
+        (kind, Some(a), meter) => c
+            .costs
+            .agents
+            .iter()
+            .filter(|((ag, m), _)| ag == a && meter.as_ref().is_none_or(|bm| bm == m))
+            .map(|(_, s)| match kind {
+                Kind::Amount => s.amount,
+                Kind::Quantity => s.quantity,
+            })
+            .sum(),
+        (Kind::Quantity, None, None) => Decimal::ZERO,
+    };
+    let held = c
+        .holds
+        .values()
+        .filter(|h| b.covers(&h.agent, &h.meter))
+        .map(|h| match b.kind {
+            Kind::Amount => h.amount,
+            Kind::Quantity => h.quantity,
+        })
+        .sum();
+    (spent, held)
+}
+
+/// An authorize request, validated.
+#[derive(Debug, Clone)]
+pub struct Ask<'a> {
+    pub customer: &'a CustomerId,
+    pub agent: &'a str,
+    pub meter: &'a str,
+    pub quantity: Decimal,
+    pub group: &'a BTreeMap<String, String>,
+    pub hold_id: String,
+    pub expires_at_ms: i64,
+}
+
+impl Book {
+    /// The customer's book for the segment covering `at_ms` (rolled over when a new period
+    /// or subscription began); `None` when the customer has no plan then.
+    fn book_at(
+        &mut self,
+        catalog: &Catalog,
+        customer: &CustomerId,
+        at_ms: i64,
+    ) -> Option<&mut CustomerBook> {
+        let (period, from_ms) = segment_at(catalog, customer, at_ms)?;
+        let book = self
+            .customers
+            .entry(customer.to_string())
+            .or_insert_with(|| CustomerBook::new(period, from_ms));
+        if (book.period, book.segment_from_ms) < (period, from_ms) {
+            let holds = std::mem::take(&mut book.holds);
+            *book = CustomerBook::new(period, from_ms);
+            // the holds' usage is still to come, in the new period
+            book.holds = holds;
+        }
+        Some(book)
+    }
+
+    /// Adds committed usage rows (a rebuild's read or a feed notice); rows of an earlier
+    /// period than the customer's current one are not live spend and are skipped. Returns
+    /// the customers whose usage changed.
+    pub fn add_rows<'r>(
+        &mut self,
+        catalog: &Catalog,
+        rows: impl IntoIterator<Item = &'r UsageRow>,
+    ) -> BTreeSet<String> {
+        let mut touched = BTreeSet::new();
+        for row in rows {
+            let (Ok(customer), Ok(agg)) = (
+                CustomerId::new(row.customer.clone()),
+                row.aggregation.parse::<Aggregation>(),
+            ) else {
+                continue;
+            };
+            let at_ms = i64::from(row.start) * 1000;
+            let Some((period, from_ms)) = segment_at(catalog, &customer, at_ms) else {
+                continue;
+            };
+            let Some(book) = self.book_at(catalog, &customer, at_ms) else {
+                continue;
+            };
+            if (book.period, book.segment_from_ms) != (period, from_ms) || at_ms < from_ms {
+                continue;
+            }
+            let e = book
+                .usage
+                .entry((row.agent.clone(), row.meter.clone(), row.group_key.clone()))
+                .or_insert_with(|| {
+                    (
+                        agg,
+                        row.group_names.clone(),
+                        row.group_values.clone(),
+                        Totals::default(),
+                    )
+                });
+            if e.3.add(row).is_none() {
+                tracing::error!(customer = %row.customer, meter = %row.meter, "live usage too large to add; left out");
+            }
+            touched.insert(row.customer.clone());
+        }
+        for c in &touched {
+            self.reprice(catalog, c);
+        }
+        touched
+    }
+
+    /// Recomputes one customer's costs.
+    pub fn reprice(&mut self, catalog: &Catalog, customer: &str) {
+        let Ok(id) = CustomerId::new(customer.to_owned()) else {
+            return;
+        };
+        if let Some(book) = self.customers.get_mut(customer) {
+            book.costs = costs(catalog, &id, book);
+        }
+    }
+
+    /// Removes settled holds (their usage was committed); returns those that were held.
+    pub fn settle(&mut self, holds: &[(String, String)]) -> Vec<Hold> {
+        let mut out = Vec::new();
+        for (customer, id) in holds {
+            if let Some(h) = self
+                .customers
+                .get_mut(customer)
+                .and_then(|b| b.holds.remove(id))
+            {
+                out.push(h);
+            }
+        }
+        out
+    }
+
+    /// Removes the holds expired at `now_ms`; returns them.
+    pub fn expire(&mut self, now_ms: i64) -> Vec<Hold> {
+        let mut out = Vec::new();
+        for book in self.customers.values_mut() {
+            let expired: Vec<String> = book
+                .holds
+                .values()
+                .filter(|h| h.expires_at_ms <= now_ms)
+                .map(|h| h.id.clone())
+                .collect();
+            for id in expired {
+                out.extend(book.holds.remove(&id));
+            }
+        }
+        out
+    }
+
+    /// Restores a hold (from the journal after a restart), unless expired.
+    pub fn restore(&mut self, catalog: &Catalog, hold: Hold, now_ms: i64) {
+        if hold.expires_at_ms <= now_ms {
+            return;
+        }
+        let Ok(customer) = CustomerId::new(hold.customer.clone()) else {
+            return;
+        };
+        if let Some(book) = self.book_at(catalog, &customer, now_ms) {
+            book.holds.insert(hold.id.clone(), hold);
+        }
+    }
+
+    /// Gives a hold back at the agent's request; `None` when it is not held.
+    pub fn release(&mut self, customer: &str, hold: &str) -> Option<Hold> {
+        self.customers.get_mut(customer)?.holds.remove(hold)
+    }
+
+    /// Decides an authorize request at `now_ms`: allowed, with the hold placed (to be made
+    /// durable before the answer is sent), or denied with a reason.
+    pub fn authorize(
+        &mut self,
+        catalog: &Catalog,
+        ask: &Ask<'_>,
+        now_ms: i64,
+    ) -> (Answer, Option<Hold>) {
+        let Some(&agg) = self.meters.get(ask.meter) else {
+            return (
+                Answer::deny(Reason::UnknownMeter, format!("meter {}", ask.meter)),
+                None,
+            );
+        };
+        let budgets: Vec<Budget> = self
+            .budgets
+            .get(ask.customer.as_str())
+            .cloned()
+            .unwrap_or_default();
+        let Some(book) = self.book_at(catalog, ask.customer, now_ms) else {
+            return (
+                Answer::deny(
+                    Reason::UnknownCustomer,
+                    format!("customer {} has no plan", ask.customer),
+                ),
+                None,
+            );
+        };
+        if book.costs.error.is_some() {
+            book.costs = costs(catalog, ask.customer, book);
+        }
+        if let Some(e) = &book.costs.error {
+            return (
+                Answer::deny(Reason::Unavailable, format!("pricing: {e}")),
+                None,
+            );
+        }
+        let (names, values): (Vec<String>, Vec<String>) = ask
+            .group
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .unzip();
+        let group_key = if per_group(catalog, ask.customer, book, ask.meter) {
+            serde_json::to_string(ask.group).unwrap_or_else(|_| "{}".into())
+        } else {
+            "{}".to_owned()
+        };
+        let cost = match marginal(catalog, ask, book, agg, (&group_key, &names, &values)) {
+            Ok(c) => c,
+            Err(e) => {
+                return (
+                    Answer::deny(Reason::Unavailable, format!("pricing: {e}")),
+                    None,
+                )
+            }
+        };
+        let mut remaining: Option<Decimal> = None;
+        for b in budgets.iter().filter(|b| b.covers(ask.agent, ask.meter)) {
+            let (spent, held) = budget_use(b, book);
+            let request = match b.kind {
+                Kind::Amount => cost,
+                Kind::Quantity => ask.quantity,
+            };
+            let left = b.limit - spent - held - request;
+            if b.hard && left.is_sign_negative() && !left.is_zero() {
+                let mut a = Answer::deny(Reason::BudgetExceeded, format!("budget {}", b.budget_id));
+                a.remaining = Some((b.limit - spent - held).max(Decimal::ZERO));
+                a.currency = book.costs.currency.clone();
+                return (a, None);
+            }
+            remaining = Some(remaining.map_or(left, |r| r.min(left)));
+        }
+        let hold = Hold {
+            id: ask.hold_id.clone(),
+            customer: ask.customer.to_string(),
+            agent: ask.agent.to_owned(),
+            meter: ask.meter.to_owned(),
+            group_key,
+            quantity: ask.quantity,
+            amount: cost,
+            expires_at_ms: ask.expires_at_ms,
+        };
+        book.holds.insert(hold.id.clone(), hold.clone());
+        let answer = Answer {
+            allow: true,
+            hold_id: Some(hold.id.clone()),
+            remaining: remaining.map(|r| r.max(Decimal::ZERO)),
+            currency: book.costs.currency.clone(),
+            reason: None,
+            detail: None,
+        };
+        (answer, Some(hold))
+    }
+
+    /// The thresholds newly crossed by `customer`'s committed spend (marked as notified).
+    pub fn crossings(&mut self, customer: &str) -> Vec<Crossing> {
+        let budgets = self.budgets.get(customer).cloned().unwrap_or_default();
+        let Some(book) = self.customers.get_mut(customer) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for b in &budgets {
+            if b.limit.is_zero() {
+                continue;
+            }
+            let (spent, _) = budget_use(b, book);
+            for &t in &b.thresholds {
+                let bound = b.limit * Decimal::from(t) / Decimal::from(100);
+                if spent < bound || !book.notified.insert((b.budget_id.clone(), t)) {
+                    continue;
+                }
+                out.push(Crossing {
+                    customer: customer.to_owned(),
+                    budget_id: b.budget_id.clone(),
+                    agent: b.agent.clone(),
+                    meter: b.meter.clone(),
+                    period_start_ms: book.period.start_ms,
+                    period_end_ms: book.period.end_ms,
+                    threshold: t,
+                    spent,
+                    limit: b.limit,
+                    kind: b.kind,
+                    currency: book.costs.currency.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Marks a crossing as already notified (found in the durable record).
+    pub fn mark_notified(&mut self, customer: &str, budget_id: &str, threshold: u8) {
+        if let Some(b) = self.customers.get_mut(customer) {
+            b.notified.insert((budget_id.to_owned(), threshold));
+        }
+    }
+
+    /// Every hold, for a journal snapshot.
+    pub fn holds(&self) -> impl Iterator<Item = &Hold> {
+        self.customers.values().flat_map(|b| b.holds.values())
+    }
+}
+
+/// The marginal cost of the request: the price of (committed + held + requested) minus the
+/// price of (committed + held), for its priced key.
+fn marginal(
+    catalog: &Catalog,
+    ask: &Ask<'_>,
+    book: &CustomerBook,
+    agg: Aggregation,
+    group: (&str, &[String], &[String]),
+) -> Result<Decimal, String> {
+    let priced = book.priced_totals(|m| per_group(catalog, ask.customer, book, m));
+    let committed = priced
+        .get(&(ask.meter.to_owned(), group.0.to_owned()))
+        .map_or(Decimal::ZERO, |(agg, _, _, t)| {
+            t.quantity(agg.as_str()).unwrap_or_default()
+        });
+    let mut base = committed;
+    for h in book
+        .holds
+        .values()
+        .filter(|h| h.meter == ask.meter && h.group_key == group.0)
+    {
+        base = projected(agg, base, h.quantity).ok_or("held quantity overflows")?;
+    }
+    let with = projected(agg, base, ask.quantity).ok_or("requested quantity overflows")?;
+    let price_of = |q: Decimal| {
+        price(catalog, ask.customer, book, ask.meter, agg, group, q)
+            .map(|p| p.map_or(Decimal::ZERO, |(a, _)| a))
+    };
+    let delta = price_of(with)? - price_of(base)?;
+    Ok(delta.max(Decimal::ZERO))
+}
+
+#[cfg(test)]
+mod tests;

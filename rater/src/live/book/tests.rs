@@ -1,0 +1,288 @@
+use super::*;
+use crate::config::RaterConfig;
+use proptest::prelude::*;
+use tally_domain::meter::{validate_meters, MeterSpec};
+use tally_platform::usage::Units;
+
+const NOV26: i64 = 1_795_651_200_000; // 2026-11-26T00:00Z
+const UNIT: i128 = 1_000_000_000;
+
+fn catalog() -> Catalog {
+    let specs: Vec<MeterSpec> = serde_json::from_str(
+        r#"[{"slug":"tokens","event_type":"t","aggregation":"SUM","value_property":"$.n"},
+            {"slug":"calls","event_type":"c","aggregation":"COUNT"}]"#,
+    )
+    .unwrap();
+    let plans: Vec<crate::config::PlanSpec> = serde_json::from_str(
+        r#"[{"id":"p","version":1,"currency":"USD","effective_from":"2020-01-01T00:00:00Z",
+             "prices":[{"model":"per_unit","meter":"tokens","unit_price":"0.001"},
+                       {"model":"graduated","meter":"calls","tiers":[
+                          {"up_to":"10","unit_price":"0.10"},{"unit_price":"0.01"}]}]}]"#,
+    )
+    .unwrap();
+    let rater = RaterConfig {
+        default_plan: Some("p".into()),
+        ..Default::default()
+    };
+    Catalog::new(plans, vec![], &rater, &validate_meters(specs).unwrap()).unwrap()
+}
+
+fn book(budgets: Vec<Budget>) -> Book {
+    let mut b = Book::default();
+    b.meters.insert("tokens".into(), Aggregation::Sum);
+    b.meters.insert("calls".into(), Aggregation::Count);
+    for budget in budgets {
+        b.budgets
+            .entry(budget.customer.clone())
+            .or_default()
+            .push(budget.validated().unwrap());
+    }
+    b
+}
+
+fn budget(limit: i64, agent: Option<&str>) -> Budget {
+    Budget {
+        customer: "acme".into(),
+        budget_id: agent.map_or("all".into(), |a| format!("agent-{a}")),
+        agent: agent.map(str::to_owned),
+        meter: None,
+        kind: Kind::Amount,
+        limit: Decimal::from(limit),
+        thresholds: vec![50, 80, 100],
+        hard: true,
+    }
+}
+
+fn tokens(agent: &str, at_ms: i64, n: i128) -> UsageRow {
+    let start = u32::try_from(at_ms / 1000).unwrap();
+    UsageRow {
+        customer: "acme".into(),
+        agent: agent.into(),
+        meter: "tokens".into(),
+        aggregation: "SUM".into(),
+        group_key: "{}".into(),
+        group_names: vec![],
+        group_values: vec![],
+        start,
+        end: start + 60,
+        events: 1,
+        sum: Units(n * UNIT),
+        min: Units(n * UNIT),
+        max: Units(n * UNIT),
+        latest: Units(n * UNIT),
+        latest_time_ms: at_ms,
+        latest_event_id: "e".into(),
+        unique_values: vec![],
+    }
+}
+
+fn ask<'a>(
+    customer: &'a CustomerId,
+    agent: &'a str,
+    q: i64,
+    id: &str,
+    group: &'a BTreeMap<String, String>,
+) -> Ask<'a> {
+    Ask {
+        customer,
+        agent,
+        meter: "tokens",
+        quantity: Decimal::from(q),
+        group,
+        hold_id: id.into(),
+        expires_at_ms: NOV26 + 60_000,
+    }
+}
+
+#[test]
+fn committed_usage_is_priced_per_customer_meter_and_agent() {
+    let c = catalog();
+    let mut b = book(vec![]);
+    b.add_rows(&c, &[tokens("a", NOV26, 3000), tokens("b", NOV26, 1000)]);
+    let costs = &b.customers["acme"].costs;
+    assert_eq!(costs.total, Decimal::from(4));
+    assert_eq!(costs.currency.as_deref(), Some("USD"));
+    assert_eq!(costs.meters["tokens"].quantity, Decimal::from(4000));
+    assert_eq!(
+        costs.agents[&("a".into(), "tokens".into())].amount,
+        Decimal::from(3)
+    );
+    assert_eq!(
+        costs.agents[&("b".into(), "tokens".into())].amount,
+        Decimal::from(1)
+    );
+}
+
+#[test]
+fn a_request_is_allowed_while_it_fits_and_holds_count_at_once() {
+    let c = catalog();
+    let mut b = book(vec![budget(10, None)]);
+    b.add_rows(&c, &[tokens("a", NOV26, 9000)]); // $9 spent
+    let acme = CustomerId::new("acme").unwrap();
+    let g = BTreeMap::new();
+    let now = NOV26 + 1000;
+    let (a, h) = b.authorize(&c, &ask(&acme, "a", 2000, "h1", &g), now);
+    assert!(!a.allow);
+    assert_eq!(a.reason, Some(Reason::BudgetExceeded));
+    assert_eq!(a.remaining, Some(Decimal::from(1)));
+    assert!(h.is_none());
+    let (a, h) = b.authorize(&c, &ask(&acme, "a", 1000, "h2", &g), now);
+    assert!(a.allow, "{a:?}");
+    assert_eq!(a.remaining, Some(Decimal::ZERO));
+    assert_eq!(h.unwrap().amount, Decimal::from(1));
+    // the hold counts for the next request, of any agent of the customer
+    let (a, _) = b.authorize(&c, &ask(&acme, "other", 1, "h3", &g), now);
+    assert_eq!(a.reason, Some(Reason::BudgetExceeded));
+    // the usage arrives (less than held) and settles the hold: room again
+    b.add_rows(&c, &[tokens("a", NOV26 + 2000, 500)]);
+    assert_eq!(b.settle(&[("acme".into(), "h2".into())]).len(), 1);
+    let (a, _) = b.authorize(&c, &ask(&acme, "other", 500, "h4", &g), now);
+    assert!(a.allow);
+    assert_eq!(
+        b.release("acme", "h4").map(|h| h.quantity),
+        Some(Decimal::from(500))
+    );
+    assert!(b.release("acme", "h4").is_none());
+}
+
+#[test]
+fn per_agent_budgets_limit_only_their_agent() {
+    let c = catalog();
+    let mut b = book(vec![budget(2, Some("a"))]);
+    b.add_rows(&c, &[tokens("a", NOV26, 2000), tokens("b", NOV26, 5000)]);
+    let acme = CustomerId::new("acme").unwrap();
+    let g = BTreeMap::new();
+    let (a, _) = b.authorize(&c, &ask(&acme, "a", 1, "h1", &g), NOV26);
+    assert_eq!(a.reason, Some(Reason::BudgetExceeded));
+    let (a, _) = b.authorize(&c, &ask(&acme, "b", 100_000, "h2", &g), NOV26);
+    assert!(a.allow);
+}
+
+#[test]
+fn unknown_meters_and_customers_are_denied_with_their_reason() {
+    let c = catalog();
+    let mut b = book(vec![]);
+    let acme = CustomerId::new("acme").unwrap();
+    let g = BTreeMap::new();
+    let mut q = ask(&acme, "a", 1, "h", &g);
+    q.meter = "nope";
+    assert_eq!(
+        b.authorize(&c, &q, NOV26).0.reason,
+        Some(Reason::UnknownMeter)
+    );
+    let no_default = Catalog::default();
+    let mut b = book(vec![]);
+    assert_eq!(
+        b.authorize(&no_default, &ask(&acme, "a", 1, "h", &g), NOV26)
+            .0
+            .reason,
+        Some(Reason::UnknownCustomer)
+    );
+}
+
+#[test]
+fn thresholds_cross_once_per_period_and_a_new_period_starts_from_zero() {
+    let c = catalog();
+    let mut b = book(vec![budget(10, None)]);
+    b.add_rows(&c, &[tokens("a", NOV26, 5000)]);
+    let t: Vec<u8> = b.crossings("acme").iter().map(|x| x.threshold).collect();
+    assert_eq!(t, vec![50]);
+    assert!(b.crossings("acme").is_empty(), "once");
+    b.add_rows(&c, &[tokens("a", NOV26, 6000)]);
+    let t: Vec<u8> = b.crossings("acme").iter().map(|x| x.threshold).collect();
+    assert_eq!(t, vec![80, 100]);
+    // December: a new period
+    let dec = 1_796_083_200_000; // 2026-12-01T00:00Z
+    b.add_rows(&c, &[tokens("a", dec, 1000)]);
+    assert_eq!(b.customers["acme"].costs.total, Decimal::from(1));
+    assert!(b.crossings("acme").is_empty());
+    // a late row of November is not live spend any more
+    b.add_rows(&c, &[tokens("a", NOV26, 99_000)]);
+    assert_eq!(b.customers["acme"].costs.total, Decimal::from(1));
+}
+
+#[test]
+fn holds_expire_and_restore_only_while_live() {
+    let c = catalog();
+    let mut b = book(vec![budget(10, None)]);
+    let acme = CustomerId::new("acme").unwrap();
+    let g = BTreeMap::new();
+    let (_, h) = b.authorize(&c, &ask(&acme, "a", 10_000, "h1", &g), NOV26);
+    let h = h.unwrap();
+    assert!(b.expire(NOV26 + 59_999).is_empty());
+    assert_eq!(b.expire(NOV26 + 60_000).len(), 1);
+    b.restore(&c, h.clone(), NOV26 + 1);
+    assert_eq!(b.holds().count(), 1);
+    let mut fresh = book(vec![]);
+    fresh.restore(&c, h, NOV26 + 60_000);
+    assert_eq!(fresh.holds().count(), 0, "an expired hold is not restored");
+}
+
+#[test]
+fn graduated_prices_cost_the_margin() {
+    let c = catalog();
+    let mut b = book(vec![Budget {
+        meter: Some("calls".into()),
+        ..budget(2, None)
+    }]);
+    let acme = CustomerId::new("acme").unwrap();
+    let g = BTreeMap::new();
+    let calls = |id: &str, q: i64| Ask {
+        meter: "calls",
+        ..ask(&acme, "a", q, id, &g)
+    };
+    // 10 calls at 0.10 = 1.00, then 0.01 each: 110 calls fit $2 exactly
+    let (a, h) = b.authorize(&c, &calls("h1", 10), NOV26);
+    assert!(a.allow);
+    assert_eq!(h.unwrap().amount, Decimal::new(100, 2));
+    let (a, h) = b.authorize(&c, &calls("h2", 100), NOV26);
+    assert!(a.allow, "{a:?}");
+    assert_eq!(h.unwrap().amount, Decimal::new(100, 2));
+    assert_eq!(
+        b.authorize(&c, &calls("h3", 1), NOV26).0.reason,
+        Some(Reason::BudgetExceeded)
+    );
+}
+
+proptest! {
+    /// Whatever the order of requests, settlements (with at most the declared quantity),
+    /// releases and expiries, committed spend plus holds never exceed a hard budget.
+    #[test]
+    fn spend_and_holds_never_exceed_a_hard_budget(
+        ops in proptest::collection::vec((0u8..4, 1i64..4000, 0usize..8), 1..200)
+    ) {
+        let c = catalog();
+        let mut b = book(vec![budget(10, None)]);
+        let acme = CustomerId::new("acme").unwrap();
+        let g = BTreeMap::new();
+        let mut held: Vec<Hold> = Vec::new();
+        let mut now = NOV26;
+        for (i, (op, q, pick)) in ops.into_iter().enumerate() {
+            now += 10;
+            match op {
+                0 | 1 => {
+                    let id = format!("h{i}");
+                    if let (a, Some(h)) = b.authorize(&c, &ask(&acme, "a", q, &id, &g), now) {
+                        prop_assert!(a.allow);
+                        held.push(h);
+                    }
+                }
+                2 if !held.is_empty() => {
+                    let h = held.remove(pick % held.len());
+                    let used = i128::from(q) % (h.quantity.mantissa() + 1);
+                    b.add_rows(&c, &[tokens("a", now, used)]);
+                    b.settle(&[("acme".into(), h.id)]);
+                }
+                3 if !held.is_empty() => {
+                    let h = held.remove(pick % held.len());
+                    b.release("acme", &h.id);
+                }
+                _ => {}
+            }
+            if let Some(book) = b.customers.get("acme") {
+                let holds: Decimal = book.holds.values().map(|h| h.amount).sum();
+                prop_assert!(book.costs.total + holds <= Decimal::from(10));
+            }
+        }
+    }
+}
