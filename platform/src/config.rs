@@ -64,7 +64,8 @@ impl ConfigError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
-    /// Server URL. Default `nats://127.0.0.1:4222`.
+    /// Server URL, or several comma-separated (the nodes of a cluster: the client fails over
+    /// between them). Default `nats://127.0.0.1:4222`.
     #[serde(default = "default_nats_url")]
     pub url: String,
     /// Usage stream name. Default `USAGE`.

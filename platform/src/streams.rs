@@ -21,7 +21,9 @@ pub enum StreamError {
     Declare { stream: String, detail: String },
 }
 
-/// Connects to the configured NATS server, as `nats.user` when one is set.
+/// Connects to the configured NATS server, as `nats.user` when one is set. `nats.url` may
+/// name several servers, comma-separated (the nodes of a cluster): the client starts with
+/// any that answers and fails over to the others (and to those the cluster advertises).
 pub async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client, StreamError> {
     let options = if cfg.user.is_empty() {
         async_nats::ConnectOptions::new()
@@ -31,12 +33,20 @@ pub async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client, StreamError
     options
         .name("tally")
         .retry_on_initial_connect()
-        .connect(&cfg.url)
+        .connect(server_urls(&cfg.url))
         .await
         .map_err(|e| StreamError::Connect {
             url: cfg.url.clone(),
             detail: e.to_string(),
         })
+}
+
+/// The server URLs of `nats.url`: one, or several separated by commas.
+pub fn server_urls(url: &str) -> Vec<&str> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
 }
 
 /// Creates the usage and dead-letter streams if they do not exist; returns the usage stream.
@@ -109,7 +119,16 @@ pub async fn kv_bucket(
     })
     .await
     .map_err(|e| err(&e))?;
-    js.get_key_value(bucket).await.map_err(|e| err(&e))
+    let kv = js.get_key_value(bucket).await.map_err(|e| err(&e))?;
+    // A replicated bucket answers reads only once its replicas have a leader: on a cluster
+    // the first get right after creation meets "no responders". Wait for a read to answer.
+    for _ in 0..100 {
+        if kv.get("tally-created").await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(kv)
 }
 
 /// Waits until the durable `consumer` of `stream` has acknowledged every message in the
