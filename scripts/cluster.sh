@@ -350,6 +350,8 @@ run_cluster_tests() {
     cmd_up
     eval "$(cmd_env)"
     export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+    # the tests start these binaries as processes of their own
+    cargo build --quiet -p tally-aggregator -p tally-rater -p tally-invoicer -p tally-platform --bins
     cargo test -p tally-e2e --test cluster -- --ignored --test-threads=1 --nocapture "$@"
 }
 
