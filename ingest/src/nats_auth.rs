@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | `agent-<customer>` | `<prefix>.<customer>.>` | any other customer, the JetStream API, the DLQ |
 //! | `tally-gateway` | `<prefix>.>`, stream info/create/update | consume, delete or purge streams |
-//! | `tally-aggregator` | consumer API, acks, `<dlq prefix>.>`, stream info/create/update, its lease bucket `<stream>_AGGREGATORS` | forge usage on `<prefix>.>`, delete or purge streams |
+//! | `tally-aggregator` | consumer API, acks, `<dlq prefix>.>`, the live feed `<prefix>_feed.>`, stream info/create/update, its lease bucket `<stream>_AGGREGATORS` | forge usage on `<prefix>.>`, delete or purge streams |
 //! | `tally-invoicer` | its invoice-number KV bucket (`$KV.<bucket>.>`, get, create/info of `KV_<bucket>`) | usage, consumers, any other stream |
 //! | `tally-admin` | everything | |
 //!
@@ -156,6 +156,8 @@ fn permissions(role: &Role, names: &Names<'_>) -> String {
                 "$JS.API.CONSUMER.>".to_owned(),
                 "$JS.ACK.>".to_owned(),
                 format!("{dlq_prefix}.>"),
+                // the live usage feed (platform/src/feed.rs), which only spend deciders read
+                format!("{prefix}_feed.>"),
             ];
             allow.extend(streams);
             // the partition leases (aggregator/src/lease.rs)
