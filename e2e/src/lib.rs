@@ -14,13 +14,17 @@ use tally_rater::{Catalog, RaterConfig};
 
 /// `llm_tokens` (SUM of `$.tokens` by model and kind) and `tool_calls` (COUNT by tool).
 pub fn meters() -> Vec<Meter> {
-    let specs: Vec<MeterSpec> = serde_json::from_value(serde_json::json!([
+    validate_meters(meter_specs()).expect("meters are valid")
+}
+
+/// The declarations of [`meters`] (what `tally-rater` stores from the file).
+pub fn meter_specs() -> Vec<MeterSpec> {
+    serde_json::from_value(serde_json::json!([
         {"slug": "llm_tokens", "event_type": "llm.tokens", "aggregation": "SUM",
          "value_property": "$.tokens", "group_by": {"model": "$.model", "kind": "$.kind"}},
         {"slug": "tool_calls", "event_type": "tool.call", "aggregation": "COUNT", "group_by": {"tool": "$.tool"}}
     ]))
-    .expect("meter specs are valid JSON");
-    validate_meters(specs).expect("meters are valid")
+    .expect("meter specs are valid JSON")
 }
 
 /// Plans as in `config/tally.toml`: `ai-standard` in USD (0.000003 per token; tool calls

@@ -12,6 +12,7 @@
 //! - [`pseudonym`]: replacing customer and agent ids by keyed hashes before storage.
 //! - [`sdk`]: the agent SDK: batched, bounded, retrying publishing with a graceful flush.
 //! - [`publisher`]: the bounded in-flight JetStream publisher.
+//! - [`spend`]: asking the spend deciders before spending (authorize, release, balance).
 //! - [`synthetic`]: deterministic synthetic agents (LLM tokens and tool calls).
 
 pub mod event;
@@ -20,6 +21,7 @@ pub mod nats_auth;
 pub mod pseudonym;
 pub mod publisher;
 pub mod sdk;
+pub mod spend;
 pub mod synthetic;
 
 pub use event::OutgoingEvent;

@@ -192,6 +192,10 @@ pub fn parse(payload: &[u8]) -> Result<Notice, FeedError> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JoinPoint {
     pub committed_through: u64,
+    /// When the lease key was last written (unix ms, the server's clock): every notice of a
+    /// batch after the join point was published after it (a batch in flight at the join
+    /// point wrote its intent then). `None`: the partition never wrote.
+    pub since_ms: Option<i64>,
 }
 
 /// The join point of a partition from its lease key (`bucket`, `key`): the key's revision
@@ -215,6 +219,7 @@ pub async fn join_point(
         Err(_) => {
             return Ok(JoinPoint {
                 committed_through: 0,
+                since_ms: None,
             })
         }
     };
@@ -222,18 +227,21 @@ pub async fn join_point(
     let Some(entry) = entry else {
         return Ok(JoinPoint {
             committed_through: 0,
+            since_ms: None,
         });
     };
     let in_flight = matches!(
         LeaseValue::parse(&entry.value),
         Some(LeaseValue::Intent { .. })
     );
+    let since_ms = i64::try_from(entry.created.unix_timestamp_nanos() / 1_000_000).ok();
     Ok(JoinPoint {
         committed_through: if in_flight {
             entry.revision.saturating_sub(1)
         } else {
             entry.revision
         },
+        since_ms,
     })
 }
 

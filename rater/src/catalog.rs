@@ -310,6 +310,19 @@ impl Catalog {
             .flat_map(|id| self.plans.get(id).into_iter().flatten())
     }
 
+    /// The customers with subscriptions.
+    pub fn customers(&self) -> impl Iterator<Item = &CustomerId> {
+        self.subscriptions.keys()
+    }
+
+    /// The start of the period in force at `at_ms` for every customer without a subscription
+    /// (the default plan's calendar-month cycle); `None` without a default plan.
+    pub fn default_period_start(&self, at_ms: i64) -> Option<i64> {
+        self.default_plan.as_ref()?;
+        let cycle: ZonedCycle = BillingCycle::default().into();
+        Some(cycle.period_containing(at_ms).start_ms)
+    }
+
     /// A customer's subscriptions, oldest first (empty: the default plan applies).
     pub fn subscriptions_of(&self, customer: &CustomerId) -> &[Subscription] {
         self.subscriptions.get(customer).map_or(&[], Vec::as_slice)

@@ -117,6 +117,16 @@ pub struct Book {
     pub budgets: BTreeMap<String, Vec<Budget>>,
 }
 
+/// The earliest instant of any customer's current period segment at `now_ms`: what a
+/// rebuild reads usage from. `None` when no customer has a plan.
+pub fn live_from_ms(catalog: &Catalog, now_ms: i64) -> Option<i64> {
+    catalog
+        .customers()
+        .filter_map(|c| segment_at(catalog, c, now_ms).map(|(_, from)| from))
+        .chain(catalog.default_period_start(now_ms))
+        .min()
+}
+
 /// What a row of usage or a request is billed under at an instant: the period and segment.
 fn segment_at(catalog: &Catalog, customer: &CustomerId, at_ms: i64) -> Option<(Period, i64)> {
     let (_, cycle, from_ms, _) = catalog.coverage_at(customer, at_ms)?;
@@ -361,7 +371,7 @@ impl Book {
 
     /// Adds committed usage rows (a rebuild's read or a feed notice); rows of an earlier
     /// period than the customer's current one are not live spend and are skipped. Returns
-    /// the customers whose usage changed.
+    /// the customers whose usage changed (repriced).
     pub fn add_rows<'r>(
         &mut self,
         catalog: &Catalog,
@@ -369,42 +379,76 @@ impl Book {
     ) -> BTreeSet<String> {
         let mut touched = BTreeSet::new();
         for row in rows {
-            let (Ok(customer), Ok(agg)) = (
-                CustomerId::new(row.customer.clone()),
-                row.aggregation.parse::<Aggregation>(),
-            ) else {
-                continue;
-            };
-            let at_ms = i64::from(row.start) * 1000;
-            let Some((period, from_ms)) = segment_at(catalog, &customer, at_ms) else {
-                continue;
-            };
-            let Some(book) = self.book_at(catalog, &customer, at_ms) else {
-                continue;
-            };
-            if (book.period, book.segment_from_ms) != (period, from_ms) || at_ms < from_ms {
-                continue;
+            if self.add_row_unpriced(catalog, row) {
+                touched.insert(row.customer.clone());
             }
-            let e = book
-                .usage
-                .entry((row.agent.clone(), row.meter.clone(), row.group_key.clone()))
-                .or_insert_with(|| {
-                    (
-                        agg,
-                        row.group_names.clone(),
-                        row.group_values.clone(),
-                        Totals::default(),
-                    )
-                });
-            if e.3.add(row).is_none() {
-                tracing::error!(customer = %row.customer, meter = %row.meter, "live usage too large to add; left out");
-            }
-            touched.insert(row.customer.clone());
         }
         for c in &touched {
             self.reprice(catalog, c);
         }
         touched
+    }
+
+    /// Adds one row without repricing (a rebuild adds millions, then reprices each customer
+    /// once); `true` when it counted.
+    pub fn add_row_unpriced(&mut self, catalog: &Catalog, row: &UsageRow) -> bool {
+        let (Ok(customer), Ok(agg)) = (
+            CustomerId::new(row.customer.clone()),
+            row.aggregation.parse::<Aggregation>(),
+        ) else {
+            return false;
+        };
+        let at_ms = i64::from(row.start) * 1000;
+        let Some((period, from_ms)) = segment_at(catalog, &customer, at_ms) else {
+            return false;
+        };
+        let Some(book) = self.book_at(catalog, &customer, at_ms) else {
+            return false;
+        };
+        if (book.period, book.segment_from_ms) != (period, from_ms) || at_ms < from_ms {
+            return false;
+        }
+        let e = book
+            .usage
+            .entry((row.agent.clone(), row.meter.clone(), row.group_key.clone()))
+            .or_insert_with(|| {
+                (
+                    agg,
+                    row.group_names.clone(),
+                    row.group_values.clone(),
+                    Totals::default(),
+                )
+            });
+        if e.3.add(row).is_none() {
+            tracing::error!(customer = %row.customer, meter = %row.meter, "live usage too large to add; left out");
+            return false;
+        }
+        true
+    }
+
+    /// Reprices every customer (after a rebuild or a catalog change).
+    pub fn reprice_all(&mut self, catalog: &Catalog) {
+        let customers: Vec<String> = self.customers.keys().cloned().collect();
+        for c in customers {
+            self.reprice(catalog, &c);
+        }
+    }
+
+    /// The customer's book at `now_ms` (created empty, or rolled over to a new period), for
+    /// a balance; `None` when the customer has no plan.
+    pub fn current(
+        &mut self,
+        catalog: &Catalog,
+        customer: &str,
+        now_ms: i64,
+    ) -> Option<&CustomerBook> {
+        let id = CustomerId::new(customer.to_owned()).ok()?;
+        let fresh = !self.customers.contains_key(customer);
+        self.book_at(catalog, &id, now_ms)?;
+        if fresh {
+            self.reprice(catalog, customer);
+        }
+        self.customers.get(customer)
     }
 
     /// Recomputes one customer's costs.
@@ -495,7 +539,19 @@ impl Book {
                 None,
             );
         };
-        if book.costs.error.is_some() {
+        if let Some(h) = book.holds.get(&ask.hold_id) {
+            // the same request again (its answer was lost): the same hold
+            let answer = Answer {
+                allow: true,
+                hold_id: Some(h.id.clone()),
+                remaining: None,
+                currency: book.costs.currency.clone(),
+                reason: None,
+                detail: None,
+            };
+            return (answer, None);
+        }
+        if book.costs.error.is_some() || book.costs.currency.is_none() {
             book.costs = costs(catalog, ask.customer, book);
         }
         if let Some(e) = &book.costs.error {
@@ -596,10 +652,13 @@ impl Book {
         out
     }
 
-    /// Marks a crossing as already notified (found in the durable record).
-    pub fn mark_notified(&mut self, customer: &str, budget_id: &str, threshold: u8) {
-        if let Some(b) = self.customers.get_mut(customer) {
-            b.notified.insert((budget_id.to_owned(), threshold));
+    /// Forgets that a crossing was notified (sending it failed: it is tried again at the
+    /// customer's next change).
+    pub fn unmark_notified(&mut self, c: &Crossing) {
+        if let Some(b) = self.customers.get_mut(&c.customer) {
+            if b.period.start_ms == c.period_start_ms {
+                b.notified.remove(&(c.budget_id.clone(), c.threshold));
+            }
         }
     }
 

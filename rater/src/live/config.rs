@@ -42,6 +42,14 @@ pub struct SpendConfig {
     /// Replicas of the spend streams and buckets (a NATS cluster: 3). Default 1.
     #[serde(default = "default_replicas")]
     pub replicas: usize,
+    /// The aggregators' durable consumer name (`aggregator.consumer`), whose lease key tells
+    /// up to which batch storage holds a partition's usage. Default `aggregator`.
+    #[serde(default = "default_aggregator_consumer")]
+    pub aggregator_consumer: String,
+}
+
+fn default_aggregator_consumer() -> String {
+    "aggregator".into()
 }
 
 fn default_subject_root() -> String {
@@ -85,6 +93,7 @@ impl Default for SpendConfig {
             aborts_poll_ms: default_aborts_poll_ms(),
             metrics_addr: default_metrics_addr(),
             replicas: default_replicas(),
+            aggregator_consumer: default_aggregator_consumer(),
         }
     }
 }
@@ -97,6 +106,12 @@ impl SpendConfig {
                 && s.chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         };
+        if !token(&self.aggregator_consumer) {
+            return Err(ConfigError::invalid(
+                "spend.aggregator_consumer",
+                "must match [A-Za-z0-9_-]+",
+            ));
+        }
         if !token(&self.subject_root) {
             return Err(ConfigError::invalid(
                 "spend.subject_root",
@@ -126,6 +141,15 @@ impl SpendConfig {
     /// This instance's partition (0 without partitions).
     pub fn part(&self) -> u32 {
         self.partition.unwrap_or(0)
+    }
+
+    /// The aggregator's lease key of the partition (its consumer name): `<consumer>` without
+    /// partitions, `<consumer>-p<N>` with.
+    pub fn aggregator_consumer_name(&self) -> String {
+        match self.partition {
+            Some(p) => format!("{}-p{p}", self.aggregator_consumer),
+            None => self.aggregator_consumer.clone(),
+        }
     }
 
     /// The lease key of the partition: `spend-p<N>`.

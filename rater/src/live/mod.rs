@@ -13,10 +13,20 @@
 //! - [`protocol`]: authorize requests and answers, reason codes (pure).
 //! - [`budget`]: budgets, validated and stored.
 //! - [`book`]: the live book and its decisions (pure).
+//! - [`journal`]: the holds journal (holds survive a restart or a takeover).
+//! - [`alerts`]: threshold crossings, notified once per period.
+//! - [`decider`]: the task that owns a partition's book and answers.
+//! - [`run`]: a decider's session: lease, rebuild, feed, subscriptions.
+//! - [`metrics`]: `tally_spend_*`.
 
+pub mod alerts;
 pub mod book;
 pub mod budget;
 pub mod config;
+pub mod decider;
+pub mod journal;
+pub mod metrics;
 pub mod protocol;
+pub mod run;
 
 pub use config::SpendConfig;

@@ -72,6 +72,10 @@ pub struct AuthorizeBody {
     pub deadline_ms: Option<u64>,
     /// Instead of authorizing: give a hold back (the work was cancelled or used nothing).
     pub release: Option<String>,
+    /// The caller's id for this request (an id: `[A-Za-z0-9...]`, at most 128 characters),
+    /// used as the hold id: asking again with the same id (after a timeout) answers with the
+    /// same hold instead of placing a second one.
+    pub request_id: Option<String>,
 }
 
 /// A validated request.
@@ -84,6 +88,7 @@ pub enum Request {
         quantity: Decimal,
         group: BTreeMap<String, String>,
         deadline_ms: u64,
+        request_id: Option<String>,
     },
     Release {
         customer: CustomerId,
@@ -147,7 +152,7 @@ pub fn parse(
     let b: AuthorizeBody =
         serde_json::from_slice(body).map_err(|e| invalid(format!("body: {e}")))?;
     if let Some(hold) = b.release {
-        if b.meter.is_some() || b.max_quantity.is_some() {
+        if b.meter.is_some() || b.max_quantity.is_some() || b.request_id.is_some() {
             return Err(invalid("a release names only the hold".into()));
         }
         EventId::validate(&hold).map_err(|e| invalid(format!("release: {e}")))?;
@@ -175,6 +180,9 @@ pub fn parse(
     if deadline_ms == 0 || deadline_ms > hold_max_ms {
         return Err(invalid(format!("deadline_ms must be 1 to {hold_max_ms}")));
     }
+    if let Some(id) = &b.request_id {
+        EventId::validate(id).map_err(|e| invalid(format!("request_id: {e}")))?;
+    }
     Ok(Request::Authorize {
         customer,
         agent,
@@ -182,6 +190,7 @@ pub fn parse(
         quantity,
         group: b.group,
         deadline_ms,
+        request_id: b.request_id,
     })
 }
 

@@ -1,0 +1,485 @@
+//! Live spend control over the real servers (issue 15): spend deciders (`rater::live`) run
+//! in-process against NATS JetStream and ClickHouse, an aggregator commits the usage the
+//! agents report, and agents ask through the Rust SDK (`tally_ingest::spend`).
+//!
+//! - The overshoot bound: 1,000 concurrent authorize calls against headroom for exactly k,
+//!   with three decider instances running (one holds the partition, two stand by, all
+//!   subscribed), 100 times: exactly k admitted every time.
+//! - An agent with a per-customer budget spends until it is denied; its usage settles the
+//!   holds; another agent of the customer is denied too; billed usage respects the limit;
+//!   thresholds fire once each (also across a restart of the decider); a top-up lets it
+//!   resume; a restarted decider's balance equals the one before.
+//! - Hostile input: malformed JSON, unknown meter, huge and negative quantities, an unknown
+//!   hold, an oversized body, are each answered with their reason code.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use rust_decimal::Decimal;
+use tally_domain::{AgentId, CustomerId, EventId};
+use tally_e2e::{aggregator_config, meter_specs, start_aggregator, wait_drained};
+use tally_ingest::spend::{AuthorizeRequest, FailurePolicy, SpendClient};
+use tally_ingest::{OutgoingEvent, Publisher};
+use tally_platform::shutdown::Shutdown;
+use tally_platform::testkit::TestEnv;
+use tally_rater::catalog_store::CatalogSource;
+use tally_rater::live::budget::{self, Budget, Kind};
+use tally_rater::live::run::{self, Spend};
+use tally_rater::live::SpendConfig;
+use tally_rater::RaterConfig;
+
+/// `ai-standard`: 0.000003 USD per token, tool calls 0.02 up to 100 (as `tally_e2e::catalog`).
+const PLAN: &str = r#"
+[[plans]]
+id = "ai-standard"
+version = 1
+currency = "USD"
+effective_from = "2020-01-01T00:00:00Z"
+prices = [
+  { model = "per_unit", meter = "llm_tokens", unit_price = "0.000003" },
+  { model = "graduated", meter = "tool_calls", tiers = [
+     { up_to = "100", unit_price = "0.02" }, { up_to = "1000", unit_price = "0.015" }, { unit_price = "0.01" } ] },
+]
+"#;
+
+fn d(s: &str) -> Decimal {
+    s.parse().expect("decimal")
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn source() -> CatalogSource {
+    CatalogSource {
+        rater: RaterConfig {
+            default_plan: Some("ai-standard".into()),
+            ..RaterConfig::default()
+        },
+        features: tally_platform::Features::default(),
+    }
+}
+
+/// Stores the meters and the plan, as `tally-rater` bootstraps them.
+async fn store_catalog(env: &TestEnv) {
+    #[derive(serde::Deserialize)]
+    struct F {
+        plans: Vec<tally_rater::config::PlanSpec>,
+    }
+    let plans = toml::from_str::<F>(PLAN).expect("plan TOML").plans;
+    let db = env.db();
+    tally_rater::registry_store::bootstrap(&db, &[], &meter_specs(), 0)
+        .await
+        .expect("stored meters");
+    tally_rater::catalog_store::bootstrap(&db, &plans, &[], 0)
+        .await
+        .expect("stored plan");
+}
+
+fn spend_config(env: &TestEnv) -> SpendConfig {
+    SpendConfig {
+        subject_root: format!("{}_spend", env.nats.subject_prefix),
+        lease_secs: 1,
+        refresh_secs: 1,
+        aborts_poll_ms: 200,
+        hold_default_ms: 20_000,
+        hold_grace_ms: 5_000,
+        ..SpendConfig::default()
+    }
+}
+
+/// Starts a decider on `env`; cancel `stop` to stop it.
+async fn start_decider(env: &TestEnv, cfg: &SpendConfig, stop: Shutdown) -> tokio::task::JoinHandle<()> {
+    let spend = Spend {
+        db: env.db(),
+        nats: async_nats::connect(&env.nats.url).await.expect("NATS"),
+        nats_cfg: env.nats.clone(),
+        cfg: cfg.clone(),
+        source: source(),
+        now_ms,
+    };
+    tokio::spawn(async move {
+        run::run(spend, stop).await.expect("the decider runs");
+    })
+}
+
+async fn sdk(env: &TestEnv, cfg: &SpendConfig) -> SpendClient {
+    let client = async_nats::connect(&env.nats.url).await.expect("NATS");
+    SpendClient::new(
+        client,
+        &cfg.subject_root,
+        Duration::from_secs(5),
+        FailurePolicy::Closed,
+    )
+}
+
+fn customer(s: &str) -> CustomerId {
+    CustomerId::new(s).expect("customer id")
+}
+
+fn agent(s: &str) -> AgentId {
+    AgentId::new(s).expect("agent id")
+}
+
+/// Waits until a decider answers a balance request for `c`.
+async fn wait_answering(sdk: &SpendClient, c: &CustomerId) -> serde_json::Value {
+    for _ in 0..300 {
+        if let Ok(Some(b)) = sdk.balance(c).await {
+            return b;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no decider answered within 30 s");
+}
+
+/// Polls the balance of `c` until `done` holds for it.
+async fn wait_balance(
+    sdk: &SpendClient,
+    c: &CustomerId,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    for _ in 0..300 {
+        if let Ok(Some(b)) = sdk.balance(c).await {
+            if done(&b) {
+                return b;
+            }
+            last = b;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: not reached within 30 s; last balance {last}");
+}
+
+fn dec(v: &serde_json::Value) -> Decimal {
+    match v {
+        serde_json::Value::String(s) => d(s),
+        other => d(&other.to_string()),
+    }
+}
+
+async fn drop_spend_streams(env: &TestEnv) {
+    let js = async_nats::jetstream::new(async_nats::connect(&env.nats.url).await.expect("NATS"));
+    let s = &env.nats.stream;
+    for name in [
+        format!("{s}_HOLDS"),
+        format!("{s}_ALERTS"),
+        format!("KV_{s}_SPEND"),
+        format!("KV_{s}_SPEND_ALERTS"),
+    ] {
+        let _ = js.delete_stream(name).await;
+    }
+}
+
+fn budget(c: &str, id: &str, kind: Kind, meter: Option<&str>, limit: &str, thresholds: Vec<u8>) -> Budget {
+    Budget {
+        customer: c.into(),
+        budget_id: id.into(),
+        agent: None,
+        meter: meter.map(str::to_owned),
+        kind,
+        limit: d(limit),
+        thresholds,
+        hard: true,
+    }
+    .validated()
+    .expect("a valid budget")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_across_three_instances_admit_exactly_the_headroom() {
+    const ROUNDS: usize = 100;
+    const CONCURRENT: usize = 1000;
+    let env = TestEnv::new("spend_overshoot").await;
+    store_catalog(&env).await;
+    let db = env.db();
+    // round r: customer r with headroom for exactly k(r) requests of 1,000 tokens (0.003 USD
+    // each, unrounded), an amount budget of k x 0.003
+    let k = |r: usize| 1 + (r * 37) % 500;
+    for r in 0..ROUNDS {
+        let limit = Decimal::from(k(r)) * d("0.003");
+        let b = budget(&format!("c{r:03}"), "monthly", Kind::Amount, None, &limit.to_string(), vec![]);
+        budget::put(&db, &b, false, "test", now_ms()).await.expect("budget stored");
+    }
+    let cfg = spend_config(&env);
+    let stops: Vec<Shutdown> = (0..3).map(|_| Shutdown::new()).collect();
+    let mut deciders = Vec::new();
+    for s in &stops {
+        deciders.push(start_decider(&env, &cfg, s.clone()).await);
+    }
+    let sdk = std::sync::Arc::new(sdk(&env, &cfg).await);
+    wait_answering(&sdk, &customer("c000")).await;
+    let started = std::time::Instant::now();
+    for r in 0..ROUNDS {
+        let c = customer(&format!("c{r:03}"));
+        let asks = (0..CONCURRENT).map(|i| {
+            let (sdk, c) = (sdk.clone(), c.clone());
+            async move {
+                let a = agent(&format!("bot-{}", i % 10));
+                sdk.authorize(&c, &a, &AuthorizeRequest::new("llm_tokens", d("1000")))
+                    .await
+                    .expect("an answer")
+            }
+        });
+        let answers = futures::future::join_all(asks).await;
+        let allowed = answers.iter().filter(|a| a.allow).count();
+        assert_eq!(allowed, k(r), "round {r}: exactly the headroom admitted");
+        for a in answers.iter().filter(|a| !a.allow) {
+            assert_eq!(a.reason.as_deref(), Some("budget_exceeded"), "round {r}: {a:?}");
+            assert!(!a.offline, "round {r}: every request answered by a decider");
+        }
+        let held: std::collections::BTreeSet<_> =
+            answers.iter().filter_map(|a| a.hold_id.clone()).collect();
+        assert_eq!(held.len(), k(r), "round {r}: one hold per admitted request");
+    }
+    eprintln!(
+        "{ROUNDS} rounds of {CONCURRENT} concurrent requests in {:?}",
+        started.elapsed()
+    );
+    for s in &stops {
+        s.cancel();
+    }
+    for h in deciders {
+        let _ = h.await;
+    }
+    drop_spend_streams(&env).await;
+    env.cleanup().await;
+}
+
+/// Reports `n` tool calls of `a` settling `hold`.
+async fn report_calls(p: &mut Publisher, c: &CustomerId, a: &AgentId, n: usize, hold: Option<&str>) {
+    for _ in 0..n {
+        let e = OutgoingEvent {
+            id: EventId::new(uuid_like()).expect("id"),
+            customer: c.clone(),
+            agent: a.clone(),
+            event_type: "tool.call".into(),
+            time: chrono::Utc::now(),
+            data: serde_json::json!({"tool": "search"}),
+            hold_id: hold.map(|h| EventId::new(h).expect("hold id")),
+        };
+        p.publish(&e).await.expect("published");
+    }
+    p.flush().await.expect("acknowledged");
+}
+
+fn uuid_like() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_spends_until_denied_then_resumes_after_a_top_up() {
+    let env = TestEnv::new("spend_e2e").await;
+    store_catalog(&env).await;
+    let db = env.db();
+    let acme = customer("acme");
+    let (bot1, bot2) = (agent("bot-1"), agent("bot-2"));
+    // 0.60 USD: 30 tool calls at 0.02; notify at 50 % and 100 %
+    let b = budget("acme", "monthly", Kind::Amount, None, "0.60", vec![50, 100]);
+    budget::put(&db, &b, false, "test", now_ms()).await.expect("budget stored");
+
+    let stop_agg = Shutdown::new();
+    let agg = start_aggregator(&env, aggregator_config(), stop_agg.clone()).await;
+    let cfg = spend_config(&env);
+    let stop = Shutdown::new();
+    let decider = start_decider(&env, &cfg, stop.clone()).await;
+    let client = async_nats::connect(&env.nats.url).await.expect("NATS");
+    let mut alerts = client
+        .subscribe(format!("{}.alerts.acme", cfg.subject_root))
+        .await
+        .expect("subscribed to alerts");
+    let sdk = sdk(&env, &cfg).await;
+    wait_answering(&sdk, &acme).await;
+    let js = async_nats::jetstream::new(client.clone());
+    let mut publisher = Publisher::new(js, &env.nats.subject_prefix, 64);
+
+    // the first piece of work declares 5 calls and uses 3: its hold settles to 3
+    let first = sdk
+        .authorize(&acme, &bot1, &AuthorizeRequest::new("tool_calls", d("5")))
+        .await
+        .expect("answer");
+    assert!(first.allow, "{first:?}");
+    report_calls(&mut publisher, &acme, &bot1, 3, first.hold_id.as_deref()).await;
+    wait_balance(&sdk, &acme, "first hold settled", |b| {
+        b["holds"] == 0 && dec(&b["spend"]) == d("0.06")
+    })
+    .await;
+
+    // then the agent loop: ask for 5 calls, use all 5, until denied
+    let mut used = 3usize;
+    let mut denied = None;
+    for _ in 0..20 {
+        let a = sdk
+            .authorize(&acme, &bot1, &AuthorizeRequest::new("tool_calls", d("5")))
+            .await
+            .expect("answer");
+        if !a.allow {
+            denied = Some(a);
+            break;
+        }
+        report_calls(&mut publisher, &acme, &bot1, 5, a.hold_id.as_deref()).await;
+        used += 5;
+    }
+    let denied = denied.expect("the agent was stopped");
+    assert_eq!(denied.reason.as_deref(), Some("budget_exceeded"), "{denied:?}");
+    // 3 + 5 x 5 = 28 calls = 0.56: a sixth request of 5 (0.10) would exceed 0.60
+    assert_eq!(used, 28);
+    let settled = wait_balance(&sdk, &acme, "every hold settled", |b| {
+        b["holds"] == 0 && dec(&b["spend"]) == d("0.56")
+    })
+    .await;
+    assert!(dec(&settled["spend"]) <= d("0.60"));
+    // bot-2 of the same customer: what is left (2 calls) fits, 3 do not
+    let a = sdk
+        .authorize(&acme, &bot2, &AuthorizeRequest::new("tool_calls", d("3")))
+        .await
+        .expect("answer");
+    assert_eq!(a.reason.as_deref(), Some("budget_exceeded"), "{a:?}");
+    let two = sdk
+        .authorize(&acme, &bot2, &AuthorizeRequest::new("tool_calls", d("2")))
+        .await
+        .expect("answer");
+    assert!(two.allow, "{two:?}");
+    let hold = two.hold_id.clone().expect("a hold");
+    // cancelled work gives its hold back
+    assert!(sdk.release(&acme, &bot2, &hold).await.expect("release answered"));
+    assert!(!sdk.release(&acme, &bot2, &hold).await.expect("second release answered"));
+
+    // the 50 % threshold crossed once (0.30 reached); 100 % not yet
+    let first_alert = tokio::time::timeout(Duration::from_secs(10), alerts.next())
+        .await
+        .expect("an alert within 10 s")
+        .expect("alert message");
+    let alert: serde_json::Value = serde_json::from_slice(&first_alert.payload).expect("alert JSON");
+    assert_eq!(alert["threshold"], 50, "{alert}");
+    assert_eq!(alert["type"], "spend.threshold_crossed", "{alert}");
+    assert_eq!(alert["kind"], "amount", "{alert}");
+
+    // a restarted decider holds the same balance and does not notify 50 % again
+    let before = sdk.balance(&acme).await.expect("balance").expect("answered");
+    stop.cancel();
+    decider.await.expect("decider stopped");
+    let stop = Shutdown::new();
+    let decider = start_decider(&env, &cfg, stop.clone()).await;
+    let after = wait_answering(&sdk, &acme).await;
+    assert_eq!(after["spend"], before["spend"]);
+    assert_eq!(after["meters"], before["meters"]);
+    assert_eq!(after["agents"], before["agents"]);
+    assert_eq!(after["budgets"], before["budgets"]);
+
+    // top-up: the budget raised to 1.00, the agent resumes and reaches 100 % of the new limit
+    let b = budget("acme", "monthly", Kind::Amount, None, "1.00", vec![50, 100]);
+    budget::put(&db, &b, false, "test", now_ms()).await.expect("budget raised");
+    let mut resumed = None;
+    for _ in 0..50 {
+        let a = sdk
+            .authorize(&acme, &bot1, &AuthorizeRequest::new("tool_calls", d("22")))
+            .await
+            .expect("answer");
+        if a.allow {
+            resumed = Some(a);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let resumed = resumed.expect("allowed again after the top-up");
+    report_calls(&mut publisher, &acme, &bot1, 22, resumed.hold_id.as_deref()).await;
+    wait_balance(&sdk, &acme, "top-up usage settled", |b| {
+        b["holds"] == 0 && dec(&b["spend"]) == d("1.00")
+    })
+    .await;
+    let hundred = tokio::time::timeout(Duration::from_secs(10), alerts.next())
+        .await
+        .expect("the 100 % alert within 10 s")
+        .expect("alert message");
+    let alert: serde_json::Value = serde_json::from_slice(&hundred.payload).expect("alert JSON");
+    assert_eq!(alert["threshold"], 100, "{alert}");
+    // nothing else: each threshold once per period, across the restart
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), alerts.next()).await.is_err(),
+        "no further alert"
+    );
+    let rows: Vec<(String, u8)> = db
+        .query("SELECT budget_id, threshold FROM spend_alerts FINAL WHERE customer = 'acme' ORDER BY threshold")
+        .fetch_all()
+        .await
+        .expect("alerts stored");
+    assert_eq!(rows, vec![("monthly".to_owned(), 50), ("monthly".to_owned(), 100)]);
+
+    // billed usage respects the bound: committed usage equals what the agents reported
+    wait_drained(&env, "aggregator", Duration::from_secs(30)).await;
+    let calls: u64 = db
+        .query("SELECT toUInt64(sum(events)) FROM usage_partials WHERE customer = 'acme' AND meter = 'tool_calls'")
+        .fetch_one()
+        .await
+        .expect("usage read");
+    assert_eq!(calls, 50);
+
+    stop.cancel();
+    decider.await.expect("decider stopped");
+    stop_agg.cancel();
+    let _ = agg.await;
+    drop_spend_streams(&env).await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_get_their_reason_codes() {
+    let env = TestEnv::new("spend_hostile").await;
+    store_catalog(&env).await;
+    let cfg = spend_config(&env);
+    let stop = Shutdown::new();
+    let decider = start_decider(&env, &cfg, stop.clone()).await;
+    let sdk = sdk(&env, &cfg).await;
+    wait_answering(&sdk, &customer("acme")).await;
+    let client = async_nats::connect(&env.nats.url).await.expect("NATS");
+    let ask = |subject: String, body: Vec<u8>| {
+        let client = client.clone();
+        async move {
+            let msg = client
+                .request(subject, body.into())
+                .await
+                .expect("answered");
+            serde_json::from_slice::<serde_json::Value>(&msg.payload).expect("JSON answer")
+        }
+    };
+    let subject = format!("{}.authorize.acme.bot-1", cfg.subject_root);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("malformed JSON", b"{\"meter\": ".to_vec(), "invalid_request"),
+        ("not an object", b"[1,2]".to_vec(), "invalid_request"),
+        ("unknown field", br#"{"meter":"tool_calls","max_quantity":"1","x":1}"#.to_vec(), "invalid_request"),
+        ("unknown meter", br#"{"meter":"gpu_hours","max_quantity":"1"}"#.to_vec(), "unknown_meter"),
+        ("negative", br#"{"meter":"tool_calls","max_quantity":"-1"}"#.to_vec(), "invalid_request"),
+        ("a float", br#"{"meter":"tool_calls","max_quantity":1.5e300}"#.to_vec(), "invalid_request"),
+        (
+            "huge",
+            br#"{"meter":"tool_calls","max_quantity":"79228162514264337593543950335"}"#.to_vec(),
+            "quantity_too_large",
+        ),
+        ("unknown hold", br#"{"release":"nope"}"#.to_vec(), "unknown_hold"),
+        ("oversized", vec![b' '; 70_000], "invalid_request"),
+    ];
+    for (what, body, code) in cases {
+        let a = ask(subject.clone(), body).await;
+        assert_eq!(a["allow"], false, "{what}: {a}");
+        assert_eq!(a["reason"], code, "{what}: {a}");
+    }
+    // a subject whose customer token is not an id
+    let a = ask(
+        format!("{}.authorize.a$b.bot-1", cfg.subject_root),
+        br#"{"meter":"tool_calls","max_quantity":"1"}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(a["reason"], "invalid_request", "{a}");
+    // and the decider still answers a good request
+    let ok = sdk
+        .authorize(&customer("acme"), &agent("bot-1"), &AuthorizeRequest::new("tool_calls", d("1")))
+        .await
+        .expect("answer");
+    assert!(ok.allow, "{ok:?}");
+    stop.cancel();
+    decider.await.expect("decider stopped");
+    drop_spend_streams(&env).await;
+    env.cleanup().await;
+}

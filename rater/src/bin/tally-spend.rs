@@ -1,0 +1,79 @@
+//! `tally-spend`: the live spend decider of one partition of the usage stream.
+//! Usage: `tally-spend [serve] [--config FILE]`.
+//!
+//! Stands by until it holds the partition's lease (`[spend] partition`), rebuilds the live
+//! book from storage and the live feed, then answers on NATS:
+//! `<root>.authorize.<customer>.<agent>` (may this agent spend? a hold, or a denial with a
+//! reason code) and `<root>.balance.<customer>` (spend of the period so far, holds, budgets),
+//! and publishes budget threshold crossings on `<root>.alerts.<customer>`. Reads the catalog
+//! the rater stored (`tally-rater` bootstraps it from the file). See docs/SPEND.md.
+
+use anyhow::Context;
+use serde::Deserialize;
+use tally_platform::args::Args;
+use tally_platform::{config, shutdown, store, streams, telemetry, ClickHouseConfig, NatsConfig, TelemetryConfig};
+use tally_rater::catalog_store::CatalogSource;
+use tally_rater::live::run::{self, Spend};
+use tally_rater::live::SpendConfig;
+use tally_rater::RaterConfig;
+
+#[derive(Deserialize)]
+struct Config {
+    #[serde(default)]
+    nats: NatsConfig,
+    #[serde(default)]
+    clickhouse: ClickHouseConfig,
+    #[serde(default)]
+    telemetry: TelemetryConfig,
+    #[serde(default)]
+    rater: RaterConfig,
+    #[serde(default)]
+    features: tally_platform::Features,
+    #[serde(default)]
+    spend: SpendConfig,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let (_command, args) = Args::parse_command(argv, &["serve"], &["config"])?;
+    let cfg: Config = config::load(&config::path(&args))?;
+    cfg.nats.validate()?;
+    cfg.clickhouse.validate()?;
+    cfg.rater.validate()?;
+    cfg.spend.validate()?;
+    if let (Some(p), n) = (cfg.spend.partition, cfg.nats.partitions) {
+        anyhow::ensure!(
+            p < n,
+            "setting `spend.partition` = {p}: the stream has {n} partitions (`nats.partitions`)"
+        );
+    }
+    telemetry::init_logs(&cfg.telemetry);
+    telemetry::serve_metrics(
+        cfg.spend
+            .metrics_addr
+            .parse()
+            .context("setting `spend.metrics_addr`")?,
+    )?;
+    let shutdown = shutdown::on_signals();
+    let nats = streams::connect(&cfg.nats)
+        .await
+        .context("connecting to NATS")?;
+    let spend = Spend {
+        db: store::connect(&cfg.clickhouse),
+        nats,
+        nats_cfg: cfg.nats,
+        cfg: cfg.spend,
+        source: CatalogSource {
+            rater: cfg.rater,
+            features: cfg.features,
+        },
+        now_ms,
+    };
+    run::run(spend, shutdown).await?;
+    Ok(())
+}

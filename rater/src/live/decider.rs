@@ -1,0 +1,463 @@
+//! The decider: one task that owns a partition's live book and takes, one at a time, the
+//! authorize and release requests, the feed's committed batches, hold expiry, catalog and
+//! budget reloads, and balance questions. Being the only owner makes every decision see every
+//! hold placed before it.
+//!
+//! An allowed request's hold is written to the journal and the answer is sent only once
+//! JetStream stored it (the hold is in the book at once, so the next request sees it); if
+//! the journal refuses, the hold is dropped and the agent is told `unavailable`. Committed
+//! batches settle the holds their events name and may cross budget thresholds, which are
+//! notified in the background ([`super::alerts`]).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+use serde::Serialize;
+use tally_domain::Period;
+use tally_platform::feed::Notice;
+use tokio::sync::{mpsc, oneshot};
+
+use super::alerts::Alerts;
+use super::book::{Ask, Book, Costs, Hold};
+use super::budget::{Budget, Kind};
+use super::journal::{Journal, Record};
+use super::metrics;
+use super::protocol::{Answer, Reason, Request};
+use crate::catalog::Catalog;
+
+/// Where an answer goes.
+pub enum ReplyTo {
+    /// A NATS reply subject.
+    Nats(async_nats::Subject),
+    /// An in-process caller (HTTP, tests).
+    Channel(oneshot::Sender<Answer>),
+}
+
+/// What the decider is asked to do.
+pub enum Command {
+    Request {
+        request: Request,
+        reply: ReplyTo,
+        received: std::time::Instant,
+    },
+    /// A committed batch (all its chunks).
+    Batch(Vec<Notice>),
+    /// Batch ids recorded as aborted.
+    Aborts(HashSet<String>),
+    Catalog(Box<Catalog>),
+    /// The declared meters (slug to aggregation).
+    Meters(HashMap<String, tally_domain::Aggregation>),
+    Budgets(BTreeMap<String, Vec<Budget>>),
+    Balance {
+        customer: String,
+        reply: oneshot::Sender<Option<Balance>>,
+    },
+}
+
+/// Why the decider stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Shut down, or the partition was lost.
+    Done,
+    /// A batch it counted was aborted: the book must be rebuilt from storage.
+    Rebuild,
+}
+
+/// A customer's live balance (`<root>.balance.<customer>`, `GET /v1/customers/{id}/balance`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Balance {
+    pub customer: String,
+    pub period_start: String,
+    pub period_end: String,
+    pub currency: Option<String>,
+    /// Usage charges of the period so far, before tax.
+    pub spend: Decimal,
+    pub meters: BTreeMap<String, MeterBalance>,
+    pub agents: BTreeMap<String, BTreeMap<String, MeterBalance>>,
+    pub holds: usize,
+    pub held_amount: Decimal,
+    pub budgets: Vec<BudgetBalance>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MeterBalance {
+    pub quantity: Decimal,
+    pub amount: Decimal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BudgetBalance {
+    pub budget_id: String,
+    pub agent: Option<String>,
+    pub meter: Option<String>,
+    pub kind: Kind,
+    pub limit: Decimal,
+    pub spent: Decimal,
+    pub held: Decimal,
+    pub remaining: Decimal,
+    pub hard: bool,
+}
+
+/// The decider's state besides the book.
+pub struct Decider {
+    pub book: Book,
+    pub catalog: Catalog,
+    pub journal: Journal,
+    pub alerts: Option<Alerts>,
+    pub client: async_nats::Client,
+    /// Only batches above this sequence come from the feed (storage had the rest).
+    pub committed_through: u64,
+    /// Batches applied from the feed (to skip a repeat, and to rebuild if one is aborted).
+    pub applied: HashSet<String>,
+    /// Batches known aborted.
+    pub aborted: HashSet<String>,
+    pub hold_grace_ms: u64,
+    pub now_ms: fn() -> i64,
+}
+
+impl Decider {
+    /// Runs until `rx` closes (shutdown, fencing) or a rebuild is needed.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Command>) -> (Stop, Book) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let cmd = tokio::select! {
+                c = rx.recv() => c,
+                _ = tick.tick() => {
+                    let expired = self.book.expire((self.now_ms)());
+                    metrics::holds_expired(expired.len());
+                    metrics::holds_active(self.book.holds().count());
+                    continue;
+                }
+            };
+            let Some(cmd) = cmd else {
+                return (Stop::Done, self.book);
+            };
+            if self.handle(cmd).await == Some(Stop::Rebuild) {
+                return (Stop::Rebuild, self.book);
+            }
+        }
+    }
+
+    async fn handle(&mut self, cmd: Command) -> Option<Stop> {
+        match cmd {
+            Command::Request {
+                request,
+                reply,
+                received,
+            } => self.request(request, reply, received).await,
+            Command::Batch(notices) => return self.batch(notices),
+            Command::Aborts(ids) => {
+                if ids.iter().any(|id| self.applied.contains(id)) {
+                    tracing::warn!("a batch counted from the feed was aborted: rebuilding from storage");
+                    metrics::rebuild("aborted_batch");
+                    return Some(Stop::Rebuild);
+                }
+                self.aborted = ids;
+            }
+            Command::Catalog(c) => {
+                self.catalog = *c;
+                self.book.reprice_all(&self.catalog);
+            }
+            Command::Meters(m) => self.book.meters = m,
+            Command::Budgets(b) => {
+                self.book.budgets = b;
+                let customers: Vec<String> = self.book.customers.keys().cloned().collect();
+                for customer in customers {
+                    self.notify_crossings(&customer);
+                }
+            }
+            Command::Balance { customer, reply } => {
+                let _ = reply.send(self.balance(&customer));
+            }
+        }
+        None
+    }
+
+    async fn request(&mut self, request: Request, reply: ReplyTo, received: std::time::Instant) {
+        let now = (self.now_ms)();
+        match request {
+            Request::Release { customer, hold } => {
+                let answer = match self.book.release(customer.as_str(), &hold) {
+                    Some(h) => {
+                        self.journal_release(&h);
+                        Answer {
+                            allow: true,
+                            hold_id: Some(h.id),
+                            remaining: None,
+                            currency: None,
+                            reason: None,
+                            detail: None,
+                        }
+                    }
+                    None => Answer::deny(Reason::UnknownHold, format!("hold {hold}")),
+                };
+                metrics::decided("release", answer.reason, received.elapsed());
+                send(&self.client, reply, answer).await;
+            }
+            Request::Authorize {
+                customer,
+                agent,
+                meter,
+                quantity,
+                group,
+                deadline_ms,
+                request_id,
+            } => {
+                let ask = Ask {
+                    customer: &customer,
+                    agent: agent.as_str(),
+                    meter: &meter,
+                    quantity,
+                    group: &group,
+                    hold_id: request_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+                    expires_at_ms: now
+                        .saturating_add(i64::try_from(deadline_ms).unwrap_or(i64::MAX / 4))
+                        .saturating_add(i64::try_from(self.hold_grace_ms).unwrap_or(0)),
+                };
+                let (answer, hold) = self.book.authorize(&self.catalog, &ask, now);
+                let Some(hold) = hold else {
+                    metrics::decided("authorize", answer.reason, received.elapsed());
+                    send(&self.client, reply, answer).await;
+                    return;
+                };
+                self.journal_place(hold, answer, reply, received).await;
+            }
+        }
+    }
+
+    /// Records the hold, then answers (from a task, so the next request need not wait).
+    async fn journal_place(
+        &mut self,
+        hold: Hold,
+        answer: Answer,
+        reply: ReplyTo,
+        received: std::time::Instant,
+    ) {
+        let record = Record::Place { hold: hold.clone() };
+        let ack = match self.journal.record(&record).await {
+            Ok(ack) => ack,
+            Err(e) => {
+                tracing::warn!(error = %e, "hold not recorded; denying as unavailable");
+                self.book.release(&hold.customer, &hold.id);
+                let a = Answer::deny(Reason::Unavailable, "the hold could not be recorded");
+                metrics::decided("authorize", a.reason, received.elapsed());
+                send(&self.client, reply, a).await;
+                return;
+            }
+        };
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            let answer = match ack.await {
+                Ok(_) => answer,
+                Err(e) => {
+                    // the hold stays in the book until it expires: never less reserved than
+                    // an agent might use
+                    tracing::warn!(error = %e, "hold record not acknowledged; denying as unavailable");
+                    Answer::deny(Reason::Unavailable, "the hold could not be recorded")
+                }
+            };
+            metrics::decided("authorize", answer.reason, received.elapsed());
+            send(&client, reply, answer).await;
+        });
+    }
+
+    fn journal_release(&self, h: &Hold) {
+        let record = Record::Release {
+            customer: h.customer.clone(),
+            hold_id: h.id.clone(),
+        };
+        let journal = self.journal.clone();
+        tokio::spawn(async move {
+            // a release that is lost leaves the hold until it expires after a restart
+            match journal.record(&record).await {
+                Ok(ack) => {
+                    if let Err(e) = ack.await {
+                        tracing::warn!(error = %e, "hold release not recorded");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "hold release not recorded"),
+            }
+        });
+    }
+
+    fn batch(&mut self, notices: Vec<Notice>) -> Option<Stop> {
+        let Some(first) = notices.first() else {
+            return None;
+        };
+        let batch = first.batch.clone();
+        if first.bseq <= self.committed_through
+            || self.aborted.contains(&batch)
+            || self.applied.contains(&batch)
+        {
+            return None;
+        }
+        self.applied.insert(batch);
+        let rows = notices.iter().flat_map(|n| n.rows.iter());
+        let touched = self.book.add_rows(&self.catalog, rows);
+        let holds: Vec<(String, String)> = notices
+            .iter()
+            .flat_map(|n| n.holds.iter())
+            .map(|h| (h.customer.clone(), h.hold.clone()))
+            .collect();
+        for h in self.book.settle(&holds) {
+            metrics::holds_settled(1);
+            self.journal_release(&h);
+        }
+        for customer in touched {
+            self.notify_crossings(&customer);
+        }
+        None
+    }
+
+    fn notify_crossings(&mut self, customer: &str) {
+        let crossings = self.book.crossings(customer);
+        let Some(alerts) = self.alerts.clone() else {
+            return;
+        };
+        for c in crossings {
+            let (alerts, now) = (alerts.clone(), (self.now_ms)());
+            tokio::spawn(async move {
+                match alerts.notify(&c, now).await {
+                    Ok(sent) => metrics::alert(sent),
+                    Err(e) => {
+                        tracing::warn!(customer = %c.customer, budget = %c.budget_id, threshold = c.threshold, error = %e, "threshold notification failed; retried after the next rebuild");
+                    }
+                }
+            });
+        }
+    }
+
+    fn balance(&mut self, customer: &str) -> Option<Balance> {
+        let budgets = self.book.budgets.get(customer).cloned().unwrap_or_default();
+        let book = self
+            .book
+            .current(&self.catalog, customer, (self.now_ms)())?;
+        Some(balance_of(customer, book.period, &book.costs, book.holds.values(), &budgets))
+    }
+}
+
+/// A customer's balance from its book's parts (pure).
+pub fn balance_of<'h>(
+    customer: &str,
+    period: Period,
+    costs: &Costs,
+    holds: impl Iterator<Item = &'h Hold> + Clone,
+    budgets: &[Budget],
+) -> Balance {
+    let meters = costs
+        .meters
+        .iter()
+        .map(|(m, s)| {
+            (
+                m.clone(),
+                MeterBalance {
+                    quantity: s.quantity,
+                    amount: s.amount,
+                },
+            )
+        })
+        .collect();
+    let mut agents: BTreeMap<String, BTreeMap<String, MeterBalance>> = BTreeMap::new();
+    for ((a, m), s) in &costs.agents {
+        agents.entry(a.clone()).or_default().insert(
+            m.clone(),
+            MeterBalance {
+                quantity: s.quantity,
+                amount: s.amount,
+            },
+        );
+    }
+    let budgets = budgets
+        .iter()
+        .map(|b| {
+            let spent = match (b.kind, &b.agent, &b.meter) {
+                (Kind::Amount, None, None) => costs.total,
+                (Kind::Amount, None, Some(m)) => costs.meters.get(m).map_or(Decimal::ZERO, |s| s.amount),
+                (Kind::Quantity, None, Some(m)) => {
+                    costs.meters.get(m).map_or(Decimal::ZERO, |s| s.quantity)
+                }
+                (kind, Some(a), meter) => costs
+                    .agents
+                    .iter()
+                    .filter(|((ag, m), _)| ag == a && meter.as_ref().is_none_or(|bm| bm == m))
+                    .map(|(_, s)| if kind == Kind::Amount { s.amount } else { s.quantity })
+                    .sum(),
+                (Kind::Quantity, None, None) => Decimal::ZERO,
+            };
+            let held: Decimal = holds
+                .clone()
+                .filter(|h| b.covers(&h.agent, &h.meter))
+                .map(|h| if b.kind == Kind::Amount { h.amount } else { h.quantity })
+                .sum();
+            BudgetBalance {
+                budget_id: b.budget_id.clone(),
+                agent: b.agent.clone(),
+                meter: b.meter.clone(),
+                kind: b.kind,
+                limit: b.limit,
+                spent,
+                held,
+                remaining: (b.limit - spent - held).max(Decimal::ZERO),
+                hard: b.hard,
+            }
+        })
+        .collect();
+    Balance {
+        customer: customer.to_owned(),
+        period_start: period.start_rfc3339(),
+        period_end: period.end_rfc3339(),
+        currency: costs.currency.clone(),
+        spend: costs.total,
+        meters,
+        agents,
+        holds: holds.clone().count(),
+        held_amount: holds.map(|h| h.amount).sum(),
+        budgets,
+    }
+}
+
+/// Sends an answer where it is expected.
+pub async fn send(client: &async_nats::Client, reply: ReplyTo, answer: Answer) {
+    match reply {
+        ReplyTo::Channel(tx) => {
+            let _ = tx.send(answer);
+        }
+        ReplyTo::Nats(subject) => {
+            let body = serde_json::to_vec(&answer).unwrap_or_default();
+            if let Err(e) = client.publish(subject, body.into()).await {
+                tracing::warn!(error = %e, "answer not sent");
+            }
+        }
+    }
+}
+
+/// Per batch id, the chunks received so far (a batch is applied once all arrived).
+#[derive(Default)]
+pub struct Chunks {
+    partial: HashMap<String, Vec<Notice>>,
+}
+
+impl Chunks {
+    /// Adds a chunk; the whole batch when it is complete.
+    pub fn add(&mut self, n: Notice) -> Option<Vec<Notice>> {
+        if n.chunks <= 1 {
+            return Some(vec![n]);
+        }
+        let id = n.batch.clone();
+        let total = n.chunks as usize;
+        let parts = self.partial.entry(id.clone()).or_default();
+        if parts.iter().all(|p| p.chunk != n.chunk) {
+            parts.push(n);
+        }
+        if parts.len() < total {
+            // a batch abandoned mid-way (its attempt failed) never completes: bound the set
+            if self.partial.len() > 1024 {
+                self.partial.clear();
+            }
+            return None;
+        }
+        self.partial.remove(&id)
+    }
+}
