@@ -483,3 +483,87 @@ async fn hostile_requests_get_their_reason_codes() {
     drop_spend_streams(&env).await;
     env.cleanup().await;
 }
+
+/// One HTTP/1.1 request on a fresh connection; the status and the JSON answer.
+async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let auth = key.map_or(String::new(), |k| format!("authorization: Bearer {k}\r\n"));
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n{auth}\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.expect("read");
+    let text = String::from_utf8(raw).expect("UTF-8");
+    let status = text[9..12].parse().expect("status");
+    let json = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, serde_json::from_str(json).unwrap_or(serde_json::Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_ask_over_http_with_their_api_key() {
+    use tally_ingest::gateway::{self, auth::KeyRecord, key_store, Gateway, IngestConfig};
+    let env = TestEnv::new("spend_http").await;
+    store_catalog(&env).await;
+    let db = env.db();
+    let b = budget("acme", "calls", Kind::Quantity, Some("tool_calls"), "2", vec![]);
+    budget::put(&db, &b, false, "test", now_ms()).await.expect("budget stored");
+    let cfg = spend_config(&env);
+    let stop = Shutdown::new();
+    let decider = start_decider(&env, &cfg, stop.clone()).await;
+    wait_answering(&sdk(&env, &cfg).await, &customer("acme")).await;
+
+    let js = async_nats::jetstream::new(tally_platform::streams::connect(&env.nats).await.expect("NATS"));
+    tally_platform::streams::ensure(&js, &env.nats).await.expect("streams");
+    let gw_cfg = IngestConfig {
+        listen_addr: "127.0.0.1:0".into(),
+        spend_subject_root: cfg.subject_root.clone(),
+        spend_timeout_ms: 500,
+        ..IngestConfig::default()
+    };
+    let addr = gw_cfg.listen().expect("listen address");
+    let gw = std::sync::Arc::new(Gateway::new(gw_cfg, js, &env.nats.subject_prefix, Some(env.db())));
+    let running = gateway::start(gw.clone(), addr, Shutdown::new()).await.expect("gateway");
+    let addr = running.addr;
+    let scope = key_store::scope_from("acme", &["bot-1".to_owned()], "e2e").expect("scope");
+    let (key, record): (String, KeyRecord) = key_store::create(&db, scope, "e2e", 0).await.expect("key");
+    gw.keys.upsert(record);
+
+    let ask = r#"{"agent":"bot-1","meter":"tool_calls","max_quantity":"2"}"#;
+    let (status, a) = http(addr, "POST", "/v1/authorize", Some(&key), ask).await;
+    assert_eq!((status, &a["allow"]), (200, &serde_json::json!(true)), "{a}");
+    assert!(a["hold_id"].is_string(), "{a}");
+    let (status, a) = http(addr, "POST", "/v1/authorize", Some(&key), ask).await;
+    assert_eq!(status, 200, "a denial is an answer: {a}");
+    assert_eq!(a["reason"], "budget_exceeded", "{a}");
+    // an agent the key may not act for, no agent, no key
+    let (status, a) = http(addr, "POST", "/v1/authorize", Some(&key), &ask.replace("bot-1", "bot-2")).await;
+    assert_eq!((status, a["error"]["code"].as_str()), (400, Some("invalid_field")), "{a}");
+    let (status, _) = http(addr, "POST", "/v1/authorize", Some(&key), r#"{"meter":"tool_calls"}"#).await;
+    assert_eq!(status, 400);
+    let (status, _) = http(addr, "POST", "/v1/authorize", None, ask).await;
+    assert_eq!(status, 401);
+    // the balance of the key's customer: the hold and the budget
+    let (status, bal) = http(addr, "GET", "/v1/balance", Some(&key), "").await;
+    assert_eq!(status, 200, "{bal}");
+    assert_eq!(bal["customer"], "acme");
+    assert_eq!(bal["holds"], 1, "{bal}");
+    assert_eq!(bal["budgets"][0]["budget_id"], "calls", "{bal}");
+    assert_eq!(dec(&bal["budgets"][0]["remaining"]), Decimal::ZERO, "{bal}");
+    // without a decider: 503, the client's failure policy decides
+    stop.cancel();
+    decider.await.expect("decider stopped");
+    let (status, a) = http(addr, "POST", "/v1/authorize", Some(&key), ask).await;
+    assert_eq!((status, a["error"]["code"].as_str()), (503, Some("unavailable")), "{a}");
+    drop_spend_streams(&env).await;
+    env.cleanup().await;
+}

@@ -71,6 +71,20 @@ pub struct IngestConfig {
     /// empty: ids are stored as sent.
     #[serde(default)]
     pub pseudonym_key_file: String,
+    /// Subject root of the spend deciders (`spend.subject_root`) that `POST /v1/authorize`
+    /// and `GET /v1/balance` ask. Default `tally`.
+    #[serde(default = "default_spend_subject_root")]
+    pub spend_subject_root: String,
+    /// How long `POST /v1/authorize` waits for a decider (503 after). Default 2000.
+    #[serde(default = "default_spend_timeout_ms")]
+    pub spend_timeout_ms: u64,
+}
+
+fn default_spend_subject_root() -> String {
+    "tally".into()
+}
+const fn default_spend_timeout_ms() -> u64 {
+    2000
 }
 
 fn default_listen_addr() -> String {
@@ -127,6 +141,8 @@ impl Default for IngestConfig {
             string_max_bytes: default_string_max_bytes(),
             rate_per_key_per_sec: default_rate_per_key_per_sec(),
             burst_per_key: default_burst_per_key(),
+            spend_subject_root: default_spend_subject_root(),
+            spend_timeout_ms: default_spend_timeout_ms(),
             header_timeout_ms: default_header_timeout_ms(),
             body_timeout_ms: default_body_timeout_ms(),
             connections_max: default_connections_max(),
@@ -161,6 +177,17 @@ impl IngestConfig {
                 ));
             }
         }
+        if self.spend_subject_root.is_empty()
+            || !self
+                .spend_subject_root
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(ConfigError::invalid(
+                "ingest.spend_subject_root",
+                "must match [A-Za-z0-9_-]+",
+            ));
+        }
         let positive = [
             ("ingest.body_max_bytes", self.body_max_bytes as u64),
             ("ingest.event_max_bytes", self.event_max_bytes as u64),
@@ -173,6 +200,7 @@ impl IngestConfig {
             ),
             ("ingest.header_timeout_ms", self.header_timeout_ms),
             ("ingest.body_timeout_ms", self.body_timeout_ms),
+            ("ingest.spend_timeout_ms", self.spend_timeout_ms),
             ("ingest.connections_max", self.connections_max as u64),
             ("ingest.key_refresh_secs", self.key_refresh_secs),
         ];

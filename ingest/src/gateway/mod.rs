@@ -16,6 +16,7 @@
 //! - [`otlp`]: the `POST /v1/traces` handler: OpenTelemetry GenAI spans as usage (feature
 //!   `otlp`, on by default).
 //! - [`admin`]: the key management endpoints.
+//! - [`spend`]: `POST /v1/authorize` and `GET /v1/balance`, passed to the spend deciders.
 //! - [`server`]: HTTP/1.1 serving, timeouts, routing, graceful shutdown.
 //! - [`response`], [`error`]: the JSON answers and stable codes.
 //! - [`metrics`]: every gateway metric.
@@ -33,6 +34,7 @@ pub mod otlp;
 pub mod rate_limit;
 pub mod response;
 pub mod server;
+pub mod spend;
 
 pub use config::IngestConfig;
 pub use server::{start, Gateway, Running};

@@ -3,7 +3,8 @@
 //! outcome into a JSON response. Graceful shutdown: stop accepting, let in-flight requests
 //! finish (their events are published and acked), then return.
 //!
-//! Two listeners: the public one (`ingest.listen_addr`: `/v1/events`, `/healthz`) and, when
+//! Two listeners: the public one (`ingest.listen_addr`: `/v1/events`, `/v1/traces`,
+//! `/v1/authorize`, `/v1/balance`, `/healthz`) and, when
 //! `ingest.admin_addr` is set, the admin one (`/v1/admin/keys`, `/healthz` only), so the key
 //! management is never reachable where agents are. It owns no validation and no auth rules:
 //! [`super::events`] and [`super::admin`] do.
@@ -316,6 +317,10 @@ async fn route(gw: &Gateway, which: Listener, req: Request<Incoming>) -> Respons
         }
         (Listener::Public, Method::POST, "/v1/events") => events_route(gw, req).await,
         (Listener::Public, _, "/v1/events") => Err(RequestError::MethodNotAllowed),
+        (Listener::Public, Method::POST, "/v1/authorize") => super::spend::authorize(gw, req).await,
+        (Listener::Public, _, "/v1/authorize") => Err(RequestError::MethodNotAllowed),
+        (Listener::Public, Method::GET, "/v1/balance") => super::spend::balance(gw, req).await,
+        (Listener::Public, _, "/v1/balance") => Err(RequestError::MethodNotAllowed),
         #[cfg(feature = "otlp")]
         (Listener::Public, Method::POST, "/v1/traces") => Ok(super::otlp::route(gw, req).await),
         #[cfg(feature = "otlp")]
