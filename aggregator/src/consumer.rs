@@ -41,9 +41,9 @@ use crate::config::AggregatorConfig;
 use crate::crash::{self, CrashPoint};
 use crate::dedup::{Dedup, Seen};
 use crate::lease::{Lease, LeaseError};
-use tally_platform::feed::FeedConfig;
 use crate::limits::{self, Bounds, Limits};
 use crate::{dead_letter, metrics, recovery, seal, sink, takeover};
+use tally_platform::feed::FeedConfig;
 
 /// Why the aggregator stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +158,15 @@ pub async fn run(
     // `/readyz` says 503 until the partition is taken over and the consumer is bound
     health::set_ready("consumer", false);
     let js = jetstream::new(nats.clone());
+    // a stream that cannot be made to match the configuration stops the aggregator at start,
+    // naming the setting (an unreachable NATS is waited for, as everywhere below)
+    match streams::ensure(&js, nats_cfg).await {
+        Err(e @ streams::StreamError::Drift { .. }) => return Err(e.into()),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot declare the streams yet; retrying at the takeover")
+        }
+        Ok(_) => {}
+    }
     let classifier = Classifier::new(meters, &nats_cfg.partition_root(cfg.partition), cfg);
     let meter_names = sink::Meters::new(classifier.meters());
     let holder = format!("{}/{}", cfg.consumer_name(), uuid::Uuid::new_v4());

@@ -61,9 +61,21 @@ impl ConfigError {
 }
 
 /// `[nats]`: where the broker is and which streams hold usage.
+///
+/// Every NATS resource of a deployment is named from `namespace` (see
+/// [`NatsConfig::names`]): the streams, their subjects, the aggregators' lease bucket
+/// (`<stream>_AGGREGATORS`) and the invoice-number bucket; the name settings of a file that
+/// sets a namespace default to the derived names (an explicit one still wins, for the
+/// upgrade of a deployment whose streams have other names: docs/OPERATIONS.md).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
+    /// The deployment's namespace (`[a-z0-9_-]{1,32}`): with `staging`, the streams are
+    /// `STAGING_USAGE` and `STAGING_USAGE_DLQ` on `staging_usage.>` and `staging_usage_dlq.>`,
+    /// the invoice numbers in `STAGING_INVOICE_NUMBERS`. Default empty: the names of before
+    /// namespaces (`USAGE`, `usage`, `USAGE_DLQ`, `usage_dlq`, `INVOICE_NUMBERS`).
+    #[serde(default)]
+    pub namespace: String,
     /// Server URL, or several comma-separated (the nodes of a cluster: the client fails over
     /// between them). Default `nats://127.0.0.1:4222`.
     #[serde(default = "default_nats_url")]
@@ -80,12 +92,49 @@ pub struct NatsConfig {
     /// Dead-letter subjects are `<dlq_subject_prefix>.<reason>`. Default `usage_dlq`.
     #[serde(default = "default_dlq_prefix")]
     pub dlq_subject_prefix: String,
-    /// JetStream's duplicate window for `Nats-Msg-Id`, in seconds. Default 120.
+    /// JetStream's duplicate window for `Nats-Msg-Id` on the usage stream, in seconds.
+    /// Default 120.
     #[serde(default = "default_duplicate_window_secs")]
     pub duplicate_window_secs: u64,
-    /// Maximum age of messages kept in the usage stream, in seconds. Default 7 days.
+    /// The dead-letter stream's own duplicate window, in seconds: a record is keyed by the
+    /// refused message's stream sequence, so a redelivery within this long (a crash, a
+    /// takeover) adds no second record. Default 600.
+    #[serde(default = "default_dlq_duplicate_window_secs")]
+    pub dlq_duplicate_window_secs: u64,
+    /// Maximum age of messages kept in the usage and dead-letter streams, in seconds.
+    /// Default 7 days.
     #[serde(default = "default_max_age_secs")]
     pub max_age_secs: u64,
+    /// Largest size of the usage stream, in bytes (-1: no limit). When it is full the
+    /// stream refuses new events (discard new: publishers get an error, the gateway a 503)
+    /// rather than drop any; JetStream reserves this much of the server's storage
+    /// (`max_file_store`) when the stream is created. Default 8589934592 (8 GiB).
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: i64,
+    /// Most messages the usage stream keeps (-1: no limit; full like `max_bytes`). Default -1.
+    #[serde(default = "default_max_msgs")]
+    pub max_msgs: i64,
+    /// Largest size of the dead-letter stream, in bytes (-1: no limit). When it is full its
+    /// oldest records go (discard old), so refusals never stop the aggregator; every refused
+    /// message stays in the usage stream at its `stream_seq`. Default 1073741824 (1 GiB).
+    #[serde(default = "default_dlq_max_bytes")]
+    pub dlq_max_bytes: i64,
+    /// PEM file of the certificate authorities to trust for the server's certificate (a
+    /// private CA); empty: the system's roots. Default empty.
+    #[serde(default)]
+    pub tls_ca_file: String,
+    /// PEM file of this client's certificate, for servers that verify clients (mutual TLS;
+    /// with `verify_and_map` the certificate is the NATS user). Set with `tls_key_file`.
+    /// Default empty.
+    #[serde(default)]
+    pub tls_cert_file: String,
+    /// PEM file of the key of `tls_cert_file`. Default empty.
+    #[serde(default)]
+    pub tls_key_file: String,
+    /// Refuse to talk to a server without TLS, whatever the URL says (`tls://` URLs require
+    /// it anyway). Default false.
+    #[serde(default)]
+    pub tls_required: bool,
     /// NATS user (one per service, see docs/SECURITY.md). Default empty: no authentication.
     #[serde(default)]
     pub user: String,
@@ -130,17 +179,49 @@ const fn default_duplicate_window_secs() -> u64 {
 const fn default_max_age_secs() -> u64 {
     7 * 24 * 3600
 }
+const fn default_dlq_duplicate_window_secs() -> u64 {
+    600
+}
+const fn default_max_bytes() -> i64 {
+    8 << 30
+}
+const fn default_max_msgs() -> i64 {
+    -1
+}
+const fn default_dlq_max_bytes() -> i64 {
+    1 << 30
+}
+
+/// The names of a namespace's NATS resources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsNames {
+    pub stream: String,
+    pub subject_prefix: String,
+    pub dlq_stream: String,
+    pub dlq_subject_prefix: String,
+    /// The invoicer's KV bucket of invoice numbers.
+    pub invoice_numbers_bucket: String,
+}
 
 impl Default for NatsConfig {
     fn default() -> Self {
         NatsConfig {
+            namespace: String::new(),
             url: default_nats_url(),
             stream: default_stream(),
             subject_prefix: default_subject_prefix(),
             dlq_stream: default_dlq_stream(),
             dlq_subject_prefix: default_dlq_prefix(),
             duplicate_window_secs: default_duplicate_window_secs(),
+            dlq_duplicate_window_secs: default_dlq_duplicate_window_secs(),
             max_age_secs: default_max_age_secs(),
+            max_bytes: default_max_bytes(),
+            max_msgs: default_max_msgs(),
+            dlq_max_bytes: default_dlq_max_bytes(),
+            tls_ca_file: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            tls_required: false,
             user: String::new(),
             password: String::new(),
             partitions: 0,
@@ -156,7 +237,62 @@ fn is_token(s: &str) -> bool {
 }
 
 impl NatsConfig {
+    /// The names of `namespace`'s resources (see the struct's docs).
+    pub fn names(namespace: &str) -> NatsNames {
+        if namespace.is_empty() {
+            return NatsNames {
+                stream: default_stream(),
+                subject_prefix: default_subject_prefix(),
+                dlq_stream: default_dlq_stream(),
+                dlq_subject_prefix: default_dlq_prefix(),
+                invoice_numbers_bucket: crate::streams::DEFAULT_INVOICE_NUMBER_BUCKET.into(),
+            };
+        }
+        let upper = namespace.to_ascii_uppercase();
+        NatsNames {
+            stream: format!("{upper}_USAGE"),
+            subject_prefix: format!("{namespace}_usage"),
+            dlq_stream: format!("{upper}_USAGE_DLQ"),
+            dlq_subject_prefix: format!("{namespace}_usage_dlq"),
+            invoice_numbers_bucket: format!("{upper}_INVOICE_NUMBERS"),
+        }
+    }
+
+    /// This configuration with `namespace` and every name derived from it.
+    pub fn with_namespace(self, namespace: &str) -> NatsConfig {
+        let n = NatsConfig::names(namespace);
+        NatsConfig {
+            namespace: namespace.to_owned(),
+            stream: n.stream,
+            subject_prefix: n.subject_prefix,
+            dlq_stream: n.dlq_stream,
+            dlq_subject_prefix: n.dlq_subject_prefix,
+            ..self
+        }
+    }
+
+    /// The invoice-number bucket of this namespace (`[invoicer] numbers_bucket` overrides it).
+    pub fn invoice_numbers_bucket(&self) -> String {
+        NatsConfig::names(&self.namespace).invoice_numbers_bucket
+    }
+
+    /// The aggregators' lease bucket: `<stream>_AGGREGATORS`.
+    pub fn lease_bucket(&self) -> String {
+        format!("{}_AGGREGATORS", self.stream)
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let ns_ok = self.namespace.len() <= 32
+            && self
+                .namespace
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        if !ns_ok {
+            return Err(ConfigError::invalid(
+                "nats.namespace",
+                format!("{:?} must match [a-z0-9_-]{{0,32}}", self.namespace),
+            ));
+        }
         for (name, v) in [
             ("nats.stream", &self.stream),
             ("nats.subject_prefix", &self.subject_prefix),
@@ -176,10 +312,40 @@ impl NatsConfig {
                 "must differ from nats.subject_prefix",
             ));
         }
-        if self.duplicate_window_secs == 0 {
+        for (name, v) in [
+            ("nats.duplicate_window_secs", self.duplicate_window_secs),
+            (
+                "nats.dlq_duplicate_window_secs",
+                self.dlq_duplicate_window_secs,
+            ),
+            ("nats.max_age_secs", self.max_age_secs),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::invalid(name, "must be positive"));
+            }
+        }
+        if self.duplicate_window_secs > self.max_age_secs {
             return Err(ConfigError::invalid(
                 "nats.duplicate_window_secs",
-                "must be positive",
+                "must not exceed nats.max_age_secs (JetStream refuses it)",
+            ));
+        }
+        for (name, v, min) in [
+            ("nats.max_bytes", self.max_bytes, 1 << 20),
+            ("nats.dlq_max_bytes", self.dlq_max_bytes, 1 << 20),
+            ("nats.max_msgs", self.max_msgs, 1),
+        ] {
+            if v != -1 && v < min {
+                return Err(ConfigError::invalid(
+                    name,
+                    format!("is {v}: -1 (no limit) or at least {min}"),
+                ));
+            }
+        }
+        if self.tls_cert_file.is_empty() != self.tls_key_file.is_empty() {
+            return Err(ConfigError::invalid(
+                "nats.tls_key_file",
+                "nats.tls_cert_file and nats.tls_key_file go together",
             ));
         }
         if self.partitions > 1024 {
@@ -242,7 +408,9 @@ impl NatsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClickHouseConfig {
-    /// HTTP URL. Default `http://127.0.0.1:8123`.
+    /// HTTP URL. Default `http://127.0.0.1:8123`. `https://` is refused: the ClickHouse client
+    /// is built without TLS, so reach ClickHouse on loopback or a private network, or through
+    /// a TLS tunnel (docs/SECURITY.md, "TLS").
     #[serde(default = "default_ch_url")]
     pub url: String,
     /// Database holding Tally's tables. Default `tally`.
@@ -304,10 +472,22 @@ impl Default for ClickHouseConfig {
 
 impl ClickHouseConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+        if self.url.starts_with("https://") {
+            // the client would fail every query ("scheme is not http"): say so at start
             return Err(ConfigError::invalid(
                 "clickhouse.url",
-                format!("{:?} must start with http:// or https://", self.url),
+                format!(
+                    "{:?}: https:// is not supported (the ClickHouse client is built without \
+                     TLS); use http:// on loopback or a private network, or a TLS tunnel \
+                     (docs/SECURITY.md)",
+                    self.url
+                ),
+            ));
+        }
+        if !self.url.starts_with("http://") {
+            return Err(ConfigError::invalid(
+                "clickhouse.url",
+                format!("{:?} must start with http://", self.url),
             ));
         }
         let ok = !self.database.is_empty()
@@ -449,6 +629,7 @@ pub fn from_str_with_env<T: DeserializeOwned>(
     for (var, value) in env {
         apply_override(&mut table, &var, &value)?;
     }
+    name_from_namespace(&mut table);
     let value = toml::Value::Table(table);
     serde_path_to_error::deserialize(value).map_err(|e| {
         let setting = e.path().to_string();
@@ -457,6 +638,26 @@ pub fn from_str_with_env<T: DeserializeOwned>(
             detail: e.into_inner().to_string(),
         }
     })
+}
+
+/// With `[nats] namespace` set, the name settings of `[nats]` left out default to the
+/// namespace's names ([`NatsConfig::names`]); an explicit name wins.
+fn name_from_namespace(table: &mut toml::Table) {
+    let Some(nats) = table.get_mut("nats").and_then(toml::Value::as_table_mut) else {
+        return;
+    };
+    let Some(namespace) = nats.get("namespace").and_then(toml::Value::as_str) else {
+        return;
+    };
+    let n = NatsConfig::names(namespace);
+    for (key, name) in [
+        ("stream", n.stream),
+        ("subject_prefix", n.subject_prefix),
+        ("dlq_stream", n.dlq_stream),
+        ("dlq_subject_prefix", n.dlq_subject_prefix),
+    ] {
+        nats.entry(key).or_insert(toml::Value::String(name));
+    }
 }
 
 fn apply_override(table: &mut toml::Table, var: &str, value: &str) -> Result<(), ConfigError> {
@@ -587,6 +788,91 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("clickhouse.database"));
+    }
+
+    /// Issue 16, finding 4: one namespace names every NATS resource, so two deployments (or
+    /// a test and production) on one NATS share none.
+    #[test]
+    fn a_namespace_names_every_nats_resource() {
+        let s: Sample =
+            from_str_with_env("[nats]\nnamespace = \"staging\"\n", Path::new("x"), vec![]).unwrap();
+        let n = &s.nats;
+        n.validate().unwrap();
+        assert_eq!(
+            (n.stream.as_str(), n.subject_prefix.as_str()),
+            ("STAGING_USAGE", "staging_usage")
+        );
+        assert_eq!(
+            (n.dlq_stream.as_str(), n.dlq_subject_prefix.as_str()),
+            ("STAGING_USAGE_DLQ", "staging_usage_dlq")
+        );
+        assert_eq!(n.invoice_numbers_bucket(), "STAGING_INVOICE_NUMBERS");
+        assert_eq!(n.lease_bucket(), "STAGING_USAGE_AGGREGATORS");
+        // from the environment too, and an explicit name still wins (upgrades)
+        let s: Sample = from_str_with_env(
+            "[nats]\nstream = \"USAGE\"\n",
+            Path::new("x"),
+            env(&[("TALLY_NATS__NAMESPACE", "prod")]),
+        )
+        .unwrap();
+        assert_eq!(s.nats.stream, "USAGE");
+        assert_eq!(s.nats.subject_prefix, "prod_usage");
+        // no namespace: the names of before
+        let d = NatsConfig::default();
+        assert_eq!(
+            (d.stream.as_str(), d.invoice_numbers_bucket().as_str()),
+            ("USAGE", "INVOICE_NUMBERS")
+        );
+        assert_eq!(
+            NatsConfig::default().with_namespace("staging").stream,
+            "STAGING_USAGE"
+        );
+        let bad = NatsConfig {
+            namespace: "Prod".into(),
+            ..NatsConfig::default()
+        };
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("nats.namespace"));
+    }
+
+    #[test]
+    fn stream_limits_are_minus_one_or_sensible() {
+        let with = |f: fn(&mut NatsConfig)| {
+            let mut n = NatsConfig::default();
+            f(&mut n);
+            n.validate()
+        };
+        assert!(with(|_| {}).is_ok());
+        assert!(with(|n| n.max_bytes = -1).is_ok());
+        let err = with(|n| n.max_bytes = 0).unwrap_err().to_string();
+        assert!(err.contains("nats.max_bytes"), "{err}");
+        let err = with(|n| n.dlq_duplicate_window_secs = 0)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nats.dlq_duplicate_window_secs"), "{err}");
+        let err = with(|n| n.tls_cert_file = "c.pem".into())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nats.tls_key_file"), "{err}");
+    }
+
+    /// Issue 16, finding 12: an `https://` ClickHouse URL passed validation and then failed
+    /// every query; it is refused at start, naming the setting.
+    #[test]
+    fn an_https_clickhouse_url_is_refused_at_start() {
+        let https = ClickHouseConfig {
+            url: "https://clickhouse.internal:8443".into(),
+            ..ClickHouseConfig::default()
+        };
+        let err = https.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("clickhouse.url") && err.contains("not supported"),
+            "{err}"
+        );
+        assert!(ClickHouseConfig::default().validate().is_ok());
     }
 
     #[test]

@@ -1,6 +1,15 @@
 //! Declaring the JetStream streams of the storage contract: `USAGE` over
-//! `<subject_prefix>.>` (with partitions, the mapped `<subject_prefix>_p.>`) and the dead-letter stream over `<dlq_subject_prefix>.>`, both file
-//! storage with limits retention. Declaring is idempotent; an existing stream is left as is.
+//! `<subject_prefix>.>` (with partitions, the mapped `<subject_prefix>_p.>`) and the
+//! dead-letter stream over `<dlq_subject_prefix>.>`, both file storage with limits retention,
+//! each with its own duplicate window and size limits; and connecting to NATS (as the
+//! service's user, with its own reply subjects, over TLS when configured).
+//!
+//! Declaring is idempotent and makes an existing stream match the configuration: the
+//! settings JetStream can change (duplicate window, maximum age, bytes and messages, discard
+//! policy) are updated, each change logged; one it cannot change (storage, retention) or
+//! must not change under a running deployment (its subjects: messages on the old ones would
+//! no longer be consumed) stops the service with an error naming the setting
+//! ([`StreamError::Drift`]). A stream's replicas are left as they are once it exists.
 
 use std::time::Duration;
 
@@ -19,18 +28,51 @@ pub enum StreamError {
     Connect { url: String, detail: String },
     #[error("cannot declare stream {stream}: {detail}")]
     Declare { stream: String, detail: String },
+    #[error(
+        "stream {stream} has {have} where setting `{setting}` wants {want}, and this cannot be \
+         changed in place (docs/OPERATIONS.md, \"Changing stream settings\")"
+    )]
+    Drift {
+        stream: String,
+        setting: &'static str,
+        have: String,
+        want: String,
+    },
+}
+
+/// The reply-subject prefix of `user`: `_INBOX.<user>`, the only replies its NATS
+/// permissions let it receive (`nats-config`); `_INBOX` without a user.
+pub fn inbox_prefix(user: &str) -> String {
+    if user.is_empty() {
+        "_INBOX".to_owned()
+    } else {
+        format!("_INBOX.{user}")
+    }
 }
 
 /// Connects to the configured NATS server, as `nats.user` when one is set. `nats.url` may
 /// name several servers, comma-separated (the nodes of a cluster): the client starts with
 /// any that answers and fails over to the others (and to those the cluster advertises).
 pub async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client, StreamError> {
-    let options = if cfg.user.is_empty() {
+    let mut options = if cfg.user.is_empty() {
         async_nats::ConnectOptions::new()
     } else {
         async_nats::ConnectOptions::with_user_and_password(cfg.user.clone(), cfg.password.clone())
     };
+    // replies (JetStream acks, pulled messages, KV reads) arrive under the user's own prefix:
+    // no other user may subscribe there
+    options = options.custom_inbox_prefix(inbox_prefix(&cfg.user));
+    if !cfg.tls_ca_file.is_empty() {
+        options = options.add_root_certificates(cfg.tls_ca_file.clone().into());
+    }
+    if !cfg.tls_cert_file.is_empty() {
+        options = options.add_client_certificate(
+            cfg.tls_cert_file.clone().into(),
+            cfg.tls_key_file.clone().into(),
+        );
+    }
     options
+        .require_tls(cfg.tls_required)
         .name("tally")
         .retry_on_initial_connect()
         .connect(server_urls(&cfg.url))
@@ -49,43 +91,235 @@ pub fn server_urls(url: &str) -> Vec<&str> {
         .collect()
 }
 
-/// Creates the usage and dead-letter streams if they do not exist; returns the usage stream.
+/// Declares the usage and dead-letter streams, creating or updating them to match `cfg`
+/// (see the module docs); returns the usage stream.
 pub async fn ensure(
     js: &jetstream::Context,
     cfg: &NatsConfig,
 ) -> Result<stream::Stream, StreamError> {
-    let usage = declare(js, &cfg.stream, cfg.stream_subjects(), cfg).await?;
-    declare(
-        js,
-        &cfg.dlq_stream,
-        format!("{}.>", cfg.dlq_subject_prefix),
-        cfg,
-    )
-    .await?;
+    let usage = declare(js, usage_config(cfg), Kind::Usage).await?;
+    declare(js, dead_letter_config(cfg), Kind::DeadLetter).await?;
     Ok(usage)
 }
 
-async fn declare(
-    js: &jetstream::Context,
-    name: &str,
-    subjects: String,
-    cfg: &NatsConfig,
-) -> Result<stream::Stream, StreamError> {
-    js.get_or_create_stream(stream::Config {
-        name: name.to_owned(),
-        subjects: vec![subjects],
+/// The usage stream as `cfg` configures it: discard new, so a full stream refuses events
+/// instead of dropping any.
+pub fn usage_config(cfg: &NatsConfig) -> stream::Config {
+    stream::Config {
+        name: cfg.stream.clone(),
+        subjects: vec![cfg.stream_subjects()],
         storage: stream::StorageType::File,
         retention: stream::RetentionPolicy::Limits,
         duplicate_window: Duration::from_secs(cfg.duplicate_window_secs),
         max_age: Duration::from_secs(cfg.max_age_secs),
+        max_bytes: cfg.max_bytes,
+        max_messages: cfg.max_msgs,
+        discard: stream::DiscardPolicy::New,
         num_replicas: cfg.replicas.max(1),
         ..Default::default()
-    })
-    .await
-    .map_err(|e| StreamError::Declare {
-        stream: name.to_owned(),
-        detail: e.to_string(),
-    })
+    }
+}
+
+/// The dead-letter stream as `cfg` configures it: its own duplicate window, discard old, so
+/// refusals never stop the aggregator.
+pub fn dead_letter_config(cfg: &NatsConfig) -> stream::Config {
+    stream::Config {
+        name: cfg.dlq_stream.clone(),
+        subjects: vec![format!("{}.>", cfg.dlq_subject_prefix)],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        duplicate_window: Duration::from_secs(cfg.dlq_duplicate_window_secs),
+        max_age: Duration::from_secs(cfg.max_age_secs),
+        max_bytes: cfg.dlq_max_bytes,
+        max_messages: -1,
+        discard: stream::DiscardPolicy::Old,
+        num_replicas: cfg.replicas.max(1),
+        ..Default::default()
+    }
+}
+
+/// Which of the two streams a configuration is for (their settings have their own names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Usage,
+    DeadLetter,
+}
+
+/// One setting of a stream that differs from the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The configuration setting it comes from.
+    pub setting: &'static str,
+    pub have: String,
+    pub want: String,
+    /// Whether JetStream can change it in place.
+    pub updatable: bool,
+}
+
+/// How the stream `have` differs from `want` in the settings Tally manages (pure); `kind`
+/// names the settings (the dead-letter stream has its own duplicate window and size).
+pub fn drift(have: &stream::Config, want: &stream::Config, kind: Kind) -> Vec<Change> {
+    let dead_letter = kind == Kind::DeadLetter;
+    let mut out = Vec::new();
+    let mut check = |setting: &'static str, h: String, w: String, updatable: bool| {
+        if h != w {
+            out.push(Change {
+                setting,
+                have: h,
+                want: w,
+                updatable,
+            });
+        }
+    };
+    let (window, bytes) = if dead_letter {
+        ("nats.dlq_duplicate_window_secs", "nats.dlq_max_bytes")
+    } else {
+        ("nats.duplicate_window_secs", "nats.max_bytes")
+    };
+    let subjects = if dead_letter {
+        "nats.dlq_subject_prefix"
+    } else {
+        "nats.subject_prefix` / `nats.partitions"
+    };
+    check(
+        subjects,
+        format!("subjects {:?}", have.subjects),
+        format!("subjects {:?}", want.subjects),
+        false,
+    );
+    check(
+        "nats (file storage)",
+        format!("storage {:?}", have.storage),
+        format!("storage {:?}", want.storage),
+        false,
+    );
+    check(
+        "nats (limits retention)",
+        format!("retention {:?}", have.retention),
+        format!("retention {:?}", want.retention),
+        false,
+    );
+    let secs = |d: Duration| format!("{} s", d.as_secs_f64());
+    check(
+        window,
+        secs(have.duplicate_window),
+        secs(want.duplicate_window),
+        true,
+    );
+    check(
+        "nats.max_age_secs",
+        secs(have.max_age),
+        secs(want.max_age),
+        true,
+    );
+    check(
+        bytes,
+        have.max_bytes.to_string(),
+        want.max_bytes.to_string(),
+        true,
+    );
+    if !dead_letter {
+        check(
+            "nats.max_msgs",
+            have.max_messages.to_string(),
+            want.max_messages.to_string(),
+            true,
+        );
+    }
+    check(
+        "nats (discard policy)",
+        format!("discard {:?}", have.discard),
+        format!("discard {:?}", want.discard),
+        true,
+    );
+    out
+}
+
+/// Creates the stream `want` if it does not exist, else makes it match `want` (module docs).
+async fn declare(
+    js: &jetstream::Context,
+    want: stream::Config,
+    kind: Kind,
+) -> Result<stream::Stream, StreamError> {
+    let name = want.name.clone();
+    let declare_err = |detail: String| StreamError::Declare {
+        stream: name.clone(),
+        detail,
+    };
+    let bytes_setting = match kind {
+        Kind::Usage => "nats.max_bytes",
+        Kind::DeadLetter => "nats.dlq_max_bytes",
+    };
+    let stream = js.get_or_create_stream(want.clone()).await.map_err(|e| {
+        let detail = e.to_string();
+        if detail.contains("insufficient storage") {
+            // JetStream reserves a stream's max bytes on the server when creating it
+            declare_err(format!(
+                "{detail}: the server cannot reserve `{bytes_setting}` = {} bytes; lower \
+                     it or give JetStream more storage (max_file_store)",
+                want.max_bytes
+            ))
+        } else {
+            declare_err(detail)
+        }
+    })?;
+    let have = stream.cached_info().config.clone();
+    let changes = drift(&have, &want, kind);
+    if changes.is_empty() {
+        return Ok(stream);
+    }
+    if let Some(c) = changes.iter().find(|c| !c.updatable) {
+        return Err(StreamError::Drift {
+            stream: name,
+            setting: c.setting,
+            have: c.have.clone(),
+            want: c.want.clone(),
+        });
+    }
+    // a limit below what the stream holds would make JetStream delete its oldest messages
+    // at once, consumed or not: refused, never done silently
+    let state = &stream.cached_info().state;
+    let below = |limit: i64, held: u64| limit > 0 && u64::try_from(limit).unwrap_or(0) < held;
+    if kind == Kind::Usage && below(want.max_bytes, state.bytes) {
+        return Err(StreamError::Drift {
+            stream: name,
+            setting: "nats.max_bytes",
+            have: format!("{} bytes stored", state.bytes),
+            want: want.max_bytes.to_string(),
+        });
+    }
+    if kind == Kind::Usage && below(want.max_messages, state.messages) {
+        return Err(StreamError::Drift {
+            stream: name,
+            setting: "nats.max_msgs",
+            have: format!("{} messages stored", state.messages),
+            want: want.max_messages.to_string(),
+        });
+    }
+    let updated = stream::Config {
+        duplicate_window: want.duplicate_window,
+        max_age: want.max_age,
+        max_bytes: want.max_bytes,
+        max_messages: want.max_messages,
+        discard: want.discard,
+        ..have
+    };
+    js.update_stream(&updated).await.map_err(|e| {
+        declare_err(format!(
+            "updating it to the configuration ({}) failed: {e}",
+            changes
+                .iter()
+                .map(|c| format!("`{}` {} -> {}", c.setting, c.have, c.want))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })?;
+    for c in &changes {
+        tracing::info!(stream = %name, setting = c.setting, from = %c.have, to = %c.want, "stream setting changed to the configuration");
+    }
+    js.get_stream(&name)
+        .await
+        .map_err(|e| declare_err(e.to_string()))
 }
 
 /// Opens the KV bucket `bucket`, creating it if needed with the settings of a KV bucket

@@ -51,6 +51,10 @@ impl TestEnv {
             subject_prefix: format!("t_{unique}"),
             dlq_stream: format!("T_{unique}_DLQ"),
             dlq_subject_prefix: format!("t_{unique}_dlq"),
+            // no limits: JetStream reserves a limit's bytes on the server, and test streams
+            // (benchmarks' included) hold what they are given; tests of the limits set them
+            max_bytes: -1,
+            dlq_max_bytes: -1,
             ..NatsConfig::default()
         };
         let clickhouse = ClickHouseConfig {

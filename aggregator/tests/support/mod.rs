@@ -44,7 +44,11 @@ subject_prefix = "{prefix}"
 dlq_stream = "{dlq}"
 dlq_subject_prefix = "{dlq_prefix}"
 duplicate_window_secs = {window}
+dlq_duplicate_window_secs = {dlq_window}
 max_age_secs = {max_age}
+max_bytes = {max_bytes}
+max_msgs = {max_msgs}
+dlq_max_bytes = {dlq_max_bytes}
 
 [clickhouse]
 url = "{ch_url}"
@@ -61,7 +65,11 @@ lease_secs = 1
         dlq = n.dlq_stream,
         dlq_prefix = n.dlq_subject_prefix,
         window = n.duplicate_window_secs,
+        dlq_window = n.dlq_duplicate_window_secs,
         max_age = n.max_age_secs,
+        max_bytes = n.max_bytes,
+        max_msgs = n.max_msgs,
+        dlq_max_bytes = n.dlq_max_bytes,
         ch_url = env.clickhouse.url,
         db = env.clickhouse.database,
     );
