@@ -33,9 +33,11 @@ pub struct InvoicerConfig {
     /// Printed invoice numbers are `<number_prefix><n>`, `n` at least 6 digits. Default `INV-`.
     #[serde(default = "default_number_prefix")]
     pub number_prefix: String,
-    /// NATS KV bucket holding the number counters and the frozen finalized invoices.
-    /// Default `INVOICE_NUMBERS`.
-    #[serde(default = "default_numbers_bucket")]
+    /// NATS KV bucket holding the number counters and the frozen finalized invoices; it
+    /// belongs to one ClickHouse database (the invoicer refuses a bucket another database
+    /// numbers with). Default empty: the namespace's, `<NAMESPACE>_INVOICE_NUMBERS`
+    /// (`INVOICE_NUMBERS` without `nats.namespace`).
+    #[serde(default)]
     pub numbers_bucket: String,
     /// Latest-usage window of late-usage adjustments: finalized periods that ended within
     /// this many seconds are compared with their latest charges on every pass. Default 90 days.
@@ -60,9 +62,6 @@ fn default_schedule() -> Schedule {
 }
 fn default_number_prefix() -> String {
     "INV-".into()
-}
-fn default_numbers_bucket() -> String {
-    tally_platform::streams::DEFAULT_INVOICE_NUMBER_BUCKET.into()
 }
 const fn default_adjustment_lookback_secs() -> u64 {
     90 * 86_400
@@ -100,7 +99,7 @@ impl Default for InvoicerConfig {
             payment_terms_days: default_payment_terms_days(),
             issuer: default_issuer(),
             number_prefix: default_number_prefix(),
-            numbers_bucket: default_numbers_bucket(),
+            numbers_bucket: String::new(),
             adjustment_lookback_secs: default_adjustment_lookback_secs(),
             api_addr: default_api_addr(),
             metrics_addr: default_metrics_addr(),
@@ -110,6 +109,15 @@ impl Default for InvoicerConfig {
 }
 
 impl InvoicerConfig {
+    /// The invoice-number bucket: `numbers_bucket`, else the one `nats.namespace` names.
+    pub fn numbers_bucket(&self, nats: &tally_platform::NatsConfig) -> String {
+        if self.numbers_bucket.is_empty() {
+            nats.invoice_numbers_bucket()
+        } else {
+            self.numbers_bucket.clone()
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !self
             .issuer
@@ -124,11 +132,10 @@ impl InvoicerConfig {
                 "use 1 to 64 of [A-Za-z0-9_-]",
             ));
         }
-        if self.numbers_bucket.is_empty()
-            || !self
-                .numbers_bucket
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        if !self
+            .numbers_bucket
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         {
             return Err(ConfigError::invalid(
                 "invoicer.numbers_bucket",

@@ -8,6 +8,11 @@
 //! - `number.<invoice_id>`: the invoice's number, written create-only.
 //! - `invoice.<invoice_id>`: the finalized document (JSON, with its number), create-only: the
 //!   first finalizer's document is the invoice forever; a racing or later one reads it back.
+//! - `owner`: the ClickHouse database whose invoices the bucket numbers, create-only
+//!   ([`Numbers::open_for`]): the first invoicer to open a bucket claims it, and an invoicer of
+//!   another database (a test or staging database on production's NATS) is refused instead
+//!   of advancing production's gapless counter. The bucket's name comes from
+//!   `nats.namespace` (`<NAMESPACE>_INVOICE_NUMBERS`).
 //!
 //! Why gapless and exactly once: an assigner first completes the `number.` keys of the batch
 //! the counter names (a crash between the counter update and those writes leaves them for
@@ -45,6 +50,15 @@ pub enum NumberingError {
     Contended { issuer: String, attempts: usize },
     #[error("issuer id {0:?}: use 1 to 64 of [A-Za-z0-9_-]")]
     BadIssuer(String),
+    #[error(
+        "nats kv bucket {bucket} numbers the invoices of database {owner}, not of {database}: \
+         give each database its own bucket (setting `nats.namespace`, or `invoicer.numbers_bucket`)"
+    )]
+    Owner {
+        bucket: String,
+        owner: String,
+        database: String,
+    },
 }
 
 /// The counter's value.
@@ -64,6 +78,43 @@ impl Numbers {
     /// Opens (or creates, with one replica) the bucket (`tally_platform::streams::kv_bucket`).
     pub async fn open(client: async_nats::Client, bucket: &str) -> Result<Self, NumberingError> {
         Numbers::open_replicated(client, bucket, 1).await
+    }
+
+    /// Opens the bucket for the invoices of ClickHouse database `database`: creates it (with
+    /// `replicas` copies) if it does not exist, claims it for `database` if no database has
+    /// yet, and refuses it if it numbers another database's invoices ([`NumberingError::Owner`]).
+    pub async fn open_for(
+        client: async_nats::Client,
+        bucket: &str,
+        replicas: usize,
+        database: &str,
+    ) -> Result<Self, NumberingError> {
+        let numbers = Numbers::open_replicated(client, bucket, replicas).await?;
+        let kv_err = |message: String| NumberingError::Kv {
+            key: "owner".into(),
+            message,
+        };
+        match numbers.kv.create("owner", database.to_owned().into()).await {
+            Ok(_) => return Ok(numbers),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+            Err(e) => return Err(kv_err(e.to_string())),
+        }
+        let owner = numbers
+            .kv
+            .get("owner")
+            .await
+            .map_err(|e| kv_err(e.to_string()))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .unwrap_or_default();
+        if owner == database {
+            Ok(numbers)
+        } else {
+            Err(NumberingError::Owner {
+                bucket: bucket.to_owned(),
+                owner,
+                database: database.to_owned(),
+            })
+        }
     }
 
     /// Opens the bucket, creating it with `replicas` copies if it does not exist (`nats.replicas`:

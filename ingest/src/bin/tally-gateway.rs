@@ -112,8 +112,9 @@ fn nats_config(cfg: &Config, args: &Args) -> anyhow::Result<()> {
     let refs: Vec<&str> = customers.iter().map(String::as_str).collect();
     let bucket = args
         .raw("invoice-bucket")
-        .unwrap_or(nats_auth::DEFAULT_INVOICE_BUCKET);
-    let users = nats_auth::users_with_bucket(&refs, bucket)?;
+        .map(str::to_owned)
+        .unwrap_or_else(|| cfg.nats.invoice_numbers_bucket());
+    let users = nats_auth::users_with_bucket(&refs, &bucket)?;
     let dir = std::path::PathBuf::from(args.raw("out-dir").unwrap_or("."));
     let conf = dir.join("nats-auth.conf");
     let creds = dir.join("nats-credentials.txt");

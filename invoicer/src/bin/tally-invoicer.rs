@@ -74,8 +74,13 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let nats = streams::connect(&cfg.nats).await?;
-    let numbers =
-        Numbers::open_replicated(nats, &cfg.invoicer.numbers_bucket, cfg.nats.replicas).await?;
+    let numbers = Numbers::open_for(
+        nats,
+        &cfg.invoicer.numbers_bucket(&cfg.nats),
+        cfg.nats.replicas,
+        &cfg.clickhouse.database,
+    )
+    .await?;
     if command == "once" {
         let invoices = tally_invoicer::invoice_pass(&db, Some(&numbers), &cfg.invoicer, at).await?;
         let format = args.raw("format").unwrap_or("json");
