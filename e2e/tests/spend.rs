@@ -567,3 +567,212 @@ async fn agents_ask_over_http_with_their_api_key() {
     drop_spend_streams(&env).await;
     env.cleanup().await;
 }
+
+/// A `tally-spend` process (the workspace's binary), killed with SIGKILL on drop.
+struct SpendProcess(std::process::Child);
+
+impl SpendProcess {
+    fn start(config: &std::path::Path) -> SpendProcess {
+        let bin = std::env::current_exe()
+            .ok()
+            .and_then(|p| Some(p.parent()?.parent()?.join("tally-spend")))
+            .filter(|p| p.exists())
+            .expect("tally-spend is built (cargo test --workspace, or cargo build -p tally-rater --bins)");
+        let child = std::process::Command::new(bin)
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("tally-spend starts");
+        SpendProcess(child)
+    }
+
+    /// SIGKILL: no release of the lease, no flush of anything.
+    fn kill9(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for SpendProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The config file of a `tally-spend` process on `env` with `cfg`'s subjects and timings.
+fn process_config(env: &TestEnv, cfg: &SpendConfig, dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let port = || tally_platform::own_server::free_port().expect("a free port");
+    let text = format!(
+        r#"
+[nats]
+url = "{nats}"
+stream = "{stream}"
+subject_prefix = "{prefix}"
+dlq_stream = "{dlq}"
+dlq_subject_prefix = "{dlq_prefix}"
+
+[clickhouse]
+url = "{ch}"
+database = "{db}"
+
+[rater]
+default_plan = "ai-standard"
+
+[spend]
+subject_root = "{root}"
+lease_secs = 1
+refresh_secs = 1
+aborts_poll_ms = 200
+hold_default_ms = 3000
+hold_grace_ms = 1000
+api_addr = "127.0.0.1:{api}"
+metrics_addr = "127.0.0.1:{metrics}"
+"#,
+        nats = env.nats.url,
+        stream = env.nats.stream,
+        prefix = env.nats.subject_prefix,
+        dlq = env.nats.dlq_stream,
+        dlq_prefix = env.nats.dlq_subject_prefix,
+        ch = env.clickhouse.url,
+        db = env.clickhouse.database,
+        root = cfg.subject_root,
+        api = port(),
+        metrics = port(),
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).expect("config written");
+    path
+}
+
+fn api_addr(config: &std::path::Path) -> std::net::SocketAddr {
+    let table: toml::Table = std::fs::read_to_string(config)
+        .expect("config")
+        .parse()
+        .expect("TOML");
+    table["spend"]["api_addr"]
+        .as_str()
+        .expect("api_addr")
+        .parse()
+        .expect("an address")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_survive_kill_9_and_never_leak_and_a_restart_rebuilds_the_same_balance() {
+    let env = TestEnv::new("spend_kill").await;
+    store_catalog(&env).await;
+    let db = env.db();
+    let acme = customer("acme");
+    let bot = agent("bot-1");
+    // 0.40 USD: 20 tool calls at 0.02
+    let b = budget("acme", "monthly", Kind::Amount, None, "0.40", vec![]);
+    budget::put(&db, &b, false, "test", now_ms()).await.expect("budget stored");
+    let stop_agg = Shutdown::new();
+    let agg = start_aggregator(&env, aggregator_config(), stop_agg.clone()).await;
+    let cfg = spend_config(&env);
+    let dir = std::env::temp_dir().join(format!("tally-spend-{}", env.nats.stream));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut a = SpendProcess::start(&process_config(&env, &cfg, &dir, "a"));
+    let sdk = sdk(&env, &cfg).await;
+    wait_answering(&sdk, &acme).await;
+    let b_config = process_config(&env, &cfg, &dir, "b");
+    let mut b = SpendProcess::start(&b_config);
+
+    // four holds of 5 calls (0.10 each) fill the budget; a fifth request is denied
+    let mut holds = Vec::new();
+    for _ in 0..4 {
+        let mut req = AuthorizeRequest::new("tool_calls", d("5"));
+        req.deadline_ms = Some(3000);
+        let ans = sdk.authorize(&acme, &bot, &req).await.expect("answer");
+        assert!(ans.allow, "{ans:?}");
+        holds.push(ans.hold_id.expect("a hold"));
+    }
+    let fifth = sdk
+        .authorize(&acme, &bot, &AuthorizeRequest::new("tool_calls", d("1")))
+        .await
+        .expect("answer");
+    assert_eq!(fifth.reason.as_deref(), Some("budget_exceeded"), "{fifth:?}");
+
+    // kill -9 of the deciding instance: the standby takes over with the journaled holds
+    a.kill9();
+    let after_kill = wait_balance(&sdk, &acme, "the standby answers", |b| b["holds"] == 4).await;
+    assert_eq!(dec(&after_kill["held_amount"]), d("0.40"), "{after_kill}");
+    let denied = sdk
+        .authorize(&acme, &bot, &AuthorizeRequest::new("tool_calls", d("1")))
+        .await
+        .expect("answer");
+    assert_eq!(denied.reason.as_deref(), Some("budget_exceeded"), "the holds still reserve: {denied:?}");
+
+    // the work of hold 1 used 5 calls, of hold 2 three; hold 3 was cancelled; hold 4 never
+    // reports and expires after its deadline and grace
+    let client = async_nats::connect(&env.nats.url).await.expect("NATS");
+    let mut publisher = Publisher::new(async_nats::jetstream::new(client), &env.nats.subject_prefix, 64);
+    report_calls(&mut publisher, &acme, &bot, 5, Some(&holds[0])).await;
+    report_calls(&mut publisher, &acme, &bot, 3, Some(&holds[1])).await;
+    assert!(sdk.release(&acme, &bot, &holds[2]).await.expect("release answered"));
+    let settled = wait_balance(&sdk, &acme, "every hold settled, released or expired", |b| {
+        b["holds"] == 0 && dec(&b["spend"]) == d("0.16")
+    })
+    .await;
+    assert_eq!(dec(&settled["held_amount"]), Decimal::ZERO);
+    // what fits now is allowed: 12 calls (0.24) up to the limit exactly
+    let fits = sdk
+        .authorize(&acme, &bot, &AuthorizeRequest::new("tool_calls", d("12")))
+        .await
+        .expect("answer");
+    assert!(fits.allow, "no leaked hold denies what fits: {fits:?}");
+    assert!(sdk
+        .release(&acme, &bot, fits.hold_id.as_deref().expect("a hold"))
+        .await
+        .expect("release answered"));
+
+    // kill -9 of that one too: a fresh instance rebuilds the same balance from storage
+    let before = sdk.balance(&acme).await.expect("balance").expect("answered");
+    b.kill9();
+    let c_config = process_config(&env, &cfg, &dir, "c");
+    let (token, _) = tally_platform::auth::store::create(&db, "e2e", tally_platform::auth::Role::Admin, "test", now_ms())
+        .await
+        .expect("an API token");
+    let _c = SpendProcess::start(&c_config);
+    let rebuilt = wait_balance(&sdk, &acme, "a fresh instance answers", |_| true).await;
+    for field in ["spend", "meters", "agents", "budgets", "holds", "period_start"] {
+        assert_eq!(rebuilt[field], before[field], "{field}: {rebuilt} vs {before}");
+    }
+
+    // its HTTP API: a top-up through PUT, read back; the balance; no token, no answer
+    let api = api_addr(&c_config);
+    let (status, _) = http(api, "GET", "/v1/customers/acme/budgets", None, "").await;
+    assert_eq!(status, 401);
+    let body = r#"{"kind":"amount","limit":"0.50","thresholds":[80],"hard":true}"#;
+    let (status, put) = http(api, "PUT", "/v1/customers/acme/budgets/monthly", Some(&token), body).await;
+    assert_eq!(status, 200, "{put}");
+    let (status, list) = http(api, "GET", "/v1/customers/acme/budgets", Some(&token), "").await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list[0]["limit"], "0.50", "{list}");
+    let (status, bad) = http(api, "PUT", "/v1/customers/acme/budgets/b2", Some(&token), r#"{"kind":"quantity","limit":"5"}"#).await;
+    assert_eq!((status, bad["code"].as_str()), (400, Some("invalid_budget")), "{bad}");
+    let (status, bal) = http(api, "GET", "/v1/customers/acme/balance", Some(&token), "").await;
+    assert_eq!(status, 200, "{bal}");
+    assert_eq!(dec(&bal["spend"]), d("0.16"), "{bal}");
+    // the decider loads the new limit: 17 calls (0.34, total 0.50) now fit
+    let mut topped = None;
+    for _ in 0..50 {
+        let ans = sdk
+            .authorize(&acme, &bot, &AuthorizeRequest::new("tool_calls", d("17")))
+            .await
+            .expect("answer");
+        if ans.allow {
+            topped = Some(ans);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(topped.is_some(), "the top-up applies within the refresh");
+
+    stop_agg.cancel();
+    let _ = agg.await;
+    drop_spend_streams(&env).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    env.cleanup().await;
+}

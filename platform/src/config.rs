@@ -31,6 +31,7 @@ pub const SECTIONS: &[&str] = &[
     "portal",
     "dunning",
     "security",
+    "spend",
 ];
 
 /// A configuration that cannot be used.

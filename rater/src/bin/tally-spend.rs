@@ -6,13 +6,17 @@
 //! `<root>.authorize.<customer>.<agent>` (may this agent spend? a hold, or a denial with a
 //! reason code) and `<root>.balance.<customer>` (spend of the period so far, holds, budgets),
 //! and publishes budget threshold crossings on `<root>.alerts.<customer>`. Reads the catalog
-//! the rater stored (`tally-rater` bootstraps it from the file). See docs/SPEND.md.
+//! the rater stored (`tally-rater` bootstraps it from the file). The HTTP API
+//! (`spend.api_addr`) manages budgets and answers balances (API tokens, like every Tally API).
+//! See docs/SPEND.md.
 
 use anyhow::Context;
 use serde::Deserialize;
 use tally_platform::args::Args;
 use tally_platform::{config, shutdown, store, streams, telemetry, ClickHouseConfig, NatsConfig, TelemetryConfig};
 use tally_rater::catalog_store::CatalogSource;
+use tally_platform::auth::Authenticator;
+use tally_rater::live::api;
 use tally_rater::live::run::{self, Spend};
 use tally_rater::live::SpendConfig;
 use tally_rater::RaterConfig;
@@ -31,6 +35,8 @@ struct Config {
     features: tally_platform::Features,
     #[serde(default)]
     spend: SpendConfig,
+    #[serde(default)]
+    security: tally_platform::SecurityConfig,
 }
 
 fn now_ms() -> i64 {
@@ -46,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
     cfg.clickhouse.validate()?;
     cfg.rater.validate()?;
     cfg.spend.validate()?;
+    cfg.security.validate()?;
     if let (Some(p), n) = (cfg.spend.partition, cfg.nats.partitions) {
         anyhow::ensure!(
             p < n,
@@ -63,8 +70,30 @@ async fn main() -> anyhow::Result<()> {
     let nats = streams::connect(&cfg.nats)
         .await
         .context("connecting to NATS")?;
+    let db = store::connect(&cfg.clickhouse);
+    let listener = tokio::net::TcpListener::bind(&cfg.spend.api_addr)
+        .await
+        .with_context(|| format!("setting `spend.api_addr`: binding {}", cfg.spend.api_addr))?;
+    let auth = std::sync::Arc::new(Authenticator::new("spend", db.clone()));
+    // without the tokens every request is refused (fail closed) until a refresh loads them
+    match auth.reload().await {
+        Ok(n) => tracing::info!(tokens = n, "api tokens loaded"),
+        Err(e) => tracing::warn!(error = %e, "loading api tokens failed; retrying"),
+    }
+    auth.refresh_every(
+        std::time::Duration::from_secs(cfg.security.token_refresh_secs),
+        shutdown.clone(),
+    );
+    let api = std::sync::Arc::new(api::SpendApi {
+        db: db.clone(),
+        nats: nats.clone(),
+        subject_root: cfg.spend.subject_root.clone(),
+        auth,
+        now_ms,
+    });
+    tokio::spawn(api::serve(listener, api, shutdown.clone()));
     let spend = Spend {
-        db: store::connect(&cfg.clickhouse),
+        db,
         nats,
         nats_cfg: cfg.nats,
         cfg: cfg.spend,

@@ -149,17 +149,35 @@ pub async fn put(
 /// Every budget in force, per customer. A stored row that is no longer valid is skipped
 /// (and logged), never fatal.
 pub async fn load(db: &Client) -> Result<BTreeMap<String, Vec<Budget>>, clickhouse::error::Error> {
-    let rows: Vec<Row> = db
-        .query(
-            "SELECT customer, budget_id, argMax(agent, version_ms) AS a, \
-             argMax(meter, version_ms) AS m, argMax(kind, version_ms) AS k, \
-             argMax(limit_value, version_ms) AS l, argMax(thresholds, version_ms) AS t, \
-             argMax(hard, version_ms) AS h, argMax(deleted, version_ms) AS d, \
-             max(version_ms) AS v, argMax(actor, version_ms) AS who \
-             FROM spend_budgets GROUP BY customer, budget_id",
-        )
-        .fetch_all()
-        .await?;
+    load_where(db, None).await
+}
+
+/// The budgets of one customer in force (reads only that customer's rows).
+pub async fn load_customer(db: &Client, customer: &str) -> Result<Vec<Budget>, clickhouse::error::Error> {
+    Ok(load_where(db, Some(customer))
+        .await?
+        .remove(customer)
+        .unwrap_or_default())
+}
+
+async fn load_where(
+    db: &Client,
+    customer: Option<&str>,
+) -> Result<BTreeMap<String, Vec<Budget>>, clickhouse::error::Error> {
+    let filter = if customer.is_some() { "WHERE customer = ? " } else { "" };
+    let sql = format!(
+        "SELECT customer, budget_id, argMax(agent, version_ms) AS a, \
+         argMax(meter, version_ms) AS m, argMax(kind, version_ms) AS k, \
+         argMax(limit_value, version_ms) AS l, argMax(thresholds, version_ms) AS t, \
+         argMax(hard, version_ms) AS h, argMax(deleted, version_ms) AS d, \
+         max(version_ms) AS v, argMax(actor, version_ms) AS who \
+         FROM spend_budgets {filter}GROUP BY customer, budget_id"
+    );
+    let mut query = db.query(&sql);
+    if let Some(c) = customer {
+        query = query.bind(c);
+    }
+    let rows: Vec<Row> = query.fetch_all().await?;
     let mut out: BTreeMap<String, Vec<Budget>> = BTreeMap::new();
     for r in rows.into_iter().filter(|r| r.deleted == 0) {
         let kind = match r.kind.as_str() {

@@ -36,7 +36,10 @@ pub struct SpendConfig {
     /// aborted makes the decider rebuild). Default 1000.
     #[serde(default = "default_aborts_poll_ms")]
     pub aborts_poll_ms: u64,
-    /// Prometheus endpoint. Default `127.0.0.1:9105`.
+    /// The HTTP API (budgets, balances; `rater::live::api`). Default `127.0.0.1:8091`.
+    #[serde(default = "default_api_addr")]
+    pub api_addr: String,
+    /// Prometheus endpoint. Default `127.0.0.1:9106`.
     #[serde(default = "default_metrics_addr")]
     pub metrics_addr: String,
     /// Replicas of the spend streams and buckets (a NATS cluster: 3). Default 1.
@@ -74,7 +77,10 @@ const fn default_aborts_poll_ms() -> u64 {
     1000
 }
 fn default_metrics_addr() -> String {
-    "127.0.0.1:9105".into()
+    "127.0.0.1:9106".into()
+}
+fn default_api_addr() -> String {
+    "127.0.0.1:8091".into()
 }
 const fn default_replicas() -> usize {
     1
@@ -92,6 +98,7 @@ impl Default for SpendConfig {
             refresh_secs: default_refresh_secs(),
             aborts_poll_ms: default_aborts_poll_ms(),
             metrics_addr: default_metrics_addr(),
+            api_addr: default_api_addr(),
             replicas: default_replicas(),
             aggregator_consumer: default_aggregator_consumer(),
         }
@@ -128,6 +135,13 @@ impl SpendConfig {
             if v == 0 {
                 return Err(ConfigError::invalid(name, "must be positive"));
             }
+        }
+        for (name, addr) in [
+            ("spend.api_addr", &self.api_addr),
+            ("spend.metrics_addr", &self.metrics_addr),
+        ] {
+            addr.parse::<std::net::SocketAddr>()
+                .map_err(|e| ConfigError::invalid(name, format!("{addr:?}: {e}")))?;
         }
         if self.hold_default_ms > self.hold_max_ms {
             return Err(ConfigError::invalid(

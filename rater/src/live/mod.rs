@@ -18,8 +18,10 @@
 //! - [`decider`]: the task that owns a partition's book and answers.
 //! - [`run`]: a decider's session: lease, rebuild, feed, subscriptions.
 //! - [`metrics`]: `tally_spend_*`.
+//! - [`api`]: the HTTP API for budgets and balances.
 
 pub mod alerts;
+pub mod api;
 pub mod book;
 pub mod budget;
 pub mod config;
