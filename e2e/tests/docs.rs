@@ -203,6 +203,11 @@ fn check_config(text: &str, validate: bool) -> Result<(), String> {
                 section::<tally_payments::config::DunningConfig>(name, value)?
                     .validate(Profile::Dev),
             )?,
+            "spend" => valid(
+                validate,
+                name,
+                section::<tally_rater::live::SpendConfig>(name, value)?.validate(),
+            )?,
             "meters" => drop(section::<Vec<tally_domain::meter::MeterSpec>>(name, value)?),
             "customers" => drop(section::<Vec<tally_rater::customers::CustomerSpec>>(
                 name, value,
