@@ -6,6 +6,8 @@
   'tally-sdk[nats]'``), with ``Nats-Msg-Id: <customer>:<agent>:<id>``.
 - :func:`openai_token_events`, :func:`anthropic_token_events`: ``llm.tokens`` events from a
   model response's usage block.
+- :class:`SpendClient`: ask before spending (authorize, release, balance) through the gateway,
+  with an explicit failure policy.
 - :class:`EventIds`, :func:`stable_event_id`: deterministic event ids, so retries are counted
   once.
 """
@@ -42,6 +44,7 @@ from .usage import (
     openai_token_events,
     token_events,
 )
+from .spend import Authorization, FailClosed, FailOpenWithin, SpendClient, SpendError
 from .verdicts import ACCEPTED, DUPLICATE, FAILED, REJECTED, GatewayError, SendResult, Verdict
 
 __version__ = "0.1.0"
@@ -49,6 +52,11 @@ __version__ = "0.1.0"
 __all__ = [
     "ACCEPTED",
     "AsyncHttpClient",
+    "Authorization",
+    "FailClosed",
+    "FailOpenWithin",
+    "SpendClient",
+    "SpendError",
     "CACHED",
     "CACHE_WRITE",
     "CloudEvent",

@@ -213,11 +213,14 @@ def usage_event(
     id: str,
     data: Mapping[str, Any],
     time: Union[_dt.datetime, str, None] = None,
+    hold_id: Optional[str] = None,
 ) -> CloudEvent:
     """A usage event for ``customer`` (``subject``) and ``agent`` (``source``).
 
     Validates the identity and ``type`` and copies ``data``: ints stay JSON integers,
-    ``Decimal`` becomes a decimal string, a ``float`` anywhere raises TypeError."""
+    ``Decimal`` becomes a decimal string, a ``float`` anywhere raises TypeError. ``hold_id``
+    (the extension attribute ``holdid``) is the spend hold this usage settles: the
+    ``hold_id`` of the authorization that allowed the work (:mod:`tally_sdk.spend`)."""
     if not isinstance(type, str) or not _printable(type, _TYPE_MAX):
         raise InvalidEvent(
             "type", f"attribute `type` is {type!r}, expected 1 to 128 printable ASCII characters"
@@ -230,6 +233,7 @@ def usage_event(
         "type": type,
         "time": format_time(time),
         "data": _check_data(data, "data"),
+        **({"holdid": check_event_id(hold_id)} if hold_id is not None else {}),
     }
 
 
@@ -250,6 +254,7 @@ def llm_tokens_event(
     kind: str,
     tokens: Quantity,
     time: Union[_dt.datetime, str, None] = None,
+    hold_id: Optional[str] = None,
 ) -> CloudEvent:
     """An ``llm.tokens`` event (``data``: ``tokens``, ``model``, ``kind``): what the
     ``llm_tokens`` meter of ``config/tally.toml`` sums by model and kind."""
@@ -260,6 +265,7 @@ def llm_tokens_event(
         id=id,
         time=time,
         data={"tokens": _quantity(tokens, "tokens"), "model": model, "kind": kind},
+        hold_id=hold_id,
     )
 
 
@@ -270,10 +276,17 @@ def tool_call_event(
     id: str,
     tool: str,
     time: Union[_dt.datetime, str, None] = None,
+    hold_id: Optional[str] = None,
 ) -> CloudEvent:
     """A ``tool.call`` event (``data``: ``tool``): what the ``tool_calls`` meter counts."""
     return usage_event(
-        customer=customer, agent=agent, type="tool.call", id=id, time=time, data={"tool": tool}
+        customer=customer,
+        agent=agent,
+        type="tool.call",
+        id=id,
+        time=time,
+        data={"tool": tool},
+        hold_id=hold_id,
     )
 
 
