@@ -52,6 +52,20 @@ pub struct PaymentsConfig {
     /// Seconds between ledger syncs (finalized invoices and credit notes posted). Default 30.
     #[serde(default = "default_ledger_sync_secs")]
     pub ledger_sync_secs: u64,
+    /// Spend alerts as webhooks: `serve` consumes the threshold crossings the spend deciders
+    /// publish (stream `<nats.stream>_ALERTS`, subjects `<spend_subject_root>.alerts.>`) and
+    /// sends each once as a signed notification to the customer's `dunning.endpoints` URL
+    /// (`[dunning]`'s secret, CA file and delivery policy; [`crate::spend_alerts`]). Needs
+    /// `[nats]`. Default false.
+    #[serde(default)]
+    pub spend_alerts: bool,
+    /// The spend deciders' subject root (`spend.subject_root`): alerts are on
+    /// `<root>.alerts.<customer>`. Default `tally`.
+    #[serde(default = "default_spend_subject_root")]
+    pub spend_subject_root: String,
+    /// The durable JetStream consumer of the alerts. Default `payments-spend-alerts`.
+    #[serde(default = "default_spend_alerts_consumer")]
+    pub spend_alerts_consumer: String,
 }
 
 /// `[portal]`.
@@ -120,6 +134,12 @@ fn default_metrics_addr() -> String {
 fn default_stripe_api_base() -> String {
     "https://api.stripe.com".into()
 }
+fn default_spend_subject_root() -> String {
+    "tally".into()
+}
+fn default_spend_alerts_consumer() -> String {
+    "payments-spend-alerts".into()
+}
 const fn default_tolerance_secs() -> i64 {
     300
 }
@@ -162,6 +182,9 @@ impl Default for PaymentsConfig {
             stripe_api_base: default_stripe_api_base(),
             stripe_api_key: SecretString::default(),
             ledger_sync_secs: default_ledger_sync_secs(),
+            spend_alerts: false,
+            spend_subject_root: default_spend_subject_root(),
+            spend_alerts_consumer: default_spend_alerts_consumer(),
         }
     }
 }
@@ -245,6 +268,24 @@ impl PaymentsConfig {
                 "payments.webhook_tolerance_secs / ledger_sync_secs",
                 "must be positive",
             ));
+        }
+        for (name, v) in [
+            ("payments.spend_subject_root", &self.spend_subject_root),
+            (
+                "payments.spend_alerts_consumer",
+                &self.spend_alerts_consumer,
+            ),
+        ] {
+            let token = !v.is_empty()
+                && v.len() <= 64
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !token {
+                return Err(ConfigError::invalid(
+                    name,
+                    format!("{v:?} must match [A-Za-z0-9_-]{{1,64}}"),
+                ));
+            }
         }
         Ok(())
     }
@@ -408,6 +449,29 @@ mod tests {
             e.contains("payments.api_token") && e.contains("tokens-create"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn spend_alert_names_are_single_tokens() {
+        let ok = payments(WHSEC);
+        assert_eq!(ok.spend_subject_root, "tally");
+        assert_eq!(ok.spend_alerts_consumer, "payments-spend-alerts");
+        assert!(!ok.spend_alerts);
+        ok.validate(Profile::Production).expect("defaults");
+        for bad in ["", "a.b", "a>", "a b", "*"] {
+            let root = PaymentsConfig {
+                spend_subject_root: bad.into(),
+                ..payments(WHSEC)
+            };
+            let e = root.validate(Profile::Dev).unwrap_err().to_string();
+            assert!(e.contains("payments.spend_subject_root"), "{bad}: {e}");
+            let consumer = PaymentsConfig {
+                spend_alerts_consumer: bad.into(),
+                ..payments(WHSEC)
+            };
+            let e = consumer.validate(Profile::Dev).unwrap_err().to_string();
+            assert!(e.contains("payments.spend_alerts_consumer"), "{bad}: {e}");
+        }
     }
 
     /// Issue 16, finding 11: notification URLs had to be `http://`.

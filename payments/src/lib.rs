@@ -3,9 +3,10 @@
 //!
 //! It owns: the gateway adapters and verified inbound webhooks, payments and refunds, the
 //! append-only double-entry ledger and its trial balance, dunning (payment retries and overdue
-//! reminders as signed notifications with a delivery log) and the customer portal (signed,
-//! expiring links). It does not own invoices or their numbers, lines and totals (the
-//! invoicer's); it moves an invoice's lifecycle only through `tally_invoicer::lifecycle`.
+//! reminders as signed notifications with a delivery log), the webhooks of spend alerts (the
+//! same signed notifications) and the customer portal (signed, expiring links). It does not
+//! own invoices or their numbers, lines and totals (the invoicer's); it moves an invoice's
+//! lifecycle only through `tally_invoicer::lifecycle`.
 //! It never updates or deletes a stored row: every change is an appended record with its actor.
 //!
 //! # Layout
@@ -20,6 +21,8 @@
 //! - [`credit_notes`]: the invoicer's credit notes still to post.
 //! - [`store`]: ClickHouse reads and appends.
 //! - [`dunning`]: retry and reminder schedules, signed notifications, the delivery log.
+//! - [`spend_alerts`]: the spend deciders' threshold alerts as signed notifications (a durable
+//!   JetStream consumer, dunning's log, signing and retries).
 //! - [`portal`]: link tokens, the customer page, its usage chart.
 //! - [`http`]: the HTTP server and its routes.
 //! - [`outbound`]: outgoing HTTP(S) requests (notifications, gateway API calls).
@@ -39,6 +42,7 @@ pub mod portal;
 pub mod profiles;
 pub mod settle;
 pub mod signature;
+pub mod spend_alerts;
 pub mod store;
 
 /// Why a payments operation failed.

@@ -30,6 +30,23 @@ pub fn notification(kind: &'static str) {
     metrics::counter!("tally_payments_notifications_total", "kind" => kind).increment(1);
 }
 
+/// A spend alert consumed, by outcome (`recorded`, `duplicate`, `without_url`, `malformed`).
+pub fn spend_alert(outcome: &'static str) {
+    metrics::counter!("tally_payments_spend_alerts_total", "outcome" => outcome).increment(1);
+}
+
+/// A spend alert notification delivered, `lag_ms` after the threshold was crossed (the
+/// alert's `crossed_at_ms`).
+pub fn spend_alert_delivered(lag_ms: i64) {
+    metrics::histogram!("tally_payments_spend_alert_delivery_lag_seconds")
+        .record(lag_ms.max(0) as f64 / 1000.0);
+}
+
+/// A spend alert notification given up after `dunning.delivery_attempts_max` attempts.
+pub fn spend_alert_abandoned() {
+    metrics::counter!("tally_payments_spend_alerts_abandoned_total").increment(1);
+}
+
 /// An HTTP request answered, by route group and status class.
 pub fn request(route: &'static str, status: u16, took: Duration) {
     let class = match status {
@@ -61,6 +78,10 @@ pub fn declare() {
         metrics::counter!("tally_payments_notification_deliveries_total", "result" => result)
             .absolute(0);
     }
+    for outcome in ["recorded", "duplicate", "without_url", "malformed"] {
+        metrics::counter!("tally_payments_spend_alerts_total", "outcome" => outcome).absolute(0);
+    }
+    metrics::counter!("tally_payments_spend_alerts_abandoned_total").absolute(0);
     metrics::gauge!("tally_payments_trial_balance_difference_minor").set(0.0);
 }
 

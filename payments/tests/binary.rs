@@ -112,18 +112,7 @@ async fn serve_starts_from_config_and_env_answers_and_stops_on_sigterm() {
         "{text}"
     );
 
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "no exit after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let (status, stderr) = sigterm(&mut child).await;
     assert!(status.success(), "{status:?}\n{stderr}");
     for secret in [&secrets.webhook, &secrets.portal, &secrets.dunning] {
         assert!(!stderr.contains(secret), "a secret was logged:\n{stderr}");

@@ -4,7 +4,8 @@
 //! [--config FILE] [--customer ID] [--invoice ID]`.
 //! - `serve` (default): the HTTP server (webhooks, API, portal), the ledger sync every
 //!   `payments.ledger_sync_secs` (followed, with `payments.stripe_api_key`, by a collection
-//!   pass) and, with the `dunning` feature, the dunning scheduler.
+//!   pass), with the `dunning` feature the dunning scheduler and, with `payments.spend_alerts`,
+//!   the consumer that sends the spend deciders' threshold alerts as signed notifications.
 //! - `trial-balance`: prints debits and credits per currency and account; exits 1 unless
 //!   every currency's difference is zero.
 //! - `sync-ledger`: posts what the ledger is missing once (finalized invoices, voids, credit notes).
@@ -35,19 +36,24 @@ use tally_payments::gateway::{Collect, Gateway};
 use tally_payments::http::{self, AppState};
 use tally_payments::settle::Settler;
 use tally_payments::signature::Secret;
-use tally_payments::{collect, dunning, metrics, portal, profiles, store};
+use tally_payments::{collect, dunning, metrics, portal, profiles, spend_alerts, store};
 use tally_platform::args::Args;
 use tally_platform::auth::Authenticator;
 use tally_platform::config::SecurityConfig;
 use tally_platform::secrets::{self, SecretString};
 use tally_platform::shutdown::Shutdown;
 use tally_platform::TelemetryConfig;
-use tally_platform::{config, shutdown, telemetry, ClickHouseConfig, Features, Profile};
+use tally_platform::{
+    config, shutdown, telemetry, ClickHouseConfig, Features, NatsConfig, Profile,
+};
 
 #[derive(Deserialize)]
 struct Config {
     #[serde(default)]
     clickhouse: ClickHouseConfig,
+    /// Read with `payments.spend_alerts` only (the alerts stream is `<nats.stream>_ALERTS`).
+    #[serde(default)]
+    nats: NatsConfig,
     #[serde(default)]
     telemetry: TelemetryConfig,
     #[serde(default)]
@@ -215,8 +221,12 @@ async fn serve(mut cfg: Config, db: clickhouse::Client, stop: Shutdown) -> anyho
     if cfg.features.portal {
         cfg.portal.validate(profile)?;
     }
-    if cfg.features.dunning {
+    if cfg.features.dunning || cfg.payments.spend_alerts {
+        // spend alerts go to dunning's endpoints, signed and retried as its notices are
         cfg.dunning.validate(profile)?;
+    }
+    if cfg.payments.spend_alerts {
+        cfg.nats.validate()?;
     }
     telemetry::serve_metrics(cfg.payments.metrics_addr.parse()?)?;
     metrics::declare();
@@ -224,7 +234,8 @@ async fn serve(mut cfg: Config, db: clickhouse::Client, stop: Shutdown) -> anyho
         .await
         .with_context(|| format!("binding payments.listen_addr {}", cfg.payments.listen_addr))?;
     tracing::info!(addr = %cfg.payments.listen_addr, portal = cfg.features.portal,
-        dunning = cfg.features.dunning, "tally-payments serving");
+        dunning = cfg.features.dunning, spend_alerts = cfg.payments.spend_alerts,
+        "tally-payments serving");
     let auth = Arc::new(Authenticator::new("payments", db.clone()));
     // without the tokens every API request is refused (fail closed) until a refresh loads them
     match auth.reload().await {
@@ -257,6 +268,18 @@ async fn serve(mut cfg: Config, db: clickhouse::Client, stop: Shutdown) -> anyho
         retry_api(&cfg.payments).map(|api| (api, collect_policy(&cfg.dunning))),
         stop.clone(),
     ));
+    if cfg.payments.spend_alerts {
+        let source = spend_alerts::AlertsSource::new(&cfg.nats, &cfg.payments);
+        let deliverer = spend_alerts::Deliverer::new(db.clone(), cfg.dunning.clone(), stop.clone())
+            .map_err(anyhow::Error::msg)?;
+        let nats = tally_platform::streams::connect(&cfg.nats).await?;
+        tasks.spawn(spend_alerts::run(
+            async_nats::jetstream::new(nats),
+            source,
+            deliverer,
+            stop.clone(),
+        ));
+    }
     if cfg.features.dunning {
         let api = retry_api(&cfg.payments);
         tasks.spawn(dunning::run(db, cfg.dunning, api, stop.clone(), now_ms));

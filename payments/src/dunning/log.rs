@@ -82,17 +82,38 @@ pub async fn notification_ids(
     Ok(ids.into_iter().collect())
 }
 
-/// Notifications with no successful delivery yet (first record of each id).
-pub async fn undelivered(db: &Client) -> Result<Vec<Notification>, clickhouse::error::Error> {
+/// Notifications of the `kinds` given with no successful delivery yet (first record of each
+/// id). Each kind has one deliverer: dunning's pass delivers its own kinds, the spend alerts
+/// theirs ([`crate::spend_alerts`]), so no notification is attempted by both at once.
+pub async fn undelivered(
+    db: &Client,
+    kinds: &[&str],
+) -> Result<Vec<Notification>, clickhouse::error::Error> {
     db.query(
         "SELECT notification_id, any(customer), any(invoice_id), any(kind), any(step), any(url), \
          any(body), any(actor), min(created_at_ms), toUInt32(min(created_at)) FROM notifications \
-         WHERE notification_id NOT IN \
+         WHERE has(?, kind) AND notification_id NOT IN \
            (SELECT notification_id FROM notification_deliveries WHERE delivered = 1) \
          GROUP BY notification_id ORDER BY notification_id",
     )
+    .bind(kinds)
     .fetch_all()
     .await
+}
+
+/// Whether notification `notification_id` of `customer` was decided (appended) already.
+pub async fn is_decided(
+    db: &Client,
+    customer: &str,
+    notification_id: &str,
+) -> Result<bool, clickhouse::error::Error> {
+    let n: u64 = db
+        .query("SELECT count() FROM notifications WHERE customer = ? AND notification_id = ?")
+        .bind(customer)
+        .bind(notification_id)
+        .fetch_one()
+        .await?;
+    Ok(n > 0)
 }
 
 #[derive(clickhouse::Row, Deserialize)]

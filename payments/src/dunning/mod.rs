@@ -189,7 +189,7 @@ async fn deliver_due(
     };
     let attempts = log::attempts(db).await?;
     let timeout = Duration::from_millis(cfg.delivery_timeout_ms);
-    for n in log::undelivered(db).await? {
+    for n in log::undelivered(db, &schedule::Kind::ALL.map(Kind::as_str)).await? {
         let (done, last_ms) = attempts.get(&n.notification_id).copied().unwrap_or((0, 0));
         if done >= cfg.delivery_attempts_max
             || schedule::next_attempt_ms(done, last_ms, cfg.delivery_backoff_secs) > now_ms

@@ -18,6 +18,9 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Every kind dunning decides (and delivers).
+    pub const ALL: [Kind; 2] = [Kind::PaymentRetry, Kind::OverdueReminder];
+
     /// The notification's `type` field and the id prefix.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod cdp;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -171,6 +172,28 @@ pub async fn start(db: clickhouse::Client, now_ms: fn() -> i64) -> Server {
     }
 }
 
+/// Sends SIGTERM to `child` and waits (at most 20 s) for it to exit; its status and stderr.
+pub async fn sigterm(child: &mut std::process::Child) -> (std::process::ExitStatus, String) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no exit after SIGTERM"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let mut stderr = String::new();
+    if let Some(e) = child.stderr.as_mut() {
+        std::io::Read::read_to_string(e, &mut stderr).unwrap();
+    }
+    (status, stderr)
+}
+
 /// Sends one request; returns the status and the body.
 pub async fn request(
     addr: SocketAddr,
@@ -307,6 +330,8 @@ pub struct Received {
     pub authorization: String,
     pub idempotency_key: String,
     pub body: Vec<u8>,
+    /// When the request arrived.
+    pub at: std::time::Instant,
 }
 
 impl Received {
@@ -322,6 +347,7 @@ impl Received {
         let (signature, notification_id) =
             (header("tally-signature"), header("tally-notification-id"));
         let (authorization, idempotency_key) = (header("authorization"), header("idempotency-key"));
+        let at = std::time::Instant::now();
         let path = req.uri().path().to_owned();
         let body = req
             .into_body()
@@ -336,6 +362,7 @@ impl Received {
             authorization,
             idempotency_key,
             body,
+            at,
         }
     }
 
