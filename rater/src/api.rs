@@ -10,7 +10,8 @@
 //! `GET /v1/charges/{charge_id}/explain`, `GET /v1/openapi.json`; and (in
 //! [`crate::api_registry`]) `GET`/`POST /v1/customers`, `GET /v1/customers/{id}`,
 //! `GET`/`POST /v1/customers/{id}/agents`, `GET`/`POST /v1/meters`, `GET /v1/meters/{slug}`;
-//! and (in [`crate::api_rates`]) `GET`/`POST /v1/tax_rates`, `GET`/`POST /v1/fx_rates`.
+//! (in [`crate::api_query`]) `GET /v1/meters/{slug}/query`, a customer's usage per window and
+//! group; and (in [`crate::api_rates`]) `GET`/`POST /v1/tax_rates`, `GET`/`POST /v1/fx_rates`.
 //!
 //! Every route but the OpenAPI document needs `Authorization: Bearer <token>`
 //! ([`tally_platform::auth`]): reads any role with `read`, changes `edit_catalog`
@@ -152,6 +153,7 @@ async fn dispatch(state: &ApiState, req: Request<Incoming>) -> Response<Full<Byt
     match (req.method(), path.as_slice()) {
         (&Method::POST, ["v1", "plans"]) => add_plan(state, req).await,
         (&Method::POST, ["v1", "subscriptions"]) => add_subscription(state, req).await,
+        (_, p) if crate::api_query::handles(p) => crate::api_query::route(state, req, p).await,
         (_, p) if crate::api_registry::handles(p) => {
             crate::api_registry::route(state, req, p).await
         }

@@ -35,10 +35,12 @@
 //! - [`live`]: live spend control: the live book of a partition, authorize decisions, holds,
 //!   budgets and their thresholds (`tally-spend`).
 //! - [`api`]: the HTTP API (catalog, explain) and its OpenAPI document; [`api_registry`]: its
-//!   customer, agent and meter routes; [`api_rates`]: its tax and FX rate routes.
+//!   customer, agent and meter routes; [`api_rates`]: its tax and FX rate routes;
+//!   [`api_query`]: the usage query (`GET /v1/meters/{slug}/query`).
 //! - [`metrics`]: every metric this crate emits.
 
 pub mod api;
+pub mod api_query;
 pub mod api_rates;
 pub mod api_registry;
 pub mod catalog;
