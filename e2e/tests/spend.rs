@@ -28,7 +28,8 @@ use tally_rater::live::run::{self, Spend};
 use tally_rater::live::SpendConfig;
 use tally_rater::RaterConfig;
 
-/// `ai-standard`: 0.000003 USD per token, tool calls 0.02 up to 100 (as `tally_e2e::catalog`).
+/// `ai-standard`: 0.000003 USD per token, tool calls 0.02 up to 100 (as `tally_e2e::catalog`);
+/// entitled to the feature `web_search` and 5,000 tokens of `gpt-4o` a period.
 const PLAN: &str = r#"
 [[plans]]
 id = "ai-standard"
@@ -40,6 +41,7 @@ prices = [
   { model = "graduated", meter = "tool_calls", tiers = [
      { up_to = "100", unit_price = "0.02" }, { up_to = "1000", unit_price = "0.015" }, { unit_price = "0.01" } ] },
 ]
+entitlements = { features = ["web_search"], limits = [{ meter = "llm_tokens", group = { model = "gpt-4o" }, limit = "5000" }] }
 "#;
 
 fn d(s: &str) -> Decimal {
@@ -472,6 +474,24 @@ async fn hostile_requests_get_their_reason_codes() {
     )
     .await;
     assert_eq!(a["reason"], "invalid_request", "{a}");
+    // entitlements of the plan: a feature it has and one it has not; its metered limit
+    let feature = |f: &str| ask(subject.clone(), format!(r#"{{"feature":"{f}"}}"#).into_bytes());
+    assert_eq!(feature("web_search").await["allow"], true);
+    assert_eq!(feature("code_exec").await["reason"], "not_entitled");
+    let gpt4o = |q: &str| {
+        ask(
+            subject.clone(),
+            format!(r#"{{"meter":"llm_tokens","max_quantity":"{q}","group":{{"model":"gpt-4o","kind":"output"}}}}"#)
+                .into_bytes(),
+        )
+    };
+    assert_eq!(gpt4o("4000").await["allow"], true);
+    let over = gpt4o("1001").await;
+    assert_eq!(over["reason"], "entitlement_exceeded", "{over}");
+    assert_eq!(over["remaining"], "1000", "{over}");
+    let balance = sdk.balance(&customer("acme")).await.expect("balance").expect("answered");
+    assert_eq!(balance["entitlements"]["features"][0], "web_search", "{balance}");
+    assert_eq!(balance["entitlements"]["limits"][0]["held"], "4000", "{balance}");
     // and the decider still answers a good request
     let ok = sdk
         .authorize(&customer("acme"), &agent("bot-1"), &AuthorizeRequest::new("tool_calls", d("1")))

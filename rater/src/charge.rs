@@ -300,6 +300,7 @@ mod tests {
         let mut prices = HashMap::new();
         prices.insert(MeterSlug::new("m").unwrap(), Price::plain(model));
         Plan {
+            entitlements: Default::default(),
             id: "p".into(),
             version: 3,
             currency: currency.parse().unwrap(),

@@ -48,6 +48,7 @@ pub mod catalog_store;
 pub mod charge;
 pub mod config;
 pub mod customers;
+pub mod entitlements;
 pub mod explain;
 pub mod fx;
 pub mod live;

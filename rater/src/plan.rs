@@ -19,6 +19,8 @@ pub struct Plan {
     pub currency: Currency,
     pub effective_from_ms: i64,
     pub prices: HashMap<MeterSlug, Price>,
+    /// Features and metered limits per period.
+    pub entitlements: crate::entitlements::Entitlements,
 }
 
 /// Validates `plans[i]`.
@@ -55,7 +57,10 @@ pub fn validate(spec: PlanSpec, i: usize, meters: &[Meter]) -> Result<Plan, Conf
             ));
         }
     }
+    let entitlements = crate::entitlements::validate(spec.entitlements, i, meters)
+        .map_err(|(f, d)| ConfigError::invalid(f, d))?;
     Ok(Plan {
+        entitlements,
         id: spec.id,
         version: spec.version,
         currency,

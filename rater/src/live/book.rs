@@ -40,6 +40,9 @@ pub struct Hold {
     pub meter: String,
     /// The priced group (`{}` unless the meter's price is per group).
     pub group_key: String,
+    /// The group-by values the request declared (what entitlement limits match).
+    #[serde(default)]
+    pub group: BTreeMap<String, String>,
     pub quantity: Decimal,
     /// The marginal cost of `quantity` when the hold was placed (billing currency).
     pub amount: Decimal,
@@ -244,6 +247,54 @@ fn per_group(catalog: &Catalog, customer: &CustomerId, book: &CustomerBook, mete
         .plan_at(&sub.plan, book.segment_from_ms)
         .and_then(|p| p.prices.get(&slug))
         .is_some_and(|p| p.model.per_group())
+}
+
+/// The plan version in force for the customer's current segment.
+fn plan_of<'c>(
+    catalog: &'c Catalog,
+    customer: &CustomerId,
+    book: &CustomerBook,
+) -> Option<&'c crate::plan::Plan> {
+    let sub = catalog.subscription_at(customer, book.segment_from_ms)?;
+    catalog.plan_at(&sub.plan, book.segment_from_ms)
+}
+
+/// Committed quantity and held quantity of the period that count against limit `l` (every
+/// agent's).
+fn limit_use(l: &crate::entitlements::LimitSpec, book: &CustomerBook) -> (Decimal, Decimal) {
+    let used = book
+        .usage
+        .iter()
+        .filter(|((_, meter, _), (_, names, values, _))| {
+            *meter == l.meter && crate::entitlements::matches_lists(l, names, values)
+        })
+        .filter_map(|(_, (agg, _, _, t))| t.quantity(agg.as_str()))
+        .fold(Decimal::ZERO, |a, q| a.saturating_add(q));
+    let held = book
+        .holds
+        .values()
+        .filter(|h| h.meter == l.meter && crate::entitlements::matches(l, &h.group))
+        .fold(Decimal::ZERO, |a, h| a.saturating_add(h.quantity));
+    (used, held)
+}
+
+/// One metered limit of a customer's plan and how much of it the period used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LimitUse {
+    pub meter: String,
+    pub group: BTreeMap<String, String>,
+    pub limit: Decimal,
+    pub used: Decimal,
+    pub held: Decimal,
+    pub remaining: Decimal,
+}
+
+/// What a customer's plan entitles it to, and its limits' use this period.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct EntitlementUse {
+    pub plan: Option<String>,
+    pub features: Vec<String>,
+    pub limits: Vec<LimitUse>,
 }
 
 /// The customer's costs from its usage.
@@ -595,12 +646,27 @@ impl Book {
             }
             remaining = Some(remaining.map_or(left, |r| r.min(left)));
         }
+        if let Some(plan) = plan_of(catalog, ask.customer, book) {
+            for l in plan.entitlements.limits_for(ask.meter, ask.group) {
+                let (used, held) = limit_use(l, book);
+                let left = l.limit - used - held - ask.quantity;
+                if left.is_sign_negative() && !left.is_zero() {
+                    let mut a = Answer::deny(
+                        Reason::EntitlementExceeded,
+                        format!("plan {} allows {} of {} {:?} per period", plan.id, l.limit, l.meter, l.group),
+                    );
+                    a.remaining = Some((l.limit - used - held).max(Decimal::ZERO));
+                    return (a, None);
+                }
+            }
+        }
         let hold = Hold {
             id: ask.hold_id.clone(),
             customer: ask.customer.to_string(),
             agent: ask.agent.to_owned(),
             meter: ask.meter.to_owned(),
             group_key,
+            group: ask.group.clone(),
             quantity: ask.quantity,
             amount: cost,
             expires_at_ms: ask.expires_at_ms,
@@ -615,6 +681,55 @@ impl Book {
             detail: None,
         };
         (answer, Some(hold))
+    }
+
+    /// Whether `customer`'s plan in force at `now_ms` has `feature`.
+    pub fn feature(&mut self, catalog: &Catalog, customer: &CustomerId, feature: &str, now_ms: i64) -> Answer {
+        let Some(book) = self.book_at(catalog, customer, now_ms) else {
+            return Answer::deny(Reason::UnknownCustomer, format!("customer {customer} has no plan"));
+        };
+        match plan_of(catalog, customer, book) {
+            Some(p) if p.entitlements.has(feature) => Answer {
+                allow: true,
+                hold_id: None,
+                remaining: None,
+                currency: None,
+                reason: None,
+                detail: None,
+            },
+            Some(p) => Answer::deny(Reason::NotEntitled, format!("plan {} v{} has no feature {feature}", p.id, p.version)),
+            None => Answer::deny(Reason::UnknownCustomer, format!("customer {customer} has no plan")),
+        }
+    }
+
+    /// The entitlements of `customer`'s current plan and their use (for a balance).
+    pub fn entitlement_use(&self, catalog: &Catalog, customer: &str) -> EntitlementUse {
+        let (Ok(id), Some(book)) = (CustomerId::new(customer.to_owned()), self.customers.get(customer)) else {
+            return EntitlementUse::default();
+        };
+        let Some(plan) = plan_of(catalog, &id, book) else {
+            return EntitlementUse::default();
+        };
+        EntitlementUse {
+            plan: Some(format!("{} v{}", plan.id, plan.version)),
+            features: plan.entitlements.features.clone(),
+            limits: plan
+                .entitlements
+                .limits
+                .iter()
+                .map(|l| {
+                    let (used, held) = limit_use(l, book);
+                    LimitUse {
+                        meter: l.meter.clone(),
+                        group: l.group.clone(),
+                        limit: l.limit,
+                        used,
+                        held,
+                        remaining: (l.limit - used - held).max(Decimal::ZERO),
+                    }
+                })
+                .collect(),
+        }
     }
 
     /// The thresholds newly crossed by `customer`'s committed spend (marked as notified).

@@ -78,6 +78,8 @@ pub struct Balance {
     pub holds: usize,
     pub held_amount: Decimal,
     pub budgets: Vec<BudgetBalance>,
+    /// The plan's features and metered limits with their use this period.
+    pub entitlements: super::book::EntitlementUse,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -194,6 +196,11 @@ impl Decider {
                     None => Answer::deny(Reason::UnknownHold, format!("hold {hold}")),
                 };
                 metrics::decided("release", answer.reason, received.elapsed());
+                send(&self.client, reply, answer).await;
+            }
+            Request::Feature { customer, feature } => {
+                let answer = self.book.feature(&self.catalog, &customer, &feature, now);
+                metrics::decided("feature", answer.reason, received.elapsed());
                 send(&self.client, reply, answer).await;
             }
             Request::Authorize {
@@ -334,7 +341,9 @@ impl Decider {
         let book = self
             .book
             .current(&self.catalog, customer, (self.now_ms)())?;
-        Some(balance_of(customer, book.period, &book.costs, book.holds.values(), &budgets))
+        let mut b = balance_of(customer, book.period, &book.costs, book.holds.values(), &budgets);
+        b.entitlements = self.book.entitlement_use(&self.catalog, customer);
+        Some(b)
     }
 }
 
@@ -415,6 +424,7 @@ pub fn balance_of<'h>(
         holds: holds.clone().count(),
         held_amount: holds.map(|h| h.amount).sum(),
         budgets,
+        entitlements: super::book::EntitlementUse::default(),
     }
 }
 

@@ -7,7 +7,7 @@ use metrics::{counter, gauge, histogram};
 
 use super::protocol::Reason;
 
-const REASONS: [Reason; 7] = [
+const REASONS: [Reason; 9] = [
     Reason::BudgetExceeded,
     Reason::UnknownCustomer,
     Reason::UnknownMeter,
@@ -15,11 +15,13 @@ const REASONS: [Reason; 7] = [
     Reason::QuantityTooLarge,
     Reason::UnknownHold,
     Reason::Unavailable,
+    Reason::EntitlementExceeded,
+    Reason::NotEntitled,
 ];
 
 /// Declares the counters at zero, so `rate()` and alert rules see a series from the start.
 pub fn init() {
-    for op in ["authorize", "release"] {
+    for op in ["authorize", "release", "feature"] {
         counter!("tally_spend_decisions_total", "op" => op, "outcome" => "allowed").absolute(0);
         for r in REASONS {
             counter!("tally_spend_decisions_total", "op" => op, "outcome" => r.code()).absolute(0);

@@ -39,6 +39,10 @@ pub enum Reason {
     UnknownHold,
     /// The decision could not be made durable; nothing was held. Retry.
     Unavailable,
+    /// A metered limit of the customer's plan (its entitlements) would be exceeded.
+    EntitlementExceeded,
+    /// The customer's plan does not have the feature asked about.
+    NotEntitled,
 }
 
 impl Reason {
@@ -52,6 +56,8 @@ impl Reason {
             Reason::QuantityTooLarge => "quantity_too_large",
             Reason::UnknownHold => "unknown_hold",
             Reason::Unavailable => "unavailable",
+            Reason::EntitlementExceeded => "entitlement_exceeded",
+            Reason::NotEntitled => "not_entitled",
         }
     }
 }
@@ -72,6 +78,8 @@ pub struct AuthorizeBody {
     pub deadline_ms: Option<u64>,
     /// Instead of authorizing: give a hold back (the work was cancelled or used nothing).
     pub release: Option<String>,
+    /// Instead of authorizing: does the customer's plan have this feature?
+    pub feature: Option<String>,
     /// The caller's id for this request (an id: `[A-Za-z0-9...]`, at most 128 characters),
     /// used as the hold id: asking again with the same id (after a timeout) answers with the
     /// same hold instead of placing a second one.
@@ -93,6 +101,10 @@ pub enum Request {
     Release {
         customer: CustomerId,
         hold: String,
+    },
+    Feature {
+        customer: CustomerId,
+        feature: String,
     },
 }
 
@@ -158,6 +170,15 @@ pub fn parse(
         EventId::validate(&hold).map_err(|e| invalid(format!("release: {e}")))?;
         return Ok(Request::Release { customer, hold });
     }
+    if let Some(feature) = b.feature {
+        if b.meter.is_some() || b.max_quantity.is_some() || b.request_id.is_some() {
+            return Err(invalid("a feature question names only the feature".into()));
+        }
+        if feature.is_empty() || feature.len() > 64 {
+            return Err(invalid("feature: 1 to 64 characters".into()));
+        }
+        return Ok(Request::Feature { customer, feature });
+    }
     let meter = b.meter.ok_or_else(|| invalid("meter is missing".into()))?;
     let quantity = b
         .max_quantity
@@ -200,6 +221,21 @@ mod tests {
 
     fn p(body: &str) -> Result<Request, Answer> {
         parse("acme", "bot", body.as_bytes(), 60_000, 900_000)
+    }
+
+    #[test]
+    fn a_feature_question_names_only_the_feature() {
+        assert!(matches!(
+            p(r#"{"feature":"web_search"}"#),
+            Ok(Request::Feature { feature, .. }) if feature == "web_search"
+        ));
+        for bad in [
+            r#"{"feature":"web_search","meter":"m"}"#,
+            r#"{"feature":""}"#,
+            r#"{"feature":5}"#,
+        ] {
+            assert_eq!(p(bad).unwrap_err().reason, Some(Reason::InvalidRequest), "{bad}");
+        }
     }
 
     #[test]

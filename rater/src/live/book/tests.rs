@@ -286,3 +286,83 @@ proptest! {
         }
     }
 }
+
+/// A catalog whose plan has entitlements: version 1 (from 2020) has the feature `search` and
+/// 1,000 tokens of model `big` a period; version 2 (from 2026-12-01) drops the feature and
+/// allows 2,000.
+fn entitled_catalog() -> Catalog {
+    let specs: Vec<MeterSpec> = serde_json::from_str(
+        r#"[{"slug":"tokens","event_type":"t","aggregation":"SUM","value_property":"$.n",
+             "group_by":{"model":"$.model"}}]"#,
+    )
+    .unwrap();
+    let plans: Vec<crate::config::PlanSpec> = serde_json::from_str(
+        r#"[{"id":"p","version":1,"currency":"USD","effective_from":"2020-01-01T00:00:00Z",
+             "prices":[{"model":"per_unit","meter":"tokens","unit_price":"0.001"}],
+             "entitlements":{"features":["search"],
+                             "limits":[{"meter":"tokens","group":{"model":"big"},"limit":"1000"}]}},
+            {"id":"p","version":2,"currency":"USD","effective_from":"2026-12-01T00:00:00Z",
+             "prices":[{"model":"per_unit","meter":"tokens","unit_price":"0.001"}],
+             "entitlements":{"limits":[{"meter":"tokens","group":{"model":"big"},"limit":"2000"}]}}]"#,
+    )
+    .unwrap();
+    let rater = RaterConfig {
+        default_plan: Some("p".into()),
+        ..Default::default()
+    };
+    Catalog::new(plans, vec![], &rater, &validate_meters(specs).unwrap()).unwrap()
+}
+
+fn model(m: &str) -> BTreeMap<String, String> {
+    [("model".to_owned(), m.to_owned())].into()
+}
+
+fn big_tokens(at_ms: i64, n: i128) -> UsageRow {
+    let mut r = tokens("a", at_ms, n);
+    r.group_key = r#"{"model":"big"}"#.into();
+    r.group_names = vec!["model".into()];
+    r.group_values = vec!["big".into()];
+    r
+}
+
+#[test]
+fn metered_entitlements_count_usage_and_holds_of_the_groups_they_name() {
+    let c = entitled_catalog();
+    let mut b = book(vec![]);
+    let acme = CustomerId::new("acme").unwrap();
+    b.add_rows(&c, [&big_tokens(NOV26, 600)]);
+    let (big, small) = (model("big"), model("small"));
+    // 600 used: 300 fits, then another 200 does not (held 300 counts), other models are free
+    let (a, h) = b.authorize(&c, &ask(&acme, "a", 300, "h1", &big), NOV26 + 1000);
+    assert!(a.allow && h.is_some(), "{a:?}");
+    let (a, _) = b.authorize(&c, &ask(&acme, "b", 200, "h2", &big), NOV26 + 1000);
+    assert_eq!(a.reason, Some(Reason::EntitlementExceeded), "{a:?}");
+    assert_eq!(a.remaining, Some(Decimal::from(100)));
+    let (a, _) = b.authorize(&c, &ask(&acme, "b", 100, "h3", &big), NOV26 + 1000);
+    assert!(a.allow, "exactly up to the limit: {a:?}");
+    let (a, _) = b.authorize(&c, &ask(&acme, "b", 5000, "h4", &small), NOV26 + 1000);
+    assert!(a.allow, "another model is not limited: {a:?}");
+    let used = b.entitlement_use(&c, "acme");
+    assert_eq!(used.features, vec!["search".to_owned()]);
+    assert_eq!(used.limits[0].used, Decimal::from(600));
+    assert_eq!(used.limits[0].held, Decimal::from(400));
+    assert_eq!(used.limits[0].remaining, Decimal::ZERO);
+}
+
+#[test]
+fn features_and_limits_follow_the_plan_version_of_the_period() {
+    let c = entitled_catalog();
+    let mut b = book(vec![]);
+    let acme = CustomerId::new("acme").unwrap();
+    assert!(b.feature(&c, &acme, "search", NOV26).allow);
+    let no = b.feature(&c, &acme, "export", NOV26);
+    assert_eq!(no.reason, Some(Reason::NotEntitled));
+    // December: version 2 has no `search` and allows 2,000 of `big`
+    let dec1 = NOV26 + 5 * 86_400_000;
+    assert_eq!(b.feature(&c, &acme, "search", dec1).reason, Some(Reason::NotEntitled));
+    let big = model("big");
+    let (a, _) = b.authorize(&c, &ask(&acme, "a", 1500, "h1", &big), dec1);
+    assert!(a.allow, "{a:?}");
+    let (a, _) = b.authorize(&c, &ask(&acme, "a", 501, "h2", &big), dec1);
+    assert_eq!(a.reason, Some(Reason::EntitlementExceeded));
+}
