@@ -82,6 +82,15 @@ pub struct PortalConfig {
     /// The public base URL links are built on. Default `http://127.0.0.1:8090`.
     #[serde(default = "default_base_url")]
     pub base_url: String,
+    /// How long the page waits for the spend decider's live balance (over `[nats]`, subject
+    /// `<payments.spend_subject_root>.balance.<customer>`); 0: the page asks nothing and shows
+    /// no live spend. Default 1000.
+    #[serde(default = "default_live_spend_timeout_ms")]
+    pub live_spend_timeout_ms: u64,
+}
+
+fn default_live_spend_timeout_ms() -> u64 {
+    1000
 }
 
 /// `[dunning]`.
@@ -195,6 +204,7 @@ impl Default for PortalConfig {
             signing_secret: SecretString::default(),
             link_ttl_secs: default_link_ttl_secs(),
             base_url: default_base_url(),
+            live_spend_timeout_ms: default_live_spend_timeout_ms(),
         }
     }
 }

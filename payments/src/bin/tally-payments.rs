@@ -246,6 +246,18 @@ async fn serve(mut cfg: Config, db: clickhouse::Client, stop: Shutdown) -> anyho
         Duration::from_secs(cfg.security.token_refresh_secs),
         stop.clone(),
     );
+    // the portal's live spend: the client retries in the background, so a NATS server that
+    // is down delays nothing here and the page says "live spend unavailable" meanwhile
+    let portal_live = if cfg.features.portal && cfg.portal.live_spend_timeout_ms > 0 {
+        cfg.nats.validate()?;
+        Some(tally_payments::portal::live::LiveSpend {
+            client: tally_platform::streams::connect(&cfg.nats).await?,
+            subject_root: cfg.payments.spend_subject_root.clone(),
+            timeout: Duration::from_millis(cfg.portal.live_spend_timeout_ms),
+        })
+    } else {
+        None
+    };
     let state = Arc::new(AppState {
         settler: Settler::new(db.clone()),
         stripe: Stripe::new(
@@ -258,6 +270,7 @@ async fn serve(mut cfg: Config, db: clickhouse::Client, stop: Shutdown) -> anyho
             .portal
             .then(|| Secret::new(cfg.portal.signing_secret.expose())),
         portal: cfg.portal.clone(),
+        portal_live,
         now_ms,
     });
     let mut tasks = tokio::task::JoinSet::new();

@@ -32,7 +32,7 @@ pub async fn route(state: &AppState, rest: &[&str]) -> Response<Body> {
     };
     let db = &state.settler.db;
     match &rest[1..] {
-        [] => match portal::load(db, &customer, now_ms).await {
+        [] => match portal::load(db, state.portal_live.as_ref(), &customer, now_ms).await {
             Ok(v) => server::html(StatusCode::OK, page::render(&v, token)),
             Err(e) => internal(e),
         },

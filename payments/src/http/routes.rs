@@ -27,6 +27,8 @@ pub struct AppState {
     /// `None` when the portal feature is off.
     pub portal_secret: Option<Secret>,
     pub portal: PortalConfig,
+    /// Where the portal asks for live spend; `None`: the page shows none.
+    pub portal_live: Option<crate::portal::live::LiveSpend>,
     pub now_ms: fn() -> i64,
 }
 

@@ -1,13 +1,20 @@
 //! The customer portal: a signed, expiring link ([`link`]) opens one customer's page
-//! ([`page`]) with usage of the current period by agent and meter and a chart ([`usage`],
-//! [`chart`]), invoices with status and PDF download, and payments.
+//! ([`page`]) under its catalog name ([`account`]): live spend, budgets and entitlements asked
+//! of the spend decider ([`live`]), cost per day by meter and agent ([`cost`]) and usage per
+//! day ([`usage`]) of the current period drawn as SVG charts ([`chart`]), amounts in the
+//! invoice currency ([`format`]), prepaid credits, invoices with status and PDF download, and
+//! payments.
 //!
 //! Everything shown is loaded by [`load`] for the customer the link was signed for; an invoice
 //! document is served only when its customer is that customer. The portal never shows
 //! another customer's data and never reveals why a link was refused.
 
+pub mod account;
 pub mod chart;
+pub mod cost;
+pub mod format;
 pub mod link;
+pub mod live;
 pub mod page;
 pub mod usage;
 
@@ -31,21 +38,36 @@ pub struct PortalInvoice {
 #[derive(Debug, Clone)]
 pub struct CustomerView {
     pub customer: String,
+    /// The catalog's display name (`None`: no catalog entry; the id is shown).
+    pub name: Option<String>,
     pub period_start_ms: i64,
     pub period_end_ms: i64,
+    /// When the page was built.
+    pub now_ms: i64,
     pub usage: usage::Usage,
+    pub costs: cost::Costs,
+    /// The decider's balance; `None` when none answered (or live spend is off).
+    pub live: Option<live::Balance>,
+    pub credits: account::Credits,
     pub invoices: Vec<PortalInvoice>,
     pub payments: Vec<PaymentRow>,
 }
 
 /// The current period at `now_ms`: that of the customer's invoice whose period contains now
-/// (the open draft), else the calendar month (UTC) containing now.
-fn current_period(invoices: &[InvoiceFacts], now_ms: i64) -> (i64, i64) {
+/// (the open draft), else that of its charges (the rater's period containing now), else the
+/// calendar month (UTC) containing now.
+fn current_period(invoices: &[InvoiceFacts], charges: &[cost::Charge], now_ms: i64) -> (i64, i64) {
     if let Some(i) = invoices
         .iter()
         .find(|i| i.period_start_ms <= now_ms && now_ms < i.period_end_ms)
     {
         return (i.period_start_ms, i.period_end_ms);
+    }
+    if let Some(c) = charges.first() {
+        return (
+            i64::from(c.period_start) * 1000,
+            i64::from(c.period_end) * 1000,
+        );
     }
     use chrono::{Datelike, TimeZone, Utc};
     let now = Utc
@@ -68,11 +90,35 @@ fn current_period(invoices: &[InvoiceFacts], now_ms: i64) -> (i64, i64) {
     (start.timestamp_millis(), end.timestamp_millis())
 }
 
-/// Loads `customer`'s view at `now_ms`.
-pub async fn load(db: &Client, customer: &str, now_ms: i64) -> Result<CustomerView, Error> {
+/// Loads `customer`'s view at `now_ms`; the live balance is asked of `live` meanwhile.
+pub async fn load(
+    db: &Client,
+    live: Option<&live::LiveSpend>,
+    customer: &str,
+    now_ms: i64,
+) -> Result<CustomerView, Error> {
+    let asked = async {
+        match live {
+            Some(l) => l.balance(customer).await,
+            None => None,
+        }
+    };
+    let (live, stored) = tokio::join!(asked, load_stored(db, customer, now_ms));
+    let mut view = stored?;
+    view.live = live;
+    Ok(view)
+}
+
+/// Everything but the live balance.
+async fn load_stored(db: &Client, customer: &str, now_ms: i64) -> Result<CustomerView, Error> {
     let facts = store::invoices_of(db, customer).await?;
-    let (from, to) = current_period(&facts, now_ms);
+    let now_secs = u32::try_from(now_ms.div_euclid(1000)).unwrap_or(0);
+    let charges = cost::charges(db, customer, now_secs).await?;
+    let (from, to) = current_period(&facts, &charges, now_ms);
     let usage = usage::load(db, customer, from, to).await?;
+    let costs = cost::divide(&charges, &usage);
+    let name = account::customer_name(db, customer).await?;
+    let credits = account::credits(db, customer).await?;
     let statuses = store::statuses(db).await?;
     let mut payments = Vec::new();
     let mut paid: HashMap<String, i64> = HashMap::new();
@@ -101,9 +147,14 @@ pub async fn load(db: &Client, customer: &str, now_ms: i64) -> Result<CustomerVi
         .collect();
     Ok(CustomerView {
         customer: customer.to_owned(),
+        name,
         period_start_ms: from,
         period_end_ms: to,
+        now_ms,
         usage,
+        costs,
+        live: None,
+        credits,
         invoices,
         payments,
     })

@@ -175,6 +175,29 @@ impl Browser {
         r["result"]["value"].clone()
     }
 
+    /// A PNG of the whole page laid out `width` CSS pixels wide (captured beyond the
+    /// viewport, scale 1); returns the PNG's bytes.
+    pub fn screenshot(&mut self, width: u32) -> Vec<u8> {
+        let s = self.session.clone();
+        self.call(
+            Some(&s),
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": false}),
+        );
+        let metrics = self.call(Some(&s), "Page.getLayoutMetrics", json!({}));
+        let height = metrics["cssContentSize"]["height"]
+            .as_f64()
+            .unwrap_or(900.0)
+            .ceil();
+        let shot = self.call(
+            Some(&s),
+            "Page.captureScreenshot",
+            json!({"format": "png", "captureBeyondViewport": true,
+                   "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1}}),
+        );
+        base64_decode(shot["data"].as_str().expect("screenshot data"))
+    }
+
     /// Lets the page download files into `dir`.
     pub fn allow_downloads(&mut self, dir: &Path) {
         self.call(
@@ -190,4 +213,36 @@ impl Drop for Browser {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Standard base64 (with padding), as DevTools sends binary data.
+pub fn base64_decode(s: &str) -> Vec<u8> {
+    let value = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("not base64: {c}"),
+        }
+    };
+    let bytes: Vec<u8> = s.bytes().filter(|c| !c.is_ascii_whitespace()).collect();
+    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
+    for chunk in bytes.chunks(4) {
+        let pad = chunk.iter().filter(|c| **c == b'=').count();
+        let mut n = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            n |= if *c == b'=' { 0 } else { value(*c) } << (18 - 6 * i);
+        }
+        out.extend_from_slice(&n.to_be_bytes()[1..4 - pad]);
+    }
+    out
+}
+
+/// Width and height of a PNG (its IHDR chunk).
+pub fn png_size(png: &[u8]) -> (u32, u32) {
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    let be = |at: usize| u32::from_be_bytes(png[at..at + 4].try_into().unwrap());
+    (be(16), be(20))
 }

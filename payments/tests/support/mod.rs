@@ -142,6 +142,15 @@ impl Drop for Server {
 
 /// Starts the payments HTTP server on a free loopback port, with the clock `now_ms`.
 pub async fn start(db: clickhouse::Client, now_ms: fn() -> i64) -> Server {
+    start_with_live(db, now_ms, None).await
+}
+
+/// As [`start`], the portal asking `live` for live spend.
+pub async fn start_with_live(
+    db: clickhouse::Client,
+    now_ms: fn() -> i64,
+    live: Option<tally_payments::portal::live::LiveSpend>,
+) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let admin = token(&db, OPERATOR, Role::Admin).await;
@@ -161,6 +170,7 @@ pub async fn start(db: clickhouse::Client, now_ms: fn() -> i64) -> Server {
             base_url: format!("http://{addr}"),
             ..PortalConfig::default()
         },
+        portal_live: live,
         now_ms,
     });
     let shutdown = Shutdown::new();
