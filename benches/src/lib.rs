@@ -12,6 +12,7 @@
 //! - [`pipeline`]: end-to-end throughput against raw JetStream, and latency to `v_usage`.
 //! - [`invoicing`]: one invoicing pass over many customers.
 //! - [`insert`]: the aggregator's ClickHouse commit against a plain insert of the same rows.
+//! - [`spend`]: live spend control: authorize and release latency, freshness, false denials.
 //! - [`gateway`]: HTTP gateway batches into JetStream against the direct publisher.
 //! - [`rating`]: usage rows folded and priced into charges per second, in process.
 //! - [`history`]: rating passes over a fixed period as stored history grows, and over a big month.
@@ -26,3 +27,4 @@ pub mod invoicing;
 pub mod pipeline;
 pub mod rating;
 pub mod report;
+pub mod spend;

@@ -19,6 +19,9 @@
 //! rating passes as stored history grows and over a big month (needs the stack; the full
 //! sizes write about 200M usage rows and take several minutes).
 //!
+//! `... spend [--secs 5] [--probes 200] [--load 10000] [--mixed 10000]` measures live spend
+//! control (needs the stack).
+//!
 //! In `pipeline` and `report`, the aggregator runs with its shipped `batch_max_events` and
 //! `batch_max_wait_ms` unless `TALLY_BENCH_BATCH` / `TALLY_BENCH_WAIT_MS` say otherwise; both
 //! print the CPU microseconds per event that NATS, ClickHouse and this process spent.
@@ -63,6 +66,9 @@ fn main() -> anyhow::Result<()> {
     }
     if std::env::args().nth(1).as_deref() == Some("history") {
         return history_bench();
+    }
+    if std::env::args().nth(1).as_deref() == Some("spend") {
+        return spend_bench();
     }
     let args = Args::parse(std::env::args().skip(1), &["events", "ids"])?;
     let events: usize = args.get("events", 1_000_000)?;
@@ -279,4 +285,22 @@ fn insert_bench() -> anyhow::Result<()> {
         );
         Ok::<_, anyhow::Error>(())
     })
+}
+
+/// `tally-bench spend`: live spend control (authorize and release latency at fixed rates
+/// and the most a closed loop reaches, publish-to-balance freshness under background load,
+/// false denials under a mixed load), next to NATS request/reply alone in the same run.
+fn spend_bench() -> anyhow::Result<()> {
+    let args = Args::parse(
+        std::env::args().skip(2),
+        &["secs", "probes", "load", "mixed"],
+    )?;
+    let secs: u64 = args.get("secs", 5)?;
+    let probes: usize = args.get("probes", 200)?;
+    let load: u64 = args.get("load", 10_000)?;
+    let mixed: u64 = args.get("mixed", 10_000)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let figures = rt.block_on(tally_benches::spend::run(secs, probes, load, mixed))?;
+    print!("{}", figures.to_markdown());
+    Ok(())
 }
