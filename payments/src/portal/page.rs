@@ -593,3 +593,96 @@ pub fn refused() -> String {
          <p>Ask your account contact for a new link.</p></main></body></html>"
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::portal::live::{BudgetUse, Entitlements};
+    use crate::portal::{account, cost, usage};
+
+    const DAY_MS: i64 = 86_400_000;
+    // 2026-03-01
+    const MAR1_MS: i64 = 1_772_323_200_000;
+
+    fn view(name: Option<&str>, live: Option<Balance>) -> CustomerView {
+        CustomerView {
+            customer: "acme".into(),
+            name: name.map(str::to_owned),
+            period_start_ms: MAR1_MS,
+            period_end_ms: MAR1_MS + 31 * DAY_MS,
+            now_ms: MAR1_MS + 2 * DAY_MS + 5_000,
+            usage: usage::Usage::default(),
+            costs: cost::Costs {
+                currency: "JPY".into(),
+                total_minor: 1_234_567,
+                by_meter_day: [("tokens".into(), [(MAR1_MS / 1000, 1_234_567)].into())].into(),
+                priced_at: 1_772_330_000,
+                ..cost::Costs::default()
+            },
+            live,
+            credits: account::Credits::default(),
+            invoices: vec![],
+            payments: vec![],
+        }
+    }
+
+    #[test]
+    fn the_catalog_name_is_escaped_and_the_page_says_when_live_spend_is_unavailable() {
+        let html = render(&view(Some("<script>alert(1)</script> & Co"), None), "tok");
+        assert!(!html.contains("<script>"), "{html}");
+        assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt; &amp; Co</h1>"));
+        assert!(html.contains("Live spend unavailable"));
+        // no live spend: the cost to date is the priced one, in yen without decimals
+        assert!(
+            html.contains("<div class=\"value\">1,234,567 JPY</div>"),
+            "{html}"
+        );
+        // three days drawn: the period's first day to today
+        let cost_chart = &html[html.find("data-chart=\"cost-by-meter\"").unwrap()..];
+        let cost_chart = &cost_chart[..cost_chart.find("</svg>").unwrap()];
+        assert_eq!(cost_chart.matches("<g class=\"day\"").count(), 3);
+        assert!(cost_chart.contains(">Cost (JPY)</text>"));
+        // without a catalog name, the id
+        assert!(render(&view(None, None), "tok").contains("data-customer=\"acme\">acme</h1>"));
+    }
+
+    #[test]
+    fn budgets_show_how_close_they_are() {
+        let budget = |id: &str, kind: &str, limit: i64, spent: i64| BudgetUse {
+            budget_id: id.into(),
+            agent: None,
+            meter: Some("tokens".into()),
+            kind: kind.into(),
+            limit: Decimal::from(limit),
+            spent: Decimal::from(spent),
+            held: Decimal::ZERO,
+            remaining: Decimal::from((limit - spent).max(0)),
+            hard: true,
+        };
+        let live = Balance {
+            customer: "acme".into(),
+            currency: Some("JPY".into()),
+            spend: Decimal::from(1_500_000),
+            meters: Default::default(),
+            agents: Default::default(),
+            holds: 0,
+            held_amount: Decimal::ZERO,
+            budgets: vec![
+                budget("yen", "amount", 2_000_000, 1_500_000),
+                budget("over", "quantity", 1_000, 1_200),
+            ],
+            entitlements: Entitlements::default(),
+        };
+        let html = render(&view(Some("Acme"), Some(live)), "tok");
+        assert!(!html.contains("Live spend unavailable"));
+        assert!(html.contains("<strong id=\"live-spend\">1,500,000 JPY</strong>"));
+        assert!(html.contains("data-budget=\"yen\" data-percent=\"75\""));
+        assert!(html.contains("<td class=\"n\">2,000,000 JPY</td>"));
+        // past its limit: 120 %, the gauge full and red
+        assert!(html.contains("data-budget=\"over\" data-percent=\"120\""));
+        assert!(html.contains("class=\"lvl-bad\" style=\"width:100%\""));
+        assert!(html.contains("<td class=\"n\">1,200 tokens</td>"));
+        // the closest budget card names the fullest one
+        assert!(html.contains("<div class=\"value\">120 % used</div>"));
+    }
+}
