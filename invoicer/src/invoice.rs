@@ -180,6 +180,11 @@ pub struct Invoice {
     pub amount_due: Decimal,
     #[serde(default)]
     pub amount_due_minor: i64,
+    /// Prepaid credit the customer still holds in the invoice's currency after this invoice
+    /// (the payments wallet's balance plus the rest of the invoicer's grants), when it has
+    /// any credit; shown under the amount due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credit_balance_minor: Option<i64>,
 }
 
 impl Invoice {
@@ -196,7 +201,8 @@ pub struct Terms {
     /// Days from the period end to the due date.
     pub payment_terms_days: u32,
     pub issuer: Issuer,
-    /// Prepaid credit still available to the customer, in the invoice's currency.
+    /// Prepaid credit available to this invoice, in its currency: what the payments wallet
+    /// reserved for the period's usage plus what is left of the invoicer's grants.
     pub credit_available_minor: i64,
 }
 
@@ -295,6 +301,7 @@ pub fn build(
         credits_applied_minor: 0,
         amount_due: Decimal::ZERO,
         amount_due_minor: 0,
+        credit_balance_minor: None,
     };
     totals(&mut inv, currency, terms.credit_available_minor)
         .ok_or(BuildError::Overflow { customer })?;

@@ -71,7 +71,17 @@ pub async fn invoice_pass(
             .or_default()
             .push(c);
     }
-    let mut credits = store::credit_balances(db).await?;
+    let customers: Vec<String> = groups
+        .keys()
+        .map(|(c, _)| c.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    // prepaid credit, one path: what the payments wallet reserved for the period's usage
+    // (consumed in near real time, in its order of grants) plus what is left of the
+    // invoicer's own grants (`POST /v1/credits`)
+    let wallet = store::wallet_credit(db, &customers).await?;
+    let mut credits = store::credit_balances(db, &wallet.reserved).await?;
     let mut adjustments = if cfg.features.late_usage_adjustments {
         late::pending(db, cfg, now_ms).await?
     } else {
@@ -84,19 +94,24 @@ pub async fn invoice_pass(
             continue;
         }
         let currency = group[0].currency.clone();
-        let credit = credits
-            .get(&(customer.clone(), currency.clone()))
+        let key = (customer.clone(), currency.clone());
+        let legacy = credits.get(&key).copied().unwrap_or(0).max(0);
+        let invoice_id = crate::invoice::invoice_id(customer, *start_ms);
+        let reserved = wallet
+            .reserved
+            .get(&invoice_id)
             .copied()
-            .unwrap_or(0);
+            .unwrap_or(0)
+            .max(0);
         let terms = Terms {
             grace_ms,
             payment_terms_days: cfg.payment_terms_days,
             issuer: cfg.issuer.clone(),
-            credit_available_minor: credit,
+            credit_available_minor: reserved.saturating_add(legacy),
         };
         let adj = late::take_for(&mut adjustments, customer, &currency, group[0].period);
         // one customer's invoice that cannot be built never stops the others'
-        let invoice = match build(group, adj, &terms, now_ms) {
+        let mut invoice = match build(group, adj, &terms, now_ms) {
             Ok(invoice) => invoice,
             Err(e) => {
                 tracing::error!(%customer, period_start_ms = start_ms, error = %e, "invoice not built this pass; retried next pass");
@@ -104,11 +119,22 @@ pub async fn invoice_pass(
                 continue;
             }
         };
+        // the wallet's part of the credit applied comes first; the rest is the invoicer's
+        let from_legacy =
+            invoice.credits_applied_minor - invoice.credits_applied_minor.min(reserved);
+        let wallet_left = wallet.balance.get(&key).copied();
+        if wallet_left.is_some() || credits.contains_key(&key) {
+            invoice.credit_balance_minor = Some(
+                wallet_left
+                    .unwrap_or(0)
+                    .saturating_add(legacy - from_legacy),
+            );
+        }
         match invoice.status {
             Status::Draft => drafts.push(invoice),
             Status::Finalized => {
-                if let Some(c) = credits.get_mut(&(customer.clone(), currency)) {
-                    *c -= invoice.credits_applied_minor;
+                if let Some(c) = credits.get_mut(&key) {
+                    *c -= from_legacy;
                 }
                 due.push(invoice);
             }

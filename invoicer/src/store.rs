@@ -235,10 +235,12 @@ struct BalanceRow {
     minor: i64,
 }
 
-/// Prepaid credit left per (customer, currency): grants minus what finalized invoices
-/// (not voided) applied.
+/// The invoicer's prepaid credit left per (customer, currency): its grants minus what
+/// finalized invoices (not voided) applied of them, that is their credit beyond what the
+/// payments wallet had reserved for them (`reserved`, see [`wallet_credit`]).
 pub async fn credit_balances(
     db: &Client,
+    reserved: &HashMap<String, i64>,
 ) -> Result<HashMap<(String, String), i64>, clickhouse::error::Error> {
     let granted: Vec<BalanceRow> = db
         .query(
@@ -247,11 +249,10 @@ pub async fn credit_balances(
         )
         .fetch_all()
         .await?;
-    let used: Vec<BalanceRow> = db
+    let used: Vec<AppliedRow> = db
         .query(
-            "SELECT customer, currency, toInt64(sum(credits_applied_minor)) AS used FROM v_invoices \
-             WHERE status NOT IN ('draft', 'void') AND credits_applied_minor != 0 \
-             GROUP BY customer, currency",
+            "SELECT customer, currency, invoice_id, credits_applied_minor FROM v_invoices \
+             WHERE status NOT IN ('draft', 'void') AND credits_applied_minor != 0",
         )
         .fetch_all()
         .await?;
@@ -260,9 +261,75 @@ pub async fn credit_balances(
         *out.entry((r.customer, r.currency)).or_default() += r.minor;
     }
     for r in used {
-        *out.entry((r.customer, r.currency)).or_default() -= r.minor;
+        let wallet = reserved
+            .get(&r.invoice_id)
+            .copied()
+            .unwrap_or(0)
+            .clamp(0, r.minor.max(0));
+        *out.entry((r.customer, r.currency)).or_default() -= r.minor - wallet;
     }
     Ok(out)
+}
+
+#[derive(clickhouse::Row, Deserialize)]
+struct WalletRow {
+    customer: String,
+    invoice_id: String,
+    currency: String,
+    reserved_minor: i64,
+    balance_minor: i64,
+}
+
+/// The payments wallet (`wallet_movements`, migration 0051) of some customers: what it
+/// reserved for each invoice's period (usage consumed, minus what was released or restored),
+/// and its balance per (customer, currency). Read per customer (the table's first sorting
+/// column), the earliest record of each movement id.
+#[derive(Debug, Default, Clone)]
+pub struct WalletCredit {
+    pub reserved: HashMap<String, i64>,
+    pub balance: HashMap<(String, String), i64>,
+}
+
+pub async fn wallet_credit(
+    db: &Client,
+    customers: &[String],
+) -> Result<WalletCredit, clickhouse::error::Error> {
+    let mut out = WalletCredit::default();
+    if customers.is_empty() {
+        return Ok(out);
+    }
+    let sql = format!(
+        "SELECT c, i, cur, \
+             toInt64(sumIf(amt, k IN ('consume')) - sumIf(amt, k IN ('release', 'restore'))) AS r, \
+             toInt64(sumIf(amt, k IN ('grant', 'release', 'restore')) \
+                 - sumIf(amt, k IN ('consume', 'expire', 'void'))) AS b \
+             FROM (SELECT movement_id, any(customer) AS c, argMin(invoice_id, at_ms) AS i, \
+                   argMin(currency, at_ms) AS cur, argMin(kind, at_ms) AS k, \
+                   argMin(amount_minor, at_ms) AS amt \
+                   FROM wallet_movements WHERE customer IN ({}) GROUP BY movement_id) \
+             GROUP BY c, i, cur",
+        vec!["?"; customers.len()].join(", ")
+    );
+    let mut query = db.query(&sql);
+    for c in customers {
+        query = query.bind(c);
+    }
+    let rows: Vec<WalletRow> = query.fetch_all().await?;
+    for r in rows {
+        if !r.invoice_id.is_empty() {
+            *out.reserved.entry(r.invoice_id).or_default() += r.reserved_minor;
+        }
+        *out.balance.entry((r.customer, r.currency)).or_default() += r.balance_minor;
+    }
+    Ok(out)
+}
+
+#[derive(clickhouse::Row, Deserialize)]
+struct AppliedRow {
+    customer: String,
+    currency: String,
+    invoice_id: String,
+    minor: i64,
 }
 
 #[derive(clickhouse::Row, Serialize)]

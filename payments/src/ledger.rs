@@ -12,6 +12,19 @@
 //! | credit note        | revenue (net), tax payable               | receivable                      |
 //! | write-off          | bad debt                                 | receivable                      |
 //! | void               | revenue (net), tax payable, (customer credit returned) | receivable, customer credit |
+//! | wallet grant       | credit source                            | customer credit                 |
+//! | wallet top-up paid | cash                                     | customer credit                 |
+//! | wallet reserve     | customer credit                          | credit reserved                 |
+//! | wallet release     | credit reserved                          | customer credit                 |
+//! | wallet invoiced    | credit reserved                          | customer credit                 |
+//! | wallet expire      | customer credit                          | credit breakage                 |
+//! | wallet void        | customer credit                          | credit source                   |
+//!
+//! Wallet journals (`crate::wallet`): rated usage of an open period reserves credit as it
+//! arrives (`credit_reserved`, a liability: credit consumed by usage not invoiced yet); when
+//! the period's invoice is finalized the reservation returns to `customer_credit`, from which
+//! the invoice's `credit applied` journal takes it, so an invoice applies its credit once
+//! whichever way it came. What expires unused is `credit_breakage` (income).
 //!
 //! Every journal is balanced in its one currency by construction (asserted), so any sequence
 //! of journals is balanced in every currency. Journal ids are deterministic (one per invoice,
@@ -41,10 +54,14 @@ pub enum Account {
     BadDebt,
     /// Where prepaid credit grants come from (a clearing account, see the module doc).
     CreditSource,
+    /// Wallet credit consumed by rated usage of periods not invoiced yet (a liability).
+    CreditReserved,
+    /// Wallet credit that expired unused (income).
+    CreditBreakage,
 }
 
 impl Account {
-    pub const ALL: [Account; 8] = [
+    pub const ALL: [Account; 10] = [
         Account::Receivable,
         Account::Revenue,
         Account::TaxPayable,
@@ -53,6 +70,8 @@ impl Account {
         Account::Refunds,
         Account::BadDebt,
         Account::CreditSource,
+        Account::CreditReserved,
+        Account::CreditBreakage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -65,6 +84,8 @@ impl Account {
             Account::Refunds => "refunds",
             Account::BadDebt => "bad_debt",
             Account::CreditSource => "credit_source",
+            Account::CreditReserved => "credit_reserved",
+            Account::CreditBreakage => "credit_breakage",
         }
     }
 }
@@ -119,6 +140,62 @@ pub enum Operation {
         version_ms: i64,
         delta_minor: i64,
     },
+    /// A wallet movement (`crate::wallet`): its id is the movement's, `invoice_id` the
+    /// period's invoice when the movement is usage of a period (empty otherwise).
+    Wallet {
+        journal_id: String,
+        kind: WalletJournal,
+        invoice_id: String,
+        amount_minor: i64,
+    },
+}
+
+/// What a wallet journal records (see the module doc's table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WalletJournal {
+    /// A promotional (or operator) grant became available.
+    Granted,
+    /// A paid top-up became available: its money is cash received.
+    TopUpPaid,
+    /// Rated usage of an open period consumed credit.
+    Reserved,
+    /// Usage of an open period went down: reserved credit returns.
+    Released,
+    /// The period's invoice was finalized: its reservation returns to customer credit, from
+    /// which the invoice's `credit applied` journal takes it.
+    Invoiced,
+    /// What was left of a grant at its expiry.
+    Expired,
+    /// What was left of a grant when it was voided.
+    Voided,
+}
+
+impl WalletJournal {
+    pub fn kind(self) -> &'static str {
+        match self {
+            WalletJournal::Granted => "wallet_grant",
+            WalletJournal::TopUpPaid => "wallet_top_up",
+            WalletJournal::Reserved => "wallet_reserve",
+            WalletJournal::Released => "wallet_release",
+            WalletJournal::Invoiced => "wallet_invoiced",
+            WalletJournal::Expired => "wallet_expire",
+            WalletJournal::Voided => "wallet_void",
+        }
+    }
+
+    /// (debit, credit) of the journal.
+    fn accounts(self) -> (Account, Account) {
+        match self {
+            WalletJournal::Granted => (Account::CreditSource, Account::CustomerCredit),
+            WalletJournal::TopUpPaid => (Account::Cash, Account::CustomerCredit),
+            WalletJournal::Reserved => (Account::CustomerCredit, Account::CreditReserved),
+            WalletJournal::Released | WalletJournal::Invoiced => {
+                (Account::CreditReserved, Account::CustomerCredit)
+            }
+            WalletJournal::Expired => (Account::CustomerCredit, Account::CreditBreakage),
+            WalletJournal::Voided => (Account::CustomerCredit, Account::CreditSource),
+        }
+    }
 }
 
 impl Operation {
@@ -133,6 +210,7 @@ impl Operation {
             Operation::Void { .. } => "void",
             Operation::CreditApplied { .. } => "credit_applied",
             Operation::CreditGranted { .. } => "credit_grant",
+            Operation::Wallet { kind, .. } => kind.kind(),
         }
     }
 
@@ -152,6 +230,7 @@ impl Operation {
                 version_ms,
                 ..
             } => format!("grant:{customer}:{grant_id}:{version_ms}"),
+            Operation::Wallet { journal_id, .. } => journal_id.clone(),
         }
     }
 
@@ -163,7 +242,8 @@ impl Operation {
             | Operation::CreditNote { invoice_id, .. }
             | Operation::WriteOff { invoice_id, .. }
             | Operation::Void { invoice_id, .. }
-            | Operation::CreditApplied { invoice_id, .. } => invoice_id,
+            | Operation::CreditApplied { invoice_id, .. }
+            | Operation::Wallet { invoice_id, .. } => invoice_id,
             Operation::CreditGranted { .. } => "",
         }
     }
@@ -301,6 +381,13 @@ pub fn post(op: &Operation, currency: &str) -> Result<Journal, LedgerError> {
             } else {
                 granted
             }
+        }
+        Operation::Wallet {
+            kind, amount_minor, ..
+        } => {
+            let a = non_negative(&id, "amount_minor", *amount_minor)?;
+            let (debit, credit) = kind.accounts();
+            vec![dr(debit, a), cr(credit, a)]
         }
         Operation::Payment { amount_minor, .. } => {
             let a = non_negative(&id, "amount_minor", *amount_minor)?;

@@ -24,6 +24,8 @@
 //! - [`spend_alerts`]: the spend deciders' threshold alerts as signed notifications (a durable
 //!   JetStream consumer, dunning's log, signing and retries).
 //! - [`portal`]: link tokens, the customer page, its usage chart.
+//! - [`wallet`]: prepaid credit wallets: grants and top-ups with priority and expiry,
+//!   consumed by rated usage in near real time, every movement a ledger journal.
 //! - [`http`]: the HTTP server and its routes.
 //! - [`outbound`]: outgoing HTTP(S) requests (notifications, gateway API calls).
 //! - [`metrics`]: every metric this crate emits.
@@ -44,6 +46,7 @@ pub mod settle;
 pub mod signature;
 pub mod spend_alerts;
 pub mod store;
+pub mod wallet;
 
 /// Why a payments operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +57,8 @@ pub enum Error {
     Lifecycle(#[from] tally_invoicer::lifecycle::LifecycleError),
     #[error(transparent)]
     Ledger(#[from] ledger::LedgerError),
+    #[error(transparent)]
+    Wallet(#[from] wallet::WalletError),
     #[error("not found: {0}")]
     NotFound(String),
     #[error("stored data is not valid: {0}")]

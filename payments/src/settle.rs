@@ -128,6 +128,33 @@ impl Settler {
                 payment_method,
             } => {
                 let Some(inv) = store::invoice(&self.db, invoice_id).await? else {
+                    // a wallet top-up is paid under its payable id; the wallet pass makes
+                    // the grant available (and books the cash) once payments cover it
+                    if let Some(top_up) = crate::wallet::store::top_up(&self.db, invoice_id).await?
+                    {
+                        if &top_up.currency != currency {
+                            return Ok(("currency_mismatch".into(), invoice_id.clone()));
+                        }
+                        let row = PaymentRow {
+                            payment_id: format!("{gateway}:{payment_ref}"),
+                            invoice_id: invoice_id.clone(),
+                            customer: top_up.customer,
+                            gateway: gateway.to_owned(),
+                            gateway_ref: payment_ref.clone(),
+                            kind: "payment".into(),
+                            status: "succeeded".into(),
+                            amount_minor: *amount_minor,
+                            currency: currency.clone(),
+                            failure_reason: String::new(),
+                            event_id: event.event_id.clone(),
+                            actor: actor.to_owned(),
+                            at_ms: now_ms,
+                            at: tally_platform::store::datetime_secs(now_ms),
+                            payment_method: payment_method.clone(),
+                        };
+                        store::append_payment(&self.db, &row).await?;
+                        return Ok(("top_up_paid".into(), invoice_id.clone()));
+                    }
                     return Ok(("unknown_invoice".into(), invoice_id.clone()));
                 };
                 if &inv.currency != currency {

@@ -105,6 +105,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(40, "0040_api_tokens_and_audit.sql"),
     migration!(41, "0041_service_roles_api_auth.sql"),
     migration!(50, "0050_live_spend.sql"),
+    migration!(51, "0051_wallets.sql"),
 ];
 
 /// A capability a migration needs from the server (its `-- requires:` header).

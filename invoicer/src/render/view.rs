@@ -83,6 +83,9 @@ pub fn view(inv: &Invoice) -> View {
         ));
     }
     totals.push(row("Amount due", money(inv.amount_due_minor), true));
+    if let Some(left) = inv.credit_balance_minor {
+        totals.push(row("Prepaid credit remaining", money(left), false));
+    }
     View {
         title: match &inv.number {
             Some(n) => format!("Invoice {n}"),

@@ -121,8 +121,13 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         "sync-ledger" => {
-            let n = Settler::new(db).sync_ledger(now_ms()).await?;
+            let n = Settler::new(db.clone()).sync_ledger(now_ms()).await?;
             println!("{n} journals posted");
+            let w = tally_payments::wallet::pass::run(&db, now_ms()).await?;
+            println!(
+                "wallets: {} movements, {} journals, {} customers failed",
+                w.movements, w.journals, w.failed
+            );
             Ok(())
         }
         "dunning-once" => {
@@ -339,6 +344,16 @@ async fn ledger_sync(
         match state.settler.sync_ledger(now_ms()).await {
             Ok(n) => tracing::debug!(journals = n, "ledger sync done"),
             Err(e) => tracing::warn!(error = %e, "ledger sync failed"),
+        }
+        // prepaid wallets: usage of open periods consumed, expiries, invoices' credit settled
+        match tally_payments::wallet::pass::run(&state.settler.db, now_ms()).await {
+            Ok(r) => tracing::debug!(
+                movements = r.movements,
+                journals = r.journals,
+                failed = r.failed,
+                "wallet pass done"
+            ),
+            Err(e) => tracing::warn!(error = %e, "wallet pass failed"),
         }
         match store::trial_balance(&state.settler.db).await {
             Ok(tb) => {

@@ -18,7 +18,7 @@ use super::server::{self, Body};
 use crate::gateway::manual::Manual;
 use crate::gateway::Gateway;
 use crate::portal::link;
-use crate::{profiles, store, Error};
+use crate::{profiles, store, wallet, Error};
 
 fn failed(e: Error) -> Response<Body> {
     match e {
@@ -79,6 +79,19 @@ async fn dispatch(
             set_profile(state, c, &body, &actor).await
         }
         (Method::GET, ["customers", c, "payment-profile"]) => get_profile(state, c).await,
+        (Method::GET, ["customers", c, "wallet"]) => wallet::http::get(&state.settler.db, c).await,
+        (Method::POST, ["customers", c, "wallet", kind @ ("grants" | "top-ups")]) => {
+            let kind = if *kind == "grants" {
+                wallet::GrantKind::Promotional
+            } else {
+                wallet::GrantKind::TopUp
+            };
+            let now_ms = (state.now_ms)();
+            wallet::http::create(&state.settler.db, c, kind, &body, &actor, now_ms).await
+        }
+        (Method::POST, ["customers", c, "wallet", "grants", g, "void"]) => {
+            wallet::http::void(&state.settler.db, c, g, &actor, (state.now_ms)()).await
+        }
         _ => Err(server::error(
             StatusCode::NOT_FOUND,
             "not_found",

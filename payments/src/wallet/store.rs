@@ -1,0 +1,424 @@
+//! The wallet's ClickHouse reads and appends (migration 0051). Every read names one customer
+//! (the first column of the sorting keys of `wallet_grants`, `wallet_movements`, `charges` and
+//! `invoices`) or a list of invoice ids (`invoice_transitions`' first key column), and charges
+//! only of periods that ended within [`LOOKBACK_MS`]: a pass reads what one customer's open
+//! periods need, never the whole history. Base tables are read with the views' rule (the
+//! earliest record of an id wins), since ClickHouse 18.16 does not push predicates into views.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use clickhouse::Client;
+use serde::{Deserialize, Serialize};
+use tally_domain::InvoiceStatus;
+use tally_platform::store::datetime_secs;
+
+use super::consume::{Period, PeriodState};
+use super::{Grant, GrantKind, Movement, MovementKind, WalletError};
+use crate::Error;
+
+/// Periods that ended longer ago than this are not read for usage (their invoices were
+/// finalized long before: the invoicer's default lookback is 3 days).
+pub const LOOKBACK_MS: i64 = 93 * 86_400_000;
+
+#[derive(clickhouse::Row, Serialize, Deserialize)]
+struct GrantRow {
+    grant_id: String,
+    customer: String,
+    currency: String,
+    amount_minor: i64,
+    kind: String,
+    priority: u8,
+    expires_at_ms: i64,
+    reason: String,
+    actor: String,
+    created_at_ms: i64,
+    created_at: u32,
+}
+
+/// A grant as stored, with its reason and actor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoredGrant {
+    #[serde(flatten)]
+    pub grant: Grant,
+    pub reason: String,
+    pub actor: String,
+}
+
+/// `(?, ?, ...)` for `n` values (ClickHouse 18.16 does not take an array after `IN`).
+pub fn placeholders(n: usize) -> String {
+    format!("({})", vec!["?"; n.max(1)].join(", "))
+}
+
+/// `query` with each of `values` bound in turn.
+fn bind_all(mut query: clickhouse::query::Query, values: &[String]) -> clickhouse::query::Query {
+    for v in values {
+        query = query.bind(v);
+    }
+    query
+}
+
+fn corrupt(what: String) -> Error {
+    Error::Corrupt(WalletError::Corrupt(what).to_string())
+}
+
+/// Appends a grant. Its id is the caller's idempotency key: a grant whose id exists is kept
+/// as first recorded (the views keep the earliest record).
+pub async fn append_grant(db: &Client, g: &Grant, reason: &str, actor: &str) -> Result<(), Error> {
+    let mut insert = db.insert::<GrantRow>("wallet_grants").await?;
+    insert
+        .write(&GrantRow {
+            grant_id: g.grant_id.clone(),
+            customer: g.customer.clone(),
+            currency: g.currency.clone(),
+            amount_minor: g.amount_minor,
+            kind: g.kind.as_str().to_owned(),
+            priority: g.priority,
+            expires_at_ms: g.expires_at_ms.unwrap_or(0),
+            reason: reason.to_owned(),
+            actor: actor.to_owned(),
+            created_at_ms: g.created_at_ms,
+            created_at: datetime_secs(g.created_at_ms),
+        })
+        .await?;
+    insert.end().await?;
+    Ok(())
+}
+
+/// A customer's grants (the earliest record of each id), with the payment time of paid
+/// top-ups.
+pub async fn grants_of(db: &Client, customer: &str) -> Result<Vec<StoredGrant>, Error> {
+    // aliases differ from the columns: ClickHouse 18.16 cannot alias an aggregate to the
+    // name of a column it reads (rows are read by position)
+    let rows: Vec<GrantRow> = db
+        .query(
+            "SELECT grant_id, any(customer) AS c, argMin(currency, created_at_ms) AS cur, \
+             argMin(amount_minor, created_at_ms) AS amt, argMin(kind, created_at_ms) AS k, \
+             argMin(priority, created_at_ms) AS p, argMin(expires_at_ms, created_at_ms) AS e, \
+             argMin(reason, created_at_ms) AS r, argMin(actor, created_at_ms) AS a, \
+             min(created_at_ms) AS t, toUInt32(0) AS z \
+             FROM wallet_grants WHERE customer = ? GROUP BY grant_id ORDER BY grant_id",
+        )
+        .bind(customer)
+        .fetch_all()
+        .await?;
+    let top_ups: Vec<String> = rows
+        .iter()
+        .filter(|r| r.kind == GrantKind::TopUp.as_str())
+        .map(|r| super::grant::payable_id(customer, &r.grant_id))
+        .collect();
+    let paid = paid_top_ups(db, &top_ups).await?;
+    rows.into_iter()
+        .map(|r| {
+            let kind = GrantKind::parse(&r.kind)
+                .ok_or_else(|| corrupt(format!("grant {} kind {:?}", r.grant_id, r.kind)))?;
+            let paid_at_ms = paid
+                .get(&super::grant::payable_id(customer, &r.grant_id))
+                .and_then(|(sum, at)| (*sum >= r.amount_minor).then_some(*at));
+            Ok(StoredGrant {
+                grant: Grant {
+                    grant_id: r.grant_id,
+                    customer: r.customer,
+                    currency: r.currency,
+                    amount_minor: r.amount_minor,
+                    kind,
+                    priority: r.priority,
+                    expires_at_ms: (r.expires_at_ms != 0).then_some(r.expires_at_ms),
+                    created_at_ms: r.created_at_ms,
+                    paid_at_ms,
+                },
+                reason: r.reason,
+                actor: r.actor,
+            })
+        })
+        .collect()
+}
+
+#[derive(clickhouse::Row, Deserialize)]
+struct PaidRow {
+    invoice_id: String,
+    paid_minor: i64,
+    at_ms: i64,
+}
+
+/// Received payments per top-up payable id: (sum, time of the last one).
+async fn paid_top_ups(db: &Client, ids: &[String]) -> Result<BTreeMap<String, (i64, i64)>, Error> {
+    if ids.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let sql = format!(
+        "SELECT invoice_id, toInt64(sum(amt)) AS paid, toInt64(max(t)) AS last FROM \
+         (SELECT invoice_id, payment_id, argMin(amount_minor, at_ms) AS amt, min(at_ms) AS t \
+          FROM payments WHERE invoice_id IN {} AND kind = 'payment' AND status = 'succeeded' \
+          GROUP BY invoice_id, payment_id) GROUP BY invoice_id",
+        placeholders(ids.len())
+    );
+    let rows: Vec<PaidRow> = bind_all(db.query(&sql), ids).fetch_all().await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.invoice_id, (r.paid_minor, r.at_ms)))
+        .collect())
+}
+
+#[derive(clickhouse::Row, Serialize, Deserialize)]
+struct MovementRow {
+    movement_id: String,
+    customer: String,
+    grant_id: String,
+    currency: String,
+    kind: String,
+    amount_minor: i64,
+    invoice_id: String,
+    actor: String,
+    at_ms: i64,
+    at: u32,
+}
+
+/// A customer's movements (the earliest record of each id), oldest first.
+pub async fn movements_of(db: &Client, customer: &str) -> Result<Vec<Movement>, Error> {
+    let rows: Vec<MovementRow> = db
+        .query(
+            "SELECT movement_id, any(customer) AS c, argMin(grant_id, at_ms) AS g, \
+             argMin(currency, at_ms) AS cur, argMin(kind, at_ms) AS k, \
+             argMin(amount_minor, at_ms) AS amt, argMin(invoice_id, at_ms) AS i, \
+             argMin(actor, at_ms) AS a, min(at_ms) AS t, toUInt32(0) AS z \
+             FROM wallet_movements WHERE customer = ? GROUP BY movement_id ORDER BY t, movement_id",
+        )
+        .bind(customer)
+        .fetch_all()
+        .await?;
+    rows.into_iter()
+        .map(|r| {
+            let kind = MovementKind::parse(&r.kind)
+                .ok_or_else(|| corrupt(format!("movement {} kind {:?}", r.movement_id, r.kind)))?;
+            if r.amount_minor < 0 {
+                return Err(corrupt(format!(
+                    "movement {} amount {}",
+                    r.movement_id, r.amount_minor
+                )));
+            }
+            Ok(Movement {
+                movement_id: r.movement_id,
+                customer: r.customer,
+                grant_id: r.grant_id,
+                currency: r.currency,
+                kind,
+                amount_minor: r.amount_minor,
+                invoice_id: r.invoice_id,
+                at_ms: r.at_ms,
+            })
+        })
+        .collect()
+}
+
+/// Appends movements in one insert.
+pub async fn append_movements(
+    db: &Client,
+    movements: &[Movement],
+    actor: &str,
+) -> Result<(), Error> {
+    if movements.is_empty() {
+        return Ok(());
+    }
+    let mut insert = db.insert::<MovementRow>("wallet_movements").await?;
+    for m in movements {
+        insert
+            .write(&MovementRow {
+                movement_id: m.movement_id.clone(),
+                customer: m.customer.clone(),
+                grant_id: m.grant_id.clone(),
+                currency: m.currency.clone(),
+                kind: m.kind.as_str().to_owned(),
+                amount_minor: m.amount_minor,
+                invoice_id: m.invoice_id.clone(),
+                actor: actor.to_owned(),
+                at_ms: m.at_ms,
+                at: datetime_secs(m.at_ms),
+            })
+            .await?;
+    }
+    insert.end().await?;
+    Ok(())
+}
+
+/// Customers with at least one grant.
+pub async fn customers(db: &Client) -> Result<Vec<String>, Error> {
+    Ok(db
+        .query("SELECT DISTINCT customer FROM wallet_grants ORDER BY customer")
+        .fetch_all()
+        .await?)
+}
+
+#[derive(clickhouse::Row, Deserialize)]
+struct UsageRow {
+    period_start: u32,
+    currency: String,
+    usage_minor: i64,
+}
+
+#[derive(clickhouse::Row, Deserialize)]
+struct InvoiceStateRow {
+    invoice_id: String,
+    status: String,
+    currency: String,
+    period_start: u32,
+    credits_applied_minor: i64,
+}
+
+#[derive(clickhouse::Row, Deserialize)]
+struct TransitionRow {
+    invoice_id: String,
+    to_status: String,
+}
+
+/// The customer's periods a pass decides on: those with rated usage that ended within
+/// [`LOOKBACK_MS`] of `now_ms`, and those of `held` (invoices whose reservation the wallet
+/// still holds or that applied wallet credit a void would return), each in the state of its
+/// invoice.
+pub async fn periods(
+    db: &Client,
+    customer: &str,
+    held: &BTreeSet<String>,
+    now_ms: i64,
+) -> Result<Vec<Period>, Error> {
+    let since_secs = (now_ms - LOOKBACK_MS).div_euclid(1000);
+    let usage: Vec<UsageRow> = db
+        .query(
+            "SELECT toUInt32(period_start) AS ps, currency, \
+             toInt64(sum(amount_minor + tax_minor)) AS u \
+             FROM charges FINAL WHERE customer = ? AND period_end > toDateTime(?) \
+             GROUP BY period_start, currency ORDER BY ps, currency",
+        )
+        .bind(customer)
+        .bind(since_secs)
+        .fetch_all()
+        .await?;
+    let mut by_invoice: BTreeMap<String, Period> = BTreeMap::new();
+    for u in usage {
+        let start_ms = i64::from(u.period_start) * 1000;
+        let id = tally_invoicer::invoice::invoice_id(customer, start_ms);
+        by_invoice.insert(
+            id.clone(),
+            Period {
+                invoice_id: id,
+                currency: u.currency,
+                period_start_ms: start_ms,
+                state: PeriodState::Open {
+                    usage_minor: u.usage_minor,
+                },
+            },
+        );
+    }
+    let ids: Vec<String> = by_invoice
+        .keys()
+        .chain(held.iter())
+        .cloned()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT invoice_id, argMax(status, version) AS s, argMax(currency, version) AS c, \
+         toUInt32(argMax(period_start, version)) AS ps, \
+         argMax(credits_applied_minor, version) AS ca \
+         FROM invoices WHERE customer = ? AND invoice_id IN {} GROUP BY invoice_id",
+        placeholders(ids.len())
+    );
+    let invoices: Vec<InvoiceStateRow> = bind_all(db.query(&sql).bind(customer), &ids)
+        .fetch_all()
+        .await?;
+    let sql = format!(
+        "SELECT invoice_id, argMin(to_status, at_ms) AS s FROM invoice_transitions \
+         WHERE invoice_id IN {} GROUP BY invoice_id, transition_id \
+         ORDER BY invoice_id, min(at_ms), min(seq), transition_id",
+        placeholders(ids.len())
+    );
+    let transitions: Vec<TransitionRow> = bind_all(db.query(&sql), &ids).fetch_all().await?;
+    let mut lifecycle: BTreeMap<String, InvoiceStatus> = BTreeMap::new();
+    for t in transitions {
+        let to: InvoiceStatus = t
+            .to_status
+            .parse()
+            .map_err(|_| corrupt(format!("invoice {} status {:?}", t.invoice_id, t.to_status)))?;
+        let at = lifecycle
+            .entry(t.invoice_id)
+            .or_insert(InvoiceStatus::Draft);
+        *at = tally_domain::invoice_status::fold(*at, [to]);
+    }
+    for inv in invoices {
+        let status = lifecycle.get(&inv.invoice_id).copied();
+        let state = match status {
+            Some(InvoiceStatus::Void) => PeriodState::Void,
+            Some(InvoiceStatus::Draft) | None if inv.status == "draft" => continue,
+            _ => PeriodState::Finalized {
+                credits_applied_minor: inv.credits_applied_minor,
+            },
+        };
+        let period = by_invoice
+            .entry(inv.invoice_id.clone())
+            .or_insert_with(|| Period {
+                invoice_id: inv.invoice_id.clone(),
+                currency: inv.currency.clone(),
+                period_start_ms: i64::from(inv.period_start) * 1000,
+                state,
+            });
+        period.state = state;
+    }
+    // a draft voided before the invoicer finalized it
+    for (id, status) in &lifecycle {
+        if *status == InvoiceStatus::Void {
+            if let Some(p) = by_invoice.get_mut(id) {
+                p.state = PeriodState::Void;
+            }
+        }
+    }
+    Ok(by_invoice.into_values().collect())
+}
+
+/// Which of `journal_ids` the ledger has.
+pub async fn posted(db: &Client, journal_ids: &[String]) -> Result<BTreeSet<String>, Error> {
+    if journal_ids.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    let sql = format!(
+        "SELECT DISTINCT journal_id FROM ledger_entries WHERE journal_id IN {}",
+        placeholders(journal_ids.len())
+    );
+    let ids: Vec<String> = bind_all(db.query(&sql), journal_ids).fetch_all().await?;
+    Ok(ids.into_iter().collect())
+}
+
+#[derive(clickhouse::Row, Deserialize)]
+struct TopUpRow {
+    customer: String,
+    currency: String,
+}
+
+/// Who pays a top-up, in what currency.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopUpDue {
+    pub customer: String,
+    pub currency: String,
+}
+
+/// A top-up by the id it is paid under ([`super::grant::payable_id`]), if one exists: its
+/// customer and currency. Reads `wallet_grants` whole (one row per grant: small).
+pub async fn top_up(db: &Client, payable_id: &str) -> Result<Option<TopUpDue>, Error> {
+    if !payable_id.starts_with("topup_") {
+        return Ok(None);
+    }
+    let row: Option<TopUpRow> = db
+        .query(
+            "SELECT customer, argMin(currency, created_at_ms) AS cur FROM wallet_grants \
+             WHERE kind = 'top_up' AND concat('topup_', customer, '_', grant_id) = ? \
+             GROUP BY customer, grant_id LIMIT 1",
+        )
+        .bind(payable_id)
+        .fetch_optional()
+        .await?;
+    Ok(row.map(|r| TopUpDue {
+        customer: r.customer,
+        currency: r.currency,
+    }))
+}

@@ -1,0 +1,376 @@
+//! Prepaid credit wallets over the real ClickHouse and the payments API: a promotional grant
+//! pays an open period's usage at once and the next period's with what is left; the first
+//! period's invoice applies what the wallet reserved; voiding that invoice gives the credit
+//! back; a grant expires, another is voided through the API; passes run again (a restart)
+//! append nothing; every movement is a journal and the trial balance stays zero; a draft
+//! invoice shows the credit applied and the balance left.
+
+mod support;
+
+use hyper::StatusCode;
+use serde_json::json;
+use support::*;
+use tally_domain::InvoiceStatus;
+use tally_invoicer::lifecycle;
+use tally_payments::ledger::Account;
+use tally_payments::settle::Settler;
+use tally_payments::store;
+use tally_payments::wallet::pass;
+use tally_platform::testkit::TestEnv;
+
+fn wall_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// A charge of `customer` as the rater writes it (the latest version of its id counts).
+async fn charge(
+    db: &clickhouse::Client,
+    id: &str,
+    customer: &str,
+    start_ms: i64,
+    amount: i64,
+    tax: i64,
+    version: u64,
+) {
+    db.query(
+        "INSERT INTO charges (charge_id, customer, period_start, period_end, meter, currency, \
+         amount_minor, tax_minor, version) VALUES (?, ?, toDateTime(?), toDateTime(?), 'tokens', 'USD', ?, ?, ?)",
+    )
+    .bind(id)
+    .bind(customer)
+    .bind(start_ms / 1000)
+    .bind((start_ms + 30 * DAY_MS) / 1000)
+    .bind(amount)
+    .bind(tax)
+    .bind(version)
+    .execute()
+    .await
+    .expect("charge written");
+}
+
+async fn wallet(server: &Server, customer: &str) -> serde_json::Value {
+    let (status, body) = api(
+        server.addr,
+        "GET",
+        &format!("/v1/customers/{customer}/wallet"),
+        serde_json::Value::Null,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+fn balance(tb: &tally_payments::ledger::TrialBalance, account: Account) -> i128 {
+    tb.currencies
+        .get("USD")
+        .and_then(|a| a.get(&account))
+        .map_or(0, |t| t.balance_minor())
+}
+
+/// The customer's `customer_credit` lines, credit minus debit: what the ledger says it holds.
+async fn ledger_credit(db: &clickhouse::Client, customer: &str) -> i64 {
+    db.query(
+        "SELECT toInt64(sum(credit_minor)) - toInt64(sum(debit_minor)) FROM v_ledger_entries \
+         WHERE customer = ? AND account = 'customer_credit'",
+    )
+    .bind(customer)
+    .fetch_one()
+    .await
+    .expect("ledger read")
+}
+
+#[tokio::test]
+async fn wallets_consume_usage_expire_void_and_keep_the_ledger_balanced() {
+    let env = TestEnv::new("wallet").await;
+    let db = env.db();
+    let server = start(db.clone(), wall_ms).await;
+    let now = wall_ms();
+    let (p1, p2) = (days_ago_ms(40), days_ago_ms(10));
+    // period 1 (ended, not invoiced yet) used 700 so far
+    charge(&db, "c1", "acme", p1, 600, 0, 1).await;
+    charge(&db, "c1", "acme", p1, 700, 0, 2).await;
+
+    // a promotional grant pays the open usage before the answer
+    let (status, body) = api(
+        server.addr,
+        "POST",
+        "/v1/customers/acme/wallet/grants",
+        json!({"grant_id": "promo-1", "currency": "USD", "amount_minor": 1000, "reason": "welcome"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let w = wallet(&server, "acme").await;
+    assert_eq!(w["balances"]["USD"], 300, "{w}");
+    assert_eq!(w["grants"][0]["remaining_minor"], 300);
+    assert_eq!(w["grants"][0]["status"], "active");
+    assert_eq!(w["grants"][0]["actor"], format!("api:{OPERATOR}"));
+    // the same grant id again is the same grant
+    let (status, body) = api(
+        server.addr,
+        "POST",
+        "/v1/customers/acme/wallet/grants",
+        json!({"grant_id": "promo-1", "currency": "USD", "amount_minor": 1000}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["created"].clone()),
+        (StatusCode::OK, json!(false))
+    );
+    // bad requests name the field
+    let (status, body) = api(
+        server.addr,
+        "POST",
+        "/v1/customers/acme/wallet/grants",
+        json!({"grant_id": "x", "currency": "USD", "amount_minor": -5}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["detail"].as_str().unwrap().contains("amount_minor"),
+        "{body}"
+    );
+
+    // period 2's usage takes the rest: the grant is used across two periods
+    charge(&db, "c2", "acme", p2, 450, 50, 1).await;
+    let r = pass::run(&db, now + 1_000).await.unwrap();
+    assert_eq!((r.customers, r.movements, r.failed), (1, 1, 0), "{r:?}");
+    assert_eq!(wallet(&server, "acme").await["balances"]["USD"], 0);
+    // run again, as after a restart: nothing new
+    let r = pass::run(&db, now + 2_000).await.unwrap();
+    assert_eq!((r.movements, r.journals), (0, 0), "{r:?}");
+
+    // period 1's invoice is finalized applying what the wallet reserved for it
+    let inv = invoice_with_credit(
+        &db,
+        "acme",
+        "USD",
+        p1,
+        &[("tokens", 700, 0)],
+        700,
+        now + 3_000,
+    )
+    .await;
+    assert_eq!((inv.credits_applied_minor, inv.amount_due_minor), (700, 0));
+    let settler = Settler::new(db.clone());
+    settler.sync_ledger(now + 4_000).await.unwrap();
+    let r = pass::run(&db, now + 5_000).await.unwrap();
+    assert_eq!(r.movements, 1, "the invoiced movement");
+    let tb = store::trial_balance(&db).await.unwrap();
+    assert!(tb.is_balanced(), "{}", tb.render());
+    assert_eq!(
+        balance(&tb, Account::CreditReserved),
+        -300,
+        "period 2 still open"
+    );
+    assert_eq!(balance(&tb, Account::Receivable), 0);
+    assert_eq!(ledger_credit(&db, "acme").await, 0);
+
+    // voiding period 1's invoice gives its 700 back: period 2 takes 200 more of it
+    lifecycle::record(
+        &db,
+        &inv.invoice_id,
+        InvoiceStatus::Void,
+        "api:carol",
+        "billed in error",
+        now,
+    )
+    .await
+    .unwrap();
+    settler.sync_ledger(now + 6_000).await.unwrap();
+    pass::run(&db, now + 7_000).await.unwrap();
+    let w = wallet(&server, "acme").await;
+    assert_eq!(w["balances"]["USD"], 500, "{w}");
+    let kinds: Vec<&str> = w["movements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["consume", "restore", "invoiced", "consume", "consume", "grant"],
+        "newest first"
+    );
+    assert_eq!(
+        ledger_credit(&db, "acme").await,
+        500,
+        "the balance is the sum of its ledger entries"
+    );
+    let tb = store::trial_balance(&db).await.unwrap();
+    assert!(tb.is_balanced(), "{}", tb.render());
+    assert_eq!(balance(&tb, Account::CreditReserved), -500);
+
+    // usage recomputed lower releases credit back
+    charge(&db, "c2", "acme", p2, 250, 50, 2).await;
+    pass::run(&db, now + 8_000).await.unwrap();
+    assert_eq!(wallet(&server, "acme").await["balances"]["USD"], 700);
+    assert_eq!(ledger_credit(&db, "acme").await, 700);
+
+    // the invoicer's draft of period 2 applies the wallet's reservation and shows the rest
+    // (the voided period's 700 come back as an adjustment line, which the wallet did not
+    // reserve for: it is owed)
+    let cfg = tally_invoicer::config::InvoicerConfig {
+        lookback_secs: 5 * 86_400,
+        grace_secs: 86_400,
+        ..Default::default()
+    };
+    let drafts = tally_invoicer::run::invoice_pass(&db, None, &cfg, now + 9_000)
+        .await
+        .unwrap();
+    let draft = drafts
+        .iter()
+        .find(|i| i.customer == "acme")
+        .expect("draft of period 2");
+    assert_eq!(
+        (
+            draft.total_minor,
+            draft.credits_applied_minor,
+            draft.amount_due_minor,
+            draft.credit_balance_minor
+        ),
+        (1_000, 300, 700, Some(700)),
+        "{:?}",
+        draft
+            .lines
+            .iter()
+            .map(|l| (&l.charge_id, l.amount_minor, l.tax_minor))
+            .collect::<Vec<_>>()
+    );
+    let html = tally_invoicer::render::html(draft);
+    assert!(html.contains("Prepaid credit remaining"), "{html}");
+
+    // beta: a grant with an expiry pays 30, the rest expires (breakage), with its journal
+    charge(&db, "c3", "beta", p2, 30, 0, 1).await;
+    let (status, _) = api(
+        server.addr,
+        "POST",
+        "/v1/customers/beta/wallet/grants",
+        json!({"grant_id": "trial", "currency": "USD", "amount_minor": 100, "priority": 0,
+               "expires_at_ms": now + DAY_MS}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    pass::run(&db, now + 2 * DAY_MS).await.unwrap();
+    let w = wallet(&server, "beta").await;
+    assert_eq!(
+        (
+            w["balances"]["USD"].clone(),
+            w["grants"][0]["status"].clone()
+        ),
+        (json!(0), json!("expired")),
+        "{w}"
+    );
+    let tb = store::trial_balance(&db).await.unwrap();
+    assert_eq!(balance(&tb, Account::CreditBreakage), -70);
+
+    // gamma: a grant voided through the API; an unknown grant is 404
+    let (status, _) = api(
+        server.addr,
+        "POST",
+        "/v1/customers/gamma/wallet/grants",
+        json!({"grant_id": "oops", "currency": "USD", "amount_minor": 250}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, w) = api(
+        server.addr,
+        "POST",
+        "/v1/customers/gamma/wallet/grants/oops/void",
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{w}");
+    assert_eq!(
+        (
+            w["balances"]["USD"].clone(),
+            w["grants"][0]["status"].clone()
+        ),
+        (json!(0), json!("voided"))
+    );
+    let (status, _) = api(
+        server.addr,
+        "POST",
+        "/v1/customers/gamma/wallet/grants/nope/void",
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // a top-up is pending until paid
+    let (status, body) = api(
+        server.addr,
+        "POST",
+        "/v1/customers/gamma/wallet/top-ups",
+        json!({"grant_id": "t1", "currency": "USD", "amount_minor": 5000}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(body["payable_id"], "topup_gamma_t1");
+    let w = wallet(&server, "gamma").await;
+    let t1 = w["grants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["grant_id"] == "t1")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (t1["status"].clone(), w["balances"]["USD"].clone()),
+        (json!("pending"), json!(0))
+    );
+    // paid by bank transfer under its payable id: available on the next pass, as cash
+    let (status, body) = api(
+        server.addr,
+        "POST",
+        "/v1/payments",
+        json!({"invoice_id": "topup_gamma_t1", "amount_minor": 5000, "currency": "USD", "reference": "BANK-T1"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["outcome"].clone()),
+        (StatusCode::OK, json!("top_up_paid")),
+        "{body}"
+    );
+    pass::run(&db, now + 2 * DAY_MS + 1).await.unwrap();
+    let w = wallet(&server, "gamma").await;
+    assert_eq!(w["balances"]["USD"], 5000, "{w}");
+    let tb = store::trial_balance(&db).await.unwrap();
+    assert_eq!(
+        balance(&tb, Account::Cash),
+        5000,
+        "the top-up's money is cash"
+    );
+
+    // a reader may look, not grant
+    let reader = token(&db, "rita", tally_platform::auth::Role::Reader).await;
+    let (status, _) = api_as(
+        server.addr,
+        Some(&reader),
+        "GET",
+        "/v1/customers/acme/wallet",
+        serde_json::Value::Null,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = api_as(
+        server.addr,
+        Some(&reader),
+        "POST",
+        "/v1/customers/acme/wallet/grants",
+        json!({"grant_id": "free", "currency": "USD", "amount_minor": 1}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // everything once, everything balanced
+    let r = pass::run(&db, now + 3 * DAY_MS).await.unwrap();
+    assert_eq!((r.movements, r.journals, r.failed), (0, 0, 0), "{r:?}");
+    let tb = store::trial_balance(&db).await.unwrap();
+    assert!(tb.is_balanced(), "{}", tb.render());
+    for c in ["acme", "beta", "gamma"] {
+        let w = wallet(&server, c).await;
+        let b = w["balances"]["USD"].as_i64().unwrap_or(0);
+        assert_eq!(ledger_credit(&db, c).await, b, "{c}: wallet = ledger");
+    }
+    drop(server);
+    env.cleanup().await;
+}
