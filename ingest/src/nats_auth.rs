@@ -11,9 +11,14 @@
 //! | `tally-invoicer` | its invoice-number KV bucket (`$KV.<bucket>.>`, get, create/info of `KV_<bucket>`) | usage, consumers, any other stream |
 //! | `tally-admin` | everything | |
 //!
-//! Everyone may subscribe only to `_INBOX.>` (replies and JetStream acks), except the admin.
-//! It owns the rendering only; it never starts or reconfigures a server. Passwords are 32 hex
-//! digits from the OS's CSPRNG (128 bits), so they need no quoting or escaping.
+//! Everyone but the admin may subscribe only to its own reply subjects, `_INBOX.<user>.>`
+//! (JetStream acks, pulled messages, KV reads), and each client connects with that inbox
+//! prefix (`tally_platform::streams::connect` sets it; agents publishing directly set it in
+//! their NATS client, docs/SECURITY.md). With the shared `_INBOX.>` of before, any agent could
+//! subscribe there and read copies of the usage the aggregator pulls and of the invoices the
+//! invoicer reads. It owns the rendering only; it never starts or reconfigures a server.
+//! Passwords are 32 hex digits from the OS's CSPRNG (128 bits), so they need no quoting or
+//! escaping.
 
 use ring::rand::SecureRandom;
 use tally_domain::CustomerId;
@@ -128,8 +133,9 @@ fn kv_subjects(bucket: &str) -> Vec<String> {
     ]
 }
 
-/// The permissions of `role`; `names` are the configured subject prefixes and usage stream.
-fn permissions(role: &Role, names: &Names<'_>) -> String {
+/// The permissions of `user` with `role`; `names` are the configured subject prefixes and
+/// usage stream.
+fn permissions(user: &str, role: &Role, names: &Names<'_>) -> String {
     let (prefix, dlq_prefix) = (names.prefix, names.dlq_prefix);
     let streams = [
         "$JS.API.INFO",
@@ -160,6 +166,8 @@ fn permissions(role: &Role, names: &Names<'_>) -> String {
                 format!("{prefix}_feed.>"),
             ];
             allow.extend(streams);
+            // sealing reads the stream's message at the consumer's ack floor (aggregator/src/seal.rs)
+            allow.push(format!("$JS.API.STREAM.MSG.GET.{}", names.stream));
             // the partition leases (aggregator/src/lease.rs)
             allow.extend(kv_subjects(&format!("{}_AGGREGATORS", names.stream)));
             (allow, vec![format!("{prefix}.>")])
@@ -171,8 +179,9 @@ fn permissions(role: &Role, names: &Names<'_>) -> String {
         format!(", deny: {}", list(&deny))
     };
     format!(
-        "{{ publish: {{ allow: {}{deny} }}, subscribe: {{ allow: [\"_INBOX.>\"] }} }}",
-        list(&allow)
+        "{{ publish: {{ allow: {}{deny} }}, subscribe: {{ allow: [\"{}.>\"] }} }}",
+        list(&allow),
+        tally_platform::streams::inbox_prefix(user)
     )
 }
 
@@ -197,7 +206,7 @@ pub fn render(users: &[NatsUser], names: &Names<'_>) -> String {
             "    {{ user: \"{}\", password: \"{}\", permissions: {} }}\n",
             u.user,
             u.password,
-            permissions(&u.role, names)
+            permissions(&u.user, &u.role, names)
         ));
     }
     out.push_str("  ]\n}\n");
@@ -268,6 +277,11 @@ mod tests {
             "{aggregator}"
         );
         assert!(!aggregator.contains("INVOICE_NUMBERS"), "{aggregator}");
+        // sealing reads a message of the usage stream (it timed out under its own user)
+        assert!(
+            aggregator.contains("\"$JS.API.STREAM.MSG.GET.USAGE\""),
+            "{aggregator}"
+        );
     }
 
     #[test]
@@ -289,6 +303,35 @@ mod tests {
         );
         assert!(users_with_bucket(&[], "a.b").is_err());
         assert!(users_with_bucket(&[], "").is_err());
+    }
+
+    /// Issue 16, finding 6: replies are readable only by the user they are for.
+    #[test]
+    fn each_user_may_subscribe_only_to_its_own_reply_subjects() {
+        let conf = render(
+            &users(&["acme"]).unwrap(),
+            &Names {
+                prefix: "usage",
+                dlq_prefix: "usage_dlq",
+                stream: "USAGE",
+            },
+        );
+        for user in [
+            "tally-aggregator",
+            "tally-gateway",
+            "tally-invoicer",
+            "agent-acme",
+        ] {
+            let line = conf
+                .lines()
+                .find(|l| l.contains(&format!("user: \"{user}\"")))
+                .unwrap();
+            assert!(
+                line.contains(&format!("subscribe: {{ allow: [\"_INBOX.{user}.>\"] }}")),
+                "{line}"
+            );
+        }
+        assert!(!conf.contains("\"_INBOX.>\""), "{conf}");
     }
 
     #[test]

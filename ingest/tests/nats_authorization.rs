@@ -30,11 +30,13 @@ async fn start(users: &[NatsUser]) -> Server {
     }
 }
 
+/// Logs in as `user` with its own reply subjects (`_INBOX.<user>`), as every client must.
 async fn login(server: &Server, user: &NatsUser) -> async_nats::jetstream::Context {
     let client = async_nats::ConnectOptions::with_user_and_password(
         user.user.clone(),
         user.password.clone(),
     )
+    .custom_inbox_prefix(tally_platform::streams::inbox_prefix(&user.user))
     .connect(&server.url)
     .await
     .unwrap_or_else(|e| panic!("{} cannot log in: {e}", user.user));
