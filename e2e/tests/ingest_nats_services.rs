@@ -2,7 +2,8 @@
 //! own: the gateway (as `tally-gateway`), an agent publishing directly (as `agent-acme`) and
 //! the aggregator (as `tally-aggregator`) each work with only their own rights, and each is
 //! refused outside them: the aggregator cannot forge usage or delete the stream, the gateway
-//! cannot consume it.
+//! cannot consume it. The spend decider works as `tally-spend`, and acme's agent may ask it
+//! for acme only.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,6 +67,7 @@ async fn each_service_works_with_its_own_nats_user_and_is_refused_outside_it() {
             prefix: &env.nats.subject_prefix,
             dlq_prefix: &env.nats.dlq_subject_prefix,
             stream: &env.nats.stream,
+            spend_root: "tally",
         },
     );
     let (_server, port) = start_nats(&auth).await.expect("starting nats-server");
@@ -204,6 +206,67 @@ async fn each_service_works_with_its_own_nats_user_and_is_refused_outside_it() {
         inv_js.delete_stream(&env.nats.stream).await.is_err(),
         "the invoicer deleted the usage stream"
     );
+
+    // The spend decider works as tally-spend (the feed, its journal and buckets, the
+    // aggregators' lease, answering requests); an agent asks for its own customer only.
+    let plans: Vec<tally_rater::config::PlanSpec> = serde_json::from_value(serde_json::json!([
+        {"id": "p", "version": 1, "currency": "USD", "effective_from": "2020-01-01T00:00:00Z",
+         "prices": [{"model": "per_unit", "meter": "tool_calls", "unit_price": "0.01"}]}
+    ]))
+    .unwrap();
+    tally_rater::registry_store::bootstrap(&env.db(), &[], &tally_e2e::meter_specs(), 0)
+        .await
+        .unwrap();
+    tally_rater::catalog_store::bootstrap(&env.db(), &plans, &[], 0)
+        .await
+        .unwrap();
+    let spend_stop = Shutdown::new();
+    let spend = tally_rater::live::run::Spend {
+        db: env.db(),
+        nats: connect(port, user(&users, "tally-spend")).await,
+        nats_cfg: env.nats.clone(),
+        cfg: tally_rater::live::SpendConfig {
+            lease_secs: 1,
+            ..Default::default()
+        },
+        source: tally_rater::catalog_store::CatalogSource {
+            rater: tally_rater::RaterConfig {
+                default_plan: Some("p".into()),
+                ..Default::default()
+            },
+            features: tally_platform::Features::default(),
+        },
+        now_ms: || chrono::Utc::now().timestamp_millis(),
+    };
+    let decider = tokio::spawn(tally_rater::live::run::run(spend, spend_stop.clone()));
+    let asker = tally_ingest::spend::SpendClient::new(
+        connect(port, user(&users, "agent-acme")).await,
+        "tally",
+        Duration::from_secs(2),
+        tally_ingest::spend::FailurePolicy::Closed,
+    );
+    let ask = tally_ingest::spend::AuthorizeRequest::new("tool_calls", 1.into());
+    let (acme, bot) = (CustomerId::new("acme").unwrap(), AgentId::new("bot").unwrap());
+    let mut allowed = false;
+    for _ in 0..60 {
+        if asker.authorize(&acme, &bot, &ask).await.unwrap().allow {
+            allowed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(allowed, "the decider answers as tally-spend");
+    let balance = asker.balance(&acme).await.unwrap().expect("a balance");
+    assert_eq!(balance["holds"], 1, "{balance}");
+    let other = asker
+        .authorize(&CustomerId::new("globex").unwrap(), &bot, &ask)
+        .await;
+    assert!(
+        other.is_err() || other.as_ref().is_ok_and(|a| !a.allow && a.offline),
+        "acme's agent asked for globex: {other:?}"
+    );
+    spend_stop.cancel();
+    let _ = decider.await;
 
     agg.abort();
     running.stop().await;

@@ -48,6 +48,7 @@ async fn an_agent_subscribed_to_every_reply_subject_receives_nothing_of_others()
             prefix: &env.nats.subject_prefix,
             dlq_prefix: &env.nats.dlq_subject_prefix,
             stream: &env.nats.stream,
+            spend_root: "tally",
         },
     );
     let (_server, port) = start_nats(&auth).await.expect("nats-server");

@@ -5,10 +5,12 @@
 //!
 //! | user | may publish | may not |
 //! |---|---|---|
-//! | `agent-<customer>` | `<prefix>.<customer>.>` | any other customer, the JetStream API, the DLQ |
-//! | `tally-gateway` | `<prefix>.>`, stream info/create/update | consume, delete or purge streams |
+//! | `agent-<customer>` | `<prefix>.<customer>.>`, `<root>.authorize.<customer>.>`, `<root>.balance.<customer>` | any other customer, the JetStream API, the DLQ |
+//! | `tally-gateway` | `<prefix>.>`, `<root>.authorize.>`, `<root>.balance.>`, stream info/create/update | consume, delete or purge streams |
 //! | `tally-aggregator` | consumer API, acks, `<dlq prefix>.>`, the live feed `<prefix>_feed.>`, stream info/create/update, its lease bucket `<stream>_AGGREGATORS` | forge usage on `<prefix>.>`, delete or purge streams |
 //! | `tally-invoicer` | its invoice-number KV bucket (`$KV.<bucket>.>`, get, create/info of `KV_<bucket>`) | usage, consumers, any other stream |
+//! | `tally-spend` | its streams (`<stream>_FEED` read, `<stream>_HOLDS` and `<stream>_ALERTS` written: `<prefix>_holds.>`, `<root>.alerts.>`), its KV buckets, reads of the aggregators' lease; subscribes to `<root>.authorize.*.*` and `<root>.balance.*` and answers only to their reply subjects (`allow_responses`) | usage, any other stream or bucket |
+//! | `tally-payments` | the consumer API and acks of `<stream>_ALERTS`, `<root>.balance.>` | usage, any other stream |
 //! | `tally-admin` | everything | |
 //!
 //! Everyone but the admin may subscribe only to its own reply subjects, `_INBOX.<user>.>`
@@ -36,6 +38,10 @@ pub enum Role {
     },
     /// A customer's agents publishing directly.
     Agent(CustomerId),
+    /// The spend deciders (`tally-spend`).
+    Spend,
+    /// The payments service: the spend alerts it turns into webhooks, balances for the portal.
+    Payments,
 }
 
 /// One NATS user.
@@ -91,6 +97,8 @@ pub fn users_with_bucket(
         ("tally-admin", Role::Admin),
         ("tally-aggregator", Role::Aggregator),
         ("tally-gateway", Role::Gateway),
+        ("tally-spend", Role::Spend),
+        ("tally-payments", Role::Payments),
         (
             "tally-invoicer",
             Role::Invoicer {
@@ -136,7 +144,7 @@ fn kv_subjects(bucket: &str) -> Vec<String> {
 /// The permissions of `user` with `role`; `names` are the configured subject prefixes and
 /// usage stream.
 fn permissions(user: &str, role: &Role, names: &Names<'_>) -> String {
-    let (prefix, dlq_prefix) = (names.prefix, names.dlq_prefix);
+    let (prefix, dlq_prefix, root, s) = (names.prefix, names.dlq_prefix, names.spend_root, names.stream);
     let streams = [
         "$JS.API.INFO",
         "$JS.API.STREAM.INFO.*",
@@ -144,11 +152,34 @@ fn permissions(user: &str, role: &Role, names: &Names<'_>) -> String {
         "$JS.API.STREAM.UPDATE.*",
     ]
     .map(String::from);
+    // what a service may do with a stream it reads through its own consumers
+    let consume = |stream: &str| {
+        vec![
+            format!("$JS.API.STREAM.INFO.{stream}"),
+            format!("$JS.API.CONSUMER.*.{stream}"),
+            format!("$JS.API.CONSUMER.*.{stream}.>"),
+            format!("$JS.API.CONSUMER.DURABLE.CREATE.{stream}.>"),
+        ]
+    };
+    let mut subscribe = vec![format!("{}.>", tally_platform::streams::inbox_prefix(user))];
+    let mut responses = false;
     let (allow, deny): (Vec<String>, Vec<String>) = match role {
         Role::Admin => return "{ publish: \">\", subscribe: \">\" }".to_owned(),
-        Role::Agent(c) => (vec![format!("{prefix}.{c}.>")], vec![]),
+        Role::Agent(c) => (
+            vec![
+                format!("{prefix}.{c}.>"),
+                // ask before spending, for its own customer only
+                format!("{root}.authorize.{c}.>"),
+                format!("{root}.balance.{c}"),
+            ],
+            vec![],
+        ),
         Role::Gateway => {
-            let mut allow = vec![format!("{prefix}.>")];
+            let mut allow = vec![
+                format!("{prefix}.>"),
+                format!("{root}.authorize.>"),
+                format!("{root}.balance.>"),
+            ];
             allow.extend(streams);
             (allow, vec![])
         }
@@ -167,10 +198,43 @@ fn permissions(user: &str, role: &Role, names: &Names<'_>) -> String {
             ];
             allow.extend(streams);
             // sealing reads the stream's message at the consumer's ack floor (aggregator/src/seal.rs)
-            allow.push(format!("$JS.API.STREAM.MSG.GET.{}", names.stream));
+            allow.push(format!("$JS.API.STREAM.MSG.GET.{s}"));
             // the partition leases (aggregator/src/lease.rs)
-            allow.extend(kv_subjects(&format!("{}_AGGREGATORS", names.stream)));
+            allow.extend(kv_subjects(&format!("{s}_AGGREGATORS")));
             (allow, vec![format!("{prefix}.>")])
+        }
+        Role::Spend => {
+            let mut allow = vec!["$JS.API.INFO".to_owned()];
+            // the live feed (read), the holds journal and the alerts (declared and written)
+            for stream in ["FEED", "HOLDS", "ALERTS"] {
+                allow.extend(consume(&format!("{s}_{stream}")));
+                allow.push(format!("$JS.API.STREAM.CREATE.{s}_{stream}"));
+            }
+            allow.push(format!("{prefix}_holds.>"));
+            allow.push(format!("{root}.alerts.>"));
+            // its lease and the alerts sent, and (read only) the aggregators' lease: the join point
+            allow.extend(kv_subjects(&format!("{s}_SPEND")));
+            allow.extend(kv_subjects(&format!("{s}_SPEND_ALERTS")));
+            let agg = format!("KV_{s}_AGGREGATORS");
+            allow.extend([
+                format!("$JS.API.STREAM.INFO.{agg}"),
+                format!("$JS.API.STREAM.MSG.GET.{agg}"),
+                format!("$JS.API.DIRECT.GET.{agg}"),
+                format!("$JS.API.DIRECT.GET.{agg}.>"),
+            ]);
+            subscribe.push(format!("{root}.authorize.*.*"));
+            subscribe.push(format!("{root}.balance.*"));
+            // answers go to the reply subjects of the requests it received, nowhere else
+            responses = true;
+            (allow, vec![])
+        }
+        Role::Payments => {
+            let mut allow = vec!["$JS.API.INFO".to_owned()];
+            allow.extend(consume(&format!("{s}_ALERTS")));
+            allow.push(format!("$JS.ACK.{s}_ALERTS.>"));
+            // the portal asks the deciders for a customer's live balance
+            allow.push(format!("{root}.balance.>"));
+            (allow, vec![])
         }
     };
     let deny = if deny.is_empty() {
@@ -178,10 +242,15 @@ fn permissions(user: &str, role: &Role, names: &Names<'_>) -> String {
     } else {
         format!(", deny: {}", list(&deny))
     };
+    let responses = if responses {
+        ", allow_responses: true"
+    } else {
+        ""
+    };
     format!(
-        "{{ publish: {{ allow: {}{deny} }}, subscribe: {{ allow: [\"{}.>\"] }} }}",
+        "{{ publish: {{ allow: {}{deny} }}, subscribe: {{ allow: {} }}{responses} }}",
         list(&allow),
-        tally_platform::streams::inbox_prefix(user)
+        list(&subscribe),
     )
 }
 
@@ -194,6 +263,8 @@ pub struct Names<'a> {
     pub dlq_prefix: &'a str,
     /// `nats.stream`: the aggregators' lease bucket is `<stream>_AGGREGATORS`.
     pub stream: &'a str,
+    /// `spend.subject_root` (default `tally`): the spend deciders' subjects.
+    pub spend_root: &'a str,
 }
 
 /// The `authorization { users = [...] }` block for `users`.
@@ -226,11 +297,16 @@ mod tests {
                 prefix: "usage",
                 dlq_prefix: "usage_dlq",
                 stream: "USAGE",
+                spend_root: "tally",
             },
         );
         assert!(conf.contains(r#"user: "agent-acme""#));
-        assert!(conf.contains(r#"publish: { allow: ["usage.acme.>"] }"#));
-        assert!(conf.contains(r#"publish: { allow: ["usage.globex.>"] }"#));
+        assert!(conf.contains(
+            r#"publish: { allow: ["usage.acme.>", "tally.authorize.acme.>", "tally.balance.acme"] }"#
+        ));
+        assert!(conf.contains(
+            r#"publish: { allow: ["usage.globex.>", "tally.authorize.globex.>", "tally.balance.globex"] }"#
+        ));
         assert_eq!(
             conf.matches("publish: \">\"").count(),
             1,
@@ -247,6 +323,7 @@ mod tests {
                 prefix: "usage",
                 dlq_prefix: "usage_dlq",
                 stream: "USAGE",
+                spend_root: "tally",
             },
         );
         let aggregator = conf
@@ -266,6 +343,7 @@ mod tests {
             prefix: "usage",
             dlq_prefix: "usage_dlq",
             stream: "USAGE",
+            spend_root: "tally",
         };
         let conf = render(&users(&[]).unwrap(), &names);
         let aggregator = conf
@@ -292,6 +370,7 @@ mod tests {
                 prefix: "usage",
                 dlq_prefix: "usage_dlq",
                 stream: "USAGE",
+                spend_root: "tally",
             },
         );
         let invoicer = conf.lines().find(|l| l.contains("tally-invoicer")).unwrap();
@@ -314,6 +393,7 @@ mod tests {
                 prefix: "usage",
                 dlq_prefix: "usage_dlq",
                 stream: "USAGE",
+                spend_root: "tally",
             },
         );
         for user in [
@@ -332,6 +412,42 @@ mod tests {
             );
         }
         assert!(!conf.contains("\"_INBOX.>\""), "{conf}");
+    }
+
+    /// Issue 15: the deciders answer only the requests they receive; agents ask for their own
+    /// customer only; payments reads only the alerts.
+    #[test]
+    fn spend_users_have_their_subjects_only() {
+        let conf = render(
+            &users(&["acme"]).unwrap(),
+            &Names {
+                prefix: "usage",
+                dlq_prefix: "usage_dlq",
+                stream: "USAGE",
+                spend_root: "tally",
+            },
+        );
+        let line = |user: &str| {
+            conf.lines()
+                .find(|l| l.contains(&format!("user: \"{user}\"")))
+                .unwrap()
+                .to_owned()
+        };
+        let spend = line("tally-spend");
+        assert!(spend.contains(r#"subscribe: { allow: ["_INBOX.tally-spend.>", "tally.authorize.*.*", "tally.balance.*"] }, allow_responses: true"#), "{spend}");
+        for s in ["usage_holds.>", "tally.alerts.>", "$KV.USAGE_SPEND.>", "$JS.API.DIRECT.GET.KV_USAGE_AGGREGATORS.>", "$JS.API.CONSUMER.*.USAGE_FEED.>"] {
+            assert!(spend.contains(&format!("\"{s}\"")), "{s}: {spend}");
+        }
+        assert!(!spend.contains("\"$KV.USAGE_AGGREGATORS.>\""), "the aggregators' lease is read only: {spend}");
+        assert!(!spend.contains("\"usage.>\""), "{spend}");
+        let agent = line("agent-acme");
+        assert!(agent.contains(r#"["usage.acme.>", "tally.authorize.acme.>", "tally.balance.acme"]"#), "{agent}");
+        assert!(!agent.contains("allow_responses"), "{agent}");
+        let payments = line("tally-payments");
+        assert!(payments.contains("\"$JS.ACK.USAGE_ALERTS.>\"") && payments.contains("\"tally.balance.>\""), "{payments}");
+        assert!(!payments.contains("\"$JS.ACK.>\""), "{payments}");
+        let gateway = line("tally-gateway");
+        assert!(gateway.contains("\"tally.authorize.>\""), "{gateway}");
     }
 
     #[test]

@@ -20,6 +20,7 @@ async fn start(users: &[NatsUser]) -> Server {
             prefix: "usage",
             dlq_prefix: "usage_dlq",
             stream: "USAGE",
+            spend_root: "tally",
         },
     ))
     .await

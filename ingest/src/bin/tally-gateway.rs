@@ -126,6 +126,7 @@ fn nats_config(cfg: &Config, args: &Args) -> anyhow::Result<()> {
                 prefix: &cfg.nats.subject_prefix,
                 dlq_prefix: &cfg.nats.dlq_subject_prefix,
                 stream: &cfg.nats.stream,
+                spend_root: &cfg.ingest.spend_subject_root,
             },
         ),
     )
