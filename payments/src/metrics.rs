@@ -18,6 +18,16 @@ pub fn journal(kind: &'static str) {
     metrics::counter!("tally_payments_journals_total", "kind" => kind).increment(1);
 }
 
+/// A customer whose wallet a pass could not update (retried next pass).
+pub fn wallet_failure() {
+    metrics::counter!("tally_payments_wallet_failures_total").increment(1);
+}
+
+/// Wallet movements a pass appended.
+pub fn wallet_movements(n: usize) {
+    metrics::counter!("tally_payments_wallet_movements_total").increment(n as u64);
+}
+
 /// A notification delivery attempt, by result (`delivered`, `failed`).
 pub fn delivery(result: &'static str, took: Duration) {
     metrics::counter!("tally_payments_notification_deliveries_total", "result" => result)

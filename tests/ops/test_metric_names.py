@@ -16,7 +16,7 @@ import unittest
 import dashboards as d
 from workspace import ROOT
 
-STAGES = {"aggregator", "gateway", "rater", "invoicer", "payments"}
+STAGES = {"aggregator", "gateway", "rater", "invoicer", "payments", "spend"}
 MACRO = re.compile(r'(counter|gauge|histogram)!\(\s*"([a-z0-9_]+)"((?:\s*,\s*"[a-z_]+"\s*=>[^,)]+)*)')
 HISTOGRAM_UNITS = ("_seconds", "_bytes", "_messages", "_events")
 UNBOUNDED = {"customer", "agent", "event_id", "invoice_id", "key", "key_id", "id", "subject"}

@@ -327,6 +327,20 @@ FIXTURE = {
               currency="USD", debit_minor=94, credit_minor=0, invoice_id="INV-000001", customer="acme",
               actor="payments:retry", at_ms=1764633605000, at="2025-12-02 00:00:05")],
     ],
+    # a promotional grant recorded twice (a retried append: the earliest record wins) and a
+    # movement consuming part of it
+    "wallet_grants": [
+        [dict(grant_id="g-1", customer="acme", currency="USD", amount_minor=500, kind="promotional", priority=50,
+              expires_at_ms=1767225600000, reason="launch", actor="api:ops", created_at_ms=1764547200000,
+              created_at="2025-12-01 00:00:00")],
+        [dict(grant_id="g-1", customer="acme", currency="USD", amount_minor=500, kind="promotional", priority=50,
+              expires_at_ms=1767225600000, reason="launch", actor="api:retry", created_at_ms=1764547205000,
+              created_at="2025-12-01 00:00:05")],
+    ],
+    "wallet_movements": [
+        [dict(movement_id="m-1", customer="acme", grant_id="g-1", currency="USD", kind="consumed", amount_minor=-94,
+              invoice_id="", actor="payments:wallet", at_ms=1764633600000, at="2025-12-02 00:00:00")],
+    ],
 }
 
 # Hand-computed: what each known view must show (selected columns; the rest are compared

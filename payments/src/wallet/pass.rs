@@ -42,12 +42,12 @@ pub async fn run(db: &Client, now_ms: i64) -> Result<Report, Error> {
             }
             Err(e) => {
                 report.failed += 1;
-                metrics::counter!("tally_payments_wallet_failures_total").increment(1);
+                crate::metrics::wallet_failure();
                 tracing::error!(%customer, error = %e, "wallet not updated this pass; retried next pass");
             }
         }
     }
-    metrics::counter!("tally_payments_wallet_movements_total").increment(report.movements as u64);
+    crate::metrics::wallet_movements(report.movements);
     Ok(report)
 }
 
@@ -131,7 +131,7 @@ async fn post_missing(
     let mut n = 0;
     for j in journals.iter().filter(|j| !posted.contains(&j.journal_id)) {
         crate::store::append_journal(db, j, customer, actor, now_ms).await?;
-        metrics::counter!("tally_payments_journals_total", "kind" => j.kind).increment(1);
+        crate::metrics::journal(j.kind);
         n += 1;
     }
     Ok(n)
