@@ -645,7 +645,7 @@ subject_root = "{root}"
 lease_secs = 1
 refresh_secs = 1
 aborts_poll_ms = 200
-hold_default_ms = 3000
+hold_default_ms = 8000
 hold_grace_ms = 1000
 api_addr = "127.0.0.1:{api}"
 metrics_addr = "127.0.0.1:{metrics}"
@@ -703,7 +703,9 @@ async fn holds_survive_kill_9_and_never_leak_and_a_restart_rebuilds_the_same_bal
     let mut holds = Vec::new();
     for _ in 0..4 {
         let mut req = AuthorizeRequest::new("tool_calls", d("5"));
-        req.deadline_ms = Some(3000);
+        // long enough for the standby to take over on a loaded machine, short enough to wait
+        // for the one that expires
+        req.deadline_ms = Some(8000);
         let ans = sdk.authorize(&acme, &bot, &req).await.expect("answer");
         assert!(ans.allow, "{ans:?}");
         holds.push(ans.hold_id.expect("a hold"));
@@ -747,7 +749,9 @@ async fn holds_survive_kill_9_and_never_leak_and_a_restart_rebuilds_the_same_bal
         .await
         .expect("release answered"));
 
-    // kill -9 of that one too: a fresh instance rebuilds the same balance from storage
+    // kill -9 of that one too: a fresh instance rebuilds the same balance from storage (the
+    // release above is journaled in the background: give it a moment)
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let before = sdk.balance(&acme).await.expect("balance").expect("answered");
     b.kill9();
     let c_config = process_config(&env, &cfg, &dir, "c");

@@ -196,6 +196,8 @@ pub struct JoinPoint {
     /// batch after the join point was published after it (a batch in flight at the join
     /// point wrote its intent then). `None`: the partition never wrote.
     pub since_ms: Option<i64>,
+    /// A batch was in flight (its intent, possibly renewed, is the key's value).
+    pub in_flight: bool,
 }
 
 /// The join point of a partition from its lease key (`bucket`, `key`): the key's revision
@@ -220,6 +222,7 @@ pub async fn join_point(
             return Ok(JoinPoint {
                 committed_through: 0,
                 since_ms: None,
+                in_flight: false,
             })
         }
     };
@@ -228,6 +231,7 @@ pub async fn join_point(
         return Ok(JoinPoint {
             committed_through: 0,
             since_ms: None,
+            in_flight: false,
         });
     };
     let in_flight = matches!(
@@ -242,6 +246,7 @@ pub async fn join_point(
             entry.revision
         },
         since_ms,
+        in_flight,
     })
 }
 

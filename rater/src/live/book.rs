@@ -562,6 +562,15 @@ impl Book {
         self.customers.get_mut(customer)?.holds.remove(hold)
     }
 
+    /// Gives `agent`'s hold back (another agent's hold of the customer is not its to give).
+    pub fn release_by(&mut self, customer: &str, agent: &str, hold: &str) -> Option<Hold> {
+        let holds = &mut self.customers.get_mut(customer)?.holds;
+        if holds.get(hold)?.agent != agent {
+            return None;
+        }
+        holds.remove(hold)
+    }
+
     /// Decides an authorize request at `now_ms`: allowed, with the hold placed (to be made
     /// durable before the answer is sent), or denied with a reason.
     pub fn authorize(
@@ -591,6 +600,19 @@ impl Book {
             );
         };
         if let Some(h) = book.holds.get(&ask.hold_id) {
+            let same = h.agent == ask.agent
+                && h.meter == ask.meter
+                && h.quantity == ask.quantity
+                && h.group == *ask.group;
+            if !same {
+                return (
+                    Answer::deny(
+                        Reason::InvalidRequest,
+                        "request_id names a hold placed for another request",
+                    ),
+                    None,
+                );
+            }
             // the same request again (its answer was lost): the same hold
             let answer = Answer {
                 allow: true,

@@ -151,7 +151,9 @@ impl Decider {
             } => self.request(request, reply, received).await,
             Command::Batch(notices) => return self.batch(notices),
             Command::Aborts(ids) => {
-                if ids.iter().any(|id| self.applied.contains(id)) {
+                // a batch aborted after the rebuild read storage may be in the book (read in
+                // part while in flight, or applied from the feed): rebuild from storage
+                if ids.iter().any(|id| !self.aborted.contains(id)) {
                     tracing::warn!("a batch counted from the feed was aborted: rebuilding from storage");
                     metrics::rebuild("aborted_batch");
                     return Some(Stop::Rebuild);
@@ -180,8 +182,12 @@ impl Decider {
     async fn request(&mut self, request: Request, reply: ReplyTo, received: std::time::Instant) {
         let now = (self.now_ms)();
         match request {
-            Request::Release { customer, hold } => {
-                let answer = match self.book.release(customer.as_str(), &hold) {
+            Request::Release {
+                customer,
+                agent,
+                hold,
+            } => {
+                let answer = match self.book.release_by(customer.as_str(), agent.as_str(), &hold) {
                     Some(h) => {
                         self.journal_release(&h);
                         Answer {
@@ -319,10 +325,11 @@ impl Decider {
     }
 
     fn notify_crossings(&mut self, customer: &str) {
-        let crossings = self.book.crossings(customer);
+        // without alerts this session, leave the crossings unmarked: the next session sends them
         let Some(alerts) = self.alerts.clone() else {
             return;
         };
+        let crossings = self.book.crossings(customer);
         for c in crossings {
             let (alerts, now) = (alerts.clone(), (self.now_ms)());
             tokio::spawn(async move {

@@ -120,7 +120,7 @@ impl Journal {
             .await
             .map_err(|e| self.err(e))?;
         let info = stream.info().await.map_err(|e| self.err(e))?;
-        let mut held: BTreeMap<String, Hold> = BTreeMap::new();
+        let mut held: BTreeMap<(String, String), Hold> = BTreeMap::new();
         if info.state.messages == 0 {
             return Ok(Vec::new());
         }
@@ -149,11 +149,12 @@ impl Journal {
             let msg = msg.map_err(|e| self.err(e))?;
             seen += 1;
             match serde_json::from_slice::<Record>(&msg.payload) {
+                // hold ids are the callers' request ids: unique per customer only
                 Ok(Record::Place { hold }) => {
-                    held.insert(hold.id.clone(), hold);
+                    held.insert((hold.customer.clone(), hold.id.clone()), hold);
                 }
-                Ok(Record::Release { hold_id, .. }) => {
-                    held.remove(&hold_id);
+                Ok(Record::Release { customer, hold_id }) => {
+                    held.remove(&(customer, hold_id));
                 }
                 Err(e) => tracing::warn!(error = %e, "unreadable hold record skipped"),
             }

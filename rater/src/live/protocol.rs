@@ -100,6 +100,8 @@ pub enum Request {
     },
     Release {
         customer: CustomerId,
+        /// Only the agent that holds it may give a hold back.
+        agent: AgentId,
         hold: String,
     },
     Feature {
@@ -168,7 +170,11 @@ pub fn parse(
             return Err(invalid("a release names only the hold".into()));
         }
         EventId::validate(&hold).map_err(|e| invalid(format!("release: {e}")))?;
-        return Ok(Request::Release { customer, hold });
+        return Ok(Request::Release {
+            customer,
+            agent,
+            hold,
+        });
     }
     if let Some(feature) = b.feature {
         if b.meter.is_some() || b.max_quantity.is_some() || b.request_id.is_some() {

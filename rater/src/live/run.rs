@@ -281,12 +281,7 @@ async fn rebuild(
     // the plan before the join point: every seal it names holds batches committed before
     let from = from_ms.map_or(0, |ms| u32::try_from(ms.max(0) / 1000).unwrap_or(u32::MAX));
     let plan = usage::plan(db, from).await?;
-    let join = feed::join_point(
-        js,
-        &format!("{}_AGGREGATORS", spend.nats_cfg.stream),
-        &spend.cfg.aggregator_consumer_name(),
-    )
-    .await?;
+    let join = settled_join_point(spend, js).await?;
     if from_ms.is_some() {
         let to = u32::try_from(now / 1000 + 86_400).unwrap_or(u32::MAX);
         let req = UsageRequest {
@@ -311,6 +306,26 @@ async fn rebuild(
     }
     book.reprice_all(&catalog);
     Ok((book, catalog, join))
+}
+
+/// The join point once no batch is in flight (batches take well under a second; an
+/// aggregator renewing its lease during a long batch moves the key's revision past the batch's
+/// sequence). After 10 s of a batch in flight, the revision before it, with a warning.
+async fn settled_join_point(spend: &Spend, js: &jetstream::Context) -> Result<JoinPoint, RunError> {
+    let bucket = format!("{}_AGGREGATORS", spend.nats_cfg.stream);
+    let key = spend.cfg.aggregator_consumer_name();
+    let started = Instant::now();
+    loop {
+        let join = feed::join_point(js, &bucket, &key).await?;
+        if !join.in_flight {
+            return Ok(join);
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            tracing::warn!(committed_through = join.committed_through, "a batch stayed in flight for 10 s; joining before it");
+            return Ok(join);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn meter_aggregations(
@@ -412,6 +427,12 @@ async fn follow_feed(spend: Spend, join: JoinPoint, tx: mpsc::Sender<Command>) {
     }
 }
 
+/// Whether a requester's reply subject is a reply inbox: answers go nowhere else (a request
+/// naming a JetStream API or another customer's subject as its reply gets no answer).
+fn is_inbox(reply: &str) -> bool {
+    reply.starts_with("_INBOX.") && !reply.contains(['*', '>', ' '])
+}
+
 /// The customer and agent tokens of `<root>.authorize.<customer>.<agent>`.
 fn authorize_tokens<'s>(root: &str, subject: &'s str) -> Option<(&'s str, &'s str)> {
     let rest = subject.strip_prefix(root)?.strip_prefix(".authorize.")?;
@@ -432,7 +453,7 @@ async fn answer_authorize(spend: Spend, tx: mpsc::Sender<Command>) {
     };
     while let Some(msg) = sub.next().await {
         let received = Instant::now();
-        let Some(reply) = msg.reply.clone() else {
+        let Some(reply) = msg.reply.clone().filter(|r| is_inbox(r.as_str())) else {
             continue;
         };
         let Some((customer, agent)) = authorize_tokens(&root, msg.subject.as_str()) else {
@@ -483,7 +504,7 @@ async fn answer_balance(spend: Spend, tx: mpsc::Sender<Command>) {
         }
     };
     while let Some(msg) = sub.next().await {
-        let Some(reply) = msg.reply.clone() else {
+        let Some(reply) = msg.reply.clone().filter(|r| is_inbox(r.as_str())) else {
             continue;
         };
         let Some(customer) = msg.subject.as_str().strip_prefix(&prefix) else {
@@ -573,5 +594,14 @@ mod tests {
         assert_eq!(authorize_tokens("tally", "tally.authorize.acme.a.b"), None);
         assert_eq!(authorize_tokens("tally", "other.authorize.acme.a"), None);
         assert_eq!(authorize_tokens("tally", "tallyx.authorize.acme.a"), None);
+    }
+
+    #[test]
+    fn answers_go_only_to_reply_inboxes() {
+        assert!(is_inbox("_INBOX.agent-acme.abc.1"));
+        assert!(is_inbox("_INBOX.xyz"));
+        for bad in ["$JS.API.STREAM.DELETE.USAGE", "usage.globex.bot", "_INBOX.>", "$KV.USAGE_AGGREGATORS.aggregator", "_INBOXx"] {
+            assert!(!is_inbox(bad), "{bad}");
+        }
     }
 }

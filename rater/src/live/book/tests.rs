@@ -366,3 +366,27 @@ fn features_and_limits_follow_the_plan_version_of_the_period() {
     let (a, _) = b.authorize(&c, &ask(&acme, "a", 501, "h2", &big), dec1);
     assert_eq!(a.reason, Some(Reason::EntitlementExceeded));
 }
+
+#[test]
+fn a_request_id_answers_only_the_same_request_and_only_its_agent_releases_it() {
+    let c = catalog();
+    let mut b = book(vec![]);
+    let acme = CustomerId::new("acme").unwrap();
+    let none = BTreeMap::new();
+    let (a, h) = b.authorize(&c, &ask(&acme, "a", 10, "r1", &none), NOV26);
+    assert!(a.allow && h.is_some());
+    // the same request again: the same hold, nothing more held
+    let (again, h2) = b.authorize(&c, &ask(&acme, "a", 10, "r1", &none), NOV26);
+    assert!(again.allow && h2.is_none());
+    assert_eq!(again.hold_id.as_deref(), Some("r1"));
+    // the same id for another quantity or agent: refused, not allowed for free
+    let (other, _) = b.authorize(&c, &ask(&acme, "a", 1_000_000, "r1", &none), NOV26);
+    assert_eq!(other.reason, Some(Reason::InvalidRequest));
+    let (other, _) = b.authorize(&c, &ask(&acme, "b", 10, "r1", &none), NOV26);
+    assert_eq!(other.reason, Some(Reason::InvalidRequest));
+    assert_eq!(b.holds().count(), 1);
+    // agent b cannot give agent a's hold back; a can
+    assert!(b.release_by("acme", "b", "r1").is_none());
+    assert!(b.release_by("acme", "a", "r1").is_some());
+    assert_eq!(b.holds().count(), 0);
+}
