@@ -219,9 +219,11 @@ async fn concurrent_requests_across_three_instances_admit_exactly_the_headroom()
             let (sdk, c) = (sdk.clone(), c.clone());
             async move {
                 let a = agent(&format!("bot-{}", i % 10));
-                sdk.authorize(&c, &a, &AuthorizeRequest::new("llm_tokens", d("1000")))
-                    .await
-                    .expect("an answer")
+                // a model without an entitlement limit (a request naming no model counts
+                // against the plan's gpt-4o limit)
+                let mut req = AuthorizeRequest::new("llm_tokens", d("1000"));
+                req.group.insert("model".into(), "gpt-4o-mini".into());
+                sdk.authorize(&c, &a, &req).await.expect("an answer")
             }
         });
         let answers = futures::future::join_all(asks).await;
@@ -486,6 +488,13 @@ async fn hostile_requests_get_their_reason_codes() {
         )
     };
     assert_eq!(gpt4o("4000").await["allow"], true);
+    // a request that names no model may be for gpt-4o: it counts against the limit
+    let unnamed = ask(
+        subject.clone(),
+        br#"{"meter":"llm_tokens","max_quantity":"1001"}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(unnamed["reason"], "entitlement_exceeded", "{unnamed}");
     let over = gpt4o("1001").await;
     assert_eq!(over["reason"], "entitlement_exceeded", "{over}");
     assert_eq!(over["remaining"], "1000", "{over}");

@@ -200,6 +200,19 @@ pub struct JoinPoint {
     pub in_flight: bool,
 }
 
+/// Whether JetStream says the bucket's stream does not exist.
+async fn bucket_missing(js: &jetstream::Context, bucket: &str) -> bool {
+    use async_nats::jetstream::context::GetStreamErrorKind;
+    match js.get_stream(format!("KV_{bucket}")).await {
+        Ok(_) => false,
+        Err(e) => matches!(
+            e.kind(),
+            GetStreamErrorKind::JetStream(j)
+                if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND
+        ),
+    }
+}
+
 /// The join point of a partition from its lease key (`bucket`, `key`): the key's revision
 /// when nothing is in flight, else the revision before the in-flight intent (whose batch may
 /// be in storage only in part). `committed_through` 0: the partition never wrote.
@@ -217,7 +230,9 @@ pub async fn join_point(
     };
     let store: kv::Store = match js.get_key_value(bucket).await {
         Ok(s) => s,
-        // no bucket: no aggregator ever ran
+        // no bucket: no aggregator ever ran; any other error (a timeout, no permission) is
+        // not "nothing committed": the caller retries
+        Err(e) if !bucket_missing(js, bucket).await => return Err(err(&e)),
         Err(_) => {
             return Ok(JoinPoint {
                 committed_through: 0,

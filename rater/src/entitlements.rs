@@ -66,10 +66,11 @@ impl Entitlements {
     }
 }
 
-/// Whether usage with `group` counts against limit `l`: every value the limit names is the
-/// usage's.
+/// Whether a request (or its hold) with `group` counts against limit `l`: every value the
+/// limit names is the request's, or the request does not say (a request that names no model
+/// may be for the limited one, so it counts: the conservative side).
 pub fn matches(l: &LimitSpec, group: &BTreeMap<String, String>) -> bool {
-    l.group.iter().all(|(k, v)| group.get(k) == Some(v))
+    l.group.iter().all(|(k, v)| group.get(k).is_none_or(|g| g == v))
 }
 
 /// Like [`matches`], for group values stored as parallel name and value lists.
@@ -145,7 +146,8 @@ mod tests {
         assert!(matches(&limit(&[]), &usage));
         assert!(matches(&limit(&[("model", "gpt-4o")]), &usage));
         assert!(!matches(&limit(&[("model", "o1")]), &usage));
-        assert!(!matches(&limit(&[("region", "eu")]), &usage));
+        assert!(matches(&limit(&[("region", "eu")]), &usage), "a value the request does not name counts");
+        assert!(matches(&limit(&[("model", "gpt-4o")]), &BTreeMap::new()), "so does a request without a group");
         let names = vec!["kind".to_owned(), "model".to_owned()];
         let values = vec!["output".to_owned(), "gpt-4o".to_owned()];
         assert!(matches_lists(&limit(&[("model", "gpt-4o")]), &names, &values));

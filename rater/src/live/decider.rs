@@ -300,10 +300,21 @@ impl Decider {
             return None;
         };
         let batch = first.batch.clone();
-        if first.bseq <= self.committed_through
-            || self.aborted.contains(&batch)
-            || self.applied.contains(&batch)
-        {
+        if self.aborted.contains(&batch) || self.applied.contains(&batch) {
+            return None;
+        }
+        if first.bseq <= self.committed_through {
+            // storage had its rows; its holds are settled all the same (a hold journaled before
+            // the rebuild whose usage is already counted would reserve twice until it expired)
+            let holds: Vec<(String, String)> = notices
+                .iter()
+                .flat_map(|n| n.holds.iter())
+                .map(|h| (h.customer.clone(), h.hold.clone()))
+                .collect();
+            for h in self.book.settle(&holds) {
+                metrics::holds_settled(1);
+                self.journal_release(&h);
+            }
             return None;
         }
         self.applied.insert(batch);
