@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use tally_platform::feed::{self, HoldRef, Notice};
 use tally_platform::store::datetime_secs;
-use tally_platform::usage::{UsageRow, Units};
+use tally_platform::usage::{Units, UsageRow};
 
 use crate::batch::Batch;
 use crate::partials::Partial;
@@ -82,7 +82,13 @@ mod tests {
     fn quantities_become_units_of_10_to_the_minus_9() {
         assert_eq!(units(Decimal::new(15, 1)), Units(1_500_000_000));
         assert_eq!(units(Decimal::new(1, 9)), Units(1));
-        assert_eq!(units(Decimal::from(1_000_000_000_000_000u64)), Units(10i128.pow(24)));
-        assert_eq!(units(Decimal::new(15, 1)).decimal(), Some(Decimal::new(15, 1)));
+        assert_eq!(
+            units(Decimal::from(1_000_000_000_000_000u64)),
+            Units(10i128.pow(24))
+        );
+        assert_eq!(
+            units(Decimal::new(15, 1)).decimal(),
+            Some(Decimal::new(15, 1))
+        );
     }
 }

@@ -17,9 +17,9 @@ use tally_ingest::synthetic::Fleet;
 use tally_ingest::Publisher;
 use tally_platform::feed::{self, FeedConfig, Notice};
 use tally_platform::shutdown::Shutdown;
+use tally_platform::streams;
 use tally_platform::testkit::TestEnv;
 use tally_platform::usage::{self, Request, Resolution, Scope, Totals, UsageRow};
-use tally_platform::streams;
 
 /// Per (customer, agent, meter): (events, quantity) of `rows`.
 fn totals(rows: &[UsageRow]) -> BTreeMap<(String, String, String), (u64, String)> {
@@ -32,7 +32,12 @@ fn totals(rows: &[UsageRow]) -> BTreeMap<(String, String, String), (u64, String)
             .expect("representable");
     }
     acc.into_iter()
-        .map(|(k, (agg, t))| (k, (t.events, t.quantity(&agg).unwrap().normalize().to_string())))
+        .map(|(k, (agg, t))| {
+            (
+                k,
+                (t.events, t.quantity(&agg).unwrap().normalize().to_string()),
+            )
+        })
         .collect()
 }
 
@@ -116,13 +121,21 @@ async fn every_batch_notice_is_what_storage_holds_under_the_same_sequence() {
     let mut rows = Vec::new();
     let mut noted = BTreeSet::new();
     for n in &notices {
-        assert_eq!(stored.get(&n.batch), Some(&n.bseq), "batch {} sequence", n.batch);
+        assert_eq!(
+            stored.get(&n.batch),
+            Some(&n.bseq),
+            "batch {} sequence",
+            n.batch
+        );
         assert!(n.bseq >= last_bseq, "sequences grow with the batches");
         last_bseq = n.bseq;
         assert_eq!((n.chunk, n.chunks), (0, 1), "small batches fit one message");
         rows.extend(n.rows.iter().cloned());
         for h in &n.holds {
-            assert!(noted.insert((h.customer.clone(), h.hold.clone())), "each hold once");
+            assert!(
+                noted.insert((h.customer.clone(), h.hold.clone())),
+                "each hold once"
+            );
         }
     }
     assert_eq!(stored.len(), notices.len(), "a notice per committed batch");
@@ -142,11 +155,19 @@ async fn every_batch_notice_is_what_storage_holds_under_the_same_sequence() {
     let in_storage = usage::read(&db, &usage::Plan::default(), &read)
         .await
         .expect("read");
-    assert_eq!(totals(&rows), totals(&in_storage), "the feed holds what storage holds");
+    assert_eq!(
+        totals(&rows),
+        totals(&in_storage),
+        "the feed holds what storage holds"
+    );
 
-    let join = feed::join_point(&js, &format!("{}_AGGREGATORS", env.nats.stream), "aggregator")
-        .await
-        .expect("join point");
+    let join = feed::join_point(
+        &js,
+        &format!("{}_AGGREGATORS", env.nats.stream),
+        "aggregator",
+    )
+    .await
+    .expect("join point");
     assert!(
         stored.values().all(|&b| b <= join.committed_through),
         "storage holds every batch up to the join point: {join:?}"
@@ -168,7 +189,11 @@ async fn every_batch_notice_is_what_storage_holds_under_the_same_sequence() {
         joined.extend(n.rows.iter().cloned());
     }
     assert!(before > 0 && joined.len() > before);
-    assert_eq!(totals(&joined), totals(&in_storage), "storage up to n + the feed after n");
+    assert_eq!(
+        totals(&joined),
+        totals(&in_storage),
+        "storage up to n + the feed after n"
+    );
     let other = Request {
         through: Some(usage::Through {
             part: 1,

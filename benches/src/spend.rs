@@ -68,9 +68,8 @@ pub struct SpendFigures {
 
 impl SpendFigures {
     pub fn to_markdown(&self) -> String {
-        let mut s = String::from(
-            "| series | requests | p50 | p99 | max |\n|---|---|---|---|---|\n",
-        );
+        let mut s =
+            String::from("| series | requests | p50 | p99 | max |\n|---|---|---|---|---|\n");
         for l in self.baseline.iter().chain(&self.pairs) {
             s.push_str(&format!(
                 "| {} | {} | {} µs | {} µs | {} µs |\n",
@@ -147,8 +146,22 @@ async fn setup(env: &TestEnv) -> anyhow::Result<()> {
         thresholds: vec![],
         hard: true,
     };
-    budget::put(&db, &put("hot", "1000000000000").validated()?, false, "bench", now_ms()).await?;
-    budget::put(&db, &put("mixed", "100").validated()?, false, "bench", now_ms()).await?;
+    budget::put(
+        &db,
+        &put("hot", "1000000000000").validated()?,
+        false,
+        "bench",
+        now_ms(),
+    )
+    .await?;
+    budget::put(
+        &db,
+        &put("mixed", "100").validated()?,
+        false,
+        "bench",
+        now_ms(),
+    )
+    .await?;
     Ok(())
 }
 
@@ -194,12 +207,20 @@ async fn pairs_at(sdk: &Arc<SpendClient>, rate: u64, secs: u64) -> anyhow::Resul
     for t in tasks {
         let _ = t.await;
     }
-    let h = hist.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
+    let h = hist
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clone();
     Ok(h)
 }
 
 /// Plain request/reply at `rate` per second against a responder that answers at once.
-async fn echo_at(client: &async_nats::Client, subject: &str, rate: u64, secs: u64) -> anyhow::Result<Histogram<u64>> {
+async fn echo_at(
+    client: &async_nats::Client,
+    subject: &str,
+    rate: u64,
+    secs: u64,
+) -> anyhow::Result<Histogram<u64>> {
     let hist = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new(3)?));
     let every = Duration::from_nanos(1_000_000_000 / rate.max(1));
     let mut tick = tokio::time::interval(every);
@@ -221,7 +242,10 @@ async fn echo_at(client: &async_nats::Client, subject: &str, rate: u64, secs: u6
     for t in tasks {
         let _ = t.await;
     }
-    let h = hist.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
+    let h = hist
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clone();
     Ok(h)
 }
 
@@ -265,7 +289,12 @@ fn tool_call(customer: &str, agent: &str, n: u64) -> anyhow::Result<OutgoingEven
 }
 
 /// Publish-to-balance latency of `probes` single events, with `load` events/s of others.
-async fn freshness(env: &TestEnv, sdk: &SpendClient, probes: usize, load: u64) -> anyhow::Result<Histogram<u64>> {
+async fn freshness(
+    env: &TestEnv,
+    sdk: &SpendClient,
+    probes: usize,
+    load: u64,
+) -> anyhow::Result<Histogram<u64>> {
     let client = async_nats::connect(&env.nats.url).await?;
     let js = async_nats::jetstream::new(client);
     let stop = Shutdown::new();
@@ -280,9 +309,14 @@ async fn freshness(env: &TestEnv, sdk: &SpendClient, probes: usize, load: u64) -
                 for _ in 0..(load / 100).max(1) {
                     n += 1;
                     let c = format!("load{}", n % 100);
-                    let Ok(e) = tool_call(&c, "bot", n) else { continue };
+                    let Ok(e) = tool_call(&c, "bot", n) else {
+                        continue;
+                    };
                     let mut h = async_nats::HeaderMap::new();
-                    h.insert("Nats-Msg-Id", tally_domain::nats_msg_id(&c, "bot", &format!("e{n}")).as_str());
+                    h.insert(
+                        "Nats-Msg-Id",
+                        tally_domain::nats_msg_id(&c, "bot", &format!("e{n}")).as_str(),
+                    );
                     if let Ok(ack) = js
                         .publish_with_headers(format!("{prefix}.{c}.bot"), h, e.to_json().into())
                         .await
@@ -307,14 +341,22 @@ async fn freshness(env: &TestEnv, sdk: &SpendClient, probes: usize, load: u64) -
             tally_domain::nats_msg_id("probe", "bot", e.id.as_ref()).as_str(),
         );
         let t = Instant::now();
-        js.publish_with_headers(format!("{}.probe.bot", env.nats.subject_prefix), h, e.to_json().into())
-            .await?
-            .await?;
+        js.publish_with_headers(
+            format!("{}.probe.bot", env.nats.subject_prefix),
+            h,
+            e.to_json().into(),
+        )
+        .await?
+        .await?;
         loop {
             let b = sdk.balance(&probe).await?;
             let q = b
                 .as_ref()
-                .and_then(|b| b["meters"]["tool_calls"]["quantity"].as_str().map(str::to_owned))
+                .and_then(|b| {
+                    b["meters"]["tool_calls"]["quantity"]
+                        .as_str()
+                        .map(str::to_owned)
+                })
                 .and_then(|q| q.parse::<u64>().ok())
                 .unwrap_or(0);
             if q > seen {
@@ -351,7 +393,11 @@ async fn mixed(sdk: &SpendClient, requests: u64) -> anyhow::Result<(u64, u64, u6
         let held: u64 = outstanding.iter().map(|(_, q)| q).sum();
         let fit = held + q <= 100;
         let ans = sdk
-            .authorize(&c, &a, &AuthorizeRequest::new("tool_calls", Decimal::from(q)))
+            .authorize(
+                &c,
+                &a,
+                &AuthorizeRequest::new("tool_calls", Decimal::from(q)),
+            )
             .await?;
         if fit {
             fits += 1;
@@ -377,7 +423,12 @@ async fn mixed(sdk: &SpendClient, requests: u64) -> anyhow::Result<(u64, u64, u6
 
 /// The whole scenario: `secs` per fixed rate, `probes` freshness probes over `load`
 /// background events/s, `mixed_requests` of the mixed load.
-pub async fn run(secs: u64, probes: usize, load: u64, mixed_requests: u64) -> anyhow::Result<SpendFigures> {
+pub async fn run(
+    secs: u64,
+    probes: usize,
+    load: u64,
+    mixed_requests: u64,
+) -> anyhow::Result<SpendFigures> {
     let env = TestEnv::new("bench_spend").await;
     setup(&env).await?;
     let cfg = spend_config(&env);
@@ -391,7 +442,9 @@ pub async fn run(secs: u64, probes: usize, load: u64, mixed_requests: u64) -> an
             batch_max_wait_ms: 100,
             ..tally_aggregator::AggregatorConfig::default()
         };
-        tokio::spawn(async move { tally_aggregator::run(client, db, &nats_cfg, &acfg, meters, stop).await })
+        tokio::spawn(async move {
+            tally_aggregator::run(client, db, &nats_cfg, &acfg, meters, stop).await
+        })
     };
     let spend = Spend {
         db: env.db(),
@@ -412,11 +465,19 @@ pub async fn run(secs: u64, probes: usize, load: u64, mixed_requests: u64) -> an
         tokio::spawn(async move { run::run(spend, stop).await })
     };
     let client = async_nats::connect(&env.nats.url).await?;
-    let sdk = Arc::new(SpendClient::new(client.clone(), &cfg.subject_root, Duration::from_secs(5), FailurePolicy::Closed));
+    let sdk = Arc::new(SpendClient::new(
+        client.clone(),
+        &cfg.subject_root,
+        Duration::from_secs(5),
+        FailurePolicy::Closed,
+    ));
     let hot = id("hot")?;
     let ready = Instant::now();
     while sdk.balance(&hot).await?.is_none() {
-        anyhow::ensure!(ready.elapsed() < Duration::from_secs(60), "the decider did not answer");
+        anyhow::ensure!(
+            ready.elapsed() < Duration::from_secs(60),
+            "the decider did not answer"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // the baseline responder
@@ -436,9 +497,15 @@ pub async fn run(secs: u64, probes: usize, load: u64, mixed_requests: u64) -> an
     let mut pairs = Vec::new();
     for rate in [1000u64, 5000] {
         let h = echo_at(&client, &echo_subject, 2 * rate, secs).await?;
-        baseline.push(Latency::of(format!("NATS request/reply alone, {} req/s", 2 * rate), &h));
+        baseline.push(Latency::of(
+            format!("NATS request/reply alone, {} req/s", 2 * rate),
+            &h,
+        ));
         let h = pairs_at(&sdk, rate, secs).await?;
-        pairs.push(Latency::of(format!("authorize + release, {rate} pairs/s"), &h));
+        pairs.push(Latency::of(
+            format!("authorize + release, {rate} pairs/s"),
+            &h,
+        ));
     }
     let max_baseline_per_sec = {
         let (client, subject) = (client.clone(), echo_subject.clone());
@@ -455,7 +522,10 @@ pub async fn run(secs: u64, probes: usize, load: u64, mixed_requests: u64) -> an
         closed_loop(64, secs, move || {
             let (sdk, c, a) = (sdk.clone(), c.clone(), a.clone());
             async move {
-                if let Ok(ans) = sdk.authorize(&c, &a, &AuthorizeRequest::new("tool_calls", Decimal::ONE)).await {
+                if let Ok(ans) = sdk
+                    .authorize(&c, &a, &AuthorizeRequest::new("tool_calls", Decimal::ONE))
+                    .await
+                {
                     if let Some(h) = ans.hold_id {
                         let _ = sdk.release(&c, &a, &h).await;
                     }

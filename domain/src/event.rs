@@ -331,7 +331,10 @@ mod tests {
                 parse(bad.as_bytes(), 4096).unwrap_err().field(),
                 Some("holdid")
             );
-            assert!(parse(twice.as_bytes(), 4096).is_err(), "a repeated holdid is refused");
+            assert!(
+                parse(twice.as_bytes(), 4096).is_err(),
+                "a repeated holdid is refused"
+            );
         }
         let owned = UsageEvent::parse(with.as_bytes(), 4096).unwrap();
         assert_eq!(owned.hold_id.as_ref().map(EventId::as_str), Some("h-42"));

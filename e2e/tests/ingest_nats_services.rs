@@ -246,7 +246,10 @@ async fn each_service_works_with_its_own_nats_user_and_is_refused_outside_it() {
         tally_ingest::spend::FailurePolicy::Closed,
     );
     let ask = tally_ingest::spend::AuthorizeRequest::new("tool_calls", 1.into());
-    let (acme, bot) = (CustomerId::new("acme").unwrap(), AgentId::new("bot").unwrap());
+    let (acme, bot) = (
+        CustomerId::new("acme").unwrap(),
+        AgentId::new("bot").unwrap(),
+    );
     let mut allowed = false;
     for _ in 0..60 {
         if asker.authorize(&acme, &bot, &ask).await.unwrap().allow {

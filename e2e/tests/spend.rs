@@ -91,7 +91,11 @@ fn spend_config(env: &TestEnv) -> SpendConfig {
 }
 
 /// Starts a decider on `env`; cancel `stop` to stop it.
-async fn start_decider(env: &TestEnv, cfg: &SpendConfig, stop: Shutdown) -> tokio::task::JoinHandle<()> {
+async fn start_decider(
+    env: &TestEnv,
+    cfg: &SpendConfig,
+    stop: Shutdown,
+) -> tokio::task::JoinHandle<()> {
     let spend = Spend {
         db: env.db(),
         nats: async_nats::connect(&env.nats.url).await.expect("NATS"),
@@ -174,7 +178,14 @@ async fn drop_spend_streams(env: &TestEnv) {
     }
 }
 
-fn budget(c: &str, id: &str, kind: Kind, meter: Option<&str>, limit: &str, thresholds: Vec<u8>) -> Budget {
+fn budget(
+    c: &str,
+    id: &str,
+    kind: Kind,
+    meter: Option<&str>,
+    limit: &str,
+    thresholds: Vec<u8>,
+) -> Budget {
     Budget {
         customer: c.into(),
         budget_id: id.into(),
@@ -201,8 +212,17 @@ async fn concurrent_requests_across_three_instances_admit_exactly_the_headroom()
     let k = |r: usize| 1 + (r * 37) % 500;
     for r in 0..ROUNDS {
         let limit = Decimal::from(k(r)) * d("0.003");
-        let b = budget(&format!("c{r:03}"), "monthly", Kind::Amount, None, &limit.to_string(), vec![]);
-        budget::put(&db, &b, false, "test", now_ms()).await.expect("budget stored");
+        let b = budget(
+            &format!("c{r:03}"),
+            "monthly",
+            Kind::Amount,
+            None,
+            &limit.to_string(),
+            vec![],
+        );
+        budget::put(&db, &b, false, "test", now_ms())
+            .await
+            .expect("budget stored");
     }
     let cfg = spend_config(&env);
     let stops: Vec<Shutdown> = (0..3).map(|_| Shutdown::new()).collect();
@@ -230,7 +250,11 @@ async fn concurrent_requests_across_three_instances_admit_exactly_the_headroom()
         let allowed = answers.iter().filter(|a| a.allow).count();
         assert_eq!(allowed, k(r), "round {r}: exactly the headroom admitted");
         for a in answers.iter().filter(|a| !a.allow) {
-            assert_eq!(a.reason.as_deref(), Some("budget_exceeded"), "round {r}: {a:?}");
+            assert_eq!(
+                a.reason.as_deref(),
+                Some("budget_exceeded"),
+                "round {r}: {a:?}"
+            );
             assert!(!a.offline, "round {r}: every request answered by a decider");
         }
         let held: std::collections::BTreeSet<_> =
@@ -252,7 +276,13 @@ async fn concurrent_requests_across_three_instances_admit_exactly_the_headroom()
 }
 
 /// Reports `n` tool calls of `a` settling `hold`.
-async fn report_calls(p: &mut Publisher, c: &CustomerId, a: &AgentId, n: usize, hold: Option<&str>) {
+async fn report_calls(
+    p: &mut Publisher,
+    c: &CustomerId,
+    a: &AgentId,
+    n: usize,
+    hold: Option<&str>,
+) {
     for _ in 0..n {
         let e = OutgoingEvent {
             id: EventId::new(uuid_like()).expect("id"),
@@ -281,7 +311,9 @@ async fn an_agent_spends_until_denied_then_resumes_after_a_top_up() {
     let (bot1, bot2) = (agent("bot-1"), agent("bot-2"));
     // 0.60 USD: 30 tool calls at 0.02; notify at 50 % and 100 %
     let b = budget("acme", "monthly", Kind::Amount, None, "0.60", vec![50, 100]);
-    budget::put(&db, &b, false, "test", now_ms()).await.expect("budget stored");
+    budget::put(&db, &b, false, "test", now_ms())
+        .await
+        .expect("budget stored");
 
     let stop_agg = Shutdown::new();
     let agg = start_aggregator(&env, aggregator_config(), stop_agg.clone()).await;
@@ -326,7 +358,11 @@ async fn an_agent_spends_until_denied_then_resumes_after_a_top_up() {
         used += 5;
     }
     let denied = denied.expect("the agent was stopped");
-    assert_eq!(denied.reason.as_deref(), Some("budget_exceeded"), "{denied:?}");
+    assert_eq!(
+        denied.reason.as_deref(),
+        Some("budget_exceeded"),
+        "{denied:?}"
+    );
     // 3 + 5 x 5 = 28 calls = 0.56: a sixth request of 5 (0.10) would exceed 0.60
     assert_eq!(used, 28);
     let settled = wait_balance(&sdk, &acme, "every hold settled", |b| {
@@ -347,21 +383,32 @@ async fn an_agent_spends_until_denied_then_resumes_after_a_top_up() {
     assert!(two.allow, "{two:?}");
     let hold = two.hold_id.clone().expect("a hold");
     // cancelled work gives its hold back
-    assert!(sdk.release(&acme, &bot2, &hold).await.expect("release answered"));
-    assert!(!sdk.release(&acme, &bot2, &hold).await.expect("second release answered"));
+    assert!(sdk
+        .release(&acme, &bot2, &hold)
+        .await
+        .expect("release answered"));
+    assert!(!sdk
+        .release(&acme, &bot2, &hold)
+        .await
+        .expect("second release answered"));
 
     // the 50 % threshold crossed once (0.30 reached); 100 % not yet
     let first_alert = tokio::time::timeout(Duration::from_secs(10), alerts.next())
         .await
         .expect("an alert within 10 s")
         .expect("alert message");
-    let alert: serde_json::Value = serde_json::from_slice(&first_alert.payload).expect("alert JSON");
+    let alert: serde_json::Value =
+        serde_json::from_slice(&first_alert.payload).expect("alert JSON");
     assert_eq!(alert["threshold"], 50, "{alert}");
     assert_eq!(alert["type"], "spend.threshold_crossed", "{alert}");
     assert_eq!(alert["kind"], "amount", "{alert}");
 
     // a restarted decider holds the same balance and does not notify 50 % again
-    let before = sdk.balance(&acme).await.expect("balance").expect("answered");
+    let before = sdk
+        .balance(&acme)
+        .await
+        .expect("balance")
+        .expect("answered");
     stop.cancel();
     decider.await.expect("decider stopped");
     let stop = Shutdown::new();
@@ -374,7 +421,9 @@ async fn an_agent_spends_until_denied_then_resumes_after_a_top_up() {
 
     // top-up: the budget raised to 1.00, the agent resumes and reaches 100 % of the new limit
     let b = budget("acme", "monthly", Kind::Amount, None, "1.00", vec![50, 100]);
-    budget::put(&db, &b, false, "test", now_ms()).await.expect("budget raised");
+    budget::put(&db, &b, false, "test", now_ms())
+        .await
+        .expect("budget raised");
     let mut resumed = None;
     for _ in 0..50 {
         let a = sdk
@@ -401,7 +450,9 @@ async fn an_agent_spends_until_denied_then_resumes_after_a_top_up() {
     assert_eq!(alert["threshold"], 100, "{alert}");
     // nothing else: each threshold once per period, across the restart
     assert!(
-        tokio::time::timeout(Duration::from_secs(3), alerts.next()).await.is_err(),
+        tokio::time::timeout(Duration::from_secs(3), alerts.next())
+            .await
+            .is_err(),
         "no further alert"
     );
     let rows: Vec<(String, u8)> = db
@@ -409,7 +460,10 @@ async fn an_agent_spends_until_denied_then_resumes_after_a_top_up() {
         .fetch_all()
         .await
         .expect("alerts stored");
-    assert_eq!(rows, vec![("monthly".to_owned(), 50), ("monthly".to_owned(), 100)]);
+    assert_eq!(
+        rows,
+        vec![("monthly".to_owned(), 50), ("monthly".to_owned(), 100)]
+    );
 
     // billed usage respects the bound: committed usage equals what the agents reported
     wait_drained(&env, "aggregator", Duration::from_secs(30)).await;
@@ -450,18 +504,42 @@ async fn hostile_requests_get_their_reason_codes() {
     };
     let subject = format!("{}.authorize.acme.bot-1", cfg.subject_root);
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("malformed JSON", b"{\"meter\": ".to_vec(), "invalid_request"),
+        (
+            "malformed JSON",
+            b"{\"meter\": ".to_vec(),
+            "invalid_request",
+        ),
         ("not an object", b"[1,2]".to_vec(), "invalid_request"),
-        ("unknown field", br#"{"meter":"tool_calls","max_quantity":"1","x":1}"#.to_vec(), "invalid_request"),
-        ("unknown meter", br#"{"meter":"gpu_hours","max_quantity":"1"}"#.to_vec(), "unknown_meter"),
-        ("negative", br#"{"meter":"tool_calls","max_quantity":"-1"}"#.to_vec(), "invalid_request"),
-        ("a float", br#"{"meter":"tool_calls","max_quantity":1.5e300}"#.to_vec(), "invalid_request"),
+        (
+            "unknown field",
+            br#"{"meter":"tool_calls","max_quantity":"1","x":1}"#.to_vec(),
+            "invalid_request",
+        ),
+        (
+            "unknown meter",
+            br#"{"meter":"gpu_hours","max_quantity":"1"}"#.to_vec(),
+            "unknown_meter",
+        ),
+        (
+            "negative",
+            br#"{"meter":"tool_calls","max_quantity":"-1"}"#.to_vec(),
+            "invalid_request",
+        ),
+        (
+            "a float",
+            br#"{"meter":"tool_calls","max_quantity":1.5e300}"#.to_vec(),
+            "invalid_request",
+        ),
         (
             "huge",
             br#"{"meter":"tool_calls","max_quantity":"79228162514264337593543950335"}"#.to_vec(),
             "quantity_too_large",
         ),
-        ("unknown hold", br#"{"release":"nope"}"#.to_vec(), "unknown_hold"),
+        (
+            "unknown hold",
+            br#"{"release":"nope"}"#.to_vec(),
+            "unknown_hold",
+        ),
         ("oversized", vec![b' '; 70_000], "invalid_request"),
     ];
     for (what, body, code) in cases {
@@ -477,7 +555,12 @@ async fn hostile_requests_get_their_reason_codes() {
     .await;
     assert_eq!(a["reason"], "invalid_request", "{a}");
     // entitlements of the plan: a feature it has and one it has not; its metered limit
-    let feature = |f: &str| ask(subject.clone(), format!(r#"{{"feature":"{f}"}}"#).into_bytes());
+    let feature = |f: &str| {
+        ask(
+            subject.clone(),
+            format!(r#"{{"feature":"{f}"}}"#).into_bytes(),
+        )
+    };
     assert_eq!(feature("web_search").await["allow"], true);
     assert_eq!(feature("code_exec").await["reason"], "not_entitled");
     let gpt4o = |q: &str| {
@@ -498,12 +581,26 @@ async fn hostile_requests_get_their_reason_codes() {
     let over = gpt4o("1001").await;
     assert_eq!(over["reason"], "entitlement_exceeded", "{over}");
     assert_eq!(over["remaining"], "1000", "{over}");
-    let balance = sdk.balance(&customer("acme")).await.expect("balance").expect("answered");
-    assert_eq!(balance["entitlements"]["features"][0], "web_search", "{balance}");
-    assert_eq!(balance["entitlements"]["limits"][0]["held"], "4000", "{balance}");
+    let balance = sdk
+        .balance(&customer("acme"))
+        .await
+        .expect("balance")
+        .expect("answered");
+    assert_eq!(
+        balance["entitlements"]["features"][0], "web_search",
+        "{balance}"
+    );
+    assert_eq!(
+        balance["entitlements"]["limits"][0]["held"], "4000",
+        "{balance}"
+    );
     // and the decider still answers a good request
     let ok = sdk
-        .authorize(&customer("acme"), &agent("bot-1"), &AuthorizeRequest::new("tool_calls", d("1")))
+        .authorize(
+            &customer("acme"),
+            &agent("bot-1"),
+            &AuthorizeRequest::new("tool_calls", d("1")),
+        )
         .await
         .expect("answer");
     assert!(ok.allow, "{ok:?}");
@@ -535,7 +632,10 @@ async fn http(
     let text = String::from_utf8(raw).expect("UTF-8");
     let status = text[9..12].parse().expect("status");
     let json = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (status, serde_json::from_str(json).unwrap_or(serde_json::Value::Null))
+    (
+        status,
+        serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -544,15 +644,30 @@ async fn agents_ask_over_http_with_their_api_key() {
     let env = TestEnv::new("spend_http").await;
     store_catalog(&env).await;
     let db = env.db();
-    let b = budget("acme", "calls", Kind::Quantity, Some("tool_calls"), "2", vec![]);
-    budget::put(&db, &b, false, "test", now_ms()).await.expect("budget stored");
+    let b = budget(
+        "acme",
+        "calls",
+        Kind::Quantity,
+        Some("tool_calls"),
+        "2",
+        vec![],
+    );
+    budget::put(&db, &b, false, "test", now_ms())
+        .await
+        .expect("budget stored");
     let cfg = spend_config(&env);
     let stop = Shutdown::new();
     let decider = start_decider(&env, &cfg, stop.clone()).await;
     wait_answering(&sdk(&env, &cfg).await, &customer("acme")).await;
 
-    let js = async_nats::jetstream::new(tally_platform::streams::connect(&env.nats).await.expect("NATS"));
-    tally_platform::streams::ensure(&js, &env.nats).await.expect("streams");
+    let js = async_nats::jetstream::new(
+        tally_platform::streams::connect(&env.nats)
+            .await
+            .expect("NATS"),
+    );
+    tally_platform::streams::ensure(&js, &env.nats)
+        .await
+        .expect("streams");
     let gw_cfg = IngestConfig {
         listen_addr: "127.0.0.1:0".into(),
         spend_subject_root: cfg.subject_root.clone(),
@@ -560,24 +675,54 @@ async fn agents_ask_over_http_with_their_api_key() {
         ..IngestConfig::default()
     };
     let addr = gw_cfg.listen().expect("listen address");
-    let gw = std::sync::Arc::new(Gateway::new(gw_cfg, js, &env.nats.subject_prefix, Some(env.db())));
-    let running = gateway::start(gw.clone(), addr, Shutdown::new()).await.expect("gateway");
+    let gw = std::sync::Arc::new(Gateway::new(
+        gw_cfg,
+        js,
+        &env.nats.subject_prefix,
+        Some(env.db()),
+    ));
+    let running = gateway::start(gw.clone(), addr, Shutdown::new())
+        .await
+        .expect("gateway");
     let addr = running.addr;
     let scope = key_store::scope_from("acme", &["bot-1".to_owned()], "e2e").expect("scope");
-    let (key, record): (String, KeyRecord) = key_store::create(&db, scope, "e2e", 0).await.expect("key");
+    let (key, record): (String, KeyRecord) =
+        key_store::create(&db, scope, "e2e", 0).await.expect("key");
     gw.keys.upsert(record);
 
     let ask = r#"{"agent":"bot-1","meter":"tool_calls","max_quantity":"2"}"#;
     let (status, a) = http(addr, "POST", "/v1/authorize", Some(&key), ask).await;
-    assert_eq!((status, &a["allow"]), (200, &serde_json::json!(true)), "{a}");
+    assert_eq!(
+        (status, &a["allow"]),
+        (200, &serde_json::json!(true)),
+        "{a}"
+    );
     assert!(a["hold_id"].is_string(), "{a}");
     let (status, a) = http(addr, "POST", "/v1/authorize", Some(&key), ask).await;
     assert_eq!(status, 200, "a denial is an answer: {a}");
     assert_eq!(a["reason"], "budget_exceeded", "{a}");
     // an agent the key may not act for, no agent, no key
-    let (status, a) = http(addr, "POST", "/v1/authorize", Some(&key), &ask.replace("bot-1", "bot-2")).await;
-    assert_eq!((status, a["error"]["code"].as_str()), (400, Some("invalid_field")), "{a}");
-    let (status, _) = http(addr, "POST", "/v1/authorize", Some(&key), r#"{"meter":"tool_calls"}"#).await;
+    let (status, a) = http(
+        addr,
+        "POST",
+        "/v1/authorize",
+        Some(&key),
+        &ask.replace("bot-1", "bot-2"),
+    )
+    .await;
+    assert_eq!(
+        (status, a["error"]["code"].as_str()),
+        (400, Some("invalid_field")),
+        "{a}"
+    );
+    let (status, _) = http(
+        addr,
+        "POST",
+        "/v1/authorize",
+        Some(&key),
+        r#"{"meter":"tool_calls"}"#,
+    )
+    .await;
     assert_eq!(status, 400);
     let (status, _) = http(addr, "POST", "/v1/authorize", None, ask).await;
     assert_eq!(status, 401);
@@ -592,7 +737,11 @@ async fn agents_ask_over_http_with_their_api_key() {
     stop.cancel();
     decider.await.expect("decider stopped");
     let (status, a) = http(addr, "POST", "/v1/authorize", Some(&key), ask).await;
-    assert_eq!((status, a["error"]["code"].as_str()), (503, Some("unavailable")), "{a}");
+    assert_eq!(
+        (status, a["error"]["code"].as_str()),
+        (503, Some("unavailable")),
+        "{a}"
+    );
     drop_spend_streams(&env).await;
     env.cleanup().await;
 }
@@ -631,7 +780,12 @@ impl Drop for SpendProcess {
 }
 
 /// The config file of a `tally-spend` process on `env` with `cfg`'s subjects and timings.
-fn process_config(env: &TestEnv, cfg: &SpendConfig, dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+fn process_config(
+    env: &TestEnv,
+    cfg: &SpendConfig,
+    dir: &std::path::Path,
+    name: &str,
+) -> std::path::PathBuf {
     let port = || tally_platform::own_server::free_port().expect("a free port");
     let text = format!(
         r#"
@@ -696,7 +850,9 @@ async fn holds_survive_kill_9_and_never_leak_and_a_restart_rebuilds_the_same_bal
     let bot = agent("bot-1");
     // 0.40 USD: 20 tool calls at 0.02
     let b = budget("acme", "monthly", Kind::Amount, None, "0.40", vec![]);
-    budget::put(&db, &b, false, "test", now_ms()).await.expect("budget stored");
+    budget::put(&db, &b, false, "test", now_ms())
+        .await
+        .expect("budget stored");
     let stop_agg = Shutdown::new();
     let agg = start_aggregator(&env, aggregator_config(), stop_agg.clone()).await;
     let cfg = spend_config(&env);
@@ -723,7 +879,11 @@ async fn holds_survive_kill_9_and_never_leak_and_a_restart_rebuilds_the_same_bal
         .authorize(&acme, &bot, &AuthorizeRequest::new("tool_calls", d("1")))
         .await
         .expect("answer");
-    assert_eq!(fifth.reason.as_deref(), Some("budget_exceeded"), "{fifth:?}");
+    assert_eq!(
+        fifth.reason.as_deref(),
+        Some("budget_exceeded"),
+        "{fifth:?}"
+    );
 
     // kill -9 of the deciding instance: the standby takes over with the journaled holds
     a.kill9();
@@ -733,18 +893,32 @@ async fn holds_survive_kill_9_and_never_leak_and_a_restart_rebuilds_the_same_bal
         .authorize(&acme, &bot, &AuthorizeRequest::new("tool_calls", d("1")))
         .await
         .expect("answer");
-    assert_eq!(denied.reason.as_deref(), Some("budget_exceeded"), "the holds still reserve: {denied:?}");
+    assert_eq!(
+        denied.reason.as_deref(),
+        Some("budget_exceeded"),
+        "the holds still reserve: {denied:?}"
+    );
 
     // the work of hold 1 used 5 calls, of hold 2 three; hold 3 was cancelled; hold 4 never
     // reports and expires after its deadline and grace
     let client = async_nats::connect(&env.nats.url).await.expect("NATS");
-    let mut publisher = Publisher::new(async_nats::jetstream::new(client), &env.nats.subject_prefix, 64);
+    let mut publisher = Publisher::new(
+        async_nats::jetstream::new(client),
+        &env.nats.subject_prefix,
+        64,
+    );
     report_calls(&mut publisher, &acme, &bot, 5, Some(&holds[0])).await;
     report_calls(&mut publisher, &acme, &bot, 3, Some(&holds[1])).await;
-    assert!(sdk.release(&acme, &bot, &holds[2]).await.expect("release answered"));
-    let settled = wait_balance(&sdk, &acme, "every hold settled, released or expired", |b| {
-        b["holds"] == 0 && dec(&b["spend"]) == d("0.16")
-    })
+    assert!(sdk
+        .release(&acme, &bot, &holds[2])
+        .await
+        .expect("release answered"));
+    let settled = wait_balance(
+        &sdk,
+        &acme,
+        "every hold settled, released or expired",
+        |b| b["holds"] == 0 && dec(&b["spend"]) == d("0.16"),
+    )
     .await;
     assert_eq!(dec(&settled["held_amount"]), Decimal::ZERO);
     // what fits now is allowed: 12 calls (0.24) up to the limit exactly
@@ -761,16 +935,36 @@ async fn holds_survive_kill_9_and_never_leak_and_a_restart_rebuilds_the_same_bal
     // kill -9 of that one too: a fresh instance rebuilds the same balance from storage (the
     // release above is journaled in the background: give it a moment)
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = sdk.balance(&acme).await.expect("balance").expect("answered");
+    let before = sdk
+        .balance(&acme)
+        .await
+        .expect("balance")
+        .expect("answered");
     b.kill9();
     let c_config = process_config(&env, &cfg, &dir, "c");
-    let (token, _) = tally_platform::auth::store::create(&db, "e2e", tally_platform::auth::Role::Admin, "test", now_ms())
-        .await
-        .expect("an API token");
+    let (token, _) = tally_platform::auth::store::create(
+        &db,
+        "e2e",
+        tally_platform::auth::Role::Admin,
+        "test",
+        now_ms(),
+    )
+    .await
+    .expect("an API token");
     let _c = SpendProcess::start(&c_config);
     let rebuilt = wait_balance(&sdk, &acme, "a fresh instance answers", |_| true).await;
-    for field in ["spend", "meters", "agents", "budgets", "holds", "period_start"] {
-        assert_eq!(rebuilt[field], before[field], "{field}: {rebuilt} vs {before}");
+    for field in [
+        "spend",
+        "meters",
+        "agents",
+        "budgets",
+        "holds",
+        "period_start",
+    ] {
+        assert_eq!(
+            rebuilt[field], before[field],
+            "{field}: {rebuilt} vs {before}"
+        );
     }
 
     // its HTTP API: a top-up through PUT, read back; the balance; no token, no answer
@@ -778,13 +972,31 @@ async fn holds_survive_kill_9_and_never_leak_and_a_restart_rebuilds_the_same_bal
     let (status, _) = http(api, "GET", "/v1/customers/acme/budgets", None, "").await;
     assert_eq!(status, 401);
     let body = r#"{"kind":"amount","limit":"0.50","thresholds":[80],"hard":true}"#;
-    let (status, put) = http(api, "PUT", "/v1/customers/acme/budgets/monthly", Some(&token), body).await;
+    let (status, put) = http(
+        api,
+        "PUT",
+        "/v1/customers/acme/budgets/monthly",
+        Some(&token),
+        body,
+    )
+    .await;
     assert_eq!(status, 200, "{put}");
     let (status, list) = http(api, "GET", "/v1/customers/acme/budgets", Some(&token), "").await;
     assert_eq!(status, 200, "{list}");
     assert_eq!(list[0]["limit"], "0.50", "{list}");
-    let (status, bad) = http(api, "PUT", "/v1/customers/acme/budgets/b2", Some(&token), r#"{"kind":"quantity","limit":"5"}"#).await;
-    assert_eq!((status, bad["code"].as_str()), (400, Some("invalid_budget")), "{bad}");
+    let (status, bad) = http(
+        api,
+        "PUT",
+        "/v1/customers/acme/budgets/b2",
+        Some(&token),
+        r#"{"kind":"quantity","limit":"5"}"#,
+    )
+    .await;
+    assert_eq!(
+        (status, bad["code"].as_str()),
+        (400, Some("invalid_budget")),
+        "{bad}"
+    );
     let (status, bal) = http(api, "GET", "/v1/customers/acme/balance", Some(&token), "").await;
     assert_eq!(status, 200, "{bal}");
     assert_eq!(dec(&bal["spend"]), d("0.16"), "{bal}");

@@ -82,6 +82,9 @@ mod tests {
             ..e
         };
         let parsed = UsageEvent::parse(&held.to_json(), 65536).unwrap();
-        assert_eq!(parsed.hold_id, held.hold_id, "holdid goes out as the extension");
+        assert_eq!(
+            parsed.hold_id, held.hold_id,
+            "holdid goes out as the extension"
+        );
     }
 }

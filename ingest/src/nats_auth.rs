@@ -144,7 +144,12 @@ fn kv_subjects(bucket: &str) -> Vec<String> {
 /// The permissions of `user` with `role`; `names` are the configured subject prefixes and
 /// usage stream.
 fn permissions(user: &str, role: &Role, names: &Names<'_>) -> String {
-    let (prefix, dlq_prefix, root, s) = (names.prefix, names.dlq_prefix, names.spend_root, names.stream);
+    let (prefix, dlq_prefix, root, s) = (
+        names.prefix,
+        names.dlq_prefix,
+        names.spend_root,
+        names.stream,
+    );
     let streams = [
         "$JS.API.INFO",
         "$JS.API.STREAM.INFO.*",
@@ -435,16 +440,32 @@ mod tests {
         };
         let spend = line("tally-spend");
         assert!(spend.contains(r#"subscribe: { allow: ["_INBOX.tally-spend.>", "tally.authorize.*.*", "tally.balance.*"] }, allow_responses: true"#), "{spend}");
-        for s in ["usage_holds.>", "tally.alerts.>", "$KV.USAGE_SPEND.>", "$JS.API.DIRECT.GET.KV_USAGE_AGGREGATORS.>", "$JS.API.CONSUMER.*.USAGE_FEED.>"] {
+        for s in [
+            "usage_holds.>",
+            "tally.alerts.>",
+            "$KV.USAGE_SPEND.>",
+            "$JS.API.DIRECT.GET.KV_USAGE_AGGREGATORS.>",
+            "$JS.API.CONSUMER.*.USAGE_FEED.>",
+        ] {
             assert!(spend.contains(&format!("\"{s}\"")), "{s}: {spend}");
         }
-        assert!(!spend.contains("\"$KV.USAGE_AGGREGATORS.>\""), "the aggregators' lease is read only: {spend}");
+        assert!(
+            !spend.contains("\"$KV.USAGE_AGGREGATORS.>\""),
+            "the aggregators' lease is read only: {spend}"
+        );
         assert!(!spend.contains("\"usage.>\""), "{spend}");
         let agent = line("agent-acme");
-        assert!(agent.contains(r#"["usage.acme.>", "tally.authorize.acme.>", "tally.balance.acme"]"#), "{agent}");
+        assert!(
+            agent.contains(r#"["usage.acme.>", "tally.authorize.acme.>", "tally.balance.acme"]"#),
+            "{agent}"
+        );
         assert!(!agent.contains("allow_responses"), "{agent}");
         let payments = line("tally-payments");
-        assert!(payments.contains("\"$JS.ACK.USAGE_ALERTS.>\"") && payments.contains("\"tally.balance.>\""), "{payments}");
+        assert!(
+            payments.contains("\"$JS.ACK.USAGE_ALERTS.>\"")
+                && payments.contains("\"tally.balance.>\""),
+            "{payments}"
+        );
         assert!(!payments.contains("\"$JS.ACK.>\""), "{payments}");
         let gateway = line("tally-gateway");
         assert!(gateway.contains("\"tally.authorize.>\""), "{gateway}");

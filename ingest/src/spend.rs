@@ -134,7 +134,8 @@ impl SpendClient {
         let subject = format!("{}.authorize.{customer}.{agent}", self.root);
         for _ in 0..2 {
             if let Some(bytes) = self.ask(&subject, &body).await? {
-                return serde_json::from_slice(&bytes).map_err(|e| SpendError::Answer(e.to_string()));
+                return serde_json::from_slice(&bytes)
+                    .map_err(|e| SpendError::Answer(e.to_string()));
             }
         }
         Ok(self.offline(customer.as_str(), &req))
@@ -153,8 +154,8 @@ impl SpendClient {
         let subject = format!("{}.authorize.{customer}.{agent}", self.root);
         match self.ask(&subject, &body).await? {
             Some(bytes) => {
-                let a: Authorization =
-                    serde_json::from_slice(&bytes).map_err(|e| SpendError::Answer(e.to_string()))?;
+                let a: Authorization = serde_json::from_slice(&bytes)
+                    .map_err(|e| SpendError::Answer(e.to_string()))?;
                 Ok(a.allow)
             }
             None => Ok(false),
@@ -163,7 +164,10 @@ impl SpendClient {
 
     /// The customer's balance as the decider holds it (JSON: spend, meters, agents, holds,
     /// budgets); `None` when no decider answered.
-    pub async fn balance(&self, customer: &CustomerId) -> Result<Option<serde_json::Value>, SpendError> {
+    pub async fn balance(
+        &self,
+        customer: &CustomerId,
+    ) -> Result<Option<serde_json::Value>, SpendError> {
         let subject = format!("{}.balance.{customer}", self.root);
         match self.ask(&subject, b"").await? {
             Some(bytes) => serde_json::from_slice(&bytes)
@@ -182,9 +186,8 @@ impl SpendClient {
             Err(_) => Ok(None),
             Ok(Ok(msg)) => Ok(Some(msg.payload)),
             Ok(Err(e)) => match e.kind() {
-                async_nats::RequestErrorKind::TimedOut | async_nats::RequestErrorKind::NoResponders => {
-                    Ok(None)
-                }
+                async_nats::RequestErrorKind::TimedOut
+                | async_nats::RequestErrorKind::NoResponders => Ok(None),
                 _ => Err(SpendError::Request(e.to_string())),
             },
         }
@@ -269,7 +272,15 @@ mod tests {
         assert!(!offline_decision(&open, &mut used, "acme", &one).allow);
         // another customer, another meter: their own allowance
         assert!(offline_decision(&open, &mut used, "globex", &req).allow);
-        assert!(offline_decision(&open, &mut used, "acme", &AuthorizeRequest::new("calls", Decimal::ONE)).allow);
+        assert!(
+            offline_decision(
+                &open,
+                &mut used,
+                "acme",
+                &AuthorizeRequest::new("calls", Decimal::ONE)
+            )
+            .allow
+        );
     }
 
     #[test]

@@ -95,7 +95,10 @@ pub struct PlanSpec {
     pub effective_from: DateTime<Utc>,
     pub prices: Vec<PriceSpec>,
     /// Features and metered limits per period the version gives (`crate::entitlements`).
-    #[serde(default, skip_serializing_if = "crate::entitlements::EntitlementsSpec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "crate::entitlements::EntitlementsSpec::is_empty"
+    )]
     pub entitlements: crate::entitlements::EntitlementsSpec,
 }
 

@@ -70,7 +70,9 @@ impl Entitlements {
 /// limit names is the request's, or the request does not say (a request that names no model
 /// may be for the limited one, so it counts: the conservative side).
 pub fn matches(l: &LimitSpec, group: &BTreeMap<String, String>) -> bool {
-    l.group.iter().all(|(k, v)| group.get(k).is_none_or(|g| g == v))
+    l.group
+        .iter()
+        .all(|(k, v)| group.get(k).is_none_or(|g| g == v))
 }
 
 /// Like [`matches`], for group values stored as parallel name and value lists.
@@ -100,21 +102,34 @@ pub fn validate(
             && f.chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
         if !ok {
-            return Err((at(format!("features[{j}]")), "must match [A-Za-z0-9_-]{1,64}".into()));
+            return Err((
+                at(format!("features[{j}]")),
+                "must match [A-Za-z0-9_-]{1,64}".into(),
+            ));
         }
     }
     for (j, l) in spec.limits.iter().enumerate() {
         let field = |f: &str| at(format!("limits[{j}].{f}"));
         let Some(meter) = meters.iter().find(|m| m.slug.as_str() == l.meter) else {
-            return Err((field("meter"), format!("no meter {:?} is declared", l.meter)));
+            return Err((
+                field("meter"),
+                format!("no meter {:?} is declared", l.meter),
+            ));
         };
         if !matches!(meter.aggregation, Aggregation::Sum | Aggregation::Count) {
             return Err((
                 field("meter"),
-                format!("{} is {:?}: limits are on SUM or COUNT meters", l.meter, meter.aggregation),
+                format!(
+                    "{} is {:?}: limits are on SUM or COUNT meters",
+                    l.meter, meter.aggregation
+                ),
             ));
         }
-        if let Some(k) = l.group.keys().find(|k| !meter.group_by.iter().any(|(n, _)| n == *k)) {
+        if let Some(k) = l
+            .group
+            .keys()
+            .find(|k| !meter.group_by.iter().any(|(n, _)| n == *k))
+        {
             return Err((field("group"), format!("{} has no group-by {k:?}", l.meter)));
         }
         if l.limit.is_sign_negative() {
@@ -134,23 +149,39 @@ mod tests {
     fn limit(group: &[(&str, &str)]) -> LimitSpec {
         LimitSpec {
             meter: "llm_tokens".into(),
-            group: group.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
+            group: group
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
             limit: Decimal::from(1000),
         }
     }
 
     #[test]
     fn a_limit_counts_usage_with_every_value_it_names() {
-        let usage: BTreeMap<String, String> =
-            [("model".into(), "gpt-4o".into()), ("kind".into(), "output".into())].into();
+        let usage: BTreeMap<String, String> = [
+            ("model".into(), "gpt-4o".into()),
+            ("kind".into(), "output".into()),
+        ]
+        .into();
         assert!(matches(&limit(&[]), &usage));
         assert!(matches(&limit(&[("model", "gpt-4o")]), &usage));
         assert!(!matches(&limit(&[("model", "o1")]), &usage));
-        assert!(matches(&limit(&[("region", "eu")]), &usage), "a value the request does not name counts");
-        assert!(matches(&limit(&[("model", "gpt-4o")]), &BTreeMap::new()), "so does a request without a group");
+        assert!(
+            matches(&limit(&[("region", "eu")]), &usage),
+            "a value the request does not name counts"
+        );
+        assert!(
+            matches(&limit(&[("model", "gpt-4o")]), &BTreeMap::new()),
+            "so does a request without a group"
+        );
         let names = vec!["kind".to_owned(), "model".to_owned()];
         let values = vec!["output".to_owned(), "gpt-4o".to_owned()];
-        assert!(matches_lists(&limit(&[("model", "gpt-4o")]), &names, &values));
+        assert!(matches_lists(
+            &limit(&[("model", "gpt-4o")]),
+            &names,
+            &values
+        ));
         assert!(!matches_lists(&limit(&[("model", "o1")]), &names, &values));
     }
 
@@ -172,24 +203,36 @@ mod tests {
         assert!(validate(ok, 0, &meters).is_ok());
         let bad = |s: EntitlementsSpec| validate(s, 2, &meters).unwrap_err().0;
         assert_eq!(
-            bad(EntitlementsSpec { features: vec!["a b".into()], limits: vec![] }),
+            bad(EntitlementsSpec {
+                features: vec!["a b".into()],
+                limits: vec![]
+            }),
             "plans[2].entitlements.features[0]"
         );
         let mut l = limit(&[("region", "eu")]);
         assert_eq!(
-            bad(EntitlementsSpec { features: vec![], limits: vec![l.clone()] }),
+            bad(EntitlementsSpec {
+                features: vec![],
+                limits: vec![l.clone()]
+            }),
             "plans[2].entitlements.limits[0].group"
         );
         l.group.clear();
         l.meter = "seats".into();
         assert_eq!(
-            bad(EntitlementsSpec { features: vec![], limits: vec![l.clone()] }),
+            bad(EntitlementsSpec {
+                features: vec![],
+                limits: vec![l.clone()]
+            }),
             "plans[2].entitlements.limits[0].meter"
         );
         l.meter = "llm_tokens".into();
         l.limit = Decimal::NEGATIVE_ONE;
         assert_eq!(
-            bad(EntitlementsSpec { features: vec![], limits: vec![l] }),
+            bad(EntitlementsSpec {
+                features: vec![],
+                limits: vec![l]
+            }),
             "plans[2].entitlements.limits[0].limit"
         );
     }

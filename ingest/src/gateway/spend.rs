@@ -52,13 +52,13 @@ pub async fn authorize(
         });
     }
     let (customer, agent) = match &gw.pseudonyms {
-        Some(p) => (p.customer(&scope.customer), p.agent(&scope.customer, &agent)),
+        Some(p) => (
+            p.customer(&scope.customer),
+            p.agent(&scope.customer, &agent),
+        ),
         None => (scope.customer.clone(), agent),
     };
-    let subject = format!(
-        "{}.authorize.{customer}.{agent}",
-        gw.cfg.spend_subject_root
-    );
+    let subject = format!("{}.authorize.{customer}.{agent}", gw.cfg.spend_subject_root);
     let answer = ask(gw, subject, rest).await?;
     Ok(raw_json(StatusCode::OK, answer))
 }
@@ -155,7 +155,10 @@ mod tests {
             split_agent(br#"{"agent":"bot-1","meter":"tool_calls","max_quantity":"2"}"#).unwrap();
         assert_eq!(agent.as_str(), "bot-1");
         let rest: serde_json::Value = serde_json::from_slice(&rest).unwrap();
-        assert_eq!(rest, serde_json::json!({"meter": "tool_calls", "max_quantity": "2"}));
+        assert_eq!(
+            rest,
+            serde_json::json!({"meter": "tool_calls", "max_quantity": "2"})
+        );
         for bad in [&b"{}"[..], br#"{"agent": 5}"#, br#"{"agent": "a b"}"#] {
             assert!(matches!(
                 split_agent(bad),

@@ -13,9 +13,11 @@
 use anyhow::Context;
 use serde::Deserialize;
 use tally_platform::args::Args;
-use tally_platform::{config, shutdown, store, streams, telemetry, ClickHouseConfig, NatsConfig, TelemetryConfig};
-use tally_rater::catalog_store::CatalogSource;
 use tally_platform::auth::Authenticator;
+use tally_platform::{
+    config, shutdown, store, streams, telemetry, ClickHouseConfig, NatsConfig, TelemetryConfig,
+};
+use tally_rater::catalog_store::CatalogSource;
 use tally_rater::live::api;
 use tally_rater::live::run::{self, Spend};
 use tally_rater::live::SpendConfig;

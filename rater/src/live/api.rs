@@ -53,7 +53,14 @@ async fn route(state: &SpendApi, req: Request<Incoming>) -> Response<Body> {
     };
     let (method, path) = (req.method().to_string(), req.uri().path().to_owned());
     let actor = who.actor_label();
-    hook::audited(&state.auth, &who, &method, &path, dispatch(state, req, actor)).await
+    hook::audited(
+        &state.auth,
+        &who,
+        &method,
+        &path,
+        dispatch(state, req, actor),
+    )
+    .await
 }
 
 async fn dispatch(state: &SpendApi, req: Request<Incoming>, actor: String) -> Response<Body> {
@@ -74,9 +81,11 @@ async fn dispatch(state: &SpendApi, req: Request<Incoming>, actor: String) -> Re
         }
         (&Method::DELETE, ["budgets", id]) => remove(state, &customer, id, &actor).await,
         (&Method::GET, ["balance"]) => balance(state, &customer).await,
-        (_, ["budgets"] | ["budgets", _] | ["balance"]) => {
-            error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", req.method())
-        }
+        (_, ["budgets"] | ["budgets", _] | ["balance"]) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            req.method(),
+        ),
         _ => error(StatusCode::NOT_FOUND, "not_found", req.uri().path()),
     }
 }
@@ -142,7 +151,11 @@ async fn remove(state: &SpendApi, customer: &CustomerId, id: &str, actor: &str) 
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
     };
     let Some(b) = existing.into_iter().find(|b| b.budget_id == id) else {
-        return error(StatusCode::NOT_FOUND, "not_found", format!("no budget {id:?}"));
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no budget {id:?}"),
+        );
     };
     match budget::put(&state.db, &b, true, actor, (state.now_ms)()).await {
         Ok(()) => json(StatusCode::OK, &serde_json::json!({"deleted": id})),

@@ -675,7 +675,10 @@ impl Book {
                 if left.is_sign_negative() && !left.is_zero() {
                     let mut a = Answer::deny(
                         Reason::EntitlementExceeded,
-                        format!("plan {} allows {} of {} {:?} per period", plan.id, l.limit, l.meter, l.group),
+                        format!(
+                            "plan {} allows {} of {} {:?} per period",
+                            plan.id, l.limit, l.meter, l.group
+                        ),
                     );
                     a.remaining = Some((l.limit - used - held).max(Decimal::ZERO));
                     return (a, None);
@@ -706,9 +709,18 @@ impl Book {
     }
 
     /// Whether `customer`'s plan in force at `now_ms` has `feature`.
-    pub fn feature(&mut self, catalog: &Catalog, customer: &CustomerId, feature: &str, now_ms: i64) -> Answer {
+    pub fn feature(
+        &mut self,
+        catalog: &Catalog,
+        customer: &CustomerId,
+        feature: &str,
+        now_ms: i64,
+    ) -> Answer {
         let Some(book) = self.book_at(catalog, customer, now_ms) else {
-            return Answer::deny(Reason::UnknownCustomer, format!("customer {customer} has no plan"));
+            return Answer::deny(
+                Reason::UnknownCustomer,
+                format!("customer {customer} has no plan"),
+            );
         };
         match plan_of(catalog, customer, book) {
             Some(p) if p.entitlements.has(feature) => Answer {
@@ -719,14 +731,23 @@ impl Book {
                 reason: None,
                 detail: None,
             },
-            Some(p) => Answer::deny(Reason::NotEntitled, format!("plan {} v{} has no feature {feature}", p.id, p.version)),
-            None => Answer::deny(Reason::UnknownCustomer, format!("customer {customer} has no plan")),
+            Some(p) => Answer::deny(
+                Reason::NotEntitled,
+                format!("plan {} v{} has no feature {feature}", p.id, p.version),
+            ),
+            None => Answer::deny(
+                Reason::UnknownCustomer,
+                format!("customer {customer} has no plan"),
+            ),
         }
     }
 
     /// The entitlements of `customer`'s current plan and their use (for a balance).
     pub fn entitlement_use(&self, catalog: &Catalog, customer: &str) -> EntitlementUse {
-        let (Ok(id), Some(book)) = (CustomerId::new(customer.to_owned()), self.customers.get(customer)) else {
+        let (Ok(id), Some(book)) = (
+            CustomerId::new(customer.to_owned()),
+            self.customers.get(customer),
+        ) else {
             return EntitlementUse::default();
         };
         let Some(plan) = plan_of(catalog, &id, book) else {

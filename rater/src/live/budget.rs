@@ -153,7 +153,10 @@ pub async fn load(db: &Client) -> Result<BTreeMap<String, Vec<Budget>>, clickhou
 }
 
 /// The budgets of one customer in force (reads only that customer's rows).
-pub async fn load_customer(db: &Client, customer: &str) -> Result<Vec<Budget>, clickhouse::error::Error> {
+pub async fn load_customer(
+    db: &Client,
+    customer: &str,
+) -> Result<Vec<Budget>, clickhouse::error::Error> {
     Ok(load_where(db, Some(customer))
         .await?
         .remove(customer)
@@ -164,7 +167,11 @@ async fn load_where(
     db: &Client,
     customer: Option<&str>,
 ) -> Result<BTreeMap<String, Vec<Budget>>, clickhouse::error::Error> {
-    let filter = if customer.is_some() { "WHERE customer = ? " } else { "" };
+    let filter = if customer.is_some() {
+        "WHERE customer = ? "
+    } else {
+        ""
+    };
     let sql = format!(
         "SELECT customer, budget_id, argMax(agent, version_ms) AS a, \
          argMax(meter, version_ms) AS m, argMax(kind, version_ms) AS k, \

@@ -154,7 +154,9 @@ impl Decider {
                 // a batch aborted after the rebuild read storage may be in the book (read in
                 // part while in flight, or applied from the feed): rebuild from storage
                 if ids.iter().any(|id| !self.aborted.contains(id)) {
-                    tracing::warn!("a batch counted from the feed was aborted: rebuilding from storage");
+                    tracing::warn!(
+                        "a batch counted from the feed was aborted: rebuilding from storage"
+                    );
                     metrics::rebuild("aborted_batch");
                     return Some(Stop::Rebuild);
                 }
@@ -187,7 +189,10 @@ impl Decider {
                 agent,
                 hold,
             } => {
-                let answer = match self.book.release_by(customer.as_str(), agent.as_str(), &hold) {
+                let answer = match self
+                    .book
+                    .release_by(customer.as_str(), agent.as_str(), &hold)
+                {
                     Some(h) => {
                         self.journal_release(&h);
                         Answer {
@@ -359,7 +364,13 @@ impl Decider {
         let book = self
             .book
             .current(&self.catalog, customer, (self.now_ms)())?;
-        let mut b = balance_of(customer, book.period, &book.costs, book.holds.values(), &budgets);
+        let mut b = balance_of(
+            customer,
+            book.period,
+            &book.costs,
+            book.holds.values(),
+            &budgets,
+        );
         b.entitlements = self.book.entitlement_use(&self.catalog, customer);
         Some(b)
     }
@@ -401,7 +412,9 @@ pub fn balance_of<'h>(
         .map(|b| {
             let spent = match (b.kind, &b.agent, &b.meter) {
                 (Kind::Amount, None, None) => costs.total,
-                (Kind::Amount, None, Some(m)) => costs.meters.get(m).map_or(Decimal::ZERO, |s| s.amount),
+                (Kind::Amount, None, Some(m)) => {
+                    costs.meters.get(m).map_or(Decimal::ZERO, |s| s.amount)
+                }
                 (Kind::Quantity, None, Some(m)) => {
                     costs.meters.get(m).map_or(Decimal::ZERO, |s| s.quantity)
                 }
@@ -409,14 +422,26 @@ pub fn balance_of<'h>(
                     .agents
                     .iter()
                     .filter(|((ag, m), _)| ag == a && meter.as_ref().is_none_or(|bm| bm == m))
-                    .map(|(_, s)| if kind == Kind::Amount { s.amount } else { s.quantity })
+                    .map(|(_, s)| {
+                        if kind == Kind::Amount {
+                            s.amount
+                        } else {
+                            s.quantity
+                        }
+                    })
                     .sum(),
                 (Kind::Quantity, None, None) => Decimal::ZERO,
             };
             let held: Decimal = holds
                 .clone()
                 .filter(|h| b.covers(&h.agent, &h.meter))
-                .map(|h| if b.kind == Kind::Amount { h.amount } else { h.quantity })
+                .map(|h| {
+                    if b.kind == Kind::Amount {
+                        h.amount
+                    } else {
+                        h.quantity
+                    }
+                })
                 .sum();
             BudgetBalance {
                 budget_id: b.budget_id.clone(),

@@ -133,9 +133,7 @@ impl Journal {
             })
             .await
             .map_err(|e| self.err(e))?;
-        let pending = consumer
-            .cached_info()
-            .num_pending;
+        let pending = consumer.cached_info().num_pending;
         if pending == 0 {
             return Ok(Vec::new());
         }

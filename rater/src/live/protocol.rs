@@ -240,7 +240,11 @@ mod tests {
             r#"{"feature":""}"#,
             r#"{"feature":5}"#,
         ] {
-            assert_eq!(p(bad).unwrap_err().reason, Some(Reason::InvalidRequest), "{bad}");
+            assert_eq!(
+                p(bad).unwrap_err().reason,
+                Some(Reason::InvalidRequest),
+                "{bad}"
+            );
         }
     }
 

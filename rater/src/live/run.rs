@@ -94,7 +94,8 @@ impl Spend {
     }
 
     fn journal_config(&self) -> JournalConfig {
-        let life = Duration::from_millis(self.cfg.hold_max_ms.saturating_add(self.cfg.hold_grace_ms));
+        let life =
+            Duration::from_millis(self.cfg.hold_max_ms.saturating_add(self.cfg.hold_grace_ms));
         JournalConfig::for_nats(&self.nats_cfg, life, self.cfg.replicas)
     }
 
@@ -321,7 +322,10 @@ async fn settled_join_point(spend: &Spend, js: &jetstream::Context) -> Result<Jo
             return Ok(join);
         }
         if started.elapsed() > Duration::from_secs(10) {
-            tracing::warn!(committed_through = join.committed_through, "a batch stayed in flight for 10 s; joining before it");
+            tracing::warn!(
+                committed_through = join.committed_through,
+                "a batch stayed in flight for 10 s; joining before it"
+            );
             return Ok(join);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -411,7 +415,9 @@ async fn follow_feed(spend: Spend, join: JoinPoint, tx: mpsc::Sender<Command>) {
         if let Ok(info) = msg.info() {
             let published = info.published.unix_timestamp_nanos() / 1_000_000;
             let lag = i128::from((spend.now_ms)()) - published;
-            metrics::feed_lag(Duration::from_millis(u64::try_from(lag.max(0)).unwrap_or(0)));
+            metrics::feed_lag(Duration::from_millis(
+                u64::try_from(lag.max(0)).unwrap_or(0),
+            ));
         }
         match feed::parse(&msg.payload) {
             Ok(n) if n.part == spend.cfg.part() => {
@@ -600,7 +606,13 @@ mod tests {
     fn answers_go_only_to_reply_inboxes() {
         assert!(is_inbox("_INBOX.agent-acme.abc.1"));
         assert!(is_inbox("_INBOX.xyz"));
-        for bad in ["$JS.API.STREAM.DELETE.USAGE", "usage.globex.bot", "_INBOX.>", "$KV.USAGE_AGGREGATORS.aggregator", "_INBOXx"] {
+        for bad in [
+            "$JS.API.STREAM.DELETE.USAGE",
+            "usage.globex.bot",
+            "_INBOX.>",
+            "$KV.USAGE_AGGREGATORS.aggregator",
+            "_INBOXx",
+        ] {
             assert!(!is_inbox(bad), "{bad}");
         }
     }

@@ -359,7 +359,10 @@ fn features_and_limits_follow_the_plan_version_of_the_period() {
     assert_eq!(no.reason, Some(Reason::NotEntitled));
     // December: version 2 has no `search` and allows 2,000 of `big`
     let dec1 = NOV26 + 5 * 86_400_000;
-    assert_eq!(b.feature(&c, &acme, "search", dec1).reason, Some(Reason::NotEntitled));
+    assert_eq!(
+        b.feature(&c, &acme, "search", dec1).reason,
+        Some(Reason::NotEntitled)
+    );
     let big = model("big");
     let (a, _) = b.authorize(&c, &ask(&acme, "a", 1500, "h1", &big), dec1);
     assert!(a.allow, "{a:?}");
