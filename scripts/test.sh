@@ -175,6 +175,17 @@ fi
 if [ "$ts_status" -ne 0 ] && [ "$ts_failed" -eq 0 ]; then
     ts_failed=1
 fi
+# When a suite failed, what the servers logged as warnings and errors: some failures reach a
+# client only as a fixed sentence (NATS's "error creating store for stream") whose cause only
+# the server's log holds.
+if [ $((cargo_failed + sql_failed + ops_failed + py_failed + ts_failed)) -ne 0 ]; then
+    stack_dir="${TALLY_STACK_DIR:-$ROOT/.stack}"
+    for server_log in "$stack_dir/nats/nats-server.log" "$stack_dir/clickhouse/log/clickhouse-server.err.log"; do
+        [ -f "$server_log" ] || continue
+        log "the last warnings and errors in $server_log:"
+        grep -E '\[(WRN|ERR|FTL)\]|<Error>|<Fatal>' "$server_log" | tail -n 40 || true
+    done
+fi
 echo "$((cargo_passed + sql_passed + ops_passed + py_passed + ts_passed)) passed, $((cargo_failed + sql_failed + ops_failed + py_failed + ts_failed)) failed, $((cargo_ignored + sql_skipped + ops_skipped + py_skipped + ts_skipped)) skipped"
 [ "$cargo_status" -eq 0 ] && [ "$sql_status" -eq 0 ] && [ "$ops_status" -eq 0 ] \
     && [ "$py_status" -eq 0 ] && [ "$ts_status" -eq 0 ]

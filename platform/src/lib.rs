@@ -19,6 +19,7 @@
 //! - [`features`]: billing feature flags (`[features]`).
 //! - [`store`]: connecting to ClickHouse.
 //! - [`migrate`]: the embedded, numbered migrations and the runner that applies them.
+//! - [`openapi`]: route tables, and the OpenAPI documents checked against them.
 //! - [`streams`]: declaring the `USAGE` and dead-letter streams.
 //! - [`lease`]: one active instance per partition: a compare-and-set key in NATS KV.
 //! - [`feed`]: the live usage feed: each committed batch's partials, for the spend deciders.
@@ -36,6 +37,7 @@ pub mod feed;
 pub mod http;
 pub mod lease;
 pub mod migrate;
+pub mod openapi;
 pub mod own_server;
 pub mod private_file;
 pub mod secrets;

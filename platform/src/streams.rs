@@ -250,7 +250,7 @@ async fn declare(
         Kind::Usage => "nats.max_bytes",
         Kind::DeadLetter => "nats.dlq_max_bytes",
     };
-    let stream = js.get_or_create_stream(want.clone()).await.map_err(|e| {
+    let stream = get_or_create(js, &want).await.map_err(|e| {
         let detail = e.to_string();
         if detail.contains("insufficient storage") {
             // JetStream reserves a stream's max bytes on the server when creating it
@@ -322,6 +322,44 @@ async fn declare(
         .map_err(|e| declare_err(e.to_string()))
 }
 
+/// How many times a stream creation the server answered "error creating store for stream"
+/// (JetStream error 10049) is tried in all, and the pause before the first retry (doubled
+/// each time: 0.1 + 0.2 + 0.4 + 0.8 s).
+const STORE_CREATE_TRIES: u32 = 5;
+const STORE_CREATE_BACKOFF: Duration = Duration::from_millis(100);
+
+/// `get_or_create_stream`, retried while the server answers 10049. The server hides the
+/// cause of that answer behind one fixed sentence (it logs it); it is transient (a store
+/// being torn down or set up under load, a busy disk), and CI met it once creating a fresh
+/// stream under a unique name. Any other error is returned at once.
+async fn get_or_create(
+    js: &jetstream::Context,
+    want: &stream::Config,
+) -> Result<stream::Stream, jetstream::context::CreateStreamError> {
+    let mut pause = STORE_CREATE_BACKOFF;
+    let mut tries = 1;
+    loop {
+        match js.get_or_create_stream(want.clone()).await {
+            Err(e) if tries < STORE_CREATE_TRIES && store_failed(&e) => {
+                tracing::warn!(stream = %want.name, tries, error = %e, "the server could not create the stream's store; retrying");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether `e` is the server's "error creating store for stream" (10049).
+fn store_failed(e: &jetstream::context::CreateStreamError) -> bool {
+    matches!(
+        e.kind(),
+        jetstream::context::CreateStreamErrorKind::JetStream(j)
+            if j.error_code() == jetstream::ErrorCode::STREAM_CREATE
+    )
+}
+
 /// Opens the KV bucket `bucket`, creating it if needed with the settings of a KV bucket
 /// (`KV_<bucket>` on `$KV.<bucket>.>`, one value per key, rollups allowed, deletes denied,
 /// discard new, direct gets, `replicas` copies). The stream is declared directly: the client's
@@ -338,19 +376,22 @@ pub async fn kv_bucket(
         stream: format!("KV_{bucket}"),
         detail: e.to_string(),
     };
-    js.get_or_create_stream(stream::Config {
-        name: format!("KV_{bucket}"),
-        subjects: vec![format!("$KV.{bucket}.>")],
-        max_messages_per_subject: 1,
-        max_message_size: 1 << 20,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: true,
-        discard: stream::DiscardPolicy::New,
-        num_replicas: replicas.max(1),
-        storage: stream::StorageType::File,
-        ..Default::default()
-    })
+    get_or_create(
+        js,
+        &stream::Config {
+            name: format!("KV_{bucket}"),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_message_size: 1 << 20,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            num_replicas: replicas.max(1),
+            storage: stream::StorageType::File,
+            ..Default::default()
+        },
+    )
     .await
     .map_err(|e| err(&e))?;
     let kv = js.get_key_value(bucket).await.map_err(|e| err(&e))?;
@@ -394,5 +435,35 @@ pub async fn wait_drained(
             return false;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_nats::jetstream::context::{CreateStreamError, CreateStreamErrorKind};
+
+    fn answered(json: &str) -> CreateStreamError {
+        let e: jetstream::Error = serde_json::from_str(json).expect("a server error");
+        CreateStreamError::new(CreateStreamErrorKind::JetStream(e))
+    }
+
+    #[test]
+    fn only_the_servers_store_failure_is_retried() {
+        let store = answered(
+            r#"{"code":500,"err_code":10049,"description":"error creating store for stream"}"#,
+        );
+        assert!(store_failed(&store));
+        let overlap = answered(
+            r#"{"code":400,"err_code":10065,"description":"subjects overlap with an existing stream"}"#,
+        );
+        assert!(!store_failed(&overlap));
+        let storage = answered(
+            r#"{"code":500,"err_code":10047,"description":"insufficient storage resources available"}"#,
+        );
+        assert!(!store_failed(&storage));
+        assert!(!store_failed(&CreateStreamError::new(
+            CreateStreamErrorKind::TimedOut
+        )));
     }
 }
