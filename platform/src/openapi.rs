@@ -351,41 +351,42 @@ pub fn check_response(
         .map(|c| deref(doc, &responses[c]))
         .find(|r| !r.is_null())
         .ok_or_else(|| format!("{method} {template}: status {status} is not described"))?;
+    fits(
+        doc,
+        described,
+        body,
+        &format!("{method} {template} {status}"),
+    )
+}
+
+/// Validates `body` against the JSON schema of `described` (a response or a request body).
+fn fits(doc: &Value, described: &Value, body: &Value, what: &str) -> Result<(), String> {
     let schema = &described["content"]["application/json"]["schema"];
     if schema.is_null() {
         return Err(format!(
-            "{method} {template} {status}: no JSON schema described for the body {body}"
+            "{what}: no JSON schema described for the body {body}"
         ));
     }
     let problems = validate(doc, schema, body);
     if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{method} {template} {status}: the body does not fit its schema: {}; body: {body}",
-            problems.join("; ")
-        ))
+        return Ok(());
     }
+    Err(format!(
+        "{what}: the body does not fit its schema: {}; body: {body}",
+        problems.join("; ")
+    ))
 }
 
 /// Validates a request body against the described JSON request body.
 pub fn check_request(doc: &Value, method: &str, path: &str, body: &Value) -> Result<(), String> {
     let (template, op) = operation(doc, method, path)?;
-    let schema = &deref(doc, &op["requestBody"])["content"]["application/json"]["schema"];
-    if schema.is_null() {
-        return Err(format!(
-            "{method} {template}: no JSON request body described"
-        ));
-    }
-    let problems = validate(doc, schema, body);
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{method} {template}: the request body does not fit its schema: {}",
-            problems.join("; ")
-        ))
-    }
+    let described = deref(doc, &op["requestBody"]);
+    fits(
+        doc,
+        described,
+        body,
+        &format!("{method} {template} request"),
+    )
 }
 
 fn operation<'a>(doc: &'a Value, method: &str, path: &str) -> Result<(&'a str, &'a Value), String> {
