@@ -23,6 +23,8 @@ export interface CloudEvent {
   /** RFC 3339. */
   time: string;
   datacontenttype?: string;
+  /** The spend hold this usage settles (extension attribute; docs/SPEND.md). */
+  holdid?: string;
   data: Record<string, unknown>;
 }
 
@@ -207,6 +209,9 @@ export interface EventFields {
   id: string;
   /** Event time; default now. */
   time?: Date | string;
+  /** The spend hold this usage settles: the `holdId` of the authorization that allowed the
+   * work (`SpendClient`, `NatsSpendClient`); sent as the `holdid` attribute. */
+  holdId?: string;
 }
 
 /**
@@ -230,6 +235,7 @@ export function usageEvent(
     subject: checkToken(fields.customer, "subject"),
     type: fields.type,
     time: formatTime(fields.time),
+    ...(fields.holdId !== undefined ? { holdid: checkEventId(fields.holdId) } : {}),
     data: checkData(fields.data, "data") as Record<string, unknown>,
   };
 }
@@ -244,6 +250,7 @@ export function llmTokensEvent(
     agent: fields.agent,
     id: fields.id,
     ...(fields.time !== undefined ? { time: fields.time } : {}),
+    ...(fields.holdId !== undefined ? { holdId: fields.holdId } : {}),
     type: "llm.tokens",
     data: { tokens: quantity(fields.tokens, "tokens"), model: fields.model, kind: fields.kind },
   });
@@ -256,6 +263,7 @@ export function toolCallEvent(fields: EventFields & { tool: string }): CloudEven
     agent: fields.agent,
     id: fields.id,
     ...(fields.time !== undefined ? { time: fields.time } : {}),
+    ...(fields.holdId !== undefined ? { holdId: fields.holdId } : {}),
     type: "tool.call",
     data: { tool: fields.tool },
   });

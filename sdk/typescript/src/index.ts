@@ -8,6 +8,9 @@
  * - {@link openaiTokenEvents}, {@link anthropicTokenEvents}: `llm.tokens` events from a model
  *   response's usage block.
  * - {@link EventIds}, {@link stableEventId}: deterministic event ids, so retries count once.
+ * - {@link SpendClient}: ask before spending through the gateway (`POST /v1/authorize`,
+ *   `GET /v1/balance`); `NatsSpendClient` from `tally-sdk/nats` asks over NATS.
+ * - {@link UsageQueryClient}: the rater's usage query (`GET /v1/meters/{slug}/query`).
  */
 
 export {
@@ -47,3 +50,26 @@ export {
   type TokenKind,
 } from "./usage.js";
 export { GatewayError, isStored, SendResult, type Status, type Verdict } from "./verdicts.js";
+export { decimalAdd, decimalCompare, decimalSub, isDecimal } from "./decimal.js";
+export {
+  authorizationOf,
+  authorizeBody,
+  failClosed,
+  failOpenWithin,
+  SpendClient,
+  SpendError,
+  type Authorization,
+  type AuthorizeOptions,
+  type FailurePolicy,
+  type SpendClientOptions,
+} from "./spend.js";
+export {
+  UsageQueryClient,
+  UsageQueryError,
+  usageQueryString,
+  type UsageQuery,
+  type UsageQueryClientOptions,
+  type UsageQueryResult,
+  type UsageRow,
+  type WindowSize,
+} from "./query.js";
