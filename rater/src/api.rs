@@ -13,6 +13,9 @@
 //! (in [`crate::api_query`]) `GET /v1/meters/{slug}/query`, a customer's usage per window and
 //! group; and (in [`crate::api_rates`]) `GET`/`POST /v1/tax_rates`, `GET`/`POST /v1/fx_rates`.
 //!
+//! [`ROUTES`] lists every route; a request matching none is 404 (405 for another method of a
+//! listed path), and a test checks the table against [`OPENAPI`] both ways.
+//!
 //! Every route but the OpenAPI document needs `Authorization: Bearer <token>`
 //! ([`tally_platform::auth`]): reads any role with `read`, changes `edit_catalog`
 //! (`catalog_editor` or `admin`); 401/403 otherwise. Every change is recorded with its actor
@@ -28,6 +31,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 use tally_domain::CustomerId;
 use tally_platform::auth::{hook, Authenticator, Permission};
+use tally_platform::openapi::{self, Found, Route};
 use tally_platform::shutdown::Shutdown;
 use tokio::net::TcpListener;
 
@@ -135,9 +139,7 @@ pub(crate) use tally_platform::http::{error, json};
 /// Authenticates, then routes; changes are audited.
 async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() == Method::GET && req.uri().path() == "/v1/openapi.json" {
-        let doc: serde_json::Value =
-            serde_json::from_str(OPENAPI).unwrap_or(serde_json::Value::Null);
-        return json(StatusCode::OK, &doc);
+        return openapi_reply();
     }
     let who = match hook::authorize(&state.auth, &req, Permission::EditCatalog).await {
         Ok(who) => who,
@@ -147,29 +149,80 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>
     hook::audited(&state.auth, &who, &method, &path, dispatch(state, req)).await
 }
 
+/// What a route does: the routes of this module, or the module that answers them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// The catalog's reads (plans, a plan's versions, a customer's subscriptions).
+    Catalog,
+    AddPlan,
+    AddSubscription,
+    Explain,
+    /// [`crate::api_registry`].
+    Registry,
+    /// [`crate::api_query`].
+    Query,
+    /// [`crate::api_rates`].
+    Rates,
+    OpenApi,
+}
+
+/// Every route: [`dispatch`] answers only these, and the test checks them against
+/// [`OPENAPI`] both ways.
+pub const ROUTES: &[Route<Op>] = &[
+    Route::new("GET", "/v1/plans", Op::Catalog),
+    Route::new("POST", "/v1/plans", Op::AddPlan),
+    Route::new("GET", "/v1/plans/{id}", Op::Catalog),
+    Route::new("POST", "/v1/subscriptions", Op::AddSubscription),
+    Route::new("GET", "/v1/customers/{id}/subscriptions", Op::Catalog),
+    Route::new("GET", "/v1/charges/{charge_id}/explain", Op::Explain),
+    Route::new("GET", "/v1/customers", Op::Registry),
+    Route::new("POST", "/v1/customers", Op::Registry),
+    Route::new("GET", "/v1/customers/{id}", Op::Registry),
+    Route::new("GET", "/v1/customers/{id}/agents", Op::Registry),
+    Route::new("POST", "/v1/customers/{id}/agents", Op::Registry),
+    Route::new("GET", "/v1/meters", Op::Registry),
+    Route::new("POST", "/v1/meters", Op::Registry),
+    Route::new("GET", "/v1/meters/{slug}", Op::Registry),
+    Route::new("GET", "/v1/meters/{slug}/query", Op::Query),
+    Route::new("GET", "/v1/tax_rates", Op::Rates),
+    Route::new("POST", "/v1/tax_rates", Op::Rates),
+    Route::new("GET", "/v1/fx_rates", Op::Rates),
+    Route::new("POST", "/v1/fx_rates", Op::Rates),
+    Route::new("GET", "/v1/openapi.json", Op::OpenApi),
+];
+
 async fn dispatch(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = tally_platform::http::segments(req.uri());
     let path: Vec<&str> = path.iter().map(String::as_str).collect();
-    match (req.method(), path.as_slice()) {
-        (&Method::POST, ["v1", "plans"]) => add_plan(state, req).await,
-        (&Method::POST, ["v1", "subscriptions"]) => add_subscription(state, req).await,
-        (_, p) if crate::api_query::handles(p) => crate::api_query::route(state, req, p).await,
-        (_, p) if crate::api_registry::handles(p) => {
-            crate::api_registry::route(state, req, p).await
+    let (op, params) = match openapi::find(ROUTES, req.method().as_str(), &path) {
+        Found::Route(op, params) => (op, params),
+        Found::MethodNotAllowed => {
+            return error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                req.method(),
+            )
         }
-        (_, p) if crate::api_rates::handles(p) => crate::api_rates::route(state, req, p).await,
-        (&Method::GET, ["v1", "charges", charge_id, "explain"]) => {
-            explain_charge(state, charge_id).await
-        }
-        (&Method::GET, ["v1", ..]) => match state.source.current(&state.db).await {
+        Found::NotFound => return error(StatusCode::NOT_FOUND, "not_found", req.uri().path()),
+    };
+    match op {
+        Op::AddPlan => add_plan(state, req).await,
+        Op::AddSubscription => add_subscription(state, req).await,
+        Op::Query => crate::api_query::route(state, req, &path).await,
+        Op::Registry => crate::api_registry::route(state, req, &path).await,
+        Op::Rates => crate::api_rates::route(state, req, &path).await,
+        Op::Explain => explain_charge(state, &params[0]).await,
+        Op::Catalog => match state.source.current(&state.db).await {
             Ok(catalog) => catalog_route(&catalog, &path),
             Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
         },
-        (m, _) if m != Method::GET => {
-            error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", m)
-        }
-        _ => error(StatusCode::NOT_FOUND, "not_found", req.uri().path()),
+        Op::OpenApi => openapi_reply(),
     }
+}
+
+fn openapi_reply() -> Response<Full<Bytes>> {
+    let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap_or(serde_json::Value::Null);
+    json(StatusCode::OK, &doc)
 }
 
 fn catalog_route(catalog: &Catalog, path: &[&str]) -> Response<Full<Bytes>> {
@@ -313,3 +366,14 @@ async fn explain_charge(state: &ApiState, charge_id: &str) -> Response<Full<Byte
 
 /// The OpenAPI 3.0 document of this API.
 pub const OPENAPI: &str = include_str!("api_openapi.json");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_described_and_every_description_served() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("JSON");
+        assert_eq!(openapi::check_routes(ROUTES, &doc), Vec::<String>::new());
+    }
+}

@@ -70,11 +70,6 @@ const DAY: i64 = 86_400;
 /// The pseudo group-by name of the agent (unless the meter declares a group of that name).
 pub const AGENT: &str = "agent";
 
-/// Whether `path` is this module's route.
-pub(crate) fn handles(path: &[&str]) -> bool {
-    matches!(path, ["v1", "meters", _, "query"])
-}
-
 pub(crate) async fn route(state: &ApiState, req: Request<Incoming>, path: &[&str]) -> Reply {
     if req.method() != Method::GET {
         return error(

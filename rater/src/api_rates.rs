@@ -25,11 +25,6 @@ use crate::tax::TaxRateSpec;
 
 type Reply = Response<Full<Bytes>>;
 
-/// Whether `path` is one of this module's routes.
-pub(crate) fn handles(path: &[&str]) -> bool {
-    matches!(path, ["v1", "tax_rates"] | ["v1", "fx_rates"])
-}
-
 pub(crate) async fn route(state: &ApiState, req: Request<Incoming>, path: &[&str]) -> Reply {
     let method = req.method().clone();
     match (method, path) {

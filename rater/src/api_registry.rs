@@ -25,14 +25,6 @@ use crate::meters::MeterEntry;
 use crate::registry::Registry;
 use crate::registry_store::{self, Appended};
 
-/// Whether `path` is one of this module's routes.
-pub(crate) fn handles(path: &[&str]) -> bool {
-    matches!(
-        path,
-        ["v1", "customers"] | ["v1", "customers", _] | ["v1", "customers", _, "agents"]
-    ) || matches!(path, ["v1", "meters"] | ["v1", "meters", _])
-}
-
 type Reply = Response<Full<Bytes>>;
 
 pub(crate) async fn route(state: &ApiState, req: Request<Incoming>, path: &[&str]) -> Reply {

@@ -8,7 +8,10 @@
 //! - `GET /v1/customers/{id}/balance`: the live balance (spend of the period by meter and
 //!   agent, holds, budgets and what is left), asked of the customer's decider over NATS.
 //!
-//! Every route needs `Authorization: Bearer <token>` (`tally_platform::auth`): reads any
+//! - `GET /v1/openapi.json`: the OpenAPI document of these routes ([`ROUTES`], [`OPENAPI`]),
+//!   without a token.
+//!
+//! Every other route needs `Authorization: Bearer <token>` (`tally_platform::auth`): reads any
 //! role with `read`, changes `edit_catalog`; changes are audited. Agents ask through the
 //! gateway with their API key instead (`POST /v1/authorize`, `GET /v1/balance`).
 
@@ -22,6 +25,7 @@ use serde::Deserialize;
 use tally_domain::CustomerId;
 use tally_platform::auth::{hook, Authenticator, Permission};
 use tally_platform::http::{error, json, Body};
+use tally_platform::openapi::{self, Found, Route};
 use tally_platform::shutdown::Shutdown;
 use tokio::net::TcpListener;
 
@@ -46,7 +50,45 @@ pub async fn serve(listener: TcpListener, state: Arc<SpendApi>, shutdown: Shutdo
     tally_platform::http::serve(listener, handler, shutdown).await;
 }
 
+/// What a route does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    ListBudgets,
+    PutBudget,
+    DeleteBudget,
+    Balance,
+    OpenApi,
+}
+
+/// Every route: [`dispatch`] answers only these, and the test checks them against
+/// [`OPENAPI`] both ways.
+pub const ROUTES: &[Route<Op>] = &[
+    Route::new("GET", "/v1/customers/{id}/budgets", Op::ListBudgets),
+    Route::new(
+        "PUT",
+        "/v1/customers/{id}/budgets/{budget_id}",
+        Op::PutBudget,
+    ),
+    Route::new(
+        "DELETE",
+        "/v1/customers/{id}/budgets/{budget_id}",
+        Op::DeleteBudget,
+    ),
+    Route::new("GET", "/v1/customers/{id}/balance", Op::Balance),
+    Route::new("GET", "/v1/openapi.json", Op::OpenApi),
+];
+
+/// The OpenAPI 3.0 document of this API, served at `/v1/openapi.json` without a token.
+pub const OPENAPI: &str = include_str!("../api_spend_openapi.json");
+
 async fn route(state: &SpendApi, req: Request<Incoming>) -> Response<Body> {
+    if req.method() == Method::GET && req.uri().path() == "/v1/openapi.json" {
+        return tally_platform::http::bytes(
+            StatusCode::OK,
+            "application/json",
+            OPENAPI.as_bytes().to_vec(),
+        );
+    }
     let who = match hook::authorize(&state.auth, &req, Permission::EditCatalog).await {
         Ok(who) => who,
         Err(refused) => return refused,
@@ -66,27 +108,33 @@ async fn route(state: &SpendApi, req: Request<Incoming>) -> Response<Body> {
 async fn dispatch(state: &SpendApi, req: Request<Incoming>, actor: String) -> Response<Body> {
     let segments = tally_platform::http::segments(req.uri());
     let path: Vec<&str> = segments.iter().map(String::as_str).collect();
-    let customer = match path.as_slice() {
-        ["v1", "customers", c, ..] => match CustomerId::new((*c).to_owned()) {
-            Ok(c) => c,
-            Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_customer", e),
-        },
-        _ => return error(StatusCode::NOT_FOUND, "not_found", req.uri().path()),
-    };
-    match (req.method(), &path[3..]) {
-        (&Method::GET, ["budgets"]) => list(state, &customer).await,
-        (&Method::PUT, ["budgets", id]) => {
-            let id = (*id).to_owned();
-            put(state, req, &customer, id, &actor).await
+    let (op, params) = match openapi::find(ROUTES, req.method().as_str(), &path) {
+        Found::Route(op, params) => (op, params),
+        Found::MethodNotAllowed => {
+            return error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                req.method(),
+            )
         }
-        (&Method::DELETE, ["budgets", id]) => remove(state, &customer, id, &actor).await,
-        (&Method::GET, ["balance"]) => balance(state, &customer).await,
-        (_, ["budgets"] | ["budgets", _] | ["balance"]) => error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            req.method(),
-        ),
-        _ => error(StatusCode::NOT_FOUND, "not_found", req.uri().path()),
+        Found::NotFound => return error(StatusCode::NOT_FOUND, "not_found", req.uri().path()),
+    };
+    if op == Op::OpenApi {
+        return json(
+            StatusCode::OK,
+            &serde_json::from_str::<serde_json::Value>(OPENAPI).ok(),
+        );
+    }
+    let customer = match CustomerId::new(params[0].clone()) {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_customer", e),
+    };
+    match op {
+        Op::ListBudgets => list(state, &customer).await,
+        Op::PutBudget => put(state, req, &customer, params[1].clone(), &actor).await,
+        Op::DeleteBudget => remove(state, &customer, &params[1], &actor).await,
+        Op::Balance => balance(state, &customer).await,
+        Op::OpenApi => unreachable!("answered above"),
     }
 }
 
@@ -184,5 +232,104 @@ async fn balance(state: &SpendApi, customer: &CustomerId) -> Response<Body> {
         ),
         Ok(v) => json(StatusCode::OK, &v),
         Err(e) => error(StatusCode::BAD_GATEWAY, "unavailable", e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::book::{EntitlementUse, LimitUse};
+    use super::super::decider::{Balance, BudgetBalance, MeterBalance};
+    use super::*;
+
+    fn doc() -> serde_json::Value {
+        serde_json::from_str(OPENAPI).expect("the OpenAPI document is JSON")
+    }
+
+    /// A balance with every part present, as the decider serializes it.
+    fn example_balance() -> Balance {
+        let d = |t: &str| t.parse::<rust_decimal::Decimal>().unwrap();
+        let mb = MeterBalance {
+            quantity: d("12"),
+            amount: d("0.24"),
+        };
+        Balance {
+            customer: "acme".into(),
+            period_start: "2026-12-01T00:00:00Z".into(),
+            period_end: "2027-01-01T00:00:00Z".into(),
+            currency: Some("USD".into()),
+            spend: d("0.24"),
+            meters: [("tool_calls".to_owned(), mb.clone())].into(),
+            agents: [("bot".to_owned(), [("tool_calls".to_owned(), mb)].into())].into(),
+            holds: 1,
+            held_amount: d("0.02"),
+            budgets: vec![BudgetBalance {
+                budget_id: "monthly".into(),
+                agent: None,
+                meter: Some("tool_calls".into()),
+                kind: Kind::Amount,
+                limit: d("0.50"),
+                spent: d("0.24"),
+                held: d("0.02"),
+                remaining: d("0.24"),
+                hard: true,
+            }],
+            entitlements: EntitlementUse {
+                plan: Some("pro".into()),
+                features: vec!["web_search".into()],
+                limits: vec![LimitUse {
+                    meter: "tokens".into(),
+                    group: [("model".to_owned(), "gpt-4o".to_owned())].into(),
+                    limit: d("1000"),
+                    used: d("10"),
+                    held: d("5"),
+                    remaining: d("985"),
+                }],
+            },
+        }
+    }
+
+    #[test]
+    fn every_route_is_described_and_every_description_served() {
+        assert_eq!(openapi::check_routes(ROUTES, &doc()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_budget_and_balance_shapes_fit_the_document() {
+        let d = doc();
+        let b: BudgetBody = serde_json::from_str(
+            r#"{"agent":"bot","kind":"quantity","meter":"calls","limit":"5","thresholds":[50],"hard":true}"#,
+        )
+        .unwrap();
+        let stored = Budget {
+            customer: "acme".into(),
+            budget_id: "calls".into(),
+            agent: b.agent,
+            meter: b.meter,
+            kind: b.kind,
+            limit: b.limit,
+            thresholds: b.thresholds,
+            hard: b.hard,
+        };
+        let path = "/v1/customers/acme/budgets/calls";
+        let value = serde_json::to_value(&stored).unwrap();
+        assert_eq!(
+            openapi::check_response(&d, "PUT", path, 200, &value),
+            Ok(())
+        );
+        let list = serde_json::json!([value]);
+        let list_path = "/v1/customers/acme/budgets";
+        assert_eq!(
+            openapi::check_response(&d, "GET", list_path, 200, &list),
+            Ok(())
+        );
+        let input = serde_json::json!({"kind": "amount", "limit": "0.50", "thresholds": [80]});
+        assert_eq!(openapi::check_request(&d, "PUT", path, &input), Ok(()));
+        let balance = example_balance();
+        let value = serde_json::to_value(&balance).unwrap();
+        let balance_path = "/v1/customers/acme/balance";
+        assert_eq!(
+            openapi::check_response(&d, "GET", balance_path, 200, &value),
+            Ok(())
+        );
     }
 }
