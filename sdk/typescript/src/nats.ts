@@ -306,6 +306,8 @@ export class NatsSpendClient {
     } catch (err) {
       const code = (err as { code?: unknown }).code;
       if (code === "503" || code === "TIMEOUT") return undefined;
+      // e.g. PERMISSIONS_VIOLATION: a subject or inbox prefix the user may not use, which no
+      // failure policy should paper over
       throw new SpendError(0, String(code ?? "nats_error"), (err as Error).message ?? String(err));
     }
     try {

@@ -15,7 +15,7 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 
-import { connect, type MsgRequest } from "nats";
+import { connect, type ConnectionOptions, type MsgRequest } from "nats";
 
 const run = promisify(execFile);
 
@@ -61,9 +61,14 @@ export interface StoredMessage {
   event: Record<string, any>;
 }
 
-/** Every message of `stream` on `subject` (a filter), in order. */
-export async function storedMessages(stream: string, subject: string): Promise<StoredMessage[]> {
-  const nc = await connect({ servers: NATS_URL });
+/** Every message of `stream` on `subject` (a filter), in order; `connection` default: the
+ * test stack's NATS. */
+export async function storedMessages(
+  stream: string,
+  subject: string,
+  connection: ConnectionOptions = { servers: NATS_URL },
+): Promise<StoredMessage[]> {
+  const nc = await connect(connection);
   try {
     const jsm = await nc.jetstreamManager();
     const out: StoredMessage[] = [];
