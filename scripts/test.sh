@@ -42,16 +42,16 @@ log "python3 -m unittest discover -s tests/ops -v"
 python3 -m unittest discover -s tests/ops -v 2>&1 | tee "$logs/ops.log"
 ops_status=${PIPESTATUS[0]}
 
-# The SDK suites start tally-gateway and tally-migrate as `cargo test` built them for the ingest
-# and platform integration tests (the same command again is a no-op), each suite over its own
-# streams and database. When some other test target does not compile, the two binaries are
-# built by themselves, so the SDK suites still run.
+# The SDK suites start tally-gateway, tally-migrate, tally-access, tally-rater, tally-spend and
+# tally-aggregator as `cargo test` built them for the integration tests (the same command again
+# is a no-op), each suite over its own streams and database. When some other test target does
+# not compile, the binaries are built by themselves, so the SDK suites still run.
 export TALLY_BIN_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
 cargo test --workspace --no-run --quiet >"$logs/sdk-bins.log" 2>&1
 sdk_bins_status=$?
 if [ "$sdk_bins_status" -ne 0 ]; then
-    log "the workspace's tests did not build; building tally-gateway and tally-migrate alone"
-    cargo build --quiet -p tally-ingest -p tally-platform --bins
+    log "the workspace's tests did not build; building the SDK suites' binaries alone"
+    cargo build --quiet -p tally-ingest -p tally-platform -p tally-rater -p tally-aggregator --bins
     sdk_bins_status=$?
 fi
 
@@ -103,7 +103,7 @@ run_sdk_suite() {
         "$@" 2>&1 | tee "$out"
         status=${PIPESTATUS[0]}
     else
-        echo "tally-gateway and tally-migrate did not build" | tee "$out"
+        echo "the SDK suites' binaries (tally-gateway, tally-migrate, ...) did not build" | tee "$out"
         status=1
     fi
     log "$title: $((SECONDS - started))s"

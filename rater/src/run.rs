@@ -2,8 +2,11 @@
 //!
 //! A pass reads committed usage for every billing period overlapping
 //! `[now - lookback, now]`, prices each (customer, period, meter) with the plan version
-//! effective at the period start, and appends the charges. Passes are idempotent: the same
-//! usage gives the same charge ids and amounts.
+//! effective at the period start, and appends the charges. Flat fees and minimums are owed
+//! without usage too: every part of a period that a subscription covers in the range and that
+//! has no usage of such a price's meter is priced at zero usage
+//! ([`crate::pricing::recurring`]), from the catalog, never by reading more usage. Passes are
+//! idempotent: the same usage and catalog give the same charge ids and amounts.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -15,6 +18,7 @@ use crate::catalog::Catalog;
 use crate::catalog_store::CatalogSource;
 use crate::charge::{compute_with, Charge};
 use crate::config::RaterConfig;
+use crate::pricing::recurring;
 use crate::{metrics, store, usage};
 
 /// Why a pass failed.
@@ -30,8 +34,11 @@ pub struct RateReport {
     pub charges: Vec<Charge>,
     pub usage_rows: usize,
     pub skipped: usage::Skipped,
-    /// (customer, meter) pairs with usage but no price in the plan.
+    /// (customer, meter) pairs with usage but no price in the plan (or, for a fee owed
+    /// without usage, no FX rate yet).
     pub unpriced_meters: u64,
+    /// Charges of flat fees and minimums in periods (or parts) without usage of their meter.
+    pub idle_charges: usize,
     /// Customers left out of this pass and why (logged and counted; retried next pass).
     pub failed: BTreeMap<String, usage::FailReason>,
 }
@@ -58,21 +65,27 @@ pub async fn rate_once(
         failed: folded.failed,
         ..Default::default()
     };
+    // flat fees and minimums of the parts of periods without usage of their meter
+    let idle = recurring::idle_usages(catalog, &folded.usages, horizon_ms, now_ms);
     let mut charges: BTreeMap<&str, Vec<Charge>> = BTreeMap::new();
-    for ((customer, period, segment_from_ms, _, _), u) in &folded.usages {
+    for u in folded.usages.values().chain(idle.iter()) {
+        let (customer, period, segment_from_ms) = (&u.customer, &u.period, u.segment_from_ms);
         if period.end_ms <= horizon_ms || report.failed.contains_key(customer.as_ref()) {
             continue;
         }
         let sub = catalog
-            .subscription_at(customer, *segment_from_ms)
+            .subscription_at(customer, segment_from_ms)
             .expect("fold keeps only customers with a subscription");
-        let Some(plan) = catalog.plan_at(&sub.plan, *segment_from_ms) else {
+        let Some(plan) = catalog.plan_at(&sub.plan, segment_from_ms) else {
             report.unpriced_meters += 1;
             continue;
         };
         let terms = catalog.terms(&sub, plan, period, &u.meter);
         match compute_with(u, plan, &terms) {
-            Ok(Some(charge)) => charges.entry(customer.as_ref()).or_default().push(charge),
+            Ok(Some(charge)) => {
+                report.idle_charges += usize::from(u.windows == 0);
+                charges.entry(customer.as_ref()).or_default().push(charge)
+            }
             Ok(None) => report.unpriced_meters += 1,
             Err(e) => {
                 tracing::error!(%customer, error = %e, "customer left out of this rating pass");
@@ -125,6 +138,7 @@ pub async fn run(
         match rate_once(&db, &catalog, &cfg, now_ms()).await {
             Ok(r) => tracing::info!(
                 charges = r.charges.len(),
+                idle_charges = r.idle_charges,
                 usage_rows = r.usage_rows,
                 "rating pass done"
             ),

@@ -1,7 +1,8 @@
 //! Flat fee: a fixed amount per billing period, whatever the quantity. A flat price is
-//! attached to a meter and charged for every period in which the customer has committed
-//! usage windows of that meter (even windows with quantity zero): the rater learns of a
-//! customer's period only from usage.
+//! attached to a meter and charged for every period (or part of one) that a subscription to
+//! its plan covers, with or without usage of the meter: [`super::recurring`] names the idle
+//! ones from the catalog. A customer without a subscription (the default plan) is known only
+//! by its usage and pays the fee in periods with usage windows of the meter.
 //!
 //! In a part of a period split by a subscription change, the fee is prorated by the part's
 //! time share (`share`, see [`crate::charge::MeterUsage::share`]): the line bills `share`

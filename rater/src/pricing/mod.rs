@@ -2,7 +2,8 @@
 //! step. One file per model ([`per_unit`], [`graduated`], [`volume`], [`package`], [`flat`],
 //! [`dimensional`]) and one per modifier that wraps any model ([`allowance`]: free units
 //! first; [`commitment`]: minimum true-up and maximum cap; [`discount`]: a subscription's
-//! coupons, last).
+//! coupons, last). [`recurring`] names the flat fees and minimums that subscriptions owe in
+//! periods without usage.
 //!
 //! Conventions, documented in docs/PRICING.md:
 //! - Tier boundaries: a tier with `up_to = N` covers quantities *up to and including* N.
@@ -19,6 +20,7 @@ pub mod flat;
 pub mod graduated;
 pub mod package;
 pub mod per_unit;
+pub mod recurring;
 pub mod volume;
 
 use rust_decimal::Decimal;

@@ -8,6 +8,8 @@
   model response's usage block.
 - :class:`SpendClient`: ask before spending (authorize, release, balance) through the gateway,
   with an explicit failure policy.
+- :class:`UsageQueryClient`: the rater's usage query (``GET /v1/meters/{slug}/query``), exact
+  ``Decimal`` values.
 - :class:`EventIds`, :func:`stable_event_id`: deterministic event ids, so retries are counted
   once.
 """
@@ -45,6 +47,7 @@ from .usage import (
     token_events,
 )
 from .spend import Authorization, FailClosed, FailOpenWithin, SpendClient, SpendError
+from .query import UsageQueryClient, UsageQueryError, UsageQueryResult, UsageRow, usage_query_string
 from .verdicts import ACCEPTED, DUPLICATE, FAILED, REJECTED, GatewayError, SendResult, Verdict
 
 __version__ = "0.1.0"
@@ -91,4 +94,9 @@ __all__ = [
     "tool_call_event",
     "usage_event",
     "usage_subject",
+    "UsageQueryClient",
+    "UsageQueryError",
+    "UsageQueryResult",
+    "UsageRow",
+    "usage_query_string",
 ]

@@ -8,14 +8,18 @@ the same bytes and message id after a capped exponential backoff; a retry of a m
 was in fact stored is acknowledged as a duplicate.
 
 Log in as the customer's NATS user (docs/SECURITY.md): it may publish only on its own
-subjects.
+subjects and receive replies (acks, answers) only on ``_INBOX.<user>.>``. :func:`connect`
+(and so :meth:`NatsPublisher.connect`) sets nats-py's ``inbox_prefix`` to ``_INBOX.<user>``
+whenever a user is given (``user=`` or in the server URL), unless ``inbox_prefix=`` says
+otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from typing import Any, Iterable, List, Mapping, Optional
+import urllib.parse
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 try:
     import nats
@@ -30,7 +34,38 @@ except ImportError as e:  # pragma: no cover
 from .events import InvalidEvent, check_event_id, check_token, encode_event, nats_msg_id
 from .verdicts import ACCEPTED, DUPLICATE, FAILED, REJECTED, SendResult, Verdict
 
-__all__ = ["NatsPublisher"]
+__all__ = ["NatsPublisher", "connect", "inbox_prefix", "with_user_inbox"]
+
+
+def inbox_prefix(user: str) -> str:
+    """The reply-subject prefix NATS user ``user`` may receive on: ``_INBOX.<user>`` (the
+    permissions ``tally-gateway nats-config`` writes allow ``_INBOX.<user>.>`` only)."""
+    return f"_INBOX.{user}"
+
+
+def _url_user(servers: Union[str, Sequence[str]]) -> Optional[str]:
+    first = servers if isinstance(servers, str) else (servers[0] if servers else "")
+    user = urllib.parse.urlsplit(first if "://" in first else f"nats://{first}").username
+    return urllib.parse.unquote(user) if user else None
+
+
+def with_user_inbox(servers: Union[str, Sequence[str]], options: Dict[str, Any]) -> Dict[str, Any]:
+    """``options`` of ``nats.connect`` with ``inbox_prefix`` set to ``_INBOX.<user>`` when a
+    user is given (``user=``, or the first server URL's ``nats://user:pass@...``) and no
+    ``inbox_prefix`` is; otherwise unchanged."""
+    if "inbox_prefix" in options:
+        return options
+    user = options.get("user") or _url_user(servers)
+    if not user:
+        return options
+    return {**options, "inbox_prefix": inbox_prefix(user)}
+
+
+async def connect(servers: Union[str, Sequence[str]] = "nats://127.0.0.1:4222", **options: Any) -> Any:
+    """``nats.connect`` with the user's own inbox prefix by default (:func:`with_user_inbox`):
+    without it a restricted user's requests get no replies (its publishes time out waiting
+    for acks). Every other option passes through."""
+    return await nats.connect(servers, **with_user_inbox(servers, options))
 
 
 class NatsPublisher:
@@ -77,9 +112,10 @@ class NatsPublisher:
         in_flight_max: int = 256,
         **connect_options: Any,
     ) -> "NatsPublisher":
-        """Connects to ``servers`` (``user=``, ``password=``, ``user_credentials=`` and other
-        ``nats.connect`` options pass through) and returns a publisher owning the connection."""
-        nc = await nats.connect(servers, **connect_options)
+        """Connects to ``servers`` (``user=``, ``password=``, ``user_credentials=``,
+        ``inbox_prefix=`` and other ``nats.connect`` options pass through; the inbox prefix is
+        ``_INBOX.<user>`` unless given) and returns a publisher owning the connection."""
+        nc = await connect(servers, **connect_options)
         publisher = cls(
             nc.jetstream(),
             subject_prefix=subject_prefix,

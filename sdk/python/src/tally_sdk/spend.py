@@ -92,8 +92,7 @@ class SpendClient:
         self._auth = f"Bearer {api_key}"
         self.timeout = timeout
         self.policy = policy
-        self._lock = threading.Lock()
-        self._offline_used: Dict[str, Decimal] = {}
+        self._offline = OfflineLedger(policy)
 
     def authorize(
         self,
@@ -109,19 +108,13 @@ class SpendClient:
         once with the same ``request_id`` (the decider answers with the same hold)."""
         body: Dict[str, Any] = {
             "agent": check_token(agent, "agent"),
-            "meter": check_token(meter, "meter"),
-            "max_quantity": str(_decimal(max_quantity, "max_quantity")),
-            "request_id": check_event_id(request_id or uuid.uuid4().hex),
+            **authorize_body(meter, max_quantity, group=group, deadline_ms=deadline_ms, request_id=request_id),
         }
-        if group:
-            body["group"] = dict(group)
-        if deadline_ms is not None:
-            body["deadline_ms"] = int(deadline_ms)
         for _ in range(2):
             answer = self._call("POST", "/v1/authorize", body)
             if answer is not None:
-                return _authorization(answer)
-        return self._offline(meter, Decimal(body["max_quantity"]))
+                return authorization(answer)
+        return self._offline.decide(meter, Decimal(body["max_quantity"]))
 
     def release(self, agent: str, hold_id: str) -> bool:
         """Gives a hold back (the call was cancelled or used nothing); False when it was not
@@ -160,7 +153,17 @@ class SpendClient:
             err = {}
         raise SpendError(status, err.get("code", "error"), err.get("message", data.decode(errors="replace")))
 
-    def _offline(self, meter: str, quantity: Decimal) -> Authorization:
+
+class OfflineLedger:
+    """The failure policy's decisions over a client's life: the declared quantities allowed
+    offline per key (a meter, or a customer and meter)."""
+
+    def __init__(self, policy: Union[FailClosed, FailOpenWithin]) -> None:
+        self.policy = policy
+        self._lock = threading.Lock()
+        self._used: Dict[Any, Decimal] = {}
+
+    def decide(self, key: Any, quantity: Decimal) -> Authorization:
         if not isinstance(self.policy, FailOpenWithin):
             return Authorization(
                 allow=False,
@@ -169,7 +172,7 @@ class SpendClient:
                 offline=True,
             )
         with self._lock:
-            total = self._offline_used.get(meter, Decimal(0)) + quantity
+            total = self._used.get(key, Decimal(0)) + quantity
             if total > self.policy.allowance:
                 return Authorization(
                     allow=False,
@@ -177,7 +180,7 @@ class SpendClient:
                     detail="no spend decider answered and the offline allowance is used up",
                     offline=True,
                 )
-            self._offline_used[meter] = total
+            self._used[key] = total
         return Authorization(
             allow=True,
             remaining=self.policy.allowance - total,
@@ -186,7 +189,30 @@ class SpendClient:
         )
 
 
-def _authorization(answer: Mapping[str, Any]) -> Authorization:
+def authorize_body(
+    meter: str,
+    max_quantity: Number,
+    *,
+    group: Optional[Mapping[str, str]] = None,
+    deadline_ms: Optional[int] = None,
+    request_id: Optional[str] = None,
+) -> Dict[str, Any]:
+    """The JSON body of an authorize request as the decider reads it (without the agent: a
+    subject token on NATS, a body field over HTTP). The quantity is an exact string."""
+    body: Dict[str, Any] = {
+        "meter": check_token(meter, "meter"),
+        "max_quantity": str(_decimal(max_quantity, "max_quantity")),
+        "request_id": check_event_id(request_id or uuid.uuid4().hex),
+    }
+    if group:
+        body["group"] = dict(group)
+    if deadline_ms is not None:
+        body["deadline_ms"] = int(deadline_ms)
+    return body
+
+
+def authorization(answer: Mapping[str, Any]) -> Authorization:
+    """A decider's answer (its JSON) as an :class:`Authorization`."""
     remaining = answer.get("remaining")
     return Authorization(
         allow=bool(answer.get("allow")),
