@@ -59,6 +59,28 @@ def clickhouse(sql: str) -> str:
         return r.read().decode()
 
 
+def migrate(config: Path) -> None:
+    """Applies the migrations to ``config``'s database (``tally-migrate``)."""
+    out = subprocess.run(
+        [str(binary("tally-migrate")), "--config", str(config)],
+        capture_output=True, text=True, timeout=120,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"tally-migrate failed: {out.stdout}{out.stderr}")
+
+
+def api_token(config: Path, actor: str, role: str) -> str:
+    """An API token of ``role`` made by ``tally-access tokens-create``: the bearer token."""
+    out = subprocess.run(
+        [str(binary("tally-access")), "tokens-create", "--actor", actor, "--role", role,
+         "--config", str(config)],
+        capture_output=True, text=True, timeout=60,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"tokens-create failed: {out.stdout}{out.stderr}")
+    return json.loads(out.stdout)["token"]
+
+
 @dataclass
 class StoredMessage:
     seq: int
@@ -103,14 +125,7 @@ log = "warn"
         self.admin_port = free_port()
         self.proc: Optional[subprocess.Popen] = None
         self.log = self.dir / "gateway.log"
-        migrate = subprocess.run(
-            [str(binary("tally-migrate")), "--config", str(self.config)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if migrate.returncode != 0:
-            raise RuntimeError(f"tally-migrate failed: {migrate.stdout}{migrate.stderr}")
+        migrate(self.config)
         self.admin_token = self.api_token("sdk-tests", "key_admin")
 
     @property
@@ -124,14 +139,7 @@ log = "warn"
 
     def api_token(self, actor: str, role: str) -> str:
         """An API token of ``role`` made by ``tally-access tokens-create``: the bearer token."""
-        out = subprocess.run(
-            [str(binary("tally-access")), "tokens-create", "--actor", actor, "--role", role,
-             "--config", str(self.config)],
-            capture_output=True, text=True, timeout=60,
-        )
-        if out.returncode != 0:
-            raise RuntimeError(f"tokens-create failed: {out.stdout}{out.stderr}")
-        return json.loads(out.stdout)["token"]
+        return api_token(self.config, actor, role)
 
     def start(self, wait: bool = True) -> None:
         """Starts the gateway on ``self.port`` (a fresh port if that one turns out taken)."""
@@ -394,12 +402,7 @@ metrics_addr = "127.0.0.1:0"
 {_CATALOG}"""
         )
         self.procs: Dict[str, subprocess.Popen] = {}
-        migrate = subprocess.run(
-            [str(binary("tally-migrate")), "--config", str(self.config)],
-            capture_output=True, text=True, timeout=120,
-        )
-        if migrate.returncode != 0:
-            raise RuntimeError(f"tally-migrate failed: {migrate.stdout}{migrate.stderr}")
+        migrate(self.config)
         self.admin_token = self.api_token("sdk-tests", "admin")
 
     @property
@@ -411,14 +414,7 @@ metrics_addr = "127.0.0.1:0"
         return f"http://127.0.0.1:{self.ports['gateway']}"
 
     def api_token(self, actor: str, role: str) -> str:
-        out = subprocess.run(
-            [str(binary("tally-access")), "tokens-create", "--actor", actor, "--role", role,
-             "--config", str(self.config)],
-            capture_output=True, text=True, timeout=60,
-        )
-        if out.returncode != 0:
-            raise RuntimeError(f"tokens-create failed: {out.stdout}{out.stderr}")
-        return json.loads(out.stdout)["token"]
+        return api_token(self.config, actor, role)
 
     def use_nats(self, url: str, users: Dict[str, str]) -> None:
         """Points the services at ``url`` (a :class:`NatsServer` of the test's own), each
