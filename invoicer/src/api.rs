@@ -8,6 +8,8 @@
 //! /v1/invoices/{id}/credit_notes`, `POST /v1/credits` (prepaid credit grant), `POST /v1/runs`
 //! (an invoicing pass now), `GET /v1/reconciliation`, `GET /v1/openapi.json`.
 //!
+//! [`ROUTES`] lists every route; a test checks it against [`OPENAPI`] both ways.
+//!
 //! Every route but the OpenAPI document needs `Authorization: Bearer <token>`
 //! ([`tally_platform::auth`]): reads any role with `read`, changes `operate_invoices`
 //! (`invoice_operator` or `admin`); 401/403 otherwise. The actor of a lifecycle change or a
@@ -24,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use tally_domain::InvoiceStatus;
 use tally_platform::auth::{hook, Authenticator, Permission, Principal};
 use tally_platform::http::{self, Body};
+use tally_platform::openapi::{self, Route};
 
 use crate::config::InvoicerConfig;
 use crate::credit_notes::{self, CreditNote};
@@ -66,16 +69,21 @@ pub async fn serve(
     .await;
 }
 
-const OPENAPI: &str = include_str!("api_openapi.json");
+/// The OpenAPI 3.0 document of this API, served at `/v1/openapi.json` without a token.
+pub const OPENAPI: &str = include_str!("api_openapi.json");
+
+fn openapi_reply() -> Response<Body> {
+    http::bytes(
+        StatusCode::OK,
+        "application/json",
+        OPENAPI.as_bytes().to_vec(),
+    )
+}
 
 /// Authenticates, then routes; changes are audited.
 async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
     if req.method() == Method::GET && req.uri().path() == "/v1/openapi.json" {
-        return http::bytes(
-            StatusCode::OK,
-            "application/json",
-            OPENAPI.as_bytes().to_vec(),
-        );
+        return openapi_reply();
     }
     let who = match hook::authorize(&state.auth, &req, Permission::OperateInvoices).await {
         Ok(who) => who,
@@ -92,53 +100,76 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
     .await
 }
 
+/// What a route does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    List,
+    Show,
+    Html,
+    Pdf,
+    Lineage,
+    SetStatus,
+    CreditNotes,
+    AddCreditNote,
+    Grant,
+    Run,
+    Reconciliation,
+    OpenApi,
+}
+
+/// Every route: [`dispatch`] answers only these (404/405 otherwise), and the test checks them
+/// against the OpenAPI document both ways. The suffixed invoice routes come before the bare
+/// one, which they would otherwise match.
+pub const ROUTES: &[Route<Op>] = &[
+    Route::new("GET", "/v1/invoices", Op::List),
+    Route::new("GET", "/v1/invoices/{id}.html", Op::Html),
+    Route::new("GET", "/v1/invoices/{id}.pdf", Op::Pdf),
+    Route::new("GET", "/v1/invoices/{id}", Op::Show),
+    Route::new("GET", "/v1/invoices/{id}/lines/{n}/lineage", Op::Lineage),
+    Route::new("POST", "/v1/invoices/{id}/status", Op::SetStatus),
+    Route::new("GET", "/v1/invoices/{id}/credit_notes", Op::CreditNotes),
+    Route::new("POST", "/v1/invoices/{id}/credit_notes", Op::AddCreditNote),
+    Route::new("POST", "/v1/credits", Op::Grant),
+    Route::new("POST", "/v1/runs", Op::Run),
+    Route::new("GET", "/v1/reconciliation", Op::Reconciliation),
+    Route::new("GET", "/v1/openapi.json", Op::OpenApi),
+];
+
 async fn dispatch(state: &ApiState, req: Request<Incoming>, who: &Principal) -> Response<Body> {
-    let path = http::segments(req.uri());
-    let parts: Vec<&str> = path.iter().map(String::as_str).collect();
-    let method = req.method().clone();
-    match (&method, parts.as_slice()) {
-        (&Method::GET, ["v1", "invoices"]) => list(state, req.uri().query()).await,
-        (&Method::GET, ["v1", "invoices", id]) => show(state, id).await,
-        (&Method::GET, ["v1", "invoices", id, "lines", n, "lineage"]) => {
-            line_lineage(state, id, n).await
-        }
-        (&Method::POST, ["v1", "invoices", id, "status"]) => {
-            let id = id.to_string();
-            set_status(state, &id, req, who).await
-        }
-        (&Method::GET, ["v1", "invoices", id, "credit_notes"]) => {
-            match credit_notes::of_invoice(&state.db, id).await {
-                Ok(notes) => http::json(StatusCode::OK, &notes),
-                Err(e) => storage(e),
-            }
-        }
-        (&Method::POST, ["v1", "invoices", id, "credit_notes"]) => {
-            let id = id.to_string();
-            credit(state, &id, req, who).await
-        }
-        (&Method::POST, ["v1", "credits"]) => grant(state, req).await,
-        (&Method::POST, ["v1", "runs"]) => {
+    let (op, params) = match openapi::resolve(ROUTES, &req) {
+        Ok(found) => found,
+        Err(answer) => return answer,
+    };
+    let id = params.first().map(String::as_str).unwrap_or_default();
+    match op {
+        Op::List => list(state, req.uri().query()).await,
+        // `{id}.json` is the JSON document too
+        Op::Show => show(state, id.strip_suffix(".json").unwrap_or(id), "json").await,
+        Op::Html => show(state, id, "html").await,
+        Op::Pdf => show(state, id, "pdf").await,
+        Op::Lineage => line_lineage(state, id, &params[1]).await,
+        Op::SetStatus => set_status(state, id, req, who).await,
+        Op::CreditNotes => match credit_notes::of_invoice(&state.db, id).await {
+            Ok(notes) => http::json(StatusCode::OK, &notes),
+            Err(e) => storage(e),
+        },
+        Op::AddCreditNote => credit(state, id, req, who).await,
+        Op::Grant => grant(state, req).await,
+        Op::Run => {
             let now = (state.now_ms)();
             match run::invoice_pass(&state.db, Some(&state.numbers), &state.cfg, now).await {
                 Ok(invoices) => http::json(StatusCode::OK, &RunView::of(&invoices)),
                 Err(e) => http::error(StatusCode::SERVICE_UNAVAILABLE, "run_failed", e),
             }
         }
-        (&Method::GET, ["v1", "reconciliation"]) => {
+        Op::Reconciliation => {
             let since = (state.now_ms)() - 400 * 86_400_000;
             match reconcile::run(&state.db, since).await {
                 Ok(r) => http::json(StatusCode::OK, &r),
                 Err(e) => storage(e),
             }
         }
-        _ => http::error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!(
-                "{method} {}: no such route; see /v1/openapi.json",
-                req.uri().path()
-            ),
-        ),
+        Op::OpenApi => openapi_reply(),
     }
 }
 
@@ -234,11 +265,7 @@ struct Shown {
     credit_notes: Vec<CreditNote>,
 }
 
-async fn show(state: &ApiState, id: &str) -> Response<Body> {
-    let (id, format) = match id.rsplit_once('.') {
-        Some((id, ext @ ("html" | "pdf" | "json"))) => (id, ext),
-        _ => (id, "json"),
-    };
+async fn show(state: &ApiState, id: &str, format: &str) -> Response<Body> {
     let (invoice, status) = match load(&state.db, id).await {
         Ok(Some(found)) => found,
         Ok(None) => return not_found(id),
@@ -527,5 +554,11 @@ mod tests {
         assert!(credit_total(0, 0).is_err());
         assert_eq!(credit_total(i64::MAX - 1, 1), Ok(i64::MAX));
         assert_eq!(credit_total(100, 19), Ok(119));
+    }
+
+    #[test]
+    fn every_route_is_described_and_every_description_served() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("JSON");
+        assert_eq!(openapi::check_routes(ROUTES, &doc), Vec::<String>::new());
     }
 }

@@ -96,6 +96,33 @@ pub fn find<T: Copy>(routes: &[Route<T>], method: &str, segments: &[&str]) -> Fo
     }
 }
 
+/// Resolves a request through `routes`: its operation and path parameters, or the answer to
+/// give instead (404 `not_found`, 405 `method_not_allowed`, in the shared `{code, detail}`
+/// shape of [`crate::http::error`]).
+pub fn resolve<T: Copy, B>(
+    routes: &[Route<T>],
+    req: &hyper::Request<B>,
+) -> Result<(T, Vec<String>), hyper::Response<crate::http::Body>> {
+    use hyper::StatusCode;
+    let path = req.uri().path();
+    match find(routes, req.method().as_str(), &segments(path)) {
+        Found::Route(op, params) => Ok((op, params)),
+        Found::MethodNotAllowed => Err(crate::http::error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{} {path}", req.method()),
+        )),
+        Found::NotFound => Err(crate::http::error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "{} {path}: no such route; see /v1/openapi.json",
+                req.method()
+            ),
+        )),
+    }
+}
+
 const METHODS: [&str; 5] = ["get", "post", "put", "delete", "patch"];
 
 /// Every (method, path) the document describes, methods upper-case.
@@ -156,7 +183,7 @@ pub fn check_routes<T>(routes: &[Route<T>], doc: &Value) -> Vec<String> {
     let mut refs = Vec::new();
     collect_refs(doc, &mut refs);
     for r in refs {
-        if resolve(doc, &r).is_none() {
+        if resolve_ref(doc, &r).is_none() {
             problems.push(format!("$ref {r} does not resolve"));
         }
     }
@@ -189,7 +216,7 @@ fn collect_refs(v: &Value, out: &mut Vec<String>) {
 }
 
 /// The value a local `$ref` (`#/components/schemas/X`) points at.
-fn resolve<'a>(doc: &'a Value, r: &str) -> Option<&'a Value> {
+fn resolve_ref<'a>(doc: &'a Value, r: &str) -> Option<&'a Value> {
     doc.pointer(r.strip_prefix('#')?)
 }
 
@@ -198,7 +225,7 @@ fn resolve<'a>(doc: &'a Value, r: &str) -> Option<&'a Value> {
 fn deref<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
     let mut s = schema;
     for _ in 0..16 {
-        match s["$ref"].as_str().and_then(|r| resolve(doc, r)) {
+        match s["$ref"].as_str().and_then(|r| resolve_ref(doc, r)) {
             Some(next) => s = next,
             None => break,
         }

@@ -31,7 +31,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 use tally_domain::CustomerId;
 use tally_platform::auth::{hook, Authenticator, Permission};
-use tally_platform::openapi::{self, Found, Route};
+use tally_platform::openapi::{self, Route};
 use tally_platform::shutdown::Shutdown;
 use tokio::net::TcpListener;
 
@@ -194,16 +194,9 @@ pub const ROUTES: &[Route<Op>] = &[
 async fn dispatch(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = tally_platform::http::segments(req.uri());
     let path: Vec<&str> = path.iter().map(String::as_str).collect();
-    let (op, params) = match openapi::find(ROUTES, req.method().as_str(), &path) {
-        Found::Route(op, params) => (op, params),
-        Found::MethodNotAllowed => {
-            return error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                req.method(),
-            )
-        }
-        Found::NotFound => return error(StatusCode::NOT_FOUND, "not_found", req.uri().path()),
+    let (op, params) = match openapi::resolve(ROUTES, &req) {
+        Ok(found) => found,
+        Err(answer) => return answer,
     };
     match op {
         Op::AddPlan => add_plan(state, req).await,

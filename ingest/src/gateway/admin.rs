@@ -8,21 +8,24 @@
 //! - `POST /v1/admin/keys/<key id>/revoke`: revokes a key, effective at once on this
 //!   instance and on others at their next refresh.
 //!
+//! `GET /healthz` and `GET /v1/openapi.json` (this API's document) need no token.
+//!
 //! A missing or bad token is 401 (`missing_token`, `invalid_token`, `revoked_token`), a token
 //! of another role 403 (`forbidden`). It never returns a secret or a secret hash.
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use tally_platform::auth::{hook, AuthError, Permission, Principal};
+use tally_platform::openapi::Route;
 
 use super::auth::KeyRecord;
 use super::error::RequestError;
 use super::key_store::{self, KeyStoreError};
 use super::response::{ErrorBody, ErrorDetail};
-use super::server::{error_response, json, read_body, Gateway};
+use super::server::{error_response, health, json, openapi_document, read_body, resolve, Gateway};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -97,12 +100,51 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// Routes `/v1/admin/...`: authenticates (role `key_admin`), then answers; changes are
-/// audited before they are made.
+/// What an admin route does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Health,
+    OpenApi,
+    Keys(KeyOp),
+}
+
+/// A key management route (authenticated, audited).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyOp {
+    List,
+    Create,
+    Revoke,
+}
+
+/// Every route of the admin listener: [`route`] answers only these (404/405 otherwise), and a
+/// test checks them against [`OPENAPI`] both ways.
+pub const ROUTES: &[Route<Op>] = &[
+    Route::new("GET", "/healthz", Op::Health),
+    Route::new("GET", "/v1/openapi.json", Op::OpenApi),
+    Route::new("GET", "/v1/admin/keys", Op::Keys(KeyOp::List)),
+    Route::new("POST", "/v1/admin/keys", Op::Keys(KeyOp::Create)),
+    Route::new(
+        "POST",
+        "/v1/admin/keys/{key_id}/revoke",
+        Op::Keys(KeyOp::Revoke),
+    ),
+];
+
+/// The OpenAPI 3.0 document of the admin listener, served at its `/v1/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi_admin.json");
+
+/// Routes a request of the admin listener: `/healthz` and the document as they are; the key
+/// routes after authenticating (role `key_admin`), changes audited before they are made.
 pub async fn route(
     gw: &Gateway,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, RequestError> {
+    let (op, params) = resolve(ROUTES, &req)?;
+    let op = match op {
+        Op::Health => return Ok(health()),
+        Op::OpenApi => return Ok(openapi_document(OPENAPI)),
+        Op::Keys(op) => op,
+    };
     let header = req
         .headers()
         .get(hyper::header::AUTHORIZATION)
@@ -120,7 +162,7 @@ pub async fn route(
     };
     let (method, path) = (req.method().to_string(), req.uri().path().to_owned());
     let answer = async {
-        keys(gw, req, &who)
+        keys(gw, req, op, &params, &who)
             .await
             .unwrap_or_else(|e| error_response(&e))
     };
@@ -130,15 +172,15 @@ pub async fn route(
 async fn keys(
     gw: &Gateway,
     req: Request<Incoming>,
+    op: KeyOp,
+    params: &[String],
     who: &Principal,
 ) -> Result<Response<Full<Bytes>>, RequestError> {
     let db = gw.db.as_ref().ok_or_else(|| RequestError::Unavailable {
         detail: "no key store configured".into(),
     })?;
-    let path = req.uri().path().to_owned();
-    let segments: Vec<&str> = path.trim_start_matches("/v1/admin/").split('/').collect();
-    match (req.method().clone(), segments.as_slice()) {
-        (Method::POST, ["keys"]) => {
+    match op {
+        KeyOp::Create => {
             let (head, body) = req.into_parts();
             let body = read_body(gw, &head.headers, body).await?;
             let create: CreateKey =
@@ -157,20 +199,30 @@ async fn keys(
             view.key = Some(token);
             Ok(json(StatusCode::CREATED, &view))
         }
-        (Method::GET, ["keys"]) => {
+        KeyOp::List => {
             let records = key_store::load(db).await.map_err(store_error)?;
             let views: Vec<KeyView> = records.iter().map(KeyView::from).collect();
             Ok(json(StatusCode::OK, &serde_json::json!({ "keys": views })))
         }
-        (Method::POST, ["keys", key_id, "revoke"]) => {
-            let record = key_store::revoke(db, key_id, now_ms())
+        KeyOp::Revoke => {
+            let record = key_store::revoke(db, &params[0], now_ms())
                 .await
                 .map_err(store_error)?;
             gw.keys.upsert(record.clone());
             tracing::info!(key_id = %record.key_id, actor = %who.actor_label(), "api key revoked");
             Ok(json(StatusCode::OK, &KeyView::from(&record)))
         }
-        (_, ["keys"]) | (_, ["keys", _, "revoke"]) => Err(RequestError::MethodNotAllowed),
-        _ => Err(RequestError::NotFound),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_admin_route_is_described_and_every_description_served() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("JSON");
+        let problems = tally_platform::openapi::check_routes(ROUTES, &doc);
+        assert_eq!(problems, Vec::<String>::new());
     }
 }

@@ -4,9 +4,11 @@
 //! finish (their events are published and acked), then return.
 //!
 //! Two listeners: the public one (`ingest.listen_addr`: `/v1/events`, `/v1/traces`,
-//! `/v1/authorize`, `/v1/balance`, `/healthz`) and, when
-//! `ingest.admin_addr` is set, the admin one (`/v1/admin/keys`, `/healthz` only), so the key
-//! management is never reachable where agents are. It owns no validation and no auth rules:
+//! `/v1/authorize`, `/v1/balance`, `/healthz`, `/v1/openapi.json`) and, when
+//! `ingest.admin_addr` is set, the admin one (`/v1/admin/keys`, `/healthz`,
+//! `/v1/openapi.json` only), so the key management is never reachable where agents are. Each
+//! listener routes through its table ([`PUBLIC_ROUTES`], [`admin::ROUTES`]), which tests check
+//! against its OpenAPI document both ways. It owns no validation and no auth rules:
 //! [`super::events`] and [`super::admin`] do.
 
 use std::convert::Infallible;
@@ -19,9 +21,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tally_platform::auth::Authenticator;
+use tally_platform::openapi::{self, Found, Route};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -307,31 +310,85 @@ async fn serve_connection(
     }
 }
 
+/// What a public route does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublicOp {
+    Health,
+    Events,
+    /// Served with the `otlp` feature (the default); 404 without it.
+    Traces,
+    Authorize,
+    Balance,
+    OpenApi,
+}
+
+/// Every route of the public listener: [`route`] answers only these (404/405 otherwise, the
+/// admin API included), and a test checks them against [`OPENAPI_PUBLIC`] both ways.
+pub const PUBLIC_ROUTES: &[Route<PublicOp>] = &[
+    Route::new("GET", "/healthz", PublicOp::Health),
+    Route::new("POST", "/v1/events", PublicOp::Events),
+    Route::new("POST", "/v1/traces", PublicOp::Traces),
+    Route::new("POST", "/v1/authorize", PublicOp::Authorize),
+    Route::new("GET", "/v1/balance", PublicOp::Balance),
+    Route::new("GET", "/v1/openapi.json", PublicOp::OpenApi),
+];
+
+/// The OpenAPI 3.0 document of the public listener, served at its `/v1/openapi.json`.
+pub const OPENAPI_PUBLIC: &str = include_str!("openapi_public.json");
+
 async fn route(gw: &Gateway, which: Listener, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let started = Instant::now();
-    let path = req.uri().path().to_owned();
-    let method = req.method().clone();
-    let result = match (which, method, path.as_str()) {
-        (_, Method::GET, "/healthz") => {
-            Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"})))
-        }
-        (Listener::Public, Method::POST, "/v1/events") => events_route(gw, req).await,
-        (Listener::Public, _, "/v1/events") => Err(RequestError::MethodNotAllowed),
-        (Listener::Public, Method::POST, "/v1/authorize") => super::spend::authorize(gw, req).await,
-        (Listener::Public, _, "/v1/authorize") => Err(RequestError::MethodNotAllowed),
-        (Listener::Public, Method::GET, "/v1/balance") => super::spend::balance(gw, req).await,
-        (Listener::Public, _, "/v1/balance") => Err(RequestError::MethodNotAllowed),
-        #[cfg(feature = "otlp")]
-        (Listener::Public, Method::POST, "/v1/traces") => Ok(super::otlp::route(gw, req).await),
-        #[cfg(feature = "otlp")]
-        (Listener::Public, _, "/v1/traces") => Err(RequestError::MethodNotAllowed),
-        (Listener::Admin, _, p) if p.starts_with("/v1/admin/") => admin::route(gw, req).await,
-        // the admin API is not served where agents connect
-        _ => Err(RequestError::NotFound),
+    let result = match which {
+        Listener::Public => public_route(gw, req).await,
+        Listener::Admin => admin::route(gw, req).await,
     };
     let response = result.unwrap_or_else(|e| error_response(&e));
     metrics::request(response.status().as_u16(), started.elapsed());
     response
+}
+
+/// Resolves a request through a route table: its operation and path parameters.
+pub(crate) fn resolve<T: Copy>(
+    routes: &[Route<T>],
+    req: &Request<Incoming>,
+) -> Result<(T, Vec<String>), RequestError> {
+    let segments = openapi::segments(req.uri().path());
+    match openapi::find(routes, req.method().as_str(), &segments) {
+        Found::Route(op, params) => Ok((op, params)),
+        Found::MethodNotAllowed => Err(RequestError::MethodNotAllowed),
+        Found::NotFound => Err(RequestError::NotFound),
+    }
+}
+
+/// A served OpenAPI document.
+pub(crate) fn openapi_document(doc: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(doc.as_bytes())));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// `{"status": "ok"}`.
+pub(crate) fn health() -> Response<Full<Bytes>> {
+    json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+}
+
+async fn public_route(
+    gw: &Gateway,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, RequestError> {
+    let (op, _) = resolve(PUBLIC_ROUTES, &req)?;
+    match op {
+        PublicOp::Health => Ok(health()),
+        PublicOp::Events => events_route(gw, req).await,
+        #[cfg(feature = "otlp")]
+        PublicOp::Traces => Ok(super::otlp::route(gw, req).await),
+        #[cfg(not(feature = "otlp"))]
+        PublicOp::Traces => Err(RequestError::NotFound),
+        PublicOp::Authorize => super::spend::authorize(gw, req).await,
+        PublicOp::Balance => super::spend::balance(gw, req).await,
+        PublicOp::OpenApi => Ok(openapi_document(OPENAPI_PUBLIC)),
+    }
 }
 
 async fn events_route(
@@ -414,4 +471,27 @@ pub(crate) fn error_response(e: &RequestError) -> Response<Full<Bytes>> {
             .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_public_route_is_described_and_every_description_served() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI_PUBLIC).expect("JSON");
+        assert_eq!(
+            openapi::check_routes(PUBLIC_ROUTES, &doc),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn the_admin_api_is_not_routed_on_the_public_listener() {
+        let segments = openapi::segments("/v1/admin/keys");
+        assert_eq!(
+            openapi::find(PUBLIC_ROUTES, "GET", &segments),
+            Found::NotFound
+        );
+    }
 }

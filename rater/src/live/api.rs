@@ -25,7 +25,7 @@ use serde::Deserialize;
 use tally_domain::CustomerId;
 use tally_platform::auth::{hook, Authenticator, Permission};
 use tally_platform::http::{error, json, Body};
-use tally_platform::openapi::{self, Found, Route};
+use tally_platform::openapi::{self, Route};
 use tally_platform::shutdown::Shutdown;
 use tokio::net::TcpListener;
 
@@ -81,13 +81,17 @@ pub const ROUTES: &[Route<Op>] = &[
 /// The OpenAPI 3.0 document of this API, served at `/v1/openapi.json` without a token.
 pub const OPENAPI: &str = include_str!("../api_spend_openapi.json");
 
+fn openapi_reply() -> Response<Body> {
+    tally_platform::http::bytes(
+        StatusCode::OK,
+        "application/json",
+        OPENAPI.as_bytes().to_vec(),
+    )
+}
+
 async fn route(state: &SpendApi, req: Request<Incoming>) -> Response<Body> {
     if req.method() == Method::GET && req.uri().path() == "/v1/openapi.json" {
-        return tally_platform::http::bytes(
-            StatusCode::OK,
-            "application/json",
-            OPENAPI.as_bytes().to_vec(),
-        );
+        return openapi_reply();
     }
     let who = match hook::authorize(&state.auth, &req, Permission::EditCatalog).await {
         Ok(who) => who,
@@ -106,24 +110,12 @@ async fn route(state: &SpendApi, req: Request<Incoming>) -> Response<Body> {
 }
 
 async fn dispatch(state: &SpendApi, req: Request<Incoming>, actor: String) -> Response<Body> {
-    let segments = tally_platform::http::segments(req.uri());
-    let path: Vec<&str> = segments.iter().map(String::as_str).collect();
-    let (op, params) = match openapi::find(ROUTES, req.method().as_str(), &path) {
-        Found::Route(op, params) => (op, params),
-        Found::MethodNotAllowed => {
-            return error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                req.method(),
-            )
-        }
-        Found::NotFound => return error(StatusCode::NOT_FOUND, "not_found", req.uri().path()),
+    let (op, params) = match openapi::resolve(ROUTES, &req) {
+        Ok(found) => found,
+        Err(answer) => return answer,
     };
     if op == Op::OpenApi {
-        return json(
-            StatusCode::OK,
-            &serde_json::from_str::<serde_json::Value>(OPENAPI).ok(),
-        );
+        return openapi_reply();
     }
     let customer = match CustomerId::new(params[0].clone()) {
         Ok(c) => c,
@@ -134,7 +126,7 @@ async fn dispatch(state: &SpendApi, req: Request<Incoming>, actor: String) -> Re
         Op::PutBudget => put(state, req, &customer, params[1].clone(), &actor).await,
         Op::DeleteBudget => remove(state, &customer, &params[1], &actor).await,
         Op::Balance => balance(state, &customer).await,
-        Op::OpenApi => unreachable!("answered above"),
+        Op::OpenApi => openapi_reply(),
     }
 }
 
