@@ -1,5 +1,6 @@
 // The README's examples are the files in examples/, compiled with the tests and run as
-// written against a real gateway and NATS.
+// written: send, tokens and nats here against a real gateway and NATS, spend in
+// spend.test.ts (a real decider) and query in query.test.ts (a real rater).
 
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
@@ -12,6 +13,8 @@ import { Gateway, NATS_URL, PACKAGE_DIR } from "./harness.js";
 
 const run = promisify(execFile);
 const EXAMPLES = ["send", "tokens", "nats"];
+/** Every example the README shows, in its order. */
+const SHOWN = ["send", "tokens", "spend", "query", "nats"];
 let gw: Gateway;
 
 before(async () => {
@@ -28,7 +31,7 @@ test("the README shows the example files as they are", () => {
   const blocks = [...readme.matchAll(/```ts\n([\s\S]*?)```/g)].map((m) => m[1]);
   assert.deepEqual(
     blocks,
-    EXAMPLES.map((name) => readFileSync(join(PACKAGE_DIR, "examples", `${name}.ts`), "utf8")),
+    SHOWN.map((name) => readFileSync(join(PACKAGE_DIR, "examples", `${name}.ts`), "utf8")),
   );
 });
 

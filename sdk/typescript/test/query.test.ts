@@ -7,9 +7,13 @@
  */
 
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { join } from "node:path";
 import { after, before, test } from "node:test";
+import { promisify } from "node:util";
 
 import { HttpClient, llmTokensEvent, toolCallEvent, UsageQueryClient, UsageQueryError, usageQueryString } from "../src/index.js";
+import { PACKAGE_DIR } from "./harness.js";
 import { Stack } from "./stack.js";
 
 let stack: Stack;
@@ -153,4 +157,16 @@ test("refused queries reject with the rater's status and code", async () => {
     assert.equal(e.status, 401);
     return true;
   });
+});
+
+test("the README's query example (examples/query.ts) prints the output tokens per hour and model", async () => {
+  const token = await stack.apiToken("sdk-example", "reader");
+  const { stdout } = await promisify(execFile)(process.execPath, [join(PACKAGE_DIR, "build", "examples", "query.js")], {
+    env: { ...process.env, TALLY_RATER_URL: stack.raterUrl, TALLY_TOKEN: token, TALLY_CUSTOMER: customer },
+    cwd: PACKAGE_DIR,
+    timeout: 60_000,
+  });
+  const hour = 60 * MINUTE;
+  const start = iso(Math.floor((base + MINUTE) / hour) * hour); // both output events are in the second minute
+  assert.deepEqual(stdout.trim().split("\n"), [`${start} m1 40`, `${start} m2 1.25`]);
 });

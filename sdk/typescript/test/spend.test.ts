@@ -8,11 +8,14 @@
  */
 
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { join } from "node:path";
 import { after, before, test } from "node:test";
+import { promisify } from "node:util";
 
 import { failClosed, failOpenWithin, HttpClient, SpendClient, SpendError, toolCallEvent } from "../src/index.js";
 import { NatsSpendClient } from "../src/nats.js";
-import { freePort } from "./harness.js";
+import { freePort, PACKAGE_DIR } from "./harness.js";
 import { Stack } from "./stack.js";
 
 let stack: Stack;
@@ -188,4 +191,28 @@ test("a request refused as a whole raises SpendError; inexact quantities never l
   // the decider's own refusals are answers with a reason, not errors
   const huge = await scoped.authorize("bot-1", "tool_calls", "10000000000000000000");
   assert.deepEqual([huge.allow, huge.reason], [false, "quantity_too_large"]);
+});
+
+test("the README's agent loop (examples/spend.ts) stops when the budget is spent; its usage settles the holds", async () => {
+  const c = customer("example");
+  await stack.putBudget(c, "monthly", { kind: "amount", limit: "0.06", hard: true }); // three calls
+  const key = await stack.createKey(c);
+  const client = new SpendClient(stack.gatewayUrl, key);
+  await until("the budget is loaded", () => client.balance() as Promise<Balance>, (b) => (b?.budgets ?? []).length === 1);
+  const { stdout } = await promisify(execFile)(process.execPath, [join(PACKAGE_DIR, "build", "examples", "spend.js")], {
+    env: { ...process.env, TALLY_GATEWAY_URL: stack.gatewayUrl, TALLY_API_KEY: key, TALLY_CUSTOMER: c, TALLY_AGENT: "bot-1" },
+    cwd: PACKAGE_DIR,
+    timeout: 60_000,
+  });
+  const lines = stdout.trim().split("\n");
+  assert.equal(lines.length, 4, stdout);
+  assert.match(lines[0]!, /^step 0: allowed \(hold \S+, 0\.04 left\)$/);
+  assert.match(lines[2]!, /^step 2: allowed \(hold \S+, 0(\.0+)? left\)$/);
+  assert.equal(lines[3], "step 3: stopped: budget_exceeded (budget monthly)");
+  const settled = await until(
+    "the three calls settle their holds",
+    () => client.balance() as Promise<Balance>,
+    (b) => b?.holds === 0 && b.spend === "0.06",
+  );
+  assert.equal(settled.held_amount, "0");
 });
