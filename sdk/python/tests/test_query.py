@@ -7,12 +7,16 @@ COUNT meter; every value is the exact ``Decimal`` of what was sent."""
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sys
 import time
 from decimal import Decimal
 
 import pytest
 
 from harness import Stack
+from test_readme import query_example
 from tally_sdk import (
     HttpClient,
     UsageQueryClient,
@@ -141,3 +145,13 @@ def test_refused_queries_raise_the_raters_status_and_code(rater):
         client.query("llm_tokens", customer=CUSTOMER, from_=dt.datetime(2026, 1, 1))  # naive: no instant
     with pytest.raises(ValueError):
         client.query("llm_tokens", customer=CUSTOMER, from_=BASE, window_size="WEEK")
+
+
+def test_the_readme_example_prints_the_output_tokens_per_hour_and_model(rater):
+    stack, _ = rater
+    env = {**os.environ, "TALLY_RATER_URL": stack.rater_url, "TALLY_TOKEN": stack.api_token("sdk-example", "reader"),
+           "TALLY_CUSTOMER": CUSTOMER}
+    run = subprocess.run([sys.executable, "-c", query_example()], env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    start = iso((BASE + MINUTE).replace(minute=0))  # both output events are in the second minute
+    assert run.stdout.splitlines() == [f"{start} m1 40", f"{start} m2 1.25"]
