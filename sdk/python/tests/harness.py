@@ -287,30 +287,8 @@ async def delete_streams(names: Sequence[str]) -> None:
 
 # -- the whole stack: rater, spend decider, gateway, aggregator -------------------------------
 
-_CATALOG = """
-[[meters]]
-slug = "llm_tokens"
-event_type = "llm.tokens"
-aggregation = "SUM"
-value_property = "$.tokens"
-group_by = { model = "$.model", kind = "$.kind" }
-
-[[meters]]
-slug = "tool_calls"
-event_type = "tool.call"
-aggregation = "COUNT"
-group_by = { tool = "$.tool" }
-
-[[plans]]
-id = "ai-standard"
-version = 1
-currency = "USD"
-effective_from = "2020-01-01T00:00:00Z"
-prices = [
-  { model = "per_unit", meter = "llm_tokens", unit_price = "0.000003" },
-  { model = "per_unit", meter = "tool_calls", unit_price = "0.02" },
-]
-"""
+# the stacks' configuration, shared with the TypeScript suite
+_STACK_TOML = REPO / "sdk" / "testdata" / "stack.toml"
 
 _BINARIES = {
     "rater": ["tally-rater", "serve"],
@@ -353,57 +331,21 @@ class Stack:
         self.ports = {name: free_port() for name in ("rater", "gateway", "admin", "spend")}
         self.dir = Path(tempfile.mkdtemp(prefix=f"tally-sdk-{tag}-"))
         self.config = self.dir / "tally.toml"
-        self.config.write_text(
-            f"""[security]
-profile = "dev"
-token_refresh_secs = 1
-
-[nats]
-url = "{self.nats_url}"
-stream = "{self.stream}"
-subject_prefix = "{self.prefix}"
-dlq_stream = "{self.stream}_DLQ"
-dlq_subject_prefix = "{self.prefix}_dlq"
-
-[clickhouse]
-url = "{CLICKHOUSE_URL}"
-database = "{self.database}"
-
-[telemetry]
-log = "warn"
-
-[aggregator]
-batch_max_wait_ms = 100
-lease_secs = 1
-metrics_addr = "127.0.0.1:0"
-
-[rater]
-default_plan = "ai-standard"
-interval_secs = 3600
-metrics_addr = "127.0.0.1:0"
-api_addr = "127.0.0.1:{self.ports['rater']}"
-
-[ingest]
-listen_addr = "127.0.0.1:{self.ports['gateway']}"
-admin_addr = "127.0.0.1:{self.ports['admin']}"
-metrics_addr = "127.0.0.1:0"
-spend_subject_root = "{self.spend_root}"
-spend_timeout_ms = 3000
-
-[spend]
-subject_root = "{self.spend_root}"
-lease_secs = 1
-refresh_secs = 1
-aborts_poll_ms = 200
-hold_default_ms = 30000
-hold_grace_ms = 5000
-api_addr = "127.0.0.1:{self.ports['spend']}"
-metrics_addr = "127.0.0.1:0"
-{_CATALOG}"""
-        )
+        values = {
+            "NATS_URL": self.nats_url, "STREAM": self.stream, "PREFIX": self.prefix,
+            "CLICKHOUSE_URL": CLICKHOUSE_URL, "DATABASE": self.database, "SPEND_ROOT": self.spend_root,
+            "RATER_PORT": self.ports["rater"], "GATEWAY_PORT": self.ports["gateway"],
+            "ADMIN_PORT": self.ports["admin"], "SPEND_PORT": self.ports["spend"],
+        }
+        text = _STACK_TOML.read_text()
+        for name, value in values.items():
+            text = text.replace(f"@{name}@", str(value))
+        self.config.write_text(text)
         self.procs: Dict[str, subprocess.Popen] = {}
         migrate(self.config)
+        # made before the services start, which load tokens then (and every second after)
         self.admin_token = self.api_token("sdk-tests", "admin")
+        self.reader_token = self.api_token("sdk-reader", "reader")
 
     @property
     def rater_url(self) -> str:

@@ -43,7 +43,7 @@ def rater():
     stack = Stack("sdkquery")
     try:
         stack.start(["rater", "gateway", "aggregator"])
-        client = UsageQueryClient(stack.rater_url, stack.api_token("sdk-reader", "reader"))
+        client = UsageQueryClient(stack.rater_url, stack.reader_token)
         who = {"customer": CUSTOMER, "agent": "bot-a"}
         s = dt.timedelta(seconds=1)
         events = [
@@ -149,7 +149,7 @@ def test_refused_queries_raise_the_raters_status_and_code(rater):
 
 def test_the_readme_example_prints_the_output_tokens_per_hour_and_model(rater):
     stack, _ = rater
-    env = {**os.environ, "TALLY_RATER_URL": stack.rater_url, "TALLY_TOKEN": stack.api_token("sdk-example", "reader"),
+    env = {**os.environ, "TALLY_RATER_URL": stack.rater_url, "TALLY_TOKEN": stack.reader_token,
            "TALLY_CUSTOMER": CUSTOMER}
     run = subprocess.run([sys.executable, "-c", query_example()], env=env, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr

@@ -28,7 +28,7 @@ const customer = "acme-query";
 before(async () => {
   stack = await Stack.create("tsquery");
   await stack.start(["rater", "gateway", "aggregator"]);
-  client = new UsageQueryClient(stack.raterUrl, await stack.apiToken("sdk-reader", "reader"));
+  client = new UsageQueryClient(stack.raterUrl, stack.readerToken);
   const who = { customer, agent: "bot-a" };
   const events = [
     llmTokensEvent({ ...who, id: "t1", time: new Date(base + 1000), model: "m1", kind: "input", tokens: "0.1" }),
@@ -160,7 +160,7 @@ test("refused queries reject with the rater's status and code", async () => {
 });
 
 test("the README's query example (examples/query.ts) prints the output tokens per hour and model", async () => {
-  const token = await stack.apiToken("sdk-example", "reader");
+  const token = stack.readerToken;
   const { stdout } = await promisify(execFile)(process.execPath, [join(PACKAGE_DIR, "build", "examples", "query.js")], {
     env: { ...process.env, TALLY_RATER_URL: stack.raterUrl, TALLY_TOKEN: token, TALLY_CUSTOMER: customer },
     cwd: PACKAGE_DIR,

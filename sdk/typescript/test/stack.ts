@@ -19,7 +19,7 @@ import { promisify } from "node:util";
 
 import { connect } from "nats";
 
-import { binary, CLICKHOUSE_URL, freePort, NATS_URL } from "./harness.js";
+import { binary, CLICKHOUSE_URL, freePort, NATS_URL, PACKAGE_DIR } from "./harness.js";
 
 const run = promisify(execFile);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -53,31 +53,8 @@ export interface StackOptions {
   natsUsers?: Record<string, string>;
 }
 
-/** The meters and the plan every stack declares. */
-const CATALOG = `
-[[meters]]
-slug = "llm_tokens"
-event_type = "llm.tokens"
-aggregation = "SUM"
-value_property = "$.tokens"
-group_by = { model = "$.model", kind = "$.kind" }
-
-[[meters]]
-slug = "tool_calls"
-event_type = "tool.call"
-aggregation = "COUNT"
-group_by = { tool = "$.tool" }
-
-[[plans]]
-id = "ai-standard"
-version = 1
-currency = "USD"
-effective_from = "2020-01-01T00:00:00Z"
-prices = [
-  { model = "per_unit", meter = "llm_tokens", unit_price = "0.000003" },
-  { model = "per_unit", meter = "tool_calls", unit_price = "0.02" },
-]
-`;
+/** The stacks' configuration, shared with the Python suite: `@NAME@` for each value. */
+const STACK_TOML = join(PACKAGE_DIR, "..", "testdata", "stack.toml");
 
 /** One test file's services and its private corner of NATS and ClickHouse. */
 export class Stack {
@@ -93,6 +70,8 @@ export class Stack {
   readonly ports: Record<"rater" | "gateway" | "admin" | "spend", number>;
   /** An `admin` API token (`tally-access tokens-create`). */
   adminToken = "";
+  /** A `reader` API token. */
+  readerToken = "";
   private procs = new Map<Service, ChildProcess>();
 
   private constructor(tag: string, ports: Stack["ports"], options: StackOptions) {
@@ -106,55 +85,23 @@ export class Stack {
     this.ports = ports;
     this.dir = mkdtempSync(join(tmpdir(), `tally-sdk-${tag}-`));
     this.config = join(this.dir, "tally.toml");
-    writeFileSync(
-      this.config,
-      `[security]
-profile = "dev"
-token_refresh_secs = 1
-
-[nats]
-url = "${this.natsUrl}"
-stream = "${this.stream}"
-subject_prefix = "${this.prefix}"
-dlq_stream = "${this.stream}_DLQ"
-dlq_subject_prefix = "${this.prefix}_dlq"
-
-[clickhouse]
-url = "${CLICKHOUSE_URL}"
-database = "${this.database}"
-
-[telemetry]
-log = "warn"
-
-[aggregator]
-batch_max_wait_ms = 100
-lease_secs = 1
-metrics_addr = "127.0.0.1:0"
-
-[rater]
-default_plan = "ai-standard"
-interval_secs = 3600
-metrics_addr = "127.0.0.1:0"
-api_addr = "127.0.0.1:${ports.rater}"
-
-[ingest]
-listen_addr = "127.0.0.1:${ports.gateway}"
-admin_addr = "127.0.0.1:${ports.admin}"
-metrics_addr = "127.0.0.1:0"
-spend_subject_root = "${this.spendRoot}"
-spend_timeout_ms = 3000
-
-[spend]
-subject_root = "${this.spendRoot}"
-lease_secs = 1
-refresh_secs = 1
-aborts_poll_ms = 200
-hold_default_ms = 30000
-hold_grace_ms = 5000
-api_addr = "127.0.0.1:${ports.spend}"
-metrics_addr = "127.0.0.1:0"
-${CATALOG}`,
+    const values: Record<string, string | number> = {
+      NATS_URL: this.natsUrl,
+      STREAM: this.stream,
+      PREFIX: this.prefix,
+      CLICKHOUSE_URL,
+      DATABASE: this.database,
+      SPEND_ROOT: this.spendRoot,
+      RATER_PORT: ports.rater,
+      GATEWAY_PORT: ports.gateway,
+      ADMIN_PORT: ports.admin,
+      SPEND_PORT: ports.spend,
+    };
+    const text = Object.entries(values).reduce(
+      (t, [name, value]) => t.replaceAll(`@${name}@`, String(value)),
+      readFileSync(STACK_TOML, "utf8"),
     );
+    writeFileSync(this.config, text);
   }
 
   /** Writes the config, applies the migrations and makes an admin token; starts nothing. */
@@ -162,7 +109,9 @@ ${CATALOG}`,
     const ports = { rater: await freePort(), gateway: await freePort(), admin: await freePort(), spend: await freePort() };
     const s = new Stack(tag, ports, options);
     await run(binary("tally-migrate"), ["--config", s.config], { timeout: 120_000 });
+    // made before the services start, which load tokens then (and every second after)
     s.adminToken = await s.apiToken("sdk-tests", "admin");
+    s.readerToken = await s.apiToken("sdk-reader", "reader");
     return s;
   }
 
