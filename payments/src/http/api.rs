@@ -9,11 +9,11 @@
 #![allow(clippy::result_large_err)]
 
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use serde::Deserialize;
 use tally_platform::auth::{hook, Permission, Principal};
 
-use super::routes::AppState;
+use super::routes::{ApiOp, AppState};
 use super::server::{self, Body};
 use crate::gateway::manual::Manual;
 use crate::gateway::Gateway;
@@ -42,61 +42,59 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response<Body
         .map_err(|e| server::error(StatusCode::BAD_REQUEST, "bad_request", e))
 }
 
-/// Routes `/v1/<segments>`: authenticates, then answers; changes are audited.
-pub async fn route(state: &AppState, req: Request<Incoming>, segments: &[&str]) -> Response<Body> {
+/// Answers an operator API route: authenticates, then answers; changes are audited.
+/// `params` are the route's path parameters, in pattern order.
+pub async fn route(
+    state: &AppState,
+    req: Request<Incoming>,
+    op: ApiOp,
+    params: &[String],
+) -> Response<Body> {
     let who = match hook::authorize(&state.auth, &req, Permission::OperatePayments).await {
         Ok(who) => who,
         Err(refused) => return refused,
     };
     let (method, path) = (req.method().to_string(), req.uri().path().to_owned());
-    let answer = dispatch(state, req, segments, &who);
+    let answer = dispatch(state, req, op, params, &who);
     hook::audited(&state.auth, &who, &method, &path, answer).await
 }
 
 async fn dispatch(
     state: &AppState,
     req: Request<Incoming>,
-    segments: &[&str],
+    op: ApiOp,
+    params: &[String],
     who: &Principal,
 ) -> Response<Body> {
-    let method = req.method().clone();
     let body = match server::body(req.into_body()).await {
         Ok(b) => b,
         Err(r) => return r,
     };
     let actor = who.actor_label();
-    let result = match (method, segments) {
-        (Method::POST, ["payments"]) => manual_payment(state, &body, &actor).await,
-        (Method::POST, ["refunds"]) => refund(state, &body, &actor).await,
-        (Method::POST, ["invoices", id, "write-off"]) => write_off(state, id, &body, &actor).await,
-        (Method::GET, ["invoices", id]) => invoice(state, id).await,
-        (Method::GET, ["ledger", "trial-balance"]) => trial_balance(state).await,
-        (Method::GET, ["customers", c, "notifications"]) => {
-            Ok(super::routes::deliveries(state, c).await)
+    let db = &state.settler.db;
+    let now_ms = (state.now_ms)();
+    // the first path parameter: the invoice or the customer
+    let p0 = params.first().map(String::as_str).unwrap_or_default();
+    let result = match op {
+        ApiOp::ManualPayment => manual_payment(state, &body, &actor).await,
+        ApiOp::Refund => refund(state, &body, &actor).await,
+        ApiOp::WriteOff => write_off(state, p0, &body, &actor).await,
+        ApiOp::Invoice => invoice(state, p0).await,
+        ApiOp::TrialBalance => trial_balance(state).await,
+        ApiOp::Notifications => Ok(super::routes::deliveries(state, p0).await),
+        ApiOp::PortalLink => portal_link(state, &body, &actor),
+        ApiOp::SetProfile => set_profile(state, p0, &body, &actor).await,
+        ApiOp::GetProfile => get_profile(state, p0).await,
+        ApiOp::Wallet => wallet::http::get(db, p0).await,
+        ApiOp::Grant => {
+            let kind = wallet::GrantKind::Promotional;
+            wallet::http::create(db, p0, kind, &body, &actor, now_ms).await
         }
-        (Method::POST, ["portal-links"]) => portal_link(state, &body, &actor),
-        (Method::PUT, ["customers", c, "payment-profile"]) => {
-            set_profile(state, c, &body, &actor).await
+        ApiOp::TopUp => {
+            let kind = wallet::GrantKind::TopUp;
+            wallet::http::create(db, p0, kind, &body, &actor, now_ms).await
         }
-        (Method::GET, ["customers", c, "payment-profile"]) => get_profile(state, c).await,
-        (Method::GET, ["customers", c, "wallet"]) => wallet::http::get(&state.settler.db, c).await,
-        (Method::POST, ["customers", c, "wallet", kind @ ("grants" | "top-ups")]) => {
-            let kind = if *kind == "grants" {
-                wallet::GrantKind::Promotional
-            } else {
-                wallet::GrantKind::TopUp
-            };
-            let now_ms = (state.now_ms)();
-            wallet::http::create(&state.settler.db, c, kind, &body, &actor, now_ms).await
-        }
-        (Method::POST, ["customers", c, "wallet", "grants", g, "void"]) => {
-            wallet::http::void(&state.settler.db, c, g, &actor, (state.now_ms)()).await
-        }
-        _ => Err(server::error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such API route",
-        )),
+        ApiOp::VoidGrant => wallet::http::void(db, p0, &params[1], &actor, now_ms).await,
     };
     result.unwrap_or_else(|r| r)
 }

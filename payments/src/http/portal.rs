@@ -6,12 +6,12 @@
 use hyper::header::HeaderValue;
 use hyper::{Response, StatusCode};
 
-use super::routes::AppState;
+use super::routes::{AppState, PortalOp};
 use super::server::{self, Body};
 use crate::portal::{self, link, page};
 
-/// Routes the segments after `/portal/`.
-pub async fn route(state: &AppState, rest: &[&str]) -> Response<Body> {
+/// Answers a portal route; `params` are the link's token and, for an invoice, its id.
+pub async fn route(state: &AppState, op: PortalOp, params: &[String]) -> Response<Body> {
     let Some(secret) = &state.portal_secret else {
         return server::error(
             StatusCode::NOT_FOUND,
@@ -19,9 +19,7 @@ pub async fn route(state: &AppState, rest: &[&str]) -> Response<Body> {
             "the portal feature is off",
         );
     };
-    let Some(token) = rest.first() else {
-        return server::html(StatusCode::FORBIDDEN, page::refused());
-    };
+    let token = params[0].as_str();
     let now_ms = (state.now_ms)();
     let customer = match link::verify(secret, token, now_ms.div_euclid(1000)) {
         Ok(c) => c,
@@ -31,36 +29,33 @@ pub async fn route(state: &AppState, rest: &[&str]) -> Response<Body> {
         }
     };
     let db = &state.settler.db;
-    match &rest[1..] {
-        [] => match portal::load(db, state.portal_live.as_ref(), &customer, now_ms).await {
-            Ok(v) => server::html(StatusCode::OK, page::render(&v, token)),
-            Err(e) => internal(e),
-        },
-        ["invoices", file] => {
-            let (id, pdf) = match file.strip_suffix(".pdf") {
-                Some(id) => (id, true),
-                None => (*file, false),
-            };
-            match portal::invoice_for(db, &customer, id).await {
-                Ok(Some(inv)) if pdf => match tally_invoicer::render::pdf(&inv) {
-                    Ok(bytes) => {
-                        let name = inv.number.clone().unwrap_or_else(|| inv.invoice_id.clone());
-                        let mut r = server::with_type(StatusCode::OK, "application/pdf", bytes);
-                        if let Ok(v) =
-                            HeaderValue::from_str(&format!("attachment; filename=\"{name}.pdf\""))
-                        {
-                            r.headers_mut().insert("content-disposition", v);
-                        }
-                        r
-                    }
-                    Err(e) => internal(crate::Error::Corrupt(e.to_string())),
-                },
-                Ok(Some(inv)) => server::html(StatusCode::OK, tally_invoicer::render::html(&inv)),
-                Ok(None) => server::error(StatusCode::NOT_FOUND, "not_found", "no such invoice"),
+    let (id, pdf) = match op {
+        PortalOp::Page => {
+            return match portal::load(db, state.portal_live.as_ref(), &customer, now_ms).await {
+                Ok(v) => server::html(StatusCode::OK, page::render(&v, token)),
                 Err(e) => internal(e),
             }
         }
-        _ => server::error(StatusCode::NOT_FOUND, "not_found", "no such page"),
+        PortalOp::InvoicePdf => (params[1].as_str(), true),
+        PortalOp::InvoiceHtml => (params[1].as_str(), false),
+    };
+    match portal::invoice_for(db, &customer, id).await {
+        Ok(Some(inv)) if pdf => match tally_invoicer::render::pdf(&inv) {
+            Ok(bytes) => {
+                let name = inv.number.clone().unwrap_or_else(|| inv.invoice_id.clone());
+                let mut r = server::with_type(StatusCode::OK, "application/pdf", bytes);
+                if let Ok(v) =
+                    HeaderValue::from_str(&format!("attachment; filename=\"{name}.pdf\""))
+                {
+                    r.headers_mut().insert("content-disposition", v);
+                }
+                r
+            }
+            Err(e) => internal(crate::Error::Corrupt(e.to_string())),
+        },
+        Ok(Some(inv)) => server::html(StatusCode::OK, tally_invoicer::render::html(&inv)),
+        Ok(None) => server::error(StatusCode::NOT_FOUND, "not_found", "no such invoice"),
+        Err(e) => internal(e),
     }
 }
 

@@ -1,4 +1,5 @@
-//! Routing, and the Stripe webhook endpoint. A webhook is verified (signature, tolerance)
+//! Routing (the table [`ROUTES`], checked against the OpenAPI document [`OPENAPI`] both ways),
+//! and the Stripe webhook endpoint. A webhook is verified (signature, tolerance)
 //! before its payload is read; a refused one is answered 400 and logged without the secret
 //! or the signature. Processing errors are 500 so the gateway delivers again (processing is
 //! idempotent). It never stores or acts on a webhook whose signature did not verify.
@@ -6,9 +7,10 @@
 use std::time::Instant;
 
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 
 use tally_platform::auth::Authenticator;
+use tally_platform::openapi::{self, Route};
 
 use super::server::{self, Body};
 use crate::config::PortalConfig;
@@ -32,27 +34,131 @@ pub struct AppState {
     pub now_ms: fn() -> i64,
 }
 
+/// What a route does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Health,
+    OpenApi,
+    StripeWebhook,
+    /// The operator API ([`super::api`]), behind API tokens.
+    Api(ApiOp),
+    /// The customer portal ([`super::portal`]), behind a signed link.
+    Portal(PortalOp),
+}
+
+/// An operator API route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiOp {
+    ManualPayment,
+    Refund,
+    WriteOff,
+    Invoice,
+    TrialBalance,
+    Notifications,
+    PortalLink,
+    SetProfile,
+    GetProfile,
+    Wallet,
+    Grant,
+    TopUp,
+    VoidGrant,
+}
+
+/// A portal route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortalOp {
+    Page,
+    InvoicePdf,
+    InvoiceHtml,
+}
+
+/// Every route: [`route`] answers only these (404/405 otherwise), and a test checks them
+/// against [`OPENAPI`] both ways. The `.pdf` portal route comes before the bare one.
+pub const ROUTES: &[Route<Op>] = &[
+    Route::new("GET", "/healthz", Op::Health),
+    Route::new("GET", "/v1/openapi.json", Op::OpenApi),
+    Route::new("POST", "/webhooks/stripe", Op::StripeWebhook),
+    Route::new("POST", "/v1/payments", Op::Api(ApiOp::ManualPayment)),
+    Route::new("POST", "/v1/refunds", Op::Api(ApiOp::Refund)),
+    Route::new(
+        "POST",
+        "/v1/invoices/{id}/write-off",
+        Op::Api(ApiOp::WriteOff),
+    ),
+    Route::new("GET", "/v1/invoices/{id}", Op::Api(ApiOp::Invoice)),
+    Route::new(
+        "GET",
+        "/v1/ledger/trial-balance",
+        Op::Api(ApiOp::TrialBalance),
+    ),
+    Route::new(
+        "GET",
+        "/v1/customers/{customer}/notifications",
+        Op::Api(ApiOp::Notifications),
+    ),
+    Route::new("POST", "/v1/portal-links", Op::Api(ApiOp::PortalLink)),
+    Route::new(
+        "PUT",
+        "/v1/customers/{customer}/payment-profile",
+        Op::Api(ApiOp::SetProfile),
+    ),
+    Route::new(
+        "GET",
+        "/v1/customers/{customer}/payment-profile",
+        Op::Api(ApiOp::GetProfile),
+    ),
+    Route::new(
+        "GET",
+        "/v1/customers/{customer}/wallet",
+        Op::Api(ApiOp::Wallet),
+    ),
+    Route::new(
+        "POST",
+        "/v1/customers/{customer}/wallet/grants",
+        Op::Api(ApiOp::Grant),
+    ),
+    Route::new(
+        "POST",
+        "/v1/customers/{customer}/wallet/top-ups",
+        Op::Api(ApiOp::TopUp),
+    ),
+    Route::new(
+        "POST",
+        "/v1/customers/{customer}/wallet/grants/{grant_id}/void",
+        Op::Api(ApiOp::VoidGrant),
+    ),
+    Route::new("GET", "/portal/{token}", Op::Portal(PortalOp::Page)),
+    Route::new(
+        "GET",
+        "/portal/{token}/invoices/{id}.pdf",
+        Op::Portal(PortalOp::InvoicePdf),
+    ),
+    Route::new(
+        "GET",
+        "/portal/{token}/invoices/{id}",
+        Op::Portal(PortalOp::InvoiceHtml),
+    ),
+];
+
+/// The OpenAPI 3.0 document of this service, served at `/v1/openapi.json` without a token.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
 /// Answers one request.
 pub async fn route(state: &AppState, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
-    let path = req.uri().path().to_owned();
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let (group, response) = match (req.method().clone(), segments.as_slice()) {
-        (Method::GET, ["healthz"]) => (
+    let (group, response) = match openapi::resolve(ROUTES, &req) {
+        Err(answer) => ("other", answer),
+        Ok((Op::Health, _)) => (
             "health",
             server::json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         ),
-        (Method::POST, ["webhooks", "stripe"]) => ("webhook", stripe_webhook(state, req).await),
-        (_, ["v1", ..]) => ("api", super::api::route(state, req, &segments[1..]).await),
-        (Method::GET, ["portal", rest @ ..]) => ("portal", super::portal::route(state, rest).await),
-        _ => (
-            "other",
-            server::error(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no route for {path}"),
-            ),
+        Ok((Op::OpenApi, _)) => (
+            "api",
+            server::with_type(StatusCode::OK, "application/json", OPENAPI.into()),
         ),
+        Ok((Op::StripeWebhook, _)) => ("webhook", stripe_webhook(state, req).await),
+        Ok((Op::Api(op), params)) => ("api", super::api::route(state, req, op, &params).await),
+        Ok((Op::Portal(op), params)) => ("portal", super::portal::route(state, op, &params).await),
     };
     metrics::request(group, response.status().as_u16(), started.elapsed());
     response
@@ -118,5 +224,16 @@ pub async fn deliveries(state: &AppState, customer: &str) -> Response<Body> {
     match dunning::log::deliveries_of(&state.settler.db, customer).await {
         Ok(d) => server::json(StatusCode::OK, &d),
         Err(e) => server::error(StatusCode::INTERNAL_SERVER_ERROR, "store", e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_described_and_every_description_served() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("JSON");
+        assert_eq!(openapi::check_routes(ROUTES, &doc), Vec::<String>::new());
     }
 }
