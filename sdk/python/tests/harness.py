@@ -240,6 +240,7 @@ log = "warn"
         self.stop()
         asyncio.run(delete_streams([self.stream, self.dlq_stream]))
         clickhouse(f"DROP DATABASE IF EXISTS {self.database}")
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 async def stored_messages(

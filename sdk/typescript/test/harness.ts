@@ -8,7 +8,7 @@
  */
 
 import { execFile, spawn, type ChildProcess } from "node:child_process";
-import { existsSync, mkdtempSync, openSync, closeSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, openSync, closeSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -284,5 +284,6 @@ ${Object.entries(settings)
     await this.stop();
     await deleteStreams([this.stream, this.dlqStream]);
     await clickhouse(`DROP DATABASE IF EXISTS ${this.database}`);
+    rmSync(this.dir, { recursive: true, force: true });
   }
 }
