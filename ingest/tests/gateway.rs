@@ -667,3 +667,57 @@ async fn with_a_pseudonym_key_only_keyed_hashes_of_customer_and_agent_are_stored
     assert_eq!(e.data.get(), r#"{"tokens":"12.5","model":"gpt-4o"}"#);
     h.stop().await;
 }
+
+/// Issue 16, finding 9: one address holding every connection with trickling bodies. It gets
+/// `connections_per_peer_max`, the rest of its connections are closed at once, and another
+/// address is answered while they trickle.
+#[tokio::test]
+async fn one_address_gets_its_share_of_connections_and_others_are_still_answered() {
+    use std::net::{IpAddr, SocketAddr};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start("gw_peers", |c| {
+        c.connections_max = 8;
+        c.connections_per_peer_max = 4;
+    })
+    .await;
+    let key = h.key("acme", &[]).await;
+    let head = format!("POST /v1/events HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\ncontent-type: application/cloudevents+json\r\ncontent-length: 100\r\n\r\n{{");
+    let from = |last: u8| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(SocketAddr::new(IpAddr::from([127, 0, 0, last]), 0))
+            .unwrap();
+        socket.connect(h.running.addr).await.unwrap()
+    };
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        let mut s = from(2).await;
+        s.write_all(head.as_bytes()).await.unwrap();
+        held.push(s);
+    }
+    let mut closed = 0;
+    for s in &mut held {
+        let mut buf = [0u8; 16];
+        let r = tokio::time::timeout(std::time::Duration::from_millis(300), s.read(&mut buf)).await;
+        if let Ok(Ok(0) | Err(_)) = r {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 6, "the four admitted ones are still trickling");
+    let mut other = from(3).await;
+    other
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        other.read_to_string(&mut answer),
+    )
+    .await
+    .expect("another address is answered at once")
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(held);
+    h.stop().await;
+}

@@ -39,6 +39,7 @@ pub mod lease;
 pub mod migrate;
 pub mod openapi;
 pub mod own_server;
+pub mod peers;
 pub mod private_file;
 pub mod secrets;
 pub mod shutdown;

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use clickhouse::Client;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
@@ -254,17 +254,12 @@ fn catalog_route(catalog: &Catalog, path: &[&str]) -> Response<Full<Bytes>> {
     }
 }
 
-/// Reads a JSON body of at most [`BODY_BYTES_MAX`].
+/// Reads a JSON body of at most [`BODY_BYTES_MAX`] within the shared server's body timeout.
 pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
     req: Request<Incoming>,
     code: &str,
 ) -> Result<T, Response<Full<Bytes>>> {
-    let limited = http_body_util::Limited::new(req.into_body(), BODY_BYTES_MAX);
-    let bytes = limited
-        .collect()
-        .await
-        .map_err(|e| error(StatusCode::PAYLOAD_TOO_LARGE, "body_unreadable", e))?
-        .to_bytes();
+    let bytes = tally_platform::http::read_body(req.into_body(), BODY_BYTES_MAX).await?;
     serde_json::from_slice(&bytes).map_err(|e| error(StatusCode::BAD_REQUEST, code, e))
 }
 

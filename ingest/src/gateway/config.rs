@@ -63,6 +63,11 @@ pub struct IngestConfig {
     /// Most open connections; further ones wait in the listen backlog. Default 1024.
     #[serde(default = "default_connections_max")]
     pub connections_max: usize,
+    /// Most open connections from one remote address; more from it are closed at once, so
+    /// one client cannot hold every connection. At most `connections_max`. Default 256
+    /// (agents behind one NAT share an address; a proxy in front must limit per client).
+    #[serde(default = "default_connections_per_peer_max")]
+    pub connections_per_peer_max: usize,
     /// Seconds between reloads of the API keys from ClickHouse. Default 10.
     #[serde(default = "default_key_refresh_secs")]
     pub key_refresh_secs: u64,
@@ -123,6 +128,9 @@ const fn default_body_timeout_ms() -> u64 {
 const fn default_connections_max() -> usize {
     1024
 }
+const fn default_connections_per_peer_max() -> usize {
+    256
+}
 const fn default_key_refresh_secs() -> u64 {
     10
 }
@@ -146,6 +154,7 @@ impl Default for IngestConfig {
             header_timeout_ms: default_header_timeout_ms(),
             body_timeout_ms: default_body_timeout_ms(),
             connections_max: default_connections_max(),
+            connections_per_peer_max: default_connections_per_peer_max(),
             key_refresh_secs: default_key_refresh_secs(),
             pseudonym_key_file: String::new(),
         }
@@ -202,10 +211,20 @@ impl IngestConfig {
             ("ingest.body_timeout_ms", self.body_timeout_ms),
             ("ingest.spend_timeout_ms", self.spend_timeout_ms),
             ("ingest.connections_max", self.connections_max as u64),
+            (
+                "ingest.connections_per_peer_max",
+                self.connections_per_peer_max as u64,
+            ),
             ("ingest.key_refresh_secs", self.key_refresh_secs),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::invalid(*name, "must be positive"));
+        }
+        if self.connections_per_peer_max > self.connections_max {
+            return Err(ConfigError::invalid(
+                "ingest.connections_per_peer_max",
+                "must not exceed ingest.connections_max",
+            ));
         }
         if self.event_max_bytes > self.body_max_bytes {
             return Err(ConfigError::invalid(
@@ -290,6 +309,14 @@ mod tests {
             (
                 |c| c.rate_per_key_per_sec = 0,
                 "ingest.rate_per_key_per_sec",
+            ),
+            (
+                |c| c.connections_per_peer_max = 0,
+                "ingest.connections_per_peer_max",
+            ),
+            (
+                |c| c.connections_per_peer_max = c.connections_max + 1,
+                "ingest.connections_per_peer_max",
             ),
         ];
         for (edit, name) in cases {

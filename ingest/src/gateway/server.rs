@@ -1,4 +1,5 @@
-//! The HTTP/1.1 server: accepting connections (at most `connections_max` at once), keep-alive,
+//! The HTTP/1.1 server: accepting connections (at most `connections_max` at once, and
+//! `connections_per_peer_max` from one address), keep-alive,
 //! header and body timeouts for slow clients, routing, bounded body reads, and turning every
 //! outcome into a JSON response. Graceful shutdown: stop accepting, let in-flight requests
 //! finish (their events are published and acked), then return.
@@ -252,27 +253,33 @@ async fn accept_loop(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(gw.cfg.connections_max));
+    let peers = tally_platform::peers::PeerLimit::new(gw.cfg.connections_per_peer_max);
     let tracker = TaskTracker::new();
     loop {
         let permit = tokio::select! {
             _ = shutdown.cancelled() => break,
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             s = listener.accept() => match s {
-                Ok((s, _)) => s,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     continue;
                 }
             },
         };
+        let Some(peer_slot) = peers.admit(peer.ip()) else {
+            tracing::debug!(%peer, "connection refused: too many from this address");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let gw = gw.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
             let _permit = permit;
+            let _peer_slot = peer_slot;
             serve_connection(gw, stream, which, shutdown).await;
         });
     }

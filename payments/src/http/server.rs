@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{Response, StatusCode};
@@ -29,13 +28,10 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Shutdo
 }
 
 /// Reads the raw body (webhook signatures cover the exact bytes), refusing more than
-/// [`BODY_BYTES_MAX`].
+/// [`BODY_BYTES_MAX`] (413) or a body not received within the shared server's body timeout
+/// (408).
 pub async fn body(b: Incoming) -> Result<Bytes, Response<Body>> {
-    Limited::new(b, BODY_BYTES_MAX)
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .map_err(|e| error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", e))
+    tally_platform::http::read_body(b, BODY_BYTES_MAX).await
 }
 
 /// A portal page: HTML with a policy that forbids every external resource and script.

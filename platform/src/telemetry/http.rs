@@ -1,5 +1,6 @@
 //! The HTTP/1 listener behind `telemetry::serve_metrics`: `/metrics`, `/healthz`, `/readyz`,
-//! GET only, one small response per request. It never blocks on anything but rendering.
+//! GET only, one small response per request; connections bounded in all and per remote
+//! address (`crate::peers`). It never blocks on anything but rendering.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use super::health;
+use crate::peers::PeerLimit;
 
 /// Connections served at once; further ones wait in the kernel's backlog.
 const CONNECTIONS_MAX: usize = 64;
@@ -21,20 +23,26 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Accepts connections until the runtime stops.
 pub(super) async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
     let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
+    let peers = PeerLimit::new(crate::http::PER_PEER_MAX);
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 tracing::warn!(error = %e, "metrics listener accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
+        let Some(peer_slot) = peers.admit(peer.ip()) else {
+            tracing::debug!(%peer, "metrics connection refused: too many from this address");
+            continue;
+        };
         let handle = handle.clone();
         tokio::spawn(async move {
+            let _peer_slot = peer_slot;
             let service = hyper::service::service_fn(move |req| {
                 let handle = handle.clone();
                 async move { Ok::<_, Infallible>(answer(&req, &handle)) }
