@@ -324,3 +324,107 @@ mod tests {
         assert_eq!(Reason::BudgetExceeded.code(), "budget_exceeded");
     }
 }
+
+/// Property tests of the parser (issue 16: the authorize parser faces every agent): no input
+/// makes it panic, and whatever it accepts is within the bounds the decider relies on.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    const HOLD_DEFAULT: u64 = 60_000;
+    const HOLD_MAX: u64 = 900_000;
+
+    fn accepted_within_bounds(r: &Request) {
+        match r {
+            Request::Authorize {
+                quantity,
+                deadline_ms,
+                group,
+                request_id,
+                ..
+            } => {
+                assert!(*quantity > Decimal::ZERO && *quantity <= quantity_max());
+                assert!((1..=HOLD_MAX).contains(deadline_ms));
+                assert!(group.len() <= GROUP_MAX);
+                assert!(group.iter().all(|(k, v)| k.len() <= 256 && v.len() <= 256));
+                if let Some(id) = request_id {
+                    assert!(EventId::validate(id).is_ok());
+                }
+            }
+            Request::Release { hold, .. } => assert!(EventId::validate(hold).is_ok()),
+            Request::Feature { feature, .. } => {
+                assert!(!feature.is_empty() && feature.len() <= 64)
+            }
+        }
+    }
+
+    /// A JSON value of the kinds the fields may be given, well-formed or not.
+    fn value() -> impl Strategy<Value = serde_json::Value> {
+        prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<u64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(serde_json::Value::from),
+            "[-+0-9.eE]{0,40}".prop_map(serde_json::Value::from),
+            "[a-zA-Z0-9_.:-]{0,140}".prop_map(serde_json::Value::from),
+            prop::collection::btree_map("[a-z]{0,300}", "[a-z]{0,300}", 0..20)
+                .prop_map(|m| serde_json::json!(m)),
+        ]
+    }
+
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        let field = prop_oneof![
+            Just("meter"),
+            Just("max_quantity"),
+            Just("group"),
+            Just("deadline_ms"),
+            Just("release"),
+            Just("feature"),
+            Just("request_id"),
+            Just("unknown"),
+        ];
+        prop::collection::btree_map(field, value(), 0..8)
+            .prop_map(|m| serde_json::to_vec(&m).unwrap_or_default())
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            customer in "[a-zA-Z0-9_.*>-]{0,70}",
+            agent in "[a-zA-Z0-9_.*>-]{0,70}",
+            body in prop::collection::vec(any::<u8>(), 0..2048),
+        ) {
+            if let Ok(r) = parse(&customer, &agent, &body, HOLD_DEFAULT, HOLD_MAX) {
+                accepted_within_bounds(&r);
+            }
+        }
+
+        #[test]
+        fn structured_bodies_are_accepted_only_within_bounds(body in body()) {
+            match parse("acme", "bot", &body, HOLD_DEFAULT, HOLD_MAX) {
+                Ok(r) => accepted_within_bounds(&r),
+                Err(a) => {
+                    prop_assert!(!a.allow);
+                    prop_assert!(a.reason.is_some());
+                    prop_assert!(a.hold_id.is_none());
+                }
+            }
+        }
+
+        /// Any positive quantity up to the maximum, written as a string, is read exactly.
+        #[test]
+        fn quantities_are_read_exactly(units in 1u64..=1_000_000_000_000, scale in 0u32..=8) {
+            let q = Decimal::new(i64::try_from(units).unwrap_or(i64::MAX), scale);
+            prop_assume!(q <= quantity_max());
+            let body = format!(r#"{{"meter":"m","max_quantity":"{q}"}}"#);
+            let r = parse("acme", "bot", body.as_bytes(), HOLD_DEFAULT, HOLD_MAX).unwrap();
+            let Request::Authorize { quantity, deadline_ms, .. } = r else {
+                panic!("an authorize request");
+            };
+            prop_assert_eq!(quantity, q);
+            prop_assert_eq!(deadline_ms, HOLD_DEFAULT);
+        }
+    }
+}
