@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use tally_platform::auth::{self, Authenticator, Role};
+use tally_platform::openapi;
 use tally_rater::api::{serve, ApiState};
 use tally_rater::catalog_store::CatalogSource;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -68,11 +69,16 @@ pub async fn request_as(
     let mut text = String::new();
     s.read_to_string(&mut text).await.expect("reads");
     let status: u16 = text[9..12].parse().expect("a status");
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
-    (
-        status,
-        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
-    )
+    let answer = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    let answer = serde_json::from_str(answer).unwrap_or(serde_json::Value::Null);
+    // every exchange with a described route must fit the OpenAPI document
+    let doc: serde_json::Value = serde_json::from_str(tally_rater::api::OPENAPI).expect("JSON");
+    let sent = serde_json::from_str(body).ok();
+    let fits = openapi::check_exchange(&doc, method, path, sent.as_ref(), status, &answer);
+    if let Err(e) = fits {
+        panic!("the answer does not fit the OpenAPI document: {e}");
+    }
+    (status, answer)
 }
 
 /// POST `body` as JSON to `path`; (status, JSON body).
