@@ -227,7 +227,8 @@ pub enum BuildError {
 
 /// The deterministic id of a subscription's invoice for a period. A customer has one
 /// subscription at a time (the catalog's subscription versions are per customer), so the
-/// subscription is named by its customer.
+/// subscription is named by its customer. A period billed in several currencies keeps this id
+/// for its home currency; the others' ids are [`crate::currency_split::invoice_id_in`].
 pub fn invoice_id(customer: &str, period_start_ms: i64) -> String {
     format!(
         "inv_{:032x}",
@@ -242,9 +243,26 @@ pub fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-/// Builds the invoice of `charges` (all of one customer and period) at `now_ms`; adjustment
-/// lines (already built, see [`crate::late`]) follow the period's own lines.
+/// Builds the invoice of `charges` (all of one customer, period and currency) at `now_ms`,
+/// under the period's plain id [`invoice_id`]; adjustment lines (already built, see
+/// [`crate::late`]) follow the period's own lines.
 pub fn build(
+    charges: &[ChargeLine],
+    adjustments: Vec<InvoiceLine>,
+    terms: &Terms,
+    now_ms: i64,
+) -> Result<Invoice, BuildError> {
+    let first = charges.first().ok_or_else(|| BuildError::Empty {
+        customer: String::new(),
+    })?;
+    let id = invoice_id(&first.customer, first.period.start_ms);
+    build_as(id, charges, adjustments, terms, now_ms)
+}
+
+/// [`build`] under `invoice_id` (a period with several currencies has one invoice per
+/// currency, see [`crate::currency_split`]).
+pub fn build_as(
+    invoice_id: String,
     charges: &[ChargeLine],
     adjustments: Vec<InvoiceLine>,
     terms: &Terms,
@@ -273,7 +291,7 @@ pub fn build(
     let due_at_ms =
         period.end_ms + Duration::days(i64::from(terms.payment_terms_days)).num_milliseconds();
     let mut inv = Invoice {
-        invoice_id: invoice_id(&customer, period.start_ms),
+        invoice_id,
         number: None,
         issuer: terms.issuer.clone(),
         customer: customer.clone(),

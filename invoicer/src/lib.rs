@@ -10,6 +10,7 @@
 //! # Layout
 //! - [`config`]: the `[invoicer]` section.
 //! - [`invoice`]: the invoice document and how it is built from charges (pure).
+//! - [`currency_split`]: one invoice per currency of a period, and their ids.
 //! - [`lifecycle`]: appending and reading lifecycle transitions (who, when, why).
 //! - [`render`]: invoices for people (text).
 //! - [`store`]: reading charges and existing invoices, writing invoices and lines.
@@ -19,6 +20,7 @@
 pub mod api;
 pub mod config;
 pub mod credit_notes;
+pub mod currency_split;
 pub mod invoice;
 pub mod late;
 pub mod lifecycle;

@@ -26,14 +26,17 @@ pub enum BuildFailure {
     Currency,
     Overflow,
     Empty,
+    /// Built and numbered, but its document could not be frozen in NATS KV.
+    Finalize,
 }
 
 impl BuildFailure {
-    pub const ALL: [BuildFailure; 4] = [
+    pub const ALL: [BuildFailure; 5] = [
         BuildFailure::MixedCurrencies,
         BuildFailure::Currency,
         BuildFailure::Overflow,
         BuildFailure::Empty,
+        BuildFailure::Finalize,
     ];
 
     pub fn code(self) -> &'static str {
@@ -42,6 +45,7 @@ impl BuildFailure {
             BuildFailure::Currency => "currency",
             BuildFailure::Overflow => "overflow",
             BuildFailure::Empty => "empty",
+            BuildFailure::Finalize => "finalize",
         }
     }
 }

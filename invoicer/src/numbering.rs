@@ -299,17 +299,35 @@ impl Numbers {
 
     /// Freezes each finalized document (create-only) and returns what is frozen: the given
     /// document, or the one an earlier or racing finalizer stored first.
+    /// The first document that cannot be frozen fails the whole call (see
+    /// [`Numbers::freeze_each`] for one result per document).
     pub async fn freeze(&self, docs: Vec<Invoice>) -> Result<Vec<Invoice>, NumberingError> {
+        self.freeze_each(docs)
+            .await
+            .into_iter()
+            .map(|r| r.map_err(|(_, _, e)| e))
+            .collect()
+    }
+
+    /// [`Numbers::freeze`], one result per document (in order): a document that cannot be
+    /// frozen (too large for a KV value, a KV error) fails alone, with its invoice id and
+    /// customer.
+    pub async fn freeze_each(
+        &self,
+        docs: Vec<Invoice>,
+    ) -> Vec<Result<Invoice, (String, String, NumberingError)>> {
         let mut out = Vec::with_capacity(docs.len());
         let mut docs = docs.into_iter().peekable();
         while docs.peek().is_some() {
             let chunk: Vec<Invoice> = docs.by_ref().take(IN_FLIGHT).collect();
-            let results = join_all(chunk.into_iter().map(|doc| self.freeze_one(doc))).await;
-            for r in results {
-                out.push(r?);
-            }
+            let results = join_all(chunk.into_iter().map(|doc| async move {
+                let (id, customer) = (doc.invoice_id.clone(), doc.customer.clone());
+                self.freeze_one(doc).await.map_err(|e| (id, customer, e))
+            }))
+            .await;
+            out.extend(results);
         }
-        Ok(out)
+        out
     }
 
     async fn freeze_one(&self, doc: Invoice) -> Result<Invoice, NumberingError> {

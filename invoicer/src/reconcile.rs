@@ -4,8 +4,9 @@
 //! - usage → charges: for additive meters (SUM, COUNT), the committed quantity of
 //!   (customer, meter, period) (read for the charges' periods only, `tally_platform::usage`)
 //!   against the quantity of its charges.
-//! - charges → invoices: for every invoice (latest version), the charges of its period
-//!   against its usage lines; for a finalized invoice, what changed since (late usage) must be
+//! - charges → invoices: for every invoice (latest version), the charges of its period in its
+//!   currency (a period billed in several currencies has an invoice per currency) against its
+//!   usage lines; for a finalized invoice, what changed since (late usage) must be
 //!   covered by adjustment lines on later invoices (finalized, or pending on a draft; both
 //!   reported) and late-usage credit notes.
 //!
@@ -69,6 +70,7 @@ struct InvoiceSums {
     customer: String,
     status: String,
     period_start: u32,
+    currency: String,
     invoiced_minor: i64,
 }
 
@@ -86,8 +88,8 @@ pub async fn run(db: &Client, since_ms: i64) -> Result<Report, clickhouse::error
     let invoices = invoice_sums(db, since).await?;
     let charges = sums(
         db,
-        "SELECT concat(customer, '\\0', toString(toUInt32(period_start))) AS k, toInt64(sum(amount_minor)) \
-         FROM v_charges WHERE period_end > toDateTime(?) GROUP BY k",
+        "SELECT concat(customer, '\\0', toString(toUInt32(period_start)), '\\0', currency) AS k, \
+         toInt64(sum(amount_minor)) FROM v_charges WHERE period_end > toDateTime(?) GROUP BY k",
         since,
     )
     .await?;
@@ -108,7 +110,8 @@ pub async fn run(db: &Client, since_ms: i64) -> Result<Report, clickhouse::error
         ..Report::default()
     };
     for inv in invoices {
-        let key = format!("{}\0{}", inv.customer, inv.period_start);
+        // a period billed in several currencies has one invoice per currency
+        let key = format!("{}\0{}\0{}", inv.customer, inv.period_start, inv.currency);
         let charged = charges.get(&key).copied().unwrap_or(0);
         let adjusted = adjusted.get(&inv.invoice_id).copied().unwrap_or(0);
         let pending = pending.get(&inv.invoice_id).copied().unwrap_or(0);
@@ -285,8 +288,8 @@ async fn invoice_sums(
     since: i64,
 ) -> Result<Vec<InvoiceSums>, clickhouse::error::Error> {
     db.query(
-        "SELECT invoice_id, customer, status, ps, invoiced FROM \
-         (SELECT invoice_id, version, customer, status, toUInt32(period_start) AS ps FROM v_invoices \
+        "SELECT invoice_id, customer, status, ps, currency, invoiced FROM \
+         (SELECT invoice_id, version, customer, status, toUInt32(period_start) AS ps, currency FROM v_invoices \
           WHERE period_end > toDateTime(?)) AS i \
          ANY LEFT JOIN \
          (SELECT invoice_id, version, toInt64(sumIf(amount_minor, kind != 'adjustment')) AS invoiced \

@@ -7,9 +7,11 @@
 //! ([`crate::numbering`]; a racing or later finalizer gets the first document back), written,
 //! then their `draft → finalized` transition appended (actor `invoicer`). An invoice whose
 //! finalization is recorded is never rebuilt. Late usage of a finalized period becomes an
-//! adjustment line on the customer's next invoice ([`crate::late`]). An invoice that cannot
-//! be built (charges in two currencies, an overflowing total) is logged, counted in
-//! `tally_invoicer_invoice_failures_total` and retried next pass; the others are built.
+//! adjustment line on the customer's next invoice ([`crate::late`]). A period whose charges
+//! are in several currencies gets one invoice per currency ([`crate::currency_split`]). One
+//! invoice that cannot be built (an unknown currency, an overflowing total) or frozen (its
+//! document refused by NATS KV) is logged, counted in `tally_invoicer_invoice_failures_total`
+//! and retried next pass; the others are built and finalized.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
@@ -18,10 +20,10 @@ use clickhouse::Client;
 use tally_platform::shutdown::Shutdown;
 
 use crate::config::InvoicerConfig;
-use crate::invoice::{build, BuildError, ChargeLine, Invoice, Status, Terms};
+use crate::invoice::{build_as, BuildError, ChargeLine, Invoice, Status, Terms};
 use crate::lifecycle::{self, LifecycleError};
 use crate::numbering::{self, NumberingError, Numbers};
-use crate::{late, metrics, store};
+use crate::{currency_split, late, metrics, store};
 
 /// The actor of the invoicer's own lifecycle records.
 pub const ACTOR: &str = "invoicer";
@@ -64,16 +66,19 @@ pub async fn invoice_pass(
     let grace_ms = ms(cfg.grace_secs);
     let charges = store::charges_since(db, now_ms - lookback_ms).await?;
     let done = lifecycle::finalized_since(db, now_ms - lookback_ms - grace_ms).await?;
-    let mut groups: BTreeMap<(String, i64), Vec<ChargeLine>> = BTreeMap::new();
+    // one invoice per (customer, period, currency): a period with several currencies keeps
+    // its id for its home currency, the others get their own (`currency_split`)
+    let ids = currency_split::resolve(db, &charges).await?;
+    let mut groups: BTreeMap<(String, i64, String), Vec<ChargeLine>> = BTreeMap::new();
     for c in charges {
         groups
-            .entry((c.customer.clone(), c.period.start_ms))
+            .entry((c.customer.clone(), c.period.start_ms, c.currency.clone()))
             .or_default()
             .push(c);
     }
     let customers: Vec<String> = groups
         .keys()
-        .map(|(c, _)| c.clone())
+        .map(|(c, _, _)| c.clone())
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
@@ -89,14 +94,13 @@ pub async fn invoice_pass(
     };
     let mut drafts = Vec::new();
     let mut due = Vec::new();
-    for ((customer, start_ms), group) in &groups {
-        if done.contains(&crate::invoice::invoice_id(customer, *start_ms)) {
+    for ((customer, start_ms, currency), group) in &groups {
+        let invoice_id = ids.id(customer, *start_ms, currency);
+        if done.contains(&invoice_id) {
             continue;
         }
-        let currency = group[0].currency.clone();
         let key = (customer.clone(), currency.clone());
         let legacy = credits.get(&key).copied().unwrap_or(0).max(0);
-        let invoice_id = crate::invoice::invoice_id(customer, *start_ms);
         let reserved = wallet
             .reserved
             .get(&invoice_id)
@@ -109,9 +113,9 @@ pub async fn invoice_pass(
             issuer: cfg.issuer.clone(),
             credit_available_minor: reserved.saturating_add(legacy),
         };
-        let adj = late::take_for(&mut adjustments, customer, &currency, group[0].period);
+        let adj = late::take_for(&mut adjustments, customer, currency, group[0].period);
         // one customer's invoice that cannot be built never stops the others'
-        let mut invoice = match build(group, adj, &terms, now_ms) {
+        let mut invoice = match build_as(invoice_id.clone(), group, adj, &terms, now_ms) {
             Ok(invoice) => invoice,
             Err(e) => {
                 tracing::error!(%customer, period_start_ms = start_ms, error = %e, "invoice not built this pass; retried next pass");
@@ -141,6 +145,19 @@ pub async fn invoice_pass(
         }
     }
     let finalized = finalize(numbers, cfg, due).await?;
+    let finalized: Vec<Invoice> = finalized
+        .into_iter()
+        .filter_map(|r| match r {
+            Ok(inv) => Some(inv),
+            Err((id, customer, e)) => {
+                // numbered but not frozen: the next pass gets the same number back and
+                // freezes it; the others are finalized now
+                tracing::error!(%customer, invoice_id = %id, error = %e, "invoice not finalized this pass; retried next pass");
+                metrics::invoice_failed(metrics::BuildFailure::Finalize);
+                None
+            }
+        })
+        .collect();
     let ids: Vec<String> = finalized.iter().map(|i| i.invoice_id.clone()).collect();
     let mut all = drafts;
     all.extend(finalized);
@@ -162,19 +179,30 @@ fn failure(e: &BuildError) -> metrics::BuildFailure {
     }
 }
 
-/// Numbers (in period-end, customer order) and freezes the invoices due for finalization.
+/// One invoice that could not be frozen: its id, customer and why.
+type NotFrozen = (String, String, NumberingError);
+
+/// Numbers (in period-end, customer order) and freezes the invoices due for finalization;
+/// an invoice whose document cannot be frozen is returned as an error of its own (the
+/// others are finalized). Numbering itself (one counter per issuer) fails the pass.
 async fn finalize(
     numbers: Option<&Numbers>,
     cfg: &InvoicerConfig,
     mut due: Vec<Invoice>,
-) -> Result<Vec<Invoice>, InvoiceError> {
+) -> Result<Vec<Result<Invoice, NotFrozen>>, InvoiceError> {
     if due.is_empty() {
-        return Ok(due);
+        return Ok(Vec::new());
     }
     let Some(numbers) = numbers else {
         return Err(InvoiceError::NoNumbering { count: due.len() });
     };
-    due.sort_by(|a, b| (a.period.end_ms, &a.customer).cmp(&(b.period.end_ms, &b.customer)));
+    due.sort_by(|a, b| {
+        (a.period.end_ms, &a.customer, &a.currency).cmp(&(
+            b.period.end_ms,
+            &b.customer,
+            &b.currency,
+        ))
+    });
     let ids: Vec<String> = due.iter().map(|i| i.invoice_id.clone()).collect();
     let assigned: HashMap<String, u64> = numbers.assign(&cfg.issuer.id, &ids).await?;
     for inv in &mut due {
@@ -182,7 +210,7 @@ async fn finalize(
             .get(&inv.invoice_id)
             .map(|n| numbering::format(&cfg.number_prefix, *n));
     }
-    Ok(numbers.freeze(due).await?)
+    Ok(numbers.freeze_each(due).await)
 }
 
 fn ms(secs: u64) -> i64 {
