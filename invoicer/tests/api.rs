@@ -13,6 +13,7 @@ use tally_invoicer::api::{self, ApiState};
 use tally_invoicer::numbering::Numbers;
 use tally_invoicer::InvoicerConfig;
 use tally_platform::auth::{self, audit, Authenticator, Role};
+use tally_platform::openapi;
 use tally_platform::shutdown::Shutdown;
 use tally_platform::testkit::TestEnv;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -77,15 +78,15 @@ async fn call_as(
     token: Option<&str>,
     method: &str,
     path: &str,
-    body: &str,
+    req_body: &str,
 ) -> (u16, Vec<u8>) {
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let authorization = token
         .map(|t| format!("authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nhost: test\r\n{authorization}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
+        "{method} {path} HTTP/1.1\r\nhost: test\r\n{authorization}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{req_body}",
+        req_body.len()
     );
     s.write_all(req.as_bytes()).await.expect("write");
     let mut out = Vec::new();
@@ -102,6 +103,19 @@ async fn call_as(
         .contains("transfer-encoding: chunked")
     {
         body = dechunk(&body);
+    }
+    // every JSON exchange with a described route must fit the OpenAPI document
+    if head
+        .to_ascii_lowercase()
+        .contains("content-type: application/json")
+    {
+        let doc: serde_json::Value = serde_json::from_str(api::OPENAPI).expect("JSON");
+        let answer = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+        let sent = serde_json::from_str(req_body).ok();
+        let fits = openapi::check_exchange(&doc, method, path, sent.as_ref(), status, &answer);
+        if let Err(e) = fits {
+            panic!("the answer does not fit the OpenAPI document: {e}");
+        }
     }
     (status, body)
 }
