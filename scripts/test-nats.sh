@@ -11,14 +11,11 @@
 #   tally-platform   all: streams, the KV lease, NATS access per service
 #   tally-ingest     all: publisher acks and retries, gateway, NATS authorization per user
 #   tally-aggregator crash_points (ack floor resets, redelivery), sealing (consumer info),
-#                    limits
+#                    limits, partitions (the server's subject mapping, filtered consumers:
+#                    since nats-server 2.10 a filtered consumer's ack floor stops at its own
+#                    last message, which tally_platform::streams::wait_drained allows for)
 #   tally-invoicer   finalize (KV numbering: create-only keys, compare-and-set)
 #   tally-e2e        pipeline, aggregator, ingest_nats_services
-# Left out: aggregator/tests/partitions.rs fails on 2.15 (waits 60 s, then fails) because
-# tally_platform::streams::wait_drained requires a consumer's ack floor to reach the stream's
-# last sequence; since nats-server 2.10 a filtered (per-partition) consumer's ack floor stops
-# at its own last message. The subject mapping itself maps alike on 2.9 and 2.15, and the
-# cluster step (scripts/cluster.sh ci) runs two partitions on 2.15 with its own drain check.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -73,7 +70,7 @@ run() {
     cargo test --no-fail-fast "$@" 2>&1 | tee -a "$out" || status=1
 }
 run -p tally-platform -p tally-ingest
-run -p tally-aggregator --test crash_points --test sealing --test limits
+run -p tally-aggregator --test crash_points --test sealing --test limits --test partitions
 run -p tally-invoicer --test finalize
 run -p tally-e2e --test pipeline --test aggregator --test ingest_nats_services
 read -r passed failed ignored < <(awk '/^test result:/ { p += $4; f += $6; s += $8 } END { print p+0, f+0, s+0 }' "$out")

@@ -364,50 +364,100 @@ fn store_failed(e: &jetstream::context::CreateStreamError) -> bool {
 /// (`KV_<bucket>` on `$KV.<bucket>.>`, one value per key, rollups allowed, deletes denied,
 /// discard new, direct gets, `replicas` copies). The stream is declared directly: the client's
 /// `create_key_value` first asks for account info, which it cannot parse from NATS 2.9.
+///
+/// Returns once a read of the bucket answers (see [`wait_readable`]), whether this call
+/// created the bucket or found it: on a cluster, a process that finds a bucket another one
+/// has just created (two invoicers starting at once) would otherwise read before any replica
+/// answers direct gets and fail with "no responders".
 pub async fn kv_bucket(
     js: &jetstream::Context,
     bucket: &str,
     replicas: usize,
 ) -> Result<jetstream::kv::Store, StreamError> {
-    if let Ok(kv) = js.get_key_value(bucket).await {
-        return Ok(kv);
-    }
     let err = |e: &dyn std::fmt::Display| StreamError::Declare {
         stream: format!("KV_{bucket}"),
         detail: e.to_string(),
     };
-    get_or_create(
-        js,
-        &stream::Config {
-            name: format!("KV_{bucket}"),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: 1,
-            max_message_size: 1 << 20,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: stream::DiscardPolicy::New,
-            num_replicas: replicas.max(1),
-            storage: stream::StorageType::File,
-            ..Default::default()
-        },
-    )
-    .await
-    .map_err(|e| err(&e))?;
-    let kv = js.get_key_value(bucket).await.map_err(|e| err(&e))?;
-    // A replicated bucket answers reads only once its replicas have a leader: on a cluster
-    // the first get right after creation meets "no responders". Wait for a read to answer.
-    for _ in 0..100 {
-        if kv.get("tally-created").await.is_ok() {
-            break;
+    let kv = match js.get_key_value(bucket).await {
+        Ok(kv) => kv,
+        Err(_) => {
+            get_or_create(
+                js,
+                &stream::Config {
+                    name: format!("KV_{bucket}"),
+                    subjects: vec![format!("$KV.{bucket}.>")],
+                    max_messages_per_subject: 1,
+                    max_message_size: 1 << 20,
+                    allow_rollup: true,
+                    deny_delete: true,
+                    allow_direct: true,
+                    discard: stream::DiscardPolicy::New,
+                    num_replicas: replicas.max(1),
+                    storage: stream::StorageType::File,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| err(&e))?;
+            js.get_key_value(bucket).await.map_err(|e| err(&e))?
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
+    wait_readable(&kv, bucket, KV_READABLE_WITHIN)
+        .await
+        .map_err(|e| err(&e))?;
     Ok(kv)
 }
 
-/// Waits until the durable `consumer` of `stream` has acknowledged every message in the
-/// stream (nothing pending, nothing unacknowledged). `false` on timeout.
+/// How long [`kv_bucket`] waits for a new or just found bucket to answer a read: a replicated
+/// bucket's group elects a leader and its replicas subscribe to direct gets within seconds
+/// (about 6 s when a node has just died).
+const KV_READABLE_WITHIN: Duration = Duration::from_secs(30);
+
+/// Waits until a read of `kv` answers (the key read need not exist). A replicated bucket
+/// answers reads only once its replicas serve direct gets: right after creation, or while its
+/// group has no leader, a get meets "no responders" (or times out). The last error when
+/// nothing answered within `within`.
+async fn wait_readable(
+    kv: &jetstream::kv::Store,
+    bucket: &str,
+    within: Duration,
+) -> Result<(), jetstream::kv::EntryError> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut logged = false;
+    loop {
+        // a read that gets no answer at all is bounded by the client's request timeout
+        let read = tokio::time::timeout(Duration::from_secs(2), kv.get("tally-created")).await;
+        match read {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(_) if tokio::time::Instant::now() >= deadline => {
+                return Err(jetstream::kv::EntryError::new(
+                    jetstream::kv::EntryErrorKind::TimedOut,
+                ))
+            }
+            other => {
+                if !logged {
+                    let error = match other {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "timed out".to_owned(),
+                    };
+                    tracing::info!(bucket, %error, "the KV bucket does not answer reads yet; waiting");
+                    logged = true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Waits until the durable `consumer` of `stream` has acknowledged every message of the
+/// stream it consumes (nothing pending, nothing unacknowledged, its ack floor at or past the
+/// last of those messages). `false` on timeout.
+///
+/// The last message a consumer consumes is the stream's last one when it has no filter, else
+/// the last one on its filter subjects: a filtered consumer's ack floor (a partition's) stops
+/// at its own last message on nats-server 2.10 and later, while 2.9 moved it on to the
+/// stream's last sequence; both reach that message.
 pub async fn wait_drained(
     js: &jetstream::Context,
     stream: &str,
@@ -416,26 +466,42 @@ pub async fn wait_drained(
 ) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if let Ok(mut s) = js.get_stream(stream).await {
-            let last_seq = s
-                .info()
-                .await
-                .map(|i| i.state.last_sequence)
-                .unwrap_or(u64::MAX);
-            if let Ok(info) = s.consumer_info(consumer).await {
-                if info.num_pending == 0
-                    && info.num_ack_pending == 0
-                    && info.ack_floor.stream_sequence >= last_seq
-                {
-                    return true;
-                }
-            }
+        if drained(js, stream, consumer).await == Some(true) {
+            return true;
         }
         if tokio::time::Instant::now() >= deadline {
             return false;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// One look for [`wait_drained`]: `None` when the server did not answer a question.
+async fn drained(js: &jetstream::Context, stream: &str, consumer: &str) -> Option<bool> {
+    let s = js.get_stream(stream).await.ok()?;
+    let last_seq = s.cached_info().state.last_sequence;
+    let info = s.consumer_info(consumer).await.ok()?;
+    if info.num_pending != 0 || info.num_ack_pending != 0 {
+        return Some(false);
+    }
+    // read after the consumer's info: a message stored in between is a later one
+    let last = match consumer_filter(&info.config) {
+        None => last_seq,
+        Some(filter) => match s.get_last_raw_message_by_subject(filter).await {
+            Ok(m) => m.sequence,
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => 0,
+            Err(_) => return None,
+        },
+    };
+    Some(info.ack_floor.stream_sequence >= last)
+}
+
+/// The subjects a consumer consumes: its filter subject; `None` when it takes the whole
+/// stream. (Tally's consumers set one filter subject, never the `filter_subjects` list of
+/// NATS 2.10.)
+fn consumer_filter(config: &jetstream::consumer::Config) -> Option<&str> {
+    let filter = config.filter_subject.as_str();
+    (!filter.is_empty() && filter != ">").then_some(filter)
 }
 
 #[cfg(test)]
@@ -465,5 +531,21 @@ mod tests {
         assert!(!store_failed(&CreateStreamError::new(
             CreateStreamErrorKind::TimedOut
         )));
+    }
+
+    #[test]
+    fn a_consumer_consumes_its_filter_or_the_whole_stream() {
+        use jetstream::consumer::Config;
+        assert_eq!(consumer_filter(&Config::default()), None);
+        let whole = Config {
+            filter_subject: ">".into(),
+            ..Config::default()
+        };
+        assert_eq!(consumer_filter(&whole), None);
+        let partition = Config {
+            filter_subject: "usage_p.1.>".into(),
+            ..Config::default()
+        };
+        assert_eq!(consumer_filter(&partition), Some("usage_p.1.>"));
     }
 }
