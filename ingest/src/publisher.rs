@@ -4,11 +4,22 @@
 //! window and the aggregator drops it after that. Publishing is asynchronous: at most
 //! `max_in_flight` publishes wait for their JetStream ack at once; the next publish waits
 //! for the oldest ack. [`Publisher::flush`] waits for every ack.
+//!
+//! On a replicated stream (R3 on a NATS cluster) nats-server 2.11 and later answer a publish
+//! whose `Nats-Msg-Id` is that of a message still being replicated with 409 "duplicate
+//! message id is in process" (JetStream error 10158) instead of a duplicate ack: a retry that
+//! follows its original closely (a re-sent chunk, an id sent twice) meets it. The answer says
+//! neither stored nor refused, so the publisher sends the same message again after a pause
+//! until JetStream answers with an ack (a duplicate once the original is stored, stored if
+//! the original was lost with its leader) or for about 3.5 s; only then is it an error.
 
 use std::collections::VecDeque;
+use std::error::Error as _;
+use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishAckFuture};
-use async_nats::HeaderMap;
+use async_nats::{HeaderMap, Subject};
+use bytes::Bytes;
 use tally_domain::nats_msg_id;
 use tally_domain::subject::usage_subject;
 
@@ -31,6 +42,9 @@ pub struct PublishStats {
     pub stored: u64,
     /// Publishes JetStream recognised as duplicates of a stored id.
     pub duplicates: u64,
+    /// Sends JetStream answered with "duplicate message id is in process", each followed by
+    /// a send of the same message (module docs).
+    pub in_process: u64,
 }
 
 /// A bounded in-flight JetStream publisher.
@@ -38,8 +52,37 @@ pub struct Publisher {
     js: jetstream::Context,
     prefix: String,
     max_in_flight: usize,
-    in_flight: VecDeque<(String, PublishAckFuture)>,
+    in_flight: VecDeque<InFlight>,
     stats: PublishStats,
+}
+
+/// A publish waiting for its ack, with what it takes to send it again.
+struct InFlight {
+    id: String,
+    subject: Subject,
+    headers: HeaderMap,
+    payload: Bytes,
+    ack: PublishAckFuture,
+}
+
+/// How a message whose id JetStream has "in process" is sent again: the first time at once
+/// (acks are settled in order, so when the original was an earlier publish of this publisher
+/// it is stored by now), then after a pause of 50 ms doubled each time, at most
+/// [`IN_PROCESS_PAUSE_MAX`] (an original of another publisher, a stream without a leader):
+/// 9 sends in all over about 3.5 s.
+const IN_PROCESS_PAUSE: Duration = Duration::from_millis(50);
+const IN_PROCESS_PAUSE_MAX: Duration = Duration::from_secs(1);
+const IN_PROCESS_SENDS: u32 = 9;
+
+/// JetStream's "duplicate message id is in process" (409, error 10158).
+const DUPLICATE_IN_PROCESS: jetstream::ErrorCode = jetstream::ErrorCode(10158);
+
+/// Whether JetStream answered `e` because the message's id is that of one it is still
+/// storing (see the module docs).
+pub fn in_process(e: &jetstream::context::PublishError) -> bool {
+    e.source()
+        .and_then(|s| s.downcast_ref::<jetstream::Error>())
+        .is_some_and(|j| j.error_code() == DUPLICATE_IN_PROCESS)
 }
 
 impl Publisher {
@@ -58,7 +101,7 @@ impl Publisher {
         if self.in_flight.len() >= self.max_in_flight {
             self.settle_oldest().await?;
         }
-        let subject = usage_subject(&self.prefix, &event.customer, &event.agent);
+        let subject = Subject::from(usage_subject(&self.prefix, &event.customer, &event.agent));
         let mut headers = HeaderMap::new();
         let msg_id = nats_msg_id(
             event.customer.as_ref(),
@@ -67,23 +110,58 @@ impl Publisher {
         );
         headers.insert("Nats-Msg-Id", msg_id.as_str());
         headers.insert("Content-Type", "application/cloudevents+json");
-        let ack = self
-            .js
-            .publish_with_headers(subject, headers, event.to_json().into())
-            .await
-            .map_err(|e| PublishError::Publish {
-                id: event.id.to_string(),
-                detail: e.to_string(),
-            })?;
-        self.in_flight.push_back((event.id.to_string(), ack));
+        let payload = Bytes::from(event.to_json());
+        let id = event.id.to_string();
+        let ack = self.send(&id, &subject, &headers, &payload).await?;
+        self.in_flight.push_back(InFlight {
+            id,
+            subject,
+            headers,
+            payload,
+            ack,
+        });
         Ok(())
     }
 
+    async fn send(
+        &self,
+        id: &str,
+        subject: &Subject,
+        headers: &HeaderMap,
+        payload: &Bytes,
+    ) -> Result<PublishAckFuture, PublishError> {
+        self.js
+            .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+            .await
+            .map_err(|e| PublishError::Publish {
+                id: id.to_owned(),
+                detail: e.to_string(),
+            })
+    }
+
     async fn settle_oldest(&mut self) -> Result<(), PublishError> {
-        let Some((id, ack)) = self.in_flight.pop_front() else {
+        let Some(InFlight {
+            id,
+            subject,
+            headers,
+            payload,
+            ack,
+        }) = self.in_flight.pop_front()
+        else {
             return Ok(());
         };
-        let ack = ack.await.map_err(|e| PublishError::Ack {
+        let mut answer = ack.await;
+        let mut pause = Duration::ZERO;
+        let mut sends = 1;
+        while sends < IN_PROCESS_SENDS && answer.as_ref().is_err_and(in_process) {
+            tracing::debug!(%id, sends, "JetStream has the event's id in process; sending it again");
+            self.stats.in_process += 1;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).clamp(IN_PROCESS_PAUSE, IN_PROCESS_PAUSE_MAX);
+            sends += 1;
+            answer = self.send(&id, &subject, &headers, &payload).await?.await;
+        }
+        let ack = answer.map_err(|e| PublishError::Ack {
             id,
             detail: e.to_string(),
         })?;
@@ -105,5 +183,33 @@ impl Publisher {
 
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_nats::jetstream::context::{PublishError as AckError, PublishErrorKind};
+
+    fn answered(json: &str) -> AckError {
+        let e: jetstream::Error = serde_json::from_str(json).expect("a server error");
+        AckError::with_source(PublishErrorKind::Other, e)
+    }
+
+    #[test]
+    fn only_an_id_in_process_is_sent_again() {
+        assert!(in_process(&answered(
+            r#"{"code":409,"err_code":10158,"description":"duplicate message id is in process"}"#
+        )));
+        assert!(!in_process(&answered(
+            r#"{"code":503,"err_code":10077,"description":"maximum messages exceeded"}"#
+        )));
+        assert!(!in_process(&answered(
+            r#"{"code":400,"err_code":10071,"description":"wrong last sequence: 3"}"#
+        )));
+        assert!(!in_process(&AckError::new(PublishErrorKind::TimedOut)));
+        assert!(!in_process(&AckError::new(
+            PublishErrorKind::StreamNotFound
+        )));
     }
 }

@@ -7,6 +7,9 @@
 //!   the real replicas: a quorum write is on every replica when it returns, a write that
 //!   cannot reach its quorum fails (and is later found written: a failed write is "unknown",
 //!   never "absent"), a retried block is deduplicated only when it is byte-identical.
+//! - [`publisher`]: an event sent twice at once to an R3 stream (its original still being
+//!   replicated: nats-server 2.15 answers 409 "in process") is stored once and both sends are
+//!   acknowledged, the second as a duplicate.
 //! - [`chaos`]: events with duplicates published while a NATS node is killed and restarted,
 //!   the stream leader moved, a ClickHouse replica killed and restarted and ZooKeeper
 //!   restarted, consumed by two aggregator partitions (an active and a standby process each,
@@ -16,4 +19,5 @@
 
 mod chaos;
 mod nodes;
+mod publisher;
 mod quorum;
