@@ -12,6 +12,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tally_ingest::gateway::{self, auth::Scope, key_store, Gateway, IngestConfig, Running};
 use tally_platform::auth::{self, Role};
+use tally_platform::openapi;
 use tally_platform::shutdown::Shutdown;
 use tally_platform::streams;
 use tally_platform::testkit::TestEnv;
@@ -84,7 +85,8 @@ impl Harness {
 
     /// A connection to the admin API's own listener.
     pub async fn admin_http(&self) -> Http {
-        Http::connect(self.running.admin_addr.expect("the admin API listens")).await
+        let addr = self.running.admin_addr.expect("the admin API listens");
+        Http::connect_to(addr, gateway::admin::OPENAPI).await
     }
 
     /// Number of messages in the test's usage stream.
@@ -111,9 +113,12 @@ pub async fn token(db: &clickhouse::Client, actor: &str, role: Role) -> String {
         .0
 }
 
-/// One keep-alive HTTP/1.1 connection.
+/// One keep-alive HTTP/1.1 connection. Every JSON answer to a route its listener's OpenAPI
+/// document describes must fit the document (and so must a JSON request it accepted).
 pub struct Http {
     sender: SendRequest<Full<Bytes>>,
+    /// The OpenAPI document of the listener it talks to.
+    doc: serde_json::Value,
 }
 
 pub struct Answer {
@@ -123,13 +128,20 @@ pub struct Answer {
 }
 
 impl Http {
+    /// A connection to the public listener.
     pub async fn connect(addr: SocketAddr) -> Http {
+        Http::connect_to(addr, gateway::server::OPENAPI_PUBLIC).await
+    }
+
+    /// A connection to a listener whose OpenAPI document is `doc`.
+    pub async fn connect_to(addr: SocketAddr, doc: &str) -> Http {
         let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .expect("handshake");
         tokio::spawn(conn);
-        Http { sender }
+        let doc = serde_json::from_str(doc).expect("the OpenAPI document is JSON");
+        Http { sender, doc }
     }
 
     pub async fn send(
@@ -146,13 +158,35 @@ impl Http {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let req = req.body(Full::new(body.into())).expect("request");
+        let body: Bytes = body.into();
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| *v)
+        };
+        // a JSON request as the document describes it (not gzip, not a CloudEvents type)
+        let sent = (header("content-type") == Some("application/json")
+            && header("content-encoding").is_none())
+        .then(|| serde_json::from_slice::<serde_json::Value>(&body).ok())
+        .flatten();
+        let req = req.body(Full::new(body)).expect("request");
         self.sender.ready().await.expect("connection ready");
         let resp = self.sender.send_request(req).await.expect("response");
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let bytes = resp.into_body().collect().await.expect("body").to_bytes();
         let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        let answered_json = headers
+            .get("content-type")
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        if answered_json {
+            let fits =
+                openapi::check_exchange(&self.doc, method, path, sent.as_ref(), status, &json);
+            if let Err(e) = fits {
+                panic!("the answer does not fit the OpenAPI document: {e}");
+            }
+        }
         Answer {
             status,
             headers,
