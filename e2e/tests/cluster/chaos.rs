@@ -28,7 +28,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rust_decimal::Decimal;
 use tally_ingest::synthetic::Fleet;
-use tally_ingest::OutgoingEvent;
+use tally_ingest::{OutgoingEvent, Publisher};
 use tally_platform::{migrate, store, streams, NatsConfig};
 
 use crate::nodes::{binary, config_file, Cluster, Process};
@@ -82,46 +82,31 @@ fn forged(e: &OutgoingEvent) -> OutgoingEvent {
     f
 }
 
-/// Publishes `events` in chunks; a chunk whose publishes or acks fail or take more than 5 s
-/// (its node killed, a leader moving) is published again whole, with the same ids, on a
-/// new connection to the next node. Returns the number of chunks published again.
-async fn publish_all(urls: &[String], events: &[OutgoingEvent], per_sec: f64) -> u64 {
-    const WAIT: Duration = Duration::from_secs(5);
+/// Publishes `events` in chunks with the ingest publisher (`tally_ingest::Publisher`, which
+/// sends again a message JetStream answers "in process"); a chunk whose publishes or acks
+/// fail or take more than 15 s (its node killed, a leader moving) is published again whole,
+/// with the same ids, on a new connection to the next node. Returns the number of chunks
+/// published again and the publisher's sends answered "in process".
+async fn publish_all(urls: &[String], events: &[OutgoingEvent], per_sec: f64) -> (u64, u64) {
+    const WAIT: Duration = Duration::from_secs(15);
     let started = Instant::now();
     let mut node = 2; // node 3 first: it is the one killed
     let mut js = connect(urls, node).await;
-    let mut retries = 0;
+    let (mut retries, mut in_process) = (0, 0);
     for (i, chunk) in events.chunks(200).enumerate() {
         let due = started + Duration::from_secs_f64((i * 200) as f64 / per_sec);
         tokio::time::sleep_until(due.into()).await;
         loop {
-            let mut acks = Vec::with_capacity(chunk.len());
-            let mut failed = false;
-            for e in chunk {
-                let mut headers = async_nats::HeaderMap::new();
-                let id =
-                    tally_domain::nats_msg_id(e.customer.as_ref(), e.agent.as_ref(), e.id.as_ref());
-                headers.insert("Nats-Msg-Id", id.as_str());
-                let subject = format!("usage.{}.{}", e.customer, e.agent);
-                match tokio::time::timeout(
-                    WAIT,
-                    js.publish_with_headers(subject, headers, e.to_json().into()),
-                )
-                .await
-                {
-                    Ok(Ok(ack)) => acks.push(ack),
-                    _ => {
-                        failed = true;
-                        break;
-                    }
+            let mut publisher = Publisher::new(js.clone(), "usage", chunk.len());
+            let sent = tokio::time::timeout(WAIT, async {
+                for e in chunk {
+                    publisher.publish(e).await?;
                 }
-            }
-            for ack in acks {
-                if !matches!(tokio::time::timeout(WAIT, ack).await, Ok(Ok(_))) {
-                    failed = true;
-                }
-            }
-            if !failed {
+                publisher.flush().await
+            })
+            .await;
+            if let Ok(Ok(stats)) = sent {
+                in_process += stats.in_process;
                 break;
             }
             retries += 1;
@@ -130,7 +115,7 @@ async fn publish_all(urls: &[String], events: &[OutgoingEvent], per_sec: f64) ->
             js = connect(urls, node).await;
         }
     }
-    retries
+    (retries, in_process)
 }
 
 async fn connect(urls: &[String], first: usize) -> jetstream::Context {
@@ -344,15 +329,7 @@ async fn chaos_on_the_cluster_neither_loses_nor_double_counts() {
     tokio::time::sleep(at(0.1)).await;
     node(&cluster, "start", "nats", 3).await;
     faults.push("NATS node 3 started");
-    let stepdown = client
-        .request(
-            format!("$JS.API.STREAM.LEADER.STEPDOWN.{STREAM}"),
-            "".into(),
-        )
-        .await
-        .expect("stream leader stepdown");
-    let answer: serde_json::Value = serde_json::from_slice(&stepdown.payload).expect("json");
-    assert_eq!(answer["success"], true, "stepdown: {answer}");
+    let moved = move_stream_leader(&client, &js).await;
     faults.push("usage stream leader moved");
     tokio::time::sleep(at(0.1)).await;
     node(&cluster, "kill", "clickhouse", 2).await;
@@ -369,7 +346,7 @@ async fn chaos_on_the_cluster_neither_loses_nor_double_counts() {
         faults.push("partition 0's active aggregator killed (kill -9)");
     }
     let fault_secs = phase.elapsed().as_secs_f64();
-    let retries1 = tokio::time::timeout(Duration::from_secs(600), publisher)
+    let (retries1, in_process1) = tokio::time::timeout(Duration::from_secs(600), publisher)
         .await
         .expect("phase 1 published within 10 minutes")
         .unwrap();
@@ -378,7 +355,7 @@ async fn chaos_on_the_cluster_neither_loses_nor_double_counts() {
 
     // phase 2: re-sends after the duplicate window
     tokio::time::sleep(Duration::from_secs(DUPLICATE_WINDOW_SECS + 1)).await;
-    let retries2 = publish_all(&cluster.nats, &plan2, 4000.0).await;
+    let (retries2, in_process2) = publish_all(&cluster.nats, &plan2, 4000.0).await;
     wait_drained(&js, &cluster, "phase 2").await;
     let drained_secs = started.elapsed().as_secs_f64();
 
@@ -481,8 +458,9 @@ async fn chaos_on_the_cluster_neither_loses_nor_double_counts() {
     }
     println!(
         "cluster chaos report: seed {seed}; {events_n} unique events, {} sent in phase 1 (10% re-sent at once), \
-         {} in phase 2 ({} same payload, {} conflicting); publisher chunks sent again {retries1}+{retries2}; \
-         faults within {fault_secs:.0}s: {faults:?}; drained after {drained_secs:.0}s; {}; reading rows written {rows}, \
+         {} in phase 2 ({} same payload, {} conflicting); publisher chunks sent again {retries1}+{retries2}, sends answered \"in process\" and sent again \
+         {in_process1}+{in_process2}; \
+         faults within {fault_secs:.0}s: {faults:?} (leader {moved}); drained after {drained_secs:.0}s; {}; reading rows written {rows}, \
          counted {counted_rows} for {distinct} distinct, {aborts} aborted attempts; {} conflicting re-sends \
          dead-lettered; {billing}; {:.0}s in all",
         plan1.len(),
@@ -503,6 +481,70 @@ async fn chaos_on_the_cluster_neither_loses_nor_double_counts() {
         .execute()
         .await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Moves the usage stream's leader to another node and returns "<from> -> <to>, N
+/// step-down requests". Only the stream's leader answers a step-down request, and only while
+/// the group has a leader: right after NATS node 3 is back it rejoins the group, which may
+/// hold an election (the node asks for votes before it hears from the leader) during which
+/// the request goes unanswered and times out. So this waits until the stream has a leader and
+/// every replica is current (the election is over and there is a follower to hand over to),
+/// asks, and then looks at who leads: a request unanswered, refused or answered while the
+/// leader did not change is asked again, within 2 minutes.
+async fn move_stream_leader(client: &async_nats::Client, js: &jetstream::Context) -> String {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut requests = 0;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the usage stream's leader did not move within 2 minutes ({requests} step-down requests)"
+        );
+        let from = match stream_leader(js).await {
+            Some((leader, true)) => leader,
+            _ => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+        };
+        requests += 1;
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            client.request(
+                format!("$JS.API.STREAM.LEADER.STEPDOWN.{STREAM}"),
+                "".into(),
+            ),
+        )
+        .await;
+        let answer = match answer {
+            Ok(Ok(m)) => String::from_utf8_lossy(&m.payload).into_owned(),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer within 5 s".to_owned(),
+        };
+        let looked_until = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < looked_until {
+            if let Some((to, _)) = stream_leader(js).await {
+                if to != from {
+                    return format!("{from} -> {to}, {requests} step-down requests");
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        println!("cluster: step-down request {requests}: {answer}; {from} still leads");
+    }
+}
+
+/// The usage stream's leader, and whether every other replica is current and online; `None`
+/// while it has no leader or the stream's info does not come.
+async fn stream_leader(js: &jetstream::Context) -> Option<(String, bool)> {
+    let stream = tokio::time::timeout(Duration::from_secs(5), js.get_stream(STREAM))
+        .await
+        .ok()?
+        .ok()?;
+    let cluster = stream.cached_info().cluster.as_ref()?;
+    let leader = cluster.leader.clone().filter(|l| !l.is_empty())?;
+    let settled =
+        cluster.replicas.len() == 2 && cluster.replicas.iter().all(|r| r.current && !r.offline);
+    Some((leader, settled))
 }
 
 /// `scripts/cluster.sh` off the async runtime.
