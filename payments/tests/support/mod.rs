@@ -224,13 +224,35 @@ pub async fn request(
     for (k, v) in headers {
         req = req.header(*k, v.as_str());
     }
+    let sent = body.clone();
     let resp = sender
         .send_request(req.body(Full::new(Bytes::from(body))).expect("request"))
         .await
         .expect("response");
     let status = resp.status();
+    let json_answer = resp
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
     let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    if json_answer {
+        fits_the_document(method, path, &sent, status.as_u16(), &bytes);
+    }
     (status, bytes.to_vec())
+}
+
+/// Every JSON exchange with a route the OpenAPI document describes must fit it: the answer
+/// what its status describes, a JSON request the service accepted its request body.
+fn fits_the_document(method: &str, path: &str, sent: &[u8], status: u16, answer: &[u8]) {
+    let doc: serde_json::Value =
+        serde_json::from_str(tally_payments::http::routes::OPENAPI).expect("JSON");
+    let sent: Option<serde_json::Value> = serde_json::from_slice(sent).ok();
+    let answer = serde_json::from_slice(answer).unwrap_or(serde_json::Value::Null);
+    let fits =
+        tally_platform::openapi::check_exchange(&doc, method, path, sent.as_ref(), status, &answer);
+    if let Err(e) = fits {
+        panic!("the answer does not fit the OpenAPI document: {e}");
+    }
 }
 
 /// Sends a JSON body to the API as the server's `admin` ([`OPERATOR`]).
