@@ -1,10 +1,31 @@
-//! Minimal `--name value` argument parsing for the binaries: every flag is declared with a
-//! default, unknown flags and bad values are refused naming the flag.
+//! Command lines of the binaries. Each binary declares its flags and subcommands with `clap`
+//! (derive), so each answers `--help` (every flag with its default) and `--version`;
+//! [`ConfigArg`] is the `--config FILE` they all take.
+//!
+//! [`Args`], the hand-written `--name value` parser they used before, is left only because
+//! [`crate::config::path`] still takes one; no binary calls either. Remove both together.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::str::FromStr;
 
-/// Parsed flags.
+/// `--config FILE`: the configuration file every binary reads. Global, so it may stand before
+/// or after a subcommand; `TALLY_CONFIG` when the flag is absent, else `config/tally.toml`
+/// (what [`crate::config::default_path`] answers).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArg {
+    /// The configuration file (TOML); `TALLY_<SECTION>__<KEY>` variables override its settings
+    #[arg(
+        long = "config",
+        value_name = "FILE",
+        global = true,
+        env = "TALLY_CONFIG",
+        default_value = "config/tally.toml"
+    )]
+    pub path: PathBuf,
+}
+
+/// Parsed flags (the former parser; see the module documentation).
 #[derive(Debug, Default)]
 pub struct Args {
     values: BTreeMap<String, String>,

@@ -2,8 +2,18 @@
 //! Usage: `tally-migrate [--config FILE]` (default `TALLY_CONFIG` or `config/tally.toml`).
 
 use anyhow::Context;
+use clap::Parser;
 use serde::Deserialize;
+use tally_platform::args::ConfigArg;
 use tally_platform::{config, migrate, ClickHouseConfig, TelemetryConfig};
+
+/// Applies the ClickHouse migrations (embedded, numbered) that the configured database lacks.
+#[derive(Parser)]
+#[command(name = "tally-migrate", version)]
+struct Cli {
+    #[command(flatten)]
+    config: ConfigArg,
+}
 
 #[derive(Deserialize)]
 struct Config {
@@ -15,9 +25,8 @@ struct Config {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    let args = tally_platform::args::Args::parse(std::env::args().skip(1), &["config"])?;
-    let path = config::path(&args);
-    let cfg: Config = config::load(&path)?;
+    let cli = Cli::parse();
+    let cfg: Config = config::load(&cli.config.path)?;
     cfg.clickhouse.validate()?;
     tally_platform::telemetry::init_logs(&cfg.telemetry);
     let applied = migrate::apply(&cfg.clickhouse).await.with_context(|| {
