@@ -632,10 +632,28 @@ async fn http(
     let text = String::from_utf8(raw).expect("UTF-8");
     let status = text[9..12].parse().expect("status");
     let json = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (
-        status,
-        serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
-    )
+    let answer = serde_json::from_str(json).unwrap_or(serde_json::Value::Null);
+    // every exchange with a described route fits its OpenAPI document: the gateway's
+    // (authorize, balance) or the spend API's (budgets, balance); their paths are disjoint
+    let sent: Option<serde_json::Value> = serde_json::from_str(body).ok();
+    for doc in [
+        tally_ingest::gateway::server::OPENAPI_PUBLIC,
+        tally_rater::live::api::OPENAPI,
+    ] {
+        let doc: serde_json::Value = serde_json::from_str(doc).expect("JSON");
+        let fits = tally_platform::openapi::check_exchange(
+            &doc,
+            method,
+            path,
+            sent.as_ref(),
+            status,
+            &answer,
+        );
+        if let Err(e) = fits {
+            panic!("the answer does not fit the OpenAPI document: {e}");
+        }
+    }
+    (status, answer)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
