@@ -322,16 +322,21 @@ async fn declare(
         .map_err(|e| declare_err(e.to_string()))
 }
 
-/// How many times a stream creation the server answered "error creating store for stream"
-/// (JetStream error 10049) is tried in all, and the pause before the first retry (doubled
-/// each time: 0.1 + 0.2 + 0.4 + 0.8 s).
+/// How many times a stream creation is tried in all when the server answered "error creating
+/// store for stream" (JetStream error 10049) or did not answer in time, and the pause before
+/// the first retry (doubled each time: 0.1 + 0.2 + 0.4 + 0.8 s, plus the requests' own
+/// timeouts).
 const STORE_CREATE_TRIES: u32 = 5;
 const STORE_CREATE_BACKOFF: Duration = Duration::from_millis(100);
 
-/// `get_or_create_stream`, retried while the server answers 10049. The server hides the
-/// cause of that answer behind one fixed sentence (it logs it); it is transient (a store
-/// being torn down or set up under load, a busy disk), and CI met it once creating a fresh
-/// stream under a unique name. Any other error is returned at once.
+/// `get_or_create_stream`, retried while the server answers 10049 or does not answer within
+/// the context's timeout. The server hides the cause of 10049 behind one fixed sentence (it
+/// logs it); it is transient (a store being torn down or set up under load, a busy disk), and
+/// CI met it once creating a fresh stream under a unique name. On a cluster, creating a
+/// replicated stream answers only once its group has elected a leader, which on a loaded
+/// machine took over the client's 5 s (the chaos run's invoicer creating its R3 numbers
+/// bucket); the stream is created all the same, and the retry's info request finds it. Any
+/// other error is returned at once.
 async fn get_or_create(
     js: &jetstream::Context,
     want: &stream::Config,
@@ -340,8 +345,8 @@ async fn get_or_create(
     let mut tries = 1;
     loop {
         match js.get_or_create_stream(want.clone()).await {
-            Err(e) if tries < STORE_CREATE_TRIES && store_failed(&e) => {
-                tracing::warn!(stream = %want.name, tries, error = %e, "the server could not create the stream's store; retrying");
+            Err(e) if tries < STORE_CREATE_TRIES && retried(&e) => {
+                tracing::warn!(stream = %want.name, tries, error = %e, "the server did not create the stream; retrying");
                 tokio::time::sleep(pause).await;
                 pause *= 2;
                 tries += 1;
@@ -351,13 +356,16 @@ async fn get_or_create(
     }
 }
 
-/// Whether `e` is the server's "error creating store for stream" (10049).
-fn store_failed(e: &jetstream::context::CreateStreamError) -> bool {
-    matches!(
-        e.kind(),
-        jetstream::context::CreateStreamErrorKind::JetStream(j)
-            if j.error_code() == jetstream::ErrorCode::STREAM_CREATE
-    )
+/// Whether a stream creation that failed with `e` is tried again: the server's "error creating
+/// store for stream" (10049), or no answer in time.
+fn retried(e: &jetstream::context::CreateStreamError) -> bool {
+    match e.kind() {
+        jetstream::context::CreateStreamErrorKind::JetStream(j) => {
+            j.error_code() == jetstream::ErrorCode::STREAM_CREATE
+        }
+        jetstream::context::CreateStreamErrorKind::TimedOut => true,
+        _ => false,
+    }
 }
 
 /// Opens the KV bucket `bucket`, creating it if needed with the settings of a KV bucket
@@ -515,21 +523,24 @@ mod tests {
     }
 
     #[test]
-    fn only_the_servers_store_failure_is_retried() {
+    fn only_the_servers_store_failure_and_no_answer_are_retried() {
         let store = answered(
             r#"{"code":500,"err_code":10049,"description":"error creating store for stream"}"#,
         );
-        assert!(store_failed(&store));
+        assert!(retried(&store));
+        assert!(retried(&CreateStreamError::new(
+            CreateStreamErrorKind::TimedOut
+        )));
         let overlap = answered(
             r#"{"code":400,"err_code":10065,"description":"subjects overlap with an existing stream"}"#,
         );
-        assert!(!store_failed(&overlap));
+        assert!(!retried(&overlap));
         let storage = answered(
             r#"{"code":500,"err_code":10047,"description":"insufficient storage resources available"}"#,
         );
-        assert!(!store_failed(&storage));
-        assert!(!store_failed(&CreateStreamError::new(
-            CreateStreamErrorKind::TimedOut
+        assert!(!retried(&storage));
+        assert!(!retried(&CreateStreamError::new(
+            CreateStreamErrorKind::InvalidStreamName
         )));
     }
 
