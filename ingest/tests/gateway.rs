@@ -4,6 +4,7 @@
 mod support;
 
 use support::{event, event_with, outcomes, token, Harness};
+use tally_ingest::gateway;
 use tally_platform::auth::{audit, Role};
 
 fn o(
@@ -555,6 +556,41 @@ async fn wrong_media_types_methods_and_paths_have_stable_codes() {
     );
     let a = http.send("GET", "/healthz", &[], "").await;
     assert_eq!(a.status, 200);
+    h.stop().await;
+}
+
+/// Each listener serves its own OpenAPI document without a key (the one its route table is
+/// checked against), and only the routes it describes.
+#[tokio::test]
+async fn each_listener_serves_its_openapi_document_and_only_its_routes() {
+    let h = Harness::start("gw_openapi", |_| {}).await;
+    let documents = [
+        (h.http().await, gateway::server::OPENAPI_PUBLIC),
+        (h.admin_http().await, gateway::admin::OPENAPI),
+    ];
+    for (mut http, text) in documents {
+        let a = http.send("GET", "/v1/openapi.json", &[], "").await;
+        let served: serde_json::Value = serde_json::from_str(text).expect("JSON");
+        assert_eq!((a.status, &a.json), (200, &served));
+        // every described GET without parameters answers something other than 404/405
+        for (method, path) in tally_platform::openapi::documented(&served) {
+            if method == "GET" && !path.contains('{') {
+                let a = http.send("GET", &path, &[], "").await;
+                assert!(![404, 405].contains(&a.status), "GET {path}: {}", a.status);
+            }
+        }
+    }
+    let mut public = h.http().await;
+    let a = public.send("GET", "/v1/admin/keys", &[], "").await;
+    assert_eq!(a.status, 404, "the admin API is not on the public listener");
+    let mut admin = h.admin_http().await;
+    let a = admin.send("POST", "/v1/events", &[], "[]").await;
+    assert_eq!(a.status, 404, "events are not taken on the admin listener");
+    let a = admin.send("DELETE", "/v1/admin/keys", &[], "").await;
+    assert_eq!(
+        (a.status, a.json["error"]["code"].as_str()),
+        (405, Some("method_not_allowed"))
+    );
     h.stop().await;
 }
 
