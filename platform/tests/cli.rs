@@ -4,7 +4,9 @@
 
 mod cli_support;
 
-use cli_support::{check, check_version, run, text, Case, CONFIG, CONFIG_HELP};
+use cli_support::{
+    check, check_config_source, check_version, run, text, Case, CONFIG, CONFIG_HELP,
+};
 
 const MIGRATE: &str = env!("CARGO_BIN_EXE_tally-migrate");
 const ACCESS: &str = env!("CARGO_BIN_EXE_tally-access");
@@ -63,24 +65,9 @@ fn help_version_and_unknown_flags() {
 
 #[test]
 fn config_comes_from_the_flag_else_tally_config() {
-    // the variable names the file when the flag is absent ...
-    let out = run(
-        MIGRATE,
-        &[],
-        &[("TALLY_CONFIG", "/nonexistent/from-env.toml")],
-    );
-    let (_, stderr) = text(&out);
-    assert!(!out.status.success());
-    assert!(stderr.contains("/nonexistent/from-env.toml"), "{stderr}");
-    // ... and the flag wins over it
-    let out = run(
-        MIGRATE,
-        &["--config", "/nonexistent/from-flag.toml"],
-        &[("TALLY_CONFIG", "/nonexistent/from-env.toml")],
-    );
-    let (_, stderr) = text(&out);
-    assert!(stderr.contains("/nonexistent/from-flag.toml"), "{stderr}");
-    assert!(!stderr.contains("from-env"), "{stderr}");
+    check_config_source(MIGRATE, &[]);
+    check_config_source(ACCESS, &["tokens-list"]);
+    check_config_source(ACCESS, &["sql"]);
 }
 
 #[test]

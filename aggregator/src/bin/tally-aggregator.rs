@@ -2,10 +2,11 @@
 //! Usage: `tally-aggregator [--config FILE]`.
 
 use anyhow::Context;
+use clap::Parser;
 use serde::Deserialize;
 use tally_aggregator::AggregatorConfig;
 use tally_domain::meter::{validate_meters, MeterSpec};
-use tally_platform::args::Args;
+use tally_platform::args::ConfigArg;
 use tally_platform::{
     config, shutdown, store, streams, telemetry, ClickHouseConfig, NatsConfig, TelemetryConfig,
 };
@@ -14,6 +15,15 @@ use tally_platform::{
 /// with the system allocator (docs/BENCHMARKS.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Commits usage from the JetStream stream into ClickHouse exactly once, windowed per meter,
+/// until SIGTERM.
+#[derive(Parser)]
+#[command(name = "tally-aggregator", version)]
+struct Cli {
+    #[command(flatten)]
+    config: ConfigArg,
+}
 
 #[derive(Deserialize)]
 struct Config {
@@ -31,11 +41,11 @@ struct Config {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // first, so a SIGTERM at any point after start-up begins is a clean stop
+    let cli = Cli::parse();
+    // first after the command line, so a SIGTERM at any point after start-up begins is a
+    // clean stop
     let stop = shutdown::on_signals();
-    let args = Args::parse(std::env::args().skip(1), &["config"])?;
-    let path = config::path(&args);
-    let cfg: Config = config::load(&path)?;
+    let cfg: Config = config::load(&cli.config.path)?;
     cfg.nats.validate()?;
     cfg.clickhouse.validate()?;
     cfg.aggregator.validate()?;

@@ -9,10 +9,11 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use clap::Parser;
 use serde::Deserialize;
 use tally_ingest::synthetic::Fleet;
 use tally_ingest::Publisher;
-use tally_platform::args::Args;
+use tally_platform::args::ConfigArg;
 use tally_platform::{config, streams, telemetry, NatsConfig, TelemetryConfig};
 
 #[derive(Deserialize)]
@@ -23,29 +24,48 @@ struct Config {
     telemetry: TelemetryConfig,
 }
 
-const FLAGS: &[&str] = &[
-    "config",
-    "customers",
-    "agents",
-    "seconds",
-    "rate",
-    "duplicate-share",
-    "seed",
-    "run-id",
-    "wait-for-consumer",
-];
+/// Synthetic agents publishing usage events to the JetStream stream for a while.
+#[derive(Parser)]
+#[command(name = "tally-agents", version)]
+struct Cli {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// How many customers publish
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    customers: usize,
+    /// How many agents each customer has
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    agents: usize,
+    /// How long to publish
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    seconds: f64,
+    /// Events per second over the whole fleet
+    #[arg(long, value_name = "PER_SEC", default_value_t = 400.0)]
+    rate: f64,
+    /// The share of publishes, in [0, 1), that re-send an earlier event with the same id (what
+    /// a retrying agent does)
+    #[arg(long, value_name = "SHARE", default_value_t = 0.05)]
+    duplicate_share: f64,
+    /// Seed of the fleet's random choices
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    seed: u64,
+    /// Tag of this run in the events' ids [default: run<epoch ms>]
+    #[arg(long, value_name = "ID")]
+    run_id: Option<String>,
+    /// Then wait (up to 60 s) until this durable consumer, e.g. the aggregator, has
+    /// acknowledged everything in the stream
+    #[arg(long, value_name = "NAME")]
+    wait_for_consumer: Option<String>,
+}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse(std::env::args().skip(1), FLAGS)?;
-    let cfg: Config = config::load(&config::path(&args))?;
+    let cli = Cli::parse();
+    let cfg: Config = config::load(&cli.config.path)?;
     cfg.nats.validate()?;
     telemetry::init_logs(&cfg.telemetry);
-    let customers: usize = args.get("customers", 3)?;
-    let agents: usize = args.get("agents", 2)?;
-    let seconds: f64 = args.get("seconds", 5.0)?;
-    let rate: f64 = args.get("rate", 400.0)?;
-    let dup_share: f64 = args.get("duplicate-share", 0.05)?;
+    let (customers, agents, seconds, rate) = (cli.customers, cli.agents, cli.seconds, cli.rate);
+    let dup_share = cli.duplicate_share;
     anyhow::ensure!(
         (0.0..1.0).contains(&dup_share),
         "flag --duplicate-share must be in [0, 1)"
@@ -54,9 +74,10 @@ async fn main() -> anyhow::Result<()> {
         rate > 0.0 && seconds > 0.0,
         "flags --rate and --seconds must be positive"
     );
-    let seed: u64 = args.get("seed", 1)?;
-    let default_run = format!("run{}", chrono::Utc::now().timestamp_millis());
-    let run_id = args.raw("run-id").unwrap_or(&default_run).to_owned();
+    let seed = cli.seed;
+    let run_id = cli
+        .run_id
+        .unwrap_or_else(|| format!("run{}", chrono::Utc::now().timestamp_millis()));
 
     let mut fleet =
         Fleet::new("customer", customers, agents, &run_id, seed).context("building the fleet")?;
@@ -88,7 +109,7 @@ async fn main() -> anyhow::Result<()> {
         stats.stored,
         stats.duplicates
     );
-    if let Some(consumer) = args.raw("wait-for-consumer") {
+    if let Some(consumer) = &cli.wait_for_consumer {
         let drained =
             streams::wait_drained(&js, &cfg.nats.stream, consumer, Duration::from_secs(60)).await;
         anyhow::ensure!(

@@ -10,14 +10,16 @@
 //! `serve` reads `[nats]`, `[clickhouse]`, `[telemetry]` and `[ingest]`; SIGTERM stops
 //! accepting, finishes in-flight requests and exits.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use clap::{Parser, Subcommand};
 use serde::Deserialize;
 use tally_ingest::gateway::admin::KeyView;
 use tally_ingest::gateway::{self, key_store, IngestConfig};
 use tally_ingest::nats_auth;
-use tally_platform::args::Args;
+use tally_platform::args::ConfigArg;
 use tally_platform::private_file::write_private;
 use tally_platform::{
     config, shutdown, store, streams, telemetry, ClickHouseConfig, NatsConfig, TelemetryConfig,
@@ -35,27 +37,62 @@ struct Config {
     ingest: IngestConfig,
 }
 
-const COMMANDS: &[&str] = &[
-    "serve",
-    "keys-create",
-    "keys-list",
-    "keys-revoke",
-    "nats-config",
-];
-const FLAGS: &[&str] = &[
-    "config",
-    "customer",
-    "agents",
-    "label",
-    "key-id",
-    "customers",
-    "out-dir",
-    "invoice-bucket",
-];
+/// The HTTP ingest gateway and its API keys.
+///
+/// serve reads [nats], [clickhouse], [telemetry] and [ingest]; SIGTERM stops accepting,
+/// finishes in-flight requests and exits.
+#[derive(Parser)]
+#[command(name = "tally-gateway", version)]
+struct Cli {
+    /// What to do [default: serve]
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    config: ConfigArg,
+}
 
-fn list(raw: Option<&str>) -> Vec<String> {
-    raw.unwrap_or("")
-        .split(',')
+#[derive(Subcommand)]
+enum Command {
+    /// Serves the ingest API until SIGTERM (the default)
+    Serve,
+    /// Creates an API key and prints it once (only its hash is stored)
+    KeysCreate {
+        /// The customer the key publishes for
+        #[arg(long, value_name = "ID")]
+        customer: String,
+        /// The only agents the key may publish for, comma-separated [default: any agent]
+        #[arg(long, value_name = "a,b")]
+        agents: Option<String>,
+        /// A note kept with the key
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        label: String,
+    },
+    /// Lists the API keys (never a secret)
+    KeysList,
+    /// Revokes an API key
+    KeysRevoke {
+        /// The key's id, as keys-list shows it
+        #[arg(long, value_name = "ID")]
+        key_id: String,
+    },
+    /// Writes nats-auth.conf (one NATS user per customer and per service) and
+    /// nats-credentials.txt
+    NatsConfig {
+        /// The customers that get a NATS user, comma-separated
+        #[arg(long, value_name = "a,b")]
+        customers: String,
+        /// The invoice numbers' KV bucket [default: the one the configuration names]
+        #[arg(long, value_name = "NAME")]
+        invoice_bucket: Option<String>,
+        /// Where the two files are written (mode 0600)
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        out_dir: PathBuf,
+    },
+}
+
+/// `a, b,` as `["a", "b"]`.
+fn list(raw: &str) -> Vec<String> {
+    raw.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
@@ -64,58 +101,61 @@ fn list(raw: Option<&str>) -> Vec<String> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let (command, args) = Args::parse_command(std::env::args().skip(1), COMMANDS, FLAGS)?;
-    let cfg: Config = config::load(&config::path(&args))?;
+    let cli = Cli::parse();
+    let cfg: Config = config::load(&cli.config.path)?;
     cfg.nats.validate()?;
     cfg.clickhouse.validate()?;
     cfg.ingest.validate()?;
     telemetry::init_logs(&cfg.telemetry);
     let now_ms = chrono::Utc::now().timestamp_millis();
-    match command.as_str() {
-        "serve" => serve(cfg).await,
-        "keys-create" => {
-            let customer = args
-                .raw("customer")
-                .context("flag --customer is required")?;
-            let label = args.raw("label").unwrap_or("");
-            let scope = key_store::scope_from(customer, &list(args.raw("agents")), label)?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(cfg).await,
+        Command::KeysCreate {
+            customer,
+            agents,
+            label,
+        } => {
+            let scope =
+                key_store::scope_from(&customer, &list(agents.as_deref().unwrap_or("")), &label)?;
             let db = store::connect(&cfg.clickhouse);
-            let (token, record) = key_store::create(&db, scope, label, now_ms).await?;
+            let (token, record) = key_store::create(&db, scope, &label, now_ms).await?;
             let mut view = KeyView::from(&record);
             view.key = Some(token);
             println!("{}", serde_json::to_string_pretty(&view)?);
             eprintln!("store the key now: only its hash is kept");
             Ok(())
         }
-        "keys-list" => {
+        Command::KeysList => {
             let db = store::connect(&cfg.clickhouse);
             for r in key_store::load(&db).await? {
                 println!("{}", serde_json::to_string(&KeyView::from(&r))?);
             }
             Ok(())
         }
-        "keys-revoke" => {
-            let key_id = args.raw("key-id").context("flag --key-id is required")?;
+        Command::KeysRevoke { key_id } => {
             let db = store::connect(&cfg.clickhouse);
-            let r = key_store::revoke(&db, key_id, now_ms).await?;
+            let r = key_store::revoke(&db, &key_id, now_ms).await?;
             println!("{}", serde_json::to_string(&KeyView::from(&r))?);
             Ok(())
         }
-        "nats-config" => nats_config(&cfg, &args),
-        other => anyhow::bail!("unknown command {other}"),
+        Command::NatsConfig {
+            customers,
+            invoice_bucket,
+            out_dir,
+        } => nats_config(&cfg, &list(&customers), invoice_bucket, &out_dir),
     }
 }
 
-fn nats_config(cfg: &Config, args: &Args) -> anyhow::Result<()> {
-    let customers = list(args.raw("customers"));
+fn nats_config(
+    cfg: &Config,
+    customers: &[String],
+    invoice_bucket: Option<String>,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
     anyhow::ensure!(!customers.is_empty(), "flag --customers a,b is required");
     let refs: Vec<&str> = customers.iter().map(String::as_str).collect();
-    let bucket = args
-        .raw("invoice-bucket")
-        .map(str::to_owned)
-        .unwrap_or_else(|| cfg.nats.invoice_numbers_bucket());
+    let bucket = invoice_bucket.unwrap_or_else(|| cfg.nats.invoice_numbers_bucket());
     let users = nats_auth::users_with_bucket(&refs, &bucket)?;
-    let dir = std::path::PathBuf::from(args.raw("out-dir").unwrap_or("."));
     let conf = dir.join("nats-auth.conf");
     let creds = dir.join("nats-credentials.txt");
     write_private(

@@ -70,6 +70,23 @@ pub fn check_version(bin: &str, name: &str) {
     assert_eq!(stdout, format!("{name} {}\n", env!("CARGO_PKG_VERSION")));
 }
 
+/// `bin command...` reads the file `TALLY_CONFIG` names, and the one `--config` names when
+/// both are given (both missing here, so the error names the one read).
+pub fn check_config_source(bin: &str, command: &[&str]) {
+    let env = [("TALLY_CONFIG", "/nonexistent/from-env.toml")];
+    let out = run(bin, command, &env);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success(), "{bin} {command:?} read no file");
+    assert!(stderr.contains("/nonexistent/from-env.toml"), "{stderr}");
+    let mut args = command.to_vec();
+    args.extend(["--config", "/nonexistent/from-flag.toml"]);
+    let out = run(bin, &args, &env);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success(), "{bin} {args:?} read no file");
+    assert!(stderr.contains("/nonexistent/from-flag.toml"), "{stderr}");
+    assert!(!stderr.contains("from-env"), "{stderr}");
+}
+
 /// The `--config` line every binary's help shows: the flag, its variable and its default.
 pub const CONFIG_HELP: &[&str] = &[
     "--config <FILE>",
