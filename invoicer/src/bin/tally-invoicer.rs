@@ -1,24 +1,67 @@
 //! `tally-invoicer`: turns charges into invoices.
 //! Usage: `tally-invoicer [serve|once|reconcile] [--config FILE] [--at RFC3339] [--out DIR]
-//! [--format json|text]`.
-//! `serve` (default) runs a pass on every tick of `invoicer.schedule` and serves the API on
-//! `invoicer.api_addr` until SIGTERM; `once` runs one pass as of `--at` (default now), prints
-//! the invoices and, with `--out`, writes `<invoice_id>.json`, `.html` and `.pdf` for each; `reconcile` prints the usage → charges → invoice lines report as JSON and
-//! exits non-zero when money differences are unexplained. The API takes bearer tokens from
-//! `api_tokens` (`tally-access tokens-create`), reloaded every `security.token_refresh_secs`.
+//! [--format json|text]`; `tally-invoicer --help` describes each command and flag ([`Cli`]).
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
+use chrono::{DateTime, FixedOffset};
+use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 use tally_invoicer::api::{self, ApiState};
 use tally_invoicer::numbering::Numbers;
 use tally_invoicer::{render, Invoice, InvoicerConfig};
-use tally_platform::args::Args;
+use tally_platform::args::ConfigArg;
 use tally_platform::auth::Authenticator;
 use tally_platform::{
     config, shutdown, store, streams, telemetry, ClickHouseConfig, NatsConfig, TelemetryConfig,
 };
+
+/// Turns charges into invoices.
+///
+/// The API takes bearer tokens from `api_tokens` (tally-access tokens-create), reloaded every
+/// security.token_refresh_secs.
+#[derive(Parser)]
+#[command(name = "tally-invoicer", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    config: ConfigArg,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs a pass on every tick of invoicer.schedule and serves the API on invoicer.api_addr
+    /// until SIGTERM (the default)
+    Serve,
+    /// Runs one pass and prints the invoices
+    Once {
+        /// The pass runs as of this instant [default: now]
+        #[arg(long, value_name = "RFC3339")]
+        at: Option<DateTime<FixedOffset>>,
+        /// Also write <invoice_id>.json, .html and .pdf of each invoice into this directory
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// How the invoices are printed
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
+    },
+    /// Prints the usage -> charges -> invoice lines report as JSON; exits non-zero when money
+    /// differences are unexplained
+    Reconcile {
+        /// The report covers the 400 days before this instant [default: now]
+        #[arg(long, value_name = "RFC3339")]
+        at: Option<DateTime<FixedOffset>>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Json,
+    Text,
+}
 
 #[derive(Deserialize)]
 struct Config {
@@ -42,27 +85,18 @@ fn now_ms() -> i64 {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
     let shutdown = shutdown::on_signals();
-    let (command, args) = Args::parse_command(
-        std::env::args().skip(1),
-        &["serve", "once", "reconcile"],
-        &["config", "at", "out", "format"],
-    )?;
-    let mut cfg: Config = config::load(&config::path(&args))?;
+    let mut cfg: Config = config::load(&cli.config.path)?;
     cfg.invoicer.features = cfg.features;
     cfg.clickhouse.validate()?;
     cfg.invoicer.validate()?;
     cfg.security.validate()?;
     telemetry::init_logs(&cfg.telemetry);
     let db = store::connect(&cfg.clickhouse);
-    let at = match args.raw("at") {
-        Some(t) => chrono::DateTime::parse_from_rfc3339(t)
-            .context("flag --at")?
-            .timestamp_millis(),
-        None => now_ms(),
-    };
-    if command == "reconcile" {
-        let since = at - 400 * 86_400_000;
+    let command = cli.command.unwrap_or(Command::Serve);
+    if let Command::Reconcile { at } = command {
+        let since = at.map_or_else(now_ms, |t| t.timestamp_millis()) - 400 * 86_400_000;
         let report = tally_invoicer::reconcile::run(&db, since).await?;
         println!("{}", serde_json::to_string_pretty(&report)?);
         if report.difference_minor != 0 {
@@ -81,18 +115,17 @@ async fn main() -> anyhow::Result<()> {
         &cfg.clickhouse.database,
     )
     .await?;
-    if command == "once" {
+    if let Command::Once { at, out, format } = command {
+        let at = at.map_or_else(now_ms, |t| t.timestamp_millis());
         let invoices = tally_invoicer::invoice_pass(&db, Some(&numbers), &cfg.invoicer, at).await?;
-        let format = args.raw("format").unwrap_or("json");
-        if let Some(dir) = args.raw("out") {
-            write_files(dir, &invoices)?;
+        if let Some(dir) = out {
+            write_files(&dir, &invoices)?;
         }
         match format {
-            "json" => println!("{}", serde_json::to_string_pretty(&invoices)?),
-            "text" => invoices
+            Format::Json => println!("{}", serde_json::to_string_pretty(&invoices)?),
+            Format::Text => invoices
                 .iter()
                 .for_each(|inv| println!("{}", render::text(inv))),
-            other => anyhow::bail!("flag --format: {other:?} is not json or text"),
         }
         return Ok(());
     }
@@ -122,8 +155,8 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_files(dir: &str, invoices: &[Invoice]) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {dir}"))?;
+fn write_files(dir: &Path, invoices: &[Invoice]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     for inv in invoices {
         let files = [
             ("json", serde_json::to_vec_pretty(inv)?),
@@ -131,7 +164,7 @@ fn write_files(dir: &str, invoices: &[Invoice]) -> anyhow::Result<()> {
             ("pdf", render::pdf(inv)?),
         ];
         for (ext, bytes) in files {
-            let path = std::path::Path::new(dir).join(format!("{}.{ext}", inv.invoice_id));
+            let path = dir.join(format!("{}.{ext}", inv.invoice_id));
             std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
         }
     }
