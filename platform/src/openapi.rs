@@ -99,6 +99,8 @@ pub fn find<T: Copy>(routes: &[Route<T>], method: &str, segments: &[&str]) -> Fo
 /// Resolves a request through `routes`: its operation and path parameters, or the answer to
 /// give instead (404 `not_found`, 405 `method_not_allowed`, in the shared `{code, detail}`
 /// shape of [`crate::http::error`]).
+// one answer per request, never stored: boxing it would only cost an allocation
+#[allow(clippy::result_large_err)]
 pub fn resolve<T: Copy, B>(
     routes: &[Route<T>],
     req: &hyper::Request<B>,
@@ -471,7 +473,7 @@ fn operation<'a>(doc: &'a Value, method: &str, path: &str) -> Result<(&'a str, &
 }
 
 /// A one-line description of a schema's type: `string`, `array of Invoice`, `Error`.
-fn type_text(doc: &Value, schema: &Value) -> String {
+fn type_text(schema: &Value) -> String {
     if let Some(r) = schema["$ref"].as_str() {
         return r.rsplit('/').next().unwrap_or(r).to_owned();
     }
@@ -481,21 +483,16 @@ fn type_text(doc: &Value, schema: &Value) -> String {
         ""
     };
     let base = match schema["type"].as_str() {
-        Some("array") => format!("array of {}", type_text(doc, &schema["items"])),
+        Some("array") => format!("array of {}", type_text(&schema["items"])),
         Some("object") if schema["properties"].is_null() => match &schema["additionalProperties"] {
-            v @ Value::Object(_) => format!("map of {}", type_text(doc, v)),
+            v @ Value::Object(_) => format!("map of {}", type_text(v)),
             _ => "object".to_owned(),
         },
         Some(t) => t.to_owned(),
         None => ["oneOf", "anyOf"]
             .iter()
             .find_map(|k| schema[*k].as_array())
-            .map(|alts| {
-                alts.iter()
-                    .map(|a| type_text(doc, a))
-                    .collect::<Vec<_>>()
-                    .join(" or ")
-            })
+            .map(|alts| alts.iter().map(type_text).collect::<Vec<_>>().join(" or "))
             .unwrap_or_else(|| "any".to_owned()),
     };
     let values = schema["enum"]
@@ -538,7 +535,7 @@ fn property_rows(doc: &Value, schema: &Value, out: &mut String) {
         let _ = writeln!(
             out,
             "| `{name}` | {} | {yes} | {} |",
-            cell(&type_text(doc, p)),
+            cell(&type_text(p)),
             cell(text)
         );
     }
@@ -617,7 +614,7 @@ pub fn render_markdown(doc: &Value) -> String {
                     "| `{}` | {} | {} | {} | {} |",
                     x["name"].as_str().unwrap_or_default(),
                     x["in"].as_str().unwrap_or_default(),
-                    cell(&type_text(doc, &x["schema"])),
+                    cell(&type_text(&x["schema"])),
                     if x["required"] == true { "yes" } else { "" },
                     cell(x["description"].as_str().unwrap_or_default())
                 );
@@ -635,7 +632,7 @@ pub fn render_markdown(doc: &Value) -> String {
                     } else {
                         ""
                     },
-                    cell(&type_text(doc, &c["schema"]))
+                    cell(&type_text(&c["schema"]))
                 );
             }
             if let Some(d) = body["description"].as_str() {
@@ -654,7 +651,7 @@ pub fn render_markdown(doc: &Value) -> String {
                         if c["schema"].is_null() {
                             format!("`{media}`")
                         } else {
-                            format!("`{media}`: {}", type_text(doc, &c["schema"]))
+                            format!("`{media}`: {}", type_text(&c["schema"]))
                         }
                     })
                     .collect();
@@ -676,7 +673,7 @@ pub fn render_markdown(doc: &Value) -> String {
                 let _ = writeln!(out, "{}\n", d.trim());
             }
             if s["properties"].is_null() {
-                let _ = writeln!(out, "Type: {}\n", cell(&type_text(doc, s)));
+                let _ = writeln!(out, "Type: {}\n", cell(&type_text(s)));
             } else {
                 property_rows(doc, s, &mut out);
             }
