@@ -409,11 +409,23 @@ impl NatsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClickHouseConfig {
-    /// HTTP URL. Default `http://127.0.0.1:8123`. `https://` is refused: the ClickHouse client
-    /// is built without TLS, so reach ClickHouse on loopback or a private network, or through
-    /// a TLS tunnel (docs/SECURITY.md, "TLS").
+    /// HTTP or HTTPS URL. Default `http://127.0.0.1:8123`. `https://` (ClickHouse's
+    /// `https_port`, often 8443) runs over TLS and verifies the server's certificate against
+    /// `tls_ca_file` or the system's roots; plain `http://` to another machine is logged as a
+    /// warning at start (docs/SECURITY.md, "TLS").
     #[serde(default = "default_ch_url")]
     pub url: String,
+    /// With `https://`: PEM file of the certificate authorities to trust for the server's
+    /// certificate (a private CA); empty: the system's roots. Default empty.
+    #[serde(default)]
+    pub tls_ca_file: String,
+    /// With `https://`: PEM file of this client's certificate, for a server that verifies
+    /// clients (mutual TLS). Set with `tls_key_file`. Default empty.
+    #[serde(default)]
+    pub tls_cert_file: String,
+    /// PEM file of the private key of `tls_cert_file`. Default empty.
+    #[serde(default)]
+    pub tls_key_file: String,
     /// Database holding Tally's tables. Default `tally`.
     #[serde(default = "default_ch_database")]
     pub database: String,
@@ -461,6 +473,9 @@ impl Default for ClickHouseConfig {
     fn default() -> Self {
         ClickHouseConfig {
             url: default_ch_url(),
+            tls_ca_file: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
             database: default_ch_database(),
             user: default_ch_user(),
             password: String::new(),
@@ -472,23 +487,36 @@ impl Default for ClickHouseConfig {
 }
 
 impl ClickHouseConfig {
+    /// Checks the settings; with `https://`, also reads the TLS files (a missing or unusable
+    /// one is refused here, naming its setting, so a service does not start without them).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.url.starts_with("https://") {
-            // the client would fail every query ("scheme is not http"): say so at start
+        if self.tls_cert_file.is_empty() != self.tls_key_file.is_empty() {
             return Err(ConfigError::invalid(
-                "clickhouse.url",
-                format!(
-                    "{:?}: https:// is not supported (the ClickHouse client is built without \
-                     TLS); use http:// on loopback or a private network, or a TLS tunnel \
-                     (docs/SECURITY.md)",
-                    self.url
-                ),
+                "clickhouse.tls_key_file",
+                "clickhouse.tls_cert_file and clickhouse.tls_key_file go together",
             ));
         }
-        if !self.url.starts_with("http://") {
+        if self.url.starts_with("https://") {
+            crate::store::tls_client_config(self)?;
+        } else if self.url.starts_with("http://") {
+            let set = [
+                ("clickhouse.tls_ca_file", &self.tls_ca_file),
+                ("clickhouse.tls_cert_file", &self.tls_cert_file),
+            ];
+            if let Some((setting, _)) = set.iter().find(|(_, v)| !v.is_empty()) {
+                // a CA or a certificate for a plain connection: the operator expects TLS
+                return Err(ConfigError::invalid(
+                    *setting,
+                    format!(
+                        "is set but clickhouse.url {:?} is plain http://; use https:// (ClickHouse's https_port)",
+                        self.url
+                    ),
+                ));
+            }
+        } else {
             return Err(ConfigError::invalid(
                 "clickhouse.url",
-                format!("{:?} must start with http://", self.url),
+                format!("{:?} must start with http:// or https://", self.url),
             ));
         }
         let ok = !self.database.is_empty()
@@ -860,20 +888,51 @@ mod tests {
         assert!(err.contains("nats.tls_key_file"), "{err}");
     }
 
-    /// Issue 16, finding 12: an `https://` ClickHouse URL passed validation and then failed
-    /// every query; it is refused at start, naming the setting.
+    /// Issue 16, finding 12: ClickHouse over https. The TLS files are read at start, so a
+    /// missing or unusable one stops the service there, naming its setting; TLS settings
+    /// with a plain URL and other schemes are refused.
     #[test]
-    fn an_https_clickhouse_url_is_refused_at_start() {
-        let https = ClickHouseConfig {
-            url: "https://clickhouse.internal:8443".into(),
-            ..ClickHouseConfig::default()
+    fn clickhouse_tls_settings_are_checked_at_start() {
+        let dir = std::env::temp_dir().join(format!("tally-ch-tls-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let not_pem = dir.join("not-a-certificate.pem");
+        std::fs::write(&not_pem, "just text\n").unwrap();
+        let missing = dir.join("missing-ca.pem").display().to_string();
+        let with = |f: &dyn Fn(&mut ClickHouseConfig)| {
+            let mut c = ClickHouseConfig {
+                url: "https://clickhouse.internal:8443".into(),
+                ..ClickHouseConfig::default()
+            };
+            f(&mut c);
+            c.validate().map_err(|e| e.to_string())
         };
-        let err = https.validate().unwrap_err().to_string();
+        let err = with(&|c| c.tls_ca_file = missing.clone()).unwrap_err();
         assert!(
-            err.contains("clickhouse.url") && err.contains("not supported"),
+            err.contains("clickhouse.tls_ca_file") && err.contains(&missing),
             "{err}"
         );
+        let err = with(&|c| c.tls_ca_file = not_pem.display().to_string()).unwrap_err();
+        assert!(
+            err.contains("clickhouse.tls_ca_file") && err.contains("no PEM certificate"),
+            "{err}"
+        );
+        let err = with(&|c| c.tls_cert_file = "client.pem".into()).unwrap_err();
+        assert!(err.contains("clickhouse.tls_key_file"), "{err}");
+        let err = with(&|c| {
+            c.url = "http://10.0.0.5:8123".into();
+            c.tls_ca_file = missing.clone();
+        })
+        .unwrap_err();
+        assert!(
+            err.contains("clickhouse.tls_ca_file") && err.contains("plain http://"),
+            "{err}"
+        );
+        let err = with(&|c| c.url = "ftp://clickhouse.internal".into()).unwrap_err();
+        assert!(err.contains("clickhouse.url"), "{err}");
+        // plain http (loopback or not) stays valid: a private network is the operator's call
+        assert!(with(&|c| c.url = "http://clickhouse:8123".into()).is_ok());
         assert!(ClickHouseConfig::default().validate().is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -5,9 +5,14 @@
 //! columns are `Decimal(38, 9)`, carried as `i128` scaled by 10^9 ([`dec9`]); timestamps are
 //! `DateTime` (`u32` seconds) plus an `Int64` milliseconds column where precision matters.
 
+use std::sync::Once;
+
 use clickhouse::Client;
 
 use crate::config::ClickHouseConfig;
+
+mod tls;
+pub(crate) use tls::client_config as tls_client_config;
 
 /// A client bound to the configured database.
 pub fn connect(cfg: &ClickHouseConfig) -> Client {
@@ -16,8 +21,19 @@ pub fn connect(cfg: &ClickHouseConfig) -> Client {
 
 /// A client for server-level statements (creating the database). On a cluster
 /// (`clickhouse.cluster`), every statement it sends carries [`cluster_settings`].
+///
+/// Every ClickHouse client of the services is built here. An `https://` URL runs over TLS,
+/// the server's certificate verified against `clickhouse.tls_ca_file` or the system's roots,
+/// with `clickhouse.tls_cert_file` presented when set ([`tls`]); `http://` runs on the
+/// crate's plain client, and a plain URL to another machine is logged once as a warning.
 pub fn server(cfg: &ClickHouseConfig) -> Client {
-    let client = Client::default()
+    let client = if cfg.url.starts_with("https://") {
+        tls::client(cfg)
+    } else {
+        warn_if_plain_remote(&cfg.url);
+        Client::default()
+    };
+    let client = client
         .with_url(&cfg.url)
         .with_user(&cfg.user)
         .with_password(&cfg.password)
@@ -25,6 +41,43 @@ pub fn server(cfg: &ClickHouseConfig) -> Client {
     cluster_settings(cfg)
         .into_iter()
         .fold(client, |c, (name, value)| c.with_setting(name, value))
+}
+
+/// The host of a plain `http://` URL that is not this machine (loopback addresses and
+/// `localhost` are), if any.
+fn plain_remote_host(url: &str) -> Option<String> {
+    let uri: hyper::Uri = url.parse().ok()?;
+    if uri.scheme_str() != Some("http") {
+        return None;
+    }
+    let host = uri.host()?;
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = bare.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    (!loopback).then(|| match uri.port_u16() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    })
+}
+
+/// Logs once per process that ClickHouse is reached without TLS on another machine: the
+/// password and the billing data cross that network in clear. Not refused: a private network
+/// (a compose or Kubernetes network, a VPN) is a legitimate choice (docs/SECURITY.md, "TLS").
+fn warn_if_plain_remote(url: &str) {
+    static WARNED: Once = Once::new();
+    if let Some(host) = plain_remote_host(url) {
+        WARNED.call_once(|| {
+            tracing::warn!(
+                clickhouse = %host,
+                "ClickHouse is reached over plain http on another machine: its password and the \
+                 billing data cross the network unencrypted; use an https:// clickhouse.url \
+                 (with clickhouse.tls_ca_file for a private CA) unless that network is private \
+                 (docs/SECURITY.md, TLS)"
+            )
+        });
+    }
 }
 
 /// The settings that keep the exactly-once argument true on replicated tables (empty on one
@@ -125,6 +178,33 @@ mod cluster_tests {
                 ("insert_quorum_timeout", "20000".to_owned()),
                 ("select_sequential_consistency", "1".to_owned()),
             ]
+        );
+    }
+}
+
+#[cfg(test)]
+mod plain_http_tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_urls_to_other_machines_are_remote() {
+        for local in [
+            "http://127.0.0.1:8123",
+            "http://127.0.0.2:8123",
+            "http://localhost:8123",
+            "http://[::1]:8123",
+            "https://clickhouse.internal:8443",
+        ] {
+            assert_eq!(plain_remote_host(local), None, "{local}");
+        }
+        assert_eq!(
+            plain_remote_host("http://clickhouse:8123").as_deref(),
+            Some("clickhouse:8123")
+        );
+        assert_eq!(
+            plain_remote_host("http://user:secret@10.0.0.5").as_deref(),
+            Some("10.0.0.5"),
+            "the host only, never the credentials"
         );
     }
 }

@@ -1,19 +1,14 @@
 //! `tally-rater`: prices committed usage into charges.
 //! Usage: `tally-rater [serve|once] [--config FILE] [--at RFC3339]`, or
-//! `tally-rater explain <charge_id> [--format text|json]`.
-//! `serve` (default) rates every `rater.interval_secs` until SIGTERM; `once` runs one pass
-//! (as of `--at`, default now) and prints the charges as JSON lines; `explain` prints one
-//! charge's usage windows, line arithmetic, rounding, discounts and tax, and exits non-zero
-//! if they do not sum to the stored amounts. `serve` and `once` first append the file's
-//! meters, customers (with agents), tax and FX rates, plan versions and subscriptions to the
-//! stored catalog (refusing changed ones, and file meters that differ from the stored ones)
-//! and rate with everything stored. The API (`rater.api_addr`) takes bearer tokens from
-//! `api_tokens` (`tally-access tokens-create`), reloaded every `security.token_refresh_secs`.
+//! `tally-rater explain <charge_id> [--format text|json]`; `tally-rater --help` describes
+//! each command and flag ([`Cli`]).
 
 use anyhow::Context;
+use chrono::{DateTime, FixedOffset};
+use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 use tally_domain::meter::{validate_meters, MeterSpec};
-use tally_platform::args::Args;
+use tally_platform::args::ConfigArg;
 use tally_platform::auth::Authenticator;
 use tally_platform::{config, shutdown, store, telemetry, ClickHouseConfig, TelemetryConfig};
 use tally_rater::config::{PlanSpec, SubscriptionSpec};
@@ -22,6 +17,53 @@ use tally_rater::fx::{FxRateSpec, FxTable};
 use tally_rater::registry::Registry;
 use tally_rater::tax::{TaxRateSpec, TaxTable};
 use tally_rater::{api, catalog_store, explain, rates_store, registry_store, Catalog, RaterConfig};
+
+/// Prices committed usage into charges.
+///
+/// serve and once first append the file's meters, customers (with agents), tax and FX rates,
+/// plan versions and subscriptions to the stored catalog (refusing changed ones, and file
+/// meters that differ from the stored ones) and rate with everything stored. The API
+/// (rater.api_addr) takes bearer tokens from `api_tokens` (tally-access tokens-create),
+/// reloaded every security.token_refresh_secs.
+#[derive(Parser)]
+#[command(name = "tally-rater", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    config: ConfigArg,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Rates every rater.interval_secs until SIGTERM (the default)
+    Serve,
+    /// Runs one pass and prints the charges as JSON lines
+    Once {
+        /// The pass runs as of this instant [default: now]
+        #[arg(long, value_name = "RFC3339")]
+        at: Option<DateTime<FixedOffset>>,
+    },
+    /// Prints one charge's usage windows, line arithmetic, rounding, discounts and tax; exits
+    /// non-zero if they do not sum to the stored amounts
+    Explain {
+        /// The charge's id
+        #[arg(value_name = "CHARGE_ID", required_unless_present = "charge")]
+        charge_id: Option<String>,
+        /// The charge's id, as a flag (the same as CHARGE_ID)
+        #[arg(long, value_name = "CHARGE_ID", conflicts_with = "charge_id")]
+        charge: Option<String>,
+        /// How the explanation is printed
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
 
 #[derive(Deserialize)]
 struct Config {
@@ -55,18 +97,8 @@ fn now_ms() -> i64 {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    let mut argv: Vec<String> = std::env::args().skip(1).collect();
-    if argv.first().map(String::as_str) == Some("explain")
-        && argv.get(1).is_some_and(|a| !a.starts_with("--"))
-    {
-        argv.insert(1, "--charge".into()); // `explain <charge_id>`
-    }
-    let (command, args) = Args::parse_command(
-        argv,
-        &["serve", "once", "explain"],
-        &["config", "at", "charge", "format"],
-    )?;
-    let cfg: Config = config::load(&config::path(&args))?;
+    let cli = Cli::parse();
+    let cfg: Config = config::load(&cli.config.path)?;
     cfg.clickhouse.validate()?;
     cfg.rater.validate()?;
     cfg.security.validate()?;
@@ -92,7 +124,8 @@ async fn main() -> anyhow::Result<()> {
         rater: cfg.rater.clone(),
         features: cfg.features,
     };
-    let catalog = if command == "explain" {
+    let command = cli.command.unwrap_or(Command::Serve);
+    let catalog = if let Command::Explain { .. } = command {
         Catalog::default()
     } else {
         let registered =
@@ -117,9 +150,14 @@ async fn main() -> anyhow::Result<()> {
         );
         source.current(&db).await.context("the stored catalog")?
     };
-    if command == "explain" {
-        let id = args.raw("charge").context("explain needs a charge id")?;
-        let (charge, windows) = explain::load(&db, id).await?;
+    if let Command::Explain {
+        charge_id,
+        charge,
+        format,
+    } = command
+    {
+        let id = charge_id.or(charge).context("explain needs a charge id")?;
+        let (charge, windows) = explain::load(&db, &id).await?;
         // the stored meters, as the API's explain reads them (the file's were bootstrapped
         // into the store above, but another process may have stored newer versions)
         let stored = registry_store::meters(&db)
@@ -127,7 +165,7 @@ async fn main() -> anyhow::Result<()> {
             .context("the stored meters")?;
         let sums = explain::windows_sum_to_quantity(&stored, &charge.meter);
         let e = explain::explain(&charge, windows, sums)?;
-        if args.raw("format") == Some("json") {
+        if format == Format::Json {
             println!("{}", serde_json::to_string_pretty(&e)?);
         } else {
             for w in &e.windows {
@@ -143,13 +181,8 @@ async fn main() -> anyhow::Result<()> {
         anyhow::ensure!(e.balanced, "charge {id} does not balance");
         return Ok(());
     }
-    if command == "once" {
-        let at = match args.raw("at") {
-            Some(t) => chrono::DateTime::parse_from_rfc3339(t)
-                .context("flag --at")?
-                .timestamp_millis(),
-            None => now_ms(),
-        };
+    if let Command::Once { at } = command {
+        let at = at.map_or_else(now_ms, |t| t.timestamp_millis());
         let report = tally_rater::rate_once(&db, &catalog, &cfg.rater, at).await?;
         for c in &report.charges {
             println!("{}", serde_json::to_string(c)?);

@@ -11,8 +11,9 @@
 //! See docs/SPEND.md.
 
 use anyhow::Context;
+use clap::{Parser, Subcommand};
 use serde::Deserialize;
-use tally_platform::args::Args;
+use tally_platform::args::ConfigArg;
 use tally_platform::auth::Authenticator;
 use tally_platform::{
     config, shutdown, store, streams, telemetry, ClickHouseConfig, NatsConfig, TelemetryConfig,
@@ -22,6 +23,26 @@ use tally_rater::live::api;
 use tally_rater::live::run::{self, Spend};
 use tally_rater::live::SpendConfig;
 use tally_rater::RaterConfig;
+
+/// The live spend decider of one partition of the usage stream (see docs/SPEND.md).
+///
+/// Stands by until it holds the partition's lease ([spend] partition), rebuilds the live book
+/// from storage and the live feed, then answers authorize and balance requests on NATS and
+/// publishes budget threshold crossings; its HTTP API (spend.api_addr) manages budgets.
+#[derive(Parser)]
+#[command(name = "tally-spend", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    config: ConfigArg,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Decides until SIGTERM (the default and only command)
+    Serve,
+}
 
 #[derive(Deserialize)]
 struct Config {
@@ -47,9 +68,11 @@ fn now_ms() -> i64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let (_command, args) = Args::parse_command(argv, &["serve"], &["config"])?;
-    let cfg: Config = config::load(&config::path(&args))?;
+    let Cli {
+        command: None | Some(Command::Serve),
+        config: config_arg,
+    } = Cli::parse();
+    let cfg: Config = config::load(&config_arg.path)?;
     cfg.nats.validate()?;
     cfg.clickhouse.validate()?;
     cfg.rater.validate()?;
