@@ -11,6 +11,9 @@
 //!   resume; a restarted decider's balance equals the one before.
 //! - Hostile input: malformed JSON, unknown meter, huge and negative quantities, an unknown
 //!   hold, an oversized body, are each answered with their reason code.
+//! - A prepaid wallet (grants written and made available by tally-payments' wallet pass)
+//!   holds like a budget: an agent on a wallet budget is denied once its usage and holds
+//!   reach the wallet, and resumes when a new grant arrives.
 
 use std::time::Duration;
 
@@ -473,6 +476,152 @@ async fn an_agent_spends_until_denied_then_resumes_after_a_top_up() {
         .await
         .expect("usage read");
     assert_eq!(calls, 50);
+
+    stop.cancel();
+    decider.await.expect("decider stopped");
+    stop_agg.cancel();
+    let _ = agg.await;
+    drop_spend_streams(&env).await;
+    env.cleanup().await;
+}
+
+/// The deciders compute the period's invoice id (whose wallet reservation they add back) with
+/// the invoicer's rule.
+#[test]
+fn the_deciders_period_invoice_id_is_the_invoicers() {
+    for (c, p) in [("acme", 0i64), ("globex", 1_764_547_200_000), ("a-b_c", -1)] {
+        assert_eq!(
+            tally_rater::live::wallet::period_invoice_id(c, p),
+            tally_invoicer::invoice::invoice_id(c, p)
+        );
+    }
+}
+
+/// A promotional grant of `minor` US cents for `c`, made available by the wallet pass.
+async fn grant(db: &clickhouse::Client, c: &str, id: &str, minor: i64) {
+    use tally_payments::wallet::{store, Grant, GrantKind};
+    let g = Grant {
+        grant_id: id.into(),
+        customer: c.into(),
+        currency: "USD".into(),
+        amount_minor: minor,
+        kind: GrantKind::Promotional,
+        priority: 0,
+        expires_at_ms: None,
+        created_at_ms: now_ms(),
+        paid_at_ms: None,
+    };
+    store::append_grant(db, &g, "test credit", "test")
+        .await
+        .expect("grant stored");
+    let report = tally_payments::wallet::pass::run(db, now_ms())
+        .await
+        .expect("wallet pass");
+    assert_eq!(report.failed, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_on_a_prepaid_wallet_stops_when_it_is_used_and_resumes_with_a_new_grant() {
+    let env = TestEnv::new("spend_wallet").await;
+    store_catalog(&env).await;
+    let db = env.db();
+    let acme = customer("acme");
+    let bot = agent("bot-1");
+    // 0.40 USD of credit: 20 tool calls at 0.02
+    grant(&db, "acme", "welcome", 40).await;
+    let b = budget("acme", "prepaid", Kind::Wallet, None, "0", vec![100]);
+    budget::put(&db, &b, false, "test", now_ms())
+        .await
+        .expect("wallet budget stored");
+
+    let stop_agg = Shutdown::new();
+    let agg = start_aggregator(&env, aggregator_config(), stop_agg.clone()).await;
+    let cfg = spend_config(&env);
+    let stop = Shutdown::new();
+    let decider = start_decider(&env, &cfg, stop.clone()).await;
+    let sdk = sdk(&env, &cfg).await;
+    let first = wait_answering(&sdk, &acme).await;
+    let wallet = &first["budgets"][0];
+    assert_eq!(wallet["kind"], "wallet", "{first}");
+    assert_eq!(dec(&wallet["limit"]), d("0.40"), "{first}");
+    let client = async_nats::connect(&env.nats.url).await.expect("NATS");
+    let mut publisher = Publisher::new(
+        async_nats::jetstream::new(client),
+        &env.nats.subject_prefix,
+        64,
+    );
+
+    // ask for 3 calls (0.06) at a time and use them: 6 pieces of work fit (0.36), the 7th
+    // would take the wallet to 0.42
+    let mut done = 0;
+    let denied = loop {
+        let a = sdk
+            .authorize(&acme, &bot, &AuthorizeRequest::new("tool_calls", d("3")))
+            .await
+            .expect("answer");
+        if !a.allow {
+            break a;
+        }
+        report_calls(&mut publisher, &acme, &bot, 3, a.hold_id.as_deref()).await;
+        done += 1;
+        assert!(done <= 6, "allowed past the wallet: {a:?}");
+    };
+    assert_eq!(done, 6);
+    assert_eq!(
+        denied.reason.as_deref(),
+        Some("budget_exceeded"),
+        "{denied:?}"
+    );
+    assert_eq!(
+        denied.detail.as_deref(),
+        Some("budget prepaid"),
+        "{denied:?}"
+    );
+    assert_eq!(denied.remaining, Some(d("0.04")), "{denied:?}");
+    // what is left (2 calls) still fits
+    let two = sdk
+        .authorize(&acme, &bot, &AuthorizeRequest::new("tool_calls", d("2")))
+        .await
+        .expect("answer");
+    assert!(two.allow, "{two:?}");
+    report_calls(&mut publisher, &acme, &bot, 2, two.hold_id.as_deref()).await;
+    wait_balance(&sdk, &acme, "the wallet used up", |b| {
+        b["holds"] == 0 && dec(&b["spend"]) == d("0.40")
+    })
+    .await;
+    let none = sdk
+        .authorize(&acme, &bot, &AuthorizeRequest::new("tool_calls", d("1")))
+        .await
+        .expect("answer");
+    assert_eq!(none.reason.as_deref(), Some("budget_exceeded"), "{none:?}");
+
+    // a new grant of 0.10 arrives: at the next refresh the agent may spend 5 more calls
+    grant(&db, "acme", "top-up-1", 10).await;
+    let mut resumed = None;
+    for _ in 0..50 {
+        let a = sdk
+            .authorize(&acme, &bot, &AuthorizeRequest::new("tool_calls", d("5")))
+            .await
+            .expect("answer");
+        if a.allow {
+            resumed = Some(a);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let resumed = resumed.expect("allowed again after the new grant");
+    let six = sdk
+        .authorize(&acme, &bot, &AuthorizeRequest::new("tool_calls", d("1")))
+        .await
+        .expect("answer");
+    assert_eq!(six.reason.as_deref(), Some("budget_exceeded"), "{six:?}");
+    report_calls(&mut publisher, &acme, &bot, 5, resumed.hold_id.as_deref()).await;
+    let last = wait_balance(&sdk, &acme, "the new grant used", |b| {
+        b["holds"] == 0 && dec(&b["spend"]) == d("0.50")
+    })
+    .await;
+    assert_eq!(dec(&last["budgets"][0]["limit"]), d("0.50"), "{last}");
+    assert_eq!(dec(&last["budgets"][0]["remaining"]), d("0"), "{last}");
 
     stop.cancel();
     decider.await.expect("decider stopped");

@@ -355,9 +355,11 @@ fn costs(catalog: &Catalog, customer: &CustomerId, book: &CustomerBook) -> Costs
 
 /// A budget's committed spend, held amount, and what a request on (agent, meter) adds.
 fn budget_use(b: &Budget, c: &CustomerBook) -> (Decimal, Decimal) {
-    let spent = match (b.kind, &b.agent, &b.meter) {
-        (Kind::Amount, None, None) => c.costs.total,
-        (Kind::Amount, None, Some(m)) => c.costs.meters.get(m).map_or(Decimal::ZERO, |s| s.amount),
+    let spent = match (b.kind.measured(), &b.agent, &b.meter) {
+        (Kind::Amount | Kind::Wallet, None, None) => c.costs.total,
+        (Kind::Amount | Kind::Wallet, None, Some(m)) => {
+            c.costs.meters.get(m).map_or(Decimal::ZERO, |s| s.amount)
+        }
         (Kind::Quantity, None, Some(m)) => {
             c.costs.meters.get(m).map_or(Decimal::ZERO, |s| s.quantity)
         }
@@ -367,7 +369,7 @@ fn budget_use(b: &Budget, c: &CustomerBook) -> (Decimal, Decimal) {
             .iter()
             .filter(|((ag, m), _)| ag == a && meter.as_ref().is_none_or(|bm| bm == m))
             .map(|(_, s)| match kind {
-                Kind::Amount => s.amount,
+                Kind::Amount | Kind::Wallet => s.amount,
                 Kind::Quantity => s.quantity,
             })
             .sum(),
@@ -377,8 +379,8 @@ fn budget_use(b: &Budget, c: &CustomerBook) -> (Decimal, Decimal) {
         .holds
         .values()
         .filter(|h| b.covers(&h.agent, &h.meter))
-        .map(|h| match b.kind {
-            Kind::Amount => h.amount,
+        .map(|h| match b.kind.measured() {
+            Kind::Amount | Kind::Wallet => h.amount,
             Kind::Quantity => h.quantity,
         })
         .sum();
@@ -655,8 +657,8 @@ impl Book {
         let mut remaining: Option<Decimal> = None;
         for b in budgets.iter().filter(|b| b.covers(ask.agent, ask.meter)) {
             let (spent, held) = budget_use(b, book);
-            let request = match b.kind {
-                Kind::Amount => cost,
+            let request = match b.kind.measured() {
+                Kind::Amount | Kind::Wallet => cost,
                 Kind::Quantity => ask.quantity,
             };
             let left = b.limit - spent - held - request;

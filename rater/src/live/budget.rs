@@ -22,6 +22,28 @@ pub enum Kind {
     Amount,
     /// A quantity of the budget's meter.
     Quantity,
+    /// The customer's prepaid wallet: an amount whose limit is what the wallet leaves for
+    /// the period ([`super::wallet`]), set at every refresh; customer-wide, stored with a
+    /// limit of 0.
+    Wallet,
+}
+
+impl Kind {
+    /// What the budget measures: a wallet is an amount.
+    pub fn measured(self) -> Kind {
+        match self {
+            Kind::Wallet => Kind::Amount,
+            k => k,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Amount => "amount",
+            Kind::Quantity => "quantity",
+            Kind::Wallet => "wallet",
+        }
+    }
 }
 
 /// One budget.
@@ -83,6 +105,14 @@ impl Budget {
         if self.kind == Kind::Quantity && self.meter.is_none() {
             return Err(invalid("meter", "a quantity budget names its meter"));
         }
+        if self.kind == Kind::Wallet
+            && (self.agent.is_some() || self.meter.is_some() || !self.limit.is_zero())
+        {
+            return Err(invalid(
+                "kind",
+                "a wallet budget is the whole customer's, with limit 0 (the wallet sets it)",
+            ));
+        }
         if self.limit.is_sign_negative() || self.limit > Decimal::from(10u64.pow(15)) {
             return Err(invalid("limit", "must be 0 to 10^15"));
         }
@@ -129,11 +159,7 @@ pub async fn put(
         budget_id: budget.budget_id.clone(),
         agent: budget.agent.clone().unwrap_or_default(),
         meter: budget.meter.clone().unwrap_or_default(),
-        kind: match budget.kind {
-            Kind::Amount => "amount",
-            Kind::Quantity => "quantity",
-        }
-        .into(),
+        kind: budget.kind.as_str().into(),
         limit_value: budget.limit.to_string(),
         thresholds: budget.thresholds.clone(),
         hard: u8::from(budget.hard),
@@ -190,6 +216,7 @@ async fn load_where(
         let kind = match r.kind.as_str() {
             "amount" => Kind::Amount,
             "quantity" => Kind::Quantity,
+            "wallet" => Kind::Wallet,
             other => {
                 tracing::warn!(customer = %r.customer, budget = %r.budget_id, kind = other, "budget skipped: unknown kind");
                 continue;
@@ -249,6 +276,14 @@ mod tests {
         assert!(per_agent.covers("bot", "llm_tokens"));
         assert!(!per_agent.covers("other", "llm_tokens"));
         assert!(!per_agent.covers("bot", "tool_calls"));
+        let wallet = Budget {
+            kind: Kind::Wallet,
+            limit: Decimal::ZERO,
+            ..budget()
+        }
+        .validated()
+        .unwrap();
+        assert_eq!(wallet.kind.measured(), Kind::Amount);
         for bad in [
             Budget {
                 budget_id: "a b".into(),
@@ -272,6 +307,16 @@ mod tests {
             },
             Budget {
                 customer: "a.b".into(),
+                ..budget()
+            },
+            Budget {
+                kind: Kind::Wallet,
+                ..budget()
+            },
+            Budget {
+                kind: Kind::Wallet,
+                limit: Decimal::ZERO,
+                agent: Some("bot".into()),
                 ..budget()
             },
         ] {

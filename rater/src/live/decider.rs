@@ -24,6 +24,7 @@ use super::budget::{Budget, Kind};
 use super::journal::{Journal, Record};
 use super::metrics;
 use super::protocol::{Answer, Reason, Request};
+use super::wallet::{self, Wallet};
 use crate::catalog::Catalog;
 
 /// Where an answer goes.
@@ -49,6 +50,8 @@ pub enum Command {
     /// The declared meters (slug to aggregation).
     Meters(HashMap<String, tally_domain::Aggregation>),
     Budgets(BTreeMap<String, Vec<Budget>>),
+    /// The prepaid wallets of the customers with a wallet budget.
+    Wallets(BTreeMap<String, Wallet>),
     Balance {
         customer: String,
         reply: oneshot::Sender<Option<Balance>>,
@@ -116,11 +119,14 @@ pub struct Decider {
     pub aborted: HashSet<String>,
     pub hold_grace_ms: u64,
     pub now_ms: fn() -> i64,
+    /// The wallets the wallet budgets' limits come from.
+    pub wallets: BTreeMap<String, Wallet>,
 }
 
 impl Decider {
     /// Runs until `rx` closes (shutdown, fencing) or a rebuild is needed.
     pub async fn run(mut self, mut rx: mpsc::Receiver<Command>) -> (Stop, Book) {
+        self.fill_wallet_limits();
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -169,7 +175,16 @@ impl Decider {
             Command::Meters(m) => self.book.meters = m,
             Command::Budgets(b) => {
                 self.book.budgets = b;
+                self.fill_wallet_limits();
                 let customers: Vec<String> = self.book.customers.keys().cloned().collect();
+                for customer in customers {
+                    self.notify_crossings(&customer);
+                }
+            }
+            Command::Wallets(w) => {
+                self.wallets = w;
+                self.fill_wallet_limits();
+                let customers: Vec<String> = self.wallets.keys().cloned().collect();
                 for customer in customers {
                     self.notify_crossings(&customer);
                 }
@@ -340,6 +355,32 @@ impl Decider {
         None
     }
 
+    /// Sets the limit of every wallet budget to what the customer's wallet leaves for its
+    /// current period ([`super::wallet`]). A wallet that cannot be read into an amount (no
+    /// plan, a corrupt movement) leaves a limit of 0: a hard wallet budget then denies
+    /// (fails closed), and the reason is logged.
+    fn fill_wallet_limits(&mut self) {
+        let now = (self.now_ms)();
+        let empty = Wallet::default();
+        for (customer, budgets) in self.book.budgets.iter_mut() {
+            if !budgets.iter().any(|b| b.kind == Kind::Wallet) {
+                continue;
+            }
+            let wallet = self.wallets.get(customer).unwrap_or(&empty);
+            let limit = match wallet_limit(&self.catalog, customer, wallet, now) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(%customer, error = %e, "wallet budget limit unknown; 0 until the next refresh");
+                    metrics::wallet_unreadable();
+                    Decimal::ZERO
+                }
+            };
+            for b in budgets.iter_mut().filter(|b| b.kind == Kind::Wallet) {
+                b.limit = limit;
+            }
+        }
+    }
+
     fn notify_crossings(&mut self, customer: &str) {
         // without alerts this session, leave the crossings unmarked: the next session sends them
         let Some(alerts) = self.alerts.clone() else {
@@ -410,9 +451,9 @@ pub fn balance_of<'h>(
     let budgets = budgets
         .iter()
         .map(|b| {
-            let spent = match (b.kind, &b.agent, &b.meter) {
-                (Kind::Amount, None, None) => costs.total,
-                (Kind::Amount, None, Some(m)) => {
+            let spent = match (b.kind.measured(), &b.agent, &b.meter) {
+                (Kind::Amount | Kind::Wallet, None, None) => costs.total,
+                (Kind::Amount | Kind::Wallet, None, Some(m)) => {
                     costs.meters.get(m).map_or(Decimal::ZERO, |s| s.amount)
                 }
                 (Kind::Quantity, None, Some(m)) => {
@@ -436,7 +477,7 @@ pub fn balance_of<'h>(
                 .clone()
                 .filter(|h| b.covers(&h.agent, &h.meter))
                 .map(|h| {
-                    if b.kind == Kind::Amount {
+                    if b.kind.measured() == Kind::Amount {
                         h.amount
                     } else {
                         h.quantity
@@ -513,4 +554,27 @@ impl Chunks {
         }
         self.partial.remove(&id)
     }
+}
+
+/// What `customer`'s wallet leaves for its current period at `now_ms`, in its billing
+/// currency.
+pub fn wallet_limit(
+    catalog: &Catalog,
+    customer: &str,
+    wallet: &Wallet,
+    now_ms: i64,
+) -> Result<Decimal, String> {
+    let id = tally_domain::CustomerId::new(customer).map_err(|e| e.to_string())?;
+    let sub = catalog
+        .subscription_at(&id, now_ms)
+        .ok_or("no plan covers the customer now")?;
+    let plan = catalog
+        .plan_at(&sub.plan, now_ms)
+        .ok_or_else(|| format!("plan {} has no version now", sub.plan))?;
+    let currency = sub.currency.unwrap_or(plan.currency);
+    let period = sub.cycle.period_containing(now_ms);
+    let invoice = wallet::period_invoice_id(customer, period.start_ms);
+    let minor = wallet::available_minor(wallet, currency.code(), &invoice, now_ms)
+        .map_err(|e| e.to_string())?;
+    Ok(wallet::amount(minor, currency.minor_units()))
 }

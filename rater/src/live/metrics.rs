@@ -31,6 +31,8 @@ pub fn init() {
         counter!("tally_spend_holds_ended_total", "end" => end).absolute(0);
     }
     counter!("tally_spend_alerts_sent_total").absolute(0);
+    counter!("tally_spend_wallet_unreadable_total").absolute(0);
+    counter!("tally_spend_wallet_reload_failures_total").absolute(0);
     counter!("tally_spend_rebuilds_total", "cause" => "takeover").absolute(0);
     counter!("tally_spend_rebuilds_total", "cause" => "aborted_batch").absolute(0);
     gauge!("tally_spend_holds_active").set(0.0);
@@ -82,4 +84,14 @@ pub fn customers(n: usize) {
 /// The decider of this instance is ready (1) or standing by / rebuilding (0).
 pub fn ready(ready: bool) {
     gauge!("tally_spend_ready").set(if ready { 1.0 } else { 0.0 });
+}
+
+/// A customer's wallet could not be read into a limit (its wallet budgets hold 0).
+pub fn wallet_unreadable() {
+    counter!("tally_spend_wallet_unreadable_total").increment(1);
+}
+
+/// Reading the wallets failed (the last ones are kept).
+pub fn wallet_reload_failed() {
+    counter!("tally_spend_wallet_reload_failures_total").increment(1);
 }

@@ -30,5 +30,6 @@ pub mod journal;
 pub mod metrics;
 pub mod protocol;
 pub mod run;
+pub mod wallet;
 
 pub use config::SpendConfig;

@@ -9,7 +9,7 @@
 //! before the join point was written, and only batches after it are applied, so every batch
 //! counts once. It owns the session's tasks and their shutdown; decisions are the decider's.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,7 @@ use super::decider::{self, Chunks, Command, Decider, ReplyTo, Stop};
 use super::journal::{Journal, JournalConfig};
 use super::metrics;
 use super::protocol::{self, Answer, Reason};
+use super::wallet;
 use crate::catalog::Catalog;
 use crate::catalog_store::CatalogSource;
 
@@ -198,6 +199,7 @@ async fn session(spend: &Spend, lease: &Lease, shutdown: &Shutdown) -> Result<Ou
         book.restore(&catalog, h, now);
     }
     let aborted = aborts(&spend.db, part).await?;
+    let wallets = load_wallets(&spend.db, &book.budgets).await?;
     let alerts = match Alerts::open(
         &js,
         &spend.db,
@@ -224,6 +226,7 @@ async fn session(spend: &Spend, lease: &Lease, shutdown: &Shutdown) -> Result<Ou
         aborted,
         hold_grace_ms: spend.cfg.hold_grace_ms,
         now_ms: spend.now_ms,
+        wallets,
     };
     let mut deciding = tokio::spawn(decider.run(rx));
     let mut feeding = tokio::spawn(follow_feed(spend.clone(), join, tx.clone()));
@@ -561,13 +564,39 @@ async fn refresh(spend: Spend, tx: mpsc::Sender<Command>) {
         }
         match budget::load(&spend.db).await {
             Ok(b) => {
+                // wallets after budgets: the decider keeps the last wallets when this fails
+                let wallets = load_wallets(&spend.db, &b).await;
                 if tx.send(Command::Budgets(b)).await.is_err() {
                     return;
+                }
+                match wallets {
+                    Ok(w) => {
+                        if tx.send(Command::Wallets(w)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        metrics::wallet_reload_failed();
+                        tracing::warn!(error = %e, "wallet reload failed; keeping the last");
+                    }
                 }
             }
             Err(e) => tracing::warn!(error = %e, "budget reload failed; keeping the last"),
         }
     }
+}
+
+/// The wallets of the customers that have a wallet budget (only theirs are read).
+async fn load_wallets(
+    db: &clickhouse::Client,
+    budgets: &BTreeMap<String, Vec<budget::Budget>>,
+) -> Result<BTreeMap<String, wallet::Wallet>, clickhouse::error::Error> {
+    let customers: BTreeSet<String> = budgets
+        .iter()
+        .filter(|(_, bs)| bs.iter().any(|b| b.kind == budget::Kind::Wallet))
+        .map(|(c, _)| c.clone())
+        .collect();
+    wallet::load(db, &customers).await
 }
 
 /// Reads the partition's recent aborts every `aborts_poll_ms`.
