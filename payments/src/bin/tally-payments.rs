@@ -1,23 +1,8 @@
 //! `tally-payments`: payments, ledger, dunning and the customer portal.
 //!
 //! Usage: `tally-payments [serve|trial-balance|sync-ledger|dunning-once|collect-once|portal-link|collect-request|endpoint-secret]
-//! [--config FILE] [--customer ID] [--invoice ID]`.
-//! - `serve` (default): the HTTP server (webhooks, API, portal), the ledger sync every
-//!   `payments.ledger_sync_secs` (followed, with `payments.stripe_api_key`, by a collection
-//!   pass), with the `dunning` feature the dunning scheduler and, with `payments.spend_alerts`,
-//!   the consumer that sends the spend deciders' threshold alerts as signed notifications.
-//! - `trial-balance`: prints debits and credits per currency and account; exits 1 unless
-//!   every currency's difference is zero.
-//! - `sync-ledger`: posts what the ledger is missing once (finalized invoices, voids, credit notes).
-//! - `dunning-once`: one dunning pass (notices decided and delivered; with
-//!   `payments.stripe_api_key`, due payment retries sent to Stripe), printed as JSON.
-//! - `collect-once`: one collection pass (PaymentIntents created for finalized invoices of
-//!   customers with a Stripe payment profile), printed as JSON; needs `payments.stripe_api_key`.
-//! - `portal-link --customer ID`: prints a signed portal link.
-//! - `collect-request --invoice ID`: prints the Stripe PaymentIntent request that collects it.
-//! - `endpoint-secret --customer ID`: prints the secret the customer's notification receiver
-//!   verifies `Tally-Signature` with (derived from `dunning.signing_secret`; hand it to that
-//!   customer only).
+//! [--config FILE] [--customer ID] [--invoice ID]`; `tally-payments --help` describes each
+//! command and flag ([`Cli`]).
 //!
 //! Secrets are judged for `[security] profile` before anything starts (weak or published ones
 //! refused outside `dev`); in `dev`, a webhook, portal or dunning secret left unset is made up
@@ -29,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use clap::{Parser, Subcommand};
 use serde::Deserialize;
 use tally_payments::config::{DunningConfig, PaymentsConfig, PortalConfig};
 use tally_payments::gateway::stripe::Stripe;
@@ -37,7 +23,7 @@ use tally_payments::http::{self, AppState};
 use tally_payments::settle::Settler;
 use tally_payments::signature::Secret;
 use tally_payments::{collect, dunning, metrics, portal, profiles, spend_alerts, store};
-use tally_platform::args::Args;
+use tally_platform::args::ConfigArg;
 use tally_platform::auth::Authenticator;
 use tally_platform::config::SecurityConfig;
 use tally_platform::secrets::{self, SecretString};
@@ -46,6 +32,60 @@ use tally_platform::TelemetryConfig;
 use tally_platform::{
     config, shutdown, telemetry, ClickHouseConfig, Features, NatsConfig, Profile,
 };
+
+/// Payments, ledger, dunning and the customer portal.
+///
+/// The /v1 API takes the API tokens of tally-access tokens-create. Secrets are judged for
+/// [security] profile before anything starts; in dev, a webhook, portal or dunning secret left
+/// unset is made up at random for this process.
+#[derive(Parser)]
+#[command(name = "tally-payments", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    config: ConfigArg,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The HTTP server (webhooks, API, portal), the ledger sync every payments.ledger_sync_secs
+    /// (then, with payments.stripe_api_key, a collection pass), with the dunning feature the
+    /// dunning scheduler and, with payments.spend_alerts, the spend alerts as signed
+    /// notifications (the default)
+    Serve,
+    /// Prints debits and credits per currency and account; exits 1 unless every currency's
+    /// difference is zero
+    TrialBalance,
+    /// Posts what the ledger is missing once (finalized invoices, voids, credit notes) and runs
+    /// the wallet pass
+    SyncLedger,
+    /// One dunning pass (notices decided and delivered; with payments.stripe_api_key, due
+    /// payment retries sent to Stripe), printed as JSON
+    DunningOnce,
+    /// One collection pass (PaymentIntents for finalized invoices of customers with a Stripe
+    /// payment profile), printed as JSON; needs payments.stripe_api_key
+    CollectOnce,
+    /// Prints a signed, expiring portal link
+    PortalLink {
+        /// The customer the link is for: [A-Za-z0-9_-]{1,64}
+        #[arg(long, value_name = "ID")]
+        customer: String,
+    },
+    /// Prints the Stripe PaymentIntent request that collects an invoice
+    CollectRequest {
+        /// The invoice's id
+        #[arg(long, value_name = "ID")]
+        invoice: String,
+    },
+    /// Prints the secret a customer's notification receiver verifies Tally-Signature with
+    /// (derived from dunning.signing_secret; hand it to that customer only)
+    EndpointSecret {
+        /// The customer whose secret is printed
+        #[arg(long, value_name = "ID")]
+        customer: String,
+    },
+}
 
 #[derive(Deserialize)]
 struct Config {
@@ -89,28 +129,15 @@ fn now_ms() -> i64 {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
     let stop = shutdown::on_signals();
-    let (command, args) = Args::parse_command(
-        std::env::args().skip(1),
-        &[
-            "serve",
-            "trial-balance",
-            "sync-ledger",
-            "dunning-once",
-            "collect-once",
-            "portal-link",
-            "collect-request",
-            "endpoint-secret",
-        ],
-        &["config", "customer", "invoice"],
-    )?;
-    let cfg: Config = config::load(&config::path(&args))?;
+    let cfg: Config = config::load(&cli.config.path)?;
     cfg.clickhouse.validate()?;
     cfg.security.validate()?;
     telemetry::init_logs(&cfg.telemetry);
     let db = tally_platform::store::connect(&cfg.clickhouse);
-    match command.as_str() {
-        "trial-balance" => {
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::TrialBalance => {
             let tb = store::trial_balance(&db)
                 .await
                 .context("reading the ledger")?;
@@ -120,7 +147,7 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        "sync-ledger" => {
+        Command::SyncLedger => {
             let n = Settler::new(db.clone()).sync_ledger(now_ms()).await?;
             println!("{n} journals posted");
             let w = tally_payments::wallet::pass::run(&db, now_ms()).await?;
@@ -130,14 +157,14 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        "dunning-once" => {
+        Command::DunningOnce => {
             cfg.dunning.validate(cfg.security.profile)?;
             let api = retry_api(&cfg.payments);
             let r = dunning::pass(&db, &cfg.dunning, api.as_ref(), now_ms()).await?;
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }
-        "collect-once" => {
+        Command::CollectOnce => {
             let api = retry_api(&cfg.payments).context(
                 "collect-once needs payments.stripe_api_key (TALLY_PAYMENTS__STRIPE_API_KEY)",
             )?;
@@ -145,32 +172,26 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }
-        "endpoint-secret" => {
+        Command::EndpointSecret { customer } => {
             secrets::check(
                 "dunning.signing_secret",
                 &cfg.dunning.signing_secret,
                 cfg.security.profile,
             )?;
-            let customer = args
-                .raw("customer")
-                .context("endpoint-secret needs --customer")?;
             println!(
                 "{}",
                 dunning::deliver::endpoint_secret_hex(
                     cfg.dunning.signing_secret.expose(),
-                    customer
+                    &customer
                 )
             );
             Ok(())
         }
-        "portal-link" => {
+        Command::PortalLink { customer } => {
             cfg.portal.validate(cfg.security.profile)?;
-            let customer = args
-                .raw("customer")
-                .context("portal-link needs --customer")?;
             let expires = now_ms().div_euclid(1000) + cfg.portal.link_ttl_secs;
             let secret = Secret::new(cfg.portal.signing_secret.expose());
-            let token = portal::link::token(&secret, customer, expires)
+            let token = portal::link::token(&secret, &customer, expires)
                 .context("--customer must be [A-Za-z0-9_-]{1,64}")?;
             println!(
                 "{}/portal/{token}",
@@ -178,11 +199,10 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        "collect-request" => {
-            let id = args
-                .raw("invoice")
-                .context("collect-request needs --invoice")?;
-            let inv = store::invoice(&db, id).await?.context("no such invoice")?;
+        Command::CollectRequest { invoice } => {
+            let inv = store::invoice(&db, &invoice)
+                .await?
+                .context("no such invoice")?;
             let profile = profiles::of(&db, &inv.customer).await?;
             let (pc, pm) = profile
                 .as_ref()
@@ -201,7 +221,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&req)?);
             Ok(())
         }
-        _ => serve(cfg, db, stop).await,
+        Command::Serve => serve(cfg, db, stop).await,
     }
 }
 
