@@ -1,87 +1,207 @@
 //! `tally-bench`: runs the benchmarks and prints markdown tables.
 //!
 //! `tally-bench report [--quick] [--out docs/bench]` runs all seven scenarios of the
-//! benchmarks issue in one run, each next to its baseline, and writes `report.md` and
-//! `report.json` into `--out` (needs the local stack; see docs/BENCHMARKS.md). `--quick` runs
-//! everything tiny, to check the harness.
-//!
-//! Single scenarios:
-//! `cargo run --release -p tally-benches --bin tally-bench [--events 1000000] [--ids 1000000]`,
-//! or `... --bin tally-bench rating [--rows 1000000] [--customers 1000]` for rating throughput,
-//! or `... --bin tally-bench gateway [--events 200000] [--batch 100] [--connections 4]` for
-//! ingest throughput through the HTTP gateway against the direct publisher (needs the stack),
-//! or `... pipeline [--events 200000] [--duplicate-share 0.05] [--latency-events 20000]` for
-//! end-to-end throughput against raw JetStream and publish-to-visible latency (needs the
-//! stack), or `... invoicer [--customers 10000] [--meters 10]` for one invoicing pass, or
-//! `... insert [--events 100000] [--batch 5000]` for the ClickHouse commit against a plain
-//! insert of the same rows (needs the stack), or `... history [--histories 1000000,10000000,
-//! 100000000] [--period 1000000] [--big 100000000] [--more 1000000] [--customers 10000]` for
-//! rating passes as stored history grows and over a big month (needs the stack; the full
-//! sizes write about 200M usage rows and take several minutes), or `... cluster [--events
-//! 100000] [--duplicate-share 0] [--latency-events 10000]` for the pipeline scenarios on the
-//! cluster profile (`scripts/cluster.sh up`, then `eval "$(scripts/cluster.sh env)"`): R3
-//! streams and ClickHouse quorum writes against raw JetStream R3 publish and consume. No
-//! re-sent ids by default: on an R3 stream of nats-server 2.15 a re-send published while its
-//! original is still being replicated is refused (409, "duplicate message id is in process"),
-//! which the benchmark's publisher counts as a failure.
-//!
-//! `... spend [--secs 5] [--probes 200] [--load 10000] [--mixed 10000]` measures live spend
-//! control (needs the stack).
-//!
-//! In `pipeline` and `report`, the aggregator runs with its shipped `batch_max_events` and
-//! `batch_max_wait_ms` unless `TALLY_BENCH_BATCH` / `TALLY_BENCH_WAIT_MS` say otherwise; both
-//! print the CPU microseconds per event that NATS, ClickHouse and this process spent.
+//! benchmarks issue in one run, each next to its baseline; every scenario is also a command
+//! of its own (`cargo run --release -p tally-benches --bin tally-bench -- pipeline
+//! --events 200000`). `tally-bench --help` lists them, and `tally-bench <command> --help`
+//! each one's flags with their defaults ([`Bench`]). See docs/BENCHMARKS.md.
 
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
 use tally_benches::{
     aggregator_cpu, alloc, cluster, gateway, history, insert, invoicing, pipeline, rating, report,
 };
-use tally_platform::args::Args;
 
 #[global_allocator]
 static ALLOC: alloc::Counting = alloc::Counting;
 
+/// Runs the benchmarks and prints markdown tables (docs/BENCHMARKS.md).
+///
+/// Without a command: the aggregator's CPU (parse, validate, dedup and window on one thread)
+/// and the dedup memory per committed id. Commands marked "needs the stack" run against the
+/// local NATS and ClickHouse (scripts/stack.sh up). In pipeline and report, the aggregator runs
+/// with its shipped batch_max_events and batch_max_wait_ms unless TALLY_BENCH_BATCH /
+/// TALLY_BENCH_WAIT_MS say otherwise; both print the CPU microseconds per event that NATS,
+/// ClickHouse and this process spent.
+#[derive(Parser)]
+#[command(name = "tally-bench", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Bench>,
+    /// Events parsed and windowed on one thread (without a command)
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    events: usize,
+    /// Committed ids whose dedup memory is measured (without a command)
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    ids: usize,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// All seven scenarios, each next to its baseline, into report.md and report.json (needs
+    /// the stack)
+    Report {
+        /// Every scenario tiny, to check the harness
+        #[arg(long)]
+        quick: bool,
+        /// Where report.md and report.json are written
+        #[arg(long, value_name = "DIR", default_value = "docs/bench")]
+        out: PathBuf,
+    },
+    /// Rating throughput: usage rows folded and priced on one thread
+    Rating {
+        /// Usage rows rated
+        #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+        rows: usize,
+        /// Customers the rows belong to
+        #[arg(long, value_name = "N", default_value_t = 1000)]
+        customers: usize,
+    },
+    /// Ingest throughput through the HTTP gateway against the direct publisher (needs the
+    /// stack)
+    Gateway {
+        /// Events sent
+        #[arg(long, value_name = "N", default_value_t = 200_000)]
+        events: usize,
+        /// Events per HTTP request
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        batch: usize,
+        /// Keep-alive connections
+        #[arg(long, value_name = "N", default_value_t = 4)]
+        connections: usize,
+    },
+    /// End-to-end throughput against raw JetStream publish and consume, then
+    /// publish-to-visible latency at half of it (needs the stack)
+    Pipeline {
+        /// Events of the throughput run
+        #[arg(long, value_name = "N", default_value_t = 200_000)]
+        events: usize,
+        /// Share of the events re-sent with an earlier id
+        #[arg(long, value_name = "SHARE", default_value_t = 0.05)]
+        duplicate_share: f64,
+        /// Events of the latency run
+        #[arg(long, value_name = "N", default_value_t = 20_000)]
+        latency_events: usize,
+    },
+    /// One invoicing pass over customers x meters charges (needs the stack)
+    Invoicer {
+        /// Customers invoiced
+        #[arg(long, value_name = "N", default_value_t = 10_000)]
+        customers: usize,
+        /// Meters charged per customer
+        #[arg(long, value_name = "N", default_value_t = 10)]
+        meters: usize,
+    },
+    /// The aggregator's ClickHouse commit against a plain insert of the same rows (needs the
+    /// stack)
+    Insert {
+        /// Events committed
+        #[arg(long, value_name = "N", default_value_t = 100_000)]
+        events: usize,
+        /// Events per commit
+        #[arg(long, value_name = "N", default_value_t = 5000)]
+        batch: usize,
+    },
+    /// Rating passes as stored history grows, and over a big month (needs the stack; the full
+    /// sizes write about 200M usage rows and take several minutes)
+    History {
+        /// Stored histories measured, in events, comma-separated
+        #[arg(
+            long,
+            value_name = "N,N",
+            value_delimiter = ',',
+            default_value = "1000000,10000000,100000000"
+        )]
+        histories: Vec<u64>,
+        /// Events of the rated period
+        #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+        period: u64,
+        /// Events of the big month (0: skip it)
+        #[arg(long, value_name = "N", default_value_t = 100_000_000)]
+        big: u64,
+        /// New events after the big month's full pass
+        #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+        more: u64,
+        /// Customers the events belong to
+        #[arg(long, value_name = "N", default_value_t = 10_000)]
+        customers: u64,
+    },
+    /// The pipeline scenarios on the cluster profile (scripts/cluster.sh up, then
+    /// eval "$(scripts/cluster.sh env)"): R3 streams and ClickHouse quorum writes against raw
+    /// JetStream R3 publish and consume
+    Cluster {
+        /// Events of the throughput run
+        #[arg(long, value_name = "N", default_value_t = 100_000)]
+        events: usize,
+        /// Share of the events re-sent with an earlier id; 0 by default, as on an R3 stream of
+        /// nats-server 2.15 a re-send published while its original is still being replicated
+        /// is refused (409), which the benchmark's publisher counts as a failure
+        #[arg(long, value_name = "SHARE", default_value_t = 0.0)]
+        duplicate_share: f64,
+        /// Events of the latency run
+        #[arg(long, value_name = "N", default_value_t = 10_000)]
+        latency_events: usize,
+    },
+    /// Live spend control: authorize and release latency, freshness under load, false denials
+    /// under a mixed load, next to NATS request/reply alone (needs the stack)
+    Spend {
+        /// Seconds of each fixed-rate run
+        #[arg(long, value_name = "SECS", default_value_t = 5)]
+        secs: u64,
+        /// Freshness probes
+        #[arg(long, value_name = "N", default_value_t = 200)]
+        probes: usize,
+        /// Background events per second during the freshness probes
+        #[arg(long, value_name = "PER_SEC", default_value_t = 10_000)]
+        load: u64,
+        /// Requests of the mixed load
+        #[arg(long, value_name = "N", default_value_t = 10_000)]
+        mixed: u64,
+    },
+}
+
 fn main() -> anyhow::Result<()> {
-    if std::env::args().any(|a| a == "--help" || a == "-h") {
-        // the usage is this file's module documentation
-        let usage = include_str!("tally-bench.rs")
-            .lines()
-            .take_while(|l| l.starts_with("//!"))
-            .map(|l| l.trim_start_matches("//!").trim_start())
-            .collect::<Vec<_>>()
-            .join("\n");
-        println!("{usage}");
-        return Ok(());
+    let cli = Cli::parse();
+    match cli.command {
+        None => aggregator_bench(cli.events, cli.ids),
+        Some(Bench::Report { quick, out }) => report_bench(quick, &out),
+        Some(Bench::Rating { rows, customers }) => rating_bench(rows, customers),
+        Some(Bench::Gateway {
+            events,
+            batch,
+            connections,
+        }) => gateway_bench(events, batch, connections),
+        Some(Bench::Pipeline {
+            events,
+            duplicate_share,
+            latency_events,
+        }) => pipeline_bench(events, duplicate_share, latency_events),
+        Some(Bench::Invoicer { customers, meters }) => invoicer_bench(customers, meters),
+        Some(Bench::Insert { events, batch }) => insert_bench(events, batch),
+        Some(Bench::History {
+            histories,
+            period,
+            big,
+            more,
+            customers,
+        }) => history_bench(&histories, period, big, more, customers),
+        Some(Bench::Cluster {
+            events,
+            duplicate_share,
+            latency_events,
+        }) => cluster_bench(events, duplicate_share, latency_events),
+        Some(Bench::Spend {
+            secs,
+            probes,
+            load,
+            mixed,
+        }) => spend_bench(secs, probes, load, mixed),
     }
-    if std::env::args().nth(1).as_deref() == Some("report") {
-        return report_bench();
-    }
-    if std::env::args().nth(1).as_deref() == Some("rating") {
-        return rating_bench();
-    }
-    if std::env::args().nth(1).as_deref() == Some("gateway") {
-        return gateway_bench();
-    }
-    if std::env::args().nth(1).as_deref() == Some("pipeline") {
-        return pipeline_bench();
-    }
-    if std::env::args().nth(1).as_deref() == Some("invoicer") {
-        return invoicer_bench();
-    }
-    if std::env::args().nth(1).as_deref() == Some("insert") {
-        return insert_bench();
-    }
-    if std::env::args().nth(1).as_deref() == Some("history") {
-        return history_bench();
-    }
-    if std::env::args().nth(1).as_deref() == Some("spend") {
-        return spend_bench();
-    }
-    if std::env::args().nth(1).as_deref() == Some("cluster") {
-        return cluster_bench();
-    }
-    let args = Args::parse(std::env::args().skip(1), &["events", "ids"])?;
-    let events: usize = args.get("events", 1_000_000)?;
-    let ids: usize = args.get("ids", 1_000_000)?;
+}
+
+/// `tally-bench` without a command: aggregator CPU and dedup memory.
+fn aggregator_bench(events: usize, ids: usize) -> anyhow::Result<()> {
     let cpu = aggregator_cpu::run(events, 5000);
     let bytes = aggregator_cpu::dedup_bytes_per_id(ids);
     println!("| scenario | figure | target |");
@@ -101,28 +221,21 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// `tally-bench report`: every scenario with its baseline, into report.md and report.json.
-fn report_bench() -> anyhow::Result<()> {
-    let rest: Vec<String> = std::env::args().skip(2).collect();
-    let quick = rest.iter().any(|a| a == "--quick");
-    let args = Args::parse(rest.into_iter().filter(|a| a != "--quick"), &["out"])?;
-    let out: String = args.get("out", "docs/bench".to_owned())?;
+fn report_bench(quick: bool, out: &std::path::Path) -> anyhow::Result<()> {
     let sizes = if quick {
         report::Sizes::quick()
     } else {
         report::Sizes::full()
     };
     let r = report::run(sizes, quick)?;
-    let (md, json) = r.write(std::path::Path::new(&out))?;
+    let (md, json) = r.write(out)?;
     print!("{}", r.to_markdown());
     eprintln!("wrote {} and {}", md.display(), json.display());
     Ok(())
 }
 
 /// `tally-bench rating`: usage rows rated per second on one thread.
-fn rating_bench() -> anyhow::Result<()> {
-    let args = Args::parse(std::env::args().skip(2), &["rows", "customers"])?;
-    let rows: usize = args.get("rows", 1_000_000)?;
-    let customers: usize = args.get("customers", 1000)?;
+fn rating_bench(rows: usize, customers: usize) -> anyhow::Result<()> {
     let r = rating::run(rows, customers)?;
     println!("| scenario | figure |");
     println!("|---|---|");
@@ -134,16 +247,8 @@ fn rating_bench() -> anyhow::Result<()> {
 }
 
 /// `tally-bench gateway`: events per second through HTTP into JetStream vs the direct publisher.
-fn gateway_bench() -> anyhow::Result<()> {
-    let args = Args::parse(
-        std::env::args().skip(2),
-        &["events", "batch", "connections"],
-    )?;
-    let r = gateway::run(
-        args.get("events", 200_000)?,
-        args.get("batch", 100)?,
-        args.get("connections", 4)?,
-    )?;
+fn gateway_bench(events: usize, batch: usize, connections: usize) -> anyhow::Result<()> {
+    let r = gateway::run(events, batch, connections)?;
     println!("| scenario | figure |");
     println!("|---|---|");
     println!(
@@ -159,14 +264,7 @@ fn gateway_bench() -> anyhow::Result<()> {
 
 /// `tally-bench pipeline`: events committed per second against raw JetStream publish and
 /// consume of the same messages, then latency at half the measured throughput.
-fn pipeline_bench() -> anyhow::Result<()> {
-    let args = Args::parse(
-        std::env::args().skip(2),
-        &["events", "duplicate-share", "latency-events"],
-    )?;
-    let n: usize = args.get("events", 200_000)?;
-    let dup: f64 = args.get("duplicate-share", 0.05)?;
-    let latency_n: usize = args.get("latency-events", 20_000)?;
+fn pipeline_bench(n: usize, dup: f64, latency_n: usize) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let env = tally_platform::testkit::TestEnv::new("bench_pipeline").await;
@@ -210,10 +308,7 @@ fn pipeline_bench() -> anyhow::Result<()> {
 }
 
 /// `tally-bench invoicer`: one invoicing pass over `customers` x `meters` charges.
-fn invoicer_bench() -> anyhow::Result<()> {
-    let args = Args::parse(std::env::args().skip(2), &["customers", "meters"])?;
-    let customers: usize = args.get("customers", 10_000)?;
-    let meters: usize = args.get("meters", 10)?;
+fn invoicer_bench(customers: usize, meters: usize) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let env = tally_platform::testkit::TestEnv::new("bench_invoicer").await;
@@ -227,27 +322,19 @@ fn invoicer_bench() -> anyhow::Result<()> {
 }
 
 /// `tally-bench history`: rating passes as stored history grows, and over a big month.
-fn history_bench() -> anyhow::Result<()> {
-    let args = Args::parse(
-        std::env::args().skip(2),
-        &["histories", "period", "big", "more", "customers"],
-    )?;
-    let histories: Vec<u64> = args
-        .raw("histories")
-        .unwrap_or("1000000,10000000,100000000")
-        .split(',')
-        .map(|s| s.trim().parse::<u64>())
-        .collect::<Result<_, _>>()?;
-    let period: u64 = args.get("period", 1_000_000)?;
-    let big: u64 = args.get("big", 100_000_000)?;
-    let more: u64 = args.get("more", 1_000_000)?;
-    let customers: u64 = args.get("customers", 10_000)?;
+fn history_bench(
+    histories: &[u64],
+    period: u64,
+    big: u64,
+    more: u64,
+    customers: u64,
+) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         println!("| scenario | rating pass | ClickHouse peak memory | charges | usage rows read |");
         println!("|---|---|---|---|---|");
         let env = tally_platform::testkit::TestEnv::new("bench_history").await;
-        let passes = history::history(&env, &histories, period, customers).await;
+        let passes = history::history(&env, histories, period, customers).await;
         env.cleanup().await;
         for (stored, p) in passes? {
             println!(
@@ -276,10 +363,7 @@ fn history_bench() -> anyhow::Result<()> {
 }
 
 /// `tally-bench insert`: the aggregator's commit against a plain insert of the same rows.
-fn insert_bench() -> anyhow::Result<()> {
-    let args = Args::parse(std::env::args().skip(2), &["events", "batch"])?;
-    let events: usize = args.get("events", 100_000)?;
-    let batch: usize = args.get("batch", 5000)?;
+fn insert_bench(events: usize, batch: usize) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let env = tally_platform::testkit::TestEnv::new("bench_insert").await;
@@ -298,14 +382,7 @@ fn insert_bench() -> anyhow::Result<()> {
 
 /// `tally-bench cluster`: the pipeline scenarios on the cluster profile, each next to raw
 /// JetStream R3 measured in the same run on the same cluster.
-fn cluster_bench() -> anyhow::Result<()> {
-    let args = Args::parse(
-        std::env::args().skip(2),
-        &["events", "duplicate-share", "latency-events"],
-    )?;
-    let events: usize = args.get("events", 100_000)?;
-    let dup: f64 = args.get("duplicate-share", 0.0)?;
-    let latency_events: usize = args.get("latency-events", 10_000)?;
+fn cluster_bench(events: usize, dup: f64, latency_events: usize) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     let figures = rt.block_on(cluster::run(events, dup, latency_events))?;
     print!("{}", figures.to_markdown());
@@ -315,15 +392,7 @@ fn cluster_bench() -> anyhow::Result<()> {
 /// `tally-bench spend`: live spend control (authorize and release latency at fixed rates
 /// and the most a closed loop reaches, publish-to-balance freshness under background load,
 /// false denials under a mixed load), next to NATS request/reply alone in the same run.
-fn spend_bench() -> anyhow::Result<()> {
-    let args = Args::parse(
-        std::env::args().skip(2),
-        &["secs", "probes", "load", "mixed"],
-    )?;
-    let secs: u64 = args.get("secs", 5)?;
-    let probes: usize = args.get("probes", 200)?;
-    let load: u64 = args.get("load", 10_000)?;
-    let mixed: u64 = args.get("mixed", 10_000)?;
+fn spend_bench(secs: u64, probes: usize, load: u64, mixed: u64) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     let figures = rt.block_on(tally_benches::spend::run(secs, probes, load, mixed))?;
     print!("{}", figures.to_markdown());
