@@ -389,7 +389,6 @@ struct TransitionRow {
 pub async fn statuses(
     db: &Client,
 ) -> Result<std::collections::HashMap<String, tally_domain::InvoiceStatus>, crate::Error> {
-    use tally_domain::InvoiceStatus;
     let rows: Vec<TransitionRow> = db
         .query(
             "SELECT invoice_id, to_status FROM v_invoice_transitions \
@@ -397,6 +396,41 @@ pub async fn statuses(
         )
         .fetch_all()
         .await?;
+    fold_statuses(rows)
+}
+
+/// The lifecycle status of each of `invoice_ids` that has a recorded transition, reading only
+/// their rows (`invoice_transitions` is sorted by invoice id; the view would read all of
+/// them on ClickHouse 18.16). The same rows as `v_invoice_transitions`: the earliest record of
+/// each transition.
+pub async fn statuses_of(
+    db: &Client,
+    invoice_ids: &[String],
+) -> Result<std::collections::HashMap<String, tally_domain::InvoiceStatus>, crate::Error> {
+    let mut rows: Vec<TransitionRow> = Vec::new();
+    for chunk in invoice_ids.chunks(1_000) {
+        let list = format!("({})", vec!["?"; chunk.len()].join(", "));
+        let mut q = db.query(&format!(
+            "SELECT invoice_id, to_status FROM ( \
+               SELECT invoice_id, transition_id, argMin(seq, at_ms) AS seq, \
+                      argMin(to_status, at_ms) AS to_status, min(at_ms) AS t \
+               FROM invoice_transitions WHERE invoice_id IN {list} \
+               GROUP BY invoice_id, transition_id) \
+             ORDER BY invoice_id, t, seq, transition_id"
+        ));
+        for id in chunk {
+            q = q.bind(id);
+        }
+        rows.extend(q.fetch_all::<TransitionRow>().await?);
+    }
+    fold_statuses(rows)
+}
+
+/// Each invoice's status: the fold of its transitions in order.
+fn fold_statuses(
+    rows: Vec<TransitionRow>,
+) -> Result<std::collections::HashMap<String, tally_domain::InvoiceStatus>, crate::Error> {
+    use tally_domain::InvoiceStatus;
     let mut out = std::collections::HashMap::new();
     for r in rows {
         let to: InvoiceStatus = r.to_status.parse().map_err(|_| {

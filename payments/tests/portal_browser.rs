@@ -3,7 +3,8 @@
 //! invoices (status, amounts with separators), live spend and budgets from a stand-in spend
 //! decider on NATS, cost per day by meter and by agent and usage per day per meter (SVG
 //! charts with axes and legends) over several days, two agents and two meters, prepaid
-//! credits; a screenshot of the page is a real PNG of the page's size; without a decider the
+//! credits, the prepaid wallet (what is left of each grant, one expiring soon flagged); a
+//! screenshot of the page is a real PNG of the page's size; without a decider the
 //! page says "live spend unavailable"; the PDF link downloads a real PDF of the invoice; the
 //! same signature does not open another customer's page, an invoice of another customer is
 //! not served, and an expired link is refused.
@@ -188,6 +189,31 @@ async fn a_customer_sees_its_invoices_usage_and_pdf_and_nothing_else() {
     )
     .await
     .expect("grant");
+    // the prepaid wallet: a EUR grant expiring in 10 days (this period's usage is in USD, so
+    // it stays whole) and a USD grant the period's usage uses up at the wallet pass
+    for (id, currency, minor, expires) in [
+        ("launch", "EUR", 25_000, Some(now + 10 * DAY_MS)),
+        ("welcome-usd", "USD", 10_000, None),
+    ] {
+        let g = tally_payments::wallet::Grant {
+            grant_id: id.into(),
+            customer: "acme".into(),
+            currency: currency.into(),
+            amount_minor: minor,
+            kind: tally_payments::wallet::GrantKind::Promotional,
+            priority: 0,
+            expires_at_ms: expires,
+            created_at_ms: now,
+            paid_at_ms: None,
+        };
+        tally_payments::wallet::store::append_grant(&db, &g, "Launch credit", "ops")
+            .await
+            .expect("wallet grant");
+    }
+    let pass = tally_payments::wallet::pass::run(&db, now)
+        .await
+        .expect("wallet pass");
+    assert_eq!(pass.failed, 0);
     let nats = async_nats::connect(
         std::env::var("TALLY_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into()),
     )
@@ -453,6 +479,24 @@ async fn a_customer_sees_its_invoices_usage_and_pdf_and_nothing_else() {
         "{text}"
     );
     assert!(text.contains("Welcome credit"), "{text}");
+    // the wallet: what is left of each grant, the one expiring within 30 days flagged
+    let mut wallet: Vec<serde_json::Value> = page["wallet"].as_array().unwrap().clone();
+    wallet.sort_by_key(|r| r[0].as_str().unwrap_or_default().to_owned());
+    assert_eq!(
+        wallet,
+        vec![
+            serde_json::json!(["launch", "active", "250.00 EUR", true]),
+            serde_json::json!(["welcome-usd", "used", "0.00 USD", false]),
+        ]
+    );
+    assert!(
+        page["wallet_balance"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("250.00 EUR"),
+        "{}",
+        page["wallet_balance"]
+    );
     assert!(!text.contains("Live spend unavailable"));
     // without a decider: the same page, without the live part
     assert_eq!(without_decider["name"], "Acme Robotics");
@@ -573,6 +617,8 @@ const PAGE: &str = r#"({
     cost_card: document.querySelector('#cost-to-date .value').textContent,
     credit: document.querySelector('#credit-balance .value').textContent,
     payments: [...document.querySelectorAll('tr.payment')].map(r => r.dataset.status),
+    wallet: [...document.querySelectorAll('tr.wallet-grant')].map(r => [r.dataset.grant, r.dataset.status, r.cells[2].textContent, r.classList.contains('expiring')]),
+    wallet_balance: (document.getElementById('wallet-balance') || {}).textContent || null,
     text: document.body.innerText,
     scripts: document.scripts.length,
     external: [...document.querySelectorAll('[src],link[href]')].length,

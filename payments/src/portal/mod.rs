@@ -2,8 +2,8 @@
 //! ([`page`]) under its catalog name ([`account`]): live spend, budgets and entitlements asked
 //! of the spend decider ([`live`]), cost per day by meter and agent ([`cost`]) and usage per
 //! day ([`usage`]) of the current period drawn as SVG charts ([`chart`]), amounts in the
-//! invoice currency ([`format`]), prepaid credits, invoices with status and PDF download, and
-//! payments.
+//! invoice currency ([`format`]), prepaid credits, the prepaid wallet (balances, grants with
+//! what is left and when they expire), invoices with status and PDF download, and payments.
 //!
 //! Everything shown is loaded by [`load`] for the customer the link was signed for; an invoice
 //! document is served only when its customer is that customer. The portal never shows
@@ -17,6 +17,7 @@ pub mod link;
 pub mod live;
 pub mod page;
 pub mod usage;
+pub mod wallet;
 
 use std::collections::HashMap;
 
@@ -49,6 +50,8 @@ pub struct CustomerView {
     /// The decider's balance; `None` when none answered (or live spend is off).
     pub live: Option<live::Balance>,
     pub credits: account::Credits,
+    /// The prepaid wallet (grants, what is left of each, balances per currency).
+    pub wallet: crate::wallet::http::WalletView,
     pub invoices: Vec<PortalInvoice>,
     pub payments: Vec<PaymentRow>,
 }
@@ -119,7 +122,9 @@ async fn load_stored(db: &Client, customer: &str, now_ms: i64) -> Result<Custome
     let costs = cost::divide(&charges, &usage);
     let name = account::customer_name(db, customer).await?;
     let credits = account::credits(db, customer).await?;
-    let statuses = store::statuses(db).await?;
+    let ids: Vec<String> = facts.iter().map(|f| f.invoice_id.clone()).collect();
+    let statuses = store::statuses_of(db, &ids).await?;
+    let wallet = crate::wallet::http::view(db, customer).await?;
     let mut payments = Vec::new();
     let mut paid: HashMap<String, i64> = HashMap::new();
     for f in &facts {
@@ -155,6 +160,7 @@ async fn load_stored(db: &Client, customer: &str, now_ms: i64) -> Result<Custome
         costs,
         live: None,
         credits,
+        wallet,
         invoices,
         payments,
     })

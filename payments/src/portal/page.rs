@@ -2,7 +2,8 @@
 //! cards (cost to date, prepaid credit, the budget closest to its limit, amount due), live
 //! spend with budgets and entitlements (or "live spend unavailable"), cost per day by meter
 //! and by agent, usage per day per meter by agent, usage and cost by agent and meter, prepaid
-//! credits, invoices with status and PDF download, payments. Self-contained HTML (inline CSS
+//! credits, the prepaid wallet ([`super::wallet`]), invoices with status and PDF download,
+//! payments. Self-contained HTML (inline CSS
 //! and SVG; no script, no external resource). Every value is escaped; amounts are in their
 //! currency with separators and its minor digits ([`super::format`]). The page shows only
 //! what [`super::CustomerView`] holds, which is loaded for one customer.
@@ -57,6 +58,7 @@ section{background:#fff;border:1px solid var(--line);border-radius:10px;padding:
 table{border-collapse:collapse;width:100%;margin:4px 0 6px;font-size:14px}\
 td,th{border-bottom:1px solid var(--line);padding:7px 8px;text-align:left;vertical-align:middle}\
 th{color:var(--muted);font-weight:600;font-size:13px}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}\
+tr.expiring td:last-child{color:var(--warn);font-weight:600}\
 .note{color:var(--muted);font-size:13px;margin:6px 0}\
 .unavailable{background:#fffaf0;border:1px solid #fbd38d;border-radius:8px;padding:10px 12px;color:#7b341e}\
 .gauge{background:#edf2f7;border-radius:6px;height:12px;min-width:160px;overflow:hidden}\
@@ -167,6 +169,7 @@ pub fn render(v: &CustomerView, token: &str) -> String {
     costs(&mut h, v, &days);
     usage(&mut h, v, &days);
     credits(&mut h, v);
+    super::wallet::section(&mut h, &v.wallet, v.now_ms);
     invoices(&mut h, v, token);
     h.push_str("</main></body></html>");
     h
@@ -621,6 +624,12 @@ mod tests {
             },
             live,
             credits: account::Credits::default(),
+            wallet: crate::wallet::http::WalletView {
+                customer: "acme".into(),
+                balances: Default::default(),
+                grants: vec![],
+                movements: vec![],
+            },
             invoices: vec![],
             payments: vec![],
         }

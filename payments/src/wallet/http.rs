@@ -40,36 +40,39 @@ fn failed(e: Error) -> Response<Body> {
     }
 }
 
-#[derive(Serialize)]
-struct GrantView {
-    grant_id: String,
-    kind: GrantKind,
-    currency: String,
-    amount_minor: i64,
-    remaining_minor: i64,
-    priority: u8,
-    expires_at_ms: Option<i64>,
-    created_at_ms: i64,
+/// One grant as the API and the portal show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct GrantView {
+    pub grant_id: String,
+    pub kind: GrantKind,
+    pub currency: String,
+    pub amount_minor: i64,
+    pub remaining_minor: i64,
+    pub priority: u8,
+    pub expires_at_ms: Option<i64>,
+    pub created_at_ms: i64,
     /// `pending` (a top-up not paid yet), `active`, `used`, `expired`, `voided`.
-    status: &'static str,
+    pub status: &'static str,
     /// For top-ups: the id to pay it under (a payment's `invoice_id`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    payable_id: Option<String>,
-    reason: String,
-    actor: String,
+    pub payable_id: Option<String>,
+    pub reason: String,
+    pub actor: String,
 }
 
-#[derive(Serialize)]
-struct WalletView {
-    customer: String,
+/// A customer's wallet as the API and the portal show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct WalletView {
+    pub customer: String,
     /// Credit available per currency: the sum of the movements.
-    balances: BTreeMap<String, i64>,
-    grants: Vec<GrantView>,
+    pub balances: BTreeMap<String, i64>,
+    pub grants: Vec<GrantView>,
     /// The latest movements, newest first.
-    movements: Vec<Movement>,
+    pub movements: Vec<Movement>,
 }
 
-async fn view(db: &Client, customer: &str) -> Result<WalletView, Error> {
+/// `customer`'s wallet (reads only its rows).
+pub async fn view(db: &Client, customer: &str) -> Result<WalletView, Error> {
     let grants = store::grants_of(db, customer).await?;
     let movements = store::movements_of(db, customer).await?;
     let left = remaining(customer, &movements)?;
