@@ -75,13 +75,15 @@ impl From<&Charge> for StoredCharge {
     }
 }
 
-/// One committed usage window of the charge (per agent and group).
+/// One committed usage window of the charge (per agent and group). In the API's JSON the
+/// quantity is an exact decimal string, as every quantity the API shows (not ClickHouse's
+/// units of 10^-9).
 #[derive(Debug, Clone, clickhouse::Row, Deserialize, Serialize)]
 pub struct WindowUsage {
     pub window_start: u32,
     pub agent: String,
     pub group_key: String,
-    #[serde(with = "dec9")]
+    #[serde(with = "rust_decimal::serde::str")]
     pub quantity: Decimal,
 }
 
