@@ -194,13 +194,14 @@ cmd_up() {
     [ -n "$(find_bin curl)" ] || missing+=(curl)
     # The test suite's tools (TALLY_TEST_TOOLS=1, set by scripts/test.sh): Prometheus and
     # promtool for the metrics and alert-rule tests, headless Chromium for the portal test,
-    # pdftotext for the invoice PDF test; python3 for tests/sql and tests/ops, PyYAML for
+    # pdftotext for the invoice PDF test, nginx for the TLS-terminating proxy test; python3 for tests/sql and tests/ops, PyYAML for
     # tests/ops, and pip where scripts/test.sh still has to install chdb-core. Same single
     # apt-get run as the servers.
     if [ "${TALLY_TEST_TOOLS:-0}" = 1 ]; then
         [ -n "$(find_bin promtool)" ] || missing+=(prometheus)
         [ -n "$(find_bin chromium)" ] || missing+=(chromium)
         [ -n "$(find_bin pdftotext)" ] || missing+=(poppler-utils)
+        [ -n "$(find_bin nginx)" ] || missing+=(nginx-light)
         [ -n "$(find_bin python3)" ] || missing+=(python3)
         python3 -c 'import yaml' 2>/dev/null || missing+=(python3-yaml)
         if ! python3 -c 'import chdb' 2>/dev/null && ! python3 -m pip --version >/dev/null 2>&1; then

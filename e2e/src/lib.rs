@@ -1,5 +1,6 @@
 //! Support for the end-to-end tests in `tests/`: the meters and catalog the tests run with,
-//! starting an aggregator in-process, and waiting for the stream to drain. The expected
+//! starting an aggregator in-process, waiting for the stream to drain, and certificates made
+//! with `openssl` for the TLS tests. The expected
 //! results themselves are computed inside each test, independently of the pipeline's code.
 
 use std::time::Duration;
@@ -108,5 +109,45 @@ pub async fn wait_drained(env: &TestEnv, consumer: &str, timeout: Duration) {
     assert!(
         drained,
         "consumer {consumer} did not drain within {timeout:?}"
+    );
+}
+
+/// `<name>.pem` and `<name>.key` in `dir`: a P-256 certificate for `/CN=<cn>`, self-signed
+/// (a CA) when `ca` is none, else signed by the CA `<ca>.pem` in one step (OpenSSL 3's
+/// `req -x509 -CA`), with `extensions` added.
+pub fn certificate(
+    dir: &std::path::Path,
+    name: &str,
+    cn: &str,
+    ca: Option<&str>,
+    extensions: &[&str],
+) {
+    let mut openssl = std::process::Command::new("openssl");
+    openssl
+        .current_dir(dir)
+        .args(["req", "-x509", "-days", "2", "-nodes", "-subj"])
+        .arg(format!("/CN={cn}"))
+        .args(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+        .arg("-keyout")
+        .arg(format!("{name}.key"))
+        .arg("-out")
+        .arg(format!("{name}.pem"));
+    if let Some(ca) = ca {
+        openssl
+            .arg("-CA")
+            .arg(format!("{ca}.pem"))
+            .arg("-CAkey")
+            .arg(format!("{ca}.key"));
+    }
+    for ext in extensions {
+        openssl.args(["-addext", ext]);
+    }
+    let out = openssl
+        .output()
+        .expect("openssl runs (the test makes its certificates with it)");
+    assert!(
+        out.status.success(),
+        "openssl for {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

@@ -18,43 +18,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use tally_e2e::certificate;
 use tally_platform::config::{self, ClickHouseConfig};
 use tally_platform::own_server::{find_binary, free_port, temp_dir, OwnServer};
 use tally_platform::{migrate, store};
-
-/// `<name>.pem` and `<name>.key` in `dir`: a P-256 certificate for `/CN=<cn>`, self-signed
-/// (a CA) when `ca` is none, else signed by the CA `<ca>.pem` in one step (OpenSSL 3's
-/// `req -x509 -CA`), with `extensions` added.
-fn certificate(dir: &Path, name: &str, cn: &str, ca: Option<&str>, extensions: &[&str]) {
-    let mut openssl = Command::new("openssl");
-    openssl
-        .current_dir(dir)
-        .args(["req", "-x509", "-days", "2", "-nodes", "-subj"])
-        .arg(format!("/CN={cn}"))
-        .args(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
-        .arg("-keyout")
-        .arg(format!("{name}.key"))
-        .arg("-out")
-        .arg(format!("{name}.pem"));
-    if let Some(ca) = ca {
-        openssl
-            .arg("-CA")
-            .arg(format!("{ca}.pem"))
-            .arg("-CAkey")
-            .arg(format!("{ca}.key"));
-    }
-    for ext in extensions {
-        openssl.args(["-addext", ext]);
-    }
-    let out = openssl
-        .output()
-        .expect("openssl runs (the test makes its certificates with it)");
-    assert!(
-        out.status.success(),
-        "openssl for {name}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A clickhouse-server with only an https port (and the native port it always opens), its
 /// certificate `server.pem`, verifying presented client certificates against `ca.pem`.
