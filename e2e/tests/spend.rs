@@ -1138,6 +1138,11 @@ async fn holds_survive_kill_9_and_never_leak_and_a_restart_rebuilds_the_same_bal
     let api = api_addr(&c_config);
     let (status, _) = http(api, "GET", "/v1/customers/acme/budgets", None, "").await;
     assert_eq!(status, 401);
+    // the document needs no token and is the one the routes are checked against
+    let (status, doc) = http(api, "GET", "/v1/openapi.json", None, "").await;
+    let described: serde_json::Value =
+        serde_json::from_str(tally_rater::live::api::OPENAPI).expect("JSON");
+    assert_eq!((status, &doc), (200, &described));
     let body = r#"{"kind":"amount","limit":"0.50","thresholds":[80],"hard":true}"#;
     let (status, put) = http(
         api,
