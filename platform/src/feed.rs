@@ -54,7 +54,7 @@ impl FeedConfig {
             subject_root: format!("{}_feed", nats.subject_prefix),
             max_age: Duration::from_secs(3600),
             duplicate_window: Duration::from_secs(nats.duplicate_window_secs),
-            replicas: 1,
+            replicas: nats.replicas.max(1),
         }
     }
 
@@ -96,12 +96,9 @@ pub enum FeedError {
     Malformed(String),
 }
 
-/// Creates the feed stream if it does not exist.
-pub async fn ensure(
-    js: &jetstream::Context,
-    cfg: &FeedConfig,
-) -> Result<stream::Stream, FeedError> {
-    js.get_or_create_stream(stream::Config {
+/// The feed stream as `cfg` configures it.
+fn stream_config(cfg: &FeedConfig) -> stream::Config {
+    stream::Config {
         name: cfg.stream.clone(),
         subjects: vec![format!("{}.>", cfg.subject_root)],
         storage: stream::StorageType::File,
@@ -111,12 +108,55 @@ pub async fn ensure(
         max_bytes: 1 << 30,
         num_replicas: cfg.replicas.max(1),
         ..Default::default()
-    })
-    .await
-    .map_err(|e| FeedError::Stream {
+    }
+}
+
+/// Creates the feed stream if it does not exist, else makes its duplicate window, age, size
+/// and replicas match `cfg` (replicas only upwards, as the usage stream's:
+/// [`crate::streams::replicas_change`]; fewer is an error naming `nats.replicas`).
+pub async fn ensure(
+    js: &jetstream::Context,
+    cfg: &FeedConfig,
+) -> Result<stream::Stream, FeedError> {
+    let want = stream_config(cfg);
+    let failed = |detail: String| FeedError::Stream {
         stream: cfg.stream.clone(),
-        detail: e.to_string(),
-    })
+        detail,
+    };
+    let stream = js
+        .get_or_create_stream(want.clone())
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let have = stream.cached_info().config.clone();
+    let replicas = crate::streams::replicas_change(&have, &want);
+    if let Some(c) = replicas.as_ref().filter(|c| !c.updatable) {
+        return Err(failed(format!(
+            "it has {} where setting `{}` wants {}; lower them by hand (docs/OPERATIONS.md, \
+             \"Changing stream settings\")",
+            c.have, c.setting, c.want
+        )));
+    }
+    let same = have.duplicate_window == want.duplicate_window
+        && have.max_age == want.max_age
+        && have.max_bytes == want.max_bytes
+        && replicas.is_none();
+    if same {
+        return Ok(stream);
+    }
+    let updated = stream::Config {
+        duplicate_window: want.duplicate_window,
+        max_age: want.max_age,
+        max_bytes: want.max_bytes,
+        num_replicas: want.num_replicas.max(have.num_replicas),
+        ..have
+    };
+    js.update_stream(&updated)
+        .await
+        .map_err(|e| failed(format!("updating it to the configuration failed: {e}")))?;
+    tracing::info!(stream = %cfg.stream, "feed stream settings changed to the configuration");
+    js.get_stream(&cfg.stream)
+        .await
+        .map_err(|e| failed(e.to_string()))
 }
 
 /// Splits a batch's rows into notices of at most [`CHUNK_BYTES_MAX`] JSON bytes each (a

@@ -9,7 +9,9 @@
 //! policy) are updated, each change logged; one it cannot change (storage, retention) or
 //! must not change under a running deployment (its subjects: messages on the old ones would
 //! no longer be consumed) stops the service with an error naming the setting
-//! ([`StreamError::Drift`]). A stream's replicas are left as they are once it exists.
+//! ([`StreamError::Drift`]). Replicas follow `nats.replicas` upwards (JetStream adds copies
+//! in place); fewer replicas than the stream has stop the service naming the setting, since
+//! a configuration mistake must never drop copies of stored usage.
 
 use std::time::Duration;
 
@@ -232,7 +234,23 @@ pub fn drift(have: &stream::Config, want: &stream::Config, kind: Kind) -> Vec<Ch
         format!("discard {:?}", want.discard),
         true,
     );
+    if let Some(c) = replicas_change(have, want) {
+        out.push(c);
+    }
     out
+}
+
+/// The replicas of `have` against `want`: more are added in place (JetStream copies the
+/// stream to new peers); fewer are never applied by a service (it would drop copies of
+/// stored usage on a configuration mistake: lower them by hand, docs/OPERATIONS.md). Pure.
+pub fn replicas_change(have: &stream::Config, want: &stream::Config) -> Option<Change> {
+    let (h, w) = (have.num_replicas.max(1), want.num_replicas.max(1));
+    (h != w).then(|| Change {
+        setting: "nats.replicas",
+        have: format!("{h} replicas"),
+        want: format!("{w} replicas"),
+        updatable: w > h,
+    })
 }
 
 /// Creates the stream `want` if it does not exist, else makes it match `want` (module docs).
@@ -302,6 +320,7 @@ async fn declare(
         max_bytes: want.max_bytes,
         max_messages: want.max_messages,
         discard: want.discard,
+        num_replicas: want.num_replicas.max(have.num_replicas),
         ..have
     };
     js.update_stream(&updated).await.map_err(|e| {
@@ -520,6 +539,29 @@ mod tests {
     fn answered(json: &str) -> CreateStreamError {
         let e: jetstream::Error = serde_json::from_str(json).expect("a server error");
         CreateStreamError::new(CreateStreamErrorKind::JetStream(e))
+    }
+
+    #[test]
+    fn replicas_are_added_in_place_and_never_removed_by_a_service() {
+        let with = |n: usize| stream::Config {
+            num_replicas: n,
+            ..Default::default()
+        };
+        assert_eq!(replicas_change(&with(3), &with(3)), None);
+        // 0 is what JetStream reports for a stream created without the setting: one copy
+        assert_eq!(replicas_change(&with(0), &with(1)), None);
+        let up = replicas_change(&with(1), &with(3)).unwrap();
+        assert_eq!((up.setting, up.updatable), ("nats.replicas", true));
+        assert_eq!(
+            (up.have.as_str(), up.want.as_str()),
+            ("1 replicas", "3 replicas")
+        );
+        let down = replicas_change(&with(3), &with(1)).unwrap();
+        assert!(!down.updatable);
+        let usage = drift(&with(3), &with(1), Kind::Usage);
+        assert_eq!(usage.len(), 1);
+        assert_eq!(usage[0].setting, "nats.replicas");
+        assert!(!usage[0].updatable);
     }
 
     #[test]

@@ -161,3 +161,80 @@ async fn a_size_limit_the_server_cannot_reserve_is_refused_naming_the_setting() 
     assert!(err.to_string().contains("`nats.dlq_max_bytes`"), "{err}");
     env.cleanup().await;
 }
+
+/// Replicas follow the configuration upwards, never downwards. A single server either
+/// records the higher count (NATS 2.9 does: it keeps one copy in non-clustered mode) or
+/// refuses it (newer releases), and a refusal names the setting; once the stream has more
+/// replicas than the configuration, declaring stops with an error naming `nats.replicas`
+/// instead of dropping copies. Before, replicas were never looked at.
+#[tokio::test]
+async fn replicas_follow_the_configuration_upwards_and_are_never_lowered() {
+    let mut env = TestEnv::new("streams_replicas").await;
+    let js = js(&env).await;
+    streams::ensure(&js, &env.nats).await.expect("created");
+    env.nats.replicas = 3;
+    match streams::ensure(&js, &env.nats).await {
+        Ok(_) => assert_eq!(config_of(&js, &env.nats.stream).await.num_replicas, 3),
+        Err(e) => {
+            let err = e.to_string();
+            assert!(
+                err.contains("`nats.replicas` 1 replicas -> 3 replicas"),
+                "{err}"
+            );
+            env.cleanup().await;
+            return;
+        }
+    }
+    env.nats.replicas = 1;
+    let err = streams::ensure(&js, &env.nats)
+        .await
+        .expect_err("fewer replicas are never applied")
+        .to_string();
+    assert!(err.contains("`nats.replicas`"), "{err}");
+    assert!(err.contains("3 replicas"), "{err}");
+    assert_eq!(config_of(&js, &env.nats.stream).await.num_replicas, 3);
+    env.cleanup().await;
+}
+
+/// The live feed's settings follow the configuration too (its duplicate window is the usage
+/// stream's `nats.duplicate_window_secs`); it used to keep those it was created with.
+#[tokio::test]
+async fn the_feed_follows_the_configured_duplicate_window() {
+    use tally_platform::feed::{self, FeedConfig};
+    let mut env = TestEnv::new("streams_feed").await;
+    let js = js(&env).await;
+    feed::ensure(&js, &FeedConfig::for_nats(&env.nats))
+        .await
+        .expect("created");
+    let name = FeedConfig::for_nats(&env.nats).stream;
+    assert_eq!(
+        config_of(&js, &name).await.duplicate_window,
+        Duration::from_secs(env.nats.duplicate_window_secs)
+    );
+    env.nats.duplicate_window_secs = 45;
+    feed::ensure(&js, &FeedConfig::for_nats(&env.nats))
+        .await
+        .expect("reconciled");
+    let have = config_of(&js, &name).await;
+    assert_eq!(have.duplicate_window, Duration::from_secs(45));
+    // the same again changes nothing
+    feed::ensure(&js, &FeedConfig::for_nats(&env.nats))
+        .await
+        .expect("unchanged");
+    assert_eq!(config_of(&js, &name).await, have);
+    // raised, then never lowered (as the usage stream; a single server may refuse 3)
+    env.nats.replicas = 3;
+    if feed::ensure(&js, &FeedConfig::for_nats(&env.nats))
+        .await
+        .is_ok()
+    {
+        assert_eq!(config_of(&js, &name).await.num_replicas, 3);
+        env.nats.replicas = 1;
+        let err = feed::ensure(&js, &FeedConfig::for_nats(&env.nats))
+            .await
+            .expect_err("fewer replicas are never applied")
+            .to_string();
+        assert!(err.contains("`nats.replicas`"), "{err}");
+    }
+    env.cleanup().await;
+}

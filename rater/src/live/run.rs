@@ -364,10 +364,8 @@ async fn aborts(db: &Client, part: u32) -> Result<HashSet<String>, RunError> {
 /// cannot be read on: the session rebuilds.
 async fn follow_feed(spend: Spend, join: JoinPoint, tx: mpsc::Sender<Command>) {
     let js = spend.js();
-    let cfg = FeedConfig {
-        replicas: spend.cfg.replicas,
-        ..FeedConfig::for_nats(&spend.nats_cfg)
-    };
+    // the aggregators' feed, as they declare it (its replicas are `nats.replicas`)
+    let cfg = FeedConfig::for_nats(&spend.nats_cfg);
     let deliver_policy = match join.since_ms {
         Some(ms) => {
             let at = i128::from(ms.saturating_sub(FEED_MARGIN_MS)) * 1_000_000;
