@@ -102,3 +102,27 @@ fn docs_api_md_is_the_rendered_documents() {
         }
     }
 }
+
+/// The gateway's `GET /v1/balance` passes the spend decider's balance through as it is, the
+/// same answer as the spend API's `GET /v1/customers/{id}/balance`: both documents describe it
+/// with the same schemas.
+#[test]
+fn the_gateway_and_the_spend_api_describe_the_balance_alike() {
+    let gateway: serde_json::Value =
+        serde_json::from_str(tally_ingest::gateway::server::OPENAPI_PUBLIC).expect("JSON");
+    let spend: serde_json::Value =
+        serde_json::from_str(tally_rater::live::api::OPENAPI).expect("JSON");
+    for name in [
+        "Balance",
+        "MeterBalance",
+        "BudgetBalance",
+        "LimitUse",
+        "Entitlements",
+        "Kind",
+    ] {
+        assert_eq!(
+            gateway["components"]["schemas"][name], spend["components"]["schemas"][name],
+            "schema {name}: the gateway's document differs from the spend API's"
+        );
+    }
+}
