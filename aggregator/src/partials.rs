@@ -198,7 +198,9 @@ mod tests {
             ),
         ];
         let rows = fold(&events, c.meters());
-        let tokens: Vec<(&str, &[String], i64, u64, String, String, String)> = rows
+        // (agent, group values, window start, events, sum, min, max)
+        type Partial<'a> = (&'a str, &'a [String], i64, u64, String, String, String);
+        let tokens: Vec<Partial> = rows
             .iter()
             .filter(|p| p.meter == 0)
             .map(|p| {

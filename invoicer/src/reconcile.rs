@@ -21,6 +21,10 @@ use serde::{Deserialize, Serialize};
 use tally_platform::store::dec9;
 use tally_platform::usage;
 
+/// Per (customer, meter): the charged periods (start, end, and the charge's quantity when
+/// it has one).
+type ChargedPeriods = BTreeMap<(String, String), Vec<(u32, u32, Option<Decimal>)>>;
+
 /// One (customer, meter, period) whose charged quantity differs from committed usage.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct QuantityDifference {
@@ -213,7 +217,7 @@ async fn usage_vs_charges(
     };
     // the charged periods of each (customer, meter); rows stream into them, so memory follows
     // the charges, never the usage rows
-    let mut periods: BTreeMap<(String, String), Vec<(u32, u32, Option<Decimal>)>> = BTreeMap::new();
+    let mut periods: ChargedPeriods = BTreeMap::new();
     for c in &charged {
         periods
             .entry((c.customer.clone(), c.meter.clone()))

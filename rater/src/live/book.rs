@@ -97,6 +97,10 @@ pub struct Costs {
 /// Per (agent, meter, group key): the aggregation and totals.
 type Usage = BTreeMap<(String, String, String), (Aggregation, Vec<String>, Vec<String>, Totals)>;
 
+/// Per priced key (meter, group key or `{}`): the aggregation, the group's names and values,
+/// and the totals over agents.
+type PricedTotals = BTreeMap<(String, String), (Aggregation, Vec<String>, Vec<String>, Totals)>;
+
 /// The current period of one customer.
 #[derive(Debug, Clone)]
 pub struct CustomerBook {
@@ -162,12 +166,8 @@ impl CustomerBook {
     }
 
     /// Per priced key (meter, group key or `{}`): aggregation, group, totals over agents.
-    fn priced_totals(
-        &self,
-        per_group: impl Fn(&str) -> bool,
-    ) -> BTreeMap<(String, String), (Aggregation, Vec<String>, Vec<String>, Totals)> {
-        let mut out: BTreeMap<(String, String), (Aggregation, Vec<String>, Vec<String>, Totals)> =
-            BTreeMap::new();
+    fn priced_totals(&self, per_group: impl Fn(&str) -> bool) -> PricedTotals {
+        let mut out = PricedTotals::new();
         for ((_, meter, gk), (agg, names, values, t)) in &self.usage {
             let (key, names, values) = if per_group(meter) {
                 ((meter.clone(), gk.clone()), names.clone(), values.clone())

@@ -316,9 +316,7 @@ impl Decider {
     }
 
     fn batch(&mut self, notices: Vec<Notice>) -> Option<Stop> {
-        let Some(first) = notices.first() else {
-            return None;
-        };
+        let first = notices.first()?;
         let batch = first.batch.clone();
         if self.aborted.contains(&batch) || self.applied.contains(&batch) {
             return None;

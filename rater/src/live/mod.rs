@@ -17,7 +17,7 @@
 //! - [`alerts`]: threshold crossings, notified once per period.
 //! - [`decider`]: the task that owns a partition's book and answers.
 //! - [`run`]: a decider's session: lease, rebuild, feed, subscriptions.
-//! - [`metrics`]: `tally_spend_*`.
+//! - [`metrics`]: the `tally_spend_*` metrics.
 //! - [`api`]: the HTTP API for budgets and balances.
 
 pub mod alerts;
