@@ -438,7 +438,7 @@ case "${1:-}" in
     restart) count_of "$kind" >/dev/null && kill_node "$kind" "$node" && start_node "$kind" "$node" && wait_node "$kind" "$node" ;;
     test) run_cluster_tests ;;
     ci) cmd_ci ;;
-    chaos) TALLY_CLUSTER_EVENTS="${TALLY_CLUSTER_EVENTS:-100000}" run_cluster_tests --exact chaos_on_the_cluster_neither_loses_nor_double_counts ;;
+    chaos) TALLY_CLUSTER_EVENTS="${TALLY_CLUSTER_EVENTS:-100000}" run_cluster_tests --exact chaos::chaos_on_the_cluster_neither_loses_nor_double_counts ;;
     *)
         sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' >&2
         exit 2
