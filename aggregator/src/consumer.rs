@@ -24,7 +24,7 @@
 //! lease is released; if that cannot finish, its messages are left unacked for redelivery.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::pull, consumer::Consumer, Message};
 use clickhouse::Client;
@@ -90,12 +90,7 @@ pub(crate) fn ms_from_nanos(nanos: i128) -> i64 {
     i64::try_from(nanos / 1_000_000).unwrap_or(i64::MAX)
 }
 
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+pub(crate) use tally_platform::clock::now_ms;
 
 /// The state of one session: from a takeover until shutdown or fencing.
 pub(crate) struct Aggregator<'a> {

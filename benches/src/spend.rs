@@ -22,6 +22,7 @@ use rust_decimal::Decimal;
 use tally_domain::{AgentId, CustomerId, EventId};
 use tally_ingest::spend::{AuthorizeRequest, FailurePolicy, SpendClient};
 use tally_ingest::OutgoingEvent;
+use tally_platform::clock::now_ms;
 use tally_platform::shutdown::Shutdown;
 use tally_platform::testkit::TestEnv;
 use tally_rater::catalog_store::CatalogSource;
@@ -117,10 +118,6 @@ fn meter_specs() -> Vec<tally_domain::meter::MeterSpec> {
         {"slug": "tool_calls", "event_type": "tool.call", "aggregation": "COUNT", "group_by": {"tool": "$.tool"}}
     ]))
     .expect("meter specs")
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 fn id(s: &str) -> anyhow::Result<CustomerId> {

@@ -31,6 +31,7 @@
 pub mod access;
 pub mod args;
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod features;
 pub mod feed;

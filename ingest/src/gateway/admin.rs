@@ -26,6 +26,7 @@ use super::error::RequestError;
 use super::key_store::{self, KeyStoreError};
 use super::response::{ErrorBody, ErrorDetail};
 use super::server::{error_response, health, json, openapi_document, read_body, resolve, Gateway};
+use tally_platform::clock::now_ms;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -94,10 +95,6 @@ fn refusal(e: &AuthError) -> Response<Full<Bytes>> {
             .insert(hyper::header::WWW_AUTHENTICATE, v.clone());
     }
     r
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 /// What an admin route does.

@@ -14,6 +14,7 @@ use tally_invoicer::numbering::Numbers;
 use tally_invoicer::{render, Invoice, InvoicerConfig};
 use tally_platform::args::ConfigArg;
 use tally_platform::auth::Authenticator;
+use tally_platform::clock::now_ms;
 use tally_platform::{
     config, shutdown, store, streams, telemetry, ClickHouseConfig, NatsConfig, TelemetryConfig,
 };
@@ -77,10 +78,6 @@ struct Config {
     features: tally_platform::Features,
     #[serde(default)]
     security: tally_platform::SecurityConfig,
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 #[tokio::main(flavor = "current_thread")]

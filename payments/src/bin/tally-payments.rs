@@ -25,6 +25,7 @@ use tally_payments::signature::Secret;
 use tally_payments::{collect, dunning, metrics, portal, profiles, spend_alerts, store};
 use tally_platform::args::ConfigArg;
 use tally_platform::auth::Authenticator;
+use tally_platform::clock::now_ms;
 use tally_platform::config::SecurityConfig;
 use tally_platform::secrets::{self, SecretString};
 use tally_platform::shutdown::Shutdown;
@@ -121,10 +122,6 @@ fn dev_secret(profile: Profile, setting: &str, s: &mut SecretString) -> anyhow::
         );
     }
     Ok(())
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 #[tokio::main(flavor = "current_thread")]

@@ -11,6 +11,7 @@ use hyper::{Request, Response, StatusCode};
 use super::audit::{self, AuditRow};
 use super::authenticator::{AuthError, Authenticator, Principal};
 use super::role::{self, Permission};
+use crate::clock::now_ms;
 use crate::http::{self, Body};
 
 /// The refusal as a response: the error's status and code, and the challenge.
@@ -43,13 +44,6 @@ pub async fn authorize<B>(
         tracing::info!(service = auth.service(), path = %req.uri().path(), code = e.code(), "api request refused");
         refusal(&e)
     })
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// Runs `handler` for `who`; when `method` may change state, records the request in the

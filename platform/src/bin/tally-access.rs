@@ -29,6 +29,7 @@ use serde::Deserialize;
 use tally_platform::access::{self, Service};
 use tally_platform::args::ConfigArg;
 use tally_platform::auth::{self, Role, TokenRecord};
+use tally_platform::clock::now_ms;
 use tally_platform::private_file::write_private;
 use tally_platform::{config, store, ClickHouseConfig};
 
@@ -153,13 +154,6 @@ fn tokens(command: TokenCommand, db: &clickhouse::Client) -> anyhow::Result<()> 
         }
         Ok(())
     })
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// Renders the access of `users` to a database.

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use tally_domain::meter::{validate_meters, MeterSpec};
 use tally_platform::args::ConfigArg;
 use tally_platform::auth::Authenticator;
+use tally_platform::clock::now_ms;
 use tally_platform::{config, shutdown, store, telemetry, ClickHouseConfig, TelemetryConfig};
 use tally_rater::config::{PlanSpec, SubscriptionSpec};
 use tally_rater::customers::CustomerSpec;
@@ -89,10 +90,6 @@ struct Config {
     features: tally_platform::Features,
     #[serde(default)]
     security: tally_platform::SecurityConfig,
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 #[tokio::main(flavor = "current_thread")]

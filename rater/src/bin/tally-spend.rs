@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 use serde::Deserialize;
 use tally_platform::args::ConfigArg;
 use tally_platform::auth::Authenticator;
+use tally_platform::clock::now_ms;
 use tally_platform::{
     config, shutdown, store, streams, telemetry, ClickHouseConfig, NatsConfig, TelemetryConfig,
 };
@@ -60,10 +61,6 @@ struct Config {
     spend: SpendConfig,
     #[serde(default)]
     security: tally_platform::SecurityConfig,
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 #[tokio::main]
