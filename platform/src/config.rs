@@ -719,13 +719,6 @@ fn apply_override(table: &mut toml::Table, var: &str, value: &str) -> Result<(),
     Ok(())
 }
 
-/// The configuration path: `--config FILE` if given, else [`default_path`].
-pub fn path(args: &crate::args::Args) -> PathBuf {
-    args.raw("config")
-        .map(PathBuf::from)
-        .unwrap_or_else(default_path)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
