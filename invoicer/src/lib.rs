@@ -11,10 +11,17 @@
 //! - [`config`]: the `[invoicer]` section.
 //! - [`invoice`]: the invoice document and how it is built from charges (pure).
 //! - [`currency_split`]: one invoice per currency of a period, and their ids.
+//! - [`numbering`]: gapless numbers per issuer, assigned once, and the frozen documents of
+//!   finalized invoices (NATS KV).
 //! - [`lifecycle`]: appending and reading lifecycle transitions (who, when, why).
-//! - [`render`]: invoices for people (text).
+//! - [`late`]: late usage after finalization, as adjustment lines or credit notes.
+//! - [`credit_notes`]: credit notes against finalized invoices.
+//! - [`lineage`]: where a line comes from (its charge, the usage windows, the events).
+//! - [`reconcile`]: committed usage, charges and lines of a period compared (read-only).
+//! - [`render`]: invoices for people (text, HTML, PDF).
 //! - [`store`]: reading charges and existing invoices, writing invoices and lines.
-//! - [`run`]: one invoicing pass and the schedule.
+//! - [`run`]: one invoicing pass; [`schedule`]: when passes run (cron).
+//! - [`api`]: the HTTP API and its OpenAPI document.
 //! - [`metrics`]: every metric this crate emits.
 
 pub mod api;
