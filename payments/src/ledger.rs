@@ -19,6 +19,9 @@
 //! | wallet invoiced    | credit reserved                          | customer credit                 |
 //! | wallet expire      | customer credit                          | credit breakage                 |
 //! | wallet void        | customer credit                          | credit source                   |
+//! | dispute held       | disputes (funds the provider holds)      | cash                            |
+//! | dispute released   | cash                                     | disputes                        |
+//! | dispute lost       | dispute losses                           | disputes (cash if not held)     |
 //!
 //! Wallet journals (`crate::wallet`): rated usage of an open period reserves credit as it
 //! arrives (`credit_reserved`, a liability: credit consumed by usage not invoiced yet); when
@@ -58,10 +61,15 @@ pub enum Account {
     CreditReserved,
     /// Wallet credit that expired unused (income).
     CreditBreakage,
+    /// Money of a disputed payment the provider withdrew and holds until the dispute closes
+    /// (an asset: it comes back as cash when the dispute is won).
+    Disputes,
+    /// Disputed payments lost (money returned to the card holder; contra-revenue).
+    DisputeLosses,
 }
 
 impl Account {
-    pub const ALL: [Account; 10] = [
+    pub const ALL: [Account; 12] = [
         Account::Receivable,
         Account::Revenue,
         Account::TaxPayable,
@@ -72,6 +80,8 @@ impl Account {
         Account::CreditSource,
         Account::CreditReserved,
         Account::CreditBreakage,
+        Account::Disputes,
+        Account::DisputeLosses,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -86,6 +96,8 @@ impl Account {
             Account::CreditSource => "credit_source",
             Account::CreditReserved => "credit_reserved",
             Account::CreditBreakage => "credit_breakage",
+            Account::Disputes => "disputes",
+            Account::DisputeLosses => "dispute_losses",
         }
     }
 }
@@ -148,6 +160,54 @@ pub enum Operation {
         invoice_id: String,
         amount_minor: i64,
     },
+    /// A step of a payment dispute (`crate::disputes`): the disputed amount held, released
+    /// (won) or lost.
+    Dispute {
+        dispute_id: String,
+        invoice_id: String,
+        step: DisputeStep,
+        amount_minor: i64,
+    },
+}
+
+/// What a dispute journal records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DisputeStep {
+    /// The provider withdrew the disputed amount: cash to disputes.
+    Held,
+    /// The dispute was won (or the funds reinstated): disputes back to cash.
+    Released,
+    /// The dispute was lost: the amount is a loss, taken from what was held (`from_held`) or,
+    /// when nothing is held (the funds were never withdrawn, or reinstated before), from cash.
+    Lost { from_held: bool },
+}
+
+impl DisputeStep {
+    pub fn kind(self) -> &'static str {
+        match self {
+            DisputeStep::Held => "dispute_held",
+            DisputeStep::Released => "dispute_released",
+            DisputeStep::Lost { .. } => "dispute_lost",
+        }
+    }
+
+    fn id_part(self) -> &'static str {
+        match self {
+            DisputeStep::Held => "hold",
+            DisputeStep::Released => "release",
+            DisputeStep::Lost { .. } => "lost",
+        }
+    }
+
+    /// (debit, credit) of the journal.
+    fn accounts(self) -> (Account, Account) {
+        match self {
+            DisputeStep::Held => (Account::Disputes, Account::Cash),
+            DisputeStep::Released => (Account::Cash, Account::Disputes),
+            DisputeStep::Lost { from_held: true } => (Account::DisputeLosses, Account::Disputes),
+            DisputeStep::Lost { from_held: false } => (Account::DisputeLosses, Account::Cash),
+        }
+    }
 }
 
 /// What a wallet journal records (see the module doc's table).
@@ -211,6 +271,7 @@ impl Operation {
             Operation::CreditApplied { .. } => "credit_applied",
             Operation::CreditGranted { .. } => "credit_grant",
             Operation::Wallet { kind, .. } => kind.kind(),
+            Operation::Dispute { step, .. } => step.kind(),
         }
     }
 
@@ -231,6 +292,9 @@ impl Operation {
                 ..
             } => format!("grant:{customer}:{grant_id}:{version_ms}"),
             Operation::Wallet { journal_id, .. } => journal_id.clone(),
+            Operation::Dispute {
+                dispute_id, step, ..
+            } => format!("dsp:{}:{dispute_id}", step.id_part()),
         }
     }
 
@@ -243,7 +307,8 @@ impl Operation {
             | Operation::WriteOff { invoice_id, .. }
             | Operation::Void { invoice_id, .. }
             | Operation::CreditApplied { invoice_id, .. }
-            | Operation::Wallet { invoice_id, .. } => invoice_id,
+            | Operation::Wallet { invoice_id, .. }
+            | Operation::Dispute { invoice_id, .. } => invoice_id,
             Operation::CreditGranted { .. } => "",
         }
     }
@@ -387,6 +452,13 @@ pub fn post(op: &Operation, currency: &str) -> Result<Journal, LedgerError> {
         } => {
             let a = non_negative(&id, "amount_minor", *amount_minor)?;
             let (debit, credit) = kind.accounts();
+            vec![dr(debit, a), cr(credit, a)]
+        }
+        Operation::Dispute {
+            step, amount_minor, ..
+        } => {
+            let a = non_negative(&id, "amount_minor", *amount_minor)?;
+            let (debit, credit) = step.accounts();
             vec![dr(debit, a), cr(credit, a)]
         }
         Operation::Payment { amount_minor, .. } => {

@@ -15,6 +15,8 @@
 //! - [`gateway`]: the adapter trait, [`gateway::stripe`] and [`gateway::manual`].
 //! - [`ledger`]: posting rules and the trial balance (pure).
 //! - [`settle`]: applying payment events, refunds, write-offs and the ledger sync.
+//! - [`disputes`]: payment disputes: the disputed amount held, released or lost, versioned.
+//! - [`revenue`]: the revenue report (billed, collected, credited, outstanding) from the ledger.
 //! - [`collect`]: the first charge of a finalized invoice through the customer's gateway.
 //! - [`profiles`]: how each customer pays (gateway, saved payment method), append-only.
 //! - [`grants`]: the invoicer's prepaid credit grants still to post.
@@ -33,6 +35,7 @@
 pub mod collect;
 pub mod config;
 pub mod credit_notes;
+pub mod disputes;
 pub mod dunning;
 pub mod gateway;
 pub mod grants;
@@ -42,6 +45,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod portal;
 pub mod profiles;
+pub mod revenue;
 pub mod settle;
 pub mod signature;
 pub mod spend_alerts;

@@ -234,6 +234,29 @@ impl Settler {
                 };
                 self.refund(refund).await
             }
+            Effect::Disputed {
+                dispute_ref,
+                payment_ref,
+                amount_minor,
+                currency,
+                reason,
+                change,
+            } => {
+                let incoming = crate::disputes::Incoming {
+                    gateway,
+                    actor,
+                    event_id: &event.event_id,
+                    payment_ref,
+                    reason,
+                    event: crate::disputes::Event {
+                        dispute_id: dispute_ref.clone(),
+                        amount_minor: *amount_minor,
+                        currency: currency.clone(),
+                        change: change.clone(),
+                    },
+                };
+                crate::disputes::apply(&self.db, &incoming, now_ms).await
+            }
         }
     }
 
@@ -488,7 +511,7 @@ impl Settler {
 }
 
 /// Posts `op` unless its journal is already posted.
-async fn post(
+pub(crate) async fn post(
     db: &Client,
     op: &Operation,
     currency: &str,

@@ -251,7 +251,8 @@ struct EntryRow<'a> {
     at: u32,
 }
 
-/// Appends a journal's lines (ids `<journal_id>#<line_no>`).
+/// Appends a journal's lines (ids `<journal_id>#<line_no>`) to `ledger_entries_by_time`, then
+/// to `ledger_entries`.
 pub async fn append_journal(
     db: &Client,
     j: &Journal,
@@ -262,28 +263,55 @@ pub async fn append_journal(
     if j.lines.is_empty() {
         return Ok(());
     }
-    let mut insert = db.insert::<EntryRow<'_>>("ledger_entries").await?;
-    for (i, l) in j.lines.iter().enumerate() {
-        let line_no = i as u32 + 1;
-        insert
-            .write(&EntryRow {
-                entry_id: format!("{}#{line_no}", j.journal_id),
-                journal_id: &j.journal_id,
-                line_no,
-                kind: j.kind,
-                account: l.account.as_str(),
-                currency: &j.currency,
-                debit_minor: l.debit_minor,
-                credit_minor: l.credit_minor,
-                invoice_id: &j.invoice_id,
-                customer,
-                actor,
-                at_ms,
-                at: datetime_secs(at_ms),
-            })
-            .await?;
+    // the time-ordered copy first: every row of ledger_entries is then also there (a crash
+    // in between leaves a copy that the retry's rows collapse with, by entry id)
+    for table in ["ledger_entries_by_time", "ledger_entries"] {
+        let mut insert = db.insert::<EntryRow<'_>>(table).await?;
+        for (i, l) in j.lines.iter().enumerate() {
+            let line_no = i as u32 + 1;
+            insert
+                .write(&EntryRow {
+                    entry_id: format!("{}#{line_no}", j.journal_id),
+                    journal_id: &j.journal_id,
+                    line_no,
+                    kind: j.kind,
+                    account: l.account.as_str(),
+                    currency: &j.currency,
+                    debit_minor: l.debit_minor,
+                    credit_minor: l.credit_minor,
+                    invoice_id: &j.invoice_id,
+                    customer,
+                    actor,
+                    at_ms,
+                    at: datetime_secs(at_ms),
+                })
+                .await?;
+        }
+        insert.end().await?;
     }
-    insert.end().await
+    Ok(())
+}
+
+/// Copies the lines of `ledger_entries` that `ledger_entries_by_time` lacks (journals posted
+/// before migration 0052); returns how many. A full read of both tables, run once by an
+/// operator (`tally-payments index-ledger`); running it again copies nothing.
+pub async fn index_ledger(db: &Client) -> Result<u64> {
+    const COLS: &str = "entry_id, journal_id, line_no, kind, account, currency, debit_minor, \
+         credit_minor, invoice_id, customer, actor, at_ms, at";
+    let missing = "FROM ledger_entries WHERE entry_id NOT IN \
+         (SELECT entry_id FROM ledger_entries_by_time)";
+    let n: u64 = db
+        .query(&format!("SELECT count() {missing}"))
+        .fetch_one()
+        .await?;
+    if n > 0 {
+        db.query(&format!(
+            "INSERT INTO ledger_entries_by_time ({COLS}) SELECT {COLS} {missing}"
+        ))
+        .execute()
+        .await?;
+    }
+    Ok(n)
 }
 
 /// Ids of every journal posted.

@@ -106,6 +106,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(41, "0041_service_roles_api_auth.sql"),
     migration!(50, "0050_live_spend.sql"),
     migration!(51, "0051_wallets.sql"),
+    migration!(52, "0052_disputes_and_ledger_by_time.sql"),
 ];
 
 /// A capability a migration needs from the server (its `-- requires:` header).

@@ -43,6 +43,34 @@ pub enum Effect {
         amount_minor: i64,
         currency: String,
     },
+    /// A payment is disputed by the card holder (Stripe `charge.dispute.*`); what it does is
+    /// decided by [`crate::disputes::decide`].
+    Disputed {
+        /// The provider's id of the dispute (Stripe: `dp_...`).
+        dispute_ref: String,
+        /// The disputed payment (Stripe: the PaymentIntent id).
+        payment_ref: String,
+        amount_minor: i64,
+        currency: String,
+        /// The provider's reason (`fraudulent`, `product_not_received`, ...).
+        reason: String,
+        change: DisputeChange,
+    },
+}
+
+/// What a dispute event says happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum DisputeChange {
+    /// Opened with the provider's status (`needs_response`; `warning_needs_response` for an
+    /// inquiry, which withdraws nothing).
+    Opened { status: String },
+    /// The provider withdrew the disputed amount from the balance.
+    FundsWithdrawn,
+    /// The provider returned the withdrawn amount.
+    FundsReinstated,
+    /// Closed with the provider's final status (`won`, `lost`, `warning_closed`).
+    Closed { status: String },
 }
 
 /// One verified inbound event, in the gateway's own id space.

@@ -5,7 +5,9 @@
 //!
 //! Events acted on: `payment_intent.succeeded`, `payment_intent.payment_failed` (the invoice
 //! id travels in the PaymentIntent's `metadata[invoice_id]`, set by [`Stripe::collect_request`]),
-//! `refund.created` and `charge.refunded` when it lists `refunds.data` (older API versions);
+//! `refund.created`, `charge.refunded` when it lists `refunds.data` (older API versions), and
+//! `charge.dispute.created` / `funds_withdrawn` / `funds_reinstated` / `closed` (the disputed
+//! payment by the dispute's `payment_intent`);
 //! a refund is matched to the payment by `payment_intent`, and the refund id is the
 //! idempotency key, so both events for one refund book it once. Every other type is accepted
 //! and ignored. No network call is made here.
@@ -13,7 +15,9 @@
 
 use serde::Deserialize;
 
-use super::{Collect, Effect, Gateway, GatewayError, GatewayEvent, GatewayRequest, Retry};
+use super::{
+    Collect, DisputeChange, Effect, Gateway, GatewayError, GatewayEvent, GatewayRequest, Retry,
+};
 use crate::signature::{self, Secret};
 
 /// The adapter, holding the endpoint secret.
@@ -104,6 +108,20 @@ struct RefundObject {
     payment_intent: Option<String>,
     #[serde(default)]
     status: Option<String>,
+}
+
+/// A Dispute object (`charge.dispute.*`).
+#[derive(Deserialize)]
+struct DisputeObject {
+    id: String,
+    amount: i64,
+    currency: String,
+    #[serde(default)]
+    payment_intent: Option<String>,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    reason: Option<String>,
 }
 
 fn payload<T: serde::de::DeserializeOwned>(
@@ -204,6 +222,29 @@ impl Stripe {
                         amount_minor: r.amount,
                         currency: r.currency.to_ascii_uppercase(),
                     })
+            }
+            "charge.dispute.created"
+            | "charge.dispute.funds_withdrawn"
+            | "charge.dispute.funds_reinstated"
+            | "charge.dispute.closed" => {
+                let d: DisputeObject = payload(event.data.object, "dispute")?;
+                let payment_ref = d.payment_intent.ok_or_else(|| {
+                    GatewayError::Payload(format!("dispute {}: no payment_intent", d.id))
+                })?;
+                let change = match event.event_type.as_str() {
+                    "charge.dispute.created" => DisputeChange::Opened { status: d.status },
+                    "charge.dispute.funds_withdrawn" => DisputeChange::FundsWithdrawn,
+                    "charge.dispute.funds_reinstated" => DisputeChange::FundsReinstated,
+                    _ => DisputeChange::Closed { status: d.status },
+                };
+                Some(Effect::Disputed {
+                    dispute_ref: d.id,
+                    payment_ref,
+                    amount_minor: d.amount,
+                    currency: d.currency.to_ascii_uppercase(),
+                    reason: d.reason.unwrap_or_default(),
+                    change,
+                })
             }
             _ => None,
         };
@@ -340,6 +381,54 @@ mod tests {
         let failed = serde_json::json!({"id": "re_2", "amount": 300, "currency": "usd",
             "payment_intent": "pi_1", "status": "failed"});
         assert_eq!(decode("refund.created", failed), None);
+    }
+
+    #[test]
+    fn dispute_events_decode_to_their_change() {
+        let s = Stripe::new("whsec_x", 300);
+        let decode = |kind: &str, status: &str| {
+            let object = serde_json::json!({"id": "dp_1", "object": "dispute", "amount": 700,
+                "currency": "usd", "charge": "ch_1", "payment_intent": "pi_1",
+                "status": status, "reason": "fraudulent"});
+            let body = event(kind, object);
+            let h = signature::header(&Secret::new("whsec_x"), 1_700_000_000, &body);
+            s.decode(Some(&h), &body, 1_700_000_000).unwrap().effect
+        };
+        let disputed = |change| {
+            Some(Effect::Disputed {
+                dispute_ref: "dp_1".into(),
+                payment_ref: "pi_1".into(),
+                amount_minor: 700,
+                currency: "USD".into(),
+                reason: "fraudulent".into(),
+                change,
+            })
+        };
+        assert_eq!(
+            decode("charge.dispute.created", "needs_response"),
+            disputed(DisputeChange::Opened {
+                status: "needs_response".into()
+            })
+        );
+        assert_eq!(
+            decode("charge.dispute.funds_withdrawn", "needs_response"),
+            disputed(DisputeChange::FundsWithdrawn)
+        );
+        assert_eq!(
+            decode("charge.dispute.closed", "lost"),
+            disputed(DisputeChange::Closed {
+                status: "lost".into()
+            })
+        );
+        let body = event(
+            "charge.dispute.created",
+            serde_json::json!({"id": "dp_2", "amount": 1, "currency": "usd", "charge": "ch_2"}),
+        );
+        let h = signature::header(&Secret::new("whsec_x"), 1_700_000_000, &body);
+        assert!(matches!(
+            s.decode(Some(&h), &body, 1_700_000_000),
+            Err(GatewayError::Payload(e)) if e.contains("dp_2: no payment_intent")
+        ));
     }
 
     #[test]

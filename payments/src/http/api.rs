@@ -66,6 +66,7 @@ async fn dispatch(
     params: &[String],
     who: &Principal,
 ) -> Response<Body> {
+    let query = req.uri().query().unwrap_or_default().to_owned();
     let body = match server::body(req.into_body()).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -81,6 +82,7 @@ async fn dispatch(
         ApiOp::WriteOff => write_off(state, p0, &body, &actor).await,
         ApiOp::Invoice => invoice(state, p0).await,
         ApiOp::TrialBalance => trial_balance(state).await,
+        ApiOp::Revenue => revenue(state, &query).await,
         ApiOp::Notifications => Ok(super::routes::deliveries(state, p0).await),
         ApiOp::PortalLink => portal_link(state, &body, &actor),
         ApiOp::SetProfile => set_profile(state, p0, &body, &actor).await,
@@ -206,6 +208,7 @@ async fn invoice(state: &AppState, id: &str) -> Answer {
     let ledger = store::entries_of(db, id)
         .await
         .map_err(|e| failed(e.into()))?;
+    let disputes = crate::disputes::of_invoice(db, id).await.map_err(failed)?;
     Ok(server::json(
         StatusCode::OK,
         &serde_json::json!({
@@ -214,8 +217,17 @@ async fn invoice(state: &AppState, id: &str) -> Answer {
             "transitions": history,
             "payments": payments,
             "ledger": ledger,
+            "disputes": crate::disputes::views(disputes),
         }),
     ))
+}
+
+async fn revenue(state: &AppState, query: &str) -> Answer {
+    let q = crate::revenue::from_query_string(query).map_err(failed)?;
+    let r = crate::revenue::run(&state.settler.db, &q)
+        .await
+        .map_err(failed)?;
+    Ok(server::json(StatusCode::OK, &r))
 }
 
 async fn trial_balance(state: &AppState) -> Answer {

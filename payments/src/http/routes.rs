@@ -54,6 +54,7 @@ pub enum ApiOp {
     WriteOff,
     Invoice,
     TrialBalance,
+    Revenue,
     Notifications,
     PortalLink,
     SetProfile,
@@ -91,6 +92,7 @@ pub const ROUTES: &[Route<Op>] = &[
         "/v1/ledger/trial-balance",
         Op::Api(ApiOp::TrialBalance),
     ),
+    Route::new("GET", "/v1/reports/revenue", Op::Api(ApiOp::Revenue)),
     Route::new(
         "GET",
         "/v1/customers/{customer}/notifications",
