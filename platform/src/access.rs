@@ -165,6 +165,10 @@ pub fn grants(service: Service) -> Grants {
                     "notification_deliveries",
                     "gateway_requests",
                     "customer_payment_profiles",
+                    "wallet_grants",
+                    "wallet_movements",
+                    "payment_disputes",
+                    "ledger_entries_by_time",
                     "api_audit",
                 ],
             ),
@@ -195,7 +199,7 @@ pub fn password_sha256(password: &str) -> String {
 /// The file name of the latest roles migration, which must equal [`roles_migration`]. Each
 /// roles migration is a full snapshot (`REVOKE ALL` then the grants): to change rights, edit
 /// [`grants`], add the new rendering as the next migration and point this at it.
-pub const ROLES_MIGRATION: &str = "0041_service_roles_api_auth.sql";
+pub const ROLES_MIGRATION: &str = "0053_service_roles_disputes.sql";
 
 /// `GRANT` statements giving `grantee` the table rights of `g` in `database`.
 fn table_grants(database: &str, g: &Grants, grantee: &str) -> Vec<String> {

@@ -107,6 +107,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(50, "0050_live_spend.sql"),
     migration!(51, "0051_wallets.sql"),
     migration!(52, "0052_disputes_and_ledger_by_time.sql"),
+    migration!(53, "0053_service_roles_disputes.sql"),
 ];
 
 /// A capability a migration needs from the server (its `-- requires:` header).
