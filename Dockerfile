@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # Tally's binaries in one image; docker-compose.yml runs each service from it with a different
 # command. Build: docker build -t tally:local .
-# curl is for the compose healthchecks (GET /readyz on each service's metrics port).
+# curl is for the compose healthchecks (GET /readyz on each service's metrics port); the fonts
+# are what invoice PDFs embed (subset) for text outside Latin-1 (docs/INVOICING.md).
 
 # --- build ---------------------------------------------------------------------------------
 FROM rust:1.89-bookworm AS builder
@@ -21,6 +22,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates curl \
+       fonts-dejavu-core fonts-droid-fallback \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /app tally
 WORKDIR /app

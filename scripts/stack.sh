@@ -194,13 +194,16 @@ cmd_up() {
     [ -n "$(find_bin curl)" ] || missing+=(curl)
     # The test suite's tools (TALLY_TEST_TOOLS=1, set by scripts/test.sh): Prometheus and
     # promtool for the metrics and alert-rule tests, headless Chromium for the portal test,
-    # pdftotext for the invoice PDF test, nginx for the TLS-terminating proxy test; python3 for tests/sql and tests/ops, PyYAML for
+    # pdftotext for the invoice PDF tests and the fonts they embed (DejaVu Sans: Latin, Arabic;
+    # Droid Sans Fallback: Japanese), nginx for the TLS-terminating proxy test; python3 for tests/sql and tests/ops, PyYAML for
     # tests/ops, and pip where scripts/test.sh still has to install chdb-core. Same single
     # apt-get run as the servers.
     if [ "${TALLY_TEST_TOOLS:-0}" = 1 ]; then
         [ -n "$(find_bin promtool)" ] || missing+=(prometheus)
         [ -n "$(find_bin chromium)" ] || missing+=(chromium)
         [ -n "$(find_bin pdftotext)" ] || missing+=(poppler-utils)
+        [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
+        [ -f /usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf ] || missing+=(fonts-droid-fallback)
         [ -n "$(find_bin nginx)" ] || missing+=(nginx-light)
         [ -n "$(find_bin python3)" ] || missing+=(python3)
         python3 -c 'import yaml' 2>/dev/null || missing+=(python3-yaml)

@@ -1,9 +1,18 @@
-//! The invoice as a PDF (A4, the standard Helvetica fonts, WinAnsi text), drawn from the same
-//! [`View`] as the HTML with `pdf-writer`. Lines flow onto further pages as needed, bounded by
-//! [`MAX_PAGES`]. No fonts are embedded: the 14 standard PDF fonts need none, which keeps the
-//! file small and the build light. Characters outside WinAnsi print as `?`.
+//! The invoice as a PDF (A4), drawn from the same [`View`] as the HTML with `pdf-writer`.
+//! Lines flow onto further pages as needed, bounded by [`MAX_PAGES`]. Text that WinAnsi can
+//! encode (Latin-1 and a few signs) is set in the standard Helvetica fonts, which need no
+//! embedding; any other text (a Japanese or Arabic name, `ł`) is shaped and set in a subset of
+//! a font found on the system ([`fonts`]), embedded in the file. Without such a font those
+//! characters print as `?` (a warning is logged).
+
+mod fonts;
+
+use std::collections::BTreeMap;
 
 use pdf_writer::{Content, Finish, Name, Pdf, Rect, Ref, Str};
+
+use fonts::{Embedder, Shaped};
+pub use fonts::{Fonts, BOLD_FONTS_ENV, DEFAULT_BOLD_FONTS, DEFAULT_FONTS, FONTS_ENV};
 
 use super::view::View;
 
@@ -12,6 +21,8 @@ use super::view::View;
 pub enum RenderError {
     #[error("invoice {invoice_id} needs more than {max} pages")]
     TooLong { invoice_id: String, max: usize },
+    #[error("font {path} cannot be embedded: {error}")]
+    Font { path: String, error: String },
 }
 
 /// The most pages one invoice may take.
@@ -35,29 +46,107 @@ struct Pages<'a> {
     page: Content,
     y: f32,
     view: &'a View,
+    fonts: Embedder<'a>,
 }
 
 impl<'a> Pages<'a> {
-    fn new(view: &'a View) -> Self {
+    fn new(view: &'a View, fonts: &'a Fonts) -> Self {
         Pages {
             done: Vec::new(),
             page: Content::new(),
             y: TOP,
             view,
+            fonts: Embedder::new(fonts),
+        }
+    }
+
+    /// `s` shaped with the embedded fonts when Helvetica (WinAnsi) cannot show it and a font
+    /// can; `None` draws it in Helvetica.
+    fn shaped(&mut self, s: &str, bold: bool) -> Option<Shaped> {
+        if s.chars().all(|c| win_ansi_byte(c).is_some()) {
+            return None;
+        }
+        self.fonts.shape(s, bold)
+    }
+
+    /// The width of `s` in points at `size`, as drawn.
+    fn measure(&mut self, s: &str, size: f32, bold: bool) -> f32 {
+        match self.shaped(s, bold) {
+            Some(shaped) => shaped.width(size),
+            None => width(s, size),
         }
     }
 
     fn text(&mut self, x: f32, size: f32, bold: bool, s: &str) {
-        self.page
-            .begin_text()
-            .set_font(if bold { BOLD } else { REGULAR }, size)
-            .next_line(x, self.y)
-            .show(Str(&win_ansi(s)))
-            .end_text();
+        match self.shaped(s, bold) {
+            None => {
+                self.page
+                    .begin_text()
+                    .set_font(if bold { BOLD } else { REGULAR }, size)
+                    .next_line(x, self.y)
+                    .show(Str(&win_ansi(s)))
+                    .end_text();
+            }
+            Some(shaped) => self.glyphs(x, size, &shaped),
+        }
+    }
+
+    /// Draws shaped text: per font run one `TJ`, with adjustments where the shaped advance
+    /// differs from the glyph's width (kerning, joined Arabic forms, marks) and a text rise for
+    /// marks set above or below.
+    fn glyphs(&mut self, x: f32, size: f32, shaped: &Shaped) {
+        self.page.begin_text().next_line(x, self.y);
+        let mut rise = 0.0;
+        for run in &shaped.runs {
+            let name = Embedder::resource(run.face);
+            self.page.set_font(Name(name.as_bytes()), size);
+            let mut start = 0;
+            while start < run.glyphs.len() {
+                let y = run.glyphs[start].y_offset;
+                let end = run.glyphs[start..]
+                    .iter()
+                    .position(|g| g.y_offset != y)
+                    .map_or(run.glyphs.len(), |n| start + n);
+                let r = y * size / 1000.0;
+                if r != rise {
+                    self.page.set_rise(r);
+                    rise = r;
+                }
+                let mut tj = self.page.show_positioned();
+                let mut items = tj.items();
+                let mut pending: Vec<u8> = Vec::new();
+                for g in &run.glyphs[start..end] {
+                    if g.x_offset != 0.0 {
+                        if !pending.is_empty() {
+                            items.show(Str(&pending));
+                            pending.clear();
+                        }
+                        items.adjust(-g.x_offset);
+                    }
+                    pending.extend(g.cid.to_be_bytes());
+                    let after = g.width - g.advance + g.x_offset;
+                    if after.abs() > 0.001 {
+                        items.show(Str(&pending));
+                        pending.clear();
+                        items.adjust(after);
+                    }
+                }
+                if !pending.is_empty() {
+                    items.show(Str(&pending));
+                }
+                items.finish();
+                tj.finish();
+                start = end;
+            }
+        }
+        if rise != 0.0 {
+            self.page.set_rise(0.0);
+        }
+        self.page.end_text();
     }
 
     fn text_right(&mut self, right: f32, size: f32, bold: bool, s: &str) {
-        let x = right - width(s, size);
+        let x = right - self.measure(s, size, bold);
         self.text(x, size, bold, s);
     }
 
@@ -94,9 +183,14 @@ impl<'a> Pages<'a> {
     }
 }
 
-/// The PDF of a view.
+/// The PDF of a view, with the system's fonts ([`Fonts::system`]) for text outside WinAnsi.
 pub fn document(v: &View) -> Result<Vec<u8>, RenderError> {
-    let mut p = Pages::new(v);
+    document_with(v, Fonts::system())
+}
+
+/// The PDF of a view, with these fonts for text outside WinAnsi.
+pub fn document_with(v: &View, fonts: &Fonts) -> Result<Vec<u8>, RenderError> {
+    let mut p = Pages::new(v, fonts);
     header(&mut p);
     p.text(LEFT, 9.0, true, "#");
     p.text(DESC_X, 9.0, true, "Description");
@@ -106,11 +200,11 @@ pub fn document(v: &View) -> Result<Vec<u8>, RenderError> {
     p.rule(1.0);
     p.y -= 13.0;
     for l in &v.lines {
-        let desc = wrap(&l.description, DESC_W, 10.0);
+        let desc = wrap(&l.description, DESC_W, |s| p.measure(s, 10.0, false));
         let details: Vec<String> = l
             .details
             .iter()
-            .flat_map(|d| wrap(d, DESC_W, 8.0))
+            .flat_map(|d| wrap(d, DESC_W, |s| p.measure(s, 8.0, false)))
             .collect();
         p.room(12.0 * desc.len() as f32 + 10.0 * details.len() as f32 + 6.0)?;
         p.text(LEFT, 10.0, false, &l.no);
@@ -142,7 +236,7 @@ pub fn document(v: &View) -> Result<Vec<u8>, RenderError> {
     p.text(LEFT, 8.0, false, &footer);
     let last = std::mem::replace(&mut p.page, Content::new());
     p.done.push(last.finish().into_vec());
-    Ok(assemble(&v.title, p.done))
+    assemble(&v.title, p.done, &p.fonts)
 }
 
 fn header(p: &mut Pages<'_>) {
@@ -176,7 +270,11 @@ fn header(p: &mut Pages<'_>) {
 }
 
 /// The document around the pages' content streams.
-fn assemble(title: &str, pages: Vec<Vec<u8>>) -> Vec<u8> {
+fn assemble(
+    title: &str,
+    pages: Vec<Vec<u8>>,
+    fonts: &Embedder<'_>,
+) -> Result<Vec<u8>, RenderError> {
     let mut pdf = Pdf::new();
     let catalog = Ref::new(1);
     let tree = Ref::new(2);
@@ -200,6 +298,13 @@ fn assemble(title: &str, pages: Vec<Vec<u8>>) -> Vec<u8> {
     pdf.document_info(info)
         .title(pdf_writer::TextStr(title))
         .producer(pdf_writer::TextStr("Tally invoicer"));
+    // Embedded fonts follow the pages (a document without them is as before).
+    let mut next = first + 2 * pages.len() as i32;
+    let embedded: BTreeMap<usize, Ref> = fonts.embed(&mut pdf, &mut next)?;
+    let names: Vec<(String, Ref)> = embedded
+        .iter()
+        .map(|(&face, &id)| (Embedder::resource(face), id))
+        .collect();
     for (i, content) in pages.iter().enumerate() {
         let id = page_ids[i];
         let content_id = Ref::new(id.get() + 1);
@@ -211,26 +316,34 @@ fn assemble(title: &str, pages: Vec<Vec<u8>>) -> Vec<u8> {
         let mut fonts = resources.fonts();
         fonts.pair(REGULAR, regular);
         fonts.pair(BOLD, bold);
+        for (name, id) in &names {
+            fonts.pair(Name(name.as_bytes()), *id);
+        }
         fonts.finish();
         resources.finish();
         page.finish();
         pdf.stream(content_id, content);
     }
-    pdf.finish()
+    Ok(pdf.finish())
 }
 
 /// Text in WinAnsiEncoding (Latin-1 plus a few typographic signs); other characters as `?`.
 fn win_ansi(s: &str) -> Vec<u8> {
     s.chars()
-        .map(|c| match c {
-            ' '..='~' => c as u8,
-            '\u{a0}'..='\u{ff}' => c as u32 as u8,
-            '€' => 0x80,
-            '–' => 0x96,
-            '—' => 0x97,
-            _ => b'?',
-        })
+        .map(|c| win_ansi_byte(c).unwrap_or(b'?'))
         .collect()
+}
+
+/// A character's WinAnsi code, if it has one (of those this renderer uses).
+fn win_ansi_byte(c: char) -> Option<u8> {
+    match c {
+        ' '..='~' => Some(c as u8),
+        '\u{a0}'..='\u{ff}' => Some(c as u32 as u8),
+        '€' => Some(0x80),
+        '–' => Some(0x96),
+        '—' => Some(0x97),
+        _ => None,
+    }
 }
 
 /// Helvetica advance widths (1/1000 em) of ASCII 32..=126, from the standard font metrics.
@@ -255,8 +368,9 @@ fn width(s: &str, size: f32) -> f32 {
     units as f32 * size / 1000.0
 }
 
-/// Splits text into lines no wider than `max` points, at spaces (a longer word stays whole).
-fn wrap(s: &str, max: f32, size: f32) -> Vec<String> {
+/// Splits text into lines no wider than `max` points as measured by `width`, at spaces (a
+/// longer word stays whole).
+fn wrap(s: &str, max: f32, mut width: impl FnMut(&str) -> f32) -> Vec<String> {
     let mut lines = Vec::new();
     let mut cur = String::new();
     for word in s.split(' ') {
@@ -265,7 +379,7 @@ fn wrap(s: &str, max: f32, size: f32) -> Vec<String> {
         } else {
             format!("{cur} {word}")
         };
-        if width(&candidate, size) > max && !cur.is_empty() {
+        if width(&candidate) > max && !cur.is_empty() {
             lines.push(std::mem::replace(&mut cur, word.to_owned()));
         } else {
             cur = candidate;
@@ -282,7 +396,7 @@ mod tests {
     #[test]
     fn wraps_at_spaces_within_the_width() {
         let text = "one two three four five six seven eight nine ten eleven twelve";
-        let lines = wrap(text, 100.0, 10.0);
+        let lines = wrap(text, 100.0, |s| width(s, 10.0));
         assert!(lines.len() > 1);
         assert!(lines.iter().all(|l| width(l, 10.0) <= 100.0));
         assert_eq!(lines.join(" "), text);
