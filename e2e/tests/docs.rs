@@ -203,6 +203,12 @@ fn check_config(text: &str, validate: bool) -> Result<(), String> {
                 section::<tally_payments::config::DunningConfig>(name, value)?
                     .validate(Profile::Dev),
             )?,
+            "invoice_delivery" => valid(
+                validate,
+                name,
+                section::<tally_payments::config::InvoiceDeliveryConfig>(name, value)?
+                    .validate(Profile::Dev, false),
+            )?,
             "spend" => valid(
                 validate,
                 name,

@@ -134,6 +134,233 @@ pub struct DunningConfig {
     pub ca_file: String,
 }
 
+/// How the SMTP connection is secured (`invoice_delivery.smtp_tls`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Plain connection upgraded with `STARTTLS`, which the server must offer (port 587).
+    #[default]
+    Starttls,
+    /// TLS from the first byte ("implicit TLS", port 465).
+    Tls,
+    /// No TLS at all: the `dev` profile only (a local sink).
+    None,
+}
+
+/// `[invoice_delivery]`: every finalized invoice emailed (PDF attached) to the customer's
+/// catalog `billing_email` over SMTP and sent as a signed `invoice.finalized` webhook to its
+/// `dunning.endpoints` URL, each exactly once ([`crate::delivery`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvoiceDeliveryConfig {
+    /// Whether `serve` runs the delivery passes. Default false.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Seconds between passes. Default 30.
+    #[serde(default = "default_delivery_interval_secs")]
+    pub interval_secs: u64,
+    /// Invoices finalized longer ago than this are never sent (turning delivery on does not
+    /// mail the whole history; a longer outage than this loses their delivery). Default 7 days.
+    #[serde(default = "default_delivery_lookback_secs")]
+    pub lookback_secs: i64,
+    /// Attempts per email or webhook before giving up. Default 8.
+    #[serde(default = "default_delivery_attempts_max")]
+    pub attempts_max: u32,
+    /// Wait before the second attempt; doubles after each failure. Default 60.
+    #[serde(default = "default_backoff_secs")]
+    pub backoff_secs: i64,
+    /// Timeout of one attempt (the whole SMTP session, or one webhook). Default 30000.
+    #[serde(default = "default_delivery_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Send the signed `invoice.finalized` webhook to the customer's `dunning.endpoints` URL
+    /// (`[dunning]`'s secret, CA file). Default true.
+    #[serde(default = "default_true")]
+    pub webhook: bool,
+    /// NATS KV bucket of the attempt claims (one attempt per claim, across instances).
+    /// Default empty: `<nats.stream>_INVOICE_DELIVERY`.
+    #[serde(default)]
+    pub claims_bucket: String,
+    /// SMTP server (submission) host; empty: no invoice email. Default empty.
+    #[serde(default)]
+    pub smtp_host: String,
+    /// SMTP port. Default 587.
+    #[serde(default = "default_smtp_port")]
+    pub smtp_port: u16,
+    /// `starttls` (default), `tls` or `none` (`dev` only).
+    #[serde(default)]
+    pub smtp_tls: SmtpTls,
+    /// A PEM file of further root certificates the SMTP server may chain to. Default empty.
+    #[serde(default)]
+    pub smtp_ca_file: String,
+    /// SMTP user (AUTH PLAIN / LOGIN); empty: no authentication. Default empty.
+    #[serde(default)]
+    pub smtp_username: String,
+    /// Password of `smtp_username`. Outside `dev` it must come from
+    /// `TALLY_INVOICE_DELIVERY__SMTP_PASSWORD`, never the file.
+    #[serde(default)]
+    pub smtp_password: SecretString,
+    /// The sender, `Name <address>` or `address`. Required with `smtp_host`.
+    #[serde(default)]
+    pub from: String,
+    /// A `Reply-To` address; empty: none. Default empty.
+    #[serde(default)]
+    pub reply_to: String,
+}
+
+/// The variable the SMTP password comes from outside `dev`.
+pub const SMTP_PASSWORD_ENV: &str = "TALLY_INVOICE_DELIVERY__SMTP_PASSWORD";
+
+const fn default_delivery_interval_secs() -> u64 {
+    30
+}
+const fn default_delivery_lookback_secs() -> i64 {
+    7 * 86_400
+}
+const fn default_delivery_attempts_max() -> u32 {
+    8
+}
+const fn default_delivery_timeout_ms() -> u64 {
+    30_000
+}
+const fn default_true() -> bool {
+    true
+}
+const fn default_smtp_port() -> u16 {
+    587
+}
+
+impl Default for InvoiceDeliveryConfig {
+    fn default() -> Self {
+        InvoiceDeliveryConfig {
+            enabled: false,
+            interval_secs: default_delivery_interval_secs(),
+            lookback_secs: default_delivery_lookback_secs(),
+            attempts_max: default_delivery_attempts_max(),
+            backoff_secs: default_backoff_secs(),
+            timeout_ms: default_delivery_timeout_ms(),
+            webhook: true,
+            claims_bucket: String::new(),
+            smtp_host: String::new(),
+            smtp_port: default_smtp_port(),
+            smtp_tls: SmtpTls::default(),
+            smtp_ca_file: String::new(),
+            smtp_username: String::new(),
+            smtp_password: SecretString::default(),
+            from: String::new(),
+            reply_to: String::new(),
+        }
+    }
+}
+
+impl InvoiceDeliveryConfig {
+    /// Whether invoices are emailed (an SMTP host is set).
+    pub fn email(&self) -> bool {
+        !self.smtp_host.is_empty()
+    }
+
+    /// The claims bucket: `claims_bucket`, else `<nats.stream>_INVOICE_DELIVERY`.
+    pub fn claims_bucket(&self, nats: &tally_platform::NatsConfig) -> String {
+        if self.claims_bucket.is_empty() {
+            format!("{}_INVOICE_DELIVERY", nats.stream)
+        } else {
+            self.claims_bucket.clone()
+        }
+    }
+
+    /// Checks every setting for `profile`, the SMTP password's origin included (`password_from_env`:
+    /// whether [`SMTP_PASSWORD_ENV`] is set); the error names the setting, never the password.
+    pub fn validate(&self, profile: Profile, password_from_env: bool) -> Result<(), ConfigError> {
+        if self.interval_secs == 0
+            || self.attempts_max == 0
+            || self.timeout_ms == 0
+            || self.backoff_secs <= 0
+            || self.lookback_secs <= 0
+        {
+            return Err(ConfigError::invalid(
+                "invoice_delivery.interval_secs / attempts_max / backoff_secs / timeout_ms / lookback_secs",
+                "must be positive",
+            ));
+        }
+        if !self.claims_bucket.is_empty()
+            && !self
+                .claims_bucket
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(ConfigError::invalid(
+                "invoice_delivery.claims_bucket",
+                format!("{:?} must match [A-Za-z0-9_-]+", self.claims_bucket),
+            ));
+        }
+        if self.enabled && !self.email() && !self.webhook {
+            return Err(ConfigError::invalid(
+                "invoice_delivery.smtp_host",
+                "is empty and webhook = false: there is nothing to deliver",
+            ));
+        }
+        if !self.email() {
+            return Ok(());
+        }
+        let host_ok = self.smtp_host.len() <= 253
+            && self
+                .smtp_host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == ':');
+        if !host_ok {
+            return Err(ConfigError::invalid(
+                "invoice_delivery.smtp_host",
+                format!("{:?} is not a host name or address", self.smtp_host),
+            ));
+        }
+        if self.smtp_port == 0 {
+            return Err(ConfigError::invalid(
+                "invoice_delivery.smtp_port",
+                "must be positive",
+            ));
+        }
+        if self.smtp_tls == SmtpTls::None && profile != Profile::Dev {
+            return Err(ConfigError::invalid(
+                "invoice_delivery.smtp_tls",
+                "none is for the dev profile only: use starttls or tls",
+            ));
+        }
+        crate::delivery::email::mailbox(&self.from)
+            .map_err(|e| ConfigError::invalid("invoice_delivery.from", e))?;
+        if !self.reply_to.is_empty() {
+            crate::delivery::email::mailbox(&self.reply_to)
+                .map_err(|e| ConfigError::invalid("invoice_delivery.reply_to", e))?;
+        }
+        match (self.smtp_username.is_empty(), self.smtp_password.is_empty()) {
+            (true, true) => {}
+            (false, false) => {
+                if profile != Profile::Dev && !password_from_env {
+                    return Err(ConfigError::invalid(
+                        "invoice_delivery.smtp_password",
+                        format!("must come from {SMTP_PASSWORD_ENV} outside the dev profile, not the file"),
+                    ));
+                }
+            }
+            (false, true) => {
+                return Err(ConfigError::invalid(
+                    "invoice_delivery.smtp_password",
+                    format!("is required with smtp_username ({SMTP_PASSWORD_ENV})"),
+                ))
+            }
+            (true, false) => {
+                return Err(ConfigError::invalid(
+                    "invoice_delivery.smtp_username",
+                    "is required with smtp_password",
+                ))
+            }
+        }
+        if !self.smtp_ca_file.is_empty() {
+            crate::delivery::email::ca_certificates(&self.smtp_ca_file)
+                .map_err(|e| ConfigError::invalid("invoice_delivery.smtp_ca_file", e))?;
+        }
+        Ok(())
+    }
+}
+
 fn default_listen_addr() -> String {
     "127.0.0.1:8090".into()
 }
@@ -482,6 +709,120 @@ mod tests {
             let e = consumer.validate(Profile::Dev).unwrap_err().to_string();
             assert!(e.contains("payments.spend_alerts_consumer"), "{bad}: {e}");
         }
+    }
+
+    /// Issue 17, item 9: the SMTP settings of invoice delivery are judged at start.
+    #[test]
+    fn invoice_delivery_smtp_settings_are_validated() {
+        let smtp = |f: &dyn Fn(&mut InvoiceDeliveryConfig)| {
+            let mut c = InvoiceDeliveryConfig {
+                enabled: true,
+                smtp_host: "smtp.example.com".into(),
+                from: "Acme Billing <billing@acme.example>".into(),
+                ..InvoiceDeliveryConfig::default()
+            };
+            f(&mut c);
+            c
+        };
+        let named = |c: InvoiceDeliveryConfig, profile, from_env, setting: &str| {
+            let e = c.validate(profile, from_env).unwrap_err().to_string();
+            assert!(e.contains(setting), "{setting}: {e}");
+            assert!(!e.contains("hunter2-but-longer"), "{e}");
+        };
+        smtp(&|_| {})
+            .validate(Profile::Production, false)
+            .expect("starttls, no auth");
+        assert_eq!(smtp(&|_| {}).smtp_port, 587);
+        assert_eq!(smtp(&|_| {}).smtp_tls, SmtpTls::Starttls);
+        let with_auth = |c: &mut InvoiceDeliveryConfig| {
+            c.smtp_username = "billing".into();
+            c.smtp_password = SecretString::new("hunter2-but-longer");
+        };
+        smtp(&with_auth)
+            .validate(Profile::Production, true)
+            .expect("password from the env");
+        smtp(&with_auth)
+            .validate(Profile::Dev, false)
+            .expect("dev: the file will do");
+        named(
+            smtp(&with_auth),
+            Profile::Production,
+            false,
+            "invoice_delivery.smtp_password",
+        );
+        named(
+            smtp(&|c| c.smtp_username = "billing".into()),
+            Profile::Dev,
+            false,
+            "invoice_delivery.smtp_password",
+        );
+        named(
+            smtp(&|c| c.smtp_tls = SmtpTls::None),
+            Profile::Staging,
+            true,
+            "invoice_delivery.smtp_tls",
+        );
+        smtp(&|c| c.smtp_tls = SmtpTls::None)
+            .validate(Profile::Dev, false)
+            .expect("dev sink");
+        for bad in [
+            "",
+            "billing",
+            "billing@localhost",
+            "a@b.example\r\nBcc: c@d.example",
+        ] {
+            named(
+                smtp(&|c| c.from = bad.into()),
+                Profile::Dev,
+                false,
+                "invoice_delivery.from",
+            );
+        }
+        named(
+            smtp(&|c| c.smtp_port = 0),
+            Profile::Dev,
+            false,
+            "invoice_delivery.smtp_port",
+        );
+        named(
+            smtp(&|c| c.smtp_host = "smtp.example.com/x".into()),
+            Profile::Dev,
+            false,
+            "invoice_delivery.smtp_host",
+        );
+        named(
+            smtp(&|c| c.smtp_ca_file = "/nonexistent/ca.pem".into()),
+            Profile::Dev,
+            false,
+            "invoice_delivery.smtp_ca_file",
+        );
+        named(
+            smtp(&|c| {
+                c.smtp_host.clear();
+                c.webhook = false;
+            }),
+            Profile::Dev,
+            false,
+            "nothing to deliver",
+        );
+        named(
+            smtp(&|c| c.attempts_max = 0),
+            Profile::Dev,
+            false,
+            "attempts_max",
+        );
+        let nats = tally_platform::NatsConfig::default();
+        assert_eq!(smtp(&|_| {}).claims_bucket(&nats), "USAGE_INVOICE_DELIVERY");
+        named(
+            smtp(&|c| c.claims_bucket = "a.b".into()),
+            Profile::Dev,
+            false,
+            "invoice_delivery.claims_bucket",
+        );
+        // without SMTP, only the webhook
+        let off = InvoiceDeliveryConfig::default();
+        assert!(!off.email() && off.webhook && !off.enabled);
+        off.validate(Profile::Production, false).expect("defaults");
     }
 
     /// Issue 16, finding 11: notification URLs had to be `http://`.

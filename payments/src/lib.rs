@@ -23,6 +23,8 @@
 //! - [`credit_notes`]: the invoicer's credit notes still to post.
 //! - [`store`]: ClickHouse reads and appends.
 //! - [`dunning`]: retry and reminder schedules, signed notifications, the delivery log.
+//! - [`delivery`]: each finalized invoice emailed over SMTP with its PDF and sent as a signed
+//!   `invoice.finalized` webhook, exactly once (attempt claims in NATS KV, dunning's log).
 //! - [`spend_alerts`]: the spend deciders' threshold alerts as signed notifications (a durable
 //!   JetStream consumer, dunning's log, signing and retries).
 //! - [`portal`]: link tokens, the customer page, its usage chart.
@@ -35,6 +37,7 @@
 pub mod collect;
 pub mod config;
 pub mod credit_notes;
+pub mod delivery;
 pub mod disputes;
 pub mod dunning;
 pub mod gateway;

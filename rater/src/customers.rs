@@ -26,6 +26,10 @@ pub struct CustomerSpec {
     pub version: u32,
     /// Display name.
     pub name: String,
+    /// Where invoices are emailed when finalized (`tally-payments`' invoice delivery): one
+    /// address `local@domain` ([`check_billing_email`]). Default none: no invoice email.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billing_email: Option<String>,
     /// The customer's agents; each is stored as its own versioned entry.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub agents: Vec<AgentSpec>,
@@ -93,6 +97,10 @@ pub fn validate_customer(
         .map_err(|e| ConfigError::invalid(format!("{at}.id"), e))?;
     check_version(spec.version, &format!("{at}.version"))?;
     check_name(&spec.name, &format!("{at}.name"))?;
+    if let Some(email) = &spec.billing_email {
+        check_billing_email(email)
+            .map_err(|e| ConfigError::invalid(format!("{at}.billing_email"), e))?;
+    }
     let mut agents: Vec<Agent> = Vec::with_capacity(spec.agents.len());
     for (j, a) in spec.agents.iter().enumerate() {
         let agent = validate_agent(&id, a, &format!("{at}.agents[{j}]"))?;
@@ -167,6 +175,51 @@ fn check_name(name: &str, setting: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The longest billing address, in bytes (RFC 5321's path limit less the brackets).
+pub const EMAIL_BYTES_MAX: usize = 254;
+
+/// Checks a billing address: one plain `local@domain` in ASCII (no display name, no comment,
+/// nothing an email header could be split on), the local part dot-separated atoms of RFC
+/// 5322's `atext` (at most 64 bytes), the domain at least two dot-separated labels of
+/// letters, digits and inner hyphens (at most 63 bytes each). Addresses an SMTP server needs
+/// SMTPUTF8 for are refused.
+pub fn check_billing_email(email: &str) -> Result<(), String> {
+    if email.len() > EMAIL_BYTES_MAX {
+        return Err(format!(
+            "is {} bytes long, at most {EMAIL_BYTES_MAX} allowed",
+            email.len()
+        ));
+    }
+    let Some((local, domain)) = email.rsplit_once('@') else {
+        return Err(format!("{email:?} is not an address local@domain"));
+    };
+    let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c);
+    let local_ok = !local.is_empty()
+        && local.len() <= 64
+        && local
+            .split('.')
+            .all(|atom| !atom.is_empty() && atom.chars().all(atext));
+    if !local_ok {
+        return Err(format!(
+            "{email:?}: the part before @ is not a plain local part"
+        ));
+    }
+    let labels: Vec<&str> = domain.split('.').collect();
+    let label_ok = |l: &&str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    if labels.len() < 2 || !labels.iter().all(label_ok) {
+        return Err(format!(
+            "{email:?}: the domain is not a host name like example.com"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,5 +266,45 @@ mod tests {
         }
         let unknown = serde_json::from_str::<CustomerSpec>(r#"{"id":"a","name":"A","tax":"x"}"#);
         assert!(unknown.is_err());
+    }
+    /// Issue 17, item 9: invoices are emailed to the customer's billing contact.
+    #[test]
+    fn a_billing_email_is_one_plain_address_and_stays_out_of_bodies_without_it() {
+        let s = spec(r#"{"id":"acme","name":"Acme","billing_email":"ap+tally@acme.example"}"#);
+        validate_customer(&s, "customer").expect("valid");
+        assert_eq!(
+            s.body(),
+            r#"{"id":"acme","version":1,"name":"Acme","billing_email":"ap+tally@acme.example"}"#
+        );
+        let without = spec(r#"{"id":"acme","name":"Acme"}"#);
+        assert_eq!(without.billing_email, None);
+        assert!(!without.body().contains("billing_email"));
+        let long_local = format!("{}@acme.example", "a".repeat(65));
+        let long_label = format!("ap@{}.example", "a".repeat(64));
+        for bad in [
+            "",
+            "acme.example",
+            "@acme.example",
+            "ap@",
+            "ap@localhost",
+            "ap@acme..example",
+            "ap@-acme.example",
+            "a..p@acme.example",
+            ".ap@acme.example",
+            "Acme <ap@acme.example>",
+            "ap@acme.example\r\nBcc: x@evil.example",
+            "ap@acme.example, x@evil.example",
+            "ap\"x@acme.example",
+            "jos\u{e9}@acme.example",
+            long_local.as_str(),
+            long_label.as_str(),
+        ] {
+            let json = serde_json::json!({"id": "acme", "name": "A", "billing_email": bad});
+            let spec: CustomerSpec = serde_json::from_value(json).expect("a customer");
+            let err = validate_customer(&spec, "customers[0]")
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains("`customers[0].billing_email`"), "{bad}: {err}");
+        }
     }
 }

@@ -16,13 +16,13 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde::Deserialize;
-use tally_payments::config::{DunningConfig, PaymentsConfig, PortalConfig};
+use tally_payments::config::{DunningConfig, InvoiceDeliveryConfig, PaymentsConfig, PortalConfig};
 use tally_payments::gateway::stripe::Stripe;
 use tally_payments::gateway::{Collect, Gateway};
 use tally_payments::http::{self, AppState};
 use tally_payments::settle::Settler;
 use tally_payments::signature::Secret;
-use tally_payments::{collect, dunning, metrics, portal, profiles, spend_alerts, store};
+use tally_payments::{collect, delivery, dunning, metrics, portal, profiles, spend_alerts, store};
 use tally_platform::args::ConfigArg;
 use tally_platform::auth::Authenticator;
 use tally_platform::clock::now_ms;
@@ -52,8 +52,9 @@ struct Cli {
 enum Command {
     /// The HTTP server (webhooks, API, portal), the ledger sync every payments.ledger_sync_secs
     /// (then, with payments.stripe_api_key, a collection pass), with the dunning feature the
-    /// dunning scheduler and, with payments.spend_alerts, the spend alerts as signed
-    /// notifications (the default)
+    /// dunning scheduler, with payments.spend_alerts the spend alerts as signed notifications
+    /// and, with invoice_delivery.enabled, each finalized invoice emailed and sent as a signed
+    /// webhook (the default)
     Serve,
     /// Prints debits and credits per currency and account; exits 1 unless every currency's
     /// difference is zero
@@ -128,6 +129,8 @@ struct Config {
     portal: PortalConfig,
     #[serde(default)]
     dunning: DunningConfig,
+    #[serde(default)]
+    invoice_delivery: InvoiceDeliveryConfig,
     #[serde(default)]
     security: SecurityConfig,
 }
@@ -309,6 +312,16 @@ async fn serve(mut cfg: Config, db: clickhouse::Client, stop: Shutdown) -> anyho
     if cfg.payments.spend_alerts {
         cfg.nats.validate()?;
     }
+    if cfg.invoice_delivery.enabled {
+        // the SMTP password must come from the environment outside dev
+        let from_env = std::env::var_os(tally_payments::config::SMTP_PASSWORD_ENV).is_some();
+        cfg.invoice_delivery.validate(profile, from_env)?;
+        cfg.nats.validate()?;
+        if cfg.invoice_delivery.webhook {
+            // the invoice.finalized webhooks go to dunning's endpoints, signed as its notices
+            cfg.dunning.validate(profile)?;
+        }
+    }
     telemetry::serve_metrics(cfg.payments.metrics_addr.parse()?)?;
     metrics::declare();
     let listener = tokio::net::TcpListener::bind(&cfg.payments.listen_addr)
@@ -373,6 +386,24 @@ async fn serve(mut cfg: Config, db: clickhouse::Client, stop: Shutdown) -> anyho
             deliverer,
             stop.clone(),
         ));
+    }
+    if cfg.invoice_delivery.enabled {
+        let nats = tally_platform::streams::connect(&cfg.nats).await?;
+        let instance = format!(
+            "{}-{}",
+            std::process::id(),
+            secrets::generate_hex(4).unwrap_or_default()
+        );
+        let sender = delivery::Delivery::open(
+            db.clone(),
+            cfg.invoice_delivery.clone(),
+            cfg.dunning.clone(),
+            &cfg.nats,
+            &async_nats::jetstream::new(nats),
+            instance,
+        )
+        .await?;
+        tasks.spawn(delivery::run(sender, stop.clone()));
     }
     if cfg.features.dunning {
         let api = retry_api(&cfg.payments);
