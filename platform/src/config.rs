@@ -30,6 +30,7 @@ pub const SECTIONS: &[&str] = &[
     "payments",
     "portal",
     "dunning",
+    "invoice_delivery",
     "security",
     "spend",
 ];
