@@ -360,7 +360,7 @@ cmd_reset() {
     rm -rf "$DIR"
 }
 
-# test / chaos: the cluster tests (e2e/tests/cluster.rs) against this cluster, one at a time
+# test / chaos: the cluster tests (e2e/tests/cluster/) against this cluster, one at a time
 # (they kill nodes)
 run_cluster_tests() {
     cmd_up

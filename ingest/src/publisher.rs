@@ -9,9 +9,10 @@
 //! whose `Nats-Msg-Id` is that of a message still being replicated with 409 "duplicate
 //! message id is in process" (JetStream error 10158) instead of a duplicate ack: a retry that
 //! follows its original closely (a re-sent chunk, an id sent twice) meets it. The answer says
-//! neither stored nor refused, so the publisher sends the same message again after a pause
-//! until JetStream answers with an ack (a duplicate once the original is stored, stored if
-//! the original was lost with its leader) or for about 3.5 s; only then is it an error.
+//! neither stored nor refused, so the publisher sends the same message again (at once, then
+//! after growing pauses) until JetStream answers with an ack (a duplicate once the original
+//! is stored, stored if the original was lost with its leader) or for about 3.5 s; only then
+//! is it an error.
 
 use std::collections::VecDeque;
 use std::error::Error as _;
