@@ -22,7 +22,7 @@ use tally_payments::dunning::deliver;
 use tally_payments::signature::Secret;
 use tally_platform::testkit::TestEnv;
 use tally_platform::Profile;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
 const MASTER: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
@@ -35,6 +35,10 @@ struct Mail {
     to: Vec<String>,
     data: String,
     accepted: bool,
+    /// Sent after STARTTLS.
+    tls: bool,
+    /// `AUTH PLAIN`'s decoded credentials (`\0user\0password`), empty without.
+    auth: String,
 }
 
 impl Mail {
@@ -64,6 +68,15 @@ impl Mail {
 /// A minimal SMTP server on a free loopback port: records every message; the first
 /// `refuse_first` messages are refused after DATA with `451`.
 async fn smtp_sink(refuse_first: usize) -> (u16, Arc<Mutex<Vec<Mail>>>) {
+    smtp_sink_with(refuse_first, None).await
+}
+
+/// As [`smtp_sink`]; with `tls`, it offers `STARTTLS` and `AUTH PLAIN` (the credentials are
+/// recorded with each message).
+async fn smtp_sink_with(
+    refuse_first: usize,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> (u16, Arc<Mutex<Vec<Mail>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let got: Arc<Mutex<Vec<Mail>>> = Arc::default();
@@ -73,75 +86,106 @@ async fn smtp_sink(refuse_first: usize) -> (u16, Arc<Mutex<Vec<Mail>>>) {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let g = g.clone();
+            let (g, tls) = (g.clone(), tls.clone());
             tokio::spawn(async move {
-                let (read, mut write) = stream.into_split();
-                let mut lines = BufReader::new(read);
-                let _ = write.write_all(b"220 sink.test ESMTP\r\n").await;
-                let (mut from, mut to) = (String::new(), Vec::new());
-                loop {
-                    let mut line = String::new();
-                    if lines.read_line(&mut line).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let cmd = line.trim_end().to_owned();
-                    let upper = cmd.to_ascii_uppercase();
-                    let reply: &[u8] = if upper.starts_with("EHLO") {
-                        b"250 sink.test\r\n"
-                    } else if upper.starts_with("HELO") || upper == "NOOP" || upper == "RSET" {
-                        b"250 ok\r\n"
-                    } else if let Some(a) = upper.strip_prefix("MAIL FROM:") {
-                        let a = &cmd[cmd.len() - a.len()..];
-                        from = a.split_whitespace().next().unwrap_or_default().to_owned();
-                        to.clear();
-                        b"250 ok\r\n"
-                    } else if let Some(a) = upper.strip_prefix("RCPT TO:") {
-                        let a = &cmd[cmd.len() - a.len()..];
-                        to.push(a.split_whitespace().next().unwrap_or_default().to_owned());
-                        b"250 ok\r\n"
-                    } else if upper == "DATA" {
-                        let _ = write.write_all(b"354 end with .\r\n").await;
-                        let mut data = String::new();
-                        loop {
-                            let mut l = String::new();
-                            if lines.read_line(&mut l).await.unwrap_or(0) == 0 {
-                                return;
-                            }
-                            if l == ".\r\n" {
-                                break;
-                            }
-                            data.push_str(l.strip_prefix('.').unwrap_or(&l));
-                        }
-                        let accepted = {
-                            let mut v = g.lock().expect("lock");
-                            let accepted = v.len() >= refuse_first;
-                            v.push(Mail {
-                                from: from.clone(),
-                                to: to.clone(),
-                                data,
-                                accepted,
-                            });
-                            accepted
-                        };
-                        if accepted {
-                            b"250 2.0.0 queued\r\n"
-                        } else {
-                            b"451 4.3.0 try again later\r\n"
-                        }
-                    } else if upper == "QUIT" {
-                        let _ = write.write_all(b"221 bye\r\n").await;
-                        return;
-                    } else {
-                        b"502 not implemented\r\n"
-                    };
-                    if write.write_all(reply).await.is_err() {
-                        return;
+                let upgrade = session(stream, tls.is_some(), false, &g, refuse_first).await;
+                if let (Some(tcp), Some(acceptor)) = (upgrade, tls) {
+                    // a client that does not trust the certificate aborts the handshake here
+                    if let Ok(stream) = acceptor.accept(tcp).await {
+                        session(stream, false, true, &g, refuse_first).await;
                     }
                 }
             });
         }
     });
     (port, got)
+}
+
+/// One SMTP session on `stream`; returns the stream when the client asked for `STARTTLS`
+/// (offered when `offer_tls`), after answering 220.
+async fn session<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    offer_tls: bool,
+    tls: bool,
+    got: &Mutex<Vec<Mail>>,
+    refuse_first: usize,
+) -> Option<S> {
+    let mut io = BufReader::new(stream);
+    if !tls {
+        io.write_all(b"220 sink.test ESMTP\r\n").await.ok()?;
+    }
+    let (mut from, mut to, mut auth) = (String::new(), Vec::new(), String::new());
+    loop {
+        let mut line = String::new();
+        if io.read_line(&mut line).await.unwrap_or(0) == 0 {
+            return None;
+        }
+        let cmd = line.trim_end().to_owned();
+        let upper = cmd.to_ascii_uppercase();
+        let arg = |prefix: &str| {
+            cmd[prefix.len()..]
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let reply: &[u8] = if upper.starts_with("EHLO") {
+            match (offer_tls, tls) {
+                (true, _) => b"250-sink.test\r\n250 STARTTLS\r\n",
+                (false, true) => b"250-sink.test\r\n250 AUTH PLAIN LOGIN\r\n",
+                (false, false) => b"250 sink.test\r\n",
+            }
+        } else if upper == "STARTTLS" && offer_tls {
+            io.write_all(b"220 go ahead\r\n").await.ok()?;
+            return Some(io.into_inner());
+        } else if upper.starts_with("AUTH PLAIN ") && tls {
+            auth = String::from_utf8_lossy(&support::cdp::base64_decode(&cmd[11..])).into_owned();
+            b"235 2.7.0 authenticated\r\n"
+        } else if upper.starts_with("HELO") || upper == "NOOP" || upper == "RSET" {
+            b"250 ok\r\n"
+        } else if upper.starts_with("MAIL FROM:") {
+            from = arg("MAIL FROM:");
+            to.clear();
+            b"250 ok\r\n"
+        } else if upper.starts_with("RCPT TO:") {
+            to.push(arg("RCPT TO:"));
+            b"250 ok\r\n"
+        } else if upper == "DATA" {
+            io.write_all(b"354 end with .\r\n").await.ok()?;
+            let mut data = String::new();
+            loop {
+                let mut l = String::new();
+                if io.read_line(&mut l).await.unwrap_or(0) == 0 {
+                    return None;
+                }
+                if l == ".\r\n" {
+                    break;
+                }
+                data.push_str(l.strip_prefix('.').unwrap_or(&l));
+            }
+            let mut v = got.lock().expect("lock");
+            let accepted = v.len() >= refuse_first;
+            v.push(Mail {
+                from: from.clone(),
+                to: to.clone(),
+                data,
+                accepted,
+                tls,
+                auth: auth.clone(),
+            });
+            if accepted {
+                b"250 2.0.0 queued\r\n"
+            } else {
+                b"451 4.3.0 try again later\r\n"
+            }
+        } else if upper == "QUIT" {
+            let _ = io.write_all(b"221 bye\r\n").await;
+            return None;
+        } else {
+            b"502 not implemented\r\n"
+        };
+        io.write_all(reply).await.ok()?;
+    }
 }
 
 /// A finalized invoice numbered `number` (built by the invoicer's code, stored as it stores
@@ -544,4 +588,114 @@ fn by_id_in(got: &[Mail], inv: &Invoice) {
         .find(|m| m.header("Message-ID").as_deref() == Some(id.as_str()))
         .unwrap();
     assert!(m.pdf().starts_with(b"%PDF"));
+}
+
+/// A TLS acceptor presenting `cert` (made by `support::tls::certificates`).
+fn acceptor(cert: &std::path::Path, key: &std::path::Path) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, PrivateKeyDer::from_pem_file(key).unwrap())
+    .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// STARTTLS as production uses it: the server's certificate (made by `openssl`, signed by a
+/// private CA) is refused without `smtp_ca_file` (nothing sent, the attempt logged) and
+/// trusted with it; the password goes out after STARTTLS only, with AUTH PLAIN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_trusts_the_ca_file_only_and_authenticates_after_it() {
+    let env = TestEnv::new("invoice_delivery_tls").await;
+    let db = env.db();
+    let dir = tally_platform::own_server::temp_dir("invoice-delivery-tls").unwrap();
+    let (ca, cert, key) = support::tls::certificates(&dir);
+    let (smtp_port, mails) = smtp_sink_with(0, Some(acceptor(&cert, &key))).await;
+    catalog(
+        &db,
+        "acme",
+        1,
+        serde_json::json!({"id": "acme", "version": 1, "name": "Acme",
+            "billing_email": "ap@acme.example"}),
+    )
+    .await;
+    let inv = finalized(&db, "acme", days_ago_ms(40), 10_000, "INV-000001").await;
+    let base = InvoiceDeliveryConfig {
+        enabled: true,
+        webhook: false,
+        smtp_host: "127.0.0.1".into(),
+        smtp_port,
+        smtp_tls: SmtpTls::Starttls,
+        smtp_username: "billing".into(),
+        smtp_password: SecretString::new("s3cret-smtp-password"),
+        from: FROM.into(),
+        backoff_secs: 1,
+        attempts_max: 3,
+        timeout_ms: 5_000,
+        ..InvoiceDeliveryConfig::default()
+    };
+    base.validate(Profile::Production, true)
+        .expect("STARTTLS with the password from the environment");
+    let client = async_nats::connect(&env.nats.url).await.expect("nats");
+    let js = async_nats::jetstream::new(client);
+    let open = |cfg: InvoiceDeliveryConfig| {
+        Delivery::open(
+            db.clone(),
+            cfg,
+            DunningConfig::default(),
+            &env.nats,
+            &js,
+            "tls-test".to_owned(),
+        )
+    };
+
+    let untrusting = open(base.clone()).await.expect("sender");
+    let t0 = now_ms();
+    let r = untrusting.pass(t0).await.expect("pass");
+    assert_eq!(
+        (r.emails_decided, r.delivered, r.failed_attempts),
+        (1, 0, 1),
+        "{r:?}"
+    );
+    assert!(
+        mails.lock().unwrap().is_empty(),
+        "nothing sent to an untrusted server"
+    );
+    let error: String = db
+        .query("SELECT error FROM notification_deliveries WHERE notification_id = ?")
+        .bind(delivery::email_id(&inv.invoice_id))
+        .fetch_one()
+        .await
+        .unwrap();
+    assert!(!error.is_empty() && !error.contains("s3cret"), "{error}");
+
+    let trusting = open(InvoiceDeliveryConfig {
+        smtp_ca_file: ca.to_str().unwrap().to_owned(),
+        ..base.clone()
+    })
+    .await
+    .expect("sender");
+    let r = trusting.pass(t0 + 1_500).await.expect("pass");
+    assert_eq!((r.delivered, r.failed_attempts), (1, 0), "attempt 2: {r:?}");
+    let got = mails.lock().unwrap().clone();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].tls, "sent after STARTTLS");
+    assert_eq!(got[0].auth, "\0billing\0s3cret-smtp-password");
+    assert_eq!(got[0].to, vec!["<ap@acme.example>".to_owned()]);
+    assert!(got[0].pdf().starts_with(b"%PDF"));
+    assert!(nothing_done(&trusting.pass(t0 + 60_000).await.unwrap()));
+
+    let _ = js
+        .delete_stream(format!("KV_{}", base.claims_bucket(&env.nats)))
+        .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    env.cleanup().await;
 }
