@@ -1,9 +1,11 @@
-//! A compact set of committed event ids: open addressing with linear probing over 24-byte
-//! slots (a 128-bit key, the low 32 bits of the payload hash, the commit time in seconds),
-//! grown by half when 80% full. With the tag byte below a slot takes 25 bytes, so by arithmetic
-//! a million ids take from about 31 MB (80% full) to 47 MB (53% full, right after growing);
-//! `tally-bench` measured 38.5 MiB of live heap at a million. Keys are uniformly distributed
-//! hashes, so the slot index is the high key bits scaled to the capacity. It only stores and finds; the dedup rules live in `dedup`.
+//! A compact hash table of committed event ids: open addressing with linear probing over
+//! 24-byte slots (a 128-bit key, the low 32 bits of the payload hash, the commit time in
+//! seconds), grown by half when 80% full. With the tag byte below a slot takes 25 bytes, so
+//! an id takes from about 31 bytes (80% full) to 47 (53% full, right after growing). It holds
+//! the ids committed lately, in front of the sorted run of `committed.rs` (20 bytes an id),
+//! which takes them over in bulk ([`IdSet::drain`]). Keys are uniformly distributed hashes,
+//! so the slot index is the high key bits scaled to the capacity. It only stores and finds;
+//! the dedup rules live in `dedup`.
 //!
 //! Beside the slots, one tag byte per slot (0 for empty, else 7 bits of the key with the top
 //! bit set) lets a probe run over the small tag array and read a 24-byte slot only when its
@@ -116,6 +118,27 @@ impl IdSet {
             payload,
             at_secs,
         });
+    }
+
+    /// Takes every entry out, (key, payload, commit time) in no particular order; the table
+    /// keeps its capacity.
+    pub fn drain(&mut self) -> Vec<(u128, u32, u32)> {
+        let out = self
+            .slots
+            .iter()
+            .zip(&self.tags)
+            .filter(|(_, t)| **t != 0)
+            .map(|(s, _)| {
+                (
+                    (u128::from(s.hi) << 64) | u128::from(s.lo),
+                    s.payload,
+                    s.at_secs,
+                )
+            })
+            .collect();
+        self.tags.fill(0);
+        self.len = 0;
+        out
     }
 
     /// Keeps only the ids for which `keep(at_secs)` is true; returns how many were dropped.

@@ -89,7 +89,9 @@
 //! - [`dedup`]: the pending and committed id sets.
 //! - [`limits`]: the per-customer bounds (rate, ids, series, distinct values), judged against
 //!   what was accepted before, so a verdict survives a crash.
-//! - [`idset`]: the compact table behind the committed set.
+//! - [`committed`]: the committed set: a sorted run of ids at 20 bytes each behind a small
+//!   hash table.
+//! - [`idset`]: that hash table.
 //! - [`batch`]: the in-memory batch: events, windowed readings and the messages to ack.
 //! - [`partials`]: a batch folded into per-window partials (pure).
 //! - [`sink`]: ClickHouse rows of a batch, and abort records.
@@ -106,6 +108,7 @@
 
 pub mod batch;
 pub mod classify;
+pub mod committed;
 pub mod config;
 pub mod consumer;
 pub mod crash;

@@ -212,7 +212,7 @@ fn aggregator_bench(events: usize, ids: usize) -> anyhow::Result<()> {
         cpu.waited_share.unwrap_or(0.0) * 100.0, cpu.batch, cpu.batch_us.0, cpu.batch_us.1, cpu.batch_us.2
     );
     println!(
-        "| dedup memory, {} committed ids | {:.1} bytes/id = {:.1} MiB per million ids | <= 48 MiB per million |",
+        "| dedup memory, {} committed ids | {:.1} bytes/id = {:.1} MiB per million ids | <= 24 MiB per million |",
         ids,
         bytes,
         bytes * 1_000_000.0 / 1_048_576.0
