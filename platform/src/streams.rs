@@ -405,39 +405,51 @@ pub async fn kv_bucket(
         stream: format!("KV_{bucket}"),
         detail: e.to_string(),
     };
-    let kv = match js.get_key_value(bucket).await {
-        Ok(kv) => kv,
-        Err(_) => {
-            get_or_create(
-                js,
-                &stream::Config {
-                    name: format!("KV_{bucket}"),
-                    subjects: vec![format!("$KV.{bucket}.>")],
-                    max_messages_per_subject: 1,
-                    max_message_size: 1 << 20,
-                    allow_rollup: true,
-                    deny_delete: true,
-                    allow_direct: true,
-                    discard: stream::DiscardPolicy::New,
-                    num_replicas: replicas.max(1),
-                    storage: stream::StorageType::File,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| err(&e))?;
-            js.get_key_value(bucket).await.map_err(|e| err(&e))?
+    let deadline = tokio::time::Instant::now() + KV_READABLE_WITHIN;
+    let mut created = false;
+    let kv = loop {
+        match js.get_key_value(bucket).await {
+            Ok(kv) => break kv,
+            // on a cluster a stream just created (by this process or, at the same moment,
+            // another) can answer "stream not found" to the next info request for a moment
+            Err(e) if created && tokio::time::Instant::now() < deadline => {
+                tracing::info!(bucket, error = %e, "the KV bucket just created is not found yet; asking again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) if created => return Err(err(&e)),
+            Err(_) => {
+                get_or_create(
+                    js,
+                    &stream::Config {
+                        name: format!("KV_{bucket}"),
+                        subjects: vec![format!("$KV.{bucket}.>")],
+                        max_messages_per_subject: 1,
+                        max_message_size: 1 << 20,
+                        allow_rollup: true,
+                        deny_delete: true,
+                        allow_direct: true,
+                        discard: stream::DiscardPolicy::New,
+                        num_replicas: replicas.max(1),
+                        storage: stream::StorageType::File,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| err(&e))?;
+                created = true;
+            }
         }
     };
-    wait_readable(&kv, bucket, KV_READABLE_WITHIN)
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    wait_readable(&kv, bucket, left.max(Duration::from_secs(1)))
         .await
         .map_err(|e| err(&e))?;
     Ok(kv)
 }
 
-/// How long [`kv_bucket`] waits for a new or just found bucket to answer a read: a replicated
-/// bucket's group elects a leader and its replicas subscribe to direct gets within seconds
-/// (about 6 s when a node has just died).
+/// How long [`kv_bucket`] waits in all for a bucket it created to be found and for a new or
+/// found bucket to answer a read: a replicated bucket's group elects a leader and its
+/// replicas subscribe to direct gets within seconds (about 6 s when a node has just died).
 const KV_READABLE_WITHIN: Duration = Duration::from_secs(30);
 
 /// Waits until a read of `kv` answers (the key read need not exist). A replicated bucket
