@@ -158,7 +158,7 @@ pub async fn run(
     match streams::ensure(&js, nats_cfg).await {
         Err(e @ streams::StreamError::Drift { .. }) => return Err(e.into()),
         Err(e) => {
-            tracing::warn!(error = %e, "cannot declare the streams yet; retrying at the takeover")
+            tracing::warn!(error = %e, "cannot declare the streams yet; retrying at the takeover");
         }
         Ok(_) => {}
     }
@@ -483,7 +483,7 @@ impl<'a> Aggregator<'a> {
                     return takeover::cover_days(self, limits::day_of_secs(needed)).await;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "loading older committed ids failed, retrying")
+                    tracing::warn!(error = %e, "loading older committed ids failed, retrying");
                 }
             }
             self.pause(&mut backoff)
@@ -560,7 +560,7 @@ impl<'a> Aggregator<'a> {
                 match self.dedup.check(key, hash) {
                     // a copy of a counted event is a duplicate even when its day is sealed
                     Seen::New if self.is_sealed(acc.event.time_ms) => {
-                        reject(batch, self.sealed_rejection())
+                        reject(batch, self.sealed_rejection());
                     }
                     Seen::New => match self.limits.admit(&limits::Candidate {
                         customer: acc.event.customer(),

@@ -193,7 +193,7 @@ impl<'a> DataView<'a> {
                         path: path.to_string(),
                     })
             }
-            Some(b'{') | Some(b'[') => Err(DataError::NotScalar {
+            Some(b'{' | b'[') => Err(DataError::NotScalar {
                 path: path.to_string(),
             }),
             _ => Ok(Some(raw.to_owned())),

@@ -60,13 +60,9 @@ impl InvoiceStatus {
         use InvoiceStatus::*;
         matches!(
             (self, to),
-            (Draft, Finalized)
-                | (Draft, Void)
-                | (Finalized, Paid)
-                | (Finalized, Void)
-                | (Finalized, Uncollectible)
-                | (Uncollectible, Paid)
-                | (Uncollectible, Void)
+            (Draft, Finalized | Void)
+                | (Finalized, Paid | Void | Uncollectible)
+                | (Uncollectible, Paid | Void)
         )
     }
 

@@ -108,7 +108,7 @@ pub fn verify(
                 t = Some(
                     v.parse::<i64>()
                         .map_err(|_| SignatureError::Malformed("t is not an integer"))?,
-                )
+                );
             }
             Some(("v1", _)) if candidates.len() == CANDIDATES_MAX => {
                 return Err(SignatureError::TooLarge);

@@ -411,7 +411,7 @@ impl Deliverer {
             match self.scan().await {
                 Ok(0) => {}
                 Ok(n) => {
-                    tracing::info!(started = n, "undelivered spend alert notifications resumed")
+                    tracing::info!(started = n, "undelivered spend alert notifications resumed");
                 }
                 Err(e) => tracing::warn!(error = %e, "reading the spend alert delivery log failed"),
             }

@@ -175,7 +175,7 @@ async fn prepaid_credit_grants_and_their_use_are_booked_once_per_currency() {
                 at,
             )
             .await
-            .unwrap()
+            .unwrap();
         }
     };
     grant("g_usd", "USD", 300, now - 5_000).await;

@@ -337,7 +337,7 @@ fn validate_at(doc: &Value, schema: &Value, v: &Value, at: &str, out: &mut Vec<S
             match (props.and_then(|p| p.get(k)), &s["additionalProperties"]) {
                 (Some(p), _) => validate_at(doc, p, x, &here, out),
                 (None, Value::Bool(false)) => {
-                    out.push(format!("{here}: not a property the schema names"))
+                    out.push(format!("{here}: not a property the schema names"));
                 }
                 (None, extra @ Value::Object(_)) => validate_at(doc, extra, x, &here, out),
                 _ => {}

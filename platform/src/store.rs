@@ -75,7 +75,7 @@ fn warn_if_plain_remote(url: &str) {
                  billing data cross the network unencrypted; use an https:// clickhouse.url \
                  (with clickhouse.tls_ca_file for a private CA) unless that network is private \
                  (docs/SECURITY.md, TLS)"
-            )
+            );
         });
     }
 }

@@ -41,7 +41,7 @@ async fn connect_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
 async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
     let mut buf = [0u8; 64];
     match tokio::time::timeout(within, s.read(&mut buf)).await {
-        Ok(Ok(0)) | Ok(Err(_)) => true,
+        Ok(Ok(0) | Err(_)) => true,
         Ok(Ok(_)) | Err(_) => false,
     }
 }

@@ -84,7 +84,7 @@ pub async fn rate_once(
         match compute_with(u, plan, &terms) {
             Ok(Some(charge)) => {
                 report.idle_charges += usize::from(u.windows == 0);
-                charges.entry(customer.as_ref()).or_default().push(charge)
+                charges.entry(customer.as_ref()).or_default().push(charge);
             }
             Ok(None) => report.unpriced_meters += 1,
             Err(e) => {

@@ -85,7 +85,7 @@ async fn the_file_bootstraps_customers_agents_and_meters_once_and_changes_are_re
     let agent_renamed = file(&FILE.replace("support bot", "sales bot"));
     match bootstrap(&db, &agent_renamed.customers, &[], 0).await {
         Err(CatalogStoreError::Conflict { setting, .. }) => {
-            assert_eq!(setting, "customers[0].agents[0]")
+            assert_eq!(setting, "customers[0].agents[0]");
         }
         other => panic!("a changed agent version must be refused: {other:?}"),
     }

@@ -499,12 +499,9 @@ async fn move_stream_leader(client: &async_nats::Client, js: &jetstream::Context
             Instant::now() < deadline,
             "the usage stream's leader did not move within 2 minutes ({requests} step-down requests)"
         );
-        let from = match stream_leader(js).await {
-            Some((leader, true)) => leader,
-            _ => {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                continue;
-            }
+        let Some((from, true)) = stream_leader(js).await else {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            continue;
         };
         requests += 1;
         let answer = tokio::time::timeout(
@@ -560,7 +557,7 @@ async fn node(cluster: &Cluster, command: &'static str, kind: &'static str, n: u
             clickhouse,
             partitions,
         }
-        .node(command, kind, n)
+        .node(command, kind, n);
     })
     .await
     .expect("cluster.sh");

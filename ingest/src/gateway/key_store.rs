@@ -161,7 +161,7 @@ fn fold(rows: Vec<KeyRow>) -> Vec<KeyRecord> {
                 revoked: r.revoked != 0,
             }),
             Err(e) => {
-                tracing::warn!(key_id = %r.key_id, error = %e, "skipping an invalid api_keys row")
+                tracing::warn!(key_id = %r.key_id, error = %e, "skipping an invalid api_keys row");
             }
         }
     }

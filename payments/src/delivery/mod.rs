@@ -395,12 +395,11 @@ impl Delivery {
         let Some(mailer) = &self.mailer else {
             return failed("invoice_delivery.smtp_host is not set in this process".into());
         };
-        let envelope = match serde_json::from_str::<serde_json::Value>(&n.body)
+        let Some(envelope) = serde_json::from_str::<serde_json::Value>(&n.body)
             .ok()
             .and_then(|b| serde_json::from_value::<email::Envelope>(b["data"].clone()).ok())
-        {
-            Some(e) => e,
-            None => return failed("the notification's body is not an email envelope".into()),
+        else {
+            return failed("the notification's body is not an email envelope".into());
         };
         let pdf = match crate::store::invoice(&self.db, &n.invoice_id).await {
             Ok(Some(f)) => match serde_json::from_str::<tally_invoicer::Invoice>(&f.document) {

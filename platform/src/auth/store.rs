@@ -188,7 +188,7 @@ fn fold(rows: Vec<TokenRow>) -> Vec<TokenRecord> {
                 created_by: r.changed_by,
             }),
             _ => {
-                tracing::warn!(token_id = %r.token_id, "skipping an api_tokens row that does not parse")
+                tracing::warn!(token_id = %r.token_id, "skipping an api_tokens row that does not parse");
             }
         }
     }

@@ -206,15 +206,12 @@ async fn remove(state: &SpendApi, customer: &CustomerId, id: &str, actor: &str) 
 async fn balance(state: &SpendApi, customer: &CustomerId) -> Response<Body> {
     let subject = format!("{}.balance.{customer}", state.subject_root);
     let asked = state.nats.request(subject, bytes::Bytes::new());
-    let msg = match tokio::time::timeout(Duration::from_secs(2), asked).await {
-        Ok(Ok(m)) => m,
-        _ => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "no spend decider answered",
-            )
-        }
+    let Ok(Ok(msg)) = tokio::time::timeout(Duration::from_secs(2), asked).await else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "no spend decider answered",
+        );
     };
     match serde_json::from_slice::<serde_json::Value>(&msg.payload) {
         Ok(v) if v.get("error").is_some() => error(

@@ -239,7 +239,7 @@ async fn load_where(
         match budget.validated() {
             Ok(b) => out.entry(r.customer).or_default().push(b),
             Err(e) => {
-                tracing::warn!(customer = %r.customer, budget = %r.budget_id, error = %e, "budget skipped")
+                tracing::warn!(customer = %r.customer, budget = %r.budget_id, error = %e, "budget skipped");
             }
         }
     }

@@ -360,7 +360,7 @@ impl Decider {
     fn fill_wallet_limits(&mut self) {
         let now = (self.now_ms)();
         let empty = Wallet::default();
-        for (customer, budgets) in self.book.budgets.iter_mut() {
+        for (customer, budgets) in &mut self.book.budgets {
             if !budgets.iter().any(|b| b.kind == Kind::Wallet) {
                 continue;
             }

@@ -354,7 +354,7 @@ mod properties {
             }
             Request::Release { hold, .. } => assert!(EventId::validate(hold).is_ok()),
             Request::Feature { feature, .. } => {
-                assert!(!feature.is_empty() && feature.len() <= 64)
+                assert!(!feature.is_empty() && feature.len() <= 64);
             }
         }
     }
