@@ -101,7 +101,7 @@ pub struct AggregatorConfig {
     #[serde(default = "default_customer_events_per_sec")]
     pub customer_events_per_sec: u64,
     /// Distinct event ids one customer may have within the dedup horizon: its share of the
-    /// dedup memory (about 38 bytes an id; at most twice this many are held). Beyond it events
+    /// dedup memory (about 22 bytes an id from 1M ids on; at most twice this many are held). Beyond it events
     /// are dead-lettered as `too_many_ids`. Default 10000000.
     #[serde(default = "default_customer_ids_max")]
     pub customer_ids_max: u64,
