@@ -122,6 +122,9 @@ pub struct Book {
     pub meters: HashMap<String, Aggregation>,
     /// Budgets per customer.
     pub budgets: BTreeMap<String, Vec<Budget>>,
+    /// Per customer with a wallet budget: what this period's charges already took from its
+    /// wallet (the budgets' limits hold what the grants still have; [`Budget::limit_with`]).
+    pub wallet_reserved: BTreeMap<String, Decimal>,
 }
 
 /// The earliest instant of any customer's current period segment at `now_ms`: what a
@@ -592,6 +595,11 @@ impl Book {
             .get(ask.customer.as_str())
             .cloned()
             .unwrap_or_default();
+        let reserved = self
+            .wallet_reserved
+            .get(ask.customer.as_str())
+            .copied()
+            .unwrap_or_default();
         let Some(book) = self.book_at(catalog, ask.customer, now_ms) else {
             return (
                 Answer::deny(
@@ -657,14 +665,15 @@ impl Book {
         let mut remaining: Option<Decimal> = None;
         for b in budgets.iter().filter(|b| b.covers(ask.agent, ask.meter)) {
             let (spent, held) = budget_use(b, book);
+            let limit = b.limit_with(spent, reserved);
             let request = match b.kind.measured() {
                 Kind::Amount | Kind::Wallet => cost,
                 Kind::Quantity => ask.quantity,
             };
-            let left = b.limit - spent - held - request;
+            let left = limit - spent - held - request;
             if b.hard && left.is_sign_negative() && !left.is_zero() {
                 let mut a = Answer::deny(Reason::BudgetExceeded, format!("budget {}", b.budget_id));
-                a.remaining = Some((b.limit - spent - held).max(Decimal::ZERO));
+                a.remaining = Some((limit - spent - held).max(Decimal::ZERO));
                 a.currency = book.costs.currency.clone();
                 return (a, None);
             }
@@ -780,17 +789,23 @@ impl Book {
     /// The thresholds newly crossed by `customer`'s committed spend (marked as notified).
     pub fn crossings(&mut self, customer: &str) -> Vec<Crossing> {
         let budgets = self.budgets.get(customer).cloned().unwrap_or_default();
+        let reserved = self
+            .wallet_reserved
+            .get(customer)
+            .copied()
+            .unwrap_or_default();
         let Some(book) = self.customers.get_mut(customer) else {
             return Vec::new();
         };
         let mut out = Vec::new();
         for b in &budgets {
-            if b.limit.is_zero() {
+            let (spent, _) = budget_use(b, book);
+            let limit = b.limit_with(spent, reserved);
+            if limit.is_zero() {
                 continue;
             }
-            let (spent, _) = budget_use(b, book);
             for &t in &b.thresholds {
-                let bound = b.limit * Decimal::from(t) / Decimal::from(100);
+                let bound = limit * Decimal::from(t) / Decimal::from(100);
                 if spent < bound || !book.notified.insert((b.budget_id.clone(), t)) {
                     continue;
                 }
@@ -803,7 +818,7 @@ impl Book {
                     period_end_ms: book.period.end_ms,
                     threshold: t,
                     spent,
-                    limit: b.limit,
+                    limit,
                     kind: b.kind,
                     currency: book.costs.currency.clone(),
                 });

@@ -124,6 +124,16 @@ impl Budget {
         Ok(self)
     }
 
+    /// The limit the decisions use when `spent` is the budget's spend so far: the stored one,
+    /// or, for a wallet, what the grants hold plus the part of this period's reservation that
+    /// live usage accounts for (`reserved`; [`super::wallet`]).
+    pub fn limit_with(&self, spent: Decimal, reserved: Decimal) -> Decimal {
+        match self.kind {
+            Kind::Wallet => self.limit + reserved.min(spent).max(Decimal::ZERO),
+            Kind::Amount | Kind::Quantity => self.limit,
+        }
+    }
+
     /// Whether spend of `agent` on `meter` counts against this budget.
     pub fn covers(&self, agent: &str, meter: &str) -> bool {
         self.agent.as_deref().is_none_or(|a| a == agent)

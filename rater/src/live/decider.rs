@@ -121,6 +121,8 @@ pub struct Decider {
     pub now_ms: fn() -> i64,
     /// The wallets the wallet budgets' limits come from.
     pub wallets: BTreeMap<String, Wallet>,
+    /// Customers whose wallet could not be read (warned once until it reads again).
+    pub wallet_unreadable: std::collections::BTreeSet<String>,
 }
 
 impl Decider {
@@ -360,23 +362,32 @@ impl Decider {
     fn fill_wallet_limits(&mut self) {
         let now = (self.now_ms)();
         let empty = Wallet::default();
+        let mut reserved = BTreeMap::new();
         for (customer, budgets) in &mut self.book.budgets {
             if !budgets.iter().any(|b| b.kind == Kind::Wallet) {
                 continue;
             }
             let wallet = self.wallets.get(customer).unwrap_or(&empty);
-            let limit = match wallet_limit(&self.catalog, customer, wallet, now) {
-                Ok(l) => l,
+            let (limit, taken) = match wallet_limit(&self.catalog, customer, wallet, now) {
+                Ok(l) => {
+                    self.wallet_unreadable.remove(customer);
+                    l
+                }
                 Err(e) => {
-                    tracing::warn!(%customer, error = %e, "wallet budget limit unknown; 0 until the next refresh");
                     metrics::wallet_unreadable();
-                    Decimal::ZERO
+                    // once per customer until it reads again: the refresh runs every few seconds
+                    if self.wallet_unreadable.insert(customer.clone()) {
+                        tracing::warn!(%customer, error = %e, "wallet budget limit unknown; 0 until it can be read");
+                    }
+                    (Decimal::ZERO, Decimal::ZERO)
                 }
             };
             for b in budgets.iter_mut().filter(|b| b.kind == Kind::Wallet) {
                 b.limit = limit;
             }
+            reserved.insert(customer.clone(), taken);
         }
+        self.book.wallet_reserved = reserved;
     }
 
     fn notify_crossings(&mut self, customer: &str) {
@@ -400,6 +411,12 @@ impl Decider {
 
     fn balance(&mut self, customer: &str) -> Option<Balance> {
         let budgets = self.book.budgets.get(customer).cloned().unwrap_or_default();
+        let reserved = self
+            .book
+            .wallet_reserved
+            .get(customer)
+            .copied()
+            .unwrap_or_default();
         let book = self
             .book
             .current(&self.catalog, customer, (self.now_ms)())?;
@@ -408,7 +425,7 @@ impl Decider {
             book.period,
             &book.costs,
             book.holds.values(),
-            &budgets,
+            (&budgets, reserved),
         );
         b.entitlements = self.book.entitlement_use(&self.catalog, customer);
         Some(b)
@@ -421,7 +438,7 @@ pub fn balance_of<'h>(
     period: Period,
     costs: &Costs,
     holds: impl Iterator<Item = &'h Hold> + Clone,
-    budgets: &[Budget],
+    (budgets, wallet_reserved): (&[Budget], Decimal),
 ) -> Balance {
     let meters = costs
         .meters
@@ -482,15 +499,16 @@ pub fn balance_of<'h>(
                     }
                 })
                 .sum();
+            let limit = b.limit_with(spent, wallet_reserved);
             BudgetBalance {
                 budget_id: b.budget_id.clone(),
                 agent: b.agent.clone(),
                 meter: b.meter.clone(),
                 kind: b.kind,
-                limit: b.limit,
+                limit,
                 spent,
                 held,
-                remaining: (b.limit - spent - held).max(Decimal::ZERO),
+                remaining: (limit - spent - held).max(Decimal::ZERO),
                 hard: b.hard,
             }
         })
@@ -554,14 +572,15 @@ impl Chunks {
     }
 }
 
-/// What `customer`'s wallet leaves for its current period at `now_ms`, in its billing
-/// currency.
+/// What `customer`'s wallet holds for its current period at `now_ms`, in its billing
+/// currency: what its grants still hold (the wallet budget's stored limit) and what this
+/// period's charges already took from them ([`super::wallet`]).
 pub fn wallet_limit(
     catalog: &Catalog,
     customer: &str,
     wallet: &Wallet,
     now_ms: i64,
-) -> Result<Decimal, String> {
+) -> Result<(Decimal, Decimal), String> {
     let id = tally_domain::CustomerId::new(customer).map_err(|e| e.to_string())?;
     let sub = catalog
         .subscription_at(&id, now_ms)
@@ -572,7 +591,11 @@ pub fn wallet_limit(
     let currency = sub.currency.unwrap_or(plan.currency);
     let period = sub.cycle.period_containing(now_ms);
     let invoice = wallet::period_invoice_id(customer, period.start_ms);
-    let minor = wallet::available_minor(wallet, currency.code(), &invoice, now_ms)
+    let a = wallet::available_minor(wallet, currency.code(), &invoice, now_ms)
         .map_err(|e| e.to_string())?;
-    Ok(wallet::amount(minor, currency.minor_units()))
+    let units = currency.minor_units();
+    Ok((
+        wallet::amount(a.remaining_minor, units),
+        wallet::amount(a.reserved_minor, units),
+    ))
 }

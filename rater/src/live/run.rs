@@ -199,7 +199,16 @@ async fn session(spend: &Spend, lease: &Lease, shutdown: &Shutdown) -> Result<Ou
         book.restore(&catalog, h, now);
     }
     let aborted = aborts(&spend.db, part).await?;
-    let wallets = load_wallets(&spend.db, &book.budgets).await?;
+    // a wallet that cannot be read now holds its wallet budgets at 0 (they deny) until the
+    // next refresh reads it; the session itself goes on
+    let wallets = match load_wallets(&spend.db, &book.budgets).await {
+        Ok(w) => w,
+        Err(e) => {
+            metrics::wallet_reload_failed();
+            tracing::warn!(error = %e, "wallets not read; wallet budgets hold 0 until the next refresh");
+            BTreeMap::new()
+        }
+    };
     let alerts = match Alerts::open(
         &js,
         &spend.db,
@@ -227,6 +236,7 @@ async fn session(spend: &Spend, lease: &Lease, shutdown: &Shutdown) -> Result<Ou
         hold_grace_ms: spend.cfg.hold_grace_ms,
         now_ms: spend.now_ms,
         wallets,
+        wallet_unreadable: BTreeSet::new(),
     };
     let mut deciding = tokio::spawn(decider.run(rx));
     let mut feeding = tokio::spawn(follow_feed(spend.clone(), join, tx.clone()));

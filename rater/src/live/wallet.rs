@@ -5,18 +5,20 @@
 //! limit at the next refresh. It reads the two tables for the customers asked only (their
 //! sorting keys' first column) and decides nothing else; it never writes.
 //!
-//! The amount, for a customer, a currency and the period's invoice id:
+//! The budget's limit, for a customer, a currency and the period's invoice id:
 //!
-//! `available = Σ remaining of its grants in that currency not expired at now + reserved`
+//! `limit = remaining + min(reserved, spent)`
 //!
-//! where a grant's remaining is the sum of its movements' effects (grant, release and
-//! restore add; consume, expire and void take), and `reserved` is what the current period's
-//! usage already took from the grants (consume minus release and restore movements under the
-//! period's invoice id, of grants in that currency). The decider subtracts the period's live spend and holds from it, so
-//! usage the wallet pass has already consumed is not counted twice, and usage it has not seen
-//! yet counts at once. Amounts are what payments records (charges with their tax); the
-//! decider's spend is before tax, so on a taxed plan the wallet is held to usage before tax
-//! (docs/SPEND.md).
+//! where `remaining` is what its grants in that currency not expired at now still hold (a
+//! grant's remaining is the sum of its movements' effects: grant, release and restore add;
+//! consume, expire and void take), `reserved` is what the current period's charges already
+//! took from them (consume minus release and restore under the period's invoice id, of
+//! grants in that currency), and `spent` is the decider's live usage spend of the period. The
+//! decider subtracts `spent` and the holds, so usage the wallet pass has already consumed is
+//! not counted twice and usage it has not seen yet counts at once; and what the pass took for
+//! anything the decider does not count (flat fees and minimums billed without usage, tax on
+//! the charges) is never given back to usage: `reserved` beyond `spent` stays taken. At a
+//! period change `spent` starts at 0, so the previous period's reservation never counts.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -78,14 +80,23 @@ pub fn period_invoice_id(customer: &str, period_start_ms: i64) -> String {
     )
 }
 
-/// What the wallet leaves for the period whose invoice is `invoice_id`, in minor units of
+/// What a wallet holds for one period, in minor units of one currency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Available {
+    /// What its grants in the currency hold now (not expired).
+    pub remaining_minor: i64,
+    /// What the period's usage already took from them (consume minus release and restore).
+    pub reserved_minor: i64,
+}
+
+/// The wallet's grants for the period whose invoice is `invoice_id`, in minor units of
 /// `currency` (see the module docs). Pure.
 pub fn available_minor(
     w: &Wallet,
     currency: &str,
     invoice_id: &str,
     now_ms: i64,
-) -> Result<i64, WalletError> {
+) -> Result<Available, WalletError> {
     let in_currency: BTreeSet<&str> = w
         .grants
         .iter()
@@ -108,7 +119,7 @@ pub fn available_minor(
             reserved = reserved.checked_sub(effect).ok_or(WalletError::Overflow)?;
         }
     }
-    let mut total = reserved.max(0);
+    let mut total: i64 = 0;
     for g in &w.grants {
         let live = g.expires_at_ms.is_none_or(|e| e > now_ms);
         if g.currency != currency || !live {
@@ -119,7 +130,10 @@ pub fn available_minor(
             .checked_add(left.max(0))
             .ok_or(WalletError::Overflow)?;
     }
-    Ok(total)
+    Ok(Available {
+        remaining_minor: total,
+        reserved_minor: reserved.max(0),
+    })
 }
 
 /// `minor` units of a currency with `minor_units` decimals, as an amount.
@@ -251,14 +265,20 @@ mod tests {
         };
         // a: 10,000 - 2,000 - 3,000 = 5,000; b: 5,000 - 1,000 + 500 = 4,500; old expired;
         // reserved this period: 3,000 + 1,000 - 500 = 3,500
+        let a = |remaining_minor, reserved_minor| {
+            Ok(Available {
+                remaining_minor,
+                reserved_minor,
+            })
+        };
         assert_eq!(
             available_minor(&w, "USD", "inv_now", NOW),
-            Ok(5_000 + 4_500 + 3_500)
+            a(5_000 + 4_500, 3_500)
         );
         // another period: nothing reserved
-        assert_eq!(available_minor(&w, "USD", "inv_next", NOW), Ok(9_500));
-        assert_eq!(available_minor(&w, "EUR", "inv_now", NOW), Ok(9_000));
-        assert_eq!(available_minor(&w, "JPY", "inv_now", NOW), Ok(0));
+        assert_eq!(available_minor(&w, "USD", "inv_next", NOW), a(9_500, 0));
+        assert_eq!(available_minor(&w, "EUR", "inv_now", NOW), a(9_000, 0));
+        assert_eq!(available_minor(&w, "JPY", "inv_now", NOW), a(0, 0));
     }
 
     #[test]
@@ -278,7 +298,13 @@ mod tests {
             ],
         };
         // the unpaid top-up has no grant movement; the swept one's 400 went to this period
-        assert_eq!(available_minor(&w, "USD", "inv_now", NOW), Ok(400));
+        assert_eq!(
+            available_minor(&w, "USD", "inv_now", NOW),
+            Ok(Available {
+                remaining_minor: 0,
+                reserved_minor: 400
+            })
+        );
     }
 
     #[test]

@@ -393,3 +393,48 @@ fn a_request_id_answers_only_the_same_request_and_only_its_agent_releases_it() {
     assert!(b.release_by("acme", "a", "r1").is_some());
     assert_eq!(b.holds().count(), 0);
 }
+
+/// A wallet budget's limit is what the grants still hold plus the part of this period's
+/// reservation that live usage accounts for: what the wallet pass took for a fee, a minimum
+/// or tax (more than the live spend) is never given back to usage, and usage the pass has
+/// consumed already is not counted twice.
+#[test]
+fn a_wallet_holds_usage_to_what_its_grants_and_this_periods_usage_leave() {
+    let c = catalog();
+    let wallet = Budget {
+        budget_id: "prepaid".into(),
+        kind: Kind::Wallet,
+        limit: Decimal::ZERO,
+        ..budget(0, None)
+    };
+    let mut b = book(vec![wallet]);
+    // the grants hold $5 now; the pass took $4 for this period's charges so far
+    b.budgets.get_mut("acme").unwrap()[0].limit = Decimal::from(5);
+    b.wallet_reserved.insert("acme".into(), Decimal::from(4));
+    let acme = CustomerId::new("acme").unwrap();
+    let g = BTreeMap::new();
+    let now = NOV26 + 1000;
+    // $3 of usage live: the pass's $4 covered it and $1 more (a fee, tax): that $1 stays
+    // taken, so $5 is left for usage, not $6
+    b.add_rows(&c, &[tokens("a", NOV26, 3000)]);
+    let (a, _) = b.authorize(&c, &ask(&acme, "a", 5001, "w1", &g), now);
+    assert_eq!(a.reason, Some(Reason::BudgetExceeded), "{a:?}");
+    assert_eq!(a.remaining, Some(Decimal::from(5)));
+    let (a, h) = b.authorize(&c, &ask(&acme, "a", 5000, "w2", &g), now);
+    assert!(a.allow, "{a:?}");
+    assert_eq!(a.remaining, Some(Decimal::ZERO));
+    b.release("acme", &h.unwrap().id);
+    // $6 of usage live, the pass still at $4: the $2 it has not seen count at once
+    b.add_rows(&c, &[tokens("a", NOV26 + 2000, 3000)]);
+    let (a, _) = b.authorize(&c, &ask(&acme, "a", 3001, "w3", &g), now);
+    assert_eq!(a.remaining, Some(Decimal::from(3)), "{a:?}");
+    // the balance shows the same limit
+    let budgets = b.budgets["acme"].clone();
+    let limit = budgets[0].limit_with(Decimal::from(6), Decimal::from(4));
+    assert_eq!(limit, Decimal::from(9));
+    // a new period: the previous reservation counts for nothing (its spend starts at 0)
+    assert_eq!(
+        budgets[0].limit_with(Decimal::ZERO, Decimal::from(4)),
+        Decimal::from(5)
+    );
+}
