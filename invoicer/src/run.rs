@@ -101,12 +101,11 @@ pub async fn invoice_pass(
         }
         let key = (customer.clone(), currency.clone());
         let legacy = credits.get(&key).copied().unwrap_or(0).max(0);
-        let reserved = wallet
-            .reserved
-            .get(&invoice_id)
-            .copied()
-            .unwrap_or(0)
-            .max(0);
+        // only the wallet's reservation in the invoice's own currency is credited to it
+        let reserved = wallet.reserved_for(&invoice_id, currency);
+        for (other, minor) in wallet.reserved_in_other_currencies(&invoice_id, currency) {
+            tracing::warn!(%customer, %invoice_id, %currency, reserved_currency = %other, reserved_minor = minor, "wallet reservation in another currency than the invoice's: not credited to it");
+        }
         let terms = Terms {
             grace_ms,
             payment_terms_days: cfg.payment_terms_days,

@@ -2,7 +2,7 @@
 //! lines. Invoices are versioned rows: a draft is rewritten by appending a higher version
 //! with the same id; `v_invoices` and `v_invoice_lines` show the latest.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use clickhouse::Client;
 use rust_decimal::Decimal;
@@ -240,7 +240,7 @@ struct BalanceRow {
 /// payments wallet had reserved for them (`reserved`, see [`wallet_credit`]).
 pub async fn credit_balances(
     db: &Client,
-    reserved: &HashMap<String, i64>,
+    reserved: &BTreeMap<(String, String), i64>,
 ) -> Result<HashMap<(String, String), i64>, clickhouse::error::Error> {
     let granted: Vec<BalanceRow> = db
         .query(
@@ -262,7 +262,7 @@ pub async fn credit_balances(
     }
     for r in used {
         let wallet = reserved
-            .get(&r.invoice_id)
+            .get(&(r.invoice_id, r.currency.clone()))
             .copied()
             .unwrap_or(0)
             .clamp(0, r.minor.max(0));
@@ -286,8 +286,37 @@ struct WalletRow {
 /// column), the earliest record of each movement id.
 #[derive(Debug, Default, Clone)]
 pub struct WalletCredit {
-    pub reserved: HashMap<String, i64>,
+    /// (invoice id, currency) -> reserved minor units: an invoice is in one currency, so a
+    /// reservation is credited only to the invoice of its own currency (see
+    /// [`WalletCredit::reserved_for`]).
+    pub reserved: BTreeMap<(String, String), i64>,
     pub balance: HashMap<(String, String), i64>,
+}
+
+impl WalletCredit {
+    /// What the wallet reserved for `invoice_id` in `currency`, never below zero.
+    pub fn reserved_for(&self, invoice_id: &str, currency: &str) -> i64 {
+        self.reserved
+            .get(&(invoice_id.to_owned(), currency.to_owned()))
+            .copied()
+            .unwrap_or(0)
+            .max(0)
+    }
+
+    /// The wallet's non-zero reservations for `invoice_id` in another currency than
+    /// `currency` (never credited to it).
+    pub fn reserved_in_other_currencies(
+        &self,
+        invoice_id: &str,
+        currency: &str,
+    ) -> Vec<(String, i64)> {
+        self.reserved
+            .range((invoice_id.to_owned(), String::new())..)
+            .take_while(|((i, _), _)| i == invoice_id)
+            .filter(|((_, c), r)| c != currency && **r != 0)
+            .map(|((_, c), r)| (c.clone(), *r))
+            .collect()
+    }
 }
 
 pub async fn wallet_credit(
@@ -317,7 +346,9 @@ pub async fn wallet_credit(
     let rows: Vec<WalletRow> = query.fetch_all().await?;
     for r in rows {
         if !r.invoice_id.is_empty() {
-            *out.reserved.entry(r.invoice_id).or_default() += r.reserved_minor;
+            *out.reserved
+                .entry((r.invoice_id, r.currency.clone()))
+                .or_default() += r.reserved_minor;
         }
         *out.balance.entry((r.customer, r.currency)).or_default() += r.balance_minor;
     }
@@ -366,4 +397,27 @@ pub async fn grant_credit(
         })
         .await?;
     insert.end().await
+}
+
+#[cfg(test)]
+mod wallet_credit_tests {
+    use super::WalletCredit;
+
+    #[test]
+    fn a_reservation_counts_only_for_its_own_currency() {
+        let mut w = WalletCredit::default();
+        w.reserved.insert(("inv_a".into(), "EUR".into()), 300);
+        w.reserved.insert(("inv_a".into(), "USD".into()), 600);
+        w.reserved.insert(("inv_b".into(), "USD".into()), 50);
+        w.reserved.insert(("inv_a".into(), "GBP".into()), 0);
+        assert_eq!(w.reserved_for("inv_a", "EUR"), 300);
+        assert_eq!(w.reserved_for("inv_a", "JPY"), 0);
+        assert_eq!(
+            w.reserved_in_other_currencies("inv_a", "EUR"),
+            vec![("USD".to_owned(), 600)]
+        );
+        assert!(w.reserved_in_other_currencies("inv_b", "USD").is_empty());
+        w.reserved.insert(("inv_c".into(), "USD".into()), -5);
+        assert_eq!(w.reserved_for("inv_c", "USD"), 0, "never below zero");
+    }
 }

@@ -374,3 +374,126 @@ async fn wallets_consume_usage_expire_void_and_keep_the_ledger_balanced() {
     drop(server);
     env.cleanup().await;
 }
+
+/// A charge of `customer` in `currency` whose usage starts `usage_from_ms`.
+async fn charge_in(
+    db: &clickhouse::Client,
+    id: &str,
+    customer: &str,
+    start_ms: i64,
+    currency: &str,
+    amount: i64,
+    usage_from_ms: i64,
+) {
+    db.query(
+        "INSERT INTO charges (charge_id, customer, period_start, period_end, usage_from, meter, \
+         currency, amount_minor, tax_minor, version) \
+         VALUES (?, ?, toDateTime(?), toDateTime(?), toDateTime(?), 'tokens', ?, ?, 0, 1)",
+    )
+    .bind(id)
+    .bind(customer)
+    .bind(start_ms / 1000)
+    .bind((start_ms + 30 * DAY_MS) / 1000)
+    .bind(usage_from_ms / 1000)
+    .bind(currency)
+    .bind(amount)
+    .execute()
+    .await
+    .expect("charge written");
+}
+
+fn balance_in(tb: &tally_payments::ledger::TrialBalance, currency: &str, account: Account) -> i128 {
+    tb.currencies
+        .get(currency)
+        .and_then(|a| a.get(&account))
+        .map_or(0, |t| t.balance_minor())
+}
+
+/// A period with usage in two currencies (a plan change from USD to EUR inside it) has one
+/// invoice per currency (`currency_split`): the wallet reserves each currency's usage for its
+/// own invoice id, and each invoice applies only its own currency's wallet credit.
+#[tokio::test]
+async fn a_period_in_two_currencies_gets_each_currencys_wallet_credit() {
+    let env = TestEnv::new("wallet_two_currencies").await;
+    let db = env.db();
+    let server = start(db.clone(), wall_ms).await;
+    let now = wall_ms();
+    let p = days_ago_ms(10);
+    // USD billed first (the home currency: the plain id), EUR after the change
+    charge_in(&db, "u1", "duo", p, "USD", 600, p + DAY_MS).await;
+    charge_in(&db, "e1", "duo", p, "EUR", 400, p + 5 * DAY_MS).await;
+    for (grant, currency, amount) in [("g-usd", "USD", 1000), ("g-eur", "EUR", 300)] {
+        let (status, body) = api(
+            server.addr,
+            "POST",
+            "/v1/customers/duo/wallet/grants",
+            json!({"grant_id": grant, "currency": currency, "amount_minor": amount}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    pass::run(&db, now + 1_000).await.unwrap();
+    let w = wallet(&server, "duo").await;
+    // USD: 1000 - 600 = 400 left; EUR: 300 all taken by 400 of usage
+    assert_eq!(
+        (w["balances"]["USD"].clone(), w["balances"]["EUR"].clone()),
+        (json!(400), json!(0)),
+        "{w}"
+    );
+    let usd_id = tally_invoicer::invoice::invoice_id("duo", p);
+    let eur_id = tally_invoicer::currency_split::invoice_id_in("duo", p, "EUR");
+    let reserved = tally_invoicer::store::wallet_credit(&db, &["duo".to_owned()])
+        .await
+        .unwrap()
+        .reserved;
+    assert_eq!(
+        reserved
+            .iter()
+            .filter(|(_, r)| **r != 0)
+            .map(|((i, c), r)| (i.as_str(), c.as_str(), *r))
+            .collect::<std::collections::BTreeSet<_>>(),
+        [(usd_id.as_str(), "USD", 600), (eur_id.as_str(), "EUR", 300)]
+            .into_iter()
+            .collect(),
+        "each currency reserved for its own invoice"
+    );
+
+    let cfg = tally_invoicer::config::InvoicerConfig {
+        lookback_secs: 5 * 86_400,
+        grace_secs: 86_400,
+        ..Default::default()
+    };
+    let drafts = tally_invoicer::run::invoice_pass(&db, None, &cfg, now + 2_000)
+        .await
+        .unwrap();
+    let mut got: Vec<_> = drafts
+        .iter()
+        .filter(|i| i.customer == "duo")
+        .map(|i| {
+            (
+                i.invoice_id.clone(),
+                i.currency.clone(),
+                i.total_minor,
+                i.credits_applied_minor,
+                i.amount_due_minor,
+                i.credit_balance_minor,
+            )
+        })
+        .collect();
+    got.sort();
+    let mut want = vec![
+        (usd_id.clone(), "USD".to_owned(), 600, 600, 0, Some(400)),
+        (eur_id.clone(), "EUR".to_owned(), 400, 300, 100, Some(0)),
+    ];
+    want.sort();
+    assert_eq!(got, want);
+
+    Settler::new(db.clone())
+        .sync_ledger(now + 3_000)
+        .await
+        .unwrap();
+    let tb = store::trial_balance(&db).await.unwrap();
+    assert!(tb.is_balanced(), "{}", tb.render());
+    assert_eq!(balance_in(&tb, "USD", Account::CreditReserved), -600);
+    assert_eq!(balance_in(&tb, "EUR", Account::CreditReserved), -300);
+}

@@ -270,6 +270,53 @@ struct TransitionRow {
     to_status: String,
 }
 
+/// The invoice ids the invoicer gives the customer's periods of `usage`
+/// ([`tally_invoicer::currency_split::resolve`], read only for periods with several currencies).
+async fn invoice_ids(
+    db: &Client,
+    customer: &str,
+    usage: &[UsageRow],
+) -> Result<tally_invoicer::currency_split::InvoiceIds, Error> {
+    let mut currencies: BTreeMap<u32, BTreeSet<&str>> = BTreeMap::new();
+    for u in usage {
+        currencies
+            .entry(u.period_start)
+            .or_default()
+            .insert(u.currency.as_str());
+    }
+    // only what `resolve` reads of a charge: its customer, period start and currency
+    let lines: Vec<tally_invoicer::invoice::ChargeLine> = currencies
+        .iter()
+        .filter(|(_, cs)| cs.len() > 1)
+        .flat_map(|(start, cs)| {
+            cs.iter().map(move |c| tally_invoicer::invoice::ChargeLine {
+                charge_id: String::new(),
+                customer: customer.to_owned(),
+                period: tally_domain::Period {
+                    start_ms: i64::from(*start) * 1000,
+                    end_ms: i64::from(*start) * 1000,
+                },
+                meter: String::new(),
+                group_key: String::new(),
+                group_names: Vec::new(),
+                group_values: Vec::new(),
+                plan_id: String::new(),
+                plan_version: 0,
+                price_model: String::new(),
+                currency: (*c).to_owned(),
+                quantity: rust_decimal::Decimal::ZERO,
+                unit_price: String::new(),
+                tiers_json: String::new(),
+                amount_minor: 0,
+                amount_before_discounts_minor: 0,
+                tax_rate: String::new(),
+                tax_minor: 0,
+            })
+        })
+        .collect();
+    Ok(tally_invoicer::currency_split::resolve(db, &lines).await?)
+}
+
 /// The customer's periods a pass decides on: those with rated usage that ended within
 /// [`LOOKBACK_MS`] of `now_ms`, and those of `held` (invoices whose reservation the wallet
 /// still holds or that applied wallet credit a void would return), each in the state of its
@@ -292,10 +339,14 @@ pub async fn periods(
         .bind(since_secs)
         .fetch_all()
         .await?;
+    // one invoice per (customer, period, currency): a period with several currencies has one
+    // id per currency, the one the invoicer gives it (`currency_split`), so each currency's
+    // usage is reserved for (and credited to) its own invoice
+    let ids_of = invoice_ids(db, customer, &usage).await?;
     let mut by_invoice: BTreeMap<String, Period> = BTreeMap::new();
     for u in usage {
         let start_ms = i64::from(u.period_start) * 1000;
-        let id = tally_invoicer::invoice::invoice_id(customer, start_ms);
+        let id = ids_of.id(customer, start_ms, &u.currency);
         by_invoice.insert(
             id.clone(),
             Period {
