@@ -282,7 +282,9 @@ pub async fn load(
             step,
             amount_minor: 0,
         };
-        if store::journal_exists(db, &op.journal_id()).await? {
+        // a dispute's journals are posted in its payment's currency ([`apply`]): a lookup
+        // on the ledger's sorting key
+        if store::journal_exists(db, &payment.currency, &op.journal_id()).await? {
             posted.insert(step.kind());
         }
     }

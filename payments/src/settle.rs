@@ -522,7 +522,9 @@ pub(crate) async fn post(
     let journal = ledger::post(op, currency)?;
     // a zero amount (no credit applied, say) has no lines: nothing to store, and storing
     // nothing must not count or log as a posting
-    if journal.lines.is_empty() || store::journal_exists(db, &journal.journal_id).await? {
+    if journal.lines.is_empty()
+        || store::journal_exists(db, &journal.currency, &journal.journal_id).await?
+    {
         return Ok(false);
     }
     store::append_journal(db, &journal, customer, actor, now_ms).await?;

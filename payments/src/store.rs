@@ -323,10 +323,17 @@ pub async fn journal_ids(db: &Client) -> Result<HashSet<String>> {
     Ok(ids.into_iter().collect())
 }
 
-/// Whether a journal is posted.
-pub async fn journal_exists(db: &Client, journal_id: &str) -> Result<bool> {
+/// Whether a journal is posted in `currency` (a journal's lines are all in its currency).
+/// Reads the base table by its sorting key, (currency, journal_id, line_no): a point lookup,
+/// not the whole ledger through `v_ledger_entries`. Any record of a line counts, as in the
+/// view (an entry's journal id never changes between its records).
+pub async fn journal_exists(db: &Client, currency: &str, journal_id: &str) -> Result<bool> {
     let n: u64 = db
-        .query("SELECT count() FROM v_ledger_entries WHERE journal_id = ?")
+        .query(
+            "SELECT count() FROM (SELECT 1 FROM ledger_entries \
+             WHERE currency = ? AND journal_id = ? LIMIT 1)",
+        )
+        .bind(currency)
         .bind(journal_id)
         .fetch_one()
         .await?;

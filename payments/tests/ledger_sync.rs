@@ -313,3 +313,38 @@ async fn prepaid_credit_grants_and_their_use_are_booked_once_per_currency() {
     assert_eq!(balance(&tb, "USD", Account::CustomerCredit), -250 - 70);
     env.cleanup().await;
 }
+
+/// `journal_exists` reads the ledger by its sorting key (currency, journal id): a journal is
+/// found in its own currency, not in another, and a second record of it changes nothing.
+#[tokio::test]
+async fn a_journal_is_found_by_currency_and_id() {
+    let env = TestEnv::new("journal_exists").await;
+    let db = env.db();
+    let j = tally_payments::ledger::post(
+        &tally_payments::ledger::Operation::Payment {
+            payment_id: "pay_1".into(),
+            invoice_id: "inv_1".into(),
+            amount_minor: 1_250,
+        },
+        "EUR",
+    )
+    .unwrap();
+    assert!(!store::journal_exists(&db, "EUR", &j.journal_id)
+        .await
+        .unwrap());
+    store::append_journal(&db, &j, "acme", "test", wall_ms())
+        .await
+        .unwrap();
+    store::append_journal(&db, &j, "acme", "test", wall_ms())
+        .await
+        .unwrap();
+    assert!(store::journal_exists(&db, "EUR", &j.journal_id)
+        .await
+        .unwrap());
+    assert!(!store::journal_exists(&db, "USD", &j.journal_id)
+        .await
+        .unwrap());
+    assert!(!store::journal_exists(&db, "EUR", "pay_other")
+        .await
+        .unwrap());
+}
