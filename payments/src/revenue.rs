@@ -334,6 +334,29 @@ pub fn parse_time(field: &str, s: &str) -> Result<i64, Error> {
     Ok(ms)
 }
 
+/// The longest range a report covers: three years (1,098 days: any three calendar years, leap
+/// days included). A longer range is refused (the API's code [`RANGE_TOO_LONG`]): a report
+/// reads every ledger line of its range.
+pub const MAX_RANGE_DAYS: i64 = 3 * 366;
+
+/// The API's error code for a range longer than [`MAX_RANGE_DAYS`]; the refusal's message
+/// starts with it.
+pub const RANGE_TOO_LONG: &str = "range_too_long";
+
+/// Refuses a range `[from_ms, to_ms)` longer than [`MAX_RANGE_DAYS`].
+pub fn check_range(from_ms: i64, to_ms: i64) -> Result<(), Error> {
+    let max_ms = MAX_RANGE_DAYS * 86_400_000;
+    if to_ms.saturating_sub(from_ms) > max_ms {
+        return Err(Error::Invalid(format!(
+            "{RANGE_TOO_LONG}: from {} to {} is longer than {MAX_RANGE_DAYS} days (3 years); \
+             ask for shorter ranges",
+            rfc3339(from_ms),
+            rfc3339(to_ms)
+        )));
+    }
+    Ok(())
+}
+
 /// What a report asks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Query {
@@ -360,6 +383,7 @@ impl Query {
         if from_ms >= to_ms {
             return Err(Error::Invalid("from must be before to".into()));
         }
+        check_range(from_ms, to_ms)?;
         let currency = match currency.filter(|c| !c.is_empty()) {
             Some(c) if c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()) => {
                 Some(c.to_owned())
@@ -476,6 +500,7 @@ pub async fn lines(db: &Client, q: &Query) -> Result<Vec<Line>, Error> {
 
 /// Reads and computes the report of `q`.
 pub async fn run(db: &Client, q: &Query) -> Result<Report, Error> {
+    check_range(q.from_ms, q.to_ms)?;
     let lines = lines(db, q).await?;
     report(&lines, q.from_ms, q.to_ms, q.period, q.currency.as_deref())
 }
@@ -519,6 +544,22 @@ pub fn render(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_range_of_more_than_three_years_is_refused() {
+        let q = |from: &str, to: &str| Query::parse(Some(from), Some(to), None, None);
+        // 2024-01-01 + 1098 days = 2027-01-03: three calendar years, a leap day included, pass
+        assert!(q("2024-01-01", "2027-01-01").is_ok());
+        assert!(q("2024-01-01", "2027-01-03").is_ok());
+        let e = q("2024-01-01", "2027-01-04").unwrap_err();
+        assert!(
+            matches!(&e, Error::Invalid(m) if m.starts_with("range_too_long: ")),
+            "{e}"
+        );
+        assert!(q("1970-01-01", "2100-01-01").is_err());
+        assert!(check_range(0, MAX_RANGE_DAYS * 86_400_000).is_ok());
+        assert!(check_range(0, MAX_RANGE_DAYS * 86_400_000 + 1000).is_err());
+    }
 
     fn line(kind: &str, account: &str, cur: &str, d: i64, c: i64, at_ms: i64) -> Line {
         Line {

@@ -394,6 +394,27 @@ async fn two_months_in_two_currencies_reconcile_to_the_golden_figures() {
             "{bad}: {body}"
         );
     }
+    // at most three years (1,098 days) a report: a longer range has its own code
+    let (status, body) = api(
+        server.addr,
+        "GET",
+        "/v1/reports/revenue?from=2023-01-01&to=2026-01-05",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("range_too_long")),
+        "{body}"
+    );
+    let (status, body) = api(
+        server.addr,
+        "GET",
+        "/v1/reports/revenue?from=2023-01-01&to=2026-01-01",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "three years pass: {body}");
     let reader = token(&db, "rita", tally_platform::auth::Role::Reader).await;
     let (status, _) = api_as(
         server.addr,

@@ -223,7 +223,13 @@ async fn invoice(state: &AppState, id: &str) -> Answer {
 }
 
 async fn revenue(state: &AppState, query: &str) -> Answer {
-    let q = crate::revenue::from_query_string(query).map_err(failed)?;
+    let q = crate::revenue::from_query_string(query).map_err(|e| match e {
+        // a range longer than the cap has its own code
+        Error::Invalid(m) if m.starts_with(crate::revenue::RANGE_TOO_LONG) => {
+            server::error(StatusCode::BAD_REQUEST, crate::revenue::RANGE_TOO_LONG, m)
+        }
+        e => failed(e),
+    })?;
     let r = crate::revenue::run(&state.settler.db, &q)
         .await
         .map_err(failed)?;
