@@ -77,6 +77,16 @@ async fn smtp_sink_with(
     refuse_first: usize,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> (u16, Arc<Mutex<Vec<Mail>>>) {
+    smtp_sink_slow(refuse_first, tls, Duration::ZERO).await
+}
+
+/// As [`smtp_sink_with`]; each message's answer after DATA is sent `delay` after the message
+/// arrived (a slow SMTP server; the message counts as received at once).
+async fn smtp_sink_slow(
+    refuse_first: usize,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    delay: Duration,
+) -> (u16, Arc<Mutex<Vec<Mail>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let got: Arc<Mutex<Vec<Mail>>> = Arc::default();
@@ -88,11 +98,11 @@ async fn smtp_sink_with(
             };
             let (g, tls) = (g.clone(), tls.clone());
             tokio::spawn(async move {
-                let upgrade = session(stream, tls.is_some(), false, &g, refuse_first).await;
+                let upgrade = session(stream, tls.is_some(), false, &g, refuse_first, delay).await;
                 if let (Some(tcp), Some(acceptor)) = (upgrade, tls) {
                     // a client that does not trust the certificate aborts the handshake here
                     if let Ok(stream) = acceptor.accept(tcp).await {
-                        session(stream, false, true, &g, refuse_first).await;
+                        session(stream, false, true, &g, refuse_first, delay).await;
                     }
                 }
             });
@@ -109,6 +119,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     tls: bool,
     got: &Mutex<Vec<Mail>>,
     refuse_first: usize,
+    delay: Duration,
 ) -> Option<S> {
     let mut io = BufReader::new(stream);
     if !tls {
@@ -163,16 +174,20 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 data.push_str(l.strip_prefix('.').unwrap_or(&l));
             }
-            let mut v = got.lock().expect("lock");
-            let accepted = v.len() >= refuse_first;
-            v.push(Mail {
-                from: from.clone(),
-                to: to.clone(),
-                data,
-                accepted,
-                tls,
-                auth: auth.clone(),
-            });
+            let accepted = {
+                let mut v = got.lock().expect("lock");
+                let accepted = v.len() >= refuse_first;
+                v.push(Mail {
+                    from: from.clone(),
+                    to: to.clone(),
+                    data,
+                    accepted,
+                    tls,
+                    auth: auth.clone(),
+                });
+                accepted
+            };
+            tokio::time::sleep(delay).await;
             if accepted {
                 b"250 2.0.0 queued\r\n"
             } else {
@@ -697,5 +712,107 @@ async fn starttls_trusts_the_ca_file_only_and_authenticates_after_it() {
         .delete_stream(format!("KV_{}", base.claims_bucket(&env.nats)))
         .await;
     let _ = std::fs::remove_dir_all(&dir);
+    env.cleanup().await;
+}
+
+/// A slow SMTP server (each answer 3 s late) and two senders passing at once: the claims of
+/// the attempts started late in a pass (after the first eight, which take the slow server's
+/// 3 s) are stamped when they are made, not at the pass's start, so the other sender, whose
+/// clock is at the stale bound of the pass's start, finds them in progress and sends nothing:
+/// every invoice is accepted exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_smtp_server_and_two_senders_never_send_an_invoice_twice() {
+    let env = TestEnv::new("invoice_delivery_slow").await;
+    let db = env.db();
+    let delay = Duration::from_millis(3_000);
+    let (smtp_port, mails) = smtp_sink_slow(0, None, delay).await;
+    catalog(
+        &db,
+        "acme",
+        1,
+        serde_json::json!({"id": "acme", "version": 1, "name": "Acme",
+            "billing_email": "ap@acme.example"}),
+    )
+    .await;
+    let count = delivery::CONCURRENT_ATTEMPTS_MAX + 1;
+    let mut invoices = Vec::new();
+    for i in 0..count {
+        let start = days_ago_ms(40 + 31 * i64::try_from(i).unwrap());
+        let number = format!("INV-{:06}", i + 1);
+        invoices.push(
+            finalized(
+                &db,
+                "acme",
+                start,
+                1_000 + 100 * i64::try_from(i).unwrap(),
+                &number,
+            )
+            .await,
+        );
+    }
+    let cfg = InvoiceDeliveryConfig {
+        enabled: true,
+        webhook: false,
+        smtp_host: "127.0.0.1".into(),
+        smtp_port,
+        smtp_tls: SmtpTls::None,
+        from: FROM.into(),
+        backoff_secs: 1,
+        attempts_max: 3,
+        timeout_ms: 5_000,
+        lookback_secs: 30 * 86_400,
+        ..InvoiceDeliveryConfig::default()
+    };
+    let client = async_nats::connect(&env.nats.url).await.expect("nats");
+    let js = async_nats::jetstream::new(client);
+    let open = |instance: &str| {
+        Delivery::open(
+            db.clone(),
+            cfg.clone(),
+            DunningConfig::default(),
+            &env.nats,
+            &js,
+            instance.to_owned(),
+        )
+    };
+    let a = open("instance-a").await.expect("sender");
+    let b = open("instance-b").await.expect("sender");
+    let bound = tally_payments::delivery::claims::stale_after_ms(cfg.timeout_ms);
+
+    let t0 = now_ms();
+    let pass_a = tokio::spawn(async move { a.pass(t0).await.map(|r| (r, a)) });
+    // the first eight are sent and logged after 3 s; the ninth is claimed then and runs to
+    // about 6 s. b passes meanwhile, its clock past the bound of the pass's start (t0) but not
+    // of the ninth claim's moment (t0 + 3 s)
+    tokio::time::sleep(delay + Duration::from_millis(800)).await;
+    let r = b.pass(t0 + bound + 500).await.expect("pass");
+    assert_eq!(
+        (r.claimed_elsewhere, r.abandoned_claims, r.delivered),
+        (1, 0, 0),
+        "the ninth attempt is in progress: {r:?}"
+    );
+    let r = b.pass(t0 + bound + 1_700).await.expect("pass");
+    assert_eq!(
+        (r.claimed_elsewhere, r.abandoned_claims, r.delivered),
+        (1, 0, 0),
+        "{r:?}"
+    );
+    let (r, a) = pass_a.await.expect("joined").expect("pass");
+    assert_eq!((r.emails_decided, r.delivered), (count, count), "{r:?}");
+
+    // later passes of both, at once, send nothing more
+    let later = now_ms() + bound * 2;
+    let (ra, rb) = tokio::join!(a.pass(later), b.pass(later));
+    assert!(nothing_done(&ra.unwrap()));
+    assert!(nothing_done(&rb.unwrap()));
+    let got = accepted(&mails);
+    assert_eq!(got.len(), count, "each invoice once");
+    for inv in &invoices {
+        by_id_in(&got, inv);
+    }
+
+    let _ = js
+        .delete_stream(format!("KV_{}", cfg.claims_bucket(&env.nats)))
+        .await;
     env.cleanup().await;
 }

@@ -4,8 +4,8 @@
 //!
 //! A pass (every `invoice_delivery.interval_secs`) is driven by the stored state, never by an
 //! event that could be lost:
-//! 1. **decide**: for every invoice finalized within `lookback_secs` (`v_invoices`, not draft,
-//!    not void) it appends to the notification log (`notifications`, dunning's) what is not
+//! 1. **decide**: for every invoice finalized within `lookback_secs` (`recent_invoices`: the
+//!    base tables `invoices` and `invoice_transitions`, not the view) it appends to the notification log (`notifications`, dunning's) what is not
 //!    there yet: `invoice.email:<invoice>` when the customer's latest catalog entry
 //!    (`catalog_customers`) has a valid `billing_email` and an SMTP server is configured (the
 //!    address, subject, text and deterministic `Message-ID` recorded), and
@@ -21,9 +21,13 @@
 //!    row of `notification_deliveries`; a failure is retried after `backoff_secs`, doubling,
 //!    up to `attempts_max`.
 //!
+//! An attempt (store read, PDF render and SMTP session, or the webhook) is bounded as a whole
+//! by `timeout_ms`, and its claim is stamped when it is made; a readable claim is taken as
+//! abandoned only once [`claims::stale_after_ms`] (`timeout_ms` + [`claims::STALE_AFTER_MS`])
+//! has passed, an unreadable one never.
+//!
 //! What it cannot exclude: a process that stops between the server's acceptance and the
-//! logging of that attempt leaves a claim without a result; after the attempt's timeout and
-//! [`claims::STALE_AFTER_MS`] the attempt is logged as failed ("no result was logged") and the
+//! logging of that attempt leaves a claim without a result; after that bound the attempt is logged as failed ("no result was logged") and the
 //! message sent again, with the same `Message-ID` / `Tally-Notification-Id` for the receiver to
 //! drop. Dunning's pass and the spend alerts deliver their own kinds only, so no notification
 //! has two deliverers.
@@ -55,6 +59,9 @@ pub const KINDS: [&str; 2] = [EMAIL_KIND, WEBHOOK_KIND];
 pub const ACTOR: &str = "payments:invoice-delivery";
 /// Attempts made at once in a pass.
 pub const CONCURRENT_ATTEMPTS_MAX: usize = 8;
+/// Invoices per `IN (...)` list (two notification ids each): the bound values are written
+/// into the query text, which ClickHouse limits to 256 KiB.
+const IN_LIST_MAX: usize = 500;
 
 /// The email notification of an invoice.
 pub fn email_id(invoice_id: &str) -> String {
@@ -84,11 +91,33 @@ pub struct PassReport {
 }
 
 /// A finalized invoice as this module reads it.
-#[derive(Debug, Clone, clickhouse::Row, Deserialize)]
+#[derive(Debug, Clone)]
 struct Finalized {
     invoice_id: String,
     customer: String,
     document: String,
+}
+
+/// The pass's clock: its start (`now_ms` of [`Delivery::pass`], the wall clock in `run`) plus
+/// the time elapsed since, so that each claim is stamped when it is made.
+#[derive(Debug, Clone, Copy)]
+struct PassClock {
+    start_ms: i64,
+    started: Instant,
+}
+
+impl PassClock {
+    fn new(start_ms: i64) -> PassClock {
+        PassClock {
+            start_ms,
+            started: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> i64 {
+        let elapsed = i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        self.start_ms.saturating_add(elapsed)
+    }
 }
 
 /// The sender: decides and delivers.
@@ -149,38 +178,33 @@ impl Delivery {
         Delivery::new(db, cfg, dunning, Claims::new(kv, instance))
     }
 
-    /// One pass at `now_ms`: decide, then deliver what is due.
+    /// One pass starting at `now_ms` (the wall clock in `run`; later moments of the pass are
+    /// `now_ms` plus the time elapsed): decide, then deliver what is due.
     pub async fn pass(&self, now_ms: i64) -> Result<PassReport, Error> {
+        let clock = PassClock::new(now_ms);
         let mut report = PassReport::default();
-        self.decide(now_ms, &mut report).await?;
-        self.deliver_due(now_ms, &mut report).await?;
-        Ok(report)
-    }
-
-    async fn decide(&self, now_ms: i64, report: &mut PassReport) -> Result<(), Error> {
         let since_secs = now_ms
             .div_euclid(1000)
             .saturating_sub(self.cfg.lookback_secs);
-        let invoices: Vec<Finalized> = self
-            .db
-            .query(
-                "SELECT invoice_id, customer, document FROM v_invoices \
-                 WHERE status NOT IN ('draft', 'void') AND toInt64(toUInt32(issued_at)) >= ? \
-                 ORDER BY invoice_id",
-            )
-            .bind(since_secs)
-            .fetch_all()
-            .await?;
+        let invoices = recent_invoices(&self.db, since_secs).await?;
         if invoices.is_empty() {
-            return Ok(());
+            return Ok(report);
         }
-        let decided: HashSet<String> = self
-            .db
-            .query("SELECT DISTINCT notification_id FROM notifications WHERE has(?, kind)")
-            .bind(&KINDS[..])
-            .fetch_all::<String>()
+        self.decide(&invoices, now_ms, &mut report).await?;
+        self.deliver_due(&invoices, clock, &mut report).await?;
+        Ok(report)
+    }
+
+    async fn decide(
+        &self,
+        invoices: &[Finalized],
+        now_ms: i64,
+        report: &mut PassReport,
+    ) -> Result<(), Error> {
+        let decided: HashSet<String> = notifications_of(&self.db, invoices)
             .await?
             .into_iter()
+            .map(|n| n.notification_id)
             .collect();
         let contacts = if self.mailer.is_some() {
             let customers: Vec<&str> = invoices.iter().map(|i| i.customer.as_str()).collect();
@@ -188,7 +212,7 @@ impl Delivery {
         } else {
             HashMap::new()
         };
-        for f in &invoices {
+        for f in invoices {
             let wants_email = self.mailer.is_some() && !decided.contains(&email_id(&f.invoice_id));
             let url = self
                 .dunning
@@ -276,8 +300,14 @@ impl Delivery {
         ))
     }
 
-    async fn deliver_due(&self, now_ms: i64, report: &mut PassReport) -> Result<(), Error> {
-        let due = undelivered(&self.db).await?;
+    async fn deliver_due(
+        &self,
+        invoices: &[Finalized],
+        clock: PassClock,
+        report: &mut PassReport,
+    ) -> Result<(), Error> {
+        let due = undelivered(&self.db, invoices).await?;
+        let now_ms = clock.now_ms();
         let mut work = Vec::new();
         for (n, done, last_ms) in due {
             if done >= self.cfg.attempts_max {
@@ -290,7 +320,7 @@ impl Delivery {
             work.push((n, done + 1));
         }
         let outcomes: Vec<Result<Outcome, Error>> = futures::stream::iter(work)
-            .map(|(n, attempt)| self.attempt(n, attempt, now_ms))
+            .map(|(n, attempt)| self.attempt(n, attempt, clock))
             .buffer_unordered(CONCURRENT_ATTEMPTS_MAX)
             .collect()
             .await;
@@ -305,15 +335,16 @@ impl Delivery {
         Ok(())
     }
 
-    /// Attempt `attempt` of `n` at `now_ms`, if this instance gets its claim.
+    /// Attempt `attempt` of `n`, if this instance gets its claim (stamped with `clock`'s now
+    /// at the claim).
     async fn attempt(
         &self,
         n: log::Notification,
         attempt: u32,
-        now_ms: i64,
+        clock: PassClock,
     ) -> Result<Outcome, Error> {
         let id = n.notification_id.clone();
-        let claimed_at = now_ms;
+        let claimed_at = clock.now_ms();
         match self
             .claims
             .claim(&id, attempt, claimed_at)
@@ -322,15 +353,15 @@ impl Delivery {
         {
             Claimed::Mine => {}
             Claimed::Taken(claim) => {
-                let at_ms = claim.as_ref().map_or(0, |c| c.at_ms);
-                let stale = at_ms
-                    .saturating_add(i64::try_from(self.cfg.timeout_ms).unwrap_or(i64::MAX))
-                    .saturating_add(claims::STALE_AFTER_MS)
-                    < claimed_at;
-                if !stale {
+                // only a readable claim older than the bound is abandoned; an absent or
+                // unparsable one (a lagging replica right after another's create) is looked
+                // at again next pass
+                let Some(claim) = claim
+                    .filter(|c| claims::is_stale(Some(c), clock.now_ms(), self.cfg.timeout_ms))
+                else {
                     return Ok(Outcome::ClaimedElsewhere);
-                }
-                let by = claim.map_or_else(|| "unknown".to_owned(), |c| c.by);
+                };
+                let (by, at_ms) = (claim.by, claim.at_ms);
                 let a = deliver::Attempt {
                     status_code: 0,
                     delivered: false,
@@ -350,22 +381,19 @@ impl Delivery {
             }
         }
         let started = Instant::now();
-        let a = match n.kind.as_str() {
-            EMAIL_KIND => self.send_email(&n, claimed_at).await,
-            _ => {
-                let secret =
-                    deliver::endpoint_secret(self.dunning.signing_secret.expose(), &n.customer);
-                deliver::post(
-                    self.trust.as_ref(),
-                    &n.url,
-                    &id,
-                    &n.body,
-                    &secret,
-                    claimed_at.div_euclid(1000),
-                    Duration::from_millis(self.cfg.timeout_ms),
-                )
-                .await
-            }
+        let limit = Duration::from_millis(self.cfg.timeout_ms);
+        // one limit on the whole attempt (store read, render and SMTP, or the webhook), so
+        // that a claim never outlives claims::stale_after_ms unlogged while its process runs
+        let a = match tokio::time::timeout(limit, self.send(&n, claimed_at)).await {
+            Ok(a) => a,
+            Err(_) => deliver::Attempt {
+                status_code: 0,
+                delivered: false,
+                error: format!(
+                    "the attempt took more than invoice_delivery.timeout_ms ({} ms)",
+                    self.cfg.timeout_ms
+                ),
+            },
         };
         metrics::delivery(
             if a.delivered { "delivered" } else { "failed" },
@@ -384,8 +412,26 @@ impl Delivery {
         }
     }
 
+    /// One attempt of `n`, by its kind, unbounded (the caller bounds it).
+    async fn send(&self, n: &log::Notification, claimed_at: i64) -> deliver::Attempt {
+        if n.kind == EMAIL_KIND {
+            return self.send_email(n, claimed_at).await;
+        }
+        let secret = deliver::endpoint_secret(self.dunning.signing_secret.expose(), &n.customer);
+        deliver::post(
+            self.trust.as_ref(),
+            &n.url,
+            &n.notification_id,
+            &n.body,
+            &secret,
+            claimed_at.div_euclid(1000),
+            Duration::from_millis(self.cfg.timeout_ms),
+        )
+        .await
+    }
+
     /// One SMTP submission of the email notification `n` (its PDF rendered from the frozen
-    /// document now).
+    /// document now, on a blocking thread so that the attempt's limit can end the wait).
     async fn send_email(&self, n: &log::Notification, now_ms: i64) -> deliver::Attempt {
         let failed = |error: String| deliver::Attempt {
             status_code: 0,
@@ -401,16 +447,22 @@ impl Delivery {
         else {
             return failed("the notification's body is not an email envelope".into());
         };
-        let pdf = match crate::store::invoice(&self.db, &n.invoice_id).await {
-            Ok(Some(f)) => match serde_json::from_str::<tally_invoicer::Invoice>(&f.document) {
-                Ok(inv) => match tally_invoicer::render::pdf(&inv) {
-                    Ok(pdf) => pdf,
-                    Err(e) => return failed(format!("rendering the PDF: {e}")),
-                },
+        let inv = match document(&self.db, &n.invoice_id).await {
+            Ok(Some(d)) => match serde_json::from_str::<tally_invoicer::Invoice>(&d) {
+                Ok(inv) => inv,
                 Err(e) => return failed(format!("invoice document: {e}")),
             },
             Ok(None) => return failed("the invoice is not stored".into()),
             Err(e) => return failed(format!("reading the invoice: {e}")),
+        };
+        let rendered = tokio::task::spawn_blocking(move || {
+            tally_invoicer::render::pdf(&inv).map_err(|e| e.to_string())
+        })
+        .await;
+        let pdf = match rendered {
+            Ok(Ok(pdf)) => pdf,
+            Ok(Err(e)) => return failed(format!("rendering the PDF: {e}")),
+            Err(e) => return failed(format!("rendering the PDF: {e}")),
         };
         let message = match email::message(&envelope, pdf, now_ms) {
             Ok(m) => m,
@@ -519,14 +571,22 @@ async fn billing_emails(db: &Client, customers: &[&str]) -> Result<HashMap<Strin
     struct Body {
         billing_email: Option<String>,
     }
-    let rows: Vec<Contact> = db
-        .query(
+    let mut customers: Vec<&str> = customers.to_vec();
+    customers.sort_unstable();
+    customers.dedup();
+    let mut rows: Vec<Contact> = Vec::new();
+    for chunk in customers.chunks(IN_LIST_MAX) {
+        let sql = format!(
             "SELECT customer, argMax(body, version) FROM catalog_customers \
-             WHERE has(?, customer) GROUP BY customer",
-        )
-        .bind(customers)
-        .fetch_all()
-        .await?;
+             WHERE customer IN ({}) GROUP BY customer",
+            placeholders(chunk.len())
+        );
+        rows.extend(
+            bind_all(db.query(&sql), chunk)
+                .fetch_all::<Contact>()
+                .await?,
+        );
+    }
     let mut out = HashMap::new();
     for r in rows {
         let Some(email) = serde_json::from_str::<Body>(&r.body)
@@ -546,50 +606,183 @@ async fn billing_emails(db: &Client, customers: &[&str]) -> Result<HashMap<Strin
     Ok(out)
 }
 
-#[derive(clickhouse::Row, Deserialize)]
-struct Attempts {
-    notification_id: String,
-    attempts: u32,
-    last_ms: i64,
+/// `?, ?, ?` for an `IN` list of `n` values (ClickHouse 18.16 takes no array after `IN`).
+fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
 }
 
-/// This module's notifications without a successful delivery (the first record of each id),
-/// with the highest attempt logged and when it started.
-async fn undelivered(db: &Client) -> Result<Vec<(log::Notification, u32, i64)>, Error> {
-    let pending: Vec<log::Notification> = db
+/// `q` with each of `values` bound, in order.
+fn bind_all<T: serde::Serialize>(
+    mut q: clickhouse::query::Query,
+    values: &[T],
+) -> clickhouse::query::Query {
+    for v in values {
+        q = q.bind(v);
+    }
+    q
+}
+
+/// The invoices finalized (not draft, not void) at or after `since_secs`, in id order, with
+/// their frozen documents. `invoices` is sorted by `invoice_id` only and nothing records a
+/// finalization by time (`invoice_transitions` is sorted by `(invoice_id, transition_id)`, and
+/// the invoicer writes no transition when it finalizes), so the candidates come from one scan
+/// of the narrow columns `invoice_id`, `status` and `issued_at` of `invoices` (never the
+/// documents, never the view `v_invoices`, which 18.16 evaluates whole: every version's
+/// document plus a grouping of every transition); the latest version of each candidate and
+/// its lifecycle are then read by primary key (`invoice_id IN (...)`).
+async fn recent_invoices(db: &Client, since_secs: i64) -> Result<Vec<Finalized>, Error> {
+    #[derive(clickhouse::Row, Deserialize)]
+    struct Stored {
+        invoice_id: String,
+        customer: String,
+        document: String,
+        status: String,
+        issued_secs: i64,
+    }
+    #[derive(clickhouse::Row, Deserialize)]
+    struct Terminal {
+        invoice_id: String,
+        terminal: String,
+    }
+    let ids: Vec<String> = db
         .query(
+            "SELECT DISTINCT invoice_id FROM invoices \
+             WHERE status NOT IN ('draft', 'void') AND toInt64(toUInt32(issued_at)) >= ?",
+        )
+        .bind(since_secs)
+        .fetch_all()
+        .await?;
+    let mut ids = ids;
+    ids.sort_unstable();
+    let mut out = Vec::new();
+    for chunk in ids.chunks(IN_LIST_MAX) {
+        let list = placeholders(chunk.len());
+        let stored: Vec<Stored> = bind_all(
+            db.query(&format!(
+                "SELECT invoice_id, argMax(customer, version), argMax(document, version), \
+                   argMax(status, version), toInt64(toUInt32(argMax(issued_at, version))) \
+                 FROM invoices WHERE invoice_id IN ({list}) \
+                 GROUP BY invoice_id ORDER BY invoice_id"
+            )),
+            chunk,
+        )
+        .fetch_all()
+        .await?;
+        let void: HashSet<String> = bind_all(
+            db.query(&format!(
+                "SELECT invoice_id, argMinIf(to_status, at_ms, to_status IN ('paid', 'void')) \
+                 FROM invoice_transitions WHERE invoice_id IN ({list}) GROUP BY invoice_id"
+            )),
+            chunk,
+        )
+        .fetch_all::<Terminal>()
+        .await?
+        .into_iter()
+        .filter(|t| t.terminal == "void")
+        .map(|t| t.invoice_id)
+        .collect();
+        out.extend(
+            stored
+                .into_iter()
+                .filter(|s| {
+                    s.status != "draft"
+                        && s.status != "void"
+                        && s.issued_secs >= since_secs
+                        && !void.contains(&s.invoice_id)
+                })
+                .map(|s| Finalized {
+                    invoice_id: s.invoice_id,
+                    customer: s.customer,
+                    document: s.document,
+                }),
+        );
+    }
+    Ok(out)
+}
+
+/// The latest stored document of `invoice_id` (by primary key).
+async fn document(db: &Client, invoice_id: &str) -> Result<Option<String>, Error> {
+    Ok(db
+        .query(
+            "SELECT document FROM invoices WHERE invoice_id = ? \
+             ORDER BY version DESC LIMIT 1",
+        )
+        .bind(invoice_id)
+        .fetch_optional::<String>()
+        .await?)
+}
+
+/// The notifications of this module's two kinds for `invoices` (the first record of each id),
+/// read by the sorting key of `notifications`, `(customer, notification_id)`.
+async fn notifications_of(
+    db: &Client,
+    invoices: &[Finalized],
+) -> Result<Vec<log::Notification>, Error> {
+    let mut out = Vec::new();
+    for chunk in invoices.chunks(IN_LIST_MAX) {
+        let mut customers: Vec<&str> = chunk.iter().map(|f| f.customer.as_str()).collect();
+        customers.sort_unstable();
+        customers.dedup();
+        let ids: Vec<String> = chunk
+            .iter()
+            .flat_map(|f| [email_id(&f.invoice_id), webhook_id(&f.invoice_id)])
+            .collect();
+        let sql = format!(
             "SELECT notification_id, argMin(customer, created_at_ms), \
                argMin(invoice_id, created_at_ms), argMin(kind, created_at_ms), \
                argMin(step, created_at_ms), argMin(url, created_at_ms), \
                argMin(body, created_at_ms), argMin(actor, created_at_ms), \
                min(created_at_ms), toUInt32(min(created_at)) \
-             FROM notifications WHERE has(?, kind) AND notification_id NOT IN \
-               (SELECT notification_id FROM notification_deliveries WHERE delivered = 1) \
+             FROM notifications WHERE customer IN ({}) AND notification_id IN ({}) \
              GROUP BY notification_id ORDER BY notification_id",
-        )
-        .bind(&KINDS[..])
-        .fetch_all()
-        .await?;
-    if pending.is_empty() {
-        return Ok(Vec::new());
+            placeholders(customers.len()),
+            placeholders(ids.len())
+        );
+        let q = bind_all(bind_all(db.query(&sql), &customers), &ids);
+        out.extend(q.fetch_all::<log::Notification>().await?);
     }
-    let ids: Vec<&str> = pending.iter().map(|n| n.notification_id.as_str()).collect();
-    let attempts: HashMap<String, (u32, i64)> = db
-        .query(
-            "SELECT notification_id, toUInt32(max(attempt)), toInt64(max(at_ms)) \
-             FROM notification_deliveries WHERE has(?, notification_id) GROUP BY notification_id",
-        )
-        .bind(&ids)
-        .fetch_all::<Attempts>()
-        .await?
-        .into_iter()
-        .map(|a| (a.notification_id, (a.attempts, a.last_ms)))
-        .collect();
+    Ok(out)
+}
+
+#[derive(clickhouse::Row, Deserialize)]
+struct Attempts {
+    notification_id: String,
+    attempts: u32,
+    last_ms: i64,
+    delivered: u8,
+}
+
+/// The notifications of `invoices` without a successful delivery, with the highest attempt
+/// logged and when it started; the attempts read by the sorting key of
+/// `notification_deliveries`, `(notification_id, attempt)`.
+async fn undelivered(
+    db: &Client,
+    invoices: &[Finalized],
+) -> Result<Vec<(log::Notification, u32, i64)>, Error> {
+    let pending = notifications_of(db, invoices).await?;
+    let mut attempts: HashMap<String, Attempts> = HashMap::new();
+    for chunk in pending.chunks(2 * IN_LIST_MAX) {
+        let ids: Vec<&str> = chunk.iter().map(|n| n.notification_id.as_str()).collect();
+        let sql = format!(
+            "SELECT notification_id, toUInt32(max(attempt)), toInt64(max(at_ms)), \
+               toUInt8(max(delivered)) \
+             FROM notification_deliveries WHERE notification_id IN ({}) \
+             GROUP BY notification_id",
+            placeholders(ids.len())
+        );
+        for a in bind_all(db.query(&sql), &ids)
+            .fetch_all::<Attempts>()
+            .await?
+        {
+            attempts.insert(a.notification_id.clone(), a);
+        }
+    }
     Ok(pending
         .into_iter()
-        .map(|n| {
-            let (done, last) = attempts.get(&n.notification_id).copied().unwrap_or((0, 0));
-            (n, done, last)
+        .filter_map(|n| match attempts.get(&n.notification_id) {
+            Some(a) if a.delivered != 0 => None,
+            Some(a) => Some((n, a.attempts, a.last_ms)),
+            None => Some((n, 0, 0)),
         })
         .collect())
 }
