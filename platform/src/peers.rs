@@ -4,7 +4,9 @@
 //! or writes a socket, and it never blocks: a connection over the limit is refused at once
 //! (the caller closes it).
 //!
-//! The limit is per connecting address: behind a reverse proxy every client is the proxy's
+//! The limit is per connecting address, an IPv6 client counted by its /64 (one host holds a
+//! whole /64 and could otherwise open each connection from another address; an IPv4 address
+//! mapped into IPv6 counts as itself): behind a reverse proxy every client is the proxy's
 //! address, so the proxy must do its own per-client limiting (docs/SECURITY.md).
 
 use std::collections::HashMap;
@@ -37,6 +39,7 @@ impl PeerLimit {
     /// A slot for one more connection from `peer`, or `None` when it already holds
     /// `per_peer_max`.
     pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<PeerSlot> {
+        let peer = counted_as(peer);
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         let n = open.entry(peer).or_insert(0);
         if *n >= self.per_peer_max {
@@ -49,10 +52,24 @@ impl PeerLimit {
         })
     }
 
-    /// Connections open from `peer` now.
+    /// Connections open from `peer` now (from its /64, for IPv6).
     pub fn open_from(&self, peer: IpAddr) -> usize {
         let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        open.get(&peer).copied().unwrap_or(0)
+        open.get(&counted_as(peer)).copied().unwrap_or(0)
+    }
+}
+
+/// The address a peer is counted under: itself for IPv4 (and IPv4 mapped into IPv6), its /64
+/// for IPv6.
+fn counted_as(peer: IpAddr) -> IpAddr {
+    match peer {
+        IpAddr::V4(_) => peer,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
     }
 }
 
@@ -99,6 +116,29 @@ mod tests {
             drop(slot);
         }
         assert!(limit.open.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_ipv6_host_is_counted_by_its_64_and_mapped_ipv4_as_itself() {
+        let limit = PeerLimit::new(2);
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let _x = limit.admit(a).unwrap();
+        let _y = limit.admit(b).unwrap();
+        assert!(limit.admit(a).is_none(), "a third from the same /64");
+        assert!(
+            limit.admit(other).is_some(),
+            "another /64 has its own slots"
+        );
+        let mapped: IpAddr = "::ffff:10.0.0.7".parse().unwrap();
+        let v4: IpAddr = "10.0.0.7".parse().unwrap();
+        let _m = limit.admit(mapped).unwrap();
+        let _n = limit.admit(v4).unwrap();
+        assert!(
+            limit.admit(v4).is_none(),
+            "mapped and plain IPv4 are one peer"
+        );
     }
 
     #[test]
