@@ -151,3 +151,38 @@ pub fn certificate(
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A gateway serving `env`'s streams (declared here) on a free loopback port, with the key
+/// store of `env`'s database and the default ingest settings; with the JetStream context.
+pub async fn start_gateway(
+    env: &TestEnv,
+) -> (
+    std::sync::Arc<tally_ingest::gateway::Gateway>,
+    tally_ingest::gateway::Running,
+    async_nats::jetstream::Context,
+) {
+    use tally_ingest::gateway::{self, Gateway, IngestConfig};
+    let js = async_nats::jetstream::new(
+        tally_platform::streams::connect(&env.nats)
+            .await
+            .expect("NATS"),
+    );
+    tally_platform::streams::ensure(&js, &env.nats)
+        .await
+        .expect("streams");
+    let cfg = IngestConfig {
+        listen_addr: "127.0.0.1:0".into(),
+        ..IngestConfig::default()
+    };
+    let addr = cfg.listen().expect("a loopback address");
+    let gw = std::sync::Arc::new(Gateway::new(
+        cfg,
+        js.clone(),
+        &env.nats.subject_prefix,
+        Some(env.db()),
+    ));
+    let running = gateway::start(gw.clone(), addr, Shutdown::new())
+        .await
+        .expect("the gateway listens");
+    (gw, running, js)
+}

@@ -9,14 +9,11 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tally_e2e::certificate;
-use tally_ingest::gateway::{self, key_store, Gateway, IngestConfig};
+use tally_ingest::gateway::key_store;
 use tally_platform::own_server::{find_binary, free_port, temp_dir, OwnServer};
-use tally_platform::shutdown::Shutdown;
-use tally_platform::streams;
 use tally_platform::testkit::TestEnv;
 
 /// nginx in the foreground with everything under `dir`, terminating TLS on `port` and
@@ -94,22 +91,7 @@ fn curl(url: &str, ca: Option<&Path>, key: &str, body: &str) -> (i32, String, St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_sent_over_https_through_a_terminating_proxy_are_stored() {
     let env = TestEnv::new("gw_behind_tls").await;
-    let js = async_nats::jetstream::new(streams::connect(&env.nats).await.unwrap());
-    streams::ensure(&js, &env.nats).await.unwrap();
-    let cfg = IngestConfig {
-        listen_addr: "127.0.0.1:0".into(),
-        ..IngestConfig::default()
-    };
-    let addr = cfg.listen().unwrap();
-    let gw = Arc::new(Gateway::new(
-        cfg,
-        js.clone(),
-        &env.nats.subject_prefix,
-        Some(env.db()),
-    ));
-    let running = gateway::start(gw.clone(), addr, Shutdown::new())
-        .await
-        .unwrap();
+    let (gw, running, js) = tally_e2e::start_gateway(&env).await;
     let scope = key_store::scope_from("acme", &[], "e2e").unwrap();
     let (key, record) = key_store::create(&env.db(), scope, "e2e", 0).await.unwrap();
     gw.keys.upsert(record);

@@ -3,13 +3,11 @@
 //! body naming the other customer is refused, and the aggregator commits each accepted event
 //! once under the customer of the API key.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tally_e2e::{aggregator_config, start_aggregator, wait_drained};
-use tally_ingest::gateway::{self, auth::KeyRecord, key_store, Gateway, IngestConfig};
+use tally_ingest::gateway::{auth::KeyRecord, key_store, Gateway};
 use tally_platform::shutdown::Shutdown;
-use tally_platform::streams;
 use tally_platform::testkit::TestEnv;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -56,22 +54,7 @@ async fn key(env: &TestEnv, gw: &Gateway, customer: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_events_are_counted_once_under_the_keys_customer() {
     let env = TestEnv::new("e2e_ingest_gateway").await;
-    let js = async_nats::jetstream::new(streams::connect(&env.nats).await.unwrap());
-    streams::ensure(&js, &env.nats).await.unwrap();
-    let cfg = IngestConfig {
-        listen_addr: "127.0.0.1:0".into(),
-        ..IngestConfig::default()
-    };
-    let addr = cfg.listen().unwrap();
-    let gw = Arc::new(Gateway::new(
-        cfg,
-        js.clone(),
-        &env.nats.subject_prefix,
-        Some(env.db()),
-    ));
-    let running = gateway::start(gw.clone(), addr, Shutdown::new())
-        .await
-        .unwrap();
+    let (gw, running, _js) = tally_e2e::start_gateway(&env).await;
     let acme = key(&env, &gw, "acme").await;
     let globex = key(&env, &gw, "globex").await;
 
