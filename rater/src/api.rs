@@ -6,6 +6,8 @@
 //! Routes: `GET /v1/plans`, `POST /v1/plans` (a new plan version, validated against the
 //! stored catalog and appended; an identical re-post is 200, a changed existing version 409),
 //! `POST /v1/subscriptions` (likewise; identity: customer and `effective_from`),
+//! `POST /v1/subscriptions/cancel` (appends a `cancelled` record, now or at a given instant,
+//! or at the end of the period containing it),
 //! `GET /v1/plans/{id}`, `GET /v1/customers/{id}/subscriptions`,
 //! `GET /v1/charges/{charge_id}/explain`, `GET /v1/openapi.json`; and (in
 //! [`crate::api_registry`]) `GET`/`POST /v1/customers`, `GET /v1/customers/{id}`,
@@ -156,6 +158,7 @@ pub enum Op {
     Catalog,
     AddPlan,
     AddSubscription,
+    CancelSubscription,
     Explain,
     /// [`crate::api_registry`].
     Registry,
@@ -173,6 +176,7 @@ pub const ROUTES: &[Route<Op>] = &[
     Route::new("POST", "/v1/plans", Op::AddPlan),
     Route::new("GET", "/v1/plans/{id}", Op::Catalog),
     Route::new("POST", "/v1/subscriptions", Op::AddSubscription),
+    Route::new("POST", "/v1/subscriptions/cancel", Op::CancelSubscription),
     Route::new("GET", "/v1/customers/{id}/subscriptions", Op::Catalog),
     Route::new("GET", "/v1/charges/{charge_id}/explain", Op::Explain),
     Route::new("GET", "/v1/customers", Op::Registry),
@@ -201,6 +205,7 @@ async fn dispatch(state: &ApiState, req: Request<Incoming>) -> Response<Full<Byt
     match op {
         Op::AddPlan => add_plan(state, req).await,
         Op::AddSubscription => add_subscription(state, req).await,
+        Op::CancelSubscription => cancel_subscription(state, req).await,
         Op::Query => crate::api_query::route(state, req, &path).await,
         Op::Registry => crate::api_registry::route(state, req, &path).await,
         Op::Rates => crate::api_rates::route(state, req, &path).await,
@@ -325,6 +330,44 @@ async fn add_subscription(state: &ApiState, req: Request<Incoming>) -> Response<
     appended_reply(
         added.map(|a| a.subscriptions_appended == 1),
         "invalid_subscription",
+        identity,
+    )
+}
+
+/// `POST /v1/subscriptions/cancel`: `at` defaults to now; `at_period_end` cancels at the end
+/// of the billing period containing `at`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelInput {
+    customer: String,
+    #[serde(default)]
+    at: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(default)]
+    at_period_end: bool,
+}
+
+async fn cancel_subscription(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let input: CancelInput = match read_json(req, "invalid_cancellation").await {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let Ok(customer) = CustomerId::new(input.customer.clone()) else {
+        return error(StatusCode::BAD_REQUEST, "invalid_customer", input.customer);
+    };
+    let now_ms = (state.now_ms)();
+    let at_ms = input.at.map_or(now_ms, |t| t.timestamp_millis());
+    let cancelled = state
+        .source
+        .cancel_subscription(&state.db, &customer, at_ms, input.at_period_end, now_ms)
+        .await;
+    let identity = match &cancelled {
+        Ok((record, _)) => serde_json::json!({"customer": record.customer,
+            "effective_from": record.effective_from, "state": record.state}),
+        Err(_) => serde_json::Value::Null,
+    };
+    appended_reply(
+        cancelled.map(|(_, a)| a.subscriptions_appended == 1),
+        "invalid_cancellation",
         identity,
     )
 }

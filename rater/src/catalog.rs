@@ -10,7 +10,11 @@ use tally_domain::{BillingCycle, Currency, CustomerId, Meter, MeterSlug, Period}
 use tally_platform::ConfigError;
 
 use crate::charge::{Fx, Terms};
-use crate::config::{PlanSpec, RaterConfig, SubscriptionSpec};
+use crate::config::{PlanSpec, RaterConfig, SubscriptionSpec, SubscriptionState};
+use lifecycle::validate_subscription;
+pub use lifecycle::{Trial, TRIAL_COUPON};
+
+mod lifecycle;
 use crate::fx::FxTable;
 pub use crate::plan::Plan;
 use crate::pricing::discount::Coupon;
@@ -34,9 +38,22 @@ pub struct Subscription {
     pub to_ms: i64,
     /// Billing currency; none: the plan's.
     pub currency: Option<Currency>,
+    /// `active`, or a `paused` or `cancelled` record: those cover nothing (`to_ms ==
+    /// from_ms`) and end the record before them.
+    pub state: SubscriptionState,
+    /// The record's own end (`ends_at`); `i64::MAX` without one.
+    pub ends_ms: i64,
+    /// The trial part of a subscription with a trial (its first coupon is the trial's).
+    pub trial: Option<Trial>,
 }
 
 impl Subscription {
+    /// Whether the record covers `at_ms` (at or after its start; `i64::MAX` asks for the
+    /// latest record, which covers it unless it ended).
+    pub fn covers(&self, at_ms: i64) -> bool {
+        self.from_ms <= at_ms && (at_ms < self.to_ms || self.to_ms == i64::MAX)
+    }
+
     /// The coupons that discount charges of `meter` in `period`.
     pub fn coupons_for(&self, period: &Period, meter: &MeterSlug) -> Vec<&Coupon> {
         self.coupons
@@ -114,72 +131,24 @@ impl Catalog {
         }
         let mut subscriptions: HashMap<CustomerId, Vec<Subscription>> = HashMap::new();
         for (i, s) in subs.into_iter().enumerate() {
-            let setting = |f: &str| format!("subscriptions[{i}].{f}");
-            let customer = CustomerId::new(s.customer)
-                .map_err(|e| ConfigError::invalid(setting("customer"), e))?;
             if !by_id.contains_key(&s.plan) {
                 return Err(ConfigError::invalid(
-                    setting("plan"),
+                    format!("subscriptions[{i}].plan"),
                     format!("no plan {:?}", s.plan),
                 ));
             }
-            let cycle = BillingCycle::Monthly {
-                anchor_day: s.billing_anchor_day,
-            };
-            cycle
-                .validate()
-                .map_err(|e| ConfigError::invalid(setting("billing_anchor_day"), e))?;
-            let zone = s
-                .time_zone
-                .map(|z| {
-                    z.parse::<chrono_tz::Tz>().map_err(|_| {
-                        ConfigError::invalid(
-                            setting("time_zone"),
-                            format!("{z:?} is not an IANA time zone (e.g. Europe/Berlin)"),
-                        )
-                    })
-                })
-                .transpose()?;
-            let cycle = ZonedCycle { cycle, zone };
-            let coupons = s
-                .coupons
-                .into_iter()
-                .enumerate()
-                .map(|(j, c)| {
-                    crate::plan::validate_coupon(c, meters).map_err(|(f, d)| {
-                        ConfigError::invalid(setting(&format!("coupons[{j}].{f}")), d)
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let from_ms = s.effective_from.map_or(i64::MIN, |t| t.timestamp_millis());
-            let currency = s
-                .currency
-                .map(|c| c.parse::<Currency>())
-                .transpose()
-                .map_err(|e| ConfigError::invalid(setting("currency"), e))?;
+            let (customer, sub) = validate_subscription(i, s, meters)?;
             let list = subscriptions.entry(customer.clone()).or_default();
-            if list.iter().any(|o| o.from_ms == from_ms) {
+            if list.iter().any(|o| o.from_ms == sub.from_ms) {
                 return Err(ConfigError::invalid(
-                    setting("effective_from"),
+                    format!("subscriptions[{i}].effective_from"),
                     format!("{customer} already has a subscription from this instant"),
                 ));
             }
-            list.push(Subscription {
-                plan: s.plan,
-                cycle,
-                coupons,
-                tax_region: s.tax_region,
-                tax_exempt: s.tax_exempt,
-                from_ms,
-                to_ms: i64::MAX,
-                currency,
-            });
+            list.push(sub);
         }
         for list in subscriptions.values_mut() {
-            list.sort_by_key(|s| s.from_ms);
-            for k in 1..list.len() {
-                list[k - 1].to_ms = list[k].from_ms;
-            }
+            *list = lifecycle::chain(std::mem::take(list));
         }
         if let Some(p) = &rater.default_plan {
             if !by_id.contains_key(p) {
@@ -345,6 +314,7 @@ impl Catalog {
             .get(customer)
             .map_or(&[][..], Vec::as_slice);
         match list.iter().rev().find(|s| s.from_ms <= at_ms) {
+            Some(s) if !s.covers(at_ms) => None,
             Some(s) => Some((s.plan.as_str(), s.cycle, s.from_ms, s.to_ms)),
             None => self.default_plan.as_deref().map(|p| {
                 let to_ms = list.first().map_or(i64::MAX, |s| s.from_ms);
@@ -366,7 +336,7 @@ impl Catalog {
             .get(customer)
             .map_or(&[][..], Vec::as_slice);
         if let Some(s) = list.iter().rev().find(|s| s.from_ms <= at_ms) {
-            return Some(Cow::Borrowed(s));
+            return s.covers(at_ms).then_some(Cow::Borrowed(s));
         }
         self.default_plan.clone().map(|plan| {
             Cow::Owned(Subscription {
@@ -378,6 +348,9 @@ impl Catalog {
                 from_ms: i64::MIN,
                 to_ms: list.first().map_or(i64::MAX, |s| s.from_ms),
                 currency: None,
+                state: SubscriptionState::Active,
+                ends_ms: i64::MAX,
+                trial: None,
             })
         })
     }
@@ -414,6 +387,52 @@ impl Catalog {
             out.push((customer, bounds));
         }
         out
+    }
+
+    /// Where the customer's subscription ends for good (a cancellation, or the `ends_at` of
+    /// its last record): the billing period containing it is cut there and invoiced from
+    /// then on. None while it runs (or is paused), and for customers without one.
+    pub fn final_end(&self, customer: &CustomerId) -> Option<i64> {
+        lifecycle::final_end(self.subscriptions.get(customer)?)
+    }
+
+    /// The record that cancels `customer`'s subscription: at `at_ms`, or at the end of the
+    /// billing period containing it (`at_period_end`); refused (with why) when no
+    /// subscription of the customer covers `at_ms`.
+    pub fn cancellation(
+        &self,
+        customer: &CustomerId,
+        at_ms: i64,
+        at_period_end: bool,
+    ) -> Result<SubscriptionSpec, String> {
+        let list = self.subscriptions_of(customer);
+        let Some(sub) = list.iter().rev().find(|s| s.covers(at_ms)) else {
+            return Err(format!(
+                "{customer} has no subscription in force at {}",
+                tally_domain::period::rfc3339(at_ms)
+            ));
+        };
+        let end_ms = if at_period_end {
+            sub.cycle.period_containing(at_ms).end_ms.min(sub.to_ms)
+        } else {
+            at_ms
+        };
+        let effective_from = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(end_ms)
+            .ok_or_else(|| format!("{end_ms} is not an instant"))?;
+        Ok(SubscriptionSpec {
+            customer: customer.to_string(),
+            plan: sub.plan.clone(),
+            billing_anchor_day: 1,
+            coupons: vec![],
+            tax_region: None,
+            tax_exempt: false,
+            effective_from: Some(effective_from),
+            currency: None,
+            time_zone: None,
+            ends_at: None,
+            state: SubscriptionState::Cancelled,
+            trial: None,
+        })
     }
 
     /// The version of `plan` effective at `at_ms`.
@@ -506,6 +525,9 @@ mod tests {
             effective_from: None,
             currency: None,
             time_zone: None,
+            ends_at: None,
+            state: SubscriptionState::Active,
+            trial: None,
         };
         let err = Catalog::new(plans(TWO_VERSIONS), vec![sub], &rater, &meters())
             .unwrap_err()

@@ -308,6 +308,26 @@ impl CatalogSource {
         bootstrap(db, &[], std::slice::from_ref(&sub), now_ms).await
     }
 
+    /// Cancels a customer's subscription at `at_ms` or at the end of the period containing
+    /// it: appends a `cancelled` record (append-only, like any subscription record) and
+    /// returns it. Refused as [`CatalogStoreError::NotFound`] when nothing is in force then.
+    pub async fn cancel_subscription(
+        &self,
+        db: &Client,
+        customer: &tally_domain::CustomerId,
+        at_ms: i64,
+        at_period_end: bool,
+        now_ms: i64,
+    ) -> Result<(SubscriptionSpec, Bootstrapped), CatalogStoreError> {
+        let record = self
+            .current(db)
+            .await?
+            .cancellation(customer, at_ms, at_period_end)
+            .map_err(CatalogStoreError::NotFound)?;
+        let added = self.add_subscription(db, record.clone(), now_ms).await?;
+        Ok((record, added))
+    }
+
     /// Appends a new plan version after checking it against everything stored (errors name
     /// the field as `plan.prices[0].tiers`); an identical re-post is accepted as is.
     pub async fn add_plan(

@@ -193,6 +193,56 @@ pub struct SubscriptionSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[serde(default)]
     pub time_zone: Option<String>,
+    /// RFC 3339; the subscription ends at this instant (after `effective_from`): its last
+    /// period is cut there, its fees and minimums prorated, and that period's invoice is
+    /// finalized from this instant on. Default: no end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
+    pub ends_at: Option<DateTime<Utc>>,
+    /// `active` (default), `paused` (from `effective_from` until the customer's next record:
+    /// no fees, minimums or usage billed) or `cancelled` (ends the subscription for good at
+    /// `effective_from`, like `ends_at`).
+    #[serde(default, skip_serializing_if = "SubscriptionState::is_active")]
+    pub state: SubscriptionState,
+    /// A trial from `effective_from`: the charges of its parts are discounted (100% by
+    /// default: free), then the subscription converts to its paid terms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
+    pub trial: Option<TrialSpec>,
+}
+
+/// What a subscription record does from its `effective_from`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubscriptionState {
+    #[default]
+    Active,
+    Paused,
+    Cancelled,
+}
+
+impl SubscriptionState {
+    pub fn is_active(&self) -> bool {
+        *self == SubscriptionState::Active
+    }
+}
+
+/// `trial = { days = 14 }` or `{ periods = 1, percent_off = "50" }`: exactly one of `days`
+/// (from `effective_from`) or `periods` (billing periods, counting the one containing
+/// `effective_from`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrialSpec {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
+    pub days: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
+    pub periods: Option<u32>,
+    /// Percent off every charge of the trial, above 0 and at most 100. Default 100 (free).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "exact::opt_decimal")]
+    pub percent_off: Option<Decimal>,
 }
 
 /// `[[subscriptions.coupons]]`: a discount for a number of billing periods.

@@ -5,13 +5,16 @@
 //! effective at the period start, and appends the charges. Flat fees and minimums are owed
 //! without usage too: every part of a period that a subscription covers in the range and that
 //! has no usage of such a price's meter is priced at zero usage
-//! ([`crate::pricing::recurring`]), from the catalog, never by reading more usage. Passes are
+//! ([`crate::pricing::recurring`]), from the catalog, never by reading more usage. A
+//! subscription that ends for good inside a period (cancelled, or its `ends_at`) has that
+//! period's charges cut at the end ([`final_period`]), so its final invoice is due then. Passes are
 //! idempotent: the same usage and catalog give the same charge ids and amounts.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use clickhouse::Client;
+use tally_domain::Period;
 use tally_platform::shutdown::Shutdown;
 
 use crate::catalog::Catalog;
@@ -82,7 +85,8 @@ pub async fn rate_once(
         };
         let terms = catalog.terms(&sub, plan, period, &u.meter);
         match compute_with(u, plan, &terms) {
-            Ok(Some(charge)) => {
+            Ok(Some(mut charge)) => {
+                charge.period = final_period(charge.period, catalog.final_end(customer));
                 report.idle_charges += usize::from(u.windows == 0);
                 charges.entry(customer.as_ref()).or_default().push(charge);
             }
@@ -110,6 +114,20 @@ pub async fn rate_once(
     metrics::unpriced("no_price", report.unpriced_meters);
     metrics::pass(started.elapsed(), report.charges.len());
     Ok(report)
+}
+
+/// The period a charge is invoiced for: its billing period, or, when the subscription ends
+/// for good inside it (`final_end`), the period cut at that end, so the final invoice is
+/// finalized from the end on rather than at the period's natural end. The charge id and the
+/// proration (by the full period) do not change.
+fn final_period(period: Period, final_end: Option<i64>) -> Period {
+    match final_end {
+        Some(end) if period.start_ms < end && end < period.end_ms => Period {
+            start_ms: period.start_ms,
+            end_ms: end,
+        },
+        _ => period,
+    }
 }
 
 /// Rates every `interval_secs` until shutdown, with the catalog as stored at each pass (so

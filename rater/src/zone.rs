@@ -30,15 +30,7 @@ impl ZonedCycle {
             return self.cycle.period_containing(time_ms);
         };
         // the same cycle computed on wall-clock time, as if it were UTC ...
-        let wall_ms = DateTime::<Utc>::from_timestamp_millis(time_ms)
-            .map(|t| {
-                t.with_timezone(&tz)
-                    .naive_local()
-                    .and_utc()
-                    .timestamp_millis()
-            })
-            .unwrap_or(time_ms);
-        let wall = self.cycle.period_containing(wall_ms);
+        let wall = self.cycle.period_containing(wall_clock(tz, time_ms));
         // ... then each wall-clock boundary back to an instant in the zone
         let period = Period {
             start_ms: instant(tz, wall.start_ms),
@@ -52,6 +44,28 @@ impl ZonedCycle {
     pub fn next(&self, period: &Period) -> Period {
         self.period_containing(period.end_ms)
     }
+
+    /// The instant `days` calendar days after `time_ms` in the zone (the same wall-clock
+    /// time; 23 or 25 hours for a day across a daylight-saving change).
+    pub fn add_days(&self, time_ms: i64, days: u32) -> i64 {
+        let day_ms = 86_400_000 * i64::from(days);
+        let Some(tz) = self.zone else {
+            return time_ms.saturating_add(day_ms);
+        };
+        instant(tz, wall_clock(tz, time_ms).saturating_add(day_ms))
+    }
+}
+
+/// The wall-clock time in `tz` of the instant `time_ms`, as UTC-based milliseconds.
+fn wall_clock(tz: Tz, time_ms: i64) -> i64 {
+    DateTime::<Utc>::from_timestamp_millis(time_ms)
+        .map(|t| {
+            t.with_timezone(&tz)
+                .naive_local()
+                .and_utc()
+                .timestamp_millis()
+        })
+        .unwrap_or(time_ms)
 }
 
 /// The instant of a wall-clock time (given as UTC-based milliseconds) in `tz`; in a gap

@@ -392,6 +392,9 @@ fn a_plan_is_billed_in_another_currency_at_the_dated_rate_then_rounded_once() {
         effective_from: None,
         currency: Some("EUR".into()),
         time_zone: None,
+        ends_at: None,
+        state: Default::default(),
+        trial: None,
     };
     let plans = || {
         toml::from_str::<F>(

@@ -18,7 +18,8 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use tally_platform::testkit::{fold_readings, TestEnv};
+use common::tokens;
+use tally_platform::testkit::TestEnv;
 use tally_rater::charge::charge_id;
 use tally_rater::explain;
 use tally_rater::RaterConfig;
@@ -83,23 +84,6 @@ async fn charges(db: &clickhouse::Client) -> Vec<Stored> {
     .fetch_all()
     .await
     .expect("v_charges")
-}
-
-/// One committed window of `tokens` (SUM, by model and kind) for `customer` at `at` (secs).
-async fn tokens(db: &clickhouse::Client, customer: &str, at: i64, value: &str, batch: &str) {
-    db.query(&format!(
-        "INSERT INTO usage_meter_readings (customer, agent, event_id, meter, aggregation, \
-         window_start, window_secs, time_ms, group_names, group_values, group_key, value, \
-         unique_value, stream_seq, batch_id, part, inserted_at) VALUES \
-         ('{customer}', 'bot', 'e-{batch}', 'tokens', 'SUM', toDateTime({at}), 60, {ms}, \
-          ['kind', 'model'], ['input', 'gpt-4o'], '{{\"kind\":\"input\",\"model\":\"gpt-4o\"}}', \
-          toDecimal128('{value}', 9), '', 0, '{batch}', 0, now())",
-        ms = at * 1000,
-    ))
-    .execute()
-    .await
-    .expect("readings");
-    fold_readings(db, batch).await;
 }
 
 fn november(all: &[Stored]) -> Vec<(String, String, String, i64, u32)> {

@@ -59,7 +59,11 @@ pub fn owed_at_zero_usage(price: &Price) -> bool {
 /// own cycle, as the fold places its usage.
 pub fn parts(sub: &Subscription, horizon_ms: i64, now_ms: i64) -> Vec<Part> {
     let mut out = Vec::new();
-    let first = sub.from_ms.max(horizon_ms);
+    // from the start of the period containing the horizon: a part that ended before the
+    // horizon (a cancellation early in the period) still belongs to a period that did not
+    let first = sub
+        .from_ms
+        .max(sub.cycle.period_containing(horizon_ms).start_ms);
     if first >= sub.to_ms || first > now_ms {
         return out;
     }

@@ -136,3 +136,20 @@ pub fn file_catalog(text: &str) -> Result<Catalog, tally_platform::ConfigError> 
         .with_taxes(tally_rater::tax::TaxTable::new(f.tax_rates)?)?
         .with_fx(tally_rater::fx::FxTable::new(f.fx_rates)?)
 }
+
+/// One committed window of `tokens` (SUM, by model and kind) for `customer` at `at` (secs).
+pub async fn tokens(db: &clickhouse::Client, customer: &str, at: i64, value: &str, batch: &str) {
+    db.query(&format!(
+        "INSERT INTO usage_meter_readings (customer, agent, event_id, meter, aggregation, \
+         window_start, window_secs, time_ms, group_names, group_values, group_key, value, \
+         unique_value, stream_seq, batch_id, part, inserted_at) VALUES \
+         ('{customer}', 'bot', 'e-{batch}', 'tokens', 'SUM', toDateTime({at}), 60, {ms}, \
+          ['kind', 'model'], ['input', 'gpt-4o'], '{{\"kind\":\"input\",\"model\":\"gpt-4o\"}}', \
+          toDecimal128('{value}', 9), '', 0, '{batch}', 0, now())",
+        ms = at * 1000,
+    ))
+    .execute()
+    .await
+    .expect("readings");
+    tally_platform::testkit::fold_readings(db, batch).await;
+}
