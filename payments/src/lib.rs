@@ -14,7 +14,8 @@
 //! - [`signature`]: HMAC-SHA256 `t=...,v1=...` signatures (Stripe's scheme).
 //! - [`gateway`]: the adapter trait, [`gateway::stripe`] and [`gateway::manual`].
 //! - [`ledger`]: posting rules and the trial balance (pure).
-//! - [`settle`]: applying payment events, refunds, write-offs and the ledger sync.
+//! - [`settle`]: applying payment events, refunds, write-offs and the ledger sync; what they
+//!   decide is pure ([`settle::decide`]: payment kinds and statuses, outcomes).
 //! - [`disputes`]: payment disputes: the disputed amount held, released or lost, versioned.
 //! - [`revenue`]: the revenue report (billed, collected, credited, outstanding) from the ledger.
 //! - [`collect`]: the first charge of a finalized invoice through the customer's gateway.

@@ -18,6 +18,7 @@ use super::server::{self, Body};
 use crate::gateway::manual::Manual;
 use crate::gateway::Gateway;
 use crate::portal::link;
+use crate::settle::{Outcome, Source};
 use crate::{profiles, store, wallet, Error};
 
 fn failed(e: Error) -> Response<Body> {
@@ -147,25 +148,21 @@ async fn refund(state: &AppState, body: &[u8], actor: &str) -> Answer {
                 format!("payment_reference {:?}", r.payment_reference),
             )
         })?;
-    let now_ms = (state.now_ms)();
-    let row = store::PaymentRow {
-        payment_id: format!("manual:refund:{}", r.reference),
-        gateway_ref: r.reference.clone(),
-        kind: "refund".into(),
-        status: "refunded".into(),
-        amount_minor: r.amount_minor,
-        event_id: format!("manual:refund:{}", r.reference),
-        actor: actor.to_owned(),
-        at_ms: now_ms,
-        at: tally_platform::store::datetime_secs(now_ms),
-        ..paid
+    let refund_id = format!("manual:refund:{}", r.reference);
+    let by = Source {
+        gateway: "manual",
+        actor,
+        event_id: &refund_id,
+        at_ms: (state.now_ms)(),
     };
+    let row = by.refund_of(paid, refund_id.clone(), &r.reference, r.amount_minor);
     let (outcome, invoice_id) = state.settler.refund_locked(row).await.map_err(failed)?;
-    let status = if outcome == "refunded" {
+    let status = if outcome == Outcome::Refunded {
         StatusCode::OK
     } else {
         StatusCode::UNPROCESSABLE_ENTITY
     };
+    let outcome = outcome.to_string();
     Ok(server::json(
         status,
         &serde_json::json!({"outcome": outcome, "invoice_id": invoice_id}),

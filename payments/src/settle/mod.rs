@@ -12,6 +12,10 @@
 //! whose amounts would overflow is refused with [`Error::Invalid`] before anything is stored.
 //! This module never trusts an event that was not verified by its adapter, and never edits a
 //! row.
+//!
+//! Shape: each entry point loads the facts (the invoice or top-up, its recorded payments, its
+//! lifecycle status), decides in a pure function of [`decide`] over typed values (payment
+//! kind and status, [`Outcome`]), then appends what was decided.
 
 use clickhouse::Client;
 use tally_domain::InvoiceStatus;
@@ -21,27 +25,16 @@ use tokio::sync::Mutex;
 use crate::gateway::{Effect, GatewayEvent};
 use crate::ledger::{self, Operation};
 use crate::store::{self, InvoiceFacts, PaymentRow};
+use crate::wallet::store::TopUpDue;
 use crate::{metrics, Error};
+
+pub mod decide;
+
+pub use decide::{checked_sum, Outcome, PaymentKind, PaymentStatus, Source};
+use decide::{movements, Owner, Payee};
 
 /// The actor of the changes the ledger sync makes on its own.
 pub const SYNC_ACTOR: &str = "payments:sync";
-
-/// `amounts` summed, or [`Error::Invalid`] naming `what` when the sum overflows.
-pub fn checked_sum(what: &str, amounts: impl IntoIterator<Item = i64>) -> Result<i64, Error> {
-    amounts
-        .into_iter()
-        .try_fold(0i64, i64::checked_add)
-        .ok_or_else(|| Error::Invalid(format!("{what}: the sum overflows")))
-}
-
-/// Money received for an invoice so far: its `payment` rows, but the one with `except` id.
-fn paid_except(payments: &[PaymentRow], except: &str) -> Result<i64, Error> {
-    let received = payments
-        .iter()
-        .filter(|p| p.kind == "payment" && p.payment_id != except)
-        .map(|p| p.amount_minor);
-    checked_sum("the payments of the invoice", received)
-}
 
 /// Applies events and operator actions one at a time.
 pub struct Settler {
@@ -55,6 +48,27 @@ pub struct Applied {
     pub outcome: String,
     pub invoice_id: String,
     pub duplicate: bool,
+}
+
+/// What a successful payment's id names, as loaded.
+enum Target {
+    Invoice(InvoiceFacts),
+    TopUp(TopUpDue),
+    Unknown,
+}
+
+impl Target {
+    fn payee(&self) -> Payee<'_> {
+        match self {
+            Target::Invoice(inv) => Payee::Invoice {
+                currency: &inv.currency,
+            },
+            Target::TopUp(t) => Payee::TopUp {
+                currency: &t.currency,
+            },
+            Target::Unknown => Payee::Unknown,
+        }
+    }
 }
 
 impl Settler {
@@ -84,10 +98,17 @@ impl Settler {
                 duplicate: true,
             });
         }
-        let (outcome, invoice_id) = match &event.effect {
-            None => ("ignored_type".to_owned(), String::new()),
-            Some(effect) => self.effect(gateway, actor, event, effect, now_ms).await?,
+        let src = Source {
+            gateway,
+            actor,
+            event_id: &event.event_id,
+            at_ms: now_ms,
         };
+        let (outcome, invoice_id) = match &event.effect {
+            None => (Outcome::IgnoredType, String::new()),
+            Some(effect) => self.effect(&src, effect).await?,
+        };
+        let outcome = outcome.to_string();
         store::append_event(
             &self.db,
             &store::EventRecord {
@@ -111,14 +132,7 @@ impl Settler {
         })
     }
 
-    async fn effect(
-        &self,
-        gateway: &str,
-        actor: &str,
-        event: &GatewayEvent,
-        effect: &Effect,
-        now_ms: i64,
-    ) -> Result<(String, String), Error> {
+    async fn effect(&self, src: &Source<'_>, effect: &Effect) -> Result<(Outcome, String), Error> {
         match effect {
             Effect::PaymentSucceeded {
                 payment_ref,
@@ -127,51 +141,18 @@ impl Settler {
                 currency,
                 payment_method,
             } => {
-                let Some(inv) = store::invoice(&self.db, invoice_id).await? else {
-                    // a wallet top-up is paid under its payable id; the wallet pass makes
-                    // the grant available (and books the cash) once payments cover it
-                    if let Some(top_up) = crate::wallet::store::top_up(&self.db, invoice_id).await?
-                    {
-                        if &top_up.currency != currency {
-                            return Ok(("currency_mismatch".into(), invoice_id.clone()));
-                        }
-                        let row = PaymentRow {
-                            payment_id: format!("{gateway}:{payment_ref}"),
-                            invoice_id: invoice_id.clone(),
-                            customer: top_up.customer,
-                            gateway: gateway.to_owned(),
-                            gateway_ref: payment_ref.clone(),
-                            kind: "payment".into(),
-                            status: "succeeded".into(),
-                            amount_minor: *amount_minor,
-                            currency: currency.clone(),
-                            failure_reason: String::new(),
-                            event_id: event.event_id.clone(),
-                            actor: actor.to_owned(),
-                            at_ms: now_ms,
-                            at: tally_platform::store::datetime_secs(now_ms),
-                            payment_method: payment_method.clone(),
-                        };
-                        store::append_payment(&self.db, &row).await?;
-                        return Ok(("top_up_paid".into(), invoice_id.clone()));
-                    }
-                    return Ok(("unknown_invoice".into(), invoice_id.clone()));
-                };
-                if &inv.currency != currency {
-                    return Ok(("currency_mismatch".into(), inv.invoice_id));
-                }
-                let mut row = self.row(
-                    gateway,
-                    actor,
-                    event,
-                    &inv,
-                    now_ms,
+                let mut row = src.row(
+                    PaymentKind::Payment,
+                    Owner {
+                        invoice_id,
+                        customer: "",
+                        currency,
+                    },
                     payment_ref,
                     *amount_minor,
                 );
-                row.payment_method = payment_method.clone();
-                let outcome = self.pay(&inv, row, actor, now_ms).await?;
-                Ok((outcome, inv.invoice_id))
+                row.payment_method.clone_from(payment_method);
+                self.succeeded(row).await
             }
             Effect::PaymentFailed {
                 payment_ref,
@@ -181,33 +162,15 @@ impl Settler {
                 reason,
                 payment_method,
             } => {
-                let Some(inv) = store::invoice(&self.db, invoice_id).await? else {
-                    return Ok(("unknown_invoice".into(), invoice_id.clone()));
+                let owner = Owner {
+                    invoice_id,
+                    customer: "",
+                    currency,
                 };
-                let status = lifecycle::status(&self.db, &inv.invoice_id).await?;
-                let mut row = self.row(
-                    gateway,
-                    actor,
-                    event,
-                    &inv,
-                    now_ms,
-                    payment_ref,
-                    *amount_minor,
-                );
-                row.payment_id = format!("{gateway}:{payment_ref}:failed:{}", event.event_id);
-                row.kind = "attempt".into();
-                row.status = "failed".into();
-                row.currency = currency.clone();
-                row.failure_reason = reason.clone();
-                row.payment_method = payment_method.clone();
-                store::append_payment(&self.db, &row).await?;
-                let outcome = if status.is_open() || status == InvoiceStatus::Draft {
-                    "payment_failed"
-                } else {
-                    // a late failure after success, or on a void invoice: logged, no effect
-                    "payment_failed_ignored_invoice_closed"
-                };
-                Ok((outcome.into(), inv.invoice_id))
+                let mut row = src.row(PaymentKind::Attempt, owner, payment_ref, *amount_minor);
+                row.failure_reason.clone_from(reason);
+                row.payment_method.clone_from(payment_method);
+                self.failed(row).await
             }
             Effect::Refunded {
                 refund_ref,
@@ -215,24 +178,9 @@ impl Settler {
                 amount_minor,
                 currency,
             } => {
-                let Some(paid) = store::payment_by_ref(&self.db, gateway, payment_ref).await?
-                else {
-                    return Ok(("refund_of_unknown_payment".into(), String::new()));
-                };
-                let refund = PaymentRow {
-                    payment_id: format!("{gateway}:{refund_ref}"),
-                    gateway_ref: refund_ref.clone(),
-                    kind: "refund".into(),
-                    status: "refunded".into(),
-                    amount_minor: *amount_minor,
-                    currency: currency.clone(),
-                    event_id: event.event_id.clone(),
-                    actor: actor.to_owned(),
-                    at_ms: now_ms,
-                    at: tally_platform::store::datetime_secs(now_ms),
-                    ..paid
-                };
-                self.refund(refund).await
+                let (refund_ref, payment_ref) = (refund_ref.as_str(), payment_ref.as_str());
+                self.refunded(src, refund_ref, payment_ref, *amount_minor, currency)
+                    .await
             }
             Effect::Disputed {
                 dispute_ref,
@@ -243,9 +191,9 @@ impl Settler {
                 change,
             } => {
                 let incoming = crate::disputes::Incoming {
-                    gateway,
-                    actor,
-                    event_id: &event.event_id,
+                    gateway: src.gateway,
+                    actor: src.actor,
+                    event_id: src.event_id,
                     payment_ref,
                     reason,
                     event: crate::disputes::Event {
@@ -255,62 +203,87 @@ impl Settler {
                         change: change.clone(),
                     },
                 };
-                crate::disputes::apply(&self.db, &incoming, now_ms).await
+                let (outcome, invoice_id) =
+                    crate::disputes::apply(&self.db, &incoming, src.at_ms).await?;
+                Ok((Outcome::Dispute(outcome), invoice_id))
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn row(
+    /// A successful payment `row` (its customer still to fill in): to the invoice or wallet
+    /// top-up its invoice id names, when the currencies agree.
+    async fn succeeded(&self, mut row: PaymentRow) -> Result<(Outcome, String), Error> {
+        let target = match store::invoice(&self.db, &row.invoice_id).await? {
+            Some(inv) => Target::Invoice(inv),
+            // a wallet top-up is paid under its payable id; the wallet pass makes the grant
+            // available (and books the cash) once payments cover it
+            None => match crate::wallet::store::top_up(&self.db, &row.invoice_id).await? {
+                Some(t) => Target::TopUp(t),
+                None => Target::Unknown,
+            },
+        };
+        if let Err(outcome) = decide::admit(target.payee(), &row.currency) {
+            return Ok((outcome, row.invoice_id));
+        }
+        match target {
+            Target::Invoice(inv) => {
+                row.customer.clone_from(&inv.customer);
+                let outcome = self.pay(&inv, row).await?;
+                Ok((outcome, inv.invoice_id))
+            }
+            Target::TopUp(t) => {
+                row.customer = t.customer;
+                store::append_payment(&self.db, &row).await?;
+                Ok((Outcome::TopUpPaid, row.invoice_id))
+            }
+            Target::Unknown => Ok((Outcome::UnknownInvoice, row.invoice_id)),
+        }
+    }
+
+    /// A failed attempt `row` (its customer still to fill in): recorded against the invoice
+    /// its invoice id names, whatever the invoice's status.
+    async fn failed(&self, mut row: PaymentRow) -> Result<(Outcome, String), Error> {
+        let Some(inv) = store::invoice(&self.db, &row.invoice_id).await? else {
+            return Ok((Outcome::UnknownInvoice, row.invoice_id));
+        };
+        let status = lifecycle::status(&self.db, &inv.invoice_id).await?;
+        row.customer.clone_from(&inv.customer);
+        store::append_payment(&self.db, &row).await?;
+        Ok((decide::failure(status), inv.invoice_id))
+    }
+
+    /// A gateway's refund `refund_ref` of its recorded payment `payment_ref`.
+    async fn refunded(
         &self,
-        gateway: &str,
-        actor: &str,
-        event: &GatewayEvent,
-        inv: &InvoiceFacts,
-        now_ms: i64,
+        src: &Source<'_>,
+        refund_ref: &str,
         payment_ref: &str,
         amount_minor: i64,
-    ) -> PaymentRow {
-        PaymentRow {
-            payment_id: format!("{gateway}:{payment_ref}"),
-            invoice_id: inv.invoice_id.clone(),
-            customer: inv.customer.clone(),
-            gateway: gateway.to_owned(),
-            gateway_ref: payment_ref.to_owned(),
-            kind: "payment".into(),
-            status: "succeeded".into(),
-            amount_minor,
-            currency: inv.currency.clone(),
-            failure_reason: String::new(),
-            event_id: event.event_id.clone(),
-            actor: actor.to_owned(),
-            at_ms: now_ms,
-            at: tally_platform::store::datetime_secs(now_ms),
-            payment_method: String::new(),
-        }
+        currency: &str,
+    ) -> Result<(Outcome, String), Error> {
+        let Some(paid) = store::payment_by_ref(&self.db, src.gateway, payment_ref).await? else {
+            return Ok((Outcome::RefundOfUnknownPayment, String::new()));
+        };
+        let id = src.payment_id(PaymentKind::Refund, refund_ref);
+        let mut refund = src.refund_of(paid, id, refund_ref, amount_minor);
+        currency.clone_into(&mut refund.currency);
+        self.refund(refund).await
     }
 
     /// Records a successful payment, posts cash/receivable and marks the invoice paid once
     /// the payments cover the amount due.
-    async fn pay(
-        &self,
-        inv: &InvoiceFacts,
-        row: PaymentRow,
-        actor: &str,
-        now_ms: i64,
-    ) -> Result<String, Error> {
-        let (status, _) = ensure_finalized(&self.db, inv, now_ms).await?;
-        let payments = store::payments_of(&self.db, &inv.invoice_id).await?;
-        // checked before anything is stored: a payment that overflows the sum is refused
-        let paid_minor = paid_except(&payments, &row.payment_id)?
-            .checked_add(row.amount_minor)
-            .ok_or_else(|| {
-                Error::Invalid(format!(
-                    "amount_minor {}: the invoice's payments would overflow",
-                    row.amount_minor
-                ))
-            })?;
-        if !payments.iter().any(|p| p.payment_id == row.payment_id) {
+    async fn pay(&self, inv: &InvoiceFacts, row: PaymentRow) -> Result<Outcome, Error> {
+        let (status, _) = ensure_finalized(&self.db, inv, row.at_ms).await?;
+        let recorded = store::payments_of(&self.db, &inv.invoice_id).await?;
+        // decided before anything is stored: a payment that overflows the sum is refused
+        let d = decide::payment(
+            status,
+            inv.amount_due_minor,
+            &movements(&recorded),
+            &row.payment_id,
+            row.amount_minor,
+        )?;
+        if d.append {
             store::append_payment(&self.db, &row).await?;
         }
         let op = Operation::Payment {
@@ -318,82 +291,52 @@ impl Settler {
             invoice_id: inv.invoice_id.clone(),
             amount_minor: row.amount_minor,
         };
+        let (actor, now_ms) = (row.actor.as_str(), row.at_ms);
         post(&self.db, &op, &inv.currency, &inv.customer, actor, now_ms).await?;
-        if paid_minor < inv.amount_due_minor {
-            return Ok("partially_paid".into());
+        if d.mark_paid {
+            let reason = format!("payment {} via {}", row.gateway_ref, row.gateway);
+            let to = InvoiceStatus::Paid;
+            let r =
+                lifecycle::record(&self.db, &inv.invoice_id, to, actor, &reason, now_ms).await?;
+            if let Recorded::Applied(t) = &r {
+                tracing::info!(invoice_id = %t.invoice_id, from = %t.from, to = %t.to,
+                    actor = %t.actor, at_ms = t.at_ms, "invoice status changed");
+            }
         }
-        if !(status.is_open()) {
-            return Ok(format!("payment_recorded_invoice_{status}"));
-        }
-        let reason = format!("payment {} via {}", row.gateway_ref, row.gateway);
-        let r = lifecycle::record(
-            &self.db,
-            &inv.invoice_id,
-            InvoiceStatus::Paid,
-            actor,
-            &reason,
-            now_ms,
-        )
-        .await?;
-        if let Recorded::Applied(t) = &r {
-            tracing::info!(invoice_id = %t.invoice_id, from = %t.from, to = %t.to, actor = %t.actor,
-                at_ms = t.at_ms, "invoice status changed");
-        }
-        Ok("paid".into())
+        Ok(d.outcome)
     }
 
     /// Records a refund of a recorded payment and posts refunds/cash. The invoice keeps its
     /// status (a refund is money moving, not a reopened invoice).
-    pub async fn refund(&self, refund: PaymentRow) -> Result<(String, String), Error> {
-        let existing = store::payments_of(&self.db, &refund.invoice_id).await?;
-        let paid = checked_sum(
-            "the payments of the invoice",
-            existing
-                .iter()
-                .filter(|p| p.kind == "payment" && p.gateway_ref != refund.gateway_ref)
-                .map(|p| p.amount_minor),
+    pub async fn refund(&self, refund: PaymentRow) -> Result<(Outcome, String), Error> {
+        let recorded = store::payments_of(&self.db, &refund.invoice_id).await?;
+        let d = decide::refund(
+            &movements(&recorded),
+            &refund.payment_id,
+            &refund.gateway_ref,
+            refund.amount_minor,
         )?;
-        let refunded = checked_sum(
-            "the refunds of the invoice",
-            existing
-                .iter()
-                .filter(|p| p.kind == "refund" && p.payment_id != refund.payment_id)
-                .map(|p| p.amount_minor),
-        )?;
-        if refund.amount_minor <= 0 {
-            return Err(Error::Invalid(format!(
-                "amount_minor {}: a refund is positive",
-                refund.amount_minor
-            )));
-        }
-        // i64::MAX used to wrap `refunded + amount` negative, under any payment
-        let after = refunded.checked_add(refund.amount_minor).ok_or_else(|| {
-            Error::Invalid(format!(
-                "amount_minor {}: the invoice's refunds would overflow",
-                refund.amount_minor
-            ))
-        })?;
-        if after > paid {
-            return Ok(("refund_exceeds_payments".into(), refund.invoice_id));
-        }
-        if !existing.iter().any(|p| p.payment_id == refund.payment_id) {
+        if d.append {
             store::append_payment(&self.db, &refund).await?;
         }
-        let op = Operation::Refund {
-            refund_id: refund.payment_id.clone(),
-            invoice_id: refund.invoice_id.clone(),
-            amount_minor: refund.amount_minor,
-        };
-        post(
-            &self.db,
-            &op,
-            &refund.currency,
-            &refund.customer,
-            &refund.actor,
-            refund.at_ms,
-        )
-        .await?;
-        Ok(("refunded".into(), refund.invoice_id))
+        if d.post {
+            let op = Operation::Refund {
+                refund_id: refund.payment_id.clone(),
+                invoice_id: refund.invoice_id.clone(),
+                amount_minor: refund.amount_minor,
+            };
+            let (currency, customer) = (&refund.currency, &refund.customer);
+            post(
+                &self.db,
+                &op,
+                currency,
+                customer,
+                &refund.actor,
+                refund.at_ms,
+            )
+            .await?;
+        }
+        Ok((d.outcome, refund.invoice_id))
     }
 
     /// Marks an open invoice uncollectible and writes off what is still owed.
@@ -409,13 +352,8 @@ impl Settler {
             .await?
             .ok_or_else(|| Error::NotFound(format!("invoice {invoice_id}")))?;
         ensure_finalized(&self.db, &inv, now_ms).await?;
-        let payments = store::payments_of(&self.db, invoice_id).await?;
-        let paid = paid_except(&payments, "")?;
-        let outstanding = inv
-            .amount_due_minor
-            .checked_sub(paid)
-            .ok_or_else(|| Error::Invalid("the outstanding amount overflows".into()))?
-            .max(0);
+        let recorded = store::payments_of(&self.db, invoice_id).await?;
+        let outstanding = decide::outstanding(inv.amount_due_minor, &movements(&recorded))?;
         lifecycle::record(
             &self.db,
             invoice_id,
@@ -442,7 +380,7 @@ impl Settler {
     }
 
     /// Serialized manual refund (the API's entry point).
-    pub async fn refund_locked(&self, refund: PaymentRow) -> Result<(String, String), Error> {
+    pub async fn refund_locked(&self, refund: PaymentRow) -> Result<(Outcome, String), Error> {
         let _guard = self.lock.lock().await;
         self.refund(refund).await
     }
