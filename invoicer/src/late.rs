@@ -8,7 +8,9 @@
 //! period), naming the invoice it corrects and the charge; one that lowers it becomes a
 //! credit note against the finalized invoice. The finalized invoice is never changed. The
 //! events behind an adjustment are the charge's usage readings committed after the corrected
-//! invoice was finalized (see the lineage API).
+//! invoice was finalized (see the lineage API). A credit note caused by corrections (voided
+//! events, docs/INGEST.md "Corrections") names them: its `lines` carry their ids under
+//! `corrections` and its reason starts with them.
 
 use std::collections::HashMap;
 
@@ -102,7 +104,8 @@ pub async fn pending(
             continue;
         }
         if d_amount + d_tax < 0 || (d_amount <= 0 && d_tax <= 0) {
-            notes.push(credit_note(c, corrected, was, now_ms));
+            let by = corrections_of(db, c).await?;
+            notes.push(credit_note(c, corrected, was, now_ms, &by));
             continue;
         }
         let Ok(currency) = c.currency.parse::<Currency>() else {
@@ -137,11 +140,61 @@ pub async fn pending(
     Ok(out)
 }
 
-fn credit_note(c: &ChargeLine, invoice_id: &str, was: SoFar, now_ms: i64) -> CreditNote {
+/// The counted corrections (voided events, migration 0060) of the charge's customer and
+/// meter whose deltas fall in its period, by id: the lineage of a note they caused. Bounded by
+/// the period on the deltas' sorting key; the list names every counted correction of the
+/// period, including those an earlier note already credited.
+async fn corrections_of(
+    db: &Client,
+    c: &ChargeLine,
+) -> Result<Vec<String>, clickhouse::error::Error> {
+    let (from, to) = (
+        c.period.start_ms.div_euclid(1000),
+        c.period.end_ms.div_euclid(1000),
+    );
+    db.query(
+        "SELECT DISTINCT correction_id FROM usage_correction_deltas \
+         WHERE toStartOfHour(window_start) >= toStartOfHour(toDateTime(?)) \
+           AND toStartOfHour(window_start) <= toStartOfHour(toDateTime(?)) \
+           AND window_start >= toDateTime(?) AND window_start < toDateTime(?) \
+           AND customer = ? AND meter = ? \
+           AND (customer, correction_id) IN \
+               (SELECT customer, min(correction_id) FROM usage_corrections WHERE customer = ? \
+                GROUP BY customer, agent, event_id, revision) \
+         ORDER BY correction_id",
+    )
+    .bind(from)
+    .bind(to)
+    .bind(from)
+    .bind(to)
+    .bind(&c.customer)
+    .bind(&c.meter)
+    .bind(&c.customer)
+    .fetch_all()
+    .await
+}
+
+fn credit_note(
+    c: &ChargeLine,
+    invoice_id: &str,
+    was: SoFar,
+    now_ms: i64,
+    corrections: &[String],
+) -> CreditNote {
     let (amount, tax) = (
         was.amount_minor - c.amount_minor,
         was.tax_minor - c.tax_minor,
     );
+    let reason = if corrections.is_empty() {
+        format!("late usage lowered charge {} of {}", c.charge_id, c.meter)
+    } else {
+        format!(
+            "corrections {} lowered charge {} of {}",
+            corrections.join(", "),
+            c.charge_id,
+            c.meter
+        )
+    };
     CreditNote {
         credit_note_id: credit_notes::id(&[
             "late",
@@ -155,7 +208,7 @@ fn credit_note(c: &ChargeLine, invoice_id: &str, was: SoFar, now_ms: i64) -> Cre
         currency: c.currency.clone(),
         amount_minor: amount,
         tax_minor: tax,
-        reason: format!("late usage lowered charge {} of {}", c.charge_id, c.meter),
+        reason,
         lines: serde_json::json!({
             "charge_id": c.charge_id,
             "meter": c.meter,
@@ -164,6 +217,7 @@ fn credit_note(c: &ChargeLine, invoice_id: &str, was: SoFar, now_ms: i64) -> Cre
             "latest_minor": c.amount_minor,
             "billed_tax_minor": was.tax_minor,
             "latest_tax_minor": c.tax_minor,
+            "corrections": corrections,
         })
         .to_string(),
         actor: crate::run::ACTOR.to_owned(),

@@ -135,6 +135,8 @@ pub fn grants(service: Service) -> Grants {
                     "catalog_meters",
                     "catalog_tax_rates",
                     "catalog_fx_rates",
+                    "usage_corrections",
+                    "usage_correction_deltas",
                     "api_audit",
                 ],
             ),
@@ -199,7 +201,7 @@ pub fn password_sha256(password: &str) -> String {
 /// The file name of the latest roles migration, which must equal [`roles_migration`]. Each
 /// roles migration is a full snapshot (`REVOKE ALL` then the grants): to change rights, edit
 /// [`grants`], add the new rendering as the next migration and point this at it.
-pub const ROLES_MIGRATION: &str = "0053_service_roles_disputes.sql";
+pub const ROLES_MIGRATION: &str = "0061_service_roles_corrections.sql";
 
 /// `GRANT` statements giving `grantee` the table rights of `g` in `database`.
 fn table_grants(database: &str, g: &Grants, grantee: &str) -> Vec<String> {

@@ -108,6 +108,8 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(51, "0051_wallets.sql"),
     migration!(52, "0052_disputes_and_ledger_by_time.sql"),
     migration!(53, "0053_service_roles_disputes.sql"),
+    migration!(60, "0060_usage_corrections.sql"),
+    migration!(61, "0061_service_roles_corrections.sql"),
 ];
 
 /// A capability a migration needs from the server (its `-- requires:` header).

@@ -9,7 +9,9 @@
 //!    `usage_days`, everything else from the partials, each filtered on its table's sorting
 //!    key (hour, then customer), folded server-side per (customer, [agent,] meter, group) and
 //!    UTC day, or window where a day is cut (a split day, the range's first or last day);
-//!    optionally sealed days per UTC calendar month for customers billed by calendar month.
+//!    optionally sealed days per UTC calendar month for customers billed by calendar month;
+//!    plus the corrections of the range (voided events: `usage_correction_deltas`), which
+//!    apply to sealed and unsealed days alike.
 //!
 //! Because the bounds are constants of the second query, both halves agree on where the
 //! sealed part ends, whatever is sealed meanwhile (a day sealed after the plan is read from
@@ -324,6 +326,46 @@ fn range_sql(col: &str, from: u32, to: u32) -> String {
     )
 }
 
+/// ` UNION ALL` the corrections of the range (`usage_correction_deltas`, migration 0060), at
+/// window resolution, or nothing for a read [`Request::through`] a batch (the live spend
+/// decider's, which corrections do not reach: docs/INGEST.md "Corrections").
+///
+/// A correction's deltas count when it is the winner of its revision of the event (the
+/// smallest correction id; a race between two API instances resolves the same way for every
+/// reader), each delta once however often its rows were written (`LIMIT 1 BY`). Only SUM
+/// meters are corrected (the API refuses the others), so a row carries its delta as the sum
+/// and no events, minimum or maximum.
+fn corrections_sql(req: &Request<'_>, from: u32, to: u32) -> String {
+    if req.through.is_some() {
+        return String::new();
+    }
+    let agent = if req.by_agent { "agent" } else { "''" };
+    let customer = match req.scope {
+        Scope::All => String::new(),
+        Scope::Customer(c) => format!(" AND customer = {}", quote(c)),
+    };
+    let meter = req
+        .meter
+        .map(|m| format!(" AND meter = {}", quote(m)))
+        .unwrap_or_default();
+    format!(
+        " UNION ALL SELECT customer, {agent} AS a, meter, aggregation, group_key, any(group_names), \
+            any(group_values), toUInt32(window_start) AS s, \
+            toUInt32(max(toUInt32(window_start) + window_secs)), toUInt64(0), sum(value), \
+            toDecimal128(0, 9), toDecimal128(0, 9), {NO_LATEST} \
+         FROM (SELECT customer, agent, meter, aggregation, group_key, group_names, group_values, \
+                  window_start, window_secs, value \
+               FROM usage_correction_deltas \
+               WHERE {range}{customer}{meter} AND aggregation = 'SUM' \
+                 AND (customer, correction_id) IN \
+                     (SELECT customer, min(correction_id) FROM usage_corrections WHERE 1{customer} \
+                      GROUP BY customer, agent, event_id, revision) \
+               LIMIT 1 BY correction_id, meter, group_key, window_start) \
+         GROUP BY customer, a, meter, aggregation, group_key, s",
+        range = range_sql("window_start", from, to),
+    )
+}
+
 /// The SQL of a read (exposed for the tests that run it on both engines).
 ///
 /// Per (partition, customer, day), exactly one source: a day row when the day is sealed,
@@ -382,8 +424,12 @@ pub fn read_sql(plan: &Plan, req: &Request<'_>) -> String {
         };
         format!("{} UNION ALL {}", branch(false), branch(true))
     };
+    let corrections = corrections_sql(req, from, to);
     if req.resolution == Resolution::Windows {
-        return partials_select(&range_sql("window_start", from, to), "1");
+        return format!(
+            "{}{corrections}",
+            partials_select(&range_sql("window_start", from, to), "1")
+        );
     }
     // the whole days inside the range
     let (first_day, end_day) = (from.div_ceil(DAY).saturating_mul(DAY), to - to % DAY);
@@ -419,6 +465,7 @@ pub fn read_sql(plan: &Plan, req: &Request<'_>) -> String {
         ),
         &per_window,
     );
+    let live = format!("{live}{corrections}");
     if first_day >= end_day {
         return live;
     }

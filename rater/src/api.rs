@@ -12,6 +12,7 @@
 //! `GET /v1/charges/{charge_id}/explain`, `GET /v1/openapi.json`; and (in
 //! [`crate::api_registry`]) `GET`/`POST /v1/customers`, `GET /v1/customers/{id}`,
 //! `GET`/`POST /v1/customers/{id}/agents`, `GET`/`POST /v1/meters`, `GET /v1/meters/{slug}`;
+//! (in [`crate::api_corrections`]) `POST /v1/corrections`, `GET /v1/customers/{id}/corrections`;
 //! (in [`crate::api_query`]) `GET /v1/meters/{slug}/query`, a customer's usage per window and
 //! group; and (in [`crate::api_rates`]) `GET`/`POST /v1/tax_rates`, `GET`/`POST /v1/fx_rates`.
 //!
@@ -148,7 +149,7 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>
         Err(refused) => return refused,
     };
     let (method, path) = (req.method().to_string(), req.uri().path().to_owned());
-    hook::audited(&state.auth, &who, &method, &path, dispatch(state, req)).await
+    hook::audited(&state.auth, &who, &method, &path, dispatch(state, req, &who)).await
 }
 
 /// What a route does: the routes of this module, or the module that answers them.
@@ -160,6 +161,10 @@ pub enum Op {
     AddSubscription,
     CancelSubscription,
     Explain,
+    /// [`crate::api_corrections`]: void an event.
+    Correct,
+    /// [`crate::api_corrections`]: a customer's corrections.
+    Corrections,
     /// [`crate::api_registry`].
     Registry,
     /// [`crate::api_query`].
@@ -179,6 +184,8 @@ pub const ROUTES: &[Route<Op>] = &[
     Route::new("POST", "/v1/subscriptions/cancel", Op::CancelSubscription),
     Route::new("GET", "/v1/customers/{id}/subscriptions", Op::Catalog),
     Route::new("GET", "/v1/charges/{charge_id}/explain", Op::Explain),
+    Route::new("POST", "/v1/corrections", Op::Correct),
+    Route::new("GET", "/v1/customers/{id}/corrections", Op::Corrections),
     Route::new("GET", "/v1/customers", Op::Registry),
     Route::new("POST", "/v1/customers", Op::Registry),
     Route::new("GET", "/v1/customers/{id}", Op::Registry),
@@ -195,7 +202,11 @@ pub const ROUTES: &[Route<Op>] = &[
     Route::new("GET", "/v1/openapi.json", Op::OpenApi),
 ];
 
-async fn dispatch(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn dispatch(
+    state: &ApiState,
+    req: Request<Incoming>,
+    who: &tally_platform::auth::Principal,
+) -> Response<Full<Bytes>> {
     let path = tally_platform::http::segments(req.uri());
     let path: Vec<&str> = path.iter().map(String::as_str).collect();
     let (op, params) = match openapi::resolve(ROUTES, &req) {
@@ -210,6 +221,8 @@ async fn dispatch(state: &ApiState, req: Request<Incoming>) -> Response<Full<Byt
         Op::Registry => crate::api_registry::route(state, req, &path).await,
         Op::Rates => crate::api_rates::route(state, req, &path).await,
         Op::Explain => explain_charge(state, &params[0]).await,
+        Op::Correct => crate::api_corrections::post(state, req, who).await,
+        Op::Corrections => crate::api_corrections::list(state, &params[0]).await,
         Op::Catalog => match state.source.current(&state.db).await {
             Ok(catalog) => catalog_route(&catalog, &path),
             Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),

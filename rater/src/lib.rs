@@ -36,10 +36,13 @@
 //!   budgets and their thresholds (`tally-spend`).
 //! - [`api`]: the HTTP API (catalog, explain) and its OpenAPI document; [`api_registry`]: its
 //!   customer, agent and meter routes; [`api_rates`]: its tax and FX rate routes;
-//!   [`api_query`]: the usage query (`GET /v1/meters/{slug}/query`).
+//!   [`api_query`]: the usage query (`GET /v1/meters/{slug}/query`); [`api_corrections`]:
+//!   voiding events.
+//! - [`corrections`]: corrections of committed events (void), their rules and storage.
 //! - [`metrics`]: every metric this crate emits.
 
 pub mod api;
+pub mod api_corrections;
 pub mod api_query;
 pub mod api_rates;
 pub mod api_registry;
@@ -47,6 +50,7 @@ pub mod catalog;
 pub mod catalog_store;
 pub mod charge;
 pub mod config;
+pub mod corrections;
 pub mod customers;
 pub mod entitlements;
 pub mod explain;

@@ -1,0 +1,328 @@
+//! Corrections over the real NATS and ClickHouse: events published to JetStream and
+//! committed by the real aggregator, rated and invoiced; after the period's invoice is
+//! finalized, one event is voided through the rater's authenticated API. The rater's next
+//! pass lowers the charge and the invoicer issues a credit note naming the correction, for
+//! exactly the voided event's amount (computed by hand below, in integer cents), once. The
+//! void itself is exactly once: re-sent it appends nothing, a second void of the event is
+//! refused `already_voided`, and the finalized invoice never changes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{Datelike, TimeZone, Utc};
+use tally_domain::{AgentId, CustomerId, EventId};
+use tally_e2e::{aggregator_config, catalog, start_aggregator, wait_drained};
+use tally_ingest::{OutgoingEvent, Publisher};
+use tally_invoicer::numbering::Numbers;
+use tally_invoicer::{invoice_pass, InvoicerConfig};
+use tally_platform::auth::{self, Authenticator, Role};
+use tally_platform::shutdown::Shutdown;
+use tally_platform::testkit::TestEnv;
+use tally_rater::api::{serve, ApiState};
+use tally_rater::catalog_store::CatalogSource;
+use tally_rater::RaterConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// `POST /v1/corrections` with `token` (none: no `Authorization`); (status, JSON body).
+async fn post(
+    addr: std::net::SocketAddr,
+    token: Option<&str>,
+    path: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let method = if body.is_null() { "GET" } else { "POST" };
+    let body = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    let authorization = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{authorization}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects");
+    s.write_all(req.as_bytes()).await.expect("writes");
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.expect("reads");
+    let status: u16 = text[9..12].parse().expect("a status");
+    let answer = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    (status, serde_json::from_str(answer).unwrap_or_default())
+}
+
+/// The rater API over `env`'s database on a free port, and an `admin` token of actor `alice`.
+async fn start_api(
+    env: &TestEnv,
+    stop: &Shutdown,
+) -> (std::net::SocketAddr, String, tokio::task::JoinHandle<()>) {
+    let db = env.db();
+    let (token, _) = auth::store::create(&db, "alice", Role::Admin, "test", 0)
+        .await
+        .expect("token");
+    let auth = Arc::new(Authenticator::new("rater", db.clone()));
+    auth.reload().await.expect("tokens load");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let addr = listener.local_addr().expect("address");
+    let state = Arc::new(ApiState {
+        source: CatalogSource {
+            rater: RaterConfig::default(),
+            features: tally_platform::Features::default(),
+        },
+        db,
+        now_ms: || Utc::now().timestamp_millis(),
+        auth,
+    });
+    (
+        addr,
+        token,
+        tokio::spawn(serve(listener, state, stop.clone())),
+    )
+}
+
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct Note {
+    invoice_id: String,
+    amount_minor: i64,
+    tax_minor: i64,
+    reason: String,
+    lines: String,
+}
+
+async fn notes(db: &clickhouse::Client, customer: &str) -> Vec<Note> {
+    db.query(
+        "SELECT invoice_id, amount_minor, tax_minor, reason, lines FROM v_credit_notes \
+         WHERE customer = ? ORDER BY issued_at_ms",
+    )
+    .bind(customer)
+    .fetch_all()
+    .await
+    .expect("credit notes")
+}
+
+/// (status, total_minor) of the customer's invoices, oldest period first.
+async fn invoices(db: &clickhouse::Client, customer: &str) -> Vec<(String, String, i64)> {
+    db.query(
+        "SELECT invoice_id, status, total_minor FROM v_invoices WHERE customer = ? ORDER BY period_start",
+    )
+    .bind(customer)
+    .fetch_all()
+    .await
+    .expect("invoices")
+}
+
+async fn charge_minor(db: &clickhouse::Client, customer: &str) -> i64 {
+    db.query("SELECT amount_minor FROM v_charges WHERE customer = ? AND meter = 'llm_tokens'")
+        .bind(customer)
+        .fetch_one()
+        .await
+        .expect("one llm_tokens charge")
+}
+
+/// Publishes the customer's events and waits until the aggregator committed them.
+async fn publish(env: &TestEnv, events: &[OutgoingEvent]) {
+    let client = async_nats::connect(&env.nats.url).await.expect("NATS");
+    let js = async_nats::jetstream::new(client);
+    tally_platform::streams::ensure(&js, &env.nats)
+        .await
+        .expect("streams");
+    let mut publisher = Publisher::new(js, &env.nats.subject_prefix, 64);
+    for e in events {
+        publisher.publish(e).await.expect("publish");
+    }
+    publisher.flush().await.expect("acks");
+    wait_drained(env, "aggregator", Duration::from_secs(60)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_void_after_finalization_gives_a_credit_note_naming_the_correction_once() {
+    let env = TestEnv::new("e2e_corrections").await;
+    let stop = Shutdown::new();
+    let aggregator = start_aggregator(&env, aggregator_config(), stop.clone()).await;
+    let customer = format!("fix{}", std::process::id());
+    let at = Utc::now() - chrono::Duration::seconds(30);
+    // three events of one (model, kind) group: 1,000,000 + 1,000,000 + 250,000 tokens
+    let tokens = [1_000_000_i64, 1_000_000, 250_000];
+    let events: Vec<OutgoingEvent> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, n)| OutgoingEvent {
+            id: EventId::new(format!("e{i}")).expect("id"),
+            customer: CustomerId::new(customer.clone()).expect("customer"),
+            agent: AgentId::new("bot-1").expect("agent"),
+            event_type: "llm.tokens".into(),
+            time: at,
+            data: serde_json::json!({"tokens": n, "model": "gpt-4o", "kind": "output"}),
+            hold_id: None,
+        })
+        .collect();
+    publish(&env, &events).await;
+
+    // the calendar month of the events (the default subscription: anchor 1, UTC)
+    let start = Utc
+        .with_ymd_and_hms(at.year(), at.month(), 1, 0, 0, 0)
+        .single()
+        .expect("month start");
+    let end = if at.month() == 12 {
+        Utc.with_ymd_and_hms(at.year() + 1, 1, 1, 0, 0, 0)
+    } else {
+        Utc.with_ymd_and_hms(at.year(), at.month() + 1, 1, 0, 0, 0)
+    }
+    .single()
+    .expect("month end")
+    .timestamp_millis();
+    assert!(start.timestamp_millis() <= at.timestamp_millis());
+    let db = env.db();
+    let cat = catalog("nobody");
+    let rater = RaterConfig {
+        default_plan: Some("ai-standard".into()),
+        lookback_secs: 70 * 86_400,
+        ..RaterConfig::default()
+    };
+    let inv = InvoicerConfig {
+        grace_secs: 86_400,
+        lookback_secs: 70 * 86_400,
+        ..InvoicerConfig::default()
+    };
+    let bucket = format!("N{}", env.nats.stream);
+    let numbers = Numbers::open(
+        async_nats::connect(&env.nats.url).await.expect("NATS"),
+        &bucket,
+    )
+    .await
+    .expect("numbers bucket");
+    // finalized: a day of grace after the period's end
+    let final_at = end + 86_400_000 + 3_600_000;
+    tally_rater::rate_once(&db, &cat, &rater, final_at)
+        .await
+        .expect("rating");
+    // by hand: 2,250,000 tokens at 0.000003 USD = 6.75 USD = 675 cents
+    assert_eq!(charge_minor(&db, &customer).await, 675);
+    invoice_pass(&db, Some(&numbers), &inv, final_at)
+        .await
+        .expect("pass");
+    let before = invoices(&db, &customer).await;
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert_eq!(
+        (before[0].1.as_str(), before[0].2),
+        ("finalized", 675),
+        "{before:?}"
+    );
+
+    let (addr, token, api) = start_api(&env, &stop).await;
+    let time = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let void = |correction_id: &str, id: &str| {
+        serde_json::json!({"correction_id": correction_id, "kind": "void", "customer": customer,
+            "source": "bot-1", "id": id, "time": time, "reason": "test traffic billed by mistake"})
+    };
+    // refused: no token; a blank reason; an event that was never committed
+    let (status, _) = post(addr, None, "/v1/corrections", &void("v-0", "e1")).await;
+    assert_eq!(status, 401);
+    let mut blank = void("v-0", "e1");
+    blank["reason"] = " ".into();
+    let (status, body) = post(addr, Some(&token), "/v1/corrections", &blank).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_correction"))
+    );
+    let (status, body) = post(addr, Some(&token), "/v1/corrections", &void("v-0", "e9")).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("event_not_found"))
+    );
+
+    // the void of e1 (1,000,000 tokens), recorded with the token's actor
+    let (status, body) = post(addr, Some(&token), "/v1/corrections", &void("v-1", "e1")).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["actor"], "api:alice");
+    assert_eq!(body["revision"], 1);
+    // re-sent: stored once; another void of the same event: refused
+    let (status, body) = post(addr, Some(&token), "/v1/corrections", &void("v-1", "e1")).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = post(addr, Some(&token), "/v1/corrections", &void("v-2", "e1")).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("already_voided"))
+    );
+    let mut other = void("v-1", "e2");
+    other["reason"] = "another".into();
+    let (status, body) = post(addr, Some(&token), "/v1/corrections", &other).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("correction_exists"))
+    );
+    let listed = format!("/v1/customers/{customer}/corrections");
+    let (status, body) = post(addr, Some(&token), &listed, &serde_json::Value::Null).await;
+    assert_eq!(status, 200);
+    let listed = body.as_array().expect("a list");
+    assert_eq!(listed.len(), 1, "{body}");
+    assert_eq!(listed[0]["correction_id"], "v-1");
+    assert_eq!(listed[0]["counts"], true);
+
+    // the next passes: the charge drops to 1,250,000 tokens = 3.75 USD = 375 cents, and the
+    // finalized invoice gets a credit note of 675 - 375 = 300 cents naming the correction
+    let later = final_at + 3_600_000;
+    tally_rater::rate_once(&db, &cat, &rater, later)
+        .await
+        .expect("rating after the void");
+    assert_eq!(charge_minor(&db, &customer).await, 375);
+    invoice_pass(&db, Some(&numbers), &inv, later)
+        .await
+        .expect("pass");
+    let issued = notes(&db, &customer).await;
+    assert_eq!(issued.len(), 1, "{issued:?}");
+    let note = &issued[0];
+    assert_eq!(note.invoice_id, before[0].0);
+    assert_eq!((note.amount_minor, note.tax_minor), (300, 0));
+    assert!(
+        note.reason.starts_with("corrections v-1 "),
+        "{}",
+        note.reason
+    );
+    let lines: serde_json::Value = serde_json::from_str(&note.lines).expect("JSON lines");
+    assert_eq!(lines["corrections"], serde_json::json!(["v-1"]));
+    assert_eq!(
+        (
+            lines["billed_minor"].as_i64(),
+            lines["latest_minor"].as_i64()
+        ),
+        (Some(675), Some(375))
+    );
+
+    // exactly once: more passes and the re-sent void change nothing
+    let (status, _) = post(addr, Some(&token), "/v1/corrections", &void("v-1", "e1")).await;
+    assert_eq!(status, 200);
+    let again = later + 3_600_000;
+    tally_rater::rate_once(&db, &cat, &rater, again)
+        .await
+        .expect("rating again");
+    assert_eq!(charge_minor(&db, &customer).await, 375);
+    invoice_pass(&db, Some(&numbers), &inv, again)
+        .await
+        .expect("pass");
+    assert_eq!(notes(&db, &customer).await.len(), 1);
+    assert_eq!(
+        invoices(&db, &customer).await,
+        before,
+        "the invoice never changes"
+    );
+
+    stop.cancel();
+    api.await.expect("API stops");
+    aggregator
+        .await
+        .expect("aggregator task")
+        .expect("aggregator stops cleanly");
+    if let Ok(client) = async_nats::connect(&env.nats.url).await {
+        let _ = async_nats::jetstream::new(client)
+            .delete_key_value(&bucket)
+            .await;
+    }
+    env.cleanup().await;
+}

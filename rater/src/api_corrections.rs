@@ -1,0 +1,120 @@
+//! The API's correction routes (version 1, JSON; the rules are [`crate::corrections`]):
+//!
+//! - `POST /v1/corrections`: void a committed event named by (customer, source, id) and its
+//!   time, with a reason; the actor is the token's. 201 with the correction when it was
+//!   appended, 200 when the same correction (same id and content) was stored already; 400
+//!   `invalid_correction`, 404 `event_not_found`, 409 `already_voided` (another correction
+//!   voided the event), `correction_exists` (the id names another correction),
+//!   `correction_conflict` (a racing correction of the event counts instead), 422
+//!   `not_correctable` (a meter that is not a SUM), 503 `unavailable`.
+//! - `GET /v1/customers/{id}/corrections`: the customer's corrections, oldest first, each
+//!   with `counts` (false for the loser of a race).
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use serde::Serialize;
+use tally_platform::auth::Principal;
+
+use crate::api::{error, json, read_json, ApiState};
+use crate::corrections::{self, Correction, CorrectionError, VoidRequest};
+
+type Reply = Response<Full<Bytes>>;
+
+/// A correction as the API shows it.
+#[derive(Serialize)]
+struct CorrectionView<'a> {
+    correction_id: &'a str,
+    kind: &'a str,
+    customer: &'a str,
+    source: &'a str,
+    id: &'a str,
+    time: String,
+    revision: u32,
+    actor: &'a str,
+    reason: &'a str,
+    created: String,
+    counts: bool,
+}
+
+fn view(c: &Correction, counts: bool) -> CorrectionView<'_> {
+    CorrectionView {
+        correction_id: &c.correction_id,
+        kind: &c.kind,
+        customer: &c.customer,
+        source: &c.agent,
+        id: &c.event_id,
+        time: rfc3339(c.event_time_ms),
+        revision: c.revision,
+        actor: &c.actor,
+        reason: &c.reason,
+        created: rfc3339(c.created_ms),
+        counts,
+    }
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+fn refused(e: &CorrectionError) -> Reply {
+    let status = match e {
+        CorrectionError::Invalid { .. } => StatusCode::BAD_REQUEST,
+        CorrectionError::EventNotFound { .. } => StatusCode::NOT_FOUND,
+        CorrectionError::NotCorrectable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        CorrectionError::AlreadyVoided { .. }
+        | CorrectionError::CorrectionExists(_)
+        | CorrectionError::Conflict { .. } => StatusCode::CONFLICT,
+        CorrectionError::ClickHouse(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    error(status, e.code(), e)
+}
+
+/// `POST /v1/corrections` by `who`.
+pub(crate) async fn post(state: &ApiState, req: Request<Incoming>, who: &Principal) -> Reply {
+    let body: VoidRequest = match read_json(req, "invalid_correction").await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let void = match body.validate() {
+        Ok(v) => v,
+        Err(e) => return refused(&e),
+    };
+    let actor = who.actor_label();
+    match corrections::void(&state.db, &void, &actor, (state.now_ms)()).await {
+        Ok((c, appended)) => {
+            let status = if appended {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            json(status, &view(&c, true))
+        }
+        Err(e) => refused(&e),
+    }
+}
+
+/// `GET /v1/customers/{id}/corrections`.
+pub(crate) async fn list(state: &ApiState, customer: &str) -> Reply {
+    let all = match corrections::of_customer(&state.db, customer).await {
+        Ok(all) => all,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
+    };
+    let views: Vec<CorrectionView<'_>> = all
+        .iter()
+        .map(|c| {
+            let same_event: Vec<Correction> = all
+                .iter()
+                .filter(|o| o.agent == c.agent && o.event_id == c.event_id)
+                .cloned()
+                .collect();
+            let counts = corrections::winner(&same_event, c)
+                .is_some_and(|w| w.correction_id == c.correction_id);
+            view(c, counts)
+        })
+        .collect();
+    json(StatusCode::OK, &views)
+}
