@@ -333,14 +333,24 @@ async fn an_agent_spends_until_denied_then_resumes_after_a_top_up() {
     let js = async_nats::jetstream::new(client.clone());
     let mut publisher = Publisher::new(js, &env.nats.subject_prefix, 64);
 
-    // the first piece of work declares 5 calls and uses 3: its hold settles to 3
+    // the first piece of work declares 5 calls and uses 3: its hold settles to the 2 calls
+    // the work may still use, until the agent gives them back
     let first = sdk
         .authorize(&acme, &bot1, &AuthorizeRequest::new("tool_calls", d("5")))
         .await
         .expect("answer");
     assert!(first.allow, "{first:?}");
-    report_calls(&mut publisher, &acme, &bot1, 3, first.hold_id.as_deref()).await;
-    wait_balance(&sdk, &acme, "first hold settled", |b| {
+    let first_hold = first.hold_id.clone().expect("a hold");
+    report_calls(&mut publisher, &acme, &bot1, 3, Some(&first_hold)).await;
+    wait_balance(&sdk, &acme, "first hold settled to what is left", |b| {
+        b["holds"] == 1 && dec(&b["spend"]) == d("0.06") && dec(&b["held_amount"]) == d("0.04")
+    })
+    .await;
+    assert!(sdk
+        .release(&acme, &bot1, &first_hold)
+        .await
+        .expect("release answered"));
+    wait_balance(&sdk, &acme, "first hold given back", |b| {
         b["holds"] == 0 && dec(&b["spend"]) == d("0.06")
     })
     .await;
@@ -1066,8 +1076,9 @@ async fn holds_survive_kill_9_and_never_leak_and_a_restart_rebuilds_the_same_bal
         "the holds still reserve: {denied:?}"
     );
 
-    // the work of hold 1 used 5 calls, of hold 2 three; hold 3 was cancelled; hold 4 never
-    // reports and expires after its deadline and grace
+    // the work of hold 1 used 5 calls, of hold 2 three (it keeps the 2 calls its work may
+    // still use until it expires); hold 3 was cancelled; hold 4 never reports and expires
+    // after its deadline and grace
     let client = async_nats::connect(&env.nats.url).await.expect("NATS");
     let mut publisher = Publisher::new(
         async_nats::jetstream::new(client),

@@ -46,7 +46,22 @@ pub struct Hold {
     pub quantity: Decimal,
     /// The marginal cost of `quantity` when the hold was placed (billing currency).
     pub amount: Decimal,
+    /// The tax on `amount` (what a wallet budget holds on top of it).
+    #[serde(default)]
+    pub tax: Decimal,
     pub expires_at_ms: i64,
+}
+
+impl Hold {
+    /// What the hold reserves of a budget of `kind`: its quantity, its amount, or (a wallet)
+    /// its amount after tax.
+    pub fn held_for(&self, kind: Kind) -> Decimal {
+        match kind {
+            Kind::Quantity => self.quantity,
+            Kind::Amount => self.amount,
+            Kind::Wallet => self.amount.saturating_add(self.tax),
+        }
+    }
 }
 
 /// A budget threshold crossed by committed spend, to notify once.
@@ -92,6 +107,16 @@ pub struct Costs {
     pub agents: BTreeMap<(String, String), Spent>,
     /// Set when pricing failed (overflow); the customer is then denied until it prices.
     pub error: Option<String>,
+    /// The tax the charges of `total` carry (unrounded; 0 without a tax region): what a
+    /// wallet pays on top of `total`.
+    pub tax: Decimal,
+}
+
+impl Costs {
+    /// The spend after tax (what the invoice, and so the wallet, pays).
+    pub fn total_with_tax(&self) -> Decimal {
+        self.total.saturating_add(self.tax)
+    }
 }
 
 /// Per (agent, meter, group key): the aggregation and totals.
@@ -125,6 +150,62 @@ pub struct Book {
     /// Per customer with a wallet budget: what this period's charges already took from its
     /// wallet (the budgets' limits hold what the grants still have; [`Budget::limit_with`]).
     pub wallet_reserved: BTreeMap<String, Decimal>,
+    /// The most holds one customer may have at once (`spend.max_holds_per_customer`); `None`:
+    /// no cap.
+    pub max_holds_per_customer: Option<usize>,
+    /// Every hold by (expiry, customer, id): expiry pops the due ones instead of scanning.
+    expiry: BTreeSet<(i64, String, String)>,
+}
+
+/// What a committed batch did to the holds its events name.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Settled {
+    /// Holds used up by their usage (or of a meter whose usage is a level, not a volume): gone.
+    pub ended: Vec<Hold>,
+    /// Holds whose work used part of them: they reserve `quantity − usage so far` (and the
+    /// same share of their amount) until they expire.
+    pub reduced: Vec<Hold>,
+}
+
+/// Whether usage `row` may be the work of hold `h`: the same customer, agent and meter, and
+/// no group-by value of the row contradicts what the request declared.
+fn row_of_hold(row: &UsageRow, h: &Hold) -> bool {
+    row.customer == h.customer
+        && row.agent == h.agent
+        && row.meter == h.meter
+        && row
+            .group_names
+            .iter()
+            .zip(&row.group_values)
+            .all(|(n, v)| h.group.get(n).is_none_or(|hv| hv == v))
+}
+
+/// What hold `h` still reserves after the batch's rows: its quantity minus the usage of the
+/// rows that may be its work, taking each row's usage once (`left`: what earlier holds of the
+/// batch did not take). Usage of other work of the same agent and meter in the batch counts as
+/// the hold's, so the rest is never more than the work may still use.
+fn rest_of_hold(
+    h: &Hold,
+    rows: &[&UsageRow],
+    candidates: &[usize],
+    left: &mut [Decimal],
+) -> Decimal {
+    let mut rest = h.quantity;
+    for &i in candidates {
+        if rest <= Decimal::ZERO {
+            break;
+        }
+        let (Some(row), Some(l)) = (rows.get(i), left.get_mut(i)) else {
+            continue;
+        };
+        if !row_of_hold(row, h) {
+            continue;
+        }
+        let take = rest.min((*l).max(Decimal::ZERO));
+        *l -= take;
+        rest -= take;
+    }
+    rest.max(Decimal::ZERO)
 }
 
 /// The earliest instant of any customer's current period segment at `now_ms`: what a
@@ -187,8 +268,21 @@ impl CustomerBook {
     }
 }
 
-/// Prices `quantity` of (customer, meter, group) in the segment: the charge amount before
-/// tax and its currency (`None`: the plan has no price for it).
+/// The unrounded tax on `amount` at `rate_percent` (as [`crate::tax::tax_on`]); a rate is
+/// at most 100 %, so on overflow the tax is taken as the whole amount (never less).
+fn tax_of(amount: Decimal, rate_percent: Decimal) -> Decimal {
+    amount
+        .checked_mul(rate_percent)
+        .and_then(|x| x.checked_div(Decimal::ONE_HUNDRED))
+        .unwrap_or(amount)
+}
+
+/// A priced quantity: the charge amount before tax, its currency, and the tax rate (percent)
+/// its charge carries (0 without tax).
+type Priced = (Decimal, String, Decimal);
+
+/// Prices `quantity` of (customer, meter, group) in the segment (`None`: the plan has no
+/// price for it).
 #[allow(clippy::too_many_arguments)]
 fn price(
     catalog: &Catalog,
@@ -198,7 +292,7 @@ fn price(
     aggregation: Aggregation,
     group: (&str, &[String], &[String]),
     quantity: Decimal,
-) -> Result<Option<(Decimal, String)>, String> {
+) -> Result<Option<Priced>, String> {
     let Some(sub) = catalog.subscription_at(customer, book.segment_from_ms) else {
         return Ok(None);
     };
@@ -232,7 +326,8 @@ fn price(
             let amount = lines
                 .checked_mul(c.fx_rate.unwrap_or(Decimal::ONE))
                 .ok_or("amount overflows")?;
-            Ok(Some((amount, c.currency.to_owned())))
+            let rate = c.tax_rate.unwrap_or_default();
+            Ok(Some((amount, c.currency.to_owned(), rate)))
         }
         Ok(None) => Ok(None),
         Err(e) => Err(e.to_string()),
@@ -315,8 +410,9 @@ fn costs(catalog: &Catalog, customer: &CustomerId, book: &CustomerBook) -> Costs
             (gk, names, values),
             quantity,
         ) {
-            Ok(Some((amount, currency))) => {
+            Ok(Some((amount, currency, rate))) => {
                 out.currency = Some(currency);
+                out.tax = out.tax.saturating_add(tax_of(amount, rate));
                 amount
             }
             Ok(None) => Decimal::ZERO,
@@ -356,18 +452,19 @@ fn costs(catalog: &Catalog, customer: &CustomerId, book: &CustomerBook) -> Costs
     out
 }
 
-/// A budget's committed spend, held amount, and what a request on (agent, meter) adds.
-fn budget_use(b: &Budget, c: &CustomerBook) -> (Decimal, Decimal) {
-    let spent = match (b.kind.measured(), &b.agent, &b.meter) {
-        (Kind::Amount | Kind::Wallet, None, None) => c.costs.total,
+/// A budget's committed spend: the billing currency before tax (an amount budget), after tax
+/// (a wallet, which pays the invoice), or a quantity.
+pub fn budget_spent(b: &Budget, costs: &Costs) -> Decimal {
+    match (b.kind, &b.agent, &b.meter) {
+        (Kind::Wallet, None, None) => costs.total_with_tax(),
+        (Kind::Amount, None, None) => costs.total,
         (Kind::Amount | Kind::Wallet, None, Some(m)) => {
-            c.costs.meters.get(m).map_or(Decimal::ZERO, |s| s.amount)
+            costs.meters.get(m).map_or(Decimal::ZERO, |s| s.amount)
         }
         (Kind::Quantity, None, Some(m)) => {
-            c.costs.meters.get(m).map_or(Decimal::ZERO, |s| s.quantity)
+            costs.meters.get(m).map_or(Decimal::ZERO, |s| s.quantity)
         }
-        (kind, Some(a), meter) => c
-            .costs
+        (kind, Some(a), meter) => costs
             .agents
             .iter()
             .filter(|((ag, m), _)| ag == a && meter.as_ref().is_none_or(|bm| bm == m))
@@ -377,17 +474,18 @@ fn budget_use(b: &Budget, c: &CustomerBook) -> (Decimal, Decimal) {
             })
             .sum(),
         (Kind::Quantity, None, None) => Decimal::ZERO,
-    };
+    }
+}
+
+/// A budget's committed spend and what its holds reserve.
+fn budget_use(b: &Budget, c: &CustomerBook) -> (Decimal, Decimal) {
     let held = c
         .holds
         .values()
         .filter(|h| b.covers(&h.agent, &h.meter))
-        .map(|h| match b.kind.measured() {
-            Kind::Amount | Kind::Wallet => h.amount,
-            Kind::Quantity => h.quantity,
-        })
+        .map(|h| h.held_for(b.kind))
         .sum();
-    (spent, held)
+    (budget_spent(b, &c.costs), held)
 }
 
 /// An authorize request, validated.
@@ -517,34 +615,104 @@ impl Book {
         }
     }
 
-    /// Removes settled holds (their usage was committed); returns those that were held.
-    pub fn settle(&mut self, holds: &[(String, String)]) -> Vec<Hold> {
-        let mut out = Vec::new();
+    /// Places (or replaces) a hold of a customer whose book exists.
+    fn put_hold(&mut self, hold: Hold) {
+        let Some(book) = self.customers.get_mut(&hold.customer) else {
+            return;
+        };
+        let key = (hold.expires_at_ms, hold.customer.clone(), hold.id.clone());
+        if let Some(old) = book.holds.insert(hold.id.clone(), hold) {
+            self.expiry
+                .remove(&(old.expires_at_ms, old.customer, old.id));
+        }
+        self.expiry.insert(key);
+    }
+
+    /// Removes a hold; `None` when it is not held.
+    fn take_hold(&mut self, customer: &str, id: &str) -> Option<Hold> {
+        let h = self.customers.get_mut(customer)?.holds.remove(id)?;
+        self.expiry
+            .remove(&(h.expires_at_ms, h.customer.clone(), h.id.clone()));
+        Some(h)
+    }
+
+    /// How many holds the partition has.
+    pub fn holds_active(&self) -> usize {
+        self.expiry.len()
+    }
+
+    /// Settles the holds a committed batch's events name against the batch's usage `rows`:
+    /// a hold of an additive meter (SUM, COUNT, UNIQUE_COUNT) keeps reserving what its work
+    /// may still use, `quantity − usage so far`, until it expires, and ends once used up; a
+    /// hold of a MAX, MIN or LATEST meter (a level, which its usage has now set) ends.
+    pub fn settle(&mut self, rows: &[&UsageRow], holds: &[(String, String)]) -> Settled {
+        let mut left: Vec<Decimal> = rows
+            .iter()
+            .map(|r| r.quantity().unwrap_or(Decimal::MAX))
+            .collect();
+        let mut index: HashMap<(&str, &str, &str), Vec<usize>> = HashMap::new();
+        for (i, r) in rows.iter().enumerate() {
+            index
+                .entry((&r.customer, &r.agent, &r.meter))
+                .or_default()
+                .push(i);
+        }
+        let mut out = Settled::default();
         for (customer, id) in holds {
-            if let Some(h) = self
+            let Some(h) = self
                 .customers
-                .get_mut(customer)
-                .and_then(|b| b.holds.remove(id))
-            {
-                out.push(h);
+                .get(customer)
+                .and_then(|b| b.holds.get(id))
+                .cloned()
+            else {
+                continue;
+            };
+            let additive = matches!(
+                self.meters.get(&h.meter),
+                Some(Aggregation::Sum | Aggregation::Count | Aggregation::UniqueCount)
+            );
+            let candidates = index
+                .get(&(h.customer.as_str(), h.agent.as_str(), h.meter.as_str()))
+                .map_or(&[][..], Vec::as_slice);
+            let rest = if additive {
+                rest_of_hold(&h, rows, candidates, &mut left)
+            } else {
+                Decimal::ZERO
+            };
+            if rest.is_zero() {
+                out.ended.extend(self.take_hold(customer, id));
+            } else if rest < h.quantity {
+                // the same share of the amount; on overflow the whole amount stays held
+                let share = |x: Decimal| {
+                    x.checked_mul(rest)
+                        .and_then(|y| y.checked_div(h.quantity))
+                        .unwrap_or(x)
+                };
+                let reduced = Hold {
+                    quantity: rest,
+                    amount: share(h.amount),
+                    tax: share(h.tax),
+                    ..h
+                };
+                self.put_hold(reduced.clone());
+                out.reduced.push(reduced);
             }
         }
         out
     }
 
-    /// Removes the holds expired at `now_ms`; returns them.
+    /// Removes the holds expired at `now_ms` (the due ones only); returns them.
     pub fn expire(&mut self, now_ms: i64) -> Vec<Hold> {
         let mut out = Vec::new();
-        for book in self.customers.values_mut() {
-            let expired: Vec<String> = book
-                .holds
-                .values()
-                .filter(|h| h.expires_at_ms <= now_ms)
-                .map(|h| h.id.clone())
-                .collect();
-            for id in expired {
-                out.extend(book.holds.remove(&id));
-            }
+        while self.expiry.first().is_some_and(|(at, _, _)| *at <= now_ms) {
+            let Some((_, customer, id)) = self.expiry.pop_first() else {
+                break;
+            };
+            out.extend(
+                self.customers
+                    .get_mut(&customer)
+                    .and_then(|b| b.holds.remove(&id)),
+            );
         }
         out
     }
@@ -557,23 +725,22 @@ impl Book {
         let Ok(customer) = CustomerId::new(hold.customer.clone()) else {
             return;
         };
-        if let Some(book) = self.book_at(catalog, &customer, now_ms) {
-            book.holds.insert(hold.id.clone(), hold);
+        if self.book_at(catalog, &customer, now_ms).is_some() {
+            self.put_hold(hold);
         }
     }
 
     /// Gives a hold back at the agent's request; `None` when it is not held.
     pub fn release(&mut self, customer: &str, hold: &str) -> Option<Hold> {
-        self.customers.get_mut(customer)?.holds.remove(hold)
+        self.take_hold(customer, hold)
     }
 
     /// Gives `agent`'s hold back (another agent's hold of the customer is not its to give).
     pub fn release_by(&mut self, customer: &str, agent: &str, hold: &str) -> Option<Hold> {
-        let holds = &mut self.customers.get_mut(customer)?.holds;
-        if holds.get(hold)?.agent != agent {
+        if self.customers.get(customer)?.holds.get(hold)?.agent != agent {
             return None;
         }
-        holds.remove(hold)
+        self.take_hold(customer, hold)
     }
 
     /// Decides an authorize request at `now_ms`: allowed, with the hold placed (to be made
@@ -600,6 +767,7 @@ impl Book {
             .get(ask.customer.as_str())
             .copied()
             .unwrap_or_default();
+        let cap = self.max_holds_per_customer;
         let Some(book) = self.book_at(catalog, ask.customer, now_ms) else {
             return (
                 Answer::deny(
@@ -634,6 +802,17 @@ impl Book {
             };
             return (answer, None);
         }
+        if let Some(cap) = cap {
+            if book.holds.len() >= cap {
+                return (
+                    Answer::deny(
+                        Reason::TooManyHolds,
+                        format!("{cap} holds at once (spend.max_holds_per_customer)"),
+                    ),
+                    None,
+                );
+            }
+        }
         if book.costs.error.is_some() || book.costs.currency.is_none() {
             book.costs = costs(catalog, ask.customer, book);
         }
@@ -653,48 +832,22 @@ impl Book {
         } else {
             "{}".to_owned()
         };
-        let cost = match marginal(catalog, ask, book, agg, (&group_key, &names, &values)) {
-            Ok(c) => c,
-            Err(e) => {
-                return (
-                    Answer::deny(Reason::Unavailable, format!("pricing: {e}")),
-                    None,
-                )
-            }
-        };
-        let mut remaining: Option<Decimal> = None;
-        for b in budgets.iter().filter(|b| b.covers(ask.agent, ask.meter)) {
-            let (spent, held) = budget_use(b, book);
-            let limit = b.limit_with(spent, reserved);
-            let request = match b.kind.measured() {
-                Kind::Amount | Kind::Wallet => cost,
-                Kind::Quantity => ask.quantity,
-            };
-            let left = limit - spent - held - request;
-            if b.hard && left.is_sign_negative() && !left.is_zero() {
-                let mut a = Answer::deny(Reason::BudgetExceeded, format!("budget {}", b.budget_id));
-                a.remaining = Some((limit - spent - held).max(Decimal::ZERO));
-                a.currency = book.costs.currency.clone();
-                return (a, None);
-            }
-            remaining = Some(remaining.map_or(left, |r| r.min(left)));
-        }
-        if let Some(plan) = plan_of(catalog, ask.customer, book) {
-            for l in plan.entitlements.limits_for(ask.meter, ask.group) {
-                let (used, held) = limit_use(l, book);
-                let left = l.limit - used - held - ask.quantity;
-                if left.is_sign_negative() && !left.is_zero() {
-                    let mut a = Answer::deny(
-                        Reason::EntitlementExceeded,
-                        format!(
-                            "plan {} allows {} of {} {:?} per period",
-                            plan.id, l.limit, l.meter, l.group
-                        ),
-                    );
-                    a.remaining = Some((l.limit - used - held).max(Decimal::ZERO));
-                    return (a, None);
+        let (cost, cost_tax) =
+            match marginal(catalog, ask, book, agg, (&group_key, &names, &values)) {
+                Ok(c) => c,
+                Err(e) => {
+                    return (
+                        Answer::deny(Reason::Unavailable, format!("pricing: {e}")),
+                        None,
+                    )
                 }
-            }
+            };
+        let remaining = match within_budgets(&budgets, reserved, book, ask, (cost, cost_tax)) {
+            Ok(r) => r,
+            Err(a) => return (a, None),
+        };
+        if let Err(a) = within_limits(catalog, ask, book) {
+            return (a, None);
         }
         let hold = Hold {
             id: ask.hold_id.clone(),
@@ -705,14 +858,16 @@ impl Book {
             group: ask.group.clone(),
             quantity: ask.quantity,
             amount: cost,
+            tax: cost_tax,
             expires_at_ms: ask.expires_at_ms,
         };
-        book.holds.insert(hold.id.clone(), hold.clone());
+        let currency = book.costs.currency.clone();
+        self.put_hold(hold.clone());
         let answer = Answer {
             allow: true,
             hold_id: Some(hold.id.clone()),
             remaining: remaining.map(|r| r.max(Decimal::ZERO)),
-            currency: book.costs.currency.clone(),
+            currency,
             reason: None,
             detail: None,
         };
@@ -843,6 +998,59 @@ impl Book {
     }
 }
 
+/// What is left under the hard budgets covering the request once it is held (the least), or
+/// the denial of the first it would exceed. `cost`: its marginal cost and the tax on it.
+fn within_budgets(
+    budgets: &[Budget],
+    reserved: Decimal,
+    book: &CustomerBook,
+    ask: &Ask<'_>,
+    (cost, cost_tax): (Decimal, Decimal),
+) -> Result<Option<Decimal>, Answer> {
+    let mut remaining: Option<Decimal> = None;
+    for b in budgets.iter().filter(|b| b.covers(ask.agent, ask.meter)) {
+        let (spent, held) = budget_use(b, book);
+        let limit = b.limit_with(spent, reserved);
+        let request = match b.kind {
+            Kind::Amount => cost,
+            Kind::Wallet => cost.saturating_add(cost_tax),
+            Kind::Quantity => ask.quantity,
+        };
+        let left = limit - spent - held - request;
+        if b.hard && left.is_sign_negative() && !left.is_zero() {
+            let mut a = Answer::deny(Reason::BudgetExceeded, format!("budget {}", b.budget_id));
+            a.remaining = Some((limit - spent - held).max(Decimal::ZERO));
+            a.currency = book.costs.currency.clone();
+            return Err(a);
+        }
+        remaining = Some(remaining.map_or(left, |r| r.min(left)));
+    }
+    Ok(remaining)
+}
+
+/// The denial of the first metered limit of the plan the request would exceed, if any.
+fn within_limits(catalog: &Catalog, ask: &Ask<'_>, book: &CustomerBook) -> Result<(), Answer> {
+    let Some(plan) = plan_of(catalog, ask.customer, book) else {
+        return Ok(());
+    };
+    for l in plan.entitlements.limits_for(ask.meter, ask.group) {
+        let (used, held) = limit_use(l, book);
+        let left = l.limit - used - held - ask.quantity;
+        if left.is_sign_negative() && !left.is_zero() {
+            let mut a = Answer::deny(
+                Reason::EntitlementExceeded,
+                format!(
+                    "plan {} allows {} of {} {:?} per period",
+                    plan.id, l.limit, l.meter, l.group
+                ),
+            );
+            a.remaining = Some((l.limit - used - held).max(Decimal::ZERO));
+            return Err(a);
+        }
+    }
+    Ok(())
+}
+
 /// The marginal cost of the request: the price of (committed + held + requested) minus the
 /// price of (committed + held), for its priced key.
 fn marginal(
@@ -851,7 +1059,7 @@ fn marginal(
     book: &CustomerBook,
     agg: Aggregation,
     group: (&str, &[String], &[String]),
-) -> Result<Decimal, String> {
+) -> Result<(Decimal, Decimal), String> {
     let priced = book.priced_totals(|m| per_group(catalog, ask.customer, book, m));
     let committed = priced
         .get(&(ask.meter.to_owned(), group.0.to_owned()))
@@ -869,10 +1077,11 @@ fn marginal(
     let with = projected(agg, base, ask.quantity).ok_or("requested quantity overflows")?;
     let price_of = |q: Decimal| {
         price(catalog, ask.customer, book, ask.meter, agg, group, q)
-            .map(|p| p.map_or(Decimal::ZERO, |(a, _)| a))
+            .map(|p| p.map_or((Decimal::ZERO, Decimal::ZERO), |(a, _, r)| (a, r)))
     };
-    let delta = price_of(with)? - price_of(base)?;
-    Ok(delta.max(Decimal::ZERO))
+    let ((with_amount, rate), (base_amount, _)) = (price_of(with)?, price_of(base)?);
+    let delta = (with_amount - base_amount).max(Decimal::ZERO);
+    Ok((delta, tax_of(delta, rate)))
 }
 
 #[cfg(test)]

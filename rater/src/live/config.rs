@@ -49,6 +49,14 @@ pub struct SpendConfig {
     /// up to which batch storage holds a partition's usage. Default `aggregator`.
     #[serde(default = "default_aggregator_consumer")]
     pub aggregator_consumer: String,
+    /// The most holds one customer may have at once; a request beyond is denied
+    /// `too_many_holds`. Default 10000.
+    #[serde(default = "default_max_holds")]
+    pub max_holds_per_customer: u64,
+}
+
+const fn default_max_holds() -> u64 {
+    10_000
 }
 
 fn default_aggregator_consumer() -> String {
@@ -101,6 +109,7 @@ impl Default for SpendConfig {
             api_addr: default_api_addr(),
             replicas: default_replicas(),
             aggregator_consumer: default_aggregator_consumer(),
+            max_holds_per_customer: default_max_holds(),
         }
     }
 }
@@ -131,6 +140,7 @@ impl SpendConfig {
             ("spend.hold_max_ms", self.hold_max_ms),
             ("spend.refresh_secs", self.refresh_secs),
             ("spend.aborts_poll_ms", self.aborts_poll_ms),
+            ("spend.max_holds_per_customer", self.max_holds_per_customer),
         ] {
             if v == 0 {
                 return Err(ConfigError::invalid(name, "must be positive"));

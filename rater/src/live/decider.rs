@@ -9,7 +9,7 @@
 //! batches settle the holds their events name and may cross budget thresholds, which are
 //! notified in the background ([`super::alerts`]).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use rust_decimal::Decimal;
@@ -19,7 +19,7 @@ use tally_platform::feed::Notice;
 use tokio::sync::{mpsc, oneshot};
 
 use super::alerts::Alerts;
-use super::book::{Ask, Book, Costs, Hold};
+use super::book::{Ask, Book, Costs, Hold, Settled};
 use super::budget::{Budget, Kind};
 use super::journal::{Journal, Record};
 use super::metrics;
@@ -113,8 +113,8 @@ pub struct Decider {
     pub client: async_nats::Client,
     /// Only batches above this sequence come from the feed (storage had the rest).
     pub committed_through: u64,
-    /// Batches applied from the feed (to skip a repeat, and to rebuild if one is aborted).
-    pub applied: HashSet<String>,
+    /// The latest batches applied from the feed (to skip a repeat).
+    pub applied: Applied,
     /// Batches known aborted.
     pub aborted: HashSet<String>,
     pub hold_grace_ms: u64,
@@ -137,7 +137,7 @@ impl Decider {
                 _ = tick.tick() => {
                     let expired = self.book.expire((self.now_ms)());
                     metrics::holds_expired(expired.len());
-                    metrics::holds_active(self.book.holds().count());
+                    metrics::holds_active(self.book.holds_active());
                     continue;
                 }
             };
@@ -299,22 +299,38 @@ impl Decider {
     }
 
     fn journal_release(&self, h: &Hold) {
-        let record = Record::Release {
+        self.journal_later(Record::Release {
             customer: h.customer.clone(),
             hold_id: h.id.clone(),
-        };
+        });
+    }
+
+    /// Records in the background: a release that is lost leaves the hold until it expires
+    /// after a restart, a reduction that is lost restores the whole hold (never less reserved).
+    fn journal_later(&self, record: Record) {
         let journal = self.journal.clone();
         tokio::spawn(async move {
-            // a release that is lost leaves the hold until it expires after a restart
             match journal.record(&record).await {
                 Ok(ack) => {
                     if let Err(e) = ack.await {
-                        tracing::warn!(error = %e, "hold release not recorded");
+                        tracing::warn!(error = %e, "hold change not recorded");
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "hold release not recorded"),
+                Err(e) => tracing::warn!(error = %e, "hold change not recorded"),
             }
         });
+    }
+
+    /// Journals what a batch did to its holds: ended ones released, reduced ones placed again
+    /// with what they still reserve.
+    fn journal_settled(&self, settled: Settled) {
+        metrics::holds_settled(settled.ended.len());
+        for h in &settled.ended {
+            self.journal_release(h);
+        }
+        for hold in settled.reduced {
+            self.journal_later(Record::Place { hold });
+        }
     }
 
     fn batch(&mut self, notices: Vec<Notice>) -> Option<Stop> {
@@ -323,32 +339,24 @@ impl Decider {
         if self.aborted.contains(&batch) || self.applied.contains(&batch) {
             return None;
         }
-        if first.bseq <= self.committed_through {
-            // storage had its rows; its holds are settled all the same (a hold journaled before
-            // the rebuild whose usage is already counted would reserve twice until it expired)
-            let holds: Vec<(String, String)> = notices
-                .iter()
-                .flat_map(|n| n.holds.iter())
-                .map(|h| (h.customer.clone(), h.hold.clone()))
-                .collect();
-            for h in self.book.settle(&holds) {
-                metrics::holds_settled(1);
-                self.journal_release(&h);
-            }
-            return None;
-        }
-        self.applied.insert(batch);
-        let rows = notices.iter().flat_map(|n| n.rows.iter());
-        let touched = self.book.add_rows(&self.catalog, rows);
         let holds: Vec<(String, String)> = notices
             .iter()
             .flat_map(|n| n.holds.iter())
             .map(|h| (h.customer.clone(), h.hold.clone()))
             .collect();
-        for h in self.book.settle(&holds) {
-            metrics::holds_settled(1);
-            self.journal_release(&h);
+        let rows: Vec<&tally_platform::usage::UsageRow> =
+            notices.iter().flat_map(|n| n.rows.iter()).collect();
+        if first.bseq <= self.committed_through {
+            // storage had its rows; its holds are settled all the same (a hold journaled before
+            // the rebuild whose usage is already counted would reserve twice until it expired)
+            let settled = self.book.settle(&rows, &holds);
+            self.journal_settled(settled);
+            return None;
         }
+        self.applied.insert(batch);
+        let touched = self.book.add_rows(&self.catalog, rows.iter().copied());
+        let settled = self.book.settle(&rows, &holds);
+        self.journal_settled(settled);
         for customer in touched {
             self.notify_crossings(&customer);
         }
@@ -466,38 +474,11 @@ pub fn balance_of<'h>(
     let budgets = budgets
         .iter()
         .map(|b| {
-            let spent = match (b.kind.measured(), &b.agent, &b.meter) {
-                (Kind::Amount | Kind::Wallet, None, None) => costs.total,
-                (Kind::Amount | Kind::Wallet, None, Some(m)) => {
-                    costs.meters.get(m).map_or(Decimal::ZERO, |s| s.amount)
-                }
-                (Kind::Quantity, None, Some(m)) => {
-                    costs.meters.get(m).map_or(Decimal::ZERO, |s| s.quantity)
-                }
-                (kind, Some(a), meter) => costs
-                    .agents
-                    .iter()
-                    .filter(|((ag, m), _)| ag == a && meter.as_ref().is_none_or(|bm| bm == m))
-                    .map(|(_, s)| {
-                        if kind == Kind::Amount {
-                            s.amount
-                        } else {
-                            s.quantity
-                        }
-                    })
-                    .sum(),
-                (Kind::Quantity, None, None) => Decimal::ZERO,
-            };
+            let spent = super::book::budget_spent(b, costs);
             let held: Decimal = holds
                 .clone()
                 .filter(|h| b.covers(&h.agent, &h.meter))
-                .map(|h| {
-                    if b.kind.measured() == Kind::Amount {
-                        h.amount
-                    } else {
-                        h.quantity
-                    }
-                })
+                .map(|h| h.held_for(b.kind))
                 .sum();
             let limit = b.limit_with(spent, wallet_reserved);
             BudgetBalance {
@@ -540,6 +521,43 @@ pub async fn send(client: &async_nats::Client, reply: ReplyTo, answer: Answer) {
                 tracing::warn!(error = %e, "answer not sent");
             }
         }
+    }
+}
+
+/// The ids of the latest [`Applied::CAP`] batches applied from the feed: a repeat of one
+/// (a redelivered notice) is skipped. Bounded: the feed repeats a batch only soon after it.
+#[derive(Debug, Default)]
+pub struct Applied {
+    ids: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl Applied {
+    /// How many batch ids are remembered.
+    pub const CAP: usize = 65_536;
+
+    pub fn contains(&self, batch: &str) -> bool {
+        self.ids.contains(batch)
+    }
+
+    /// Remembers `batch`, forgetting the oldest beyond [`Applied::CAP`].
+    pub fn insert(&mut self, batch: String) {
+        if self.ids.insert(batch.clone()) {
+            self.order.push_back(batch);
+        }
+        while self.order.len() > Self::CAP {
+            if let Some(old) = self.order.pop_front() {
+                self.ids.remove(&old);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
     }
 }
 
@@ -598,4 +616,24 @@ pub fn wallet_limit(
         wallet::amount(a.remaining_minor, units),
         wallet::amount(a.reserved_minor, units),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The applied-batch set keeps the latest [`Applied::CAP`] ids: a repeat of a recent
+    /// batch is recognised, the oldest are forgotten, and the set never grows past the cap.
+    #[test]
+    fn the_applied_batches_are_bounded() {
+        let mut a = Applied::default();
+        for i in 0..Applied::CAP + 10 {
+            a.insert(format!("b{i}"));
+        }
+        a.insert(format!("b{}", Applied::CAP + 9)); // a repeat adds nothing
+        assert_eq!(a.len(), Applied::CAP);
+        assert!(!a.contains("b9"), "the oldest are forgotten");
+        assert!(a.contains("b10"));
+        assert!(a.contains(&format!("b{}", Applied::CAP + 9)));
+    }
 }

@@ -7,7 +7,7 @@ use metrics::{counter, gauge, histogram};
 
 use super::protocol::Reason;
 
-const REASONS: [Reason; 9] = [
+const REASONS: [Reason; 10] = [
     Reason::BudgetExceeded,
     Reason::UnknownCustomer,
     Reason::UnknownMeter,
@@ -17,6 +17,7 @@ const REASONS: [Reason; 9] = [
     Reason::Unavailable,
     Reason::EntitlementExceeded,
     Reason::NotEntitled,
+    Reason::TooManyHolds,
 ];
 
 /// Declares the counters at zero, so `rate()` and alert rules see a series from the start.

@@ -43,6 +43,8 @@ pub enum Reason {
     EntitlementExceeded,
     /// The customer's plan does not have the feature asked about.
     NotEntitled,
+    /// The customer already has `spend.max_holds_per_customer` holds: release or finish one.
+    TooManyHolds,
 }
 
 impl Reason {
@@ -58,6 +60,7 @@ impl Reason {
             Reason::Unavailable => "unavailable",
             Reason::EntitlementExceeded => "entitlement_exceeded",
             Reason::NotEntitled => "not_entitled",
+            Reason::TooManyHolds => "too_many_holds",
         }
     }
 }
@@ -322,6 +325,11 @@ mod tests {
             r#"{"allow":false,"reason":"budget_exceeded","detail":"budget b1"}"#
         );
         assert_eq!(Reason::BudgetExceeded.code(), "budget_exceeded");
+        assert_eq!(Reason::TooManyHolds.code(), "too_many_holds");
+        let a = Answer::deny(Reason::TooManyHolds, "10000 holds");
+        assert!(serde_json::to_string(&a)
+            .unwrap()
+            .contains(r#""reason":"too_many_holds""#));
     }
 }
 

@@ -231,7 +231,7 @@ async fn session(spend: &Spend, lease: &Lease, shutdown: &Shutdown) -> Result<Ou
         alerts,
         client: spend.nats.clone(),
         committed_through: join.committed_through,
-        applied: HashSet::new(),
+        applied: super::decider::Applied::default(),
         aborted,
         hold_grace_ms: spend.cfg.hold_grace_ms,
         now_ms: spend.now_ms,
@@ -285,11 +285,11 @@ async fn rebuild(
 ) -> Result<(Book, Catalog, JoinPoint), RunError> {
     let db = &spend.db;
     let catalog = spend.source.current(db).await?;
-    let mut book = Book {
-        meters: meter_aggregations(db).await?,
-        budgets: budget::load(db).await?,
-        ..Book::default()
-    };
+    let mut book = Book::default();
+    book.meters = meter_aggregations(db).await?;
+    book.budgets = budget::load(db).await?;
+    book.max_holds_per_customer =
+        Some(usize::try_from(spend.cfg.max_holds_per_customer).unwrap_or(usize::MAX));
     let now = (spend.now_ms)();
     let from_ms = book::live_from_ms(&catalog, now);
     // the plan before the join point: every seal it names holds batches committed before
@@ -549,17 +549,66 @@ async fn answer_balance(spend: Spend, tx: mpsc::Sender<Command>) {
     }
 }
 
-/// Reloads the catalog, the meters and the budgets every `refresh_secs`.
+/// The catalog as stored now, or `None` when what it is built from (plans, subscriptions,
+/// meters, rates) is what `watch` saw last: the decider then keeps its catalog and does not
+/// reprice every customer.
+async fn changed_catalog(
+    spend: &Spend,
+    watch: &mut CatalogWatch,
+) -> Result<Option<Catalog>, crate::catalog_store::CatalogStoreError> {
+    let stored = crate::catalog_store::Stored::load(&spend.db).await?;
+    let (plans, subscriptions) = crate::catalog_store::load(&spend.db).await?;
+    if !watch.changed(&(&plans, &subscriptions, &stored)) {
+        return Ok(None);
+    }
+    match spend.source.build(plans, subscriptions, &stored) {
+        Ok(c) => Ok(Some(c)),
+        Err(e) => {
+            // not built: the next refresh tries the same inputs again
+            watch.forget();
+            Err(e)
+        }
+    }
+}
+
+/// What the last catalog was built from (a hash of its inputs' debug form; a map in them
+/// whose order differs between reads only costs a repricing).
+#[derive(Debug, Default)]
+pub struct CatalogWatch {
+    last: Option<u64>,
+}
+
+impl CatalogWatch {
+    /// Whether `inputs` differ from the last ones offered (the first ones do); remembers them.
+    pub fn changed(&mut self, inputs: &impl std::fmt::Debug) -> bool {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        format!("{inputs:?}").hash(&mut h);
+        let now = Some(h.finish());
+        let changed = self.last != now;
+        self.last = now;
+        changed
+    }
+
+    /// Forgets the last inputs (the next ones count as changed).
+    pub fn forget(&mut self) {
+        self.last = None;
+    }
+}
+
+/// Reloads the catalog (when it changed), the meters and the budgets every `refresh_secs`.
 async fn refresh(spend: Spend, tx: mpsc::Sender<Command>) {
     let every = Duration::from_secs(spend.cfg.refresh_secs);
+    let mut watch = CatalogWatch::default();
     loop {
         tokio::time::sleep(every).await;
-        match spend.source.current(&spend.db).await {
-            Ok(c) => {
+        match changed_catalog(&spend, &mut watch).await {
+            Ok(Some(c)) => {
                 if tx.send(Command::Catalog(Box::new(c))).await.is_err() {
                     return;
                 }
             }
+            Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "catalog reload failed; keeping the last"),
         }
         match meter_aggregations(&spend.db).await {
@@ -626,6 +675,21 @@ async fn poll_aborts(spend: Spend, tx: mpsc::Sender<Command>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The refresh rebuilds (and the decider reprices) only when the catalog's inputs
+    /// changed; a build that failed is tried again.
+    #[test]
+    fn an_unchanged_catalog_is_not_sent_again() {
+        let mut watch = CatalogWatch::default();
+        let plans = vec![("p", 1, "0.001")];
+        assert!(watch.changed(&plans), "the first catalog is new");
+        assert!(!watch.changed(&plans.clone()), "the same inputs");
+        let changed = vec![("p", 1, "0.001"), ("p", 2, "0.002")];
+        assert!(watch.changed(&changed));
+        assert!(!watch.changed(&changed));
+        watch.forget();
+        assert!(watch.changed(&changed), "after a failed build");
+    }
 
     #[test]
     fn authorize_subjects_name_a_customer_and_an_agent() {

@@ -133,9 +133,19 @@ fn a_request_is_allowed_while_it_fits_and_holds_count_at_once() {
     // the hold counts for the next request, of any agent of the customer
     let (a, _) = b.authorize(&c, &ask(&acme, "other", 1, "h3", &g), now);
     assert_eq!(a.reason, Some(Reason::BudgetExceeded));
-    // the usage arrives (less than held) and settles the hold: room again
-    b.add_rows(&c, &[tokens("a", NOV26 + 2000, 500)]);
-    assert_eq!(b.settle(&[("acme".into(), "h2".into())]).len(), 1);
+    // half the work's usage arrives: the hold still reserves the other half (its work may
+    // still use it), so the spend and the hold leave nothing
+    let used = [tokens("a", NOV26 + 2000, 500)];
+    b.add_rows(&c, &used);
+    let settled = b.settle(&[&used[0]], &[("acme".into(), "h2".into())]);
+    assert!(settled.ended.is_empty());
+    assert_eq!(settled.reduced.len(), 1);
+    assert_eq!(settled.reduced[0].quantity, Decimal::from(500));
+    assert_eq!(settled.reduced[0].amount, Decimal::new(5, 1));
+    let (a, _) = b.authorize(&c, &ask(&acme, "other", 500, "h4", &g), now);
+    assert_eq!(a.reason, Some(Reason::BudgetExceeded));
+    // the work is done: its agent gives the rest back, and there is room again
+    assert!(b.release("acme", "h2").is_some());
     let (a, _) = b.authorize(&c, &ask(&acme, "other", 500, "h4", &g), now);
     assert!(a.allow);
     assert_eq!(
@@ -270,8 +280,10 @@ proptest! {
                 2 if !held.is_empty() => {
                     let h = held.remove(pick % held.len());
                     let used = i128::from(q) % (h.quantity.mantissa() + 1);
-                    b.add_rows(&c, &[tokens("a", now, used)]);
-                    b.settle(&[("acme".into(), h.id)]);
+                    let rows = [tokens("a", now, used)];
+                    b.add_rows(&c, &rows);
+                    let settled = b.settle(&[&rows[0]], &[("acme".into(), h.id)]);
+                    held.extend(settled.reduced);
                 }
                 3 if !held.is_empty() => {
                     let h = held.remove(pick % held.len());
@@ -437,4 +449,253 @@ fn a_wallet_holds_usage_to_what_its_grants_and_this_periods_usage_leave() {
         budgets[0].limit_with(Decimal::ZERO, Decimal::from(4)),
         Decimal::from(5)
     );
+}
+
+/// A hold whose work reports in several batches keeps reserving what the work may still use
+/// (`quantity − usage so far`) until it is used up: a request that would need the rest is
+/// denied in between (the old book removed the hold at the first batch and allowed it).
+#[test]
+fn a_hold_settles_partially_batch_by_batch_until_its_usage_used_it_up() {
+    let c = catalog();
+    let mut b = book(vec![budget(10, None)]);
+    b.add_rows(&c, &[tokens("a", NOV26, 8000)]); // $8 spent
+    let acme = CustomerId::new("acme").unwrap();
+    let g = BTreeMap::new();
+    let now = NOV26 + 1000;
+    let (a, _) = b.authorize(&c, &ask(&acme, "a", 2000, "h", &g), now);
+    assert!(a.allow, "{a:?}");
+    let hold = [("acme".to_owned(), "h".to_owned())];
+    // batch 1: 300 of the work's tokens, and 100 of agent b (not the hold's)
+    let first = [
+        tokens("a", NOV26 + 2000, 300),
+        tokens("b", NOV26 + 2000, 100),
+    ];
+    b.add_rows(&c, &first);
+    let s = b.settle(&[&first[0], &first[1]], &hold);
+    assert!(s.ended.is_empty(), "{s:?}");
+    assert_eq!(s.reduced[0].quantity, Decimal::from(1700));
+    assert_eq!(s.reduced[0].amount, Decimal::new(17, 1));
+    assert_eq!(b.holds().map(|h| h.quantity).sum::<Decimal>(), d(1700));
+    // $8.40 spent + $1.70 held: nothing is left for another agent
+    let (a, _) = b.authorize(&c, &ask(&acme, "other", 1, "x", &g), now);
+    assert_eq!(a.reason, Some(Reason::BudgetExceeded), "{a:?}");
+    // batch 2: the rest of the work, and more than the hold had left: the hold ends
+    let second = [tokens("a", NOV26 + 3000, 1800)];
+    b.add_rows(&c, &second);
+    let s = b.settle(&[&second[0]], &hold);
+    assert_eq!(s.ended.len(), 1, "{s:?}");
+    assert!(s.reduced.is_empty());
+    assert_eq!(b.holds_active(), 0);
+    // a later batch naming it again changes nothing
+    assert_eq!(b.settle(&[&second[0]], &hold), Settled::default());
+}
+
+fn d(n: i64) -> Decimal {
+    Decimal::from(n)
+}
+
+/// Two holds of the same agent and meter settled by one batch share its usage (each row's
+/// usage counts once, in the order the batch names them), and a row of another group than
+/// the one a request declared is not its work.
+#[test]
+fn holds_of_one_batch_share_its_usage_and_other_groups_are_not_theirs() {
+    let c = entitled_catalog();
+    let mut b = book(vec![]);
+    let acme = CustomerId::new("acme").unwrap();
+    let big = model("big");
+    let now = NOV26 + 1000;
+    for id in ["h1", "h2"] {
+        let (a, _) = b.authorize(&c, &ask(&acme, "a", 100, id, &big), now);
+        assert!(a.allow, "{a:?}");
+    }
+    let mut small = big_tokens(NOV26 + 2000, 1000);
+    small.group_key = r#"{"model":"small"}"#.into();
+    small.group_values = vec!["small".into()];
+    let rows = [big_tokens(NOV26 + 2000, 130), small];
+    let s = b.settle(
+        &[&rows[0], &rows[1]],
+        &[("acme".into(), "h1".into()), ("acme".into(), "h2".into())],
+    );
+    // 130 tokens of model big: 100 end h1, 30 of h2 leave it 70
+    assert_eq!(
+        s.ended.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(),
+        ["h1"]
+    );
+    assert_eq!(s.reduced.len(), 1);
+    assert_eq!(
+        (s.reduced[0].id.as_str(), s.reduced[0].quantity),
+        ("h2", d(70))
+    );
+}
+
+/// A hold of a meter whose usage is a level (MAX, LATEST, MIN) ends at its first batch.
+#[test]
+fn a_hold_of_a_level_meter_ends_at_its_first_batch() {
+    let c = catalog();
+    let mut b = book(vec![]);
+    b.meters.insert("tokens".into(), Aggregation::Max);
+    let acme = CustomerId::new("acme").unwrap();
+    let g = BTreeMap::new();
+    let (a, _) = b.authorize(&c, &ask(&acme, "a", 100, "h", &g), NOV26);
+    assert!(a.allow, "{a:?}");
+    let mut row = tokens("a", NOV26, 10);
+    row.aggregation = "MAX".into();
+    let s = b.settle(&[&row], &[("acme".into(), "h".into())]);
+    assert_eq!(s.ended.len(), 1);
+    assert_eq!(b.holds_active(), 0);
+}
+
+/// `spend.max_holds_per_customer`: a customer at the cap is denied `too_many_holds` (its
+/// other requests' retries are still answered); a release makes room; other customers are
+/// not affected.
+#[test]
+fn a_customer_at_the_hold_cap_is_denied_until_a_hold_ends() {
+    let c = catalog();
+    let mut b = book(vec![]);
+    b.max_holds_per_customer = Some(2);
+    let (acme, beta) = (
+        CustomerId::new("acme").unwrap(),
+        CustomerId::new("beta").unwrap(),
+    );
+    let g = BTreeMap::new();
+    for id in ["h1", "h2"] {
+        assert!(b.authorize(&c, &ask(&acme, "a", 1, id, &g), NOV26).0.allow);
+    }
+    let (a, h) = b.authorize(&c, &ask(&acme, "a", 1, "h3", &g), NOV26);
+    assert_eq!(a.reason, Some(Reason::TooManyHolds), "{a:?}");
+    assert_eq!(a.reason.map(Reason::code), Some("too_many_holds"));
+    assert!(h.is_none());
+    // a retry of a placed request is the same hold, not a new one
+    assert!(
+        b.authorize(&c, &ask(&acme, "a", 1, "h2", &g), NOV26)
+            .0
+            .allow
+    );
+    assert!(
+        b.authorize(&c, &ask(&beta, "a", 1, "h3", &g), NOV26)
+            .0
+            .allow
+    );
+    b.release("acme", "h1");
+    assert!(
+        b.authorize(&c, &ask(&acme, "a", 1, "h3", &g), NOV26)
+            .0
+            .allow
+    );
+    assert_eq!(b.holds_active(), 3);
+}
+
+/// Expiry takes the due holds only, soonest first, and never one already released, settled
+/// or replaced; the count of active holds follows every change.
+#[test]
+fn expiry_takes_exactly_the_due_holds() {
+    let c = catalog();
+    let mut b = book(vec![]);
+    let acme = CustomerId::new("acme").unwrap();
+    let g = BTreeMap::new();
+    for i in 0..50i64 {
+        let mut q = ask(&acme, "a", 10, &format!("h{i}"), &g);
+        q.expires_at_ms = NOV26 + 1000 * (50 - i);
+        assert!(b.authorize(&c, &q, NOV26).0.allow);
+    }
+    assert_eq!(b.holds_active(), 50);
+    b.release("acme", "h49"); // due at +1 s
+    let row = tokens("a", NOV26, 4);
+    // h48 (due at +2 s) reduced to 6: replaced in the index, still due at +2 s
+    let s = b.settle(&[&row], &[("acme".into(), "h48".into())]);
+    assert_eq!(s.reduced.len(), 1);
+    assert_eq!(b.holds_active(), 49);
+    let due: Vec<String> = b.expire(NOV26 + 3000).into_iter().map(|h| h.id).collect();
+    assert_eq!(due, ["h48", "h47"]);
+    assert_eq!(b.holds_active(), 47);
+    assert!(b.expire(NOV26 + 3999).is_empty());
+    assert_eq!(b.expire(NOV26 + 50_000).len(), 47);
+    assert_eq!((b.holds_active(), b.holds().count()), (0, 0));
+}
+
+/// A wallet pays invoices after tax: for a customer whose subscription has a tax region, a
+/// wallet budget counts live spend, holds and requests with their tax (an amount budget of
+/// the same customer stays before tax). The old book counted them before tax and allowed
+/// work the wallet could not pay.
+#[test]
+fn a_wallet_budget_counts_usage_with_the_customers_tax() {
+    let specs: Vec<MeterSpec> = serde_json::from_str(
+        r#"[{"slug":"tokens","event_type":"t","aggregation":"SUM","value_property":"$.n"}]"#,
+    )
+    .unwrap();
+    let plans: Vec<crate::config::PlanSpec> = serde_json::from_str(
+        r#"[{"id":"p","version":1,"currency":"EUR","effective_from":"2020-01-01T00:00:00Z",
+             "prices":[{"model":"per_unit","meter":"tokens","unit_price":"0.001"}]}]"#,
+    )
+    .unwrap();
+    let subs: Vec<crate::config::SubscriptionSpec> =
+        serde_json::from_str(r#"[{"customer":"acme","plan":"p","tax_region":"DE"}]"#).unwrap();
+    let taxes = crate::tax::TaxTable::new(vec![crate::tax::TaxRateSpec {
+        region: "DE".into(),
+        code: crate::tax::DEFAULT_TAX_CODE.into(),
+        rate_percent: Decimal::from(19),
+        effective_from: "2020-01-01T00:00:00Z".parse().unwrap(),
+    }])
+    .unwrap();
+    let c = Catalog::new(
+        plans,
+        subs,
+        &RaterConfig::default(),
+        &validate_meters(specs).unwrap(),
+    )
+    .unwrap()
+    .with_taxes(taxes)
+    .unwrap();
+    let wallet = Budget {
+        budget_id: "prepaid".into(),
+        kind: Kind::Wallet,
+        limit: Decimal::ZERO,
+        ..budget(0, None)
+    };
+    let mut b = book(vec![wallet, budget(100, None)]);
+    // the grants hold 11.90 EUR: 10 EUR of usage and its 19 % tax
+    b.budgets.get_mut("acme").unwrap()[0].limit = Decimal::new(1190, 2);
+    b.add_rows(&c, &[tokens("a", NOV26, 5000)]); // 5 EUR + 0.95 tax
+    assert_eq!(b.customers["acme"].costs.total, Decimal::from(5));
+    assert_eq!(
+        b.customers["acme"].costs.total_with_tax(),
+        Decimal::new(595, 2)
+    );
+    let acme = CustomerId::new("acme").unwrap();
+    let g = BTreeMap::new();
+    let now = NOV26 + 1000;
+    // 6 EUR more is 7.14 with tax: past the wallet (before tax it would have fitted)
+    let (a, _) = b.authorize(&c, &ask(&acme, "a", 6000, "w1", &g), now);
+    assert_eq!(a.reason, Some(Reason::BudgetExceeded), "{a:?}");
+    assert_eq!(a.detail.as_deref(), Some("budget prepaid"));
+    assert_eq!(a.remaining, Some(Decimal::new(595, 2)));
+    // 5 EUR more (5.95 with tax) uses the wallet exactly
+    let (a, h) = b.authorize(&c, &ask(&acme, "a", 5000, "w2", &g), now);
+    assert!(a.allow, "{a:?}");
+    let h = h.unwrap();
+    assert_eq!((h.amount, h.tax), (Decimal::from(5), Decimal::new(95, 2)));
+    assert_eq!(
+        b.authorize(&c, &ask(&acme, "b", 1, "w3", &g), now).0.reason,
+        Some(Reason::BudgetExceeded)
+    );
+    // the balance shows the wallet's spend and hold with tax, the amount budget's without
+    let book = &b.customers["acme"];
+    let budgets = b.budgets["acme"].clone();
+    let bal = super::super::decider::balance_of(
+        "acme",
+        book.period,
+        &book.costs,
+        book.holds.values(),
+        (&budgets, Decimal::ZERO),
+    );
+    assert_eq!(bal.budgets[0].spent, Decimal::new(595, 2));
+    assert_eq!(bal.budgets[0].held, Decimal::new(595, 2));
+    assert_eq!(bal.budgets[0].remaining, Decimal::ZERO);
+    assert_eq!(bal.budgets[1].spent, Decimal::from(5));
+    assert_eq!(bal.budgets[1].held, Decimal::from(5));
+    // half the work's usage arrives: half the hold's tax goes with half its amount
+    let half = [tokens("a", NOV26 + 2000, 2500)];
+    b.add_rows(&c, &half);
+    let s = b.settle(&[&half[0]], &[("acme".into(), "w2".into())]);
+    assert_eq!(s.reduced[0].tax, Decimal::new(475, 3));
 }
