@@ -88,6 +88,12 @@ impl Currency {
     pub fn from_minor(&self, minor: i64) -> Decimal {
         Decimal::new(minor, self.minor_units)
     }
+
+    /// `minor` units as invoices print them, with the currency's scale and code: `1234` USD
+    /// is `12.34 USD`, `1234` JPY is `1234 JPY`, `-5` BHD is `-0.005 BHD`.
+    pub fn amount(&self, minor: i64) -> String {
+        format!("{} {}", self.from_minor(minor), self.code)
+    }
 }
 
 impl FromStr for Currency {
@@ -130,6 +136,21 @@ mod tests {
 
     fn cur(code: &str) -> Currency {
         code.parse().unwrap()
+    }
+
+    #[test]
+    fn amounts_print_with_the_currencys_scale_and_code() {
+        let cases = [
+            ("USD", 1234, "12.34 USD"),
+            ("USD", 5, "0.05 USD"),
+            ("USD", -1999, "-19.99 USD"),
+            ("JPY", 1234, "1234 JPY"),
+            ("BHD", -5, "-0.005 BHD"),
+            ("EUR", 0, "0.00 EUR"),
+        ];
+        for (code, minor, want) in cases {
+            assert_eq!(cur(code).amount(minor), want, "{minor} {code}");
+        }
     }
 
     #[test]

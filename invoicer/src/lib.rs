@@ -27,18 +27,18 @@
 pub mod api;
 pub mod config;
 pub mod credit_notes;
-pub mod currency_split;
-pub mod invoice;
 pub mod late;
-pub mod lifecycle;
 pub mod lineage;
 pub mod metrics;
 pub mod numbering;
 pub mod reconcile;
-pub mod render;
 pub mod run;
 pub mod schedule;
 pub mod store;
+
+// the document, its lifecycle and its rendering live in `tally-invoice` (shared with
+// payments); re-exported so `tally_invoicer::invoice::…` paths keep working
+pub use tally_invoice::{currency_split, invoice, lifecycle, render};
 
 pub use config::InvoicerConfig;
 pub use invoice::{Invoice, InvoiceLine, Status};

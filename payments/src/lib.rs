@@ -6,7 +6,7 @@
 //! reminders as signed notifications with a delivery log), the webhooks of spend alerts (the
 //! same signed notifications) and the customer portal (signed, expiring links). It does not
 //! own invoices or their numbers, lines and totals (the invoicer's); it moves an invoice's
-//! lifecycle only through `tally_invoicer::lifecycle`.
+//! lifecycle only through `tally_invoice::lifecycle`.
 //! It never updates or deletes a stored row: every change is an appended record with its actor.
 //!
 //! # Layout
@@ -62,7 +62,7 @@ pub enum Error {
     #[error("clickhouse: {0}")]
     Store(#[from] clickhouse::error::Error),
     #[error(transparent)]
-    Lifecycle(#[from] tally_invoicer::lifecycle::LifecycleError),
+    Lifecycle(#[from] tally_invoice::lifecycle::LifecycleError),
     #[error(transparent)]
     Ledger(#[from] ledger::LedgerError),
     #[error(transparent)]

@@ -420,7 +420,7 @@ struct TransitionRow {
 }
 
 /// The lifecycle status of every invoice with a recorded transition (one query; the same fold
-/// as `tally_invoicer::lifecycle::status`).
+/// as `tally_invoice::lifecycle::status`).
 pub async fn statuses(
     db: &Client,
 ) -> Result<std::collections::HashMap<String, tally_domain::InvoiceStatus>, crate::Error> {

@@ -1,6 +1,6 @@
 //! The invoice email: one `multipart/mixed` message (RFC 5322 / MIME, built by `lettre`) with a
 //! `text/plain` part that states the number, period and amounts, and the invoice's PDF
-//! (`tally_invoicer::render::pdf`, base64) attached as `<number>.pdf`; and the SMTP client that
+//! (`tally_invoice::render::pdf`, base64) attached as `<number>.pdf`; and the SMTP client that
 //! submits it (`lettre`'s async transport over rustls: `STARTTLS` the server must offer,
 //! implicit TLS, or, in `dev` only, none; the server's certificate verified against the
 //! system's roots plus `invoice_delivery.smtp_ca_file`; AUTH PLAIN or LOGIN when a user is
@@ -16,7 +16,7 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use tally_invoicer::Invoice;
+use tally_invoice::Invoice;
 
 use crate::config::{InvoiceDeliveryConfig, SmtpTls};
 use crate::portal::format::money_minor;

@@ -15,7 +15,7 @@
 //! 2. **deliver**: every undelivered notification of these two kinds whose backoff has passed
 //!    gets its next attempt, `n` = the attempts logged + 1, claimed first in NATS KV
 //!    ([`claims`]): of all instances that read the same log, exactly one makes attempt `n`.
-//!    The email is rendered from the frozen document (`tally_invoicer::render::pdf`) and
+//!    The email is rendered from the frozen document (`tally_invoice::render::pdf`) and
 //!    submitted over SMTP ([`email`]); the webhook is dunning's signed `POST`
 //!    ([`crate::dunning::deliver`], the customer's own endpoint secret). Each attempt is one
 //!    row of `notification_deliveries`; a failure is retried after `backoff_secs`, doubling,
@@ -223,7 +223,7 @@ impl Delivery {
             if !wants_email && !wants_webhook {
                 continue;
             }
-            let inv: tally_invoicer::Invoice = match serde_json::from_str(&f.document) {
+            let inv: tally_invoice::Invoice = match serde_json::from_str(&f.document) {
                 Ok(i) => i,
                 Err(e) => {
                     tracing::error!(invoice_id = %f.invoice_id, error = %e,
@@ -268,7 +268,7 @@ impl Delivery {
 
     fn email_notification(
         &self,
-        inv: &tally_invoicer::Invoice,
+        inv: &tally_invoice::Invoice,
         to: &str,
         now_ms: i64,
     ) -> Result<log::Notification, Error> {
@@ -448,7 +448,7 @@ impl Delivery {
             return failed("the notification's body is not an email envelope".into());
         };
         let inv = match document(&self.db, &n.invoice_id).await {
-            Ok(Some(d)) => match serde_json::from_str::<tally_invoicer::Invoice>(&d) {
+            Ok(Some(d)) => match serde_json::from_str::<tally_invoice::Invoice>(&d) {
                 Ok(inv) => inv,
                 Err(e) => return failed(format!("invoice document: {e}")),
             },
@@ -456,7 +456,7 @@ impl Delivery {
             Err(e) => return failed(format!("reading the invoice: {e}")),
         };
         let rendered = tokio::task::spawn_blocking(move || {
-            tally_invoicer::render::pdf(&inv).map_err(|e| e.to_string())
+            tally_invoice::render::pdf(&inv).map_err(|e| e.to_string())
         })
         .await;
         let pdf = match rendered {
@@ -499,7 +499,7 @@ enum Outcome {
 }
 
 /// The webhook of a finalized invoice: dunning's envelope, the invoice's facts as `data`.
-pub fn webhook_body(inv: &tally_invoicer::Invoice, notification_id: &str, now_ms: i64) -> String {
+pub fn webhook_body(inv: &tally_invoice::Invoice, notification_id: &str, now_ms: i64) -> String {
     serde_json::json!({
         "id": notification_id,
         "type": WEBHOOK_KIND,
@@ -527,7 +527,7 @@ pub fn webhook_body(inv: &tally_invoicer::Invoice, notification_id: &str, now_ms
 }
 
 fn webhook_notification(
-    inv: &tally_invoicer::Invoice,
+    inv: &tally_invoice::Invoice,
     url: &str,
     now_ms: i64,
 ) -> log::Notification {
@@ -538,7 +538,7 @@ fn webhook_notification(
 
 fn notification(
     id: String,
-    inv: &tally_invoicer::Invoice,
+    inv: &tally_invoice::Invoice,
     kind: &str,
     url: String,
     body: String,

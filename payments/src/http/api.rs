@@ -196,7 +196,7 @@ async fn invoice(state: &AppState, id: &str) -> Answer {
         .ok_or_else(|| {
             server::error(StatusCode::NOT_FOUND, "not_found", format!("invoice {id}"))
         })?;
-    let history = tally_invoicer::lifecycle::history(db, id)
+    let history = tally_invoice::lifecycle::history(db, id)
         .await
         .map_err(|e| failed(e.into()))?;
     let payments = store::payments_of(db, id)
@@ -210,7 +210,7 @@ async fn invoice(state: &AppState, id: &str) -> Answer {
         StatusCode::OK,
         &serde_json::json!({
             "invoice": facts,
-            "status": tally_invoicer::lifecycle::status_of(&history),
+            "status": tally_invoice::lifecycle::status_of(&history),
             "transitions": history,
             "payments": payments,
             "ledger": ledger,

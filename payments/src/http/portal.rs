@@ -40,7 +40,7 @@ pub async fn route(state: &AppState, op: PortalOp, params: &[String]) -> Respons
         PortalOp::InvoiceHtml => (params[1].as_str(), false),
     };
     match portal::invoice_for(db, &customer, id).await {
-        Ok(Some(inv)) if pdf => match tally_invoicer::render::pdf(&inv) {
+        Ok(Some(inv)) if pdf => match tally_invoice::render::pdf(&inv) {
             Ok(bytes) => {
                 let name = inv.number.clone().unwrap_or_else(|| inv.invoice_id.clone());
                 let mut r = server::with_type(StatusCode::OK, "application/pdf", bytes);
@@ -53,7 +53,7 @@ pub async fn route(state: &AppState, op: PortalOp, params: &[String]) -> Respons
             }
             Err(e) => internal(crate::Error::Corrupt(e.to_string())),
         },
-        Ok(Some(inv)) => server::html(StatusCode::OK, tally_invoicer::render::html(&inv)),
+        Ok(Some(inv)) => server::html(StatusCode::OK, tally_invoice::render::html(&inv)),
         Ok(None) => server::error(StatusCode::NOT_FOUND, "not_found", "no such invoice"),
         Err(e) => internal(e),
     }

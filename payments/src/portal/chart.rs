@@ -10,7 +10,7 @@ use std::fmt::Write;
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::{Decimal, RoundingStrategy};
 
-use tally_invoicer::render::html::esc;
+use tally_invoice::render::html::esc;
 
 /// Colours of the series, in order (colour-blind friendly; repeat past eight).
 pub const PALETTE: [&str; 8] = [

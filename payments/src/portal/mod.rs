@@ -171,7 +171,7 @@ pub async fn invoice_for(
     db: &Client,
     customer: &str,
     invoice_id: &str,
-) -> Result<Option<tally_invoicer::Invoice>, Error> {
+) -> Result<Option<tally_invoice::Invoice>, Error> {
     let Some(f) = store::invoice(db, invoice_id).await? else {
         return Ok(None);
     };

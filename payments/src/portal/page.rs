@@ -14,7 +14,7 @@ use std::fmt::Write;
 
 use rust_decimal::Decimal;
 use tally_domain::InvoiceStatus;
-use tally_invoicer::render::html::esc;
+use tally_invoice::render::html::esc;
 
 use super::chart::{self, Chart, Series};
 use super::format::{self, money_minor};

@@ -6,7 +6,7 @@
 
 use std::fmt::Write;
 
-use tally_invoicer::render::html::esc;
+use tally_invoice::render::html::esc;
 
 use super::format::money_minor;
 use crate::wallet::http::WalletView;

@@ -19,7 +19,7 @@
 
 use clickhouse::Client;
 use tally_domain::InvoiceStatus;
-use tally_invoicer::lifecycle::{self, Recorded};
+use tally_invoice::lifecycle::{self, Recorded};
 use tokio::sync::Mutex;
 
 use crate::gateway::{Effect, GatewayEvent};

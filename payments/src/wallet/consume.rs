@@ -50,7 +50,7 @@ pub enum PeriodState {
 /// One billing period of the customer in one currency.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Period {
-    /// The period's invoice id (`tally_invoicer::invoice::invoice_id`).
+    /// The period's invoice id (`tally_invoice::invoice::invoice_id`).
     pub invoice_id: String,
     pub currency: String,
     pub period_start_ms: i64,

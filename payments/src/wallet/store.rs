@@ -271,12 +271,12 @@ struct TransitionRow {
 }
 
 /// The invoice ids the invoicer gives the customer's periods of `usage`
-/// ([`tally_invoicer::currency_split::resolve`], read only for periods with several currencies).
+/// ([`tally_invoice::currency_split::resolve`], read only for periods with several currencies).
 async fn invoice_ids(
     db: &Client,
     customer: &str,
     usage: &[UsageRow],
-) -> Result<tally_invoicer::currency_split::InvoiceIds, Error> {
+) -> Result<tally_invoice::currency_split::InvoiceIds, Error> {
     let mut currencies: BTreeMap<u32, BTreeSet<&str>> = BTreeMap::new();
     for u in usage {
         currencies
@@ -285,11 +285,11 @@ async fn invoice_ids(
             .insert(u.currency.as_str());
     }
     // only what `resolve` reads of a charge: its customer, period start and currency
-    let lines: Vec<tally_invoicer::invoice::ChargeLine> = currencies
+    let lines: Vec<tally_invoice::invoice::ChargeLine> = currencies
         .iter()
         .filter(|(_, cs)| cs.len() > 1)
         .flat_map(|(start, cs)| {
-            cs.iter().map(move |c| tally_invoicer::invoice::ChargeLine {
+            cs.iter().map(move |c| tally_invoice::invoice::ChargeLine {
                 charge_id: String::new(),
                 customer: customer.to_owned(),
                 period: tally_domain::Period {
@@ -314,7 +314,7 @@ async fn invoice_ids(
             })
         })
         .collect();
-    Ok(tally_invoicer::currency_split::resolve(db, &lines).await?)
+    Ok(tally_invoice::currency_split::resolve(db, &lines).await?)
 }
 
 /// The customer's periods a pass decides on: those with rated usage that ended within

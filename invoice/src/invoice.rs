@@ -5,7 +5,7 @@
 //! Totals: `subtotal` (before discounts) − `discount` = `net` (the lines' amounts), plus the
 //! tax of every line (grouped per rate) = `total`; prepaid credits then lower the `amount_due`
 //! (never below zero). A line is a charge of the period (`usage`) or an `adjustment`: late usage
-//! of an earlier, already finalized period (see [`crate::late`]).
+//! of an earlier, already finalized period (see `tally_invoicer::late`).
 
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use rust_decimal::Decimal;
@@ -245,7 +245,7 @@ pub fn rfc3339(ms: i64) -> String {
 
 /// Builds the invoice of `charges` (all of one customer, period and currency) at `now_ms`,
 /// under the period's plain id [`invoice_id`]; adjustment lines (already built, see
-/// [`crate::late`]) follow the period's own lines.
+/// `tally_invoicer::late`) follow the period's own lines.
 pub fn build(
     charges: &[ChargeLine],
     adjustments: Vec<InvoiceLine>,

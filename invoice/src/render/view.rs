@@ -128,10 +128,11 @@ fn day(rfc3339: &str) -> String {
     }
 }
 
-/// `1234` USD → `12.34 USD`.
+/// `1234` USD → `12.34 USD` ([`Currency::amount`]); a code the domain does not know prints
+/// its minor units.
 pub fn amount(cur: Option<Currency>, code: &str, minor: i64) -> String {
     match cur {
-        Some(c) => format!("{} {code}", c.from_minor(minor)),
+        Some(c) => c.amount(minor),
         None => format!("{minor} (minor units) {code}"),
     }
 }
