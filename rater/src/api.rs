@@ -106,6 +106,10 @@ fn plan_view(p: &Plan) -> PlanView<'_> {
 #[derive(Serialize)]
 struct SubscriptionView<'a> {
     plan: &'a str,
+    /// `weekly`, `monthly`, `quarterly`, `annual`: the periods of fees.
+    interval: String,
+    /// The periods of usage prices and minimums.
+    usage_interval: String,
     billing_anchor_day: u32,
     time_zone: &'static str,
     effective_from: Option<String>,
@@ -117,10 +121,11 @@ struct SubscriptionView<'a> {
 }
 
 fn subscription_view(s: &Subscription) -> SubscriptionView<'_> {
-    let tally_domain::BillingCycle::Monthly { anchor_day } = s.cycle.cycle;
     SubscriptionView {
         plan: &s.plan,
-        billing_anchor_day: anchor_day,
+        interval: s.cycle.cycle.interval(),
+        usage_interval: s.usage_cycle.cycle.interval(),
+        billing_anchor_day: s.cycle.cycle.anchor_day(),
         time_zone: s.cycle.zone.map_or("UTC", |z| z.name()),
         effective_from: (s.from_ms != i64::MIN).then(|| rfc3339(s.from_ms)),
         effective_to: (s.to_ms != i64::MAX).then(|| rfc3339(s.to_ms)),
@@ -149,7 +154,14 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>
         Err(refused) => return refused,
     };
     let (method, path) = (req.method().to_string(), req.uri().path().to_owned());
-    hook::audited(&state.auth, &who, &method, &path, dispatch(state, req, &who)).await
+    hook::audited(
+        &state.auth,
+        &who,
+        &method,
+        &path,
+        dispatch(state, req, &who),
+    )
+    .await
 }
 
 /// What a route does: the routes of this module, or the module that answers them.

@@ -25,8 +25,12 @@ use crate::zone::ZonedCycle;
 #[derive(Debug, Clone)]
 pub struct Subscription {
     pub plan: String,
-    /// The billing cycle in the subscription's time zone.
+    /// The billing cycle in the subscription's time zone (`interval`): the periods of
+    /// `flat` fees.
     pub cycle: ZonedCycle,
+    /// The periods of every other price (usage, minimums): `usage_interval`, by default the
+    /// same as `cycle`.
+    pub usage_cycle: ZonedCycle,
     /// In declaration order, the order they apply in.
     pub coupons: Vec<Coupon>,
     /// None: charges carry no tax.
@@ -54,12 +58,43 @@ impl Subscription {
         self.from_ms <= at_ms && (at_ms < self.to_ms || self.to_ms == i64::MAX)
     }
 
-    /// The coupons that discount charges of `meter` in `period`.
+    /// The coupons that discount charges of `meter` in `period` of the billing cycle
+    /// (`coupons_in` for another cycle).
     pub fn coupons_for(&self, period: &Period, meter: &MeterSlug) -> Vec<&Coupon> {
+        self.coupons_in(&self.cycle, period, meter)
+    }
+
+    /// The coupons that discount charges of `meter` in `period` of `cycle` (durations count
+    /// periods of that cycle).
+    pub fn coupons_in(
+        &self,
+        cycle: &ZonedCycle,
+        period: &Period,
+        meter: &MeterSlug,
+    ) -> Vec<&Coupon> {
         self.coupons
             .iter()
-            .filter(|c| c.applies(&self.cycle, period, meter))
+            .filter(|c| c.applies(cycle, period, meter))
             .collect()
+    }
+
+    /// The cycle that places charges of `price`: a `flat` fee's periods are the billing
+    /// cycle's, every other price's the usage cycle's.
+    pub fn cycle_for(&self, price: Option<&crate::pricing::Price>) -> ZonedCycle {
+        match price.map(|p| &p.model) {
+            Some(crate::pricing::PriceModel::Flat { .. }) => self.cycle,
+            _ => self.usage_cycle,
+        }
+    }
+
+    /// The distinct cycles of the subscription: the billing cycle, and the usage cycle when
+    /// it differs.
+    pub fn cycles(&self) -> Vec<ZonedCycle> {
+        if self.usage_cycle == self.cycle {
+            vec![self.cycle]
+        } else {
+            vec![self.cycle, self.usage_cycle]
+        }
     }
 }
 
@@ -264,8 +299,9 @@ impl Catalog {
             to,
             rate: self.fx.rate_at(plan.currency, to, at_ms),
         });
+        let cycle = sub.cycle_for(plan.prices.get(meter));
         Terms {
-            coupons: sub.coupons_for(period, meter),
+            coupons: sub.coupons_in(&cycle, period, meter),
             tax,
             fx,
         }
@@ -323,6 +359,27 @@ impl Catalog {
         }
     }
 
+    /// [`Catalog::coverage_at`] with the cycle that places usage of `meter`: the usage
+    /// cycle, or the billing cycle when the plan version effective at `at_ms` prices the
+    /// meter with a `flat` fee (the fold's per-row lookup).
+    pub fn coverage_for(
+        &self,
+        customer: &CustomerId,
+        meter: &MeterSlug,
+        at_ms: i64,
+    ) -> Option<(&str, ZonedCycle, i64, i64)> {
+        let (plan, cycle, from_ms, to_ms) = self.coverage_at(customer, at_ms)?;
+        let sub = self
+            .subscriptions
+            .get(customer)
+            .and_then(|l| l.iter().rev().find(|s| s.from_ms <= at_ms));
+        let cycle = match sub {
+            Some(s) => s.cycle_for(self.plan_at(plan, at_ms).and_then(|p| p.prices.get(meter))),
+            None => cycle,
+        };
+        Some((plan, cycle, from_ms, to_ms))
+    }
+
     /// The subscription covering `at_ms` (borrowed: a pass looks it up once per charge);
     /// before a customer's first subscription (or without one), the default plan on a
     /// calendar-month cycle, untaxed.
@@ -342,6 +399,7 @@ impl Catalog {
             Cow::Owned(Subscription {
                 plan,
                 cycle: BillingCycle::default().into(),
+                usage_cycle: BillingCycle::default().into(),
                 coupons: vec![],
                 tax_region: None,
                 tax_exempt: false,
@@ -372,16 +430,18 @@ impl Catalog {
                 if lo >= hi {
                     continue;
                 }
-                let mut period = s.cycle.period_containing(lo);
-                // periods are at least a day long; the bound keeps a bad cycle from looping
-                for _ in 0..1000 {
-                    if period.start_ms >= hi {
-                        break;
+                for cycle in s.cycles() {
+                    let mut period = cycle.period_containing(lo);
+                    // periods are at least a day long; the bound keeps a bad cycle from looping
+                    for _ in 0..1000 {
+                        if period.start_ms >= hi {
+                            break;
+                        }
+                        if period.start_ms >= lo {
+                            bounds.push(period.start_ms);
+                        }
+                        period = cycle.next(&period);
                     }
-                    if period.start_ms >= lo {
-                        bounds.push(period.start_ms);
-                    }
-                    period = s.cycle.next(&period);
                 }
             }
             out.push((customer, bounds));
@@ -432,6 +492,9 @@ impl Catalog {
             ends_at: None,
             state: SubscriptionState::Cancelled,
             trial: None,
+            interval: None,
+            billing_anchor_month: None,
+            usage_interval: None,
         })
     }
 
@@ -528,6 +591,9 @@ mod tests {
             ends_at: None,
             state: SubscriptionState::Active,
             trial: None,
+            interval: None,
+            billing_anchor_month: None,
+            usage_interval: None,
         };
         let err = Catalog::new(plans(TWO_VERSIONS), vec![sub], &rater, &meters())
             .unwrap_err()

@@ -166,8 +166,25 @@ pub struct SubscriptionSpec {
     pub customer: String,
     pub plan: String,
     /// Day of the month billing periods start (1 to 31; 31 means the last day). Default 1.
+    /// For a `weekly` interval, the ISO weekday (1 Monday to 7 Sunday).
     #[serde(default = "default_anchor")]
     pub billing_anchor_day: u32,
+    /// `weekly`, `monthly` (default), `quarterly` or `annual`: the billing period of the
+    /// plan's prices (and of its recurring fees).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
+    pub interval: Option<Interval>,
+    /// Month (1 to 12) a `quarterly` or `annual` period starts in (and every 3rd or 12th
+    /// month from it). Default 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
+    pub billing_anchor_month: Option<u32>,
+    /// The period of usage prices and minimums when it differs from `interval` (e.g.
+    /// `monthly` usage under an `annual` fee): `flat` fees follow `interval`, every other
+    /// price this one, with the same anchors and time zone. Default: `interval`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
+    pub usage_interval: Option<Interval>,
     /// Discounts on this customer's charges.
     #[serde(default)]
     pub coupons: Vec<CouponSpec>,
@@ -209,6 +226,16 @@ pub struct SubscriptionSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[serde(default)]
     pub trial: Option<TrialSpec>,
+}
+
+/// A billing interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Interval {
+    Weekly,
+    Monthly,
+    Quarterly,
+    Annual,
 }
 
 /// What a subscription record does from its `effective_from`.

@@ -215,7 +215,8 @@ fn fold_row(
         return Err(FailReason::Unreadable);
     };
     let start_ms = i64::from(row.start) * 1000;
-    let Some((plan_id, cycle, sub_from_ms, sub_to_ms)) = catalog.coverage_at(&customer, start_ms)
+    let Some((plan_id, cycle, sub_from_ms, sub_to_ms)) =
+        catalog.coverage_for(&customer, &meter, start_ms)
     else {
         out.skipped.no_subscription += 1;
         return Ok(());

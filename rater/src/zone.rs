@@ -121,6 +121,25 @@ mod tests {
     }
 
     #[test]
+    fn a_berlin_week_across_the_dst_change_has_169_hours() {
+        // clocks go back on Sunday 2026-10-25: the week from Monday Oct 19 00:00 CEST
+        // (Oct 18 22:00Z) to Monday Oct 26 00:00 CET (Oct 25 23:00Z)
+        let c = ZonedCycle {
+            cycle: BillingCycle::Weekly { anchor_weekday: 1 },
+            zone: Some("Europe/Berlin".parse().unwrap()),
+        };
+        let p = c.period_containing(ms("2026-10-22T12:00:00Z"));
+        assert_eq!(p.start_ms, ms("2026-10-18T22:00:00Z"));
+        assert_eq!(p.end_ms, ms("2026-10-25T23:00:00Z"));
+        assert_eq!(p.end_ms - p.start_ms, 169 * 3_600_000);
+        // 14 calendar days from Oct 20 09:00 CEST is Nov 3 09:00 CET
+        assert_eq!(
+            c.add_days(ms("2026-10-20T07:00:00Z"), 14),
+            ms("2026-11-03T08:00:00Z")
+        );
+    }
+
+    #[test]
     fn without_a_zone_periods_are_utc() {
         let c: ZonedCycle = BillingCycle::Monthly { anchor_day: 1 }.into();
         assert_eq!(

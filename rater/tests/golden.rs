@@ -395,6 +395,9 @@ fn a_plan_is_billed_in_another_currency_at_the_dated_rate_then_rounded_once() {
         ends_at: None,
         state: Default::default(),
         trial: None,
+        interval: None,
+        billing_anchor_month: None,
+        usage_interval: None,
     };
     let plans = || {
         toml::from_str::<F>(

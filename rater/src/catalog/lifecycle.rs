@@ -6,6 +6,9 @@
 //!   and the next record's `effective_from`.
 //! - A `paused` or `cancelled` record covers nothing (`to == from`): it ends the record
 //!   before it at its instant. A later `active` record resumes (or restarts) billing.
+//! - The record's billing cycle is its `interval` (weekly, monthly, quarterly, annual) on its
+//!   anchors; its usage cycle is `usage_interval` (default the same): `flat` fees are billed
+//!   per billing period, every other price (usage, minimums) per usage period.
 //! - A trial splits its record at the trial's end: the trial part carries a `trial` coupon
 //!   (percent off every charge, 100 by default) in front of the record's own coupons; the
 //!   rest is the paid part. A split inside a billing period prorates both parts' fees and
@@ -16,7 +19,7 @@ use tally_domain::{BillingCycle, Currency, CustomerId, Meter};
 use tally_platform::ConfigError;
 
 use super::Subscription;
-use crate::config::{SubscriptionSpec, SubscriptionState, TrialSpec};
+use crate::config::{Interval, SubscriptionSpec, SubscriptionState, TrialSpec};
 use crate::pricing::discount::{Coupon, Duration, Off};
 use crate::zone::ZonedCycle;
 
@@ -41,12 +44,20 @@ pub(super) fn validate_subscription(
     let setting = |f: &str| format!("subscriptions[{i}].{f}");
     let customer =
         CustomerId::new(s.customer).map_err(|e| ConfigError::invalid(setting("customer"), e))?;
-    let cycle = BillingCycle::Monthly {
-        anchor_day: s.billing_anchor_day,
+    let cycle_of = |interval: Option<Interval>, field: &str| {
+        let c = billing_cycle(interval, s.billing_anchor_day, s.billing_anchor_month);
+        c.validate().map_err(|e| {
+            let f = match e.split_whitespace().next() {
+                Some("anchor_month") => "billing_anchor_month",
+                Some("anchor_day" | "anchor_weekday") => "billing_anchor_day",
+                _ => field,
+            };
+            ConfigError::invalid(setting(f), e)
+        })?;
+        Ok::<_, ConfigError>(c)
     };
-    cycle
-        .validate()
-        .map_err(|e| ConfigError::invalid(setting("billing_anchor_day"), e))?;
+    let cycle = cycle_of(s.interval, "interval")?;
+    let usage_cycle = cycle_of(s.usage_interval.or(s.interval), "usage_interval")?;
     let zone = s
         .time_zone
         .map(|z| {
@@ -58,7 +69,13 @@ pub(super) fn validate_subscription(
             })
         })
         .transpose()?;
-    let cycle = ZonedCycle { cycle, zone };
+    let (cycle, usage_cycle) = (
+        ZonedCycle { cycle, zone },
+        ZonedCycle {
+            cycle: usage_cycle,
+            zone,
+        },
+    );
     let coupons = s
         .coupons
         .into_iter()
@@ -97,6 +114,7 @@ pub(super) fn validate_subscription(
         Subscription {
             plan: s.plan,
             cycle,
+            usage_cycle,
             coupons,
             tax_region: s.tax_region,
             tax_exempt: s.tax_exempt,
@@ -108,6 +126,27 @@ pub(super) fn validate_subscription(
             trial,
         },
     ))
+}
+
+/// The billing cycle of an interval (default monthly) with the record's anchors.
+fn billing_cycle(
+    interval: Option<Interval>,
+    anchor_day: u32,
+    anchor_month: Option<u32>,
+) -> BillingCycle {
+    let months = |months| BillingCycle::Months {
+        months,
+        anchor_month: anchor_month.unwrap_or(1),
+        anchor_day,
+    };
+    match interval {
+        None | Some(Interval::Monthly) => BillingCycle::Monthly { anchor_day },
+        Some(Interval::Weekly) => BillingCycle::Weekly {
+            anchor_weekday: anchor_day,
+        },
+        Some(Interval::Quarterly) => months(3),
+        Some(Interval::Annual) => months(12),
+    }
 }
 
 /// Resolves a trial starting at `from_ms` (errors: the field suffix and why).

@@ -15,6 +15,9 @@
 //! subscription change splits the period, plan id and version). A rerun computes the same
 //! charges; usage arriving later re-rates that charge as a higher version of the same id.
 //!
+//! With a `usage_interval` the parts of a `flat` fee are those of the billing periods and
+//! the parts of a minimum those of the usage periods (an annual fee, monthly minimums).
+//!
 //! Reads nothing: the work is bounded by the subscriptions and the periods of the range
 //! (issue 14: a pass never scans history). Left out:
 //! - the default plan (`rater.default_plan`): a customer without a subscription is known
@@ -31,6 +34,7 @@ use crate::catalog::{Catalog, Subscription};
 use crate::charge::MeterUsage;
 use crate::pricing::{Price, PriceModel};
 use crate::usage::UsageKey;
+use crate::zone::ZonedCycle;
 
 /// Periods looked at per subscription at most (a range of years of weekly periods); the
 /// bound keeps a bad cycle from looping.
@@ -53,21 +57,21 @@ pub fn owed_at_zero_usage(price: &Price) -> bool {
     (recurring || committed) && !price.model.per_group()
 }
 
-/// The parts of `sub`'s billing periods that end after `horizon_ms` and have begun by
-/// `now_ms`, in time order. A part runs from the period start (or the subscription's start)
-/// to the period end (or the next subscription's start); periods are the subscription's
-/// own cycle, as the fold places its usage.
-pub fn parts(sub: &Subscription, horizon_ms: i64, now_ms: i64) -> Vec<Part> {
+/// The parts of `sub`'s periods of `cycle` (its billing or its usage cycle, as the fold
+/// places usage of a price) that end after `horizon_ms` and have begun by `now_ms`, in time
+/// order. A part runs from the period start (or the subscription's start) to the period end
+/// (or the subscription's end).
+pub fn parts(sub: &Subscription, cycle: &ZonedCycle, horizon_ms: i64, now_ms: i64) -> Vec<Part> {
     let mut out = Vec::new();
     // from the start of the period containing the horizon: a part that ended before the
     // horizon (a cancellation early in the period) still belongs to a period that did not
     let first = sub
         .from_ms
-        .max(sub.cycle.period_containing(horizon_ms).start_ms);
+        .max(cycle.period_containing(horizon_ms).start_ms);
     if first >= sub.to_ms || first > now_ms {
         return out;
     }
-    let mut period = sub.cycle.period_containing(first);
+    let mut period = cycle.period_containing(first);
     for _ in 0..MAX_PERIODS {
         let from_ms = period.start_ms.max(sub.from_ms);
         if from_ms > now_ms || from_ms >= sub.to_ms {
@@ -81,7 +85,7 @@ pub fn parts(sub: &Subscription, horizon_ms: i64, now_ms: i64) -> Vec<Part> {
                 to_ms,
             });
         }
-        period = sub.cycle.next(&period);
+        period = cycle.next(&period);
     }
     out
 }
@@ -101,15 +105,20 @@ pub fn idle_usages(
     customers.sort();
     let mut out = Vec::new();
     for customer in customers {
-        for sub in catalog.subscriptions_of(customer) {
-            for part in parts(sub, horizon_ms, now_ms) {
+        for (sub, cycle) in catalog
+            .subscriptions_of(customer)
+            .iter()
+            .flat_map(|s| s.cycles().into_iter().map(move |c| (s, c)))
+        {
+            for part in parts(sub, &cycle, horizon_ms, now_ms) {
                 let Some(plan) = catalog.plan_at(&sub.plan, part.from_ms) else {
                     continue;
                 };
+                // each price in the periods of its own cycle (fees: billing, others: usage)
                 let mut meters: Vec<(&MeterSlug, &Price)> = plan
                     .prices
                     .iter()
-                    .filter(|(_, p)| owed_at_zero_usage(p))
+                    .filter(|(_, p)| owed_at_zero_usage(p) && sub.cycle_for(Some(p)) == cycle)
                     .collect();
                 meters.sort_by(|a, b| a.0.cmp(b.0));
                 for (meter, _) in meters {
