@@ -367,7 +367,7 @@ run_cluster_tests() {
     eval "$(cmd_env)"
     export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
     # the tests start these binaries as processes of their own
-    cargo build --quiet -p tally-aggregator -p tally-rater -p tally-invoicer -p tally-platform --bins
+    cargo build --quiet -p tally-aggregator -p tally-rater -p tally-invoicer -p tally-platform -p tally-ingest --bins
     cargo test -p tally-e2e --test cluster -- --ignored --test-threads=1 --nocapture "$@"
 }
 
@@ -412,7 +412,7 @@ cmd_ci() {
     eval "$(cmd_env)"
     export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
     # the tests start these binaries as processes of their own
-    cargo build --quiet -p tally-aggregator -p tally-rater -p tally-invoicer -p tally-platform --bins
+    cargo build --quiet -p tally-aggregator -p tally-rater -p tally-invoicer -p tally-platform -p tally-ingest --bins
     export TALLY_BIN_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
     local skip=()
     [ "${TALLY_CLUSTER_CHAOS:-1}" != 0 ] || skip=(--skip chaos::)

@@ -18,6 +18,7 @@ use futures::StreamExt;
 use hdrhistogram::Histogram;
 use tally_aggregator::AggregatorConfig;
 use tally_domain::meter::{validate_meters, MeterSpec};
+use tally_ingest::publisher;
 use tally_ingest::synthetic::Fleet;
 use tally_platform::shutdown::Shutdown;
 use tally_platform::testkit::TestEnv;
@@ -70,7 +71,9 @@ pub fn meters() -> Vec<tally_domain::Meter> {
 }
 
 /// Publishes `msgs` with `Nats-Msg-Id`, at most [`IN_FLIGHT`] unacknowledged, optionally
-/// paced to `per_sec`; returns each message's publish instant.
+/// paced to `per_sec`; returns each message's publish instant. A re-sent id JetStream answers
+/// "in process" (an R3 stream still storing its original) is sent again until answered, as
+/// every usage publisher does (`tally_ingest::publisher::settle`).
 async fn publish(
     js: &jetstream::Context,
     msgs: &[Message],
@@ -85,21 +88,34 @@ async fn publish(
                 .await;
         }
         if acks.len() >= IN_FLIGHT {
-            let ack: jetstream::context::PublishAckFuture = acks.pop_front().expect("non-empty");
-            ack.await?;
+            let (message, ack) = acks.pop_front().expect("non-empty");
+            settle(js, &message, ack).await?;
         }
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", id.as_str());
+        let message = publisher::Message {
+            subject: subject.clone().into(),
+            headers,
+            payload: body.clone().into(),
+        };
         sent_at.push(Instant::now());
-        acks.push_back(
-            js.publish_with_headers(subject.clone(), headers, body.clone().into())
-                .await?,
-        );
+        let ack = message.send(js).await?;
+        acks.push_back((message, ack));
     }
-    for ack in acks {
-        ack.await?;
+    for (message, ack) in acks {
+        settle(js, &message, ack).await?;
     }
     Ok(sent_at)
+}
+
+/// `message`'s ack, sent again while JetStream has its id "in process".
+async fn settle(
+    js: &jetstream::Context,
+    message: &publisher::Message,
+    ack: jetstream::context::PublishAckFuture,
+) -> anyhow::Result<()> {
+    publisher::settle(js, message, ack).await.answer?;
+    Ok(())
 }
 
 /// A raw stream of the run (own names, next to the pipeline's) with a pull consumer that

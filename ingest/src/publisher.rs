@@ -12,13 +12,14 @@
 //! neither stored nor refused, so the publisher sends the same message again (at once, then
 //! after growing pauses) until JetStream answers with an ack (a duplicate once the original
 //! is stored, stored if the original was lost with its leader) or for about 3.5 s; only then
-//! is it an error.
+//! is it an error. [`settle`] does this for every publisher of usage events: this one, the
+//! HTTP gateway (`gateway::events`) and the benchmark's.
 
 use std::collections::VecDeque;
 use std::error::Error as _;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, context::PublishAckFuture};
+use async_nats::jetstream::{self, context::PublishAckFuture, publish::PublishAck};
 use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
 use tally_domain::nats_msg_id;
@@ -60,10 +61,39 @@ pub struct Publisher {
 /// A publish waiting for its ack, with what it takes to send it again.
 struct InFlight {
     id: String,
-    subject: Subject,
-    headers: HeaderMap,
-    payload: Bytes,
+    message: Message,
     ack: PublishAckFuture,
+}
+
+/// One message as published to JetStream, kept so it can be sent again.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub subject: Subject,
+    pub headers: HeaderMap,
+    pub payload: Bytes,
+}
+
+impl Message {
+    /// Sends the message once; the future is JetStream's answer.
+    pub async fn send(
+        &self,
+        js: &jetstream::Context,
+    ) -> Result<PublishAckFuture, jetstream::context::PublishError> {
+        js.publish_with_headers(
+            self.subject.clone(),
+            self.headers.clone(),
+            self.payload.clone(),
+        )
+        .await
+    }
+}
+
+/// What became of a message: JetStream's last answer, and how many of its sends were
+/// answered "in process" (each followed by another send).
+#[derive(Debug)]
+pub struct Settled {
+    pub answer: Result<PublishAck, jetstream::context::PublishError>,
+    pub in_process: u64,
 }
 
 /// How a message whose id JetStream has "in process" is sent again: the first time at once
@@ -84,6 +114,34 @@ pub fn in_process(e: &jetstream::context::PublishError) -> bool {
     e.source()
         .and_then(|s| s.downcast_ref::<jetstream::Error>())
         .is_some_and(|j| j.error_code() == DUPLICATE_IN_PROCESS)
+}
+
+/// Awaits `first`, the ack of `message`'s first send, and sends `message` again while
+/// JetStream answers "in process" (at once, then after growing pauses: see the module docs),
+/// until another answer or 9 sends in all. Every publisher of usage events (this
+/// one, the HTTP gateway, the benchmark's) settles its acks through here.
+pub async fn settle(
+    js: &jetstream::Context,
+    message: &Message,
+    first: PublishAckFuture,
+) -> Settled {
+    let mut answer = first.await;
+    let (mut pause, mut sends, mut in_process_answers) = (Duration::ZERO, 1, 0);
+    while sends < IN_PROCESS_SENDS && answer.as_ref().is_err_and(in_process) {
+        tracing::debug!(subject = %message.subject, sends, "JetStream has the message's id in process; sending it again");
+        in_process_answers += 1;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).clamp(IN_PROCESS_PAUSE, IN_PROCESS_PAUSE_MAX);
+        sends += 1;
+        answer = match message.send(js).await {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+    }
+    Settled {
+        answer,
+        in_process: in_process_answers,
+    }
 }
 
 impl Publisher {
@@ -111,57 +169,29 @@ impl Publisher {
         );
         headers.insert("Nats-Msg-Id", msg_id.as_str());
         headers.insert("Content-Type", "application/cloudevents+json");
-        let payload = Bytes::from(event.to_json());
-        let id = event.id.to_string();
-        let ack = self.send(&id, &subject, &headers, &payload).await?;
-        self.in_flight.push_back(InFlight {
-            id,
+        let message = Message {
             subject,
             headers,
-            payload,
-            ack,
-        });
+            payload: Bytes::from(event.to_json()),
+        };
+        let id = event.id.to_string();
+        let ack = message
+            .send(&self.js)
+            .await
+            .map_err(|e| PublishError::Publish {
+                id: id.clone(),
+                detail: e.to_string(),
+            })?;
+        self.in_flight.push_back(InFlight { id, message, ack });
         Ok(())
     }
 
-    async fn send(
-        &self,
-        id: &str,
-        subject: &Subject,
-        headers: &HeaderMap,
-        payload: &Bytes,
-    ) -> Result<PublishAckFuture, PublishError> {
-        self.js
-            .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
-            .await
-            .map_err(|e| PublishError::Publish {
-                id: id.to_owned(),
-                detail: e.to_string(),
-            })
-    }
-
     async fn settle_oldest(&mut self) -> Result<(), PublishError> {
-        let Some(InFlight {
-            id,
-            subject,
-            headers,
-            payload,
-            ack,
-        }) = self.in_flight.pop_front()
-        else {
+        let Some(InFlight { id, message, ack }) = self.in_flight.pop_front() else {
             return Ok(());
         };
-        let mut answer = ack.await;
-        let mut pause = Duration::ZERO;
-        let mut sends = 1;
-        while sends < IN_PROCESS_SENDS && answer.as_ref().is_err_and(in_process) {
-            tracing::debug!(%id, sends, "JetStream has the event's id in process; sending it again");
-            self.stats.in_process += 1;
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).clamp(IN_PROCESS_PAUSE, IN_PROCESS_PAUSE_MAX);
-            sends += 1;
-            answer = self.send(&id, &subject, &headers, &payload).await?.await;
-        }
+        let Settled { answer, in_process } = settle(&self.js, &message, ack).await;
+        self.stats.in_process += in_process;
         let ack = answer.map_err(|e| PublishError::Ack {
             id,
             detail: e.to_string(),

@@ -134,9 +134,10 @@ enum Bench {
         /// Events of the throughput run
         #[arg(long, value_name = "N", default_value_t = 100_000)]
         events: usize,
-        /// Share of the events re-sent with an earlier id; 0 by default, as on an R3 stream of
-        /// nats-server 2.15 a re-send published while its original is still being replicated
-        /// is refused (409), which the benchmark's publisher counts as a failure
+        /// Share of the events re-sent with an earlier id; 0 by default (the figures of
+        /// docs/BENCHMARKS.md). A re-send JetStream answers 409 "in process" (its original
+        /// still being replicated on R3) is sent again until answered, as every usage
+        /// publisher does
         #[arg(long, value_name = "SHARE", default_value_t = 0.0)]
         duplicate_share: f64,
         /// Events of the latency run

@@ -13,8 +13,8 @@
 //! two invoicers run at once against different replicas and nodes: charges add up to the
 //! usage, one invoice per customer, numbers gapless and unique.
 //!
-//! Size: `TALLY_CLUSTER_EVENTS` (CI 20,000 by default; `scripts/cluster.sh chaos` 100,000),
-//! seed `TALLY_CLUSTER_SEED` (1).
+//! Size: `TALLY_CLUSTER_EVENTS` (20,000 when unset; `scripts/cluster.sh ci` and
+//! `scripts/cluster.sh chaos` set 100,000), seed `TALLY_CLUSTER_SEED` (1).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -29,7 +29,7 @@ use rand::{Rng, SeedableRng};
 use rust_decimal::Decimal;
 use tally_ingest::synthetic::Fleet;
 use tally_ingest::{OutgoingEvent, Publisher};
-use tally_platform::{migrate, store, streams, NatsConfig};
+use tally_platform::{migrate, store, streams, ClickHouseConfig, NatsConfig};
 
 use crate::nodes::{binary, config_file, Cluster, Process};
 
@@ -134,7 +134,7 @@ async fn connect(urls: &[String], first: usize) -> jetstream::Context {
 
 /// The configuration file of one process: the demo's, pointed at NATS node `node` first and
 /// ClickHouse replica `replica`, with `extra` settings.
-fn process_config(
+pub(crate) fn process_config(
     dir: &Path,
     name: &str,
     cluster: &Cluster,
@@ -360,6 +360,80 @@ async fn chaos_on_the_cluster_neither_loses_nor_double_counts() {
     let drained_secs = started.elapsed().as_secs_f64();
 
     // from the data, on each replica
+    let want = oracle(&unique);
+    let report = check_readings(&cluster, &database, &unique).await;
+    let db = store::connect(&cluster.clickhouse_config(1, &database));
+    let (rows, counted_rows, distinct, aborts): (u64, u64, u64, u64) = db
+        .query(
+            "SELECT count(), countIf(batch_id NOT IN (SELECT batch_id FROM usage_aborts)), \
+             uniqExactIf((customer, agent, event_id, meter), batch_id NOT IN (SELECT batch_id FROM usage_aborts)), \
+             (SELECT count() FROM usage_aborts) FROM usage_meter_readings",
+        )
+        .fetch_one()
+        .await
+        .expect("storage");
+    assert_eq!(
+        counted_rows, distinct,
+        "no (event, meter) counted twice in storage"
+    );
+    let reported = conflicting_reported(&js).await;
+    let forged_ids: BTreeSet<String> = conflicting.iter().map(|e| e.id.to_string()).collect();
+    assert_eq!(
+        reported, forged_ids,
+        "every conflicting re-send dead-lettered"
+    );
+
+    // two raters, then two invoicers, at once, against different replicas and nodes
+    let billing = bill_twice_at_once(&cluster, &database, &dir, &unique, &want).await;
+
+    for p in aggs.running.iter_mut().filter_map(Option::take) {
+        let name = p.name.clone();
+        let status = p.terminate(Duration::from_secs(60));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{name} stops cleanly on SIGTERM"
+        );
+    }
+    println!(
+        "cluster chaos report: seed {seed}; {events_n} unique events, {} sent in phase 1 (10% re-sent at once), \
+         {} in phase 2 ({} same payload, {} conflicting); publisher chunks sent again {retries1}+{retries2}, sends answered \"in process\" and sent again \
+         {in_process1}+{in_process2}; \
+         faults within {fault_secs:.0}s: {faults:?} (leader {moved}); drained after {drained_secs:.0}s; {}; reading rows written {rows}, \
+         counted {counted_rows} for {distinct} distinct, {aborts} aborted attempts; {} conflicting re-sends \
+         dead-lettered; {billing}; {:.0}s in all",
+        plan1.len(),
+        plan2.len(),
+        plan2.len() - conflicting.len(),
+        conflicting.len(),
+        report,
+        reported.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let _ = js
+        .delete_key_value(&format!("CL_NUMBERS_{}", std::process::id()))
+        .await;
+    drop_run(&ch, &database, &dir).await;
+}
+
+/// Drops a run's database on the cluster and deletes its directory.
+pub(crate) async fn drop_run(ch: &ClickHouseConfig, database: &str, dir: &Path) {
+    let _ = store::server(ch)
+        .query(&format!(
+            "DROP DATABASE IF EXISTS {database} ON CLUSTER tally"
+        ))
+        .execute()
+        .await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Checks, on every replica, that each (event, meter) reading of `unique` is committed once
+/// (0 missing, none no event produces, 0 billed twice) and that usage per (customer, meter)
+/// is the manifest's; returns a line per replica for the report.
+pub(crate) async fn check_readings(
+    cluster: &Cluster,
+    database: &str,
+    unique: &[OutgoingEvent],
+) -> String {
     let expected: BTreeSet<(String, String, String)> = unique
         .iter()
         .map(|e| {
@@ -370,10 +444,10 @@ async fn chaos_on_the_cluster_neither_loses_nor_double_counts() {
             )
         })
         .collect();
-    let want = oracle(&unique);
+    let want = oracle(unique);
     let mut report = Vec::new();
     for replica in 0..cluster.clickhouse.len() {
-        let db = store::connect(&cluster.clickhouse_config(replica, &database));
+        let db = store::connect(&cluster.clickhouse_config(replica, database));
         let committed: Vec<(String, String, String)> = db
             .query("SELECT customer, event_id, meter FROM v_usage_readings")
             .fetch_all()
@@ -424,63 +498,7 @@ async fn chaos_on_the_cluster_neither_loses_nor_double_counts() {
             set.len()
         ));
     }
-    let db = store::connect(&cluster.clickhouse_config(1, &database));
-    let (rows, counted_rows, distinct, aborts): (u64, u64, u64, u64) = db
-        .query(
-            "SELECT count(), countIf(batch_id NOT IN (SELECT batch_id FROM usage_aborts)), \
-             uniqExactIf((customer, agent, event_id, meter), batch_id NOT IN (SELECT batch_id FROM usage_aborts)), \
-             (SELECT count() FROM usage_aborts) FROM usage_meter_readings",
-        )
-        .fetch_one()
-        .await
-        .expect("storage");
-    assert_eq!(
-        counted_rows, distinct,
-        "no (event, meter) counted twice in storage"
-    );
-    let reported = conflicting_reported(&js).await;
-    let forged_ids: BTreeSet<String> = conflicting.iter().map(|e| e.id.to_string()).collect();
-    assert_eq!(
-        reported, forged_ids,
-        "every conflicting re-send dead-lettered"
-    );
-
-    // two raters, then two invoicers, at once, against different replicas and nodes
-    let billing = bill_twice_at_once(&cluster, &database, &dir, &unique, &want).await;
-
-    for p in aggs.running.iter_mut().filter_map(Option::take) {
-        let name = p.name.clone();
-        let status = p.terminate(Duration::from_secs(60));
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "{name} stops cleanly on SIGTERM"
-        );
-    }
-    println!(
-        "cluster chaos report: seed {seed}; {events_n} unique events, {} sent in phase 1 (10% re-sent at once), \
-         {} in phase 2 ({} same payload, {} conflicting); publisher chunks sent again {retries1}+{retries2}, sends answered \"in process\" and sent again \
-         {in_process1}+{in_process2}; \
-         faults within {fault_secs:.0}s: {faults:?} (leader {moved}); drained after {drained_secs:.0}s; {}; reading rows written {rows}, \
-         counted {counted_rows} for {distinct} distinct, {aborts} aborted attempts; {} conflicting re-sends \
-         dead-lettered; {billing}; {:.0}s in all",
-        plan1.len(),
-        plan2.len(),
-        plan2.len() - conflicting.len(),
-        conflicting.len(),
-        report.join("; "),
-        reported.len(),
-        started.elapsed().as_secs_f64()
-    );
-    let _ = js
-        .delete_key_value(&format!("CL_NUMBERS_{}", std::process::id()))
-        .await;
-    let _ = store::server(&ch)
-        .query(&format!(
-            "DROP DATABASE IF EXISTS {database} ON CLUSTER tally"
-        ))
-        .execute()
-        .await;
-    let _ = std::fs::remove_dir_all(&dir);
+    report.join("; ")
 }
 
 /// Moves the usage stream's leader to another node and returns "<from> -> <to>, N
@@ -545,7 +563,7 @@ async fn stream_leader(js: &jetstream::Context) -> Option<(String, bool)> {
 }
 
 /// `scripts/cluster.sh` off the async runtime.
-async fn node(cluster: &Cluster, command: &'static str, kind: &'static str, n: usize) {
+pub(crate) async fn node(cluster: &Cluster, command: &'static str, kind: &'static str, n: usize) {
     let (nats, clickhouse, partitions) = (
         cluster.nats.clone(),
         cluster.clickhouse.clone(),

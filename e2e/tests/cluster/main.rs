@@ -16,8 +16,13 @@
 //!   each with its own configuration file), then rated by two raters and invoiced by two
 //!   invoicers at once: nothing missing, nothing billed twice, one invoice per customer with
 //!   gapless numbers, computed from the data.
+//! - [`gateway`]: three `tally-gateway` processes, each on another NATS node, take the same
+//!   events (each batch through two gateways at once, ids repeated in it) while a NATS node
+//!   is killed and started again: a 409 "in process" is sent again, never a failure, and
+//!   every event is committed once, computed from the data.
 
 mod chaos;
+mod gateway;
 mod nodes;
 mod publisher;
 mod quorum;

@@ -95,7 +95,7 @@ pub fn binary(name: &str, dir: &Path) -> PathBuf {
         .and_then(|p| Some(p.parent()?.parent()?.join(name)))
         .filter(|p| p.exists())
         .unwrap_or_else(|| {
-            panic!("{name} is not built: cargo build -p tally-aggregator -p tally-rater -p tally-invoicer --bins")
+            panic!("{name} is not built: cargo build -p tally-aggregator -p tally-rater -p tally-invoicer -p tally-ingest --bins")
         });
     let copy = dir.join(name);
     if !copy.exists() {
@@ -130,14 +130,26 @@ pub struct Process {
 }
 
 impl Process {
-    /// Starts `binary args...` with `--config config`, logging to `<dir>/<name>.log`.
+    /// Starts `binary args...` with `--config config`, logging to `<dir>/<name>.log`. The
+    /// file is the whole configuration: the `TALLY_<SECTION>__<KEY>` overrides of the test's
+    /// environment (`scripts/cluster.sh env` exports some, naming node 1 and replica 1) are
+    /// not passed on.
     pub fn start(name: &str, binary: &Path, config: &Path, args: &[&str], dir: &Path) -> Process {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join(format!("{name}.log")))
             .expect("log");
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        for (var, _) in std::env::vars_os() {
+            if var
+                .to_str()
+                .is_some_and(|v| v.starts_with("TALLY_") && v.contains("__"))
+            {
+                command.env_remove(var);
+            }
+        }
+        let child = command
             .args(args)
             .arg("--config")
             .arg(config)

@@ -3,7 +3,9 @@
 //!
 //! One bad event never takes the others down: each gets its own result. Publishing awaits
 //! JetStream's ack for every event before answering, so `accepted` means stored and
-//! `duplicate` is the broker's own duplicate flag. It never alters an event's bytes, except
+//! `duplicate` is the broker's own duplicate flag; a send JetStream answers "duplicate
+//! message id is in process" (an R3 stream still storing the original) is sent again until
+//! it is answered, as the ingest publisher does (`crate::publisher::settle`). It never alters an event's bytes, except
 //! `subject` and `source` when pseudonymization is on.
 
 use std::time::Instant;
@@ -19,6 +21,7 @@ use super::error::RequestError;
 use super::response::{EventResult, EventsResponse, Status};
 use super::server::{Gateway, RequestParts};
 use super::{auth::Scope, metrics};
+use crate::publisher::{self, Message};
 
 /// Handles one events request whose body has been read (`body` as sent on the wire).
 pub async fn handle(
@@ -63,19 +66,25 @@ pub async fn handle(
 /// per event, in order. `POST /v1/events` and `POST /v1/traces` both publish through here.
 pub(super) async fn publish_all(gw: &Gateway, scope: &Scope, raws: &[&[u8]]) -> Vec<EventResult> {
     let mut results = Vec::with_capacity(raws.len());
-    let mut pending: Vec<(usize, PublishAckFuture)> = Vec::with_capacity(raws.len());
+    let mut pending: Vec<(usize, Message, PublishAckFuture)> = Vec::with_capacity(raws.len());
     for (index, raw) in raws.iter().enumerate() {
         match publish_one(gw, scope, index, raw).await {
-            Ok((id, ack)) => {
-                pending.push((results.len(), ack));
+            Ok((id, message, ack)) => {
+                pending.push((results.len(), message, ack));
                 results.push(pending_result(index, id));
             }
             Err(rejected) => results.push(rejected),
         }
     }
-    for (slot, ack) in pending {
+    // in order, so an id sent twice in one batch meets its original stored; an id JetStream
+    // still has "in process" (an R3 stream, the same event through another gateway) is sent
+    // again until it is answered (crate::publisher::settle)
+    let mut resent = 0;
+    for (slot, message, ack) in pending {
         let r = &mut results[slot];
-        match ack.await {
+        let settled = publisher::settle(&gw.js, &message, ack).await;
+        resent += settled.in_process;
+        match settled.answer {
             Ok(ack) if ack.duplicate => r.status = Status::Duplicate,
             Ok(_) => r.status = Status::Accepted,
             Err(e) => {
@@ -85,6 +94,7 @@ pub(super) async fn publish_all(gw: &Gateway, scope: &Scope, raws: &[&[u8]]) -> 
             }
         }
     }
+    metrics::in_process(resent);
     results
 }
 
@@ -105,7 +115,7 @@ async fn publish_one(
     scope: &Scope,
     index: usize,
     raw: &[u8],
-) -> Result<(String, PublishAckFuture), EventResult> {
+) -> Result<(String, Message, PublishAckFuture), EventResult> {
     let event = decode::decode_event(raw, &gw.limits)
         .map_err(|e| EventResult::rejected(index, None, e.code(), e.field(), e.to_string()))?;
     let id = event.id.to_string();
@@ -149,17 +159,18 @@ async fn publish_one(
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", msg_id.as_str());
     headers.insert("Content-Type", decode::SINGLE);
-    let ack = gw
-        .js
-        .publish_with_headers(subject, headers, body)
-        .await
-        .map_err(|e| EventResult {
-            index,
-            id: Some(id.clone()),
-            status: Status::Failed,
-            code: Some("unavailable"),
-            field: None,
-            detail: Some(format!("publishing: {e}")),
-        })?;
-    Ok((id, ack))
+    let message = Message {
+        subject: subject.into(),
+        headers,
+        payload: body,
+    };
+    let ack = message.send(&gw.js).await.map_err(|e| EventResult {
+        index,
+        id: Some(id.clone()),
+        status: Status::Failed,
+        code: Some("unavailable"),
+        field: None,
+        detail: Some(format!("publishing: {e}")),
+    })?;
+    Ok((id, message, ack))
 }

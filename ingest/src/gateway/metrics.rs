@@ -9,6 +9,7 @@ pub fn init() {
     for status in ["accepted", "duplicate", "failed"] {
         metrics::counter!("tally_gateway_events_total", "status" => status).absolute(0);
     }
+    metrics::counter!("tally_gateway_in_process_resends_total").absolute(0);
     for reason in tally_domain::Reason::ALL {
         metrics::counter!("tally_gateway_rejected_events_total", "reason" => reason.code())
             .absolute(0);
@@ -33,6 +34,12 @@ pub fn events(accepted: usize, duplicates: usize, failed: usize, reasons: &[&'st
     }
     let total = accepted + duplicates + failed + reasons.len();
     metrics::histogram!("tally_gateway_batch_events").record(total as f64);
+}
+
+/// Sends JetStream answered "duplicate message id is in process", each sent again
+/// (`crate::publisher::settle`).
+pub fn in_process(resent: u64) {
+    metrics::counter!("tally_gateway_in_process_resends_total").increment(resent);
 }
 
 /// A request refused as a whole, by stable code.
