@@ -3,13 +3,22 @@
 //! reading an invoice's history and current status back.
 //!
 //! The rules (which transitions exist, how concurrent records resolve) live in
-//! [`tally_domain::invoice_status`]; this module only reads and appends. It never updates or
+//! [`tally_domain::invoice_status`]; this module only reads and appends.
+//!
+//! One source of truth for an invoice's status: the fold of its transitions ([`status_of`],
+//! and [`statuses`] / [`statuses_of`] for many invoices, the same fold), with one rule for the
+//! moment between the invoicer storing a finalized document and recording its
+//! `draft → finalized` transition ([`current`]); [`record_document_finalized`] closes that gap.
+//! Every reader of a status (the invoicer's API, payments, dunning, the portal) goes through
+//! these. It never updates or
 //! deletes a row. Recording a status the invoice already has is a no-op that returns the
 //! existing record, so retries (a webhook delivered twice, a rerun) change nothing.
 
+use std::collections::HashMap;
+
 use clickhouse::Client;
 use serde::{Deserialize, Serialize};
-use tally_domain::invoice_status::{fold, InvoiceStatus, StatusError};
+use tally_domain::invoice_status::{fold, path, InvoiceStatus, StatusError};
 use tally_platform::store::datetime_secs;
 
 /// One recorded transition.
@@ -122,9 +131,110 @@ fn parse_row(r: TransitionRow) -> Result<Transition, LifecycleError> {
     })
 }
 
-/// The status the history leads to (`draft` when nothing was recorded).
+/// The status the history leads to (`draft` when nothing was recorded): the fold.
 pub fn status_of(history: &[Transition]) -> InvoiceStatus {
     fold(InvoiceStatus::Draft, history.iter().map(|t| t.to))
+}
+
+/// The status of an invoice whose transitions fold to `recorded`, given whether the invoicer
+/// stored its document finalized (`v_invoices.status`): a finalization the lifecycle has not
+/// recorded yet (the invoicer stops between the two appends) counts as recorded.
+pub fn current(recorded: InvoiceStatus, document_finalized: bool) -> InvoiceStatus {
+    if recorded == InvoiceStatus::Draft && document_finalized {
+        InvoiceStatus::Finalized
+    } else {
+        recorded
+    }
+}
+
+/// Whether the history ever reached `finalized` (and so the invoice was booked), whatever it
+/// reached after.
+pub fn was_finalized(history: &[Transition]) -> bool {
+    path(InvoiceStatus::Draft, history.iter().map(|t| t.to)).contains(&InvoiceStatus::Finalized)
+}
+
+/// The invoice's status by [`current`], first recording the invoicer's finalization (as
+/// `actor`) when only its document shows it; and whether the invoice was ever finalized.
+pub async fn record_document_finalized(
+    db: &Client,
+    invoice_id: &str,
+    document_finalized: bool,
+    actor: &str,
+    at_ms: i64,
+) -> Result<(InvoiceStatus, bool), LifecycleError> {
+    let past = history(db, invoice_id).await?;
+    let recorded = status_of(&past);
+    let status = current(recorded, document_finalized);
+    if status != recorded {
+        let reason = "finalized in v_invoices by the invoicer";
+        record(db, invoice_id, status, actor, reason, at_ms).await?;
+        return Ok((status, true));
+    }
+    Ok((status, was_finalized(&past)))
+}
+
+#[derive(clickhouse::Row, Deserialize)]
+struct StatusRow {
+    invoice_id: String,
+    to_status: String,
+}
+
+/// The lifecycle status of every invoice with a recorded transition, in one query.
+pub async fn statuses(db: &Client) -> Result<HashMap<String, InvoiceStatus>, LifecycleError> {
+    let rows: Vec<StatusRow> = db
+        .query(
+            "SELECT invoice_id, to_status FROM v_invoice_transitions \
+             ORDER BY invoice_id, at_ms, seq, transition_id",
+        )
+        .fetch_all()
+        .await?;
+    fold_rows(rows)
+}
+
+/// The lifecycle status of each of `invoice_ids` that has a recorded transition, reading only
+/// their rows (`invoice_transitions` is sorted by invoice id; the view would read all of
+/// them on ClickHouse 18.16). The same rows as `v_invoice_transitions`: the earliest record of
+/// each transition.
+pub async fn statuses_of(
+    db: &Client,
+    invoice_ids: &[String],
+) -> Result<HashMap<String, InvoiceStatus>, LifecycleError> {
+    let mut rows: Vec<StatusRow> = Vec::new();
+    for chunk in invoice_ids.chunks(1_000) {
+        let list = format!("({})", vec!["?"; chunk.len()].join(", "));
+        let mut q = db.query(&format!(
+            "SELECT invoice_id, to_status FROM ( \
+               SELECT invoice_id, transition_id, argMin(seq, at_ms) AS seq, \
+                      argMin(to_status, at_ms) AS to_status, min(at_ms) AS t \
+               FROM invoice_transitions WHERE invoice_id IN {list} \
+               GROUP BY invoice_id, transition_id) \
+             ORDER BY invoice_id, t, seq, transition_id"
+        ));
+        for id in chunk {
+            q = q.bind(id);
+        }
+        rows.extend(q.fetch_all::<StatusRow>().await?);
+    }
+    fold_rows(rows)
+}
+
+/// Each invoice's status: the fold of its transitions in order, as [`status_of`].
+fn fold_rows(rows: Vec<StatusRow>) -> Result<HashMap<String, InvoiceStatus>, LifecycleError> {
+    let mut targets: HashMap<String, Vec<InvoiceStatus>> = HashMap::new();
+    for r in rows {
+        let to = r
+            .to_status
+            .parse::<InvoiceStatus>()
+            .map_err(|_| LifecycleError::Corrupt {
+                invoice_id: r.invoice_id.clone(),
+                value: r.to_status.clone(),
+            })?;
+        targets.entry(r.invoice_id).or_default().push(to);
+    }
+    Ok(targets
+        .into_iter()
+        .map(|(id, to)| (id, fold(InvoiceStatus::Draft, to)))
+        .collect())
 }
 
 /// The invoice's current status (`draft` when nothing was recorded).
@@ -233,4 +343,96 @@ pub async fn finalized_since(
         .fetch_all()
         .await?;
     Ok(ids.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use InvoiceStatus::{Draft, Finalized, Paid, Uncollectible, Void};
+
+    fn history(targets: &[InvoiceStatus]) -> Vec<Transition> {
+        targets
+            .iter()
+            .enumerate()
+            .map(|(i, to)| Transition {
+                transition_id: transition_id("inv_1", *to),
+                invoice_id: "inv_1".into(),
+                seq: u32::try_from(i).expect("small") + 1,
+                from: Draft,
+                to: *to,
+                actor: "test".into(),
+                reason: String::new(),
+                at_ms: 1_000 + i64::try_from(i).expect("small"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_document_finalizes_only_an_invoice_with_nothing_recorded() {
+        let cases = [
+            (Draft, false, Draft),
+            (Draft, true, Finalized),
+            (Finalized, true, Finalized),
+            (Paid, true, Paid),
+            // a draft voided before finalization stays void whatever the document says
+            (Void, false, Void),
+            (Void, true, Void),
+            (Uncollectible, true, Uncollectible),
+        ];
+        for (recorded, document_finalized, want) in cases {
+            assert_eq!(
+                current(recorded, document_finalized),
+                want,
+                "{recorded}, document finalized: {document_finalized}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_fold_and_whether_it_passed_through_finalized() {
+        let cases: [(&[InvoiceStatus], InvoiceStatus, bool); 6] = [
+            (&[], Draft, false),
+            (&[Finalized], Finalized, true),
+            (&[Finalized, Paid], Paid, true),
+            (&[Void], Void, false),
+            (&[Finalized, Void], Void, true),
+            // a record that lost the race (paid before finalized) is skipped
+            (&[Paid, Finalized], Finalized, true),
+        ];
+        for (targets, status, finalized) in cases {
+            let h = history(targets);
+            assert_eq!(status_of(&h), status, "{targets:?}");
+            assert_eq!(was_finalized(&h), finalized, "{targets:?}");
+        }
+    }
+
+    #[test]
+    fn many_invoices_fold_as_one() {
+        let rows = [
+            ("a", "finalized"),
+            ("b", "void"),
+            ("a", "paid"),
+            ("c", "paid"),
+            ("c", "finalized"),
+        ]
+        .map(|(id, to)| StatusRow {
+            invoice_id: id.into(),
+            to_status: to.into(),
+        });
+        let got = fold_rows(rows.into()).expect("folds");
+        let want = HashMap::from([
+            ("a".to_owned(), Paid),
+            ("b".to_owned(), Void),
+            ("c".to_owned(), Finalized),
+        ]);
+        assert_eq!(got, want);
+        let bad = vec![StatusRow {
+            invoice_id: "d".into(),
+            to_status: "lost".into(),
+        }];
+        assert!(matches!(
+            fold_rows(bad),
+            Err(LifecycleError::Corrupt { .. })
+        ));
+    }
 }

@@ -1,24 +1,24 @@
 //! The invoicer: turns charges into invoices, one per customer and billing period.
 //!
-//! It owns invoice identity (a deterministic id per customer and period), building lines
-//! from the latest charges (each line links to its charge and repeats its plan version,
-//! price model, tiers, quantity and amount), totals in minor units, the draft/finalized
-//! status (draft until the period has ended and its grace period passed), storing invoices
-//! append-only, and rendering them as JSON. A finalized invoice is never rewritten. It never
-//! prices usage: amounts come from the rater's charges, already rounded.
+//! It owns invoicing passes: when a period's invoice is built from the latest charges, when
+//! it is finalized (draft until the period has ended and its grace period passed) and
+//! numbered, storing invoices append-only, late usage and credit notes, lineage and
+//! reconciliation, and the invoicer's HTTP API. A finalized invoice is never rewritten. It
+//! never prices usage: amounts come from the rater's charges, already rounded.
+//!
+//! The invoice document (identity, lines, totals), the ids of a period's invoices per
+//! currency, the lifecycle (the one source of an invoice's status) and rendering are in the
+//! `tally-invoice` crate, shared with payments; they are re-exported here under their old
+//! paths ([`invoice`], [`currency_split`], [`lifecycle`], [`render`]).
 //!
 //! # Layout
 //! - [`config`]: the `[invoicer]` section.
-//! - [`invoice`]: the invoice document and how it is built from charges (pure).
-//! - [`currency_split`]: one invoice per currency of a period, and their ids.
 //! - [`numbering`]: gapless numbers per issuer, assigned once, and the frozen documents of
 //!   finalized invoices (NATS KV).
-//! - [`lifecycle`]: appending and reading lifecycle transitions (who, when, why).
 //! - [`late`]: late usage after finalization, as adjustment lines or credit notes.
 //! - [`credit_notes`]: credit notes against finalized invoices.
 //! - [`lineage`]: where a line comes from (its charge, the usage windows, the events).
 //! - [`reconcile`]: committed usage, charges and lines of a period compared (read-only).
-//! - [`render`]: invoices for people (text, HTML, PDF).
 //! - [`store`]: reading charges and existing invoices, writing invoices and lines.
 //! - [`run`]: one invoicing pass; [`schedule`]: when passes run (cron).
 //! - [`api`]: the HTTP API and its OpenAPI document.
@@ -36,8 +36,7 @@ pub mod run;
 pub mod schedule;
 pub mod store;
 
-// the document, its lifecycle and its rendering live in `tally-invoice` (shared with
-// payments); re-exported so `tally_invoicer::invoice::…` paths keep working
+/// From `tally-invoice`: the document, its ids per currency, its lifecycle and its rendering.
 pub use tally_invoice::{currency_split, invoice, lifecycle, render};
 
 pub use config::InvoicerConfig;

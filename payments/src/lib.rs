@@ -5,8 +5,10 @@
 //! append-only double-entry ledger and its trial balance, dunning (payment retries and overdue
 //! reminders as signed notifications with a delivery log), the webhooks of spend alerts (the
 //! same signed notifications) and the customer portal (signed, expiring links). It does not
-//! own invoices or their numbers, lines and totals (the invoicer's); it moves an invoice's
-//! lifecycle only through `tally_invoice::lifecycle`.
+//! own invoices or their numbers, lines and totals (the invoicer's). It never imports the
+//! invoicer stage: the invoice document, its rendering and its lifecycle come from the shared
+//! `tally-invoice` crate, and it reads and moves an invoice's status only through
+//! `tally_invoice::lifecycle` (the one fold of the transitions).
 //! It never updates or deletes a stored row: every change is an appended record with its actor.
 //!
 //! # Layout

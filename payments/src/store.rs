@@ -51,6 +51,14 @@ struct InvoiceRow {
 const INVOICE_COLUMNS: &str = "SELECT invoice_id, customer, toUInt32(period_start), \
      toUInt32(period_end), status, currency, total_minor, document FROM v_invoices";
 
+impl InvoiceFacts {
+    /// Whether the invoicer stored the document finalized (`v_invoices.status`); the invoice's
+    /// status is [`tally_invoice::lifecycle::current`] of this and its lifecycle.
+    pub fn document_finalized(&self) -> bool {
+        self.invoicer_status == tally_invoice::Status::Finalized.as_str()
+    }
+}
+
 fn facts(r: InvoiceRow) -> InvoiceFacts {
     let doc: serde_json::Value = serde_json::from_str(&r.document).unwrap_or_default();
     let int = |k: &str| doc.get(k).and_then(serde_json::Value::as_i64);
@@ -411,68 +419,4 @@ pub async fn exists(db: &Client, name: &str) -> Result<bool> {
         .fetch_one()
         .await?;
     Ok(n > 0)
-}
-
-#[derive(clickhouse::Row, Deserialize)]
-struct TransitionRow {
-    invoice_id: String,
-    to_status: String,
-}
-
-/// The lifecycle status of every invoice with a recorded transition (one query; the same fold
-/// as `tally_invoice::lifecycle::status`).
-pub async fn statuses(
-    db: &Client,
-) -> Result<std::collections::HashMap<String, tally_domain::InvoiceStatus>, crate::Error> {
-    let rows: Vec<TransitionRow> = db
-        .query(
-            "SELECT invoice_id, to_status FROM v_invoice_transitions \
-             ORDER BY invoice_id, at_ms, seq, transition_id",
-        )
-        .fetch_all()
-        .await?;
-    fold_statuses(rows)
-}
-
-/// The lifecycle status of each of `invoice_ids` that has a recorded transition, reading only
-/// their rows (`invoice_transitions` is sorted by invoice id; the view would read all of
-/// them on ClickHouse 18.16). The same rows as `v_invoice_transitions`: the earliest record of
-/// each transition.
-pub async fn statuses_of(
-    db: &Client,
-    invoice_ids: &[String],
-) -> Result<std::collections::HashMap<String, tally_domain::InvoiceStatus>, crate::Error> {
-    let mut rows: Vec<TransitionRow> = Vec::new();
-    for chunk in invoice_ids.chunks(1_000) {
-        let list = format!("({})", vec!["?"; chunk.len()].join(", "));
-        let mut q = db.query(&format!(
-            "SELECT invoice_id, to_status FROM ( \
-               SELECT invoice_id, transition_id, argMin(seq, at_ms) AS seq, \
-                      argMin(to_status, at_ms) AS to_status, min(at_ms) AS t \
-               FROM invoice_transitions WHERE invoice_id IN {list} \
-               GROUP BY invoice_id, transition_id) \
-             ORDER BY invoice_id, t, seq, transition_id"
-        ));
-        for id in chunk {
-            q = q.bind(id);
-        }
-        rows.extend(q.fetch_all::<TransitionRow>().await?);
-    }
-    fold_statuses(rows)
-}
-
-/// Each invoice's status: the fold of its transitions in order.
-fn fold_statuses(
-    rows: Vec<TransitionRow>,
-) -> Result<std::collections::HashMap<String, tally_domain::InvoiceStatus>, crate::Error> {
-    use tally_domain::InvoiceStatus;
-    let mut out = std::collections::HashMap::new();
-    for r in rows {
-        let to: InvoiceStatus = r.to_status.parse().map_err(|_| {
-            crate::Error::Corrupt(format!("invoice {} status {:?}", r.invoice_id, r.to_status))
-        })?;
-        let at = out.entry(r.invoice_id).or_insert(InvoiceStatus::Draft);
-        *at = tally_domain::invoice_status::fold(*at, [to]);
-    }
-    Ok(out)
 }

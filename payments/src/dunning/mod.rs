@@ -42,7 +42,7 @@ pub struct PassReport {
 
 /// Invoices still owed: lifecycle open, amount due minus payments positive.
 pub async fn owed(db: &Client) -> Result<Vec<Owed>, Error> {
-    let statuses = store::statuses(db).await?;
+    let statuses = tally_invoice::lifecycle::statuses(db).await?;
     let mut paid: HashMap<String, i64> = HashMap::new();
     let mut first_failure: HashMap<String, i64> = HashMap::new();
     let mut last_failure: HashMap<String, schedule::Failure> = HashMap::new();
@@ -83,11 +83,9 @@ pub async fn owed(db: &Client) -> Result<Vec<Owed>, Error> {
         .await?
         .into_iter()
         .filter(|inv| {
-            statuses
-                .get(&inv.invoice_id)
-                .copied()
-                .unwrap_or(InvoiceStatus::Finalized)
-                .is_open()
+            let recorded = statuses.get(&inv.invoice_id).copied();
+            let recorded = recorded.unwrap_or(InvoiceStatus::Draft);
+            tally_invoice::lifecycle::current(recorded, inv.document_finalized()).is_open()
         })
         .map(|inv| Owed {
             outstanding_minor: inv

@@ -123,7 +123,7 @@ async fn load_stored(db: &Client, customer: &str, now_ms: i64) -> Result<Custome
     let name = account::customer_name(db, customer).await?;
     let credits = account::credits(db, customer).await?;
     let ids: Vec<String> = facts.iter().map(|f| f.invoice_id.clone()).collect();
-    let statuses = store::statuses_of(db, &ids).await?;
+    let statuses = tally_invoice::lifecycle::statuses_of(db, &ids).await?;
     let wallet = crate::wallet::http::view(db, customer).await?;
     let mut payments = Vec::new();
     let mut paid: HashMap<String, i64> = HashMap::new();
@@ -139,12 +139,12 @@ async fn load_stored(db: &Client, customer: &str, now_ms: i64) -> Result<Custome
     let invoices = facts
         .into_iter()
         .map(|f| PortalInvoice {
-            status: statuses.get(&f.invoice_id).copied().unwrap_or(
-                if f.invoicer_status == "finalized" {
-                    InvoiceStatus::Finalized
-                } else {
-                    InvoiceStatus::Draft
-                },
+            status: tally_invoice::lifecycle::current(
+                statuses
+                    .get(&f.invoice_id)
+                    .copied()
+                    .unwrap_or(InvoiceStatus::Draft),
+                f.document_finalized(),
             ),
             paid_minor: paid.get(&f.invoice_id).copied().unwrap_or(0),
             facts: f,

@@ -393,7 +393,7 @@ impl Settler {
         let _guard = self.lock.lock().await;
         let posted = store::journal_ids(&self.db).await?;
         // every invoice's lifecycle status in one query (not one query per invoice)
-        let statuses = store::statuses(&self.db).await?;
+        let statuses = lifecycle::statuses(&self.db).await?;
         let mut n = 0;
         for g in crate::grants::unposted(&self.db).await? {
             let (op, currency, customer) = (&g.op, &g.currency, &g.customer);
@@ -419,8 +419,9 @@ impl Settler {
                     )
                     .await?;
                 }
-                let status = statuses.get(&inv.invoice_id).copied();
-                (status.unwrap_or(InvoiceStatus::Draft), true)
+                let recorded = statuses.get(&inv.invoice_id).copied();
+                let recorded = recorded.unwrap_or(InvoiceStatus::Draft);
+                (lifecycle::current(recorded, inv.document_finalized()), true)
             } else {
                 let (status, booked) = ensure_finalized(&self.db, &inv, now_ms).await?;
                 n += usize::from(booked);
@@ -473,33 +474,22 @@ pub(crate) async fn post(
 }
 
 /// Makes sure a finalized invoice is finalized in the lifecycle (recording the invoicer's
-/// finalization when only `v_invoices` shows it) and its receivable is booked; returns the
-/// lifecycle status and whether the invoice was ever finalized (and so is booked). A draft,
-/// or a draft voided before finalization, is not booked.
+/// finalization when only `v_invoices` shows it, [`lifecycle::record_document_finalized`]) and
+/// its receivable is booked; returns the lifecycle status and whether the invoice was ever
+/// finalized (and so is booked). A draft, or a draft voided before finalization, is not booked.
 pub async fn ensure_finalized(
     db: &Client,
     inv: &InvoiceFacts,
     now_ms: i64,
 ) -> Result<(InvoiceStatus, bool), Error> {
-    let history = lifecycle::history(db, &inv.invoice_id).await?;
-    // the lifecycle's fold, step by step: whether it ever passed through `finalized`
-    let path =
-        tally_domain::invoice_status::path(InvoiceStatus::Draft, history.iter().map(|t| t.to));
-    let mut status = path.last().copied().unwrap_or(InvoiceStatus::Draft);
-    let mut finalized = path.contains(&InvoiceStatus::Finalized);
-    if status == InvoiceStatus::Draft && inv.invoicer_status == "finalized" {
-        lifecycle::record(
-            db,
-            &inv.invoice_id,
-            InvoiceStatus::Finalized,
-            SYNC_ACTOR,
-            "finalized in v_invoices by the invoicer",
-            now_ms,
-        )
-        .await?;
-        status = InvoiceStatus::Finalized;
-        finalized = true;
-    }
+    let (status, finalized) = lifecycle::record_document_finalized(
+        db,
+        &inv.invoice_id,
+        inv.document_finalized(),
+        SYNC_ACTOR,
+        now_ms,
+    )
+    .await?;
     if finalized {
         let op = Operation::InvoiceFinalized {
             invoice_id: inv.invoice_id.clone(),
