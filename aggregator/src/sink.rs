@@ -6,7 +6,6 @@
 //! aborts an attempt that failed before retrying under a new id. This module never acks
 //! anything, never touches the dedup set and never decides whether a batch counts.
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 use clickhouse::Client;
@@ -127,15 +126,8 @@ pub struct Target<'a> {
     pub now_ms: i64,
 }
 
-/// The canonical text of a group: a JSON object of name to value, names sorted.
-pub fn group_key(names: &[String], values: &[String]) -> String {
-    let map: BTreeMap<&str, &str> = names
-        .iter()
-        .map(String::as_str)
-        .zip(values.iter().map(String::as_str))
-        .collect();
-    serde_json::to_string(&map).unwrap_or_default()
-}
+/// The canonical text of a group (shared with the rater's corrections).
+pub use tally_domain::meter::group_key;
 
 fn insert_error(table: &'static str) -> impl Fn(clickhouse::error::Error) -> InsertError {
     move |source| InsertError { table, source }

@@ -179,6 +179,17 @@ impl Meter {
     }
 }
 
+/// The canonical text of a group: a JSON object of name to value, names sorted (the
+/// `group_key` column of readings, partials and charges).
+pub fn group_key(names: &[String], values: &[String]) -> String {
+    let map: BTreeMap<&str, &str> = names
+        .iter()
+        .map(String::as_str)
+        .zip(values.iter().map(String::as_str))
+        .collect();
+    serde_json::to_string(&map).unwrap_or_default()
+}
+
 fn checked_quantity(path: &JsonPath, value: Decimal) -> Result<Decimal, ReadError> {
     let path = || path.to_string();
     if value.is_sign_negative() && !value.is_zero() {

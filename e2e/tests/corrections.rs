@@ -4,7 +4,8 @@
 //! pass lowers the charge and the invoicer issues a credit note naming the correction, for
 //! exactly the voided event's amount (computed by hand below, in integer cents), once. The
 //! void itself is exactly once: re-sent it appends nothing, a second void of the event is
-//! refused `already_voided`, and the finalized invoice never changes.
+//! refused `already_voided`, and the finalized invoice never changes. Then another event is
+//! amended to a lower quantity (read by the stored meters): a second note for the difference.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,6 +85,11 @@ async fn start_api(
         token,
         tokio::spawn(serve(listener, state, stop.clone())),
     )
+}
+
+/// The `llm_tokens` meter as the aggregator reads it, for `POST /v1/meters`.
+fn meter_spec() -> serde_json::Value {
+    serde_json::to_value(&tally_e2e::meter_specs()[0]).expect("a meter spec as JSON")
 }
 
 #[derive(Debug, clickhouse::Row, serde::Deserialize)]
@@ -307,6 +313,48 @@ async fn a_void_after_finalization_gives_a_credit_note_naming_the_correction_onc
         .await
         .expect("pass");
     assert_eq!(notes(&db, &customer).await.len(), 1);
+    assert_eq!(
+        invoices(&db, &customer).await,
+        before,
+        "the invoice never changes"
+    );
+
+    // an amend of e2 (250,000 tokens) to 50,000, read by the stored meters
+    let (status, body) = post(addr, Some(&token), "/v1/meters", &meter_spec()).await;
+    assert!(status == 201 || status == 200, "{status} {body}");
+    let mut amend = void("m-1", "e2");
+    amend["kind"] = "amend".into();
+    amend["data"] = serde_json::json!({"tokens": 50_000, "model": "gpt-4o", "kind": "output"});
+    let (status, body) = post(addr, Some(&token), "/v1/corrections", &amend).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        (body["kind"].as_str(), body["revision"].as_i64()),
+        (Some("amend"), Some(1))
+    );
+    let (status, _) = post(addr, Some(&token), "/v1/corrections", &amend).await;
+    assert_eq!(status, 200, "an amend re-sent is stored once");
+    let mut negative = amend.clone();
+    negative["correction_id"] = "m-2".into();
+    negative["data"]["tokens"] = (-5).into();
+    let (status, body) = post(addr, Some(&token), "/v1/corrections", &negative).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_quantity"))
+    );
+    // 1,050,000 tokens = 3.15 USD = 315 cents: a second note of 375 - 315 = 60 cents
+    let amended_at = again + 3_600_000;
+    tally_rater::rate_once(&db, &cat, &rater, amended_at)
+        .await
+        .expect("rating after the amend");
+    assert_eq!(charge_minor(&db, &customer).await, 315);
+    invoice_pass(&db, Some(&numbers), &inv, amended_at)
+        .await
+        .expect("pass");
+    let issued = notes(&db, &customer).await;
+    assert_eq!(issued.len(), 2, "{issued:?}");
+    assert_eq!((issued[1].amount_minor, issued[1].tax_minor), (60, 0));
+    let lines: serde_json::Value = serde_json::from_str(&issued[1].lines).expect("JSON lines");
+    assert_eq!(lines["corrections"], serde_json::json!(["m-1", "v-1"]));
     assert_eq!(
         invoices(&db, &customer).await,
         before,

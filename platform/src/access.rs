@@ -137,6 +137,7 @@ pub fn grants(service: Service) -> Grants {
                     "catalog_fx_rates",
                     "usage_corrections",
                     "usage_correction_deltas",
+                    "usage_correction_data",
                     "api_audit",
                 ],
             ),
@@ -201,7 +202,7 @@ pub fn password_sha256(password: &str) -> String {
 /// The file name of the latest roles migration, which must equal [`roles_migration`]. Each
 /// roles migration is a full snapshot (`REVOKE ALL` then the grants): to change rights, edit
 /// [`grants`], add the new rendering as the next migration and point this at it.
-pub const ROLES_MIGRATION: &str = "0061_service_roles_corrections.sql";
+pub const ROLES_MIGRATION: &str = "0063_service_roles_correction_data.sql";
 
 /// `GRANT` statements giving `grantee` the table rights of `g` in `database`.
 fn table_grants(database: &str, g: &Grants, grantee: &str) -> Vec<String> {

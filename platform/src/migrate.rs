@@ -110,6 +110,8 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(53, "0053_service_roles_disputes.sql"),
     migration!(60, "0060_usage_corrections.sql"),
     migration!(61, "0061_service_roles_corrections.sql"),
+    migration!(62, "0062_usage_correction_data.sql"),
+    migration!(63, "0063_service_roles_correction_data.sql"),
 ];
 
 /// A capability a migration needs from the server (its `-- requires:` header).

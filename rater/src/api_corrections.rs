@@ -1,9 +1,9 @@
 //! The API's correction routes (version 1, JSON; the rules are [`crate::corrections`]):
 //!
-//! - `POST /v1/corrections`: void a committed event named by (customer, source, id) and its
-//!   time, with a reason; the actor is the token's. 201 with the correction when it was
-//!   appended, 200 when the same correction (same id and content) was stored already; 400
-//!   `invalid_correction`, 404 `event_not_found`, 409 `already_voided` (another correction
+//! - `POST /v1/corrections`: void or amend a committed event named by (customer, source, id)
+//!   and its time, with a reason; the actor is the token's. 201 with the correction when it
+//!   was appended, 200 when the same correction (same id and content) was stored already; 400
+//!   `invalid_correction` or `invalid_quantity` (an amend's data), 404 `event_not_found`, 409 `already_voided` (another correction
 //!   voided the event), `correction_exists` (the id names another correction),
 //!   `correction_conflict` (a racing correction of the event counts instead), 422
 //!   `not_correctable` (a meter that is not a SUM), 503 `unavailable`.
@@ -18,7 +18,8 @@ use serde::Serialize;
 use tally_platform::auth::Principal;
 
 use crate::api::{error, json, read_json, ApiState};
-use crate::corrections::{self, Correction, CorrectionError, VoidRequest};
+use crate::corrections::{self, Correction, CorrectionError, CorrectionRequest};
+use crate::corrections_store;
 
 type Reply = Response<Full<Bytes>>;
 
@@ -62,29 +63,33 @@ fn rfc3339(ms: i64) -> String {
 
 fn refused(e: &CorrectionError) -> Reply {
     let status = match e {
-        CorrectionError::Invalid { .. } => StatusCode::BAD_REQUEST,
+        CorrectionError::Invalid { .. } | CorrectionError::InvalidQuantity { .. } => {
+            StatusCode::BAD_REQUEST
+        }
         CorrectionError::EventNotFound { .. } => StatusCode::NOT_FOUND,
         CorrectionError::NotCorrectable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         CorrectionError::AlreadyVoided { .. }
         | CorrectionError::CorrectionExists(_)
         | CorrectionError::Conflict { .. } => StatusCode::CONFLICT,
-        CorrectionError::ClickHouse(_) => StatusCode::SERVICE_UNAVAILABLE,
+        CorrectionError::ClickHouse(_) | CorrectionError::Meters(_) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
     };
     error(status, e.code(), e)
 }
 
 /// `POST /v1/corrections` by `who`.
 pub(crate) async fn post(state: &ApiState, req: Request<Incoming>, who: &Principal) -> Reply {
-    let body: VoidRequest = match read_json(req, "invalid_correction").await {
+    let body: CorrectionRequest = match read_json(req, "invalid_correction").await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let void = match body.validate() {
+    let valid = match body.validate() {
         Ok(v) => v,
         Err(e) => return refused(&e),
     };
     let actor = who.actor_label();
-    match corrections::void(&state.db, &void, &actor, (state.now_ms)()).await {
+    match corrections_store::correct(&state.db, &valid, &actor, (state.now_ms)()).await {
         Ok((c, appended)) => {
             let status = if appended {
                 StatusCode::CREATED
@@ -99,7 +104,7 @@ pub(crate) async fn post(state: &ApiState, req: Request<Incoming>, who: &Princip
 
 /// `GET /v1/customers/{id}/corrections`.
 pub(crate) async fn list(state: &ApiState, customer: &str) -> Reply {
-    let all = match corrections::of_customer(&state.db, customer).await {
+    let all = match corrections_store::of_customer(&state.db, customer).await {
         Ok(all) => all,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
     };

@@ -1,46 +1,51 @@
-//! Corrections of committed events: voiding an event, named by its identity (customer,
-//! source, id), after the aggregator committed it, with an actor and a reason.
+//! Corrections of committed events: voiding or amending an event, named by its identity
+//! (customer, source, id), after the aggregator committed it, with an actor and a reason.
 //!
-//! It owns the correction's rules and its storage (migration 0060): what a void takes away
-//! (minus each of the event's committed meter readings, looked up in `usage_meter_readings`
-//! by the event's identity and time, so the caller never states quantities), when one is
-//! refused (no such committed event, a meter that is not a SUM, an event already voided, a
-//! correction id reused for something else), and appending the correction
-//! (`usage_corrections`) and its deltas (`usage_correction_deltas`). Billing reads add the
-//! deltas to usage (`tally_platform::usage`), so the rater's next pass recomputes the
-//! period's charges and the invoicer's late-usage path turns a lowered charge of a finalized
-//! invoice into a credit note naming the correction (`tally_invoicer::late`).
+//! It owns the correction's rules (pure; the storage is [`crate::corrections_store`]): what
+//! a correction changes in the usage, and when one is refused. An event's *current* readings
+//! are its committed meter readings (`usage_meter_readings`, looked up by the event's
+//! identity and time, so the caller never states the quantities it takes away) plus the
+//! deltas of the corrections of it that count. A void's target is no readings; an amend's is
+//! what the stored meters read from its new `data` (same event type, same window). The
+//! correction's deltas are target minus current, per (meter, group, window). Refused: no such
+//! committed event, a meter that is not a SUM, an event already voided, a correction id
+//! reused for something else, a `data` the meters cannot read.
+//!
+//! Billing reads add the deltas to usage (`tally_platform::usage`), so the rater's next pass
+//! recomputes the period's charges and the invoicer's late-usage path turns a changed charge
+//! of a finalized invoice into a credit note or an adjustment naming the correction
+//! (`tally_invoicer::late`).
 //!
 //! Exactly once: a correction's identity is (customer, correction id). Re-sending the same
-//! correction finds it stored and appends nothing; a different correction for an event that a
-//! counted correction already voided is refused (`already_voided`). Two racing corrections of
-//! the same event both reach storage at most as revision n of that event, and only the one
-//! with the smallest correction id counts, for every reader; the API answers the other
-//! `correction_conflict` after it re-reads (see [`winner`]). Deltas written twice (a retried
-//! insert) count once: readers take one row per (correction, meter, group, window).
-//!
-//! The shape is "load the facts ([`load`]), decide in a pure function ([`decide`]), append
-//! ([`append`])". Docs: docs/INGEST.md, "Corrections".
+//! correction finds it stored and appends nothing. Corrections of an event are numbered
+//! revisions; two racing corrections of the same event may both reach storage as revision n,
+//! and only the one with the smallest correction id counts, for every reader ([`winners`]);
+//! the API answers the other `correction_conflict` after it re-reads. Deltas written twice (a
+//! retried insert) count once: readers take one row per (correction, meter, group, window).
+//! Docs: docs/INGEST.md, "Corrections".
 
-use clickhouse::Client;
+use std::collections::BTreeMap;
+
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use tally_domain::{AgentId, CustomerId, EventId};
+use serde_json::value::RawValue;
+use tally_domain::data::DataView;
+use tally_domain::{AgentId, CustomerId, EventId, Meter};
 use tally_platform::store::{datetime_secs, dec9};
 
 /// Longest reason accepted, in bytes.
 pub const REASON_MAX_BYTES: usize = 1024;
 
-/// How far before the event time its window may start: the aggregator's largest window.
-const WINDOW_MAX_SECS: i64 = 86_400;
+/// Largest amended `data`, in bytes (the gateway's default event bound).
+pub const DATA_MAX_BYTES: usize = 65_536;
 
-/// A void as the API receives it.
+/// A correction as the API receives it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct VoidRequest {
+pub struct CorrectionRequest {
     /// The correction's own id, chosen by the caller: re-sending it is safe.
     pub correction_id: String,
-    /// `void` (the only kind so far).
+    /// `void` or `amend`.
     pub kind: String,
     pub customer: String,
     /// The event's `source` (agent).
@@ -50,17 +55,47 @@ pub struct VoidRequest {
     /// The event's `time` (RFC 3339): bounds the lookup of its readings.
     pub time: String,
     pub reason: String,
+    /// `amend`: the event's corrected `data` (a JSON object); absent for `void`.
+    #[serde(default)]
+    pub data: Option<Box<RawValue>>,
 }
 
-/// A validated void.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Void {
+/// What a correction does to the event.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Void,
+    /// The corrected `data`, as sent.
+    Amend(Box<RawValue>),
+}
+
+impl Change {
+    /// The stored kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Change::Void => "void",
+            Change::Amend(_) => "amend",
+        }
+    }
+
+    /// The stored data: the amended `data`, empty for a void.
+    pub fn data(&self) -> &str {
+        match self {
+            Change::Void => "",
+            Change::Amend(d) => d.get(),
+        }
+    }
+}
+
+/// A validated correction.
+#[derive(Debug, Clone)]
+pub struct Valid {
     pub correction_id: EventId,
     pub customer: CustomerId,
     pub agent: AgentId,
     pub event_id: EventId,
     pub time_ms: i64,
     pub reason: String,
+    pub change: Change,
 }
 
 /// Why a correction is refused or failed.
@@ -78,6 +113,8 @@ pub enum CorrectionError {
         "meter {meter:?} aggregates by {aggregation}; only SUM meters can be corrected so far"
     )]
     NotCorrectable { meter: String, aggregation: String },
+    #[error("field data: meter {meter:?} cannot read it: {detail}")]
+    InvalidQuantity { meter: String, detail: String },
     #[error("the event is already voided by correction {by:?}")]
     AlreadyVoided { by: String },
     #[error("correction {0:?} exists with other content")]
@@ -88,6 +125,8 @@ pub enum CorrectionError {
     Conflict { ours: String, winner: String },
     #[error("clickhouse: {0}")]
     ClickHouse(#[from] clickhouse::error::Error),
+    #[error("the stored meters cannot be read: {0}")]
+    Meters(String),
 }
 
 impl CorrectionError {
@@ -97,10 +136,11 @@ impl CorrectionError {
             CorrectionError::Invalid { .. } => "invalid_correction",
             CorrectionError::EventNotFound { .. } => "event_not_found",
             CorrectionError::NotCorrectable { .. } => "not_correctable",
+            CorrectionError::InvalidQuantity { .. } => "invalid_quantity",
             CorrectionError::AlreadyVoided { .. } => "already_voided",
             CorrectionError::CorrectionExists(_) => "correction_exists",
             CorrectionError::Conflict { .. } => "correction_conflict",
-            CorrectionError::ClickHouse(_) => "unavailable",
+            CorrectionError::ClickHouse(_) | CorrectionError::Meters(_) => "unavailable",
         }
     }
 }
@@ -112,12 +152,19 @@ fn invalid(field: &'static str, detail: impl ToString) -> CorrectionError {
     }
 }
 
-impl VoidRequest {
+impl CorrectionRequest {
     /// Checks every field (ids as the event contract has them).
-    pub fn validate(self) -> Result<Void, CorrectionError> {
-        if self.kind != "void" {
-            return Err(invalid("kind", format!("{:?}: only \"void\"", self.kind)));
-        }
+    pub fn validate(self) -> Result<Valid, CorrectionError> {
+        let change = match (self.kind.as_str(), self.data) {
+            ("void", None) => Change::Void,
+            ("void", Some(_)) => return Err(invalid("data", "a void takes no data")),
+            ("amend", Some(d)) if d.get().len() > DATA_MAX_BYTES => {
+                return Err(invalid("data", format!("at most {DATA_MAX_BYTES} bytes")))
+            }
+            ("amend", Some(d)) => Change::Amend(d),
+            ("amend", None) => return Err(invalid("data", "an amend needs the corrected data")),
+            (other, _) => return Err(invalid("kind", format!("{other:?}: void or amend"))),
+        };
         let reason = self.reason.trim().to_owned();
         if reason.is_empty() || reason.len() > REASON_MAX_BYTES {
             return Err(invalid(
@@ -128,7 +175,7 @@ impl VoidRequest {
         let time_ms = chrono::DateTime::parse_from_rfc3339(&self.time)
             .map_err(|e| invalid("time", e))?
             .timestamp_millis();
-        Ok(Void {
+        Ok(Valid {
             correction_id: EventId::new(self.correction_id)
                 .map_err(|e| invalid("correction_id", e))?,
             customer: CustomerId::new(self.customer).map_err(|e| invalid("customer", e))?,
@@ -136,11 +183,13 @@ impl VoidRequest {
             event_id: EventId::new(self.id).map_err(|e| invalid("id", e))?,
             time_ms,
             reason,
+            change,
         })
     }
 }
 
-/// One committed meter reading of the corrected event.
+/// One reading of the corrected event (committed, a delta, or a target), per (meter, group,
+/// window).
 #[derive(Debug, Clone, PartialEq, Eq, clickhouse::Row, Deserialize)]
 pub struct Reading {
     pub meter: String,
@@ -152,6 +201,8 @@ pub struct Reading {
     pub group_key: String,
     #[serde(with = "dec9")]
     pub value: Decimal,
+    /// Events behind it: 1 for a committed reading, the delta's count for a delta.
+    pub events: i64,
 }
 
 /// A stored correction.
@@ -197,10 +248,14 @@ pub struct Delta {
 pub struct Facts {
     /// The event's committed readings (empty: no such committed event).
     pub readings: Vec<Reading>,
+    /// The deltas of the event's counted corrections.
+    pub deltas: Vec<Reading>,
     /// Every correction recorded for the event, counted or not.
     pub of_event: Vec<Correction>,
-    /// A correction already stored under the request's id, if any.
-    pub same_id: Option<Correction>,
+    /// A correction already stored under the request's id, with its data, if any.
+    pub same_id: Option<(Correction, String)>,
+    /// An amend's target: what the stored meters read from its data.
+    pub target: Vec<Reading>,
 }
 
 /// What to do with a valid request.
@@ -214,7 +269,7 @@ pub enum Decision {
 
 /// The corrections that count: per revision of an event, the smallest correction id.
 pub fn winners(of_event: &[Correction]) -> Vec<&Correction> {
-    let mut by_revision: std::collections::BTreeMap<u32, &Correction> = Default::default();
+    let mut by_revision: BTreeMap<u32, &Correction> = BTreeMap::new();
     for c in of_event {
         let slot = by_revision.entry(c.revision).or_insert(c);
         if c.correction_id < slot.correction_id {
@@ -231,206 +286,171 @@ pub fn winner<'a>(of_event: &'a [Correction], ours: &Correction) -> Option<&'a C
         .find(|c| c.revision == ours.revision)
 }
 
-/// Decides a void from the stored facts (pure): see the module docs.
-pub fn decide(
-    void: &Void,
-    facts: &Facts,
-    actor: &str,
-    now_ms: i64,
-) -> Result<Decision, CorrectionError> {
-    if let Some(stored) = &facts.same_id {
-        let same = stored.agent == void.agent.as_str()
-            && stored.event_id == void.event_id.as_str()
-            && stored.event_time_ms == void.time_ms
-            && stored.kind == "void"
-            && stored.reason == void.reason;
+/// What `meters` read from an amended event of `event_type` with `data`, in `window`
+/// (start, seconds): the amend's target (pure).
+pub fn amended(
+    meters: &[Meter],
+    event_type: &str,
+    data: &RawValue,
+    window: (u32, u32),
+) -> Result<Vec<Reading>, CorrectionError> {
+    let view = DataView::new(data).map_err(|e| invalid("data", e))?;
+    let mut out = Vec::new();
+    for m in meters.iter().filter(|m| m.event_type == event_type) {
+        let r = m
+            .read(&view)
+            .map_err(|e| CorrectionError::InvalidQuantity {
+                meter: m.slug.to_string(),
+                detail: e.to_string(),
+            })?;
+        let names: Vec<String> = m.group_by.iter().map(|(n, _)| n.clone()).collect();
+        out.push(Reading {
+            meter: m.slug.to_string(),
+            aggregation: m.aggregation.as_str().to_owned(),
+            window_start: window.0,
+            window_secs: window.1,
+            group_key: tally_domain::meter::group_key(&names, &r.group_values),
+            group_names: names,
+            group_values: r.group_values,
+            value: r.value,
+            events: 1,
+        });
+    }
+    Ok(out)
+}
+
+type Key = (String, String, u32);
+
+fn key(r: &Reading) -> Key {
+    (r.meter.clone(), r.group_key.clone(), r.window_start)
+}
+
+/// The event's current readings: committed plus counted deltas, per (meter, group, window).
+fn current(facts: &Facts) -> BTreeMap<Key, Reading> {
+    let mut out: BTreeMap<Key, Reading> = BTreeMap::new();
+    for r in facts.readings.iter().chain(&facts.deltas) {
+        match out.get_mut(&key(r)) {
+            Some(c) => {
+                c.value += r.value;
+                c.events += r.events;
+            }
+            None => {
+                out.insert(key(r), r.clone());
+            }
+        }
+    }
+    out.retain(|_, r| r.events > 0 || !r.value.is_zero());
+    out
+}
+
+/// Refuses a stored id reused for other content, a voided event, an unknown one.
+fn refuse(req: &Valid, facts: &Facts) -> Result<Option<Correction>, CorrectionError> {
+    if let Some((stored, data)) = &facts.same_id {
+        let same = stored.agent == req.agent.as_str()
+            && stored.event_id == req.event_id.as_str()
+            && stored.event_time_ms == req.time_ms
+            && stored.kind == req.change.kind()
+            && stored.reason == req.reason
+            && data == req.change.data();
         return if same {
-            Ok(Decision::Recorded(stored.clone()))
+            Ok(Some(stored.clone()))
         } else {
             Err(CorrectionError::CorrectionExists(
                 stored.correction_id.clone(),
             ))
         };
     }
-    let counted = winners(&facts.of_event);
-    if let Some(v) = counted.iter().find(|c| c.kind == "void") {
+    if let Some(v) = winners(&facts.of_event).iter().find(|c| c.kind == "void") {
         return Err(CorrectionError::AlreadyVoided {
             by: v.correction_id.clone(),
         });
     }
     if facts.readings.is_empty() {
         return Err(CorrectionError::EventNotFound {
-            customer: void.customer.to_string(),
-            agent: void.agent.to_string(),
-            event_id: void.event_id.to_string(),
+            customer: req.customer.to_string(),
+            agent: req.agent.to_string(),
+            event_id: req.event_id.to_string(),
         });
     }
-    if let Some(r) = facts.readings.iter().find(|r| r.aggregation != "SUM") {
+    Ok(None)
+}
+
+/// Decides a correction from the stored facts (pure): see the module docs.
+pub fn decide(
+    req: &Valid,
+    facts: &Facts,
+    actor: &str,
+    now_ms: i64,
+) -> Result<Decision, CorrectionError> {
+    if let Some(stored) = refuse(req, facts)? {
+        return Ok(Decision::Recorded(stored));
+    }
+    let now = current(facts);
+    let target: BTreeMap<Key, &Reading> = match req.change {
+        Change::Void => BTreeMap::new(),
+        Change::Amend(_) => facts.target.iter().map(|r| (key(r), r)).collect(),
+    };
+    if let Some(r) = now
+        .values()
+        .chain(target.values().copied())
+        .find(|r| r.aggregation != "SUM")
+    {
         return Err(CorrectionError::NotCorrectable {
             meter: r.meter.clone(),
             aggregation: r.aggregation.clone(),
         });
     }
+    let counted = winners(&facts.of_event);
     let revision = counted.iter().map(|c| c.revision).max().unwrap_or(0) + 1;
     let correction = Correction {
-        correction_id: void.correction_id.to_string(),
-        customer: void.customer.to_string(),
-        agent: void.agent.to_string(),
-        event_id: void.event_id.to_string(),
-        event_time_ms: void.time_ms,
+        correction_id: req.correction_id.to_string(),
+        customer: req.customer.to_string(),
+        agent: req.agent.to_string(),
+        event_id: req.event_id.to_string(),
+        event_time_ms: req.time_ms,
         revision,
-        kind: "void".into(),
+        kind: req.change.kind().into(),
         actor: actor.to_owned(),
-        reason: void.reason.clone(),
+        reason: req.reason.clone(),
         created_ms: now_ms,
         created_at: datetime_secs(now_ms),
     };
-    let deltas = facts
-        .readings
-        .iter()
-        .map(|r| Delta {
-            correction_id: correction.correction_id.clone(),
-            customer: correction.customer.clone(),
-            agent: correction.agent.clone(),
-            event_id: correction.event_id.clone(),
-            revision,
-            meter: r.meter.clone(),
-            aggregation: r.aggregation.clone(),
-            window_start: r.window_start,
-            window_secs: r.window_secs,
-            group_names: r.group_names.clone(),
-            group_values: r.group_values.clone(),
-            group_key: r.group_key.clone(),
-            events: -1,
-            value: -r.value,
-            created_at: datetime_secs(now_ms),
+    let mut keys: Vec<&Key> = now.keys().chain(target.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let deltas = keys
+        .into_iter()
+        .filter_map(|k| {
+            let (was, will) = (now.get(k), target.get(k).copied());
+            let shape = will.or(was)?;
+            let value =
+                will.map_or(Decimal::ZERO, |r| r.value) - was.map_or(Decimal::ZERO, |r| r.value);
+            let events = will.map_or(0, |r| r.events) - was.map_or(0, |r| r.events);
+            (!value.is_zero() || events != 0).then(|| delta(&correction, shape, value, events))
         })
         .collect();
     Ok(Decision::Append(correction, deltas))
 }
 
-const CORRECTION_COLUMNS: &str = "correction_id, customer, agent, event_id, event_time_ms, \
-    revision, kind, actor, reason, created_ms, toUInt32(created_at)";
-
-/// Loads the facts a void is decided on: the event's committed readings (bounded by its
-/// time on the readings' sorting key), its corrections, and the request id's correction.
-pub async fn load(db: &Client, void: &Void) -> Result<Facts, CorrectionError> {
-    let secs = void.time_ms.div_euclid(1000);
-    let readings = db
-        .query(
-            "SELECT meter, aggregation, toUInt32(window_start), window_secs, group_names, \
-                    group_values, group_key, value \
-             FROM usage_meter_readings \
-             WHERE toStartOfHour(window_start) >= toStartOfHour(toDateTime(?)) \
-               AND toStartOfHour(window_start) <= toStartOfHour(toDateTime(?)) \
-               AND customer = ? AND agent = ? AND event_id = ? AND time_ms = ? \
-               AND batch_id NOT IN (SELECT batch_id FROM usage_aborts) \
-             LIMIT 1 BY meter",
-        )
-        .bind(secs - WINDOW_MAX_SECS)
-        .bind(secs)
-        .bind(void.customer.as_str())
-        .bind(void.agent.as_str())
-        .bind(void.event_id.as_str())
-        .bind(void.time_ms)
-        .fetch_all::<Reading>()
-        .await?;
-    let of_event = of_event(
-        db,
-        void.customer.as_str(),
-        void.agent.as_str(),
-        void.event_id.as_str(),
-    )
-    .await?;
-    let same_id = db
-        .query(&format!(
-            "SELECT {CORRECTION_COLUMNS} FROM usage_corrections \
-             WHERE customer = ? AND correction_id = ? ORDER BY created_ms LIMIT 1"
-        ))
-        .bind(void.customer.as_str())
-        .bind(void.correction_id.as_str())
-        .fetch_optional::<Correction>()
-        .await?;
-    Ok(Facts {
-        readings,
-        of_event,
-        same_id,
-    })
-}
-
-/// Every correction recorded for an event, oldest first.
-pub async fn of_event(
-    db: &Client,
-    customer: &str,
-    agent: &str,
-    event_id: &str,
-) -> Result<Vec<Correction>, clickhouse::error::Error> {
-    db.query(&format!(
-        "SELECT {CORRECTION_COLUMNS} FROM usage_corrections \
-         WHERE customer = ? AND agent = ? AND event_id = ? \
-         ORDER BY revision, correction_id, created_ms LIMIT 1 BY correction_id"
-    ))
-    .bind(customer)
-    .bind(agent)
-    .bind(event_id)
-    .fetch_all()
-    .await
-}
-
-/// A customer's corrections (each once, counted or not), oldest first.
-pub async fn of_customer(
-    db: &Client,
-    customer: &str,
-) -> Result<Vec<Correction>, clickhouse::error::Error> {
-    db.query(&format!(
-        "SELECT {CORRECTION_COLUMNS} FROM usage_corrections WHERE customer = ? \
-         ORDER BY created_ms, correction_id LIMIT 1 BY correction_id"
-    ))
-    .bind(customer)
-    .fetch_all()
-    .await
-}
-
-/// Appends a correction: its deltas first, then the correction row (a delta without its
-/// correction row never counts: readers take deltas only of recorded corrections).
-pub async fn append(
-    db: &Client,
-    correction: &Correction,
-    deltas: &[Delta],
-) -> Result<(), clickhouse::error::Error> {
-    let mut insert = db.insert::<Delta>("usage_correction_deltas").await?;
-    for d in deltas {
-        insert.write(d).await?;
-    }
-    insert.end().await?;
-    let mut insert = db.insert::<Correction>("usage_corrections").await?;
-    insert.write(correction).await?;
-    insert.end().await
-}
-
-/// Records a void made by `actor` at `now_ms`: loads, decides, appends, then re-reads the
-/// event's corrections so that a correction that lost a race is answered as such. Returns the
-/// correction that counts and whether this call appended it.
-pub async fn void(
-    db: &Client,
-    void: &Void,
-    actor: &str,
-    now_ms: i64,
-) -> Result<(Correction, bool), CorrectionError> {
-    let facts = load(db, void).await?;
-    let (ours, appended) = match decide(void, &facts, actor, now_ms)? {
-        Decision::Recorded(c) => (c, false),
-        Decision::Append(c, deltas) => {
-            append(db, &c, &deltas).await?;
-            (c, true)
-        }
-    };
-    let after = of_event(db, &ours.customer, &ours.agent, &ours.event_id).await?;
-    match winner(&after, &ours) {
-        Some(w) if w.correction_id != ours.correction_id => Err(CorrectionError::Conflict {
-            ours: ours.correction_id,
-            winner: w.correction_id.clone(),
-        }),
-        _ => Ok((ours, appended)),
+fn delta(c: &Correction, shape: &Reading, value: Decimal, events: i64) -> Delta {
+    Delta {
+        correction_id: c.correction_id.clone(),
+        customer: c.customer.clone(),
+        agent: c.agent.clone(),
+        event_id: c.event_id.clone(),
+        revision: c.revision,
+        meter: shape.meter.clone(),
+        aggregation: shape.aggregation.clone(),
+        window_start: shape.window_start,
+        window_secs: shape.window_secs,
+        group_names: shape.group_names.clone(),
+        group_values: shape.group_values.clone(),
+        group_key: shape.group_key.clone(),
+        events,
+        value,
+        created_at: c.created_at,
     }
 }
+
+#[cfg(test)]
+mod tests;

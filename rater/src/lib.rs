@@ -37,8 +37,9 @@
 //! - [`api`]: the HTTP API (catalog, explain) and its OpenAPI document; [`api_registry`]: its
 //!   customer, agent and meter routes; [`api_rates`]: its tax and FX rate routes;
 //!   [`api_query`]: the usage query (`GET /v1/meters/{slug}/query`); [`api_corrections`]:
-//!   voiding events.
-//! - [`corrections`]: corrections of committed events (void), their rules and storage.
+//!   voiding and amending events.
+//! - [`corrections`]: corrections of committed events (void, amend), their rules;
+//!   [`corrections_store`]: their storage.
 //! - [`metrics`]: every metric this crate emits.
 
 pub mod api;
@@ -51,6 +52,7 @@ pub mod catalog_store;
 pub mod charge;
 pub mod config;
 pub mod corrections;
+pub mod corrections_store;
 pub mod customers;
 pub mod entitlements;
 pub mod explain;

@@ -1,0 +1,269 @@
+//! The correction rules over typed facts: voids, amends, refusals, races.
+
+use super::*;
+
+fn reading(meter: &str, group: &str, value: i64) -> Reading {
+    Reading {
+        meter: meter.into(),
+        aggregation: "SUM".into(),
+        window_start: 3600,
+        window_secs: 3600,
+        group_names: vec!["model".into()],
+        group_values: vec![group.into()],
+        group_key: format!("{{\"model\":\"{group}\"}}"),
+        value: Decimal::from(value),
+        events: 1,
+    }
+}
+
+fn request(correction_id: &str, kind: &str, data: Option<&str>) -> Valid {
+    CorrectionRequest {
+        correction_id: correction_id.into(),
+        kind: kind.into(),
+        customer: "acme".into(),
+        source: "bot".into(),
+        id: "e-1".into(),
+        time: "1970-01-01T01:30:00Z".into(),
+        reason: "wrong".into(),
+        data: data.map(|d| RawValue::from_string(d.into()).unwrap()),
+    }
+    .validate()
+    .unwrap()
+}
+
+fn stored(correction_id: &str, revision: u32, kind: &str) -> Correction {
+    Correction {
+        correction_id: correction_id.into(),
+        customer: "acme".into(),
+        agent: "bot".into(),
+        event_id: "e-1".into(),
+        event_time_ms: 5_400_000,
+        revision,
+        kind: kind.into(),
+        actor: "api:alice".into(),
+        reason: "wrong".into(),
+        created_ms: 1,
+        created_at: 0,
+    }
+}
+
+fn committed() -> Facts {
+    Facts {
+        readings: vec![reading("tokens", "a", 100)],
+        ..Facts::default()
+    }
+}
+
+/// (meter, group value, value, events) of each delta.
+fn deltas(d: &Decision) -> Vec<(String, String, i64, i64)> {
+    let Decision::Append(_, rows) = d else {
+        panic!("expected an append, got {d:?}")
+    };
+    rows.iter()
+        .map(|r| {
+            (
+                r.meter.clone(),
+                r.group_values[0].clone(),
+                i64::try_from(r.value.mantissa()).unwrap(),
+                r.events,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_void_takes_away_each_committed_reading() {
+    let d = decide(&request("v-1", "void", None), &committed(), "api:alice", 9).unwrap();
+    assert_eq!(deltas(&d), vec![("tokens".into(), "a".into(), -100, -1)]);
+    let Decision::Append(c, _) = d else {
+        unreachable!()
+    };
+    assert_eq!(
+        (c.revision, c.kind.as_str(), c.actor.as_str()),
+        (1, "void", "api:alice")
+    );
+}
+
+#[test]
+fn a_resent_correction_is_recorded_once_and_an_id_is_never_reused() {
+    let mut facts = committed();
+    facts.same_id = Some((stored("v-1", 1, "void"), String::new()));
+    facts.of_event = vec![stored("v-1", 1, "void")];
+    let again = decide(&request("v-1", "void", None), &facts, "api:bob", 10).unwrap();
+    assert_eq!(again, Decision::Recorded(stored("v-1", 1, "void")));
+    let other = decide(
+        &request("v-1", "amend", Some(r#"{"tokens":1}"#)),
+        &facts,
+        "x",
+        10,
+    );
+    assert_eq!(other.unwrap_err().code(), "correction_exists");
+}
+
+#[test]
+fn a_voided_event_is_not_corrected_again_and_unknown_events_are_refused() {
+    let mut facts = committed();
+    facts.of_event = vec![stored("v-1", 1, "void")];
+    let e = decide(&request("v-2", "void", None), &facts, "x", 10).unwrap_err();
+    assert_eq!(e.code(), "already_voided");
+    assert_eq!(
+        e.to_string(),
+        "the event is already voided by correction \"v-1\""
+    );
+    let e = decide(&request("v-2", "void", None), &Facts::default(), "x", 10).unwrap_err();
+    assert_eq!(e.code(), "event_not_found");
+}
+
+#[test]
+fn only_sum_meters_are_corrected() {
+    let mut facts = committed();
+    let mut count = reading("calls", "a", 1);
+    count.aggregation = "COUNT".into();
+    facts.readings.push(count);
+    let e = decide(&request("v-1", "void", None), &facts, "x", 10).unwrap_err();
+    assert_eq!(e.code(), "not_correctable");
+}
+
+#[test]
+fn a_race_is_won_by_the_smallest_correction_id_of_a_revision() {
+    let all = vec![
+        stored("v-b", 1, "void"),
+        stored("v-a", 1, "void"),
+        stored("m-z", 2, "amend"),
+    ];
+    let ids: Vec<&str> = winners(&all)
+        .iter()
+        .map(|c| c.correction_id.as_str())
+        .collect();
+    assert_eq!(ids, ["v-a", "m-z"]);
+    assert_eq!(winner(&all, &all[0]).unwrap().correction_id, "v-a");
+}
+
+#[test]
+fn an_amend_is_its_target_minus_the_current_readings() {
+    // same group, lower quantity
+    let mut facts = committed();
+    facts.target = vec![reading("tokens", "a", 40)];
+    let d = decide(&request("m-1", "amend", Some("{}")), &facts, "x", 10).unwrap();
+    assert_eq!(deltas(&d), vec![("tokens".into(), "a".into(), -60, 0)]);
+    // another group: the old one goes, the new one comes
+    facts.target = vec![reading("tokens", "b", 40)];
+    let d = decide(&request("m-1", "amend", Some("{}")), &facts, "x", 10).unwrap();
+    assert_eq!(
+        deltas(&d),
+        vec![
+            ("tokens".into(), "a".into(), -100, -1),
+            ("tokens".into(), "b".into(), 40, 1)
+        ]
+    );
+    // a second amend starts from the first: committed 100 (a) + counted deltas -100 (a), +40 (b)
+    let mut undo = reading("tokens", "a", -100);
+    undo.events = -1;
+    facts.deltas = vec![undo, reading("tokens", "b", 40)];
+    facts.of_event = vec![stored("m-1", 1, "amend")];
+    facts.target = vec![reading("tokens", "b", 70)];
+    let d = decide(&request("m-2", "amend", Some("{}")), &facts, "x", 10).unwrap();
+    assert_eq!(deltas(&d), vec![("tokens".into(), "b".into(), 30, 0)]);
+    let Decision::Append(c, _) = d else {
+        unreachable!()
+    };
+    assert_eq!(c.revision, 2);
+    // then a void takes away what is current, not what was committed
+    let d = decide(&request("v-9", "void", None), &facts, "x", 10).unwrap();
+    assert_eq!(deltas(&d), vec![("tokens".into(), "b".into(), -40, -1)]);
+}
+
+#[test]
+fn the_meters_read_an_amends_data() {
+    let meters = tally_domain::meter::validate_meters(
+        serde_json::from_str(
+            r#"[{"slug":"tokens","event_type":"llm.tokens","aggregation":"SUM",
+                 "value_property":"$.tokens","group_by":{"model":"$.model"}},
+                {"slug":"other","event_type":"tool.call","aggregation":"COUNT"}]"#,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let data = RawValue::from_string(r#"{"tokens":"12.5","model":"a"}"#.into()).unwrap();
+    let read = amended(&meters, "llm.tokens", &data, (3600, 3600)).unwrap();
+    assert_eq!(
+        read,
+        vec![{
+            let mut r = reading("tokens", "a", 0);
+            r.value = Decimal::new(125, 1);
+            r
+        }]
+    );
+    let negative = RawValue::from_string(r#"{"tokens":-1,"model":"a"}"#.into()).unwrap();
+    let e = amended(&meters, "llm.tokens", &negative, (3600, 3600)).unwrap_err();
+    assert_eq!(e.code(), "invalid_quantity");
+}
+
+#[test]
+fn requests_are_checked_field_by_field() {
+    let base = || CorrectionRequest {
+        correction_id: "v-1".into(),
+        kind: "void".into(),
+        customer: "acme".into(),
+        source: "bot".into(),
+        id: "e-1".into(),
+        time: "2026-11-26T21:00:00.123Z".into(),
+        reason: "why".into(),
+        data: None,
+    };
+    let field = |r: CorrectionRequest| match r.validate() {
+        Err(CorrectionError::Invalid { field, .. }) => field,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert_eq!(base().validate().unwrap().time_ms, 1_795_726_800_123);
+    assert_eq!(
+        field(CorrectionRequest {
+            kind: "delete".into(),
+            ..base()
+        }),
+        "kind"
+    );
+    let data = Some(RawValue::from_string("{}".into()).unwrap());
+    assert_eq!(
+        field(CorrectionRequest {
+            data: data.clone(),
+            ..base()
+        }),
+        "data"
+    );
+    assert_eq!(
+        field(CorrectionRequest {
+            kind: "amend".into(),
+            ..base()
+        }),
+        "data"
+    );
+    assert_eq!(
+        field(CorrectionRequest {
+            reason: "  ".into(),
+            ..base()
+        }),
+        "reason"
+    );
+    assert_eq!(
+        field(CorrectionRequest {
+            time: "yesterday".into(),
+            ..base()
+        }),
+        "time"
+    );
+    assert_eq!(
+        field(CorrectionRequest {
+            source: "a b".into(),
+            ..base()
+        }),
+        "source"
+    );
+    assert_eq!(
+        field(CorrectionRequest {
+            correction_id: String::new(),
+            ..base()
+        }),
+        "correction_id"
+    );
+}

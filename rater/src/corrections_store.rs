@@ -1,0 +1,245 @@
+//! The storage of corrections (migrations 0060 and 0062; the rules are
+//! [`crate::corrections`]): loading the facts a correction is decided on, appending it, and
+//! the correction made end to end ([`correct`]: load, decide, append, re-read).
+//!
+//! Every read is bounded on its table's sorting key: the event's readings, raw row and deltas
+//! by the hour of its window (at most [`WINDOW_MAX_SECS`] before its time) and its customer;
+//! corrections by customer (then agent and event).
+
+use clickhouse::Client;
+use serde::Serialize;
+
+use crate::corrections::{
+    amended, decide, winner, Change, Correction, CorrectionError, Decision, Delta, Facts, Reading,
+    Valid,
+};
+
+/// How far before the event time its window may start: the aggregator's largest window.
+pub const WINDOW_MAX_SECS: i64 = 86_400;
+
+const CORRECTION_COLUMNS: &str = "correction_id, customer, agent, event_id, event_time_ms, \
+    revision, kind, actor, reason, created_ms, toUInt32(created_at)";
+
+/// The counted corrections of a customer: `(customer, correction_id) IN (...)`.
+const COUNTED: &str = "(customer, correction_id) IN (SELECT customer, min(correction_id) \
+    FROM usage_corrections WHERE customer = ? GROUP BY customer, agent, event_id, revision)";
+
+/// `window_start` within the hours an event at `secs` can have its window in.
+fn window_hours(secs: i64) -> String {
+    format!(
+        "toStartOfHour(window_start) >= toStartOfHour(toDateTime({})) \
+         AND toStartOfHour(window_start) <= toStartOfHour(toDateTime({secs}))",
+        (secs - WINDOW_MAX_SECS).max(0)
+    )
+}
+
+/// Loads the facts a correction is decided on.
+pub async fn load(db: &Client, req: &Valid) -> Result<Facts, CorrectionError> {
+    let secs = req.time_ms.div_euclid(1000);
+    let (customer, agent, event) = (
+        req.customer.as_str(),
+        req.agent.as_str(),
+        req.event_id.as_str(),
+    );
+    let readings = db
+        .query(&format!(
+            "SELECT meter, aggregation, toUInt32(window_start), window_secs, group_names, \
+                    group_values, group_key, value, toInt64(1) \
+             FROM usage_meter_readings \
+             WHERE {} AND customer = ? AND agent = ? AND event_id = ? AND time_ms = ? \
+               AND batch_id NOT IN (SELECT batch_id FROM usage_aborts) \
+             LIMIT 1 BY meter",
+            window_hours(secs)
+        ))
+        .bind(customer)
+        .bind(agent)
+        .bind(event)
+        .bind(req.time_ms)
+        .fetch_all::<Reading>()
+        .await?;
+    let deltas = db
+        .query(&format!(
+            "SELECT meter, aggregation, toUInt32(window_start), window_secs, group_names, \
+                    group_values, group_key, value, events \
+             FROM usage_correction_deltas \
+             WHERE {} AND customer = ? AND agent = ? AND event_id = ? AND {COUNTED} \
+             LIMIT 1 BY correction_id, meter, group_key, window_start",
+            window_hours(secs)
+        ))
+        .bind(customer)
+        .bind(agent)
+        .bind(event)
+        .bind(customer)
+        .fetch_all::<Reading>()
+        .await?;
+    let of_event = of_event(db, customer, agent, event).await?;
+    let same_id = same_id(db, customer, req.correction_id.as_str()).await?;
+    let target = match (&req.change, readings.first()) {
+        (Change::Amend(data), Some(r)) => {
+            let event_type = event_type(db, req).await?;
+            let meters = crate::registry_store::meters(db)
+                .await
+                .map_err(|e| CorrectionError::Meters(e.to_string()))?;
+            amended(&meters, &event_type, data, (r.window_start, r.window_secs))?
+        }
+        _ => Vec::new(),
+    };
+    Ok(Facts {
+        readings,
+        deltas,
+        of_event,
+        same_id,
+        target,
+    })
+}
+
+/// The type of the committed event (its raw row).
+async fn event_type(db: &Client, req: &Valid) -> Result<String, CorrectionError> {
+    let secs = req.time_ms.div_euclid(1000);
+    Ok(db
+        .query(
+            "SELECT event_type FROM usage_raw \
+             WHERE toStartOfHour(time) = toStartOfHour(toDateTime(?)) \
+               AND customer = ? AND agent = ? AND event_id = ? AND time_ms = ? \
+               AND batch_id NOT IN (SELECT batch_id FROM usage_aborts) LIMIT 1",
+        )
+        .bind(secs)
+        .bind(req.customer.as_str())
+        .bind(req.agent.as_str())
+        .bind(req.event_id.as_str())
+        .bind(req.time_ms)
+        .fetch_optional::<String>()
+        .await?
+        .unwrap_or_default())
+}
+
+/// The correction stored under `correction_id`, with its amended data ("" for a void).
+async fn same_id(
+    db: &Client,
+    customer: &str,
+    correction_id: &str,
+) -> Result<Option<(Correction, String)>, clickhouse::error::Error> {
+    let Some(c) = db
+        .query(&format!(
+            "SELECT {CORRECTION_COLUMNS} FROM usage_corrections \
+             WHERE customer = ? AND correction_id = ? ORDER BY created_ms LIMIT 1"
+        ))
+        .bind(customer)
+        .bind(correction_id)
+        .fetch_optional::<Correction>()
+        .await?
+    else {
+        return Ok(None);
+    };
+    let data = db
+        .query(
+            "SELECT data FROM usage_correction_data WHERE customer = ? AND correction_id = ? \
+             ORDER BY created_at LIMIT 1",
+        )
+        .bind(customer)
+        .bind(correction_id)
+        .fetch_optional::<String>()
+        .await?
+        .unwrap_or_default();
+    Ok(Some((c, data)))
+}
+
+/// Every correction recorded for an event, by revision.
+pub async fn of_event(
+    db: &Client,
+    customer: &str,
+    agent: &str,
+    event_id: &str,
+) -> Result<Vec<Correction>, clickhouse::error::Error> {
+    db.query(&format!(
+        "SELECT {CORRECTION_COLUMNS} FROM usage_corrections \
+         WHERE customer = ? AND agent = ? AND event_id = ? \
+         ORDER BY revision, correction_id, created_ms LIMIT 1 BY correction_id"
+    ))
+    .bind(customer)
+    .bind(agent)
+    .bind(event_id)
+    .fetch_all()
+    .await
+}
+
+/// A customer's corrections (each once, counted or not), oldest first.
+pub async fn of_customer(
+    db: &Client,
+    customer: &str,
+) -> Result<Vec<Correction>, clickhouse::error::Error> {
+    db.query(&format!(
+        "SELECT {CORRECTION_COLUMNS} FROM usage_corrections WHERE customer = ? \
+         ORDER BY created_ms, correction_id LIMIT 1 BY correction_id"
+    ))
+    .bind(customer)
+    .fetch_all()
+    .await
+}
+
+#[derive(clickhouse::Row, Serialize)]
+struct DataRow<'a> {
+    customer: &'a str,
+    correction_id: &'a str,
+    data: &'a str,
+    created_at: u32,
+}
+
+/// Appends a correction: its deltas and data first, then the correction row (a delta without
+/// its correction row never counts: readers take deltas only of recorded corrections).
+pub async fn append(
+    db: &Client,
+    correction: &Correction,
+    deltas: &[Delta],
+    data: &str,
+) -> Result<(), clickhouse::error::Error> {
+    if !deltas.is_empty() {
+        let mut insert = db.insert::<Delta>("usage_correction_deltas").await?;
+        for d in deltas {
+            insert.write(d).await?;
+        }
+        insert.end().await?;
+    }
+    if !data.is_empty() {
+        let mut insert = db.insert::<DataRow<'_>>("usage_correction_data").await?;
+        insert
+            .write(&DataRow {
+                customer: &correction.customer,
+                correction_id: &correction.correction_id,
+                data,
+                created_at: correction.created_at,
+            })
+            .await?;
+        insert.end().await?;
+    }
+    let mut insert = db.insert::<Correction>("usage_corrections").await?;
+    insert.write(correction).await?;
+    insert.end().await
+}
+
+/// Makes a correction by `actor` at `now_ms`: loads, decides, appends, then re-reads the
+/// event's corrections so that a correction that lost a race is answered as such. Returns the
+/// correction that counts and whether this call appended it.
+pub async fn correct(
+    db: &Client,
+    req: &Valid,
+    actor: &str,
+    now_ms: i64,
+) -> Result<(Correction, bool), CorrectionError> {
+    let facts = load(db, req).await?;
+    let (ours, appended) = match decide(req, &facts, actor, now_ms)? {
+        Decision::Recorded(c) => (c, false),
+        Decision::Append(c, deltas) => {
+            append(db, &c, &deltas, req.change.data()).await?;
+            (c, true)
+        }
+    };
+    let after = of_event(db, &ours.customer, &ours.agent, &ours.event_id).await?;
+    match winner(&after, &ours) {
+        Some(w) if w.correction_id != ours.correction_id => Err(CorrectionError::Conflict {
+            ours: ours.correction_id,
+            winner: w.correction_id.clone(),
+        }),
+        _ => Ok((ours, appended)),
+    }
+}
