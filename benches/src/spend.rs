@@ -4,8 +4,11 @@
 //!   an authorize, then the release of its hold, over NATS request/reply; latency of each
 //!   request (round trip through the local NATS server: the server-side time plus two loopback
 //!   hops) in hdrhistograms at fixed rates of pairs per second, and the largest rate 64
-//!   concurrent clients reach. Baseline in the same run: the round trip of a request a
-//!   trivial responder answers at once (NATS alone).
+//!   concurrent clients reach; next to it the **server-side** latency of the same requests,
+//!   the decider's own `tally_spend_decision_seconds` (from the request's receipt to its
+//!   answer being sent, the journal's acknowledgement included) captured in process. Baseline
+//!   in the same run: the round trip of a request a trivial responder answers at once (NATS
+//!   alone).
 //! - **freshness**: an aggregator commits background load (synthetic events of other
 //!   customers at a fixed rate) while a probe customer sends one event at a time; time from
 //!   the publish until the decider's balance shows it.
@@ -13,7 +16,7 @@
 //!   budget, half given back at once; a denial of a request the client's own account of the
 //!   outstanding holds says fits is a false denial (a leaked or double-counted hold).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -53,11 +56,119 @@ impl Latency {
     }
 }
 
+/// The deciders' decision latency (`tally_spend_decision_seconds`) of one operation, in
+/// microseconds.
+#[derive(Default)]
+struct OpTap {
+    hist: Mutex<Option<Histogram<u64>>>,
+}
+
+impl metrics::HistogramFn for OpTap {
+    fn record(&self, seconds: f64) {
+        if let Ok(mut h) = self.hist.lock() {
+            if let Some(h) = h.as_mut() {
+                let _ = h.record((seconds * 1e6) as u64);
+            }
+        }
+    }
+}
+
+/// A metrics recorder that keeps the decision histograms of authorize and release and
+/// ignores the rest.
+#[derive(Default)]
+struct ServerSide {
+    authorize: Arc<OpTap>,
+    release: Arc<OpTap>,
+}
+
+impl ServerSide {
+    /// The recorder installed for this process (`None`: another recorder was installed first).
+    fn installed() -> Option<&'static Arc<ServerSide>> {
+        static TAP: OnceLock<Option<Arc<ServerSide>>> = OnceLock::new();
+        TAP.get_or_init(|| {
+            let tap = Arc::new(ServerSide::default());
+            metrics::set_global_recorder(Tap(tap.clone()))
+                .ok()
+                .map(|()| tap)
+        })
+        .as_ref()
+    }
+
+    /// Starts new series.
+    fn reset(&self) {
+        for t in [&self.authorize, &self.release] {
+            if let Ok(mut h) = t.hist.lock() {
+                *h = Histogram::new(3).ok();
+            }
+        }
+    }
+
+    /// The series since the last reset: (authorize, release).
+    fn take(&self) -> Option<(Histogram<u64>, Histogram<u64>)> {
+        let take = |t: &OpTap| t.hist.lock().ok().and_then(|mut h| h.take());
+        Some((take(&self.authorize)?, take(&self.release)?))
+    }
+}
+
+/// The recorder: the decision histogram of authorize and release goes to the tap.
+struct Tap(Arc<ServerSide>);
+
+impl metrics::Recorder for Tap {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn register_counter(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        metrics::Counter::noop()
+    }
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+    fn register_histogram(
+        &self,
+        key: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        let op = key
+            .labels()
+            .find(|l| l.key() == "op")
+            .map(|l| l.value().to_owned());
+        match (key.name(), op.as_deref()) {
+            ("tally_spend_decision_seconds", Some("authorize")) => {
+                metrics::Histogram::from_arc(self.0.authorize.clone())
+            }
+            ("tally_spend_decision_seconds", Some("release")) => {
+                metrics::Histogram::from_arc(self.0.release.clone())
+            }
+            _ => metrics::Histogram::noop(),
+        }
+    }
+}
+
 /// What one run measured.
 #[derive(Debug, Clone)]
 pub struct SpendFigures {
     pub baseline: Vec<Latency>,
     pub pairs: Vec<Latency>,
+    /// The same requests as `pairs`, server side (empty without the in-process recorder).
+    pub server: Vec<Latency>,
     pub max_pairs_per_sec: f64,
     pub max_baseline_per_sec: f64,
     pub freshness: Latency,
@@ -71,7 +182,7 @@ impl SpendFigures {
     pub fn to_markdown(&self) -> String {
         let mut s =
             String::from("| series | requests | p50 | p99 | max |\n|---|---|---|---|---|\n");
-        for l in self.baseline.iter().chain(&self.pairs) {
+        for l in self.baseline.iter().chain(&self.pairs).chain(&self.server) {
             s.push_str(&format!(
                 "| {} | {} | {} µs | {} µs | {} µs |\n",
                 l.label, l.count, l.p50_us, l.p99_us, l.max_us
@@ -492,17 +603,32 @@ pub async fn run(
     };
     let mut baseline = Vec::new();
     let mut pairs = Vec::new();
+    let mut server = Vec::new();
+    let tap = ServerSide::installed();
     for rate in [1000u64, 5000] {
         let h = echo_at(&client, &echo_subject, 2 * rate, secs).await?;
         baseline.push(Latency::of(
             format!("NATS request/reply alone, {} req/s", 2 * rate),
             &h,
         ));
+        if let Some(t) = tap {
+            t.reset();
+        }
         let h = pairs_at(&sdk, rate, secs).await?;
         pairs.push(Latency::of(
             format!("authorize + release, {rate} pairs/s"),
             &h,
         ));
+        if let Some((authorize, release)) = tap.and_then(|t| t.take()) {
+            server.push(Latency::of(
+                format!("server side: authorize (receipt to answer, hold stored), {rate} pairs/s"),
+                &authorize,
+            ));
+            server.push(Latency::of(
+                format!("server side: release (receipt to answer), {rate} pairs/s"),
+                &release,
+            ));
+        }
     }
     let max_baseline_per_sec = {
         let (client, subject) = (client.clone(), echo_subject.clone());
@@ -548,6 +674,7 @@ pub async fn run(
     Ok(SpendFigures {
         baseline,
         pairs,
+        server,
         max_pairs_per_sec,
         max_baseline_per_sec,
         freshness: Latency::of("freshness".into(), &fresh),

@@ -49,6 +49,10 @@ pub struct Hold {
     /// The tax on `amount` (what a wallet budget holds on top of it).
     #[serde(default)]
     pub tax: Decimal,
+    /// The request's `max_quantity` once its usage settled part of it (`quantity` is then
+    /// what is left): a retry of the request is recognised by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub declared: Option<Decimal>,
     pub expires_at_ms: i64,
 }
 
@@ -692,6 +696,7 @@ impl Book {
                     quantity: rest,
                     amount: share(h.amount),
                     tax: share(h.tax),
+                    declared: Some(h.declared.unwrap_or(h.quantity)),
                     ..h
                 };
                 self.put_hold(reduced.clone());
@@ -780,7 +785,7 @@ impl Book {
         if let Some(h) = book.holds.get(&ask.hold_id) {
             let same = h.agent == ask.agent
                 && h.meter == ask.meter
-                && h.quantity == ask.quantity
+                && h.declared.unwrap_or(h.quantity) == ask.quantity
                 && h.group == *ask.group;
             if !same {
                 return (
@@ -859,6 +864,7 @@ impl Book {
             quantity: ask.quantity,
             amount: cost,
             tax: cost_tax,
+            declared: None,
             expires_at_ms: ask.expires_at_ms,
         };
         let currency = book.costs.currency.clone();

@@ -476,6 +476,9 @@ fn a_hold_settles_partially_batch_by_batch_until_its_usage_used_it_up() {
     assert_eq!(s.reduced[0].quantity, Decimal::from(1700));
     assert_eq!(s.reduced[0].amount, Decimal::new(17, 1));
     assert_eq!(b.holds().map(|h| h.quantity).sum::<Decimal>(), d(1700));
+    // a retry of the request (its answer was lost) is still the same hold
+    let (again, placed) = b.authorize(&c, &ask(&acme, "a", 2000, "h", &g), now);
+    assert!(again.allow && placed.is_none(), "{again:?}");
     // $8.40 spent + $1.70 held: nothing is left for another agent
     let (a, _) = b.authorize(&c, &ask(&acme, "other", 1, "x", &g), now);
     assert_eq!(a.reason, Some(Reason::BudgetExceeded), "{a:?}");
