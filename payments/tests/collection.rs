@@ -10,7 +10,7 @@ mod support;
 use hyper::StatusCode;
 use support::*;
 use tally_domain::InvoiceStatus;
-use tally_invoicer::lifecycle;
+use tally_invoice::lifecycle;
 use tally_payments::collect::{self, Policy};
 use tally_payments::config::SecretString;
 use tally_payments::dunning::retry::GatewayApi;

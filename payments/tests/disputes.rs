@@ -10,7 +10,7 @@ use hyper::StatusCode;
 use serde_json::{json, Value};
 use support::*;
 use tally_domain::InvoiceStatus;
-use tally_invoicer::lifecycle;
+use tally_invoice::lifecycle;
 use tally_payments::ledger::Account;
 use tally_payments::store;
 use tally_platform::testkit::TestEnv;

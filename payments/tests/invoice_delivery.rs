@@ -14,8 +14,8 @@ use std::time::Duration;
 use rust_decimal::Decimal;
 use support::{days_ago_ms, Received, DAY_MS};
 use tally_domain::Period;
-use tally_invoicer::invoice::{build, ChargeLine, Terms};
-use tally_invoicer::Invoice;
+use tally_invoice::invoice::{build, ChargeLine, Terms};
+use tally_invoice::Invoice;
 use tally_payments::config::{DunningConfig, InvoiceDeliveryConfig, SecretString, SmtpTls};
 use tally_payments::delivery::{self, claims::Claims, Delivery, PassReport};
 use tally_payments::dunning::deliver;
@@ -251,7 +251,7 @@ async fn finalized_at(
     let terms = Terms {
         grace_ms: 0,
         payment_terms_days: 14,
-        issuer: tally_invoicer::invoice::Issuer {
+        issuer: tally_invoice::invoice::Issuer {
             id: "tally".into(),
             name: "Tally Billing Ltd".into(),
             address: vec![],
@@ -469,7 +469,7 @@ async fn each_finalized_invoice_is_emailed_with_its_pdf_and_sent_as_a_signed_web
         assert!(pdf.starts_with(b"%PDF"), "a real PDF");
         assert_eq!(
             pdf,
-            tally_invoicer::render::pdf(inv).expect("render"),
+            tally_invoice::render::pdf(inv).expect("render"),
             "the invoice's own PDF"
         );
     }

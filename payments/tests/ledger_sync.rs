@@ -7,8 +7,8 @@ mod support;
 
 use support::*;
 use tally_domain::InvoiceStatus;
+use tally_invoice::lifecycle;
 use tally_invoicer::credit_notes::{self, CreditNote};
-use tally_invoicer::lifecycle;
 use tally_payments::ledger::Account;
 use tally_payments::settle::Settler;
 use tally_payments::store;
@@ -43,7 +43,7 @@ async fn finalizations_credit_notes_and_voids_are_booked_once_and_balance() {
         now,
     )
     .await;
-    assert_eq!(draft.status, tally_invoicer::Status::Draft);
+    assert_eq!(draft.status, tally_invoice::Status::Draft);
     let settler = Settler::new(db.clone());
 
     assert_eq!(

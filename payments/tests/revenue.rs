@@ -233,7 +233,7 @@ async fn two_months_in_two_currencies_reconcile_to_the_golden_figures() {
         apply(&s, "e6", refund, at(2026, 2, 21, 9)).await,
         "refunded"
     );
-    tally_invoicer::lifecycle::record(
+    tally_invoice::lifecycle::record(
         &db,
         &j2.invoice_id,
         InvoiceStatus::Void,

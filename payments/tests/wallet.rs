@@ -11,7 +11,7 @@ use hyper::StatusCode;
 use serde_json::json;
 use support::*;
 use tally_domain::InvoiceStatus;
-use tally_invoicer::lifecycle;
+use tally_invoice::lifecycle;
 use tally_payments::ledger::Account;
 use tally_payments::settle::Settler;
 use tally_payments::store;
@@ -236,7 +236,7 @@ async fn wallets_consume_usage_expire_void_and_keep_the_ledger_balanced() {
             .map(|l| (&l.charge_id, l.amount_minor, l.tax_minor))
             .collect::<Vec<_>>()
     );
-    let html = tally_invoicer::render::html(draft);
+    let html = tally_invoice::render::html(draft);
     assert!(html.contains("Prepaid credit remaining"), "{html}");
 
     // beta: a grant with an expiry pays 30, the rest expires (breakage), with its journal
@@ -440,8 +440,8 @@ async fn a_period_in_two_currencies_gets_each_currencys_wallet_credit() {
         (json!(400), json!(0)),
         "{w}"
     );
-    let usd_id = tally_invoicer::invoice::invoice_id("duo", p);
-    let eur_id = tally_invoicer::currency_split::invoice_id_in("duo", p, "EUR");
+    let usd_id = tally_invoice::invoice::invoice_id("duo", p);
+    let eur_id = tally_invoice::currency_split::invoice_id_in("duo", p, "EUR");
     let reserved = tally_invoicer::store::wallet_credit(&db, &["duo".to_owned()])
         .await
         .unwrap()

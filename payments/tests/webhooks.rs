@@ -8,7 +8,7 @@ mod support;
 use hyper::StatusCode;
 use support::*;
 use tally_domain::InvoiceStatus;
-use tally_invoicer::lifecycle;
+use tally_invoice::lifecycle;
 use tally_payments::store;
 use tally_platform::auth::{audit, Role};
 use tally_platform::testkit::TestEnv;
