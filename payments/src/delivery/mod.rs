@@ -526,11 +526,7 @@ pub fn webhook_body(inv: &tally_invoice::Invoice, notification_id: &str, now_ms:
     .to_string()
 }
 
-fn webhook_notification(
-    inv: &tally_invoice::Invoice,
-    url: &str,
-    now_ms: i64,
-) -> log::Notification {
+fn webhook_notification(inv: &tally_invoice::Invoice, url: &str, now_ms: i64) -> log::Notification {
     let id = webhook_id(&inv.invoice_id);
     let body = webhook_body(inv, &id, now_ms);
     notification(id, inv, WEBHOOK_KIND, url.to_owned(), body, now_ms)
