@@ -6,6 +6,7 @@
 //! void itself is exactly once: re-sent it appends nothing, a second void of the event is
 //! refused `already_voided`, and the finalized invoice never changes. Then another event is
 //! amended to a lower quantity (read by the stored meters): a second note for the difference.
+//! And two voids of one event sent at once: one is refused, the usage drops once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -146,6 +147,85 @@ async fn publish(env: &TestEnv, events: &[OutgoingEvent]) {
     wait_drained(env, "aggregator", Duration::from_secs(60)).await;
 }
 
+/// `llm.tokens` events `e0`, `e1`, ... of agent `bot-1` at `at`, one (model, kind) group.
+fn token_events(customer: &str, at: chrono::DateTime<Utc>, tokens: &[i64]) -> Vec<OutgoingEvent> {
+    tokens
+        .iter()
+        .enumerate()
+        .map(|(i, n)| OutgoingEvent {
+            id: EventId::new(format!("e{i}")).expect("id"),
+            customer: CustomerId::new(customer.to_owned()).expect("customer"),
+            agent: AgentId::new("bot-1").expect("agent"),
+            event_type: "llm.tokens".into(),
+            time: at,
+            data: serde_json::json!({"tokens": n, "model": "gpt-4o", "kind": "output"}),
+            hold_id: None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_racing_voids_of_one_event_count_once() {
+    let env = TestEnv::new("e2e_correction_race").await;
+    let stop = Shutdown::new();
+    let aggregator = start_aggregator(&env, aggregator_config(), stop.clone()).await;
+    let customer = format!("race{}", std::process::id());
+    let at = Utc::now() - chrono::Duration::seconds(30);
+    publish(&env, &token_events(&customer, at, &[1_000_000, 2_000_000])).await;
+    let (addr, token, api) = start_api(&env, &stop).await;
+    let time = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let void = |correction_id: &str| {
+        serde_json::json!({"correction_id": correction_id, "kind": "void", "customer": customer,
+            "source": "bot-1", "id": "e0", "time": time, "reason": "raced"})
+    };
+    let (vb, va) = (void("r-b"), void("r-a"));
+    let (b, a) = tokio::join!(
+        post(addr, Some(&token), "/v1/corrections", &vb),
+        post(addr, Some(&token), "/v1/corrections", &va),
+    );
+    let mut statuses = [b.0, a.0];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [201, 409], "{b:?} {a:?}");
+    let refused = if b.0 == 409 { &b.1 } else { &a.1 };
+    let code = refused["code"].as_str().unwrap_or_default();
+    assert!(
+        code == "already_voided" || code == "correction_conflict",
+        "{refused}"
+    );
+    let listed = format!("/v1/customers/{customer}/corrections");
+    let (_, body) = post(addr, Some(&token), &listed, &serde_json::Value::Null).await;
+    let counted: Vec<&serde_json::Value> = body
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter(|c| c["counts"] == true)
+        .collect();
+    assert_eq!(counted.len(), 1, "{body}");
+    // by hand: e1 alone, 2,000,000 tokens at 0.000003 USD = 600 cents (a void counted twice
+    // would leave 1,000,000 tokens less: 0 cents)
+    let db = env.db();
+    let rater = RaterConfig {
+        default_plan: Some("ai-standard".into()),
+        ..RaterConfig::default()
+    };
+    tally_rater::rate_once(
+        &db,
+        &catalog("nobody"),
+        &rater,
+        Utc::now().timestamp_millis(),
+    )
+    .await
+    .expect("rating");
+    assert_eq!(charge_minor(&db, &customer).await, 600);
+    stop.cancel();
+    api.await.expect("API stops");
+    aggregator
+        .await
+        .expect("aggregator task")
+        .expect("aggregator stops cleanly");
+    env.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_void_after_finalization_gives_a_credit_note_naming_the_correction_once() {
     let env = TestEnv::new("e2e_corrections").await;
@@ -154,21 +234,11 @@ async fn a_void_after_finalization_gives_a_credit_note_naming_the_correction_onc
     let customer = format!("fix{}", std::process::id());
     let at = Utc::now() - chrono::Duration::seconds(30);
     // three events of one (model, kind) group: 1,000,000 + 1,000,000 + 250,000 tokens
-    let tokens = [1_000_000_i64, 1_000_000, 250_000];
-    let events: Vec<OutgoingEvent> = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, n)| OutgoingEvent {
-            id: EventId::new(format!("e{i}")).expect("id"),
-            customer: CustomerId::new(customer.clone()).expect("customer"),
-            agent: AgentId::new("bot-1").expect("agent"),
-            event_type: "llm.tokens".into(),
-            time: at,
-            data: serde_json::json!({"tokens": n, "model": "gpt-4o", "kind": "output"}),
-            hold_id: None,
-        })
-        .collect();
-    publish(&env, &events).await;
+    publish(
+        &env,
+        &token_events(&customer, at, &[1_000_000, 1_000_000, 250_000]),
+    )
+    .await;
 
     // the calendar month of the events (the default subscription: anchor 1, UTC)
     let start = Utc

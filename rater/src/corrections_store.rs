@@ -217,15 +217,26 @@ pub async fn append(
     insert.end().await
 }
 
+/// Corrections made by this process, one at a time (load to re-read): two racing requests to
+/// one API instance are decided in turn, so the second sees the first.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Makes a correction by `actor` at `now_ms`: loads, decides, appends, then re-reads the
 /// event's corrections so that a correction that lost a race is answered as such. Returns the
 /// correction that counts and whether this call appended it.
+///
+/// Within one process corrections are made one at a time, so the answer is always right.
+/// Between two API instances, both may decide before either appends: readers still count only
+/// the smallest correction id of the revision, and the re-read answers the loser
+/// `correction_conflict` unless it re-read before the winner's rows arrived; then it is
+/// answered 201 although `GET /v1/customers/{id}/corrections` shows it with `counts: false`.
 pub async fn correct(
     db: &Client,
     req: &Valid,
     actor: &str,
     now_ms: i64,
 ) -> Result<(Correction, bool), CorrectionError> {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let facts = load(db, req).await?;
     let (ours, appended) = match decide(req, &facts, actor, now_ms)? {
         Decision::Recorded(c) => (c, false),
