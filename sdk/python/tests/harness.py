@@ -109,6 +109,8 @@ stream = "{self.stream}"
 subject_prefix = "{self.prefix}"
 dlq_stream = "{self.dlq_stream}"
 dlq_subject_prefix = "t_{unique}_dlq"
+max_bytes = 268435456
+dlq_max_bytes = 67108864
 
 [clickhouse]
 url = "{CLICKHOUSE_URL}"

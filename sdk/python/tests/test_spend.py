@@ -21,7 +21,7 @@ import nats
 import pytest
 
 from harness import NATS_URL, Gateway
-from tally_sdk import FailClosed, FailOpenWithin, SpendClient, SpendError
+from tally_sdk import FailClosed, FailOpenWithin, InvalidEvent, SpendClient, SpendError
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "agent_loop.py"
 ROOT = f"sp{uuid.uuid4().hex[:12]}"
@@ -142,6 +142,14 @@ def test_refusals_of_the_request_raise(gw, customer):
         scoped.authorize("bot-1", "tool_calls", 0)
     with pytest.raises(TypeError):
         scoped.authorize("bot-1", "tool_calls", 1.5)
+    # a release names a valid hold id and agent before anything is sent
+    with pytest.raises(InvalidEvent):
+        scoped.release("bot-1", "bad id with spaces")
+    with pytest.raises(InvalidEvent):
+        scoped.release("bot 1", "h-1")
+    with pytest.raises(SpendError) as e:
+        SpendClient(gw.url, "tk_nope_nope").release("bot-1", "h-1")
+    assert e.value.status == 401
 
 
 def test_the_agent_loop_example_stops_when_denied_and_its_usage_names_the_holds(gw, customer):
@@ -157,3 +165,9 @@ def test_the_agent_loop_example_stops_when_denied_and_its_usage_names_the_holds(
     stored = gw.messages(customer)
     assert sorted(m.event["holdid"] for m in stored) == sorted(decider.holds)
     assert all(m.event["type"] == "llm.tokens" for m in stored)
+    # a call that used less than its 4000 tokens released its hold, after its usage was stored
+    used = {m.event["holdid"]: int(m.event["data"]["tokens"]) for m in stored}
+    releases = [r["body"]["release"] for r in decider.requests if "release" in r["body"]]
+    assert sorted(releases) == sorted(h for h, n in used.items() if n < 4000), (used, releases)
+    assert all("released the rest" in l for l in lines[:3] if "used 4000" not in l), run.stdout
+    assert all(r["subject"] == f"{ROOT}.authorize.{customer}.bot-1" for r in decider.requests)

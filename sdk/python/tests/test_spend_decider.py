@@ -60,13 +60,44 @@ def test_over_http_a_budget_denies_a_release_gives_room_back_usage_settles(stack
     assert client.release("bot-1", first.hold_id) is False
     third = client.authorize("bot-1", "tool_calls", Decimal(2))
     assert third.allow, third
-    # the work used one call of the two held: the committed usage settles the hold
+    # the work used one call of the two held: the committed usage settles the hold partially,
+    # the other call stays reserved until the agent releases it
     with HttpClient(stack.gateway_url, key) as http:
         assert http.send([tool_call_event(customer=c, agent="bot-1", id="call-1", tool="search",
                                           hold_id=third.hold_id)]).ok
-    settled = until("the usage settles the hold", client.balance,
-                    lambda b: b["holds"] == 0 and Decimal(b["spend"]) == Decimal("0.02"))
-    assert Decimal(settled["held_amount"]) == 0
+    settled = until("the usage settles the hold partially", client.balance,
+                    lambda b: Decimal(b["spend"]) == Decimal("0.02"))
+    assert (settled["holds"], Decimal(settled["held_amount"])) == (1, Decimal("0.02")), settled
+    assert not client.authorize("bot-1", "tool_calls", 4).allow  # 0.02 spent + 0.02 held + 0.08
+    assert client.release("bot-1", third.hold_id) is True
+    released = client.balance()
+    assert (released["holds"], Decimal(released["held_amount"])) == (0, 0), released
+    fits = client.authorize("bot-1", "tool_calls", 4)  # what the release gave back fits now
+    assert fits.allow and fits.remaining == Decimal("0.00"), fits
+
+
+def test_over_http_a_call_below_its_maximum_releases_the_rest_after_its_usage_is_stored(stack):
+    c = customer("loop")
+    stack.put_budget(c, "monthly", {"kind": "amount", "limit": "0.10", "hard": True})  # five calls
+    key = stack.create_key(c)
+    client = SpendClient(stack.gateway_url, key)
+    until("the budget is loaded", client.balance, lambda b: len(b["budgets"]) == 1)
+    with HttpClient(stack.gateway_url, key) as http:
+        for step, used in enumerate([1, 3]):  # each step may make up to three calls
+            ok = client.authorize("bot-1", "tool_calls", 3)
+            assert ok.allow, (step, ok)
+            events = [tool_call_event(customer=c, agent="bot-1", id=f"s{step}-{i}", tool="search",
+                                      hold_id=ok.hold_id) for i in range(used)]
+            assert http.send(events).ok
+            if used < 3:
+                assert client.release("bot-1", ok.hold_id) is True
+            # the next step is asked only once this one's usage counts
+            until(f"step {step}'s usage is committed", client.balance,
+                  lambda b, n=sum([1, 3][: step + 1]): Decimal(b["spend"]) == Decimal("0.02") * n)
+    done = until("every hold ended", client.balance, lambda b: b["holds"] == 0)
+    assert (Decimal(done["spend"]), Decimal(done["held_amount"])) == (Decimal("0.08"), 0), done
+    assert client.authorize("bot-1", "tool_calls", 1).allow  # the fifth call still fits
+    assert not client.authorize("bot-1", "tool_calls", 1).allow
 
 
 def test_over_nats_the_decider_answers_exactly(stack):
@@ -87,6 +118,7 @@ def test_over_nats_the_decider_answers_exactly(stack):
             assert (unknown.allow, unknown.reason) == (False, "unknown_meter")
             assert await client.release(c, "bot-2", a.hold_id) is False  # only its agent gives it back
             assert await client.release(c, "bot-1", a.hold_id) is True
+            assert await client.release(c, "bot-1", a.hold_id) is False  # given back once
             same = [await client.authorize(c, "bot-1", "llm_tokens", 1, request_id="work-7") for _ in range(2)]
             assert [x.hold_id for x in same] == ["work-7", "work-7"]
             balance = await client.balance(c)

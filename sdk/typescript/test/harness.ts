@@ -151,6 +151,8 @@ stream = "${this.stream}"
 subject_prefix = "${this.prefix}"
 dlq_stream = "${this.dlqStream}"
 dlq_subject_prefix = "t_${unique}_dlq"
+max_bytes = 268435456
+dlq_max_bytes = 67108864
 
 [clickhouse]
 url = "${CLICKHOUSE_URL}"

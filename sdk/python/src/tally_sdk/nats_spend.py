@@ -111,8 +111,11 @@ class NatsSpendClient:
         return self._offline.decide((customer, meter), Decimal(body["max_quantity"]))
 
     async def release(self, customer: str, agent: str, hold_id: str) -> bool:
-        """Gives hold ``hold_id`` back; False when the decider did not hold it (settled,
-        released, expired, another agent's) or did not answer."""
+        """Gives what is left of hold ``hold_id`` back: call it once the work is done below
+        its ``max_quantity`` (after its usage events are stored) or was cancelled, otherwise
+        the rest stays reserved until the hold expires. False when the decider did not hold it
+        (used up, released, expired, another agent's) or did not answer. Raises
+        :class:`InvalidEvent` for a bad customer, agent or hold id."""
         raw = json.dumps({"release": check_event_id(hold_id)}).encode()
         answer = await self._ask(self._authorize_subject(customer, agent), raw)
         return bool(answer and answer.get("allow"))

@@ -117,8 +117,12 @@ class SpendClient:
         return self._offline.decide(meter, Decimal(body["max_quantity"]))
 
     def release(self, agent: str, hold_id: str) -> bool:
-        """Gives a hold back (the call was cancelled or used nothing); False when it was not
-        held any more or no decider answered."""
+        """Gives what is left of a hold back: call it once the work is done below its
+        ``max_quantity`` (after its usage events, which name the hold, are stored) or was
+        cancelled; a hold is settled by its usage only down to what was used, and the rest
+        stays reserved until it expires otherwise. False when it was not held any more (used
+        up, released, expired) or no decider answered. Raises :class:`InvalidEvent` for a bad
+        agent or hold id and :class:`SpendError` when the gateway refuses the request."""
         body = {"agent": check_token(agent, "agent"), "release": check_event_id(hold_id)}
         answer = self._call("POST", "/v1/authorize", body)
         return bool(answer and answer.get("allow"))
