@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Optional
 import pytest
 
 from harness import Stack
-from tally_sdk import FailOpenWithin, HttpClient, SpendClient, tool_call_event
+from tally_sdk import FailOpenWithin, HttpClient, InvalidEvent, SpendClient, tool_call_event
 from tally_sdk.nats_spend import NatsSpendClient
 
 _n = itertools.count()
@@ -119,6 +119,10 @@ def test_over_nats_the_decider_answers_exactly(stack):
             assert await client.release(c, "bot-2", a.hold_id) is False  # only its agent gives it back
             assert await client.release(c, "bot-1", a.hold_id) is True
             assert await client.release(c, "bot-1", a.hold_id) is False  # given back once
+            with pytest.raises(InvalidEvent):
+                await client.release(c, "bot-1", "bad id with spaces")
+            with pytest.raises(InvalidEvent):
+                await client.release("bad customer", "bot-1", a.hold_id)
             same = [await client.authorize(c, "bot-1", "llm_tokens", 1, request_id="work-7") for _ in range(2)]
             assert [x.hold_id for x in same] == ["work-7", "work-7"]
             balance = await client.balance(c)

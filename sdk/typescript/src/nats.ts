@@ -279,8 +279,11 @@ export class NatsSpendClient {
     return this.offline.decide(`${customer}\u0000${meter}`, body.max_quantity as string);
   }
 
-  /** Gives hold `holdId` back; false when the decider did not hold it (settled, released,
-   * expired, another agent's) or did not answer. */
+  /** Gives what is left of hold `holdId` back: call it once the work is done below its
+   * `maxQuantity` (after its usage events are stored) or was cancelled, otherwise the rest
+   * stays reserved until the hold expires. False when the decider did not hold it (used up,
+   * released, expired, another agent's) or did not answer. Rejects with `InvalidEvent` for a
+   * bad customer, agent or hold id. */
   async release(customer: string, agent: string, holdId: string): Promise<boolean> {
     const body = Buffer.from(JSON.stringify({ release: checkEventId(holdId) }), "utf8");
     const answer = await this.ask(this.authorizeSubject(customer, agent), body);

@@ -206,8 +206,12 @@ export class SpendClient {
     return this.offline.decide(meter, decider.max_quantity as string);
   }
 
-  /** Gives a hold back (the work was cancelled or used nothing); false when it was not held
-   * any more or no decider answered. */
+  /** Gives what is left of a hold back: call it once the work is done below its `maxQuantity`
+   * (after its usage events, which name the hold, are stored) or was cancelled; usage settles
+   * a hold only down to what was used, and the rest stays reserved until the hold expires
+   * otherwise. False when it was not held any more (used up, released, expired) or no decider
+   * answered. Rejects with `InvalidEvent` for a bad agent or hold id and `SpendError` when the
+   * gateway refuses the request. */
   async release(agent: string, holdId: string): Promise<boolean> {
     const answer = await this.call("POST", "/v1/authorize", {
       agent: checkToken(agent, "source"),

@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { after, before, test } from "node:test";
 import { promisify } from "node:util";
 
-import { failClosed, failOpenWithin, HttpClient, SpendClient, SpendError, toolCallEvent } from "../src/index.js";
+import { failClosed, failOpenWithin, HttpClient, InvalidEvent, SpendClient, SpendError, toolCallEvent } from "../src/index.js";
 import { NatsSpendClient } from "../src/nats.js";
 import { freePort, PACKAGE_DIR } from "./harness.js";
 import { Stack } from "./stack.js";
@@ -88,10 +88,13 @@ test("over HTTP: allowed while the budget has room, denied with its reason, a re
   assert.equal(bal.held_amount, "0.04");
 });
 
-test("usage events naming the hold settle it: the spend is what was used, the hold is gone", async () => {
+test("usage naming the hold settles it down to what was used; the rest stays held until released", async () => {
   const c = customer("settle");
+  // 0.10 USD: five tool calls at 0.02
+  await stack.putBudget(c, "monthly", { kind: "amount", limit: "0.10", hard: true });
   const key = await stack.createKey(c);
   const spend = new SpendClient(stack.gatewayUrl, key);
+  await until("the budget is loaded", () => spend.balance() as Promise<Balance>, (b) => (b?.budgets ?? []).length === 1);
   const a = await spend.authorize("bot-1", "tool_calls", 4);
   assert.ok(a.allow && a.holdId, JSON.stringify(a));
   const events = [0, 1].map((i) => toolCallEvent({ customer: c, agent: "bot-1", id: `call-${i}`, tool: "search", holdId: a.holdId! }));
@@ -99,11 +102,26 @@ test("usage events naming the hold settle it: the spend is what was used, the ho
   const sent = await new HttpClient(stack.gatewayUrl, key).send(events);
   assert.ok(sent.ok, JSON.stringify(sent.notStored()));
   const settled = await until(
-    "the committed usage settles the hold",
+    "the committed usage settles the hold partially",
     () => spend.balance() as Promise<Balance>,
-    (b) => b?.holds === 0 && b.spend === "0.04",
+    (b) => b?.spend === "0.04",
   );
-  assert.equal(settled.held_amount, "0");
+  assert.deepEqual([settled.holds, settled.held_amount], [1, "0.04"], "two of the four calls are still held");
+  assert.equal((await spend.authorize("bot-1", "tool_calls", 3)).reason, "budget_exceeded"); // 0.04 + 0.04 + 0.06
+  assert.equal(await spend.release("bot-1", a.holdId!), true);
+  const released = (await spend.balance()) as Balance;
+  assert.deepEqual([released.holds, released.held_amount], [0, "0"]);
+  const fits = await spend.authorize("bot-1", "tool_calls", 3);
+  assert.equal(fits.allow, true, "what the release gave back fits now");
+  assert.equal(fits.remaining, "0.00");
+  // a release names a valid agent and hold id before anything is sent
+  await assert.rejects(spend.release("bot-1", "bad id with spaces"), InvalidEvent);
+  await assert.rejects(spend.release("bot 1", "h-1"), InvalidEvent);
+  await assert.rejects(new SpendClient(stack.gatewayUrl, "tk_nope_nope").release("bot-1", "h-1"), (e: unknown) => {
+    assert.ok(e instanceof SpendError);
+    assert.equal(e.status, 401);
+    return true;
+  });
 });
 
 test("over NATS: the decider answers on <root>.authorize.<customer>.<agent> and <root>.balance.<customer>", async () => {
@@ -122,6 +140,9 @@ test("over NATS: the decider answers on <root>.authorize.<customer>.<agent> and 
     // only the agent that holds it gives a hold back
     assert.equal(await client.release(c, "bot-2", a.holdId!), false);
     assert.equal(await client.release(c, "bot-1", a.holdId!), true);
+    assert.equal(await client.release(c, "bot-1", a.holdId!), false, "a hold is given back once");
+    await assert.rejects(client.release(c, "bot-1", "bad id with spaces"), InvalidEvent);
+    await assert.rejects(client.release("bad customer", "bot-1", a.holdId!), InvalidEvent);
     assert.equal((await client.authorize(c, "bot-1", "llm_tokens", "0.5")).allow, true);
     const bal = (await client.balance(c)) as Balance & { customer?: string };
     assert.equal(bal.customer, c);
@@ -193,7 +214,7 @@ test("a request refused as a whole raises SpendError; inexact quantities never l
   assert.deepEqual([huge.allow, huge.reason], [false, "quantity_too_large"]);
 });
 
-test("the README's agent loop (examples/spend.ts) stops when the budget is spent; its usage settles the holds", async () => {
+test("the README's agent loop (examples/spend.ts) releases what a step did not use and stops when the budget is spent", async () => {
   const c = customer("example");
   await stack.putBudget(c, "monthly", { kind: "amount", limit: "0.06", hard: true }); // three calls
   const key = await stack.createKey(c);
@@ -204,13 +225,16 @@ test("the README's agent loop (examples/spend.ts) stops when the budget is spent
     cwd: PACKAGE_DIR,
     timeout: 60_000,
   });
+  // step 0 holds two searches and uses one (released), step 1 holds and uses two; step 2's two
+  // more do not fit in 0.06 whether or not step 0's usage is committed yet
   const lines = stdout.trim().split("\n");
-  assert.equal(lines.length, 4, stdout);
-  assert.match(lines[0]!, /^step 0: allowed \(hold \S+, 0\.04 left\)$/);
-  assert.match(lines[2]!, /^step 2: allowed \(hold \S+, 0(\.0+)? left\)$/);
-  assert.equal(lines[3], "step 3: stopped: budget_exceeded (budget monthly)");
+  assert.equal(lines.length, 3, stdout);
+  assert.match(lines[0]!, /^step 0: allowed \(hold \S+, 0\.02 left\), used 1, released the rest$/);
+  assert.match(lines[1]!, /^step 1: allowed \(hold \S+, 0\.0[02] left\), used 2$/);
+  assert.equal(lines[2], "step 2: stopped: budget_exceeded (budget monthly)");
+  // without the release step 0's unused search would stay held until its hold expires (35 s)
   const settled = await until(
-    "the three calls settle their holds",
+    "the usage settles the holds and nothing stays held",
     () => client.balance() as Promise<Balance>,
     (b) => b?.holds === 0 && b.spend === "0.06",
   );
