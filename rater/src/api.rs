@@ -111,6 +111,10 @@ struct SubscriptionView<'a> {
     /// The periods of usage prices and minimums.
     usage_interval: String,
     billing_anchor_day: u32,
+    /// The product line; empty: the main one.
+    line: &'a str,
+    /// The pinned plan version; none: the version effective at each period start.
+    plan_version: Option<u32>,
     time_zone: &'static str,
     effective_from: Option<String>,
     effective_to: Option<String>,
@@ -126,6 +130,8 @@ fn subscription_view(s: &Subscription) -> SubscriptionView<'_> {
         interval: s.cycle.cycle.interval(),
         usage_interval: s.usage_cycle.cycle.interval(),
         billing_anchor_day: s.cycle.cycle.anchor_day(),
+        line: &s.line,
+        plan_version: s.plan_version,
         time_zone: s.cycle.zone.map_or("UTC", |z| z.name()),
         effective_from: (s.from_ms != i64::MIN).then(|| rfc3339(s.from_ms)),
         effective_to: (s.to_ms != i64::MAX).then(|| rfc3339(s.to_ms)),
@@ -369,6 +375,9 @@ struct CancelInput {
     at: Option<chrono::DateTime<chrono::Utc>>,
     #[serde(default)]
     at_period_end: bool,
+    /// The line to cancel; default the main line.
+    #[serde(default)]
+    line: Option<String>,
 }
 
 async fn cancel_subscription(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -383,7 +392,14 @@ async fn cancel_subscription(state: &ApiState, req: Request<Incoming>) -> Respon
     let at_ms = input.at.map_or(now_ms, |t| t.timestamp_millis());
     let cancelled = state
         .source
-        .cancel_subscription(&state.db, &customer, at_ms, input.at_period_end, now_ms)
+        .cancel_subscription(
+            &state.db,
+            &customer,
+            input.line.as_deref().unwrap_or_default(),
+            at_ms,
+            input.at_period_end,
+            now_ms,
+        )
         .await;
     let identity = match &cancelled {
         Ok((record, _)) => serde_json::json!({"customer": record.customer,

@@ -49,6 +49,12 @@ pub struct Subscription {
     pub ends_ms: i64,
     /// The trial part of a subscription with a trial (its first coupon is the trial's).
     pub trial: Option<Trial>,
+    /// The product line (`line`; empty: the main one). A customer's lines run side by side,
+    /// each its own chain of records; each meter is priced by one line.
+    pub line: String,
+    /// The plan version the record is pinned to; none: the version effective at each period
+    /// start.
+    pub plan_version: Option<u32>,
 }
 
 impl Subscription {
@@ -96,6 +102,18 @@ impl Subscription {
             vec![self.cycle, self.usage_cycle]
         }
     }
+}
+
+/// The subscription a usage row belongs to, as the fold needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Coverage<'a> {
+    pub plan: &'a str,
+    /// The pinned version; none: the version effective at the part's start.
+    pub plan_version: Option<u32>,
+    /// The cycle whose periods hold the row's meter.
+    pub cycle: ZonedCycle,
+    pub from_ms: i64,
+    pub to_ms: i64,
 }
 
 /// Plans and subscriptions.
@@ -173,8 +191,19 @@ impl Catalog {
                 ));
             }
             let (customer, sub) = validate_subscription(i, s, meters)?;
+            if let Some(v) = sub.plan_version {
+                if !by_id[&sub.plan].iter().any(|p| p.version == v) {
+                    return Err(ConfigError::invalid(
+                        format!("subscriptions[{i}].plan_version"),
+                        format!("plan {} has no version {v}", sub.plan),
+                    ));
+                }
+            }
             let list = subscriptions.entry(customer.clone()).or_default();
-            if list.iter().any(|o| o.from_ms == sub.from_ms) {
+            if list
+                .iter()
+                .any(|o| o.from_ms == sub.from_ms && o.line == sub.line)
+            {
                 return Err(ConfigError::invalid(
                     format!("subscriptions[{i}].effective_from"),
                     format!("{customer} already has a subscription from this instant"),
@@ -182,8 +211,9 @@ impl Catalog {
             }
             list.push(sub);
         }
-        for list in subscriptions.values_mut() {
-            *list = lifecycle::chain(std::mem::take(list));
+        for (customer, list) in &mut subscriptions {
+            *list = lifecycle::chain_lines(std::mem::take(list));
+            lifecycle::check_lines(customer, list, &by_id)?;
         }
         if let Some(p) = &rater.default_plan {
             if !by_id.contains_key(p) {
@@ -338,62 +368,102 @@ impl Catalog {
         self.subscription_at(customer, i64::MAX)
     }
 
-    /// The plan, billing cycle, start and end of the subscription covering `at_ms`, without
-    /// copying it (the fold's per-row lookup); same rules as [`Catalog::subscription_at`].
+    /// The plan, billing cycle, start and end of the subscription covering `at_ms` (of the
+    /// first line, by name, with one in force), without copying it; same rules as
+    /// [`Catalog::subscription_at`].
     pub fn coverage_at(
         &self,
         customer: &CustomerId,
         at_ms: i64,
     ) -> Option<(&str, ZonedCycle, i64, i64)> {
-        let list = self
-            .subscriptions
-            .get(customer)
-            .map_or(&[][..], Vec::as_slice);
-        match list.iter().rev().find(|s| s.from_ms <= at_ms) {
-            Some(s) if !s.covers(at_ms) => None,
+        let first = self.first_start(customer);
+        match self.in_force(customer, at_ms).first() {
             Some(s) => Some((s.plan.as_str(), s.cycle, s.from_ms, s.to_ms)),
+            None if first.is_some_and(|f| f <= at_ms) => None,
             None => self.default_plan.as_deref().map(|p| {
-                let to_ms = list.first().map_or(i64::MAX, |s| s.from_ms);
+                let to_ms = first.unwrap_or(i64::MAX);
                 (p, BillingCycle::default().into(), i64::MIN, to_ms)
             }),
         }
     }
 
-    /// [`Catalog::coverage_at`] with the cycle that places usage of `meter`: the usage
-    /// cycle, or the billing cycle when the plan version effective at `at_ms` prices the
-    /// meter with a `flat` fee (the fold's per-row lookup).
+    /// What the fold needs of the subscription that prices `meter` at `at_ms`
+    /// ([`Catalog::subscription_for`]): its plan id and pinned version, the cycle that places
+    /// usage of `meter` (the usage cycle, or the billing cycle for a `flat` fee), and its
+    /// start and end. None: no subscription covers `at_ms`.
     pub fn coverage_for(
         &self,
         customer: &CustomerId,
         meter: &MeterSlug,
         at_ms: i64,
-    ) -> Option<(&str, ZonedCycle, i64, i64)> {
-        let (plan, cycle, from_ms, to_ms) = self.coverage_at(customer, at_ms)?;
-        let sub = self
-            .subscriptions
-            .get(customer)
-            .and_then(|l| l.iter().rev().find(|s| s.from_ms <= at_ms));
-        let cycle = match sub {
-            Some(s) => s.cycle_for(self.plan_at(plan, at_ms).and_then(|p| p.prices.get(meter))),
-            None => cycle,
+    ) -> Option<Coverage<'_>> {
+        let sub = self.subscription_for(customer, meter, at_ms)?;
+        let price = self.plan_of(&sub, at_ms).and_then(|p| p.prices.get(meter));
+        let (plan, plan_version) = match sub {
+            Cow::Borrowed(s) => (s.plan.as_str(), s.plan_version),
+            Cow::Owned(_) => (self.default_plan.as_deref()?, None),
         };
-        Some((plan, cycle, from_ms, to_ms))
+        Some(Coverage {
+            plan,
+            plan_version,
+            cycle: sub.cycle_for(price),
+            from_ms: sub.from_ms,
+            to_ms: sub.to_ms,
+        })
     }
 
-    /// The subscription covering `at_ms` (borrowed: a pass looks it up once per charge);
-    /// before a customer's first subscription (or without one), the default plan on a
-    /// calendar-month cycle, untaxed.
+    /// Per line (by name), the record in force at `at_ms`.
+    fn in_force(&self, customer: &CustomerId, at_ms: i64) -> Vec<&Subscription> {
+        self.subscriptions_of(customer)
+            .iter()
+            .filter(|s| s.covers(at_ms))
+            .collect()
+    }
+
+    /// Where a customer's first record starts (none without one): the default plan covers
+    /// the time before it.
+    fn first_start(&self, customer: &CustomerId) -> Option<i64> {
+        self.subscriptions_of(customer)
+            .iter()
+            .map(|s| s.from_ms)
+            .min()
+    }
+
+    /// The subscription that prices `meter` at `at_ms`: of the lines in force then, the one
+    /// whose plan version prices the meter (lines of a customer never price the same meter,
+    /// [`lifecycle::check_lines`]), else the first in force; the default plan before the
+    /// customer's first record.
+    pub fn subscription_for(
+        &self,
+        customer: &CustomerId,
+        meter: &MeterSlug,
+        at_ms: i64,
+    ) -> Option<Cow<'_, Subscription>> {
+        let lines = self.in_force(customer, at_ms);
+        match lines.iter().find(|s| {
+            self.plan_of(s, at_ms)
+                .is_some_and(|p| p.prices.contains_key(meter))
+        }) {
+            Some(s) => Some(Cow::Borrowed(*s)),
+            None => self.subscription_at(customer, at_ms),
+        }
+    }
+
+    /// The subscription covering `at_ms` (of the first line, by name, with one in force;
+    /// borrowed: a pass looks it up once per charge); before a customer's first record (or
+    /// without one), the default plan on a calendar-month cycle, untaxed; none in a gap
+    /// (after a cancellation or an end, while paused).
     pub fn subscription_at(
         &self,
         customer: &CustomerId,
         at_ms: i64,
     ) -> Option<Cow<'_, Subscription>> {
-        let list = self
-            .subscriptions
-            .get(customer)
-            .map_or(&[][..], Vec::as_slice);
-        if let Some(s) = list.iter().rev().find(|s| s.from_ms <= at_ms) {
-            return s.covers(at_ms).then_some(Cow::Borrowed(s));
+        if let Some(s) = self.in_force(customer, at_ms).first() {
+            return Some(Cow::Borrowed(*s));
+        }
+        let first = self.first_start(customer);
+        if first.is_some_and(|f| f <= at_ms) {
+            return None;
         }
         self.default_plan.clone().map(|plan| {
             Cow::Owned(Subscription {
@@ -404,13 +474,29 @@ impl Catalog {
                 tax_region: None,
                 tax_exempt: false,
                 from_ms: i64::MIN,
-                to_ms: list.first().map_or(i64::MAX, |s| s.from_ms),
+                to_ms: first.unwrap_or(i64::MAX),
                 currency: None,
                 state: SubscriptionState::Active,
                 ends_ms: i64::MAX,
                 trial: None,
+                line: String::new(),
+                plan_version: None,
             })
         })
+    }
+
+    /// The plan version that prices `sub` at `at_ms`: its pinned `plan_version`, or (not
+    /// pinned) the version effective at `at_ms`.
+    pub fn plan_of(&self, sub: &Subscription, at_ms: i64) -> Option<&Plan> {
+        self.plan_version(&sub.plan, sub.plan_version, at_ms)
+    }
+
+    /// Version `pinned` of `plan`, or (none) the version effective at `at_ms`.
+    pub fn plan_version(&self, plan: &str, pinned: Option<u32>, at_ms: i64) -> Option<&Plan> {
+        match pinned {
+            Some(v) => self.plans.get(plan)?.iter().find(|p| p.version == v),
+            None => self.plan_at(plan, at_ms),
+        }
     }
 
     /// Every instant in `[from_ms, to_ms)` where a customer's billing changes: its
@@ -449,11 +535,16 @@ impl Catalog {
         out
     }
 
-    /// Where the customer's subscription ends for good (a cancellation, or the `ends_at` of
-    /// its last record): the billing period containing it is cut there and invoiced from
-    /// then on. None while it runs (or is paused), and for customers without one.
-    pub fn final_end(&self, customer: &CustomerId) -> Option<i64> {
-        lifecycle::final_end(self.subscriptions.get(customer)?)
+    /// Where a line of the customer's subscriptions ends for good (a cancellation, or the
+    /// `ends_at` of its last record): the billing period containing it is cut there and
+    /// invoiced from then on. None while it runs (or is paused), and without one.
+    pub fn final_end(&self, customer: &CustomerId, line: &str) -> Option<i64> {
+        let records: Vec<&Subscription> = self
+            .subscriptions_of(customer)
+            .iter()
+            .filter(|s| s.line == line)
+            .collect();
+        lifecycle::final_end(&records)
     }
 
     /// The record that cancels `customer`'s subscription: at `at_ms`, or at the end of the
@@ -462,13 +553,19 @@ impl Catalog {
     pub fn cancellation(
         &self,
         customer: &CustomerId,
+        line: &str,
         at_ms: i64,
         at_period_end: bool,
     ) -> Result<SubscriptionSpec, String> {
         let list = self.subscriptions_of(customer);
-        let Some(sub) = list.iter().rev().find(|s| s.covers(at_ms)) else {
+        let Some(sub) = list.iter().find(|s| s.line == line && s.covers(at_ms)) else {
             return Err(format!(
-                "{customer} has no subscription in force at {}",
+                "{customer} has no subscription{} in force at {}",
+                if line.is_empty() {
+                    String::new()
+                } else {
+                    format!(" of line {line:?}")
+                },
                 tally_domain::period::rfc3339(at_ms)
             ));
         };
@@ -495,6 +592,8 @@ impl Catalog {
             interval: None,
             billing_anchor_month: None,
             usage_interval: None,
+            line: (!line.is_empty()).then(|| line.to_owned()),
+            plan_version: None,
         })
     }
 
@@ -594,6 +693,8 @@ mod tests {
             interval: None,
             billing_anchor_month: None,
             usage_interval: None,
+            line: None,
+            plan_version: None,
         };
         let err = Catalog::new(plans(TWO_VERSIONS), vec![sub], &rater, &meters())
             .unwrap_err()

@@ -80,11 +80,16 @@ fn body<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
+/// A record's identity: customer and `effective_from` (RFC 3339, milliseconds), the
+/// latter followed by `#<line>` for a record of a named line.
 fn subscription_identity(s: &SubscriptionSpec) -> (String, String) {
-    let from = s
+    let mut from = s
         .effective_from
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default();
+    if let Some(line) = &s.line {
+        from = format!("{from}#{line}");
+    }
     (s.customer.clone(), from)
 }
 
@@ -315,6 +320,7 @@ impl CatalogSource {
         &self,
         db: &Client,
         customer: &tally_domain::CustomerId,
+        line: &str,
         at_ms: i64,
         at_period_end: bool,
         now_ms: i64,
@@ -322,7 +328,7 @@ impl CatalogSource {
         let record = self
             .current(db)
             .await?
-            .cancellation(customer, at_ms, at_period_end)
+            .cancellation(customer, line, at_ms, at_period_end)
             .map_err(CatalogStoreError::NotFound)?;
         let added = self.add_subscription(db, record.clone(), now_ms).await?;
         Ok((record, added))

@@ -226,6 +226,18 @@ pub struct SubscriptionSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[serde(default)]
     pub trial: Option<TrialSpec>,
+    /// The product line (`llm`, `seats`): a customer's lines run side by side, each with its
+    /// own plan and terms, its records chained by `effective_from` within the line. Two lines
+    /// whose plans price the same meter are refused. Default: the main line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
+    pub line: Option<String>,
+    /// Pins the record to this version of its plan; a later version applies only through a
+    /// migration (a new record of the line from the migration instant naming the new
+    /// version). Default: not pinned, the version effective at each period start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
+    pub plan_version: Option<u32>,
 }
 
 /// A billing interval.

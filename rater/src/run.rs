@@ -77,16 +77,16 @@ pub async fn rate_once(
             continue;
         }
         let sub = catalog
-            .subscription_at(customer, segment_from_ms)
+            .subscription_for(customer, &u.meter, segment_from_ms)
             .expect("fold keeps only customers with a subscription");
-        let Some(plan) = catalog.plan_at(&sub.plan, segment_from_ms) else {
+        let Some(plan) = catalog.plan_of(&sub, segment_from_ms) else {
             report.unpriced_meters += 1;
             continue;
         };
         let terms = catalog.terms(&sub, plan, period, &u.meter);
         match compute_with(u, plan, &terms) {
             Ok(Some(mut charge)) => {
-                charge.period = final_period(charge.period, catalog.final_end(customer));
+                charge.period = final_period(charge.period, catalog.final_end(customer, &sub.line));
                 report.idle_charges += usize::from(u.windows == 0);
                 charges.entry(customer.as_ref()).or_default().push(charge);
             }

@@ -215,18 +215,16 @@ fn fold_row(
         return Err(FailReason::Unreadable);
     };
     let start_ms = i64::from(row.start) * 1000;
-    let Some((plan_id, cycle, sub_from_ms, sub_to_ms)) =
-        catalog.coverage_for(&customer, &meter, start_ms)
-    else {
+    let Some(cover) = catalog.coverage_for(&customer, &meter, start_ms) else {
         out.skipped.no_subscription += 1;
         return Ok(());
     };
-    let period = cycle.period_containing(start_ms);
+    let period = cover.cycle.period_containing(start_ms);
     // a subscription change inside the period splits it at the change
-    let segment_from_ms = period.start_ms.max(sub_from_ms);
-    let segment_to_ms = period.end_ms.min(sub_to_ms);
+    let segment_from_ms = period.start_ms.max(cover.from_ms);
+    let segment_to_ms = period.end_ms.min(cover.to_ms);
     let per_group = catalog
-        .plan_at(plan_id, segment_from_ms)
+        .plan_version(cover.plan, cover.plan_version, segment_from_ms)
         .and_then(|p| p.prices.get(&meter))
         .is_some_and(|p| p.model.per_group());
     let group_key = if per_group {

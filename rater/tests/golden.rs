@@ -398,6 +398,8 @@ fn a_plan_is_billed_in_another_currency_at_the_dated_rate_then_rounded_once() {
         interval: None,
         billing_anchor_month: None,
         usage_interval: None,
+        line: None,
+        plan_version: None,
     };
     let plans = || {
         toml::from_str::<F>(

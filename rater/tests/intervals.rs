@@ -21,7 +21,6 @@ mod common;
 
 use common::tokens;
 use tally_platform::testkit::TestEnv;
-use tally_rater::RaterConfig;
 
 const DAY: i64 = 86_400;
 const DEC_3: i64 = 1_796_256_000; // 2026-12-03T00:00:00Z
@@ -115,14 +114,7 @@ async fn an_annual_fee_with_monthly_usage_a_quarter_and_weeks_in_their_zones() {
     let catalog = common::file_catalog(CATALOG).expect("valid catalog");
     tokens(&db, "yearly", NOV_1 + 14 * DAY + DAY / 2, "14000", "y1").await;
     tokens(&db, "weekly", DEC_3 - 2 * DAY + DAY / 2, "7500", "w1").await;
-    let cfg = RaterConfig {
-        lookback_secs: 5 * DAY as u64,
-        ..RaterConfig::default()
-    };
-    let report = tally_rater::rate_once(&db, &catalog, &cfg, DEC_3 * 1000)
-        .await
-        .expect("pass");
-    assert!(report.failed.is_empty());
+    common::rate_at(&db, &catalog, DEC_3, 5).await;
     assert_eq!(
         charges(&db).await,
         vec![

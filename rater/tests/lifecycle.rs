@@ -226,18 +226,7 @@ plan = "pro"
 async fn the_api_cancels_now_or_at_period_end_and_the_final_period_is_cut_and_prorated() {
     let env = TestEnv::new("rater_cancel_api").await;
     let db = env.db();
-    #[derive(serde::Deserialize)]
-    struct F {
-        plans: Vec<tally_rater::config::PlanSpec>,
-        subscriptions: Vec<tally_rater::config::SubscriptionSpec>,
-    }
-    let f: F = toml::from_str(&format!("{PLAN}{API_SUBSCRIPTIONS}")).expect("TOML");
-    tally_rater::registry_store::bootstrap(&db, &[], &common::meter_specs(), 0)
-        .await
-        .expect("stored meters");
-    tally_rater::catalog_store::bootstrap(&db, &f.plans, &f.subscriptions, 0)
-        .await
-        .expect("stored catalog");
+    common::store_catalog(&db, &format!("{PLAN}{API_SUBSCRIPTIONS}")).await;
     let (addr, stop, server) = start(db.clone()).await;
     let cancel = |body: serde_json::Value| async move {
         post(addr, "/v1/subscriptions/cancel", &body).await
@@ -267,19 +256,8 @@ async fn the_api_cancels_now_or_at_period_end_and_the_final_period_is_cut_and_pr
     stop.cancel();
     server.await.expect("server stops");
 
-    let source = tally_rater::catalog_store::CatalogSource {
-        rater: RaterConfig::default(),
-        features: tally_platform::Features::default(),
-    };
-    let catalog = source.current(&db).await.expect("stored catalog");
-    let cfg = RaterConfig {
-        lookback_secs: 5 * DAY as u64,
-        ..RaterConfig::default()
-    };
-    let report = tally_rater::rate_once(&db, &catalog, &cfg, (DEC_1 + 2 * DAY) * 1000)
-        .await
-        .expect("pass");
-    assert!(report.failed.is_empty());
+    let catalog = common::stored_catalog(&db).await;
+    common::rate_at(&db, &catalog, DEC_1 + 2 * DAY, 5).await;
     let nov_20_noon = NOV_1 + 19 * DAY + DAY / 2;
     assert_eq!(
         rows(&charges(&db).await, "beta"),

@@ -9,16 +9,22 @@
 //! - The record's billing cycle is its `interval` (weekly, monthly, quarterly, annual) on its
 //!   anchors; its usage cycle is `usage_interval` (default the same): `flat` fees are billed
 //!   per billing period, every other price (usage, minimums) per usage period.
+//! - A customer may have several lines (`line`, one per product line), each its own chain of
+//!   records with its own plan and terms; two lines whose plans price one meter are refused.
+//! - A record may pin its plan version (`plan_version`); a migration is a new record of the
+//!   same line from the migration instant with the new version.
 //! - A trial splits its record at the trial's end: the trial part carries a `trial` coupon
 //!   (percent off every charge, 100 by default) in front of the record's own coupons; the
 //!   rest is the paid part. A split inside a billing period prorates both parts' fees and
 //!   minimums like any subscription change.
 
+use std::collections::{BTreeMap, HashMap};
+
 use rust_decimal::Decimal;
-use tally_domain::{BillingCycle, Currency, CustomerId, Meter};
+use tally_domain::{BillingCycle, Currency, CustomerId, Meter, MeterSlug};
 use tally_platform::ConfigError;
 
-use super::Subscription;
+use super::{Plan, Subscription};
 use crate::config::{Interval, SubscriptionSpec, SubscriptionState, TrialSpec};
 use crate::pricing::discount::{Coupon, Duration, Off};
 use crate::zone::ZonedCycle;
@@ -124,6 +130,8 @@ pub(super) fn validate_subscription(
             state: s.state,
             ends_ms,
             trial,
+            line: s.line.unwrap_or_default(),
+            plan_version: s.plan_version,
         },
     ))
 }
@@ -229,9 +237,53 @@ pub(super) fn chain(mut list: Vec<Subscription>) -> Vec<Subscription> {
     out
 }
 
+/// A customer's records chained per line (each line by itself, [`chain`]), sorted by line
+/// then start.
+pub(super) fn chain_lines(list: Vec<Subscription>) -> Vec<Subscription> {
+    let mut lines: BTreeMap<String, Vec<Subscription>> = BTreeMap::new();
+    for s in list {
+        lines.entry(s.line.clone()).or_default().push(s);
+    }
+    lines.into_values().flat_map(chain).collect()
+}
+
+/// Refuses a customer whose lines could price one meter (a version of one line's plan and
+/// one of another line's plan share a meter): each meter's usage belongs to one line.
+pub(super) fn check_lines(
+    customer: &CustomerId,
+    list: &[Subscription],
+    plans: &HashMap<String, Vec<Plan>>,
+) -> Result<(), ConfigError> {
+    let mut meters_of: BTreeMap<&str, BTreeMap<&MeterSlug, &str>> = BTreeMap::new();
+    for s in list {
+        let meters = meters_of.entry(s.line.as_str()).or_default();
+        for p in plans.get(&s.plan).into_iter().flatten() {
+            for m in p.prices.keys() {
+                meters.insert(m, &p.id);
+            }
+        }
+    }
+    let lines: Vec<(&&str, &BTreeMap<&MeterSlug, &str>)> = meters_of.iter().collect();
+    for (i, (a, ma)) in lines.iter().enumerate() {
+        for (b, mb) in &lines[i + 1..] {
+            if let Some((m, plan)) = ma.iter().find(|(m, _)| mb.contains_key(*m)) {
+                return Err(ConfigError::invalid(
+                    format!("subscriptions.{customer}.line"),
+                    format!(
+                        "lines {a:?} and {b:?} both price meter {m} (plans {plan} and {}); each \
+                         meter is billed by one line",
+                        mb[m]
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Where a customer's chained records end for good: at a last `cancelled` record, or at the
 /// `ends_at` of a last active one; none while the last record is open or paused.
-pub(super) fn final_end(list: &[Subscription]) -> Option<i64> {
+pub(super) fn final_end(list: &[&Subscription]) -> Option<i64> {
     let last = list.last()?;
     match last.state {
         SubscriptionState::Cancelled => Some(last.from_ms),

@@ -111,7 +111,7 @@ pub fn idle_usages(
             .flat_map(|s| s.cycles().into_iter().map(move |c| (s, c)))
         {
             for part in parts(sub, &cycle, horizon_ms, now_ms) {
-                let Some(plan) = catalog.plan_at(&sub.plan, part.from_ms) else {
+                let Some(plan) = catalog.plan_of(sub, part.from_ms) else {
                     continue;
                 };
                 // each price in the periods of its own cycle (fees: billing, others: usage)

@@ -153,3 +153,52 @@ pub async fn tokens(db: &clickhouse::Client, customer: &str, at: i64, value: &st
     .expect("readings");
     tally_platform::testkit::fold_readings(db, batch).await;
 }
+
+/// Stores the file's meters ([`meter_specs`]) and the plans and subscriptions of the TOML
+/// `text` in `db`, as `tally-rater` bootstraps them; returns what was appended.
+pub async fn store_catalog(
+    db: &clickhouse::Client,
+    text: &str,
+) -> tally_rater::catalog_store::Bootstrapped {
+    #[derive(serde::Deserialize)]
+    struct F {
+        plans: Vec<PlanSpec>,
+        subscriptions: Vec<SubscriptionSpec>,
+    }
+    let f: F = toml::from_str(text).expect("catalog TOML");
+    tally_rater::registry_store::bootstrap(db, &[], &meter_specs(), 0)
+        .await
+        .expect("stored meters");
+    tally_rater::catalog_store::bootstrap(db, &f.plans, &f.subscriptions, 0)
+        .await
+        .expect("stored catalog")
+}
+
+/// The catalog as stored in `db` (default `[rater]` and features).
+pub async fn stored_catalog(db: &clickhouse::Client) -> Catalog {
+    tally_rater::catalog_store::CatalogSource {
+        rater: RaterConfig::default(),
+        features: tally_platform::Features::default(),
+    }
+    .current(db)
+    .await
+    .expect("stored catalog")
+}
+
+/// One rating pass at `now_secs` looking back `days` days; asserts no customer failed.
+pub async fn rate_at(
+    db: &clickhouse::Client,
+    catalog: &Catalog,
+    now_secs: i64,
+    days: u64,
+) -> tally_rater::RateReport {
+    let cfg = RaterConfig {
+        lookback_secs: days * 86_400,
+        ..RaterConfig::default()
+    };
+    let report = tally_rater::rate_once(db, catalog, &cfg, now_secs * 1000)
+        .await
+        .expect("pass");
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    report
+}
