@@ -6,7 +6,8 @@
 //! void itself is exactly once: re-sent it appends nothing, a second void of the event is
 //! refused `already_voided`, and the finalized invoice never changes. Then another event is
 //! amended to a lower quantity (read by the stored meters): a second note for the difference.
-//! And two voids of one event sent at once: one is refused, the usage drops once.
+//! And two voids of one event sent at once: one is refused, the usage drops once; and a void
+//! of an event of a sealed day (the usual case for a finalized period) reaches the rater.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -442,5 +443,94 @@ async fn a_void_after_finalization_gives_a_credit_note_naming_the_correction_onc
             .delete_key_value(&bucket)
             .await;
     }
+    env.cleanup().await;
+}
+
+/// Runs `sql` on the test database.
+async fn exec(db: &clickhouse::Client, sql: &str) {
+    db.query(sql).execute().await.expect("insert");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_void_applies_to_a_sealed_day_and_the_rater_prices_it() {
+    let env = TestEnv::new("e2e_correction_sealed").await;
+    let db = env.db();
+    // October 5th 2026 sealed by partition 0: one day row of 3,000,000 tokens (two events),
+    // and the committed reading of e1 (1,000,000 tokens at 01:00) the void looks up
+    let day = Utc
+        .with_ymd_and_hms(2026, 10, 5, 0, 0, 0)
+        .single()
+        .expect("day")
+        .timestamp();
+    let at_ms = (day + 3600) * 1000 + 5;
+    exec(
+        &db,
+        "INSERT INTO usage_seals VALUES (0, toDate(0), 'reg', 0, now())",
+    )
+    .await;
+    exec(
+        &db,
+        &format!(
+            "INSERT INTO usage_seals VALUES (0, toDate(toDateTime({day})), 'seal-1', 1, now())"
+        ),
+    )
+    .await;
+    exec(
+        &db,
+        &format!(
+            "INSERT INTO usage_days VALUES (toDate(toDateTime({day})), 'acme', 'bot-1', 'llm_tokens', \
+             'SUM', ['model', 'kind'], ['gpt-4o', 'output'], '{{\"kind\":\"output\",\"model\":\"gpt-4o\"}}', 2, \
+             toDecimal128(3000000, 9), toDecimal128(1000000, 9), toDecimal128(2000000, 9), \
+             toDecimal128(0, 9), 0, '', [], 'seal-1', 0, now())"
+        ),
+    )
+    .await;
+    exec(
+        &db,
+        &format!(
+            "INSERT INTO usage_meter_readings (customer, agent, event_id, meter, aggregation, window_start, \
+             window_secs, time_ms, group_names, group_values, group_key, value, unique_value, batch_id, \
+             inserted_at) VALUES ('acme', 'bot-1', 'e1', 'llm_tokens', 'SUM', toDateTime({}), 60, {at_ms}, \
+             ['model', 'kind'], ['gpt-4o', 'output'], '{{\"kind\":\"output\",\"model\":\"gpt-4o\"}}', \
+             toDecimal128(1000000, 9), '', 'b-1', now())",
+            day + 3600
+        ),
+    )
+    .await;
+    let rater = RaterConfig {
+        default_plan: Some("ai-standard".into()),
+        lookback_secs: 40 * 86_400,
+        ..RaterConfig::default()
+    };
+    let now = Utc
+        .with_ymd_and_hms(2026, 11, 2, 0, 0, 0)
+        .single()
+        .expect("now")
+        .timestamp_millis();
+    // before the void: 3,000,000 tokens at 0.000003 USD = 900 cents
+    tally_rater::rate_once(&db, &catalog("nobody"), &rater, now)
+        .await
+        .expect("rating");
+    assert_eq!(charge_minor(&db, "acme").await, 900);
+    let time = chrono::DateTime::from_timestamp_millis(at_ms)
+        .expect("time")
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let req: tally_rater::corrections::CorrectionRequest =
+        serde_json::from_value(serde_json::json!({
+        "correction_id": "v-1", "kind": "void", "customer": "acme", "source": "bot-1", "id": "e1",
+        "time": time, "reason": "sealed"}))
+        .expect("request");
+    let valid = req.validate().expect("valid");
+    let (c, appended) = tally_rater::corrections_store::correct(&db, &valid, "api:alice", 0)
+        .await
+        .expect("voided");
+    assert!(appended);
+    assert_eq!(c.revision, 1);
+
+    // the next pass prices October from the sealed day plus the void: 2,000,000 tokens = 600
+    tally_rater::rate_once(&db, &catalog("nobody"), &rater, now + 1000)
+        .await
+        .expect("rating");
+    assert_eq!(charge_minor(&db, "acme").await, 600);
     env.cleanup().await;
 }
