@@ -1,8 +1,9 @@
 //! Credit notes against finalized invoices: what is credited back (before tax, and the tax),
 //! why, and by whom. Append-only rows in `credit_notes` with deterministic ids, so a retried
 //! issue collapses in `v_credit_notes` (the earliest record wins). The invoice itself is never
-//! changed. Manual notes come from the API; the invoicer issues one when late usage lowers a
-//! finalized invoice's charge ([`crate::late`]).
+//! changed. Manual notes come from the API; the invoicer issues one when late usage or a
+//! correction (a voided or amended event: docs/INGEST.md, "Corrections") lowers a finalized
+//! invoice's charge ([`crate::late`]); such a note names the corrections in `lines`.
 
 use clickhouse::Client;
 use serde::{Deserialize, Serialize};
