@@ -512,6 +512,18 @@ async fn a_void_applies_to_a_sealed_day_and_the_rater_prices_it() {
         .await
         .expect("rating");
     assert_eq!(charge_minor(&db, "acme").await, 900);
+    // a leftover of a failed earlier attempt under the same correction id at another revision
+    // (deltas written, correction row not): it never counts
+    exec(
+        &db,
+        &format!(
+            "INSERT INTO usage_correction_deltas VALUES ('v-1', 'acme', 'bot-1', 'e1', 2, 'llm_tokens', \
+             'SUM', toDateTime({}), 60, ['model', 'kind'], ['gpt-4o', 'output'], \
+             '{{\"kind\":\"output\",\"model\":\"gpt-4o\"}}', -1, toDecimal128(-500000, 9), now())",
+            day + 3600
+        ),
+    )
+    .await;
     let time = chrono::DateTime::from_timestamp_millis(at_ms)
         .expect("time")
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);

@@ -158,9 +158,9 @@ async fn corrections_of(
            AND toStartOfHour(window_start) <= toStartOfHour(toDateTime(?)) \
            AND window_start >= toDateTime(?) AND window_start < toDateTime(?) \
            AND customer = ? AND meter = ? \
-           AND (customer, correction_id) IN \
-               (SELECT customer, min(correction_id) FROM usage_corrections WHERE customer = ? \
-                GROUP BY customer, agent, event_id, revision) \
+           AND (customer, correction_id, revision) IN \
+               (SELECT customer, min(correction_id), revision FROM usage_corrections \
+                WHERE customer = ? GROUP BY customer, agent, event_id, revision) \
          ORDER BY correction_id",
     )
     .bind(from)

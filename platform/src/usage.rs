@@ -332,7 +332,9 @@ fn range_sql(col: &str, from: u32, to: u32) -> String {
 ///
 /// A correction's deltas count when it is the winner of its revision of the event (the
 /// smallest correction id; a race between two API instances resolves the same way for every
-/// reader), each delta once however often its rows were written (`LIMIT 1 BY`). Only SUM
+/// reader) and were written for that revision (a retry after a failed write may have left
+/// deltas of another revision under the same id), each delta once however often its rows
+/// were written (`LIMIT 1 BY`). Only SUM
 /// meters are corrected (the API refuses the others), so a row carries its delta as the sum
 /// and no events, minimum or maximum.
 fn corrections_sql(req: &Request<'_>, from: u32, to: u32) -> String {
@@ -357,9 +359,9 @@ fn corrections_sql(req: &Request<'_>, from: u32, to: u32) -> String {
                   window_start, window_secs, value \
                FROM usage_correction_deltas \
                WHERE {range}{customer}{meter} AND aggregation = 'SUM' \
-                 AND (customer, correction_id) IN \
-                     (SELECT customer, min(correction_id) FROM usage_corrections WHERE 1{customer} \
-                      GROUP BY customer, agent, event_id, revision) \
+                 AND (customer, correction_id, revision) IN \
+                     (SELECT customer, min(correction_id), revision FROM usage_corrections \
+                      WHERE 1{customer} GROUP BY customer, agent, event_id, revision) \
                LIMIT 1 BY correction_id, meter, group_key, window_start) \
          GROUP BY customer, a, meter, aggregation, group_key, s",
         range = range_sql("window_start", from, to),

@@ -20,9 +20,11 @@ pub const WINDOW_MAX_SECS: i64 = 86_400;
 const CORRECTION_COLUMNS: &str = "correction_id, customer, agent, event_id, event_time_ms, \
     revision, kind, actor, reason, created_ms, toUInt32(created_at)";
 
-/// The counted corrections of a customer: `(customer, correction_id) IN (...)`.
-const COUNTED: &str = "(customer, correction_id) IN (SELECT customer, min(correction_id) \
-    FROM usage_corrections WHERE customer = ? GROUP BY customer, agent, event_id, revision)";
+/// The deltas of a customer's counted corrections: those of the winner of each revision,
+/// written for that revision (see `tally_platform::usage`).
+const COUNTED: &str = "(customer, correction_id, revision) IN (SELECT customer, \
+    min(correction_id), revision FROM usage_corrections WHERE customer = ? \
+    GROUP BY customer, agent, event_id, revision)";
 
 /// `window_start` within the hours an event at `secs` can have its window in.
 fn window_hours(secs: i64) -> String {
