@@ -4,7 +4,52 @@
 //! `<root>.authorize.<customer>.<agent>` and `<root>.balance.<customer>`.
 //!
 //! An allowed answer carries a hold id: put it on the usage events of that work
-//! ([`crate::OutgoingEvent::hold_id`]) so their committed usage settles the hold.
+//! ([`crate::OutgoingEvent::hold_id`]) so their committed usage settles the hold, down to
+//! what was used. Work that finishes below its `max_quantity` gives the rest back with
+//! [`SpendClient::release`] once its usage is stored; otherwise the rest stays reserved until
+//! the hold expires (deadline plus grace) and can deny requests that would fit. Work that
+//! used all of it needs no release: its usage ends the hold. One step of an agent loop:
+//!
+//! ```no_run
+//! use rust_decimal::Decimal;
+//! use tally_domain::{AgentId, CustomerId, EventId};
+//! use tally_ingest::spend::{AuthorizeRequest, SpendClient};
+//! use tally_ingest::{OutgoingEvent, Publisher};
+//!
+//! # async fn call_the_model() -> Decimal { Decimal::from(1234) }
+//! /// Asks, calls, reports what the call used, gives the rest back; false when denied.
+//! async fn step(
+//!     spend: &SpendClient,
+//!     usage: &mut Publisher,
+//!     (customer, agent): (&CustomerId, &AgentId),
+//!     id: EventId,
+//! ) -> Result<bool, Box<dyn std::error::Error>> {
+//!     let max = Decimal::from(4000);
+//!     let req = AuthorizeRequest::new("llm_tokens", max);
+//!     let ok = spend.authorize(customer, agent, &req).await?;
+//!     if !ok.allow {
+//!         return Ok(false); // ok.reason: budget_exceeded, unavailable, ...
+//!     }
+//!     let used = call_the_model().await; // what the model's response says it used
+//!     let hold_id = ok.hold_id.as_deref().map(EventId::new).transpose()?;
+//!     usage
+//!         .publish(&OutgoingEvent {
+//!             id,
+//!             customer: customer.clone(),
+//!             agent: agent.clone(),
+//!             event_type: "llm.tokens".into(),
+//!             time: chrono::Utc::now(),
+//!             data: serde_json::json!({"tokens": used.to_string(), "model": "gpt-4o", "kind": "output"}),
+//!             hold_id: hold_id.clone(),
+//!         })
+//!         .await?;
+//!     usage.flush().await?; // the usage is stored before the rest goes back
+//!     if let Some(hold) = hold_id.filter(|_| used < max) {
+//!         spend.release(customer, agent, hold.as_str()).await?;
+//!     }
+//!     Ok(true)
+//! }
+//! ```
 //!
 //! When no decider answers (timeout, no responders), the [`FailurePolicy`] decides: fail
 //! closed (deny, reason `unavailable`), or fail open only within a fixed allowance per
@@ -141,16 +186,20 @@ impl SpendClient {
         Ok(self.offline(customer.as_str(), &req))
     }
 
-    /// Gives hold `hold_id` back (the work was cancelled or used nothing); `Ok(false)` when
-    /// the decider did not know it (already settled or expired) or did not answer.
+    /// Gives what is left of hold `hold_id` back: call it once the work is done below its
+    /// `max_quantity` (after its usage events, which name the hold, are stored) or was
+    /// cancelled; usage settles a hold only down to what was used, so otherwise the rest stays
+    /// reserved until the hold expires. `Ok(false)` when the decider did not hold it (used up,
+    /// released, expired, another agent's) or did not answer.
+    /// [`SpendError::Request`] for a hold id the decider could not have given (nothing is
+    /// sent).
     pub async fn release(
         &self,
         customer: &CustomerId,
         agent: &AgentId,
         hold_id: &str,
     ) -> Result<bool, SpendError> {
-        let body = serde_json::to_vec(&serde_json::json!({ "release": hold_id }))
-            .map_err(|e| SpendError::Request(e.to_string()))?;
+        let body = release_body(hold_id)?;
         let subject = format!("{}.authorize.{customer}.{agent}", self.root);
         match self.ask(&subject, &body).await? {
             Some(bytes) => {
@@ -244,9 +293,31 @@ fn offline_decision(
     }
 }
 
+/// The body of a release request; a hold id is an event id (the authorize `request_id`).
+fn release_body(hold_id: &str) -> Result<Vec<u8>, SpendError> {
+    tally_domain::EventId::validate(hold_id)
+        .map_err(|e| SpendError::Request(format!("hold id: {e}")))?;
+    serde_json::to_vec(&serde_json::json!({ "release": hold_id }))
+        .map_err(|e| SpendError::Request(e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_release_names_a_valid_hold_id_or_is_refused_before_sending() {
+        let body: serde_json::Value =
+            serde_json::from_slice(&release_body("7f3c-work-1").expect("valid")).expect("json");
+        assert_eq!(body, serde_json::json!({ "release": "7f3c-work-1" }));
+        for bad in ["", "bad id with spaces", &"x".repeat(1000)] {
+            let e = release_body(bad).expect_err(bad);
+            assert!(
+                matches!(&e, SpendError::Request(m) if m.starts_with("hold id: ")),
+                "{bad:?}: {e}"
+            );
+        }
+    }
 
     #[test]
     fn fail_closed_denies_and_fail_open_stops_at_the_allowance() {
