@@ -34,6 +34,13 @@ use tally_platform::{migrate, store, streams, ClickHouseConfig, NatsConfig};
 use crate::nodes::{binary, config_file, Cluster, Process};
 
 const DUPLICATE_WINDOW_SECS: u64 = 2;
+/// What a test's usage stream may hold (and reserves on each of its three nodes): the
+/// default of 8 GiB per stream, reserved by each test on nodes sharing one disk, exhausts
+/// JetStream's storage on a CI machine (CI failed with "insufficient storage" placing the
+/// next test's R3 stream). 100,000 events take about 60 MiB.
+pub(crate) const STREAM_MAX_BYTES: i64 = 512 << 20;
+/// What a test's dead-letter stream may hold (and reserves on each node).
+pub(crate) const DLQ_MAX_BYTES: i64 = 64 << 20;
 const STREAM: &str = "USAGE";
 
 fn env_or<T: FromStr>(name: &str, default: T) -> T {
@@ -159,6 +166,8 @@ pub(crate) fn process_config(
             "duplicate_window_secs",
             Value::from(DUPLICATE_WINDOW_SECS as i64),
         ),
+        ("nats", "max_bytes", Value::from(STREAM_MAX_BYTES)),
+        ("nats", "dlq_max_bytes", Value::from(DLQ_MAX_BYTES)),
         ("clickhouse", "url", Value::from(ch.url)),
         ("clickhouse", "database", Value::from(database)),
         ("clickhouse", "cluster", Value::from("tally")),
@@ -238,6 +247,8 @@ async fn chaos_on_the_cluster_neither_loses_nor_double_counts() {
         partitions: cluster.partitions,
         replicas: 3,
         duplicate_window_secs: DUPLICATE_WINDOW_SECS,
+        max_bytes: STREAM_MAX_BYTES,
+        dlq_max_bytes: DLQ_MAX_BYTES,
         ..NatsConfig::default()
     };
     let client = streams::connect(&nats_cfg).await.expect("nats");
@@ -412,6 +423,10 @@ async fn chaos_on_the_cluster_neither_loses_nor_double_counts() {
     let _ = js
         .delete_key_value(&format!("CL_NUMBERS_{}", std::process::id()))
         .await;
+    // each stream holds a reservation of every node's storage: free it for the next test
+    for s in [STREAM, "USAGE_DLQ", "KV_USAGE_AGGREGATORS"] {
+        let _ = js.delete_stream(s).await;
+    }
     drop_run(&ch, &database, &dir).await;
 }
 

@@ -417,7 +417,7 @@ async fn remove_earlier_runs(js: &jetstream::Context) {
 }
 
 /// The settings naming the run's streams (no partitions, JetStream's duplicate window of two
-/// minutes: longer than the run, 1 GiB at most), then `more`.
+/// minutes: longer than the run, 512 MiB at most), then `more`.
 fn run_settings<const N: usize>(
     nats: &NatsConfig,
     more: [(&'static str, &'static str, toml::Value); N],
@@ -439,7 +439,16 @@ fn run_settings<const N: usize>(
         ),
         ("nats", "duplicate_window_secs", Value::from(120)),
         // JetStream reserves a stream's max_bytes on each of its nodes
-        ("nats", "max_bytes", Value::from(1_i64 << 30)),
+        (
+            "nats",
+            "max_bytes",
+            Value::from(super::chaos::STREAM_MAX_BYTES),
+        ),
+        (
+            "nats",
+            "dlq_max_bytes",
+            Value::from(super::chaos::DLQ_MAX_BYTES),
+        ),
     ];
     set.extend(more);
     set

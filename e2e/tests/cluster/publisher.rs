@@ -27,6 +27,7 @@ async fn an_event_sent_twice_at_once_on_r3_is_stored_once_and_acknowledged_twice
         subject_prefix: format!("clpublish{pid}"),
         replicas: 3,
         partitions: 0,
+        max_bytes: super::chaos::STREAM_MAX_BYTES,
         ..NatsConfig::default()
     };
     let client = streams::connect(&cfg).await.expect("nats");
