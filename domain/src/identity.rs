@@ -5,7 +5,11 @@
 //!
 //! The message id is `<customer>:<agent>:<id>`. Customer and agent ids never contain `:`
 //! (`[A-Za-z0-9_-]`), so the text splits back into exactly one identity: two different
-//! identities never share a message id. Pure text; owns nothing else.
+//! identities never share a message id.
+//!
+//! An imported (backfilled) event is a correction of its identity named
+//! `bf:<import id>:<16 hex digits of a hash of the identity>`: the rater names it so, the
+//! invoicer reads the import back out of it ([`backfill_import`]). Pure text; owns nothing else.
 
 /// The `Nats-Msg-Id` header value every publisher sets for the event `id` of `agent` of
 /// `customer` (the gateway, the SDKs, and direct NATS publishers, as the README says).
@@ -29,9 +33,23 @@ pub fn is_nats_msg_id(header: &str, customer: &str, agent: &str, id: &str) -> bo
         && header.ends_with(id)
 }
 
+/// The import a backfill's correction id names (`None`: not a backfill's id).
+pub fn backfill_import(correction_id: &str) -> Option<&str> {
+    let rest = correction_id.strip_prefix("bf:")?;
+    let (import, hash) = rest.rsplit_once(':')?;
+    (hash.len() == 16 && !import.is_empty()).then_some(import)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backfill_id_names_its_import() {
+        assert_eq!(backfill_import("bf:imp-1:0123456789abcdef"), Some("imp-1"));
+        assert_eq!(backfill_import("v-1"), None);
+        assert_eq!(backfill_import("bf:x"), None);
+    }
 
     #[test]
     fn message_ids_name_the_whole_identity() {

@@ -10,7 +10,10 @@
 //! events behind an adjustment are the charge's usage readings committed after the corrected
 //! invoice was finalized (see the lineage API). A credit note caused by corrections (voided
 //! events, docs/INGEST.md "Corrections") names them: its `lines` carry their ids under
-//! `corrections` and its reason starts with them.
+//! `corrections` and its reason starts with them; an adjustment's description ends with the
+//! imports (backfilled events, docs/INGEST.md "Backfill") and corrections behind it. A period
+//! corrected or backfilled within `adjustment_lookback_secs` is compared however long ago it
+//! ended (`tally_platform::usage::reach`).
 
 use std::collections::HashMap;
 
@@ -70,6 +73,8 @@ pub async fn pending(
 ) -> Result<Vec<Pending>, clickhouse::error::Error> {
     let since_ms =
         now_ms - i64::try_from(cfg.adjustment_lookback_secs.saturating_mul(1000)).unwrap_or(0);
+    // a period corrected (or backfilled) within the lookback is compared however old
+    let since_ms = tally_platform::usage::reach(db, since_ms).await?;
     let finalized: HashMap<String, ()> = db
         .query(
             "SELECT invoice_id FROM v_invoices WHERE status != 'draft' AND period_end > toDateTime(?)",
@@ -122,11 +127,13 @@ pub async fn pending(
         line.discount_minor = line.amount_before_discounts_minor - d_amount;
         line.amount = currency.from_minor(d_amount);
         line.tax_minor = d_tax;
+        let by = corrections_of(db, c).await?;
         line.description = format!(
-            "late usage of {} to {}: {}",
+            "late usage of {} to {}: {}{}",
             &invoice::rfc3339(c.period.start_ms)[..10],
             &invoice::rfc3339(c.period.end_ms)[..10],
-            line.description
+            line.description,
+            named(&by)
         );
         line.adjusts_invoice_id = Some(corrected.clone());
         out.push(Pending {
@@ -143,7 +150,9 @@ pub async fn pending(
 /// The counted corrections (voided events, migration 0060) of the charge's customer and
 /// meter whose deltas fall in its period, by id: the lineage of a note they caused. Bounded by
 /// the period on the deltas' sorting key; the list names every counted correction of the
-/// period, including those an earlier note already credited.
+/// period, including those an earlier note already credited. An import (backfilled events,
+/// `bf:<import>:<hash>`) is named by one of its ids, so the list stays as short as the
+/// imports are few, however many events they hold.
 async fn corrections_of(
     db: &Client,
     c: &ChargeLine,
@@ -161,7 +170,9 @@ async fn corrections_of(
            AND (customer, correction_id, revision) IN \
                (SELECT customer, min(correction_id), revision FROM usage_corrections \
                 WHERE customer = ? GROUP BY customer, agent, event_id, revision) \
-         ORDER BY correction_id",
+         ORDER BY correction_id \
+         LIMIT 1 BY if(substring(correction_id, 1, 3) = 'bf:', \
+                       substring(correction_id, 1, length(correction_id) - 17), correction_id)",
     )
     .bind(from)
     .bind(to)
@@ -172,6 +183,38 @@ async fn corrections_of(
     .bind(&c.customer)
     .fetch_all()
     .await
+}
+
+/// What an adjustment's description names: the imports (backfills) and the other
+/// corrections behind the charge's period, e.g. ` (import imp-1; corrections v-1)`; empty
+/// when none.
+fn named(corrections: &[String]) -> String {
+    let mut imports: Vec<&str> = corrections
+        .iter()
+        .filter_map(|c| tally_domain::identity::backfill_import(c))
+        .collect();
+    imports.dedup();
+    let others: Vec<&str> = corrections
+        .iter()
+        .map(String::as_str)
+        .filter(|c| tally_domain::identity::backfill_import(c).is_none())
+        .collect();
+    let mut parts = Vec::new();
+    match imports.len() {
+        0 => {}
+        1 => parts.push(format!("import {}", imports[0])),
+        _ => parts.push(format!("imports {}", imports.join(", "))),
+    }
+    match others.len() {
+        0 => {}
+        1 => parts.push(format!("correction {}", others[0])),
+        _ => parts.push(format!("corrections {}", others.join(", "))),
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", parts.join("; "))
+    }
 }
 
 fn credit_note(

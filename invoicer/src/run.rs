@@ -1,7 +1,8 @@
 //! One invoicing pass, and the schedule that repeats it.
 //!
 //! A pass reads the latest charges of every period that ended less than `lookback_secs` ago
-//! (or is still open), groups them per (customer, period) and builds each invoice. Drafts
+//! (or is still open, or holds an event corrected or imported within `lookback_secs`:
+//! `tally_platform::usage::reach`), groups them per (customer, period) and builds each invoice. Drafts
 //! (period open or in its grace period) are appended as new versions. Invoices whose period
 //! ended and whose grace passed are finalized exactly once: numbered and frozen in NATS KV
 //! ([`crate::numbering`]; a racing or later finalizer gets the first document back), written,
@@ -64,8 +65,11 @@ pub async fn invoice_pass(
     let started = Instant::now();
     let lookback_ms = ms(cfg.lookback_secs);
     let grace_ms = ms(cfg.grace_secs);
-    let charges = store::charges_since(db, now_ms - lookback_ms).await?;
-    let done = lifecycle::finalized_since(db, now_ms - lookback_ms - grace_ms).await?;
+    // a period corrected or backfilled within the lookback is invoiced however old (one that
+    // was finalized is in `done`: its late usage is `late`'s)
+    let since_ms = tally_platform::usage::reach(db, now_ms - lookback_ms).await?;
+    let charges = store::charges_since(db, since_ms).await?;
+    let done = lifecycle::finalized_since(db, since_ms - grace_ms).await?;
     // one invoice per (customer, period, currency): a period with several currencies keeps
     // its id for its home currency, the others get their own (`currency_split`)
     let ids = currency_split::resolve(db, &charges).await?;

@@ -334,9 +334,10 @@ fn range_sql(col: &str, from: u32, to: u32) -> String {
 /// smallest correction id; a race between two API instances resolves the same way for every
 /// reader) and were written for that revision (a retry after a failed write may have left
 /// deltas of another revision under the same id), each delta once however often its rows
-/// were written (`LIMIT 1 BY`). Only SUM
-/// meters are corrected (the API refuses the others), so a row carries its delta as the sum
-/// and no events, minimum or maximum.
+/// were written (`LIMIT 1 BY`). Only SUM meters are corrected and only SUM and COUNT meters
+/// are backfilled (the API refuses the others), so a row carries its delta as the sum and its
+/// events (a backfilled event adds one; a void's minus one never takes a row below zero), no
+/// minimum or maximum.
 fn corrections_sql(req: &Request<'_>, from: u32, to: u32) -> String {
     if req.through.is_some() {
         return String::new();
@@ -353,12 +354,13 @@ fn corrections_sql(req: &Request<'_>, from: u32, to: u32) -> String {
     format!(
         " UNION ALL SELECT customer, {agent} AS a, meter, aggregation, group_key, any(group_names), \
             any(group_values), toUInt32(window_start) AS s, \
-            toUInt32(max(toUInt32(window_start) + window_secs)), toUInt64(0), sum(value), \
+            toUInt32(max(toUInt32(window_start) + window_secs)), \
+            toUInt64(greatest(sum(events), 0)), sum(value), \
             toDecimal128(0, 9), toDecimal128(0, 9), {NO_LATEST} \
          FROM (SELECT customer, agent, meter, aggregation, group_key, group_names, group_values, \
-                  window_start, window_secs, value \
+                  window_start, window_secs, events, value \
                FROM usage_correction_deltas \
-               WHERE {range}{customer}{meter} AND aggregation = 'SUM' \
+               WHERE {range}{customer}{meter} AND aggregation IN ('SUM', 'COUNT') \
                  AND (customer, correction_id, revision) IN \
                      (SELECT customer, min(correction_id), revision FROM usage_corrections \
                       WHERE 1{customer} GROUP BY customer, agent, event_id, revision) \
@@ -528,6 +530,28 @@ pub fn read_sql(plan: &Plan, req: &Request<'_>) -> String {
         per_month(false),
         per_month(true)
     )
+}
+
+/// How far back a pass that covers `[since_ms, now]` must read so that corrections reach their
+/// periods: `since_ms`, or the earliest event time of a correction (a void, an amend, an
+/// imported event: docs/INGEST.md "Backfill") recorded at or after `since_ms`, if earlier. The
+/// rater re-prices, and the invoicer re-bills, a corrected period however old, for as long as
+/// the correction is within their lookback, without a setting changed. Reads
+/// `usage_corrections` whole (one row per correction or imported event; it has no time key).
+pub async fn reach(db: &Client, since_ms: i64) -> Result<i64, clickhouse::error::Error> {
+    let (n, earliest): (u64, i64) = db
+        .query(
+            "SELECT count(), toInt64(min(event_time_ms)) FROM usage_corrections \
+             WHERE created_ms >= ?",
+        )
+        .bind(since_ms)
+        .fetch_one()
+        .await?;
+    Ok(if n == 0 {
+        since_ms
+    } else {
+        since_ms.min(earliest)
+    })
 }
 
 /// Reads committed usage of `req` (see the module docs); rows in no particular order.

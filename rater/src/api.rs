@@ -13,6 +13,7 @@
 //! [`crate::api_registry`]) `GET`/`POST /v1/customers`, `GET /v1/customers/{id}`,
 //! `GET`/`POST /v1/customers/{id}/agents`, `GET`/`POST /v1/meters`, `GET /v1/meters/{slug}`;
 //! (in [`crate::api_corrections`]) `POST /v1/corrections`, `GET /v1/customers/{id}/corrections`;
+//! (in [`crate::api_backfill`]) `POST /v1/backfill`;
 //! (in [`crate::api_query`]) `GET /v1/meters/{slug}/query`, a customer's usage per window and
 //! group; and (in [`crate::api_rates`]) `GET`/`POST /v1/tax_rates`, `GET`/`POST /v1/fx_rates`.
 //!
@@ -183,6 +184,8 @@ pub enum Op {
     Correct,
     /// [`crate::api_corrections`]: a customer's corrections.
     Corrections,
+    /// [`crate::api_backfill`]: import historical events.
+    Backfill,
     /// [`crate::api_registry`].
     Registry,
     /// [`crate::api_query`].
@@ -204,6 +207,7 @@ pub const ROUTES: &[Route<Op>] = &[
     Route::new("GET", "/v1/charges/{charge_id}/explain", Op::Explain),
     Route::new("POST", "/v1/corrections", Op::Correct),
     Route::new("GET", "/v1/customers/{id}/corrections", Op::Corrections),
+    Route::new("POST", "/v1/backfill", Op::Backfill),
     Route::new("GET", "/v1/customers", Op::Registry),
     Route::new("POST", "/v1/customers", Op::Registry),
     Route::new("GET", "/v1/customers/{id}", Op::Registry),
@@ -241,6 +245,7 @@ async fn dispatch(
         Op::Explain => explain_charge(state, &params[0]).await,
         Op::Correct => crate::api_corrections::post(state, req, who).await,
         Op::Corrections => crate::api_corrections::list(state, &params[0]).await,
+        Op::Backfill => crate::api_backfill::post(state, req, who).await,
         Op::Catalog => match state.source.current(&state.db).await {
             Ok(catalog) => catalog_route(&catalog, &path),
             Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),

@@ -784,6 +784,21 @@ mod tests {
                 "plans[0].prices[0].model",
                 "unknown model",
             ),
+            (
+                r#"model = "per_unit", unit_price = "1", billing = "in_advance""#,
+                "plans[0].prices[0].billing",
+                "only for a flat fee",
+            ),
+            (
+                r#"model = "flat", amount = "30", minimum = "40", billing = "in_advance""#,
+                "plans[0].prices[0].billing",
+                "no minimum or maximum",
+            ),
+            (
+                r#"model = "flat", amount = "30", billing = "upfront""#,
+                "plans[0].prices[0].billing",
+                "not in_arrears or in_advance",
+            ),
         ] {
             let err = refused(&price(spec));
             assert!(err.contains(field) && err.contains(says), "{spec}: {err}");

@@ -157,6 +157,11 @@ pub struct PriceSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[serde(default)]
     pub tax_code: Option<String>,
+    /// When a `flat` fee is billed: `in_arrears` (default: with its period) or `in_advance`
+    /// (at its period's start, docs/PRICING.md "Fees billed in advance").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
+    pub billing: Option<String>,
 }
 
 /// `[[subscriptions]]`: a customer on a plan.

@@ -221,7 +221,7 @@ pub async fn append(
 
 /// Corrections made by this process, one at a time (load to re-read): two racing requests to
 /// one API instance are decided in turn, so the second sees the first.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Makes a correction by `actor` at `now_ms`: loads, decides, appends, then re-reads the
 /// event's corrections so that a correction that lost a race is answered as such. Returns the

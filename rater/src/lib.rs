@@ -40,13 +40,18 @@
 //!   voiding and amending events.
 //! - [`corrections`]: corrections of committed events (void, amend), their rules;
 //!   [`corrections_store`]: their storage.
+//! - [`backfill`]: importing historical events for named periods exactly once, its rules;
+//!   [`backfill_store`]: the import against storage; [`api_backfill`]: `POST /v1/backfill`.
 //! - [`metrics`]: every metric this crate emits.
 
 pub mod api;
+pub mod api_backfill;
 pub mod api_corrections;
 pub mod api_query;
 pub mod api_rates;
 pub mod api_registry;
+pub mod backfill;
+pub mod backfill_store;
 pub mod catalog;
 pub mod catalog_store;
 pub mod charge;

@@ -9,7 +9,7 @@ use tally_platform::ConfigError;
 
 use crate::config::{CouponSpec, PlanSpec, PriceSpec};
 use crate::pricing::discount::{Coupon, Duration, Off, PERIODS_MAX};
-use crate::pricing::{graduated, Dimensional, Price, PriceModel};
+use crate::pricing::{graduated, Billing, Dimensional, Price, PriceModel};
 
 /// One immutable plan version.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,12 +89,38 @@ fn validate_price(p: PriceSpec, meter: &Meter) -> Result<Price, FieldError> {
         Some(c) => c,
         None => crate::tax::DEFAULT_TAX_CODE.to_owned(),
     };
+    let billing = match p.billing.as_deref() {
+        None | Some("in_arrears") => Billing::InArrears,
+        Some("in_advance") if !matches!(model, PriceModel::Flat { .. }) => {
+            return Err((
+                "billing".into(),
+                format!(
+                    "in_advance is only for a flat fee, not a {} price",
+                    model.name()
+                ),
+            ))
+        }
+        Some("in_advance") if minimum.is_some() || maximum.is_some() => {
+            return Err((
+                "billing".into(),
+                "a fee billed in advance takes no minimum or maximum".into(),
+            ))
+        }
+        Some("in_advance") => Billing::InAdvance,
+        Some(other) => {
+            return Err((
+                "billing".into(),
+                format!("{other:?} is not in_arrears or in_advance"),
+            ))
+        }
+    };
     Ok(Price {
         model,
         free_units,
         minimum,
         maximum,
         tax_code,
+        billing,
     })
 }
 

@@ -7,8 +7,11 @@
 //! has no usage of such a price's meter is priced at zero usage
 //! ([`crate::pricing::recurring`]), from the catalog, never by reading more usage. A
 //! subscription that ends for good inside a period (cancelled, or its `ends_at`) has that
-//! period's charges cut at the end ([`final_period`]), so its final invoice is due then. Passes are
-//! idempotent: the same usage and catalog give the same charge ids and amounts.
+//! period's charges cut at the end ([`final_period`]), so its final invoice is due then. Fees
+//! billed in advance (`billing = "in_advance"`) are priced from the catalog for each part of a
+//! period that has begun ([`recurring::advance_usages`]) and carried by the invoice finalized
+//! at the part's start; usage of their meter never bills them again. Passes are idempotent:
+//! the same usage and catalog give the same charge ids and amounts.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -42,6 +45,8 @@ pub struct RateReport {
     pub unpriced_meters: u64,
     /// Charges of flat fees and minimums in periods (or parts) without usage of their meter.
     pub idle_charges: usize,
+    /// Charges of fees billed in advance (one per part of a period that has begun).
+    pub advance_charges: usize,
     /// Customers left out of this pass and why (logged and counted; retried next pass).
     pub failed: BTreeMap<String, usage::FailReason>,
 }
@@ -70,8 +75,12 @@ pub async fn rate_once(
     };
     // flat fees and minimums of the parts of periods without usage of their meter
     let idle = recurring::idle_usages(catalog, &folded.usages, horizon_ms, now_ms);
+    // fees billed in advance, each with the period of the invoice that carries it
+    let advance = recurring::advance_usages(catalog, horizon_ms, now_ms);
     let mut charges: BTreeMap<&str, Vec<Charge>> = BTreeMap::new();
-    for u in folded.usages.values().chain(idle.iter()) {
+    let priced = folded.usages.values().chain(idle.iter()).map(|u| (u, None));
+    let advanced = advance.iter().map(|a| (&a.usage, Some(a.invoice_period)));
+    for (u, invoice_period) in priced.chain(advanced) {
         let (customer, period, segment_from_ms) = (&u.customer, &u.period, u.segment_from_ms);
         if period.end_ms <= horizon_ms || report.failed.contains_key(customer.as_ref()) {
             continue;
@@ -83,11 +92,28 @@ pub async fn rate_once(
             report.unpriced_meters += 1;
             continue;
         };
+        // usage of an in-advance fee's meter: the fee is billed by its advance charge
+        let by_record = matches!(sub, std::borrow::Cow::Borrowed(_));
+        if invoice_period.is_none()
+            && by_record
+            && plan.prices.get(&u.meter).is_some_and(|p| p.in_advance())
+        {
+            continue;
+        }
         let terms = catalog.terms(&sub, plan, period, &u.meter);
         match compute_with(u, plan, &terms) {
             Ok(Some(mut charge)) => {
-                charge.period = final_period(charge.period, catalog.final_end(customer, &sub.line));
-                report.idle_charges += usize::from(u.windows == 0);
+                match invoice_period {
+                    Some(p) => {
+                        charge.period = p;
+                        report.advance_charges += 1;
+                    }
+                    None => {
+                        charge.period =
+                            final_period(charge.period, catalog.final_end(customer, &sub.line));
+                        report.idle_charges += usize::from(u.windows == 0);
+                    }
+                }
                 charges.entry(customer.as_ref()).or_default().push(charge);
             }
             Ok(None) => report.unpriced_meters += 1,
@@ -157,6 +183,7 @@ pub async fn run(
             Ok(r) => tracing::info!(
                 charges = r.charges.len(),
                 idle_charges = r.idle_charges,
+                advance_charges = r.advance_charges,
                 usage_rows = r.usage_rows,
                 "rating pass done"
             ),

@@ -92,6 +92,28 @@ pub struct Price {
     pub maximum: Option<Decimal>,
     /// Tax code of the price.
     pub tax_code: String,
+    /// When a `flat` fee is billed: with its period (`in_arrears`, the default, not shown)
+    /// or at the start of its period (`in_advance`, [`recurring`]).
+    #[serde(skip_serializing_if = "Billing::is_in_arrears")]
+    pub billing: Billing,
+}
+
+/// When a price is billed (`billing` of a price; only a `flat` fee may be billed in advance).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Billing {
+    /// With its period: on the invoice of the period, finalized after the period ends.
+    #[default]
+    InArrears,
+    /// At the start of its period (or of the part of it a subscription covers): on the
+    /// invoice finalized then, see [`recurring::advance_invoice_period`].
+    InAdvance,
+}
+
+impl Billing {
+    pub fn is_in_arrears(&self) -> bool {
+        *self == Billing::InArrears
+    }
 }
 
 /// What a line of the arithmetic is.
@@ -244,7 +266,15 @@ impl Price {
             minimum: None,
             maximum: None,
             tax_code: crate::tax::DEFAULT_TAX_CODE.to_owned(),
+            billing: Billing::InArrears,
         }
+    }
+
+    /// Whether the price is a fee billed in advance (a non-zero `flat` fee with `billing =
+    /// "in_advance"`).
+    pub fn in_advance(&self) -> bool {
+        self.billing == Billing::InAdvance
+            && matches!(self.model, PriceModel::Flat { amount } if !amount.is_zero())
     }
 
     /// Prices a measured quantity: the free allowance first, then the model on the rest,

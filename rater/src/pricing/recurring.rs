@@ -18,6 +18,17 @@
 //! With a `usage_interval` the parts of a `flat` fee are those of the billing periods and
 //! the parts of a minimum those of the usage periods (an annual fee, monthly minimums).
 //!
+//! Fees billed in advance (`billing = "in_advance"`, a `flat` fee only) are named here too
+//! ([`advance_usages`]), from the catalog alone, and never as idle or usage charges: each part
+//! of a billing period a subscription covers is charged from the part's start, for the
+//! time it covers as far as the catalog knows then (to the period end, or to a change,
+//! pause or end already recorded), on the invoice finalized at the part's start
+//! ([`advance_invoice_period`]): the previous period's invoice when the part starts with the
+//! period, an invoice of its own at the part's start otherwise. A change recorded later
+//! (cancellation, plan change, pause) shortens the part, so the same charge is re-rated
+//! lower: the invoicer credits the difference, the unused part, with a credit note against
+//! the invoice that charged it (docs/PRICING.md "Fees billed in advance").
+//!
 //! Reads nothing: the work is bounded by the subscriptions and the periods of the range
 //! (issue 14: a pass never scans history). Left out:
 //! - the default plan (`rater.default_plan`): a customer without a subscription is known
@@ -118,7 +129,9 @@ pub fn idle_usages(
                 let mut meters: Vec<(&MeterSlug, &Price)> = plan
                     .prices
                     .iter()
-                    .filter(|(_, p)| owed_at_zero_usage(p) && sub.cycle_for(Some(p)) == cycle)
+                    .filter(|(_, p)| {
+                        owed_at_zero_usage(p) && !p.in_advance() && sub.cycle_for(Some(p)) == cycle
+                    })
                     .collect();
                 meters.sort_by(|a, b| a.0.cmp(b.0));
                 for (meter, _) in meters {
@@ -133,6 +146,71 @@ pub fn idle_usages(
                         continue;
                     }
                     out.push(zero_usage(customer, meter, part));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A fee billed in advance, to price: the zero usage of its part (its service period
+/// and the time the part covers, which the fee is prorated by and which names the charge),
+/// and the period of the invoice that carries it ([`advance_invoice_period`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Advance {
+    pub usage: MeterUsage,
+    pub invoice_period: Period,
+}
+
+/// The period of the invoice that carries the in-advance fee of `part` (of `cycle`, the
+/// billing cycle): the invoice the invoicer finalizes at the part's start (one grace after
+/// the end of its period, `invoice/src/invoice.rs`). A part starting with its period is
+/// charged on the previous period's invoice (`[previous start, part start)`, with that
+/// period's usage and fees in arrears, or alone); a part starting inside its period (a
+/// subscription starting mid-period, a change, a trial's conversion, a resume) on an invoice
+/// of its own, `[part start, part start)`, so its fee is due from the change on.
+pub fn advance_invoice_period(cycle: &ZonedCycle, part: &Part) -> Period {
+    if part.from_ms == part.period.start_ms {
+        let previous = cycle.period_containing(part.period.start_ms.saturating_sub(1));
+        Period {
+            start_ms: previous.start_ms,
+            end_ms: part.period.start_ms,
+        }
+    } else {
+        Period {
+            start_ms: part.from_ms,
+            end_ms: part.from_ms,
+        }
+    }
+}
+
+/// The in-advance fees a pass at `now_ms` must price: for every customer's subscription
+/// record, every part of a billing period ending after `horizon_ms` that has begun by
+/// `now_ms`, and every in-advance fee of the plan version pricing the part's start (the
+/// pinned one, or the one effective then). Sorted by customer, part and meter. The default
+/// plan (customers without a record) is left out: its fees are billed with usage, in arrears.
+pub fn advance_usages(catalog: &Catalog, horizon_ms: i64, now_ms: i64) -> Vec<Advance> {
+    let mut customers: Vec<&CustomerId> = catalog.customers().collect();
+    customers.sort();
+    let mut out = Vec::new();
+    for customer in customers {
+        for sub in catalog.subscriptions_of(customer) {
+            for part in parts(sub, &sub.cycle, horizon_ms, now_ms) {
+                let Some(plan) = catalog.plan_of(sub, part.from_ms) else {
+                    continue;
+                };
+                let mut meters: Vec<&MeterSlug> = plan
+                    .prices
+                    .iter()
+                    .filter(|(_, p)| p.in_advance())
+                    .map(|(m, _)| m)
+                    .collect();
+                meters.sort();
+                for meter in meters {
+                    out.push(Advance {
+                        usage: zero_usage(customer, meter, part),
+                        invoice_period: advance_invoice_period(&sub.cycle, &part),
+                    });
                 }
             }
         }
@@ -353,6 +431,199 @@ mod tests {
         let idle = idle_usages(&c, &BTreeMap::new(), DEC_1, DEC_1);
         assert!(idle.iter().all(|u| u.period.start_ms == DEC_1));
         assert_eq!(idle.len(), 2);
+    }
+
+    /// Plans with a fee billed in advance: `adv` (30.00 a month in advance, calls per unit)
+    /// and `big` (60.00 a month in advance), each also with a version 2 (45.00, 90.00) from
+    /// 2027 for the pinning test.
+    fn advance_catalog(subs: &str) -> Catalog {
+        let meters: Vec<MeterSpec> = serde_json::from_str(
+            r#"[{"slug":"calls","event_type":"c","aggregation":"COUNT"},
+                {"slug":"seats","event_type":"s","aggregation":"MAX","value_property":"$.n"}]"#,
+        )
+        .unwrap();
+        #[derive(serde::Deserialize)]
+        struct F {
+            plans: Vec<PlanSpec>,
+            subscriptions: Vec<SubscriptionSpec>,
+        }
+        let mut text = String::new();
+        for (id, v1, v2) in [("adv", "30", "45"), ("big", "60", "90")] {
+            for (version, fee, from) in [(1, v1, "2026-01-01"), (2, v2, "2027-01-01")] {
+                text.push_str(&format!(
+                    r#"
+                    [[plans]]
+                    id = "{id}"
+                    version = {version}
+                    currency = "USD"
+                    effective_from = "{from}T00:00:00Z"
+                    prices = [
+                      {{ model = "flat", meter = "seats", amount = "{fee}", billing = "in_advance" }},
+                      {{ model = "per_unit", meter = "calls", unit_price = "0.01" }},
+                    ]"#
+                ));
+            }
+        }
+        text.push('\n');
+        text.push_str(subs);
+        let f: F = toml::from_str(&text).unwrap();
+        Catalog::new(
+            f.plans,
+            f.subscriptions,
+            &RaterConfig::default(),
+            &validate_meters(meters).unwrap(),
+        )
+        .unwrap()
+    }
+
+    /// (service part from, to, invoice period start, end, amount in cents, charge id) of every
+    /// in-advance fee a pass at `now` prices (horizon `NOV_1`).
+    fn advance_at(c: &Catalog, now: i64) -> Vec<(i64, i64, i64, i64, i64, String)> {
+        advance_usages(c, NOV_1, now)
+            .iter()
+            .map(|a| {
+                let u = &a.usage;
+                let sub = c
+                    .subscription_for(&u.customer, &u.meter, u.segment_from_ms)
+                    .unwrap();
+                let plan = c.plan_of(&sub, u.segment_from_ms).unwrap();
+                let terms = c.terms(&sub, plan, &u.period, &u.meter);
+                let charge = compute_with(u, plan, &terms).unwrap().unwrap();
+                (
+                    u.segment_from_ms,
+                    u.segment_to_ms,
+                    a.invoice_period.start_ms,
+                    a.invoice_period.end_ms,
+                    charge.amount_minor,
+                    charge.charge_id,
+                )
+            })
+            .collect()
+    }
+
+    const OCT_1: i64 = NOV_1 - 31 * DAY;
+
+    #[test]
+    fn an_in_advance_fee_is_charged_at_each_part_start_on_the_invoice_finalized_then() {
+        let c = advance_catalog(
+            r#"[[subscriptions]]
+               customer = "acme"
+               plan = "adv"
+               effective_from = "2026-11-11T00:00:00Z""#,
+        );
+        // not begun on November 10th: nothing; no idle charge of the fee ever
+        assert!(advance_at(&c, NOV_1 + 9 * DAY).is_empty());
+        assert!(idle_usages(&c, &BTreeMap::new(), NOV_1, JAN_1).is_empty());
+        let nov_11 = NOV_1 + 10 * DAY;
+        // at its start: the rest of November, 30 x 20/30 = 20.00, on an invoice of its own
+        let first = advance_at(&c, nov_11);
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].0..first[0].1, nov_11..DEC_1);
+        assert_eq!((first[0].2, first[0].3, first[0].4), (nov_11, nov_11, 2000));
+        // on December 1st: December, 30.00, on November's invoice (finalized then)
+        let both = advance_at(&c, DEC_1);
+        assert_eq!(both.len(), 2);
+        assert_eq!(both[0], first[0]);
+        assert_eq!(
+            (both[1].0, both[1].1, both[1].2, both[1].3, both[1].4),
+            (DEC_1, JAN_1, NOV_1, DEC_1, 3000)
+        );
+    }
+
+    #[test]
+    fn a_change_recorded_later_lowers_the_old_charge_by_its_unused_part() {
+        let before = advance_catalog(
+            r#"[[subscriptions]]
+               customer = "acme"
+               plan = "adv""#,
+        );
+        let after = advance_catalog(
+            r#"[[subscriptions]]
+               customer = "acme"
+               plan = "adv"
+               [[subscriptions]]
+               customer = "acme"
+               plan = "big"
+               effective_from = "2026-11-21T00:00:00Z""#,
+        );
+        let nov_21 = NOV_1 + 20 * DAY;
+        // on November 1st, November's whole fee on October's invoice
+        let was = advance_at(&before, NOV_1);
+        assert_eq!(was.len(), 1);
+        assert_eq!((was[0].2, was[0].3, was[0].4), (OCT_1, NOV_1, 3000));
+        // once the change is recorded: the same charge, 30 x 20/30 = 20.00 (10.00 credited),
+        // and big's 60 x 10/30 = 20.00 from the change on an invoice of its own
+        let now = advance_at(&after, nov_21);
+        assert_eq!(now.len(), 2);
+        assert_eq!(now[0].5, was[0].5, "the same charge, re-rated");
+        assert_eq!(
+            (now[0].0, now[0].1, now[0].4),
+            (NOV_1, nov_21, 2000),
+            "credit {}",
+            was[0].4 - now[0].4
+        );
+        assert_eq!(
+            (now[1].0, now[1].1, now[1].2, now[1].3, now[1].4),
+            (nov_21, DEC_1, nov_21, nov_21, 2000)
+        );
+        assert_ne!(now[1].5, now[0].5);
+    }
+
+    #[test]
+    fn a_pinned_version_keeps_its_fee_and_an_unpinned_one_follows() {
+        let c = advance_catalog(
+            r#"[[subscriptions]]
+               customer = "pinned"
+               plan = "adv"
+               plan_version = 1
+               [[subscriptions]]
+               customer = "floating"
+               plan = "adv""#,
+        );
+        // January 2027 (version 2 from Jan 1): charged on January 1st, on December's invoice
+        let jan: Vec<i64> = advance_at(&c, JAN_1)
+            .iter()
+            .filter(|a| a.0 == JAN_1)
+            .map(|a| a.4)
+            .collect();
+        // customers sorted: floating (v2, 45.00), then pinned (v1, 30.00)
+        assert_eq!(jan, vec![4500, 3000]);
+    }
+
+    proptest! {
+        /// Whatever the change instant, the in-advance fees of a period split by a change add
+        /// up to the whole fee within one minor unit per part: the old part's charge is the
+        /// part it covered (its unused rest credited), the new part's runs from the change to
+        /// the period end. The old part's invoice is finalized at the period start, the new
+        /// one's at the change; a part never reaches past its period.
+        #[test]
+        fn advance_fees_of_a_split_period_add_up_and_are_due_at_their_starts(
+            offset_min in 1i64..(30 * 1440 - 1),
+        ) {
+            let change = NOV_1 + offset_min * 60_000;
+            let at = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(change)
+                .unwrap()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            let c = advance_catalog(&format!(
+                r#"[[subscriptions]]
+                   customer = "acme"
+                   plan = "adv"
+                   [[subscriptions]]
+                   customer = "acme"
+                   plan = "adv"
+                   effective_from = "{at}""#
+            ));
+            let got = advance_at(&c, DEC_1 - 1);
+            prop_assert_eq!(got.len(), 2);
+            prop_assert_eq!((got[0].0, got[0].1, got[0].2, got[0].3), (NOV_1, change, OCT_1, NOV_1));
+            prop_assert_eq!((got[1].0, got[1].1, got[1].2, got[1].3), (change, DEC_1, change, change));
+            prop_assert!((got[0].4 + got[1].4 - 3000).abs() <= 1, "{:?}", got);
+            // each part its share, 3000 x minutes / 43200, rounded to the nearest cent (a
+            // share that is exactly half a cent may fall either side: the share is a
+            // 28-digit decimal)
+            prop_assert!((got[0].4 * 43_200 - 3000 * offset_min).abs() <= 21_600, "{:?}", got);
+            prop_assert!((got[1].4 * 43_200 - 3000 * (43_200 - offset_min)).abs() <= 21_600);
+        }
     }
 
     proptest! {
