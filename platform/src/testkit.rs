@@ -30,6 +30,48 @@ pub async fn fold_readings(db: &clickhouse::Client, batch_id: &str) {
         .unwrap_or_else(|e| panic!("folding the readings of batch {batch_id}: {e}"));
 }
 
+/// One committed one-minute window of `meter` (`aggregation`, e.g. `SUM`) for `customer` at
+/// `at_secs`: a reading of agent `bot`, event `e-<batch>`, with the group-by values `groups`
+/// (names sorted, simple values), inserted under `batch` and folded ([`fold_readings`]).
+#[allow(clippy::too_many_arguments)]
+pub async fn commit_window(
+    db: &clickhouse::Client,
+    customer: &str,
+    meter: &str,
+    aggregation: &str,
+    at_secs: i64,
+    groups: &[(&str, &str)],
+    value: &str,
+    batch: &str,
+) {
+    let quoted = |xs: Vec<&str>| {
+        xs.iter()
+            .map(|x| format!("'{x}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let names = quoted(groups.iter().map(|g| g.0).collect());
+    let values = quoted(groups.iter().map(|g| g.1).collect());
+    let key = groups
+        .iter()
+        .map(|(n, v)| format!("\"{n}\":\"{v}\""))
+        .collect::<Vec<_>>()
+        .join(",");
+    db.query(&format!(
+        "INSERT INTO usage_meter_readings (customer, agent, event_id, meter, aggregation, \
+         window_start, window_secs, time_ms, group_names, group_values, group_key, value, \
+         unique_value, stream_seq, batch_id, part, inserted_at) VALUES \
+         ('{customer}', 'bot', 'e-{batch}', '{meter}', '{aggregation}', toDateTime({at_secs}), \
+          60, {ms}, [{names}], [{values}], '{{{key}}}', toDecimal128('{value}', 9), '', 0, \
+          '{batch}', 0, now())",
+        ms = at_secs * 1000,
+    ))
+    .execute()
+    .await
+    .unwrap_or_else(|e| panic!("inserting the readings of batch {batch}: {e}"));
+    fold_readings(db, batch).await;
+}
+
 impl TestEnv {
     /// Names everything after `test` plus a unique suffix and applies the migrations.
     pub async fn new(test: &str) -> TestEnv {

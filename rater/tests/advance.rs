@@ -166,18 +166,8 @@ fn row(customer: &str, meter: &str, inv: (i64, i64), amount: i64, before: i64, v
 /// One committed window of `calls` (COUNT, no groups) for `customer` at `at` (secs): usage
 /// of the in-advance fee's meter, which must not bill the fee again.
 async fn calls(db: &clickhouse::Client, customer: &str, at: i64, value: &str, batch: &str) {
-    db.query(&format!(
-        "INSERT INTO usage_meter_readings (customer, agent, event_id, meter, aggregation, \
-         window_start, window_secs, time_ms, group_names, group_values, group_key, value, \
-         unique_value, stream_seq, batch_id, part, inserted_at) VALUES \
-         ('{customer}', 'bot', 'e-{batch}', 'calls', 'COUNT', toDateTime({at}), 60, {ms}, \
-          [], [], '{{}}', toDecimal128('{value}', 9), '', 0, '{batch}', 0, now())",
-        ms = at * 1000,
-    ))
-    .execute()
-    .await
-    .expect("readings");
-    tally_platform::testkit::fold_readings(db, batch).await;
+    tally_platform::testkit::commit_window(db, customer, "calls", "COUNT", at, &[], value, batch)
+        .await;
 }
 
 /// The fee's charge of the part of `customer`'s period `period_start` from `from` (plan
