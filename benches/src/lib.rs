@@ -13,6 +13,7 @@
 //! - [`invoicing`]: one invoicing pass over many customers.
 //! - [`insert`]: the aggregator's ClickHouse commit against a plain insert of the same rows.
 //! - [`spend`]: live spend control: authorize and release latency, freshness, false denials.
+//! - [`spend_alerts`]: threshold crossed to NATS alert and signed webhook delivered, per alert.
 //! - [`gateway`]: HTTP gateway batches into JetStream against the direct publisher.
 //! - [`rating`]: usage rows folded and priced into charges per second, in process.
 //! - [`history`]: rating passes over a fixed period as stored history grows, and over a big month.
@@ -31,3 +32,4 @@ pub mod pipeline;
 pub mod rating;
 pub mod report;
 pub mod spend;
+pub mod spend_alerts;

@@ -45,7 +45,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn of(label: String, h: &Histogram<u64>) -> Latency {
+    pub(crate) fn of(label: String, h: &Histogram<u64>) -> Latency {
         Latency {
             label,
             count: h.len(),
@@ -235,7 +235,8 @@ fn id(s: &str) -> anyhow::Result<CustomerId> {
     Ok(CustomerId::new(s)?)
 }
 
-async fn setup(env: &TestEnv) -> anyhow::Result<()> {
+/// The benchmark's meters and its plan (`bench`, every customer's default plan).
+pub(crate) async fn bootstrap_catalog(env: &TestEnv) -> anyhow::Result<()> {
     #[derive(serde::Deserialize)]
     struct F {
         plans: Vec<tally_rater::config::PlanSpec>,
@@ -244,6 +245,12 @@ async fn setup(env: &TestEnv) -> anyhow::Result<()> {
     let db = env.db();
     tally_rater::registry_store::bootstrap(&db, &[], &meter_specs(), 0).await?;
     tally_rater::catalog_store::bootstrap(&db, &plans, &[], 0).await?;
+    Ok(())
+}
+
+async fn setup(env: &TestEnv) -> anyhow::Result<()> {
+    bootstrap_catalog(env).await?;
+    let db = env.db();
     let put = |c: &str, limit: &str| Budget {
         customer: c.into(),
         budget_id: "b".into(),
@@ -273,7 +280,7 @@ async fn setup(env: &TestEnv) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spend_config(env: &TestEnv) -> SpendConfig {
+pub(crate) fn spend_config(env: &TestEnv) -> SpendConfig {
     SpendConfig {
         subject_root: format!("{}_spend", env.nats.subject_prefix),
         lease_secs: 2,
@@ -384,7 +391,7 @@ where
     total as f64 / started.elapsed().as_secs_f64()
 }
 
-fn tool_call(customer: &str, agent: &str, n: u64) -> anyhow::Result<OutgoingEvent> {
+pub(crate) fn tool_call(customer: &str, agent: &str, n: u64) -> anyhow::Result<OutgoingEvent> {
     Ok(OutgoingEvent {
         id: EventId::new(format!("e{n}"))?,
         customer: CustomerId::new(customer)?,
@@ -529,6 +536,85 @@ async fn mixed(sdk: &SpendClient, requests: u64) -> anyhow::Result<(u64, u64, u6
     Ok((requests, fits, false_denials))
 }
 
+/// An aggregator committing the usage stream and one spend decider, in process.
+pub(crate) struct Pipeline {
+    stop: Shutdown,
+    agg_stop: Shutdown,
+    decider: tokio::task::JoinHandle<Result<(), tally_rater::live::run::RunError>>,
+    aggregator: tokio::task::JoinHandle<Result<(), tally_aggregator::RunError>>,
+}
+
+impl Pipeline {
+    /// Starts both over `env` (the `bench` plan every customer's default).
+    pub(crate) async fn start(env: &TestEnv, cfg: &SpendConfig) -> anyhow::Result<Pipeline> {
+        let stop = Shutdown::new();
+        let agg_stop = Shutdown::new();
+        let aggregator = {
+            let client = async_nats::connect(&env.nats.url).await?;
+            let (db, nats_cfg, stop) = (env.db(), env.nats.clone(), agg_stop.clone());
+            let meters = tally_domain::meter::validate_meters(meter_specs())?;
+            let acfg = tally_aggregator::AggregatorConfig {
+                batch_max_wait_ms: 100,
+                ..tally_aggregator::AggregatorConfig::default()
+            };
+            tokio::spawn(async move {
+                tally_aggregator::run(client, db, &nats_cfg, &acfg, meters, stop).await
+            })
+        };
+        let spend = Spend {
+            db: env.db(),
+            nats: async_nats::connect(&env.nats.url).await?,
+            nats_cfg: env.nats.clone(),
+            cfg: cfg.clone(),
+            source: CatalogSource {
+                rater: RaterConfig {
+                    default_plan: Some("bench".into()),
+                    ..RaterConfig::default()
+                },
+                features: tally_platform::Features::default(),
+            },
+            now_ms,
+        };
+        let decider = {
+            let stop = stop.clone();
+            tokio::spawn(async move { run::run(spend, stop).await })
+        };
+        Ok(Pipeline {
+            stop,
+            agg_stop,
+            decider,
+            aggregator,
+        })
+    }
+
+    /// Waits until the decider answers a balance request for `customer` (at most a minute).
+    pub(crate) async fn ready(sdk: &SpendClient, customer: &CustomerId) -> anyhow::Result<()> {
+        let ready = Instant::now();
+        while sdk.balance(customer).await?.is_none() {
+            anyhow::ensure!(
+                ready.elapsed() < Duration::from_secs(60),
+                "the decider did not answer"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
+    /// Stops both and deletes the decider's streams and buckets (`env.cleanup` deletes the rest).
+    pub(crate) async fn stop(self, env: &TestEnv, client: async_nats::Client) {
+        self.stop.cancel();
+        let _ = self.decider.await;
+        self.agg_stop.cancel();
+        let _ = self.aggregator.await;
+        let js = async_nats::jetstream::new(client);
+        for name in ["_HOLDS", "_ALERTS", "_SPEND", "_SPEND_ALERTS"] {
+            let s = format!("{}{name}", env.nats.stream);
+            let _ = js.delete_stream(&s).await;
+            let _ = js.delete_stream(format!("KV_{s}")).await;
+        }
+    }
+}
+
 /// The whole scenario: `secs` per fixed rate, `probes` freshness probes over `load`
 /// background events/s, `mixed_requests` of the mixed load.
 pub async fn run(
@@ -540,38 +626,7 @@ pub async fn run(
     let env = TestEnv::new("bench_spend").await;
     setup(&env).await?;
     let cfg = spend_config(&env);
-    let stop = Shutdown::new();
-    let agg_stop = Shutdown::new();
-    let aggregator = {
-        let client = async_nats::connect(&env.nats.url).await?;
-        let (db, nats_cfg, stop) = (env.db(), env.nats.clone(), agg_stop.clone());
-        let meters = tally_domain::meter::validate_meters(meter_specs())?;
-        let acfg = tally_aggregator::AggregatorConfig {
-            batch_max_wait_ms: 100,
-            ..tally_aggregator::AggregatorConfig::default()
-        };
-        tokio::spawn(async move {
-            tally_aggregator::run(client, db, &nats_cfg, &acfg, meters, stop).await
-        })
-    };
-    let spend = Spend {
-        db: env.db(),
-        nats: async_nats::connect(&env.nats.url).await?,
-        nats_cfg: env.nats.clone(),
-        cfg: cfg.clone(),
-        source: CatalogSource {
-            rater: RaterConfig {
-                default_plan: Some("bench".into()),
-                ..RaterConfig::default()
-            },
-            features: tally_platform::Features::default(),
-        },
-        now_ms,
-    };
-    let decider = {
-        let stop = stop.clone();
-        tokio::spawn(async move { run::run(spend, stop).await })
-    };
+    let pipeline = Pipeline::start(&env, &cfg).await?;
     let client = async_nats::connect(&env.nats.url).await?;
     let sdk = Arc::new(SpendClient::new(
         client.clone(),
@@ -580,14 +635,7 @@ pub async fn run(
         FailurePolicy::Closed,
     ));
     let hot = id("hot")?;
-    let ready = Instant::now();
-    while sdk.balance(&hot).await?.is_none() {
-        anyhow::ensure!(
-            ready.elapsed() < Duration::from_secs(60),
-            "the decider did not answer"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    Pipeline::ready(&sdk, &hot).await?;
     // the baseline responder
     let echo_subject = format!("{}_echo", env.nats.subject_prefix);
     let mut sub = client.subscribe(echo_subject.clone()).await?;
@@ -660,16 +708,7 @@ pub async fn run(
     let fresh = freshness(&env, &sdk, probes, load).await?;
     let (mixed_requests, mixed_fits, false_denials) = mixed(&sdk, mixed_requests).await?;
     responder.abort();
-    stop.cancel();
-    let _ = decider.await;
-    agg_stop.cancel();
-    let _ = aggregator.await;
-    let js = async_nats::jetstream::new(client);
-    for name in ["_HOLDS", "_ALERTS", "_SPEND", "_SPEND_ALERTS"] {
-        let s = format!("{}{name}", env.nats.stream);
-        let _ = js.delete_stream(&s).await;
-        let _ = js.delete_stream(format!("KV_{s}")).await;
-    }
+    pipeline.stop(&env, client).await;
     env.cleanup().await;
     Ok(SpendFigures {
         baseline,

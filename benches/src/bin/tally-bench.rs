@@ -159,6 +159,15 @@ enum Bench {
         /// Requests of the mixed load
         #[arg(long, value_name = "N", default_value_t = 10_000)]
         mixed: u64,
+        /// Customers of the spend alerts run (each crosses three thresholds; 0: no alerts run)
+        #[arg(long, value_name = "N", default_value_t = 300)]
+        alert_customers: usize,
+        /// Threshold crossings published per second in the spend alerts run
+        #[arg(long, value_name = "PER_SEC", default_value_t = 50)]
+        alert_rate: u64,
+        /// Only the spend alerts run (threshold crossed to NATS alert and webhook delivered)
+        #[arg(long)]
+        only_alerts: bool,
     },
 }
 
@@ -197,7 +206,14 @@ fn main() -> anyhow::Result<()> {
             probes,
             load,
             mixed,
-        }) => spend_bench(secs, probes, load, mixed),
+            alert_customers,
+            alert_rate,
+            only_alerts,
+        }) => spend_bench(
+            (!only_alerts).then_some((secs, probes, load, mixed)),
+            alert_customers,
+            alert_rate,
+        ),
     }
 }
 
@@ -392,10 +408,24 @@ fn cluster_bench(events: usize, dup: f64, latency_events: usize) -> anyhow::Resu
 
 /// `tally-bench spend`: live spend control (authorize and release latency at fixed rates
 /// and the most a closed loop reaches, publish-to-balance freshness under background load,
-/// false denials under a mixed load), next to NATS request/reply alone in the same run.
-fn spend_bench(secs: u64, probes: usize, load: u64, mixed: u64) -> anyhow::Result<()> {
+/// false denials under a mixed load), next to NATS request/reply alone in the same run; then
+/// the spend alerts run (threshold crossed to NATS alert and signed webhook delivered).
+fn spend_bench(
+    decisions: Option<(u64, usize, u64, u64)>,
+    alert_customers: usize,
+    alert_rate: u64,
+) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
-    let figures = rt.block_on(tally_benches::spend::run(secs, probes, load, mixed))?;
-    print!("{}", figures.to_markdown());
+    if let Some((secs, probes, load, mixed)) = decisions {
+        let figures = rt.block_on(tally_benches::spend::run(secs, probes, load, mixed))?;
+        print!("{}", figures.to_markdown());
+    }
+    if alert_customers > 0 {
+        let figures = rt.block_on(tally_benches::spend_alerts::run(
+            alert_customers,
+            alert_rate,
+        ))?;
+        print!("{}", figures.to_markdown());
+    }
     Ok(())
 }
