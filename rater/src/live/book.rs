@@ -54,6 +54,10 @@ pub struct Hold {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub declared: Option<Decimal>,
     pub expires_at_ms: i64,
+    /// Per committed batch (id) whose usage already reduced the hold, the quantity it took:
+    /// the batch read again (the feed re-read after a restart, a repeat) takes nothing more.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub settled: BTreeMap<String, Decimal>,
 }
 
 impl Hold {
@@ -184,17 +188,18 @@ fn row_of_hold(row: &UsageRow, h: &Hold) -> bool {
             .all(|(n, v)| h.group.get(n).is_none_or(|hv| hv == v))
 }
 
-/// What hold `h` still reserves after the batch's rows: its quantity minus the usage of the
+/// What hold `h` still reserves after the batch's rows: `quantity` minus the usage of the
 /// rows that may be its work, taking each row's usage once (`left`: what earlier holds of the
 /// batch did not take). Usage of other work of the same agent and meter in the batch counts as
 /// the hold's, so the rest is never more than the work may still use.
 fn rest_of_hold(
     h: &Hold,
+    quantity: Decimal,
     rows: &[&UsageRow],
     candidates: &[usize],
     left: &mut [Decimal],
 ) -> Decimal {
-    let mut rest = h.quantity;
+    let mut rest = quantity;
     for &i in candidates {
         if rest <= Decimal::ZERO {
             break;
@@ -649,7 +654,17 @@ impl Book {
     /// a hold of an additive meter (SUM, COUNT, UNIQUE_COUNT) keeps reserving what its work
     /// may still use, `quantity − usage so far`, until it expires, and ends once used up; a
     /// hold of a MAX, MIN or LATEST meter (a level, which its usage has now set) ends.
-    pub fn settle(&mut self, rows: &[&UsageRow], holds: &[(String, String)]) -> Settled {
+    ///
+    /// A hold `batch` already reduced (its [`Hold::settled`], restored from the journal after
+    /// a restart that reads the batch again) is not reduced again; what the batch took from
+    /// it still counts as taken, so the batch's other holds get the same share as the first
+    /// time.
+    pub fn settle(
+        &mut self,
+        batch: &str,
+        rows: &[&UsageRow],
+        holds: &[(String, String)],
+    ) -> Settled {
         let mut left: Vec<Decimal> = rows
             .iter()
             .map(|r| r.quantity().unwrap_or(Decimal::MAX))
@@ -678,8 +693,12 @@ impl Book {
             let candidates = index
                 .get(&(h.customer.as_str(), h.agent.as_str(), h.meter.as_str()))
                 .map_or(&[][..], Vec::as_slice);
+            if let Some(&taken) = h.settled.get(batch) {
+                rest_of_hold(&h, taken, rows, candidates, &mut left);
+                continue;
+            }
             let rest = if additive {
-                rest_of_hold(&h, rows, candidates, &mut left)
+                rest_of_hold(&h, h.quantity, rows, candidates, &mut left)
             } else {
                 Decimal::ZERO
             };
@@ -692,11 +711,14 @@ impl Book {
                         .and_then(|y| y.checked_div(h.quantity))
                         .unwrap_or(x)
                 };
+                let mut settled = h.settled.clone();
+                settled.insert(batch.to_owned(), h.quantity - rest);
                 let reduced = Hold {
                     quantity: rest,
                     amount: share(h.amount),
                     tax: share(h.tax),
                     declared: Some(h.declared.unwrap_or(h.quantity)),
+                    settled,
                     ..h
                 };
                 self.put_hold(reduced.clone());
@@ -866,6 +888,7 @@ impl Book {
             tax: cost_tax,
             declared: None,
             expires_at_ms: ask.expires_at_ms,
+            settled: BTreeMap::new(),
         };
         let currency = book.costs.currency.clone();
         self.put_hold(hold.clone());

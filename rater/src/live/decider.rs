@@ -157,7 +157,7 @@ impl Decider {
                 reply,
                 received,
             } => self.request(request, reply, received).await,
-            Command::Batch(notices) => return self.batch(notices),
+            Command::Batch(notices) => return self.batch(notices).await,
             Command::Aborts(ids) => {
                 // a batch aborted after the rebuild read storage may be in the book (read in
                 // part while in flight, or applied from the feed): rebuild from storage
@@ -211,7 +211,7 @@ impl Decider {
                     .release_by(customer.as_str(), agent.as_str(), &hold)
                 {
                     Some(h) => {
-                        self.journal_release(&h);
+                        self.journal_release(&h).await;
                         Answer {
                             allow: true,
                             hold_id: Some(h.id),
@@ -298,42 +298,47 @@ impl Decider {
         });
     }
 
-    fn journal_release(&self, h: &Hold) {
+    async fn journal_release(&self, h: &Hold) {
         self.journal_later(Record::Release {
             customer: h.customer.clone(),
             hold_id: h.id.clone(),
-        });
+        })
+        .await;
     }
 
-    /// Records in the background: a release that is lost leaves the hold until it expires
-    /// after a restart, a reduction that is lost restores the whole hold (never less reserved).
-    fn journal_later(&self, record: Record) {
-        let journal = self.journal.clone();
-        tokio::spawn(async move {
-            match journal.record(&record).await {
-                Ok(ack) => {
+    /// Records without waiting for JetStream to store it: a release that is lost leaves the
+    /// hold until it expires after a restart, a reduction that is lost restores the whole hold
+    /// (never less reserved). The record is handed to the connection here, by the one task
+    /// that journals every record of the partition (as [`Decider::journal_place`] does), so
+    /// the journal holds them in the order they were made: a release can never land before
+    /// the hold's reduction and be undone by it at a replay. Only the acknowledgement is
+    /// awaited in the background.
+    async fn journal_later(&self, record: Record) {
+        match self.journal.record(&record).await {
+            Ok(ack) => {
+                tokio::spawn(async move {
                     if let Err(e) = ack.await {
                         tracing::warn!(error = %e, "hold change not recorded");
                     }
-                }
-                Err(e) => tracing::warn!(error = %e, "hold change not recorded"),
+                });
             }
-        });
+            Err(e) => tracing::warn!(error = %e, "hold change not recorded"),
+        }
     }
 
     /// Journals what a batch did to its holds: ended ones released, reduced ones placed again
-    /// with what they still reserve.
-    fn journal_settled(&self, settled: Settled) {
+    /// with what they still reserve (and the batch that reduced them).
+    async fn journal_settled(&self, settled: Settled) {
         metrics::holds_settled(settled.ended.len());
         for h in &settled.ended {
-            self.journal_release(h);
+            self.journal_release(h).await;
         }
         for hold in settled.reduced {
-            self.journal_later(Record::Place { hold });
+            self.journal_later(Record::Place { hold }).await;
         }
     }
 
-    fn batch(&mut self, notices: Vec<Notice>) -> Option<Stop> {
+    async fn batch(&mut self, notices: Vec<Notice>) -> Option<Stop> {
         let first = notices.first()?;
         let batch = first.batch.clone();
         if self.aborted.contains(&batch) || self.applied.contains(&batch) {
@@ -349,14 +354,14 @@ impl Decider {
         if first.bseq <= self.committed_through {
             // storage had its rows; its holds are settled all the same (a hold journaled before
             // the rebuild whose usage is already counted would reserve twice until it expired)
-            let settled = self.book.settle(&rows, &holds);
-            self.journal_settled(settled);
+            let settled = self.book.settle(&batch, &rows, &holds);
+            self.journal_settled(settled).await;
             return None;
         }
-        self.applied.insert(batch);
+        self.applied.insert(batch.clone());
         let touched = self.book.add_rows(&self.catalog, rows.iter().copied());
-        let settled = self.book.settle(&rows, &holds);
-        self.journal_settled(settled);
+        let settled = self.book.settle(&batch, &rows, &holds);
+        self.journal_settled(settled).await;
         for customer in touched {
             self.notify_crossings(&customer);
         }

@@ -7,7 +7,7 @@
 //! kept a little longer than the longest hold can live. This module records and replays; it
 //! decides nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, context::PublishAckFuture, stream};
@@ -120,7 +120,6 @@ impl Journal {
             .await
             .map_err(|e| self.err(e))?;
         let info = stream.info().await.map_err(|e| self.err(e))?;
-        let mut held: BTreeMap<(String, String), Hold> = BTreeMap::new();
         if info.state.messages == 0 {
             return Ok(Vec::new());
         }
@@ -139,6 +138,7 @@ impl Journal {
         }
         let mut messages = consumer.messages().await.map_err(|e| self.err(e))?;
         let mut seen = 0u64;
+        let mut records = Vec::new();
         while seen < pending {
             let next = tokio::time::timeout(Duration::from_secs(10), messages.next())
                 .await
@@ -147,13 +147,7 @@ impl Journal {
             let msg = msg.map_err(|e| self.err(e))?;
             seen += 1;
             match serde_json::from_slice::<Record>(&msg.payload) {
-                // hold ids are the callers' request ids: unique per customer only
-                Ok(Record::Place { hold }) => {
-                    held.insert((hold.customer.clone(), hold.id.clone()), hold);
-                }
-                Ok(Record::Release { customer, hold_id }) => {
-                    held.remove(&(customer, hold_id));
-                }
+                Ok(r) => records.push(r),
                 Err(e) => tracing::warn!(error = %e, "unreadable hold record skipped"),
             }
             let at = msg.info().map(|i| i.stream_sequence).unwrap_or(last);
@@ -161,6 +155,106 @@ impl Journal {
                 break;
             }
         }
-        Ok(held.into_values().collect())
+        Ok(holds_of(records))
+    }
+}
+
+/// The holds the journal's records, in their order, leave placed and not released (pure).
+///
+/// A reduction (a `Place` of a hold its usage already settled in part, `declared` set) of a
+/// hold released before it is ignored: the release came later in fact (a reduction is made
+/// only of a held hold), so it cannot bring the hold back. A fresh `Place` of the same id (a
+/// new request reusing the id) places it again.
+pub fn holds_of(records: impl IntoIterator<Item = Record>) -> Vec<Hold> {
+    // hold ids are the callers' request ids: unique per customer only
+    let mut held: BTreeMap<(String, String), Hold> = BTreeMap::new();
+    let mut released: BTreeSet<(String, String)> = BTreeSet::new();
+    for r in records {
+        match r {
+            Record::Place { hold } => {
+                let key = (hold.customer.clone(), hold.id.clone());
+                if hold.declared.is_some() && released.contains(&key) {
+                    continue;
+                }
+                released.remove(&key);
+                held.insert(key, hold);
+            }
+            Record::Release { customer, hold_id } => {
+                let key = (customer, hold_id);
+                held.remove(&key);
+                released.insert(key);
+            }
+        }
+    }
+    held.into_values().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use rust_decimal::Decimal;
+
+    use super::*;
+
+    fn hold(id: &str, q: i64, declared: Option<i64>) -> Hold {
+        Hold {
+            id: id.into(),
+            customer: "acme".into(),
+            agent: "a".into(),
+            meter: "tokens".into(),
+            group_key: "{}".into(),
+            group: BTreeMap::new(),
+            quantity: Decimal::from(q),
+            amount: Decimal::from(q),
+            tax: Decimal::ZERO,
+            declared: declared.map(Decimal::from),
+            expires_at_ms: 1,
+            settled: BTreeMap::new(),
+        }
+    }
+
+    fn release(id: &str) -> Record {
+        Record::Release {
+            customer: "acme".into(),
+            hold_id: id.into(),
+        }
+    }
+
+    fn place(h: Hold) -> Record {
+        Record::Place { hold: h }
+    }
+
+    fn ids(holds: &[Hold]) -> Vec<(&str, Decimal)> {
+        holds.iter().map(|h| (h.id.as_str(), h.quantity)).collect()
+    }
+
+    /// A reduction stored after the hold's release (reordered) cannot bring the released hold
+    /// back at a replay; a reduction in order replaces the hold; a new request reusing a
+    /// released id places it again, and its own reductions apply.
+    #[test]
+    fn a_release_is_never_undone_by_a_reduction_stored_after_it() {
+        let reordered = holds_of([
+            place(hold("h", 2000, None)),
+            release("h"),
+            place(hold("h", 1700, Some(2000))),
+        ]);
+        assert!(reordered.is_empty(), "{reordered:?}");
+        let in_order = holds_of([
+            place(hold("h", 2000, None)),
+            place(hold("h", 1700, Some(2000))),
+        ]);
+        assert_eq!(ids(&in_order), [("h", Decimal::from(1700))]);
+        let reused = holds_of([
+            place(hold("h", 2000, None)),
+            release("h"),
+            place(hold("h", 500, None)),
+            place(hold("h", 400, Some(500))),
+            place(hold("k", 7, None)),
+        ]);
+        assert_eq!(
+            ids(&reused),
+            [("h", Decimal::from(400)), ("k", Decimal::from(7))]
+        );
     }
 }

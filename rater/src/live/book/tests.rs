@@ -137,7 +137,7 @@ fn a_request_is_allowed_while_it_fits_and_holds_count_at_once() {
     // still use it), so the spend and the hold leave nothing
     let used = [tokens("a", NOV26 + 2000, 500)];
     b.add_rows(&c, &used);
-    let settled = b.settle(&[&used[0]], &[("acme".into(), "h2".into())]);
+    let settled = b.settle("batch1", &[&used[0]], &[("acme".into(), "h2".into())]);
     assert!(settled.ended.is_empty());
     assert_eq!(settled.reduced.len(), 1);
     assert_eq!(settled.reduced[0].quantity, Decimal::from(500));
@@ -282,7 +282,7 @@ proptest! {
                     let used = i128::from(q) % (h.quantity.mantissa() + 1);
                     let rows = [tokens("a", now, used)];
                     b.add_rows(&c, &rows);
-                    let settled = b.settle(&[&rows[0]], &[("acme".into(), h.id)]);
+                    let settled = b.settle(&format!("b{i}"), &[&rows[0]], &[("acme".into(), h.id)]);
                     held.extend(settled.reduced);
                 }
                 3 if !held.is_empty() => {
@@ -471,7 +471,7 @@ fn a_hold_settles_partially_batch_by_batch_until_its_usage_used_it_up() {
         tokens("b", NOV26 + 2000, 100),
     ];
     b.add_rows(&c, &first);
-    let s = b.settle(&[&first[0], &first[1]], &hold);
+    let s = b.settle("batch2", &[&first[0], &first[1]], &hold);
     assert!(s.ended.is_empty(), "{s:?}");
     assert_eq!(s.reduced[0].quantity, Decimal::from(1700));
     assert_eq!(s.reduced[0].amount, Decimal::new(17, 1));
@@ -485,12 +485,12 @@ fn a_hold_settles_partially_batch_by_batch_until_its_usage_used_it_up() {
     // batch 2: the rest of the work, and more than the hold had left: the hold ends
     let second = [tokens("a", NOV26 + 3000, 1800)];
     b.add_rows(&c, &second);
-    let s = b.settle(&[&second[0]], &hold);
+    let s = b.settle("batch3", &[&second[0]], &hold);
     assert_eq!(s.ended.len(), 1, "{s:?}");
     assert!(s.reduced.is_empty());
     assert_eq!(b.holds_active(), 0);
     // a later batch naming it again changes nothing
-    assert_eq!(b.settle(&[&second[0]], &hold), Settled::default());
+    assert_eq!(b.settle("batch4", &[&second[0]], &hold), Settled::default());
 }
 
 fn d(n: i64) -> Decimal {
@@ -516,6 +516,7 @@ fn holds_of_one_batch_share_its_usage_and_other_groups_are_not_theirs() {
     small.group_values = vec!["small".into()];
     let rows = [big_tokens(NOV26 + 2000, 130), small];
     let s = b.settle(
+        "batch5",
         &[&rows[0], &rows[1]],
         &[("acme".into(), "h1".into()), ("acme".into(), "h2".into())],
     );
@@ -543,7 +544,7 @@ fn a_hold_of_a_level_meter_ends_at_its_first_batch() {
     assert!(a.allow, "{a:?}");
     let mut row = tokens("a", NOV26, 10);
     row.aggregation = "MAX".into();
-    let s = b.settle(&[&row], &[("acme".into(), "h".into())]);
+    let s = b.settle("batch6", &[&row], &[("acme".into(), "h".into())]);
     assert_eq!(s.ended.len(), 1);
     assert_eq!(b.holds_active(), 0);
 }
@@ -605,7 +606,7 @@ fn expiry_takes_exactly_the_due_holds() {
     b.release("acme", "h49"); // due at +1 s
     let row = tokens("a", NOV26, 4);
     // h48 (due at +2 s) reduced to 6: replaced in the index, still due at +2 s
-    let s = b.settle(&[&row], &[("acme".into(), "h48".into())]);
+    let s = b.settle("batch7", &[&row], &[("acme".into(), "h48".into())]);
     assert_eq!(s.reduced.len(), 1);
     assert_eq!(b.holds_active(), 49);
     let due: Vec<String> = b.expire(NOV26 + 3000).into_iter().map(|h| h.id).collect();
@@ -699,6 +700,69 @@ fn a_wallet_budget_counts_usage_with_the_customers_tax() {
     // half the work's usage arrives: half the hold's tax goes with half its amount
     let half = [tokens("a", NOV26 + 2000, 2500)];
     b.add_rows(&c, &half);
-    let s = b.settle(&[&half[0]], &[("acme".into(), "w2".into())]);
+    let s = b.settle("batch8", &[&half[0]], &[("acme".into(), "w2".into())]);
     assert_eq!(s.reduced[0].tax, Decimal::new(475, 3));
+}
+
+/// A hold reduced by a batch is journaled with the batch that reduced it; after a restart
+/// (storage read again, the journal replayed, the feed re-read from before the join point)
+/// the same batch settles it again: it must not reduce it a second time, nor give the share
+/// it took to another hold of the batch. Before, the hold of 2000 tokens reduced to 1700 by
+/// 300 tokens of usage became 1400 at the restart and $0.30 more was admitted.
+#[test]
+fn a_batch_read_again_after_a_restart_does_not_reduce_a_hold_twice() {
+    use super::super::journal::{holds_of, Record};
+    let c = catalog();
+    let budgets = || vec![budget(11, None)];
+    let mut b = book(budgets());
+    let spent = [tokens("a", NOV26, 8000)]; // $8 spent
+    b.add_rows(&c, &spent);
+    let acme = CustomerId::new("acme").unwrap();
+    let g = BTreeMap::new();
+    let now = NOV26 + 1000;
+    let mut journal = Vec::new();
+    for (id, q) in [("h", 2000), ("h2", 200)] {
+        let (a, h) = b.authorize(&c, &ask(&acme, "a", q, id, &g), now);
+        assert!(a.allow, "{a:?}");
+        journal.push(Record::Place { hold: h.unwrap() });
+    }
+    // batch b1: 300 of agent a's tokens, naming both holds: h takes them all
+    let used = [tokens("a", NOV26 + 2000, 300)];
+    let names = [
+        ("acme".to_owned(), "h".to_owned()),
+        ("acme".to_owned(), "h2".to_owned()),
+    ];
+    b.add_rows(&c, &used);
+    let s = b.settle("b1", &[&used[0]], &names);
+    assert_eq!(s.reduced.len(), 1, "{s:?}");
+    assert_eq!(s.reduced[0].quantity, d(1700));
+    assert_eq!(s.reduced[0].settled.get("b1"), Some(&d(300)));
+    journal.extend(s.reduced.into_iter().map(|hold| Record::Place { hold }));
+    // the restart: storage has both rows, the journal gives the holds back
+    let mut again = book(budgets());
+    again.add_rows(&c, &[spent[0].clone(), used[0].clone()]);
+    let later = NOV26 + 5000;
+    for h in holds_of(journal) {
+        again.restore(&c, h, later);
+    }
+    // the feed is re-read from before the join point: b1 again
+    assert_eq!(again.settle("b1", &[&used[0]], &names), Settled::default());
+    let held: BTreeMap<&str, Decimal> =
+        again.holds().map(|h| (h.id.as_str(), h.quantity)).collect();
+    assert_eq!(held, BTreeMap::from([("h", d(1700)), ("h2", d(200))]));
+    // $11 − $8.30 spent − $1.70 − $0.20 held = $0.80 left: 801 tokens ($0.801) are denied
+    let (a, _) = again.authorize(&c, &ask(&acme, "a", 801, "x", &g), later);
+    assert_eq!(a.reason, Some(Reason::BudgetExceeded), "{a:?}");
+    assert_eq!(a.remaining, Some(Decimal::new(8, 1)));
+    let (a, _) = again.authorize(&c, &ask(&acme, "a", 800, "y", &g), later);
+    assert!(a.allow, "{a:?}");
+    // a later batch still reduces it, from what is left
+    let more = [tokens("a", NOV26 + 6000, 700)];
+    again.add_rows(&c, &more);
+    let s = again.settle("b2", &[&more[0]], &names[..1]);
+    assert_eq!(s.reduced[0].quantity, d(1000));
+    assert_eq!(
+        s.reduced[0].settled,
+        BTreeMap::from([("b1".to_owned(), d(300)), ("b2".to_owned(), d(700))])
+    );
 }
