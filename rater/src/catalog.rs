@@ -358,6 +358,34 @@ impl Catalog {
         Some(cycle.period_containing(at_ms).start_ms)
     }
 
+    /// Where a pass that re-rates every period ending after `horizon_ms` must start reading
+    /// usage so that each of those periods is folded whole: the earliest start of a billing
+    /// period (of the fee cycle or the usage cycle) of any subscription record that contains
+    /// `horizon_ms`, or of a record's last period when the record ended before it but that
+    /// period ends after it; at most `horizon_ms`. A quarter or a year of usage is read whole
+    /// late in its period (reading only the last month would write a charge of that month's
+    /// usage over the period's real one). Customers on the default plan have calendar months.
+    pub fn periods_reach(&self, horizon_ms: i64) -> i64 {
+        let mut reach = self.default_period_start(horizon_ms).unwrap_or(horizon_ms);
+        for s in self.subscriptions.values().flatten() {
+            if s.from_ms > horizon_ms || s.to_ms <= s.from_ms {
+                continue; // starts later (read anyway), or covers nothing
+            }
+            let at = if s.to_ms == i64::MAX {
+                horizon_ms
+            } else {
+                horizon_ms.min(s.to_ms - 1)
+            };
+            for cycle in [&s.cycle, &s.usage_cycle] {
+                let period = cycle.period_containing(at);
+                if period.end_ms > horizon_ms {
+                    reach = reach.min(period.start_ms.max(s.from_ms));
+                }
+            }
+        }
+        reach.min(horizon_ms)
+    }
+
     /// A customer's subscriptions, oldest first (empty: the default plan applies).
     pub fn subscriptions_of(&self, customer: &CustomerId) -> &[Subscription] {
         self.subscriptions.get(customer).map_or(&[], Vec::as_slice)
@@ -661,6 +689,51 @@ mod tests {
         assert_eq!(
             c.subscription(&CustomerId::new("x").unwrap()).unwrap().plan,
             "p"
+        );
+    }
+
+    #[test]
+    fn a_pass_reads_the_whole_quarter_and_year_of_the_periods_it_rates() {
+        let subs: Vec<SubscriptionSpec> = toml::from_str::<toml::Table>(
+            r#"
+            [[s]]
+            customer = "q"
+            plan = "p"
+            interval = "quarterly"
+            billing_anchor_month = 1
+            [[s]]
+            customer = "y"
+            plan = "p"
+            interval = "annual"
+            usage_interval = "monthly"
+            "#,
+        )
+        .unwrap()["s"]
+            .clone()
+            .try_into()
+            .unwrap();
+        let at = |t: &str| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .unwrap()
+                .timestamp_millis()
+        };
+        let rater = RaterConfig::default();
+        let c = Catalog::new(plans(TWO_VERSIONS), subs.clone(), &rater, &meters()).unwrap();
+        // Nov 28: the quarter Oct 1 - Jan 1 and the year's fee period Jan 1 - Jan 1 are rated
+        assert_eq!(
+            c.periods_reach(at("2026-11-28T00:00:00Z")),
+            at("2026-01-01T00:00:00Z")
+        );
+        let quarter_only =
+            Catalog::new(plans(TWO_VERSIONS), subs[..1].to_vec(), &rater, &meters()).unwrap();
+        assert_eq!(
+            quarter_only.periods_reach(at("2026-11-28T00:00:00Z")),
+            at("2026-10-01T00:00:00Z")
+        );
+        // on a quarter's first instant only that quarter is read
+        assert_eq!(
+            quarter_only.periods_reach(at("2026-10-01T00:00:00Z")),
+            at("2026-10-01T00:00:00Z")
         );
     }
 

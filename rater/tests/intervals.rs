@@ -154,3 +154,54 @@ fn bad_intervals_are_refused_naming_the_field() {
     assert!(e.contains("subscriptions[0].billing_anchor_day"), "{e}");
     assert!(e.contains("anchor_weekday is 8"), "{e}");
 }
+
+const OCT_1: i64 = 1_790_812_800; // 2026-10-01T00:00:00Z
+const JAN_1: i64 = 1_767_225_600; // 2026-01-01T00:00:00Z
+const JAN_1_2027: i64 = 1_798_761_600; // 2027-01-01T00:00:00Z
+
+const LONG_PERIODS: &str = r#"
+[[plans]]
+id = "pro"
+version = 1
+currency = "USD"
+effective_from = "2026-01-01T00:00:00Z"
+prices = [
+  { model = "flat", meter = "calls", amount = "30" },
+  { model = "per_unit", meter = "tokens", unit_price = "0.002", minimum = "10" },
+]
+[[subscriptions]]
+customer = "q"
+plan = "pro"
+interval = "quarterly"
+billing_anchor_month = 1
+[[subscriptions]]
+customer = "y"
+plan = "pro"
+interval = "annual"
+"#;
+
+/// A pass late in a quarter and a year (Dec 3, looking back 5 days) rates their usage whole:
+/// `q` (quarters from January, UTC) used 20,000 tokens on Oct 5: 40.00 -> 4000 (above the
+/// minimum of 1000); `y` (annual fee and annual usage, UTC) used 30,000 tokens on Mar 10 and
+/// 5,000 on Dec 1: 35,000 x 0.002 = 70.00 -> 7000. Reading only the month before the
+/// horizon, the pass wrote the minimum (1000) and 5,000 tokens (1000) over them.
+#[tokio::test]
+async fn a_pass_late_in_a_quarter_or_a_year_rates_its_whole_usage() {
+    let env = TestEnv::new("rater_long_periods").await;
+    let db = env.db();
+    let catalog = common::file_catalog(LONG_PERIODS).expect("valid catalog");
+    tokens(&db, "q", 1_791_201_600, "20000", "q1").await; // 2026-10-05T12:00Z
+    tokens(&db, "y", 1_773_144_000, "30000", "y1").await; // 2026-03-10T12:00Z
+    tokens(&db, "y", 1_796_126_400, "5000", "y2").await; // 2026-12-01T12:00Z
+    common::rate_at(&db, &catalog, DEC_3, 5).await;
+    assert_eq!(
+        charges(&db).await,
+        vec![
+            row("q", OCT_1, JAN_1_2027, "calls", 3000),
+            row("q", OCT_1, JAN_1_2027, "tokens", 4000),
+            row("y", JAN_1, JAN_1_2027, "calls", 3000),
+            row("y", JAN_1, JAN_1_2027, "tokens", 7000),
+        ]
+    );
+    env.cleanup().await;
+}
