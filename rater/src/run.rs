@@ -65,8 +65,9 @@ pub async fn rate_once(
     let started = Instant::now();
     let lookback_ms = i64::try_from(cfg.lookback_secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2);
     let horizon_ms = now_ms - lookback_ms;
-    let (folded, rows) =
-        usage::read_and_fold(db, catalog, horizon_ms - MONTH_MS, now_ms + 86_400_000).await?;
+    // every period ending after the horizon is folded whole (a quarter or a year late in it)
+    let read_from = catalog.periods_reach(horizon_ms).min(horizon_ms - MONTH_MS);
+    let (folded, rows) = usage::read_and_fold(db, catalog, read_from, now_ms + 86_400_000).await?;
     let mut report = RateReport {
         usage_rows: rows,
         skipped: folded.skipped,
