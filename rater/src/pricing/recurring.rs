@@ -162,16 +162,22 @@ pub struct Advance {
     pub invoice_period: Period,
 }
 
-/// The period of the invoice that carries the in-advance fee of `part` (of `cycle`, the
-/// billing cycle): the invoice the invoicer finalizes at the part's start (one grace after
-/// the end of its period, `invoice/src/invoice.rs`). A part starting with its period is
-/// charged on the previous period's invoice (`[previous start, part start)`, with that
-/// period's usage and fees in arrears, or alone); a part starting inside its period (a
+/// The period of the invoice that carries the in-advance fee of `part` (a part of a period
+/// of the subscription's billing cycle): the invoice the invoicer finalizes at the part's
+/// start (one grace after the end of its period, `invoice/src/invoice.rs`). A part starting
+/// with its period is charged on the invoice of the usage period ending there (`usage`, the
+/// subscription's usage cycle: the previous period with its usage and fees in arrears, or
+/// alone; under an annual fee with monthly usage, December's), or of the billing cycle's
+/// previous period when no usage period ends there; a part starting inside its period (a
 /// subscription starting mid-period, a change, a trial's conversion, a resume) on an invoice
 /// of its own, `[part start, part start)`, so its fee is due from the change on.
-pub fn advance_invoice_period(cycle: &ZonedCycle, part: &Part) -> Period {
+pub fn advance_invoice_period(billing: &ZonedCycle, usage: &ZonedCycle, part: &Part) -> Period {
     if part.from_ms == part.period.start_ms {
-        let previous = cycle.period_containing(part.period.start_ms.saturating_sub(1));
+        let before = part.period.start_ms.saturating_sub(1);
+        let previous = match usage.period_containing(before) {
+            p if p.end_ms == part.period.start_ms => p,
+            _ => billing.period_containing(before),
+        };
         Period {
             start_ms: previous.start_ms,
             end_ms: part.period.start_ms,
@@ -209,7 +215,7 @@ pub fn advance_usages(catalog: &Catalog, horizon_ms: i64, now_ms: i64) -> Vec<Ad
                 for meter in meters {
                     out.push(Advance {
                         usage: zero_usage(customer, meter, part),
-                        invoice_period: advance_invoice_period(&sub.cycle, &part),
+                        invoice_period: advance_invoice_period(&sub.cycle, &sub.usage_cycle, &part),
                     });
                 }
             }
@@ -588,6 +594,22 @@ mod tests {
             .collect();
         // customers sorted: floating (v2, 45.00), then pinned (v1, 30.00)
         assert_eq!(jan, vec![4500, 3000]);
+    }
+
+    #[test]
+    fn an_annual_fee_in_advance_rides_on_the_last_monthly_usage_invoice_before_its_year() {
+        let c = advance_catalog(
+            r#"[[subscriptions]]
+               customer = "acme"
+               plan = "adv"
+               interval = "annual"
+               usage_interval = "monthly""#,
+        );
+        // January 1st, 2027: the year's fee (version 2, 45.00) is charged whole, on the
+        // invoice of December's usage, [Dec 1, Jan 1), finalized then
+        let got = advance_at(&c, JAN_1);
+        let year = got.iter().find(|a| a.0 == JAN_1).expect("the 2027 fee");
+        assert_eq!((year.2, year.3, year.4), (DEC_1, JAN_1, 4500));
     }
 
     proptest! {
