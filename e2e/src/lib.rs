@@ -186,3 +186,71 @@ pub async fn start_gateway(
         .expect("the gateway listens");
     (gw, running, js)
 }
+
+/// A request to an API at `addr`, with `Authorization: Bearer <token>` when a token is given:
+/// a GET when `body` is null, else a POST of it as JSON; (status, JSON body or null).
+pub async fn api_call(
+    addr: std::net::SocketAddr,
+    token: Option<&str>,
+    path: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let method = if body.is_null() { "GET" } else { "POST" };
+    let body = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    let authorization = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{authorization}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects");
+    s.write_all(req.as_bytes()).await.expect("writes");
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.expect("reads");
+    let status: u16 = text[9..12].parse().expect("a status");
+    let answer = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    (status, serde_json::from_str(answer).unwrap_or_default())
+}
+
+/// The rater API over `env`'s database on a free port with the clock `now_ms`, and an
+/// `admin` token of actor `alice`.
+pub async fn start_rater_api(
+    env: &TestEnv,
+    stop: &Shutdown,
+    now_ms: fn() -> i64,
+) -> (std::net::SocketAddr, String, tokio::task::JoinHandle<()>) {
+    use tally_platform::auth::{self, Authenticator, Role};
+    let db = env.db();
+    let (token, _) = auth::store::create(&db, "alice", Role::Admin, "test", 0)
+        .await
+        .expect("token");
+    let auth = std::sync::Arc::new(Authenticator::new("rater", db.clone()));
+    auth.reload().await.expect("tokens load");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let addr = listener.local_addr().expect("address");
+    let state = std::sync::Arc::new(tally_rater::api::ApiState {
+        source: tally_rater::catalog_store::CatalogSource {
+            rater: RaterConfig::default(),
+            features: tally_platform::Features::default(),
+        },
+        db,
+        now_ms,
+        auth,
+    });
+    (
+        addr,
+        token,
+        tokio::spawn(tally_rater::api::serve(listener, state, stop.clone())),
+    )
+}

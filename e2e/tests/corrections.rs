@@ -9,84 +9,26 @@
 //! And two voids of one event sent at once: one is refused, the usage drops once; and a void
 //! of an event of a sealed day (the usual case for a finalized period) reaches the rater.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{Datelike, TimeZone, Utc};
 use tally_domain::{AgentId, CustomerId, EventId};
-use tally_e2e::{aggregator_config, catalog, start_aggregator, wait_drained};
+use tally_e2e::{
+    aggregator_config, api_call, catalog, start_aggregator, start_rater_api, wait_drained,
+};
 use tally_ingest::{OutgoingEvent, Publisher};
 use tally_invoicer::numbering::Numbers;
 use tally_invoicer::{invoice_pass, InvoicerConfig};
-use tally_platform::auth::{self, Authenticator, Role};
 use tally_platform::shutdown::Shutdown;
 use tally_platform::testkit::TestEnv;
-use tally_rater::api::{serve, ApiState};
-use tally_rater::catalog_store::CatalogSource;
 use tally_rater::RaterConfig;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// `POST /v1/corrections` with `token` (none: no `Authorization`); (status, JSON body).
-async fn post(
-    addr: std::net::SocketAddr,
-    token: Option<&str>,
-    path: &str,
-    body: &serde_json::Value,
-) -> (u16, serde_json::Value) {
-    let method = if body.is_null() { "GET" } else { "POST" };
-    let body = if body.is_null() {
-        String::new()
-    } else {
-        body.to_string()
-    };
-    let authorization = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{authorization}\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connects");
-    s.write_all(req.as_bytes()).await.expect("writes");
-    let mut text = String::new();
-    s.read_to_string(&mut text).await.expect("reads");
-    let status: u16 = text[9..12].parse().expect("a status");
-    let answer = text.split("\r\n\r\n").nth(1).unwrap_or("");
-    (status, serde_json::from_str(answer).unwrap_or_default())
-}
-
-/// The rater API over `env`'s database on a free port, and an `admin` token of actor `alice`.
+/// The rater API with the real clock and an `admin` token of actor `alice`.
 async fn start_api(
     env: &TestEnv,
     stop: &Shutdown,
 ) -> (std::net::SocketAddr, String, tokio::task::JoinHandle<()>) {
-    let db = env.db();
-    let (token, _) = auth::store::create(&db, "alice", Role::Admin, "test", 0)
-        .await
-        .expect("token");
-    let auth = Arc::new(Authenticator::new("rater", db.clone()));
-    auth.reload().await.expect("tokens load");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("binds");
-    let addr = listener.local_addr().expect("address");
-    let state = Arc::new(ApiState {
-        source: CatalogSource {
-            rater: RaterConfig::default(),
-            features: tally_platform::Features::default(),
-        },
-        db,
-        now_ms: || Utc::now().timestamp_millis(),
-        auth,
-    });
-    (
-        addr,
-        token,
-        tokio::spawn(serve(listener, state, stop.clone())),
-    )
+    start_rater_api(env, stop, || Utc::now().timestamp_millis()).await
 }
 
 /// The `llm_tokens` meter as the aggregator reads it, for `POST /v1/meters`.
@@ -181,8 +123,8 @@ async fn two_racing_voids_of_one_event_count_once() {
     };
     let (vb, va) = (void("r-b"), void("r-a"));
     let (b, a) = tokio::join!(
-        post(addr, Some(&token), "/v1/corrections", &vb),
-        post(addr, Some(&token), "/v1/corrections", &va),
+        api_call(addr, Some(&token), "/v1/corrections", &vb),
+        api_call(addr, Some(&token), "/v1/corrections", &va),
     );
     let mut statuses = [b.0, a.0];
     statuses.sort_unstable();
@@ -194,7 +136,7 @@ async fn two_racing_voids_of_one_event_count_once() {
         "{refused}"
     );
     let listed = format!("/v1/customers/{customer}/corrections");
-    let (_, body) = post(addr, Some(&token), &listed, &serde_json::Value::Null).await;
+    let (_, body) = api_call(addr, Some(&token), &listed, &serde_json::Value::Null).await;
     let counted: Vec<&serde_json::Value> = body
         .as_array()
         .expect("a list")
@@ -299,43 +241,43 @@ async fn a_void_after_finalization_gives_a_credit_note_naming_the_correction_onc
             "source": "bot-1", "id": id, "time": time, "reason": "test traffic billed by mistake"})
     };
     // refused: no token; a blank reason; an event that was never committed
-    let (status, _) = post(addr, None, "/v1/corrections", &void("v-0", "e1")).await;
+    let (status, _) = api_call(addr, None, "/v1/corrections", &void("v-0", "e1")).await;
     assert_eq!(status, 401);
     let mut blank = void("v-0", "e1");
     blank["reason"] = " ".into();
-    let (status, body) = post(addr, Some(&token), "/v1/corrections", &blank).await;
+    let (status, body) = api_call(addr, Some(&token), "/v1/corrections", &blank).await;
     assert_eq!(
         (status, body["code"].as_str()),
         (400, Some("invalid_correction"))
     );
-    let (status, body) = post(addr, Some(&token), "/v1/corrections", &void("v-0", "e9")).await;
+    let (status, body) = api_call(addr, Some(&token), "/v1/corrections", &void("v-0", "e9")).await;
     assert_eq!(
         (status, body["code"].as_str()),
         (404, Some("event_not_found"))
     );
 
     // the void of e1 (1,000,000 tokens), recorded with the token's actor
-    let (status, body) = post(addr, Some(&token), "/v1/corrections", &void("v-1", "e1")).await;
+    let (status, body) = api_call(addr, Some(&token), "/v1/corrections", &void("v-1", "e1")).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["actor"], "api:alice");
     assert_eq!(body["revision"], 1);
     // re-sent: stored once; another void of the same event: refused
-    let (status, body) = post(addr, Some(&token), "/v1/corrections", &void("v-1", "e1")).await;
+    let (status, body) = api_call(addr, Some(&token), "/v1/corrections", &void("v-1", "e1")).await;
     assert_eq!(status, 200, "{body}");
-    let (status, body) = post(addr, Some(&token), "/v1/corrections", &void("v-2", "e1")).await;
+    let (status, body) = api_call(addr, Some(&token), "/v1/corrections", &void("v-2", "e1")).await;
     assert_eq!(
         (status, body["code"].as_str()),
         (409, Some("already_voided"))
     );
     let mut other = void("v-1", "e2");
     other["reason"] = "another".into();
-    let (status, body) = post(addr, Some(&token), "/v1/corrections", &other).await;
+    let (status, body) = api_call(addr, Some(&token), "/v1/corrections", &other).await;
     assert_eq!(
         (status, body["code"].as_str()),
         (409, Some("correction_exists"))
     );
     let listed = format!("/v1/customers/{customer}/corrections");
-    let (status, body) = post(addr, Some(&token), &listed, &serde_json::Value::Null).await;
+    let (status, body) = api_call(addr, Some(&token), &listed, &serde_json::Value::Null).await;
     assert_eq!(status, 200);
     let listed = body.as_array().expect("a list");
     assert_eq!(listed.len(), 1, "{body}");
@@ -373,7 +315,7 @@ async fn a_void_after_finalization_gives_a_credit_note_naming_the_correction_onc
     );
 
     // exactly once: more passes and the re-sent void change nothing
-    let (status, _) = post(addr, Some(&token), "/v1/corrections", &void("v-1", "e1")).await;
+    let (status, _) = api_call(addr, Some(&token), "/v1/corrections", &void("v-1", "e1")).await;
     assert_eq!(status, 200);
     let again = later + 3_600_000;
     tally_rater::rate_once(&db, &cat, &rater, again)
@@ -391,23 +333,23 @@ async fn a_void_after_finalization_gives_a_credit_note_naming_the_correction_onc
     );
 
     // an amend of e2 (250,000 tokens) to 50,000, read by the stored meters
-    let (status, body) = post(addr, Some(&token), "/v1/meters", &meter_spec()).await;
+    let (status, body) = api_call(addr, Some(&token), "/v1/meters", &meter_spec()).await;
     assert!(status == 201 || status == 200, "{status} {body}");
     let mut amend = void("m-1", "e2");
     amend["kind"] = "amend".into();
     amend["data"] = serde_json::json!({"tokens": 50_000, "model": "gpt-4o", "kind": "output"});
-    let (status, body) = post(addr, Some(&token), "/v1/corrections", &amend).await;
+    let (status, body) = api_call(addr, Some(&token), "/v1/corrections", &amend).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(
         (body["kind"].as_str(), body["revision"].as_i64()),
         (Some("amend"), Some(1))
     );
-    let (status, _) = post(addr, Some(&token), "/v1/corrections", &amend).await;
+    let (status, _) = api_call(addr, Some(&token), "/v1/corrections", &amend).await;
     assert_eq!(status, 200, "an amend re-sent is stored once");
     let mut negative = amend.clone();
     negative["correction_id"] = "m-2".into();
     negative["data"]["tokens"] = (-5).into();
-    let (status, body) = post(addr, Some(&token), "/v1/corrections", &negative).await;
+    let (status, body) = api_call(addr, Some(&token), "/v1/corrections", &negative).await;
     assert_eq!(
         (status, body["code"].as_str()),
         (400, Some("invalid_quantity"))

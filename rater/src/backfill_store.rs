@@ -5,11 +5,17 @@
 //! (its deltas, the event as imported, then the correction row), and re-reading the event's
 //! corrections so that the loser of a race with another import is reported as already
 //! present. Events are imported one at a time with the corrections (one lock per process).
+//! The inputs: an array (the API), JSON lines ([`Importer::add_lines`], a file, line by line
+//! under a bound) and a range of a JetStream stream ([`Importer::add_stream`]: the usage
+//! stream's messages, or the dead-letter stream's records, each replayed from the usage
+//! stream's whole message when it is still there).
 
 use clickhouse::Client;
+use serde::Deserialize;
 use tally_domain::event::UsageEvent;
 use tally_domain::shape::{check_shape, DEPTH_MAX, STRING_MAX_BYTES};
 use tally_domain::{EventId, Meter};
+use tokio::io::AsyncBufReadExt;
 
 use crate::backfill::{self, Decision, Facts, Import, Present, Refusal, Report};
 use crate::corrections::{self, Change, CorrectionError, Valid};
@@ -17,6 +23,27 @@ use crate::corrections_store;
 
 /// Largest event accepted, in bytes (the gateway's default event bound).
 pub const EVENT_MAX_BYTES: usize = corrections::DATA_MAX_BYTES;
+
+/// Why an import stopped (what it imported so far stays imported; re-run it).
+#[derive(Debug, thiserror::Error)]
+pub enum BackfillError {
+    #[error(transparent)]
+    Store(#[from] CorrectionError),
+    #[error("reading the input: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("reading stream {stream:?}: {detail}")]
+    Stream { stream: String, detail: String },
+}
+
+/// A dead-letter record's fields the replay needs (the aggregator's public record format).
+#[derive(Deserialize)]
+struct DeadLetter {
+    reason: String,
+    subject: String,
+    stream_seq: u64,
+    payload: String,
+    truncated: bool,
+}
 
 /// One import in progress: feed it the input's events with [`Importer::add`].
 pub struct Importer<'a> {
@@ -66,6 +93,130 @@ impl<'a> Importer<'a> {
             Decision::Append(..) => self.report.imported += 1,
             Decision::Present(_) => self.report.already_present += 1,
             Decision::Refused(r) => self.report.refuse(at, name, r),
+        }
+        Ok(())
+    }
+
+    /// Imports every non-blank line of `reader` (JSON lines: one CloudEvent a line), at
+    /// positions counted from 0; a line over [`EVENT_MAX_BYTES`] is refused `malformed`
+    /// without being held in memory.
+    pub async fn add_lines<R: tokio::io::AsyncBufRead + Unpin>(
+        &mut self,
+        mut reader: R,
+    ) -> Result<(), BackfillError> {
+        let mut line = Vec::new();
+        let mut at = 0u64;
+        loop {
+            line.clear();
+            let (mut too_long, mut end) = (false, false);
+            loop {
+                let chunk = reader.fill_buf().await?;
+                if chunk.is_empty() {
+                    end = true;
+                    break;
+                }
+                let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+                    Some(i) => (i + 1, true),
+                    None => (chunk.len(), false),
+                };
+                if line.len() + take > EVENT_MAX_BYTES + 2 {
+                    too_long = true;
+                } else {
+                    line.extend_from_slice(&chunk[..take]);
+                }
+                reader.consume(take);
+                if done {
+                    break;
+                }
+            }
+            if too_long {
+                self.report.events += 1;
+                self.report.refuse(
+                    at,
+                    String::new(),
+                    Refusal {
+                        code: "malformed",
+                        detail: format!("a line over {EVENT_MAX_BYTES} bytes"),
+                    },
+                );
+            } else if !line.trim_ascii().is_empty() {
+                self.add(at, line.trim_ascii()).await?;
+            }
+            if end {
+                return Ok(());
+            }
+            at += 1;
+        }
+    }
+
+    /// Imports the messages of `stream` from sequence `from_seq` to `to_seq` (inclusive;
+    /// positions are the sequences): usage messages as they are; dead-letter records (the
+    /// aggregator's, e.g. `too_late` events of an outage) as the whole original message of
+    /// the usage stream `usage_stream` when it is still there, else as the record's payload
+    /// unless it was cut. A missing sequence (deleted, or past the end) is skipped.
+    pub async fn add_stream(
+        &mut self,
+        js: &async_nats::jetstream::Context,
+        stream: &str,
+        usage_stream: &str,
+        (from_seq, to_seq): (u64, u64),
+    ) -> Result<(), BackfillError> {
+        let failed = |stream: &str, e: &dyn std::fmt::Display| BackfillError::Stream {
+            stream: stream.to_owned(),
+            detail: e.to_string(),
+        };
+        let source = js
+            .get_stream(stream)
+            .await
+            .map_err(|e| failed(stream, &e))?;
+        let mut usage = None;
+        for seq in from_seq..=to_seq {
+            let Ok(msg) = source.get_raw_message(seq).await else {
+                continue;
+            };
+            let record = serde_json::from_slice::<DeadLetter>(&msg.payload).ok();
+            let (subject, bytes) = match record {
+                None => (msg.subject.to_string(), msg.payload.to_vec()),
+                Some(r) => {
+                    if usage.is_none() {
+                        usage = Some(
+                            js.get_stream(usage_stream)
+                                .await
+                                .map_err(|e| failed(usage_stream, &e))?,
+                        );
+                    }
+                    let original = match &usage {
+                        Some(u) => u.get_raw_message(r.stream_seq).await.ok(),
+                        None => None,
+                    };
+                    match original {
+                        Some(m) => (r.subject, m.payload.to_vec()),
+                        None if !r.truncated => (r.subject, r.payload.into_bytes()),
+                        None => {
+                            self.report.events += 1;
+                            self.report.refuse(
+                                seq,
+                                String::new(),
+                                Refusal {
+                                    code: "malformed",
+                                    detail: format!(
+                                        "dead letter ({}) of usage sequence {}: the message is \
+                                         gone and the record holds only its start",
+                                        r.reason, r.stream_seq
+                                    ),
+                                },
+                            );
+                            continue;
+                        }
+                    }
+                }
+            };
+            if let Some(r) = subject_refusal(&subject, &bytes) {
+                self.report.events += 1;
+                self.report.refuse(seq, String::new(), r);
+                continue;
+            }
+            self.add(seq, &bytes).await?;
         }
         Ok(())
     }
@@ -131,4 +282,16 @@ fn parse(bytes: &[u8]) -> Result<UsageEvent, Refusal> {
     }
     check_shape(bytes, DEPTH_MAX, STRING_MAX_BYTES).map_err(|e| malformed(e.to_string()))?;
     UsageEvent::parse(bytes, EVENT_MAX_BYTES).map_err(|e| malformed(e.to_string()))
+}
+
+/// A usage message whose body names another customer or agent than its subject
+/// (`<prefix>.<customer>.<agent>`): refused `subject_mismatch`, as the aggregator does.
+fn subject_refusal(subject: &str, bytes: &[u8]) -> Option<Refusal> {
+    let event = parse(bytes).ok()?;
+    let mut tokens = subject.rsplit('.');
+    let (agent, customer) = (tokens.next()?, tokens.next()?);
+    event.check_subject(customer, agent).err().map(|e| Refusal {
+        code: "subject_mismatch",
+        detail: e.to_string(),
+    })
 }

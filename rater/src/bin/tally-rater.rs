@@ -1,7 +1,8 @@
 //! `tally-rater`: prices committed usage into charges.
 //! Usage: `tally-rater [serve|once] [--config FILE] [--at RFC3339]`, or
-//! `tally-rater explain <charge_id> [--format text|json]`; `tally-rater --help` describes
-//! each command and flag ([`Cli`]).
+//! `tally-rater explain <charge_id> [--format text|json]`, or `tally-rater backfill
+//! --import-id ID (--file FILE | --stream NAME --from-seq N --to-seq M) --from RFC3339 --to
+//! RFC3339 --reason TEXT`; `tally-rater --help` describes each command and flag ([`Cli`]).
 
 use anyhow::Context;
 use chrono::{DateTime, FixedOffset};
@@ -58,6 +59,41 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Imports historical usage events (CloudEvents) for a named period, exactly once, and
+    /// prints the report as JSON; the next rating pass prices them however old the period,
+    /// and the invoicer bills them (an adjustment or a credit note naming the import where the
+    /// period is finalized). Re-running an import changes nothing (docs/INGEST.md, Backfill)
+    Backfill {
+        /// The import's id ([A-Za-z0-9_-]{1,64}): re-running it changes nothing
+        #[arg(long, value_name = "ID")]
+        import_id: String,
+        /// A file of CloudEvents, one JSON object a line (`-`: standard input)
+        #[arg(long, value_name = "FILE", required_unless_present = "stream")]
+        file: Option<std::path::PathBuf>,
+        /// A JetStream stream to replay from: the usage stream (nats.stream), or the
+        /// dead-letter stream (nats.dlq_stream), whose records are replayed from the usage
+        /// stream's whole message
+        #[arg(long, value_name = "NAME", conflicts_with = "file", requires_all = ["from_seq", "to_seq"])]
+        stream: Option<String>,
+        /// First stream sequence replayed
+        #[arg(long, value_name = "N")]
+        from_seq: Option<u64>,
+        /// Last stream sequence replayed (inclusive)
+        #[arg(long, value_name = "M")]
+        to_seq: Option<u64>,
+        /// The named period's start (inclusive): events before it are refused
+        #[arg(long, value_name = "RFC3339")]
+        from: DateTime<FixedOffset>,
+        /// The named period's end (exclusive): events from it on are refused
+        #[arg(long, value_name = "RFC3339")]
+        to: DateTime<FixedOffset>,
+        /// Why the usage is imported (recorded with each imported event)
+        #[arg(long)]
+        reason: String,
+        /// Who imports, recorded as `cli:<ACTOR>`
+        #[arg(long, value_name = "ACTOR", default_value = "operator")]
+        actor: String,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -90,6 +126,9 @@ struct Config {
     features: tally_platform::Features,
     #[serde(default)]
     security: tally_platform::SecurityConfig,
+    /// For `backfill --stream`.
+    #[serde(default)]
+    nats: tally_platform::NatsConfig,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -178,6 +217,34 @@ async fn main() -> anyhow::Result<()> {
         anyhow::ensure!(e.balanced, "charge {id} does not balance");
         return Ok(());
     }
+    if let Command::Backfill {
+        import_id,
+        file,
+        stream,
+        from_seq,
+        to_seq,
+        from,
+        to,
+        reason,
+        actor,
+    } = command
+    {
+        return backfill(
+            &db,
+            &cfg.nats,
+            tally_rater::backfill::Import {
+                import_id,
+                from_ms: from.timestamp_millis(),
+                to_ms: to.timestamp_millis(),
+                reason,
+                actor: format!("cli:{actor}"),
+                now_ms: now_ms(),
+            },
+            file,
+            stream.zip(from_seq.zip(to_seq)),
+        )
+        .await;
+    }
     if let Command::Once { at } = command {
         let at = at.map_or_else(now_ms, |t| t.timestamp_millis());
         let report = tally_rater::rate_once(&db, &catalog, &cfg.rater, at).await?;
@@ -215,4 +282,38 @@ async fn main() -> anyhow::Result<()> {
     }
     tally_rater::run::run(db, catalog, source, cfg.rater, shutdown, now_ms).await;
     Ok(())
+}
+
+/// `tally-rater backfill`: imports the file or the stream range and prints the report; exits
+/// non-zero when storage failed (re-run it: what was imported stays imported once).
+async fn backfill(
+    db: &clickhouse::Client,
+    nats: &tally_platform::NatsConfig,
+    import: tally_rater::backfill::Import,
+    file: Option<std::path::PathBuf>,
+    stream: Option<(String, (u64, u64))>,
+) -> anyhow::Result<()> {
+    let mut importer = tally_rater::backfill_store::Importer::start(db, import).await?;
+    let done = match (file, stream) {
+        (Some(path), _) if path.as_os_str() == "-" => {
+            importer
+                .add_lines(tokio::io::BufReader::new(tokio::io::stdin()))
+                .await
+        }
+        (Some(path), _) => {
+            let f = tokio::fs::File::open(&path)
+                .await
+                .with_context(|| format!("opening {}", path.display()))?;
+            importer.add_lines(tokio::io::BufReader::new(f)).await
+        }
+        (None, Some((name, range))) => {
+            nats.validate()?;
+            let client = tally_platform::streams::connect(nats).await?;
+            let js = async_nats::jetstream::new(client);
+            importer.add_stream(&js, &name, &nats.stream, range).await
+        }
+        (None, None) => anyhow::bail!("backfill needs --file or --stream"),
+    };
+    println!("{}", serde_json::to_string_pretty(importer.report())?);
+    done.context("the import stopped; re-run it to finish (nothing is imported twice)")
 }

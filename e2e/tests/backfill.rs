@@ -1,0 +1,360 @@
+//! Backfill over the real NATS and ClickHouse: a past month's events are committed live by
+//! the real aggregator, rated and invoiced (finalized); ten days later a file of that month's
+//! historical events is imported through the rater's authenticated API (`POST
+//! /v1/backfill`). The file holds new token and tool-call events, a duplicate line, the event
+//! already committed live, one event outside the named month, one for a MAX meter and a
+//! broken line: only the new events count, once. The next rating pass, with the default
+//! two-day lookback, re-prices the month (its charge rises by the hand-computed amount), and
+//! the invoicer, with its default settings, bills the difference as adjustment lines of the
+//! next invoice naming the import. Re-running the import from the file (the command's code
+//! path) changes nothing.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Datelike, TimeZone, Utc};
+use tally_domain::{AgentId, CustomerId, EventId};
+use tally_e2e::{
+    aggregator_config, api_call, catalog, start_aggregator, start_rater_api, wait_drained,
+};
+use tally_ingest::{OutgoingEvent, Publisher};
+use tally_invoicer::numbering::Numbers;
+use tally_invoicer::{invoice_pass, InvoicerConfig};
+use tally_platform::shutdown::Shutdown;
+use tally_platform::testkit::TestEnv;
+use tally_rater::backfill::Import;
+use tally_rater::backfill_store::Importer;
+use tally_rater::RaterConfig;
+
+/// The API's clock, set by the test.
+static API_NOW: AtomicI64 = AtomicI64::new(0);
+
+fn api_now() -> i64 {
+    API_NOW.load(Ordering::SeqCst)
+}
+
+fn month_start(year: i32, month: u32) -> DateTime<Utc> {
+    let (y, m) = if month == 13 {
+        (year + 1, 1)
+    } else {
+        (year, month)
+    };
+    Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0)
+        .single()
+        .expect("a month start")
+}
+
+fn event(
+    customer: &str,
+    id: &str,
+    event_type: &str,
+    at: DateTime<Utc>,
+    data: serde_json::Value,
+) -> OutgoingEvent {
+    OutgoingEvent {
+        id: EventId::new(id).expect("id"),
+        customer: CustomerId::new(customer.to_owned()).expect("customer"),
+        agent: AgentId::new("bot-1").expect("agent"),
+        event_type: event_type.into(),
+        time: at,
+        data,
+        hold_id: None,
+    }
+}
+
+fn tokens(n: i64) -> serde_json::Value {
+    serde_json::json!({"tokens": n, "model": "gpt-4o", "kind": "output"})
+}
+
+/// The event as a CloudEvent line of the import file.
+fn line(
+    customer: &str,
+    id: &str,
+    event_type: &str,
+    at: DateTime<Utc>,
+    data: &serde_json::Value,
+) -> String {
+    serde_json::json!({"specversion": "1.0", "id": id, "source": "bot-1", "subject": customer,
+        "type": event_type, "time": at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "data": data})
+    .to_string()
+}
+
+async fn charge(db: &clickhouse::Client, customer: &str, meter: &str, from: DateTime<Utc>) -> i64 {
+    db.query(
+        "SELECT amount_minor FROM v_charges WHERE customer = ? AND meter = ? \
+         AND period_start = toDateTime(?)",
+    )
+    .bind(customer)
+    .bind(meter)
+    .bind(from.timestamp())
+    .fetch_optional::<i64>()
+    .await
+    .expect("charges")
+    .unwrap_or(0)
+}
+
+/// (invoice id, status, total) of the customer's invoices, oldest period first.
+async fn invoices(db: &clickhouse::Client, customer: &str) -> Vec<(String, String, i64)> {
+    db.query(
+        "SELECT invoice_id, status, total_minor FROM v_invoices WHERE customer = ? ORDER BY period_start",
+    )
+    .bind(customer)
+    .fetch_all()
+    .await
+    .expect("invoices")
+}
+
+/// (meter, amount, description, adjusted invoice) of an invoice's adjustment lines.
+async fn adjustments(
+    db: &clickhouse::Client,
+    invoice_id: &str,
+) -> Vec<(String, i64, String, String)> {
+    db.query(
+        "SELECT meter, amount_minor, description, adjusts_invoice_id FROM v_invoice_lines \
+         WHERE (invoice_id, version) IN (SELECT invoice_id, max(version) FROM v_invoice_lines \
+                WHERE invoice_id = ? GROUP BY invoice_id) AND kind = 'adjustment' ORDER BY meter",
+    )
+    .bind(invoice_id)
+    .fetch_all()
+    .await
+    .expect("invoice lines")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_of_a_finalized_month_is_imported_once_and_billed_as_an_adjustment_naming_it() {
+    let env = TestEnv::new("e2e_backfill").await;
+    let stop = Shutdown::new();
+    // the live path accepts last month's events here (it is a test of what follows)
+    let mut agg = aggregator_config();
+    agg.allowed_lateness_secs = 70 * 86_400;
+    agg.dedup_horizon_secs = 71 * 86_400;
+    let aggregator = start_aggregator(&env, agg, stop.clone()).await;
+    let customer = format!("mig{}", std::process::id());
+
+    // P: last calendar month; M: this one (the default subscription: monthly, UTC)
+    let now = Utc::now();
+    let m_start = month_start(now.year(), now.month());
+    let p_start = if now.month() == 1 {
+        month_start(now.year() - 1, 12)
+    } else {
+        month_start(now.year(), now.month() - 1)
+    };
+    let m_end = month_start(m_start.year(), m_start.month() + 1);
+    let day = |n: i64| p_start + chrono::Duration::days(n) + chrono::Duration::hours(1);
+    // live: e0 and e1 in P (1,000,000 tokens each), e2 in M (100,000 tokens)
+    let live = [
+        event(&customer, "e0", "llm.tokens", day(2), tokens(1_000_000)),
+        event(&customer, "e1", "llm.tokens", day(2), tokens(1_000_000)),
+        event(
+            &customer,
+            "e2",
+            "llm.tokens",
+            now - chrono::Duration::seconds(30),
+            tokens(100_000),
+        ),
+    ];
+    let client = async_nats::connect(&env.nats.url).await.expect("NATS");
+    let js = async_nats::jetstream::new(client);
+    tally_platform::streams::ensure(&js, &env.nats)
+        .await
+        .expect("streams");
+    let mut publisher = Publisher::new(js, &env.nats.subject_prefix, 64);
+    for e in &live {
+        publisher.publish(e).await.expect("publish");
+    }
+    publisher.flush().await.expect("acks");
+    wait_drained(&env, "aggregator", Duration::from_secs(60)).await;
+
+    // every pass with the default settings: nothing is tuned for the import
+    let db = env.db();
+    let cat = catalog("nobody");
+    let rater = RaterConfig {
+        default_plan: Some("ai-standard".into()),
+        ..RaterConfig::default()
+    };
+    let inv = InvoicerConfig::default();
+    let bucket = format!("N{}", env.nats.stream);
+    let numbers = Numbers::open(
+        async_nats::connect(&env.nats.url).await.expect("NATS"),
+        &bucket,
+    )
+    .await
+    .expect("numbers bucket");
+    // P finalized: a day of grace after its end; by hand 2,000,000 tokens at 0.000003 USD
+    let t1 = m_start.timestamp_millis() + 86_400_000 + 3_600_000;
+    tally_rater::rate_once(&db, &cat, &rater, t1)
+        .await
+        .expect("rating");
+    assert_eq!(charge(&db, &customer, "llm_tokens", p_start).await, 600);
+    invoice_pass(&db, Some(&numbers), &inv, t1)
+        .await
+        .expect("pass");
+    let before = invoices(&db, &customer).await;
+    let p_invoice = before[0].0.clone();
+    assert_eq!(
+        (before[0].1.as_str(), before[0].2),
+        ("finalized", 600),
+        "{before:?}"
+    );
+
+    // ten days later (P is beyond the rater's two-day lookback), the import
+    let t2 = t1 + 10 * 86_400_000;
+    API_NOW.store(t2, Ordering::SeqCst);
+    let (addr, token, api) = start_rater_api(&env, &stop, api_now).await;
+    // the stored meters the import reads with: the aggregator's two, and a MAX meter
+    for spec in tally_e2e::meter_specs() {
+        let spec = serde_json::to_value(&spec).expect("a meter spec");
+        let (status, body) = api_call(addr, Some(&token), "/v1/meters", &spec).await;
+        assert!(status == 201 || status == 200, "{status} {body}");
+    }
+    let peak = serde_json::json!({"slug": "gpu_peak", "event_type": "gpu.load",
+        "aggregation": "MAX", "value_property": "$.load"});
+    let (status, body) = api_call(addr, Some(&token), "/v1/meters", &peak).await;
+    assert_eq!(status, 201, "{body}");
+
+    let search = serde_json::json!({"tool": "search"});
+    let file = [
+        line(&customer, "h1", "llm.tokens", day(3), &tokens(500_000)),
+        line(&customer, "h2", "llm.tokens", day(4), &tokens(250_000)),
+        line(&customer, "h1", "llm.tokens", day(3), &tokens(500_000)),
+        line(&customer, "e1", "llm.tokens", day(2), &tokens(1_000_000)),
+        line(
+            &customer,
+            "h0",
+            "llm.tokens",
+            p_start - chrono::Duration::hours(2),
+            &tokens(9_000_000),
+        ),
+        line(
+            &customer,
+            "g1",
+            "gpu.load",
+            day(5),
+            &serde_json::json!({"load": 7}),
+        ),
+        line(&customer, "t1", "tool.call", day(6), &search),
+        line(&customer, "t2", "tool.call", day(7), &search),
+        "{\"specversion\": \"1.0\", \"id\": ".to_owned(),
+    ]
+    .join("\n");
+    let events: Vec<serde_json::Value> = file
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| serde_json::Value::String(l.into())))
+        .collect();
+    let request = serde_json::json!({"import_id": "imp-lago", "reason": "migrated from Lago",
+        "from": p_start.to_rfc3339(), "to": m_start.to_rfc3339(), "events": events});
+    let (status, _) = api_call(addr, None, "/v1/backfill", &request).await;
+    assert_eq!(status, 401);
+    let mut blank = request.clone();
+    blank["reason"] = " ".into();
+    let (status, body) = api_call(addr, Some(&token), "/v1/backfill", &blank).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_backfill"))
+    );
+    let (status, report) = api_call(addr, Some(&token), "/v1/backfill", &request).await;
+    assert_eq!(status, 200, "{report}");
+    // h1, h2, t1, t2 imported; the second h1 and the live e1 already present
+    assert_eq!(
+        (
+            report["events"].as_u64(),
+            report["imported"].as_u64(),
+            report["already_present"].as_u64()
+        ),
+        (Some(9), Some(4), Some(2)),
+        "{report}"
+    );
+    assert_eq!(
+        report["refused"],
+        serde_json::json!({"malformed": 1, "not_importable": 1, "outside_period": 1}),
+        "{report}"
+    );
+
+    // the rater, default lookback, re-prices P: 2,750,000 tokens = 825 cents, and two tool
+    // calls at 0.02 USD = 4 cents
+    tally_rater::rate_once(&db, &cat, &rater, t2)
+        .await
+        .expect("rating after the import");
+    assert_eq!(charge(&db, &customer, "llm_tokens", p_start).await, 825);
+    assert_eq!(charge(&db, &customer, "tool_calls", p_start).await, 4);
+    invoice_pass(&db, Some(&numbers), &inv, t2)
+        .await
+        .expect("pass");
+    // M finalized: the adjustments of 825 - 600 = 225 and 4 cents, naming P's invoice and the
+    // import, next to M's 100,000 tokens (30 cents): 259
+    let t3 = m_end.timestamp_millis() + 86_400_000 + 3_600_000;
+    tally_rater::rate_once(&db, &cat, &rater, t3)
+        .await
+        .expect("rating M");
+    invoice_pass(&db, Some(&numbers), &inv, t3)
+        .await
+        .expect("pass");
+    let after = invoices(&db, &customer).await;
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert_eq!(after[0], before[0], "the finalized invoice never changes");
+    assert_eq!(
+        (after[1].1.as_str(), after[1].2),
+        ("finalized", 259),
+        "{after:?}"
+    );
+    let lines = adjustments(&db, &after[1].0).await;
+    let amounts: Vec<(&str, i64, &str)> = lines
+        .iter()
+        .map(|(m, a, _, adj)| (m.as_str(), *a, adj.as_str()))
+        .collect();
+    assert_eq!(
+        amounts,
+        [
+            ("llm_tokens", 225, p_invoice.as_str()),
+            ("tool_calls", 4, p_invoice.as_str())
+        ]
+    );
+    for (_, _, description, _) in &lines {
+        assert!(description.ends_with("(import imp-lago)"), "{description}");
+    }
+
+    // re-running the import from the file (the command's path) changes nothing
+    let mut again = Importer::start(
+        &db,
+        Import {
+            import_id: "imp-lago".into(),
+            from_ms: p_start.timestamp_millis(),
+            to_ms: m_start.timestamp_millis(),
+            reason: "migrated from Lago".into(),
+            actor: "cli:operator".into(),
+            now_ms: t3,
+        },
+    )
+    .await
+    .expect("starts");
+    again.add_lines(file.as_bytes()).await.expect("imports");
+    let rerun = again.finish();
+    assert_eq!(
+        (rerun.events, rerun.imported, rerun.already_present),
+        (9, 0, 6),
+        "{rerun:?}"
+    );
+    let later = t3 + 3_600_000;
+    tally_rater::rate_once(&db, &cat, &rater, later)
+        .await
+        .expect("rating again");
+    invoice_pass(&db, Some(&numbers), &inv, later)
+        .await
+        .expect("pass");
+    assert_eq!(invoices(&db, &customer).await, after);
+    assert_eq!(charge(&db, &customer, "llm_tokens", p_start).await, 825);
+
+    stop.cancel();
+    api.await.expect("API stops");
+    aggregator
+        .await
+        .expect("aggregator task")
+        .expect("aggregator stops cleanly");
+    if let Ok(client) = async_nats::connect(&env.nats.url).await {
+        let _ = async_nats::jetstream::new(client)
+            .delete_key_value(&bucket)
+            .await;
+    }
+    env.cleanup().await;
+}
