@@ -18,6 +18,7 @@
 //! - a request is allowed when, for every hard budget that covers its agent and meter,
 //!   spend + held + the request's marginal cost (or quantity) stays within the limit.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use rust_decimal::Decimal;
@@ -25,8 +26,9 @@ use serde::{Deserialize, Serialize};
 use tally_domain::{Aggregation, CustomerId, MeterSlug, Period};
 use tally_platform::usage::{Totals, UsageRow};
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, Subscription};
 use crate::charge::{compute_with, MeterUsage};
+use crate::plan::Plan;
 
 use super::budget::{Budget, Kind};
 use super::protocol::{Answer, Reason};
@@ -140,6 +142,9 @@ pub struct CustomerBook {
     pub period: Period,
     /// Where the current subscription's part of the period starts.
     pub segment_from_ms: i64,
+    /// The latest instant of the segment the book was asked about (a request, a row): the
+    /// customer's lines are looked up up to it (a line may start within the segment).
+    seen_ms: i64,
     usage: Usage,
     pub holds: BTreeMap<String, Hold>,
     pub costs: Costs,
@@ -251,6 +256,7 @@ impl CustomerBook {
         CustomerBook {
             period,
             segment_from_ms,
+            seen_ms: segment_from_ms,
             usage: Usage::new(),
             holds: BTreeMap::new(),
             costs: Costs::default(),
@@ -290,6 +296,61 @@ fn tax_of(amount: Decimal, rate_percent: Decimal) -> Decimal {
 /// its charge carries (0 without tax).
 type Priced = (Decimal, String, Decimal);
 
+/// The subscription line that prices `meter` for the book's segment and its plan version, as
+/// the rater selects them ([`Catalog::subscription_for`], [`Catalog::plan_of`]): of the
+/// customer's records in force during the segment (up to the latest instant the book saw),
+/// the latest whose plan version (its pinned one, else the one effective at its part's start)
+/// prices the meter; else the subscription covering the segment (the first line, the default
+/// plan). Lines of a customer never price the same meter, so at most one line matches.
+fn line_for<'c>(
+    catalog: &'c Catalog,
+    customer: &CustomerId,
+    book: &CustomerBook,
+    meter: &MeterSlug,
+) -> Option<(Cow<'c, Subscription>, &'c Plan)> {
+    let at = book.seen_ms.max(book.segment_from_ms);
+    let priced = catalog
+        .subscriptions_of(customer)
+        .iter()
+        .rev()
+        .filter(|s| s.from_ms <= at && s.to_ms > book.segment_from_ms && s.from_ms < s.to_ms)
+        .find_map(|s| {
+            catalog
+                .plan_of(s, s.from_ms.max(book.segment_from_ms))
+                .filter(|p| p.prices.contains_key(meter))
+                .map(|p| (Cow::Borrowed(s), p))
+        });
+    if priced.is_some() {
+        return priced;
+    }
+    let sub = catalog.subscription_for(customer, meter, at)?;
+    let plan = catalog.plan_of(&sub, sub.from_ms.max(book.segment_from_ms))?;
+    Some((sub, plan))
+}
+
+/// The plan versions of every line of the customer in force at the latest instant the book
+/// saw (each its pinned version, else the one effective at its part's start): what the
+/// customer is entitled to is what any of them gives. Without a record in force, the plan of
+/// the subscription covering the segment (the default plan).
+fn plans_of<'c>(catalog: &'c Catalog, customer: &CustomerId, book: &CustomerBook) -> Vec<&'c Plan> {
+    let at = book.seen_ms.max(book.segment_from_ms);
+    let mut plans: Vec<&Plan> = catalog
+        .subscriptions_of(customer)
+        .iter()
+        .filter(|s| s.covers(at))
+        .filter_map(|s| catalog.plan_of(s, s.from_ms.max(book.segment_from_ms)))
+        .collect();
+    plans.sort_by(|a, b| (&a.id, a.version).cmp(&(&b.id, b.version)));
+    if !plans.is_empty() {
+        return plans;
+    }
+    catalog
+        .subscription_at(customer, book.segment_from_ms)
+        .and_then(|sub| catalog.plan_of(&sub, sub.from_ms.max(book.segment_from_ms)))
+        .into_iter()
+        .collect()
+}
+
 /// Prices `quantity` of (customer, meter, group) in the segment (`None`: the plan has no
 /// price for it).
 #[allow(clippy::too_many_arguments)]
@@ -302,15 +363,13 @@ fn price(
     group: (&str, &[String], &[String]),
     quantity: Decimal,
 ) -> Result<Option<Priced>, String> {
-    let Some(sub) = catalog.subscription_at(customer, book.segment_from_ms) else {
-        return Ok(None);
-    };
-    let Some(plan) = catalog.plan_at(&sub.plan, book.segment_from_ms) else {
-        return Ok(None);
-    };
     let Ok(slug) = MeterSlug::new(meter.to_owned()) else {
         return Ok(None);
     };
+    let Some((sub, plan)) = line_for(catalog, customer, book, &slug) else {
+        return Ok(None);
+    };
+    let from_ms = book.segment_from_ms.max(sub.from_ms);
     let usage = MeterUsage {
         customer: customer.clone(),
         period: book.period,
@@ -319,12 +378,12 @@ fn price(
         group_key: group.0.to_owned(),
         group_names: group.1.to_vec(),
         group_values: group.2.to_vec(),
-        segment_from_ms: book.segment_from_ms,
+        segment_from_ms: from_ms,
         segment_to_ms: book.period.end_ms.min(sub.to_ms),
         quantity,
         windows: 1,
-        first_window_ms: book.segment_from_ms,
-        last_window_end_ms: book.segment_from_ms,
+        first_window_ms: from_ms,
+        last_window_end_ms: from_ms,
     };
     let terms = catalog.terms(&sub, plan, &book.period, &slug);
     match compute_with(&usage, plan, &terms) {
@@ -344,26 +403,21 @@ fn price(
 }
 
 fn per_group(catalog: &Catalog, customer: &CustomerId, book: &CustomerBook, meter: &str) -> bool {
-    let Some(sub) = catalog.subscription_at(customer, book.segment_from_ms) else {
-        return false;
-    };
     let Ok(slug) = MeterSlug::new(meter.to_owned()) else {
         return false;
     };
-    catalog
-        .plan_at(&sub.plan, book.segment_from_ms)
-        .and_then(|p| p.prices.get(&slug))
+    line_for(catalog, customer, book, &slug)
+        .and_then(|(_, p)| p.prices.get(&slug))
         .is_some_and(|p| p.model.per_group())
 }
 
-/// The plan version in force for the customer's current segment.
-fn plan_of<'c>(
-    catalog: &'c Catalog,
-    customer: &CustomerId,
-    book: &CustomerBook,
-) -> Option<&'c crate::plan::Plan> {
-    let sub = catalog.subscription_at(customer, book.segment_from_ms)?;
-    catalog.plan_at(&sub.plan, book.segment_from_ms)
+/// The plans' names, for answers and balances (`p v1, seats v3`).
+fn plan_names(plans: &[&Plan]) -> String {
+    plans
+        .iter()
+        .map(|p| format!("{} v{}", p.id, p.version))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Committed quantity and held quantity of the period that count against limit `l` (every
@@ -528,6 +582,9 @@ impl Book {
             *book = CustomerBook::new(period, from_ms);
             // the holds' usage is still to come, in the new period
             book.holds = holds;
+        }
+        if (book.period, book.segment_from_ms) == (period, from_ms) {
+            book.seen_ms = book.seen_ms.max(at_ms);
         }
         Some(book)
     }
@@ -917,24 +974,27 @@ impl Book {
                 format!("customer {customer} has no plan"),
             );
         };
-        match plan_of(catalog, customer, book) {
-            Some(p) if p.entitlements.has(feature) => Answer {
+        let plans = plans_of(catalog, customer, book);
+        if plans.is_empty() {
+            return Answer::deny(
+                Reason::UnknownCustomer,
+                format!("customer {customer} has no plan"),
+            );
+        }
+        if plans.iter().any(|p| p.entitlements.has(feature)) {
+            return Answer {
                 allow: true,
                 hold_id: None,
                 remaining: None,
                 currency: None,
                 reason: None,
                 detail: None,
-            },
-            Some(p) => Answer::deny(
-                Reason::NotEntitled,
-                format!("plan {} v{} has no feature {feature}", p.id, p.version),
-            ),
-            None => Answer::deny(
-                Reason::UnknownCustomer,
-                format!("customer {customer} has no plan"),
-            ),
+            };
         }
+        Answer::deny(
+            Reason::NotEntitled,
+            format!("plan {} has no feature {feature}", plan_names(&plans)),
+        )
     }
 
     /// The entitlements of `customer`'s current plan and their use (for a balance).
@@ -945,16 +1005,22 @@ impl Book {
         ) else {
             return EntitlementUse::default();
         };
-        let Some(plan) = plan_of(catalog, &id, book) else {
+        let plans = plans_of(catalog, &id, book);
+        if plans.is_empty() {
             return EntitlementUse::default();
-        };
+        }
+        let mut features: Vec<String> = Vec::new();
+        for f in plans.iter().flat_map(|p| &p.entitlements.features) {
+            if !features.contains(f) {
+                features.push(f.clone());
+            }
+        }
         EntitlementUse {
-            plan: Some(format!("{} v{}", plan.id, plan.version)),
-            features: plan.entitlements.features.clone(),
-            limits: plan
-                .entitlements
-                .limits
+            plan: Some(plan_names(&plans)),
+            features,
+            limits: plans
                 .iter()
+                .flat_map(|p| &p.entitlements.limits)
                 .map(|l| {
                     let (used, held) = limit_use(l, book);
                     LimitUse {
@@ -1059,9 +1125,14 @@ fn within_budgets(
 
 /// The denial of the first metered limit of the plan the request would exceed, if any.
 fn within_limits(catalog: &Catalog, ask: &Ask<'_>, book: &CustomerBook) -> Result<(), Answer> {
-    let Some(plan) = plan_of(catalog, ask.customer, book) else {
-        return Ok(());
-    };
+    for plan in plans_of(catalog, ask.customer, book) {
+        within_plan_limits(plan, ask, book)?;
+    }
+    Ok(())
+}
+
+/// The denial of the first metered limit of `plan` the request would exceed, if any.
+fn within_plan_limits(plan: &Plan, ask: &Ask<'_>, book: &CustomerBook) -> Result<(), Answer> {
     for l in plan.entitlements.limits_for(ask.meter, ask.group) {
         let (used, held) = limit_use(l, book);
         let left = l.limit - used - held - ask.quantity;

@@ -609,7 +609,7 @@ pub fn wallet_limit(
         .subscription_at(&id, now_ms)
         .ok_or("no plan covers the customer now")?;
     let plan = catalog
-        .plan_at(&sub.plan, now_ms)
+        .plan_of(&sub, now_ms)
         .ok_or_else(|| format!("plan {} has no version now", sub.plan))?;
     let currency = sub.currency.unwrap_or(plan.currency);
     let period = sub.cycle.period_containing(now_ms);

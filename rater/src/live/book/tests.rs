@@ -766,3 +766,156 @@ fn a_batch_read_again_after_a_restart_does_not_reduce_a_hold_twice() {
         BTreeMap::from([("b1".to_owned(), d(300)), ("b2".to_owned(), d(700))])
     );
 }
+
+/// A catalog of two plans and the subscriptions `subs` (JSON): `llm` prices tokens (version 1
+/// at 0.001, version 2 from 2026-11-01 at 0.002; version 1 has the feature `search`), `tools`
+/// prices calls at 0.10 with the feature `browse` and at most 8 calls a period.
+fn lines_catalog(subs: &str) -> Catalog {
+    let specs: Vec<MeterSpec> = serde_json::from_str(
+        r#"[{"slug":"tokens","event_type":"t","aggregation":"SUM","value_property":"$.n"},
+            {"slug":"calls","event_type":"c","aggregation":"COUNT"}]"#,
+    )
+    .unwrap();
+    let plans: Vec<crate::config::PlanSpec> = serde_json::from_str(
+        r#"[{"id":"llm","version":1,"currency":"USD","effective_from":"2020-01-01T00:00:00Z",
+             "prices":[{"model":"per_unit","meter":"tokens","unit_price":"0.001"}],
+             "entitlements":{"features":["search"]}},
+            {"id":"llm","version":2,"currency":"USD","effective_from":"2026-11-01T00:00:00Z",
+             "prices":[{"model":"per_unit","meter":"tokens","unit_price":"0.002"}]},
+            {"id":"tools","version":1,"currency":"USD","effective_from":"2020-01-01T00:00:00Z",
+             "prices":[{"model":"per_unit","meter":"calls","unit_price":"0.10"}],
+             "entitlements":{"features":["browse"],"limits":[{"meter":"calls","limit":"8"}]}}]"#,
+    )
+    .unwrap();
+    let subs: Vec<crate::config::SubscriptionSpec> = serde_json::from_str(subs).unwrap();
+    Catalog::new(
+        plans,
+        subs,
+        &RaterConfig::default(),
+        &validate_meters(specs).unwrap(),
+    )
+    .unwrap()
+}
+
+fn calls(at_ms: i64, n: u64) -> UsageRow {
+    let mut r = tokens("a", at_ms, 0);
+    r.meter = "calls".into();
+    r.aggregation = "COUNT".into();
+    r.events = n;
+    r
+}
+
+/// A customer pinned to version 1 of its plan is priced and entitled by version 1 while
+/// version 2 (twice the price, without the feature) is in force for everyone else. The old
+/// book priced it with version 2: 4000 tokens cost $8 and a $10 budget left $2.
+#[test]
+fn a_customer_pinned_to_a_plan_version_is_priced_and_entitled_by_it() {
+    let c = lines_catalog(
+        r#"[{"customer":"acme","plan":"llm","plan_version":1,"effective_from":"2026-01-01T00:00:00Z"},
+            {"customer":"beta","plan":"llm","effective_from":"2026-01-01T00:00:00Z"}]"#,
+    );
+    let mut b = book(vec![
+        budget(10, None),
+        Budget {
+            customer: "beta".into(),
+            ..budget(10, None)
+        },
+    ]);
+    let mut beta_row = tokens("a", NOV26, 4000);
+    beta_row.customer = "beta".into();
+    b.add_rows(&c, &[tokens("a", NOV26, 4000), beta_row]);
+    assert_eq!(b.customers["acme"].costs.total, d(4)); // 4000 × 0.001
+    assert_eq!(b.customers["beta"].costs.total, d(8)); // 4000 × 0.002
+    let (acme, beta) = (
+        CustomerId::new("acme").unwrap(),
+        CustomerId::new("beta").unwrap(),
+    );
+    let g = BTreeMap::new();
+    let now = NOV26 + 1000;
+    // $10 − $4: 6001 tokens ($6.001) are too many, 6000 fit exactly
+    let (a, _) = b.authorize(&c, &ask(&acme, "a", 6001, "h1", &g), now);
+    assert_eq!(a.reason, Some(Reason::BudgetExceeded), "{a:?}");
+    assert_eq!(a.remaining, Some(d(6)));
+    let (a, h) = b.authorize(&c, &ask(&acme, "a", 6000, "h2", &g), now);
+    assert!(a.allow, "{a:?}");
+    assert_eq!(a.remaining, Some(Decimal::ZERO));
+    assert_eq!(h.unwrap().amount, d(6));
+    // beta pays version 2: $10 − $8 leaves 1000 tokens
+    let (a, _) = b.authorize(&c, &ask(&beta, "a", 1001, "h3", &g), now);
+    assert_eq!(a.remaining, Some(d(2)), "{a:?}");
+    assert!(b.feature(&c, &acme, "search", now).allow);
+    assert_eq!(
+        b.feature(&c, &beta, "search", now).reason,
+        Some(Reason::NotEntitled)
+    );
+    assert_eq!(
+        b.entitlement_use(&c, "acme").plan.as_deref(),
+        Some("llm v1")
+    );
+}
+
+/// A customer with two lines (`llm` on the main line, `tools` on line `tools`): the second
+/// line's meter is priced by its plan, so its spend counts against an amount budget and a
+/// wallet, and its entitlements hold. The old book priced calls at 0 (only the first line's
+/// plan) and allowed every request of them.
+#[test]
+fn the_second_lines_meter_counts_against_budgets_wallets_and_its_entitlements() {
+    let c = lines_catalog(
+        r#"[{"customer":"acme","plan":"llm","effective_from":"2026-01-01T00:00:00Z"},
+            {"customer":"acme","plan":"tools","line":"tools","effective_from":"2026-01-01T00:00:00Z"}]"#,
+    );
+    let acme = CustomerId::new("acme").unwrap();
+    let g = BTreeMap::new();
+    let now = NOV26 + 1000;
+    let calls_ask = |q: i64, id: &str| Ask {
+        meter: "calls",
+        quantity: d(q),
+        hold_id: id.into(),
+        customer: &acme,
+        agent: "a",
+        group: &g,
+        expires_at_ms: NOV26 + 60_000,
+    };
+    let used = [calls(NOV26, 5), tokens("a", NOV26, 200)];
+    // an amount budget of $1: 5 calls ($0.50) and 200 tokens ($0.40 at version 2) spent
+    let mut b = book(vec![budget(1, None)]);
+    b.add_rows(&c, &used);
+    let costs = &b.customers["acme"].costs;
+    assert_eq!(costs.meters["calls"].amount, Decimal::new(5, 1));
+    assert_eq!(costs.total, Decimal::new(9, 1));
+    let (a, _) = b.authorize(&c, &calls_ask(2, "c1"), now); // $0.20
+    assert_eq!(a.reason, Some(Reason::BudgetExceeded), "{a:?}");
+    assert_eq!(a.remaining, Some(Decimal::new(1, 1)));
+    let (a, h) = b.authorize(&c, &calls_ask(1, "c2"), now);
+    assert!(a.allow, "{a:?}");
+    assert_eq!(h.unwrap().amount, Decimal::new(1, 1));
+    // a wallet whose grants hold $1.10
+    let wallet = Budget {
+        budget_id: "prepaid".into(),
+        kind: Kind::Wallet,
+        limit: Decimal::ZERO,
+        ..budget(0, None)
+    };
+    let mut w = book(vec![wallet]);
+    w.budgets.get_mut("acme").unwrap()[0].limit = Decimal::new(11, 1);
+    w.add_rows(&c, &used);
+    let (a, _) = w.authorize(&c, &calls_ask(3, "c3"), now); // $0.30 > $0.20 left
+    assert_eq!(a.reason, Some(Reason::BudgetExceeded), "{a:?}");
+    assert_eq!(a.detail.as_deref(), Some("budget prepaid"));
+    assert_eq!(a.remaining, Some(Decimal::new(2, 1)));
+    let (a, _) = w.authorize(&c, &calls_ask(2, "c4"), now);
+    assert!(a.allow, "{a:?}");
+    // the tools line's entitlements: `browse`, and at most 8 calls (5 used)
+    let mut e = book(vec![]);
+    e.add_rows(&c, &used);
+    assert!(e.feature(&c, &acme, "browse", now).allow);
+    assert!(!e.feature(&c, &acme, "search", now).allow); // llm v2 has no `search`
+    let (a, _) = e.authorize(&c, &calls_ask(4, "c5"), now);
+    assert_eq!(a.reason, Some(Reason::EntitlementExceeded), "{a:?}");
+    assert_eq!(a.remaining, Some(d(3)));
+    assert!(e.authorize(&c, &calls_ask(3, "c6"), now).0.allow);
+    let ent = e.entitlement_use(&c, "acme");
+    assert_eq!(ent.plan.as_deref(), Some("llm v2, tools v1"));
+    assert_eq!(ent.features, ["browse"]);
+    assert_eq!((ent.limits[0].used, ent.limits[0].held), (d(5), d(3)));
+}
