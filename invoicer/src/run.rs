@@ -73,16 +73,23 @@ pub async fn invoice_pass(
     // one invoice per (customer, period, currency): a period with several currencies keeps
     // its id for its home currency, the others get their own (`currency_split`)
     let ids = currency_split::resolve(db, &charges).await?;
-    let mut groups: BTreeMap<(String, i64, String), Vec<ChargeLine>> = BTreeMap::new();
+    // a group has one period (start and end): charges of one start and different ends (an
+    // annual fee and January's usage) are different invoices (`InvoiceIds::id_for`)
+    let mut groups: BTreeMap<(String, i64, i64, String), Vec<ChargeLine>> = BTreeMap::new();
     for c in charges {
         groups
-            .entry((c.customer.clone(), c.period.start_ms, c.currency.clone()))
+            .entry((
+                c.customer.clone(),
+                c.period.start_ms,
+                c.period.end_ms,
+                c.currency.clone(),
+            ))
             .or_default()
             .push(c);
     }
     let customers: Vec<String> = groups
         .keys()
-        .map(|(c, _, _)| c.clone())
+        .map(|(c, _, _, _)| c.clone())
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
@@ -98,8 +105,8 @@ pub async fn invoice_pass(
     };
     let mut drafts = Vec::new();
     let mut due = Vec::new();
-    for ((customer, start_ms, currency), group) in &groups {
-        let invoice_id = ids.id(customer, *start_ms, currency);
+    for ((customer, start_ms, end_ms, currency), group) in &groups {
+        let invoice_id = ids.id_for(customer, *start_ms, *end_ms, currency);
         if done.contains(&invoice_id) {
             continue;
         }

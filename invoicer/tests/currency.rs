@@ -379,3 +379,56 @@ async fn an_invoice_id_never_changes_currency_once_written() {
     assert!(all.iter().all(|s| s.status == "draft"));
     env.cleanup().await;
 }
+
+/// An annual fee and the first month's usage start together (an annual plan with monthly
+/// usage): each is an invoice of its own period, so November's usage (2800) is finalized and
+/// numbered one grace after November while the year's fee (120000) stays a draft until the
+/// year ends. One invoice for both took its period from whichever charge came first: the
+/// month's usage then waited a year, or the year's fee was finalized after a month.
+#[tokio::test]
+async fn charges_of_one_start_and_different_ends_are_invoiced_per_period() {
+    let env = TestEnv::new("invoicer_periods").await;
+    let db = env.db();
+    let (numbers, bucket) = kv(&env).await;
+    const NOV_1_2027: i64 = 1_825_113_600; // 2027-11-01T00:00:00Z
+    let mut fee = charge("chg_year_fee", "acme", "USD", 120_000);
+    fee.model = "flat";
+    fee.meter = "calls";
+    fee.end = NOV_1_2027;
+    let month = charge("chg_nov_tokens", "acme", "USD", 2800);
+    insert(&db, &[fee, month]).await;
+    let now = (DEC_1 + 2 * DAY) * 1000;
+    let invoices = invoice_pass(&db, Some(&numbers), &cfg(), now)
+        .await
+        .expect("pass");
+    let plain = invoice_id("acme", NOV_1 * 1000);
+    let year = tally_invoicer::currency_split::invoice_id_ended(&plain, NOV_1_2027 * 1000);
+    let mut got: Vec<_> = invoices
+        .iter()
+        .map(|i| {
+            (
+                i.invoice_id.clone(),
+                i.period.end_ms / 1000,
+                i.status == Status::Finalized,
+                i.total_minor,
+                i.lines.len(),
+            )
+        })
+        .collect();
+    got.sort();
+    let mut want = vec![
+        (plain.clone(), DEC_1, true, 2800, 1),
+        (year.clone(), NOV_1_2027, false, 120_000, 1),
+    ];
+    want.sort();
+    assert_eq!(got, want);
+    // a second pass changes nothing: the month stays finalized, the year a draft
+    let again = invoice_pass(&db, Some(&numbers), &cfg(), now + 60_000)
+        .await
+        .expect("pass");
+    assert!(again
+        .iter()
+        .all(|i| i.invoice_id == year && i.status == Status::Draft));
+    drop_bucket(&env, &bucket).await;
+    env.cleanup().await;
+}
