@@ -7,7 +7,7 @@
 //! two-day lookback, re-prices the month (its charge rises by the hand-computed amount), and
 //! the invoicer, with its default settings, bills the difference as adjustment lines of the
 //! next invoice naming the import. Re-running the import from the file (the command's code
-//! path) changes nothing.
+//! path) changes nothing, and an imported event can then be voided (a credit note).
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
@@ -31,6 +31,22 @@ static API_NOW: AtomicI64 = AtomicI64::new(0);
 
 fn api_now() -> i64 {
     API_NOW.load(Ordering::SeqCst)
+}
+
+/// Publishes `events` and waits until the aggregator took them all; the stream context.
+async fn publish(env: &TestEnv, events: &[OutgoingEvent]) -> async_nats::jetstream::Context {
+    let client = async_nats::connect(&env.nats.url).await.expect("NATS");
+    let js = async_nats::jetstream::new(client);
+    tally_platform::streams::ensure(&js, &env.nats)
+        .await
+        .expect("streams");
+    let mut publisher = Publisher::new(js.clone(), &env.nats.subject_prefix, 64);
+    for e in events {
+        publisher.publish(e).await.expect("publish");
+    }
+    publisher.flush().await.expect("acks");
+    wait_drained(env, "aggregator", Duration::from_secs(60)).await;
+    js
 }
 
 fn month_start(year: i32, month: u32) -> DateTime<Utc> {
@@ -154,17 +170,7 @@ async fn a_file_of_a_finalized_month_is_imported_once_and_billed_as_an_adjustmen
             tokens(100_000),
         ),
     ];
-    let client = async_nats::connect(&env.nats.url).await.expect("NATS");
-    let js = async_nats::jetstream::new(client);
-    tally_platform::streams::ensure(&js, &env.nats)
-        .await
-        .expect("streams");
-    let mut publisher = Publisher::new(js, &env.nats.subject_prefix, 64);
-    for e in &live {
-        publisher.publish(e).await.expect("publish");
-    }
-    publisher.flush().await.expect("acks");
-    wait_drained(&env, "aggregator", Duration::from_secs(60)).await;
+    publish(&env, &live).await;
 
     // every pass with the default settings: nothing is tuned for the import
     let db = env.db();
@@ -345,6 +351,34 @@ async fn a_file_of_a_finalized_month_is_imported_once_and_billed_as_an_adjustmen
     assert_eq!(invoices(&db, &customer).await, after);
     assert_eq!(charge(&db, &customer, "llm_tokens", p_start).await, 825);
 
+    // an imported event is corrected like a committed one: voiding h2 (250,000 tokens) lowers
+    // the month to 750 cents, a credit note of 75 against the finalized invoice
+    API_NOW.store(later, Ordering::SeqCst);
+    let void = serde_json::json!({"correction_id": "void-h2", "kind": "void",
+        "customer": customer, "source": "bot-1", "id": "h2",
+        "time": day(4).to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "reason": "imported twice by the old biller"});
+    let (status, body) = api_call(addr, Some(&token), "/v1/corrections", &void).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["revision"], 2);
+    let voided = later + 3_600_000;
+    tally_rater::rate_once(&db, &cat, &rater, voided)
+        .await
+        .expect("rating after the void");
+    assert_eq!(charge(&db, &customer, "llm_tokens", p_start).await, 750);
+    invoice_pass(&db, Some(&numbers), &inv, voided)
+        .await
+        .expect("pass");
+    let notes: Vec<(String, i64, String)> = db
+        .query("SELECT invoice_id, amount_minor, lines FROM v_credit_notes WHERE customer = ?")
+        .bind(&customer)
+        .fetch_all()
+        .await
+        .expect("credit notes");
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert_eq!((notes[0].0.as_str(), notes[0].1), (p_invoice.as_str(), 75));
+    assert!(notes[0].2.contains("void-h2"), "{}", notes[0].2);
+
     stop.cancel();
     api.await.expect("API stops");
     aggregator
@@ -356,5 +390,114 @@ async fn a_file_of_a_finalized_month_is_imported_once_and_billed_as_an_adjustmen
             .delete_key_value(&bucket)
             .await;
     }
+    env.cleanup().await;
+}
+
+/// The sum of the customer's `llm_tokens` charges, every period.
+async fn token_charges(db: &clickhouse::Client, customer: &str) -> i64 {
+    db.query(
+        "SELECT toInt64(sum(amount_minor)) FROM v_charges WHERE customer = ? AND meter = 'llm_tokens'",
+    )
+    .bind(customer)
+    .fetch_one()
+    .await
+    .expect("charges")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_late_events_of_an_outage_are_replayed_from_the_dead_letter_stream_once() {
+    let env = TestEnv::new("e2e_backfill_dlq").await;
+    let stop = Shutdown::new();
+    // the default lateness: an hour
+    let aggregator = start_aggregator(&env, aggregator_config(), stop.clone()).await;
+    let customer = format!("out{}", std::process::id());
+    let now = Utc::now();
+    let outage = now - chrono::Duration::days(3);
+    // two events held back three days by an outage (dead-lettered too_late), one on time
+    let events = [
+        event(&customer, "d1", "llm.tokens", outage, tokens(1_000_000)),
+        event(&customer, "d2", "llm.tokens", outage, tokens(500_000)),
+        event(
+            &customer,
+            "n1",
+            "llm.tokens",
+            now - chrono::Duration::seconds(30),
+            tokens(100_000),
+        ),
+    ];
+    let js = publish(&env, &events).await;
+
+    let db = env.db();
+    let cat = catalog("nobody");
+    // the default rater lookback (two days) does not reach the outage's day by itself
+    let rater = RaterConfig {
+        default_plan: Some("ai-standard".into()),
+        ..RaterConfig::default()
+    };
+    let now_ms = now.timestamp_millis();
+    tally_rater::rate_once(&db, &cat, &rater, now_ms)
+        .await
+        .expect("rating");
+    // by hand: n1 alone, 100,000 tokens at 0.000003 USD = 30 cents
+    assert_eq!(token_charges(&db, &customer).await, 30);
+
+    let import = |at: i64| Import {
+        import_id: "outage-1".into(),
+        from_ms: (outage - chrono::Duration::hours(1)).timestamp_millis(),
+        to_ms: (outage + chrono::Duration::hours(1)).timestamp_millis(),
+        reason: "ClickHouse outage".into(),
+        actor: "cli:operator".into(),
+        now_ms: at,
+    };
+    // the meters the import reads with, stored as `tally-rater` stores the file's
+    tally_rater::registry_store::bootstrap(&db, &[], &tally_e2e::meter_specs(), now_ms)
+        .await
+        .expect("meters stored");
+    let mut importer = Importer::start(&db, import(now_ms)).await.expect("starts");
+    importer
+        .add_stream(&js, &env.nats.dlq_stream, &env.nats.stream, (1, 50))
+        .await
+        .expect("replays");
+    let report = importer.finish();
+    assert_eq!(
+        (report.events, report.imported, report.already_present),
+        (2, 2, 0),
+        "{report:?}"
+    );
+    // 1,600,000 tokens = 480 cents, whichever periods the days fall in (both amounts exact)
+    tally_rater::rate_once(&db, &cat, &rater, now_ms + 1000)
+        .await
+        .expect("rating after the replay");
+    assert_eq!(token_charges(&db, &customer).await, 480);
+
+    // replayed again (the usage stream too, whose n1 is committed and d1, d2 imported)
+    let mut again = Importer::start(&db, import(now_ms + 2000))
+        .await
+        .expect("starts");
+    again
+        .add_stream(&js, &env.nats.dlq_stream, &env.nats.stream, (1, 50))
+        .await
+        .expect("replays");
+    again
+        .add_stream(&js, &env.nats.stream, &env.nats.stream, (1, 50))
+        .await
+        .expect("replays");
+    let rerun = again.finish();
+    assert_eq!(
+        (rerun.events, rerun.imported, rerun.already_present),
+        (5, 0, 4),
+        "{rerun:?}"
+    );
+    assert_eq!(rerun.refused.get("outside_period"), Some(&1), "{rerun:?}");
+    tally_rater::rate_once(&db, &cat, &rater, now_ms + 3000)
+        .await
+        .expect("rating again");
+    assert_eq!(token_charges(&db, &customer).await, 480);
+
+    stop.cancel();
+    aggregator
+        .await
+        .expect("aggregator task")
+        .expect("aggregator stops cleanly");
     env.cleanup().await;
 }

@@ -365,7 +365,11 @@ fn refuse(req: &Valid, facts: &Facts) -> Result<Option<Correction>, CorrectionEr
             by: v.correction_id.clone(),
         });
     }
-    if facts.readings.is_empty() {
+    // an imported event (docs/INGEST.md "Backfill") counts by its backfill's deltas
+    let imported = winners(&facts.of_event)
+        .iter()
+        .any(|c| c.kind == crate::backfill::KIND);
+    if facts.readings.is_empty() && !imported {
         return Err(CorrectionError::EventNotFound {
             customer: req.customer.to_string(),
             agent: req.agent.to_string(),

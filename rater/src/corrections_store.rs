@@ -76,9 +76,13 @@ pub async fn load(db: &Client, req: &Valid) -> Result<Facts, CorrectionError> {
         .await?;
     let of_event = of_event(db, customer, agent, event).await?;
     let same_id = same_id(db, customer, req.correction_id.as_str()).await?;
-    let target = match (&req.change, readings.first()) {
+    // an imported event's window is its import's (its deltas)
+    let target = match (&req.change, readings.first().or(deltas.first())) {
         (Change::Amend(data), Some(r)) => {
-            let event_type = event_type(db, req).await?;
+            let event_type = match event_type(db, req).await? {
+                t if t.is_empty() => imported_type(db, customer, &of_event).await?,
+                t => t,
+            };
             let meters = crate::registry_store::meters(db)
                 .await
                 .map_err(|e| CorrectionError::Meters(e.to_string()))?;
@@ -112,6 +116,33 @@ async fn event_type(db: &Client, req: &Valid) -> Result<String, CorrectionError>
         .bind(req.time_ms)
         .fetch_optional::<String>()
         .await?
+        .unwrap_or_default())
+}
+
+/// The type of an imported event: the `type` of the event its counted backfill stored (empty
+/// when none).
+async fn imported_type(
+    db: &Client,
+    customer: &str,
+    of_event: &[Correction],
+) -> Result<String, CorrectionError> {
+    let Some(b) = crate::corrections::winners(of_event)
+        .into_iter()
+        .find(|c| c.kind == crate::backfill::KIND)
+    else {
+        return Ok(String::new());
+    };
+    let stored = same_id(db, customer, &b.correction_id)
+        .await?
+        .map(|(_, data)| data)
+        .unwrap_or_default();
+    #[derive(serde::Deserialize)]
+    struct Typed {
+        #[serde(rename = "type")]
+        event_type: String,
+    }
+    Ok(serde_json::from_str::<Typed>(&stored)
+        .map(|t| t.event_type)
         .unwrap_or_default())
 }
 

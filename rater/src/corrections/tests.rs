@@ -267,3 +267,38 @@ fn requests_are_checked_field_by_field() {
         "correction_id"
     );
 }
+
+#[test]
+fn an_imported_event_is_voided_or_amended_by_its_imports_deltas() {
+    // no committed readings: the backfill's delta is the event's reading
+    let facts = Facts {
+        deltas: vec![reading("tokens", "a", 100)],
+        of_event: vec![stored("bf:imp-1:0123456789abcdef", 1, "backfill")],
+        ..Facts::default()
+    };
+    let d = decide(&request("v-1", "void", None), &facts, "api:alice", 9).unwrap();
+    assert_eq!(deltas(&d), vec![("tokens".into(), "a".into(), -100, -1)]);
+    let Decision::Append(c, _) = d else {
+        unreachable!()
+    };
+    assert_eq!(c.revision, 2);
+    let amend = Facts {
+        target: vec![reading("tokens", "a", 40)],
+        ..facts.clone()
+    };
+    let d = decide(
+        &request("m-1", "amend", Some(r#"{"tokens":40}"#)),
+        &amend,
+        "x",
+        9,
+    )
+    .unwrap();
+    assert_eq!(deltas(&d), vec![("tokens".into(), "a".into(), -60, 0)]);
+    // without its import it is unknown
+    let none = Facts {
+        of_event: Vec::new(),
+        ..facts
+    };
+    let e = decide(&request("v-1", "void", None), &none, "x", 9).unwrap_err();
+    assert_eq!(e.code(), "event_not_found");
+}
