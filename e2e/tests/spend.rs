@@ -14,6 +14,9 @@
 //! - A prepaid wallet (grants written and made available by tally-payments' wallet pass)
 //!   holds like a budget: an agent on a wallet budget is denied once its usage and holds
 //!   reach the wallet, and resumes when a new grant arrives.
+//! - A hold its usage reduced stays reduced once across a restart of the decider (the same
+//!   batch read again from the feed does not reduce it again), and a released hold stays
+//!   released.
 
 use std::time::Duration;
 
@@ -179,6 +182,39 @@ async fn drop_spend_streams(env: &TestEnv) {
     ] {
         let _ = js.delete_stream(name).await;
     }
+}
+
+type Aggregator = tokio::task::JoinHandle<Result<(), tally_aggregator::RunError>>;
+
+/// A test environment with the catalog stored, `acme`'s hard amount budget `monthly` of
+/// `limit` (no thresholds) and an aggregator running (stop it with the returned shutdown).
+async fn budgeted_env(name: &str, limit: &str) -> (TestEnv, Shutdown, Aggregator) {
+    let env = TestEnv::new(name).await;
+    store_catalog(&env).await;
+    let b = budget("acme", "monthly", Kind::Amount, None, limit, vec![]);
+    budget::put(&env.db(), &b, false, "test", now_ms())
+        .await
+        .expect("budget stored");
+    let stop_agg = Shutdown::new();
+    let agg = start_aggregator(&env, aggregator_config(), stop_agg.clone()).await;
+    (env, stop_agg, agg)
+}
+
+/// Stops the decider (if any) and the aggregator, then removes the test's streams and data.
+async fn stop_all(
+    env: TestEnv,
+    decider: Option<(Shutdown, tokio::task::JoinHandle<()>)>,
+    stop_agg: Shutdown,
+    agg: Aggregator,
+) {
+    if let Some((stop, decider)) = decider {
+        stop.cancel();
+        decider.await.expect("decider stopped");
+    }
+    stop_agg.cancel();
+    let _ = agg.await;
+    drop_spend_streams(&env).await;
+    env.cleanup().await;
 }
 
 fn budget(
@@ -487,12 +523,7 @@ async fn an_agent_spends_until_denied_then_resumes_after_a_top_up() {
         .expect("usage read");
     assert_eq!(calls, 50);
 
-    stop.cancel();
-    decider.await.expect("decider stopped");
-    stop_agg.cancel();
-    let _ = agg.await;
-    drop_spend_streams(&env).await;
-    env.cleanup().await;
+    stop_all(env, Some((stop, decider)), stop_agg, agg).await;
 }
 
 /// The deciders compute the period's invoice id (whose wallet reservation they add back) with
@@ -633,12 +664,7 @@ async fn an_agent_on_a_prepaid_wallet_stops_when_it_is_used_and_resumes_with_a_n
     assert_eq!(dec(&last["budgets"][0]["limit"]), d("0.50"), "{last}");
     assert_eq!(dec(&last["budgets"][0]["remaining"]), d("0"), "{last}");
 
-    stop.cancel();
-    decider.await.expect("decider stopped");
-    stop_agg.cancel();
-    let _ = agg.await;
-    drop_spend_streams(&env).await;
-    env.cleanup().await;
+    stop_all(env, Some((stop, decider)), stop_agg, agg).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1020,18 +1046,11 @@ fn api_addr(config: &std::path::Path) -> std::net::SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn holds_survive_kill_9_and_never_leak_and_a_restart_rebuilds_the_same_balance() {
-    let env = TestEnv::new("spend_kill").await;
-    store_catalog(&env).await;
+    // 0.40 USD: 20 tool calls at 0.02
+    let (env, stop_agg, agg) = budgeted_env("spend_kill", "0.40").await;
     let db = env.db();
     let acme = customer("acme");
     let bot = agent("bot-1");
-    // 0.40 USD: 20 tool calls at 0.02
-    let b = budget("acme", "monthly", Kind::Amount, None, "0.40", vec![]);
-    budget::put(&db, &b, false, "test", now_ms())
-        .await
-        .expect("budget stored");
-    let stop_agg = Shutdown::new();
-    let agg = start_aggregator(&env, aggregator_config(), stop_agg.clone()).await;
     let cfg = spend_config(&env);
     let dir = std::env::temp_dir().join(format!("tally-spend-{}", env.nats.stream));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -1203,4 +1222,76 @@ async fn holds_survive_kill_9_and_never_leak_and_a_restart_rebuilds_the_same_bal
     drop_spend_streams(&env).await;
     let _ = std::fs::remove_dir_all(&dir);
     env.cleanup().await;
+}
+
+/// A hold its usage reduced is reduced once, also across a restart of the decider: the
+/// restarted decider replays the journal (the hold as reduced, with the batch that reduced
+/// it) and re-reads the feed from 30 s before the join point, so the same batch settles the
+/// hold again; it must leave it at what the work may still use. A released hold stays
+/// released. Before, the hold of 5 calls reduced to 3 by 2 calls became 1 at the restart and
+/// 6 calls were admitted against a 0.20 budget with 0.10 left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partly_settled_hold_is_not_reduced_again_after_a_restart() {
+    // 0.20 USD: 10 tool calls at 0.02
+    let (env, stop_agg, agg) = budgeted_env("spend_resettle", "0.20").await;
+    let acme = customer("acme");
+    let bot = agent("bot-1");
+    let cfg = spend_config(&env);
+    let stop = Shutdown::new();
+    let decider = start_decider(&env, &cfg, stop.clone()).await;
+    let client = async_nats::connect(&env.nats.url).await.expect("NATS");
+    let sdk = sdk(&env, &cfg).await;
+    wait_answering(&sdk, &acme).await;
+    let js = async_nats::jetstream::new(client.clone());
+    let mut publisher = Publisher::new(js, &env.nats.subject_prefix, 64);
+
+    let mut req = AuthorizeRequest::new("tool_calls", d("5"));
+    req.deadline_ms = Some(120_000);
+    let work = sdk.authorize(&acme, &bot, &req).await.expect("answer");
+    assert!(work.allow, "{work:?}");
+    let hold = work.hold_id.clone().expect("a hold");
+    // a second hold, given back
+    let other = sdk
+        .authorize(&acme, &bot, &AuthorizeRequest::new("tool_calls", d("1")))
+        .await
+        .expect("answer");
+    let other_hold = other.hold_id.clone().expect("a hold");
+    assert!(sdk
+        .release(&acme, &bot, &other_hold)
+        .await
+        .expect("release answered"));
+    report_calls(&mut publisher, &acme, &bot, 2, Some(&hold)).await;
+    wait_balance(&sdk, &acme, "the hold settled to 3 calls", |b| {
+        b["holds"] == 1 && dec(&b["spend"]) == d("0.04") && dec(&b["held_amount"]) == d("0.06")
+    })
+    .await;
+
+    stop.cancel();
+    decider.await.expect("decider stopped");
+    let stop = Shutdown::new();
+    let decider = start_decider(&env, &cfg, stop.clone()).await;
+    wait_balance(&sdk, &acme, "rebuilt", |b| dec(&b["spend"]) == d("0.04")).await;
+    // the feed's notices from 30 s before the join point are read again meanwhile
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = sdk
+        .balance(&acme)
+        .await
+        .expect("balance")
+        .expect("answered");
+    assert_eq!(after["holds"], 1, "{after}");
+    assert_eq!(dec(&after["held_amount"]), d("0.06"), "{after}");
+    // 0.20 − 0.04 spent − 0.06 held = 0.10: 6 calls (0.12) are denied, 5 fit
+    let six = sdk
+        .authorize(&acme, &bot, &AuthorizeRequest::new("tool_calls", d("6")))
+        .await
+        .expect("answer");
+    assert_eq!(six.reason.as_deref(), Some("budget_exceeded"), "{six:?}");
+    assert_eq!(six.remaining, Some(d("0.10")), "{six:?}");
+    let five = sdk
+        .authorize(&acme, &bot, &AuthorizeRequest::new("tool_calls", d("5")))
+        .await
+        .expect("answer");
+    assert!(five.allow, "{five:?}");
+
+    stop_all(env, Some((stop, decider)), stop_agg, agg).await;
 }
