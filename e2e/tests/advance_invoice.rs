@@ -15,7 +15,9 @@
 //!   and no fee.
 //! - `late` (from Nov 11): on Nov 12 the rest of November, 30 x 20/30 = 2000, is a finalized
 //!   invoice of its own (period Nov 11 - Nov 11); its 5000 tokens (1000) wait for November's
-//!   invoice, which on Dec 2 is final with them and December's fee: 1000 + 3000 = 4000.
+//!   invoice, which on Dec 2 is final with them and December's fee: 1000 + 3000 = 4000. Its
+//!   12 tool calls (the fee's meter) bill nothing more, and reconciliation finds no
+//!   difference.
 
 use tally_e2e::meters;
 use tally_invoicer::numbering::Numbers;
@@ -157,6 +159,19 @@ async fn an_in_advance_fee_is_on_the_invoice_finalized_at_its_period_start_and_c
     let running = catalog(CATALOG);
     tokens(&db, "quits", NOV_1 + 4 * DAY, "2500", "q1").await;
     tokens(&db, "late", NOV_11 + DAY / 2, "5000", "l1").await;
+    // late's own tool calls: usage of the fee's meter bills nothing more
+    let search = [("tool", "search")];
+    tally_platform::testkit::commit_window(
+        &db,
+        "late",
+        "tool_calls",
+        "COUNT",
+        NOV_11 + DAY,
+        &search,
+        "12",
+        "l2",
+    )
+    .await;
 
     // November 2nd: quits's November fee is on October's invoice, final one grace after
     // November began (its usage, on the 5th, is still to come)
@@ -225,5 +240,13 @@ async fn an_in_advance_fee_is_on_the_invoice_finalized_at_its_period_start_and_c
         .collect();
     lines.sort();
     assert_eq!(lines, vec![("llm_tokens", 1000), ("tool_calls", 3000)]);
+
+    // reconciliation: usage, charges, invoices and the credit note agree; the 12 tool calls
+    // are not a difference against the fee charged in advance on November's invoice
+    let r = tally_invoicer::reconcile::run(&db, (OCT_1 - DAY) * 1000)
+        .await
+        .expect("reconcile");
+    assert_eq!(r.difference_minor, 0, "{r:#?}");
+    assert!(r.quantity_differences.is_empty(), "{r:#?}");
     env.cleanup().await;
 }

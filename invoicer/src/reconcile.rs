@@ -3,7 +3,9 @@
 //!
 //! - usage → charges: for additive meters (SUM, COUNT), the committed quantity of
 //!   (customer, meter, period) (read for the charges' periods only, `tally_platform::usage`)
-//!   against the quantity of its charges.
+//!   against the quantity of its charges. A fee billed in advance is left out: its charge
+//!   sits on the invoice of the period before the one it pays for and carries no usage (its
+//!   usage span starts where that invoice period ends, which no usage charge's does).
 //! - charges → invoices: for every invoice (latest version), the charges of its period in its
 //!   currency (a period billed in several currencies has an invoice per currency) against its
 //!   usage lines; for a finalized invoice, what changed since (late usage) must be
@@ -169,7 +171,8 @@ async fn usage_vs_charges(
     let charged: Vec<Charged> = db
         .query(
             "SELECT customer, meter, toUInt32(period_start), toUInt32(period_end), sum(quantity) \
-             FROM v_charges WHERE period_end > toDateTime(?) GROUP BY customer, meter, period_start, period_end",
+             FROM v_charges WHERE period_end > toDateTime(?) AND usage_from < period_end \
+             GROUP BY customer, meter, period_start, period_end",
         )
         .bind(since)
         .fetch_all()
