@@ -62,6 +62,8 @@ struct SoFar {
     amount_minor: i64,
     before_minor: i64,
     tax_minor: i64,
+    /// Credit notes already issued for the charge (amount plus tax), part of a new note's id.
+    credited_minor: i64,
 }
 
 /// Finds late usage at `now_ms`: issues the credit notes (lowered charges) and returns the
@@ -217,6 +219,20 @@ fn named(corrections: &[String]) -> String {
     }
 }
 
+/// A late-usage note's id: the charge and the amounts it lowers to, and, once notes were
+/// issued for the charge, their sum. A charge lowered, raised again (an adjustment) and lowered
+/// to the same amount once more (a chain of amends) gets a second note, never the first one's
+/// id again (which `v_credit_notes` would keep as the first, dropping the second).
+fn note_id(c: &ChargeLine, was: SoFar) -> String {
+    let (amount, tax) = (c.amount_minor.to_string(), c.tax_minor.to_string());
+    if was.credited_minor == 0 {
+        credit_notes::id(&["late", &c.charge_id, &amount, &tax])
+    } else {
+        let credited = was.credited_minor.to_string();
+        credit_notes::id(&["late", &c.charge_id, &amount, &tax, &credited])
+    }
+}
+
 fn credit_note(
     c: &ChargeLine,
     invoice_id: &str,
@@ -239,12 +255,7 @@ fn credit_note(
         )
     };
     CreditNote {
-        credit_note_id: credit_notes::id(&[
-            "late",
-            &c.charge_id,
-            &c.amount_minor.to_string(),
-            &c.tax_minor.to_string(),
-        ]),
+        credit_note_id: note_id(c, was),
         invoice_id: invoice_id.to_owned(),
         charge_id: c.charge_id.clone(),
         customer: c.customer.clone(),
@@ -303,6 +314,7 @@ async fn billed(
                     amount_minor: b.amount_minor,
                     before_minor: b.before_minor,
                     tax_minor: b.tax_minor,
+                    credited_minor: 0,
                 },
             )
         })
@@ -312,6 +324,10 @@ async fn billed(
         e.amount_minor -= c.amount_minor;
         e.before_minor -= c.amount_minor;
         e.tax_minor -= c.tax_minor;
+        e.credited_minor = e
+            .credited_minor
+            .saturating_add(c.amount_minor)
+            .saturating_add(c.tax_minor);
     }
     Ok(out)
 }
@@ -334,4 +350,65 @@ pub fn take_for(
         !mine
     });
     taken
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn charge(minor: i64) -> ChargeLine {
+        ChargeLine {
+            charge_id: "chg_tokens".into(),
+            customer: "acme".into(),
+            period: Period {
+                start_ms: 0,
+                end_ms: 1_000,
+            },
+            meter: "tokens".into(),
+            group_key: "{}".into(),
+            group_names: vec![],
+            group_values: vec![],
+            plan_id: "p".into(),
+            plan_version: 1,
+            price_model: "per_unit".into(),
+            currency: "USD".into(),
+            quantity: Decimal::from(10),
+            unit_price: "0.5".into(),
+            tiers_json: "[]".into(),
+            amount_minor: minor,
+            amount_before_discounts_minor: minor,
+            tax_rate: String::new(),
+            tax_minor: 0,
+        }
+    }
+
+    /// 675 lowered to 390 (a note of 285), raised to 675 again (an adjustment), lowered to 390
+    /// once more: the second note has an id of its own, so both are kept.
+    #[test]
+    fn a_charge_lowered_twice_to_one_amount_gets_two_notes() {
+        let lowered = charge(390);
+        let first = SoFar {
+            amount_minor: 675,
+            ..SoFar::default()
+        };
+        let second = SoFar {
+            amount_minor: 675,
+            credited_minor: 285,
+            ..SoFar::default()
+        };
+        let a = credit_note(&lowered, "inv_1", first, 0, &[]);
+        let b = credit_note(&lowered, "inv_1", second, 0, &[]);
+        assert_eq!((a.amount_minor, b.amount_minor), (285, 285));
+        assert_ne!(a.credit_note_id, b.credit_note_id);
+        // a first note keeps the id it always had
+        assert_eq!(
+            a.credit_note_id,
+            credit_notes::id(&["late", "chg_tokens", "390", "0"])
+        );
+        // the same facts give the same id (a second invoicer, a retried pass)
+        assert_eq!(
+            b.credit_note_id,
+            credit_note(&lowered, "inv_1", second, 5, &[]).credit_note_id
+        );
+    }
 }
