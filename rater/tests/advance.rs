@@ -323,3 +323,37 @@ async fn a_cancellation_or_plan_change_mid_period_lowers_the_fee_to_the_used_par
     );
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn the_stored_catalog_keeps_billing_and_the_plan_json_shows_it_only_in_advance() {
+    let env = TestEnv::new("rater_advance_store").await;
+    let db = env.db();
+    let extra = r#"
+[[plans]]
+id = "plain"
+version = 1
+currency = "USD"
+effective_from = "2026-01-01T00:00:00Z"
+prices = [{ model = "flat", meter = "calls", amount = "30", billing = "in_arrears" }]
+"#;
+    common::store_catalog(&db, &format!("{PLANS}{extra}")).await;
+    let stored = common::stored_catalog(&db).await;
+    let price = |plan: &str| {
+        let p = stored.plan_at(plan, NOV_1 * 1000).expect("plan");
+        let calls = tally_domain::MeterSlug::new("calls").expect("slug");
+        p.prices.get(&calls).expect("calls price").clone()
+    };
+    // read back from ClickHouse's JSON: still in advance, and the API's JSON says so
+    assert!(price("adv").in_advance());
+    let json = serde_json::to_value(price("adv")).expect("json");
+    assert_eq!(json["billing"], "in_advance");
+    assert_eq!(json["amount"], "30");
+    // in arrears (said or not): not in advance, and the JSON stays as it was (no `billing`)
+    assert!(!price("plain").in_advance());
+    let json = serde_json::to_value(price("plain")).expect("json");
+    assert!(json.get("billing").is_none(), "{json}");
+    // rated from the stored catalog: the same fee at the same start
+    let report = common::rate_at(&db, &stored, NOV_11 + DAY / 2, 15).await;
+    assert_eq!(report.advance_charges, 5);
+    env.cleanup().await;
+}
