@@ -14,6 +14,8 @@
 //! - A prepaid wallet (grants written and made available by tally-payments' wallet pass)
 //!   holds like a budget: an agent on a wallet budget is denied once its usage and holds
 //!   reach the wallet, and resumes when a new grant arrives.
+//! - A customer pinned to a plan version, with a second product line: each meter's requests
+//!   are priced by its line and the pinned version against the customer's budget.
 //! - A hold its usage reduced stays reduced once across a restart of the decider (the same
 //!   batch read again from the feed does not reduce it again), and a released hold stays
 //!   released.
@@ -70,16 +72,23 @@ fn source() -> CatalogSource {
 
 /// Stores the meters and the plan, as `tally-rater` bootstraps them.
 async fn store_catalog(env: &TestEnv) {
+    store_catalog_with(env, "").await;
+}
+
+/// Stores the meters, the plan and the `[[plans]]` and `[[subscriptions]]` of `more` (TOML).
+async fn store_catalog_with(env: &TestEnv, more: &str) {
     #[derive(serde::Deserialize)]
     struct F {
         plans: Vec<tally_rater::config::PlanSpec>,
+        #[serde(default)]
+        subscriptions: Vec<tally_rater::config::SubscriptionSpec>,
     }
-    let plans = toml::from_str::<F>(PLAN).expect("plan TOML").plans;
+    let f = toml::from_str::<F>(&format!("{PLAN}\n{more}")).expect("plan TOML");
     let db = env.db();
     tally_rater::registry_store::bootstrap(&db, &[], &meter_specs(), 0)
         .await
         .expect("stored meters");
-    tally_rater::catalog_store::bootstrap(&db, &plans, &[], 0)
+    tally_rater::catalog_store::bootstrap(&db, &f.plans, &f.subscriptions, 0)
         .await
         .expect("stored plan");
 }
@@ -1294,4 +1303,104 @@ async fn a_partly_settled_hold_is_not_reduced_again_after_a_restart() {
     assert!(five.allow, "{five:?}");
 
     stop_all(env, Some((stop, decider)), stop_agg, agg).await;
+}
+
+/// `acme` has two product lines: `llm` pinned to version 1 (0.01 a token; version 2, in
+/// force for everyone else, costs 0.02) and `tools` on its own line (0.02 a call). The
+/// decider prices each meter by its line and the pinned version, as the rater bills them:
+/// with a 1.00 budget, 51 calls (1.02) are denied and 50 fit, 100 tokens (1.00 at version 1)
+/// fit and 101 do not. Before, the decider priced calls at 0 (only the first line counted)
+/// and tokens at version 2 (100 tokens denied).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_version_and_a_second_product_line_price_the_live_spend() {
+    let env = TestEnv::new("spend_lines").await;
+    store_catalog_with(
+        &env,
+        r#"
+[[plans]]
+id = "llm"
+version = 1
+currency = "USD"
+effective_from = "2020-01-01T00:00:00Z"
+prices = [{ model = "per_unit", meter = "llm_tokens", unit_price = "0.01" }]
+
+[[plans]]
+id = "llm"
+version = 2
+currency = "USD"
+effective_from = "2020-06-01T00:00:00Z"
+prices = [{ model = "per_unit", meter = "llm_tokens", unit_price = "0.02" }]
+
+[[plans]]
+id = "tools"
+version = 1
+currency = "USD"
+effective_from = "2020-01-01T00:00:00Z"
+prices = [{ model = "per_unit", meter = "tool_calls", unit_price = "0.02" }]
+entitlements = { features = ["browse"] }
+
+[[subscriptions]]
+customer = "acme"
+plan = "llm"
+plan_version = 1
+effective_from = "2020-01-01T00:00:00Z"
+
+[[subscriptions]]
+customer = "acme"
+plan = "tools"
+line = "tools"
+effective_from = "2020-01-01T00:00:00Z"
+"#,
+    )
+    .await;
+    let b = budget("acme", "monthly", Kind::Amount, None, "1.00", vec![]);
+    budget::put(&env.db(), &b, false, "test", now_ms())
+        .await
+        .expect("budget stored");
+    let cfg = spend_config(&env);
+    let stop = Shutdown::new();
+    let decider = start_decider(&env, &cfg, stop.clone()).await;
+    let sdk = sdk(&env, &cfg).await;
+    let (acme, bot) = (customer("acme"), agent("bot-1"));
+    let balance = wait_answering(&sdk, &acme).await;
+    assert_eq!(
+        balance["entitlements"]["plan"], "llm v1, tools v1",
+        "{balance}"
+    );
+    let ask = |meter: &'static str, q: &'static str| {
+        let (sdk, acme, bot) = (&sdk, &acme, &bot);
+        async move {
+            sdk.authorize(acme, bot, &AuthorizeRequest::new(meter, d(q)))
+                .await
+                .expect("answer")
+        }
+    };
+    let denied = ask("tool_calls", "51").await;
+    assert_eq!(
+        denied.reason.as_deref(),
+        Some("budget_exceeded"),
+        "{denied:?}"
+    );
+    assert_eq!(denied.remaining, Some(d("1.00")), "{denied:?}");
+    let calls = ask("tool_calls", "50").await;
+    assert!(calls.allow, "{calls:?}");
+    assert_eq!(calls.remaining, Some(d("0")), "{calls:?}");
+    assert!(sdk
+        .release(&acme, &bot, &calls.hold_id.expect("a hold"))
+        .await
+        .expect("release answered"));
+    let denied = ask("llm_tokens", "101").await;
+    assert_eq!(
+        denied.reason.as_deref(),
+        Some("budget_exceeded"),
+        "{denied:?}"
+    );
+    let tokens = ask("llm_tokens", "100").await;
+    assert!(tokens.allow, "{tokens:?}");
+    assert_eq!(tokens.remaining, Some(d("0")), "{tokens:?}");
+
+    stop.cancel();
+    decider.await.expect("decider stopped");
+    drop_spend_streams(&env).await;
+    env.cleanup().await;
 }
