@@ -151,12 +151,23 @@ fn rfc3339(ms: i64) -> String {
 
 pub(crate) use tally_platform::http::{error, json};
 
+/// What a change through `path` needs: corrections and backfills change what customers are
+/// billed (the invoicer turns them into credit notes and adjustments), so they are invoice
+/// operations, not catalog edits; every other change edits the catalog.
+fn writes(path: &str) -> Permission {
+    if path.starts_with("/v1/corrections") || path.starts_with("/v1/backfill") {
+        Permission::OperateInvoices
+    } else {
+        Permission::EditCatalog
+    }
+}
+
 /// Authenticates, then routes; changes are audited.
 async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() == Method::GET && req.uri().path() == "/v1/openapi.json" {
         return openapi_reply();
     }
-    let who = match hook::authorize(&state.auth, &req, Permission::EditCatalog).await {
+    let who = match hook::authorize(&state.auth, &req, writes(req.uri().path())).await {
         Ok(who) => who,
         Err(refused) => return refused,
     };

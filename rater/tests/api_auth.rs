@@ -109,6 +109,23 @@ async fn the_catalog_changes_only_for_a_catalog_editor_and_every_change_names_it
     );
     assert_eq!(rows[0].request_id, rows[1].request_id);
 
+    // corrections and backfills change what is billed: an invoice operator's, not a catalog
+    // editor's (nor a reader's); the operator gets past the role check to the validation
+    let void = r#"{"kind":"void","customer":"acme","source":"s","id":"e-1","time":"2026-11-02T00:00:00Z"}"#;
+    for path in ["/v1/corrections", "/v1/backfill"] {
+        for t in [&editor, &reader, &keys] {
+            let (status, body) = request_as(addr, Some(t), "POST", path, void).await;
+            assert_eq!(
+                (status, body["code"].as_str()),
+                (403, Some("forbidden")),
+                "{path}: {body}"
+            );
+        }
+        let (status, body) = request_as(addr, Some(&operator), "POST", path, void).await;
+        assert_ne!(status, 403, "{path}: {body}");
+        assert_ne!(status, 401, "{path}: {body}");
+    }
+
     // the document is public and states the scheme
     let (status, doc) = request_as(addr, None, "GET", "/v1/openapi.json", "").await;
     assert_eq!(status, 200);
