@@ -377,3 +377,106 @@ async fn serve_rates_on_its_schedule_until_sigterm() {
     let _ = std::fs::remove_dir_all(&dir);
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_imports_a_file_once_and_the_next_pass_prices_it_at_the_default_lookback() {
+    let env = TestEnv::new("rater_backfill_cli").await;
+    let dir = tally_platform::own_server::temp_dir("rater-backfill").expect("a temp dir");
+    let config = dir.join("rater.toml");
+    std::fs::write(&config, FILE).expect("config written");
+    let event = |id: &str, ty: &str, time: &str, data: &str| {
+        format!(
+            r#"{{"specversion":"1.0","id":"{id}","source":"bot","subject":"acme","type":"{ty}","time":"{time}","data":{data}}}"#
+        )
+    };
+    let file = dir.join("january.jsonl");
+    let lines = [
+        event(
+            "h1",
+            "llm.tokens",
+            "2026-01-05T10:00:00Z",
+            r#"{"tokens":1000000,"model":"gpt-4o","kind":"input"}"#,
+        ),
+        event("h2", "tool.call", "2026-01-06T10:00:00Z", "{}"),
+        String::new(),
+        event(
+            "h3",
+            "llm.tokens",
+            "2026-02-01T00:00:00Z",
+            r#"{"tokens":5,"model":"gpt-4o","kind":"input"}"#,
+        ),
+    ];
+    std::fs::write(&file, lines.join("\n")).expect("file written");
+    let file = file.to_str().expect("a path");
+    let import = [
+        "backfill",
+        "--import-id",
+        "jan-2026",
+        "--file",
+        file,
+        "--from",
+        "2026-01-01T00:00:00Z",
+        "--to",
+        "2026-02-01T00:00:00Z",
+        "--reason",
+        "migrated",
+        "--actor",
+        "ops",
+    ];
+    let report = |out: Output| -> serde_json::Value {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("a JSON report")
+    };
+    let first = report(rater(&env, &config, &import).output().expect("runs"));
+    assert_eq!(
+        (first["events"].as_u64(), first["imported"].as_u64()),
+        (Some(3), Some(2)),
+        "{first}"
+    );
+    assert_eq!(
+        first["refused"],
+        serde_json::json!({"outside_period": 1}),
+        "{first}"
+    );
+    assert_eq!(first["examples"][0]["at"], 3, "{first}");
+    let again = report(rater(&env, &config, &import).output().expect("runs"));
+    assert_eq!(
+        (
+            again["imported"].as_u64(),
+            again["already_present"].as_u64()
+        ),
+        (Some(0), Some(2)),
+        "{again}"
+    );
+    // now, at the default two-day lookback: January is priced because it was imported into.
+    // By hand: 1,000,000 input tokens of gpt-4o at 0.0000025 = 250 cents, one call 2 cents
+    let priced = charges(&rater(&env, &config, &["once"]).output().expect("runs"));
+    let mut amounts: Vec<(String, i64)> = priced
+        .values()
+        .filter(|c| c["customer"] == "acme")
+        .map(|c| {
+            (
+                c["meter"].as_str().expect("a meter").to_owned(),
+                c["amount_minor"].as_i64().expect("an amount"),
+            )
+        })
+        .collect();
+    amounts.sort();
+    assert_eq!(
+        amounts,
+        [("calls".to_owned(), 2), ("tokens".to_owned(), 250)]
+    );
+    let actors: Vec<String> = env
+        .db()
+        .query("SELECT DISTINCT actor FROM usage_corrections")
+        .fetch_all()
+        .await
+        .expect("corrections");
+    assert_eq!(actors, ["cli:ops"]);
+    let _ = std::fs::remove_dir_all(&dir);
+    env.cleanup().await;
+}

@@ -16,7 +16,13 @@ fn help_version_and_unknown_flags() {
         Case {
             bin: RATER,
             command: &[],
-            help: &["serve", "once", "explain", "[env: TALLY_CONFIG=]"],
+            help: &[
+                "serve",
+                "once",
+                "explain",
+                "backfill",
+                "[env: TALLY_CONFIG=]",
+            ],
         },
         Case {
             bin: RATER,
@@ -36,6 +42,21 @@ fn help_version_and_unknown_flags() {
                 "--charge <CHARGE_ID>",
                 "--format <FORMAT>",
                 "[default: text] [possible values: text, json]",
+            ],
+        },
+        Case {
+            bin: RATER,
+            command: &["backfill"],
+            help: &[
+                "--import-id <ID>",
+                "--file <FILE>",
+                "--stream <NAME>",
+                "--from-seq <N>",
+                "--to-seq <M>",
+                "--from <RFC3339>",
+                "--to <RFC3339>",
+                "--reason <REASON>",
+                "[default: operator]",
             ],
         },
         Case {
