@@ -474,6 +474,23 @@ async fn a_void_applies_to_a_sealed_day_and_the_rater_prices_it() {
         "correction_id": "v-1", "kind": "void", "customer": "acme", "source": "bot-1", "id": "e1",
         "time": time, "reason": "sealed"}))
         .expect("request");
+    // an amend of an event whose raw row is not kept cannot read the new data: refused, and
+    // nothing is written (it used to remove the whole event while recorded as an amend)
+    let amend: tally_rater::corrections::CorrectionRequest =
+        serde_json::from_value(serde_json::json!({
+        "correction_id": "a-1", "kind": "amend", "customer": "acme", "source": "bot-1", "id": "e1",
+        "time": time, "reason": "sealed",
+        "data": {"tokens": 500_000, "model": "gpt-4o", "kind": "output"}}))
+        .expect("request");
+    let refused = tally_rater::corrections_store::correct(
+        &db,
+        &amend.validate().expect("valid"),
+        "api:alice",
+        0,
+    )
+    .await
+    .expect_err("an amend without the event's type is refused");
+    assert_eq!(refused.code(), "invalid_correction", "{refused}");
     let valid = req.validate().expect("valid");
     let (c, appended) = tally_rater::corrections_store::correct(&db, &valid, "api:alice", 0)
         .await

@@ -83,6 +83,16 @@ pub async fn load(db: &Client, req: &Valid) -> Result<Facts, CorrectionError> {
                 t if t.is_empty() => imported_type(db, customer, &of_event).await?,
                 t => t,
             };
+            // without its type no meter reads the new data: amending would void the event
+            if event_type.is_empty() {
+                return Err(CorrectionError::Invalid {
+                    field: "data",
+                    detail: "the event's stored type is unknown (its raw row is not kept), so \
+                             its new data cannot be read; void it and import the corrected \
+                             event (POST /v1/backfill) instead"
+                        .into(),
+                });
+            }
             let meters = crate::registry_store::meters(db)
                 .await
                 .map_err(|e| CorrectionError::Meters(e.to_string()))?;
