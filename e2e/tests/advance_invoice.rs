@@ -145,6 +145,7 @@ struct Note {
     invoice_id: String,
     customer: String,
     amount_minor: i64,
+    reason: String,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,6 +180,7 @@ async fn an_in_advance_fee_is_on_the_invoice_finalized_at_its_period_start_and_c
     assert_eq!(got, vec![inv("quits", OCT_1, NOV_1, "finalized", 3000)]);
     let charged_on = invoices[0].invoice_id.clone();
     let fee = &invoices[0].lines;
+    let fee_id = fee[0].charge_id.clone();
     assert_eq!(fee.len(), 1);
     assert_eq!(
         (
@@ -215,7 +217,7 @@ async fn an_in_advance_fee_is_on_the_invoice_finalized_at_its_period_start_and_c
     );
     let notes: Vec<Note> = db
         .query(
-            "SELECT invoice_id, customer, amount_minor FROM v_credit_notes \
+            "SELECT invoice_id, customer, amount_minor, reason FROM v_credit_notes \
              ORDER BY customer, invoice_id",
         )
         .fetch_all()
@@ -226,7 +228,10 @@ async fn an_in_advance_fee_is_on_the_invoice_finalized_at_its_period_start_and_c
         vec![Note {
             invoice_id: charged_on,
             customer: "quits".into(),
-            amount_minor: 1000
+            amount_minor: 1000,
+            reason: format!(
+                "subscription changed: unused part of fee {fee_id} of tool_calls credited"
+            ),
         }]
     );
 

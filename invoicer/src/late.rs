@@ -244,7 +244,14 @@ fn credit_note(
         was.amount_minor - c.amount_minor,
         was.tax_minor - c.tax_minor,
     );
-    let reason = if corrections.is_empty() {
+    let reason = if corrections.is_empty() && c.price_model == "flat" {
+        // a fee does not follow usage: the subscription changed after it was invoiced (a
+        // cancellation, plan change or pause shortening a fee billed in advance)
+        format!(
+            "subscription changed: unused part of fee {} of {} credited",
+            c.charge_id, c.meter
+        )
+    } else if corrections.is_empty() {
         format!("late usage lowered charge {} of {}", c.charge_id, c.meter)
     } else {
         format!(
