@@ -171,6 +171,7 @@ async fn two_racing_voids_of_one_event_count_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_void_after_finalization_gives_a_credit_note_naming_the_correction_once() {
+    use serde_json::Value::Null;
     let env = TestEnv::new("e2e_corrections").await;
     let stop = Shutdown::new();
     let aggregator = start_aggregator(&env, aggregator_config(), stop.clone()).await;
@@ -372,6 +373,32 @@ async fn a_void_after_finalization_gives_a_credit_note_naming_the_correction_onc
         invoices(&db, &customer).await,
         before,
         "the invoice never changes"
+    );
+    // the list, a page at a time by correction id: m-1 then v-1, each counted
+    let page = |q: &str| format!("/v1/customers/{customer}/corrections?{q}");
+    let (status, first) = api_call(addr, Some(&token), &page("limit=1"), &Null).await;
+    assert_eq!(status, 200, "{first}");
+    let (_, second) = api_call(addr, Some(&token), &page("limit=1&after=m-1"), &Null).await;
+    let (_, last) = api_call(addr, Some(&token), &page("limit=1&after=v-1"), &Null).await;
+    let ids = |b: &serde_json::Value| -> Vec<(String, bool)> {
+        b.as_array()
+            .expect("a list")
+            .iter()
+            .map(|c| {
+                (
+                    c["correction_id"].as_str().unwrap_or_default().to_owned(),
+                    c["counts"] == true,
+                )
+            })
+            .collect()
+    };
+    assert_eq!(ids(&first), [("m-1".to_owned(), true)]);
+    assert_eq!(ids(&second), [("v-1".to_owned(), true)]);
+    assert!(ids(&last).is_empty(), "{last}");
+    let (status, body) = api_call(addr, Some(&token), &page("limit=5000"), &Null).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_parameter"))
     );
 
     stop.cancel();

@@ -255,7 +255,7 @@ async fn dispatch(
         Op::Rates => crate::api_rates::route(state, req, &path).await,
         Op::Explain => explain_charge(state, &params[0]).await,
         Op::Correct => crate::api_corrections::post(state, req, who).await,
-        Op::Corrections => crate::api_corrections::list(state, &params[0]).await,
+        Op::Corrections => crate::api_corrections::list(state, &params[0], req.uri().query()).await,
         Op::Backfill => crate::api_backfill::post(state, req, who).await,
         Op::Catalog => match state.source.current(&state.db).await {
             Ok(catalog) => catalog_route(&catalog, &path),

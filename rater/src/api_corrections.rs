@@ -7,8 +7,11 @@
 //!   voided the event), `correction_exists` (the id names another correction),
 //!   `correction_conflict` (a racing correction of the event counts instead), 422
 //!   `not_correctable` (a meter that is not a SUM), 503 `unavailable`.
-//! - `GET /v1/customers/{id}/corrections`: the customer's corrections, oldest first, each
-//!   with `counts` (false for the loser of a race).
+//! - `GET /v1/customers/{id}/corrections`: the customer's corrections by correction id, a
+//!   page at a time (`limit`, default 100, at most 1000; `after`, the last id of the previous
+//!   page), each with `counts` (false for the loser of a race); 400 `invalid_parameter`.
+
+use std::collections::{BTreeSet, HashMap};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -103,23 +106,119 @@ pub(crate) async fn post(state: &ApiState, req: Request<Incoming>, who: &Princip
 }
 
 /// `GET /v1/customers/{id}/corrections`.
-pub(crate) async fn list(state: &ApiState, customer: &str) -> Reply {
-    let all = match corrections_store::of_customer(&state.db, customer).await {
+pub(crate) async fn list(state: &ApiState, customer: &str, query: Option<&str>) -> Reply {
+    let page = match Page::parse(query) {
+        Ok(page) => page,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_parameter", e),
+    };
+    let listed =
+        match corrections_store::of_customer(&state.db, customer, &page.after, page.limit).await {
+            Ok(listed) => listed,
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
+        };
+    // whether each counts depends on every correction of its event, on this page or not
+    let events: BTreeSet<(&str, &str)> = listed
+        .iter()
+        .map(|c| (c.agent.as_str(), c.event_id.as_str()))
+        .collect();
+    let events: Vec<(&str, &str)> = events.into_iter().collect();
+    let all = match corrections_store::of_events(&state.db, customer, &events).await {
         Ok(all) => all,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
     };
-    let views: Vec<CorrectionView<'_>> = all
+    let mut by_event: HashMap<(&str, &str), Vec<Correction>> = HashMap::new();
+    for c in &all {
+        by_event
+            .entry((c.agent.as_str(), c.event_id.as_str()))
+            .or_default()
+            .push(c.clone());
+    }
+    let views: Vec<CorrectionView<'_>> = listed
         .iter()
         .map(|c| {
-            let same_event: Vec<Correction> = all
-                .iter()
-                .filter(|o| o.agent == c.agent && o.event_id == c.event_id)
-                .cloned()
-                .collect();
-            let counts = corrections::winner(&same_event, c)
+            let same_event = by_event
+                .get(&(c.agent.as_str(), c.event_id.as_str()))
+                .map_or(&[][..], Vec::as_slice);
+            let counts = corrections::winner(same_event, c)
                 .is_some_and(|w| w.correction_id == c.correction_id);
             view(c, counts)
         })
         .collect();
     json(StatusCode::OK, &views)
+}
+
+/// The most corrections one page lists, and the default.
+pub const PAGE_MAX: u32 = 1000;
+pub const PAGE_DEFAULT: u32 = 100;
+
+/// `?limit=N&after=<correction id>` of the list.
+#[derive(Debug, PartialEq, Eq)]
+struct Page {
+    limit: u32,
+    after: String,
+}
+
+impl Page {
+    fn parse(query: Option<&str>) -> Result<Page, String> {
+        let mut page = Page {
+            limit: PAGE_DEFAULT,
+            after: String::new(),
+        };
+        for piece in query
+            .unwrap_or_default()
+            .split('&')
+            .filter(|p| !p.is_empty())
+        {
+            match piece.split_once('=').unwrap_or((piece, "")) {
+                ("limit", v) => {
+                    page.limit = v
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=PAGE_MAX).contains(n))
+                        .ok_or_else(|| format!("limit: 1 to {PAGE_MAX}, not {v:?}"))?;
+                }
+                ("after", v) => {
+                    page.after = tally_domain::EventId::new(v.to_owned())
+                        .map_err(|e| format!("after: a correction id: {e}"))?
+                        .to_string();
+                }
+                (k, _) => return Err(format!("unknown parameter {k:?}; limit and after are")),
+            }
+        }
+        Ok(page)
+    }
+}
+
+#[cfg(test)]
+mod page_tests {
+    use super::*;
+
+    #[test]
+    fn a_page_is_bounded_and_its_cursor_is_a_correction_id() {
+        assert_eq!(
+            Page::parse(None),
+            Ok(Page {
+                limit: PAGE_DEFAULT,
+                after: String::new()
+            })
+        );
+        assert_eq!(
+            Page::parse(Some("limit=2&after=v-1")),
+            Ok(Page {
+                limit: 2,
+                after: "v-1".into()
+            })
+        );
+        let long = format!("after={}", "x".repeat(200));
+        for bad in [
+            "limit=0",
+            "limit=1001",
+            "limit=x",
+            "after=",
+            &long,
+            "offset=3",
+        ] {
+            assert!(Page::parse(Some(bad)).is_err(), "{bad}");
+        }
+    }
 }

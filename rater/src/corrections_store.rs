@@ -206,18 +206,47 @@ pub async fn of_event(
     .await
 }
 
-/// A customer's corrections (each once, counted or not), oldest first.
+/// A page of a customer's corrections (each once, counted or not), by correction id: at most
+/// `limit` after the id `after` (empty: from the first).
 pub async fn of_customer(
     db: &Client,
     customer: &str,
+    after: &str,
+    limit: u32,
 ) -> Result<Vec<Correction>, clickhouse::error::Error> {
     db.query(&format!(
-        "SELECT {CORRECTION_COLUMNS} FROM usage_corrections WHERE customer = ? \
-         ORDER BY created_ms, correction_id LIMIT 1 BY correction_id"
+        "SELECT {CORRECTION_COLUMNS} FROM usage_corrections \
+         WHERE customer = ? AND correction_id > ? \
+         ORDER BY correction_id, revision, created_ms LIMIT 1 BY correction_id LIMIT ?"
     ))
     .bind(customer)
+    .bind(after)
+    .bind(limit)
     .fetch_all()
     .await
+}
+
+/// Every correction of the customer's events `events` ((source, id) pairs): what decides
+/// which of an event's corrections counts.
+pub async fn of_events(
+    db: &Client,
+    customer: &str,
+    events: &[(&str, &str)],
+) -> Result<Vec<Correction>, clickhouse::error::Error> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut q = db.query(&format!(
+        "SELECT {CORRECTION_COLUMNS} FROM usage_corrections \
+         WHERE customer = ? AND (agent, event_id) IN ({}) \
+         ORDER BY revision, correction_id, created_ms LIMIT 1 BY correction_id",
+        vec!["(?, ?)"; events.len()].join(", ")
+    ));
+    q = q.bind(customer);
+    for (agent, event) in events {
+        q = q.bind(*agent).bind(*event);
+    }
+    q.fetch_all().await
 }
 
 #[derive(clickhouse::Row, Serialize)]
