@@ -335,7 +335,7 @@ async fn a_file_of_a_finalized_month_is_imported_once_and_billed_as_an_adjustmen
     .await
     .expect("starts");
     again.add_lines(file.as_bytes()).await.expect("imports");
-    let rerun = again.finish();
+    let rerun = again.finish().await.expect("imports");
     assert_eq!(
         (rerun.events, rerun.imported, rerun.already_present),
         (9, 0, 6),
@@ -458,7 +458,7 @@ async fn too_late_events_of_an_outage_are_replayed_from_the_dead_letter_stream_o
         .add_stream(&js, &env.nats.dlq_stream, &env.nats.stream, (1, 50))
         .await
         .expect("replays");
-    let report = importer.finish();
+    let report = importer.finish().await.expect("imports");
     assert_eq!(
         (report.events, report.imported, report.already_present),
         (2, 2, 0),
@@ -482,7 +482,7 @@ async fn too_late_events_of_an_outage_are_replayed_from_the_dead_letter_stream_o
         .add_stream(&js, &env.nats.stream, &env.nats.stream, (1, 50))
         .await
         .expect("replays");
-    let rerun = again.finish();
+    let rerun = again.finish().await.expect("imports");
     assert_eq!(
         (rerun.events, rerun.imported, rerun.already_present),
         (5, 0, 4),

@@ -80,5 +80,8 @@ pub(crate) async fn post(
             return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e);
         }
     }
-    json(StatusCode::OK, &importer.finish())
+    match importer.finish().await {
+        Ok(report) => json(StatusCode::OK, &report),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
+    }
 }

@@ -1,24 +1,27 @@
 //! The storage side of a backfill (the rules are [`crate::backfill`]): parsing each event of
-//! the input, loading what is stored about it (its committed readings, the corrections of its
-//! identity, this import's correction of it; the reads of [`crate::corrections_store::load`],
-//! bounded by the event's time and customer), deciding, appending the `backfill` correction
-//! (its deltas, the event as imported, then the correction row), and re-reading the event's
-//! corrections so that the loser of a race with another import is reported as already
-//! present. Events are imported one at a time with the corrections (one lock per process).
+//! the input and importing them in batches of [`BATCH_EVENTS`]: loading what is stored about
+//! them (their committed readings, bounded by the batch's hours and customers; the corrections
+//! of their identities, this import's among them), deciding each, appending the `backfill`
+//! corrections (their deltas, the events as imported, then the correction rows), and
+//! re-reading the identities' corrections so that the loser of a race with another import is
+//! reported as already present. A batch is imported under the corrections' lock (one per
+//! process), so a correction and an import of the same event never interleave in a process.
 //! The inputs: an array (the API), JSON lines ([`Importer::add_lines`], a file, line by line
 //! under a bound) and a range of a JetStream stream ([`Importer::add_stream`]: the usage
 //! stream's messages, or the dead-letter stream's records, each replayed from the usage
 //! stream's whole message when it is still there).
 
+use std::collections::{HashMap, HashSet};
+
 use clickhouse::Client;
 use serde::Deserialize;
 use tally_domain::event::UsageEvent;
 use tally_domain::shape::{check_shape, DEPTH_MAX, STRING_MAX_BYTES};
-use tally_domain::{EventId, Meter};
+use tally_domain::Meter;
 use tokio::io::AsyncBufReadExt;
 
-use crate::backfill::{self, Decision, Facts, Import, Present, Refusal, Report};
-use crate::corrections::{self, Change, CorrectionError, Valid};
+use crate::backfill::{self, Decision, Facts, Import, Refusal, Report};
+use crate::corrections::{self, Correction, CorrectionError, Delta};
 use crate::corrections_store;
 
 /// Largest event accepted, in bytes (the gateway's default event bound).
@@ -45,12 +48,24 @@ struct DeadLetter {
     truncated: bool,
 }
 
+/// Events imported together: their facts read in three queries, their rows written in three
+/// inserts.
+pub const BATCH_EVENTS: usize = 500;
+
+/// A parsed event waiting for its batch.
+struct Pending {
+    at: u64,
+    event: UsageEvent,
+    text: String,
+}
+
 /// One import in progress: feed it the input's events with [`Importer::add`].
 pub struct Importer<'a> {
     db: &'a Client,
     import: Import,
     meters: Vec<Meter>,
     report: Report,
+    pending: Vec<Pending>,
 }
 
 impl<'a> Importer<'a> {
@@ -73,6 +88,7 @@ impl<'a> Importer<'a> {
             import,
             meters,
             report,
+            pending: Vec::new(),
         })
     }
 
@@ -81,18 +97,16 @@ impl<'a> Importer<'a> {
     /// import can be re-run: what was imported stays imported).
     pub async fn add(&mut self, at: u64, bytes: &[u8]) -> Result<(), CorrectionError> {
         self.report.events += 1;
-        let event = match parse(bytes) {
-            Ok(e) => e,
-            Err(r) => {
-                self.report.refuse(at, String::new(), r);
-                return Ok(());
-            }
-        };
-        let name = format!("{}/{}", event.agent.as_str(), event.id.as_str());
-        match self.one(&event, bytes).await? {
-            Decision::Append(..) => self.report.imported += 1,
-            Decision::Present(_) => self.report.already_present += 1,
-            Decision::Refused(r) => self.report.refuse(at, name, r),
+        match parse(bytes) {
+            Ok(event) => self.pending.push(Pending {
+                at,
+                event,
+                text: String::from_utf8_lossy(bytes).trim().to_owned(),
+            }),
+            Err(r) => self.report.refuse(at, String::new(), r),
+        }
+        if self.pending.len() >= BATCH_EVENTS {
+            self.flush().await?;
         }
         Ok(())
     }
@@ -226,49 +240,194 @@ impl<'a> Importer<'a> {
         &self.report
     }
 
-    /// Ends the import.
-    pub fn finish(self) -> Report {
-        self.report
+    /// Imports what is buffered (at most [`BATCH_EVENTS`] events), then ends the import.
+    pub async fn finish(mut self) -> Result<Report, CorrectionError> {
+        self.flush().await?;
+        Ok(self.report)
     }
 
-    async fn one(&self, event: &UsageEvent, bytes: &[u8]) -> Result<Decision, CorrectionError> {
-        let id = backfill::correction_id(&self.import.import_id, event);
-        let valid = Valid {
-            correction_id: EventId::new(id).map_err(|e| CorrectionError::Invalid {
-                field: "import_id",
-                detail: e.to_string(),
-            })?,
-            customer: event.customer.clone(),
-            agent: event.agent.clone(),
-            event_id: event.id.clone(),
-            time_ms: event.time_ms,
-            reason: self.import.reason.clone(),
-            change: Change::Void,
-        };
-        let _turn = corrections_store::ONE_AT_A_TIME.lock().await;
-        let stored = corrections_store::load(self.db, &valid).await?;
-        let facts = Facts {
-            committed: !stored.readings.is_empty(),
-            of_event: stored.of_event,
-            same_id: stored.same_id.map(|(c, _)| c),
-            target: backfill::readings(&self.meters, event),
-        };
-        let decision = backfill::decide(&self.import, event, &facts);
-        let Decision::Append(ours, deltas) = &decision else {
-            return Ok(decision);
-        };
-        let text = String::from_utf8_lossy(bytes);
-        corrections_store::append(self.db, ours, deltas, text.trim()).await?;
-        let after =
-            corrections_store::of_event(self.db, &ours.customer, &ours.agent, &ours.event_id)
-                .await?;
-        match corrections::winner(&after, ours) {
-            Some(w) if w.correction_id != ours.correction_id => Ok(Decision::Present(
-                Present::Imported(w.correction_id.clone()),
-            )),
-            _ => Ok(decision),
+    /// Imports the buffered events as one batch: their facts loaded in two queries, each
+    /// decided, the appends written in three inserts (deltas, events, corrections), and the
+    /// corrections of their identities read again (one query) for races with other imports.
+    pub async fn flush(&mut self) -> Result<(), CorrectionError> {
+        let batch = std::mem::take(&mut self.pending);
+        if batch.is_empty() {
+            return Ok(());
         }
+        let _turn = corrections_store::ONE_AT_A_TIME.lock().await;
+        let identities: Vec<Identity> = batch.iter().map(|p| identity(&p.event)).collect();
+        let committed = committed(self.db, &batch, &identities).await?;
+        let mut of_events = corrections_of(self.db, &identities).await?;
+        let mut appends: Vec<(usize, Correction, Vec<Delta>)> = Vec::new();
+        for (i, p) in batch.iter().enumerate() {
+            let key = &identities[i];
+            let ours = backfill::correction_id(&self.import.import_id, &p.event);
+            let of_event = of_events.get(key).cloned().unwrap_or_default();
+            let facts = Facts {
+                committed: committed.contains(&(key.clone(), p.event.time_ms)),
+                same_id: of_event.iter().find(|c| c.correction_id == ours).cloned(),
+                of_event,
+                target: backfill::readings(&self.meters, &p.event),
+            };
+            match backfill::decide(&self.import, &p.event, &facts) {
+                Decision::Append(c, deltas) => {
+                    // a later copy in the batch finds this one
+                    of_events.entry(key.clone()).or_default().push(c.clone());
+                    appends.push((i, c, deltas));
+                }
+                Decision::Present(_) => self.report.already_present += 1,
+                Decision::Refused(r) => {
+                    let name = format!("{}/{}", key.1, key.2);
+                    self.report.refuse(p.at, name, r);
+                }
+            }
+        }
+        if appends.is_empty() {
+            return Ok(());
+        }
+        append(self.db, &batch, &appends).await?;
+        let written: Vec<Identity> = appends
+            .iter()
+            .map(|(i, ..)| identities[*i].clone())
+            .collect();
+        let after = corrections_of(self.db, &written).await?;
+        for (i, ours, _) in &appends {
+            let of_event = after.get(&identities[*i]).map_or(&[][..], Vec::as_slice);
+            match corrections::winner(of_event, ours) {
+                Some(w) if w.correction_id != ours.correction_id => {
+                    self.report.already_present += 1;
+                }
+                _ => self.report.imported += 1,
+            }
+        }
+        Ok(())
     }
+}
+
+/// (customer, agent, event id).
+type Identity = (String, String, String);
+
+fn identity(e: &UsageEvent) -> Identity {
+    (
+        e.customer.to_string(),
+        e.agent.to_string(),
+        e.id.to_string(),
+    )
+}
+
+/// A ClickHouse string literal.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// `(customer, agent, event_id) IN (...)` of `ids`, and `customer IN (...)` before it (the
+/// tables' sorting keys start with the customer).
+fn identities_sql(ids: &[Identity]) -> String {
+    let mut customers: Vec<&str> = ids.iter().map(|i| i.0.as_str()).collect();
+    customers.sort_unstable();
+    customers.dedup();
+    let customers: Vec<String> = customers.into_iter().map(quote).collect();
+    let tuples: Vec<String> = ids
+        .iter()
+        .map(|(c, a, e)| format!("({}, {}, {})", quote(c), quote(a), quote(e)))
+        .collect();
+    format!(
+        "customer IN ({}) AND (customer, agent, event_id) IN ({})",
+        customers.join(", "),
+        tuples.join(", ")
+    )
+}
+
+/// The batch's events committed by the aggregator, with their times: one read of
+/// `usage_meter_readings`, bounded by the hours the batch's windows can be in.
+async fn committed(
+    db: &Client,
+    batch: &[Pending],
+    ids: &[Identity],
+) -> Result<HashSet<(Identity, i64)>, CorrectionError> {
+    let secs = batch.iter().map(|p| p.event.time_ms.div_euclid(1000));
+    let (lo, hi) = (secs.clone().min().unwrap_or(0), secs.max().unwrap_or(0));
+    let rows: Vec<(String, String, String, i64)> = db
+        .query(&format!(
+            "SELECT DISTINCT customer, agent, event_id, time_ms FROM usage_meter_readings \
+             WHERE toStartOfHour(window_start) >= toStartOfHour(toDateTime({})) \
+               AND toStartOfHour(window_start) <= toStartOfHour(toDateTime({hi})) AND {} \
+               AND batch_id NOT IN (SELECT batch_id FROM usage_aborts)",
+            (lo - corrections_store::WINDOW_MAX_SECS).max(0),
+            identities_sql(ids)
+        ))
+        .fetch_all()
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(c, a, e, t)| ((c, a, e), t))
+        .collect())
+}
+
+/// Every correction recorded for the identities (counted or not), by identity.
+async fn corrections_of(
+    db: &Client,
+    ids: &[Identity],
+) -> Result<HashMap<Identity, Vec<Correction>>, CorrectionError> {
+    let rows: Vec<Correction> = db
+        .query(&format!(
+            "SELECT correction_id, customer, agent, event_id, event_time_ms, revision, kind, \
+                    actor, reason, created_ms, toUInt32(created_at) FROM usage_corrections \
+             WHERE {} ORDER BY revision, correction_id, created_ms \
+             LIMIT 1 BY customer, correction_id",
+            identities_sql(ids)
+        ))
+        .fetch_all()
+        .await?;
+    let mut out: HashMap<Identity, Vec<Correction>> = HashMap::new();
+    for c in rows {
+        out.entry((c.customer.clone(), c.agent.clone(), c.event_id.clone()))
+            .or_default()
+            .push(c);
+    }
+    Ok(out)
+}
+
+/// The event as imported (`usage_correction_data`, for audit and for an amend's type).
+#[derive(clickhouse::Row, serde::Serialize)]
+struct ImportedRow<'a> {
+    customer: &'a str,
+    correction_id: &'a str,
+    data: &'a str,
+    created_at: u32,
+}
+
+/// Appends a batch's corrections: every delta, then every event as imported, then the
+/// correction rows (a delta without its row never counts; see [`corrections_store::append`]).
+async fn append(
+    db: &Client,
+    batch: &[Pending],
+    appends: &[(usize, Correction, Vec<Delta>)],
+) -> Result<(), clickhouse::error::Error> {
+    let mut insert = db.insert::<Delta>("usage_correction_deltas").await?;
+    for d in appends.iter().flat_map(|(_, _, deltas)| deltas) {
+        insert.write(d).await?;
+    }
+    insert.end().await?;
+    let mut insert = db
+        .insert::<ImportedRow<'_>>("usage_correction_data")
+        .await?;
+    for (i, c, _) in appends {
+        insert
+            .write(&ImportedRow {
+                customer: &c.customer,
+                correction_id: &c.correction_id,
+                data: &batch[*i].text,
+                created_at: c.created_at,
+            })
+            .await?;
+    }
+    insert.end().await?;
+    let mut insert = db.insert::<Correction>("usage_corrections").await?;
+    for (_, c, _) in appends {
+        insert.write(c).await?;
+    }
+    insert.end().await
 }
 
 /// Parses one CloudEvent under the gateway's bounds.

@@ -314,6 +314,10 @@ async fn backfill(
         }
         (None, None) => anyhow::bail!("backfill needs --file or --stream"),
     };
+    let done = match done {
+        Ok(()) => importer.flush().await.map_err(Into::into),
+        Err(e) => Err(e),
+    };
     println!("{}", serde_json::to_string_pretty(importer.report())?);
     done.context("the import stopped; re-run it to finish (nothing is imported twice)")
 }
