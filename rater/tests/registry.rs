@@ -343,3 +343,46 @@ async fn the_api_manages_customers_agents_and_meters_as_immutable_versions() {
     server.await.expect("the server stops");
     env.cleanup().await;
 }
+
+/// Two subscriptions that each pass the checks alone but not together (two product lines of
+/// one customer pricing the same meter) sent at once: one is stored, the other refused, and
+/// the stored catalog still builds. Checked and appended without a turn, both could be
+/// stored, and then every catalog build (every customer's rating) failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_conflicting_catalog_changes_at_once_store_one() {
+    let env = tally_platform::testkit::TestEnv::new("rater_registry_race").await;
+    let db = env.db();
+    let f = file(FILE);
+    bootstrap(&db, &[], &f.meters, 0)
+        .await
+        .expect("stored meter");
+    source()
+        .add_plan(&db, f.plans[0].clone(), 0)
+        .await
+        .expect("plan");
+    for round in 0..5 {
+        let customer = format!("race-{round}");
+        let line = |name: &str| -> tally_rater::config::SubscriptionSpec {
+            serde_json::from_value(serde_json::json!({
+                "customer": customer, "plan": "p", "line": name,
+                "effective_from": "2026-02-01T00:00:00Z"
+            }))
+            .expect("a subscription")
+        };
+        let (one, other) = (source(), source());
+        let (a, b) = tokio::join!(
+            one.add_subscription(&db, line("a"), 0),
+            other.add_subscription(&db, line("b"), 0)
+        );
+        assert_eq!(
+            usize::from(a.is_ok()) + usize::from(b.is_ok()),
+            1,
+            "round {round}: {a:?} {b:?}"
+        );
+        source()
+            .current(&db)
+            .await
+            .expect("the stored catalog still builds");
+    }
+    env.cleanup().await;
+}
