@@ -254,3 +254,16 @@ pub async fn start_rater_api(
         tokio::spawn(tally_rater::api::serve(listener, state, stop.clone())),
     )
 }
+
+/// The invoice numbers of `env` (a NATS KV bucket of its own, `N<stream>`) and the bucket's
+/// name, for the test to delete at its end.
+pub async fn invoice_numbers(env: &TestEnv) -> (tally_invoicer::numbering::Numbers, String) {
+    let bucket = format!("N{}", env.nats.stream);
+    let numbers = tally_invoicer::numbering::Numbers::open(
+        async_nats::connect(&env.nats.url).await.expect("NATS"),
+        &bucket,
+    )
+    .await
+    .expect("numbers bucket");
+    (numbers, bucket)
+}

@@ -15,10 +15,10 @@ use std::time::Duration;
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 use tally_domain::{AgentId, CustomerId, EventId};
 use tally_e2e::{
-    aggregator_config, api_call, catalog, start_aggregator, start_rater_api, wait_drained,
+    aggregator_config, api_call, catalog, invoice_numbers, start_aggregator, start_rater_api,
+    wait_drained,
 };
 use tally_ingest::{OutgoingEvent, Publisher};
-use tally_invoicer::numbering::Numbers;
 use tally_invoicer::{invoice_pass, InvoicerConfig};
 use tally_platform::shutdown::Shutdown;
 use tally_platform::testkit::TestEnv;
@@ -180,13 +180,7 @@ async fn a_file_of_a_finalized_month_is_imported_once_and_billed_as_an_adjustmen
         ..RaterConfig::default()
     };
     let inv = InvoicerConfig::default();
-    let bucket = format!("N{}", env.nats.stream);
-    let numbers = Numbers::open(
-        async_nats::connect(&env.nats.url).await.expect("NATS"),
-        &bucket,
-    )
-    .await
-    .expect("numbers bucket");
+    let (numbers, bucket) = invoice_numbers(&env).await;
     // P finalized: a day of grace after its end; by hand 2,000,000 tokens at 0.000003 USD
     let t1 = m_start.timestamp_millis() + 86_400_000 + 3_600_000;
     tally_rater::rate_once(&db, &cat, &rater, t1)
@@ -499,5 +493,76 @@ async fn too_late_events_of_an_outage_are_replayed_from_the_dead_letter_stream_o
         .await
         .expect("aggregator task")
         .expect("aggregator stops cleanly");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_month_never_invoiced_gets_its_invoice_once_imported() {
+    let env = TestEnv::new("e2e_backfill_new").await;
+    let db = env.db();
+    let customer = format!("new{}", std::process::id());
+    let now = Utc::now();
+    // three months back: no usage, no invoice, far beyond every default lookback but the
+    // invoicer's adjustments'
+    let q = (now.year() * 12 + now.month() as i32 - 1) - 3;
+    let from = month_start(q.div_euclid(12), q.rem_euclid(12) as u32 + 1);
+    let to = month_start(from.year(), from.month() + 1);
+    tally_rater::registry_store::bootstrap(&db, &[], &tally_e2e::meter_specs(), 0)
+        .await
+        .expect("meters stored");
+    let at = from + chrono::Duration::days(9);
+    let file = [
+        line(&customer, "x1", "llm.tokens", at, &tokens(2_000_000)),
+        line(
+            &customer,
+            "x2",
+            "tool.call",
+            at,
+            &serde_json::json!({"tool": "search"}),
+        ),
+    ]
+    .join("\n");
+    let now_ms = now.timestamp_millis();
+    let mut importer = Importer::start(
+        &db,
+        Import {
+            import_id: "hist".into(),
+            from_ms: from.timestamp_millis(),
+            to_ms: to.timestamp_millis(),
+            reason: "history of a new customer".into(),
+            actor: "cli:operator".into(),
+            now_ms,
+        },
+    )
+    .await
+    .expect("starts");
+    importer.add_lines(file.as_bytes()).await.expect("imports");
+    assert_eq!(importer.finish().await.expect("imports").imported, 2);
+
+    let rater = RaterConfig {
+        default_plan: Some("ai-standard".into()),
+        ..RaterConfig::default()
+    };
+    tally_rater::rate_once(&db, &catalog("nobody"), &rater, now_ms)
+        .await
+        .expect("rating");
+    let (numbers, bucket) = invoice_numbers(&env).await;
+    let inv = InvoicerConfig::default();
+    invoice_pass(&db, Some(&numbers), &inv, now_ms)
+        .await
+        .expect("pass");
+    // by hand: 2,000,000 tokens at 0.000003 USD = 600 cents, one call 2 cents
+    let issued = invoices(&db, &customer).await;
+    assert_eq!(issued.len(), 1, "{issued:?}");
+    assert_eq!((issued[0].1.as_str(), issued[0].2), ("finalized", 602));
+    invoice_pass(&db, Some(&numbers), &inv, now_ms + 60_000)
+        .await
+        .expect("pass");
+    assert_eq!(invoices(&db, &customer).await, issued, "invoiced once");
+    if let Ok(client) = async_nats::connect(&env.nats.url).await {
+        let _ = async_nats::jetstream::new(client)
+            .delete_key_value(&bucket)
+            .await;
+    }
     env.cleanup().await;
 }

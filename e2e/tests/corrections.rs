@@ -14,10 +14,10 @@ use std::time::Duration;
 use chrono::{Datelike, TimeZone, Utc};
 use tally_domain::{AgentId, CustomerId, EventId};
 use tally_e2e::{
-    aggregator_config, api_call, catalog, start_aggregator, start_rater_api, wait_drained,
+    aggregator_config, api_call, catalog, invoice_numbers, start_aggregator, start_rater_api,
+    wait_drained,
 };
 use tally_ingest::{OutgoingEvent, Publisher};
-use tally_invoicer::numbering::Numbers;
 use tally_invoicer::{invoice_pass, InvoicerConfig};
 use tally_platform::shutdown::Shutdown;
 use tally_platform::testkit::TestEnv;
@@ -210,13 +210,7 @@ async fn a_void_after_finalization_gives_a_credit_note_naming_the_correction_onc
         lookback_secs: 70 * 86_400,
         ..InvoicerConfig::default()
     };
-    let bucket = format!("N{}", env.nats.stream);
-    let numbers = Numbers::open(
-        async_nats::connect(&env.nats.url).await.expect("NATS"),
-        &bucket,
-    )
-    .await
-    .expect("numbers bucket");
+    let (numbers, bucket) = invoice_numbers(&env).await;
     // finalized: a day of grace after the period's end
     let final_at = end + 86_400_000 + 3_600_000;
     tally_rater::rate_once(&db, &cat, &rater, final_at)
