@@ -103,7 +103,10 @@ impl<'a> Importer<'a> {
                 event,
                 text: String::from_utf8_lossy(bytes).trim().to_owned(),
             }),
-            Err(r) => self.report.refuse(at, String::new(), r),
+            Err(r) => {
+                crate::metrics::backfill_events(r.code, 1);
+                self.report.refuse(at, String::new(), r);
+            }
         }
         if self.pending.len() >= BATCH_EVENTS {
             self.flush().await?;
@@ -144,6 +147,7 @@ impl<'a> Importer<'a> {
                 }
             }
             if too_long {
+                crate::metrics::backfill_events("malformed", 1);
                 self.report.events += 1;
                 self.report.refuse(
                     at,
@@ -207,6 +211,7 @@ impl<'a> Importer<'a> {
                         Some(m) => (r.subject, m.payload.to_vec()),
                         None if !r.truncated => (r.subject, r.payload.into_bytes()),
                         None => {
+                            crate::metrics::backfill_events("malformed", 1);
                             self.report.events += 1;
                             self.report.refuse(
                                 seq,
@@ -226,6 +231,7 @@ impl<'a> Importer<'a> {
                 }
             };
             if let Some(r) = subject_refusal(&subject, &bytes) {
+                crate::metrics::backfill_events(r.code, 1);
                 self.report.events += 1;
                 self.report.refuse(seq, String::new(), r);
                 continue;
@@ -275,8 +281,12 @@ impl<'a> Importer<'a> {
                     of_events.entry(key.clone()).or_default().push(c.clone());
                     appends.push((i, c, deltas));
                 }
-                Decision::Present(_) => self.report.already_present += 1,
+                Decision::Present(_) => {
+                    crate::metrics::backfill_events("already_present", 1);
+                    self.report.already_present += 1;
+                }
                 Decision::Refused(r) => {
+                    crate::metrics::backfill_events(r.code, 1);
                     let name = format!("{}/{}", key.1, key.2);
                     self.report.refuse(p.at, name, r);
                 }
@@ -295,9 +305,13 @@ impl<'a> Importer<'a> {
             let of_event = after.get(&identities[*i]).map_or(&[][..], Vec::as_slice);
             match corrections::winner(of_event, ours) {
                 Some(w) if w.correction_id != ours.correction_id => {
+                    crate::metrics::backfill_events("already_present", 1);
                     self.report.already_present += 1;
                 }
-                _ => self.report.imported += 1,
+                _ => {
+                    crate::metrics::backfill_events("imported", 1);
+                    self.report.imported += 1;
+                }
             }
         }
         Ok(())

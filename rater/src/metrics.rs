@@ -45,3 +45,9 @@ pub fn pass_failed() {
 pub fn unpriced(cause: &'static str, n: u64) {
     counter!("tally_rater_unpriced_usage_total", "cause" => cause).increment(n);
 }
+
+/// Events of backfill imports by outcome: `imported`, `already_present`, or the refusal's
+/// code (`outside_period`, `too_recent`, ...: a fixed set, docs/INGEST.md "Backfill").
+pub fn backfill_events(outcome: &'static str, n: u64) {
+    counter!("tally_rater_backfill_events_total", "outcome" => outcome).increment(n);
+}
