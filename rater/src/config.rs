@@ -23,7 +23,8 @@ pub struct RaterConfig {
     #[serde(default = "default_interval_secs")]
     pub interval_secs: u64,
     /// Periods overlapping `[now - lookback_secs, now]` are rated on every pass; it must cover
-    /// the aggregator's allowed lateness. Default 172800 (2 days).
+    /// the aggregator's allowed lateness. A period with an event corrected or imported
+    /// (backfill) within the lookback is rated too, however old. Default 172800 (2 days).
     #[serde(default = "default_lookback_secs")]
     pub lookback_secs: u64,
     /// Prometheus endpoint. Default `127.0.0.1:9102`.
