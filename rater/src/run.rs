@@ -64,7 +64,9 @@ pub async fn rate_once(
 ) -> Result<RateReport, RateError> {
     let started = Instant::now();
     let lookback_ms = i64::try_from(cfg.lookback_secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2);
-    let horizon_ms = now_ms - lookback_ms;
+    // a period with an event corrected or imported within the lookback is re-rated however
+    // old (docs/INGEST.md "Backfill")
+    let horizon_ms = tally_platform::usage::reach(db, now_ms - lookback_ms).await?;
     // every period ending after the horizon is folded whole (a quarter or a year late in it)
     let read_from = catalog.periods_reach(horizon_ms).min(horizon_ms - MONTH_MS);
     let (folded, rows) = usage::read_and_fold(db, catalog, read_from, now_ms + 86_400_000).await?;
