@@ -597,8 +597,10 @@ impl Catalog {
                 tally_domain::period::rfc3339(at_ms)
             ));
         };
+        // the period's end, or the record's own end (`ends_at`) if sooner; not the record's
+        // next part (a trial's end, a scheduled change): those do not end the period
         let end_ms = if at_period_end {
-            sub.cycle.period_containing(at_ms).end_ms.min(sub.to_ms)
+            sub.cycle.period_containing(at_ms).end_ms.min(sub.ends_ms)
         } else {
             at_ms
         };
@@ -734,6 +736,44 @@ mod tests {
         assert_eq!(
             quarter_only.periods_reach(at("2026-10-01T00:00:00Z")),
             at("2026-10-01T00:00:00Z")
+        );
+    }
+
+    #[test]
+    fn a_cancellation_at_period_end_during_a_trial_ends_with_the_period() {
+        let subs: Vec<SubscriptionSpec> = toml::from_str::<toml::Table>(
+            r#"
+            [[s]]
+            customer = "t"
+            plan = "p"
+            effective_from = "2026-11-01T00:00:00Z"
+            trial = { days = 14 }
+            "#,
+        )
+        .unwrap()["s"]
+            .clone()
+            .try_into()
+            .unwrap();
+        let at = |t: &str| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .unwrap()
+                .timestamp_millis()
+        };
+        let c = Catalog::new(
+            plans(TWO_VERSIONS),
+            subs,
+            &RaterConfig::default(),
+            &meters(),
+        )
+        .unwrap();
+        let t = CustomerId::new("t").unwrap();
+        let cancel = c
+            .cancellation(&t, "", at("2026-11-05T00:00:00Z"), true)
+            .unwrap();
+        // December 1st, not the trial's end (November 15th)
+        assert_eq!(
+            cancel.effective_from.map(|e| e.timestamp_millis()),
+            Some(at("2026-12-01T00:00:00Z"))
         );
     }
 
