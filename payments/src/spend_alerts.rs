@@ -6,11 +6,18 @@
 //! exactly like dunning's notices (the same `notifications` and `notification_deliveries`
 //! log, the same backoff and attempt limit).
 //!
-//! A durable pull consumer (`payments.spend_alerts_consumer`) reads the alerts one at a time:
-//! an alert is appended to `notifications` (id `spend.threshold_crossed:<alert_id>`, its exact
-//! body) and only then acknowledged; an alert whose notification is already in the log (a
-//! redelivery after a crash before the ack, a repeat published outside JetStream's duplicate
-//! window) is acknowledged without a second one. Delivery is not on the consumer's path:
+//! A durable pull consumer (`payments.spend_alerts_consumer`) reads the alerts in batches:
+//! it waits for a first message and takes what else the client holds already, at most
+//! [`BATCH_MAX`] (no extra wait: a backlog makes the batches bigger). A malformed message is
+//! terminated on its own. For the rest, one read of the log tells which of the batch's
+//! notifications (id `spend.threshold_crossed:<alert_id>`, per customer) are in it already,
+//! one insert appends the new ones (their exact bodies), and only then is every message of
+//! the batch acknowledged; deliveries start after the acks. A message whose notification is
+//! already in the log (a redelivery after a crash between the insert and the acks, a repeat
+//! published outside JetStream's duplicate window, a repeat within the same batch) is
+//! acknowledged without a second one. If the read or the insert fails, every alert of the
+//! batch is negatively acknowledged and comes back (those the insert did write are then
+//! found in the log). Delivery is not on the consumer's path:
 //! each notification has its own task (attempt now, then after the backoff, each attempt one
 //! row of `notification_deliveries`), at most one attempt at a time per customer and
 //! [`CONCURRENT_ATTEMPTS_MAX`] in all, so a customer's slow or failing endpoint delays no
@@ -25,7 +32,7 @@
 //! for the stream to exist. The wire form of an alert is defined here ([`Alert`]), not
 //! imported from the rater: stages never depend on each other.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -50,6 +57,9 @@ pub const ACTOR: &str = "payments:spend-alerts";
 
 /// Delivery attempts running at once, all customers together (one per customer at most).
 pub const CONCURRENT_ATTEMPTS_MAX: usize = 32;
+
+/// Most alert messages taken together: one read of the log, one insert, then the acks.
+pub const BATCH_MAX: usize = 256;
 
 /// Largest alert read; a larger message is refused as malformed.
 pub const ALERT_BYTES_MAX: usize = 16 * 1024;
@@ -177,41 +187,144 @@ impl Outcome {
     }
 }
 
-/// Records `alert` (published as `object`) at `now_ms` unless its notification already is,
-/// and starts its delivery. The caller acknowledges the message only after `Ok`.
+/// What becomes of each alert of a batch (pure), in order: `known` holds the (customer,
+/// notification id) pairs in the log already; an alert whose pair is known, or came earlier
+/// in the batch, is a duplicate; one of a customer without a URL is not recorded.
+pub fn plan(
+    alerts: &[&Alert],
+    endpoints: &BTreeMap<String, String>,
+    mut known: HashSet<(String, String)>,
+) -> Vec<Outcome> {
+    alerts
+        .iter()
+        .map(|alert| {
+            if !endpoints.contains_key(&alert.customer) {
+                return Outcome::WithoutUrl;
+            }
+            let id = notification_id(&alert.alert_id);
+            if known.insert((alert.customer.clone(), id.clone())) {
+                Outcome::Recorded(id)
+            } else {
+                Outcome::Duplicate(id)
+            }
+        })
+        .collect()
+}
+
+/// A batch recorded: each alert's outcome (in order) and the notifications appended, to be
+/// delivered ([`Deliverer::start_all`]) once the messages are acknowledged.
+#[derive(Debug)]
+pub struct Recorded {
+    pub outcomes: Vec<Outcome>,
+    pub new: Vec<log::Notification>,
+}
+
+/// The (customer, notification id) pairs of `alerts` already in the log: one query.
+async fn known(
+    db: &Client,
+    alerts: &[&Alert],
+) -> Result<HashSet<(String, String)>, clickhouse::error::Error> {
+    let customers: Vec<&str> = alerts
+        .iter()
+        .map(|a| a.customer.as_str())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let ids: Vec<String> = alerts
+        .iter()
+        .map(|a| notification_id(&a.alert_id))
+        .collect();
+    let rows: Vec<(String, String)> = db
+        .query(
+            "SELECT DISTINCT customer, notification_id FROM notifications \
+             WHERE customer IN (SELECT arrayJoin(?)) AND has(?, notification_id)",
+        )
+        .bind(customers)
+        .bind(ids)
+        .fetch_all()
+        .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Appends `ns` in one insert.
+async fn append_all(db: &Client, ns: &[log::Notification]) -> Result<(), clickhouse::error::Error> {
+    let mut insert = db.insert::<log::Notification>("notifications").await?;
+    for n in ns {
+        insert.write(n).await?;
+    }
+    insert.end().await
+}
+
+/// Records the `alerts` of a batch (each with its published object) at `now_ms`: one read of
+/// the log, one insert of the notifications not in it. Starts no delivery: the caller
+/// acknowledges the messages after `Ok`, then starts [`Recorded::new`].
+pub async fn record_batch(
+    deliverer: &Arc<Deliverer>,
+    alerts: &[(Alert, serde_json::Map<String, serde_json::Value>)],
+    now_ms: i64,
+) -> Result<Recorded, clickhouse::error::Error> {
+    let endpoints = &deliverer.cfg.endpoints;
+    let with_url: Vec<&Alert> = alerts
+        .iter()
+        .map(|(a, _)| a)
+        .filter(|a| endpoints.contains_key(&a.customer))
+        .collect();
+    let known = match with_url.is_empty() {
+        true => HashSet::new(),
+        false => known(&deliverer.db, &with_url).await?,
+    };
+    let all: Vec<&Alert> = alerts.iter().map(|(a, _)| a).collect();
+    let outcomes = plan(&all, endpoints, known);
+    let mut new = Vec::new();
+    for ((alert, object), outcome) in alerts.iter().zip(&outcomes) {
+        let (Outcome::Recorded(id), Some(url)) = (outcome, endpoints.get(&alert.customer)) else {
+            continue;
+        };
+        new.push(log::Notification {
+            notification_id: id.clone(),
+            customer: alert.customer.clone(),
+            invoice_id: String::new(),
+            kind: KIND.to_owned(),
+            step: u32::from(alert.threshold),
+            url: url.clone(),
+            body: body(id, object, now_ms),
+            actor: ACTOR.to_owned(),
+            created_at_ms: now_ms,
+            created_at: tally_platform::store::datetime_secs(now_ms),
+        });
+    }
+    if !new.is_empty() {
+        append_all(&deliverer.db, &new).await?;
+    }
+    for ((alert, _), outcome) in alerts.iter().zip(&outcomes) {
+        if let Outcome::Recorded(id) = outcome {
+            metrics::notification(KIND);
+            tracing::info!(notification_id = %id, customer = %alert.customer, budget_id = %alert.budget_id,
+                threshold = alert.threshold, actor = ACTOR, at_ms = now_ms, "spend alert notification decided");
+        }
+    }
+    if outcomes.iter().any(|o| matches!(o, Outcome::Duplicate(_))) {
+        // undelivered after a crash? the scan picks it up (the log says where it stands)
+        deliverer.rescan.notify_one();
+    }
+    Ok(Recorded { outcomes, new })
+}
+
+/// Records one `alert` (published as `object`) at `now_ms` unless its notification already
+/// is, and starts its delivery (a batch of one, [`record_batch`]).
 pub async fn record(
     deliverer: &Arc<Deliverer>,
     alert: &Alert,
     object: &serde_json::Map<String, serde_json::Value>,
     now_ms: i64,
 ) -> Result<Outcome, clickhouse::error::Error> {
-    let Some(url) = deliverer.cfg.endpoints.get(&alert.customer) else {
-        return Ok(Outcome::WithoutUrl);
-    };
-    let id = notification_id(&alert.alert_id);
-    if log::is_decided(&deliverer.db, &alert.customer, &id).await? {
-        // undelivered after a crash? the scan picks it up (the log says where it stands)
-        deliverer.rescan.notify_one();
-        return Ok(Outcome::Duplicate(id));
-    }
-    let n = log::Notification {
-        notification_id: id.clone(),
-        customer: alert.customer.clone(),
-        invoice_id: String::new(),
-        kind: KIND.to_owned(),
-        step: u32::from(alert.threshold),
-        url: url.clone(),
-        body: body(&id, object, now_ms),
-        actor: ACTOR.to_owned(),
-        created_at_ms: now_ms,
-        created_at: tally_platform::store::datetime_secs(now_ms),
-    };
-    log::append_notification(&deliverer.db, &n).await?;
-    metrics::notification(KIND);
-    tracing::info!(notification_id = %id, customer = %alert.customer, budget_id = %alert.budget_id,
-        threshold = alert.threshold, actor = ACTOR, at_ms = now_ms, "spend alert notification decided");
-    deliverer.start(n, 0, 0);
-    Ok(Outcome::Recorded(id))
+    let recorded = record_batch(deliverer, &[(alert.clone(), object.clone())], now_ms).await?;
+    deliverer.start_all(recorded.new);
+    Ok(recorded
+        .outcomes
+        .into_iter()
+        .next()
+        .unwrap_or(Outcome::WithoutUrl))
 }
 
 #[derive(Default)]
@@ -279,6 +392,13 @@ impl Deliverer {
         }
         tokio::spawn(self.clone().deliver(n, done, last_ms));
         true
+    }
+
+    /// Starts delivering each of `ns` (just recorded: no attempt yet).
+    pub fn start_all(self: &Arc<Self>, ns: Vec<log::Notification>) {
+        for n in ns {
+            self.start(n, 0, 0);
+        }
     }
 
     /// Notifications being delivered now.
@@ -460,7 +580,7 @@ async fn open(js: &jetstream::Context, source: &AlertsSource) -> Result<pull::St
         .map_err(|e| format!("consumer {}: {e}", source.consumer))?;
     consumer
         .stream()
-        .max_messages_per_batch(64)
+        .max_messages_per_batch(BATCH_MAX)
         .expires(Duration::from_secs(5))
         .heartbeat(Duration::from_secs(2))
         .messages()
@@ -468,38 +588,54 @@ async fn open(js: &jetstream::Context, source: &AlertsSource) -> Result<pull::St
         .map_err(|e| format!("consumer {}: {e}", source.consumer))
 }
 
-/// Handles one message: recorded (or known) → ack; malformed → terminal; the log unreachable
-/// → redelivered after a pause.
-async fn handle(deliverer: &Arc<Deliverer>, source: &AlertsSource, msg: &jetstream::Message) {
-    let (alert, object) = match parse(source, msg.subject.as_str(), &msg.payload) {
-        Ok(a) => a,
-        Err(e) => {
-            metrics::spend_alert("malformed");
-            tracing::warn!(subject = %msg.subject, error = %e, "spend alert refused");
-            if let Err(e) = msg.ack_with(AckKind::Term).await {
-                tracing::warn!(error = %e, "terminating a malformed alert failed");
+/// Handles a batch: malformed → terminal, each on its own; the rest recorded (or known) →
+/// all acknowledged, then their deliveries started; the log unreachable → all redelivered
+/// after a pause.
+async fn handle(deliverer: &Arc<Deliverer>, source: &AlertsSource, batch: Vec<jetstream::Message>) {
+    let mut alerts = Vec::with_capacity(batch.len());
+    let mut messages = Vec::with_capacity(batch.len());
+    for msg in batch {
+        match parse(source, msg.subject.as_str(), &msg.payload) {
+            Ok(a) => {
+                alerts.push(a);
+                messages.push(msg);
             }
-            return;
-        }
-    };
-    match record(deliverer, &alert, &object, wall_ms()).await {
-        Ok(outcome) => {
-            metrics::spend_alert(outcome.label());
-            if outcome == Outcome::WithoutUrl {
-                tracing::debug!(customer = %alert.customer, alert_id = %alert.alert_id,
-                    "no notification URL for the customer; spend alert not sent");
-            }
-            // lost acks only bring the message back: it is a duplicate then
-            if let Err(e) = msg.ack().await {
-                tracing::warn!(alert_id = %alert.alert_id, error = %e, "acknowledging an alert failed");
+            Err(e) => {
+                metrics::spend_alert("malformed");
+                tracing::warn!(subject = %msg.subject, error = %e, "spend alert refused");
+                if let Err(e) = msg.ack_with(AckKind::Term).await {
+                    tracing::warn!(error = %e, "terminating a malformed alert failed");
+                }
             }
         }
+    }
+    if alerts.is_empty() {
+        return;
+    }
+    match record_batch(deliverer, &alerts, wall_ms()).await {
+        Ok(recorded) => {
+            for (((alert, _), msg), outcome) in alerts.iter().zip(&messages).zip(&recorded.outcomes)
+            {
+                metrics::spend_alert(outcome.label());
+                if *outcome == Outcome::WithoutUrl {
+                    tracing::debug!(customer = %alert.customer, alert_id = %alert.alert_id,
+                        "no notification URL for the customer; spend alert not sent");
+                }
+                // lost acks only bring the message back: it is a duplicate then
+                if let Err(e) = msg.ack().await {
+                    tracing::warn!(alert_id = %alert.alert_id, error = %e, "acknowledging an alert failed");
+                }
+            }
+            deliverer.start_all(recorded.new);
+        }
         Err(e) => {
-            tracing::warn!(alert_id = %alert.alert_id, error = %e,
-                "recording a spend alert failed; it comes back");
-            let _ = msg
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
-                .await;
+            tracing::warn!(alerts = alerts.len(), error = %e,
+                "recording a batch of spend alerts failed; they come back");
+            for msg in &messages {
+                let _ = msg
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
+                    .await;
+            }
         }
     }
 }
@@ -515,14 +651,14 @@ pub async fn run(
     tokio::spawn(deliverer.clone().scan_loop());
     let mut backoff = Duration::from_millis(500);
     'open: loop {
-        let mut messages = tokio::select! {
+        let mut batches = tokio::select! {
             _ = shutdown.cancelled() => break,
             m = open(&js, &source) => match m {
                 Ok(m) => {
                     tracing::info!(stream = %source.stream, consumer = %source.consumer,
                         "consuming spend alerts");
                     backoff = Duration::from_millis(500);
-                    m
+                    m.ready_chunks(BATCH_MAX)
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot consume spend alerts yet; retrying");
@@ -538,15 +674,21 @@ pub async fn run(
         loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => break 'open,
-                n = messages.next() => n,
+                n = batches.next() => n,
             };
-            match next {
-                Some(Ok(msg)) => handle(&deliverer, &source, &msg).await,
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "spend alert consumer error; reopening");
-                    continue 'open;
+            let Some(next) = next else { continue 'open };
+            let mut batch = Vec::with_capacity(next.len());
+            let mut failed = None;
+            for m in next {
+                match m {
+                    Ok(msg) => batch.push(msg),
+                    Err(e) => failed = Some(e),
                 }
-                None => continue 'open,
+            }
+            handle(&deliverer, &source, batch).await;
+            if let Some(e) = failed {
+                tracing::warn!(error = %e, "spend alert consumer error; reopening");
+                continue 'open;
             }
         }
     }
@@ -624,5 +766,69 @@ mod tests {
         let mut huge = alert("acme");
         huge["pad"] = "x".repeat(ALERT_BYTES_MAX).into();
         assert!(on("tally.alerts.acme", huge).is_err());
+    }
+
+    fn parsed(customer: &str, budget: &str) -> Alert {
+        let mut v = alert(customer);
+        v["alert_id"] = format!("{customer}.{budget}.1700000000000.80").into();
+        v["budget_id"] = budget.into();
+        let raw = v.to_string();
+        parse(
+            &source(),
+            &format!("tally.alerts.{customer}"),
+            raw.as_bytes(),
+        )
+        .unwrap()
+        .0
+    }
+
+    #[test]
+    fn a_batch_records_each_new_alert_once_and_nothing_known_or_without_url() {
+        let endpoints: BTreeMap<String, String> = ["acme", "globex"]
+            .into_iter()
+            .map(|c| (c.to_owned(), format!("https://hooks.example/{c}")))
+            .collect();
+        let batch = [
+            parsed("acme", "b1"),
+            parsed("globex", "b1"),
+            parsed("hooli", "b1"),  // no URL
+            parsed("acme", "b1"),   // again in the same batch
+            parsed("acme", "b2"),   // in the log already
+            parsed("globex", "b2"), // its id is known, but for another customer
+        ];
+        let known: HashSet<(String, String)> = [
+            (
+                "acme".to_owned(),
+                notification_id("acme.b2.1700000000000.80"),
+            ),
+            (
+                "acme".to_owned(),
+                notification_id("globex.b2.1700000000000.80"),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let refs: Vec<&Alert> = batch.iter().collect();
+        let id = |s: &str| notification_id(&format!("{s}.1700000000000.80"));
+        assert_eq!(
+            plan(&refs, &endpoints, known),
+            vec![
+                Outcome::Recorded(id("acme.b1")),
+                Outcome::Recorded(id("globex.b1")),
+                Outcome::WithoutUrl,
+                Outcome::Duplicate(id("acme.b1")),
+                Outcome::Duplicate(id("acme.b2")),
+                Outcome::Recorded(id("globex.b2")),
+            ]
+        );
+        assert!(plan(&[], &endpoints, HashSet::new()).is_empty());
+        // everything known: nothing recorded
+        let all: HashSet<(String, String)> = batch
+            .iter()
+            .map(|a| (a.customer.clone(), notification_id(&a.alert_id)))
+            .collect();
+        assert!(plan(&refs, &endpoints, all)
+            .iter()
+            .all(|o| !matches!(o, Outcome::Recorded(_))));
     }
 }

@@ -437,6 +437,154 @@ async fn a_failing_endpoint_delays_no_other_customer_and_is_retried_with_the_bac
     env.cleanup().await;
 }
 
+/// Many alerts at once (the consumer takes them in batches: one read of the log, one insert,
+/// then the acks): 200 alerts of 50 customers, published before the consumer starts, plus two
+/// repeats JetStream cannot recognize and one malformed message, are 200 notifications and
+/// 200 webhooks, each once. Then a crash between a batch's insert and its acks: the
+/// redelivered messages find their notifications and add none, and each is sent once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_alerts_is_recorded_in_batches_each_once() {
+    let env = TestEnv::new("spend_alerts_burst").await;
+    let db = env.db();
+    let alerts = Alerts::declare(&env).await;
+    let dir = temp_dir("spend-alerts-burst").unwrap();
+    let (ca, cert, key) = certificates(&dir);
+    let (addr, got, receiver) = tls_receiver(&cert, &key).await;
+    let master = tally_platform::secrets::generate_hex(32).unwrap();
+    let customers: Vec<String> = (0..50).map(|i| format!("c{i:02}")).collect();
+    let names: Vec<&str> = customers.iter().map(String::as_str).collect();
+    let cfg = dunning(&master, &ca, addr.port(), &names);
+
+    let mut sent = Vec::new();
+    for threshold in [25, 50, 80, 100] {
+        for c in &customers {
+            sent.push(alert(c, "b1", threshold));
+        }
+    }
+    assert_eq!(sent.len(), 200);
+    for (i, a) in sent.iter().enumerate() {
+        alerts.publish(a, true).await;
+        if i == 120 {
+            // repeats outside JetStream's duplicate window, and c07's subject with c08's alert
+            alerts.publish(&sent[0], false).await;
+            alerts.publish(&sent[120], false).await;
+            let subject = format!("{}.c07", alerts.source.subject_root);
+            alerts
+                .js
+                .publish(subject, alert("c08", "b9", 50).to_string().into())
+                .await
+                .expect("publish")
+                .await
+                .expect("stored");
+        }
+    }
+    let (stop, task) = start(&env, &alerts, &cfg, "payments-spend-alerts");
+    let all = wait_for(&got, 200, Duration::from_secs(60), |_| true).await;
+    assert_eq!(all.len(), 200, "one webhook per alert");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let all = got.lock().unwrap().clone();
+    assert_eq!(all.len(), 200, "no second webhook for a repeat");
+    let mut by_id: BTreeMap<String, Vec<&Received>> = BTreeMap::new();
+    for r in &all {
+        by_id.entry(r.notification_id.clone()).or_default().push(r);
+    }
+    assert_eq!(by_id.len(), 200);
+    for a in &sent {
+        let customer = a["customer"].as_str().unwrap();
+        let id = format!(
+            "spend.threshold_crossed:{}",
+            a["alert_id"].as_str().unwrap()
+        );
+        let r = &by_id[&id];
+        assert_eq!(r.len(), 1, "{id}");
+        assert_eq!(r[0].path, format!("/hooks/{customer}"));
+        assert_eq!(body(r[0])["data"], *a);
+        assert!(r[0].verifies(&deliver::endpoint_secret(&master, customer)));
+    }
+    stop.cancel();
+    task.await.unwrap();
+    let rows = notification_rows(&db).await;
+    assert_eq!(rows.len(), 200, "one notification per alert");
+    // recorded in batches: the notifications of a batch share its time, one insert each
+    let batches: u64 = db
+        .query("SELECT uniqExact(created_at_ms) FROM notifications")
+        .fetch_one()
+        .await
+        .unwrap();
+    eprintln!("200 alerts recorded in {batches} inserts");
+    assert!(batches <= 40, "{batches} inserts for 200 alerts");
+
+    // a crash after a batch's insert, before its acks: 10 alerts recorded by a process that
+    // stopped at once (it delivered nothing), their messages then redelivered
+    let crashed = Shutdown::new();
+    crashed.cancel();
+    let dead = Deliverer::new(db.clone(), cfg.clone(), crashed).unwrap();
+    let pending: Vec<serde_json::Value> = customers[..10]
+        .iter()
+        .map(|c| alert(c, "b1", 120))
+        .collect();
+    let parsed: Vec<_> = pending
+        .iter()
+        .map(|a| {
+            let subject = format!(
+                "{}.{}",
+                alerts.source.subject_root,
+                a["customer"].as_str().unwrap()
+            );
+            spend_alerts::parse(&alerts.source, &subject, a.to_string().as_bytes()).unwrap()
+        })
+        .collect();
+    let recorded =
+        spend_alerts::record_batch(&dead, &parsed, chrono::Utc::now().timestamp_millis())
+            .await
+            .unwrap();
+    assert_eq!(recorded.new.len(), 10);
+    assert!(recorded
+        .outcomes
+        .iter()
+        .all(|o| matches!(o, Outcome::Recorded(_))));
+    for a in &pending {
+        alerts.publish(a, true).await;
+    }
+    let (stop, task) = start(&env, &alerts, &cfg, "payments-spend-alerts");
+    let now = wait_for(&got, 210, Duration::from_secs(30), |_| true).await;
+    assert_eq!(now.len(), 210);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let now = got.lock().unwrap().clone();
+    assert_eq!(now.len(), 210, "each sent once");
+    for a in &pending {
+        let id = format!(
+            "spend.threshold_crossed:{}",
+            a["alert_id"].as_str().unwrap()
+        );
+        assert_eq!(
+            now.iter().filter(|r| r.notification_id == id).count(),
+            1,
+            "{id}"
+        );
+    }
+    stop.cancel();
+    task.await.unwrap();
+    assert_eq!(
+        notification_rows(&db).await.len(),
+        210,
+        "no second notification"
+    );
+    let deliveries: Vec<(String, u32, u8)> = db
+        .query("SELECT notification_id, attempt, delivered FROM notification_deliveries")
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(deliveries.len(), 210);
+    assert!(deliveries
+        .iter()
+        .all(|(_, attempt, ok)| *attempt == 1 && *ok == 1));
+    receiver.cancel();
+    alerts.cleanup().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    env.cleanup().await;
+}
+
 /// `tally-payments serve` with `payments.spend_alerts = true` (the dev profile, for an
 /// `http://` receiver; the `dunning` feature off: alerts only need `[dunning]`'s secret and
 /// endpoints): an alert published into the
