@@ -51,41 +51,12 @@ pub fn home(first: &[(String, i64)], stored: Option<&str>) -> Option<String> {
 pub struct InvoiceIds {
     /// (customer, period start ms) -> home currency, for periods with several currencies.
     homes: HashMap<(String, i64), String>,
-    /// (customer, period start ms, currency) -> the period end whose invoice keeps the id of
-    /// [`InvoiceIds::id`], for starts with charges of several period ends ([`primary_ends`]).
-    ends: HashMap<(String, i64, String), i64>,
 }
 
 impl InvoiceIds {
     /// The periods with several currencies and their home currency.
     pub fn new(homes: HashMap<(String, i64), String>) -> InvoiceIds {
-        InvoiceIds {
-            homes,
-            ends: HashMap::new(),
-        }
-    }
-
-    /// The same, knowing the period ends of `charges` (see [`InvoiceIds::id_for`]).
-    pub fn with_ends(mut self, charges: &[ChargeLine]) -> InvoiceIds {
-        self.ends = primary_ends(charges);
-        self
-    }
-
-    /// The invoice id of the customer's period `[start, end)` in `currency`: charges of one
-    /// start but different ends (an annual fee and January's usage, a quarter and its first
-    /// month, a fee billed in advance at an instant and a period starting there) are on
-    /// different invoices, each with its own period and finalization. The shortest non-empty
-    /// period keeps the id of [`InvoiceIds::id`] (so a usage period's id does not change when
-    /// a longer one starts with it); the others get an id of their own from it and their end.
-    pub fn id_for(&self, customer: &str, start_ms: i64, end_ms: i64, currency: &str) -> String {
-        let id = self.id(customer, start_ms, currency);
-        match self
-            .ends
-            .get(&(customer.to_owned(), start_ms, currency.to_owned()))
-        {
-            Some(primary) if *primary != end_ms => invoice_id_ended(&id, end_ms),
-            _ => id,
-        }
+        InvoiceIds { homes }
     }
 
     /// The invoice id of the customer's period in `currency`.
@@ -98,39 +69,8 @@ impl InvoiceIds {
 
     /// The invoice id of a charge.
     pub fn of(&self, c: &ChargeLine) -> String {
-        self.id_for(&c.customer, c.period.start_ms, c.period.end_ms, &c.currency)
+        self.id(&c.customer, c.period.start_ms, &c.currency)
     }
-}
-
-/// The id of the invoice of a period starting with the invoice `id`'s but ending at `end_ms`.
-pub fn invoice_id_ended(id: &str, end_ms: i64) -> String {
-    format!(
-        "inv_{:032x}",
-        xxh3_128(format!("{id}\0{end_ms}").as_bytes())
-    )
-}
-
-/// Per (customer, period start, currency) with charges of several period ends, the end that
-/// keeps the plain id: the smallest end after the start, else (only empty periods) the start.
-pub fn primary_ends(charges: &[ChargeLine]) -> HashMap<(String, i64, String), i64> {
-    let mut all: BTreeMap<(String, i64, String), BTreeSet<i64>> = BTreeMap::new();
-    for c in charges {
-        all.entry((c.customer.clone(), c.period.start_ms, c.currency.clone()))
-            .or_default()
-            .insert(c.period.end_ms);
-    }
-    all.into_iter()
-        .filter(|(_, ends)| ends.len() > 1)
-        .filter_map(|(key, ends)| {
-            let start = key.1;
-            let primary = ends
-                .iter()
-                .copied()
-                .find(|e| *e > start)
-                .or_else(|| ends.first().copied())?;
-            Some((key, primary))
-        })
-        .collect()
 }
 
 /// The (customer, period start ms) of `charges` with several currencies, and those currencies.
@@ -168,7 +108,7 @@ pub async fn resolve(
 ) -> Result<InvoiceIds, clickhouse::error::Error> {
     let mixed = mixed(charges);
     if mixed.is_empty() {
-        return Ok(InvoiceIds::default().with_ends(charges));
+        return Ok(InvoiceIds::default());
     }
     let plain: Vec<String> = mixed.keys().map(|(c, s)| invoice_id(c, *s)).collect();
     let sql = format!(
@@ -224,7 +164,7 @@ pub async fn resolve(
             homes.insert(key.clone(), h);
         }
     }
-    Ok(InvoiceIds::new(homes).with_ends(charges))
+    Ok(InvoiceIds::new(homes))
 }
 
 #[cfg(test)]
@@ -244,32 +184,6 @@ mod tests {
         // a tie goes to the smaller code
         assert_eq!(home(&[(s("USD"), 0), (s("EUR"), 0)], None), Some(s("EUR")));
         assert_eq!(home(&[], None), None);
-    }
-
-    #[test]
-    fn charges_of_one_start_and_different_ends_go_on_different_invoices() {
-        let month = charge("a", 1);
-        let mut year = charge("b", 2);
-        year.period.end_ms = month.period.end_ms * 12;
-        let mut advance = charge("c", 3);
-        advance.period.end_ms = advance.period.start_ms;
-        let ids = InvoiceIds::default().with_ends(&[year.clone(), month.clone(), advance.clone()]);
-        // the month keeps the plain id whatever else starts with it
-        assert_eq!(ids.of(&month), invoice_id("acme", 0));
-        assert_eq!(
-            ids.of(&year),
-            invoice_id_ended(&invoice_id("acme", 0), year.period.end_ms)
-        );
-        assert_eq!(
-            ids.of(&advance),
-            invoice_id_ended(&invoice_id("acme", 0), 0)
-        );
-        assert_ne!(ids.of(&year), ids.of(&advance));
-        // alone, each period has the plain id
-        let alone = InvoiceIds::default().with_ends(std::slice::from_ref(&year));
-        assert_eq!(alone.of(&year), invoice_id("acme", 0));
-        let only_empty = InvoiceIds::default().with_ends(std::slice::from_ref(&advance));
-        assert_eq!(only_empty.of(&advance), invoice_id("acme", 0));
     }
 
     #[test]

@@ -225,6 +225,20 @@ pub enum BuildError {
     Overflow { customer: String },
 }
 
+/// The period of the invoice of `charges` (one customer, period start and currency): the
+/// shortest non-empty period among them (an empty one, a fee billed in advance at an instant,
+/// only when all are). Charges that start together but end apart (an annual fee and January's
+/// usage, a quarter and its first month) are one invoice, finalized one grace after the
+/// shortest period ends whatever order the charges were read in: the longer period's fee is
+/// invoiced with the first shorter period, and changes to it after that invoice is finalized
+/// are late usage (an adjustment or a credit note against it).
+pub fn invoice_period(charges: &[ChargeLine]) -> Option<Period> {
+    charges
+        .iter()
+        .map(|c| c.period)
+        .min_by_key(|p| (p.end_ms <= p.start_ms, p.end_ms))
+}
+
 /// The deterministic id of a subscription's invoice for a period. A customer has one
 /// subscription at a time (the catalog's subscription versions are per customer), so the
 /// subscription is named by its customer. A period billed in several currencies keeps this id
@@ -282,7 +296,7 @@ pub fn build_as(
     for (i, l) in lines.iter_mut().enumerate() {
         l.line_no = i as u32 + 1;
     }
-    let period = first.period;
+    let period = invoice_period(charges).unwrap_or(first.period);
     let status = if now_ms >= period.end_ms + terms.grace_ms {
         Status::Finalized
     } else {
@@ -464,6 +478,23 @@ pub(crate) mod tests {
             tax_rate: String::new(),
             tax_minor: 0,
         }
+    }
+
+    #[test]
+    fn an_invoice_has_the_shortest_non_empty_period_of_its_charges() {
+        let month = charge("tokens", 1);
+        let mut year = charge("seats", 2);
+        year.period.end_ms = 12_000;
+        let mut advance = charge("fee", 3);
+        advance.period.end_ms = advance.period.start_ms;
+        for order in [
+            vec![year.clone(), month.clone(), advance.clone()],
+            vec![advance.clone(), month.clone(), year.clone()],
+        ] {
+            assert_eq!(invoice_period(&order), Some(month.period));
+        }
+        assert_eq!(invoice_period(&[advance.clone()]), Some(advance.period));
+        assert_eq!(invoice_period(&[]), None);
     }
 
     fn terms(grace_ms: i64) -> Terms {

@@ -69,27 +69,24 @@ pub async fn invoice_pass(
     // was finalized is in `done`: its late usage is `late`'s)
     let since_ms = tally_platform::usage::reach(db, now_ms - lookback_ms).await?;
     let charges = store::charges_since(db, since_ms).await?;
-    let done = lifecycle::finalized_since(db, since_ms - grace_ms).await?;
     // one invoice per (customer, period, currency): a period with several currencies keeps
     // its id for its home currency, the others get their own (`currency_split`)
     let ids = currency_split::resolve(db, &charges).await?;
-    // a group has one period (start and end): charges of one start and different ends (an
-    // annual fee and January's usage) are different invoices (`InvoiceIds::id_for`)
-    let mut groups: BTreeMap<(String, i64, i64, String), Vec<ChargeLine>> = BTreeMap::new();
+    let mut groups: BTreeMap<(String, i64, String), Vec<ChargeLine>> = BTreeMap::new();
     for c in charges {
         groups
-            .entry((
-                c.customer.clone(),
-                c.period.start_ms,
-                c.period.end_ms,
-                c.currency.clone(),
-            ))
+            .entry((c.customer.clone(), c.period.start_ms, c.currency.clone()))
             .or_default()
             .push(c);
     }
+    // invoices finalized since the earliest period of the pass started: a longer period's
+    // charge (a year's fee) read after its invoice (the first month's) was finalized finds it
+    // there (its changes are `late`'s)
+    let earliest_start = groups.keys().map(|k| k.1).min().unwrap_or(since_ms);
+    let done = lifecycle::finalized_since(db, earliest_start.min(since_ms - grace_ms)).await?;
     let customers: Vec<String> = groups
         .keys()
-        .map(|(c, _, _, _)| c.clone())
+        .map(|(c, _, _)| c.clone())
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
@@ -105,8 +102,8 @@ pub async fn invoice_pass(
     };
     let mut drafts = Vec::new();
     let mut due = Vec::new();
-    for ((customer, start_ms, end_ms, currency), group) in &groups {
-        let invoice_id = ids.id_for(customer, *start_ms, *end_ms, currency);
+    for ((customer, start_ms, currency), group) in &groups {
+        let invoice_id = ids.id(customer, *start_ms, currency);
         if done.contains(&invoice_id) {
             continue;
         }
@@ -123,7 +120,8 @@ pub async fn invoice_pass(
             issuer: cfg.issuer.clone(),
             credit_available_minor: reserved.saturating_add(legacy),
         };
-        let adj = late::take_for(&mut adjustments, customer, currency, group[0].period);
+        let period = crate::invoice::invoice_period(group).unwrap_or(group[0].period);
+        let adj = late::take_for(&mut adjustments, customer, currency, period);
         // one customer's invoice that cannot be built never stops the others'
         let mut invoice = match build_as(invoice_id.clone(), group, adj, &terms, now_ms) {
             Ok(invoice) => invoice,
