@@ -612,7 +612,9 @@ pub fn wallet_limit(
         .plan_of(&sub, now_ms)
         .ok_or_else(|| format!("plan {} has no version now", sub.plan))?;
     let currency = sub.currency.unwrap_or(plan.currency);
-    let period = sub.cycle.period_containing(now_ms);
+    // the invoice of the usage period (a month under an annual fee), which the wallet's
+    // reservations for the period's usage name
+    let period = sub.usage_cycle.period_containing(now_ms);
     let invoice = wallet::period_invoice_id(customer, period.start_ms);
     let a = wallet::available_minor(wallet, currency.code(), &invoice, now_ms)
         .map_err(|e| e.to_string())?;
@@ -626,6 +628,74 @@ pub fn wallet_limit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Under an annual fee with monthly usage the wallet's reservation of February's usage is
+    /// on February's invoice: in February that is what the period already took (it read
+    /// January's invoice, the annual period's start, all year).
+    #[test]
+    fn the_wallet_reads_the_usage_periods_invoice() {
+        #[derive(serde::Deserialize)]
+        struct F {
+            plans: Vec<crate::config::PlanSpec>,
+            subscriptions: Vec<crate::config::SubscriptionSpec>,
+        }
+        let f: F = toml::from_str(
+            r#"
+            [[plans]]
+            id = "p"
+            version = 1
+            currency = "USD"
+            effective_from = "2026-01-01T00:00:00Z"
+            prices = [{ model = "per_unit", meter = "calls", unit_price = "0.10" }]
+            [[subscriptions]]
+            customer = "acme"
+            plan = "p"
+            interval = "annual"
+            usage_interval = "monthly"
+            "#,
+        )
+        .expect("catalog");
+        let meters = tally_domain::meter::validate_meters(
+            serde_json::from_str(r#"[{"slug":"calls","event_type":"c","aggregation":"COUNT"}]"#)
+                .expect("meters"),
+        )
+        .expect("meters");
+        let catalog = Catalog::new(
+            f.plans,
+            f.subscriptions,
+            &crate::config::RaterConfig::default(),
+            &meters,
+        )
+        .expect("catalog");
+        let feb_1 = 1_769_904_000_000; // 2026-02-01T00:00:00Z
+        let wallet = Wallet {
+            grants: vec![wallet::GrantFact {
+                grant_id: "g1".into(),
+                currency: "USD".into(),
+                expires_at_ms: None,
+            }],
+            movements: vec![
+                wallet::MovementFact {
+                    grant_id: "g1".into(),
+                    kind: "grant".into(),
+                    amount_minor: 10_000,
+                    invoice_id: String::new(),
+                },
+                wallet::MovementFact {
+                    grant_id: "g1".into(),
+                    kind: "consume".into(),
+                    amount_minor: 300,
+                    invoice_id: wallet::period_invoice_id("acme", feb_1),
+                },
+            ],
+        };
+        let (limit, taken) =
+            wallet_limit(&catalog, "acme", &wallet, feb_1 + 14 * 86_400_000).expect("a limit");
+        assert_eq!(
+            (limit, taken),
+            (Decimal::new(9700, 2), Decimal::new(300, 2))
+        );
+    }
 
     /// The applied-batch set keeps the latest [`Applied::CAP`] ids: a repeat of a recent
     /// batch is recognised, the oldest are forgotten, and the set never grows past the cap.
