@@ -158,8 +158,8 @@ pub struct Facts {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Refusal {
     /// `outside_period`, `too_recent`, `unknown_meter`, `invalid_quantity`, `malformed`,
-    /// `not_importable`, `duplicate` (the same identity earlier in the input),
-    /// `correction_exists` (the derived id names another correction).
+    /// `subject_mismatch`, `not_importable`, `correction_exists` (the derived id names another
+    /// correction). An identity repeated in the input is not refused: it is `already_present`.
     pub code: &'static str,
     pub detail: String,
 }

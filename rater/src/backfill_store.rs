@@ -183,10 +183,22 @@ impl<'a> Importer<'a> {
             stream: stream.to_owned(),
             detail: e.to_string(),
         };
-        let source = js
+        let mut source = js
             .get_stream(stream)
             .await
             .map_err(|e| failed(stream, &e))?;
+        // the range the stream holds: a mistyped `--to-seq` never walks millions of missing
+        // sequences one request at a time
+        let state = source
+            .info()
+            .await
+            .map_err(|e| failed(stream, &e))?
+            .state
+            .clone();
+        let (from_seq, to_seq) = (
+            from_seq.max(state.first_sequence),
+            to_seq.min(state.last_sequence),
+        );
         let mut usage = None;
         for seq in from_seq..=to_seq {
             let Ok(msg) = source.get_raw_message(seq).await else {
