@@ -10,10 +10,10 @@ use rust_decimal::Decimal;
 use tally_domain::meter::{validate_meters, MeterSpec};
 use tally_platform::store::dec9;
 use tally_platform::usage::Units;
-use tally_rater::charge::compute_with;
+use tally_rater::catalog::tax::{TaxRateSpec, TaxTable};
 use tally_rater::config::{PlanSpec, SubscriptionSpec};
-use tally_rater::tax::{TaxRateSpec, TaxTable};
-use tally_rater::usage::{fold, UsageRow};
+use tally_rater::rating::charge::compute_with;
+use tally_rater::rating::usage::{fold, UsageRow};
 use tally_rater::{Catalog, RaterConfig};
 
 use crate::cputime::timed;

@@ -28,10 +28,10 @@ use tally_ingest::OutgoingEvent;
 use tally_platform::clock::now_ms;
 use tally_platform::shutdown::Shutdown;
 use tally_platform::testkit::TestEnv;
-use tally_rater::catalog_store::CatalogSource;
 use tally_rater::live::budget::{self, Budget, Kind};
 use tally_rater::live::run::{self, Spend};
 use tally_rater::live::SpendConfig;
+use tally_rater::store::catalog::CatalogSource;
 use tally_rater::RaterConfig;
 
 /// Latency percentiles of one series, microseconds.
@@ -243,8 +243,8 @@ pub(crate) async fn bootstrap_catalog(env: &TestEnv) -> anyhow::Result<()> {
     }
     let plans = toml::from_str::<F>(PLAN)?.plans;
     let db = env.db();
-    tally_rater::registry_store::bootstrap(&db, &[], &meter_specs(), 0).await?;
-    tally_rater::catalog_store::bootstrap(&db, &plans, &[], 0).await?;
+    tally_rater::store::registry::bootstrap(&db, &[], &meter_specs(), 0).await?;
+    tally_rater::store::catalog::bootstrap(&db, &plans, &[], 0).await?;
     Ok(())
 }
 

@@ -23,7 +23,7 @@ use tally_invoicer::{invoice_pass, InvoicerConfig};
 use tally_platform::shutdown::Shutdown;
 use tally_platform::testkit::TestEnv;
 use tally_rater::backfill::Import;
-use tally_rater::backfill_store::Importer;
+use tally_rater::store::backfill::Importer;
 use tally_rater::RaterConfig;
 
 /// The API's clock, set by the test.
@@ -444,7 +444,7 @@ async fn too_late_events_of_an_outage_are_replayed_from_the_dead_letter_stream_o
         now_ms: at,
     };
     // the meters the import reads with, stored as `tally-rater` stores the file's
-    tally_rater::registry_store::bootstrap(&db, &[], &tally_e2e::meter_specs(), now_ms)
+    tally_rater::store::registry::bootstrap(&db, &[], &tally_e2e::meter_specs(), now_ms)
         .await
         .expect("meters stored");
     let mut importer = Importer::start(&db, import(now_ms)).await.expect("starts");
@@ -507,7 +507,7 @@ async fn a_month_never_invoiced_gets_its_invoice_once_imported() {
     let q = (now.year() * 12 + now.month() as i32 - 1) - 3;
     let from = month_start(q.div_euclid(12), q.rem_euclid(12) as u32 + 1);
     let to = month_start(from.year(), from.month() + 1);
-    tally_rater::registry_store::bootstrap(&db, &[], &tally_e2e::meter_specs(), 0)
+    tally_rater::store::registry::bootstrap(&db, &[], &tally_e2e::meter_specs(), 0)
         .await
         .expect("meters stored");
     let at = from + chrono::Duration::days(9);

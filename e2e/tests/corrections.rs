@@ -503,7 +503,7 @@ async fn a_void_applies_to_a_sealed_day_and_the_rater_prices_it() {
         "time": time, "reason": "sealed",
         "data": {"tokens": 500_000, "model": "gpt-4o", "kind": "output"}}))
         .expect("request");
-    let refused = tally_rater::corrections_store::correct(
+    let refused = tally_rater::store::corrections::correct(
         &db,
         &amend.validate().expect("valid"),
         "api:alice",
@@ -513,7 +513,7 @@ async fn a_void_applies_to_a_sealed_day_and_the_rater_prices_it() {
     .expect_err("an amend without the event's type is refused");
     assert_eq!(refused.code(), "invalid_correction", "{refused}");
     let valid = req.validate().expect("valid");
-    let (c, appended) = tally_rater::corrections_store::correct(&db, &valid, "api:alice", 0)
+    let (c, appended) = tally_rater::store::corrections::correct(&db, &valid, "api:alice", 0)
         .await
         .expect("voided");
     assert!(appended);

@@ -215,15 +215,19 @@ fn check_config(text: &str, validate: bool) -> Result<(), String> {
                 section::<tally_rater::live::SpendConfig>(name, value)?.validate(),
             )?,
             "meters" => drop(section::<Vec<tally_domain::meter::MeterSpec>>(name, value)?),
-            "customers" => drop(section::<Vec<tally_rater::customers::CustomerSpec>>(
-                name, value,
-            )?),
+            "customers" => {
+                drop(section::<Vec<tally_rater::catalog::customers::CustomerSpec>>(name, value)?)
+            }
             "plans" => drop(section::<Vec<tally_rater::config::PlanSpec>>(name, value)?),
             "subscriptions" => drop(section::<Vec<tally_rater::config::SubscriptionSpec>>(
                 name, value,
             )?),
-            "tax_rates" => drop(section::<Vec<tally_rater::tax::TaxRateSpec>>(name, value)?),
-            "fx_rates" => drop(section::<Vec<tally_rater::fx::FxRateSpec>>(name, value)?),
+            "tax_rates" => drop(section::<Vec<tally_rater::catalog::tax::TaxRateSpec>>(
+                name, value,
+            )?),
+            "fx_rates" => drop(section::<Vec<tally_rater::catalog::fx::FxRateSpec>>(
+                name, value,
+            )?),
             other => return Err(format!("unknown section [{other}]")),
         }
     }

@@ -159,7 +159,7 @@ async fn billing_reads_the_period_not_the_history() {
         .iter()
         .find(|c| c.customer == "cur-2")
         .unwrap();
-    let (_, windows) = tally_rater::explain::load(&capped, &charge.charge_id)
+    let (_, windows) = tally_rater::rating::explain::load(&capped, &charge.charge_id)
         .await
         .unwrap_or_else(|e| panic!("explanation within {MEMORY_MAX} bytes: {e}"));
     assert_eq!(windows.len(), 2);

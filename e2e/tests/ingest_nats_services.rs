@@ -214,10 +214,10 @@ async fn each_service_works_with_its_own_nats_user_and_is_refused_outside_it() {
          "prices": [{"model": "per_unit", "meter": "tool_calls", "unit_price": "0.01"}]}
     ]))
     .unwrap();
-    tally_rater::registry_store::bootstrap(&env.db(), &[], &tally_e2e::meter_specs(), 0)
+    tally_rater::store::registry::bootstrap(&env.db(), &[], &tally_e2e::meter_specs(), 0)
         .await
         .unwrap();
-    tally_rater::catalog_store::bootstrap(&env.db(), &plans, &[], 0)
+    tally_rater::store::catalog::bootstrap(&env.db(), &plans, &[], 0)
         .await
         .unwrap();
     let spend_stop = Shutdown::new();
@@ -229,7 +229,7 @@ async fn each_service_works_with_its_own_nats_user_and_is_refused_outside_it() {
             lease_secs: 1,
             ..Default::default()
         },
-        source: tally_rater::catalog_store::CatalogSource {
+        source: tally_rater::store::catalog::CatalogSource {
             rater: tally_rater::RaterConfig {
                 default_plan: Some("p".into()),
                 ..Default::default()

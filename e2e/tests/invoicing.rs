@@ -14,8 +14,8 @@ use tally_invoicer::invoice::LineKind;
 use tally_invoicer::numbering::Numbers;
 use tally_invoicer::{invoice_pass, Invoice, InvoicerConfig};
 use tally_platform::testkit::TestEnv;
+use tally_rater::catalog::tax::{TaxRateSpec, TaxTable};
 use tally_rater::config::{PlanSpec, SubscriptionSpec};
-use tally_rater::tax::{TaxRateSpec, TaxTable};
 use tally_rater::{Catalog, RaterConfig};
 
 const CATALOG: &str = r#"

@@ -10,7 +10,7 @@ use chrono::{TimeZone, Utc};
 use rust_decimal::Decimal;
 use tally_platform::testkit::{fold_readings, TestEnv};
 use tally_rater::config::{PlanSpec, SubscriptionSpec};
-use tally_rater::usage::FailReason;
+use tally_rater::rating::usage::FailReason;
 use tally_rater::{Catalog, RaterConfig};
 
 fn catalog() -> Catalog {

@@ -12,9 +12,9 @@ use tally_e2e::{aggregator_config, meters, start_aggregator, wait_drained};
 use tally_ingest::{OutgoingEvent, Publisher};
 use tally_platform::shutdown::Shutdown;
 use tally_platform::testkit::TestEnv;
+use tally_rater::catalog::tax::{TaxRateSpec, TaxTable};
 use tally_rater::config::{PlanSpec, SubscriptionSpec};
-use tally_rater::explain;
-use tally_rater::tax::{TaxRateSpec, TaxTable};
+use tally_rater::rating::explain;
 use tally_rater::{Catalog, RaterConfig};
 
 const CATALOG: &str = r#"

@@ -30,10 +30,10 @@ use tally_ingest::spend::{AuthorizeRequest, FailurePolicy, SpendClient};
 use tally_ingest::{OutgoingEvent, Publisher};
 use tally_platform::shutdown::Shutdown;
 use tally_platform::testkit::TestEnv;
-use tally_rater::catalog_store::CatalogSource;
 use tally_rater::live::budget::{self, Budget, Kind};
 use tally_rater::live::run::{self, Spend};
 use tally_rater::live::SpendConfig;
+use tally_rater::store::catalog::CatalogSource;
 use tally_rater::RaterConfig;
 
 /// `ai-standard`: 0.000003 USD per token, tool calls 0.02 up to 100 (as `tally_e2e::catalog`);
@@ -85,10 +85,10 @@ async fn store_catalog_with(env: &TestEnv, more: &str) {
     }
     let f = toml::from_str::<F>(&format!("{PLAN}\n{more}")).expect("plan TOML");
     let db = env.db();
-    tally_rater::registry_store::bootstrap(&db, &[], &meter_specs(), 0)
+    tally_rater::store::registry::bootstrap(&db, &[], &meter_specs(), 0)
         .await
         .expect("stored meters");
-    tally_rater::catalog_store::bootstrap(&db, &f.plans, &f.subscriptions, 0)
+    tally_rater::store::catalog::bootstrap(&db, &f.plans, &f.subscriptions, 0)
         .await
         .expect("stored plan");
 }

@@ -89,7 +89,7 @@ fn answered(body: &serde_json::Value, group: Option<&str>) -> BTreeMap<(String, 
 async fn the_usage_query_answers_what_the_aggregator_committed() {
     let env = TestEnv::new("e2e_usage_query").await;
     let db = env.db();
-    tally_rater::registry_store::bootstrap(&db, &[], &meter_specs(), 0)
+    tally_rater::store::registry::bootstrap(&db, &[], &meter_specs(), 0)
         .await
         .expect("stored meters");
     let client = async_nats::connect(&env.nats.url)
@@ -200,7 +200,7 @@ async fn the_usage_query_answers_what_the_aggregator_committed() {
     let addr = listener.local_addr().unwrap();
     let api_stop = Shutdown::new();
     let state = Arc::new(tally_rater::api::ApiState {
-        source: tally_rater::catalog_store::CatalogSource {
+        source: tally_rater::store::catalog::CatalogSource {
             rater: tally_rater::RaterConfig::default(),
             features: tally_platform::Features::default(),
         },

@@ -95,12 +95,12 @@ pub struct PlanSpec {
     /// RFC 3339; the version applies to periods starting at or after this instant.
     pub effective_from: DateTime<Utc>,
     pub prices: Vec<PriceSpec>,
-    /// Features and metered limits per period the version gives (`crate::entitlements`).
+    /// Features and metered limits per period the version gives (`crate::catalog::entitlements`).
     #[serde(
         default,
-        skip_serializing_if = "crate::entitlements::EntitlementsSpec::is_empty"
+        skip_serializing_if = "crate::catalog::entitlements::EntitlementsSpec::is_empty"
     )]
-    pub entitlements: crate::entitlements::EntitlementsSpec,
+    pub entitlements: crate::catalog::entitlements::EntitlementsSpec,
 }
 
 /// `[[plans.prices]]`: the price of one meter. Which fields a model needs (see

@@ -14,68 +14,38 @@
 //!
 //! # Layout
 //! - [`config`]: the `[rater]`, `[[plans]]` and `[[subscriptions]]` sections.
-//! - [`customers`]: `[[customers]]` and their agents, validated (pure).
-//! - [`meters`]: a meter version of the catalog, validated (pure).
-//! - [`registry`]: the stored versions of customers, agents and meters, and how one is added.
-//! - [`registry_store`]: customers, agents and meters in ClickHouse, bootstrapped from the file.
-//! - [`plan`]: one plan version and the validation of its prices.
-//! - [`catalog`]: validated plans and subscriptions; which plan applies to whom, when.
-//! - [`catalog_store`]: the catalog in ClickHouse, append-only, bootstrapped from the file.
+//! - [`catalog`]: the catalog's pure rules, never touching storage: validated plans and
+//!   subscriptions and which plan applies to whom, when; `plan` (one plan version and its
+//!   prices), `entitlements`, `customers` and `meters` (validated), `registry` (the versions of
+//!   customers, agents and meters, and how one is added), `tax` and `fx` (dated rates),
+//!   `rates` (the stored rate entries and how one is added), `zone` (billing periods in a
+//!   time zone).
 //! - [`pricing`]: the pricing models, one file each.
-//! - [`charge`]: a charge and how it is computed from usage (pure).
-//! - [`tax`]: tax rates by region and code, with effective dates.
-//! - [`fx`]: dated FX rates for billing in a currency a plan lacks.
-//! - [`rates`]: the stored tax and FX rate entries, and how one is added.
-//! - [`rates_store`]: tax and FX rates in ClickHouse, bootstrapped from the file.
-//! - [`zone`]: billing periods in a subscription's time zone.
-//! - [`usage`]: reading committed usage per customer, meter and period.
-//! - [`store`]: writing charges.
-//! - [`explain`]: one charge's usage, arithmetic, rounding, discounts and tax, checked.
+//! - [`rating`]: a charge and how it is computed from usage (`charge`, pure), reading and
+//!   folding committed usage (`usage`), explaining a stored charge (`explain`).
+//! - [`store`]: everything kept in ClickHouse, append-only: the catalog, registry and rates
+//!   (bootstrapped from the file), charges, corrections and backfill imports.
 //! - [`run`]: one rating pass and the schedule.
+//! - [`corrections`]: corrections of committed events (void, amend), their rules.
+//! - [`backfill`]: importing historical events for named periods exactly once, its rules.
+//! - [`api`]: the HTTP API and its OpenAPI document: the catalog, explain, the registry
+//!   (customers, agents, meters), tax and FX rates, the usage query
+//!   (`GET /v1/meters/{slug}/query`), corrections and backfill, one module each.
 //! - [`live`]: live spend control: the live book of a partition, authorize decisions, holds,
 //!   budgets and their thresholds (`tally-spend`).
-//! - [`api`]: the HTTP API (catalog, explain) and its OpenAPI document; [`api_registry`]: its
-//!   customer, agent and meter routes; [`api_rates`]: its tax and FX rate routes;
-//!   [`api_query`]: the usage query (`GET /v1/meters/{slug}/query`); [`api_corrections`]:
-//!   voiding and amending events.
-//! - [`corrections`]: corrections of committed events (void, amend), their rules;
-//!   [`corrections_store`]: their storage.
-//! - [`backfill`]: importing historical events for named periods exactly once, its rules;
-//!   [`backfill_store`]: the import against storage; [`api_backfill`]: `POST /v1/backfill`.
 //! - [`metrics`]: every metric this crate emits.
 
 pub mod api;
-pub mod api_backfill;
-pub mod api_corrections;
-pub mod api_query;
-pub mod api_rates;
-pub mod api_registry;
 pub mod backfill;
-pub mod backfill_store;
 pub mod catalog;
-pub mod catalog_store;
-pub mod charge;
 pub mod config;
 pub mod corrections;
-pub mod corrections_store;
-pub mod customers;
-pub mod entitlements;
-pub mod explain;
-pub mod fx;
 pub mod live;
-pub mod meters;
 pub mod metrics;
-pub mod plan;
 pub mod pricing;
-pub mod rates;
-pub mod rates_store;
-pub mod registry;
-pub mod registry_store;
+pub mod rating;
 pub mod run;
 pub mod store;
-pub mod tax;
-pub mod usage;
-pub mod zone;
 
 pub use catalog::Catalog;
 pub use config::RaterConfig;

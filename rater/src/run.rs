@@ -21,11 +21,13 @@ use tally_domain::Period;
 use tally_platform::shutdown::Shutdown;
 
 use crate::catalog::Catalog;
-use crate::catalog_store::CatalogSource;
-use crate::charge::{compute_with, Charge};
 use crate::config::RaterConfig;
+use crate::metrics;
 use crate::pricing::recurring;
-use crate::{metrics, store, usage};
+use crate::rating::charge::{compute_with, Charge};
+use crate::rating::usage;
+use crate::store::catalog::CatalogSource;
+use crate::store::charges as store;
 
 /// Why a pass failed.
 #[derive(Debug, thiserror::Error)]

@@ -30,8 +30,8 @@ mod common;
 
 use common::tokens;
 use tally_platform::testkit::TestEnv;
-use tally_rater::charge::charge_id;
-use tally_rater::explain;
+use tally_rater::rating::charge::charge_id;
+use tally_rater::rating::explain;
 
 const DAY: i64 = 86_400;
 const NOV_1: i64 = 1_793_491_200; // 2026-11-01T00:00:00Z, seconds

@@ -5,7 +5,7 @@ mod common;
 
 use common::http::{get, request, start};
 use common::{catalog, d, plan, usage};
-use tally_rater::charge::compute;
+use tally_rater::rating::charge::compute;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_shows_the_catalog_and_explains_a_stored_charge() {
@@ -22,16 +22,16 @@ async fn the_api_shows_the_catalog_and_explains_a_stored_charge() {
         plans: Vec<tally_rater::config::PlanSpec>,
     }
     let specs = toml::from_str::<F>(&spec_text).expect("TOML").plans;
-    tally_rater::registry_store::bootstrap(&db, &[], &common::meter_specs(), 0)
+    tally_rater::store::registry::bootstrap(&db, &[], &common::meter_specs(), 0)
         .await
         .expect("stored meters");
-    tally_rater::catalog_store::bootstrap(&db, &specs, &[], 0)
+    tally_rater::store::catalog::bootstrap(&db, &specs, &[], 0)
         .await
         .expect("stored catalog");
     let charge = compute(&usage(d("150")), plan(&c))
         .expect("prices")
         .expect("priced");
-    tally_rater::store::write(&db, std::slice::from_ref(&charge), common::JAN_2026_MS)
+    tally_rater::store::charges::write(&db, std::slice::from_ref(&charge), common::JAN_2026_MS)
         .await
         .expect("stored");
     let (addr, stop, server) = start(db).await;

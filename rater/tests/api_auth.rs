@@ -20,7 +20,7 @@ fn plan(version: u32) -> String {
 async fn the_catalog_changes_only_for_a_catalog_editor_and_every_change_names_its_actor() {
     let env = tally_platform::testkit::TestEnv::new("rater_api_auth").await;
     let db = env.db();
-    tally_rater::registry_store::bootstrap(&db, &[], &common::meter_specs(), 0)
+    tally_rater::store::registry::bootstrap(&db, &[], &common::meter_specs(), 0)
         .await
         .expect("stored meters");
     let reader = token(&db, "rita", Role::Reader).await;

@@ -3,8 +3,8 @@
 //! if a later file omits it) builds the catalog.
 
 use tally_domain::meter::{validate_meters, MeterSpec};
-use tally_rater::catalog_store::{bootstrap, load, Bootstrapped, CatalogStoreError};
 use tally_rater::config::{PlanSpec, SubscriptionSpec};
+use tally_rater::store::catalog::{bootstrap, load, Bootstrapped, CatalogStoreError};
 use tally_rater::{Catalog, RaterConfig};
 
 #[derive(serde::Deserialize)]

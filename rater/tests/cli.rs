@@ -254,7 +254,7 @@ async fn two_rater_processes_at_once_and_a_rerun_write_the_same_charges_and_each
         );
     }
     // both processes bootstrapped the same rates: they read as one entry each
-    let rates = tally_rater::rates_store::load(&db)
+    let rates = tally_rater::store::rates::load(&db)
         .await
         .expect("stored rates");
     assert_eq!(

@@ -2,10 +2,10 @@
 
 use serde::Deserialize;
 use tally_domain::meter::{validate_meters, MeterSpec};
+use tally_rater::catalog::customers::CustomerSpec;
+use tally_rater::catalog::registry::Registry;
+use tally_rater::catalog::tax::{TaxRateSpec, TaxTable};
 use tally_rater::config::{PlanSpec, SubscriptionSpec};
-use tally_rater::customers::CustomerSpec;
-use tally_rater::registry::Registry;
-use tally_rater::tax::{TaxRateSpec, TaxTable};
 use tally_rater::{Catalog, RaterConfig};
 
 #[derive(Deserialize)]

@@ -5,8 +5,8 @@
 mod common;
 
 use common::{catalog, d, plan, usage};
-use tally_rater::charge::compute;
-use tally_rater::explain::{explain, load, StoredCharge, WindowUsage};
+use tally_rater::rating::charge::compute;
+use tally_rater::rating::explain::{explain, load, StoredCharge, WindowUsage};
 
 const PRICE: &str = r#"model = "graduated", free_units = "50", minimum = "1",
     tiers = [{ up_to = "100", unit_price = "0.02" }, { up_to = "1000", unit_price = "0.015" }, { unit_price = "0.01" }]"#;
@@ -82,7 +82,7 @@ async fn a_stored_charge_is_read_back_and_explained() {
     let charge = compute(&usage(d("100.5")), plan(&c))
         .expect("prices")
         .expect("priced");
-    tally_rater::store::write(&db, std::slice::from_ref(&charge), common::JAN_2026_MS)
+    tally_rater::store::charges::write(&db, std::slice::from_ref(&charge), common::JAN_2026_MS)
         .await
         .expect("stored");
     let (stored, windows) = load(&db, &charge.charge_id).await.expect("found");
@@ -92,7 +92,7 @@ async fn a_stored_charge_is_read_back_and_explained() {
     assert!(e.balanced, "{:?}", e.lines);
     assert!(matches!(
         load(&db, "chg_missing").await,
-        Err(tally_rater::explain::ExplainError::NotFound(_))
+        Err(tally_rater::rating::explain::ExplainError::NotFound(_))
     ));
     env.cleanup().await;
 }

@@ -6,8 +6,8 @@
 mod common;
 
 use common::{catalog, d, plan, row, usage};
-use tally_rater::charge::compute;
-use tally_rater::usage::fold;
+use tally_rater::rating::charge::compute;
+use tally_rater::rating::usage::fold;
 
 const GRADUATED_USD: &str = r#"model = "graduated", tiers = [{ up_to = "100", unit_price = "0.02" }, { up_to = "1000", unit_price = "0.015" }, { unit_price = "0.01" }]"#;
 const GRADUATED_JPY: &str =
@@ -96,7 +96,7 @@ fn a_price_book_prices_each_model_and_token_kind_at_its_own_rate() {
         row("acme", "gpt-4o", "input", 0, "3000001"), // 7.5000025 -> 7.50
         row("acme", "mystery", "input", 0, "5"),      // no rate: unpriced
     ];
-    let tally_rater::usage::Folded {
+    let tally_rater::rating::usage::Folded {
         usages, skipped, ..
     } = fold(&rows, &c);
     assert_eq!(skipped, Default::default());
@@ -132,7 +132,7 @@ fn a_price_book_with_a_default_rate_prices_every_group() {
         row("acme", "small", "input", 0, "499"),  // 0.499 -> 0
         row("acme", "small", "output", 0, "500"), // 0.5 -> 1
     ];
-    let tally_rater::usage::Folded { usages, .. } = fold(&rows, &c);
+    let tally_rater::rating::usage::Folded { usages, .. } = fold(&rows, &c);
     let minor: Vec<i64> = usages
         .values()
         .map(|u| {
@@ -152,7 +152,7 @@ fn prices_per_meter_fold_every_group_into_one_charge() {
         row("acme", "gpt-4o", "output", 0, "100"),
         row("acme", "gpt-4o", "input", 0, "50"),
     ];
-    let tally_rater::usage::Folded { usages, .. } = fold(&rows, &c);
+    let tally_rater::rating::usage::Folded { usages, .. } = fold(&rows, &c);
     assert_eq!(usages.len(), 1);
     let u = usages.values().next().expect("one");
     assert_eq!((u.group_key.as_str(), u.quantity), ("{}", d("150")));
@@ -182,7 +182,7 @@ fn coupons_discount_charges_for_their_duration_and_record_the_amount_before() {
     let rows: Vec<_> = [jan, feb, mar]
         .map(|minute| row("acme", "m", "input", minute, "1001"))
         .into();
-    let tally_rater::usage::Folded { usages, .. } = fold(&rows, &c);
+    let tally_rater::rating::usage::Folded { usages, .. } = fold(&rows, &c);
     let sub = c
         .subscription(&tally_domain::CustomerId::new("acme").expect("id"))
         .expect("subscribed");
@@ -190,7 +190,7 @@ fn coupons_discount_charges_for_their_duration_and_record_the_amount_before() {
         .values()
         .map(|u| {
             let terms = c.terms(&sub, plan(&c), &u.period, &u.meter);
-            let ch = tally_rater::charge::compute_with(u, plan(&c), &terms)
+            let ch = tally_rater::rating::charge::compute_with(u, plan(&c), &terms)
                 .expect("prices")
                 .expect("priced");
             (ch.amount_before_discounts_minor, ch.amount_minor)
@@ -252,13 +252,13 @@ fn tax_is_per_line_by_region_and_date_on_the_discounted_amount() {
         row("exempt-co", "m", "input", 0, "999"), // exempt: 0
         row("nowhere", "m", "input", 0, "999"), // no region: no tax
     ];
-    let tally_rater::usage::Folded { usages, .. } = fold(&rows, &c);
+    let tally_rater::rating::usage::Folded { usages, .. } = fold(&rows, &c);
     let got: Vec<(String, i64, i64, i64, String)> = usages
         .values()
         .map(|u| {
             let sub = c.subscription(&u.customer).expect("subscribed");
             let terms = c.terms(&sub, plan(&c), &u.period, &u.meter);
-            let ch = tally_rater::charge::compute_with(u, plan(&c), &terms)
+            let ch = tally_rater::rating::charge::compute_with(u, plan(&c), &terms)
                 .expect("prices")
                 .expect("priced");
             assert_eq!(ch.amount_with_tax_minor, ch.amount_minor + ch.tax_minor);
@@ -290,12 +290,12 @@ fn with_the_tax_feature_off_no_charge_carries_tax() {
         row("acme", "m", "input", 0, "999"),
         row("exempt-co", "m", "input", 0, "999"),
     ];
-    let tally_rater::usage::Folded { usages, .. } = fold(&rows, &c);
+    let tally_rater::rating::usage::Folded { usages, .. } = fold(&rows, &c);
     assert_eq!(usages.len(), 2);
     for u in usages.values() {
         let sub = c.subscription(&u.customer).expect("subscribed");
         let terms = c.terms(&sub, plan(&c), &u.period, &u.meter);
-        let ch = tally_rater::charge::compute_with(u, plan(&c), &terms)
+        let ch = tally_rater::rating::charge::compute_with(u, plan(&c), &terms)
             .expect("prices")
             .expect("priced");
         assert_eq!(
@@ -318,7 +318,7 @@ fn a_plan_is_billed_in_another_currency_at_the_dated_rate_then_rounded_once() {
     struct F {
         plans: Vec<tally_rater::config::PlanSpec>,
         subscriptions: Vec<tally_rater::config::SubscriptionSpec>,
-        fx_rates: Vec<tally_rater::fx::FxRateSpec>,
+        fx_rates: Vec<tally_rater::catalog::fx::FxRateSpec>,
     }
     let f: F = toml::from_str(
         r#"
@@ -356,7 +356,7 @@ fn a_plan_is_billed_in_another_currency_at_the_dated_rate_then_rounded_once() {
         &common::meters(),
     )
     .expect("valid")
-    .with_fx(tally_rater::fx::FxTable::new(f.fx_rates).expect("rates"))
+    .with_fx(tally_rater::catalog::fx::FxTable::new(f.fx_rates).expect("rates"))
     .expect("every pair has rates");
     let feb = 31 * 1440;
     let rows = vec![
@@ -364,7 +364,7 @@ fn a_plan_is_billed_in_another_currency_at_the_dated_rate_then_rounded_once() {
         row("manama-co", "m", "input", 0, "1234567"), // no USD->BHD rate in January: unpriced
         row("manama-co", "m", "input", feb, "1234567"), // 3.703701 x 0.376 = 1.392591576 -> 1.393 BHD
     ];
-    let tally_rater::usage::Folded { usages, .. } = fold(&rows, &c);
+    let tally_rater::rating::usage::Folded { usages, .. } = fold(&rows, &c);
     let got: Vec<Option<(&str, &str, i64)>> = usages
         .values()
         .map(|u| {
@@ -372,7 +372,7 @@ fn a_plan_is_billed_in_another_currency_at_the_dated_rate_then_rounded_once() {
                 .subscription_at(&u.customer, u.segment_from_ms)
                 .expect("subscribed");
             let terms = c.terms(&sub, plan(&c), &u.period, &u.meter);
-            tally_rater::charge::compute_with(u, plan(&c), &terms)
+            tally_rater::rating::charge::compute_with(u, plan(&c), &terms)
                 .expect("prices")
                 .map(|ch| (ch.currency, ch.price_currency, ch.amount_minor))
         })
@@ -416,7 +416,7 @@ fn a_plan_is_billed_in_another_currency_at_the_dated_rate_then_rounded_once() {
         &common::meters(),
     )
     .expect("valid")
-    .with_fx(tally_rater::fx::FxTable::default())
+    .with_fx(tally_rater::catalog::fx::FxTable::default())
     .expect_err("no USD->EUR rate")
     .to_string();
     assert!(err.contains("subscriptions.paris-co.currency"), "{err}");

@@ -7,8 +7,8 @@
 mod common;
 
 use common::{catalog, d, file_catalog, plan, row, usage};
-use tally_rater::charge::{compute, compute_with};
-use tally_rater::usage::fold;
+use tally_rater::rating::charge::{compute, compute_with};
+use tally_rater::rating::usage::fold;
 
 const TERA: &str = "1000000000000";
 
@@ -112,7 +112,7 @@ fn a_price_book_at_its_edges_in_bhd_and_jpy() {
         row("acme", "small", "output", 0, "1500"), // default: 0.0015 -> 0.002
         row("acme", "small", "input", 0, "0"),   // zero usage: 0
     ];
-    let tally_rater::usage::Folded { usages, .. } = fold(&rows, &bhd);
+    let tally_rater::rating::usage::Folded { usages, .. } = fold(&rows, &bhd);
     let got: Vec<(String, i64)> = usages
         .values()
         .map(|u| {
@@ -134,7 +134,7 @@ fn a_price_book_at_its_edges_in_bhd_and_jpy() {
         "JPY",
         r#"model = "dimensional", dimensions = ["model"], rates = [{ values = ["big"], unit_price = "0.0004" }]"#,
     );
-    let tally_rater::usage::Folded { usages, .. } =
+    let tally_rater::rating::usage::Folded { usages, .. } =
         fold(&[row("acme", "big", "input", 0, TERA)], &jpy);
     let ch = compute(usages.values().next().expect("one"), plan(&jpy))
         .expect("prices")
@@ -178,7 +178,7 @@ fn coupons_of_every_duration_in_usd_and_bhd() {
         rows.push(row("acme", "m", "input", minute, "1000")); // 10.00 USD
         rows.push(row("manama-co", "m", "input", minute, "10")); // 1.005 BHD
     }
-    let tally_rater::usage::Folded { usages, .. } = fold(&rows, &c);
+    let tally_rater::rating::usage::Folded { usages, .. } = fold(&rows, &c);
     let got: Vec<(&str, i64, i64)> = usages
         .values()
         .map(|u| {

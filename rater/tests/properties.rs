@@ -8,8 +8,8 @@ mod common;
 use common::{catalog, d, plan, row, usage};
 use proptest::prelude::*;
 use rust_decimal::Decimal;
-use tally_rater::charge::{compute, Charge};
-use tally_rater::usage::fold;
+use tally_rater::rating::charge::{compute, Charge};
+use tally_rater::rating::usage::fold;
 use tally_rater::Catalog;
 
 /// Monotone models, with and without allowance and commitments, in three currencies.
@@ -97,8 +97,8 @@ proptest! {
                 row(customers[cu], models[m], if q % 2 == 0 { "input" } else { "output" }, minute, &q.to_string())
             })
             .collect();
-        let rate = |rows: &[tally_rater::usage::UsageRow]| -> Vec<Charge> {
-            let tally_rater::usage::Folded { usages, .. } = fold(rows, &c);
+        let rate = |rows: &[tally_rater::rating::usage::UsageRow]| -> Vec<Charge> {
+            let tally_rater::rating::usage::Folded { usages, .. } = fold(rows, &c);
             usages.values().filter_map(|u| compute(u, plan(&c)).expect("prices")).collect()
         };
         let in_order = rate(&rows);
@@ -163,7 +163,7 @@ fn charge_with_terms(c: &Catalog, q: Decimal) -> Charge {
     let sub = c.subscription(&u.customer).expect("subscribed");
     let p = plan(c);
     let terms = c.terms(&sub, p, &u.period, &u.meter);
-    tally_rater::charge::compute_with(&u, p, &terms)
+    tally_rater::rating::charge::compute_with(&u, p, &terms)
         .expect("prices")
         .expect("priced")
 }

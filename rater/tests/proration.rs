@@ -6,10 +6,10 @@
 mod common;
 
 use common::{meters, row};
-use tally_rater::charge::compute_with;
 use tally_rater::config::{PlanSpec, SubscriptionSpec};
 use tally_rater::pricing::LineKind;
-use tally_rater::usage::fold;
+use tally_rater::rating::charge::compute_with;
+use tally_rater::rating::usage::fold;
 use tally_rater::{Catalog, RaterConfig};
 
 /// Minutes from 2026-01-01 to the first of each month used here.
@@ -91,9 +91,9 @@ fn catalog() -> Catalog {
 
 /// (customer, plan, amount_minor) per charge, in fold order (customer, period, part); every
 /// charge's lines balance.
-fn rate(rows: &[tally_rater::usage::UsageRow]) -> Vec<(String, String, i64)> {
+fn rate(rows: &[tally_rater::rating::usage::UsageRow]) -> Vec<(String, String, i64)> {
     let c = catalog();
-    let tally_rater::usage::Folded {
+    let tally_rater::rating::usage::Folded {
         usages, skipped, ..
     } = fold(rows, &c);
     assert_eq!(skipped, Default::default());
@@ -169,7 +169,7 @@ fn a_minimum_is_prorated_by_the_time_share_of_each_part() {
 #[test]
 fn the_prorated_minimum_line_says_so_and_the_share_is_exact_for_a_whole_period() {
     let c = catalog();
-    let tally_rater::usage::Folded { usages, .. } =
+    let tally_rater::rating::usage::Folded { usages, .. } =
         fold(&[row("acme", "m", "input", NOV_1 + 19 * DAY, "500")], &c);
     let u = usages.values().next().expect("one part");
     assert_eq!(
@@ -193,7 +193,7 @@ fn the_prorated_minimum_line_says_so_and_the_share_is_exact_for_a_whole_period()
             .is_some_and(|l| l.starts_with("minimum 15 prorated x 0.6666")),
         "{min:?}"
     );
-    let tally_rater::usage::Folded { usages: whole, .. } =
+    let tally_rater::rating::usage::Folded { usages: whole, .. } =
         fold(&[row("acme", "m", "input", DEC_1, "1")], &c);
     assert_eq!(
         whole.values().next().expect("December").share(),

@@ -7,10 +7,10 @@ mod common;
 use common::http::{get, post, start};
 use common::{fold_one, row};
 use serde_json::json;
-use tally_rater::catalog_store::{CatalogSource, CatalogStoreError};
-use tally_rater::fx::FxRateSpec;
-use tally_rater::rates_store::{bootstrap, load, RatesAppended};
-use tally_rater::tax::TaxRateSpec;
+use tally_rater::catalog::fx::FxRateSpec;
+use tally_rater::catalog::tax::TaxRateSpec;
+use tally_rater::store::catalog::{CatalogSource, CatalogStoreError};
+use tally_rater::store::rates::{bootstrap, load, RatesAppended};
 
 #[derive(serde::Deserialize)]
 struct F {
@@ -147,7 +147,7 @@ async fn the_file_bootstraps_tax_and_fx_rates_once_and_changes_are_refused() {
 async fn the_api_manages_rates_and_the_rater_prices_with_the_stored_ones() {
     let env = tally_platform::testkit::TestEnv::new("rater_rates_api").await;
     let db = env.db();
-    tally_rater::registry_store::bootstrap(&db, &[], &common::meter_specs(), 0)
+    tally_rater::store::registry::bootstrap(&db, &[], &common::meter_specs(), 0)
         .await
         .expect("stored meters");
     let (addr, stop, server) = start(db.clone()).await;
@@ -320,7 +320,7 @@ async fn the_api_manages_rates_and_the_rater_prices_with_the_stored_ones() {
             .expect("subscribed");
         let plan = catalog.plan_at(&sub.plan, u.segment_from_ms).expect("plan");
         let terms = catalog.terms(&sub, plan, &u.period, &u.meter);
-        let ch = tally_rater::charge::compute_with(&u, plan, &terms)
+        let ch = tally_rater::rating::charge::compute_with(&u, plan, &terms)
             .expect("prices")
             .expect("priced");
         got.push((

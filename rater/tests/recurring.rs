@@ -20,8 +20,8 @@ use std::collections::BTreeMap;
 
 use common::tokens;
 use tally_platform::testkit::TestEnv;
-use tally_rater::charge::charge_id;
-use tally_rater::explain;
+use tally_rater::rating::charge::charge_id;
+use tally_rater::rating::explain;
 use tally_rater::RaterConfig;
 
 const NOV_1: i64 = 1_793_491_200; // 2026-11-01T00:00:00Z, seconds

@@ -7,10 +7,10 @@ mod common;
 use common::http::{get, post, start};
 use serde_json::json;
 use tally_domain::meter::MeterSpec;
-use tally_rater::catalog_store::{self, CatalogSource, CatalogStoreError};
+use tally_rater::catalog::customers::CustomerSpec;
 use tally_rater::config::PlanSpec;
-use tally_rater::customers::CustomerSpec;
-use tally_rater::registry_store::{bootstrap, load, Appended};
+use tally_rater::store::catalog::{self, CatalogSource, CatalogStoreError};
+use tally_rater::store::registry::{bootstrap, load, Appended};
 
 #[derive(serde::Deserialize)]
 struct F {
@@ -143,7 +143,7 @@ async fn the_rater_prices_with_the_stored_meters_and_refuses_plans_on_unknown_on
         .expect("now the meter is known");
     let catalog = source().current(&db).await.expect("the stored catalog");
     assert_eq!(catalog.plans().count(), 1);
-    let (plans, _) = catalog_store::load(&db).await.expect("plans");
+    let (plans, _) = catalog::load(&db).await.expect("plans");
     assert_eq!(plans.len(), 1);
     env.cleanup().await;
 }

@@ -6,9 +6,9 @@
 mod common;
 
 use common::{meters, row, JAN_2026_MS};
-use tally_rater::charge::{charge_id, compute_with};
 use tally_rater::config::{PlanSpec, SubscriptionSpec};
-use tally_rater::usage::fold;
+use tally_rater::rating::charge::{charge_id, compute_with};
+use tally_rater::rating::usage::fold;
 use tally_rater::{Catalog, RaterConfig};
 
 fn catalog(subscriptions: &str) -> Result<Catalog, tally_platform::ConfigError> {
@@ -51,7 +51,7 @@ fn rate(c: &Catalog) -> Vec<(String, i64, String)> {
         row("acme", "m", "input", jan_20, "1000"),
         row("acme", "m", "input", feb_1, "1000"),
     ];
-    let tally_rater::usage::Folded {
+    let tally_rater::rating::usage::Folded {
         usages, skipped, ..
     } = fold(&rows, c);
     assert_eq!(skipped, Default::default());
@@ -155,7 +155,7 @@ fn periods_follow_the_subscription_time_zone() {
         row("acme", "m", "input", jan_31_15h - 1, "1"),
         row("acme", "m", "input", jan_31_15h, "1"),
     ];
-    let tally_rater::usage::Folded { usages, .. } = fold(&rows, &c);
+    let tally_rater::rating::usage::Folded { usages, .. } = fold(&rows, &c);
     let starts: Vec<i64> = usages.values().map(|u| u.period.start_ms).collect();
     let tokyo_feb_1 = JAN_2026_MS + 31 * 86_400_000 - 9 * 3_600_000;
     assert_eq!(starts, vec![JAN_2026_MS - 9 * 3_600_000, tokyo_feb_1]);

@@ -333,7 +333,7 @@ fn iso(t: i64) -> String {
 async fn the_usage_query_answers_per_window_and_group_as_computed_from_the_events() {
     let env = TestEnv::new("rater_usage_query").await;
     let db = env.db();
-    tally_rater::registry_store::bootstrap(&db, &[], &meter_specs(), 0)
+    tally_rater::store::registry::bootstrap(&db, &[], &meter_specs(), 0)
         .await
         .expect("stored meters");
     let evs = events();
@@ -599,7 +599,7 @@ const ROWS_MAX: &str = "500000";
 async fn a_query_of_one_customer_and_day_reads_that_not_the_store() {
     let env = TestEnv::new("rater_usage_query_scale").await;
     let db = env.db();
-    tally_rater::registry_store::bootstrap(&db, &[], &meter_specs(), 0)
+    tally_rater::store::registry::bootstrap(&db, &[], &meter_specs(), 0)
         .await
         .expect("stored meters");
     let day = START + 2 * DAY;

@@ -13,12 +13,16 @@ use tally_platform::args::ConfigArg;
 use tally_platform::auth::Authenticator;
 use tally_platform::clock::now_ms;
 use tally_platform::{config, shutdown, store, telemetry, ClickHouseConfig, TelemetryConfig};
+use tally_rater::catalog::customers::CustomerSpec;
+use tally_rater::catalog::fx::{FxRateSpec, FxTable};
+use tally_rater::catalog::registry::Registry;
+use tally_rater::catalog::tax::{TaxRateSpec, TaxTable};
 use tally_rater::config::{PlanSpec, SubscriptionSpec};
-use tally_rater::customers::CustomerSpec;
-use tally_rater::fx::{FxRateSpec, FxTable};
-use tally_rater::registry::Registry;
-use tally_rater::tax::{TaxRateSpec, TaxTable};
-use tally_rater::{api, catalog_store, explain, rates_store, registry_store, Catalog, RaterConfig};
+use tally_rater::rating::explain;
+use tally_rater::store::{
+    catalog as catalog_store, rates as rates_store, registry as registry_store,
+};
+use tally_rater::{api, Catalog, RaterConfig};
 
 /// Prices committed usage into charges.
 ///
@@ -293,7 +297,7 @@ async fn backfill(
     file: Option<std::path::PathBuf>,
     stream: Option<(String, (u64, u64))>,
 ) -> anyhow::Result<()> {
-    let mut importer = tally_rater::backfill_store::Importer::start(db, import).await?;
+    let mut importer = tally_rater::store::backfill::Importer::start(db, import).await?;
     let done = match (file, stream) {
         (Some(path), _) if path.as_os_str() == "-" => {
             importer

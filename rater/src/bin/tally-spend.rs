@@ -19,10 +19,10 @@ use tally_platform::clock::now_ms;
 use tally_platform::{
     config, shutdown, store, streams, telemetry, ClickHouseConfig, NatsConfig, TelemetryConfig,
 };
-use tally_rater::catalog_store::CatalogSource;
 use tally_rater::live::api;
 use tally_rater::live::run::{self, Spend};
 use tally_rater::live::SpendConfig;
+use tally_rater::store::catalog::CatalogSource;
 use tally_rater::RaterConfig;
 
 /// The live spend decider of one partition of the usage stream (see docs/SPEND.md).

@@ -25,9 +25,9 @@ use tally_domain::{BillingCycle, Currency, CustomerId, Meter, MeterSlug};
 use tally_platform::ConfigError;
 
 use super::{Plan, Subscription};
+use crate::catalog::zone::ZonedCycle;
 use crate::config::{Interval, SubscriptionSpec, SubscriptionState, TrialSpec};
 use crate::pricing::discount::{Coupon, Duration, Off};
-use crate::zone::ZonedCycle;
 
 /// The trial of a subscription record, resolved to an instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +87,7 @@ pub(super) fn validate_subscription(
         .into_iter()
         .enumerate()
         .map(|(j, c)| {
-            crate::plan::validate_coupon(c, meters)
+            crate::catalog::plan::validate_coupon(c, meters)
                 .map_err(|(f, d)| ConfigError::invalid(setting(&format!("coupons[{j}].{f}")), d))
         })
         .collect::<Result<Vec<_>, _>>()?;

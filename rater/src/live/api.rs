@@ -79,7 +79,7 @@ pub const ROUTES: &[Route<Op>] = &[
 ];
 
 /// The OpenAPI 3.0 document of this API, served at `/v1/openapi.json` without a token.
-pub const OPENAPI: &str = include_str!("../api_spend_openapi.json");
+pub const OPENAPI: &str = include_str!("openapi.json");
 
 fn openapi_reply() -> Response<Body> {
     tally_platform::http::bytes(
@@ -161,7 +161,7 @@ async fn put(
     budget_id: String,
     actor: &str,
 ) -> Response<Body> {
-    let body: BudgetBody = match crate::api::read_json(req, "invalid_budget").await {
+    let body: BudgetBody = match crate::api::shared::read_json(req, "invalid_budget").await {
         Ok(b) => b,
         Err(r) => return r,
     };

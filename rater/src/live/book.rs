@@ -26,9 +26,9 @@ use serde::{Deserialize, Serialize};
 use tally_domain::{Aggregation, CustomerId, MeterSlug, Period};
 use tally_platform::usage::{Totals, UsageRow};
 
+use crate::catalog::plan::Plan;
 use crate::catalog::{Catalog, Subscription};
-use crate::charge::{compute_with, MeterUsage};
-use crate::plan::Plan;
+use crate::rating::charge::{compute_with, MeterUsage};
 
 use super::budget::{Budget, Kind};
 use super::protocol::{Answer, Reason};
@@ -283,7 +283,7 @@ impl CustomerBook {
     }
 }
 
-/// The unrounded tax on `amount` at `rate_percent` (as [`crate::tax::tax_on`]); a rate is
+/// The unrounded tax on `amount` at `rate_percent` (as [`crate::catalog::tax::tax_on`]); a rate is
 /// at most 100 %, so on overflow the tax is taken as the whole amount (never less).
 fn tax_of(amount: Decimal, rate_percent: Decimal) -> Decimal {
     amount
@@ -422,19 +422,22 @@ fn plan_names(plans: &[&Plan]) -> String {
 
 /// Committed quantity and held quantity of the period that count against limit `l` (every
 /// agent's).
-fn limit_use(l: &crate::entitlements::LimitSpec, book: &CustomerBook) -> (Decimal, Decimal) {
+fn limit_use(
+    l: &crate::catalog::entitlements::LimitSpec,
+    book: &CustomerBook,
+) -> (Decimal, Decimal) {
     let used = book
         .usage
         .iter()
         .filter(|((_, meter, _), (_, names, values, _))| {
-            *meter == l.meter && crate::entitlements::matches_lists(l, names, values)
+            *meter == l.meter && crate::catalog::entitlements::matches_lists(l, names, values)
         })
         .filter_map(|(_, (agg, _, _, t))| t.quantity(agg.as_str()))
         .fold(Decimal::ZERO, |a, q| a.saturating_add(q));
     let held = book
         .holds
         .values()
-        .filter(|h| h.meter == l.meter && crate::entitlements::matches(l, &h.group))
+        .filter(|h| h.meter == l.meter && crate::catalog::entitlements::matches(l, &h.group))
         .fold(Decimal::ZERO, |a, h| a.saturating_add(h.quantity));
     (used, held)
 }

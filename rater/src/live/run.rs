@@ -34,7 +34,7 @@ use super::metrics;
 use super::protocol::{self, Answer, Reason};
 use super::wallet;
 use crate::catalog::Catalog;
-use crate::catalog_store::CatalogSource;
+use crate::store::catalog::CatalogSource;
 
 /// Requests waiting for the decider; beyond this an authorize is answered `unavailable`.
 const QUEUE: usize = 8192;
@@ -49,7 +49,7 @@ pub enum RunError {
     #[error("lease: {0}")]
     Lease(#[from] LeaseError),
     #[error("catalog: {0}")]
-    Catalog(#[from] crate::catalog_store::CatalogStoreError),
+    Catalog(#[from] crate::store::catalog::CatalogStoreError),
     #[error("clickhouse: {0}")]
     Store(#[from] clickhouse::error::Error),
     #[error("feed: {0}")]
@@ -348,7 +348,7 @@ async fn settled_join_point(spend: &Spend, js: &jetstream::Context) -> Result<Jo
 async fn meter_aggregations(
     db: &Client,
 ) -> Result<HashMap<String, tally_domain::Aggregation>, RunError> {
-    Ok(crate::registry_store::meters(db)
+    Ok(crate::store::registry::meters(db)
         .await?
         .into_iter()
         .map(|m| (m.slug.to_string(), m.aggregation))
@@ -555,9 +555,9 @@ async fn answer_balance(spend: Spend, tx: mpsc::Sender<Command>) {
 async fn changed_catalog(
     spend: &Spend,
     watch: &mut CatalogWatch,
-) -> Result<Option<Catalog>, crate::catalog_store::CatalogStoreError> {
-    let stored = crate::catalog_store::Stored::load(&spend.db).await?;
-    let (plans, subscriptions) = crate::catalog_store::load(&spend.db).await?;
+) -> Result<Option<Catalog>, crate::store::catalog::CatalogStoreError> {
+    let stored = crate::store::catalog::Stored::load(&spend.db).await?;
+    let (plans, subscriptions) = crate::store::catalog::load(&spend.db).await?;
     if !watch.changed(&(&plans, &subscriptions, &stored)) {
         return Ok(None);
     }

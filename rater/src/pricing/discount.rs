@@ -9,7 +9,7 @@ use rust_decimal::Decimal;
 use tally_domain::{MeterSlug, Period};
 
 use super::{LineKind, TierUse};
-use crate::zone::ZonedCycle;
+use crate::catalog::zone::ZonedCycle;
 
 /// How much a coupon takes off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

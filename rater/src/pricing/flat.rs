@@ -5,7 +5,7 @@
 //! by its usage and pays the fee in periods with usage windows of the meter.
 //!
 //! In a part of a period split by a subscription change, the fee is prorated by the part's
-//! time share (`share`, see [`crate::charge::MeterUsage::share`]): the line bills `share`
+//! time share (`share`, see [`crate::rating::charge::MeterUsage::share`]): the line bills `share`
 //! units of the fee, so `amount = share × fee`, unrounded (the charge rounds once).
 
 use rust_decimal::Decimal;

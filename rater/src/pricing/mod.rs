@@ -10,7 +10,7 @@
 //! - Every line satisfies `amount = billed_units × unit_price` (`billed_units` defaults to
 //!   `quantity`), the lines' quantities sum to the priced quantity and their amounts to the
 //!   unrounded amount.
-//! - Models never round; [`crate::charge`] rounds once.
+//! - Models never round; [`crate::rating::charge`] rounds once.
 
 pub mod allowance;
 pub mod commitment;
@@ -265,7 +265,7 @@ impl Price {
             free_units: Decimal::ZERO,
             minimum: None,
             maximum: None,
-            tax_code: crate::tax::DEFAULT_TAX_CODE.to_owned(),
+            tax_code: crate::catalog::tax::DEFAULT_TAX_CODE.to_owned(),
             billing: Billing::InArrears,
         }
     }

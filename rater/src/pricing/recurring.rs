@@ -6,7 +6,7 @@
 //! rollups; this module names, from the catalog alone, every part of a billing period that a
 //! subscription covers within the pass's range, and for each price of the part's plan
 //! version with a flat fee or a minimum, a zero-usage [`MeterUsage`] when the fold has none
-//! for that (customer, period, part, meter). Priced like any usage ([`crate::charge`]), it
+//! for that (customer, period, part, meter). Priced like any usage ([`crate::rating::charge`]), it
 //! bills the fee (prorated by the part's time share) and trues the minimum up (prorated
 //! likewise), so an idle period bills exactly what a period with zero usage would.
 //!
@@ -41,11 +41,11 @@ use std::collections::BTreeMap;
 use rust_decimal::Decimal;
 use tally_domain::{Aggregation, CustomerId, MeterSlug, Period};
 
+use crate::catalog::zone::ZonedCycle;
 use crate::catalog::{Catalog, Subscription};
-use crate::charge::MeterUsage;
 use crate::pricing::{Price, PriceModel};
-use crate::usage::UsageKey;
-use crate::zone::ZonedCycle;
+use crate::rating::charge::MeterUsage;
+use crate::rating::usage::UsageKey;
 
 /// Periods looked at per subscription at most (a range of years of weekly periods); the
 /// bound keeps a bad cycle from looping.
@@ -248,8 +248,8 @@ pub fn zero_usage(customer: &CustomerId, meter: &MeterSlug, part: Part) -> Meter
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::charge::compute_with;
     use crate::config::{PlanSpec, RaterConfig, SubscriptionSpec};
+    use crate::rating::charge::compute_with;
     use proptest::prelude::*;
     use tally_domain::meter::{validate_meters, MeterSpec};
 

@@ -7,9 +7,9 @@ use rust_decimal::Decimal;
 use tally_domain::meter::{validate_meters, MeterSpec};
 use tally_domain::{Aggregation, CustomerId, Meter, MeterSlug, Period};
 use tally_rater::catalog::Plan;
-use tally_rater::charge::MeterUsage;
 use tally_rater::config::{PlanSpec, SubscriptionSpec};
-use tally_rater::usage::UsageRow;
+use tally_rater::rating::charge::MeterUsage;
+use tally_rater::rating::usage::UsageRow;
 use tally_rater::{Catalog, RaterConfig};
 
 pub const JAN_2026_MS: i64 = 1_767_225_600_000;
@@ -109,7 +109,7 @@ pub fn row(customer: &str, model: &str, kind: &str, minute: u32, quantity: &str)
 
 /// The usage of one committed window, folded as a rating pass folds it.
 pub fn fold_one(c: &Catalog, r: UsageRow) -> MeterUsage {
-    let folded = tally_rater::usage::fold(&[r], c);
+    let folded = tally_rater::rating::usage::fold(&[r], c);
     folded
         .usages
         .into_values()
@@ -127,14 +127,14 @@ pub fn file_catalog(text: &str) -> Result<Catalog, tally_platform::ConfigError> 
         #[serde(default)]
         subscriptions: Vec<SubscriptionSpec>,
         #[serde(default)]
-        tax_rates: Vec<tally_rater::tax::TaxRateSpec>,
+        tax_rates: Vec<tally_rater::catalog::tax::TaxRateSpec>,
         #[serde(default)]
-        fx_rates: Vec<tally_rater::fx::FxRateSpec>,
+        fx_rates: Vec<tally_rater::catalog::fx::FxRateSpec>,
     }
     let f: F = toml::from_str(text).expect("catalog TOML");
     Catalog::new(f.plans, f.subscriptions, &RaterConfig::default(), &meters())?
-        .with_taxes(tally_rater::tax::TaxTable::new(f.tax_rates)?)?
-        .with_fx(tally_rater::fx::FxTable::new(f.fx_rates)?)
+        .with_taxes(tally_rater::catalog::tax::TaxTable::new(f.tax_rates)?)?
+        .with_fx(tally_rater::catalog::fx::FxTable::new(f.fx_rates)?)
 }
 
 /// One committed window of `tokens` (SUM, by model and kind) for `customer` at `at` (secs).
@@ -159,24 +159,24 @@ pub async fn tokens(db: &clickhouse::Client, customer: &str, at: i64, value: &st
 pub async fn store_catalog(
     db: &clickhouse::Client,
     text: &str,
-) -> tally_rater::catalog_store::Bootstrapped {
+) -> tally_rater::store::catalog::Bootstrapped {
     #[derive(serde::Deserialize)]
     struct F {
         plans: Vec<PlanSpec>,
         subscriptions: Vec<SubscriptionSpec>,
     }
     let f: F = toml::from_str(text).expect("catalog TOML");
-    tally_rater::registry_store::bootstrap(db, &[], &meter_specs(), 0)
+    tally_rater::store::registry::bootstrap(db, &[], &meter_specs(), 0)
         .await
         .expect("stored meters");
-    tally_rater::catalog_store::bootstrap(db, &f.plans, &f.subscriptions, 0)
+    tally_rater::store::catalog::bootstrap(db, &f.plans, &f.subscriptions, 0)
         .await
         .expect("stored catalog")
 }
 
 /// The catalog as stored in `db` (default `[rater]` and features).
 pub async fn stored_catalog(db: &clickhouse::Client) -> Catalog {
-    tally_rater::catalog_store::CatalogSource {
+    tally_rater::store::catalog::CatalogSource {
         rater: RaterConfig::default(),
         features: tally_platform::Features::default(),
     }

@@ -634,9 +634,9 @@ fn a_wallet_budget_counts_usage_with_the_customers_tax() {
     .unwrap();
     let subs: Vec<crate::config::SubscriptionSpec> =
         serde_json::from_str(r#"[{"customer":"acme","plan":"p","tax_region":"DE"}]"#).unwrap();
-    let taxes = crate::tax::TaxTable::new(vec![crate::tax::TaxRateSpec {
+    let taxes = crate::catalog::tax::TaxTable::new(vec![crate::catalog::tax::TaxRateSpec {
         region: "DE".into(),
-        code: crate::tax::DEFAULT_TAX_CODE.into(),
+        code: crate::catalog::tax::DEFAULT_TAX_CODE.into(),
         rate_percent: Decimal::from(19),
         effective_from: "2020-01-01T00:00:00Z".parse().unwrap(),
     }])

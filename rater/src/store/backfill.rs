@@ -22,7 +22,7 @@ use tokio::io::AsyncBufReadExt;
 
 use crate::backfill::{self, Decision, Facts, Import, Refusal, Report};
 use crate::corrections::{self, Correction, CorrectionError, Delta};
-use crate::corrections_store;
+use crate::store;
 
 /// Largest event accepted, in bytes (the gateway's default event bound).
 pub const EVENT_MAX_BYTES: usize = corrections::DATA_MAX_BYTES;
@@ -76,7 +76,7 @@ impl<'a> Importer<'a> {
             .map_err(|backfill::ImportError::Invalid { field, detail }| {
                 CorrectionError::Invalid { field, detail }
             })?;
-        let meters = crate::registry_store::meters(db)
+        let meters = crate::store::registry::meters(db)
             .await
             .map_err(|e| CorrectionError::Meters(e.to_string()))?;
         let report = Report {
@@ -272,7 +272,7 @@ impl<'a> Importer<'a> {
         if batch.is_empty() {
             return Ok(());
         }
-        let _turn = corrections_store::ONE_AT_A_TIME.lock().await;
+        let _turn = store::corrections::ONE_AT_A_TIME.lock().await;
         let identities: Vec<Identity> = batch.iter().map(|p| identity(&p.event)).collect();
         let committed = committed(self.db, &batch, &identities).await?;
         let mut of_events = corrections_of(self.db, &identities).await?;
@@ -379,7 +379,7 @@ async fn committed(
              WHERE toStartOfHour(window_start) >= toStartOfHour(toDateTime({})) \
                AND toStartOfHour(window_start) <= toStartOfHour(toDateTime({hi})) AND {} \
                AND batch_id NOT IN (SELECT batch_id FROM usage_aborts)",
-            (lo - corrections_store::WINDOW_MAX_SECS).max(0),
+            (lo - store::corrections::WINDOW_MAX_SECS).max(0),
             identities_sql(ids)
         ))
         .fetch_all()
@@ -424,7 +424,7 @@ struct ImportedRow<'a> {
 }
 
 /// Appends a batch's corrections: every delta, then every event as imported, then the
-/// correction rows (a delta without its row never counts; see [`corrections_store::append`]).
+/// correction rows (a delta without its row never counts; see [`store::corrections::append`]).
 async fn append(
     db: &Client,
     batch: &[Pending],

@@ -1,5 +1,5 @@
 //! The registry: the stored versions of every customer, agent and meter, and the rules for
-//! adding one. Pure; [`crate::registry_store`] reads and appends it in ClickHouse.
+//! adding one. Pure; [`crate::store::registry`] reads and appends it in ClickHouse.
 //!
 //! Rules (the same for the three kinds): an identity is (customer, version), (customer,
 //! agent, version) or (meter, version); adding an identity already stored with the same body
@@ -12,9 +12,9 @@ use std::collections::BTreeMap;
 use tally_domain::meter::Meter;
 use tally_domain::{AgentId, CustomerId};
 
-use crate::catalog_store::CatalogStoreError;
-use crate::customers::{validate_agent, validate_customer, AgentSpec, CustomerSpec};
-use crate::meters::{check_successor, validate_meter, MeterEntry};
+use crate::catalog::customers::{validate_agent, validate_customer, AgentSpec, CustomerSpec};
+use crate::catalog::meters::{check_successor, validate_meter, MeterEntry};
+use crate::store::catalog::CatalogStoreError;
 
 /// Whether an addition is new or was stored already.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,17 +9,27 @@ use std::collections::HashMap;
 use tally_domain::{BillingCycle, Currency, CustomerId, Meter, MeterSlug, Period};
 use tally_platform::ConfigError;
 
-use crate::charge::{Fx, Terms};
 use crate::config::{PlanSpec, RaterConfig, SubscriptionSpec, SubscriptionState};
+use crate::rating::charge::{Fx, Terms};
 use lifecycle::validate_subscription;
 pub use lifecycle::{Trial, TRIAL_COUPON};
 
+pub mod customers;
+pub mod entitlements;
+pub mod fx;
 mod lifecycle;
-use crate::fx::FxTable;
-pub use crate::plan::Plan;
+pub mod meters;
+pub mod plan;
+pub mod rates;
+pub mod registry;
+pub mod tax;
+pub mod zone;
+
+use crate::catalog::fx::FxTable;
+pub use crate::catalog::plan::Plan;
+use crate::catalog::tax::TaxTable;
+use crate::catalog::zone::ZonedCycle;
 use crate::pricing::discount::Coupon;
-use crate::tax::TaxTable;
-use crate::zone::ZonedCycle;
 
 /// A customer's subscription.
 #[derive(Debug, Clone)]
@@ -140,7 +150,7 @@ impl Catalog {
     ) -> Result<Catalog, ConfigError> {
         let mut by_id: HashMap<String, Vec<(usize, Plan)>> = HashMap::new();
         for (i, spec) in plans.into_iter().enumerate() {
-            let plan = crate::plan::validate(spec, i, meters)?;
+            let plan = crate::catalog::plan::validate(spec, i, meters)?;
             let versions = by_id.entry(plan.id.clone()).or_default();
             if let Some((first, _)) = versions.iter().find(|(_, p)| p.version == plan.version) {
                 return Err(ConfigError::invalid(

@@ -50,7 +50,7 @@ use serde::Serialize;
 use tally_domain::{CustomerId, Meter};
 use tally_platform::usage::{self, Plan, Resolution, Scope, Totals, UsageRow};
 
-use crate::api::{error, json, ApiState};
+use super::shared::{error, json, ApiState};
 
 type Reply = Response<Full<Bytes>>;
 
@@ -81,7 +81,7 @@ pub(crate) async fn route(state: &ApiState, req: Request<Incoming>, path: &[&str
     let ["v1", "meters", slug, "query"] = path else {
         return error(StatusCode::NOT_FOUND, "not_found", path.join("/"));
     };
-    let meters = match crate::registry_store::meters(&state.db).await {
+    let meters = match crate::store::registry::meters(&state.db).await {
         Ok(m) => m,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
     };

@@ -1,5 +1,5 @@
 //! Tax rates and FX rates in ClickHouse, append-only (`catalog_tax_rates`, `catalog_fx_rates`,
-//! migration 0019), with the rules of [`crate::rates`].
+//! migration 0019), with the rules of [`crate::catalog::rates`].
 //!
 //! The file bootstraps them: `[[tax_rates]]` and `[[fx_rates]]` entries not stored yet are
 //! appended, identical ones skipped, changed ones refused (naming the entry). The rater prices
@@ -13,11 +13,11 @@ use clickhouse::Client;
 use serde::{Deserialize, Serialize};
 use tally_platform::store::datetime_secs;
 
-use crate::catalog_store::CatalogStoreError;
-use crate::fx::FxRateSpec;
-use crate::rates::{effective_from_text, Entries, RateEntry, Rates};
-use crate::registry::Novelty;
-use crate::tax::TaxRateSpec;
+use crate::catalog::fx::FxRateSpec;
+use crate::catalog::rates::{effective_from_text, Entries, RateEntry, Rates};
+use crate::catalog::registry::Novelty;
+use crate::catalog::tax::TaxRateSpec;
+use crate::store::catalog::CatalogStoreError;
 
 /// How many entries an operation appended.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 //! live path has closed on them (a customer migrating from another biller, the too-late
 //! events of an outage re-played from the dead-letter stream).
 //!
-//! It owns the import's rules (pure; the storage is [`crate::backfill_store`], the entry
+//! It owns the import's rules (pure; the storage is [`crate::store::backfill`], the entry
 //! points `POST /v1/backfill` and `tally-rater backfill`): which events of an import count and
 //! why the others do not. An imported event is a correction of kind `backfill` of the event's
 //! identity (customer, source, id) whose deltas are what the stored meters read from it (the

@@ -1,5 +1,5 @@
 //! The API's customer, agent and meter routes (version 1, JSON), read from and appended to
-//! the stored registry ([`crate::registry_store`]) per request:
+//! the stored registry ([`crate::store::registry`]) per request:
 //!
 //! - `GET /v1/customers` (latest version of each), `GET /v1/customers/{id}` (every version),
 //!   `POST /v1/customers` (a `[[customers]]` entry, agents included);
@@ -18,12 +18,12 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use tally_domain::CustomerId;
 
-use crate::api::{appended_reply, error, json, read_json, ApiState};
-use crate::catalog_store::CatalogStoreError;
-use crate::customers::{AgentSpec, CustomerSpec};
-use crate::meters::MeterEntry;
-use crate::registry::Registry;
-use crate::registry_store::{self, Appended};
+use super::shared::{appended_reply, error, json, read_json, ApiState};
+use crate::catalog::customers::{AgentSpec, CustomerSpec};
+use crate::catalog::meters::MeterEntry;
+use crate::catalog::registry::Registry;
+use crate::store::catalog::CatalogStoreError;
+use crate::store::{self, registry::Appended};
 
 type Reply = Response<Full<Bytes>>;
 
@@ -33,7 +33,7 @@ pub(crate) async fn route(state: &ApiState, req: Request<Incoming>, path: &[&str
         (Method::POST, ["v1", "customers"]) => post_customer(state, req).await,
         (Method::POST, ["v1", "customers", id, "agents"]) => post_agent(state, req, id).await,
         (Method::POST, ["v1", "meters"]) => post_meter(state, req).await,
-        (Method::GET, _) => match registry_store::load(&state.db).await {
+        (Method::GET, _) => match store::registry::load(&state.db).await {
             Ok(r) => show(&r, path),
             Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
         },
@@ -108,7 +108,7 @@ async fn post_customer(state: &ApiState, req: Request<Incoming>) -> Reply {
         Err(r) => return r,
     };
     let identity = serde_json::json!({"id": spec.id, "version": spec.version});
-    let added = registry_store::add_customer(&state.db, &spec, (state.now_ms)()).await;
+    let added = store::registry::add_customer(&state.db, &spec, (state.now_ms)()).await;
     answer(added, "invalid_customer", identity)
 }
 
@@ -123,7 +123,7 @@ async fn post_agent(state: &ApiState, req: Request<Incoming>, customer: &str) ->
     };
     let identity =
         serde_json::json!({"customer": customer, "id": spec.id, "version": spec.version});
-    let added = registry_store::add_agent(&state.db, &customer, &spec, (state.now_ms)()).await;
+    let added = store::registry::add_agent(&state.db, &customer, &spec, (state.now_ms)()).await;
     answer(added, "invalid_agent", identity)
 }
 
@@ -133,6 +133,7 @@ async fn post_meter(state: &ApiState, req: Request<Incoming>) -> Reply {
         Err(r) => return r,
     };
     let identity = serde_json::json!({"slug": entry.slug, "version": entry.version});
-    let added = registry_store::add_meter(&state.db, &state.source, &entry, (state.now_ms)()).await;
+    let added =
+        store::registry::add_meter(&state.db, &state.source, &entry, (state.now_ms)()).await;
     answer(added, "invalid_meter", identity)
 }

@@ -1,7 +1,7 @@
 //! Corrections of committed events: voiding or amending an event, named by its identity
 //! (customer, source, id), after the aggregator committed it, with an actor and a reason.
 //!
-//! It owns the correction's rules (pure; the storage is [`crate::corrections_store`]): what
+//! It owns the correction's rules (pure; the storage is [`crate::store::corrections`]): what
 //! a correction changes in the usage, and when one is refused. An event's *current* readings
 //! are its committed meter readings (`usage_meter_readings`, looked up by the event's
 //! identity and time, so the caller never states the quantities it takes away) plus the

@@ -93,7 +93,7 @@ pub async fn load(db: &Client, req: &Valid) -> Result<Facts, CorrectionError> {
                         .into(),
                 });
             }
-            let meters = crate::registry_store::meters(db)
+            let meters = crate::store::registry::meters(db)
                 .await
                 .map_err(|e| CorrectionError::Meters(e.to_string()))?;
             amended(&meters, &event_type, data, (r.window_start, r.window_secs))?

@@ -4,8 +4,8 @@
 //! stored identity with a different body is refused (versions are immutable; a change is a
 //! new version). The rater then builds its catalog from what is stored, so entries appended
 //! by earlier files (or other tools) stay in force, validated against the stored meters
-//! ([`crate::registry_store`]) and priced with the stored tax and FX rates
-//! ([`crate::rates_store`]). It never updates or deletes a stored row.
+//! ([`crate::store::registry`]) and priced with the stored tax and FX rates
+//! ([`crate::store::rates`]). It never updates or deletes a stored row.
 
 use std::collections::BTreeMap;
 
@@ -16,9 +16,9 @@ use tally_platform::store::datetime_secs;
 use tally_domain::Meter;
 use tally_platform::ConfigError;
 
+use crate::catalog::rates::Rates;
 use crate::catalog::Catalog;
 use crate::config::{PlanSpec, RaterConfig, SubscriptionSpec};
-use crate::rates::Rates;
 
 /// Catalog changes made by this process, one at a time (load, check against everything
 /// stored, append): two requests that each pass the checks alone but not together (two lines
@@ -234,9 +234,9 @@ pub async fn load(
 }
 
 /// What a catalog is built from besides the stored entries: the `[rater]` settings of the
-/// configuration file. The meters are the stored ones ([`crate::registry_store`]): the latest
+/// configuration file. The meters are the stored ones ([`crate::store::registry`]): the latest
 /// version of each, so a plan naming a meter that is not stored is refused; the tax and FX
-/// rates are the stored ones ([`crate::rates_store`]).
+/// rates are the stored ones ([`crate::store::rates`]).
 #[derive(Debug, Clone)]
 pub struct CatalogSource {
     pub rater: RaterConfig,
@@ -255,8 +255,8 @@ impl Stored {
     /// The meters and rates as stored now.
     pub async fn load(db: &Client) -> Result<Stored, CatalogStoreError> {
         Ok(Stored {
-            meters: crate::registry_store::meters(db).await?,
-            rates: crate::rates_store::load(db).await?,
+            meters: crate::store::registry::meters(db).await?,
+            rates: crate::store::rates::load(db).await?,
         })
     }
 }

@@ -10,8 +10,8 @@ use tally_domain::{Aggregation, Currency, Meter};
 use tally_platform::store::dec9;
 use tally_platform::usage;
 
-use crate::charge::Charge;
 use crate::pricing::{LineKind, TierUse};
+use crate::rating::charge::Charge;
 
 /// A charge as `v_charges` stores it (the columns an explanation needs).
 #[derive(Debug, Clone, clickhouse::Row, Deserialize)]

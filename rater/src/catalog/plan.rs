@@ -20,7 +20,7 @@ pub struct Plan {
     pub effective_from_ms: i64,
     pub prices: HashMap<MeterSlug, Price>,
     /// Features and metered limits per period.
-    pub entitlements: crate::entitlements::Entitlements,
+    pub entitlements: crate::catalog::entitlements::Entitlements,
 }
 
 /// Validates `plans[i]`.
@@ -57,7 +57,7 @@ pub fn validate(spec: PlanSpec, i: usize, meters: &[Meter]) -> Result<Plan, Conf
             ));
         }
     }
-    let entitlements = crate::entitlements::validate(spec.entitlements, i, meters)
+    let entitlements = crate::catalog::entitlements::validate(spec.entitlements, i, meters)
         .map_err(|(f, d)| ConfigError::invalid(f, d))?;
     Ok(Plan {
         entitlements,
@@ -87,7 +87,7 @@ fn validate_price(p: PriceSpec, meter: &Meter) -> Result<Price, FieldError> {
     let tax_code = match p.tax_code {
         Some(c) if c.is_empty() => return Err(("tax_code".into(), "is empty".into())),
         Some(c) => c,
-        None => crate::tax::DEFAULT_TAX_CODE.to_owned(),
+        None => crate::catalog::tax::DEFAULT_TAX_CODE.to_owned(),
     };
     let billing = match p.billing.as_deref() {
         None | Some("in_arrears") => Billing::InArrears,

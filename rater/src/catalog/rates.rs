@@ -1,5 +1,5 @@
 //! The stored rates: every tax rate and FX rate entry of the catalog, and the rules for adding
-//! one. Pure; [`crate::rates_store`] reads and appends them in ClickHouse.
+//! one. Pure; [`crate::store::rates`] reads and appends them in ClickHouse.
 //!
 //! A rate entry is dated, like a subscription: its identity is (region, code,
 //! effective_from) for a tax rate and (from, to, effective_from) for an FX rate, and it is
@@ -15,10 +15,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tally_platform::ConfigError;
 
-use crate::catalog_store::CatalogStoreError;
-use crate::fx::{validate_fx_rate, FxRateSpec, FxTable};
-use crate::registry::Novelty;
-use crate::tax::{validate_tax_rate, TaxRateSpec, TaxTable};
+use crate::catalog::fx::{validate_fx_rate, FxRateSpec, FxTable};
+use crate::catalog::registry::Novelty;
+use crate::catalog::tax::{validate_tax_rate, TaxRateSpec, TaxTable};
+use crate::store::catalog::CatalogStoreError;
 
 /// A dated rate entry: a tax rate or an FX rate.
 pub trait RateEntry: Clone + PartialEq + Serialize + DeserializeOwned {

@@ -1,6 +1,6 @@
 //! Customers, agents and meters in ClickHouse, append-only and versioned
 //! (`catalog_customers`, `catalog_agents`, `catalog_meters`, migration 0010), with the rules
-//! of [`crate::registry`].
+//! of [`crate::catalog::registry`].
 //!
 //! The file bootstraps them: `[[customers]]` entries (and their agents) not stored yet are
 //! appended, identical ones skipped, changed ones refused. A `[[meters]]` entry has no version:
@@ -17,10 +17,10 @@ use tally_domain::meter::MeterSpec;
 use tally_domain::CustomerId;
 use tally_platform::store::datetime_secs;
 
-use crate::catalog_store::{CatalogSource, CatalogStoreError};
-use crate::customers::{AgentSpec, CustomerSpec};
-use crate::meters::MeterEntry;
-use crate::registry::{Novelty, Registry};
+use crate::catalog::customers::{AgentSpec, CustomerSpec};
+use crate::catalog::meters::MeterEntry;
+use crate::catalog::registry::{Novelty, Registry};
+use crate::store::catalog::{CatalogSource, CatalogStoreError};
 
 /// How many versions an operation appended.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -310,10 +310,10 @@ pub async fn add_meter(
     let mut r = load(db).await?;
     let mut pending = Pending::default();
     if r.add_meter(entry, "meter")? == Novelty::New {
-        let (plans, subscriptions) = crate::catalog_store::load(db).await?;
-        let stored = crate::catalog_store::Stored {
+        let (plans, subscriptions) = crate::store::catalog::load(db).await?;
+        let stored = crate::store::catalog::Stored {
             meters: r.meters(),
-            rates: crate::rates_store::load(db).await?,
+            rates: crate::store::rates::load(db).await?,
         };
         source.build(plans, subscriptions, &stored).map_err(|e| {
             CatalogStoreError::Invalid(tally_platform::ConfigError::invalid(

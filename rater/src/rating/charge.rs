@@ -7,10 +7,10 @@ use serde::Serialize;
 use tally_domain::{Aggregation, Currency, CustomerId, MeterSlug, Period};
 use xxhash_rust::xxh3::xxh3_128;
 
+use crate::catalog::tax::{tax_on, AppliedRate};
 use crate::catalog::Plan;
 use crate::pricing::discount::Coupon;
 use crate::pricing::{LineKind, Measured, PriceError, TierUse};
-use crate::tax::{tax_on, AppliedRate};
 
 /// One customer's committed usage of one meter in one period: of the whole meter
 /// (`group_key` `{}`), or of one group-by value when the meter's price is per group.

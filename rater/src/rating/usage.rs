@@ -22,7 +22,7 @@ pub use tally_platform::usage::UsageRow;
 use tally_platform::usage::{self, Request, Resolution, Scope, Totals};
 
 use crate::catalog::Catalog;
-use crate::charge::MeterUsage;
+use crate::rating::charge::MeterUsage;
 
 const DAY_MS: i64 = 86_400_000;
 

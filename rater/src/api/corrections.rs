@@ -20,9 +20,9 @@ use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
 use tally_platform::auth::Principal;
 
-use crate::api::{error, json, read_json, ApiState};
+use super::shared::{error, json, read_json, ApiState};
 use crate::corrections::{self, Correction, CorrectionError, CorrectionRequest};
-use crate::corrections_store;
+use crate::store;
 
 type Reply = Response<Full<Bytes>>;
 
@@ -92,7 +92,7 @@ pub(crate) async fn post(state: &ApiState, req: Request<Incoming>, who: &Princip
         Err(e) => return refused(&e),
     };
     let actor = who.actor_label();
-    match corrections_store::correct(&state.db, &valid, &actor, (state.now_ms)()).await {
+    match store::corrections::correct(&state.db, &valid, &actor, (state.now_ms)()).await {
         Ok((c, appended)) => {
             let status = if appended {
                 StatusCode::CREATED
@@ -112,7 +112,7 @@ pub(crate) async fn list(state: &ApiState, customer: &str, query: Option<&str>) 
         Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_parameter", e),
     };
     let listed =
-        match corrections_store::of_customer(&state.db, customer, &page.after, page.limit).await {
+        match store::corrections::of_customer(&state.db, customer, &page.after, page.limit).await {
             Ok(listed) => listed,
             Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
         };
@@ -122,7 +122,7 @@ pub(crate) async fn list(state: &ApiState, customer: &str, query: Option<&str>) 
         .map(|c| (c.agent.as_str(), c.event_id.as_str()))
         .collect();
     let events: Vec<(&str, &str)> = events.into_iter().collect();
-    let all = match corrections_store::of_events(&state.db, customer, &events).await {
+    let all = match store::corrections::of_events(&state.db, customer, &events).await {
         Ok(all) => all,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
     };

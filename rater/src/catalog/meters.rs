@@ -15,7 +15,7 @@ use tally_domain::meter::{Meter, MeterError, MeterSpec};
 use tally_domain::Aggregation;
 use tally_platform::ConfigError;
 
-use crate::customers::{check_version, first_version};
+use crate::catalog::customers::{check_version, first_version};
 
 /// One version of a meter: the fields of a `[[meters]]` entry plus `version`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]

@@ -15,10 +15,10 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tally_platform::auth::Principal;
 
-use crate::api::{error, json, read_json, ApiState};
+use super::shared::{error, json, read_json, ApiState};
 use crate::backfill::Import;
-use crate::backfill_store::Importer;
 use crate::corrections::CorrectionError;
+use crate::store::backfill::Importer;
 
 /// Most events one request imports (a larger file goes through `tally-rater backfill`).
 pub const EVENTS_MAX: usize = 10_000;

@@ -6,7 +6,7 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use tally_platform::store::{datetime_secs, dec9};
 
-use crate::charge::Charge;
+use crate::rating::charge::Charge;
 
 #[derive(clickhouse::Row, Serialize)]
 struct ChargeRow<'a> {

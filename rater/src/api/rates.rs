@@ -1,5 +1,5 @@
 //! The API's tax rate and FX rate routes (version 1, JSON), read from and appended to the
-//! stored rates ([`crate::rates_store`]) per request:
+//! stored rates ([`crate::store::rates`]) per request:
 //!
 //! - `GET /v1/tax_rates` (every entry, by region, code and date), `POST /v1/tax_rates` (a
 //!   `[[tax_rates]]` entry);
@@ -17,11 +17,11 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 
-use crate::api::{appended_reply, error, json, read_json, ApiState};
-use crate::fx::FxRateSpec;
-use crate::rates::effective_from_text;
-use crate::rates_store;
-use crate::tax::TaxRateSpec;
+use super::shared::{appended_reply, error, json, read_json, ApiState};
+use crate::catalog::fx::FxRateSpec;
+use crate::catalog::rates::effective_from_text;
+use crate::catalog::tax::TaxRateSpec;
+use crate::store;
 
 type Reply = Response<Full<Bytes>>;
 
@@ -30,7 +30,7 @@ pub(crate) async fn route(state: &ApiState, req: Request<Incoming>, path: &[&str
     match (method, path) {
         (Method::POST, ["v1", "tax_rates"]) => post_tax_rate(state, req).await,
         (Method::POST, ["v1", "fx_rates"]) => post_fx_rate(state, req).await,
-        (Method::GET, _) => match rates_store::load(&state.db).await {
+        (Method::GET, _) => match store::rates::load(&state.db).await {
             Ok(r) if path == ["v1", "tax_rates"] => {
                 json(StatusCode::OK, &r.tax_rates().collect::<Vec<_>>())
             }
@@ -51,7 +51,7 @@ async fn post_tax_rate(state: &ApiState, req: Request<Incoming>) -> Reply {
         "code": spec.code,
         "effective_from": effective_from_text(&spec.effective_from),
     });
-    let added = rates_store::add_tax_rate(&state.db, &spec, (state.now_ms)()).await;
+    let added = store::rates::add_tax_rate(&state.db, &spec, (state.now_ms)()).await;
     appended_reply(added.map(|a| a.any()), "invalid_tax_rate", identity)
 }
 
@@ -65,6 +65,6 @@ async fn post_fx_rate(state: &ApiState, req: Request<Incoming>) -> Reply {
         "to": spec.to,
         "effective_from": effective_from_text(&spec.effective_from),
     });
-    let added = rates_store::add_fx_rate(&state.db, &spec, (state.now_ms)()).await;
+    let added = store::rates::add_fx_rate(&state.db, &spec, (state.now_ms)()).await;
     appended_reply(added.map(|a| a.any()), "invalid_fx_rate", identity)
 }
