@@ -11,7 +11,7 @@
 //! - [`nats_auth`]: nats-server authorization confining each customer's agents.
 //! - [`pseudonym`]: replacing customer and agent ids by keyed hashes before storage.
 //! - [`sdk`]: the agent SDK: batched, bounded, retrying publishing with a graceful flush.
-//! - [`publisher`]: the bounded in-flight JetStream publisher.
+//! - [`publisher`]: the bounded in-flight JetStream publisher (the SDK publishes through it).
 //! - [`spend`]: asking the spend deciders before spending (authorize, release, balance).
 //! - [`synthetic`]: deterministic synthetic agents (LLM tokens and tool calls).
 

@@ -2,8 +2,11 @@
 //! `Nats-Msg-Id` = `<customer>:<agent>:<id>` (the whole identity: no other customer's or
 //! agent's event can share it), so JetStream drops a retried publish inside its duplicate
 //! window and the aggregator drops it after that. Publishing is asynchronous: at most
-//! `max_in_flight` publishes wait for their JetStream ack at once; the next publish waits
-//! for the oldest ack. [`Publisher::flush`] waits for every ack.
+//! `in_flight_max` publishes wait for their JetStream ack at once; the next publish waits
+//! for the oldest ack. [`Publisher::flush`] waits for every ack. The agent SDK
+//! (`crate::sdk`) publishes through a [`Publisher`] too, taking back what JetStream did not
+//! acknowledge to send it again later; so `Nats-Msg-Id`, the bound and the re-send below are
+//! written once.
 //!
 //! On a replicated stream (R3 on a NATS cluster) nats-server 2.11 and later answer a publish
 //! whose `Nats-Msg-Id` is that of a message still being replicated with 409 "duplicate
@@ -53,7 +56,7 @@ pub struct PublishStats {
 pub struct Publisher {
     js: jetstream::Context,
     prefix: String,
-    max_in_flight: usize,
+    in_flight_max: usize,
     in_flight: VecDeque<InFlight>,
     stats: PublishStats,
 }
@@ -74,6 +77,25 @@ pub struct Message {
 }
 
 impl Message {
+    /// A usage event as every publisher of this crate sends it: to
+    /// `<prefix>.<customer>.<agent>`, with `Nats-Msg-Id` = `<customer>:<agent>:<id>` and the
+    /// event's CloudEvents JSON; the same subject, id and bytes on every send.
+    pub fn usage(subject_prefix: &str, event: &OutgoingEvent) -> Message {
+        let msg_id = nats_msg_id(
+            event.customer.as_ref(),
+            event.agent.as_ref(),
+            event.id.as_ref(),
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", msg_id.as_str());
+        headers.insert("Content-Type", "application/cloudevents+json");
+        Message {
+            subject: Subject::from(usage_subject(subject_prefix, &event.customer, &event.agent)),
+            headers,
+            payload: Bytes::from(event.to_json()),
+        }
+    }
+
     /// Sends the message once; the future is JetStream's answer.
     pub async fn send(
         &self,
@@ -144,62 +166,86 @@ pub async fn settle(
     }
 }
 
+/// A message JetStream did not take (the send failed, or its answer was not an ack after the
+/// re-sends above), handed back so the caller can send it again: its id makes that safe.
+#[derive(Debug)]
+pub(crate) struct Unsent {
+    /// The event id.
+    pub id: String,
+    pub message: Message,
+    pub error: PublishError,
+}
+
 impl Publisher {
-    pub fn new(js: jetstream::Context, subject_prefix: &str, max_in_flight: usize) -> Self {
+    pub fn new(js: jetstream::Context, subject_prefix: &str, in_flight_max: usize) -> Self {
         Publisher {
             js,
             prefix: subject_prefix.to_owned(),
-            max_in_flight: max_in_flight.max(1),
+            in_flight_max: in_flight_max.max(1),
             in_flight: VecDeque::new(),
             stats: PublishStats::default(),
         }
     }
 
-    /// Publishes one event, waiting first for the oldest ack if `max_in_flight` are pending.
+    /// Publishes one event, waiting first for the oldest ack if `in_flight_max` are pending.
     pub async fn publish(&mut self, event: &OutgoingEvent) -> Result<(), PublishError> {
-        if self.in_flight.len() >= self.max_in_flight {
-            self.settle_oldest().await?;
+        if self.is_full() {
+            self.settle_oldest().await.map_err(|u| u.error)?;
         }
-        let subject = Subject::from(usage_subject(&self.prefix, &event.customer, &event.agent));
-        let mut headers = HeaderMap::new();
-        let msg_id = nats_msg_id(
-            event.customer.as_ref(),
-            event.agent.as_ref(),
-            event.id.as_ref(),
-        );
-        headers.insert("Nats-Msg-Id", msg_id.as_str());
-        headers.insert("Content-Type", "application/cloudevents+json");
-        let message = Message {
-            subject,
-            headers,
-            payload: Bytes::from(event.to_json()),
-        };
-        let id = event.id.to_string();
-        let ack = message
-            .send(&self.js)
+        let message = Message::usage(&self.prefix, event);
+        self.send(event.id.to_string(), message)
             .await
-            .map_err(|e| PublishError::Publish {
-                id: id.clone(),
-                detail: e.to_string(),
-            })?;
-        self.in_flight.push_back(InFlight { id, message, ack });
-        Ok(())
+            .map_err(|u| u.error)
     }
 
-    async fn settle_oldest(&mut self) -> Result<(), PublishError> {
+    /// The subject prefix events are published under.
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Whether `in_flight_max` publishes await their ack (the next send should settle the
+    /// oldest first).
+    pub(crate) fn is_full(&self) -> bool {
+        self.in_flight.len() >= self.in_flight_max
+    }
+
+    /// Sends `message` (event `id`) once and keeps it in flight; it is handed back if the
+    /// send itself fails.
+    pub(crate) async fn send(&mut self, id: String, message: Message) -> Result<(), Unsent> {
+        match message.send(&self.js).await {
+            Ok(ack) => {
+                self.in_flight.push_back(InFlight { id, message, ack });
+                Ok(())
+            }
+            Err(e) => {
+                let error = PublishError::Publish {
+                    id: id.clone(),
+                    detail: e.to_string(),
+                };
+                Err(Unsent { id, message, error })
+            }
+        }
+    }
+
+    /// Awaits the oldest ack (sending again while JetStream has the id "in process", see
+    /// [`settle`]) and counts it; the message is handed back if it was not acknowledged.
+    /// Nothing to do when nothing is in flight.
+    pub(crate) async fn settle_oldest(&mut self) -> Result<(), Unsent> {
         let Some(InFlight { id, message, ack }) = self.in_flight.pop_front() else {
             return Ok(());
         };
         let Settled { answer, in_process } = settle(&self.js, &message, ack).await;
         self.stats.in_process += in_process;
-        let ack = answer.map_err(|e| PublishError::Ack {
-            id,
-            detail: e.to_string(),
-        })?;
-        if ack.duplicate {
-            self.stats.duplicates += 1;
-        } else {
-            self.stats.stored += 1;
+        match answer {
+            Ok(ack) if ack.duplicate => self.stats.duplicates += 1,
+            Ok(_) => self.stats.stored += 1,
+            Err(e) => {
+                let error = PublishError::Ack {
+                    id: id.clone(),
+                    detail: e.to_string(),
+                };
+                return Err(Unsent { id, message, error });
+            }
         }
         Ok(())
     }
@@ -207,13 +253,18 @@ impl Publisher {
     /// Waits for every outstanding ack and returns the totals so far.
     pub async fn flush(&mut self) -> Result<PublishStats, PublishError> {
         while !self.in_flight.is_empty() {
-            self.settle_oldest().await?;
+            self.settle_oldest().await.map_err(|u| u.error)?;
         }
         Ok(self.stats)
     }
 
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
+    }
+
+    /// The totals so far (publishes still in flight are not counted yet).
+    pub fn stats(&self) -> PublishStats {
+        self.stats
     }
 }
 
@@ -225,6 +276,28 @@ mod tests {
     fn answered(json: &str) -> AckError {
         let e: jetstream::Error = serde_json::from_str(json).expect("a server error");
         AckError::with_source(PublishErrorKind::Other, e)
+    }
+
+    #[test]
+    fn a_usage_message_carries_the_whole_identity_and_the_event_bytes() {
+        let event = OutgoingEvent {
+            id: tally_domain::EventId::new("e-1").unwrap(),
+            customer: tally_domain::CustomerId::new("acme").unwrap(),
+            agent: tally_domain::AgentId::new("bot").unwrap(),
+            event_type: "tool.call".into(),
+            time: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+            data: serde_json::json!({"tool": "search"}),
+            hold_id: None,
+        };
+        let message = Message::usage("usage", &event);
+        assert_eq!(message.subject.as_str(), "usage.acme.bot");
+        let header = |name: &str| message.headers.get(name).map(|v| v.as_str().to_owned());
+        assert_eq!(header("Nats-Msg-Id").as_deref(), Some("acme:bot:e-1"));
+        assert_eq!(
+            header("Content-Type").as_deref(),
+            Some("application/cloudevents+json")
+        );
+        assert_eq!(message.payload, Bytes::from(event.to_json()));
     }
 
     #[test]

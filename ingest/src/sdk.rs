@@ -2,11 +2,12 @@
 //!
 //! [`Agent::record`] puts an event on a bounded queue (it waits when the queue is full: that
 //! is the backpressure, nothing is dropped); a background task takes up to `batch_max`
-//! events at a time, publishes them to `<prefix>.<customer>.<agent>` with `Nats-Msg-Id` =
-//! `<customer>:<agent>:<id>` (the whole identity, `tally_domain::nats_msg_id`), at most `in_flight_max` unacknowledged at once, and retries the ones JetStream
-//! did not acknowledge with the same bytes and id (so a retry of a publish that was in fact
-//! stored is a duplicate JetStream drops), with exponential backoff, at most `retries_max`
-//! times. [`Agent::close`] is the graceful flush: it waits until every queued event is
+//! events at a time and publishes them through the crate's [`Publisher`] (`crate::publisher`:
+//! `<prefix>.<customer>.<agent>`, `Nats-Msg-Id` = `<customer>:<agent>:<id>`, at most
+//! `in_flight_max` unacknowledged at once, an id JetStream has "in process" sent again), then
+//! retries the ones JetStream did not acknowledge with the same bytes and id (so a retry of a
+//! publish that was in fact stored is a duplicate JetStream drops), with exponential backoff,
+//! at most `retries_max` times. [`Agent::close`] is the graceful flush: it waits until every queued event is
 //! acknowledged or has exhausted its retries, and returns the totals.
 //!
 //! It never invents quantities or reads a clock for an event the caller built; the
@@ -14,15 +15,12 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, context::PublishAckFuture};
-use async_nats::HeaderMap;
-use bytes::Bytes;
-use tally_domain::nats_msg_id;
-use tally_domain::subject::usage_subject;
+use async_nats::jetstream;
 use tally_domain::{AgentId, CustomerId, EventId};
 use tokio::sync::mpsc;
 
 use crate::event::OutgoingEvent;
+use crate::publisher::{Message, Publisher, Unsent};
 
 /// How the SDK batches, bounds and retries.
 #[derive(Debug, Clone, Copy)]
@@ -156,12 +154,19 @@ impl Recorder<'_> {
 
 /// One event ready to (re)send: the same subject, id and bytes on every attempt.
 struct Wire {
-    subject: String,
-    /// The event id (for logs and the caller's failure list).
+    /// The event id (for logs).
     id: String,
-    /// `Nats-Msg-Id`: the whole identity, `<customer>:<agent>:<id>`.
-    msg_id: String,
-    body: Bytes,
+    message: Message,
+}
+
+impl From<Unsent> for Wire {
+    fn from(unsent: Unsent) -> Self {
+        tracing::debug!(id = %unsent.id, error = %unsent.error, "not acknowledged");
+        Wire {
+            id: unsent.id,
+            message: unsent.message,
+        }
+    }
 }
 
 async fn run(
@@ -170,32 +175,34 @@ async fn run(
     cfg: SdkConfig,
     mut rx: mpsc::Receiver<OutgoingEvent>,
 ) -> SdkStats {
+    let mut publisher = Publisher::new(js, &prefix, cfg.in_flight_max);
     let mut stats = SdkStats::default();
     let mut batch = Vec::with_capacity(cfg.batch_max.max(1));
     while rx.recv_many(&mut batch, cfg.batch_max.max(1)).await > 0 {
         let wires = batch
             .drain(..)
             .map(|e| Wire {
-                subject: usage_subject(&prefix, &e.customer, &e.agent),
                 id: e.id.to_string(),
-                msg_id: nats_msg_id(e.customer.as_ref(), e.agent.as_ref(), e.id.as_ref()),
-                body: e.to_json().into(),
+                message: Message::usage(publisher.prefix(), &e),
             })
             .collect();
-        send_with_retries(&js, &cfg, wires, &mut stats).await;
+        send_with_retries(&mut publisher, &cfg, wires, &mut stats).await;
     }
+    let published = publisher.stats();
+    stats.stored = published.stored;
+    stats.duplicates = published.duplicates;
     stats
 }
 
 async fn send_with_retries(
-    js: &jetstream::Context,
+    publisher: &mut Publisher,
     cfg: &SdkConfig,
     mut pending: Vec<Wire>,
     stats: &mut SdkStats,
 ) {
     let mut attempt = 0u32;
     loop {
-        pending = send_once(js, cfg, pending, stats).await;
+        pending = send_once(publisher, pending).await;
         if pending.is_empty() {
             return;
         }
@@ -223,48 +230,24 @@ async fn send_with_retries(
     }
 }
 
-/// Publishes `wires` with at most `in_flight_max` unacknowledged; returns the failed ones.
-async fn send_once(
-    js: &jetstream::Context,
-    cfg: &SdkConfig,
-    wires: Vec<Wire>,
-    stats: &mut SdkStats,
-) -> Vec<Wire> {
+/// Publishes `wires` with at most `in_flight_max` unacknowledged (the publisher's bound);
+/// returns the ones JetStream did not acknowledge.
+async fn send_once(publisher: &mut Publisher, wires: Vec<Wire>) -> Vec<Wire> {
     let mut failed = Vec::new();
-    let mut in_flight: std::collections::VecDeque<(Wire, PublishAckFuture)> = Default::default();
-    for wire in wires {
-        if in_flight.len() >= cfg.in_flight_max.max(1) {
-            if let Some((w, ack)) = in_flight.pop_front() {
-                settle(w, ack, stats, &mut failed).await;
+    for Wire { id, message } in wires {
+        if publisher.is_full() {
+            if let Err(unsent) = publisher.settle_oldest().await {
+                failed.push(unsent.into());
             }
         }
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", wire.msg_id.as_str());
-        headers.insert("Content-Type", "application/cloudevents+json");
-        match js
-            .publish_with_headers(wire.subject.clone(), headers, wire.body.clone())
-            .await
-        {
-            Ok(ack) => in_flight.push_back((wire, ack)),
-            Err(e) => {
-                tracing::debug!(id = %wire.id, error = %e, "publish failed");
-                failed.push(wire);
-            }
+        if let Err(unsent) = publisher.send(id, message).await {
+            failed.push(unsent.into());
         }
     }
-    while let Some((w, ack)) = in_flight.pop_front() {
-        settle(w, ack, stats, &mut failed).await;
+    while publisher.in_flight() > 0 {
+        if let Err(unsent) = publisher.settle_oldest().await {
+            failed.push(unsent.into());
+        }
     }
     failed
-}
-
-async fn settle(wire: Wire, ack: PublishAckFuture, stats: &mut SdkStats, failed: &mut Vec<Wire>) {
-    match ack.await {
-        Ok(a) if a.duplicate => stats.duplicates += 1,
-        Ok(_) => stats.stored += 1,
-        Err(e) => {
-            tracing::debug!(id = %wire.id, error = %e, "no JetStream ack");
-            failed.push(wire);
-        }
-    }
 }
