@@ -1,22 +1,38 @@
-//! A small HTTP/1 API server for the services' JSON APIs: bounded connections (in all and per
-//! remote address), a header timeout, a body timeout, graceful shutdown, and the response
-//! helpers every API uses (JSON bodies, errors as `{"code", "detail"}`, bounded request
-//! bodies). It knows no routes: the service passes a handler. It never buffers a request body
-//! past the limit the caller gives, nor waits for one longer than [`BODY_TIMEOUT`].
+//! The one HTTP/1 server of every Tally listener (the APIs, the gateway's two listeners, the
+//! metrics and health listener), on the ecosystem's layer: an axum [`Router`] (or, for crates
+//! not yet converted, a plain handler: [`serve`]) run as a tower service through hyper's
+//! HTTP/1 connection, with tower-http's path normalization (`/v1/x/` is `/v1/x`) and request
+//! tracing. The accept loop is ours because it enforces what axum's does not: connections
+//! bounded in all and per remote address ([`crate::peers`]), a header timeout, and a graceful
+//! shutdown that waits for the requests in flight.
+//!
+//! Bodies are read by the shared helpers and extractors ([`read_body`], [`RawBody`],
+//! [`Json`]): at most the route's limit ([`BodyLimit`], 413 `body_too_large`) and within
+//! [`BODY_TIMEOUT`] in all (408 `request_timeout`); tower-http's body timeout restarts at each
+//! frame, so a body trickled a byte at a time would never meet it. Errors are
+//! `{"code", "detail"}` ([`error`]). It knows no routes and no business; it never buffers a
+//! request body past its limit, nor waits for one longer than [`BODY_TIMEOUT`].
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::FromRequest;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
-use hyper::{Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+use tower_http::normalize_path::NormalizePath;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
+
+pub use axum::Router;
 
 use crate::peers::PeerLimit;
 use crate::shutdown::Shutdown;
@@ -34,51 +50,126 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// A request body not fully received by then (from when the handler starts reading it) is
 /// refused with 408 `request_timeout`.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The body limit of the extractors on a router that sets no [`BodyLimit`].
+pub const BODY_BYTES_MAX: usize = 1 << 20;
 
-/// Serves `handler` on `listener` until `shutdown`; open connections finish their request.
+/// The connection limits of one listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerLimits {
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub connections_max: usize,
+    /// Connections served at once from one address (an IPv6 /64); more are closed at once.
+    pub per_peer_max: usize,
+    /// A client that has not sent its request headers by then is dropped.
+    pub header_timeout: Duration,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        ListenerLimits {
+            connections_max: CONNECTIONS_MAX,
+            per_peer_max: PER_PEER_MAX,
+            header_timeout: HEADER_TIMEOUT,
+        }
+    }
+}
+
+/// Serves `router` on `listener` (named `name` in logs) within `limits` until `shutdown`;
+/// then stops accepting and returns once the requests in flight are answered.
+pub async fn serve_router(
+    name: &'static str,
+    listener: TcpListener,
+    router: Router,
+    limits: ListenerLimits,
+    shutdown: Shutdown,
+) {
+    serve_service(name, listener, router, limits, shutdown).await;
+}
+
+/// Serves `handler` on `listener` with the default [`ListenerLimits`] until `shutdown`: the
+/// same server as [`serve_router`], for routers not yet written as an axum [`Router`].
 pub async fn serve<H, F>(listener: TcpListener, handler: H, shutdown: Shutdown)
 where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
-    let peers = PeerLimit::new(PER_PEER_MAX);
+    let service = tower::service_fn(move |req| {
+        let answer = handler(req);
+        async move { Ok::<_, Infallible>(answer.await) }
+    });
+    serve_service(
+        "api",
+        listener,
+        service,
+        ListenerLimits::default(),
+        shutdown,
+    )
+    .await;
+}
+
+/// The accept loop behind every listener.
+async fn serve_service<S, B>(
+    name: &'static str,
+    listener: TcpListener,
+    service: S,
+    limits: ListenerLimits,
+    shutdown: Shutdown,
+) where
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display,
+{
+    // 5xx answers are the handlers' to log (they know why); the trace layer's spans and
+    // events stay at debug
+    let service = tower::ServiceBuilder::new()
+        .layer(
+            TraceLayer::new_for_http()
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
+        .service(NormalizePath::trim_trailing_slash(service));
+    let slots = Arc::new(Semaphore::new(limits.connections_max));
+    let peers = PeerLimit::new(limits.per_peer_max);
+    let connections = TaskTracker::new();
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            break;
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
         };
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             s = listener.accept() => match s {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::warn!(error = %e, "api accept failed");
+                    tracing::warn!(listener = name, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
         };
         let Some(peer_slot) = peers.admit(peer.ip()) else {
-            tracing::debug!(%peer, limit = PER_PEER_MAX, "api connection refused: too many from this address");
+            tracing::debug!(listener = name, %peer, limit = limits.per_peer_max, "connection refused: too many from this address");
             continue;
         };
-        let handler = handler.clone();
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(service.clone());
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let _permit = permit;
             let _peer_slot = peer_slot;
-            let service = hyper::service::service_fn(move |req| {
-                let handler = handler.clone();
-                async move { Ok::<_, Infallible>(handler(req).await) }
-            });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
+                .header_read_timeout(limits.header_timeout)
+                .keep_alive(true)
                 .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => if let Err(e) = r {
-                    tracing::debug!(error = %e, "api connection ended with an error");
+                    tracing::debug!(listener = name, error = %e, "connection ended with an error");
                 },
                 _ = shutdown.cancelled() => {
                     conn.as_mut().graceful_shutdown();
@@ -87,6 +178,32 @@ where
             }
         });
     }
+    connections.close();
+    connections.wait().await;
+}
+
+/// `router` answering unrouted requests in the shared `{code, detail}` shape: 404
+/// `not_found` for an unknown path, 405 `method_not_allowed` for a known one with another
+/// method (the answers `crate::openapi::resolve` gives). Call it after the last route.
+pub fn with_fallbacks<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> {
+    router
+        .fallback(|method: Method, uri: Uri| async move {
+            error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!(
+                    "{method} {}: no such route; see /v1/openapi.json",
+                    uri.path()
+                ),
+            )
+        })
+        .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{method} {}", uri.path()),
+            )
+        })
 }
 
 /// The path's segments (`/v1/invoices/x` → `["v1", "invoices", "x"]`), for matching routes.
@@ -132,7 +249,11 @@ pub fn error(status: StatusCode, code: &str, detail: impl ToString) -> Response<
 
 /// The raw request body, at most `max_bytes`, received within [`BODY_TIMEOUT`]; 413
 /// `body_too_large` or 408 `request_timeout` otherwise.
-pub async fn read_body(body: Incoming, max_bytes: usize) -> Result<Bytes, Response<Body>> {
+pub async fn read_body<B>(body: B, max_bytes: usize) -> Result<Bytes, Response<Body>>
+where
+    B: hyper::body::Body,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
     read_body_within(body, max_bytes, BODY_TIMEOUT).await
 }
 
@@ -176,11 +297,18 @@ where
 /// The request body as JSON of type `T`, at most `max_bytes`, within [`BODY_TIMEOUT`]; a
 /// 4xx response naming the problem (and the field, for JSON errors) otherwise.
 pub async fn read_json<T: serde::de::DeserializeOwned>(
-    req: Request<Incoming>,
+    req: Request<impl hyper::body::Body<Error: std::error::Error + Send + Sync + 'static>>,
     max_bytes: usize,
 ) -> Result<T, Response<Body>> {
     let body = read_body(req.into_body(), max_bytes).await?;
-    let de = &mut serde_json::Deserializer::from_slice(&body);
+    parse_json(&body)
+}
+
+/// `body` as JSON of type `T`; 400 `invalid_body` naming the field otherwise.
+// one answer per request, never stored: boxing it would only cost an allocation
+#[allow(clippy::result_large_err)]
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response<Body>> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         error(
             StatusCode::BAD_REQUEST,
@@ -188,4 +316,44 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(
             format!("field {}: {}", e.path(), e.inner()),
         )
     })
+}
+
+/// The body limit of the extractors ([`RawBody`], [`Json`]) on a router:
+/// `router.layer(axum::Extension(BodyLimit(n)))`; [`BODY_BYTES_MAX`] without one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyLimit(pub usize);
+
+fn body_limit(req: &axum::extract::Request) -> usize {
+    req.extensions()
+        .get::<BodyLimit>()
+        .map_or(BODY_BYTES_MAX, |l| l.0)
+}
+
+/// The raw request body (for signatures over the exact bytes), read as [`read_body`] reads it
+/// within the router's [`BodyLimit`].
+#[derive(Debug, Clone)]
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = Response<Body>;
+
+    async fn from_request(req: axum::extract::Request, _: &S) -> Result<Self, Self::Rejection> {
+        let max = body_limit(&req);
+        read_body(req.into_body(), max).await.map(RawBody)
+    }
+}
+
+/// The request body as JSON of type `T`, read as [`read_json`] reads it within the router's
+/// [`BodyLimit`]; 400 `invalid_body` naming the field otherwise.
+#[derive(Debug, Clone)]
+pub struct Json<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
+    type Rejection = Response<Body>;
+
+    async fn from_request(req: axum::extract::Request, _: &S) -> Result<Self, Self::Rejection> {
+        let max = body_limit(&req);
+        let body = read_body(req.into_body(), max).await?;
+        parse_json(&body).map(Json)
+    }
 }

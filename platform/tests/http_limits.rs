@@ -2,7 +2,9 @@
 //! one address that send their headers and then a body one byte at a time used to take all 64
 //! slots, so `/healthz` from anyone else waited for them. Now one address holds at most
 //! `PER_PEER_MAX` connections (the rest are closed at once), another address is answered at
-//! once, and every trickling body is refused with 408 after `BODY_TIMEOUT`.
+//! once, and every trickling body is refused with 408 after `BODY_TIMEOUT`. The same test runs
+//! against a plain handler ([`http::serve`]) and an axum router with the shared extractors
+//! ([`http::serve_router`]): both are the one server.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -30,6 +32,36 @@ async fn start() -> (SocketAddr, Shutdown) {
     (addr, shutdown)
 }
 
+/// The same server with an axum router: `GET /healthz`, `POST /echo` through [`http::Json`].
+async fn start_router() -> (SocketAddr, Shutdown) {
+    use axum::routing::{get, post};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = Shutdown::new();
+    let router = http::Router::new()
+        .route(
+            "/healthz",
+            get(|| async { http::json(StatusCode::OK, &serde_json::json!({"ok": true})) }),
+        )
+        .route(
+            "/echo",
+            post(|http::Json(v): http::Json<serde_json::Value>| async move {
+                http::json(StatusCode::OK, &v)
+            }),
+        )
+        .layer(axum::Extension(http::BodyLimit(1 << 10)));
+    let router = http::with_fallbacks(router);
+    let limits = http::ListenerLimits::default();
+    tokio::spawn(http::serve_router(
+        "test",
+        listener,
+        router,
+        limits,
+        shutdown.clone(),
+    ));
+    (addr, shutdown)
+}
+
 /// A connection to `to` from the loopback address `from` (Linux routes all of 127/8 locally).
 async fn connect_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
@@ -49,10 +81,48 @@ async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
 #[tokio::test]
 async fn trickling_bodies_from_one_address_neither_hold_the_server_nor_last() {
     let (addr, shutdown) = start().await;
+    trickle(addr, [127, 0, 0, 2], [127, 0, 0, 3]).await;
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn trickling_bodies_neither_hold_nor_last_on_an_axum_router() {
+    let (addr, shutdown) = start_router().await;
+    trickle(addr, [127, 0, 0, 4], [127, 0, 0, 5]).await;
+    // and the router answers what it does not route in the shared shape
+    let answer = ask(addr, "GET /nope/").await;
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(
+        answer.ends_with(
+            r#"{"code":"not_found","detail":"GET /nope: no such route; see /v1/openapi.json"}"#
+        ),
+        "{answer}"
+    );
+    let answer = ask(addr, "DELETE /echo").await;
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    assert!(
+        answer.ends_with(r#"{"code":"method_not_allowed","detail":"DELETE /echo"}"#),
+        "{answer}"
+    );
+    shutdown.cancel();
+}
+
+/// The whole answer to `request_line` without a body, on its own connection.
+async fn ask(addr: SocketAddr, request_line: &str) -> String {
+    let mut s = connect_from([127, 0, 0, 5], addr).await;
+    let request = format!("{request_line} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.unwrap();
+    answer
+}
+
+/// 70 trickling connections from `from`, a probe from `other`: the test of the module doc.
+async fn trickle(addr: SocketAddr, from: [u8; 4], other: [u8; 4]) {
     let started = Instant::now();
     let mut tricklers = Vec::new();
     for _ in 0..70 {
-        let mut s = connect_from([127, 0, 0, 2], addr).await;
+        let mut s = connect_from(from, addr).await;
         s.write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 200\r\n\r\n[")
             .await
             .unwrap();
@@ -73,7 +143,7 @@ async fn trickling_bodies_from_one_address_neither_hold_the_server_nor_last() {
 
     // another address is answered at once while they trickle
     let probe = Instant::now();
-    let mut other = connect_from([127, 0, 0, 3], addr).await;
+    let mut other = connect_from(other, addr).await;
     other
         .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
         .await
@@ -115,7 +185,7 @@ async fn trickling_bodies_from_one_address_neither_hold_the_server_nor_last() {
         assert!(a.contains("\"request_timeout\""), "{a}");
     }
     // and the address has its slots back
-    let mut again = connect_from([127, 0, 0, 2], addr).await;
+    let mut again = connect_from(from, addr).await;
     again
         .write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 7\r\nconnection: close\r\n\r\n[1,2,3]")
         .await
@@ -127,5 +197,4 @@ async fn trickling_bodies_from_one_address_neither_hold_the_server_nor_last() {
         .unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with("[1,2,3]"), "{answer}");
-    shutdown.cancel();
 }

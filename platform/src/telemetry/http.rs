@@ -1,95 +1,78 @@
-//! The HTTP/1 listener behind `telemetry::serve_metrics`: `/metrics`, `/healthz`, `/readyz`,
-//! GET only, one small response per request; connections bounded in all and per remote
-//! address (`crate::peers`). It never blocks on anything but rendering.
+//! The router behind `telemetry::serve_metrics`: `/metrics`, `/healthz`, `/readyz`, GET (and
+//! HEAD) only, one small plain-text response per request, served by the shared server
+//! ([`crate::http::serve_router`]: connections bounded in all and per remote address, header
+//! timeout). It never blocks on anything but rendering.
 
-use std::convert::Infallible;
-use std::time::Duration;
-
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, CONTENT_TYPE};
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hyper::header::CONTENT_TYPE;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use super::health;
-use crate::peers::PeerLimit;
+use crate::http::{serve_router, ListenerLimits, Router};
+use crate::shutdown::Shutdown;
 
-/// Connections served at once; further ones wait in the kernel's backlog.
-const CONNECTIONS_MAX: usize = 64;
-/// A scraper that has not sent its request headers by then is dropped.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Accepts connections until the runtime stops.
+/// Serves until the runtime stops.
 pub(super) async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
-    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
-    let peers = PeerLimit::new(crate::http::PER_PEER_MAX);
-    loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics listener accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
+    let router = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let body = handle.render();
+                async move {
+                    let mut res = text(StatusCode::OK, body);
+                    res.headers_mut().insert(
+                        CONTENT_TYPE,
+                        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                    );
+                    res
+                }
+            }),
+        )
+        .route(
+            "/healthz",
+            get(|| async { text(StatusCode::OK, "ok\n".into()) }),
+        )
+        .route("/readyz", get(|| async { readiness() }))
+        .fallback(|method: Method| async move {
+            if method == Method::GET || method == Method::HEAD {
+                text(
+                    StatusCode::NOT_FOUND,
+                    "not found; try /metrics, /healthz or /readyz\n".into(),
+                )
+            } else {
+                get_only()
             }
-        };
-        let Some(peer_slot) = peers.admit(peer.ip()) else {
-            tracing::debug!(%peer, "metrics connection refused: too many from this address");
-            continue;
-        };
-        let handle = handle.clone();
-        tokio::spawn(async move {
-            let _peer_slot = peer_slot;
-            let service = hyper::service::service_fn(move |req| {
-                let handle = handle.clone();
-                async move { Ok::<_, Infallible>(answer(&req, &handle)) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "metrics connection ended");
-            }
-            drop(permit);
-        });
-    }
+        })
+        .method_not_allowed_fallback(|| async { get_only() });
+    let never = Shutdown::new();
+    serve_router(
+        "metrics",
+        listener,
+        router,
+        ListenerLimits::default(),
+        never,
+    )
+    .await;
 }
 
-fn answer(req: &Request<Incoming>, handle: &PrometheusHandle) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
-    }
-    match req.uri().path() {
-        "/metrics" => {
-            let mut res = text(StatusCode::OK, handle.render());
-            res.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            res
-        }
-        "/healthz" => text(StatusCode::OK, "ok\n".into()),
-        "/readyz" => match health::readiness() {
-            Ok(()) => text(StatusCode::OK, "ready\n".into()),
-            Err(reasons) => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("not ready: {}\n", reasons.join(", ")),
-            ),
-        },
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "not found; try /metrics, /healthz or /readyz\n".into(),
+fn readiness() -> Response {
+    match health::readiness() {
+        Ok(()) => text(StatusCode::OK, "ready\n".into()),
+        Err(reasons) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", reasons.join(", ")),
         ),
     }
 }
 
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut res = Response::new(Full::new(Bytes::from(body)));
-    *res.status_mut() = status;
+fn get_only() -> Response {
+    text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into())
+}
+
+fn text(status: StatusCode, body: String) -> Response {
+    let mut res = (status, body).into_response();
     res.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
