@@ -31,7 +31,7 @@ use tally_platform::testkit::TestEnv;
 use tally_rater::live::budget::{self, Budget, Kind};
 use tally_rater::live::run::{self, Spend};
 use tally_rater::live::SpendConfig;
-use tally_rater::store::catalog::CatalogSource;
+use tally_rater::store::CatalogSource;
 use tally_rater::RaterConfig;
 
 /// Latency percentiles of one series, microseconds.

@@ -240,7 +240,7 @@ pub async fn start_rater_api(
         .expect("binds");
     let addr = listener.local_addr().expect("address");
     let state = std::sync::Arc::new(tally_rater::api::ApiState {
-        source: tally_rater::store::catalog::CatalogSource {
+        source: tally_rater::store::CatalogSource {
             rater: RaterConfig::default(),
             features: tally_platform::Features::default(),
         },

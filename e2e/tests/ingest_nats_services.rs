@@ -229,7 +229,7 @@ async fn each_service_works_with_its_own_nats_user_and_is_refused_outside_it() {
             lease_secs: 1,
             ..Default::default()
         },
-        source: tally_rater::store::catalog::CatalogSource {
+        source: tally_rater::store::CatalogSource {
             rater: tally_rater::RaterConfig {
                 default_plan: Some("p".into()),
                 ..Default::default()

@@ -33,7 +33,7 @@ use tally_platform::testkit::TestEnv;
 use tally_rater::live::budget::{self, Budget, Kind};
 use tally_rater::live::run::{self, Spend};
 use tally_rater::live::SpendConfig;
-use tally_rater::store::catalog::CatalogSource;
+use tally_rater::store::CatalogSource;
 use tally_rater::RaterConfig;
 
 /// `ai-standard`: 0.000003 USD per token, tool calls 0.02 up to 100 (as `tally_e2e::catalog`);

@@ -200,7 +200,7 @@ async fn the_usage_query_answers_what_the_aggregator_committed() {
     let addr = listener.local_addr().unwrap();
     let api_stop = Shutdown::new();
     let state = Arc::new(tally_rater::api::ApiState {
-        source: tally_rater::store::catalog::CatalogSource {
+        source: tally_rater::store::CatalogSource {
             rater: tally_rater::RaterConfig::default(),
             features: tally_platform::Features::default(),
         },

@@ -26,6 +26,7 @@
 //! - [`store`]: everything kept in ClickHouse, append-only: the catalog, registry and rates
 //!   (bootstrapped from the file), charges, corrections and backfill imports.
 //! - [`run`]: one rating pass and the schedule.
+//! - [`bootstrap`]: the file's catalog checked, then appended to the stores in order.
 //! - [`corrections`]: corrections of committed events (void, amend), their rules.
 //! - [`backfill`]: importing historical events for named periods exactly once, its rules.
 //! - [`api`]: the HTTP API and its OpenAPI document: the catalog, explain, the registry
@@ -37,6 +38,7 @@
 
 pub mod api;
 pub mod backfill;
+pub mod bootstrap;
 pub mod catalog;
 pub mod config;
 pub mod corrections;

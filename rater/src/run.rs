@@ -5,7 +5,7 @@
 //! effective at the period start, and appends the charges. Flat fees and minimums are owed
 //! without usage too: every part of a period that a subscription covers in the range and that
 //! has no usage of such a price's meter is priced at zero usage
-//! ([`crate::pricing::recurring`]), from the catalog, never by reading more usage. A
+//! ([`crate::rating::recurring`]), from the catalog, never by reading more usage. A
 //! subscription that ends for good inside a period (cancelled, or its `ends_at`) has that
 //! period's charges cut at the end ([`final_period`]), so its final invoice is due then. Fees
 //! billed in advance (`billing = "in_advance"`) are priced from the catalog for each part of a
@@ -23,11 +23,11 @@ use tally_platform::shutdown::Shutdown;
 use crate::catalog::Catalog;
 use crate::config::RaterConfig;
 use crate::metrics;
-use crate::pricing::recurring;
+use crate::rating::recurring;
 use crate::rating::charge::{compute_with, Charge};
 use crate::rating::usage;
-use crate::store::catalog::CatalogSource;
 use crate::store::charges as store;
+use crate::store::CatalogSource;
 
 /// Why a pass failed.
 #[derive(Debug, thiserror::Error)]

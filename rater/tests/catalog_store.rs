@@ -4,7 +4,8 @@
 
 use tally_domain::meter::{validate_meters, MeterSpec};
 use tally_rater::config::{PlanSpec, SubscriptionSpec};
-use tally_rater::store::catalog::{bootstrap, load, Bootstrapped, CatalogStoreError};
+use tally_rater::store::catalog::{bootstrap, load, Bootstrapped};
+use tally_rater::store::CatalogStoreError;
 use tally_rater::{Catalog, RaterConfig};
 
 #[derive(serde::Deserialize)]

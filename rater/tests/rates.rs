@@ -9,8 +9,8 @@ use common::{fold_one, row};
 use serde_json::json;
 use tally_rater::catalog::fx::FxRateSpec;
 use tally_rater::catalog::tax::TaxRateSpec;
-use tally_rater::store::catalog::{CatalogSource, CatalogStoreError};
 use tally_rater::store::rates::{bootstrap, load, RatesAppended};
+use tally_rater::store::{CatalogSource, CatalogStoreError};
 
 #[derive(serde::Deserialize)]
 struct F {

@@ -9,8 +9,9 @@ use serde_json::json;
 use tally_domain::meter::MeterSpec;
 use tally_rater::catalog::customers::CustomerSpec;
 use tally_rater::config::PlanSpec;
-use tally_rater::store::catalog::{self, CatalogSource, CatalogStoreError};
+use tally_rater::store::catalog;
 use tally_rater::store::registry::{bootstrap, load, Appended};
+use tally_rater::store::{CatalogSource, CatalogStoreError};
 
 #[derive(serde::Deserialize)]
 struct F {

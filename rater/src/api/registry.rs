@@ -22,7 +22,7 @@ use super::shared::{appended_reply, error, json, read_json, ApiState};
 use crate::catalog::customers::{AgentSpec, CustomerSpec};
 use crate::catalog::meters::MeterEntry;
 use crate::catalog::registry::Registry;
-use crate::store::catalog::CatalogStoreError;
+use crate::store::CatalogStoreError;
 use crate::store::{self, registry::Appended};
 
 type Reply = Response<Full<Bytes>>;
@@ -133,7 +133,9 @@ async fn post_meter(state: &ApiState, req: Request<Incoming>) -> Reply {
         Err(r) => return r,
     };
     let identity = serde_json::json!({"slug": entry.slug, "version": entry.version});
-    let added =
-        store::registry::add_meter(&state.db, &state.source, &entry, (state.now_ms)()).await;
+    let added = state
+        .source
+        .add_meter(&state.db, &entry, (state.now_ms)())
+        .await;
     answer(added, "invalid_meter", identity)
 }

@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use tally_platform::auth::Authenticator;
 
-use crate::store::catalog::{CatalogSource, CatalogStoreError};
+use crate::store::{CatalogSource, CatalogStoreError};
 
 pub(crate) use tally_platform::http::{error, json};
 

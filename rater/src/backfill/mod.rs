@@ -43,7 +43,7 @@ pub const WINDOW_SECS: u32 = 60;
 pub const LIVE_SECS: i64 = 86_400;
 
 /// The correction kind of an imported event.
-pub const KIND: &str = "backfill";
+pub const KIND: &str = corrections::BACKFILL_KIND;
 
 /// An import as its caller names it.
 #[derive(Debug, Clone)]

@@ -8,20 +8,18 @@ use anyhow::Context;
 use chrono::{DateTime, FixedOffset};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
-use tally_domain::meter::{validate_meters, MeterSpec};
+use tally_domain::meter::MeterSpec;
 use tally_platform::args::ConfigArg;
 use tally_platform::auth::Authenticator;
 use tally_platform::clock::now_ms;
 use tally_platform::{config, shutdown, store, telemetry, ClickHouseConfig, TelemetryConfig};
+use tally_rater::bootstrap::FileCatalog;
 use tally_rater::catalog::customers::CustomerSpec;
-use tally_rater::catalog::fx::{FxRateSpec, FxTable};
-use tally_rater::catalog::registry::Registry;
-use tally_rater::catalog::tax::{TaxRateSpec, TaxTable};
+use tally_rater::catalog::fx::FxRateSpec;
+use tally_rater::catalog::tax::TaxRateSpec;
 use tally_rater::config::{PlanSpec, SubscriptionSpec};
 use tally_rater::rating::explain;
-use tally_rater::store::{
-    catalog as catalog_store, rates as rates_store, registry as registry_store,
-};
+use tally_rater::store::CatalogSource;
 use tally_rater::{api, Catalog, RaterConfig};
 
 /// Prices committed usage into charges.
@@ -135,6 +133,20 @@ struct Config {
     nats: tally_platform::NatsConfig,
 }
 
+impl Config {
+    /// The catalog sections of the file.
+    fn file(&self) -> FileCatalog<'_> {
+        FileCatalog {
+            meters: &self.meters,
+            customers: &self.customers,
+            plans: &self.plans,
+            subscriptions: &self.subscriptions,
+            tax_rates: &self.tax_rates,
+            fx_rates: &self.fx_rates,
+        }
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -142,54 +154,15 @@ async fn main() -> anyhow::Result<()> {
     cfg.clickhouse.validate()?;
     cfg.rater.validate()?;
     cfg.security.validate()?;
-    let meters = validate_meters(cfg.meters.clone()).context("setting `meters`")?;
-    let mut declared = Registry::default();
-    for (i, c) in cfg.customers.iter().enumerate() {
-        declared.add_customer(c, &format!("customers[{i}]"))?;
-    }
-    TaxTable::new(cfg.tax_rates.clone())?;
-    FxTable::new(cfg.fx_rates.clone())?;
-    // the file alone must be valid (its errors name its settings) before it is stored; that
-    // taxed and converted subscriptions have rates is checked against the stored rates, which
-    // the API may have completed
-    Catalog::new(
-        cfg.plans.clone(),
-        cfg.subscriptions.clone(),
-        &cfg.rater,
-        &meters,
-    )?;
+    // the file alone must be valid (its errors name its settings) before it is stored
+    cfg.file().check(&cfg.rater)?;
     telemetry::init_logs(&cfg.telemetry);
     let db = store::connect(&cfg.clickhouse);
-    let source = catalog_store::CatalogSource {
+    let source = CatalogSource {
         rater: cfg.rater.clone(),
         features: cfg.features,
     };
     let command = cli.command.unwrap_or(Command::Serve);
-    let catalog = if let Command::Explain { .. } = command {
-        Catalog::default()
-    } else {
-        let registered =
-            registry_store::bootstrap(&db, &cfg.customers, &cfg.meters, now_ms()).await?;
-        tracing::info!(
-            meters = registered.meters,
-            customers = registered.customers,
-            agents = registered.agents,
-            "customers and meters bootstrapped from the file"
-        );
-        let rates = rates_store::bootstrap(&db, &cfg.tax_rates, &cfg.fx_rates, now_ms()).await?;
-        tracing::info!(
-            tax_rates = rates.tax_rates,
-            fx_rates = rates.fx_rates,
-            "tax and fx rates bootstrapped from the file"
-        );
-        let added = catalog_store::bootstrap(&db, &cfg.plans, &cfg.subscriptions, now_ms()).await?;
-        tracing::info!(
-            plans = added.plans_appended,
-            subscriptions = added.subscriptions_appended,
-            "catalog bootstrapped from the file"
-        );
-        source.current(&db).await.context("the stored catalog")?
-    };
     if let Command::Explain {
         charge_id,
         charge,
@@ -197,71 +170,99 @@ async fn main() -> anyhow::Result<()> {
     } = command
     {
         let id = charge_id.or(charge).context("explain needs a charge id")?;
-        let (charge, windows) = explain::load(&db, &id).await?;
-        // the stored meters, as the API's explain reads them (the file's were bootstrapped
-        // into the store above, but another process may have stored newer versions)
-        let stored = registry_store::meters(&db)
-            .await
-            .context("the stored meters")?;
-        let sums = explain::windows_sum_to_quantity(&stored, &charge.meter);
-        let e = explain::explain(&charge, windows, sums)?;
-        if format == Format::Json {
-            println!("{}", serde_json::to_string_pretty(&e)?);
-        } else {
-            for w in &e.windows {
-                println!(
-                    "  window {} agent {} {}: {}",
-                    w.window_start, w.agent, w.group_key, w.quantity
-                );
-            }
-            for line in &e.lines {
-                println!("{line}");
-            }
-        }
-        anyhow::ensure!(e.balanced, "charge {id} does not balance");
-        return Ok(());
+        return explain_charge(&db, &id, format).await;
     }
-    if let Command::Backfill {
-        import_id,
-        file,
-        stream,
-        from_seq,
-        to_seq,
-        from,
-        to,
-        reason,
-        actor,
-    } = command
-    {
-        return backfill(
-            &db,
-            &cfg.nats,
-            tally_rater::backfill::Import {
+    cfg.file().bootstrap(&db, now_ms()).await?;
+    let catalog = source.current(&db).await.context("the stored catalog")?;
+    match command {
+        Command::Backfill {
+            import_id,
+            file,
+            stream,
+            from_seq,
+            to_seq,
+            from,
+            to,
+            reason,
+            actor,
+        } => {
+            let import = tally_rater::backfill::Import {
                 import_id,
                 from_ms: from.timestamp_millis(),
                 to_ms: to.timestamp_millis(),
                 reason,
                 actor: format!("cli:{actor}"),
                 now_ms: now_ms(),
-            },
-            file,
-            stream.zip(from_seq.zip(to_seq)),
-        )
-        .await;
-    }
-    if let Command::Once { at } = command {
-        let at = at.map_or_else(now_ms, |t| t.timestamp_millis());
-        let report = tally_rater::rate_once(&db, &catalog, &cfg.rater, at).await?;
-        for c in &report.charges {
-            println!("{}", serde_json::to_string(c)?);
+            };
+            backfill(
+                &db,
+                &cfg.nats,
+                import,
+                file,
+                stream.zip(from_seq.zip(to_seq)),
+            )
+            .await
         }
-        eprintln!(
-            "rated {} usage windows into {} charges",
-            report.usage_rows,
-            report.charges.len()
-        );
-        return Ok(());
+        Command::Once { at } => once(&db, &catalog, &cfg.rater, at).await,
+        Command::Serve | Command::Explain { .. } => serve(cfg, db, catalog, source).await,
     }
+}
+
+/// `tally-rater explain`: prints the explanation; exits non-zero if it does not balance.
+async fn explain_charge(db: &clickhouse::Client, id: &str, format: Format) -> anyhow::Result<()> {
+    let (charge, windows) = explain::load(db, id).await?;
+    // the stored meters, as the API's explain reads them (another process may have stored
+    // newer versions than the file's)
+    let stored = tally_rater::store::registry::meters(db)
+        .await
+        .context("the stored meters")?;
+    let sums = explain::windows_sum_to_quantity(&stored, &charge.meter);
+    let e = explain::explain(&charge, windows, sums)?;
+    if format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&e)?);
+    } else {
+        for w in &e.windows {
+            println!(
+                "  window {} agent {} {}: {}",
+                w.window_start, w.agent, w.group_key, w.quantity
+            );
+        }
+        for line in &e.lines {
+            println!("{line}");
+        }
+    }
+    anyhow::ensure!(e.balanced, "charge {id} does not balance");
+    Ok(())
+}
+
+/// `tally-rater once`: one pass as of `at` (default now), the charges as JSON lines.
+async fn once(
+    db: &clickhouse::Client,
+    catalog: &Catalog,
+    rater: &RaterConfig,
+    at: Option<DateTime<FixedOffset>>,
+) -> anyhow::Result<()> {
+    let at = at.map_or_else(now_ms, |t| t.timestamp_millis());
+    let report = tally_rater::rate_once(db, catalog, rater, at).await?;
+    for c in &report.charges {
+        println!("{}", serde_json::to_string(c)?);
+    }
+    eprintln!(
+        "rated {} usage windows into {} charges",
+        report.usage_rows,
+        report.charges.len()
+    );
+    Ok(())
+}
+
+/// `tally-rater serve`: the metrics endpoint, the API (when `rater.api_addr` is set) and a
+/// pass every `rater.interval_secs` until SIGTERM.
+async fn serve(
+    cfg: Config,
+    db: clickhouse::Client,
+    catalog: Catalog,
+    source: CatalogSource,
+) -> anyhow::Result<()> {
     telemetry::serve_metrics(cfg.rater.metrics_addr.parse()?)?;
     let shutdown = shutdown::on_signals();
     if let Some(addr) = &cfg.rater.api_addr {

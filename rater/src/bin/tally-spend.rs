@@ -22,7 +22,7 @@ use tally_platform::{
 use tally_rater::live::api;
 use tally_rater::live::run::{self, Spend};
 use tally_rater::live::SpendConfig;
-use tally_rater::store::catalog::CatalogSource;
+use tally_rater::store::CatalogSource;
 use tally_rater::RaterConfig;
 
 /// The live spend decider of one partition of the usage stream (see docs/SPEND.md).

@@ -10,12 +10,12 @@ use tally_domain::{BillingCycle, Currency, CustomerId, Meter, MeterSlug, Period}
 use tally_platform::ConfigError;
 
 use crate::config::{PlanSpec, RaterConfig, SubscriptionSpec, SubscriptionState};
-use crate::rating::charge::{Fx, Terms};
 use lifecycle::validate_subscription;
 pub use lifecycle::{Trial, TRIAL_COUPON};
 
 pub mod customers;
 pub mod entitlements;
+pub mod error;
 pub mod fx;
 mod lifecycle;
 pub mod meters;
@@ -23,6 +23,7 @@ pub mod plan;
 pub mod rates;
 pub mod registry;
 pub mod tax;
+pub mod terms;
 pub mod zone;
 
 use crate::catalog::fx::FxTable;
@@ -30,6 +31,8 @@ pub use crate::catalog::plan::Plan;
 use crate::catalog::tax::TaxTable;
 use crate::catalog::zone::ZonedCycle;
 use crate::pricing::discount::Coupon;
+pub use error::CatalogError;
+pub use terms::{Fx, Terms};
 
 /// A customer's subscription.
 #[derive(Debug, Clone)]

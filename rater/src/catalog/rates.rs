@@ -15,10 +15,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tally_platform::ConfigError;
 
+use crate::catalog::error::CatalogError;
 use crate::catalog::fx::{validate_fx_rate, FxRateSpec, FxTable};
 use crate::catalog::registry::Novelty;
 use crate::catalog::tax::{validate_tax_rate, TaxRateSpec, TaxTable};
-use crate::store::catalog::CatalogStoreError;
 
 /// A dated rate entry: a tax rate or an FX rate.
 pub trait RateEntry: Clone + PartialEq + Serialize + DeserializeOwned {
@@ -81,7 +81,7 @@ impl<T> Default for Entries<T> {
 
 impl<T: RateEntry> Entries<T> {
     /// Checks an entry (errors name `at`, e.g. `tax_rate.rate_percent`) and records it.
-    pub fn add(&mut self, spec: &T, at: &str) -> Result<Novelty, CatalogStoreError> {
+    pub fn add(&mut self, spec: &T, at: &str) -> Result<Novelty, CatalogError> {
         spec.validate(at)?;
         let (a, b) = spec.scope();
         let key = (
@@ -91,7 +91,7 @@ impl<T: RateEntry> Entries<T> {
         );
         match self.0.get(&key) {
             Some(stored) if stored == spec => Ok(Novelty::Stored),
-            Some(stored) => Err(CatalogStoreError::Conflict {
+            Some(stored) => Err(CatalogError::Conflict {
                 setting: format!("{at}.{}", T::RATE_FIELD),
                 detail: format!(
                     "the {} of {a}/{b} from {} is already stored as {}; rates are immutable, a \
@@ -183,7 +183,7 @@ mod tests {
         let changed =
             tax(r#"{"region":"DE","rate_percent":"16","effective_from":"2026-01-01T00:00:00Z"}"#);
         match r.tax.add(&changed, "tax_rate") {
-            Err(CatalogStoreError::Conflict { setting, detail }) => {
+            Err(CatalogError::Conflict { setting, detail }) => {
                 assert_eq!(setting, "tax_rate.rate_percent");
                 assert!(
                     detail.contains(

@@ -13,8 +13,8 @@ use tally_domain::meter::Meter;
 use tally_domain::{AgentId, CustomerId};
 
 use crate::catalog::customers::{validate_agent, validate_customer, AgentSpec, CustomerSpec};
+use crate::catalog::error::CatalogError;
 use crate::catalog::meters::{check_successor, validate_meter, MeterEntry};
-use crate::store::catalog::CatalogStoreError;
 
 /// Whether an addition is new or was stored already.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,8 +31,8 @@ pub struct Registry {
     meters: BTreeMap<String, BTreeMap<u32, (MeterEntry, Meter)>>,
 }
 
-fn conflict(setting: &str, detail: String) -> CatalogStoreError {
-    CatalogStoreError::Conflict {
+fn conflict(setting: &str, detail: String) -> CatalogError {
+    CatalogError::Conflict {
         setting: setting.to_owned(),
         detail,
     }
@@ -45,7 +45,7 @@ fn novelty<T>(
     same: impl Fn(&T) -> bool,
     what: &str,
     at: &str,
-) -> Result<Novelty, CatalogStoreError> {
+) -> Result<Novelty, CatalogError> {
     let Some(versions) = versions else {
         return Ok(Novelty::New);
     };
@@ -77,7 +77,7 @@ impl Registry {
         &mut self,
         spec: &CustomerSpec,
         at: &str,
-    ) -> Result<(Novelty, Vec<Novelty>), CatalogStoreError> {
+    ) -> Result<(Novelty, Vec<Novelty>), CatalogError> {
         let (customer, _) = validate_customer(spec, at)?;
         let alone = CustomerSpec {
             agents: vec![],
@@ -110,11 +110,9 @@ impl Registry {
         customer: &CustomerId,
         spec: &AgentSpec,
         at: &str,
-    ) -> Result<Novelty, CatalogStoreError> {
+    ) -> Result<Novelty, CatalogError> {
         if !self.customers.contains_key(customer) {
-            return Err(CatalogStoreError::NotFound(format!(
-                "no customer {customer}"
-            )));
+            return Err(CatalogError::NotFound(format!("no customer {customer}")));
         }
         let n = self.check_agent(customer, spec, at)?;
         self.record_agent(customer, spec)?;
@@ -126,7 +124,7 @@ impl Registry {
         customer: &CustomerId,
         spec: &AgentSpec,
         at: &str,
-    ) -> Result<Novelty, CatalogStoreError> {
+    ) -> Result<Novelty, CatalogError> {
         let agent = validate_agent(customer, spec, at)?;
         novelty(
             self.agents.get(&(customer.clone(), agent.id.clone())),
@@ -141,7 +139,7 @@ impl Registry {
         &mut self,
         customer: &CustomerId,
         spec: &AgentSpec,
-    ) -> Result<(), CatalogStoreError> {
+    ) -> Result<(), CatalogError> {
         let agent = validate_agent(customer, spec, "agent")?;
         self.agents
             .entry((customer.clone(), agent.id))
@@ -151,11 +149,7 @@ impl Registry {
     }
 
     /// Checks and records a meter version (errors name `at`, e.g. `meter`).
-    pub fn add_meter(
-        &mut self,
-        entry: &MeterEntry,
-        at: &str,
-    ) -> Result<Novelty, CatalogStoreError> {
+    pub fn add_meter(&mut self, entry: &MeterEntry, at: &str) -> Result<Novelty, CatalogError> {
         let meter = validate_meter(entry, at)?;
         let versions = self.meters.get(&entry.slug);
         let n = novelty(
@@ -254,7 +248,7 @@ mod tests {
         );
         let renamed = customer(r#"{"id":"acme","name":"Acme Inc"}"#);
         let err = r.add_customer(&renamed, "customer").expect_err("changed");
-        assert!(matches!(err, CatalogStoreError::Conflict { .. }), "{err}");
+        assert!(matches!(err, CatalogError::Conflict { .. }), "{err}");
         let v3 = customer(r#"{"id":"acme","version":3,"name":"Acme Inc"}"#);
         r.add_customer(&v3, "customer").expect("a new version");
         let v2 = customer(r#"{"id":"acme","version":2,"name":"Acme 2"}"#);
@@ -281,7 +275,7 @@ mod tests {
         let acme = CustomerId::new("acme").expect("id");
         let bot: AgentSpec = serde_json::from_str(r#"{"id":"bot"}"#).expect("agent");
         let err = r.add_agent(&acme, &bot, "agent").expect_err("unknown");
-        assert!(matches!(err, CatalogStoreError::NotFound(_)), "{err}");
+        assert!(matches!(err, CatalogError::NotFound(_)), "{err}");
         r.add_customer(&customer(r#"{"id":"acme","name":"A"}"#), "customer")
             .expect("new");
         assert_eq!(

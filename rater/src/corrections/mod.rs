@@ -205,6 +205,11 @@ pub struct Reading {
     pub events: i64,
 }
 
+/// The stored kind of the correction that imports an event ([`crate::backfill::KIND`]):
+/// corrections own every kind (`void`, `amend`, `backfill`), so the rules of an import build
+/// on the corrections' and never the other way round.
+pub const BACKFILL_KIND: &str = "backfill";
+
 /// A stored correction.
 #[derive(Debug, Clone, PartialEq, Eq, clickhouse::Row, Serialize, Deserialize)]
 pub struct Correction {
@@ -368,7 +373,7 @@ fn refuse(req: &Valid, facts: &Facts) -> Result<Option<Correction>, CorrectionEr
     // an imported event (docs/INGEST.md "Backfill") counts by its backfill's deltas
     let imported = winners(&facts.of_event)
         .iter()
-        .any(|c| c.kind == crate::backfill::KIND);
+        .any(|c| c.kind == BACKFILL_KIND);
     if facts.readings.is_empty() && !imported {
         return Err(CorrectionError::EventNotFound {
             customer: req.customer.to_string(),

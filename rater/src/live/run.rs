@@ -34,7 +34,7 @@ use super::metrics;
 use super::protocol::{self, Answer, Reason};
 use super::wallet;
 use crate::catalog::Catalog;
-use crate::store::catalog::CatalogSource;
+use crate::store::CatalogSource;
 
 /// Requests waiting for the decider; beyond this an authorize is answered `unavailable`.
 const QUEUE: usize = 8192;
@@ -49,7 +49,7 @@ pub enum RunError {
     #[error("lease: {0}")]
     Lease(#[from] LeaseError),
     #[error("catalog: {0}")]
-    Catalog(#[from] crate::store::catalog::CatalogStoreError),
+    Catalog(#[from] crate::store::CatalogStoreError),
     #[error("clickhouse: {0}")]
     Store(#[from] clickhouse::error::Error),
     #[error("feed: {0}")]
@@ -555,8 +555,8 @@ async fn answer_balance(spend: Spend, tx: mpsc::Sender<Command>) {
 async fn changed_catalog(
     spend: &Spend,
     watch: &mut CatalogWatch,
-) -> Result<Option<Catalog>, crate::store::catalog::CatalogStoreError> {
-    let stored = crate::store::catalog::Stored::load(&spend.db).await?;
+) -> Result<Option<Catalog>, crate::store::CatalogStoreError> {
+    let stored = crate::store::Stored::load(&spend.db).await?;
     let (plans, subscriptions) = crate::store::catalog::load(&spend.db).await?;
     if !watch.changed(&(&plans, &subscriptions, &stored)) {
         return Ok(None);

@@ -20,7 +20,6 @@ pub mod flat;
 pub mod graduated;
 pub mod package;
 pub mod per_unit;
-pub mod recurring;
 pub mod volume;
 
 use rust_decimal::Decimal;
@@ -106,7 +105,7 @@ pub enum Billing {
     #[default]
     InArrears,
     /// At the start of its period (or of the part of it a subscription covers): on the
-    /// invoice finalized then, see [`recurring::advance_invoice_period`].
+    /// invoice finalized then, see [`crate::rating::recurring::advance_invoice_period`].
     InAdvance,
 }
 

@@ -4,12 +4,12 @@
 
 use rust_decimal::Decimal;
 use serde::Serialize;
-use tally_domain::{Aggregation, Currency, CustomerId, MeterSlug, Period};
+use tally_domain::{Aggregation, CustomerId, MeterSlug, Period};
 use xxhash_rust::xxh3::xxh3_128;
 
-use crate::catalog::tax::{tax_on, AppliedRate};
-use crate::catalog::Plan;
-use crate::pricing::discount::Coupon;
+use crate::catalog::plan::Plan;
+use crate::catalog::tax::tax_on;
+use crate::catalog::terms::{Fx, Terms};
 use crate::pricing::{LineKind, Measured, PriceError, TierUse};
 
 /// One customer's committed usage of one meter in one period: of the whole meter
@@ -146,26 +146,6 @@ pub fn charge_id(
     let text =
         format!("{customer}\0{period_start_ms}\0{meter}\0{group_key}\0{plan_id}\0{plan_version}");
     format!("chg_{:032x}", xxh3_128(text.as_bytes()))
-}
-
-/// What applies to a charge beyond its price ([`crate::Catalog::terms`]).
-#[derive(Debug, Clone, Default)]
-pub struct Terms<'a> {
-    /// Coupons that apply, in order.
-    pub coupons: Vec<&'a Coupon>,
-    /// None: no tax.
-    pub tax: Option<AppliedRate>,
-    /// None: billed in the plan's currency.
-    pub fx: Option<Fx>,
-}
-
-/// Billing in another currency than the plan's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Fx {
-    pub to: Currency,
-    /// Units of `to` per unit of the plan's currency; none: no rate is effective yet (the
-    /// charge is left unpriced).
-    pub rate: Option<Decimal>,
 }
 
 /// The group key, plus the segment start for a period split by a subscription change (so a

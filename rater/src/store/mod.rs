@@ -11,5 +11,10 @@ pub mod backfill;
 pub mod catalog;
 pub mod charges;
 pub mod corrections;
+pub mod error;
 pub mod rates;
 pub mod registry;
+pub mod source;
+
+pub use error::CatalogStoreError;
+pub use source::{CatalogSource, Stored};

@@ -17,7 +17,7 @@ use crate::catalog::fx::FxRateSpec;
 use crate::catalog::rates::{effective_from_text, Entries, RateEntry, Rates};
 use crate::catalog::registry::Novelty;
 use crate::catalog::tax::TaxRateSpec;
-use crate::store::catalog::CatalogStoreError;
+use crate::store::error::CatalogStoreError;
 
 /// How many entries an operation appended.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -20,7 +20,7 @@ use tally_platform::store::datetime_secs;
 use crate::catalog::customers::{AgentSpec, CustomerSpec};
 use crate::catalog::meters::MeterEntry;
 use crate::catalog::registry::{Novelty, Registry};
-use crate::store::catalog::{CatalogSource, CatalogStoreError};
+use crate::store::error::CatalogStoreError;
 
 /// How many versions an operation appended.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -298,33 +298,14 @@ pub async fn add_agent(
     pending.write(db, now_ms).await
 }
 
-/// Appends a meter version (`POST /v1/meters`; errors name `meter.*`) after checking that
-/// every stored plan and subscription is still valid with it (a plan's dimensions must stay
-/// group-by names of the meter).
-pub async fn add_meter(
+/// Appends a meter version that the caller has checked (the registry's rules and every
+/// stored plan and subscription: [`crate::store::CatalogSource::add_meter`]).
+pub(crate) async fn append_meter(
     db: &Client,
-    source: &CatalogSource,
     entry: &MeterEntry,
     now_ms: i64,
 ) -> Result<Appended, CatalogStoreError> {
-    let mut r = load(db).await?;
     let mut pending = Pending::default();
-    if r.add_meter(entry, "meter")? == Novelty::New {
-        let (plans, subscriptions) = crate::store::catalog::load(db).await?;
-        let stored = crate::store::catalog::Stored {
-            meters: r.meters(),
-            rates: crate::store::rates::load(db).await?,
-        };
-        source.build(plans, subscriptions, &stored).map_err(|e| {
-            CatalogStoreError::Invalid(tally_platform::ConfigError::invalid(
-                "meter",
-                format!(
-                    "meter {} version {} would invalidate the stored catalog: {e}",
-                    entry.slug, entry.version
-                ),
-            ))
-        })?;
-        pending.meters.push(entry.clone());
-    }
+    pending.meters.push(entry.clone());
     pending.write(db, now_ms).await
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use tally_platform::auth::{self, Authenticator, Role};
 use tally_platform::openapi;
 use tally_rater::api::{serve, ApiState};
-use tally_rater::store::catalog::CatalogSource;
+use tally_rater::store::CatalogSource;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The `admin` token of each server [`start`] started.

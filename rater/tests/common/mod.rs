@@ -176,7 +176,7 @@ pub async fn store_catalog(
 
 /// The catalog as stored in `db` (default `[rater]` and features).
 pub async fn stored_catalog(db: &clickhouse::Client) -> Catalog {
-    tally_rater::store::catalog::CatalogSource {
+    tally_rater::store::CatalogSource {
         rater: RaterConfig::default(),
         features: tally_platform::Features::default(),
     }

@@ -1,0 +1,40 @@
+//! Why stored entries cannot be read, appended or used: the storage layer's error.
+//!
+//! It owns the storage failures (ClickHouse, a stored body that no longer parses) and carries
+//! the catalog's refusals ([`CatalogError`]) unchanged, variant for variant, so a caller sees
+//! one error whether a rule or storage refused. It never decides a refusal itself.
+
+use tally_platform::ConfigError;
+
+use crate::catalog::CatalogError;
+
+/// Why the stored catalog cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogStoreError {
+    #[error("clickhouse: {0}")]
+    ClickHouse(#[from] clickhouse::error::Error),
+    /// The file changes an entry already stored.
+    #[error("setting `{setting}`: {detail}")]
+    Conflict { setting: String, detail: String },
+    /// The stored catalog (or an addition to it) is not valid.
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+    /// The entry an addition refers to is not stored (an agent's customer).
+    #[error("{0}")]
+    NotFound(String),
+    /// A stored body no longer parses.
+    #[error("stored catalog entry {identity}: {detail}")]
+    Unreadable { identity: String, detail: String },
+}
+
+impl From<CatalogError> for CatalogStoreError {
+    fn from(e: CatalogError) -> Self {
+        match e {
+            CatalogError::Conflict { setting, detail } => {
+                CatalogStoreError::Conflict { setting, detail }
+            }
+            CatalogError::Invalid(e) => CatalogStoreError::Invalid(e),
+            CatalogError::NotFound(what) => CatalogStoreError::NotFound(what),
+        }
+    }
+}
