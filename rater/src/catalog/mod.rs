@@ -2,6 +2,13 @@
 //! version prices a customer's period. A period is priced entirely by the version of its
 //! subscription's plan that is effective at the period's start (the latest `effective_from`
 //! at or before it); a new version takes effect from the next period on.
+//!
+//! It owns the catalog's rules, pure over typed values: plan versions ([`plan`],
+//! [`entitlements`]), customers, agents and meters ([`customers`], [`meters`], [`registry`]),
+//! dated tax and FX rates ([`tax`], [`fx`], [`rates`]), billing periods in a time zone
+//! ([`zone`]), what applies to a charge ([`terms`]) and why an entry is refused
+//! ([`CatalogError`]). It never reads or writes storage and never imports [`crate::store`],
+//! which loads the facts these rules decide on and appends what they accept.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
