@@ -8,10 +8,12 @@
 FROM rust:1.89-bookworm AS builder
 WORKDIR /src
 COPY . .
-# The cache mounts keep the registry and target/ between builds (BuildKit).
+# The cache mounts keep the registry and target/ between builds (BuildKit). The test crates
+# are left out: they enable tally-platform's `testkit` feature, which would then be compiled
+# into every binary.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bins \
+    cargo build --release --locked --workspace --exclude tally-e2e --exclude tally-benches --bins \
     && mkdir -p /out \
     && for bin in tally-migrate tally-access tally-aggregator tally-gateway tally-rater tally-invoicer \
                tally-payments tally-agents; do \

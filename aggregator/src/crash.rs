@@ -3,13 +3,18 @@
 //! can crash the real binary exactly between two steps of a commit instead of at a random
 //! moment.
 //!
-//! A point fires only when the environment variable [`ENV`] names it; the variable is read once.
-//! Nothing else in the aggregator may depend on it, and production never sets it (the
-//! aggregator logs an error at start when it is set).
+//! A point fires only when the environment variable `ENV` names it; the variable is read once.
+//! Nothing else in the aggregator may depend on it. The points exist only in a build with the
+//! crate's `testkit` feature, which only the aggregator's own tests enable (so the binary
+//! they run, `CARGO_BIN_EXE_tally-aggregator`, has them, and logs an error at start when the
+//! variable is set); without it [`point`] and [`arm_from_env`] do nothing and a release binary
+//! never reads the variable.
 
+#[cfg(feature = "testkit")]
 use std::sync::OnceLock;
 
 /// The environment variable that arms one crash point, e.g. `after_rows`.
+#[cfg(feature = "testkit")]
 pub const ENV: &str = "TALLY_AGGREGATOR_CRASH_AT";
 
 /// The steps of a flush a test can crash between.
@@ -49,6 +54,7 @@ impl CrashPoint {
     }
 }
 
+#[cfg(feature = "testkit")]
 fn armed() -> Option<CrashPoint> {
     static ARMED: OnceLock<Option<CrashPoint>> = OnceLock::new();
     *ARMED.get_or_init(|| {
@@ -65,18 +71,28 @@ fn armed() -> Option<CrashPoint> {
     })
 }
 
-/// Reads [`ENV`] now (so its warning is logged at start rather than at the first flush).
+/// Reads `ENV` now (so its warning is logged at start rather than at the first flush).
+#[cfg(feature = "testkit")]
 pub fn arm_from_env() {
     let _ = armed();
 }
 
-/// Aborts the process if [`ENV`] names `point`.
+/// Nothing: a build without the `testkit` feature has no crash point.
+#[cfg(not(feature = "testkit"))]
+pub fn arm_from_env() {}
+
+/// Aborts the process if `ENV` names `point`.
+#[cfg(feature = "testkit")]
 pub fn point(point: CrashPoint) {
     if armed() == Some(point) {
         tracing::error!(point = point.name(), "crash point reached: aborting");
         std::process::abort();
     }
 }
+
+/// Nothing: a build without the `testkit` feature has no crash point.
+#[cfg(not(feature = "testkit"))]
+pub fn point(_point: CrashPoint) {}
 
 #[cfg(test)]
 mod tests {

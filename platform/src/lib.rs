@@ -12,7 +12,8 @@
 //! - [`auth`]: bearer tokens, roles and the audit of changes, for every HTTP API.
 //! - [`secrets`]: secrets in configuration: never printed, weak ones refused outside `dev`.
 //! - [`access`]: one ClickHouse user per service with least rights (SQL RBAC or 18.16 users.xml).
-//! - [`own_server`]: servers a test starts for itself (binary lookup, free ports, cleanup).
+//! - `own_server` (feature `testkit`): servers a test starts for itself (binary lookup, free
+//!   ports, cleanup).
 //! - [`private_file`]: writing generated credentials with mode 0600.
 //! - [`args`]: `--name value` flags for the binaries.
 //! - [`config`]: the shared sections (`[nats]`, `[clickhouse]`, `[telemetry]`) and the loader.
@@ -25,7 +26,9 @@
 //! - [`feed`]: the live usage feed: each committed batch's partials, for the spend deciders.
 //! - [`telemetry`]: logs and the Prometheus endpoint.
 //! - [`shutdown`]: SIGTERM/SIGINT to a cancellation token.
-//! - [`testkit`]: per-test streams and databases for tests against the real servers.
+//! - `testkit` (feature `testkit`): per-test streams and databases for tests against the real
+//!   servers. Test-only code: the crates' tests enable the feature in their
+//!   `[dev-dependencies]`, so it is never compiled into a production binary.
 //! - [`usage`]: reading committed usage for a range, bounded by what it asks for.
 
 pub mod access;
@@ -39,6 +42,7 @@ pub mod http;
 pub mod lease;
 pub mod migrate;
 pub mod openapi;
+#[cfg(feature = "testkit")]
 pub mod own_server;
 pub mod peers;
 pub mod private_file;
@@ -47,6 +51,7 @@ pub mod shutdown;
 pub mod store;
 pub mod streams;
 pub mod telemetry;
+#[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod usage;
 
