@@ -4,8 +4,8 @@
 //! ([`crate::store::rates`]), then its plan versions and subscriptions
 //! ([`crate::store::catalog`]), because plans are validated against the stored meters and
 //! priced with the stored rates; the rater then rates with everything stored
-//! ([`crate::store::CatalogSource::current`]), so entries appended earlier (by the API or an older file)
-//! stay in force.
+//! ([`crate::store::CatalogSource::current`]), so entries appended earlier (by the API or an
+//! older file) stay in force.
 //!
 //! It owns that order and nothing else: the rules are [`crate::catalog`]'s, the rows
 //! [`crate::store`]'s. It never changes a stored entry (a changed one is refused).

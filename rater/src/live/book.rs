@@ -283,8 +283,8 @@ impl CustomerBook {
     }
 }
 
-/// The unrounded tax on `amount` at `rate_percent` (as [`crate::catalog::tax::tax_on`]); a rate is
-/// at most 100 %, so on overflow the tax is taken as the whole amount (never less).
+/// The unrounded tax on `amount` at `rate_percent` (as [`crate::catalog::tax::tax_on`]); a
+/// rate is at most 100 %, so on overflow the tax is taken as the whole amount (never less).
 fn tax_of(amount: Decimal, rate_percent: Decimal) -> Decimal {
     amount
         .checked_mul(rate_percent)
