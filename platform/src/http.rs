@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::FromRequest;
+use axum::routing::{MethodFilter, MethodRouter};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
@@ -180,6 +181,29 @@ async fn serve_service<S, B>(
     }
     connections.close();
     connections.wait().await;
+}
+
+/// A router serving exactly the routes of `table` (the table an API's OpenAPI document is
+/// checked against, `crate::openapi::check_routes`), so the two cannot drift:
+/// `handler(op, method)` answers the route's method on its path (`on(method, handler)`).
+/// Routes sharing a path share its method router.
+///
+/// # Panics
+/// On a route the table cannot serve (an unknown method, a pattern axum refuses): the tables
+/// are constants, and every API's tests build its router.
+pub fn route_table<T: Copy, S: Clone + Send + Sync + 'static>(
+    table: &[crate::openapi::Route<T>],
+    handler: impl Fn(T, MethodFilter) -> MethodRouter<S>,
+) -> Router<S> {
+    let mut router = Router::new();
+    for r in table {
+        let filter = Method::from_bytes(r.method.as_bytes())
+            .ok()
+            .and_then(|m| MethodFilter::try_from(m).ok())
+            .unwrap_or_else(|| panic!("route {} {}: unknown method", r.method, r.path));
+        router = router.route(r.path, handler(r.op, filter));
+    }
+    router
 }
 
 /// `router` answering unrouted requests in the shared `{code, detail}` shape: 404

@@ -13,10 +13,13 @@
 //! A missing or bad token is 401 (`missing_token`, `invalid_token`, `revoked_token`), a token
 //! of another role 403 (`forbidden`). It never returns a secret or a secret hash.
 
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::routing::{on, MethodFilter, MethodRouter};
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use tally_platform::auth::{hook, AuthError, Permission, Principal};
 use tally_platform::openapi::Route;
@@ -25,7 +28,9 @@ use super::auth::KeyRecord;
 use super::error::RequestError;
 use super::key_store::{self, KeyStoreError};
 use super::response::{ErrorBody, ErrorDetail};
-use super::server::{error_response, health, json, openapi_document, read_body, resolve, Gateway};
+use super::server::{
+    error_response, health, json, openapi_document, read_body, Gateway, HttpRequest,
+};
 use tally_platform::clock::now_ms;
 
 #[derive(Deserialize)]
@@ -130,18 +135,32 @@ pub const ROUTES: &[Route<Op>] = &[
 /// The OpenAPI 3.0 document of the admin listener, served at its `/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi_admin.json");
 
-/// Routes a request of the admin listener: `/healthz` and the document as they are; the key
+/// What an admin route's method answers: `/healthz` and the document as they are; the key
 /// routes after authenticating (role `key_admin`), changes audited before they are made.
-pub async fn route(
+pub(super) fn handler(op: Op, method: MethodFilter) -> MethodRouter<Arc<Gateway>> {
+    type Gw = State<Arc<Gateway>>;
+    match op {
+        Op::Health => on(method, || async { health() }),
+        Op::OpenApi => on(method, || async { openapi_document(OPENAPI) }),
+        Op::Keys(KeyOp::Revoke) => on(
+            method,
+            |State(gw): Gw, Path(key_id): Path<String>, req: HttpRequest| async move {
+                authorized(&gw, req, KeyOp::Revoke, &key_id).await
+            },
+        ),
+        Op::Keys(op) => on(method, move |State(gw): Gw, req: HttpRequest| async move {
+            authorized(&gw, req, op, "").await
+        }),
+    }
+}
+
+/// Answers a key route for a caller whose token allows it; `key_id` is the path's, if any.
+async fn authorized(
     gw: &Gateway,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, RequestError> {
-    let (op, params) = resolve(ROUTES, &req)?;
-    let op = match op {
-        Op::Health => return Ok(health()),
-        Op::OpenApi => return Ok(openapi_document(OPENAPI)),
-        Op::Keys(op) => op,
-    };
+    req: HttpRequest,
+    op: KeyOp,
+    key_id: &str,
+) -> Response<Full<Bytes>> {
     let header = req
         .headers()
         .get(hyper::header::AUTHORIZATION)
@@ -154,23 +173,23 @@ pub async fn route(
         Ok(who) => who,
         Err(e) => {
             tracing::info!(path = %req.uri().path(), code = e.code(), "admin request refused");
-            return Ok(refusal(&e));
+            return refusal(&e);
         }
     };
     let (method, path) = (req.method().to_string(), req.uri().path().to_owned());
     let answer = async {
-        keys(gw, req, op, &params, &who)
+        keys(gw, req, op, key_id, &who)
             .await
             .unwrap_or_else(|e| error_response(&e))
     };
-    Ok(hook::audited(&gw.auth, &who, &method, &path, answer).await)
+    hook::audited(&gw.auth, &who, &method, &path, answer).await
 }
 
 async fn keys(
     gw: &Gateway,
-    req: Request<Incoming>,
+    req: HttpRequest,
     op: KeyOp,
-    params: &[String],
+    key_id: &str,
     who: &Principal,
 ) -> Result<Response<Full<Bytes>>, RequestError> {
     let db = gw.db.as_ref().ok_or_else(|| RequestError::Unavailable {
@@ -202,7 +221,7 @@ async fn keys(
             Ok(json(StatusCode::OK, &serde_json::json!({ "keys": views })))
         }
         KeyOp::Revoke => {
-            let record = key_store::revoke(db, &params[0], now_ms())
+            let record = key_store::revoke(db, key_id, now_ms())
                 .await
                 .map_err(store_error)?;
             gw.keys.upsert(record.clone());

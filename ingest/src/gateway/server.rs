@@ -1,35 +1,34 @@
-//! The HTTP/1.1 server: accepting connections (at most `connections_max` at once, and
-//! `connections_per_peer_max` from one address), keep-alive,
-//! header and body timeouts for slow clients, routing, bounded body reads, and turning every
-//! outcome into a JSON response. Graceful shutdown: stop accepting, let in-flight requests
-//! finish (their events are published and acked), then return.
+//! The gateway's two routers on the shared server (`tally_platform::http::serve_router`:
+//! at most `connections_max` connections at once and `connections_per_peer_max` from one
+//! address, keep-alive, the header timeout; graceful shutdown: stop accepting, let in-flight
+//! requests finish (their events are published and acked), then return), bounded body reads
+//! within `body_timeout_ms`, and turning every outcome into a JSON response.
 //!
 //! Two listeners: the public one (`ingest.listen_addr`: `/v1/events`, `/v1/traces`,
 //! `/v1/authorize`, `/v1/balance`, `/healthz`, `/v1/openapi.json`) and, when
 //! `ingest.admin_addr` is set, the admin one (`/v1/admin/keys`, `/healthz`,
 //! `/v1/openapi.json` only), so the key management is never reachable where agents are. Each
-//! listener routes through its table ([`PUBLIC_ROUTES`], [`admin::ROUTES`]), which tests check
-//! against its OpenAPI document both ways. It owns no validation and no auth rules:
+//! listener's axum router is built from its table ([`PUBLIC_ROUTES`], [`admin::ROUTES`]), which
+//! tests check against its OpenAPI document both ways. It owns no validation and no auth rules:
 //! [`super::events`] and [`super::admin`] do.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
+use axum::extract::State;
+use axum::middleware::{self, Next};
+use axum::routing::{on, MethodFilter, MethodRouter};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::{Response, StatusCode};
 use tally_platform::auth::Authenticator;
-use tally_platform::openapi::{self, Found, Route};
+use tally_platform::http::{route_table, serve_router, ListenerLimits, Router};
+use tally_platform::openapi::Route;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::auth::KeyRing;
 use super::config::IngestConfig;
@@ -136,6 +135,9 @@ impl Gateway {
     }
 }
 
+/// A request as the handlers receive it.
+pub type HttpRequest = axum::extract::Request;
+
 /// The headers handlers read, copied out of the request.
 #[derive(Debug, Default)]
 pub struct RequestParts {
@@ -163,7 +165,7 @@ impl Running {
     }
 }
 
-/// Which listener a connection came in on: what it may route to.
+/// Which listener a request came in on: what it may route to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Listener {
     Public,
@@ -191,10 +193,16 @@ pub async fn start(
     if gw.db.is_some() {
         tokio::spawn(refresh_keys(gw.clone(), shutdown.clone()));
     }
-    let mut tasks = vec![tokio::spawn(accept_loop(
-        gw.clone(),
+    let limits = ListenerLimits {
+        connections_max: gw.cfg.connections_max,
+        per_peer_max: gw.cfg.connections_per_peer_max,
+        header_timeout: Duration::from_millis(gw.cfg.header_timeout_ms),
+    };
+    let mut tasks = vec![tokio::spawn(serve_router(
+        "gateway",
         listener,
-        Listener::Public,
+        router(gw.clone(), Listener::Public),
+        limits,
         shutdown.clone(),
     ))];
     let mut admin_addr = None;
@@ -205,10 +213,11 @@ pub async fn start(
         }
         let period = Duration::from_secs(gw.cfg.key_refresh_secs);
         gw.auth.refresh_every(period, shutdown.clone());
-        tasks.push(tokio::spawn(accept_loop(
-            gw,
+        tasks.push(tokio::spawn(serve_router(
+            "gateway-admin",
             l,
-            Listener::Admin,
+            router(gw, Listener::Admin),
+            limits,
             shutdown.clone(),
         )));
         tracing::info!(addr = ?admin_addr, "admin API listening");
@@ -246,77 +255,6 @@ async fn refresh_keys(gw: Arc<Gateway>, shutdown: CancellationToken) {
     }
 }
 
-async fn accept_loop(
-    gw: Arc<Gateway>,
-    listener: TcpListener,
-    which: Listener,
-    shutdown: CancellationToken,
-) {
-    let slots = Arc::new(Semaphore::new(gw.cfg.connections_max));
-    let peers = tally_platform::peers::PeerLimit::new(gw.cfg.connections_per_peer_max);
-    let tracker = TaskTracker::new();
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            s = listener.accept() => match s {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    continue;
-                }
-            },
-        };
-        let Some(peer_slot) = peers.admit(peer.ip()) else {
-            tracing::debug!(%peer, "connection refused: too many from this address");
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let gw = gw.clone();
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            let _permit = permit;
-            let _peer_slot = peer_slot;
-            serve_connection(gw, stream, which, shutdown).await;
-        });
-    }
-    tracker.close();
-    tracker.wait().await;
-}
-
-async fn serve_connection(
-    gw: Arc<Gateway>,
-    stream: tokio::net::TcpStream,
-    which: Listener,
-    shutdown: CancellationToken,
-) {
-    let header_timeout = Duration::from_millis(gw.cfg.header_timeout_ms);
-    let service = hyper::service::service_fn(move |req| {
-        let gw = gw.clone();
-        async move { Ok::<_, Infallible>(route(&gw, which, req).await) }
-    });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
-        .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        }
-        _ = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
-    }
-}
-
 /// What a public route does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PublicOp {
@@ -343,27 +281,54 @@ pub const PUBLIC_ROUTES: &[Route<PublicOp>] = &[
 /// The OpenAPI 3.0 document of the public listener, served at its `/v1/openapi.json`.
 pub const OPENAPI_PUBLIC: &str = include_str!("openapi_public.json");
 
-async fn route(gw: &Gateway, which: Listener, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let started = Instant::now();
-    let result = match which {
-        Listener::Public => public_route(gw, req).await,
-        Listener::Admin => admin::route(gw, req).await,
+/// The router of one listener: its table's routes, 404/405 in the gateway's error shape, and
+/// every answer counted by status.
+fn router(gw: Arc<Gateway>, which: Listener) -> Router {
+    let routes = match which {
+        Listener::Public => route_table(PUBLIC_ROUTES, public_handler),
+        Listener::Admin => route_table(admin::ROUTES, admin::handler),
     };
-    let response = result.unwrap_or_else(|e| error_response(&e));
+    routes
+        .fallback(|| async { error_response(&RequestError::NotFound) })
+        .method_not_allowed_fallback(|| async { error_response(&RequestError::MethodNotAllowed) })
+        .layer(middleware::from_fn(count))
+        .with_state(gw)
+}
+
+/// Counts every answer of a listener by status, with its latency.
+async fn count(req: HttpRequest, next: Next) -> axum::response::Response {
+    let started = Instant::now();
+    let response = next.run(req).await;
     metrics::request(response.status().as_u16(), started.elapsed());
     response
 }
 
-/// Resolves a request through a route table: its operation and path parameters.
-pub(crate) fn resolve<T: Copy>(
-    routes: &[Route<T>],
-    req: &Request<Incoming>,
-) -> Result<(T, Vec<String>), RequestError> {
-    let segments = openapi::segments(req.uri().path());
-    match openapi::find(routes, req.method().as_str(), &segments) {
-        Found::Route(op, params) => Ok((op, params)),
-        Found::MethodNotAllowed => Err(RequestError::MethodNotAllowed),
-        Found::NotFound => Err(RequestError::NotFound),
+/// An answer or the refusal, as a response.
+fn answer(r: Result<Response<Full<Bytes>>, RequestError>) -> Response<Full<Bytes>> {
+    r.unwrap_or_else(|e| error_response(&e))
+}
+
+/// What a public route's method answers.
+fn public_handler(op: PublicOp, method: MethodFilter) -> MethodRouter<Arc<Gateway>> {
+    type Gw = State<Arc<Gateway>>;
+    match op {
+        PublicOp::Health => on(method, || async { health() }),
+        PublicOp::Events => on(method, |State(gw): Gw, req: HttpRequest| async move {
+            answer(events_route(&gw, req).await)
+        }),
+        #[cfg(feature = "otlp")]
+        PublicOp::Traces => on(method, |State(gw): Gw, req: HttpRequest| async move {
+            super::otlp::route(&gw, req).await
+        }),
+        #[cfg(not(feature = "otlp"))]
+        PublicOp::Traces => on(method, || async { error_response(&RequestError::NotFound) }),
+        PublicOp::Authorize => on(method, |State(gw): Gw, req: HttpRequest| async move {
+            answer(super::spend::authorize(&gw, req).await)
+        }),
+        PublicOp::Balance => on(method, |State(gw): Gw, req: HttpRequest| async move {
+            answer(super::spend::balance(&gw, req).await)
+        }),
+        PublicOp::OpenApi => on(method, || async { openapi_document(OPENAPI_PUBLIC) }),
     }
 }
 
@@ -380,27 +345,9 @@ pub(crate) fn health() -> Response<Full<Bytes>> {
     json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
 }
 
-async fn public_route(
-    gw: &Gateway,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, RequestError> {
-    let (op, _) = resolve(PUBLIC_ROUTES, &req)?;
-    match op {
-        PublicOp::Health => Ok(health()),
-        PublicOp::Events => events_route(gw, req).await,
-        #[cfg(feature = "otlp")]
-        PublicOp::Traces => Ok(super::otlp::route(gw, req).await),
-        #[cfg(not(feature = "otlp"))]
-        PublicOp::Traces => Err(RequestError::NotFound),
-        PublicOp::Authorize => super::spend::authorize(gw, req).await,
-        PublicOp::Balance => super::spend::balance(gw, req).await,
-        PublicOp::OpenApi => Ok(openapi_document(OPENAPI_PUBLIC)),
-    }
-}
-
 async fn events_route(
     gw: &Gateway,
-    req: Request<Incoming>,
+    req: HttpRequest,
 ) -> Result<Response<Full<Bytes>>, RequestError> {
     let (head, body) = req.into_parts();
     let header = |name| {
@@ -425,7 +372,7 @@ async fn events_route(
 pub async fn read_body(
     gw: &Gateway,
     headers: &hyper::HeaderMap,
-    body: Incoming,
+    body: axum::body::Body,
 ) -> Result<Bytes, RequestError> {
     let max = gw.limits.body_max_bytes;
     let declared = headers
@@ -483,6 +430,7 @@ pub(crate) fn error_response(e: &RequestError) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tally_platform::openapi;
 
     #[test]
     fn every_public_route_is_described_and_every_description_served() {
@@ -498,7 +446,7 @@ mod tests {
         let segments = openapi::segments("/v1/admin/keys");
         assert_eq!(
             openapi::find(PUBLIC_ROUTES, "GET", &segments),
-            Found::NotFound
+            openapi::Found::NotFound
         );
     }
 }

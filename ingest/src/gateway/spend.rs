@@ -13,13 +13,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::header::HeaderValue;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Response, StatusCode};
 use tally_domain::AgentId;
 
 use super::error::RequestError;
-use super::server::{json, read_body, Gateway};
+use super::server::{json, read_body, Gateway, HttpRequest};
 
 /// Largest authorize body (the decider refuses more than 4 KiB anyway).
 const BODY_MAX_BYTES: usize = 8 << 10;
@@ -27,7 +26,7 @@ const BODY_MAX_BYTES: usize = 8 << 10;
 /// `POST /v1/authorize`.
 pub async fn authorize(
     gw: &Gateway,
-    req: Request<Incoming>,
+    req: HttpRequest,
 ) -> Result<Response<Full<Bytes>>, RequestError> {
     let (head, body) = req.into_parts();
     let header = head
@@ -66,7 +65,7 @@ pub async fn authorize(
 /// `GET /v1/balance`: the key's customer's spend of the period, holds and budgets.
 pub async fn balance(
     gw: &Gateway,
-    req: Request<Incoming>,
+    req: HttpRequest,
 ) -> Result<Response<Full<Bytes>>, RequestError> {
     let header = req
         .headers()

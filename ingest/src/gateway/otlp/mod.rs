@@ -24,13 +24,12 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
-use hyper::{Request, Response};
+use hyper::Response;
 
 use super::error::RequestError;
 use super::response::Status;
-use super::server::{error_response, read_body, Gateway};
+use super::server::{error_response, read_body, Gateway, HttpRequest};
 use super::{decode, events, metrics};
 use genai::{Conversion, SpanRef};
 use wire::Encoding;
@@ -39,7 +38,7 @@ use wire::Encoding;
 const MESSAGE_REASONS_MAX: usize = 8;
 
 /// Answers one `POST /v1/traces`.
-pub async fn route(gw: &Gateway, req: Request<Incoming>) -> Response<Full<Bytes>> {
+pub async fn route(gw: &Gateway, req: HttpRequest) -> Response<Full<Bytes>> {
     let (head, body) = req.into_parts();
     let header = |name| {
         head.headers
