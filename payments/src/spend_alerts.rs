@@ -40,7 +40,8 @@ use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, AckKind};
 use clickhouse::Client;
 use futures::StreamExt;
 use serde::Deserialize;
-use tally_platform::shutdown::Shutdown;
+use tally_platform::clock::now_ms;
+use tally_platform::shutdown::{Shutdown, Ticker};
 use tally_platform::NatsConfig;
 use tokio::sync::{Notify, Semaphore};
 
@@ -441,7 +442,7 @@ impl Deliverer {
                 break;
             }
             let due = schedule::next_attempt_ms(done, last_ms, self.cfg.delivery_backoff_secs);
-            let wait = due.saturating_sub(wall_ms());
+            let wait = due.saturating_sub(now_ms());
             if wait > 0 {
                 tokio::select! {
                     _ = self.shutdown.cancelled() => { interrupted = true; break; }
@@ -465,7 +466,7 @@ impl Deliverer {
                 interrupted = true;
                 break;
             }
-            let at_ms = wall_ms();
+            let at_ms = now_ms();
             let started = Instant::now();
             let a = deliver::post(
                 self.trust.as_ref(),
@@ -491,7 +492,7 @@ impl Deliverer {
             }
             if a.delivered {
                 if let Some(c) = crossed_at_ms {
-                    metrics::spend_alert_delivered(wall_ms().saturating_sub(c));
+                    metrics::spend_alert_delivered(now_ms().saturating_sub(c));
                 }
                 tracing::info!(notification_id = %id, attempt = done, status = a.status_code,
                     "spend alert delivered");
@@ -527,18 +528,14 @@ impl Deliverer {
     /// arrives, until shutdown.
     async fn scan_loop(self: Arc<Self>) {
         let every = Duration::from_secs(self.cfg.interval_secs.max(1));
-        loop {
+        let mut ticker = Ticker::pausing(every, self.shutdown.clone());
+        while ticker.next_or(self.rescan.notified()).await {
             match self.scan().await {
                 Ok(0) => {}
                 Ok(n) => {
                     tracing::info!(started = n, "undelivered spend alert notifications resumed");
                 }
                 Err(e) => tracing::warn!(error = %e, "reading the spend alert delivery log failed"),
-            }
-            tokio::select! {
-                _ = self.shutdown.cancelled() => break,
-                _ = self.rescan.notified() => {}
-                _ = tokio::time::sleep(every) => {}
             }
         }
     }
@@ -550,10 +547,6 @@ impl Deliverer {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-}
-
-fn wall_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 /// The durable consumer, created if missing (from the start of the stream: alerts published
@@ -612,7 +605,7 @@ async fn handle(deliverer: &Arc<Deliverer>, source: &AlertsSource, batch: Vec<je
     if alerts.is_empty() {
         return;
     }
-    match record_batch(deliverer, &alerts, wall_ms()).await {
+    match record_batch(deliverer, &alerts, now_ms()).await {
         Ok(recorded) => {
             for (((alert, _), msg), outcome) in alerts.iter().zip(&messages).zip(&recorded.outcomes)
             {

@@ -4,7 +4,13 @@
 //!
 //! The handlers are registered before [`on_signals`] returns (not lazily in a spawned task), so
 //! a binary that calls it first in `main` turns every later SIGTERM into a clean stop.
+//!
+//! A periodic task waits on a [`Ticker`]: the interval and the shutdown check written once.
 
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 pub use tokio_util::sync::CancellationToken as Shutdown;
@@ -53,6 +59,121 @@ pub fn on_signals() -> CancellationToken {
         t.cancel();
     });
     token
+}
+
+/// When a periodic task runs next, until shutdown: the first [`Ticker::next`] returns at once,
+/// each later one after the period (or `false` as soon as shutdown is signalled). The check is
+/// made only between passes, so a pass in progress always finishes; the waits are
+/// cancellation safe (nothing is lost if shutdown wins the race).
+pub struct Ticker {
+    interval: Interval,
+    shutdown: Shutdown,
+    /// Count the period from the end of the last pass rather than from its start.
+    pause: bool,
+    first: bool,
+}
+
+impl Ticker {
+    /// A pass every `period`, counted from the start of one pass to the start of the next; a
+    /// pass longer than the period delays the next one (never a burst of catch-up passes).
+    pub fn new(period: Duration, shutdown: Shutdown) -> Ticker {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Ticker {
+            interval,
+            shutdown,
+            pause: false,
+            first: true,
+        }
+    }
+
+    /// A pass, then a pause of `period` after it ends (a sleep between passes).
+    pub fn pausing(period: Duration, shutdown: Shutdown) -> Ticker {
+        Ticker {
+            pause: true,
+            ..Ticker::new(period, shutdown)
+        }
+    }
+
+    /// Waits until the next pass is due; `false` once shutdown is signalled.
+    pub async fn next(&mut self) -> bool {
+        self.next_or(std::future::pending::<()>()).await
+    }
+
+    /// Waits until the next pass is due or `wake` completes (a pass asked for early); `false`
+    /// once shutdown is signalled.
+    pub async fn next_or(&mut self, wake: impl Future) -> bool {
+        if self.pause && !std::mem::take(&mut self.first) {
+            self.interval.reset();
+        }
+        tokio::select! {
+            _ = self.shutdown.cancelled() => false,
+            _ = wake => true,
+            _ = self.interval.tick() => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod ticker_tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    const PERIOD: Duration = Duration::from_secs(10);
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_pass_is_at_once_then_one_per_period_from_start_to_start() {
+        let mut ticker = Ticker::new(PERIOD, Shutdown::new());
+        let start = Instant::now();
+        assert!(ticker.next().await);
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        tokio::time::advance(Duration::from_secs(3)).await; // a pass of 3 s
+        assert!(ticker.next().await);
+        assert_eq!(start.elapsed(), PERIOD);
+        tokio::time::advance(Duration::from_secs(25)).await; // a pass longer than the period
+        assert!(ticker.next().await);
+        assert_eq!(start.elapsed(), Duration::from_secs(35), "late: at once");
+        assert!(ticker.next().await);
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(45),
+            "no catch-up burst"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pausing_ticker_waits_a_whole_period_after_each_pass_or_a_wake() {
+        let mut ticker = Ticker::pausing(PERIOD, Shutdown::new());
+        let start = Instant::now();
+        assert!(ticker.next().await);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert!(ticker.next().await);
+        assert_eq!(start.elapsed(), Duration::from_secs(13));
+        assert!(
+            ticker
+                .next_or(tokio::time::sleep(Duration::from_secs(4)))
+                .await
+        );
+        assert_eq!(start.elapsed(), Duration::from_secs(17), "woken early");
+        assert!(ticker.next().await);
+        assert_eq!(start.elapsed(), Duration::from_secs(27));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_ends_the_wait_at_once() {
+        let shutdown = Shutdown::new();
+        let mut ticker = Ticker::new(PERIOD, shutdown.clone());
+        assert!(ticker.next().await);
+        let start = Instant::now();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            stop.cancel();
+        });
+        assert!(!ticker.next().await);
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+        assert!(!ticker.next().await, "and stays ended");
+    }
 }
 
 #[cfg(all(test, unix))]

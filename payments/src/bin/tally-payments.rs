@@ -28,7 +28,7 @@ use tally_platform::auth::Authenticator;
 use tally_platform::clock::now_ms;
 use tally_platform::config::SecurityConfig;
 use tally_platform::secrets::{self, SecretString};
-use tally_platform::shutdown::Shutdown;
+use tally_platform::shutdown::{Shutdown, Ticker};
 use tally_platform::TelemetryConfig;
 use tally_platform::{
     config, shutdown, telemetry, ClickHouseConfig, Features, NatsConfig, Profile,
@@ -441,13 +441,8 @@ async fn ledger_sync(
     collection: Option<(dunning::retry::GatewayApi, collect::Policy)>,
     stop: Shutdown,
 ) {
-    let mut tick = tokio::time::interval(Duration::from_secs(every_secs));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tick.tick() => {}
-        }
+    let mut ticker = Ticker::new(Duration::from_secs(every_secs), stop);
+    while ticker.next().await {
         match state.settler.sync_ledger(now_ms()).await {
             Ok(n) => tracing::debug!(journals = n, "ledger sync done"),
             Err(e) => tracing::warn!(error = %e, "ledger sync failed"),

@@ -41,7 +41,8 @@ use std::time::{Duration, Instant};
 use clickhouse::Client;
 use futures::StreamExt;
 use serde::Deserialize;
-use tally_platform::shutdown::Shutdown;
+use tally_platform::clock::now_ms;
+use tally_platform::shutdown::{Shutdown, Ticker};
 
 use crate::config::{DunningConfig, InvoiceDeliveryConfig};
 use crate::dunning::{deliver, log, schedule};
@@ -799,21 +800,12 @@ async fn append_delivery(db: &Client, row: &log::Delivery) -> Result<(), Error> 
     Ok(log::append_delivery(db, row).await?)
 }
 
-fn wall_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
 /// Runs a pass at once and then every `interval_secs` until shutdown; a failed pass is logged
 /// and retried at the next tick.
 pub async fn run(delivery: Delivery, shutdown: Shutdown) {
-    let mut tick = tokio::time::interval(Duration::from_secs(delivery.cfg.interval_secs));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        match delivery.pass(wall_ms()).await {
+    let mut ticker = Ticker::new(Duration::from_secs(delivery.cfg.interval_secs), shutdown);
+    while ticker.next().await {
+        match delivery.pass(now_ms()).await {
             Ok(r) => tracing::info!(
                 emails = r.emails_decided,
                 webhooks = r.webhooks_decided,

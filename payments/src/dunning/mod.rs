@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use clickhouse::Client;
 use tally_domain::InvoiceStatus;
-use tally_platform::shutdown::Shutdown;
+use tally_platform::shutdown::{Shutdown, Ticker};
 
 use crate::config::DunningConfig;
 use crate::{metrics, store, Error};
@@ -234,13 +234,8 @@ pub async fn run(
     shutdown: Shutdown,
     now_ms: fn() -> i64,
 ) {
-    let mut tick = tokio::time::interval(Duration::from_secs(cfg.interval_secs));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tick.tick() => {}
-        }
+    let mut ticker = Ticker::new(Duration::from_secs(cfg.interval_secs), shutdown);
+    while ticker.next().await {
         match pass(&db, &cfg, api.as_ref(), now_ms()).await {
             Ok(r) => tracing::info!(
                 decided = r.decided,
