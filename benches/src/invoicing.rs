@@ -3,16 +3,36 @@
 //! straight into `charges`, then one invoicing pass timed end to end: reading the charges,
 //! building every invoice, numbering each in NATS KV (compare-and-set counter, create-only
 //! number keys), freezing each finalized document in KV, writing invoices and lines to
-//! ClickHouse and appending the finalization transitions.
+//! ClickHouse and appending the finalization transitions. The pass streams
+//! (`tally_invoicer::invoice_pass_each`); its same-run baseline is the pass's own charge
+//! cursor alone, reading the same rows in the same batches.
 
 use std::time::Instant;
 
 use tally_invoicer::numbering::Numbers;
-use tally_invoicer::InvoicerConfig;
+use tally_invoicer::run::{BATCH_CHARGES, BATCH_CUSTOMERS};
+use tally_invoicer::{store, InvoicerConfig, PassReport};
 use tally_platform::testkit::TestEnv;
 
 /// Seconds one finalizing pass takes, and the invoices it wrote.
 pub async fn run(env: &TestEnv, customers: usize, meters: usize) -> anyhow::Result<(f64, usize)> {
+    let m = measure(env, customers, meters).await?;
+    Ok((m.secs, m.report.invoices))
+}
+
+/// One finalizing pass measured.
+pub struct Measured {
+    /// Seconds of the whole pass.
+    pub secs: f64,
+    /// Where the pass's time went, and what it wrote.
+    pub report: PassReport,
+    /// Seconds the same charges take through the pass's cursor alone (the baseline).
+    pub read_back_secs: f64,
+}
+
+/// Inserts the charges, runs one finalizing pass, then reads the charges back through the
+/// pass's cursor alone.
+pub async fn measure(env: &TestEnv, customers: usize, meters: usize) -> anyhow::Result<Measured> {
     let db = env.db();
     let now = chrono::Utc::now().timestamp();
     let (start, end) = (now - 32 * 86_400, now - 2 * 86_400); // ended, past the 1-day grace
@@ -34,17 +54,37 @@ pub async fn run(env: &TestEnv, customers: usize, meters: usize) -> anyhow::Resu
     let client = async_nats::connect(&env.nats.url).await?;
     let numbers = Numbers::open(client.clone(), &bucket).await?;
     let started = Instant::now();
-    let invoices =
-        tally_invoicer::invoice_pass(&db, Some(&numbers), &InvoicerConfig::default(), now * 1000)
-            .await?;
+    let report = tally_invoicer::invoice_pass_each(
+        &db,
+        Some(&numbers),
+        &InvoicerConfig::default(),
+        now * 1000,
+        drop,
+    )
+    .await?;
     let secs = started.elapsed().as_secs_f64();
-    let finalized = invoices.iter().filter(|i| i.number.is_some()).count();
     anyhow::ensure!(
-        finalized == customers,
-        "{finalized} of {customers} invoices finalized"
+        report.finalized == customers,
+        "{} of {customers} invoices finalized",
+        report.finalized
     );
     let _ = async_nats::jetstream::new(client)
         .delete_key_value(&bucket)
         .await;
-    Ok((secs, invoices.len()))
+    let read = Instant::now();
+    let mut batches = store::ChargeBatches::open(&db, 0, BATCH_CUSTOMERS, BATCH_CHARGES)?;
+    let mut charges = 0;
+    while let Some(batch) = batches.next_batch().await? {
+        charges += batch.len();
+    }
+    let read_back_secs = read.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        charges == rows,
+        "read back {charges} charges, inserted {rows}"
+    );
+    Ok(Measured {
+        secs,
+        report,
+        read_back_secs,
+    })
 }

@@ -345,6 +345,27 @@ pub async fn finalized_since(
     Ok(ids.into_iter().collect())
 }
 
+/// Which of `invoice_ids` have a recorded finalization (whenever it was recorded), reading
+/// only their rows (`invoice_transitions` is sorted by invoice id), 1,000 ids per query.
+pub async fn finalized_among(
+    db: &Client,
+    invoice_ids: &[String],
+) -> Result<std::collections::HashSet<String>, LifecycleError> {
+    let mut out = std::collections::HashSet::new();
+    for chunk in invoice_ids.chunks(1_000) {
+        let list = vec!["?"; chunk.len()].join(", ");
+        let mut q = db.query(&format!(
+            "SELECT DISTINCT invoice_id FROM invoice_transitions \
+             WHERE invoice_id IN ({list}) AND to_status = 'finalized'"
+        ));
+        for id in chunk {
+            q = q.bind(id);
+        }
+        out.extend(q.fetch_all::<String>().await?);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

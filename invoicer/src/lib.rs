@@ -41,4 +41,4 @@ pub use tally_invoice::{currency_split, invoice, lifecycle, render};
 
 pub use config::InvoicerConfig;
 pub use invoice::{Invoice, InvoiceLine, Status};
-pub use run::{invoice_once, invoice_pass, InvoiceError};
+pub use run::{invoice_once, invoice_pass, invoice_pass_each, InvoiceError, PassReport};

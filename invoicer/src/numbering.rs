@@ -20,12 +20,20 @@
 //! still without one moves the counter forward by compare-and-set, naming them. A lost race
 //! retries from the start. So every number the counter passed belongs to exactly one invoice
 //! and no invoice is named by two batches. This module never deletes or overwrites a key.
+//!
+//! Round trips saved without changing the argument: the counter batch an assigner completed
+//! itself (its own update, or one it completed) is not re-read while the counter keeps that
+//! revision (keys are never deleted, so a completed batch stays complete); the `number.` keys
+//! of a batch an assigner just named are created without reading them first (a racing
+//! completer writes the same numbers, create-only); requests go out [`IN_FLIGHT`] at a time
+//! as a window, not in lockstep chunks.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
-use futures::future::join_all;
+use futures::stream::{self, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use crate::invoice::Invoice;
@@ -72,6 +80,9 @@ struct Counter {
 #[derive(Clone)]
 pub struct Numbers {
     kv: kv::Store,
+    /// The counter (key, revision) whose batch this process knows complete: its `complete`
+    /// is skipped while the counter keeps that revision.
+    completed: Arc<Mutex<Option<(String, u64)>>>,
 }
 
 impl Numbers {
@@ -131,7 +142,10 @@ impl Numbers {
                 bucket: bucket.to_owned(),
                 message: e.to_string(),
             })?;
-        Ok(Numbers { kv })
+        Ok(Numbers {
+            kv,
+            completed: Arc::default(),
+        })
     }
 
     /// The numbers of `ids` (invoices of `issuer`), assigning the next ones in order of
@@ -142,13 +156,10 @@ impl Numbers {
         ids: &[String],
     ) -> Result<HashMap<String, u64>, NumberingError> {
         check_issuer(issuer)?;
-        let mut out = self.known(ids).await?;
-        let missing: Vec<String> = ids
-            .iter()
-            .filter(|id| !out.contains_key(*id))
-            .cloned()
-            .collect();
-        for chunk in missing.chunks(BATCH_MAX) {
+        // each batch reads the numbers its ids already have after completing the counter's
+        // batch (the read that counts), so no read before
+        let mut out = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(BATCH_MAX) {
             out.extend(self.assign_batch(issuer, chunk).await?);
         }
         Ok(out)
@@ -162,7 +173,10 @@ impl Numbers {
         let key = format!("counter.{issuer}");
         for attempt in 0..MAX_ATTEMPTS {
             let (counter, revision) = self.counter(&key).await?;
-            self.complete(&counter).await?;
+            if !self.is_completed(&key, revision) {
+                self.complete(&counter).await?;
+                self.set_completed(&key, revision);
+            }
             let mut numbers = self.known(ids).await?;
             let todo: Vec<String> = ids
                 .iter()
@@ -178,8 +192,11 @@ impl Numbers {
             };
             let body = serde_json::to_vec(&next).unwrap_or_default();
             match self.kv.update(&key, body.into(), revision).await {
-                Ok(_) => {
-                    self.complete(&next).await?;
+                Ok(new_revision) => {
+                    // nobody numbered these ids before this update (it would have moved the
+                    // counter): create their keys without reading them
+                    self.create_numbers(&next, &next.ids).await?;
+                    self.set_completed(&key, new_revision);
                     let first = next.last + 1 - next.ids.len() as u64;
                     for (i, id) in next.ids.into_iter().enumerate() {
                         numbers.insert(id, first + i as u64);
@@ -224,39 +241,65 @@ impl Numbers {
         }
     }
 
+    fn is_completed(&self, key: &str, revision: u64) -> bool {
+        let done = self.completed.lock().unwrap_or_else(|e| e.into_inner());
+        done.as_ref()
+            .is_some_and(|(k, r)| k == key && *r == revision && revision != 0)
+    }
+
+    fn set_completed(&self, key: &str, revision: u64) {
+        *self.completed.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((key.to_owned(), revision));
+    }
+
     /// Writes the `number.` keys of the counter's batch that are missing.
     async fn complete(&self, c: &Counter) -> Result<(), NumberingError> {
         if c.ids.is_empty() {
             return Ok(());
         }
-        let first = c.last + 1 - c.ids.len() as u64;
         let known = self.known(&c.ids).await?;
-        let todo: Vec<(String, u64)> = c
+        let todo: Vec<String> = c
+            .ids
+            .iter()
+            .filter(|id| !known.contains_key(*id))
+            .cloned()
+            .collect();
+        self.create_numbers(c, &todo).await
+    }
+
+    /// Creates the `number.` keys of `ids` (of the counter's batch `c`) with the numbers the
+    /// counter gives them; a key that exists already is left as it is.
+    async fn create_numbers(&self, c: &Counter, ids: &[String]) -> Result<(), NumberingError> {
+        let first = c.last + 1 - c.ids.len() as u64;
+        let position: HashMap<&str, u64> = c
             .ids
             .iter()
             .enumerate()
-            .filter(|(_, id)| !known.contains_key(*id))
-            .map(|(i, id)| (id.clone(), first + i as u64))
+            .map(|(i, id)| (id.as_str(), first + i as u64))
             .collect();
-        for chunk in todo.chunks(IN_FLIGHT) {
-            let results = join_all(chunk.iter().map(|(id, n)| {
+        // collected first: a stream over a borrowing closure makes the future not `Send` for
+        // every lifetime (the API serves passes on a multi-threaded runtime)
+        let requests: Vec<_> = ids
+            .iter()
+            .filter_map(|id| {
+                let n = *position.get(id.as_str())?;
                 let key = format!("number.{id}");
-                async move {
+                Some(async move {
                     let r = self.kv.create(&key, n.to_string().into()).await;
                     (key, r)
-                }
-            }))
-            .await;
-            for (key, r) in results {
-                match r {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
-                    Err(e) => {
-                        return Err(NumberingError::Kv {
-                            key,
-                            message: e.to_string(),
-                        })
-                    }
+                })
+            })
+            .collect();
+        let mut results = stream::iter(requests).buffer_unordered(IN_FLIGHT);
+        while let Some((key, r)) = results.next().await {
+            match r {
+                Ok(_) => {}
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    return Err(NumberingError::Kv {
+                        key,
+                        message: e.to_string(),
+                    })
                 }
             }
         }
@@ -266,31 +309,32 @@ impl Numbers {
     /// The numbers already stored for `ids`.
     async fn known(&self, ids: &[String]) -> Result<HashMap<String, u64>, NumberingError> {
         let mut out = HashMap::new();
-        for chunk in ids.chunks(IN_FLIGHT) {
-            let results = join_all(chunk.iter().map(|id| async move {
+        let requests: Vec<_> = ids
+            .iter()
+            .map(|id| async move {
                 let key = format!("number.{id}");
                 (id, self.kv.get(&key).await.map_err(|e| (key, e)))
-            }))
-            .await;
-            for (id, r) in results {
-                match r {
-                    Ok(Some(v)) => {
-                        let n = std::str::from_utf8(&v)
-                            .ok()
-                            .and_then(|s| s.parse::<u64>().ok())
-                            .ok_or_else(|| NumberingError::Corrupt {
-                                key: format!("number.{id}"),
-                                message: "not a number".into(),
-                            })?;
-                        out.insert(id.clone(), n);
-                    }
-                    Ok(None) => {}
-                    Err((key, e)) => {
-                        return Err(NumberingError::Kv {
-                            key,
-                            message: e.to_string(),
-                        })
-                    }
+            })
+            .collect();
+        let mut results = stream::iter(requests).buffer_unordered(IN_FLIGHT);
+        while let Some((id, r)) = results.next().await {
+            match r {
+                Ok(Some(v)) => {
+                    let n = std::str::from_utf8(&v)
+                        .ok()
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .ok_or_else(|| NumberingError::Corrupt {
+                            key: format!("number.{id}"),
+                            message: "not a number".into(),
+                        })?;
+                    out.insert(id.clone(), n);
+                }
+                Ok(None) => {}
+                Err((key, e)) => {
+                    return Err(NumberingError::Kv {
+                        key,
+                        message: e.to_string(),
+                    })
                 }
             }
         }
@@ -316,18 +360,14 @@ impl Numbers {
         &self,
         docs: Vec<Invoice>,
     ) -> Vec<Result<Invoice, (String, String, NumberingError)>> {
-        let mut out = Vec::with_capacity(docs.len());
-        let mut docs = docs.into_iter().peekable();
-        while docs.peek().is_some() {
-            let chunk: Vec<Invoice> = docs.by_ref().take(IN_FLIGHT).collect();
-            let results = join_all(chunk.into_iter().map(|doc| async move {
+        let requests: Vec<_> = docs
+            .into_iter()
+            .map(|doc| async move {
                 let (id, customer) = (doc.invoice_id.clone(), doc.customer.clone());
                 self.freeze_one(doc).await.map_err(|e| (id, customer, e))
-            }))
-            .await;
-            out.extend(results);
-        }
-        out
+            })
+            .collect();
+        stream::iter(requests).buffered(IN_FLIGHT).collect().await
     }
 
     async fn freeze_one(&self, doc: Invoice) -> Result<Invoice, NumberingError> {

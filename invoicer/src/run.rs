@@ -15,7 +15,7 @@
 //! and retried next pass; the others are built and finalized.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clickhouse::Client;
 use tally_platform::shutdown::Shutdown;
@@ -54,128 +54,232 @@ pub async fn invoice_once(
     invoice_pass(db, None, cfg, now_ms).await
 }
 
+/// Customers per batch of a pass: their charges and invoices are the pass's memory whatever
+/// the number of customers, and each id list a batch binds into a query stays under
+/// ClickHouse's `max_query_size` ([`store::IDS_PER_QUERY`] per query).
+pub const BATCH_CUSTOMERS: usize = 2_000;
+/// Charges per batch, unless one customer has more (its charges are never split).
+pub const BATCH_CHARGES: usize = 50_000;
+
+/// What a pass did, and where its time went.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct PassReport {
+    /// Invoices written (drafts and invoices finalized by the pass).
+    pub invoices: usize,
+    /// Invoices finalized by the pass.
+    pub finalized: usize,
+    /// Batches of customers.
+    pub batches: usize,
+    /// Reading facts from ClickHouse: the charges (the cursor), earlier finalizations,
+    /// wallets, credits, invoice ids of periods in several currencies, late usage.
+    pub read: Duration,
+    /// Building the invoices (pure).
+    pub build: Duration,
+    /// Numbering and freezing in NATS KV.
+    pub finalize: Duration,
+    /// Writing invoices, lines and finalization transitions to ClickHouse.
+    pub write: Duration,
+}
+
 /// Builds, finalizes and stores every invoice due at `now_ms`; returns them (drafts and the
-/// frozen documents of invoices finalized by this pass), sorted by customer and period.
+/// frozen documents of invoices finalized by this pass), sorted by customer and period. Holds
+/// every invoice of the pass: for callers that look at them (the API's run, tests); the
+/// schedule uses [`invoice_pass_each`].
 pub async fn invoice_pass(
     db: &Client,
     numbers: Option<&Numbers>,
     cfg: &InvoicerConfig,
     now_ms: i64,
 ) -> Result<Vec<Invoice>, InvoiceError> {
+    let mut all = Vec::new();
+    invoice_pass_each(db, numbers, cfg, now_ms, |batch| all.extend(batch)).await?;
+    all.sort_by(|a, b| (&a.customer, a.period.start_ms).cmp(&(&b.customer, b.period.start_ms)));
+    Ok(all)
+}
+
+/// [`invoice_pass`] in batches of whole customers ([`BATCH_CUSTOMERS`]): the charges are read
+/// with one cursor in customer order, and each batch is built, finalized and written before
+/// the next is read, so memory is bounded by a batch whatever the number of customers. Hands
+/// each batch's written invoices to `each`. Numbers are given in period-end, customer, currency
+/// order within a batch, batches in customer order. A failing batch stops the pass; the
+/// batches before it are written and recorded (the next pass skips what they finalized).
+pub async fn invoice_pass_each(
+    db: &Client,
+    numbers: Option<&Numbers>,
+    cfg: &InvoicerConfig,
+    now_ms: i64,
+    mut each: impl FnMut(Vec<Invoice>),
+) -> Result<PassReport, InvoiceError> {
     let started = Instant::now();
+    let mut report = PassReport::default();
+    let t = Instant::now();
     let lookback_ms = ms(cfg.lookback_secs);
-    let grace_ms = ms(cfg.grace_secs);
     // a period corrected or backfilled within the lookback is invoiced however old (one that
     // was finalized is in `done`: its late usage is `late`'s)
     let since_ms = tally_platform::usage::reach(db, now_ms - lookback_ms).await?;
-    let charges = store::charges_since(db, since_ms).await?;
-    // one invoice per (customer, period, currency): a period with several currencies keeps
-    // its id for its home currency, the others get their own (`currency_split`)
-    let ids = currency_split::resolve(db, &charges).await?;
-    let mut groups: BTreeMap<(String, i64, String), Vec<ChargeLine>> = BTreeMap::new();
-    for c in charges {
-        groups
-            .entry((c.customer.clone(), c.period.start_ms, c.currency.clone()))
-            .or_default()
-            .push(c);
-    }
-    // invoices finalized since the earliest period of the pass started: a longer period's
-    // charge (a year's fee) read after its invoice (the first month's) was finalized finds it
-    // there (its changes are `late`'s)
-    let earliest_start = groups.keys().map(|k| k.1).min().unwrap_or(since_ms);
-    let done = lifecycle::finalized_since(db, earliest_start.min(since_ms - grace_ms)).await?;
-    let customers: Vec<String> = groups
-        .keys()
-        .map(|(c, _, _)| c.clone())
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    // prepaid credit, one path: what the payments wallet reserved for the period's usage
-    // (consumed in near real time, in its order of grants) plus what is left of the
-    // invoicer's own grants (`POST /v1/credits`)
-    let wallet = store::wallet_credit(db, &customers).await?;
-    let mut credits = store::credit_balances(db, &wallet.reserved).await?;
+    let mut charges = store::ChargeBatches::open(db, since_ms, BATCH_CUSTOMERS, BATCH_CHARGES)?;
+    let credit = store::CreditFacts::load(db).await?;
     let mut adjustments = if cfg.features.late_usage_adjustments {
         late::pending(db, cfg, now_ms).await?
     } else {
         Vec::new()
     };
-    let mut drafts = Vec::new();
-    let mut due = Vec::new();
-    for ((customer, start_ms, currency), group) in &groups {
-        let invoice_id = ids.id(customer, *start_ms, currency);
-        if done.contains(&invoice_id) {
-            continue;
-        }
-        let key = (customer.clone(), currency.clone());
-        let legacy = credits.get(&key).copied().unwrap_or(0).max(0);
-        // only the wallet's reservation in the invoice's own currency is credited to it
-        let reserved = wallet.reserved_for(&invoice_id, currency);
-        for (other, minor) in wallet.reserved_in_other_currencies(&invoice_id, currency) {
-            tracing::warn!(%customer, %invoice_id, %currency, reserved_currency = %other, reserved_minor = minor, "wallet reservation in another currency than the invoice's: not credited to it");
-        }
-        let terms = Terms {
-            grace_ms,
-            payment_terms_days: cfg.payment_terms_days,
-            issuer: cfg.issuer.clone(),
-            credit_available_minor: reserved.saturating_add(legacy),
+    report.read += t.elapsed();
+    let pass = Pass {
+        db,
+        numbers,
+        cfg,
+        now_ms,
+        credit: &credit,
+    };
+    loop {
+        let t = Instant::now();
+        let Some(batch) = charges.next_batch().await? else {
+            break;
         };
-        let period = crate::invoice::invoice_period(group).unwrap_or(group[0].period);
-        let adj = late::take_for(&mut adjustments, customer, currency, period);
-        // one customer's invoice that cannot be built never stops the others'
-        let mut invoice = match build_as(invoice_id.clone(), group, adj, &terms, now_ms) {
-            Ok(invoice) => invoice,
-            Err(e) => {
-                tracing::error!(%customer, period_start_ms = start_ms, error = %e, "invoice not built this pass; retried next pass");
-                metrics::invoice_failed(failure(&e));
+        report.read += t.elapsed();
+        report.batches += 1;
+        let written = pass.batch(batch, &mut adjustments, &mut report).await?;
+        each(written);
+    }
+    metrics::pass(started.elapsed(), report.invoices);
+    metrics::finalized(report.finalized);
+    Ok(report)
+}
+
+/// What every batch of a pass shares.
+struct Pass<'a> {
+    db: &'a Client,
+    numbers: Option<&'a Numbers>,
+    cfg: &'a InvoicerConfig,
+    now_ms: i64,
+    credit: &'a store::CreditFacts,
+}
+
+impl Pass<'_> {
+    /// Builds, finalizes and writes the invoices of one batch of whole customers; returns
+    /// what it wrote.
+    async fn batch(
+        &self,
+        charges: Vec<ChargeLine>,
+        adjustments: &mut Vec<late::Pending>,
+        report: &mut PassReport,
+    ) -> Result<Vec<Invoice>, InvoiceError> {
+        let (db, cfg, now_ms) = (self.db, self.cfg, self.now_ms);
+        let grace_ms = ms(cfg.grace_secs);
+        let t = Instant::now();
+        // one invoice per (customer, period, currency): a period with several currencies keeps
+        // its id for its home currency, the others get their own (`currency_split`)
+        let ids = currency_split::resolve(db, &charges).await?;
+        let mut groups: BTreeMap<(String, i64, String), Vec<ChargeLine>> = BTreeMap::new();
+        for c in charges {
+            groups
+                .entry((c.customer.clone(), c.period.start_ms, c.currency.clone()))
+                .or_default()
+                .push(c);
+        }
+        let invoice_ids: Vec<String> = groups
+            .keys()
+            .map(|(c, start, cur)| ids.id(c, *start, cur))
+            .collect();
+        // an invoice whose finalization is recorded is never rebuilt (a longer period's
+        // charge, a year's fee, read after its invoice was finalized: its changes are `late`'s)
+        let done = lifecycle::finalized_among(db, &invoice_ids).await?;
+        let customers: Vec<String> = groups
+            .keys()
+            .map(|(c, _, _)| c.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        // prepaid credit, one path: what the payments wallet reserved for the period's usage
+        // (consumed in near real time, in its order of grants) plus what is left of the
+        // invoicer's own grants (`POST /v1/credits`)
+        let wallet = store::wallet_credit(db, &customers).await?;
+        let mut credits = self.credit.balances(&customers, &wallet.reserved);
+        report.read += t.elapsed();
+        let t = Instant::now();
+        let mut drafts = Vec::new();
+        let mut due = Vec::new();
+        for (((customer, start_ms, currency), group), invoice_id) in groups.iter().zip(invoice_ids)
+        {
+            if done.contains(&invoice_id) {
                 continue;
             }
-        };
-        // the wallet's part of the credit applied comes first; the rest is the invoicer's
-        let from_legacy =
-            invoice.credits_applied_minor - invoice.credits_applied_minor.min(reserved);
-        let wallet_left = wallet.balance.get(&key).copied();
-        if wallet_left.is_some() || credits.contains_key(&key) {
-            invoice.credit_balance_minor = Some(
-                wallet_left
-                    .unwrap_or(0)
-                    .saturating_add(legacy - from_legacy),
-            );
-        }
-        match invoice.status {
-            Status::Draft => drafts.push(invoice),
-            Status::Finalized => {
-                if let Some(c) = credits.get_mut(&key) {
-                    *c -= from_legacy;
+            let key = (customer.clone(), currency.clone());
+            let legacy = credits.get(&key).copied().unwrap_or(0).max(0);
+            // only the wallet's reservation in the invoice's own currency is credited to it
+            let reserved = wallet.reserved_for(&invoice_id, currency);
+            for (other, minor) in wallet.reserved_in_other_currencies(&invoice_id, currency) {
+                tracing::warn!(%customer, %invoice_id, %currency, reserved_currency = %other, reserved_minor = minor, "wallet reservation in another currency than the invoice's: not credited to it");
+            }
+            let terms = Terms {
+                grace_ms,
+                payment_terms_days: cfg.payment_terms_days,
+                issuer: cfg.issuer.clone(),
+                credit_available_minor: reserved.saturating_add(legacy),
+            };
+            let period = crate::invoice::invoice_period(group).unwrap_or(group[0].period);
+            let adj = late::take_for(adjustments, customer, currency, period);
+            // one customer's invoice that cannot be built never stops the others'
+            let mut invoice = match build_as(invoice_id.clone(), group, adj, &terms, now_ms) {
+                Ok(invoice) => invoice,
+                Err(e) => {
+                    tracing::error!(%customer, period_start_ms = start_ms, error = %e, "invoice not built this pass; retried next pass");
+                    metrics::invoice_failed(failure(&e));
+                    continue;
                 }
-                due.push(invoice);
+            };
+            // the wallet's part of the credit applied comes first; the rest is the invoicer's
+            let from_legacy =
+                invoice.credits_applied_minor - invoice.credits_applied_minor.min(reserved);
+            let wallet_left = wallet.balance.get(&key).copied();
+            if wallet_left.is_some() || credits.contains_key(&key) {
+                invoice.credit_balance_minor = Some(
+                    wallet_left
+                        .unwrap_or(0)
+                        .saturating_add(legacy - from_legacy),
+                );
+            }
+            match invoice.status {
+                Status::Draft => drafts.push(invoice),
+                Status::Finalized => {
+                    if let Some(c) = credits.get_mut(&key) {
+                        *c -= from_legacy;
+                    }
+                    due.push(invoice);
+                }
             }
         }
+        report.build += t.elapsed();
+        let t = Instant::now();
+        let finalized = finalize(self.numbers, cfg, due).await?;
+        let finalized: Vec<Invoice> = finalized
+            .into_iter()
+            .filter_map(|r| match r {
+                Ok(inv) => Some(inv),
+                Err((id, customer, e)) => {
+                    // numbered but not frozen: the next pass gets the same number back and
+                    // freezes it; the others are finalized now
+                    tracing::error!(%customer, invoice_id = %id, error = %e, "invoice not finalized this pass; retried next pass");
+                    metrics::invoice_failed(metrics::BuildFailure::Finalize);
+                    None
+                }
+            })
+            .collect();
+        report.finalize += t.elapsed();
+        let t = Instant::now();
+        let ids: Vec<String> = finalized.iter().map(|i| i.invoice_id.clone()).collect();
+        let mut all = drafts;
+        all.extend(finalized);
+        // one insert per table for the batch
+        store::write(db, &all).await?;
+        lifecycle::record_finalized(db, &ids, ACTOR, "period ended and grace passed", now_ms)
+            .await?;
+        report.write += t.elapsed();
+        report.invoices += all.len();
+        report.finalized += ids.len();
+        Ok(all)
     }
-    let finalized = finalize(numbers, cfg, due).await?;
-    let finalized: Vec<Invoice> = finalized
-        .into_iter()
-        .filter_map(|r| match r {
-            Ok(inv) => Some(inv),
-            Err((id, customer, e)) => {
-                // numbered but not frozen: the next pass gets the same number back and
-                // freezes it; the others are finalized now
-                tracing::error!(%customer, invoice_id = %id, error = %e, "invoice not finalized this pass; retried next pass");
-                metrics::invoice_failed(metrics::BuildFailure::Finalize);
-                None
-            }
-        })
-        .collect();
-    let ids: Vec<String> = finalized.iter().map(|i| i.invoice_id.clone()).collect();
-    let mut all = drafts;
-    all.extend(finalized);
-    // one insert per table for the whole pass
-    store::write(db, &all).await?;
-    lifecycle::record_finalized(db, &ids, ACTOR, "period ended and grace passed", now_ms).await?;
-    metrics::pass(started.elapsed(), all.len());
-    metrics::finalized(ids.len());
-    all.sort_by(|a, b| (&a.customer, a.period.start_ms).cmp(&(&b.customer, b.period.start_ms)));
-    Ok(all)
 }
 
 fn failure(e: &BuildError) -> metrics::BuildFailure {
@@ -241,8 +345,13 @@ pub async fn run(
             _ = tokio::time::sleep(wait) => {}
         }
         let now = now_ms();
-        match invoice_pass(&db, Some(&numbers), &cfg, now).await {
-            Ok(invoices) => tracing::info!(invoices = invoices.len(), "invoicing pass done"),
+        match invoice_pass_each(&db, Some(&numbers), &cfg, now, drop).await {
+            Ok(r) => tracing::info!(
+                invoices = r.invoices,
+                finalized = r.finalized,
+                batches = r.batches,
+                "invoicing pass done"
+            ),
             Err(e) => {
                 metrics::pass_failed();
                 tracing::warn!(error = %e, "invoicing pass failed");

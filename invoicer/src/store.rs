@@ -36,24 +36,14 @@ struct ChargeRow {
     tax_minor: i64,
 }
 
-/// The latest charges of every period ending after `since_ms`.
-pub async fn charges_since(
-    db: &Client,
-    since_ms: i64,
-) -> Result<Vec<ChargeLine>, clickhouse::error::Error> {
-    let rows: Vec<ChargeRow> = db
-        .query(
-            "SELECT charge_id, customer, toUInt32(period_start), toUInt32(period_end), meter, group_key, group_names, \
-             group_values, plan_id, plan_version, price_model, currency, quantity, unit_price, tiers, amount_minor, \
-             amount_before_discounts_minor, tax_rate, tax_minor \
-             FROM v_charges WHERE period_end > toDateTime(?)",
-        )
-        .bind(since_ms.div_euclid(1000))
-        .fetch_all()
-        .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| ChargeLine {
+/// The charge columns every read of charges selects, in [`ChargeRow`]'s order.
+const CHARGE_COLUMNS: &str = "charge_id, customer, toUInt32(period_start), toUInt32(period_end), meter, group_key, \
+     group_names, group_values, plan_id, plan_version, price_model, currency, quantity, unit_price, tiers, \
+     amount_minor, amount_before_discounts_minor, tax_rate, tax_minor";
+
+impl From<ChargeRow> for ChargeLine {
+    fn from(r: ChargeRow) -> ChargeLine {
+        ChargeLine {
             charge_id: r.charge_id,
             customer: r.customer,
             period: Period {
@@ -75,8 +65,82 @@ pub async fn charges_since(
             amount_before_discounts_minor: r.amount_before_discounts_minor,
             tax_rate: r.tax_rate,
             tax_minor: r.tax_minor,
+        }
+    }
+}
+
+/// The latest charges of every period ending after `since_ms`.
+pub async fn charges_since(
+    db: &Client,
+    since_ms: i64,
+) -> Result<Vec<ChargeLine>, clickhouse::error::Error> {
+    let rows: Vec<ChargeRow> = db
+        .query(&format!(
+            "SELECT {CHARGE_COLUMNS} FROM v_charges WHERE period_end > toDateTime(?)"
+        ))
+        .bind(since_ms.div_euclid(1000))
+        .fetch_all()
+        .await?;
+    Ok(rows.into_iter().map(ChargeLine::from).collect())
+}
+
+/// The latest charges of every period ending after `since_ms`, read with one cursor in
+/// customer order and handed out a batch of whole customers at a time: at most
+/// `max_customers` customers, and no more than `max_charges` charges unless one customer has
+/// more (a customer's charges are never split). Only one batch is in memory.
+pub struct ChargeBatches {
+    cursor: clickhouse::query::RowCursor<ChargeRow>,
+    /// The first charge of the next batch, read while closing the previous one.
+    next: Option<ChargeLine>,
+    max_customers: usize,
+    max_charges: usize,
+}
+
+impl ChargeBatches {
+    /// Opens the cursor (sorted by `charges`' sorting key, so a customer's charges come
+    /// together; the rows of `v_charges`, read from the table since ClickHouse 18.16 pushes no
+    /// predicate into a view).
+    pub fn open(
+        db: &Client,
+        since_ms: i64,
+        max_customers: usize,
+        max_charges: usize,
+    ) -> Result<ChargeBatches, clickhouse::error::Error> {
+        let cursor = db
+            .query(&format!(
+                "SELECT {CHARGE_COLUMNS} FROM charges FINAL WHERE period_end > toDateTime(?) \
+                 ORDER BY customer, period_start, charge_id"
+            ))
+            .bind(since_ms.div_euclid(1000))
+            .fetch::<ChargeRow>()?;
+        Ok(ChargeBatches {
+            cursor,
+            next: None,
+            max_customers: max_customers.max(1),
+            max_charges: max_charges.max(1),
         })
-        .collect())
+    }
+
+    /// The charges of the next customers, in customer order; `None` once all were read.
+    pub async fn next_batch(
+        &mut self,
+    ) -> Result<Option<Vec<ChargeLine>>, clickhouse::error::Error> {
+        let mut batch: Vec<ChargeLine> = self.next.take().into_iter().collect();
+        let mut customers = batch.len();
+        while let Some(row) = self.cursor.next().await? {
+            let c = ChargeLine::from(row);
+            let new_customer = batch.last().is_none_or(|l| l.customer != c.customer);
+            if new_customer {
+                if customers >= self.max_customers || batch.len() >= self.max_charges {
+                    self.next = Some(c);
+                    return Ok(Some(batch));
+                }
+                customers += 1;
+            }
+            batch.push(c);
+        }
+        Ok((!batch.is_empty()).then_some(batch))
+    }
 }
 
 /// Ids of invoices already finalized (never to be rewritten).
@@ -242,33 +306,86 @@ pub async fn credit_balances(
     db: &Client,
     reserved: &BTreeMap<(String, String), i64>,
 ) -> Result<HashMap<(String, String), i64>, clickhouse::error::Error> {
-    let granted: Vec<BalanceRow> = db
-        .query(
-            "SELECT customer, currency, toInt64(sum(amount_minor)) AS granted \
-             FROM credit_grants FINAL GROUP BY customer, currency",
-        )
-        .fetch_all()
-        .await?;
-    let used: Vec<AppliedRow> = db
-        .query(
-            "SELECT customer, currency, invoice_id, credits_applied_minor FROM v_invoices \
-             WHERE status NOT IN ('draft', 'void') AND credits_applied_minor != 0",
-        )
-        .fetch_all()
-        .await?;
-    let mut out: HashMap<(String, String), i64> = HashMap::new();
-    for r in granted {
-        *out.entry((r.customer, r.currency)).or_default() += r.minor;
+    let facts = CreditFacts::load(db).await?;
+    let customers: Vec<&String> = facts.by_customer.keys().collect();
+    Ok(facts.balances(customers, reserved))
+}
+
+/// The facts behind [`credit_balances`], read once per pass: the invoicer's grants and the
+/// credit finalized invoices applied, per customer.
+#[derive(Debug, Default)]
+pub struct CreditFacts {
+    /// customer -> (currency, granted minor) and (currency, invoice id, applied minor)
+    by_customer: HashMap<String, CustomerCredit>,
+}
+
+#[derive(Debug, Default)]
+struct CustomerCredit {
+    granted: Vec<(String, i64)>,
+    applied: Vec<(String, String, i64)>,
+}
+
+impl CreditFacts {
+    /// Reads every grant and every credit applied by a finalized (not voided) invoice.
+    pub async fn load(db: &Client) -> Result<CreditFacts, clickhouse::error::Error> {
+        let granted: Vec<BalanceRow> = db
+            .query(
+                "SELECT customer, currency, toInt64(sum(amount_minor)) AS granted \
+                 FROM credit_grants FINAL GROUP BY customer, currency",
+            )
+            .fetch_all()
+            .await?;
+        let used: Vec<AppliedRow> = db
+            .query(
+                "SELECT customer, currency, invoice_id, credits_applied_minor FROM v_invoices \
+                 WHERE status NOT IN ('draft', 'void') AND credits_applied_minor != 0",
+            )
+            .fetch_all()
+            .await?;
+        let mut out = CreditFacts::default();
+        for r in granted {
+            out.by_customer
+                .entry(r.customer)
+                .or_default()
+                .granted
+                .push((r.currency, r.minor));
+        }
+        for r in used {
+            out.by_customer
+                .entry(r.customer)
+                .or_default()
+                .applied
+                .push((r.currency, r.invoice_id, r.minor));
+        }
+        Ok(out)
     }
-    for r in used {
-        let wallet = reserved
-            .get(&(r.invoice_id, r.currency.clone()))
-            .copied()
-            .unwrap_or(0)
-            .clamp(0, r.minor.max(0));
-        *out.entry((r.customer, r.currency)).or_default() -= r.minor - wallet;
+
+    /// The credit left per (customer, currency) of `customers` (those with no grant and no
+    /// credit applied are left out), given the wallet's reservations per (invoice, currency).
+    pub fn balances<'a>(
+        &self,
+        customers: impl IntoIterator<Item = &'a String>,
+        reserved: &BTreeMap<(String, String), i64>,
+    ) -> HashMap<(String, String), i64> {
+        let mut out: HashMap<(String, String), i64> = HashMap::new();
+        for customer in customers {
+            let Some(c) = self.by_customer.get(customer) else {
+                continue;
+            };
+            for (currency, minor) in &c.granted {
+                *out.entry((customer.clone(), currency.clone())).or_default() += minor;
+            }
+            for (currency, invoice_id, minor) in &c.applied {
+                let wallet = reserved
+                    .get(&(invoice_id.clone(), currency.clone()))
+                    .copied()
+                    .unwrap_or(0)
+                    .clamp(0, (*minor).max(0));
+                *out.entry((customer.clone(), currency.clone())).or_default() -= minor - wallet;
+            }
+        }
+        out
     }
-    Ok(out)
 }
 
 #[derive(clickhouse::Row, Deserialize)]
@@ -324,36 +441,41 @@ pub async fn wallet_credit(
     customers: &[String],
 ) -> Result<WalletCredit, clickhouse::error::Error> {
     let mut out = WalletCredit::default();
-    if customers.is_empty() {
-        return Ok(out);
-    }
-    let sql = format!(
-        "SELECT c, i, cur, \
-             toInt64(sumIf(amt, k IN ('consume')) - sumIf(amt, k IN ('release', 'restore'))) AS r, \
-             toInt64(sumIf(amt, k IN ('grant', 'release', 'restore')) \
-                 - sumIf(amt, k IN ('consume', 'expire', 'void'))) AS b \
-             FROM (SELECT movement_id, any(customer) AS c, argMin(invoice_id, at_ms) AS i, \
-                   argMin(currency, at_ms) AS cur, argMin(kind, at_ms) AS k, \
-                   argMin(amount_minor, at_ms) AS amt \
-                   FROM wallet_movements WHERE customer IN ({}) GROUP BY movement_id) \
-             GROUP BY c, i, cur",
-        vec!["?"; customers.len()].join(", ")
-    );
-    let mut query = db.query(&sql);
-    for c in customers {
-        query = query.bind(c);
-    }
-    let rows: Vec<WalletRow> = query.fetch_all().await?;
-    for r in rows {
-        if !r.invoice_id.is_empty() {
-            *out.reserved
-                .entry((r.invoice_id, r.currency.clone()))
-                .or_default() += r.reserved_minor;
+    // ids inline in the query text: a bounded list per query keeps it under ClickHouse's
+    // max_query_size (256 KiB) whatever the number of customers
+    for chunk in customers.chunks(IDS_PER_QUERY) {
+        let sql = format!(
+            "SELECT c, i, cur, \
+                 toInt64(sumIf(amt, k IN ('consume')) - sumIf(amt, k IN ('release', 'restore'))) AS r, \
+                 toInt64(sumIf(amt, k IN ('grant', 'release', 'restore')) \
+                     - sumIf(amt, k IN ('consume', 'expire', 'void'))) AS b \
+                 FROM (SELECT movement_id, any(customer) AS c, argMin(invoice_id, at_ms) AS i, \
+                       argMin(currency, at_ms) AS cur, argMin(kind, at_ms) AS k, \
+                       argMin(amount_minor, at_ms) AS amt \
+                       FROM wallet_movements WHERE customer IN ({}) GROUP BY movement_id) \
+                 GROUP BY c, i, cur",
+            vec!["?"; chunk.len()].join(", ")
+        );
+        let mut query = db.query(&sql);
+        for c in chunk {
+            query = query.bind(c);
         }
-        *out.balance.entry((r.customer, r.currency)).or_default() += r.balance_minor;
+        let rows: Vec<WalletRow> = query.fetch_all().await?;
+        for r in rows {
+            if !r.invoice_id.is_empty() {
+                *out.reserved
+                    .entry((r.invoice_id, r.currency.clone()))
+                    .or_default() += r.reserved_minor;
+            }
+            *out.balance.entry((r.customer, r.currency)).or_default() += r.balance_minor;
+        }
     }
     Ok(out)
 }
+
+/// Ids bound into one query's `IN (...)` list at most: 1,000 customer ids of at most 64
+/// characters stay far under ClickHouse's default `max_query_size` (256 KiB).
+pub const IDS_PER_QUERY: usize = 1_000;
 
 #[derive(clickhouse::Row, Deserialize)]
 struct AppliedRow {

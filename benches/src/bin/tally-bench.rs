@@ -329,11 +329,23 @@ fn invoicer_bench(customers: usize, meters: usize) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let env = tally_platform::testkit::TestEnv::new("bench_invoicer").await;
-        let (secs, invoices) = invoicing::run(&env, customers, meters).await?;
+        let m = invoicing::measure(&env, customers, meters).await;
         env.cleanup().await;
-        println!("| scenario | figure | target |");
-        println!("|---|---|---|");
-        println!("| invoicer: {customers} customers x {meters} meters, one period | {invoices} invoices in {secs:.2} s | <= 10 s |");
+        let m = m?;
+        let r = &m.report;
+        println!("| scenario | figure | baseline: the pass's charge cursor alone | read / build / number+freeze / write | target |");
+        println!("|---|---|---|---|---|");
+        println!(
+            "| invoicer: {customers} customers x {meters} meters, one period | {} invoices in {:.2} s ({} batches) | {:.2} s | {:.2} / {:.2} / {:.2} / {:.2} s | <= 10 s |",
+            r.invoices,
+            m.secs,
+            r.batches,
+            m.read_back_secs,
+            r.read.as_secs_f64(),
+            r.build.as_secs_f64(),
+            r.finalize.as_secs_f64(),
+            r.write.as_secs_f64()
+        );
         Ok::<_, anyhow::Error>(())
     })
 }

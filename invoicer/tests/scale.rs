@@ -1,0 +1,108 @@
+//! A pass at a scale the first invoicer could not reach, over the real servers: 5,000
+//! customers with 64-character ids (the longest a customer id may be) and two charges each,
+//! generated in ClickHouse. The pass reads the charges with one cursor and invoices them in
+//! batches of whole customers, so it holds one batch at a time (at most `BATCH_CUSTOMERS`
+//! invoices handed out per batch), and every id list it sends stays under ClickHouse's
+//! `max_query_size`: before, the one wallet query of the pass named all 5,000 customers
+//! (about 340 KB of SQL) and ClickHouse refused it ("Max query size exceeded"), so no invoice
+//! at all was built. Exactly once at that scale: 5,000 invoices numbered 1 to 5,000 once
+//! each, one finalization transition each, and a second pass writes nothing.
+
+use std::collections::BTreeSet;
+
+use tally_invoicer::numbering::Numbers;
+use tally_invoicer::run::BATCH_CUSTOMERS;
+use tally_invoicer::{invoice_pass_each, InvoicerConfig, Status};
+use tally_platform::testkit::TestEnv;
+
+const DAY: i64 = 86_400;
+const NOV_1: i64 = 1_793_491_200;
+const DEC_1: i64 = 1_796_083_200;
+const CUSTOMERS: usize = 5_000;
+
+#[tokio::test]
+async fn five_thousand_long_customer_ids_are_invoiced_in_batches_exactly_once() {
+    let env = TestEnv::new("invoicer_scale").await;
+    // the server keeps no pass's charges in memory either
+    let db = env.db().with_setting("max_memory_usage", "200000000");
+    // customer `c<10 digits><53 x>` (64 characters); charge 2n is 100 minor, 2n + 1 is 101
+    db.query(&format!(
+        "INSERT INTO charges (charge_id, customer, period_start, period_end, meter, group_key, plan_id, \
+         plan_version, price_model, currency, quantity, unit_price, tiers, amount_minor, \
+         amount_before_discounts_minor, tax_rate, tax_minor, windows, usage_from, usage_to, computed_at, version) \
+         SELECT concat('chg_', toString(number)), concat('c', toString(1000000000 + intDiv(number, 2)), '{PAD}'), \
+                toDateTime({NOV_1}), toDateTime({DEC_1}), concat('m', toString(number % 2)), '{{}}', 'p', 1, \
+                'per_unit', 'USD', toDecimal128(1, 9), '1', '[]', toInt64(100 + number % 2), \
+                toInt64(100 + number % 2), '', 0, 1, toDateTime({NOV_1}), toDateTime({NOV_1}), now(), 1 \
+         FROM system.numbers LIMIT {}",
+        CUSTOMERS * 2,
+        PAD = "x".repeat(53)
+    ))
+    .execute()
+    .await
+    .expect("insert charges");
+    let bucket = format!("N{}", env.nats.stream);
+    let client = async_nats::connect(&env.nats.url).await.expect("nats");
+    let numbers = Numbers::open(client, &bucket).await.expect("bucket");
+    let cfg = InvoicerConfig {
+        grace_secs: DAY as u64,
+        ..InvoicerConfig::default()
+    };
+    let now = (DEC_1 + 2 * DAY) * 1000;
+    let mut batch_sizes = Vec::new();
+    let mut numbers_given = BTreeSet::new();
+    let mut total_minor = 0i64;
+    let report = invoice_pass_each(&db, Some(&numbers), &cfg, now, |batch| {
+        batch_sizes.push(batch.len());
+        for inv in batch {
+            assert_eq!(inv.status, Status::Finalized, "{}", inv.customer);
+            assert_eq!(inv.customer.len(), 64);
+            assert!(numbers_given.insert(inv.number.clone().expect("numbered")));
+            total_minor += inv.total_minor;
+        }
+    })
+    .await
+    .expect("the pass");
+    assert_eq!(batch_sizes, vec![2_000, 2_000, 1_000]);
+    assert!(batch_sizes.iter().all(|n| *n <= BATCH_CUSTOMERS));
+    assert_eq!(
+        (report.invoices, report.finalized, report.batches),
+        (5_000, 5_000, 3)
+    );
+    // 100 + 101 minor per customer
+    assert_eq!(total_minor, 5_000 * 201);
+    let want: BTreeSet<String> = (1..=5_000).map(|n| format!("INV-{n:06}")).collect();
+    assert_eq!(numbers_given, want, "gapless, each number once");
+    let (stored, distinct_numbers, sum): (u64, u64, i64) = db
+        .query(
+            "SELECT count(), uniqExact(number), toInt64(sum(total_minor)) FROM v_invoices \
+             WHERE status = 'finalized'",
+        )
+        .fetch_one()
+        .await
+        .expect("invoices");
+    assert_eq!((stored, distinct_numbers, sum), (5_000, 5_000, 5_000 * 201));
+    let transitions: u64 = db
+        .query("SELECT count() FROM v_invoice_transitions WHERE to_status = 'finalized'")
+        .fetch_one()
+        .await
+        .expect("transitions");
+    assert_eq!(transitions, 5_000);
+    // a rerun finds every invoice finalized: nothing built, numbered or written
+    let again = invoice_pass_each(&db, Some(&numbers), &cfg, now + 1000, |batch| {
+        assert!(batch.is_empty(), "{} invoices written again", batch.len());
+    })
+    .await
+    .expect("the rerun");
+    assert_eq!((again.invoices, again.finalized), (0, 0));
+    let rows: u64 = db
+        .query("SELECT count() FROM invoices")
+        .fetch_one()
+        .await
+        .expect("invoice rows");
+    assert_eq!(rows, 5_000, "no row appended by the rerun");
+    let _ = async_nats::jetstream::new(async_nats::connect(&env.nats.url).await.expect("nats"))
+        .delete_key_value(&bucket)
+        .await;
+    env.cleanup().await;
+}
