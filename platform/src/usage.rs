@@ -377,40 +377,95 @@ fn corrections_sql(req: &Request<'_>, from: u32, to: u32) -> String {
 /// partials never change, so both sources hold the same usage.)
 pub fn read_sql(plan: &Plan, req: &Request<'_>) -> String {
     let (from, to) = (req.from, req.to.max(req.from));
-    let mut customer = match req.scope {
-        Scope::All => String::new(),
-        Scope::Customer(c) => format!(" AND customer = {}", quote(c)),
-    };
-    if let Some(m) = req.meter {
-        customer.push_str(&format!(" AND meter = {}", quote(m)));
+    let read = Fragments::of(req);
+    let corrections = corrections_sql(req, from, to);
+    if req.resolution == Resolution::Windows {
+        return format!(
+            "{}{corrections}",
+            read.partials(&range_sql("window_start", from, to), "1")
+        );
     }
-    let agent = if req.by_agent { "agent" } else { "''" };
-    let (through_partials, through_days) = match req.through {
-        None => (String::new(), String::new()),
-        Some(t) => (
-            format!(" AND part = {} AND bseq <= {}", t.part, t.bseq_max),
-            format!(" AND part = {}", t.part),
-        ),
-    };
-    let aborts = "SELECT batch_id FROM usage_aborts";
-    let sums = "sum(events), sum(value_sum), min(value_min), max(value_max)";
-    let latest =
-        "argMax(latest_value, (latest_time_ms, latest_event_id, agent)), max(latest_time_ms), \
+    // the whole days inside the range
+    let (first_day, end_day) = (from.div_ceil(DAY).saturating_mul(DAY), to - to % DAY);
+    let live = format!(
+        "{}{corrections}",
+        live_sql(plan, req, &read, (from, to), (first_day, end_day))
+    );
+    if first_day >= end_day {
+        return live;
+    }
+    sealed_days_sql(plan, req, &read, (first_day, end_day), &live)
+}
+
+/// The per-row sums every fold reads.
+const SUMS: &str = "sum(events), sum(value_sum), min(value_min), max(value_max)";
+
+/// The latest event of a fold (LATEST meters).
+const LATEST: &str =
+    "argMax(latest_value, (latest_time_ms, latest_event_id, agent)), max(latest_time_ms), \
         argMax(latest_event_id, (latest_time_ms, latest_event_id, agent))";
-    // `per_window`: rows at window resolution where it holds, else per UTC day. Two
-    // branches: only LATEST and UNIQUE_COUNT meters need the latest event (an argMax over a
-    // tuple with strings, the costliest part of the fold) and the set of distinct values; the
-    // other meters' rows skip both (their quantity never reads them)
-    let partials_select = |filter: &str, per_window: &str| {
+
+/// Two branches of a fold: only LATEST and UNIQUE_COUNT meters (`special`) need the latest
+/// event (an argMax over a tuple with strings, the costliest part of the fold) and the set of
+/// distinct values; the other meters' rows skip both (their quantity never reads them). The
+/// test on `aggregation` and the columns after the sums.
+fn fold_tail(special: bool) -> (&'static str, String) {
+    if special {
+        (
+            "IN",
+            format!("{LATEST}, groupUniqArrayArray(unique_values)"),
+        )
+    } else {
+        ("NOT IN", NO_LATEST.to_owned())
+    }
+}
+
+/// The pieces of a read's SQL that follow from its request alone.
+struct Fragments {
+    /// The `agent` column, or `''` when agents are summed.
+    agent: &'static str,
+    /// ` AND customer = … AND meter = …` as asked.
+    filter: String,
+    /// The partition and batches of a read [`Request::through`] a batch, on partials and days.
+    through_partials: String,
+    through_days: String,
+}
+
+impl Fragments {
+    fn of(req: &Request<'_>) -> Fragments {
+        let mut filter = match req.scope {
+            Scope::All => String::new(),
+            Scope::Customer(c) => format!(" AND customer = {}", quote(c)),
+        };
+        if let Some(m) = req.meter {
+            filter.push_str(&format!(" AND meter = {}", quote(m)));
+        }
+        let (through_partials, through_days) = match req.through {
+            None => (String::new(), String::new()),
+            Some(t) => (
+                format!(" AND part = {} AND bseq <= {}", t.part, t.bseq_max),
+                format!(" AND part = {}", t.part),
+            ),
+        };
+        Fragments {
+            agent: if req.by_agent { "agent" } else { "''" },
+            filter,
+            through_partials,
+            through_days,
+        }
+    }
+
+    /// The committed partials matching `where_`, folded at window resolution where
+    /// `per_window` holds, else per UTC day (both [`fold_tail`] branches).
+    fn partials(&self, where_: &str, per_window: &str) -> String {
+        let Fragments {
+            agent,
+            filter: customer,
+            through_partials,
+            ..
+        } = self;
         let branch = |special: bool| {
-            let (test, tail) = if special {
-                (
-                    "IN",
-                    format!("{latest}, groupUniqArrayArray(unique_values)"),
-                )
-            } else {
-                ("NOT IN", NO_LATEST.to_owned())
-            };
+            let (test, tail) = fold_tail(special);
             format!(
                 "SELECT customer, {agent} AS a, meter, aggregation, group_key, any(group_names), \
                     any(group_values), \
@@ -418,27 +473,29 @@ pub fn read_sql(plan: &Plan, req: &Request<'_>) -> String {
                        toUInt32(intDiv(toUInt32(window_start), 86400) * 86400)) AS s, \
                     toUInt32(max(if({per_window}, toUInt32(window_start) + window_secs, \
                        toUInt32(intDiv(toUInt32(window_start), 86400) * 86400 + 86400)))), \
-                    {sums}, {tail} \
+                    {SUMS}, {tail} \
                  FROM usage_partials \
-                 WHERE {filter}{customer}{through_partials} \
+                 WHERE {where_}{customer}{through_partials} \
                    AND aggregation {test} ('LATEST', 'UNIQUE_COUNT') \
-                   AND batch_id NOT IN ({aborts}) \
+                   AND batch_id NOT IN (SELECT batch_id FROM usage_aborts) \
                  GROUP BY customer, a, meter, aggregation, group_key, s"
             )
         };
         format!("{} UNION ALL {}", branch(false), branch(true))
-    };
-    let corrections = corrections_sql(req, from, to);
-    if req.resolution == Resolution::Windows {
-        return format!(
-            "{}{corrections}",
-            partials_select(&range_sql("window_start", from, to), "1")
-        );
     }
-    // the whole days inside the range
-    let (first_day, end_day) = (from.div_ceil(DAY).saturating_mul(DAY), to - to % DAY);
+}
+
+/// The partials a day-resolution read takes: the unsealed time, the range's partial first and
+/// last days (`days` are the whole days inside `range`) and the split days, per window where
+/// a day is cut, per day elsewhere.
+fn live_sql(
+    plan: &Plan,
+    req: &Request<'_>,
+    read: &Fragments,
+    (from, to): (u32, u32),
+    (first_day, end_day): (u32, u32),
+) -> String {
     let unsealed = unsealed_sql(plan);
-    // partials: the unsealed time, the range's partial first and last days, the split days
     let pday = "toUInt32(intDiv(toUInt32(window_start), 86400) * 86400)";
     let mut ranges = vec![range_sql("window_start", plan.partials_from(from), to)];
     if first_day > from {
@@ -461,23 +518,37 @@ pub fn read_sql(plan: &Plan, req: &Request<'_>) -> String {
     let split_partials = split_sql(req.split, pday);
     // windows where a day is cut (the range's edges, split days), whole days elsewhere
     let per_window = format!("({pday} < {first_day} OR {pday} >= {end_day} OR {split_partials})");
-    let live = partials_select(
+    read.partials(
         &format!(
             "({ranges}) AND toUInt32(window_start) >= {from} AND toUInt32(window_start) < {to} \
              AND (toUInt32(window_start) >= {unsealed} OR {per_window})",
             ranges = ranges.join(" OR "),
         ),
         &per_window,
-    );
-    let live = format!("{live}{corrections}");
-    if first_day >= end_day {
-        return live;
-    }
+    )
+}
+
+/// The sealed days wholly inside the range (`days`), then `live`: a row per stored day, or,
+/// with [`Request::months_except`], the other customers' days folded per calendar month.
+fn sealed_days_sql(
+    plan: &Plan,
+    req: &Request<'_>,
+    read: &Fragments,
+    (first_day, end_day): (u32, u32),
+    live: &str,
+) -> String {
+    let Fragments {
+        agent,
+        filter: customer,
+        through_days,
+        ..
+    } = read;
     let day_col = "toUInt32(toUInt32(day) * 86400)";
     let split_days_sql = split_sql(req.split, day_col);
     let days_filter = format!(
         "day >= toDate(intDiv({first_day}, 86400)) AND day < toDate(intDiv({end_day}, 86400)){customer}{through_days} \
          AND {day_col} < {unsealed} AND NOT {split_days_sql} AND seal_id IN ({seals})",
+        unsealed = unsealed_sql(plan),
         seals = seal_list(plan),
     );
     // sealed day rows as stored, one per (customer, agent, meter, group, day): no grouping
@@ -503,18 +574,11 @@ pub fn read_sql(plan: &Plan, req: &Request<'_>) -> String {
     // month) whatever the number of days and agents; latest events and distinct values only
     // for the meters that read them
     let per_month = |special: bool| {
-        let (test, tail) = if special {
-            (
-                "IN",
-                format!("{latest}, groupUniqArrayArray(unique_values)"),
-            )
-        } else {
-            ("NOT IN", NO_LATEST.to_owned())
-        };
+        let (test, tail) = fold_tail(special);
         format!(
             "SELECT customer, {agent} AS a, meter, aggregation, group_key, any(group_names), \
                 any(group_values), toUInt32(toUInt32(min(day)) * 86400) AS s, \
-                toUInt32(toUInt32(max(day)) * 86400 + 86400), {sums}, {tail} \
+                toUInt32(toUInt32(max(day)) * 86400 + 86400), {SUMS}, {tail} \
              FROM usage_days WHERE {days_filter} AND NOT {listed} \
                AND aggregation {test} ('LATEST', 'UNIQUE_COUNT') \
              GROUP BY customer, a, meter, aggregation, group_key, toStartOfMonth(day)"
