@@ -1,6 +1,12 @@
 //! The rater's configuration: `[rater]`, `[[plans]]` and `[[subscriptions]]`.
 //!
 //! Decimals (prices, tier bounds) are written as strings or integers, never floats.
+//!
+//! It owns the file's shapes (what deserializes); it never validates a plan or subscription
+//! against the others (that is [`crate::catalog`], which imports these types, never the
+//! reverse).
+
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -96,11 +102,37 @@ pub struct PlanSpec {
     pub effective_from: DateTime<Utc>,
     pub prices: Vec<PriceSpec>,
     /// Features and metered limits per period the version gives (`crate::catalog::entitlements`).
-    #[serde(
-        default,
-        skip_serializing_if = "crate::catalog::entitlements::EntitlementsSpec::is_empty"
-    )]
-    pub entitlements: crate::catalog::entitlements::EntitlementsSpec,
+    #[serde(default, skip_serializing_if = "EntitlementsSpec::is_empty")]
+    pub entitlements: EntitlementsSpec,
+}
+
+/// `entitlements = { features = [...], limits = [...] }` of a `[[plans]]` entry; validated by
+/// `crate::catalog::entitlements::validate`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntitlementsSpec {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<LimitSpec>,
+}
+
+impl EntitlementsSpec {
+    pub fn is_empty(&self) -> bool {
+        self.features.is_empty() && self.limits.is_empty()
+    }
+}
+
+/// One metered limit per period.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSpec {
+    pub meter: String,
+    /// Only usage with these group-by values counts (`{ model = "gpt-4o" }`); empty: all.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub group: BTreeMap<String, String>,
+    #[serde(deserialize_with = "exact::decimal")]
+    pub limit: Decimal,
 }
 
 /// `[[plans.prices]]`: the price of one meter. Which fields a model needs (see

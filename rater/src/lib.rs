@@ -35,6 +35,9 @@
 //! - [`live`]: live spend control: the live book of a partition, authorize decisions, holds,
 //!   budgets and their thresholds (`tally-spend`).
 //! - [`metrics`]: every metric this crate emits.
+//!
+//! Imports between these modules go one way: [`pricing`] imports none of them, [`config`]
+//! only [`pricing`], [`catalog`] only those two; everything else builds on them.
 
 pub mod api;
 pub mod backfill;

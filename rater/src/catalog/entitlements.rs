@@ -4,42 +4,16 @@
 //! optionally only for usage with some group-by values. They change with plan versions like
 //! prices do: the version in force for the period is the one that counts.
 //!
-//! It owns the declaration and its validation, and the pure question "does this usage fit
+//! It owns the declaration's validation (its file shape, [`EntitlementsSpec`], is in
+//! [`crate::config`] with the rest of `[[plans]]`), and the pure question "does this usage fit
 //! the limits"; the live decider asks it (`live::book`), nothing here reads storage.
 
 use std::collections::BTreeMap;
 
-use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
-use tally_domain::{exact, Aggregation, Meter};
+use serde::Serialize;
+use tally_domain::{Aggregation, Meter};
 
-/// `entitlements = { features = [...], limits = [...] }` of a `[[plans]]` entry.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct EntitlementsSpec {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub features: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub limits: Vec<LimitSpec>,
-}
-
-impl EntitlementsSpec {
-    pub fn is_empty(&self) -> bool {
-        self.features.is_empty() && self.limits.is_empty()
-    }
-}
-
-/// One metered limit per period.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitSpec {
-    pub meter: String,
-    /// Only usage with these group-by values counts (`{ model = "gpt-4o" }`); empty: all.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub group: BTreeMap<String, String>,
-    #[serde(deserialize_with = "exact::decimal")]
-    pub limit: Decimal,
-}
+pub use crate::config::{EntitlementsSpec, LimitSpec};
 
 /// A plan version's validated entitlements.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -144,6 +118,8 @@ pub fn validate(
 
 #[cfg(test)]
 mod tests {
+    use rust_decimal::Decimal;
+
     use super::*;
 
     fn limit(group: &[(&str, &str)]) -> LimitSpec {

@@ -100,7 +100,7 @@ impl Subscription {
     ) -> Vec<&Coupon> {
         self.coupons
             .iter()
-            .filter(|c| c.applies(cycle, period, meter))
+            .filter(|c| terms::coupon_applies(c, cycle, period, meter))
             .collect()
     }
 

@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use tally_domain::exact;
 use tally_platform::ConfigError;
 
-/// The tax code of a price that names none.
-pub const DEFAULT_TAX_CODE: &str = "standard";
+/// The tax code of a price that names none (defined with the price, in pricing).
+pub use crate::pricing::DEFAULT_TAX_CODE;
 
 /// `[[tax_rates]]` (and the body of `POST /v1/tax_rates`): one rate, from a date. Its
 /// identity is (region, code, effective_from); equal values compare numerically (`"19"` and

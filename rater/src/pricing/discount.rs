@@ -4,12 +4,14 @@
 //! negative price), applied in declaration order to what the previous ones left, and never
 //! takes a charge below zero. A fixed amount is per period and names the meter it applies to
 //! (one charge per meter, or each group of a price book).
+//!
+//! Which billing periods a coupon covers is the catalog's question
+//! ([`crate::catalog::terms::coupon_applies`]): here are the coupon and its lines.
 
 use rust_decimal::Decimal;
-use tally_domain::{MeterSlug, Period};
+use tally_domain::MeterSlug;
 
 use super::{LineKind, TierUse};
-use crate::catalog::zone::ZonedCycle;
 
 /// How much a coupon takes off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,32 +44,6 @@ pub struct Coupon {
 /// Longest coupon, in periods (a limit on the walk over periods).
 pub const PERIODS_MAX: u32 = 1200;
 
-impl Coupon {
-    /// Whether the coupon discounts charges of `meter` in `period` of `cycle`.
-    pub fn applies(&self, cycle: &ZonedCycle, period: &Period, meter: &MeterSlug) -> bool {
-        if self.meter.as_ref().is_some_and(|m| m != meter) {
-            return false;
-        }
-        let first = cycle.period_containing(self.starts_ms);
-        if period.start_ms < first.start_ms {
-            return false;
-        }
-        let periods = match self.duration {
-            Duration::Forever => return true,
-            Duration::Once => 1,
-            Duration::Periods(n) => n.min(PERIODS_MAX),
-        };
-        let mut p = first;
-        for _ in 0..periods {
-            if p.start_ms == period.start_ms {
-                return true;
-            }
-            p = cycle.next(&p);
-        }
-        false
-    }
-}
-
 /// The discount lines for a charge whose undiscounted (unrounded) amount is `subtotal`.
 pub fn lines(subtotal: Decimal, coupons: &[&Coupon]) -> Vec<TierUse> {
     let mut left = subtotal.max(Decimal::ZERO);
@@ -97,14 +73,15 @@ pub fn lines(subtotal: Decimal, coupons: &[&Coupon]) -> Vec<TierUse> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn d(s: &str) -> Decimal {
         s.parse().unwrap()
     }
 
-    fn coupon(off: Off, duration: Duration) -> Coupon {
+    /// A coupon on every meter starting in January 2026 (also used by `catalog::terms`).
+    pub(crate) fn coupon(off: Off, duration: Duration) -> Coupon {
         Coupon {
             id: "c".into(),
             off,
@@ -131,29 +108,5 @@ mod tests {
             assert_eq!(total, d(discounted), "{subtotal}");
             assert!(l.iter().all(|t| t.expected_amount() == Some(t.amount)));
         }
-    }
-
-    #[test]
-    fn durations_count_billing_periods_from_the_one_containing_the_start() {
-        let cycle: ZonedCycle = tally_domain::BillingCycle::default().into();
-        let jan = cycle.period_containing(1_768_000_000_000);
-        let feb = cycle.next(&jan);
-        let mar = cycle.next(&feb);
-        let dec = Period {
-            start_ms: jan.start_ms - 31 * 86_400_000,
-            end_ms: jan.start_ms,
-        };
-        let m = MeterSlug::new("m").unwrap();
-        let pct = Off::Percent(d("10"));
-        let once = coupon(pct, Duration::Once);
-        let two = coupon(pct, Duration::Periods(2));
-        let forever = coupon(pct, Duration::Forever);
-        let applies = |c: &Coupon| [dec, jan, feb, mar].map(|p| c.applies(&cycle, &p, &m));
-        assert_eq!(applies(&once), [false, true, false, false]);
-        assert_eq!(applies(&two), [false, true, true, false]);
-        assert_eq!(applies(&forever), [false, true, true, true]);
-        let mut other_meter = forever.clone();
-        other_meter.meter = Some(MeterSlug::new("other").unwrap());
-        assert_eq!(applies(&other_meter), [false; 4]);
     }
 }

@@ -2,8 +2,8 @@
 //! step. One file per model ([`per_unit`], [`graduated`], [`volume`], [`package`], [`flat`],
 //! [`dimensional`]) and one per modifier that wraps any model ([`allowance`]: free units
 //! first; [`commitment`]: minimum true-up and maximum cap; [`discount`]: a subscription's
-//! coupons, last). [`recurring`] names the flat fees and minimums that subscriptions owe in
-//! periods without usage.
+//! coupons, last). [`crate::rating::recurring`] names the flat fees and minimums that
+//! subscriptions owe in periods without usage.
 //!
 //! Conventions, documented in docs/PRICING.md:
 //! - Tier boundaries: a tier with `up_to = N` covers quantities *up to and including* N.
@@ -11,6 +11,10 @@
 //!   `quantity`), the lines' quantities sum to the priced quantity and their amounts to the
 //!   unrounded amount.
 //! - Models never round; [`crate::rating::charge`] rounds once.
+//!
+//! Pricing is the bottom of the rater's rules: it imports none of the crate's other modules
+//! (the catalog and the configuration import it); what it needs from them, such as which
+//! billing periods a coupon covers, they decide and pass in.
 
 pub mod allowance;
 pub mod commitment;
@@ -27,6 +31,9 @@ use serde::{Deserialize, Serialize};
 
 pub use dimensional::{Dimensional, Rate};
 pub use graduated::Tier;
+
+/// The tax code of a price that names none (`crate::catalog::tax` applies the rates).
+pub const DEFAULT_TAX_CODE: &str = "standard";
 
 /// What a price is computed from: a quantity and the group-by values it was measured under.
 #[derive(Debug, Clone, Copy)]
@@ -264,7 +271,7 @@ impl Price {
             free_units: Decimal::ZERO,
             minimum: None,
             maximum: None,
-            tax_code: crate::catalog::tax::DEFAULT_TAX_CODE.to_owned(),
+            tax_code: DEFAULT_TAX_CODE.to_owned(),
             billing: Billing::InArrears,
         }
     }
