@@ -5,8 +5,8 @@
 //! months (quarterly: 3, annual: 12) is anchored on a day and a month: its periods start on
 //! that day of the anchor month and of every `months`-th month from it. A weekly cycle starts
 //! on an ISO weekday (1 Monday to 7 Sunday). Periods are computed in UTC here; a
-//! subscription's time zone is applied by the rater (`rater/src/zone.rs`) on wall-clock time.
-//! Pure arithmetic: the caller passes the instant.
+//! subscription's time zone is applied by the rater (`rater/src/catalog/zone.rs`) on
+//! wall-clock time. Pure arithmetic: the caller passes the instant.
 
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
