@@ -100,101 +100,20 @@ pub async fn of_line(
     invoice_id: &str,
     line: &InvoiceLine,
 ) -> Result<Option<Lineage>, clickhouse::error::Error> {
-    let scope: Option<ChargeScope> = db
-        .query(
-            "SELECT customer, toUInt32(period_start), toUInt32(period_end), \
-                    toUInt32(greatest(period_start, usage_from)), \
-                    toUInt32(if(usage_to > usage_from, least(period_end, usage_to), greatest(period_start, usage_from))) \
-             FROM v_charges WHERE charge_id = ? LIMIT 1",
-        )
-        .bind(&line.charge_id)
-        .fetch_optional()
-        .await?;
-    let Some(scope) = scope else {
+    let Some(scope) = charge_scope(db, &line.charge_id).await? else {
         return Ok(None);
     };
-    let req = usage::Request {
-        from: scope.usage_from,
-        to: scope.usage_to,
-        scope: usage::Scope::Customer(&scope.customer),
-        meter: Some(&line.meter),
-        by_agent: true,
-        resolution: usage::Resolution::Windows,
-        split: &[],
-        months_except: None,
-        through: None,
-    };
-    let mut rows = usage::read(db, &usage::Plan::default(), &req).await?;
-    rows.retain(|r| line.group_key == "{}" || r.group_key == line.group_key);
-    rows.sort_by(|a, b| (a.start, &a.agent, &a.group_key).cmp(&(b.start, &b.agent, &b.group_key)));
-    let windows: Vec<WindowRow> = rows
-        .into_iter()
-        .take(ROWS_MAX + 1)
-        .map(|r| WindowRow {
-            window_start: r.start,
-            window_end: r.end,
-            quantity: r.quantity().unwrap_or_default(),
-            agent: r.agent,
-            group_key: r.group_key,
-            event_count: r.events,
-        })
-        .collect();
-    let events: Vec<EventRow> = scoped(
-        db,
-        "SELECT event_id, agent, time_ms AS t, toUInt32(window_start), value, toUInt32(inserted_at) \
-         FROM usage_meter_readings \
-         WHERE customer = ? AND meter = ? \
-           AND toStartOfHour(window_start) >= toStartOfHour(toDateTime(?)) AND window_start >= toDateTime(?) \
-           AND toStartOfHour(window_start) <= toStartOfHour(toDateTime(?)) AND window_start < toDateTime(?) \
-           AND (? = '' OR group_key = ?) AND batch_id NOT IN (SELECT batch_id FROM usage_aborts) \
-         ORDER BY t, event_id, agent LIMIT ?",
-        &scope,
-        line,
-    )
-    .await?;
+    let windows = windows(db, &scope, line).await?;
+    let events = events(db, &scope, line).await?;
     let truncated = windows.len() > ROWS_MAX || events.len() > ROWS_MAX;
     let windows: Vec<Window> = windows
         .into_iter()
         .take(ROWS_MAX)
-        .map(|w| Window {
-            window_start: w.window_start,
-            window_end: w.window_end,
-            agent: w.agent,
-            group_key: w.group_key,
-            quantity: w.quantity.normalize(),
-            event_count: w.event_count,
-        })
+        .map(Window::from)
         .collect();
-    let events: Vec<Event> = events
-        .into_iter()
-        .take(ROWS_MAX)
-        .map(|e| Event {
-            event_id: e.event_id,
-            agent: e.agent,
-            time_ms: e.time_ms,
-            window_start: e.window_start,
-            value: e.value.normalize(),
-            committed_at: e.committed_at,
-        })
-        .collect();
+    let events: Vec<Event> = events.into_iter().take(ROWS_MAX).map(Event::from).collect();
     let late_event_ids = match &line.adjusts_invoice_id {
-        Some(corrected) => {
-            let finalized_at_ms: i64 = db
-                .query(
-                    "SELECT toInt64(min(at_ms)) FROM invoice_transitions \
-                     WHERE invoice_id = ? AND to_status = 'finalized'",
-                )
-                .bind(corrected)
-                .fetch_one()
-                .await?;
-            events
-                .iter()
-                .filter(|e| {
-                    i64::from(e.committed_at) * 1000 >= finalized_at_ms.div_euclid(1000) * 1000
-                })
-                .map(|e| e.event_id.clone())
-                .collect()
-        }
+        Some(corrected) => late_event_ids(db, corrected, &events).await?,
         None => Vec::new(),
     };
     Ok(Some(Lineage {
@@ -215,6 +134,125 @@ pub async fn of_line(
         late_event_ids,
         truncated,
     }))
+}
+
+/// The charge's customer, period and usage span; `None` when the charge is unknown.
+async fn charge_scope(
+    db: &Client,
+    charge_id: &str,
+) -> Result<Option<ChargeScope>, clickhouse::error::Error> {
+    db.query(
+        "SELECT customer, toUInt32(period_start), toUInt32(period_end), \
+                toUInt32(greatest(period_start, usage_from)), \
+                toUInt32(if(usage_to > usage_from, least(period_end, usage_to), greatest(period_start, usage_from))) \
+         FROM v_charges WHERE charge_id = ? LIMIT 1",
+    )
+    .bind(charge_id)
+    .fetch_optional()
+    .await
+}
+
+/// The committed windows of the line's meter and group in the charge's span, in time order
+/// (then agent, group), at most `ROWS_MAX + 1`.
+async fn windows(
+    db: &Client,
+    scope: &ChargeScope,
+    line: &InvoiceLine,
+) -> Result<Vec<WindowRow>, clickhouse::error::Error> {
+    let req = usage::Request {
+        from: scope.usage_from,
+        to: scope.usage_to,
+        scope: usage::Scope::Customer(&scope.customer),
+        meter: Some(&line.meter),
+        by_agent: true,
+        resolution: usage::Resolution::Windows,
+        split: &[],
+        months_except: None,
+        through: None,
+    };
+    let mut rows = usage::read(db, &usage::Plan::default(), &req).await?;
+    rows.retain(|r| line.group_key == "{}" || r.group_key == line.group_key);
+    rows.sort_by(|a, b| (a.start, &a.agent, &a.group_key).cmp(&(b.start, &b.agent, &b.group_key)));
+    Ok(rows
+        .into_iter()
+        .take(ROWS_MAX + 1)
+        .map(|r| WindowRow {
+            window_start: r.start,
+            window_end: r.end,
+            quantity: r.quantity().unwrap_or_default(),
+            agent: r.agent,
+            group_key: r.group_key,
+            event_count: r.events,
+        })
+        .collect())
+}
+
+/// The committed events behind the line (the counted readings, on the table's sorting key:
+/// ClickHouse 18.16 pushes no predicate into `v_usage_readings`, which also lacks the commit
+/// time), at most `ROWS_MAX + 1`.
+async fn events(
+    db: &Client,
+    scope: &ChargeScope,
+    line: &InvoiceLine,
+) -> Result<Vec<EventRow>, clickhouse::error::Error> {
+    let sql = format!(
+        "SELECT event_id, agent, time_ms AS t, toUInt32(window_start), value, toUInt32(inserted_at) \
+         FROM usage_meter_readings \
+         WHERE customer = ? AND meter = ? \
+           AND toStartOfHour(window_start) >= toStartOfHour(toDateTime(?)) AND window_start >= toDateTime(?) \
+           AND toStartOfHour(window_start) <= toStartOfHour(toDateTime(?)) AND window_start < toDateTime(?) \
+           AND (? = '' OR group_key = ?) AND {committed} \
+         ORDER BY t, event_id, agent LIMIT ?",
+        committed = usage::COMMITTED,
+    );
+    scoped(db, &sql, scope, line).await
+}
+
+/// The events committed after `corrected` was finalized (to the second).
+async fn late_event_ids(
+    db: &Client,
+    corrected: &str,
+    events: &[Event],
+) -> Result<Vec<String>, clickhouse::error::Error> {
+    let finalized_at_ms: i64 = db
+        .query(
+            "SELECT toInt64(min(at_ms)) FROM invoice_transitions \
+             WHERE invoice_id = ? AND to_status = 'finalized'",
+        )
+        .bind(corrected)
+        .fetch_one()
+        .await?;
+    Ok(events
+        .iter()
+        .filter(|e| i64::from(e.committed_at) * 1000 >= finalized_at_ms.div_euclid(1000) * 1000)
+        .map(|e| e.event_id.clone())
+        .collect())
+}
+
+impl From<WindowRow> for Window {
+    fn from(w: WindowRow) -> Window {
+        Window {
+            window_start: w.window_start,
+            window_end: w.window_end,
+            agent: w.agent,
+            group_key: w.group_key,
+            quantity: w.quantity.normalize(),
+            event_count: w.event_count,
+        }
+    }
+}
+
+impl From<EventRow> for Event {
+    fn from(e: EventRow) -> Event {
+        Event {
+            event_id: e.event_id,
+            agent: e.agent,
+            time_ms: e.time_ms,
+            window_start: e.window_start,
+            value: e.value.normalize(),
+            committed_at: e.committed_at,
+        }
+    }
 }
 
 /// Rows of `sql` for the line's customer, meter, usage span and group (binds in that order:

@@ -397,6 +397,12 @@ pub fn read_sql(plan: &Plan, req: &Request<'_>) -> String {
     sealed_days_sql(plan, req, &read, (first_day, end_day), &live)
 }
 
+/// The commit-marker rule on a raw usage table (`usage_partials`, `usage_meter_readings`):
+/// rows of a batch that was aborted never count. The public views (`v_usage`,
+/// `v_usage_readings`) apply the same rule; a read on a base table (for its sorting key, which
+/// ClickHouse 18.16 does not push into a view) uses this.
+pub const COMMITTED: &str = "batch_id NOT IN (SELECT batch_id FROM usage_aborts)";
+
 /// The per-row sums every fold reads.
 const SUMS: &str = "sum(events), sum(value_sum), min(value_min), max(value_max)";
 
@@ -477,7 +483,7 @@ impl Fragments {
                  FROM usage_partials \
                  WHERE {where_}{customer}{through_partials} \
                    AND aggregation {test} ('LATEST', 'UNIQUE_COUNT') \
-                   AND batch_id NOT IN (SELECT batch_id FROM usage_aborts) \
+                   AND {COMMITTED} \
                  GROUP BY customer, a, meter, aggregation, group_key, s"
             )
         };
