@@ -174,7 +174,7 @@ async fn dispatch(state: &ApiState, req: Request<Incoming>, who: &Principal) -> 
 }
 
 fn storage(e: impl std::fmt::Display) -> Response<Body> {
-    http::error(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", e)
+    http::fail(http::ErrorCode::Unavailable, e)
 }
 
 /// A pass's outcome.

@@ -222,9 +222,8 @@ pub fn with_fallbacks<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Ro
             )
         })
         .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
-            error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+            fail(
+                ErrorCode::MethodNotAllowed,
                 format!("{method} {}", uri.path()),
             )
         })
@@ -252,6 +251,81 @@ pub fn bytes(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> R
 pub fn json(status: StatusCode, body: &impl Serialize) -> Response<Body> {
     let body = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
     bytes(status, "application/json", body)
+}
+
+/// The public error codes every service shares, each with its one HTTP status: the one list
+/// of what a code means across the product (docs/ERRORS.md lists them, and a test keeps the
+/// page and this enum equal). A service's own codes (a rejected field, a lifecycle conflict)
+/// stay with the service; a code here is never spelled with another status or meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// 404: no such route, or no such resource.
+    NotFound,
+    /// 405: the path is served, not with this method.
+    MethodNotAllowed,
+    /// 413: the request body is over the route's limit.
+    BodyTooLarge,
+    /// 408: the request body was not received within the body timeout.
+    RequestTimeout,
+    /// 400: the request body could not be read (the connection failed mid-body).
+    BodyUnreadable,
+    /// 400: the request body is not the JSON the route takes (the field is named).
+    InvalidBody,
+    /// 503: a store, broker or decider the answer needs is unavailable; retry.
+    Unavailable,
+    /// 503: a change could not be recorded in the audit, so it was not made; retry.
+    AuditUnavailable,
+    /// 500: a fault of the service; the detail is in its log, never in the answer.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Every code, in the order docs/ERRORS.md lists them.
+    pub const ALL: [ErrorCode; 9] = [
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::BodyTooLarge,
+        ErrorCode::RequestTimeout,
+        ErrorCode::BodyUnreadable,
+        ErrorCode::InvalidBody,
+        ErrorCode::Unavailable,
+        ErrorCode::AuditUnavailable,
+        ErrorCode::Internal,
+    ];
+
+    /// The code on the wire.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::BodyTooLarge => "body_too_large",
+            ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::BodyUnreadable => "body_unreadable",
+            ErrorCode::InvalidBody => "invalid_body",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::AuditUnavailable => "audit_unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// Its HTTP status.
+    pub const fn status(self) -> StatusCode {
+        match self {
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ErrorCode::BodyUnreadable | ErrorCode::InvalidBody => StatusCode::BAD_REQUEST,
+            ErrorCode::Unavailable | ErrorCode::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// `code` as `{"code": ..., "detail": ...}` with its status.
+pub fn fail(code: ErrorCode, detail: impl ToString) -> Response<Body> {
+    error(code.status(), code.as_str(), detail)
 }
 
 #[derive(Serialize)]
@@ -294,9 +368,8 @@ where
     let collected = tokio::time::timeout(within, Limited::new(body, max_bytes).collect())
         .await
         .map_err(|_| {
-            error(
-                StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
+            fail(
+                ErrorCode::RequestTimeout,
                 format!(
                     "the request body was not received within {} s",
                     within.as_secs_f64()
@@ -305,14 +378,12 @@ where
         })?;
     match collected {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(fail(
+            ErrorCode::BodyTooLarge,
             format!("request body: {e} (limit {max_bytes} bytes)"),
         )),
-        Err(e) => Err(error(
-            StatusCode::BAD_REQUEST,
-            "body_unreadable",
+        Err(e) => Err(fail(
+            ErrorCode::BodyUnreadable,
             format!("reading the request body: {e}"),
         )),
     }
@@ -334,9 +405,8 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response<Body>> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
-        error(
-            StatusCode::BAD_REQUEST,
-            "invalid_body",
+        fail(
+            ErrorCode::InvalidBody,
             format!("field {}: {}", e.path(), e.inner()),
         )
     })

@@ -1,9 +1,11 @@
 //! Request-level refusals and the one place they map to HTTP: a status, a stable `code`
 //! (a public contract, listed in docs/INGEST.md; add codes, never rename one) and a message
-//! naming the field or limit. Per-event refusals are not here: they use the domain's
+//! naming the field or limit. The codes every service shares come from
+//! [`tally_platform::http::ErrorCode`] (docs/ERRORS.md), with their status. Per-event refusals are not here: they use the domain's
 //! [`tally_domain::Reason`] codes inside a 2xx/4xx batch answer (see [`super::response`]).
 
 use hyper::StatusCode;
+use tally_platform::http::ErrorCode;
 
 /// Why a whole request was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,6 +37,8 @@ pub enum RequestError {
     MalformedGzip { detail: String },
     #[error("body is not valid JSON: {detail}")]
     MalformedJson { detail: String },
+    #[error("reading the body: {detail}")]
+    BodyUnreadable { detail: String },
     #[error("client did not send the body within {ms} ms")]
     BodyTimeout { ms: u64 },
     #[error("header `Authorization: Bearer <api key>` is missing")]
@@ -56,13 +60,20 @@ pub enum RequestError {
 impl RequestError {
     /// The stable code.
     pub fn code(&self) -> &'static str {
+        if let Some(shared) = self.shared() {
+            return shared.as_str();
+        }
         match self {
-            RequestError::NotFound => "not_found",
-            RequestError::MethodNotAllowed => "method_not_allowed",
+            RequestError::NotFound
+            | RequestError::MethodNotAllowed
+            | RequestError::BodyTooLarge { .. }
+            | RequestError::BodyUnreadable { .. }
+            | RequestError::BodyTimeout { .. }
+            // answered above, from the shared list
+            | RequestError::Unavailable { .. } => ErrorCode::Internal.as_str(),
             RequestError::UnsupportedMediaType { .. }
             | RequestError::UnsupportedOtlpMediaType { .. } => "unsupported_media_type",
             RequestError::UnsupportedEncoding { .. } => "unsupported_encoding",
-            RequestError::BodyTooLarge { .. } => "body_too_large",
             RequestError::BatchTooLarge { .. } | RequestError::TooManyUsageEvents { .. } => {
                 "batch_too_large"
             }
@@ -71,41 +82,52 @@ impl RequestError {
             RequestError::MalformedOtlp { .. } => "malformed_otlp",
             RequestError::MalformedGzip { .. } => "malformed_gzip",
             RequestError::MalformedJson { .. } => "malformed_json",
-            RequestError::BodyTimeout { .. } => "request_timeout",
             RequestError::MissingKey => "missing_key",
             RequestError::InvalidKey => "invalid_key",
             RequestError::RevokedKey => "revoked_key",
             RequestError::InvalidAdminToken => "invalid_admin_token",
             RequestError::RateLimited { .. } => "rate_limited",
             RequestError::InvalidField { .. } => "invalid_field",
-            RequestError::Unavailable { .. } => "unavailable",
         }
+    }
+
+    /// The product-wide code this refusal is, when it is one of them.
+    pub fn shared(&self) -> Option<ErrorCode> {
+        Some(match self {
+            RequestError::NotFound => ErrorCode::NotFound,
+            RequestError::MethodNotAllowed => ErrorCode::MethodNotAllowed,
+            RequestError::BodyTooLarge { .. } => ErrorCode::BodyTooLarge,
+            RequestError::BodyUnreadable { .. } => ErrorCode::BodyUnreadable,
+            RequestError::BodyTimeout { .. } => ErrorCode::RequestTimeout,
+            RequestError::Unavailable { .. } => ErrorCode::Unavailable,
+            _ => return None,
+        })
     }
 
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
+        if let Some(shared) = self.shared() {
+            return shared.status();
+        }
         match self {
-            RequestError::NotFound => StatusCode::NOT_FOUND,
-            RequestError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             RequestError::UnsupportedMediaType { .. }
             | RequestError::UnsupportedOtlpMediaType { .. }
             | RequestError::UnsupportedEncoding { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            RequestError::BodyTooLarge { .. }
-            | RequestError::BatchTooLarge { .. }
-            | RequestError::TooManyUsageEvents { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            RequestError::BatchTooLarge { .. } | RequestError::TooManyUsageEvents { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             RequestError::EmptyBatch
             | RequestError::MalformedBatch { .. }
             | RequestError::MalformedGzip { .. }
             | RequestError::MalformedOtlp { .. }
             | RequestError::MalformedJson { .. }
             | RequestError::InvalidField { .. } => StatusCode::BAD_REQUEST,
-            RequestError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             RequestError::MissingKey
             | RequestError::InvalidKey
             | RequestError::RevokedKey
             | RequestError::InvalidAdminToken => StatusCode::UNAUTHORIZED,
             RequestError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            RequestError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 

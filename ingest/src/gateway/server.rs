@@ -392,8 +392,8 @@ pub async fn read_body(
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             Err(RequestError::BodyTooLarge { max })
         }
-        Err(e) => Err(RequestError::MalformedJson {
-            detail: format!("reading the body: {e}"),
+        Err(e) => Err(RequestError::BodyUnreadable {
+            detail: e.to_string(),
         }),
     }
 }

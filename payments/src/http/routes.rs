@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 
 use tally_platform::auth::Authenticator;
+use tally_platform::http::ErrorCode;
 use tally_platform::openapi::{self, Route};
 
 use super::server::{self, Body};
@@ -225,7 +226,7 @@ async fn stripe_webhook(state: &AppState, req: Request<Incoming>) -> Response<Bo
 pub async fn deliveries(state: &AppState, customer: &str) -> Response<Body> {
     match dunning::log::deliveries_of(&state.settler.db, customer).await {
         Ok(d) => server::json(StatusCode::OK, &d),
-        Err(e) => server::error(StatusCode::INTERNAL_SERVER_ERROR, "store", e),
+        Err(e) => server::fail(ErrorCode::Unavailable, e),
     }
 }
 

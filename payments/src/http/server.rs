@@ -9,7 +9,7 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{Response, StatusCode};
-pub use tally_platform::http::{bytes as with_type, error, json, Body};
+pub use tally_platform::http::{bytes as with_type, error, fail, json, Body};
 use tally_platform::shutdown::Shutdown;
 use tokio::net::TcpListener;
 

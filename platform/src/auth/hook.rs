@@ -63,9 +63,8 @@ where
         return handler.await;
     }
     let Some(db) = auth.db() else {
-        return http::error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "audit_unavailable",
+        return http::fail(
+            http::ErrorCode::AuditUnavailable,
             "this API has no audit store: changes are refused",
         );
     };
@@ -73,9 +72,8 @@ where
     let arrived = AuditRow::arrived(&request_id, auth.service(), who, method, path, now_ms());
     if let Err(e) = audit::append(db, &arrived).await {
         tracing::error!(service = auth.service(), error = %e, "writing the audit row failed; request refused");
-        return http::error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "audit_unavailable",
+        return http::fail(
+            http::ErrorCode::AuditUnavailable,
             "the change could not be recorded, so it was not made; try again",
         );
     }

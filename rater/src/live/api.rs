@@ -220,7 +220,7 @@ async fn balance(state: &SpendApi, customer: &CustomerId) -> Response<Body> {
             "the customer has no plan in force",
         ),
         Ok(v) => json(StatusCode::OK, &v),
-        Err(e) => error(StatusCode::BAD_GATEWAY, "unavailable", e),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
     }
 }
 
