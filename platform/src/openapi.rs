@@ -547,6 +547,40 @@ fn property_rows(doc: &Value, schema: &Value, out: &mut String) {
 /// fenced blocks (the docs test requires a marker before each).
 pub fn render_markdown(doc: &Value) -> String {
     let mut out = String::new();
+    markdown_heading(doc, &mut out);
+    let ordered = operations_in_order(doc);
+    out.push_str("| Method | Path | Summary |\n|---|---|---|\n");
+    for (m, p) in &ordered {
+        let op = &doc["paths"][p][m.to_lowercase()];
+        let _ = writeln!(
+            out,
+            "| {m} | `{p}` | {} |",
+            cell(op["summary"].as_str().unwrap_or_default())
+        );
+    }
+    out.push('\n');
+    for (m, p) in &ordered {
+        markdown_operation(doc, m, p, &mut out);
+    }
+    if let Some(schemas) = doc["components"]["schemas"].as_object() {
+        out.push_str("### Schemas\n\n");
+        for (name, s) in schemas {
+            let _ = writeln!(out, "#### {name}\n");
+            if let Some(d) = s["description"].as_str() {
+                let _ = writeln!(out, "{}\n", d.trim());
+            }
+            if s["properties"].is_null() {
+                let _ = writeln!(out, "Type: {}\n", cell(&type_text(s)));
+            } else {
+                property_rows(doc, s, &mut out);
+            }
+        }
+    }
+    out
+}
+
+/// The `##` heading, the description and the authentication schemes.
+fn markdown_heading(doc: &Value, out: &mut String) {
     let info = &doc["info"];
     let _ = writeln!(
         out,
@@ -571,7 +605,10 @@ pub fn render_markdown(doc: &Value) -> String {
             );
         }
     }
-    let ops = documented(doc);
+}
+
+/// Every operation as (METHOD, path), in the document's path order then [`METHODS`] order.
+fn operations_in_order(doc: &Value) -> Vec<(String, String)> {
     let mut ordered: Vec<(String, String)> = Vec::new();
     if let Some(paths) = doc["paths"].as_object() {
         for (path, item) in paths {
@@ -582,104 +619,85 @@ pub fn render_markdown(doc: &Value) -> String {
             }
         }
     }
-    debug_assert_eq!(ordered.len(), ops.len());
-    out.push_str("| Method | Path | Summary |\n|---|---|---|\n");
-    for (m, p) in &ordered {
-        let op = &doc["paths"][p][m.to_lowercase()];
-        let _ = writeln!(
-            out,
-            "| {m} | `{p}` | {} |",
-            cell(op["summary"].as_str().unwrap_or_default())
-        );
+    debug_assert_eq!(ordered.len(), documented(doc).len());
+    ordered
+}
+
+/// One operation: its summary, description, parameters, request body and responses.
+fn markdown_operation(doc: &Value, m: &str, p: &str, out: &mut String) {
+    let op = &doc["paths"][p][m.to_lowercase()];
+    let _ = writeln!(out, "### {m} `{p}`\n");
+    let _ = writeln!(out, "{}\n", op["summary"].as_str().unwrap_or_default());
+    if let Some(d) = op["description"].as_str() {
+        let _ = writeln!(out, "{}\n", d.trim());
     }
-    out.push('\n');
-    for (m, p) in &ordered {
-        let op = &doc["paths"][p][m.to_lowercase()];
-        let _ = writeln!(out, "### {m} `{p}`\n");
-        let _ = writeln!(out, "{}\n", op["summary"].as_str().unwrap_or_default());
-        if let Some(d) = op["description"].as_str() {
-            let _ = writeln!(out, "{}\n", d.trim());
-        }
-        if op["security"].as_array().is_some_and(Vec::is_empty) {
-            out.push_str("No authentication.\n\n");
-        }
-        let params = parameters(doc, p, m);
-        if !params.is_empty() {
-            out.push_str(
-                "| Parameter | In | Type | Required | Description |\n|---|---|---|---|---|\n",
+    if op["security"].as_array().is_some_and(Vec::is_empty) {
+        out.push_str("No authentication.\n\n");
+    }
+    let params = parameters(doc, p, m);
+    if !params.is_empty() {
+        out.push_str("| Parameter | In | Type | Required | Description |\n|---|---|---|---|---|\n");
+        for x in params {
+            let _ = writeln!(
+                out,
+                "| `{}` | {} | {} | {} | {} |",
+                x["name"].as_str().unwrap_or_default(),
+                x["in"].as_str().unwrap_or_default(),
+                cell(&type_text(&x["schema"])),
+                if x["required"] == true { "yes" } else { "" },
+                cell(x["description"].as_str().unwrap_or_default())
             );
-            for x in params {
-                let _ = writeln!(
-                    out,
-                    "| `{}` | {} | {} | {} | {} |",
-                    x["name"].as_str().unwrap_or_default(),
-                    x["in"].as_str().unwrap_or_default(),
-                    cell(&type_text(&x["schema"])),
-                    if x["required"] == true { "yes" } else { "" },
-                    cell(x["description"].as_str().unwrap_or_default())
-                );
-            }
-            out.push('\n');
-        }
-        let body = deref(doc, &op["requestBody"]);
-        if let Some(content) = body["content"].as_object() {
-            for (media, c) in content {
-                let _ = writeln!(
-                    out,
-                    "Request body (`{media}`{}): {}\n",
-                    if body["required"] == true {
-                        ", required"
-                    } else {
-                        ""
-                    },
-                    cell(&type_text(&c["schema"]))
-                );
-            }
-            if let Some(d) = body["description"].as_str() {
-                let _ = writeln!(out, "{}\n", d.trim());
-            }
-        }
-        out.push_str("| Status | Description | Body |\n|---|---|---|\n");
-        if let Some(responses) = op["responses"].as_object() {
-            for (status, r) in responses {
-                let r = deref(doc, r);
-                let bodies: Vec<String> = r["content"]
-                    .as_object()
-                    .into_iter()
-                    .flatten()
-                    .map(|(media, c)| {
-                        if c["schema"].is_null() {
-                            format!("`{media}`")
-                        } else {
-                            format!("`{media}`: {}", type_text(&c["schema"]))
-                        }
-                    })
-                    .collect();
-                let _ = writeln!(
-                    out,
-                    "| {status} | {} | {} |",
-                    cell(r["description"].as_str().unwrap_or_default()),
-                    cell(&bodies.join("; "))
-                );
-            }
         }
         out.push('\n');
     }
-    if let Some(schemas) = doc["components"]["schemas"].as_object() {
-        out.push_str("### Schemas\n\n");
-        for (name, s) in schemas {
-            let _ = writeln!(out, "#### {name}\n");
-            if let Some(d) = s["description"].as_str() {
-                let _ = writeln!(out, "{}\n", d.trim());
-            }
-            if s["properties"].is_null() {
-                let _ = writeln!(out, "Type: {}\n", cell(&type_text(s)));
-            } else {
-                property_rows(doc, s, &mut out);
-            }
+    let body = deref(doc, &op["requestBody"]);
+    if let Some(content) = body["content"].as_object() {
+        for (media, c) in content {
+            let _ = writeln!(
+                out,
+                "Request body (`{media}`{}): {}\n",
+                if body["required"] == true {
+                    ", required"
+                } else {
+                    ""
+                },
+                cell(&type_text(&c["schema"]))
+            );
+        }
+        if let Some(d) = body["description"].as_str() {
+            let _ = writeln!(out, "{}\n", d.trim());
         }
     }
-    out
+    markdown_responses(doc, op, out);
+}
+
+/// An operation's responses: status, description and body types.
+fn markdown_responses(doc: &Value, op: &Value, out: &mut String) {
+    out.push_str("| Status | Description | Body |\n|---|---|---|\n");
+    if let Some(responses) = op["responses"].as_object() {
+        for (status, r) in responses {
+            let r = deref(doc, r);
+            let bodies: Vec<String> = r["content"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(media, c)| {
+                    if c["schema"].is_null() {
+                        format!("`{media}`")
+                    } else {
+                        format!("`{media}`: {}", type_text(&c["schema"]))
+                    }
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "| {status} | {} | {} |",
+                cell(r["description"].as_str().unwrap_or_default()),
+                cell(&bodies.join("; "))
+            );
+        }
+    }
+    out.push('\n');
 }
 
 #[cfg(test)]
