@@ -99,6 +99,19 @@ pub async fn start(
     tally_platform::shutdown::Shutdown,
     tokio::task::JoinHandle<()>,
 ) {
+    start_at(db, || 0).await
+}
+
+/// [`start`] with the API's clock `now_ms` (what appended entries record, what a backfill
+/// counts as recent).
+pub async fn start_at(
+    db: clickhouse::Client,
+    now_ms: fn() -> i64,
+) -> (
+    std::net::SocketAddr,
+    tally_platform::shutdown::Shutdown,
+    tokio::task::JoinHandle<()>,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("binds");
@@ -117,7 +130,7 @@ pub async fn start(
             features: tally_platform::Features::default(),
         },
         db,
-        now_ms: || 0,
+        now_ms,
         auth,
     });
     let server = tokio::spawn(serve(listener, state, stop.clone()));
