@@ -25,6 +25,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 use tally_platform::auth::Authenticator;
+pub use tally_platform::http::json;
 use tally_platform::http::{route_table, serve_router, ListenerLimits, Router};
 use tally_platform::openapi::Route;
 use tokio::net::TcpListener;
@@ -396,16 +397,6 @@ pub async fn read_body(
             detail: e.to_string(),
         }),
     }
-}
-
-/// A JSON response.
-pub fn json(status: StatusCode, body: &impl serde::Serialize) -> Response<Full<Bytes>> {
-    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
-    let mut r = Response::new(Full::new(Bytes::from(bytes)));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r
 }
 
 /// The response of a refused request (counted by its code).
