@@ -168,70 +168,122 @@ async fn usage_vs_charges(
     since: i64,
     unreadable: &mut Vec<String>,
 ) -> Result<Vec<QuantityDifference>, clickhouse::error::Error> {
-    let charged: Vec<Charged> = db
-        .query(
-            "SELECT customer, meter, toUInt32(period_start), toUInt32(period_end), sum(quantity) \
-             FROM v_charges WHERE period_end > toDateTime(?) AND usage_from < period_end \
-             GROUP BY customer, meter, period_start, period_end",
-        )
-        .bind(since)
-        .fetch_all()
-        .await?;
-    let (Some(from), Some(to)) = (
-        charged.iter().map(|c| c.period_start).min(),
-        charged.iter().map(|c| c.period_end).max(),
-    ) else {
+    let charged = charged_since(db, since).await?;
+    let Some(span) = UsageSpan::of(&charged) else {
         return Ok(Vec::new());
     };
-    const DAY: u32 = 86_400;
-    let split: Vec<(String, u32)> = charged
-        .iter()
-        .flat_map(|c| [(c, c.period_start), (c, c.period_end)])
-        .filter(|(_, b)| b % DAY != 0)
-        .map(|(c, b)| (c.customer.clone(), b - b % DAY))
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    // customers whose periods are not UTC calendar months get their sealed days one by one;
-    // the others' come folded per month
-    let month_start = |secs: u32| {
-        chrono::DateTime::<chrono::Utc>::from_timestamp(i64::from(secs), 0).is_some_and(|t| {
-            use chrono::{Datelike, Timelike};
-            t.day() == 1 && t.num_seconds_from_midnight() == 0
+    let usage = fold_usage(db, &span.request(), &charged).await?;
+    unreadable.extend(usage.bad);
+    unreadable.sort();
+    unreadable.dedup();
+    Ok(differences(
+        charged,
+        &usage.periods,
+        &usage.seen,
+        unreadable,
+    ))
+}
+
+/// The charged quantity per (customer, meter, period) of the periods ending after `since`.
+async fn charged_since(db: &Client, since: i64) -> Result<Vec<Charged>, clickhouse::error::Error> {
+    db.query(
+        "SELECT customer, meter, toUInt32(period_start), toUInt32(period_end), sum(quantity) \
+         FROM v_charges WHERE period_end > toDateTime(?) AND usage_from < period_end \
+         GROUP BY customer, meter, period_start, period_end",
+    )
+    .bind(since)
+    .fetch_all()
+    .await
+}
+
+/// What usage the charges need read: whole UTC days covering every period, the days a period
+/// starts or ends inside read per window, and the customers whose periods are not UTC
+/// calendar months (their sealed days one by one; the others' come folded per month).
+struct UsageSpan {
+    from: u32,
+    to: u32,
+    split: Vec<(String, u32)>,
+    by_day: Vec<String>,
+}
+
+impl UsageSpan {
+    /// `None` when nothing is charged.
+    fn of(charged: &[Charged]) -> Option<UsageSpan> {
+        const DAY: u32 = 86_400;
+        let from = charged.iter().map(|c| c.period_start).min()?;
+        let to = charged.iter().map(|c| c.period_end).max()?;
+        let split: Vec<(String, u32)> = charged
+            .iter()
+            .flat_map(|c| [(c, c.period_start), (c, c.period_end)])
+            .filter(|(_, b)| b % DAY != 0)
+            .map(|(c, b)| (c.customer.clone(), b - b % DAY))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let month_start = |secs: u32| {
+            chrono::DateTime::<chrono::Utc>::from_timestamp(i64::from(secs), 0).is_some_and(|t| {
+                use chrono::{Datelike, Timelike};
+                t.day() == 1 && t.num_seconds_from_midnight() == 0
+            })
+        };
+        let by_day: Vec<String> = charged
+            .iter()
+            .filter(|c| !month_start(c.period_start) || !month_start(c.period_end))
+            .map(|c| c.customer.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        Some(UsageSpan {
+            from: from - from % DAY,
+            to: to.div_ceil(DAY).saturating_mul(DAY),
+            split,
+            by_day,
         })
-    };
-    let by_day: Vec<String> = charged
-        .iter()
-        .filter(|c| !month_start(c.period_start) || !month_start(c.period_end))
-        .map(|c| c.customer.clone())
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let req = usage::Request {
-        from: from - from % DAY,
-        to: to.div_ceil(DAY).saturating_mul(DAY),
-        scope: usage::Scope::All,
-        meter: None,
-        by_agent: false,
-        resolution: usage::Resolution::Days,
-        split: &split,
-        months_except: Some(&by_day),
-        through: None,
-    };
-    // the charged periods of each (customer, meter); rows stream into them, so memory follows
-    // the charges, never the usage rows
+    }
+
+    fn request(&self) -> usage::Request<'_> {
+        usage::Request {
+            from: self.from,
+            to: self.to,
+            scope: usage::Scope::All,
+            meter: None,
+            by_agent: false,
+            resolution: usage::Resolution::Days,
+            split: &self.split,
+            months_except: Some(&self.by_day),
+            through: None,
+        }
+    }
+}
+
+/// Committed usage summed into the charged periods.
+struct FoldedUsage {
+    /// Per (customer, meter) its charged periods with their usage (`None`: not representable).
+    periods: ChargedPeriods,
+    /// (customer, meter) with any committed usage in the range: only those are compared.
+    seen: std::collections::BTreeSet<(String, String)>,
+    /// Customers whose usage could not be represented.
+    bad: std::collections::BTreeSet<String>,
+}
+
+/// Streams the SUM and COUNT usage of `req` into the charged periods of each (customer,
+/// meter), so memory follows the charges, never the usage rows.
+async fn fold_usage(
+    db: &Client,
+    req: &usage::Request<'_>,
+    charged: &[Charged],
+) -> Result<FoldedUsage, clickhouse::error::Error> {
     let mut periods: ChargedPeriods = BTreeMap::new();
-    for c in &charged {
+    for c in charged {
         periods
             .entry((c.customer.clone(), c.meter.clone()))
             .or_default()
             .push((c.period_start, c.period_end, Some(Decimal::ZERO)));
     }
     let mut bad: std::collections::BTreeSet<String> = Default::default();
-    // (customer, meter) with any committed usage in the range: only those are compared
     let mut seen: std::collections::BTreeSet<(String, String)> = Default::default();
     let plan = usage::plan(db, req.from).await?;
-    usage::read_each(db, &plan, &req, |u| {
+    usage::read_each(db, &plan, req, |u| {
         if !matches!(u.aggregation.as_str(), "SUM" | "COUNT") {
             return;
         }
@@ -255,9 +307,18 @@ async fn usage_vs_charges(
         }
     })
     .await?;
-    unreadable.extend(bad);
-    unreadable.sort();
-    unreadable.dedup();
+    Ok(FoldedUsage { periods, seen, bad })
+}
+
+/// The charges whose quantity differs from the committed usage of their period (only meters
+/// with usage in the range; customers already `unreadable` skipped, newly unreadable ones
+/// added).
+fn differences(
+    charged: Vec<Charged>,
+    periods: &ChargedPeriods,
+    seen: &std::collections::BTreeSet<(String, String)>,
+    unreadable: &mut Vec<String>,
+) -> Vec<QuantityDifference> {
     let mut out = Vec::new();
     for c in charged {
         if unreadable.contains(&c.customer) {
@@ -287,7 +348,7 @@ async fn usage_vs_charges(
             });
         }
     }
-    Ok(out)
+    out
 }
 
 async fn invoice_sums(
