@@ -144,119 +144,156 @@ fn kv_subjects(bucket: &str) -> Vec<String> {
 /// The permissions of `user` with `role`; `names` are the configured subject prefixes and
 /// usage stream.
 fn permissions(user: &str, role: &Role, names: &Names<'_>) -> String {
-    let (prefix, dlq_prefix, root, s) = (
-        names.prefix,
-        names.dlq_prefix,
-        names.spend_root,
-        names.stream,
-    );
-    let streams = [
-        "$JS.API.INFO",
-        "$JS.API.STREAM.INFO.*",
-        "$JS.API.STREAM.CREATE.*",
-        "$JS.API.STREAM.UPDATE.*",
-    ]
-    .map(String::from);
-    // what a service may do with a stream it reads through its own consumers
-    let consume = |stream: &str| {
-        vec![
-            format!("$JS.API.STREAM.INFO.{stream}"),
-            format!("$JS.API.CONSUMER.*.{stream}"),
-            format!("$JS.API.CONSUMER.*.{stream}.>"),
-            format!("$JS.API.CONSUMER.DURABLE.CREATE.{stream}.>"),
-        ]
+    let Some(grant) = grant(role, names) else {
+        return "{ publish: \">\", subscribe: \">\" }".to_owned();
     };
     let mut subscribe = vec![format!("{}.>", tally_platform::streams::inbox_prefix(user))];
-    let mut responses = false;
-    let (allow, deny): (Vec<String>, Vec<String>) = match role {
-        Role::Admin => return "{ publish: \">\", subscribe: \">\" }".to_owned(),
-        Role::Agent(c) => (
-            vec![
-                format!("{prefix}.{c}.>"),
-                // ask before spending, for its own customer only
-                format!("{root}.authorize.{c}.>"),
-                format!("{root}.balance.{c}"),
-            ],
-            vec![],
-        ),
-        Role::Gateway => {
-            let mut allow = vec![
-                format!("{prefix}.>"),
-                format!("{root}.authorize.>"),
-                format!("{root}.balance.>"),
-            ];
-            allow.extend(streams);
-            (allow, vec![])
-        }
-        Role::Invoicer { bucket } => {
-            let mut allow = vec!["$JS.API.INFO".to_owned()];
-            allow.extend(kv_subjects(bucket));
-            (allow, vec![])
-        }
-        Role::Aggregator => {
-            let mut allow = vec![
-                "$JS.API.CONSUMER.>".to_owned(),
-                "$JS.ACK.>".to_owned(),
-                format!("{dlq_prefix}.>"),
-                // the live usage feed (platform/src/feed.rs), which only spend deciders read
-                format!("{prefix}_feed.>"),
-            ];
-            allow.extend(streams);
-            // sealing reads the stream's message at the consumer's ack floor (aggregator/src/seal.rs)
-            allow.push(format!("$JS.API.STREAM.MSG.GET.{s}"));
-            // the partition leases (aggregator/src/lease.rs)
-            allow.extend(kv_subjects(&format!("{s}_AGGREGATORS")));
-            (allow, vec![format!("{prefix}.>")])
-        }
-        Role::Spend => {
-            let mut allow = vec!["$JS.API.INFO".to_owned()];
-            // the live feed (read), the holds journal and the alerts (declared and written)
-            for stream in ["FEED", "HOLDS", "ALERTS"] {
-                allow.extend(consume(&format!("{s}_{stream}")));
-                allow.push(format!("$JS.API.STREAM.CREATE.{s}_{stream}"));
-            }
-            allow.push(format!("{prefix}_holds.>"));
-            allow.push(format!("{root}.alerts.>"));
-            // its lease and the alerts sent, and (read only) the aggregators' lease: the join point
-            allow.extend(kv_subjects(&format!("{s}_SPEND")));
-            allow.extend(kv_subjects(&format!("{s}_SPEND_ALERTS")));
-            let agg = format!("KV_{s}_AGGREGATORS");
-            allow.extend([
-                format!("$JS.API.STREAM.INFO.{agg}"),
-                format!("$JS.API.STREAM.MSG.GET.{agg}"),
-                format!("$JS.API.DIRECT.GET.{agg}"),
-                format!("$JS.API.DIRECT.GET.{agg}.>"),
-            ]);
-            subscribe.push(format!("{root}.authorize.*.*"));
-            subscribe.push(format!("{root}.balance.*"));
-            // answers go to the reply subjects of the requests it received, nowhere else
-            responses = true;
-            (allow, vec![])
-        }
-        Role::Payments => {
-            let mut allow = vec!["$JS.API.INFO".to_owned()];
-            allow.extend(consume(&format!("{s}_ALERTS")));
-            allow.push(format!("$JS.ACK.{s}_ALERTS.>"));
-            // the portal asks the deciders for a customer's live balance
-            allow.push(format!("{root}.balance.>"));
-            (allow, vec![])
-        }
-    };
-    let deny = if deny.is_empty() {
+    subscribe.extend(grant.subscribe);
+    let deny = if grant.deny.is_empty() {
         String::new()
     } else {
-        format!(", deny: {}", list(&deny))
+        format!(", deny: {}", list(&grant.deny))
     };
-    let responses = if responses {
+    let responses = if grant.responses {
         ", allow_responses: true"
     } else {
         ""
     };
     format!(
         "{{ publish: {{ allow: {}{deny} }}, subscribe: {{ allow: {} }}{responses} }}",
-        list(&allow),
+        list(&grant.allow),
         list(&subscribe),
     )
+}
+
+/// What a role may do besides subscribing to its own inbox.
+#[derive(Default)]
+struct Grant {
+    /// Subjects it may publish to, and those denied among them.
+    allow: Vec<String>,
+    deny: Vec<String>,
+    /// Subjects it may subscribe to besides its inbox.
+    subscribe: Vec<String>,
+    /// Whether it may answer the requests it received (their reply subjects only).
+    responses: bool,
+}
+
+impl Grant {
+    fn publish(allow: Vec<String>) -> Grant {
+        Grant {
+            allow,
+            ..Grant::default()
+        }
+    }
+}
+
+/// Declaring and updating streams.
+fn stream_admin() -> [String; 4] {
+    [
+        "$JS.API.INFO",
+        "$JS.API.STREAM.INFO.*",
+        "$JS.API.STREAM.CREATE.*",
+        "$JS.API.STREAM.UPDATE.*",
+    ]
+    .map(String::from)
+}
+
+/// What a service may do with a stream it reads through its own consumers.
+fn consume(stream: &str) -> Vec<String> {
+    vec![
+        format!("$JS.API.STREAM.INFO.{stream}"),
+        format!("$JS.API.CONSUMER.*.{stream}"),
+        format!("$JS.API.CONSUMER.*.{stream}.>"),
+        format!("$JS.API.CONSUMER.DURABLE.CREATE.{stream}.>"),
+    ]
+}
+
+/// The grant of `role`; `None` for the admin, who may do anything.
+fn grant(role: &Role, names: &Names<'_>) -> Option<Grant> {
+    let (prefix, root, s) = (names.prefix, names.spend_root, names.stream);
+    Some(match role {
+        Role::Admin => return None,
+        Role::Agent(c) => Grant::publish(vec![
+            format!("{prefix}.{c}.>"),
+            // ask before spending, for its own customer only
+            format!("{root}.authorize.{c}.>"),
+            format!("{root}.balance.{c}"),
+        ]),
+        Role::Gateway => {
+            let mut allow = vec![
+                format!("{prefix}.>"),
+                format!("{root}.authorize.>"),
+                format!("{root}.balance.>"),
+            ];
+            allow.extend(stream_admin());
+            Grant::publish(allow)
+        }
+        Role::Invoicer { bucket } => {
+            let mut allow = vec!["$JS.API.INFO".to_owned()];
+            allow.extend(kv_subjects(bucket));
+            Grant::publish(allow)
+        }
+        Role::Aggregator => aggregator_grant(names),
+        Role::Spend => spend_grant(names),
+        Role::Payments => {
+            let mut allow = vec!["$JS.API.INFO".to_owned()];
+            allow.extend(consume(&format!("{s}_ALERTS")));
+            allow.push(format!("$JS.ACK.{s}_ALERTS.>"));
+            // the portal asks the deciders for a customer's live balance
+            allow.push(format!("{root}.balance.>"));
+            Grant::publish(allow)
+        }
+    })
+}
+
+fn aggregator_grant(names: &Names<'_>) -> Grant {
+    let (prefix, s) = (names.prefix, names.stream);
+    let mut allow = vec![
+        "$JS.API.CONSUMER.>".to_owned(),
+        "$JS.ACK.>".to_owned(),
+        format!("{}.>", names.dlq_prefix),
+        // the live usage feed (platform/src/feed.rs), which only spend deciders read
+        format!("{prefix}_feed.>"),
+    ];
+    allow.extend(stream_admin());
+    // sealing reads the stream's message at the consumer's ack floor (aggregator/src/seal.rs)
+    allow.push(format!("$JS.API.STREAM.MSG.GET.{s}"));
+    // the partition leases (aggregator/src/lease.rs)
+    allow.extend(kv_subjects(&format!("{s}_AGGREGATORS")));
+    Grant {
+        allow,
+        deny: vec![format!("{prefix}.>")],
+        ..Grant::default()
+    }
+}
+
+fn spend_grant(names: &Names<'_>) -> Grant {
+    let (prefix, root, s) = (names.prefix, names.spend_root, names.stream);
+    let mut allow = vec!["$JS.API.INFO".to_owned()];
+    // the live feed (read), the holds journal and the alerts (declared and written)
+    for stream in ["FEED", "HOLDS", "ALERTS"] {
+        allow.extend(consume(&format!("{s}_{stream}")));
+        allow.push(format!("$JS.API.STREAM.CREATE.{s}_{stream}"));
+    }
+    allow.push(format!("{prefix}_holds.>"));
+    allow.push(format!("{root}.alerts.>"));
+    // its lease and the alerts sent, and (read only) the aggregators' lease: the join point
+    allow.extend(kv_subjects(&format!("{s}_SPEND")));
+    allow.extend(kv_subjects(&format!("{s}_SPEND_ALERTS")));
+    let agg = format!("KV_{s}_AGGREGATORS");
+    allow.extend([
+        format!("$JS.API.STREAM.INFO.{agg}"),
+        format!("$JS.API.STREAM.MSG.GET.{agg}"),
+        format!("$JS.API.DIRECT.GET.{agg}"),
+        format!("$JS.API.DIRECT.GET.{agg}.>"),
+    ]);
+    Grant {
+        allow,
+        subscribe: vec![format!("{root}.authorize.*.*"), format!("{root}.balance.*")],
+        // answers go to the reply subjects of the requests it received, nowhere else
+        responses: true,
+        ..Grant::default()
+    }
 }
 
 /// The names of a deployment's NATS resources that permissions refer to.
