@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use clickhouse::Client;
 use tally_domain::Period;
-use tally_platform::shutdown::Shutdown;
+use tally_platform::shutdown::{Shutdown, Ticker};
 
 use crate::catalog::Catalog;
 use crate::config::RaterConfig;
@@ -173,13 +173,8 @@ pub async fn run(
     now_ms: fn() -> i64,
 ) {
     metrics::init();
-    let mut tick = tokio::time::interval(Duration::from_secs(cfg.interval_secs));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tick.tick() => {}
-        }
+    let mut ticker = Ticker::new(Duration::from_secs(cfg.interval_secs), shutdown);
+    while ticker.next().await {
         match source.current(&db).await {
             Ok(c) => catalog = c,
             Err(e) => tracing::warn!(error = %e, "keeping the last catalog"),
