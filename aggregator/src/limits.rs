@@ -134,6 +134,120 @@ impl Customer {
     fn is_empty(&self) -> bool {
         self.slices.is_empty() && self.days.is_empty()
     }
+
+    /// The customer's new events in this minute and its ids within the dedup horizon, against
+    /// their bounds.
+    fn judge_rate(
+        &mut self,
+        bounds: &Bounds,
+        slice: u32,
+        c: &Candidate<'_>,
+    ) -> Result<(), Rejection> {
+        let in_slice = self.slices.get(&slice).copied().unwrap_or(0);
+        if in_slice >= bounds.events_per_slice {
+            return Err(refusal(
+                Reason::RateLimited,
+                "subject",
+                format!(
+                    "customer {} has sent {} new events in this minute (received {}), the limit is \
+                     {} (aggregator.customer_events_per_sec = {} per second, judged per minute)",
+                    c.customer,
+                    in_slice,
+                    minute(slice),
+                    bounds.events_per_slice,
+                    bounds.events_per_slice / u64::from(SLICE_SECS)
+                ),
+            ));
+        }
+        let ids = self.window_sum(slice, bounds.horizon_slices);
+        if ids >= bounds.ids_max {
+            return Err(refusal(
+                Reason::TooManyIds,
+                "id",
+                format!(
+                    "customer {} has {} event ids within the dedup horizon, the limit is {} \
+                     (aggregator.customer_ids_max)",
+                    c.customer, ids, bounds.ids_max
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Each reading's series (and distinct value, for a UNIQUE_COUNT meter) against the
+    /// meter's bounds on the event's day; what to count when every reading passes: (meter,
+    /// series, value).
+    fn judge_meters(
+        &self,
+        bounds: &Bounds,
+        unique: &[bool],
+        day: u32,
+        c: &Candidate<'_>,
+    ) -> Result<Vec<(u16, u64, Option<u64>)>, Rejection> {
+        let mut adds: Vec<(u16, u64, Option<u64>)> = Vec::with_capacity(c.readings.len());
+        for (m, reading) in c.readings {
+            let meter = u16::try_from(*m).unwrap_or(u16::MAX);
+            let series = series_hash(c.agent, &reading.group_values);
+            let value = unique
+                .get(*m)
+                .copied()
+                .unwrap_or(false)
+                .then(|| value_hash(&reading.unique_value));
+            if let Some(d) = self.days.get(&(meter, day)) {
+                if !d.series.contains(&series) && d.series.len() >= bounds.groups_max {
+                    return Err(refusal(
+                        Reason::TooManyGroups,
+                        "data",
+                        format!(
+                            "customer {} already has {} series (agent and group-by values) of meter \
+                             #{m} on {}, the limit is {} (aggregator.groups_per_meter_day_max)",
+                            c.customer,
+                            d.series.len(),
+                            day_text(day),
+                            bounds.groups_max
+                        ),
+                    ));
+                }
+                if let Some(v) = value {
+                    if !d.values.contains(&v) && d.values.len() >= bounds.values_max {
+                        return Err(refusal(
+                            Reason::TooManyValues,
+                            "data",
+                            format!(
+                                "customer {} already has {} distinct values of UNIQUE_COUNT meter \
+                                 #{m} on {}, the limit is {} \
+                                 (aggregator.unique_values_per_meter_day_max)",
+                                c.customer,
+                                d.values.len(),
+                                day_text(day),
+                                bounds.values_max
+                            ),
+                        ));
+                    }
+                }
+            }
+            adds.push((meter, series, value));
+        }
+        Ok(adds)
+    }
+
+    /// Counts an admitted event: one in its slice (and the cached window), its series and
+    /// values on its day.
+    fn count(&mut self, slice: u32, day: u32, adds: Vec<(u16, u64, Option<u64>)>) {
+        *self.slices.entry(slice).or_insert(0) += 1;
+        if let Some((s, sum)) = self.window.as_mut() {
+            if *s == slice {
+                *sum += 1;
+            }
+        }
+        for (meter, series, value) in adds {
+            let d = self.days.entry((meter, day)).or_default();
+            d.series.insert(series);
+            if let Some(v) = value {
+                d.values.insert(v);
+            }
+        }
+    }
 }
 
 /// The hash of a series: the agent and the group values, each length-prefixed.
@@ -220,92 +334,10 @@ impl Limits {
         let Some(state) = self.customers.get_mut(c.customer) else {
             unreachable!("inserted above")
         };
-        let in_slice = state.slices.get(&slice).copied().unwrap_or(0);
-        if in_slice >= bounds.events_per_slice {
-            return Err(refusal(
-                Reason::RateLimited,
-                "subject",
-                format!(
-                    "customer {} has sent {} new events in this minute (received {}), the limit is \
-                     {} (aggregator.customer_events_per_sec = {} per second, judged per minute)",
-                    c.customer,
-                    in_slice,
-                    minute(slice),
-                    bounds.events_per_slice,
-                    bounds.events_per_slice / u64::from(SLICE_SECS)
-                ),
-            ));
-        }
-        let ids = state.window_sum(slice, bounds.horizon_slices);
-        if ids >= bounds.ids_max {
-            return Err(refusal(
-                Reason::TooManyIds,
-                "id",
-                format!(
-                    "customer {} has {} event ids within the dedup horizon, the limit is {} \
-                     (aggregator.customer_ids_max)",
-                    c.customer, ids, bounds.ids_max
-                ),
-            ));
-        }
+        state.judge_rate(&bounds, slice, c)?;
         // every meter first: an event is refused whole or counted whole
-        let mut adds: Vec<(u16, u64, Option<u64>)> = Vec::with_capacity(c.readings.len());
-        for (m, reading) in c.readings {
-            let meter = u16::try_from(*m).unwrap_or(u16::MAX);
-            let series = series_hash(c.agent, &reading.group_values);
-            let value = unique
-                .get(*m)
-                .copied()
-                .unwrap_or(false)
-                .then(|| value_hash(&reading.unique_value));
-            if let Some(d) = state.days.get(&(meter, day)) {
-                if !d.series.contains(&series) && d.series.len() >= bounds.groups_max {
-                    return Err(refusal(
-                        Reason::TooManyGroups,
-                        "data",
-                        format!(
-                            "customer {} already has {} series (agent and group-by values) of meter \
-                             #{m} on {}, the limit is {} (aggregator.groups_per_meter_day_max)",
-                            c.customer,
-                            d.series.len(),
-                            day_text(day),
-                            bounds.groups_max
-                        ),
-                    ));
-                }
-                if let Some(v) = value {
-                    if !d.values.contains(&v) && d.values.len() >= bounds.values_max {
-                        return Err(refusal(
-                            Reason::TooManyValues,
-                            "data",
-                            format!(
-                                "customer {} already has {} distinct values of UNIQUE_COUNT meter \
-                                 #{m} on {}, the limit is {} \
-                                 (aggregator.unique_values_per_meter_day_max)",
-                                c.customer,
-                                d.values.len(),
-                                day_text(day),
-                                bounds.values_max
-                            ),
-                        ));
-                    }
-                }
-            }
-            adds.push((meter, series, value));
-        }
-        *state.slices.entry(slice).or_insert(0) += 1;
-        if let Some((s, sum)) = state.window.as_mut() {
-            if *s == slice {
-                *sum += 1;
-            }
-        }
-        for (meter, series, value) in adds {
-            let d = state.days.entry((meter, day)).or_default();
-            d.series.insert(series);
-            if let Some(v) = value {
-                d.values.insert(v);
-            }
-        }
+        let adds = state.judge_meters(&bounds, unique, day, c)?;
+        state.count(slice, day, adds);
         Ok(())
     }
 
