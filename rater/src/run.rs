@@ -7,7 +7,7 @@
 //! has no usage of such a price's meter is priced at zero usage
 //! ([`crate::rating::recurring`]), from the catalog, never by reading more usage. A
 //! subscription that ends for good inside a period (cancelled, or its `ends_at`) has that
-//! period's charges cut at the end ([`final_period`]), so its final invoice is due then. Fees
+//! period's charges cut at the end (`final_period`), so its final invoice is due then. Fees
 //! billed in advance (`billing = "in_advance"`) are priced from the catalog for each part of a
 //! period that has begun ([`recurring::advance_usages`]) and carried by the invoice finalized
 //! at the part's start; usage of their meter never bills them again. Passes are idempotent:

@@ -27,7 +27,7 @@ use tally_rater::RaterConfig;
 
 /// The live spend decider of one partition of the usage stream (see docs/SPEND.md).
 ///
-/// Stands by until it holds the partition's lease ([spend] partition), rebuilds the live book
+/// Stands by until it holds the partition's lease (`[spend] partition`), rebuilds the live book
 /// from storage and the live feed, then answers authorize and balance requests on NATS and
 /// publishes budget threshold crossings; its HTTP API (spend.api_addr) manages budgets.
 #[derive(Parser)]

@@ -49,7 +49,7 @@ pub fn matches(l: &LimitSpec, group: &BTreeMap<String, String>) -> bool {
         .all(|(k, v)| group.get(k).is_none_or(|g| g == v))
 }
 
-/// Like [`matches`], for group values stored as parallel name and value lists.
+/// Like [`fn@matches`], for group values stored as parallel name and value lists.
 pub fn matches_lists(l: &LimitSpec, names: &[String], values: &[String]) -> bool {
     l.group.iter().all(|(k, v)| {
         names

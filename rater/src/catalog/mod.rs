@@ -479,7 +479,7 @@ impl Catalog {
 
     /// The subscription that prices `meter` at `at_ms`: of the lines in force then, the one
     /// whose plan version prices the meter (lines of a customer never price the same meter,
-    /// [`lifecycle::check_lines`]), else the first in force; the default plan before the
+    /// `lifecycle::check_lines`), else the first in force; the default plan before the
     /// customer's first record.
     pub fn subscription_for(
         &self,

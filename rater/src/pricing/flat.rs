@@ -1,6 +1,6 @@
 //! Flat fee: a fixed amount per billing period, whatever the quantity. A flat price is
 //! attached to a meter and charged for every period (or part of one) that a subscription to
-//! its plan covers, with or without usage of the meter: [`super::recurring`] names the idle
+//! its plan covers, with or without usage of the meter: [`crate::rating::recurring`] names the idle
 //! ones from the catalog. A customer without a subscription (the default plan) is known only
 //! by its usage and pays the fee in periods with usage windows of the meter.
 //!

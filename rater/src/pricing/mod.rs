@@ -99,7 +99,7 @@ pub struct Price {
     /// Tax code of the price.
     pub tax_code: String,
     /// When a `flat` fee is billed: with its period (`in_arrears`, the default, not shown)
-    /// or at the start of its period (`in_advance`, [`recurring`]).
+    /// or at the start of its period (`in_advance`, [`crate::rating::recurring`]).
     #[serde(skip_serializing_if = "Billing::is_in_arrears")]
     pub billing: Billing,
 }
