@@ -399,95 +399,7 @@ fn cr(account: Account, minor: i64) -> Line {
 /// (a zero invoice), which is still balanced.
 pub fn post(op: &Operation, currency: &str) -> Result<Journal, LedgerError> {
     let id = op.journal_id();
-    let lines = match op {
-        Operation::InvoiceFinalized {
-            total_minor,
-            tax_minor,
-            amount_due_minor,
-            ..
-        }
-        | Operation::Void {
-            total_minor,
-            tax_minor,
-            amount_due_minor,
-            ..
-        } => {
-            let total = non_negative(&id, "total_minor", *total_minor)?;
-            let tax = non_negative(&id, "tax_minor", *tax_minor)?;
-            let due = non_negative(&id, "amount_due_minor", *amount_due_minor)?;
-            at_most(&id, ("tax_minor", tax), ("total_minor", total))?;
-            at_most(&id, ("amount_due_minor", due), ("total_minor", total))?;
-            if matches!(op, Operation::Void { .. }) {
-                // the finalization and the credit application reversed: the credit returns
-                vec![
-                    cr(Account::Receivable, due),
-                    cr(Account::CustomerCredit, total - due),
-                    dr(Account::Revenue, total - tax),
-                    dr(Account::TaxPayable, tax),
-                ]
-            } else {
-                vec![
-                    dr(Account::Receivable, total),
-                    cr(Account::Revenue, total - tax),
-                    cr(Account::TaxPayable, tax),
-                ]
-            }
-        }
-        Operation::CreditApplied { amount_minor, .. } => {
-            let a = non_negative(&id, "amount_minor", *amount_minor)?;
-            vec![dr(Account::CustomerCredit, a), cr(Account::Receivable, a)]
-        }
-        Operation::CreditGranted { delta_minor, .. } => {
-            // i64::MIN has no positive counterpart: refused like any negative amount
-            let a = non_negative(&id, "delta_minor", delta_minor.checked_abs().unwrap_or(-1))?;
-            let granted = vec![dr(Account::CreditSource, a), cr(Account::CustomerCredit, a)];
-            if *delta_minor < 0 {
-                granted.iter().map(reverse).collect()
-            } else {
-                granted
-            }
-        }
-        Operation::Wallet {
-            kind, amount_minor, ..
-        } => {
-            let a = non_negative(&id, "amount_minor", *amount_minor)?;
-            let (debit, credit) = kind.accounts();
-            vec![dr(debit, a), cr(credit, a)]
-        }
-        Operation::Dispute {
-            step, amount_minor, ..
-        } => {
-            let a = non_negative(&id, "amount_minor", *amount_minor)?;
-            let (debit, credit) = step.accounts();
-            vec![dr(debit, a), cr(credit, a)]
-        }
-        Operation::Payment { amount_minor, .. } => {
-            let a = non_negative(&id, "amount_minor", *amount_minor)?;
-            vec![dr(Account::Cash, a), cr(Account::Receivable, a)]
-        }
-        Operation::Refund { amount_minor, .. } => {
-            let a = non_negative(&id, "amount_minor", *amount_minor)?;
-            vec![dr(Account::Refunds, a), cr(Account::Cash, a)]
-        }
-        Operation::CreditNote {
-            amount_minor,
-            tax_minor,
-            ..
-        } => {
-            let a = non_negative(&id, "amount_minor", *amount_minor)?;
-            let tax = non_negative(&id, "tax_minor", *tax_minor)?;
-            at_most(&id, ("tax_minor", tax), ("amount_minor", a))?;
-            vec![
-                dr(Account::Revenue, a - tax),
-                dr(Account::TaxPayable, tax),
-                cr(Account::Receivable, a),
-            ]
-        }
-        Operation::WriteOff { amount_minor, .. } => {
-            let a = non_negative(&id, "amount_minor", *amount_minor)?;
-            vec![dr(Account::BadDebt, a), cr(Account::Receivable, a)]
-        }
-    };
+    let lines = lines(op, &id)?;
     let journal = Journal {
         journal_id: id,
         kind: op.kind(),
@@ -500,6 +412,105 @@ pub fn post(op: &Operation, currency: &str) -> Result<Journal, LedgerError> {
     };
     debug_assert!(is_balanced(&journal.lines), "unbalanced {journal:?}");
     Ok(journal)
+}
+
+/// The posting rule of each operation (journal `id`): its lines, zero ones included.
+fn lines(op: &Operation, id: &str) -> Result<Vec<Line>, LedgerError> {
+    // one amount from `debit` to `credit`
+    let transfer = |amount_minor: i64, (debit, credit): (Account, Account)| {
+        let a = non_negative(id, "amount_minor", amount_minor)?;
+        Ok::<_, LedgerError>(vec![dr(debit, a), cr(credit, a)])
+    };
+    Ok(match op {
+        Operation::InvoiceFinalized {
+            total_minor,
+            tax_minor,
+            amount_due_minor,
+            ..
+        }
+        | Operation::Void {
+            total_minor,
+            tax_minor,
+            amount_due_minor,
+            ..
+        } => {
+            let void = matches!(op, Operation::Void { .. });
+            invoice_lines(id, void, *total_minor, *tax_minor, *amount_due_minor)?
+        }
+        Operation::CreditApplied { amount_minor, .. } => transfer(
+            *amount_minor,
+            (Account::CustomerCredit, Account::Receivable),
+        )?,
+        Operation::CreditGranted { delta_minor, .. } => {
+            // i64::MIN has no positive counterpart: refused like any negative amount
+            let a = non_negative(id, "delta_minor", delta_minor.checked_abs().unwrap_or(-1))?;
+            let granted = vec![dr(Account::CreditSource, a), cr(Account::CustomerCredit, a)];
+            if *delta_minor < 0 {
+                granted.iter().map(reverse).collect()
+            } else {
+                granted
+            }
+        }
+        Operation::Wallet {
+            kind, amount_minor, ..
+        } => transfer(*amount_minor, kind.accounts())?,
+        Operation::Dispute {
+            step, amount_minor, ..
+        } => transfer(*amount_minor, step.accounts())?,
+        Operation::Payment { amount_minor, .. } => {
+            transfer(*amount_minor, (Account::Cash, Account::Receivable))?
+        }
+        Operation::Refund { amount_minor, .. } => {
+            transfer(*amount_minor, (Account::Refunds, Account::Cash))?
+        }
+        Operation::CreditNote {
+            amount_minor,
+            tax_minor,
+            ..
+        } => {
+            let a = non_negative(id, "amount_minor", *amount_minor)?;
+            let tax = non_negative(id, "tax_minor", *tax_minor)?;
+            at_most(id, ("tax_minor", tax), ("amount_minor", a))?;
+            vec![
+                dr(Account::Revenue, a - tax),
+                dr(Account::TaxPayable, tax),
+                cr(Account::Receivable, a),
+            ]
+        }
+        Operation::WriteOff { amount_minor, .. } => {
+            transfer(*amount_minor, (Account::BadDebt, Account::Receivable))?
+        }
+    })
+}
+
+/// A finalized invoice (receivable against revenue and tax), or its void: the finalization
+/// and the credit application reversed, so the credit returns.
+fn invoice_lines(
+    id: &str,
+    void: bool,
+    total_minor: i64,
+    tax_minor: i64,
+    amount_due_minor: i64,
+) -> Result<Vec<Line>, LedgerError> {
+    let total = non_negative(id, "total_minor", total_minor)?;
+    let tax = non_negative(id, "tax_minor", tax_minor)?;
+    let due = non_negative(id, "amount_due_minor", amount_due_minor)?;
+    at_most(id, ("tax_minor", tax), ("total_minor", total))?;
+    at_most(id, ("amount_due_minor", due), ("total_minor", total))?;
+    Ok(if void {
+        vec![
+            cr(Account::Receivable, due),
+            cr(Account::CustomerCredit, total - due),
+            dr(Account::Revenue, total - tax),
+            dr(Account::TaxPayable, tax),
+        ]
+    } else {
+        vec![
+            dr(Account::Receivable, total),
+            cr(Account::Revenue, total - tax),
+            cr(Account::TaxPayable, tax),
+        ]
+    })
 }
 
 fn reverse(l: &Line) -> Line {
