@@ -19,14 +19,19 @@
 
 use std::sync::Arc;
 
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::middleware::{self, Next};
+use axum::response::IntoResponse;
+use axum::routing::{on, MethodFilter, MethodRouter};
+use axum::Extension;
 use clickhouse::Client;
-use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use tally_domain::InvoiceStatus;
 use tally_platform::auth::{hook, Authenticator, Permission, Principal};
-use tally_platform::http::{self, Body};
-use tally_platform::openapi::{self, Route};
+use tally_platform::http::{self, Body, BodyLimit, Json, ListenerLimits, Router};
+use tally_platform::openapi::Route;
 
 use crate::config::InvoicerConfig;
 use crate::credit_notes::{self, CreditNote};
@@ -52,21 +57,184 @@ pub struct ApiState {
     pub auth: Arc<Authenticator>,
 }
 
-/// Serves until `shutdown`.
+/// Serves until `shutdown` on the shared server.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<ApiState>,
     shutdown: tally_platform::shutdown::Shutdown,
 ) {
-    http::serve(
+    http::serve_router(
+        "invoicer",
         listener,
-        move |req| {
-            let state = state.clone();
-            async move { route(&state, req).await }
-        },
+        router(state),
+        ListenerLimits::default(),
         shutdown,
     )
     .await;
+}
+
+/// The API's axum router, built from [`ROUTES`]: unrouted requests answer 404/405 in the
+/// shared shape, bodies are read within [`BODY_BYTES_MAX`], and every request but the OpenAPI
+/// document passes [`guard`] first (the 401/403 of an unknown path included, as before). The
+/// suffixed invoice routes (`{id}.html`, `{id}.pdf`) are served by the bare `{id}` route,
+/// whose [`InvoiceFile`] reads the suffix: axum matches no parameter followed by a suffix.
+pub fn router(state: Arc<ApiState>) -> Router {
+    let served: Vec<Route<Op>> = ROUTES
+        .iter()
+        .filter(|r| !matches!(r.op, Op::Html | Op::Pdf))
+        .copied()
+        .collect();
+    http::with_fallbacks(http::route_table(&served, handler))
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .layer(Extension(BodyLimit(BODY_BYTES_MAX)))
+        .with_state(state)
+}
+
+type Shared = State<Arc<ApiState>>;
+
+/// Authenticates every request but `GET /v1/openapi.json` (reads need `read`, changes
+/// `operate_invoices`), hands the [`Principal`] to the handler as an extension, and audits
+/// the request when it may change state (the handler never runs when the audit row cannot be
+/// written).
+async fn guard(
+    State(state): Shared,
+    req: axum::extract::Request,
+    next: Next,
+) -> axum::response::Response {
+    if req.method() == Method::GET && req.uri().path() == "/v1/openapi.json" {
+        return next.run(req).await;
+    }
+    // the body is not `Sync`: only the head is held while the token is checked
+    let (parts, body) = req.into_parts();
+    let head = axum::http::Request::from_parts(parts, ());
+    let who = match hook::authorize(&state.auth, &head, Permission::OperateInvoices).await {
+        Ok(who) => who,
+        Err(refused) => return refused.into_response(),
+    };
+    let (method, path) = (head.method().to_string(), head.uri().path().to_owned());
+    let (mut parts, ()) = head.into_parts();
+    parts.extensions.insert(who.clone());
+    let req = axum::extract::Request::from_parts(parts, body);
+    // the audit needs only the answer's status; the answer itself is passed on untouched
+    let mut answered = None;
+    let outcome = hook::audited(&state.auth, &who, &method, &path, async {
+        let response = next.run(req).await;
+        let mut status = Response::new(Body::default());
+        *status.status_mut() = response.status();
+        answered = Some(response);
+        status
+    })
+    .await;
+    answered.unwrap_or_else(|| outcome.into_response())
+}
+
+/// What a route's method answers.
+fn handler(op: Op, method: MethodFilter) -> MethodRouter<Arc<ApiState>> {
+    type Who = Extension<Principal>;
+    type Id = Path<String>;
+    match op {
+        Op::List => on(
+            method,
+            |State(s): Shared, Query(q): Query<Vec<(String, String)>>| async move {
+                // the first `customer` named; none lists every customer's
+                let customer = q.into_iter().find(|(k, _)| k == "customer");
+                list(&s, &customer.map(|(_, v)| v).unwrap_or_default()).await
+            },
+        ),
+        Op::Show | Op::Html | Op::Pdf => {
+            on(method, |State(s): Shared, f: InvoiceFile| async move {
+                show(&s, &f.id, f.format).await
+            })
+        }
+        Op::Lineage => on(
+            method,
+            |State(s): Shared, Path((id, n)): Path<(String, String)>| async move {
+                line_lineage(&s, &id, &n).await
+            },
+        ),
+        Op::SetStatus => on(
+            method,
+            |State(s): Shared, Path(id): Id, Extension(who): Who, Json(body): Json<StatusBody>| async move {
+                set_status(&s, &id, body, &who).await
+            },
+        ),
+        Op::CreditNotes => on(method, |State(s): Shared, Path(id): Id| async move {
+            match credit_notes::of_invoice(&s.db, &id).await {
+                Ok(notes) => http::json(StatusCode::OK, &notes),
+                Err(e) => storage(e),
+            }
+        }),
+        Op::AddCreditNote => on(
+            method,
+            |State(s): Shared, Path(id): Id, Extension(who): Who, Json(body): Json<CreditBody>| async move {
+                credit(&s, &id, body, &who).await
+            },
+        ),
+        Op::Grant => on(
+            method,
+            |State(s): Shared, Json(body): Json<GrantBody>| async move { grant(&s, body).await },
+        ),
+        Op::Run => on(method, |State(s): Shared| async move {
+            let now = (s.now_ms)();
+            match run::invoice_pass(&s.db, Some(&s.numbers), &s.cfg, now).await {
+                Ok(invoices) => http::json(StatusCode::OK, &RunView::of(&invoices)),
+                Err(e) => http::error(StatusCode::SERVICE_UNAVAILABLE, "run_failed", e),
+            }
+        }),
+        Op::Reconciliation => on(method, |State(s): Shared| async move {
+            let since = (s.now_ms)() - 400 * 86_400_000;
+            match reconcile::run(&s.db, since).await {
+                Ok(r) => http::json(StatusCode::OK, &r),
+                Err(e) => storage(e),
+            }
+        }),
+        Op::OpenApi => on(method, || async { openapi_reply() }),
+    }
+}
+
+/// How an invoice is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Json,
+    Html,
+    Pdf,
+}
+
+/// The `{id}` segment of `/v1/invoices/{id}` read as the routes in [`ROUTES`] spell it:
+/// `x.html` and `x.pdf` are invoice `x` rendered (when `x` is not empty), `x.json` and `x`
+/// its JSON document.
+#[derive(Debug, PartialEq, Eq)]
+struct InvoiceFile {
+    id: String,
+    format: Format,
+}
+
+impl InvoiceFile {
+    fn parse(file: &str) -> InvoiceFile {
+        let rendered = [(".html", Format::Html), (".pdf", Format::Pdf)]
+            .into_iter()
+            .find_map(|(suffix, format)| {
+                let id = file.strip_suffix(suffix).filter(|id| !id.is_empty())?;
+                Some((id, format))
+            });
+        let (id, format) =
+            rendered.unwrap_or((file.strip_suffix(".json").unwrap_or(file), Format::Json));
+        InvoiceFile {
+            id: id.to_owned(),
+            format,
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for InvoiceFile {
+    type Rejection = axum::response::Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(file) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(InvoiceFile::parse(&file))
+    }
 }
 
 /// The OpenAPI 3.0 document of this API, served at `/v1/openapi.json` without a token.
@@ -78,26 +246,6 @@ fn openapi_reply() -> Response<Body> {
         "application/json",
         OPENAPI.as_bytes().to_vec(),
     )
-}
-
-/// Authenticates, then routes; changes are audited.
-async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
-    if req.method() == Method::GET && req.uri().path() == "/v1/openapi.json" {
-        return openapi_reply();
-    }
-    let who = match hook::authorize(&state.auth, &req, Permission::OperateInvoices).await {
-        Ok(who) => who,
-        Err(refused) => return refused,
-    };
-    let (method, path) = (req.method().to_string(), req.uri().path().to_owned());
-    hook::audited(
-        &state.auth,
-        &who,
-        &method,
-        &path,
-        dispatch(state, req, &who),
-    )
-    .await
 }
 
 /// What a route does.
@@ -117,7 +265,7 @@ pub enum Op {
     OpenApi,
 }
 
-/// Every route: [`dispatch`] answers only these (404/405 otherwise), and the test checks them
+/// Every route: [`router`] answers only these (404/405 otherwise), and the test checks them
 /// against the OpenAPI document both ways. The suffixed invoice routes come before the bare
 /// one, which they would otherwise match.
 pub const ROUTES: &[Route<Op>] = &[
@@ -134,44 +282,6 @@ pub const ROUTES: &[Route<Op>] = &[
     Route::new("GET", "/v1/reconciliation", Op::Reconciliation),
     Route::new("GET", "/v1/openapi.json", Op::OpenApi),
 ];
-
-async fn dispatch(state: &ApiState, req: Request<Incoming>, who: &Principal) -> Response<Body> {
-    let (op, params) = match openapi::resolve(ROUTES, &req) {
-        Ok(found) => found,
-        Err(answer) => return answer,
-    };
-    let id = params.first().map(String::as_str).unwrap_or_default();
-    match op {
-        Op::List => list(state, req.uri().query()).await,
-        // `{id}.json` is the JSON document too
-        Op::Show => show(state, id.strip_suffix(".json").unwrap_or(id), "json").await,
-        Op::Html => show(state, id, "html").await,
-        Op::Pdf => show(state, id, "pdf").await,
-        Op::Lineage => line_lineage(state, id, &params[1]).await,
-        Op::SetStatus => set_status(state, id, req, who).await,
-        Op::CreditNotes => match credit_notes::of_invoice(&state.db, id).await {
-            Ok(notes) => http::json(StatusCode::OK, &notes),
-            Err(e) => storage(e),
-        },
-        Op::AddCreditNote => credit(state, id, req, who).await,
-        Op::Grant => grant(state, req).await,
-        Op::Run => {
-            let now = (state.now_ms)();
-            match run::invoice_pass(&state.db, Some(&state.numbers), &state.cfg, now).await {
-                Ok(invoices) => http::json(StatusCode::OK, &RunView::of(&invoices)),
-                Err(e) => http::error(StatusCode::SERVICE_UNAVAILABLE, "run_failed", e),
-            }
-        }
-        Op::Reconciliation => {
-            let since = (state.now_ms)() - 400 * 86_400_000;
-            match reconcile::run(&state.db, since).await {
-                Ok(r) => http::json(StatusCode::OK, &r),
-                Err(e) => storage(e),
-            }
-        }
-        Op::OpenApi => openapi_reply(),
-    }
-}
 
 fn storage(e: impl std::fmt::Display) -> Response<Body> {
     http::fail(http::ErrorCode::Unavailable, e)
@@ -211,13 +321,7 @@ struct Summary {
     due_at: u32,
 }
 
-async fn list(state: &ApiState, query: Option<&str>) -> Response<Body> {
-    let customer = query
-        .unwrap_or_default()
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("customer="))
-        .unwrap_or_default()
-        .to_owned();
+async fn list(state: &ApiState, customer: &str) -> Response<Body> {
     let rows = state
         .db
         .query(
@@ -225,8 +329,8 @@ async fn list(state: &ApiState, query: Option<&str>) -> Response<Body> {
              total_minor, tax_minor, amount_due_minor, toUInt32(due_at) FROM v_invoices \
              WHERE (? = '' OR customer = ?) ORDER BY customer, period_start LIMIT 10000",
         )
-        .bind(&customer)
-        .bind(&customer)
+        .bind(customer)
+        .bind(customer)
         .fetch_all::<Summary>()
         .await;
     match rows {
@@ -265,23 +369,23 @@ struct Shown {
     credit_notes: Vec<CreditNote>,
 }
 
-async fn show(state: &ApiState, id: &str, format: &str) -> Response<Body> {
+async fn show(state: &ApiState, id: &str, format: Format) -> Response<Body> {
     let (invoice, status) = match load(&state.db, id).await {
         Ok(Some(found)) => found,
         Ok(None) => return not_found(id),
         Err(e) => return storage(e),
     };
     match format {
-        "html" => http::bytes(
+        Format::Html => http::bytes(
             StatusCode::OK,
             "text/html; charset=utf-8",
             render::html(&invoice).into_bytes(),
         ),
-        "pdf" => match render::pdf(&invoice) {
+        Format::Pdf => match render::pdf(&invoice) {
             Ok(bytes) => http::bytes(StatusCode::OK, "application/pdf", bytes),
             Err(e) => http::error(StatusCode::UNPROCESSABLE_ENTITY, "render_failed", e),
         },
-        _ => {
+        Format::Json => {
             let transitions = lifecycle::history(&state.db, id).await;
             let notes = credit_notes::of_invoice(&state.db, id).await;
             match (transitions, notes) {
@@ -354,13 +458,9 @@ struct StatusBody {
 async fn set_status(
     state: &ApiState,
     id: &str,
-    req: Request<Incoming>,
+    body: StatusBody,
     who: &Principal,
 ) -> Response<Body> {
-    let body: StatusBody = match http::read_json(req, BODY_BYTES_MAX).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
     if matches!(body.status, InvoiceStatus::Draft | InvoiceStatus::Finalized) {
         return http::error(
             StatusCode::BAD_REQUEST,
@@ -409,16 +509,7 @@ fn credit_total(amount_minor: i64, tax_minor: i64) -> Result<i64, &'static str> 
     }
 }
 
-async fn credit(
-    state: &ApiState,
-    id: &str,
-    req: Request<Incoming>,
-    who: &Principal,
-) -> Response<Body> {
-    let body: CreditBody = match http::read_json(req, BODY_BYTES_MAX).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+async fn credit(state: &ApiState, id: &str, body: CreditBody, who: &Principal) -> Response<Body> {
     let total = match credit_total(body.amount_minor, body.tax_minor) {
         Ok(t) => t,
         Err(detail) => return http::error(StatusCode::BAD_REQUEST, "invalid_body", detail),
@@ -498,11 +589,7 @@ struct GrantBody {
     reason: String,
 }
 
-async fn grant(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
-    let b: GrantBody = match http::read_json(req, BODY_BYTES_MAX).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+async fn grant(state: &ApiState, b: GrantBody) -> Response<Body> {
     if !(1..=GRANT_MINOR_MAX).contains(&b.amount_minor) {
         return http::error(
             StatusCode::BAD_REQUEST,
@@ -543,6 +630,7 @@ async fn grant(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tally_platform::openapi;
 
     /// Issue 16, finding 10: `i64::MAX + 1` wrapped to a negative total and passed both the
     /// "not both zero" check and the "not above the invoice" check.
@@ -554,6 +642,34 @@ mod tests {
         assert!(credit_total(0, 0).is_err());
         assert_eq!(credit_total(i64::MAX - 1, 1), Ok(i64::MAX));
         assert_eq!(credit_total(100, 19), Ok(119));
+    }
+
+    /// The suffixed routes of [`ROUTES`] as `openapi::find` matched them: a suffix after a
+    /// non-empty id renders, `.json` or none is the document, an empty id is not rendered.
+    #[test]
+    fn an_invoice_file_is_read_as_the_routes_spell_it() {
+        let read = |f: &str| {
+            let InvoiceFile { id, format } = InvoiceFile::parse(f);
+            (id, format)
+        };
+        assert_eq!(read("in_1.pdf"), ("in_1".into(), Format::Pdf));
+        assert_eq!(read("in_1.html"), ("in_1".into(), Format::Html));
+        assert_eq!(read("in_1.json"), ("in_1".into(), Format::Json));
+        assert_eq!(read("in_1"), ("in_1".into(), Format::Json));
+        assert_eq!(read(".pdf"), (".pdf".into(), Format::Json));
+        assert_eq!(read("a.pdf.html"), ("a.pdf".into(), Format::Html));
+        for f in ["in_1.pdf", "in_1.html", "in_1", ".pdf"] {
+            let segments = ["v1", "invoices", f];
+            let openapi::Found::Route(op, params) = openapi::find(ROUTES, "GET", &segments) else {
+                panic!("{f} not found");
+            };
+            let format = match op {
+                Op::Html => Format::Html,
+                Op::Pdf => Format::Pdf,
+                _ => Format::Json,
+            };
+            assert_eq!(read(f), (params[0].clone(), format), "{f}");
+        }
     }
 
     #[test]

@@ -400,3 +400,102 @@ async fn only_a_token_whose_role_allows_it_reads_or_changes_invoices() {
         .await;
     env.cleanup().await;
 }
+
+/// Issue 19, item 4: the API is an axum router built from its route table, and answers what
+/// the hand-written matcher answered, byte for byte: an unknown path is refused 401 before
+/// anyone learns it does not exist, then 404 in the shared shape; a served path with another
+/// method 405; `{id}.pdf` and `{id}.html` are the invoice `{id}` rendered; a body over 64 KiB
+/// 413, one that is not the route's JSON 400 naming the field; a trailing slash is the same
+/// route.
+#[tokio::test]
+async fn the_router_answers_as_the_route_table_did() {
+    let env = TestEnv::new("invoicer_api_router").await;
+    let db = env.db();
+    let bucket = format!("N{}", env.nats.stream);
+    let client = async_nats::connect(&env.nats.url).await.expect("nats");
+    let numbers = Numbers::open(client.clone(), &bucket)
+        .await
+        .expect("bucket");
+    let (addr, stop, server) = start(&db, numbers).await;
+    let text = |b: Vec<u8>| String::from_utf8(b).expect("UTF-8");
+
+    let (status, body) = call_as(addr, None, "GET", "/v1/nothing", "").await;
+    assert_eq!(status, 401, "{}", text(body));
+    let (status, body) = call(addr, "GET", "/v1/nothing", "").await;
+    assert_eq!(
+        (status, text(body).as_str()),
+        (
+            404,
+            r#"{"code":"not_found","detail":"GET /v1/nothing: no such route; see /v1/openapi.json"}"#
+        )
+    );
+    let (status, body) = call(addr, "DELETE", "/v1/invoices", "").await;
+    assert_eq!(
+        (status, text(body).as_str()),
+        (
+            405,
+            r#"{"code":"method_not_allowed","detail":"DELETE /v1/invoices"}"#
+        )
+    );
+    for path in [
+        "/v1/invoices/inv_none",
+        "/v1/invoices/inv_none.json",
+        "/v1/invoices/inv_none.pdf",
+        "/v1/invoices/inv_none.html",
+        "/v1/invoices/inv_none/",
+    ] {
+        let (status, body) = call(addr, "GET", path, "").await;
+        assert_eq!(
+            (status, text(body).as_str()),
+            (
+                404,
+                r#"{"code":"invoice_not_found","detail":"invoice \"inv_none\" does not exist"}"#
+            ),
+            "{path}"
+        );
+    }
+    let (status, body) = call(addr, "GET", "/v1/invoices/.pdf", "").await;
+    assert_eq!(
+        (status, text(body).as_str()),
+        (
+            404,
+            r#"{"code":"invoice_not_found","detail":"invoice \".pdf\" does not exist"}"#
+        )
+    );
+    let (status, body) = call(addr, "GET", "/v1/invoices/inv_none/lines/x/lineage", "").await;
+    assert_eq!(
+        (status, text(body).as_str()),
+        (
+            400,
+            r#"{"code":"invalid_line","detail":"line number \"x\" is not a positive integer"}"#
+        )
+    );
+    let large = format!(r#"{{"reason":"{}"}}"#, "x".repeat(api::BODY_BYTES_MAX));
+    let (status, body) = call(addr, "POST", "/v1/invoices/inv_none/status", &large).await;
+    assert_eq!(
+        (status, text(body).as_str()),
+        (
+            413,
+            r#"{"code":"body_too_large","detail":"request body: length limit exceeded (limit 65536 bytes)"}"#
+        )
+    );
+    let (status, body) = call(
+        addr,
+        "POST",
+        "/v1/invoices/inv_none/status",
+        r#"{"status":7}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{}", text(body.clone()));
+    assert!(
+        text(body).starts_with(r#"{"code":"invalid_body","detail":"field status: "#),
+        "the field is named"
+    );
+
+    stop.cancel();
+    let _ = server.await;
+    let _ = async_nats::jetstream::new(client)
+        .delete_key_value(&bucket)
+        .await;
+    env.cleanup().await;
+}
