@@ -240,62 +240,22 @@ fn period(
         .collect();
     let n = of_period.len();
     let invoiced = of_period.iter().any(|m| m.kind == MovementKind::Invoiced);
-    // what each grant gave this period, and the order they first gave in
-    let mut given: BTreeMap<String, i64> = BTreeMap::new();
-    let mut first_given: Vec<String> = Vec::new();
-    for m in &of_period {
-        if m.grant_id.is_empty() {
-            continue;
-        }
-        if m.kind == MovementKind::Consume && !first_given.contains(&m.grant_id) {
-            first_given.push(m.grant_id.clone());
-        }
-        let e = given.entry(m.grant_id.clone()).or_default();
-        *e = e
-            .checked_sub(m.effect_minor())
-            .ok_or_else(|| s.overflow("a period's reserved credit"))?;
-    }
-    let reserved = given
-        .values()
-        .try_fold(0i64, |a, v| a.checked_add((*v).max(0)))
-        .ok_or_else(|| s.overflow("a period's reserved credit"))?;
+    let Reserved {
+        given,
+        first_given,
+        total: reserved,
+    } = reserved(s, &of_period)?;
+    // back to the grants this period's reservation came from
+    let back = |s: &mut State<'_>, amount: i64, kind: MovementKind| {
+        give_back(s, p, n, &given, &first_given, amount, kind)
+    };
     match (p.state, invoiced) {
         (PeriodState::Open { usage_minor }, false) => {
             let usage = usage_minor.max(0);
             if usage > reserved && phase == Phase::Consume {
-                let mut need = usage - reserved;
-                for g in order {
-                    if need == 0 {
-                        break;
-                    }
-                    let usable = g.currency == p.currency
-                        && g.available_at_ms().is_some_and(|t| t <= f.now_ms)
-                        && !g.expired(f.now_ms)
-                        && !s.voided(&g.grant_id, f.voiding);
-                    let take = need.min(s.left(&g.grant_id));
-                    if usable && take > 0 {
-                        let m = s.movement(
-                            format!("use:{}:{n}:{}", p.invoice_id, g.grant_id),
-                            &g.grant_id,
-                            &p.currency,
-                            MovementKind::Consume,
-                            take,
-                            &p.invoice_id,
-                        );
-                        s.push(m)?;
-                        need -= take;
-                    }
-                }
+                consume(s, f, order, p, n, usage - reserved)?;
             } else if usage < reserved && phase == Phase::Release {
-                give_back(
-                    s,
-                    p,
-                    n,
-                    &given,
-                    &first_given,
-                    reserved - usage,
-                    MovementKind::Release,
-                )?;
+                back(s, reserved - usage, MovementKind::Release)?;
             }
         }
         (
@@ -306,15 +266,7 @@ fn period(
         ) => {
             let keep = reserved.min(credits_applied_minor.max(0));
             if reserved > keep {
-                give_back(
-                    s,
-                    p,
-                    n,
-                    &given,
-                    &first_given,
-                    reserved - keep,
-                    MovementKind::Release,
-                )?;
+                back(s, reserved - keep, MovementKind::Release)?;
             }
             let m = s.movement(
                 format!("inv:{}", p.invoice_id),
@@ -332,9 +284,80 @@ fn period(
             } else {
                 MovementKind::Release
             };
-            give_back(s, p, n, &given, &first_given, reserved, kind)?;
+            back(s, reserved, kind)?;
         }
         _ => {}
+    }
+    Ok(())
+}
+
+/// What a period's movements hold of each grant.
+struct Reserved {
+    /// What each grant gave the period (net of what came back).
+    given: BTreeMap<String, i64>,
+    /// The grants in the order they first gave.
+    first_given: Vec<String>,
+    /// The sum of what the grants hold for the period.
+    total: i64,
+}
+
+fn reserved(s: &State<'_>, of_period: &[&Movement]) -> Result<Reserved, WalletError> {
+    let mut given: BTreeMap<String, i64> = BTreeMap::new();
+    let mut first_given: Vec<String> = Vec::new();
+    for m in of_period {
+        if m.grant_id.is_empty() {
+            continue;
+        }
+        if m.kind == MovementKind::Consume && !first_given.contains(&m.grant_id) {
+            first_given.push(m.grant_id.clone());
+        }
+        let e = given.entry(m.grant_id.clone()).or_default();
+        *e = e
+            .checked_sub(m.effect_minor())
+            .ok_or_else(|| s.overflow("a period's reserved credit"))?;
+    }
+    let total = given
+        .values()
+        .try_fold(0i64, |a, v| a.checked_add((*v).max(0)))
+        .ok_or_else(|| s.overflow("a period's reserved credit"))?;
+    Ok(Reserved {
+        given,
+        first_given,
+        total,
+    })
+}
+
+/// Reserves `need` more of an open period's usage from the grants, in `order`, each as far as
+/// it is usable now (its currency, available, not expired, not voided) and has credit left.
+fn consume(
+    s: &mut State<'_>,
+    f: &Facts<'_>,
+    order: &[&Grant],
+    p: &Period,
+    n: usize,
+    mut need: i64,
+) -> Result<(), WalletError> {
+    for g in order {
+        if need == 0 {
+            break;
+        }
+        let usable = g.currency == p.currency
+            && g.available_at_ms().is_some_and(|t| t <= f.now_ms)
+            && !g.expired(f.now_ms)
+            && !s.voided(&g.grant_id, f.voiding);
+        let take = need.min(s.left(&g.grant_id));
+        if usable && take > 0 {
+            let m = s.movement(
+                format!("use:{}:{n}:{}", p.invoice_id, g.grant_id),
+                &g.grant_id,
+                &p.currency,
+                MovementKind::Consume,
+                take,
+                &p.invoice_id,
+            );
+            s.push(m)?;
+            need -= take;
+        }
     }
     Ok(())
 }
