@@ -99,6 +99,10 @@ struct FirstRow {
     first: u32,
 }
 
+/// Ids named in one query at the most: a pass's whole list would exceed ClickHouse's
+/// `max_query_size` (256 KiB) with a few thousand mixed-currency periods.
+const IDS_PER_QUERY: usize = 1_000;
+
 /// Resolves the invoice ids of `charges`: for the periods with several currencies, reads the
 /// currency stored under each plain id (`invoices`, by id) and the first usage of each
 /// currency (`charges`, by customer).
@@ -111,21 +115,22 @@ pub async fn resolve(
         return Ok(InvoiceIds::default());
     }
     let plain: Vec<String> = mixed.keys().map(|(c, s)| invoice_id(c, *s)).collect();
-    let sql = format!(
-        "SELECT invoice_id, argMax(currency, version) FROM invoices WHERE invoice_id IN ({}) \
-         GROUP BY invoice_id",
-        vec!["?"; plain.len()].join(", ")
-    );
-    let mut q = db.query(&sql);
-    for id in &plain {
-        q = q.bind(id);
+    let mut stored: HashMap<String, String> = HashMap::new();
+    // bounded id lists: a whole pass's list would pass ClickHouse's `max_query_size`
+    for chunk in plain.chunks(IDS_PER_QUERY) {
+        let sql = format!(
+            "SELECT invoice_id, argMax(currency, version) FROM invoices WHERE invoice_id IN ({}) \
+             GROUP BY invoice_id",
+            vec!["?"; chunk.len()].join(", ")
+        );
+        let mut q = db.query(&sql);
+        for id in chunk {
+            q = q.bind(id);
+        }
+        for r in q.fetch_all::<StoredRow>().await? {
+            stored.insert(r.invoice_id, r.currency);
+        }
     }
-    let stored: HashMap<String, String> = q
-        .fetch_all::<StoredRow>()
-        .await?
-        .into_iter()
-        .map(|r| (r.invoice_id, r.currency))
-        .collect();
     let customers: BTreeSet<&str> = mixed.keys().map(|(c, _)| c.as_str()).collect();
     let since = mixed
         .keys()
@@ -133,24 +138,27 @@ pub async fn resolve(
         .min()
         .unwrap_or(0)
         .div_euclid(1000);
-    let sql = format!(
-        "SELECT customer, toUInt32(period_start), currency, toUInt32(min(usage_from)) FROM charges \
-         WHERE customer IN ({}) AND period_start >= toDateTime(?) \
-         GROUP BY customer, period_start, currency",
-        vec!["?"; customers.len()].join(", ")
-    );
-    let mut q = db.query(&sql);
-    for c in &customers {
-        q = q.bind(*c);
-    }
+    let customers: Vec<&str> = customers.into_iter().collect();
     let mut first: BTreeMap<(String, i64), Vec<(String, i64)>> = BTreeMap::new();
-    for r in q.bind(since).fetch_all::<FirstRow>().await? {
-        let key = (r.customer, i64::from(r.period_start) * 1000);
-        if mixed.get(&key).is_some_and(|cs| cs.contains(&r.currency)) {
-            first
-                .entry(key)
-                .or_default()
-                .push((r.currency, i64::from(r.first) * 1000));
+    for chunk in customers.chunks(IDS_PER_QUERY) {
+        let sql = format!(
+            "SELECT customer, toUInt32(period_start), currency, toUInt32(min(usage_from)) \
+             FROM charges WHERE customer IN ({}) AND period_start >= toDateTime(?) \
+             GROUP BY customer, period_start, currency",
+            vec!["?"; chunk.len()].join(", ")
+        );
+        let mut q = db.query(&sql);
+        for c in chunk {
+            q = q.bind(*c);
+        }
+        for r in q.bind(since).fetch_all::<FirstRow>().await? {
+            let key = (r.customer, i64::from(r.period_start) * 1000);
+            if mixed.get(&key).is_some_and(|cs| cs.contains(&r.currency)) {
+                first
+                    .entry(key)
+                    .or_default()
+                    .push((r.currency, i64::from(r.first) * 1000));
+            }
         }
     }
     let mut homes = HashMap::new();
