@@ -104,28 +104,7 @@ async fn guard(
     if req.method() == Method::GET && req.uri().path() == "/v1/openapi.json" {
         return next.run(req).await;
     }
-    // the body is not `Sync`: only the head is held while the token is checked
-    let (parts, body) = req.into_parts();
-    let head = axum::http::Request::from_parts(parts, ());
-    let who = match hook::authorize(&state.auth, &head, Permission::OperateInvoices).await {
-        Ok(who) => who,
-        Err(refused) => return refused.into_response(),
-    };
-    let (method, path) = (head.method().to_string(), head.uri().path().to_owned());
-    let (mut parts, ()) = head.into_parts();
-    parts.extensions.insert(who.clone());
-    let req = axum::extract::Request::from_parts(parts, body);
-    // the audit needs only the answer's status; the answer itself is passed on untouched
-    let mut answered = None;
-    let outcome = hook::audited(&state.auth, &who, &method, &path, async {
-        let response = next.run(req).await;
-        let mut status = Response::new(Body::default());
-        *status.status_mut() = response.status();
-        answered = Some(response);
-        status
-    })
-    .await;
-    answered.unwrap_or_else(|| outcome.into_response())
+    hook::guard(&state.auth, Permission::OperateInvoices, req, next).await
 }
 
 /// What a route's method answers.

@@ -8,10 +8,16 @@
 // Handlers return `Err(response)` for early answers: one per request, never stored.
 #![allow(clippy::result_large_err)]
 
-use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use std::sync::Arc;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::middleware::{self, Next};
+use axum::routing::{on, MethodFilter, MethodRouter};
+use axum::Extension;
+use hyper::{Response, StatusCode};
 use serde::Deserialize;
 use tally_platform::auth::{hook, Permission, Principal};
+use tally_platform::http::RawBody;
 
 use super::routes::{ApiOp, AppState};
 use super::server::{self, Body};
@@ -43,63 +49,117 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response<Body
         .map_err(|e| server::error(StatusCode::BAD_REQUEST, "bad_request", e))
 }
 
-/// Answers an operator API route: authenticates, then answers; changes are audited.
-/// `params` are the route's path parameters, in pattern order.
-pub async fn route(
-    state: &AppState,
-    req: Request<Incoming>,
+type Shared = State<Arc<AppState>>;
+type Who = Extension<Principal>;
+type Id = Path<String>;
+
+/// What an operator API route's method answers, behind [`guard`]: the token is checked (and a
+/// change audited) before the body is read. Path parameters are the invoice or the customer
+/// (and a grant's id).
+pub fn handler(
+    state: &Arc<AppState>,
     op: ApiOp,
-    params: &[String],
-) -> Response<Body> {
-    let who = match hook::authorize(&state.auth, &req, Permission::OperatePayments).await {
-        Ok(who) => who,
-        Err(refused) => return refused,
+    method: MethodFilter,
+) -> MethodRouter<Arc<AppState>> {
+    let answer = |a: Answer| a.unwrap_or_else(|r| r);
+    let route = match op {
+        ApiOp::ManualPayment => on(
+            method,
+            move |State(s): Shared, Extension(who): Who, RawBody(body): RawBody| async move {
+                answer(manual_payment(&s, &body, &who.actor_label()).await)
+            },
+        ),
+        ApiOp::Refund => on(
+            method,
+            move |State(s): Shared, Extension(who): Who, RawBody(body): RawBody| async move {
+                answer(refund(&s, &body, &who.actor_label()).await)
+            },
+        ),
+        ApiOp::WriteOff => on(
+            method,
+            move |State(s): Shared, Path(id): Id, Extension(who): Who, RawBody(body): RawBody| async move {
+                answer(write_off(&s, &id, &body, &who.actor_label()).await)
+            },
+        ),
+        ApiOp::Invoice => on(method, move |State(s): Shared, Path(id): Id| async move {
+            answer(invoice(&s, &id).await)
+        }),
+        ApiOp::TrialBalance => on(method, move |State(s): Shared| async move {
+            answer(trial_balance(&s).await)
+        }),
+        ApiOp::Revenue => on(
+            method,
+            move |State(s): Shared, RawQuery(query): RawQuery| async move {
+                answer(revenue(&s, &query.unwrap_or_default()).await)
+            },
+        ),
+        ApiOp::Notifications => on(method, |State(s): Shared, Path(customer): Id| async move {
+            super::routes::deliveries(&s, &customer).await
+        }),
+        ApiOp::PortalLink => on(
+            method,
+            move |State(s): Shared, Extension(who): Who, RawBody(body): RawBody| async move {
+                answer(portal_link(&s, &body, &who.actor_label()))
+            },
+        ),
+        ApiOp::SetProfile => on(
+            method,
+            move |State(s): Shared,
+                  Path(customer): Id,
+                  Extension(who): Who,
+                  RawBody(body): RawBody| async move {
+                answer(set_profile(&s, &customer, &body, &who.actor_label()).await)
+            },
+        ),
+        ApiOp::GetProfile => on(
+            method,
+            move |State(s): Shared, Path(customer): Id| async move {
+                answer(get_profile(&s, &customer).await)
+            },
+        ),
+        ApiOp::Wallet => on(
+            method,
+            move |State(s): Shared, Path(customer): Id| async move {
+                answer(wallet::http::get(&s.settler.db, &customer).await)
+            },
+        ),
+        ApiOp::Grant | ApiOp::TopUp => {
+            let kind = if op == ApiOp::TopUp {
+                wallet::GrantKind::TopUp
+            } else {
+                wallet::GrantKind::Promotional
+            };
+            on(
+                method,
+                move |State(s): Shared,
+                      Path(customer): Id,
+                      Extension(who): Who,
+                      RawBody(body): RawBody| async move {
+                    let (db, actor, now_ms) = (&s.settler.db, who.actor_label(), (s.now_ms)());
+                    answer(wallet::http::create(db, &customer, kind, &body, &actor, now_ms).await)
+                },
+            )
+        }
+        ApiOp::VoidGrant => on(
+            method,
+            move |State(s): Shared,
+                  Path((customer, grant_id)): Path<(String, String)>,
+                  Extension(who): Who| async move {
+                let (db, actor, now_ms) = (&s.settler.db, who.actor_label(), (s.now_ms)());
+                answer(wallet::http::void(db, &customer, &grant_id, &actor, now_ms).await)
+            },
+        ),
     };
-    let (method, path) = (req.method().to_string(), req.uri().path().to_owned());
-    let answer = dispatch(state, req, op, params, &who);
-    hook::audited(&state.auth, &who, &method, &path, answer).await
+    route.layer(middleware::from_fn_with_state(state.clone(), guard))
 }
 
-async fn dispatch(
-    state: &AppState,
-    req: Request<Incoming>,
-    op: ApiOp,
-    params: &[String],
-    who: &Principal,
-) -> Response<Body> {
-    let query = req.uri().query().unwrap_or_default().to_owned();
-    let body = match server::body(req.into_body()).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let actor = who.actor_label();
-    let db = &state.settler.db;
-    let now_ms = (state.now_ms)();
-    // the first path parameter: the invoice or the customer
-    let p0 = params.first().map(String::as_str).unwrap_or_default();
-    let result = match op {
-        ApiOp::ManualPayment => manual_payment(state, &body, &actor).await,
-        ApiOp::Refund => refund(state, &body, &actor).await,
-        ApiOp::WriteOff => write_off(state, p0, &body, &actor).await,
-        ApiOp::Invoice => invoice(state, p0).await,
-        ApiOp::TrialBalance => trial_balance(state).await,
-        ApiOp::Revenue => revenue(state, &query).await,
-        ApiOp::Notifications => Ok(super::routes::deliveries(state, p0).await),
-        ApiOp::PortalLink => portal_link(state, &body, &actor),
-        ApiOp::SetProfile => set_profile(state, p0, &body, &actor).await,
-        ApiOp::GetProfile => get_profile(state, p0).await,
-        ApiOp::Wallet => wallet::http::get(db, p0).await,
-        ApiOp::Grant => {
-            let kind = wallet::GrantKind::Promotional;
-            wallet::http::create(db, p0, kind, &body, &actor, now_ms).await
-        }
-        ApiOp::TopUp => {
-            let kind = wallet::GrantKind::TopUp;
-            wallet::http::create(db, p0, kind, &body, &actor, now_ms).await
-        }
-        ApiOp::VoidGrant => wallet::http::void(db, p0, &params[1], &actor, now_ms).await,
-    };
-    result.unwrap_or_else(|r| r)
+/// Authenticates (reads need `read`, changes `operate_payments`) and audits changes.
+async fn guard(
+    State(state): Shared,
+    req: axum::extract::Request,
+    next: Next,
+) -> axum::response::Response {
+    hook::guard(&state.auth, Permission::OperatePayments, req, next).await
 }
 
 type Answer = Result<Response<Body>, Response<Body>>;

@@ -10,8 +10,9 @@ use super::routes::{AppState, PortalOp};
 use super::server::{self, Body};
 use crate::portal::{self, link, page};
 
-/// Answers a portal route; `params` are the link's token and, for an invoice, its id.
-pub async fn route(state: &AppState, op: PortalOp, params: &[String]) -> Response<Body> {
+/// Answers a portal route: the link's `token` and, for an invoice, its `id` (empty for the
+/// page).
+pub async fn route(state: &AppState, op: PortalOp, token: &str, id: &str) -> Response<Body> {
     let Some(secret) = &state.portal_secret else {
         return server::error(
             StatusCode::NOT_FOUND,
@@ -19,7 +20,6 @@ pub async fn route(state: &AppState, op: PortalOp, params: &[String]) -> Respons
             "the portal feature is off",
         );
     };
-    let token = params[0].as_str();
     let now_ms = (state.now_ms)();
     let customer = match link::verify(secret, token, now_ms.div_euclid(1000)) {
         Ok(c) => c,
@@ -36,8 +36,8 @@ pub async fn route(state: &AppState, op: PortalOp, params: &[String]) -> Respons
                 Err(e) => internal(e),
             }
         }
-        PortalOp::InvoicePdf => (params[1].as_str(), true),
-        PortalOp::InvoiceHtml => (params[1].as_str(), false),
+        PortalOp::InvoicePdf => (id, true),
+        PortalOp::InvoiceHtml => (id, false),
     };
     match portal::invoice_for(db, &customer, id).await {
         Ok(Some(inv)) if pdf => match tally_invoice::render::pdf(&inv) {

@@ -1,7 +1,6 @@
-//! The two calls an HTTP router makes (the thin hook; a tower middleware later wraps the
-//! same functions): [`authorize`] before routing, answering 401/403 as `{"code", "detail"}`
-//! with a `WWW-Authenticate` challenge, and [`audited`] around the handler of a request that
-//! may change state.
+//! The two calls an HTTP router makes: [`authorize`] before routing, answering 401/403 as
+//! `{"code", "detail"}` with a `WWW-Authenticate` challenge, and [`audited`] around the
+//! handler of a request that may change state; [`guard`] is both as an axum middleware.
 
 use std::future::Future;
 
@@ -85,4 +84,39 @@ where
     tracing::info!(service = auth.service(), actor = %who.actor_label(), role = who.role.name(),
         method, path, status = response.status().as_u16(), "api change");
     response
+}
+
+/// [`authorize`] then [`audited`] as an axum middleware
+/// (`axum::middleware::from_fn_with_state`): the request goes on to `next` with its
+/// [`Principal`] as an extension (`axum::Extension<Principal>`), and `next` never runs when
+/// the token is refused or a change cannot be audited. `next`'s answer is passed on untouched.
+pub async fn guard(
+    auth: &Authenticator,
+    writes: Permission,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    // the body is not `Sync`: only the head is held while the token is checked
+    let (parts, body) = req.into_parts();
+    let head = Request::from_parts(parts, ());
+    let who = match authorize(auth, &head, writes).await {
+        Ok(who) => who,
+        Err(refused) => return refused.into_response(),
+    };
+    let (method, path) = (head.method().to_string(), head.uri().path().to_owned());
+    let (mut parts, ()) = head.into_parts();
+    parts.extensions.insert(who.clone());
+    let req = axum::extract::Request::from_parts(parts, body);
+    // the audit needs only the answer's status
+    let mut answered = None;
+    let outcome = audited(auth, &who, &method, &path, async {
+        let response = next.run(req).await;
+        let mut status = Response::new(Body::default());
+        *status.status_mut() = response.status();
+        answered = Some(response);
+        status
+    })
+    .await;
+    answered.unwrap_or_else(|| outcome.into_response())
 }
