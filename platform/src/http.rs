@@ -130,6 +130,10 @@ async fn serve_service<S, B>(
     let service = tower::ServiceBuilder::new()
         .layer(
             TraceLayer::new_for_http()
+                // the method only, never the URI: a portal path carries a customer's link token
+                .make_span_with(|req: &hyper::Request<_>| {
+                    tracing::debug_span!("request", method = %req.method())
+                })
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
         .service(NormalizePath::trim_trailing_slash(service));
