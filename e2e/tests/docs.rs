@@ -216,7 +216,7 @@ fn check_config(text: &str, validate: bool) -> Result<(), String> {
             )?,
             "meters" => drop(section::<Vec<tally_domain::meter::MeterSpec>>(name, value)?),
             "customers" => {
-                drop(section::<Vec<tally_rater::catalog::customers::CustomerSpec>>(name, value)?)
+                drop(section::<Vec<tally_rater::catalog::customers::CustomerSpec>>(name, value)?);
             }
             "plans" => drop(section::<Vec<tally_rater::config::PlanSpec>>(name, value)?),
             "subscriptions" => drop(section::<Vec<tally_rater::config::SubscriptionSpec>>(

@@ -108,7 +108,11 @@ async fn the_router_answers_as_the_route_table_did() {
             &serde_json::json!({"code": "not_found", "detail": "invoice in_none"})
         )
     );
-    for path in ["/portal/bad", "/portal/bad/invoices/x", "/portal/bad/invoices/x.pdf"] {
+    for path in [
+        "/portal/bad",
+        "/portal/bad/invoices/x",
+        "/portal/bad/invoices/x.pdf",
+    ] {
         let (status, body) = request(addr, "GET", path, &[], Vec::new()).await;
         assert_eq!(status.as_u16(), 403, "{path}");
         assert!(text(body).contains("<html"), "{path}: the refusal page");
