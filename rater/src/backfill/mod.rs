@@ -191,20 +191,8 @@ fn refused(code: &'static str, detail: impl ToString) -> Decision {
 /// Decides one event of `import` from its stored facts (pure): see the module docs.
 pub fn decide(import: &Import, event: &UsageEvent, facts: &Facts) -> Decision {
     let time = event.time_ms;
-    if time < import.from_ms || time >= import.to_ms {
-        return refused(
-            "outside_period",
-            format!(
-                "event time {time} ms is outside the named period [{}, {}) ms",
-                import.from_ms, import.to_ms
-            ),
-        );
-    }
-    if time > import.now_ms.saturating_sub(LIVE_SECS * 1000) {
-        return refused(
-            "too_recent",
-            format!("events of the last {LIVE_SECS} s go through the live path"),
-        );
+    if let Some(refusal) = out_of_time(import, time) {
+        return refusal;
     }
     let id = correction_id(&import.import_id, event);
     if let Some(stored) = &facts.same_id {
@@ -258,14 +246,40 @@ pub fn decide(import: &Import, event: &UsageEvent, facts: &Facts) -> Decision {
         created_ms: import.now_ms,
         created_at: datetime_secs(import.now_ms),
     };
-    let deltas = target
+    let deltas = deltas(&correction, target);
+    Decision::Append(correction, deltas)
+}
+
+/// The refusal of an event at `time` outside the named period, or too recent for an import.
+fn out_of_time(import: &Import, time: i64) -> Option<Decision> {
+    if time < import.from_ms || time >= import.to_ms {
+        return Some(refused(
+            "outside_period",
+            format!(
+                "event time {time} ms is outside the named period [{}, {}) ms",
+                import.from_ms, import.to_ms
+            ),
+        ));
+    }
+    if time > import.now_ms.saturating_sub(LIVE_SECS * 1000) {
+        return Some(refused(
+            "too_recent",
+            format!("events of the last {LIVE_SECS} s go through the live path"),
+        ));
+    }
+    None
+}
+
+/// The deltas `correction` appends: one per reading of the event, one event each.
+fn deltas(correction: &Correction, target: &[Reading]) -> Vec<Delta> {
+    target
         .iter()
         .map(|r| Delta {
             correction_id: correction.correction_id.clone(),
             customer: correction.customer.clone(),
             agent: correction.agent.clone(),
             event_id: correction.event_id.clone(),
-            revision,
+            revision: correction.revision,
             meter: r.meter.clone(),
             aggregation: r.aggregation.clone(),
             window_start: r.window_start,
@@ -277,8 +291,7 @@ pub fn decide(import: &Import, event: &UsageEvent, facts: &Facts) -> Decision {
             value: r.value,
             created_at: correction.created_at,
         })
-        .collect();
-    Decision::Append(correction, deltas)
+        .collect()
 }
 
 /// What an import did: counts, and the refusals by reason with the first few examples.

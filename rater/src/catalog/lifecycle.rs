@@ -44,44 +44,13 @@ pub const TRIAL_COUPON: &str = "trial";
 /// the caller's check.
 pub(super) fn validate_subscription(
     i: usize,
-    s: SubscriptionSpec,
+    mut s: SubscriptionSpec,
     meters: &[Meter],
 ) -> Result<(CustomerId, Subscription), ConfigError> {
     let setting = |f: &str| format!("subscriptions[{i}].{f}");
-    let customer =
-        CustomerId::new(s.customer).map_err(|e| ConfigError::invalid(setting("customer"), e))?;
-    let cycle_of = |interval: Option<Interval>, field: &str| {
-        let c = billing_cycle(interval, s.billing_anchor_day, s.billing_anchor_month);
-        c.validate().map_err(|e| {
-            let f = match e.split_whitespace().next() {
-                Some("anchor_month") => "billing_anchor_month",
-                Some("anchor_day" | "anchor_weekday") => "billing_anchor_day",
-                _ => field,
-            };
-            ConfigError::invalid(setting(f), e)
-        })?;
-        Ok::<_, ConfigError>(c)
-    };
-    let cycle = cycle_of(s.interval, "interval")?;
-    let usage_cycle = cycle_of(s.usage_interval.or(s.interval), "usage_interval")?;
-    let zone = s
-        .time_zone
-        .map(|z| {
-            z.parse::<chrono_tz::Tz>().map_err(|_| {
-                ConfigError::invalid(
-                    setting("time_zone"),
-                    format!("{z:?} is not an IANA time zone (e.g. Europe/Berlin)"),
-                )
-            })
-        })
-        .transpose()?;
-    let (cycle, usage_cycle) = (
-        ZonedCycle { cycle, zone },
-        ZonedCycle {
-            cycle: usage_cycle,
-            zone,
-        },
-    );
+    let customer = CustomerId::new(std::mem::take(&mut s.customer))
+        .map_err(|e| ConfigError::invalid(setting("customer"), e))?;
+    let (cycle, usage_cycle) = zoned_cycles(i, &s)?;
     let coupons = s
         .coupons
         .into_iter()
@@ -132,6 +101,45 @@ pub(super) fn validate_subscription(
             trial,
             line: s.line.unwrap_or_default(),
             plan_version: s.plan_version,
+        },
+    ))
+}
+
+/// Record `i`'s billing and usage cycles in its time zone (errors name the anchor, interval
+/// or time zone field).
+fn zoned_cycles(i: usize, s: &SubscriptionSpec) -> Result<(ZonedCycle, ZonedCycle), ConfigError> {
+    let setting = |f: &str| format!("subscriptions[{i}].{f}");
+    let cycle_of = |interval: Option<Interval>, field: &str| {
+        let c = billing_cycle(interval, s.billing_anchor_day, s.billing_anchor_month);
+        c.validate().map_err(|e| {
+            let f = match e.split_whitespace().next() {
+                Some("anchor_month") => "billing_anchor_month",
+                Some("anchor_day" | "anchor_weekday") => "billing_anchor_day",
+                _ => field,
+            };
+            ConfigError::invalid(setting(f), e)
+        })?;
+        Ok::<_, ConfigError>(c)
+    };
+    let cycle = cycle_of(s.interval, "interval")?;
+    let usage_cycle = cycle_of(s.usage_interval.or(s.interval), "usage_interval")?;
+    let zone = s
+        .time_zone
+        .as_ref()
+        .map(|z| {
+            z.parse::<chrono_tz::Tz>().map_err(|_| {
+                ConfigError::invalid(
+                    setting("time_zone"),
+                    format!("{z:?} is not an IANA time zone (e.g. Europe/Berlin)"),
+                )
+            })
+        })
+        .transpose()?;
+    Ok((
+        ZonedCycle { cycle, zone },
+        ZonedCycle {
+            cycle: usage_cycle,
+            zone,
         },
     ))
 }

@@ -136,6 +136,110 @@ pub struct Coverage<'a> {
     pub to_ms: i64,
 }
 
+/// The declared plans validated and grouped by id, each plan's versions sorted by
+/// `effective_from`; a version or an instant declared twice, or a later `effective_from`
+/// without a higher version, is refused.
+fn plan_versions(
+    plans: Vec<PlanSpec>,
+    meters: &[Meter],
+) -> Result<HashMap<String, Vec<Plan>>, ConfigError> {
+    let mut by_id: HashMap<String, Vec<(usize, Plan)>> = HashMap::new();
+    for (i, spec) in plans.into_iter().enumerate() {
+        let plan = crate::catalog::plan::validate(spec, i, meters)?;
+        let versions = by_id.entry(plan.id.clone()).or_default();
+        check_new_version(i, &plan, versions)?;
+        versions.push((i, plan));
+    }
+    let mut by_id: HashMap<String, Vec<Plan>> = by_id
+        .into_iter()
+        .map(|(id, v)| (id, v.into_iter().map(|(_, p)| p).collect()))
+        .collect();
+    for versions in by_id.values_mut() {
+        versions.sort_by_key(|p| p.effective_from_ms);
+        if versions.windows(2).any(|w| w[1].version <= w[0].version) {
+            return Err(ConfigError::invalid(
+                "plans",
+                format!(
+                    "plan {}: a later effective_from needs a higher version",
+                    versions[0].id
+                ),
+            ));
+        }
+    }
+    Ok(by_id)
+}
+
+/// Refuses `plans[i]` when an earlier entry of the same plan (`versions`, with their
+/// indexes) declares its version or takes effect at its instant.
+fn check_new_version(i: usize, plan: &Plan, versions: &[(usize, Plan)]) -> Result<(), ConfigError> {
+    if let Some((first, _)) = versions.iter().find(|(_, p)| p.version == plan.version) {
+        return Err(ConfigError::invalid(
+            format!("plans[{i}].version"),
+            format!(
+                "plan {} version {} is already declared by plans[{first}]; versions are \
+                 immutable, a change must be a new version",
+                plan.id, plan.version
+            ),
+        ));
+    }
+    if let Some((first, _)) = versions
+        .iter()
+        .find(|(_, p)| p.effective_from_ms == plan.effective_from_ms)
+    {
+        return Err(ConfigError::invalid(
+            format!("plans[{i}].effective_from"),
+            format!(
+                "plan {} version {} takes effect at the same instant as plans[{first}]",
+                plan.id, plan.version
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The declared subscriptions validated against the plans and grouped per customer, each
+/// customer's lines chained and checked.
+fn subscriptions_by_customer(
+    subs: Vec<SubscriptionSpec>,
+    by_id: &HashMap<String, Vec<Plan>>,
+    meters: &[Meter],
+) -> Result<HashMap<CustomerId, Vec<Subscription>>, ConfigError> {
+    let mut subscriptions: HashMap<CustomerId, Vec<Subscription>> = HashMap::new();
+    for (i, s) in subs.into_iter().enumerate() {
+        if !by_id.contains_key(&s.plan) {
+            return Err(ConfigError::invalid(
+                format!("subscriptions[{i}].plan"),
+                format!("no plan {:?}", s.plan),
+            ));
+        }
+        let (customer, sub) = validate_subscription(i, s, meters)?;
+        if let Some(v) = sub.plan_version {
+            if !by_id[&sub.plan].iter().any(|p| p.version == v) {
+                return Err(ConfigError::invalid(
+                    format!("subscriptions[{i}].plan_version"),
+                    format!("plan {} has no version {v}", sub.plan),
+                ));
+            }
+        }
+        let list = subscriptions.entry(customer.clone()).or_default();
+        if list
+            .iter()
+            .any(|o| o.from_ms == sub.from_ms && o.line == sub.line)
+        {
+            return Err(ConfigError::invalid(
+                format!("subscriptions[{i}].effective_from"),
+                format!("{customer} already has a subscription from this instant"),
+            ));
+        }
+        list.push(sub);
+    }
+    for (customer, list) in &mut subscriptions {
+        *list = lifecycle::chain_lines(std::mem::take(list));
+        lifecycle::check_lines(customer, list, by_id)?;
+    }
+    Ok(subscriptions)
+}
+
 /// Plans and subscriptions.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
@@ -158,83 +262,8 @@ impl Catalog {
         rater: &RaterConfig,
         meters: &[Meter],
     ) -> Result<Catalog, ConfigError> {
-        let mut by_id: HashMap<String, Vec<(usize, Plan)>> = HashMap::new();
-        for (i, spec) in plans.into_iter().enumerate() {
-            let plan = crate::catalog::plan::validate(spec, i, meters)?;
-            let versions = by_id.entry(plan.id.clone()).or_default();
-            if let Some((first, _)) = versions.iter().find(|(_, p)| p.version == plan.version) {
-                return Err(ConfigError::invalid(
-                    format!("plans[{i}].version"),
-                    format!(
-                        "plan {} version {} is already declared by plans[{first}]; versions are \
-                         immutable, a change must be a new version",
-                        plan.id, plan.version
-                    ),
-                ));
-            }
-            if let Some((first, _)) = versions
-                .iter()
-                .find(|(_, p)| p.effective_from_ms == plan.effective_from_ms)
-            {
-                return Err(ConfigError::invalid(
-                    format!("plans[{i}].effective_from"),
-                    format!(
-                        "plan {} version {} takes effect at the same instant as plans[{first}]",
-                        plan.id, plan.version
-                    ),
-                ));
-            }
-            versions.push((i, plan));
-        }
-        let mut by_id: HashMap<String, Vec<Plan>> = by_id
-            .into_iter()
-            .map(|(id, v)| (id, v.into_iter().map(|(_, p)| p).collect()))
-            .collect();
-        for versions in by_id.values_mut() {
-            versions.sort_by_key(|p| p.effective_from_ms);
-            if versions.windows(2).any(|w| w[1].version <= w[0].version) {
-                return Err(ConfigError::invalid(
-                    "plans",
-                    format!(
-                        "plan {}: a later effective_from needs a higher version",
-                        versions[0].id
-                    ),
-                ));
-            }
-        }
-        let mut subscriptions: HashMap<CustomerId, Vec<Subscription>> = HashMap::new();
-        for (i, s) in subs.into_iter().enumerate() {
-            if !by_id.contains_key(&s.plan) {
-                return Err(ConfigError::invalid(
-                    format!("subscriptions[{i}].plan"),
-                    format!("no plan {:?}", s.plan),
-                ));
-            }
-            let (customer, sub) = validate_subscription(i, s, meters)?;
-            if let Some(v) = sub.plan_version {
-                if !by_id[&sub.plan].iter().any(|p| p.version == v) {
-                    return Err(ConfigError::invalid(
-                        format!("subscriptions[{i}].plan_version"),
-                        format!("plan {} has no version {v}", sub.plan),
-                    ));
-                }
-            }
-            let list = subscriptions.entry(customer.clone()).or_default();
-            if list
-                .iter()
-                .any(|o| o.from_ms == sub.from_ms && o.line == sub.line)
-            {
-                return Err(ConfigError::invalid(
-                    format!("subscriptions[{i}].effective_from"),
-                    format!("{customer} already has a subscription from this instant"),
-                ));
-            }
-            list.push(sub);
-        }
-        for (customer, list) in &mut subscriptions {
-            *list = lifecycle::chain_lines(std::mem::take(list));
-            lifecycle::check_lines(customer, list, &by_id)?;
-        }
+        let by_id = plan_versions(plans, meters)?;
+        let subscriptions = subscriptions_by_customer(subs, &by_id, meters)?;
         if let Some(p) = &rater.default_plan {
             if !by_id.contains_key(p) {
                 return Err(ConfigError::invalid(

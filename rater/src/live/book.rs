@@ -63,6 +63,25 @@ pub struct Hold {
 }
 
 impl Hold {
+    /// The hold an allowed request places: its quantity under `group_key`, at its marginal
+    /// cost and the tax on it.
+    fn placed(ask: &Ask<'_>, group_key: String, (amount, tax): (Decimal, Decimal)) -> Hold {
+        Hold {
+            id: ask.hold_id.clone(),
+            customer: ask.customer.to_string(),
+            agent: ask.agent.to_owned(),
+            meter: ask.meter.to_owned(),
+            group_key,
+            group: ask.group.clone(),
+            quantity: ask.quantity,
+            amount,
+            tax,
+            declared: None,
+            expires_at_ms: ask.expires_at_ms,
+            settled: BTreeMap::new(),
+        }
+    }
+
     /// What the hold reserves of a budget of `kind`: its quantity, its amount, or (a wallet)
     /// its amount after tax.
     pub fn held_for(&self, kind: Kind) -> Decimal {
@@ -865,29 +884,7 @@ impl Book {
             );
         };
         if let Some(h) = book.holds.get(&ask.hold_id) {
-            let same = h.agent == ask.agent
-                && h.meter == ask.meter
-                && h.declared.unwrap_or(h.quantity) == ask.quantity
-                && h.group == *ask.group;
-            if !same {
-                return (
-                    Answer::deny(
-                        Reason::InvalidRequest,
-                        "request_id names a hold placed for another request",
-                    ),
-                    None,
-                );
-            }
-            // the same request again (its answer was lost): the same hold
-            let answer = Answer {
-                allow: true,
-                hold_id: Some(h.id.clone()),
-                remaining: None,
-                currency: book.costs.currency.clone(),
-                reason: None,
-                detail: None,
-            };
-            return (answer, None);
+            return (repeated(h, ask, &book.costs), None);
         }
         if let Some(cap) = cap {
             if book.holds.len() >= cap {
@@ -900,35 +897,10 @@ impl Book {
                 );
             }
         }
-        if book.costs.error.is_some() || book.costs.currency.is_none() {
-            book.costs = costs(catalog, ask.customer, book);
-        }
-        if let Some(e) = &book.costs.error {
-            return (
-                Answer::deny(Reason::Unavailable, format!("pricing: {e}")),
-                None,
-            );
-        }
-        let (names, values): (Vec<String>, Vec<String>) = ask
-            .group
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .unzip();
-        let group_key = if per_group(catalog, ask.customer, book, ask.meter) {
-            serde_json::to_string(ask.group).unwrap_or_else(|_| "{}".into())
-        } else {
-            "{}".to_owned()
+        let (group_key, cost, cost_tax) = match priced_request(catalog, ask, book, agg) {
+            Ok(p) => p,
+            Err(a) => return (a, None),
         };
-        let (cost, cost_tax) =
-            match marginal(catalog, ask, book, agg, (&group_key, &names, &values)) {
-                Ok(c) => c,
-                Err(e) => {
-                    return (
-                        Answer::deny(Reason::Unavailable, format!("pricing: {e}")),
-                        None,
-                    )
-                }
-            };
         let remaining = match within_budgets(&budgets, reserved, book, ask, (cost, cost_tax)) {
             Ok(r) => r,
             Err(a) => return (a, None),
@@ -936,20 +908,7 @@ impl Book {
         if let Err(a) = within_limits(catalog, ask, book) {
             return (a, None);
         }
-        let hold = Hold {
-            id: ask.hold_id.clone(),
-            customer: ask.customer.to_string(),
-            agent: ask.agent.to_owned(),
-            meter: ask.meter.to_owned(),
-            group_key,
-            group: ask.group.clone(),
-            quantity: ask.quantity,
-            amount: cost,
-            tax: cost_tax,
-            declared: None,
-            expires_at_ms: ask.expires_at_ms,
-            settled: BTreeMap::new(),
-        };
+        let hold = Hold::placed(ask, group_key, (cost, cost_tax));
         let currency = book.costs.currency.clone();
         self.put_hold(hold.clone());
         let answer = Answer {
@@ -1093,6 +1052,60 @@ impl Book {
     /// Every hold, for a journal snapshot.
     pub fn holds(&self) -> impl Iterator<Item = &Hold> {
         self.customers.values().flat_map(|b| b.holds.values())
+    }
+}
+
+/// The answer to a request whose id names a placed hold: the same hold when it is the same
+/// request again (its answer was lost), else a denial.
+fn repeated(h: &Hold, ask: &Ask<'_>, costs: &Costs) -> Answer {
+    let same = h.agent == ask.agent
+        && h.meter == ask.meter
+        && h.declared.unwrap_or(h.quantity) == ask.quantity
+        && h.group == *ask.group;
+    if !same {
+        return Answer::deny(
+            Reason::InvalidRequest,
+            "request_id names a hold placed for another request",
+        );
+    }
+    Answer {
+        allow: true,
+        hold_id: Some(h.id.clone()),
+        remaining: None,
+        currency: costs.currency.clone(),
+        reason: None,
+        detail: None,
+    }
+}
+
+/// The request priced in `book` (its spend priced first when it is not yet, or failed
+/// before): the group key it is priced under and its marginal cost and tax, or the denial
+/// when pricing fails.
+fn priced_request(
+    catalog: &Catalog,
+    ask: &Ask<'_>,
+    book: &mut CustomerBook,
+    agg: Aggregation,
+) -> Result<(String, Decimal, Decimal), Answer> {
+    if book.costs.error.is_some() || book.costs.currency.is_none() {
+        book.costs = costs(catalog, ask.customer, book);
+    }
+    if let Some(e) = &book.costs.error {
+        return Err(Answer::deny(Reason::Unavailable, format!("pricing: {e}")));
+    }
+    let (names, values): (Vec<String>, Vec<String>) = ask
+        .group
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .unzip();
+    let group_key = if per_group(catalog, ask.customer, book, ask.meter) {
+        serde_json::to_string(ask.group).unwrap_or_else(|_| "{}".into())
+    } else {
+        "{}".to_owned()
+    };
+    match marginal(catalog, ask, book, agg, (&group_key, &names, &values)) {
+        Ok((cost, cost_tax)) => Ok((group_key, cost, cost_tax)),
+        Err(e) => Err(Answer::deny(Reason::Unavailable, format!("pricing: {e}"))),
     }
 }
 

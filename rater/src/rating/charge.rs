@@ -4,13 +4,13 @@
 
 use rust_decimal::Decimal;
 use serde::Serialize;
-use tally_domain::{Aggregation, CustomerId, MeterSlug, Period};
+use tally_domain::{Aggregation, Currency, CustomerId, MeterSlug, Period};
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::catalog::plan::Plan;
 use crate::catalog::tax::tax_on;
 use crate::catalog::terms::{Fx, Terms};
-use crate::pricing::{LineKind, Measured, PriceError, TierUse};
+use crate::pricing::{LineKind, Measured, PriceError, Priced, TierUse};
 
 /// One customer's committed usage of one meter in one period: of the whole meter
 /// (`group_key` `{}`), or of one group-by value when the meter's price is per group.
@@ -173,11 +173,6 @@ pub fn compute_with(
     let Some(price) = plan.prices.get(&usage.meter) else {
         return Ok(None);
     };
-    let overflow = |detail: String| ChargeError::Overflow {
-        customer: usage.customer.to_string(),
-        meter: usage.meter.to_string(),
-        detail,
-    };
     let measured = Measured {
         quantity: usage.quantity,
         share: usage.share(),
@@ -187,39 +182,14 @@ pub fn compute_with(
     let priced = match price.price_discounted(measured, &terms.coupons) {
         Ok(p) => p,
         Err(PriceError::NoRate { .. }) => return Ok(None),
-        Err(e) => return Err(overflow(e.to_string())),
+        Err(e) => return Err(overflow(usage, e.to_string())),
     };
     let (currency, rate) = match terms.fx {
         None => (plan.currency, Decimal::ONE),
         Some(Fx { rate: None, .. }) => return Ok(None),
         Some(Fx { to, rate: Some(r) }) => (to, r),
     };
-    let convert = |d: Decimal| {
-        d.checked_mul(rate)
-            .ok_or_else(|| overflow(format!("converting {d} at {rate}")))
-    };
-    // The one rounding point: the charge's full-precision amount, to minor units.
-    let amount = currency.round(convert(priced.amount)?);
-    let amount_minor = currency
-        .to_minor(amount)
-        .map_err(|e| overflow(e.to_string()))?;
-    let before_discounts: Decimal = priced
-        .tiers
-        .iter()
-        .filter(|t| t.kind != Some(LineKind::Discount))
-        .map(|t| t.amount)
-        .sum();
-    let amount_before_discounts_minor = currency
-        .to_minor(currency.round(convert(before_discounts)?))
-        .map_err(|e| overflow(e.to_string()))?;
-    let tax = terms
-        .tax
-        .as_ref()
-        .map(|r| currency.round(tax_on(amount, r.rate_percent)))
-        .unwrap_or_default();
-    let tax_minor = currency
-        .to_minor(tax)
-        .map_err(|e| overflow(e.to_string()))?;
+    let sums = Amounts::of(usage, &priced, currency, rate, terms)?;
     Ok(Some(Charge {
         charge_id: charge_id(
             usage.customer.as_str(),
@@ -244,9 +214,9 @@ pub fn compute_with(
         quantity: usage.quantity,
         unit_price: price.model.unit_price(measured),
         tiers: priced.tiers,
-        amount,
-        amount_minor,
-        amount_before_discounts_minor,
+        amount: sums.amount,
+        amount_minor: sums.amount_minor,
+        amount_before_discounts_minor: sums.amount_before_discounts_minor,
         tax_region: terms
             .tax
             .as_ref()
@@ -258,12 +228,73 @@ pub fn compute_with(
             .map(|r| r.code.clone())
             .unwrap_or_default(),
         tax_rate: terms.tax.as_ref().map(|r| r.rate_percent),
-        tax_minor,
-        amount_with_tax_minor: amount_minor.saturating_add(tax_minor),
+        tax_minor: sums.tax_minor,
+        amount_with_tax_minor: sums.amount_minor.saturating_add(sums.tax_minor),
         windows: usage.windows,
         usage_from_ms: usage.first_window_ms,
         usage_to_ms: usage.last_window_end_ms,
     }))
+}
+
+/// The error of a charge of `usage` whose arithmetic overflowed.
+fn overflow(usage: &MeterUsage, detail: String) -> ChargeError {
+    ChargeError::Overflow {
+        customer: usage.customer.to_string(),
+        meter: usage.meter.to_string(),
+        detail,
+    }
+}
+
+/// A priced charge's sums in its billing currency, each rounded once to minor units.
+struct Amounts {
+    amount: Decimal,
+    amount_minor: i64,
+    amount_before_discounts_minor: i64,
+    tax_minor: i64,
+}
+
+impl Amounts {
+    /// Converts `priced` at `rate` into `currency` and adds the tax of `terms`.
+    fn of(
+        usage: &MeterUsage,
+        priced: &Priced,
+        currency: Currency,
+        rate: Decimal,
+        terms: &Terms<'_>,
+    ) -> Result<Amounts, ChargeError> {
+        let convert = |d: Decimal| {
+            d.checked_mul(rate)
+                .ok_or_else(|| overflow(usage, format!("converting {d} at {rate}")))
+        };
+        // The one rounding point: the charge's full-precision amount, to minor units.
+        let amount = currency.round(convert(priced.amount)?);
+        let amount_minor = currency
+            .to_minor(amount)
+            .map_err(|e| overflow(usage, e.to_string()))?;
+        let before_discounts: Decimal = priced
+            .tiers
+            .iter()
+            .filter(|t| t.kind != Some(LineKind::Discount))
+            .map(|t| t.amount)
+            .sum();
+        let amount_before_discounts_minor = currency
+            .to_minor(currency.round(convert(before_discounts)?))
+            .map_err(|e| overflow(usage, e.to_string()))?;
+        let tax = terms
+            .tax
+            .as_ref()
+            .map(|r| currency.round(tax_on(amount, r.rate_percent)))
+            .unwrap_or_default();
+        let tax_minor = currency
+            .to_minor(tax)
+            .map_err(|e| overflow(usage, e.to_string()))?;
+        Ok(Amounts {
+            amount,
+            amount_minor,
+            amount_before_discounts_minor,
+            tax_minor,
+        })
+    }
 }
 
 #[cfg(test)]
