@@ -7,15 +7,12 @@
 //!   [`EVENTS_MAX`] events, a body over the API's bound), 503 `unavailable` (storage; the
 //!   import can be re-sent as is: what it imported stays imported once).
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use hyper::StatusCode;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tally_platform::auth::Principal;
 
-use super::shared::{error, json, read_json, ApiState};
+use super::shared::{error, json, parse, unavailable, ApiState, Reply};
 use crate::backfill::Import;
 use crate::corrections::CorrectionError;
 use crate::store::backfill::Importer;
@@ -35,7 +32,7 @@ struct BackfillRequest {
     events: Vec<Box<RawValue>>,
 }
 
-fn invalid(detail: impl std::fmt::Display) -> Response<Full<Bytes>> {
+fn invalid(detail: impl std::fmt::Display) -> Reply {
     error(StatusCode::BAD_REQUEST, "invalid_backfill", detail)
 }
 
@@ -46,12 +43,8 @@ fn time(field: &str, text: &str) -> Result<i64, String> {
 }
 
 /// `POST /v1/backfill` by `who`.
-pub(crate) async fn post(
-    state: &ApiState,
-    req: Request<Incoming>,
-    who: &Principal,
-) -> Response<Full<Bytes>> {
-    let body: BackfillRequest = match read_json(req, "invalid_backfill").await {
+pub(crate) async fn post(state: &ApiState, body: &[u8], who: &Principal) -> Reply {
+    let body: BackfillRequest = match parse(body, "invalid_backfill") {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -73,15 +66,15 @@ pub(crate) async fn post(
     let mut importer = match Importer::start(&state.db, import).await {
         Ok(i) => i,
         Err(e @ CorrectionError::Invalid { .. }) => return invalid(e),
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
+        Err(e) => return unavailable(e),
     };
     for (at, event) in (0u64..).zip(&body.events) {
         if let Err(e) = importer.add(at, event.get().as_bytes()).await {
-            return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e);
+            return unavailable(e);
         }
     }
     match importer.finish().await {
         Ok(report) => json(StatusCode::OK, &report),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
+        Err(e) => unavailable(e),
     }
 }

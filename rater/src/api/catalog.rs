@@ -7,14 +7,12 @@
 //! change is valid is decided by [`crate::catalog`] (through [`crate::store::catalog`]),
 //! never here.
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use hyper::StatusCode;
 use serde::Serialize;
 use tally_domain::CustomerId;
+use tally_platform::http::ErrorCode;
 
-use super::shared::{appended_reply, error, json, read_json, ApiState};
+use super::shared::{appended_reply, error, fail, json, parse, unavailable, ApiState, Reply};
 use crate::catalog::{Catalog, Plan, Subscription};
 use crate::config::{PlanSpec, SubscriptionSpec};
 use crate::pricing::Price;
@@ -100,44 +98,49 @@ fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-pub(crate) fn route(catalog: &Catalog, path: &[&str]) -> Response<Full<Bytes>> {
-    match path {
-        ["v1", "plans"] => {
-            let plans: Vec<PlanView<'_>> = catalog.plans().map(plan_view).collect();
-            json(StatusCode::OK, &plans)
-        }
-        ["v1", "plans", id] => {
-            let plans: Vec<PlanView<'_>> = catalog
-                .plans()
-                .filter(|p| p.id == *id)
-                .map(plan_view)
-                .collect();
-            if plans.is_empty() {
-                return error(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    format!("no plan {id:?}"),
-                );
-            }
-            json(StatusCode::OK, &plans)
-        }
-        ["v1", "customers", customer, "subscriptions"] => {
-            let Ok(customer) = CustomerId::new((*customer).to_owned()) else {
-                return error(StatusCode::BAD_REQUEST, "invalid_customer", customer);
-            };
-            let subs: Vec<SubscriptionView<'_>> = catalog
-                .subscriptions_of(&customer)
-                .iter()
-                .map(subscription_view)
-                .collect();
-            json(StatusCode::OK, &subs)
-        }
-        _ => error(StatusCode::NOT_FOUND, "not_found", path.join("/")),
+/// Answers from the stored catalog, read now; 503 `unavailable` when it cannot be read.
+pub(crate) async fn read(state: &ApiState, show: impl FnOnce(&Catalog) -> Reply) -> Reply {
+    match state.source.current(&state.db).await {
+        Ok(catalog) => show(&catalog),
+        Err(e) => unavailable(e),
     }
 }
 
-pub(crate) async fn add_plan(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let plan: PlanSpec = match read_json(req, "invalid_plan").await {
+/// `GET /v1/plans`: every version of every plan.
+pub(crate) fn plans(catalog: &Catalog) -> Reply {
+    let plans: Vec<PlanView<'_>> = catalog.plans().map(plan_view).collect();
+    json(StatusCode::OK, &plans)
+}
+
+/// `GET /v1/plans/{id}`: the plan's versions; 404 `not_found` for none.
+pub(crate) fn plan(catalog: &Catalog, id: &str) -> Reply {
+    let plans: Vec<PlanView<'_>> = catalog
+        .plans()
+        .filter(|p| p.id == id)
+        .map(plan_view)
+        .collect();
+    if plans.is_empty() {
+        return fail(ErrorCode::NotFound, format!("no plan {id:?}"));
+    }
+    json(StatusCode::OK, &plans)
+}
+
+/// `GET /v1/customers/{id}/subscriptions`; 400 `invalid_customer`.
+pub(crate) fn subscriptions(catalog: &Catalog, customer: &str) -> Reply {
+    let Ok(customer) = CustomerId::new(customer.to_owned()) else {
+        return error(StatusCode::BAD_REQUEST, "invalid_customer", customer);
+    };
+    let subs: Vec<SubscriptionView<'_>> = catalog
+        .subscriptions_of(&customer)
+        .iter()
+        .map(subscription_view)
+        .collect();
+    json(StatusCode::OK, &subs)
+}
+
+/// `POST /v1/plans`.
+pub(crate) async fn add_plan(state: &ApiState, body: &[u8]) -> Reply {
+    let plan: PlanSpec = match parse(body, "invalid_plan") {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -153,11 +156,9 @@ pub(crate) async fn add_plan(state: &ApiState, req: Request<Incoming>) -> Respon
     )
 }
 
-pub(crate) async fn add_subscription(
-    state: &ApiState,
-    req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
-    let sub: SubscriptionSpec = match read_json(req, "invalid_subscription").await {
+/// `POST /v1/subscriptions`.
+pub(crate) async fn add_subscription(state: &ApiState, body: &[u8]) -> Reply {
+    let sub: SubscriptionSpec = match parse(body, "invalid_subscription") {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -189,11 +190,9 @@ struct CancelInput {
     line: Option<String>,
 }
 
-pub(crate) async fn cancel_subscription(
-    state: &ApiState,
-    req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
-    let input: CancelInput = match read_json(req, "invalid_cancellation").await {
+/// `POST /v1/subscriptions/cancel`.
+pub(crate) async fn cancel_subscription(state: &ApiState, body: &[u8]) -> Reply {
+    let input: CancelInput = match parse(body, "invalid_cancellation") {
         Ok(i) => i,
         Err(r) => return r,
     };

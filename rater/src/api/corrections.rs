@@ -13,18 +13,13 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use hyper::StatusCode;
 use serde::Serialize;
 use tally_platform::auth::Principal;
 
-use super::shared::{error, json, read_json, ApiState};
+use super::shared::{error, json, parse, unavailable, ApiState, Reply};
 use crate::corrections::{self, Correction, CorrectionError, CorrectionRequest};
 use crate::store;
-
-type Reply = Response<Full<Bytes>>;
 
 /// A correction as the API shows it.
 #[derive(Serialize)]
@@ -82,8 +77,8 @@ fn refused(e: &CorrectionError) -> Reply {
 }
 
 /// `POST /v1/corrections` by `who`.
-pub(crate) async fn post(state: &ApiState, req: Request<Incoming>, who: &Principal) -> Reply {
-    let body: CorrectionRequest = match read_json(req, "invalid_correction").await {
+pub(crate) async fn post(state: &ApiState, body: &[u8], who: &Principal) -> Reply {
+    let body: CorrectionRequest = match parse(body, "invalid_correction") {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -114,7 +109,7 @@ pub(crate) async fn list(state: &ApiState, customer: &str, query: Option<&str>) 
     let listed =
         match store::corrections::of_customer(&state.db, customer, &page.after, page.limit).await {
             Ok(listed) => listed,
-            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
+            Err(e) => return unavailable(e),
         };
     // whether each counts depends on every correction of its event, on this page or not
     let events: BTreeSet<(&str, &str)> = listed
@@ -124,7 +119,7 @@ pub(crate) async fn list(state: &ApiState, customer: &str, query: Option<&str>) 
     let events: Vec<(&str, &str)> = events.into_iter().collect();
     let all = match store::corrections::of_events(&state.db, customer, &events).await {
         Ok(all) => all,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
+        Err(e) => return unavailable(e),
     };
     let mut by_event: HashMap<(&str, &str), Vec<Correction>> = HashMap::new();
     for c in &all {

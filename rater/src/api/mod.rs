@@ -17,13 +17,17 @@
 //! (in [`crate::api::query`]) `GET /v1/meters/{slug}/query`, a customer's usage per window and
 //! group; and (in [`crate::api::rates`]) `GET`/`POST /v1/tax_rates`, `GET`/`POST /v1/fx_rates`.
 //!
-//! [`ROUTES`] lists every route; a request matching none is 404 (405 for another method of a
-//! listed path), and a test checks the table against [`OPENAPI`] both ways.
+//! [`ROUTES`] lists every route and [`router`] is built from it (the shared axum server of
+//! `tally_platform::http`): a request matching none is 404 `not_found` (405
+//! `method_not_allowed` for another method of a listed path), and a test checks the table
+//! against [`OPENAPI`] both ways. Bodies are read within [`BODY_BYTES_MAX`] (413
+//! `body_too_large`).
 //!
 //! Every route but the OpenAPI document needs `Authorization: Bearer <token>`
 //! ([`tally_platform::auth`]): reads any role with `read`, changes `edit_catalog`
-//! (`catalog_editor` or `admin`); 401/403 otherwise. Every change is recorded with its actor
-//! in `api_audit` before it is made.
+//! (`catalog_editor` or `admin`); 401/403 otherwise, for an unknown path too (the token is
+//! checked before the route is looked up). Every change is recorded with its actor in
+//! `api_audit` before it is made.
 
 pub mod backfill;
 mod catalog;
@@ -36,28 +40,43 @@ pub(crate) mod shared;
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
-use tally_platform::auth::{hook, Permission};
-use tally_platform::openapi::{self, Route};
+use axum::extract::{Path, RawQuery, State};
+use axum::routing::{on, MethodFilter, MethodRouter};
+use axum::Extension;
+use hyper::StatusCode;
+use tally_platform::auth::{Permission, Principal};
+use tally_platform::http::{self, ListenerLimits, RawBody, Router};
+use tally_platform::openapi::Route;
 use tally_platform::shutdown::Shutdown;
 use tokio::net::TcpListener;
 
-use shared::{error, json};
+use shared::{json, CustomerPath, Reply};
 
 pub use shared::{ApiState, BODY_BYTES_MAX};
 
-/// Serves until `shutdown` (the shared server of `tally_platform::http`: bounded
+/// Serves [`router`] until `shutdown` (the shared server of `tally_platform::http`: bounded
 /// connections, header timeout, graceful shutdown).
 pub async fn serve(listener: TcpListener, state: Arc<ApiState>, shutdown: Shutdown) {
-    let handler = move |req| {
-        let state = state.clone();
-        async move { route(&state, req).await }
-    };
-    tally_platform::http::serve(listener, handler, shutdown).await;
+    http::serve_router(
+        "rater",
+        listener,
+        router(state),
+        ListenerLimits::default(),
+        shutdown,
+    )
+    .await;
 }
+
+/// The API's axum router, built from [`ROUTES`] ([`shared::secured`]: 404/405 in the shared
+/// shape, bodies within [`BODY_BYTES_MAX`], every request but the OpenAPI document
+/// authenticated first, the 401/403 of an unknown path included, as before; changes need
+/// what [`writes`] says and are audited).
+pub fn router(state: Arc<ApiState>) -> Router {
+    let auth = state.auth.clone();
+    shared::secured(http::route_table(ROUTES, handler), state, auth, writes)
+}
+
+type Shared = State<Arc<ApiState>>;
 
 /// What a change through `path` needs: corrections and backfills change what customers are
 /// billed (the invoicer turns them into credit notes and adjustments), so they are invoice
@@ -70,31 +89,116 @@ fn writes(path: &str) -> Permission {
     }
 }
 
-/// Authenticates, then routes; changes are audited.
-async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    if req.method() == Method::GET && req.uri().path() == "/v1/openapi.json" {
-        return openapi_reply();
+/// What a route's method answers. Bodies are read by the shared [`RawBody`] (within the
+/// router's limit) after the token was checked; a path's `{id}` is a customer for
+/// [`CustomerPath`], which refuses a bad one before the body is read.
+fn handler(op: Op, method: MethodFilter) -> MethodRouter<Arc<ApiState>> {
+    type Id = Path<String>;
+    type Who = Extension<Principal>;
+    match op {
+        Op::Plans => on(method, |State(s): Shared| async move {
+            catalog::read(&s, catalog::plans).await
+        }),
+        Op::Plan => on(method, |State(s): Shared, Path(id): Id| async move {
+            catalog::read(&s, |c| catalog::plan(c, &id)).await
+        }),
+        Op::Subscriptions => on(method, |State(s): Shared, Path(id): Id| async move {
+            catalog::read(&s, |c| catalog::subscriptions(c, &id)).await
+        }),
+        Op::AddPlan => on(method, |State(s): Shared, RawBody(b): RawBody| async move {
+            catalog::add_plan(&s, &b).await
+        }),
+        Op::AddSubscription => on(method, |State(s): Shared, RawBody(b): RawBody| async move {
+            catalog::add_subscription(&s, &b).await
+        }),
+        Op::CancelSubscription => on(method, |State(s): Shared, RawBody(b): RawBody| async move {
+            catalog::cancel_subscription(&s, &b).await
+        }),
+        Op::Explain => on(method, |State(s): Shared, Path(id): Id| async move {
+            explain::explain_charge(&s, &id).await
+        }),
+        Op::Correct => on(
+            method,
+            |State(s): Shared, Extension(who): Who, RawBody(b): RawBody| async move {
+                corrections::post(&s, &b, &who).await
+            },
+        ),
+        Op::Corrections => on(
+            method,
+            |State(s): Shared, Path(id): Id, RawQuery(q): RawQuery| async move {
+                corrections::list(&s, &id, q.as_deref()).await
+            },
+        ),
+        Op::Backfill => on(
+            method,
+            |State(s): Shared, Extension(who): Who, RawBody(b): RawBody| async move {
+                backfill::post(&s, &b, &who).await
+            },
+        ),
+        Op::Registry(op) => registry_handler(op, method),
+        Op::Query => on(
+            method,
+            |State(s): Shared, Path(slug): Id, RawQuery(q): RawQuery| async move {
+                query::answer(&s, &slug, q.as_deref()).await
+            },
+        ),
+        Op::TaxRates => on(method, |State(s): Shared| async move {
+            rates::list(&s, false).await
+        }),
+        Op::FxRates => on(method, |State(s): Shared| async move {
+            rates::list(&s, true).await
+        }),
+        Op::AddTaxRate => on(method, |State(s): Shared, RawBody(b): RawBody| async move {
+            rates::post_tax_rate(&s, &b).await
+        }),
+        Op::AddFxRate => on(method, |State(s): Shared, RawBody(b): RawBody| async move {
+            rates::post_fx_rate(&s, &b).await
+        }),
+        Op::OpenApi => on(method, || async { openapi_reply() }),
     }
-    let who = match hook::authorize(&state.auth, &req, writes(req.uri().path())).await {
-        Ok(who) => who,
-        Err(refused) => return refused,
-    };
-    let (method, path) = (req.method().to_string(), req.uri().path().to_owned());
-    hook::audited(
-        &state.auth,
-        &who,
-        &method,
-        &path,
-        dispatch(state, req, &who),
-    )
-    .await
 }
 
-/// What a route does: the routes of this module, or the module that answers them.
+/// What a route of [`crate::api::registry`] answers.
+fn registry_handler(op: RegistryOp, method: MethodFilter) -> MethodRouter<Arc<ApiState>> {
+    type Id = Path<String>;
+    match op {
+        RegistryOp::Customers => on(method, |State(s): Shared| async move {
+            registry::read(&s, registry::customers).await
+        }),
+        RegistryOp::Customer => on(method, |State(s): Shared, Path(id): Id| async move {
+            registry::read(&s, |r| registry::customer(r, &id)).await
+        }),
+        RegistryOp::Agents => on(method, |State(s): Shared, Path(id): Id| async move {
+            registry::read(&s, |r| registry::agents(r, &id)).await
+        }),
+        RegistryOp::Meters => on(method, |State(s): Shared| async move {
+            registry::read(&s, registry::meters).await
+        }),
+        RegistryOp::Meter => on(method, |State(s): Shared, Path(slug): Id| async move {
+            registry::read(&s, |r| registry::meter(r, &slug)).await
+        }),
+        RegistryOp::AddCustomer => on(method, |State(s): Shared, RawBody(b): RawBody| async move {
+            registry::post_customer(&s, &b).await
+        }),
+        RegistryOp::AddAgent => on(
+            method,
+            |State(s): Shared, CustomerPath(customer): CustomerPath, RawBody(b): RawBody| async move {
+                registry::post_agent(&s, &customer, &b).await
+            },
+        ),
+        RegistryOp::AddMeter => on(method, |State(s): Shared, RawBody(b): RawBody| async move {
+            registry::post_meter(&s, &b).await
+        }),
+    }
+}
+
+/// What a route does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
-    /// The catalog's reads (plans, a plan's versions, a customer's subscriptions).
-    Catalog,
+    /// The catalog's reads: every plan, a plan's versions, a customer's subscriptions.
+    Plans,
+    Plan,
+    Subscriptions,
     AddPlan,
     AddSubscription,
     CancelSubscription,
@@ -106,76 +210,76 @@ pub enum Op {
     /// [`crate::api::backfill`]: import historical events.
     Backfill,
     /// [`crate::api::registry`].
-    Registry,
+    Registry(RegistryOp),
     /// [`crate::api::query`].
     Query,
     /// [`crate::api::rates`].
-    Rates,
+    TaxRates,
+    AddTaxRate,
+    FxRates,
+    AddFxRate,
     OpenApi,
 }
 
-/// Every route: [`dispatch`] answers only these, and the test checks them against
+/// What a route of [`crate::api::registry`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistryOp {
+    Customers,
+    AddCustomer,
+    Customer,
+    Agents,
+    AddAgent,
+    Meters,
+    AddMeter,
+    Meter,
+}
+
+/// Every route: [`router`] answers only these, and the test checks them against
 /// [`OPENAPI`] both ways.
 pub const ROUTES: &[Route<Op>] = &[
-    Route::new("GET", "/v1/plans", Op::Catalog),
+    Route::new("GET", "/v1/plans", Op::Plans),
     Route::new("POST", "/v1/plans", Op::AddPlan),
-    Route::new("GET", "/v1/plans/{id}", Op::Catalog),
+    Route::new("GET", "/v1/plans/{id}", Op::Plan),
     Route::new("POST", "/v1/subscriptions", Op::AddSubscription),
     Route::new("POST", "/v1/subscriptions/cancel", Op::CancelSubscription),
-    Route::new("GET", "/v1/customers/{id}/subscriptions", Op::Catalog),
+    Route::new("GET", "/v1/customers/{id}/subscriptions", Op::Subscriptions),
     Route::new("GET", "/v1/charges/{charge_id}/explain", Op::Explain),
     Route::new("POST", "/v1/corrections", Op::Correct),
     Route::new("GET", "/v1/customers/{id}/corrections", Op::Corrections),
     Route::new("POST", "/v1/backfill", Op::Backfill),
-    Route::new("GET", "/v1/customers", Op::Registry),
-    Route::new("POST", "/v1/customers", Op::Registry),
-    Route::new("GET", "/v1/customers/{id}", Op::Registry),
-    Route::new("GET", "/v1/customers/{id}/agents", Op::Registry),
-    Route::new("POST", "/v1/customers/{id}/agents", Op::Registry),
-    Route::new("GET", "/v1/meters", Op::Registry),
-    Route::new("POST", "/v1/meters", Op::Registry),
-    Route::new("GET", "/v1/meters/{slug}", Op::Registry),
+    Route::new("GET", "/v1/customers", Op::Registry(RegistryOp::Customers)),
+    Route::new(
+        "POST",
+        "/v1/customers",
+        Op::Registry(RegistryOp::AddCustomer),
+    ),
+    Route::new(
+        "GET",
+        "/v1/customers/{id}",
+        Op::Registry(RegistryOp::Customer),
+    ),
+    Route::new(
+        "GET",
+        "/v1/customers/{id}/agents",
+        Op::Registry(RegistryOp::Agents),
+    ),
+    Route::new(
+        "POST",
+        "/v1/customers/{id}/agents",
+        Op::Registry(RegistryOp::AddAgent),
+    ),
+    Route::new("GET", "/v1/meters", Op::Registry(RegistryOp::Meters)),
+    Route::new("POST", "/v1/meters", Op::Registry(RegistryOp::AddMeter)),
+    Route::new("GET", "/v1/meters/{slug}", Op::Registry(RegistryOp::Meter)),
     Route::new("GET", "/v1/meters/{slug}/query", Op::Query),
-    Route::new("GET", "/v1/tax_rates", Op::Rates),
-    Route::new("POST", "/v1/tax_rates", Op::Rates),
-    Route::new("GET", "/v1/fx_rates", Op::Rates),
-    Route::new("POST", "/v1/fx_rates", Op::Rates),
+    Route::new("GET", "/v1/tax_rates", Op::TaxRates),
+    Route::new("POST", "/v1/tax_rates", Op::AddTaxRate),
+    Route::new("GET", "/v1/fx_rates", Op::FxRates),
+    Route::new("POST", "/v1/fx_rates", Op::AddFxRate),
     Route::new("GET", "/v1/openapi.json", Op::OpenApi),
 ];
 
-async fn dispatch(
-    state: &ApiState,
-    req: Request<Incoming>,
-    who: &tally_platform::auth::Principal,
-) -> Response<Full<Bytes>> {
-    let path = tally_platform::http::segments(req.uri());
-    let path: Vec<&str> = path.iter().map(String::as_str).collect();
-    let (op, params) = match openapi::resolve(ROUTES, &req) {
-        Ok(found) => found,
-        Err(answer) => return answer,
-    };
-    match op {
-        Op::AddPlan => catalog::add_plan(state, req).await,
-        Op::AddSubscription => catalog::add_subscription(state, req).await,
-        Op::CancelSubscription => catalog::cancel_subscription(state, req).await,
-        Op::Query => crate::api::query::route(state, req, &path).await,
-        Op::Registry => crate::api::registry::route(state, req, &path).await,
-        Op::Rates => crate::api::rates::route(state, req, &path).await,
-        Op::Explain => explain::explain_charge(state, &params[0]).await,
-        Op::Correct => crate::api::corrections::post(state, req, who).await,
-        Op::Corrections => {
-            crate::api::corrections::list(state, &params[0], req.uri().query()).await
-        }
-        Op::Backfill => crate::api::backfill::post(state, req, who).await,
-        Op::Catalog => match state.source.current(&state.db).await {
-            Ok(catalog) => catalog::route(&catalog, &path),
-            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
-        },
-        Op::OpenApi => openapi_reply(),
-    }
-}
-
-fn openapi_reply() -> Response<Full<Bytes>> {
+fn openapi_reply() -> Reply {
     let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap_or(serde_json::Value::Null);
     json(StatusCode::OK, &doc)
 }
@@ -186,6 +290,7 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tally_platform::openapi;
 
     #[test]
     fn every_route_is_described_and_every_description_served() {

@@ -40,19 +40,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use bytes::Bytes;
 use chrono::{DateTime, Datelike, Days, Months, NaiveDate, NaiveDateTime, TimeZone, Timelike};
 use chrono_tz::Tz;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::StatusCode;
 use serde::Serialize;
 use tally_domain::{CustomerId, Meter};
+use tally_platform::http::ErrorCode;
 use tally_platform::usage::{self, Plan, Resolution, Scope, Totals, UsageRow};
 
-use super::shared::{error, json, ApiState};
-
-type Reply = Response<Full<Bytes>>;
+use super::shared::{error, fail, json, unavailable, ApiState, Reply};
 
 /// The most windows one request may ask for.
 pub const WINDOWS_MAX: usize = 10_000;
@@ -70,29 +66,16 @@ const DAY: i64 = 86_400;
 /// The pseudo group-by name of the agent (unless the meter declares a group of that name).
 pub const AGENT: &str = "agent";
 
-pub(crate) async fn route(state: &ApiState, req: Request<Incoming>, path: &[&str]) -> Reply {
-    if req.method() != Method::GET {
-        return error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            req.method(),
-        );
-    }
-    let ["v1", "meters", slug, "query"] = path else {
-        return error(StatusCode::NOT_FOUND, "not_found", path.join("/"));
-    };
+/// `GET /v1/meters/{slug}/query` with its query string (`None`: none given).
+pub(crate) async fn answer(state: &ApiState, slug: &str, query: Option<&str>) -> Reply {
     let meters = match crate::store::registry::meters(&state.db).await {
         Ok(m) => m,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
+        Err(e) => return unavailable(e),
     };
-    let Some(meter) = meters.iter().find(|m| m.slug.as_str() == *slug) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no meter {slug:?}"),
-        );
+    let Some(meter) = meters.iter().find(|m| m.slug.as_str() == slug) else {
+        return fail(ErrorCode::NotFound, format!("no meter {slug:?}"));
     };
-    let query = match parse(req.uri().query(), meter, now_secs()) {
+    let query = match parse(query, meter, now_secs()) {
         Ok(q) => q,
         Err(e) => return e.reply(),
     };
@@ -722,8 +705,8 @@ fn secs(t: i64) -> u32 {
 /// Reads and folds the usage `q` asks for.
 pub async fn run(db: &clickhouse::Client, meter: &Meter, q: &Query) -> Result<Answer, QueryError> {
     let unavailable = |e: clickhouse::error::Error| QueryError {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        code: "unavailable",
+        status: ErrorCode::Unavailable.status(),
+        code: ErrorCode::Unavailable.as_str(),
         detail: e.to_string(),
     };
     let shape = shape(q);

@@ -12,37 +12,27 @@
 //! prices with the stored entries from its next pass on. These routes never change or remove
 //! a stored entry.
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::StatusCode;
 
-use super::shared::{appended_reply, error, json, read_json, ApiState};
+use super::shared::{appended_reply, json, parse, unavailable, ApiState, Reply};
 use crate::catalog::fx::FxRateSpec;
 use crate::catalog::rates::effective_from_text;
 use crate::catalog::tax::TaxRateSpec;
 use crate::store;
 
-type Reply = Response<Full<Bytes>>;
-
-pub(crate) async fn route(state: &ApiState, req: Request<Incoming>, path: &[&str]) -> Reply {
-    let method = req.method().clone();
-    match (method, path) {
-        (Method::POST, ["v1", "tax_rates"]) => post_tax_rate(state, req).await,
-        (Method::POST, ["v1", "fx_rates"]) => post_fx_rate(state, req).await,
-        (Method::GET, _) => match store::rates::load(&state.db).await {
-            Ok(r) if path == ["v1", "tax_rates"] => {
-                json(StatusCode::OK, &r.tax_rates().collect::<Vec<_>>())
-            }
-            Ok(r) => json(StatusCode::OK, &r.fx_rates().collect::<Vec<_>>()),
-            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
-        },
-        (m, _) => error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", m),
+/// `GET /v1/tax_rates` (`fx` false) or `GET /v1/fx_rates` (`fx` true): every stored entry;
+/// 503 `unavailable`.
+pub(crate) async fn list(state: &ApiState, fx: bool) -> Reply {
+    match store::rates::load(&state.db).await {
+        Ok(r) if fx => json(StatusCode::OK, &r.fx_rates().collect::<Vec<_>>()),
+        Ok(r) => json(StatusCode::OK, &r.tax_rates().collect::<Vec<_>>()),
+        Err(e) => unavailable(e),
     }
 }
 
-async fn post_tax_rate(state: &ApiState, req: Request<Incoming>) -> Reply {
-    let spec: TaxRateSpec = match read_json(req, "invalid_tax_rate").await {
+/// `POST /v1/tax_rates`.
+pub(crate) async fn post_tax_rate(state: &ApiState, body: &[u8]) -> Reply {
+    let spec: TaxRateSpec = match parse(body, "invalid_tax_rate") {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -55,8 +45,9 @@ async fn post_tax_rate(state: &ApiState, req: Request<Incoming>) -> Reply {
     appended_reply(added.map(|a| a.any()), "invalid_tax_rate", identity)
 }
 
-async fn post_fx_rate(state: &ApiState, req: Request<Incoming>) -> Reply {
-    let spec: FxRateSpec = match read_json(req, "invalid_fx_rate").await {
+/// `POST /v1/fx_rates`.
+pub(crate) async fn post_fx_rate(state: &ApiState, body: &[u8]) -> Reply {
+    let spec: FxRateSpec = match parse(body, "invalid_fx_rate") {
         Ok(s) => s,
         Err(r) => return r,
     };

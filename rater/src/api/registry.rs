@@ -12,32 +12,22 @@
 //! `invalid_customer` / `invalid_agent` / `invalid_meter` naming the field, 404 for an
 //! agent of an unknown customer.
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::StatusCode;
 use tally_domain::CustomerId;
+use tally_platform::http::ErrorCode;
 
-use super::shared::{appended_reply, error, json, read_json, ApiState};
+use super::shared::{appended_reply, error, fail, json, parse, unavailable, ApiState, Reply};
 use crate::catalog::customers::{AgentSpec, CustomerSpec};
 use crate::catalog::meters::MeterEntry;
 use crate::catalog::registry::Registry;
 use crate::store::CatalogStoreError;
 use crate::store::{self, registry::Appended};
 
-type Reply = Response<Full<Bytes>>;
-
-pub(crate) async fn route(state: &ApiState, req: Request<Incoming>, path: &[&str]) -> Reply {
-    let method = req.method().clone();
-    match (method, path) {
-        (Method::POST, ["v1", "customers"]) => post_customer(state, req).await,
-        (Method::POST, ["v1", "customers", id, "agents"]) => post_agent(state, req, id).await,
-        (Method::POST, ["v1", "meters"]) => post_meter(state, req).await,
-        (Method::GET, _) => match store::registry::load(&state.db).await {
-            Ok(r) => show(&r, path),
-            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
-        },
-        (m, _) => error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", m),
+/// Answers from the stored registry, read now; 503 `unavailable` when it cannot be read.
+pub(crate) async fn read(state: &ApiState, show: impl FnOnce(&Registry) -> Reply) -> Reply {
+    match store::registry::load(&state.db).await {
+        Ok(r) => show(&r),
+        Err(e) => unavailable(e),
     }
 }
 
@@ -46,52 +36,49 @@ fn customer_id(text: &str) -> Result<CustomerId, Box<Reply>> {
         .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, "invalid_customer", e)))
 }
 
-fn show(r: &Registry, path: &[&str]) -> Reply {
-    match path {
-        ["v1", "customers"] => json(StatusCode::OK, &r.customers().collect::<Vec<_>>()),
-        ["v1", "customers", id] => {
-            let id = match customer_id(id) {
-                Ok(id) => id,
-                Err(reply) => return *reply,
-            };
-            let versions = r.customer_versions(&id);
-            if versions.is_empty() {
-                return error(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    format!("no customer {id}"),
-                );
-            }
-            json(StatusCode::OK, &versions)
-        }
-        ["v1", "customers", id, "agents"] => {
-            let id = match customer_id(id) {
-                Ok(id) => id,
-                Err(reply) => return *reply,
-            };
-            if r.customer_versions(&id).is_empty() {
-                return error(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    format!("no customer {id}"),
-                );
-            }
-            json(StatusCode::OK, &r.agents_of(&id))
-        }
-        ["v1", "meters"] => json(StatusCode::OK, &r.meter_entries().collect::<Vec<_>>()),
-        ["v1", "meters", slug] => {
-            let versions = r.meter_versions(slug);
-            if versions.is_empty() {
-                return error(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    format!("no meter {slug:?}"),
-                );
-            }
-            json(StatusCode::OK, &versions)
-        }
-        _ => error(StatusCode::NOT_FOUND, "not_found", path.join("/")),
+/// `GET /v1/customers`: the latest version of each.
+pub(crate) fn customers(r: &Registry) -> Reply {
+    json(StatusCode::OK, &r.customers().collect::<Vec<_>>())
+}
+
+/// `GET /v1/customers/{id}`: every version; 400 `invalid_customer`, 404 `not_found`.
+pub(crate) fn customer(r: &Registry, id: &str) -> Reply {
+    let id = match customer_id(id) {
+        Ok(id) => id,
+        Err(reply) => return *reply,
+    };
+    let versions = r.customer_versions(&id);
+    if versions.is_empty() {
+        return fail(ErrorCode::NotFound, format!("no customer {id}"));
     }
+    json(StatusCode::OK, &versions)
+}
+
+/// `GET /v1/customers/{id}/agents`: the latest version of each; 400 `invalid_customer`, 404
+/// `not_found` for an unknown customer.
+pub(crate) fn agents(r: &Registry, id: &str) -> Reply {
+    let id = match customer_id(id) {
+        Ok(id) => id,
+        Err(reply) => return *reply,
+    };
+    if r.customer_versions(&id).is_empty() {
+        return fail(ErrorCode::NotFound, format!("no customer {id}"));
+    }
+    json(StatusCode::OK, &r.agents_of(&id))
+}
+
+/// `GET /v1/meters`: the latest version of each (what the rater prices).
+pub(crate) fn meters(r: &Registry) -> Reply {
+    json(StatusCode::OK, &r.meter_entries().collect::<Vec<_>>())
+}
+
+/// `GET /v1/meters/{slug}`: every version; 404 `not_found`.
+pub(crate) fn meter(r: &Registry, slug: &str) -> Reply {
+    let versions = r.meter_versions(slug);
+    if versions.is_empty() {
+        return fail(ErrorCode::NotFound, format!("no meter {slug:?}"));
+    }
+    json(StatusCode::OK, &versions)
 }
 
 fn answer(
@@ -102,8 +89,9 @@ fn answer(
     appended_reply(added.map(|a| a.any()), invalid_code, identity)
 }
 
-async fn post_customer(state: &ApiState, req: Request<Incoming>) -> Reply {
-    let spec: CustomerSpec = match read_json(req, "invalid_customer").await {
+/// `POST /v1/customers`.
+pub(crate) async fn post_customer(state: &ApiState, body: &[u8]) -> Reply {
+    let spec: CustomerSpec = match parse(body, "invalid_customer") {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -112,23 +100,22 @@ async fn post_customer(state: &ApiState, req: Request<Incoming>) -> Reply {
     answer(added, "invalid_customer", identity)
 }
 
-async fn post_agent(state: &ApiState, req: Request<Incoming>, customer: &str) -> Reply {
-    let customer = match customer_id(customer) {
-        Ok(id) => id,
-        Err(reply) => return *reply,
-    };
-    let spec: AgentSpec = match read_json(req, "invalid_agent").await {
+/// `POST /v1/customers/{id}/agents` (the id checked by the route's extractor, before the
+/// body was read).
+pub(crate) async fn post_agent(state: &ApiState, customer: &CustomerId, body: &[u8]) -> Reply {
+    let spec: AgentSpec = match parse(body, "invalid_agent") {
         Ok(s) => s,
         Err(r) => return r,
     };
     let identity =
         serde_json::json!({"customer": customer, "id": spec.id, "version": spec.version});
-    let added = store::registry::add_agent(&state.db, &customer, &spec, (state.now_ms)()).await;
+    let added = store::registry::add_agent(&state.db, customer, &spec, (state.now_ms)()).await;
     answer(added, "invalid_agent", identity)
 }
 
-async fn post_meter(state: &ApiState, req: Request<Incoming>) -> Reply {
-    let entry: MeterEntry = match read_json(req, "invalid_meter").await {
+/// `POST /v1/meters`.
+pub(crate) async fn post_meter(state: &ApiState, body: &[u8]) -> Reply {
+    let entry: MeterEntry = match parse(body, "invalid_meter") {
         Ok(s) => s,
         Err(r) => return r,
     };

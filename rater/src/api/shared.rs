@@ -1,20 +1,28 @@
 //! What every route module of the API shares: the state requests are answered from, reading
-//! a JSON body, and the reply to a POST that appends catalog entries.
+//! a JSON body a route received (the shared `RawBody` extractor reads it), a customer named
+//! by the path, and the reply to a POST that appends catalog entries.
 //!
 //! It owns no route and must never import a route module (they import it).
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use axum::extract::{FromRequestParts, Path, Request};
+use axum::http::request::Parts;
+use axum::middleware::{self, Next};
+use axum::response::IntoResponse;
+use axum::Extension;
 use clickhouse::Client;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
-use tally_platform::auth::Authenticator;
+use hyper::{Method, Response, StatusCode};
+use tally_domain::CustomerId;
+use tally_platform::auth::{hook, Authenticator, Permission};
+use tally_platform::http::{self, Body, BodyLimit, ErrorCode, Router};
 
 use crate::store::{CatalogSource, CatalogStoreError};
 
-pub(crate) use tally_platform::http::{error, json};
+pub(crate) use tally_platform::http::{error, fail, json};
+
+/// An answer.
+pub(crate) type Reply = Response<Body>;
 
 /// Largest request body accepted (a plan version as JSON).
 pub const BODY_BYTES_MAX: usize = 1 << 20;
@@ -29,13 +37,75 @@ pub struct ApiState {
     pub auth: Arc<Authenticator>,
 }
 
-/// Reads a JSON body of at most [`BODY_BYTES_MAX`] within the shared server's body timeout.
+/// The router of one of the rater's APIs from its route table: unrouted requests answered
+/// 404/405 in the shared shape, bodies read within [`BODY_BYTES_MAX`], and every request but
+/// `GET /v1/openapi.json` authenticated before it is routed (the 401/403 of an unknown path
+/// included) by the shared [`hook::guard`]: reads need `read`, a change through a path what
+/// `writes(path)` says, and a change is audited before it is made.
+pub(crate) fn secured<S: Clone + Send + Sync + 'static>(
+    table: Router<S>,
+    state: S,
+    auth: Arc<Authenticator>,
+    writes: fn(&str) -> Permission,
+) -> Router {
+    let guard = move |req: Request, next: Next| {
+        let auth = auth.clone();
+        async move {
+            if req.method() == Method::GET && req.uri().path() == "/v1/openapi.json" {
+                return next.run(req).await;
+            }
+            let writes = writes(req.uri().path());
+            hook::guard(&auth, writes, req, next).await
+        }
+    };
+    http::with_fallbacks(table)
+        .layer(middleware::from_fn(guard))
+        .layer(Extension(BodyLimit(BODY_BYTES_MAX)))
+        .with_state(state)
+}
+
+/// `body` as JSON of type `T`; 400 `code` with the parser's message otherwise (the route's
+/// own code: `invalid_plan`, `invalid_budget`, ...).
+// one answer per request, never stored: boxing it would only cost an allocation
+#[allow(clippy::result_large_err)]
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(body: &[u8], code: &str) -> Result<T, Reply> {
+    serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, code, e))
+}
+
+/// Reads a JSON body of at most [`BODY_BYTES_MAX`] within the shared server's body timeout;
+/// 400 `code` otherwise.
 pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
-    req: Request<Incoming>,
+    req: hyper::Request<hyper::body::Incoming>,
     code: &str,
-) -> Result<T, Response<Full<Bytes>>> {
+) -> Result<T, Reply> {
     let bytes = tally_platform::http::read_body(req.into_body(), BODY_BYTES_MAX).await?;
-    serde_json::from_slice(&bytes).map_err(|e| error(StatusCode::BAD_REQUEST, code, e))
+    parse(&bytes, code)
+}
+
+/// 503 `unavailable`: a store the answer needs failed.
+pub(crate) fn unavailable(e: impl ToString) -> Reply {
+    fail(ErrorCode::Unavailable, e)
+}
+
+/// The path's `{id}` as a customer id; 400 `invalid_customer` otherwise. An extractor, so
+/// a route taking it refuses a bad id before it reads the body.
+pub(crate) struct CustomerPath(pub CustomerId);
+
+impl<S: Send + Sync> FromRequestParts<S> for CustomerPath {
+    type Rejection = axum::response::Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(params) = Path::<Vec<(String, String)>>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let id = params
+            .into_iter()
+            .find_map(|(name, value)| (name == "id").then_some(value))
+            .unwrap_or_default();
+        CustomerId::new(id)
+            .map(CustomerPath)
+            .map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_customer", e).into_response())
+    }
 }
 
 /// The answer to a POST that appends catalog entries: 201 when it appended something, 200
@@ -45,7 +115,7 @@ pub(crate) fn appended_reply(
     appended: Result<bool, CatalogStoreError>,
     invalid_code: &str,
     identity: serde_json::Value,
-) -> Response<Full<Bytes>> {
+) -> Reply {
     match appended {
         Ok(appended) => {
             let status = if appended {
@@ -64,7 +134,7 @@ pub(crate) fn appended_reply(
             format!("{setting}: {detail}"),
         ),
         Err(CatalogStoreError::Invalid(e)) => error(StatusCode::BAD_REQUEST, invalid_code, e),
-        Err(CatalogStoreError::NotFound(what)) => error(StatusCode::NOT_FOUND, "not_found", what),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
+        Err(CatalogStoreError::NotFound(what)) => fail(ErrorCode::NotFound, what),
+        Err(e) => unavailable(e),
     }
 }
