@@ -12,6 +12,7 @@
 //! It never updates or deletes a stored row: every change is an appended record with its actor.
 //!
 //! # Layout
+//! - [`bootstrap`]: the process's configuration file and what `serve` checks on it first.
 //! - [`config`]: the `[payments]`, `[portal]` and `[dunning]` sections (secrets redacted).
 //! - [`signature`]: HMAC-SHA256 `t=...,v1=...` signatures (Stripe's scheme).
 //! - [`gateway`]: the adapter trait, [`gateway::stripe`] and [`gateway::manual`].
@@ -37,6 +38,7 @@
 //! - [`outbound`]: outgoing HTTP(S) requests (notifications, gateway API calls).
 //! - [`metrics`]: every metric this crate emits.
 
+pub mod bootstrap;
 pub mod collect;
 pub mod config;
 pub mod credit_notes;

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use serde::Deserialize;
-use tally_payments::config::{DunningConfig, InvoiceDeliveryConfig, PaymentsConfig, PortalConfig};
+use tally_payments::bootstrap::Config;
+use tally_payments::config::{DunningConfig, PaymentsConfig};
 use tally_payments::gateway::stripe::Stripe;
 use tally_payments::gateway::{Collect, Gateway};
 use tally_payments::http::{self, AppState};
@@ -26,13 +26,10 @@ use tally_payments::{collect, delivery, dunning, metrics, portal, profiles, spen
 use tally_platform::args::ConfigArg;
 use tally_platform::auth::Authenticator;
 use tally_platform::clock::now_ms;
-use tally_platform::config::SecurityConfig;
-use tally_platform::secrets::{self, SecretString};
+use tally_platform::secrets;
 use tally_platform::shutdown::{Shutdown, Ticker};
-use tally_platform::TelemetryConfig;
-use tally_platform::{
-    config, shutdown, telemetry, ClickHouseConfig, Features, NatsConfig, Profile,
-};
+use tally_platform::{config, shutdown, telemetry};
+use tokio::task::JoinSet;
 
 /// Payments, ledger, dunning and the customer portal.
 ///
@@ -112,44 +109,6 @@ enum Command {
     },
 }
 
-#[derive(Deserialize)]
-struct Config {
-    #[serde(default)]
-    clickhouse: ClickHouseConfig,
-    /// Read with `payments.spend_alerts` only (the alerts stream is `<nats.stream>_ALERTS`).
-    #[serde(default)]
-    nats: NatsConfig,
-    #[serde(default)]
-    telemetry: TelemetryConfig,
-    #[serde(default)]
-    features: Features,
-    #[serde(default)]
-    payments: PaymentsConfig,
-    #[serde(default)]
-    portal: PortalConfig,
-    #[serde(default)]
-    dunning: DunningConfig,
-    #[serde(default)]
-    invoice_delivery: InvoiceDeliveryConfig,
-    #[serde(default)]
-    security: SecurityConfig,
-}
-
-/// In `dev`, a secret left unset is made up at random for this process (logged, never shown):
-/// the demo runs without published values. Elsewhere nothing is made up.
-fn dev_secret(profile: Profile, setting: &str, s: &mut SecretString) -> anyhow::Result<()> {
-    if profile == Profile::Dev && s.is_empty() {
-        let made = secrets::generate_hex(32)
-            .map_err(|_| anyhow::anyhow!("the OS random number generator failed"))?;
-        *s = SecretString::new(made);
-        tracing::warn!(
-            setting,
-            "dev profile: no secret set, a random one is used for this process"
-        );
-    }
-    Ok(())
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -160,121 +119,20 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init_logs(&cfg.telemetry);
     let db = tally_platform::store::connect(&cfg.clickhouse);
     match cli.command.unwrap_or(Command::Serve) {
-        Command::TrialBalance => {
-            let tb = store::trial_balance(&db)
-                .await
-                .context("reading the ledger")?;
-            print!("{}", tb.render());
-            if !tb.is_balanced() {
-                anyhow::bail!("the ledger is not balanced");
-            }
-            Ok(())
-        }
-        Command::SyncLedger => {
-            let n = Settler::new(db.clone()).sync_ledger(now_ms()).await?;
-            println!("{n} journals posted");
-            let w = tally_payments::wallet::pass::run(&db, now_ms()).await?;
-            println!(
-                "wallets: {} movements, {} journals, {} customers failed",
-                w.movements, w.journals, w.failed
-            );
-            Ok(())
-        }
-        Command::DunningOnce => {
-            cfg.dunning.validate(cfg.security.profile)?;
-            let api = retry_api(&cfg.payments);
-            let r = dunning::pass(&db, &cfg.dunning, api.as_ref(), now_ms()).await?;
-            println!("{}", serde_json::to_string(&r)?);
-            Ok(())
-        }
-        Command::CollectOnce => {
-            let api = retry_api(&cfg.payments).context(
-                "collect-once needs payments.stripe_api_key (TALLY_PAYMENTS__STRIPE_API_KEY)",
-            )?;
-            let r = collect::pass(&db, &api, collect_policy(&cfg.dunning), now_ms()).await?;
-            println!("{}", serde_json::to_string(&r)?);
-            Ok(())
-        }
-        Command::EndpointSecret { customer } => {
-            secrets::check(
-                "dunning.signing_secret",
-                &cfg.dunning.signing_secret,
-                cfg.security.profile,
-            )?;
-            println!(
-                "{}",
-                dunning::deliver::endpoint_secret_hex(
-                    cfg.dunning.signing_secret.expose(),
-                    &customer
-                )
-            );
-            Ok(())
-        }
-        Command::PortalLink { customer } => {
-            cfg.portal.validate(cfg.security.profile)?;
-            let expires = now_ms().div_euclid(1000) + cfg.portal.link_ttl_secs;
-            let secret = Secret::new(cfg.portal.signing_secret.expose());
-            let token = portal::link::token(&secret, &customer, expires)
-                .context("--customer must be [A-Za-z0-9_-]{1,64}")?;
-            println!(
-                "{}/portal/{token}",
-                cfg.portal.base_url.trim_end_matches('/')
-            );
-            Ok(())
-        }
-        Command::CollectRequest { invoice } => {
-            let inv = store::invoice(&db, &invoice)
-                .await?
-                .context("no such invoice")?;
-            let profile = profiles::of(&db, &inv.customer).await?;
-            let (pc, pm) = profile
-                .as_ref()
-                .map(|p| (p.provider_customer.as_str(), p.payment_method.as_str()))
-                .unwrap_or_default();
-            let stripe = Stripe::new(cfg.payments.stripe_webhook_secret.expose(), 300);
-            let req = stripe.collect_request(&Collect {
-                invoice_id: &inv.invoice_id,
-                customer: &inv.customer,
-                amount_minor: inv.amount_due_minor,
-                currency: &inv.currency,
-                attempt: 0,
-                provider_customer: pc,
-                payment_method: pm,
-            });
-            println!("{}", serde_json::to_string_pretty(&req)?);
-            Ok(())
-        }
+        Command::TrialBalance => trial_balance(&db).await,
+        Command::SyncLedger => sync_ledger(&db).await,
+        Command::DunningOnce => dunning_once(&cfg, &db).await,
+        Command::CollectOnce => collect_once(&cfg, &db).await,
+        Command::EndpointSecret { customer } => endpoint_secret(&cfg, &customer),
+        Command::PortalLink { customer } => portal_link(&cfg, &customer),
+        Command::CollectRequest { invoice } => collect_request(&cfg, &db, &invoice).await,
         Command::Revenue {
             from,
             to,
             currency,
             period,
             format,
-        } => {
-            let q = tally_payments::revenue::Query {
-                period,
-                ..tally_payments::revenue::Query::parse(
-                    Some(&from),
-                    Some(&to),
-                    None,
-                    currency.as_deref(),
-                )?
-            };
-            let r = tally_payments::revenue::run(&db, &q).await?;
-            if format == "table" {
-                print!("{}", tally_payments::revenue::render(&r));
-            } else {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            }
-            let all = r.periods.iter().map(|p| &p.figures);
-            if !all
-                .chain(r.totals.iter().map(|t| &t.figures))
-                .all(|f| f.reconciles)
-            {
-                anyhow::bail!("the report does not reconcile with the receivable");
-            }
-            Ok(())
-        }
+        } => revenue(&db, &from, &to, currency.as_deref(), period, &format).await,
         Command::IndexLedger => {
             let n = store::index_ledger(&db).await?;
             println!("{n} ledger lines copied to ledger_entries_by_time");
@@ -284,44 +142,129 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn serve(mut cfg: Config, db: clickhouse::Client, stop: Shutdown) -> anyhow::Result<()> {
-    let profile = cfg.security.profile;
-    dev_secret(
-        profile,
-        "payments.stripe_webhook_secret",
-        &mut cfg.payments.stripe_webhook_secret,
-    )?;
-    dev_secret(
-        profile,
-        "portal.signing_secret",
-        &mut cfg.portal.signing_secret,
-    )?;
-    dev_secret(
-        profile,
+async fn trial_balance(db: &clickhouse::Client) -> anyhow::Result<()> {
+    let tb = store::trial_balance(db)
+        .await
+        .context("reading the ledger")?;
+    print!("{}", tb.render());
+    if !tb.is_balanced() {
+        anyhow::bail!("the ledger is not balanced");
+    }
+    Ok(())
+}
+
+async fn sync_ledger(db: &clickhouse::Client) -> anyhow::Result<()> {
+    let n = Settler::new(db.clone()).sync_ledger(now_ms()).await?;
+    println!("{n} journals posted");
+    let w = tally_payments::wallet::pass::run(db, now_ms()).await?;
+    println!(
+        "wallets: {} movements, {} journals, {} customers failed",
+        w.movements, w.journals, w.failed
+    );
+    Ok(())
+}
+
+async fn dunning_once(cfg: &Config, db: &clickhouse::Client) -> anyhow::Result<()> {
+    cfg.dunning.validate(cfg.security.profile)?;
+    let api = retry_api(&cfg.payments);
+    let r = dunning::pass(db, &cfg.dunning, api.as_ref(), now_ms()).await?;
+    println!("{}", serde_json::to_string(&r)?);
+    Ok(())
+}
+
+async fn collect_once(cfg: &Config, db: &clickhouse::Client) -> anyhow::Result<()> {
+    let api = retry_api(&cfg.payments)
+        .context("collect-once needs payments.stripe_api_key (TALLY_PAYMENTS__STRIPE_API_KEY)")?;
+    let r = collect::pass(db, &api, collect_policy(&cfg.dunning), now_ms()).await?;
+    println!("{}", serde_json::to_string(&r)?);
+    Ok(())
+}
+
+fn endpoint_secret(cfg: &Config, customer: &str) -> anyhow::Result<()> {
+    secrets::check(
         "dunning.signing_secret",
-        &mut cfg.dunning.signing_secret,
+        &cfg.dunning.signing_secret,
+        cfg.security.profile,
     )?;
-    cfg.payments.validate(profile)?;
-    if cfg.features.portal {
-        cfg.portal.validate(profile)?;
+    println!(
+        "{}",
+        dunning::deliver::endpoint_secret_hex(cfg.dunning.signing_secret.expose(), customer)
+    );
+    Ok(())
+}
+
+fn portal_link(cfg: &Config, customer: &str) -> anyhow::Result<()> {
+    cfg.portal.validate(cfg.security.profile)?;
+    let expires = now_ms().div_euclid(1000) + cfg.portal.link_ttl_secs;
+    let secret = Secret::new(cfg.portal.signing_secret.expose());
+    let token = portal::link::token(&secret, customer, expires)
+        .context("--customer must be [A-Za-z0-9_-]{1,64}")?;
+    println!(
+        "{}/portal/{token}",
+        cfg.portal.base_url.trim_end_matches('/')
+    );
+    Ok(())
+}
+
+async fn collect_request(
+    cfg: &Config,
+    db: &clickhouse::Client,
+    invoice: &str,
+) -> anyhow::Result<()> {
+    let inv = store::invoice(db, invoice)
+        .await?
+        .context("no such invoice")?;
+    let profile = profiles::of(db, &inv.customer).await?;
+    let (pc, pm) = profile
+        .as_ref()
+        .map(|p| (p.provider_customer.as_str(), p.payment_method.as_str()))
+        .unwrap_or_default();
+    let stripe = Stripe::new(cfg.payments.stripe_webhook_secret.expose(), 300);
+    let req = stripe.collect_request(&Collect {
+        invoice_id: &inv.invoice_id,
+        customer: &inv.customer,
+        amount_minor: inv.amount_due_minor,
+        currency: &inv.currency,
+        attempt: 0,
+        provider_customer: pc,
+        payment_method: pm,
+    });
+    println!("{}", serde_json::to_string_pretty(&req)?);
+    Ok(())
+}
+
+async fn revenue(
+    db: &clickhouse::Client,
+    from: &str,
+    to: &str,
+    currency: Option<&str>,
+    period: tally_payments::revenue::Granularity,
+    format: &str,
+) -> anyhow::Result<()> {
+    let q = tally_payments::revenue::Query {
+        period,
+        ..tally_payments::revenue::Query::parse(Some(from), Some(to), None, currency)?
+    };
+    let r = tally_payments::revenue::run(db, &q).await?;
+    if format == "table" {
+        print!("{}", tally_payments::revenue::render(&r));
+    } else {
+        println!("{}", serde_json::to_string_pretty(&r)?);
     }
-    if cfg.features.dunning || cfg.payments.spend_alerts {
-        // spend alerts go to dunning's endpoints, signed and retried as its notices are
-        cfg.dunning.validate(profile)?;
+    let all = r.periods.iter().map(|p| &p.figures);
+    if !all
+        .chain(r.totals.iter().map(|t| &t.figures))
+        .all(|f| f.reconciles)
+    {
+        anyhow::bail!("the report does not reconcile with the receivable");
     }
-    if cfg.payments.spend_alerts {
-        cfg.nats.validate()?;
-    }
-    if cfg.invoice_delivery.enabled {
-        // the SMTP password must come from the environment outside dev
-        let from_env = std::env::var_os(tally_payments::config::SMTP_PASSWORD_ENV).is_some();
-        cfg.invoice_delivery.validate(profile, from_env)?;
-        cfg.nats.validate()?;
-        if cfg.invoice_delivery.webhook {
-            // the invoice.finalized webhooks go to dunning's endpoints, signed as its notices
-            cfg.dunning.validate(profile)?;
-        }
-    }
+    Ok(())
+}
+
+/// The server and its background tasks, after [`Config::prepare_serve`]; returns when every
+/// task has stopped.
+async fn serve(mut cfg: Config, db: clickhouse::Client, stop: Shutdown) -> anyhow::Result<()> {
+    cfg.prepare_serve()?;
     telemetry::serve_metrics(cfg.payments.metrics_addr.parse()?)?;
     metrics::declare();
     let listener = tokio::net::TcpListener::bind(&cfg.payments.listen_addr)
@@ -330,6 +273,36 @@ async fn serve(mut cfg: Config, db: clickhouse::Client, stop: Shutdown) -> anyho
     tracing::info!(addr = %cfg.payments.listen_addr, portal = cfg.features.portal,
         dunning = cfg.features.dunning, spend_alerts = cfg.payments.spend_alerts,
         "tally-payments serving");
+    let state = app_state(&cfg, &db, &stop).await?;
+    let mut tasks = JoinSet::new();
+    tasks.spawn(http::serve(listener, state.clone(), stop.clone()));
+    tasks.spawn(ledger_sync(
+        state,
+        cfg.payments.ledger_sync_secs,
+        retry_api(&cfg.payments).map(|api| (api, collect_policy(&cfg.dunning))),
+        stop.clone(),
+    ));
+    if cfg.payments.spend_alerts {
+        tasks.spawn(spend_alerts_task(&cfg, &db, &stop).await?);
+    }
+    if cfg.invoice_delivery.enabled {
+        tasks.spawn(invoice_delivery_task(&cfg, &db, &stop).await?);
+    }
+    if cfg.features.dunning {
+        let api = retry_api(&cfg.payments);
+        tasks.spawn(dunning::run(db, cfg.dunning, api, stop.clone(), now_ms));
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// What the HTTP server shares: the API tokens (loaded now, refreshed in the background), the
+/// Stripe webhook verifier, the portal's secret and its live spend client.
+async fn app_state(
+    cfg: &Config,
+    db: &clickhouse::Client,
+    stop: &Shutdown,
+) -> anyhow::Result<Arc<AppState>> {
     let auth = Arc::new(Authenticator::new("payments", db.clone()));
     // without the tokens every API request is refused (fail closed) until a refresh loads them
     match auth.reload().await {
@@ -352,7 +325,7 @@ async fn serve(mut cfg: Config, db: clickhouse::Client, stop: Shutdown) -> anyho
     } else {
         None
     };
-    let state = Arc::new(AppState {
+    Ok(Arc::new(AppState {
         settler: Settler::new(db.clone()),
         stripe: Stripe::new(
             cfg.payments.stripe_webhook_secret.expose(),
@@ -366,51 +339,49 @@ async fn serve(mut cfg: Config, db: clickhouse::Client, stop: Shutdown) -> anyho
         portal: cfg.portal.clone(),
         portal_live,
         now_ms,
-    });
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(http::serve(listener, state.clone(), stop.clone()));
-    tasks.spawn(ledger_sync(
-        state,
-        cfg.payments.ledger_sync_secs,
-        retry_api(&cfg.payments).map(|api| (api, collect_policy(&cfg.dunning))),
+    }))
+}
+
+/// The spend alerts consumer (`payments.spend_alerts`), connected and ready to spawn.
+async fn spend_alerts_task(
+    cfg: &Config,
+    db: &clickhouse::Client,
+    stop: &Shutdown,
+) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    let source = spend_alerts::AlertsSource::new(&cfg.nats, &cfg.payments);
+    let deliverer = spend_alerts::Deliverer::new(db.clone(), cfg.dunning.clone(), stop.clone())
+        .map_err(anyhow::Error::msg)?;
+    let nats = tally_platform::streams::connect(&cfg.nats).await?;
+    Ok(spend_alerts::run(
+        async_nats::jetstream::new(nats),
+        source,
+        deliverer,
         stop.clone(),
-    ));
-    if cfg.payments.spend_alerts {
-        let source = spend_alerts::AlertsSource::new(&cfg.nats, &cfg.payments);
-        let deliverer = spend_alerts::Deliverer::new(db.clone(), cfg.dunning.clone(), stop.clone())
-            .map_err(anyhow::Error::msg)?;
-        let nats = tally_platform::streams::connect(&cfg.nats).await?;
-        tasks.spawn(spend_alerts::run(
-            async_nats::jetstream::new(nats),
-            source,
-            deliverer,
-            stop.clone(),
-        ));
-    }
-    if cfg.invoice_delivery.enabled {
-        let nats = tally_platform::streams::connect(&cfg.nats).await?;
-        let instance = format!(
-            "{}-{}",
-            std::process::id(),
-            secrets::generate_hex(4).unwrap_or_default()
-        );
-        let sender = delivery::Delivery::open(
-            db.clone(),
-            cfg.invoice_delivery.clone(),
-            cfg.dunning.clone(),
-            &cfg.nats,
-            &async_nats::jetstream::new(nats),
-            instance,
-        )
-        .await?;
-        tasks.spawn(delivery::run(sender, stop.clone()));
-    }
-    if cfg.features.dunning {
-        let api = retry_api(&cfg.payments);
-        tasks.spawn(dunning::run(db, cfg.dunning, api, stop.clone(), now_ms));
-    }
-    while tasks.join_next().await.is_some() {}
-    Ok(())
+    ))
+}
+
+/// Invoice delivery (`invoice_delivery.enabled`), opened and ready to spawn.
+async fn invoice_delivery_task(
+    cfg: &Config,
+    db: &clickhouse::Client,
+    stop: &Shutdown,
+) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    let nats = tally_platform::streams::connect(&cfg.nats).await?;
+    let instance = format!(
+        "{}-{}",
+        std::process::id(),
+        secrets::generate_hex(4).unwrap_or_default()
+    );
+    let sender = delivery::Delivery::open(
+        db.clone(),
+        cfg.invoice_delivery.clone(),
+        cfg.dunning.clone(),
+        &cfg.nats,
+        &async_nats::jetstream::new(nats),
+        instance,
+    )
+    .await?;
+    Ok(delivery::run(sender, stop.clone()))
 }
 
 /// The Stripe API for payment retries, when a secret key is configured.
