@@ -20,6 +20,7 @@ pub const PALETTE: [&str; 8] = [
 const WIDTH: i64 = 760;
 const LEFT: i64 = 96;
 const RIGHT: i64 = 16;
+const PLOT_W: i64 = WIDTH - LEFT - RIGHT;
 const TOP: i64 = 36;
 const PLOT_H: i64 = 200;
 /// Below the plot: day labels, the day axis title.
@@ -85,96 +86,175 @@ fn day_label(secs: i64, fmt: &str) -> String {
         .unwrap_or_default()
 }
 
+/// A series' value on day `i`: missing days and negative values count as zero.
+fn value(s: &Series, i: usize) -> Decimal {
+    s.values
+        .get(i)
+        .copied()
+        .unwrap_or_default()
+        .max(Decimal::ZERO)
+}
+
+/// The value axis: round steps from zero to the first step at or above the largest day.
+struct Scale {
+    step: Decimal,
+    /// How many steps the axis has (four on an empty chart).
+    steps: Decimal,
+    /// The value at the top of the plot.
+    top: Decimal,
+}
+
+impl Scale {
+    fn of(max: Decimal) -> Scale {
+        let step = nice_step(max);
+        let steps = if max > Decimal::ZERO {
+            (max / step).ceil().max(Decimal::ONE)
+        } else {
+            Decimal::from(4)
+        };
+        Scale {
+            step,
+            steps,
+            top: step * steps,
+        }
+    }
+
+    /// The pixel height of value `v` (unrounded).
+    fn y(&self, v: Decimal) -> Decimal {
+        Decimal::from(TOP + PLOT_H) - v * Decimal::from(PLOT_H) / self.top
+    }
+}
+
+/// Where the bars go: one slot per day, the bar centred in it, every `label_every`-th day
+/// labelled.
+struct Slots {
+    slot: Decimal,
+    bar_w: Decimal,
+    label_every: usize,
+}
+
+impl Slots {
+    fn of(days: usize) -> Slots {
+        let n = days.max(1) as i64;
+        let slot = Decimal::from(PLOT_W) / Decimal::from(n);
+        Slots {
+            slot,
+            bar_w: (slot * Decimal::new(7, 1)).clamp(Decimal::from(3), Decimal::from(44)),
+            label_every: days.div_ceil(16).max(1),
+        }
+    }
+
+    /// The left edge of day `i`'s bar.
+    fn x(&self, i: usize) -> Decimal {
+        Decimal::from(LEFT)
+            + self.slot * Decimal::from(i as i64)
+            + (self.slot - self.bar_w) / Decimal::TWO
+    }
+}
+
 /// The `<svg>` of `c`.
 pub fn stacked_bars(c: &Chart<'_>) -> String {
-    let n = c.days.len().max(1) as i64;
-    let plot_w = WIDTH - LEFT - RIGHT;
-    let legend_rows = c.series.len().div_ceil(LEGEND_COLS).max(1) as i64;
-    let height = TOP + PLOT_H + BELOW + legend_rows * LEGEND_ROW + 8;
-    let value = |s: &Series, i: usize| {
-        s.values
-            .get(i)
-            .copied()
-            .unwrap_or_default()
-            .max(Decimal::ZERO)
-    };
     let totals: Vec<Decimal> = (0..c.days.len())
         .map(|i| c.series.iter().map(|s| value(s, i)).sum())
         .collect();
-    let max = totals.iter().copied().max().unwrap_or_default();
-    let step = nice_step(max);
-    let steps = if max > Decimal::ZERO {
-        (max / step).ceil().max(Decimal::ONE)
-    } else {
-        Decimal::from(4)
-    };
-    let top = step * steps;
-    let plot_bottom = Decimal::from(TOP + PLOT_H);
-    let y_of = |v: Decimal| plot_bottom - v * Decimal::from(PLOT_H) / top;
+    let scale = Scale::of(totals.iter().copied().max().unwrap_or_default());
     let mut svg = String::new();
+    header(&mut svg, c);
+    value_axis(&mut svg, &scale);
+    let slots = Slots::of(c.days.len());
+    for (i, day) in c.days.iter().enumerate() {
+        day_bar(&mut svg, c, &scale, &slots, i, *day, totals[i]);
+    }
+    axis_titles(&mut svg, c);
+    legend(&mut svg, c);
+    svg
+}
+
+/// The `<svg>` element, its size (room for the legend's rows) and the chart's title.
+fn header(svg: &mut String, c: &Chart<'_>) {
+    let legend_rows = c.series.len().div_ceil(LEGEND_COLS).max(1) as i64;
+    let height = TOP + PLOT_H + BELOW + legend_rows * LEGEND_ROW + 8;
     let _ = write!(
         svg,
         r##"<svg class="chart" data-chart="{id}" xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" role="img" aria-label="{title}"><title>{title}</title><text class="chart-title" x="{LEFT}" y="20" font-size="15" font-weight="600" fill="#1f2933">{title}</text>"##,
         id = esc(c.id),
         title = esc(c.title),
     );
-    // value axis: gridlines and round ticks
-    let ticks = steps.to_i64().unwrap_or(4);
+}
+
+/// The value axis: a gridline and a round tick per step.
+fn value_axis(svg: &mut String, scale: &Scale) {
+    let ticks = scale.steps.to_i64().unwrap_or(4);
     for k in 0..=ticks {
-        let v = step * Decimal::from(k);
-        let y = px(y_of(v));
+        let v = scale.step * Decimal::from(k);
+        let y = px(scale.y(v));
         let _ = write!(
             svg,
             r##"<line x1="{LEFT}" x2="{x2}" y1="{y}" y2="{y}" stroke="{stroke}" stroke-width="1"/><text class="y-tick" x="{tx}" y="{ty}" text-anchor="end" font-size="11" fill="#52606d">{label}</text>"##,
-            x2 = LEFT + plot_w,
+            x2 = LEFT + PLOT_W,
             stroke = if k == 0 { "#9aa5b1" } else { "#e4e7eb" },
             tx = LEFT - 6,
-            ty = px(y_of(v) + Decimal::from(4)),
+            ty = px(scale.y(v) + Decimal::from(4)),
             label = esc(&super::format::quantity(v)),
         );
     }
-    // one stacked bar per day
-    let slot = Decimal::from(plot_w) / Decimal::from(n);
-    let bar_w = (slot * Decimal::new(7, 1)).clamp(Decimal::from(3), Decimal::from(44));
-    let label_every = c.days.len().div_ceil(16).max(1);
-    for (i, day) in c.days.iter().enumerate() {
-        let x =
-            Decimal::from(LEFT) + slot * Decimal::from(i as i64) + (slot - bar_w) / Decimal::TWO;
-        let date = day_label(*day, "%Y-%m-%d");
+}
+
+/// Day `i`'s stacked bar: a rect per series with a value (at least a pixel high), then the
+/// day's label.
+fn day_bar(
+    svg: &mut String,
+    c: &Chart<'_>,
+    scale: &Scale,
+    slots: &Slots,
+    i: usize,
+    day: i64,
+    total: Decimal,
+) {
+    let x = slots.x(i);
+    let date = day_label(day, "%Y-%m-%d");
+    let _ = write!(
+        svg,
+        r#"<g class="day" data-day="{date}" data-total="{total}">"#,
+        total = esc(&(c.format)(total))
+    );
+    let mut base = Decimal::ZERO;
+    for (k, s) in c.series.iter().enumerate() {
+        let v = value(s, i);
+        if v.is_zero() {
+            continue;
+        }
+        let (y0, y1) = (scale.y(base), scale.y(base + v));
+        base += v;
+        // at least one pixel: a small day stays visible
+        let h = px(y0 - y1).max(Decimal::ONE);
         let _ = write!(
             svg,
-            r#"<g class="day" data-day="{date}" data-total="{total}">"#,
-            total = esc(&(c.format)(totals[i]))
+            r##"<rect class="bar" data-series="{name}" x="{x}" y="{y}" width="{w}" height="{h}" fill="{fill}"><title>{date} · {name}: {val}</title></rect>"##,
+            name = esc(&s.name),
+            x = px(x),
+            y = px(y0) - h,
+            w = px(slots.bar_w),
+            fill = PALETTE[k % PALETTE.len()],
+            val = esc(&(c.format)(v)),
         );
-        let mut base = Decimal::ZERO;
-        for (k, s) in c.series.iter().enumerate() {
-            let v = value(s, i);
-            if v.is_zero() {
-                continue;
-            }
-            let (y0, y1) = (y_of(base), y_of(base + v));
-            base += v;
-            // at least one pixel: a small day stays visible
-            let h = px(y0 - y1).max(Decimal::ONE);
-            let _ = write!(
-                svg,
-                r##"<rect class="bar" data-series="{name}" x="{x}" y="{y}" width="{w}" height="{h}" fill="{fill}"><title>{date} · {name}: {val}</title></rect>"##,
-                name = esc(&s.name),
-                x = px(x),
-                y = px(y0) - h,
-                w = px(bar_w),
-                fill = PALETTE[k % PALETTE.len()],
-                val = esc(&(c.format)(v)),
-            );
-        }
-        day_tick(&mut svg, i, label_every, x + bar_w / Decimal::TWO, *day);
-        svg.push_str("</g>");
     }
-    // axis titles
+    day_tick(
+        svg,
+        i,
+        slots.label_every,
+        x + slots.bar_w / Decimal::TWO,
+        day,
+    );
+    svg.push_str("</g>");
+}
+
+/// The two axes' titles.
+fn axis_titles(svg: &mut String, c: &Chart<'_>) {
     let _ = write!(
         svg,
         r##"<text class="axis-label x-axis" x="{x}" y="{y}" text-anchor="middle" font-size="12" fill="#323f4b">{label}</text>"##,
-        x = LEFT + plot_w / 2,
+        x = LEFT + PLOT_W / 2,
         y = TOP + PLOT_H + 38,
         label = esc(c.x_label),
     );
@@ -184,9 +264,13 @@ pub fn stacked_bars(c: &Chart<'_>) -> String {
         r##"<text class="axis-label y-axis" x="{yx}" y="{yy}" transform="rotate(-90 {yx} {yy})" text-anchor="middle" font-size="12" fill="#323f4b">{label}</text>"##,
         label = esc(c.y_label),
     );
-    // legend
+}
+
+/// The legend: each series' colour, name and total, in rows of [`LEGEND_COLS`]; closes the
+/// `<svg>`.
+fn legend(svg: &mut String, c: &Chart<'_>) {
     svg.push_str(r#"<g class="legend">"#);
-    let col_w = plot_w / LEGEND_COLS as i64;
+    let col_w = PLOT_W / LEGEND_COLS as i64;
     for (k, s) in c.series.iter().enumerate() {
         let (row, col) = ((k / LEGEND_COLS) as i64, (k % LEGEND_COLS) as i64);
         let (x, y) = (LEFT + col * col_w, TOP + PLOT_H + BELOW + row * LEGEND_ROW);
@@ -202,7 +286,6 @@ pub fn stacked_bars(c: &Chart<'_>) -> String {
         );
     }
     svg.push_str("</g></svg>");
-    svg
 }
 
 /// The day's label under its bar (every `every`-th day when there are many).

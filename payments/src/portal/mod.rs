@@ -13,6 +13,8 @@ pub mod account;
 pub mod chart;
 pub mod cost;
 pub mod format;
+#[cfg(test)]
+mod golden;
 pub mod link;
 pub mod live;
 pub mod page;

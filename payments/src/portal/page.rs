@@ -18,7 +18,7 @@ use tally_invoice::render::html::esc;
 
 use super::chart::{self, Chart, Series};
 use super::format::{self, money_minor};
-use super::live::Balance;
+use super::live::{Balance, BudgetUse, Entitlements, LimitUse};
 use super::usage::additive;
 use super::CustomerView;
 
@@ -187,6 +187,52 @@ fn card(h: &mut String, id: &str, label: &str, value: &str, note: &str) {
 
 fn cards(h: &mut String, v: &CustomerView) {
     h.push_str("<div class=\"cards\">");
+    cost_card(h, v);
+    card(
+        h,
+        "credit-balance",
+        "Prepaid credit",
+        &amounts(v.credits.balances.iter().map(|(c, m)| (c.as_str(), *m))),
+        "applied to invoices at finalization",
+    );
+    budget_card(h, v);
+    card(
+        h,
+        "amount-due",
+        "Amount due",
+        &amounts(amount_due(v)),
+        "finalized invoices not yet paid",
+    );
+    h.push_str("</div>");
+}
+
+/// Amounts in minor units per currency, joined with ` · `; `–` when there are none.
+fn amounts<'a>(per_currency: impl IntoIterator<Item = (&'a str, i64)>) -> String {
+    let parts: Vec<String> = per_currency
+        .into_iter()
+        .map(|(c, m)| money_minor(c, m))
+        .collect();
+    if parts.is_empty() {
+        "–".to_owned()
+    } else {
+        parts.join(" · ")
+    }
+}
+
+/// What finalized invoices still ask for, per currency (an overpaid one counts as zero).
+fn amount_due(v: &CustomerView) -> BTreeMap<&str, i64> {
+    let mut due: BTreeMap<&str, i64> = BTreeMap::new();
+    for i in &v.invoices {
+        if i.status == InvoiceStatus::Finalized {
+            *due.entry(i.facts.currency.as_str()).or_default() +=
+                i.facts.amount_due_minor.saturating_sub(i.paid_minor).max(0);
+        }
+    }
+    due
+}
+
+/// The cost to date: live when a decider answered, else as last priced.
+fn cost_card(h: &mut String, v: &CustomerView) {
     match &v.live {
         Some(b) => card(
             h,
@@ -204,77 +250,36 @@ fn cards(h: &mut String, v: &CustomerView) {
         ),
         None => card(h, "cost-to-date", "Cost to date", "–", "nothing priced yet"),
     }
-    let credit = if v.credits.balances.is_empty() {
-        "–".to_owned()
-    } else {
-        v.credits
-            .balances
-            .iter()
-            .map(|(c, m)| money_minor(c, *m))
-            .collect::<Vec<_>>()
-            .join(" · ")
-    };
-    card(
-        h,
-        "credit-balance",
-        "Prepaid credit",
-        &credit,
-        "applied to invoices at finalization",
-    );
-    match v.live.as_ref().and_then(|b| {
+}
+
+/// The budget closest to its limit (the fullest), or why there is none.
+fn budget_card(h: &mut String, v: &CustomerView) {
+    let closest = v.live.as_ref().and_then(|b| {
         b.budgets
             .iter()
             .max_by_key(|x| level(x.spent + x.held, x.limit).0)
-    }) {
-        Some(b) => {
-            let (pct, _) = level(b.spent + b.held, b.limit);
-            card(
-                h,
-                "closest-budget",
-                "Closest budget",
-                &format!("{pct} % used"),
-                &format!(
-                    "{}: {} left",
-                    b.budget_id,
-                    budget_amount(v, b.kind.as_str(), b.meter.as_deref(), b.remaining)
-                ),
-            );
-        }
-        None => card(
-            h,
-            "closest-budget",
-            "Closest budget",
-            "–",
-            if v.live.is_some() {
-                "no budget set"
-            } else {
-                "live spend unavailable"
-            },
-        ),
-    }
-    let mut due: BTreeMap<&str, i64> = BTreeMap::new();
-    for i in &v.invoices {
-        if i.status == InvoiceStatus::Finalized {
-            *due.entry(i.facts.currency.as_str()).or_default() +=
-                i.facts.amount_due_minor.saturating_sub(i.paid_minor).max(0);
-        }
-    }
-    let due_text = if due.is_empty() {
-        "–".to_owned()
-    } else {
-        due.iter()
-            .map(|(c, m)| money_minor(c, *m))
-            .collect::<Vec<_>>()
-            .join(" · ")
+    });
+    let Some(b) = closest else {
+        let note = if v.live.is_some() {
+            "no budget set"
+        } else {
+            "live spend unavailable"
+        };
+        card(h, "closest-budget", "Closest budget", "–", note);
+        return;
     };
+    let (pct, _) = level(b.spent + b.held, b.limit);
     card(
         h,
-        "amount-due",
-        "Amount due",
-        &due_text,
-        "finalized invoices not yet paid",
+        "closest-budget",
+        "Closest budget",
+        &format!("{pct} % used"),
+        &format!(
+            "{}: {} left",
+            b.budget_id,
+            budget_amount(v, b.kind.as_str(), b.meter.as_deref(), b.remaining)
+        ),
     );
-    h.push_str("</div>");
 }
 
 /// An amount of a budget of `kind`: money in the period's currency, or a quantity of `meter`.
@@ -319,83 +324,103 @@ fn live(h: &mut String, b: Option<&Balance>) {
     if b.budgets.is_empty() {
         h.push_str("<p class=\"note\">No budget is set.</p>");
     } else {
-        h.push_str("<table id=\"budgets\"><tr><th>Budget</th><th>Applies to</th><th>Used</th><th></th><th class=\"n\">Spent</th><th class=\"n\">Limit</th><th class=\"n\">Left</th><th>At the limit</th></tr>");
-        for x in &b.budgets {
-            let amount = |d: Decimal| {
-                if x.kind == "quantity" {
-                    format!(
-                        "{} {}",
-                        format::quantity(d),
-                        x.meter.as_deref().unwrap_or("")
-                    )
-                } else {
-                    format::money(cur, d)
-                }
-            };
-            let scope = match (&x.agent, &x.meter) {
-                (None, None) => "all usage".to_owned(),
-                (Some(a), None) => format!("agent {a}"),
-                (None, Some(m)) => format!("meter {m}"),
-                (Some(a), Some(m)) => format!("agent {a}, meter {m}"),
-            };
-            let (pct, lvl) = level(x.spent + x.held, x.limit);
-            let _ = write!(
-                h,
-                "<tr class=\"budget\" data-budget=\"{id}\" data-percent=\"{pct}\"><td>{id}</td><td>{}</td><td>{}</td><td class=\"pct\">{pct} %</td>\
-                 <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td><span class=\"tag\">{}</span></td></tr>",
-                esc(&scope),
-                progress(pct, lvl),
-                esc(&amount(x.spent)),
-                esc(&amount(x.limit)),
-                esc(&amount(x.remaining)),
-                if x.hard { "stops requests" } else { "alerts only" },
-                id = esc(&x.budget_id),
-            );
-        }
-        h.push_str("</table>");
+        budgets(h, &b.budgets, cur);
     }
-    let e = &b.entitlements;
-    if !e.limits.is_empty() || !e.features.is_empty() {
+    entitlements(h, &b.entitlements);
+    h.push_str("</section>");
+}
+
+/// What a budget applies to: all usage, an agent, a meter or both.
+fn budget_scope(x: &BudgetUse) -> String {
+    match (&x.agent, &x.meter) {
+        (None, None) => "all usage".to_owned(),
+        (Some(a), None) => format!("agent {a}"),
+        (None, Some(m)) => format!("meter {m}"),
+        (Some(a), Some(m)) => format!("agent {a}, meter {m}"),
+    }
+}
+
+/// The budgets' table: scope, gauge, spent, limit, left (money in `cur`, or a quantity of
+/// the meter), and what happens at the limit.
+fn budgets(h: &mut String, budgets: &[BudgetUse], cur: &str) {
+    h.push_str("<table id=\"budgets\"><tr><th>Budget</th><th>Applies to</th><th>Used</th><th></th><th class=\"n\">Spent</th><th class=\"n\">Limit</th><th class=\"n\">Left</th><th>At the limit</th></tr>");
+    for x in budgets {
+        let amount = |d: Decimal| {
+            if x.kind == "quantity" {
+                format!(
+                    "{} {}",
+                    format::quantity(d),
+                    x.meter.as_deref().unwrap_or("")
+                )
+            } else {
+                format::money(cur, d)
+            }
+        };
+        let (pct, lvl) = level(x.spent + x.held, x.limit);
         let _ = write!(
             h,
-            "<h2>Plan{}</h2>",
-            e.plan
-                .as_deref()
-                .map(|p| format!(" <span class=\"tag\">{}</span>", esc(p)))
-                .unwrap_or_default()
+            "<tr class=\"budget\" data-budget=\"{id}\" data-percent=\"{pct}\"><td>{id}</td><td>{}</td><td>{}</td><td class=\"pct\">{pct} %</td>\
+             <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td><span class=\"tag\">{}</span></td></tr>",
+            esc(&budget_scope(x)),
+            progress(pct, lvl),
+            esc(&amount(x.spent)),
+            esc(&amount(x.limit)),
+            esc(&amount(x.remaining)),
+            if x.hard { "stops requests" } else { "alerts only" },
+            id = esc(&x.budget_id),
         );
-        if !e.features.is_empty() {
-            let features: Vec<String> = e.features.iter().map(|f| esc(f)).collect();
-            let _ = write!(
-                h,
-                "<p id=\"features\">Features: {}</p>",
-                features.join(", ")
-            );
-        }
-        if !e.limits.is_empty() {
-            h.push_str("<table id=\"limits\"><tr><th>Limit</th><th>Used</th><th></th><th class=\"n\">Used</th><th class=\"n\">Limit</th><th class=\"n\">Left</th></tr>");
-            for l in &e.limits {
-                let group: Vec<String> = l.group.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                let name = if group.is_empty() {
-                    l.meter.clone()
-                } else {
-                    format!("{} ({})", l.meter, group.join(", "))
-                };
-                let (pct, lvl) = level(l.used + l.held, l.limit);
-                let _ = write!(
-                    h,
-                    "<tr class=\"limit\"><td>{}</td><td>{}</td><td class=\"pct\">{pct} %</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
-                    esc(&name),
-                    progress(pct, lvl),
-                    esc(&format::quantity(l.used)),
-                    esc(&format::quantity(l.limit)),
-                    esc(&format::quantity(l.remaining)),
-                );
-            }
-            h.push_str("</table>");
-        }
     }
-    h.push_str("</section>");
+    h.push_str("</table>");
+}
+
+/// The plan's name, features and metered limits (nothing without features or limits).
+fn entitlements(h: &mut String, e: &Entitlements) {
+    if e.limits.is_empty() && e.features.is_empty() {
+        return;
+    }
+    let _ = write!(
+        h,
+        "<h2>Plan{}</h2>",
+        e.plan
+            .as_deref()
+            .map(|p| format!(" <span class=\"tag\">{}</span>", esc(p)))
+            .unwrap_or_default()
+    );
+    if !e.features.is_empty() {
+        let features: Vec<String> = e.features.iter().map(|f| esc(f)).collect();
+        let _ = write!(
+            h,
+            "<p id=\"features\">Features: {}</p>",
+            features.join(", ")
+        );
+    }
+    if e.limits.is_empty() {
+        return;
+    }
+    h.push_str("<table id=\"limits\"><tr><th>Limit</th><th>Used</th><th></th><th class=\"n\">Used</th><th class=\"n\">Limit</th><th class=\"n\">Left</th></tr>");
+    for l in &e.limits {
+        let (pct, lvl) = level(l.used + l.held, l.limit);
+        let _ = write!(
+            h,
+            "<tr class=\"limit\"><td>{}</td><td>{}</td><td class=\"pct\">{pct} %</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+            esc(&limit_name(l)),
+            progress(pct, lvl),
+            esc(&format::quantity(l.used)),
+            esc(&format::quantity(l.limit)),
+            esc(&format::quantity(l.remaining)),
+        );
+    }
+    h.push_str("</table>");
+}
+
+/// A limit's meter, with its group when it has one: `tokens (model=gpt, region=eu)`.
+fn limit_name(l: &LimitUse) -> String {
+    let group: Vec<String> = l.group.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if group.is_empty() {
+        l.meter.clone()
+    } else {
+        format!("{} ({})", l.meter, group.join(", "))
+    }
 }
 
 fn costs(h: &mut String, v: &CustomerView, days: &[i64]) {
@@ -600,7 +625,6 @@ pub fn refused() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::portal::live::{BudgetUse, Entitlements};
     use crate::portal::{account, cost, usage};
 
     const DAY_MS: i64 = 86_400_000;

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use clickhouse::Client;
 use rust_decimal::Decimal;
-use tally_platform::usage::{self, Totals};
+use tally_platform::usage::{self, Totals, UsageRow};
 
 /// Usage of one agent on one meter over the period.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,28 +74,54 @@ pub async fn load(
     };
     let plan = usage::plan(db, req.from).await?;
     let rows = usage::read(db, &plan, &req).await?;
-    let mut per: BTreeMap<(String, String), (String, Totals)> = BTreeMap::new();
-    let mut days: BTreeMap<(String, i64), (String, Totals)> = BTreeMap::new();
-    let mut agent_days: BTreeMap<(String, String, i64), (String, Totals)> = BTreeMap::new();
-    let mut cells: BTreeMap<(String, String, String, i64), (String, Totals)> = BTreeMap::new();
+    let mut sums = Sums::default();
     for r in &rows {
+        sums.add(customer, r);
+    }
+    Ok(sums.into_usage())
+}
+
+/// A meter's aggregation and its running totals.
+type Sum = (String, Totals);
+
+/// The rows merged at each grain the page shows (pure).
+#[derive(Default)]
+struct Sums {
+    /// (agent, meter)
+    per: BTreeMap<(String, String), Sum>,
+    /// (meter, day)
+    days: BTreeMap<(String, i64), Sum>,
+    /// (meter, agent, day)
+    agent_days: BTreeMap<(String, String, i64), Sum>,
+    /// (meter, group, agent, day)
+    cells: BTreeMap<(String, String, String, i64), Sum>,
+}
+
+impl Sums {
+    /// Adds `r` at every grain; a sum too large to represent is logged for `customer`.
+    fn add(&mut self, customer: &str, r: &UsageRow) {
         let day = i64::from(r.start - r.start % 86_400);
+        let new = || (r.aggregation.clone(), Totals::default());
         for totals in [
-            &mut agent_days
+            &mut self
+                .agent_days
                 .entry((r.meter.clone(), r.agent.clone(), day))
-                .or_insert_with(|| (r.aggregation.clone(), Totals::default()))
+                .or_insert_with(new)
                 .1,
-            &mut cells
+            &mut self
+                .cells
                 .entry((r.meter.clone(), r.group_key.clone(), r.agent.clone(), day))
-                .or_insert_with(|| (r.aggregation.clone(), Totals::default()))
+                .or_insert_with(new)
                 .1,
-            &mut per
+            &mut self
+                .per
                 .entry((r.agent.clone(), r.meter.clone()))
-                .or_insert_with(|| (r.aggregation.clone(), Totals::default()))
+                .or_insert_with(new)
                 .1,
-            &mut days
+            &mut self
+                .days
                 .entry((r.meter.clone(), day))
-                .or_insert_with(|| (r.aggregation.clone(), Totals::default()))
+                .or_insert_with(new)
                 .1,
         ] {
             if totals.add(r).is_none() {
@@ -103,51 +129,60 @@ pub async fn load(
             }
         }
     }
-    let quantity = |(aggregation, t): &(String, Totals)| {
-        t.quantity(aggregation).unwrap_or_default().normalize()
-    };
-    let mut by_meter_day: BTreeMap<String, BTreeMap<i64, Decimal>> = BTreeMap::new();
-    for ((meter, day), v) in &days {
-        by_meter_day
-            .entry(meter.clone())
-            .or_default()
-            .insert(*day, quantity(v));
+
+    /// The view: each sum's quantity by its meter's aggregation, normalized (zero when it
+    /// cannot be represented).
+    fn into_usage(self) -> Usage {
+        let mut by_meter_day: BTreeMap<String, BTreeMap<i64, Decimal>> = BTreeMap::new();
+        for ((meter, day), v) in &self.days {
+            by_meter_day
+                .entry(meter.clone())
+                .or_default()
+                .insert(*day, quantity(v));
+        }
+        let mut by_meter_agent_day: BTreeMap<String, BTreeMap<String, BTreeMap<i64, Decimal>>> =
+            BTreeMap::new();
+        for ((meter, agent, day), v) in &self.agent_days {
+            by_meter_agent_day
+                .entry(meter.clone())
+                .or_default()
+                .entry(agent.clone())
+                .or_default()
+                .insert(*day, quantity(v));
+        }
+        Usage {
+            aggregations: self
+                .days
+                .iter()
+                .map(|((meter, _), (aggregation, _))| (meter.clone(), aggregation.clone()))
+                .collect(),
+            cells: self
+                .cells
+                .iter()
+                .map(|((meter, group_key, agent, day), v)| Cell {
+                    meter: meter.clone(),
+                    group_key: group_key.clone(),
+                    agent: agent.clone(),
+                    day: *day,
+                    quantity: quantity(v),
+                })
+                .collect(),
+            by_meter_agent_day,
+            by_agent_meter: self
+                .per
+                .iter()
+                .map(|((agent, meter), v)| AgentMeter {
+                    agent: agent.clone(),
+                    meter: meter.clone(),
+                    quantity: quantity(v),
+                    events: v.1.events,
+                })
+                .collect(),
+            by_meter_day,
+        }
     }
-    let mut by_meter_agent_day: BTreeMap<String, BTreeMap<String, BTreeMap<i64, Decimal>>> =
-        BTreeMap::new();
-    for ((meter, agent, day), v) in &agent_days {
-        by_meter_agent_day
-            .entry(meter.clone())
-            .or_default()
-            .entry(agent.clone())
-            .or_default()
-            .insert(*day, quantity(v));
-    }
-    Ok(Usage {
-        aggregations: days
-            .iter()
-            .map(|((meter, _), (aggregation, _))| (meter.clone(), aggregation.clone()))
-            .collect(),
-        cells: cells
-            .iter()
-            .map(|((meter, group_key, agent, day), v)| Cell {
-                meter: meter.clone(),
-                group_key: group_key.clone(),
-                agent: agent.clone(),
-                day: *day,
-                quantity: quantity(v),
-            })
-            .collect(),
-        by_meter_agent_day,
-        by_agent_meter: per
-            .iter()
-            .map(|((agent, meter), v)| AgentMeter {
-                agent: agent.clone(),
-                meter: meter.clone(),
-                quantity: quantity(v),
-                events: v.1.events,
-            })
-            .collect(),
-        by_meter_day,
-    })
+}
+
+fn quantity((aggregation, t): &Sum) -> Decimal {
+    t.quantity(aggregation).unwrap_or_default().normalize()
 }
