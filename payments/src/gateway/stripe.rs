@@ -155,99 +155,7 @@ impl Stripe {
         )?;
         let event: Event = serde_json::from_slice(body)
             .map_err(|e| GatewayError::Payload(format!("event: {e}")))?;
-        let effect = match event.event_type.as_str() {
-            "payment_intent.succeeded" | "payment_intent.payment_failed" => {
-                let pi: PaymentIntent = payload(event.data.object, "payment_intent")?;
-                let invoice_id = pi.metadata.get("invoice_id").cloned().ok_or_else(|| {
-                    GatewayError::Payload(format!(
-                        "payment_intent {}: no metadata.invoice_id",
-                        pi.id
-                    ))
-                })?;
-                let currency = pi.currency.to_ascii_uppercase();
-                Some(if event.event_type == "payment_intent.succeeded" {
-                    Effect::PaymentSucceeded {
-                        payment_ref: pi.id,
-                        invoice_id,
-                        amount_minor: pi.amount_received.unwrap_or(pi.amount),
-                        currency,
-                        payment_method: method_id(pi.payment_method.as_ref()),
-                    }
-                } else {
-                    let error = pi.last_payment_error.as_ref();
-                    let payment_method = method_id(
-                        error
-                            .and_then(|e| e.payment_method.as_ref())
-                            .or(pi.payment_method.as_ref()),
-                    );
-                    let reason = error
-                        .and_then(|e| e.code.clone().or_else(|| e.message.clone()))
-                        .unwrap_or_default();
-                    Effect::PaymentFailed {
-                        payment_ref: pi.id,
-                        invoice_id,
-                        amount_minor: pi.amount,
-                        currency,
-                        reason,
-                        payment_method,
-                    }
-                })
-            }
-            "charge.refunded" => {
-                // API versions since 2022-11-15 no longer include `refunds` in the charge:
-                // then this event is only acknowledged, and `refund.created` carries the refund
-                let ch: Charge = payload(event.data.object, "charge")?;
-                match (
-                    ch.refunds.and_then(|r| r.data.into_iter().next()),
-                    ch.payment_intent,
-                ) {
-                    (Some(refund), Some(payment_ref)) => Some(Effect::Refunded {
-                        refund_ref: refund.id,
-                        payment_ref,
-                        amount_minor: refund.amount,
-                        currency: ch.currency.to_ascii_uppercase(),
-                    }),
-                    _ => None,
-                }
-            }
-            "refund.created" => {
-                let r: RefundObject = payload(event.data.object, "refund")?;
-                let payment_ref = r.payment_intent.ok_or_else(|| {
-                    GatewayError::Payload(format!("refund {}: no payment_intent", r.id))
-                })?;
-                (r.status.as_deref() != Some("failed") && r.status.as_deref() != Some("canceled"))
-                    .then(|| Effect::Refunded {
-                        refund_ref: r.id,
-                        payment_ref,
-                        amount_minor: r.amount,
-                        currency: r.currency.to_ascii_uppercase(),
-                    })
-            }
-            "charge.dispute.created"
-            | "charge.dispute.funds_withdrawn"
-            | "charge.dispute.funds_reinstated"
-            | "charge.dispute.closed" => {
-                let d: DisputeObject = payload(event.data.object, "dispute")?;
-                let payment_ref = d.payment_intent.ok_or_else(|| {
-                    GatewayError::Payload(format!("dispute {}: no payment_intent", d.id))
-                })?;
-                let change = match event.event_type.as_str() {
-                    "charge.dispute.created" => DisputeChange::Opened { status: d.status },
-                    "charge.dispute.funds_withdrawn" => DisputeChange::FundsWithdrawn,
-                    "charge.dispute.funds_reinstated" => DisputeChange::FundsReinstated,
-                    _ => DisputeChange::Closed { status: d.status },
-                };
-                Some(Effect::Disputed {
-                    dispute_ref: d.id,
-                    payment_ref,
-                    amount_minor: d.amount,
-                    currency: d.currency.to_ascii_uppercase(),
-                    reason: d.reason.unwrap_or_default(),
-                    change,
-                })
-            }
-            _ => None,
-        };
+        let effect = effect(&event.event_type, event.data.object)?;
         Ok(GatewayEvent {
             event_id: event.id,
             event_type: event.event_type,
@@ -255,6 +163,116 @@ impl Stripe {
             effect,
         })
     }
+}
+
+/// What an event of `event_type` with `object` does; `None` for events only acknowledged.
+fn effect(event_type: &str, object: serde_json::Value) -> Result<Option<Effect>, GatewayError> {
+    match event_type {
+        "payment_intent.succeeded" => payment_intent(object, true).map(Some),
+        "payment_intent.payment_failed" => payment_intent(object, false).map(Some),
+        "charge.refunded" => charge_refunded(object),
+        "refund.created" => refund_created(object),
+        "charge.dispute.created"
+        | "charge.dispute.funds_withdrawn"
+        | "charge.dispute.funds_reinstated"
+        | "charge.dispute.closed" => dispute(event_type, object).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// A PaymentIntent that `succeeded` or failed, for the invoice in its metadata.
+fn payment_intent(object: serde_json::Value, succeeded: bool) -> Result<Effect, GatewayError> {
+    let pi: PaymentIntent = payload(object, "payment_intent")?;
+    let invoice_id = pi.metadata.get("invoice_id").cloned().ok_or_else(|| {
+        GatewayError::Payload(format!("payment_intent {}: no metadata.invoice_id", pi.id))
+    })?;
+    let currency = pi.currency.to_ascii_uppercase();
+    if succeeded {
+        return Ok(Effect::PaymentSucceeded {
+            payment_ref: pi.id,
+            invoice_id,
+            amount_minor: pi.amount_received.unwrap_or(pi.amount),
+            currency,
+            payment_method: method_id(pi.payment_method.as_ref()),
+        });
+    }
+    let error = pi.last_payment_error.as_ref();
+    let payment_method = method_id(
+        error
+            .and_then(|e| e.payment_method.as_ref())
+            .or(pi.payment_method.as_ref()),
+    );
+    let reason = error
+        .and_then(|e| e.code.clone().or_else(|| e.message.clone()))
+        .unwrap_or_default();
+    Ok(Effect::PaymentFailed {
+        payment_ref: pi.id,
+        invoice_id,
+        amount_minor: pi.amount,
+        currency,
+        reason,
+        payment_method,
+    })
+}
+
+/// `charge.refunded`: API versions since 2022-11-15 no longer include `refunds` in the
+/// charge: then this event is only acknowledged, and `refund.created` carries the refund.
+fn charge_refunded(object: serde_json::Value) -> Result<Option<Effect>, GatewayError> {
+    let ch: Charge = payload(object, "charge")?;
+    Ok(
+        match (
+            ch.refunds.and_then(|r| r.data.into_iter().next()),
+            ch.payment_intent,
+        ) {
+            (Some(refund), Some(payment_ref)) => Some(Effect::Refunded {
+                refund_ref: refund.id,
+                payment_ref,
+                amount_minor: refund.amount,
+                currency: ch.currency.to_ascii_uppercase(),
+            }),
+            _ => None,
+        },
+    )
+}
+
+/// `refund.created`: a refund unless it failed or was canceled.
+fn refund_created(object: serde_json::Value) -> Result<Option<Effect>, GatewayError> {
+    let r: RefundObject = payload(object, "refund")?;
+    let payment_ref = r
+        .payment_intent
+        .ok_or_else(|| GatewayError::Payload(format!("refund {}: no payment_intent", r.id)))?;
+    Ok(
+        (r.status.as_deref() != Some("failed") && r.status.as_deref() != Some("canceled")).then(
+            || Effect::Refunded {
+                refund_ref: r.id,
+                payment_ref,
+                amount_minor: r.amount,
+                currency: r.currency.to_ascii_uppercase(),
+            },
+        ),
+    )
+}
+
+/// A `charge.dispute.*` event: opened, funds withdrawn or reinstated, closed.
+fn dispute(event_type: &str, object: serde_json::Value) -> Result<Effect, GatewayError> {
+    let d: DisputeObject = payload(object, "dispute")?;
+    let payment_ref = d
+        .payment_intent
+        .ok_or_else(|| GatewayError::Payload(format!("dispute {}: no payment_intent", d.id)))?;
+    let change = match event_type {
+        "charge.dispute.created" => DisputeChange::Opened { status: d.status },
+        "charge.dispute.funds_withdrawn" => DisputeChange::FundsWithdrawn,
+        "charge.dispute.funds_reinstated" => DisputeChange::FundsReinstated,
+        _ => DisputeChange::Closed { status: d.status },
+    };
+    Ok(Effect::Disputed {
+        dispute_ref: d.id,
+        payment_ref,
+        amount_minor: d.amount,
+        currency: d.currency.to_ascii_uppercase(),
+        reason: d.reason.unwrap_or_default(),
+        change,
+    })
 }
 
 impl Gateway for Stripe {

@@ -61,96 +61,116 @@ pub fn handler(
     op: ApiOp,
     method: MethodFilter,
 ) -> MethodRouter<Arc<AppState>> {
-    let answer = |a: Answer| a.unwrap_or_else(|r| r);
     let route = match op {
-        ApiOp::ManualPayment => on(
-            method,
-            move |State(s): Shared, Extension(who): Who, RawBody(body): RawBody| async move {
-                answer(manual_payment(&s, &body, &who.actor_label()).await)
-            },
-        ),
-        ApiOp::Refund => on(
-            method,
-            move |State(s): Shared, Extension(who): Who, RawBody(body): RawBody| async move {
-                answer(refund(&s, &body, &who.actor_label()).await)
-            },
-        ),
-        ApiOp::WriteOff => on(
-            method,
-            move |State(s): Shared, Path(id): Id, Extension(who): Who, RawBody(body): RawBody| async move {
-                answer(write_off(&s, &id, &body, &who.actor_label()).await)
-            },
-        ),
-        ApiOp::Invoice => on(method, move |State(s): Shared, Path(id): Id| async move {
-            answer(invoice(&s, &id).await)
-        }),
-        ApiOp::TrialBalance => on(method, move |State(s): Shared| async move {
-            answer(trial_balance(&s).await)
-        }),
-        ApiOp::Revenue => on(
-            method,
-            move |State(s): Shared, RawQuery(query): RawQuery| async move {
-                answer(revenue(&s, &query.unwrap_or_default()).await)
-            },
-        ),
-        ApiOp::Notifications => on(method, |State(s): Shared, Path(customer): Id| async move {
-            super::routes::deliveries(&s, &customer).await
-        }),
-        ApiOp::PortalLink => on(
-            method,
-            move |State(s): Shared, Extension(who): Who, RawBody(body): RawBody| async move {
-                answer(portal_link(&s, &body, &who.actor_label()))
-            },
-        ),
-        ApiOp::SetProfile => on(
-            method,
-            move |State(s): Shared,
-                  Path(customer): Id,
-                  Extension(who): Who,
-                  RawBody(body): RawBody| async move {
-                answer(set_profile(&s, &customer, &body, &who.actor_label()).await)
-            },
-        ),
-        ApiOp::GetProfile => on(
-            method,
-            move |State(s): Shared, Path(customer): Id| async move {
-                answer(get_profile(&s, &customer).await)
-            },
-        ),
-        ApiOp::Wallet => on(
-            method,
-            move |State(s): Shared, Path(customer): Id| async move {
-                answer(wallet::http::get(&s.settler.db, &customer).await)
-            },
-        ),
-        ApiOp::Grant | ApiOp::TopUp => {
-            let kind = if op == ApiOp::TopUp {
-                wallet::GrantKind::TopUp
-            } else {
-                wallet::GrantKind::Promotional
-            };
-            on(
-                method,
-                move |State(s): Shared,
-                      Path(customer): Id,
-                      Extension(who): Who,
-                      RawBody(body): RawBody| async move {
-                    let (db, actor, now_ms) = (&s.settler.db, who.actor_label(), (s.now_ms)());
-                    answer(wallet::http::create(db, &customer, kind, &body, &actor, now_ms).await)
-                },
-            )
-        }
-        ApiOp::VoidGrant => on(
-            method,
-            move |State(s): Shared,
-                  Path((customer, grant_id)): Path<(String, String)>,
-                  Extension(who): Who| async move {
-                let (db, actor, now_ms) = (&s.settler.db, who.actor_label(), (s.now_ms)());
-                answer(wallet::http::void(db, &customer, &grant_id, &actor, now_ms).await)
-            },
-        ),
+        ApiOp::ManualPayment => on(method, on_manual_payment),
+        ApiOp::Refund => on(method, on_refund),
+        ApiOp::WriteOff => on(method, on_write_off),
+        ApiOp::Invoice => on(method, on_invoice),
+        ApiOp::TrialBalance => on(method, on_trial_balance),
+        ApiOp::Revenue => on(method, on_revenue),
+        ApiOp::Notifications => on(method, on_notifications),
+        ApiOp::PortalLink => on(method, on_portal_link),
+        ApiOp::SetProfile => on(method, on_set_profile),
+        ApiOp::GetProfile => on(method, on_get_profile),
+        ApiOp::Wallet => on(method, on_wallet),
+        ApiOp::Grant => grant_route(method, wallet::GrantKind::Promotional),
+        ApiOp::TopUp => grant_route(method, wallet::GrantKind::TopUp),
+        ApiOp::VoidGrant => on(method, on_void_grant),
     };
     route.layer(middleware::from_fn_with_state(state.clone(), guard))
+}
+
+// The routes' extractors, in the order axum runs them (the body last), each handing its
+// parameters to the operation below.
+
+fn answer(a: Answer) -> Response<Body> {
+    a.unwrap_or_else(|r| r)
+}
+
+async fn on_manual_payment(
+    State(s): Shared,
+    Extension(who): Who,
+    RawBody(body): RawBody,
+) -> Response<Body> {
+    answer(manual_payment(&s, &body, &who.actor_label()).await)
+}
+
+async fn on_refund(
+    State(s): Shared,
+    Extension(who): Who,
+    RawBody(body): RawBody,
+) -> Response<Body> {
+    answer(refund(&s, &body, &who.actor_label()).await)
+}
+
+async fn on_write_off(
+    State(s): Shared,
+    Path(id): Id,
+    Extension(who): Who,
+    RawBody(body): RawBody,
+) -> Response<Body> {
+    answer(write_off(&s, &id, &body, &who.actor_label()).await)
+}
+
+async fn on_invoice(State(s): Shared, Path(id): Id) -> Response<Body> {
+    answer(invoice(&s, &id).await)
+}
+
+async fn on_trial_balance(State(s): Shared) -> Response<Body> {
+    answer(trial_balance(&s).await)
+}
+
+async fn on_revenue(State(s): Shared, RawQuery(query): RawQuery) -> Response<Body> {
+    answer(revenue(&s, &query.unwrap_or_default()).await)
+}
+
+async fn on_notifications(State(s): Shared, Path(customer): Id) -> Response<Body> {
+    super::routes::deliveries(&s, &customer).await
+}
+
+async fn on_portal_link(
+    State(s): Shared,
+    Extension(who): Who,
+    RawBody(body): RawBody,
+) -> Response<Body> {
+    answer(portal_link(&s, &body, &who.actor_label()))
+}
+
+async fn on_set_profile(
+    State(s): Shared,
+    Path(customer): Id,
+    Extension(who): Who,
+    RawBody(body): RawBody,
+) -> Response<Body> {
+    answer(set_profile(&s, &customer, &body, &who.actor_label()).await)
+}
+
+async fn on_get_profile(State(s): Shared, Path(customer): Id) -> Response<Body> {
+    answer(get_profile(&s, &customer).await)
+}
+
+async fn on_wallet(State(s): Shared, Path(customer): Id) -> Response<Body> {
+    answer(wallet::http::get(&s.settler.db, &customer).await)
+}
+
+/// Creating a grant of `kind`: a promotional grant or a top-up.
+fn grant_route(method: MethodFilter, kind: wallet::GrantKind) -> MethodRouter<Arc<AppState>> {
+    on(
+        method,
+        move |State(s): Shared, Path(customer): Id, Extension(who): Who, RawBody(body): RawBody| async move {
+            let (db, actor, now_ms) = (&s.settler.db, who.actor_label(), (s.now_ms)());
+            answer(wallet::http::create(db, &customer, kind, &body, &actor, now_ms).await)
+        },
+    )
+}
+
+async fn on_void_grant(
+    State(s): Shared,
+    Path((customer, grant_id)): Path<(String, String)>,
+    Extension(who): Who,
+) -> Response<Body> {
+    let (db, actor, now_ms) = (&s.settler.db, who.actor_label(), (s.now_ms)());
+    answer(wallet::http::void(db, &customer, &grant_id, &actor, now_ms).await)
 }
 
 /// Authenticates (reads need `read`, changes `operate_payments`) and audits changes.
