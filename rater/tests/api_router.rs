@@ -5,14 +5,20 @@
 //! shape; the token is checked before a body is read (401, not 413, for a stranger's
 //! oversized body); a body over 1 MiB is 413; a bad JSON body is 400 with the route's own
 //! code; a bad customer in the path is refused before the body is read; path parameters and
-//! the raw query reach the handlers. Over a real socket and ClickHouse (the test's database).
+//! the raw query reach the handlers. The spend service's API (`tally_rater::live::api`) is
+//! built the same way and pinned the same way. Over a real socket, ClickHouse (the test's
+//! database) and NATS.
 
 mod common;
 
 use std::net::SocketAddr;
 
+use std::sync::Arc;
+
 use common::http::{start, token};
-use tally_platform::auth::Role;
+use tally_platform::auth::{Authenticator, Role};
+use tally_platform::shutdown::Shutdown;
+use tally_rater::live::api::{serve, SpendApi};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// `method` `path` with `body` and `token`, raw; (status, body as text).
@@ -45,36 +51,33 @@ async fn raw(
     (status, body.to_owned())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_router_answers_as_the_route_table_did() {
-    let env = tally_platform::testkit::TestEnv::new("rater_api_router").await;
-    let db = env.db();
-    let admin = token(&db, "ada", Role::Admin).await;
-    let operator = token(&db, "otto", Role::InvoiceOperator).await;
-    let (addr, stop, server) = start(db.clone()).await;
-    let t = Some(admin.as_str());
+/// The refusal of a request without a token.
+const MISSING: &str =
+    r#"{"code":"missing_token","detail":"header `Authorization: Bearer <token>` is missing"}"#;
 
-    // strangers are refused before the route is looked up, the OpenAPI document excepted
-    let missing =
-        r#"{"code":"missing_token","detail":"header `Authorization: Bearer <token>` is missing"}"#;
-    for (method, path) in [
-        ("GET", "/v1/nope"),
-        ("DELETE", "/v1/plans"),
-        ("GET", "/v1/plans"),
+/// What an API of the rater answers before its handlers run: a stranger 401 for an unknown
+/// path, for `method` on `path` (a method the path does not serve) and for an oversized body
+/// to the change route `change` (the token before the body); with `token`, 404 and 405 in the
+/// shared shape and 413 for a body over 1 MiB.
+async fn unrouted(
+    addr: SocketAddr,
+    token: &str,
+    (method, path): (&str, &str),
+    (change_method, change): (&str, &str),
+) {
+    let large = vec![b' '; tally_rater::api::BODY_BYTES_MAX + 1];
+    for (method, path, body) in [
+        ("GET", "/v1/nope", &[][..]),
+        (method, path, &[][..]),
+        (change_method, change, &large[..]),
     ] {
         assert_eq!(
-            raw(addr, None, method, path, b"").await,
-            (401, missing.to_owned()),
+            raw(addr, None, method, path, body).await,
+            (401, MISSING.to_owned()),
             "{method} {path}"
         );
     }
-    let (status, doc) = raw(addr, None, "GET", "/v1/openapi.json", b"").await;
-    assert_eq!(status, 200);
-    let doc: serde_json::Value = serde_json::from_str(&doc).expect("JSON");
-    let served: serde_json::Value = serde_json::from_str(tally_rater::api::OPENAPI).expect("JSON");
-    assert_eq!(doc, served);
-
-    // with a token: 404 and 405 in the shared shape
+    let t = Some(token);
     assert_eq!(
         raw(addr, t, "GET", "/v1/nope", b"").await,
         (
@@ -84,13 +87,43 @@ async fn the_router_answers_as_the_route_table_did() {
         )
     );
     assert_eq!(
-        raw(addr, t, "DELETE", "/v1/plans", b"").await,
+        raw(addr, t, method, path, b"").await,
         (
             405,
-            r#"{"code":"method_not_allowed","detail":"DELETE /v1/plans"}"#.to_owned()
+            format!(r#"{{"code":"method_not_allowed","detail":"{method} {path}"}}"#)
         )
     );
-    // a reader's change of an unknown method is refused by role first
+    assert_eq!(
+        raw(addr, t, change_method, change, &large).await,
+        (
+            413,
+            r#"{"code":"body_too_large","detail":"request body: length limit exceeded (limit 1048576 bytes)"}"#
+                .to_owned()
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_answers_as_the_route_table_did() {
+    let env = tally_platform::testkit::TestEnv::new("rater_api_router").await;
+    let db = env.db();
+    let admin = token(&db, "ada", Role::Admin).await;
+    let operator = token(&db, "otto", Role::InvoiceOperator).await;
+    let (addr, stop, server) = start(db.clone()).await;
+    let t = Some(admin.as_str());
+
+    // before the handlers: 401 for strangers (the OpenAPI document excepted), 404, 405, 413
+    unrouted(addr, &admin, ("DELETE", "/v1/plans"), ("POST", "/v1/plans")).await;
+    assert_eq!(
+        raw(addr, None, "GET", "/v1/plans", b"").await,
+        (401, MISSING.to_owned())
+    );
+    let (status, doc) = raw(addr, None, "GET", "/v1/openapi.json", b"").await;
+    assert_eq!(status, 200);
+    let doc: serde_json::Value = serde_json::from_str(&doc).expect("JSON");
+    let served: serde_json::Value = serde_json::from_str(tally_rater::api::OPENAPI).expect("JSON");
+    assert_eq!(doc, served);
+    // a change by a role that may not make it is refused by role, whatever the method
     let (status, body) = raw(addr, Some(&operator), "PUT", "/v1/plans", b"").await;
     assert_eq!(
         (status, body.contains("\"forbidden\"")),
@@ -98,22 +131,7 @@ async fn the_router_answers_as_the_route_table_did() {
         "{body}"
     );
 
-    // bodies: the token before the body, then the 1 MiB limit, then the route's own code
-    let large = vec![b' '; tally_rater::api::BODY_BYTES_MAX + 1];
-    let (status, body) = raw(addr, None, "POST", "/v1/plans", &large).await;
-    assert_eq!(
-        (status, body.as_str()),
-        (401, missing),
-        "the token is checked first"
-    );
-    assert_eq!(
-        raw(addr, t, "POST", "/v1/plans", &large).await,
-        (
-            413,
-            r#"{"code":"body_too_large","detail":"request body: length limit exceeded (limit 1048576 bytes)"}"#
-                .to_owned()
-        )
-    );
+    // a bad body answers the route's own code
     assert_eq!(
         raw(addr, t, "POST", "/v1/plans", b"{").await,
         (
@@ -131,6 +149,7 @@ async fn the_router_answers_as_the_route_table_did() {
         )
     );
     // the path's customer is refused before the body is read (400, not 413)
+    let large = vec![b' '; tally_rater::api::BODY_BYTES_MAX + 1];
     let (status, body) = raw(addr, t, "POST", "/v1/customers/a!b/agents", &large).await;
     assert_eq!(
         (status, body.contains("\"invalid_customer\"")),
@@ -191,6 +210,133 @@ async fn the_router_answers_as_the_route_table_did() {
             404,
             r#"{"code":"not_found","detail":"no charge ch_1"}"#.to_owned()
         )
+    );
+
+    stop.cancel();
+    server.await.expect("stops");
+    env.cleanup().await;
+}
+
+/// The spend API over the test's database and NATS, its decider subjects the test's own (none
+/// answers); (address, stop, server).
+async fn start_spend(
+    env: &tally_platform::testkit::TestEnv,
+) -> (SocketAddr, Shutdown, tokio::task::JoinHandle<()>) {
+    let db = env.db();
+    let nats = async_nats::connect(&env.nats.url).await.expect("NATS");
+    let auth = Arc::new(Authenticator::new("spend", db.clone()));
+    auth.reload().await.expect("tokens load");
+    let state = Arc::new(SpendApi {
+        db,
+        nats,
+        subject_root: env.nats.subject_prefix.clone(),
+        auth,
+        now_ms: || 1_794_268_800_000,
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let addr = listener.local_addr().expect("an address");
+    let stop = Shutdown::new();
+    let server = tokio::spawn(serve(listener, state, stop.clone()));
+    (addr, stop, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spend_router_answers_as_the_route_table_did() {
+    let env = tally_platform::testkit::TestEnv::new("spend_api_router").await;
+    let db = env.db();
+    let admin = token(&db, "ada", Role::Admin).await;
+    let reader = token(&db, "rita", Role::Reader).await;
+    let (addr, stop, server) = start_spend(&env).await;
+    let t = Some(admin.as_str());
+    let budget = "/v1/customers/acme/budgets/monthly";
+
+    // before the handlers: 401 for strangers (the OpenAPI document excepted), 404, 405, 413
+    unrouted(addr, &admin, ("GET", budget), ("PUT", budget)).await;
+    assert_eq!(
+        raw(addr, None, "POST", budget, b"").await,
+        (401, MISSING.to_owned())
+    );
+    assert_eq!(
+        raw(addr, None, "GET", "/v1/openapi.json", b"").await,
+        (200, tally_rater::live::api::OPENAPI.to_owned())
+    );
+    let (status, body) = raw(addr, Some(&reader), "PUT", budget, b"{}").await;
+    assert_eq!(
+        (status, body.contains("\"forbidden\"")),
+        (403, true),
+        "{body}"
+    );
+
+    // the customer is refused before the body is read (400, not 413); a bad body answers the
+    // route's own code
+    let large = vec![b' '; tally_rater::api::BODY_BYTES_MAX + 1];
+    let (status, body) = raw(addr, t, "PUT", "/v1/customers/a!b/budgets/x", &large).await;
+    assert_eq!(
+        (status, body.contains("\"invalid_customer\"")),
+        (400, true),
+        "{body}"
+    );
+    assert_eq!(
+        raw(addr, t, "PUT", budget, b"{").await,
+        (
+            400,
+            r#"{"code":"invalid_budget","detail":"EOF while parsing an object at line 1 column 1"}"#
+                .to_owned()
+        )
+    );
+
+    // both path parameters reach the handlers
+    assert_eq!(
+        raw(addr, t, "DELETE", budget, b"").await,
+        (
+            404,
+            r#"{"code":"not_found","detail":"no budget \"monthly\""}"#.to_owned()
+        )
+    );
+    let (status, body) = raw(
+        addr,
+        t,
+        "PUT",
+        budget,
+        br#"{"kind":"amount","limit":"0.50"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let put: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(
+        (&put["customer"], &put["budget_id"], &put["limit"]),
+        (
+            &serde_json::json!("acme"),
+            &serde_json::json!("monthly"),
+            &serde_json::json!("0.50")
+        )
+    );
+    let (status, listed) = raw(addr, t, "GET", "/v1/customers/acme/budgets/", b"").await;
+    let listed: serde_json::Value = serde_json::from_str(&listed).expect("JSON");
+    assert_eq!((status, listed), (200, serde_json::json!([put])));
+    assert_eq!(
+        raw(addr, t, "DELETE", budget, b"").await,
+        (200, r#"{"deleted":"monthly"}"#.to_owned())
+    );
+    assert_eq!(
+        raw(addr, t, "GET", "/v1/customers/acme/balance", b"").await,
+        (
+            503,
+            r#"{"code":"unavailable","detail":"no spend decider answered"}"#.to_owned()
+        )
+    );
+    let audited = tally_platform::auth::audit::of_service(&db, "spend")
+        .await
+        .expect("audit");
+    let audited: Vec<(&str, &str, u16)> = audited
+        .iter()
+        .map(|r| (r.actor.as_str(), r.method.as_str(), r.status))
+        .collect();
+    assert!(
+        audited.contains(&("api:ada", "PUT", 200)) && audited.contains(&("api:ada", "DELETE", 200)),
+        "{audited:?}"
     );
 
     stop.cancel();

@@ -72,16 +72,6 @@ pub(crate) fn parse<T: serde::de::DeserializeOwned>(body: &[u8], code: &str) -> 
     serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, code, e))
 }
 
-/// Reads a JSON body of at most [`BODY_BYTES_MAX`] within the shared server's body timeout;
-/// 400 `code` otherwise.
-pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
-    req: hyper::Request<hyper::body::Incoming>,
-    code: &str,
-) -> Result<T, Reply> {
-    let bytes = tally_platform::http::read_body(req.into_body(), BODY_BYTES_MAX).await?;
-    parse(&bytes, code)
-}
-
 /// 503 `unavailable`: a store the answer needs failed.
 pub(crate) fn unavailable(e: impl ToString) -> Reply {
     fail(ErrorCode::Unavailable, e)

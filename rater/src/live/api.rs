@@ -18,18 +18,23 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::{Path, State};
+use axum::routing::{on, MethodFilter, MethodRouter};
+use axum::Extension;
 use clickhouse::Client;
-use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Response, StatusCode};
 use serde::Deserialize;
 use tally_domain::CustomerId;
-use tally_platform::auth::{hook, Authenticator, Permission};
-use tally_platform::http::{error, json, Body};
-use tally_platform::openapi::{self, Route};
+use tally_platform::auth::{Authenticator, Permission, Principal};
+use tally_platform::http::{
+    self, error, fail, json, Body, ErrorCode, ListenerLimits, RawBody, Router,
+};
+use tally_platform::openapi::Route;
 use tally_platform::shutdown::Shutdown;
 use tokio::net::TcpListener;
 
 use super::budget::{self, Budget, Kind};
+use crate::api::shared::{parse, secured, unavailable, CustomerPath};
 
 /// What the API answers from.
 pub struct SpendApi {
@@ -41,13 +46,66 @@ pub struct SpendApi {
     pub now_ms: fn() -> i64,
 }
 
-/// Serves until `shutdown` (bounded connections, header timeout, graceful shutdown).
+/// Serves [`router`] until `shutdown` (bounded connections, header timeout, graceful
+/// shutdown).
 pub async fn serve(listener: TcpListener, state: Arc<SpendApi>, shutdown: Shutdown) {
-    let handler = move |req| {
-        let state = state.clone();
-        async move { route(&state, req).await }
-    };
-    tally_platform::http::serve(listener, handler, shutdown).await;
+    http::serve_router(
+        "spend",
+        listener,
+        router(state),
+        ListenerLimits::default(),
+        shutdown,
+    )
+    .await;
+}
+
+/// The API's axum router, built from [`ROUTES`] (`crate::api::shared::secured`, as the
+/// rater's API: 404/405 in the shared shape, bodies within 1 MiB, every request but the
+/// OpenAPI document authenticated first, the 401/403 of an unknown path included, as before;
+/// changes need `edit_catalog` and are audited). The customer of every route is checked (400
+/// `invalid_customer`) before anything else is read.
+pub fn router(state: Arc<SpendApi>) -> Router {
+    let auth = state.auth.clone();
+    let writes = |_: &str| Permission::EditCatalog;
+    secured(http::route_table(ROUTES, handler), state, auth, writes)
+}
+
+type Shared = State<Arc<SpendApi>>;
+
+/// What a route's method answers.
+fn handler(op: Op, method: MethodFilter) -> MethodRouter<Arc<SpendApi>> {
+    type Who = Extension<Principal>;
+    type Ids = Path<(String, String)>;
+    match op {
+        Op::ListBudgets => on(
+            method,
+            |State(s): Shared, CustomerPath(c): CustomerPath| async move { list(&s, &c).await },
+        ),
+        Op::PutBudget => on(
+            method,
+            |State(s): Shared,
+             CustomerPath(c): CustomerPath,
+             Path((_, id)): Ids,
+             Extension(who): Who,
+             RawBody(body): RawBody| async move {
+                put(&s, &body, &c, id, &who.actor_label()).await
+            },
+        ),
+        Op::DeleteBudget => on(
+            method,
+            |State(s): Shared,
+             CustomerPath(c): CustomerPath,
+             Path((_, id)): Ids,
+             Extension(who): Who| async move {
+                remove(&s, &c, &id, &who.actor_label()).await
+            },
+        ),
+        Op::Balance => on(
+            method,
+            |State(s): Shared, CustomerPath(c): CustomerPath| async move { balance(&s, &c).await },
+        ),
+        Op::OpenApi => on(method, || async { openapi_reply() }),
+    }
 }
 
 /// What a route does.
@@ -60,7 +118,7 @@ pub enum Op {
     OpenApi,
 }
 
-/// Every route: [`dispatch`] answers only these, and the test checks them against
+/// Every route: [`router`] answers only these, and the test checks them against
 /// [`OPENAPI`] both ways.
 pub const ROUTES: &[Route<Op>] = &[
     Route::new("GET", "/v1/customers/{id}/budgets", Op::ListBudgets),
@@ -82,58 +140,17 @@ pub const ROUTES: &[Route<Op>] = &[
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 fn openapi_reply() -> Response<Body> {
-    tally_platform::http::bytes(
+    http::bytes(
         StatusCode::OK,
         "application/json",
         OPENAPI.as_bytes().to_vec(),
     )
 }
 
-async fn route(state: &SpendApi, req: Request<Incoming>) -> Response<Body> {
-    if req.method() == Method::GET && req.uri().path() == "/v1/openapi.json" {
-        return openapi_reply();
-    }
-    let who = match hook::authorize(&state.auth, &req, Permission::EditCatalog).await {
-        Ok(who) => who,
-        Err(refused) => return refused,
-    };
-    let (method, path) = (req.method().to_string(), req.uri().path().to_owned());
-    let actor = who.actor_label();
-    hook::audited(
-        &state.auth,
-        &who,
-        &method,
-        &path,
-        dispatch(state, req, actor),
-    )
-    .await
-}
-
-async fn dispatch(state: &SpendApi, req: Request<Incoming>, actor: String) -> Response<Body> {
-    let (op, params) = match openapi::resolve(ROUTES, &req) {
-        Ok(found) => found,
-        Err(answer) => return answer,
-    };
-    if op == Op::OpenApi {
-        return openapi_reply();
-    }
-    let customer = match CustomerId::new(params[0].clone()) {
-        Ok(c) => c,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_customer", e),
-    };
-    match op {
-        Op::ListBudgets => list(state, &customer).await,
-        Op::PutBudget => put(state, req, &customer, params[1].clone(), &actor).await,
-        Op::DeleteBudget => remove(state, &customer, &params[1], &actor).await,
-        Op::Balance => balance(state, &customer).await,
-        Op::OpenApi => openapi_reply(),
-    }
-}
-
 async fn list(state: &SpendApi, customer: &CustomerId) -> Response<Body> {
     match budget::load_customer(&state.db, customer.as_str()).await {
         Ok(b) => json(StatusCode::OK, &b),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
+        Err(e) => unavailable(e),
     }
 }
 
@@ -156,12 +173,12 @@ struct BudgetBody {
 
 async fn put(
     state: &SpendApi,
-    req: Request<Incoming>,
+    body: &[u8],
     customer: &CustomerId,
     budget_id: String,
     actor: &str,
 ) -> Response<Body> {
-    let body: BudgetBody = match crate::api::shared::read_json(req, "invalid_budget").await {
+    let body: BudgetBody = match parse(body, "invalid_budget") {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -181,25 +198,21 @@ async fn put(
     };
     match budget::put(&state.db, &budget, false, actor, (state.now_ms)()).await {
         Ok(()) => json(StatusCode::OK, &budget),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
+        Err(e) => unavailable(e),
     }
 }
 
 async fn remove(state: &SpendApi, customer: &CustomerId, id: &str, actor: &str) -> Response<Body> {
     let existing = match budget::load_customer(&state.db, customer.as_str()).await {
         Ok(b) => b,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
+        Err(e) => return unavailable(e),
     };
     let Some(b) = existing.into_iter().find(|b| b.budget_id == id) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no budget {id:?}"),
-        );
+        return fail(ErrorCode::NotFound, format!("no budget {id:?}"));
     };
     match budget::put(&state.db, &b, true, actor, (state.now_ms)()).await {
         Ok(()) => json(StatusCode::OK, &serde_json::json!({"deleted": id})),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
+        Err(e) => unavailable(e),
     }
 }
 
@@ -207,11 +220,7 @@ async fn balance(state: &SpendApi, customer: &CustomerId) -> Response<Body> {
     let subject = format!("{}.balance.{customer}", state.subject_root);
     let asked = state.nats.request(subject, bytes::Bytes::new());
     let Ok(Ok(msg)) = tokio::time::timeout(Duration::from_secs(2), asked).await else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "no spend decider answered",
-        );
+        return unavailable("no spend decider answered");
     };
     match serde_json::from_slice::<serde_json::Value>(&msg.payload) {
         Ok(v) if v.get("error").is_some() => error(
@@ -220,7 +229,7 @@ async fn balance(state: &SpendApi, customer: &CustomerId) -> Response<Body> {
             "the customer has no plan in force",
         ),
         Ok(v) => json(StatusCode::OK, &v),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
+        Err(e) => unavailable(e),
     }
 }
 
@@ -229,6 +238,7 @@ mod tests {
     use super::super::book::{EntitlementUse, LimitUse};
     use super::super::decider::{Balance, BudgetBalance, MeterBalance};
     use super::*;
+    use tally_platform::openapi;
 
     fn doc() -> serde_json::Value {
         serde_json::from_str(OPENAPI).expect("the OpenAPI document is JSON")
