@@ -270,6 +270,21 @@ impl InvoiceDeliveryConfig {
     /// Checks every setting for `profile`, the SMTP password's origin included (`password_from_env`:
     /// whether [`SMTP_PASSWORD_ENV`] is set); the error names the setting, never the password.
     pub fn validate(&self, profile: Profile, password_from_env: bool) -> Result<(), ConfigError> {
+        self.validate_delivery()?;
+        if !self.email() {
+            return Ok(());
+        }
+        self.validate_smtp(profile)?;
+        self.validate_credentials(profile, password_from_env)?;
+        if !self.smtp_ca_file.is_empty() {
+            crate::delivery::email::ca_certificates(&self.smtp_ca_file)
+                .map_err(|e| ConfigError::invalid("invoice_delivery.smtp_ca_file", e))?;
+        }
+        Ok(())
+    }
+
+    /// The pass's timings and bounds, the claims bucket's name, and something to deliver.
+    fn validate_delivery(&self) -> Result<(), ConfigError> {
         if self.interval_secs == 0
             || self.attempts_max == 0
             || self.timeout_ms == 0
@@ -298,9 +313,11 @@ impl InvoiceDeliveryConfig {
                 "is empty and webhook = false: there is nothing to deliver",
             ));
         }
-        if !self.email() {
-            return Ok(());
-        }
+        Ok(())
+    }
+
+    /// The SMTP server (host, port, TLS outside dev) and the sender's addresses.
+    fn validate_smtp(&self, profile: Profile) -> Result<(), ConfigError> {
         let host_ok = self.smtp_host.len() <= 253
             && self
                 .smtp_host
@@ -330,8 +347,17 @@ impl InvoiceDeliveryConfig {
             crate::delivery::email::mailbox(&self.reply_to)
                 .map_err(|e| ConfigError::invalid("invoice_delivery.reply_to", e))?;
         }
+        Ok(())
+    }
+
+    /// The SMTP login: both or neither, the password from the environment outside dev.
+    fn validate_credentials(
+        &self,
+        profile: Profile,
+        password_from_env: bool,
+    ) -> Result<(), ConfigError> {
         match (self.smtp_username.is_empty(), self.smtp_password.is_empty()) {
-            (true, true) => {}
+            (true, true) => Ok(()),
             (false, false) => {
                 if profile != Profile::Dev && !password_from_env {
                     return Err(ConfigError::invalid(
@@ -339,25 +365,17 @@ impl InvoiceDeliveryConfig {
                         format!("must come from {SMTP_PASSWORD_ENV} outside the dev profile, not the file"),
                     ));
                 }
+                Ok(())
             }
-            (false, true) => {
-                return Err(ConfigError::invalid(
-                    "invoice_delivery.smtp_password",
-                    format!("is required with smtp_username ({SMTP_PASSWORD_ENV})"),
-                ))
-            }
-            (true, false) => {
-                return Err(ConfigError::invalid(
-                    "invoice_delivery.smtp_username",
-                    "is required with smtp_password",
-                ))
-            }
+            (false, true) => Err(ConfigError::invalid(
+                "invoice_delivery.smtp_password",
+                format!("is required with smtp_username ({SMTP_PASSWORD_ENV})"),
+            )),
+            (true, false) => Err(ConfigError::invalid(
+                "invoice_delivery.smtp_username",
+                "is required with smtp_password",
+            )),
         }
-        if !self.smtp_ca_file.is_empty() {
-            crate::delivery::email::ca_certificates(&self.smtp_ca_file)
-                .map_err(|e| ConfigError::invalid("invoice_delivery.smtp_ca_file", e))?;
-        }
-        Ok(())
     }
 }
 

@@ -338,6 +338,26 @@ struct Tracking {
     finished: HashSet<String>,
 }
 
+/// What every attempt of one notification sends with.
+struct Sending {
+    /// The customer's endpoint secret (`Tally-Signature`).
+    secret: crate::signature::Secret,
+    timeout: Duration,
+    /// When the threshold was crossed (from the body), for the delivery latency metric.
+    crossed_at_ms: Option<i64>,
+}
+
+/// How one attempt ended.
+enum Turn {
+    /// Sent and refused or unanswered at `at_ms`: try again after the backoff.
+    Failed { at_ms: i64 },
+    /// Delivered, or this process cannot go on with it (its attempt not logged, its
+    /// semaphores closed): done here.
+    Finished,
+    /// Shutdown: another process (or this one after a restart) takes it up.
+    Interrupted,
+}
+
 /// Delivers the spend alert notifications: one task per notification, one attempt at a time
 /// per customer.
 pub struct Deliverer {
@@ -425,87 +445,105 @@ impl Deliverer {
     /// The attempts of one notification until it is delivered or out of attempts.
     async fn deliver(self: Arc<Self>, n: log::Notification, mut done: u32, mut last_ms: i64) {
         let id = n.notification_id.clone();
-        let secret = deliver::endpoint_secret(self.cfg.signing_secret.expose(), &n.customer);
-        let timeout = Duration::from_millis(self.cfg.delivery_timeout_ms);
-        let crossed_at_ms = serde_json::from_str::<serde_json::Value>(&n.body)
-            .ok()
-            .and_then(|b| {
-                b.pointer("/data/crossed_at_ms")
-                    .and_then(serde_json::Value::as_i64)
-            });
-        let mut interrupted = false;
-        loop {
+        let sending = Sending {
+            secret: deliver::endpoint_secret(self.cfg.signing_secret.expose(), &n.customer),
+            timeout: Duration::from_millis(self.cfg.delivery_timeout_ms),
+            crossed_at_ms: serde_json::from_str::<serde_json::Value>(&n.body)
+                .ok()
+                .and_then(|b| {
+                    b.pointer("/data/crossed_at_ms")
+                        .and_then(serde_json::Value::as_i64)
+                }),
+        };
+        let interrupted = loop {
             if done >= self.cfg.delivery_attempts_max {
                 metrics::spend_alert_abandoned();
                 tracing::warn!(notification_id = %id, attempts = done,
                     "spend alert notification not delivered: out of attempts");
-                break;
+                break false;
             }
-            let due = schedule::next_attempt_ms(done, last_ms, self.cfg.delivery_backoff_secs);
-            let wait = due.saturating_sub(now_ms());
-            if wait > 0 {
-                tokio::select! {
-                    _ = self.shutdown.cancelled() => { interrupted = true; break; }
-                    _ = tokio::time::sleep(Duration::from_millis(wait.unsigned_abs())) => {}
+            if !self.until_due(done, last_ms).await {
+                break true;
+            }
+            match self.attempt(&n, &sending, done + 1).await {
+                Turn::Failed { at_ms } => {
+                    done += 1;
+                    last_ms = at_ms;
                 }
+                Turn::Finished => break false,
+                Turn::Interrupted => break true,
             }
-            if self.shutdown.is_cancelled() {
-                interrupted = true;
-                break;
-            }
-            let customer = {
-                let mut c = self.customers.lock().unwrap_or_else(|p| p.into_inner());
-                c.entry(n.customer.clone())
-                    .or_insert_with(|| Arc::new(Semaphore::new(1)))
-                    .clone()
-            };
-            let (Ok(_own), Ok(_any)) = (customer.acquire().await, self.all.acquire().await) else {
-                break;
-            };
-            if self.shutdown.is_cancelled() {
-                interrupted = true;
-                break;
-            }
-            let at_ms = now_ms();
-            let started = Instant::now();
-            let a = deliver::post(
-                self.trust.as_ref(),
-                &n.url,
-                &id,
-                &n.body,
-                &secret,
-                at_ms.div_euclid(1000),
-                timeout,
-            )
-            .await;
-            metrics::delivery(
-                if a.delivered { "delivered" } else { "failed" },
-                started.elapsed(),
-            );
-            done += 1;
-            last_ms = at_ms;
-            let row = log::Delivery::new(&id, done, &n.url, &a, at_ms);
-            if !self.append_delivery(&row).await {
-                tracing::error!(notification_id = %id, attempt = done, delivered = a.delivered,
-                    "the delivery attempt could not be logged; not attempted again by this process");
-                break;
-            }
-            if a.delivered {
-                if let Some(c) = crossed_at_ms {
-                    metrics::spend_alert_delivered(now_ms().saturating_sub(c));
-                }
-                tracing::info!(notification_id = %id, attempt = done, status = a.status_code,
-                    "spend alert delivered");
-                break;
-            }
-            tracing::warn!(notification_id = %id, attempt = done, error = %a.error,
-                "spend alert delivery failed");
-        }
+        };
         let mut t = self.tracking();
         t.in_flight.remove(&id);
         if !interrupted {
             t.finished.insert(id);
         }
+    }
+
+    /// Waits until the attempt after `done` (the last at `last_ms`) is due; false when
+    /// shutdown comes first.
+    async fn until_due(&self, done: u32, last_ms: i64) -> bool {
+        let due = schedule::next_attempt_ms(done, last_ms, self.cfg.delivery_backoff_secs);
+        let wait = due.saturating_sub(now_ms());
+        if wait > 0 {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return false,
+                _ = tokio::time::sleep(Duration::from_millis(wait.unsigned_abs())) => {}
+            }
+        }
+        !self.shutdown.is_cancelled()
+    }
+
+    /// Attempt number `attempt` of `n`, one at a time per customer and within the process'
+    /// bound, logged.
+    async fn attempt(&self, n: &log::Notification, sending: &Sending, attempt: u32) -> Turn {
+        let id = &n.notification_id;
+        let customer = {
+            let mut c = self.customers.lock().unwrap_or_else(|p| p.into_inner());
+            c.entry(n.customer.clone())
+                .or_insert_with(|| Arc::new(Semaphore::new(1)))
+                .clone()
+        };
+        let (Ok(_own), Ok(_any)) = (customer.acquire().await, self.all.acquire().await) else {
+            return Turn::Finished;
+        };
+        if self.shutdown.is_cancelled() {
+            return Turn::Interrupted;
+        }
+        let at_ms = now_ms();
+        let started = Instant::now();
+        let a = deliver::post(
+            self.trust.as_ref(),
+            &n.url,
+            id,
+            &n.body,
+            &sending.secret,
+            at_ms.div_euclid(1000),
+            sending.timeout,
+        )
+        .await;
+        metrics::delivery(
+            if a.delivered { "delivered" } else { "failed" },
+            started.elapsed(),
+        );
+        let row = log::Delivery::new(id, attempt, &n.url, &a, at_ms);
+        if !self.append_delivery(&row).await {
+            tracing::error!(notification_id = %id, attempt, delivered = a.delivered,
+                "the delivery attempt could not be logged; not attempted again by this process");
+            return Turn::Finished;
+        }
+        if a.delivered {
+            if let Some(c) = sending.crossed_at_ms {
+                metrics::spend_alert_delivered(now_ms().saturating_sub(c));
+            }
+            tracing::info!(notification_id = %id, attempt, status = a.status_code,
+                "spend alert delivered");
+            return Turn::Finished;
+        }
+        tracing::warn!(notification_id = %id, attempt, error = %a.error,
+            "spend alert delivery failed");
+        Turn::Failed { at_ms }
     }
 
     /// Appends an attempt, retried a few times (the attempt happened: losing its row would
