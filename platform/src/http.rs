@@ -1,20 +1,19 @@
 //! The one HTTP/1 server of every Tally listener (the APIs, the gateway's two listeners, the
-//! metrics and health listener), on the ecosystem's layer: an axum [`Router`] (or, for crates
-//! not yet converted, a plain handler: [`serve`]) run as a tower service through hyper's
+//! metrics and health listener), on the ecosystem's layer: an axum [`Router`] built from the
+//! API's route table ([`route_table`], [`with_fallbacks`]) run as a tower service through hyper's
 //! HTTP/1 connection, with tower-http's path normalization (`/v1/x/` is `/v1/x`) and request
 //! tracing. The accept loop is ours because it enforces what axum's does not: connections
 //! bounded in all and per remote address ([`crate::peers`]), a header timeout, and a graceful
 //! shutdown that waits for the requests in flight.
 //!
-//! Bodies are read by the shared helpers and extractors ([`read_body`], [`RawBody`],
-//! [`Json`]): at most the route's limit ([`BodyLimit`], 413 `body_too_large`) and within
-//! [`BODY_TIMEOUT`] in all (408 `request_timeout`); tower-http's body timeout restarts at each
+//! Bodies are read by the shared extractors ([`RawBody`], [`Json`]) through [`read_body`]: at
+//! most the route's limit ([`BodyLimit`], 413 `body_too_large`) and within [`BODY_TIMEOUT`] in
+//! all (408 `request_timeout`); tower-http's body timeout restarts at each
 //! frame, so a body trickled a byte at a time would never meet it. Errors are
 //! `{"code", "detail"}` ([`error`]). It knows no routes and no business; it never buffers a
 //! request body past its limit, nor waits for one longer than [`BODY_TIMEOUT`].
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,27 +84,6 @@ pub async fn serve_router(
     shutdown: Shutdown,
 ) {
     serve_service(name, listener, router, limits, shutdown).await;
-}
-
-/// Serves `handler` on `listener` with the default [`ListenerLimits`] until `shutdown`: the
-/// same server as [`serve_router`], for routers not yet written as an axum [`Router`].
-pub async fn serve<H, F>(listener: TcpListener, handler: H, shutdown: Shutdown)
-where
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<Body>> + Send + 'static,
-{
-    let service = tower::service_fn(move |req| {
-        let answer = handler(req);
-        async move { Ok::<_, Infallible>(answer.await) }
-    });
-    serve_service(
-        "api",
-        listener,
-        service,
-        ListenerLimits::default(),
-        shutdown,
-    )
-    .await;
 }
 
 /// The accept loop behind every listener.
@@ -231,15 +209,6 @@ pub fn with_fallbacks<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Ro
                 format!("{method} {}", uri.path()),
             )
         })
-}
-
-/// The path's segments (`/v1/invoices/x` → `["v1", "invoices", "x"]`), for matching routes.
-pub fn segments(uri: &hyper::Uri) -> Vec<String> {
-    uri.path()
-        .trim_matches('/')
-        .split('/')
-        .map(str::to_owned)
-        .collect()
 }
 
 /// A response with `body` and its content type.
@@ -393,16 +362,6 @@ where
     }
 }
 
-/// The request body as JSON of type `T`, at most `max_bytes`, within [`BODY_TIMEOUT`]; a
-/// 4xx response naming the problem (and the field, for JSON errors) otherwise.
-pub async fn read_json<T: serde::de::DeserializeOwned>(
-    req: Request<impl hyper::body::Body<Error: std::error::Error + Send + Sync + 'static>>,
-    max_bytes: usize,
-) -> Result<T, Response<Body>> {
-    let body = read_body(req.into_body(), max_bytes).await?;
-    parse_json(&body)
-}
-
 /// `body` as JSON of type `T`; 400 `invalid_body` naming the field otherwise.
 // one answer per request, never stored: boxing it would only cost an allocation
 #[allow(clippy::result_large_err)]
@@ -441,8 +400,8 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     }
 }
 
-/// The request body as JSON of type `T`, read as [`read_json`] reads it within the router's
-/// [`BodyLimit`]; 400 `invalid_body` naming the field otherwise.
+/// The request body as JSON of type `T`, read as [`read_body`] reads it within the router's
+/// [`BodyLimit`] and parsed by [`parse_json`]; 400 `invalid_body` naming the field otherwise.
 #[derive(Debug, Clone)]
 pub struct Json<T>(pub T);
 
