@@ -429,81 +429,110 @@ impl<'f> Embedder<'f> {
                     error: e.to_string(),
                 }
             })?;
-            let type0 = alloc();
-            let cid = alloc();
-            let descriptor = alloc();
-            let font_file = alloc();
-            let cmap = alloc();
-            let cid_to_gid = alloc();
-            refs.insert(face, type0);
-
-            let scale = 1000.0 / f.units_per_em() as f32;
+            let ids = FontIds {
+                type0: alloc(),
+                cid: alloc(),
+                descriptor: alloc(),
+                font_file: alloc(),
+                cmap: alloc(),
+                cid_to_gid: alloc(),
+            };
+            refs.insert(face, ids.type0);
             let name = base_name(f, face, used);
-            pdf.type0_font(type0)
-                .base_font(Name(name.as_bytes()))
-                .encoding_predefined(Name(b"Identity-H"))
-                .descendant_font(cid)
-                .to_unicode(cmap);
-            let mut cid_font = pdf.cid_font(cid);
-            cid_font
-                .subtype(CidFontType::Type2)
-                .base_font(Name(name.as_bytes()))
-                .system_info(SystemInfo {
-                    registry: Str(b"Adobe"),
-                    ordering: Str(b"Identity"),
-                    supplement: 0,
-                })
-                .font_descriptor(descriptor)
-                .default_width(0.0)
-                .cid_to_gid_map_stream(cid_to_gid);
-            cid_font
-                .widths()
-                .consecutive(0, used.cid_glyph.iter().map(|(_, _, w)| *w));
-            drop(cid_font);
-
-            let bbox = f.global_bounding_box();
-            let ascent = f32::from(f.ascender()) * scale;
-            pdf.font_descriptor(descriptor)
-                .name(Name(name.as_bytes()))
-                .flags(FontFlags::SYMBOLIC)
-                .bbox(Rect::new(
-                    f32::from(bbox.x_min) * scale,
-                    f32::from(bbox.y_min) * scale,
-                    f32::from(bbox.x_max) * scale,
-                    f32::from(bbox.y_max) * scale,
-                ))
-                .italic_angle(0.0)
-                .ascent(ascent)
-                .descent(f32::from(f.descender()) * scale)
-                .cap_height(f.capital_height().map_or(ascent, |h| f32::from(h) * scale))
-                .stem_v(80.0)
-                .font_file2(font_file);
-            pdf.stream(font_file, &data)
-                .pair(Name(b"Length1"), data.len() as i32);
-
-            let mut unicode = UnicodeCmap::new(
-                Name(b"Custom"),
-                SystemInfo {
-                    registry: Str(b"Adobe"),
-                    ordering: Str(b"UCS"),
-                    supplement: 0,
-                },
-            );
-            for (c, (_, text, _)) in used.cid_glyph.iter().enumerate() {
-                if !text.is_empty() {
-                    unicode.pair_with_multiple(c as u16, text.chars());
-                }
-            }
-            pdf.cmap(cmap, &unicode.finish());
-            let map: Vec<u8> = used
-                .cid_glyph
-                .iter()
-                .flat_map(|(g, _, _)| g.to_be_bytes())
-                .collect();
-            pdf.stream(cid_to_gid, &map);
+            write_fonts(pdf, &ids, &name, used);
+            write_descriptor(pdf, &ids, f, &name, &data);
+            write_maps(pdf, &ids, used);
         }
         Ok(refs)
     }
+}
+
+/// The objects of one embedded face, allocated in this order.
+struct FontIds {
+    type0: Ref,
+    cid: Ref,
+    descriptor: Ref,
+    font_file: Ref,
+    cmap: Ref,
+    cid_to_gid: Ref,
+}
+
+/// The Type0 font (Identity-H) and its CIDFontType2 descendant with each CID's width.
+fn write_fonts(pdf: &mut Pdf, ids: &FontIds, name: &str, used: &Used) {
+    pdf.type0_font(ids.type0)
+        .base_font(Name(name.as_bytes()))
+        .encoding_predefined(Name(b"Identity-H"))
+        .descendant_font(ids.cid)
+        .to_unicode(ids.cmap);
+    let mut cid_font = pdf.cid_font(ids.cid);
+    cid_font
+        .subtype(CidFontType::Type2)
+        .base_font(Name(name.as_bytes()))
+        .system_info(SystemInfo {
+            registry: Str(b"Adobe"),
+            ordering: Str(b"Identity"),
+            supplement: 0,
+        })
+        .font_descriptor(ids.descriptor)
+        .default_width(0.0)
+        .cid_to_gid_map_stream(ids.cid_to_gid);
+    cid_font
+        .widths()
+        .consecutive(0, used.cid_glyph.iter().map(|(_, _, w)| *w));
+}
+
+/// The font descriptor (metrics in thousandths of an em) and the subset font file.
+fn write_descriptor(
+    pdf: &mut Pdf,
+    ids: &FontIds,
+    f: &rustybuzz::Face<'_>,
+    name: &str,
+    data: &[u8],
+) {
+    let scale = 1000.0 / f.units_per_em() as f32;
+    let bbox = f.global_bounding_box();
+    let ascent = f32::from(f.ascender()) * scale;
+    pdf.font_descriptor(ids.descriptor)
+        .name(Name(name.as_bytes()))
+        .flags(FontFlags::SYMBOLIC)
+        .bbox(Rect::new(
+            f32::from(bbox.x_min) * scale,
+            f32::from(bbox.y_min) * scale,
+            f32::from(bbox.x_max) * scale,
+            f32::from(bbox.y_max) * scale,
+        ))
+        .italic_angle(0.0)
+        .ascent(ascent)
+        .descent(f32::from(f.descender()) * scale)
+        .cap_height(f.capital_height().map_or(ascent, |h| f32::from(h) * scale))
+        .stem_v(80.0)
+        .font_file2(ids.font_file);
+    pdf.stream(ids.font_file, data)
+        .pair(Name(b"Length1"), data.len() as i32);
+}
+
+/// The ToUnicode map (each CID to the characters it shows) and the CID-to-glyph map.
+fn write_maps(pdf: &mut Pdf, ids: &FontIds, used: &Used) {
+    let mut unicode = UnicodeCmap::new(
+        Name(b"Custom"),
+        SystemInfo {
+            registry: Str(b"Adobe"),
+            ordering: Str(b"UCS"),
+            supplement: 0,
+        },
+    );
+    for (c, (_, text, _)) in used.cid_glyph.iter().enumerate() {
+        if !text.is_empty() {
+            unicode.pair_with_multiple(c as u16, text.chars());
+        }
+    }
+    pdf.cmap(ids.cmap, &unicode.finish());
+    let map: Vec<u8> = used
+        .cid_glyph
+        .iter()
+        .flat_map(|(g, _, _)| g.to_be_bytes())
+        .collect();
+    pdf.stream(ids.cid_to_gid, &map);
 }
 
 /// The font's PostScript name behind a subset tag derived from the glyphs used (six capital
