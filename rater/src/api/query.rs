@@ -281,114 +281,17 @@ fn instant(name: &str, text: &str) -> Result<i64, QueryError> {
 }
 
 /// Validates the parameters of a query of `meter` (see the module docs); `now` (Unix
-/// seconds) is the default `to`.
+/// seconds) is the default `to`. The parameters are checked in the order given, then the
+/// customer, `from`, `to`, `window_size`, `window_time_zone`, the range and the windows: the
+/// first problem is the answer.
 pub fn parse(query: Option<&str>, meter: &Meter, now: i64) -> Result<Query, QueryError> {
-    let groups: Vec<&str> = meter.group_by.iter().map(|(n, _)| n.as_str()).collect();
-    let agent_pseudo = !groups.contains(&AGENT);
-    let known = |name: &str| groups.contains(&name) || name == AGENT;
-    let names = || {
-        let mut all: Vec<&str> = groups.clone();
-        if agent_pseudo {
-            all.push(AGENT);
-        }
-        all.join(", ")
-    };
-    let mut single: BTreeMap<&'static str, String> = BTreeMap::new();
-    let mut group_by: Vec<String> = Vec::new();
-    let mut filters: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for (k, v) in params(query)? {
-        match k.as_str() {
-            "customer" | "from" | "to" | "window_size" | "window_time_zone" => {
-                let name: &'static str = match k.as_str() {
-                    "customer" => "customer",
-                    "from" => "from",
-                    "to" => "to",
-                    "window_size" => "window_size",
-                    _ => "window_time_zone",
-                };
-                if single.insert(name, v).is_some() {
-                    return Err(QueryError::bad(
-                        code_of(name),
-                        format!("{name} is given more than once"),
-                    ));
-                }
-            }
-            "group_by" => {
-                if !known(&v) {
-                    return Err(QueryError::bad(
-                        "invalid_group_by",
-                        format!(
-                            "meter {} has no group {v:?}; group_by takes: {}",
-                            meter.slug,
-                            names()
-                        ),
-                    ));
-                }
-                if !group_by.contains(&v) {
-                    group_by.push(v);
-                }
-            }
-            _ => {
-                let Some(name) = k.strip_prefix("filter_group_") else {
-                    return Err(QueryError::bad(
-                        "unknown_parameter",
-                        format!(
-                            "unknown parameter {:?}; parameters: customer, from, to, window_size, \
-                             window_time_zone, group_by, filter_group_<name>",
-                            k.chars().take(64).collect::<String>()
-                        ),
-                    ));
-                };
-                if !known(name) {
-                    return Err(QueryError::bad(
-                        "invalid_filter",
-                        format!(
-                            "meter {} has no group {name:?}; filter_group_<name> takes: {}",
-                            meter.slug,
-                            names()
-                        ),
-                    ));
-                }
-                filters.entry(name.to_owned()).or_default().insert(v);
-            }
-        }
-    }
-    let customer = match single.get("customer") {
-        None => {
-            return Err(QueryError::bad(
-                "invalid_customer",
-                "customer is required: API tokens are not scoped to a customer",
-            ))
-        }
-        Some(c) => CustomerId::new(c.clone())
-            .map_err(|e| QueryError::bad("invalid_customer", e.to_string()))?,
-    };
-    let from = match single.get("from") {
-        None => return Err(QueryError::bad("invalid_from", "from is required")),
-        Some(t) => instant("from", t)?,
-    };
-    let to = match single.get("to") {
-        Some(t) => instant("to", t)?,
-        None => (now + 59).div_euclid(60) * 60,
-    };
-    let window_size = match single.get("window_size") {
-        None => None,
-        Some(w) => Some(WindowSize::parse(w).ok_or_else(|| {
-            QueryError::bad(
-                "invalid_window_size",
-                format!("window_size {w:?}: one of MINUTE, HOUR, DAY, MONTH"),
-            )
-        })?),
-    };
-    let zone = match single.get("window_time_zone") {
-        None => Tz::UTC,
-        Some(z) => z.parse::<Tz>().map_err(|_| {
-            QueryError::bad(
-                "invalid_window_time_zone",
-                format!("window_time_zone {z:?} is not an IANA time zone (Europe/Berlin, UTC)"),
-            )
-        })?,
-    };
+    let groups = Groups::of(meter);
+    let given = Given::read(query, &groups)?;
+    let customer = given.customer()?;
+    let from = given.from()?;
+    let to = given.to(now)?;
+    let window_size = given.window_size()?;
+    let zone = given.zone()?;
     if to <= from {
         return Err(QueryError::bad("invalid_range", "to must be after from"));
     }
@@ -400,28 +303,7 @@ pub fn parse(query: Option<&str>, meter: &Meter, now: i64) -> Result<Query, Quer
     }
     let bounds = match window_size {
         None => vec![from, to],
-        Some(size) => {
-            if !is_start(from, size, zone) {
-                return Err(QueryError::bad(
-                    "invalid_from",
-                    format!(
-                        "from must start a {} window in {} (the next one starts at {})",
-                        size.name(),
-                        zone.name(),
-                        rfc3339(next_start(from, size, zone), zone)
-                    ),
-                ));
-            }
-            windows(from, to, size, zone).ok_or_else(|| {
-                QueryError::bad(
-                    "too_many_windows",
-                    format!(
-                        "more than {WINDOWS_MAX} {} windows: narrow the range or widen the window",
-                        size.name()
-                    ),
-                )
-            })?
-        }
+        Some(size) => window_bounds(from, to, size, zone)?,
     };
     Ok(Query {
         customer,
@@ -429,10 +311,206 @@ pub fn parse(query: Option<&str>, meter: &Meter, now: i64) -> Result<Query, Quer
         to,
         window_size,
         zone,
-        group_by,
-        filters,
+        group_by: given.group_by,
+        filters: given.filters,
         bounds,
-        agent_pseudo,
+        agent_pseudo: groups.agent_pseudo,
+    })
+}
+
+/// The group names a query of a meter may use: the meter's group-by names, and [`AGENT`]
+/// (the row's agent, unless the meter declares a group of that name).
+struct Groups<'m> {
+    meter: &'m Meter,
+    names: Vec<&'m str>,
+    agent_pseudo: bool,
+}
+
+impl<'m> Groups<'m> {
+    fn of(meter: &'m Meter) -> Groups<'m> {
+        let names: Vec<&str> = meter.group_by.iter().map(|(n, _)| n.as_str()).collect();
+        let agent_pseudo = !names.contains(&AGENT);
+        Groups {
+            meter,
+            names,
+            agent_pseudo,
+        }
+    }
+
+    fn known(&self, name: &str) -> bool {
+        self.names.contains(&name) || name == AGENT
+    }
+
+    /// The names, for a refusal.
+    fn listed(&self) -> String {
+        let mut all = self.names.clone();
+        if self.agent_pseudo {
+            all.push(AGENT);
+        }
+        all.join(", ")
+    }
+}
+
+/// The parameters as given: the single-valued ones by name, the group-by names in order
+/// (duplicates dropped), the filters by group name.
+struct Given {
+    single: BTreeMap<&'static str, String>,
+    group_by: Vec<String>,
+    filters: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Given {
+    /// Reads the parameters in order; the first unknown, repeated or misnamed one refuses.
+    fn read(query: Option<&str>, groups: &Groups<'_>) -> Result<Given, QueryError> {
+        let mut given = Given {
+            single: BTreeMap::new(),
+            group_by: Vec::new(),
+            filters: BTreeMap::new(),
+        };
+        for (k, v) in params(query)? {
+            match k.as_str() {
+                "customer" | "from" | "to" | "window_size" | "window_time_zone" => {
+                    given.single_once(&k, v)?;
+                }
+                "group_by" => given.add_group_by(groups, v)?,
+                _ => given.add_filter(groups, &k, v)?,
+            }
+        }
+        Ok(given)
+    }
+
+    fn single_once(&mut self, k: &str, v: String) -> Result<(), QueryError> {
+        let name: &'static str = match k {
+            "customer" => "customer",
+            "from" => "from",
+            "to" => "to",
+            "window_size" => "window_size",
+            _ => "window_time_zone",
+        };
+        if self.single.insert(name, v).is_some() {
+            return Err(QueryError::bad(
+                code_of(name),
+                format!("{name} is given more than once"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn add_group_by(&mut self, groups: &Groups<'_>, v: String) -> Result<(), QueryError> {
+        if !groups.known(&v) {
+            return Err(QueryError::bad(
+                "invalid_group_by",
+                format!(
+                    "meter {} has no group {v:?}; group_by takes: {}",
+                    groups.meter.slug,
+                    groups.listed()
+                ),
+            ));
+        }
+        if !self.group_by.contains(&v) {
+            self.group_by.push(v);
+        }
+        Ok(())
+    }
+
+    fn add_filter(&mut self, groups: &Groups<'_>, k: &str, v: String) -> Result<(), QueryError> {
+        let Some(name) = k.strip_prefix("filter_group_") else {
+            return Err(QueryError::bad(
+                "unknown_parameter",
+                format!(
+                    "unknown parameter {:?}; parameters: customer, from, to, window_size, \
+                     window_time_zone, group_by, filter_group_<name>",
+                    k.chars().take(64).collect::<String>()
+                ),
+            ));
+        };
+        if !groups.known(name) {
+            return Err(QueryError::bad(
+                "invalid_filter",
+                format!(
+                    "meter {} has no group {name:?}; filter_group_<name> takes: {}",
+                    groups.meter.slug,
+                    groups.listed()
+                ),
+            ));
+        }
+        self.filters.entry(name.to_owned()).or_default().insert(v);
+        Ok(())
+    }
+
+    fn customer(&self) -> Result<CustomerId, QueryError> {
+        match self.single.get("customer") {
+            None => Err(QueryError::bad(
+                "invalid_customer",
+                "customer is required: API tokens are not scoped to a customer",
+            )),
+            Some(c) => CustomerId::new(c.clone())
+                .map_err(|e| QueryError::bad("invalid_customer", e.to_string())),
+        }
+    }
+
+    fn from(&self) -> Result<i64, QueryError> {
+        match self.single.get("from") {
+            None => Err(QueryError::bad("invalid_from", "from is required")),
+            Some(t) => instant("from", t),
+        }
+    }
+
+    /// `to`, or `now` rounded up to a whole minute.
+    fn to(&self, now: i64) -> Result<i64, QueryError> {
+        match self.single.get("to") {
+            Some(t) => instant("to", t),
+            None => Ok((now + 59).div_euclid(60) * 60),
+        }
+    }
+
+    fn window_size(&self) -> Result<Option<WindowSize>, QueryError> {
+        let Some(w) = self.single.get("window_size") else {
+            return Ok(None);
+        };
+        WindowSize::parse(w).map(Some).ok_or_else(|| {
+            QueryError::bad(
+                "invalid_window_size",
+                format!("window_size {w:?}: one of MINUTE, HOUR, DAY, MONTH"),
+            )
+        })
+    }
+
+    fn zone(&self) -> Result<Tz, QueryError> {
+        let Some(z) = self.single.get("window_time_zone") else {
+            return Ok(Tz::UTC);
+        };
+        z.parse::<Tz>().map_err(|_| {
+            QueryError::bad(
+                "invalid_window_time_zone",
+                format!("window_time_zone {z:?} is not an IANA time zone (Europe/Berlin, UTC)"),
+            )
+        })
+    }
+}
+
+/// The window starts of `[from, to)` in windows of `size` in `zone`, then the end of the
+/// last; `from` must start a window, and there are at most [`WINDOWS_MAX`].
+fn window_bounds(from: i64, to: i64, size: WindowSize, zone: Tz) -> Result<Vec<i64>, QueryError> {
+    if !is_start(from, size, zone) {
+        return Err(QueryError::bad(
+            "invalid_from",
+            format!(
+                "from must start a {} window in {} (the next one starts at {})",
+                size.name(),
+                zone.name(),
+                rfc3339(next_start(from, size, zone), zone)
+            ),
+        ));
+    }
+    windows(from, to, size, zone).ok_or_else(|| {
+        QueryError::bad(
+            "too_many_windows",
+            format!(
+                "more than {WINDOWS_MAX} {} windows: narrow the range or widen the window",
+                size.name()
+            ),
+        )
     })
 }
 
