@@ -23,7 +23,7 @@ use tally_platform::shutdown::{Shutdown, Ticker};
 use crate::catalog::Catalog;
 use crate::config::RaterConfig;
 use crate::metrics;
-use crate::rating::charge::{compute_with, Charge};
+use crate::rating::charge::{compute_with, Charge, MeterUsage};
 use crate::rating::recurring;
 use crate::rating::usage;
 use crate::store::charges as store;
@@ -82,10 +82,31 @@ pub async fn rate_once(
     let idle = recurring::idle_usages(catalog, &folded.usages, horizon_ms, now_ms);
     // fees billed in advance, each with the period of the invoice that carries it
     let advance = recurring::advance_usages(catalog, horizon_ms, now_ms);
-    let mut charges: BTreeMap<&str, Vec<Charge>> = BTreeMap::new();
     let priced = folded.usages.values().chain(idle.iter()).map(|u| (u, None));
     let advanced = advance.iter().map(|a| (&a.usage, Some(a.invoice_period)));
-    for (u, invoice_period) in priced.chain(advanced) {
+    report.charges = price_usages(catalog, priced.chain(advanced), horizon_ms, &mut report);
+    for (customer, reason) in &report.failed {
+        tracing::error!(%customer, reason = reason.code(), "customer not rated this pass; retried next pass");
+        metrics::customer_failed(reason.code());
+    }
+    store::write(db, &report.charges, now_ms).await?;
+    metrics::unpriced("no_subscription", report.skipped.no_subscription);
+    metrics::unpriced("no_price", report.unpriced_meters);
+    metrics::pass(started.elapsed(), report.charges.len());
+    Ok(report)
+}
+
+/// Prices each usage (with the invoice period of a fee billed in advance) of a period ending
+/// after `horizon_ms`, counting what is unpriced, idle or in advance in `report`; a customer
+/// whose pricing overflows is recorded in `report.failed` and gets no charge at all.
+fn price_usages<'u>(
+    catalog: &Catalog,
+    usages: impl Iterator<Item = (&'u MeterUsage, Option<Period>)>,
+    horizon_ms: i64,
+    report: &mut RateReport,
+) -> Vec<Charge> {
+    let mut charges: BTreeMap<&str, Vec<Charge>> = BTreeMap::new();
+    for (u, invoice_period) in usages {
         let (customer, period, segment_from_ms) = (&u.customer, &u.period, u.segment_from_ms);
         if period.end_ms <= horizon_ms || report.failed.contains_key(customer.as_ref()) {
             continue;
@@ -131,20 +152,11 @@ pub async fn rate_once(
         }
     }
     // a customer with one failed charge gets none this pass: never a partial set
-    report.charges = charges
+    charges
         .into_iter()
         .filter(|(c, _)| !report.failed.contains_key(*c))
         .flat_map(|(_, v)| v)
-        .collect();
-    for (customer, reason) in &report.failed {
-        tracing::error!(%customer, reason = reason.code(), "customer not rated this pass; retried next pass");
-        metrics::customer_failed(reason.code());
-    }
-    store::write(db, &report.charges, now_ms).await?;
-    metrics::unpriced("no_subscription", report.skipped.no_subscription);
-    metrics::unpriced("no_price", report.unpriced_meters);
-    metrics::pass(started.elapsed(), report.charges.len());
-    Ok(report)
+        .collect()
 }
 
 /// The period a charge is invoiced for: its billing period, or, when the subscription ends

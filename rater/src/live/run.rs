@@ -199,29 +199,8 @@ async fn session(spend: &Spend, lease: &Lease, shutdown: &Shutdown) -> Result<Ou
         book.restore(&catalog, h, now);
     }
     let aborted = aborts(&spend.db, part).await?;
-    // a wallet that cannot be read now holds its wallet budgets at 0 (they deny) until the
-    // next refresh reads it; the session itself goes on
-    let wallets = match load_wallets(&spend.db, &book.budgets).await {
-        Ok(w) => w,
-        Err(e) => {
-            metrics::wallet_reload_failed();
-            tracing::warn!(error = %e, "wallets not read; wallet budgets hold 0 until the next refresh");
-            BTreeMap::new()
-        }
-    };
-    let alerts = match Alerts::open(
-        &js,
-        &spend.db,
-        AlertsConfig::new(&spend.nats_cfg, &spend.cfg.subject_root, spend.cfg.replicas),
-    )
-    .await
-    {
-        Ok(a) => Some(a),
-        Err(e) => {
-            tracing::warn!(error = %e, "alerts unavailable this session; thresholds are notified after the next rebuild");
-            None
-        }
-    };
+    let wallets = session_wallets(&spend.db, &book.budgets).await;
+    let alerts = session_alerts(spend, &js).await;
     let customers = book.customers.len();
     let (tx, rx) = mpsc::channel(QUEUE);
     let decider = Decider {
@@ -276,6 +255,40 @@ async fn session(spend: &Spend, lease: &Lease, shutdown: &Shutdown) -> Result<Ou
     feeding.abort();
     deciding.abort();
     Ok(outcome)
+}
+
+/// The wallets of the session's wallet budgets. A wallet that cannot be read now holds its
+/// wallet budgets at 0 (they deny) until the next refresh reads it; the session goes on.
+async fn session_wallets(
+    db: &Client,
+    budgets: &BTreeMap<String, Vec<budget::Budget>>,
+) -> BTreeMap<String, wallet::Wallet> {
+    match load_wallets(db, budgets).await {
+        Ok(w) => w,
+        Err(e) => {
+            metrics::wallet_reload_failed();
+            tracing::warn!(error = %e, "wallets not read; wallet budgets hold 0 until the next refresh");
+            BTreeMap::new()
+        }
+    }
+}
+
+/// The session's threshold alerts; none (logged) when they cannot be opened: thresholds
+/// are then notified after the next rebuild.
+async fn session_alerts(spend: &Spend, js: &jetstream::Context) -> Option<Alerts> {
+    match Alerts::open(
+        js,
+        &spend.db,
+        AlertsConfig::new(&spend.nats_cfg, &spend.cfg.subject_root, spend.cfg.replicas),
+    )
+    .await
+    {
+        Ok(a) => Some(a),
+        Err(e) => {
+            tracing::warn!(error = %e, "alerts unavailable this session; thresholds are notified after the next rebuild");
+            None
+        }
+    }
 }
 
 /// The book as storage holds it up to the join point, with the catalog it was priced with.

@@ -200,17 +200,7 @@ pub fn explain(
         .map_err(|e: tally_domain::money::MoneyError| unreadable("currency", e.to_string()))?;
     let tiers: Vec<TierUse> =
         serde_json::from_str(&c.tiers).map_err(|e| unreadable("tiers", e.to_string()))?;
-    let mut out = vec![format!(
-        "charge {} for {}, meter {} {}, plan {} v{} ({}), {}",
-        c.charge_id,
-        c.customer,
-        c.meter,
-        c.group_key,
-        c.plan_id,
-        c.plan_version,
-        c.price_model,
-        c.currency
-    )];
+    let mut out = vec![heading(c)];
     let window_sum: Decimal = windows.iter().map(|w| w.quantity).sum();
     out.push(format!(
         "usage: {} windows from {} to {} sum to {} (charged quantity {})",
@@ -247,12 +237,57 @@ pub fn explain(
         total *= rate;
         before_discounts *= rate;
     }
+    ok &= rounding_and_tax(c, currency, (total, before_discounts), &mut out);
+    ok &= c.amount_minor + c.tax_minor == c.amount_with_tax_minor;
+    out.push(format!(
+        "total {} {} ({} minor units){}",
+        currency.from_minor(c.amount_with_tax_minor),
+        c.currency,
+        c.amount_with_tax_minor,
+        if ok {
+            ""
+        } else {
+            "  MISMATCH: the stored amounts do not follow from the lines"
+        }
+    ));
+    Ok(Explanation {
+        charge_id: c.charge_id.clone(),
+        lines: out,
+        balanced: ok,
+        windows,
+    })
+}
+
+/// The first line of an explanation: which charge, for whom, of what.
+fn heading(c: &StoredCharge) -> String {
+    format!(
+        "charge {} for {}, meter {} {}, plan {} v{} ({}), {}",
+        c.charge_id,
+        c.customer,
+        c.meter,
+        c.group_key,
+        c.plan_id,
+        c.plan_version,
+        c.price_model,
+        c.currency
+    )
+}
+
+/// Explains the single rounding of the lines' `total` (and of the total before discounts)
+/// and the tax on the rounded amount, pushing a line for each; whether both reproduce the
+/// stored minor units.
+fn rounding_and_tax(
+    c: &StoredCharge,
+    currency: Currency,
+    (total, before_discounts): (Decimal, Decimal),
+    out: &mut Vec<String>,
+) -> bool {
     let rounded = currency.round(total);
     let minor = currency.to_minor(rounded).unwrap_or(i64::MIN);
     let before_minor = currency
         .to_minor(currency.round(before_discounts))
         .unwrap_or(i64::MIN);
-    ok &= minor == c.amount_minor && before_minor == c.amount_before_discounts_minor;
+    let mut ok = minor == c.amount_minor && before_minor == c.amount_before_discounts_minor;
     out.push(format!(
         "lines sum to {total}; rounded once to {} decimals, half away from zero: {rounded} {} \
          (before discounts {}, discounts {})",
@@ -272,24 +307,7 @@ pub fn explain(
             rounded * rate / Decimal::ONE_HUNDRED
         ));
     }
-    ok &= c.amount_minor + c.tax_minor == c.amount_with_tax_minor;
-    out.push(format!(
-        "total {} {} ({} minor units){}",
-        currency.from_minor(c.amount_with_tax_minor),
-        c.currency,
-        c.amount_with_tax_minor,
-        if ok {
-            ""
-        } else {
-            "  MISMATCH: the stored amounts do not follow from the lines"
-        }
-    ));
-    Ok(Explanation {
-        charge_id: c.charge_id.clone(),
-        lines: out,
-        balanced: ok,
-        windows,
-    })
+    ok
 }
 
 fn describe(t: &TierUse) -> String {

@@ -91,43 +91,8 @@ pub async fn bootstrap(
         .into_iter()
         .map(|r| ((r.customer, r.effective_from), r.body))
         .collect();
-    let mut new_plans = Vec::new();
-    for (i, p) in plans.iter().enumerate() {
-        let b = body(p);
-        match stored_plans.get(&(p.id.clone(), p.version)) {
-            Some(stored) if *stored == b => {}
-            Some(_) => {
-                return Err(CatalogStoreError::Conflict {
-                    setting: format!("plans[{i}]"),
-                    detail: format!(
-                        "plan {} version {} is already stored with different content; versions \
-                         are immutable, a change must be a new version",
-                        p.id, p.version
-                    ),
-                })
-            }
-            None => new_plans.push((p, b)),
-        }
-    }
-    let mut new_subs = Vec::new();
-    for (i, s) in subscriptions.iter().enumerate() {
-        let b = body(s);
-        let id = subscription_identity(s);
-        match stored_subs.get(&id) {
-            Some(stored) if *stored == b => {}
-            Some(_) => {
-                return Err(CatalogStoreError::Conflict {
-                    setting: format!("subscriptions[{i}]"),
-                    detail: format!(
-                        "the subscription of {} from {:?} is already stored with different \
-                         content; add one with a later effective_from instead",
-                        id.0, id.1
-                    ),
-                })
-            }
-            None => new_subs.push((id, b)),
-        }
-    }
+    let new_plans = unstored_plans(plans, &stored_plans)?;
+    let new_subs = unstored_subscriptions(subscriptions, &stored_subs)?;
     let recorded_at = datetime_secs(now_ms);
     if !new_plans.is_empty() {
         let mut insert = db.insert::<PlanInsert<'_>>("catalog_plans").await?;
@@ -163,6 +128,64 @@ pub async fn bootstrap(
         plans_appended: new_plans.len(),
         subscriptions_appended: new_subs.len(),
     })
+}
+
+/// The file's plan versions not stored yet, with their bodies (pure); a version stored
+/// with another body is refused.
+fn unstored_plans<'p>(
+    plans: &'p [PlanSpec],
+    stored: &BTreeMap<(String, u32), String>,
+) -> Result<Vec<(&'p PlanSpec, String)>, CatalogStoreError> {
+    let mut new_plans = Vec::new();
+    for (i, p) in plans.iter().enumerate() {
+        let b = body(p);
+        match stored.get(&(p.id.clone(), p.version)) {
+            Some(stored) if *stored == b => {}
+            Some(_) => {
+                return Err(CatalogStoreError::Conflict {
+                    setting: format!("plans[{i}]"),
+                    detail: format!(
+                        "plan {} version {} is already stored with different content; versions \
+                         are immutable, a change must be a new version",
+                        p.id, p.version
+                    ),
+                })
+            }
+            None => new_plans.push((p, b)),
+        }
+    }
+    Ok(new_plans)
+}
+
+/// A subscription record's identity: customer and `effective_from` ([`subscription_identity`]).
+type SubscriptionIdentity = (String, String);
+
+/// The file's subscription records not stored yet, by identity with their bodies (pure);
+/// an identity stored with another body is refused.
+fn unstored_subscriptions(
+    subscriptions: &[SubscriptionSpec],
+    stored: &BTreeMap<(String, String), String>,
+) -> Result<Vec<(SubscriptionIdentity, String)>, CatalogStoreError> {
+    let mut new_subs = Vec::new();
+    for (i, s) in subscriptions.iter().enumerate() {
+        let b = body(s);
+        let id = subscription_identity(s);
+        match stored.get(&id) {
+            Some(stored) if *stored == b => {}
+            Some(_) => {
+                return Err(CatalogStoreError::Conflict {
+                    setting: format!("subscriptions[{i}]"),
+                    detail: format!(
+                        "the subscription of {} from {:?} is already stored with different \
+                         content; add one with a later effective_from instead",
+                        id.0, id.1
+                    ),
+                })
+            }
+            None => new_subs.push((id, b)),
+        }
+    }
+    Ok(new_subs)
 }
 
 /// Every stored plan version and subscription (identical re-appends read once), in a stable
