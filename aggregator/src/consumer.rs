@@ -127,6 +127,18 @@ pub(crate) struct Aggregator<'a> {
     last_delivery: u64,
 }
 
+/// What the consuming loop does after a pull gave something (or ended).
+enum Next {
+    /// Read on.
+    Read,
+    /// Flush the batch (full, or a gap or the end of the pull comes next).
+    Flush,
+    /// Flush, then recreate the consumer at its ack floor and read on in stream order.
+    Reset,
+    /// Stop the session (shutdown while loading older ids): the message stays unacked.
+    Stop,
+}
+
 /// A message could not be handled now.
 enum Unhandled {
     /// A delivery before it was lost: flush, recreate the consumer, read on in order.
@@ -153,27 +165,13 @@ pub async fn run(
     // `/readyz` says 503 until the partition is taken over and the consumer is bound
     health::set_ready("consumer", false);
     let js = jetstream::new(nats.clone());
-    // a stream that cannot be made to match the configuration stops the aggregator at start,
-    // naming the setting (an unreachable NATS is waited for, as everywhere below)
-    match streams::ensure(&js, nats_cfg).await {
-        Err(e @ streams::StreamError::Drift { .. }) => return Err(e.into()),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot declare the streams yet; retrying at the takeover");
-        }
-        Ok(_) => {}
-    }
+    declare_streams(&js, nats_cfg).await?;
     let classifier = Classifier::new(meters, &nats_cfg.partition_root(cfg.partition), cfg);
     let meter_names = sink::Meters::new(classifier.meters());
     let holder = format!("{}/{}", cfg.consumer_name(), uuid::Uuid::new_v4());
     let lease_cfg = crate::lease::for_aggregator(nats_cfg, cfg);
     if cfg.live_feed {
-        // part of every commit from now on: declared before the first batch
-        tally_platform::feed::ensure(&js, &FeedConfig::for_nats(nats_cfg))
-            .await
-            .map_err(|e| RunError::Consumer {
-                consumer: cfg.consumer_name(),
-                detail: e.to_string(),
-            })?;
+        declare_feed(&js, nats_cfg, cfg).await?;
     }
     loop {
         tracing::info!(partition = %lease_cfg.key, %holder, "waiting for the partition lease");
@@ -222,6 +220,36 @@ pub async fn run(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Declares the streams at start. A stream that cannot be made to match the configuration
+/// stops the aggregator, naming the setting; an unreachable NATS is waited for at the
+/// takeover, as everywhere else.
+async fn declare_streams(js: &jetstream::Context, nats_cfg: &NatsConfig) -> Result<(), RunError> {
+    match streams::ensure(js, nats_cfg).await {
+        Err(e @ streams::StreamError::Drift { .. }) => return Err(e.into()),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot declare the streams yet; retrying at the takeover");
+        }
+        Ok(_) => {}
+    }
+    Ok(())
+}
+
+/// Declares the live feed: part of every commit from now on, so declared before the first
+/// batch.
+async fn declare_feed(
+    js: &jetstream::Context,
+    nats_cfg: &NatsConfig,
+    cfg: &AggregatorConfig,
+) -> Result<(), RunError> {
+    tally_platform::feed::ensure(js, &FeedConfig::for_nats(nats_cfg))
+        .await
+        .map_err(|e| RunError::Consumer {
+            consumer: cfg.consumer_name(),
+            detail: e.to_string(),
+        })?;
+    Ok(())
 }
 
 /// After the last flush: confirms the acks and drains the connection.
@@ -348,30 +376,14 @@ impl<'a> Aggregator<'a> {
                         self.seal_final_days().await?;
                         false
                     }
-                    next = messages.next() => match next {
-                        Some(Ok(msg)) => match self.handle(&mut batch, msg).await {
-                            Ok(()) => {
-                                deadline.get_or_insert_with(|| tokio::time::Instant::now() + Duration::from_millis(self.cfg.batch_max_wait_ms));
-                                batch.len() >= self.cfg.batch_max_events
-                            }
-                            Err(Unhandled::Gap) => {
-                                reset = true;
-                                true
-                            }
-                            // stopped while loading older ids: the message stays unacked
-                            Err(Unhandled::Stopped) => break 'session,
-                        },
-                        Some(Err(e)) => {
-                            tracing::warn!(error = %e, "consumer stream error");
-                            false
-                        }
-                        None => {
-                            // a delivery lost in the ended pull would not show as a gap in
-                            // a new one: read again from the ack floor, in stream order
-                            tracing::warn!("consumer stream ended; reading again from the ack floor");
+                    next = messages.next() => match self.on_next(&mut batch, next, &mut deadline).await {
+                        Next::Read => false,
+                        Next::Flush => true,
+                        Next::Reset => {
                             reset = true;
                             true
                         }
+                        Next::Stop => break 'session,
                     },
                 };
                 if flush_due {
@@ -388,6 +400,44 @@ impl<'a> Aggregator<'a> {
         }
         self.flush(&batch).await?;
         Ok(())
+    }
+
+    /// Folds what the pull gave into `batch` (starting the batch's clock on its first message)
+    /// and says what the loop does next.
+    async fn on_next(
+        &mut self,
+        batch: &mut Batch,
+        next: Option<<pull::Stream as futures::Stream>::Item>,
+        deadline: &mut Option<tokio::time::Instant>,
+    ) -> Next {
+        match next {
+            Some(Ok(msg)) => match self.handle(batch, msg).await {
+                Ok(()) => {
+                    deadline.get_or_insert_with(|| {
+                        tokio::time::Instant::now()
+                            + Duration::from_millis(self.cfg.batch_max_wait_ms)
+                    });
+                    if batch.len() >= self.cfg.batch_max_events {
+                        Next::Flush
+                    } else {
+                        Next::Read
+                    }
+                }
+                Err(Unhandled::Gap) => Next::Reset,
+                // stopped while loading older ids: the message stays unacked
+                Err(Unhandled::Stopped) => Next::Stop,
+            },
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "consumer stream error");
+                Next::Read
+            }
+            None => {
+                // a delivery lost in the ended pull would not show as a gap in a new one:
+                // read again from the ack floor, in stream order
+                tracing::warn!("consumer stream ended; reading again from the ack floor");
+                Next::Reset
+            }
+        }
     }
 
     /// Declares the streams and opens the durable consumer's message stream, retrying with

@@ -95,86 +95,10 @@ pub fn grants(service: Service) -> Grants {
     let (all, select, insert): (bool, &'static [&'static str], &'static [&'static str]) =
         match service {
             Service::Migrate => (true, &["*"], &[]),
-            // the storage of 0024 (raw events, readings, partials, sealed days, seals, aborts,
-            // the batch log) and, for the one-time upgrade copy, the tables before it
-            Service::Aggregator => (
-                false,
-                &[
-                    "usage_events",
-                    "usage_readings",
-                    "usage_batches",
-                    "usage_raw",
-                    "usage_meter_readings",
-                    "usage_partials",
-                    "usage_days",
-                    "usage_seals",
-                    "usage_aborts",
-                    "v_usage_readings",
-                    "v_usage",
-                ],
-                &[
-                    "usage_batches",
-                    "usage_raw",
-                    "usage_meter_readings",
-                    "usage_partials",
-                    "usage_days",
-                    "usage_seals",
-                    "usage_aborts",
-                ],
-            ),
-            // the catalog: plan versions and subscriptions written through the rater's API
-            Service::Rater => (
-                false,
-                &["*"],
-                &[
-                    "charges",
-                    "catalog_plans",
-                    "catalog_subscriptions",
-                    "catalog_customers",
-                    "catalog_agents",
-                    "catalog_meters",
-                    "catalog_tax_rates",
-                    "catalog_fx_rates",
-                    "usage_corrections",
-                    "usage_correction_deltas",
-                    "usage_correction_data",
-                    "api_audit",
-                ],
-            ),
-            // invoices, their lifecycle, credit notes and prepaid credits (append-only)
-            Service::Invoicer => (
-                false,
-                &["*"],
-                &[
-                    "invoices",
-                    "invoice_lines",
-                    "invoice_transitions",
-                    "credit_notes",
-                    "credit_grants",
-                    "api_audit",
-                ],
-            ),
-            // payments, webhooks, the ledger, notifications; marks invoices paid / void /
-            // uncollectible through the lifecycle
-            Service::Payments => (
-                false,
-                &["*"],
-                &[
-                    "invoice_transitions",
-                    "webhook_events",
-                    "payments",
-                    "ledger_entries",
-                    "notifications",
-                    "notification_deliveries",
-                    "gateway_requests",
-                    "customer_payment_profiles",
-                    "wallet_grants",
-                    "wallet_movements",
-                    "payment_disputes",
-                    "ledger_entries_by_time",
-                    "api_audit",
-                ],
-            ),
+            Service::Aggregator => (false, AGGREGATOR_SELECT, AGGREGATOR_INSERT),
+            Service::Rater => (false, &["*"], RATER_INSERT),
+            Service::Invoicer => (false, &["*"], INVOICER_INSERT),
+            Service::Payments => (false, &["*"], PAYMENTS_INSERT),
             // its customers' API keys, and the admin API's tokens (read) and audit (append)
             Service::Gateway => (
                 false,
@@ -189,6 +113,79 @@ pub fn grants(service: Service) -> Grants {
         insert,
     }
 }
+
+/// What the aggregator reads: the storage of 0024 (raw events, readings, partials, sealed
+/// days, seals, aborts, the batch log) and, for the one-time upgrade copy, the tables
+/// before it.
+const AGGREGATOR_SELECT: &[&str] = &[
+    "usage_events",
+    "usage_readings",
+    "usage_batches",
+    "usage_raw",
+    "usage_meter_readings",
+    "usage_partials",
+    "usage_days",
+    "usage_seals",
+    "usage_aborts",
+    "v_usage_readings",
+    "v_usage",
+];
+
+/// What the aggregator appends: the storage of 0024.
+const AGGREGATOR_INSERT: &[&str] = &[
+    "usage_batches",
+    "usage_raw",
+    "usage_meter_readings",
+    "usage_partials",
+    "usage_days",
+    "usage_seals",
+    "usage_aborts",
+];
+
+/// What the rater appends: charges, the catalog (plan versions and subscriptions written
+/// through its API), corrections, and the audit of its API.
+const RATER_INSERT: &[&str] = &[
+    "charges",
+    "catalog_plans",
+    "catalog_subscriptions",
+    "catalog_customers",
+    "catalog_agents",
+    "catalog_meters",
+    "catalog_tax_rates",
+    "catalog_fx_rates",
+    "usage_corrections",
+    "usage_correction_deltas",
+    "usage_correction_data",
+    "api_audit",
+];
+
+/// What the invoicer appends: invoices, their lifecycle, credit notes and prepaid credits.
+const INVOICER_INSERT: &[&str] = &[
+    "invoices",
+    "invoice_lines",
+    "invoice_transitions",
+    "credit_notes",
+    "credit_grants",
+    "api_audit",
+];
+
+/// What payments appends: payments, webhooks, the ledger, notifications; it marks invoices
+/// paid / void / uncollectible through the lifecycle.
+const PAYMENTS_INSERT: &[&str] = &[
+    "invoice_transitions",
+    "webhook_events",
+    "payments",
+    "ledger_entries",
+    "notifications",
+    "notification_deliveries",
+    "gateway_requests",
+    "customer_payment_profiles",
+    "wallet_grants",
+    "wallet_movements",
+    "payment_disputes",
+    "ledger_entries_by_time",
+    "api_audit",
+];
 
 /// SHA-256 of a password, lower-case hex (what both renderings store).
 pub fn password_sha256(password: &str) -> String {

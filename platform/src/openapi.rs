@@ -311,37 +311,54 @@ fn validate_at(doc: &Value, schema: &Value, v: &Value, at: &str, out: &mut Vec<S
         }
     }
     if let Some(items) = v.as_array() {
-        if s["minItems"]
-            .as_u64()
-            .is_some_and(|m| (items.len() as u64) < m)
-        {
-            out.push(format!("{at}: fewer than {} items", s["minItems"]));
+        validate_items(doc, s, items, at, out);
+    }
+    if let Some(obj) = v.as_object() {
+        validate_properties(doc, s, obj, at, out);
+    }
+}
+
+/// [`validate_at`] for an array: `minItems`, and each item against `items`.
+fn validate_items(doc: &Value, s: &Value, items: &[Value], at: &str, out: &mut Vec<String>) {
+    if s["minItems"]
+        .as_u64()
+        .is_some_and(|m| (items.len() as u64) < m)
+    {
+        out.push(format!("{at}: fewer than {} items", s["minItems"]));
+    }
+    if !s["items"].is_null() {
+        for (i, item) in items.iter().enumerate() {
+            validate_at(doc, &s["items"], item, &format!("{at}[{i}]"), out);
         }
-        if !s["items"].is_null() {
-            for (i, item) in items.iter().enumerate() {
-                validate_at(doc, &s["items"], item, &format!("{at}[{i}]"), out);
+    }
+}
+
+/// [`validate_at`] for an object: `required`, then each property against `properties` or
+/// `additionalProperties`.
+fn validate_properties(
+    doc: &Value,
+    s: &Value,
+    obj: &serde_json::Map<String, Value>,
+    at: &str,
+    out: &mut Vec<String>,
+) {
+    for name in s["required"].as_array().into_iter().flatten() {
+        if let Some(name) = name.as_str() {
+            if !obj.contains_key(name) {
+                out.push(format!("{at}: required property {name} is missing"));
             }
         }
     }
-    if let Some(obj) = v.as_object() {
-        for name in s["required"].as_array().into_iter().flatten() {
-            if let Some(name) = name.as_str() {
-                if !obj.contains_key(name) {
-                    out.push(format!("{at}: required property {name} is missing"));
-                }
+    let props = s["properties"].as_object();
+    for (k, x) in obj {
+        let here = format!("{at}.{k}");
+        match (props.and_then(|p| p.get(k)), &s["additionalProperties"]) {
+            (Some(p), _) => validate_at(doc, p, x, &here, out),
+            (None, Value::Bool(false)) => {
+                out.push(format!("{here}: not a property the schema names"));
             }
-        }
-        let props = s["properties"].as_object();
-        for (k, x) in obj {
-            let here = format!("{at}.{k}");
-            match (props.and_then(|p| p.get(k)), &s["additionalProperties"]) {
-                (Some(p), _) => validate_at(doc, p, x, &here, out),
-                (None, Value::Bool(false)) => {
-                    out.push(format!("{here}: not a property the schema names"));
-                }
-                (None, extra @ Value::Object(_)) => validate_at(doc, extra, x, &here, out),
-                _ => {}
-            }
+            (None, extra @ Value::Object(_)) => validate_at(doc, extra, x, &here, out),
+            _ => {}
         }
     }
 }

@@ -286,33 +286,9 @@ async fn declare(
     if changes.is_empty() {
         return Ok(stream);
     }
-    if let Some(c) = changes.iter().find(|c| !c.updatable) {
-        return Err(StreamError::Drift {
-            stream: name,
-            setting: c.setting,
-            have: c.have.clone(),
-            want: c.want.clone(),
-        });
-    }
-    // a limit below what the stream holds would make JetStream delete its oldest messages
-    // at once, consumed or not: refused, never done silently
-    let state = &stream.cached_info().state;
-    let below = |limit: i64, held: u64| limit > 0 && u64::try_from(limit).unwrap_or(0) < held;
-    if kind == Kind::Usage && below(want.max_bytes, state.bytes) {
-        return Err(StreamError::Drift {
-            stream: name,
-            setting: "nats.max_bytes",
-            have: format!("{} bytes stored", state.bytes),
-            want: want.max_bytes.to_string(),
-        });
-    }
-    if kind == Kind::Usage && below(want.max_messages, state.messages) {
-        return Err(StreamError::Drift {
-            stream: name,
-            setting: "nats.max_msgs",
-            have: format!("{} messages stored", state.messages),
-            want: want.max_messages.to_string(),
-        });
+    if let Some(refused) = refused_drift(&name, &changes, &want, &stream.cached_info().state, kind)
+    {
+        return Err(refused);
     }
     let updated = stream::Config {
         duplicate_window: want.duplicate_window,
@@ -339,6 +315,44 @@ async fn declare(
     js.get_stream(&name)
         .await
         .map_err(|e| declare_err(e.to_string()))
+}
+
+/// The drift `declare` refuses to apply (pure): a setting that cannot change in place, or
+/// (a usage stream) a limit below what the stream holds, which would make JetStream delete
+/// its oldest messages at once, consumed or not: refused, never done silently.
+fn refused_drift(
+    name: &str,
+    changes: &[Change],
+    want: &stream::Config,
+    state: &stream::State,
+    kind: Kind,
+) -> Option<StreamError> {
+    if let Some(c) = changes.iter().find(|c| !c.updatable) {
+        return Some(StreamError::Drift {
+            stream: name.to_owned(),
+            setting: c.setting,
+            have: c.have.clone(),
+            want: c.want.clone(),
+        });
+    }
+    let below = |limit: i64, held: u64| limit > 0 && u64::try_from(limit).unwrap_or(0) < held;
+    if kind == Kind::Usage && below(want.max_bytes, state.bytes) {
+        return Some(StreamError::Drift {
+            stream: name.to_owned(),
+            setting: "nats.max_bytes",
+            have: format!("{} bytes stored", state.bytes),
+            want: want.max_bytes.to_string(),
+        });
+    }
+    if kind == Kind::Usage && below(want.max_messages, state.messages) {
+        return Some(StreamError::Drift {
+            stream: name.to_owned(),
+            setting: "nats.max_msgs",
+            have: format!("{} messages stored", state.messages),
+            want: want.max_messages.to_string(),
+        });
+    }
+    None
 }
 
 /// How many times a stream creation is tried in all when the server answered "error creating
