@@ -169,6 +169,19 @@ async fn the_router_answers_as_the_route_table_did() {
             r#"{"code":"not_found","detail":"no plan \"pro\""}"#.to_owned()
         )
     );
+    // what axum brought (CHANGELOG): HEAD is answered on a GET route, and a path parameter is
+    // percent-decoded before it is read
+    assert_eq!(
+        raw(addr, t, "HEAD", "/v1/plans", b"").await,
+        (200, String::new())
+    );
+    assert_eq!(
+        raw(addr, t, "GET", "/v1/plans/p%72o", b"").await,
+        (
+            404,
+            r#"{"code":"not_found","detail":"no plan \"pro\""}"#.to_owned()
+        )
+    );
     assert_eq!(
         raw(addr, t, "GET", "/v1/meters/calls", b"").await,
         (
