@@ -52,9 +52,10 @@ const KNOWN: &[(&str, u32)] = &[
     ("TND", 3),
 ];
 
-/// A currency with its minor units.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+/// A currency with its minor units. Serialized as its code; deserialized from a code it
+/// knows (by hand: a derived impl would only read `'static` input, for the `&'static str`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(into = "String")]
 pub struct Currency {
     code: &'static str,
     minor_units: u32,
@@ -117,9 +118,31 @@ impl TryFrom<String> for Currency {
     }
 }
 
+impl<'de> Deserialize<'de> for Currency {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Code;
+        impl serde::de::Visitor<'_> for Code {
+            type Value = Currency;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an ISO 4217 currency code")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Currency, E> {
+                s.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Code)
+    }
+}
+
 impl From<Currency> for String {
     fn from(c: Currency) -> String {
         c.code.to_owned()
+    }
+}
+
+impl PartialEq<&str> for Currency {
+    fn eq(&self, other: &&str) -> bool {
+        self.code == *other
     }
 }
 
@@ -151,6 +174,21 @@ mod tests {
         for (code, minor, want) in cases {
             assert_eq!(cur(code).amount(minor), want, "{minor} {code}");
         }
+    }
+
+    #[test]
+    fn deserializes_known_codes_only() {
+        let usd: Currency = serde_json::from_str(r#""USD""#).unwrap();
+        assert_eq!((usd.code(), usd.minor_units()), ("USD", 2));
+        let owned = String::from(r#""BHD""#);
+        let bhd: Currency = serde_json::from_str(&owned).unwrap();
+        assert_eq!(bhd.minor_units(), 3);
+        assert_eq!(serde_json::to_string(&bhd).unwrap(), r#""BHD""#);
+        let err = serde_json::from_str::<Currency>(r#""XXX""#).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown currency \"XXX\""),
+            "{err}"
+        );
     }
 
     #[test]

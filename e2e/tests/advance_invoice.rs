@@ -117,7 +117,7 @@ async fn pass(
         .iter()
         .map(|i| {
             (
-                i.customer.clone(),
+                i.customer.to_string(),
                 i.period.start_ms / 1000,
                 i.period.end_ms / 1000,
                 i.status.as_str().to_owned(),

@@ -82,7 +82,7 @@ async fn a_cancelled_subscription_gets_its_final_prorated_invoice_after_one_grac
         .iter()
         .map(|i| {
             (
-                i.customer.clone(),
+                i.customer.to_string(),
                 i.period.start_ms / 1000,
                 i.period.end_ms / 1000,
                 i.status.as_str(),

@@ -352,7 +352,7 @@ async fn ten_thousand_events_with_resends_bill_exactly() {
         "one invoice per customer and period"
     );
     for inv in &first {
-        let (tokens, calls) = want[&(inv.customer.clone(), inv.period_start.clone())];
+        let (tokens, calls) = want[&(inv.customer.to_string(), inv.period_start.clone())];
         let plan = if inv.customer == "cust-3" {
             &YEN
         } else {

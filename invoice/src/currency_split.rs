@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use clickhouse::Client;
 use serde::Deserialize;
+use tally_domain::Currency;
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::invoice::{invoice_id, ChargeLine};
@@ -69,7 +70,7 @@ impl InvoiceIds {
 
     /// The invoice id of a charge.
     pub fn of(&self, c: &ChargeLine) -> String {
-        self.id(&c.customer, c.period.start_ms, &c.currency)
+        self.id(c.customer.as_str(), c.period.start_ms, c.currency.code())
     }
 }
 
@@ -77,9 +78,9 @@ impl InvoiceIds {
 pub fn mixed(charges: &[ChargeLine]) -> BTreeMap<(String, i64), BTreeSet<String>> {
     let mut all: BTreeMap<(String, i64), BTreeSet<String>> = BTreeMap::new();
     for c in charges {
-        all.entry((c.customer.clone(), c.period.start_ms))
+        all.entry((c.customer.to_string(), c.period.start_ms))
             .or_default()
-            .insert(c.currency.clone());
+            .insert(c.currency.to_string());
     }
     all.retain(|_, currencies| currencies.len() > 1);
     all
@@ -88,11 +89,13 @@ pub fn mixed(charges: &[ChargeLine]) -> BTreeMap<(String, i64), BTreeSet<String>
 #[derive(clickhouse::Row, Deserialize)]
 struct StoredRow {
     invoice_id: String,
-    currency: String,
+    currency: Currency,
 }
 
 #[derive(clickhouse::Row, Deserialize)]
 struct FirstRow {
+    // as stored: a charge the reader left out (its customer or currency does not validate)
+    // is in no mixed period, so it matches nothing below
     customer: String,
     period_start: u32,
     currency: String,
@@ -128,7 +131,7 @@ pub async fn resolve(
             q = q.bind(id);
         }
         for r in q.fetch_all::<StoredRow>().await? {
-            stored.insert(r.invoice_id, r.currency);
+            stored.insert(r.invoice_id, r.currency.to_string());
         }
     }
     let customers: BTreeSet<&str> = mixed.keys().map(|(c, _)| c.as_str()).collect();
@@ -177,6 +180,8 @@ pub async fn resolve(
 
 #[cfg(test)]
 mod tests {
+    use tally_domain::CustomerId;
+
     use super::*;
     use crate::invoice::tests::charge;
 
@@ -198,9 +203,9 @@ mod tests {
     fn only_periods_with_several_currencies_get_other_ids() {
         let usd = charge("a", 1);
         let mut eur = charge("b", 2);
-        eur.currency = s("EUR");
+        eur.currency = "EUR".parse().unwrap();
         let mut other = charge("a", 3);
-        other.customer = s("globex");
+        other.customer = CustomerId::new("globex").unwrap();
         let mixed = mixed(&[usd.clone(), eur.clone(), other.clone()]);
         assert_eq!(mixed.len(), 1);
         let mut homes = HashMap::new();

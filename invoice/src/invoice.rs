@@ -10,7 +10,8 @@
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use tally_domain::{Currency, MoneyError, Period};
+use tally_domain::{Currency, CustomerId, IdError, MoneyError, Period};
+use tally_platform::store::charges::ChargeRow;
 use xxhash_rust::xxh3::xxh3_128;
 
 /// An invoice's status as the invoicer builds it (payment states live in the lifecycle).
@@ -45,7 +46,7 @@ pub struct Issuer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChargeLine {
     pub charge_id: String,
-    pub customer: String,
+    pub customer: CustomerId,
     pub period: Period,
     pub meter: String,
     pub group_key: String,
@@ -54,7 +55,7 @@ pub struct ChargeLine {
     pub plan_id: String,
     pub plan_version: u32,
     pub price_model: String,
-    pub currency: String,
+    pub currency: Currency,
     pub quantity: Decimal,
     pub unit_price: String,
     pub tiers_json: String,
@@ -64,6 +65,77 @@ pub struct ChargeLine {
     /// Percent as the rater wrote it; empty when untaxed.
     pub tax_rate: String,
     pub tax_minor: i64,
+}
+
+/// A stored charge row that is not a charge: its customer id or currency does not validate.
+/// The reader leaves such a row out (logged and counted), never the whole read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadCharge {
+    #[error("charge {charge_id}: customer {customer:?}: {source}")]
+    Customer {
+        charge_id: String,
+        customer: String,
+        source: IdError,
+    },
+    #[error("charge {charge_id} of {customer}: {source}")]
+    Currency {
+        charge_id: String,
+        customer: CustomerId,
+        source: MoneyError,
+    },
+}
+
+impl TryFrom<ChargeRow> for ChargeLine {
+    type Error = BadCharge;
+
+    fn try_from(r: ChargeRow) -> Result<ChargeLine, BadCharge> {
+        // checked before it is moved, so a refusal can name the value
+        if let Err(source) = CustomerId::validate(&r.customer) {
+            return Err(BadCharge::Customer {
+                charge_id: r.charge_id,
+                customer: r.customer,
+                source,
+            });
+        }
+        let customer = CustomerId::new(r.customer).map_err(|source| BadCharge::Customer {
+            charge_id: r.charge_id.clone(),
+            customer: String::new(),
+            source,
+        })?;
+        let currency = match r.currency.parse::<Currency>() {
+            Ok(c) => c,
+            Err(source) => {
+                return Err(BadCharge::Currency {
+                    charge_id: r.charge_id,
+                    customer,
+                    source,
+                })
+            }
+        };
+        Ok(ChargeLine {
+            charge_id: r.charge_id,
+            customer,
+            period: Period {
+                start_ms: i64::from(r.period_start) * 1000,
+                end_ms: i64::from(r.period_end) * 1000,
+            },
+            meter: r.meter,
+            group_key: r.group_key,
+            group_names: r.group_names,
+            group_values: r.group_values,
+            plan_id: r.plan_id,
+            plan_version: r.plan_version,
+            price_model: r.price_model,
+            currency,
+            quantity: r.quantity,
+            unit_price: r.unit_price,
+            tiers_json: r.tiers,
+            amount_minor: r.amount_minor,
+            amount_before_discounts_minor: r.amount_before_discounts_minor,
+            tax_rate: r.tax_rate,
+            tax_minor: r.tax_minor,
+        })
+    }
 }
 
 /// Whether a line bills the period's own usage or corrects an earlier period.
@@ -141,9 +213,9 @@ pub struct Invoice {
     pub number: Option<String>,
     #[serde(default)]
     pub issuer: Issuer,
-    pub customer: String,
+    pub customer: CustomerId,
     pub status: Status,
-    pub currency: String,
+    pub currency: Currency,
     pub period_start: String,
     pub period_end: String,
     pub period: Period,
@@ -187,12 +259,6 @@ pub struct Invoice {
     pub credit_balance_minor: Option<i64>,
 }
 
-impl Invoice {
-    pub fn currency(&self) -> Option<Currency> {
-        self.currency.parse().ok()
-    }
-}
-
 /// What an invoice is built with besides its charges.
 #[derive(Debug, Clone, Default)]
 pub struct Terms {
@@ -209,20 +275,15 @@ pub struct Terms {
 /// Why an invoice cannot be built.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("invoice for {customer}: no charges")]
-    Empty { customer: String },
+    #[error("invoice without charges")]
+    Empty,
     #[error("invoice for {customer}: charges in several currencies ({0:?})", .currencies)]
     MixedCurrencies {
-        customer: String,
-        currencies: Vec<String>,
-    },
-    #[error("invoice for {customer}: {source}")]
-    Currency {
-        customer: String,
-        source: MoneyError,
+        customer: CustomerId,
+        currencies: Vec<&'static str>,
     },
     #[error("invoice for {customer}: total overflows")]
-    Overflow { customer: String },
+    Overflow { customer: CustomerId },
 }
 
 /// The period of the invoice of `charges` (one customer, period start and currency): the
@@ -266,10 +327,8 @@ pub fn build(
     terms: &Terms,
     now_ms: i64,
 ) -> Result<Invoice, BuildError> {
-    let first = charges.first().ok_or_else(|| BuildError::Empty {
-        customer: String::new(),
-    })?;
-    let id = invoice_id(&first.customer, first.period.start_ms);
+    let first = charges.first().ok_or(BuildError::Empty)?;
+    let id = invoice_id(first.customer.as_str(), first.period.start_ms);
     build_as(id, charges, adjustments, terms, now_ms)
 }
 
@@ -282,9 +341,7 @@ pub fn build_as(
     terms: &Terms,
     now_ms: i64,
 ) -> Result<Invoice, BuildError> {
-    let first = charges.first().ok_or_else(|| BuildError::Empty {
-        customer: String::new(),
-    })?;
+    let first = charges.first().ok_or(BuildError::Empty)?;
     let customer = first.customer.clone();
     let currency = one_currency(charges, &customer)?;
     let mut sorted: Vec<&ChargeLine> = charges.iter().collect();
@@ -310,7 +367,7 @@ pub fn build_as(
         issuer: terms.issuer.clone(),
         customer: customer.clone(),
         status,
-        currency: currency.code().to_owned(),
+        currency,
         period_start: rfc3339(period.start_ms),
         period_end: rfc3339(period.end_ms),
         period,
@@ -340,25 +397,18 @@ pub fn build_as(
     Ok(inv)
 }
 
-fn one_currency(charges: &[ChargeLine], customer: &str) -> Result<Currency, BuildError> {
-    let mut currencies: Vec<String> = charges.iter().map(|c| c.currency.clone()).collect();
-    currencies.sort();
-    currencies.dedup();
-    if currencies.len() > 1 {
-        return Err(BuildError::MixedCurrencies {
-            customer: customer.to_owned(),
-            currencies,
-        });
+fn one_currency(charges: &[ChargeLine], customer: &CustomerId) -> Result<Currency, BuildError> {
+    let first = charges.first().ok_or(BuildError::Empty)?.currency;
+    if charges.iter().all(|c| c.currency == first) {
+        return Ok(first);
     }
-    currencies
-        .first()
-        .map(String::as_str)
-        .unwrap_or_default()
-        .parse()
-        .map_err(|source| BuildError::Currency {
-            customer: customer.to_owned(),
-            source,
-        })
+    let mut currencies: Vec<&'static str> = charges.iter().map(|c| c.currency.code()).collect();
+    currencies.sort_unstable();
+    currencies.dedup();
+    Err(BuildError::MixedCurrencies {
+        customer: customer.clone(),
+        currencies,
+    })
 }
 
 /// The line of one charge (line number set by the caller).
@@ -457,7 +507,7 @@ pub(crate) mod tests {
     pub(crate) fn charge(meter: &str, minor: i64) -> ChargeLine {
         ChargeLine {
             charge_id: format!("chg_{meter}"),
-            customer: "acme".into(),
+            customer: CustomerId::new("acme").unwrap(),
             period: Period {
                 start_ms: 0,
                 end_ms: 1_000,
@@ -469,7 +519,7 @@ pub(crate) mod tests {
             plan_id: "p".into(),
             plan_version: 2,
             price_model: "per_unit".into(),
-            currency: "USD".into(),
+            currency: "USD".parse().unwrap(),
             quantity: Decimal::from(10),
             unit_price: "0.5".into(),
             tiers_json: "[]".into(),
@@ -478,6 +528,69 @@ pub(crate) mod tests {
             tax_rate: String::new(),
             tax_minor: 0,
         }
+    }
+
+    fn stored(customer: &str, currency: &str) -> ChargeRow {
+        ChargeRow {
+            charge_id: "chg_1".into(),
+            customer: customer.into(),
+            period_start: 1_767_225_600,
+            period_end: 1_769_904_000,
+            meter: "llm_tokens".into(),
+            group_key: "{}".into(),
+            group_names: vec![],
+            group_values: vec![],
+            plan_id: "p".into(),
+            plan_version: 2,
+            price_model: "per_unit".into(),
+            currency: currency.into(),
+            quantity: Decimal::new(15, 1),
+            unit_price: "0.5".into(),
+            tiers: "[]".into(),
+            amount_minor: 75,
+            amount_before_discounts_minor: 80,
+            tax_region: String::new(),
+            tax_code: String::new(),
+            tax_rate: "19".into(),
+            tax_minor: 14,
+            amount_with_tax_minor: 89,
+            price_currency: currency.into(),
+            fx_rate: String::new(),
+            windows: 1,
+            usage_from: 1_767_225_600,
+            usage_to: 1_767_225_660,
+            computed_at: 1_769_904_000,
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn a_stored_row_becomes_a_typed_charge_or_a_reason() {
+        let c = ChargeLine::try_from(stored("acme-1", "BHD")).unwrap();
+        assert_eq!(
+            (c.customer.as_str(), c.currency.minor_units()),
+            ("acme-1", 3)
+        );
+        assert_eq!(
+            c.period,
+            Period {
+                start_ms: 1_767_225_600_000,
+                end_ms: 1_769_904_000_000
+            }
+        );
+        assert_eq!(
+            (c.amount_minor, c.amount_before_discounts_minor, c.tax_minor),
+            (75, 80, 14)
+        );
+        assert_eq!(c.tiers_json, "[]");
+        let bad = ChargeLine::try_from(stored("acme-1", "ZZZ")).unwrap_err();
+        assert!(matches!(bad, BadCharge::Currency { .. }), "{bad}");
+        assert!(bad.to_string().contains("chg_1 of acme-1"), "{bad}");
+        let bad = ChargeLine::try_from(stored("a.b", "USD")).unwrap_err();
+        assert!(
+            matches!(&bad, BadCharge::Customer { customer, .. } if customer == "a.b"),
+            "{bad}"
+        );
     }
 
     #[test]
@@ -587,7 +700,7 @@ pub(crate) mod tests {
     #[test]
     fn mixed_currencies_are_refused() {
         let mut eur = charge("b", 1);
-        eur.currency = "EUR".into();
+        eur.currency = "EUR".parse().unwrap();
         assert!(matches!(
             build(&[charge("a", 1), eur], vec![], &terms(0), 0),
             Err(BuildError::MixedCurrencies { .. })

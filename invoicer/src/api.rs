@@ -28,7 +28,7 @@ use axum::Extension;
 use clickhouse::Client;
 use hyper::{Method, Response, StatusCode};
 use serde::{Deserialize, Serialize};
-use tally_domain::InvoiceStatus;
+use tally_domain::{Currency, CustomerId, InvoiceStatus};
 use tally_platform::auth::{hook, Authenticator, Permission, Principal};
 use tally_platform::http::{self, Body, BodyLimit, Json, ListenerLimits, Router};
 use tally_platform::openapi::Route;
@@ -289,9 +289,9 @@ impl RunView {
 struct Summary {
     invoice_id: String,
     number: String,
-    customer: String,
+    customer: CustomerId,
     status: String,
-    currency: String,
+    currency: Currency,
     period_start: u32,
     period_end: u32,
     total_minor: i64,
@@ -543,7 +543,7 @@ async fn credit(state: &ApiState, id: &str, body: CreditBody, who: &Principal) -
         invoice_id: id.to_owned(),
         charge_id: String::new(),
         customer: invoice.customer.clone(),
-        currency: invoice.currency.clone(),
+        currency: invoice.currency,
         amount_minor: body.amount_minor,
         tax_minor: body.tax_minor,
         reason: body.reason,
@@ -561,8 +561,8 @@ async fn credit(state: &ApiState, id: &str, body: CreditBody, who: &Principal) -
 #[serde(deny_unknown_fields)]
 struct GrantBody {
     grant_id: String,
-    customer: String,
-    currency: String,
+    customer: CustomerId,
+    currency: Currency,
     amount_minor: i64,
     #[serde(default)]
     reason: String,
@@ -576,22 +576,12 @@ async fn grant(state: &ApiState, b: GrantBody) -> Response<Body> {
             format!("field amount_minor: must be 1 to {GRANT_MINOR_MAX}"),
         );
     }
-    if b.currency.parse::<tally_domain::Currency>().is_err() {
-        return http::error(
-            StatusCode::BAD_REQUEST,
-            "invalid_body",
-            format!(
-                "field currency: {:?} is not a known ISO 4217 code",
-                b.currency
-            ),
-        );
-    }
     let at = (state.now_ms)();
     match store::grant_credit(
         &state.db,
         &b.grant_id,
-        &b.customer,
-        &b.currency,
+        b.customer.as_str(),
+        b.currency.code(),
         b.amount_minor,
         &b.reason,
         at,

@@ -7,6 +7,7 @@
 
 use clickhouse::Client;
 use serde::{Deserialize, Serialize};
+use tally_domain::{Currency, CustomerId};
 use tally_platform::store::datetime_secs;
 use xxhash_rust::xxh3::xxh3_128;
 
@@ -17,8 +18,8 @@ pub struct CreditNote {
     pub invoice_id: String,
     /// The charge a late-usage note corrects; empty for manual notes.
     pub charge_id: String,
-    pub customer: String,
-    pub currency: String,
+    pub customer: CustomerId,
+    pub currency: Currency,
     /// Credited amount before tax, positive, in minor units.
     pub amount_minor: i64,
     pub tax_minor: i64,
@@ -62,8 +63,8 @@ pub async fn issue(db: &Client, notes: &[CreditNote]) -> Result<(), clickhouse::
                 credit_note_id: &n.credit_note_id,
                 invoice_id: &n.invoice_id,
                 charge_id: &n.charge_id,
-                customer: &n.customer,
-                currency: &n.currency,
+                customer: n.customer.as_str(),
+                currency: n.currency.code(),
                 amount_minor: n.amount_minor,
                 tax_minor: n.tax_minor,
                 reason: &n.reason,

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use clickhouse::Client;
 use rust_decimal::Decimal;
 use serde::Deserialize;
-use tally_domain::{Currency, Period};
+use tally_domain::{Currency, CustomerId, Period};
 use tally_platform::store::dec9;
 
 use crate::config::InvoicerConfig;
@@ -31,8 +31,8 @@ use crate::{currency_split, store};
 /// An adjustment waiting for the customer's next invoice.
 #[derive(Debug, Clone)]
 pub struct Pending {
-    pub customer: String,
-    pub currency: String,
+    pub customer: CustomerId,
+    pub currency: Currency,
     /// The corrected (finalized) period.
     pub period: Period,
     pub line: InvoiceLine,
@@ -115,12 +115,7 @@ pub async fn pending(
             notes.push(credit_note(c, corrected, was, now_ms, &by));
             continue;
         }
-        let Ok(currency) = c.currency.parse::<Currency>() else {
-            // the customer's other charges and every other customer go on
-            tracing::error!(customer = %c.customer, charge_id = %c.charge_id, currency = %c.currency, "late usage of a charge in an unknown currency left for the next pass");
-            crate::metrics::invoice_failed(crate::metrics::BuildFailure::Currency);
-            continue;
-        };
+        let currency = c.currency;
         let mut line = invoice::line(c, currency);
         line.kind = LineKind::Adjustment;
         line.quantity = c.quantity - was.quantity;
@@ -140,7 +135,7 @@ pub async fn pending(
         line.adjusts_invoice_id = Some(corrected.clone());
         out.push(Pending {
             customer: c.customer.clone(),
-            currency: c.currency.clone(),
+            currency: c.currency,
             period: c.period,
             line,
         });
@@ -266,7 +261,7 @@ fn credit_note(
         invoice_id: invoice_id.to_owned(),
         charge_id: c.charge_id.clone(),
         customer: c.customer.clone(),
-        currency: c.currency.clone(),
+        currency: c.currency,
         amount_minor: amount,
         tax_minor: tax,
         reason,
@@ -343,14 +338,14 @@ async fn billed(
 /// periods before it).
 pub fn take_for(
     pending: &mut Vec<Pending>,
-    customer: &str,
-    currency: &str,
+    customer: &CustomerId,
+    currency: Currency,
     period: Period,
 ) -> Vec<InvoiceLine> {
     let mut taken = Vec::new();
     pending.retain(|p| {
         let mine =
-            p.customer == customer && p.currency == currency && p.period.end_ms <= period.start_ms;
+            p.customer == *customer && p.currency == currency && p.period.end_ms <= period.start_ms;
         if mine {
             taken.push(p.line.clone());
         }
@@ -366,7 +361,7 @@ mod tests {
     fn charge(minor: i64) -> ChargeLine {
         ChargeLine {
             charge_id: "chg_tokens".into(),
-            customer: "acme".into(),
+            customer: tally_domain::CustomerId::new("acme").unwrap(),
             period: Period {
                 start_ms: 0,
                 end_ms: 1_000,
@@ -378,7 +373,7 @@ mod tests {
             plan_id: "p".into(),
             plan_version: 1,
             price_model: "per_unit".into(),
-            currency: "USD".into(),
+            currency: "USD".parse().unwrap(),
             quantity: Decimal::from(10),
             unit_price: "0.5".into(),
             tiers_json: "[]".into(),

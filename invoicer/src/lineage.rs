@@ -9,6 +9,7 @@
 use clickhouse::Client;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use tally_domain::CustomerId;
 use tally_platform::store::dec9;
 use tally_platform::usage;
 
@@ -24,7 +25,7 @@ pub struct Lineage {
     pub line_no: u32,
     pub kind: LineKind,
     pub charge_id: String,
-    pub customer: String,
+    pub customer: CustomerId,
     pub meter: String,
     pub group_key: String,
     pub period_start: String,
@@ -84,7 +85,7 @@ struct EventRow {
 
 #[derive(Deserialize, clickhouse::Row)]
 struct ChargeScope {
-    customer: String,
+    customer: CustomerId,
     period_start: u32,
     period_end: u32,
     /// The charge's own usage span within the period (`usage_from` .. `usage_to`, its first
@@ -162,7 +163,7 @@ async fn windows(
     let req = usage::Request {
         from: scope.usage_from,
         to: scope.usage_to,
-        scope: usage::Scope::Customer(&scope.customer),
+        scope: usage::Scope::Customer(scope.customer.as_str()),
         meter: Some(&line.meter),
         by_agent: true,
         resolution: usage::Resolution::Windows,
@@ -273,7 +274,7 @@ where
         line.group_key.as_str()
     };
     db.query(sql)
-        .bind(&scope.customer)
+        .bind(scope.customer.as_str())
         .bind(&line.meter)
         .bind(scope.usage_from)
         .bind(scope.usage_from)

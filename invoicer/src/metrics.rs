@@ -23,7 +23,10 @@ pub fn declare() {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BuildFailure {
     MixedCurrencies,
+    /// A charge in a currency the domain does not know.
     Currency,
+    /// A charge whose customer id does not validate.
+    Customer,
     Overflow,
     Empty,
     /// Built and numbered, but its document could not be frozen in NATS KV.
@@ -31,9 +34,10 @@ pub enum BuildFailure {
 }
 
 impl BuildFailure {
-    pub const ALL: [BuildFailure; 5] = [
+    pub const ALL: [BuildFailure; 6] = [
         BuildFailure::MixedCurrencies,
         BuildFailure::Currency,
+        BuildFailure::Customer,
         BuildFailure::Overflow,
         BuildFailure::Empty,
         BuildFailure::Finalize,
@@ -43,6 +47,7 @@ impl BuildFailure {
         match self {
             BuildFailure::MixedCurrencies => "mixed_currencies",
             BuildFailure::Currency => "currency",
+            BuildFailure::Customer => "customer",
             BuildFailure::Overflow => "overflow",
             BuildFailure::Empty => "empty",
             BuildFailure::Finalize => "finalize",

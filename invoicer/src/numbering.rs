@@ -359,7 +359,7 @@ impl Numbers {
     pub async fn freeze_each(
         &self,
         docs: Vec<Invoice>,
-    ) -> Vec<Result<Invoice, (String, String, NumberingError)>> {
+    ) -> Vec<Result<Invoice, (String, tally_domain::CustomerId, NumberingError)>> {
         let requests: Vec<_> = docs
             .into_iter()
             .map(|doc| async move {

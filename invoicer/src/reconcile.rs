@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use clickhouse::Client;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use tally_domain::{Currency, CustomerId};
 use tally_platform::store::dec9;
 use tally_platform::usage;
 
@@ -41,7 +42,7 @@ pub struct QuantityDifference {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct MoneyDifference {
     pub invoice_id: String,
-    pub customer: String,
+    pub customer: CustomerId,
     pub status: String,
     pub period_start: u32,
     pub charges_minor: i64,
@@ -73,10 +74,10 @@ pub struct Report {
 #[derive(Deserialize, clickhouse::Row)]
 struct InvoiceSums {
     invoice_id: String,
-    customer: String,
+    customer: CustomerId,
     status: String,
     period_start: u32,
-    currency: String,
+    currency: Currency,
     invoiced_minor: i64,
 }
 

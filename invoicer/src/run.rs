@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use clickhouse::Client;
+use tally_domain::{Currency, CustomerId};
 use tally_platform::shutdown::Shutdown;
 
 use crate::config::InvoicerConfig;
@@ -171,21 +172,21 @@ impl Pass<'_> {
         // one invoice per (customer, period, currency): a period with several currencies keeps
         // its id for its home currency, the others get their own (`currency_split`)
         let ids = currency_split::resolve(db, &charges).await?;
-        let mut groups: BTreeMap<(String, i64, String), Vec<ChargeLine>> = BTreeMap::new();
+        let mut groups: BTreeMap<(CustomerId, i64, Currency), Vec<ChargeLine>> = BTreeMap::new();
         for c in charges {
             groups
-                .entry((c.customer.clone(), c.period.start_ms, c.currency.clone()))
+                .entry((c.customer.clone(), c.period.start_ms, c.currency))
                 .or_default()
                 .push(c);
         }
         let invoice_ids: Vec<String> = groups
             .keys()
-            .map(|(c, start, cur)| ids.id(c, *start, cur))
+            .map(|(c, start, cur)| ids.id(c.as_str(), *start, cur.code()))
             .collect();
         // an invoice whose finalization is recorded is never rebuilt (a longer period's
         // charge, a year's fee, read after its invoice was finalized: its changes are `late`'s)
         let done = lifecycle::finalized_among(db, &invoice_ids).await?;
-        let customers: Vec<String> = groups
+        let customers: Vec<CustomerId> = groups
             .keys()
             .map(|(c, _, _)| c.clone())
             .collect::<std::collections::BTreeSet<_>>()
@@ -195,7 +196,7 @@ impl Pass<'_> {
         // (consumed in near real time, in its order of grants) plus what is left of the
         // invoicer's own grants (`POST /v1/credits`)
         let wallet = store::wallet_credit(db, &customers).await?;
-        let mut credits = self.credit.balances(&customers, &wallet.reserved);
+        let mut credits = self.credit.balances(&customers, &wallet);
         report.read += t.elapsed();
         let t = Instant::now();
         let mut drafts = Vec::new();
@@ -205,11 +206,11 @@ impl Pass<'_> {
             if done.contains(&invoice_id) {
                 continue;
             }
-            let key = (customer.clone(), currency.clone());
+            let key = (customer.clone(), *currency);
             let legacy = credits.get(&key).copied().unwrap_or(0).max(0);
             // only the wallet's reservation in the invoice's own currency is credited to it
-            let reserved = wallet.reserved_for(&invoice_id, currency);
-            for (other, minor) in wallet.reserved_in_other_currencies(&invoice_id, currency) {
+            let reserved = wallet.reserved_for(&invoice_id, *currency);
+            for (other, minor) in wallet.reserved_in_other_currencies(&invoice_id, *currency) {
                 tracing::warn!(%customer, %invoice_id, %currency, reserved_currency = %other, reserved_minor = minor, "wallet reservation in another currency than the invoice's: not credited to it");
             }
             let terms = Terms {
@@ -219,7 +220,7 @@ impl Pass<'_> {
                 credit_available_minor: reserved.saturating_add(legacy),
             };
             let period = crate::invoice::invoice_period(group).unwrap_or(group[0].period);
-            let adj = late::take_for(adjustments, customer, currency, period);
+            let adj = late::take_for(adjustments, customer, *currency, period);
             // one customer's invoice that cannot be built never stops the others'
             let mut invoice = match build_as(invoice_id.clone(), group, adj, &terms, now_ms) {
                 Ok(invoice) => invoice,
@@ -285,14 +286,13 @@ impl Pass<'_> {
 fn failure(e: &BuildError) -> metrics::BuildFailure {
     match e {
         BuildError::MixedCurrencies { .. } => metrics::BuildFailure::MixedCurrencies,
-        BuildError::Currency { .. } => metrics::BuildFailure::Currency,
         BuildError::Overflow { .. } => metrics::BuildFailure::Overflow,
-        BuildError::Empty { .. } => metrics::BuildFailure::Empty,
+        BuildError::Empty => metrics::BuildFailure::Empty,
     }
 }
 
 /// One invoice that could not be frozen: its id, customer and why.
-type NotFrozen = (String, String, NumberingError);
+type NotFrozen = (String, CustomerId, NumberingError);
 
 /// Numbers (in period-end, customer order) and freezes the invoices due for finalization;
 /// an invoice whose document cannot be frozen is returned as an error of its own (the

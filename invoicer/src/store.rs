@@ -7,67 +7,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use clickhouse::Client;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use tally_domain::Period;
+use tally_domain::{Currency, CustomerId};
+use tally_platform::store::charges::ChargeRow;
 use tally_platform::store::{datetime_secs, dec9};
 
-use crate::invoice::{ChargeLine, Invoice, Status};
-
-#[derive(clickhouse::Row, Deserialize)]
-struct ChargeRow {
-    charge_id: String,
-    customer: String,
-    period_start: u32,
-    period_end: u32,
-    meter: String,
-    group_key: String,
-    group_names: Vec<String>,
-    group_values: Vec<String>,
-    plan_id: String,
-    plan_version: u32,
-    price_model: String,
-    currency: String,
-    #[serde(with = "dec9")]
-    quantity: Decimal,
-    unit_price: String,
-    tiers: String,
-    amount_minor: i64,
-    amount_before_discounts_minor: i64,
-    tax_rate: String,
-    tax_minor: i64,
-}
-
-/// The charge columns every read of charges selects, in [`ChargeRow`]'s order.
-const CHARGE_COLUMNS: &str = "charge_id, customer, toUInt32(period_start), toUInt32(period_end), meter, group_key, \
-     group_names, group_values, plan_id, plan_version, price_model, currency, quantity, unit_price, tiers, \
-     amount_minor, amount_before_discounts_minor, tax_rate, tax_minor";
-
-impl From<ChargeRow> for ChargeLine {
-    fn from(r: ChargeRow) -> ChargeLine {
-        ChargeLine {
-            charge_id: r.charge_id,
-            customer: r.customer,
-            period: Period {
-                start_ms: i64::from(r.period_start) * 1000,
-                end_ms: i64::from(r.period_end) * 1000,
-            },
-            meter: r.meter,
-            group_key: r.group_key,
-            group_names: r.group_names,
-            group_values: r.group_values,
-            plan_id: r.plan_id,
-            plan_version: r.plan_version,
-            price_model: r.price_model,
-            currency: r.currency,
-            quantity: r.quantity,
-            unit_price: r.unit_price,
-            tiers_json: r.tiers,
-            amount_minor: r.amount_minor,
-            amount_before_discounts_minor: r.amount_before_discounts_minor,
-            tax_rate: r.tax_rate,
-            tax_minor: r.tax_minor,
-        }
-    }
-}
+use crate::invoice::{BadCharge, ChargeLine, Invoice, Status};
+use crate::metrics;
 
 /// The latest charges of every period ending after `since_ms`.
 pub async fn charges_since(
@@ -75,13 +20,28 @@ pub async fn charges_since(
     since_ms: i64,
 ) -> Result<Vec<ChargeLine>, clickhouse::error::Error> {
     let rows: Vec<ChargeRow> = db
-        .query(&format!(
-            "SELECT {CHARGE_COLUMNS} FROM v_charges WHERE period_end > toDateTime(?)"
-        ))
+        .query("SELECT ?fields FROM v_charges WHERE period_end > toDateTime(?)")
         .bind(since_ms.div_euclid(1000))
         .fetch_all()
         .await?;
-    Ok(rows.into_iter().map(ChargeLine::from).collect())
+    Ok(rows.into_iter().filter_map(charge_line).collect())
+}
+
+/// The charge of a stored row; a row whose customer id or currency does not validate is left
+/// out (logged, counted as an invoice not built), never failing the read for the others.
+fn charge_line(row: ChargeRow) -> Option<ChargeLine> {
+    match ChargeLine::try_from(row) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            let reason = match e {
+                BadCharge::Customer { .. } => metrics::BuildFailure::Customer,
+                BadCharge::Currency { .. } => metrics::BuildFailure::Currency,
+            };
+            tracing::error!(error = %e, "charge left out of this pass; retried next pass");
+            metrics::invoice_failed(reason);
+            None
+        }
+    }
 }
 
 /// The latest charges of every period ending after `since_ms`, read with one cursor in
@@ -107,10 +67,10 @@ impl ChargeBatches {
         max_charges: usize,
     ) -> Result<ChargeBatches, clickhouse::error::Error> {
         let cursor = db
-            .query(&format!(
-                "SELECT {CHARGE_COLUMNS} FROM charges FINAL WHERE period_end > toDateTime(?) \
-                 ORDER BY customer, period_start, charge_id"
-            ))
+            .query(
+                "SELECT ?fields FROM charges FINAL WHERE period_end > toDateTime(?) \
+                 ORDER BY customer, period_start, charge_id",
+            )
             .bind(since_ms.div_euclid(1000))
             .fetch::<ChargeRow>()?;
         Ok(ChargeBatches {
@@ -128,7 +88,9 @@ impl ChargeBatches {
         let mut batch: Vec<ChargeLine> = self.next.take().into_iter().collect();
         let mut customers = batch.len();
         while let Some(row) = self.cursor.next().await? {
-            let c = ChargeLine::from(row);
+            let Some(c) = charge_line(row) else {
+                continue;
+            };
             let new_customer = batch.last().is_none_or(|l| l.customer != c.customer);
             if new_customer {
                 if customers >= self.max_customers || batch.len() >= self.max_charges {
@@ -242,7 +204,7 @@ pub async fn write(db: &Client, invoices: &[Invoice]) -> Result<(), clickhouse::
                     unit_price: &l.unit_price,
                     tiers: l.tiers.to_string(),
                     amount_minor: l.amount_minor,
-                    currency: &inv.currency,
+                    currency: inv.currency.code(),
                     plan_id: &l.plan_id,
                     plan_version: l.plan_version,
                     version,
@@ -265,11 +227,11 @@ pub async fn write(db: &Client, invoices: &[Invoice]) -> Result<(), clickhouse::
         headers
             .write(&InvoiceRow {
                 invoice_id: &inv.invoice_id,
-                customer: &inv.customer,
+                customer: inv.customer.as_str(),
                 period_start: datetime_secs(inv.period.start_ms),
                 period_end: datetime_secs(inv.period.end_ms),
                 status: inv.status.as_str(),
-                currency: &inv.currency,
+                currency: inv.currency.code(),
                 subtotal_minor: inv.subtotal_minor,
                 total_minor: inv.total_minor,
                 line_count: inv.lines.len() as u32,
@@ -304,10 +266,10 @@ struct BalanceRow {
 /// payments wallet had reserved for them (`reserved`, see [`wallet_credit`]).
 pub async fn credit_balances(
     db: &Client,
-    reserved: &BTreeMap<(String, String), i64>,
-) -> Result<HashMap<(String, String), i64>, clickhouse::error::Error> {
+    reserved: &WalletCredit,
+) -> Result<HashMap<(CustomerId, Currency), i64>, clickhouse::error::Error> {
     let facts = CreditFacts::load(db).await?;
-    let customers: Vec<&String> = facts.by_customer.keys().collect();
+    let customers: Vec<&CustomerId> = facts.by_customer.keys().collect();
     Ok(facts.balances(customers, reserved))
 }
 
@@ -316,13 +278,13 @@ pub async fn credit_balances(
 #[derive(Debug, Default)]
 pub struct CreditFacts {
     /// customer -> (currency, granted minor) and (currency, invoice id, applied minor)
-    by_customer: HashMap<String, CustomerCredit>,
+    by_customer: HashMap<CustomerId, CustomerCredit>,
 }
 
 #[derive(Debug, Default)]
 struct CustomerCredit {
-    granted: Vec<(String, i64)>,
-    applied: Vec<(String, String, i64)>,
+    granted: Vec<(Currency, i64)>,
+    applied: Vec<(Currency, String, i64)>,
 }
 
 impl CreditFacts {
@@ -344,18 +306,22 @@ impl CreditFacts {
             .await?;
         let mut out = CreditFacts::default();
         for r in granted {
-            out.by_customer
-                .entry(r.customer)
-                .or_default()
-                .granted
-                .push((r.currency, r.minor));
+            if let Some((customer, currency)) = typed("credit_grants", r.customer, &r.currency) {
+                out.by_customer
+                    .entry(customer)
+                    .or_default()
+                    .granted
+                    .push((currency, r.minor));
+            }
         }
         for r in used {
-            out.by_customer
-                .entry(r.customer)
-                .or_default()
-                .applied
-                .push((r.currency, r.invoice_id, r.minor));
+            if let Some((customer, currency)) = typed("invoices", r.customer, &r.currency) {
+                out.by_customer.entry(customer).or_default().applied.push((
+                    currency,
+                    r.invoice_id,
+                    r.minor,
+                ));
+            }
         }
         Ok(out)
     }
@@ -364,24 +330,22 @@ impl CreditFacts {
     /// credit applied are left out), given the wallet's reservations per (invoice, currency).
     pub fn balances<'a>(
         &self,
-        customers: impl IntoIterator<Item = &'a String>,
-        reserved: &BTreeMap<(String, String), i64>,
-    ) -> HashMap<(String, String), i64> {
-        let mut out: HashMap<(String, String), i64> = HashMap::new();
+        customers: impl IntoIterator<Item = &'a CustomerId>,
+        wallet: &WalletCredit,
+    ) -> HashMap<(CustomerId, Currency), i64> {
+        let mut out: HashMap<(CustomerId, Currency), i64> = HashMap::new();
         for customer in customers {
             let Some(c) = self.by_customer.get(customer) else {
                 continue;
             };
             for (currency, minor) in &c.granted {
-                *out.entry((customer.clone(), currency.clone())).or_default() += minor;
+                *out.entry((customer.clone(), *currency)).or_default() += minor;
             }
             for (currency, invoice_id, minor) in &c.applied {
-                let wallet = reserved
-                    .get(&(invoice_id.clone(), currency.clone()))
-                    .copied()
-                    .unwrap_or(0)
-                    .clamp(0, (*minor).max(0));
-                *out.entry((customer.clone(), currency.clone())).or_default() -= minor - wallet;
+                let wallet = wallet
+                    .reserved_for(invoice_id, *currency)
+                    .min((*minor).max(0));
+                *out.entry((customer.clone(), *currency)).or_default() -= minor - wallet;
             }
         }
         out
@@ -403,18 +367,19 @@ struct WalletRow {
 /// column), the earliest record of each movement id.
 #[derive(Debug, Default, Clone)]
 pub struct WalletCredit {
-    /// (invoice id, currency) -> reserved minor units: an invoice is in one currency, so a
+    /// invoice id -> currency -> reserved minor units: an invoice is in one currency, so a
     /// reservation is credited only to the invoice of its own currency (see
     /// [`WalletCredit::reserved_for`]).
-    pub reserved: BTreeMap<(String, String), i64>,
-    pub balance: HashMap<(String, String), i64>,
+    pub reserved: BTreeMap<String, BTreeMap<Currency, i64>>,
+    pub balance: HashMap<(CustomerId, Currency), i64>,
 }
 
 impl WalletCredit {
     /// What the wallet reserved for `invoice_id` in `currency`, never below zero.
-    pub fn reserved_for(&self, invoice_id: &str, currency: &str) -> i64 {
+    pub fn reserved_for(&self, invoice_id: &str, currency: Currency) -> i64 {
         self.reserved
-            .get(&(invoice_id.to_owned(), currency.to_owned()))
+            .get(invoice_id)
+            .and_then(|r| r.get(&currency))
             .copied()
             .unwrap_or(0)
             .max(0)
@@ -425,20 +390,21 @@ impl WalletCredit {
     pub fn reserved_in_other_currencies(
         &self,
         invoice_id: &str,
-        currency: &str,
-    ) -> Vec<(String, i64)> {
+        currency: Currency,
+    ) -> Vec<(Currency, i64)> {
         self.reserved
-            .range((invoice_id.to_owned(), String::new())..)
-            .take_while(|((i, _), _)| i == invoice_id)
-            .filter(|((_, c), r)| c != currency && **r != 0)
-            .map(|((_, c), r)| (c.clone(), *r))
+            .get(invoice_id)
+            .into_iter()
+            .flatten()
+            .filter(|(c, r)| **c != currency && **r != 0)
+            .map(|(c, r)| (*c, *r))
             .collect()
     }
 }
 
 pub async fn wallet_credit(
     db: &Client,
-    customers: &[String],
+    customers: &[CustomerId],
 ) -> Result<WalletCredit, clickhouse::error::Error> {
     let mut out = WalletCredit::default();
     // ids inline in the query text: a bounded list per query keeps it under ClickHouse's
@@ -458,19 +424,44 @@ pub async fn wallet_credit(
         );
         let mut query = db.query(&sql);
         for c in chunk {
-            query = query.bind(c);
+            query = query.bind(c.as_str());
         }
         let rows: Vec<WalletRow> = query.fetch_all().await?;
         for r in rows {
+            let Some((customer, currency)) = typed("wallet_movements", r.customer, &r.currency)
+            else {
+                continue;
+            };
             if !r.invoice_id.is_empty() {
                 *out.reserved
-                    .entry((r.invoice_id, r.currency.clone()))
+                    .entry(r.invoice_id)
+                    .or_default()
+                    .entry(currency)
                     .or_default() += r.reserved_minor;
             }
-            *out.balance.entry((r.customer, r.currency)).or_default() += r.balance_minor;
+            *out.balance.entry((customer, currency)).or_default() += r.balance_minor;
         }
     }
     Ok(out)
+}
+
+/// A stored row's customer and currency, typed; `None` (logged) when either does not
+/// validate: the row is left out, and the read goes on for every other customer.
+fn typed(table: &str, customer: String, currency: &str) -> Option<(CustomerId, Currency)> {
+    let currency = match currency.parse::<Currency>() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(table, %customer, error = %e, "row left out: unknown currency");
+            return None;
+        }
+    };
+    match CustomerId::new(customer) {
+        Ok(c) => Some((c, currency)),
+        Err(e) => {
+            tracing::error!(table, error = %e, "row left out: customer id does not validate");
+            None
+        }
+    }
 }
 
 /// Ids bound into one query's `IN (...)` list at most: 1,000 customer ids of at most 64
@@ -523,23 +514,38 @@ pub async fn grant_credit(
 
 #[cfg(test)]
 mod wallet_credit_tests {
+    use tally_domain::Currency;
+
     use super::WalletCredit;
+
+    fn cur(code: &str) -> Currency {
+        code.parse().unwrap()
+    }
+
+    fn reserve(w: &mut WalletCredit, invoice: &str, code: &str, minor: i64) {
+        w.reserved
+            .entry(invoice.to_owned())
+            .or_default()
+            .insert(cur(code), minor);
+    }
 
     #[test]
     fn a_reservation_counts_only_for_its_own_currency() {
         let mut w = WalletCredit::default();
-        w.reserved.insert(("inv_a".into(), "EUR".into()), 300);
-        w.reserved.insert(("inv_a".into(), "USD".into()), 600);
-        w.reserved.insert(("inv_b".into(), "USD".into()), 50);
-        w.reserved.insert(("inv_a".into(), "GBP".into()), 0);
-        assert_eq!(w.reserved_for("inv_a", "EUR"), 300);
-        assert_eq!(w.reserved_for("inv_a", "JPY"), 0);
+        reserve(&mut w, "inv_a", "EUR", 300);
+        reserve(&mut w, "inv_a", "USD", 600);
+        reserve(&mut w, "inv_b", "USD", 50);
+        reserve(&mut w, "inv_a", "GBP", 0);
+        assert_eq!(w.reserved_for("inv_a", cur("EUR")), 300);
+        assert_eq!(w.reserved_for("inv_a", cur("JPY")), 0);
         assert_eq!(
-            w.reserved_in_other_currencies("inv_a", "EUR"),
-            vec![("USD".to_owned(), 600)]
+            w.reserved_in_other_currencies("inv_a", cur("EUR")),
+            vec![(cur("USD"), 600)]
         );
-        assert!(w.reserved_in_other_currencies("inv_b", "USD").is_empty());
-        w.reserved.insert(("inv_c".into(), "USD".into()), -5);
-        assert_eq!(w.reserved_for("inv_c", "USD"), 0, "never below zero");
+        assert!(w
+            .reserved_in_other_currencies("inv_b", cur("USD"))
+            .is_empty());
+        reserve(&mut w, "inv_c", "USD", -5);
+        assert_eq!(w.reserved_for("inv_c", cur("USD")), 0, "never below zero");
     }
 }

@@ -191,7 +191,9 @@ async fn a_currency_change_mid_period_gives_one_invoice_per_currency_and_stops_n
     eur_tokens.usage_from = NOV_11 + DAY;
     let globex = charge("chg_globex", "globex", "USD", 2500);
     let broken = charge("chg_broken", "broken", "ZZZ", 700);
-    insert(&db, &[eur_fee, eur_tokens, globex, broken]).await;
+    // and a charge whose customer id does not validate (a `.` is no id character)
+    let bad_id = charge("chg_bad_id", "bad.id", "USD", 900);
+    insert(&db, &[eur_fee, eur_tokens, globex, broken, bad_id]).await;
 
     // December 3rd: November ended and its grace passed
     let now = (DEC_1 + 2 * DAY) * 1000;
@@ -203,7 +205,7 @@ async fn a_currency_change_mid_period_gives_one_invoice_per_currency_and_stops_n
         .map(|i| {
             (
                 i.customer.as_str(),
-                i.currency.as_str(),
+                i.currency.code(),
                 i.status,
                 i.net_minor,
                 i.tax_minor,
@@ -218,12 +220,12 @@ async fn a_currency_change_mid_period_gives_one_invoice_per_currency_and_stops_n
             ("acme", "USD", Status::Finalized, 2500, 0, 2500),
             ("globex", "USD", Status::Finalized, 2500, 0, 2500),
         ],
-        "broken is left out; everyone else is finalized"
+        "broken and bad.id are left out; everyone else is finalized"
     );
     let by_currency: BTreeMap<&str, &tally_invoicer::Invoice> = done
         .iter()
         .filter(|i| i.customer == "acme")
-        .map(|i| (i.currency.as_str(), i))
+        .map(|i| (i.currency.code(), i))
         .collect();
     assert_eq!(
         by_currency["USD"].invoice_id, plain,
@@ -255,7 +257,11 @@ async fn a_currency_change_mid_period_gives_one_invoice_per_currency_and_stops_n
         ]
     );
     let after = stored(&db).await;
-    assert_eq!(after.len(), 3, "no invoice for broken, no stray draft");
+    assert_eq!(
+        after.len(),
+        3,
+        "no invoice for broken or bad.id, no stray draft"
+    );
     assert!(after.iter().all(|s| s.status == "finalized"));
     // reconciliation matches each invoice with its currency's charges
     let report = tally_invoicer::reconcile::run(&db, (NOV_1 - DAY) * 1000)
@@ -351,7 +357,7 @@ async fn an_invoice_id_never_changes_currency_once_written() {
     let plain = invoice_id("flip", NOV_1 * 1000);
     assert_eq!(first.len(), 1);
     assert_eq!(
-        (first[0].invoice_id.as_str(), first[0].currency.as_str()),
+        (first[0].invoice_id.as_str(), first[0].currency.code()),
         (plain.as_str(), "EUR")
     );
     // the USD part's usage (November 3rd, earlier than any EUR usage) lands later
@@ -363,7 +369,7 @@ async fn an_invoice_id_never_changes_currency_once_written() {
         .expect("pass");
     let got: Vec<(&str, &str, i64)> = second
         .iter()
-        .map(|i| (i.invoice_id.as_str(), i.currency.as_str(), i.total_minor))
+        .map(|i| (i.invoice_id.as_str(), i.currency.code(), i.total_minor))
         .collect();
     let usd_id = invoice_id_in("flip", NOV_1 * 1000, "USD");
     let mut want = vec![

@@ -486,7 +486,7 @@ async fn a_crash_after_numbering_is_completed_by_the_next_pass_with_the_same_num
         .expect("pass");
     let numbers: Vec<(String, Option<String>)> = pass
         .iter()
-        .map(|i| (i.customer.clone(), i.number.clone()))
+        .map(|i| (i.customer.to_string(), i.number.clone()))
         .collect();
     assert_eq!(
         numbers,

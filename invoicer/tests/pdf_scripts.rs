@@ -11,6 +11,7 @@ use tally_domain::Period;
 use tally_invoicer::invoice::{build, ChargeLine, Invoice, Issuer, Terms};
 use tally_invoicer::render;
 use tally_invoicer::render::pdf::{Fonts, DEFAULT_FONTS};
+use tally_invoicer::render::view::View;
 
 const JAPANESE: &str = "株式会社山田商事";
 /// With the lam-alef ligature (one glyph for two letters) in السلام.
@@ -20,7 +21,7 @@ const LATIN: &str = "Łukasz Wąsowski-Đặng";
 fn invoice() -> Invoice {
     let charge = ChargeLine {
         charge_id: "chg_llm_tokens".into(),
-        customer: JAPANESE.into(),
+        customer: tally_domain::CustomerId::new("yamada").unwrap(),
         period: Period {
             start_ms: 1_788_220_800_000, // 2026-09-01
             end_ms: 1_790_812_800_000,   // 2026-10-01
@@ -32,7 +33,7 @@ fn invoice() -> Invoice {
         plan_id: "ai-standard".into(),
         plan_version: 3,
         price_model: "per_unit".into(),
-        currency: "EUR".into(),
+        currency: "EUR".parse().unwrap(),
         quantity: Decimal::from(1_000),
         unit_price: "0.05".into(),
         tiers_json: r#"[{"quantity":"1000","unit_price":"0.05","amount":"50.00"}]"#.into(),
@@ -55,6 +56,14 @@ fn invoice() -> Invoice {
     let mut inv = build(&[charge], vec![], &terms, 1_790_899_200_000).expect("builds");
     inv.number = Some("TALLY-AE-000007".into());
     inv
+}
+
+/// The view of [`invoice`], billed to a name in Japanese (a customer id is ASCII; the view is
+/// what the renderings draw, so a display name in any script reaches the PDF through it).
+fn view() -> View {
+    let mut view = render::view::view(&invoice());
+    view.customer = JAPANESE.into();
+    view
 }
 
 /// `pdftotext` of a PDF, with extra arguments (each page ends with a form feed).
@@ -107,7 +116,7 @@ fn cells(text: &str) -> Vec<Vec<String>> {
 #[test]
 fn japanese_arabic_and_accented_names_extract_exactly() {
     fonts_installed();
-    let bytes = render::pdf(&invoice()).expect("renders");
+    let bytes = render::pdf::document(&view()).expect("renders");
     let text = pdf_text(&bytes, &["-layout"]);
     let cells = cells(&text);
     // poppler gives right-to-left text in logical order (as typed), marked as such: between
@@ -143,8 +152,11 @@ fn japanese_arabic_and_accented_names_extract_exactly() {
 #[test]
 fn fonts_are_subset_and_the_pdf_is_deterministic() {
     fonts_installed();
-    let bytes = render::pdf(&invoice()).expect("renders");
-    assert_eq!(bytes, render::pdf(&invoice()).expect("renders again"));
+    let bytes = render::pdf::document(&view()).expect("renders");
+    assert_eq!(
+        bytes,
+        render::pdf::document(&view()).expect("renders again")
+    );
     let size = |p: &str| std::fs::metadata(p).expect("font file").len() as usize;
     let dejavu = size("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf");
     let droid = size("/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf");
@@ -164,10 +176,11 @@ fn fonts_are_subset_and_the_pdf_is_deterministic() {
 #[test]
 fn latin_invoices_embed_no_font() {
     let mut inv = invoice();
-    inv.customer = "Zoë Café".into();
     inv.issuer.name = "Tally Europe GmbH".into();
     inv.issuer.address = vec!["Hauptstraße 1".into()];
-    let bytes = render::pdf(&inv).expect("renders");
+    let mut view = render::view::view(&inv);
+    view.customer = "Zoë Café".into();
+    let bytes = render::pdf::document(&view).expect("renders");
     assert!(!String::from_utf8_lossy(&bytes).contains("/FontFile2"));
     let text = pdf_text(&bytes, &["-layout"]);
     assert!(
@@ -178,7 +191,7 @@ fn latin_invoices_embed_no_font() {
 
 #[test]
 fn without_fonts_other_scripts_print_as_question_marks() {
-    let view = render::view::view(&invoice());
+    let view = view();
     let missing = Fonts::new(
         vec!["/nonexistent/font.ttf".into()],
         vec!["/nonexistent/font-bold.ttf".into()],
@@ -210,7 +223,7 @@ fn the_default_search_names_debian_font_packages() {
 #[test]
 fn marks_and_mirrored_brackets_extract_exactly() {
     fonts_installed();
-    let mut view = render::view::view(&invoice());
+    let mut view = view();
     // Arabic with vowel marks (placed by the font's mark positioning), Latin with combining
     // marks (kept decomposed), Arabic in brackets (drawn mirrored), Japanese around Latin.
     view.issuer = vec![

@@ -11,7 +11,7 @@ use tally_invoicer::render;
 fn charge(meter: &str, before: i64, after: i64, rate: &str, tax: i64) -> ChargeLine {
     ChargeLine {
         charge_id: format!("chg_{meter}"),
-        customer: "acme-gmbh".into(),
+        customer: tally_domain::CustomerId::new("acme-gmbh").unwrap(),
         period: Period {
             start_ms: 1_788_220_800_000, // 2026-09-01
             end_ms: 1_790_812_800_000,   // 2026-10-01
@@ -23,7 +23,7 @@ fn charge(meter: &str, before: i64, after: i64, rate: &str, tax: i64) -> ChargeL
         plan_id: "ai-standard".into(),
         plan_version: 3,
         price_model: "per_unit".into(),
-        currency: "EUR".into(),
+        currency: "EUR".parse().unwrap(),
         quantity: Decimal::from(1_234_567),
         unit_price: "0.00002".into(),
         tiers_json: r#"[{"quantity":"1234567","unit_price":"0.00002","amount":"24.69134"},{"kind":"discount","label":"LAUNCH10","quantity":"0","unit_price":"-2.469134","amount":"-2.469134"}]"#.into(),

@@ -56,7 +56,7 @@ async fn five_thousand_long_customer_ids_are_invoiced_in_batches_exactly_once() 
         batch_sizes.push(batch.len());
         for inv in batch {
             assert_eq!(inv.status, Status::Finalized, "{}", inv.customer);
-            assert_eq!(inv.customer.len(), 64);
+            assert_eq!(inv.customer.as_str().len(), 64);
             assert!(numbers_given.insert(inv.number.clone().expect("numbered")));
             total_minor += inv.total_minor;
         }

@@ -230,7 +230,7 @@ async fn finalized_at(
     };
     let charge = ChargeLine {
         charge_id: format!("chg_{customer}_{start_ms}"),
-        customer: customer.into(),
+        customer: tally_domain::CustomerId::new(customer).unwrap(),
         period,
         meter: "llm_tokens".into(),
         group_key: "{}".into(),
@@ -239,7 +239,7 @@ async fn finalized_at(
         plan_id: "standard".into(),
         plan_version: 1,
         price_model: "per_unit".into(),
-        currency: "USD".into(),
+        currency: "USD".parse::<tally_domain::Currency>().unwrap(),
         quantity: Decimal::from(amount_minor),
         unit_price: "0.01".into(),
         tiers_json: "[]".into(),

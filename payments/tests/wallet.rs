@@ -442,15 +442,16 @@ async fn a_period_in_two_currencies_gets_each_currencys_wallet_credit() {
     );
     let usd_id = tally_invoice::invoice::invoice_id("duo", p);
     let eur_id = tally_invoice::currency_split::invoice_id_in("duo", p, "EUR");
-    let reserved = tally_invoicer::store::wallet_credit(&db, &["duo".to_owned()])
+    let duo = tally_domain::CustomerId::new("duo").unwrap();
+    let reserved = tally_invoicer::store::wallet_credit(&db, std::slice::from_ref(&duo))
         .await
         .unwrap()
         .reserved;
     assert_eq!(
         reserved
             .iter()
-            .filter(|(_, r)| **r != 0)
-            .map(|((i, c), r)| (i.as_str(), c.as_str(), *r))
+            .flat_map(|(i, by)| by.iter().map(move |(c, r)| (i.as_str(), c.code(), *r)))
+            .filter(|(_, _, r)| *r != 0)
             .collect::<std::collections::BTreeSet<_>>(),
         [(usd_id.as_str(), "USD", 600), (eur_id.as_str(), "EUR", 300)]
             .into_iter()
@@ -472,7 +473,7 @@ async fn a_period_in_two_currencies_gets_each_currencys_wallet_credit() {
         .map(|i| {
             (
                 i.invoice_id.clone(),
-                i.currency.clone(),
+                i.currency.to_string(),
                 i.total_minor,
                 i.credits_applied_minor,
                 i.amount_due_minor,

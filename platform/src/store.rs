@@ -11,6 +11,7 @@ use clickhouse::Client;
 
 use crate::config::ClickHouseConfig;
 
+pub mod charges;
 mod tls;
 pub(crate) use tls::client_config as tls_client_config;
 

@@ -71,7 +71,7 @@ mod tests {
     #[test]
     fn shows_discounts_by_their_label() {
         let mut c = charge("llm_tokens", 175);
-        c.currency = "JPY".into();
+        c.currency = "JPY".parse().unwrap();
         c.amount_before_discounts_minor = 194;
         c.tiers_json = r#"[{"quantity":"486197","unit_price":"0.0004","amount":"194.4788"},{"kind":"discount","label":"LAUNCH10","quantity":"0","unit_price":"-19.447880","amount":"-19.447880"}]"#.into();
         let text = text(&build(&[c], vec![], &Terms::default(), 0).unwrap());

@@ -2,8 +2,6 @@
 //! display strings, in display order. Building it is the only place that formats amounts, so
 //! the renderings cannot disagree. Reads the invoice only; never storage.
 
-use tally_domain::Currency;
-
 use crate::invoice::{Invoice, InvoiceLine, LineKind};
 
 /// An invoice ready to draw.
@@ -50,8 +48,7 @@ pub struct TotalRow {
 
 /// The view of an invoice.
 pub fn view(inv: &Invoice) -> View {
-    let cur = inv.currency();
-    let money = |minor: i64| amount(cur, &inv.currency, minor);
+    let money = |minor: i64| inv.currency.amount(minor);
     let mut issuer = vec![inv.issuer.name.clone()];
     issuer.extend(inv.issuer.address.iter().cloned());
     if !inv.issuer.tax_id.is_empty() {
@@ -95,7 +92,7 @@ pub fn view(inv: &Invoice) -> View {
         status: inv.status.as_str().to_owned(),
         invoice_id: inv.invoice_id.clone(),
         issuer,
-        customer: inv.customer.clone(),
+        customer: inv.customer.to_string(),
         period: format!(
             "{} to {} (UTC)",
             day(&inv.period_start),
@@ -105,7 +102,7 @@ pub fn view(inv: &Invoice) -> View {
         due: day(&inv.due_date),
         terms: format!("Net {} days", inv.payment_terms_days),
         plan: format!("{} v{}", inv.plan_id, inv.plan_version),
-        currency: inv.currency.clone(),
+        currency: inv.currency.to_string(),
         lines: inv.lines.iter().map(|l| line(l, &money)).collect(),
         totals,
     }
@@ -125,15 +122,6 @@ fn day(rfc3339: &str) -> String {
     match rfc3339.get(11..16) {
         Some("00:00") | None => date.to_owned(),
         Some(time) => format!("{date} {time}"),
-    }
-}
-
-/// `1234` USD → `12.34 USD` ([`Currency::amount`]); a code the domain does not know prints
-/// its minor units.
-pub fn amount(cur: Option<Currency>, code: &str, minor: i64) -> String {
-    match cur {
-        Some(c) => c.amount(minor),
-        None => format!("{minor} (minor units) {code}"),
     }
 }
 

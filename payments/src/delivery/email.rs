@@ -91,7 +91,7 @@ pub fn message_id(invoice_id: &str, from: &Mailbox) -> String {
 /// The text part: who issued it, number, period, the amounts (subtotal, discount, tax, total,
 /// credit applied, amount due) and the due date, in the invoice currency with its minor digits.
 pub fn text(inv: &Invoice) -> String {
-    let m = |minor: i64| money_minor(&inv.currency, minor);
+    let m = |minor: i64| money_minor(inv.currency.code(), minor);
     let day = |rfc3339: &str| rfc3339.get(..10).unwrap_or(rfc3339).to_owned();
     let mut out = format!(
         "{}\n\nPeriod: {} to {}\nCustomer: {}\n\n",

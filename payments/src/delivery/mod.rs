@@ -543,7 +543,7 @@ fn notification(
 ) -> log::Notification {
     log::Notification {
         notification_id: id,
-        customer: inv.customer.clone(),
+        customer: inv.customer.to_string(),
         invoice_id: inv.invoice_id.clone(),
         kind: kind.to_owned(),
         step: 0,

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use clickhouse::Client;
 use serde::{Deserialize, Serialize};
-use tally_domain::InvoiceStatus;
+use tally_domain::{Currency, CustomerId, InvoiceStatus};
 use tally_platform::store::datetime_secs;
 
 use super::consume::{Period, PeriodState};
@@ -272,26 +272,31 @@ struct TransitionRow {
 
 /// The invoice ids the invoicer gives the customer's periods of `usage`
 /// ([`tally_invoice::currency_split::resolve`], read only for periods with several currencies).
+/// The invoicer leaves out a charge whose customer id or currency does not validate: such
+/// usage is on no invoice, so it is not counted as a currency of its period here either.
 async fn invoice_ids(
     db: &Client,
     customer: &str,
     usage: &[UsageRow],
 ) -> Result<tally_invoice::currency_split::InvoiceIds, Error> {
-    let mut currencies: BTreeMap<u32, BTreeSet<&str>> = BTreeMap::new();
+    let Ok(customer) = CustomerId::new(customer) else {
+        return Ok(tally_invoice::currency_split::InvoiceIds::default());
+    };
+    let mut currencies: BTreeMap<u32, BTreeSet<Currency>> = BTreeMap::new();
     for u in usage {
-        currencies
-            .entry(u.period_start)
-            .or_default()
-            .insert(u.currency.as_str());
+        if let Ok(c) = u.currency.parse::<Currency>() {
+            currencies.entry(u.period_start).or_default().insert(c);
+        }
     }
     // only what `resolve` reads of a charge: its customer, period start and currency
     let lines: Vec<tally_invoice::invoice::ChargeLine> = currencies
         .iter()
         .filter(|(_, cs)| cs.len() > 1)
         .flat_map(|(start, cs)| {
+            let customer = &customer;
             cs.iter().map(move |c| tally_invoice::invoice::ChargeLine {
                 charge_id: String::new(),
-                customer: customer.to_owned(),
+                customer: customer.clone(),
                 period: tally_domain::Period {
                     start_ms: i64::from(*start) * 1000,
                     end_ms: i64::from(*start) * 1000,
@@ -303,7 +308,7 @@ async fn invoice_ids(
                 plan_id: String::new(),
                 plan_version: 0,
                 price_model: String::new(),
-                currency: (*c).to_owned(),
+                currency: *c,
                 quantity: rust_decimal::Decimal::ZERO,
                 unit_price: String::new(),
                 tiers_json: String::new(),

@@ -84,7 +84,7 @@ pub async fn invoice_with_credit(
         .iter()
         .map(|(meter, minor, tax)| ChargeLine {
             charge_id: format!("chg_{customer}_{meter}_{start_ms}"),
-            customer: customer.into(),
+            customer: tally_domain::CustomerId::new(customer).expect("a customer id"),
             period,
             meter: (*meter).into(),
             group_key: "{}".into(),
@@ -93,7 +93,7 @@ pub async fn invoice_with_credit(
             plan_id: "standard".into(),
             plan_version: 1,
             price_model: "per_unit".into(),
-            currency: currency.into(),
+            currency: currency.parse().expect("a currency"),
             quantity: Decimal::from(*minor),
             unit_price: "0.01".into(),
             tiers_json: "[]".into(),
