@@ -67,10 +67,10 @@ pub async fn serve(listener: TcpListener, state: Arc<ApiState>, shutdown: Shutdo
     .await;
 }
 
-/// The API's axum router, built from [`ROUTES`] ([`shared::secured`]: 404/405 in the shared
+/// The API's axum router, built from [`ROUTES`] (`shared::secured`: 404/405 in the shared
 /// shape, bodies within [`BODY_BYTES_MAX`], every request but the OpenAPI document
-/// authenticated first, the 401/403 of an unknown path included, as before; changes need
-/// what [`writes`] says and are audited).
+/// authenticated first, the 401/403 of an unknown path included, as before; corrections and
+/// backfills need `operate_invoices`, other changes `edit_catalog`, and are audited).
 pub fn router(state: Arc<ApiState>) -> Router {
     let auth = state.auth.clone();
     shared::secured(http::route_table(ROUTES, handler), state, auth, writes)
