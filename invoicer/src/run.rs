@@ -167,18 +167,11 @@ impl Pass<'_> {
         report: &mut PassReport,
     ) -> Result<Vec<Invoice>, InvoiceError> {
         let (db, cfg, now_ms) = (self.db, self.cfg, self.now_ms);
-        let grace_ms = ms(cfg.grace_secs);
         let t = Instant::now();
         // one invoice per (customer, period, currency): a period with several currencies keeps
         // its id for its home currency, the others get their own (`currency_split`)
         let ids = currency_split::resolve(db, &charges).await?;
-        let mut groups: BTreeMap<(CustomerId, i64, Currency), Vec<ChargeLine>> = BTreeMap::new();
-        for c in charges {
-            groups
-                .entry((c.customer.clone(), c.period.start_ms, c.currency))
-                .or_default()
-                .push(c);
-        }
+        let groups = per_invoice(charges);
         let invoice_ids: Vec<String> = groups
             .keys()
             .map(|(c, start, cur)| ids.id(c.as_str(), *start, cur.code()))
@@ -201,72 +194,22 @@ impl Pass<'_> {
         let t = Instant::now();
         let mut drafts = Vec::new();
         let mut due = Vec::new();
-        for (((customer, start_ms, currency), group), invoice_id) in groups.iter().zip(invoice_ids)
-        {
+        for ((key, group), invoice_id) in groups.iter().zip(invoice_ids) {
             if done.contains(&invoice_id) {
                 continue;
             }
-            let key = (customer.clone(), *currency);
-            let legacy = credits.get(&key).copied().unwrap_or(0).max(0);
-            // only the wallet's reservation in the invoice's own currency is credited to it
-            let reserved = wallet.reserved_for(&invoice_id, *currency);
-            for (other, minor) in wallet.reserved_in_other_currencies(&invoice_id, *currency) {
-                tracing::warn!(%customer, %invoice_id, %currency, reserved_currency = %other, reserved_minor = minor, "wallet reservation in another currency than the invoice's: not credited to it");
-            }
-            let terms = Terms {
-                grace_ms,
-                payment_terms_days: cfg.payment_terms_days,
-                issuer: cfg.issuer.clone(),
-                credit_available_minor: reserved.saturating_add(legacy),
+            let credit = (&wallet, &mut credits);
+            let Some(invoice) = self.build(key, group, invoice_id, credit, adjustments) else {
+                continue;
             };
-            let period = crate::invoice::invoice_period(group).unwrap_or(group[0].period);
-            let adj = late::take_for(adjustments, customer, *currency, period);
-            // one customer's invoice that cannot be built never stops the others'
-            let mut invoice = match build_as(invoice_id.clone(), group, adj, &terms, now_ms) {
-                Ok(invoice) => invoice,
-                Err(e) => {
-                    tracing::error!(%customer, period_start_ms = start_ms, error = %e, "invoice not built this pass; retried next pass");
-                    metrics::invoice_failed(failure(&e));
-                    continue;
-                }
-            };
-            // the wallet's part of the credit applied comes first; the rest is the invoicer's
-            let from_legacy =
-                invoice.credits_applied_minor - invoice.credits_applied_minor.min(reserved);
-            let wallet_left = wallet.balance.get(&key).copied();
-            if wallet_left.is_some() || credits.contains_key(&key) {
-                invoice.credit_balance_minor = Some(
-                    wallet_left
-                        .unwrap_or(0)
-                        .saturating_add(legacy - from_legacy),
-                );
-            }
             match invoice.status {
                 Status::Draft => drafts.push(invoice),
-                Status::Finalized => {
-                    if let Some(c) = credits.get_mut(&key) {
-                        *c -= from_legacy;
-                    }
-                    due.push(invoice);
-                }
+                Status::Finalized => due.push(invoice),
             }
         }
         report.build += t.elapsed();
         let t = Instant::now();
-        let finalized = finalize(self.numbers, cfg, due).await?;
-        let finalized: Vec<Invoice> = finalized
-            .into_iter()
-            .filter_map(|r| match r {
-                Ok(inv) => Some(inv),
-                Err((id, customer, e)) => {
-                    // numbered but not frozen: the next pass gets the same number back and
-                    // freezes it; the others are finalized now
-                    tracing::error!(%customer, invoice_id = %id, error = %e, "invoice not finalized this pass; retried next pass");
-                    metrics::invoice_failed(metrics::BuildFailure::Finalize);
-                    None
-                }
-            })
-            .collect();
+        let finalized = frozen(finalize(self.numbers, cfg, due).await?);
         report.finalize += t.elapsed();
         let t = Instant::now();
         let ids: Vec<String> = finalized.iter().map(|i| i.invoice_id.clone()).collect();
@@ -281,6 +224,95 @@ impl Pass<'_> {
         report.finalized += ids.len();
         Ok(all)
     }
+
+    /// Builds the invoice `invoice_id` of `group` with its prepaid credit: the wallet's
+    /// reservation for it in its own currency plus what is left of the invoicer's grants
+    /// (`credit`: the wallet, and the grants left per customer and currency, reduced by what
+    /// a finalized invoice uses). None when it cannot be built (logged and counted: one
+    /// customer's invoice never stops the others').
+    fn build(
+        &self,
+        (customer, start_ms, currency): &InvoiceKey,
+        group: &[ChargeLine],
+        invoice_id: String,
+        (wallet, credits): (&store::WalletCredit, &mut Credits),
+        adjustments: &mut Vec<late::Pending>,
+    ) -> Option<Invoice> {
+        let key = (customer.clone(), *currency);
+        let legacy = credits.get(&key).copied().unwrap_or(0).max(0);
+        // only the wallet's reservation in the invoice's own currency is credited to it
+        let reserved = wallet.reserved_for(&invoice_id, *currency);
+        for (other, minor) in wallet.reserved_in_other_currencies(&invoice_id, *currency) {
+            tracing::warn!(%customer, %invoice_id, %currency, reserved_currency = %other, reserved_minor = minor, "wallet reservation in another currency than the invoice's: not credited to it");
+        }
+        let terms = Terms {
+            grace_ms: ms(self.cfg.grace_secs),
+            payment_terms_days: self.cfg.payment_terms_days,
+            issuer: self.cfg.issuer.clone(),
+            credit_available_minor: reserved.saturating_add(legacy),
+        };
+        let period = crate::invoice::invoice_period(group).unwrap_or(group[0].period);
+        let adj = late::take_for(adjustments, customer, *currency, period);
+        let mut invoice = match build_as(invoice_id, group, adj, &terms, self.now_ms) {
+            Ok(invoice) => invoice,
+            Err(e) => {
+                tracing::error!(%customer, period_start_ms = start_ms, error = %e, "invoice not built this pass; retried next pass");
+                metrics::invoice_failed(failure(&e));
+                return None;
+            }
+        };
+        // the wallet's part of the credit applied comes first; the rest is the invoicer's
+        let from_legacy =
+            invoice.credits_applied_minor - invoice.credits_applied_minor.min(reserved);
+        let wallet_left = wallet.balance.get(&key).copied();
+        if wallet_left.is_some() || credits.contains_key(&key) {
+            invoice.credit_balance_minor = Some(
+                wallet_left
+                    .unwrap_or(0)
+                    .saturating_add(legacy - from_legacy),
+            );
+        }
+        if invoice.status == Status::Finalized {
+            if let Some(c) = credits.get_mut(&key) {
+                *c -= from_legacy;
+            }
+        }
+        Some(invoice)
+    }
+}
+
+/// An invoice's identity in a batch: customer, period start, currency.
+type InvoiceKey = (CustomerId, i64, Currency);
+
+/// What is left of the invoicer's own grants per customer and currency.
+type Credits = HashMap<(CustomerId, Currency), i64>;
+
+/// A batch's charges per invoice, in (customer, period start, currency) order.
+fn per_invoice(charges: Vec<ChargeLine>) -> BTreeMap<InvoiceKey, Vec<ChargeLine>> {
+    let mut groups: BTreeMap<InvoiceKey, Vec<ChargeLine>> = BTreeMap::new();
+    for c in charges {
+        groups
+            .entry((c.customer.clone(), c.period.start_ms, c.currency))
+            .or_default()
+            .push(c);
+    }
+    groups
+}
+
+/// The invoices frozen; one that could not be (numbered but not frozen) is logged and
+/// counted, and the next pass gets the same number back and freezes it.
+fn frozen(finalized: Vec<Result<Invoice, NotFrozen>>) -> Vec<Invoice> {
+    finalized
+        .into_iter()
+        .filter_map(|r| match r {
+            Ok(inv) => Some(inv),
+            Err((id, customer, e)) => {
+                tracing::error!(%customer, invoice_id = %id, error = %e, "invoice not finalized this pass; retried next pass");
+                metrics::invoice_failed(metrics::BuildFailure::Finalize);
+                None
+            }
+        })
+        .collect()
 }
 
 fn failure(e: &BuildError) -> metrics::BuildFailure {
