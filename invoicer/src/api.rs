@@ -84,10 +84,14 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .filter(|r| !matches!(r.op, Op::Html | Op::Pdf))
         .copied()
         .collect();
-    http::with_fallbacks(http::route_table(&served, handler))
-        .layer(middleware::from_fn_with_state(state.clone(), guard))
+    // the guard wraps the routed router rather than its routes, so it answers before routing:
+    // its 401 never carries the `Allow` of a method router
+    let routed =
+        http::with_fallbacks(http::route_table(&served, handler)).with_state(state.clone());
+    Router::new()
+        .fallback_service(routed)
+        .layer(middleware::from_fn_with_state(state, guard))
         .layer(Extension(BodyLimit(BODY_BYTES_MAX)))
-        .with_state(state)
 }
 
 type Shared = State<Arc<ApiState>>;

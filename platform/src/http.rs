@@ -183,9 +183,38 @@ pub fn route_table<T: Copy, S: Clone + Send + Sync + 'static>(
             .ok()
             .and_then(|m| MethodFilter::try_from(m).ok())
             .unwrap_or_else(|| panic!("route {} {}: unknown method", r.method, r.path));
-        router = router.route(r.path, handler(r.op, filter));
+        let route = handler(r.op, filter).route_layer(axum::middleware::from_fn(named_params));
+        router = router.route(r.path, route);
     }
     router
+}
+
+/// Lets a routed request through only when every path parameter names something: an empty
+/// one (`/v1/customers//agents`) or one that is not UTF-8 once percent-decoded (`%FF`) is
+/// answered 404 `not_found` as an unknown path is, in the shared shape (axum would pass the
+/// empty one to the handler and answer the other in plain text). A route layer, so it runs
+/// after any guard around the router: the token is still checked first.
+async fn named_params(
+    params: Result<axum::extract::RawPathParams, axum::extract::rejection::RawPathParamsRejection>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match params {
+        Ok(p) if p.iter().all(|(_, value)| !value.is_empty()) => next.run(req).await,
+        _ => no_route(req.method(), req.uri()).into_response(),
+    }
+}
+
+/// 404 `not_found` for `method` on `uri`: no route serves it.
+fn no_route(method: &Method, uri: &Uri) -> Response<Body> {
+    fail(
+        ErrorCode::NotFound,
+        format!(
+            "{method} {}: no such route; see /v1/openapi.json",
+            uri.path()
+        ),
+    )
 }
 
 /// `router` answering unrouted requests in the shared `{code, detail}` shape: 404
@@ -193,16 +222,7 @@ pub fn route_table<T: Copy, S: Clone + Send + Sync + 'static>(
 /// method (the answers `crate::openapi::resolve` gives). Call it after the last route.
 pub fn with_fallbacks<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> {
     router
-        .fallback(|method: Method, uri: Uri| async move {
-            error(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!(
-                    "{method} {}: no such route; see /v1/openapi.json",
-                    uri.path()
-                ),
-            )
-        })
+        .fallback(|method: Method, uri: Uri| async move { no_route(&method, &uri) })
         .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
             fail(
                 ErrorCode::MethodNotAllowed,
@@ -412,5 +432,51 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> 
         let max = body_limit(&req);
         let body = read_body(req.into_body(), max).await?;
         parse_json(&body).map(Json)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::extract::Path;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::openapi::Route;
+
+    /// `GET uri` on a router serving `/v1/things/{id}/parts`, echoing `id`: (status, body).
+    async fn get(uri: &str) -> (StatusCode, String) {
+        let table = [Route::new("GET", "/v1/things/{id}/parts", ())];
+        let router: Router = with_fallbacks(route_table(&table, |(), method| {
+            axum::routing::on(method, |Path(id): Path<String>| async move { id })
+        }));
+        let req = Request::get(uri)
+            .body(axum::body::Body::empty())
+            .expect("a request");
+        let res = router.oneshot(req).await.expect("infallible");
+        let status = res.status();
+        let body = res.into_body().collect().await.expect("a body").to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_path_parameter_that_names_nothing_is_an_unknown_path() {
+        assert_eq!(
+            get("/v1/things/acme/parts").await,
+            (StatusCode::OK, "acme".into())
+        );
+        // percent-decoded before the handler sees it
+        assert_eq!(
+            get("/v1/things/%61cme/parts").await,
+            (StatusCode::OK, "acme".into())
+        );
+        // empty, or not UTF-8 once decoded: the 404 of an unknown path, in the shared shape
+        for uri in ["/v1/things//parts", "/v1/things/%FF/parts"] {
+            let detail = format!("GET {uri}: no such route; see /v1/openapi.json");
+            let expected = serde_json::json!({"code": "not_found", "detail": detail});
+            let (status, body) = get(uri).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{uri}");
+            let body: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+            assert_eq!(body, expected, "{uri}");
+        }
     }
 }

@@ -29,6 +29,20 @@ async fn raw(
     path: &str,
     body: &[u8],
 ) -> (u16, String) {
+    let text = exchange(addr, token, method, path, body).await;
+    let status = text[9..12].parse().expect("a status");
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, body.to_owned())
+}
+
+/// `method` `path` with `body` and `token`: the whole answer as text, head and body.
+async fn exchange(
+    addr: SocketAddr,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> String {
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
         .expect("connects");
@@ -45,10 +59,7 @@ async fn raw(
     let _ = s.write_all(body).await;
     let mut answer = Vec::new();
     let _ = s.read_to_end(&mut answer).await;
-    let text = String::from_utf8(answer).expect("UTF-8");
-    let status = text[9..12].parse().expect("a status");
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (status, body.to_owned())
+    String::from_utf8(answer).expect("UTF-8")
 }
 
 /// The refusal of a request without a token.
@@ -76,6 +87,11 @@ async fn unrouted(
             (401, MISSING.to_owned()),
             "{method} {path}"
         );
+        // a stranger learns nothing of the routes: no `Allow` on the 401
+        let answer = exchange(addr, None, method, path, body)
+            .await
+            .to_lowercase();
+        assert!(!answer.contains("\r\nallow:"), "{method} {path}: {answer}");
     }
     let t = Some(token);
     assert_eq!(
@@ -103,6 +119,23 @@ async fn unrouted(
     );
 }
 
+/// `GET` of each of `paths`, whose path parameter names nothing (empty, or not UTF-8 once
+/// percent-decoded), is the 404 of an unknown path in the shared shape (axum alone would hand
+/// the empty one to the handler and refuse the other in plain text).
+async fn names_nothing(addr: SocketAddr, token: &str, paths: &[&str]) {
+    for path in paths {
+        assert_eq!(
+            raw(addr, Some(token), "GET", path, b"").await,
+            (
+                404,
+                format!(
+                    r#"{{"code":"not_found","detail":"GET {path}: no such route; see /v1/openapi.json"}}"#
+                )
+            )
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_router_answers_as_the_route_table_did() {
     let env = tally_platform::testkit::TestEnv::new("rater_api_router").await;
@@ -114,6 +147,16 @@ async fn the_router_answers_as_the_route_table_did() {
 
     // before the handlers: 401 for strangers (the OpenAPI document excepted), 404, 405, 413
     unrouted(addr, &admin, ("DELETE", "/v1/plans"), ("POST", "/v1/plans")).await;
+    names_nothing(
+        addr,
+        &admin,
+        &[
+            "/v1/customers//agents",
+            "/v1/customers//corrections",
+            "/v1/plans/%FF",
+        ],
+    )
+    .await;
     assert_eq!(
         raw(addr, None, "GET", "/v1/plans", b"").await,
         (401, MISSING.to_owned())
@@ -267,6 +310,12 @@ async fn the_spend_router_answers_as_the_route_table_did() {
 
     // before the handlers: 401 for strangers (the OpenAPI document excepted), 404, 405, 413
     unrouted(addr, &admin, ("GET", budget), ("PUT", budget)).await;
+    names_nothing(
+        addr,
+        &admin,
+        &["/v1/customers//balance", "/v1/customers/%FF/balance"],
+    )
+    .await;
     assert_eq!(
         raw(addr, None, "POST", budget, b"").await,
         (401, MISSING.to_owned())

@@ -58,10 +58,13 @@ pub(crate) fn secured<S: Clone + Send + Sync + 'static>(
             hook::guard(&auth, writes, req, next).await
         }
     };
-    http::with_fallbacks(table)
+    // the guard wraps the routed router rather than its routes, so it answers before routing:
+    // its 401 never carries the `Allow` of a method router
+    let routed = http::with_fallbacks(table).with_state(state);
+    Router::new()
+        .fallback_service(routed)
         .layer(middleware::from_fn(guard))
         .layer(Extension(BodyLimit(BODY_BYTES_MAX)))
-        .with_state(state)
 }
 
 /// `body` as JSON of type `T`; 400 `code` with the parser's message otherwise (the route's
