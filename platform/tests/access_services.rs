@@ -228,6 +228,14 @@ async fn the_aggregator_and_the_rater_work_as_their_own_users_within_their_right
         );
     }
 
-    let _ = js.delete_stream(&nats.stream).await;
-    let _ = js.delete_stream(&nats.dlq_stream).await;
+    // every stream the aggregator declared: the feed reserves 1 GiB of the server's storage
+    let feed = tally_platform::feed::FeedConfig::for_nats(&nats);
+    for stream in [
+        nats.stream.clone(),
+        nats.dlq_stream.clone(),
+        feed.stream,
+        format!("KV_{}_AGGREGATORS", nats.stream),
+    ] {
+        let _ = js.delete_stream(&stream).await;
+    }
 }

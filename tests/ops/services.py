@@ -212,7 +212,11 @@ class Stack:
         """Deletes this stack's streams and the invoicer's KV bucket over the NATS protocol
         (JetStream API requests)."""
         host, port = NATS_URL.split("//", 1)[1].rsplit(":", 1)
-        streams = [self.env["TALLY_NATS__STREAM"], self.env["TALLY_NATS__DLQ_STREAM"],
+        stream = self.env["TALLY_NATS__STREAM"]
+        # the aggregator's live feed (it reserves 1 GiB of the server's storage) and lease
+        # bucket too, or every run leaves them behind
+        streams = [stream, self.env["TALLY_NATS__DLQ_STREAM"], f"{stream}_FEED",
+                   f"KV_{stream}_AGGREGATORS",
                    f"KV_{self.env['TALLY_INVOICER__NUMBERS_BUCKET']}"]
         try:
             with socket.create_connection((host, int(port)), timeout=5) as s:
