@@ -59,7 +59,7 @@ pub async fn pass(
         .iter()
         .filter(|o| o.outstanding_minor > 0 && !o.has_payment_records)
     {
-        let Some(profile) = profiles.get(&o.customer) else {
+        let Some(profile) = profiles.get(o.customer.as_str()) else {
             report.without_profile += 1;
             continue;
         };
@@ -69,9 +69,9 @@ pub async fn pass(
         }
         let Some(req) = api.gateway.collect_request(&Collect {
             invoice_id: &o.invoice_id,
-            customer: &o.customer,
+            customer: o.customer.as_str(),
             amount_minor: o.outstanding_minor,
-            currency: &o.currency,
+            currency: o.currency.code(),
             attempt: 0,
             provider_customer: &profile.provider_customer,
             payment_method: &profile.payment_method,

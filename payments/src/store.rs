@@ -10,6 +10,7 @@ use std::collections::HashSet;
 
 use clickhouse::Client;
 use serde::{Deserialize, Serialize};
+use tally_domain::{Currency, CustomerId};
 use tally_platform::store::datetime_secs;
 
 use crate::ledger::{Journal, TrialBalance};
@@ -21,8 +22,8 @@ pub type Result<T, E = clickhouse::error::Error> = std::result::Result<T, E>;
 pub struct InvoiceFacts {
     pub invoice_id: String,
     pub number: String,
-    pub customer: String,
-    pub currency: String,
+    pub customer: CustomerId,
+    pub currency: Currency,
     pub period_start_ms: i64,
     pub period_end_ms: i64,
     /// `v_invoices.status` as the invoicer wrote it (`draft` / `finalized`).
@@ -39,11 +40,11 @@ pub struct InvoiceFacts {
 #[derive(clickhouse::Row, Deserialize)]
 struct InvoiceRow {
     invoice_id: String,
-    customer: String,
+    customer: CustomerId,
     period_start: u32,
     period_end: u32,
     status: String,
-    currency: String,
+    currency: Currency,
     total_minor: i64,
     document: String,
 }

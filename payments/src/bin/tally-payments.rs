@@ -214,7 +214,7 @@ async fn collect_request(
     let inv = store::invoice(db, invoice)
         .await?
         .context("no such invoice")?;
-    let profile = profiles::of(db, &inv.customer).await?;
+    let profile = profiles::of(db, inv.customer.as_str()).await?;
     let (pc, pm) = profile
         .as_ref()
         .map(|p| (p.provider_customer.as_str(), p.payment_method.as_str()))
@@ -222,9 +222,9 @@ async fn collect_request(
     let stripe = Stripe::new(cfg.payments.stripe_webhook_secret.expose(), 300);
     let req = stripe.collect_request(&Collect {
         invoice_id: &inv.invoice_id,
-        customer: &inv.customer,
+        customer: inv.customer.as_str(),
         amount_minor: inv.amount_due_minor,
-        currency: &inv.currency,
+        currency: inv.currency.code(),
         attempt: 0,
         provider_customer: pc,
         payment_method: pm,

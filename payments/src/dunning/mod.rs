@@ -143,7 +143,7 @@ pub async fn pass(
             if decided.contains(&n.notification_id) {
                 continue;
             }
-            let Some(url) = cfg.endpoints.get(&n.customer) else {
+            let Some(url) = cfg.endpoints.get(n.customer.as_str()) else {
                 report.without_url += 1;
                 tracing::debug!(customer = %n.customer, notification_id = %n.notification_id,
                     "no notification URL for the customer; notice not sent");
@@ -151,7 +151,7 @@ pub async fn pass(
             };
             let record = log::Notification {
                 notification_id: n.notification_id.clone(),
-                customer: n.customer.clone(),
+                customer: n.customer.to_string(),
                 invoice_id: n.invoice_id.clone(),
                 kind: n.kind.as_str().to_owned(),
                 step: n.step,

@@ -202,7 +202,7 @@ pub(crate) async fn send_logged(
         .write(&LogRow {
             idempotency_key: &req.idempotency_key,
             invoice_id: &o.invoice_id,
-            customer: &o.customer,
+            customer: o.customer.as_str(),
             gateway: api.gateway.name(),
             path: &req.path,
             attempt,

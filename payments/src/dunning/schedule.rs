@@ -9,6 +9,7 @@
 //! It never performs I/O or reads the clock.
 
 use serde::Serialize;
+use tally_domain::{Currency, CustomerId};
 
 /// The kinds of notification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -34,8 +35,8 @@ impl Kind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owed {
     pub invoice_id: String,
-    pub customer: String,
-    pub currency: String,
+    pub customer: CustomerId,
+    pub currency: Currency,
     pub outstanding_minor: i64,
     pub due_at_ms: Option<i64>,
     /// The first failed payment attempt, if any.
@@ -63,7 +64,7 @@ pub struct DueNotice {
     pub kind: Kind,
     pub step: u32,
     pub invoice_id: String,
-    pub customer: String,
+    pub customer: CustomerId,
 }
 
 fn latest_step(since_ms: i64, schedule_secs: &[i64], now_ms: i64) -> Option<u32> {
@@ -116,8 +117,8 @@ mod tests {
     fn owed() -> Owed {
         Owed {
             invoice_id: "inv_1".into(),
-            customer: "acme".into(),
-            currency: "USD".into(),
+            customer: CustomerId::new("acme").unwrap(),
+            currency: "USD".parse().unwrap(),
             outstanding_minor: 100,
             due_at_ms: Some(10 * DAY),
             first_failure_ms: Some(2 * DAY),

@@ -130,8 +130,8 @@ fn invoice(id: &str, number: &str, status: InvoiceStatus, due: i64, paid: i64) -
         facts: InvoiceFacts {
             invoice_id: id.into(),
             number: number.into(),
-            customer: "acme & co".into(),
-            currency: "USD".into(),
+            customer: tally_domain::CustomerId::new("acme-co").expect("a customer id"),
+            currency: "USD".parse().expect("a currency"),
             period_start_ms: (MAR1 - 28 * DAY) * 1000,
             period_end_ms: MAR1 * 1000,
             invoicer_status: "finalized".into(),

@@ -224,7 +224,7 @@ fn amount_due(v: &CustomerView) -> BTreeMap<&str, i64> {
     let mut due: BTreeMap<&str, i64> = BTreeMap::new();
     for i in &v.invoices {
         if i.status == InvoiceStatus::Finalized {
-            *due.entry(i.facts.currency.as_str()).or_default() +=
+            *due.entry(i.facts.currency.code()).or_default() +=
                 i.facts.amount_due_minor.saturating_sub(i.paid_minor).max(0);
         }
     }
@@ -584,9 +584,9 @@ fn invoices(h: &mut String, v: &CustomerView, token: &str) {
              <a href=\"/portal/{t}/invoices/{id}\">view</a></td></tr>",
             day(f.period_start_ms),
             day(f.period_end_ms),
-            esc(&money_minor(&f.currency, f.total_minor)),
-            esc(&money_minor(&f.currency, f.amount_due_minor)),
-            esc(&money_minor(&f.currency, i.paid_minor)),
+            esc(&money_minor(f.currency.code(), f.total_minor)),
+            esc(&money_minor(f.currency.code(), f.amount_due_minor)),
+            esc(&money_minor(f.currency.code(), i.paid_minor)),
             f.due_at_ms.map(day).unwrap_or_default(),
             s = i.status,
         );

@@ -61,7 +61,7 @@ impl Target {
     fn payee(&self) -> Payee<'_> {
         match self {
             Target::Invoice(inv) => Payee::Invoice {
-                currency: &inv.currency,
+                currency: inv.currency.code(),
             },
             Target::TopUp(t) => Payee::TopUp {
                 currency: &t.currency,
@@ -227,7 +227,7 @@ impl Settler {
         }
         match target {
             Target::Invoice(inv) => {
-                row.customer.clone_from(&inv.customer);
+                row.customer = inv.customer.to_string();
                 let outcome = self.pay(&inv, row).await?;
                 Ok((outcome, inv.invoice_id))
             }
@@ -247,7 +247,7 @@ impl Settler {
             return Ok((Outcome::UnknownInvoice, row.invoice_id));
         };
         let status = lifecycle::status(&self.db, &inv.invoice_id).await?;
-        row.customer.clone_from(&inv.customer);
+        row.customer = inv.customer.to_string();
         store::append_payment(&self.db, &row).await?;
         Ok((decide::failure(status), inv.invoice_id))
     }
@@ -292,7 +292,7 @@ impl Settler {
             amount_minor: row.amount_minor,
         };
         let (actor, now_ms) = (row.actor.as_str(), row.at_ms);
-        post(&self.db, &op, &inv.currency, &inv.customer, actor, now_ms).await?;
+        post_invoice(&self.db, &op, inv, actor, now_ms).await?;
         if d.mark_paid {
             let reason = format!("payment {} via {}", row.gateway_ref, row.gateway);
             let to = InvoiceStatus::Paid;
@@ -367,7 +367,7 @@ impl Settler {
             invoice_id: invoice_id.to_owned(),
             amount_minor: outstanding,
         };
-        post(&self.db, &op, &inv.currency, &inv.customer, actor, now_ms).await?;
+        post_invoice(&self.db, &op, &inv, actor, now_ms).await?;
         tracing::info!(
             invoice_id,
             actor,
@@ -409,15 +409,7 @@ impl Settler {
                         invoice_id: inv.invoice_id.clone(),
                         amount_minor: applied,
                     };
-                    post(
-                        &self.db,
-                        &op,
-                        &inv.currency,
-                        &inv.customer,
-                        SYNC_ACTOR,
-                        now_ms,
-                    )
-                    .await?;
+                    post_invoice(&self.db, &op, &inv, SYNC_ACTOR, now_ms).await?;
                 }
                 let recorded = statuses.get(&inv.invoice_id).copied();
                 let recorded = recorded.unwrap_or(InvoiceStatus::Draft);
@@ -435,10 +427,7 @@ impl Settler {
             };
             // a draft voided before finalization was never booked: nothing to reverse
             if booked && status == InvoiceStatus::Void && !posted.contains(&void.journal_id()) {
-                let (currency, customer) = (&inv.currency, &inv.customer);
-                n += usize::from(
-                    post(&self.db, &void, currency, customer, SYNC_ACTOR, now_ms).await?,
-                );
+                n += usize::from(post_invoice(&self.db, &void, &inv, SYNC_ACTOR, now_ms).await?);
             }
         }
         for cn in crate::credit_notes::unposted(&self.db, &posted).await? {
@@ -473,6 +462,25 @@ pub(crate) async fn post(
     Ok(true)
 }
 
+/// [`post`] in `inv`'s currency, for its customer.
+async fn post_invoice(
+    db: &Client,
+    op: &Operation,
+    inv: &InvoiceFacts,
+    actor: &str,
+    now_ms: i64,
+) -> Result<bool, Error> {
+    post(
+        db,
+        op,
+        inv.currency.code(),
+        inv.customer.as_str(),
+        actor,
+        now_ms,
+    )
+    .await
+}
+
 /// Makes sure a finalized invoice is finalized in the lifecycle (recording the invoicer's
 /// finalization when only `v_invoices` shows it, [`lifecycle::record_document_finalized`]) and
 /// its receivable is booked; returns the lifecycle status and whether the invoice was ever
@@ -497,20 +505,12 @@ pub async fn ensure_finalized(
             tax_minor: inv.tax_minor,
             amount_due_minor: inv.amount_due_minor,
         };
-        post(db, &op, &inv.currency, &inv.customer, SYNC_ACTOR, now_ms).await?;
+        post_invoice(db, &op, inv, SYNC_ACTOR, now_ms).await?;
         let applied = Operation::CreditApplied {
             invoice_id: inv.invoice_id.clone(),
             amount_minor: inv.total_minor - inv.amount_due_minor,
         };
-        post(
-            db,
-            &applied,
-            &inv.currency,
-            &inv.customer,
-            SYNC_ACTOR,
-            now_ms,
-        )
-        .await?;
+        post_invoice(db, &applied, inv, SYNC_ACTOR, now_ms).await?;
     }
     Ok((status, finalized))
 }
