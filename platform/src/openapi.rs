@@ -73,7 +73,7 @@ fn match_path<'a>(pattern: &str, segments: &[&'a str]) -> Option<Vec<&'a str>> {
     Some(params)
 }
 
-/// The segments of a path: `/v1/a/b/` is `["v1", "a", "b"]` (what `http::segments` gives).
+/// The segments of a path: `/v1/a/b/` is `["v1", "a", "b"]`.
 pub fn segments(path: &str) -> Vec<&str> {
     path.trim_matches('/').split('/').collect()
 }

@@ -1,0 +1,339 @@
+use super::*;
+use tally_domain::meter::{validate_meters, MeterSpec};
+
+fn meters() -> Vec<Meter> {
+    let specs: Vec<MeterSpec> =
+        serde_json::from_str(r#"[{"slug":"calls","event_type":"c","aggregation":"COUNT"}]"#)
+            .unwrap();
+    validate_meters(specs).unwrap()
+}
+
+fn plans(toml_text: &str) -> Vec<PlanSpec> {
+    #[derive(serde::Deserialize)]
+    struct F {
+        plans: Vec<PlanSpec>,
+    }
+    toml::from_str::<F>(toml_text).unwrap().plans
+}
+
+const TWO_VERSIONS: &str = r#"
+    [[plans]]
+    id = "p"
+    version = 1
+    currency = "USD"
+    effective_from = "2026-01-01T00:00:00Z"
+    prices = [{ model = "per_unit", meter = "calls", unit_price = "0.10" }]
+    [[plans]]
+    id = "p"
+    version = 2
+    currency = "USD"
+    effective_from = "2026-06-01T00:00:00Z"
+    prices = [{ model = "per_unit", meter = "calls", unit_price = "0.20" }]
+"#;
+
+#[test]
+fn version_effective_at_period_start_applies() {
+    let rater = RaterConfig {
+        default_plan: Some("p".into()),
+        ..Default::default()
+    };
+    let c = Catalog::new(plans(TWO_VERSIONS), vec![], &rater, &meters()).unwrap();
+    let may = chrono::DateTime::parse_from_rfc3339("2026-05-01T00:00:00Z")
+        .unwrap()
+        .timestamp_millis();
+    let june = chrono::DateTime::parse_from_rfc3339("2026-06-01T00:00:00Z")
+        .unwrap()
+        .timestamp_millis();
+    assert_eq!(c.plan_at("p", may).unwrap().version, 1);
+    assert_eq!(c.plan_at("p", june).unwrap().version, 2);
+    assert!(c.plan_at("p", 0).is_none());
+    assert_eq!(
+        c.subscription(&CustomerId::new("x").unwrap()).unwrap().plan,
+        "p"
+    );
+}
+
+#[test]
+fn a_pass_reads_the_whole_quarter_and_year_of_the_periods_it_rates() {
+    let subs: Vec<SubscriptionSpec> = toml::from_str::<toml::Table>(
+        r#"
+        [[s]]
+        customer = "q"
+        plan = "p"
+        interval = "quarterly"
+        billing_anchor_month = 1
+        [[s]]
+        customer = "y"
+        plan = "p"
+        interval = "annual"
+        usage_interval = "monthly"
+        "#,
+    )
+    .unwrap()["s"]
+        .clone()
+        .try_into()
+        .unwrap();
+    let at = |t: &str| {
+        chrono::DateTime::parse_from_rfc3339(t)
+            .unwrap()
+            .timestamp_millis()
+    };
+    let rater = RaterConfig::default();
+    let c = Catalog::new(plans(TWO_VERSIONS), subs.clone(), &rater, &meters()).unwrap();
+    // Nov 28: the quarter Oct 1 - Jan 1 and the year's fee period Jan 1 - Jan 1 are rated
+    assert_eq!(
+        c.periods_reach(at("2026-11-28T00:00:00Z")),
+        at("2026-01-01T00:00:00Z")
+    );
+    let quarter_only =
+        Catalog::new(plans(TWO_VERSIONS), subs[..1].to_vec(), &rater, &meters()).unwrap();
+    assert_eq!(
+        quarter_only.periods_reach(at("2026-11-28T00:00:00Z")),
+        at("2026-10-01T00:00:00Z")
+    );
+    // on a quarter's first instant only that quarter is read
+    assert_eq!(
+        quarter_only.periods_reach(at("2026-10-01T00:00:00Z")),
+        at("2026-10-01T00:00:00Z")
+    );
+}
+
+#[test]
+fn a_cancellation_at_period_end_during_a_trial_ends_with_the_period() {
+    let subs: Vec<SubscriptionSpec> = toml::from_str::<toml::Table>(
+        r#"
+        [[s]]
+        customer = "t"
+        plan = "p"
+        effective_from = "2026-11-01T00:00:00Z"
+        trial = { days = 14 }
+        "#,
+    )
+    .unwrap()["s"]
+        .clone()
+        .try_into()
+        .unwrap();
+    let at = |t: &str| {
+        chrono::DateTime::parse_from_rfc3339(t)
+            .unwrap()
+            .timestamp_millis()
+    };
+    let c = Catalog::new(
+        plans(TWO_VERSIONS),
+        subs,
+        &RaterConfig::default(),
+        &meters(),
+    )
+    .unwrap();
+    let t = CustomerId::new("t").unwrap();
+    let cancel = c
+        .cancellation(&t, "", at("2026-11-05T00:00:00Z"), true)
+        .unwrap();
+    // December 1st, not the trial's end (November 15th)
+    assert_eq!(
+        cancel.effective_from.map(|e| e.timestamp_millis()),
+        Some(at("2026-12-01T00:00:00Z"))
+    );
+}
+
+#[test]
+fn bad_catalogs_name_the_setting() {
+    let rater = RaterConfig::default();
+    let bad_meter = TWO_VERSIONS.replacen("meter = \"calls\"", "meter = \"nope\"", 1);
+    let err = Catalog::new(plans(&bad_meter), vec![], &rater, &meters())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("plans[0].prices[0].meter"), "{err}");
+    let bad_cur = TWO_VERSIONS.replacen("USD", "XYZ", 1);
+    let err = Catalog::new(plans(&bad_cur), vec![], &rater, &meters())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("plans[0].currency"), "{err}");
+    let sub = SubscriptionSpec {
+        customer: "acme".into(),
+        plan: "missing".into(),
+        billing_anchor_day: 1,
+        coupons: vec![],
+        tax_region: None,
+        tax_exempt: false,
+        effective_from: None,
+        currency: None,
+        time_zone: None,
+        ends_at: None,
+        state: SubscriptionState::Active,
+        trial: None,
+        interval: None,
+        billing_anchor_month: None,
+        usage_interval: None,
+        line: None,
+        plan_version: None,
+    };
+    let err = Catalog::new(plans(TWO_VERSIONS), vec![sub], &rater, &meters())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("subscriptions[0].plan"), "{err}");
+}
+
+fn refused(toml_text: &str) -> String {
+    Catalog::new(plans(toml_text), vec![], &RaterConfig::default(), &meters())
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn a_plan_version_that_changes_an_existing_one_is_refused() {
+    let changed = TWO_VERSIONS.replacen("version = 2", "version = 1", 1);
+    let err = refused(&changed);
+    assert!(err.contains("plans[1].version"), "{err}");
+    assert!(err.contains("already declared by plans[0]"), "{err}");
+    let same_instant = TWO_VERSIONS.replacen("2026-06-01", "2026-01-01", 1);
+    assert!(refused(&same_instant).contains("plans[1].effective_from"));
+    let older_higher = TWO_VERSIONS.replacen("2026-06-01", "2025-06-01", 1);
+    assert!(refused(&older_higher).contains("a later effective_from needs a higher version"));
+}
+
+#[test]
+fn bad_prices_are_refused_naming_the_field() {
+    let price = |p: &str| {
+        format!(
+            "[[plans]]\nid = \"p\"\nversion = 1\ncurrency = \"USD\"\n\
+             effective_from = \"2026-01-01T00:00:00Z\"\nprices = [{{ meter = \"calls\", {p} }}]\n"
+        )
+    };
+    for (spec, field, says) in [
+        (
+            r#"model = "per_unit", unit_price = "-0.01""#,
+            "plans[0].prices[0].unit_price",
+            "negative",
+        ),
+        (
+            r#"model = "per_unit""#,
+            "plans[0].prices[0].unit_price",
+            "required",
+        ),
+        (
+            r#"model = "per_unit", unit_price = "1", tiers = []"#,
+            "plans[0].prices[0].tiers",
+            "not used",
+        ),
+        (
+            r#"model = "graduated", tiers = [{ up_to = "100", unit_price = "1" }, { up_to = "50", unit_price = "1" }, { unit_price = "1" }]"#,
+            "plans[0].prices[0].tiers",
+            "tiers[1].up_to 50 overlaps",
+        ),
+        (
+            r#"model = "volume", tiers = [{ up_to = "10", unit_price = "1" }]"#,
+            "plans[0].prices[0].tiers",
+            "last tier",
+        ),
+        (
+            r#"model = "package", package_size = "0", package_price = "1""#,
+            "plans[0].prices[0].package_size",
+            "positive",
+        ),
+        (
+            r#"model = "flat", amount = "-5""#,
+            "plans[0].prices[0].amount",
+            "negative",
+        ),
+        (
+            r#"model = "per_unit", unit_price = "1", minimum = "10", maximum = "5""#,
+            "plans[0].prices[0].maximum",
+            "below",
+        ),
+        (
+            r#"model = "per_unit", unit_price = "1", free_units = "-1""#,
+            "plans[0].prices[0].free_units",
+            "negative",
+        ),
+        (
+            r#"model = "dimensional", dimensions = ["model"], rates = [{ values = ["x"], unit_price = "1" }]"#,
+            "plans[0].prices[0].dimensions[0]",
+            "not a group-by",
+        ),
+        (
+            r#"model = "tiered", unit_price = "1""#,
+            "plans[0].prices[0].model",
+            "unknown model",
+        ),
+        (
+            r#"model = "per_unit", unit_price = "1", billing = "in_advance""#,
+            "plans[0].prices[0].billing",
+            "only for a flat fee",
+        ),
+        (
+            r#"model = "flat", amount = "30", minimum = "40", billing = "in_advance""#,
+            "plans[0].prices[0].billing",
+            "no minimum or maximum",
+        ),
+        (
+            r#"model = "flat", amount = "30", billing = "upfront""#,
+            "plans[0].prices[0].billing",
+            "not in_arrears or in_advance",
+        ),
+    ] {
+        let err = refused(&price(spec));
+        assert!(err.contains(field) && err.contains(says), "{spec}: {err}");
+    }
+    let unknown_currency = price(r#"model = "per_unit", unit_price = "1""#).replace("USD", "ABC");
+    assert!(refused(&unknown_currency).contains("plans[0].currency"));
+}
+
+#[test]
+fn bad_coupons_are_refused_naming_the_field() {
+    let rater = RaterConfig::default();
+    for (coupon, field) in [
+        (
+            r#"id = "x", percent_off = "150", starts = "2026-01-01T00:00:00Z", duration = "once""#,
+            "coupons[0].percent_off",
+        ),
+        (
+            r#"id = "x", percent_off = "10", amount_off = "1", starts = "2026-01-01T00:00:00Z", duration = "once""#,
+            "coupons[0].percent_off",
+        ),
+        (
+            r#"id = "x", amount_off = "5", starts = "2026-01-01T00:00:00Z", duration = "once""#,
+            "coupons[0].meter",
+        ),
+        (
+            r#"id = "x", amount_off = "5", meter = "nope", starts = "2026-01-01T00:00:00Z", duration = "once""#,
+            "coupons[0].meter",
+        ),
+        (
+            r#"id = "x", percent_off = "10", starts = "2026-01-01T00:00:00Z", duration = "repeating""#,
+            "coupons[0].periods",
+        ),
+        (
+            r#"id = "x", percent_off = "10", starts = "2026-01-01T00:00:00Z", duration = "weekly""#,
+            "coupons[0].duration",
+        ),
+    ] {
+        #[derive(serde::Deserialize)]
+        struct S {
+            subscriptions: Vec<SubscriptionSpec>,
+        }
+        let text = format!(
+            "[[subscriptions]]\ncustomer = \"acme\"\nplan = \"p\"\ncoupons = [{{ {coupon} }}]\n"
+        );
+        let subs = toml::from_str::<S>(&text).unwrap().subscriptions;
+        let err = Catalog::new(plans(TWO_VERSIONS), subs, &rater, &meters())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("subscriptions[0].{field}")),
+            "{coupon}: {err}"
+        );
+    }
+}
+
+#[test]
+fn floats_in_prices_are_refused_at_parse_time() {
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct F {
+        plans: Vec<PlanSpec>,
+    }
+    let text = TWO_VERSIONS.replacen("unit_price = \"0.10\"", "unit_price = 0.10", 1);
+    let err = toml::from_str::<F>(&text).unwrap_err().to_string();
+    assert!(err.contains("float"), "{err}");
+}
