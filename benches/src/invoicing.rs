@@ -59,7 +59,7 @@ pub async fn measure(env: &TestEnv, customers: usize, meters: usize) -> anyhow::
         Some(&numbers),
         &InvoicerConfig::default(),
         now * 1000,
-        drop,
+        |_| std::ops::ControlFlow::Continue(()),
     )
     .await?;
     let secs = started.elapsed().as_secs_f64();

@@ -15,6 +15,7 @@
 //! and retried next pass; the others are built and finalized.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use clickhouse::Client;
@@ -71,6 +72,9 @@ pub struct PassReport {
     pub finalized: usize,
     /// Batches of customers.
     pub batches: usize,
+    /// The caller stopped the pass between two batches (shutdown): the batches before were
+    /// written, the next pass takes the rest.
+    pub stopped: bool,
     /// Reading facts from ClickHouse: the charges (the cursor), earlier finalizations,
     /// wallets, credits, invoice ids of periods in several currencies, late usage.
     pub read: Duration,
@@ -93,7 +97,11 @@ pub async fn invoice_pass(
     now_ms: i64,
 ) -> Result<Vec<Invoice>, InvoiceError> {
     let mut all = Vec::new();
-    invoice_pass_each(db, numbers, cfg, now_ms, |batch| all.extend(batch)).await?;
+    invoice_pass_each(db, numbers, cfg, now_ms, |batch| {
+        all.extend(batch);
+        ControlFlow::Continue(())
+    })
+    .await?;
     all.sort_by(|a, b| (&a.customer, a.period.start_ms).cmp(&(&b.customer, b.period.start_ms)));
     Ok(all)
 }
@@ -101,15 +109,17 @@ pub async fn invoice_pass(
 /// [`invoice_pass`] in batches of whole customers ([`BATCH_CUSTOMERS`]): the charges are read
 /// with one cursor in customer order, and each batch is built, finalized and written before
 /// the next is read, so memory is bounded by a batch whatever the number of customers. Hands
-/// each batch's written invoices to `each`. Numbers are given in period-end, customer, currency
-/// order within a batch, batches in customer order. A failing batch stops the pass; the
-/// batches before it are written and recorded (the next pass skips what they finalized).
+/// each batch's written invoices to `each`, which stops the pass before the next batch by
+/// answering `Break` (a shutdown: the pass ends within one batch, [`PassReport::stopped`]).
+/// Numbers are given in period-end, customer, currency order within a batch, batches in
+/// customer order. A failing or stopped batch ends the pass; the batches before it are written
+/// and recorded, finalizations counted (the next pass skips what they finalized).
 pub async fn invoice_pass_each(
     db: &Client,
     numbers: Option<&Numbers>,
     cfg: &InvoicerConfig,
     now_ms: i64,
-    mut each: impl FnMut(Vec<Invoice>),
+    mut each: impl FnMut(Vec<Invoice>) -> ControlFlow<()>,
 ) -> Result<PassReport, InvoiceError> {
     let started = Instant::now();
     let mut report = PassReport::default();
@@ -140,11 +150,16 @@ pub async fn invoice_pass_each(
         };
         report.read += t.elapsed();
         report.batches += 1;
-        let written = pass.batch(batch, &mut adjustments, &mut report).await?;
-        each(written);
+        let finalized_before = report.finalized;
+        let written = pass.batch(batch, &mut adjustments, &mut report).await;
+        // counted as each batch is written: a later batch failing does not hide them
+        metrics::finalized(report.finalized - finalized_before);
+        if each(written?).is_break() {
+            report.stopped = true;
+            break;
+        }
     }
     metrics::pass(started.elapsed(), report.invoices);
-    metrics::finalized(report.finalized);
     Ok(report)
 }
 
@@ -377,7 +392,15 @@ pub async fn run(
             _ = tokio::time::sleep(wait) => {}
         }
         let now = now_ms();
-        match invoice_pass_each(&db, Some(&numbers), &cfg, now, drop).await {
+        let stop_on_shutdown = |_| match shutdown.is_cancelled() {
+            true => ControlFlow::Break(()),
+            false => ControlFlow::Continue(()),
+        };
+        match invoice_pass_each(&db, Some(&numbers), &cfg, now, stop_on_shutdown).await {
+            Ok(r) if r.stopped => {
+                tracing::info!(batches = r.batches, "invoicing pass stopped by shutdown");
+                break;
+            }
             Ok(r) => tracing::info!(
                 invoices = r.invoices,
                 finalized = r.finalized,

@@ -6,9 +6,12 @@
 //! `max_query_size`: before, the one wallet query of the pass named all 5,000 customers
 //! (about 340 KB of SQL) and ClickHouse refused it ("Max query size exceeded"), so no invoice
 //! at all was built. Exactly once at that scale: 5,000 invoices numbered 1 to 5,000 once
-//! each, one finalization transition each, and a second pass writes nothing.
+//! each, one finalization transition each, and a second pass writes nothing. A pass stopped
+//! between batches (a shutdown) has written the batch in hand and no more; the next pass takes
+//! the rest.
 
 use std::collections::BTreeSet;
+use std::ops::ControlFlow;
 
 use tally_invoicer::numbering::Numbers;
 use tally_invoicer::run::BATCH_CUSTOMERS;
@@ -52,7 +55,7 @@ async fn five_thousand_long_customer_ids_are_invoiced_in_batches_exactly_once() 
     let mut batch_sizes = Vec::new();
     let mut numbers_given = BTreeSet::new();
     let mut total_minor = 0i64;
-    let report = invoice_pass_each(&db, Some(&numbers), &cfg, now, |batch| {
+    let mut take = |batch: Vec<tally_invoice::Invoice>| {
         batch_sizes.push(batch.len());
         for inv in batch {
             assert_eq!(inv.status, Status::Finalized, "{}", inv.customer);
@@ -60,14 +63,35 @@ async fn five_thousand_long_customer_ids_are_invoiced_in_batches_exactly_once() 
             assert!(numbers_given.insert(inv.number.clone().expect("numbered")));
             total_minor += inv.total_minor;
         }
+    };
+    // a shutdown during the first batch: the pass writes that batch and stops before the next
+    let stopped = invoice_pass_each(&db, Some(&numbers), &cfg, now, |batch| {
+        take(batch);
+        ControlFlow::Break(())
+    })
+    .await
+    .expect("the stopped pass");
+    assert_eq!(
+        (stopped.stopped, stopped.batches, stopped.finalized),
+        (true, 1, 2_000)
+    );
+    // the next pass takes the rest: the first batch's customers are finalized already
+    let report = invoice_pass_each(&db, Some(&numbers), &cfg, now + 500, |batch| {
+        take(batch);
+        ControlFlow::Continue(())
     })
     .await
     .expect("the pass");
-    assert_eq!(batch_sizes, vec![2_000, 2_000, 1_000]);
+    assert_eq!(batch_sizes, vec![2_000, 0, 2_000, 1_000]);
     assert!(batch_sizes.iter().all(|n| *n <= BATCH_CUSTOMERS));
     assert_eq!(
-        (report.invoices, report.finalized, report.batches),
-        (5_000, 5_000, 3)
+        (
+            report.stopped,
+            report.invoices,
+            report.finalized,
+            report.batches
+        ),
+        (false, 3_000, 3_000, 3)
     );
     // 100 + 101 minor per customer
     assert_eq!(total_minor, 5_000 * 201);
@@ -91,6 +115,7 @@ async fn five_thousand_long_customer_ids_are_invoiced_in_batches_exactly_once() 
     // a rerun finds every invoice finalized: nothing built, numbered or written
     let again = invoice_pass_each(&db, Some(&numbers), &cfg, now + 1000, |batch| {
         assert!(batch.is_empty(), "{} invoices written again", batch.len());
+        ControlFlow::Continue(())
     })
     .await
     .expect("the rerun");
