@@ -85,6 +85,29 @@ pub enum BadCharge {
     },
 }
 
+/// A stored row's customer and currency, typed; `None` (logged with `table`) when either does
+/// not validate: the reader leaves the row out and goes on with every other customer.
+pub fn customer_currency(
+    table: &str,
+    customer: String,
+    currency: &str,
+) -> Option<(CustomerId, Currency)> {
+    let currency = match currency.parse::<Currency>() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(table, %customer, error = %e, "row left out: unknown currency");
+            return None;
+        }
+    };
+    match CustomerId::new(customer) {
+        Ok(c) => Some((c, currency)),
+        Err(e) => {
+            tracing::error!(table, error = %e, "row left out: customer id does not validate");
+            None
+        }
+    }
+}
+
 impl TryFrom<ChargeRow> for ChargeLine {
     type Error = BadCharge;
 

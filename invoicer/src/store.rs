@@ -11,7 +11,7 @@ use tally_domain::{Currency, CustomerId};
 use tally_platform::store::charges::ChargeRow;
 use tally_platform::store::{datetime_secs, dec9};
 
-use crate::invoice::{BadCharge, ChargeLine, Invoice, Status};
+use crate::invoice::{customer_currency, BadCharge, ChargeLine, Invoice, Status};
 use crate::metrics;
 
 /// The latest charges of every period ending after `since_ms`.
@@ -306,7 +306,9 @@ impl CreditFacts {
             .await?;
         let mut out = CreditFacts::default();
         for r in granted {
-            if let Some((customer, currency)) = typed("credit_grants", r.customer, &r.currency) {
+            if let Some((customer, currency)) =
+                customer_currency("credit_grants", r.customer, &r.currency)
+            {
                 out.by_customer
                     .entry(customer)
                     .or_default()
@@ -315,7 +317,9 @@ impl CreditFacts {
             }
         }
         for r in used {
-            if let Some((customer, currency)) = typed("invoices", r.customer, &r.currency) {
+            if let Some((customer, currency)) =
+                customer_currency("invoices", r.customer, &r.currency)
+            {
                 out.by_customer.entry(customer).or_default().applied.push((
                     currency,
                     r.invoice_id,
@@ -428,7 +432,8 @@ pub async fn wallet_credit(
         }
         let rows: Vec<WalletRow> = query.fetch_all().await?;
         for r in rows {
-            let Some((customer, currency)) = typed("wallet_movements", r.customer, &r.currency)
+            let Some((customer, currency)) =
+                customer_currency("wallet_movements", r.customer, &r.currency)
             else {
                 continue;
             };
@@ -443,25 +448,6 @@ pub async fn wallet_credit(
         }
     }
     Ok(out)
-}
-
-/// A stored row's customer and currency, typed; `None` (logged) when either does not
-/// validate: the row is left out, and the read goes on for every other customer.
-fn typed(table: &str, customer: String, currency: &str) -> Option<(CustomerId, Currency)> {
-    let currency = match currency.parse::<Currency>() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(table, %customer, error = %e, "row left out: unknown currency");
-            return None;
-        }
-    };
-    match CustomerId::new(customer) {
-        Ok(c) => Some((c, currency)),
-        Err(e) => {
-            tracing::error!(table, error = %e, "row left out: customer id does not validate");
-            None
-        }
-    }
 }
 
 /// Ids bound into one query's `IN (...)` list at most: 1,000 customer ids of at most 64

@@ -7,6 +7,8 @@ use std::collections::HashSet;
 
 use clickhouse::Client;
 use serde::Deserialize;
+use tally_domain::{Currency, CustomerId};
+use tally_invoice::invoice::customer_currency;
 
 use crate::ledger::Operation;
 use crate::store;
@@ -14,8 +16,8 @@ use crate::store;
 /// A credit note to post.
 pub struct Unposted {
     pub op: Operation,
-    pub currency: String,
-    pub customer: String,
+    pub currency: Currency,
+    pub customer: CustomerId,
 }
 
 #[derive(clickhouse::Row, Deserialize)]
@@ -28,7 +30,8 @@ struct Row {
     tax_minor: i64,
 }
 
-/// Credit notes whose journal (`cn:<id>`) is not in `posted`.
+/// Credit notes whose journal (`cn:<id>`) is not in `posted`; a note whose customer id or
+/// currency does not validate is logged and left out (never booked in an unknown currency).
 pub async fn unposted(
     db: &Client,
     posted: &HashSet<String>,
@@ -45,15 +48,18 @@ pub async fn unposted(
         .await?;
     Ok(rows
         .into_iter()
-        .map(|r| Unposted {
-            op: Operation::CreditNote {
-                credit_note_id: r.credit_note_id,
-                invoice_id: r.invoice_id,
-                amount_minor: r.amount_minor.saturating_add(r.tax_minor),
-                tax_minor: r.tax_minor,
-            },
-            currency: r.currency,
-            customer: r.customer,
+        .filter_map(|r| {
+            let (customer, currency) = customer_currency("credit_notes", r.customer, &r.currency)?;
+            Some(Unposted {
+                op: Operation::CreditNote {
+                    credit_note_id: r.credit_note_id,
+                    invoice_id: r.invoice_id,
+                    amount_minor: r.amount_minor.saturating_add(r.tax_minor),
+                    tax_minor: r.tax_minor,
+                },
+                currency,
+                customer,
+            })
         })
         .filter(|u| !posted.contains(&u.op.journal_id()))
         .collect())

@@ -9,6 +9,8 @@ use std::collections::HashMap;
 
 use clickhouse::Client;
 use serde::Deserialize;
+use tally_domain::{Currency, CustomerId};
+use tally_invoice::invoice::customer_currency;
 
 use crate::ledger::Operation;
 
@@ -16,8 +18,8 @@ use crate::ledger::Operation;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unposted {
     pub op: Operation,
-    pub currency: String,
-    pub customer: String,
+    pub currency: Currency,
+    pub customer: CustomerId,
 }
 
 #[derive(clickhouse::Row, Deserialize)]
@@ -36,7 +38,8 @@ struct Booked {
     held: i64,
 }
 
-/// Grant versions the ledger is missing. A grant is identified by (customer, grant id), as
+/// Grant versions the ledger is missing; a grant whose customer id or currency does not
+/// validate is logged and left out (never booked in an unknown currency). A grant is identified by (customer, grant id), as
 /// in `credit_grants` (its sort key) and the invoicer's balances.
 pub async fn unposted(db: &Client) -> Result<Vec<Unposted>, clickhouse::error::Error> {
     let grants: Vec<Grant> = db
@@ -79,16 +82,20 @@ pub async fn unposted(db: &Client) -> Result<Vec<Unposted>, clickhouse::error::E
         .filter_map(|g| {
             let key = (g.customer, g.grant_id);
             let delta = g.amount_minor - booked.get(&key).copied().unwrap_or(0);
+            if delta == 0 {
+                return None;
+            }
             let (customer, grant_id) = key;
-            (delta != 0).then_some(Unposted {
+            let (id, currency) = customer_currency("credit_grants", customer, &g.currency)?;
+            Some(Unposted {
                 op: Operation::CreditGranted {
-                    customer: customer.clone(),
+                    customer: id.to_string(),
                     grant_id,
                     version_ms: g.version_ms,
                     delta_minor: delta,
                 },
-                currency: g.currency,
-                customer,
+                currency,
+                customer: id,
             })
         })
         .collect())

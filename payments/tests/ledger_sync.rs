@@ -301,8 +301,15 @@ async fn prepaid_credit_grants_and_their_use_are_booked_once_per_currency() {
     assert_eq!(balance(&tb, "USD", Account::Receivable), 0);
 
     // another customer's grant under the same grant id is another grant (the invoicer keys
-    // grants by customer and id): booked on its own, beta's untouched
+    // grants by customer and id): booked on its own, beta's untouched; grants stored with a
+    // customer id or a currency that does not validate are left out, never booked
     tally_invoicer::store::grant_credit(&db, "g_usd", "gamma", "USD", 70, "pack", now + 60)
+        .await
+        .unwrap();
+    tally_invoicer::store::grant_credit(&db, "g_bad", "bad.id", "USD", 40, "pack", now + 60)
+        .await
+        .unwrap();
+    tally_invoicer::store::grant_credit(&db, "g_zzz", "gamma", "ZZZ", 30, "pack", now + 60)
         .await
         .unwrap();
     assert_eq!(settler.sync_ledger(now + 70).await.unwrap(), 1);

@@ -396,7 +396,7 @@ impl Settler {
         let statuses = lifecycle::statuses(&self.db).await?;
         let mut n = 0;
         for g in crate::grants::unposted(&self.db).await? {
-            let (op, currency, customer) = (&g.op, &g.currency, &g.customer);
+            let (op, currency, customer) = (&g.op, g.currency.code(), g.customer.as_str());
             n += usize::from(post(&self.db, op, currency, customer, SYNC_ACTOR, now_ms).await?);
         }
         for inv in store::finalized_invoices(&self.db).await? {
@@ -431,7 +431,7 @@ impl Settler {
             }
         }
         for cn in crate::credit_notes::unposted(&self.db, &posted).await? {
-            let (op, currency, customer) = (&cn.op, &cn.currency, &cn.customer);
+            let (op, currency, customer) = (&cn.op, cn.currency.code(), cn.customer.as_str());
             n += usize::from(post(&self.db, op, currency, customer, SYNC_ACTOR, now_ms).await?);
         }
         Ok(n)
