@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 use clickhouse::Client;
 use futures::StreamExt;
 use serde::Deserialize;
+use tally_domain::CustomerId;
 use tally_platform::clock::now_ms;
 use tally_platform::shutdown::{Shutdown, Ticker};
 
@@ -95,7 +96,7 @@ pub struct PassReport {
 #[derive(Debug, Clone)]
 struct Finalized {
     invoice_id: String,
-    customer: String,
+    customer: CustomerId,
     document: String,
 }
 
@@ -218,7 +219,7 @@ impl Delivery {
             let url = self
                 .dunning
                 .endpoints
-                .get(&f.customer)
+                .get(f.customer.as_str())
                 .filter(|_| self.cfg.webhook);
             let wants_webhook = url.is_some() && !decided.contains(&webhook_id(&f.invoice_id));
             if !wants_email && !wants_webhook {
@@ -233,7 +234,7 @@ impl Delivery {
                 }
             };
             if wants_email {
-                match contacts.get(&f.customer) {
+                match contacts.get(f.customer.as_str()) {
                     Some(to) => {
                         let n = self.email_notification(&inv, to, now_ms)?;
                         self.append(&n, now_ms).await?;
@@ -687,10 +688,18 @@ async fn recent_invoices(db: &Client, since_secs: i64) -> Result<Vec<Finalized>,
                         && s.issued_secs >= since_secs
                         && !void.contains(&s.invoice_id)
                 })
-                .map(|s| Finalized {
-                    invoice_id: s.invoice_id,
-                    customer: s.customer,
-                    document: s.document,
+                .filter_map(|s| match CustomerId::new(s.customer) {
+                    Ok(customer) => Some(Finalized {
+                        invoice_id: s.invoice_id,
+                        customer,
+                        document: s.document,
+                    }),
+                    // one invoice's bad customer id never stops the others' delivery
+                    Err(e) => {
+                        tracing::error!(invoice_id = %s.invoice_id, error = %e,
+                            "finalized invoice's customer id does not validate; not delivered");
+                        None
+                    }
                 }),
         );
     }
