@@ -6,7 +6,8 @@ mod common;
 
 use common::{catalog, d, plan, usage};
 use tally_rater::rating::charge::compute;
-use tally_rater::rating::explain::{explain, load, StoredCharge, WindowUsage};
+use tally_rater::rating::explain::{explain, load, WindowUsage};
+use tally_rater::store::charges::row;
 
 const PRICE: &str = r#"model = "graduated", free_units = "50", minimum = "1",
     tiers = [{ up_to = "100", unit_price = "0.02" }, { up_to = "1000", unit_price = "0.015" }, { unit_price = "0.01" }]"#;
@@ -29,7 +30,7 @@ fn an_explanation_shows_each_tier_and_the_rounding_and_balances() {
         .expect("priced");
     assert_eq!(charge.amount_minor, 1751);
     let e = explain(
-        &StoredCharge::from(&charge),
+        &row(&charge, 0),
         vec![window(0, "1000"), window(1, "250.5")],
         true,
     )
@@ -56,7 +57,7 @@ fn amounts_that_do_not_follow_from_the_lines_or_windows_are_flagged() {
     let charge = compute(&usage(d("1250")), plan(&c))
         .expect("prices")
         .expect("priced");
-    let mut stored = StoredCharge::from(&charge);
+    let mut stored = row(&charge, 0);
     assert!(
         explain(&stored, vec![window(0, "1250")], true)
             .expect("readable")

@@ -7,73 +7,15 @@ use clickhouse::Client;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use tally_domain::{Aggregation, Currency, Meter};
-use tally_platform::store::dec9;
+use tally_platform::store::charges::ChargeRow;
 use tally_platform::usage;
 
 use crate::pricing::{LineKind, TierUse};
-use crate::rating::charge::Charge;
 
-/// A charge as `v_charges` stores it (the columns an explanation needs).
-#[derive(Debug, Clone, clickhouse::Row, Deserialize)]
-pub struct StoredCharge {
-    pub charge_id: String,
-    pub customer: String,
-    pub period_start: u32,
-    pub period_end: u32,
-    pub meter: String,
-    pub group_key: String,
-    pub plan_id: String,
-    pub plan_version: u32,
-    pub price_model: String,
-    pub currency: String,
-    #[serde(with = "dec9")]
-    pub quantity: Decimal,
-    pub tiers: String,
-    pub amount_minor: i64,
-    pub amount_before_discounts_minor: i64,
-    pub tax_region: String,
-    pub tax_code: String,
-    pub tax_rate: String,
-    pub tax_minor: i64,
-    pub amount_with_tax_minor: i64,
-    /// The first window's start and the last window's end (a split period's charges
-    /// cover disjoint ranges).
-    pub usage_from: u32,
-    pub usage_to: u32,
-    /// The plan's currency of the lines, and the rate to `currency` (empty: not converted).
-    pub price_currency: String,
-    pub fx_rate: String,
-}
-
-impl From<&Charge> for StoredCharge {
-    fn from(c: &Charge) -> StoredCharge {
-        StoredCharge {
-            charge_id: c.charge_id.clone(),
-            customer: c.customer.clone(),
-            period_start: u32::try_from(c.period.start_ms / 1000).unwrap_or(0),
-            period_end: u32::try_from(c.period.end_ms / 1000).unwrap_or(0),
-            meter: c.meter.clone(),
-            group_key: c.group_key.clone(),
-            plan_id: c.plan_id.clone(),
-            plan_version: c.plan_version,
-            price_model: c.price_model.to_owned(),
-            currency: c.currency.to_owned(),
-            quantity: c.quantity,
-            tiers: serde_json::to_string(&c.tiers).unwrap_or_default(),
-            amount_minor: c.amount_minor,
-            amount_before_discounts_minor: c.amount_before_discounts_minor,
-            tax_region: c.tax_region.clone(),
-            tax_code: c.tax_code.clone(),
-            tax_rate: c.tax_rate.map(|r| r.to_string()).unwrap_or_default(),
-            tax_minor: c.tax_minor,
-            amount_with_tax_minor: c.amount_with_tax_minor,
-            usage_from: u32::try_from(c.usage_from_ms / 1000).unwrap_or(0),
-            usage_to: u32::try_from(c.usage_to_ms / 1000).unwrap_or(0),
-            price_currency: c.price_currency.to_owned(),
-            fx_rate: c.fx_rate.map(|r| r.to_string()).unwrap_or_default(),
-        }
-    }
-}
+/// A charge as `v_charges` stores it: the one `charges` row the rater writes and the invoicer
+/// reads ([`tally_platform::store::charges::ChargeRow`]); `crate::store::charges::row` makes
+/// it from a computed [`crate::rating::charge::Charge`].
+pub type StoredCharge = ChargeRow;
 
 /// One committed usage window of the charge (per agent and group). In the API's JSON the
 /// quantity is an exact decimal string, as every quantity the API shows (not ClickHouse's
@@ -109,13 +51,7 @@ pub async fn load(
     charge_id: &str,
 ) -> Result<(StoredCharge, Vec<WindowUsage>), ExplainError> {
     let charge = db
-        .query(
-            "SELECT charge_id, customer, toUInt32(period_start), toUInt32(period_end), meter, group_key, \
-             plan_id, plan_version, price_model, currency, quantity, tiers, amount_minor, \
-             amount_before_discounts_minor, tax_region, tax_code, tax_rate, tax_minor, amount_with_tax_minor, \
-             toUInt32(usage_from), toUInt32(usage_to), price_currency, fx_rate \
-             FROM v_charges WHERE charge_id = ? LIMIT 1",
-        )
+        .query("SELECT ?fields FROM v_charges WHERE charge_id = ? LIMIT 1")
         .bind(charge_id)
         .fetch_optional::<StoredCharge>()
         .await?

@@ -9,7 +9,7 @@ use tally_platform::store::datetime_secs;
 use crate::rating::charge::Charge;
 
 /// The stored row of `c`, computed at `now_ms` (also its version).
-fn row(c: &Charge, now_ms: i64) -> ChargeRow {
+pub fn row(c: &Charge, now_ms: i64) -> ChargeRow {
     ChargeRow {
         charge_id: c.charge_id.clone(),
         customer: c.customer.clone(),
