@@ -332,8 +332,32 @@ pub async fn periods(
     held: &BTreeSet<String>,
     now_ms: i64,
 ) -> Result<Vec<Period>, Error> {
+    let usage = usage_of(db, customer, now_ms).await?;
+    // one invoice per (customer, period, currency): a period with several currencies has one
+    // id per currency, the one the invoicer gives it (`currency_split`), so each currency's
+    // usage is reserved for (and credited to) its own invoice
+    let ids_of = invoice_ids(db, customer, &usage).await?;
+    let open = open_periods(customer, usage, &ids_of);
+    let ids: Vec<String> = open
+        .keys()
+        .chain(held.iter())
+        .cloned()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let invoices = invoice_states(db, customer, &ids).await?;
+    let lifecycle = lifecycles(db, &ids).await?;
+    Ok(decide_periods(open, invoices, &lifecycle))
+}
+
+/// The customer's rated usage (tax included) per period start and currency, of the periods
+/// that ended within [`LOOKBACK_MS`] of `now_ms`.
+async fn usage_of(db: &Client, customer: &str, now_ms: i64) -> Result<Vec<UsageRow>, Error> {
     let since_secs = (now_ms - LOOKBACK_MS).div_euclid(1000);
-    let usage: Vec<UsageRow> = db
+    Ok(db
         .query(
             "SELECT toUInt32(period_start) AS ps, currency, \
              toInt64(sum(amount_minor + tax_minor)) AS u \
@@ -343,11 +367,58 @@ pub async fn periods(
         .bind(customer)
         .bind(since_secs)
         .fetch_all()
-        .await?;
-    // one invoice per (customer, period, currency): a period with several currencies has one
-    // id per currency, the one the invoicer gives it (`currency_split`), so each currency's
-    // usage is reserved for (and credited to) its own invoice
-    let ids_of = invoice_ids(db, customer, &usage).await?;
+        .await?)
+}
+
+/// The latest state row of each of the customer's invoices `ids` that exists.
+async fn invoice_states(
+    db: &Client,
+    customer: &str,
+    ids: &[String],
+) -> Result<Vec<InvoiceStateRow>, Error> {
+    let sql = format!(
+        "SELECT invoice_id, argMax(status, version) AS s, argMax(currency, version) AS c, \
+         toUInt32(argMax(period_start, version)) AS ps, \
+         argMax(credits_applied_minor, version) AS ca \
+         FROM invoices WHERE customer = ? AND invoice_id IN {} GROUP BY invoice_id",
+        placeholders(ids.len())
+    );
+    Ok(bind_all(db.query(&sql).bind(customer), ids)
+        .fetch_all()
+        .await?)
+}
+
+/// The lifecycle status of each of the invoices `ids` that has transitions: its transitions
+/// (the earliest record of each) folded in order from draft.
+async fn lifecycles(db: &Client, ids: &[String]) -> Result<BTreeMap<String, InvoiceStatus>, Error> {
+    let sql = format!(
+        "SELECT invoice_id, argMin(to_status, at_ms) AS s FROM invoice_transitions \
+         WHERE invoice_id IN {} GROUP BY invoice_id, transition_id \
+         ORDER BY invoice_id, min(at_ms), min(seq), transition_id",
+        placeholders(ids.len())
+    );
+    let transitions: Vec<TransitionRow> = bind_all(db.query(&sql), ids).fetch_all().await?;
+    let mut lifecycle: BTreeMap<String, InvoiceStatus> = BTreeMap::new();
+    for t in transitions {
+        let to: InvoiceStatus = t
+            .to_status
+            .parse()
+            .map_err(|_| corrupt(format!("invoice {} status {:?}", t.invoice_id, t.to_status)))?;
+        let at = lifecycle
+            .entry(t.invoice_id)
+            .or_insert(InvoiceStatus::Draft);
+        *at = tally_domain::invoice_status::fold(*at, [to]);
+    }
+    Ok(lifecycle)
+}
+
+/// The open period of each (period start, currency) of `usage`, by the invoice id the
+/// invoicer gives it.
+fn open_periods(
+    customer: &str,
+    usage: Vec<UsageRow>,
+    ids_of: &tally_invoice::currency_split::InvoiceIds,
+) -> BTreeMap<String, Period> {
     let mut by_invoice: BTreeMap<String, Period> = BTreeMap::new();
     for u in usage {
         let start_ms = i64::from(u.period_start) * 1000;
@@ -364,44 +435,17 @@ pub async fn periods(
             },
         );
     }
-    let ids: Vec<String> = by_invoice
-        .keys()
-        .chain(held.iter())
-        .cloned()
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let sql = format!(
-        "SELECT invoice_id, argMax(status, version) AS s, argMax(currency, version) AS c, \
-         toUInt32(argMax(period_start, version)) AS ps, \
-         argMax(credits_applied_minor, version) AS ca \
-         FROM invoices WHERE customer = ? AND invoice_id IN {} GROUP BY invoice_id",
-        placeholders(ids.len())
-    );
-    let invoices: Vec<InvoiceStateRow> = bind_all(db.query(&sql).bind(customer), &ids)
-        .fetch_all()
-        .await?;
-    let sql = format!(
-        "SELECT invoice_id, argMin(to_status, at_ms) AS s FROM invoice_transitions \
-         WHERE invoice_id IN {} GROUP BY invoice_id, transition_id \
-         ORDER BY invoice_id, min(at_ms), min(seq), transition_id",
-        placeholders(ids.len())
-    );
-    let transitions: Vec<TransitionRow> = bind_all(db.query(&sql), &ids).fetch_all().await?;
-    let mut lifecycle: BTreeMap<String, InvoiceStatus> = BTreeMap::new();
-    for t in transitions {
-        let to: InvoiceStatus = t
-            .to_status
-            .parse()
-            .map_err(|_| corrupt(format!("invoice {} status {:?}", t.invoice_id, t.to_status)))?;
-        let at = lifecycle
-            .entry(t.invoice_id)
-            .or_insert(InvoiceStatus::Draft);
-        *at = tally_domain::invoice_status::fold(*at, [to]);
-    }
+    by_invoice
+}
+
+/// Each period in the state of its invoice: `open` (by invoice id) as is unless its invoice
+/// left draft; a finalized (paid, uncollectible) invoice with the credit it applied, a voided
+/// one void, also when only held (not in `open`); an invoice still a draft stays open.
+fn decide_periods(
+    mut by_invoice: BTreeMap<String, Period>,
+    invoices: Vec<InvoiceStateRow>,
+    lifecycle: &BTreeMap<String, InvoiceStatus>,
+) -> Vec<Period> {
     for inv in invoices {
         let status = lifecycle.get(&inv.invoice_id).copied();
         let state = match status {
@@ -422,14 +466,14 @@ pub async fn periods(
         period.state = state;
     }
     // a draft voided before the invoicer finalized it
-    for (id, status) in &lifecycle {
+    for (id, status) in lifecycle {
         if *status == InvoiceStatus::Void {
             if let Some(p) = by_invoice.get_mut(id) {
                 p.state = PeriodState::Void;
             }
         }
     }
-    Ok(by_invoice.into_values().collect())
+    by_invoice.into_values().collect()
 }
 
 /// Which of `journal_ids` the ledger has.
@@ -477,4 +521,79 @@ pub async fn top_up(db: &Client, payable_id: &str) -> Result<Option<TopUpDue>, E
         customer: r.customer,
         currency: r.currency,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(id: &str, usage_minor: i64) -> (String, Period) {
+        let p = Period {
+            invoice_id: id.to_owned(),
+            currency: "EUR".to_owned(),
+            period_start_ms: 1_000,
+            state: PeriodState::Open { usage_minor },
+        };
+        (id.to_owned(), p)
+    }
+
+    fn row(id: &str, status: &str, credits_applied_minor: i64) -> InvoiceStateRow {
+        InvoiceStateRow {
+            invoice_id: id.to_owned(),
+            status: status.to_owned(),
+            currency: "USD".to_owned(),
+            period_start: 7,
+            credits_applied_minor,
+        }
+    }
+
+    #[test]
+    fn periods_take_the_state_of_their_invoice() {
+        let open_periods: BTreeMap<String, Period> = [
+            open("a", 500),
+            open("b", 300),
+            open("c", 200),
+            open("d", 100),
+        ]
+        .into();
+        let invoices = vec![
+            row("a", "draft", 0),
+            row("b", "finalized", 120),
+            row("c", "draft", 0),
+            row("h", "finalized", 40),
+        ];
+        let lifecycle: BTreeMap<String, InvoiceStatus> = [
+            ("c".to_owned(), InvoiceStatus::Void),
+            ("d".to_owned(), InvoiceStatus::Void),
+        ]
+        .into();
+        let got = decide_periods(open_periods, invoices, &lifecycle);
+        let states: Vec<(&str, PeriodState)> = got
+            .iter()
+            .map(|p| (p.invoice_id.as_str(), p.state))
+            .collect();
+        assert_eq!(
+            states,
+            vec![
+                ("a", PeriodState::Open { usage_minor: 500 }),
+                (
+                    "b",
+                    PeriodState::Finalized {
+                        credits_applied_minor: 120
+                    }
+                ),
+                ("c", PeriodState::Void),
+                ("d", PeriodState::Void),
+                (
+                    "h",
+                    PeriodState::Finalized {
+                        credits_applied_minor: 40
+                    }
+                ),
+            ]
+        );
+        // a held invoice not in the usage comes from its own state row
+        assert_eq!(got[4].currency, "USD");
+        assert_eq!(got[4].period_start_ms, 7_000);
+    }
 }
