@@ -20,7 +20,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use clickhouse::Client;
 use serde::Deserialize;
-use tally_domain::Currency;
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::invoice::{invoice_id, ChargeLine};
@@ -89,7 +88,8 @@ pub fn mixed(charges: &[ChargeLine]) -> BTreeMap<(String, i64), BTreeSet<String>
 #[derive(clickhouse::Row, Deserialize)]
 struct StoredRow {
     invoice_id: String,
-    currency: Currency,
+    // as stored: one invoice row's bad value must not fail the batch's read
+    currency: String,
 }
 
 #[derive(clickhouse::Row, Deserialize)]
@@ -131,7 +131,7 @@ pub async fn resolve(
             q = q.bind(id);
         }
         for r in q.fetch_all::<StoredRow>().await? {
-            stored.insert(r.invoice_id, r.currency.to_string());
+            stored.insert(r.invoice_id, r.currency);
         }
     }
     let customers: BTreeSet<&str> = mixed.keys().map(|(c, _)| c.as_str()).collect();

@@ -293,9 +293,10 @@ impl RunView {
 struct Summary {
     invoice_id: String,
     number: String,
-    customer: CustomerId,
+    /// As stored: the list shows every row; one bad row must not fail it for every caller.
+    customer: String,
     status: String,
-    currency: Currency,
+    currency: String,
     period_start: u32,
     period_end: u32,
     total_minor: i64,

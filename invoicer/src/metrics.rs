@@ -61,10 +61,15 @@ pub fn invoice_failed(reason: BuildFailure) {
     counter!("tally_invoicer_invoice_failures_total", "reason" => reason.code()).increment(1);
 }
 
-/// One invoicing pass.
-pub fn pass(took: Duration, invoices: usize) {
+/// One invoicing pass that ran to its end (a pass stopped by shutdown is not a sample).
+pub fn pass(took: Duration) {
     histogram!("tally_invoicer_pass_seconds").record(took.as_secs_f64());
+}
+
+/// One batch of a pass written: its invoices, and how many of them it finalized.
+pub fn batch_written(invoices: usize, finalized: usize) {
     counter!("tally_invoicer_invoices_written_total").increment(invoices as u64);
+    counter!("tally_invoicer_invoices_finalized_total").increment(finalized as u64);
 }
 
 /// A failed pass.
@@ -75,11 +80,6 @@ pub fn pass_failed() {
 /// A numbering compare-and-set lost to another writer (retried).
 pub fn numbering_conflict() {
     counter!("tally_invoicer_numbering_conflicts_total").increment(1);
-}
-
-/// Invoices finalized (numbered and frozen) in a pass.
-pub fn finalized(n: usize) {
-    counter!("tally_invoicer_invoices_finalized_total").increment(n as u64);
 }
 
 /// The last reconciliation: unexplained money difference (minor units, summed over

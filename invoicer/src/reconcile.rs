@@ -20,7 +20,6 @@ use std::collections::BTreeMap;
 use clickhouse::Client;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use tally_domain::{Currency, CustomerId};
 use tally_platform::store::dec9;
 use tally_platform::usage;
 
@@ -42,7 +41,8 @@ pub struct QuantityDifference {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct MoneyDifference {
     pub invoice_id: String,
-    pub customer: CustomerId,
+    /// As stored (a report shows what is there, valid or not).
+    pub customer: String,
     pub status: String,
     pub period_start: u32,
     pub charges_minor: i64,
@@ -74,10 +74,11 @@ pub struct Report {
 #[derive(Deserialize, clickhouse::Row)]
 struct InvoiceSums {
     invoice_id: String,
-    customer: CustomerId,
+    /// As stored: one bad row must not fail the reconciliation of every invoice.
+    customer: String,
     status: String,
     period_start: u32,
-    currency: Currency,
+    currency: String,
     invoiced_minor: i64,
 }
 

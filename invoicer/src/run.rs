@@ -150,16 +150,16 @@ pub async fn invoice_pass_each(
         };
         report.read += t.elapsed();
         report.batches += 1;
-        let finalized_before = report.finalized;
+        let before = (report.invoices, report.finalized);
         let written = pass.batch(batch, &mut adjustments, &mut report).await;
         // counted as each batch is written: a later batch failing does not hide them
-        metrics::finalized(report.finalized - finalized_before);
+        metrics::batch_written(report.invoices - before.0, report.finalized - before.1);
         if each(written?).is_break() {
             report.stopped = true;
-            break;
+            return Ok(report);
         }
     }
-    metrics::pass(started.elapsed(), report.invoices);
+    metrics::pass(started.elapsed());
     Ok(report)
 }
 

@@ -40,11 +40,13 @@ pub struct InvoiceFacts {
 #[derive(clickhouse::Row, Deserialize)]
 struct InvoiceRow {
     invoice_id: String,
-    customer: CustomerId,
+    /// As stored: typed one row at a time ([`facts`]), so one bad row never fails a read of
+    /// every customer's invoices.
+    customer: String,
     period_start: u32,
     period_end: u32,
     status: String,
-    currency: Currency,
+    currency: String,
     total_minor: i64,
     document: String,
 }
@@ -60,7 +62,11 @@ impl InvoiceFacts {
     }
 }
 
-fn facts(r: InvoiceRow) -> InvoiceFacts {
+/// The facts of a stored invoice; none (logged) when its customer id or currency does not
+/// validate.
+fn facts(r: InvoiceRow) -> Option<InvoiceFacts> {
+    let (customer, currency) =
+        tally_invoice::invoice::customer_currency("invoices", r.customer, &r.currency)?;
     let doc: serde_json::Value = serde_json::from_str(&r.document).unwrap_or_default();
     let int = |k: &str| doc.get(k).and_then(serde_json::Value::as_i64);
     let due_at_ms = int("due_at_ms").filter(|ms| *ms > 0).or_else(|| {
@@ -69,7 +75,7 @@ fn facts(r: InvoiceRow) -> InvoiceFacts {
             .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
             .map(|t| t.timestamp_millis())
     });
-    InvoiceFacts {
+    Some(InvoiceFacts {
         number: doc
             .get("number")
             .and_then(|n| {
@@ -82,14 +88,14 @@ fn facts(r: InvoiceRow) -> InvoiceFacts {
         amount_due_minor: int("amount_due_minor").unwrap_or(r.total_minor),
         due_at_ms,
         invoice_id: r.invoice_id,
-        customer: r.customer,
-        currency: r.currency,
+        customer,
+        currency,
         period_start_ms: i64::from(r.period_start) * 1000,
         period_end_ms: i64::from(r.period_end) * 1000,
         invoicer_status: r.status,
         total_minor: r.total_minor,
         document: r.document,
-    }
+    })
 }
 
 /// One invoice, if it exists.
@@ -99,7 +105,12 @@ pub async fn invoice(db: &Client, invoice_id: &str) -> Result<Option<InvoiceFact
         .bind(invoice_id)
         .fetch_optional::<InvoiceRow>()
         .await?;
-    Ok(row.map(facts))
+    let Some(row) = row else { return Ok(None) };
+    facts(row).map(Some).ok_or_else(|| {
+        clickhouse::error::Error::Custom(format!(
+            "invoice {invoice_id}: its stored customer id or currency does not validate"
+        ))
+    })
 }
 
 /// A customer's invoices, newest period first.
@@ -111,7 +122,7 @@ pub async fn invoices_of(db: &Client, customer: &str) -> Result<Vec<InvoiceFacts
         .bind(customer)
         .fetch_all::<InvoiceRow>()
         .await?;
-    Ok(rows.into_iter().map(facts).collect())
+    Ok(rows.into_iter().filter_map(facts).collect())
 }
 
 /// Every invoice the invoicer finalized.
@@ -122,7 +133,8 @@ pub async fn finalized_invoices(db: &Client) -> Result<Vec<InvoiceFacts>> {
         ))
         .fetch_all::<InvoiceRow>()
         .await?;
-    Ok(rows.into_iter().map(facts).collect())
+    // a bad row is left out (logged): the others' ledger, dunning and collection go on
+    Ok(rows.into_iter().filter_map(facts).collect())
 }
 
 /// A payment, a failed attempt or a refund (table `payments`, in column order).
