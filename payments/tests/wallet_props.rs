@@ -129,7 +129,7 @@ proptest! {
             periods: (0..3)
                 .map(|i| Period {
                     invoice_id: format!("inv_{i}"),
-                    currency: "USD".into(),
+                    currency: "USD".parse().unwrap(),
                     period_start_ms: i * 30 * DAY,
                     state: PeriodState::Open { usage_minor: 0 },
                 })

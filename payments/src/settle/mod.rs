@@ -64,7 +64,7 @@ impl Target {
                 currency: inv.currency.code(),
             },
             Target::TopUp(t) => Payee::TopUp {
-                currency: &t.currency,
+                currency: t.currency.code(),
             },
             Target::Unknown => Payee::Unknown,
         }
@@ -232,7 +232,7 @@ impl Settler {
                 Ok((outcome, inv.invoice_id))
             }
             Target::TopUp(t) => {
-                row.customer = t.customer;
+                row.customer = t.customer.to_string();
                 store::append_payment(&self.db, &row).await?;
                 Ok((Outcome::TopUpPaid, row.invoice_id))
             }

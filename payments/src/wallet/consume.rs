@@ -33,6 +33,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use tally_domain::Currency;
+
 use super::{remaining, Grant, Movement, MovementKind, WalletError};
 
 /// Where a period's invoice is.
@@ -52,7 +54,7 @@ pub enum PeriodState {
 pub struct Period {
     /// The period's invoice id (`tally_invoice::invoice::invoice_id`).
     pub invoice_id: String,
-    pub currency: String,
+    pub currency: Currency,
     pub period_start_ms: i64,
     pub state: PeriodState,
 }
@@ -271,7 +273,7 @@ fn period(
             let m = s.movement(
                 format!("inv:{}", p.invoice_id),
                 "",
-                &p.currency,
+                p.currency.code(),
                 MovementKind::Invoiced,
                 keep,
                 &p.invoice_id,
@@ -341,7 +343,7 @@ fn consume(
         if need == 0 {
             break;
         }
-        let usable = g.currency == p.currency
+        let usable = g.currency == p.currency.code()
             && g.available_at_ms().is_some_and(|t| t <= f.now_ms)
             && !g.expired(f.now_ms)
             && !s.voided(&g.grant_id, f.voiding);
@@ -350,7 +352,7 @@ fn consume(
             let m = s.movement(
                 format!("use:{}:{n}:{}", p.invoice_id, g.grant_id),
                 &g.grant_id,
-                &p.currency,
+                p.currency.code(),
                 MovementKind::Consume,
                 take,
                 &p.invoice_id,
@@ -388,7 +390,7 @@ fn give_back(
             let m = s.movement(
                 format!("{prefix}:{}:{n}:{grant}", p.invoice_id),
                 grant,
-                &p.currency,
+                p.currency.code(),
                 kind,
                 back,
                 &p.invoice_id,
@@ -424,7 +426,7 @@ mod tests {
     fn open(invoice: &str, start: i64, usage: i64) -> Period {
         Period {
             invoice_id: invoice.into(),
-            currency: "USD".into(),
+            currency: "USD".parse().unwrap(),
             period_start_ms: start,
             state: PeriodState::Open { usage_minor: usage },
         }

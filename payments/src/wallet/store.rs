@@ -422,12 +422,20 @@ fn open_periods(
     let mut by_invoice: BTreeMap<String, Period> = BTreeMap::new();
     for u in usage {
         let start_ms = i64::from(u.period_start) * 1000;
+        let currency = match u.currency.parse::<Currency>() {
+            Ok(c) => c,
+            Err(e) => {
+                // the invoicer leaves such charges out too: on no invoice, nothing to pay
+                tracing::error!(table = "charges", customer, error = %e, "usage left out: unknown currency");
+                continue;
+            }
+        };
         let id = ids_of.id(customer, start_ms, &u.currency);
         by_invoice.insert(
             id.clone(),
             Period {
                 invoice_id: id,
-                currency: u.currency,
+                currency,
                 period_start_ms: start_ms,
                 state: PeriodState::Open {
                     usage_minor: u.usage_minor,
@@ -455,15 +463,27 @@ fn decide_periods(
                 credits_applied_minor: inv.credits_applied_minor,
             },
         };
-        let period = by_invoice
-            .entry(inv.invoice_id.clone())
-            .or_insert_with(|| Period {
-                invoice_id: inv.invoice_id.clone(),
-                currency: inv.currency.clone(),
+        if let Some(period) = by_invoice.get_mut(&inv.invoice_id) {
+            period.state = state;
+            continue;
+        }
+        let currency = match inv.currency.parse::<Currency>() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(table = "invoices", invoice_id = %inv.invoice_id, error = %e,
+                    "held invoice left out: unknown currency");
+                continue;
+            }
+        };
+        by_invoice.insert(
+            inv.invoice_id.clone(),
+            Period {
+                invoice_id: inv.invoice_id,
+                currency,
                 period_start_ms: i64::from(inv.period_start) * 1000,
                 state,
-            });
-        period.state = state;
+            },
+        );
     }
     // a draft voided before the invoicer finalized it
     for (id, status) in lifecycle {
@@ -498,12 +518,12 @@ struct TopUpRow {
 /// Who pays a top-up, in what currency.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopUpDue {
-    pub customer: String,
-    pub currency: String,
+    pub customer: CustomerId,
+    pub currency: Currency,
 }
 
 /// A top-up by the id it is paid under ([`super::grant::payable_id`]), if one exists: its
-/// customer and currency. Reads `wallet_grants` whole (one row per grant: small).
+/// customer and currency (`None` also for a stored row that does not validate). Reads `wallet_grants` whole (one row per grant: small).
 pub async fn top_up(db: &Client, payable_id: &str) -> Result<Option<TopUpDue>, Error> {
     if !payable_id.starts_with("topup_") {
         return Ok(None);
@@ -517,20 +537,23 @@ pub async fn top_up(db: &Client, payable_id: &str) -> Result<Option<TopUpDue>, E
         .bind(payable_id)
         .fetch_optional()
         .await?;
-    Ok(row.map(|r| TopUpDue {
-        customer: r.customer,
-        currency: r.currency,
+    // a stored row that does not validate is logged and left out: its payment is unknown
+    Ok(row.and_then(|r| {
+        let (customer, currency) =
+            tally_invoice::invoice::customer_currency("wallet_grants", r.customer, &r.currency)?;
+        Some(TopUpDue { customer, currency })
     }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::str::FromStr;
 
     fn open(id: &str, usage_minor: i64) -> (String, Period) {
         let p = Period {
             invoice_id: id.to_owned(),
-            currency: "EUR".to_owned(),
+            currency: Currency::from_str("EUR").unwrap(),
             period_start_ms: 1_000,
             state: PeriodState::Open { usage_minor },
         };
@@ -561,6 +584,10 @@ mod tests {
             row("b", "finalized", 120),
             row("c", "draft", 0),
             row("h", "finalized", 40),
+            InvoiceStateRow {
+                currency: "US D".to_owned(),
+                ..row("x", "finalized", 10)
+            },
         ];
         let lifecycle: BTreeMap<String, InvoiceStatus> = [
             ("c".to_owned(), InvoiceStatus::Void),
@@ -593,7 +620,36 @@ mod tests {
             ]
         );
         // a held invoice not in the usage comes from its own state row
-        assert_eq!(got[4].currency, "USD");
+        assert_eq!(got[4].currency, Currency::from_str("USD").unwrap());
         assert_eq!(got[4].period_start_ms, 7_000);
+    }
+
+    #[test]
+    fn usage_in_an_unknown_currency_is_left_out() {
+        let usage = vec![
+            UsageRow {
+                period_start: 100,
+                currency: "EUR".to_owned(),
+                usage_minor: 250,
+            },
+            UsageRow {
+                period_start: 200,
+                currency: "E1".to_owned(),
+                usage_minor: 900,
+            },
+        ];
+        let open = open_periods("acme", usage, &Default::default());
+        let got: Vec<(i64, Currency, PeriodState)> = open
+            .values()
+            .map(|p| (p.period_start_ms, p.currency, p.state))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(
+                100_000,
+                Currency::from_str("EUR").unwrap(),
+                PeriodState::Open { usage_minor: 250 }
+            )]
+        );
     }
 }
