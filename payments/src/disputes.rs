@@ -22,6 +22,7 @@ use std::collections::BTreeSet;
 
 use clickhouse::Client;
 use serde::{Deserialize, Serialize};
+use tally_domain::Currency;
 
 use crate::gateway::DisputeChange;
 use crate::ledger::{DisputeStep, Operation};
@@ -36,7 +37,7 @@ pub const CLOSED: [&str; 3] = ["won", "lost", "warning_closed"];
 pub struct DisputedPayment {
     pub payment_id: String,
     pub invoice_id: String,
-    pub currency: String,
+    pub currency: Currency,
     pub amount_minor: i64,
 }
 
@@ -57,7 +58,7 @@ pub struct Facts {
 pub struct Event {
     pub dispute_id: String,
     pub amount_minor: i64,
-    pub currency: String,
+    pub currency: Currency,
     pub change: DisputeChange,
 }
 
@@ -162,7 +163,8 @@ pub fn decide(facts: &Facts, event: &Event) -> Decision {
     }
 }
 
-/// One recorded state of a dispute (table `payment_disputes`, in column order).
+/// One recorded state of a dispute (table `payment_disputes`, in column order). Customer and
+/// currency as stored: a reader types them one row at a time ([`views`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, clickhouse::Row)]
 pub struct DisputeRow {
     pub dispute_id: String,
@@ -219,7 +221,8 @@ pub struct DisputeView {
     /// The latest status (`funds_withdrawn` / `funds_reinstated` are states too).
     pub status: String,
     pub amount_minor: i64,
-    pub currency: String,
+    /// Serialized as its code, as the stored string was.
+    pub currency: Currency,
     pub reason: String,
     pub states: Vec<StateView>,
 }
@@ -233,10 +236,19 @@ pub struct StateView {
     pub at_ms: i64,
 }
 
-/// Groups the rows of [`of_invoice`] per dispute.
+/// Groups the rows of [`of_invoice`] per dispute. A row whose stored currency does not parse
+/// is logged and left out (the invoice and its other disputes are still shown).
 pub fn views(rows: Vec<DisputeRow>) -> Vec<DisputeView> {
     let mut out: Vec<DisputeView> = Vec::new();
     for r in rows {
+        let currency = match r.currency.parse::<Currency>() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(table = "payment_disputes", dispute_id = %r.dispute_id,
+                    error = %e, "row left out: unknown currency");
+                continue;
+            }
+        };
         let state = StateView {
             version: r.version,
             status: r.status.clone(),
@@ -254,7 +266,7 @@ pub fn views(rows: Vec<DisputeRow>) -> Vec<DisputeView> {
                 payment_id: r.payment_id,
                 status: r.status,
                 amount_minor: r.amount_minor,
-                currency: r.currency,
+                currency,
                 reason: r.reason,
                 states: vec![state],
             }),
@@ -263,12 +275,19 @@ pub fn views(rows: Vec<DisputeRow>) -> Vec<DisputeView> {
     out
 }
 
-/// The facts [`decide`] needs: the states recorded and the journals posted.
+/// The facts [`decide`] needs: the states recorded and the journals posted. A payment whose
+/// stored currency does not parse is an error naming it (a single lookup: nothing else waits).
 pub async fn load(
     db: &Client,
     payment: &PaymentRow,
     dispute_id: &str,
 ) -> Result<(Facts, Vec<DisputeRow>), Error> {
+    let currency = payment.currency.parse::<Currency>().map_err(|e| {
+        Error::Corrupt(format!(
+            "payment {}: stored currency: {e}",
+            payment.payment_id
+        ))
+    })?;
     let rows = states(db, dispute_id).await?;
     let mut posted = BTreeSet::new();
     for step in [
@@ -292,7 +311,7 @@ pub async fn load(
         payment: DisputedPayment {
             payment_id: payment.payment_id.clone(),
             invoice_id: payment.invoice_id.clone(),
-            currency: payment.currency.clone(),
+            currency,
             amount_minor: payment.amount_minor,
         },
         states: rows.iter().map(|r| r.status.clone()).collect(),
@@ -309,7 +328,12 @@ pub struct Incoming<'a> {
     pub event_id: &'a str,
     pub payment_ref: &'a str,
     pub reason: &'a str,
-    pub event: Event,
+    pub dispute_id: &'a str,
+    pub amount_minor: i64,
+    /// As the provider sent it: a code this service does not know cannot be the payment's
+    /// currency (`currency_mismatch`, decided once the payment is found).
+    pub currency: &'a str,
+    pub change: &'a DisputeChange,
 }
 
 /// Loads, decides, posts the journals, then appends the states. Returns the outcome and the
@@ -318,8 +342,17 @@ pub async fn apply(db: &Client, i: &Incoming<'_>, now_ms: i64) -> Result<(String
     let Some(payment) = store::payment_by_ref(db, i.gateway, i.payment_ref).await? else {
         return Ok(("dispute_of_unknown_payment".into(), String::new()));
     };
-    let (facts, _) = load(db, &payment, &i.event.dispute_id).await?;
-    let d = decide(&facts, &i.event);
+    let Ok(currency) = i.currency.parse::<Currency>() else {
+        return Ok(("currency_mismatch".into(), payment.invoice_id));
+    };
+    let event = Event {
+        dispute_id: i.dispute_id.to_owned(),
+        amount_minor: i.amount_minor,
+        currency,
+        change: i.change.clone(),
+    };
+    let (facts, _) = load(db, &payment, &event.dispute_id).await?;
+    let d = decide(&facts, &event);
     for op in &d.journals {
         crate::settle::post(
             db,
@@ -332,10 +365,10 @@ pub async fn apply(db: &Client, i: &Incoming<'_>, now_ms: i64) -> Result<(String
         .await?;
     }
     let first_version = u32::try_from(facts.states.len()).unwrap_or(u32::MAX);
-    let amount = facts.recorded_amount_minor.unwrap_or(i.event.amount_minor);
+    let amount = facts.recorded_amount_minor.unwrap_or(event.amount_minor);
     for (k, status) in d.states.iter().enumerate() {
         let row = DisputeRow {
-            dispute_id: i.event.dispute_id.clone(),
+            dispute_id: event.dispute_id.clone(),
             version: first_version.saturating_add(k as u32 + 1),
             status: status.clone(),
             invoice_id: payment.invoice_id.clone(),
@@ -369,7 +402,7 @@ mod tests {
             payment: DisputedPayment {
                 payment_id: "stripe:pi_1".into(),
                 invoice_id: "inv_1".into(),
-                currency: "USD".into(),
+                currency: "USD".parse().unwrap(),
                 amount_minor: 1_000,
             },
             states: vec![],
@@ -382,7 +415,7 @@ mod tests {
         Event {
             dispute_id: "dp_1".into(),
             amount_minor: 600,
-            currency: "USD".into(),
+            currency: "USD".parse().unwrap(),
             change,
         }
     }
@@ -403,6 +436,42 @@ mod tests {
         }
         f.states.extend(d.states.iter().cloned());
         d
+    }
+
+    fn row(dispute_id: &str, version: u32, status: &str, currency: &str) -> DisputeRow {
+        DisputeRow {
+            dispute_id: dispute_id.into(),
+            version,
+            status: status.into(),
+            invoice_id: "inv_1".into(),
+            payment_id: "stripe:pi_1".into(),
+            customer: "acme".into(),
+            gateway: "stripe".into(),
+            amount_minor: 600,
+            currency: currency.into(),
+            reason: "fraudulent".into(),
+            event_id: format!("evt_{version}"),
+            actor: "stripe".into(),
+            at_ms: i64::from(version) * 1_000,
+            at: version,
+        }
+    }
+
+    #[test]
+    fn views_group_states_and_leave_out_a_row_in_an_unknown_currency() {
+        let v = views(vec![
+            row("dp_1", 1, "needs_response", "USD"),
+            row("dp_1", 2, "won", "USD"),
+            row("dp_2", 1, "needs_response", "ZZZ"),
+            row("dp_3", 1, "lost", "JPY"),
+        ]);
+        let got: Vec<_> = v
+            .iter()
+            .map(|d| (d.dispute_id.as_str(), d.status.as_str(), d.states.len()))
+            .collect();
+        assert_eq!(got, [("dp_1", "won", 2), ("dp_3", "lost", 1)]);
+        let json = serde_json::to_value(&v[1]).unwrap();
+        assert_eq!(json["currency"], "JPY", "serialized as its code, as before");
     }
 
     fn opened() -> DisputeChange {
@@ -488,7 +557,7 @@ mod tests {
         big.amount_minor = 1_001;
         assert_eq!(decide(&facts(), &big).outcome, "dispute_exceeds_payment");
         let mut other = event(opened());
-        other.currency = "EUR".into();
+        other.currency = "EUR".parse().unwrap();
         assert_eq!(decide(&facts(), &other).outcome, "currency_mismatch");
     }
 }

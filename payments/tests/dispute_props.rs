@@ -119,7 +119,7 @@ proptest! {
                             payment: DisputedPayment {
                                 payment_id: format!("p{payment}"),
                                 invoice_id: format!("i{payment}"),
-                                currency: cur(payment).into(),
+                                currency: cur(payment).parse().unwrap(),
                                 amount_minor: *p,
                             },
                             states: vec![],
@@ -130,7 +130,7 @@ proptest! {
                     let event = Event {
                         dispute_id: format!("dp{payment}_{dispute}"),
                         amount_minor: amount,
-                        currency: cur(payment).into(),
+                        currency: cur(payment).parse().unwrap(),
                         change: change(c),
                     };
                     let decision = decide(&d.facts, &event);
@@ -160,7 +160,7 @@ proptest! {
             let get = |a: Account| tb.currencies.get(c).and_then(|m| m.get(&a))
                 .map_or(0, |t| t.balance_minor());
             let held: i128 = disputes.values()
-                .filter(|d| d.facts.payment.currency == c)
+                .filter(|d| d.facts.payment.currency.code() == c)
                 .filter(|d| {
                     let p = &d.facts.posted;
                     p.contains("dispute_held") && !p.contains("dispute_released")

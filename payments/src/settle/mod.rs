@@ -196,12 +196,10 @@ impl Settler {
                     event_id: src.event_id,
                     payment_ref,
                     reason,
-                    event: crate::disputes::Event {
-                        dispute_id: dispute_ref.clone(),
-                        amount_minor: *amount_minor,
-                        currency: currency.clone(),
-                        change: change.clone(),
-                    },
+                    dispute_id: dispute_ref,
+                    amount_minor: *amount_minor,
+                    currency,
+                    change,
                 };
                 let (outcome, invoice_id) =
                     crate::disputes::apply(&self.db, &incoming, src.at_ms).await?;
