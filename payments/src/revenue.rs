@@ -28,6 +28,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 use clickhouse::Client;
 use serde::{Deserialize, Serialize};
+use tally_domain::Currency;
 
 use crate::Error;
 
@@ -52,7 +53,8 @@ impl std::str::FromStr for Granularity {
     }
 }
 
-/// One ledger line as the report reads it.
+/// One ledger line as the report reads it; its currency as stored, typed one line at a time
+/// by [`report`] (a line in a currency that does not parse is logged and left out).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, clickhouse::Row)]
 pub struct Line {
     pub entry_id: String,
@@ -88,7 +90,8 @@ pub struct PeriodFigures {
     pub end: String,
     pub start_ms: i64,
     pub end_ms: i64,
-    pub currency: String,
+    /// Serialized as its code.
+    pub currency: Currency,
     #[serde(flatten)]
     pub figures: Figures,
 }
@@ -96,7 +99,8 @@ pub struct PeriodFigures {
 /// The whole range's figures in one currency.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Totals {
-    pub currency: String,
+    /// Serialized as its code.
+    pub currency: Currency,
     #[serde(flatten)]
     pub figures: Figures,
 }
@@ -107,6 +111,7 @@ pub struct Report {
     pub from: String,
     pub to: String,
     pub period: Granularity,
+    /// The filter as asked (a well-formed code, known or not: an unknown one reports nothing).
     pub currency: Option<String>,
     /// By period, then currency; a period without journals in a currency is left out.
     pub periods: Vec<PeriodFigures>,
@@ -261,7 +266,8 @@ fn period_end(start_ms: i64, g: Granularity) -> Result<i64, Error> {
         .timestamp_millis())
 }
 
-/// The report of `lines` (posted in `[from_ms, to_ms)`; others are ignored). Pure.
+/// The report of `lines` (posted in `[from_ms, to_ms)`; others are ignored). Pure but for the
+/// log of a line left out because its stored currency does not parse.
 pub fn report(
     lines: &[Line],
     from_ms: i64,
@@ -269,28 +275,34 @@ pub fn report(
     g: Granularity,
     currency: Option<&str>,
 ) -> Result<Report, Error> {
-    let mut by_period: BTreeMap<(i64, String), Sums> = BTreeMap::new();
+    // keyed by Currency, whose order is its code's: the same order as the stored strings'
+    let mut by_period: BTreeMap<(i64, Currency), Sums> = BTreeMap::new();
     for l in lines {
         if l.at_ms < from_ms || l.at_ms >= to_ms || currency.is_some_and(|c| c != l.currency) {
             continue;
         }
+        let cur = match l.currency.parse::<Currency>() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(table = "ledger_entries", entry_id = %l.entry_id,
+                    journal_id = %l.journal_id, error = %e, "line left out of the revenue report: unknown currency");
+                continue;
+            }
+        };
         let start = period_start(l.at_ms, g)?;
-        by_period
-            .entry((start, l.currency.clone()))
-            .or_default()
-            .add_line(l)?;
+        by_period.entry((start, cur)).or_default().add_line(l)?;
     }
-    let mut totals: BTreeMap<String, Sums> = BTreeMap::new();
+    let mut totals: BTreeMap<Currency, Sums> = BTreeMap::new();
     let mut periods = Vec::new();
     for ((start, cur), sums) in &by_period {
-        totals.entry(cur.clone()).or_default().plus(sums)?;
+        totals.entry(*cur).or_default().plus(sums)?;
         let (start_ms, end_ms) = ((*start).max(from_ms), period_end(*start, g)?.min(to_ms));
         periods.push(PeriodFigures {
             start: rfc3339(start_ms),
             end: rfc3339(end_ms),
             start_ms,
             end_ms,
-            currency: cur.clone(),
+            currency: *cur,
             figures: sums.figures()?,
         });
     }
@@ -533,10 +545,10 @@ pub fn render(r: &Report) -> String {
         ));
     };
     for p in &r.periods {
-        row(&mut out, &p.start, &p.end, &p.currency, &p.figures);
+        row(&mut out, &p.start, &p.end, p.currency.code(), &p.figures);
     }
     for t in &r.totals {
-        row(&mut out, &r.from, &r.to, &t.currency, &t.figures);
+        row(&mut out, &r.from, &r.to, t.currency.code(), &t.figures);
     }
     out
 }
@@ -630,6 +642,32 @@ mod tests {
         assert!(fe.reconciles);
         assert_eq!(r.totals[0].figures.outstanding_minor, -150);
         assert!(r.totals[0].figures.reconciles);
+    }
+
+    #[test]
+    fn a_line_in_an_unknown_currency_is_left_out_and_currencies_serialize_as_codes() {
+        let lines = [
+            line("payment", "receivable", "USD", 0, 500, 1_000),
+            line("payment", "receivable", "ZZZ", 0, 700, 1_000),
+            line("payment", "receivable", "EUR", 0, 300, 2_000),
+        ];
+        let r = report(&lines, 0, 10_000, Granularity::Day, None).unwrap();
+        let got: Vec<_> = r
+            .totals
+            .iter()
+            .map(|t| (t.currency.code(), t.figures.collected_minor))
+            .collect();
+        assert_eq!(got, [("EUR", 300), ("USD", 500)]);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["periods"][0]["currency"], "EUR");
+        assert_eq!(json["totals"][1]["currency"], "USD");
+        assert_eq!(json["totals"][1]["collected_minor"], 500);
+        let table = render(&r);
+        assert!(
+            table.contains("1970-01-01T00:00:00Z 1970-01-01T00:00:10Z USD"),
+            "{table}"
+        );
+        assert!(!table.contains("ZZZ"), "{table}");
     }
 
     #[test]
