@@ -59,7 +59,7 @@ pub async fn pass(
         .iter()
         .filter(|o| o.outstanding_minor > 0 && !o.has_payment_records)
     {
-        let Some(profile) = profiles.get(o.customer.as_str()) else {
+        let Some(profile) = profiles.get(&o.customer) else {
             report.without_profile += 1;
             continue;
         };

@@ -8,9 +8,11 @@ use std::collections::HashMap;
 
 use clickhouse::Client;
 use serde::{Deserialize, Serialize};
+use tally_domain::CustomerId;
 use tally_platform::store::datetime_secs;
 
-/// A customer's payment settings.
+/// A customer's payment settings: the stored row and the API's body (customer as stored;
+/// [`all`] keys them by a validated [`CustomerId`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, clickhouse::Row)]
 pub struct Profile {
     pub customer: String,
@@ -79,13 +81,25 @@ const LATEST: &str = "SELECT customer, argMax(gateway, at_ms) AS g, \
      argMax(provider_customer, at_ms) AS pc, argMax(payment_method, at_ms) AS pm, \
      argMax(actor, at_ms) AS a, max(at_ms) AS t FROM customer_payment_profiles";
 
-/// The profile in force of every customer that has one.
-pub async fn all(db: &Client) -> Result<HashMap<String, Profile>, clickhouse::error::Error> {
+/// The profile in force of every customer that has one. A profile whose stored customer id
+/// does not validate is logged and left out (no invoice of such a customer is collected: the
+/// invoices' customers are validated too), and every other customer's is read.
+pub async fn all(db: &Client) -> Result<HashMap<CustomerId, Profile>, clickhouse::error::Error> {
     let rows: Vec<Profile> = db
         .query(&format!("{LATEST} GROUP BY customer"))
         .fetch_all()
         .await?;
-    Ok(rows.into_iter().map(|p| (p.customer.clone(), p)).collect())
+    Ok(rows
+        .into_iter()
+        .filter_map(|p| match CustomerId::new(p.customer.clone()) {
+            Ok(id) => Some((id, p)),
+            Err(e) => {
+                tracing::error!(table = "customer_payment_profiles", error = %e,
+                    "row left out: customer id does not validate");
+                None
+            }
+        })
+        .collect())
 }
 
 /// The profile in force of `customer`.

@@ -21,10 +21,11 @@ use std::collections::BTreeMap;
 use clickhouse::Client;
 use rust_decimal::Decimal;
 use serde::Deserialize;
+use tally_domain::Currency;
 
 use super::usage::{additive, Usage};
 
-/// One charge of the period, as the rater stored it.
+/// One charge of the period, as the rater stored it (currency as stored: [`divide`] types it).
 #[derive(Debug, Clone, PartialEq, Eq, clickhouse::Row, Deserialize)]
 pub struct Charge {
     pub meter: String,
@@ -58,8 +59,8 @@ pub async fn charges(
 /// The period's cost, divided.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Costs {
-    /// The invoice currency (the charges'); empty without charges.
-    pub currency: String,
+    /// The invoice currency (the charges'); none without charges.
+    pub currency: Option<Currency>,
     /// Every charge of the period, in minor units.
     pub total_minor: i64,
     /// meter → day → minor units.
@@ -117,15 +118,27 @@ pub fn split(amount: i64, weights: &[Decimal]) -> Option<Vec<i64>> {
     Some(parts)
 }
 
+impl Costs {
+    /// The currency's code; empty without charges.
+    pub fn code(&self) -> &'static str {
+        self.currency.map_or("", |c| c.code())
+    }
+}
+
 /// The charges divided over the usage (see the module docs).
 pub fn divide(charges: &[Charge], usage: &Usage) -> Costs {
     let mut c = Costs::default();
-    let Some(first) = charges.first() else {
-        return c;
-    };
-    c.currency = first.currency.clone();
     for ch in charges {
-        if ch.currency != c.currency {
+        let cur = match ch.currency.parse::<Currency>() {
+            Ok(cur) => cur,
+            Err(e) => {
+                tracing::error!(table = "charges", meter = %ch.meter, error = %e,
+                    "charge left out of the portal's costs: unknown currency");
+                continue;
+            }
+        };
+        // the period's currency is its first charge's
+        if *c.currency.get_or_insert(cur) != cur {
             tracing::warn!(meter = %ch.meter, currency = %ch.currency, "a charge in another currency than the period's first; not shown");
             c.other_currency += 1;
             continue;
@@ -215,6 +228,22 @@ mod tests {
     }
 
     #[test]
+    fn a_charge_in_an_unknown_currency_is_left_out_and_never_sets_the_period_currency() {
+        let mut bad = charge("flat", 900);
+        bad.currency = "ZZZ".into();
+        let mut eur = charge("flat", 50);
+        eur.currency = "EUR".into();
+        let c = divide(
+            &[bad, charge("tokens", 400), eur, charge("flat", 300)],
+            &Usage::default(),
+        );
+        assert_eq!(c.code(), "USD");
+        assert_eq!((c.total_minor, c.other_currency), (700, 1));
+        assert_eq!(c.by_meter["flat"], 300);
+        assert_eq!(divide(&[], &Usage::default()).code(), "");
+    }
+
+    #[test]
     fn a_charge_is_divided_over_days_and_agents_and_adds_up() {
         let usage = Usage {
             aggregations: [
@@ -238,7 +267,7 @@ mod tests {
             ],
             &usage,
         );
-        assert_eq!(c.currency, "USD");
+        assert_eq!(c.code(), "USD");
         assert_eq!(c.total_minor, 6_100);
         assert_eq!(
             c.by_meter_day["tokens"],

@@ -94,7 +94,7 @@ fn usage() -> Usage {
 
 fn costs() -> cost::Costs {
     cost::Costs {
-        currency: "USD".into(),
+        currency: Some("USD".parse().expect("a currency")),
         total_minor: 123_456,
         by_meter_day: [
             (

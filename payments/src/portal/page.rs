@@ -238,14 +238,14 @@ fn cost_card(h: &mut String, v: &CustomerView) {
             h,
             "cost-to-date",
             "Cost to date",
-            &format::money(b.currency.as_deref().unwrap_or(&v.costs.currency), b.spend),
+            &format::money(b.currency.as_deref().unwrap_or(v.costs.code()), b.spend),
             "live, before tax",
         ),
-        None if !v.costs.currency.is_empty() => card(
+        None if v.costs.currency.is_some() => card(
             h,
             "cost-to-date",
             "Cost to date",
-            &money_minor(&v.costs.currency, v.costs.total_minor),
+            &money_minor(v.costs.code(), v.costs.total_minor),
             &format!("priced {}, before tax", time(i64::from(v.costs.priced_at))),
         ),
         None => card(h, "cost-to-date", "Cost to date", "–", "nothing priced yet"),
@@ -291,7 +291,7 @@ fn budget_amount(v: &CustomerView, kind: &str, meter: Option<&str>, x: Decimal) 
             .live
             .as_ref()
             .and_then(|b| b.currency.clone())
-            .unwrap_or_else(|| v.costs.currency.clone());
+            .unwrap_or_else(|| v.costs.code().to_owned());
         format::money(&currency, x)
     }
 }
@@ -426,20 +426,20 @@ fn limit_name(l: &LimitUse) -> String {
 fn costs(h: &mut String, v: &CustomerView, days: &[i64]) {
     let c = &v.costs;
     h.push_str("<section id=\"costs\" class=\"charts\"><h2>Cost per day</h2>");
-    if c.currency.is_empty() {
+    if c.currency.is_none() {
         h.push_str("<p class=\"note\">Nothing has been priced yet this period.</p></section>");
         return;
     }
-    let cur = c.currency.clone();
-    let fmt = move |d: Decimal| format::money(&cur, d);
-    let y = format!("Cost ({})", c.currency);
+    let cur = c.code();
+    let fmt = move |d: Decimal| format::money(cur, d);
+    let y = format!("Cost ({cur})");
     h.push_str(&chart::stacked_bars(&Chart {
         id: "cost-by-meter",
         title: "Cost per day by meter",
         y_label: &y,
         x_label: "Day (UTC)",
         days,
-        series: &minor_series(days, &c.currency, &c.by_meter_day),
+        series: &minor_series(days, c.code(), &c.by_meter_day),
         format: &fmt,
     }));
     h.push_str(&chart::stacked_bars(&Chart {
@@ -448,21 +448,21 @@ fn costs(h: &mut String, v: &CustomerView, days: &[i64]) {
         y_label: &y,
         x_label: "Day (UTC)",
         days,
-        series: &minor_series(days, &c.currency, &c.by_agent_day),
+        series: &minor_series(days, c.code(), &c.by_agent_day),
         format: &fmt,
     }));
     let _ = write!(
         h,
         "<p class=\"note\" id=\"priced\">Total {} (before tax), priced {}. Each meter's charge is divided over its days \
          and agents in proportion to their usage; the parts add up to the charge.</p>",
-        esc(&money_minor(&c.currency, c.total_minor)),
+        esc(&money_minor(c.code(), c.total_minor)),
         esc(&time(i64::from(c.priced_at)))
     );
     if !c.not_by_day.is_empty() {
         let parts: Vec<String> = c
             .not_by_day
             .iter()
-            .map(|(m, a)| format!("{} {}", esc(m), esc(&money_minor(&c.currency, *a))))
+            .map(|(m, a)| format!("{} {}", esc(m), esc(&money_minor(c.code(), *a))))
             .collect();
         let _ = write!(
             h,
@@ -516,7 +516,7 @@ fn usage(h: &mut String, v: &CustomerView, days: &[i64]) {
             .costs
             .by_agent_meter
             .get(&(a.agent.clone(), a.meter.clone()))
-            .map(|m| money_minor(&v.costs.currency, *m))
+            .map(|m| money_minor(v.costs.code(), *m))
             .unwrap_or_else(|| "–".into());
         let _ = write!(
             h,
@@ -640,7 +640,7 @@ mod tests {
             now_ms: MAR1_MS + 2 * DAY_MS + 5_000,
             usage: usage::Usage::default(),
             costs: cost::Costs {
-                currency: "JPY".into(),
+                currency: Some("JPY".parse().unwrap()),
                 total_minor: 1_234_567,
                 by_meter_day: [("tokens".into(), [(MAR1_MS / 1000, 1_234_567)].into())].into(),
                 priced_at: 1_772_330_000,
