@@ -69,9 +69,9 @@ pub async fn pass(
         }
         let Some(req) = api.gateway.collect_request(&Collect {
             invoice_id: &o.invoice_id,
-            customer: o.customer.as_str(),
+            customer: &o.customer,
             amount_minor: o.outstanding_minor,
-            currency: o.currency.code(),
+            currency: o.currency,
             attempt: 0,
             provider_customer: &profile.provider_customer,
             payment_method: &profile.payment_method,

@@ -222,9 +222,9 @@ async fn collect_request(
     let stripe = Stripe::new(cfg.payments.stripe_webhook_secret.expose(), 300);
     let req = stripe.collect_request(&Collect {
         invoice_id: &inv.invoice_id,
-        customer: inv.customer.as_str(),
+        customer: &inv.customer,
         amount_minor: inv.amount_due_minor,
-        currency: inv.currency.code(),
+        currency: inv.currency,
         attempt: 0,
         provider_customer: pc,
         payment_method: pm,

@@ -11,6 +11,7 @@ pub mod manual;
 pub mod stripe;
 
 use serde::Serialize;
+use tally_domain::{Currency, CustomerId};
 
 /// What an accepted event means for an invoice.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -129,13 +130,14 @@ fn form_escape(s: &str) -> String {
     out
 }
 
-/// An open invoice to collect.
+/// An open invoice to collect: its customer and currency as validated with the invoice (a
+/// provider is sent their strings, as before).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Collect<'a> {
     pub invoice_id: &'a str,
-    pub customer: &'a str,
+    pub customer: &'a CustomerId,
     pub amount_minor: i64,
-    pub currency: &'a str,
+    pub currency: Currency,
     /// 0 for the first attempt, then the dunning retry step.
     pub attempt: u32,
     /// The provider's customer (Stripe: `cus_...`), empty when unknown.

@@ -286,7 +286,7 @@ impl Gateway for Stripe {
     fn collect_request(&self, c: &Collect<'_>) -> Option<GatewayRequest> {
         let mut form: Vec<(String, String)> = vec![
             ("amount".into(), c.amount_minor.to_string()),
-            ("currency".into(), c.currency.to_ascii_lowercase()),
+            ("currency".into(), c.currency.code().to_ascii_lowercase()),
         ];
         for (k, v) in [
             ("customer", c.provider_customer),
@@ -307,7 +307,7 @@ impl Gateway for Stripe {
                     ("off_session".into(), "true".into()),
                     ("description".into(), format!("Invoice {}", c.invoice_id)),
                     ("metadata[invoice_id]".into(), c.invoice_id.to_owned()),
-                    ("metadata[customer]".into(), c.customer.to_owned()),
+                    ("metadata[customer]".into(), c.customer.to_string()),
                     ("metadata[attempt]".into(), c.attempt.to_string()),
                 ])
                 .collect(),
@@ -471,9 +471,9 @@ mod tests {
         let r = s
             .collect_request(&Collect {
                 invoice_id: "inv_1",
-                customer: "acme",
+                customer: &tally_domain::CustomerId::new("acme".to_owned()).unwrap(),
                 amount_minor: 995,
-                currency: "EUR",
+                currency: "EUR".parse().unwrap(),
                 attempt: 2,
                 provider_customer: "cus_1",
                 payment_method: "pm_1",
@@ -485,5 +485,8 @@ mod tests {
             "amount=995&currency=eur&customer=cus_1&payment_method=pm_1&confirm=true&off_session=true"
         ));
         assert!(r.body().contains("metadata%5Binvoice_id%5D=inv_1"));
+        assert!(r
+            .body()
+            .ends_with("metadata%5Bcustomer%5D=acme&metadata%5Battempt%5D=2"));
     }
 }
