@@ -7,6 +7,7 @@
 
 use clickhouse::Client;
 use serde::Deserialize;
+use tally_domain::Currency;
 
 /// The customer's display name in the catalog, `None` when it has no catalog entry (or its
 /// body has no name).
@@ -38,7 +39,7 @@ fn name_of(body: &str) -> Option<String> {
         .filter(|n| !n.is_empty())
 }
 
-/// One prepaid credit grant.
+/// One prepaid credit grant (currency as stored: [`credits`] types it).
 #[derive(Debug, Clone, PartialEq, Eq, clickhouse::Row, Deserialize)]
 pub struct Grant {
     pub grant_id: String,
@@ -53,8 +54,8 @@ pub struct Grant {
 pub struct Credits {
     /// Newest first.
     pub grants: Vec<Grant>,
-    /// (currency, balance in minor units): granted minus applied.
-    pub balances: Vec<(String, i64)>,
+    /// (currency, balance in minor units): granted minus applied, by code.
+    pub balances: Vec<(Currency, i64)>,
 }
 
 /// The prepaid credits of `customer`.
@@ -76,24 +77,74 @@ pub async fn credits(db: &Client, customer: &str) -> Result<Credits, clickhouse:
         .bind(customer)
         .fetch_all()
         .await?;
-    let mut balances: std::collections::BTreeMap<String, i64> = Default::default();
-    for g in &grants {
-        let b = balances.entry(g.currency.clone()).or_default();
-        *b = b.saturating_add(g.amount_minor);
-    }
+    Ok(decide_credits(grants, applied))
+}
+
+/// The stored currency typed; `None` (logged) when it does not parse: the row is left out.
+fn known(table: &str, what: &str, currency: &str) -> Option<Currency> {
+    currency
+        .parse()
+        .map_err(|e| tracing::error!(table, what, error = %e, "row left out: unknown currency"))
+        .ok()
+}
+
+/// The credits shown from the stored grants and the credit applied per currency. A grant or
+/// sum in a currency that does not parse is logged and left out of the list and the balances.
+fn decide_credits(grants: Vec<Grant>, applied: Vec<(String, i64)>) -> Credits {
+    // keyed by Currency, whose order is its code's (as the strings' were)
+    let mut balances: std::collections::BTreeMap<Currency, i64> = Default::default();
+    let grants: Vec<Grant> = grants
+        .into_iter()
+        .filter(|g| {
+            let Some(c) = known("credit_grants", &g.grant_id, &g.currency) else {
+                return false;
+            };
+            let b = balances.entry(c).or_default();
+            *b = b.saturating_add(g.amount_minor);
+            true
+        })
+        .collect();
     for (currency, used) in applied {
-        let b = balances.entry(currency).or_default();
-        *b = b.saturating_sub(used);
+        if let Some(c) = known("invoices", "credits applied", &currency) {
+            let b = balances.entry(c).or_default();
+            *b = b.saturating_sub(used);
+        }
     }
-    Ok(Credits {
+    Credits {
         grants,
         balances: balances.into_iter().collect(),
-    })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn grant(id: &str, currency: &str, amount_minor: i64) -> Grant {
+        Grant {
+            grant_id: id.into(),
+            currency: currency.into(),
+            amount_minor,
+            reason: "r".into(),
+            granted_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_grant_or_applied_sum_in_an_unknown_currency_is_left_out() {
+        let c = decide_credits(
+            vec![
+                grant("g1", "USD", 2_500),
+                grant("g2", "ZZZ", 900),
+                grant("g3", "EUR", 100),
+            ],
+            vec![("USD".into(), 400), ("ZZZ".into(), 50)],
+        );
+        let ids: Vec<_> = c.grants.iter().map(|g| g.grant_id.as_str()).collect();
+        assert_eq!(ids, ["g1", "g3"]);
+        let b: Vec<_> = c.balances.iter().map(|(c, m)| (c.code(), *m)).collect();
+        assert_eq!(b, [("EUR", 100), ("USD", 2_100)]);
+    }
 
     #[test]
     fn the_name_is_read_from_the_catalog_body() {

@@ -185,7 +185,10 @@ fn view(live: Option<Balance>) -> CustomerView {
                 reason: "welcome <gift>".into(),
                 granted_at_ms: (MAR1 - DAY) * 1000,
             }],
-            balances: vec![("EUR".into(), 100), ("USD".into(), 2_500)],
+            balances: vec![
+                ("EUR".parse().expect("a currency"), 100),
+                ("USD".parse().expect("a currency"), 2_500),
+            ],
         },
         wallet: crate::wallet::http::WalletView {
             customer: "acme & co".into(),

@@ -192,7 +192,7 @@ fn cards(h: &mut String, v: &CustomerView) {
         h,
         "credit-balance",
         "Prepaid credit",
-        &amounts(v.credits.balances.iter().map(|(c, m)| (c.as_str(), *m))),
+        &amounts(v.credits.balances.iter().map(|(c, m)| (c.code(), *m))),
         "applied to invoices at finalization",
     );
     budget_card(h, v);
@@ -544,7 +544,7 @@ fn credits(h: &mut String, v: &CustomerView) {
         .credits
         .balances
         .iter()
-        .map(|(c, m)| esc(&money_minor(c, *m)))
+        .map(|(c, m)| esc(&money_minor(c.code(), *m)))
         .collect();
     let _ = write!(
         h,
