@@ -552,8 +552,8 @@ async fn grant(db: &clickhouse::Client, c: &str, id: &str, minor: i64) {
     use tally_payments::wallet::{store, Grant, GrantKind};
     let g = Grant {
         grant_id: id.into(),
-        customer: c.into(),
-        currency: "USD".into(),
+        customer: tally_domain::CustomerId::new(c).expect("a customer id"),
+        currency: "USD".parse().expect("a currency"),
         amount_minor: minor,
         kind: GrantKind::Promotional,
         priority: 0,

@@ -357,7 +357,7 @@ pub async fn apply(db: &Client, i: &Incoming<'_>, now_ms: i64) -> Result<(String
         crate::settle::post(
             db,
             op,
-            &payment.currency,
+            facts.payment.currency,
             &payment.customer,
             i.actor,
             now_ms,
@@ -424,7 +424,7 @@ mod tests {
     fn step(f: &mut Facts, tb: &mut TrialBalance, e: &Event) -> Decision {
         let d = decide(f, e);
         for op in &d.journals {
-            let j = ledger::post(op, "USD").unwrap();
+            let j = ledger::post(op, "USD".parse().unwrap()).unwrap();
             tb.add_journal(&j);
             let Operation::Dispute { step, .. } = op else {
                 unreachable!()

@@ -41,6 +41,7 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
+use tally_domain::Currency;
 
 /// A ledger account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -327,7 +328,7 @@ pub struct Line {
 pub struct Journal {
     pub journal_id: String,
     pub kind: &'static str,
-    pub currency: String,
+    pub currency: Currency,
     pub invoice_id: String,
     pub lines: Vec<Line>,
 }
@@ -397,13 +398,13 @@ fn cr(account: Account, minor: i64) -> Line {
 
 /// The journal of `op` in `currency`. Zero lines are dropped; a journal may end up empty
 /// (a zero invoice), which is still balanced.
-pub fn post(op: &Operation, currency: &str) -> Result<Journal, LedgerError> {
+pub fn post(op: &Operation, currency: Currency) -> Result<Journal, LedgerError> {
     let id = op.journal_id();
     let lines = lines(op, &id)?;
     let journal = Journal {
         journal_id: id,
         kind: op.kind(),
-        currency: currency.to_owned(),
+        currency,
         invoice_id: op.invoice_id().to_owned(),
         lines: lines
             .into_iter()
@@ -566,7 +567,7 @@ impl TrialBalance {
 
     pub fn add_journal(&mut self, j: &Journal) {
         for l in &j.lines {
-            self.add(&j.currency, l);
+            self.add(j.currency.code(), l);
         }
     }
 
@@ -617,6 +618,10 @@ impl TrialBalance {
 mod tests {
     use super::*;
 
+    fn usd() -> Currency {
+        "USD".parse().unwrap()
+    }
+
     #[test]
     fn a_finalized_invoice_books_receivable_revenue_and_tax() {
         let j = post(
@@ -626,7 +631,7 @@ mod tests {
                 tax_minor: 190,
                 amount_due_minor: 1_000,
             },
-            "EUR",
+            "EUR".parse().unwrap(),
         )
         .unwrap();
         assert_eq!(j.journal_id, "fin:inv_1");
@@ -667,7 +672,7 @@ mod tests {
                 amount_minor: 300,
             },
         ] {
-            tb.add_journal(&post(&op, "USD").unwrap());
+            tb.add_journal(&post(&op, usd()).unwrap());
         }
         let usd = &tb.currencies["USD"];
         assert_eq!(
@@ -695,8 +700,8 @@ mod tests {
             amount_due_minor: 500,
         };
         let mut tb = TrialBalance::default();
-        tb.add_journal(&post(&fin, "USD").unwrap());
-        tb.add_journal(&post(&void, "USD").unwrap());
+        tb.add_journal(&post(&fin, usd()).unwrap());
+        tb.add_journal(&post(&void, usd()).unwrap());
         assert!(tb.currencies["USD"]
             .values()
             .all(|t| t.balance_minor() == 0));
@@ -718,7 +723,7 @@ mod tests {
             amount_due_minor: 120,
         };
         for op in [fin, app, void] {
-            tb.add_journal(&post(&op, "USD").unwrap());
+            tb.add_journal(&post(&op, usd()).unwrap());
         }
         assert!(tb.currencies["USD"]
             .values()
@@ -734,7 +739,7 @@ mod tests {
                 amount_minor: 10,
                 tax_minor: 11,
             },
-            "USD",
+            usd(),
         )
         .unwrap_err();
         assert!(
@@ -749,7 +754,7 @@ mod tests {
                     invoice_id: "i".into(),
                     amount_minor: -1
                 },
-                "USD"
+                usd()
             ),
             Err(LedgerError::Negative { .. })
         ));

@@ -297,7 +297,7 @@ pub async fn append_journal(
                     line_no,
                     kind: j.kind,
                     account: l.account.as_str(),
-                    currency: &j.currency,
+                    currency: j.currency.code(),
                     debit_minor: l.debit_minor,
                     credit_minor: l.credit_minor,
                     invoice_id: &j.invoice_id,

@@ -95,7 +95,7 @@ proptest! {
                         payment_id: format!("p{payment}"),
                         invoice_id: format!("i{payment}"),
                         amount_minor: amount,
-                    }, cur(payment)).unwrap();
+                    }, cur(payment).parse().unwrap()).unwrap();
                     tb.add_journal(&j);
                 }
                 Op::Refund { payment, amount } => {
@@ -109,7 +109,7 @@ proptest! {
                         refund_id: format!("r{payment}:{r}"),
                         invoice_id: format!("i{payment}"),
                         amount_minor: amount,
-                    }, cur(payment)).unwrap();
+                    }, cur(payment).parse().unwrap()).unwrap();
                     tb.add_journal(&j);
                 }
                 Op::Dispute { payment, dispute, amount, change: c } => {
@@ -135,7 +135,7 @@ proptest! {
                     };
                     let decision = decide(&d.facts, &event);
                     for op in &decision.journals {
-                        let j = ledger::post(op, cur(payment)).unwrap();
+                        let j = ledger::post(op, cur(payment).parse().unwrap()).unwrap();
                         if let Operation::Dispute { step, amount_minor, .. } = op {
                             prop_assert!(d.facts.posted.insert(step.kind()), "{:?} posted twice", step);
                             if matches!(step, DisputeStep::Lost { .. }) {

@@ -345,7 +345,7 @@ async fn a_journal_is_found_by_currency_and_id() {
             invoice_id: "inv_1".into(),
             amount_minor: 1_250,
         },
-        "EUR",
+        "EUR".parse().unwrap(),
     )
     .unwrap();
     assert!(!store::journal_exists(&db, "EUR", &j.journal_id)

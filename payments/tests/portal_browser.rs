@@ -197,8 +197,8 @@ async fn a_customer_sees_its_invoices_usage_and_pdf_and_nothing_else() {
     ] {
         let g = tally_payments::wallet::Grant {
             grant_id: id.into(),
-            customer: "acme".into(),
-            currency: currency.into(),
+            customer: tally_domain::CustomerId::new("acme").unwrap(),
+            currency: currency.parse().unwrap(),
             amount_minor: minor,
             kind: tally_payments::wallet::GrantKind::Promotional,
             priority: 0,

@@ -498,3 +498,97 @@ async fn a_period_in_two_currencies_gets_each_currencys_wallet_credit() {
     assert_eq!(balance_in(&tb, "USD", Account::CreditReserved), -600);
     assert_eq!(balance_in(&tb, "EUR", Account::CreditReserved), -300);
 }
+
+/// Stored wallet rows that do not validate (a grant in a currency this product does not know,
+/// a grant of a customer id that is not one, a movement in an unknown currency) fail only
+/// their customer's wallet pass: that wallet is not decided without them (leaving one out
+/// could spend its credit twice), and every other customer's wallet goes on. The API refuses
+/// a path that names no customer id. On the old code the rows were taken as they were: the
+/// pass counted no failure and posted journals in `XX1`.
+#[tokio::test]
+async fn a_bad_stored_wallet_row_fails_only_its_customers_pass() {
+    let env = TestEnv::new("wallet_bad_rows").await;
+    let db = env.db();
+    let server = start(db.clone(), wall_ms).await;
+    let now = wall_ms();
+    let grant = |id: &str, customer: &str, currency: &str| {
+        let (db, id, customer, currency) = (
+            db.clone(),
+            id.to_owned(),
+            customer.to_owned(),
+            currency.to_owned(),
+        );
+        async move {
+            db.query(
+                "INSERT INTO wallet_grants (grant_id, customer, currency, amount_minor, kind, \
+                 priority, expires_at_ms, reason, actor, created_at_ms, created_at) \
+                 VALUES (?, ?, ?, 500, 'promotional', 50, 0, '', 'test', ?, toDateTime(?))",
+            )
+            .bind(&id)
+            .bind(&customer)
+            .bind(&currency)
+            .bind(now - 1_000)
+            .bind((now - 1_000) / 1000)
+            .execute()
+            .await
+            .expect("grant written");
+        }
+    };
+    grant("g-ok", "good", "USD").await;
+    grant("g-bad", "bad-currency", "XX1").await;
+    grant("g-id", "bad.id", "USD").await;
+    grant("g-mv", "bad-movement", "USD").await;
+    db.query(
+        "INSERT INTO wallet_movements (movement_id, customer, grant_id, currency, kind, \
+         amount_minor, invoice_id, actor, at_ms, at) \
+         VALUES ('grant:g-mv', 'bad-movement', 'g-mv', 'XX1', 'grant', 500, '', 'test', ?, toDateTime(?))",
+    )
+    .bind(now - 500)
+    .bind((now - 500) / 1000)
+    .execute()
+    .await
+    .expect("movement written");
+
+    let r = pass::run(&db, now).await.unwrap();
+    assert_eq!(
+        (r.customers, r.movements, r.journals, r.failed),
+        (4, 1, 1, 3),
+        "only good's grant arrives: {r:?}"
+    );
+    assert_eq!(wallet(&server, "good").await["balances"]["USD"], 500);
+    assert_eq!(ledger_credit(&db, "good").await, 500);
+    for c in ["bad-currency", "bad-movement", "bad.id"] {
+        assert_eq!(ledger_credit(&db, c).await, 0, "{c}: nothing posted");
+    }
+    let journals: u64 = db
+        .query("SELECT count() FROM ledger_entries WHERE currency = 'XX1'")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(journals, 0, "no journal in an unknown currency");
+    // the API: a stored row that does not validate is the service's fault (500, in its log);
+    // a path that names no customer id is the caller's (400)
+    let (status, body) = api(
+        server.addr,
+        "GET",
+        "/v1/customers/bad-currency/wallet",
+        serde_json::Value::Null,
+    )
+    .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    let (status, body) = api(
+        server.addr,
+        "POST",
+        "/v1/customers/bad.id/wallet/grants",
+        json!({"grant_id": "g2", "currency": "USD", "amount_minor": 100}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["code"], "bad_request", "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("customer"),
+        "{body}"
+    );
+    drop(server);
+    env.cleanup().await;
+}

@@ -11,6 +11,14 @@ use tally_payments::ledger::{self, Account, Operation, TrialBalance};
 use tally_payments::wallet::consume::{decide, Facts, Period, PeriodState};
 use tally_payments::wallet::{balances, remaining, Grant, GrantKind, Movement};
 
+fn acme() -> tally_domain::CustomerId {
+    tally_domain::CustomerId::new("acme").unwrap()
+}
+
+fn usd() -> tally_domain::Currency {
+    "USD".parse().unwrap()
+}
+
 const DAY: i64 = 86_400_000;
 
 #[derive(Debug, Clone)]
@@ -76,7 +84,7 @@ struct Model {
 
 impl Model {
     fn post(&mut self, op: &Operation) {
-        let j = ledger::post(op, "USD").expect("posts");
+        let j = ledger::post(op, usd()).expect("posts");
         for l in &j.lines {
             if l.account == Account::CustomerCredit {
                 self.ledger_credit += i128::from(l.credit_minor) - i128::from(l.debit_minor);
@@ -87,7 +95,7 @@ impl Model {
 
     fn step(&mut self, voiding: &BTreeSet<String>) {
         let decided = decide(&Facts {
-            customer: "acme",
+            customer: &acme(),
             grants: &self.grants,
             movements: &self.movements,
             periods: &self.periods,
@@ -144,8 +152,8 @@ proptest! {
                     let n = m.grants.len();
                     m.grants.push(Grant {
                         grant_id: format!("g{n}"),
-                        customer: "acme".into(),
-                        currency: "USD".into(),
+                        customer: acme(),
+                        currency: usd(),
                         amount_minor: amount,
                         kind: if top_up { GrantKind::TopUp } else { GrantKind::Promotional },
                         priority,
@@ -200,7 +208,7 @@ proptest! {
             m.step(&voiding);
             // deciding again from the result decides nothing
             let again = decide(&Facts {
-                customer: "acme",
+                customer: &acme(),
                 grants: &m.grants,
                 movements: &m.movements,
                 periods: &m.periods,
@@ -208,11 +216,11 @@ proptest! {
                 now_ms: m.now,
             }).unwrap();
             prop_assert!(again.is_empty(), "decided again: {again:?}");
-            let left = remaining("acme", &m.movements).unwrap();
+            let left = remaining(&acme(), &m.movements).unwrap();
             prop_assert!(left.values().all(|v| *v >= 0), "{left:?}");
             let ids: BTreeSet<&str> = m.movements.iter().map(|x| x.movement_id.as_str()).collect();
             prop_assert_eq!(ids.len(), m.movements.len(), "movement ids are unique");
-            let balance = balances("acme", &m.movements).unwrap().get("USD").copied().unwrap_or(0);
+            let balance = balances(&acme(), &m.movements).unwrap().get(&usd()).copied().unwrap_or(0);
             prop_assert_eq!(i128::from(balance), m.ledger_credit, "wallet = ledger");
             prop_assert!(m.tb.is_balanced(), "{}", m.tb.render());
             // an open period never holds more than its usage

@@ -352,6 +352,23 @@ async fn refunds_transfers_and_write_offs_keep_the_ledger_balanced() {
             .1["outcome"],
         "paid"
     );
+    // a refund in a currency the product does not know is neither recorded nor posted (the
+    // old code posted a journal in XX1)
+    let odd = serde_json::json!({"id": "ch_1", "object": "charge", "currency": "xx1", "payment_intent": "pi_r",
+        "amount_refunded": 500, "refunds": {"object": "list", "data": [{"id": "re_x", "amount": 500}]}});
+    let odd = stripe_event("evt_rx", "charge.refunded", odd, now_secs());
+    let (s, reply) = post_webhook(server.addr, &odd, WEBHOOK_SECRET, now_secs()).await;
+    assert_eq!(
+        (s, reply["outcome"].as_str()),
+        (StatusCode::OK, Some("currency_mismatch")),
+        "{reply}"
+    );
+    let odd_rows: u64 = db
+        .query("SELECT count() FROM ledger_entries WHERE currency = 'XX1'")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(odd_rows, 0);
     let charge = serde_json::json!({"id": "ch_1", "object": "charge", "currency": "usd", "payment_intent": "pi_r",
         "amount_refunded": 1_000, "refunds": {"object": "list", "data": [{"id": "re_1", "amount": 1_000}]}});
     let refund = stripe_event("evt_r", "charge.refunded", charge, now_secs());

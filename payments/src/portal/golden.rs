@@ -191,8 +191,8 @@ fn view(live: Option<Balance>) -> CustomerView {
             ],
         },
         wallet: crate::wallet::http::WalletView {
-            customer: "acme & co".into(),
-            balances: [("USD".into(), 1_000)].into(),
+            customer: tally_domain::CustomerId::new("acme-co").expect("a customer id"),
+            balances: [("USD".parse().expect("a currency"), 1_000)].into(),
             grants: vec![],
             movements: vec![],
         },

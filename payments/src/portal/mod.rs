@@ -126,7 +126,10 @@ async fn load_stored(db: &Client, customer: &str, now_ms: i64) -> Result<Custome
     let credits = account::credits(db, customer).await?;
     let ids: Vec<String> = facts.iter().map(|f| f.invoice_id.clone()).collect();
     let statuses = tally_invoice::lifecycle::statuses_of(db, &ids).await?;
-    let wallet = crate::wallet::http::view(db, customer).await?;
+    // the link was signed for a checked customer id ([`link::token`])
+    let id = tally_domain::CustomerId::new(customer)
+        .map_err(|e| Error::Corrupt(format!("portal customer {customer:?}: {e}")))?;
+    let wallet = crate::wallet::http::view(db, &id).await?;
     let mut payments = Vec::new();
     let mut paid: HashMap<String, i64> = HashMap::new();
     for f in &facts {

@@ -649,7 +649,7 @@ mod tests {
             live,
             credits: account::Credits::default(),
             wallet: crate::wallet::http::WalletView {
-                customer: "acme".into(),
+                customer: tally_domain::CustomerId::new("acme").unwrap(),
                 balances: Default::default(),
                 grants: vec![],
                 movements: vec![],

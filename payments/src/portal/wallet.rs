@@ -53,7 +53,7 @@ pub fn section(h: &mut String, w: &WalletView, now_ms: i64) {
     let balances: Vec<String> = w
         .balances
         .iter()
-        .map(|(c, m)| esc(&money_minor(c, *m)))
+        .map(|(c, m)| esc(&money_minor(c.code(), *m)))
         .collect();
     let _ = write!(
         h,
@@ -84,8 +84,8 @@ pub fn section(h: &mut String, w: &WalletView, now_ms: i64) {
             g.status,
             esc(&label),
             g.status,
-            esc(&money_minor(&g.currency, g.remaining_minor)),
-            esc(&money_minor(&g.currency, g.amount_minor)),
+            esc(&money_minor(g.currency.code(), g.remaining_minor)),
+            esc(&money_minor(g.currency.code(), g.amount_minor)),
             esc(&expires),
         );
     }
@@ -103,7 +103,7 @@ mod tests {
         GrantView {
             grant_id: id.into(),
             kind: GrantKind::Promotional,
-            currency: "USD".into(),
+            currency: "USD".parse().unwrap(),
             amount_minor: 10_000,
             remaining_minor: left,
             priority: 0,
@@ -119,8 +119,8 @@ mod tests {
     #[test]
     fn grants_show_what_is_left_and_when_they_expire() {
         let w = WalletView {
-            customer: "acme".into(),
-            balances: [("USD".to_owned(), 12_345)].into(),
+            customer: tally_domain::CustomerId::new("acme").unwrap(),
+            balances: [("USD".parse().unwrap(), 12_345)].into(),
             grants: vec![
                 GrantView {
                     reason: "Launch <promo>".into(),
@@ -154,7 +154,7 @@ mod tests {
     #[test]
     fn an_empty_wallet_says_so() {
         let w = WalletView {
-            customer: "acme".into(),
+            customer: tally_domain::CustomerId::new("acme").unwrap(),
             balances: Default::default(),
             grants: vec![],
             movements: vec![],

@@ -18,7 +18,7 @@
 //! kind and status, [`Outcome`]), then appends what was decided.
 
 use clickhouse::Client;
-use tally_domain::InvoiceStatus;
+use tally_domain::{Currency, InvoiceStatus};
 use tally_invoice::lifecycle::{self, Recorded};
 use tokio::sync::Mutex;
 
@@ -305,8 +305,13 @@ impl Settler {
     }
 
     /// Records a refund of a recorded payment and posts refunds/cash. The invoice keeps its
-    /// status (a refund is money moving, not a reopened invoice).
+    /// status (a refund is money moving, not a reopened invoice). A refund in a currency this
+    /// product does not know is neither recorded nor posted (`currency_mismatch`: its payment
+    /// was in a known one).
     pub async fn refund(&self, refund: PaymentRow) -> Result<(Outcome, String), Error> {
+        let Ok(currency) = refund.currency.parse::<Currency>() else {
+            return Ok((Outcome::CurrencyMismatch, refund.invoice_id));
+        };
         let recorded = store::payments_of(&self.db, &refund.invoice_id).await?;
         let d = decide::refund(
             &movements(&recorded),
@@ -323,12 +328,11 @@ impl Settler {
                 invoice_id: refund.invoice_id.clone(),
                 amount_minor: refund.amount_minor,
             };
-            let (currency, customer) = (&refund.currency, &refund.customer);
             post(
                 &self.db,
                 &op,
                 currency,
-                customer,
+                &refund.customer,
                 &refund.actor,
                 refund.at_ms,
             )
@@ -394,7 +398,7 @@ impl Settler {
         let statuses = lifecycle::statuses(&self.db).await?;
         let mut n = 0;
         for g in crate::grants::unposted(&self.db).await? {
-            let (op, currency, customer) = (&g.op, g.currency.code(), g.customer.as_str());
+            let (op, currency, customer) = (&g.op, g.currency, g.customer.as_str());
             n += usize::from(post(&self.db, op, currency, customer, SYNC_ACTOR, now_ms).await?);
         }
         for inv in store::finalized_invoices(&self.db).await? {
@@ -429,7 +433,7 @@ impl Settler {
             }
         }
         for cn in crate::credit_notes::unposted(&self.db, &posted).await? {
-            let (op, currency, customer) = (&cn.op, cn.currency.code(), cn.customer.as_str());
+            let (op, currency, customer) = (&cn.op, cn.currency, cn.customer.as_str());
             n += usize::from(post(&self.db, op, currency, customer, SYNC_ACTOR, now_ms).await?);
         }
         Ok(n)
@@ -440,7 +444,7 @@ impl Settler {
 pub(crate) async fn post(
     db: &Client,
     op: &Operation,
-    currency: &str,
+    currency: Currency,
     customer: &str,
     actor: &str,
     now_ms: i64,
@@ -449,7 +453,7 @@ pub(crate) async fn post(
     // a zero amount (no credit applied, say) has no lines: nothing to store, and storing
     // nothing must not count or log as a posting
     if journal.lines.is_empty()
-        || store::journal_exists(db, &journal.currency, &journal.journal_id).await?
+        || store::journal_exists(db, journal.currency.code(), &journal.journal_id).await?
     {
         return Ok(false);
     }
@@ -468,15 +472,7 @@ async fn post_invoice(
     actor: &str,
     now_ms: i64,
 ) -> Result<bool, Error> {
-    post(
-        db,
-        op,
-        inv.currency.code(),
-        inv.customer.as_str(),
-        actor,
-        now_ms,
-    )
-    .await
+    post(db, op, inv.currency, inv.customer.as_str(), actor, now_ms).await
 }
 
 /// Makes sure a finalized invoice is finalized in the lifecycle (recording the invoicer's

@@ -33,7 +33,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use tally_domain::Currency;
+use tally_domain::{Currency, CustomerId};
 
 use super::{remaining, Grant, Movement, MovementKind, WalletError};
 
@@ -62,7 +62,7 @@ pub struct Period {
 /// Everything one decision reads.
 #[derive(Debug, Clone, Copy)]
 pub struct Facts<'a> {
-    pub customer: &'a str,
+    pub customer: &'a CustomerId,
     pub grants: &'a [Grant],
     pub movements: &'a [Movement],
     pub periods: &'a [Period],
@@ -72,7 +72,7 @@ pub struct Facts<'a> {
 }
 
 struct State<'a> {
-    customer: &'a str,
+    customer: &'a CustomerId,
     now_ms: i64,
     all: Vec<Movement>,
     left: BTreeMap<String, i64>,
@@ -82,7 +82,7 @@ struct State<'a> {
 impl State<'_> {
     fn overflow(&self, what: &'static str) -> WalletError {
         WalletError::Overflow {
-            customer: self.customer.to_owned(),
+            customer: self.customer.to_string(),
             what,
         }
     }
@@ -93,7 +93,7 @@ impl State<'_> {
             *left = left
                 .checked_add(m.effect_minor())
                 .ok_or(WalletError::Overflow {
-                    customer: self.customer.to_owned(),
+                    customer: self.customer.to_string(),
                     what: "a grant's remaining credit",
                 })?;
         }
@@ -118,16 +118,16 @@ impl State<'_> {
         &self,
         id: String,
         grant: &str,
-        currency: &str,
+        currency: Currency,
         kind: MovementKind,
         amount_minor: i64,
         invoice_id: &str,
     ) -> Movement {
         Movement {
             movement_id: id,
-            customer: self.customer.to_owned(),
+            customer: self.customer.clone(),
             grant_id: grant.to_owned(),
-            currency: currency.to_owned(),
+            currency,
             kind,
             amount_minor,
             invoice_id: invoice_id.to_owned(),
@@ -159,7 +159,7 @@ pub fn decide(f: &Facts<'_>) -> Result<Vec<Movement>, WalletError> {
             let m = s.movement(
                 format!("grant:{}", g.grant_id),
                 &g.grant_id,
-                &g.currency,
+                g.currency,
                 MovementKind::Grant,
                 g.amount_minor,
                 "",
@@ -196,7 +196,7 @@ pub fn decide(f: &Facts<'_>) -> Result<Vec<Movement>, WalletError> {
             let m = s.movement(
                 format!("void:{}:{k}", g.grant_id),
                 &g.grant_id,
-                &g.currency,
+                g.currency,
                 MovementKind::Void,
                 left,
                 "",
@@ -206,7 +206,7 @@ pub fn decide(f: &Facts<'_>) -> Result<Vec<Movement>, WalletError> {
             let m = s.movement(
                 format!("exp:{}:{k}", g.grant_id),
                 &g.grant_id,
-                &g.currency,
+                g.currency,
                 MovementKind::Expire,
                 left,
                 "",
@@ -273,7 +273,7 @@ fn period(
             let m = s.movement(
                 format!("inv:{}", p.invoice_id),
                 "",
-                p.currency.code(),
+                p.currency,
                 MovementKind::Invoiced,
                 keep,
                 &p.invoice_id,
@@ -343,7 +343,7 @@ fn consume(
         if need == 0 {
             break;
         }
-        let usable = g.currency == p.currency.code()
+        let usable = g.currency == p.currency
             && g.available_at_ms().is_some_and(|t| t <= f.now_ms)
             && !g.expired(f.now_ms)
             && !s.voided(&g.grant_id, f.voiding);
@@ -352,7 +352,7 @@ fn consume(
             let m = s.movement(
                 format!("use:{}:{n}:{}", p.invoice_id, g.grant_id),
                 &g.grant_id,
-                p.currency.code(),
+                p.currency,
                 MovementKind::Consume,
                 take,
                 &p.invoice_id,
@@ -390,7 +390,7 @@ fn give_back(
             let m = s.movement(
                 format!("{prefix}:{}:{n}:{grant}", p.invoice_id),
                 grant,
-                p.currency.code(),
+                p.currency,
                 kind,
                 back,
                 &p.invoice_id,
@@ -409,11 +409,19 @@ mod tests {
 
     const DAY: i64 = 86_400_000;
 
+    fn acme() -> CustomerId {
+        CustomerId::new("acme").unwrap()
+    }
+
+    fn usd() -> Currency {
+        "USD".parse().unwrap()
+    }
+
     fn grant(id: &str, amount: i64, priority: u8, expires: Option<i64>, created: i64) -> Grant {
         Grant {
             grant_id: id.into(),
-            customer: "acme".into(),
-            currency: "USD".into(),
+            customer: acme(),
+            currency: usd(),
             amount_minor: amount,
             kind: GrantKind::Promotional,
             priority,
@@ -441,7 +449,7 @@ mod tests {
     ) -> Vec<Movement> {
         let none = BTreeSet::new();
         let decided = decide(&Facts {
-            customer: "acme",
+            customer: &acme(),
             grants,
             movements,
             periods,
@@ -451,7 +459,7 @@ mod tests {
         .unwrap();
         movements.extend(decided.clone());
         let again = decide(&Facts {
-            customer: "acme",
+            customer: &acme(),
             grants,
             movements,
             periods,
@@ -468,7 +476,7 @@ mod tests {
     }
 
     fn left(movements: &[Movement]) -> BTreeMap<String, i64> {
-        remaining("acme", movements).unwrap()
+        remaining(&acme(), movements).unwrap()
     }
 
     #[test]
@@ -488,7 +496,7 @@ mod tests {
         assert_eq!(l["old"], 0, "same expiry: the oldest");
         assert_eq!(l["later"], 50);
         assert_eq!(l["late_low"], 100, "never expiring: last");
-        assert_eq!(balances("acme", &mv).unwrap()["USD"], 150);
+        assert_eq!(balances(&acme(), &mv).unwrap()[&usd()], 150);
     }
 
     #[test]
@@ -552,7 +560,7 @@ mod tests {
                 (MovementKind::Expire, "g", 40)
             ]
         );
-        assert_eq!(balances("acme", &mv).unwrap()["USD"], 100);
+        assert_eq!(balances(&acme(), &mv).unwrap()[&usd()], 100);
     }
 
     #[test]
@@ -620,7 +628,7 @@ mod tests {
         let mut top_up = grant("t", 500, 0, None, 0);
         top_up.kind = GrantKind::TopUp;
         let mut eur = grant("e", 500, 0, None, 0);
-        eur.currency = "EUR".into();
+        eur.currency = "EUR".parse().unwrap();
         let grants = [top_up.clone(), eur, grant("p", 100, 50, None, 0)];
         let mut mv = Vec::new();
         run(&grants, &mut mv, &[open("inv_1", 0, 80)], DAY);
@@ -641,7 +649,7 @@ mod tests {
         // voiding p: what is left of it is voided, once
         let voiding = BTreeSet::from(["p".to_owned()]);
         let d = decide(&Facts {
-            customer: "acme",
+            customer: &acme(),
             grants: &grants,
             movements: &mv,
             periods: &[open("inv_1", 0, 300)],
@@ -668,6 +676,6 @@ mod tests {
                 (MovementKind::Void, "p", 80),
             ]
         );
-        assert_eq!(balances("acme", &mv).unwrap()["USD"], 500);
+        assert_eq!(balances(&acme(), &mv).unwrap()[&usd()], 500);
     }
 }

@@ -2,7 +2,7 @@
 //! [`Grant`]: pure, no I/O.
 
 use serde::Deserialize;
-use tally_domain::Currency;
+use tally_domain::{Currency, CustomerId};
 
 use super::{Grant, GrantKind, WalletError};
 
@@ -35,7 +35,7 @@ fn invalid(grant_id: &str, reason: impl Into<String>) -> WalletError {
 
 /// Checks `r` into a grant of `customer` created at `now_ms`.
 pub fn check(
-    customer: &str,
+    customer: &CustomerId,
     kind: GrantKind,
     r: &GrantRequest,
     now_ms: i64,
@@ -70,8 +70,8 @@ pub fn check(
     }
     Ok(Grant {
         grant_id: id.clone(),
-        customer: customer.to_owned(),
-        currency: currency.code().to_owned(),
+        customer: customer.clone(),
+        currency,
         amount_minor: r.amount_minor,
         kind,
         priority,
@@ -83,7 +83,7 @@ pub fn check(
 
 /// The id a top-up is paid under: what a payment's `invoice_id` (Stripe's
 /// `metadata[invoice_id]`, a bank transfer's `invoice_id`) names.
-pub fn payable_id(customer: &str, grant_id: &str) -> String {
+pub fn payable_id(customer: &CustomerId, grant_id: &str) -> String {
     format!("topup_{customer}_{grant_id}")
 }
 
@@ -104,10 +104,11 @@ mod tests {
 
     #[test]
     fn requests_are_checked_naming_the_field() {
-        let ok = check("acme", GrantKind::Promotional, &req("g1", "USD", 500), 10).unwrap();
+        let acme = CustomerId::new("acme").unwrap();
+        let ok = check(&acme, GrantKind::Promotional, &req("g1", "USD", 500), 10).unwrap();
         assert_eq!(
-            (ok.currency.as_str(), ok.priority),
-            ("USD", DEFAULT_PRIORITY)
+            (ok.currency.code(), ok.priority, ok.customer.as_str()),
+            ("USD", DEFAULT_PRIORITY, "acme")
         );
         for (r, needle) in [
             (req("", "USD", 1), "grant_id"),
@@ -129,7 +130,7 @@ mod tests {
                 "expires_at_ms",
             ),
         ] {
-            let e = check("acme", GrantKind::TopUp, &r, 10).unwrap_err();
+            let e = check(&acme, GrantKind::TopUp, &r, 10).unwrap_err();
             assert!(e.to_string().contains(needle), "{e}");
         }
     }

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use clickhouse::Client;
 use hyper::{Response, StatusCode};
 use serde::Serialize;
+use tally_domain::{Currency, CustomerId};
 use tally_platform::http::{error, json, Body};
 
 use super::grant::{self, GrantRequest};
@@ -45,7 +46,7 @@ fn failed(e: Error) -> Response<Body> {
 pub struct GrantView {
     pub grant_id: String,
     pub kind: GrantKind,
-    pub currency: String,
+    pub currency: Currency,
     pub amount_minor: i64,
     pub remaining_minor: i64,
     pub priority: u8,
@@ -63,16 +64,16 @@ pub struct GrantView {
 /// A customer's wallet as the API and the portal show it.
 #[derive(Debug, Clone, Serialize)]
 pub struct WalletView {
-    pub customer: String,
+    pub customer: CustomerId,
     /// Credit available per currency: the sum of the movements.
-    pub balances: BTreeMap<String, i64>,
+    pub balances: BTreeMap<Currency, i64>,
     pub grants: Vec<GrantView>,
     /// The latest movements, newest first.
     pub movements: Vec<Movement>,
 }
 
 /// `customer`'s wallet (reads only its rows).
-pub async fn view(db: &Client, customer: &str) -> Result<WalletView, Error> {
+pub async fn view(db: &Client, customer: &CustomerId) -> Result<WalletView, Error> {
     let grants = store::grants_of(db, customer).await?;
     let movements = store::movements_of(db, customer).await?;
     let left = remaining(customer, &movements)?;
@@ -116,16 +117,28 @@ pub async fn view(db: &Client, customer: &str) -> Result<WalletView, Error> {
     recent.reverse();
     recent.truncate(RECENT_MOVEMENTS);
     Ok(WalletView {
-        customer: customer.to_owned(),
+        customer: customer.clone(),
         balances,
         grants,
         movements: recent,
     })
 }
 
+/// The customer id of a path: 400 `bad_request` naming it when it is not one.
+fn customer_id(customer: &str) -> Result<CustomerId, Response<Body>> {
+    CustomerId::new(customer).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("customer: {e}"),
+        )
+    })
+}
+
 /// `GET /v1/customers/{id}/wallet`.
 pub async fn get(db: &Client, customer: &str) -> Answer {
-    let v = view(db, customer).await.map_err(failed)?;
+    let customer = customer_id(customer)?;
+    let v = view(db, &customer).await.map_err(failed)?;
     Ok(json(StatusCode::OK, &v))
 }
 
@@ -140,6 +153,7 @@ pub async fn create(
     actor: &str,
     now_ms: i64,
 ) -> Answer {
+    let customer = &customer_id(customer)?;
     let r: GrantRequest = serde_json::from_slice(body)
         .map_err(|e| error(StatusCode::BAD_REQUEST, "bad_request", e))?;
     let g = grant::check(customer, kind, &r, now_ms).map_err(|e| failed(Error::Wallet(e)))?;
@@ -148,7 +162,7 @@ pub async fn create(
         let created = !existing.iter().any(|s| s.grant.grant_id == g.grant_id);
         if created {
             store::append_grant(db, &g, &r.reason, actor).await?;
-            tracing::info!(customer, grant_id = %g.grant_id, kind = kind.as_str(),
+            tracing::info!(%customer, grant_id = %g.grant_id, kind = kind.as_str(),
                 currency = %g.currency, amount_minor = g.amount_minor, actor, "wallet grant recorded");
         }
         pass::decide_and_append(db, customer, &BTreeSet::new(), actor, now_ms).await?;
@@ -175,11 +189,13 @@ pub async fn create(
 /// `POST .../wallet/grants/{id}/void`: what is left of the grant is voided (and whatever
 /// usage gives back to it later).
 pub async fn void(db: &Client, customer: &str, grant_id: &str, actor: &str, now_ms: i64) -> Answer {
+    let id = customer_id(customer)?;
+    let customer = &id;
     pass::locked(async {
         let grants = store::grants_of(db, customer).await?;
         if !grants.iter().any(|s| s.grant.grant_id == grant_id) {
             return Err(Error::Wallet(WalletError::UnknownGrant {
-                customer: customer.to_owned(),
+                customer: customer.to_string(),
                 grant_id: grant_id.to_owned(),
             }));
         }
@@ -188,5 +204,5 @@ pub async fn void(db: &Client, customer: &str, grant_id: &str, actor: &str, now_
     })
     .await
     .map_err(failed)?;
-    get(db, customer).await
+    get(db, customer.as_str()).await
 }

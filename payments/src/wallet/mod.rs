@@ -34,6 +34,7 @@ pub mod pass;
 pub mod store;
 
 use serde::Serialize;
+use tally_domain::{Currency, CustomerId};
 
 use crate::ledger::{Operation, WalletJournal};
 
@@ -68,8 +69,8 @@ impl GrantKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Grant {
     pub grant_id: String,
-    pub customer: String,
-    pub currency: String,
+    pub customer: CustomerId,
+    pub currency: Currency,
     /// What the grant adds, in minor units (> 0).
     pub amount_minor: i64,
     pub kind: GrantKind,
@@ -163,10 +164,10 @@ impl MovementKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Movement {
     pub movement_id: String,
-    pub customer: String,
+    pub customer: CustomerId,
     /// Empty for `invoiced` (a period's, not a grant's).
     pub grant_id: String,
-    pub currency: String,
+    pub currency: Currency,
     pub kind: MovementKind,
     pub amount_minor: i64,
     /// The period's invoice (deterministic from customer and period start) for usage
@@ -224,7 +225,7 @@ pub enum WalletError {
 
 /// What is left of each grant (by grant id), from its movements.
 pub fn remaining(
-    customer: &str,
+    customer: &CustomerId,
     movements: &[Movement],
 ) -> Result<std::collections::BTreeMap<String, i64>, WalletError> {
     let mut left = std::collections::BTreeMap::new();
@@ -233,7 +234,7 @@ pub fn remaining(
         *e = e
             .checked_add(m.effect_minor())
             .ok_or_else(|| WalletError::Overflow {
-                customer: customer.to_owned(),
+                customer: customer.to_string(),
                 what: "a grant's remaining credit",
             })?;
     }
@@ -242,16 +243,16 @@ pub fn remaining(
 
 /// The balance per currency: the sum of the movements' effects.
 pub fn balances(
-    customer: &str,
+    customer: &CustomerId,
     movements: &[Movement],
-) -> Result<std::collections::BTreeMap<String, i64>, WalletError> {
+) -> Result<std::collections::BTreeMap<Currency, i64>, WalletError> {
     let mut out = std::collections::BTreeMap::new();
     for m in movements {
-        let e: &mut i64 = out.entry(m.currency.clone()).or_default();
+        let e: &mut i64 = out.entry(m.currency).or_default();
         *e = e
             .checked_add(m.effect_minor())
             .ok_or_else(|| WalletError::Overflow {
-                customer: customer.to_owned(),
+                customer: customer.to_string(),
                 what: "the balance",
             })?;
     }

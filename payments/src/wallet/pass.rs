@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use clickhouse::Client;
+use tally_domain::CustomerId;
 use tokio::sync::Mutex;
 
 use super::consume::{self, Facts};
@@ -35,7 +36,13 @@ pub async fn run(db: &Client, now_ms: i64) -> Result<Report, Error> {
     let mut report = Report::default();
     for customer in store::customers(db).await? {
         report.customers += 1;
-        match decide_and_append(db, &customer, &BTreeSet::new(), ACTOR, now_ms).await {
+        let decided = match CustomerId::new(customer.as_str()) {
+            Ok(id) => decide_and_append(db, &id, &BTreeSet::new(), ACTOR, now_ms).await,
+            Err(e) => Err(Error::Corrupt(format!(
+                "wallet_grants customer {customer:?}: {e}"
+            ))),
+        };
+        match decided {
             Ok((m, j)) => {
                 report.movements += m;
                 report.journals += j;
@@ -77,7 +84,7 @@ fn held(movements: &[Movement]) -> BTreeSet<String> {
 /// journals). The caller holds the lock.
 pub async fn decide_and_append(
     db: &Client,
-    customer: &str,
+    customer: &CustomerId,
     voiding: &BTreeSet<String>,
     actor: &str,
     now_ms: i64,
@@ -96,7 +103,7 @@ pub async fn decide_and_append(
     })?;
     store::append_movements(db, &decided, actor).await?;
     for m in &decided {
-        tracing::info!(customer, movement_id = %m.movement_id, kind = m.kind.as_str(),
+        tracing::info!(%customer, movement_id = %m.movement_id, kind = m.kind.as_str(),
             grant_id = %m.grant_id, amount_minor = m.amount_minor, invoice_id = %m.invoice_id,
             actor, "wallet movement");
     }
@@ -107,7 +114,7 @@ pub async fn decide_and_append(
 
 async fn post_missing(
     db: &Client,
-    customer: &str,
+    customer: &CustomerId,
     grants: &[StoredGrant],
     movements: &[&Movement],
     actor: &str,
@@ -120,7 +127,7 @@ async fn post_missing(
     let mut journals = Vec::new();
     for m in movements {
         if let Some(op) = m.operation(kinds.get(m.grant_id.as_str()).copied()) {
-            let j = ledger::post(&op, &m.currency)?;
+            let j = ledger::post(&op, m.currency)?;
             if !j.lines.is_empty() {
                 journals.push(j);
             }
@@ -130,7 +137,7 @@ async fn post_missing(
     let posted = store::posted(db, &ids).await?;
     let mut n = 0;
     for j in journals.iter().filter(|j| !posted.contains(&j.journal_id)) {
-        crate::store::append_journal(db, j, customer, actor, now_ms).await?;
+        crate::store::append_journal(db, j, customer.as_str(), actor, now_ms).await?;
         crate::metrics::journal(j.kind);
         n += 1;
     }

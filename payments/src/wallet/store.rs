@@ -68,8 +68,8 @@ pub async fn append_grant(db: &Client, g: &Grant, reason: &str, actor: &str) -> 
     insert
         .write(&GrantRow {
             grant_id: g.grant_id.clone(),
-            customer: g.customer.clone(),
-            currency: g.currency.clone(),
+            customer: g.customer.to_string(),
+            currency: g.currency.to_string(),
             amount_minor: g.amount_minor,
             kind: g.kind.as_str().to_owned(),
             priority: g.priority,
@@ -85,8 +85,10 @@ pub async fn append_grant(db: &Client, g: &Grant, reason: &str, actor: &str) -> 
 }
 
 /// A customer's grants (the earliest record of each id), with the payment time of paid
-/// top-ups.
-pub async fn grants_of(db: &Client, customer: &str) -> Result<Vec<StoredGrant>, Error> {
+/// top-ups. A stored grant that does not validate (an unknown kind or currency) fails the
+/// read: the customer's wallet is not decided without it (leaving it out could spend its
+/// credit again), and the pass goes on with the other customers.
+pub async fn grants_of(db: &Client, customer: &CustomerId) -> Result<Vec<StoredGrant>, Error> {
     // aliases differ from the columns: ClickHouse 18.16 cannot alias an aggregate to the
     // name of a column it reads (rows are read by position)
     let rows: Vec<GrantRow> = db
@@ -98,7 +100,7 @@ pub async fn grants_of(db: &Client, customer: &str) -> Result<Vec<StoredGrant>, 
              min(created_at_ms) AS t, toUInt32(0) AS z \
              FROM wallet_grants WHERE customer = ? GROUP BY grant_id ORDER BY grant_id",
         )
-        .bind(customer)
+        .bind(customer.as_str())
         .fetch_all()
         .await?;
     let top_ups: Vec<String> = rows
@@ -111,14 +113,20 @@ pub async fn grants_of(db: &Client, customer: &str) -> Result<Vec<StoredGrant>, 
         .map(|r| {
             let kind = GrantKind::parse(&r.kind)
                 .ok_or_else(|| corrupt(format!("grant {} kind {:?}", r.grant_id, r.kind)))?;
+            let currency = r.currency.parse::<Currency>().map_err(|e| {
+                corrupt(format!(
+                    "grant {} currency {:?}: {e}",
+                    r.grant_id, r.currency
+                ))
+            })?;
             let paid_at_ms = paid
                 .get(&super::grant::payable_id(customer, &r.grant_id))
                 .and_then(|(sum, at)| (*sum >= r.amount_minor).then_some(*at));
             Ok(StoredGrant {
                 grant: Grant {
                     grant_id: r.grant_id,
-                    customer: r.customer,
-                    currency: r.currency,
+                    customer: customer.clone(),
+                    currency,
                     amount_minor: r.amount_minor,
                     kind,
                     priority: r.priority,
@@ -173,8 +181,10 @@ struct MovementRow {
     at: u32,
 }
 
-/// A customer's movements (the earliest record of each id), oldest first.
-pub async fn movements_of(db: &Client, customer: &str) -> Result<Vec<Movement>, Error> {
+/// A customer's movements (the earliest record of each id), oldest first. A stored movement
+/// that does not validate (an unknown kind or currency, a negative amount) fails the read,
+/// as a bad grant does ([`grants_of`]).
+pub async fn movements_of(db: &Client, customer: &CustomerId) -> Result<Vec<Movement>, Error> {
     let rows: Vec<MovementRow> = db
         .query(
             "SELECT movement_id, any(customer) AS c, argMin(grant_id, at_ms) AS g, \
@@ -183,7 +193,7 @@ pub async fn movements_of(db: &Client, customer: &str) -> Result<Vec<Movement>, 
              argMin(actor, at_ms) AS a, min(at_ms) AS t, toUInt32(0) AS z \
              FROM wallet_movements WHERE customer = ? GROUP BY movement_id ORDER BY t, movement_id",
         )
-        .bind(customer)
+        .bind(customer.as_str())
         .fetch_all()
         .await?;
     rows.into_iter()
@@ -196,11 +206,17 @@ pub async fn movements_of(db: &Client, customer: &str) -> Result<Vec<Movement>, 
                     r.movement_id, r.amount_minor
                 )));
             }
+            let currency = r.currency.parse::<Currency>().map_err(|e| {
+                corrupt(format!(
+                    "movement {} currency {:?}: {e}",
+                    r.movement_id, r.currency
+                ))
+            })?;
             Ok(Movement {
                 movement_id: r.movement_id,
-                customer: r.customer,
+                customer: customer.clone(),
                 grant_id: r.grant_id,
-                currency: r.currency,
+                currency,
                 kind,
                 amount_minor: r.amount_minor,
                 invoice_id: r.invoice_id,
@@ -224,9 +240,9 @@ pub async fn append_movements(
         insert
             .write(&MovementRow {
                 movement_id: m.movement_id.clone(),
-                customer: m.customer.clone(),
+                customer: m.customer.to_string(),
                 grant_id: m.grant_id.clone(),
-                currency: m.currency.clone(),
+                currency: m.currency.to_string(),
                 kind: m.kind.as_str().to_owned(),
                 amount_minor: m.amount_minor,
                 invoice_id: m.invoice_id.clone(),
@@ -276,12 +292,9 @@ struct TransitionRow {
 /// usage is on no invoice, so it is not counted as a currency of its period here either.
 async fn invoice_ids(
     db: &Client,
-    customer: &str,
+    customer: &CustomerId,
     usage: &[UsageRow],
 ) -> Result<tally_invoice::currency_split::InvoiceIds, Error> {
-    let Ok(customer) = CustomerId::new(customer) else {
-        return Ok(tally_invoice::currency_split::InvoiceIds::default());
-    };
     let mut currencies: BTreeMap<u32, BTreeSet<Currency>> = BTreeMap::new();
     for u in usage {
         if let Ok(c) = u.currency.parse::<Currency>() {
@@ -293,7 +306,6 @@ async fn invoice_ids(
         .iter()
         .filter(|(_, cs)| cs.len() > 1)
         .flat_map(|(start, cs)| {
-            let customer = &customer;
             cs.iter().map(move |c| tally_invoice::invoice::ChargeLine {
                 charge_id: String::new(),
                 customer: customer.clone(),
@@ -328,16 +340,16 @@ async fn invoice_ids(
 /// invoice.
 pub async fn periods(
     db: &Client,
-    customer: &str,
+    customer: &CustomerId,
     held: &BTreeSet<String>,
     now_ms: i64,
 ) -> Result<Vec<Period>, Error> {
-    let usage = usage_of(db, customer, now_ms).await?;
+    let usage = usage_of(db, customer.as_str(), now_ms).await?;
     // one invoice per (customer, period, currency): a period with several currencies has one
     // id per currency, the one the invoicer gives it (`currency_split`), so each currency's
     // usage is reserved for (and credited to) its own invoice
     let ids_of = invoice_ids(db, customer, &usage).await?;
-    let open = open_periods(customer, usage, &ids_of);
+    let open = open_periods(customer.as_str(), usage, &ids_of);
     let ids: Vec<String> = open
         .keys()
         .chain(held.iter())
@@ -348,7 +360,7 @@ pub async fn periods(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let invoices = invoice_states(db, customer, &ids).await?;
+    let invoices = invoice_states(db, customer.as_str(), &ids).await?;
     let lifecycle = lifecycles(db, &ids).await?;
     Ok(decide_periods(open, invoices, &lifecycle))
 }
