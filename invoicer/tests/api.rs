@@ -437,6 +437,20 @@ async fn the_router_answers_as_the_route_table_did() {
             r#"{"code":"method_not_allowed","detail":"DELETE /v1/invoices"}"#
         )
     );
+    // a stranger learns nothing of the routes: the 401 carries no `Allow` of a method router
+    for (method, path) in [("DELETE", "/v1/invoices"), ("PUT", "/v1/invoices/inv_none")] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let req = format!("{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.expect("read");
+        let answer = String::from_utf8_lossy(&out).to_ascii_lowercase();
+        assert!(
+            answer.starts_with("http/1.1 401"),
+            "{method} {path}: {answer}"
+        );
+        assert!(!answer.contains("\r\nallow:"), "{method} {path}: {answer}");
+    }
     for path in [
         "/v1/invoices/inv_none",
         "/v1/invoices/inv_none.json",

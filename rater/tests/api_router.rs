@@ -15,11 +15,10 @@ use std::net::SocketAddr;
 
 use std::sync::Arc;
 
-use common::http::{start, token};
+use common::http::{exchange, start, token};
 use tally_platform::auth::{Authenticator, Role};
 use tally_platform::shutdown::Shutdown;
 use tally_rater::live::api::{serve, SpendApi};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// `method` `path` with `body` and `token`, raw; (status, body as text).
 async fn raw(
@@ -33,33 +32,6 @@ async fn raw(
     let status = text[9..12].parse().expect("a status");
     let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     (status, body.to_owned())
-}
-
-/// `method` `path` with `body` and `token`: the whole answer as text, head and body.
-async fn exchange(
-    addr: SocketAddr,
-    token: Option<&str>,
-    method: &str,
-    path: &str,
-    body: &[u8],
-) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connects");
-    let authorization = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{authorization}\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).await.expect("writes");
-    // the server may answer (and close) before it read an oversized body
-    let _ = s.write_all(body).await;
-    let mut answer = Vec::new();
-    let _ = s.read_to_end(&mut answer).await;
-    String::from_utf8(answer).expect("UTF-8")
 }
 
 /// The refusal of a request without a token.

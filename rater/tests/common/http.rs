@@ -46,7 +46,36 @@ pub async fn request(
     request_as(addr, token_of(addr).as_deref(), method, path, body).await
 }
 
-/// `method` `path` with a JSON `body` and `token` (none: no `Authorization`).
+/// `method` `path` with `body` and `token` (none: no `Authorization`), raw: the whole answer
+/// as text, head and body. The body is sent after the head and a failed write of it ignored:
+/// the server may answer (and close) before it read an oversized one.
+pub async fn exchange(
+    addr: SocketAddr,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects");
+    let authorization = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{authorization}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.expect("writes");
+    let _ = s.write_all(body).await;
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer).await;
+    String::from_utf8(answer).expect("UTF-8")
+}
+
+/// `method` `path` with a JSON `body` and `token` (none: no `Authorization`); (status, JSON
+/// body), checked against the OpenAPI document.
 pub async fn request_as(
     addr: std::net::SocketAddr,
     token: Option<&str>,
@@ -54,20 +83,7 @@ pub async fn request_as(
     path: &str,
     body: &str,
 ) -> (u16, serde_json::Value) {
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connects");
-    let authorization = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{authorization}\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.expect("writes");
-    let mut text = String::new();
-    s.read_to_string(&mut text).await.expect("reads");
+    let text = exchange(addr, token, method, path, body.as_bytes()).await;
     let status: u16 = text[9..12].parse().expect("a status");
     let answer = text.split("\r\n\r\n").nth(1).unwrap_or("");
     let answer = serde_json::from_str(answer).unwrap_or(serde_json::Value::Null);
