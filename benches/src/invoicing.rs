@@ -72,7 +72,12 @@ pub async fn measure(env: &TestEnv, customers: usize, meters: usize) -> anyhow::
         .delete_key_value(&bucket)
         .await;
     let read = Instant::now();
-    let mut batches = store::ChargeBatches::open(&db, 0, BATCH_CUSTOMERS, BATCH_CHARGES)?;
+    let mut batches = store::ChargeBatches::open(
+        &db,
+        &tally_platform::usage::Reach::default(),
+        BATCH_CUSTOMERS,
+        BATCH_CHARGES,
+    )?;
     let mut charges = 0;
     while let Some(batch) = batches.next_batch().await? {
         charges += batch.len();

@@ -13,9 +13,10 @@
 //! `corrections` and its reason starts with them; an adjustment's description ends with the
 //! imports (backfilled events, docs/INGEST.md "Backfill") and corrections behind it. A period
 //! corrected or backfilled within `adjustment_lookback_secs` is compared however long ago it
-//! ended (`tally_platform::usage::reach`).
+//! ended, for its customer only (`tally_platform::usage::reach`). Charges are compared a
+//! batch of whole customers at a time ([`pending`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use clickhouse::Client;
 use rust_decimal::Decimal;
@@ -26,6 +27,7 @@ use tally_platform::store::dec9;
 use crate::config::InvoicerConfig;
 use crate::credit_notes::{self, CreditNote};
 use crate::invoice::{self, ChargeLine, InvoiceLine, LineKind};
+use crate::store::{placeholders, IDS_PER_QUERY as IDS};
 use crate::{currency_split, store};
 
 /// An adjustment waiting for the customer's next invoice.
@@ -68,6 +70,13 @@ struct SoFar {
 
 /// Finds late usage at `now_ms`: issues the credit notes (lowered charges) and returns the
 /// adjustments (raised charges) for the customers' next invoices.
+///
+/// The charges of the lookback are read with the pass's cursor ([`store::ChargeBatches`]),
+/// a batch of whole customers at a time, and each batch is compared and its notes written
+/// before the next is read: memory is bounded by a batch (and the adjustments found), not by
+/// the lookback. A stored charge that does not validate is left out, logged and counted
+/// (`tally_invoicer_invoice_failures_total`; by the pass's own cursor when its period is in
+/// the pass's lookback too, so once per pass); the others are compared.
 pub async fn pending(
     db: &Client,
     cfg: &InvoicerConfig,
@@ -75,33 +84,51 @@ pub async fn pending(
 ) -> Result<Vec<Pending>, clickhouse::error::Error> {
     let since_ms =
         now_ms - i64::try_from(cfg.adjustment_lookback_secs.saturating_mul(1000)).unwrap_or(0);
-    // a period corrected (or backfilled) within the lookback is compared however old
-    let since_ms = tally_platform::usage::reach(db, since_ms).await?;
-    let finalized: HashMap<String, ()> = db
-        .query(
-            "SELECT invoice_id FROM v_invoices WHERE status != 'draft' AND period_end > toDateTime(?)",
-        )
-        .bind(since_ms.div_euclid(1000))
-        .fetch_all::<String>()
-        .await?
-        .into_iter()
-        .map(|id| (id, ()))
-        .collect();
+    // a period corrected (or backfilled) within the lookback is compared however old, for its
+    // customer only
+    let reach = tally_platform::usage::reach(db, since_ms).await?;
+    // a bad charge of a period the pass reads too is counted by the pass
+    let pass_since_ms = now_ms - i64::try_from(cfg.lookback_secs.saturating_mul(1000)).unwrap_or(0);
+    let mut batches = store::ChargeBatches::open(
+        db,
+        &reach,
+        crate::run::BATCH_CUSTOMERS,
+        crate::run::BATCH_CHARGES,
+    )?
+    .counted_until(pass_since_ms);
+    let mut out = Vec::new();
+    while let Some(batch) = batches.next_batch().await? {
+        let notes = compare(db, batch, now_ms, &mut out).await?;
+        credit_notes::issue(db, &notes).await?;
+    }
+    Ok(out)
+}
+
+/// Compares one batch's charges (whole customers) with what was billed for them: pushes the
+/// adjustments onto `out` and returns the credit notes to issue.
+async fn compare(
+    db: &Client,
+    batch: Vec<ChargeLine>,
+    now_ms: i64,
+    out: &mut Vec<Pending>,
+) -> Result<Vec<CreditNote>, clickhouse::error::Error> {
+    // a charge belongs to its currency's invoice of the period (`currency_split`)
+    let ids = currency_split::resolve(db, &batch).await?;
+    let with_ids: Vec<(String, ChargeLine)> = batch.into_iter().map(|c| (ids.of(&c), c)).collect();
+    let mut invoice_ids: Vec<String> = with_ids.iter().map(|(id, _)| id.clone()).collect();
+    invoice_ids.sort_unstable();
+    invoice_ids.dedup();
+    let finalized = not_drafts(db, &invoice_ids).await?;
     if finalized.is_empty() {
         return Ok(Vec::new());
     }
-    let all = store::charges_since(db, since_ms).await?;
-    // a charge belongs to its currency's invoice of the period (`currency_split`)
-    let ids = currency_split::resolve(db, &all).await?;
-    let charges: Vec<(String, ChargeLine)> = all
-        .into_iter()
-        .map(|c| (ids.of(&c), c))
-        .filter(|(id, _)| finalized.contains_key(id))
-        .collect();
-    let so_far = billed(db, since_ms).await?;
-    let mut out = Vec::new();
+    let mut customers: Vec<&str> = with_ids.iter().map(|(_, c)| c.customer.as_str()).collect();
+    customers.dedup();
+    let mut finalized_ids: Vec<String> = finalized.iter().cloned().collect();
+    finalized_ids.sort_unstable();
+    let so_far = billed(db, &finalized_ids, &customers).await?;
     let mut notes = Vec::new();
-    for (corrected, c) in &charges {
+    for (corrected, c) in with_ids.iter().filter(|(id, _)| finalized.contains(id)) {
         let was = so_far.get(&c.charge_id).copied().unwrap_or_default();
         let (d_amount, d_tax) = (
             c.amount_minor - was.amount_minor,
@@ -140,7 +167,30 @@ pub async fn pending(
             line,
         });
     }
-    credit_notes::issue(db, &notes).await?;
+    Ok(notes)
+}
+
+/// Which of `invoice_ids` are not drafts (`v_invoices.status != 'draft'`: a finalized row
+/// stored, or a lifecycle transition recorded), reading only their rows (`invoices` and
+/// `invoice_transitions` are sorted by invoice id).
+async fn not_drafts(
+    db: &Client,
+    invoice_ids: &[String],
+) -> Result<HashSet<String>, clickhouse::error::Error> {
+    let mut out = HashSet::new();
+    for chunk in invoice_ids.chunks(IDS) {
+        let list = placeholders(chunk.len());
+        let sql = format!(
+            "SELECT invoice_id FROM invoices WHERE invoice_id IN {list} AND status != 'draft' \
+             UNION ALL SELECT invoice_id FROM invoice_transitions \
+             WHERE invoice_id IN {list} AND to_status != 'draft'"
+        );
+        let mut query = db.query(&sql);
+        for id in chunk.iter().chain(chunk) {
+            query = query.bind(id);
+        }
+        out.extend(query.fetch_all::<String>().await?);
+    }
     Ok(out)
 }
 
@@ -281,55 +331,65 @@ fn credit_note(
     }
 }
 
-/// Billed so far per charge: lines of the latest version of non-draft invoices, minus
-/// late-usage credit notes.
+/// Billed so far per charge of one batch: lines of the latest version of its non-draft
+/// invoices (`finalized`: the finalized invoices of its periods and the later ones that
+/// carry their adjustments, all of the batch's customers), minus the late-usage credit notes
+/// of its `customers` (`credit_notes` is sorted by customer). The rows of `v_invoice_lines`
+/// and `v_credit_notes`, read from the tables since ClickHouse 18.16 pushes no predicate into
+/// a view.
 async fn billed(
     db: &Client,
-    since_ms: i64,
+    finalized: &[String],
+    customers: &[&str],
 ) -> Result<HashMap<String, SoFar>, clickhouse::error::Error> {
-    let lines: Vec<Billed> = db
-        .query(
+    let mut out: HashMap<String, SoFar> = HashMap::new();
+    for chunk in finalized.chunks(IDS) {
+        let list = placeholders(chunk.len());
+        let sql = format!(
             "SELECT charge_id, sum(quantity) AS q, toInt64(sum(amount_minor)) AS a, \
                     toInt64(sum(amount_before_discounts_minor)) AS b, toInt64(sum(tax_minor)) AS t \
-             FROM v_invoice_lines \
-             WHERE (invoice_id, version) IN \
-                   (SELECT invoice_id, version FROM v_invoices WHERE status != 'draft' AND period_end > toDateTime(?)) \
-             GROUP BY charge_id",
-        )
-        .bind(since_ms.div_euclid(1000))
-        .fetch_all()
-        .await?;
-    let credited: Vec<Credited> = db
-        .query(
-            "SELECT charge_id, toInt64(sum(amount_minor)) AS a, toInt64(sum(tax_minor)) AS t \
-             FROM v_credit_notes WHERE charge_id != '' GROUP BY charge_id",
-        )
-        .fetch_all()
-        .await?;
-    let mut out: HashMap<String, SoFar> = lines
-        .into_iter()
-        .map(|b| {
-            (
-                b.charge_id,
-                SoFar {
-                    quantity: b.quantity,
-                    amount_minor: b.amount_minor,
-                    before_minor: b.before_minor,
-                    tax_minor: b.tax_minor,
-                    credited_minor: 0,
-                },
-            )
-        })
-        .collect();
-    for c in credited {
-        let e = out.entry(c.charge_id).or_default();
-        e.amount_minor -= c.amount_minor;
-        e.before_minor -= c.amount_minor;
-        e.tax_minor -= c.tax_minor;
-        e.credited_minor = e
-            .credited_minor
-            .saturating_add(c.amount_minor)
-            .saturating_add(c.tax_minor);
+             FROM invoice_lines FINAL \
+             WHERE invoice_id IN {list} AND (invoice_id, version) IN \
+                   (SELECT invoice_id, max(version) FROM invoices WHERE invoice_id IN {list} \
+                    GROUP BY invoice_id) \
+             GROUP BY charge_id"
+        );
+        let mut query = db.query(&sql);
+        for id in chunk.iter().chain(chunk) {
+            query = query.bind(id);
+        }
+        for b in query.fetch_all::<Billed>().await? {
+            let e = out.entry(b.charge_id).or_default();
+            e.quantity += b.quantity;
+            e.amount_minor = e.amount_minor.saturating_add(b.amount_minor);
+            e.before_minor = e.before_minor.saturating_add(b.before_minor);
+            e.tax_minor = e.tax_minor.saturating_add(b.tax_minor);
+        }
+    }
+    for chunk in customers.chunks(IDS) {
+        let sql = format!(
+            "SELECT note_charge, toInt64(sum(note_amount)) AS a, toInt64(sum(note_tax)) AS t \
+             FROM (SELECT credit_note_id, argMin(charge_id, issued_at_ms) AS note_charge, \
+                          argMin(amount_minor, issued_at_ms) AS note_amount, \
+                          argMin(tax_minor, issued_at_ms) AS note_tax \
+                   FROM credit_notes WHERE customer IN {} GROUP BY credit_note_id) \
+             WHERE note_charge != '' GROUP BY note_charge",
+            placeholders(chunk.len())
+        );
+        let mut query = db.query(&sql);
+        for c in chunk {
+            query = query.bind(*c);
+        }
+        for c in query.fetch_all::<Credited>().await? {
+            let e = out.entry(c.charge_id).or_default();
+            e.amount_minor -= c.amount_minor;
+            e.before_minor -= c.amount_minor;
+            e.tax_minor -= c.tax_minor;
+            e.credited_minor = e
+                .credited_minor
+                .saturating_add(c.amount_minor)
+                .saturating_add(c.tax_minor);
+        }
     }
     Ok(out)
 }

@@ -1,9 +1,10 @@
 //! One invoicing pass, and the schedule that repeats it.
 //!
 //! A pass reads the latest charges of every period that ended less than `lookback_secs` ago
-//! (or is still open, or holds an event corrected or imported within `lookback_secs`:
-//! `tally_platform::usage::reach`), groups them per (customer, period) and builds each invoice. Drafts
-//! (period open or in its grace period) are appended as new versions. Invoices whose period
+//! (or is still open, or holds an event of its customer corrected or imported within
+//! `lookback_secs`: `tally_platform::usage::reach`), groups them per (customer, period) and
+//! builds each invoice. Drafts (period open or in its grace period) are appended as new
+//! versions. Invoices whose period
 //! ended and whose grace passed are finalized exactly once: numbered and frozen in NATS KV
 //! ([`crate::numbering`]; a racing or later finalizer gets the first document back), written,
 //! then their `draft → finalized` transition appended (actor `invoicer`). An invoice whose
@@ -125,11 +126,10 @@ pub async fn invoice_pass_each(
     let mut report = PassReport::default();
     let t = Instant::now();
     let lookback_ms = ms(cfg.lookback_secs);
-    // a period corrected or backfilled within the lookback is invoiced however old (one that
-    // was finalized is in `done`: its late usage is `late`'s)
-    let since_ms = tally_platform::usage::reach(db, now_ms - lookback_ms).await?;
-    let mut charges = store::ChargeBatches::open(db, since_ms, BATCH_CUSTOMERS, BATCH_CHARGES)?;
-    let credit = store::CreditFacts::load(db).await?;
+    // a period corrected or backfilled within the lookback is invoiced however old, for its
+    // customer only (one that was finalized is in `done`: its late usage is `late`'s)
+    let reach = tally_platform::usage::reach(db, now_ms - lookback_ms).await?;
+    let mut charges = store::ChargeBatches::open(db, &reach, BATCH_CUSTOMERS, BATCH_CHARGES)?;
     let mut adjustments = if cfg.features.late_usage_adjustments {
         late::pending(db, cfg, now_ms).await?
     } else {
@@ -141,7 +141,6 @@ pub async fn invoice_pass_each(
         numbers,
         cfg,
         now_ms,
-        credit: &credit,
     };
     loop {
         let t = Instant::now();
@@ -169,7 +168,6 @@ struct Pass<'a> {
     numbers: Option<&'a Numbers>,
     cfg: &'a InvoicerConfig,
     now_ms: i64,
-    credit: &'a store::CreditFacts,
 }
 
 impl Pass<'_> {
@@ -202,9 +200,9 @@ impl Pass<'_> {
             .collect();
         // prepaid credit, one path: what the payments wallet reserved for the period's usage
         // (consumed in near real time, in its order of grants) plus what is left of the
-        // invoicer's own grants (`POST /v1/credits`)
+        // invoicer's own grants (`POST /v1/credits`), both read for the batch's customers only
         let wallet = store::wallet_credit(db, &customers).await?;
-        let mut credits = self.credit.balances(&customers, &wallet);
+        let mut credits = store::credit_balances(db, &customers, &wallet).await?;
         report.read += t.elapsed();
         let t = Instant::now();
         let mut drafts = Vec::new();

@@ -10,33 +10,18 @@ use serde::{Deserialize, Serialize};
 use tally_domain::{Currency, CustomerId};
 use tally_platform::store::charges::ChargeRow;
 use tally_platform::store::{datetime_secs, dec9};
+use tally_platform::usage::Reach;
 
 use crate::invoice::{customer_currency, BadCharge, ChargeLine, Invoice, Status};
 use crate::metrics;
 
-/// The latest charges of every period ending after `since_ms`.
-pub async fn charges_since(
-    db: &Client,
-    since_ms: i64,
-) -> Result<Vec<ChargeLine>, clickhouse::error::Error> {
-    let rows: Vec<ChargeRow> = db
-        .query("SELECT ?fields FROM v_charges WHERE period_end > toDateTime(?)")
-        .bind(since_ms.div_euclid(1000))
-        .fetch_all()
-        .await?;
-    // a bad row is left out silently here: the pass's cursor ([`ChargeBatches`]) reads it too,
-    // and logs and counts it once
-    Ok(rows
-        .into_iter()
-        .filter_map(|row| ChargeLine::try_from(row).ok())
-        .collect())
-}
-
 /// The charge of a stored row; a row whose customer id or currency does not validate is left
-/// out (logged, counted as an invoice not built), never failing the read for the others.
-fn charge_line(row: ChargeRow) -> Option<ChargeLine> {
+/// out (logged and counted as an invoice not built, unless `quiet`), never failing the read
+/// for the others.
+fn charge_line(row: ChargeRow, quiet: bool) -> Option<ChargeLine> {
     match ChargeLine::try_from(row) {
         Ok(c) => Some(c),
+        Err(_) if quiet => None,
         Err(e) => {
             let reason = match e {
                 BadCharge::Customer { .. } => metrics::BuildFailure::Customer,
@@ -49,12 +34,19 @@ fn charge_line(row: ChargeRow) -> Option<ChargeLine> {
     }
 }
 
-/// The latest charges of every period ending after `since_ms`, read with one cursor in
-/// customer order and handed out a batch of whole customers at a time: at most
-/// `max_customers` customers, and no more than `max_charges` charges unless one customer has
-/// more (a customer's charges are never split). Only one batch is in memory.
+/// The latest charges of every period ending after where its customer's read starts
+/// ([`Reach::of`]: the lookback, or earlier for a customer with a correction of an older
+/// period), read with one cursor in customer order and handed out a batch of whole customers
+/// at a time: at most `max_customers` customers, and no more than `max_charges` charges unless
+/// one customer has more (a customer's charges are never split). Only one batch is in memory.
+/// A stored charge that does not validate is logged and counted
+/// (`tally_invoicer_invoice_failures_total`), never failing the others.
 pub struct ChargeBatches {
     cursor: clickhouse::query::RowCursor<ChargeRow>,
+    reach: Reach,
+    /// A bad row of a period ending after this (ms) is left out without being logged or
+    /// counted: another read of the pass counts it ([`ChargeBatches::counted_until`]).
+    counted_until_ms: i64,
     /// The first charge of the next batch, read while closing the previous one.
     next: Option<ChargeLine>,
     max_customers: usize,
@@ -64,26 +56,49 @@ pub struct ChargeBatches {
 impl ChargeBatches {
     /// Opens the cursor (sorted by `charges`' sorting key, so a customer's charges come
     /// together; the rows of `v_charges`, read from the table since ClickHouse 18.16 pushes no
-    /// predicate into a view).
+    /// predicate into a view). Periods older than `reach.since_ms` are read only for the
+    /// customers it widens (chosen by the server, so no id list goes into the query).
     pub fn open(
         db: &Client,
-        since_ms: i64,
+        reach: &Reach,
         max_customers: usize,
         max_charges: usize,
     ) -> Result<ChargeBatches, clickhouse::error::Error> {
-        let cursor = db
-            .query(
+        let secs = |ms: i64| ms.div_euclid(1000);
+        let query = if reach.widened.is_empty() {
+            db.query(
                 "SELECT ?fields FROM charges FINAL WHERE period_end > toDateTime(?) \
                  ORDER BY customer, period_start, charge_id",
             )
-            .bind(since_ms.div_euclid(1000))
-            .fetch::<ChargeRow>()?;
+            .bind(secs(reach.since_ms))
+        } else {
+            db.query(&format!(
+                "SELECT ?fields FROM charges FINAL WHERE period_end > toDateTime(?) \
+                 OR (period_end > toDateTime(?) AND {}) \
+                 ORDER BY customer, period_start, charge_id",
+                tally_platform::usage::WIDENED_CUSTOMERS_SQL
+            ))
+            .bind(secs(reach.since_ms))
+            .bind(secs(reach.earliest()))
+            .bind(reach.since_ms)
+            .bind(reach.since_ms)
+        };
         Ok(ChargeBatches {
-            cursor,
+            cursor: query.fetch::<ChargeRow>()?,
+            reach: reach.clone(),
+            counted_until_ms: i64::MAX,
             next: None,
             max_customers: max_customers.max(1),
             max_charges: max_charges.max(1),
         })
+    }
+
+    /// Logs and counts only the bad rows of periods ending at or before `ms` (the others are
+    /// left out quietly): for a read that overlaps the pass's, so a bad row is counted once
+    /// per pass.
+    pub fn counted_until(mut self, ms: i64) -> ChargeBatches {
+        self.counted_until_ms = ms;
+        self
     }
 
     /// The charges of the next customers, in customer order; `None` once all were read.
@@ -93,7 +108,14 @@ impl ChargeBatches {
         let mut batch: Vec<ChargeLine> = self.next.take().into_iter().collect();
         let mut customers = batch.len();
         while let Some(row) = self.cursor.next().await? {
-            let Some(c) = charge_line(row) else {
+            // a customer the server widened after `reach` was read: from the lookback only
+            // (the next pass widens it)
+            let from_ms = self.reach.of(&row.customer);
+            if i64::from(row.period_end) * 1000 <= from_ms {
+                continue;
+            }
+            let quiet = i64::from(row.period_end) * 1000 > self.counted_until_ms;
+            let Some(c) = charge_line(row, quiet) else {
                 continue;
             };
             let new_customer = batch.last().is_none_or(|l| l.customer != c.customer);
@@ -266,20 +288,20 @@ struct BalanceRow {
     minor: i64,
 }
 
-/// The invoicer's prepaid credit left per (customer, currency): its grants minus what
-/// finalized invoices (not voided) applied of them, that is their credit beyond what the
-/// payments wallet had reserved for them (`reserved`, see [`wallet_credit`]).
+/// The invoicer's prepaid credit left per (customer, currency) of `customers`: their grants
+/// minus what finalized invoices (not voided) applied of them, that is their credit beyond
+/// what the payments wallet had reserved for them (`reserved`, see [`wallet_credit`]).
 pub async fn credit_balances(
     db: &Client,
+    customers: &[CustomerId],
     reserved: &WalletCredit,
 ) -> Result<HashMap<(CustomerId, Currency), i64>, clickhouse::error::Error> {
-    let facts = CreditFacts::load(db).await?;
-    let customers: Vec<&CustomerId> = facts.by_customer.keys().collect();
+    let facts = CreditFacts::load(db, customers).await?;
     Ok(facts.balances(customers, reserved))
 }
 
-/// The facts behind [`credit_balances`], read once per pass: the invoicer's grants and the
-/// credit finalized invoices applied, per customer.
+/// The facts behind [`credit_balances`], read per batch of a pass for the batch's customers
+/// only: the invoicer's grants and the credit finalized invoices applied, per customer.
 #[derive(Debug, Default)]
 pub struct CreditFacts {
     /// customer -> (currency, granted minor) and (currency, invoice id, applied minor)
@@ -292,36 +314,61 @@ struct CustomerCredit {
     applied: Vec<(Currency, String, i64)>,
 }
 
+/// `(?, ?, ...)`: one placeholder per value (ClickHouse 18.16 takes no array after `IN`).
+pub(crate) fn placeholders(n: usize) -> String {
+    format!("({})", vec!["?"; n.max(1)].join(", "))
+}
+
 impl CreditFacts {
-    /// Reads every grant and every credit applied by a finalized (not voided) invoice.
-    pub async fn load(db: &Client) -> Result<CreditFacts, clickhouse::error::Error> {
-        let granted: Vec<BalanceRow> = db
-            .query(
-                "SELECT customer, currency, toInt64(sum(amount_minor)) AS granted \
-                 FROM credit_grants FINAL GROUP BY customer, currency",
-            )
-            .fetch_all()
-            .await?;
-        let used: Vec<AppliedRow> = db
-            .query(
-                "SELECT customer, currency, invoice_id, credits_applied_minor FROM v_invoices \
-                 WHERE status NOT IN ('draft', 'void') AND credits_applied_minor != 0",
-            )
-            .fetch_all()
-            .await?;
+    /// Reads the grants of `customers` (by `credit_grants`' sorting key, [`IDS_PER_QUERY`]
+    /// ids per query), and the credit applied by finalized (not voided) invoices of those of
+    /// them that have a grant (a customer without a grant has no invoicer credit left to
+    /// reduce; `invoices` has no customer key, so the read is skipped for a batch without
+    /// grants).
+    pub async fn load(
+        db: &Client,
+        customers: &[CustomerId],
+    ) -> Result<CreditFacts, clickhouse::error::Error> {
         let mut out = CreditFacts::default();
-        for r in granted {
-            if let Some((customer, currency)) =
-                customer_currency("credit_grants", r.customer, &r.currency)
-            {
-                out.by_customer
-                    .entry(customer)
-                    .or_default()
-                    .granted
-                    .push((currency, r.minor));
+        for chunk in customers.chunks(IDS_PER_QUERY) {
+            let sql = format!(
+                "SELECT customer, currency, toInt64(sum(amount_minor)) AS granted \
+                 FROM credit_grants FINAL WHERE customer IN {} GROUP BY customer, currency",
+                placeholders(chunk.len())
+            );
+            let mut query = db.query(&sql);
+            for c in chunk {
+                query = query.bind(c.as_str());
+            }
+            let granted: Vec<BalanceRow> = query.fetch_all().await?;
+            for r in granted {
+                if let Some((customer, currency)) =
+                    customer_currency("credit_grants", r.customer, &r.currency)
+                {
+                    out.by_customer
+                        .entry(customer)
+                        .or_default()
+                        .granted
+                        .push((currency, r.minor));
+                }
             }
         }
-        for r in used {
+        let granted: Vec<&CustomerId> = out.by_customer.keys().collect();
+        let mut applied = Vec::new();
+        for chunk in granted.chunks(IDS_PER_QUERY) {
+            let sql = format!(
+                "SELECT customer, currency, invoice_id, credits_applied_minor FROM v_invoices \
+                 WHERE customer IN {} AND status NOT IN ('draft', 'void') \
+                 AND credits_applied_minor != 0",
+                placeholders(chunk.len())
+            );
+            let mut query = db.query(&sql);
+            for c in chunk {
+                query = query.bind(c.as_str());
+            }
+            applied.extend(query.fetch_all::<AppliedRow>().await?);
+        }
+        for r in applied {
             if let Some((customer, currency)) =
                 customer_currency("invoices", r.customer, &r.currency)
             {

@@ -8,7 +8,8 @@
 //! at all was built. Exactly once at that scale: 5,000 invoices numbered 1 to 5,000 once
 //! each, one finalization transition each, and a second pass writes nothing. A pass stopped
 //! between batches (a shutdown) has written the batch in hand and no more; the next pass takes
-//! the rest.
+//! the rest. Prepaid credit grants are read per batch, for its customers: a grant in the first
+//! and one in the last batch are each applied once.
 
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;
@@ -44,6 +45,19 @@ async fn five_thousand_long_customer_ids_are_invoiced_in_batches_exactly_once() 
     .execute()
     .await
     .expect("insert charges");
+    // prepaid credit grants of two customers, one in the first batch and one in the last: each
+    // batch reads the grants of its own customers only
+    db.query(&format!(
+        "INSERT INTO credit_grants (grant_id, customer, currency, amount_minor, reason, \
+         granted_at_ms, granted_at) \
+         SELECT concat('g', toString(number)), concat('c', toString(1000000000 + number), '{PAD}'), \
+                'USD', 50, 'test', 0, toDateTime(0) \
+         FROM (SELECT number FROM system.numbers LIMIT 4501) WHERE number IN (3, 4500)",
+        PAD = "x".repeat(53)
+    ))
+    .execute()
+    .await
+    .expect("insert grants");
     let bucket = format!("N{}", env.nats.stream);
     let client = async_nats::connect(&env.nats.url).await.expect("nats");
     let numbers = Numbers::open(client, &bucket).await.expect("bucket");
@@ -106,6 +120,22 @@ async fn five_thousand_long_customer_ids_are_invoiced_in_batches_exactly_once() 
         .await
         .expect("invoices");
     assert_eq!((stored, distinct_numbers, sum), (5_000, 5_000, 5_000 * 201));
+    let credited: Vec<(String, i64)> = db
+        .query(
+            "SELECT substring(customer, 1, 11), credits_applied_minor FROM v_invoices \
+             WHERE credits_applied_minor != 0 ORDER BY customer",
+        )
+        .fetch_all()
+        .await
+        .expect("credits");
+    assert_eq!(
+        credited,
+        vec![
+            ("c1000000003".to_owned(), 50),
+            ("c1000004500".to_owned(), 50)
+        ],
+        "each grant is applied once, in its customer's batch"
+    );
     let transitions: u64 = db
         .query("SELECT count() FROM v_invoice_transitions WHERE to_status = 'finalized'")
         .fetch_one()

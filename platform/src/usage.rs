@@ -602,27 +602,64 @@ fn sealed_days_sql(
     )
 }
 
+/// How far back a pass that covers `[since_ms, now]` must read, per customer, so that
+/// corrections reach their periods ([`reach`]): `since_ms` for every customer but those with
+/// a correction (a void, an amend, an imported event: docs/INGEST.md "Backfill") recorded at
+/// or after `since_ms` for an event before it, which reach back to their earliest such event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reach {
+    /// Where every customer's read starts at the latest.
+    pub since_ms: i64,
+    /// The customers whose reads start earlier, each at its earliest corrected event time
+    /// (always before `since_ms`).
+    pub widened: std::collections::BTreeMap<String, i64>,
+}
+
+impl Reach {
+    /// Where `customer`'s read starts.
+    pub fn of(&self, customer: &str) -> i64 {
+        self.widened.get(customer).copied().unwrap_or(self.since_ms)
+    }
+
+    /// Where the earliest customer's read starts: for a read that cannot be cut per customer.
+    pub fn earliest(&self) -> i64 {
+        self.widened
+            .values()
+            .copied()
+            .min()
+            .unwrap_or(self.since_ms)
+            .min(self.since_ms)
+    }
+}
+
 /// How far back a pass that covers `[since_ms, now]` must read so that corrections reach their
-/// periods: `since_ms`, or the earliest event time of a correction (a void, an amend, an
-/// imported event: docs/INGEST.md "Backfill") recorded at or after `since_ms`, if earlier. The
-/// rater re-prices, and the invoicer re-bills, a corrected period however old, for as long as
-/// the correction is within their lookback, without a setting changed. Reads
-/// `usage_corrections` whole (one row per correction or imported event; it has no time key).
-pub async fn reach(db: &Client, since_ms: i64) -> Result<i64, clickhouse::error::Error> {
-    let (n, earliest): (u64, i64) = db
+/// periods, per customer ([`Reach`]): one customer's old correction widens that customer's
+/// read only. The rater re-prices, and the invoicer re-bills, a corrected period however old,
+/// for as long as the correction is within their lookback, without a setting changed. Reads
+/// the `created_ms` and `event_time_ms` columns of `usage_corrections` (one row per
+/// correction or imported event; the table is sorted by customer and has no time key), and
+/// returns one row per customer that reaches back before `since_ms`.
+pub async fn reach(db: &Client, since_ms: i64) -> Result<Reach, clickhouse::error::Error> {
+    let rows: Vec<(String, i64)> = db
         .query(
-            "SELECT count(), toInt64(min(event_time_ms)) FROM usage_corrections \
-             WHERE created_ms >= ?",
+            "SELECT customer, toInt64(min(event_time_ms)) AS earliest FROM usage_corrections \
+             WHERE created_ms >= ? AND event_time_ms < ? GROUP BY customer",
         )
         .bind(since_ms)
-        .fetch_one()
+        .bind(since_ms)
+        .fetch_all()
         .await?;
-    Ok(if n == 0 {
-        since_ms
-    } else {
-        since_ms.min(earliest)
+    Ok(Reach {
+        since_ms,
+        widened: rows.into_iter().collect(),
     })
 }
+
+/// `customer IN (...)` of the customers [`reach`] widens at `since_ms`, computed by the server
+/// (binds `since_ms` twice, in order): for a read that widens those customers only, without
+/// sending their ids in the query text.
+pub const WIDENED_CUSTOMERS_SQL: &str = "customer IN (SELECT customer FROM usage_corrections \
+     WHERE created_ms >= ? AND event_time_ms < ?)";
 
 /// Reads committed usage of `req` (see the module docs); rows in no particular order.
 pub async fn read(
@@ -716,6 +753,26 @@ mod tests {
         for agg in ["SUM", "COUNT", "MIN", "MAX", "LATEST", "UNIQUE_COUNT"] {
             assert_eq!(left.quantity(agg), all.quantity(agg), "{agg}");
         }
+    }
+
+    #[test]
+    fn a_reach_widens_only_its_customers() {
+        let none = Reach {
+            since_ms: 1_000,
+            widened: Default::default(),
+        };
+        assert_eq!((none.of("a"), none.earliest()), (1_000, 1_000));
+        let reach = Reach {
+            since_ms: 1_000,
+            widened: [("a".to_owned(), 400), ("b".to_owned(), 700)]
+                .into_iter()
+                .collect(),
+        };
+        assert_eq!(
+            (reach.of("a"), reach.of("b"), reach.of("c")),
+            (400, 700, 1_000)
+        );
+        assert_eq!(reach.earliest(), 400);
     }
 
     #[test]

@@ -67,8 +67,11 @@ pub async fn rate_once(
     let started = Instant::now();
     let lookback_ms = i64::try_from(cfg.lookback_secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2);
     // a period with an event corrected or imported within the lookback is re-rated however
-    // old (docs/INGEST.md "Backfill")
-    let horizon_ms = tally_platform::usage::reach(db, now_ms - lookback_ms).await?;
+    // old (docs/INGEST.md "Backfill"); the usage read is not cut per customer, so it reaches
+    // back to the earliest customer's corrected event
+    let horizon_ms = tally_platform::usage::reach(db, now_ms - lookback_ms)
+        .await?
+        .earliest();
     // every period ending after the horizon is folded whole (a quarter or a year late in it)
     let read_from = catalog.periods_reach(horizon_ms).min(horizon_ms - MONTH_MS);
     let (folded, rows) = usage::read_and_fold(db, catalog, read_from, now_ms + 86_400_000).await?;
