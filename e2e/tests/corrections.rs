@@ -169,6 +169,102 @@ async fn two_racing_voids_of_one_event_count_once() {
     env.cleanup().await;
 }
 
+/// An attempt of amend `fix-1` that failed after writing its deltas and data, before its
+/// correction row: what the API leaves when ClickHouse goes away between the inserts.
+async fn failed_attempt(db: &clickhouse::Client, request: &serde_json::Value) {
+    let valid =
+        serde_json::from_value::<tally_rater::corrections::CorrectionRequest>(request.clone())
+            .expect("a request")
+            .validate()
+            .expect("valid");
+    let facts = tally_rater::store::corrections::load(db, &valid)
+        .await
+        .expect("facts");
+    let tally_rater::corrections::Decision::Append(c, deltas) = tally_rater::corrections::decide(
+        &valid,
+        &facts,
+        "api:alice",
+        Utc::now().timestamp_millis(),
+    )
+    .expect("decided") else {
+        panic!("a new correction")
+    };
+    tally_rater::store::corrections::append_effects(db, &c, &deltas, valid.change.data())
+        .await
+        .expect("deltas and data, no row");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_correction_id_left_by_a_failed_attempt_takes_only_the_same_content() {
+    let env = TestEnv::new("e2e_correction_leftover").await;
+    let stop = Shutdown::new();
+    let aggregator = start_aggregator(&env, aggregator_config(), stop.clone()).await;
+    let customer = format!("left{}", std::process::id());
+    let at = Utc::now() - chrono::Duration::seconds(30);
+    publish(&env, &token_events(&customer, at, &[1_000_000, 2_000_000])).await;
+    let (addr, token, api) = start_api(&env, &stop).await;
+    let db = env.db();
+    let time = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let amend = serde_json::json!({"correction_id": "fix-1", "kind": "amend",
+        "customer": customer, "source": "bot-1", "id": "e0", "time": time,
+        "reason": "tokens over-reported",
+        "data": {"tokens": 250_000, "model": "gpt-4o", "kind": "output"}});
+    let (status, body) = api_call(addr, Some(&token), "/v1/meters", &meter_spec()).await;
+    assert!(status == 201 || status == 200, "{status} {body}");
+    failed_attempt(&db, &amend).await;
+    let rater = RaterConfig {
+        default_plan: Some("ai-standard".into()),
+        ..RaterConfig::default()
+    };
+    let rate = || async {
+        tally_rater::rate_once(
+            &db,
+            &catalog("nobody"),
+            &rater,
+            Utc::now().timestamp_millis(),
+        )
+        .await
+        .expect("rating");
+        charge_minor(&db, &customer).await
+    };
+    // by hand: 3,000,000 tokens at 0.000003 USD = 900 cents; the leftover alone counts nothing
+    assert_eq!(rate().await, 900);
+    // the id re-used for other content: a void of the same event (old code: 201, and the
+    // leftover minus 750,000 and the void's minus 1,000,000 of one window both under
+    // (fix-1, revision 1), one of them read), and a void of the other event (old code: 201,
+    // both e1's minus 2,000,000 and e0's leftover counted)
+    for (event, what) in [("e0", "same event"), ("e1", "other event")] {
+        let void = serde_json::json!({"correction_id": "fix-1", "kind": "void",
+            "customer": customer, "source": "bot-1", "id": event, "time": time,
+            "reason": "load test"});
+        let (status, body) = api_call(addr, Some(&token), "/v1/corrections", &void).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (409, Some("correction_exists")),
+            "{what}: {body}"
+        );
+    }
+    assert_eq!(rate().await, 900, "nothing of the refused voids counts");
+    // the failed attempt's own content completes it, once: e0 at 250,000 tokens, 2,250,000
+    // in all at 0.000003 USD = 675 cents
+    let (status, body) = api_call(addr, Some(&token), "/v1/corrections", &amend).await;
+    assert_eq!(
+        (status, body["revision"].as_u64()),
+        (201, Some(1)),
+        "{body}"
+    );
+    let (status, body) = api_call(addr, Some(&token), "/v1/corrections", &amend).await;
+    assert_eq!(status, 200, "re-sent: {body}");
+    assert_eq!(rate().await, 675);
+    stop.cancel();
+    api.await.expect("API stops");
+    aggregator
+        .await
+        .expect("aggregator task")
+        .expect("aggregator stops cleanly");
+    env.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_void_after_finalization_gives_a_credit_note_naming_the_correction_once() {
     use serde_json::Value::Null;

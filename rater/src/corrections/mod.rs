@@ -17,7 +17,11 @@
 //! (`tally_invoicer::late`).
 //!
 //! Exactly once: a correction's identity is (customer, correction id). Re-sending the same
-//! correction finds it stored and appends nothing. Corrections of an event are numbered
+//! correction finds it stored and appends nothing. An attempt that failed before its
+//! correction row was written (its deltas or data are stored, its row is not: it never
+//! counted) leaves rows under the id; a later request under that id is appended only if it
+//! writes exactly those rows again, completing the attempt ([`Leftover`]); any other content
+//! is refused `correction_exists`, so a leftover never counts beside another content. Corrections of an event are numbered
 //! revisions; two racing corrections of the same event may both reach storage as revision n,
 //! and only the one with the smallest correction id counts, for every reader ([`winners`]);
 //! the API answers the other `correction_conflict` after it re-reads. Deltas written twice (a
@@ -228,7 +232,7 @@ pub struct Correction {
 }
 
 /// One delta row: what a correction changes in one (meter, group, window).
-#[derive(Debug, Clone, PartialEq, Eq, clickhouse::Row, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, clickhouse::Row, Serialize, Deserialize)]
 pub struct Delta {
     pub correction_id: String,
     pub customer: String,
@@ -261,6 +265,87 @@ pub struct Facts {
     pub same_id: Option<(Correction, String)>,
     /// An amend's target: what the stored meters read from its data.
     pub target: Vec<Reading>,
+    /// What an earlier attempt under the request's id left without its correction row (read
+    /// only when `same_id` is `None`).
+    pub leftover: Leftover,
+}
+
+/// The rows an attempt that failed before its correction row left under a correction id: its
+/// deltas (of any event and revision) and its amended data.
+///
+/// Readers count the deltas of (customer, correction id, revision) once a correction row
+/// names that revision, whichever event the deltas are of, one row per (meter, group,
+/// window). So a request under that id may write its row only when every leftover is of its
+/// event, every leftover data is its data, and the leftover deltas of its revision are
+/// exactly its deltas: it then completes the attempt. Deltas of another revision never count
+/// (no row of this id will ever name that revision).
+#[derive(Debug, Clone, Default)]
+pub struct Leftover {
+    pub deltas: Vec<Delta>,
+    pub data: Vec<String>,
+}
+
+impl Leftover {
+    pub fn is_empty(&self) -> bool {
+        self.deltas.is_empty() && self.data.is_empty()
+    }
+}
+
+/// What a delta changes, without when it was written: two attempts wrote the same delta when
+/// these are equal.
+fn effect(d: &Delta) -> impl Ord + '_ {
+    (
+        (d.agent.as_str(), d.event_id.as_str(), d.revision),
+        (
+            d.meter.as_str(),
+            d.aggregation.as_str(),
+            d.group_key.as_str(),
+        ),
+        (
+            d.window_start,
+            d.window_secs,
+            &d.group_names,
+            &d.group_values,
+        ),
+        (d.events, d.value.normalize()),
+    )
+}
+
+/// Refuses `correction` with `deltas` and `data` when what an earlier attempt under its id
+/// left is not exactly what it writes (see [`Leftover`]).
+fn matches_leftover(
+    leftover: &Leftover,
+    correction: &Correction,
+    deltas: &[Delta],
+    data: &str,
+) -> Result<(), CorrectionError> {
+    let exists = || CorrectionError::CorrectionExists(correction.correction_id.clone());
+    let other_event = leftover
+        .deltas
+        .iter()
+        .any(|d| d.agent != correction.agent || d.event_id != correction.event_id);
+    if other_event || leftover.data.iter().any(|d| d != data) {
+        return Err(exists());
+    }
+    let mut left: Vec<_> = leftover
+        .deltas
+        .iter()
+        .filter(|d| d.revision == correction.revision)
+        .map(effect)
+        .collect();
+    left.sort();
+    left.dedup();
+    if left.is_empty() {
+        return Ok(());
+    }
+    let mut ours: Vec<_> = deltas.iter().map(effect).collect();
+    ours.sort();
+    ours.dedup();
+    if left == ours {
+        Ok(())
+    } else {
+        Err(exists())
+    }
 }
 
 /// What to do with a valid request.
@@ -437,7 +522,8 @@ pub fn decide(
             let events = will.map_or(0, |r| r.events) - was.map_or(0, |r| r.events);
             (!value.is_zero() || events != 0).then(|| delta(&correction, shape, value, events))
         })
-        .collect();
+        .collect::<Vec<_>>();
+    matches_leftover(&facts.leftover, &correction, &deltas, req.change.data())?;
     Ok(Decision::Append(correction, deltas))
 }
 

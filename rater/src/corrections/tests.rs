@@ -302,3 +302,79 @@ fn an_imported_event_is_voided_or_amended_by_its_imports_deltas() {
     let e = decide(&request("v-1", "void", None), &none, "x", 9).unwrap_err();
     assert_eq!(e.code(), "event_not_found");
 }
+
+/// The deltas and data an attempt of `req` over `facts` would write, as left by it failing
+/// before its correction row.
+fn left_by(req: &Valid, facts: &Facts) -> Leftover {
+    let Decision::Append(_, deltas) = decide(req, facts, "api:alice", 9).unwrap() else {
+        panic!("expected an append")
+    };
+    Leftover {
+        deltas,
+        data: match req.change.data() {
+            "" => Vec::new(),
+            d => vec![d.to_owned()],
+        },
+    }
+}
+
+#[test]
+fn a_failed_attempt_is_completed_only_by_the_same_content() {
+    let amend = request("fix-1", "amend", Some(r#"{"tokens":25}"#));
+    let mut facts = committed();
+    // the amend to 25 tokens wrote its delta (-75) and data, not its row
+    facts.target = vec![reading("tokens", "a", 25)];
+    facts.leftover = left_by(&amend, &facts);
+    // a void under the id, of the same event: refused, the leftover -75 never counts beside -100
+    let e = decide(&request("fix-1", "void", None), &facts, "x", 10).unwrap_err();
+    assert_eq!(e.code(), "correction_exists");
+    // an amend to another quantity: refused
+    let mut other = facts.clone();
+    other.target = vec![reading("tokens", "a", 50)];
+    let e = decide(
+        &request("fix-1", "amend", Some(r#"{"tokens":50}"#)),
+        &other,
+        "x",
+        10,
+    )
+    .unwrap_err();
+    assert_eq!(e.code(), "correction_exists");
+    // the same amend again: appended, the very delta of the attempt (written twice, read once)
+    let d = decide(&amend, &facts, "api:alice", 10).unwrap();
+    assert_eq!(deltas(&d), vec![("tokens".into(), "a".into(), -75, 0)]);
+}
+
+#[test]
+fn a_failed_void_of_one_event_is_not_counted_with_a_correction_of_another() {
+    // a void of e-1 failed before its row; the same id then names a void of e-2, which would
+    // be revision 1 too: readers would count both voids under (fix-1, 1)
+    let mut facts = committed();
+    facts.leftover = left_by(&request("fix-1", "void", None), &facts);
+    let mut of_e2 = request("fix-1", "void", None);
+    of_e2.event_id = EventId::new("e-2").unwrap();
+    let e = decide(&of_e2, &facts, "x", 10).unwrap_err();
+    assert_eq!(e.code(), "correction_exists");
+}
+
+#[test]
+fn a_failed_attempt_of_an_earlier_revision_never_counts_and_leaves_the_id_to_its_retry() {
+    // a void failed before its row as revision 1; meanwhile amend m-1 became revision 1 (to
+    // 40 tokens); the void re-sent is revision 2, of minus 40 tokens, and the leftover minus
+    // 100 of revision 1 is never read (no row of fix-1 names revision 1)
+    let mut facts = committed();
+    facts.leftover = left_by(&request("fix-1", "void", None), &facts);
+    facts.of_event = vec![stored("m-1", 1, "amend")];
+    let mut m1 = reading("tokens", "a", -60);
+    m1.events = 0;
+    facts.deltas = vec![m1];
+    let d = decide(&request("fix-1", "void", None), &facts, "x", 10).unwrap();
+    assert_eq!(deltas(&d), vec![("tokens".into(), "a".into(), -40, -1)]);
+    let Decision::Append(c, _) = d else {
+        unreachable!()
+    };
+    assert_eq!(c.revision, 2);
+    // but leftover data of an amend is never taken for a void's
+    facts.leftover.data = vec![r#"{"tokens":25}"#.into()];
+    let e = decide(&request("fix-1", "void", None), &facts, "x", 10).unwrap_err();
+    assert_eq!(e.code(), "correction_exists");
+}

@@ -10,8 +10,8 @@ use clickhouse::Client;
 use serde::Serialize;
 
 use crate::corrections::{
-    amended, decide, winner, Change, Correction, CorrectionError, Decision, Delta, Facts, Reading,
-    Valid,
+    amended, decide, winner, Change, Correction, CorrectionError, Decision, Delta, Facts, Leftover,
+    Reading, Valid,
 };
 
 /// How far before the event time its window may start: the aggregator's largest window.
@@ -76,6 +76,10 @@ pub async fn load(db: &Client, req: &Valid) -> Result<Facts, CorrectionError> {
         .await?;
     let of_event = of_event(db, customer, agent, event).await?;
     let same_id = same_id(db, customer, req.correction_id.as_str()).await?;
+    let leftover = match same_id {
+        Some(_) => Leftover::default(),
+        None => leftover(db, customer, req.correction_id.as_str()).await?,
+    };
     // an imported event's window is its import's (its deltas)
     let target = match (&req.change, readings.first().or(deltas.first())) {
         (Change::Amend(data), Some(r)) => {
@@ -106,7 +110,33 @@ pub async fn load(db: &Client, req: &Valid) -> Result<Facts, CorrectionError> {
         of_event,
         same_id,
         target,
+        leftover,
     })
+}
+
+/// What a failed attempt left under a correction id that has no correction row: its deltas
+/// (any event, any hour: read by customer, the table's second key, and the id) and its data.
+/// Read once per new correction id, never for a re-sent one.
+async fn leftover(
+    db: &Client,
+    customer: &str,
+    correction_id: &str,
+) -> Result<Leftover, clickhouse::error::Error> {
+    let deltas = db
+        .query(
+            "SELECT correction_id, customer, agent, event_id, revision, meter, aggregation,                     toUInt32(window_start), window_secs, group_names, group_values, group_key,                     events, value, toUInt32(created_at)              FROM usage_correction_deltas WHERE customer = ? AND correction_id = ?",
+        )
+        .bind(customer)
+        .bind(correction_id)
+        .fetch_all::<Delta>()
+        .await?;
+    let data = db
+        .query("SELECT data FROM usage_correction_data WHERE customer = ? AND correction_id = ?")
+        .bind(customer)
+        .bind(correction_id)
+        .fetch_all::<String>()
+        .await?;
+    Ok(Leftover { deltas, data })
 }
 
 /// The type of the committed event (its raw row).
@@ -265,6 +295,21 @@ pub async fn append(
     deltas: &[Delta],
     data: &str,
 ) -> Result<(), clickhouse::error::Error> {
+    append_effects(db, correction, deltas, data).await?;
+    let mut insert = db.insert::<Correction>("usage_corrections").await?;
+    insert.write(correction).await?;
+    insert.end().await
+}
+
+/// The first half of [`append`]: the deltas and the data, without the correction row. An
+/// attempt that stops after it left what [`crate::corrections::Leftover`] is about (public so
+/// that the tests make one).
+pub async fn append_effects(
+    db: &Client,
+    correction: &Correction,
+    deltas: &[Delta],
+    data: &str,
+) -> Result<(), clickhouse::error::Error> {
     if !deltas.is_empty() {
         let mut insert = db.insert::<Delta>("usage_correction_deltas").await?;
         for d in deltas {
@@ -284,9 +329,7 @@ pub async fn append(
             .await?;
         insert.end().await?;
     }
-    let mut insert = db.insert::<Correction>("usage_corrections").await?;
-    insert.write(correction).await?;
-    insert.end().await
+    Ok(())
 }
 
 /// Corrections made by this process, one at a time (load to re-read): two racing requests to
