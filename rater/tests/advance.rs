@@ -357,3 +357,86 @@ prices = [{ model = "flat", meter = "calls", amount = "30", billing = "in_arrear
     assert_eq!(report.advance_charges, 5);
     env.cleanup().await;
 }
+
+/// The API's clock in the next test: December 5th, after December's fees were charged.
+fn december_5th_ms() -> i64 {
+    (DEC_1 + 4 * DAY) * 1000
+}
+
+#[tokio::test]
+async fn a_backdated_change_of_a_charged_fee_in_advance_is_refused_and_a_current_one_credits_it() {
+    let env = TestEnv::new("rater_advance_backdated").await;
+    let db = env.db();
+    common::store_catalog(&db, PLANS).await;
+    // December 1st: December's fees, 30.00 each, on November's invoices
+    let catalog = common::stored_catalog(&db).await;
+    common::rate_at(&db, &catalog, DEC_1 + DAY / 4, 2).await;
+    let quits_dec = fee_id("quits", DEC_1, DEC_1, "adv", 1);
+    let moves_dec = fee_id("moves", DEC_1, DEC_1, "adv", 1);
+    let amount_of = |all: &[(String, Row)], id: &str| -> Vec<i64> {
+        all.iter()
+            .filter(|(i, _)| *i == id)
+            .map(|(_, r)| r.4)
+            .collect()
+    };
+    let was = charges(&db).await;
+    assert_eq!(amount_of(&was, &quits_dec), vec![3000]);
+    assert_eq!(amount_of(&was, &moves_dec), vec![3000]);
+
+    let (addr, stop, server) = common::http::start_at(db.clone(), december_5th_ms).await;
+    // recorded on December 5th, taking effect at or before December 1st: December's part
+    // would vanish and its 3000 stay billed (old code: 201 and no credit), so refused
+    for body in [
+        serde_json::json!({"customer": "quits", "at": "2026-11-21T00:00:00Z"}),
+        serde_json::json!({"customer": "quits", "at": "2026-12-01T00:00:00Z"}),
+        serde_json::json!({"customer": "quits", "at": "2026-11-21T00:00:00Z", "at_period_end": true}),
+    ] {
+        let (status, answer) = common::http::post(addr, "/v1/subscriptions/cancel", &body).await;
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (409, Some("backdated_change")),
+            "{body}: {answer}"
+        );
+        let detail = answer["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains("2026-12-01T00:00:00"), "{detail}");
+    }
+    // a plan change effective December 1st would bill both plans' fees: refused too
+    let (status, answer) = common::http::post(
+        addr,
+        "/v1/subscriptions",
+        &serde_json::json!({"customer": "moves", "plan": "big",
+            "effective_from": "2026-12-01T00:00:00Z"}),
+    )
+    .await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (409, Some("backdated_change")),
+        "{answer}"
+    );
+    // after December's part began (December 3rd): appended, the part is shortened
+    let (status, answer) = common::http::post(
+        addr,
+        "/v1/subscriptions/cancel",
+        &serde_json::json!({"customer": "quits", "at": "2026-12-03T00:00:00Z"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{answer}");
+    stop.cancel();
+    server.await.expect("server stops");
+
+    // the pass of December 5th: quits' December fee re-rated to 2 of 31 days, 3000 x 2/31 =
+    // 193.55 -> 194 (2806 for the invoicer to credit); moves keeps its 3000, one fee
+    let catalog = common::stored_catalog(&db).await;
+    common::rate_at(&db, &catalog, DEC_1 + 4 * DAY, 5).await;
+    let now = charges(&db).await;
+    assert_eq!(amount_of(&now, &quits_dec), vec![194], "2806 to credit");
+    assert_eq!(amount_of(&now, &moves_dec), vec![3000]);
+    assert_eq!(
+        now.iter()
+            .filter(|(_, r)| r.0 == "moves" && r.2 == NOV_1)
+            .count(),
+        1,
+        "no big fee beside adv's"
+    );
+    env.cleanup().await;
+}

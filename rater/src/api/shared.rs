@@ -127,6 +127,9 @@ pub(crate) fn appended_reply(
             format!("{setting}: {detail}"),
         ),
         Err(CatalogStoreError::Invalid(e)) => error(StatusCode::BAD_REQUEST, invalid_code, e),
+        Err(e @ CatalogStoreError::Backdated(_)) => {
+            error(StatusCode::CONFLICT, "backdated_change", e)
+        }
         Err(CatalogStoreError::NotFound(what)) => fail(ErrorCode::NotFound, what),
         Err(e) => unavailable(e),
     }

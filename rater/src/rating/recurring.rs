@@ -224,6 +224,59 @@ pub fn advance_usages(catalog: &Catalog, horizon_ms: i64, now_ms: i64) -> Vec<Ad
     out
 }
 
+/// A fee billed in advance as its charge is named: (service period start, part start, meter,
+/// plan, plan version).
+pub type AdvanceKey = (i64, i64, MeterSlug, String, u32);
+
+/// `customer`'s fees billed in advance that `catalog` charges by `now_ms` (each part of a
+/// billing period ending after `horizon_ms` that has begun), by the name of their charge.
+pub fn advance_charged(
+    catalog: &Catalog,
+    customer: &CustomerId,
+    horizon_ms: i64,
+    now_ms: i64,
+) -> std::collections::BTreeSet<AdvanceKey> {
+    let mut out = std::collections::BTreeSet::new();
+    for sub in catalog.subscriptions_of(customer) {
+        for part in parts(sub, &sub.cycle, horizon_ms, now_ms) {
+            let Some(plan) = catalog.plan_of(sub, part.from_ms) else {
+                continue;
+            };
+            for (meter, _) in plan.prices.iter().filter(|(_, p)| p.in_advance()) {
+                out.insert((
+                    part.period.start_ms,
+                    part.from_ms,
+                    meter.clone(),
+                    plan.id.clone(),
+                    plan.version,
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The fees billed in advance that `before` charged `customer` by `now_ms` and `after` (the
+/// catalog with one more subscription record) no longer charges at all: a change recorded
+/// after a part began but taking effect at or before its start (backdated) removes the part
+/// instead of shortening it. The rater re-rates a shortened part, and the invoicer credits
+/// the unused part; a removed part's charge is never re-rated, so its fee would stay billed
+/// in full (and a plan change would bill both plans' fees). Parts of periods ending after
+/// `horizon_ms` (the record's start) are compared.
+pub fn advance_removed(
+    before: &Catalog,
+    after: &Catalog,
+    customer: &CustomerId,
+    horizon_ms: i64,
+    now_ms: i64,
+) -> Vec<AdvanceKey> {
+    let kept = advance_charged(after, customer, horizon_ms, now_ms);
+    advance_charged(before, customer, horizon_ms, now_ms)
+        .into_iter()
+        .filter(|k| !kept.contains(k))
+        .collect()
+}
+
 /// A part with no usage of `meter`: quantity zero, no windows, an empty usage span at the
 /// part's start (so lineage lists nothing).
 pub fn zero_usage(customer: &CustomerId, meter: &MeterSlug, part: Part) -> MeterUsage {
@@ -573,6 +626,69 @@ mod tests {
             (nov_21, DEC_1, nov_21, nov_21, 2000)
         );
         assert_ne!(now[1].5, now[0].5);
+    }
+
+    #[test]
+    fn a_backdated_change_removes_a_charged_part_and_a_later_one_only_shortens_it() {
+        let acme = CustomerId::new("acme").unwrap();
+        let before = advance_catalog(
+            r#"[[subscriptions]]
+               customer = "acme"
+               plan = "adv"
+               effective_from = "2026-11-01T00:00:00Z""#,
+        );
+        let with = |record: &str| {
+            advance_catalog(&format!(
+                r#"[[subscriptions]]
+                   customer = "acme"
+                   plan = "adv"
+                   effective_from = "2026-11-01T00:00:00Z"
+                   [[subscriptions]]
+                   customer = "acme"
+                   {record}"#
+            ))
+        };
+        let nov_30 = DEC_1 - DAY;
+        let now = DEC_1 + 4 * DAY; // December's fee was charged on Dec 1
+        let december = |plan: &str| {
+            (
+                DEC_1,
+                DEC_1,
+                MeterSlug::new("seats").unwrap(),
+                plan.to_owned(),
+                1,
+            )
+        };
+        // cancelled on Dec 5 back to Nov 30 or to Dec 1: December's part is gone, not shortened
+        for at in ["2026-11-30T00:00:00Z", "2026-12-01T00:00:00Z"] {
+            let cancelled = with(&format!(
+                "plan = \"adv\"\nstate = \"cancelled\"\neffective_from = \"{at}\""
+            ));
+            let from = chrono::DateTime::parse_from_rfc3339(at)
+                .unwrap()
+                .timestamp_millis();
+            assert_eq!(
+                advance_removed(&before, &cancelled, &acme, from, now),
+                vec![december("adv")],
+                "{at}"
+            );
+        }
+        // a plan change effective Dec 1 recorded on Dec 5: adv's December fee is gone too
+        let changed = with("plan = \"big\"\neffective_from = \"2026-12-01T00:00:00Z\"");
+        assert_eq!(
+            advance_removed(&before, &changed, &acme, DEC_1, now),
+            vec![december("adv")]
+        );
+        // cancelled at Dec 3 (after December's part began): the part is shortened and its
+        // charge re-rated, nothing removed; nor before the part begins (now Nov 30)
+        let later = with(
+            "plan = \"adv\"\nstate = \"cancelled\"\neffective_from = \"2026-12-03T00:00:00Z\"",
+        );
+        assert!(advance_removed(&before, &later, &acme, DEC_1 + 2 * DAY, now).is_empty());
+        let early = with(
+            "plan = \"adv\"\nstate = \"cancelled\"\neffective_from = \"2026-12-01T00:00:00Z\"",
+        );
+        assert!(advance_removed(&before, &early, &acme, DEC_1, nov_30).is_empty());
     }
 
     #[test]

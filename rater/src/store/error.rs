@@ -22,6 +22,11 @@ pub enum CatalogStoreError {
     /// The entry an addition refers to is not stored (an agent's customer).
     #[error("{0}")]
     NotFound(String),
+    /// A subscription record taking effect at or before the start of a fee billed in advance
+    /// that was already charged (docs/PRICING.md, "Fees billed in advance"): it would remove
+    /// the charged part instead of shortening it, and the fee would stay billed in full.
+    #[error("{0}")]
+    Backdated(String),
     /// A stored body no longer parses.
     #[error("stored catalog entry {identity}: {detail}")]
     Unreadable { identity: String, detail: String },

@@ -56,6 +56,38 @@ impl Stored {
     }
 }
 
+/// Refuses a record that takes effect at or before the start of a fee billed in advance
+/// already charged by `now_ms` ([`crate::rating::recurring::advance_removed`]).
+fn refuse_backdated(
+    before: &Catalog,
+    after: &Catalog,
+    sub: &SubscriptionSpec,
+    now_ms: i64,
+) -> Result<(), CatalogStoreError> {
+    let (Some(from), Ok(customer)) = (
+        sub.effective_from,
+        tally_domain::CustomerId::new(sub.customer.clone()),
+    ) else {
+        return Ok(());
+    };
+    let from_ms = from.timestamp_millis();
+    let removed =
+        crate::rating::recurring::advance_removed(before, after, &customer, from_ms, now_ms);
+    let Some((_, part_ms, meter, plan, version)) = removed.first() else {
+        return Ok(());
+    };
+    let at = |ms: i64| tally_domain::period::rfc3339(ms);
+    Err(CatalogStoreError::Backdated(format!(
+        "subscription.effective_from: {} is at or before {}, where the fee of {meter} billed in \
+         advance (plan {plan} version {version}) began and was charged; a change from then would \
+         leave that fee billed in full. Make the change take effect after {} (the unused part \
+         of the fee is then credited), or credit the fee on the invoicer",
+        at(from_ms),
+        at(*part_ms),
+        at(*part_ms)
+    )))
+}
+
 impl CatalogSource {
     /// The catalog as stored now.
     pub async fn current(&self, db: &Client) -> Result<Catalog, CatalogStoreError> {
@@ -109,9 +141,13 @@ impl CatalogSource {
             });
         }
         if stored.is_none() {
+            let before = subscriptions.clone();
             subscriptions.insert(0, sub.clone());
-            self.build(plans, subscriptions, &kept)
+            let after = self
+                .build(plans.clone(), subscriptions, &kept)
                 .map_err(|e| renamed(e, "subscriptions[0]", "subscription"))?;
+            let before = self.build(plans, before, &kept)?;
+            refuse_backdated(&before, &after, &sub, now_ms)?;
         }
         bootstrap(db, &[], std::slice::from_ref(&sub), now_ms).await
     }
