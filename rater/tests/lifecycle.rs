@@ -268,3 +268,80 @@ async fn the_api_cancels_now_or_at_period_end_and_the_final_period_is_cut_and_pr
     );
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_cancellation_before_a_stored_later_record_is_refused_and_one_after_it_ends_the_line() {
+    // `mover` on pro from Nov 1, with a migration to a pinned version stored for Jan 1, 2027
+    let env = TestEnv::new("rater_cancel_later").await;
+    let db = env.db();
+    let records = r#"
+[[subscriptions]]
+customer = "mover"
+plan = "pro"
+effective_from = "2026-11-01T00:00:00Z"
+[[subscriptions]]
+customer = "mover"
+plan = "pro"
+plan_version = 1
+effective_from = "2027-01-01T00:00:00Z"
+"#;
+    common::store_catalog(&db, &format!("{PLAN}{records}")).await;
+    let (addr, stop, server) = start(db.clone()).await;
+    // cancelled on Dec 15 (now, or at the end of November's period): the January record would
+    // resume billing on Jan 1 (old code: 201, and January billed 3000 + 1000), so refused
+    for body in [
+        serde_json::json!({"customer": "mover", "at": "2026-12-15T00:00:00Z"}),
+        serde_json::json!({"customer": "mover", "at": "2026-11-20T00:00:00Z", "at_period_end": true}),
+    ] {
+        let (status, answer) = post(addr, "/v1/subscriptions/cancel", &body).await;
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (409, Some("later_records")),
+            "{body}: {answer}"
+        );
+        let detail = answer["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains("2027-01-01T00:00:00"), "{detail}");
+    }
+    // a raw cancelled record through POST /v1/subscriptions: the same rule
+    let (status, answer) = post(
+        addr,
+        "/v1/subscriptions",
+        &serde_json::json!({"customer": "mover", "plan": "pro", "state": "cancelled",
+            "effective_from": "2026-12-15T00:00:00Z"}),
+    )
+    .await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (409, Some("later_records")),
+        "{answer}"
+    );
+    // at or after the last stored record: the line ends there
+    let (status, answer) = post(
+        addr,
+        "/v1/subscriptions/cancel",
+        &serde_json::json!({"customer": "mover", "at": "2027-01-10T00:00:00Z"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{answer}");
+    stop.cancel();
+    server.await.expect("server stops");
+
+    // by hand: December whole, 3000 and 1000 (no usage: the minimum trued up); January cut
+    // at Jan 10, 9 of 31 days: fee 30 x 9/31 = 8.709... -> 871, minimum 10 x 9/31 =
+    // 2.903... -> 290; nothing after
+    let jan_1 = DEC_1 + 31 * DAY;
+    let jan_10 = jan_1 + 9 * DAY;
+    let catalog = common::stored_catalog(&db).await;
+    common::rate_at(&db, &catalog, jan_10 + 2 * DAY, 40).await;
+    common::rate_at(&db, &catalog, jan_1 + 40 * DAY, 40).await;
+    assert_eq!(
+        rows(&charges(&db).await, "mover"),
+        vec![
+            (DEC_1, jan_1, "calls", 3000, 3000),
+            (DEC_1, jan_1, "tokens", 1000, 1000),
+            (jan_1, jan_10, "calls", 871, 871),
+            (jan_1, jan_10, "tokens", 290, 290),
+        ]
+    );
+    env.cleanup().await;
+}

@@ -130,6 +130,9 @@ pub(crate) fn appended_reply(
         Err(e @ CatalogStoreError::Backdated(_)) => {
             error(StatusCode::CONFLICT, "backdated_change", e)
         }
+        Err(e @ CatalogStoreError::LaterRecords(_)) => {
+            error(StatusCode::CONFLICT, "later_records", e)
+        }
         Err(CatalogStoreError::NotFound(what)) => fail(ErrorCode::NotFound, what),
         Err(e) => unavailable(e),
     }

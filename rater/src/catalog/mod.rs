@@ -686,5 +686,31 @@ impl Catalog {
     }
 }
 
+/// The active records of `record`'s customer and line that `stored` holds for instants after
+/// it, when `record` is a cancellation, in time order: the first of them would resume billing
+/// after the cancellation (a later active record restarts a line), so a cancellation does not
+/// end a line before records stored for later instants (a scheduled migration or restart).
+/// Pure; the API refuses such a cancellation (`later_records`, docs/PRICING.md).
+pub fn records_after_cancellation<'a>(
+    stored: &'a [SubscriptionSpec],
+    record: &SubscriptionSpec,
+) -> Vec<&'a SubscriptionSpec> {
+    if record.state != SubscriptionState::Cancelled {
+        return Vec::new();
+    }
+    let line = |s: &SubscriptionSpec| s.line.clone().unwrap_or_default();
+    let mut later: Vec<&SubscriptionSpec> = stored
+        .iter()
+        .filter(|s| {
+            s.customer == record.customer
+                && line(s) == line(record)
+                && s.state.is_active()
+                && s.effective_from > record.effective_from
+        })
+        .collect();
+    later.sort_by_key(|s| s.effective_from);
+    later
+}
+
 #[cfg(test)]
 mod tests;

@@ -337,3 +337,60 @@ fn floats_in_prices_are_refused_at_parse_time() {
     let err = toml::from_str::<F>(&text).unwrap_err().to_string();
     assert!(err.contains("float"), "{err}");
 }
+
+#[test]
+fn a_cancellation_names_the_active_records_of_its_line_stored_after_it() {
+    let subs: Vec<SubscriptionSpec> = toml::from_str::<toml::Table>(
+        r#"
+        [[s]]
+        customer = "a"
+        plan = "p"
+        effective_from = "2026-11-01T00:00:00Z"
+        [[s]]
+        customer = "a"
+        plan = "p"
+        effective_from = "2027-02-01T00:00:00Z"
+        [[s]]
+        customer = "a"
+        plan = "p"
+        effective_from = "2027-01-01T00:00:00Z"
+        [[s]]
+        customer = "a"
+        plan = "p"
+        state = "paused"
+        effective_from = "2027-03-01T00:00:00Z"
+        [[s]]
+        customer = "a"
+        plan = "p"
+        line = "other"
+        effective_from = "2027-01-01T00:00:00Z"
+        [[s]]
+        customer = "b"
+        plan = "p"
+        effective_from = "2027-01-01T00:00:00Z"
+        "#,
+    )
+    .unwrap()["s"]
+        .clone()
+        .try_into()
+        .unwrap();
+    let mut cancel = subs[0].clone();
+    cancel.state = SubscriptionState::Cancelled;
+    cancel.effective_from = Some("2026-12-15T00:00:00Z".parse().unwrap());
+    let later: Vec<String> = records_after_cancellation(&subs, &cancel)
+        .iter()
+        .map(|s| s.effective_from.unwrap().to_rfc3339())
+        .collect();
+    // the same customer and line, active, later; in time order
+    assert_eq!(
+        later,
+        ["2027-01-01T00:00:00+00:00", "2027-02-01T00:00:00+00:00"]
+    );
+    // after the last one, or a pause instead of a cancellation: none
+    cancel.effective_from = Some("2027-02-10T00:00:00Z".parse().unwrap());
+    assert!(records_after_cancellation(&subs, &cancel).is_empty());
+    let mut pause = cancel.clone();
+    pause.state = SubscriptionState::Paused;
+    pause.effective_from = Some("2026-12-15T00:00:00Z".parse().unwrap());
+    assert!(records_after_cancellation(&subs, &pause).is_empty());
+}

@@ -27,6 +27,11 @@ pub enum CatalogStoreError {
     /// the charged part instead of shortening it, and the fee would stay billed in full.
     #[error("{0}")]
     Backdated(String),
+    /// A cancellation before active records of its line stored for later instants (a
+    /// scheduled migration or restart), which would resume billing after it
+    /// (docs/PRICING.md, "Subscription lifecycle").
+    #[error("{0}")]
+    LaterRecords(String),
     /// A stored body no longer parses.
     #[error("stored catalog entry {identity}: {detail}")]
     Unreadable { identity: String, detail: String },

@@ -88,6 +88,32 @@ fn refuse_backdated(
     )))
 }
 
+/// Refuses a cancellation before active records of its line stored for later instants
+/// ([`crate::catalog::records_after_cancellation`]): the first of them would resume billing.
+fn refuse_before_later_records(
+    stored: &[SubscriptionSpec],
+    sub: &SubscriptionSpec,
+) -> Result<(), CatalogStoreError> {
+    let later = crate::catalog::records_after_cancellation(stored, sub);
+    let (Some(first), Some(last)) = (later.first(), later.last()) else {
+        return Ok(());
+    };
+    let at = |s: &SubscriptionSpec| s.effective_from.map(|t| t.to_rfc3339()).unwrap_or_default();
+    Err(CatalogStoreError::LaterRecords(format!(
+        "subscription.effective_from: {} of line {:?} has {} record(s) stored from {} on (plan \
+         {}); a cancellation at {} would not end the line: the record at {} resumes billing. \
+         Cancel at or after {}, or pause (state paused) if the later record is to resume",
+        sub.customer,
+        sub.line.clone().unwrap_or_default(),
+        later.len(),
+        at(first),
+        first.plan,
+        at(sub),
+        at(first),
+        at(last)
+    )))
+}
+
 impl CatalogSource {
     /// The catalog as stored now.
     pub async fn current(&self, db: &Client) -> Result<Catalog, CatalogStoreError> {
@@ -141,6 +167,7 @@ impl CatalogSource {
             });
         }
         if stored.is_none() {
+            refuse_before_later_records(&subscriptions, &sub)?;
             let before = subscriptions.clone();
             subscriptions.insert(0, sub.clone());
             let after = self
