@@ -129,6 +129,7 @@ pub async fn invoice_pass_each(
     // a period corrected or backfilled within the lookback is invoiced however old, for its
     // customer only (one that was finalized is in `done`: its late usage is `late`'s)
     let reach = tally_platform::usage::reach(db, now_ms - lookback_ms).await?;
+    let applied = store::AppliedCredit::load(db).await?;
     let mut charges = store::ChargeBatches::open(db, &reach, BATCH_CUSTOMERS, BATCH_CHARGES)?;
     let mut adjustments = if cfg.features.late_usage_adjustments {
         late::pending(db, cfg, now_ms).await?
@@ -141,6 +142,7 @@ pub async fn invoice_pass_each(
         numbers,
         cfg,
         now_ms,
+        applied,
     };
     loop {
         let t = Instant::now();
@@ -168,6 +170,8 @@ struct Pass<'a> {
     numbers: Option<&'a Numbers>,
     cfg: &'a InvoicerConfig,
     now_ms: i64,
+    /// The credit finalized invoices applied of the invoicer's grants (read once per pass).
+    applied: store::AppliedCredit,
 }
 
 impl Pass<'_> {
@@ -200,9 +204,10 @@ impl Pass<'_> {
             .collect();
         // prepaid credit, one path: what the payments wallet reserved for the period's usage
         // (consumed in near real time, in its order of grants) plus what is left of the
-        // invoicer's own grants (`POST /v1/credits`), both read for the batch's customers only
+        // invoicer's own grants (`POST /v1/credits`), both read for the batch's customers
+        // (what finalized invoices applied of the grants: read once per pass)
         let wallet = store::wallet_credit(db, &customers).await?;
-        let mut credits = store::credit_balances(db, &customers, &wallet).await?;
+        let mut credits = store::credit_balances(db, &customers, &wallet, &self.applied).await?;
         report.read += t.elapsed();
         let t = Instant::now();
         let mut drafts = Vec::new();

@@ -295,9 +295,54 @@ pub async fn credit_balances(
     db: &Client,
     customers: &[CustomerId],
     reserved: &WalletCredit,
+    applied: &AppliedCredit,
 ) -> Result<HashMap<(CustomerId, Currency), i64>, clickhouse::error::Error> {
-    let facts = CreditFacts::load(db, customers).await?;
+    let facts = CreditFacts::load(db, customers, applied).await?;
     Ok(facts.balances(customers, reserved))
+}
+
+/// The credit finalized (not voided) invoices applied of the invoicer's grants, per customer
+/// with a grant: read once per pass ([`AppliedCredit::load`]). Each customer is in one batch
+/// of a pass, so what a batch finalizes never changes what a later batch reads here.
+#[derive(Debug, Default)]
+pub struct AppliedCredit {
+    by_customer: HashMap<CustomerId, Vec<(Currency, String, i64)>>,
+}
+
+impl AppliedCredit {
+    /// One read per pass, none when no customer has a grant: `invoices` has no customer key
+    /// (and ClickHouse 18.16 pushes no predicate into `v_invoices`), so each read of applied
+    /// credit scans the invoices; a read per batch would scan them once per batch.
+    pub async fn load(db: &Client) -> Result<AppliedCredit, clickhouse::error::Error> {
+        let mut out = AppliedCredit::default();
+        let holders: u64 = db
+            .query("SELECT count() FROM (SELECT customer FROM credit_grants LIMIT 1)")
+            .fetch_one()
+            .await?;
+        if holders == 0 {
+            return Ok(out);
+        }
+        let rows: Vec<AppliedRow> = db
+            .query(
+                "SELECT customer, currency, invoice_id, credits_applied_minor FROM v_invoices \
+                 WHERE customer IN (SELECT customer FROM credit_grants) \
+                 AND status NOT IN ('draft', 'void') AND credits_applied_minor != 0",
+            )
+            .fetch_all()
+            .await?;
+        for r in rows {
+            if let Some((customer, currency)) =
+                customer_currency("invoices", r.customer, &r.currency)
+            {
+                out.by_customer.entry(customer).or_default().push((
+                    currency,
+                    r.invoice_id,
+                    r.minor,
+                ));
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// The facts behind [`credit_balances`], read per batch of a pass for the batch's customers
@@ -321,13 +366,13 @@ pub(crate) fn placeholders(n: usize) -> String {
 
 impl CreditFacts {
     /// Reads the grants of `customers` (by `credit_grants`' sorting key, [`IDS_PER_QUERY`]
-    /// ids per query), and the credit applied by finalized (not voided) invoices of those of
-    /// them that have a grant (a customer without a grant has no invoicer credit left to
-    /// reduce; `invoices` has no customer key, so the read is skipped for a batch without
-    /// grants).
+    /// ids per query), and takes the credit applied by finalized (not voided) invoices of
+    /// those of them that have a grant from the pass's `applied` (a customer without a grant
+    /// has no invoicer credit left to reduce).
     pub async fn load(
         db: &Client,
         customers: &[CustomerId],
+        applied: &AppliedCredit,
     ) -> Result<CreditFacts, clickhouse::error::Error> {
         let mut out = CreditFacts::default();
         for chunk in customers.chunks(IDS_PER_QUERY) {
@@ -353,30 +398,9 @@ impl CreditFacts {
                 }
             }
         }
-        let granted: Vec<&CustomerId> = out.by_customer.keys().collect();
-        let mut applied = Vec::new();
-        for chunk in granted.chunks(IDS_PER_QUERY) {
-            let sql = format!(
-                "SELECT customer, currency, invoice_id, credits_applied_minor FROM v_invoices \
-                 WHERE customer IN {} AND status NOT IN ('draft', 'void') \
-                 AND credits_applied_minor != 0",
-                placeholders(chunk.len())
-            );
-            let mut query = db.query(&sql);
-            for c in chunk {
-                query = query.bind(c.as_str());
-            }
-            applied.extend(query.fetch_all::<AppliedRow>().await?);
-        }
-        for r in applied {
-            if let Some((customer, currency)) =
-                customer_currency("invoices", r.customer, &r.currency)
-            {
-                out.by_customer.entry(customer).or_default().applied.push((
-                    currency,
-                    r.invoice_id,
-                    r.minor,
-                ));
+        for (customer, credit) in &mut out.by_customer {
+            if let Some(rows) = applied.by_customer.get(customer) {
+                credit.applied.extend(rows.iter().cloned());
             }
         }
         Ok(out)

@@ -363,8 +363,18 @@ async fn refunds_transfers_and_write_offs_keep_the_ledger_balanced() {
         (StatusCode::OK, Some("currency_mismatch")),
         "{reply}"
     );
+    // a known currency other than the payment's: not netted against it either
+    let eur = serde_json::json!({"id": "ch_1", "object": "charge", "currency": "eur", "payment_intent": "pi_r",
+        "amount_refunded": 500, "refunds": {"object": "list", "data": [{"id": "re_e", "amount": 500}]}});
+    let eur = stripe_event("evt_re", "charge.refunded", eur, now_secs());
+    let (s, reply) = post_webhook(server.addr, &eur, WEBHOOK_SECRET, now_secs()).await;
+    assert_eq!(
+        (s, reply["outcome"].as_str()),
+        (StatusCode::OK, Some("currency_mismatch")),
+        "{reply}"
+    );
     let odd_rows: u64 = db
-        .query("SELECT count() FROM ledger_entries WHERE currency = 'XX1'")
+        .query("SELECT count() FROM ledger_entries WHERE currency IN ('XX1', 'EUR')")
         .fetch_one()
         .await
         .unwrap();

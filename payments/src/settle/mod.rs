@@ -262,6 +262,10 @@ impl Settler {
         let Some(paid) = store::payment_by_ref(&self.db, src.gateway, payment_ref).await? else {
             return Ok((Outcome::RefundOfUnknownPayment, String::new()));
         };
+        // a refund is netted against its payment: in the payment's currency or not at all
+        if currency != paid.currency {
+            return Ok((Outcome::CurrencyMismatch, paid.invoice_id));
+        }
         let id = src.payment_id(PaymentKind::Refund, refund_ref);
         let mut refund = src.refund_of(paid, id, refund_ref, amount_minor);
         currency.clone_into(&mut refund.currency);
