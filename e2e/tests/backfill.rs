@@ -8,6 +8,8 @@
 //! the invoicer, with its default settings, bills the difference as adjustment lines of the
 //! next invoice naming the import. Re-running the import from the file (the command's code
 //! path) changes nothing, and an imported event can then be voided (a credit note).
+//! The identity committed live is found at another time within the aggregator's dedup
+//! horizon, and one imported by any import at any time.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
@@ -564,5 +566,130 @@ async fn a_month_never_invoiced_gets_its_invoice_once_imported() {
             .delete_key_value(&bucket)
             .await;
     }
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_committed_live_at_another_time_within_the_horizon_is_not_imported_again() {
+    // issue 17, item 11: an event's identity is (customer, source, id), its time is not part
+    // of it; before, an import found a live commit only at the exact same time
+    let env = TestEnv::new("e2e_backfill_horizon").await;
+    let stop = Shutdown::new();
+    // the default aggregator: an hour of lateness, a day of dedup horizon (the import's
+    // default horizon)
+    let aggregator = start_aggregator(&env, aggregator_config(), stop.clone()).await;
+    let customer = format!("hor{}", std::process::id());
+    let now = Utc::now();
+    let live_at = now - chrono::Duration::seconds(30);
+    // live at L: w1 1,000,000 tokens, w2 100,000, w3 10,000
+    let live = [
+        event(&customer, "w1", "llm.tokens", live_at, tokens(1_000_000)),
+        event(&customer, "w2", "llm.tokens", live_at, tokens(100_000)),
+        event(&customer, "w3", "llm.tokens", live_at, tokens(10_000)),
+    ];
+    publish(&env, &live).await;
+    let db = env.db();
+    let cat = catalog("nobody");
+    let rater = RaterConfig {
+        default_plan: Some("ai-standard".into()),
+        ..RaterConfig::default()
+    };
+    let now_ms = now.timestamp_millis();
+    tally_rater::rate_once(&db, &cat, &rater, now_ms)
+        .await
+        .expect("rating");
+    // by hand: 1,110,000 tokens at 0.000003 USD = 333 cents
+    assert_eq!(token_charges(&db, &customer).await, 333);
+
+    tally_rater::store::registry::bootstrap(&db, &[], &tally_e2e::meter_specs(), now_ms)
+        .await
+        .expect("meters stored");
+    // three days later (beyond `too_recent`), files of the same identities at other times
+    let import_ms = now_ms + 3 * 86_400_000;
+    let import = |id: &str| Import {
+        import_id: id.into(),
+        from_ms: (live_at - chrono::Duration::hours(1)).timestamp_millis(),
+        to_ms: (live_at + chrono::Duration::days(2)).timestamp_millis(),
+        reason: "the old biller's export".into(),
+        actor: "cli:operator".into(),
+        now_ms: import_ms,
+    };
+    let run = |id: &'static str, file: String| {
+        let db = db.clone();
+        let import = import(id);
+        async move {
+            let mut importer = Importer::start(&db, import).await.expect("starts");
+            importer.add_lines(file.as_bytes()).await.expect("imports");
+            importer.finish().await.expect("imports")
+        }
+    };
+    let minutes = |n: i64| live_at + chrono::Duration::minutes(n);
+    // w1 five minutes later and w3 five minutes earlier: within the day of horizon, present;
+    // w2 a day and a minute later: beyond the horizon (where the live path would count a
+    // re-send again too), imported
+    let file = [
+        line(
+            &customer,
+            "w1",
+            "llm.tokens",
+            minutes(5),
+            &tokens(1_000_000),
+        ),
+        line(&customer, "w3", "llm.tokens", minutes(-5), &tokens(10_000)),
+        line(
+            &customer,
+            "w2",
+            "llm.tokens",
+            minutes(24 * 60 + 1),
+            &tokens(100_000),
+        ),
+    ]
+    .join("\n");
+    let report = run("drift", file).await;
+    assert_eq!(
+        (
+            report.events,
+            report.imported,
+            report.already_present,
+            report.refused.len()
+        ),
+        (3, 1, 2, 0),
+        "{report:?}"
+    );
+    // the imported w2 at yet another time (beyond the live commit's horizon): present for
+    // this import re-run and for another import (matched by identity, not time)
+    let again = line(
+        &customer,
+        "w2",
+        "llm.tokens",
+        minutes(24 * 60 + 3),
+        &tokens(100_000),
+    );
+    for id in ["drift", "drift-2"] {
+        let report = run(id, again.clone()).await;
+        assert_eq!(
+            (
+                report.events,
+                report.imported,
+                report.already_present,
+                report.refused.len()
+            ),
+            (1, 0, 1, 0),
+            "{id}: {report:?}"
+        );
+    }
+
+    // by hand: 333 cents, and w2 imported once more beyond the horizon: 100,000 tokens = 30
+    // cents, 363 (the old code imported w1 and w3 again too)
+    tally_rater::rate_once(&db, &cat, &rater, import_ms + 1000)
+        .await
+        .expect("rating after the import");
+    assert_eq!(token_charges(&db, &customer).await, 363);
+
+    stop.cancel();
+    aggregator
+        .await
+        .expect("aggregator task")
+        .expect("aggregator stops cleanly");
     env.cleanup().await;
 }

@@ -14,7 +14,10 @@
 //! Exactly once: the correction id is derived from the import id and the event's identity
 //! ([`correction_id`]), so re-running an import finds its corrections stored and appends
 //! nothing; an event already committed by the aggregator, or imported by another import,
-//! is reported `already_present`. Two imports racing for one event both reach storage as
+//! is reported `already_present`. Both are matched by identity, never by time (the time is
+//! not part of an event's identity): a live commit counts when its event time is within
+//! the aggregator's dedup horizon of the imported event's, either side ([`HORIZON_SECS`],
+//! [`committed_within`]); an earlier import of the identity counts at any time. Two imports racing for one event both reach storage as
 //! revision 1 of it and only the smallest correction id counts (the corrections' rule,
 //! [`crate::corrections::winners`]).
 //!
@@ -41,6 +44,24 @@ pub const WINDOW_SECS: u32 = 60;
 /// Events newer than this (seconds before the import) are refused `too_recent`: the live
 /// path may still deliver them (the aggregator's allowed lateness must stay below it).
 pub const LIVE_SECS: i64 = 86_400;
+
+/// How far apart, in event time, a live commit and an imported event of one identity may be
+/// for the import to find the identity already present: the aggregator's dedup horizon
+/// (`aggregator.dedup_horizon_secs`, its default here; an importer is given another with
+/// [`crate::store::backfill::Importer::set_horizon_secs`]). The live path itself only
+/// deduplicates a re-send within that horizon (of received time), so a copy of an identity
+/// further away than it is counted again by the live path too, and by an import.
+pub const HORIZON_SECS: i64 = 86_400;
+
+/// Whether an identity committed live at the event times `committed_ms` is present for an
+/// imported event of that identity at `time_ms` (pure): a commit at most `horizon_secs`
+/// before or after it (bounds included).
+pub fn committed_within(committed_ms: &[i64], time_ms: i64, horizon_secs: i64) -> bool {
+    let horizon_ms = u64::try_from(horizon_secs.saturating_mul(1000)).unwrap_or(0);
+    committed_ms
+        .iter()
+        .any(|t| t.abs_diff(time_ms) <= horizon_ms)
+}
 
 /// The correction kind of an imported event.
 pub const KIND: &str = corrections::BACKFILL_KIND;
@@ -144,7 +165,8 @@ pub fn readings(meters: &[Meter], event: &UsageEvent) -> Result<Vec<Reading>, Re
 /// What is stored about one imported event.
 #[derive(Debug, Clone)]
 pub struct Facts {
-    /// The aggregator committed the event (its readings are in `usage_meter_readings`).
+    /// The aggregator committed the event's identity at a time within the dedup horizon of
+    /// the event's ([`committed_within`]; its readings are in `usage_meter_readings`).
     pub committed: bool,
     /// Every correction recorded for the event (an earlier import is one of kind `backfill`).
     pub of_event: Vec<Correction>,
@@ -158,8 +180,9 @@ pub struct Facts {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Refusal {
     /// `outside_period`, `too_recent`, `unknown_meter`, `invalid_quantity`, `malformed`,
-    /// `subject_mismatch`, `not_importable`, `correction_exists` (the derived id names another
-    /// correction). An identity repeated in the input is not refused: it is `already_present`.
+    /// `subject_mismatch`, `not_importable`, `correction_exists` (the derived id names a
+    /// correction of another identity or kind). An identity repeated in the input, at any
+    /// time, is not refused: it is `already_present`.
     pub code: &'static str,
     pub detail: String,
 }
@@ -196,10 +219,12 @@ pub fn decide(import: &Import, event: &UsageEvent, facts: &Facts) -> Decision {
     }
     let id = correction_id(&import.import_id, event);
     if let Some(stored) = &facts.same_id {
+        // the identity, not the time: this import's correction of the identity at another
+        // time is the identity imported (present below), not another correction
         let same = stored.kind == KIND
+            && stored.customer == event.customer.as_str()
             && stored.agent == event.agent.as_str()
-            && stored.event_id == event.id.as_str()
-            && stored.event_time_ms == time;
+            && stored.event_id == event.id.as_str();
         if !same {
             return refused(
                 "correction_exists",

@@ -216,12 +216,60 @@ fn meters_that_do_not_add_up_unknown_types_and_bad_data_are_refused() {
 fn an_id_naming_another_correction_is_refused() {
     let e = tokens("e-1", 5);
     let mut other = stored(&correction_id("imp-1", &e), "backfill");
-    other.event_time_ms += 1;
+    other.event_id = "e-2".into();
     let f = Facts {
         same_id: Some(other),
         ..facts(&e)
     };
     assert_eq!(code(&decide(&october(), &e, &f)), "correction_exists");
+    let mut void = stored(&correction_id("imp-1", &e), "void");
+    void.revision = 2;
+    let f = Facts {
+        same_id: Some(void),
+        ..facts(&e)
+    };
+    assert_eq!(code(&decide(&october(), &e, &f)), "correction_exists");
+}
+
+#[test]
+fn the_identity_imported_by_this_import_at_another_time_is_present() {
+    // issue 17, item 11: the time is not part of the identity (refused
+    // `correction_exists` before)
+    let e = tokens("e-1", 5);
+    let mut mine = stored(&correction_id("imp-1", &e), "backfill");
+    mine.event_time_ms = OCT5 + 300_000;
+    let f = Facts {
+        of_event: vec![mine.clone()],
+        same_id: Some(mine.clone()),
+        ..facts(&e)
+    };
+    assert_eq!(
+        decide(&october(), &e, &f),
+        Decision::Present(Present::Imported(mine.correction_id))
+    );
+}
+
+#[test]
+fn a_live_commit_of_the_identity_counts_within_the_horizon_either_side() {
+    // issue 17, item 11: matched by identity within the aggregator's dedup horizon, not at
+    // the exact time
+    let h = HORIZON_SECS;
+    assert!(committed_within(&[OCT5], OCT5, h));
+    assert!(committed_within(&[OCT5 - 300_000], OCT5, h));
+    assert!(committed_within(&[OCT5 + 300_000], OCT5, h));
+    assert!(committed_within(&[OCT5 - DAY], OCT5, h));
+    assert!(committed_within(&[OCT5 + DAY], OCT5, h));
+    assert!(!committed_within(&[OCT5 - DAY - 1], OCT5, h));
+    assert!(!committed_within(&[OCT5 + DAY + 1], OCT5, h));
+    assert!(committed_within(&[OCT5 + 3 * DAY, OCT5 + DAY], OCT5, h));
+    assert!(!committed_within(&[], OCT5, h));
+    // another horizon (the aggregator's setting)
+    assert!(committed_within(&[OCT5 + 7 * DAY], OCT5, 7 * 86_400));
+    assert!(!committed_within(&[OCT5 + 300_001], OCT5, 300));
+    // no overflow; a negative horizon is none
+    assert!(!committed_within(&[i64::MIN], i64::MAX, i64::MAX));
+    assert!(committed_within(&[OCT5], OCT5, -5));
+    assert!(!committed_within(&[OCT5 + 1], OCT5, -5));
 }
 
 #[test]

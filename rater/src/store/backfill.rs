@@ -1,7 +1,8 @@
 //! The storage side of a backfill (the rules are [`crate::backfill`]): parsing each event of
 //! the input and importing them in batches of [`BATCH_EVENTS`]: loading what is stored about
 //! them (their committed readings, bounded by the batch's hours and customers; the corrections
-//! of their identities, this import's among them), deciding each, appending the `backfill`
+//! of their identities, this import's among them), deciding each (an identity committed live
+//! at any time within the dedup horizon of the event's, [`backfill::committed_within`]), appending the `backfill`
 //! corrections (their deltas, the events as imported, then the correction rows), and
 //! re-reading the identities' corrections so that the loser of a race with another import is
 //! reported as already present. A batch is imported under the corrections' lock (one per
@@ -11,7 +12,7 @@
 //! stream's messages, or the dead-letter stream's records, each replayed from the usage
 //! stream's whole message when it is still there).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use clickhouse::Client;
 use serde::Deserialize;
@@ -66,6 +67,8 @@ pub struct Importer<'a> {
     meters: Vec<Meter>,
     report: Report,
     pending: Vec<Pending>,
+    /// The aggregator's dedup horizon, seconds ([`backfill::HORIZON_SECS`] unless set).
+    horizon_secs: i64,
 }
 
 impl<'a> Importer<'a> {
@@ -89,7 +92,15 @@ impl<'a> Importer<'a> {
             meters,
             report,
             pending: Vec::new(),
+            horizon_secs: backfill::HORIZON_SECS,
         })
+    }
+
+    /// Sets the horizon an identity committed live is found within, in seconds of event time
+    /// either side of an imported event's: the aggregator's `aggregator.dedup_horizon_secs`
+    /// (default [`backfill::HORIZON_SECS`]). Applies to the events not imported yet.
+    pub fn set_horizon_secs(&mut self, secs: u64) {
+        self.horizon_secs = i64::try_from(secs).unwrap_or(i64::MAX);
     }
 
     /// Imports one event (`bytes`, a CloudEvent as JSON) found at position `at` of the input.
@@ -274,7 +285,7 @@ impl<'a> Importer<'a> {
         }
         let _turn = store::corrections::ONE_AT_A_TIME.lock().await;
         let identities: Vec<Identity> = batch.iter().map(|p| identity(&p.event)).collect();
-        let committed = committed(self.db, &batch, &identities).await?;
+        let committed = committed(self.db, &batch, &identities, self.horizon_secs).await?;
         let mut of_events = corrections_of(self.db, &identities).await?;
         let mut appends: Vec<(usize, Correction, Vec<Delta>)> = Vec::new();
         for (i, p) in batch.iter().enumerate() {
@@ -282,7 +293,9 @@ impl<'a> Importer<'a> {
             let ours = backfill::correction_id(&self.import.import_id, &p.event);
             let of_event = of_events.get(key).cloned().unwrap_or_default();
             let facts = Facts {
-                committed: committed.contains(&(key.clone(), p.event.time_ms)),
+                committed: committed.get(key).is_some_and(|times| {
+                    backfill::committed_within(times, p.event.time_ms, self.horizon_secs)
+                }),
                 same_id: of_event.iter().find(|c| c.correction_id == ours).cloned(),
                 of_event,
                 target: backfill::readings(&self.meters, &p.event),
@@ -364,30 +377,41 @@ fn identities_sql(ids: &[Identity]) -> String {
     )
 }
 
-/// The batch's events committed by the aggregator, with their times: one read of
-/// `usage_meter_readings`, bounded by the hours the batch's windows can be in.
+/// The batch's identities committed by the aggregator, with the event times they were
+/// committed at: one read of `usage_meter_readings` (aborted batches left out), bounded by
+/// the hours the windows of a commit within `horizon_secs` of a batch's event can be in, and
+/// by the batch's customers and identities.
 async fn committed(
     db: &Client,
     batch: &[Pending],
     ids: &[Identity],
-) -> Result<HashSet<(Identity, i64)>, CorrectionError> {
+    horizon_secs: i64,
+) -> Result<HashMap<Identity, Vec<i64>>, CorrectionError> {
     let secs = batch.iter().map(|p| p.event.time_ms.div_euclid(1000));
     let (lo, hi) = (secs.clone().min().unwrap_or(0), secs.max().unwrap_or(0));
+    // DateTime is 32 bits unsigned: a horizon past it reads every hour
+    let (lo, hi) = (
+        lo.saturating_sub(horizon_secs)
+            .saturating_sub(store::corrections::WINDOW_MAX_SECS)
+            .clamp(0, i64::from(u32::MAX)),
+        hi.saturating_add(horizon_secs)
+            .clamp(0, i64::from(u32::MAX)),
+    );
     let rows: Vec<(String, String, String, i64)> = db
         .query(&format!(
             "SELECT DISTINCT customer, agent, event_id, time_ms FROM usage_meter_readings \
-             WHERE toStartOfHour(window_start) >= toStartOfHour(toDateTime({})) \
+             WHERE toStartOfHour(window_start) >= toStartOfHour(toDateTime({lo})) \
                AND toStartOfHour(window_start) <= toStartOfHour(toDateTime({hi})) AND {} \
                AND batch_id NOT IN (SELECT batch_id FROM usage_aborts)",
-            (lo - store::corrections::WINDOW_MAX_SECS).max(0),
             identities_sql(ids)
         ))
         .fetch_all()
         .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(c, a, e, t)| ((c, a, e), t))
-        .collect())
+    let mut out: HashMap<Identity, Vec<i64>> = HashMap::new();
+    for (c, a, e, t) in rows {
+        out.entry((c, a, e)).or_default().push(t);
+    }
+    Ok(out)
 }
 
 /// Every correction recorded for the identities (counted or not), by identity.
