@@ -247,6 +247,7 @@ pub async fn start_rater_api(
         db,
         now_ms,
         auth,
+        backfill_horizon_secs: tally_rater::backfill::HORIZON_SECS.unsigned_abs(),
     });
     (
         addr,

@@ -645,6 +645,24 @@ async fn an_identity_committed_live_at_another_time_within_the_horizon_is_not_im
         ),
     ]
     .join("\n");
+    // with the production profile's horizon (a week: `aggregator.dedup_horizon_secs`, which
+    // the API and the command give the importer), w2 a day and a minute away is found live
+    let mut wide = Importer::start(&db, import("wide")).await.expect("starts");
+    wide.set_horizon_secs(7 * 86_400);
+    let w2_later = line(
+        &customer,
+        "w2",
+        "llm.tokens",
+        minutes(24 * 60 + 1),
+        &tokens(100_000),
+    );
+    wide.add_lines(w2_later.as_bytes()).await.expect("imports");
+    let report = wide.finish().await.expect("imports");
+    assert_eq!(
+        (report.imported, report.already_present),
+        (0, 1),
+        "{report:?}"
+    );
     let report = run("drift", file).await;
     assert_eq!(
         (

@@ -207,6 +207,7 @@ async fn the_usage_query_answers_what_the_aggregator_committed() {
         db: db.clone(),
         now_ms: || 0,
         auth,
+        backfill_horizon_secs: tally_rater::backfill::HORIZON_SECS.unsigned_abs(),
     });
     let server = tokio::spawn(tally_rater::api::serve(listener, state, api_stop.clone()));
 

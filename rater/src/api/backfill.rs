@@ -68,6 +68,7 @@ pub(crate) async fn post(state: &ApiState, body: &[u8], who: &Principal) -> Repl
         Err(e @ CorrectionError::Invalid { .. }) => return invalid(e),
         Err(e) => return unavailable(e),
     };
+    importer.set_horizon_secs(state.backfill_horizon_secs);
     for (at, event) in (0u64..).zip(&body.events) {
         if let Err(e) = importer.add(at, event.get().as_bytes()).await {
             return unavailable(e);

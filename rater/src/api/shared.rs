@@ -35,6 +35,10 @@ pub struct ApiState {
     pub now_ms: fn() -> i64,
     /// Who may call: every route but `/v1/openapi.json`.
     pub auth: Arc<Authenticator>,
+    /// `POST /v1/backfill`: how far from an imported event's time a live commit of its
+    /// identity is found, in seconds either side (`aggregator.dedup_horizon_secs`;
+    /// [`crate::backfill::HORIZON_SECS`] by default).
+    pub backfill_horizon_secs: u64,
 }
 
 /// The router of one of the rater's APIs from its route table: unrouted requests answered

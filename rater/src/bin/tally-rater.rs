@@ -104,6 +104,25 @@ enum Format {
     Json,
 }
 
+/// The one setting of `[aggregator]` the rater reads (the others are ignored here).
+#[derive(Deserialize)]
+struct AggregatorHorizon {
+    #[serde(default = "default_dedup_horizon_secs")]
+    dedup_horizon_secs: u64,
+}
+
+fn default_dedup_horizon_secs() -> u64 {
+    tally_rater::backfill::HORIZON_SECS.unsigned_abs()
+}
+
+impl Default for AggregatorHorizon {
+    fn default() -> Self {
+        AggregatorHorizon {
+            dedup_horizon_secs: default_dedup_horizon_secs(),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct Config {
     #[serde(default)]
@@ -131,6 +150,9 @@ struct Config {
     /// For `backfill --stream`.
     #[serde(default)]
     nats: tally_platform::NatsConfig,
+    /// For backfill: the aggregator's dedup horizon (its other settings are not the rater's).
+    #[serde(default)]
+    aggregator: AggregatorHorizon,
 }
 
 impl Config {
@@ -196,7 +218,7 @@ async fn main() -> anyhow::Result<()> {
             };
             backfill(
                 &db,
-                &cfg.nats,
+                (&cfg.nats, cfg.aggregator.dedup_horizon_secs),
                 import,
                 file,
                 stream.zip(from_seq.zip(to_seq)),
@@ -282,6 +304,7 @@ async fn serve(
             db: db.clone(),
             now_ms,
             auth,
+            backfill_horizon_secs: cfg.aggregator.dedup_horizon_secs,
         });
         tokio::spawn(api::serve(listener, state, shutdown.clone()));
     }
@@ -293,12 +316,13 @@ async fn serve(
 /// non-zero when storage failed (re-run it: what was imported stays imported once).
 async fn backfill(
     db: &clickhouse::Client,
-    nats: &tally_platform::NatsConfig,
+    (nats, horizon_secs): (&tally_platform::NatsConfig, u64),
     import: tally_rater::backfill::Import,
     file: Option<std::path::PathBuf>,
     stream: Option<(String, (u64, u64))>,
 ) -> anyhow::Result<()> {
     let mut importer = tally_rater::store::backfill::Importer::start(db, import).await?;
+    importer.set_horizon_secs(horizon_secs);
     let done = match (file, stream) {
         (Some(path), _) if path.as_os_str() == "-" => {
             importer

@@ -148,6 +148,7 @@ pub async fn start_at(
         db,
         now_ms,
         auth,
+        backfill_horizon_secs: tally_rater::backfill::HORIZON_SECS.unsigned_abs(),
     });
     let server = tokio::spawn(serve(listener, state, stop.clone()));
     (addr, stop, server)
