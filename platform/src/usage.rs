@@ -198,6 +198,24 @@ pub async fn plan(db: &Client, from: u32) -> Result<Plan, clickhouse::error::Err
 pub enum Scope<'a> {
     All,
     Customer(&'a str),
+    /// These customers only (`customer IN (...)` in the query text: keep the list short,
+    /// a caller with many customers reads them in chunks). An empty list reads nothing.
+    Customers(&'a [String]),
+}
+
+impl Scope<'_> {
+    /// ` AND customer ...` for this scope (empty for [`Scope::All`]).
+    fn sql(&self) -> String {
+        match self {
+            Scope::All => String::new(),
+            Scope::Customer(c) => format!(" AND customer = {}", quote(c)),
+            Scope::Customers([]) => " AND 0".to_owned(),
+            Scope::Customers(list) => {
+                let quoted: Vec<String> = list.iter().map(|c| quote(c)).collect();
+                format!(" AND customer IN ({})", quoted.join(", "))
+            }
+        }
+    }
 }
 
 /// What a read returns per row: the source's resolution (a sealed day, or a window).
@@ -343,10 +361,7 @@ fn corrections_sql(req: &Request<'_>, from: u32, to: u32) -> String {
         return String::new();
     }
     let agent = if req.by_agent { "agent" } else { "''" };
-    let customer = match req.scope {
-        Scope::All => String::new(),
-        Scope::Customer(c) => format!(" AND customer = {}", quote(c)),
-    };
+    let customer = req.scope.sql();
     let meter = req
         .meter
         .map(|m| format!(" AND meter = {}", quote(m)))
@@ -439,10 +454,7 @@ struct Fragments {
 
 impl Fragments {
     fn of(req: &Request<'_>) -> Fragments {
-        let mut filter = match req.scope {
-            Scope::All => String::new(),
-            Scope::Customer(c) => format!(" AND customer = {}", quote(c)),
-        };
+        let mut filter = req.scope.sql();
         if let Some(m) = req.meter {
             filter.push_str(&format!(" AND meter = {}", quote(m)));
         }
@@ -773,6 +785,17 @@ mod tests {
             (400, 700, 1_000)
         );
         assert_eq!(reach.earliest(), 400);
+    }
+
+    #[test]
+    fn a_list_of_customers_is_quoted_and_an_empty_one_reads_nothing() {
+        let list = vec!["a".to_owned(), "o'brien".to_owned()];
+        assert_eq!(
+            Scope::Customers(&list).sql(),
+            r" AND customer IN ('a', 'o\'brien')"
+        );
+        assert_eq!(Scope::Customers(&[]).sql(), " AND 0");
+        assert_eq!(Scope::All.sql(), "");
     }
 
     #[test]

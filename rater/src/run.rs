@@ -2,7 +2,10 @@
 //!
 //! A pass reads committed usage for every billing period overlapping
 //! `[now - lookback, now]`, prices each (customer, period, meter) with the plan version
-//! effective at the period start, and appends the charges. Flat fees and minimums are owed
+//! effective at the period start, and appends the charges. A customer with a correction
+//! recorded within the lookback for an older event (`tally_platform::usage::reach`) is also
+//! read and priced back to the periods of its earliest corrected event; the other customers'
+//! older usage is never read again. Flat fees and minimums are owed
 //! without usage too: every part of a period that a subscription covers in the range and that
 //! has no usage of such a price's meter is priced at zero usage
 //! ([`crate::rating::recurring`]), from the catalog, never by reading more usage. A
@@ -17,7 +20,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use clickhouse::Client;
-use tally_domain::Period;
+use tally_domain::{CustomerId, Period};
 use tally_platform::shutdown::{Shutdown, Ticker};
 
 use crate::catalog::Catalog;
@@ -67,14 +70,27 @@ pub async fn rate_once(
     let started = Instant::now();
     let lookback_ms = i64::try_from(cfg.lookback_secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2);
     // a period with an event corrected or imported within the lookback is re-rated however
-    // old (docs/INGEST.md "Backfill"); the usage read is not cut per customer, so it reaches
-    // back to the earliest customer's corrected event
-    let horizon_ms = tally_platform::usage::reach(db, now_ms - lookback_ms)
-        .await?
-        .earliest();
-    // every period ending after the horizon is folded whole (a quarter or a year late in it)
-    let read_from = catalog.periods_reach(horizon_ms).min(horizon_ms - MONTH_MS);
-    let (folded, rows) = usage::read_and_fold(db, catalog, read_from, now_ms + 86_400_000).await?;
+    // old (docs/INGEST.md "Backfill"), for that customer only: every customer is read and
+    // priced from the lookback's start, a corrected customer also from its earliest
+    // corrected event on
+    let reach = tally_platform::usage::reach(db, now_ms - lookback_ms).await?;
+    // every period ending after a horizon is folded whole (a quarter or a year late in it)
+    let read_from_ms =
+        |horizon_ms: i64| catalog.periods_reach(horizon_ms).min(horizon_ms - MONTH_MS);
+    let widened: Vec<(String, i64)> = reach
+        .widened
+        .iter()
+        .map(|(c, &h)| (c.clone(), read_from_ms(h)))
+        .collect();
+    let (folded, rows) = usage::read_and_fold_widened(
+        db,
+        catalog,
+        read_from_ms(reach.since_ms),
+        now_ms + 86_400_000,
+        &widened,
+    )
+    .await?;
+    let horizon_of = |c: &CustomerId| reach.of(c.as_ref());
     let mut report = RateReport {
         usage_rows: rows,
         skipped: folded.skipped,
@@ -82,12 +98,12 @@ pub async fn rate_once(
         ..Default::default()
     };
     // flat fees and minimums of the parts of periods without usage of their meter
-    let idle = recurring::idle_usages(catalog, &folded.usages, horizon_ms, now_ms);
+    let idle = recurring::idle_usages_by(catalog, &folded.usages, horizon_of, now_ms);
     // fees billed in advance, each with the period of the invoice that carries it
-    let advance = recurring::advance_usages(catalog, horizon_ms, now_ms);
+    let advance = recurring::advance_usages_by(catalog, horizon_of, now_ms);
     let priced = folded.usages.values().chain(idle.iter()).map(|u| (u, None));
     let advanced = advance.iter().map(|a| (&a.usage, Some(a.invoice_period)));
-    report.charges = price_usages(catalog, priced.chain(advanced), horizon_ms, &mut report);
+    report.charges = price_usages(catalog, priced.chain(advanced), horizon_of, &mut report);
     for (customer, reason) in &report.failed {
         tracing::error!(%customer, reason = reason.code(), "customer not rated this pass; retried next pass");
         metrics::customer_failed(reason.code());
@@ -100,18 +116,18 @@ pub async fn rate_once(
 }
 
 /// Prices each usage (with the invoice period of a fee billed in advance) of a period ending
-/// after `horizon_ms`, counting what is unpriced, idle or in advance in `report`; a customer
+/// after its customer's horizon (`horizon_of`), counting what is unpriced, idle or in advance in `report`; a customer
 /// whose pricing overflows is recorded in `report.failed` and gets no charge at all.
 fn price_usages<'u>(
     catalog: &Catalog,
     usages: impl Iterator<Item = (&'u MeterUsage, Option<Period>)>,
-    horizon_ms: i64,
+    horizon_of: impl Fn(&CustomerId) -> i64,
     report: &mut RateReport,
 ) -> Vec<Charge> {
     let mut charges: BTreeMap<&str, Vec<Charge>> = BTreeMap::new();
     for (u, invoice_period) in usages {
         let (customer, period, segment_from_ms) = (&u.customer, &u.period, u.segment_from_ms);
-        if period.end_ms <= horizon_ms || report.failed.contains_key(customer.as_ref()) {
+        if period.end_ms <= horizon_of(customer) || report.failed.contains_key(customer.as_ref()) {
             continue;
         }
         let sub = catalog

@@ -112,10 +112,22 @@ pub fn idle_usages(
     horizon_ms: i64,
     now_ms: i64,
 ) -> Vec<MeterUsage> {
+    idle_usages_by(catalog, rated, |_| horizon_ms, now_ms)
+}
+
+/// [`idle_usages`] with each customer's own horizon (a pass widened for corrected customers
+/// only: `tally_platform::usage::Reach::of`).
+pub fn idle_usages_by(
+    catalog: &Catalog,
+    rated: &BTreeMap<UsageKey, MeterUsage>,
+    horizon_of: impl Fn(&CustomerId) -> i64,
+    now_ms: i64,
+) -> Vec<MeterUsage> {
     let mut customers: Vec<&CustomerId> = catalog.customers().collect();
     customers.sort();
     let mut out = Vec::new();
     for customer in customers {
+        let horizon_ms = horizon_of(customer);
         for (sub, cycle) in catalog
             .subscriptions_of(customer)
             .iter()
@@ -196,10 +208,20 @@ pub fn advance_invoice_period(billing: &ZonedCycle, usage: &ZonedCycle, part: &P
 /// pinned one, or the one effective then). Sorted by customer, part and meter. The default
 /// plan (customers without a record) is left out: its fees are billed with usage, in arrears.
 pub fn advance_usages(catalog: &Catalog, horizon_ms: i64, now_ms: i64) -> Vec<Advance> {
+    advance_usages_by(catalog, |_| horizon_ms, now_ms)
+}
+
+/// [`advance_usages`] with each customer's own horizon (see [`idle_usages_by`]).
+pub fn advance_usages_by(
+    catalog: &Catalog,
+    horizon_of: impl Fn(&CustomerId) -> i64,
+    now_ms: i64,
+) -> Vec<Advance> {
     let mut customers: Vec<&CustomerId> = catalog.customers().collect();
     customers.sort();
     let mut out = Vec::new();
     for customer in customers {
+        let horizon_ms = horizon_of(customer);
         for sub in catalog.subscriptions_of(customer) {
             for part in parts(sub, &sub.cycle, horizon_ms, now_ms) {
                 let Some(plan) = catalog.plan_of(sub, part.from_ms) else {

@@ -123,18 +123,76 @@ pub async fn read_and_fold(
     from_ms: i64,
     to_ms: i64,
 ) -> Result<(Folded, usize), clickhouse::error::Error> {
+    read_and_fold_widened(db, catalog, from_ms, to_ms, &[]).await
+}
+
+/// How many customers one widened read names in its `customer IN (...)` list (the list, and
+/// those customers' split days, are in the query text, which the server caps in size).
+pub const WIDENED_CHUNK: usize = 100;
+
+/// [`read_and_fold`] for every customer from `from_ms`, plus, for each `(customer, from)` of
+/// `widened` with `from` before `from_ms`, that customer's older usage from `from` (both
+/// rounded down to a UTC day, like the main read): one fold, as if each widened customer had
+/// been read from its own start. The older reads name their customers ([`Scope::Customers`],
+/// [`WIDENED_CHUNK`] at a time, customers with close starts together, each chunk from its
+/// earliest start): a correction of one customer's old event never re-reads the others'
+/// history. A customer read from before its own start gets more usage, never less: the
+/// periods a pass prices for it are still whole.
+pub async fn read_and_fold_widened(
+    db: &Client,
+    catalog: &Catalog,
+    from_ms: i64,
+    to_ms: i64,
+    widened: &[(String, i64)],
+) -> Result<(Folded, usize), clickhouse::error::Error> {
     // whole days, so the sealed days inside are read as days
-    let from_ms = from_ms - from_ms.rem_euclid(DAY_MS);
+    let day_floor = |ms: i64| ms - ms.rem_euclid(DAY_MS);
+    let from_ms = day_floor(from_ms);
     let to_ms = to_ms + (DAY_MS - to_ms.rem_euclid(DAY_MS)) % DAY_MS;
+    let mut folder = Folder::new(catalog);
+    let mut rows = read_into(db, catalog, &mut folder, (from_ms, to_ms), None).await?;
+    let mut older: Vec<(i64, &str)> = widened
+        .iter()
+        .map(|(c, from)| (day_floor(*from), c.as_str()))
+        .filter(|(from, _)| *from < from_ms)
+        .collect();
+    older.sort_unstable();
+    for chunk in older.chunks(WIDENED_CHUNK) {
+        let chunk_from = chunk.iter().map(|(f, _)| *f).min().unwrap_or(from_ms);
+        let customers: Vec<String> = chunk.iter().map(|(_, c)| (*c).to_owned()).collect();
+        rows += read_into(
+            db,
+            catalog,
+            &mut folder,
+            (chunk_from, from_ms),
+            Some(&customers),
+        )
+        .await?;
+    }
+    Ok((folder.finish(), rows))
+}
+
+/// Reads committed usage of `[from_ms, to_ms)` (whole UTC days) of every customer, or of
+/// `only` these, into `folder`; returns the number of rows.
+async fn read_into(
+    db: &Client,
+    catalog: &Catalog,
+    folder: &mut Folder<'_>,
+    (from_ms, to_ms): (i64, i64),
+    only: Option<&[String]>,
+) -> Result<usize, clickhouse::error::Error> {
     let secs =
         |ms: i64| u32::try_from(ms.div_euclid(1000)).unwrap_or(if ms < 0 { 0 } else { u32::MAX });
-    let split = split_days(catalog, from_ms, to_ms);
-    let by_day = not_calendar_monthly(catalog, from_ms, to_ms);
+    let listed = |c: &String| only.is_none_or(|o| o.contains(c));
+    let mut split = split_days(catalog, from_ms, to_ms);
+    split.retain(|(c, _)| listed(c));
+    let mut by_day = not_calendar_monthly(catalog, from_ms, to_ms);
+    by_day.retain(|c| listed(c));
     let plan = usage::plan(db, secs(from_ms)).await?;
     let req = Request {
         from: secs(from_ms),
         to: secs(to_ms),
-        scope: Scope::All,
+        scope: only.map_or(Scope::All, Scope::Customers),
         meter: None,
         by_agent: false,
         resolution: Resolution::Days,
@@ -142,9 +200,7 @@ pub async fn read_and_fold(
         months_except: Some(&by_day),
         through: None,
     };
-    let mut folder = Folder::new(catalog);
-    let rows = usage::read_each(db, &plan, &req, |row| folder.add(&row)).await?;
-    Ok((folder.finish(), rows))
+    usage::read_each(db, &plan, &req, |row| folder.add(&row)).await
 }
 
 /// A fold in progress: rows are added one by one (from a cursor), never all held.
