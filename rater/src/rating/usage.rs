@@ -42,6 +42,9 @@ pub enum FailReason {
     Unreadable,
     /// Pricing overflowed (quantity times price, tiers, tax).
     ChargeOverflow,
+    /// The read of the customer's older usage (widened for a correction of an old event)
+    /// failed, e.g. refused by the server: that customer's periods are not priced this pass.
+    ReadFailed,
 }
 
 impl FailReason {
@@ -51,6 +54,7 @@ impl FailReason {
             FailReason::QuantityOverflow => "quantity_overflow",
             FailReason::Unreadable => "unreadable",
             FailReason::ChargeOverflow => "charge_overflow",
+            FailReason::ReadFailed => "read_failed",
         }
     }
 }
@@ -160,14 +164,18 @@ pub async fn read_and_fold_widened(
     for chunk in older.chunks(WIDENED_CHUNK) {
         let chunk_from = chunk.iter().map(|(f, _)| *f).min().unwrap_or(from_ms);
         let customers: Vec<String> = chunk.iter().map(|(_, c)| (*c).to_owned()).collect();
-        rows += read_into(
-            db,
-            catalog,
-            &mut folder,
-            (chunk_from, from_ms),
-            Some(&customers),
-        )
-        .await?;
+        let read = (chunk_from, from_ms);
+        match read_into(db, catalog, &mut folder, read, Some(&customers)).await {
+            Ok(n) => rows += n,
+            // one chunk's failure (a query the server refuses as too large: its split days
+            // grow with how far back it reads) leaves its customers out of the pass, never
+            // the others; they are retried next pass
+            Err(e) => {
+                tracing::error!(error = %e, customers = customers.len(), from_ms = chunk_from,
+                    "widened usage read failed; its customers are not rated this pass");
+                folder.fail(&customers, FailReason::ReadFailed);
+            }
+        }
     }
     Ok((folder.finish(), rows))
 }
@@ -216,6 +224,13 @@ impl<'c> Folder<'c> {
             catalog,
             out: Folded::default(),
             accs: BTreeMap::new(),
+        }
+    }
+
+    /// Leaves `customers` out of the pass for `reason` (their rows read so far are dropped).
+    pub fn fail(&mut self, customers: &[String], reason: FailReason) {
+        for c in customers {
+            self.out.failed.entry(c.clone()).or_insert(reason);
         }
     }
 
@@ -398,6 +413,26 @@ mod tests {
         assert_eq!(folded.skipped, Skipped::default());
         let quantities: Vec<Decimal> = folded.usages.values().map(|u| u.quantity).collect();
         assert_eq!(quantities, vec![Decimal::from(2), Decimal::from(1)]);
+    }
+
+    /// A widened read that failed leaves its customers out of the pass (their rows read
+    /// before the failure dropped), never the others.
+    #[test]
+    fn a_failed_read_leaves_only_its_customers_out() {
+        let cat = catalog();
+        let mut folder = Folder::new(&cat);
+        folder.add(&row("acme", "tokens", 0, 5, &[]));
+        folder.add(&row("globex", "tokens", 0, 7, &[]));
+        folder.fail(&["globex".to_owned()], FailReason::ReadFailed);
+        folder.add(&row("globex", "tokens", 1, 9, &[]));
+        let folded = folder.finish();
+        let customers: Vec<&str> = folded.usages.keys().map(|k| k.0.as_str()).collect();
+        assert_eq!(customers, vec!["acme"]);
+        assert_eq!(
+            folded.failed,
+            BTreeMap::from([("globex".to_owned(), FailReason::ReadFailed)])
+        );
+        assert_eq!(FailReason::ReadFailed.code(), "read_failed");
     }
 
     /// Issue 14, requirement 6: one customer's window above the limit (8 * 10^19, what
