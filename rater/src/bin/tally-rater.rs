@@ -350,3 +350,28 @@ async fn backfill(
     println!("{}", serde_json::to_string_pretty(importer.report())?);
     done.context("the import stopped; re-run it to finish (nothing is imported twice)")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(text: &str) -> Config {
+        config::from_str_with_env(text, std::path::Path::new("test.toml"), Vec::new())
+            .expect("a valid configuration")
+    }
+
+    /// The backfill's match horizon is the aggregator's `dedup_horizon_secs` of the same file
+    /// (the other aggregator settings ignored here); without it, the aggregator's default.
+    #[test]
+    fn the_backfill_horizon_is_the_aggregators_dedup_horizon() {
+        let week = parsed(
+            "[aggregator]\nbatch_max_events = 50000\ndedup_horizon_secs = 604800\n\
+             [rater]\ndefault_plan = \"p\"\n",
+        );
+        assert_eq!(week.aggregator.dedup_horizon_secs, 604_800);
+        let none = parsed("[rater]\ndefault_plan = \"p\"\n");
+        assert_eq!(none.aggregator.dedup_horizon_secs, 86_400);
+        let shipped = parsed(include_str!("../../../config/profiles/production.toml"));
+        assert_eq!(shipped.aggregator.dedup_horizon_secs, 604_800);
+    }
+}

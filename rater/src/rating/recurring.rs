@@ -42,7 +42,7 @@ use rust_decimal::Decimal;
 use tally_domain::{Aggregation, CustomerId, MeterSlug, Period};
 
 use crate::catalog::zone::ZonedCycle;
-use crate::catalog::{Catalog, Subscription};
+use crate::catalog::{Catalog, Plan, Subscription};
 use crate::pricing::{Price, PriceModel};
 use crate::rating::charge::MeterUsage;
 use crate::rating::usage::UsageKey;
@@ -221,26 +221,39 @@ pub fn advance_usages_by(
     customers.sort();
     let mut out = Vec::new();
     for customer in customers {
-        let horizon_ms = horizon_of(customer);
-        for sub in catalog.subscriptions_of(customer) {
-            for part in parts(sub, &sub.cycle, horizon_ms, now_ms) {
-                let Some(plan) = catalog.plan_of(sub, part.from_ms) else {
-                    continue;
-                };
-                let mut meters: Vec<&MeterSlug> = plan
-                    .prices
-                    .iter()
-                    .filter(|(_, p)| p.in_advance())
-                    .map(|(m, _)| m)
-                    .collect();
-                meters.sort();
-                for meter in meters {
-                    out.push(Advance {
-                        usage: zero_usage(customer, meter, part),
-                        invoice_period: advance_invoice_period(&sub.cycle, &sub.usage_cycle, &part),
-                    });
-                }
-            }
+        for (sub, part, _, meter) in in_advance(catalog, customer, horizon_of(customer), now_ms) {
+            out.push(Advance {
+                usage: zero_usage(customer, meter, part),
+                invoice_period: advance_invoice_period(&sub.cycle, &sub.usage_cycle, &part),
+            });
+        }
+    }
+    out
+}
+
+/// `customer`'s fees billed in advance that a pass at `now_ms` charges: for each subscription
+/// record, each part of a billing period ending after `horizon_ms` that has begun, each
+/// in-advance fee (meters sorted) of the plan version pricing the part's start.
+fn in_advance<'c>(
+    catalog: &'c Catalog,
+    customer: &CustomerId,
+    horizon_ms: i64,
+    now_ms: i64,
+) -> Vec<(&'c Subscription, Part, &'c Plan, &'c MeterSlug)> {
+    let mut out = Vec::new();
+    for sub in catalog.subscriptions_of(customer) {
+        for part in parts(sub, &sub.cycle, horizon_ms, now_ms) {
+            let Some(plan) = catalog.plan_of(sub, part.from_ms) else {
+                continue;
+            };
+            let mut meters: Vec<&MeterSlug> = plan
+                .prices
+                .iter()
+                .filter(|(_, p)| p.in_advance())
+                .map(|(m, _)| m)
+                .collect();
+            meters.sort();
+            out.extend(meters.into_iter().map(|m| (sub, part, plan, m)));
         }
     }
     out
@@ -258,24 +271,13 @@ pub fn advance_charged(
     horizon_ms: i64,
     now_ms: i64,
 ) -> std::collections::BTreeSet<AdvanceKey> {
-    let mut out = std::collections::BTreeSet::new();
-    for sub in catalog.subscriptions_of(customer) {
-        for part in parts(sub, &sub.cycle, horizon_ms, now_ms) {
-            let Some(plan) = catalog.plan_of(sub, part.from_ms) else {
-                continue;
-            };
-            for (meter, _) in plan.prices.iter().filter(|(_, p)| p.in_advance()) {
-                out.insert((
-                    part.period.start_ms,
-                    part.from_ms,
-                    meter.clone(),
-                    plan.id.clone(),
-                    plan.version,
-                ));
-            }
-        }
-    }
-    out
+    in_advance(catalog, customer, horizon_ms, now_ms)
+        .into_iter()
+        .map(|(_, part, plan, meter)| {
+            let (period, from) = (part.period.start_ms, part.from_ms);
+            (period, from, meter.clone(), plan.id.clone(), plan.version)
+        })
+        .collect()
 }
 
 /// The fees billed in advance that `before` charged `customer` by `now_ms` and `after` (the

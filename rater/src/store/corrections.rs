@@ -124,7 +124,10 @@ async fn leftover(
 ) -> Result<Leftover, clickhouse::error::Error> {
     let deltas = db
         .query(
-            "SELECT correction_id, customer, agent, event_id, revision, meter, aggregation,                     toUInt32(window_start), window_secs, group_names, group_values, group_key,                     events, value, toUInt32(created_at)              FROM usage_correction_deltas WHERE customer = ? AND correction_id = ?",
+            "SELECT correction_id, customer, agent, event_id, revision, meter, aggregation, \
+             toUInt32(window_start), window_secs, group_names, group_values, group_key, \
+             events, value, toUInt32(created_at) \
+             FROM usage_correction_deltas WHERE customer = ? AND correction_id = ?",
         )
         .bind(customer)
         .bind(correction_id)
