@@ -84,7 +84,6 @@ async fn wallets_consume_usage_expire_void_and_keep_the_ledger_balanced() {
     let env = TestEnv::new("wallet").await;
     let db = env.db();
     let server = start(db.clone(), wall_ms).await;
-    let now = wall_ms();
     let (p1, p2) = (days_ago_ms(40), days_ago_ms(10));
     // period 1 (ended, not invoiced yet) used 700 so far
     charge(&db, "c1", "acme", p1, 600, 0, 1).await;
@@ -130,6 +129,9 @@ async fn wallets_consume_usage_expire_void_and_keep_the_ledger_balanced() {
         "{body}"
     );
 
+    // The passes' clock starts after the grant (the API stamps it with the wall clock): a
+    // pass at `now + 1_000` must see it even when the calls above took longer than a second.
+    let now = wall_ms();
     // period 2's usage takes the rest: the grant is used across two periods
     charge(&db, "c2", "acme", p2, 450, 50, 1).await;
     let r = pass::run(&db, now + 1_000).await.unwrap();
@@ -417,7 +419,6 @@ async fn a_period_in_two_currencies_gets_each_currencys_wallet_credit() {
     let env = TestEnv::new("wallet_two_currencies").await;
     let db = env.db();
     let server = start(db.clone(), wall_ms).await;
-    let now = wall_ms();
     let p = days_ago_ms(10);
     // USD billed first (the home currency: the plain id), EUR after the change
     charge_in(&db, "u1", "duo", p, "USD", 600, p + DAY_MS).await;
@@ -432,6 +433,8 @@ async fn a_period_in_two_currencies_gets_each_currencys_wallet_credit() {
         .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
+    // after the grants, which the API stamps with the wall clock
+    let now = wall_ms();
     pass::run(&db, now + 1_000).await.unwrap();
     let w = wallet(&server, "duo").await;
     // USD: 1000 - 600 = 400 left; EUR: 300 all taken by 400 of usage
