@@ -65,9 +65,10 @@ export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 out="$(mktemp)"
 started=$SECONDS
 status=0
+# each selection's test binaries two at a time, as scripts/test.sh runs the workspace's
 run() {
-    log "cargo test $*"
-    cargo test --no-fail-fast "$@" 2>&1 | tee -a "$out" || status=1
+    log "scripts/lib/cargo_tests.py $*"
+    python3 scripts/lib/cargo_tests.py "$@" 2>&1 | tee -a "$out" || status=1
 }
 run -p tally-platform -p tally-ingest
 run -p tally-aggregator --test crash_points --test sealing --test limits --test partitions

@@ -29,10 +29,15 @@ fi
 logs="$(mktemp -d)"
 trap 'rm -rf "$logs"' EXIT
 
-log "cargo test --workspace --no-fail-fast"
+# The workspace's test binaries two at a time (scripts/lib/cargo_tests.py: they mostly wait on
+# the servers; the fault-injection run still runs alone), then the doc tests; TALLY_TEST_JOBS=1
+# runs them one after another as `cargo test` does.
+log "scripts/lib/cargo_tests.py --workspace (${TALLY_TEST_JOBS:-2} test binaries at a time), then cargo test --workspace --doc"
 set +e
-cargo test --workspace --no-fail-fast 2>&1 | tee "$logs/cargo.log"
+python3 scripts/lib/cargo_tests.py --workspace 2>&1 | tee "$logs/cargo.log"
 cargo_status=${PIPESTATUS[0]}
+cargo test --workspace --doc 2>&1 | tee -a "$logs/cargo.log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || cargo_status=1
 log "python3 -m unittest discover -s tests/sql -v"
 python3 -m unittest discover -s tests/sql -v 2>&1 | tee "$logs/sql.log"
 sql_status=${PIPESTATUS[0]}
