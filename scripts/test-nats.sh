@@ -65,15 +65,17 @@ export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 out="$(mktemp)"
 started=$SECONDS
 status=0
-# each selection's test binaries two at a time, as scripts/test.sh runs the workspace's
-run() {
-    log "scripts/lib/cargo_tests.py $*"
-    python3 scripts/lib/cargo_tests.py "$@" 2>&1 | tee -a "$out" || status=1
-}
-run -p tally-platform -p tally-ingest
-run -p tally-aggregator --test crash_points --test sealing --test limits --test partitions
-run -p tally-invoicer --test finalize
-run -p tally-e2e --test pipeline --test aggregator --test ingest_nats_services
+# The subset's test binaries, two at a time, out of the workspace's build (the one
+# scripts/test.sh made: building `-p` selections alone would compile the shared crates again
+# with other features)
+log "scripts/lib/cargo_tests.py --workspace (the subset above)"
+python3 scripts/lib/cargo_tests.py --workspace \
+    --only tally-platform --only tally-ingest \
+    --only tally-aggregator:crash_points --only tally-aggregator:sealing \
+    --only tally-aggregator:limits --only tally-aggregator:partitions \
+    --only tally-invoicer:finalize \
+    --only tally-e2e:pipeline --only tally-e2e:aggregator --only tally-e2e:ingest_nats_services \
+    2>&1 | tee -a "$out" || status=1
 read -r passed failed ignored < <(awk '/^test result:/ { p += $4; f += $6; s += $8 } END { print p+0, f+0, s+0 }' "$out")
 rm -f "$out"
 [ "$status" -eq 0 ] || [ "$failed" -gt 0 ] || failed=1

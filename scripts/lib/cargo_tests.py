@@ -11,8 +11,13 @@ ends, under cargo's own "Running" heading, so logs never interleave and the "tes
 lines the callers count are unchanged. The binaries listed in ALONE run first, one at a time
 with nothing beside them.
 
-Usage: cargo_tests.py [--jobs N] [cargo selection ...] [-- test-binary args ...]
-  --jobs N   binaries at a time (default: TALLY_TEST_JOBS, else 2)
+Usage: cargo_tests.py [--jobs N] [--only PKG[:TEST] ...] [cargo selection ...] [-- test-binary args ...]
+  --jobs N          binaries at a time (default: TALLY_TEST_JOBS, else 2)
+  --only PKG        run only package PKG's test binaries (its unit tests and every test file)
+  --only PKG:TEST   run only the integration test TEST (tests/TEST.rs) of package PKG
+                    (several --only add up; the build is still the whole selection's, so a
+                    subset of `--workspace` reuses the workspace's build instead of building
+                    the packages again with other features)
 Exit status: 0 when the build and every binary passed; 101 when a binary failed; the
 build's own status when it failed (nothing runs then, as with cargo test).
 Never runs doc tests (`cargo test --doc` does).
@@ -48,15 +53,20 @@ SLOW_FIRST = [
 
 def parse_args(argv):
     jobs = int(os.environ.get("TALLY_TEST_JOBS", "2"))
-    selection, passthrough = [], []
+    selection, passthrough, only = [], [], []
     i = 0
     while i < len(argv):
         arg = argv[i]
         if arg == "--":
             passthrough = argv[i + 1 :]
             break
-        if arg == "--jobs":
-            jobs = int(argv[i + 1])
+        if arg in ("--jobs", "--only"):
+            if i + 1 >= len(argv):
+                sys.exit(f"cargo_tests.py: {arg} needs a value")
+            if arg == "--jobs":
+                jobs = int(argv[i + 1])
+            else:
+                only.append(argv[i + 1])
             i += 2
             continue
         if arg.startswith("--jobs="):
@@ -66,7 +76,35 @@ def parse_args(argv):
         i += 1
     if jobs < 1:
         sys.exit("cargo_tests.py: --jobs must be at least 1")
-    return jobs, selection, passthrough
+    return jobs, selection, passthrough, only
+
+
+def package_name(binary):
+    """The package's name from cargo's package id ("path+file:///dir#name@1.0" or
+    "path+file:///name#1.0")."""
+    base, _, tail = binary["package_id"].rpartition("#")
+    name, _, _ = tail.rpartition("@")
+    return name or base.rstrip("/").rsplit("/", 1)[-1]
+
+
+def selected(binaries, only):
+    """`binaries` narrowed to the --only filters (all of them when there are none); exits when
+    a filter matches nothing, so a renamed test cannot silently drop out of a run."""
+    if not only:
+        return binaries
+    keep = []
+    for spec in only:
+        package, _, test = spec.partition(":")
+        matched = [
+            b
+            for b in binaries
+            if package_name(b) == package
+            and (not test or (b["target"]["name"] == test and "test" in b["target"]["kind"]))
+        ]
+        if not matched:
+            sys.exit(f"cargo_tests.py: --only {spec} matches no test binary")
+        keep.extend(b for b in matched if b not in keep)
+    return [b for b in binaries if b in keep]
 
 
 def build(selection):
@@ -112,18 +150,15 @@ def package_env(binary):
     env = dict(os.environ)
     env["CARGO_MANIFEST_DIR"] = manifest_dir
     env["CARGO_CRATE_NAME"] = binary["target"]["name"].replace("-", "_")
-    # package_id: "path+file:///dir#name@version" or "... #version" (name = the directory)
-    tail = package_id.rsplit("#", 1)[-1]
-    name, _, version = tail.rpartition("@")
-    env["CARGO_PKG_NAME"] = name or os.path.basename(manifest_dir)
-    env["CARGO_PKG_VERSION"] = version
+    env["CARGO_PKG_NAME"] = package_name(binary)
+    env["CARGO_PKG_VERSION"] = package_id.rsplit("#", 1)[-1].rpartition("@")[2]
     env.setdefault("CARGO", "cargo")
     return env
 
 
 def main():
-    jobs, selection, passthrough = parse_args(sys.argv[1:])
-    binaries = order(build(selection))
+    jobs, selection, passthrough, only = parse_args(sys.argv[1:])
+    binaries = order(selected(build(selection), only))
     lock = threading.Lock()
     failed = []
     started_all = time.monotonic()
