@@ -12,8 +12,8 @@
 //! [`quantity_max`]) or an unreadable row puts that customer in [`Folded::failed`], with the
 //! reason, and the fold goes on.
 
-use std::collections::btree_map::Entry;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasherDefault;
 
 use clickhouse::Client;
 use rust_decimal::Decimal;
@@ -25,6 +25,9 @@ use crate::catalog::Catalog;
 use crate::rating::charge::MeterUsage;
 
 const DAY_MS: i64 = 86_400_000;
+
+/// The group key of a usage priced for all its groups together.
+const ALL_GROUPS: &str = "{}";
 
 /// The largest period quantity rated (10^19 units): beyond it the customer's usage for the
 /// pass is refused with `quantity_overflow` (a window or period that large is bad data; the
@@ -212,10 +215,139 @@ async fn read_into(
 }
 
 /// A fold in progress: rows are added one by one (from a cursor), never all held.
+///
+/// The per-row path allocates nothing once a row's customer, meter and group have been seen
+/// (issue 21): each of those strings is interned once (one hash of it, then a small integer),
+/// the subscription covering a row is looked up once per (customer, meter, window start) in a
+/// row (the rows of one window's groups share it), and the row's accumulator is found by a hash
+/// of integers. The ids and the group's values are copied once per usage, and the sorted
+/// [`Folded::usages`] is built once, by [`Folder::finish`].
 pub struct Folder<'c> {
     catalog: &'c Catalog,
     out: Folded,
-    accs: BTreeMap<UsageKey, Totals>,
+    quantity_max: Decimal,
+    /// Customer strings as read, interned; per index, what the fold knows of that customer.
+    customer_index: HashMap<Box<str>, u32>,
+    customers: Vec<CustomerFold>,
+    /// Meter strings as read, interned; per index, the slug (none: unreadable).
+    meter_index: HashMap<Box<str>, u32>,
+    meters: Vec<Option<MeterSlug>>,
+    /// Group keys, interned (index 0 is `{}`, all groups together).
+    group_index: HashMap<Box<str>, u32>,
+    /// Where each usage's accumulator is in `accs`.
+    slots: HashMap<SlotKey, usize, BuildHasherDefault<IntHasher>>,
+    accs: Vec<Acc>,
+}
+
+/// One interned customer.
+struct CustomerFold {
+    /// The id (none: unreadable, and the customer failed at its first row).
+    id: Option<CustomerId>,
+    /// Left out of the pass ([`Folded::failed`] holds the reason).
+    failed: bool,
+    /// Per meter index: the window start last looked up and what it resolved to.
+    last: Vec<Option<(i64, Option<Resolved>)>>,
+}
+
+/// Where a row of a customer and meter starting at some instant is folded.
+#[derive(Debug, Clone, Copy)]
+struct Resolved {
+    period: Period,
+    segment_from_ms: i64,
+    segment_to_ms: i64,
+    /// The plan version prices the meter per group-by value.
+    per_group: bool,
+}
+
+/// [`UsageKey`] with the strings interned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct SlotKey {
+    customer: u32,
+    meter: u32,
+    group: u32,
+    period: Period,
+    segment_from_ms: i64,
+}
+
+/// One usage being folded: its customer's index, the usage and its running totals.
+struct Acc {
+    customer: u32,
+    usage: MeterUsage,
+    totals: Totals,
+}
+
+/// The index of `s` in `index`, interned on first sight (`on_new` is called with it then).
+/// Indexes are `u32`: a fold holding 2^32 distinct strings would need far more memory than a
+/// pass has (each costs its bytes and about 40 of map and box).
+fn intern(index: &mut HashMap<Box<str>, u32>, s: &str, on_new: impl FnOnce()) -> u32 {
+    if let Some(&i) = index.get(s) {
+        return i;
+    }
+    let i = u32::try_from(index.len()).unwrap_or(u32::MAX);
+    index.insert(s.into(), i);
+    on_new();
+    i
+}
+
+/// A hasher for [`SlotKey`]s (small integers only, never strings from outside: those go
+/// through the std hasher), the multiply-rotate of `rustc-hash`.
+#[derive(Default, Clone, Copy)]
+struct IntHasher(u64);
+
+impl IntHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl std::hash::Hasher for IntHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+    fn write_i64(&mut self, n: i64) {
+        self.add(n as u64);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Where a row of `meter` of `customer` starting at `start_ms` is folded (none: no
+/// subscription covers it).
+fn resolve(
+    catalog: &Catalog,
+    customer: &CustomerId,
+    meter: &MeterSlug,
+    start_ms: i64,
+) -> Option<Resolved> {
+    let cover = catalog.coverage_for(customer, meter, start_ms)?;
+    let period = cover.cycle.period_containing(start_ms);
+    // a subscription change inside the period splits it at the change
+    let segment_from_ms = period.start_ms.max(cover.from_ms);
+    let segment_to_ms = period.end_ms.min(cover.to_ms);
+    let per_group = catalog
+        .plan_version(cover.plan, cover.plan_version, segment_from_ms)
+        .and_then(|p| p.prices.get(meter))
+        .is_some_and(|p| p.model.per_group());
+    Some(Resolved {
+        period,
+        segment_from_ms,
+        segment_to_ms,
+        per_group,
+    })
 }
 
 impl<'c> Folder<'c> {
@@ -223,7 +355,14 @@ impl<'c> Folder<'c> {
         Folder {
             catalog,
             out: Folded::default(),
-            accs: BTreeMap::new(),
+            quantity_max: quantity_max(),
+            customer_index: HashMap::new(),
+            customers: Vec::new(),
+            meter_index: HashMap::new(),
+            meters: Vec::new(),
+            group_index: HashMap::from([(Box::from(ALL_GROUPS), 0)]),
+            slots: HashMap::default(),
+            accs: Vec::new(),
         }
     }
 
@@ -231,31 +370,147 @@ impl<'c> Folder<'c> {
     pub fn fail(&mut self, customers: &[String], reason: FailReason) {
         for c in customers {
             self.out.failed.entry(c.clone()).or_insert(reason);
+            if let Some(&i) = self.customer_index.get(c.as_str()) {
+                self.customers[i as usize].failed = true;
+            }
         }
     }
 
     /// Adds one row (a failing customer is remembered and its later rows skipped).
     pub fn add(&mut self, row: &UsageRow) {
-        if self.out.failed.contains_key(&row.customer) {
+        let (customers, failed) = (&mut self.customers, &self.out.failed);
+        let c = intern(&mut self.customer_index, &row.customer, || {
+            customers.push(CustomerFold {
+                id: CustomerId::new(row.customer.clone()).ok(),
+                failed: failed.contains_key(&row.customer),
+                last: Vec::new(),
+            });
+        });
+        if self.customers[c as usize].failed {
             return;
         }
-        if let Err(reason) = fold_row(row, self.catalog, &mut self.out, &mut self.accs) {
+        if let Err(reason) = self.fold_row(c, row) {
+            self.customers[c as usize].failed = true;
             self.out.failed.insert(row.customer.clone(), reason);
         }
     }
 
     /// The usages, with their quantities, of every customer that did not fail.
-    pub fn finish(mut self) -> Folded {
-        for (key, acc) in self.accs {
-            if self.out.failed.contains_key(key.0.as_ref()) {
-                self.out.usages.remove(&key);
-                continue;
-            }
-            if let Some(u) = self.out.usages.get_mut(&key) {
-                u.quantity = acc.quantity(u.aggregation.as_str()).unwrap_or_default();
-            }
+    pub fn finish(self) -> Folded {
+        let Folder {
+            mut out,
+            customers,
+            accs,
+            ..
+        } = self;
+        out.usages = accs
+            .into_iter()
+            .filter(|acc| !customers[acc.customer as usize].failed)
+            .map(|Acc { usage, totals, .. }| {
+                let quantity = totals.quantity(usage.aggregation.as_str());
+                let usage = MeterUsage {
+                    quantity: quantity.unwrap_or_default(),
+                    ..usage
+                };
+                let key = (
+                    usage.customer.clone(),
+                    usage.period,
+                    usage.segment_from_ms,
+                    usage.meter.clone(),
+                    usage.group_key.clone(),
+                );
+                (key, usage)
+            })
+            .collect();
+        out
+    }
+
+    /// Folds one row of customer `c` (interned, not failed) into its usage.
+    fn fold_row(&mut self, c: u32, row: &UsageRow) -> Result<(), FailReason> {
+        let meters = &mut self.meters;
+        let m = intern(&mut self.meter_index, &row.meter, || {
+            meters.push(MeterSlug::new(row.meter.clone()).ok());
+        });
+        let customer = &mut self.customers[c as usize];
+        let (Some(id), Some(meter), Ok(aggregation)) = (
+            customer.id.as_ref(),
+            self.meters[m as usize].as_ref(),
+            row.aggregation.parse::<Aggregation>(),
+        ) else {
+            self.out.skipped.unreadable += 1;
+            return Err(FailReason::Unreadable);
+        };
+        let start_ms = i64::from(row.start) * 1000;
+        let last = &mut customer.last;
+        if last.len() <= m as usize {
+            last.resize(m as usize + 1, None);
         }
-        self.out
+        let resolved = match last[m as usize] {
+            Some((at, resolved)) if at == start_ms => resolved,
+            _ => {
+                let resolved = resolve(self.catalog, id, meter, start_ms);
+                last[m as usize] = Some((start_ms, resolved));
+                resolved
+            }
+        };
+        let Some(r) = resolved else {
+            self.out.skipped.no_subscription += 1;
+            return Ok(());
+        };
+        let group = if r.per_group {
+            intern(&mut self.group_index, &row.group_key, || {})
+        } else {
+            0
+        };
+        let key = SlotKey {
+            customer: c,
+            meter: m,
+            group,
+            period: r.period,
+            segment_from_ms: r.segment_from_ms,
+        };
+        let end_ms = i64::from(row.end) * 1000;
+        let accs = &mut self.accs;
+        let slot = *self.slots.entry(key).or_insert_with(|| {
+            let (group_key, group_names, group_values) = if r.per_group {
+                let (n, v) = (row.group_names.clone(), row.group_values.clone());
+                (row.group_key.clone(), n, v)
+            } else {
+                (ALL_GROUPS.to_owned(), vec![], vec![])
+            };
+            accs.push(Acc {
+                customer: c,
+                usage: MeterUsage {
+                    customer: id.clone(),
+                    period: r.period,
+                    meter: meter.clone(),
+                    aggregation,
+                    group_key,
+                    group_names,
+                    group_values,
+                    segment_from_ms: r.segment_from_ms,
+                    segment_to_ms: r.segment_to_ms,
+                    quantity: Decimal::ZERO,
+                    windows: 0,
+                    first_window_ms: start_ms,
+                    last_window_end_ms: end_ms,
+                },
+                totals: Totals::default(),
+            });
+            accs.len() - 1
+        });
+        let Acc { usage, totals, .. } = &mut self.accs[slot];
+        totals.add(row).ok_or(FailReason::QuantityOverflow)?;
+        let within = totals
+            .quantity(row.aggregation.as_str())
+            .is_some_and(|q| q.abs() <= self.quantity_max);
+        if !within {
+            return Err(FailReason::QuantityOverflow);
+        }
+        usage.first_window_ms = usage.first_window_ms.min(start_ms);
+        usage.last_window_end_ms = usage.last_window_end_ms.max(end_ms);
+        usage.windows += 1;
+        Ok(())
     }
 }
 
@@ -271,84 +526,11 @@ pub fn fold(rows: &[UsageRow], catalog: &Catalog) -> Folded {
     folder.finish()
 }
 
-fn fold_row(
-    row: &UsageRow,
-    catalog: &Catalog,
-    out: &mut Folded,
-    accs: &mut BTreeMap<UsageKey, Totals>,
-) -> Result<(), FailReason> {
-    let (Ok(customer), Ok(meter), Ok(aggregation)) = (
-        CustomerId::new(row.customer.clone()),
-        MeterSlug::new(row.meter.clone()),
-        row.aggregation.parse::<Aggregation>(),
-    ) else {
-        out.skipped.unreadable += 1;
-        return Err(FailReason::Unreadable);
-    };
-    let start_ms = i64::from(row.start) * 1000;
-    let Some(cover) = catalog.coverage_for(&customer, &meter, start_ms) else {
-        out.skipped.no_subscription += 1;
-        return Ok(());
-    };
-    let period = cover.cycle.period_containing(start_ms);
-    // a subscription change inside the period splits it at the change
-    let segment_from_ms = period.start_ms.max(cover.from_ms);
-    let segment_to_ms = period.end_ms.min(cover.to_ms);
-    let per_group = catalog
-        .plan_version(cover.plan, cover.plan_version, segment_from_ms)
-        .and_then(|p| p.prices.get(&meter))
-        .is_some_and(|p| p.model.per_group());
-    let group_key = if per_group {
-        row.group_key.clone()
-    } else {
-        "{}".to_owned()
-    };
-    let key = (customer, period, segment_from_ms, meter, group_key);
-    let totals = accs.entry(key.clone()).or_default();
-    totals.add(row).ok_or(FailReason::QuantityOverflow)?;
-    let within = totals
-        .quantity(row.aggregation.as_str())
-        .is_some_and(|q| q.abs() <= quantity_max());
-    if !within {
-        return Err(FailReason::QuantityOverflow);
-    }
-    let end_ms = i64::from(row.end) * 1000;
-    let usage = match out.usages.entry(key) {
-        Entry::Occupied(e) => e.into_mut(),
-        Entry::Vacant(v) => {
-            let (customer, _, _, meter, group_key) = v.key().clone();
-            let (group_names, group_values) = if per_group {
-                (row.group_names.clone(), row.group_values.clone())
-            } else {
-                (vec![], vec![])
-            };
-            v.insert(MeterUsage {
-                customer,
-                period,
-                meter,
-                aggregation,
-                group_key,
-                group_names,
-                group_values,
-                segment_from_ms,
-                segment_to_ms,
-                quantity: Decimal::ZERO,
-                windows: 0,
-                first_window_ms: start_ms,
-                last_window_end_ms: end_ms,
-            })
-        }
-    };
-    usage.first_window_ms = usage.first_window_ms.min(start_ms);
-    usage.last_window_end_ms = usage.last_window_end_ms.max(end_ms);
-    usage.windows += 1;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::RaterConfig;
+    use proptest::prelude::*;
     use tally_domain::meter::{validate_meters, MeterSpec};
     use tally_platform::usage::Units;
 
@@ -476,5 +658,247 @@ mod tests {
             .map(|u| (u.customer.to_string(), u.quantity))
             .collect();
         assert_eq!(rated, vec![("acme".to_owned(), Decimal::from(7))]);
+    }
+
+    /// The fold as it was before issue 21 (string keys in two B-trees, ids copied per row):
+    /// the reference the interned fold must equal, row for row.
+    fn reference_fold(ops: &[Op], catalog: &Catalog) -> Folded {
+        let mut out = Folded::default();
+        let mut accs: BTreeMap<UsageKey, Totals> = BTreeMap::new();
+        for op in ops {
+            match op {
+                Op::Row(row) => {
+                    if out.failed.contains_key(&row.customer) {
+                        continue;
+                    }
+                    if let Err(reason) = reference_row(row, catalog, &mut out, &mut accs) {
+                        out.failed.insert(row.customer.clone(), reason);
+                    }
+                }
+                Op::Fail(c) => {
+                    out.failed
+                        .entry(c.clone())
+                        .or_insert(FailReason::ReadFailed);
+                }
+            }
+        }
+        for (key, acc) in accs {
+            if out.failed.contains_key(key.0.as_ref()) {
+                out.usages.remove(&key);
+                continue;
+            }
+            if let Some(u) = out.usages.get_mut(&key) {
+                u.quantity = acc.quantity(u.aggregation.as_str()).unwrap_or_default();
+            }
+        }
+        out
+    }
+
+    fn reference_row(
+        row: &UsageRow,
+        catalog: &Catalog,
+        out: &mut Folded,
+        accs: &mut BTreeMap<UsageKey, Totals>,
+    ) -> Result<(), FailReason> {
+        let (Ok(customer), Ok(meter), Ok(aggregation)) = (
+            CustomerId::new(row.customer.clone()),
+            MeterSlug::new(row.meter.clone()),
+            row.aggregation.parse::<Aggregation>(),
+        ) else {
+            out.skipped.unreadable += 1;
+            return Err(FailReason::Unreadable);
+        };
+        let start_ms = i64::from(row.start) * 1000;
+        let Some(cover) = catalog.coverage_for(&customer, &meter, start_ms) else {
+            out.skipped.no_subscription += 1;
+            return Ok(());
+        };
+        let period = cover.cycle.period_containing(start_ms);
+        let segment_from_ms = period.start_ms.max(cover.from_ms);
+        let segment_to_ms = period.end_ms.min(cover.to_ms);
+        let per_group = catalog
+            .plan_version(cover.plan, cover.plan_version, segment_from_ms)
+            .and_then(|p| p.prices.get(&meter))
+            .is_some_and(|p| p.model.per_group());
+        let group_key = if per_group {
+            row.group_key.clone()
+        } else {
+            "{}".to_owned()
+        };
+        let key = (customer, period, segment_from_ms, meter, group_key);
+        let totals = accs.entry(key.clone()).or_default();
+        totals.add(row).ok_or(FailReason::QuantityOverflow)?;
+        let within = totals
+            .quantity(row.aggregation.as_str())
+            .is_some_and(|q| q.abs() <= quantity_max());
+        if !within {
+            return Err(FailReason::QuantityOverflow);
+        }
+        let end_ms = i64::from(row.end) * 1000;
+        let usage = out.usages.entry(key).or_insert_with_key(|k| {
+            let (customer, _, _, meter, group_key) = k.clone();
+            let (group_names, group_values) = if per_group {
+                (row.group_names.clone(), row.group_values.clone())
+            } else {
+                (vec![], vec![])
+            };
+            MeterUsage {
+                customer,
+                period,
+                meter,
+                aggregation,
+                group_key,
+                group_names,
+                group_values,
+                segment_from_ms,
+                segment_to_ms,
+                quantity: Decimal::ZERO,
+                windows: 0,
+                first_window_ms: start_ms,
+                last_window_end_ms: end_ms,
+            }
+        });
+        usage.first_window_ms = usage.first_window_ms.min(start_ms);
+        usage.last_window_end_ms = usage.last_window_end_ms.max(end_ms);
+        usage.windows += 1;
+        Ok(())
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Row(Box<UsageRow>),
+        Fail(String),
+    }
+
+    /// Plan changes inside a period (a new record at 10:37, a new plan version pricing
+    /// tokens per group no more), a customer on the default plan before its record, Berlin
+    /// weeks, a customer without any, and unreadable ids and aggregations.
+    fn split_catalog() -> Catalog {
+        let specs: Vec<MeterSpec> = serde_json::from_str(
+            r#"[{"slug":"users","event_type":"u","aggregation":"UNIQUE_COUNT","value_property":"$.user"},
+                {"slug":"calls","event_type":"c","aggregation":"COUNT"},
+                {"slug":"tokens","event_type":"t","aggregation":"SUM","value_property":"$.n",
+                 "group_by":{"model":"$.model"}}]"#,
+        )
+        .unwrap();
+        #[derive(serde::Deserialize)]
+        struct F {
+            plans: Vec<crate::config::PlanSpec>,
+            subscriptions: Vec<crate::config::SubscriptionSpec>,
+        }
+        let f: F = toml::from_str(
+            r#"
+            [[plans]]
+            id = "pro"
+            version = 1
+            currency = "USD"
+            effective_from = "2026-01-01T00:00:00Z"
+            prices = [
+              { model = "per_unit", meter = "calls", unit_price = "0.01" },
+              { model = "dimensional", meter = "tokens", dimensions = ["model"], rates = [{ values = ["a"], unit_price = "1" }] },
+            ]
+            [[plans]]
+            id = "pro"
+            version = 2
+            currency = "USD"
+            effective_from = "2026-11-20T00:00:00Z"
+            prices = [
+              { model = "per_unit", meter = "calls", unit_price = "0.01" },
+              { model = "per_unit", meter = "tokens", unit_price = "1" },
+            ]
+            [[plans]]
+            id = "metered"
+            version = 1
+            currency = "USD"
+            effective_from = "2026-01-01T00:00:00Z"
+            prices = [
+              { model = "per_unit", meter = "users", unit_price = "1" },
+              { model = "per_unit", meter = "tokens", unit_price = "1" },
+            ]
+            [[subscriptions]]
+            customer = "acme"
+            plan = "pro"
+            effective_from = "2026-11-01T00:00:00Z"
+            [[subscriptions]]
+            customer = "acme"
+            plan = "metered"
+            effective_from = "2026-11-12T10:37:00Z"
+            [[subscriptions]]
+            customer = "berlin"
+            plan = "pro"
+            effective_from = "2026-11-05T00:00:00Z"
+            interval = "weekly"
+            time_zone = "Europe/Berlin"
+            "#,
+        )
+        .unwrap();
+        let rater = RaterConfig {
+            default_plan: Some("metered".into()),
+            ..Default::default()
+        };
+        Catalog::new(
+            f.plans,
+            f.subscriptions,
+            &rater,
+            &validate_meters(specs).unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let customers = prop_oneof![Just("acme"), Just("berlin"), Just("free"), Just("bad id!")];
+        let meters = prop_oneof![
+            Just(("tokens", "SUM")),
+            Just(("calls", "COUNT")),
+            Just(("users", "UNIQUE_COUNT")),
+            Just(("Bad Meter", "SUM")),
+            Just(("calls", "NOPE")),
+        ];
+        let row = (
+            customers.clone(),
+            meters,
+            0u32..40 * 24,              // hour since 2026-11-01
+            prop_oneof![Just(0u32), Just(60), Just(3600)], // offset in the hour, s
+            0usize..3,                  // group
+            prop_oneof![9 => 0i128..10_000_000_000_000, 1 => Just(6_000_000_000_000_000_000i128 * 1_000_000_000)],
+        )
+            .prop_map(|(customer, (meter, aggregation), hour, offset, group, units)| {
+                let start = NOV1 + hour * 3600 + offset;
+                let model = ["a", "b", "c"][group];
+                let mut r = row(customer, meter, 0, units, &[model]);
+                r.aggregation = aggregation.into();
+                r.start = start;
+                r.end = start + 60;
+                if meter == "tokens" {
+                    r.group_key = format!("{{\"model\":\"{model}\"}}");
+                    r.group_names = vec!["model".into()];
+                    r.group_values = vec![model.into()];
+                }
+                Op::Row(Box::new(r))
+            });
+        prop_oneof![20 => row, 1 => customers.prop_map(|c| Op::Fail(c.to_owned()))]
+    }
+
+    const NOV1: u32 = 1_793_491_200; // 2026-11-01
+
+    proptest::proptest! {
+        /// Issue 21: the interned fold gives exactly what the fold of string keys gave, for
+        /// every order of rows, failures and widened-read failures.
+        #[test]
+        fn the_interned_fold_equals_the_reference(ops in proptest::collection::vec(op(), 0..300)) {
+            let cat = split_catalog();
+            let mut folder = Folder::new(&cat);
+            for op in &ops {
+                match op {
+                    Op::Row(row) => folder.add(row),
+                    Op::Fail(c) => folder.fail(std::slice::from_ref(c), FailReason::ReadFailed),
+                }
+            }
+            let got = folder.finish();
+            let want = reference_fold(&ops, &cat);
+            proptest::prop_assert_eq!(&got.usages, &want.usages);
+            proptest::prop_assert_eq!(got.skipped, want.skipped);
+            proptest::prop_assert_eq!(&got.failed, &want.failed);
+        }
     }
 }
