@@ -11,7 +11,7 @@
 //! which loads the facts these rules decide on and appends what they accept.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use tally_domain::{BillingCycle, Currency, CustomerId, Meter, MeterSlug, Period};
 use tally_platform::ConfigError;
@@ -20,6 +20,7 @@ use crate::config::{PlanSpec, RaterConfig, SubscriptionSpec, SubscriptionState};
 use lifecycle::validate_subscription;
 pub use lifecycle::{Trial, TRIAL_COUPON};
 
+pub mod conflicts;
 pub mod customers;
 pub mod entitlements;
 pub mod error;
@@ -33,6 +34,7 @@ pub mod tax;
 pub mod terms;
 pub mod zone;
 
+pub use crate::catalog::conflicts::{Conflict, ConflictKind, Outcome};
 use crate::catalog::fx::FxTable;
 pub use crate::catalog::plan::Plan;
 use crate::catalog::tax::TaxTable;
@@ -240,6 +242,165 @@ fn subscriptions_by_customer(
     Ok(subscriptions)
 }
 
+/// Rule 2 of [`conflicts`]: the stored plan versions (rule 1 already applied, so one body
+/// per version), in recorded order, each validated against the stored meters and against the
+/// versions of its plan accepted before it; a refused one is set aside and reported. Also
+/// returns every plan id stored, accepted or not.
+fn plan_versions_in_recorded_order(
+    plans: Vec<PlanSpec>,
+    meters: &[Meter],
+    conflicts: &mut Vec<Conflict>,
+) -> (HashMap<String, Vec<Plan>>, Vec<String>) {
+    let mut by_id: HashMap<String, Vec<Plan>> = HashMap::new();
+    let mut ids = Vec::new();
+    for (i, spec) in plans.into_iter().enumerate() {
+        let identity = format!("plan {} v{}", spec.id, spec.version);
+        if !ids.contains(&spec.id) {
+            ids.push(spec.id.clone());
+        }
+        let refused = match crate::catalog::plan::validate(spec, i, meters) {
+            Ok(plan) => {
+                let versions = by_id.entry(plan.id.clone()).or_default();
+                match fits(&plan, versions) {
+                    Ok(()) => {
+                        versions.push(plan);
+                        versions.sort_by_key(|p| p.effective_from_ms);
+                        None
+                    }
+                    Err(why) => Some(why),
+                }
+            }
+            Err(e) => Some(format!(
+                "it does not validate against the stored meters: {e}"
+            )),
+        };
+        if let Some(detail) = refused {
+            conflicts.push(Conflict {
+                kind: ConflictKind::Plan,
+                outcome: Outcome::SetAside,
+                identity,
+                detail,
+            });
+        }
+    }
+    by_id.retain(|_, v| !v.is_empty());
+    (by_id, ids)
+}
+
+/// Why `plan` cannot join the versions of its plan recorded before it, if it cannot.
+fn fits(plan: &Plan, versions: &[Plan]) -> Result<(), String> {
+    for p in versions {
+        let why = if p.version == plan.version {
+            "it declares the same version"
+        } else if p.effective_from_ms == plan.effective_from_ms {
+            "it takes effect at the same instant"
+        } else if (p.effective_from_ms < plan.effective_from_ms) != (p.version < plan.version) {
+            "a later effective_from needs a higher version"
+        } else {
+            continue;
+        };
+        return Err(format!(
+            "{why} as version {} recorded before it (plan {})",
+            p.version, plan.id
+        ));
+    }
+    Ok(())
+}
+
+/// Rule 3 of [`conflicts`]: the stored subscription records grouped per customer, each
+/// customer's records validated alone (against the accepted plan versions and the rates); a
+/// customer whose records do not build is quarantined (returned with why) instead of refusing
+/// the whole catalog.
+fn subscriptions_per_customer(
+    subs: Vec<SubscriptionSpec>,
+    by_id: &HashMap<String, Vec<Plan>>,
+    meters: &[Meter],
+    rates: (&TaxTable, &FxTable),
+) -> (
+    HashMap<CustomerId, Vec<Subscription>>,
+    BTreeMap<String, String>,
+) {
+    let mut grouped: BTreeMap<String, Vec<SubscriptionSpec>> = BTreeMap::new();
+    for s in subs {
+        grouped.entry(s.customer.clone()).or_default().push(s);
+    }
+    let mut subscriptions = HashMap::new();
+    let mut quarantined = BTreeMap::new();
+    for (customer, list) in grouped {
+        let built = subscriptions_by_customer(list, by_id, meters).and_then(|mut m| {
+            for (c, l) in &m {
+                check_taxes(rates.0, by_id, c, l)?;
+                check_fx(rates.1, by_id, c, l)?;
+            }
+            Ok(m.drain().collect::<Vec<_>>())
+        });
+        match built {
+            Ok(lists) => subscriptions.extend(lists),
+            Err(e) => {
+                quarantined.insert(customer, e.to_string());
+            }
+        }
+    }
+    (subscriptions, quarantined)
+}
+
+/// Refuses a subscription billed in another currency than a version of its plan without FX
+/// rates for that pair (errors name the customer).
+fn check_fx(
+    fx: &FxTable,
+    plans: &HashMap<String, Vec<Plan>>,
+    customer: &CustomerId,
+    list: &[Subscription],
+) -> Result<(), ConfigError> {
+    for sub in list {
+        let Some(to) = sub.currency else { continue };
+        let versions = plans.get(&sub.plan).map_or(&[][..], Vec::as_slice);
+        for p in versions.iter().filter(|p| p.currency != to) {
+            if !fx.knows(p.currency, to) {
+                return Err(ConfigError::invalid(
+                    format!("subscriptions.{customer}.currency"),
+                    format!(
+                        "plan {} v{} is priced in {} and no fx_rates entry converts it to {}",
+                        p.id,
+                        p.version,
+                        p.currency.code(),
+                        to.code()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a taxed subscription whose region lacks a rate for a tax code its plan's versions
+/// use (errors name the customer).
+fn check_taxes(
+    taxes: &TaxTable,
+    plans: &HashMap<String, Vec<Plan>>,
+    customer: &CustomerId,
+    list: &[Subscription],
+) -> Result<(), ConfigError> {
+    for sub in list {
+        let Some(region) = &sub.tax_region else {
+            continue;
+        };
+        let versions = plans.get(&sub.plan).map_or(&[][..], Vec::as_slice);
+        for price in versions.iter().flat_map(|p| p.prices.values()) {
+            if !taxes.knows(region, &price.tax_code) {
+                return Err(ConfigError::invalid(
+                    format!("subscriptions.{customer}.tax_region"),
+                    format!(
+                        "no tax_rates entry for region {region:?} and code {:?} (plan {})",
+                        price.tax_code, sub.plan
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Plans and subscriptions.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
@@ -252,6 +413,12 @@ pub struct Catalog {
     fx: FxTable,
     /// `[features] tax = false`: no charge carries tax.
     tax_off: bool,
+    /// Customers left out of rating because their stored records conflict, with why
+    /// ([`conflicts`], rule 3): no subscription and no default plan covers them.
+    quarantined: BTreeMap<String, String>,
+    /// The stored records set aside and the customers quarantined by the build, in a stable
+    /// order ([`Catalog::from_stored`]).
+    conflicts: Vec<Conflict>,
 }
 
 impl Catalog {
@@ -279,35 +446,100 @@ impl Catalog {
             taxes: TaxTable::default(),
             fx: FxTable::default(),
             tax_off: false,
+            quarantined: BTreeMap::new(),
+            conflicts: Vec::new(),
         })
+    }
+
+    /// The stored catalog, which never fails as a whole because of conflicting records
+    /// ([`conflicts`]): `plans` in recorded order and `subscriptions` as stored (one body per
+    /// identity: rule 1 is the reader's), with the stored meters and rates; `found` are the
+    /// conflicts the reader already decided (set-aside bodies; `Quarantined` ones name
+    /// customers whose records could not be read). A version that does not fit is set aside,
+    /// a customer whose records do not build is quarantined, each reported in
+    /// [`Catalog::conflicts`]. Refused only when `rater.default_plan` names a plan with no
+    /// stored version at all (a configuration error, not a conflict); if every version of it
+    /// was set aside, customers without a subscription are not rated (reported).
+    pub fn from_stored(
+        plans: Vec<PlanSpec>,
+        subscriptions: Vec<SubscriptionSpec>,
+        rater: &RaterConfig,
+        meters: &[Meter],
+        (taxes, fx): (TaxTable, FxTable),
+        found: Vec<Conflict>,
+    ) -> Result<Catalog, ConfigError> {
+        let mut conflicts = found;
+        let (by_id, ids) = plan_versions_in_recorded_order(plans, meters, &mut conflicts);
+        let mut default_plan = rater.default_plan.clone();
+        if let Some(p) = &rater.default_plan {
+            if !ids.contains(p) {
+                return Err(ConfigError::invalid(
+                    "rater.default_plan",
+                    format!("no plan {p:?}"),
+                ));
+            }
+            if !by_id.contains_key(p) {
+                conflicts.push(Conflict {
+                    kind: ConflictKind::Plan,
+                    outcome: Outcome::SetAside,
+                    identity: format!("default plan {p}"),
+                    detail: "every stored version was set aside: customers without a \
+                             subscription are not rated"
+                        .into(),
+                });
+                default_plan = None;
+            }
+        }
+        let (mut subscriptions, mut quarantined) =
+            subscriptions_per_customer(subscriptions, &by_id, meters, (&taxes, &fx));
+        for c in conflicts
+            .iter()
+            .filter(|c| c.outcome == Outcome::Quarantined)
+        {
+            quarantined
+                .entry(c.identity.clone())
+                .or_insert_with(|| c.detail.clone());
+        }
+        subscriptions.retain(|c, _| !quarantined.contains_key(c.as_ref()));
+        conflicts.retain(|c| c.outcome != Outcome::Quarantined);
+        conflicts.extend(quarantined.iter().map(|(customer, why)| Conflict {
+            kind: ConflictKind::Subscription,
+            outcome: Outcome::Quarantined,
+            identity: customer.clone(),
+            detail: why.clone(),
+        }));
+        conflicts.sort();
+        conflicts.dedup();
+        Ok(Catalog {
+            plans: by_id,
+            subscriptions,
+            default_plan,
+            taxes,
+            fx,
+            tax_off: false,
+            quarantined,
+            conflicts,
+        })
+    }
+
+    /// The stored records set aside and the customers quarantined when this catalog was
+    /// built ([`Catalog::from_stored`]; empty for a catalog of the file alone).
+    pub fn conflicts(&self) -> &[Conflict] {
+        &self.conflicts
+    }
+
+    /// Why `customer` is left out of rating (its stored records conflict), if it is.
+    pub fn quarantine_of(&self, customer: &str) -> Option<&str> {
+        self.quarantined.get(customer).map(String::as_str)
     }
 
     /// Adds the FX rates, checking that every subscription billed in another currency than
     /// a version of its plan has rates for that pair (errors name the subscription).
     pub fn with_fx(mut self, fx: FxTable) -> Result<Catalog, ConfigError> {
-        let mut subs: Vec<(&CustomerId, &Subscription)> = self
-            .subscriptions
-            .iter()
-            .flat_map(|(c, l)| l.iter().map(move |s| (c, s)))
-            .collect();
-        subs.sort_by_key(|(c, s)| (*c, s.from_ms));
-        for (customer, sub) in subs {
-            let Some(to) = sub.currency else { continue };
-            let versions = self.plans.get(&sub.plan).map_or(&[][..], Vec::as_slice);
-            for p in versions.iter().filter(|p| p.currency != to) {
-                if !fx.knows(p.currency, to) {
-                    return Err(ConfigError::invalid(
-                        format!("subscriptions.{customer}.currency"),
-                        format!(
-                            "plan {} v{} is priced in {} and no fx_rates entry converts it to {}",
-                            p.id,
-                            p.version,
-                            p.currency.code(),
-                            to.code()
-                        ),
-                    ));
-                }
-            }
+        let mut customers: Vec<&CustomerId> = self.subscriptions.keys().collect();
+        customers.sort();
+        for customer in customers {
+            check_fx(&fx, &self.plans, customer, self.subscriptions_of(customer))?;
         }
         self.fx = fx;
         Ok(self)
@@ -316,28 +548,15 @@ impl Catalog {
     /// Adds the tax rates, checking that every taxed subscription's region has a rate for
     /// every tax code its plan's versions use (errors name the subscription).
     pub fn with_taxes(mut self, taxes: TaxTable) -> Result<Catalog, ConfigError> {
-        let mut subs: Vec<(&CustomerId, &Subscription)> = self
-            .subscriptions
-            .iter()
-            .flat_map(|(c, l)| l.iter().map(move |s| (c, s)))
-            .collect();
-        subs.sort_by_key(|(c, _)| *c);
-        for (customer, sub) in subs {
-            let Some(region) = &sub.tax_region else {
-                continue;
-            };
-            let versions = self.plans.get(&sub.plan).map_or(&[][..], Vec::as_slice);
-            for price in versions.iter().flat_map(|p| p.prices.values()) {
-                if !taxes.knows(region, &price.tax_code) {
-                    return Err(ConfigError::invalid(
-                        format!("subscriptions.{customer}.tax_region"),
-                        format!(
-                            "no tax_rates entry for region {region:?} and code {:?} (plan {})",
-                            price.tax_code, sub.plan
-                        ),
-                    ));
-                }
-            }
+        let mut customers: Vec<&CustomerId> = self.subscriptions.keys().collect();
+        customers.sort();
+        for customer in customers {
+            check_taxes(
+                &taxes,
+                &self.plans,
+                customer,
+                self.subscriptions_of(customer),
+            )?;
         }
         self.taxes = taxes;
         Ok(self)
@@ -453,6 +672,9 @@ impl Catalog {
         customer: &CustomerId,
         at_ms: i64,
     ) -> Option<(&str, ZonedCycle, i64, i64)> {
+        if self.quarantine_of(customer.as_ref()).is_some() {
+            return None;
+        }
         let first = self.first_start(customer);
         match self.in_force(customer, at_ms).first() {
             Some(s) => Some((s.plan.as_str(), s.cycle, s.from_ms, s.to_ms)),
@@ -535,6 +757,9 @@ impl Catalog {
         customer: &CustomerId,
         at_ms: i64,
     ) -> Option<Cow<'_, Subscription>> {
+        if self.quarantine_of(customer.as_ref()).is_some() {
+            return None;
+        }
         if let Some(s) = self.in_force(customer, at_ms).first() {
             return Some(Cow::Borrowed(*s));
         }
