@@ -303,6 +303,14 @@ async fn the_api_still_adds_records_beside_conflicts_and_refuses_the_losers() {
     }));
     let refused = source().add_subscription(&db, more, now_ms).await;
     assert!(refused.is_err(), "{refused:?}");
+    let split = tally_domain::CustomerId::new("split").expect("id");
+    match source()
+        .cancel_subscription(&db, &split, "", now_ms, false, now_ms)
+        .await
+    {
+        Err(CatalogStoreError::NotFound(why)) => assert!(why.contains("conflict"), "{why}"),
+        other => panic!("a quarantined customer has nothing to cancel: {other:?}"),
+    }
     // a new plan version is checked against the versions in force
     let v3: tally_rater::config::PlanSpec = serde_json::from_value(serde_json::json!({
         "id": "pro", "version": 3, "currency": "USD",
@@ -322,5 +330,23 @@ async fn the_api_still_adds_records_beside_conflicts_and_refuses_the_losers() {
             .collect::<Vec<_>>(),
         vec![1, 2, 3]
     );
+    // the listing says a quarantined customer is left out (an empty list would say it is on
+    // the default plan) and shows the record in force of a raced one
+    let (addr, stop, server) = common::http::start(db.clone()).await;
+    let (status, body) = common::http::get(addr, "/v1/customers/split/subscriptions").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("catalog_conflict")),
+        "{body}"
+    );
+    assert!(
+        body["detail"].as_str().is_some_and(|d| d.contains("calls")),
+        "{body}"
+    );
+    let (status, body) = common::http::get(addr, "/v1/customers/raced/subscriptions").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body[0]["plan"], "pro", "{body}");
+    stop.cancel();
+    server.await.expect("the server stops");
     env.cleanup().await;
 }

@@ -158,7 +158,16 @@ async fn load_meters(
 /// identity the one recorded first is kept, and a version the rules refuse (the later body,
 /// one that no longer validates) is left out ([`load_reported`] says which).
 pub async fn load(db: &Client) -> Result<Registry, CatalogStoreError> {
-    Ok(load_reported(db).await?.0)
+    let (r, conflicts) = load_reported(db).await?;
+    for c in &conflicts {
+        tracing::warn!(
+            kind = c.kind.code(),
+            record = %c.identity,
+            detail = %c.detail,
+            "stored catalog record set aside (ignored): it conflicts with one recorded before it"
+        );
+    }
+    Ok(r)
 }
 
 /// [`load`], with the stored versions set aside.

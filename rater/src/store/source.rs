@@ -365,9 +365,15 @@ impl CatalogSource {
         at_period_end: bool,
         now_ms: i64,
     ) -> Result<(SubscriptionSpec, Bootstrapped), CatalogStoreError> {
-        let record = self
-            .current(db)
-            .await?
+        let current = self.current(db).await?;
+        if let Some(why) = current.quarantine_of(customer.as_ref()) {
+            return Err(CatalogStoreError::NotFound(format!(
+                "{customer} has no subscription in force: its stored records conflict and it is \
+                 left out of rating until they are resolved (docs/OPERATIONS.md, \"Conflicting \
+                 catalog records\"): {why}"
+            )));
+        }
+        let record = current
             .cancellation(customer, line, at_ms, at_period_end)
             .map_err(CatalogStoreError::NotFound)?;
         let added = self.add_subscription(db, record.clone(), now_ms).await?;
