@@ -105,14 +105,26 @@ async fn insert_subscription(db: &clickhouse::Client, s: &SubscriptionSpec, at: 
     .await;
 }
 
-async fn insert_plan(db: &clickhouse::Client, amount: &str, at: i64) {
-    let plan: tally_rater::config::PlanSpec = serde_json::from_value(serde_json::json!({
+/// `pro` version 2 (from December) at a flat `amount` of `calls`.
+fn plan_v2(amount: &str) -> tally_rater::config::PlanSpec {
+    serde_json::from_value(serde_json::json!({
         "id": "pro", "version": 2, "currency": "USD",
         "effective_from": "2026-12-01T00:00:00Z",
         "prices": [{"model": "flat", "meter": "calls", "amount": amount}]
     }))
-    .expect("a plan");
-    let body = serde_json::to_string(&plan).expect("body");
+    .expect("a plan")
+}
+
+/// How many rows `catalog_plans` holds.
+async fn plan_rows(db: &clickhouse::Client) -> u64 {
+    db.query("SELECT count() FROM catalog_plans")
+        .fetch_one::<u64>()
+        .await
+        .expect("count")
+}
+
+async fn insert_plan(db: &clickhouse::Client, amount: &str, at: i64) {
+    let body = serde_json::to_string(&plan_v2(amount)).expect("body");
     insert(
         db,
         "catalog_plans",
@@ -311,6 +323,20 @@ async fn the_api_still_adds_records_beside_conflicts_and_refuses_the_losers() {
         Err(CatalogStoreError::NotFound(why)) => assert!(why.contains("conflict"), "{why}"),
         other => panic!("a quarantined customer has nothing to cancel: {other:?}"),
     }
+    // the winning body of `pro` v2 (recorded first) re-posted: accepted as stored, not
+    // appended (the set-aside loser of its identity does not make the winner a loser)
+    let (winner, loser) = (plan_v2("40"), plan_v2("20"));
+    let again = source().add_plan(&db, winner.clone(), now_ms).await;
+    assert_eq!(again.expect("the winner re-posted").plans_appended, 0);
+    let again = source().add_plan(&db, winner, now_ms).await;
+    assert_eq!(again.expect("and again").plans_appended, 0);
+    // the losing body re-posted: a conflict, nothing appended
+    let rows = plan_rows(&db).await;
+    match source().add_plan(&db, loser, now_ms).await {
+        Err(CatalogStoreError::Conflict { .. }) => {}
+        other => panic!("the loser is a conflict: {other:?}"),
+    }
+    assert_eq!(plan_rows(&db).await, rows, "nothing appended");
     // a new plan version is checked against the versions in force
     let v3: tally_rater::config::PlanSpec = serde_json::from_value(serde_json::json!({
         "id": "pro", "version": 3, "currency": "USD",

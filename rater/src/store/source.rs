@@ -272,9 +272,11 @@ impl CatalogSource {
         Ok(())
     }
 
-    /// Reads back a plan version just appended: refused as a conflict when another writer
-    /// stored a different body of it first, or when it was set aside (it does not fit a
-    /// version of its plan recorded before it).
+    /// Reads back a plan version just appended: refused as a conflict when the body in force
+    /// for its identity is another writer's (recorded first), or when the built catalog has no
+    /// such version (it was set aside: it does not fit a version of its plan recorded before
+    /// it). Decided from what is in force, never from the set-aside report, which may name
+    /// another body of the same identity (the winner and its re-posts are accepted).
     async fn read_back_plan(&self, db: &Client, plan: &PlanSpec) -> Result<(), CatalogStoreError> {
         let stored = Stored::load(db).await?;
         let records = load_records(db).await?;
@@ -294,16 +296,24 @@ impl CatalogSource {
             ));
         }
         let after = self.build_records(records, &stored)?;
-        let identity = format!("plan {} v{}", plan.id, plan.version);
-        if let Some(c) = after.conflicts().iter().find(|c| {
-            c.kind == ConflictKind::Plan && c.outcome == Outcome::SetAside && c.identity == identity
-        }) {
+        if after
+            .plan_version(&plan.id, Some(plan.version), 0)
+            .is_none()
+        {
+            let identity = format!("plan {} v{}", plan.id, plan.version);
+            let why: Vec<&str> = after
+                .conflicts()
+                .iter()
+                .filter(|c| c.kind == ConflictKind::Plan && c.identity == identity)
+                .map(|c| c.detail.as_str())
+                .collect();
+            let why = why.join("; ");
             return Err(lost(
                 "plan",
                 format!(
-                    "plan {} version {} is stored but set aside: {} (docs/PRICING.md, \
+                    "plan {} version {} is stored but set aside: {why} (docs/PRICING.md, \
                      \"Conflicting stored records\")",
-                    plan.id, plan.version, c.detail
+                    plan.id, plan.version
                 ),
             ));
         }
