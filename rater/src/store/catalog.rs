@@ -307,12 +307,3 @@ pub async fn load_records(db: &Client) -> Result<StoredRecords, CatalogStoreErro
     }
     Ok(out)
 }
-
-/// The stored plan versions (in recorded order) and subscription records, one body per
-/// identity ([`load_records`] without its report).
-pub async fn load(
-    db: &Client,
-) -> Result<(Vec<PlanSpec>, Vec<SubscriptionSpec>), CatalogStoreError> {
-    let r = load_records(db).await?;
-    Ok((r.plans, r.subscriptions))
-}

@@ -18,7 +18,7 @@ use clickhouse::Client;
 use tally_domain::Meter;
 use tally_platform::ConfigError;
 
-use crate::catalog::conflicts::{Conflict, ConflictKind, Outcome};
+use crate::catalog::conflicts::{Conflict, ConflictKind};
 use crate::catalog::meters::MeterEntry;
 use crate::catalog::rates::Rates;
 use crate::catalog::registry::Novelty;
@@ -193,23 +193,6 @@ impl CatalogSource {
         } else {
             catalog.without_tax()
         })
-    }
-
-    /// The catalog of these entries (plans in recorded order), validated against the stored
-    /// meters and priced with the stored rates, deciding conflicts like
-    /// [`CatalogSource::current`].
-    pub fn build(
-        &self,
-        plans: Vec<PlanSpec>,
-        subscriptions: Vec<SubscriptionSpec>,
-        stored: &Stored,
-    ) -> Result<Catalog, CatalogStoreError> {
-        let records = StoredRecords {
-            plans,
-            subscriptions,
-            conflicts: Vec::new(),
-        };
-        self.build_records(records, stored)
     }
 
     /// The catalog of these entries, refused as a whole if any does not fit (a change is
