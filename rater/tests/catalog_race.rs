@@ -376,3 +376,75 @@ async fn the_api_still_adds_records_beside_conflicts_and_refuses_the_losers() {
     server.await.expect("the server stops");
     env.cleanup().await;
 }
+
+#[derive(Debug, Clone, PartialEq, Eq, clickhouse::Row, serde::Deserialize)]
+struct Written {
+    customer: String,
+    period_start: u32,
+    plan_version: u32,
+    amount_minor: i64,
+    computed_at: u32,
+}
+
+/// The charges of `customers` as stored, with the plan version and when they were computed.
+async fn written(db: &clickhouse::Client, customers: &[&str]) -> Vec<Written> {
+    db.query(
+        "SELECT customer, toUInt32(period_start) AS period_start, plan_version, amount_minor, \
+         toUInt32(computed_at) AS computed_at FROM v_charges WHERE has(?, customer) \
+         ORDER BY customer, period_start, amount_minor",
+    )
+    .bind(customers)
+    .fetch_all::<Written>()
+    .await
+    .expect("v_charges")
+}
+
+/// A plan version in force whose stored body no longer reads (here a body of `pro` v2
+/// recorded before the one rated with, as a writer with a lagging clock leaves it): its
+/// subscribers are quarantined and their charges stay exactly as written. On the old code
+/// the version was set aside and they were not quarantined but priced on `pro` v1 again.
+#[tokio::test]
+async fn a_plan_version_in_force_that_no_longer_reads_leaves_its_charges_as_written() {
+    let env = TestEnv::new("rater_catalog_race_unreadable").await;
+    let db = env.db();
+    race(&db).await;
+    let cfg = RaterConfig {
+        lookback_secs: 5 * DAY as u64,
+        ..RaterConfig::default()
+    };
+    let now_ms = (DEC_1 + 2 * DAY) * 1000;
+    let catalog = source().current(&db).await.expect("builds");
+    tally_rater::rate_once(&db, &catalog, &cfg, now_ms)
+        .await
+        .expect("pass");
+    let before = written(&db, &["good", "raced"]).await;
+    assert_eq!(before.len(), 4, "{before:?}");
+    assert!(before
+        .iter()
+        .any(|c| c.plan_version == 2 && c.amount_minor == 4000));
+
+    insert(
+        &db,
+        "catalog_plans",
+        "plan_id, version",
+        &["pro", "2", r#"{"id":"pro","version":2,"#],
+        T0 - 1,
+    )
+    .await;
+    let after = source().current(&db).await.expect("still builds");
+    for customer in ["good", "raced"] {
+        let why = after.quarantine_of(customer).expect("quarantined");
+        assert!(why.contains("plan pro v2"), "{why}");
+    }
+    assert!(after.quarantine_of("tie").is_none(), "on max: rated");
+    let report = tally_rater::rate_once(&db, &after, &cfg, now_ms + 3_600_000)
+        .await
+        .expect("the pass goes on");
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_eq!(
+        written(&db, &["good", "raced"]).await,
+        before,
+        "same versions, amounts and computed_at"
+    );
+    env.cleanup().await;
+}

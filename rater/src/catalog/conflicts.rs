@@ -8,15 +8,18 @@
 //!    `recorded_at`; within one second, the smallest body, byte by byte); the others are set
 //!    aside: ignored, and reported.
 //! 2. **Plan versions that do not fit together** (two at one instant, a later
-//!    `effective_from` without a higher version, one that no longer validates against the
-//!    stored meters): a plan's versions are taken in recorded order, and a version the rules
-//!    refuse after those recorded before it is set aside, as the API would have refused it had
-//!    the two changes come one at a time.
+//!    `effective_from` without a higher version): a plan's versions are taken in recorded
+//!    order, and a version that does not fit those recorded before it is set aside, as the
+//!    API would have refused it had the two changes come one at a time.
 //! 3. **A customer whose subscription records do not build** (two lines pricing one meter,
 //!    a record pinning a version that was set aside, a taxed record without a rate, a body
-//!    that no longer parses): the customer is quarantined: left out of rating (no charge is
-//!    written or changed for it, and it is not billed on the default plan either), reported
-//!    at every pass and retried at the next; every other customer is rated.
+//!    that no longer parses), **or whose plan has a version that no longer parses or
+//!    validates against the stored meters** (that version may have been in force: pricing
+//!    with another one would change charges already written): the customer is quarantined:
+//!    left out of rating (no charge is written or changed for it, and it is not billed on the
+//!    default plan either), reported at every pass and retried at the next; every other
+//!    customer is rated. When that plan is the default plan, the customers on the default
+//!    plan are quarantined.
 //!
 //! It owns these rules and the report ([`Conflict`]), pure over typed values; it never reads
 //! storage ([`crate::store`] reads the rows with their `recorded_at` and calls it).
@@ -67,7 +70,9 @@ impl ConflictKind {
 pub enum Outcome {
     /// The record is ignored; the one recorded first is in force (rules 1 and 2).
     SetAside,
-    /// The customer named by `identity` is left out of rating (rule 3).
+    /// The customer named by `identity` is left out of rating (rule 3); of kind `Plan`, the
+    /// customers on that plan (the reader names the plan id, the catalog the default plan's
+    /// customers).
     Quarantined,
 }
 

@@ -11,7 +11,7 @@
 //! which loads the facts these rules decide on and appends what they accept.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use tally_domain::{BillingCycle, Currency, CustomerId, Meter, MeterSlug, Period};
 use tally_platform::ConfigError;
@@ -242,22 +242,33 @@ fn subscriptions_by_customer(
     Ok(subscriptions)
 }
 
+/// The plans rule 2 and rule 3 of [`conflicts`] leave: the accepted versions per plan id,
+/// every plan id stored (accepted or not), and the plans with a version that does not read
+/// or validate (plan id to why): their subscribers are quarantined, never priced on another
+/// version.
+type RecordedPlans = (
+    HashMap<String, Vec<Plan>>,
+    BTreeSet<String>,
+    BTreeMap<String, String>,
+);
+
 /// Rule 2 of [`conflicts`]: the stored plan versions (rule 1 already applied, so one body
 /// per version), in recorded order, each validated against the stored meters and against the
-/// versions of its plan accepted before it; a refused one is set aside and reported. Also
-/// returns every plan id stored, accepted or not.
+/// versions of its plan accepted before it; one that does not fit them is set aside and
+/// reported. One that does not validate against the stored meters is set aside too, and its
+/// plan is returned as broken (rule 3: its subscribers are quarantined).
 fn plan_versions_in_recorded_order(
     plans: Vec<PlanSpec>,
     meters: &[Meter],
     conflicts: &mut Vec<Conflict>,
-) -> (HashMap<String, Vec<Plan>>, Vec<String>) {
+) -> RecordedPlans {
     let mut by_id: HashMap<String, Vec<Plan>> = HashMap::new();
-    let mut ids = Vec::new();
+    let mut ids = BTreeSet::new();
+    let mut broken = BTreeMap::new();
     for (i, spec) in plans.into_iter().enumerate() {
         let identity = format!("plan {} v{}", spec.id, spec.version);
-        if !ids.contains(&spec.id) {
-            ids.push(spec.id.clone());
-        }
+        ids.insert(spec.id.clone());
+        let id = spec.id.clone();
         let refused = match crate::catalog::plan::validate(spec, i, meters) {
             Ok(plan) => {
                 let versions = by_id.entry(plan.id.clone()).or_default();
@@ -270,9 +281,13 @@ fn plan_versions_in_recorded_order(
                     Err(why) => Some(why),
                 }
             }
-            Err(e) => Some(format!(
-                "it does not validate against the stored meters: {e}"
-            )),
+            Err(e) => {
+                let why = format!("it does not validate against the stored meters: {e}");
+                broken
+                    .entry(id)
+                    .or_insert_with(|| format!("{identity}: {why}"));
+                Some(format!("{why}; the plan's subscribers are quarantined"))
+            }
         };
         if let Some(detail) = refused {
             conflicts.push(Conflict {
@@ -284,7 +299,7 @@ fn plan_versions_in_recorded_order(
         }
     }
     by_id.retain(|_, v| !v.is_empty());
-    (by_id, ids)
+    (by_id, ids, broken)
 }
 
 /// Why `plan` cannot join the versions of its plan recorded before it, if it cannot.
@@ -342,6 +357,55 @@ fn subscriptions_per_customer(
         }
     }
     (subscriptions, quarantined)
+}
+
+/// Whether the customers on `rater.default_plan` are quarantined, and why: a version of it
+/// does not read or validate (`broken`), or none of its versions was accepted. Refused when
+/// it names a plan never stored (a configuration error, not a conflict).
+fn default_plan_quarantine(
+    rater: &RaterConfig,
+    by_id: &HashMap<String, Vec<Plan>>,
+    ids: &BTreeSet<String>,
+    broken: &BTreeMap<String, String>,
+) -> Result<Option<String>, ConfigError> {
+    let Some(p) = &rater.default_plan else {
+        return Ok(None);
+    };
+    if !ids.contains(p) {
+        return Err(ConfigError::invalid(
+            "rater.default_plan",
+            format!("no plan {p:?}"),
+        ));
+    }
+    Ok(match broken.get(p) {
+        Some(why) => Some(format!(
+            "{why}; customers on the default plan are left out of rating rather than priced on \
+             another version"
+        )),
+        None if !by_id.contains_key(p) => Some("every stored version was set aside".into()),
+        None => None,
+    })
+}
+
+/// Rule 3 of [`conflicts`] for plans: every customer with a record on a `broken` plan (a
+/// version of it does not read or validate), with why; never priced on another version.
+fn subscribers_of(
+    subs: &[SubscriptionSpec],
+    broken: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut quarantined = BTreeMap::new();
+    for s in subs {
+        if let Some(why) = broken.get(&s.plan) {
+            quarantined.entry(s.customer.clone()).or_insert_with(|| {
+                format!(
+                    "{why}; the customer's records on plan {} are left out rather than priced on \
+                     another version",
+                    s.plan
+                )
+            });
+        }
+    }
+    quarantined
 }
 
 /// Refuses a subscription billed in another currency than a version of its plan without FX
@@ -416,6 +480,10 @@ pub struct Catalog {
     /// Customers left out of rating because their stored records conflict, with why
     /// ([`conflicts`], rule 3): no subscription and no default plan covers them.
     quarantined: BTreeMap<String, String>,
+    /// Why the customers on the default plan are left out of rating, if they are: a version
+    /// of the default plan does not read or validate ([`conflicts`], rule 3); `default_plan`
+    /// is then none.
+    default_quarantine: Option<String>,
     /// The stored records set aside and the customers quarantined by the build, in a stable
     /// order ([`Catalog::from_stored`]).
     conflicts: Vec<Conflict>,
@@ -447,6 +515,7 @@ impl Catalog {
             fx: FxTable::default(),
             tax_off: false,
             quarantined: BTreeMap::new(),
+            default_quarantine: None,
             conflicts: Vec::new(),
         })
     }
@@ -455,11 +524,13 @@ impl Catalog {
     /// ([`conflicts`]): `plans` in recorded order and `subscriptions` as stored (one body per
     /// identity: rule 1 is the reader's), with the stored meters and rates; `found` are the
     /// conflicts the reader already decided (set-aside bodies; `Quarantined` ones name
-    /// customers whose records could not be read). A version that does not fit is set aside,
-    /// a customer whose records do not build is quarantined, each reported in
-    /// [`Catalog::conflicts`]. Refused only when `rater.default_plan` names a plan with no
-    /// stored version at all (a configuration error, not a conflict); if every version of it
-    /// was set aside, customers without a subscription are not rated (reported).
+    /// customers whose records could not be read, or, of kind `Plan`, a plan id with a version
+    /// that could not be read). A version that does not fit those recorded before it is set
+    /// aside; a customer whose records do not build, or on a plan with a version that does not
+    /// read or validate, is quarantined, each reported in [`Catalog::conflicts`]. Refused only
+    /// when `rater.default_plan` names a plan never stored (a configuration error, not a
+    /// conflict); if a version of it does not read or validate, the customers on the default
+    /// plan are quarantined (reported).
     pub fn from_stored(
         plans: Vec<PlanSpec>,
         subscriptions: Vec<SubscriptionSpec>,
@@ -469,32 +540,26 @@ impl Catalog {
         found: Vec<Conflict>,
     ) -> Result<Catalog, ConfigError> {
         let mut conflicts = found;
-        let (by_id, ids) = plan_versions_in_recorded_order(plans, meters, &mut conflicts);
-        let mut default_plan = rater.default_plan.clone();
-        if let Some(p) = &rater.default_plan {
-            if !ids.contains(p) {
-                return Err(ConfigError::invalid(
-                    "rater.default_plan",
-                    format!("no plan {p:?}"),
-                ));
-            }
-            if !by_id.contains_key(p) {
-                conflicts.push(Conflict {
-                    kind: ConflictKind::Plan,
-                    outcome: Outcome::SetAside,
-                    identity: format!("default plan {p}"),
-                    detail: "every stored version was set aside: customers without a \
-                             subscription are not rated"
-                        .into(),
-                });
-                default_plan = None;
+        let (by_id, mut ids, mut broken) =
+            plan_versions_in_recorded_order(plans, meters, &mut conflicts);
+        for c in conflicts.iter().filter(|c| c.kind == ConflictKind::Plan) {
+            if c.outcome == Outcome::Quarantined {
+                ids.insert(c.identity.clone());
+                broken
+                    .entry(c.identity.clone())
+                    .or_insert_with(|| c.detail.clone());
             }
         }
-        let (mut subscriptions, mut quarantined) =
+        let default_quarantine = default_plan_quarantine(rater, &by_id, &ids, &broken)?;
+        let mut quarantined = subscribers_of(&subscriptions, &broken);
+        let (mut subscriptions, more) =
             subscriptions_per_customer(subscriptions, &by_id, meters, (&taxes, &fx));
+        for (customer, why) in more {
+            quarantined.entry(customer).or_insert(why);
+        }
         for c in conflicts
             .iter()
-            .filter(|c| c.outcome == Outcome::Quarantined)
+            .filter(|c| c.kind != ConflictKind::Plan && c.outcome == Outcome::Quarantined)
         {
             quarantined
                 .entry(c.identity.clone())
@@ -508,16 +573,28 @@ impl Catalog {
             identity: customer.clone(),
             detail: why.clone(),
         }));
+        if let (Some(p), Some(why)) = (&rater.default_plan, &default_quarantine) {
+            conflicts.push(Conflict {
+                kind: ConflictKind::Plan,
+                outcome: Outcome::Quarantined,
+                identity: format!("customers on the default plan {p}"),
+                detail: why.clone(),
+            });
+        }
         conflicts.sort();
         conflicts.dedup();
         Ok(Catalog {
             plans: by_id,
             subscriptions,
-            default_plan,
+            default_plan: rater
+                .default_plan
+                .clone()
+                .filter(|_| default_quarantine.is_none()),
             taxes,
             fx,
             tax_off: false,
             quarantined,
+            default_quarantine,
             conflicts,
         })
     }
@@ -530,7 +607,13 @@ impl Catalog {
 
     /// Why `customer` is left out of rating (its stored records conflict), if it is.
     pub fn quarantine_of(&self, customer: &str) -> Option<&str> {
-        self.quarantined.get(customer).map(String::as_str)
+        if let Some(why) = self.quarantined.get(customer) {
+            return Some(why);
+        }
+        let why = self.default_quarantine.as_deref()?;
+        let on_default = CustomerId::new(customer.to_owned())
+            .map_or(true, |c| !self.subscriptions.contains_key(&c));
+        on_default.then_some(why)
     }
 
     /// Adds the FX rates, checking that every subscription billed in another currency than

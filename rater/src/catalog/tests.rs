@@ -571,6 +571,106 @@ mod stored_conflicts {
     }
 
     #[test]
+    fn a_version_that_no_longer_validates_quarantines_its_plans_subscribers() {
+        // v2 (from June) prices a meter the stored meters no longer have: its unpinned
+        // subscriber must not fall back to v1 (that would change charges written with v2)
+        let text = format!(
+            "{}{}",
+            TWO_VERSIONS.replace(
+                "unit_price = \"0.20\"",
+                "unit_price = \"0.20\" }, { model = \"per_unit\", meter = \"gone\", \
+                 unit_price = \"1\""
+            ),
+            r#"
+            [[plans]]
+            id = "q"
+            version = 1
+            currency = "USD"
+            effective_from = "2026-01-01T00:00:00Z"
+            prices = [{ model = "per_unit", meter = "calls", unit_price = "1" }]
+            "#
+        );
+        let records = r#"
+            [[s]]
+            customer = "unpinned"
+            plan = "p"
+            [[s]]
+            customer = "other"
+            plan = "q"
+        "#;
+        let c = build(&text, records, None);
+        let unpinned = CustomerId::new("unpinned").unwrap();
+        assert!(c.subscription_at(&unpinned, i64::MAX).is_none());
+        let why = c.quarantine_of("unpinned").expect("quarantined");
+        assert!(why.contains("plan p v2") && why.contains("gone"), "{why}");
+        assert!(c.quarantine_of("other").is_none());
+        let set_aside: Vec<&str> = c
+            .conflicts()
+            .iter()
+            .filter(|x| x.outcome == Outcome::SetAside)
+            .map(|x| x.identity.as_str())
+            .collect();
+        assert_eq!(set_aside, vec!["plan p v2"]);
+        // a version that only lost a race (it does not fit one recorded before it) is set
+        // aside and nobody is quarantined
+        let raced = build(ORDER_RACE, records.replace("\"q\"", "\"p\"").as_str(), None);
+        assert!(raced
+            .conflicts()
+            .iter()
+            .all(|x| x.outcome == Outcome::SetAside));
+    }
+
+    #[test]
+    fn a_default_plan_that_no_longer_reads_quarantines_its_customers_not_everyone() {
+        // the reader could not parse the only version of the default plan `d`
+        let found = vec![
+            Conflict {
+                kind: ConflictKind::Plan,
+                outcome: Outcome::SetAside,
+                identity: "plan d v1".into(),
+                detail: "the body does not parse".into(),
+            },
+            Conflict {
+                kind: ConflictKind::Plan,
+                outcome: Outcome::Quarantined,
+                identity: "d".into(),
+                detail: "plan d v1: the body does not parse".into(),
+            },
+        ];
+        let rater = RaterConfig {
+            default_plan: Some("d".into()),
+            ..Default::default()
+        };
+        let records = r#"
+            [[s]]
+            customer = "fine"
+            plan = "p"
+        "#;
+        let c = Catalog::from_stored(
+            plans(LINES),
+            subs(records),
+            &rater,
+            &meters(),
+            (TaxTable::default(), FxTable::default()),
+            found,
+        )
+        .expect("builds: only the default plan's customers are left out");
+        let fine = CustomerId::new("fine").unwrap();
+        let walk_in = CustomerId::new("walk-in").unwrap();
+        assert_eq!(c.subscription(&fine).unwrap().plan, "p");
+        assert!(c.quarantine_of("fine").is_none());
+        assert!(c.subscription(&walk_in).is_none());
+        assert!(c.coverage_at(&walk_in, 0).is_none());
+        let why = c
+            .quarantine_of("walk-in")
+            .expect("on the default plan: quarantined");
+        assert!(why.contains("plan d v1"), "{why}");
+        assert!(c.conflicts().iter().any(|x| x.kind == ConflictKind::Plan
+            && x.outcome == Outcome::Quarantined
+            && x.identity == "customers on the default plan d"));
+    }
+
+    #[test]
     fn a_default_plan_never_stored_is_a_configuration_error() {
         let rater = RaterConfig {
             default_plan: Some("nope".into()),

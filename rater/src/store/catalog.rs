@@ -203,8 +203,8 @@ pub struct StoredRecords {
     pub plans: Vec<PlanSpec>,
     /// By customer and `effective_from`.
     pub subscriptions: Vec<SubscriptionSpec>,
-    /// The bodies set aside, and the customers with a record that no longer parses
-    /// (quarantined).
+    /// The bodies set aside, and (quarantined) the customers with a record that no longer
+    /// parses and, of kind `Plan`, the plans with a version that no longer parses.
     pub conflicts: Vec<Conflict>,
 }
 
@@ -239,10 +239,31 @@ fn set_aside(kind: ConflictKind, identity: String, winner_at: u32, at: u32) -> C
     }
 }
 
+/// A stored plan version whose body does not read: set aside (reported as `identity`), and
+/// its plan (`plan_id`) named as quarantined, so that its subscribers are left out rather
+/// than priced on another version ([`crate::Catalog::from_stored`]).
+fn unreadable_plan(identity: String, plan_id: &str, why: String) -> [Conflict; 2] {
+    [
+        Conflict {
+            kind: ConflictKind::Plan,
+            outcome: Outcome::SetAside,
+            identity: identity.clone(),
+            detail: format!("{why}; the plan's subscribers are quarantined"),
+        },
+        Conflict {
+            kind: ConflictKind::Plan,
+            outcome: Outcome::Quarantined,
+            identity: plan_id.to_owned(),
+            detail: format!("{identity}: {why}"),
+        },
+    ]
+}
+
 /// Every stored plan version and subscription record, one body per identity (the one
 /// recorded first: [`crate::catalog::conflicts`]), with what was set aside; a plan body that
-/// no longer parses is set aside, a subscription body that no longer parses quarantines its
-/// customer. Build the catalog with [`crate::Catalog::from_stored`].
+/// no longer parses is set aside and quarantines its plan's subscribers, a subscription body
+/// that no longer parses quarantines its customer. Build the catalog with
+/// [`crate::Catalog::from_stored`].
 pub async fn load_records(db: &Client) -> Result<StoredRecords, CatalogStoreError> {
     let mut out = StoredRecords::default();
     let (plans, losers) = recorded(db, PLANS_SQL).await?;
@@ -257,23 +278,19 @@ pub async fn load_records(db: &Client) -> Result<StoredRecords, CatalogStoreErro
     }
     let mut parsed = Vec::with_capacity(plans.len());
     for r in plans {
-        match serde_json::from_str::<PlanSpec>(&r.body) {
+        let why = match serde_json::from_str::<PlanSpec>(&r.body) {
             Ok(p) if p.id == r.identity.0 && p.version.to_string() == r.identity.1 => {
                 parsed.push((r.recorded_at, p, r.body));
+                continue;
             }
-            Ok(_) => out.conflicts.push(Conflict {
-                kind: ConflictKind::Plan,
-                outcome: Outcome::SetAside,
-                identity: plan_identity(&r.identity),
-                detail: "the body names another identity".into(),
-            }),
-            Err(e) => out.conflicts.push(Conflict {
-                kind: ConflictKind::Plan,
-                outcome: Outcome::SetAside,
-                identity: plan_identity(&r.identity),
-                detail: format!("the body does not parse: {e}"),
-            }),
-        }
+            Ok(_) => "the body names another identity".to_owned(),
+            Err(e) => format!("the body does not parse: {e}"),
+        };
+        out.conflicts.extend(unreadable_plan(
+            plan_identity(&r.identity),
+            &r.identity.0,
+            why,
+        ));
     }
     parsed.sort_by(|a, b| (a.0, a.1.version, &a.2).cmp(&(b.0, b.1.version, &b.2)));
     out.plans = parsed.into_iter().map(|(_, p, _)| p).collect();
