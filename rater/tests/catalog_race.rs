@@ -115,6 +115,14 @@ fn plan_v2(amount: &str) -> tally_rater::config::PlanSpec {
     .expect("a plan")
 }
 
+/// How many rows `catalog_subscriptions` holds.
+async fn subscription_rows(db: &clickhouse::Client) -> u64 {
+    db.query("SELECT count() FROM catalog_subscriptions")
+        .fetch_one::<u64>()
+        .await
+        .expect("count")
+}
+
 /// How many rows `catalog_plans` holds.
 async fn plan_rows(db: &clickhouse::Client) -> u64 {
     db.query("SELECT count() FROM catalog_plans")
@@ -313,16 +321,22 @@ async fn the_api_still_adds_records_beside_conflicts_and_refuses_the_losers() {
     let more = sub(serde_json::json!({
         "customer": "split", "plan": "pro", "effective_from": "2026-12-15T00:00:00Z"
     }));
-    let refused = source().add_subscription(&db, more, now_ms).await;
-    assert!(refused.is_err(), "{refused:?}");
+    let rows = subscription_rows(&db).await;
+    match source().add_subscription(&db, more, now_ms).await {
+        Err(CatalogStoreError::Quarantined(why)) => {
+            assert!(why.contains("conflict") && why.contains("calls"), "{why}");
+        }
+        other => panic!("a change that leaves split quarantined: {other:?}"),
+    }
     let split = tally_domain::CustomerId::new("split").expect("id");
     match source()
         .cancel_subscription(&db, &split, "", now_ms, false, now_ms)
         .await
     {
-        Err(CatalogStoreError::NotFound(why)) => assert!(why.contains("conflict"), "{why}"),
-        other => panic!("a quarantined customer has nothing to cancel: {other:?}"),
+        Err(CatalogStoreError::Quarantined(why)) => assert!(why.contains("conflict"), "{why}"),
+        other => panic!("a quarantined customer is not cancelled: {other:?}"),
     }
+    assert_eq!(subscription_rows(&db).await, rows, "nothing appended");
     // the winning body of `pro` v2 (recorded first) re-posted: accepted as stored, not
     // appended (the set-aside loser of its identity does not make the winner a loser)
     let (winner, loser) = (plan_v2("40"), plan_v2("20"));
@@ -372,6 +386,31 @@ async fn the_api_still_adds_records_beside_conflicts_and_refuses_the_losers() {
     let (status, body) = common::http::get(addr, "/v1/customers/raced/subscriptions").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body[0]["plan"], "pro", "{body}");
+    // every change of the quarantined customer answers the same code
+    let cancel = serde_json::json!({"customer": "split"});
+    let (status, body) = common::http::post(addr, "/v1/subscriptions/cancel", &cancel).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("catalog_conflict")),
+        "{body}"
+    );
+    let more = serde_json::json!({
+        "customer": "split", "plan": "pro", "effective_from": "2026-12-20T00:00:00Z"
+    });
+    let (status, body) = common::http::post(addr, "/v1/subscriptions", &more).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("catalog_conflict")),
+        "{body}"
+    );
+    // the winning plan version re-posted over HTTP: 200, not appended
+    let winner = serde_json::to_value(plan_v2("40")).expect("json");
+    let (status, body) = common::http::post(addr, "/v1/plans", &winner).await;
+    assert_eq!(
+        (status, &body["appended"]),
+        (200, &serde_json::json!(false)),
+        "{body}"
+    );
     stop.cancel();
     server.await.expect("the server stops");
     env.cleanup().await;

@@ -778,6 +778,8 @@ mod tests {
         let (answer, hold) = book.authorize(&catalog, &ask, 1_795_651_200_000);
         assert!(!answer.allow && hold.is_none(), "{answer:?}");
         assert_eq!(answer.reason, Some(Reason::UnknownCustomer));
+        let detail = answer.detail.unwrap_or_default();
+        assert!(detail.contains("catalog records conflict"), "{detail}");
         // the same records and rates again: not rebuilt
         let again = catalog_if_changed(&source, &mut watch, records, &stored).expect("read");
         assert!(again.is_none());

@@ -96,6 +96,14 @@ fn in_force(
     (plans, subs)
 }
 
+/// Why a change of `customer`, quarantined for `why`, is refused.
+fn quarantined(customer: &str, why: &str) -> String {
+    format!(
+        "{customer}'s stored subscription records conflict, so it is left out of rating until \
+         they are resolved (docs/OPERATIONS.md, \"Conflicting catalog records\"): {why}"
+    )
+}
+
 /// A change that lost a race with another writer (read back after appending).
 fn lost(setting: &str, detail: String) -> CatalogStoreError {
     CatalogStoreError::Conflict {
@@ -213,6 +221,34 @@ impl CatalogSource {
         })
     }
 
+    /// Refuses a record of a customer quarantined in `current` unless the stored records with
+    /// `sub` added build for it (the record resolves the conflict).
+    fn refuse_unless_resolved(
+        &self,
+        current: &Catalog,
+        records: &StoredRecords,
+        stored: &Stored,
+        sub: &SubscriptionSpec,
+    ) -> Result<(), CatalogStoreError> {
+        let Some(why) = current.quarantine_of(&sub.customer) else {
+            return Ok(());
+        };
+        let mut with = records.clone();
+        with.subscriptions.push(sub.clone());
+        let after = self.build_records(with, stored)?;
+        match after.quarantine_of(&sub.customer) {
+            None => Ok(()),
+            Some(still) if still == why => Err(CatalogStoreError::Quarantined(format!(
+                "{}; this record does not resolve it",
+                quarantined(&sub.customer, why)
+            ))),
+            Some(still) => Err(CatalogStoreError::Quarantined(format!(
+                "{}; with this record it would still be: {still}",
+                quarantined(&sub.customer, why)
+            ))),
+        }
+    }
+
     /// Reads back a subscription record just appended: refused as a conflict when another
     /// writer stored a different record of its identity first, or when its customer's records
     /// no longer build together (quarantined).
@@ -241,16 +277,13 @@ impl CatalogSource {
         }
         let after = self.build_records(records, &stored)?;
         if let Some(why) = after.quarantine_of(&sub.customer) {
-            return Err(lost(
-                "subscription",
-                format!(
-                    "the record is stored, but {}'s records no longer build together with one \
-                     stored at the same time by another writer ({why}); the customer is left \
-                     out of rating until an operator resolves it (docs/OPERATIONS.md, \
-                     \"Conflicting catalog records\")",
-                    sub.customer
-                ),
-            ));
+            return Err(CatalogStoreError::Quarantined(format!(
+                "the record is stored, but {}'s records do not build together with one stored \
+                 at the same time by another writer ({why}); the customer is left out of rating \
+                 until an operator resolves it (docs/OPERATIONS.md, \"Conflicting catalog \
+                 records\")",
+                sub.customer
+            )));
         }
         Ok(())
     }
@@ -333,6 +366,7 @@ impl CatalogSource {
         }
         if stored.is_none() {
             let current = self.build_records(records.clone(), &kept)?;
+            self.refuse_unless_resolved(&current, &records, &kept, &sub)?;
             let (plans, mut subscriptions) = in_force(&current, records, Some(&sub.customer));
             refuse_before_later_records(&subscriptions, &sub)?;
             subscriptions.insert(0, sub.clone());
@@ -348,7 +382,8 @@ impl CatalogSource {
 
     /// Cancels a customer's subscription at `at_ms` or at the end of the period containing
     /// it: appends a `cancelled` record (append-only, like any subscription record) and
-    /// returns it. Refused as [`CatalogStoreError::NotFound`] when nothing is in force then.
+    /// returns it. Refused as [`CatalogStoreError::NotFound`] when nothing is in force then,
+    /// as [`CatalogStoreError::Quarantined`] when the customer is quarantined.
     pub async fn cancel_subscription(
         &self,
         db: &Client,
@@ -360,10 +395,9 @@ impl CatalogSource {
     ) -> Result<(SubscriptionSpec, Bootstrapped), CatalogStoreError> {
         let current = self.current(db).await?;
         if let Some(why) = current.quarantine_of(customer.as_ref()) {
-            return Err(CatalogStoreError::NotFound(format!(
-                "{customer} has no subscription in force: its stored records conflict and it is \
-                 left out of rating until they are resolved (docs/OPERATIONS.md, \"Conflicting \
-                 catalog records\"): {why}"
+            return Err(CatalogStoreError::Quarantined(quarantined(
+                customer.as_ref(),
+                why,
             )));
         }
         let record = current
@@ -458,5 +492,62 @@ fn renamed(e: CatalogStoreError, from: &str, to: &str) -> CatalogStoreError {
             })
         }
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::conflicts::Outcome;
+
+    /// Issue 17: a change of a quarantined customer is accepted only when the stored records
+    /// with it added build for that customer (here: a customer on the default plan, whose
+    /// only version no longer reads, given a record on another plan).
+    #[test]
+    fn a_change_of_a_quarantined_customer_must_resolve_it() {
+        let meters: Vec<tally_domain::meter::MeterSpec> =
+            serde_json::from_str(r#"[{"slug":"calls","event_type":"c","aggregation":"COUNT"}]"#)
+                .expect("meters");
+        let plans = serde_json::from_str(
+            r#"[{"id":"p","version":1,"currency":"USD","effective_from":"2026-01-01T00:00:00Z",
+                 "prices":[{"model":"per_unit","meter":"calls","unit_price":"0.10"}]}]"#,
+        )
+        .expect("plans");
+        let records = StoredRecords {
+            plans,
+            subscriptions: vec![],
+            conflicts: vec![Conflict {
+                kind: ConflictKind::Plan,
+                outcome: Outcome::Quarantined,
+                identity: "d".into(),
+                detail: "plan d v1: the body does not parse".into(),
+            }],
+        };
+        let stored = Stored {
+            meters: tally_domain::meter::validate_meters(meters).expect("valid"),
+            ..Default::default()
+        };
+        let source = CatalogSource {
+            rater: RaterConfig {
+                default_plan: Some("d".into()),
+                ..Default::default()
+            },
+            features: tally_platform::Features::default(),
+        };
+        let current = source
+            .build_records(records.clone(), &stored)
+            .expect("builds");
+        assert!(current.quarantine_of("walk-in").is_some());
+        let record = |plan: &str| -> SubscriptionSpec {
+            serde_json::from_value(serde_json::json!({"customer": "walk-in", "plan": plan}))
+                .expect("a record")
+        };
+        source
+            .refuse_unless_resolved(&current, &records, &stored, &record("p"))
+            .expect("on p it is rated again");
+        match source.refuse_unless_resolved(&current, &records, &stored, &record("d")) {
+            Err(CatalogStoreError::Quarantined(why)) => assert!(why.contains("plan d v1"), "{why}"),
+            other => panic!("still on the broken plan: {other:?}"),
+        }
     }
 }
