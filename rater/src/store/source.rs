@@ -11,8 +11,12 @@
 //! instances racing, issue 17): [`CatalogSource::current`] keeps what was recorded first, sets
 //! aside what does not fit and quarantines a customer whose records do not build
 //! ([`crate::catalog::conflicts`]). A change is checked against what is in force (set-aside
-//! records and quarantined customers excluded, except the changed customer's own records), and
-//! after appending it is read back: a change that lost a race is answered as a conflict.
+//! records and quarantined customers excluded, except the changed customer's own records); a
+//! record of a quarantined customer must make its records build again
+//! ([`CatalogStoreError::Quarantined`] otherwise). After appending it is read back and judged
+//! by the catalog then built: a change whose identity has another writer's body in force, a
+//! plan version not in it, or a record leaving its customer quarantined is answered as a
+//! conflict; the winner and its re-posts are accepted.
 
 use clickhouse::Client;
 use tally_domain::Meter;
