@@ -13,8 +13,35 @@ pub fn init() {
     for cause in ["no_subscription", "no_price"] {
         unpriced(cause, 0);
     }
-    for reason in ["quantity_overflow", "unreadable", "charge_overflow"] {
+    for reason in [
+        "quantity_overflow",
+        "unreadable",
+        "charge_overflow",
+        "catalog_conflict",
+    ] {
         counter!("tally_rater_customer_failures_total", "reason" => reason).absolute(0);
+    }
+    catalog_conflicts(&[]);
+}
+
+/// The stored catalog records set aside and the customers quarantined by the catalog of the
+/// last pass, by kind and outcome (docs/OPERATIONS.md, "Conflicting catalog records"); every
+/// series is set, so one resolved drops to zero.
+pub fn catalog_conflicts(conflicts: &[crate::catalog::Conflict]) {
+    use crate::catalog::{ConflictKind, Outcome};
+    for kind in ConflictKind::ALL {
+        for outcome in [Outcome::SetAside, Outcome::Quarantined] {
+            let n = conflicts
+                .iter()
+                .filter(|c| c.kind == kind && c.outcome == outcome)
+                .count();
+            gauge!(
+                "tally_rater_catalog_conflicts",
+                "kind" => kind.code(),
+                "outcome" => outcome.code()
+            )
+            .set(n as f64);
+        }
     }
 }
 

@@ -14,7 +14,10 @@
 //! billed in advance (`billing = "in_advance"`) are priced from the catalog for each part of a
 //! period that has begun ([`recurring::advance_usages`]) and carried by the invoice finalized
 //! at the part's start; usage of their meter never bills them again. Passes are idempotent:
-//! the same usage and catalog give the same charge ids and amounts.
+//! the same usage and catalog give the same charge ids and amounts. A customer quarantined by
+//! the stored catalog (its records conflict, [`crate::catalog::conflicts`]) has no
+//! subscription and no default plan in it, so nothing of it is priced; it is logged and
+//! counted at every pass.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -23,7 +26,7 @@ use clickhouse::Client;
 use tally_domain::{CustomerId, Period};
 use tally_platform::shutdown::{Shutdown, Ticker};
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, Conflict, Outcome};
 use crate::config::RaterConfig;
 use crate::metrics;
 use crate::rating::charge::{compute_with, Charge, MeterUsage};
@@ -54,6 +57,9 @@ pub struct RateReport {
     pub advance_charges: usize,
     /// Customers left out of this pass and why (logged and counted; retried next pass).
     pub failed: BTreeMap<String, usage::FailReason>,
+    /// The catalog's conflicting stored records: the ones set aside and the customers
+    /// quarantined (left out of this pass, like `failed`; [`crate::catalog::conflicts`]).
+    pub conflicts: Vec<Conflict>,
 }
 
 const MONTH_MS: i64 = 31 * 86_400_000;
@@ -108,11 +114,40 @@ pub async fn rate_once(
         tracing::error!(%customer, reason = reason.code(), "customer not rated this pass; retried next pass");
         metrics::customer_failed(reason.code());
     }
+    report.conflicts = report_conflicts(catalog);
     store::write(db, &report.charges, now_ms).await?;
     metrics::unpriced("no_subscription", report.skipped.no_subscription);
     metrics::unpriced("no_price", report.unpriced_meters);
     metrics::pass(started.elapsed(), report.charges.len());
     Ok(report)
+}
+
+/// Logs and counts the catalog's conflicting stored records: a quarantined customer as a
+/// customer left out of the pass (`reason = catalog_conflict`), every conflict in
+/// `tally_rater_catalog_conflicts` (docs/OPERATIONS.md, "Conflicting catalog records").
+fn report_conflicts(catalog: &Catalog) -> Vec<Conflict> {
+    let conflicts = catalog.conflicts().to_vec();
+    for c in &conflicts {
+        match c.outcome {
+            Outcome::Quarantined => {
+                tracing::error!(
+                    customer = %c.identity,
+                    reason = "catalog_conflict",
+                    detail = %c.detail,
+                    "customer not rated this pass: its stored catalog records conflict; retried next pass"
+                );
+                metrics::customer_failed("catalog_conflict");
+            }
+            Outcome::SetAside => tracing::warn!(
+                kind = c.kind.code(),
+                record = %c.identity,
+                detail = %c.detail,
+                "stored catalog record set aside (ignored): it conflicts with one recorded before it"
+            ),
+        }
+    }
+    metrics::catalog_conflicts(&conflicts);
+    conflicts
 }
 
 /// Prices each usage (with the invoice period of a fee billed in advance) of a period ending

@@ -4,7 +4,7 @@
 
 use tally_domain::meter::{validate_meters, MeterSpec};
 use tally_rater::config::{PlanSpec, SubscriptionSpec};
-use tally_rater::store::catalog::{bootstrap, load, Bootstrapped};
+use tally_rater::store::catalog::{bootstrap, load_records, Bootstrapped};
 use tally_rater::store::CatalogStoreError;
 use tally_rater::{Catalog, RaterConfig};
 
@@ -72,7 +72,9 @@ async fn the_file_bootstraps_the_stored_catalog_once_and_changes_are_refused() {
     bootstrap(&db, &v2.plans, &[], 0)
         .await
         .expect("a new version");
-    let (plans, subs) = load(&db).await.expect("loads");
+    let records = load_records(&db).await.expect("loads");
+    assert!(records.conflicts.is_empty());
+    let (plans, subs) = (records.plans, records.subscriptions);
     assert_eq!(
         plans.iter().map(|p| p.version).collect::<Vec<_>>(),
         vec![1, 2]

@@ -121,7 +121,8 @@ async fn the_file_bootstraps_tax_and_fx_rates_once_and_changes_are_refused() {
         ]
     );
 
-    // two writers racing with different rates for one identity: reading refuses it, by name
+    // two writers racing with different rates for one identity (issue 17): the rate recorded
+    // first stays in force, the other is set aside, by name
     db.query(
         "INSERT INTO catalog_tax_rates (region, code, effective_from, body, recorded_at) VALUES \
          ('DE', 'standard', '2026-07-01T00:00:00.000Z', \
@@ -130,16 +131,26 @@ async fn the_file_bootstraps_tax_and_fx_rates_once_and_changes_are_refused() {
     .execute()
     .await
     .expect("a conflicting row");
-    match load(&db).await {
-        Err(CatalogStoreError::Unreadable { identity, detail }) => {
-            assert_eq!(
-                identity,
-                "tax rate DE/standard from 2026-07-01T00:00:00.000Z"
-            );
-            assert!(detail.contains("already stored as 16%"), "{detail}");
-        }
-        other => panic!("two rates for one identity must be refused: {other:?}"),
-    }
+    let (rates, set_aside) = tally_rater::store::rates::load_reported(&db)
+        .await
+        .expect("the rates still load");
+    assert_eq!(rates.tax.iter().count(), 3);
+    assert!(rates
+        .tax
+        .iter()
+        .any(|r| r.effective_from.to_rfc3339().starts_with("2026-07-01")
+            && r.rate_percent.to_string() == "16"));
+    assert_eq!(set_aside.len(), 1, "{set_aside:?}");
+    assert_eq!(
+        set_aside[0].identity,
+        "tax rate DE/standard from 2026-07-01T00:00:00.000Z"
+    );
+    assert!(
+        set_aside[0].detail.contains("already stored as 16%"),
+        "{}",
+        set_aside[0].detail
+    );
+    assert_eq!(load(&db).await.expect("loads").tax.iter().count(), 3);
     env.cleanup().await;
 }
 

@@ -144,8 +144,8 @@ async fn the_rater_prices_with_the_stored_meters_and_refuses_plans_on_unknown_on
         .expect("now the meter is known");
     let catalog = source().current(&db).await.expect("the stored catalog");
     assert_eq!(catalog.plans().count(), 1);
-    let (plans, _) = catalog::load(&db).await.expect("plans");
-    assert_eq!(plans.len(), 1);
+    let records = catalog::load_records(&db).await.expect("plans");
+    assert_eq!(records.plans.len(), 1);
     env.cleanup().await;
 }
 

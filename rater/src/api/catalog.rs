@@ -125,11 +125,24 @@ pub(crate) fn plan(catalog: &Catalog, id: &str) -> Reply {
     json(StatusCode::OK, &plans)
 }
 
-/// `GET /v1/customers/{id}/subscriptions`; 400 `invalid_customer`.
+/// `GET /v1/customers/{id}/subscriptions`; 400 `invalid_customer`; 409 `catalog_conflict`
+/// for a customer quarantined because its stored records conflict (it has none in force, and
+/// is not on the default plan either: an empty list would say it is).
 pub(crate) fn subscriptions(catalog: &Catalog, customer: &str) -> Reply {
     let Ok(customer) = CustomerId::new(customer.to_owned()) else {
         return error(StatusCode::BAD_REQUEST, "invalid_customer", customer);
     };
+    if let Some(why) = catalog.quarantine_of(customer.as_ref()) {
+        return error(
+            StatusCode::CONFLICT,
+            "catalog_conflict",
+            format!(
+                "{customer}'s stored subscription records conflict, so it is left out of rating \
+                 until they are resolved (docs/OPERATIONS.md, \"Conflicting catalog records\"): \
+                 {why}"
+            ),
+        );
+    }
     let subs: Vec<SubscriptionView<'_>> = catalog
         .subscriptions_of(&customer)
         .iter()

@@ -137,6 +137,9 @@ pub(crate) fn appended_reply(
         Err(e @ CatalogStoreError::LaterRecords(_)) => {
             error(StatusCode::CONFLICT, "later_records", e)
         }
+        Err(e @ CatalogStoreError::Quarantined(_)) => {
+            error(StatusCode::CONFLICT, "catalog_conflict", e)
+        }
         Err(CatalogStoreError::NotFound(what)) => fail(ErrorCode::NotFound, what),
         Err(e) => unavailable(e),
     }

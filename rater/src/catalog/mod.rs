@@ -11,7 +11,7 @@
 //! which loads the facts these rules decide on and appends what they accept.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use tally_domain::{BillingCycle, Currency, CustomerId, Meter, MeterSlug, Period};
 use tally_platform::ConfigError;
@@ -20,6 +20,7 @@ use crate::config::{PlanSpec, RaterConfig, SubscriptionSpec, SubscriptionState};
 use lifecycle::validate_subscription;
 pub use lifecycle::{Trial, TRIAL_COUPON};
 
+pub mod conflicts;
 pub mod customers;
 pub mod entitlements;
 pub mod error;
@@ -33,6 +34,7 @@ pub mod tax;
 pub mod terms;
 pub mod zone;
 
+pub use crate::catalog::conflicts::{Conflict, ConflictKind, Outcome};
 use crate::catalog::fx::FxTable;
 pub use crate::catalog::plan::Plan;
 use crate::catalog::tax::TaxTable;
@@ -240,6 +242,229 @@ fn subscriptions_by_customer(
     Ok(subscriptions)
 }
 
+/// The plans rule 2 and rule 3 of [`conflicts`] leave: the accepted versions per plan id,
+/// every plan id stored (accepted or not), and the plans with a version that does not read
+/// or validate (plan id to why): their subscribers are quarantined, never priced on another
+/// version.
+type RecordedPlans = (
+    HashMap<String, Vec<Plan>>,
+    BTreeSet<String>,
+    BTreeMap<String, String>,
+);
+
+/// Rule 2 of [`conflicts`]: the stored plan versions (rule 1 already applied, so one body
+/// per version), in recorded order, each validated against the stored meters and against the
+/// versions of its plan accepted before it; one that does not fit them is set aside and
+/// reported. One that does not validate against the stored meters is set aside too, and its
+/// plan is returned as broken (rule 3: its subscribers are quarantined).
+fn plan_versions_in_recorded_order(
+    plans: Vec<PlanSpec>,
+    meters: &[Meter],
+    conflicts: &mut Vec<Conflict>,
+) -> RecordedPlans {
+    let mut by_id: HashMap<String, Vec<Plan>> = HashMap::new();
+    let mut ids = BTreeSet::new();
+    let mut broken = BTreeMap::new();
+    for (i, spec) in plans.into_iter().enumerate() {
+        let identity = format!("plan {} v{}", spec.id, spec.version);
+        ids.insert(spec.id.clone());
+        let id = spec.id.clone();
+        let refused = match crate::catalog::plan::validate(spec, i, meters) {
+            Ok(plan) => {
+                let versions = by_id.entry(plan.id.clone()).or_default();
+                match fits(&plan, versions) {
+                    Ok(()) => {
+                        versions.push(plan);
+                        versions.sort_by_key(|p| p.effective_from_ms);
+                        None
+                    }
+                    Err(why) => Some(why),
+                }
+            }
+            Err(e) => {
+                let why = format!("it does not validate against the stored meters: {e}");
+                broken
+                    .entry(id)
+                    .or_insert_with(|| format!("{identity}: {why}"));
+                Some(format!("{why}; the plan's subscribers are quarantined"))
+            }
+        };
+        if let Some(detail) = refused {
+            conflicts.push(Conflict {
+                kind: ConflictKind::Plan,
+                outcome: Outcome::SetAside,
+                identity,
+                detail,
+            });
+        }
+    }
+    by_id.retain(|_, v| !v.is_empty());
+    (by_id, ids, broken)
+}
+
+/// Why `plan` cannot join the versions of its plan recorded before it, if it cannot.
+fn fits(plan: &Plan, versions: &[Plan]) -> Result<(), String> {
+    for p in versions {
+        let why = if p.version == plan.version {
+            "it declares the same version"
+        } else if p.effective_from_ms == plan.effective_from_ms {
+            "it takes effect at the same instant"
+        } else if (p.effective_from_ms < plan.effective_from_ms) != (p.version < plan.version) {
+            "a later effective_from needs a higher version"
+        } else {
+            continue;
+        };
+        return Err(format!(
+            "{why} as version {} recorded before it (plan {})",
+            p.version, plan.id
+        ));
+    }
+    Ok(())
+}
+
+/// Rule 3 of [`conflicts`]: the stored subscription records grouped per customer, each
+/// customer's records validated alone (against the accepted plan versions and the rates); a
+/// customer whose records do not build is quarantined (returned with why) instead of refusing
+/// the whole catalog.
+fn subscriptions_per_customer(
+    subs: Vec<SubscriptionSpec>,
+    by_id: &HashMap<String, Vec<Plan>>,
+    meters: &[Meter],
+    rates: (&TaxTable, &FxTable),
+) -> (
+    HashMap<CustomerId, Vec<Subscription>>,
+    BTreeMap<String, String>,
+) {
+    let mut grouped: BTreeMap<String, Vec<SubscriptionSpec>> = BTreeMap::new();
+    for s in subs {
+        grouped.entry(s.customer.clone()).or_default().push(s);
+    }
+    let mut subscriptions = HashMap::new();
+    let mut quarantined = BTreeMap::new();
+    for (customer, list) in grouped {
+        let built = subscriptions_by_customer(list, by_id, meters).and_then(|mut m| {
+            for (c, l) in &m {
+                check_taxes(rates.0, by_id, c, l)?;
+                check_fx(rates.1, by_id, c, l)?;
+            }
+            Ok(m.drain().collect::<Vec<_>>())
+        });
+        match built {
+            Ok(lists) => subscriptions.extend(lists),
+            Err(e) => {
+                quarantined.insert(customer, e.to_string());
+            }
+        }
+    }
+    (subscriptions, quarantined)
+}
+
+/// Whether the customers on `rater.default_plan` are quarantined, and why: a version of it
+/// does not read or validate (`broken`), or none of its versions was accepted. Refused when
+/// it names a plan never stored (a configuration error, not a conflict).
+fn default_plan_quarantine(
+    rater: &RaterConfig,
+    by_id: &HashMap<String, Vec<Plan>>,
+    ids: &BTreeSet<String>,
+    broken: &BTreeMap<String, String>,
+) -> Result<Option<String>, ConfigError> {
+    let Some(p) = &rater.default_plan else {
+        return Ok(None);
+    };
+    if !ids.contains(p) {
+        return Err(ConfigError::invalid(
+            "rater.default_plan",
+            format!("no plan {p:?}"),
+        ));
+    }
+    Ok(match broken.get(p) {
+        Some(why) => Some(format!(
+            "{why}; customers on the default plan are left out of rating rather than priced on \
+             another version"
+        )),
+        None if !by_id.contains_key(p) => Some("every stored version was set aside".into()),
+        None => None,
+    })
+}
+
+/// Rule 3 of [`conflicts`] for plans: every customer with a record on a `broken` plan (a
+/// version of it does not read or validate), with why; never priced on another version.
+fn subscribers_of(
+    subs: &[SubscriptionSpec],
+    broken: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut quarantined = BTreeMap::new();
+    for s in subs {
+        if let Some(why) = broken.get(&s.plan) {
+            quarantined.entry(s.customer.clone()).or_insert_with(|| {
+                format!(
+                    "{why}; the customer's records on plan {} are left out rather than priced on \
+                     another version",
+                    s.plan
+                )
+            });
+        }
+    }
+    quarantined
+}
+
+/// Refuses a subscription billed in another currency than a version of its plan without FX
+/// rates for that pair (errors name the customer).
+fn check_fx(
+    fx: &FxTable,
+    plans: &HashMap<String, Vec<Plan>>,
+    customer: &CustomerId,
+    list: &[Subscription],
+) -> Result<(), ConfigError> {
+    for sub in list {
+        let Some(to) = sub.currency else { continue };
+        let versions = plans.get(&sub.plan).map_or(&[][..], Vec::as_slice);
+        for p in versions.iter().filter(|p| p.currency != to) {
+            if !fx.knows(p.currency, to) {
+                return Err(ConfigError::invalid(
+                    format!("subscriptions.{customer}.currency"),
+                    format!(
+                        "plan {} v{} is priced in {} and no fx_rates entry converts it to {}",
+                        p.id,
+                        p.version,
+                        p.currency.code(),
+                        to.code()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a taxed subscription whose region lacks a rate for a tax code its plan's versions
+/// use (errors name the customer).
+fn check_taxes(
+    taxes: &TaxTable,
+    plans: &HashMap<String, Vec<Plan>>,
+    customer: &CustomerId,
+    list: &[Subscription],
+) -> Result<(), ConfigError> {
+    for sub in list {
+        let Some(region) = &sub.tax_region else {
+            continue;
+        };
+        let versions = plans.get(&sub.plan).map_or(&[][..], Vec::as_slice);
+        for price in versions.iter().flat_map(|p| p.prices.values()) {
+            if !taxes.knows(region, &price.tax_code) {
+                return Err(ConfigError::invalid(
+                    format!("subscriptions.{customer}.tax_region"),
+                    format!(
+                        "no tax_rates entry for region {region:?} and code {:?} (plan {})",
+                        price.tax_code, sub.plan
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Plans and subscriptions.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
@@ -252,6 +477,16 @@ pub struct Catalog {
     fx: FxTable,
     /// `[features] tax = false`: no charge carries tax.
     tax_off: bool,
+    /// Customers left out of rating because their stored records conflict, with why
+    /// ([`conflicts`], rule 3): no subscription and no default plan covers them.
+    quarantined: BTreeMap<String, String>,
+    /// Why the customers on the default plan are left out of rating, if they are: a version
+    /// of the default plan does not read or validate ([`conflicts`], rule 3); `default_plan`
+    /// is then none.
+    default_quarantine: Option<String>,
+    /// The stored records set aside and the customers quarantined by the build, in a stable
+    /// order ([`Catalog::from_stored`]).
+    conflicts: Vec<Conflict>,
 }
 
 impl Catalog {
@@ -279,35 +514,115 @@ impl Catalog {
             taxes: TaxTable::default(),
             fx: FxTable::default(),
             tax_off: false,
+            quarantined: BTreeMap::new(),
+            default_quarantine: None,
+            conflicts: Vec::new(),
         })
+    }
+
+    /// The stored catalog, which never fails as a whole because of conflicting records
+    /// ([`conflicts`]): `plans` in recorded order and `subscriptions` as stored (one body per
+    /// identity: rule 1 is the reader's), with the stored meters and rates; `found` are the
+    /// conflicts the reader already decided (set-aside bodies; `Quarantined` ones name
+    /// customers whose records could not be read, or, of kind `Plan`, a plan id with a version
+    /// that could not be read). A version that does not fit those recorded before it is set
+    /// aside; a customer whose records do not build, or on a plan with a version that does not
+    /// read or validate, is quarantined, each reported in [`Catalog::conflicts`]. Refused only
+    /// when `rater.default_plan` names a plan never stored (a configuration error, not a
+    /// conflict); if a version of it does not read or validate, the customers on the default
+    /// plan are quarantined (reported).
+    pub fn from_stored(
+        plans: Vec<PlanSpec>,
+        subscriptions: Vec<SubscriptionSpec>,
+        rater: &RaterConfig,
+        meters: &[Meter],
+        (taxes, fx): (TaxTable, FxTable),
+        found: Vec<Conflict>,
+    ) -> Result<Catalog, ConfigError> {
+        let mut conflicts = found;
+        let (by_id, mut ids, mut broken) =
+            plan_versions_in_recorded_order(plans, meters, &mut conflicts);
+        for c in conflicts.iter().filter(|c| c.kind == ConflictKind::Plan) {
+            if c.outcome == Outcome::Quarantined {
+                ids.insert(c.identity.clone());
+                broken
+                    .entry(c.identity.clone())
+                    .or_insert_with(|| c.detail.clone());
+            }
+        }
+        let default_quarantine = default_plan_quarantine(rater, &by_id, &ids, &broken)?;
+        let mut quarantined = subscribers_of(&subscriptions, &broken);
+        let (mut subscriptions, more) =
+            subscriptions_per_customer(subscriptions, &by_id, meters, (&taxes, &fx));
+        for (customer, why) in more {
+            quarantined.entry(customer).or_insert(why);
+        }
+        for c in conflicts
+            .iter()
+            .filter(|c| c.kind != ConflictKind::Plan && c.outcome == Outcome::Quarantined)
+        {
+            quarantined
+                .entry(c.identity.clone())
+                .or_insert_with(|| c.detail.clone());
+        }
+        subscriptions.retain(|c, _| !quarantined.contains_key(c.as_ref()));
+        conflicts.retain(|c| c.outcome != Outcome::Quarantined);
+        conflicts.extend(quarantined.iter().map(|(customer, why)| Conflict {
+            kind: ConflictKind::Subscription,
+            outcome: Outcome::Quarantined,
+            identity: customer.clone(),
+            detail: why.clone(),
+        }));
+        if let (Some(p), Some(why)) = (&rater.default_plan, &default_quarantine) {
+            conflicts.push(Conflict {
+                kind: ConflictKind::Plan,
+                outcome: Outcome::Quarantined,
+                identity: format!("customers on the default plan {p}"),
+                detail: why.clone(),
+            });
+        }
+        conflicts.sort();
+        conflicts.dedup();
+        Ok(Catalog {
+            plans: by_id,
+            subscriptions,
+            default_plan: rater
+                .default_plan
+                .clone()
+                .filter(|_| default_quarantine.is_none()),
+            taxes,
+            fx,
+            tax_off: false,
+            quarantined,
+            default_quarantine,
+            conflicts,
+        })
+    }
+
+    /// The stored records set aside and the customers quarantined when this catalog was
+    /// built ([`Catalog::from_stored`]; empty for a catalog of the file alone).
+    pub fn conflicts(&self) -> &[Conflict] {
+        &self.conflicts
+    }
+
+    /// Why `customer` is left out of rating (its stored records conflict), if it is.
+    pub fn quarantine_of(&self, customer: &str) -> Option<&str> {
+        if let Some(why) = self.quarantined.get(customer) {
+            return Some(why);
+        }
+        let why = self.default_quarantine.as_deref()?;
+        let on_default = CustomerId::new(customer.to_owned())
+            .map_or(true, |c| !self.subscriptions.contains_key(&c));
+        on_default.then_some(why)
     }
 
     /// Adds the FX rates, checking that every subscription billed in another currency than
     /// a version of its plan has rates for that pair (errors name the subscription).
     pub fn with_fx(mut self, fx: FxTable) -> Result<Catalog, ConfigError> {
-        let mut subs: Vec<(&CustomerId, &Subscription)> = self
-            .subscriptions
-            .iter()
-            .flat_map(|(c, l)| l.iter().map(move |s| (c, s)))
-            .collect();
-        subs.sort_by_key(|(c, s)| (*c, s.from_ms));
-        for (customer, sub) in subs {
-            let Some(to) = sub.currency else { continue };
-            let versions = self.plans.get(&sub.plan).map_or(&[][..], Vec::as_slice);
-            for p in versions.iter().filter(|p| p.currency != to) {
-                if !fx.knows(p.currency, to) {
-                    return Err(ConfigError::invalid(
-                        format!("subscriptions.{customer}.currency"),
-                        format!(
-                            "plan {} v{} is priced in {} and no fx_rates entry converts it to {}",
-                            p.id,
-                            p.version,
-                            p.currency.code(),
-                            to.code()
-                        ),
-                    ));
-                }
-            }
+        let mut customers: Vec<&CustomerId> = self.subscriptions.keys().collect();
+        customers.sort();
+        for customer in customers {
+            check_fx(&fx, &self.plans, customer, self.subscriptions_of(customer))?;
         }
         self.fx = fx;
         Ok(self)
@@ -316,28 +631,15 @@ impl Catalog {
     /// Adds the tax rates, checking that every taxed subscription's region has a rate for
     /// every tax code its plan's versions use (errors name the subscription).
     pub fn with_taxes(mut self, taxes: TaxTable) -> Result<Catalog, ConfigError> {
-        let mut subs: Vec<(&CustomerId, &Subscription)> = self
-            .subscriptions
-            .iter()
-            .flat_map(|(c, l)| l.iter().map(move |s| (c, s)))
-            .collect();
-        subs.sort_by_key(|(c, _)| *c);
-        for (customer, sub) in subs {
-            let Some(region) = &sub.tax_region else {
-                continue;
-            };
-            let versions = self.plans.get(&sub.plan).map_or(&[][..], Vec::as_slice);
-            for price in versions.iter().flat_map(|p| p.prices.values()) {
-                if !taxes.knows(region, &price.tax_code) {
-                    return Err(ConfigError::invalid(
-                        format!("subscriptions.{customer}.tax_region"),
-                        format!(
-                            "no tax_rates entry for region {region:?} and code {:?} (plan {})",
-                            price.tax_code, sub.plan
-                        ),
-                    ));
-                }
-            }
+        let mut customers: Vec<&CustomerId> = self.subscriptions.keys().collect();
+        customers.sort();
+        for customer in customers {
+            check_taxes(
+                &taxes,
+                &self.plans,
+                customer,
+                self.subscriptions_of(customer),
+            )?;
         }
         self.taxes = taxes;
         Ok(self)
@@ -453,6 +755,9 @@ impl Catalog {
         customer: &CustomerId,
         at_ms: i64,
     ) -> Option<(&str, ZonedCycle, i64, i64)> {
+        if self.quarantine_of(customer.as_ref()).is_some() {
+            return None;
+        }
         let first = self.first_start(customer);
         match self.in_force(customer, at_ms).first() {
             Some(s) => Some((s.plan.as_str(), s.cycle, s.from_ms, s.to_ms)),
@@ -535,6 +840,9 @@ impl Catalog {
         customer: &CustomerId,
         at_ms: i64,
     ) -> Option<Cow<'_, Subscription>> {
+        if self.quarantine_of(customer.as_ref()).is_some() {
+            return None;
+        }
         if let Some(s) = self.in_force(customer, at_ms).first() {
             return Some(Cow::Borrowed(*s));
         }

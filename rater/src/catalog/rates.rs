@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tally_platform::ConfigError;
 
+use crate::catalog::conflicts::ConflictKind;
 use crate::catalog::error::CatalogError;
 use crate::catalog::fx::{validate_fx_rate, FxRateSpec, FxTable};
 use crate::catalog::registry::Novelty;
@@ -26,6 +27,8 @@ pub trait RateEntry: Clone + PartialEq + Serialize + DeserializeOwned {
     const KIND: &'static str;
     /// The field holding the rate (`rate_percent`).
     const RATE_FIELD: &'static str;
+    /// The kind a conflicting stored entry is reported as.
+    const CONFLICT: ConflictKind;
     /// The identity besides the date: (region, code) or (from, to).
     fn scope(&self) -> (&str, &str);
     fn effective_from(&self) -> &DateTime<Utc>;
@@ -38,6 +41,7 @@ pub trait RateEntry: Clone + PartialEq + Serialize + DeserializeOwned {
 impl RateEntry for TaxRateSpec {
     const KIND: &'static str = "tax rate";
     const RATE_FIELD: &'static str = "rate_percent";
+    const CONFLICT: ConflictKind = ConflictKind::TaxRate;
     fn scope(&self) -> (&str, &str) {
         (&self.region, &self.code)
     }
@@ -55,6 +59,7 @@ impl RateEntry for TaxRateSpec {
 impl RateEntry for FxRateSpec {
     const KIND: &'static str = "fx rate";
     const RATE_FIELD: &'static str = "rate";
+    const CONFLICT: ConflictKind = ConflictKind::FxRate;
     fn scope(&self) -> (&str, &str) {
         (&self.from, &self.to)
     }

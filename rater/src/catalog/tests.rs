@@ -394,3 +394,297 @@ fn a_cancellation_names_the_active_records_of_its_line_stored_after_it() {
     pause.effective_from = Some("2026-12-15T00:00:00Z".parse().unwrap());
     assert!(records_after_cancellation(&subs, &pause).is_empty());
 }
+
+/// Issue 17: what the stored catalog does with records that conflict (`conflicts`).
+mod stored_conflicts {
+    use super::*;
+
+    fn subs(toml_text: &str) -> Vec<SubscriptionSpec> {
+        toml::from_str::<toml::Table>(toml_text).unwrap()["s"]
+            .clone()
+            .try_into()
+            .unwrap()
+    }
+
+    fn build(plans_text: &str, subs_text: &str, default_plan: Option<&str>) -> Catalog {
+        let rater = RaterConfig {
+            default_plan: default_plan.map(Into::into),
+            ..Default::default()
+        };
+        Catalog::from_stored(
+            plans(plans_text),
+            subs(subs_text),
+            &rater,
+            &meters(),
+            (TaxTable::default(), FxTable::default()),
+            vec![],
+        )
+        .unwrap()
+    }
+
+    const NO_SUBS: &str = "s = []";
+
+    // v2 recorded first, from June; v3 recorded after it but from March: each fits v1 alone
+    // (what each API instance checked), together a later effective_from has a lower version
+    const ORDER_RACE: &str = r#"
+        [[plans]]
+        id = "p"
+        version = 1
+        currency = "USD"
+        effective_from = "2026-01-01T00:00:00Z"
+        prices = [{ model = "per_unit", meter = "calls", unit_price = "0.10" }]
+        [[plans]]
+        id = "p"
+        version = 3
+        currency = "USD"
+        effective_from = "2026-06-01T00:00:00Z"
+        prices = [{ model = "per_unit", meter = "calls", unit_price = "0.30" }]
+        [[plans]]
+        id = "p"
+        version = 2
+        currency = "USD"
+        effective_from = "2026-09-01T00:00:00Z"
+        prices = [{ model = "per_unit", meter = "calls", unit_price = "0.20" }]
+        [[plans]]
+        id = "q"
+        version = 1
+        currency = "USD"
+        effective_from = "2026-01-01T00:00:00Z"
+        prices = [{ model = "per_unit", meter = "calls", unit_price = "1" }]
+    "#;
+
+    #[test]
+    fn a_plan_version_that_does_not_fit_those_recorded_before_it_is_set_aside() {
+        let rater = RaterConfig::default();
+        assert!(
+            Catalog::new(plans(ORDER_RACE), vec![], &rater, &meters()).is_err(),
+            "the strict rules refuse the two together"
+        );
+        let c = build(ORDER_RACE, NO_SUBS, None);
+        let versions: Vec<(&str, u32)> = c.plans().map(|p| (p.id.as_str(), p.version)).collect();
+        assert_eq!(versions, vec![("p", 1), ("p", 3), ("q", 1)]);
+        assert_eq!(c.conflicts().len(), 1);
+        let conflict = &c.conflicts()[0];
+        assert_eq!(
+            (conflict.kind, conflict.outcome, conflict.identity.as_str()),
+            (ConflictKind::Plan, Outcome::SetAside, "plan p v2")
+        );
+        assert!(
+            conflict
+                .detail
+                .contains("a later effective_from needs a higher version"),
+            "{}",
+            conflict.detail
+        );
+        // the same records give the same catalog (no order of a map decides)
+        let again = build(ORDER_RACE, NO_SUBS, None);
+        assert_eq!(again.conflicts(), c.conflicts());
+    }
+
+    #[test]
+    fn a_version_at_the_instant_of_one_recorded_before_it_is_set_aside() {
+        let text = TWO_VERSIONS.replace("2026-06-01T00:00:00Z", "2026-01-01T00:00:00Z");
+        let c = build(&text, NO_SUBS, Some("p"));
+        assert_eq!(c.plans().map(|p| p.version).collect::<Vec<_>>(), vec![1]);
+        assert!(c.conflicts()[0].detail.contains("same instant"));
+    }
+
+    const LINES: &str = r#"
+        [[plans]]
+        id = "p"
+        version = 1
+        currency = "USD"
+        effective_from = "2026-01-01T00:00:00Z"
+        prices = [{ model = "per_unit", meter = "calls", unit_price = "0.10" }]
+    "#;
+
+    #[test]
+    fn a_customer_whose_records_do_not_build_is_quarantined_and_the_others_are_not() {
+        // two lines of `split` price one meter (each record was valid alone when checked)
+        let records = r#"
+            [[s]]
+            customer = "split"
+            plan = "p"
+            [[s]]
+            customer = "split"
+            plan = "p"
+            line = "other"
+            [[s]]
+            customer = "fine"
+            plan = "p"
+            [[s]]
+            customer = "pinned"
+            plan = "p"
+            plan_version = 7
+        "#;
+        let rater = RaterConfig::default();
+        assert!(Catalog::new(plans(LINES), subs(records), &rater, &meters()).is_err());
+        let c = build(LINES, records, Some("p"));
+        let split = CustomerId::new("split").unwrap();
+        let pinned = CustomerId::new("pinned").unwrap();
+        let fine = CustomerId::new("fine").unwrap();
+        assert!(c.quarantine_of("split").is_some());
+        assert!(c.quarantine_of("pinned").unwrap().contains("no version 7"));
+        assert!(c.quarantine_of("fine").is_none());
+        // left out: no record, and not the default plan either
+        assert!(c.subscription(&split).is_none());
+        assert!(c.subscription_at(&pinned, 0).is_none());
+        assert!(c.coverage_at(&split, i64::MAX).is_none());
+        assert_eq!(c.subscription(&fine).unwrap().plan, "p");
+        // a customer with no record is still on the default plan
+        assert!(c.subscription(&CustomerId::new("other").unwrap()).is_some());
+        let quarantined: Vec<&str> = c
+            .conflicts()
+            .iter()
+            .filter(|x| x.outcome == Outcome::Quarantined)
+            .map(|x| x.identity.as_str())
+            .collect();
+        assert_eq!(quarantined, vec!["pinned", "split"]);
+    }
+
+    #[test]
+    fn a_customer_the_reader_could_not_read_is_quarantined() {
+        let found = vec![Conflict {
+            kind: ConflictKind::Subscription,
+            outcome: Outcome::Quarantined,
+            identity: "broken".into(),
+            detail: "the body does not parse".into(),
+        }];
+        let records = r#"
+            [[s]]
+            customer = "broken"
+            plan = "p"
+        "#;
+        let c = Catalog::from_stored(
+            plans(LINES),
+            subs(records),
+            &RaterConfig::default(),
+            &meters(),
+            (TaxTable::default(), FxTable::default()),
+            found,
+        )
+        .unwrap();
+        assert!(c
+            .subscription(&CustomerId::new("broken").unwrap())
+            .is_none());
+        assert_eq!(c.conflicts().len(), 1);
+    }
+
+    #[test]
+    fn a_version_that_no_longer_validates_quarantines_its_plans_subscribers() {
+        // v2 (from June) prices a meter the stored meters no longer have: its unpinned
+        // subscriber must not fall back to v1 (that would change charges written with v2)
+        let text = format!(
+            "{}{}",
+            TWO_VERSIONS.replace(
+                "unit_price = \"0.20\"",
+                "unit_price = \"0.20\" }, { model = \"per_unit\", meter = \"gone\", \
+                 unit_price = \"1\""
+            ),
+            r#"
+            [[plans]]
+            id = "q"
+            version = 1
+            currency = "USD"
+            effective_from = "2026-01-01T00:00:00Z"
+            prices = [{ model = "per_unit", meter = "calls", unit_price = "1" }]
+            "#
+        );
+        let records = r#"
+            [[s]]
+            customer = "unpinned"
+            plan = "p"
+            [[s]]
+            customer = "other"
+            plan = "q"
+        "#;
+        let c = build(&text, records, None);
+        let unpinned = CustomerId::new("unpinned").unwrap();
+        assert!(c.subscription_at(&unpinned, i64::MAX).is_none());
+        let why = c.quarantine_of("unpinned").expect("quarantined");
+        assert!(why.contains("plan p v2") && why.contains("gone"), "{why}");
+        assert!(c.quarantine_of("other").is_none());
+        let set_aside: Vec<&str> = c
+            .conflicts()
+            .iter()
+            .filter(|x| x.outcome == Outcome::SetAside)
+            .map(|x| x.identity.as_str())
+            .collect();
+        assert_eq!(set_aside, vec!["plan p v2"]);
+        // a version that only lost a race (it does not fit one recorded before it) is set
+        // aside and nobody is quarantined
+        let raced = build(ORDER_RACE, records.replace("\"q\"", "\"p\"").as_str(), None);
+        assert!(raced
+            .conflicts()
+            .iter()
+            .all(|x| x.outcome == Outcome::SetAside));
+    }
+
+    #[test]
+    fn a_default_plan_that_no_longer_reads_quarantines_its_customers_not_everyone() {
+        // the reader could not parse the only version of the default plan `d`
+        let found = vec![
+            Conflict {
+                kind: ConflictKind::Plan,
+                outcome: Outcome::SetAside,
+                identity: "plan d v1".into(),
+                detail: "the body does not parse".into(),
+            },
+            Conflict {
+                kind: ConflictKind::Plan,
+                outcome: Outcome::Quarantined,
+                identity: "d".into(),
+                detail: "plan d v1: the body does not parse".into(),
+            },
+        ];
+        let rater = RaterConfig {
+            default_plan: Some("d".into()),
+            ..Default::default()
+        };
+        let records = r#"
+            [[s]]
+            customer = "fine"
+            plan = "p"
+        "#;
+        let c = Catalog::from_stored(
+            plans(LINES),
+            subs(records),
+            &rater,
+            &meters(),
+            (TaxTable::default(), FxTable::default()),
+            found,
+        )
+        .expect("builds: only the default plan's customers are left out");
+        let fine = CustomerId::new("fine").unwrap();
+        let walk_in = CustomerId::new("walk-in").unwrap();
+        assert_eq!(c.subscription(&fine).unwrap().plan, "p");
+        assert!(c.quarantine_of("fine").is_none());
+        assert!(c.subscription(&walk_in).is_none());
+        assert!(c.coverage_at(&walk_in, 0).is_none());
+        let why = c
+            .quarantine_of("walk-in")
+            .expect("on the default plan: quarantined");
+        assert!(why.contains("plan d v1"), "{why}");
+        assert!(c.conflicts().iter().any(|x| x.kind == ConflictKind::Plan
+            && x.outcome == Outcome::Quarantined
+            && x.identity == "customers on the default plan d"));
+    }
+
+    #[test]
+    fn a_default_plan_never_stored_is_a_configuration_error() {
+        let rater = RaterConfig {
+            default_plan: Some("nope".into()),
+            ..Default::default()
+        };
+        let err = Catalog::from_stored(
+            plans(LINES),
+            vec![],
+            &rater,
+            &meters(),
+            (TaxTable::default(), FxTable::default()),
+            vec![],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("rater.default_plan"), "{err}");
+    }
+}

@@ -251,6 +251,20 @@ pub fn live_from_ms(catalog: &Catalog, now_ms: i64) -> Option<i64> {
         .min()
 }
 
+/// The denial of a customer without a plan in force: `unknown_customer`, the detail saying
+/// when it is quarantined because its stored catalog records conflict (issue 17: the rating
+/// pass leaves it out too), so an operator is not sent looking for a missing subscription.
+fn no_plan(catalog: &Catalog, customer: &CustomerId) -> Answer {
+    let detail = match catalog.quarantine_of(customer.as_ref()) {
+        Some(why) => format!(
+            "customer {customer} is left out: its stored catalog records conflict \
+             (docs/OPERATIONS.md, \"Conflicting catalog records\"): {why}"
+        ),
+        None => format!("customer {customer} has no plan"),
+    };
+    Answer::deny(Reason::UnknownCustomer, detail)
+}
+
 /// What a row of usage or a request is billed under at an instant: the period and segment.
 fn segment_at(catalog: &Catalog, customer: &CustomerId, at_ms: i64) -> Option<(Period, i64)> {
     let (_, cycle, from_ms, _) = catalog.coverage_at(customer, at_ms)?;
@@ -875,13 +889,7 @@ impl Book {
             .unwrap_or_default();
         let cap = self.max_holds_per_customer;
         let Some(book) = self.book_at(catalog, ask.customer, now_ms) else {
-            return (
-                Answer::deny(
-                    Reason::UnknownCustomer,
-                    format!("customer {} has no plan", ask.customer),
-                ),
-                None,
-            );
+            return (no_plan(catalog, ask.customer), None);
         };
         if let Some(h) = book.holds.get(&ask.hold_id) {
             return (repeated(h, ask, &book.costs), None);
@@ -931,10 +939,7 @@ impl Book {
         now_ms: i64,
     ) -> Answer {
         let Some(book) = self.book_at(catalog, customer, now_ms) else {
-            return Answer::deny(
-                Reason::UnknownCustomer,
-                format!("customer {customer} has no plan"),
-            );
+            return no_plan(catalog, customer);
         };
         let plans = plans_of(catalog, customer, book);
         if plans.is_empty() {

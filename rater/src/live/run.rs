@@ -563,18 +563,31 @@ async fn answer_balance(spend: Spend, tx: mpsc::Sender<Command>) {
 }
 
 /// The catalog as stored now, or `None` when what it is built from (plans, subscriptions,
-/// meters, rates) is what `watch` saw last: the decider then keeps its catalog and does not
-/// reprice every customer.
+/// meters, rates, and what was set aside or quarantined while reading them) is what `watch`
+/// saw last: the decider then keeps its catalog and does not reprice every customer.
 async fn changed_catalog(
     spend: &Spend,
     watch: &mut CatalogWatch,
 ) -> Result<Option<Catalog>, crate::store::CatalogStoreError> {
     let stored = crate::store::Stored::load(&spend.db).await?;
-    let (plans, subscriptions) = crate::store::catalog::load(&spend.db).await?;
-    if !watch.changed(&(&plans, &subscriptions, &stored)) {
+    let records = crate::store::catalog::load_records(&spend.db).await?;
+    catalog_if_changed(&spend.source, watch, records, &stored)
+}
+
+/// The stored catalog of `records` ([`CatalogSource::build_records`], the same build as the
+/// rating pass's, so a customer quarantined there is quarantined here: denied, never priced
+/// on what was left of its records or on the default plan), or `None` when `records` and
+/// `stored` are what `watch` saw last.
+fn catalog_if_changed(
+    source: &CatalogSource,
+    watch: &mut CatalogWatch,
+    records: crate::store::catalog::StoredRecords,
+    stored: &crate::store::Stored,
+) -> Result<Option<Catalog>, crate::store::CatalogStoreError> {
+    if !watch.changed(&(&records, stored)) {
         return Ok(None);
     }
-    match spend.source.build(plans, subscriptions, &stored) {
+    match source.build_records(records, stored) {
         Ok(c) => Ok(Some(c)),
         Err(e) => {
             // not built: the next refresh tries the same inputs again
@@ -702,6 +715,74 @@ mod tests {
         assert!(!watch.changed(&changed));
         watch.forget();
         assert!(watch.changed(&changed), "after a failed build");
+    }
+
+    /// Issue 17: a customer with a stored subscription record that no longer reads is
+    /// quarantined by the pass's build; the live refresh builds the same catalog, so its
+    /// agents are denied instead of priced on what was left of its records (or on the
+    /// default plan). On the old refresh (records without their conflicts) it was allowed.
+    #[test]
+    fn a_refreshed_catalog_keeps_a_quarantined_customer_denied() {
+        use crate::catalog::conflicts::{Conflict, ConflictKind, Outcome};
+        let meters: Vec<tally_domain::meter::MeterSpec> = serde_json::from_str(
+            r#"[{"slug":"tokens","event_type":"t","aggregation":"SUM","value_property":"$.n"}]"#,
+        )
+        .expect("meters");
+        let plans = serde_json::from_str(
+            r#"[{"id":"p","version":1,"currency":"USD","effective_from":"2020-01-01T00:00:00Z",
+                 "prices":[{"model":"per_unit","meter":"tokens","unit_price":"0.001"}]}]"#,
+        )
+        .expect("plans");
+        let subscriptions =
+            serde_json::from_str(r#"[{"customer":"acme","plan":"p"}]"#).expect("a record");
+        let records = crate::store::catalog::StoredRecords {
+            plans,
+            subscriptions,
+            conflicts: vec![Conflict {
+                kind: ConflictKind::Subscription,
+                outcome: Outcome::Quarantined,
+                identity: "acme".into(),
+                detail: "stored subscription of acme: the body does not parse".into(),
+            }],
+        };
+        let stored = crate::store::Stored {
+            meters: tally_domain::meter::validate_meters(meters).expect("valid"),
+            ..Default::default()
+        };
+        let source = CatalogSource {
+            rater: crate::config::RaterConfig {
+                default_plan: Some("p".into()),
+                ..Default::default()
+            },
+            features: tally_platform::Features::default(),
+        };
+        let mut watch = CatalogWatch::default();
+        let catalog = catalog_if_changed(&source, &mut watch, records.clone(), &stored)
+            .expect("builds")
+            .expect("the first catalog");
+        assert!(catalog.quarantine_of("acme").is_some());
+        let mut book = Book::default();
+        book.meters
+            .insert("tokens".into(), tally_domain::Aggregation::Sum);
+        let acme = tally_domain::CustomerId::new("acme").expect("id");
+        let group = BTreeMap::new();
+        let ask = book::Ask {
+            customer: &acme,
+            agent: "bot",
+            meter: "tokens",
+            quantity: rust_decimal::Decimal::ONE,
+            group: &group,
+            hold_id: "h".into(),
+            expires_at_ms: 1_795_651_260_000,
+        };
+        let (answer, hold) = book.authorize(&catalog, &ask, 1_795_651_200_000);
+        assert!(!answer.allow && hold.is_none(), "{answer:?}");
+        assert_eq!(answer.reason, Some(Reason::UnknownCustomer));
+        let detail = answer.detail.unwrap_or_default();
+        assert!(detail.contains("catalog records conflict"), "{detail}");
+        // the same records and rates again: not rebuilt
+        let again = catalog_if_changed(&source, &mut watch, records, &stored).expect("read");
+        assert!(again.is_none());
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! body is refused (versions are immutable; a change is a new version). It reads and appends
 //! rows only: the catalog is built from them, with the stored meters and rates, by
 //! [`crate::store::source`]. It never updates or deletes a stored row and never calls the
-//! other stores.
+//! other stores. Two writers racing may both append a body for one identity: the one
+//! recorded first is in force, the other set aside and reported
+//! ([`crate::catalog::conflicts`], issue 17).
 
 use std::collections::BTreeMap;
 
@@ -13,15 +15,11 @@ use clickhouse::Client;
 use serde::{Deserialize, Serialize};
 use tally_platform::store::datetime_secs;
 
+use crate::catalog::conflicts::{
+    first_recorded, Conflict, ConflictKind, Decided, Outcome, Recorded,
+};
 use crate::config::{PlanSpec, SubscriptionSpec};
 use crate::store::error::CatalogStoreError;
-
-#[derive(clickhouse::Row, Serialize, Deserialize)]
-struct PlanRow {
-    plan_id: String,
-    version: u32,
-    body: String,
-}
 
 #[derive(clickhouse::Row, Serialize)]
 struct PlanInsert<'a> {
@@ -29,13 +27,6 @@ struct PlanInsert<'a> {
     version: u32,
     body: &'a str,
     recorded_at: u32,
-}
-
-#[derive(clickhouse::Row, Serialize, Deserialize)]
-struct SubscriptionRow {
-    customer: String,
-    effective_from: String,
-    body: String,
 }
 
 #[derive(clickhouse::Row, Serialize)]
@@ -77,19 +68,16 @@ pub async fn bootstrap(
     subscriptions: &[SubscriptionSpec],
     now_ms: i64,
 ) -> Result<Bootstrapped, CatalogStoreError> {
-    let stored_plans: BTreeMap<(String, u32), String> = db
-        .query("SELECT DISTINCT plan_id, version, body FROM catalog_plans")
-        .fetch_all::<PlanRow>()
-        .await?
+    // what is in force: the body of each identity recorded first (a race may have left two)
+    let (plans_in_force, _) = recorded(db, PLANS_SQL).await?;
+    let stored_plans: BTreeMap<(String, u32), String> = plans_in_force
         .into_iter()
-        .map(|r| ((r.plan_id, r.version), r.body))
+        .filter_map(|r| Some(((r.identity.0, r.identity.1.parse().ok()?), r.body)))
         .collect();
-    let stored_subs: BTreeMap<(String, String), String> = db
-        .query("SELECT DISTINCT customer, effective_from, body FROM catalog_subscriptions")
-        .fetch_all::<SubscriptionRow>()
-        .await?
+    let (subs_in_force, _) = recorded(db, SUBSCRIPTIONS_SQL).await?;
+    let stored_subs: BTreeMap<(String, String), String> = subs_in_force
         .into_iter()
-        .map(|r| ((r.customer, r.effective_from), r.body))
+        .map(|r| (r.identity, r.body))
         .collect();
     let new_plans = unstored_plans(plans, &stored_plans)?;
     let new_subs = unstored_subscriptions(subscriptions, &stored_subs)?;
@@ -188,40 +176,151 @@ fn unstored_subscriptions(
     Ok(new_subs)
 }
 
-/// Every stored plan version and subscription (identical re-appends read once), in a stable
-/// order; validate them with [`crate::Catalog::new`] (which refuses two different bodies for
-/// one identity, e.g. from two conflicting writers).
-pub async fn load(
-    db: &Client,
-) -> Result<(Vec<PlanSpec>, Vec<SubscriptionSpec>), CatalogStoreError> {
-    let plans = db
-        .query("SELECT DISTINCT plan_id, version, body FROM catalog_plans ORDER BY plan_id, version, body")
-        .fetch_all::<PlanRow>()
+/// Each stored plan body with the first time it was recorded.
+const PLANS_SQL: &str = "SELECT plan_id AS a, toString(version) AS b, body, \
+    toUInt32(min(recorded_at)) AS first_at FROM catalog_plans GROUP BY plan_id, version, body";
+
+/// Each stored subscription body with the first time it was recorded.
+const SUBSCRIPTIONS_SQL: &str = "SELECT customer AS a, effective_from AS b, body, \
+    toUInt32(min(recorded_at)) AS first_at FROM catalog_subscriptions \
+    GROUP BY customer, effective_from, body";
+
+/// A stored row with the first time its body was recorded.
+#[derive(clickhouse::Row, Deserialize)]
+struct RecordedRow {
+    a: String,
+    b: String,
+    body: String,
+    first_at: u32,
+}
+
+/// The stored plan versions and subscription records as the stored catalog is built from
+/// them ([`crate::catalog::conflicts`], rule 1 applied): one body per identity, the one
+/// recorded first.
+#[derive(Debug, Clone, Default)]
+pub struct StoredRecords {
+    /// In recorded order (first recorded, then version, then body).
+    pub plans: Vec<PlanSpec>,
+    /// By customer and `effective_from`.
+    pub subscriptions: Vec<SubscriptionSpec>,
+    /// The bodies set aside, and (quarantined) the customers with a record that no longer
+    /// parses and, of kind `Plan`, the plans with a version that no longer parses.
+    pub conflicts: Vec<Conflict>,
+}
+
+/// Every row of `sql` (columns `a`, `b`, `body`, `first_at`) decided by rule 1.
+async fn recorded(db: &Client, sql: &str) -> Result<Decided<(String, String)>, CatalogStoreError> {
+    let rows = db
+        .query(sql)
+        .fetch_all::<RecordedRow>()
         .await?
         .into_iter()
-        .map(|r| {
-            serde_json::from_str::<PlanSpec>(&r.body).map_err(|e| CatalogStoreError::Unreadable {
-                identity: format!("plan {} v{}", r.plan_id, r.version),
-                detail: e.to_string(),
-            })
+        .map(|r| Recorded {
+            identity: (r.a, r.b),
+            recorded_at: r.first_at,
+            body: r.body,
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    let subs = db
-        .query(
-            "SELECT DISTINCT customer, effective_from, body FROM catalog_subscriptions \
-             ORDER BY customer, effective_from, body",
-        )
-        .fetch_all::<SubscriptionRow>()
-        .await?
-        .into_iter()
-        .map(|r| {
-            serde_json::from_str::<SubscriptionSpec>(&r.body).map_err(|e| {
-                CatalogStoreError::Unreadable {
-                    identity: format!("subscription of {} from {:?}", r.customer, r.effective_from),
-                    detail: e.to_string(),
-                }
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((plans, subs))
+        .collect();
+    Ok(first_recorded(rows))
+}
+
+fn set_aside(kind: ConflictKind, identity: String, winner_at: u32, at: u32) -> Conflict {
+    let when = |s: u32| tally_domain::period::rfc3339(i64::from(s) * 1000);
+    Conflict {
+        kind,
+        outcome: Outcome::SetAside,
+        identity,
+        detail: format!(
+            "another body of this identity was recorded first ({}; this one {}): versions are \
+             immutable, the first recorded is in force and this one is ignored",
+            when(winner_at),
+            when(at)
+        ),
+    }
+}
+
+/// A stored plan version whose body does not read: set aside (reported as `identity`), and
+/// its plan (`plan_id`) named as quarantined, so that its subscribers are left out rather
+/// than priced on another version ([`crate::Catalog::from_stored`]).
+fn unreadable_plan(identity: String, plan_id: &str, why: String) -> [Conflict; 2] {
+    [
+        Conflict {
+            kind: ConflictKind::Plan,
+            outcome: Outcome::SetAside,
+            identity: identity.clone(),
+            detail: format!("{why}; the plan's subscribers are quarantined"),
+        },
+        Conflict {
+            kind: ConflictKind::Plan,
+            outcome: Outcome::Quarantined,
+            identity: plan_id.to_owned(),
+            detail: format!("{identity}: {why}"),
+        },
+    ]
+}
+
+/// Every stored plan version and subscription record, one body per identity (the one
+/// recorded first: [`crate::catalog::conflicts`]), with what was set aside; a plan body that
+/// no longer parses is set aside and quarantines its plan's subscribers, a subscription body
+/// that no longer parses quarantines its customer. Build the catalog with
+/// [`crate::Catalog::from_stored`].
+pub async fn load_records(db: &Client) -> Result<StoredRecords, CatalogStoreError> {
+    let mut out = StoredRecords::default();
+    let (plans, losers) = recorded(db, PLANS_SQL).await?;
+    let plan_identity = |(id, v): &(String, String)| format!("plan {id} v{v}");
+    for (r, winner_at) in losers {
+        out.conflicts.push(set_aside(
+            ConflictKind::Plan,
+            plan_identity(&r.identity),
+            winner_at,
+            r.recorded_at,
+        ));
+    }
+    let mut parsed = Vec::with_capacity(plans.len());
+    for r in plans {
+        let why = match serde_json::from_str::<PlanSpec>(&r.body) {
+            Ok(p) if p.id == r.identity.0 && p.version.to_string() == r.identity.1 => {
+                parsed.push((r.recorded_at, p, r.body));
+                continue;
+            }
+            Ok(_) => "the body names another identity".to_owned(),
+            Err(e) => format!("the body does not parse: {e}"),
+        };
+        out.conflicts.extend(unreadable_plan(
+            plan_identity(&r.identity),
+            &r.identity.0,
+            why,
+        ));
+    }
+    parsed.sort_by(|a, b| (a.0, a.1.version, &a.2).cmp(&(b.0, b.1.version, &b.2)));
+    out.plans = parsed.into_iter().map(|(_, p, _)| p).collect();
+    let (subs, losers) = recorded(db, SUBSCRIPTIONS_SQL).await?;
+    let sub_identity = |(c, from): &(String, String)| format!("subscription of {c} from {from:?}");
+    for (r, winner_at) in losers {
+        out.conflicts.push(set_aside(
+            ConflictKind::Subscription,
+            sub_identity(&r.identity),
+            winner_at,
+            r.recorded_at,
+        ));
+    }
+    for r in subs {
+        match serde_json::from_str::<SubscriptionSpec>(&r.body) {
+            Ok(s) if subscription_identity(&s) == r.identity => out.subscriptions.push(s),
+            parsed => out.conflicts.push(Conflict {
+                kind: ConflictKind::Subscription,
+                outcome: Outcome::Quarantined,
+                identity: r.identity.0.clone(),
+                detail: format!(
+                    "stored {}: {}",
+                    sub_identity(&r.identity),
+                    match parsed {
+                        Ok(_) => "the body names another identity".to_owned(),
+                        Err(e) => format!("the body does not parse: {e}"),
+                    }
+                ),
+            }),
+        }
+    }
+    Ok(out)
 }

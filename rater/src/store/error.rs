@@ -32,6 +32,11 @@ pub enum CatalogStoreError {
     /// (docs/PRICING.md, "Subscription lifecycle").
     #[error("{0}")]
     LaterRecords(String),
+    /// A change of a customer quarantined because its stored records conflict
+    /// ([`crate::catalog::conflicts`], rule 3) that would leave it quarantined, or a
+    /// cancellation of such a customer (API: 409 `catalog_conflict`).
+    #[error("{0}")]
+    Quarantined(String),
     /// A stored body no longer parses.
     #[error("stored catalog entry {identity}: {detail}")]
     Unreadable { identity: String, detail: String },

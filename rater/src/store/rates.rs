@@ -7,12 +7,14 @@
 //! force. It never updates or deletes a row.
 //!
 //! Two writers adding the same new identity with different rates at once may both append;
-//! reading then refuses that identity (naming it) until an operator resolves it, as for plans.
+//! reading then keeps the rate recorded first and sets the other aside, reported
+//! ([`crate::catalog::conflicts`], issue 17).
 
 use clickhouse::Client;
 use serde::{Deserialize, Serialize};
 use tally_platform::store::datetime_secs;
 
+use crate::catalog::conflicts::{Conflict, Outcome};
 use crate::catalog::fx::FxRateSpec;
 use crate::catalog::rates::{effective_from_text, Entries, RateEntry, Rates};
 use crate::catalog::registry::Novelty;
@@ -39,6 +41,7 @@ struct StoredRow {
     b: String,
     effective_from: String,
     body: String,
+    first_at: u32,
 }
 
 #[derive(clickhouse::Row, Serialize)]
@@ -59,56 +62,77 @@ struct FxInsert<'a> {
     recorded_at: u32,
 }
 
-/// Reads one kind's rows into `entries`; a body that does not parse, names another identity
-/// or conflicts with another row of its identity is refused, naming the identity.
+/// Reads one kind's rows into `entries`, in the order the rules read them (identity, first
+/// recorded, body); a body that does not parse, names another identity or conflicts with one
+/// of its identity recorded before it is set aside and reported
+/// ([`crate::catalog::conflicts`]), never a failure of the whole read.
 async fn load_entries<T: RateEntry>(
     db: &Client,
     sql: &str,
     entries: &mut Entries<T>,
+    conflicts: &mut Vec<Conflict>,
 ) -> Result<(), CatalogStoreError> {
     for row in db.query(sql).fetch_all::<StoredRow>().await? {
-        let unreadable = |detail: String| CatalogStoreError::Unreadable {
-            identity: format!(
-                "{} {}/{} from {}",
-                T::KIND,
-                row.a,
-                row.b,
-                row.effective_from
-            ),
-            detail,
-        };
-        let spec: T = serde_json::from_str(&row.body).map_err(|e| unreadable(e.to_string()))?;
-        if spec.scope() != (row.a.as_str(), row.b.as_str())
-            || effective_from_text(spec.effective_from()) != row.effective_from
-        {
-            return Err(unreadable("the body names another identity".into()));
+        let added = serde_json::from_str::<T>(&row.body)
+            .map_err(|e| e.to_string())
+            .and_then(|spec| {
+                if spec.scope() != (row.a.as_str(), row.b.as_str())
+                    || effective_from_text(spec.effective_from()) != row.effective_from
+                {
+                    return Err("the body names another identity".to_owned());
+                }
+                entries.add(&spec, "stored").map_err(|e| e.to_string())
+            });
+        if let Err(detail) = added {
+            conflicts.push(Conflict {
+                kind: T::CONFLICT,
+                outcome: Outcome::SetAside,
+                identity: format!(
+                    "{} {}/{} from {}",
+                    T::KIND,
+                    row.a,
+                    row.b,
+                    row.effective_from
+                ),
+                detail: format!(
+                    "{detail} (recorded {})",
+                    tally_domain::period::rfc3339(i64::from(row.first_at) * 1000)
+                ),
+            });
         }
-        entries
-            .add(&spec, "stored")
-            .map_err(|e| unreadable(e.to_string()))?;
     }
     Ok(())
 }
 
-/// Every stored entry. Identical re-appends read once; two different rates for one identity
-/// (or a body that no longer validates) are refused, naming the identity.
+/// Every stored entry. Identical re-appends read once; of two different rates for one
+/// identity the one recorded first is kept ([`load_reported`] says what was set aside).
 pub async fn load(db: &Client) -> Result<Rates, CatalogStoreError> {
+    Ok(load_reported(db).await?.0)
+}
+
+/// [`load`], with the entries set aside.
+pub async fn load_reported(db: &Client) -> Result<(Rates, Vec<Conflict>), CatalogStoreError> {
     let mut r = Rates::default();
+    let mut conflicts = Vec::new();
     load_entries(
         db,
-        "SELECT DISTINCT region AS a, code AS b, effective_from, body \
-         FROM catalog_tax_rates ORDER BY a, b, effective_from, body",
+        "SELECT region AS a, code AS b, effective_from, body, \
+         toUInt32(min(recorded_at)) AS first_at FROM catalog_tax_rates \
+         GROUP BY a, b, effective_from, body ORDER BY a, b, effective_from, first_at, body",
         &mut r.tax,
+        &mut conflicts,
     )
     .await?;
     load_entries(
         db,
-        "SELECT DISTINCT from_currency AS a, to_currency AS b, effective_from, body \
-         FROM catalog_fx_rates ORDER BY a, b, effective_from, body",
+        "SELECT from_currency AS a, to_currency AS b, effective_from, body, \
+         toUInt32(min(recorded_at)) AS first_at FROM catalog_fx_rates \
+         GROUP BY a, b, effective_from, body ORDER BY a, b, effective_from, first_at, body",
         &mut r.fx,
+        &mut conflicts,
     )
     .await?;
-    Ok(r)
+    Ok((r, conflicts))
 }
 
 /// What to append, collected before writing anything.

@@ -9,7 +9,8 @@
 //! meters with the file's, so they must agree; a change is first posted as a new version).
 //!
 //! Two writers adding the same new identity with different bodies at once may both append;
-//! reading then refuses that identity (naming it) until an operator resolves it, as for plans.
+//! reading then keeps the body recorded first and sets the other aside, reported (as any
+//! stored version the rules refuse in that order; [`crate::catalog::conflicts`], issue 17).
 
 use clickhouse::Client;
 use serde::{Deserialize, Serialize};
@@ -17,6 +18,7 @@ use tally_domain::meter::MeterSpec;
 use tally_domain::CustomerId;
 use tally_platform::store::datetime_secs;
 
+use crate::catalog::conflicts::{Conflict, ConflictKind, Outcome};
 use crate::catalog::customers::{AgentSpec, CustomerSpec};
 use crate::catalog::meters::MeterEntry;
 use crate::catalog::registry::{Novelty, Registry};
@@ -43,6 +45,7 @@ struct StoredRow {
     id: String,
     version: u32,
     body: String,
+    first_at: u32,
 }
 
 #[derive(clickhouse::Row, Serialize)]
@@ -74,80 +77,137 @@ async fn rows(db: &Client, sql: &str) -> Result<Vec<StoredRow>, CatalogStoreErro
     Ok(db.query(sql).fetch_all::<StoredRow>().await?)
 }
 
-fn unreadable(identity: String, detail: impl ToString) -> CatalogStoreError {
-    CatalogStoreError::Unreadable {
+/// A stored version the rules refuse after those read before it (ordered by identity, then
+/// first recorded, then body): set aside and reported, never a failure of the whole read.
+fn set_aside(
+    kind: ConflictKind,
+    row: &StoredRow,
+    identity: String,
+    detail: impl ToString,
+) -> Conflict {
+    Conflict {
+        kind,
+        outcome: Outcome::SetAside,
         identity,
-        detail: detail.to_string(),
+        detail: format!(
+            "{} (recorded {})",
+            detail.to_string(),
+            tally_domain::period::rfc3339(i64::from(row.first_at) * 1000)
+        ),
     }
 }
 
 /// The stored meters alone (what a rating pass validates plans against), read like
 /// [`load`] reads them; the customers and agents are not read.
 pub async fn meters(db: &Client) -> Result<Vec<tally_domain::Meter>, CatalogStoreError> {
-    let mut r = Registry::default();
-    load_meters(db, &mut r).await?;
-    Ok(r.meters())
+    Ok(meters_reported(db).await?.0)
 }
 
-async fn load_meters(db: &Client, r: &mut Registry) -> Result<(), CatalogStoreError> {
-    let meters = rows(
-        db,
-        "SELECT DISTINCT '' AS scope, meter AS id, version, body FROM catalog_meters \
-         ORDER BY id, version, body",
+/// [`meters`], with the stored meter versions set aside.
+pub async fn meters_reported(
+    db: &Client,
+) -> Result<(Vec<tally_domain::Meter>, Vec<Conflict>), CatalogStoreError> {
+    let mut r = Registry::default();
+    let mut conflicts = Vec::new();
+    load_meters(db, &mut r, &mut conflicts).await?;
+    Ok((r.meters(), conflicts))
+}
+
+/// Each stored body of `table`'s identities with the first time it was recorded, in the
+/// order the rules read them: identity, version, first recorded, body.
+fn recorded_sql(scope: &str, id: &str, table: &str) -> String {
+    format!(
+        "SELECT {scope} AS scope, {id} AS id, version, body, toUInt32(min(recorded_at)) AS \
+         first_at FROM {table} GROUP BY scope, id, version, body \
+         ORDER BY scope, id, version, first_at, body"
     )
-    .await?;
+}
+
+async fn load_meters(
+    db: &Client,
+    r: &mut Registry,
+    conflicts: &mut Vec<Conflict>,
+) -> Result<(), CatalogStoreError> {
+    let meters = rows(db, &recorded_sql("''", "meter", "catalog_meters")).await?;
     for row in meters {
         let identity = format!("meter {} v{}", row.id, row.version);
-        let entry: MeterEntry =
-            serde_json::from_str(&row.body).map_err(|e| unreadable(identity.clone(), e))?;
-        if entry.slug != row.id || entry.version != row.version {
-            return Err(unreadable(identity, "the body names another identity"));
+        let entry = match serde_json::from_str::<MeterEntry>(&row.body) {
+            Ok(e) if e.slug == row.id && e.version == row.version => e,
+            Ok(_) => {
+                conflicts.push(set_aside(
+                    ConflictKind::Meter,
+                    &row,
+                    identity,
+                    "the body names another identity",
+                ));
+                continue;
+            }
+            Err(e) => {
+                conflicts.push(set_aside(ConflictKind::Meter, &row, identity, e));
+                continue;
+            }
+        };
+        if let Err(e) = r.add_meter(&entry, "meter") {
+            conflicts.push(set_aside(ConflictKind::Meter, &row, identity, e));
         }
-        r.add_meter(&entry, "meter")
-            .map_err(|e| unreadable(identity, e))?;
     }
     Ok(())
 }
 
-/// Everything stored. Identical re-appends read once; two different bodies for one identity
-/// (or a body that no longer validates) are refused, naming the identity.
+/// Everything stored. Identical re-appends read once; of two different bodies for one
+/// identity the one recorded first is kept, and a version the rules refuse (the later body,
+/// one that no longer validates) is left out ([`load_reported`] says which).
 pub async fn load(db: &Client) -> Result<Registry, CatalogStoreError> {
-    let mut r = Registry::default();
-    load_meters(db, &mut r).await?;
-    let customers = rows(
-        db,
-        "SELECT DISTINCT '' AS scope, customer AS id, version, body FROM catalog_customers \
-         ORDER BY id, version, body",
-    )
-    .await?;
-    for row in customers {
-        let identity = format!("customer {} v{}", row.id, row.version);
-        let spec: CustomerSpec =
-            serde_json::from_str(&row.body).map_err(|e| unreadable(identity.clone(), e))?;
-        if spec.id != row.id || spec.version != row.version || !spec.agents.is_empty() {
-            return Err(unreadable(identity, "the body names another identity"));
-        }
-        r.add_customer(&spec, "customer")
-            .map_err(|e| unreadable(identity, e))?;
-    }
-    let agents = rows(
-        db,
-        "SELECT DISTINCT customer AS scope, agent AS id, version, body FROM catalog_agents \
-         ORDER BY scope, id, version, body",
-    )
-    .await?;
-    for row in agents {
-        let identity = format!("agent {} of {} v{}", row.id, row.scope, row.version);
-        let spec: AgentSpec =
-            serde_json::from_str(&row.body).map_err(|e| unreadable(identity.clone(), e))?;
-        let customer = CustomerId::new(row.scope).map_err(|e| unreadable(identity.clone(), e))?;
-        if spec.id != row.id || spec.version != row.version {
-            return Err(unreadable(identity, "the body names another identity"));
-        }
-        r.add_agent(&customer, &spec, "agent")
-            .map_err(|e| unreadable(identity, e))?;
+    let (r, conflicts) = load_reported(db).await?;
+    for c in &conflicts {
+        tracing::warn!(
+            kind = c.kind.code(),
+            record = %c.identity,
+            detail = %c.detail,
+            "stored catalog record set aside (ignored): it conflicts with one recorded before it"
+        );
     }
     Ok(r)
+}
+
+/// [`load`], with the stored versions set aside.
+pub async fn load_reported(db: &Client) -> Result<(Registry, Vec<Conflict>), CatalogStoreError> {
+    let mut r = Registry::default();
+    let mut conflicts = Vec::new();
+    load_meters(db, &mut r, &mut conflicts).await?;
+    let customers = rows(db, &recorded_sql("''", "customer", "catalog_customers")).await?;
+    for row in customers {
+        let identity = format!("customer {} v{}", row.id, row.version);
+        let added = serde_json::from_str::<CustomerSpec>(&row.body)
+            .map_err(|e| e.to_string())
+            .and_then(|spec| {
+                if spec.id != row.id || spec.version != row.version || !spec.agents.is_empty() {
+                    return Err("the body names another identity".to_owned());
+                }
+                r.add_customer(&spec, "customer").map_err(|e| e.to_string())
+            });
+        if let Err(e) = added {
+            conflicts.push(set_aside(ConflictKind::Customer, &row, identity, e));
+        }
+    }
+    let agents = rows(db, &recorded_sql("customer", "agent", "catalog_agents")).await?;
+    for row in agents {
+        let identity = format!("agent {} of {} v{}", row.id, row.scope, row.version);
+        let added = serde_json::from_str::<AgentSpec>(&row.body)
+            .map_err(|e| e.to_string())
+            .and_then(|spec| {
+                let customer = CustomerId::new(row.scope.clone()).map_err(|e| e.to_string())?;
+                if spec.id != row.id || spec.version != row.version {
+                    return Err("the body names another identity".to_owned());
+                }
+                r.add_agent(&customer, &spec, "agent")
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = added {
+            conflicts.push(set_aside(ConflictKind::Agent, &row, identity, e));
+        }
+    }
+    Ok((r, conflicts))
 }
 
 /// What to append, collected before writing anything.
