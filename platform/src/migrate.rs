@@ -112,6 +112,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(61, "0061_service_roles_corrections.sql"),
     migration!(62, "0062_usage_correction_data.sql"),
     migration!(63, "0063_service_roles_correction_data.sql"),
+    migration!(64, "0064_correction_digests.sql"),
 ];
 
 /// A capability a migration needs from the server (its `-- requires:` header).
