@@ -296,7 +296,7 @@ impl<'a> Importer<'a> {
                 committed: committed.get(key).is_some_and(|times| {
                     backfill::committed_within(times, p.event.time_ms, self.horizon_secs)
                 }),
-                same_id: of_event.iter().find(|c| c.correction_id == ours).cloned(),
+                same_id: corrections::content_of(&of_event, &ours).cloned(),
                 of_event,
                 target: backfill::readings(&self.meters, &p.event),
             };

@@ -1,11 +1,13 @@
-//! The storage of corrections (migrations 0060 and 0062; the rules are
+//! The storage of corrections (migrations 0060, 0062 and 0064; the rules are
 //! [`crate::corrections`]): loading the facts a correction is decided on, appending it, and
 //! the correction made end to end ([`correct`]: load, decide, append, re-read with
 //! [`read_back`]).
 //!
 //! Every read is bounded on its table's sorting key: the event's readings, raw row and deltas
 //! by the hour of its window (at most [`WINDOW_MAX_SECS`] before its time) and its customer;
-//! corrections by customer (then agent and event).
+//! corrections by customer (then agent and event), and the rows of a correction id by
+//! customer (the id is not a prefix of the key: the customer's correction rows, the small
+//! table, are read once per request).
 
 use clickhouse::Client;
 use serde::Serialize;
