@@ -146,18 +146,6 @@ async fn queried(addr: std::net::SocketAddr, customer: &str) -> String {
     rows[0]["value"].as_str().expect("a decimal").to_owned()
 }
 
-/// The stored June charges: (customer, amount minor).
-async fn june(db: &clickhouse::Client) -> Vec<(String, i64)> {
-    db.query(
-        "SELECT customer, amount_minor FROM v_charges \
-         WHERE toUInt32(period_start) = ? ORDER BY customer",
-    )
-    .bind(JUN_1)
-    .fetch_all()
-    .await
-    .expect("v_charges")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_contents_of_one_new_correction_id_count_as_exactly_one() {
     let env = tally_platform::testkit::TestEnv::new("rater_correction_race").await;
@@ -232,9 +220,9 @@ async fn two_contents_of_one_new_correction_id_count_as_exactly_one() {
         .collect();
     charged.sort();
     common::rate_at(&db, &catalog, JUL_3, 5).await;
-    assert_eq!(june(&db).await, charged);
+    assert_eq!(common::period(&db, JUN_1).await, charged);
     common::rate_at(&db, &catalog, JUL_3 + 60, 5).await;
-    assert_eq!(june(&db).await, charged);
+    assert_eq!(common::period(&db, JUN_1).await, charged);
 
     stop_one.cancel();
     stop_two.cancel();
