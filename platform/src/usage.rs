@@ -398,19 +398,18 @@ fn corrections_sql(req: &Request<'_>, from: u32, to: u32) -> String {
 /// A delta counts when it carries the winner's (customer, correction id, revision, digest):
 /// the leftovers of a failed attempt (another revision) and the deltas of a losing content
 /// (another digest) never do. Rows written before migration 0064 carry digest '' on both
-/// sides. `argMin` over a tuple and `IN` over a tuple run on ClickHouse 18.16 and current
-/// releases; the corrections of a customer are read whole (the table is sorted by customer).
+/// sides. The first step is an `ORDER BY` then `LIMIT 1 BY` (on ClickHouse 18.16 about twice
+/// the time of the one `GROUP BY` it replaces over two million corrections, where `argMin`
+/// over tuples took five times); the corrections of a customer are read whole (the table is
+/// sorted by customer).
 pub fn counted_deltas_sql(filter: &str) -> String {
     format!(
         "(customer, correction_id, revision, digest) IN \
-         (SELECT customer, min(correction_id), w_revision, argMin(w_digest, correction_id) \
-          FROM (SELECT customer, correction_id, \
-                       argMin(agent, (created_ms, digest, revision)) AS w_agent, \
-                       argMin(event_id, (created_ms, digest, revision)) AS w_event, \
-                       argMin(revision, (created_ms, digest, revision)) AS w_revision, \
-                       argMin(digest, (created_ms, digest, revision)) AS w_digest \
-                FROM usage_corrections WHERE 1{filter} GROUP BY customer, correction_id) \
-          GROUP BY customer, w_agent, w_event, w_revision)"
+         (SELECT customer, min(correction_id), revision, argMin(digest, correction_id) \
+          FROM (SELECT customer, correction_id, agent, event_id, revision, digest \
+                FROM usage_corrections WHERE 1{filter} \
+                ORDER BY created_ms, digest, revision LIMIT 1 BY customer, correction_id) \
+          GROUP BY customer, agent, event_id, revision)"
     )
 }
 
