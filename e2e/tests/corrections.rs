@@ -578,7 +578,7 @@ async fn a_void_applies_to_a_sealed_day_and_the_rater_prices_it() {
         &format!(
             "INSERT INTO usage_correction_deltas VALUES ('v-1', 'acme', 'bot-1', 'e1', 2, 'llm_tokens', \
              'SUM', toDateTime({}), 60, ['model', 'kind'], ['gpt-4o', 'output'], \
-             '{{\"kind\":\"output\",\"model\":\"gpt-4o\"}}', -1, toDecimal128(-500000, 9), now())",
+             '{{\"kind\":\"output\",\"model\":\"gpt-4o\"}}', -1, toDecimal128(-500000, 9), now(), '')",
             day + 3600
         ),
     )

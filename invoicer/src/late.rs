@@ -208,19 +208,18 @@ async fn corrections_of(
         c.period.start_ms.div_euclid(1000),
         c.period.end_ms.div_euclid(1000),
     );
-    db.query(
+    // the counted corrections' deltas: one content per id (tally_platform::usage has the rule)
+    db.query(&format!(
         "SELECT DISTINCT correction_id FROM usage_correction_deltas \
          WHERE toStartOfHour(window_start) >= toStartOfHour(toDateTime(?)) \
            AND toStartOfHour(window_start) <= toStartOfHour(toDateTime(?)) \
            AND window_start >= toDateTime(?) AND window_start < toDateTime(?) \
-           AND customer = ? AND meter = ? \
-           AND (customer, correction_id, revision) IN \
-               (SELECT customer, min(correction_id), revision FROM usage_corrections \
-                WHERE customer = ? GROUP BY customer, agent, event_id, revision) \
+           AND customer = ? AND meter = ? AND {} \
          ORDER BY correction_id \
          LIMIT 1 BY if(substring(correction_id, 1, 3) = 'bf:', \
                        substring(correction_id, 1, length(correction_id) - 17), correction_id)",
-    )
+        tally_platform::usage::counted_deltas_sql(" AND customer = ?"),
+    ))
     .bind(from)
     .bind(to)
     .bind(from)

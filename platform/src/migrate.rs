@@ -112,6 +112,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(61, "0061_service_roles_corrections.sql"),
     migration!(62, "0062_usage_correction_data.sql"),
     migration!(63, "0063_service_roles_correction_data.sql"),
+    migration!(64, "0064_correction_digests.sql"),
 ];
 
 /// A capability a migration needs from the server (its `-- requires:` header).
@@ -651,7 +652,7 @@ mod tests {
             .filter(|m| statements(m.sql).iter().any(|s| added_columns(s).is_some()))
             .map(|m| m.version)
             .collect();
-        assert_eq!(adding, vec![6, 7, 13, 18, 22, 50]);
+        assert_eq!(adding, vec![6, 7, 13, 18, 22, 50, 64]);
     }
 
     #[test]

@@ -8,7 +8,8 @@ use std::time::Duration;
 use tally_platform::migrate::{self, added_columns, statements, MIGRATIONS};
 use tally_platform::testkit::TestEnv;
 
-/// The migrations that add columns to an existing table (0006, 0007, 0013, 0018, 0022, 0050).
+/// The migrations that add columns to an existing table (0006, 0007, 0013, 0018, 0022, 0050,
+/// 0064).
 fn adding_columns() -> Vec<u32> {
     MIGRATIONS
         .iter()
@@ -53,7 +54,7 @@ async fn add_column_migrations_rerun_after_a_stop_before_their_record() {
     let db = env.db();
     let all = recorded(&db).await;
     let adding = adding_columns();
-    assert_eq!(adding, vec![6, 7, 13, 18, 22, 50]);
+    assert_eq!(adding, vec![6, 7, 13, 18, 22, 50, 64]);
 
     forget(&db, &adding).await;
     let applied = migrate::apply(&env.clickhouse)

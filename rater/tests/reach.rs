@@ -43,18 +43,6 @@ customer = "b"
 plan = "pro"
 "#;
 
-/// The stored (latest) charges of the period starting at `start` (secs): (customer, amount).
-async fn period(db: &clickhouse::Client, start: i64) -> Vec<(String, i64)> {
-    db.query(
-        "SELECT customer, amount_minor FROM v_charges \
-         WHERE toUInt32(period_start) = ? ORDER BY customer",
-    )
-    .bind(start)
-    .fetch_all()
-    .await
-    .expect("v_charges")
-}
-
 /// Voids of events (customer, event id, at, tokens), each one 60-second window of `tokens`
 /// at `at` (secs), recorded at `created` (secs), as the corrections API writes them.
 async fn voids(db: &clickhouse::Client, events: &[(String, String, i64, u32)], created: i64) {
@@ -106,7 +94,7 @@ async fn a_correction_re_reads_the_old_periods_of_its_customer_only() {
     // early July: June is rated
     common::rate_at(&db, &catalog, JUL_3, 5).await;
     let june = vec![("a".to_owned(), 10_000), ("b".to_owned(), 20_000)];
-    assert_eq!(period(&db, JUN_1).await, june);
+    assert_eq!(common::period(&db, JUN_1).await, june);
 
     // b's June changes in storage without a correction; a's 30-token event is voided now
     tokens(&db, "b", JUN_15 + 120, "50", "b-2").await;
@@ -115,7 +103,7 @@ async fn a_correction_re_reads_the_old_periods_of_its_customer_only() {
 
     let report = common::rate_at(&db, &catalog, DEC_3, 5).await;
     assert_eq!(
-        period(&db, JUN_1).await,
+        common::period(&db, JUN_1).await,
         vec![("a".to_owned(), 7_000), ("b".to_owned(), 20_000)],
         "a's June re-priced, b's June not read again"
     );
@@ -144,7 +132,7 @@ async fn a_correction_re_reads_the_old_periods_of_its_customer_only() {
         ]
     );
     assert_eq!(
-        period(&db, NOV_1).await,
+        common::period(&db, NOV_1).await,
         vec![("a".to_owned(), 500), ("b".to_owned(), 600)]
     );
 
@@ -233,8 +221,8 @@ async fn many_corrected_customers_are_read_in_chunks_each_whole() {
             .filter(|(c, _)| c == "b" || (0..n).any(|i| name(i) == *c && month(i).0 == start))
             .collect()
     };
-    let mut before = stored(period(&db, JUN_1).await, JUN_1);
-    before.extend(stored(period(&db, AUG_1).await, AUG_1));
+    let mut before = stored(common::period(&db, JUN_1).await, JUN_1);
+    before.extend(stored(common::period(&db, AUG_1).await, AUG_1));
     assert_eq!(before.len(), n + 1);
     assert!(before
         .iter()
@@ -256,8 +244,8 @@ async fn many_corrected_customers_are_read_in_chunks_each_whole() {
     voids(&db, &events, DEC_3 - 3_600).await;
 
     let report = common::rate_at(&db, &catalog, DEC_3, 5).await;
-    let mut after = stored(period(&db, JUN_1).await, JUN_1);
-    after.extend(stored(period(&db, AUG_1).await, AUG_1));
+    let mut after = stored(common::period(&db, JUN_1).await, JUN_1);
+    after.extend(stored(common::period(&db, AUG_1).await, AUG_1));
     assert_eq!(after.len(), n + 1);
     for (c, amount) in &after {
         let want = if c == "b" { 20_000 } else { 1_000 };

@@ -11,7 +11,7 @@
 //!   page at a time (`limit`, default 100, at most 1000; `after`, the last id of the previous
 //!   page), each with `counts` (false for the loser of a race); 400 `invalid_parameter`.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashSet};
 
 use hyper::StatusCode;
 use serde::Serialize;
@@ -121,22 +121,30 @@ pub(crate) async fn list(state: &ApiState, customer: &str, query: Option<&str>) 
         Ok(all) => all,
         Err(e) => return unavailable(e),
     };
-    let mut by_event: HashMap<(&str, &str), Vec<Correction>> = HashMap::new();
-    for c in &all {
-        by_event
-            .entry((c.agent.as_str(), c.event_id.as_str()))
-            .or_default()
-            .push(c.clone());
-    }
+    // the counted contents of every id and the winners of every revision, over all the rows
+    let counted: HashSet<(&str, &str, &str, u32, &str)> = corrections::winners(&all)
+        .into_iter()
+        .map(|w| {
+            (
+                w.correction_id.as_str(),
+                w.agent.as_str(),
+                w.event_id.as_str(),
+                w.revision,
+                w.digest.as_str(),
+            )
+        })
+        .collect();
     let views: Vec<CorrectionView<'_>> = listed
         .iter()
         .map(|c| {
-            let same_event = by_event
-                .get(&(c.agent.as_str(), c.event_id.as_str()))
-                .map_or(&[][..], Vec::as_slice);
-            let counts = corrections::winner(same_event, c)
-                .is_some_and(|w| w.correction_id == c.correction_id);
-            view(c, counts)
+            let key = (
+                c.correction_id.as_str(),
+                c.agent.as_str(),
+                c.event_id.as_str(),
+                c.revision,
+                c.digest.as_str(),
+            );
+            view(c, counted.contains(&key))
         })
         .collect();
     json(StatusCode::OK, &views)

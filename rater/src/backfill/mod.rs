@@ -270,6 +270,9 @@ pub fn decide(import: &Import, event: &UsageEvent, facts: &Facts) -> Decision {
         reason: import.reason.trim().to_owned(),
         created_ms: import.now_ms,
         created_at: datetime_secs(import.now_ms),
+        // an import's rows keep the digest of rows written before digests: its id is derived
+        // from the identity, and a re-run finds it stored (`same_id` above)
+        digest: String::new(),
     };
     let deltas = deltas(&correction, target);
     Decision::Append(correction, deltas)
@@ -315,6 +318,7 @@ fn deltas(correction: &Correction, target: &[Reading]) -> Vec<Delta> {
             events: 1,
             value: r.value,
             created_at: correction.created_at,
+            digest: correction.digest.clone(),
         })
         .collect()
 }

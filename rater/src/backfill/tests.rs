@@ -72,6 +72,7 @@ fn stored(correction_id: &str, kind: &str) -> Correction {
         reason: "earlier".into(),
         created_ms: 1,
         created_at: 0,
+        digest: String::new(),
     }
 }
 

@@ -21,11 +21,19 @@
 //! correction row was written (its deltas or data are stored, its row is not: it never
 //! counted) leaves rows under the id; a later request under that id is appended only if it
 //! writes exactly those rows again, completing the attempt ([`Leftover`]); any other content
-//! is refused `correction_exists`, so a leftover never counts beside another content. Corrections of an event are numbered
-//! revisions; two racing corrections of the same event may both reach storage as revision n,
-//! and only the one with the smallest correction id counts, for every reader ([`winners`]);
-//! the API answers the other `correction_conflict` after it re-reads. Deltas written twice (a
-//! retried insert) count once: readers take one row per (correction, meter, group, window).
+//! is refused `correction_exists`, so a leftover never counts beside another content.
+//!
+//! Two requests under the same *new* id with different content, on two API instances, may
+//! both find nothing stored and both write their rows. Every row carries its content's
+//! [`digest`], and per id only one content counts, for every reader ([`contents`]): the one
+//! of the earliest stored row (`created_ms`), ties broken by the smaller digest, then the
+//! smaller revision; only the deltas carrying that row's revision and digest are read. The
+//! API re-reads after writing and answers the loser `correction_exists`. Corrections of an
+//! event are numbered revisions; two racing corrections of the same event may both reach
+//! storage as revision n, and of the counted contents only the one with the smallest
+//! correction id counts, for every reader ([`winners`]); the API answers the other
+//! `correction_conflict` after it re-reads. Deltas written twice (a retried insert) count
+//! once: readers take one row per (correction, meter, group, window).
 //! Docs: docs/INGEST.md, "Corrections".
 
 use std::collections::BTreeMap;
@@ -229,6 +237,8 @@ pub struct Correction {
     pub created_ms: i64,
     /// `created_ms` in seconds (the table's `DateTime`).
     pub created_at: u32,
+    /// The content's [`digest`] ('' on rows written before migration 0064).
+    pub digest: String,
 }
 
 /// One delta row: what a correction changes in one (meter, group, window).
@@ -250,6 +260,8 @@ pub struct Delta {
     #[serde(with = "dec9")]
     pub value: Decimal,
     pub created_at: u32,
+    /// The [`digest`] of the content of the correction that wrote it.
+    pub digest: String,
 }
 
 /// What is stored about the corrected event and the correction's id.
@@ -357,11 +369,68 @@ pub enum Decision {
     Append(Correction, Vec<Delta>),
 }
 
-/// The corrections that count: per revision of an event, the smallest correction id.
-pub fn winners(of_event: &[Correction]) -> Vec<&Correction> {
-    let mut by_revision: BTreeMap<u32, &Correction> = BTreeMap::new();
-    for c in of_event {
-        let slot = by_revision.entry(c.revision).or_insert(c);
+/// The digest of a correction's content: what makes two requests under one id the same
+/// correction (the event's identity and time, the kind, the reason, the amended `data`; not
+/// the actor, the revision or the time it was made). 32 hex digits of XXH3-128 over the
+/// fields, each preceded by its length (no two contents share an encoding). Not a
+/// cryptographic hash: it tells contents apart, it authenticates nothing.
+pub fn digest(c: &Correction, data: &str) -> String {
+    let time = c.event_time_ms.to_string();
+    let mut bytes = Vec::new();
+    for field in [
+        c.customer.as_str(),
+        &c.agent,
+        &c.event_id,
+        &time,
+        &c.kind,
+        &c.reason,
+        data,
+    ] {
+        bytes.extend_from_slice(&(field.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(field.as_bytes());
+    }
+    format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&bytes))
+}
+
+/// Of stored rows, the order that picks an id's counted content: earliest `created_ms`, then
+/// smaller digest, then smaller revision.
+fn content_order(c: &Correction) -> (i64, &str, u32) {
+    (c.created_ms, c.digest.as_str(), c.revision)
+}
+
+/// The content that counts per (customer, correction id): of the rows stored under the id
+/// (two API instances racing with one new id may both have stored theirs), the earliest
+/// (`created_ms`), ties broken by the smaller [`digest`], then the smaller revision. Depends
+/// on the stored rows only, never on the order they are read in, so every reader agrees.
+/// `tally_platform::usage::counted_deltas_sql` is the same rule in SQL.
+pub fn contents(rows: &[Correction]) -> Vec<&Correction> {
+    let mut by_id: BTreeMap<(&str, &str), &Correction> = BTreeMap::new();
+    for c in rows {
+        let slot = by_id
+            .entry((c.customer.as_str(), c.correction_id.as_str()))
+            .or_insert(c);
+        if content_order(c) < content_order(slot) {
+            *slot = c;
+        }
+    }
+    by_id.into_values().collect()
+}
+
+/// The row whose content counts for `correction_id` (see [`contents`]).
+pub fn content_of<'a>(rows: &'a [Correction], correction_id: &str) -> Option<&'a Correction> {
+    rows.iter()
+        .filter(|c| c.correction_id == correction_id)
+        .min_by(|a, b| content_order(a).cmp(&content_order(b)))
+}
+
+/// The corrections that count: of the counted contents ([`contents`]), per revision of an
+/// event, the smallest correction id. `rows` may hold several events and every row of an id.
+pub fn winners(rows: &[Correction]) -> Vec<&Correction> {
+    let mut by_revision: BTreeMap<(&str, &str, u32), &Correction> = BTreeMap::new();
+    for c in contents(rows) {
+        let slot = by_revision
+            .entry((c.agent.as_str(), c.event_id.as_str(), c.revision))
+            .or_insert(c);
         if c.correction_id < slot.correction_id {
             *slot = c;
         }
@@ -369,11 +438,32 @@ pub fn winners(of_event: &[Correction]) -> Vec<&Correction> {
     by_revision.into_values().collect()
 }
 
-/// The correction that counts for `ours`'s revision of its event.
-pub fn winner<'a>(of_event: &'a [Correction], ours: &Correction) -> Option<&'a Correction> {
-    winners(of_event)
+/// [`winners`] of the event (agent, event id).
+pub fn winners_of<'a>(rows: &'a [Correction], agent: &str, event_id: &str) -> Vec<&'a Correction> {
+    winners(rows)
         .into_iter()
-        .find(|c| c.revision == ours.revision)
+        .filter(|c| c.agent == agent && c.event_id == event_id)
+        .collect()
+}
+
+/// The correction that counts for `ours`'s revision of its event.
+pub fn winner<'a>(rows: &'a [Correction], ours: &Correction) -> Option<&'a Correction> {
+    winners(rows).into_iter().find(|c| {
+        c.agent == ours.agent && c.event_id == ours.event_id && c.revision == ours.revision
+    })
+}
+
+/// The amended data of the stored row `stored`, of the data rows stored under its id (one
+/// per content written): the one whose [`digest`] with the row is the row's; for a row
+/// written before digests, the first.
+pub fn data_of(stored: &Correction, data: &[String]) -> String {
+    if stored.digest.is_empty() {
+        return data.first().cloned().unwrap_or_default();
+    }
+    data.iter()
+        .find(|d| digest(stored, d) == stored.digest)
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// What `meters` read from an amended event of `event_type` with `data`, in `window`
@@ -450,15 +540,14 @@ fn refuse(req: &Valid, facts: &Facts) -> Result<Option<Correction>, CorrectionEr
             ))
         };
     }
-    if let Some(v) = winners(&facts.of_event).iter().find(|c| c.kind == "void") {
+    let counted = winners_of(&facts.of_event, req.agent.as_str(), req.event_id.as_str());
+    if let Some(v) = counted.iter().find(|c| c.kind == "void") {
         return Err(CorrectionError::AlreadyVoided {
             by: v.correction_id.clone(),
         });
     }
     // an imported event (docs/INGEST.md "Backfill") counts by its backfill's deltas
-    let imported = winners(&facts.of_event)
-        .iter()
-        .any(|c| c.kind == BACKFILL_KIND);
+    let imported = counted.iter().any(|c| c.kind == BACKFILL_KIND);
     if facts.readings.is_empty() && !imported {
         return Err(CorrectionError::EventNotFound {
             customer: req.customer.to_string(),
@@ -494,9 +583,9 @@ pub fn decide(
             aggregation: r.aggregation.clone(),
         });
     }
-    let counted = winners(&facts.of_event);
+    let counted = winners_of(&facts.of_event, req.agent.as_str(), req.event_id.as_str());
     let revision = counted.iter().map(|c| c.revision).max().unwrap_or(0) + 1;
-    let correction = Correction {
+    let mut correction = Correction {
         correction_id: req.correction_id.to_string(),
         customer: req.customer.to_string(),
         agent: req.agent.to_string(),
@@ -508,7 +597,9 @@ pub fn decide(
         reason: req.reason.clone(),
         created_ms: now_ms,
         created_at: datetime_secs(now_ms),
+        digest: String::new(),
     };
+    correction.digest = digest(&correction, req.change.data());
     let mut keys: Vec<&Key> = now.keys().chain(target.keys()).collect();
     keys.sort();
     keys.dedup();
@@ -544,6 +635,7 @@ fn delta(c: &Correction, shape: &Reading, value: Decimal, events: i64) -> Delta 
         events,
         value,
         created_at: c.created_at,
+        digest: c.digest.clone(),
     }
 }
 

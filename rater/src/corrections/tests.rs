@@ -44,6 +44,7 @@ fn stored(correction_id: &str, revision: u32, kind: &str) -> Correction {
         reason: "wrong".into(),
         created_ms: 1,
         created_at: 0,
+        digest: String::new(),
     }
 }
 
@@ -377,4 +378,107 @@ fn a_failed_attempt_of_an_earlier_revision_never_counts_and_leaves_the_id_to_its
     facts.leftover.data = vec![r#"{"tokens":25}"#.into()];
     let e = decide(&request("fix-1", "void", None), &facts, "x", 10).unwrap_err();
     assert_eq!(e.code(), "correction_exists");
+}
+
+/// The row a request makes at `now_ms` (its digest set), as an instance stores it.
+fn made(req: &Valid, facts: &Facts, now_ms: i64) -> (Correction, Vec<Delta>) {
+    match decide(req, facts, "api:alice", now_ms).unwrap() {
+        Decision::Append(c, d) => (c, d),
+        other => panic!("expected an append, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_digest_is_the_content_not_the_actor_the_revision_or_the_time() {
+    let void = request("v-1", "void", None);
+    let (a, deltas) = made(&void, &committed(), 5);
+    assert_eq!(a.digest.len(), 32);
+    assert!(deltas.iter().all(|d| d.digest == a.digest));
+    let mut later = a.clone();
+    (later.actor, later.revision, later.created_ms) = ("api:bob".into(), 2, 99);
+    assert_eq!(digest(&later, ""), a.digest);
+    let amend = |data: &str| made(&request("v-1", "amend", Some(data)), &committed(), 5).0;
+    let (x, y) = (amend(r#"{"n":1}"#), amend(r#"{"n":2}"#));
+    assert_ne!(x.digest, y.digest);
+    assert_ne!(x.digest, a.digest);
+    let mut other_reason = a.clone();
+    other_reason.reason = "other".into();
+    assert_ne!(digest(&other_reason, ""), a.digest);
+    // fields are length-prefixed: moving a byte between two fields is another content
+    let (mut p, mut q) = (a.clone(), a.clone());
+    (p.kind, p.reason) = ("voi".into(), "dwrong".into());
+    (q.kind, q.reason) = ("void".into(), "wrong".into());
+    assert_ne!(digest(&p, ""), digest(&q, ""));
+}
+
+#[test]
+fn of_two_contents_under_one_id_the_earliest_row_counts_then_the_smaller_digest() {
+    let void = made(&request("c-1", "void", None), &committed(), 10).0;
+    let amend = made(
+        &request("c-1", "amend", Some(r#"{"n":1}"#)),
+        &committed(),
+        20,
+    )
+    .0;
+    // the earliest stored row, whatever order the rows are read in
+    for rows in [
+        vec![void.clone(), amend.clone()],
+        vec![amend.clone(), void.clone()],
+    ] {
+        assert_eq!(contents(&rows), vec![&void]);
+        assert_eq!(content_of(&rows, "c-1"), Some(&void));
+        assert_eq!(winners(&rows), vec![&void]);
+    }
+    // made in the same millisecond: the smaller digest
+    let mut tie = amend.clone();
+    tie.created_ms = void.created_ms;
+    let smaller = if tie.digest < void.digest {
+        &tie
+    } else {
+        &void
+    };
+    for rows in [
+        vec![void.clone(), tie.clone()],
+        vec![tie.clone(), void.clone()],
+    ] {
+        assert_eq!(content_of(&rows, "c-1"), Some(smaller));
+        assert_eq!(winners(&rows), vec![smaller]);
+    }
+}
+
+#[test]
+fn a_losing_content_of_another_event_does_not_count_for_that_event() {
+    // c-1 voids e-1 (earliest) and, racing, voids e-2; v-9 voids e-2 as well
+    let first = stored("c-1", 1, "void");
+    let mut loser = stored("c-1", 1, "void");
+    (loser.event_id, loser.created_ms, loser.digest) = ("e-2".into(), 5, "00".into());
+    let mut other = stored("v-9", 1, "void");
+    other.event_id = "e-2".into();
+    let rows = vec![loser.clone(), other.clone(), first.clone()];
+    assert_eq!(winners(&rows), vec![&first, &other]);
+    assert_eq!(winners_of(&rows, "bot", "e-2"), vec![&other]);
+    assert_eq!(winner(&rows, &loser), Some(&other));
+    // so e-2 is not voided for the rules either: it can be corrected
+    let mut req = request("v-3", "void", None);
+    req.event_id = EventId::new("e-2".to_owned()).unwrap();
+    // (the store reads every row of the event's ids, of any event)
+    let facts = Facts {
+        of_event: vec![loser, first],
+        ..committed()
+    };
+    assert!(decide(&req, &facts, "x", 10).is_ok());
+}
+
+#[test]
+fn the_data_of_a_stored_content_is_the_one_its_digest_names() {
+    let (x, _) = made(
+        &request("c-1", "amend", Some(r#"{"n":1}"#)),
+        &committed(),
+        5,
+    );
+    let data = vec![r#"{"n":2}"#.to_owned(), r#"{"n":1}"#.to_owned()];
+    assert_eq!(data_of(&x, &data), r#"{"n":1}"#);
+    let mut legacy = x.clone();
+    legacy.digest = String::new();
+    assert_eq!(data_of(&legacy, &data), r#"{"n":2}"#);
 }

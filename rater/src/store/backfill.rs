@@ -296,7 +296,7 @@ impl<'a> Importer<'a> {
                 committed: committed.get(key).is_some_and(|times| {
                     backfill::committed_within(times, p.event.time_ms, self.horizon_secs)
                 }),
-                same_id: of_event.iter().find(|c| c.correction_id == ours).cloned(),
+                same_id: corrections::content_of(&of_event, &ours).cloned(),
                 of_event,
                 target: backfill::readings(&self.meters, &p.event),
             };
@@ -422,9 +422,10 @@ async fn corrections_of(
     let rows: Vec<Correction> = db
         .query(&format!(
             "SELECT correction_id, customer, agent, event_id, event_time_ms, revision, kind, \
-                    actor, reason, created_ms, toUInt32(created_at) FROM usage_corrections \
-             WHERE {} ORDER BY revision, correction_id, created_ms \
-             LIMIT 1 BY customer, correction_id",
+                    actor, reason, created_ms, toUInt32(created_at), digest \
+             FROM usage_corrections \
+             WHERE {} ORDER BY revision, correction_id, created_ms, digest \
+             LIMIT 1 BY customer, correction_id, agent, event_id, revision, digest, created_ms",
             identities_sql(ids)
         ))
         .fetch_all()

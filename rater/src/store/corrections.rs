@@ -1,30 +1,27 @@
-//! The storage of corrections (migrations 0060 and 0062; the rules are
+//! The storage of corrections (migrations 0060, 0062 and 0064; the rules are
 //! [`crate::corrections`]): loading the facts a correction is decided on, appending it, and
-//! the correction made end to end ([`correct`]: load, decide, append, re-read).
+//! the correction made end to end ([`correct`]: load, decide, append, re-read with
+//! [`read_back`]).
 //!
 //! Every read is bounded on its table's sorting key: the event's readings, raw row and deltas
 //! by the hour of its window (at most [`WINDOW_MAX_SECS`] before its time) and its customer;
-//! corrections by customer (then agent and event).
+//! corrections by customer (then agent and event), and the rows of a correction id by
+//! customer (the id is not a prefix of the key: the customer's correction rows, the small
+//! table, are read once per request).
 
 use clickhouse::Client;
 use serde::Serialize;
 
 use crate::corrections::{
-    amended, decide, winner, Change, Correction, CorrectionError, Decision, Delta, Facts, Leftover,
-    Reading, Valid,
+    amended, content_of, data_of, decide, winner, Change, Correction, CorrectionError, Decision,
+    Delta, Facts, Leftover, Reading, Valid,
 };
 
 /// How far before the event time its window may start: the aggregator's largest window.
 pub const WINDOW_MAX_SECS: i64 = 86_400;
 
 const CORRECTION_COLUMNS: &str = "correction_id, customer, agent, event_id, event_time_ms, \
-    revision, kind, actor, reason, created_ms, toUInt32(created_at)";
-
-/// The deltas of a customer's counted corrections: those of the winner of each revision,
-/// written for that revision (see `tally_platform::usage`).
-const COUNTED: &str = "(customer, correction_id, revision) IN (SELECT customer, \
-    min(correction_id), revision FROM usage_corrections WHERE customer = ? \
-    GROUP BY customer, agent, event_id, revision)";
+    revision, kind, actor, reason, created_ms, toUInt32(created_at), digest";
 
 /// `window_start` within the hours an event at `secs` can have its window in.
 fn window_hours(secs: i64) -> String {
@@ -59,14 +56,16 @@ pub async fn load(db: &Client, req: &Valid) -> Result<Facts, CorrectionError> {
         .bind(req.time_ms)
         .fetch_all::<Reading>()
         .await?;
+    // the deltas of the customer's counted corrections (tally_platform::usage has the rule)
     let deltas = db
         .query(&format!(
             "SELECT meter, aggregation, toUInt32(window_start), window_secs, group_names, \
                     group_values, group_key, value, events \
              FROM usage_correction_deltas \
-             WHERE {} AND customer = ? AND agent = ? AND event_id = ? AND {COUNTED} \
+             WHERE {} AND customer = ? AND agent = ? AND event_id = ? AND {} \
              LIMIT 1 BY correction_id, meter, group_key, window_start",
-            window_hours(secs)
+            window_hours(secs),
+            tally_platform::usage::counted_deltas_sql(" AND customer = ?"),
         ))
         .bind(customer)
         .bind(agent)
@@ -84,7 +83,7 @@ pub async fn load(db: &Client, req: &Valid) -> Result<Facts, CorrectionError> {
     let target = match (&req.change, readings.first().or(deltas.first())) {
         (Change::Amend(data), Some(r)) => {
             let event_type = match event_type(db, req).await? {
-                t if t.is_empty() => imported_type(db, customer, &of_event).await?,
+                t if t.is_empty() => imported_type(db, req, &of_event).await?,
                 t => t,
             };
             // without its type no meter reads the new data: amending would void the event
@@ -126,7 +125,7 @@ async fn leftover(
         .query(
             "SELECT correction_id, customer, agent, event_id, revision, meter, aggregation, \
              toUInt32(window_start), window_secs, group_names, group_values, group_key, \
-             events, value, toUInt32(created_at) \
+             events, value, toUInt32(created_at), digest \
              FROM usage_correction_deltas WHERE customer = ? AND correction_id = ?",
         )
         .bind(customer)
@@ -166,12 +165,14 @@ async fn event_type(db: &Client, req: &Valid) -> Result<String, CorrectionError>
 /// when none).
 async fn imported_type(
     db: &Client,
-    customer: &str,
+    req: &Valid,
     of_event: &[Correction],
 ) -> Result<String, CorrectionError> {
-    let Some(b) = crate::corrections::winners(of_event)
-        .into_iter()
-        .find(|c| c.kind == crate::backfill::KIND)
+    let customer = req.customer.as_str();
+    let Some(b) =
+        crate::corrections::winners_of(of_event, req.agent.as_str(), req.event_id.as_str())
+            .into_iter()
+            .find(|c| c.kind == crate::backfill::KIND)
     else {
         return Ok(String::new());
     };
@@ -189,58 +190,72 @@ async fn imported_type(
         .unwrap_or_default())
 }
 
-/// The correction stored under `correction_id`, with its amended data ("" for a void).
+/// The correction stored under `correction_id` whose content counts (of the rows two racing
+/// instances may have stored: [`crate::corrections::contents`]), with its amended data (""
+/// for a void).
 async fn same_id(
     db: &Client,
     customer: &str,
     correction_id: &str,
 ) -> Result<Option<(Correction, String)>, clickhouse::error::Error> {
-    let Some(c) = db
+    let rows: Vec<Correction> = db
         .query(&format!(
             "SELECT {CORRECTION_COLUMNS} FROM usage_corrections \
-             WHERE customer = ? AND correction_id = ? ORDER BY created_ms LIMIT 1"
+             WHERE customer = ? AND correction_id = ? ORDER BY created_ms, digest, revision"
         ))
         .bind(customer)
         .bind(correction_id)
-        .fetch_optional::<Correction>()
-        .await?
-    else {
+        .fetch_all()
+        .await?;
+    let Some(c) = content_of(&rows, correction_id) else {
         return Ok(None);
     };
-    let data = db
+    let data: Vec<String> = db
         .query(
             "SELECT data FROM usage_correction_data WHERE customer = ? AND correction_id = ? \
-             ORDER BY created_at LIMIT 1",
+             ORDER BY created_at, data",
         )
         .bind(customer)
         .bind(correction_id)
-        .fetch_optional::<String>()
-        .await?
-        .unwrap_or_default();
-    Ok(Some((c, data)))
+        .fetch_all()
+        .await?;
+    Ok(Some((c.clone(), data_of(c, &data))))
 }
 
-/// Every correction recorded for an event, by revision.
+/// The rows of the customer's correction ids that have a row of one of `events` (`(agent,
+/// event_id) IN (...)` with its binds): every row of each such id, of any event (the content
+/// that counts for an id may be of another event than a losing one: [`crate::corrections::
+/// contents`]). Bounded by customer, the table's first key.
+fn of_ids_sql(events: &str) -> String {
+    format!(
+        "SELECT {CORRECTION_COLUMNS} FROM usage_corrections \
+         WHERE customer = ? AND correction_id IN \
+               (SELECT correction_id FROM usage_corrections WHERE customer = ? AND {events}) \
+         ORDER BY revision, correction_id, created_ms, digest \
+         LIMIT 1 BY correction_id, agent, event_id, revision, digest, created_ms"
+    )
+}
+
+/// Every correction recorded for an event, counted or not, with every other row of their ids
+/// (see [`of_ids_sql`]): what decides which of them counts ([`crate::corrections::winners`]).
 pub async fn of_event(
     db: &Client,
     customer: &str,
     agent: &str,
     event_id: &str,
 ) -> Result<Vec<Correction>, clickhouse::error::Error> {
-    db.query(&format!(
-        "SELECT {CORRECTION_COLUMNS} FROM usage_corrections \
-         WHERE customer = ? AND agent = ? AND event_id = ? \
-         ORDER BY revision, correction_id, created_ms LIMIT 1 BY correction_id"
-    ))
-    .bind(customer)
-    .bind(agent)
-    .bind(event_id)
-    .fetch_all()
-    .await
+    db.query(&of_ids_sql("agent = ? AND event_id = ?"))
+        .bind(customer)
+        .bind(customer)
+        .bind(agent)
+        .bind(event_id)
+        .fetch_all()
+        .await
 }
 
-/// A page of a customer's corrections (each once, counted or not), by correction id: at most
-/// `limit` after the id `after` (empty: from the first).
+/// A page of a customer's corrections (each id once, with the content that counts for it,
+/// counted or not), by correction id: at most `limit` after the id `after` (empty: from the
+/// first).
 pub async fn of_customer(
     db: &Client,
     customer: &str,
@@ -250,7 +265,7 @@ pub async fn of_customer(
     db.query(&format!(
         "SELECT {CORRECTION_COLUMNS} FROM usage_corrections \
          WHERE customer = ? AND correction_id > ? \
-         ORDER BY correction_id, revision, created_ms LIMIT 1 BY correction_id LIMIT ?"
+         ORDER BY correction_id, created_ms, digest, revision LIMIT 1 BY correction_id LIMIT ?"
     ))
     .bind(customer)
     .bind(after)
@@ -259,8 +274,8 @@ pub async fn of_customer(
     .await
 }
 
-/// Every correction of the customer's events `events` ((source, id) pairs): what decides
-/// which of an event's corrections counts.
+/// Every correction of the customer's events `events` ((source, id) pairs), with every other
+/// row of their ids ([`of_ids_sql`]): what decides which of an event's corrections counts.
 pub async fn of_events(
     db: &Client,
     customer: &str,
@@ -269,13 +284,11 @@ pub async fn of_events(
     if events.is_empty() {
         return Ok(Vec::new());
     }
-    let mut q = db.query(&format!(
-        "SELECT {CORRECTION_COLUMNS} FROM usage_corrections \
-         WHERE customer = ? AND (agent, event_id) IN ({}) \
-         ORDER BY revision, correction_id, created_ms LIMIT 1 BY correction_id",
+    let mut q = db.query(&of_ids_sql(&format!(
+        "(agent, event_id) IN ({})",
         vec!["(?, ?)"; events.len()].join(", ")
-    ));
-    q = q.bind(customer);
+    )));
+    q = q.bind(customer).bind(customer);
     for (agent, event) in events {
         q = q.bind(*agent).bind(*event);
     }
@@ -339,15 +352,17 @@ pub async fn append_effects(
 /// one API instance are decided in turn, so the second sees the first.
 pub(crate) static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Makes a correction by `actor` at `now_ms`: loads, decides, appends, then re-reads the
-/// event's corrections so that a correction that lost a race is answered as such. Returns the
+/// Makes a correction by `actor` at `now_ms`: loads, decides, appends, then re-reads
+/// ([`read_back`]) so that a correction that lost a race is answered as such. Returns the
 /// correction that counts and whether this call appended it.
 ///
 /// Within one process corrections are made one at a time, so the answer is always right.
-/// Between two API instances, both may decide before either appends: readers still count only
-/// the smallest correction id of the revision, and the re-read answers the loser
-/// `correction_conflict` unless it re-read before the winner's rows arrived; then it is
-/// answered 201 although `GET /v1/customers/{id}/corrections` shows it with `counts: false`.
+/// Between two API instances, both may decide before either appends: readers still count one
+/// content per correction id and the smallest correction id of a revision, and the re-read
+/// answers the loser `correction_exists` (same id, other content) or `correction_conflict`
+/// (another id of the event) unless it re-read before the winner's rows arrived; then it is
+/// answered 201 although `GET /v1/customers/{id}/corrections` shows it with `counts: false`
+/// (or shows the other content under its id).
 pub async fn correct(
     db: &Client,
     req: &Valid,
@@ -363,7 +378,27 @@ pub async fn correct(
             (c, true)
         }
     };
+    read_back(db, ours, appended).await
+}
+
+/// After `ours` was appended (or found stored), re-reads its event's corrections and every
+/// row of their ids: `correction_exists` when another content under its id counts (two
+/// instances raced with one new id: [`crate::corrections::contents`]), `correction_conflict`
+/// when another correction of its revision of the event counts; otherwise `ours` (the stored
+/// row that counts, when the same content was stored twice) and `appended`.
+pub async fn read_back(
+    db: &Client,
+    ours: Correction,
+    appended: bool,
+) -> Result<(Correction, bool), CorrectionError> {
     let after = of_event(db, &ours.customer, &ours.agent, &ours.event_id).await?;
+    let ours = match content_of(&after, &ours.correction_id) {
+        Some(stored) if stored.digest != ours.digest => {
+            return Err(CorrectionError::CorrectionExists(ours.correction_id))
+        }
+        Some(stored) => stored.clone(),
+        None => ours,
+    };
     match winner(&after, &ours) {
         Some(w) if w.correction_id != ours.correction_id => Err(CorrectionError::Conflict {
             ours: ours.correction_id,

@@ -202,3 +202,15 @@ pub async fn rate_at(
     assert!(report.failed.is_empty(), "{:?}", report.failed);
     report
 }
+
+/// The stored (latest) charges of the period starting at `start` (secs): (customer, amount).
+pub async fn period(db: &clickhouse::Client, start: i64) -> Vec<(String, i64)> {
+    db.query(
+        "SELECT customer, amount_minor FROM v_charges \
+         WHERE toUInt32(period_start) = ? ORDER BY customer",
+    )
+    .bind(start)
+    .fetch_all()
+    .await
+    .expect("v_charges")
+}
