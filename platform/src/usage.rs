@@ -395,17 +395,18 @@ fn corrections_sql(req: &Request<'_>, from: u32, to: u32) -> String {
 /// 2. of those, per revision of an event, the smallest correction id (two ids racing on one
 ///    event).
 ///
-/// A delta counts when it carries the winner's (customer, correction id, revision, digest):
-/// the leftovers of a failed attempt (another revision) and the deltas of a losing content
-/// (another digest) never do. Rows written before migration 0064 carry digest '' on both
-/// sides. The first step is an `ORDER BY` then `LIMIT 1 BY` (on ClickHouse 18.16 about twice
+/// A delta counts when it carries the winner's (customer, correction id, event, revision,
+/// digest): the leftovers of a failed attempt (another revision), the deltas of a losing
+/// content (another digest) and, for rows written before migration 0064 (digest '' on both
+/// sides, so contents cannot be told apart), the deltas of an id's other event never do. The first step is an `ORDER BY` then `LIMIT 1 BY` (on ClickHouse 18.16 about twice
 /// the time of the one `GROUP BY` it replaces over two million corrections, where `argMin`
 /// over tuples took five times); the corrections of a customer are read whole (the table is
 /// sorted by customer).
 pub fn counted_deltas_sql(filter: &str) -> String {
     format!(
-        "(customer, correction_id, revision, digest) IN \
-         (SELECT customer, min(correction_id), revision, argMin(digest, correction_id) \
+        "(customer, correction_id, agent, event_id, revision, digest) IN \
+         (SELECT customer, min(correction_id), agent, event_id, revision, \
+                 argMin(digest, correction_id) \
           FROM (SELECT customer, correction_id, agent, event_id, revision, digest \
                 FROM usage_corrections WHERE 1{filter} \
                 ORDER BY created_ms, digest, revision LIMIT 1 BY customer, correction_id) \
