@@ -12,6 +12,7 @@
 //! [`quantity_max`]) or an unreadable row puts that customer in [`Folded::failed`], with the
 //! reason, and the fold goes on.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasherDefault;
 
@@ -216,28 +217,42 @@ async fn read_into(
 
 /// A fold in progress: rows are added one by one (from a cursor), never all held.
 ///
-/// The per-row path allocates nothing once a row's customer, meter and group have been seen
-/// (issue 21): each of those strings is interned once (one hash of it, then a small integer),
-/// the subscription covering a row is looked up once per (customer, meter, window start) in a
-/// row (the rows of one window's groups share it), and the row's accumulator is found by a hash
-/// of integers. The ids and the group's values are copied once per usage, and the sorted
-/// [`Folded::usages`] is built once, by [`Folder::finish`].
+/// Once a row's customer, meter and group have been seen, the fold itself allocates nothing
+/// per row (issue 21): each of those strings is interned once (one hash of it, then a small
+/// integer), the subscription covering a row is looked up once per (customer, meter, window
+/// start) in a row (the rows of one window's groups share it), and the row's accumulator is
+/// found by a hash of integers. The running totals (`Totals::add`) do allocate for some rows:
+/// each value of a UNIQUE_COUNT row is copied into its usage's set (and dropped if already
+/// there), and a LATEST row that becomes the latest copies its event id. The ids and the group's values are copied once per usage,
+/// and the sorted [`Folded::usages`] is built once, by [`Folder::finish`], after the lookup
+/// tables are freed.
+///
+/// Memory grows with what was read, never with a product of counts: one cache entry per
+/// (customer, meter) pair seen, one accumulator per usage.
 pub struct Folder<'c> {
     catalog: &'c Catalog,
     out: Folded,
     quantity_max: Decimal,
     /// Customer strings as read, interned; per index, what the fold knows of that customer.
-    customer_index: HashMap<Box<str>, u32>,
+    customer_index: HashMap<Box<str>, usize>,
     customers: Vec<CustomerFold>,
     /// Meter strings as read, interned; per index, the slug (none: unreadable).
-    meter_index: HashMap<Box<str>, u32>,
+    meter_index: HashMap<Box<str>, usize>,
     meters: Vec<Option<MeterSlug>>,
     /// Group keys, interned (index 0 is `{}`, all groups together).
-    group_index: HashMap<Box<str>, u32>,
+    group_index: HashMap<Box<str>, usize>,
+    /// Per (customer, meter) index pair seen: the window start last looked up and what it
+    /// resolved to.
+    last: HashMap<(usize, usize), (i64, Option<Resolved>), IntBuildHasher>,
     /// Where each usage's accumulator is in `accs`.
-    slots: HashMap<SlotKey, usize, BuildHasherDefault<IntHasher>>,
+    slots: HashMap<SlotKey, usize, IntBuildHasher>,
     accs: Vec<Acc>,
+    /// Rows resolved from the cache (tests check that their rows exercise it).
+    #[cfg(test)]
+    cache_hits: u64,
 }
+
+type IntBuildHasher = BuildHasherDefault<IntHasher>;
 
 /// One interned customer.
 struct CustomerFold {
@@ -245,8 +260,6 @@ struct CustomerFold {
     id: Option<CustomerId>,
     /// Left out of the pass ([`Folded::failed`] holds the reason).
     failed: bool,
-    /// Per meter index: the window start last looked up and what it resolved to.
-    last: Vec<Option<(i64, Option<Resolved>)>>,
 }
 
 /// Where a row of a customer and meter starting at some instant is folded.
@@ -262,28 +275,28 @@ struct Resolved {
 /// [`UsageKey`] with the strings interned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct SlotKey {
-    customer: u32,
-    meter: u32,
-    group: u32,
+    customer: usize,
+    meter: usize,
+    group: usize,
     period: Period,
     segment_from_ms: i64,
 }
 
 /// One usage being folded: its customer's index, the usage and its running totals.
 struct Acc {
-    customer: u32,
+    customer: usize,
     usage: MeterUsage,
     totals: Totals,
 }
 
 /// The index of `s` in `index`, interned on first sight (`on_new` is called with it then).
-/// Indexes are `u32`: a fold holding 2^32 distinct strings would need far more memory than a
-/// pass has (each costs its bytes and about 40 of map and box).
-fn intern(index: &mut HashMap<Box<str>, u32>, s: &str, on_new: impl FnOnce()) -> u32 {
+/// Indexes are `usize`, the positions of the vectors they index: they never saturate or wrap
+/// (a vector cannot hold more than `usize::MAX` entries).
+fn intern(index: &mut HashMap<Box<str>, usize>, s: &str, on_new: impl FnOnce()) -> usize {
     if let Some(&i) = index.get(s) {
         return i;
     }
-    let i = u32::try_from(index.len()).unwrap_or(u32::MAX);
+    let i = index.len();
     index.insert(s.into(), i);
     on_new();
     i
@@ -361,8 +374,11 @@ impl<'c> Folder<'c> {
             meter_index: HashMap::new(),
             meters: Vec::new(),
             group_index: HashMap::from([(Box::from(ALL_GROUPS), 0)]),
+            last: HashMap::default(),
             slots: HashMap::default(),
             accs: Vec::new(),
+            #[cfg(test)]
+            cache_hits: 0,
         }
     }
 
@@ -371,7 +387,7 @@ impl<'c> Folder<'c> {
         for c in customers {
             self.out.failed.entry(c.clone()).or_insert(reason);
             if let Some(&i) = self.customer_index.get(c.as_str()) {
-                self.customers[i as usize].failed = true;
+                self.customers[i].failed = true;
             }
         }
     }
@@ -383,14 +399,13 @@ impl<'c> Folder<'c> {
             customers.push(CustomerFold {
                 id: CustomerId::new(row.customer.clone()).ok(),
                 failed: failed.contains_key(&row.customer),
-                last: Vec::new(),
             });
         });
-        if self.customers[c as usize].failed {
+        if self.customers[c].failed {
             return;
         }
         if let Err(reason) = self.fold_row(c, row) {
-            self.customers[c as usize].failed = true;
+            self.customers[c].failed = true;
             self.out.failed.insert(row.customer.clone(), reason);
         }
     }
@@ -401,11 +416,18 @@ impl<'c> Folder<'c> {
             mut out,
             customers,
             accs,
+            customer_index,
+            meter_index,
+            group_index,
+            last,
+            slots,
             ..
         } = self;
-        out.usages = accs
+        // the lookup tables are done with: freed before the sorted map is built
+        drop((customer_index, meter_index, group_index, last, slots));
+        let mut usages: Vec<(UsageKey, MeterUsage)> = accs
             .into_iter()
-            .filter(|acc| !customers[acc.customer as usize].failed)
+            .filter(|acc| !customers[acc.customer].failed)
             .map(|Acc { usage, totals, .. }| {
                 let quantity = totals.quantity(usage.aggregation.as_str());
                 let usage = MeterUsage {
@@ -422,38 +444,33 @@ impl<'c> Folder<'c> {
                 (key, usage)
             })
             .collect();
+        usages.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        // one accumulator per key: a second would silently replace the first's usage
+        debug_assert!(
+            usages.windows(2).all(|w| w[0].0 != w[1].0),
+            "two accumulators of one usage key"
+        );
+        // built from sorted keys in one go
+        out.usages = usages.into_iter().collect();
         out
     }
 
     /// Folds one row of customer `c` (interned, not failed) into its usage.
-    fn fold_row(&mut self, c: u32, row: &UsageRow) -> Result<(), FailReason> {
+    fn fold_row(&mut self, c: usize, row: &UsageRow) -> Result<(), FailReason> {
         let meters = &mut self.meters;
         let m = intern(&mut self.meter_index, &row.meter, || {
             meters.push(MeterSlug::new(row.meter.clone()).ok());
         });
-        let customer = &mut self.customers[c as usize];
-        let (Some(id), Some(meter), Ok(aggregation)) = (
-            customer.id.as_ref(),
-            self.meters[m as usize].as_ref(),
+        let (Some(_), Some(_), Ok(aggregation)) = (
+            self.customers[c].id.as_ref(),
+            self.meters[m].as_ref(),
             row.aggregation.parse::<Aggregation>(),
         ) else {
             self.out.skipped.unreadable += 1;
             return Err(FailReason::Unreadable);
         };
         let start_ms = i64::from(row.start) * 1000;
-        let last = &mut customer.last;
-        if last.len() <= m as usize {
-            last.resize(m as usize + 1, None);
-        }
-        let resolved = match last[m as usize] {
-            Some((at, resolved)) if at == start_ms => resolved,
-            _ => {
-                let resolved = resolve(self.catalog, id, meter, start_ms);
-                last[m as usize] = Some((start_ms, resolved));
-                resolved
-            }
-        };
-        let Some(r) = resolved else {
+        let Some(r) = self.resolved(c, m, start_ms) else {
             self.out.skipped.no_subscription += 1;
             return Ok(());
         };
@@ -469,36 +486,10 @@ impl<'c> Folder<'c> {
             period: r.period,
             segment_from_ms: r.segment_from_ms,
         };
-        let end_ms = i64::from(row.end) * 1000;
-        let accs = &mut self.accs;
-        let slot = *self.slots.entry(key).or_insert_with(|| {
-            let (group_key, group_names, group_values) = if r.per_group {
-                let (n, v) = (row.group_names.clone(), row.group_values.clone());
-                (row.group_key.clone(), n, v)
-            } else {
-                (ALL_GROUPS.to_owned(), vec![], vec![])
-            };
-            accs.push(Acc {
-                customer: c,
-                usage: MeterUsage {
-                    customer: id.clone(),
-                    period: r.period,
-                    meter: meter.clone(),
-                    aggregation,
-                    group_key,
-                    group_names,
-                    group_values,
-                    segment_from_ms: r.segment_from_ms,
-                    segment_to_ms: r.segment_to_ms,
-                    quantity: Decimal::ZERO,
-                    windows: 0,
-                    first_window_ms: start_ms,
-                    last_window_end_ms: end_ms,
-                },
-                totals: Totals::default(),
-            });
-            accs.len() - 1
-        });
+        let slot = match self.slots.get(&key) {
+            Some(&slot) => slot,
+            None => self.new_slot(key, row, aggregation, &r)?,
+        };
         let Acc { usage, totals, .. } = &mut self.accs[slot];
         totals.add(row).ok_or(FailReason::QuantityOverflow)?;
         let within = totals
@@ -507,10 +498,81 @@ impl<'c> Folder<'c> {
         if !within {
             return Err(FailReason::QuantityOverflow);
         }
+        let end_ms = i64::from(row.end) * 1000;
         usage.first_window_ms = usage.first_window_ms.min(start_ms);
         usage.last_window_end_ms = usage.last_window_end_ms.max(end_ms);
         usage.windows += 1;
         Ok(())
+    }
+
+    /// Where rows of customer `c` and meter `m` (both interned and readable) starting at
+    /// `start_ms` are folded: the cached look-up of the pair when it was for the same start,
+    /// else a new one, cached in its place (none: no subscription covers it).
+    fn resolved(&mut self, c: usize, m: usize, start_ms: i64) -> Option<Resolved> {
+        let entry = match self.last.entry((c, m)) {
+            Entry::Occupied(hit) if hit.get().0 == start_ms => {
+                #[cfg(test)]
+                {
+                    self.cache_hits += 1;
+                }
+                return hit.get().1;
+            }
+            entry => entry,
+        };
+        let (id, meter) = (self.customers[c].id.as_ref()?, self.meters[m].as_ref()?);
+        let resolved = resolve(self.catalog, id, meter, start_ms);
+        match entry {
+            Entry::Occupied(mut old) => *old.get_mut() = (start_ms, resolved),
+            Entry::Vacant(new) => {
+                new.insert((start_ms, resolved));
+            }
+        }
+        resolved
+    }
+
+    /// A new, empty usage for `key` (seen first in `row`), with its accumulator's index (the
+    /// ids are copied here, once per usage; [`Folder::fold_row`] has checked them readable).
+    fn new_slot(
+        &mut self,
+        key: SlotKey,
+        row: &UsageRow,
+        aggregation: Aggregation,
+        r: &Resolved,
+    ) -> Result<usize, FailReason> {
+        let id = self.customers[key.customer].id.clone();
+        let meter = self.meters[key.meter].clone();
+        let (Some(id), Some(meter)) = (id, meter) else {
+            return Err(FailReason::Unreadable);
+        };
+        let (group_key, group_names, group_values) = if r.per_group {
+            let (n, v) = (row.group_names.clone(), row.group_values.clone());
+            (row.group_key.clone(), n, v)
+        } else {
+            (ALL_GROUPS.to_owned(), vec![], vec![])
+        };
+        let start_ms = i64::from(row.start) * 1000;
+        self.accs.push(Acc {
+            customer: key.customer,
+            usage: MeterUsage {
+                customer: id,
+                period: r.period,
+                meter,
+                aggregation,
+                group_key,
+                group_names,
+                group_values,
+                segment_from_ms: r.segment_from_ms,
+                segment_to_ms: r.segment_to_ms,
+                quantity: Decimal::ZERO,
+                windows: 0,
+                first_window_ms: start_ms,
+                last_window_end_ms: i64::from(row.end) * 1000,
+            },
+            totals: Totals::default(),
+        });
+        let slot = self.accs.len() - 1;
+        self.slots.insert(key, slot);
+        Ok(slot)
     }
 }
 
@@ -770,24 +832,8 @@ mod tests {
         Fail(String),
     }
 
-    /// Plan changes inside a period (a new record at 10:37, a new plan version pricing
-    /// tokens per group no more), a customer on the default plan before its record, Berlin
-    /// weeks, a customer without any, and unreadable ids and aggregations.
-    fn split_catalog() -> Catalog {
-        let specs: Vec<MeterSpec> = serde_json::from_str(
-            r#"[{"slug":"users","event_type":"u","aggregation":"UNIQUE_COUNT","value_property":"$.user"},
-                {"slug":"calls","event_type":"c","aggregation":"COUNT"},
-                {"slug":"tokens","event_type":"t","aggregation":"SUM","value_property":"$.n",
-                 "group_by":{"model":"$.model"}}]"#,
-        )
-        .unwrap();
-        #[derive(serde::Deserialize)]
-        struct F {
-            plans: Vec<crate::config::PlanSpec>,
-            subscriptions: Vec<crate::config::SubscriptionSpec>,
-        }
-        let f: F = toml::from_str(
-            r#"
+    /// The plans and subscriptions of [`split_catalog`].
+    const SPLIT_PLANS: &str = r#"
             [[plans]]
             id = "pro"
             version = 1
@@ -795,6 +841,7 @@ mod tests {
             effective_from = "2026-01-01T00:00:00Z"
             prices = [
               { model = "per_unit", meter = "calls", unit_price = "0.01" },
+              { model = "per_unit", meter = "seats", unit_price = "5" },
               { model = "dimensional", meter = "tokens", dimensions = ["model"], rates = [{ values = ["a"], unit_price = "1" }] },
             ]
             [[plans]]
@@ -805,6 +852,7 @@ mod tests {
             prices = [
               { model = "per_unit", meter = "calls", unit_price = "0.01" },
               { model = "per_unit", meter = "tokens", unit_price = "1" },
+              { model = "per_unit", meter = "seats", unit_price = "5" },
             ]
             [[plans]]
             id = "metered"
@@ -814,6 +862,7 @@ mod tests {
             prices = [
               { model = "per_unit", meter = "users", unit_price = "1" },
               { model = "per_unit", meter = "tokens", unit_price = "1" },
+              { model = "per_unit", meter = "peak", unit_price = "2" },
             ]
             [[subscriptions]]
             customer = "acme"
@@ -829,9 +878,33 @@ mod tests {
             effective_from = "2026-11-05T00:00:00Z"
             interval = "weekly"
             time_zone = "Europe/Berlin"
-            "#,
+            [[subscriptions]]
+            customer = "gappy"
+            plan = "pro"
+            effective_from = "2026-11-08T00:00:00Z"
+            ends_at = "2026-11-22T12:00:00Z"
+            "#;
+
+    /// Plan changes inside a period (a new record at 10:37, a new plan version pricing
+    /// tokens per group no more), a customer on the default plan before its record, Berlin
+    /// weeks, a customer without any, a customer whose record ends (a gap: no subscription,
+    /// no default plan), LATEST and MAX meters.
+    fn split_catalog() -> Catalog {
+        let specs: Vec<MeterSpec> = serde_json::from_str(
+            r#"[{"slug":"users","event_type":"u","aggregation":"UNIQUE_COUNT","value_property":"$.user"},
+                {"slug":"calls","event_type":"c","aggregation":"COUNT"},
+                {"slug":"tokens","event_type":"t","aggregation":"SUM","value_property":"$.n",
+                 "group_by":{"model":"$.model"}},
+                {"slug":"seats","event_type":"s","aggregation":"LATEST","value_property":"$.n"},
+                {"slug":"peak","event_type":"p","aggregation":"MAX","value_property":"$.n"}]"#,
         )
         .unwrap();
+        #[derive(serde::Deserialize)]
+        struct F {
+            plans: Vec<crate::config::PlanSpec>,
+            subscriptions: Vec<crate::config::SubscriptionSpec>,
+        }
+        let f: F = toml::from_str(SPLIT_PLANS).unwrap();
         let rater = RaterConfig {
             default_plan: Some("metered".into()),
             ..Default::default()
@@ -845,48 +918,132 @@ mod tests {
         .unwrap()
     }
 
-    fn op() -> impl Strategy<Value = Op> {
-        let customers = prop_oneof![Just("acme"), Just("berlin"), Just("free"), Just("bad id!")];
-        let meters = prop_oneof![
-            Just(("tokens", "SUM")),
-            Just(("calls", "COUNT")),
-            Just(("users", "UNIQUE_COUNT")),
-            Just(("Bad Meter", "SUM")),
-            Just(("calls", "NOPE")),
-        ];
-        let row = (
-            customers.clone(),
-            meters,
-            0u32..40 * 24,              // hour since 2026-11-01
-            prop_oneof![Just(0u32), Just(60), Just(3600)], // offset in the hour, s
-            0usize..3,                  // group
-            prop_oneof![9 => 0i128..10_000_000_000_000, 1 => Just(6_000_000_000_000_000_000i128 * 1_000_000_000)],
-        )
-            .prop_map(|(customer, (meter, aggregation), hour, offset, group, units)| {
-                let start = NOV1 + hour * 3600 + offset;
-                let model = ["a", "b", "c"][group];
-                let mut r = row(customer, meter, 0, units, &[model]);
-                r.aggregation = aggregation.into();
-                r.start = start;
-                r.end = start + 60;
-                if meter == "tokens" {
-                    r.group_key = format!("{{\"model\":\"{model}\"}}");
-                    r.group_names = vec!["model".into()];
-                    r.group_values = vec![model.into()];
-                }
-                Op::Row(Box::new(r))
-            });
-        prop_oneof![20 => row, 1 => customers.prop_map(|c| Op::Fail(c.to_owned()))]
-    }
-
     const NOV1: u32 = 1_793_491_200; // 2026-11-01
 
-    proptest::proptest! {
-        /// Issue 21: the interned fold gives exactly what the fold of string keys gave, for
-        /// every order of rows, failures and widened-read failures.
-        #[test]
-        fn the_interned_fold_equals_the_reference(ops in proptest::collection::vec(op(), 0..300)) {
-            let cat = split_catalog();
+    /// Customers of [`split_catalog`] with readable ids: plan changes inside a period
+    /// (`acme`), Berlin weeks (`berlin`), the default plan only (`free`), the default plan,
+    /// then a record, then a gap after its end (`gappy`), and the one that also gets the rare
+    /// bad rows (`messy`, on the default plan).
+    const CUSTOMERS: [&str; 5] = ["acme", "berlin", "free", "gappy", "messy"];
+
+    /// Readable meters with their aggregations (`seats` and `peak` priced by some plans only).
+    const METERS: [(&str, &str); 5] = [
+        ("tokens", "SUM"),
+        ("calls", "COUNT"),
+        ("users", "UNIQUE_COUNT"),
+        ("seats", "LATEST"),
+        ("peak", "MAX"),
+    ];
+
+    /// A row of one window (a minute from `start`), its value `units` (for a `tokens` row,
+    /// of model `group`; for a `users` row, the distinct value `u-<group>`).
+    fn window_row(
+        customer: &str,
+        (meter, aggregation): (&str, &str),
+        start: u32,
+        group: usize,
+        units: i128,
+        latest_ms: i64,
+    ) -> UsageRow {
+        let model = ["a", "b", "c"][group];
+        let mut r = row(customer, meter, 0, units, &[format!("u-{model}").as_str()]);
+        r.aggregation = aggregation.into();
+        r.start = start;
+        r.end = start + 60;
+        r.latest_time_ms = i64::from(start) * 1000 + latest_ms;
+        r.latest_event_id = format!("e-{}", units % 3);
+        if meter == "tokens" {
+            r.group_key = format!("{{\"model\":\"{model}\"}}");
+            r.group_names = vec!["model".into()];
+            r.group_values = vec![model.into()];
+        }
+        r
+    }
+
+    /// One window start of a readable customer: 1 to 7 rows of its meters and groups in any
+    /// order, as a window's rows come (the rows after the first reuse the cached look-up).
+    fn burst() -> impl Strategy<Value = Vec<Op>> {
+        let rows = proptest::collection::vec(
+            (
+                0..METERS.len(),
+                0usize..3,
+                0i128..10_000_000_000_000,
+                0i64..60_000,
+            ),
+            1..8,
+        );
+        (
+            0..CUSTOMERS.len(),
+            0u32..40 * 24,                                 // hour since 2026-11-01
+            prop_oneof![Just(0u32), Just(60), Just(3600)], // offset in the hour, s
+            rows,
+        )
+            .prop_map(|(customer, hour, offset, rows)| {
+                let start = NOV1 + hour * 3600 + offset;
+                rows.into_iter()
+                    .map(|(meter, group, units, latest_ms)| {
+                        let r = window_row(
+                            CUSTOMERS[customer],
+                            METERS[meter],
+                            start,
+                            group,
+                            units,
+                            latest_ms,
+                        );
+                        Op::Row(Box::new(r))
+                    })
+                    .collect()
+            })
+    }
+
+    /// A rare bad row: an unreadable customer id, or `messy`'s unreadable meter or
+    /// aggregation, or a quantity that overflows (once added to a second one).
+    fn bad_row() -> impl Strategy<Value = Vec<Op>> {
+        let huge = 6_000_000_000_000_000_000i128 * 1_000_000_000;
+        (0u32..40 * 24, 0usize..4).prop_map(move |(hour, kind)| {
+            let start = NOV1 + hour * 3600;
+            let r = match kind {
+                0 => window_row("bad id!", METERS[0], start, 0, 1, 0),
+                1 => window_row("messy", ("Bad Meter", "SUM"), start, 0, 1, 0),
+                2 => window_row("messy", ("calls", "NOPE"), start, 0, 1, 0),
+                _ => window_row("messy", METERS[0], start, 0, huge, 0),
+            };
+            vec![Op::Row(Box::new(r))]
+        })
+    }
+
+    /// Windows of readable customers, mostly; a bad row or a failed widened read about one
+    /// time in 30 each.
+    fn ops() -> impl Strategy<Value = Vec<Op>> {
+        let failed = (0..CUSTOMERS.len()).prop_map(|c| vec![Op::Fail(CUSTOMERS[c].to_owned())]);
+        let op = prop_oneof![30 => burst(), 1 => bad_row(), 1 => failed];
+        proptest::collection::vec(op, 0..40).prop_map(|ops| ops.concat())
+    }
+
+    /// How much of the fold the cases of [`check_against_reference`] exercised: cases in all,
+    /// and cases with usages, with rows skipped for no subscription, with a cached look-up
+    /// reused, with a LATEST or MAX usage, and with a failed customer.
+    #[derive(Debug, Default)]
+    struct Strength {
+        cases: u32,
+        usages: u32,
+        no_subscription: u32,
+        cache_hits: u32,
+        latest_or_max: u32,
+        failed: u32,
+    }
+
+    /// Folds each case of `strategy` with [`Folder`] and with [`reference_fold`], requires
+    /// equal results, and counts what the cases exercised.
+    fn check_against_reference(strategy: impl Strategy<Value = Vec<Op>>) -> Strength {
+        let cat = split_catalog();
+        let strength = std::cell::RefCell::new(Strength::default());
+        let config = proptest::test_runner::Config {
+            failure_persistence: None,
+            ..Default::default()
+        };
+        let mut runner = proptest::test_runner::TestRunner::new(config);
+        let result = runner.run(&strategy, |ops| {
             let mut folder = Folder::new(&cat);
             for op in &ops {
                 match op {
@@ -894,11 +1051,50 @@ mod tests {
                     Op::Fail(c) => folder.fail(std::slice::from_ref(c), FailReason::ReadFailed),
                 }
             }
+            let hits = folder.cache_hits;
             let got = folder.finish();
             let want = reference_fold(&ops, &cat);
             proptest::prop_assert_eq!(&got.usages, &want.usages);
             proptest::prop_assert_eq!(got.skipped, want.skipped);
             proptest::prop_assert_eq!(&got.failed, &want.failed);
+            let s = &mut *strength.borrow_mut();
+            s.cases += 1;
+            let latest_or_max = want
+                .usages
+                .values()
+                .any(|u| matches!(u.aggregation, Aggregation::Latest | Aggregation::Max));
+            for (counts, seen) in [
+                (&mut s.usages, !want.usages.is_empty()),
+                (&mut s.no_subscription, want.skipped.no_subscription > 0),
+                (&mut s.cache_hits, hits > 0),
+                (&mut s.latest_or_max, latest_or_max),
+                (&mut s.failed, !want.failed.is_empty()),
+            ] {
+                *counts += u32::from(seen);
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            panic!("{e}");
         }
+        strength.into_inner()
+    }
+
+    /// Issue 21: the interned fold gives exactly what the fold of string keys gave, for
+    /// every order of rows, failures and widened-read failures; and the cases do compare
+    /// usages (most of them), reuse the cached look-up, skip rows without a subscription,
+    /// and fold LATEST and MAX meters.
+    #[test]
+    fn the_interned_fold_equals_the_reference() {
+        let s = check_against_reference(ops());
+        eprintln!("{s:?}");
+        let most = |n: u32| n * 2 > s.cases;
+        let some = |n: u32| n * 10 > s.cases;
+        assert!(s.cases >= 100, "{s:?}");
+        assert!(most(s.usages) && most(s.cache_hits), "{s:?}");
+        assert!(
+            some(s.no_subscription) && some(s.latest_or_max) && some(s.failed),
+            "{s:?}"
+        );
     }
 }
