@@ -167,22 +167,26 @@ def main():
         source, manifest_dir = relative_source(binary)
         exe = binary["executable"]
         started = time.monotonic()
-        proc = subprocess.run(
-            [exe, *passthrough],
-            cwd=manifest_dir,
-            env=package_env(binary),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+        try:
+            proc = subprocess.run(
+                [exe, *passthrough],
+                cwd=manifest_dir,
+                env=package_env(binary),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+            output, code = proc.stdout.decode("utf-8", "replace"), proc.returncode
+        except OSError as e:  # a binary that cannot start fails alone, the others still run
+            output, code = f"cargo_tests.py: cannot run {exe}: {e}\n", 127
         took = time.monotonic() - started
         with lock:
             out = sys.stdout
             out.write(f"     Running {source} ({os.path.relpath(exe)})\n")
-            out.write(proc.stdout.decode("utf-8", "replace"))
-            out.write(f"cargo_tests.py: {source}: exit code {proc.returncode} in {took:.1f}s\n")
+            out.write(output)
+            out.write(f"cargo_tests.py: {source}: exit code {code} in {took:.1f}s\n")
             out.flush()
-            if proc.returncode != 0:
+            if code != 0:
                 failed.append(source)
 
     alone = [b for b in binaries if relative_source(b)[0] in ALONE]
