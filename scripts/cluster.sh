@@ -139,6 +139,7 @@ http: "127.0.0.1:$(nats_monitor_port "$i")"
 jetstream {
     store_dir: "$d/store"
     max_memory_store: 268435456
+    max_file_store: $NATS_MAX_FILE_STORE
 }
 cluster {
     name: $CLUSTER_NAME

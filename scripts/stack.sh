@@ -13,6 +13,7 @@
 #   TALLY_NATS_PORT (4222)  TALLY_NATS_MONITOR_PORT (8222)
 #   TALLY_CH_HTTP_PORT (8123)  TALLY_CH_TCP_PORT (9000)
 #   TALLY_STACK_WAIT_SECS (60): how long `up` waits for a server to become healthy
+#   TALLY_NATS_MAX_FILE_STORE (1T): JetStream's storage limit (scripts/lib/servers.sh)
 #   TALLY_STACK_DIR (.stack): where pid files, logs and data go
 #   TALLY_CONFIG: configuration file for tally-migrate (default config/tally.toml)
 #
@@ -80,7 +81,8 @@ start_nats() {
     bin="$(find_bin nats-server)"
     mkdir -p "$NATS_DIR"
     log "starting nats-server on 127.0.0.1:$NATS_PORT (monitoring $NATS_MONITOR_PORT, store $NATS_DIR)"
-    setsid "$bin" -js -sd "$NATS_DIR" -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MONITOR_PORT" \
+    setsid "$bin" -c "$(write_nats_store_config "$NATS_DIR/jetstream.conf")" \
+        -js -sd "$NATS_DIR" -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MONITOR_PORT" \
         -l "$NATS_LOG" </dev/null >>"$NATS_DIR/stdout.log" 2>&1 9>&- &
     echo $! >"$NATS_PID_FILE"
     echo "$NATS_PORT $NATS_MONITOR_PORT" >"$NATS_DIR/ports"

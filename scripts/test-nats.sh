@@ -44,7 +44,7 @@ if port_open "$PORT"; then die "port $PORT is in use; set TALLY_NATS2_PORT"; fi
 rm -rf "$DIR"
 mkdir -p "$DIR"
 log "starting $("$bin" --version) on 127.0.0.1:$PORT (store $DIR)"
-setsid "$bin" -js -sd "$DIR" -a 127.0.0.1 -p "$PORT" -m "$MONITOR_PORT" -l "$DIR/nats-server.log" \
+setsid "$bin" -c "$(write_nats_store_config "$DIR/jetstream.conf")" -js -sd "$DIR" -a 127.0.0.1 -p "$PORT" -m "$MONITOR_PORT" -l "$DIR/nats-server.log" \
     </dev/null >>"$DIR/stdout.log" 2>&1 &
 echo $! >"$DIR/pid"
 # SIGKILL: its store is deleted right after (SIGTERM took over 30 s with the tests' streams)

@@ -60,13 +60,20 @@ pub fn temp_dir(tag: &str) -> std::io::Result<PathBuf> {
     Ok(dir)
 }
 
+/// JetStream's file storage limit of the servers the tests start. Without one, nats-server takes
+/// 75 % of the disk space free at its start and refuses a stream whose `max_bytes` (8 GiB by
+/// default) does not fit: a CI machine with little free disk failed so. `max_bytes` is a limit,
+/// not space taken; scripts/lib/servers.sh sets the same for the stacks' servers.
+pub const TEST_MAX_FILE_STORE: &str = "1T";
+
 /// Starts a nats-server with JetStream on a free port, with `extra` (for example a generated
 /// `authorization` block) in its configuration; returns once it accepts connections.
 pub async fn start_nats(extra: &str) -> std::io::Result<(OwnServer, u16)> {
     let dir = temp_dir("nats")?;
     let port = free_port()?;
     let conf = format!(
-        "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: \"{}\" }}\n{extra}\n",
+        "listen: \"127.0.0.1:{port}\"\n\
+         jetstream {{ store_dir: \"{}\", max_file_store: {TEST_MAX_FILE_STORE} }}\n{extra}\n",
         dir.join("js").display()
     );
     std::fs::write(dir.join("nats.conf"), conf)?;

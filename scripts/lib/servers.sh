@@ -25,6 +25,22 @@ nats_info() {
     timeout 3 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1 && IFS= read -r -t 2 line <&3 && echo \"\$line\"" 2>/dev/null || true
 }
 
+# JetStream's file storage limit for the stacks' NATS servers (the dev, test, 2.15 and cluster
+# ones). Without it nats-server takes 75 % of the disk space free when it starts, and refuses a
+# stream whose max_bytes does not fit in what is left: the tests create dozens of streams, and a
+# CI machine with little free disk refused the 8 GiB default of `nats.max_bytes` (a CI run
+# failed so). max_bytes is a limit, not space taken: what the streams really hold stays small.
+# TALLY_NATS_MAX_FILE_STORE overrides it (a size nats-server reads: 1T, 64G).
+NATS_MAX_FILE_STORE="${TALLY_NATS_MAX_FILE_STORE:-1T}"
+
+# Writes $1, a nats-server configuration file with the JetStream storage limit only (the other
+# settings come from the command line, which overrides the file), and prints its path.
+write_nats_store_config() {
+    printf '# Written by scripts/lib/servers.sh at every start.\njetstream { max_file_store: %s }\n' \
+        "$NATS_MAX_FILE_STORE" >"$1"
+    echo "$1"
+}
+
 # Pid from a pid file when that process is alive and runs the expected program, else empty.
 live_pid() {
     local file="$1" program="$2" pid

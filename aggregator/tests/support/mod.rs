@@ -164,9 +164,10 @@ impl Nats {
         let conf = self.dir.join("nats.conf");
         let store = self.dir.join("store");
         let text = format!(
-            "listen: \"127.0.0.1:{}\"\njetstream {{ store_dir: \"{}\" }}\n{}\n",
+            "listen: \"127.0.0.1:{}\"\njetstream {{ store_dir: \"{}\", max_file_store: {} }}\n{}\n",
             self.port,
             store.display(),
+            own_server::TEST_MAX_FILE_STORE,
             self.extra
         );
         std::fs::write(&conf, text).expect("nats.conf");
